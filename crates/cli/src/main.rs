@@ -1,0 +1,32 @@
+//! `mediasec`: the command-line front end. Each subcommand lives in `cmd/<name>.rs`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// IMS media plane security (3GPP TS 33.328).
+#[derive(Parser)]
+#[command(name = "mediasec", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system on loopback and print a summary.
+    Demo(cmd::demo::Args),
+    /// Protect or unprotect RTP/RTCP packets in a pcap file.
+    Srtp(cmd::srtp::Args),
+    /// Benchmarks that anyone can run on their own machine.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Srtp(args) => cmd::srtp::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+    }
+}
