@@ -18,6 +18,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Protect or unprotect RTP/RTCP packets in a pcap file.
     Srtp(cmd::srtp::Args),
+    /// Decode the key-management attributes of an SDP body (a=crypto, a=key-mgmt, a=3ge2ae).
+    Sdp(cmd::sdp::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -27,6 +29,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     match cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Srtp(args) => cmd::srtp::run(args),
+        Command::Sdp(args) => cmd::sdp::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

@@ -274,8 +274,13 @@ impl InlineKey {
     /// A non-secret identifier of the key material: the first 8 octets of SHA-256(key||salt)
     /// in hex, for logs and `mediasec sdp inspect`.
     pub fn fingerprint(&self) -> String {
-        sha2::Sha256::digest(self.key_salt.as_slice()).iter().take(8).map(|b| format!("{b:02x}")).collect()
+        fingerprint(&self.key_salt)
     }
+}
+
+/// A non-secret identifier of secret bytes: the first 8 octets of SHA-256 in hex.
+pub fn fingerprint(secret: &[u8]) -> String {
+    sha2::Sha256::digest(secret).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl PartialEq for InlineKey {

@@ -16,7 +16,7 @@ pub mod sdes;
 pub mod suite;
 
 pub use body::{Attribute, Connection, Ending, Level, Line, MediaLine, Sdp};
-pub use crypto::{CryptoAttribute, FecOrder, InlineKey, KeyParam, Lifetime, Mki, SessionParam};
+pub use crypto::{fingerprint, CryptoAttribute, FecOrder, InlineKey, KeyParam, Lifetime, Mki, SessionParam};
 pub use e2ae::E2aeIndication;
 pub use error::Error;
 pub use key_mgmt::KeyMgmt;
