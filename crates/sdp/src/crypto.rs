@@ -355,7 +355,10 @@ impl Mki {
 
     fn parse(s: &str, off: usize) -> Result<Self, Error> {
         let (value, len) = s.split_once(':').ok_or(Error::Syntax { offset: off, what: "MKI value:length" })?;
-        let length: usize = parse_decimal(len, off + value.len() + 1, "MKI length")?;
+        let length: usize = parse_decimal(len, off + value.len() + 1, "MKI length (1*3DIGIT)")?;
+        if len.len() > 3 {
+            return Err(Error::Syntax { offset: off + value.len() + 1, what: "MKI length (1*3DIGIT)" });
+        }
         if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::Syntax { offset: off, what: "MKI value" });
         }

@@ -180,6 +180,7 @@ fn errors_have_positions() {
     assert_eq!(p(&format!("{base}PS1u!CVe")), Error::Base64 { offset: 37 });
     assert_eq!(p(&format!("{base}{KEY30}|1:0")), Error::Range { offset: 74, what: "MKI length must be 1..128 octets" });
     assert_eq!(p(&format!("{base}{KEY30}|1:129")), Error::Range { offset: 74, what: "MKI length must be 1..128 octets" });
+    assert_eq!(p(&format!("{base}{KEY30}|1:0004")), Error::Syntax { offset: 76, what: "MKI length (1*3DIGIT)" });
     assert_eq!(p(&format!("{base}{KEY30}|256:1")), Error::Range { offset: 74, what: "MKI value does not fit in its length" });
     assert_eq!(
         p(&format!("{base}{KEY30}|2^49")),
