@@ -294,6 +294,16 @@ impl Sdp {
         Ok(index)
     }
 
+    /// Replaces the `a=` line at `index` of `level` by `a=<attribute>` (`name[:value]`),
+    /// keeping its position and terminator.
+    pub fn replace_attribute(&mut self, level: Level, index: usize, attribute: &str) -> Result<(), Error> {
+        let line = self.lines(level)?.get(index).ok_or(Error::Edit("line index out of range"))?;
+        if line.kind() != Some('a') {
+            return Err(Error::Edit("the line to replace is not an a= line"));
+        }
+        self.replace_line(level, index, &format!("a={attribute}"))
+    }
+
     /// Inserts a line (text without terminator) at `index` of `level`. The new line gets the
     /// body's dominant terminator; inserted after an unterminated final line, that line gets
     /// the terminator instead and the new line becomes the unterminated final line.

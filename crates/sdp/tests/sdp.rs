@@ -292,6 +292,11 @@ fn alg_rewrite_touches_only_named_lines() {
     // Inserting after the unterminated final line terminates it with the dominant ending.
     e2ae::add(&mut sdp, 1, &E2aeIndication::Requested).unwrap();
     assert!(sdp.to_string().ends_with("a=sendonly\r\na=3ge2ae:requested"));
+    // Replacing an attribute in place keeps position and terminator.
+    let (idx, _) = sdp.attributes(Level::Media(1)).unwrap().into_iter().find(|(_, a)| a.name == "sendonly").unwrap();
+    sdp.replace_attribute(Level::Media(1), idx, "recvonly").unwrap();
+    assert!(sdp.to_string().ends_with("a=recvonly\r\na=3ge2ae:requested"));
+    assert_eq!(sdp.replace_attribute(Level::Media(1), 0, "x").unwrap_err(), Error::Edit("the line to replace is not an a= line"));
     // Structure-breaking edits are refused.
     assert!(sdp.replace_line(Level::Session, 0, "m=audio 1 RTP/AVP 0").is_err());
     assert!(sdp.replace_line(Level::Media(0), 0, "a=x").is_err());
