@@ -12,6 +12,7 @@
 //! preference order; the answer must carry a line whose tag names an offered line with the
 //! same suite, a fresh `inline:` key and no negotiated parameter the offer did not carry.
 
+use crate::body::{Level, Sdp};
 use crate::Error;
 use crate::crypto::{CryptoAttribute, InlineKey, KeyParam, Lifetime, Mki, SessionParam};
 use crate::suite::CryptoSuite;
@@ -239,6 +240,18 @@ pub fn answer(offered: &[&str], policy: &SdesPolicy, keys: &mut impl KeySource) 
         params,
     };
     Ok(negotiated(local, remote))
+}
+
+/// Answerer side for a whole offer: [`answer`] for every media section that carries
+/// `a=crypto`, in body order, as `(media index, outcome)` — one answer line per accepted
+/// media; a rejected media is reported with its reasons.
+pub fn answer_sdp(offer: &Sdp, policy: &SdesPolicy, keys: &mut impl KeySource) -> Vec<(usize, Result<Negotiated, Error>)> {
+    (0..offer.media_count())
+        .filter_map(|i| {
+            let values = offer.attribute_values(Level::Media(i), CryptoAttribute::NAME).ok()?;
+            (!values.is_empty()).then(|| (i, answer(&values, policy, keys)))
+        })
+        .collect()
 }
 
 fn negotiated(local: CryptoAttribute, remote: CryptoAttribute) -> Negotiated {

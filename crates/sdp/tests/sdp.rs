@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use mediasec_sdp::sdes::{answer, offer, process_answer};
+use mediasec_sdp::sdes::{answer, answer_sdp, offer, process_answer};
 use mediasec_sdp::*;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -375,6 +375,23 @@ fn sdes_full_exchange() {
     assert_eq!(done.local, offered[3]);
     assert_eq!(done.remote, answered.local);
     assert!(!done.unencrypted_srtp && !done.unencrypted_srtcp && !done.unauthenticated_srtp);
+}
+
+#[test]
+fn sdes_answer_per_media() {
+    let body = format!(
+        "v=0\r\ns=-\r\nm=audio 1 RTP/SAVP 0\r\na=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{KEY30}\r\n\
+         m=video 2 RTP/AVP 31\r\nm=audio 3 RTP/SAVP 0\r\na=crypto:1 F8_128_HMAC_SHA1_80 inline:{KEY30}\r\n"
+    );
+    let out = answer_sdp(&Sdp::parse(&body), &SdesPolicy::default(), &mut counter(0));
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].0, 0);
+    assert_eq!(out[0].1.as_ref().unwrap().local.to_string(), format!("3 AES_CM_128_HMAC_SHA1_32 inline:{}", base64_std(&(0u8..30).collect::<Vec<_>>())));
+    assert_eq!(out[1].0, 2);
+    assert_eq!(
+        out[1].1.as_ref().unwrap_err(),
+        &Error::NoAcceptableCrypto { rejected: vec![(0, LineRejection::UnsupportedSuite(CryptoSuite::F8_128_HMAC_SHA1_80))] }
+    );
 }
 
 #[test]
