@@ -524,6 +524,35 @@ proptest! {
     }
 
     #[test]
+    fn removing_attributes_keeps_every_other_byte(lines in proptest::collection::vec(("(a=(crypto|3ge2ae|x)(:[ -~]{0,8})?|[vcmt]=[ -~]{0,12})", prop_oneof![Just("\r\n"), Just("\n")]), 0..20), name in "(crypto|3ge2ae|x)") {
+        let s: String = lines.iter().map(|(l, e)| format!("{l}{e}")).collect();
+        let mut sdp = Sdp::parse(&s);
+        let levels: Vec<Level> = sdp.levels().collect();
+        for level in levels {
+            sdp.remove_attributes(level, |a| a.name == name).unwrap();
+        }
+        // Independent oracle: drop exactly the lines "a=<name>" / "a=<name>:..." from the text.
+        let expected: String = lines
+            .iter()
+            .filter(|(l, _)| !(l.strip_prefix("a=").is_some_and(|r| r == name || r.starts_with(&format!("{name}:")))))
+            .map(|(l, e)| format!("{l}{e}"))
+            .collect();
+        prop_assert_eq!(sdp.to_string(), expected);
+    }
+
+    #[test]
+    fn insert_then_remove_restores_body(lines in proptest::collection::vec(("[vcmta]=[ -~]{0,12}", prop_oneof![Just("\r\n"), Just("\n")]), 1..20), media in 0usize..4) {
+        let s: String = lines.iter().map(|(l, e)| format!("{l}{e}")).collect();
+        let mut sdp = Sdp::parse(&s);
+        let level = if media < sdp.media_count() { Level::Media(media) } else { Level::Session };
+        let at = sdp.insert_attribute(level, "3ge2ae:applied").unwrap();
+        prop_assert_eq!(sdp.lines(level).unwrap()[at].text(), "a=3ge2ae:applied");
+        prop_assert_eq!(sdp.to_string().len(), s.len() + "a=3ge2ae:applied".len() + sdp.lines(level).unwrap()[at].ending().as_str().len());
+        sdp.remove_line(level, at).unwrap();
+        prop_assert_eq!(sdp.to_string(), s);
+    }
+
+    #[test]
     fn crypto_round_trip(tag in 0u32..1_000_000_000, suite in 0usize..4, keys in proptest::collection::vec(arb_key_param(), 1..4), params in proptest::collection::vec(arb_param(), 0..5)) {
         let suite = [CryptoSuite::AES_CM_128_HMAC_SHA1_80, CryptoSuite::AES_CM_128_HMAC_SHA1_32, CryptoSuite::F8_128_HMAC_SHA1_80, CryptoSuite::NULL_HMAC_SHA1_80][suite].clone();
         let mki_len = match &keys[0] { KeyParam::Inline(k) => k.mki.as_ref().unwrap().len(), KeyParam::Other { .. } => 0 };
