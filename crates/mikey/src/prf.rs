@@ -1,0 +1,69 @@
+//! The MIKEY PRF (RFC 3830 §4.1.2) with HMAC-SHA-1 (PRF func 0, "MIKEY-1") or HMAC-SHA-256
+//! (PRF func 1, PRF-HMAC-SHA-256, RFC 6043 §6.1).
+//!
+//! ```text
+//! P(s, label, m) = HMAC(s, A_1 || label) || ... || HMAC(s, A_m || label),
+//!                  A_0 = label, A_i = HMAC(s, A_(i-1))
+//! PRF(inkey, label) = leftmost outkey_len bits of P(s_1,label,m) XOR ... XOR P(s_n,label,m)
+//! ```
+//! where `s_1..s_n` are the 256-bit chunks of `inkey` (the last may be shorter) and `m` is
+//! the number of HMAC output blocks needed for `outkey_len`.
+
+use hmac::{Hmac, KeyInit, Mac};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result};
+use crate::registry::PrfFunc;
+
+/// Size of an inkey chunk in octets (256 bits, RFC 3830 §4.1.2).
+const CHUNK: usize = 32;
+
+pub(crate) fn hmac_with<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>> {
+    let mut mac = <M as KeyInit>::new_from_slice(key)
+        .map_err(|_| Error::Length { what: "HMAC key", expected: 0, got: key.len() })?;
+    for p in parts {
+        mac.update(p);
+    }
+    Ok(mac.finalize().into_bytes().to_vec())
+}
+
+/// HMAC with the hash of `prf` over the concatenation of `parts`.
+pub(crate) fn hmac(prf: PrfFunc, key: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>> {
+    match prf {
+        PrfFunc::MIKEY_1 => hmac_with::<Hmac<sha1::Sha1>>(key, parts),
+        PrfFunc::HMAC_SHA_256 => hmac_with::<Hmac<sha2::Sha256>>(key, parts),
+        other => Err(Error::Unsupported { what: "PRF func", value: u16::from(other.0) }),
+    }
+}
+
+/// The P-function: `m` blocks of HMAC output keyed with `s`.
+fn p_function(prf: PrfFunc, s: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(out_len.saturating_add(32)));
+    let mut a = hmac(prf, s, &[label])?;
+    while out.len() < out_len {
+        let mut block = hmac(prf, s, &[&a, label])?;
+        out.extend_from_slice(&block);
+        block.zeroize();
+        a = hmac(prf, s, &[&a])?;
+    }
+    a.zeroize();
+    out.truncate(out_len);
+    Ok(out)
+}
+
+/// `PRF(inkey, label)` producing `out_len` octets (RFC 3830 §4.1.2).
+pub fn prf(prf: PrfFunc, inkey: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(vec![0u8; out_len]);
+    let mut chunks = inkey.chunks(CHUNK).peekable();
+    if chunks.peek().is_none() {
+        // An empty inkey is a single empty chunk.
+        return p_function(prf, &[], label, out_len);
+    }
+    for s in chunks {
+        let p = p_function(prf, s, label, out_len)?;
+        for (o, b) in out.iter_mut().zip(p.iter()) {
+            *o ^= b;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,482 @@
+//! Vectors, round trips, property tests and corpus replay for the MIKEY codec and KDFs.
+
+use mediasec_mikey::kemac_crypto;
+use mediasec_mikey::keys::{self, Direction, MessageKeys};
+use mediasec_mikey::payload::{self, Payload};
+use mediasec_mikey::prf::prf;
+use mediasec_mikey::registry::*;
+use mediasec_mikey::{CsIdMap, Message};
+use serde_json::Value;
+
+fn vectors(name: &str) -> Value {
+    let path = format!("{}/../../tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).expect("vector file")).expect("json")
+}
+
+fn h(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex string")).expect("hex")
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().expect("number")
+}
+
+/// Checks one `expected_parse` entry against the decoded payload.
+fn check_payload(p: &Payload, e: &Value) {
+    let name = e["payload"].as_str().expect("payload name");
+    match (name, p) {
+        ("T", Payload::T(t)) => {
+            assert_eq!(u64::from(t.ts_type.0), u(&e["ts_type"]));
+            assert_eq!(t.value.to_be_bytes().to_vec(), h(&e["ts_value"]));
+        }
+        ("RAND", Payload::Rand(r)) => assert_eq!(r.rand, h(&e["rand"])),
+        ("ID", Payload::Id(i)) => {
+            assert_eq!(u64::from(i.id_type.0), u(&e["type"]));
+            assert_eq!(i.data, e["data"].as_str().expect("data").as_bytes());
+        }
+        ("IDR", Payload::Idr(i)) => {
+            assert_eq!(u64::from(i.role.0), u(&e["role"]));
+            assert_eq!(u64::from(i.id_type.0), u(&e["type"]));
+            let data = if e["data_is_hex"].as_bool() == Some(true) {
+                h(&e["data"])
+            } else {
+                e["data"].as_str().expect("data").as_bytes().to_vec()
+            };
+            assert_eq!(i.data, data);
+        }
+        ("SP", Payload::Sp(sp)) => {
+            assert_eq!(u64::from(sp.policy_no), u(&e["policy_no"]));
+            assert_eq!(u64::from(sp.prot_type.0), u(&e["prot_type"]));
+            let params = e["params"].as_array().expect("params");
+            assert_eq!(sp.params.len(), params.len());
+            for (a, b) in sp.params.iter().zip(params) {
+                assert_eq!(u64::from(a.param_type.0), u(&b["type"]));
+                assert_eq!(a.value, h(&b["value"]));
+            }
+        }
+        ("KEMAC", Payload::Kemac(k)) => {
+            assert_eq!(u64::from(k.encr_alg.0), u(&e["encr_alg"]));
+            assert_eq!(k.encr_data, h(&e["encr_data"]));
+            assert_eq!(u64::from(k.mac_alg.0), u(&e["mac_alg"]));
+            assert_eq!(k.mac, h(&e["mac"]));
+        }
+        ("V", Payload::V(v)) => {
+            assert_eq!(u64::from(v.auth_alg.0), u(&e["auth_alg"]));
+            assert_eq!(v.mac, h(&e["ver_data"]));
+        }
+        ("SAKKE", Payload::Sakke(s)) => {
+            assert_eq!(u64::from(s.params.0), u(&e["sakke_params"]));
+            assert_eq!(u64::from(s.id_scheme.0), u(&e["id_scheme"]));
+            assert_eq!(s.data, h(&e["sakke_data"]));
+        }
+        ("GENEXT", Payload::GeneralExt(g)) => {
+            assert_eq!(u64::from(g.ext_type.0), u(&e["type"]));
+            assert_eq!(g.data, h(&e["data"]));
+        }
+        ("SIGN", Payload::Sign(s)) => {
+            assert_eq!(u64::from(s.sig_type.0), u(&e["s_type"]));
+            assert_eq!(s.signature.len() as u64, u(&e["sig_len"]));
+            assert_eq!(s.signature, h(&e["signature"]));
+        }
+        _ => panic!("payload {name} decoded as {:?}", p.payload_type()),
+    }
+}
+
+#[test]
+fn published_messages_decode_to_listed_fields_and_reencode_exactly() {
+    let v = vectors("mikey_messages_and_prf.json");
+    let mut checked = 0;
+    for vec in v["vectors"].as_array().expect("vectors") {
+        let Some(expected) = vec["expected_parse"].as_array() else { continue };
+        let bytes = h(&vec["hex"]);
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD
+            .decode(vec["base64"].as_str().expect("b64"))
+            .expect("base64");
+        assert_eq!(b64, bytes);
+        let (msg, header_len, spans) = Message::decode_with_spans(&bytes).expect("decode");
+        let hdr = &expected[0];
+        assert_eq!(u64::from(msg.header.version), u(&hdr["version"]));
+        assert_eq!(u64::from(msg.header.data_type.0), u(&hdr["data_type"]));
+        assert_eq!(u64::from(msg.header.v_flag), u(&hdr["V"]));
+        assert_eq!(u64::from(msg.header.prf.0), u(&hdr["prf_func"]));
+        assert_eq!(msg.header.csb_id.to_be_bytes().to_vec(), h(&hdr["csb_id"]));
+        assert_eq!(msg.header.cs_map.n_cs() as u64, u(&hdr["n_cs"]));
+        assert_eq!(u64::from(msg.header.cs_map.map_type().0), u(&hdr["cs_id_map_type"]));
+        assert_eq!(header_len as u64, u(&hdr["length"]));
+        assert_eq!(u64::from(bytes[2]), u(&hdr["next_payload"]));
+        if let CsIdMap::SrtpId(cs) = &msg.header.cs_map {
+            let info = hdr["cs_id_map_info"].as_array().expect("map info");
+            for (a, b) in cs.iter().zip(info) {
+                assert_eq!(u64::from(a.policy_no), u(&b["policy_no"]));
+                assert_eq!(a.ssrc.to_be_bytes().to_vec(), h(&b["ssrc"]));
+                assert_eq!(a.roc.to_be_bytes().to_vec(), h(&b["roc"]));
+            }
+        }
+        let payload_exp = &expected[1..];
+        assert_eq!(msg.payloads.len(), payload_exp.len(), "{}", vec["id"]);
+        for ((p, span), e) in msg.payloads.iter().zip(&spans).zip(payload_exp) {
+            assert_eq!(span.start as u64, u(&e["offset"]), "{} {}", vec["id"], e["payload"]);
+            if let Some(len) = e["length"].as_u64() {
+                assert_eq!((span.end - span.start) as u64, len, "{} {}", vec["id"], e["payload"]);
+            }
+            if let Some(np) = e["next_payload"].as_u64() {
+                assert_eq!(u64::from(bytes[span.start]), np);
+            }
+            check_payload(p, e);
+        }
+        assert_eq!(msg.encode().expect("encode"), bytes, "{}", vec["id"]);
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn prf_hmac_sha256_vendor_vectors() {
+    let v = vectors("mikey_messages_and_prf.json");
+    let mut n = 0;
+    for vec in v["vectors"].as_array().expect("vectors") {
+        if vec.get("inkey_tgk").is_none() {
+            continue;
+        }
+        let tgk = h(&vec["inkey_tgk"]);
+        let csb = u32::from_be_bytes(h(&vec["csb_id"]).try_into().expect("4"));
+        let cs = u8::try_from(u(&vec["cs_id"])).expect("u8");
+        let rand = h(&vec["rand"]);
+        let c1 = u32::from_be_bytes(h(&vec["label_constant_first_key"]).try_into().expect("4"));
+        let label = keys::label_tgk(c1, cs, csb, &rand);
+        assert_eq!(label, h(&vec["label_first_key"]));
+        assert_eq!(prf(PrfFunc::HMAC_SHA_256, &tgk, &label, 16).expect("prf").as_slice(), h(&vec["out_first_key_16"]));
+        let salt_label = keys::label_tgk(keys::SALT_FROM_TGK, cs, csb, &rand);
+        assert_eq!(prf(PrfFunc::HMAC_SHA_256, &tgk, &salt_label, 12).expect("prf").as_slice(), h(&vec["out_salt_12"]));
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn prf_mikey1_computed_examples() {
+    let v = vectors("mikey_messages_and_prf.json");
+    let vec = v["vectors"]
+        .as_array()
+        .expect("vectors")
+        .iter()
+        .find(|x| x["id"] == "computed-mikey1-prf-examples")
+        .expect("vector");
+    let csb = u32::from_be_bytes(h(&vec["csb_id"]).try_into().expect("4"));
+    let rand = h(&vec["rand"]);
+    let tgk = h(&vec["tgk"]);
+    let label = keys::label_tgk(keys::TEK, 1, csb, &rand);
+    assert_eq!(label, h(&vec["labels"]["tek"]));
+    let p0 = PrfFunc::MIKEY_1;
+    assert_eq!(prf(p0, &tgk, &label, 16).expect("prf").as_slice(), h(&vec["tek_16"]));
+    let salt = keys::label_tgk(keys::SALT_FROM_TGK, 1, csb, &rand);
+    assert_eq!(prf(p0, &tgk, &salt, 14).expect("prf").as_slice(), h(&vec["salt_14"]));
+    assert_eq!(keys::label_message(keys::MSG_ENCR, csb, &rand), h(&vec["labels"]["msg_encr"]));
+    let mk = MessageKeys::rfc3830(p0, &h(&vec["psk"]), csb, &rand, EncrAlg::AES_CM_128, MacAlg::HMAC_SHA_1_160)
+        .expect("keys");
+    assert_eq!(mk.encr_key.as_slice(), h(&vec["msg_encr_key_16"]));
+    assert_eq!(mk.auth_key.as_slice(), h(&vec["msg_auth_key_20"]));
+    assert_eq!(mk.salt_key.as_slice(), h(&vec["msg_salt_14"]));
+    let long = &vec["long_inkey_example"];
+    assert_eq!(
+        prf(p0, &h(&long["inkey_40_octets"]), &h(&long["label"]), 16).expect("prf").as_slice(),
+        h(&long["tek_16"])
+    );
+}
+
+#[test]
+fn mikey_ticket_computed_regression() {
+    let v = vectors("mikey_ticket_computed.json");
+    for vec in v["vectors"].as_array().expect("vectors") {
+        let p = if vec["prf"].as_str().expect("prf").contains("SHA-256") { PrfFunc::HMAC_SHA_256 } else { PrfFunc::MIKEY_1 };
+        let i = &vec["inputs"];
+        let l = &vec["labels"];
+        let o = &vec["outputs"];
+        let (mpk, trand, randri, randrr, randrkms) =
+            (h(&i["mpk"]), h(&i["ticket_rand"]), h(&i["randri"]), h(&i["randrr"]), h(&i["randrkms"]));
+        let csb = u32::from_be_bytes(h(&i["csb_id"]).try_into().expect("4"));
+        let idr = h(&i["idr_r_id_data"]);
+        let f = |k: &[u8], label: &[u8], n: usize| prf(p, k, label, n).expect("prf").to_vec();
+
+        let mpki_l = keys::label_base_ticket(keys::MPKI, 0x06, &trand);
+        assert_eq!(mpki_l, h(&l["mpki_A.2.2"]));
+        let mpki = f(&mpk, &mpki_l, 16);
+        assert_eq!(mpki, h(&o["mpki"]));
+        let mpkr = f(&mpk, &keys::label_base_ticket(keys::MPKR, 0x06, &trand), 16);
+        assert_eq!(mpkr, h(&o["mpkr"]));
+
+        let tpk_l = keys::label_base_ticket(keys::MSG_ENCR, 0x05, &trand);
+        assert_eq!(tpk_l, h(&l["tpk_encr_A.2.1"]));
+        let tpk = h(&i["tpk"]);
+        let tk = MessageKeys::derive(p, &tpk, EncrAlg::AES_CM_128, MacAlg::HMAC_SHA_1_160, |c| {
+            keys::label_base_ticket(c, 0x05, &trand)
+        })
+        .expect("tpk keys");
+        assert_eq!(tk.encr_key.as_slice(), h(&o["tpk_encr_key_16"]));
+        assert_eq!(tk.auth_key.as_slice(), h(&o["tpk_auth_key_20"]));
+        assert_eq!(tk.salt_key.as_slice(), h(&o["tpk_salt_14"]));
+
+        let ti_l = keys::label_ticket_message(keys::MSG_AUTH, csb, Direction::Initial, Some(&randri), None);
+        assert_eq!(ti_l, h(&l["transfer_init_auth_5.1.2"]));
+        assert_eq!(f(&mpki, &ti_l, 20), h(&o["transfer_init_auth_key_20_from_mpki"]));
+
+        let fork_l = keys::label_fork(keys::FORK_MPKR, &idr, Some(&randrkms));
+        assert_eq!(fork_l, h(&l["fork_mpkr_5.1.1"]));
+        let mpkr_f = f(&mpkr, &fork_l, 16);
+        assert_eq!(mpkr_f, h(&o["mpkr_forked"]));
+        assert_eq!(f(&h(&i["tgk"]), &keys::label_fork(keys::FORK_TGK, &idr, Some(&randrkms)), 16), h(&o["tgk_forked"]));
+
+        let tr_l = keys::label_ticket_message(keys::MSG_AUTH, csb, Direction::Response, Some(&randri), Some(&randrr));
+        assert_eq!(tr_l, h(&l["transfer_resp_auth_5.1.2_with_randrr"]));
+        assert_eq!(f(&mpkr_f, &tr_l, 20), h(&o["transfer_resp_auth_key_20_from_forked_mpkr_with_randrr"]));
+
+        let tek_l = keys::label_ticket_tgk(keys::TEK, 1, Some(&randri), None);
+        assert_eq!(tek_l, h(&l["tek_5.1.3_csid1"]));
+        assert_eq!(f(&h(&i["tgk"]), &tek_l, 16), h(&o["tek_16_csid1_no_randrr"]));
+
+        let vr_l = keys::label_initiator_data(keys::MSG_AUTH);
+        assert_eq!(vr_l, h(&l["initiator_data_vr_auth_6.10"]));
+        assert_eq!(f(&mpkr, &vr_l, 20), h(&o["vr_auth_key_20_from_mpkr"]));
+    }
+}
+
+#[test]
+fn unknown_payload_is_a_hard_error_with_offset() {
+    let v = vectors("mikey_messages_and_prf.json");
+    let mut bytes = h(&v["vectors"][0]["hex"]);
+    // The T payload at offset 19 names RAND (11) as next; make it name 18 (unassigned).
+    bytes[19] = 18;
+    let err = Message::decode(&bytes).expect_err("must fail");
+    assert_eq!(err, mediasec_mikey::Error::UnknownPayload { offset: 29, payload_type: 18 });
+    assert_eq!(err.to_string(), "unknown payload type 18 at byte 29");
+    let short = &h(&v["vectors"][0]["hex"])[..40];
+    let err = Message::decode(short).expect_err("truncated");
+    assert!(matches!(err, mediasec_mikey::Error::Truncated { offset: 31, .. }), "{err}");
+}
+
+#[test]
+fn kemac_psk_round_trip_every_algorithm() {
+    let psk = [7u8; 16];
+    let rand = [9u8; 16];
+    for encr in [EncrAlg::NULL, EncrAlg::AES_CM_128, EncrAlg::AES_KW_128, EncrAlg::AES_CM_256] {
+        for mac in [MacAlg::HMAC_SHA_1_160, MacAlg::HMAC_SHA_256_256] {
+            for prf_func in [PrfFunc::MIKEY_1, PrfFunc::HMAC_SHA_256] {
+                let keys = MessageKeys::rfc3830(prf_func, &psk, 0x1234, &rand, encr, mac).expect("keys");
+                let kd = payload::KeyData {
+                    key_type: KeyType::TGK_SALT,
+                    key: vec![0x42; 16],
+                    salt: Some(vec![0x24; 14]),
+                    // 40 octets in total: AES-KW needs a multiple of 8.
+                    validity: payload::KeyValidity::Spi(vec![1, 2, 3]),
+                };
+                let plain = payload::encode_payloads(&[Payload::KeyData(kd.clone())]).expect("enc");
+                let ct = kemac_crypto::encrypt(encr, &keys, 0x1234, 99, &plain).expect("encrypt");
+                if encr != EncrAlg::NULL {
+                    assert_ne!(ct, plain);
+                }
+                let pt = kemac_crypto::decrypt(encr, &keys, 0x1234, 99, &ct).expect("decrypt");
+                let back = payload::decode_payloads(&pt, PayloadType::KEY_DATA, 0).expect("chain");
+                assert_eq!(back, vec![Payload::KeyData(kd)]);
+                let tag = kemac_crypto::mac(mac, &keys.auth_key, &[&ct]).expect("mac");
+                assert_eq!(Some(tag.len()), mac.mac_len());
+                kemac_crypto::verify_mac(mac, &keys.auth_key, &[&ct], &tag).expect("verify");
+                let mut bad = tag.clone();
+                bad[0] ^= 1;
+                let err = kemac_crypto::verify_mac(mac, &keys.auth_key, &[&ct], &bad).expect_err("tamper");
+                assert_eq!(err.err_code(), ErrorCode::AUTH_FAILURE);
+            }
+        }
+    }
+}
+
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/mikey_decode");
+    let mut n = 0;
+    let mut decoded = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("read");
+        if mediasec_mikey::fuzzing::decode_round_trip(&data) {
+            decoded += 1;
+        }
+        n += 1;
+    }
+    assert!(n >= 5, "corpus has {n} files");
+    assert!(decoded >= 3, "only {decoded} corpus files decode");
+}
+
+mod props {
+    use super::*;
+    use mediasec_mikey::payload::*;
+    use mediasec_mikey::{CommonHeader, GenericCs, SrtpCs};
+    use proptest::collection::vec as pvec;
+    use proptest::prelude::*;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        pvec(any::<u8>(), 0..max)
+    }
+
+    fn validity() -> impl Strategy<Value = KeyValidity> {
+        prop_oneof![
+            Just(KeyValidity::Null),
+            bytes(8).prop_map(KeyValidity::Spi),
+            (bytes(8), bytes(8)).prop_map(|(from, to)| KeyValidity::Interval { from, to }),
+        ]
+    }
+
+    fn ts() -> impl Strategy<Value = Timestamp> {
+        (0u8..4, any::<u64>()).prop_map(|(t, v)| {
+            let ts_type = TsType(t);
+            let value = if ts_type.value_len() == Some(4) { v & 0xffff_ffff } else { v };
+            Timestamp { ts_type, value }
+        })
+    }
+
+    fn mac() -> impl Strategy<Value = (MacAlg, Vec<u8>)> {
+        (0u8..3).prop_flat_map(|a| {
+            let alg = MacAlg(a);
+            let n = alg.mac_len().unwrap_or(0);
+            pvec(any::<u8>(), n..=n).prop_map(move |m| (alg, m))
+        })
+    }
+
+    fn policy() -> impl Strategy<Value = TicketPolicy> {
+        (any::<u16>(), any::<u8>(), any::<u8>(), 0u8..128, 0u16..4096, 0u8..32, bytes(20)).prop_map(
+            |(t, s, v, p, f, r, data)| TicketPolicy {
+                ticket_type: TicketType(t),
+                subtype: s,
+                version: v,
+                prf: PrfFunc(p),
+                flags: TicketFlags(f),
+                reserved: r,
+                data,
+            },
+        )
+    }
+
+    fn payload_no_sign() -> impl Strategy<Value = Payload> {
+        prop_oneof![
+            (any::<u8>(), bytes(40), mac()).prop_map(|(e, d, (a, m))| Payload::Kemac(Kemac {
+                encr_alg: EncrAlg(e),
+                encr_data: d,
+                mac_alg: a,
+                mac: m
+            })),
+            (0u8..4, bytes(40)).prop_map(|(c, d)| Payload::Pke(Pke { cache: PkeCache(c), data: d })),
+            (0u8..3, 0u8..16, validity()).prop_map(|(g, r, v)| {
+                let group = DhGroup(g);
+                Payload::Dh(Dh { group, value: vec![g; group.value_len().unwrap_or(0)], reserved: r, validity: v })
+            }),
+            ts().prop_map(Payload::T),
+            (any::<u8>(), bytes(30)).prop_map(|(t, d)| Payload::Id(Id { id_type: IdType(t), data: d })),
+            (any::<u8>(), bytes(30)).prop_map(|(t, d)| Payload::Cert(Cert { cert_type: CertType(t), data: d })),
+            (0u8..3).prop_map(|f| {
+                let hash_func = HashFunc(f);
+                Payload::Chash(Chash { hash_func, hash: vec![f; hash_func.hash_len().unwrap_or(0)] })
+            }),
+            mac().prop_map(|(a, m)| Payload::V(Verification { auth_alg: a, mac: m })),
+            (any::<u8>(), any::<u8>(), pvec((any::<u8>(), bytes(4)), 0..6)).prop_map(|(n, p, ps)| {
+                Payload::Sp(SecurityPolicy {
+                    policy_no: n,
+                    prot_type: ProtType(p),
+                    params: ps.into_iter().map(|(t, value)| PolicyParam { param_type: SrtpParam(t), value }).collect(),
+                })
+            }),
+            bytes(32).prop_map(|rand| Payload::Rand(Rand { rand })),
+            (any::<u8>(), any::<u16>()).prop_map(|(c, r)| Payload::Err(ErrPayload { code: ErrorCode(c), reserved: r })),
+            (any::<u8>(), ts()).prop_map(|(r, ts)| Payload::Tr(TimestampRole { role: TsRole(r), ts })),
+            (any::<u8>(), any::<u8>(), bytes(30)).prop_map(|(r, t, d)| Payload::Idr(Idr {
+                role: IdRole(r),
+                id_type: IdType(t),
+                data: d
+            })),
+            (any::<u8>(), bytes(30)).prop_map(|(r, d)| Payload::Randr(Randr { role: RandRole(r), rand: d })),
+            policy().prop_map(Payload::Tp),
+            (policy(), bytes(40), bytes(20)).prop_map(|(policy, t, i)| Payload::Ticket(Ticket {
+                policy,
+                ticket_data: t,
+                initiator_data: i
+            })),
+            (0u8..16, bytes(32), bytes(16), validity()).prop_map(|(t, k, s, v)| {
+                let key_type = KeyType(t);
+                Payload::KeyData(KeyData { key_type, key: k, salt: key_type.has_salt().then_some(s), validity: v })
+            }),
+            (any::<u8>(), bytes(30)).prop_map(|(t, d)| Payload::GeneralExt(GeneralExt { ext_type: GeneralExtType(t), data: d })),
+            (any::<u8>(), any::<u8>(), bytes(60)).prop_map(|(p, s, d)| Payload::Sakke(Sakke {
+                params: SakkeParams(p),
+                id_scheme: SakkeIdScheme(s),
+                data: d
+            })),
+        ]
+    }
+
+    fn cs_map() -> impl Strategy<Value = CsIdMap> {
+        prop_oneof![
+            pvec((any::<u8>(), any::<u32>(), any::<u32>()), 0..4)
+                .prop_map(|v| CsIdMap::SrtpId(v.into_iter().map(|(policy_no, ssrc, roc)| SrtpCs { policy_no, ssrc, roc }).collect())),
+            any::<u8>().prop_map(|n_cs| CsIdMap::Empty { n_cs }),
+            pvec((any::<u8>(), any::<u8>(), any::<bool>(), bytes(4), bytes(10), bytes(5)), 0..3).prop_map(|v| {
+                CsIdMap::GenericId(
+                    v.into_iter()
+                        .map(|(cs_id, p, s_flag, policies, session_data, spi)| GenericCs {
+                            cs_id,
+                            prot_type: ProtType(p),
+                            s_flag,
+                            policies,
+                            session_data,
+                            spi,
+                        })
+                        .collect(),
+                )
+            }),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u8>(),
+            any::<bool>(),
+            0u8..128,
+            any::<u32>(),
+            cs_map(),
+            pvec(payload_no_sign(), 0..8),
+            proptest::option::of((0u8..16, bytes(40))),
+        )
+            .prop_map(|(dt, v, prf, csb, map, mut payloads, sign)| {
+                if let Some((t, s)) = sign {
+                    payloads.push(Payload::Sign(Sign { sig_type: SignatureType(t), signature: s }));
+                }
+                Message {
+                    header: CommonHeader { version: 1, data_type: DataType(dt), v_flag: v, prf: PrfFunc(prf), csb_id: csb, cs_map: map },
+                    payloads,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(m in message()) {
+            let bytes = m.encode().expect("encode");
+            let back = Message::decode(&bytes).expect("decode");
+            prop_assert_eq!(&back, &m);
+            prop_assert_eq!(back.encode().expect("re-encode"), bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in bytes(300)) {
+            mediasec_mikey::fuzzing::decode_round_trip(&data);
+        }
+
+        #[test]
+        fn mutated_messages_never_panic(m in message(), pos in any::<usize>(), val in any::<u8>()) {
+            let mut bytes = m.encode().expect("encode");
+            if !bytes.is_empty() {
+                let i = pos % bytes.len();
+                bytes[i] = val;
+            }
+            mediasec_mikey::fuzzing::decode_round_trip(&bytes);
+            let _ = decode_first_payload_chain(&bytes, 0);
+        }
+    }
+}
