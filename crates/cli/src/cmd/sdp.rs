@@ -17,7 +17,7 @@ pub(crate) struct Args {
 #[derive(clap::Subcommand)]
 enum SdpCommand {
     /// Show the a=crypto, a=key-mgmt and a=3ge2ae lines of an SDP body, decoded, per level.
-    /// Exit status 1 if any of those attributes is malformed.
+    /// Exit status 1 if any of those attributes is malformed or a MIKEY message does not decode.
     Inspect {
         /// SDP file, or `-` for standard input.
         file: String,
@@ -94,6 +94,22 @@ fn describe_crypto(value: &str, show_keys: bool) -> Result<Value, mediasec_sdp::
     }))
 }
 
+/// What the MIKEY decoder (crates/mikey) makes of the data: header fields and the payload
+/// chain, or its error with the byte offset. Payload contents (which may hold clear keys in a
+/// NULL-encrypted KEMAC) are left to `mediasec mikey decode`.
+fn mikey_summary(data: &[u8]) -> Value {
+    match mediasec_mikey::Message::decode(data) {
+        Ok(m) => json!({
+            "data_type": m.header.data_type.to_string(),
+            "v_flag": m.header.v_flag,
+            "prf": m.header.prf.to_string(),
+            "csb_id": format!("{:#010x}", m.header.csb_id),
+            "payloads": m.payloads.iter().map(|p| p.payload_type().to_string()).collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
 /// The whole report; `errors` counts malformed attributes.
 fn describe(sdp: &Sdp, show_keys: bool, errors: &mut usize) -> Value {
     let mut first_line = 1;
@@ -115,7 +131,14 @@ fn describe_level(sdp: &Sdp, level: Level, first_line: usize, show_keys: bool, e
         let decoded = match attr.name {
             CryptoAttribute::NAME => describe_crypto(value, show_keys).map(|v| (&mut crypto, v)),
             KeyMgmt::NAME => KeyMgmt::parse(value).map(|k| {
-                let v = json!({ "protocol": k.protocol, "data": hex_or_fingerprint(&k.data, show_keys) });
+                let mut v = json!({ "protocol": k.protocol, "data": hex_or_fingerprint(&k.data, show_keys) });
+                if k.protocol == KeyMgmt::MIKEY {
+                    let summary = mikey_summary(&k.data);
+                    *errors += usize::from(summary.get("error").is_some());
+                    if let Some(obj) = v.as_object_mut() {
+                        obj.insert("mikey".to_owned(), summary);
+                    }
+                }
                 (&mut key_mgmt, v)
             }),
             mediasec_sdp::e2ae::NAME => E2aeIndication::parse(value).map(|e| (&mut e2ae, json!(e.to_string()))),
@@ -219,6 +242,14 @@ fn render_text(report: &Value) -> String {
                 Some(_) => writeln!(o, "  line {}: a=key-mgmt INVALID: {}", txt(k, &["line"]), txt(k, &["error"])),
                 None => writeln!(o, "  line {}: a=key-mgmt {}: {}", txt(k, &["line"]), txt(k, &["value", "protocol"]), bytes_text(at(k, &["value", "data"]))),
             };
+            let m = at(k, &["value", "mikey"]);
+            if m.get("error").is_some() {
+                let _ = writeln!(o, "    MIKEY: does not decode: {}", txt(m, &["error"]));
+            } else if !m.is_null() {
+                let payloads: Vec<&str> = list(m, "payloads").filter_map(Value::as_str).collect();
+                let _ = writeln!(o, "    MIKEY: {}, V={}, PRF {}, CSB ID {}", txt(m, &["data_type"]), txt(m, &["v_flag"]), txt(m, &["prf"]), txt(m, &["csb_id"]));
+                let _ = writeln!(o, "    payloads: {}", payloads.join(", "));
+            }
         }
         for e in list(level, "3ge2ae") {
             let _ = match e.get("error") {
@@ -235,7 +266,7 @@ mod tests {
     #![allow(clippy::indexing_slicing)]
     use super::*;
 
-    const BODY: &str = "v=0\r\ns=-\r\na=key-mgmt:mikey AQID\r\nm=audio 4 RTP/SAVP 0\r\n\
+    const BODY: &str = "v=0\r\ns=-\r\na=key-mgmt:mikey AQEFgM0XflABAAAAAAAAAAAAAAYAyONQ6gAAAAAJAAAQbWlja2V5QG1vdXNlLmNvbQABn8HdGE5BMDXFIuGEga+62AgY5cc=\r\nm=audio 4 RTP/SAVP 0\r\n\
         a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4 KDR=1\r\n\
         a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:AAAA\r\na=3ge2ae:applied\r\n";
 
@@ -245,7 +276,15 @@ mod tests {
         let r = describe(&Sdp::parse(BODY), false, &mut errors);
         assert_eq!(errors, 1);
         assert_eq!(r["levels"][0]["key_mgmt"][0]["line"], 3);
-        assert_eq!(r["levels"][0]["key_mgmt"][0]["value"]["data"]["len"], 3);
+        let km = &r["levels"][0]["key_mgmt"][0]["value"];
+        assert_eq!(km["data"]["len"], 71);
+        assert_eq!(km["mikey"]["data_type"], "PSK ver msg (1)");
+        assert_eq!(km["mikey"]["v_flag"], true);
+        assert_eq!(km["mikey"]["payloads"][0].as_str().map(|p| p.starts_with("T")), Some(true), "{km}");
+        let mut bad_errors = 0;
+        let bad = describe(&Sdp::parse("v=0\r\na=key-mgmt:mikey AQID\r\n"), false, &mut bad_errors);
+        assert_eq!(bad_errors, 1);
+        assert!(bad["levels"][0]["key_mgmt"][0]["value"]["mikey"]["error"].as_str().unwrap_or_default().contains("byte"), "{bad}");
         let media = &r["levels"][1];
         assert_eq!(media["m"]["proto"], "RTP/SAVP");
         let c = &media["crypto"][0];
