@@ -20,6 +20,8 @@ enum Command {
     Srtp(cmd::srtp::Args),
     /// Decode the key-management attributes of an SDP body (a=crypto, a=key-mgmt, a=3ge2ae).
     Sdp(cmd::sdp::Args),
+    /// Decode MIKEY / MIKEY-TICKET messages.
+    Mikey(cmd::mikey::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Srtp(args) => cmd::srtp::run(args),
         Command::Sdp(args) => cmd::sdp::run(args),
+        Command::Mikey(args) => cmd::mikey::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

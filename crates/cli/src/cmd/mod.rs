@@ -2,5 +2,6 @@
 
 pub(crate) mod bench;
 pub(crate) mod demo;
+pub(crate) mod mikey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;

@@ -22,7 +22,7 @@ pub use keyexchange::{Dh, Pke, Sakke, Sign};
 pub use policy::{PolicyParam, SecurityPolicy};
 pub use rand::{Rand, Randr};
 pub use status::{ErrPayload, Verification};
-pub use ticket::{Ticket, TicketFlags, TicketPolicy};
+pub use ticket::{BaseTicketData, Ticket, TicketFlags, TicketPolicy};
 pub use timestamp::{Timestamp, TimestampRole};
 
 use crate::codec::{Reader, Writer};

@@ -181,3 +181,35 @@ impl Ticket {
         self.initiator_data.len().saturating_add(2)
     }
 }
+
+/// Ticket Data of the MIKEY base ticket (RFC 6043 Appendix A.1): a ticket header THDR
+/// (`Next | THDR Data length(16) | THDR Data`, type implicit) followed by the chain
+/// `T, RAND, KEMAC, [IDRpsk], V`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseTicketData {
+    /// THDR Data (implementation specific).
+    pub thdr_data: Vec<u8>,
+    /// Payloads after THDR.
+    pub payloads: Vec<super::Payload>,
+}
+
+impl BaseTicketData {
+    /// Decodes Ticket Data; `base` is the absolute offset of its first octet.
+    pub fn decode(bytes: &[u8], base: usize) -> Result<Self> {
+        let mut r = Reader::new(bytes, base);
+        let next = r.u8("THDR Next Payload")?;
+        let n = r.u16("THDR Data length")?;
+        let thdr_data = r.vec(usize::from(n), "THDR Data")?;
+        let (payloads, _) = super::decode_chain(&mut r, next)?;
+        Ok(Self { thdr_data, payloads })
+    }
+
+    /// Encodes Ticket Data.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut w = Writer::new();
+        w.u8(super::first_type(&self.payloads));
+        w.len16(&self.thdr_data, "THDR Data")?;
+        super::encode_chain(&self.payloads, &mut w)?;
+        Ok(w.into_vec())
+    }
+}
