@@ -1,0 +1,171 @@
+//! The UE's HTTP driver for Ub (TS 24.109 §4) and a Zn client for NAFs, over a minimal
+//! HTTP/1.1 client (one request per connection, `Connection: close`, plain TCP).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_gba::ue::{Bootstrap, USER_AGENT, UeAnswer, UeBootstrap, UB_URI};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::BsfError;
+
+/// Largest response accepted.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// An HTTP response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers (names lowercased).
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// First header value by (lowercase) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim().to_owned()
+    }
+}
+
+/// `http://host:port[/path]` split into (authority, path).
+pub fn split_url(url: &str) -> Result<(String, String), BsfError> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| BsfError::Url(url.to_owned()))?;
+    let (auth, path) = rest.find('/').map_or((rest, "/"), |i| (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")));
+    if auth.is_empty() || !auth.contains(':') {
+        return Err(BsfError::Url(url.to_owned()));
+    }
+    Ok((auth.to_owned(), path.to_owned()))
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub async fn request(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, BsfError> {
+    let mut stream = TcpStream::connect(authority).await?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut raw).await?;
+    parse_response(&raw)
+}
+
+/// Parse a complete HTTP/1.1 response (the connection was closed by the server).
+pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, BsfError> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(BsfError::Http { offset: raw.len(), reason: "no end of headers" })?;
+    let head = std::str::from_utf8(raw.get(..end).unwrap_or_default()).map_err(|e| BsfError::Http { offset: e.valid_up_to(), reason: "headers are not UTF-8" })?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or(BsfError::Http { offset: 0, reason: "bad status line" })?;
+    let mut headers = Vec::new();
+    for l in lines {
+        let (n, v) = l.split_once(':').ok_or(BsfError::Http { offset: 0, reason: "header line without ':'" })?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let mut body = raw.get(end + 4..).unwrap_or_default().to_vec();
+    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
+        return Err(BsfError::Http { offset: end, reason: "chunked responses are not supported" });
+    }
+    if let Some(len) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
+        if body.len() < len {
+            return Err(BsfError::Http { offset: raw.len(), reason: "body shorter than Content-Length" });
+        }
+        body.truncate(len);
+    }
+    Ok(HttpResponse { status, headers, body })
+}
+
+/// Bootstrap against the BSF at `bsf_url` (TS 24.109 §4.2, with resynchronisation §4.5).
+/// Returns the bootstrap and the highest accepted SQN (for the caller's USIM state).
+pub async fn bootstrap(bsf_url: &str, mut ue: UeBootstrap) -> Result<(Bootstrap, u64), BsfError> {
+    let (authority, _) = split_url(bsf_url)?;
+    let mut auth = ue.initial_authorization();
+    // Initial request, at most one resync, then the response: 3 rounds suffice; allow 4.
+    for _ in 0..4 {
+        let r = request(&authority, "GET", UB_URI, &[("Authorization", &auth), ("User-Agent", USER_AGENT)], b"").await?;
+        match r.status {
+            401 => {
+                let www = r.header("www-authenticate").ok_or(BsfError::Http { offset: 0, reason: "401 without WWW-Authenticate" })?;
+                auth = match ue.on_challenge(www, "GET", b"", &rand::random())? {
+                    UeAnswer::Response(a) | UeAnswer::Resync(a) => a,
+                };
+            }
+            200 => {
+                let info = r.header("authentication-info").ok_or(BsfError::Http { offset: 0, reason: "200 without Authentication-Info" })?;
+                let boot = ue.on_success(info, &r.body)?;
+                return Ok((boot, ue.sqn_ms()));
+            }
+            status => return Err(BsfError::Status { status, body: r.body_text() }),
+        }
+    }
+    Err(BsfError::Status { status: 401, body: "bootstrapping did not converge".into() })
+}
+
+/// What Zn returns for a B-TID.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ZnKey {
+    /// Ks_NAF, base64.
+    pub ks_naf: String,
+    /// IMPI.
+    pub impi: String,
+    /// IMPUs.
+    pub impus: Vec<String>,
+    /// Bootstrapping time (xs:dateTime).
+    pub bootstrap_time: String,
+    /// Key expiry (xs:dateTime).
+    pub key_expiry: String,
+}
+
+impl ZnKey {
+    /// Ks_NAF octets.
+    pub fn key(&self) -> Result<Vec<u8>, BsfError> {
+        STANDARD.decode(&self.ks_naf).map_err(|_| BsfError::Http { offset: 0, reason: "ks_naf is not base64" })
+    }
+}
+
+/// NAF side: fetch Ks_NAF and the user's profile by B-TID. `Ok(None)` on 404 (unknown or
+/// expired B-TID: tell the UE to bootstrap again).
+pub async fn zn_lookup(
+    bsf_url: &str,
+    token: &str,
+    btid: &str,
+    naf_fqdn: &str,
+    ua_protocol_id: &str,
+) -> Result<Option<ZnKey>, BsfError> {
+    let (authority, _) = split_url(bsf_url)?;
+    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id }).to_string();
+    let bearer = format!("Bearer {token}");
+    let r = request(&authority, "POST", "/zn/v1/naf-keys", &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes()).await?;
+    match r.status {
+        200 => serde_json::from_slice(&r.body).map(Some).map_err(|_| BsfError::Http { offset: 0, reason: "Zn body is not the documented JSON" }),
+        404 => Ok(None),
+        status => Err(BsfError::Status { status, body: r.body_text() }),
+    }
+}
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

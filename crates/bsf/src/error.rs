@@ -1,0 +1,49 @@
+//! The one error type of this crate.
+
+/// Errors of the BSF server, its store and the UE/Zn HTTP clients.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BsfError {
+    /// The embedded database failed.
+    #[error("store: {0}")]
+    Store(#[from] redb::Error),
+    /// A stored record could not be decoded.
+    #[error("store record for {key:?} is corrupt: {reason}")]
+    Corrupt {
+        /// Record key.
+        key: String,
+        /// Decoder message.
+        reason: String,
+    },
+    /// Invalid subscriber data supplied by an operator.
+    #[error("invalid subscriber: {0}")]
+    InvalidSubscriber(String),
+    /// Subscriber already exists / does not exist.
+    #[error("subscriber {0:?}: {1}")]
+    Subscriber(String, &'static str),
+    /// Socket I/O.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer's HTTP response was malformed (byte offset into the response).
+    #[error("malformed HTTP response at byte {offset}: {reason}")]
+    Http {
+        /// Byte offset.
+        offset: usize,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// Unsupported or malformed URL.
+    #[error("URL {0:?}: only http://host:port[/path] is supported")]
+    Url(String),
+    /// The server answered with an unexpected status.
+    #[error("unexpected HTTP status {status}: {body}")]
+    Status {
+        /// Status code.
+        status: u16,
+        /// Response body (reason).
+        body: String,
+    },
+    /// GBA protocol failure (AUTN, rspauth, parsing ...).
+    #[error(transparent)]
+    Gba(#[from] mediasec_gba::GbaError),
+}

@@ -1,0 +1,15 @@
+//! The mediasec GBA BSF (TS 33.220, TS 24.109) as a service, and the UE's HTTP driver.
+//!
+//! - [`store`]: subscribers (IMPI, K, OPc/OP, AMF, SQN, IMPUs, GUSS) and bootstrap sessions
+//!   in one redb file; SQNs are committed before use.
+//! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
+//! - [`client`]: UE bootstrapping over HTTP and a Zn client for NAFs (e.g. the KMS).
+//!
+//! The protocol logic lives in the sans-IO crate `mediasec-gba`.
+
+pub mod client;
+mod error;
+pub mod server;
+pub mod store;
+
+pub use error::BsfError;

@@ -1,0 +1,296 @@
+//! The BSF HTTP server (axum): Ub (TS 24.109 §4, any path, GET or POST), Zn
+//! (`POST /zn/v1/naf-keys`, bearer token), admin (`/admin/v1/subscribers`, bearer token) and
+//! `/metrics` (Prometheus text format).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_gba::bootstrapping_info::{CONTENT_TYPE, format_time};
+use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, PendingChallenge, UbRequest, Verdict};
+use mediasec_gba::kdf::{NafId, UaProtocolId};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+
+use crate::BsfError;
+use crate::store::{Store, Subscriber};
+
+/// Server configuration.
+pub struct ServerConfig {
+    /// Ub policy (domain, lifetimes, qop).
+    pub bsf: BsfConfig,
+    /// Bearer token NAFs present on Zn.
+    pub zn_token: String,
+    /// Bearer token for the admin API.
+    pub admin_token: String,
+}
+
+#[derive(Default)]
+struct Metrics {
+    challenges: AtomicU64,
+    bootstraps: AtomicU64,
+    resyncs: AtomicU64,
+    rejections: AtomicU64,
+    zn_lookups: AtomicU64,
+    zn_not_found: AtomicU64,
+}
+
+/// Shared server state.
+pub struct Bsf {
+    cfg: ServerConfig,
+    store: Store,
+    pending: Mutex<HashMap<String, PendingChallenge>>,
+    metrics: Metrics,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn text(status: StatusCode, reason: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], format!("{reason}\n")).into_response()
+}
+
+fn internal(e: &BsfError) -> Response {
+    warn!(error = %e, "internal error");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+impl Bsf {
+    /// Build the state around an open store.
+    pub fn new(cfg: ServerConfig, store: Store) -> Arc<Self> {
+        Arc::new(Self { cfg, store, pending: Mutex::new(HashMap::new()), metrics: Metrics::default() })
+    }
+
+    /// The store (for tests and the CLI).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The axum router.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/zn/v1/naf-keys", post(zn))
+            .route("/admin/v1/subscribers", get(admin_list).post(admin_add))
+            .route("/admin/v1/subscribers/{impi}", delete(admin_remove))
+            .route("/metrics", get(metrics))
+            .fallback(ub)
+            .with_state(Arc::clone(self))
+    }
+
+    /// Allocate a durable SQN and answer 401 with a challenge (TS 24.109 §4.2).
+    fn challenge(&self, impi: &str, stale: bool, reason: &str) -> Response {
+        let sub = match self.store.next_sqn(impi) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                self.metrics.rejections.fetch_add(1, Ordering::Relaxed);
+                info!(impi, "unknown IMPI");
+                return text(StatusCode::FORBIDDEN, "unknown IMPI");
+            }
+            Err(e) => return internal(&e),
+        };
+        let auth = match sub.auth() {
+            Ok(a) => a,
+            Err(e) => return internal(&e),
+        };
+        let input = ChallengeInput { sqn: sub.sqn, rand: rand::random(), opaque: rand::random(), now: now(), stale };
+        let (ch, pending) = bsf::issue_challenge(&self.cfg.bsf, impi, &auth, input);
+        if let Ok(mut p) = self.pending.lock() {
+            let limit = self.cfg.bsf.nonce_lifetime;
+            let t = now();
+            p.retain(|_, v| t.saturating_sub(v.issued_at) <= limit);
+            p.insert(pending.nonce.clone(), pending);
+        }
+        self.metrics.challenges.fetch_add(1, Ordering::Relaxed);
+        let mut r = text(StatusCode::UNAUTHORIZED, reason);
+        if let Ok(v) = HeaderValue::from_str(&ch.to_header()) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+
+    fn reject(&self, status: u16, reason: &str) -> Response {
+        self.metrics.rejections.fetch_add(1, Ordering::Relaxed);
+        info!(status, reason, "Ub request rejected");
+        text(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), reason)
+    }
+}
+
+async fn ub(State(b): State<Arc<Bsf>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+    if method != Method::GET && method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Ub accepts GET or POST");
+    }
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let creds = match bsf::classify(auth) {
+        Err(r) => return b.reject(r.status, r.reason),
+        Ok(UbRequest::Initial { impi }) => return b.challenge(&impi, false, "bootstrapping challenge"),
+        Ok(UbRequest::Response(c)) => c,
+    };
+    let pending = b.pending.lock().ok().and_then(|mut p| p.remove(&creds.nonce));
+    let Some(pending) = pending else {
+        // Unknown or already answered nonce (replay): fresh challenge, stale=TRUE.
+        return b.challenge(&creds.username, true, "unknown or already used nonce");
+    };
+    let sub = match b.store.subscriber(&pending.impi) {
+        Ok(Some(s)) => s,
+        Ok(None) => return b.reject(403, "unknown IMPI"),
+        Err(e) => return internal(&e),
+    };
+    let auth = match sub.auth() {
+        Ok(a) => a,
+        Err(e) => return internal(&e),
+    };
+    match bsf::verify_response(&b.cfg.bsf, &pending, &creds, method.as_str(), &body, &auth, now()) {
+        Verdict::Bootstrapped(session) => {
+            if let Err(e) = b.store.put_session(&session) {
+                return internal(&e);
+            }
+            let (xml, info) = bsf::success(&pending, &creds, &session);
+            b.metrics.bootstraps.fetch_add(1, Ordering::Relaxed);
+            info!(impi = %session.impi, btid = %session.btid, "bootstrapped");
+            let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], xml).into_response();
+            if let Ok(v) = HeaderValue::from_str(&info.to_header()) {
+                r.headers_mut().insert("authentication-info", v);
+            }
+            r
+        }
+        Verdict::Resync { sqn_ms } => {
+            match b.store.resync_sqn(&pending.impi, sqn_ms) {
+                Ok(Some(_)) => {}
+                Ok(None) => return b.reject(403, "unknown IMPI"),
+                Err(e) => return internal(&e),
+            }
+            b.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+            info!(impi = %pending.impi, sqn_ms, "SQN resynchronised");
+            b.challenge(&pending.impi, false, "SQN resynchronised")
+        }
+        Verdict::Rejected(r) if r.status == 401 => b.challenge(&pending.impi, true, r.reason),
+        Verdict::Rejected(r) => b.reject(r.status, r.reason),
+    }
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    !token.is_empty() && got.len() == token.len() && bool::from(got.as_bytes().ct_eq(token.as_bytes()))
+}
+
+#[derive(Deserialize)]
+struct ZnRequest {
+    btid: String,
+    naf_fqdn: String,
+    ua_protocol_id: String,
+}
+
+async fn zn(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !bearer_ok(&headers, &b.cfg.zn_token) {
+        return text(StatusCode::UNAUTHORIZED, "Zn requires a valid bearer token");
+    }
+    let Ok(req) = serde_json::from_slice::<ZnRequest>(&body) else {
+        return text(StatusCode::BAD_REQUEST, "expected {\"btid\",\"naf_fqdn\",\"ua_protocol_id\"}");
+    };
+    let Ok(ua) = UaProtocolId::from_hex(&req.ua_protocol_id) else {
+        return text(StatusCode::BAD_REQUEST, "ua_protocol_id must be 10 hex digits");
+    };
+    if req.naf_fqdn.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "naf_fqdn is empty");
+    }
+    b.metrics.zn_lookups.fetch_add(1, Ordering::Relaxed);
+    let session = match b.store.session(&req.btid, now()) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            b.metrics.zn_not_found.fetch_add(1, Ordering::Relaxed);
+            return text(StatusCode::NOT_FOUND, "unknown or expired B-TID");
+        }
+        Err(e) => return internal(&e),
+    };
+    let impus = match b.store.subscriber(&session.impi) {
+        Ok(Some(s)) => s.impus,
+        Ok(None) => Vec::new(),
+        Err(e) => return internal(&e),
+    };
+    let naf = NafId::new(req.naf_fqdn.clone(), ua);
+    let Ok(key) = session.ks().ks_naf(&session.rand, &session.impi, &naf) else {
+        return text(StatusCode::BAD_REQUEST, "naf_fqdn too long");
+    };
+    info!(btid = %req.btid, naf = %req.naf_fqdn, "Zn key delivered");
+    let out = serde_json::json!({
+        "ks_naf": STANDARD.encode(key.0),
+        "impi": session.impi,
+        "impus": impus,
+        "bootstrap_time": format_time(session.bootstrap_time),
+        "key_expiry": format_time(session.expiry),
+    });
+    (StatusCode::OK, axum::Json(out)).into_response()
+}
+
+async fn admin_list(State(b): State<Arc<Bsf>>, headers: HeaderMap) -> Response {
+    if !bearer_ok(&headers, &b.cfg.admin_token) {
+        return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
+    }
+    match b.store.subscribers() {
+        Ok(v) => axum::Json(v.iter().map(Subscriber::public_view).collect::<Vec<_>>()).into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn admin_add(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !bearer_ok(&headers, &b.cfg.admin_token) {
+        return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
+    }
+    let Ok(sub) = serde_json::from_slice::<Subscriber>(&body) else {
+        return text(StatusCode::BAD_REQUEST, "expected a subscriber JSON object");
+    };
+    match b.store.add_subscriber(&sub) {
+        Ok(()) => text(StatusCode::CREATED, "created"),
+        Err(BsfError::Subscriber(_, why)) => text(StatusCode::CONFLICT, why),
+        Err(BsfError::InvalidSubscriber(why)) => text(StatusCode::BAD_REQUEST, &why),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn admin_remove(State(b): State<Arc<Bsf>>, headers: HeaderMap, Path(impi): Path<String>) -> Response {
+    if !bearer_ok(&headers, &b.cfg.admin_token) {
+        return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
+    }
+    match b.store.remove_subscriber(&impi) {
+        Ok(true) => text(StatusCode::OK, "removed"),
+        Ok(false) => text(StatusCode::NOT_FOUND, "no such subscriber"),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
+    let m = &b.metrics;
+    let rows = [
+        ("mediasec_bsf_challenges_total", &m.challenges),
+        ("mediasec_bsf_bootstraps_total", &m.bootstraps),
+        ("mediasec_bsf_resyncs_total", &m.resyncs),
+        ("mediasec_bsf_rejections_total", &m.rejections),
+        ("mediasec_bsf_zn_lookups_total", &m.zn_lookups),
+        ("mediasec_bsf_zn_not_found_total", &m.zn_not_found),
+    ];
+    let mut s = String::new();
+    for (name, c) in rows {
+        s.push_str(&format!("# TYPE {name} counter\n{name} {}\n", c.load(Ordering::Relaxed)));
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+}
+
+/// Serve on an already bound listener until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+    axum::serve(listener, bsf.router()).await.map_err(BsfError::Io)
+}

@@ -1,0 +1,216 @@
+//! The BSF over real HTTP on loopback: full bootstrap, resync, every failure case, Ks_NAF
+//! from the UE equals Ks_NAF from Zn, session expiry, admin API, restart persistence.
+
+#![allow(clippy::indexing_slicing)] // test code indexes JSON
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_bsf::client::{self, request};
+use mediasec_bsf::server::{Bsf, ServerConfig};
+use mediasec_bsf::store::{Store, Subscriber};
+use mediasec_gba::bsf::BsfConfig;
+use mediasec_gba::digest::{AkaNonce, Challenge, Credentials};
+use mediasec_gba::kdf::{NafId, UaProtocolId};
+use mediasec_gba::milenage::{AutnCheck, Milenage};
+use mediasec_gba::ue::{UeAnswer, UeBootstrap};
+
+const DOMAIN: &str = "bsf.mnc001.mcc001.pub.3gppnetwork.org";
+const IMPI: &str = "001010000000001@ims.mnc001.mcc001.3gppnetwork.org";
+const ZN: &str = "zn-secret";
+const ADMIN: &str = "admin-secret";
+
+fn db_path(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("mediasec-bsf-{name}-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+struct Running {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+    bsf: Arc<Bsf>,
+}
+
+async fn start(path: &std::path::Path, key_lifetime: u64) -> Running {
+    let store = Store::open(path).expect("open store");
+    let mut cfg = BsfConfig::new(DOMAIN);
+    cfg.key_lifetime = key_lifetime;
+    let bsf = Bsf::new(ServerConfig { bsf: cfg, zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let b = Arc::clone(&bsf);
+    let task = tokio::spawn(async move {
+        let _ = mediasec_bsf::server::serve(listener, b).await;
+    });
+    Running { url, task, bsf }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.bsf);
+    }
+}
+
+fn keys() -> ([u8; 16], [u8; 16]) {
+    (rand::random(), rand::random())
+}
+
+fn subscriber(k: &[u8; 16], opc: &[u8; 16]) -> Subscriber {
+    Subscriber {
+        impi: IMPI.into(),
+        k: hex::encode(k),
+        opc: Some(hex::encode(opc)),
+        op: None,
+        amf: "8000".into(),
+        sqn: 0,
+        impus: vec!["sip:alice@ims.example.org".into(), "tel:+15551234".into()],
+        guss: None,
+    }
+}
+
+fn ue(k: &[u8; 16], opc: &[u8; 16], sqn_ms: u64) -> UeBootstrap {
+    UeBootstrap::new(IMPI, DOMAIN, Milenage::with_opc(k, opc), sqn_ms)
+}
+
+fn authority(url: &str) -> String {
+    client::split_url(url).expect("url").0
+}
+
+async fn ub(url: &str, auth: &str) -> client::HttpResponse {
+    request(&authority(url), "GET", "/", &[("Authorization", auth), ("User-Agent", "t 3gpp-gba")], b"").await.expect("http")
+}
+
+#[tokio::test]
+async fn bootstrap_zn_resync_and_restart() {
+    let path = db_path("main");
+    let (k, opc) = keys();
+    let srv = start(&path, 3600).await;
+    // Provision over the admin API.
+    let body = serde_json::to_vec(&subscriber(&k, &opc)).expect("json");
+    let bearer = format!("Bearer {ADMIN}");
+    let r = request(&authority(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
+    assert_eq!(r.status, 201);
+    let r = request(&authority(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
+    assert_eq!(r.status, 409, "duplicate add");
+    let r = request(&authority(&srv.url), "GET", "/admin/v1/subscribers", &[("Authorization", &bearer)], b"").await.expect("http");
+    let list: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(list[0]["impi"], IMPI);
+    assert!(list[0].get("k").is_none(), "secrets never listed");
+    let r = request(&authority(&srv.url), "GET", "/admin/v1/subscribers", &[], b"").await.expect("http");
+    assert_eq!(r.status, 401);
+
+    // Full bootstrap with a USIM that is ahead (SQN_MS = 500): resync, then success.
+    let (boot, sqn_ms) = client::bootstrap(&srv.url, ue(&k, &opc, 500)).await.expect("bootstrap");
+    assert_eq!(sqn_ms, 501);
+    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
+    assert_eq!(boot.btid.domain, DOMAIN);
+
+    // Ks_NAF from the UE == Ks_NAF from Zn, for the KMS Ua id.
+    let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    let ue_key = boot.ks_naf(&naf).expect("ks_naf");
+    let zn = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006")
+        .await
+        .expect("zn")
+        .expect("found");
+    assert_eq!(zn.key().expect("b64"), ue_key.0.to_vec());
+    assert_eq!(zn.impi, IMPI);
+    assert_eq!(zn.impus, vec!["sip:alice@ims.example.org".to_owned(), "tel:+15551234".to_owned()]);
+    // A different NAF gets a different key.
+    let other = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "xcap.ims.example.org", "0100000002").await.expect("zn").expect("found");
+    assert_ne!(other.ks_naf, zn.ks_naf);
+    // Zn failures: wrong token 401, unknown B-TID 404, bad ua id 400.
+    assert!(matches!(client::zn_lookup(&srv.url, "wrong", &boot.btid.to_string(), "kms", "0100000006").await, Err(mediasec_bsf::BsfError::Status { status: 401, .. })));
+    let unknown = format!("{}@{DOMAIN}", STANDARD.encode([0u8; 16]));
+    assert!(client::zn_lookup(&srv.url, ZN, &unknown, "kms", "0100000006").await.expect("zn").is_none());
+    assert!(matches!(client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms", "01").await, Err(mediasec_bsf::BsfError::Status { status: 400, .. })));
+
+    // Restart: subscribers, SQN and the session survive.
+    srv.stop().await;
+    let srv = start(&path, 3600).await;
+    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
+    let again = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(again.ks_naf, zn.ks_naf);
+    let (boot2, sqn2) = client::bootstrap(&srv.url, ue(&k, &opc, sqn_ms)).await.expect("bootstrap after restart");
+    assert_eq!(sqn2, 502, "no resync needed: SQN continued from the store");
+    assert_ne!(boot2.btid, boot.btid);
+
+    // Remove over the admin API; then the IMPI is unknown.
+    let r = request(&authority(&srv.url), "DELETE", &format!("/admin/v1/subscribers/{IMPI}"), &[("Authorization", &bearer)], b"").await.expect("http");
+    assert_eq!(r.status, 200);
+    let r = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "unknown IMPI"));
+    let metrics = request(&authority(&srv.url), "GET", "/metrics", &[], b"").await.expect("http");
+    assert!(String::from_utf8_lossy(&metrics.body).contains("mediasec_bsf_bootstraps_total 1"));
+    srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn ub_failure_cases_and_expiry() {
+    let path = db_path("fail");
+    let (k, opc) = keys();
+    let srv = start(&path, 1).await;
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add");
+    let url = srv.url.clone();
+
+    // Missing / malformed Authorization: 400.
+    let r = request(&authority(&url), "GET", "/", &[], b"").await.expect("http");
+    assert_eq!(r.status, 400);
+    let r = ub(&url, "Digest username=").await;
+    assert_eq!(r.status, 400);
+
+    // Wrong RES: 403, and the SQN is not changed by the failed response.
+    let mut u = ue(&k, &opc, 0);
+    let r = ub(&url, &u.initial_authorization()).await;
+    assert_eq!(r.status, 401);
+    let www = r.header("www-authenticate").expect("challenge").to_owned();
+    let UeAnswer::Response(auth) = u.on_challenge(&www, "GET", b"", &[1; 16]).expect("ok") else { panic!("response expected") };
+    let mut forged = Credentials::parse(&auth).expect("creds");
+    forged.response = "0123456789abcdef0123456789abcdef".into();
+    let sqn_before = srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn;
+    let r = ub(&url, &forged.to_header()).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "wrong RES (user authentication failure)"));
+    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, sqn_before);
+
+    // Replayed request: the nonce was consumed -> 401 with a fresh challenge, stale=TRUE.
+    let r = ub(&url, &auth).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (401, "unknown or already used nonce"));
+    assert!(Challenge::parse(r.header("www-authenticate").expect("challenge")).expect("parse").stale);
+
+    // A correct answer to a fresh challenge works; replaying that successful request fails.
+    let mut u = ue(&k, &opc, u.sqn_ms());
+    let r = ub(&url, &u.initial_authorization()).await;
+    let UeAnswer::Response(auth) = u.on_challenge(r.header("www-authenticate").expect("c"), "GET", b"", &[2; 16]).expect("ok") else { panic!("response expected") };
+    let ok = ub(&url, &auth).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("content-type"), Some("application/vnd.3gpp.bsf+xml"));
+    let boot = u.on_success(ok.header("authentication-info").expect("info"), &ok.body).expect("bootstrap");
+    let replay = ub(&url, &auth).await;
+    assert_eq!(replay.status, 401);
+
+    // AUTS with a bad MAC-S: 403.
+    let r = ub(&url, &ue(&k, &opc, 0).initial_authorization()).await;
+    let www = r.header("www-authenticate").expect("c").to_owned();
+    let ch = Challenge::parse(&www).expect("parse");
+    let nonce = AkaNonce::decode(&ch.nonce).expect("nonce");
+    let m = Milenage::with_opc(&k, &opc);
+    assert!(matches!(m.check_autn(&nonce.rand, &nonce.autn, 0, |_| true), Ok(AutnCheck::Ok { .. })));
+    let mut u2 = ue(&k, &opc, 1 << 40);
+    let UeAnswer::Resync(auth) = u2.on_challenge(&www, "GET", b"", &[3; 16]).expect("ok") else { panic!("resync expected") };
+    let mut bad = Credentials::parse(&auth).expect("creds");
+    bad.auts = Some(STANDARD.encode([0u8; 14]));
+    bad.response = mediasec_gba::digest::request_digest(b"", &bad.digest_input("GET", b""));
+    let r = ub(&url, &bad.to_header()).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "AUTS MAC-S does not verify"));
+
+    // Session expiry (lifetime 1 s): Zn answers 404 afterwards.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(client::zn_lookup(&url, ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_none());
+    srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
