@@ -18,6 +18,7 @@ pub mod keys;
 mod message;
 pub mod payload;
 pub mod prf;
+pub mod psk;
 pub mod registry;
 pub mod srtp_policy;
 
