@@ -22,6 +22,10 @@ enum Command {
     Sdp(cmd::sdp::Args),
     /// Decode MIKEY / MIKEY-TICKET messages.
     Mikey(cmd::mikey::Args),
+    /// GBA BSF: serve Ub/Zn/admin, manage subscribers, benchmark.
+    Bsf(cmd::bsf::Args),
+    /// GBA UE: bootstrap against a BSF.
+    Gba(cmd::gba::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Srtp(args) => cmd::srtp::run(args),
         Command::Sdp(args) => cmd::sdp::run(args),
         Command::Mikey(args) => cmd::mikey::run(args),
+        Command::Bsf(args) => cmd::bsf::run(args),
+        Command::Gba(args) => cmd::gba::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

@@ -1,0 +1,257 @@
+//! `mediasec bsf`: run the GBA BSF (Ub, Zn, admin API), manage its subscribers, and
+//! benchmark it (see docs/gba.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use mediasec_bsf::client;
+use mediasec_bsf::server::{Bsf, ServerConfig};
+use mediasec_bsf::store::{Store, Subscriber};
+use mediasec_gba::bsf::BsfConfig;
+use mediasec_gba::milenage::Milenage;
+use mediasec_gba::ue::UeBootstrap;
+
+/// Arguments of `mediasec bsf`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The redb database file (created if missing).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Listen address (Ub, Zn, admin and /metrics on one port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// BSF FQDN: Digest realm and B-TID domain.
+    #[arg(long, default_value = "bsf.mnc001.mcc001.pub.3gppnetwork.org")]
+    domain: String,
+    /// Bootstrapping key lifetime, seconds.
+    #[arg(long, default_value_t = 86_400)]
+    key_lifetime: u64,
+    /// Zn bearer token (else env MEDIASEC_BSF_ZN_TOKEN, else a random one is printed).
+    #[arg(long)]
+    zn_token: Option<String>,
+    /// Admin API bearer token (else env MEDIASEC_BSF_ADMIN_TOKEN, else random, printed).
+    #[arg(long)]
+    admin_token: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Provision subscribers in the database file (while the server is stopped; use the admin
+    /// API while it runs).
+    Subscriber {
+        #[command(subcommand)]
+        op: SubscriberOp,
+    },
+    /// Measure bootstraps/s and Zn look-ups/s against an in-process BSF on loopback.
+    Bench {
+        /// Number of bootstraps (Zn look-ups: 10x as many).
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum SubscriberOp {
+    /// Add a subscriber.
+    Add {
+        /// Database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// IMPI.
+        #[arg(long)]
+        impi: String,
+        /// K (32 hex digits).
+        #[arg(long)]
+        k: String,
+        /// OPc (32 hex digits).
+        #[arg(long, conflicts_with = "op", required_unless_present = "op")]
+        opc: Option<String>,
+        /// OP (32 hex digits).
+        #[arg(long)]
+        op: Option<String>,
+        /// AMF (4 hex digits).
+        #[arg(long, default_value = "8000")]
+        amf: String,
+        /// Initial SQN_HE.
+        #[arg(long, default_value_t = 0)]
+        sqn: u64,
+        /// An IMPU of the user (repeatable).
+        #[arg(long)]
+        impu: Vec<String>,
+        /// GBA user security settings, a JSON value returned to NAFs as is.
+        #[arg(long)]
+        guss: Option<String>,
+    },
+    /// List subscribers (secrets are not shown).
+    List {
+        /// Database file.
+        #[arg(long)]
+        db: PathBuf,
+    },
+    /// Remove a subscriber.
+    Remove {
+        /// Database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// IMPI.
+        #[arg(long)]
+        impi: String,
+    },
+}
+
+fn token(arg: Option<String>, env: &str, what: &str) -> String {
+    arg.or_else(|| std::env::var(env).ok()).unwrap_or_else(|| {
+        let t = hex::encode(rand::random::<[u8; 16]>());
+        eprintln!("{what} token (generated): {t}");
+        t
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.action {
+        None => serve(args.serve),
+        Some(Action::Subscriber { op }) => subscriber(op),
+        Some(Action::Bench { n, concurrency }) => bench(n, concurrency.max(1)),
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let Some(db) = a.db else { bail!("--db PATH is required to serve") };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
+    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let mut bsf = BsfConfig::new(a.domain);
+    bsf.key_lifetime = a.key_lifetime;
+    let cfg = ServerConfig {
+        bsf,
+        zn_token: token(a.zn_token, "MEDIASEC_BSF_ZN_TOKEN", "Zn"),
+        admin_token: token(a.admin_token, "MEDIASEC_BSF_ADMIN_TOKEN", "admin"),
+    };
+    let state = Bsf::new(cfg, store);
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        println!("listening on http://{}", listener.local_addr()?);
+        tokio::select! {
+            r = mediasec_bsf::server::serve(listener, state) => r.context("server")?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
+    match op {
+        SubscriberOp::Add { db, impi, k, opc, op, amf, sqn, impu, guss } => {
+            let guss = guss.map(|g| serde_json::from_str(&g)).transpose().context("--guss is not JSON")?;
+            let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
+            Store::open(&db)?.add_subscriber(&s)?;
+            println!("added {}", s.impi);
+        }
+        SubscriberOp::List { db } => {
+            for s in Store::open(&db)?.subscribers()? {
+                println!("{}", s.public_view());
+            }
+        }
+        SubscriberOp::Remove { db, impi } => {
+            if !Store::open(&db)?.remove_subscriber(&impi)? {
+                eprintln!("no such subscriber: {impi}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("removed {impi}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
+    const DOMAIN: &str = "bsf.bench.invalid";
+    let db = std::env::temp_dir().join(format!("mediasec-bsf-bench-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let store = Store::open(&db)?;
+    let keys: Vec<([u8; 16], [u8; 16])> = (0..concurrency).map(|_| (rand::random(), rand::random())).collect();
+    for (i, (k, opc)) in keys.iter().enumerate() {
+        store.add_subscriber(&Subscriber {
+            impi: format!("bench{i}@ims.bench.invalid"),
+            k: hex::encode(k),
+            opc: Some(hex::encode(opc)),
+            op: None,
+            amf: "8000".into(),
+            sqn: 0,
+            impus: vec![format!("sip:bench{i}@bench.invalid")],
+            guss: None,
+        })?;
+    }
+    let token = hex::encode(rand::random::<[u8; 16]>());
+    let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);
+    let result = runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let server = tokio::spawn(mediasec_bsf::server::serve(listener, Arc::clone(&state)));
+        let per = n.div_ceil(concurrency);
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for (i, (k, opc)) in keys.into_iter().enumerate() {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sqn_ms = 0;
+                let mut btids = Vec::new();
+                for _ in 0..per {
+                    let ue = UeBootstrap::new(format!("bench{i}@ims.bench.invalid"), DOMAIN, Milenage::with_opc(&k, &opc), sqn_ms);
+                    let (boot, s) = client::bootstrap(&url, ue).await?;
+                    sqn_ms = s;
+                    btids.push(boot.btid.to_string());
+                }
+                Ok::<_, mediasec_bsf::BsfError>(btids)
+            }));
+        }
+        let mut btids = Vec::new();
+        for t in tasks {
+            btids.extend(t.await??);
+        }
+        let boot_secs = t0.elapsed().as_secs_f64();
+        let lookups = btids.len() * 10;
+        let t1 = Instant::now();
+        let mut tasks = Vec::new();
+        for chunk in btids.chunks(btids.len().div_ceil(concurrency).max(1)) {
+            let (url, token, chunk) = (url.clone(), token.clone(), chunk.to_vec());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10 {
+                    for b in &chunk {
+                        client::zn_lookup(&url, &token, b, "kms.bench.invalid", "0100000006").await?.ok_or(mediasec_bsf::BsfError::Status { status: 404, body: b.clone() })?;
+                    }
+                }
+                Ok::<_, mediasec_bsf::BsfError>(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let zn_secs = t1.elapsed().as_secs_f64();
+        server.abort();
+        println!("bootstraps: {} in {boot_secs:.2} s = {:.0}/s (2 HTTP round trips + 1 durable SQN commit + 1 session commit each; concurrency {concurrency})", btids.len(), btids.len() as f64 / boot_secs);
+        println!("Zn look-ups: {lookups} in {zn_secs:.2} s = {:.0}/s", lookups as f64 / zn_secs);
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(&db);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

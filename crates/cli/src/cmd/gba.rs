@@ -1,0 +1,90 @@
+//! `mediasec gba bootstrap`: run the UE side of GBA bootstrapping against a BSF (lab tool).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_bsf::client;
+use mediasec_gba::bootstrapping_info::format_time;
+use mediasec_gba::kdf::{NafId, UaProtocolId};
+use mediasec_gba::milenage::Milenage;
+use mediasec_gba::ue::UeBootstrap;
+
+/// Arguments of `mediasec gba`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Bootstrap (TS 24.109 §4) and print the B-TID and key expiry.
+    Bootstrap {
+        /// BSF URL, http://host:port.
+        #[arg(long)]
+        bsf: String,
+        /// IMPI.
+        #[arg(long)]
+        impi: String,
+        /// K (32 hex digits).
+        #[arg(long)]
+        k: String,
+        /// OPc (32 hex digits).
+        #[arg(long, conflicts_with = "op", required_unless_present = "op")]
+        opc: Option<String>,
+        /// OP (32 hex digits).
+        #[arg(long)]
+        op: Option<String>,
+        /// BSF FQDN (Digest realm). Default: derived from an IMPI of the form
+        /// ...@ims.mncX.mccY.3gppnetwork.org as bsf.mncX.mccY.pub.3gppnetwork.org (TS 23.003).
+        #[arg(long)]
+        realm: Option<String>,
+        /// Highest SQN the simulated USIM has accepted (printed after each run).
+        #[arg(long, default_value_t = 0)]
+        sqn_ms: u64,
+        /// Also derive Ks_NAF for this NAF FQDN and PRINT IT (lab debugging only).
+        #[arg(long)]
+        naf: Option<String>,
+        /// Ua security protocol id for --naf (10 hex digits; default: TS 33.328 KMS).
+        #[arg(long, default_value = "0100000006")]
+        ua_id: String,
+    },
+}
+
+fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
+    let v = hex::decode(s).with_context(|| format!("{what} is not hex"))?;
+    <[u8; 16]>::try_from(v).map_err(|_| anyhow::anyhow!("{what} must be 32 hex digits"))
+}
+
+fn default_realm(impi: &str) -> Option<String> {
+    let domain = impi.rsplit_once('@')?.1;
+    let rest = domain.strip_prefix("ims.")?.strip_suffix(".3gppnetwork.org")?;
+    Some(format!("bsf.{rest}.pub.3gppnetwork.org"))
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Action::Bootstrap { bsf, impi, k, opc, op, realm, sqn_ms, naf, ua_id } = args.action;
+    let k = key16("K", &k)?;
+    let usim = match (opc, op) {
+        (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", &opc)?),
+        (None, Some(op)) => Milenage::with_op(&k, &key16("OP", &op)?),
+        (None, None) => bail!("give --opc or --op"),
+    };
+    let Some(realm) = realm.or_else(|| default_realm(&impi)) else {
+        bail!("cannot derive the BSF FQDN from the IMPI; give --realm")
+    };
+    let ua = UaProtocolId::from_hex(&ua_id).context("--ua-id")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&bsf, UeBootstrap::new(impi, realm, usim, sqn_ms)))?;
+    println!("B-TID:   {}", boot.btid);
+    println!("expires: {}", format_time(boot.expiry));
+    println!("SQN_MS:  {sqn_ms}");
+    if let Some(fqdn) = naf {
+        eprintln!("WARNING: printing a NAF key (Ks_NAF); use only for lab debugging");
+        let key = boot.ks_naf(&NafId::new(fqdn.clone(), ua))?;
+        println!("Ks_NAF({fqdn}, {}): {} (base64 {})", ua.to_hex(), hex::encode(key.0), STANDARD.encode(key.0));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,113 @@
+//! Process-level test of `mediasec bsf`: kill -9 the real binary in the middle of a load of
+//! bootstrapping challenges, restart it on the same database, and check that the SQN never
+//! goes backwards (every SQN after the restart is above every SQN a UE saw before), and
+//! that subscribers survive.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use mediasec_bsf::client;
+use mediasec_gba::digest::{AkaNonce, Challenge};
+use mediasec_gba::milenage::{AutnCheck, Milenage};
+use mediasec_gba::ue::UeBootstrap;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mediasec");
+const IMPI: &str = "001010000000009@ims.mnc001.mcc001.3gppnetwork.org";
+const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+
+fn start(db: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["bsf", "--db"])
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0", "--domain", "bsf.mnc001.mcc001.pub.3gppnetwork.org"])
+        .args(["--zn-token", "z", "--admin-token", "a"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mediasec bsf");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    let url = line.trim().strip_prefix("listening on ").expect("listening line").to_owned();
+    (child, url)
+}
+
+fn milenage() -> Milenage {
+    let k: [u8; 16] = hex::decode(K).expect("hex").try_into().expect("16");
+    let opc: [u8; 16] = hex::decode(OPC).expect("hex").try_into().expect("16");
+    Milenage::with_opc(&k, &opc)
+}
+
+/// One initial request; the SQN the BSF put in AUTN (as the USIM recovers it).
+async fn challenge_sqn(url: &str) -> Option<u64> {
+    let ue = UeBootstrap::new(IMPI, "bsf.mnc001.mcc001.pub.3gppnetwork.org", milenage(), 0);
+    let (authority, _) = client::split_url(url).ok()?;
+    let r = client::request(&authority, "GET", "/", &[("Authorization", &ue.initial_authorization())], b"").await.ok()?;
+    let ch = Challenge::parse(r.header("www-authenticate")?).ok()?;
+    let n = AkaNonce::decode(&ch.nonce).ok()?;
+    match milenage().check_autn(&n.rand, &n.autn, 0, |_| true) {
+        Ok(AutnCheck::Ok { sqn, .. }) => Some(sqn),
+        _ => None,
+    }
+}
+
+#[test]
+fn kill_9_never_moves_sqn_backwards() {
+    let db = std::env::temp_dir().join(format!("mediasec-bsf-kill9-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let add = Command::new(BIN)
+        .args(["bsf", "subscriber", "add", "--db"])
+        .arg(&db)
+        .args(["--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:kill9@example.org"])
+        .output()
+        .expect("subscriber add");
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let mut highest_seen = 0u64;
+    for round in 0..3 {
+        let (mut child, url) = start(&db);
+        let first = rt.block_on(challenge_sqn(&url)).expect("first challenge after (re)start");
+        assert!(first > highest_seen, "round {round}: SQN {first} after restart is not above {highest_seen}");
+        let max = Arc::new(AtomicU64::new(first));
+        let stop = Arc::new(AtomicBool::new(false));
+        let load: Vec<_> = (0..4)
+            .map(|_| {
+                let (url, max, stop) = (url.clone(), Arc::clone(&max), Arc::clone(&stop));
+                rt.spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        match challenge_sqn(&url).await {
+                            Some(s) => {
+                                max.fetch_max(s, Ordering::SeqCst);
+                            }
+                            None => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        child.kill().expect("kill -9"); // SIGKILL on Unix
+        child.wait().expect("wait");
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            let _ = rt.block_on(t);
+        }
+        highest_seen = max.load(Ordering::SeqCst);
+        assert!(highest_seen > first, "round {round}: the load produced challenges");
+    }
+    // Finally a full bootstrap by a USIM that accepted the highest SQN ever sent: it must
+    // succeed without resynchronisation, and the subscriber is still there.
+    let (mut child, url) = start(&db);
+    let ue = UeBootstrap::new(IMPI, "bsf.mnc001.mcc001.pub.3gppnetwork.org", milenage(), highest_seen);
+    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&url, ue)).expect("bootstrap after kill -9");
+    assert!(sqn_ms > highest_seen);
+    assert!(boot.btid.to_string().ends_with("@bsf.mnc001.mcc001.pub.3gppnetwork.org"));
+    let zn = rt.block_on(client::zn_lookup(&url, "z", &boot.btid.to_string(), "kms.example.org", "0100000006")).expect("zn").expect("found");
+    assert_eq!(zn.impus, vec!["sip:kill9@example.org".to_owned()]);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let _ = std::fs::remove_file(&db);
+}
