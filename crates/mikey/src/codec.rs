@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A sub-reader over the next `n` bytes (advancing this reader past them).
-    pub(crate) fn sub(&mut self, n: usize, field: &'static str) -> Result<Reader<'a>> {
+    pub(crate) fn sub(&mut self, n: usize, field: &'static str) -> Result<Self> {
         let base = self.offset();
         let s = self.bytes(n, field)?;
         Ok(Reader::new(s, base))

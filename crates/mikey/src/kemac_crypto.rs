@@ -46,10 +46,28 @@ fn aes128(key: &[u8]) -> Result<aes::Aes128> {
         .map_err(|_| Error::Length { what: "AES-KW-128 key", expected: 16, got: key.len() })
 }
 
+/// `A || R[i]` as one AES block.
+fn join(a: &[u8; 8], r: &[u8; 8]) -> aes::Block {
+    let mut buf = [0u8; 16];
+    for (o, v) in buf.iter_mut().zip(a.iter().chain(r.iter())) {
+        *o = *v;
+    }
+    aes::Block::from(buf)
+}
+
+/// Splits an AES block into `MSB(64)` and `LSB(64)`.
+fn split(b: &aes::Block) -> ([u8; 8], [u8; 8]) {
+    let (mut hi, mut lo) = ([0u8; 8], [0u8; 8]);
+    for (o, v) in hi.iter_mut().chain(lo.iter_mut()).zip(b.iter()) {
+        *o = *v;
+    }
+    (hi, lo)
+}
+
 /// RFC 3394 §2.2.1 key wrap with an explicit 64-bit initial value (RFC 3830 §4.2.3 uses the
 /// salt as IV instead of the default A6A6...).
 pub fn aes_kw_wrap(kek: &[u8], iv: [u8; 8], plain: &[u8]) -> Result<Vec<u8>> {
-    if plain.len() % 8 != 0 || plain.len() < 16 {
+    if !plain.len().is_multiple_of(8) || plain.len() < 16 {
         return Err(Error::Length { what: "AES-KW plaintext (multiple of 8, >= 16)", expected: 16, got: plain.len() });
     }
     let cipher = aes128(kek)?;
@@ -59,15 +77,14 @@ pub fn aes_kw_wrap(kek: &[u8], iv: [u8; 8], plain: &[u8]) -> Result<Vec<u8>> {
     for _ in 0..6 {
         for ri in r.iter_mut() {
             t = t.wrapping_add(1);
-            let mut b = aes::Block::default();
-            b[..8].copy_from_slice(&a);
-            b[8..].copy_from_slice(ri);
+            let mut b = join(&a, ri);
             cipher.encrypt_block(&mut b);
-            a.copy_from_slice(&b[..8]);
+            let (hi, lo) = split(&b);
+            a = hi;
             for (x, y) in a.iter_mut().zip(t.to_be_bytes()) {
                 *x ^= y;
             }
-            ri.copy_from_slice(&b[8..]);
+            *ri = lo;
         }
     }
     let mut out = a.to_vec();
@@ -80,7 +97,7 @@ pub fn aes_kw_wrap(kek: &[u8], iv: [u8; 8], plain: &[u8]) -> Result<Vec<u8>> {
 /// RFC 3394 §2.2.2 key unwrap; the recovered initial value must equal `iv` (compared in
 /// constant time).
 pub fn aes_kw_unwrap(kek: &[u8], iv: [u8; 8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    if wrapped.len() % 8 != 0 || wrapped.len() < 24 {
+    if !wrapped.len().is_multiple_of(8) || wrapped.len() < 24 {
         return Err(Error::rejected(ErrorCode::AUTH_FAILURE, "AES-KW data is not a multiple of 8 octets >= 24"));
     }
     let cipher = aes128(kek)?;
@@ -94,12 +111,9 @@ pub fn aes_kw_unwrap(kek: &[u8], iv: [u8; 8], wrapped: &[u8]) -> Result<Zeroizin
             for (x, y) in a.iter_mut().zip(t.to_be_bytes()) {
                 *x ^= y;
             }
-            let mut b = aes::Block::default();
-            b[..8].copy_from_slice(&a);
-            b[8..].copy_from_slice(ri);
+            let mut b = join(&a, ri);
             cipher.decrypt_block(&mut b);
-            a.copy_from_slice(&b[..8]);
-            ri.copy_from_slice(&b[8..]);
+            (a, *ri) = split(&b);
         }
     }
     if !bool::from(a.ct_eq(&iv)) {

@@ -21,6 +21,7 @@ pub mod prf;
 pub mod psk;
 pub mod registry;
 pub mod srtp_policy;
+pub mod ticket;
 
 pub use error::{Error, Result};
 pub use header::{CommonHeader, CsIdMap, GenericCs, SrtpCs};

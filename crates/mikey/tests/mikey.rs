@@ -722,3 +722,321 @@ mod tshark_oracle {
         check(&sakke, "SAKKE", "sakke");
     }
 }
+
+/// In-process MIKEY-TICKET exchange: initiator, KMS logic stub (test only), responder.
+mod ticket_exchange {
+    use super::*;
+    use mediasec_mikey::payload::*;
+    use mediasec_mikey::psk::{ReplayCache, build_error};
+    use mediasec_mikey::srtp_policy::{self, CryptoSession, SrtpPolicy};
+    use mediasec_mikey::ticket::{self as tk, TicketContent};
+    use mediasec_mikey::{CommonHeader, Error, GenericCs};
+    use std::collections::HashSet;
+
+    const NOW: u64 = 3_950_000_000;
+    const SKEW: u64 = 30;
+    const PSK_I: [u8; 16] = [0xA1; 16];
+    const PSK_R: [u8; 16] = [0xB2; 16];
+    const TPK: [u8; 16] = [0xC3; 16];
+    const TPK_ID: u32 = 7;
+    const ID_I: &[u8] = b"alice@ims.example.org";
+    const ID_R: &[u8] = b"bob@ims.example.org";
+    const ID_KMS: &[u8] = b"kms.ims.example.org";
+    const RANDRI: [u8; 16] = [0x11; 16];
+    const RANDRI2: [u8; 16] = [0x12; 16];
+    const RANDRR: [u8; 16] = [0x21; 16];
+    const MKI: [u8; 4] = [0, 0, 0, 1];
+    const SSRC: u32 = 0xdead_beef;
+
+    #[derive(Default)]
+    struct Cache(HashSet<(u32, u64, Vec<u8>)>);
+    impl ReplayCache for Cache {
+        fn insert(&mut self, csb: u32, ts: u64, mac: &[u8]) -> bool {
+            self.0.insert((csb, ts, mac.to_vec()))
+        }
+    }
+
+    fn ts(offset: u64) -> Timestamp {
+        Timestamp { ts_type: TsType::NTP_UTC, value: (NOW + offset) << 32 }
+    }
+
+    fn flags() -> TicketFlags {
+        TicketFlags::D.with(TicketFlags::E).with(TicketFlags::F).with(TicketFlags::H).with(TicketFlags::N).with(TicketFlags::O)
+    }
+
+    fn psk_for(id: &[u8]) -> Result<[u8; 16], Error> {
+        match id {
+            ID_I => Ok(PSK_I),
+            ID_R => Ok(PSK_R),
+            _ => Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "unknown IDRpsk".into() }),
+        }
+    }
+
+    // ---- initiator -------------------------------------------------------------------
+    fn request_init() -> Vec<u8> {
+        let tp_data = encode_first_payload_chain(&[tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)]).expect("tp");
+        let tp = TicketPolicy {
+            ticket_type: TicketType::THREE_GPP,
+            subtype: 0,
+            version: 0,
+            prf: tk::PRF,
+            flags: flags(),
+            reserved: 0,
+            data: tp_data,
+        };
+        let m = Message {
+            header: tk::header(DataType::REQUEST_INIT_PSK, true, 0x0a0b_0c0d, CsIdMap::Empty { n_cs: 0 }),
+            payloads: vec![
+                Payload::T(ts(0)),
+                tk::randr(RandRole::INITIATOR, &RANDRI),
+                tk::idr(IdRole::INITIATOR, IdType::NAI, ID_I),
+                tk::idr(IdRole::KMS, IdType::NAI, ID_KMS),
+                Payload::Tp(tp),
+                tk::idr(IdRole::PSK, IdType::BYTE_STRING, ID_I),
+            ],
+        };
+        let k = tk::message_keys(&PSK_I, 0x0a0b_0c0d, Direction::Initial, Some(&RANDRI), None).expect("keys");
+        tk::seal(m, &k.auth_key, &[ID_I, ID_KMS]).expect("seal")
+    }
+
+    /// Returns (MPKi, TGK, ticket).
+    fn handle_request_resp(req: &[u8], resp: &[u8]) -> Result<(Vec<u8>, KeyData, Ticket), Error> {
+        let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
+        let k = tk::message_keys(&PSK_I, m.header.csb_id, Direction::Response, Some(&RANDRI), None)?;
+        tk::verify_v(resp, &m, &k.auth_key, &[req])?;
+        tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
+        let [mpki, tgk] = <[KeyData; 2]>::try_from(keys).map_err(|_| Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() })?;
+        Ok((mpki.key.clone(), tgk, tk::ticket_of(&m)?))
+    }
+
+    fn transfer_init(mpki: &[u8], ticket: Ticket) -> Vec<u8> {
+        let cs = GenericCs { cs_id: 1, prot_type: ProtType::SRTP, s_flag: false, policies: vec![0], session_data: SSRC.to_be_bytes().to_vec(), spi: MKI.to_vec() };
+        let m = Message {
+            header: tk::header(DataType::TRANSFER_INIT, true, 0x5555_0001, CsIdMap::GenericId(vec![cs])),
+            payloads: vec![
+                Payload::T(ts(1)),
+                tk::randr(RandRole::INITIATOR, &RANDRI2),
+                tk::idr(IdRole::INITIATOR, IdType::NAI, ID_I),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R),
+                Payload::Sp(psk_exchange::sp()),
+                Payload::Ticket(ticket),
+            ],
+        };
+        let k = tk::message_keys(mpki, 0x5555_0001, Direction::Initial, Some(&RANDRI2), None).expect("keys");
+        tk::seal(m, &k.auth_key, &[ID_I, ID_R]).expect("seal")
+    }
+
+    fn handle_transfer_resp(ti: &[u8], mpki: &[u8], tr: &[u8]) -> Result<(), Error> {
+        let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
+        let k = tk::message_keys(mpki, m.header.csb_id, Direction::Response, Some(&RANDRI2), None)?;
+        tk::verify_v(tr, &m, &k.auth_key, &[ti])?;
+        tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        if tk::id_of(&m, IdRole::RESPONDER) != ID_R {
+            return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder".into() });
+        }
+        Ok(())
+    }
+
+    // ---- KMS logic stub --------------------------------------------------------------
+    fn kms_request(req: &[u8]) -> Result<Vec<u8>, Error> {
+        let m = tk::decode_expect(req, DataType::REQUEST_INIT_PSK)?;
+        let psk = psk_for(&tk::id_of(&m, IdRole::PSK))?;
+        let randri = tk::rand_of(&m, RandRole::INITIATOR).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRi".into() })?;
+        let k = tk::message_keys(&psk, m.header.csb_id, Direction::Initial, Some(&randri), None)?;
+        tk::verify_v(req, &m, &k.auth_key, &[&tk::id_of(&m, IdRole::INITIATOR), &tk::id_of(&m, IdRole::KMS)])?;
+        tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        let tp = m.find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: "no TP".into() })?;
+        tp.flags.check().map_err(|e| Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: e.into() })?;
+        let content = TicketContent { mpk: vec![0x4d; 16], keys: vec![tk::key(KeyType::TGK, &[0x7b; 16], &MKI)] };
+        let ticket = tk::issue_ticket(tp.clone(), &TPK, TPK_ID, ts(0), &[0x99; 16], &content)?;
+        let (mpki, _) = tk::mpk_i_r(&content.mpk, &[0x99; 16])?;
+        let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, Some(&randri), None)?;
+        let t = ts(0);
+        let kem = tk::kemac(&rk, m.header.csb_id, &t, &[tk::key(KeyType::MPK, &mpki, &TPK_ID.to_be_bytes()), content.keys[0].clone()])?;
+        let resp = Message {
+            header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header.clone() },
+            payloads: vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), Payload::Ticket(ticket), kem],
+        };
+        tk::seal(resp, &rk.auth_key, &[req])
+    }
+
+    fn kms_resolve(ri: &[u8]) -> Result<Vec<u8>, Error> {
+        let m = tk::decode_expect(ri, DataType::RESOLVE_INIT_PSK)?;
+        let psk = psk_for(&tk::id_of(&m, IdRole::PSK))?;
+        let randrr = tk::rand_of(&m, RandRole::RESPONDER).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRr".into() })?;
+        let k = tk::message_keys(&psk, m.header.csb_id, Direction::Initial, None, Some(&randrr))?;
+        let id_r = tk::id_of(&m, IdRole::RESPONDER);
+        tk::verify_v(ri, &m, &k.auth_key, &[&id_r, &tk::id_of(&m, IdRole::KMS)])?;
+        tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        let ticket = tk::ticket_of(&m)?;
+        let content = tk::open_ticket(&ticket, |id| (id == TPK_ID).then(|| TPK.to_vec()))?;
+        let allowed = decode_first_payload_chain(&ticket.policy.data, 0)?
+            .iter()
+            .any(|p| matches!(p, Payload::Idr(i) if i.role == IdRole::RESPONDER && i.data == id_r));
+        if !allowed {
+            return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder not authorised by the ticket".into() });
+        }
+        let td = BaseTicketData::decode(&ticket.ticket_data, 0)?;
+        let rand = td.payloads.iter().find_map(|p| if let Payload::Rand(r) = p { Some(r.rand.clone()) } else { None }).unwrap_or_default();
+        let (mpki, _) = tk::mpk_i_r(&content.mpk, &rand)?;
+        let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
+        let t = ts(2);
+        let mut keys = vec![tk::key(KeyType::MPK, &mpki, &TPK_ID.to_be_bytes())];
+        keys.extend(content.keys.iter().cloned());
+        let kem = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
+        let resp = Message {
+            header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() },
+            payloads: vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), kem, tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)],
+        };
+        tk::seal(resp, &rk.auth_key, &[ri])
+    }
+
+    // ---- responder -------------------------------------------------------------------
+    fn resolve_init(ti: &[u8]) -> Result<Vec<u8>, Error> {
+        let m = tk::decode_expect(ti, DataType::TRANSFER_INIT)?;
+        let ticket = tk::ticket_of(&m)?;
+        if ticket.policy.ticket_type != TicketType::THREE_GPP {
+            return Err(Error::Rejected { code: ErrorCode::INVALID_TICKET, reason: "type".into() });
+        }
+        let r = Message {
+            header: tk::header(DataType::RESOLVE_INIT_PSK, true, 0x7777_0001, CsIdMap::Empty { n_cs: 0 }),
+            payloads: vec![
+                Payload::T(ts(2)),
+                tk::randr(RandRole::RESPONDER, &RANDRR),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R),
+                tk::idr(IdRole::KMS, IdType::NAI, ID_KMS),
+                Payload::Ticket(ticket),
+                tk::idr(IdRole::PSK, IdType::BYTE_STRING, ID_R),
+            ],
+        };
+        let k = tk::message_keys(&PSK_R, 0x7777_0001, Direction::Initial, None, Some(&RANDRR))?;
+        tk::seal(r, &k.auth_key, &[ID_R, ID_KMS])
+    }
+
+    /// Verifies RESOLVE_RESP and TRANSFER_INIT; returns (TRANSFER_RESP, responder policy).
+    fn responder_finish(ti: &[u8], ri: &[u8], rr: &[u8]) -> Result<(Vec<u8>, SrtpPolicy), Error> {
+        let m = tk::decode_expect(rr, DataType::RESOLVE_RESP)?;
+        let k = tk::message_keys(&PSK_R, m.header.csb_id, Direction::Response, None, Some(&RANDRR))?;
+        tk::verify_v(rr, &m, &k.auth_key, &[ri])?;
+        tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
+        let (mpki, tgk) = match keys.as_slice() {
+            [a, b] => (a.key.clone(), b.clone()),
+            _ => return Err(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() }),
+        };
+        let tim = tk::decode_expect(ti, DataType::TRANSFER_INIT)?;
+        let randri = tk::rand_of(&tim, RandRole::INITIATOR).unwrap_or_default();
+        let ik = tk::message_keys(&mpki, tim.header.csb_id, Direction::Initial, Some(&randri), None)?;
+        tk::verify_v(ti, &tim, &ik.auth_key, &[&tk::id_of(&tim, IdRole::INITIATOR), &tk::id_of(&tim, IdRole::RESPONDER)])?;
+        tk::check_fresh(&tim, NOW, SKEW, &mut Cache::default())?;
+        let sp = tim.find(|p| if let Payload::Sp(s) = p { Some(s.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_SP, reason: "no SP".into() })?;
+        let policy = derive(&tgk, &randri, &sp)?;
+        let resp = Message {
+            header: CommonHeader { data_type: DataType::TRANSFER_RESP, v_flag: false, ..tim.header.clone() },
+            payloads: vec![Payload::T(ts(3)), tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)],
+        };
+        let rk = tk::message_keys(&mpki, tim.header.csb_id, Direction::Response, Some(&randri), None)?;
+        Ok((tk::seal(resp, &rk.auth_key, &[ti])?, policy))
+    }
+
+    /// TEK/salt for CS 1 from the TGK, RANDRi only (flags H = 1, G = 0; RFC 6043 §5.1.3).
+    fn derive(tgk: &KeyData, randri: &[u8], sp: &SecurityPolicy) -> Result<SrtpPolicy, Error> {
+        let mki = match &tgk.validity {
+            KeyValidity::Spi(s) => s.clone(),
+            _ => Vec::new(),
+        };
+        let cs = CryptoSession { ssrc: SSRC, roc: 0, mki };
+        srtp_policy::derive(tk::PRF, &tgk.key, |c| keys::label_ticket_tgk(c, 1, Some(randri), None), tgk.salt.as_deref(), sp, &cs)
+    }
+
+    fn ok_code(e: &Error) -> bool {
+        matches!(
+            e.err_code(),
+            ErrorCode::AUTH_FAILURE
+                | ErrorCode::UNSUPPORTED_MESSAGE
+                | ErrorCode::INVALID_DT
+                | ErrorCode::INVALID_PRF
+                | ErrorCode::INVALID_MAC
+                | ErrorCode::INVALID_EA
+                | ErrorCode::INVALID_TS
+                | ErrorCode::INVALID_ID
+                | ErrorCode::INVALID_TICKET
+                | ErrorCode::INVALID_TPPAR
+                | ErrorCode::INVALID_SP
+                | ErrorCode::UNSPECIFIED
+        )
+    }
+
+    fn tamper_all(bytes: &[u8], what: &str, step: impl Fn(&[u8]) -> Result<(), Error>) -> usize {
+        let mut auth = 0;
+        for i in 0..bytes.len() {
+            let mut t = bytes.to_vec();
+            t[i] ^= 0x01;
+            let e = step(&t).expect_err(&format!("{what}: tampered byte {i} accepted"));
+            assert!(ok_code(&e), "{what} byte {i}: {e}");
+            if e.err_code() == ErrorCode::AUTH_FAILURE {
+                auth += 1;
+            }
+            // Every failure can be answered with an ERR message (HDR copied when it decodes).
+            if let Ok(m) = Message::decode(&t) {
+                let err = build_error(&m.header, ts(5), e.err_code()).expect("error message");
+                assert_eq!(Message::decode(&err).expect("err decodes").header.data_type, DataType::ERROR);
+            }
+        }
+        auth
+    }
+
+    #[test]
+    fn full_exchange_gives_identical_srtp_policies_and_detects_tampering() {
+        let req = request_init();
+        let resp = kms_request(&req).expect("KMS request");
+        let (mpki, tgk, ticket) = handle_request_resp(&req, &resp).expect("I: REQUEST_RESP");
+        let ti = transfer_init(&mpki, ticket);
+        let ri = resolve_init(&ti).expect("R: RESOLVE_INIT");
+        let rr = kms_resolve(&ri).expect("KMS resolve");
+        let (tr, r_policy) = responder_finish(&ti, &ri, &rr).expect("R: finish");
+        handle_transfer_resp(&ti, &mpki, &tr).expect("I: TRANSFER_RESP");
+        let i_policy = derive(&tgk, &RANDRI2, &psk_exchange::sp()).expect("I: policy");
+        assert_eq!(i_policy, r_policy);
+        assert_eq!(i_policy.suite, "AES_CM_128_HMAC_SHA1_80");
+        assert_eq!(i_policy.mki, MKI);
+        assert_eq!(i_policy.master_key.as_slice(), prf(PrfFunc::HMAC_SHA_256, &[0x7b; 16], &keys::label_ticket_tgk(keys::TEK, 1, Some(&RANDRI2), None), 16).expect("prf").as_slice());
+
+        // MEDIASEC_MIKEY_DUMP=dir writes the six messages (used to seed the fuzz corpus).
+        if let Ok(dir) = std::env::var("MEDIASEC_MIKEY_DUMP") {
+            for (name, m) in [("request_init", &req), ("request_resp", &resp), ("transfer_init", &ti), ("resolve_init", &ri), ("resolve_resp", &rr), ("transfer_resp", &tr)] {
+                std::fs::write(format!("{dir}/ticket-{name}.bin"), m).expect("dump");
+            }
+        }
+        // Every message decodes and re-encodes exactly; the ticket opens only with its key.
+        for m in [&req, &resp, &ti, &ri, &rr, &tr] {
+            assert_eq!(&Message::decode(m).expect("decode").encode().expect("encode"), m);
+        }
+        let t = tk::ticket_of(&Message::decode(&ti).expect("ti")).expect("ticket");
+        assert_eq!(tk::open_ticket(&t, |_| Some(vec![0; 16])).expect_err("wrong TPK").err_code(), ErrorCode::AUTH_FAILURE);
+        assert_eq!(tk::open_ticket(&t, |_| None).expect_err("unknown key id").err_code(), ErrorCode::INVALID_TICKET);
+
+        // Replays are refused by a shared cache.
+        let mut cache = Cache::default();
+        let m = Message::decode(&req).expect("req");
+        tk::check_fresh(&m, NOW, SKEW, &mut cache).expect("first");
+        assert_eq!(tk::check_fresh(&m, NOW, SKEW, &mut cache).expect_err("replay").err_code(), ErrorCode::INVALID_TS);
+        assert_eq!(tk::check_fresh(&m, NOW + 600, SKEW, &mut Cache::default()).expect_err("skew").err_code(), ErrorCode::INVALID_TS);
+
+        // Tampering with any byte of any message is detected by its receiver.
+        let mut auth = 0;
+        auth += tamper_all(&req, "REQUEST_INIT", |b| kms_request(b).map(drop));
+        auth += tamper_all(&resp, "REQUEST_RESP", |b| handle_request_resp(&req, b).map(drop));
+        auth += tamper_all(&ti, "TRANSFER_INIT", |b| {
+            let ri = resolve_init(b)?;
+            let rr = kms_resolve(&ri)?;
+            responder_finish(b, &ri, &rr).map(drop)
+        });
+        auth += tamper_all(&ri, "RESOLVE_INIT", |b| kms_resolve(b).map(drop));
+        auth += tamper_all(&rr, "RESOLVE_RESP", |b| responder_finish(&ti, &ri, b).map(drop));
+        auth += tamper_all(&tr, "TRANSFER_RESP", |b| handle_transfer_resp(&ti, &mpki, b));
+        let total = req.len() + resp.len() + ti.len() + ri.len() + rr.len() + tr.len();
+        assert!(auth * 2 > total, "most tampering must be an authentication failure ({auth}/{total})");
+    }
+}
