@@ -125,12 +125,6 @@ impl Session {
         Ok(s)
     }
 
-    /// Sets the next SRTCP index of an outbound stream (vectors start mid-stream).
-    #[cfg(test)]
-    pub(crate) fn set_srtcp_index(&mut self, ssrc: u32, index: u32) -> Result<(), Error> {
-        stream_for(&mut self.tx, ssrc, self.max_streams, self.replay_window)?.rtcp_next = index;
-        Ok(())
-    }
 
     /// The session's suite.
     pub fn suite(&self) -> Suite {
@@ -165,6 +159,17 @@ impl Session {
             Direction::Inbound => &mut self.rx,
         };
         stream_for(map, ssrc, self.max_streams, self.replay_window)?.set_roc(roc);
+        Ok(())
+    }
+
+    /// Sets the SRTCP index the next outbound packet of `ssrc` will carry (RFC 3711 §3.4 starts
+    /// at 0; libsrtp starts at 1; a resumed context continues where it stopped). Creates the
+    /// stream if needed.
+    pub fn set_srtcp_index(&mut self, ssrc: u32, next: u32) -> Result<(), Error> {
+        if u64::from(next) >= 1 << 31 {
+            return Err(Error::IndexExhausted);
+        }
+        stream_for(&mut self.tx, ssrc, self.max_streams, self.replay_window)?.rtcp_next = next;
         Ok(())
     }
 

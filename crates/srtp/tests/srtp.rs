@@ -1,0 +1,10 @@
+//! Integration tests of the SRTP crate: behaviour, properties, and interop with libsrtp.
+
+#[path = "srtp/behaviour.rs"]
+mod behaviour;
+#[path = "srtp/interop.rs"]
+mod interop;
+#[path = "srtp/properties.rs"]
+mod properties;
+#[path = "srtp/util.rs"]
+mod util;
