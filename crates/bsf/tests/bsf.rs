@@ -214,3 +214,35 @@ async fn ub_failure_cases_and_expiry() {
     srv.stop().await;
     let _ = std::fs::remove_file(&path);
 }
+
+/// Acceptance: an independent UE (Python stdlib + osmo-auc-gen as the USIM, written from
+/// TS 24.109 / RFC 3310 / TS 33.220 only) bootstraps against our BSF and derives the same
+/// Ks_NAF that Zn returns.
+#[tokio::test]
+async fn independent_python_ue_interoperates() {
+    let require = std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() == Ok("1");
+    let have = |cmd: &str, arg: &str| std::process::Command::new(cmd).arg(arg).output().is_ok();
+    if !have("python3", "--version") || !have("osmo-auc-gen", "--help") {
+        assert!(!require, "python3 and osmo-auc-gen (libosmocore-utils) are required");
+        eprintln!("SKIP: python3 or osmo-auc-gen missing");
+        return;
+    }
+    let path = db_path("indep");
+    let (k, opc) = keys();
+    let srv = start(&path, 3600).await;
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_ue.py");
+    let args = [script.to_owned(), authority(&srv.url), IMPI.into(), DOMAIN.into(), hex::encode(k), hex::encode(opc), "kms.ims.example.org".into(), "0100000006".into()];
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("python3").args(&args).output())
+        .await
+        .expect("join")
+        .expect("run python");
+    assert!(out.status.success(), "independent UE failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = stdout.lines();
+    let (btid, ks_naf) = (lines.next().expect("btid"), lines.next().expect("ks_naf"));
+    let zn = client::zn_lookup(&srv.url, ZN, btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(hex::encode(zn.key().expect("b64")), ks_naf);
+    srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
