@@ -1,12 +1,12 @@
 //! The UE's HTTP driver for Ub (TS 24.109 §4) and a Zn client for NAFs, over a minimal
-//! HTTP/1.1 client (one request per connection, `Connection: close`, plain TCP).
+//! HTTP/1.1 client (one request per connection, `Connection: close`, TCP or TLS).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::ue::{Bootstrap, USER_AGENT, UeAnswer, UeBootstrap, UB_URI};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::BsfError;
@@ -36,9 +36,48 @@ impl HttpResponse {
     }
 }
 
-/// `http://host:port[/path]` split into (authority, path).
+/// Where the BSF is: `host:port`, and TLS (server name + connector) for https URLs.
+#[derive(Clone)]
+pub struct Endpoint {
+    authority: String,
+    tls: Option<(rustls::pki_types::ServerName<'static>, tokio_rustls::TlsConnector)>,
+}
+
+impl Endpoint {
+    /// From `http://host:port` or `https://host:port` (then `tls` must be given: a connector
+    /// trusting the BSF's CA, see [`crate::tls::client_connector`]).
+    pub fn new(url: &str, tls: Option<tokio_rustls::TlsConnector>) -> Result<Self, BsfError> {
+        let (authority, _) = split_url(url)?;
+        let tls = match (url.starts_with("https://"), tls) {
+            (false, _) => None,
+            (true, None) => return Err(BsfError::Url(url.to_owned())),
+            (true, Some(c)) => {
+                let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h);
+                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|_| BsfError::Url(url.to_owned()))?;
+                Some((name, c))
+            }
+        };
+        Ok(Self { authority, tls })
+    }
+
+    /// Plain HTTP endpoint.
+    pub fn http(url: &str) -> Result<Self, BsfError> {
+        Self::new(url, None)
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+/// `http(s)://host:port[/path]` split into (authority, path).
 pub fn split_url(url: &str) -> Result<(String, String), BsfError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| BsfError::Url(url.to_owned()))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| BsfError::Url(url.to_owned()))?;
     let (auth, path) = rest.find('/').map_or((rest, "/"), |i| (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")));
     if auth.is_empty() || !auth.contains(':') {
         return Err(BsfError::Url(url.to_owned()));
@@ -48,13 +87,30 @@ pub fn split_url(url: &str) -> Result<(String, String), BsfError> {
 
 /// One HTTP/1.1 request over a fresh connection.
 pub async fn request(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<HttpResponse, BsfError> {
+    let tcp = TcpStream::connect(&ep.authority).await?;
+    match &ep.tls {
+        None => exchange(tcp, &ep.authority, method, path, headers, body).await,
+        Some((name, connector)) => {
+            let tls = connector.connect(name.clone(), tcp).await?;
+            exchange(tls, &ep.authority, method, path, headers, body).await
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     authority: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<HttpResponse, BsfError> {
-    let mut stream = TcpStream::connect(authority).await?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
@@ -62,8 +118,14 @@ pub async fn request(
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).await?;
     stream.write_all(body).await?;
+    stream.flush().await?;
     let mut raw = Vec::new();
-    (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut raw).await?;
+    match (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut raw).await {
+        Ok(_) => {}
+        // A TLS peer closing without close_notify after a complete response is tolerated.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
     parse_response(&raw)
 }
 
@@ -97,14 +159,13 @@ pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, BsfError> {
     Ok(HttpResponse { status, headers, body })
 }
 
-/// Bootstrap against the BSF at `bsf_url` (TS 24.109 §4.2, with resynchronisation §4.5).
+/// Bootstrap against the BSF at `bsf` (TS 24.109 §4.2, with resynchronisation §4.5).
 /// Returns the bootstrap and the highest accepted SQN (for the caller's USIM state).
-pub async fn bootstrap(bsf_url: &str, mut ue: UeBootstrap) -> Result<(Bootstrap, u64), BsfError> {
-    let (authority, _) = split_url(bsf_url)?;
+pub async fn bootstrap(bsf: &Endpoint, mut ue: UeBootstrap) -> Result<(Bootstrap, u64), BsfError> {
     let mut auth = ue.initial_authorization();
     // Initial request, at most one resync, then the response: 3 rounds suffice; allow 4.
     for _ in 0..4 {
-        let r = request(&authority, "GET", UB_URI, &[("Authorization", &auth), ("User-Agent", USER_AGENT)], b"").await?;
+        let r = request(bsf, "GET", UB_URI, &[("Authorization", &auth), ("User-Agent", USER_AGENT)], b"").await?;
         match r.status {
             401 => {
                 let www = r.header("www-authenticate").ok_or(BsfError::Http { offset: 0, reason: "401 without WWW-Authenticate" })?;
@@ -148,16 +209,15 @@ impl ZnKey {
 /// NAF side: fetch Ks_NAF and the user's profile by B-TID. `Ok(None)` on 404 (unknown or
 /// expired B-TID: tell the UE to bootstrap again).
 pub async fn zn_lookup(
-    bsf_url: &str,
+    bsf: &Endpoint,
     token: &str,
     btid: &str,
     naf_fqdn: &str,
     ua_protocol_id: &str,
 ) -> Result<Option<ZnKey>, BsfError> {
-    let (authority, _) = split_url(bsf_url)?;
     let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id }).to_string();
     let bearer = format!("Bearer {token}");
-    let r = request(&authority, "POST", "/zn/v1/naf-keys", &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes()).await?;
+    let r = request(bsf, "POST", "/zn/v1/naf-keys", &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes()).await?;
     match r.status {
         200 => serde_json::from_slice(&r.body).map(Some).map_err(|_| BsfError::Http { offset: 0, reason: "Zn body is not the documented JSON" }),
         404 => Ok(None),

@@ -33,7 +33,7 @@ pub enum BsfError {
         reason: &'static str,
     },
     /// Unsupported or malformed URL.
-    #[error("URL {0:?}: only http://host:port[/path] is supported")]
+    #[error("URL {0:?}: only http(s)://host:port[/path] is supported (https needs a CA)")]
     Url(String),
     /// The server answered with an unexpected status.
     #[error("unexpected HTTP status {status}: {body}")]
@@ -43,6 +43,9 @@ pub enum BsfError {
         /// Response body (reason).
         body: String,
     },
+    /// TLS configuration or handshake failure.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// GBA protocol failure (AUTN, rspauth, parsing ...).
     #[error(transparent)]
     Gba(#[from] mediasec_gba::GbaError),

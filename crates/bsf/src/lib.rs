@@ -3,7 +3,8 @@
 //! - [`store`]: subscribers (IMPI, K, OPc/OP, AMF, SQN, IMPUs, GUSS) and bootstrap sessions
 //!   in one redb file; SQNs are committed before use.
 //! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
-//! - [`client`]: UE bootstrapping over HTTP and a Zn client for NAFs (e.g. the KMS).
+//! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS).
+//! - [`tls`]: HTTPS server listener and client connector (rustls).
 //!
 //! The protocol logic lives in the sans-IO crate `mediasec-gba`.
 
@@ -11,5 +12,6 @@ pub mod client;
 mod error;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use error::BsfError;

@@ -290,7 +290,12 @@ async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 
-/// Serve on an already bound listener until the future is dropped.
+/// Serve plain HTTP on an already bound listener until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+    axum::serve(listener, bsf.router()).await.map_err(BsfError::Io)
+}
+
+/// Serve HTTPS (see [`crate::tls`]) until the future is dropped.
+pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
     axum::serve(listener, bsf.router()).await.map_err(BsfError::Io)
 }

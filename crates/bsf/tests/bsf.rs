@@ -77,12 +77,16 @@ fn ue(k: &[u8; 16], opc: &[u8; 16], sqn_ms: u64) -> UeBootstrap {
     UeBootstrap::new(IMPI, DOMAIN, Milenage::with_opc(k, opc), sqn_ms)
 }
 
+fn ep(url: &str) -> client::Endpoint {
+    client::Endpoint::http(url).expect("endpoint")
+}
+
 fn authority(url: &str) -> String {
     client::split_url(url).expect("url").0
 }
 
 async fn ub(url: &str, auth: &str) -> client::HttpResponse {
-    request(&authority(url), "GET", "/", &[("Authorization", auth), ("User-Agent", "t 3gpp-gba")], b"").await.expect("http")
+    request(&ep(url), "GET", "/", &[("Authorization", auth), ("User-Agent", "t 3gpp-gba")], b"").await.expect("http")
 }
 
 #[tokio::test]
@@ -93,19 +97,19 @@ async fn bootstrap_zn_resync_and_restart() {
     // Provision over the admin API.
     let body = serde_json::to_vec(&subscriber(&k, &opc)).expect("json");
     let bearer = format!("Bearer {ADMIN}");
-    let r = request(&authority(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
+    let r = request(&ep(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
     assert_eq!(r.status, 201);
-    let r = request(&authority(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
+    let r = request(&ep(&srv.url), "POST", "/admin/v1/subscribers", &[("Authorization", &bearer)], &body).await.expect("http");
     assert_eq!(r.status, 409, "duplicate add");
-    let r = request(&authority(&srv.url), "GET", "/admin/v1/subscribers", &[("Authorization", &bearer)], b"").await.expect("http");
+    let r = request(&ep(&srv.url), "GET", "/admin/v1/subscribers", &[("Authorization", &bearer)], b"").await.expect("http");
     let list: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
     assert_eq!(list[0]["impi"], IMPI);
     assert!(list[0].get("k").is_none(), "secrets never listed");
-    let r = request(&authority(&srv.url), "GET", "/admin/v1/subscribers", &[], b"").await.expect("http");
+    let r = request(&ep(&srv.url), "GET", "/admin/v1/subscribers", &[], b"").await.expect("http");
     assert_eq!(r.status, 401);
 
     // Full bootstrap with a USIM that is ahead (SQN_MS = 500): resync, then success.
-    let (boot, sqn_ms) = client::bootstrap(&srv.url, ue(&k, &opc, 500)).await.expect("bootstrap");
+    let (boot, sqn_ms) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, 500)).await.expect("bootstrap");
     assert_eq!(sqn_ms, 501);
     assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
     assert_eq!(boot.btid.domain, DOMAIN);
@@ -113,7 +117,7 @@ async fn bootstrap_zn_resync_and_restart() {
     // Ks_NAF from the UE == Ks_NAF from Zn, for the KMS Ua id.
     let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
     let ue_key = boot.ks_naf(&naf).expect("ks_naf");
-    let zn = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006")
+    let zn = client::zn_lookup(&ep(&srv.url), ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006")
         .await
         .expect("zn")
         .expect("found");
@@ -121,30 +125,30 @@ async fn bootstrap_zn_resync_and_restart() {
     assert_eq!(zn.impi, IMPI);
     assert_eq!(zn.impus, vec!["sip:alice@ims.example.org".to_owned(), "tel:+15551234".to_owned()]);
     // A different NAF gets a different key.
-    let other = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "xcap.ims.example.org", "0100000002").await.expect("zn").expect("found");
+    let other = client::zn_lookup(&ep(&srv.url), ZN, &boot.btid.to_string(), "xcap.ims.example.org", "0100000002").await.expect("zn").expect("found");
     assert_ne!(other.ks_naf, zn.ks_naf);
     // Zn failures: wrong token 401, unknown B-TID 404, bad ua id 400.
-    assert!(matches!(client::zn_lookup(&srv.url, "wrong", &boot.btid.to_string(), "kms", "0100000006").await, Err(mediasec_bsf::BsfError::Status { status: 401, .. })));
+    assert!(matches!(client::zn_lookup(&ep(&srv.url), "wrong", &boot.btid.to_string(), "kms", "0100000006").await, Err(mediasec_bsf::BsfError::Status { status: 401, .. })));
     let unknown = format!("{}@{DOMAIN}", STANDARD.encode([0u8; 16]));
-    assert!(client::zn_lookup(&srv.url, ZN, &unknown, "kms", "0100000006").await.expect("zn").is_none());
-    assert!(matches!(client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms", "01").await, Err(mediasec_bsf::BsfError::Status { status: 400, .. })));
+    assert!(client::zn_lookup(&ep(&srv.url), ZN, &unknown, "kms", "0100000006").await.expect("zn").is_none());
+    assert!(matches!(client::zn_lookup(&ep(&srv.url), ZN, &boot.btid.to_string(), "kms", "01").await, Err(mediasec_bsf::BsfError::Status { status: 400, .. })));
 
     // Restart: subscribers, SQN and the session survive.
     srv.stop().await;
     let srv = start(&path, 3600).await;
     assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
-    let again = client::zn_lookup(&srv.url, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    let again = client::zn_lookup(&ep(&srv.url), ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
     assert_eq!(again.ks_naf, zn.ks_naf);
-    let (boot2, sqn2) = client::bootstrap(&srv.url, ue(&k, &opc, sqn_ms)).await.expect("bootstrap after restart");
+    let (boot2, sqn2) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, sqn_ms)).await.expect("bootstrap after restart");
     assert_eq!(sqn2, 502, "no resync needed: SQN continued from the store");
     assert_ne!(boot2.btid, boot.btid);
 
     // Remove over the admin API; then the IMPI is unknown.
-    let r = request(&authority(&srv.url), "DELETE", &format!("/admin/v1/subscribers/{IMPI}"), &[("Authorization", &bearer)], b"").await.expect("http");
+    let r = request(&ep(&srv.url), "DELETE", &format!("/admin/v1/subscribers/{IMPI}"), &[("Authorization", &bearer)], b"").await.expect("http");
     assert_eq!(r.status, 200);
     let r = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "unknown IMPI"));
-    let metrics = request(&authority(&srv.url), "GET", "/metrics", &[], b"").await.expect("http");
+    let metrics = request(&ep(&srv.url), "GET", "/metrics", &[], b"").await.expect("http");
     assert!(String::from_utf8_lossy(&metrics.body).contains("mediasec_bsf_bootstraps_total 1"));
     srv.stop().await;
     let _ = std::fs::remove_file(&path);
@@ -159,7 +163,7 @@ async fn ub_failure_cases_and_expiry() {
     let url = srv.url.clone();
 
     // Missing / malformed Authorization: 400.
-    let r = request(&authority(&url), "GET", "/", &[], b"").await.expect("http");
+    let r = request(&ep(&url), "GET", "/", &[], b"").await.expect("http");
     assert_eq!(r.status, 400);
     let r = ub(&url, "Digest username=").await;
     assert_eq!(r.status, 400);
@@ -210,7 +214,7 @@ async fn ub_failure_cases_and_expiry() {
 
     // Session expiry (lifetime 1 s): Zn answers 404 afterwards.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert!(client::zn_lookup(&url, ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_none());
+    assert!(client::zn_lookup(&ep(&url), ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_none());
     srv.stop().await;
     let _ = std::fs::remove_file(&path);
 }
@@ -241,8 +245,48 @@ async fn independent_python_ue_interoperates() {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = stdout.lines();
     let (btid, ks_naf) = (lines.next().expect("btid"), lines.next().expect("ks_naf"));
-    let zn = client::zn_lookup(&srv.url, ZN, btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    let zn = client::zn_lookup(&ep(&srv.url), ZN, btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
     assert_eq!(hex::encode(zn.key().expect("b64")), ks_naf);
     srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Ub and Zn over HTTPS (rustls; lab PKI from rcgen): bootstrap and Zn look-up, and a client
+/// that does not trust the CA is refused.
+#[tokio::test]
+async fn https_bootstrap_and_zn() {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca).expect("cert");
+    let server_cfg = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).expect("tls config");
+
+    let path = db_path("tls");
+    let (k, opc) = keys();
+    let store = Store::open(&path).expect("store");
+    store.add_subscriber(&subscriber(&k, &opc)).expect("add");
+    let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, server_cfg), Arc::clone(&bsf)));
+
+    let url = format!("https://localhost:{port}");
+    let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes()).expect("connector");
+    let endpoint = client::Endpoint::new(&url, Some(connector)).expect("endpoint");
+    let (boot, _) = client::bootstrap(&endpoint, ue(&k, &opc, 0)).await.expect("bootstrap over https");
+    let zn = client::zn_lookup(&endpoint, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    assert_eq!(zn.key().expect("b64"), boot.ks_naf(&naf).expect("ks_naf").0.to_vec());
+    // https without a CA is refused before connecting; an untrusted CA fails the handshake.
+    assert!(client::Endpoint::new(&url, None).is_err());
+    let other_key = rcgen::KeyPair::generate().expect("key");
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other = rcgen::CertifiedIssuer::self_signed(other_params, other_key).expect("ca");
+    let wrong = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(other.pem().as_bytes()).expect("c"))).expect("ep");
+    assert!(client::bootstrap(&wrong, ue(&k, &opc, 10)).await.is_err());
+    task.abort();
     let _ = std::fs::remove_file(&path);
 }

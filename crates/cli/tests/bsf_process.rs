@@ -44,8 +44,8 @@ fn milenage() -> Milenage {
 /// One initial request; the SQN the BSF put in AUTN (as the USIM recovers it).
 async fn challenge_sqn(url: &str) -> Option<u64> {
     let ue = UeBootstrap::new(IMPI, "bsf.mnc001.mcc001.pub.3gppnetwork.org", milenage(), 0);
-    let (authority, _) = client::split_url(url).ok()?;
-    let r = client::request(&authority, "GET", "/", &[("Authorization", &ue.initial_authorization())], b"").await.ok()?;
+    let ep = client::Endpoint::http(url).ok()?;
+    let r = client::request(&ep, "GET", "/", &[("Authorization", &ue.initial_authorization())], b"").await.ok()?;
     let ch = Challenge::parse(r.header("www-authenticate")?).ok()?;
     let n = AkaNonce::decode(&ch.nonce).ok()?;
     match milenage().check_autn(&n.rand, &n.autn, 0, |_| true) {
@@ -102,10 +102,10 @@ fn kill_9_never_moves_sqn_backwards() {
     // succeed without resynchronisation, and the subscriber is still there.
     let (mut child, url) = start(&db);
     let ue = UeBootstrap::new(IMPI, "bsf.mnc001.mcc001.pub.3gppnetwork.org", milenage(), highest_seen);
-    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&url, ue)).expect("bootstrap after kill -9");
+    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&client::Endpoint::http(&url).expect("url"), ue)).expect("bootstrap after kill -9");
     assert!(sqn_ms > highest_seen);
     assert!(boot.btid.to_string().ends_with("@bsf.mnc001.mcc001.pub.3gppnetwork.org"));
-    let zn = rt.block_on(client::zn_lookup(&url, "z", &boot.btid.to_string(), "kms.example.org", "0100000006")).expect("zn").expect("found");
+    let zn = rt.block_on(client::zn_lookup(&client::Endpoint::http(&url).expect("url"), "z", &boot.btid.to_string(), "kms.example.org", "0100000006")).expect("zn").expect("found");
     assert_eq!(zn.impus, vec!["sip:kill9@example.org".to_owned()]);
     child.kill().expect("kill");
     child.wait().expect("wait");

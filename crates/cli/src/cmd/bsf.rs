@@ -44,6 +44,12 @@ struct ServeArgs {
     /// Admin API bearer token (else env MEDIASEC_BSF_ADMIN_TOKEN, else random, printed).
     #[arg(long)]
     admin_token: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -146,14 +152,32 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         zn_token: token(a.zn_token, "MEDIASEC_BSF_ZN_TOKEN", "Zn"),
         admin_token: token(a.admin_token, "MEDIASEC_BSF_ADMIN_TOKEN", "admin"),
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+            Some(mediasec_bsf::tls::server_config(&cert, &key)?)
+        }
+        _ => None,
+    };
     let state = Bsf::new(cfg, store);
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        println!("listening on http://{}", listener.local_addr()?);
-        tokio::select! {
-            r = mediasec_bsf::server::serve(listener, state) => r.context("server")?,
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        let addr = listener.local_addr()?;
+        let server = match tls {
+            Some(cfg) => {
+                println!("listening on https://{addr}");
+                mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg), state).await
+            }
+            None => {
+                println!("listening on http://{addr}");
+                tokio::select! {
+                    r = mediasec_bsf::server::serve(listener, state) => r,
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            }
+        };
+        server.context("server")?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -204,7 +228,7 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);
     let result = runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = client::Endpoint::http(&format!("http://{}", listener.local_addr()?))?;
         let server = tokio::spawn(mediasec_bsf::server::serve(listener, Arc::clone(&state)));
         let per = n.div_ceil(concurrency);
         let t0 = Instant::now();

@@ -22,9 +22,12 @@ pub(crate) struct Args {
 enum Action {
     /// Bootstrap (TS 24.109 §4) and print the B-TID and key expiry.
     Bootstrap {
-        /// BSF URL, http://host:port.
+        /// BSF URL, http://host:port or https://host:port.
         #[arg(long)]
         bsf: String,
+        /// PEM CA certificate(s) to trust for an https BSF URL.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
         /// IMPI.
         #[arg(long)]
         impi: String,
@@ -65,7 +68,7 @@ fn default_realm(impi: &str) -> Option<String> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Action::Bootstrap { bsf, impi, k, opc, op, realm, sqn_ms, naf, ua_id } = args.action;
+    let Action::Bootstrap { bsf, ca, impi, k, opc, op, realm, sqn_ms, naf, ua_id } = args.action;
     let k = key16("K", &k)?;
     let usim = match (opc, op) {
         (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", &opc)?),
@@ -76,8 +79,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("cannot derive the BSF FQDN from the IMPI; give --realm")
     };
     let ua = UaProtocolId::from_hex(&ua_id).context("--ua-id")?;
+    let connector = match ca {
+        Some(p) => Some(mediasec_bsf::tls::client_connector(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?),
+        None => None,
+    };
+    let endpoint = client::Endpoint::new(&bsf, connector).context("--bsf (https needs --ca)")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&bsf, UeBootstrap::new(impi, realm, usim, sqn_ms)))?;
+    let (boot, sqn_ms) = rt.block_on(client::bootstrap(&endpoint, UeBootstrap::new(impi, realm, usim, sqn_ms)))?;
     println!("B-TID:   {}", boot.btid);
     println!("expires: {}", format_time(boot.expiry));
     println!("SQN_MS:  {sqn_ms}");
