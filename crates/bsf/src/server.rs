@@ -218,7 +218,7 @@ async fn zn(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Respo
         Err(e) => return internal(&e),
     };
     let impus = match b.store.subscriber(&session.impi) {
-        Ok(Some(s)) => s.impus,
+        Ok(Some(s)) => s.impus.clone(),
         Ok(None) => Vec::new(),
         Err(e) => return internal(&e),
     };

@@ -8,7 +8,7 @@ use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::BsfError;
 
@@ -40,6 +40,14 @@ pub struct Subscriber {
     /// GBA User Security Settings (opaque JSON, returned to NAFs as is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guss: Option<serde_json::Value>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.k.zeroize();
+        self.opc.zeroize();
+        self.op.zeroize();
+    }
 }
 
 fn default_amf() -> String {
@@ -92,6 +100,12 @@ struct SessionRecord {
     impi: String,
     bootstrap_time: u64,
     expiry: u64,
+}
+
+impl Drop for SessionRecord {
+    fn drop(&mut self) {
+        self.ks.zeroize();
+    }
 }
 
 /// The store.
