@@ -1,5 +1,5 @@
 //! The BSF HTTP server (axum): Ub (TS 24.109 §4, any path, GET or POST), Zn
-//! (`POST /zn/v1/naf-keys`, bearer token), admin (`/admin/v1/subscribers`, bearer token) and
+//! (`POST /zn/v1/naf-keys`, NAF client certificate or bearer token), admin (`/admin/v1/subscribers`, bearer token) and
 //! `/metrics` (Prometheus text format).
 
 use std::collections::HashMap;
@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::serve::IncomingStream;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -195,9 +197,31 @@ struct ZnRequest {
     ua_protocol_id: String,
 }
 
-async fn zn(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !bearer_ok(&headers, &b.cfg.zn_token) {
-        return text(StatusCode::UNAUTHORIZED, "Zn requires a valid bearer token");
+/// Whether the connection presented a TLS client certificate that verified against the NAF
+/// CA (see [`crate::tls::server_config`]); always false on plain HTTP.
+#[derive(Debug, Clone, Copy)]
+pub struct NafCert(pub bool);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for NafCert {
+    fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(false)
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for NafCert {
+    fn connect_info(s: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        Self(s.io().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()))
+    }
+}
+
+async fn zn(
+    State(b): State<Arc<Bsf>>,
+    ConnectInfo(cert): ConnectInfo<NafCert>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !cert.0 && !bearer_ok(&headers, &b.cfg.zn_token) {
+        return text(StatusCode::UNAUTHORIZED, "Zn requires a NAF client certificate or a valid bearer token");
     }
     let Ok(req) = serde_json::from_slice::<ZnRequest>(&body) else {
         return text(StatusCode::BAD_REQUEST, "expected {\"btid\",\"naf_fqdn\",\"ua_protocol_id\"}");
@@ -292,10 +316,10 @@ async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
 
 /// Serve plain HTTP on an already bound listener until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
-    axum::serve(listener, bsf.router()).await.map_err(BsfError::Io)
+    axum::serve(listener, bsf.router().into_make_service_with_connect_info::<NafCert>()).await.map_err(BsfError::Io)
 }
 
 /// Serve HTTPS (see [`crate::tls`]) until the future is dropped.
 pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
-    axum::serve(listener, bsf.router()).await.map_err(BsfError::Io)
+    axum::serve(listener, bsf.router().into_make_service_with_connect_info::<NafCert>()).await.map_err(BsfError::Io)
 }

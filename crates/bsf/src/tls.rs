@@ -1,8 +1,9 @@
 //! HTTPS for the BSF (rustls 0.23 with the aws-lc-rs provider): a server configuration from
 //! PEM files, a TLS listener for axum, and a client connector trusting a given CA (lab PKI).
 //!
-//! NAF authentication on Zn stays the bearer token, now carried inside TLS; TLS client
-//! certificates are not requested.
+//! NAF authentication on Zn: the bearer token (inside TLS), or a TLS client certificate that
+//! verifies against the configured NAF CA (client certificates are optional at the TLS layer,
+//! so UEs connect without one; only Zn looks at them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,34 +28,62 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Server configuration from a PEM certificate chain and a PEM private key.
-pub fn server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerConfig>, BsfError> {
-    let certs = CertificateDer::pem_slice_iter(cert_chain_pem).collect::<Result<Vec<_>, _>>().map_err(tls_err)?;
+fn chain(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, BsfError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(tls_err)?;
     if certs.is_empty() {
-        return Err(BsfError::Tls("no certificate in the PEM file".into()));
+        return Err(BsfError::Tls("no certificate in the PEM data".into()));
     }
+    Ok(certs)
+}
+
+fn roots(ca_pem: &[u8]) -> Result<rustls::RootCertStore, BsfError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in chain(ca_pem)? {
+        roots.add(c).map_err(tls_err)?;
+    }
+    Ok(roots)
+}
+
+/// Server configuration from a PEM certificate chain and a PEM private key; with
+/// `naf_client_ca`, client certificates issued by that CA are verified when offered.
+pub fn server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+    naf_client_ca: Option<&[u8]>,
+) -> Result<Arc<rustls::ServerConfig>, BsfError> {
+    let certs = chain(cert_chain_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(tls_err)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(tls_err)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
         .map_err(tls_err)?;
+    let builder = match naf_client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(tls_err)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(tls_err)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
-/// A client connector that trusts the CA certificates in `ca_pem`.
-pub fn client_connector(ca_pem: &[u8]) -> Result<TlsConnector, BsfError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        roots.add(c.map_err(tls_err)?).map_err(tls_err)?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+/// A client connector that trusts the CA certificates in `ca_pem`; a NAF may add its client
+/// certificate chain and key (PEM) to authenticate on Zn.
+pub fn client_connector(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<TlsConnector, BsfError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots(ca_pem)?);
+    let cfg = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(chain(cert)?, PrivateKeyDer::from_pem_slice(key).map_err(tls_err)?)
+            .map_err(tls_err)?,
+    };
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 

@@ -251,8 +251,8 @@ async fn independent_python_ue_interoperates() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// Ub and Zn over HTTPS (rustls; lab PKI from rcgen): bootstrap and Zn look-up, and a client
-/// that does not trust the CA is refused.
+/// Ub and Zn over HTTPS (rustls; lab PKI from rcgen): bootstrap and Zn look-up, NAF
+/// authentication by client certificate, and a client that does not trust the CA is refused.
 #[tokio::test]
 async fn https_bootstrap_and_zn() {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
@@ -261,7 +261,15 @@ async fn https_bootstrap_and_zn() {
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca).expect("cert");
-    let server_cfg = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).expect("tls config");
+    // A separate CA issues NAF client certificates.
+    let naf_ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut naf_ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    naf_ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let naf_ca = rcgen::CertifiedIssuer::self_signed(naf_ca_params, naf_ca_key).expect("naf ca");
+    let naf_key = rcgen::KeyPair::generate().expect("key");
+    let naf_cert = rcgen::CertificateParams::new(vec!["kms.ims.example.org".to_owned()]).expect("p").signed_by(&naf_key, &naf_ca).expect("naf cert");
+    let server_cfg = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), Some(naf_ca.pem().as_bytes()))
+        .expect("tls config");
 
     let path = db_path("tls");
     let (k, opc) = keys();
@@ -273,19 +281,36 @@ async fn https_bootstrap_and_zn() {
     let task = tokio::spawn(mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, server_cfg), Arc::clone(&bsf)));
 
     let url = format!("https://localhost:{port}");
-    let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes()).expect("connector");
+    let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), None).expect("connector");
     let endpoint = client::Endpoint::new(&url, Some(connector)).expect("endpoint");
     let (boot, _) = client::bootstrap(&endpoint, ue(&k, &opc, 0)).await.expect("bootstrap over https");
     let zn = client::zn_lookup(&endpoint, ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
     let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
     assert_eq!(zn.key().expect("b64"), boot.ks_naf(&naf).expect("ks_naf").0.to_vec());
+    // NAF with a client certificate from the NAF CA: no bearer token needed.
+    let (naf_pem, naf_key_pem) = (naf_cert.pem(), naf_key.serialize_pem());
+    let naf_conn = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), Some((naf_pem.as_bytes(), naf_key_pem.as_bytes()))).expect("c");
+    let naf_ep = client::Endpoint::new(&url, Some(naf_conn)).expect("ep");
+    let by_cert = client::zn_lookup(&naf_ep, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(by_cert.ks_naf, zn.ks_naf);
+    // Without certificate and without a valid token: 401.
+    assert!(matches!(
+        client::zn_lookup(&endpoint, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await,
+        Err(mediasec_bsf::BsfError::Status { status: 401, .. })
+    ));
+    // A client certificate from another CA fails the handshake.
+    let rogue_key = rcgen::KeyPair::generate().expect("key");
+    let rogue_cert = rcgen::CertificateParams::new(vec!["kms.ims.example.org".to_owned()]).expect("p").signed_by(&rogue_key, &ca).expect("c");
+    let (rogue_pem, rogue_key_pem) = (rogue_cert.pem(), rogue_key.serialize_pem());
+    let rogue = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), Some((rogue_pem.as_bytes(), rogue_key_pem.as_bytes()))).expect("c"))).expect("ep");
+    assert!(client::zn_lookup(&rogue, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.is_err());
     // https without a CA is refused before connecting; an untrusted CA fails the handshake.
     assert!(client::Endpoint::new(&url, None).is_err());
     let other_key = rcgen::KeyPair::generate().expect("key");
     let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let other = rcgen::CertifiedIssuer::self_signed(other_params, other_key).expect("ca");
-    let wrong = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(other.pem().as_bytes()).expect("c"))).expect("ep");
+    let wrong = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(other.pem().as_bytes(), None).expect("c"))).expect("ep");
     assert!(client::bootstrap(&wrong, ue(&k, &opc, 10)).await.is_err());
     task.abort();
     let _ = std::fs::remove_file(&path);

@@ -50,6 +50,10 @@ struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM CA that issues NAF client certificates (Zn then accepts a verified client
+    /// certificate instead of the bearer token).
+    #[arg(long, requires = "tls_cert")]
+    naf_client_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -156,7 +160,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         (Some(c), Some(k)) => {
             let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
             let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
-            Some(mediasec_bsf::tls::server_config(&cert, &key)?)
+            let naf_ca = match &a.naf_client_ca {
+                Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+                None => None,
+            };
+            Some(mediasec_bsf::tls::server_config(&cert, &key, naf_ca.as_deref())?)
         }
         _ => None,
     };

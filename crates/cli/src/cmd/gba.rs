@@ -80,7 +80,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let ua = UaProtocolId::from_hex(&ua_id).context("--ua-id")?;
     let connector = match ca {
-        Some(p) => Some(mediasec_bsf::tls::client_connector(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?),
+        Some(p) => Some(mediasec_bsf::tls::client_connector(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?, None)?),
         None => None,
     };
     let endpoint = client::Endpoint::new(&bsf, connector).context("--bsf (https needs --ca)")?;
