@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::bootstrapping_info::{CONTENT_TYPE, format_time};
 use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, PendingChallenge, UbRequest, Verdict};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
@@ -197,21 +198,30 @@ struct ZnRequest {
     ua_protocol_id: String,
 }
 
-/// Whether the connection presented a TLS client certificate that verified against the NAF
-/// CA (see [`crate::tls::server_config`]); always false on plain HTTP.
-#[derive(Debug, Clone, Copy)]
-pub struct NafCert(pub bool);
+/// The end-entity TLS client certificate of the connection, already verified by rustls
+/// against the NAF CA (see [`crate::tls::server_config`]); `None` on plain HTTP or when the
+/// client offered none.
+#[derive(Debug, Clone)]
+pub struct NafCert(pub Option<Arc<CertificateDer<'static>>>);
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for NafCert {
     fn connect_info(_: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(false)
+        Self(None)
     }
 }
 
 impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for NafCert {
     fn connect_info(s: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        Self(s.io().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()))
+        Self(s.io().get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned())))
     }
+}
+
+/// NAF authorisation by certificate: the verified client certificate must be valid for the
+/// requested NAF FQDN (its DNS subjectAltName), so a NAF only obtains its own keys.
+fn cert_names_naf(cert: &CertificateDer<'_>, naf_fqdn: &str) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return false };
+    let Ok(name) = ServerName::try_from(naf_fqdn) else { return false };
+    ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
 async fn zn(
@@ -220,12 +230,15 @@ async fn zn(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !cert.0 && !bearer_ok(&headers, &b.cfg.zn_token) {
+    if cert.0.is_none() && !bearer_ok(&headers, &b.cfg.zn_token) {
         return text(StatusCode::UNAUTHORIZED, "Zn requires a NAF client certificate or a valid bearer token");
     }
     let Ok(req) = serde_json::from_slice::<ZnRequest>(&body) else {
         return text(StatusCode::BAD_REQUEST, "expected {\"btid\",\"naf_fqdn\",\"ua_protocol_id\"}");
     };
+    if cert.0.as_ref().is_some_and(|c| !cert_names_naf(c, &req.naf_fqdn)) {
+        return text(StatusCode::FORBIDDEN, "the NAF client certificate does not name naf_fqdn");
+    }
     let Ok(ua) = UaProtocolId::from_hex(&req.ua_protocol_id) else {
         return text(StatusCode::BAD_REQUEST, "ua_protocol_id must be 10 hex digits");
     };

@@ -293,6 +293,11 @@ async fn https_bootstrap_and_zn() {
     let naf_ep = client::Endpoint::new(&url, Some(naf_conn)).expect("ep");
     let by_cert = client::zn_lookup(&naf_ep, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
     assert_eq!(by_cert.ks_naf, zn.ks_naf);
+    // ... but only for the FQDN its certificate names.
+    assert!(matches!(
+        client::zn_lookup(&naf_ep, "", &boot.btid.to_string(), "xcap.ims.example.org", "0100000002").await,
+        Err(mediasec_bsf::BsfError::Status { status: 403, .. })
+    ));
     // Without certificate and without a valid token: 401.
     assert!(matches!(
         client::zn_lookup(&endpoint, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await,
