@@ -118,17 +118,22 @@ pub fn decode_expect(bytes: &[u8], dt: DataType) -> Result<Message> {
     Ok(m)
 }
 
-/// Verifies the final V payload of `bytes` (decoded as `m`).
-pub fn verify_v(bytes: &[u8], m: &Message, auth_key: &[u8], extra: &[&[u8]]) -> Result<()> {
-    let (_, _, spans) = Message::decode_with_spans(bytes)?;
-    let v = match m.payloads.last() {
-        Some(Payload::V(v)) => v,
-        _ => return Err(Error::rejected(ErrorCode::AUTH_FAILURE, "V is not the last payload")),
-    };
+/// The bytes a final V payload's MAC covers before the Table 5.2 additions, and the MAC.
+pub fn covered_by_v(bytes: &[u8]) -> Result<(Vec<u8>, Verification)> {
+    let (m, _, spans) = Message::decode_with_spans(bytes)?;
+    match m.payloads.last() {
+        Some(Payload::V(v)) => Ok((mac_input(bytes, &m, &spans, v.mac.len()), v.clone())),
+        _ => Err(Error::rejected(ErrorCode::AUTH_FAILURE, "V is not the last payload")),
+    }
+}
+
+/// Verifies the final V payload of `bytes` with the profile MAC; `extra` are the Table 5.2
+/// additions (identities, or the initiating message).
+pub fn verify_v(bytes: &[u8], auth_key: &[u8], extra: &[&[u8]]) -> Result<()> {
+    let (covered, v) = covered_by_v(bytes)?;
     if v.auth_alg != MAC {
         return Err(Error::rejected(ErrorCode::INVALID_MAC, format!("MAC {:?} not accepted", v.auth_alg)));
     }
-    let covered = mac_input(bytes, m, &spans, v.mac.len());
     let mut parts: Vec<&[u8]> = vec![&covered];
     parts.extend_from_slice(extra);
     kemac_crypto::verify_mac(MAC, auth_key, &parts, &v.mac)

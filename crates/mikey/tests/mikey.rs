@@ -803,7 +803,7 @@ mod ticket_exchange {
     fn handle_request_resp(req: &[u8], resp: &[u8]) -> Result<(Vec<u8>, KeyData, Ticket), Error> {
         let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
         let k = tk::message_keys(&PSK_I, m.header.csb_id, Direction::Response, Some(&RANDRI), None)?;
-        tk::verify_v(resp, &m, &k.auth_key, &[req])?;
+        tk::verify_v(resp, &k.auth_key, &[req])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
         let [mpki, tgk] = <[KeyData; 2]>::try_from(keys).map_err(|_| Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() })?;
@@ -830,7 +830,7 @@ mod ticket_exchange {
     fn handle_transfer_resp(ti: &[u8], mpki: &[u8], tr: &[u8]) -> Result<(), Error> {
         let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
         let k = tk::message_keys(mpki, m.header.csb_id, Direction::Response, Some(&RANDRI2), None)?;
-        tk::verify_v(tr, &m, &k.auth_key, &[ti])?;
+        tk::verify_v(tr, &k.auth_key, &[ti])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         if tk::id_of(&m, IdRole::RESPONDER) != ID_R {
             return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder".into() });
@@ -844,7 +844,7 @@ mod ticket_exchange {
         let psk = psk_for(&tk::id_of(&m, IdRole::PSK))?;
         let randri = tk::rand_of(&m, RandRole::INITIATOR).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRi".into() })?;
         let k = tk::message_keys(&psk, m.header.csb_id, Direction::Initial, Some(&randri), None)?;
-        tk::verify_v(req, &m, &k.auth_key, &[&tk::id_of(&m, IdRole::INITIATOR), &tk::id_of(&m, IdRole::KMS)])?;
+        tk::verify_v(req, &k.auth_key, &[&tk::id_of(&m, IdRole::INITIATOR), &tk::id_of(&m, IdRole::KMS)])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let tp = m.find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: "no TP".into() })?;
         tp.flags.check().map_err(|e| Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: e.into() })?;
@@ -867,7 +867,7 @@ mod ticket_exchange {
         let randrr = tk::rand_of(&m, RandRole::RESPONDER).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRr".into() })?;
         let k = tk::message_keys(&psk, m.header.csb_id, Direction::Initial, None, Some(&randrr))?;
         let id_r = tk::id_of(&m, IdRole::RESPONDER);
-        tk::verify_v(ri, &m, &k.auth_key, &[&id_r, &tk::id_of(&m, IdRole::KMS)])?;
+        tk::verify_v(ri, &k.auth_key, &[&id_r, &tk::id_of(&m, IdRole::KMS)])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let ticket = tk::ticket_of(&m)?;
         let content = tk::open_ticket(&ticket, |id| (id == TPK_ID).then(|| TPK.to_vec()))?;
@@ -918,7 +918,7 @@ mod ticket_exchange {
     fn responder_finish(ti: &[u8], ri: &[u8], rr: &[u8]) -> Result<(Vec<u8>, SrtpPolicy), Error> {
         let m = tk::decode_expect(rr, DataType::RESOLVE_RESP)?;
         let k = tk::message_keys(&PSK_R, m.header.csb_id, Direction::Response, None, Some(&RANDRR))?;
-        tk::verify_v(rr, &m, &k.auth_key, &[ri])?;
+        tk::verify_v(rr, &k.auth_key, &[ri])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
         let (mpki, tgk) = match keys.as_slice() {
@@ -928,7 +928,7 @@ mod ticket_exchange {
         let tim = tk::decode_expect(ti, DataType::TRANSFER_INIT)?;
         let randri = tk::rand_of(&tim, RandRole::INITIATOR).unwrap_or_default();
         let ik = tk::message_keys(&mpki, tim.header.csb_id, Direction::Initial, Some(&randri), None)?;
-        tk::verify_v(ti, &tim, &ik.auth_key, &[&tk::id_of(&tim, IdRole::INITIATOR), &tk::id_of(&tim, IdRole::RESPONDER)])?;
+        tk::verify_v(ti, &ik.auth_key, &[&tk::id_of(&tim, IdRole::INITIATOR), &tk::id_of(&tim, IdRole::RESPONDER)])?;
         tk::check_fresh(&tim, NOW, SKEW, &mut Cache::default())?;
         let sp = tim.find(|p| if let Payload::Sp(s) = p { Some(s.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_SP, reason: "no SP".into() })?;
         let policy = derive(&tgk, &randri, &sp)?;

@@ -334,7 +334,7 @@ fn randr(msg: &Message, role: RandRole) -> Option<Vec<u8>> {
 }
 
 /// MAC verification and KEMAC decryption with a key (RFC 3830 §5.1, RFC 6043 §5.5).
-fn verify(msg: &Message, bytes: &[u8], spans: &[Span], key: &[u8]) -> Value {
+fn verify(msg: &Message, bytes: &[u8], key: &[u8]) -> Value {
     let h = &msg.header;
     let t = msg.find(|p| if let Payload::T(t) = p { Some(t.as_u64()) } else { None }).unwrap_or(0);
     let kemac = msg.find(|p| if let Payload::Kemac(k) = p { Some(k.clone()) } else { None });
@@ -372,24 +372,18 @@ fn verify(msg: &Message, bytes: &[u8], spans: &[Span], key: &[u8]) -> Value {
         Ok(k) => k,
         Err(e) => return json!({ "error": e.to_string() }),
     };
-    let mac_len = mac_alg.mac_len().unwrap_or(0);
-    let covered_end = bytes.len().saturating_sub(mac_len);
-    // TRANSFER_INIT: the MAC excludes the TICKET's Initiator Data length and data.
-    let mut covered: Vec<u8> = Vec::new();
-    let mut pos = 0;
-    for (p, s) in msg.payloads.iter().zip(spans) {
-        if let (DataType::TRANSFER_INIT, Payload::Ticket(t)) = (h.data_type, p) {
-            let cut = s.end - t.initiator_data_field_len();
-            covered.extend_from_slice(bytes.get(pos..cut).unwrap_or_default());
-            pos = s.end;
+    let (covered, tag) = if h.data_type == DataType::PSK_INIT {
+        let end = bytes.len().saturating_sub(mac_alg.mac_len().unwrap_or(0));
+        (bytes.get(..end).unwrap_or_default().to_vec(), bytes.get(end..).unwrap_or_default().to_vec())
+    } else {
+        match mediasec_mikey::ticket::covered_by_v(bytes) {
+            Ok((c, v)) => (c, v.mac),
+            Err(e) => return json!({ "error": e.to_string() }),
         }
-    }
-    covered.extend_from_slice(bytes.get(pos..covered_end).unwrap_or_default());
-    let tag = bytes.get(covered_end..).unwrap_or_default();
-    let id_refs: Vec<&[u8]> = ids.iter().map(Vec::as_slice).collect();
+    };
     let mut parts: Vec<&[u8]> = vec![&covered];
-    parts.extend(id_refs);
-    let mac_ok = kemac_crypto::verify_mac(mac_alg, &keys.auth_key, &parts, tag).is_ok();
+    parts.extend(ids.iter().map(Vec::as_slice));
+    let mac_ok = kemac_crypto::verify_mac(mac_alg, &keys.auth_key, &parts, &tag).is_ok();
     let mut out = json!({ "mac_alg": reg(mac_alg.0, mac_alg), "mac_valid": mac_ok });
     if let Some(k) = kemac {
         match kemac_crypto::decrypt(k.encr_alg, &keys, h.csb_id, t, &k.encr_data) {
@@ -418,7 +412,7 @@ fn decode(a: DecodeArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     if let Some(k) = &a.key {
         let key = hex::decode(k.trim()).context("--key is not hex")?;
-        let v = verify(&msg, &bytes, &spans, &key);
+        let v = verify(&msg, &bytes, &key);
         ok = v["mac_valid"].as_bool() == Some(true);
         out["verification"] = v;
     }
