@@ -224,8 +224,11 @@ fn tpk_keys(tpk: &[u8], rand: &[u8]) -> Result<MessageKeys> {
     MessageKeys::derive(PRF, tpk, ENCR, MAC, |c| keys::label_base_ticket(c, 0x05, rand))
 }
 
+/// A secret key that is zeroized on drop.
+pub type Secret = Zeroizing<Vec<u8>>;
+
 /// MPKi and MPKr from the ticket MPK (RFC 6043 A.2.2), each as long as the MPK.
-pub fn mpk_i_r(mpk: &[u8], rand: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>)> {
+pub fn mpk_i_r(mpk: &[u8], rand: &[u8]) -> Result<(Secret, Secret)> {
     let n = mpk.len();
     Ok((
         crate::prf::prf(PRF, mpk, &keys::label_base_ticket(keys::MPKI, 0x06, rand), n)?,
