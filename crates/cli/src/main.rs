@@ -1,6 +1,7 @@
 //! `mediasec`: the command-line front end. Each subcommand lives in `cmd/<name>.rs`.
 
 mod cmd;
+mod udp_frame;
 
 use clap::{Parser, Subcommand};
 
