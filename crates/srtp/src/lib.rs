@@ -21,6 +21,8 @@
 
 mod crypto;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 mod kdf;
 mod keys;

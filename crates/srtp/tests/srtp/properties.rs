@@ -53,3 +53,16 @@ proptest! {
         let _ = mediasec_srtp::RtpHeader::parse(&bytes);
     }
 }
+
+/// Replays the committed seed corpus of the `srtp_unprotect` fuzz target (CI runs no fuzzer).
+#[test]
+fn fuzz_corpus_replays_without_panic() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/srtp_unprotect");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus directory") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        mediasec_srtp::fuzzing::unprotect(&data);
+        n += 1;
+    }
+    assert!(n >= 5, "corpus has {n} seeds");
+}

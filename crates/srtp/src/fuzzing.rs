@@ -1,0 +1,23 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` (and for the corpus replay test):
+//! arbitrary bytes through every parser and transform, which must never panic.
+
+use crate::{MasterKey, Policy, RtpHeader, Session, Suite};
+
+/// The first byte picks the suite and an MKI length; the rest is a packet that is parsed,
+/// unprotected as SRTP and SRTCP, and protected as RTP and RTCP.
+pub fn unprotect(data: &[u8]) {
+    let Some((&selector, packet)) = data.split_first() else { return };
+    let suite = Suite::ALL[usize::from(selector) % Suite::ALL.len()];
+    let key = MasterKey::from_inline(suite, &[0x5a; 46][..suite.inline_key_len()])
+        .map(|k| k.with_mki(&[1, 2, 3, 4][..usize::from(selector >> 6)]));
+    let Ok(key) = key else { return };
+    let Ok(mut session) = Session::new(&Policy::new(suite, key)) else { return };
+    let _ = RtpHeader::parse(packet);
+    let _ = crate::rtcp_ssrc(packet);
+    let _ = session.unprotect_rtp(&mut packet.to_vec());
+    let _ = session.unprotect_rtcp(&mut packet.to_vec());
+    let mut buf = packet.to_vec();
+    buf.resize(packet.len() + session.rtcp_overhead().max(session.rtp_overhead()), 0);
+    let _ = session.protect_rtp(&mut buf.clone(), packet.len());
+    let _ = session.protect_rtcp(&mut buf, packet.len());
+}
