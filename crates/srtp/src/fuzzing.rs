@@ -21,3 +21,12 @@ pub fn unprotect(data: &[u8]) {
     let _ = session.protect_rtp(&mut buf.clone(), packet.len());
     let _ = session.protect_rtcp(&mut buf, packet.len());
 }
+
+/// RTP and RTCP header parsing alone (RFC 3550 §5.1, §6.4; RFC 5761 demultiplexing).
+pub fn headers(data: &[u8]) {
+    if let Ok(h) = RtpHeader::parse(data) {
+        assert!(h.len <= data.len(), "header length within the packet");
+    }
+    let _ = crate::rtcp_ssrc(data);
+    let _ = crate::is_rtcp(data);
+}
