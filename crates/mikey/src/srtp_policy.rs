@@ -149,3 +149,20 @@ pub fn derive(
         srtp_authentication: flag(SrtpParam::SRTP_AUTH),
     })
 }
+
+impl SrtpPolicy {
+    /// The SRTP crate's policy for this crypto session (suite, master key and salt, MKI, KDR,
+    /// and the SP on/off parameters as RFC 4568-style session parameters). The ROC and SSRC
+    /// go to [`mediasec_srtp::Session::set_roc`] once the session exists.
+    pub fn to_srtp(&self) -> core::result::Result<mediasec_srtp::Policy, mediasec_srtp::Error> {
+        let suite: mediasec_srtp::Suite =
+            self.suite.parse().map_err(|_| mediasec_srtp::Error::Policy("suite unknown to the SRTP crate"))?;
+        let key = mediasec_srtp::MasterKey::new(&self.master_key, &self.master_salt).with_mki(&self.mki);
+        let mut policy = mediasec_srtp::Policy::new(suite, key);
+        policy.kdr = self.kdr;
+        policy.unencrypted_srtp = !self.srtp_encryption;
+        policy.unencrypted_srtcp = !self.srtcp_encryption;
+        policy.unauthenticated_srtp = !self.srtp_authentication;
+        Ok(policy)
+    }
+}

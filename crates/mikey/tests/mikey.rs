@@ -551,6 +551,20 @@ mod psk_exchange {
         let theirs = srtp_policy::derive(v.message.header.prf, &v.keys[0].key, label, None, &sp(), &cs).expect("responder");
         assert_eq!(mine, theirs);
         assert_eq!(mine.suite, "AES_CM_128_HMAC_SHA1_80");
+        // Both policies drive real SRTP sessions: the initiator's packets open at the responder,
+        // with the ROC from the CS ID map.
+        let mut tx = mediasec_srtp::Session::new(&mine.to_srtp().expect("srtp policy")).expect("session");
+        let mut rx = mediasec_srtp::Session::new(&theirs.to_srtp().expect("srtp policy")).expect("session");
+        tx.set_roc(mediasec_srtp::Direction::Outbound, mine.ssrc, mine.roc).expect("roc");
+        rx.set_roc(mediasec_srtp::Direction::Inbound, theirs.ssrc, theirs.roc).expect("roc");
+        let mut rtp = vec![0x80, 0, 0, 9, 0, 0, 0, 0];
+        rtp.extend_from_slice(&mine.ssrc.to_be_bytes());
+        rtp.extend_from_slice(b"mikey-keyed media");
+        let plain = rtp.clone();
+        tx.protect_rtp_vec(&mut rtp).expect("protect");
+        assert_eq!(rtp.len(), plain.len() + 4 + 10, "MKI and tag appended");
+        rx.unprotect_rtp_vec(&mut rtp).expect("unprotect");
+        assert_eq!(rtp, plain);
         assert_eq!(mine.master_key.as_slice(), prf(PrfFunc::MIKEY_1, &[0x33; 16], &label(keys::TEK), 16).expect("prf").as_slice());
         // Replay is rejected with "Invalid TS".
         let err = psk::verify_init(&psk, &bytes, NOW, 60, &mut cache).expect_err("replay");
