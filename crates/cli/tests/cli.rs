@@ -1,5 +1,6 @@
-//! `mediasec srtp decrypt` turns a capture protected by libsrtp 2.7 back into the original
-//! capture byte for byte; `encrypt` then `decrypt` round-trips; other packets pass unchanged.
+//! The `mediasec` binary end to end: `mediasec demo` passes, and `mediasec srtp decrypt` turns
+//! a capture protected by libsrtp 2.7 back into the original capture byte for byte (`encrypt`
+//! reproduces libsrtp's capture; other packets pass unchanged).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -137,4 +138,13 @@ fn decrypts_a_libsrtp_capture_exactly_and_round_trips() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("dropped 3000 packets: auth_failed"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_passes_every_scenario() {
+    let out = mediasec(&["demo", "--packets", "300"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("FAILED"), "{text}");
+    assert_eq!(text.matches(" ok").count(), 11, "10 SRTP suites and the GBA check: {text}");
 }
