@@ -288,10 +288,9 @@ impl Session {
                 }
             }
             Protection::Gcm(gcm) => {
-                let (packet, rest) = buf.split_at_mut(body_end);
-                let tag: &[u8; GCM_TAG] = rest.first_chunk().ok_or(Error::Malformed("GCM tag missing"))?;
-                let (head, payload) = packet.split_at_mut(header.len);
-                gcm.open(&gcm_iv(&keys.salt, header.ssrc, srtp_tail(e)), head, payload, tag)?;
+                let (head, rest) = buf.split_at_mut(header.len);
+                let sealed = rest.get_mut(..body_end + tag_len - header.len).ok_or(Error::Malformed("GCM tag missing"))?;
+                gcm.open(&gcm_iv(&keys.salt, header.ssrc, srtp_tail(e)), head, sealed)?;
             }
         }
         key.count(Kind::Srtp);
@@ -420,20 +419,21 @@ impl Session {
             }
             Protection::Gcm(gcm) => {
                 let iv = gcm_iv(&keys.salt, ssrc, srtcp_tail(index));
-                let tag: [u8; GCM_TAG] = buf
-                    .get(body_end..body_end + GCM_TAG)
-                    .and_then(|t| t.try_into().ok())
-                    .ok_or(Error::Malformed("GCM tag missing"))?;
                 if encrypted {
                     let (head, body) = buf.split_at_mut(8);
                     let mut aad = [0u8; 12];
                     put(&mut aad, head);
                     put(aad.get_mut(8..).unwrap_or_default(), &word_bytes);
-                    gcm.open(&iv, &aad, body.get_mut(..body_end - 8).unwrap_or_default(), &tag)?;
+                    let sealed = body.get_mut(..body_end + GCM_TAG - 8).ok_or(Error::Malformed("GCM tag missing"))?;
+                    gcm.open(&iv, &aad, sealed)?;
                 } else {
-                    // AAD = packet || E||index: move the word over the tag's place first.
+                    // AAD = packet || E||index: keep the tag aside, move the word over its place.
+                    let mut tag: [u8; GCM_TAG] = buf
+                        .get(body_end..body_end + GCM_TAG)
+                        .and_then(|t| t.try_into().ok())
+                        .ok_or(Error::Malformed("GCM tag missing"))?;
                     put(buf.get_mut(body_end..).unwrap_or_default(), &word_bytes);
-                    gcm.open(&iv, buf.get(..body_end + 4).unwrap_or_default(), &mut [], &tag)?;
+                    gcm.open(&iv, buf.get(..body_end + 4).unwrap_or_default(), &mut tag)?;
                 }
             }
         }
