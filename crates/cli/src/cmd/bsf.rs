@@ -82,18 +82,8 @@ enum SubscriberOp {
         /// Database file.
         #[arg(long)]
         db: PathBuf,
-        /// IMPI.
-        #[arg(long)]
-        impi: String,
-        /// K (32 hex digits).
-        #[arg(long)]
-        k: String,
-        /// OPc (32 hex digits).
-        #[arg(long, conflicts_with = "op", required_unless_present = "op")]
-        opc: Option<String>,
-        /// OP (32 hex digits).
-        #[arg(long)]
-        op: Option<String>,
+        #[command(flatten)]
+        usim: super::UsimKeys,
         /// AMF (4 hex digits).
         #[arg(long, default_value = "8000")]
         amf: String,
@@ -192,7 +182,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
     match op {
-        SubscriberOp::Add { db, impi, k, opc, op, amf, sqn, impu, guss } => {
+        SubscriberOp::Add { db, usim: super::UsimKeys { impi, k, opc, op }, amf, sqn, impu, guss } => {
             let guss = guss.map(|g| serde_json::from_str(&g)).transpose().context("--guss is not JSON")?;
             let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
             Store::open(&db)?.add_subscriber(&s)?;

@@ -28,18 +28,8 @@ enum Action {
         /// PEM CA certificate(s) to trust for an https BSF URL.
         #[arg(long)]
         ca: Option<std::path::PathBuf>,
-        /// IMPI.
-        #[arg(long)]
-        impi: String,
-        /// K (32 hex digits).
-        #[arg(long)]
-        k: String,
-        /// OPc (32 hex digits).
-        #[arg(long, conflicts_with = "op", required_unless_present = "op")]
-        opc: Option<String>,
-        /// OP (32 hex digits).
-        #[arg(long)]
-        op: Option<String>,
+        #[command(flatten)]
+        usim: super::UsimKeys,
         /// BSF FQDN (Digest realm). Default: derived from an IMPI of the form
         /// ...@ims.mncX.mccY.3gppnetwork.org as bsf.mncX.mccY.pub.3gppnetwork.org (TS 23.003).
         #[arg(long)]
@@ -68,7 +58,7 @@ fn default_realm(impi: &str) -> Option<String> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Action::Bootstrap { bsf, ca, impi, k, opc, op, realm, sqn_ms, naf, ua_id } = args.action;
+    let Action::Bootstrap { bsf, ca, usim: super::UsimKeys { impi, k, opc, op }, realm, sqn_ms, naf, ua_id } = args.action;
     let k = key16("K", &k)?;
     let usim = match (opc, op) {
         (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", &opc)?),

@@ -7,3 +7,21 @@ pub(crate) mod gba;
 pub(crate) mod mikey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;
+
+/// The USIM credentials a subscriber is provisioned with and a UE bootstraps with
+/// (TS 35.206 Milenage: K and OPc or OP), shared by `bsf subscriber add` and `gba bootstrap`.
+#[derive(clap::Args)]
+pub(crate) struct UsimKeys {
+    /// IMPI.
+    #[arg(long)]
+    pub(crate) impi: String,
+    /// K (32 hex digits).
+    #[arg(long)]
+    pub(crate) k: String,
+    /// OPc (32 hex digits).
+    #[arg(long, conflicts_with = "op", required_unless_present = "op")]
+    pub(crate) opc: Option<String>,
+    /// OP (32 hex digits).
+    #[arg(long)]
+    pub(crate) op: Option<String>,
+}
