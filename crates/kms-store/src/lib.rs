@@ -1,0 +1,92 @@
+//! The KMS store (TS 33.328 §4.2.4: the KMS keeps users, policies and its ticket keys; it keeps
+//! no per-call state). One trait, [`Store`], with two backends: an embedded single-file ACID
+//! database (the default, no setup) and PostgreSQL, which several KMS replicas share.
+//!
+//! The store holds opaque bytes per (table, key). Encryption at rest of the key ring is done by
+//! the KMS above this trait, so a backend never sees a ticket key in clear.
+//!
+//! Contract every backend meets:
+//! - a call returns only after its change is durable (committed); a crash (kill -9) after the
+//!   return loses nothing;
+//! - `put` replaces any previous value of the key; `delete` reports whether the key existed;
+//! - `list` returns the rows of a table sorted by key;
+//! - audit entries get strictly increasing sequence numbers, never reused.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// The future every [`Store`] method returns (boxed so that `dyn Store` works).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The tables of the KMS store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Table {
+    /// Users known to the KMS, keyed by KMS UID (`user@domain`).
+    Users,
+    /// Per-user and per-domain policies, keyed by the identity or domain they apply to.
+    Policies,
+    /// The ticket-protection key ring, keyed by key id (values encrypted by the KMS).
+    KeyRing,
+    /// KMS-wide settings.
+    Settings,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Table; 4] = [Table::Users, Table::Policies, Table::KeyRing, Table::Settings];
+
+    /// The table's name in the backend.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Users => "users",
+            Table::Policies => "policies",
+            Table::KeyRing => "key_ring",
+            Table::Settings => "settings",
+        }
+    }
+}
+
+/// One audit-log record (who did what, when). Never contains key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The authenticated actor (admin token name, KMS UID, peer KMS domain).
+    pub actor: String,
+    /// What was done (`policy.put`, `key.rotate`, `ticket.issue`, ...).
+    pub action: String,
+    /// Free text (no secrets).
+    pub detail: String,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be opened or reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed an operation.
+    #[error("store operation failed: {0}")]
+    Backend(String),
+    /// Stored data is not what this version wrote.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The KMS store. Implementations are cheap to share (`Arc<dyn Store>`).
+pub trait Store: Send + Sync + 'static {
+    /// The value of `key` in `table`, if any.
+    fn get<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// Sets `key` to `value`, durably.
+    fn put<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, ()>;
+    /// Removes `key`; `true` when it existed.
+    fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool>;
+    /// Every row of `table`, sorted by key.
+    fn list<'a>(&'a self, table: Table) -> StoreFuture<'a, Vec<(String, Vec<u8>)>>;
+    /// Appends an audit entry, durably; returns its sequence number.
+    fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, u64>;
+    /// Up to `limit` audit entries with a sequence number greater than `after`, in order.
+    fn audit<'a>(&'a self, after: u64, limit: usize) -> StoreFuture<'a, Vec<(u64, AuditEntry)>>;
+}
