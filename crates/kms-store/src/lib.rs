@@ -15,6 +15,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod redb_store;
+
+pub use redb_store::RedbStore;
+
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
@@ -34,21 +38,21 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 4] = [Table::Users, Table::Policies, Table::KeyRing, Table::Settings];
+    pub const ALL: [Self; 4] = [Self::Users, Self::Policies, Self::KeyRing, Self::Settings];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
         match self {
-            Table::Users => "users",
-            Table::Policies => "policies",
-            Table::KeyRing => "key_ring",
-            Table::Settings => "settings",
+            Self::Users => "users",
+            Self::Policies => "policies",
+            Self::KeyRing => "key_ring",
+            Self::Settings => "settings",
         }
     }
 }
 
 /// One audit-log record (who did what, when). Never contains key material.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
@@ -73,6 +77,26 @@ pub enum StoreError {
     /// Stored data is not what this version wrote.
     #[error("store data corrupt: {0}")]
     Corrupt(String),
+    /// The caller passed a value no backend can store (a NUL character in a key or in an
+    /// audit field: PostgreSQL `text` cannot hold one, so every backend refuses it).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+}
+
+/// Refuses what not every backend can store, so that all backends accept the same inputs:
+/// a key or audit text containing NUL.
+pub(crate) fn check_text(what: &str, s: &str) -> Result<(), StoreError> {
+    match s.find('\0') {
+        None => Ok(()),
+        Some(at) => Err(StoreError::Invalid(format!("{what} contains NUL at byte {at}"))),
+    }
+}
+
+/// [`check_text`] for every field of an audit entry.
+pub(crate) fn check_audit(entry: &AuditEntry) -> Result<(), StoreError> {
+    check_text("audit actor", &entry.actor)?;
+    check_text("audit action", &entry.action)?;
+    check_text("audit detail", &entry.detail)
 }
 
 /// The KMS store. Implementations are cheap to share (`Arc<dyn Store>`).

@@ -1,0 +1,322 @@
+//! The KMS store contract, checked with the same code against every backend: conformance,
+//! property-based round trips, concurrent writers, and kill -9 durability (a child process
+//! writes in a loop, reports each committed key, and is killed with SIGKILL mid-load).
+
+#![allow(clippy::indexing_slicing)] // test code indexes the sequence numbers it collected
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use mediasec_kms_store::{AuditEntry, RedbStore, Store, StoreError, Table};
+use proptest::prelude::*;
+
+/// Env var that turns the `kill9_child` test into the writer child: `redb:<path>`.
+const CHILD_ENV: &str = "MEDIASEC_KMS_STORE_CHILD";
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "mediasec-kms-store-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A backend under test: how to open a fresh, empty store and how the child reopens it.
+enum Backend {
+    Redb(TempDir),
+}
+
+impl Backend {
+    fn redb() -> Self {
+        Self::Redb(TempDir::new("redb"))
+    }
+
+    /// The spec the writer child receives in [`CHILD_ENV`].
+    fn child_spec(&self) -> String {
+        match self {
+            Self::Redb(d) => format!("redb:{}", d.0.join("kms.redb").display()),
+        }
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        open_spec(&self.child_spec()).await
+    }
+}
+
+async fn open_spec(spec: &str) -> Arc<dyn Store> {
+    match spec.split_once(':') {
+        Some(("redb", path)) => Arc::new(RedbStore::open(path.as_ref()).expect("open redb")),
+        _ => panic!("bad backend spec {spec:?}"),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn entry(i: u64) -> AuditEntry {
+    AuditEntry { at_unix_ms: 1_700_000_000_000 + i, actor: format!("admin-{i}"), action: "policy.put".into(), detail: format!("détail №{i}") }
+}
+
+/// The whole contract on a fresh, empty store.
+async fn conformance(s: &dyn Store) {
+    // get / put / replace / delete.
+    assert_eq!(s.get(Table::Users, "alice@a.example").await.expect("get"), None);
+    s.put(Table::Users, "alice@a.example", b"v1").await.expect("put");
+    assert_eq!(s.get(Table::Users, "alice@a.example").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    s.put(Table::Users, "alice@a.example", b"v2-longer").await.expect("replace");
+    assert_eq!(s.get(Table::Users, "alice@a.example").await.expect("get").as_deref(), Some(&b"v2-longer"[..]));
+    assert!(s.delete(Table::Users, "alice@a.example").await.expect("delete"));
+    assert!(!s.delete(Table::Users, "alice@a.example").await.expect("delete again"));
+    assert_eq!(s.get(Table::Users, "alice@a.example").await.expect("get"), None);
+
+    // Tables are separate name spaces.
+    for (i, t) in Table::ALL.into_iter().enumerate() {
+        s.put(t, "same-key", format!("table {i}").as_bytes()).await.expect("put");
+    }
+    for (i, t) in Table::ALL.into_iter().enumerate() {
+        assert_eq!(s.get(t, "same-key").await.expect("get"), Some(format!("table {i}").into_bytes()), "{t:?}");
+    }
+    assert!(s.delete(Table::Settings, "same-key").await.expect("delete"));
+    assert!(s.get(Table::KeyRing, "same-key").await.expect("get").is_some(), "delete touched another table");
+    assert!(s.delete(Table::Policies, "same-key").await.expect("delete"));
+
+    // Empty and large values, binary content.
+    s.put(Table::KeyRing, "empty", b"").await.expect("put empty");
+    assert_eq!(s.get(Table::KeyRing, "empty").await.expect("get").as_deref(), Some(&b""[..]));
+    let big: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    s.put(Table::KeyRing, "big", &big).await.expect("put big");
+    assert_eq!(s.get(Table::KeyRing, "big").await.expect("get").as_deref(), Some(big.as_slice()));
+
+    // list: every row, sorted by key (byte order of the UTF-8 key, as Rust's `str` sorts).
+    let keys = ["b", "a@b", "B", "é", "a", "?@b.example", "a@", "z\u{10FFFF}", "Ω", "ab", " "];
+    for (i, k) in keys.iter().enumerate() {
+        s.put(Table::Policies, k, &[i as u8, 0, 0xff]).await.expect("put");
+    }
+    let want: BTreeMap<String, Vec<u8>> = keys.iter().enumerate().map(|(i, k)| ((*k).to_owned(), vec![i as u8, 0, 0xff])).collect();
+    let got = s.list(Table::Policies).await.expect("list");
+    assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+    assert_eq!(s.list(Table::Settings).await.expect("list").len(), 0);
+
+    // NUL is refused by every backend (PostgreSQL text cannot hold it).
+    for r in [
+        s.put(Table::Users, "a\0b", b"x").await.map(drop),
+        s.get(Table::Users, "a\0b").await.map(drop),
+        s.delete(Table::Users, "a\0b").await.map(drop),
+    ] {
+        assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    }
+    let bad = AuditEntry { detail: "x\0".into(), ..entry(0) };
+    assert!(matches!(s.append_audit(&bad).await, Err(StoreError::Invalid(_))));
+
+    // Audit: strictly increasing sequence numbers, paging with `after`/`limit`.
+    assert!(s.audit(0, 100).await.expect("audit").is_empty());
+    let mut seqs = Vec::new();
+    for i in 1..=5 {
+        seqs.push(s.append_audit(&entry(i)).await.expect("append"));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let all = s.audit(0, 100).await.expect("audit");
+    assert_eq!(all, seqs.iter().zip(1..).map(|(q, i)| (*q, entry(i))).collect::<Vec<_>>());
+    assert_eq!(s.audit(seqs[1], 2).await.expect("page"), vec![(seqs[2], entry(3)), (seqs[3], entry(4))]);
+    assert!(s.audit(seqs[4], 10).await.expect("after last").is_empty());
+    assert!(s.audit(0, 0).await.expect("limit 0").is_empty());
+    assert!(s.audit(u64::MAX, 10).await.expect("after max").is_empty());
+    // After the fresh appends, a new one is still greater than every earlier one.
+    let next = s.append_audit(&entry(6)).await.expect("append");
+    assert!(next > seqs[4]);
+}
+
+/// Many writers at once: every put lands, every audit sequence number is distinct, and the
+/// log reads back in increasing order with all entries.
+async fn concurrent_writers(s: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..10u64 {
+                s.put(Table::Users, &format!("w{w}-k{i}"), &(w * 100 + i).to_be_bytes()).await.expect("put");
+                seqs.push(s.append_audit(&entry(w * 100 + i)).await.expect("append"));
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.extend(t.await.expect("task"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 80, "audit sequence numbers reused");
+    let log = s.audit(0, 1000).await.expect("audit");
+    assert_eq!(log.iter().map(|(q, _)| *q).collect::<Vec<_>>(), seqs);
+    let rows = s.list(Table::Users).await.expect("list");
+    assert_eq!(rows.len(), 80);
+    for (k, v) in rows {
+        let (w, i) = k.strip_prefix('w').and_then(|r| r.split_once("-k")).expect("key shape");
+        let n: u64 = w.parse::<u64>().expect("w") * 100 + i.parse::<u64>().expect("i");
+        assert_eq!(v, n.to_be_bytes());
+    }
+}
+
+/// Arbitrary keys (no NUL) and values: what goes in comes back, `list` is sorted.
+fn roundtrip_props(b: &Backend, cases: u32) {
+    let rt = rt();
+    let store = rt.block_on(b.open());
+    let cfg = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+    proptest!(cfg, |(rows in prop::collection::btree_map("[^\u{0}]{0,40}", prop::collection::vec(any::<u8>(), 0..300), 0..12),
+                     overwrite in prop::collection::vec(any::<u8>(), 0..50))| {
+        rt.block_on(async {
+            for (k, _) in store.list(Table::Settings).await.expect("list") {
+                store.delete(Table::Settings, &k).await.expect("clear");
+            }
+            for (k, v) in &rows {
+                store.put(Table::Settings, k, &overwrite).await.expect("put");
+                store.put(Table::Settings, k, v).await.expect("replace");
+            }
+            for (k, v) in &rows {
+                let got = store.get(Table::Settings, k).await.expect("get");
+                prop_assert_eq!(got.as_ref(), Some(v));
+            }
+            prop_assert_eq!(store.list(Table::Settings).await.expect("list"), rows.clone().into_iter().collect::<Vec<_>>());
+            Ok(())
+        })?;
+    });
+}
+
+/// Value written for key number `i` by the kill -9 child.
+fn child_value(i: u64) -> Vec<u8> {
+    let mut v = i.to_be_bytes().to_vec();
+    v.extend(std::iter::repeat_n((i % 251) as u8, (i % 97) as usize));
+    v
+}
+
+/// The writer child: opens the store named by [`CHILD_ENV`] and writes until killed,
+/// printing `committed <n> <audit seq>` after each durable put + audit append.
+#[test]
+fn kill9_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    rt().block_on(async {
+        let s = open_spec(&spec).await;
+        for i in 0u64.. {
+            let key = format!("key-{i:08}");
+            s.put(Table::KeyRing, &key, &child_value(i)).await.expect("child put");
+            let seq = s.append_audit(&entry(i)).await.expect("child audit");
+            println!("committed {i} {seq}");
+        }
+    });
+}
+
+/// Parent side of kill -9: start the child, let it commit at least `min` writes, SIGKILL it
+/// mid-load, reopen, and check that every reported write is there with its value.
+fn kill9(b: &Backend, min: u64) {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut child = Command::new(exe)
+        .args(["--exact", "kill9_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, b.child_spec())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut committed: Vec<(u64, u64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while (committed.len() as u64) < min {
+        assert!(Instant::now() < deadline, "child too slow: {} writes", committed.len());
+        let Some(Ok(line)) = lines.next() else { panic!("child ended after {} writes", committed.len()) };
+        if let Some(rest) = line.strip_prefix("committed ") {
+            let (i, seq) = rest.split_once(' ').expect("line shape");
+            committed.push((i.parse().expect("i"), seq.parse().expect("seq")));
+        }
+    }
+    child.kill().expect("SIGKILL"); // std's Child::kill sends SIGKILL on Unix
+    child.wait().expect("reap");
+    // Lines already printed before the kill were committed too.
+    for line in lines.map_while(Result::ok) {
+        if let Some((i, seq)) = line.strip_prefix("committed ").and_then(|r| r.split_once(' ')) {
+            committed.push((i.parse().expect("i"), seq.parse().expect("seq")));
+        }
+    }
+    rt().block_on(async {
+        let s = b.open().await;
+        for (i, _) in &committed {
+            let got = s.get(Table::KeyRing, &format!("key-{i:08}")).await.expect("get");
+            assert_eq!(got, Some(child_value(*i)), "committed key {i} lost after kill -9");
+        }
+        let log: BTreeMap<u64, AuditEntry> = s.audit(0, usize::MAX).await.expect("audit").into_iter().collect();
+        for (i, seq) in &committed {
+            assert_eq!(log.get(seq), Some(&entry(*i)), "committed audit entry {seq} lost after kill -9");
+        }
+        // The store still works after recovery.
+        let seq = s.append_audit(&entry(0)).await.expect("append after recovery");
+        assert!(committed.iter().all(|(_, q)| *q < seq));
+    });
+    eprintln!("kill -9: {} committed writes checked after recovery", committed.len());
+}
+
+#[test]
+fn redb_conformance() {
+    let b = Backend::redb();
+    rt().block_on(async { conformance(&*b.open().await).await });
+}
+
+#[test]
+fn redb_concurrent_writers() {
+    let b = Backend::redb();
+    rt().block_on(async { concurrent_writers(b.open().await).await });
+}
+
+#[test]
+fn redb_roundtrip_props() {
+    roundtrip_props(&Backend::redb(), 32);
+}
+
+#[test]
+fn redb_kill9_durability() {
+    kill9(&Backend::redb(), 200);
+}
+
+#[test]
+fn redb_reopen_keeps_data() {
+    let b = Backend::redb();
+    rt().block_on(async {
+        let s = b.open().await;
+        s.put(Table::Policies, "a.example", b"policy").await.expect("put");
+        let seq = s.append_audit(&entry(1)).await.expect("audit");
+        drop(s);
+        let s = b.open().await;
+        assert_eq!(s.get(Table::Policies, "a.example").await.expect("get").as_deref(), Some(&b"policy"[..]));
+        assert_eq!(s.audit(0, 10).await.expect("audit"), vec![(seq, entry(1))]);
+        assert!(s.append_audit(&entry(2)).await.expect("audit") > seq);
+    });
+}
+
+#[test]
+fn redb_open_fails_cleanly_on_a_non_database_file() {
+    let d = TempDir::new("garbage");
+    let p = d.0.join("not-a-db");
+    std::fs::write(&p, b"this is not a redb file, just some bytes that are long enough").expect("write");
+    assert!(matches!(RedbStore::open(&p), Err(StoreError::Unavailable(_))));
+}
