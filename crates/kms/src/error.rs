@@ -1,0 +1,54 @@
+//! The crate's error type.
+
+use mediasec_mikey::registry::ErrorCode;
+
+/// Everything that can go wrong in the KMS and the UE side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// A MIKEY message was rejected; `code` is the ERR payload code (RFC 3830 §6.12).
+    #[error("MIKEY ERR {code:?}: {reason}")]
+    Mikey {
+        /// ERR payload code.
+        code: ErrorCode,
+        /// Why.
+        reason: String,
+    },
+    /// An identity or group identity is malformed.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// A policy document is invalid.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// The key ring is unusable (no key, wrong master key, corrupt entry).
+    #[error("key ring: {0}")]
+    KeyRing(String),
+    /// The BSF (Zn) could not be asked.
+    #[error("Zn: {0}")]
+    Zn(String),
+    /// A peer KMS (Zk) could not be asked or answered badly.
+    #[error("Zk: {0}")]
+    Zk(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] mediasec_kms_store::StoreError),
+    /// HTTP transport (UE driver).
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// Configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl KmsError {
+    /// A MIKEY rejection.
+    pub fn mikey(code: ErrorCode, reason: impl Into<String>) -> Self {
+        Self::Mikey { code, reason: reason.into() }
+    }
+}
+
+impl From<mediasec_mikey::Error> for KmsError {
+    fn from(e: mediasec_mikey::Error) -> Self {
+        Self::Mikey { code: e.err_code(), reason: e.to_string() }
+    }
+}

@@ -1,0 +1,319 @@
+//! The KMS core with UEs in process: every Annex B path and its refusals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use mediasec_mikey::registry::ErrorCode;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::identity::Pattern;
+use crate::ue::{Ask, Ue};
+use crate::zn::{NafKey, ZnFuture};
+
+const NOW: Duration = Duration::from_secs(1_800_000_000);
+const POLICY: &str = r#"
+[domain."a.example"]
+may_call = ["?@a.example", "?@b.example"]
+reusable = true
+group_tickets = true
+[domain."b.example"]
+may_call = ["?@a.example", "?@b.example"]
+[user."alice@a.example"]
+mode3 = true
+[user."bob@a.example"]
+may_call = ["alice@a.example"]
+"#;
+
+/// Zn answering from a table (B-TID = "btid-<uid>", Ks_NAF = hash-like of uid and KMS).
+struct TableZn(HashMap<String, Arc<NafKey>>);
+
+fn ks(uid: &str, kms: &str) -> Vec<u8> {
+    let mut k = vec![0u8; 32];
+    for (i, b) in uid.bytes().chain(kms.bytes()).enumerate() {
+        k[i % 32] ^= b.rotate_left(i as u32 % 7);
+    }
+    k
+}
+
+impl TableZn {
+    fn new(kms: &str, users: &[&str]) -> Self {
+        Self(
+            users
+                .iter()
+                .map(|u| {
+                    let impus = vec![format!("sip:{u}"), format!("tel:+1{}", u.len())];
+                    (format!("btid-{u}"), Arc::new(NafKey { ks_naf: Zeroizing::new(ks(u, kms)), impus, expiry: NOW.as_secs() + 3600 }))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Zn for TableZn {
+    fn naf_key<'a>(&'a self, btid: &'a str, _now: u64) -> ZnFuture<'a> {
+        Box::pin(async move { Ok(self.0.get(btid).cloned()) })
+    }
+}
+
+fn counter() -> Random {
+    let c = AtomicU32::new(1);
+    Box::new(move |b| {
+        for x in b.iter_mut() {
+            *x = (c.fetch_add(1, Ordering::Relaxed) % 251) as u8;
+        }
+    })
+}
+
+fn kms(fqdn: &str, domain: &str) -> Kms {
+    let mut ring = KeyRing::default();
+    ring.rotate(NOW.as_secs() - 100, [fqdn.len() as u8; 32]).unwrap();
+    Kms::new(KmsConfig { fqdn: fqdn.into(), domain: domain.into(), skew: 30 }, Policies::from_toml(POLICY).unwrap(), ring, counter())
+}
+
+fn ue(uid: &str, kms: &str) -> Ue {
+    Ue::new(KmsUid::parse(uid).unwrap(), kms, format!("btid-{uid}"), &ks(uid, kms), 30)
+}
+
+struct World {
+    a: Kms,
+    b: Kms,
+    zn_a: TableZn,
+    zn_b: TableZn,
+}
+
+/// Zk between the two test KMSs, calling the peer's core directly.
+struct Link<'w>(&'w World, AtomicU32);
+
+impl Peers for Link<'_> {
+    fn knows(&self, kms: &str) -> bool {
+        kms == "kms.a.example" || kms == "kms.b.example"
+    }
+    fn resolve<'a>(&'a self, kms: &'a str, request: Vec<u8>) -> PeerFuture<'a> {
+        Box::pin(async move {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let (k, zn, from) = if kms == "kms.a.example" { (&self.0.a, &self.0.zn_a, "kms.b.example") } else { (&self.0.b, &self.0.zn_b, "kms.a.example") };
+            match k.peer_resolve(from, &request, NOW, zn).await {
+                Reply::Response(b) | Reply::Error { message: b, .. } => Ok(b),
+                other => Err(KmsError::Zk(format!("{other:?}"))),
+            }
+        })
+    }
+}
+
+fn world() -> World {
+    World {
+        a: kms("kms.a.example", "a.example"),
+        b: kms("kms.b.example", "b.example"),
+        zn_a: TableZn::new("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example"]),
+        zn_b: TableZn::new("kms.b.example", &["carol@b.example"]),
+    }
+}
+
+fn ok(r: Reply) -> Vec<u8> {
+    match r {
+        Reply::Response(b) => b,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn err_code(r: Reply) -> ErrorCode {
+    match r {
+        Reply::Error { code, message, .. } => {
+            assert_eq!(Message::decode(&message).unwrap().header.data_type, DataType::ERROR);
+            code
+        }
+        other => panic!("expected a MIKEY error, got {other:?}"),
+    }
+}
+
+fn ask(to: &str, reusable: bool) -> Ask {
+    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable, lifetime: 600 }
+}
+
+/// One call: initiator `i` (at `ki`) to `r` (at `kr`); returns the responder identity the
+/// initiator authenticated. Checks both sides derived the same SRTP keys.
+async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, kr: &Kms, znr: &TableZn, t: u64) -> Result<KmsUid, KmsError> {
+    let now = NOW + Duration::from_secs(t);
+    let (ti, pt) = i.transfer_init(held, &r.uid.clone(), 0x1000 + t as u32, 0xaaaa, now, [t as u8; 16])?;
+    let resolved = match r.cached_resolve(&ti, now) {
+        Some(c) => c,
+        None => {
+            let (ri, pr) = r.resolve_init(&ti, 0x2000 + t as u32, now, [0x40 + t as u8; 16])?;
+            let link = Link(w, AtomicU32::new(0));
+            let rr = match kr.ticket_resolve(&ri, now, znr, &link).await {
+                Reply::Response(b) | Reply::Error { message: b, .. } => b,
+                other => return Err(KmsError::Http(format!("{other:?}"))),
+            };
+            r.on_resolve_resp(pr, &rr, now)?
+        }
+    };
+    let (tr, m_r) = r.transfer_resp(&resolved, &ti, 0xbbbb, now)?;
+    let (who, m_i) = i.on_transfer_resp(pt, &tr, now)?;
+    assert_eq!(*m_i.initiator_stream.master_key, *m_r.initiator_stream.master_key);
+    assert_eq!(*m_i.responder_stream.master_salt, *m_r.responder_stream.master_salt);
+    assert_ne!(*m_i.initiator_stream.master_key, *m_i.responder_stream.master_key);
+    assert_eq!((m_i.initiator_stream.ssrc, m_i.responder_stream.ssrc), (0xaaaa, 0xbbbb));
+    Ok(who)
+}
+
+async fn request(k: &Kms, zn: &TableZn, u: &mut Ue, a: &Ask, t: u64) -> Result<crate::ue::HeldTicket, KmsError> {
+    let now = NOW + Duration::from_secs(t);
+    let (req, p) = u.request_init(a, 0x3000 + t as u32, now, [0x60 + t as u8; 16])?;
+    let resp = match k.ticket_request(&req, now, zn).await {
+        Reply::Response(b) | Reply::Error { message: b, .. } => b,
+        other => return Err(KmsError::Http(format!("{other:?}"))),
+    };
+    u.on_request_resp(p, &resp, now)
+}
+
+#[tokio::test]
+async fn same_domain_reusable_and_group_calls() {
+    let w = world();
+    let (mut alice, mut bob, mut dan) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("dan@a.example", "kms.a.example"));
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", false), 0).await.unwrap();
+    assert!(!held.reusable() && !held.changed());
+    assert_eq!(call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap().as_str(), "bob@a.example");
+    assert!(alice.cached_ticket(bob_uid(), NOW).is_none(), "single-use ticket not cached");
+
+    // Reusable: granted by the a.example policy; the second call contacts no KMS.
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", true), 2).await.unwrap();
+    assert!(held.reusable());
+    call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 3).await.unwrap();
+    let again = alice.cached_ticket(bob_uid(), NOW + Duration::from_secs(4)).expect("cached ticket");
+    let (ti, _) = alice.transfer_init(&again, bob_uid(), 9, 1, NOW + Duration::from_secs(4), [4; 16]).unwrap();
+    assert!(bob.cached_resolve(&ti, NOW + Duration::from_secs(4)).is_some(), "responder cache hit");
+    let down = kms("kms.a.example", "a.example");
+    down.set_ring(KeyRing::default());
+    call(&w, &mut alice, &again, &mut bob, &down, &w.zn_a, 5).await.expect("no KMS needed for a cached ticket");
+
+    // Group ticket: any member of ?@a.example may resolve, and is named in TRANSFER_RESP.
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("?@a.example", false), 6).await.unwrap();
+    assert_eq!(call(&w, &mut alice, &held, &mut dan, &w.a, &w.zn_a, 7).await.unwrap().as_str(), "dan@a.example");
+    // Bob's policy forbids group tickets (b/c his user rule lists only alice).
+    let e = request(&w.a, &w.zn_a, &mut bob, &ask("?@a.example", false), 8).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
+}
+
+fn bob_uid() -> &'static KmsUid {
+    static B: std::sync::OnceLock<KmsUid> = std::sync::OnceLock::new();
+    B.get_or_init(|| KmsUid::parse("bob@a.example").unwrap())
+}
+
+#[tokio::test]
+async fn cross_domain_via_zk_and_refusals() {
+    let w = world();
+    let (mut alice, mut carol) = (ue("alice@a.example", "kms.a.example"), ue("carol@b.example", "kms.b.example"));
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("carol@b.example", false), 0).await.unwrap();
+    assert_eq!(call(&w, &mut alice, &held, &mut carol, &w.b, &w.zn_b, 1).await.unwrap().as_str(), "carol@b.example");
+
+    // KMS_R with no Zk peers: a clear MIKEY error.
+    let now = NOW + Duration::from_secs(2);
+    let (ti, _) = alice.transfer_init(&held, &carol.uid.clone(), 5, 5, now, [2; 16]).unwrap();
+    let (ri, _) = carol.resolve_init(&ti, 6, now, [3; 16]).unwrap();
+    assert_eq!(err_code(w.b.ticket_resolve(&ri, now, &w.zn_b, &NoPeers).await), ErrorCode::INVALID_TICKET);
+
+    // A user of the issuing domain not named by the ticket cannot resolve.
+    let mut bob = ue("bob@a.example", "kms.a.example");
+    let (ri, _) = bob.resolve_init(&ti, 7, now, [4; 16]).unwrap();
+    assert_eq!(err_code(w.a.ticket_resolve(&ri, now, &w.zn_a, &NoPeers).await), ErrorCode::INVALID_ID);
+    let _ = &mut bob;
+}
+
+#[tokio::test]
+async fn policy_identity_and_authentication_refusals() {
+    let w = world();
+    let mut bob = ue("bob@a.example", "kms.a.example");
+    // Policy: bob may call alice only.
+    let e = request(&w.a, &w.zn_a, &mut bob, &ask("carol@b.example", false), 0).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
+    // IDRi not among the IMPUs of the B-TID.
+    let mut liar = Ue::new(KmsUid::parse("alice@a.example").unwrap(), "kms.a.example", "btid-bob@a.example", &ks("bob@a.example", "kms.a.example"), 30);
+    let e = request(&w.a, &w.zn_a, &mut liar, &ask("bob@a.example", false), 1).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_ID, .. }), "{e}");
+    // Unknown B-TID, wrong key.
+    let mut ghost = Ue::new(KmsUid::parse("alice@a.example").unwrap(), "kms.a.example", "btid-nobody", &[0; 32], 30);
+    let e = request(&w.a, &w.zn_a, &mut ghost, &ask("bob@a.example", false), 2).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. }), "{e}");
+    let mut wrong = Ue::new(KmsUid::parse("alice@a.example").unwrap(), "kms.a.example", "btid-alice@a.example", &[0; 32], 30);
+    let e = request(&w.a, &w.zn_a, &mut wrong, &ask("bob@a.example", false), 3).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. }), "{e}");
+    // Replay and stale timestamps.
+    let alice = ue("alice@a.example", "kms.a.example");
+    let (req, _) = alice.request_init(&ask("bob@a.example", false), 77, NOW, [1; 16]).unwrap();
+    ok(w.a.ticket_request(&req, NOW, &w.zn_a).await);
+    assert_eq!(err_code(w.a.ticket_request(&req, NOW, &w.zn_a).await), ErrorCode::INVALID_TS);
+    assert_eq!(err_code(w.a.ticket_request(&req, NOW + Duration::from_secs(31), &w.zn_a).await), ErrorCode::INVALID_TS);
+    // Not MIKEY / wrong message: 4xx.
+    assert!(matches!(w.a.ticket_request(b"hello", NOW, &w.zn_a).await, Reply::BadRequest(_)));
+    let (ri, _) = bob.resolve_init(&alice.transfer_init(&request(&w.a, &w.zn_a, &mut ue("alice@a.example", "kms.a.example"), &ask("bob@a.example", false), 4).await.unwrap(), bob_uid(), 1, 1, NOW, [0; 16]).unwrap().0, 1, NOW, [0; 16]).unwrap();
+    assert!(matches!(w.a.ticket_request(&ri, NOW, &w.zn_a).await, Reply::BadRequest(_)));
+}
+
+#[tokio::test]
+async fn tampered_tickets_are_rejected() {
+    let w = world();
+    let (mut alice, bob) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"));
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", false), 0).await.unwrap();
+    let n = held.ticket.ticket_data.len();
+    for i in 0..n {
+        let mut bad = held.clone();
+        bad.ticket.ticket_data[i] ^= 0x01;
+        let now = NOW + Duration::from_secs(1);
+        let (ti, _) = alice.transfer_init(&bad, bob_uid(), i as u32, 1, now, [1; 16]).unwrap();
+        let (ri, _) = bob.resolve_init(&ti, 0x100 + i as u32, now, [2; 16]).unwrap();
+        match w.a.ticket_resolve(&ri, now, &w.zn_a, &NoPeers).await {
+            Reply::Error { code, .. } => assert!(matches!(code, ErrorCode::INVALID_TICKET | ErrorCode::AUTH_FAILURE | ErrorCode::UNSUPPORTED_MESSAGE), "byte {i}: {code:?}"),
+            other => panic!("byte {i} of the ticket data flipped: {other:?}"),
+        }
+    }
+    // The policy is MACed too: widening the recipients breaks the ticket.
+    let mut wider = held.clone();
+    let mut d = TpData::decode(&wider.ticket.policy.data).unwrap();
+    d.recipients.push(Pattern::parse("?").unwrap());
+    wider.ticket.policy.data = d.encode().unwrap();
+    let (ti, _) = alice.transfer_init(&wider, bob_uid(), 1, 1, NOW, [1; 16]).unwrap();
+    let (ri, _) = bob.resolve_init(&ti, 2, NOW, [2; 16]).unwrap();
+    assert_eq!(err_code(w.a.ticket_resolve(&ri, NOW, &w.zn_a, &NoPeers).await), ErrorCode::AUTH_FAILURE);
+}
+
+#[tokio::test]
+async fn mode3_tickets_resolve_only_if_policy_allows() {
+    let w = world();
+    let (mut alice, mut bob, mut carol) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("carol@b.example", "kms.b.example"));
+    let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x5a)).unwrap();
+    assert_eq!(call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap().as_str(), "bob@a.example");
+    // Cross-domain mode 3: carol's KMS forwards to alice's.
+    let held = alice.make_ticket(&ask("carol@b.example", false), NOW, &|b| b.fill(0x5b)).unwrap();
+    assert_eq!(call(&w, &mut alice, &held, &mut carol, &w.b, &w.zn_b, 2).await.unwrap().as_str(), "carol@b.example");
+    // Bob has no mode 3 in his policy.
+    let held = bob.make_ticket(&ask("alice@a.example", false), NOW, &|b| b.fill(0x5c)).unwrap();
+    let e = call(&w, &mut bob, &held, &mut alice, &w.a, &w.zn_a, 3).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
+    // Too long a validity.
+    let held = alice.make_ticket(&Ask { lifetime: 7200, ..ask("bob@a.example", false) }, NOW, &|b| b.fill(0x5d)).unwrap();
+    let e = call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_tickets_resolvable_until_pruned() {
+    let w = world();
+    let (mut alice, mut bob) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"));
+    let old = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", false), 0).await.unwrap();
+    let mut ring = (*w.a.ring()).clone();
+    ring.rotate(NOW.as_secs(), [0x77; 32]).unwrap();
+    w.a.set_ring(ring.clone());
+    let new = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", false), 1).await.unwrap();
+    assert_eq!((key_id_of(&old.ticket).unwrap(), key_id_of(&new.ticket).unwrap()), (1, 2), "new key id in THDR");
+    call(&w, &mut alice, &old, &mut bob, &w.a, &w.zn_a, 2).await.expect("old key still resolves");
+    call(&w, &mut alice, &new, &mut bob, &w.a, &w.zn_a, 3).await.unwrap();
+    ring.prune(NOW.as_secs() + 10_000, 3600);
+    w.a.set_ring(ring);
+    let e = call(&w, &mut alice, &old, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TICKET, .. }), "{e}");
+}

@@ -1,0 +1,22 @@
+//! The mediasec KMS (3GPP TS 33.328 §4.2.4, §5.4.3, Annex A/B): MIKEY-TICKET (RFC 6043) over
+//! Ua with GBA-derived keys, policies, group identities, a rotating ticket-key ring, and
+//! inter-KMS resolve over Zk; plus the UE side.
+//!
+//! - [`identity`]: KMS UIDs and group identities (`?` wildcard).
+//! - [`policy`]: per-user / per-domain rules and the narrowing of a requested ticket policy.
+//! - [`keyring`]: ticket-protection keys by 4-octet key id, rotation, encryption at rest.
+//! - [`tp_data`]: TP Data of tickets (identities, validity).
+//! - [`zn`]: NAF keys from the BSF, cached until expiry.
+//! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
+//! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
+
+pub mod error;
+pub mod identity;
+pub mod keyring;
+pub mod kms;
+pub mod policy;
+pub mod tp_data;
+pub mod ue;
+pub mod zn;
+
+pub use error::KmsError;

@@ -1,0 +1,423 @@
+//! The UE side of KMS-based media security (TS 33.328 Annex B.1 / B.2.2), sans-IO: Ticket
+//! Request, UE-made (mode 3) tickets, Ticket Transfer (TRANSFER_INIT / TRANSFER_RESP) and
+//! Ticket Resolve, a reusable-ticket cache on both sides, and the SRTP policies out.
+//!
+//! Crypto sessions (docs/kms.md): CS 1 is the initiator's stream, CS 2 the responder's; the
+//! TRANSFER_INIT GENERIC-ID map carries the initiator's SSRC (CS 2 Session Data zero), the
+//! TRANSFER_RESP map repeats it with the responder's SSRC filled in (RFC 6043 §5.2). TEK and
+//! salt of each CS come from the TGK with RANDRi (flags H = 1, G = 0; RFC 6043 §5.1.3).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use mediasec_mikey::header::{CsIdMap, GenericCs};
+use mediasec_mikey::keys::{self, Direction};
+use mediasec_mikey::payload::{KeyData, KeyValidity, PolicyParam, SecurityPolicy, Ticket, TicketFlags, TicketPolicy};
+use mediasec_mikey::psk::ReplayCache;
+use mediasec_mikey::registry::{DataType, ErrorCode, IdRole, IdType, KeyType, ProtType, RandRole, SrtpParam, TicketType};
+use mediasec_mikey::srtp_policy::{self, CryptoSession, SrtpPolicy};
+use mediasec_mikey::ticket::{self as tk, Secret, TicketContent};
+use mediasec_mikey::{CommonHeader, Message, Payload};
+use zeroize::Zeroizing;
+
+use crate::error::KmsError;
+use crate::identity::{KmsUid, Pattern};
+use crate::keyring::MODE3_KEY_ID;
+use crate::kms::TGK_SPI;
+use crate::tp_data::{TpData, ntp};
+
+/// Flags a UE asks for (docs/ticket-profile.md §7): D E F H N O, plus J for reuse.
+pub fn request_flags(reusable: bool) -> TicketFlags {
+    let f = TicketFlags::D.with(TicketFlags::E).with(TicketFlags::F).with(TicketFlags::H).with(TicketFlags::N).with(TicketFlags::O);
+    if reusable { f.with(TicketFlags::J) } else { f }
+}
+
+/// The SP payload a UE offers: AES_CM_128_HMAC_SHA1_80 (RFC 3830 §6.10.1 values).
+pub fn srtp_sp() -> SecurityPolicy {
+    let p = |t: SrtpParam, v: u8| PolicyParam { param_type: t, value: vec![v] };
+    SecurityPolicy {
+        policy_no: 0,
+        prot_type: ProtType::SRTP,
+        params: vec![
+            p(SrtpParam::ENCR_ALG, 1),
+            p(SrtpParam::ENCR_KEY_LEN, 16),
+            p(SrtpParam::AUTH_ALG, 1),
+            p(SrtpParam::AUTH_KEY_LEN, 20),
+            p(SrtpParam::SALT_KEY_LEN, 14),
+            p(SrtpParam::SRTP_PRF, 0),
+            p(SrtpParam::KDR, 0),
+            p(SrtpParam::SRTP_ENCR, 1),
+            p(SrtpParam::SRTCP_ENCR, 1),
+            p(SrtpParam::SRTP_AUTH, 1),
+            p(SrtpParam::AUTH_TAG_LEN, 10),
+        ],
+    }
+}
+
+/// What a UE asks a ticket for.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    /// Responders (identities or groups).
+    pub recipients: Vec<Pattern>,
+    /// Ask for a reusable ticket.
+    pub reusable: bool,
+    /// Requested validity in seconds.
+    pub lifetime: u64,
+}
+
+/// A ticket the initiator holds, with its keys.
+#[derive(Clone)]
+pub struct HeldTicket {
+    /// The TICKET payload to send in TRANSFER_INIT.
+    pub ticket: Ticket,
+    /// MPKi.
+    pub mpki: Secret,
+    /// The TGK (with its SPI).
+    pub tgk: KeyData,
+    /// The granted policy's TP Data.
+    pub granted: TpData,
+}
+
+impl HeldTicket {
+    /// Whether the KMS granted reuse (J flag).
+    pub fn reusable(&self) -> bool {
+        self.ticket.policy.flags.contains(TicketFlags::J)
+    }
+    /// Whether the KMS changed the request (K flag).
+    pub fn changed(&self) -> bool {
+        self.ticket.policy.flags.contains(TicketFlags::K)
+    }
+}
+
+/// Keys a responder obtained by resolving a ticket.
+#[derive(Clone)]
+pub struct Resolved {
+    /// MPKi.
+    pub mpki: Secret,
+    /// The TGK.
+    pub tgk: KeyData,
+    /// The responder identity the KMS authorised (IDRr of RESOLVE_RESP).
+    pub responder: KmsUid,
+    /// Ticket end of validity (Unix seconds).
+    pub end: Option<u64>,
+    /// Reusable.
+    pub reusable: bool,
+}
+
+/// A sent REQUEST_INIT awaiting REQUEST_RESP.
+pub struct PendingRequest {
+    request: Vec<u8>,
+    randri: [u8; 16],
+}
+
+/// A sent RESOLVE_INIT awaiting RESOLVE_RESP.
+pub struct PendingResolve {
+    request: Vec<u8>,
+    randrr: [u8; 16],
+    ticket: Ticket,
+}
+
+/// A sent TRANSFER_INIT awaiting TRANSFER_RESP.
+pub struct PendingTransfer {
+    init: Vec<u8>,
+    randri: [u8; 16],
+    mpki: Secret,
+    tgk: KeyData,
+    recipients: Vec<Pattern>,
+}
+
+/// SRTP policies of a call: for the initiator's stream (CS 1) and the responder's (CS 2).
+pub struct Media {
+    /// CS 1: initiator → responder.
+    pub initiator_stream: SrtpPolicy,
+    /// CS 2: responder → initiator.
+    pub responder_stream: SrtpPolicy,
+}
+
+#[derive(Default)]
+struct Replay(HashSet<(u32, u64, Vec<u8>)>);
+
+impl ReplayCache for Replay {
+    fn insert(&mut self, csb_id: u32, timestamp: u64, mac: &[u8]) -> bool {
+        self.0.insert((csb_id, timestamp, mac.to_vec()))
+    }
+}
+
+/// A UE: its KMS UID, its KMS, its bootstrap (B-TID, Ks_NAF for the KMS), caches.
+pub struct Ue {
+    /// The user's KMS UID.
+    pub uid: KmsUid,
+    /// The KMS FQDN (IDRkms).
+    pub kms: String,
+    btid: String,
+    ks_naf: Secret,
+    skew: u64,
+    replay: Replay,
+    held: Vec<HeldTicket>,
+    resolved: HashMap<Vec<u8>, Resolved>,
+}
+
+fn rejected(code: ErrorCode, reason: impl Into<String>) -> KmsError {
+    KmsError::mikey(code, reason)
+}
+
+fn tgk_of(keys: Vec<KeyData>) -> Result<(Secret, KeyData), KmsError> {
+    let mut it = keys.into_iter();
+    match (it.next(), it.next()) {
+        (Some(m), Some(t)) if m.key_type == KeyType::MPK && matches!(t.key_type, KeyType::TGK | KeyType::TGK_SALT) => Ok((Zeroizing::new(m.key.clone()), t)),
+        _ => Err(rejected(ErrorCode::UNSPECIFIED, "KEMAC does not hold MPKi then a TGK")),
+    }
+}
+
+fn spi_of(k: &KeyData) -> Vec<u8> {
+    match &k.validity {
+        KeyValidity::Spi(s) => s.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn cs(cs_id: u8, ssrc: u32, spi: &[u8]) -> GenericCs {
+    GenericCs { cs_id, prot_type: ProtType::SRTP, s_flag: false, policies: vec![0], session_data: ssrc.to_be_bytes().to_vec(), spi: spi.to_vec() }
+}
+
+/// SRTP policies of CS 1 and CS 2 from the TGK (RANDRi only: H = 1, G = 0).
+fn media(tgk: &KeyData, randri: &[u8], sp: &SecurityPolicy, map: &[GenericCs]) -> Result<Media, KmsError> {
+    let one = |id: u8| -> Result<SrtpPolicy, KmsError> {
+        let c = map.iter().find(|c| c.cs_id == id).ok_or_else(|| rejected(ErrorCode::INVALID_SP, format!("no CS {id} in the map")))?;
+        let (ssrc, _) = c.srtp_session().ok_or_else(|| rejected(ErrorCode::INVALID_SP, format!("CS {id}: no SSRC")))?;
+        let session = CryptoSession { ssrc, roc: 0, mki: c.spi.clone() };
+        Ok(srtp_policy::derive(tk::PRF, &tgk.key, |k| keys::label_ticket_tgk(k, id, Some(randri), None), tgk.salt.as_deref(), sp, &session)?)
+    };
+    Ok(Media { initiator_stream: one(1)?, responder_stream: one(2)? })
+}
+
+fn generic_map(m: &Message) -> Result<Vec<GenericCs>, KmsError> {
+    match &m.header.cs_map {
+        CsIdMap::GenericId(v) => Ok(v.clone()),
+        _ => Err(rejected(ErrorCode::INVALID_SP, "Ticket Transfer needs a GENERIC-ID map (RFC 6043 §6.1.1)")),
+    }
+}
+
+fn sp_of(m: &Message) -> Result<SecurityPolicy, KmsError> {
+    m.find(|p| if let Payload::Sp(s) = p { Some(s.clone()) } else { None }).ok_or_else(|| rejected(ErrorCode::INVALID_SP, "no SP payload"))
+}
+
+impl Ue {
+    /// A UE bootstrapped with `btid` holding `ks_naf` for the KMS `kms`.
+    pub fn new(uid: KmsUid, kms: impl Into<String>, btid: impl Into<String>, ks_naf: &[u8], skew: u64) -> Self {
+        Self {
+            uid,
+            kms: kms.into(),
+            btid: btid.into(),
+            ks_naf: Zeroizing::new(ks_naf.to_vec()),
+            skew,
+            replay: Replay::default(),
+            held: Vec::new(),
+            resolved: HashMap::new(),
+        }
+    }
+
+    fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {
+        Ok(tk::check_fresh(m, now.as_secs().saturating_add(crate::tp_data::NTP_UNIX_OFFSET), self.skew, &mut self.replay)?)
+    }
+
+    fn psk_idr(&self) -> Payload {
+        tk::idr(IdRole::PSK, IdType::BYTE_STRING, self.btid.as_bytes())
+    }
+
+    /// A cached reusable ticket authorising `to`, still valid at `now` (Annex B.1: reuse).
+    pub fn cached_ticket(&self, to: &KmsUid, now: Duration) -> Option<HeldTicket> {
+        self.held
+            .iter()
+            .find(|h| h.reusable() && h.granted.end.is_some_and(|e| e > now.as_secs()) && h.granted.authorised(std::slice::from_ref(to)).is_some())
+            .cloned()
+    }
+
+    /// REQUEST_INIT_PSK (RFC 6043 §4.1.1) asking for `ask`.
+    pub fn request_init(&self, ask: &Ask, csb_id: u32, now: Duration, randri: [u8; 16]) -> Result<(Vec<u8>, PendingRequest), KmsError> {
+        let data = TpData {
+            kms: Some(self.kms.clone()),
+            initiator: Some(self.uid.clone()),
+            psk: None,
+            start: None,
+            end: Some(now.as_secs().saturating_add(ask.lifetime)),
+            recipients: ask.recipients.clone(),
+        };
+        let tp = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags: request_flags(ask.reusable), reserved: 0, data: data.encode()? };
+        let m = Message {
+            header: tk::header(DataType::REQUEST_INIT_PSK, true, csb_id, CsIdMap::Empty { n_cs: 0 }),
+            payloads: vec![
+                Payload::T(ntp(now)),
+                tk::randr(RandRole::INITIATOR, &randri),
+                tk::idr(IdRole::INITIATOR, IdType::NAI, self.uid.as_str().as_bytes()),
+                tk::idr(IdRole::KMS, IdType::NAI, self.kms.as_bytes()),
+                Payload::Tp(tp),
+                self.psk_idr(),
+            ],
+        };
+        let k = tk::message_keys(&self.ks_naf, csb_id, Direction::Initial, Some(&randri), None)?;
+        let request = tk::seal(m, &k.auth_key, &[self.uid.as_str().as_bytes(), self.kms.as_bytes()])?;
+        Ok((request.clone(), PendingRequest { request, randri }))
+    }
+
+    /// Verifies REQUEST_RESP (or reports the KMS's MIKEY Error), keeps a reusable ticket.
+    pub fn on_request_resp(&mut self, p: PendingRequest, resp: &[u8], now: Duration) -> Result<HeldTicket, KmsError> {
+        let m = Message::decode(resp)?;
+        refused(&m)?;
+        let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
+        let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
+        tk::verify_v(resp, &k.auth_key, &[&p.request])?;
+        self.fresh(&m, now)?;
+        let (mpki, tgk) = tgk_of(tk::open_kemac(&m, &k, m.header.csb_id)?)?;
+        let ticket = tk::ticket_of(&m)?;
+        let granted = TpData::decode(&ticket.policy.data)?;
+        let held = HeldTicket { ticket, mpki, tgk, granted };
+        if held.reusable() {
+            self.held.retain(|h| h.granted.end.is_some_and(|e| e > now.as_secs()));
+            self.held.push(held.clone());
+        }
+        Ok(held)
+    }
+
+    /// Makes a ticket itself (mode 3, RFC 6043 §4.1 / TS 33.328 Annex D.4): TPK = its Ks_NAF,
+    /// THDR key id 0, TP Data naming its KMS, itself and its B-TID. `random` fills keys.
+    pub fn make_ticket(&self, ask: &Ask, now: Duration, random: &dyn Fn(&mut [u8])) -> Result<HeldTicket, KmsError> {
+        let data = TpData {
+            kms: Some(self.kms.clone()),
+            initiator: Some(self.uid.clone()),
+            psk: Some(self.btid.clone()),
+            start: Some(now.as_secs()),
+            end: Some(now.as_secs().saturating_add(ask.lifetime)),
+            recipients: ask.recipients.clone(),
+        };
+        // Not D (UE-made) requires L (RFC 6043 §6.10); resolve stays mandatory (E).
+        let flags = TicketFlags(request_flags(ask.reusable).0 & !TicketFlags::D.0).with(TicketFlags::L);
+        flags.check().map_err(|e| rejected(ErrorCode::INVALID_TPPAR, e))?;
+        let policy = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags, reserved: 0, data: data.encode()? };
+        let mut mpk = Zeroizing::new([0u8; 16]);
+        let mut tgk = Zeroizing::new([0u8; 16]);
+        let mut rand = [0u8; 16];
+        random(&mut *mpk);
+        random(&mut *tgk);
+        random(&mut rand);
+        let tgk = tk::key(KeyType::TGK, &*tgk, &TGK_SPI);
+        let content = TicketContent { mpk: mpk.to_vec(), keys: vec![tgk.clone()] };
+        let ticket = tk::issue_ticket(policy, &self.ks_naf, MODE3_KEY_ID, ntp(now), &rand, &content)?;
+        let (mpki, _) = tk::mpk_i_r(&content.mpk, &rand)?;
+        Ok(HeldTicket { ticket, mpki, tgk, granted: data })
+    }
+
+    /// TRANSFER_INIT (RFC 6043 §4.1.2) from this UE to `to` with `ticket`; CS 1 = `ssrc`.
+    pub fn transfer_init(&self, held: &HeldTicket, to: &KmsUid, csb_id: u32, ssrc: u32, now: Duration, randri: [u8; 16]) -> Result<(Vec<u8>, PendingTransfer), KmsError> {
+        let spi = spi_of(&held.tgk);
+        let m = Message {
+            header: tk::header(DataType::TRANSFER_INIT, true, csb_id, CsIdMap::GenericId(vec![cs(1, ssrc, &spi), cs(2, 0, &spi)])),
+            payloads: vec![
+                Payload::T(ntp(now)),
+                tk::randr(RandRole::INITIATOR, &randri),
+                tk::idr(IdRole::INITIATOR, IdType::NAI, self.uid.as_str().as_bytes()),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, to.as_str().as_bytes()),
+                Payload::Sp(srtp_sp()),
+                Payload::Ticket(held.ticket.clone()),
+            ],
+        };
+        let k = tk::message_keys(&held.mpki, csb_id, Direction::Initial, Some(&randri), None)?;
+        let init = tk::seal(m, &k.auth_key, &[self.uid.as_str().as_bytes(), to.as_str().as_bytes()])?;
+        Ok((init.clone(), PendingTransfer { init, randri, mpki: held.mpki.clone(), tgk: held.tgk.clone(), recipients: held.granted.recipients.clone() }))
+    }
+
+    /// A cached resolve of the ticket in `transfer_init` (reusable tickets: no KMS contact).
+    pub fn cached_resolve(&self, transfer_init: &[u8], now: Duration) -> Option<Resolved> {
+        let m = Message::decode(transfer_init).ok()?;
+        let t = tk::ticket_of(&m).ok()?;
+        self.resolved.get(&t.ticket_data).filter(|r| r.reusable && r.end.is_some_and(|e| e > now.as_secs())).cloned()
+    }
+
+    /// RESOLVE_INIT_PSK (RFC 6043 §4.1.3) for the ticket of a received TRANSFER_INIT, after
+    /// an early policy check (3GPP ticket type, we are a named responder or group member).
+    pub fn resolve_init(&self, transfer_init: &[u8], csb_id: u32, now: Duration, randrr: [u8; 16]) -> Result<(Vec<u8>, PendingResolve), KmsError> {
+        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT)?;
+        let ticket = tk::ticket_of(&ti)?;
+        if ticket.policy.ticket_type != TicketType::THREE_GPP {
+            return Err(rejected(ErrorCode::INVALID_TICKET, "not a 3GPP ticket"));
+        }
+        let m = Message {
+            header: tk::header(DataType::RESOLVE_INIT_PSK, true, csb_id, CsIdMap::Empty { n_cs: 0 }),
+            payloads: vec![
+                Payload::T(ntp(now)),
+                tk::randr(RandRole::RESPONDER, &randrr),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, self.uid.as_str().as_bytes()),
+                tk::idr(IdRole::KMS, IdType::NAI, self.kms.as_bytes()),
+                Payload::Ticket(ticket.clone()),
+                self.psk_idr(),
+            ],
+        };
+        let k = tk::message_keys(&self.ks_naf, csb_id, Direction::Initial, None, Some(&randrr))?;
+        let request = tk::seal(m, &k.auth_key, &[self.uid.as_str().as_bytes(), self.kms.as_bytes()])?;
+        Ok((request.clone(), PendingResolve { request, randrr, ticket }))
+    }
+
+    /// Verifies RESOLVE_RESP (or reports the KMS's MIKEY Error); caches a reusable result.
+    pub fn on_resolve_resp(&mut self, p: PendingResolve, resp: &[u8], now: Duration) -> Result<Resolved, KmsError> {
+        let m = Message::decode(resp)?;
+        refused(&m)?;
+        let m = tk::decode_expect(resp, DataType::RESOLVE_RESP)?;
+        let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, None, Some(&p.randrr))?;
+        tk::verify_v(resp, &k.auth_key, &[&p.request])?;
+        self.fresh(&m, now)?;
+        let (mpki, tgk) = tgk_of(tk::open_kemac(&m, &k, m.header.csb_id)?)?;
+        let responder = KmsUid::parse(&String::from_utf8_lossy(&tk::id_of(&m, IdRole::RESPONDER)))?;
+        let data = TpData::decode(&p.ticket.policy.data)?;
+        let r = Resolved { mpki, tgk, responder, end: data.end, reusable: p.ticket.policy.flags.contains(TicketFlags::J) };
+        if r.reusable {
+            self.resolved.retain(|_, v| v.end.is_some_and(|e| e > now.as_secs()));
+            self.resolved.insert(p.ticket.ticket_data.clone(), r.clone());
+        }
+        Ok(r)
+    }
+
+    /// Responder: verifies TRANSFER_INIT with MPKi and answers TRANSFER_RESP (IDRr = the
+    /// identity the KMS authorised, CS 2 = `ssrc`); returns the call's SRTP policies.
+    pub fn transfer_resp(&mut self, r: &Resolved, transfer_init: &[u8], ssrc: u32, now: Duration) -> Result<(Vec<u8>, Media), KmsError> {
+        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT)?;
+        let randri = tk::rand_of(&ti, RandRole::INITIATOR).ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, "no RANDRi"))?;
+        let ik = tk::message_keys(&r.mpki, ti.header.csb_id, Direction::Initial, Some(&randri), None)?;
+        tk::verify_v(transfer_init, &ik.auth_key, &[&tk::id_of(&ti, IdRole::INITIATOR), &tk::id_of(&ti, IdRole::RESPONDER)])?;
+        self.fresh(&ti, now)?;
+        let mut map = generic_map(&ti)?;
+        for c in map.iter_mut().filter(|c| c.cs_id == 2) {
+            c.session_data = ssrc.to_be_bytes().to_vec();
+        }
+        let media = media(&r.tgk, &randri, &sp_of(&ti)?, &map)?;
+        let resp = Message {
+            header: CommonHeader { data_type: DataType::TRANSFER_RESP, v_flag: false, cs_map: CsIdMap::GenericId(map), ..ti.header.clone() },
+            payloads: vec![Payload::T(ntp(now)), tk::idr(IdRole::RESPONDER, IdType::NAI, r.responder.as_str().as_bytes()), Payload::Sp(sp_of(&ti)?)],
+        };
+        let rk = tk::message_keys(&r.mpki, ti.header.csb_id, Direction::Response, Some(&randri), None)?;
+        Ok((tk::seal(resp, &rk.auth_key, &[transfer_init])?, media))
+    }
+
+    /// Initiator: verifies TRANSFER_RESP; returns the authenticated responder identity (which
+    /// must be one the ticket authorises) and the call's SRTP policies.
+    pub fn on_transfer_resp(&mut self, p: PendingTransfer, tr: &[u8], now: Duration) -> Result<(KmsUid, Media), KmsError> {
+        let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
+        let k = tk::message_keys(&p.mpki, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
+        tk::verify_v(tr, &k.auth_key, &[&p.init])?;
+        self.fresh(&m, now)?;
+        let who = KmsUid::parse(&String::from_utf8_lossy(&tk::id_of(&m, IdRole::RESPONDER)))?;
+        if !p.recipients.iter().any(|r| r.matches(&who)) {
+            return Err(rejected(ErrorCode::INVALID_ID, format!("answered by {who}, whom the ticket does not authorise")));
+        }
+        let media = media(&p.tgk, &p.randri, &sp_of(&m)?, &generic_map(&m)?)?;
+        Ok((who, media))
+    }
+}
+
+/// A MIKEY Error message from the KMS as an error.
+fn refused(m: &Message) -> Result<(), KmsError> {
+    if m.header.data_type == DataType::ERROR {
+        let code = m.find(|p| if let Payload::Err(e) = p { Some(e.code) } else { None }).unwrap_or(ErrorCode::UNSPECIFIED);
+        return Err(rejected(code, "the KMS answered with a MIKEY Error message"));
+    }
+    Ok(())
+}
