@@ -2,9 +2,8 @@
 //! a capture protected by libsrtp 2.7 back into the original capture byte for byte (`encrypt`
 //! reproduces libsrtp's capture; other packets pass unchanged).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
@@ -56,46 +55,17 @@ fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Protects `packets` with libsrtp through tests/interop/libsrtp_peer.c; `None` if the peer
-/// cannot be built here (a hard failure when MEDIASEC_REQUIRE_PEERS=1).
+/// Protects `packets` with libsrtp 2.7; `None` if the peer cannot be built here (a hard
+/// failure when MEDIASEC_REQUIRE_PEERS=1).
 fn libsrtp_protect(key: &[u8], packets: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bin = std::env::temp_dir().join(format!("mediasec-libsrtp-peer-cli-{}", std::process::id()));
-    let built = Command::new("bash").arg(root.join("tests/interop/build_libsrtp_peer.sh")).arg(&bin).output().ok()?;
-    if !built.status.success() {
-        assert!(
-            std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "libsrtp peer unavailable: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        eprintln!("SKIP: libsrtp peer unavailable");
-        return None;
-    }
-    let mut child = Command::new(&bin)
-        .args(["protect", "rtp", SUITE, &hex::encode(key), "-", "128"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("peer");
-    let mut input = Vec::new();
-    for p in packets {
-        input.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        input.extend_from_slice(p);
-    }
-    // Write from a thread: the peer answers while it reads, and both pipes are bounded.
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("peer output").stdout;
-    writer.join().expect("writer").expect("write");
-    let mut result = Vec::new();
-    let mut rest = &out[..];
-    while rest.len() >= 8 {
-        assert_eq!(&rest[..4], &[0, 0, 0, 0], "libsrtp protect failed");
-        let n = u32::from_be_bytes(rest[4..8].try_into().expect("4")) as usize;
-        result.push(rest[8..8 + n].to_vec());
-        rest = &rest[8 + n..];
-    }
-    Some(result)
+    use mediasec_testkit::libsrtp::{Kind, Op, Params, Peer, OK};
+    let peer = Peer::get()?;
+    let params = Params { suite: SUITE, key, mki: &[], window: 128 };
+    let out = peer.run(Op::Protect, Kind::Rtp, params, packets);
+    Some(out.into_iter().map(|(status, p)| {
+        assert_eq!(status, OK, "libsrtp protect failed");
+        p
+    }).collect())
 }
 
 fn mediasec(args: &[&str]) -> std::process::Output {

@@ -3,94 +3,14 @@
 //! sequence-number wrap (ROC 0→1) and 2 000 RTCP packets, with and without MKI, both
 //! directions, byte-for-byte equal output, and replayed and tampered packets rejected by both.
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-
 use mediasec_srtp::{Error, MasterKey, Policy, Session, Suite};
+use mediasec_testkit::libsrtp::{Kind, Op, Params, Peer, AUTH_FAIL, OK, REPLAY_FAIL};
 
 use crate::util::{rtcp, rtp, Rng};
 
-/// libsrtp's `srtp_err_status_t` values that the tests expect.
-const OK: i32 = 0;
-const AUTH_FAIL: i32 = 7;
-const REPLAY_FAIL: i32 = 9;
-
-fn peer() -> Option<&'static PathBuf> {
-    static PEER: OnceLock<Option<PathBuf>> = OnceLock::new();
-    PEER.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = std::env::temp_dir().join(format!("mediasec-libsrtp-peer-{}", std::process::id()));
-        let built = Command::new("bash")
-            .arg(root.join("tests/interop/build_libsrtp_peer.sh"))
-            .arg(&out)
-            .output();
-        match built {
-            Ok(o) if o.status.success() => Some(out),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() != Ok("1"),
-                    "libsrtp peer unavailable (pip install pylibsrtp; apt-get install libsrtp2-dev): {why}"
-                );
-                eprintln!("SKIP libsrtp interop: peer unavailable: {why}");
-                None
-            }
-        }
-    })
-    .as_ref()
-}
-
-#[derive(Clone, Copy)]
-enum Kind {
-    Rtp,
-    Rtcp,
-}
-
-/// Runs the libsrtp peer over `packets`; returns libsrtp's status and output per packet.
-fn libsrtp(peer: &PathBuf, protect: bool, kind: Kind, suite: Suite, key: &[u8], mki: &[u8], packets: &[Vec<u8>]) -> Vec<(i32, Vec<u8>)> {
-    let mki_arg = if mki.is_empty() { "-".to_owned() } else { hex::encode(mki) };
-    let mut child = Command::new(peer)
-        .args([
-            if protect { "protect" } else { "unprotect" },
-            match kind {
-                Kind::Rtp => "rtp",
-                Kind::Rtcp => "rtcp",
-            },
-            suite.name(),
-            &hex::encode(key),
-            &mki_arg,
-            "128",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start libsrtp peer");
-    let mut input = Vec::new();
-    for p in packets {
-        input.extend_from_slice(&(p.len() as u32).to_be_bytes());
-        input.extend_from_slice(p);
-    }
-    let mut stdin = child.stdin.take().expect("stdin");
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let mut out = Vec::new();
-    child.stdout.take().expect("stdout").read_to_end(&mut out).expect("read peer output");
-    writer.join().expect("writer").expect("write peer input");
-    assert!(child.wait().expect("peer exit").success(), "libsrtp peer failed");
-    let mut results = Vec::new();
-    let mut rest = &out[..];
-    while let Some((head, tail)) = rest.split_first_chunk::<8>() {
-        let status = i32::from_be_bytes(head[..4].try_into().expect("4"));
-        let len = u32::from_be_bytes(head[4..].try_into().expect("4")) as usize;
-        results.push((status, tail[..len].to_vec()));
-        rest = &tail[len..];
-    }
-    assert_eq!(results.len(), packets.len(), "one result per packet");
-    results
+/// Runs the libsrtp peer over `packets` with a 128-packet replay window.
+fn libsrtp(peer: &Peer, op: Op, kind: Kind, suite: Suite, key: &[u8], mki: &[u8], packets: &[Vec<u8>]) -> Vec<(i32, Vec<u8>)> {
+    peer.run(op, kind, Params { suite: suite.name(), key, mki, window: 128 }, packets)
 }
 
 fn our_session(suite: Suite, key: &[u8], mki: &[u8]) -> Session {
@@ -98,7 +18,7 @@ fn our_session(suite: Suite, key: &[u8], mki: &[u8]) -> Session {
     Session::new(&Policy::new(suite, master)).expect("policy")
 }
 
-fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
+fn check_suite(peer: &Peer, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     let key = rng.bytes(suite.inline_key_len());
     let ssrc = rng.next() as u32;
     let start = 65536 - 5000 + rng.below(1000) as u32;
@@ -112,7 +32,7 @@ fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
         .collect();
 
     // libsrtp protects → we unprotect; our protect gives the same bytes.
-    let theirs = libsrtp(peer, true, Kind::Rtp, suite, &key, mki, &plain);
+    let theirs = libsrtp(peer, Op::Protect, Kind::Rtp, suite, &key, mki, &plain);
     if matches!(suite, Suite::Aes192CmHmacSha1_80 | Suite::Aes192CmHmacSha1_32) {
         // libsrtp before 2.8 derives AES-192 session keys with the AES-256 PRF over the
         // zero-padded key||salt (libsrtp issue #763, fixed by PR #765/#770), which RFC 6188
@@ -149,7 +69,7 @@ fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     tampered[12] ^= 0x80;
     ours.push(replayed.clone());
     ours.push(tampered.clone());
-    let back = libsrtp(peer, false, Kind::Rtp, suite, &key, mki, &ours);
+    let back = libsrtp(peer, Op::Unprotect, Kind::Rtp, suite, &key, mki, &ours);
     for (i, ((status, rtp), original)) in back.iter().zip(&plain).take(9_999).enumerate() {
         assert_eq!(*status, OK, "{suite} libsrtp unprotect #{i}");
         assert_eq!(rtp, original);
@@ -168,7 +88,7 @@ fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
 
     // SRTCP both ways.
     let reports: Vec<Vec<u8>> = (0..2_000).map(|i| rtcp(ssrc, i)).collect();
-    let theirs = libsrtp(peer, true, Kind::Rtcp, suite, &key, mki, &reports);
+    let theirs = libsrtp(peer, Op::Protect, Kind::Rtcp, suite, &key, mki, &reports);
     let mut tx = our_session(suite, &key, mki);
     // libsrtp numbers its first SRTCP packet 1 (RFC 3711 §3.4 says 0); start there to compare bytes.
     tx.set_srtcp_index(ssrc, 1).expect("stream");
@@ -189,7 +109,7 @@ fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     replay_and_tamper.push(ours[1_990].clone());
     t[9] ^= 1;
     replay_and_tamper.push(t);
-    let back = libsrtp(peer, false, Kind::Rtcp, suite, &key, mki, &replay_and_tamper);
+    let back = libsrtp(peer, Op::Unprotect, Kind::Rtcp, suite, &key, mki, &replay_and_tamper);
     for ((status, p), original) in back.iter().zip(&reports).take(1_999) {
         assert_eq!(*status, OK, "{suite} libsrtp unprotect_rtcp");
         assert_eq!(p, original);
@@ -201,7 +121,7 @@ fn check_suite(peer: &PathBuf, suite: Suite, rng: &mut Rng, mki: &[u8]) {
 
 #[test]
 fn libsrtp_every_suite_both_directions() {
-    let Some(peer) = peer() else { return };
+    let Some(peer) = Peer::get() else { return };
     let mut rng = Rng::from_time();
     for suite in Suite::ALL {
         check_suite(peer, suite, &mut rng, &[]);
@@ -210,7 +130,7 @@ fn libsrtp_every_suite_both_directions() {
 
 #[test]
 fn libsrtp_every_suite_with_mki() {
-    let Some(peer) = peer() else { return };
+    let Some(peer) = Peer::get() else { return };
     let mut rng = Rng::from_time();
     for suite in Suite::ALL {
         let n = 1 + rng.below(4) as usize;
