@@ -57,7 +57,7 @@ pub struct Peer {
 impl Peer {
     /// The peer, built on first use; `None` (after a skip line) when it cannot be built here,
     /// a panic instead when `MEDIASEC_REQUIRE_PEERS=1`.
-    pub fn get() -> Option<&'static Peer> {
+    pub fn get() -> Option<&'static Self> {
         static PEER: OnceLock<Option<Peer>> = OnceLock::new();
         PEER.get_or_init(|| {
             let bin = std::env::temp_dir().join(format!("mediasec-libsrtp-peer-{}", std::process::id()));
@@ -66,7 +66,7 @@ impl Peer {
                 .arg(&bin)
                 .output();
             match built {
-                Ok(o) if o.status.success() => Some(Peer { bin }),
+                Ok(o) if o.status.success() => Some(Self { bin }),
                 Ok(o) => {
                     crate::peer_unavailable("libsrtp peer", &String::from_utf8_lossy(&o.stderr));
                     None

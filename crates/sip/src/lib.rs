@@ -1,0 +1,18 @@
+//! The SIP layer of mediasec (RFC 3261, as the IMS uses it per TS 24.229).
+//!
+//! Message parsing, serialisation and the RFC 3261 §17 transaction state machines come from
+//! [`sipx_sip`] (re-exported as [`core`]): a sans-IO core that keeps every header line as it
+//! arrived, so a proxy that edits one header passes every other byte through unchanged. Why
+//! we adopted it rather than writing our own is recorded in `docs/architecture.md`.
+//!
+//! This crate adds what media security needs on top:
+//! - [`body`]: read the SDP body of a request or response and replace it, keeping
+//!   `Content-Length` right and every other byte unchanged — the edit the IMS-ALG makes when
+//!   it strips and inserts `a=crypto` lines (TS 33.328 §5.5.2, §7.3) and the one a UE makes
+//!   when it answers.
+
+pub mod body;
+mod error;
+
+pub use error::Error;
+pub use sipx_sip as core;
