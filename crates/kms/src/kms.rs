@@ -29,6 +29,7 @@ use crate::identity::KmsUid;
 use crate::keyring::{KeyRing, MODE3_KEY_ID};
 use crate::policy::{Policies, Requested};
 use crate::tp_data::{TpData, ntp, unix_of};
+use crate::users::Users;
 use crate::zn::{NafKey, Zn};
 
 /// A source of random octets.
@@ -125,6 +126,7 @@ impl ReplayCache for ReplayAt<'_> {
 pub struct Kms {
     cfg: KmsConfig,
     policies: RwLock<Arc<Policies>>,
+    users: RwLock<Arc<Users>>,
     ring: RwLock<Arc<KeyRing>>,
     replay: Mutex<Replay>,
     random: Random,
@@ -176,8 +178,8 @@ fn resolved_keys(ticket: &Ticket, content: &TicketContent) -> Result<Vec<KeyData
 
 impl Kms {
     /// A KMS with its policies and key ring.
-    pub fn new(cfg: KmsConfig, policies: Policies, ring: KeyRing, random: Random) -> Self {
-        Self { cfg, policies: RwLock::new(Arc::new(policies)), ring: RwLock::new(Arc::new(ring)), replay: Mutex::default(), random }
+    pub fn new(cfg: KmsConfig, policies: Policies, users: Users, ring: KeyRing, random: Random) -> Self {
+        Self { cfg, policies: RwLock::new(Arc::new(policies)), users: RwLock::new(Arc::new(users)), ring: RwLock::new(Arc::new(ring)), replay: Mutex::default(), random }
     }
 
     /// The configuration.
@@ -195,6 +197,18 @@ impl Kms {
     /// The policies in force.
     pub fn policies(&self) -> Arc<Policies> {
         self.policies.read().map(|p| Arc::clone(&p)).unwrap_or_default()
+    }
+
+    /// Replaces the provisioned users (admin API, store reload).
+    pub fn set_users(&self, u: Users) {
+        if let Ok(mut w) = self.users.write() {
+            *w = Arc::new(u);
+        }
+    }
+
+    /// The provisioned users.
+    pub fn users(&self) -> Arc<Users> {
+        self.users.read().map(|u| Arc::clone(&u)).unwrap_or_default()
     }
 
     /// Replaces the key ring (rotation, store reload).
@@ -280,6 +294,9 @@ impl Kms {
         if !naf.uids(&self.cfg.domain).contains(&requester) {
             return Err(rejected(ErrorCode::INVALID_ID, format!("{requester} is not one of the user's IMPUs")));
         }
+        if !self.users().allows(&requester) {
+            return Err(rejected(ErrorCode::INVALID_ID, format!("{requester} is not an enabled user of this KMS")));
+        }
         let tp = m
             .find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None })
             .ok_or_else(|| rejected(ErrorCode::INVALID_TPPAR, "no TP payload"))?;
@@ -348,7 +365,8 @@ impl Kms {
         let (naf, randrr) = self.authenticate(m, body, now, zn).await?;
         let ticket = tk::ticket_of(m)?;
         let data = TpData::decode(&ticket.policy.data)?;
-        let uids = naf.uids(&self.cfg.domain);
+        let users = self.users();
+        let uids: Vec<KmsUid> = naf.uids(&self.cfg.domain).into_iter().filter(|u| users.allows(u)).collect();
         let matched = data
             .authorised(&uids)
             .cloned()

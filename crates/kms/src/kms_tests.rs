@@ -72,7 +72,15 @@ fn counter() -> Random {
 fn kms(fqdn: &str, domain: &str) -> Kms {
     let mut ring = KeyRing::default();
     ring.rotate(NOW.as_secs() - 100, [fqdn.len() as u8; 32]).unwrap();
-    Kms::new(KmsConfig { fqdn: fqdn.into(), domain: domain.into(), skew: 30 }, Policies::from_toml(POLICY).unwrap(), ring, counter())
+    let user = |u: &str, enabled| crate::users::User { uid: KmsUid::parse(u).unwrap(), enabled };
+    let users = Users::new([
+        user("alice@a.example", true),
+        user("bob@a.example", true),
+        user("dan@a.example", true),
+        user("carol@b.example", true),
+        user("eve@a.example", false),
+    ]);
+    Kms::new(KmsConfig { fqdn: fqdn.into(), domain: domain.into(), skew: 30 }, Policies::from_toml(POLICY).unwrap(), users, ring, counter())
 }
 
 fn ue(uid: &str, kms: &str) -> Ue {
@@ -109,7 +117,7 @@ fn world() -> World {
     World {
         a: kms("kms.a.example", "a.example"),
         b: kms("kms.b.example", "b.example"),
-        zn_a: TableZn::new("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example"]),
+        zn_a: TableZn::new("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example", "eve@a.example", "frank@a.example"]),
         zn_b: TableZn::new("kms.b.example", &["carol@b.example"]),
     }
 }
@@ -242,6 +250,15 @@ async fn policy_identity_and_authentication_refusals() {
     let mut wrong = Ue::new(KmsUid::parse("alice@a.example").unwrap(), "kms.a.example", "btid-alice@a.example", &[0; 32], 30);
     let e = request(&w.a, &w.zn_a, &mut wrong, &ask("bob@a.example", false), 3).await.err().unwrap();
     assert!(matches!(e, KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. }), "{e}");
+    // Disabled and unprovisioned users get nothing, and cannot resolve either.
+    for who in ["eve@a.example", "frank@a.example"] {
+        let e = request(&w.a, &w.zn_a, &mut ue(who, "kms.a.example"), &ask("bob@a.example", false), 3).await.err().unwrap();
+        assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_ID, .. }), "{who}: {e}");
+    }
+    let mut alice = ue("alice@a.example", "kms.a.example");
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("?@a.example", false), 3).await.unwrap();
+    let e = call(&w, &mut alice, &held, &mut ue("eve@a.example", "kms.a.example"), &w.a, &w.zn_a, 3).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_ID, .. }), "{e}");
     // Replay and stale timestamps.
     let alice = ue("alice@a.example", "kms.a.example");
     let (req, _) = alice.request_init(&ask("bob@a.example", false), 77, NOW, [1; 16]).unwrap();

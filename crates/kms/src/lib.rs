@@ -9,14 +9,25 @@
 //! - [`zn`]: NAF keys from the BSF, cached until expiry.
 //! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
 //! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
+//! - [`users`]: users provisioned at the KMS.
+//!
+//! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
+//! encrypted key ring and audit log in a `mediasec_kms_store::Store`), [`bsf_zn`] (Zn over
+//! HTTP), [`client`] (the UE's Ua driver), [`lab`] (a loopback BSF + KMS domains).
 
+pub mod bsf_zn;
+pub mod client;
 pub mod error;
 pub mod identity;
 pub mod keyring;
+pub mod lab;
 pub mod kms;
+pub mod persist;
 pub mod policy;
 pub mod tp_data;
+pub mod server;
 pub mod ue;
+pub mod users;
 pub mod zn;
 
 pub use error::KmsError;

@@ -98,6 +98,12 @@ impl Policies {
         toml::to_string(self).map_err(|e| KmsError::Policy(e.to_string()))
     }
 
+    /// The longest ticket lifetime any rule set grants (how long a retired ring key must stay).
+    pub fn max_lifetime(&self) -> u64 {
+        let all = std::iter::once(&self.defaults).chain(self.domain.values()).chain(self.user.values());
+        all.filter_map(|r| r.ticket_lifetime).chain([DEFAULT_LIFETIME]).max().unwrap_or(DEFAULT_LIFETIME)
+    }
+
     /// The rules in force for `uid`: user rules, then its domain's, then the defaults.
     pub fn effective(&self, uid: &KmsUid) -> Effective {
         let levels = [self.user.get(uid.as_str()), self.domain.get(uid.domain()), Some(&self.defaults)];

@@ -1,0 +1,40 @@
+//! Zn over HTTP to the mediasec BSF (`POST /zn/v1/naf-keys`, docs/gba.md) with the Ua
+//! security protocol identifier of TS 33.328 (`01 00 00 00 06`, TS 33.220 Annex H).
+
+use std::sync::Arc;
+
+use mediasec_bsf::client::{Endpoint, zn_lookup};
+use mediasec_gba::bootstrapping_info::parse_time;
+use mediasec_gba::kdf::UaProtocolId;
+use zeroize::Zeroizing;
+
+use crate::error::KmsError;
+use crate::zn::{NafKey, Zn, ZnFuture};
+
+/// The BSF as a Zn source for the KMS `naf_fqdn`.
+pub struct BsfZn {
+    endpoint: Endpoint,
+    token: String,
+    naf_fqdn: String,
+}
+
+impl BsfZn {
+    /// Zn client of the NAF `naf_fqdn` (the KMS FQDN) with a bearer `token`.
+    pub fn new(endpoint: Endpoint, token: impl Into<String>, naf_fqdn: impl Into<String>) -> Self {
+        Self { endpoint, token: token.into(), naf_fqdn: naf_fqdn.into() }
+    }
+}
+
+impl Zn for BsfZn {
+    fn naf_key<'a>(&'a self, btid: &'a str, _now: u64) -> ZnFuture<'a> {
+        Box::pin(async move {
+            let ua = UaProtocolId::IMS_MEDIA_PLANE.to_hex();
+            let Some(k) = zn_lookup(&self.endpoint, &self.token, btid, &self.naf_fqdn, &ua).await.map_err(|e| KmsError::Zn(e.to_string()))? else {
+                return Ok(None);
+            };
+            let ks_naf = Zeroizing::new(k.key().map_err(|e| KmsError::Zn(e.to_string()))?);
+            let expiry = parse_time(&k.key_expiry).map_err(|e| KmsError::Zn(format!("key_expiry: {e}")))?;
+            Ok(Some(Arc::new(NafKey { ks_naf, impus: k.impus.clone(), expiry })))
+        })
+    }
+}

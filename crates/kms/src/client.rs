@@ -1,0 +1,73 @@
+//! The UE's HTTP driver for Ua (TS 33.328 Annex A): one `POST
+//! /keymanagement?requesttype=...` per exchange, base64 MIKEY bodies, around the sans-IO
+//! [`Ue`](crate::ue::Ue).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_bsf::client::{Endpoint, request};
+
+use crate::error::KmsError;
+use crate::server::CONTENT_TYPE;
+use crate::ue::{Ask, HeldTicket, Resolved, Ue};
+
+/// User-Agent of the UE's KMS client (the Annex A example form).
+pub const USER_AGENT: &str = "KMSAgent; mediasec 3gpp-gba";
+
+/// A Ua client of one KMS.
+#[derive(Clone)]
+pub struct KmsClient {
+    endpoint: Endpoint,
+}
+
+fn now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut b);
+    b
+}
+
+impl KmsClient {
+    /// A client of the KMS at `endpoint` (`http(s)://host:port`).
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    /// Posts a MIKEY message; returns the MIKEY answer of a 200 (a response or an Error
+    /// message), or the HTTP status and reason otherwise.
+    pub async fn post(&self, requesttype: &str, mikey: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let path = format!("/keymanagement?requesttype={requesttype}");
+        let body = STANDARD.encode(mikey);
+        let r = request(&self.endpoint, "POST", &path, &[("Content-Type", CONTENT_TYPE), ("User-Agent", USER_AGENT)], body.as_bytes())
+            .await
+            .map_err(|e| KmsError::Http(e.to_string()))?;
+        if r.status != 200 {
+            return Err(KmsError::Http(format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim())));
+        }
+        let compact: Vec<u8> = r.body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        STANDARD.decode(compact).map_err(|_| KmsError::Http("200 body is not base64".into()))
+    }
+
+    /// Ticket Request (Annex B.1): a reusable cached ticket is not requested again by the
+    /// caller; see [`Ue::cached_ticket`].
+    pub async fn request_ticket(&self, ue: &mut Ue, ask: &Ask) -> Result<HeldTicket, KmsError> {
+        let (req, pending) = ue.request_init(ask, u32::from_be_bytes(random()), now(), random())?;
+        let resp = self.post("ticketrequest", &req).await?;
+        ue.on_request_resp(pending, &resp, now())
+    }
+
+    /// Ticket Resolve (Annex B.2.2) of the ticket in `transfer_init`, unless a reusable
+    /// resolve is cached.
+    pub async fn resolve(&self, ue: &mut Ue, transfer_init: &[u8]) -> Result<Resolved, KmsError> {
+        if let Some(r) = ue.cached_resolve(transfer_init, now()) {
+            return Ok(r);
+        }
+        let (req, pending) = ue.resolve_init(transfer_init, u32::from_be_bytes(random()), now(), random())?;
+        let resp = self.post("ticketresolve", &req).await?;
+        ue.on_resolve_resp(pending, &resp, now())
+    }
+}

@@ -1,0 +1,172 @@
+//! A loopback lab: one BSF and one KMS per domain, each on 127.0.0.1 with an embedded store
+//! in a directory, users provisioned in the BSF (USIM keys) and in their KMS; UEs bootstrap
+//! over Ub for real. Used by `mediasec demo`, `mediasec bench kms` and the whole-system
+//! tests, so that all three exercise the same wiring as `mediasec kms serve`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mediasec_bsf::client::{self, Endpoint};
+use mediasec_bsf::server::{Bsf, ServerConfig};
+use mediasec_bsf::store::{Store as BsfStore, Subscriber};
+use mediasec_gba::bsf::BsfConfig;
+use mediasec_gba::kdf::{NafId, UaProtocolId};
+use mediasec_gba::milenage::Milenage;
+use mediasec_gba::ue::UeBootstrap;
+use mediasec_kms_store::RedbStore;
+use tokio::task::JoinHandle;
+
+use crate::bsf_zn::BsfZn;
+use crate::client::KmsClient;
+use crate::error::KmsError;
+use crate::identity::KmsUid;
+use crate::keyring::MasterKey;
+use crate::kms::{KmsConfig, NoPeers, Peers, os_random};
+use crate::persist::Persist;
+use crate::policy::Policies;
+use crate::server::{Service, serve};
+use crate::ue::Ue;
+use crate::users::User;
+
+/// The BSF's realm in the lab.
+pub const BSF_REALM: &str = "bsf.lab.example";
+
+/// One KMS domain of the lab.
+pub struct Domain {
+    /// User domain (`a.example`).
+    pub domain: String,
+    /// KMS FQDN (`kms.a.example`).
+    pub fqdn: String,
+    /// Ua base URL.
+    pub url: String,
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// The service.
+    pub service: Arc<Service>,
+}
+
+/// The running lab; servers stop when it is dropped.
+pub struct Lab {
+    /// Working directory (stores).
+    pub dir: PathBuf,
+    /// BSF base URL.
+    pub bsf_url: String,
+    /// The KMS domains.
+    pub domains: Vec<Domain>,
+    usim: BTreeMap<String, ([u8; 16], [u8; 16])>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn impi_of(uid: &KmsUid) -> String {
+    format!("{}@ims.{}", uid.as_str().replace('@', "."), uid.domain())
+}
+
+fn io(e: impl std::fmt::Display) -> KmsError {
+    KmsError::Config(e.to_string())
+}
+
+/// What a lab domain is made of.
+pub struct DomainSpec<'a> {
+    /// User domain.
+    pub domain: &'a str,
+    /// Policy document (TOML).
+    pub policy: &'a str,
+}
+
+/// Hands a KMS its Zk peers once every service exists.
+pub type PeersFor = dyn Fn(&str) -> Arc<dyn Peers> + Send + Sync;
+
+impl Lab {
+    /// Starts the BSF with `users` (KMS UIDs) as subscribers and one KMS per domain, each
+    /// provisioning the users of its domain. `peers` gives each KMS FQDN its Zk peers.
+    pub async fn start(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str], peers: &PeersFor) -> Result<Self, KmsError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let bsf_store = BsfStore::open(&dir.join("bsf.redb")).map_err(io)?;
+        let mut usim = BTreeMap::new();
+        let mut uids = Vec::new();
+        for u in users {
+            let uid = KmsUid::parse(u)?;
+            let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
+            bsf_store
+                .add_subscriber(&Subscriber {
+                    impi: impi_of(&uid),
+                    k: hex::encode(k),
+                    opc: Some(hex::encode(opc)),
+                    op: None,
+                    amf: "8000".into(),
+                    sqn: 0,
+                    impus: vec![format!("sip:{uid}")],
+                    guss: None,
+                })
+                .map_err(io)?;
+            usim.insert(uid.to_string(), (k, opc));
+            uids.push(uid);
+        }
+        let zn_token = hex::encode(rand::random::<[u8; 16]>());
+        let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(BSF_REALM), zn_token: zn_token.clone(), admin_token: hex::encode(rand::random::<[u8; 16]>()) }, bsf_store);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let bsf_url = format!("http://{}", listener.local_addr().map_err(io)?);
+        let mut tasks = vec![tokio::spawn(async move {
+            let _ = mediasec_bsf::server::serve(listener, bsf).await;
+        })];
+        let mut out = Vec::new();
+        for spec in domains {
+            let fqdn = format!("kms.{}", spec.domain);
+            let store = Arc::new(RedbStore::open(&dir.join(format!("kms-{}.redb", spec.domain)))?);
+            let persist = Persist::new(store, MasterKey::new(&rand::random::<[u8; 32]>())?);
+            persist.put_document(&Policies::from_toml(spec.policy)?, "lab", 0).await?;
+            for u in uids.iter().filter(|u| u.domain() == spec.domain) {
+                persist.put_user(&User { uid: u.clone(), enabled: true }, "lab", 0).await?;
+            }
+            let zn = Arc::new(BsfZn::new(Endpoint::http(&bsf_url).map_err(io)?, zn_token.clone(), fqdn.clone()));
+            let admin_token = hex::encode(rand::random::<[u8; 16]>());
+            let cfg = KmsConfig { fqdn: fqdn.clone(), domain: spec.domain.to_owned(), skew: 30 };
+            let service = Service::start(cfg, persist, zn, peers(&fqdn), admin_token.clone(), os_random()).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+            let url = format!("http://{}", listener.local_addr().map_err(io)?);
+            let s = Arc::clone(&service);
+            tasks.push(tokio::spawn(async move {
+                let _ = serve(listener, s).await;
+            }));
+            out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service });
+        }
+        Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, tasks })
+    }
+
+    /// Starts a lab without Zk.
+    pub async fn start_local(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str]) -> Result<Self, KmsError> {
+        Self::start(dir, domains, users, &|_| Arc::new(NoPeers)).await
+    }
+
+    /// Keeps a task running for the lab's life.
+    pub fn adopt(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// The domain record of `domain`.
+    pub fn domain(&self, domain: &str) -> Result<&Domain, KmsError> {
+        self.domains.iter().find(|d| d.domain == domain).ok_or_else(|| KmsError::Config(format!("no lab domain {domain}")))
+    }
+
+    /// Bootstraps `uid` over Ub and returns its UE (Ks_NAF for its domain's KMS) and a Ua
+    /// client of that KMS.
+    pub async fn ue(&self, uid: &str) -> Result<(Ue, KmsClient), KmsError> {
+        let uid = KmsUid::parse(uid)?;
+        let (k, opc) = self.usim.get(uid.as_str()).ok_or_else(|| KmsError::Config(format!("{uid} is not a lab user")))?;
+        let d = self.domain(uid.domain())?;
+        let bsf = Endpoint::http(&self.bsf_url).map_err(io)?;
+        let (boot, _) = client::bootstrap(&bsf, UeBootstrap::new(impi_of(&uid), BSF_REALM, Milenage::with_opc(k, opc), 0)).await.map_err(io)?;
+        let ks_naf = boot.ks_naf(&NafId::new(d.fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE)).map_err(io)?;
+        let ue = Ue::new(uid, d.fqdn.clone(), boot.btid.to_string(), &ks_naf.0, 30);
+        Ok((ue, KmsClient::new(Endpoint::http(&d.url).map_err(io)?)))
+    }
+}

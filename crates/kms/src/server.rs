@@ -1,0 +1,464 @@
+//! The KMS as an HTTP service (axum): Ua per TS 33.328 Annex A
+//! (`POST /keymanagement?requesttype=ticketrequest|ticketresolve`, `Content-Type:
+//! application/mikey`, base64 body; 200 with the response or a MIKEY Error message, 4xx when
+//! the client erred, 5xx when the KMS did), the admin API (bearer token; docs/openapi/kms-admin.yaml),
+//! `/metrics` (Prometheus text) and `tracing` spans with a request id.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::KmsError;
+use crate::identity::KmsUid;
+use crate::kms::{Kms, KmsConfig, Peers, Random, Reply};
+use crate::persist::{Persist, Scope};
+use crate::policy::{Policies, Rules};
+use crate::users::User;
+use crate::zn::{Zn, ZnCache};
+
+/// MIME type of Ua bodies (TS 33.328 Annex A).
+pub const CONTENT_TYPE: &str = "application/mikey";
+
+/// What a request is, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Ua ticketrequest.
+    TicketRequest,
+    /// Ua ticketresolve.
+    TicketResolve,
+    /// Zk resolve from a peer KMS.
+    PeerResolve,
+}
+
+impl Kind {
+    const ALL: [Self; 3] = [Self::TicketRequest, Self::TicketResolve, Self::PeerResolve];
+    fn name(self) -> &'static str {
+        match self {
+            Self::TicketRequest => "ticketrequest",
+            Self::TicketResolve => "ticketresolve",
+            Self::PeerResolve => "zk_resolve",
+        }
+    }
+}
+
+const OUTCOMES: [&str; 4] = ["ok", "mikey_error", "client_error", "kms_error"];
+/// Histogram bucket bounds in seconds.
+const BUCKETS: [f64; 11] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
+
+#[derive(Default)]
+struct Metrics {
+    outcomes: [[AtomicU64; 4]; 3],
+    buckets: [[AtomicU64; BUCKETS.len()]; 3],
+    sum_us: [AtomicU64; 3],
+    count: [AtomicU64; 3],
+}
+
+impl Metrics {
+    fn record(&self, kind: Kind, outcome: usize, took: Duration) {
+        let k = kind as usize;
+        let Some(o) = self.outcomes.get(k).and_then(|r| r.get(outcome)) else { return };
+        o.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        if let Some(b) = self.buckets.get(k) {
+            for (bound, c) in BUCKETS.iter().zip(b) {
+                if secs <= *bound {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if let (Some(s), Some(c)) = (self.sum_us.get(k), self.count.get(k)) {
+            s.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::from("# HELP mediasec_kms_requests_total KMS requests by type and outcome\n# TYPE mediasec_kms_requests_total counter\n");
+        for (kind, row) in Kind::ALL.iter().zip(&self.outcomes) {
+            for (o, c) in OUTCOMES.iter().zip(row) {
+                s.push_str(&format!("mediasec_kms_requests_total{{type=\"{}\",outcome=\"{o}\"}} {}\n", kind.name(), c.load(Ordering::Relaxed)));
+            }
+        }
+        s.push_str("# HELP mediasec_kms_request_seconds KMS request latency\n# TYPE mediasec_kms_request_seconds histogram\n");
+        for (i, kind) in Kind::ALL.iter().enumerate() {
+            let n = kind.name();
+            if let Some(b) = self.buckets.get(i) {
+                for (bound, c) in BUCKETS.iter().zip(b) {
+                    s.push_str(&format!("mediasec_kms_request_seconds_bucket{{type=\"{n}\",le=\"{bound}\"}} {}\n", c.load(Ordering::Relaxed)));
+                }
+            }
+            let count = self.count.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            let sum = self.sum_us.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            s.push_str(&format!("mediasec_kms_request_seconds_bucket{{type=\"{n}\",le=\"+Inf\"}} {count}\n"));
+            s.push_str(&format!("mediasec_kms_request_seconds_sum{{type=\"{n}\"}} {}\n", sum as f64 / 1e6));
+            s.push_str(&format!("mediasec_kms_request_seconds_count{{type=\"{n}\"}} {count}\n"));
+        }
+        s
+    }
+}
+
+/// The running KMS service.
+pub struct Service {
+    kms: Kms,
+    zn: ZnCache,
+    peers: Arc<dyn Peers>,
+    persist: Persist,
+    admin_token: String,
+    metrics: Metrics,
+    next_id: AtomicU64,
+}
+
+fn now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn text(status: StatusCode, reason: &str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], format!("{reason}\n")).into_response()
+}
+
+fn internal(e: &KmsError) -> Response {
+    warn!(error = %e, "KMS error");
+    text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+}
+
+fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
+    let got = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+    !token.is_empty() && got.len() == token.len() && bool::from(got.as_bytes().ct_eq(token.as_bytes()))
+}
+
+impl Service {
+    /// Loads users, policies and the key ring (making a first key if the ring is empty)
+    /// from `persist` and builds the service.
+    pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
+        let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
+        let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
+        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, metrics: Metrics::default(), next_id: AtomicU64::new(1) }))
+    }
+
+    /// The core.
+    pub fn kms(&self) -> &Kms {
+        &self.kms
+    }
+
+    /// The store wiring.
+    pub fn persist(&self) -> &Persist {
+        &self.persist
+    }
+
+    /// Re-reads users, policies and the key ring from the store (replicas sharing a
+    /// database pick up each other's changes).
+    pub async fn reload(&self) -> Result<(), KmsError> {
+        self.kms.set_policies(self.persist.policies().await?);
+        self.kms.set_users(self.persist.users().await?);
+        self.kms.set_ring(self.persist.ring().await?);
+        Ok(())
+    }
+
+    /// Serves a Zk resolve from the authenticated peer `peer` (for the Zk server).
+    pub async fn peer_resolve(&self, peer: &str, body: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let reply = self.kms.peer_resolve(peer, body, now(), &self.zn).instrument(info_span!("zk", request_id = id, peer)).await;
+        let (outcome, out) = match reply {
+            Reply::Response(b) => (0, Ok(b)),
+            Reply::Error { message, code, reason } => {
+                info!(request_id = id, peer, ?code, reason, "Zk resolve refused");
+                (1, Ok(message))
+            }
+            Reply::BadRequest(r) => (2, Err(KmsError::Zk(r))),
+            Reply::Failed(r) => (3, Err(KmsError::Zk(r))),
+        };
+        self.metrics.record(Kind::PeerResolve, outcome, started.elapsed());
+        out
+    }
+
+    /// The axum router.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/keymanagement", post(ua))
+            .route("/metrics", get(metrics))
+            .route("/admin/v1/policies", get(policies_get).put(policies_put))
+            .route("/admin/v1/policies/defaults", put(defaults_put))
+            .route("/admin/v1/policies/domains/{domain}", put(domain_put).delete(domain_delete))
+            .route("/admin/v1/policies/users/{uid}", put(user_rules_put).delete(user_rules_delete))
+            .route("/admin/v1/users", get(users_get))
+            .route("/admin/v1/users/{uid}", put(user_put).delete(user_delete))
+            .route("/admin/v1/keys", get(keys_get))
+            .route("/admin/v1/keys/rotate", post(keys_rotate))
+            .route("/admin/v1/keys/prune", post(keys_prune))
+            .route("/admin/v1/audit", get(audit_get))
+            .with_state(Arc::clone(self))
+    }
+}
+
+#[derive(Deserialize)]
+struct UaQuery {
+    requesttype: Option<String>,
+}
+
+async fn ua(State(s): State<Arc<Service>>, Query(q): Query<UaQuery>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| s.next_id.fetch_add(1, Ordering::Relaxed).to_string());
+    let kind = match q.requesttype.as_deref() {
+        Some("ticketrequest") => Kind::TicketRequest,
+        Some("ticketresolve") => Kind::TicketResolve,
+        other => {
+            info!(request_id = %id, requesttype = ?other, "unknown requesttype");
+            return text(StatusCode::BAD_REQUEST, "requesttype must be ticketrequest or ticketresolve");
+        }
+    };
+    let span = info_span!("ua", request_id = %id, requesttype = kind.name());
+    let (outcome, resp) = async {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(CONTENT_TYPE) {
+            return (2, text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/mikey"));
+        }
+        let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+        let Ok(mikey) = STANDARD.decode(&compact) else {
+            return (2, text(StatusCode::BAD_REQUEST, "body is not base64"));
+        };
+        let reply = match kind {
+            Kind::TicketRequest => s.kms.ticket_request(&mikey, now(), &s.zn).await,
+            _ => s.kms.ticket_resolve(&mikey, now(), &s.zn, &*s.peers).await,
+        };
+        match reply {
+            Reply::Response(b) => {
+                info!("answered");
+                (0, ((StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], STANDARD.encode(b)).into_response()))
+            }
+            Reply::Error { message, code, reason } => {
+                info!(?code, reason, "MIKEY error");
+                (1, (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], STANDARD.encode(message)).into_response())
+            }
+            Reply::BadRequest(r) => {
+                info!(reason = r, "bad request");
+                (2, text(StatusCode::BAD_REQUEST, &r))
+            }
+            Reply::Failed(r) => {
+                warn!(reason = r, "KMS failure");
+                (3, text(StatusCode::SERVICE_UNAVAILABLE, &r))
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    s.metrics.record(kind, outcome, started.elapsed());
+    resp
+}
+
+async fn metrics(State(s): State<Arc<Service>>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+macro_rules! admin {
+    ($s:ident, $h:ident) => {
+        if !bearer_ok(&$h, &$s.admin_token) {
+            return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
+        }
+    };
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(now().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn reloaded(s: &Service, ok: Response) -> Response {
+    match s.reload().await {
+        Ok(()) => ok,
+        Err(e) => internal(&e),
+    }
+}
+
+async fn policies_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    match s.persist.policies().await.and_then(|p| p.to_toml()) {
+        Ok(t) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/toml")], t).into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn policies_put(State(s): State<Arc<Service>>, h: HeaderMap, body: String) -> Response {
+    admin!(s, h);
+    let doc = match Policies::from_toml(&body) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    match s.persist.put_document(&doc, "admin", now_ms()).await {
+        Ok(()) => reloaded(&s, text(StatusCode::OK, "policies replaced")).await,
+        Err(e) => internal(&e),
+    }
+}
+
+async fn put_scope(s: &Service, scope: Scope, body: Option<&str>) -> Response {
+    let rules = match body.map(toml::from_str::<Rules>) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+        None => None,
+    };
+    match s.persist.put_rules(&scope, rules.as_ref(), "admin", now_ms()).await {
+        Ok(true) => reloaded(s, text(StatusCode::OK, "ok")).await,
+        Ok(false) => text(StatusCode::NOT_FOUND, "no such policy"),
+        Err(e) => internal(&e),
+    }
+}
+
+async fn defaults_put(State(s): State<Arc<Service>>, h: HeaderMap, body: String) -> Response {
+    admin!(s, h);
+    put_scope(&s, Scope::Defaults, Some(&body)).await
+}
+
+async fn domain_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(d): Path<String>, body: String) -> Response {
+    admin!(s, h);
+    put_scope(&s, Scope::Domain(d), Some(&body)).await
+}
+
+async fn domain_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(d): Path<String>) -> Response {
+    admin!(s, h);
+    put_scope(&s, Scope::Domain(d), None).await
+}
+
+fn uid_or_400(uid: &str) -> Result<KmsUid, Response> {
+    KmsUid::parse(uid).map_err(|e| text(StatusCode::BAD_REQUEST, &e.to_string()))
+}
+
+async fn user_rules_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>, body: String) -> Response {
+    admin!(s, h);
+    match uid_or_400(&uid) {
+        Ok(u) => put_scope(&s, Scope::User(u), Some(&body)).await,
+        Err(r) => r,
+    }
+}
+
+async fn user_rules_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>) -> Response {
+    admin!(s, h);
+    match uid_or_400(&uid) {
+        Ok(u) => put_scope(&s, Scope::User(u), None).await,
+        Err(r) => r,
+    }
+}
+
+async fn users_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    match s.persist.users().await {
+        Ok(u) => axum::Json(u.iter().cloned().collect::<Vec<_>>()).into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn user_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>, body: Bytes) -> Response {
+    admin!(s, h);
+    let uid = match uid_or_400(&uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let enabled = if body.is_empty() {
+        true
+    } else {
+        match serde_json::from_slice::<UserBody>(&body) {
+            Ok(b) => b.enabled,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+        }
+    };
+    match s.persist.put_user(&User { uid, enabled }, "admin", now_ms()).await {
+        Ok(()) => reloaded(&s, text(StatusCode::OK, "ok")).await,
+        Err(e) => internal(&e),
+    }
+}
+
+async fn user_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>) -> Response {
+    admin!(s, h);
+    let uid = match uid_or_400(&uid) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match s.persist.delete_user(&uid, "admin", now_ms()).await {
+        Ok(true) => reloaded(&s, text(StatusCode::OK, "removed")).await,
+        Ok(false) => text(StatusCode::NOT_FOUND, "no such user"),
+        Err(e) => internal(&e),
+    }
+}
+
+fn key_list(s: &Service) -> Response {
+    let keys: Vec<_> = s.kms.ring().keys().map(|k| serde_json::json!({ "id": k.id, "created": k.created, "retired": k.retired })).collect();
+    axum::Json(keys).into_response()
+}
+
+async fn keys_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    key_list(&s)
+}
+
+async fn keys_rotate(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    match s.persist.rotate(now().as_secs(), &random, "admin").await {
+        Ok(ring) => {
+            s.kms.set_ring(ring);
+            key_list(&s)
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+async fn keys_prune(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    let max = s.kms.policies().max_lifetime();
+    match s.persist.prune(now().as_secs(), max, "admin").await {
+        Ok(ring) => {
+            s.kms.set_ring(ring);
+            key_list(&s)
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<AuditQuery>) -> Response {
+    admin!(s, h);
+    match s.persist.audit_log(q.after.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await {
+        Ok(rows) => axum::Json(
+            rows.into_iter()
+                .map(|(seq, e)| serde_json::json!({ "seq": seq, "at_unix_ms": e.at_unix_ms, "actor": e.actor, "action": e.action, "detail": e.detail }))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => internal(&e),
+    }
+}
+
+/// Serves plain HTTP on a bound listener until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>) -> Result<(), KmsError> {
+    axum::serve(listener, s.router()).await.map_err(|e| KmsError::Http(e.to_string()))
+}

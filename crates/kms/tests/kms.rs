@@ -1,0 +1,184 @@
+//! Whole-system tests on loopback: a real BSF and real KMS services (embedded redb stores),
+//! UEs bootstrapping over Ub and talking Ua over HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use mediasec_bsf::client::{Endpoint, HttpResponse, request};
+use mediasec_kms::identity::{KmsUid, Pattern};
+use mediasec_kms::lab::{DomainSpec, Lab};
+use mediasec_kms::ue::{Ask, HeldTicket, Ue};
+use mediasec_kms::{KmsError, client::KmsClient};
+use mediasec_mikey::Message;
+use mediasec_mikey::registry::{DataType, ErrorCode};
+
+const POLICY_A: &str = r#"
+[domain."a.example"]
+may_call = ["?@a.example"]
+reusable = true
+group_tickets = true
+[user."bob@a.example"]
+may_call = ["alice@a.example"]
+"#;
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!("mediasec-kms-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+fn ask(to: &str) -> Ask {
+    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable: false, lifetime: 300 }
+}
+
+/// A call over HTTP: TRANSFER_INIT → resolve at the responder's KMS → TRANSFER_RESP.
+async fn call(i: &mut Ue, held: &HeldTicket, r: &mut Ue, rk: &KmsClient) -> Result<KmsUid, KmsError> {
+    let (ti, pt) = i.transfer_init(held, &r.uid.clone(), rand::random(), 0x1111, now(), rand::random())?;
+    let resolved = rk.resolve(r, &ti).await?;
+    let (tr, mr) = r.transfer_resp(&resolved, &ti, 0x2222, now())?;
+    let (who, mi) = i.on_transfer_resp(pt, &tr, now())?;
+    assert_eq!(*mi.initiator_stream.master_key, *mr.initiator_stream.master_key);
+    assert_eq!(*mi.responder_stream.master_key, *mr.responder_stream.master_key);
+    Ok(who)
+}
+
+async fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    request(&Endpoint::http(url).unwrap(), method, path, headers, body).await.unwrap()
+}
+
+fn code(e: KmsError) -> ErrorCode {
+    match e {
+        KmsError::Mikey { code, .. } => code,
+        other => panic!("expected a MIKEY error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ua_admin_and_metrics_over_http() {
+    let dir = TempDir::new("ua");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example", "dan@a.example"]).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let (mut dan, kd) = lab.ue("dan@a.example").await.unwrap();
+
+    // Annex B over HTTP with GBA keys from a real bootstrap and Zn.
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    assert_eq!(call(&mut alice, &held, &mut bob, &kb).await.unwrap().as_str(), "bob@a.example");
+    // Group ticket, resolved by a member.
+    let group = ka.request_ticket(&mut alice, &ask("?@a.example")).await.unwrap();
+    assert_eq!(call(&mut alice, &group, &mut dan, &kd).await.unwrap().as_str(), "dan@a.example");
+    // Policy refusal arrives as a 200 carrying a MIKEY Error message.
+    assert_eq!(code(kb.request_ticket(&mut bob, &ask("dan@a.example")).await.err().unwrap()), ErrorCode::INVALID_TPPAR);
+    let (req, _) = bob.request_init(&ask("dan@a.example"), 1, now(), [1; 16]).unwrap();
+    let r = http(&a.url, "POST", "/keymanagement?requesttype=ticketrequest", &[("Content-Type", "application/mikey")], STANDARD.encode(&req).as_bytes()).await;
+    assert_eq!((r.status, r.header("content-type")), (200, Some("application/mikey")));
+    assert_eq!(Message::decode(&STANDARD.decode(&r.body).unwrap()).unwrap().header.data_type, DataType::ERROR);
+
+    // Client errors are 4xx with a reason.
+    let ct = [("Content-Type", "application/mikey")];
+    assert_eq!(http(&a.url, "POST", "/keymanagement?requesttype=ticketrequest", &[("Content-Type", "text/plain")], b"AAAA").await.status, 415);
+    assert_eq!(http(&a.url, "POST", "/keymanagement?requesttype=ticketrequest", &ct, b"%%%").await.status, 400);
+    assert_eq!(http(&a.url, "POST", "/keymanagement?requesttype=other", &ct, b"AAAA").await.status, 400);
+    let r = http(&a.url, "POST", "/keymanagement?requesttype=ticketresolve", &ct, STANDARD.encode(b"not mikey").as_bytes()).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("not a MIKEY message"));
+
+    // Admin API: token required; disabling a user takes effect at once.
+    assert_eq!(http(&a.url, "GET", "/admin/v1/users", &[], b"").await.status, 401);
+    let auth = format!("Bearer {}", a.admin_token);
+    let h = [("Authorization", auth.as_str())];
+    let users: serde_json::Value = serde_json::from_slice(&http(&a.url, "GET", "/admin/v1/users", &h, b"").await.body).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 3);
+    assert_eq!(http(&a.url, "PUT", "/admin/v1/users/dan@a.example", &h, br#"{"enabled":false}"#).await.status, 200);
+    assert_eq!(code(call(&mut alice, &group, &mut dan, &kd).await.err().unwrap()), ErrorCode::INVALID_ID);
+    assert_eq!(http(&a.url, "PUT", "/admin/v1/users/dan@a.example", &h, b"").await.status, 200);
+    // Per-user policy over the admin API: bob may now call dan.
+    assert_eq!(http(&a.url, "PUT", "/admin/v1/policies/users/bob@a.example", &h, b"may_call = [\"dan@a.example\"]\n").await.status, 200);
+    let held_b = kb.request_ticket(&mut bob, &ask("dan@a.example")).await.unwrap();
+    assert_eq!(http(&a.url, "PUT", "/admin/v1/policies/users/bob@a.example", &h, b"bogus = 1\n").await.status, 400);
+    let doc = String::from_utf8(http(&a.url, "GET", "/admin/v1/policies", &h, b"").await.body).unwrap();
+    assert!(doc.contains("dan@a.example"), "{doc}");
+
+    // Rotation: new tickets under key 2, tickets under key 1 still resolve.
+    let keys: serde_json::Value = serde_json::from_slice(&http(&a.url, "POST", "/admin/v1/keys/rotate", &h, b"").await.body).unwrap();
+    assert_eq!(keys.as_array().unwrap().iter().map(|k| k["id"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert!(keys[0]["retired"].is_u64() && keys[1]["retired"].is_null());
+    assert_eq!(call(&mut bob, &held_b, &mut dan, &kd).await.unwrap().as_str(), "dan@a.example");
+    let held2 = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    call(&mut alice, &held2, &mut bob, &kb).await.unwrap();
+    let keys: serde_json::Value = serde_json::from_slice(&http(&a.url, "POST", "/admin/v1/keys/prune", &h, b"").await.body).unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2, "key 1 kept while its tickets may live");
+
+    // The ring is stored encrypted: no ticket key in clear in the store file.
+    let file = std::fs::read(dir.0.join("kms-a.example.redb")).unwrap();
+    for k in a.service.kms().ring().keys() {
+        let key = k.key().unwrap();
+        assert!(!file.windows(16).any(|w| w == &key[..16]), "key {} in clear", k.id);
+        assert!(!file.windows(32).any(|w| w == hex::encode(&key[..16]).as_bytes()), "key {} in hex", k.id);
+    }
+    let audit: serde_json::Value = serde_json::from_slice(&http(&a.url, "GET", "/admin/v1/audit", &h, b"").await.body).unwrap();
+    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"key.rotate") && actions.contains(&"user.put") && actions.contains(&"policy.put"), "{actions:?}");
+
+    // Metrics: requests by type and outcome, latency histogram.
+    let m = String::from_utf8(http(&a.url, "GET", "/metrics", &[], b"").await.body).unwrap();
+    for line in [
+        "mediasec_kms_requests_total{type=\"ticketrequest\",outcome=\"ok\"} 4",
+        "mediasec_kms_requests_total{type=\"ticketrequest\",outcome=\"mikey_error\"} 2",
+        "mediasec_kms_requests_total{type=\"ticketrequest\",outcome=\"client_error\"} 2",
+        "mediasec_kms_requests_total{type=\"ticketresolve\",outcome=\"ok\"} 4",
+        "mediasec_kms_requests_total{type=\"ticketresolve\",outcome=\"mikey_error\"} 1",
+        "mediasec_kms_request_seconds_count{type=\"ticketresolve\"} 6",
+    ] {
+        assert!(m.contains(line), "missing {line} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reusable_tickets_need_no_kms_and_mode3_follows_policy() {
+    let dir = TempDir::new("reuse");
+    let policy = format!("{POLICY_A}\n[user.\"alice@a.example\"]\nmode3 = true\n");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: &policy }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let held = ka.request_ticket(&mut alice, &Ask { reusable: true, ..ask("bob@a.example") }).await.unwrap();
+    assert!(held.reusable());
+    call(&mut alice, &held, &mut bob, &kb).await.unwrap();
+    // A KMS address where nothing listens: the second call uses the cached ticket and
+    // the cached resolve, or it fails.
+    let cached = alice.cached_ticket(&KmsUid::parse("bob@a.example").unwrap(), now()).expect("cached");
+    let down = KmsClient::new(Endpoint::http("http://127.0.0.1:9").unwrap());
+    call(&mut alice, &cached, &mut bob, &down).await.expect("no KMS contact for a reusable ticket");
+    drop(lab);
+
+    // Mode 3 with a fresh lab: alice may, bob may not.
+    let dir2 = TempDir::new("mode3");
+    let lab2 = Lab::start_local(&dir2.0, &[DomainSpec { domain: "a.example", policy: &policy }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (mut alice, _) = lab2.ue("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab2.ue("bob@a.example").await.unwrap();
+    let fill = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let own = alice.make_ticket(&ask("bob@a.example"), now(), &fill).unwrap();
+    assert_eq!(call(&mut alice, &own, &mut bob, &kb).await.unwrap().as_str(), "bob@a.example");
+    let (mut alice2, ka2) = lab2.ue("alice@a.example").await.unwrap();
+    let bobs = bob.make_ticket(&ask("alice@a.example"), now(), &fill).unwrap();
+    assert_eq!(code(call(&mut bob, &bobs, &mut alice2, &ka2).await.err().unwrap()), ErrorCode::INVALID_TPPAR);
+}
