@@ -1,4 +1,5 @@
 //! Vectors, round trips, property tests and corpus replay for the MIKEY codec and KDFs.
+#![allow(clippy::indexing_slicing)] // tests index known-shape test data
 
 use mediasec_mikey::kemac_crypto;
 use mediasec_mikey::keys::{self, Direction, MessageKeys};
@@ -740,6 +741,7 @@ mod tshark_oracle {
 /// In-process MIKEY-TICKET exchange: initiator, KMS logic stub (test only), responder.
 mod ticket_exchange {
     use super::*;
+    use mediasec_mikey::forking::{self, ForkModifier};
     use mediasec_mikey::payload::*;
     use mediasec_mikey::psk::{ReplayCache, build_error};
     use mediasec_mikey::srtp_policy::{self, CryptoSession, SrtpPolicy};
@@ -750,17 +752,25 @@ mod ticket_exchange {
     const NOW: u64 = 3_950_000_000;
     const SKEW: u64 = 30;
     const PSK_I: [u8; 16] = [0xA1; 16];
-    const PSK_R: [u8; 16] = [0xB2; 16];
     const TPK: [u8; 16] = [0xC3; 16];
     const TPK_ID: u32 = 7;
     const ID_I: &[u8] = b"alice@ims.example.org";
-    const ID_R: &[u8] = b"bob@ims.example.org";
     const ID_KMS: &[u8] = b"kms.ims.example.org";
     const RANDRI: [u8; 16] = [0x11; 16];
     const RANDRI2: [u8; 16] = [0x12; 16];
-    const RANDRR: [u8; 16] = [0x21; 16];
     const MKI: [u8; 4] = [0, 0, 0, 1];
     const SSRC: u32 = 0xdead_beef;
+
+    /// A responder: identity, PSK with the KMS, RANDRr, and the RANDRkms the KMS picks for it.
+    #[derive(Clone, Copy)]
+    struct Responder {
+        id: &'static [u8],
+        psk: [u8; 16],
+        randrr: [u8; 16],
+        randrkms: [u8; 16],
+    }
+    const BOB: Responder = Responder { id: b"bob@ims.example.org", psk: [0xB2; 16], randrr: [0x21; 16], randrkms: [0x31; 16] };
+    const CAROL: Responder = Responder { id: b"carol@ims.example.org", psk: [0xB3; 16], randrr: [0x22; 16], randrkms: [0x32; 16] };
 
     #[derive(Default)]
     struct Cache(HashSet<(u32, u64, Vec<u8>)>);
@@ -781,23 +791,17 @@ mod ticket_exchange {
     fn psk_for(id: &[u8]) -> Result<[u8; 16], Error> {
         match id {
             ID_I => Ok(PSK_I),
-            ID_R => Ok(PSK_R),
+            i if i == BOB.id => Ok(BOB.psk),
+            i if i == CAROL.id => Ok(CAROL.psk),
             _ => Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "unknown IDRpsk".into() }),
         }
     }
 
     // ---- initiator -------------------------------------------------------------------
-    fn request_init() -> Vec<u8> {
-        let tp_data = encode_first_payload_chain(&[tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)]).expect("tp");
-        let tp = TicketPolicy {
-            ticket_type: TicketType::THREE_GPP,
-            subtype: 0,
-            version: 0,
-            prf: tk::PRF,
-            flags: flags(),
-            reserved: 0,
-            data: tp_data,
-        };
+    fn request_init_with(flags: TicketFlags, responders: &[&[u8]]) -> Vec<u8> {
+        let ids: Vec<Payload> = responders.iter().map(|r| tk::idr(IdRole::RESPONDER, IdType::NAI, r)).collect();
+        let tp_data = encode_first_payload_chain(&ids).expect("tp");
+        let tp = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags, reserved: 0, data: tp_data };
         let m = Message {
             header: tk::header(DataType::REQUEST_INIT_PSK, true, 0x0a0b_0c0d, CsIdMap::Empty { n_cs: 0 }),
             payloads: vec![
@@ -813,18 +817,34 @@ mod ticket_exchange {
         tk::seal(m, &k.auth_key, &[ID_I, ID_KMS]).expect("seal")
     }
 
-    /// Returns (MPKi, TGK, ticket).
-    fn handle_request_resp(req: &[u8], resp: &[u8]) -> Result<(Vec<u8>, KeyData, Ticket), Error> {
+    fn request_init() -> Vec<u8> {
+        request_init_with(flags(), &[BOB.id])
+    }
+
+    /// What the initiator holds after REQUEST_RESP.
+    struct Granted {
+        mpki: Vec<u8>,
+        mpkr: Option<Vec<u8>>,
+        tgk: KeyData,
+        ticket: Ticket,
+    }
+
+    fn handle_request_resp(req: &[u8], resp: &[u8]) -> Result<Granted, Error> {
         let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
         let k = tk::message_keys(&PSK_I, m.header.csb_id, Direction::Response, Some(&RANDRI), None)?;
         tk::verify_v(resp, &k.auth_key, &[req])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        let ticket = tk::ticket_of(&m)?;
         let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
-        let [mpki, tgk] = <[KeyData; 2]>::try_from(keys).map_err(|_| Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() })?;
-        Ok((mpki.key.clone(), tgk, tk::ticket_of(&m)?))
+        let bad = || Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() };
+        match (forking::is_forking(&ticket), keys.as_slice()) {
+            (false, [mpki, tgk]) => Ok(Granted { mpki: mpki.key.clone(), mpkr: None, tgk: tgk.clone(), ticket }),
+            (true, [mpki, mpkr, tgk]) => Ok(Granted { mpki: mpki.key.clone(), mpkr: Some(mpkr.key.clone()), tgk: tgk.clone(), ticket }),
+            _ => Err(bad()),
+        }
     }
 
-    fn transfer_init(mpki: &[u8], ticket: Ticket) -> Vec<u8> {
+    fn transfer_init(g: &Granted) -> Vec<u8> {
         let cs = GenericCs { cs_id: 1, prot_type: ProtType::SRTP, s_flag: false, policies: vec![0], session_data: SSRC.to_be_bytes().to_vec(), spi: MKI.to_vec() };
         let m = Message {
             header: tk::header(DataType::TRANSFER_INIT, true, 0x5555_0001, CsIdMap::GenericId(vec![cs])),
@@ -832,24 +852,41 @@ mod ticket_exchange {
                 Payload::T(ts(1)),
                 tk::randr(RandRole::INITIATOR, &RANDRI2),
                 tk::idr(IdRole::INITIATOR, IdType::NAI, ID_I),
-                tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, BOB.id),
                 Payload::Sp(psk_exchange::sp()),
-                Payload::Ticket(ticket),
+                Payload::Ticket(g.ticket.clone()),
             ],
         };
-        let k = tk::message_keys(mpki, 0x5555_0001, Direction::Initial, Some(&RANDRI2), None).expect("keys");
-        tk::seal(m, &k.auth_key, &[ID_I, ID_R]).expect("seal")
+        let k = tk::message_keys(&g.mpki, 0x5555_0001, Direction::Initial, Some(&RANDRI2), None).expect("keys");
+        let ti = tk::seal(m, &k.auth_key, &[ID_I, BOB.id]).expect("seal");
+        match &g.mpkr {
+            Some(mpkr) => forking::attach_initiator_data(&ti, mpkr).expect("initiator data"),
+            None => ti,
+        }
     }
 
-    fn handle_transfer_resp(ti: &[u8], mpki: &[u8], tr: &[u8]) -> Result<(), Error> {
+    /// Verifies TRANSFER_RESP; returns the TGK the SRTP keys derive from (TGK' when forking).
+    fn handle_transfer_resp(ti: &[u8], g: &Granted, tr: &[u8]) -> Result<KeyData, Error> {
         let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
-        let k = tk::message_keys(mpki, m.header.csb_id, Direction::Response, Some(&RANDRI2), None)?;
+        let (key, tgk) = match &g.mpkr {
+            Some(mpkr) => {
+                let f = ForkModifier::of(&m)?;
+                if ![BOB.id, CAROL.id].contains(&f.id_r.as_slice()) {
+                    return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder".into() });
+                }
+                (f.mpkr(mpkr)?.to_vec(), f.key(&g.tgk)?)
+            }
+            None => {
+                if tk::id_of(&m, IdRole::RESPONDER) != BOB.id {
+                    return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder".into() });
+                }
+                (g.mpki.clone(), g.tgk.clone())
+            }
+        };
+        let k = tk::message_keys(&key, m.header.csb_id, Direction::Response, Some(&RANDRI2), None)?;
         tk::verify_v(tr, &k.auth_key, &[ti])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
-        if tk::id_of(&m, IdRole::RESPONDER) != ID_R {
-            return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder".into() });
-        }
-        Ok(())
+        Ok(tgk)
     }
 
     // ---- KMS logic stub --------------------------------------------------------------
@@ -863,19 +900,20 @@ mod ticket_exchange {
         let tp = m.find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: "no TP".into() })?;
         tp.flags.check().map_err(|e| Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: e.into() })?;
         let content = TicketContent { mpk: vec![0x4d; 16], keys: vec![tk::key(KeyType::TGK, &[0x7b; 16], &MKI)] };
-        let ticket = tk::issue_ticket(tp.clone(), &TPK, TPK_ID, ts(0), &[0x99; 16], &content)?;
-        let (mpki, _) = tk::mpk_i_r(&content.mpk, &[0x99; 16])?;
+        let ticket = tk::issue_ticket(tp, &TPK, TPK_ID, ts(0), &[0x99; 16], &content)?;
         let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, Some(&randri), None)?;
         let t = ts(0);
-        let kem = tk::kemac(&rk, m.header.csb_id, &t, &[tk::key(KeyType::MPK, &mpki, &TPK_ID.to_be_bytes()), content.keys[0].clone()])?;
+        let keys = forking::request_resp_keys(&content, &[0x99; 16], &TPK_ID.to_be_bytes(), forking::is_forking(&ticket))?;
+        let kem = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let resp = Message {
-            header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header.clone() },
+            header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header },
             payloads: vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), Payload::Ticket(ticket), kem],
         };
         tk::seal(resp, &rk.auth_key, &[req])
     }
 
-    fn kms_resolve(ri: &[u8]) -> Result<Vec<u8>, Error> {
+    /// `randrkms` is the fresh RANDRkms this resolution uses when the ticket forks.
+    fn kms_resolve(ri: &[u8], randrkms: &[u8]) -> Result<Vec<u8>, Error> {
         let m = tk::decode_expect(ri, DataType::RESOLVE_INIT_PSK)?;
         let psk = psk_for(&tk::id_of(&m, IdRole::PSK))?;
         let randrr = tk::rand_of(&m, RandRole::RESPONDER).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRr".into() })?;
@@ -891,67 +929,94 @@ mod ticket_exchange {
         if !allowed {
             return Err(Error::Rejected { code: ErrorCode::INVALID_ID, reason: "responder not authorised by the ticket".into() });
         }
-        let td = BaseTicketData::decode(&ticket.ticket_data, 0)?;
-        let rand = td.payloads.iter().find_map(|p| if let Payload::Rand(r) = p { Some(r.rand.clone()) } else { None }).unwrap_or_default();
-        let (mpki, _) = tk::mpk_i_r(&content.mpk, &rand)?;
+        let rand = forking::ticket_rand(&ticket)?;
+        let forks = forking::is_forking(&ticket);
+        if forks {
+            let (_, mpkr) = tk::mpk_i_r(&content.mpk, &rand)?;
+            forking::verify_initiator_data(&ticket, &mpkr)?;
+        }
+        let fork = ForkModifier { id_r, id_type: IdType::NAI, randrkms: forks.then(|| randrkms.to_vec()) };
+        let keys = forking::resolve_resp_keys(&content, &rand, &TPK_ID.to_be_bytes(), forks.then_some(&fork))?;
         let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
         let t = ts(2);
-        let mut keys = vec![tk::key(KeyType::MPK, &mpki, &TPK_ID.to_be_bytes())];
-        keys.extend(content.keys.iter().cloned());
         let kem = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
-        let resp = Message {
-            header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() },
-            payloads: vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), kem, tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)],
-        };
+        let mut payloads = vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), kem];
+        payloads.extend(fork.payloads());
+        let resp = Message { header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header }, payloads };
         tk::seal(resp, &rk.auth_key, &[ri])
     }
 
     // ---- responder -------------------------------------------------------------------
-    fn resolve_init(ti: &[u8]) -> Result<Vec<u8>, Error> {
+    fn resolve_init(ti: &[u8], r: Responder) -> Result<Vec<u8>, Error> {
         let m = tk::decode_expect(ti, DataType::TRANSFER_INIT)?;
         let ticket = tk::ticket_of(&m)?;
         if ticket.policy.ticket_type != TicketType::THREE_GPP {
             return Err(Error::Rejected { code: ErrorCode::INVALID_TICKET, reason: "type".into() });
         }
-        let r = Message {
+        let msg = Message {
             header: tk::header(DataType::RESOLVE_INIT_PSK, true, 0x7777_0001, CsIdMap::Empty { n_cs: 0 }),
             payloads: vec![
                 Payload::T(ts(2)),
-                tk::randr(RandRole::RESPONDER, &RANDRR),
-                tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R),
+                tk::randr(RandRole::RESPONDER, &r.randrr),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, r.id),
                 tk::idr(IdRole::KMS, IdType::NAI, ID_KMS),
                 Payload::Ticket(ticket),
-                tk::idr(IdRole::PSK, IdType::BYTE_STRING, ID_R),
+                tk::idr(IdRole::PSK, IdType::BYTE_STRING, r.id),
             ],
         };
-        let k = tk::message_keys(&PSK_R, 0x7777_0001, Direction::Initial, None, Some(&RANDRR))?;
-        tk::seal(r, &k.auth_key, &[ID_R, ID_KMS])
+        let k = tk::message_keys(&r.psk, 0x7777_0001, Direction::Initial, None, Some(&r.randrr))?;
+        tk::seal(msg, &k.auth_key, &[r.id, ID_KMS])
     }
 
-    /// Verifies RESOLVE_RESP and TRANSFER_INIT; returns (TRANSFER_RESP, responder policy).
-    fn responder_finish(ti: &[u8], ri: &[u8], rr: &[u8]) -> Result<(Vec<u8>, SrtpPolicy), Error> {
+    /// What a responder holds after RESOLVE_RESP.
+    struct Resolved {
+        /// Key of TRANSFER_RESP's V: MPKi, or MPKr' when forking.
+        resp_key: Vec<u8>,
+        tgk: KeyData,
+        fork: ForkModifier,
+    }
+
+    fn responder_resolve(ti: &[u8], ri: &[u8], rr: &[u8], r: Responder) -> Result<(Resolved, Message), Error> {
         let m = tk::decode_expect(rr, DataType::RESOLVE_RESP)?;
-        let k = tk::message_keys(&PSK_R, m.header.csb_id, Direction::Response, None, Some(&RANDRR))?;
+        let k = tk::message_keys(&r.psk, m.header.csb_id, Direction::Response, None, Some(&r.randrr))?;
         tk::verify_v(rr, &k.auth_key, &[ri])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
-        let (mpki, tgk) = match keys.as_slice() {
-            [a, b] => (a.key.clone(), b.clone()),
-            _ => return Err(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() }),
-        };
         let tim = tk::decode_expect(ti, DataType::TRANSFER_INIT)?;
+        let forks = forking::is_forking(&tk::ticket_of(&tim)?);
+        let bad = || Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "KEMAC".into() };
+        let (mpki, resp_key, tgk) = match (forks, keys.as_slice()) {
+            (false, [a, b]) => (a.key.clone(), a.key.clone(), b.clone()),
+            (true, [a, r2, b]) => (a.key.clone(), r2.key.clone(), b.clone()),
+            _ => return Err(bad()),
+        };
         let randri = tk::rand_of(&tim, RandRole::INITIATOR).unwrap_or_default();
         let ik = tk::message_keys(&mpki, tim.header.csb_id, Direction::Initial, Some(&randri), None)?;
         tk::verify_v(ti, &ik.auth_key, &[&tk::id_of(&tim, IdRole::INITIATOR), &tk::id_of(&tim, IdRole::RESPONDER)])?;
+        if forks {
+            forking::check_vi(&tim)?;
+        }
         tk::check_fresh(&tim, NOW, SKEW, &mut Cache::default())?;
+        Ok((Resolved { resp_key, tgk, fork: ForkModifier::of(&m)? }, tim))
+    }
+
+    /// TRANSFER_RESP `HDR, T, IDRr, [RANDRkms], V` keyed with `key`, claiming `fork`'s identity.
+    fn transfer_resp(ti: &[u8], tim: &Message, key: &[u8], fork: &ForkModifier) -> Result<Vec<u8>, Error> {
+        let randri = tk::rand_of(tim, RandRole::INITIATOR).unwrap_or_default();
+        let mut payloads = vec![Payload::T(ts(3))];
+        payloads.extend(fork.payloads());
+        let resp = Message { header: CommonHeader { data_type: DataType::TRANSFER_RESP, v_flag: false, ..tim.header.clone() }, payloads };
+        let rk = tk::message_keys(key, tim.header.csb_id, Direction::Response, Some(&randri), None)?;
+        tk::seal(resp, &rk.auth_key, &[ti])
+    }
+
+    /// Verifies RESOLVE_RESP and TRANSFER_INIT; returns (TRANSFER_RESP, responder policy).
+    fn responder_finish(ti: &[u8], ri: &[u8], rr: &[u8], r: Responder) -> Result<(Vec<u8>, SrtpPolicy), Error> {
+        let (res, tim) = responder_resolve(ti, ri, rr, r)?;
+        let randri = tk::rand_of(&tim, RandRole::INITIATOR).unwrap_or_default();
         let sp = tim.find(|p| if let Payload::Sp(s) = p { Some(s.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_SP, reason: "no SP".into() })?;
-        let policy = derive(&tgk, &randri, &sp)?;
-        let resp = Message {
-            header: CommonHeader { data_type: DataType::TRANSFER_RESP, v_flag: false, ..tim.header.clone() },
-            payloads: vec![Payload::T(ts(3)), tk::idr(IdRole::RESPONDER, IdType::NAI, ID_R)],
-        };
-        let rk = tk::message_keys(&mpki, tim.header.csb_id, Direction::Response, Some(&randri), None)?;
-        Ok((tk::seal(resp, &rk.auth_key, &[ti])?, policy))
+        let policy = derive(&res.tgk, &randri, &sp)?;
+        Ok((transfer_resp(ti, &tim, &res.resp_key, &res.fork)?, policy))
     }
 
     /// TEK/salt for CS 1 from the TGK, RANDRi only (flags H = 1, G = 0; RFC 6043 §5.1.3).
@@ -1005,12 +1070,12 @@ mod ticket_exchange {
     fn full_exchange_gives_identical_srtp_policies_and_detects_tampering() {
         let req = request_init();
         let resp = kms_request(&req).expect("KMS request");
-        let (mpki, tgk, ticket) = handle_request_resp(&req, &resp).expect("I: REQUEST_RESP");
-        let ti = transfer_init(&mpki, ticket);
-        let ri = resolve_init(&ti).expect("R: RESOLVE_INIT");
-        let rr = kms_resolve(&ri).expect("KMS resolve");
-        let (tr, r_policy) = responder_finish(&ti, &ri, &rr).expect("R: finish");
-        handle_transfer_resp(&ti, &mpki, &tr).expect("I: TRANSFER_RESP");
+        let g = handle_request_resp(&req, &resp).expect("I: REQUEST_RESP");
+        let ti = transfer_init(&g);
+        let ri = resolve_init(&ti, BOB).expect("R: RESOLVE_INIT");
+        let rr = kms_resolve(&ri, &BOB.randrkms).expect("KMS resolve");
+        let (tr, r_policy) = responder_finish(&ti, &ri, &rr, BOB).expect("R: finish");
+        let tgk = handle_transfer_resp(&ti, &g, &tr).expect("I: TRANSFER_RESP");
         let i_policy = derive(&tgk, &RANDRI2, &psk_exchange::sp()).expect("I: policy");
         assert_eq!(i_policy, r_policy);
         assert_eq!(i_policy.suite, "AES_CM_128_HMAC_SHA1_80");
@@ -1043,14 +1108,83 @@ mod ticket_exchange {
         auth += tamper_all(&req, "REQUEST_INIT", |b| kms_request(b).map(drop));
         auth += tamper_all(&resp, "REQUEST_RESP", |b| handle_request_resp(&req, b).map(drop));
         auth += tamper_all(&ti, "TRANSFER_INIT", |b| {
-            let ri = resolve_init(b)?;
-            let rr = kms_resolve(&ri)?;
-            responder_finish(b, &ri, &rr).map(drop)
+            let ri = resolve_init(b, BOB)?;
+            let rr = kms_resolve(&ri, &BOB.randrkms)?;
+            responder_finish(b, &ri, &rr, BOB).map(drop)
         });
-        auth += tamper_all(&ri, "RESOLVE_INIT", |b| kms_resolve(b).map(drop));
-        auth += tamper_all(&rr, "RESOLVE_RESP", |b| responder_finish(&ti, &ri, b).map(drop));
-        auth += tamper_all(&tr, "TRANSFER_RESP", |b| handle_transfer_resp(&ti, &mpki, b));
+        auth += tamper_all(&ri, "RESOLVE_INIT", |b| kms_resolve(b, &BOB.randrkms).map(drop));
+        auth += tamper_all(&rr, "RESOLVE_RESP", |b| responder_finish(&ti, &ri, b, BOB).map(drop));
+        auth += tamper_all(&tr, "TRANSFER_RESP", |b| handle_transfer_resp(&ti, &g, b).map(drop));
         let total = req.len() + resp.len() + ti.len() + ri.len() + rr.len() + tr.len();
         assert!(auth * 2 > total, "most tampering must be an authentication failure ({auth}/{total})");
+    }
+
+    #[test]
+    fn forking_gives_each_responder_its_own_key_and_detects_tampering() {
+        let req = request_init_with(flags().with(TicketFlags::I), &[BOB.id, CAROL.id]);
+        let resp = kms_request(&req).expect("KMS request");
+        let g = handle_request_resp(&req, &resp).expect("I: REQUEST_RESP");
+        assert!(g.mpkr.is_some(), "REQUEST_RESP carries MPKr when forking");
+        let ti = transfer_init(&g);
+        let t = tk::ticket_of(&Message::decode(&ti).expect("ti")).expect("ticket");
+        assert!(forking::is_forking(&t) && !t.initiator_data.is_empty());
+
+        // Both responders resolve the same TRANSFER_INIT (a forked SIP INVITE).
+        let mut results = Vec::new();
+        for r in [BOB, CAROL] {
+            let ri = resolve_init(&ti, r).expect("RESOLVE_INIT");
+            let rr = kms_resolve(&ri, &r.randrkms).expect("KMS resolve");
+            let (res, _) = responder_resolve(&ti, &ri, &rr, r).expect("resolve");
+            assert_eq!(res.fork.id_r, r.id);
+            let (tr, r_policy) = responder_finish(&ti, &ri, &rr, r).expect("finish");
+            // The initiator derives exactly this responder's key from its TRANSFER_RESP.
+            let tgk = handle_transfer_resp(&ti, &g, &tr).expect("I: TRANSFER_RESP");
+            assert_eq!(tgk, res.tgk);
+            assert_eq!(derive(&tgk, &RANDRI2, &psk_exchange::sp()).expect("policy"), r_policy);
+            // TGK' and MPKr' are the RFC 6043 §5.1.1 PRF outputs.
+            let expect_tgk = prf(tk::PRF, &[0x7b; 16], &keys::label_fork(keys::FORK_TGK, r.id, Some(&r.randrkms)), 16).expect("prf");
+            assert_eq!(tgk.key.as_slice(), expect_tgk.as_slice());
+            let (_, mpkr) = tk::mpk_i_r(&[0x4d; 16], &[0x99; 16]).expect("mpk");
+            let expect_mpkr = prf(tk::PRF, &mpkr, &keys::label_fork(keys::FORK_MPKR, r.id, Some(&r.randrkms)), 16).expect("prf");
+            assert_eq!(res.resp_key.as_slice(), expect_mpkr.as_slice());
+            results.push((ri, rr, tr, res, r_policy));
+        }
+        let [(ri_b, rr_b, tr_b, res_b, pol_b), (_, _, tr_c, res_c, pol_c)] = <[_; 2]>::try_from(results).ok().expect("two");
+        assert_ne!(res_b.tgk.key, res_c.tgk.key, "forked TGKs differ");
+        assert_ne!(res_b.resp_key, res_c.resp_key, "forked MPKr' differ");
+        assert_ne!(pol_b.master_key, pol_c.master_key, "SRTP master keys differ");
+        assert_ne!(tr_b, tr_c);
+
+        // Carol cannot answer in Bob's name: claiming Bob's modifier with her MPKr' fails.
+        let tim = Message::decode(&ti).expect("ti");
+        let forged = transfer_resp(&ti, &tim, &res_c.resp_key, &res_b.fork).expect("forge");
+        assert_eq!(handle_transfer_resp(&ti, &g, &forged).expect_err("forged").err_code(), ErrorCode::AUTH_FAILURE);
+        // Nor with the unforked MPKi (what a non-forking responder would use).
+        let forged = transfer_resp(&ti, &tim, &g.mpki, &res_c.fork).expect("forge");
+        assert_eq!(handle_transfer_resp(&ti, &g, &forged).expect_err("mpki").err_code(), ErrorCode::AUTH_FAILURE);
+        // A forking TRANSFER_INIT stripped of its Initiator Data is refused by the KMS.
+        let mut stripped = tim;
+        for p in &mut stripped.payloads {
+            if let Payload::Ticket(t) = p {
+                t.initiator_data.clear();
+            }
+        }
+        let stripped = stripped.encode().expect("encode");
+        let ri = resolve_init(&stripped, BOB).expect("ri");
+        assert_eq!(kms_resolve(&ri, &BOB.randrkms).expect_err("no initiator data").err_code(), ErrorCode::INVALID_TICKET);
+
+        // Every message of the forking exchange decodes and re-encodes exactly.
+        for m in [&req, &resp, &ti, &ri_b, &rr_b, &tr_b] {
+            assert_eq!(&Message::decode(m).expect("decode").encode().expect("encode"), m);
+        }
+        // Flip any byte of any forking message: detected.
+        tamper_all(&resp, "REQUEST_RESP(I)", |b| handle_request_resp(&req, b).map(drop));
+        tamper_all(&ti, "TRANSFER_INIT(I)", |b| {
+            let ri = resolve_init(b, BOB)?;
+            let rr = kms_resolve(&ri, &BOB.randrkms)?;
+            responder_finish(b, &ri, &rr, BOB).map(drop)
+        });
+        tamper_all(&rr_b, "RESOLVE_RESP(I)", |b| responder_finish(&ti, &ri_b, b, BOB).map(drop));
+        tamper_all(&tr_b, "TRANSFER_RESP(I)", |b| handle_transfer_resp(&ti, &g, b).map(drop));
     }
 }
