@@ -27,6 +27,8 @@ enum Command {
     Bsf(cmd::bsf::Args),
     /// GBA UE: bootstrap against a BSF.
     Gba(cmd::gba::Args),
+    /// KMS (TS 33.328 MIKEY-TICKET over Ua, Zk): serve, lab PKI.
+    Kms(cmd::kms::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Mikey(args) => cmd::mikey::run(args),
         Command::Bsf(args) => cmd::bsf::run(args),
         Command::Gba(args) => cmd::gba::run(args),
+        Command::Kms(args) => cmd::kms::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

@@ -34,7 +34,7 @@ impl Zn for BsfZn {
             };
             let ks_naf = Zeroizing::new(k.key().map_err(|e| KmsError::Zn(e.to_string()))?);
             let expiry = parse_time(&k.key_expiry).map_err(|e| KmsError::Zn(format!("key_expiry: {e}")))?;
-            Ok(Some(Arc::new(NafKey { ks_naf, impus: k.impus.clone(), expiry })))
+            Ok(Some(Arc::new(NafKey { ks_naf, impus: k.impus, expiry })))
         })
     }
 }

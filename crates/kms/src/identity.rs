@@ -179,6 +179,7 @@ fn wildcard_match(p: &[u8], s: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -413,7 +413,7 @@ impl Kms {
             if !eff.mode3 {
                 return Err(rejected(ErrorCode::INVALID_TPPAR, format!("policy does not allow UE-made tickets for {creator}")));
             }
-            if !data.end.is_some_and(|e| e <= now_s.saturating_add(eff.ticket_lifetime)) {
+            if data.end.is_none_or(|e| e > now_s.saturating_add(eff.ticket_lifetime)) {
                 return Err(rejected(ErrorCode::INVALID_TPPAR, "UE-made ticket validity missing or beyond the policy lifetime"));
             }
             if !eff.may_call(&responder.clone().into()) {
@@ -474,9 +474,10 @@ impl Kms {
             .collect()
     }
 
-    /// KMS_I side of B.2.3: a RESOLVE_INIT from the Zk peer `peer` (already authenticated
-    /// by mutual TLS and on the allow-list), unprotected; answers an unprotected RESOLVE_RESP
-    /// (KEMAC in clear, no MAC) or an Error message.
+    /// KMS_I side of B.2.3: a RESOLVE_INIT from the KMS of domain `peer` (already
+    /// authenticated by mutual TLS and on the allow-list), unprotected; answers an
+    /// unprotected RESOLVE_RESP (KEMAC in clear, no MAC) or an Error message. Trust is hop by
+    /// hop: a peer vouches only for responders of its own domain *(ours)*.
     pub async fn peer_resolve(&self, peer: &str, body: &[u8], now: Duration, zn: &dyn Zn) -> Reply {
         let m = match Self::decode(body, DataType::RESOLVE_INIT_PSK) {
             Ok(m) => m,
@@ -489,6 +490,9 @@ impl Kms {
     async fn peer_resolve_inner(&self, peer: &str, m: &Message, now: Duration, zn: &dyn Zn) -> Result<Vec<u8>, KmsError> {
         self.fresh(m, now)?;
         let responder = uid_of(m, IdRole::RESPONDER, "IDRr")?;
+        if !responder.domain().eq_ignore_ascii_case(peer) {
+            return Err(rejected(ErrorCode::INVALID_ID, format!("the KMS of {peer} cannot vouch for {responder}")));
+        }
         let ticket = tk::ticket_of(m)?;
         let data = TpData::decode(&ticket.policy.data)?;
         if data.kms.as_deref() != Some(self.cfg.fqdn.as_str()) {

@@ -104,7 +104,7 @@ impl Peers for Link<'_> {
     fn resolve<'a>(&'a self, kms: &'a str, request: Vec<u8>) -> PeerFuture<'a> {
         Box::pin(async move {
             self.1.fetch_add(1, Ordering::SeqCst);
-            let (k, zn, from) = if kms == "kms.a.example" { (&self.0.a, &self.0.zn_a, "kms.b.example") } else { (&self.0.b, &self.0.zn_b, "kms.a.example") };
+            let (k, zn, from) = if kms == "kms.a.example" { (&self.0.a, &self.0.zn_a, "b.example") } else { (&self.0.b, &self.0.zn_b, "a.example") };
             match k.peer_resolve(from, &request, NOW, zn).await {
                 Reply::Response(b) | Reply::Error { message: b, .. } => Ok(b),
                 other => Err(KmsError::Zk(format!("{other:?}"))),
@@ -224,6 +224,21 @@ async fn cross_domain_via_zk_and_refusals() {
     let (ti, _) = alice.transfer_init(&held, &carol.uid.clone(), 5, 5, now, [2; 16]).unwrap();
     let (ri, _) = carol.resolve_init(&ti, 6, now, [3; 16]).unwrap();
     assert_eq!(err_code(w.b.ticket_resolve(&ri, now, &w.zn_b, &NoPeers).await), ErrorCode::INVALID_TICKET);
+
+    // A peer KMS vouches only for its own domain's users.
+    let fwd = Message {
+        header: tk::header(DataType::RESOLVE_INIT_PSK, true, 9, CsIdMap::Empty { n_cs: 0 }),
+        payloads: vec![
+            Payload::T(ntp(now)),
+            tk::randr(RandRole::RESPONDER, &[1; 16]),
+            tk::idr(IdRole::RESPONDER, IdType::NAI, b"carol@b.example"),
+            Payload::Ticket(held.ticket.clone()),
+        ],
+    }
+    .encode()
+    .unwrap();
+    assert_eq!(err_code(w.a.peer_resolve("c.example", &fwd, now, &w.zn_a).await), ErrorCode::INVALID_ID);
+    assert!(matches!(w.a.peer_resolve("b.example", &fwd, now, &w.zn_a).await, Reply::Response(_)));
 
     // A user of the issuing domain not named by the ticket cannot resolve.
     let mut bob = ue("bob@a.example", "kms.a.example");

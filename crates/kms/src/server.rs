@@ -333,23 +333,23 @@ async fn domain_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(d): Pat
     put_scope(&s, Scope::Domain(d), None).await
 }
 
-fn uid_or_400(uid: &str) -> Result<KmsUid, Response> {
-    KmsUid::parse(uid).map_err(|e| text(StatusCode::BAD_REQUEST, &e.to_string()))
+fn bad_uid(e: &KmsError) -> Response {
+    text(StatusCode::BAD_REQUEST, &e.to_string())
 }
 
 async fn user_rules_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>, body: String) -> Response {
     admin!(s, h);
-    match uid_or_400(&uid) {
+    match KmsUid::parse(&uid) {
         Ok(u) => put_scope(&s, Scope::User(u), Some(&body)).await,
-        Err(r) => r,
+        Err(e) => bad_uid(&e),
     }
 }
 
 async fn user_rules_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>) -> Response {
     admin!(s, h);
-    match uid_or_400(&uid) {
+    match KmsUid::parse(&uid) {
         Ok(u) => put_scope(&s, Scope::User(u), None).await,
-        Err(r) => r,
+        Err(e) => bad_uid(&e),
     }
 }
 
@@ -374,9 +374,9 @@ fn yes() -> bool {
 
 async fn user_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>, body: Bytes) -> Response {
     admin!(s, h);
-    let uid = match uid_or_400(&uid) {
+    let uid = match KmsUid::parse(&uid) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(e) => return bad_uid(&e),
     };
     let enabled = if body.is_empty() {
         true
@@ -394,9 +394,9 @@ async fn user_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<S
 
 async fn user_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(uid): Path<String>) -> Response {
     admin!(s, h);
-    let uid = match uid_or_400(&uid) {
+    let uid = match KmsUid::parse(&uid) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(e) => return bad_uid(&e),
     };
     match s.persist.delete_user(&uid, "admin", now_ms()).await {
         Ok(true) => reloaded(&s, text(StatusCode::OK, "removed")).await,

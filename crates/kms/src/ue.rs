@@ -371,7 +371,7 @@ impl Ue {
         let r = Resolved { mpki, tgk, responder, end: data.end, reusable: p.ticket.policy.flags.contains(TicketFlags::J) };
         if r.reusable {
             self.resolved.retain(|_, v| v.end.is_some_and(|e| e > now.as_secs()));
-            self.resolved.insert(p.ticket.ticket_data.clone(), r.clone());
+            self.resolved.insert(p.ticket.ticket_data, r.clone());
         }
         Ok(r)
     }

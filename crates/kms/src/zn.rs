@@ -76,13 +76,13 @@ impl Zn for ZnCache {
                 return Ok(Some(k));
             }
             let got = self.inner.naf_key(btid, now).await?;
-            if let (Some(k), Ok(mut c)) = (&got, self.cache.lock()) {
-                if now < k.expiry {
-                    if c.len() >= 4096 {
-                        c.retain(|_, v| now < v.expiry);
-                    }
-                    c.insert(btid.to_owned(), Arc::clone(k));
+            if let (Some(k), Ok(mut c)) = (&got, self.cache.lock())
+                && now < k.expiry
+            {
+                if c.len() >= 4096 {
+                    c.retain(|_, v| now < v.expiry);
                 }
+                c.insert(btid.to_owned(), Arc::clone(k));
             }
             Ok(got)
         })
