@@ -7,12 +7,13 @@
 //!   derivations of RFC 3830 §4.1.3–4.1.4 and RFC 6043 §5.1.
 //! - [`kemac_crypto`]: KEMAC encryption and MAC (RFC 3830 §4.2.3–4.2.4, §5.2).
 //! - [`srtp_policy`]: the SRTP policy a crypto session + SP payload map to.
-//! - [`psk`], [`ticket`], [`forking`]: sans-IO message builders and verifiers.
+//! - [`psk`], [`ticket`], [`forking`], [`error_message`]: sans-IO message builders and verifiers.
 //!
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
 mod codec;
 mod error;
+pub mod error_message;
 pub mod forking;
 pub mod header;
 pub mod kemac_crypto;

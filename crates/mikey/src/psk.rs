@@ -1,7 +1,8 @@
 //! Sans-IO builder and verifier of the RFC 3830 pre-shared-key I_MESSAGE (§3.1, §5.1):
 //! `HDR, T, RAND, [IDi], [IDr], {SP}, KEMAC`, the KEMAC MAC covering the whole message up
 //! to the MAC field (§5.2). Time comes from the caller; replays are rejected through a
-//! caller-supplied [`ReplayCache`].
+//! caller-supplied [`ReplayCache`]. The verification message R_MESSAGE `HDR, T, [IDr], V`
+//! (§3.1, §5.2) is built by [`build_response`] and checked by [`verify_response`].
 
 use crate::error::{Error, Result};
 use crate::header::{CommonHeader, CsIdMap, SrtpCs};
@@ -143,12 +144,97 @@ pub fn verify_init(
     Ok(VerifiedInit { message, keys })
 }
 
-/// Builds the RFC 3830 error message `HDR, T, ERR` answering a failed message (§5.1.2):
-/// HDR fields copied, data type Error, V = 0.
+/// Builds the unprotected RFC 3830 error message `HDR, T, ERR` answering a failed message
+/// (§5.1.2): HDR fields copied, data type Error, V = 0. For MACed error messages and the
+/// protection rule see [`crate::error_message`].
 pub fn build_error(failed: &CommonHeader, timestamp: Timestamp, code: ErrorCode) -> Result<Vec<u8>> {
-    Message {
-        header: CommonHeader { data_type: DataType::ERROR, v_flag: false, ..failed.clone() },
-        payloads: vec![Payload::T(timestamp), Payload::Err(payload::ErrPayload { code, reserved: 0 })],
+    crate::error_message::build(failed, timestamp, &[code], None)
+}
+
+/// The message keys of a verified I_MESSAGE (RFC 3830 §4.1.4), for its R_MESSAGE and for a
+/// MACed error message answering it, with the KEMAC's MAC algorithm.
+pub fn init_keys(psk: &[u8], init: &Message) -> Result<(MessageKeys, MacAlg)> {
+    let rand = init
+        .find(|p| if let Payload::Rand(r) = p { Some(r.rand.clone()) } else { None })
+        .ok_or_else(|| Error::rejected(ErrorCode::UNSPECIFIED, "no RAND payload"))?;
+    let kemac = init
+        .find(|p| if let Payload::Kemac(k) = p { Some((k.encr_alg, k.mac_alg)) } else { None })
+        .ok_or_else(|| Error::rejected(ErrorCode::UNSPECIFIED, "no KEMAC payload"))?;
+    Ok((MessageKeys::rfc3830(init.header.prf, psk, init.header.csb_id, &rand, kemac.0, kemac.1)?, kemac.1))
+}
+
+fn id_data(m: &Message, nth: usize) -> Option<Vec<u8>> {
+    m.payloads.iter().filter_map(|p| if let Payload::Id(i) = p { Some(i.data.clone()) } else { None }).nth(nth)
+}
+
+/// MAC input of the verification message (RFC 3830 §5.2): the R_MESSAGE up to its MAC
+/// field, then `Identity_i || Identity_r || Timestamp`. Identity_i = ID Data of the
+/// I_MESSAGE's IDi; Identity_r = ID Data of the R_MESSAGE's IDr, else of the I_MESSAGE's IDr;
+/// an absent identity contributes zero octets *(ours)*; Timestamp = the TS value of the
+/// I_MESSAGE's T payload.
+fn response_mac_input(resp: &[u8], resp_msg: &Message, init: &Message, mac_len: usize) -> Result<Vec<u8>> {
+    let t = init
+        .find(|p| if let Payload::T(t) = p { Some(*t) } else { None })
+        .ok_or_else(|| Error::rejected(ErrorCode::UNSPECIFIED, "no T payload in the I_MESSAGE"))?;
+    let mut out = resp.get(..resp.len().saturating_sub(mac_len)).unwrap_or_default().to_vec();
+    out.extend(id_data(init, 0).unwrap_or_default());
+    // In the I_MESSAGE the second ID payload is IDr (RFC 3830 §3.1: `[IDi], [IDr]`).
+    out.extend(id_data(resp_msg, 0).or_else(|| id_data(init, 1)).unwrap_or_default());
+    let len = t.ts_type.value_len().unwrap_or(8);
+    out.extend_from_slice(t.value.to_be_bytes().get(8usize.saturating_sub(len)..).unwrap_or_default());
+    Ok(out)
+}
+
+/// Builds the PSK verification message `R_MESSAGE = HDR, T, [IDr], V` (RFC 3830 §3.1)
+/// answering a verified I_MESSAGE that set the V flag: HDR copied with data type "PSK ver
+/// msg" and V = 0, T = the I_MESSAGE's timestamp, V keyed with the I_MESSAGE's auth_key and
+/// MAC algorithm. An I_MESSAGE without the V flag gets no answer (error).
+pub fn build_response(psk: &[u8], init: &VerifiedInit, id_r: Option<Id>) -> Result<Vec<u8>> {
+    let h = &init.message.header;
+    if !h.v_flag {
+        return Err(Error::encode("R_MESSAGE", "the I_MESSAGE did not request verification (V = 0)"));
     }
-    .encode()
+    let t = init
+        .message
+        .find(|p| if let Payload::T(t) = p { Some(*t) } else { None })
+        .ok_or_else(|| Error::rejected(ErrorCode::UNSPECIFIED, "no T payload"))?;
+    let (keys, mac) = init_keys(psk, &init.message)?;
+    let n = mac.mac_len().ok_or(Error::Unsupported { what: "MAC algorithm", value: u16::from(mac.0) })?;
+    let mut payloads = vec![Payload::T(t)];
+    payloads.extend(id_r.map(Payload::Id));
+    payloads.push(Payload::V(payload::Verification { auth_alg: mac, mac: vec![0; n] }));
+    let msg = Message { header: CommonHeader { data_type: DataType::PSK_RESP, v_flag: false, ..h.clone() }, payloads };
+    let mut bytes = msg.encode()?;
+    let tag = kemac_crypto::mac(mac, &keys.auth_key, &[&response_mac_input(&bytes, &msg, &init.message, n)?])?;
+    bytes.truncate(bytes.len().saturating_sub(n));
+    bytes.extend_from_slice(&tag);
+    Ok(bytes)
+}
+
+/// Initiator side: verifies an R_MESSAGE against the I_MESSAGE it sent (`init`, its exact
+/// bytes): data type, CSB ID, T equal to the I_MESSAGE's, V algorithm equal to the KEMAC's
+/// MAC, then the MAC (constant time). Returns the decoded R_MESSAGE.
+pub fn verify_response(psk: &[u8], init: &[u8], resp: &[u8]) -> Result<Message> {
+    let im = Message::decode(init)?;
+    let rm = Message::decode(resp)?;
+    if rm.header.data_type != DataType::PSK_RESP {
+        return Err(Error::rejected(ErrorCode::INVALID_DT, format!("data type {:?} is not a PSK verification message", rm.header.data_type)));
+    }
+    if rm.header.csb_id != im.header.csb_id || rm.header.prf != im.header.prf {
+        return Err(Error::rejected(ErrorCode::UNSPECIFIED, "R_MESSAGE header does not match the I_MESSAGE"));
+    }
+    let ts = |m: &Message| m.find(|p| if let Payload::T(t) = p { Some(*t) } else { None });
+    if ts(&rm).is_none() || ts(&rm) != ts(&im) {
+        return Err(Error::rejected(ErrorCode::INVALID_TS, "R_MESSAGE timestamp differs from the I_MESSAGE's"));
+    }
+    let (keys, mac) = init_keys(psk, &im)?;
+    let v = match rm.payloads.last() {
+        Some(Payload::V(v)) => v.clone(),
+        _ => return Err(Error::rejected(ErrorCode::AUTH_FAILURE, "V is not the last payload")),
+    };
+    if v.auth_alg != mac {
+        return Err(Error::rejected(ErrorCode::INVALID_MAC, format!("V uses {:?}, the I_MESSAGE {:?}", v.auth_alg, mac)));
+    }
+    kemac_crypto::verify_mac(mac, &keys.auth_key, &[&response_mac_input(resp, &rm, &im, v.mac.len())?], &v.mac)?;
+    Ok(rm)
 }

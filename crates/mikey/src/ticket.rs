@@ -106,7 +106,8 @@ pub fn seal(mut m: Message, auth_key: &[u8], extra: &[&[u8]]) -> Result<Vec<u8>>
     Ok(bytes)
 }
 
-/// Decodes `bytes`, checks the data type, and returns the message with its spans.
+/// Decodes `bytes`, checks the data type, the PRF and the CS ID map type
+/// ([`check_cs_map`]), and returns the message.
 pub fn decode_expect(bytes: &[u8], dt: DataType) -> Result<Message> {
     let m = Message::decode(bytes)?;
     if m.header.data_type != dt {
@@ -115,7 +116,34 @@ pub fn decode_expect(bytes: &[u8], dt: DataType) -> Result<Message> {
     if m.header.prf != PRF {
         return Err(Error::rejected(ErrorCode::INVALID_PRF, format!("PRF {:?} not accepted", m.header.prf)));
     }
+    check_cs_map(&m.header)?;
     Ok(m)
+}
+
+/// CS ID map rule of our profile (RFC 6043 §5.1–§5.3, §6.1.1; docs/ticket-profile.md
+/// decision 15): Ticket Request/Resolve messages carry the Empty map with #CS 0; the Ticket
+/// Transfer carries the GENERIC-ID map. Anything else, notably an SRTP-ID map inside a
+/// Transfer, is refused with ERR 13 "Unsupported message type" *(ours: no RFC code names
+/// the map type)*. Error messages are not checked (they copy the failed header).
+pub fn check_cs_map(h: &CommonHeader) -> Result<()> {
+    let transfer = matches!(h.data_type, DataType::TRANSFER_INIT | DataType::TRANSFER_RESP);
+    let kms = matches!(
+        h.data_type,
+        DataType::REQUEST_INIT_PSK | DataType::REQUEST_INIT_PK | DataType::REQUEST_RESP | DataType::RESOLVE_INIT_PSK | DataType::RESOLVE_INIT_PK | DataType::RESOLVE_RESP
+    );
+    let ok = match &h.cs_map {
+        CsIdMap::GenericId(_) => transfer,
+        CsIdMap::Empty { n_cs: 0 } => kms,
+        CsIdMap::Empty { .. } | CsIdMap::SrtpId(_) => !transfer && !kms,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::rejected(
+            ErrorCode::UNSUPPORTED_MESSAGE,
+            format!("{:?} map not allowed in {:?} (Transfer: GENERIC-ID; Request/Resolve: Empty, #CS 0)", h.cs_map.map_type(), h.data_type),
+        ))
+    }
 }
 
 /// The bytes a final V payload's MAC covers before the Table 5.2 additions, and the MAC.

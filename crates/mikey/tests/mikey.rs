@@ -596,6 +596,71 @@ mod psk_exchange {
     }
 }
 
+mod psk_response {
+    use super::psk_exchange::init;
+    use super::*;
+    use mediasec_mikey::error_message::{self, ErrorKey};
+    use mediasec_mikey::payload::*;
+    use mediasec_mikey::psk::{self, ReplayCache};
+
+    struct NoReplay;
+    impl ReplayCache for NoReplay {
+        fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
+            true
+        }
+    }
+
+    const NOW: u64 = 3_900_000_000;
+
+    #[test]
+    fn psk_r_message_verifies_against_its_i_message_and_detects_tampering() {
+        let psk = [0x11u8; 16];
+        let mut p = init(EncrAlg::AES_CM_128);
+        p.id_r = Some(Id { id_type: IdType::URI, data: b"sip:bob@ims.example.org".to_vec() });
+        let i_msg = psk::build_init(&psk, &p).expect("I_MESSAGE");
+        let v = psk::verify_init(&psk, &i_msg, NOW, 60, &mut NoReplay).expect("verify I");
+        let r_msg = psk::build_response(&psk, &v, p.id_r.clone()).expect("R_MESSAGE");
+        let rm = psk::verify_response(&psk, &i_msg, &r_msg).expect("verify R");
+        assert_eq!(rm.header.data_type, DataType::PSK_RESP);
+        assert_eq!(rm.header.csb_id, p.csb_id);
+        assert!(!rm.header.v_flag);
+        assert!(matches!(rm.payloads.as_slice(), [Payload::T(t), Payload::Id(_), Payload::V(_)] if *t == p.timestamp));
+        assert_eq!(rm.encode().expect("encode"), r_msg);
+        // The MAC is HMAC-SHA-1 with the I_MESSAGE's auth_key over R_MESSAGE (minus MAC) ||
+        // IDi || IDr || the I_MESSAGE's 64-bit timestamp (RFC 3830 §5.2).
+        let k = MessageKeys::rfc3830(p.prf, &psk, p.csb_id, &p.rand, p.encr, p.mac).expect("keys");
+        let (body, tag) = r_msg.split_at(r_msg.len() - 20);
+        let ts = (NOW << 32).to_be_bytes();
+        let expect = kemac_crypto::mac(MacAlg::HMAC_SHA_1_160, &k.auth_key, &[body, b"sip:alice@ims.example.org", b"sip:bob@ims.example.org", &ts]).expect("mac");
+        assert_eq!(tag, expect.as_slice());
+        // Wrong PSK, another I_MESSAGE, any flipped byte: rejected.
+        assert_eq!(psk::verify_response(&[0u8; 16], &i_msg, &r_msg).expect_err("psk").err_code(), ErrorCode::AUTH_FAILURE);
+        let mut p2 = p.clone();
+        p2.timestamp.value += 1 << 32;
+        let other = psk::build_init(&psk, &p2).expect("I2");
+        assert!(psk::verify_response(&psk, &other, &r_msg).is_err());
+        for i in 0..r_msg.len() {
+            let mut t = r_msg.clone();
+            t[i] ^= 0x01;
+            assert!(psk::verify_response(&psk, &i_msg, &t).is_err(), "tampered byte {i} accepted");
+        }
+        // Without the V flag there is no R_MESSAGE.
+        p2.v_flag = false;
+        let quiet = psk::build_init(&psk, &p2).expect("I3");
+        let vq = psk::verify_init(&psk, &quiet, NOW + 1, 60, &mut NoReplay).expect("verify");
+        assert!(psk::build_response(&psk, &vq, None).is_err());
+        // A failure after the I_MESSAGE verified (say its SP is refused) is answered with a
+        // MACed error the initiator authenticates with the same keys.
+        let (keys, mac) = psk::init_keys(&psk, &v.message).expect("keys");
+        let e = mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_SPPAR, reason: "SRTP policy refused".into() };
+        let key = ErrorKey { mac, auth_key: &keys.auth_key };
+        let err = error_message::reply(&v.message.header, p.timestamp, &e, Some(key)).expect("error");
+        let report = error_message::verify(&err, Some(key)).expect("verify error");
+        assert!(report.is_authenticated());
+        assert_eq!(report.codes(), [ErrorCode::INVALID_SPPAR]);
+    }
+}
+
 mod tshark_oracle {
     use super::*;
     use mediasec_mikey::payload::*;
@@ -741,6 +806,7 @@ mod tshark_oracle {
 /// In-process MIKEY-TICKET exchange: initiator, KMS logic stub (test only), responder.
 mod ticket_exchange {
     use super::*;
+    use mediasec_mikey::error_message::{self, ErrorReport};
     use mediasec_mikey::forking::{self, ForkModifier};
     use mediasec_mikey::payload::*;
     use mediasec_mikey::psk::{ReplayCache, build_error};
@@ -891,11 +957,28 @@ mod ticket_exchange {
 
     // ---- KMS logic stub --------------------------------------------------------------
     fn kms_request(req: &[u8]) -> Result<Vec<u8>, Error> {
+        kms_request_keyed(req, &mut None)
+    }
+
+    /// The KMS answer to a REQUEST_INIT: REQUEST_RESP, or an error message, MACed with the
+    /// response key once the request's MAC verified (`error_message::reply`).
+    fn kms_answer(req: &[u8]) -> Vec<u8> {
+        let mut verified = None;
+        kms_request_keyed(req, &mut verified).unwrap_or_else(|e| {
+            let hdr = Message::decode(req).expect("the tests only send decodable requests").header;
+            let key = verified.as_ref().map(|k: &Vec<u8>| error_message::ErrorKey { mac: tk::MAC, auth_key: k });
+            error_message::reply(&hdr, ts(1), &e, key).expect("error message")
+        })
+    }
+
+    /// `verified` receives the response auth_key as soon as the request's MAC verified.
+    fn kms_request_keyed(req: &[u8], verified: &mut Option<Vec<u8>>) -> Result<Vec<u8>, Error> {
         let m = tk::decode_expect(req, DataType::REQUEST_INIT_PSK)?;
         let psk = psk_for(&tk::id_of(&m, IdRole::PSK))?;
         let randri = tk::rand_of(&m, RandRole::INITIATOR).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRi".into() })?;
         let k = tk::message_keys(&psk, m.header.csb_id, Direction::Initial, Some(&randri), None)?;
         tk::verify_v(req, &k.auth_key, &[&tk::id_of(&m, IdRole::INITIATOR), &tk::id_of(&m, IdRole::KMS)])?;
+        *verified = Some(tk::message_keys(&psk, m.header.csb_id, Direction::Response, Some(&randri), None)?.auth_key.to_vec());
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let tp = m.find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: "no TP".into() })?;
         tp.flags.check().map_err(|e| Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: e.into() })?;
@@ -1186,5 +1269,73 @@ mod ticket_exchange {
         });
         tamper_all(&rr_b, "RESOLVE_RESP(I)", |b| responder_finish(&ti, &ri_b, b, BOB).map(drop));
         tamper_all(&tr_b, "TRANSFER_RESP(I)", |b| handle_transfer_resp(&ti, &g, b).map(drop));
+    }
+
+    #[test]
+    fn errors_after_the_mac_verified_are_macd_and_tell_authenticated_from_not() {
+        // I without E violates RFC 6043 §6.10; the KMS finds it after the MAC verified.
+        let bad = TicketFlags(flags().0 & !TicketFlags::E.0).with(TicketFlags::I);
+        let req = request_init_with(bad, &[BOB.id]);
+        let err = kms_answer(&req);
+        let rk = tk::message_keys(&PSK_I, 0x0a0b_0c0d, Direction::Response, Some(&RANDRI), None).expect("keys");
+        let key = error_message::ErrorKey { mac: tk::MAC, auth_key: &rk.auth_key };
+        let report = error_message::verify(&err, Some(key)).expect("authenticated error");
+        assert!(report.is_authenticated());
+        assert_eq!(report.codes(), [ErrorCode::INVALID_TPPAR]);
+        let m = Message::decode(&err).expect("decode");
+        assert_eq!(m.header.data_type, DataType::ERROR);
+        assert_eq!(m.header.csb_id, 0x0a0b_0c0d);
+        assert!(!m.header.v_flag);
+        assert!(matches!(m.payloads.as_slice(), [Payload::T(_), Payload::Err(_), Payload::V(_)]));
+        // Without the key the same message is only a hint.
+        assert!(!error_message::verify(&err, None).expect("unchecked").is_authenticated());
+        // A wrong key, or any flipped byte, never yields an authenticated report.
+        let wrong = error_message::ErrorKey { mac: tk::MAC, auth_key: &[0u8; 32] };
+        assert_eq!(error_message::verify(&err, Some(wrong)).expect_err("wrong key").err_code(), ErrorCode::AUTH_FAILURE);
+        for i in 0..err.len() {
+            let mut t = err.clone();
+            t[i] ^= 0x01;
+            match error_message::verify(&t, Some(key)) {
+                Err(_) | Ok(ErrorReport::Unauthenticated { .. }) => {}
+                Ok(r) => panic!("tampered byte {i} gave an authenticated report {r:?}"),
+            }
+        }
+        // An authentication failure is answered unprotected, and the client can tell.
+        let mut tampered = request_init();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x80;
+        let err = kms_answer(&tampered);
+        let report = error_message::verify(&err, Some(key)).expect("unprotected error");
+        assert!(matches!(&report, ErrorReport::Unauthenticated { codes, .. } if codes == &[ErrorCode::AUTH_FAILURE]));
+        // An error message is never answered with an error message.
+        let hdr = Message::decode(&err).expect("err").header;
+        assert!(build_error(&hdr, ts(2), ErrorCode::UNSPECIFIED).is_err());
+    }
+
+    #[test]
+    fn srtp_id_map_in_a_ticket_transfer_is_refused() {
+        let req = request_init();
+        let g = handle_request_resp(&req, &kms_request(&req).expect("KMS")).expect("I");
+        let ti = Message::decode(&transfer_init(&g)).expect("ti");
+        let mut m = ti.clone();
+        m.payloads.pop(); // V, re-sealed below
+        m.header.cs_map = CsIdMap::SrtpId(vec![mediasec_mikey::SrtpCs { policy_no: 0, ssrc: SSRC, roc: 0 }]);
+        let k = tk::message_keys(&g.mpki, m.header.csb_id, Direction::Initial, Some(&RANDRI2), None).expect("keys");
+        let srtp_id = tk::seal(m, &k.auth_key, &[ID_I, BOB.id]).expect("seal");
+        // Refused by the responder before it contacts the KMS, with ERR 13.
+        let e = resolve_init(&srtp_id, BOB).expect_err("SRTP-ID map");
+        assert_eq!(e.err_code(), ErrorCode::UNSUPPORTED_MESSAGE);
+        assert!(e.to_string().contains("SRTP-ID"), "{e}");
+        // The same rule for TRANSFER_RESP, and the Empty map is for KMS exchanges only.
+        let mut h = ti.header.clone();
+        h.data_type = DataType::TRANSFER_RESP;
+        h.cs_map = CsIdMap::SrtpId(Vec::new());
+        assert_eq!(tk::check_cs_map(&h).expect_err("resp").err_code(), ErrorCode::UNSUPPORTED_MESSAGE);
+        h.cs_map = CsIdMap::Empty { n_cs: 0 };
+        assert!(tk::check_cs_map(&h).is_err());
+        h.data_type = DataType::RESOLVE_INIT_PSK;
+        tk::check_cs_map(&h).expect("Empty map in a KMS exchange");
+        h.cs_map = ti.header.cs_map;
+        assert!(tk::check_cs_map(&h).is_err());
     }
 }
