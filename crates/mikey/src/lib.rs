@@ -7,7 +7,7 @@
 //!   derivations of RFC 3830 §4.1.3–4.1.4 and RFC 6043 §5.1.
 //! - [`kemac_crypto`]: KEMAC encryption and MAC (RFC 3830 §4.2.3–4.2.4, §5.2).
 //! - [`srtp_policy`]: the SRTP policy a crypto session + SP payload map to.
-//! - [`psk`], [`ticket`], [`forking`], [`error_message`]: sans-IO message builders and verifiers.
+//! - [`psk`], [`ticket`], [`forking`], [`pk`], [`error_message`]: sans-IO message builders and verifiers.
 //!
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
@@ -20,6 +20,7 @@ pub mod kemac_crypto;
 pub mod keys;
 mod message;
 pub mod payload;
+pub mod pk;
 pub mod prf;
 pub mod psk;
 pub mod registry;

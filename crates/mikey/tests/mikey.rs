@@ -896,8 +896,13 @@ mod ticket_exchange {
     }
 
     fn handle_request_resp(req: &[u8], resp: &[u8]) -> Result<Granted, Error> {
+        handle_request_resp_with(&PSK_I, req, resp)
+    }
+
+    /// `inkey`: the PSK, or the env_key of a REQUEST_INIT_PK.
+    fn handle_request_resp_with(inkey: &[u8], req: &[u8], resp: &[u8]) -> Result<Granted, Error> {
         let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
-        let k = tk::message_keys(&PSK_I, m.header.csb_id, Direction::Response, Some(&RANDRI), None)?;
+        let k = tk::message_keys(inkey, m.header.csb_id, Direction::Response, Some(&RANDRI), None)?;
         tk::verify_v(resp, &k.auth_key, &[req])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let ticket = tk::ticket_of(&m)?;
@@ -980,16 +985,22 @@ mod ticket_exchange {
         tk::verify_v(req, &k.auth_key, &[&tk::id_of(&m, IdRole::INITIATOR), &tk::id_of(&m, IdRole::KMS)])?;
         *verified = Some(tk::message_keys(&psk, m.header.csb_id, Direction::Response, Some(&randri), None)?.auth_key.to_vec());
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
+        kms_issue(&m, &psk, req)
+    }
+
+    /// Checks the TP, issues the ticket and builds REQUEST_RESP keyed from `inkey` (PSK or env_key).
+    fn kms_issue(m: &Message, inkey: &[u8], req: &[u8]) -> Result<Vec<u8>, Error> {
+        let randri = tk::rand_of(m, RandRole::INITIATOR).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRi".into() })?;
         let tp = m.find(|p| if let Payload::Tp(t) = p { Some(t.clone()) } else { None }).ok_or(Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: "no TP".into() })?;
         tp.flags.check().map_err(|e| Error::Rejected { code: ErrorCode::INVALID_TPPAR, reason: e.into() })?;
         let content = TicketContent { mpk: vec![0x4d; 16], keys: vec![tk::key(KeyType::TGK, &[0x7b; 16], &MKI)] };
         let ticket = tk::issue_ticket(tp, &TPK, TPK_ID, ts(0), &[0x99; 16], &content)?;
-        let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, Some(&randri), None)?;
+        let rk = tk::message_keys(inkey, m.header.csb_id, Direction::Response, Some(&randri), None)?;
         let t = ts(0);
         let keys = forking::request_resp_keys(&content, &[0x99; 16], &TPK_ID.to_be_bytes(), forking::is_forking(&ticket))?;
         let kem = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let resp = Message {
-            header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header },
+            header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header.clone() },
             payloads: vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), Payload::Ticket(ticket), kem],
         };
         tk::seal(resp, &rk.auth_key, &[req])
@@ -1004,7 +1015,14 @@ mod ticket_exchange {
         let id_r = tk::id_of(&m, IdRole::RESPONDER);
         tk::verify_v(ri, &k.auth_key, &[&id_r, &tk::id_of(&m, IdRole::KMS)])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
-        let ticket = tk::ticket_of(&m)?;
+        kms_resolve_verified(&m, &psk, ri, randrkms)
+    }
+
+    /// Opens and authorises the ticket of a verified RESOLVE_INIT; RESOLVE_RESP keyed from `inkey`.
+    fn kms_resolve_verified(m: &Message, inkey: &[u8], ri: &[u8], randrkms: &[u8]) -> Result<Vec<u8>, Error> {
+        let randrr = tk::rand_of(m, RandRole::RESPONDER).ok_or(Error::Rejected { code: ErrorCode::UNSPECIFIED, reason: "RANDRr".into() })?;
+        let id_r = tk::id_of(m, IdRole::RESPONDER);
+        let ticket = tk::ticket_of(m)?;
         let content = tk::open_ticket(&ticket, |id| (id == TPK_ID).then(|| TPK.to_vec()))?;
         let allowed = decode_first_payload_chain(&ticket.policy.data, 0)?
             .iter()
@@ -1020,12 +1038,12 @@ mod ticket_exchange {
         }
         let fork = ForkModifier { id_r, id_type: IdType::NAI, randrkms: forks.then(|| randrkms.to_vec()) };
         let keys = forking::resolve_resp_keys(&content, &rand, &TPK_ID.to_be_bytes(), forks.then_some(&fork))?;
-        let rk = tk::message_keys(&psk, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
+        let rk = tk::message_keys(inkey, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
         let t = ts(2);
         let kem = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let mut payloads = vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, ID_KMS), kem];
         payloads.extend(fork.payloads());
-        let resp = Message { header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header }, payloads };
+        let resp = Message { header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() }, payloads };
         tk::seal(resp, &rk.auth_key, &[ri])
     }
 
@@ -1060,8 +1078,13 @@ mod ticket_exchange {
     }
 
     fn responder_resolve(ti: &[u8], ri: &[u8], rr: &[u8], r: Responder) -> Result<(Resolved, Message), Error> {
+        responder_resolve_with(&r.psk, ti, ri, rr, r)
+    }
+
+    /// `inkey`: the responder's PSK, or the env_key of its RESOLVE_INIT_PK.
+    fn responder_resolve_with(inkey: &[u8], ti: &[u8], ri: &[u8], rr: &[u8], r: Responder) -> Result<(Resolved, Message), Error> {
         let m = tk::decode_expect(rr, DataType::RESOLVE_RESP)?;
-        let k = tk::message_keys(&r.psk, m.header.csb_id, Direction::Response, None, Some(&r.randrr))?;
+        let k = tk::message_keys(inkey, m.header.csb_id, Direction::Response, None, Some(&r.randrr))?;
         tk::verify_v(rr, &k.auth_key, &[ri])?;
         tk::check_fresh(&m, NOW, SKEW, &mut Cache::default())?;
         let keys = tk::open_kemac(&m, &k, m.header.csb_id)?;
@@ -1123,6 +1146,7 @@ mod ticket_exchange {
                 | ErrorCode::INVALID_EA
                 | ErrorCode::INVALID_TS
                 | ErrorCode::INVALID_ID
+                | ErrorCode::INVALID_CERT
                 | ErrorCode::INVALID_TICKET
                 | ErrorCode::INVALID_TPPAR
                 | ErrorCode::INVALID_SP
@@ -1337,5 +1361,119 @@ mod ticket_exchange {
         tk::check_cs_map(&h).expect("Empty map in a KMS exchange");
         h.cs_map = ti.header.cs_map;
         assert!(tk::check_cs_map(&h).is_err());
+    }
+
+    mod pk {
+        use super::*;
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::rsa::{KeyPair, KeySize, PrivateDecryptingKey};
+        use mediasec_mikey::pk;
+
+        const KMS_CERT: &[u8] = b"DER of the KMS encryption certificate";
+
+        struct Keys {
+            kms_pkcs8: Vec<u8>,
+            kms_spki: Vec<u8>,
+            alice: KeyPair,
+            bob: KeyPair,
+        }
+
+        fn keys() -> Keys {
+            let kms = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("kms key");
+            Keys {
+                kms_pkcs8: kms.as_der().expect("pkcs8").as_ref().to_vec(),
+                kms_spki: kms.public_key().as_der().expect("spki").as_ref().to_vec(),
+                alice: KeyPair::generate(KeySize::Rsa2048).expect("alice"),
+                bob: KeyPair::generate(KeySize::Rsa2048).expect("bob"),
+            }
+        }
+
+        fn request_init_pk(k: &Keys, env_key: &[u8], sig: SignatureType) -> Vec<u8> {
+            let psk_form = Message::decode(&request_init()).expect("psk form");
+            let mut payloads: Vec<Payload> = psk_form.payloads.into_iter().filter(|p| !matches!(p, Payload::V(_) | Payload::Idr(Idr { role: IdRole::PSK, .. }))).collect();
+            payloads.insert(3, pk::cert(b"DER of alice's certificate"));
+            payloads.push(pk::chash(KMS_CERT));
+            let m = Message { header: tk::header(DataType::REQUEST_INIT_PK, true, 0x0a0b_0c0d, CsIdMap::Empty { n_cs: 0 }), payloads };
+            pk::seal_pk(m, env_key, &k.kms_spki, &k.alice, sig, &[ID_I, ID_KMS]).expect("seal")
+        }
+
+        /// KMS: signer keys by identity (the test's PKI), CHASH must name our certificate.
+        fn kms_open(k: &Keys, bytes: &[u8], dt: DataType, role: IdRole) -> Result<pk::OpenedPk, Error> {
+            let registered = |m: &Message| match tk::id_of(m, role).as_slice() {
+                ID_I => Some(pk::public_key_der(&k.alice)),
+                id if id == BOB.id => Some(pk::public_key_der(&k.bob)),
+                _ => None,
+            };
+            let o = pk::open_pk(bytes, dt, &k.kms_pkcs8, registered, |m| vec![tk::id_of(m, role), tk::id_of(m, IdRole::KMS)])?;
+            if o.message.find(|p| if let Payload::Chash(c) = p { Some(c.clone()) } else { None }) != Some(match pk::chash(KMS_CERT) {
+                Payload::Chash(c) => c,
+                _ => unreachable!(),
+            }) {
+                return Err(Error::Rejected { code: ErrorCode::INVALID_CERT, reason: "CHASH names another KMS certificate".into() });
+            }
+            tk::check_fresh(&o.message, NOW, SKEW, &mut Cache::default())?;
+            Ok(o)
+        }
+
+        #[test]
+        fn pk_request_and_resolve_sign_encrypt_and_reject_tampering() {
+            let k = keys();
+            let env_i = [0xE1u8; 16];
+            for sig in [SignatureType::RSA_PKCS1_V1_5, SignatureType::RSA_PSS] {
+                let req = request_init_pk(&k, &env_i, sig);
+                let m = Message::decode(&req).expect("decode");
+                assert_eq!(m.encode().expect("encode"), req);
+                assert!(matches!(m.payloads.as_slice(), [Payload::T(_), Payload::Randr(_), Payload::Idr(_), Payload::Cert(_), Payload::Idr(_), Payload::Tp(_), Payload::Chash(_), Payload::Pke(_), Payload::Sign(s)] if s.sig_type == sig && s.signature.len() == 256));
+                let o = kms_open(&k, &req, DataType::REQUEST_INIT_PK, IdRole::INITIATOR).expect("KMS opens");
+                assert_eq!(o.env_key.as_slice(), env_i);
+                // REQUEST_RESP keyed from the env_key: the initiator gets its ticket and keys.
+                let resp = kms_issue(&o.message, &o.env_key, &req).expect("issue");
+                let g = handle_request_resp_with(&env_i, &req, &resp).expect("I: REQUEST_RESP");
+                assert_eq!(g.tgk.key, [0x7b; 16]);
+            }
+            let req = request_init_pk(&k, &env_i, SignatureType::RSA_PKCS1_V1_5);
+            // Wrong KMS key: the PKE does not decrypt (signature still fine) → Auth failure.
+            let other = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("other");
+            let wrong = Keys { kms_pkcs8: other.as_der().expect("der").as_ref().to_vec(), kms_spki: k.kms_spki.clone(), alice: KeyPair::generate(KeySize::Rsa2048).expect("a"), bob: KeyPair::generate(KeySize::Rsa2048).expect("b") };
+            let e = pk::open_pk(&req, DataType::REQUEST_INIT_PK, &wrong.kms_pkcs8, |_| Some(pk::public_key_der(&k.alice)), |m| vec![tk::id_of(m, IdRole::INITIATOR), tk::id_of(m, IdRole::KMS)]).expect_err("wrong KMS key");
+            assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE);
+            // Signed by someone else than the registered key → Auth failure; unknown signer → Invalid Cert.
+            let e = pk::open_pk(&req, DataType::REQUEST_INIT_PK, &k.kms_pkcs8, |_| Some(pk::public_key_der(&k.bob)), |_| Vec::new()).expect_err("wrong signer");
+            assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE);
+            let e = pk::open_pk(&req, DataType::REQUEST_INIT_PK, &k.kms_pkcs8, |_| None, |_| Vec::new()).expect_err("unknown signer");
+            assert_eq!(e.err_code(), ErrorCode::INVALID_CERT);
+            // The identities are signed too (Table 5.2).
+            let e = pk::open_pk(&req, DataType::REQUEST_INIT_PK, &k.kms_pkcs8, |_| Some(pk::public_key_der(&k.alice)), |_| vec![b"mallory@x".to_vec()]).expect_err("identities");
+            assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE);
+            // ECCSI cannot be produced here.
+            let m = Message::decode(&req).expect("decode");
+            let mut unsigned = m;
+            unsigned.payloads.truncate(unsigned.payloads.len() - 2);
+            assert!(matches!(pk::seal_pk(unsigned, &env_i, &k.kms_spki, &k.alice, SignatureType::ECCSI, &[]), Err(Error::Unsupported { .. })));
+            // Tampered signature, and any flipped byte of the message: rejected with an ERR code.
+            let mut sig = req.clone();
+            let last = sig.len() - 1;
+            sig[last] ^= 0x01;
+            assert_eq!(kms_open(&k, &sig, DataType::REQUEST_INIT_PK, IdRole::INITIATOR).expect_err("signature").err_code(), ErrorCode::AUTH_FAILURE);
+            tamper_all(&req, "REQUEST_INIT_PK", |b| kms_open(&k, b, DataType::REQUEST_INIT_PK, IdRole::INITIATOR).map(drop));
+
+            // RESOLVE_INIT_PK: Bob resolves the (PSK-requested) ticket with a signature.
+            let req = request_init();
+            let g = handle_request_resp(&req, &kms_request(&req).expect("KMS")).expect("I");
+            let ti = transfer_init(&g);
+            let psk_form = Message::decode(&resolve_init(&ti, BOB).expect("ri")).expect("decode");
+            let payloads: Vec<Payload> = psk_form.payloads.into_iter().filter(|p| !matches!(p, Payload::V(_) | Payload::Idr(Idr { role: IdRole::PSK, .. }))).chain([pk::chash(KMS_CERT)]).collect();
+            let env_r = [0xE2u8; 16];
+            let m = Message { header: tk::header(DataType::RESOLVE_INIT_PK, true, 0x7777_0001, CsIdMap::Empty { n_cs: 0 }), payloads };
+            let ri = pk::seal_pk(m, &env_r, &k.kms_spki, &k.bob, SignatureType::RSA_PSS, &[BOB.id, ID_KMS]).expect("seal");
+            let o = kms_open(&k, &ri, DataType::RESOLVE_INIT_PK, IdRole::RESPONDER).expect("KMS opens");
+            assert_eq!(o.env_key.as_slice(), env_r);
+            let rr = kms_resolve_verified(&o.message, &o.env_key, &ri, &BOB.randrkms).expect("resolve");
+            let (res, _) = responder_resolve_with(&env_r, &ti, &ri, &rr, BOB).expect("R: RESOLVE_RESP");
+            assert_eq!(res.tgk.key, [0x7b; 16]);
+            // Alice's key cannot sign for Bob; the data type must match.
+            assert_eq!(kms_open(&k, &ri, DataType::REQUEST_INIT_PK, IdRole::RESPONDER).expect_err("dt").err_code(), ErrorCode::INVALID_DT);
+            tamper_all(&ri, "RESOLVE_INIT_PK", |b| kms_open(&k, b, DataType::RESOLVE_INIT_PK, IdRole::RESPONDER).map(drop));
+        }
     }
 }
