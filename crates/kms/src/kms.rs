@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::CsIdMap;
 use mediasec_mikey::keys::Direction;
 use mediasec_mikey::payload::{BaseTicketData, KeyData, Kemac, Ticket, TicketFlags, TicketPolicy, decode_payloads, encode_payloads};
@@ -168,12 +169,20 @@ fn key_id_of(ticket: &Ticket) -> Result<u32, KmsError> {
     <[u8; 4]>::try_from(td.thdr_data.as_slice()).map(u32::from_be_bytes).map_err(|_| rejected(ErrorCode::INVALID_TICKET, "THDR is not a key id"))
 }
 
-/// Keys of a resolved ticket as carried in RESOLVE_RESP: `MPKi || TGKs` (RFC 6043 §5.2).
-fn resolved_keys(ticket: &Ticket, content: &TicketContent) -> Result<Vec<KeyData>, KmsError> {
-    let (mpki, _) = tk::mpk_i_r(&content.mpk, &rand_payload(ticket)?)?;
-    let mut keys = vec![tk::key(KeyType::MPK, &mpki, &key_id_of(ticket)?.to_be_bytes())];
-    keys.extend(content.keys.iter().cloned());
-    Ok(keys)
+/// Keys of a resolved ticket for `responder`: `MPKi || [MPKr'] || TGK(')` (RFC 6043 §5.3),
+/// forked to the responder's identity and a fresh RANDRkms when the ticket has the I flag
+/// (after checking the Initiator Data Vr, §6.11). Returns the keys and the modifier whose
+/// IDRr (and RANDRkms) the RESOLVE_RESP carries.
+fn resolved_keys(ticket: &Ticket, content: &TicketContent, responder: &KmsUid, randrkms: [u8; 16]) -> Result<(Vec<KeyData>, ForkModifier), KmsError> {
+    let rand = rand_payload(ticket)?;
+    let forks = forking::is_forking(ticket);
+    if forks {
+        let (_, mpkr) = tk::mpk_i_r(&content.mpk, &rand)?;
+        forking::verify_initiator_data(ticket, &mpkr)?;
+    }
+    let fork = ForkModifier { id_r: responder.as_str().as_bytes().to_vec(), id_type: IdType::NAI, randrkms: forks.then(|| randrkms.to_vec()) };
+    let keys = forking::resolve_resp_keys(content, &rand, &key_id_of(ticket)?.to_be_bytes(), forks.then_some(&fork))?;
+    Ok((keys, fork))
 }
 
 impl Kms {
@@ -314,10 +323,13 @@ impl Kms {
             forking: tp.flags.contains(TicketFlags::I),
             end: asked.end,
         };
-        let granted = self.policies().effective(&requester).grant(&req, now.as_secs(), false)?;
+        let granted = self.policies().effective(&requester).grant(&req, now.as_secs(), true)?;
         let mut flags = TicketFlags(tp.flags.0 & !(TicketFlags::J.0 | TicketFlags::I.0));
         if granted.reusable {
             flags = flags.with(TicketFlags::J);
+        }
+        if granted.forking {
+            flags = flags.with(TicketFlags::I);
         }
         if granted.changed {
             flags = flags.with(TicketFlags::K);
@@ -340,7 +352,7 @@ impl Kms {
         let content = TicketContent { mpk: mpk.to_vec(), keys: vec![tk::key(KeyType::TGK, &*tgk, &TGK_SPI)] };
         let t = ntp(now);
         let ticket = tk::issue_ticket(policy, &tpk, tpk_entry.id, t, &*rand, &content)?;
-        let keys = resolved_keys(&ticket, &content)?;
+        let keys = forking::request_resp_keys(&content, &*rand, &tpk_entry.id.to_be_bytes(), granted.forking)?;
         let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, Some(&randri), None)?;
         let kemac = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let resp = Message {
@@ -372,7 +384,7 @@ impl Kms {
             .cloned()
             .ok_or_else(|| rejected(ErrorCode::INVALID_ID, "none of the requester's KMS UIDs is an allowed recipient of the ticket"))?;
         let issuer = data.kms.clone().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "ticket names no KMS (IDRkms)"))?;
-        let keys = if issuer == self.cfg.fqdn {
+        let (keys, fork) = if issuer == self.cfg.fqdn {
             self.open_local(&ticket, &data, &matched, now, zn).await?
         } else {
             self.forward(peers, &issuer, m, &ticket, &matched, &randrr, now).await?
@@ -380,23 +392,17 @@ impl Kms {
         let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
         let t = ntp(now);
         let kemac = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
-        let resp = Message {
-            header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() },
-            payloads: vec![
-                Payload::T(t),
-                tk::idr(IdRole::KMS, IdType::NAI, self.cfg.fqdn.as_bytes()),
-                kemac,
-                tk::idr(IdRole::RESPONDER, IdType::NAI, matched.as_str().as_bytes()),
-            ],
-        };
-        debug!(responder = %matched, %issuer, "ticket resolved");
+        let mut payloads = vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, self.cfg.fqdn.as_bytes()), kemac];
+        payloads.extend(fork.payloads());
+        let resp = Message { header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() }, payloads };
+        debug!(responder = %matched, %issuer, forked = fork.randrkms.is_some(), "ticket resolved");
         Ok(tk::seal(resp, &rk.auth_key, &[body])?)
     }
 
     /// Opens a ticket this KMS can open: a KMS-made ticket under a ring key, or a UE-made
     /// (mode 3) ticket under its creator's Ks_NAF when the creator's policy allows mode 3
     /// and allows calling `responder`.
-    async fn open_local(&self, ticket: &Ticket, data: &TpData, responder: &KmsUid, now: Duration, zn: &dyn Zn) -> Result<Vec<KeyData>, KmsError> {
+    async fn open_local(&self, ticket: &Ticket, data: &TpData, responder: &KmsUid, now: Duration, zn: &dyn Zn) -> Result<(Vec<KeyData>, ForkModifier), KmsError> {
         let now_s = now.as_secs();
         if data.end.is_some_and(|e| e < now_s) {
             return Err(rejected(ErrorCode::INVALID_TICKET, "ticket expired"));
@@ -427,13 +433,13 @@ impl Kms {
             let key = nk.ks_naf.to_vec();
             tk::open_ticket(ticket, |id| (id == MODE3_KEY_ID).then(|| key.clone()))?
         };
-        resolved_keys(ticket, &content)
+        resolved_keys(ticket, &content, responder, *self.random::<16>())
     }
 
     /// KMS_R side of B.2.3: re-sends the resolve, unprotected, to the issuing KMS over Zk
     /// (mutually authenticated TLS) with the same TICKET and the matching KMS UID as IDRr.
     #[allow(clippy::too_many_arguments)]
-    async fn forward(&self, peers: &dyn Peers, issuer: &str, m: &Message, ticket: &Ticket, responder: &KmsUid, randrr: &[u8], now: Duration) -> Result<Vec<KeyData>, KmsError> {
+    async fn forward(&self, peers: &dyn Peers, issuer: &str, m: &Message, ticket: &Ticket, responder: &KmsUid, randrr: &[u8], now: Duration) -> Result<(Vec<KeyData>, ForkModifier), KmsError> {
         if !peers.knows(issuer) {
             return Err(rejected(ErrorCode::INVALID_TICKET, format!("ticket issued by {issuer}, which is not a Zk peer")));
         }
@@ -457,21 +463,23 @@ impl Kms {
         if r.header.data_type != DataType::RESOLVE_RESP || r.header.csb_id != m.header.csb_id {
             return Err(rejected(ErrorCode::UNSPECIFIED, format!("peer KMS {issuer} answered {:?}", r.header.data_type)));
         }
-        if tk::id_of(&r, IdRole::RESPONDER) != responder.as_str().as_bytes() {
-            return Err(rejected(ErrorCode::UNSPECIFIED, format!("peer KMS {issuer} answered for another responder")));
+        let fork = ForkModifier::of(&r)?;
+        if fork.id_r != responder.as_str().as_bytes() || fork.randrkms.is_some() != forking::is_forking(ticket) {
+            return Err(rejected(ErrorCode::UNSPECIFIED, format!("peer KMS {issuer} answered for another responder or fork")));
         }
         let kemac = r
             .find(|p| if let Payload::Kemac(k) = p { Some(k.clone()) } else { None })
             .filter(|k| k.encr_alg == EncrAlg::NULL)
             .ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, format!("peer KMS {issuer}: no clear KEMAC")))?;
         let keys = Zeroizing::new(kemac.encr_data);
-        decode_payloads(&keys, PayloadType::KEY_DATA, 0)?
+        let keys = decode_payloads(&keys, PayloadType::KEY_DATA, 0)?
             .into_iter()
             .map(|p| match p {
                 Payload::KeyData(k) => Ok(k),
                 _ => Err(rejected(ErrorCode::UNSPECIFIED, format!("peer KMS {issuer}: not key data in KEMAC"))),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((keys, fork))
     }
 
     /// KMS_I side of B.2.3: a RESOLVE_INIT from the KMS of domain `peer` (already
@@ -501,17 +509,12 @@ impl Kms {
         if data.authorised(std::slice::from_ref(&responder)).is_none() {
             return Err(rejected(ErrorCode::INVALID_ID, format!("{responder} (via {peer}) is not an allowed recipient")));
         }
-        let keys = self.open_local(&ticket, &data, &responder, now, zn).await?;
+        let (keys, fork) = self.open_local(&ticket, &data, &responder, now, zn).await?;
         let kemac = Kemac { encr_alg: EncrAlg::NULL, encr_data: encode_payloads(&keys.into_iter().map(Payload::KeyData).collect::<Vec<_>>())?, mac_alg: MacAlg::NULL, mac: Vec::new() };
         debug!(%responder, %peer, "ticket resolved for a peer KMS");
         Ok(Message {
             header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() },
-            payloads: vec![
-                Payload::T(ntp(now)),
-                tk::idr(IdRole::KMS, IdType::NAI, self.cfg.fqdn.as_bytes()),
-                Payload::Kemac(kemac),
-                tk::idr(IdRole::RESPONDER, IdType::NAI, responder.as_str().as_bytes()),
-            ],
+            payloads: [Payload::T(ntp(now)), tk::idr(IdRole::KMS, IdType::NAI, self.cfg.fqdn.as_bytes()), Payload::Kemac(kemac)].into_iter().chain(fork.payloads()).collect(),
         }
         .encode()?)
     }

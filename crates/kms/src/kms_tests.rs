@@ -25,6 +25,7 @@ group_tickets = true
 may_call = ["?@a.example", "?@b.example"]
 [user."alice@a.example"]
 mode3 = true
+forking = true
 [user."bob@a.example"]
 may_call = ["alice@a.example"]
 "#;
@@ -140,7 +141,7 @@ fn err_code(r: Reply) -> ErrorCode {
 }
 
 fn ask(to: &str, reusable: bool) -> Ask {
-    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable, lifetime: 600 }
+    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable, forking: false, lifetime: 600 }
 }
 
 /// One call: initiator `i` (at `ki`) to `r` (at `kr`); returns the responder identity the
@@ -161,7 +162,7 @@ async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, k
         }
     };
     let (tr, m_r) = r.transfer_resp(&resolved, &ti, 0xbbbb, now)?;
-    let (who, m_i) = i.on_transfer_resp(pt, &tr, now)?;
+    let (who, m_i) = i.on_transfer_resp(&pt, &tr, now)?;
     assert_eq!(*m_i.initiator_stream.master_key, *m_r.initiator_stream.master_key);
     assert_eq!(*m_i.responder_stream.master_salt, *m_r.responder_stream.master_salt);
     assert_ne!(*m_i.initiator_stream.master_key, *m_i.responder_stream.master_key);
@@ -226,19 +227,22 @@ async fn cross_domain_via_zk_and_refusals() {
     assert_eq!(err_code(w.b.ticket_resolve(&ri, now, &w.zn_b, &NoPeers).await), ErrorCode::INVALID_TICKET);
 
     // A peer KMS vouches only for its own domain's users.
-    let fwd = Message {
-        header: tk::header(DataType::RESOLVE_INIT_PSK, true, 9, CsIdMap::Empty { n_cs: 0 }),
-        payloads: vec![
-            Payload::T(ntp(now)),
-            tk::randr(RandRole::RESPONDER, &[1; 16]),
-            tk::idr(IdRole::RESPONDER, IdType::NAI, b"carol@b.example"),
-            Payload::Ticket(held.ticket.clone()),
-        ],
-    }
-    .encode()
-    .unwrap();
-    assert_eq!(err_code(w.a.peer_resolve("c.example", &fwd, now, &w.zn_a).await), ErrorCode::INVALID_ID);
-    assert!(matches!(w.a.peer_resolve("b.example", &fwd, now, &w.zn_a).await, Reply::Response(_)));
+    let fwd = |csb: u32| {
+        Message {
+            header: tk::header(DataType::RESOLVE_INIT_PSK, true, csb, CsIdMap::Empty { n_cs: 0 }),
+            payloads: vec![
+                Payload::T(ntp(now)),
+                tk::randr(RandRole::RESPONDER, &[1; 16]),
+                tk::idr(IdRole::RESPONDER, IdType::NAI, b"carol@b.example"),
+                Payload::Ticket(held.ticket.clone()),
+            ],
+        }
+        .encode()
+        .unwrap()
+    };
+    assert_eq!(err_code(w.a.peer_resolve("c.example", &fwd(9), now, &w.zn_a).await), ErrorCode::INVALID_ID);
+    let r = w.a.peer_resolve("b.example", &fwd(10), now, &w.zn_a).await;
+    assert!(matches!(r, Reply::Response(_)), "{r:?}");
 
     // A user of the issuing domain not named by the ticket cannot resolve.
     let mut bob = ue("bob@a.example", "kms.a.example");
@@ -348,4 +352,72 @@ async fn rotation_keeps_old_tickets_resolvable_until_pruned() {
     w.a.set_ring(ring);
     let e = call(&w, &mut alice, &old, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap();
     assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TICKET, .. }), "{e}");
+}
+
+/// Resolves `ti` for `r` at `k` and answers; returns (TRANSFER_RESP, responder's media).
+async fn answer(w: &World, r: &mut Ue, ti: &[u8], k: &Kms, zn: &TableZn, ssrc: u32) -> Result<(Vec<u8>, crate::ue::Media), KmsError> {
+    let (ri, pr) = r.resolve_init(ti, rand_u32(), NOW, [ssrc as u8; 16])?;
+    let link = Link(w, AtomicU32::new(0));
+    let rr = match k.ticket_resolve(&ri, NOW, zn, &link).await {
+        Reply::Response(b) | Reply::Error { message: b, .. } => b,
+        other => return Err(KmsError::Http(format!("{other:?}"))),
+    };
+    let resolved = r.on_resolve_resp(pr, &rr, NOW)?;
+    r.transfer_resp(&resolved, ti, ssrc, NOW)
+}
+
+fn rand_u32() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0x9000);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn forked_call_gives_each_responder_its_own_key() {
+    let w = world();
+    let (mut alice, mut bob, mut dan, mut carol) =
+        (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("dan@a.example", "kms.a.example"), ue("carol@b.example", "kms.b.example"));
+    let a = Ask { recipients: ["bob@a.example", "dan@a.example", "carol@b.example"].iter().map(|p| Pattern::parse(p).unwrap()).collect(), reusable: false, forking: true, lifetime: 600 };
+    let held = request(&w.a, &w.zn_a, &mut alice, &a, 0).await.unwrap();
+    assert!(held.forking() && held.mpkr.is_some() && !held.changed());
+    // One TRANSFER_INIT, forked by the network to three devices (one in another domain).
+    let (ti, pt) = alice.transfer_init(&held, bob_uid(), 0x4242, 0xaaaa, NOW, [7; 16]).unwrap();
+    let (tr_b, m_b) = answer(&w, &mut bob, &ti, &w.a, &w.zn_a, 0xb0b).await.unwrap();
+    let (tr_d, m_d) = answer(&w, &mut dan, &ti, &w.a, &w.zn_a, 0xda0).await.unwrap();
+    let (tr_c, m_c) = answer(&w, &mut carol, &ti, &w.b, &w.zn_b, 0xca0).await.unwrap();
+    let mut keys = Vec::new();
+    for (tr, m_r, who) in [(&tr_b, &m_b, "bob@a.example"), (&tr_d, &m_d, "dan@a.example"), (&tr_c, &m_c, "carol@b.example")] {
+        let (got, m_i) = alice.on_transfer_resp(&pt, tr, NOW).unwrap();
+        assert_eq!(got.as_str(), who);
+        assert_eq!(*m_i.initiator_stream.master_key, *m_r.initiator_stream.master_key, "{who}");
+        assert_eq!(*m_i.responder_stream.master_key, *m_r.responder_stream.master_key, "{who}");
+        keys.push(m_i.initiator_stream.master_key.to_vec());
+    }
+    assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2], "each responder has its own key");
+
+    // Dan cannot answer in Bob's name: he cannot compute Bob's MPKr'.
+    let mut forged = Message::decode(&tr_d).unwrap();
+    for p in forged.payloads.iter_mut() {
+        if let Payload::Idr(i) = p {
+            i.data = b"bob@a.example".to_vec();
+        }
+    }
+    let forged = forged.encode().unwrap();
+    let e = alice.on_transfer_resp(&pt, &forged, NOW).err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. }), "{e}");
+
+    // The KMS checks Vr: Initiator Data not made with MPKr is refused.
+    let mut bad = Message::decode(&ti).unwrap();
+    for p in bad.payloads.iter_mut() {
+        if let Payload::Ticket(t) = p {
+            let n = t.initiator_data.len();
+            t.initiator_data[n - 1] ^= 1;
+        }
+    }
+    let bad = bad.encode().unwrap();
+    let e = answer(&w, &mut ue("bob@a.example", "kms.a.example"), &bad, &w.a, &w.zn_a, 1).await.err().unwrap();
+    assert!(matches!(e, KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. }), "{e}");
+
+    // Without forking in his policy, bob's forking request is narrowed (I cleared, K set).
+    let held = request(&w.a, &w.zn_a, &mut bob, &Ask { forking: true, ..ask("alice@a.example", false) }, 1).await.unwrap();
+    assert!(!held.forking() && held.changed() && held.mpkr.is_none());
 }

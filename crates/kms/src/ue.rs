@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::{CsIdMap, GenericCs};
 use mediasec_mikey::keys::{self, Direction};
 use mediasec_mikey::payload::{KeyData, KeyValidity, PolicyParam, SecurityPolicy, Ticket, TicketFlags, TicketPolicy};
@@ -26,10 +27,17 @@ use crate::keyring::MODE3_KEY_ID;
 use crate::kms::TGK_SPI;
 use crate::tp_data::{TpData, ntp};
 
-/// Flags a UE asks for (docs/ticket-profile.md §7): D E F H N O, plus J for reuse.
-pub fn request_flags(reusable: bool) -> TicketFlags {
-    let f = TicketFlags::D.with(TicketFlags::E).with(TicketFlags::F).with(TicketFlags::H).with(TicketFlags::N).with(TicketFlags::O);
-    if reusable { f.with(TicketFlags::J) } else { f }
+/// Flags a UE asks for (docs/ticket-profile.md §7): D E F H N O, plus J for reuse and I for
+/// key forking.
+pub fn request_flags(reusable: bool, forking: bool) -> TicketFlags {
+    let mut f = TicketFlags::D.with(TicketFlags::E).with(TicketFlags::F).with(TicketFlags::H).with(TicketFlags::N).with(TicketFlags::O);
+    if reusable {
+        f = f.with(TicketFlags::J);
+    }
+    if forking {
+        f = f.with(TicketFlags::I);
+    }
+    f
 }
 
 /// The SP payload a UE offers: AES_CM_128_HMAC_SHA1_80 (RFC 3830 §6.10.1 values).
@@ -61,6 +69,8 @@ pub struct Ask {
     pub recipients: Vec<Pattern>,
     /// Ask for a reusable ticket.
     pub reusable: bool,
+    /// Ask for key forking (each responder gets its own key, RFC 6043 §5.1.1).
+    pub forking: bool,
     /// Requested validity in seconds.
     pub lifetime: u64,
 }
@@ -72,6 +82,8 @@ pub struct HeldTicket {
     pub ticket: Ticket,
     /// MPKi.
     pub mpki: Secret,
+    /// MPKr, when the ticket forks (only the requester has it).
+    pub mpkr: Option<Secret>,
     /// The TGK (with its SPI).
     pub tgk: KeyData,
     /// The granted policy's TP Data.
@@ -82,6 +94,10 @@ impl HeldTicket {
     /// Whether the KMS granted reuse (J flag).
     pub fn reusable(&self) -> bool {
         self.ticket.policy.flags.contains(TicketFlags::J)
+    }
+    /// Whether the ticket forks keys (I flag).
+    pub fn forking(&self) -> bool {
+        forking::is_forking(&self.ticket)
     }
     /// Whether the KMS changed the request (K flag).
     pub fn changed(&self) -> bool {
@@ -94,8 +110,12 @@ impl HeldTicket {
 pub struct Resolved {
     /// MPKi.
     pub mpki: Secret,
-    /// The TGK.
+    /// Key of TRANSFER_RESP's V: MPKr' when the ticket forks, else MPKi.
+    pub resp_key: Secret,
+    /// The TGK (TGK' when forked).
     pub tgk: KeyData,
+    /// IDRr and RANDRkms of RESOLVE_RESP, repeated in TRANSFER_RESP.
+    pub fork: ForkModifier,
     /// The responder identity the KMS authorised (IDRr of RESOLVE_RESP).
     pub responder: KmsUid,
     /// Ticket end of validity (Unix seconds).
@@ -122,6 +142,7 @@ pub struct PendingTransfer {
     init: Vec<u8>,
     randri: [u8; 16],
     mpki: Secret,
+    mpkr: Option<Secret>,
     tgk: KeyData,
     recipients: Vec<Pattern>,
 }
@@ -161,11 +182,15 @@ fn rejected(code: ErrorCode, reason: impl Into<String>) -> KmsError {
     KmsError::mikey(code, reason)
 }
 
-fn tgk_of(keys: Vec<KeyData>) -> Result<(Secret, KeyData), KmsError> {
-    let mut it = keys.into_iter();
-    match (it.next(), it.next()) {
-        (Some(m), Some(t)) if m.key_type == KeyType::MPK && matches!(t.key_type, KeyType::TGK | KeyType::TGK_SALT) => Ok((Zeroizing::new(m.key.clone()), t)),
-        _ => Err(rejected(ErrorCode::UNSPECIFIED, "KEMAC does not hold MPKi then a TGK")),
+/// Splits a KEMAC content `MPKi || [MPKr or MPKr'] || TGK` (RFC 6043 §5.2/§5.3).
+fn split_keys(keys: &[KeyData], forks: bool) -> Result<(Secret, Option<Secret>, KeyData), KmsError> {
+    let tgk_ok = |t: &KeyData| matches!(t.key_type, KeyType::TGK | KeyType::TGK_SALT);
+    match (forks, keys) {
+        (false, [m, t]) if m.key_type == KeyType::MPK && tgk_ok(t) => Ok((Zeroizing::new(m.key.clone()), None, t.clone())),
+        (true, [m, r, t]) if m.key_type == KeyType::MPK && r.key_type == KeyType::MPK && tgk_ok(t) => {
+            Ok((Zeroizing::new(m.key.clone()), Some(Zeroizing::new(r.key.clone())), t.clone()))
+        }
+        _ => Err(rejected(ErrorCode::UNSPECIFIED, format!("KEMAC does not hold MPKi{} then one TGK", if forks { ", MPKr" } else { "" }))),
     }
 }
 
@@ -243,7 +268,7 @@ impl Ue {
             end: Some(now.as_secs().saturating_add(ask.lifetime)),
             recipients: ask.recipients.clone(),
         };
-        let tp = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags: request_flags(ask.reusable), reserved: 0, data: data.encode()? };
+        let tp = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags: request_flags(ask.reusable, ask.forking), reserved: 0, data: data.encode()? };
         let m = Message {
             header: tk::header(DataType::REQUEST_INIT_PSK, true, csb_id, CsIdMap::Empty { n_cs: 0 }),
             payloads: vec![
@@ -268,10 +293,10 @@ impl Ue {
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
         tk::verify_v(resp, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
-        let (mpki, tgk) = tgk_of(tk::open_kemac(&m, &k, m.header.csb_id)?)?;
         let ticket = tk::ticket_of(&m)?;
+        let (mpki, mpkr, tgk) = split_keys(&tk::open_kemac(&m, &k, m.header.csb_id)?, forking::is_forking(&ticket))?;
         let granted = TpData::decode(&ticket.policy.data)?;
-        let held = HeldTicket { ticket, mpki, tgk, granted };
+        let held = HeldTicket { ticket, mpki, mpkr, tgk, granted };
         if held.reusable() {
             self.held.retain(|h| h.granted.end.is_some_and(|e| e > now.as_secs()));
             self.held.push(held.clone());
@@ -291,7 +316,7 @@ impl Ue {
             recipients: ask.recipients.clone(),
         };
         // Not D (UE-made) requires L (RFC 6043 §6.10); resolve stays mandatory (E).
-        let flags = TicketFlags(request_flags(ask.reusable).0 & !TicketFlags::D.0).with(TicketFlags::L);
+        let flags = TicketFlags(request_flags(ask.reusable, false).0 & !TicketFlags::D.0).with(TicketFlags::L);
         flags.check().map_err(|e| rejected(ErrorCode::INVALID_TPPAR, e))?;
         let policy = TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: tk::PRF, flags, reserved: 0, data: data.encode()? };
         let mut mpk = Zeroizing::new([0u8; 16]);
@@ -304,7 +329,7 @@ impl Ue {
         let content = TicketContent { mpk: mpk.to_vec(), keys: vec![tgk.clone()] };
         let ticket = tk::issue_ticket(policy, &self.ks_naf, MODE3_KEY_ID, ntp(now), &rand, &content)?;
         let (mpki, _) = tk::mpk_i_r(&content.mpk, &rand)?;
-        Ok(HeldTicket { ticket, mpki, tgk, granted: data })
+        Ok(HeldTicket { ticket, mpki, mpkr: None, tgk, granted: data })
     }
 
     /// TRANSFER_INIT (RFC 6043 §4.1.2) from this UE to `to` with `ticket`; CS 1 = `ssrc`.
@@ -323,7 +348,14 @@ impl Ue {
         };
         let k = tk::message_keys(&held.mpki, csb_id, Direction::Initial, Some(&randri), None)?;
         let init = tk::seal(m, &k.auth_key, &[self.uid.as_str().as_bytes(), to.as_str().as_bytes()])?;
-        Ok((init.clone(), PendingTransfer { init, randri, mpki: held.mpki.clone(), tgk: held.tgk.clone(), recipients: held.granted.recipients.clone() }))
+        // With forking, Initiator Data (Vi, Vr keyed from MPKr) proves to the KMS that the
+        // holder of MPKr sent this TRANSFER_INIT (RFC 6043 §6.11).
+        let init = match &held.mpkr {
+            Some(mpkr) => forking::attach_initiator_data(&init, mpkr)?,
+            None => init,
+        };
+        let pending = PendingTransfer { init: init.clone(), randri, mpki: held.mpki.clone(), mpkr: held.mpkr.clone(), tgk: held.tgk.clone(), recipients: held.granted.recipients.clone() };
+        Ok((init, pending))
     }
 
     /// A cached resolve of the ticket in `transfer_init` (reusable tickets: no KMS contact).
@@ -365,10 +397,16 @@ impl Ue {
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, None, Some(&p.randrr))?;
         tk::verify_v(resp, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
-        let (mpki, tgk) = tgk_of(tk::open_kemac(&m, &k, m.header.csb_id)?)?;
-        let responder = KmsUid::parse(&String::from_utf8_lossy(&tk::id_of(&m, IdRole::RESPONDER)))?;
+        let forks = forking::is_forking(&p.ticket);
+        let (mpki, mpkr_forked, tgk) = split_keys(&tk::open_kemac(&m, &k, m.header.csb_id)?, forks)?;
+        let fork = ForkModifier::of(&m)?;
+        if fork.randrkms.is_some() != forks {
+            return Err(rejected(ErrorCode::UNSPECIFIED, "RANDRkms present exactly when the ticket forks"));
+        }
+        let responder = KmsUid::parse(&String::from_utf8_lossy(&fork.id_r))?;
         let data = TpData::decode(&p.ticket.policy.data)?;
-        let r = Resolved { mpki, tgk, responder, end: data.end, reusable: p.ticket.policy.flags.contains(TicketFlags::J) };
+        let resp_key = mpkr_forked.unwrap_or_else(|| mpki.clone());
+        let r = Resolved { mpki, resp_key, tgk, fork, responder, end: data.end, reusable: p.ticket.policy.flags.contains(TicketFlags::J) };
         if r.reusable {
             self.resolved.retain(|_, v| v.end.is_some_and(|e| e > now.as_secs()));
             self.resolved.insert(p.ticket.ticket_data, r.clone());
@@ -383,6 +421,9 @@ impl Ue {
         let randri = tk::rand_of(&ti, RandRole::INITIATOR).ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, "no RANDRi"))?;
         let ik = tk::message_keys(&r.mpki, ti.header.csb_id, Direction::Initial, Some(&randri), None)?;
         tk::verify_v(transfer_init, &ik.auth_key, &[&tk::id_of(&ti, IdRole::INITIATOR), &tk::id_of(&ti, IdRole::RESPONDER)])?;
+        if forking::is_forking(&tk::ticket_of(&ti)?) {
+            forking::check_vi(&ti)?;
+        }
         self.fresh(&ti, now)?;
         let mut map = generic_map(&ti)?;
         for c in map.iter_mut().filter(|c| c.cs_id == 2) {
@@ -391,24 +432,32 @@ impl Ue {
         let media = media(&r.tgk, &randri, &sp_of(&ti)?, &map)?;
         let resp = Message {
             header: CommonHeader { data_type: DataType::TRANSFER_RESP, v_flag: false, cs_map: CsIdMap::GenericId(map), ..ti.header.clone() },
-            payloads: vec![Payload::T(ntp(now)), tk::idr(IdRole::RESPONDER, IdType::NAI, r.responder.as_str().as_bytes()), Payload::Sp(sp_of(&ti)?)],
+            payloads: [Payload::T(ntp(now))].into_iter().chain(r.fork.payloads()).chain([Payload::Sp(sp_of(&ti)?)]).collect(),
         };
-        let rk = tk::message_keys(&r.mpki, ti.header.csb_id, Direction::Response, Some(&randri), None)?;
+        let rk = tk::message_keys(&r.resp_key, ti.header.csb_id, Direction::Response, Some(&randri), None)?;
         Ok((tk::seal(resp, &rk.auth_key, &[transfer_init])?, media))
     }
 
-    /// Initiator: verifies TRANSFER_RESP; returns the authenticated responder identity (which
-    /// must be one the ticket authorises) and the call's SRTP policies.
-    pub fn on_transfer_resp(&mut self, p: PendingTransfer, tr: &[u8], now: Duration) -> Result<(KmsUid, Media), KmsError> {
+    /// Initiator: verifies a TRANSFER_RESP (several, when the call forked); returns the
+    /// authenticated responder identity (which must be one the ticket authorises) and the
+    /// call's SRTP policies. With forking the V is keyed from MPKr' and the keys come from
+    /// TGK', both forked to the responder's IDRr and RANDRkms (RFC 6043 §5.1.1), so only the
+    /// KMS-authorised holder of that identity could have answered.
+    pub fn on_transfer_resp(&mut self, p: &PendingTransfer, tr: &[u8], now: Duration) -> Result<(KmsUid, Media), KmsError> {
         let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
-        let k = tk::message_keys(&p.mpki, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
+        let fork = ForkModifier::of(&m)?;
+        let (key, tgk) = match &p.mpkr {
+            Some(mpkr) => (fork.mpkr(mpkr)?, fork.key(&p.tgk)?),
+            None => (p.mpki.clone(), p.tgk.clone()),
+        };
+        let k = tk::message_keys(&key, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
         tk::verify_v(tr, &k.auth_key, &[&p.init])?;
         self.fresh(&m, now)?;
-        let who = KmsUid::parse(&String::from_utf8_lossy(&tk::id_of(&m, IdRole::RESPONDER)))?;
+        let who = KmsUid::parse(&String::from_utf8_lossy(&fork.id_r))?;
         if !p.recipients.iter().any(|r| r.matches(&who)) {
             return Err(rejected(ErrorCode::INVALID_ID, format!("answered by {who}, whom the ticket does not authorise")));
         }
-        let media = media(&p.tgk, &p.randri, &sp_of(&m)?, &generic_map(&m)?)?;
+        let media = media(&tgk, &p.randri, &sp_of(&m)?, &generic_map(&m)?)?;
         Ok((who, media))
     }
 }

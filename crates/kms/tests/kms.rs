@@ -46,7 +46,7 @@ fn now() -> Duration {
 }
 
 fn ask(to: &str) -> Ask {
-    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable: false, lifetime: 300 }
+    Ask { recipients: vec![Pattern::parse(to).unwrap()], reusable: false, forking: false, lifetime: 300 }
 }
 
 /// A call over HTTP: TRANSFER_INIT → resolve at the responder's KMS → TRANSFER_RESP.
@@ -54,7 +54,7 @@ async fn call(i: &mut Ue, held: &HeldTicket, r: &mut Ue, rk: &KmsClient) -> Resu
     let (ti, pt) = i.transfer_init(held, &r.uid.clone(), rand::random(), 0x1111, now(), rand::random())?;
     let resolved = rk.resolve(r, &ti).await?;
     let (tr, mr) = r.transfer_resp(&resolved, &ti, 0x2222, now())?;
-    let (who, mi) = i.on_transfer_resp(pt, &tr, now())?;
+    let (who, mi) = i.on_transfer_resp(&pt, &tr, now())?;
     assert_eq!(*mi.initiator_stream.master_key, *mr.initiator_stream.master_key);
     assert_eq!(*mi.responder_stream.master_key, *mr.responder_stream.master_key);
     Ok(who)
