@@ -122,8 +122,8 @@ fn media(tx: &Policy, rx: &Policy, ssrc: u32, packets: u16) -> anyhow::Result<Ou
         }
         match rx.unprotect_rtp(packet) {
             Ok(len) => {
-                let seq = u16::from_be_bytes([packet[2], packet[3]]);
-                if packet.get(12..len) == Some(&tone(seq)[..]) {
+                let seq = packet.get(2..4).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_be_bytes);
+                if seq.is_some_and(|seq| packet.get(12..len) == Some(&tone(seq)[..])) {
                     out.verified += 1;
                 }
             }
@@ -238,6 +238,7 @@ group_tickets = true
 ticket_lifetime = 3600
 [user."alice@a.example"]
 mode3 = true
+forking = true
 [user."mallory@a.example"]
 may_call = ["alice@a.example"]
 "#;
@@ -264,7 +265,7 @@ may_call = ["?@a.example", "?@b.example"]
     }
 
     fn ask(to: &str, reusable: bool) -> Result<Ask, KmsError> {
-        Ok(Ask { recipients: vec![Pattern::parse(to)?], reusable, lifetime: 600 })
+        Ok(Ask { recipients: vec![Pattern::parse(to)?], reusable, forking: false, lifetime: 600 })
     }
 
     /// Ticket Transfer with resolve at the responder's KMS; returns the authenticated
@@ -274,7 +275,7 @@ may_call = ["?@a.example", "?@b.example"]
         let (ti, pending) = i.transfer_init(held, &to, rand::random(), rand::random(), now(), rand::random())?;
         let resolved = rk.resolve(r, &ti).await?;
         let (tr, m_r) = r.transfer_resp(&resolved, &ti, rand::random(), now())?;
-        let (who, m_i) = i.on_transfer_resp(pending, &tr, now())?;
+        let (who, m_i) = i.on_transfer_resp(&pending, &tr, now())?;
         Ok((who, m_i, m_r))
     }
 
@@ -303,6 +304,41 @@ may_call = ["?@a.example", "?@b.example"]
         }
         let media = tokio::task::block_in_place(|| media_both_ways(&m_i, &m_r, packets))?;
         Ok((media.map_or_else(Verdict::Failed, |m| Verdict::Ok(format!("{who} authenticated; {m}"))), km))
+    }
+
+    /// A forked call: the same TRANSFER_INIT to two responders; both answers verified, the
+    /// two key sets must differ, media with each.
+    async fn forked_call(i: &mut Ue, held: &HeldTicket, rs: [(&mut Ue, &KmsClient); 2], spent: Duration, packets: u16) -> anyhow::Result<(Verdict, Duration)> {
+        let t = Instant::now();
+        let to = rs[0].0.uid.clone();
+        let (ti, pending) = i.transfer_init(held, &to, rand::random(), rand::random(), now(), rand::random())?;
+        let mut legs = Vec::new();
+        for (r, k) in rs {
+            let leg = async {
+                let resolved = k.resolve(r, &ti).await?;
+                let (tr, m_r) = r.transfer_resp(&resolved, &ti, rand::random(), now())?;
+                let (who, m_i) = i.on_transfer_resp(&pending, &tr, now())?;
+                Ok::<_, KmsError>((who, m_i, m_r))
+            };
+            match leg.await {
+                Ok(l) => legs.push(l),
+                Err(e) => return Ok((Verdict::Failed(e.to_string()), spent + t.elapsed())),
+            }
+        }
+        let km = spent + t.elapsed();
+        let [(w1, i1, r1), (w2, i2, r2)] = <[_; 2]>::try_from(legs).map_err(|_| anyhow::anyhow!("two legs"))?;
+        if *i1.initiator_stream.master_key == *i2.initiator_stream.master_key {
+            return Ok((Verdict::Failed("both responders got the same key".into()), km));
+        }
+        let m1 = tokio::task::block_in_place(|| media_both_ways(&i1, &r1, packets))?;
+        let m2 = tokio::task::block_in_place(|| media_both_ways(&i2, &r2, packets))?;
+        Ok((
+            match (m1, m2) {
+                (Ok(a), Ok(b)) => Verdict::Ok(format!("{w1} and {w2} authenticated, different keys; {a}; {b}")),
+                (Err(e), _) | (_, Err(e)) => Verdict::Failed(e),
+            },
+            km,
+        ))
     }
 
     async fn requested(k: &KmsClient, u: &mut Ue, a: &Ask) -> (Result<HeldTicket, KmsError>, Duration) {
@@ -379,8 +415,16 @@ may_call = ["?@a.example", "?@b.example"]
         };
         rows.push(Row { name: "group ticket", verdict, km: km_t });
 
-        // 5. Forked call.
-        rows.push(Row { name: "forked call", verdict: Verdict::NotImplemented("key forking on the wire (crates/mikey) not wired into the KMS yet"), km: Duration::ZERO });
+        // 5. Forked call: one TRANSFER_INIT reaches bob and dan; each resolves and gets its
+        // own forked key; alice authenticates both answers.
+        let forked = Ask { recipients: vec![Pattern::parse("bob@a.example")?, Pattern::parse("dan@a.example")?], reusable: false, forking: true, lifetime: 600 };
+        let (held, spent) = requested(&ka, &mut alice, &forked).await;
+        let (verdict, km_t) = match held {
+            Ok(h) if h.forking() => forked_call(&mut alice, &h, [(&mut bob, &kb), (&mut dan, &kd)], spent, packets).await?,
+            Ok(_) => (Verdict::Failed("the KMS did not grant forking".into()), spent),
+            Err(e) => (Verdict::Failed(e.to_string()), spent),
+        };
+        rows.push(Row { name: "forked call", verdict, km: km_t });
 
         // 6. Mode 3: alice makes the ticket with her Ks_NAF; her KMS resolves it for bob.
         let t = Instant::now();

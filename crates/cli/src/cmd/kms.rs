@@ -26,7 +26,7 @@ pub(crate) struct Args {
 #[derive(clap::Subcommand)]
 enum Action {
     /// Serve Ua (`/keymanagement`), the admin API and /metrics; optionally Zk.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a lab PKI for Zk (a private CA and one certificate per KMS domain).
     Pki {
         /// Output directory.
@@ -111,7 +111,7 @@ async fn open_postgres(_url: &str) -> anyhow::Result<Arc<dyn Store>> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
-        Action::Serve(a) => serve_kms(a),
+        Action::Serve(a) => serve_kms(*a),
         Action::Pki { out, domains } => pki(&out, &domains),
     }
 }
