@@ -10,9 +10,14 @@
 //!   `Content-Length` right and every other byte unchanged — the edit the IMS-ALG makes when
 //!   it strips and inserts `a=crypto` lines (TS 33.328 §5.5.2, §7.3) and the one a UE makes
 //!   when it answers.
+//! - [`dialog`]: RFC 3261 §12 dialogs (route set, remote target, CSeq), sans-IO.
+//! - [`udp`]: the tokio UDP endpoint that runs the transaction layer and its timers for a
+//!   transaction user (the UE and the CSCF cores).
 
 pub mod body;
+pub mod dialog;
 mod error;
+pub mod udp;
 
 pub use error::Error;
 pub use sipx_sip as core;

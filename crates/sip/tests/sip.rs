@@ -7,7 +7,7 @@ use mediasec_sdp::{Level, Sdp};
 use mediasec_sip::body::{sdp, set_sdp};
 use mediasec_sip::core::transaction::Output;
 use mediasec_sip::core::{
-    parse_datagram, HeaderName, Limits, Message, Method, Reliability, RequestBuilder, ResponseBuilder, StatusCode, Timer,
+    parse_datagram, HeaderName, Limits, Message, Method, Reliability, Request, RequestBuilder, Response, ResponseBuilder, StatusCode, Timer,
     Timers, TransactionLayer, TuEvent, Uri,
 };
 use mediasec_sip::Error;
@@ -188,5 +188,139 @@ proptest! {
         set_sdp(&mut message, &body).expect("set");
         let again = parse_datagram(message.to_bytes(), &Limits::datagram()).expect("reparse");
         prop_assert_eq!(sdp(&again).expect("sdp").expect("body").to_string(), body.to_string());
+    }
+}
+
+mod dialogs {
+    use super::*;
+    use mediasec_sip::dialog::{Dialog, DialogId};
+
+    const INVITE: &str = "INVITE sip:bob@b.example SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKa1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: \"Alice\" <sip:alice@a.example>;tag=al1\r\n\
+To: <sip:bob@b.example>\r\n\
+Call-ID: d1@127.0.0.1\r\n\
+CSeq: 10 INVITE\r\n\
+Record-Route: <sip:127.0.0.1:5062;lr>, <sip:127.0.0.1:5061;lr>\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn ok_for(invite: &Request) -> Response {
+        let mut r = ResponseBuilder::to_request(invite, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        r.headers.remove_all(&HeaderName::To);
+        r.headers.push(mediasec_sip::core::Header::build(HeaderName::To, "<sip:bob@b.example>;tag=bo1").expect("To"));
+        r.headers.push(mediasec_sip::core::Header::build(HeaderName::RecordRoute, "<sip:127.0.0.1:5062;lr>").expect("RR"));
+        r.headers.push(mediasec_sip::core::Header::build(HeaderName::RecordRoute, "<sip:127.0.0.1:5061;lr>").expect("RR"));
+        r.headers.push(mediasec_sip::core::Header::build(HeaderName::Contact, "<sip:bob@127.0.0.1:5081>").expect("Contact"));
+        r
+    }
+
+    fn text(r: &Request) -> String {
+        String::from_utf8_lossy(&Message::Request(r.clone()).to_bytes()).into_owned()
+    }
+
+    /// RFC 3261 §12.1.2 and §12.2.1.1: the UAC's route set is the 2xx's Record-Route reversed,
+    /// the BYE goes to the first route with the next CSeq, the tags in place and the
+    /// Request-URI = the callee's Contact; the ACK keeps the INVITE's CSeq number.
+    #[test]
+    fn uac_dialog_builds_in_dialog_requests() {
+        let Message::Request(invite) = parse(INVITE) else { panic!("request") };
+        let mut d = Dialog::uac(&invite, &ok_for(&invite)).expect("dialog");
+        assert_eq!(d.id(), &DialogId { call_id: "d1@127.0.0.1".into(), local_tag: "al1".into(), remote_tag: "bo1".into() });
+        assert_eq!(d.next_hop(), Some("127.0.0.1:5061".parse().expect("addr")));
+        let ack = text(&d.ack(10, "SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKa2").expect("ack"));
+        assert!(ack.starts_with("ACK sip:bob@127.0.0.1:5081 SIP/2.0\r\n"), "{ack}");
+        assert!(ack.contains("CSeq: 10 ACK\r\n"), "{ack}");
+        let bye = text(&d.request(Method::Bye, "SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKa3").expect("bye"));
+        assert!(bye.starts_with("BYE sip:bob@127.0.0.1:5081 SIP/2.0\r\n"), "{bye}");
+        let routes: Vec<&str> = bye.lines().filter(|l| l.starts_with("Route:")).collect();
+        assert_eq!(routes, ["Route: <sip:127.0.0.1:5061;lr>", "Route: <sip:127.0.0.1:5062;lr>"]);
+        assert!(bye.contains("From: \"Alice\" <sip:alice@a.example>;tag=al1\r\n"), "{bye}");
+        assert!(bye.contains("To: <sip:bob@b.example>;tag=bo1\r\n"), "{bye}");
+        assert!(bye.contains("CSeq: 11 BYE\r\n"), "{bye}");
+    }
+
+    /// RFC 3261 §12.1.1 and §12.2.2: the UAS keeps Record-Route in order, refuses a CSeq that
+    /// does not increase, and a re-INVITE's Contact refreshes the remote target.
+    #[test]
+    fn uas_dialog_orders_cseq_and_refreshes_target() {
+        let Message::Request(invite) = parse(INVITE) else { panic!("request") };
+        let mut d = Dialog::uas(&invite, "bo1").expect("dialog");
+        assert_eq!(d.id().local_tag, "bo1");
+        assert_eq!(d.next_hop(), Some("127.0.0.1:5062".parse().expect("addr")));
+        let bye = text(&d.request(Method::Bye, "SIP/2.0/UDP 127.0.0.1:5081;branch=z9hG4bKb1").expect("bye"));
+        assert!(bye.contains("From: <sip:bob@b.example>;tag=bo1\r\n"), "{bye}");
+        assert!(bye.contains("To: \"Alice\" <sip:alice@a.example>;tag=al1\r\n"), "{bye}");
+        let stale = parse(&INVITE.replace("CSeq: 10 INVITE", "CSeq: 9 INVITE"));
+        let Message::Request(stale) = stale else { panic!("request") };
+        assert!(matches!(d.receive_request(&stale), Err(Error::CSeqOrder { last: 10, got: 9 })));
+        let reinvite = INVITE.replace("CSeq: 10 INVITE", "CSeq: 11 INVITE").replace("127.0.0.1:5071>", "127.0.0.1:6000>");
+        let Message::Request(reinvite) = parse(&reinvite) else { panic!("request") };
+        d.receive_request(&reinvite).expect("in order");
+        assert_eq!(d.remote_target().to_bytes(), "sip:alice@127.0.0.1:6000");
+    }
+}
+
+mod endpoint {
+    use super::*;
+    use mediasec_sip::udp::{Command, Endpoint, Event};
+    use std::time::Duration;
+
+    fn timers() -> Timers {
+        Timers { t1: Duration::from_millis(40), t2: Duration::from_millis(200), t4: Duration::from_millis(500) }
+    }
+
+    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("endpoint alive")
+    }
+
+    /// Two endpoints over real UDP on loopback: an INVITE creates a server transaction at the
+    /// callee, its 2xx reaches the caller and is retransmitted (RFC 3261 §13.3.1.4) until the
+    /// caller's ACK arrives; after the ACK no further 2xx comes.
+    #[tokio::test]
+    async fn invite_2xx_is_retransmitted_until_the_ack() {
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let (a, mut a_rx) = Endpoint::bind(any, timers()).await.expect("bind a");
+        let (b, mut b_rx) = Endpoint::bind(any, timers()).await.expect("bind b");
+        let invite = dialogs_invite(a.local_addr());
+        a.send(Command::Request { request: invite, to: b.local_addr() }).expect("send");
+        let Event::Request { key, request, source } = next(&mut b_rx).await else { panic!("a request") };
+        assert_eq!(source, a.local_addr());
+        let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        b.send(Command::Respond2xx { key, response: ok }).expect("respond");
+        let mut oks = 0;
+        while oks < 3 {
+            match next(&mut a_rx).await {
+                Event::Response { response, .. } => {
+                    assert_eq!(response.status.code(), 200);
+                    oks += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let invite = *request;
+        let mut ack = RequestBuilder::new(Method::Ack, invite.uri.clone());
+        for name in [HeaderName::Via, HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            ack = ack.header(name.clone(), invite.headers.value(&name).expect("header").into_owned()).expect("h");
+        }
+        let ack = ack.cseq(1, &Method::Ack).expect("cseq").build();
+        a.send(Command::Stateless { message: Message::Request(ack), to: b.local_addr() }).expect("ack");
+        assert!(matches!(next(&mut b_rx).await, Event::Ack { .. }));
+        // Drain what was in flight, then nothing more arrives for several intervals.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while a_rx.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(a_rx.try_recv().is_err(), "2xx retransmitted after the ACK");
+    }
+
+    fn dialogs_invite(from: std::net::SocketAddr) -> Request {
+        let text = format!(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKe1;rport\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=x\r\nTo: <sip:bob@b.example>\r\nCall-ID: e1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{from}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Message::Request(r) = parse(&text) else { panic!("request") };
+        r
     }
 }
