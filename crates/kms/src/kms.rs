@@ -18,9 +18,10 @@ use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::CsIdMap;
 use mediasec_mikey::keys::Direction;
 use mediasec_mikey::payload::{BaseTicketData, KeyData, Kemac, Ticket, TicketFlags, TicketPolicy, decode_payloads, encode_payloads};
-use mediasec_mikey::psk::{ReplayCache, build_error};
+use mediasec_mikey::error_message::{self, ErrorKey};
+use mediasec_mikey::psk::ReplayCache;
 use mediasec_mikey::registry::{DataType, EncrAlg, ErrorCode, IdRole, IdType, KeyType, MacAlg, PayloadType, RandRole, TicketType};
-use mediasec_mikey::ticket::{self as tk, TicketContent};
+use mediasec_mikey::ticket::{self as tk, Secret, TicketContent};
 use mediasec_mikey::{CommonHeader, Message, Payload};
 use tracing::debug;
 use zeroize::Zeroizing;
@@ -246,10 +247,18 @@ impl Kms {
         Ok(())
     }
 
-    fn reply(&self, failed: &CommonHeader, now: Duration, r: Result<Vec<u8>, KmsError>) -> Reply {
+    /// The answer: the response, or a MIKEY Error message (docs/ticket-profile.md decision
+    /// 13: MACed with the response-direction `auth_key` once the request's MAC verified,
+    /// unprotected before that and for ERR 0).
+    fn reply(&self, failed: &CommonHeader, now: Duration, r: Result<Vec<u8>, KmsError>, auth_key: Option<&[u8]>) -> Reply {
         match r {
             Ok(b) => Reply::Response(b),
-            Err(KmsError::Mikey { code, reason }) => match build_error(failed, ntp(now), code) {
+            Err(KmsError::Mikey { code, reason }) => match error_message::reply(
+                failed,
+                ntp(now),
+                &mediasec_mikey::Error::Rejected { code, reason: reason.clone() },
+                auth_key.map(|auth_key| ErrorKey { mac: tk::MAC, auth_key }),
+            ) {
                 Ok(message) => Reply::Error { message, code, reason },
                 Err(e) => Reply::Failed(format!("building the error message: {e}")),
             },
@@ -267,7 +276,8 @@ impl Kms {
 
     /// Authenticates a REQUEST_INIT_PSK / RESOLVE_INIT_PSK (Annex B steps 1–5): B-TID from
     /// IDRpsk → Ks_NAF and IMPUs over Zn → MAC check (Table 5.2 input) → freshness.
-    async fn authenticate(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn) -> Result<(Arc<NafKey>, Vec<u8>), KmsError> {
+    /// Once the MAC verified, `err_key` holds the auth_key errors are MACed with.
+    async fn authenticate(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, err_key: &mut Option<Secret>) -> Result<(Arc<NafKey>, Vec<u8>), KmsError> {
         if m.header.prf != tk::PRF {
             return Err(rejected(ErrorCode::INVALID_PRF, format!("PRF {:?} not accepted", m.header.prf)));
         }
@@ -279,6 +289,7 @@ impl Kms {
         let (ri, rr) = if request { (Some(rand.as_slice()), None) } else { (None, Some(rand.as_slice())) };
         let k = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Initial, ri, rr)?;
         tk::verify_v(body, &k.auth_key, &[&tk::id_of(m, who), &tk::id_of(m, IdRole::KMS)])?;
+        *err_key = Some(tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?.auth_key.clone());
         self.fresh(m, now)?;
         let kms = tk::id_of(m, IdRole::KMS);
         if !kms.is_empty() && kms != self.cfg.fqdn.as_bytes() {
@@ -293,12 +304,13 @@ impl Kms {
             Ok(m) => m,
             Err(r) => return r,
         };
-        let r = self.request_inner(&m, body, now, zn).await;
-        self.reply(&m.header, now, r)
+        let mut key = None;
+        let r = self.request_inner(&m, body, now, zn, &mut key).await;
+        self.reply(&m.header, now, r, key.as_deref().map(Vec::as_slice))
     }
 
-    async fn request_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn) -> Result<Vec<u8>, KmsError> {
-        let (naf, randri) = self.authenticate(m, body, now, zn).await?;
+    async fn request_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, err_key: &mut Option<Secret>) -> Result<Vec<u8>, KmsError> {
+        let (naf, randri) = self.authenticate(m, body, now, zn, err_key).await?;
         let requester = uid_of(m, IdRole::INITIATOR, "IDRi")?;
         if !naf.uids(&self.cfg.domain).contains(&requester) {
             return Err(rejected(ErrorCode::INVALID_ID, format!("{requester} is not one of the user's IMPUs")));
@@ -369,12 +381,13 @@ impl Kms {
             Ok(m) => m,
             Err(r) => return r,
         };
-        let r = self.resolve_inner(&m, body, now, zn, peers).await;
-        self.reply(&m.header, now, r)
+        let mut key = None;
+        let r = self.resolve_inner(&m, body, now, zn, peers, &mut key).await;
+        self.reply(&m.header, now, r, key.as_deref().map(Vec::as_slice))
     }
 
-    async fn resolve_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, peers: &dyn Peers) -> Result<Vec<u8>, KmsError> {
-        let (naf, randrr) = self.authenticate(m, body, now, zn).await?;
+    async fn resolve_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, peers: &dyn Peers, err_key: &mut Option<Secret>) -> Result<Vec<u8>, KmsError> {
+        let (naf, randrr) = self.authenticate(m, body, now, zn, err_key).await?;
         let ticket = tk::ticket_of(m)?;
         let data = TpData::decode(&ticket.policy.data)?;
         let users = self.users();
@@ -492,7 +505,7 @@ impl Kms {
             Err(r) => return r,
         };
         let r = self.peer_resolve_inner(peer, &m, now, zn).await;
-        self.reply(&m.header, now, r)
+        self.reply(&m.header, now, r, None)
     }
 
     async fn peer_resolve_inner(&self, peer: &str, m: &Message, now: Duration, zn: &dyn Zn) -> Result<Vec<u8>, KmsError> {

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use mediasec_mikey::error_message::{self, ErrorKey};
 use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::{CsIdMap, GenericCs};
 use mediasec_mikey::keys::{self, Direction};
@@ -288,9 +289,9 @@ impl Ue {
     /// Verifies REQUEST_RESP (or reports the KMS's MIKEY Error), keeps a reusable ticket.
     pub fn on_request_resp(&mut self, p: PendingRequest, resp: &[u8], now: Duration) -> Result<HeldTicket, KmsError> {
         let m = Message::decode(resp)?;
-        refused(&m)?;
-        let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
+        refused(resp, &m, &k.auth_key)?;
+        let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
         tk::verify_v(resp, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
         let ticket = tk::ticket_of(&m)?;
@@ -392,9 +393,9 @@ impl Ue {
     /// Verifies RESOLVE_RESP (or reports the KMS's MIKEY Error); caches a reusable result.
     pub fn on_resolve_resp(&mut self, p: PendingResolve, resp: &[u8], now: Duration) -> Result<Resolved, KmsError> {
         let m = Message::decode(resp)?;
-        refused(&m)?;
-        let m = tk::decode_expect(resp, DataType::RESOLVE_RESP)?;
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, None, Some(&p.randrr))?;
+        refused(resp, &m, &k.auth_key)?;
+        let m = tk::decode_expect(resp, DataType::RESOLVE_RESP)?;
         tk::verify_v(resp, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
         let forks = forking::is_forking(&p.ticket);
@@ -462,11 +463,14 @@ impl Ue {
     }
 }
 
-/// A MIKEY Error message from the KMS as an error.
-fn refused(m: &Message) -> Result<(), KmsError> {
-    if m.header.data_type == DataType::ERROR {
-        let code = m.find(|p| if let Payload::Err(e) = p { Some(e.code) } else { None }).unwrap_or(ErrorCode::UNSPECIFIED);
-        return Err(rejected(code, "the KMS answered with a MIKEY Error message"));
+/// A MIKEY Error message from the KMS as an error, saying whether its MAC (keyed like the
+/// expected response) authenticated it; a V that does not verify is an error itself.
+fn refused(bytes: &[u8], m: &Message, auth_key: &[u8]) -> Result<(), KmsError> {
+    if m.header.data_type != DataType::ERROR {
+        return Ok(());
     }
-    Ok(())
+    let report = error_message::verify(bytes, Some(ErrorKey { mac: tk::MAC, auth_key }))?;
+    let code = report.codes().first().copied().unwrap_or(ErrorCode::UNSPECIFIED);
+    let how = if report.is_authenticated() { "authenticated" } else { "unauthenticated" };
+    Err(rejected(code, format!("the KMS answered with an {how} MIKEY Error message")))
 }
