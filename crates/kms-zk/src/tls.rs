@@ -1,0 +1,192 @@
+//! Mutually authenticated TLS for Zk (rustls 0.23, aws-lc-rs provider): both sides present a
+//! certificate chained to the private CA of [`crate::pki`]; a server name is `kms.<domain>`.
+//!
+//! The server side hands connections to axum only after the TLS handshake, and runs the
+//! handshakes concurrently (one task each, bounded in time and number), so a slow or silent
+//! TCP client cannot hold up the accept loop.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+use zeroize::Zeroizing;
+
+use crate::ZkError;
+use crate::pki::{CA_FILE, cert_file, check_domain, key_file, kms_name};
+
+/// Longest a server-side TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most server-side handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 256;
+
+fn config_err(what: &str, e: impl std::fmt::Display) -> ZkError {
+    ZkError::Config(format!("{what}: {e}"))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ZkError> {
+    std::fs::read(path).map_err(|e| ZkError::Config(format!("{}: {e}", path.display())))
+}
+
+/// The TLS identity of one KMS on Zk: its certificate and key, and the private CA it trusts.
+#[derive(Clone)]
+pub struct ZkTls {
+    domain: String,
+    server: Arc<rustls::ServerConfig>,
+    client: tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ZkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkTls").field("domain", &self.domain).finish_non_exhaustive()
+    }
+}
+
+impl ZkTls {
+    /// Loads `ca.pem`, `kms.<domain>.pem` and `kms.<domain>.key.pem` from `dir` (as written by
+    /// [`crate::pki::generate`]) and builds the server configuration (client certificate
+    /// required, chained to the CA) and the client configuration (CA as the only root, this
+    /// KMS's certificate as client identity).
+    pub fn load(dir: &Path, domain: &str) -> Result<Self, ZkError> {
+        check_domain(domain)?;
+        let ca_pem = read(&dir.join(CA_FILE))?;
+        let cert_pem = read(&cert_file(dir, domain))?;
+        let key_pem = Zeroizing::new(read(&key_file(dir, domain))?);
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| config_err("KMS certificate", e))?;
+        if certs.is_empty() {
+            return Err(ZkError::Config(format!("{}: no certificate", cert_file(dir, domain).display())));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| config_err("KMS key", e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&ca_pem) {
+            roots.add(c.map_err(|e| config_err("CA certificate", e))?).map_err(|e| config_err("CA certificate", e))?;
+        }
+        if roots.is_empty() {
+            return Err(ZkError::Config(format!("{}: no CA certificate", dir.join(CA_FILE).display())));
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| config_err("client verifier", e))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| config_err("TLS versions", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| config_err("KMS certificate and key", e))?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The client side is exactly the BSF's NAF-side connector: CA roots + client identity.
+        let client = mediasec_bsf::tls::client_connector(&ca_pem, Some((&cert_pem, &key_pem)))
+            .map_err(|e| config_err("client configuration", e))?;
+        Ok(Self { domain: domain.to_owned(), server: Arc::new(server), client })
+    }
+
+    /// The domain this identity belongs to.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The server configuration (client certificate required).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.server)
+    }
+
+    /// The client connector (presents this KMS's certificate).
+    pub fn connector(&self) -> &tokio_rustls::TlsConnector {
+        &self.client
+    }
+}
+
+/// The domain of a verified peer certificate: the one domain of `allowed` whose `kms.<domain>`
+/// the certificate is valid for. `Err` carries the refusal reason (names presented, or the
+/// ambiguity).
+pub(crate) fn peer_domain<'a>(cert: &CertificateDer<'_>, allowed: &'a std::collections::BTreeSet<String>) -> Result<&'a str, String> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unparsable client certificate: {e}"))?;
+    let mut matches = allowed.iter().filter(|d| {
+        ServerName::try_from(kms_name(d)).is_ok_and(|n| ee.verify_is_valid_for_subject_name(&n).is_ok())
+    });
+    match (matches.next(), matches.next()) {
+        (Some(d), None) => Ok(d),
+        (Some(a), Some(b)) => Err(format!("client certificate names several allowed KMSs ({a}, {b}, ...)")),
+        (None, _) => {
+            let names: Vec<&str> = ee.valid_dns_names().collect();
+            Err(format!("peer KMS not allowed on Zk (certificate names {names:?})"))
+        }
+    }
+}
+
+/// A TCP listener whose connections are handed out after a successful TLS handshake.
+pub(crate) struct ZkListener {
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl ZkListener {
+    pub(crate) fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Result<Self, ZkError> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let accept_task = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+                let (tcp, addr) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(error = %e, "Zk accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            drop(permit);
+                            let _ = tx.send((stream, addr)).await;
+                        }
+                        Ok(Err(e)) => debug!(%addr, error = %e, "Zk TLS handshake failed"),
+                        Err(_) => debug!(%addr, "Zk TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { rx, local, accept_task })
+    }
+}
+
+impl Drop for ZkListener {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl axum::serve::Listener for ZkListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept task only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
