@@ -289,7 +289,7 @@ impl Kms {
         let (ri, rr) = if request { (Some(rand.as_slice()), None) } else { (None, Some(rand.as_slice())) };
         let k = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Initial, ri, rr)?;
         tk::verify_v(body, &k.auth_key, &[&tk::id_of(m, who), &tk::id_of(m, IdRole::KMS)])?;
-        *err_key = Some(tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?.auth_key.clone());
+        *err_key = Some(tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?.auth_key);
         self.fresh(m, now)?;
         let kms = tk::id_of(m, IdRole::KMS);
         if !kms.is_empty() && kms != self.cfg.fqdn.as_bytes() {

@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -13,7 +11,7 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::identity::Pattern;
 use crate::ue::{Ask, Ue};
-use crate::zn::{NafKey, ZnFuture};
+use crate::zn::{NafKey, StaticZn};
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
 const POLICY: &str = r#"
@@ -30,9 +28,6 @@ forking = true
 may_call = ["alice@a.example"]
 "#;
 
-/// Zn answering from a table (B-TID = "btid-<uid>", Ks_NAF = hash-like of uid and KMS).
-struct TableZn(HashMap<String, Arc<NafKey>>);
-
 fn ks(uid: &str, kms: &str) -> Vec<u8> {
     let mut k = vec![0u8; 32];
     for (i, b) in uid.bytes().chain(kms.bytes()).enumerate() {
@@ -41,24 +36,14 @@ fn ks(uid: &str, kms: &str) -> Vec<u8> {
     k
 }
 
-impl TableZn {
-    fn new(kms: &str, users: &[&str]) -> Self {
-        Self(
-            users
-                .iter()
-                .map(|u| {
-                    let impus = vec![format!("sip:{u}"), format!("tel:+1{}", u.len())];
-                    (format!("btid-{u}"), Arc::new(NafKey { ks_naf: Zeroizing::new(ks(u, kms)), impus, expiry: NOW.as_secs() + 3600 }))
-                })
-                .collect(),
-        )
+/// Zn answering from a table: B-TID "btid-<uid>", Ks_NAF derived from uid and KMS.
+fn table(kms: &str, users: &[&str]) -> StaticZn {
+    let mut z = StaticZn::default();
+    for u in users {
+        let impus = vec![format!("sip:{u}"), format!("tel:+1{}", u.len())];
+        z.insert(format!("btid-{u}"), NafKey { ks_naf: Zeroizing::new(ks(u, kms)), impus, expiry: NOW.as_secs() + 3600 });
     }
-}
-
-impl Zn for TableZn {
-    fn naf_key<'a>(&'a self, btid: &'a str, _now: u64) -> ZnFuture<'a> {
-        Box::pin(async move { Ok(self.0.get(btid).cloned()) })
-    }
+    z
 }
 
 fn counter() -> Random {
@@ -91,8 +76,8 @@ fn ue(uid: &str, kms: &str) -> Ue {
 struct World {
     a: Kms,
     b: Kms,
-    zn_a: TableZn,
-    zn_b: TableZn,
+    zn_a: StaticZn,
+    zn_b: StaticZn,
 }
 
 /// Zk between the two test KMSs, calling the peer's core directly.
@@ -118,8 +103,8 @@ fn world() -> World {
     World {
         a: kms("kms.a.example", "a.example"),
         b: kms("kms.b.example", "b.example"),
-        zn_a: TableZn::new("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example", "eve@a.example", "frank@a.example"]),
-        zn_b: TableZn::new("kms.b.example", &["carol@b.example"]),
+        zn_a: table("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example", "eve@a.example", "frank@a.example"]),
+        zn_b: table("kms.b.example", &["carol@b.example"]),
     }
 }
 
@@ -146,7 +131,7 @@ fn ask(to: &str, reusable: bool) -> Ask {
 
 /// One call: initiator `i` (at `ki`) to `r` (at `kr`); returns the responder identity the
 /// initiator authenticated. Checks both sides derived the same SRTP keys.
-async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, kr: &Kms, znr: &TableZn, t: u64) -> Result<KmsUid, KmsError> {
+async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, kr: &Kms, znr: &StaticZn, t: u64) -> Result<KmsUid, KmsError> {
     let now = NOW + Duration::from_secs(t);
     let (ti, pt) = i.transfer_init(held, &r.uid.clone(), 0x1000 + t as u32, 0xaaaa, now, [t as u8; 16])?;
     let resolved = match r.cached_resolve(&ti, now) {
@@ -170,7 +155,7 @@ async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, k
     Ok(who)
 }
 
-async fn request(k: &Kms, zn: &TableZn, u: &mut Ue, a: &Ask, t: u64) -> Result<crate::ue::HeldTicket, KmsError> {
+async fn request(k: &Kms, zn: &StaticZn, u: &mut Ue, a: &Ask, t: u64) -> Result<crate::ue::HeldTicket, KmsError> {
     let now = NOW + Duration::from_secs(t);
     let (req, p) = u.request_init(a, 0x3000 + t as u32, now, [0x60 + t as u8; 16])?;
     let resp = match k.ticket_request(&req, now, zn).await {
@@ -355,7 +340,7 @@ async fn rotation_keeps_old_tickets_resolvable_until_pruned() {
 }
 
 /// Resolves `ti` for `r` at `k` and answers; returns (TRANSFER_RESP, responder's media).
-async fn answer(w: &World, r: &mut Ue, ti: &[u8], k: &Kms, zn: &TableZn, ssrc: u32) -> Result<(Vec<u8>, crate::ue::Media), KmsError> {
+async fn answer(w: &World, r: &mut Ue, ti: &[u8], k: &Kms, zn: &StaticZn, ssrc: u32) -> Result<(Vec<u8>, crate::ue::Media), KmsError> {
     let (ri, pr) = r.resolve_init(ti, rand_u32(), NOW, [ssrc as u8; 16])?;
     let link = Link(w, AtomicU32::new(0));
     let rr = match k.ticket_resolve(&ri, NOW, zn, &link).await {

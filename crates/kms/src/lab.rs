@@ -157,6 +157,23 @@ impl Lab {
         self.domains.iter().find(|d| d.domain == domain).ok_or_else(|| KmsError::Config(format!("no lab domain {domain}")))
     }
 
+    /// Starts a bare HTTP echo server on the same stack (axum on tokio, loopback): `POST
+    /// /keymanagement` answers 200 with the request body. The reference of `mediasec bench kms`.
+    pub async fn start_echo(&mut self) -> Result<String, KmsError> {
+        use axum::body::Bytes;
+        use axum::http::header;
+        let app = axum::Router::new().route(
+            "/keymanagement",
+            axum::routing::post(|body: Bytes| async move { ([(header::CONTENT_TYPE, crate::server::CONTENT_TYPE)], body) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let url = format!("http://{}", listener.local_addr().map_err(io)?);
+        self.tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }));
+        Ok(url)
+    }
+
     /// Bootstraps `uid` over Ub and returns its UE (Ks_NAF for its domain's KMS) and a Ua
     /// client of that KMS.
     pub async fn ue(&self, uid: &str) -> Result<(Ue, KmsClient), KmsError> {

@@ -23,6 +23,11 @@ pub struct NafKey {
 }
 
 impl NafKey {
+    /// A NAF key (copied into zeroized storage).
+    pub fn new(ks_naf: &[u8], impus: Vec<String>, expiry: u64) -> Self {
+        Self { ks_naf: Zeroizing::new(ks_naf.to_vec()), impus, expiry }
+    }
+
     /// The KMS UIDs of the IMPUs (IMPUs that are no SIP/TEL URI are skipped).
     pub fn uids(&self, home_domain: &str) -> Vec<KmsUid> {
         self.impus.iter().filter_map(|u| KmsUid::from_uri(u, home_domain).ok()).collect()
@@ -86,6 +91,24 @@ impl Zn for ZnCache {
             }
             Ok(got)
         })
+    }
+}
+
+/// A fixed table of NAF keys by B-TID (tests, benchmarks, lab setups without a BSF).
+#[derive(Default)]
+pub struct StaticZn(HashMap<String, Arc<NafKey>>);
+
+impl StaticZn {
+    /// Adds the NAF key of `btid`.
+    pub fn insert(&mut self, btid: impl Into<String>, key: NafKey) {
+        self.0.insert(btid.into(), Arc::new(key));
+    }
+}
+
+impl Zn for StaticZn {
+    fn naf_key<'a>(&'a self, btid: &'a str, now: u64) -> ZnFuture<'a> {
+        let got = self.0.get(btid).filter(|k| now < k.expiry).cloned();
+        Box::pin(async move { Ok(got) })
     }
 }
 

@@ -36,13 +36,19 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// KMS request+resolve pairs/s and p50/p99 over HTTP on loopback, against a bare echo
+    /// server in the same run; or, with --tickets, the flat-memory check.
+    Kms(super::kms::BenchArgs),
 }
 
 /// Packets built per batch: the plaintext batch is rebuilt outside the timed region.
 const BATCH: usize = 512;
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let What::Srtp { suite, size, packets, reps, json } = args.what;
+    let (suite, size, packets, reps, json) = match args.what {
+        What::Srtp { suite, size, packets, reps, json } => (suite, size, packets, reps, json),
+        What::Kms(a) => return super::kms::bench(a),
+    };
     anyhow::ensure!(size <= 1400, "--size must be at most 1400 octets");
     let mut key = vec![0u8; suite.inline_key_len()];
     rand::rng().fill_bytes(&mut key);

@@ -180,3 +180,170 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// Arguments of `mediasec bench kms`.
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Request+resolve pairs (each run).
+    #[arg(long, default_value_t = 2000)]
+    pairs: usize,
+    /// Concurrent UE pairs.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Instead: issue this many tickets in-process (no HTTP) and report the RSS every tenth,
+    /// to show that KMS memory does not grow with the tickets issued.
+    #[arg(long)]
+    tickets: Option<u64>,
+}
+
+/// Resident set size of this process in KiB (`/proc/self/statm`).
+fn rss_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+struct Run {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn summarize(mut lat: Vec<Duration>, wall: Duration) -> Run {
+    lat.sort();
+    Run { rate: lat.len() as f64 / wall.as_secs_f64(), p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99) }
+}
+
+pub(crate) fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    match a.tickets {
+        Some(n) => flat_rss(n),
+        None => bench_pairs(a.pairs.max(1), a.concurrency.max(1)),
+    }
+}
+
+/// Request+resolve pairs over HTTP against a KMS of the loopback lab, then the same number of
+/// POST pairs with the same bodies against a bare axum echo server, same client, same run.
+fn bench_pairs(pairs: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
+    use mediasec_kms::client::KmsClient;
+    use mediasec_kms::identity::Pattern;
+    use mediasec_kms::lab::{DomainSpec, Lab};
+    use mediasec_kms::ue::Ask;
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+    let dir = std::env::temp_dir().join(format!("mediasec-bench-kms-{}", std::process::id()));
+    let result = runtime()?.block_on(async {
+        let users: Vec<String> = (0..concurrency).flat_map(|c| [format!("alice{c}@a.example"), format!("bob{c}@a.example")]).collect();
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let policy = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\n";
+        let mut lab = Lab::start_local(&dir, &[DomainSpec { domain: "a.example", policy }], &refs).await?;
+        let echo = KmsClient::new(Endpoint::http(&lab.start_echo().await?)?);
+        let per = pairs.div_ceil(concurrency);
+        let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let mut tasks = Vec::new();
+        let mut bodies = Vec::new();
+        for c in 0..concurrency {
+            let (mut alice, ka) = lab.ue(&format!("alice{c}@a.example")).await?;
+            let (mut bob, kb) = lab.ue(&format!("bob{c}@a.example")).await?;
+            let ask = Ask { recipients: vec![Pattern::parse(&format!("bob{c}@a.example"))?], reusable: false, forking: false, lifetime: 300 };
+            // The bodies the echo run will send: a real REQUEST_INIT and RESOLVE_INIT.
+            let (req, _) = alice.request_init(&ask, 1, now(), rand::random())?;
+            let held = ka.request_ticket(&mut alice, &ask).await?;
+            let (ti, _) = alice.transfer_init(&held, &bob.uid.clone(), 2, 3, now(), rand::random())?;
+            let (res, _) = bob.resolve_init(&ti, 4, now(), rand::random())?;
+            bodies.push((req, res));
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    let held = ka.request_ticket(&mut alice, &ask).await?;
+                    let (ti, _) = alice.transfer_init(&held, &bob.uid.clone(), rand::random(), 3, now(), rand::random())?;
+                    kb.resolve(&mut bob, &ti).await?;
+                    lat.push(t.elapsed());
+                }
+                anyhow::Ok(lat)
+            }));
+        }
+        let t = Instant::now();
+        let mut lat = Vec::new();
+        for task in tasks {
+            lat.extend(task.await??);
+        }
+        let kms = summarize(lat, t.elapsed());
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for (req, res) in bodies {
+            let echo = echo.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let t = Instant::now();
+                    anyhow::ensure!(echo.post("ticketrequest", &req).await? == req, "echo differs");
+                    anyhow::ensure!(echo.post("ticketresolve", &res).await? == res, "echo differs");
+                    lat.push(t.elapsed());
+                }
+                anyhow::Ok(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for task in tasks {
+            lat.extend(task.await??);
+        }
+        let echo = summarize(lat, t.elapsed());
+        anyhow::Ok((kms, echo))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let (kms, echo) = result?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("KMS bench: {pairs} request+resolve pairs, {concurrency} concurrent UE pairs, HTTP/1.1 one connection per request, 127.0.0.1");
+    println!("{:<34} {:>10} {:>9} {:>9}", "", "pairs/s", "p50 ms", "p99 ms");
+    println!("{:<34} {:>10.0} {:>9.3} {:>9.3}", "KMS (ticketrequest+ticketresolve)", kms.rate, ms(kms.p50), ms(kms.p99));
+    println!("{:<34} {:>10.0} {:>9.3} {:>9.3}", "bare axum echo (same bodies)", echo.rate, ms(echo.p50), ms(echo.p99));
+    println!("KMS / echo rate: {:.0} %", 100.0 * kms.rate / echo.rate);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Issues `n` tickets through the KMS core (REQUEST_INIT built by a UE, verified, ticket
+/// issued, REQUEST_RESP sealed) with a clock advancing 1 ms per request, and prints the RSS.
+fn flat_rss(n: u64) -> anyhow::Result<ExitCode> {
+    use mediasec_kms::identity::{KmsUid, Pattern};
+    use mediasec_kms::keyring::KeyRing;
+    use mediasec_kms::kms::{Kms, Reply};
+    use mediasec_kms::ue::{Ask, Ue};
+    use mediasec_kms::users::{User, Users};
+    use mediasec_kms::zn::{NafKey, StaticZn};
+
+    let start = Duration::from_secs(1_800_000_000);
+    let ks: [u8; 32] = rand::random();
+    let mut zn = StaticZn::default();
+    zn.insert("btid-alice", NafKey::new(&ks, vec!["sip:alice@a.example".into()], u64::MAX));
+    let mut ring = KeyRing::default();
+    ring.rotate(start.as_secs(), rand::random())?;
+    let policies = Policies::from_toml("[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\n")?;
+    let users = Users::new([User { uid: KmsUid::parse("alice@a.example")?, enabled: true }]);
+    let kms = Kms::new(KmsConfig { fqdn: "kms.a.example".into(), domain: "a.example".into(), skew: 30 }, policies, users, ring, os_random());
+    let ue = Ue::new(KmsUid::parse("alice@a.example")?, "kms.a.example", "btid-alice", &ks, 30);
+    let ask = Ask { recipients: vec![Pattern::parse("bob@a.example")?], reusable: false, forking: false, lifetime: 300 };
+    println!("{:>10} {:>10} {:>12}", "tickets", "RSS KiB", "tickets/s");
+    let step = (n / 10).max(1);
+    let t = std::time::Instant::now();
+    runtime()?.block_on(async {
+        for i in 0..n {
+            let now = start + Duration::from_millis(i);
+            let (req, _) = ue.request_init(&ask, i as u32, now, rand::random())?;
+            match kms.ticket_request(&req, now, &zn).await {
+                Reply::Response(_) => {}
+                other => bail!("ticket {i}: {other:?}"),
+            }
+            if (i + 1) % step == 0 {
+                println!("{:>10} {:>10} {:>12.0}", i + 1, rss_kib().unwrap_or(0), (i + 1) as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
