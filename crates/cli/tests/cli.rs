@@ -141,3 +141,103 @@ fn demo_passes_every_scenario() {
     assert_eq!(text.matches(" ok").count(), 11 + scenarios.len() - pending, "10 SRTP suites, the GBA check and the KMS scenarios: {text}");
     assert_eq!(out.status.success(), pending == 0, "the demo fails exactly while a scenario is missing: {text}\n{err}");
 }
+
+/// Every published MIKEY vector and every message the MIKEY / MIKEY-TICKET builders produce
+/// (the seeded corpus) is printed as a full tree: header, then every payload in wire order
+/// with contiguous offsets; `--json` follows the schema of docs/mikey.md.
+#[test]
+fn mikey_decode_prints_the_full_tree_of_every_vector_and_builder_message() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let vectors: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root.join("tests/vectors/mikey_messages_and_prf.json")).expect("vectors")).expect("json");
+    let mut inputs: Vec<(String, Vec<u8>)> = Vec::new();
+    for v in vectors["vectors"].as_array().expect("vectors") {
+        if let Some(b64) = v["base64"].as_str() {
+            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
+            inputs.push((v["id"].as_str().expect("id").to_owned(), bytes));
+        }
+    }
+    let corpus = root.join("fuzz/corpus/mikey_decode");
+    let mut built = 0;
+    for e in std::fs::read_dir(&corpus).expect("corpus") {
+        let path = e.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with("ticket-") || name.starts_with("psk-") {
+            built += 1;
+            inputs.push((name, std::fs::read(&path).expect("read")));
+        }
+    }
+    assert!(inputs.len() >= 19 && built >= 16, "{} inputs", inputs.len());
+    let dir = std::env::temp_dir().join(format!("mediasec-mikey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    for (name, bytes) in &inputs {
+        let file = dir.join("m.bin");
+        std::fs::write(&file, bytes).expect("write");
+        let f = file.to_str().expect("utf8");
+        let out = mediasec(&["mikey", "decode", "--raw", f, "--json"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(j["length"], bytes.len(), "{name}");
+        let payloads = j["payloads"].as_array().expect("payloads");
+        let mut pos = j["header"]["length"].as_u64().expect("header length");
+        for p in payloads {
+            assert_eq!(p["offset"], pos, "{name}: payloads are contiguous");
+            assert!(p["payload"]["name"].is_string(), "{name}: {p}");
+            pos += p["length"].as_u64().expect("length");
+        }
+        assert_eq!(pos as usize, bytes.len(), "{name}: the payloads cover the message");
+        // The text tree: the same payloads in wire order, header fields in header order.
+        let text = String::from_utf8(mediasec(&["mikey", "decode", "--raw", f]).stdout).expect("utf8");
+        let titles: Vec<&str> = text.lines().filter(|l| l.starts_with("  [")).collect();
+        assert_eq!(titles.len(), payloads.len(), "{name}:\n{text}");
+        for (i, (t, p)) in titles.iter().zip(payloads).enumerate() {
+            assert_eq!(*t, format!("  [{i}] {}", p["payload"]["name"].as_str().expect("name")), "{name}");
+        }
+        let order: Vec<usize> = ["version:", "data_type:", "next_payload:", "v:", "prf_func:", "csb_id:", "n_cs:", "cs_id_map_type:", "payloads:"]
+            .iter()
+            .map(|k| text.find(k).unwrap_or_else(|| panic!("{name}: no {k}")))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{name}: not in wire order:\n{text}");
+    }
+    // MIKEY-TICKET content Wireshark cannot show: ticket policy, ticket data, Initiator Data.
+    let ti = std::fs::read(corpus.join("ticket-fork-transfer_init.bin")).expect("ti");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ti);
+    let text = String::from_utf8(mediasec(&["mikey", "decode", &b64]).stdout).expect("utf8");
+    for needle in ["data_type: TRANSFER_INIT (14)", "flags: DEFHINO", "thdr_data: 00000007", "initiator_data:", "[0] V", "[1] V"] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    // Bad input: precise error with the byte offset.
+    let out = mediasec(&["mikey", "decode", &b64[..40]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at byte"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mediasec sdp inspect` prints the full MIKEY tree of each `a=key-mgmt:mikey` (the tree
+/// of `mediasec mikey decode`), key material hidden unless --show-keys.
+#[test]
+fn sdp_inspect_prints_the_mikey_tree_of_each_key_mgmt() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ti = std::fs::read(root.join("fuzz/corpus/mikey_decode/ticket-transfer_init.bin")).expect("ti");
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ti);
+    let body = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=key-mgmt:mikey {b64}\r\nm=audio 4000 RTP/SAVP 0\r\n");
+    let dir = std::env::temp_dir().join(format!("mediasec-sdp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("offer.sdp");
+    std::fs::write(&file, body).expect("write");
+    let f = file.to_str().expect("utf8");
+    let out = mediasec(&["sdp", "inspect", f]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let decode = String::from_utf8(mediasec(&["mikey", "decode", &b64]).stdout).expect("utf8");
+    // Same tree, indented under the key-mgmt line.
+    for line in decode.lines().filter(|l| !l.contains("key:") && !l.contains("salt:")) {
+        assert!(text.contains(&format!("      {line}\n")), "missing {line:?} in\n{text}");
+    }
+    assert!(text.find("line 6: a=key-mgmt mikey").expect("key-mgmt") < text.find("data_type: TRANSFER_INIT (14)").expect("tree"), "{text}");
+    let out = mediasec(&["sdp", "inspect", "--json", f]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let m = &j["levels"][0]["key_mgmt"][0]["value"]["mikey"];
+    assert_eq!(m["header"]["data_type"]["name"], "TRANSFER_INIT");
+    assert_eq!(m["length"], ti.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}

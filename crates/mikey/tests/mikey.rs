@@ -9,6 +9,14 @@ use mediasec_mikey::registry::*;
 use mediasec_mikey::{CsIdMap, Message};
 use serde_json::Value;
 
+/// `MEDIASEC_MIKEY_DUMP=dir` writes messages the builders produce (used to seed the fuzz
+/// corpus `fuzz/corpus/mikey_decode` and the CLI tests).
+fn dump(name: &str, bytes: &[u8]) {
+    if let Ok(dir) = std::env::var("MEDIASEC_MIKEY_DUMP") {
+        std::fs::write(format!("{dir}/{name}.bin"), bytes).expect("dump");
+    }
+}
+
 fn vectors(name: &str) -> Value {
     let path = format!("{}/../../tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).expect("vector file")).expect("json")
@@ -621,6 +629,7 @@ mod psk_response {
         let v = psk::verify_init(&psk, &i_msg, NOW, 60, &mut NoReplay).expect("verify I");
         let r_msg = psk::build_response(&psk, &v, p.id_r.clone()).expect("R_MESSAGE");
         let rm = psk::verify_response(&psk, &i_msg, &r_msg).expect("verify R");
+        dump("psk-r-message", &r_msg);
         assert_eq!(rm.header.data_type, DataType::PSK_RESP);
         assert_eq!(rm.header.csb_id, p.csb_id);
         assert!(!rm.header.v_flag);
@@ -1189,11 +1198,8 @@ mod ticket_exchange {
         assert_eq!(i_policy.mki, MKI);
         assert_eq!(i_policy.master_key.as_slice(), prf(PrfFunc::HMAC_SHA_256, &[0x7b; 16], &keys::label_ticket_tgk(keys::TEK, 1, Some(&RANDRI2), None), 16).expect("prf").as_slice());
 
-        // MEDIASEC_MIKEY_DUMP=dir writes the six messages (used to seed the fuzz corpus).
-        if let Ok(dir) = std::env::var("MEDIASEC_MIKEY_DUMP") {
-            for (name, m) in [("request_init", &req), ("request_resp", &resp), ("transfer_init", &ti), ("resolve_init", &ri), ("resolve_resp", &rr), ("transfer_resp", &tr)] {
-                std::fs::write(format!("{dir}/ticket-{name}.bin"), m).expect("dump");
-            }
+        for (name, m) in [("request_init", &req), ("request_resp", &resp), ("transfer_init", &ti), ("resolve_init", &ri), ("resolve_resp", &rr), ("transfer_resp", &tr)] {
+            dump(&format!("ticket-{name}"), m);
         }
         // Every message decodes and re-encodes exactly; the ticket opens only with its key.
         for m in [&req, &resp, &ti, &ri, &rr, &tr] {
@@ -1280,6 +1286,9 @@ mod ticket_exchange {
         let ri = resolve_init(&stripped, BOB).expect("ri");
         assert_eq!(kms_resolve(&ri, &BOB.randrkms).expect_err("no initiator data").err_code(), ErrorCode::INVALID_TICKET);
 
+        for (name, m) in [("request_init", &req), ("request_resp", &resp), ("transfer_init", &ti), ("resolve_init", &ri_b), ("resolve_resp", &rr_b), ("transfer_resp", &tr_b)] {
+            dump(&format!("ticket-fork-{name}"), m);
+        }
         // Every message of the forking exchange decodes and re-encodes exactly.
         for m in [&req, &resp, &ti, &ri_b, &rr_b, &tr_b] {
             assert_eq!(&Message::decode(m).expect("decode").encode().expect("encode"), m);
@@ -1303,6 +1312,7 @@ mod ticket_exchange {
         let err = kms_answer(&req);
         let rk = tk::message_keys(&PSK_I, 0x0a0b_0c0d, Direction::Response, Some(&RANDRI), None).expect("keys");
         let key = error_message::ErrorKey { mac: tk::MAC, auth_key: &rk.auth_key };
+        dump("ticket-error-macd", &err);
         let report = error_message::verify(&err, Some(key)).expect("authenticated error");
         assert!(report.is_authenticated());
         assert_eq!(report.codes(), [ErrorCode::INVALID_TPPAR]);
@@ -1432,6 +1442,7 @@ mod ticket_exchange {
                 assert_eq!(g.tgk.key, [0x7b; 16]);
             }
             let req = request_init_pk(&k, &env_i, SignatureType::RSA_PKCS1_V1_5);
+            dump("ticket-pk-request_init", &req);
             // Wrong KMS key: the PKE does not decrypt (signature still fine) → Auth failure.
             let other = PrivateDecryptingKey::generate(KeySize::Rsa2048).expect("other");
             let wrong = Keys { kms_pkcs8: other.as_der().expect("der").as_ref().to_vec(), kms_spki: k.kms_spki.clone(), alice: KeyPair::generate(KeySize::Rsa2048).expect("a"), bob: KeyPair::generate(KeySize::Rsa2048).expect("b") };
@@ -1466,6 +1477,7 @@ mod ticket_exchange {
             let env_r = [0xE2u8; 16];
             let m = Message { header: tk::header(DataType::RESOLVE_INIT_PK, true, 0x7777_0001, CsIdMap::Empty { n_cs: 0 }), payloads };
             let ri = pk::seal_pk(m, &env_r, &k.kms_spki, &k.bob, SignatureType::RSA_PSS, &[BOB.id, ID_KMS]).expect("seal");
+            dump("ticket-pk-resolve_init", &ri);
             let o = kms_open(&k, &ri, DataType::RESOLVE_INIT_PK, IdRole::RESPONDER).expect("KMS opens");
             assert_eq!(o.env_key.as_slice(), env_r);
             let rr = kms_resolve_verified(&o.message, &o.env_key, &ri, &BOB.randrkms).expect("resolve");

@@ -4,6 +4,8 @@
 use anyhow::Context as _;
 use mediasec_sdp::{CryptoAttribute, E2aeIndication, KeyMgmt, KeyParam, Level, Sdp};
 use serde_json::{Value, json};
+
+use super::mikey::{Node, message_tree, render};
 use std::io::Read as _;
 use std::process::ExitCode;
 
@@ -45,8 +47,9 @@ fn inspect(file: &str, as_json: bool, show_keys: bool) -> anyhow::Result<ExitCod
     }
     let sdp = Sdp::parse_bytes(&bytes).with_context(|| file.to_owned())?;
     let mut errors = 0usize;
-    let report = describe(&sdp, show_keys, &mut errors);
-    let out = if as_json { serde_json::to_string_pretty(&report)? + "\n" } else { render_text(&report) };
+    let mut trees = Vec::new();
+    let report = describe(&sdp, show_keys, &mut errors, &mut trees);
+    let out = if as_json { serde_json::to_string_pretty(&report)? + "\n" } else { render_text(&report, &trees) };
     std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()).context("writing standard output")?;
     Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -94,35 +97,21 @@ fn describe_crypto(value: &str, show_keys: bool) -> Result<Value, mediasec_sdp::
     }))
 }
 
-/// What the MIKEY decoder (crates/mikey) makes of the data: header fields and the payload
-/// chain, or its error with the byte offset. Payload contents (which may hold clear keys in a
-/// NULL-encrypted KEMAC) are left to `mediasec mikey decode`.
-fn mikey_summary(data: &[u8]) -> Value {
-    match mediasec_mikey::Message::decode(data) {
-        Ok(m) => json!({
-            "data_type": m.header.data_type.to_string(),
-            "v_flag": m.header.v_flag,
-            "prf": m.header.prf.to_string(),
-            "csb_id": format!("{:#010x}", m.header.csb_id),
-            "payloads": m.payloads.iter().map(|p| p.payload_type().to_string()).collect::<Vec<_>>(),
-        }),
-        Err(e) => json!({ "error": e.to_string() }),
-    }
-}
-
-/// The whole report; `errors` counts malformed attributes.
-fn describe(sdp: &Sdp, show_keys: bool, errors: &mut usize) -> Value {
+/// The whole report; `errors` counts malformed attributes. `trees` receives, per body line,
+/// the decoded MIKEY tree of each `a=key-mgmt:mikey` (the same tree as `mediasec mikey
+/// decode`, key material hidden unless `show_keys`), for the wire-order text view.
+fn describe(sdp: &Sdp, show_keys: bool, errors: &mut usize, trees: &mut Vec<(usize, Node)>) -> Value {
     let mut first_line = 1;
     let mut levels = Vec::new();
     for level in sdp.levels() {
-        levels.push(describe_level(sdp, level, first_line, show_keys, errors));
+        levels.push(describe_level(sdp, level, first_line, show_keys, errors, trees));
         first_line += sdp.lines(level).map(<[_]>::len).unwrap_or_default();
     }
     json!({ "levels": levels, "errors": *errors })
 }
 
 /// One level; `first_line` is the 1-based body line number of its first line.
-fn describe_level(sdp: &Sdp, level: Level, first_line: usize, show_keys: bool, errors: &mut usize) -> Value {
+fn describe_level(sdp: &Sdp, level: Level, first_line: usize, show_keys: bool, errors: &mut usize, trees: &mut Vec<(usize, Node)>) -> Value {
     let mut crypto = Vec::new();
     let mut key_mgmt = Vec::new();
     let mut e2ae = Vec::new();
@@ -133,10 +122,19 @@ fn describe_level(sdp: &Sdp, level: Level, first_line: usize, show_keys: bool, e
             KeyMgmt::NAME => KeyMgmt::parse(value).map(|k| {
                 let mut v = json!({ "protocol": k.protocol, "data": hex_or_fingerprint(&k.data, show_keys) });
                 if k.protocol == KeyMgmt::MIKEY {
-                    let summary = mikey_summary(&k.data);
-                    *errors += usize::from(summary.get("error").is_some());
+                    let decoded = match message_tree(&k.data, show_keys) {
+                        Ok((_, tree)) => {
+                            let j = tree.to_json();
+                            trees.push((first_line + line, tree));
+                            j
+                        }
+                        Err(e) => {
+                            *errors += 1;
+                            json!({ "error": e.to_string() })
+                        }
+                    };
                     if let Some(obj) = v.as_object_mut() {
-                        obj.insert("mikey".to_owned(), summary);
+                        obj.insert("mikey".to_owned(), decoded);
                     }
                 }
                 (&mut key_mgmt, v)
@@ -197,7 +195,7 @@ fn list<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
     at(v, &[key]).as_array().into_iter().flatten()
 }
 
-fn render_text(report: &Value) -> String {
+fn render_text(report: &Value, trees: &[(usize, Node)]) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
     for level in list(report, "levels") {
@@ -245,10 +243,9 @@ fn render_text(report: &Value) -> String {
             let m = at(k, &["value", "mikey"]);
             if m.get("error").is_some() {
                 let _ = writeln!(o, "    MIKEY: does not decode: {}", txt(m, &["error"]));
-            } else if !m.is_null() {
-                let payloads: Vec<&str> = list(m, "payloads").filter_map(Value::as_str).collect();
-                let _ = writeln!(o, "    MIKEY: {}, V={}, PRF {}, CSB ID {}", txt(m, &["data_type"]), txt(m, &["v_flag"]), txt(m, &["prf"]), txt(m, &["csb_id"]));
-                let _ = writeln!(o, "    payloads: {}", payloads.join(", "));
+            } else if let Some((_, tree)) = trees.iter().find(|(l, _)| Some(*l as u64) == at(k, &["line"]).as_u64()) {
+                let _ = writeln!(o, "    MIKEY:");
+                o += &render(tree, 3);
             }
         }
         for e in list(level, "3ge2ae") {
@@ -273,16 +270,21 @@ mod tests {
     #[test]
     fn report_fields_and_key_hiding() {
         let mut errors = 0;
-        let r = describe(&Sdp::parse(BODY), false, &mut errors);
+        let mut trees = Vec::new();
+        let r = describe(&Sdp::parse(BODY), false, &mut errors, &mut trees);
         assert_eq!(errors, 1);
         assert_eq!(r["levels"][0]["key_mgmt"][0]["line"], 3);
         let km = &r["levels"][0]["key_mgmt"][0]["value"];
         assert_eq!(km["data"]["len"], 71);
-        assert_eq!(km["mikey"]["data_type"], "PSK ver msg (1)");
-        assert_eq!(km["mikey"]["v_flag"], true);
-        assert_eq!(km["mikey"]["payloads"][0].as_str().map(|p| p.starts_with("T")), Some(true), "{km}");
+        // The full `mediasec mikey decode` tree (same JSON schema, docs/mikey.md).
+        assert_eq!(km["mikey"]["length"], 71);
+        assert_eq!(km["mikey"]["header"]["data_type"]["name"], "PSK ver msg");
+        assert_eq!(km["mikey"]["header"]["v"], true);
+        assert_eq!(km["mikey"]["payloads"][0]["payload"]["name"], "T", "{km}");
+        assert_eq!(km["mikey"]["payloads"][1]["id_data"]["text"], "mickey@mouse.com", "{km}");
+        assert_eq!(trees.len(), 1);
         let mut bad_errors = 0;
-        let bad = describe(&Sdp::parse("v=0\r\na=key-mgmt:mikey AQID\r\n"), false, &mut bad_errors);
+        let bad = describe(&Sdp::parse("v=0\r\na=key-mgmt:mikey AQID\r\n"), false, &mut bad_errors, &mut Vec::new());
         assert_eq!(bad_errors, 1);
         assert!(bad["levels"][0]["key_mgmt"][0]["value"]["mikey"]["error"].as_str().unwrap_or_default().contains("byte"), "{bad}");
         let media = &r["levels"][1];
@@ -297,11 +299,16 @@ mod tests {
         assert_eq!(c["value"]["params"][0], "KDR=1");
         assert!(media["crypto"][1]["error"].as_str().unwrap_or_default().contains("must be 30 bytes, got 3"));
         assert_eq!(media["3ge2ae"][0]["value"], "applied");
-        let text = render_text(&r);
+        let text = render_text(&r, &trees);
+        // The MIKEY tree follows its key-mgmt line, in wire order (header before payloads,
+        // version before data type).
+        let at_km = text.find("line 3: a=key-mgmt mikey").expect("key-mgmt line");
+        let (hdr, ver, dt, pl) = (text.find("header:"), text.find("version: 1"), text.find("data_type: PSK ver msg (1)"), text.find("[0] T"));
+        assert!(matches!((hdr, ver, dt, pl), (Some(a), Some(b), Some(c), Some(d)) if at_km < a && a < b && b < c && c < d), "{text}");
         assert!(text.contains("line 5: a=crypto tag 1 AES_CM_128_HMAC_SHA1_80\n    key 1: master key 16 bytes (fingerprint "), "{text}");
         assert!(text.contains("line 6: a=crypto INVALID: key||salt for AES_CM_128_HMAC_SHA1_80 must be 30 bytes"), "{text}");
         assert!(text.contains("line 7: a=3ge2ae applied"), "{text}");
-        let shown = describe(&Sdp::parse(BODY), true, &mut 0);
+        let shown = describe(&Sdp::parse(BODY), true, &mut 0, &mut Vec::new());
         assert_eq!(shown["levels"][1]["crypto"][0]["value"]["keys"][0]["master_key"]["hex"], "3d2d6e40255e7821426a75667239293f");
     }
 }
