@@ -766,6 +766,24 @@ mod tshark_oracle {
             ],
         };
         check(&v.encode().expect("enc"), "PSK ver msg", "ver");
+        // The R_MESSAGE and a MACed error message from our builders.
+        let mut p = psk_exchange::init(EncrAlg::AES_CM_128);
+        p.id_r = Some(Id { id_type: IdType::URI, data: b"sip:bob@ims.example.org".to_vec() });
+        let i_msg = mediasec_mikey::psk::build_init(&[7; 16], &p).expect("build");
+        let ts = p.timestamp.value >> 32;
+        struct Fresh;
+        impl mediasec_mikey::psk::ReplayCache for Fresh {
+            fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
+                true
+            }
+        }
+        let vi = mediasec_mikey::psk::verify_init(&[7; 16], &i_msg, ts, 1, &mut Fresh).expect("verify");
+        let r_msg = mediasec_mikey::psk::build_response(&[7; 16], &vi, p.id_r.clone()).expect("R_MESSAGE");
+        check(&r_msg, "PSK ver msg", "rmsg");
+        let (keys, mac) = mediasec_mikey::psk::init_keys(&[7; 16], &vi.message).expect("keys");
+        let key = mediasec_mikey::error_message::ErrorKey { mac, auth_key: &keys.auth_key };
+        let err = mediasec_mikey::error_message::build(&vi.message.header, p.timestamp, &[ErrorCode::INVALID_SPPAR], Some(key)).expect("error");
+        check(&err, "Error", "err");
         // DHHMAC I_MESSAGE: HDR, T, RAND, IDi, SP, DH, KEMAC (RFC 4650).
         let dh = Message {
             header: hdr(DataType::DHHMAC_INIT),
@@ -1173,10 +1191,13 @@ mod ticket_exchange {
             if e.err_code() == ErrorCode::AUTH_FAILURE {
                 auth += 1;
             }
-            // Every failure can be answered with an ERR message (HDR copied when it decodes).
+            // Every failure is answered with an error message carrying its ERR code (HDR
+            // copied when it decodes; unprotected, the receiver could not authenticate it).
             if let Ok(m) = Message::decode(&t) {
-                let err = build_error(&m.header, ts(5), e.err_code()).expect("error message");
-                assert_eq!(Message::decode(&err).expect("err decodes").header.data_type, DataType::ERROR);
+                let err = error_message::reply(&m.header, ts(5), &e, None).expect("error message");
+                let report = error_message::verify(&err, None).expect("err decodes");
+                assert_eq!(report.codes(), [e.err_code()], "{what} byte {i}");
+                assert!(!report.is_authenticated());
             }
         }
         auth
