@@ -22,6 +22,10 @@
 //!   KMS certificate whose key encrypted the PKE (lets a KMS with several keys pick one).
 //!   Certificate path validation is the caller's PKI job: the verifier receives the signer's
 //!   public key from a caller-supplied lookup that may use the CERT payloads or the IDR.
+//!
+//! The env_key is the caller's (sans-IO); the randomness *inside* the RSA schemes (PKCS#1
+//! v1.5 encryption padding, PSS salt) comes from aws-lc's DRBG, which exposes no way to
+//! pass it in.
 
 use aws_lc_rs::rsa::{KeyPair, Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey};
 use aws_lc_rs::signature::{self, KeyPair as _, RsaEncoding};

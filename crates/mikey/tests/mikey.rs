@@ -477,6 +477,25 @@ mod props {
             mediasec_mikey::fuzzing::decode_round_trip(&data);
         }
 
+        /// The verifiers added for errors, R_MESSAGE, forking and the CS map rule reject
+        /// arbitrary input with an error, never a panic (and never an authenticated result).
+        #[test]
+        fn verifiers_never_panic_on_arbitrary_input(data in bytes(300), other in bytes(120)) {
+            let key = mediasec_mikey::error_message::ErrorKey { mac: MacAlg::HMAC_SHA_256_256, auth_key: &[1; 32] };
+            if let Ok(r) = mediasec_mikey::error_message::verify(&data, Some(key)) {
+                prop_assert!(!r.is_authenticated());
+            }
+            prop_assert!(mediasec_mikey::psk::verify_response(&[1; 16], &other, &data).is_err());
+            let t = Ticket { policy: TicketPolicy { ticket_type: TicketType::THREE_GPP, subtype: 0, version: 0, prf: PrfFunc::HMAC_SHA_256, flags: TicketFlags::I, reserved: 0, data: Vec::new() }, ticket_data: other, initiator_data: data.clone() };
+            prop_assert!(mediasec_mikey::forking::verify_initiator_data(&t, &[2; 16]).is_err());
+            let _ = mediasec_mikey::forking::ticket_rand(&t);
+            if let Ok(m) = Message::decode(&data) {
+                let _ = mediasec_mikey::ticket::check_cs_map(&m.header);
+                let _ = mediasec_mikey::forking::ForkModifier::of(&m);
+                let _ = mediasec_mikey::forking::check_vi(&m);
+            }
+        }
+
         #[test]
         fn mutated_messages_never_panic(m in message(), pos in any::<usize>(), val in any::<u8>()) {
             let mut bytes = m.encode().expect("encode");
