@@ -198,3 +198,36 @@ pub fn check_vi(transfer_init: &Message) -> Result<()> {
         _ => Err(Error::rejected(ErrorCode::AUTH_FAILURE, "Initiator Data Vi differs from TRANSFER_INIT's V")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::KeyValidity;
+
+    fn kd(key_type: KeyType, salt: Option<Vec<u8>>) -> KeyData {
+        KeyData { key_type, key: vec![0x42; 16], salt, validity: KeyValidity::Spi(vec![0, 0, 0, 9]) }
+    }
+
+    #[test]
+    fn only_tgks_are_forked_and_salt_and_validity_are_kept() -> Result<()> {
+        let f = ForkModifier { id_r: b"bob@ims.example.org".to_vec(), id_type: IdType::NAI, randrkms: Some(vec![7; 16]) };
+        let label = keys::label_fork(keys::FORK_TGK, &f.id_r, f.randrkms.as_deref());
+        let expect = prf(PRF, &[0x42; 16], &label, 16)?;
+        for t in [KeyType::TGK, KeyType::TGK_SALT] {
+            let salt = t.has_salt().then(|| vec![5; 14]);
+            let forked = f.key(&kd(t, salt.clone()))?;
+            assert_eq!(forked.key.as_slice(), expect.as_slice());
+            assert_eq!((&forked.salt, &forked.validity), (&salt, &KeyValidity::Spi(vec![0, 0, 0, 9])));
+        }
+        for t in [KeyType::TEK, KeyType::GTGK, KeyType::MPK] {
+            assert_eq!(f.key(&kd(t, None))?, kd(t, None), "{t:?} is never forked");
+        }
+        // Another identity or RANDRkms gives another key; no RANDRkms is a zero-length field.
+        let g = ForkModifier { randrkms: None, ..f.clone() };
+        assert_ne!(g.key(&kd(KeyType::TGK, None))?.key, expect.to_vec());
+        assert_eq!(g.mpkr(&[1; 16])?.as_slice(), prf(PRF, &[1; 16], &keys::label_fork(keys::FORK_MPKR, &f.id_r, None), 16)?.as_slice());
+        assert_eq!(f.payloads().len(), 2);
+        assert_eq!(g.payloads().len(), 1);
+        Ok(())
+    }
+}
