@@ -15,8 +15,11 @@
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod pg;
+pub mod pg_lab;
 pub mod redb_store;
 
+pub use pg::PgStore;
 pub use redb_store::RedbStore;
 
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).

@@ -1,0 +1,233 @@
+//! The PostgreSQL backend, shared by several KMS replicas (`--store postgres://…`).
+//!
+//! Schema (created idempotently by [`PgStore::connect`], under a transaction-scoped advisory
+//! lock so that replicas starting together do not race on `CREATE`):
+//!
+//! ```text
+//! mediasec_kms_kv    (tbl text, key text COLLATE "C", value bytea, PRIMARY KEY (tbl, key))
+//! mediasec_kms_audit (seq bigint PRIMARY KEY, at_unix_ms bigint, actor text, action text, detail text)
+//! mediasec_kms_append_audit(at, actor, action, detail) -> seq
+//! ```
+//!
+//! - Every call is one statement in autocommit mode; the session forces
+//!   `synchronous_commit = on`, so a call returns after the commit record is flushed.
+//! - `put` is an upsert (`INSERT … ON CONFLICT DO UPDATE`), safe under concurrent writers.
+//! - `list` orders by `key` collated "C", i.e. by UTF-8 bytes, the order of Rust's `str` (and
+//!   of the embedded backend).
+//! - Audit sequence numbers are assigned by `mediasec_kms_append_audit` under an advisory
+//!   lock held to commit: numbers are strictly increasing *in commit order* and gap-free, so
+//!   a reader paging with `after` never skips an entry committed later with a lower number.
+//! - `at_unix_ms` is stored as the bigint with the same 64 bits (lossless both ways).
+//!
+//! One connection per store (tokio-postgres pipelines concurrent queries on it); a broken
+//! connection is replaced on the next call, and the call that saw it break fails with
+//! [`StoreError::Unavailable`] (it may or may not have committed).
+
+use std::sync::Arc;
+
+use tokio_postgres::{Client, NoTls, Row, Statement};
+use tracing::warn;
+
+use crate::{AuditEntry, Store, StoreError, StoreFuture, Table, check_audit, check_text};
+
+/// Idempotent schema creation, serialised across replicas.
+const SCHEMA: &str = r#"
+SET synchronous_commit TO on;
+BEGIN;
+SELECT pg_advisory_xact_lock(7213654001);
+CREATE TABLE IF NOT EXISTS mediasec_kms_kv (
+    tbl   text NOT NULL,
+    key   text COLLATE "C" NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (tbl, key)
+);
+CREATE TABLE IF NOT EXISTS mediasec_kms_audit (
+    seq        bigint PRIMARY KEY,
+    at_unix_ms bigint NOT NULL,
+    actor      text NOT NULL,
+    action     text NOT NULL,
+    detail     text NOT NULL
+);
+CREATE OR REPLACE FUNCTION mediasec_kms_append_audit(p_at bigint, p_actor text, p_action text, p_detail text)
+RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE s bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7213654002);
+    SELECT coalesce(max(seq), 0) + 1 INTO s FROM mediasec_kms_audit;
+    INSERT INTO mediasec_kms_audit (seq, at_unix_ms, actor, action, detail) VALUES (s, p_at, p_actor, p_action, p_detail);
+    RETURN s;
+END $$;
+COMMIT;
+"#;
+
+fn pg_err(e: &tokio_postgres::Error) -> StoreError {
+    if e.is_closed() {
+        return StoreError::Unavailable(format!("PostgreSQL connection closed: {e}"));
+    }
+    match e.as_db_error() {
+        // Class 08 (connection exception) and 57 (operator intervention: shutdown,
+        // terminated session): the server went away, not the operation.
+        Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57") => {
+            StoreError::Unavailable(format!("PostgreSQL {}: {}", db.code().code(), db.message()))
+        }
+        Some(db) => StoreError::Backend(format!("PostgreSQL {}: {}", db.code().code(), db.message())),
+        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+    }
+}
+
+fn column<'r, T: tokio_postgres::types::FromSql<'r>>(row: &'r Row, i: usize) -> Result<T, StoreError> {
+    row.try_get(i).map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+}
+
+/// One connection with its prepared statements.
+struct Conn {
+    client: Client,
+    get: Statement,
+    put: Statement,
+    delete: Statement,
+    list: Statement,
+    append: Statement,
+    audit: Statement,
+}
+
+impl Conn {
+    async fn open(url: &str) -> Result<Self, StoreError> {
+        let (client, connection) =
+            tokio_postgres::connect(url, NoTls).await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL connect: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        client.batch_execute(SCHEMA).await.map_err(|e| pg_err(&e))?;
+        let prep = |sql: &'static str| {
+            let client = &client;
+            async move { client.prepare(sql).await.map_err(|e| pg_err(&e)) }
+        };
+        Ok(Self {
+            get: prep("SELECT value FROM mediasec_kms_kv WHERE tbl = $1 AND key = $2").await?,
+            put: prep(
+                "INSERT INTO mediasec_kms_kv (tbl, key, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+            )
+            .await?,
+            delete: prep("DELETE FROM mediasec_kms_kv WHERE tbl = $1 AND key = $2").await?,
+            list: prep("SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 ORDER BY key").await?,
+            append: prep("SELECT mediasec_kms_append_audit($1, $2, $3, $4)").await?,
+            audit: prep(
+                "SELECT seq, at_unix_ms, actor, action, detail FROM mediasec_kms_audit \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .await?,
+            client,
+        })
+    }
+}
+
+/// The PostgreSQL store. Several instances (KMS replicas) may share one database.
+pub struct PgStore {
+    url: String,
+    conn: tokio::sync::Mutex<Arc<Conn>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects (no TLS: loopback or a trusted network) and creates the schema if missing.
+    /// `url` is a libpq-style URL or key=value string, e.g.
+    /// `postgres://kms@127.0.0.1:5432/kms`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let conn = Conn::open(url).await?;
+        Ok(Self { url: url.to_owned(), conn: tokio::sync::Mutex::new(Arc::new(conn)) })
+    }
+
+    /// The live connection, reconnecting if the previous one broke.
+    async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
+        let mut c = self.conn.lock().await;
+        if c.client.is_closed() {
+            *c = Arc::new(Conn::open(&self.url).await?);
+        }
+        Ok(Arc::clone(&c))
+    }
+}
+
+impl Store for PgStore {
+    fn get<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            check_text("key", key)?;
+            let c = self.conn().await?;
+            let row = c.client.query_opt(&c.get, &[&table.name(), &key]).await.map_err(|e| pg_err(&e))?;
+            row.map(|r| column::<Vec<u8>>(&r, 0)).transpose()
+        })
+    }
+
+    fn put<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            check_text("key", key)?;
+            let c = self.conn().await?;
+            c.client.execute(&c.put, &[&table.name(), &key, &value]).await.map_err(|e| pg_err(&e))?;
+            Ok(())
+        })
+    }
+
+    fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            check_text("key", key)?;
+            let c = self.conn().await?;
+            let n = c.client.execute(&c.delete, &[&table.name(), &key]).await.map_err(|e| pg_err(&e))?;
+            Ok(n > 0)
+        })
+    }
+
+    fn list<'a>(&'a self, table: Table) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        Box::pin(async move {
+            let c = self.conn().await?;
+            let rows = c.client.query(&c.list, &[&table.name()]).await.map_err(|e| pg_err(&e))?;
+            rows.iter().map(|r| Ok((column::<String>(r, 0)?, column::<Vec<u8>>(r, 1)?))).collect()
+        })
+    }
+
+    fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            check_audit(entry)?;
+            let c = self.conn().await?;
+            // Same 64 bits: lossless, read back with the inverse cast.
+            let at = entry.at_unix_ms as i64;
+            let row = c
+                .client
+                .query_one(&c.append, &[&at, &entry.actor, &entry.action, &entry.detail])
+                .await
+                .map_err(|e| pg_err(&e))?;
+            let seq: i64 = column(&row, 0)?;
+            u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))
+        })
+    }
+
+    fn audit<'a>(&'a self, after: u64, limit: usize) -> StoreFuture<'a, Vec<(u64, AuditEntry)>> {
+        Box::pin(async move {
+            let Ok(after) = i64::try_from(after) else { return Ok(Vec::new()) };
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let c = self.conn().await?;
+            let rows = c.client.query(&c.audit, &[&after, &limit]).await.map_err(|e| pg_err(&e))?;
+            rows.iter()
+                .map(|r| {
+                    let seq: i64 = column(r, 0)?;
+                    let seq = u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit sequence {seq}")))?;
+                    let at: i64 = column(r, 1)?;
+                    let entry = AuditEntry {
+                        at_unix_ms: at as u64,
+                        actor: column(r, 2)?,
+                        action: column(r, 3)?,
+                        detail: column(r, 4)?,
+                    };
+                    Ok((seq, entry))
+                })
+                .collect()
+        })
+    }
+}
