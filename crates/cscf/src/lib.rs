@@ -1,0 +1,14 @@
+//! The CSCF roles of the mediasec lab (TS 24.229 P-CSCF and S-CSCF, reduced to what media
+//! security needs on loopback): registrar/location with `Path`, routing between two domains,
+//! parallel forking to every registered contact, retargeting, and the P-CSCF's SDES checks
+//! and `mediasec` registration indication.
+//!
+//! - [`registrar`]: location service, sans-IO.
+//! - [`proxy`]: the stateful proxy core, sans-IO (endpoint events in, commands out).
+//! - [`service`]: the tokio service wiring the core to a `mediasec_sip` UDP endpoint.
+
+pub mod proxy;
+pub mod registrar;
+pub mod service;
+
+pub use proxy::{Proxy, ProxyConfig, Role, Stats};

@@ -1,0 +1,593 @@
+//! The CSCF proxy core (RFC 3261 §16 stateful proxy, RFC 6026), sans-IO: it takes the SIP
+//! endpoint's [`Event`]s with the current time and returns the [`Command`]s to perform.
+//!
+//! Roles ([`Role`]):
+//! - **P-CSCF**: the UE's outbound proxy. Forwards REGISTER to its S-CSCF adding
+//!   `Path: <sip:us;lr>` (RFC 3327, so terminating requests come back through it) and, when it
+//!   supports the media-security indication, answers a `Security-Client: ...;mediasec` with
+//!   `Security-Server: sdes-srtp;mediasec` in the 2xx (TS 24.229 §5.2.2, TS 33.328 §7.1).
+//!   Checks the `a=crypto` lines of every INVITE offer from its UEs (TS 33.328 §7.2: the
+//!   P-CSCF is where SDES is inspected); a secured stream without one usable line is answered
+//!   488, and every finding is logged. Everything else is routed.
+//! - **S-CSCF**: registrar of its domain (location service with `Path`), routes to other
+//!   domains' S-CSCFs by a configured table, retargets configured AORs (rewrites the
+//!   Request-URI, §16.5), and **forks in parallel** to every registered contact (§16.6–16.7):
+//!   provisional responses and every 2xx go upstream, the other branches are CANCELled after a
+//!   2xx, and when no branch succeeds the best final response is returned (§16.7 step 6).
+//!
+//! Both record-route (`Record-Route: <sip:us;lr>`) so in-dialog requests keep the path, and
+//! both pop their own `Route` entry (loose routing, §16.4). ACKs for 2xx and 2xx responses
+//! whose transactions are gone are forwarded statelessly (§16.11, RFC 6026 §8).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mediasec_sdp::{CryptoAttribute, Level};
+use mediasec_sip::core::headers::{Contact, Route};
+use mediasec_sip::core::{
+    Header, HeaderName, Message, Method, Request, Response, ResponseBuilder, StatusCode, TransactionKey, TypedHeader as _, Uri, Via,
+};
+use mediasec_sip::dialog::{socket_addr, split_addresses};
+use mediasec_sip::udp::{Command, Event};
+
+use crate::registrar::{aor, Registrar};
+
+/// Which CSCF this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Proxy-CSCF: the UE's first hop.
+    Pcscf,
+    /// Serving-CSCF: registrar and router of a home domain.
+    Scscf,
+}
+
+/// Configuration of one proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Role.
+    pub role: Role,
+    /// Home domain (`a.example`).
+    pub domain: String,
+    /// P-CSCF: the S-CSCF every request without a route goes to.
+    pub scscf: Option<SocketAddr>,
+    /// S-CSCF: other domains' S-CSCFs.
+    pub peers: HashMap<String, SocketAddr>,
+    /// S-CSCF: AOR → new Request-URI (retargeting).
+    pub retarget: HashMap<String, String>,
+    /// P-CSCF: supports the `mediasec` indication (answers `Security-Server`).
+    pub mediasec: bool,
+}
+
+/// A branch target: Request-URI, `Route` entries to add (a binding's `Path`), next hop.
+type Target = (Uri, Vec<String>, SocketAddr);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum BranchState {
+    Pending,
+    Done(u16),
+}
+
+#[derive(Debug)]
+struct Branch {
+    key: TransactionKey,
+    request: Request,
+    to: SocketAddr,
+    state: BranchState,
+}
+
+/// One proxied request: its server transaction and branches.
+#[derive(Debug)]
+struct Context {
+    server: TransactionKey,
+    method: Method,
+    branches: Vec<Branch>,
+    best: Option<Response>,
+    forwarded_2xx: bool,
+    security_server: bool,
+    finished: bool,
+}
+
+/// The proxy core.
+#[derive(Debug)]
+pub struct Proxy {
+    config: ProxyConfig,
+    local: SocketAddr,
+    registrar: Registrar,
+    contexts: HashMap<TransactionKey, Context>,
+    /// Client transaction → server transaction of its context.
+    branches: HashMap<TransactionKey, TransactionKey>,
+    /// Counters for logs and tests.
+    pub stats: Stats,
+}
+
+/// What the proxy has done, for logs, metrics and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests received (new server transactions).
+    pub requests: u64,
+    /// Branches created (forks count one each).
+    pub branches: u64,
+    /// CANCELs sent to pending branches.
+    pub cancels: u64,
+    /// Requests answered locally with an error.
+    pub rejected: u64,
+    /// INVITE offers refused for their `a=crypto` lines (P-CSCF).
+    pub sdes_refused: u64,
+}
+
+fn branch_id() -> String {
+    format!("z9hG4bK{:016x}", rand::random::<u64>())
+}
+
+fn header(name: HeaderName, value: impl Into<Bytes>) -> Option<Header> {
+    Header::build(name, value).ok()
+}
+
+impl Proxy {
+    /// A proxy listening at `local`.
+    pub fn new(config: ProxyConfig, local: SocketAddr) -> Self {
+        Self { config, local, registrar: Registrar::default(), contexts: HashMap::new(), branches: HashMap::new(), stats: Stats::default() }
+    }
+
+    /// The registrar (S-CSCF).
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    /// Handles one endpoint event.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
+        match event {
+            Event::Request { key, request, source } => {
+                self.stats.requests += 1;
+                self.on_request(key, *request, source, now)
+            }
+            Event::Response { key, response } => self.on_response(&key, *response),
+            Event::Ack { request, .. } => self.forward_stateless(Message::Request(*request), now),
+            Event::Stray { message, .. } => self.forward_stateless(*message, now),
+            Event::Timeout { key } => self.on_timeout(&key),
+            Event::Malformed { source, reason } => {
+                tracing::info!(%source, %reason, "malformed datagram dropped");
+                Vec::new()
+            }
+        }
+    }
+
+    fn reply(&mut self, key: &TransactionKey, request: &Request, code: u16, reason: &str, extra: Vec<Header>) -> Vec<Command> {
+        if code >= 300 {
+            self.stats.rejected += 1;
+        }
+        let Some(status) = StatusCode::new(code) else { return Vec::new() };
+        let Ok(builder) = ResponseBuilder::to_request(request, status, reason.to_owned()) else {
+            // Not even the mandatory headers to answer with: nothing can be sent (§8.2.6.2).
+            tracing::info!(method = %request.method, "request without the headers a response needs; dropped");
+            return Vec::new();
+        };
+        let mut response = builder.build();
+        for h in extra {
+            response.headers.push(h);
+        }
+        vec![Command::Respond { key: key.clone(), response }]
+    }
+
+    fn is_us(&self, uri: &Uri) -> bool {
+        socket_addr(uri) == Some(self.local)
+    }
+
+    fn on_request(&mut self, key: TransactionKey, mut request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
+        let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        tracing::info!(role = ?self.config.role, method = %request.method, uri = %String::from_utf8_lossy(&request.uri.to_bytes()), %source, %call_id, "request");
+        // §16.3: Max-Forwards.
+        match request.headers.typed::<mediasec_sip::core::headers::MaxForwards>() {
+            Some(Ok(mf)) if mf.0 == 0 => return self.reply(&key, &request, 483, "Too Many Hops", vec![]),
+            Some(Ok(mf)) => {
+                // Rewritten in place: every other header keeps its position and bytes.
+                let at = request.headers.iter().position(|h| h.name() == &HeaderName::MaxForwards);
+                if let (Some(at), Some(h)) = (at, header(HeaderName::MaxForwards, (mf.0 - 1).to_string())) {
+                    request.headers.remove_first(&HeaderName::MaxForwards);
+                    request.headers.insert(at, h);
+                }
+            }
+            Some(Err(_)) => return self.reply(&key, &request, 400, "Bad Max-Forwards", vec![]),
+            None => {}
+        }
+        self.pop_own_route(&mut request);
+        match request.method {
+            Method::Cancel => self.on_cancel(&key, &request),
+            Method::Register if self.config.role == Role::Scscf && self.routes_here(&request) => self.on_register(&key, &request, now),
+            Method::Invite if self.config.role == Role::Pcscf => {
+                if let Err(reason) = check_offer(&request) {
+                    self.stats.sdes_refused += 1;
+                    tracing::warn!(%call_id, %reason, "INVITE offer refused");
+                    let warning = header(HeaderName::Warning, format!("399 pcscf \"{}\"", reason.replace('"', "'")));
+                    return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
+                }
+                self.route(key, request, now)
+            }
+            _ => self.route(key, request, now),
+        }
+    }
+
+    /// No Route left and the Request-URI names our domain (or us).
+    fn routes_here(&self, request: &Request) -> bool {
+        request.headers.get(&HeaderName::Route).is_none()
+            && (self.is_us(&request.uri)
+                || request.uri.host().is_some_and(|h| String::from_utf8_lossy(&h.to_bytes()).eq_ignore_ascii_case(&self.config.domain)))
+    }
+
+    /// §16.4: a top `Route` naming us is removed.
+    fn pop_own_route(&self, request: &mut Request) {
+        let first = request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned());
+        let Some(value) = first else { return };
+        let Ok(routes) = Route::parse_list(&value) else { return };
+        let Some(top) = routes.first() else { return };
+        if !self.is_us(&top.0.uri) {
+            return;
+        }
+        let index = request.headers.iter().position(|h| h.name() == &HeaderName::Route);
+        let rest: Vec<String> = split_addresses(&value).iter().skip(1).map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned()).collect();
+        request.headers.remove_first(&HeaderName::Route);
+        if !rest.is_empty()
+            && let (Some(i), Some(h)) = (index, header(HeaderName::Route, rest.join(", ")))
+        {
+            request.headers.insert(i, h);
+        }
+    }
+
+    fn on_register(&mut self, key: &TransactionKey, request: &Request, now: Instant) -> Vec<Command> {
+        let Some(to) = request.headers.get(&HeaderName::To).map(|h| h.value().into_owned()) else {
+            return self.reply(key, request, 400, "Missing To", vec![]);
+        };
+        let Ok(to) = mediasec_sip::core::Address::parse(&to, "To") else { return self.reply(key, request, 400, "Bad To", vec![]) };
+        let aor = aor(&String::from_utf8_lossy(&to.uri.to_bytes()));
+        let default_expires = match request.headers.typed::<mediasec_sip::core::headers::Expires>() {
+            Some(Ok(e)) => e.0,
+            Some(Err(_)) => return self.reply(key, request, 400, "Bad Expires", vec![]),
+            None => 3600,
+        };
+        let path: Vec<String> = request
+            .headers
+            .get_all(&HeaderName::Path)
+            .flat_map(|h| split_list(&h.value()))
+            .collect();
+        let mediasec = request
+            .headers
+            .get_all(&HeaderName::parse(&Bytes::from_static(b"Security-Client")))
+            .any(|h| String::from_utf8_lossy(&h.value()).to_ascii_lowercase().contains("mediasec"));
+        let mut bindings = Vec::new();
+        for h in request.headers.get_all(&HeaderName::Contact) {
+            let value = h.value();
+            let Ok(contacts) = Contact::parse_list(&value) else { return self.reply(key, request, 400, "Bad Contact", vec![]) };
+            for c in contacts {
+                let expires = c.param("expires").and_then(|e| std::str::from_utf8(e).ok()?.parse().ok()).unwrap_or(default_expires);
+                let contact = String::from_utf8_lossy(&c.uri.to_bytes()).into_owned();
+                bindings = self.registrar.register(&aor, &contact, path.clone(), Duration::from_secs(u64::from(expires)), mediasec, now);
+            }
+        }
+        if request.headers.get(&HeaderName::Contact).is_none() {
+            bindings = self.registrar.lookup(&aor, now);
+        }
+        tracing::info!(%aor, contacts = bindings.len(), mediasec, "registered");
+        let mut extra = Vec::new();
+        for b in &bindings {
+            let left = b.expires.saturating_duration_since(now).as_secs();
+            extra.extend(header(HeaderName::Contact, format!("<{}>;expires={left}", b.contact)));
+        }
+        for p in &path {
+            extra.extend(header(HeaderName::Path, p.clone()));
+        }
+        self.reply(key, request, 200, "OK", extra)
+    }
+
+    /// Where a request goes when no Route is left: the targets (Request-URI, extra Route
+    /// entries, next hop) or an error response.
+    fn targets(&self, request: &Request, now: Instant) -> Result<Vec<Target>, (u16, &'static str)> {
+        if let Some(addr) = socket_addr(&request.uri) {
+            return Ok(vec![(request.uri.clone(), vec![], addr)]);
+        }
+        match self.config.role {
+            Role::Pcscf => self.config.scscf.map(|s| vec![(request.uri.clone(), vec![], s)]).ok_or((404, "No S-CSCF configured")),
+            Role::Scscf => {
+                let mut uri = request.uri.clone();
+                let target = aor(&String::from_utf8_lossy(&uri.to_bytes()));
+                if let Some(new) = self.config.retarget.get(&target) {
+                    tracing::info!(from = %target, to = %new, "retargeted");
+                    uri = Uri::parse(Bytes::from(new.clone())).map_err(|_| (500, "Bad retarget URI"))?;
+                }
+                let host = uri.host().map(|h| String::from_utf8_lossy(&h.to_bytes()).to_ascii_lowercase()).unwrap_or_default();
+                if host == self.config.domain {
+                    let bindings = self.registrar.lookup(&aor(&String::from_utf8_lossy(&uri.to_bytes())), now);
+                    if bindings.is_empty() {
+                        return Err((480, "Temporarily Unavailable"));
+                    }
+                    let out: Vec<_> = bindings
+                        .into_iter()
+                        .filter_map(|b| {
+                            let contact = Uri::parse(Bytes::from(b.contact.clone())).ok()?;
+                            let first = b.path.first().and_then(|p| Route::decode(p.as_bytes()).ok()).and_then(|r| socket_addr(&r.0.uri));
+                            let to = first.or_else(|| socket_addr(&contact))?;
+                            Some((contact, b.path, to))
+                        })
+                        .collect();
+                    return if out.is_empty() { Err((480, "Temporarily Unavailable")) } else { Ok(out) };
+                }
+                self.config.peers.get(&host).map(|p| vec![(uri.clone(), vec![], *p)]).ok_or((404, "Not Found"))
+            }
+        }
+    }
+
+    fn route(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
+        let targets = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
+            Some(value) => match Route::parse_list(&value).ok().and_then(|r| r.first().and_then(|top| socket_addr(&top.0.uri))) {
+                Some(addr) => vec![(request.uri.clone(), vec![], addr)],
+                None => return self.reply(&key, &request, 400, "Unroutable Route", vec![]),
+            },
+            None => match self.targets(&request, now) {
+                Ok(t) => t,
+                Err((code, reason)) => return self.reply(&key, &request, code, reason, vec![]),
+            },
+        };
+        let mut out = Vec::new();
+        if request.method == Method::Invite {
+            out.extend(self.reply(&key, &request, 100, "Trying", vec![]));
+        }
+        let security_server = self.config.role == Role::Pcscf
+            && self.config.mediasec
+            && request.method == Method::Register
+            && request.headers.get_all(&HeaderName::parse(&Bytes::from_static(b"Security-Client"))).any(|h| String::from_utf8_lossy(&h.value()).to_ascii_lowercase().contains("mediasec"));
+        let mut context = Context { server: key.clone(), method: request.method.clone(), branches: Vec::new(), best: None, forwarded_2xx: false, security_server, finished: false };
+        let me = format!("<sip:{};lr>", self.local);
+        for (uri, path, to) in targets {
+            let mut branch = request.clone();
+            if uri.to_bytes() != request.uri.to_bytes() && branch.set_uri(uri).is_err() {
+                continue;
+            }
+            // Path entries of the binding become the Route (RFC 3327 §5.3), ahead of any left.
+            // (Only reached with no Route left, so they are the whole Route set, in order.)
+            branch.headers.extend_routes(&path);
+            if request.method == Method::Invite {
+                branch.headers.push_front_header(HeaderName::RecordRoute, &me);
+            }
+            if request.method == Method::Register && self.config.role == Role::Pcscf {
+                branch.headers.push_front_header(HeaderName::Path, &me);
+            }
+            branch.headers.push_front_header(HeaderName::Via, &format!("SIP/2.0/UDP {};branch={}", self.local, branch_id()));
+            let Some(client) = TransactionKey::from_sent_request(&branch) else { continue };
+            self.branches.insert(client.clone(), key.clone());
+            context.branches.push(Branch { key: client, request: branch.clone(), to, state: BranchState::Pending });
+            self.stats.branches += 1;
+            out.push(Command::Request { request: branch, to });
+        }
+        if context.branches.is_empty() {
+            return self.reply(&key, &request, 500, "No usable target", vec![]);
+        }
+        if context.branches.len() > 1 {
+            tracing::info!(branches = context.branches.len(), "forking in parallel");
+        }
+        self.contexts.insert(key, context);
+        out
+    }
+
+    fn on_cancel(&mut self, key: &TransactionKey, cancel: &Request) -> Vec<Command> {
+        let mut out = self.reply(key, cancel, 200, "OK", vec![]);
+        let Some(invite) = TransactionKey::for_cancelled_invite(cancel) else { return out };
+        let Some(context) = self.contexts.get_mut(&invite) else { return out };
+        out.extend(cancel_pending(context, &mut self.stats));
+        out
+    }
+
+    fn on_response(&mut self, key: &TransactionKey, mut response: Response) -> Vec<Command> {
+        let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
+        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
+        let code = response.status.code();
+        response.headers.remove_first(&HeaderName::Via);
+        if context.method == Method::Cancel || code == 100 {
+            return Vec::new();
+        }
+        if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key)
+            && code >= 200
+        {
+            b.state = BranchState::Done(code);
+        }
+        if response.status.is_provisional() {
+            return vec![Command::Respond { key: server, response }];
+        }
+        if response.status.is_success() {
+            if context.security_server
+                && let Some(h) = header(security_server_name(), "sdes-srtp;mediasec")
+            {
+                response.headers.push(h);
+            }
+            context.forwarded_2xx = true;
+            context.finished = true;
+            let mut out = vec![Command::Respond { key: server, response }];
+            if context.method == Method::Invite {
+                out.extend(cancel_pending(context, &mut self.stats));
+            }
+            return out;
+        }
+        // §16.7 step 6: keep the best non-2xx final response (6xx wins, then the lowest class).
+        let better = context.best.as_ref().is_none_or(|b| {
+            let (old, new) = (b.status.code(), code);
+            old < 600 && (new >= 600 || new / 100 < old / 100)
+        });
+        if better {
+            context.best = Some(response);
+        }
+        finish_if_done(context)
+    }
+
+    fn on_timeout(&mut self, key: &TransactionKey) -> Vec<Command> {
+        let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
+        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
+        if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key) {
+            b.state = BranchState::Done(408);
+        }
+        finish_if_done(context)
+    }
+
+    /// ACK for a 2xx (and stray 2xx responses): forwarded without a transaction.
+    fn forward_stateless(&mut self, message: Message, now: Instant) -> Vec<Command> {
+        match message {
+            Message::Request(mut request) => {
+                if let Some(Ok(mf)) = request.headers.typed::<mediasec_sip::core::headers::MaxForwards>()
+                    && mf.0 == 0
+                {
+                    return Vec::new();
+                }
+                self.pop_own_route(&mut request);
+                let to = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
+                    Some(v) => Route::parse_list(&v).ok().and_then(|r| r.first().and_then(|t| socket_addr(&t.0.uri))),
+                    None => self.targets(&request, now).ok().and_then(|t| t.first().map(|(_, _, a)| *a)),
+                };
+                let Some(to) = to else { return Vec::new() };
+                request.headers.push_front_header(HeaderName::Via, &format!("SIP/2.0/UDP {};branch={}", self.local, branch_id()));
+                vec![Command::Stateless { message: Message::Request(request), to }]
+            }
+            Message::Response(mut response) => {
+                // RFC 6026 §8: a 2xx whose transaction is gone is forwarded by its Via.
+                let ours = response.headers.typed::<Via>().and_then(Result::ok).is_some_and(|v| {
+                    matches!(v.host, mediasec_sip::core::Host::Ip(ip) if ip == self.local.ip()) && v.port == Some(self.local.port())
+                });
+                if !ours || !response.status.is_success() {
+                    return Vec::new();
+                }
+                response.headers.remove_first(&HeaderName::Via);
+                let Some(Ok(next)) = response.headers.typed::<Via>() else { return Vec::new() };
+                let Some(to) = via_address(&next) else { return Vec::new() };
+                vec![Command::Stateless { message: Message::Response(response), to }]
+            }
+        }
+    }
+}
+
+/// §16.7 step 10 / §16.10: CANCEL every branch still pending.
+fn cancel_pending(context: &mut Context, stats: &mut Stats) -> Vec<Command> {
+    let mut out = Vec::new();
+    for b in context.branches.iter().filter(|b| b.state == BranchState::Pending) {
+        if let Some(cancel) = cancel_for(&b.request) {
+            stats.cancels += 1;
+            out.push(Command::Stateless { message: Message::Request(cancel), to: b.to });
+        }
+    }
+    out
+}
+
+/// §9.1: a CANCEL has the Request-URI, Call-ID, To, From, Route and the single top Via of the
+/// request it cancels, and its CSeq number with the method CANCEL.
+fn cancel_for(request: &Request) -> Option<Request> {
+    let cseq = request.headers.typed::<mediasec_sip::core::CSeq>()?.ok()?;
+    let mut b = mediasec_sip::core::RequestBuilder::new(Method::Cancel, request.uri.clone());
+    b = b.header(HeaderName::Via, request.headers.get(&HeaderName::Via)?.value().into_owned()).ok()?.max_forwards(70);
+    for h in request.headers.get_all(&HeaderName::Route) {
+        b = b.header(HeaderName::Route, h.value().into_owned()).ok()?;
+    }
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        b = b.header(name.clone(), request.headers.get(&name)?.value().into_owned()).ok()?;
+    }
+    Some(b.cseq(cseq.sequence, &Method::Cancel).ok()?.build())
+}
+
+/// When every branch is done and no 2xx went up, the best response goes upstream.
+fn finish_if_done(context: &mut Context) -> Vec<Command> {
+    if context.finished || context.branches.iter().any(|b| b.state == BranchState::Pending) {
+        return Vec::new();
+    }
+    context.finished = true;
+    if context.forwarded_2xx {
+        return Vec::new();
+    }
+    match context.best.take() {
+        Some(response) => vec![Command::Respond { key: context.server.clone(), response }],
+        None => Vec::new(),
+    }
+}
+
+/// Where a response goes by a `Via` (RFC 3261 §18.2.2, RFC 3581): `received`/`rport` when
+/// present, else the sent-by.
+fn via_address(via: &Via) -> Option<SocketAddr> {
+    let ip = match via.received().and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()) {
+        Some(ip) => ip,
+        None => match &via.host {
+            mediasec_sip::core::Host::Ip(ip) => *ip,
+            mediasec_sip::core::Host::Name(_) => return None,
+        },
+    };
+    let port = via.rport().flatten().and_then(|p| std::str::from_utf8(p).ok()?.parse().ok()).or(via.port).unwrap_or(5060);
+    Some(SocketAddr::new(ip, port))
+}
+
+fn security_server_name() -> HeaderName {
+    HeaderName::parse(&Bytes::from_static(b"Security-Server"))
+}
+
+/// Header edits of a forwarded request. Values are built from our own address and parsed
+/// routes, so they always validate; one that did not would be left out, never panic.
+trait HeaderEdits {
+    fn push_front_header(&mut self, name: HeaderName, value: &str);
+    fn extend_routes(&mut self, routes: &[String]);
+}
+
+impl HeaderEdits for mediasec_sip::core::Headers {
+    fn push_front_header(&mut self, name: HeaderName, value: &str) {
+        if let Some(h) = header(name, value.to_owned()) {
+            self.push_front(h);
+        }
+    }
+
+    fn extend_routes(&mut self, routes: &[String]) {
+        for r in routes {
+            if let Some(h) = header(HeaderName::Route, r.clone()) {
+                self.push(h);
+            }
+        }
+    }
+}
+
+fn split_list(value: &[u8]) -> Vec<String> {
+    Route::parse_list(value)
+        .map(|list| {
+            list.into_iter()
+                .map(|r| format!("<{}>", String::from_utf8_lossy(&r.0.uri.to_bytes())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The P-CSCF's SDES check of an INVITE offer (RFC 4568 §9 grammar and §7.1 rules): every
+/// `a=crypto` line is parsed and logged; a media section whose tags repeat, or an `RTP/SAVP`
+/// section without one usable line, refuses the offer.
+pub fn check_offer(request: &Request) -> Result<(), String> {
+    let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
+        return match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+            Err(e) => Err(format!("unreadable SDP body: {e}")),
+            Ok(_) => Ok(()),
+        };
+    };
+    for i in 0..sdp.media_count() {
+        let proto = sdp.media_line(i).map(|m| m.proto.to_owned()).map_err(|e| format!("m-line {i}: {e}"))?;
+        let values = sdp.attribute_values(Level::Media(i), CryptoAttribute::NAME).map_err(|e| e.to_string())?;
+        let mut tags = Vec::new();
+        let mut usable = 0;
+        for v in &values {
+            match CryptoAttribute::parse(v) {
+                Ok(line) => {
+                    tracing::info!(media = i, tag = line.tag, suite = %line.suite, known = line.suite.key_salt_len().is_some(), "a=crypto");
+                    if tags.contains(&line.tag) {
+                        return Err(format!("media {i}: a=crypto tag {} used twice", line.tag));
+                    }
+                    tags.push(line.tag);
+                    if line.suite.key_salt_len().is_some() && line.inline_keys().next().is_some() {
+                        usable += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(media = i, error = %e, "malformed a=crypto"),
+            }
+        }
+        if proto == "RTP/SAVP" && usable == 0 {
+            return Err(format!("media {i}: RTP/SAVP without a usable a=crypto line ({} present)", values.len()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Whole-system calls on loopback over real UDP: two domains (a.example, b.example), each with
+//! a P-CSCF and an S-CSCF, and UEs registered through them. Every call's media is checked by
+//! content: each UE sends its own tone and counts the packets carrying the peer's tone.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::time::Duration;
+
+use mediasec_cscf::service::Cscf;
+use mediasec_cscf::{ProxyConfig, Role};
+use mediasec_sdp::SdesPolicy;
+use mediasec_sip::core::Timers;
+use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
+
+const ALICE_HZ: f64 = 1000.0;
+const BOB_HZ: f64 = 1500.0;
+
+fn free_addr() -> SocketAddr {
+    let s = StdUdp::bind("127.0.0.1:0").expect("probe");
+    s.local_addr().expect("addr")
+}
+
+struct Lab {
+    pcscf_a: Cscf,
+    scscf_a: Cscf,
+    pcscf_b: Cscf,
+    scscf_b: Cscf,
+}
+
+/// Two domains. `b_peer_of_a` lets a test put something between the S-CSCFs.
+async fn lab_with(retarget: HashMap<String, String>, between: Option<SocketAddr>) -> Lab {
+    let (sa, sb) = (free_addr(), free_addr());
+    let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
+        role: Role::Scscf,
+        domain: domain.into(),
+        scscf: None,
+        peers: HashMap::from([(peer.0.to_owned(), peer.1)]),
+        retarget,
+        mediasec: false,
+    };
+    let pcscf = |domain: &str, s: SocketAddr| ProxyConfig {
+        role: Role::Pcscf,
+        domain: domain.into(),
+        scscf: Some(s),
+        peers: HashMap::new(),
+        retarget: HashMap::new(),
+        mediasec: true,
+    };
+    let t = Timers::default();
+    let scscf_a = Cscf::start(scscf("a.example", ("b.example", between.unwrap_or(sb)), HashMap::new()), sa, t).await.expect("S-CSCF a");
+    let scscf_b = Cscf::start(scscf("b.example", ("a.example", sa), retarget), sb, t).await.expect("S-CSCF b");
+    let pcscf_a = Cscf::start(pcscf("a.example", sa), free_addr(), t).await.expect("P-CSCF a");
+    let pcscf_b = Cscf::start(pcscf("b.example", sb), free_addr(), t).await.expect("P-CSCF b");
+    Lab { pcscf_a, scscf_a, pcscf_b, scscf_b }
+}
+
+async fn lab() -> Lab {
+    lab_with(HashMap::new(), None).await
+}
+
+fn ue(aor: &str, proxy: SocketAddr, security: Security, tone: f64, expect: f64) -> UeConfig {
+    UeConfig {
+        aor: aor.into(),
+        sip_bind: "127.0.0.1:0".parse().expect("addr"),
+        rtp_ip: "127.0.0.1".parse().expect("ip"),
+        outbound_proxy: proxy,
+        security,
+        sdes: SdesPolicy::default(),
+        answering: Answering { auto: true, delay: Duration::from_millis(50), early_media: false },
+        tone_hz: tone,
+        expect_hz: Some(expect),
+        initial_seq: 1000,
+        timers: Timers::default(),
+    }
+}
+
+const STRICT: Security = Security::Sdes { fallback: false };
+const FALLBACK: Security = Security::Sdes { fallback: true };
+
+async fn registered(config: UeConfig) -> Ue {
+    let ue = Ue::start(config).await.expect("UE");
+    let r = tokio::time::timeout(Duration::from_secs(5), ue.register(600)).await.expect("in time").expect("REGISTER");
+    assert_eq!(r.status, 200);
+    ue
+}
+
+async fn only_call(ue: &Ue) -> CallReport {
+    let mut all = ue.reports().await.expect("reports");
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.remove(0)
+}
+
+async fn call(ue: &Ue, target: &str) -> Result<String, mediasec_ua::Error> {
+    tokio::time::timeout(Duration::from_secs(10), ue.call(target)).await.expect("call in time")
+}
+
+/// Media flowed both ways, protected as expected, checked by content.
+fn assert_media(caller: &CallReport, callee: &CallReport, protection: &str) {
+    for r in [caller, callee] {
+        assert_eq!(r.protection, protection, "{r:?}");
+        assert!(r.media.verified >= 20, "too little verified media: {r:?}");
+        assert_eq!(r.media.refused, 0, "{r:?}");
+    }
+}
+
+/// The SDES e2e call through P-CSCF and S-CSCF of two domains: both registrations carry the
+/// mediasec indication, the SRTP keys are the ones each side put in its SDP, media is verified
+/// both ways (SRTP and SRTCP), and BYE ends both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdes_e2e_call_across_two_domains() {
+    let lab = lab().await;
+    let alice = Ue::start(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await.expect("alice");
+    let reg = alice.register(600).await.expect("register");
+    assert!(reg.mediasec && reg.status == 200, "the P-CSCF answers Security-Server mediasec: {reg:?}");
+    let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let id = call(&alice, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+    assert_eq!(a.state, CallState::Established);
+    assert_eq!(b.state, CallState::Established);
+    assert_media(&a, &b, "srtp AEAD_AES_256_GCM");
+    assert!(a.media.rtcp >= 1 && b.media.rtcp >= 1, "SRTCP authenticated: {a:?} {b:?}");
+    assert_eq!(a.peer_key, b.own_key);
+    assert_eq!(b.peer_key, a.own_key);
+    assert!(a.setup.is_some_and(|d| d < Duration::from_secs(2)));
+    alice.hangup(&id).await.expect("BYE");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(only_call(&bob).await.state, CallState::Ended);
+    for p in [&lab.pcscf_a, &lab.scscf_a, &lab.scscf_b, &lab.pcscf_b] {
+        assert_eq!(p.stats().rejected, 0, "{:?}", p.stats());
+    }
+}
+
+/// Parallel forking to two registered contacts of bob: the first to answer gets the call,
+/// the other is CANCELled (or, if its 2xx crossed the CANCEL, ACKed and ended with BYE).
+/// TS 33.328 §5.4.2: with SDES every fork receives the offer — both candidates hold the key
+/// alice sends with, so the fork that did not answer could decrypt her media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_call_with_two_answering_candidates_sdes_limitation() {
+    let lab = lab().await;
+    let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+    let bob1 = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let mut slow = ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ);
+    slow.answering.delay = Duration::from_millis(700);
+    let bob2 = registered(slow).await;
+    let id = call(&alice, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let a = alice.report(&id).await.expect("r").expect("call");
+    let (b1, b2) = (only_call(&bob1).await, only_call(&bob2).await);
+    assert_eq!(b1.state, CallState::Established);
+    assert_media(&a, &b1, "srtp AEAD_AES_256_GCM");
+    assert!(matches!(b2.state, CallState::Failed(487, _) | CallState::Ended), "{b2:?}");
+    assert!(lab.scscf_b.stats().branches >= 2 && lab.scscf_b.stats().cancels >= 1, "{:?}", lab.scscf_b.stats());
+    // The SDES forking limitation, as data: both forks saw alice's sending key.
+    assert!(a.own_key.is_some());
+    assert_eq!(b1.peer_key, a.own_key);
+    assert_eq!(b2.peer_key, a.own_key, "the losing fork holds the key alice encrypts with");
+}
+
+/// Mixed SRTP and RTP forks. With RTP fallback allowed (RFC 8643 offer), the plain fork that
+/// answers first gets a plain call; with SRTP required, the plain UE refuses the RTP/SAVP offer
+/// (488) and the call is set up, protected, with the SDES fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_srtp_and_rtp_forks() {
+    let lab = lab().await;
+    let mut secure = ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ);
+    secure.answering.delay = Duration::from_millis(500);
+    let bob_srtp = registered(secure).await;
+    let bob_rtp = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+
+    let lenient = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), FALLBACK, ALICE_HZ, BOB_HZ)).await;
+    let id = call(&lenient, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let a = lenient.report(&id).await.expect("r").expect("call");
+    let plain = only_call(&bob_rtp).await;
+    assert_media(&a, &plain, "rtp");
+    lenient.hangup(&id).await.expect("BYE");
+    drop(lenient);
+
+    let strict = registered(ue("sip:alice2@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+    let id = call(&strict, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let a = strict.report(&id).await.expect("r").expect("call");
+    let reports = bob_srtp.reports().await.expect("reports");
+    let secured = reports.iter().find(|r| r.state == CallState::Established).expect("the SDES fork answered");
+    assert_media(&a, secured, "srtp AEAD_AES_256_GCM");
+    let refused = bob_rtp.reports().await.expect("reports");
+    assert!(refused.iter().any(|r| matches!(&r.state, CallState::Failed(488, _))), "{refused:?}");
+}
+
+/// Early media: the callee sends a 183 with its answer and starts SRTP before the 200; the
+/// caller decrypts and verifies it as soon as the 183's keys are known (no clipping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_before_the_answer() {
+    let lab = lab().await;
+    let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+    let mut early = ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ);
+    early.answering = Answering { auto: true, delay: Duration::from_millis(800), early_media: true };
+    let bob = registered(early).await;
+    let id = call(&alice, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let a = alice.report(&id).await.expect("r").expect("call");
+    let b = only_call(&bob).await;
+    assert!(a.early_verified >= 15, "early media verified before the 200: {a:?}");
+    assert_media(&a, &b, "srtp AEAD_AES_256_GCM");
+}
+
+/// Re-INVITE with re-keying (RFC 4568 §7.1.4, peers.md §1e): both sides start near the
+/// sequence-number wrap so their ROC is 1 before the re-key; new keys mean new contexts at
+/// ROC 0 while the sequence numbers continue, and media stays verified without refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_rekeys_and_resets_the_roc() {
+    let lab = lab().await;
+    let mut ac = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
+    ac.initial_seq = 65_500;
+    let alice = registered(ac).await;
+    let mut bc = ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ);
+    bc.initial_seq = 65_500;
+    let bob = registered(bc).await;
+    let id = call(&alice, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = alice.report(&id).await.expect("r").expect("call");
+    assert_eq!(before.media.tx_roc, 1, "the sequence number wrapped: {before:?}");
+    assert_eq!(before.media.rx_roc, 1, "{before:?}");
+    tokio::time::timeout(Duration::from_secs(5), alice.reinvite(&id)).await.expect("in time").expect("re-INVITE");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = alice.report(&id).await.expect("r").expect("call");
+    let b = only_call(&bob).await;
+    assert_eq!((after.rekeys, b.rekeys), (1, 1));
+    assert_ne!(after.own_key, before.own_key, "a new key was sent");
+    assert_ne!(after.peer_key, before.peer_key, "a new key was received");
+    assert_eq!((after.media.tx_roc, after.media.rx_roc), (0, 0), "new contexts start at ROC 0: {after:?}");
+    assert!(after.media.verified >= before.media.verified + 30, "media continued: {before:?} -> {after:?}");
+    assert_eq!(after.media.refused, 0, "{after:?}");
+    assert_eq!(b.media.refused, 0, "{b:?}");
+}
+
+/// Retargeting at the terminating S-CSCF: a call to carol reaches bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retargeted_call() {
+    let lab = lab_with(HashMap::from([("sip:carol@b.example".to_owned(), "sip:bob@b.example".to_owned())]), None).await;
+    let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+    let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let id = call(&alice, "sip:carol@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_media(&alice.report(&id).await.expect("r").expect("call"), &only_call(&bob).await, "srtp AEAD_AES_256_GCM");
+    // An unknown user of a known domain: 480 from the registrar.
+    let err = call(&alice, "sip:nobody@b.example").await.expect_err("no such user");
+    assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 480, .. }), "{err}");
+}
+
+/// A proxy on the path strips `a=crypto` from the answer (an attack SDES cannot detect).
+/// A caller whose policy requires SRTP refuses the call (ACK + BYE); a caller that allows
+/// fallback runs in clear without noticing — only its peer's SRTP stays unreadable to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripped_answer_is_refused_only_when_policy_requires_srtp() {
+    let mitm = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("mitm");
+    let lab = lab_with(HashMap::new(), Some(mitm.local_addr().expect("addr"))).await;
+    let (a_side, b_side) = (lab.scscf_a.local_addr(), lab.scscf_b.local_addr());
+    let relay = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let Ok((n, from)) = mitm.recv_from(&mut buf).await else { return };
+            let Some(bytes) = buf.get(..n) else { continue };
+            let to = if from == a_side { b_side } else { a_side };
+            let mut out = bytes.to_vec();
+            if let Ok(mut m) = mediasec_sip::core::parse_datagram(bytes::Bytes::copy_from_slice(bytes), &mediasec_sip::core::Limits::datagram())
+                && m.as_response().is_some()
+                && let Ok(Some(mut sdp)) = mediasec_sip::body::sdp(&m)
+            {
+                let _ = sdp.remove_attributes(mediasec_sdp::Level::Media(0), |a| a.name == "crypto");
+                let _ = sdp.set_media_port_proto(0, None, Some("RTP/AVP"));
+                if mediasec_sip::body::set_sdp(&mut m, &sdp).is_ok() {
+                    out = m.to_bytes().to_vec();
+                }
+            }
+            let _ = mitm.send_to(&out, to).await;
+        }
+    });
+    let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let strict = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+    let err = call(&strict, "sip:bob@b.example").await.expect_err("downgrade refused");
+    assert!(matches!(err, mediasec_ua::Error::Downgrade(_)), "{err}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(only_call(&bob).await.state, CallState::Ended, "the refused dialog was ended with BYE");
+
+    let lenient = registered(ue("sip:alice2@a.example", lab.pcscf_a.local_addr(), FALLBACK, ALICE_HZ, BOB_HZ)).await;
+    let id = call(&lenient, "sip:bob@b.example").await.expect("established in clear");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let a = lenient.report(&id).await.expect("r").expect("call");
+    assert_eq!(a.protection, "rtp", "the caller believes the answerer chose RTP");
+    assert_eq!(a.media.verified, 0, "bob sends SRTP the caller cannot read: {a:?}");
+    relay.abort();
+}
+
+/// The P-CSCF checks the SDES lines of offers: duplicate tags, or RTP/SAVP without one usable
+/// line, are answered 488 with a Warning; the request goes no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcscf_refuses_unusable_sdes_offers() {
+    let lab = lab().await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let me = socket.local_addr().expect("addr");
+    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    let cases = [
+        ("duplicate tag", format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}\r\na=crypto:1 AES_CM_128_HMAC_SHA1_32 {key}\r\n"), 488),
+        ("unknown suite only", format!("a=crypto:1 FOO_BAR {key}\r\n"), 488),
+        ("missing crypto", String::new(), 488),
+        ("huge MKI", format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}|2^20|1:200\r\n"), 488),
+    ];
+    for (i, (what, lines, code)) in cases.iter().enumerate() {
+        let body = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n{lines}");
+        let invite = format!(
+            "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKt{i}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=t{i}\r\nTo: <sip:bob@b.example>\r\nCall-ID: check{i}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.send_to(invite.as_bytes(), lab.pcscf_a.local_addr()).await.expect("send");
+        let mut buf = vec![0u8; 4096];
+        let final_line = loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(3), socket.recv_from(&mut buf)).await.expect("answer").expect("recv");
+            let text = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+            if !text.starts_with("SIP/2.0 100") {
+                break text;
+            }
+        };
+        assert!(final_line.starts_with(&format!("SIP/2.0 {code}")), "{what}: {final_line}");
+        assert!(final_line.contains("Warning: 399 pcscf"), "{what}: {final_line}");
+    }
+    assert_eq!(lab.pcscf_a.stats().sdes_refused, 4);
+    assert_eq!(lab.scscf_a.stats().requests, 0, "nothing was forwarded");
+}

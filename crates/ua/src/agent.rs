@@ -1,0 +1,930 @@
+//! The UE as a tokio service: one task owns the SIP [`Endpoint`], the calls and their media,
+//! and is driven by the API ([`Ue`]) and by SIP events.
+//!
+//! Flows (RFC 3261 UAC/UAS §8, §12–§15; TS 24.229 as far as a loopback lab needs):
+//! - REGISTER to the outbound proxy (the P-CSCF) with `Security-Client: sdes-srtp;mediasec`
+//!   when the local policy allows SDES: the media-security capability indication of TS 24.229
+//!   §5.1.1.2 / TS 33.328 §7.1 (RFC 3329 syntax with the `mediasec` parameter). A P-CSCF that
+//!   supports it answers `Security-Server: sdes-srtp;mediasec`.
+//! - Calling: INVITE with our offer through the outbound proxy. A 18x with SDP starts early
+//!   media as soon as its keys are known; the first 2xx confirms the dialog (ACK) and starts
+//!   or keeps media; every further 2xx (another fork, RFC 6026) is ACKed and ended with BYE
+//!   (§13.2.2.4). A 2xx whose answer breaks the policy (downgrade) is ACKed and ended with BYE.
+//! - Answering: 180 at once; with early media a 183 carrying the answer and media; the 200
+//!   with the same answer after the configured delay (retransmitted until ACK); CANCEL before
+//!   the 200 gives 200 (CANCEL) + 487 (INVITE); an offer the policy refuses gives 488.
+//! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
+//! - BYE in either direction ends the call.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mediasec_sdp::{InlineKey, SdesPolicy, Sdp};
+use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, Response, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
+use mediasec_sip::dialog::{Dialog, DialogId};
+use mediasec_sip::udp::{Command, Endpoint, Event};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::media::{MediaStats, RtpEndpoint};
+use crate::offer_answer::{self, Media, Offer, Protection, Security};
+use crate::Error;
+
+/// How incoming calls are answered.
+#[derive(Clone, Copy, Debug)]
+pub struct Answering {
+    /// Answer at all (otherwise ring until cancelled).
+    pub auto: bool,
+    /// Ring this long before the 200.
+    pub delay: Duration,
+    /// Send a 183 with the answer and start media before the 200.
+    pub early_media: bool,
+}
+
+/// The UE's configuration.
+#[derive(Clone, Debug)]
+pub struct UeConfig {
+    /// Our public identity, e.g. `sip:alice@a.example`.
+    pub aor: String,
+    /// SIP address (port 0 picks one).
+    pub sip_bind: SocketAddr,
+    /// Address for RTP sockets.
+    pub rtp_ip: IpAddr,
+    /// The P-CSCF (outbound proxy) every initial request goes to.
+    pub outbound_proxy: SocketAddr,
+    /// Media security for calls we place and accept.
+    pub security: Security,
+    /// SDES suites and parameters.
+    pub sdes: SdesPolicy,
+    /// Answering behaviour.
+    pub answering: Answering,
+    /// The tone we send (Hz).
+    pub tone_hz: f64,
+    /// The tone we expect from peers (Hz), if any.
+    pub expect_hz: Option<f64>,
+    /// First RTP sequence number (a value near 65535 exercises the ROC).
+    pub initial_seq: u16,
+    /// SIP timers.
+    pub timers: Timers,
+}
+
+/// Who placed the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// We called.
+    Caller,
+    /// We were called.
+    Callee,
+}
+
+/// Where a call stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallState {
+    /// INVITE sent or received, no answer yet.
+    Setup,
+    /// Early media running (18x with SDP).
+    Early,
+    /// Confirmed dialog.
+    Established,
+    /// Ended by BYE.
+    Ended,
+    /// Failed or refused (status and reason).
+    Failed(u16, String),
+}
+
+/// What a test or the CLI reads about a call.
+#[derive(Clone, Debug)]
+pub struct CallReport {
+    /// `Call-ID`.
+    pub call_id: String,
+    /// Role.
+    pub role: Role,
+    /// State.
+    pub state: CallState,
+    /// `rtp` or `srtp <suite>`.
+    pub protection: String,
+    /// INVITE sent → 2xx received (caller) / INVITE received → ACK received (callee).
+    pub setup: Option<Duration>,
+    /// Media counters.
+    pub media: MediaStats,
+    /// Tone packets verified before the call was established (early media).
+    pub early_verified: u64,
+    /// Fingerprint of the SDES key the peer sends with (for the caller: the answerer's key;
+    /// for the callee: the offerer's key — which every forked callee sees).
+    pub peer_key: Option<String>,
+    /// Fingerprint of the SDES key we send with.
+    pub own_key: Option<String>,
+    /// Extra 2xx answers (other forks) we ACKed and ended.
+    pub extra_forks_ended: u32,
+    /// Re-INVITEs completed.
+    pub rekeys: u32,
+}
+
+/// The outcome of a registration.
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// The final status.
+    pub status: u16,
+    /// The registrar's path accepted our `mediasec` capability (`Security-Server`).
+    pub mediasec: bool,
+}
+
+enum Op {
+    Register(u32, oneshot::Sender<Result<Registration, Error>>),
+    Call(String, oneshot::Sender<Result<String, Error>>),
+    Reinvite(String, oneshot::Sender<Result<(), Error>>),
+    Hangup(String, oneshot::Sender<Result<(), Error>>),
+    Report(String, oneshot::Sender<Option<CallReport>>),
+    Reports(oneshot::Sender<Vec<CallReport>>),
+    AnswerNow(String),
+}
+
+/// A running UE.
+pub struct Ue {
+    ops: mpsc::UnboundedSender<Op>,
+    sip: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Ue {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Ue {
+    /// Binds the SIP endpoint and starts the UE.
+    pub async fn start(config: UeConfig) -> Result<Self, Error> {
+        let (endpoint, events) = Endpoint::bind(config.sip_bind, config.timers).await?;
+        let sip = endpoint.local_addr();
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        let core = Core { config, endpoint, ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0 };
+        let task = tokio::spawn(core.run(events, ops_rx));
+        Ok(Self { ops, sip, task })
+    }
+
+    /// Our SIP address.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(op(tx)).map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// REGISTER through the outbound proxy.
+    pub async fn register(&self, expires: u32) -> Result<Registration, Error> {
+        self.ask(|tx| Op::Register(expires, tx)).await?
+    }
+
+    /// Calls `target` (a SIP URI); returns the Call-ID once the call is established.
+    pub async fn call(&self, target: &str) -> Result<String, Error> {
+        self.ask(|tx| Op::Call(target.to_owned(), tx)).await?
+    }
+
+    /// Re-INVITE with fresh keys; returns when the new answer is applied.
+    pub async fn reinvite(&self, call_id: &str) -> Result<(), Error> {
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), tx)).await?
+    }
+
+    /// BYE; returns when the BYE is answered.
+    pub async fn hangup(&self, call_id: &str) -> Result<(), Error> {
+        self.ask(|tx| Op::Hangup(call_id.to_owned(), tx)).await?
+    }
+
+    /// The report of one call.
+    pub async fn report(&self, call_id: &str) -> Result<Option<CallReport>, Error> {
+        self.ask(|tx| Op::Report(call_id.to_owned(), tx)).await
+    }
+
+    /// Reports of every call, oldest first.
+    pub async fn reports(&self) -> Result<Vec<CallReport>, Error> {
+        self.ask(Op::Reports).await
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Register,
+    Invite,
+    Reinvite,
+    Bye,
+    /// BYE ending an extra fork (response ignored).
+    ForkBye,
+}
+
+struct Call {
+    role: Role,
+    state: CallState,
+    order: u64,
+    dialog: Option<Dialog>,
+    /// Caller: the INVITE we sent. Callee: the INVITE received.
+    invite: Request,
+    /// Callee: the INVITE server transaction.
+    invite_key: Option<TransactionKey>,
+    /// Caller: the pending offer (initial or re-INVITE).
+    offer: Option<Offer>,
+    /// Callee: the answer text and media, until the 200 is sent.
+    answer: Option<(String, Media)>,
+    answered: bool,
+    rtp: RtpEndpoint,
+    started: Instant,
+    setup: Option<Duration>,
+    early_verified: u64,
+    protection: String,
+    peer_key: Option<String>,
+    own_key: Option<String>,
+    sdp_version: u64,
+    extra_forks_ended: u32,
+    rekeys: u32,
+    reinvite_seq: Option<u32>,
+    waiter: Option<oneshot::Sender<Result<String, Error>>>,
+    unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
+}
+
+impl Call {
+    fn report(&self, call_id: &str) -> CallReport {
+        CallReport {
+            call_id: call_id.to_owned(),
+            role: self.role,
+            state: self.state.clone(),
+            protection: self.protection.clone(),
+            setup: self.setup,
+            media: self.rtp.stats(),
+            early_verified: self.early_verified,
+            peer_key: self.peer_key.clone(),
+            own_key: self.own_key.clone(),
+            extra_forks_ended: self.extra_forks_ended,
+            rekeys: self.rekeys,
+        }
+    }
+
+    fn apply_media(&mut self, media: &Media) {
+        self.protection = media.protection.describe();
+        if let Protection::Srtp { negotiated, .. } = &media.protection {
+            let fp = |l: &mediasec_sdp::CryptoAttribute| l.inline_keys().next().map(InlineKey::fingerprint);
+            self.peer_key = fp(&negotiated.remote);
+            self.own_key = fp(&negotiated.local);
+        }
+        self.rtp.apply(media);
+    }
+
+    fn fail(&mut self, code: u16, reason: &str) {
+        self.state = CallState::Failed(code, reason.to_owned());
+        self.rtp.stop();
+        if let Some(w) = self.waiter.take() {
+            let _ = w.send(Err(Error::CallFailed { code, reason: reason.to_owned() }));
+        }
+    }
+}
+
+struct Core {
+    config: UeConfig,
+    endpoint: Endpoint,
+    ops: mpsc::UnboundedSender<Op>,
+    calls: HashMap<String, Call>,
+    client: HashMap<TransactionKey, (String, Purpose)>,
+    seq: u64,
+}
+
+type RegisterWaiter = oneshot::Sender<Result<Registration, Error>>;
+
+fn random_token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn fill_random(buf: &mut [u8]) {
+    rand::RngCore::fill_bytes(&mut rand::rng(), buf);
+}
+
+fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Option<String> {
+    headers.get(name).map(|h| String::from_utf8_lossy(h.value().trim_ascii()).into_owned())
+}
+
+impl Core {
+    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut registering: HashMap<TransactionKey, RegisterWaiter> = HashMap::new();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(e) => {
+                        if let Err(err) = self.on_event(e, &mut registering).await {
+                            tracing::warn!(error = %err, "UE event");
+                        }
+                    }
+                    None => return,
+                },
+                op = ops.recv() => match op {
+                    Some(Op::Register(expires, tx)) => match self.register(expires) {
+                        Ok(key) => { registering.insert(key, tx); }
+                        Err(e) => { let _ = tx.send(Err(e)); }
+                    },
+                    Some(op) => self.on_op(op).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn via(&self) -> String {
+        format!("SIP/2.0/UDP {};branch=z9hG4bK{};rport", self.endpoint.local_addr(), random_token())
+    }
+
+    fn contact(&self) -> String {
+        let user = self.config.aor.trim_start_matches("sip:").split('@').next().unwrap_or("ue").to_owned();
+        format!("<sip:{user}@{}>", self.endpoint.local_addr())
+    }
+
+    fn domain(&self) -> String {
+        self.config.aor.rsplit('@').next().unwrap_or_default().to_owned()
+    }
+
+    fn send_request(&mut self, request: Request, to: SocketAddr, call_id: &str, purpose: Purpose) -> Result<TransactionKey, Error> {
+        let key = TransactionKey::from_sent_request(&request).ok_or(Error::Negotiation("request without Via".into()))?;
+        self.client.insert(key.clone(), (call_id.to_owned(), purpose));
+        self.endpoint.send(Command::Request { request, to })?;
+        Ok(key)
+    }
+
+    fn register(&mut self, expires: u32) -> Result<TransactionKey, Error> {
+        let uri = Uri::parse(Bytes::from(format!("sip:{}", self.domain()))).map_err(|e| Error::Negotiation(e.to_string()))?;
+        let call_id = random_token();
+        let mut b = RequestBuilder::new(Method::Register, uri)
+            .header(HeaderName::Via, self.via())?
+            .max_forwards(70)
+            .header(HeaderName::From, format!("<{}>;tag={}", self.config.aor, random_token()))?
+            .header(HeaderName::To, format!("<{}>", self.config.aor))?
+            .header(HeaderName::CallId, call_id.clone())?
+            .cseq(1, &Method::Register)?
+            .header(HeaderName::Contact, self.contact())?
+            .header(HeaderName::Expires, expires.to_string())?;
+        if matches!(self.config.security, Security::Sdes { .. }) {
+            b = b.header(security_client(), "sdes-srtp;mediasec")?;
+        }
+        let to = self.config.outbound_proxy;
+        self.send_request(b.build(), to, &call_id, Purpose::Register)
+    }
+
+    async fn on_op(&mut self, op: Op) {
+        match op {
+            Op::Call(target, tx) => {
+                if let Err(e) = self.place_call(&target, tx).await {
+                    tracing::warn!(error = %e, "call");
+                }
+            }
+            Op::Reinvite(call_id, tx) => {
+                if let Err(e) = self.reinvite(&call_id, tx) {
+                    tracing::warn!(error = %e, "re-INVITE");
+                }
+            }
+            Op::Hangup(call_id, tx) => match self.hangup(&call_id) {
+                Ok(()) => {
+                    if let Some(c) = self.calls.get_mut(&call_id) {
+                        c.unit_waiter = Some(tx);
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            },
+            Op::Report(call_id, tx) => {
+                let _ = tx.send(self.calls.get(&call_id).map(|c| c.report(&call_id)));
+            }
+            Op::Reports(tx) => {
+                let mut all: Vec<(&String, &Call)> = self.calls.iter().collect();
+                all.sort_by_key(|(_, c)| c.order);
+                let _ = tx.send(all.into_iter().map(|(id, c)| c.report(id)).collect());
+            }
+            Op::AnswerNow(call_id) => {
+                if let Err(e) = self.answer_now(&call_id) {
+                    tracing::warn!(error = %e, "answering");
+                }
+            }
+            Op::Register(..) => {}
+        }
+    }
+
+    async fn new_rtp(&self) -> Result<RtpEndpoint, Error> {
+        RtpEndpoint::bind(self.config.rtp_ip, self.config.tone_hz, self.config.expect_hz, self.config.initial_seq).await
+    }
+
+    async fn place_call(&mut self, target: &str, tx: oneshot::Sender<Result<String, Error>>) -> Result<(), Error> {
+        let rtp = match self.new_rtp().await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return Ok(());
+            }
+        };
+        let offer = match offer_answer::offer(rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random) {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return Ok(());
+            }
+        };
+        let uri = match Uri::parse(Bytes::from(target.to_owned())) {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = tx.send(Err(Error::Negotiation(format!("target {target}: {e}"))));
+                return Ok(());
+            }
+        };
+        let call_id = format!("{}@{}", random_token(), self.endpoint.local_addr().ip());
+        let request = RequestBuilder::new(Method::Invite, uri)
+            .header(HeaderName::Via, self.via())?
+            .max_forwards(70)
+            .header(HeaderName::From, format!("<{}>;tag={}", self.config.aor, random_token()))?
+            .header(HeaderName::To, format!("<{target}>"))?
+            .header(HeaderName::CallId, call_id.clone())?
+            .cseq(1, &Method::Invite)?
+            .header(HeaderName::Contact, self.contact())?
+            .header(HeaderName::ContentType, "application/sdp")?
+            .body(offer.sdp.clone())
+            .build();
+        self.seq += 1;
+        let call = Call {
+            role: Role::Caller,
+            state: CallState::Setup,
+            order: self.seq,
+            dialog: None,
+            invite: request.clone(),
+            invite_key: None,
+            offer: Some(offer),
+            answer: None,
+            answered: false,
+            rtp,
+            started: Instant::now(),
+            setup: None,
+            early_verified: 0,
+            protection: String::new(),
+            peer_key: None,
+            own_key: None,
+            sdp_version: 1,
+            extra_forks_ended: 0,
+            rekeys: 0,
+            reinvite_seq: None,
+            waiter: Some(tx),
+            unit_waiter: None,
+        };
+        self.calls.insert(call_id.clone(), call);
+        let to = self.config.outbound_proxy;
+        self.send_request(request, to, &call_id, Purpose::Invite)?;
+        Ok(())
+    }
+
+    fn reinvite(&mut self, call_id: &str, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
+        let via = self.via();
+        let contact = self.contact();
+        let (security, sdes) = (self.config.security, self.config.sdes.clone());
+        let Some(call) = self.calls.get_mut(call_id) else {
+            let _ = tx.send(Err(Error::NoSuchCall));
+            return Ok(());
+        };
+        let Some(dialog) = call.dialog.as_mut() else {
+            let _ = tx.send(Err(Error::NoSuchCall));
+            return Ok(());
+        };
+        call.sdp_version += 1;
+        let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
+        let mut request = dialog.request(Method::Invite, &via)?;
+        mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
+        let mut message = Message::Request(request);
+        mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&offer.sdp))?;
+        let Message::Request(request) = message else { return Ok(()) };
+        let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
+        call.reinvite_seq = Some(dialog.local_seq());
+        call.offer = Some(offer);
+        call.unit_waiter = Some(tx);
+        let call_id = call_id.to_owned();
+        self.send_request(request, to, &call_id, Purpose::Reinvite)?;
+        Ok(())
+    }
+
+    fn hangup(&mut self, call_id: &str) -> Result<(), Error> {
+        let via = self.via();
+        let call = self.calls.get_mut(call_id).ok_or(Error::NoSuchCall)?;
+        let dialog = call.dialog.as_mut().ok_or(Error::NoSuchCall)?;
+        let request = dialog.request(Method::Bye, &via)?;
+        let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
+        call.rtp.stop();
+        let call_id = call_id.to_owned();
+        self.send_request(request, to, &call_id, Purpose::Bye)?;
+        Ok(())
+    }
+
+    async fn on_event(&mut self, event: Event, registering: &mut HashMap<TransactionKey, RegisterWaiter>) -> Result<(), Error> {
+        match event {
+            Event::Request { key, request, .. } => self.on_request(key, *request).await,
+            Event::Response { key, response } => {
+                if let Some(waiter) = registering.remove(&key) {
+                    if response.status.is_provisional() {
+                        registering.insert(key, waiter);
+                    } else {
+                        let mediasec = response.headers.get_all(&security_server()).any(|h| {
+                            String::from_utf8_lossy(&h.value()).split(';').any(|p| p.trim().eq_ignore_ascii_case("mediasec"))
+                        });
+                        let _ = waiter.send(Ok(Registration { status: response.status.code(), mediasec }));
+                    }
+                    return Ok(());
+                }
+                let Some((call_id, purpose)) = self.client.get(&key).cloned() else { return Ok(()) };
+                if response.status.is_final() && purpose != Purpose::Invite {
+                    self.client.remove(&key);
+                }
+                self.on_response(&call_id, purpose, *response)
+            }
+            Event::Stray { message, .. } => {
+                // A 2xx retransmission after the INVITE transaction ended (another fork, or a
+                // lost ACK): handled like any 2xx of that call.
+                if let Message::Response(r) = *message
+                    && let Some(call_id) = header_text(&r.headers, &HeaderName::CallId)
+                    && self.calls.get(&call_id).is_some_and(|c| c.role == Role::Caller)
+                    && r.status.is_success()
+                {
+                    return self.on_response(&call_id, Purpose::Invite, r);
+                }
+                Ok(())
+            }
+            Event::Ack { request, .. } => {
+                let Some(call_id) = header_text(&request.headers, &HeaderName::CallId) else { return Ok(()) };
+                if let Some(call) = self.calls.get_mut(&call_id)
+                    && call.role == Role::Callee
+                    && call.answered
+                    && call.state != CallState::Established
+                    && matches!(call.state, CallState::Setup | CallState::Early)
+                {
+                    call.state = CallState::Established;
+                    call.early_verified = call.rtp.stats().verified;
+                    call.setup = Some(call.started.elapsed());
+                }
+                Ok(())
+            }
+            Event::Timeout { key } => {
+                if let Some(waiter) = registering.remove(&key) {
+                    let _ = waiter.send(Err(Error::CallFailed { code: 408, reason: "REGISTER timed out".into() }));
+                }
+                if let Some((call_id, purpose)) = self.client.remove(&key)
+                    && let Some(call) = self.calls.get_mut(&call_id)
+                {
+                    match purpose {
+                        Purpose::Invite if call.state != CallState::Established => call.fail(408, "INVITE timed out"),
+                        Purpose::Reinvite | Purpose::Bye => {
+                            if let Some(w) = call.unit_waiter.take() {
+                                let _ = w.send(Err(Error::CallFailed { code: 408, reason: "timed out".into() }));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Event::Malformed { .. } => Ok(()),
+        }
+    }
+
+    fn on_response(&mut self, call_id: &str, purpose: Purpose, response: Response) -> Result<(), Error> {
+        let via = self.via();
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let code = response.status.code();
+        match purpose {
+            Purpose::Register | Purpose::ForkBye => Ok(()),
+            Purpose::Bye => {
+                if response.status.is_final() {
+                    call.state = CallState::Ended;
+                    if let Some(w) = call.unit_waiter.take() {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                Ok(())
+            }
+            Purpose::Reinvite => {
+                if !response.status.is_final() {
+                    return Ok(());
+                }
+                let Some(dialog) = call.dialog.as_mut() else { return Ok(()) };
+                if !response.status.is_success() {
+                    if let Some(w) = call.unit_waiter.take() {
+                        let _ = w.send(Err(Error::CallFailed { code, reason: String::from_utf8_lossy(&response.reason).into_owned() }));
+                    }
+                    return Ok(());
+                }
+                dialog.receive_target_refresh(&response)?;
+                let seq = call.reinvite_seq.unwrap_or_else(|| dialog.local_seq());
+                let ack = dialog.ack(seq, &via)?;
+                let to = dialog.next_hop();
+                let result = match (call.offer.as_ref(), mediasec_sip::body::sdp(&Message::Response(response))?) {
+                    (Some(offer), Some(answer)) => offer_answer::process_answer(offer, &answer, &self.config.sdes),
+                    _ => Err(Error::Negotiation("re-INVITE 2xx without an answer".into())),
+                };
+                if let Some(to) = to {
+                    self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
+                }
+                let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+                let outcome = result.map(|media| {
+                    call.apply_media(&media);
+                    call.rekeys += 1;
+                });
+                if let Some(w) = call.unit_waiter.take() {
+                    let _ = w.send(outcome);
+                }
+                Ok(())
+            }
+            Purpose::Invite => self.on_invite_response(call_id, response, &via),
+        }
+    }
+
+    fn on_invite_response(&mut self, call_id: &str, response: Response, via: &str) -> Result<(), Error> {
+        let policy = self.config.sdes.clone();
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let status = response.status;
+        if status.is_provisional() {
+            if call.state == CallState::Established {
+                return Ok(());
+            }
+            // Early media (RFC 3264 answer in a 18x): start as soon as the keys are known.
+            if let (Some(offer), Ok(Some(answer))) = (call.offer.as_ref(), mediasec_sip::body::sdp(&Message::Response(response)))
+                && status.code() != 100
+            {
+                match offer_answer::process_answer(offer, &answer, &policy) {
+                    Ok(media) => {
+                        call.apply_media(&media);
+                        call.state = CallState::Early;
+                    }
+                    Err(e) => tracing::info!(error = %e, "early answer not used"),
+                }
+            }
+            return Ok(());
+        }
+        if !status.is_success() {
+            if !matches!(call.state, CallState::Established | CallState::Ended) {
+                call.fail(status.code(), &String::from_utf8_lossy(&response.reason));
+            }
+            return Ok(());
+        }
+        let id = DialogId::of_received_response(&response).ok_or(mediasec_sip::Error::NotADialog("2xx without tags"))?;
+        // A retransmission of the 2xx we confirmed: ACK again (§13.2.2.4).
+        if let Some(dialog) = call.dialog.as_ref()
+            && dialog.id() == &id
+        {
+            let ack = dialog.ack(1, via)?;
+            if let Some(to) = dialog.next_hop() {
+                self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
+            }
+            return Ok(());
+        }
+        let dialog = Dialog::uac(&call.invite, &response)?;
+        let ack = dialog.ack(1, via)?;
+        let to = dialog.next_hop().ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
+        self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
+        let end_it = |core: &mut Self, mut dialog: Dialog| -> Result<(), Error> {
+            let bye = dialog.request(Method::Bye, &core.via())?;
+            if let Some(to) = dialog.next_hop() {
+                core.send_request(bye, to, call_id, Purpose::ForkBye)?;
+            }
+            Ok(())
+        };
+        if call.dialog.is_some() || matches!(call.state, CallState::Failed(..)) {
+            // Another fork answered too (RFC 3261 §13.2.2.4): ACK and BYE it.
+            call.extra_forks_ended += 1;
+            return end_it(self, dialog);
+        }
+        let answer = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
+        let media = match (call.offer.as_ref(), answer) {
+            (Some(offer), Some(answer)) => offer_answer::process_answer(offer, &answer, &policy),
+            _ => Err(Error::Negotiation("2xx without an SDP answer".into())),
+        };
+        match media {
+            Ok(media) => {
+                call.early_verified = call.rtp.stats().verified;
+                call.apply_media(&media);
+                call.state = CallState::Established;
+                call.setup = Some(call.started.elapsed());
+                call.dialog = Some(dialog);
+                if let Some(w) = call.waiter.take() {
+                    let _ = w.send(Ok(call_id.to_owned()));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Refused against policy: the dialog exists, so it is ended with BYE.
+                tracing::info!(error = %e, "answer refused");
+                let reason = e.to_string();
+                call.state = CallState::Failed(488, reason.clone());
+                call.rtp.stop();
+                if let Some(w) = call.waiter.take() {
+                    let _ = w.send(Err(match e {
+                        Error::Downgrade(r) => Error::Downgrade(r),
+                        other => other,
+                    }));
+                }
+                end_it(self, dialog.clone())?;
+                if let Some(call) = self.calls.get_mut(call_id) {
+                    call.dialog = Some(dialog);
+                    call.state = CallState::Failed(488, reason);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_request(&mut self, key: TransactionKey, request: Request) -> Result<(), Error> {
+        let call_id = header_text(&request.headers, &HeaderName::CallId).unwrap_or_default();
+        let in_dialog = DialogId::of_received_request(&request).is_some();
+        match request.method {
+            Method::Invite if !in_dialog => self.incoming_call(key, request, call_id).await,
+            Method::Invite => self.incoming_reinvite(key, &request, &call_id),
+            Method::Cancel => {
+                self.respond(&key, &request, 200, "OK", None, None)?;
+                if let Some(call) = self.calls.get_mut(&call_id)
+                    && !call.answered
+                    && let Some(invite_key) = call.invite_key.clone()
+                {
+                    let invite = call.invite.clone();
+                    let to = call.dialog.as_ref().map(|d| d.local_header().clone());
+                    call.fail(487, "cancelled");
+                    self.respond(&invite_key, &invite, 487, "Request Terminated", to, None)?;
+                }
+                Ok(())
+            }
+            Method::Bye => {
+                let known = self.calls.get_mut(&call_id).filter(|c| c.dialog.as_ref().is_some_and(|d| Some(d.id()) == DialogId::of_received_request(&request).as_ref()));
+                match known {
+                    Some(call) => {
+                        call.rtp.stop();
+                        call.state = CallState::Ended;
+                        self.respond(&key, &request, 200, "OK", None, None)
+                    }
+                    None => self.respond(&key, &request, 481, "Call/Transaction Does Not Exist", None, None),
+                }
+            }
+            Method::Options => self.respond(&key, &request, 200, "OK", None, None),
+            _ => self.respond(&key, &request, 501, "Not Implemented", None, None),
+        }
+    }
+
+    /// Sends a response through a server transaction; `to` replaces `To` (our tag), `body`
+    /// is an SDP answer.
+    fn respond(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>) -> Result<(), Error> {
+        let status = StatusCode::new(code).ok_or(Error::Negotiation("status code".into()))?;
+        let mut b = ResponseBuilder::to_request(request, status, reason.to_owned())?;
+        if let Some(to) = to {
+            b = b.set_header(&HeaderName::To, to)?;
+        }
+        if request.method == Method::Invite && code < 300 && code > 100 {
+            b = b.header(HeaderName::Contact, self.contact())?;
+        }
+        if let Some(sdp) = body {
+            b = b.header(HeaderName::ContentType, "application/sdp")?.body(sdp.to_owned());
+        }
+        let response = b.build();
+        let command = if request.method == Method::Invite && status.is_success() {
+            Command::Respond2xx { key: key.clone(), response }
+        } else {
+            Command::Respond { key: key.clone(), response }
+        };
+        self.endpoint.send(command)?;
+        Ok(())
+    }
+
+    async fn incoming_call(&mut self, key: TransactionKey, request: Request, call_id: String) -> Result<(), Error> {
+        if self.calls.contains_key(&call_id) {
+            // Same Call-ID through another fork path: one call per Call-ID here (§8.2.2.2).
+            return self.respond(&key, &request, 482, "Loop Detected", None, None);
+        }
+        let tag = random_token();
+        let dialog = Dialog::uas(&request, &tag)?;
+        let to = dialog.local_header().clone();
+        let rtp = self.new_rtp().await?;
+        let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
+        let negotiated = match offer {
+            Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
+            Ok(None) => Err(Error::Negotiation("INVITE without an offer (not supported)".into())),
+            Err(e) => Err(e.into()),
+        };
+        self.seq += 1;
+        let mut call = Call {
+            role: Role::Callee,
+            state: CallState::Setup,
+            order: self.seq,
+            dialog: Some(dialog),
+            invite: request.clone(),
+            invite_key: Some(key.clone()),
+            offer: None,
+            answer: None,
+            answered: false,
+            rtp,
+            started: Instant::now(),
+            setup: None,
+            early_verified: 0,
+            protection: String::new(),
+            peer_key: None,
+            own_key: None,
+            sdp_version: 1,
+            extra_forks_ended: 0,
+            rekeys: 0,
+            reinvite_seq: None,
+            waiter: None,
+            unit_waiter: None,
+        };
+        match negotiated {
+            Err(e) => {
+                tracing::info!(%call_id, error = %e, "offer refused with 488");
+                call.state = CallState::Failed(488, e.to_string());
+                self.calls.insert(call_id, call);
+                let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
+                let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
+                let response = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?
+                    .set_header(&HeaderName::To, to)?
+                    .header(HeaderName::Warning, warning)?
+                    .build();
+                self.endpoint.send(Command::Respond { key, response })?;
+                Ok(())
+            }
+            Ok((answer, media)) => {
+                // Key fingerprints are known from the offer on (every fork sees the offer key).
+                if let Protection::Srtp { negotiated, .. } = &media.protection {
+                    call.peer_key = negotiated.remote.inline_keys().next().map(InlineKey::fingerprint);
+                }
+                call.answer = Some((answer.clone(), media.clone()));
+                self.calls.insert(call_id.clone(), call);
+                self.respond(&key, &request, 180, "Ringing", Some(to.clone()), None)?;
+                let answering = self.config.answering;
+                if !answering.auto {
+                    return Ok(());
+                }
+                if answering.early_media {
+                    self.respond(&key, &request, 183, "Session Progress", Some(to), Some(&answer))?;
+                    if let Some(call) = self.calls.get_mut(&call_id) {
+                        call.apply_media(&media);
+                        call.state = CallState::Early;
+                    }
+                }
+                let ops = self.ops.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(answering.delay).await;
+                    let _ = ops.send(Op::AnswerNow(call_id));
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn answer_now(&mut self, call_id: &str) -> Result<(), Error> {
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        if call.answered || matches!(call.state, CallState::Failed(..) | CallState::Ended) {
+            return Ok(());
+        }
+        let (Some((answer, media)), Some(key), Some(dialog)) = (call.answer.clone(), call.invite_key.clone(), call.dialog.as_ref()) else {
+            return Ok(());
+        };
+        let to = dialog.local_header().clone();
+        call.answered = true;
+        call.apply_media(&media);
+        let request = call.invite.clone();
+        self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
+    }
+
+    fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
+        let (security, sdes) = (self.config.security, self.config.sdes.clone());
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return self.respond(&key, request, 481, "Call/Transaction Does Not Exist", None, None);
+        };
+        let Some(dialog) = call.dialog.as_mut() else {
+            return self.respond(&key, request, 481, "Call/Transaction Does Not Exist", None, None);
+        };
+        if let Err(e) = dialog.receive_request(request) {
+            tracing::info!(error = %e, "re-INVITE refused");
+            return self.respond(&key, request, 500, "Server Internal Error", None, None);
+        }
+        let to = dialog.local_header().clone();
+        call.sdp_version += 1;
+        let outcome = match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+            Ok(Some(offer)) => offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random),
+            Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
+            Ok((answer, media)) => {
+                call.apply_media(&media);
+                call.rekeys += 1;
+                self.respond(&key, request, 200, "OK", Some(to), Some(&answer))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "re-INVITE offer refused");
+                self.respond(&key, request, 488, "Not Acceptable Here", Some(to), None)
+            }
+        }
+    }
+}
+
+fn security_client() -> HeaderName {
+    HeaderName::parse(&Bytes::from_static(b"Security-Client"))
+}
+
+fn security_server() -> HeaderName {
+    HeaderName::parse(&Bytes::from_static(b"Security-Server"))
+}

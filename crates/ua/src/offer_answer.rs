@@ -1,0 +1,277 @@
+//! SDP offer/answer for one audio stream with the UE's media-security policy (RFC 3264,
+//! RFC 4568 §7.1 SDES, RFC 8643 opportunistic SRTP for the RTP fallback), sans-IO: the caller
+//! passes the local RTP address and a key source, and gets SDP text and the SRTP policies
+//! that media must use.
+//!
+//! Policy per call ([`Security`]):
+//! - `Off`: `RTP/AVP`, no key management. An offer that *requires* SRTP (`RTP/SAVP`) is
+//!   refused (488); an opportunistic offer (`RTP/AVP` + `a=crypto`) is answered in clear.
+//! - `Sdes { fallback: false }`: offer `RTP/SAVP` with one `a=crypto` per suite; an answer
+//!   without an acceptable `a=crypto` is a downgrade and is refused ([`Error::Downgrade`]).
+//! - `Sdes { fallback: true }`: offer `RTP/AVP` with the same `a=crypto` lines (RFC 8643): an
+//!   answer with `a=crypto` gives SRTP, one without gives plain RTP, as policy allows.
+//!
+//! What SDES cannot detect (TS 33.328 §5.4.2, TR 33.828 req 43): the keys and the choice of
+//! protection travel in clear SDP. Any SIP hop can strip `a=crypto` from the offer (the
+//! answerer then sees a plain offer) or from the answer, or replace the keys, and neither end
+//! can tell. A caller whose policy forbids RTP refuses a stripped answer — that is all SDES
+//! offers; with fallback allowed a stripped call silently runs in clear. Only key management
+//! that authenticates the offered list (MIKEY with the RFC 4567 SDP-ID General Extension)
+//! detects it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use mediasec_sdp::sdes::{self, KeySource};
+use mediasec_sdp::{CryptoAttribute, Level, Negotiated, Sdp, SdesPolicy};
+use mediasec_srtp::{MasterKey, Policy, Suite};
+
+use crate::Error;
+
+/// The per-call media-security choice (local policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// Plain RTP, no key management.
+    Off,
+    /// SDES end to end (RFC 4568): keys in `a=crypto`, visible to every SIP hop.
+    Sdes {
+        /// Offer opportunistically (`RTP/AVP` + `a=crypto`) and accept a plain answer.
+        fallback: bool,
+    },
+}
+
+/// How media is protected once negotiated.
+#[derive(Clone, Debug)]
+pub enum Protection {
+    /// Plain RTP.
+    Plain,
+    /// SRTP with these policies and the negotiated SDES lines.
+    Srtp {
+        /// The suite.
+        suite: Suite,
+        /// Our send key (our `a=crypto` line).
+        tx: Box<Policy>,
+        /// The peer's send key (its `a=crypto` line).
+        rx: Box<Policy>,
+        /// The negotiation (both lines) — the peer's line is the key an SDES fork sees.
+        negotiated: Box<Negotiated>,
+    },
+}
+
+impl Protection {
+    /// `"srtp <SUITE>"` or `"rtp"`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Plain => "rtp".into(),
+            Self::Srtp { suite, .. } => format!("srtp {}", suite.name()),
+        }
+    }
+}
+
+/// The media parameters of an answered stream.
+#[derive(Clone, Debug)]
+pub struct Media {
+    /// Where the peer receives RTP.
+    pub remote: SocketAddr,
+    /// Protection.
+    pub protection: Protection,
+}
+
+/// What the offerer keeps until the answer arrives.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    /// The SDP text sent.
+    pub sdp: String,
+    /// The `a=crypto` lines offered (with our keys), empty for `Security::Off`.
+    pub crypto: Vec<CryptoAttribute>,
+    security: Security,
+}
+
+/// RTP profile names (RFC 3551, RFC 3711 §12).
+const AVP: &str = "RTP/AVP";
+const SAVP: &str = "RTP/SAVP";
+
+fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[String]) -> String {
+    let ip = local.ip();
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut s = format!(
+        "v=0\r\no=- 1 {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\nm=audio {} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n",
+        local.port()
+    );
+    for line in crypto {
+        s.push_str("a=");
+        s.push_str(line);
+        s.push_str("\r\n");
+    }
+    s
+}
+
+/// Builds an offer (RFC 3264 §5) for one PCMU audio stream at `local`. `version` is the `o=`
+/// session version (incremented for each re-offer, §8).
+pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<Offer, Error> {
+    let (proto, crypto) = match security {
+        Security::Off => (AVP, Vec::new()),
+        Security::Sdes { fallback } => (if fallback { AVP } else { SAVP }, sdes::offer(policy, keys)?),
+    };
+    let lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
+    Ok(Offer { sdp: sdp_text(local, version, proto, &lines), crypto, security })
+}
+
+/// The first audio stream of a body: index, port, proto, connection address.
+fn audio(sdp: &Sdp) -> Result<(usize, SocketAddr, String), Error> {
+    for i in 0..sdp.media_count() {
+        let m = sdp.media_line(i)?;
+        if m.media != "audio" {
+            continue;
+        }
+        let address = connection(sdp, i).ok_or_else(|| Error::Negotiation("no usable c= line for the audio stream".into()))?;
+        return Ok((i, SocketAddr::new(address, m.port), m.proto.to_owned()));
+    }
+    Err(Error::Negotiation("no audio stream".into()))
+}
+
+/// The media-level `c=` address, else the session-level one (RFC 4566 §5.7).
+fn connection(sdp: &Sdp, media: usize) -> Option<IpAddr> {
+    [Level::Media(media), Level::Session].into_iter().find_map(|level| {
+        sdp.lines(level).ok()?.iter().find_map(|l| {
+            let c = l.connection()?.ok()?;
+            c.address.split('/').next()?.parse().ok()
+        })
+    })
+}
+
+fn policies(n: &Negotiated) -> Result<(Suite, Policy, Policy), Error> {
+    let suite: Suite = n.suite().name().parse().map_err(|_| Error::Negotiation(format!("suite {} has no SRTP transform here", n.suite())))?;
+    let build = |line: &CryptoAttribute| -> Result<Policy, Error> {
+        let key = line.inline_keys().next().ok_or_else(|| Error::Negotiation("no inline key".into()))?;
+        let mut master = MasterKey::from_inline(suite, key.key_salt())?;
+        if let Some(mki) = &key.mki {
+            master = master.with_mki(mki.bytes());
+        }
+        if let Some(lifetime) = key.lifetime {
+            master = master.with_lifetime(u64::try_from(lifetime.packets()).unwrap_or(u64::MAX));
+        }
+        let mut p = Policy::new(suite, master);
+        p.unencrypted_srtp = n.unencrypted_srtp;
+        p.unencrypted_srtcp = n.unencrypted_srtcp;
+        p.unauthenticated_srtp = n.unauthenticated_srtp;
+        Ok(p)
+    };
+    Ok((suite, build(&n.local)?, build(&n.remote)?))
+}
+
+fn srtp(n: Negotiated) -> Result<Protection, Error> {
+    let (suite, tx, rx) = policies(&n)?;
+    Ok(Protection::Srtp { suite, tx: Box::new(tx), rx: Box::new(rx), negotiated: Box::new(n) })
+}
+
+/// Answers an offer (RFC 3264 §6, RFC 4568 §7.1.2) with our stream at `local`: returns the
+/// answer SDP and the negotiated media, or the reason to refuse the offer with 488.
+pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<(String, Media), Error> {
+    let (index, remote, proto) = audio(offer_sdp)?;
+    let offered = offer_sdp.attribute_values(Level::Media(index), CryptoAttribute::NAME)?;
+    let requires_srtp = proto == SAVP;
+    if proto != AVP && proto != SAVP {
+        return Err(Error::Negotiation(format!("transport {proto} not supported")));
+    }
+    match security {
+        Security::Off if requires_srtp => Err(Error::Negotiation("SRTP required by the offer, our policy has no key management".into())),
+        Security::Off => Ok((sdp_text(local, version, AVP, &[]), Media { remote, protection: Protection::Plain })),
+        Security::Sdes { fallback } => {
+            if offered.is_empty() {
+                if requires_srtp {
+                    return Err(Error::Negotiation("RTP/SAVP offer without a=crypto".into()));
+                }
+                if !fallback {
+                    return Err(Error::Downgrade("offer without key management; policy requires SRTP".into()));
+                }
+                return Ok((sdp_text(local, version, AVP, &[]), Media { remote, protection: Protection::Plain }));
+            }
+            let n = sdes::answer(&offered, policy, keys)?;
+            let line = n.local.to_attribute();
+            Ok((sdp_text(local, version, &proto, &[line]), Media { remote, protection: srtp(n)? }))
+        }
+    }
+}
+
+/// Processes the answer to our offer (RFC 4568 §7.1.3); refuses what the policy forbids.
+pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
+    let (index, remote, proto) = audio(answer_sdp)?;
+    if remote.port() == 0 {
+        return Err(Error::Negotiation("the audio stream was rejected (port 0)".into()));
+    }
+    let answered = answer_sdp.attribute_values(Level::Media(index), CryptoAttribute::NAME)?;
+    match offer.security {
+        Security::Off => Ok(Media { remote, protection: Protection::Plain }),
+        Security::Sdes { fallback } => {
+            if answered.is_empty() {
+                return if fallback {
+                    Ok(Media { remote, protection: Protection::Plain })
+                } else {
+                    Err(Error::Downgrade(format!("answer ({proto}) carries no a=crypto; policy requires SRTP")))
+                };
+            }
+            let n = sdes::process_answer(&offer.crypto, &answered, policy)?;
+            Ok(Media { remote, protection: srtp(n)? })
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn counter() -> impl FnMut(&mut [u8]) {
+        let mut n = 0u8;
+        move |b: &mut [u8]| {
+            for x in b {
+                n = n.wrapping_add(1);
+                *x = n;
+            }
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn sdes_offer_answer_gives_mirrored_srtp_policies() {
+        let policy = SdesPolicy::default();
+        let mut keys = counter();
+        let o = offer(addr(4000), 1, Security::Sdes { fallback: false }, &policy, &mut keys).unwrap();
+        assert!(o.sdp.contains("m=audio 4000 RTP/SAVP 0\r\n"));
+        assert_eq!(o.crypto.len(), policy.suites.len());
+        let (a, callee) = answer(&Sdp::parse(&o.sdp), addr(5000), 1, Security::Sdes { fallback: false }, &policy, &mut keys).unwrap();
+        assert_eq!(callee.remote, addr(4000));
+        let caller = process_answer(&o, &Sdp::parse(&a), &policy).unwrap();
+        assert_eq!(caller.remote, addr(5000));
+        let (Protection::Srtp { tx: ctx, rx: crx, .. }, Protection::Srtp { tx: etx, rx: erx, .. }) = (&caller.protection, &callee.protection) else {
+            panic!("SRTP both ways")
+        };
+        // What the caller sends, the callee opens, and back.
+        let mut packet = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        mediasec_srtp::Session::new(ctx).unwrap().protect_rtp_vec(&mut packet).unwrap();
+        mediasec_srtp::Session::new(erx).unwrap().unprotect_rtp_vec(&mut packet).unwrap();
+        let mut back = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 8, 4, 5];
+        mediasec_srtp::Session::new(etx).unwrap().protect_rtp_vec(&mut back).unwrap();
+        mediasec_srtp::Session::new(crx).unwrap().unprotect_rtp_vec(&mut back).unwrap();
+        assert_eq!(back.get(12..), Some(&[4u8, 5][..]));
+    }
+
+    #[test]
+    fn a_stripped_answer_is_a_downgrade_unless_fallback_is_allowed() {
+        let policy = SdesPolicy::default();
+        let mut keys = counter();
+        let plain_answer = Sdp::parse(&sdp_text(addr(5000), 1, AVP, &[]));
+        let strict = offer(addr(4000), 1, Security::Sdes { fallback: false }, &policy, &mut keys).unwrap();
+        assert!(matches!(process_answer(&strict, &plain_answer, &policy), Err(Error::Downgrade(_))));
+        let lenient = offer(addr(4000), 1, Security::Sdes { fallback: true }, &policy, &mut keys).unwrap();
+        assert!(lenient.sdp.contains("m=audio 4000 RTP/AVP 0\r\n") && lenient.sdp.contains("a=crypto:1 "));
+        assert!(matches!(process_answer(&lenient, &plain_answer, &policy).unwrap().protection, Protection::Plain));
+        // A UE without key management answers the opportunistic offer in clear and refuses SAVP.
+        let (a, m) = answer(&Sdp::parse(&lenient.sdp), addr(5000), 1, Security::Off, &policy, &mut keys).unwrap();
+        assert!(matches!(m.protection, Protection::Plain) && !a.contains("crypto"));
+        assert!(answer(&Sdp::parse(&strict.sdp), addr(5000), 1, Security::Off, &policy, &mut keys).is_err());
+    }
+}
