@@ -190,3 +190,29 @@ impl axum::serve::Listener for ZkListener {
         Ok(self.local)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::peer_domain;
+
+    fn cert(names: &[&str]) -> rustls::pki_types::CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        rcgen::CertificateParams::new(names).expect("params").self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn certificate_maps_to_exactly_one_allowed_domain() {
+        let allowed: BTreeSet<String> = ["a.example", "b.example"].iter().map(|d| (*d).to_owned()).collect();
+        assert_eq!(peer_domain(&cert(&["kms.b.example", "b.example"]), &allowed), Ok("b.example"));
+        // The bare domain is not enough: Zk peers are `kms.<domain>`.
+        assert!(peer_domain(&cert(&["a.example"]), &allowed).is_err());
+        let e = peer_domain(&cert(&["kms.a.example", "kms.b.example"]), &allowed).expect_err("ambiguous");
+        assert!(e.contains("several"), "{e}");
+        let e = peer_domain(&cert(&["kms.c.example"]), &allowed).expect_err("not allowed");
+        assert!(e.contains("kms.c.example"), "{e}");
+        assert!(peer_domain(&rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]), &allowed).is_err());
+    }
+}
