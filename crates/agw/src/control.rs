@@ -594,3 +594,194 @@ fn leg_value(leg: &Leg, tag: &str) -> Value<'static> {
         ("drops", drops),
     ])
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use mediasec_srtp::Session;
+
+    /// Hands out pairs from 30000 upwards and remembers what is out.
+    #[derive(Default)]
+    struct Ports {
+        next: u16,
+        out: Vec<u16>,
+    }
+
+    impl PortSource for Ports {
+        fn allocate_pair(&mut self) -> Result<u16, Error> {
+            let p = 30000 + self.next;
+            self.next += 2;
+            self.out.push(p);
+            Ok(p)
+        }
+        fn release_pair(&mut self, rtp_port: u16) {
+            self.out.retain(|p| *p != rtp_port);
+        }
+    }
+
+    fn keys() -> impl KeySource {
+        let mut n = 0u8;
+        move |buf: &mut [u8]| {
+            for b in buf {
+                n = n.wrapping_add(1);
+                *b = n;
+            }
+        }
+    }
+
+    fn ctl() -> Controller {
+        Controller::new(Config { address: "203.0.113.1".parse().expect("ip"), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) })
+    }
+
+    const UE_KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+
+    fn ue_offer() -> String {
+        [
+            "v=0",
+            "o=ue 1 1 IN IP4 192.0.2.10",
+            "s=-",
+            "c=IN IP4 192.0.2.10",
+            "t=0 0",
+            "a=ice-ufrag:abcd",
+            "m=audio 4000 RTP/SAVP 0 101",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            &format!("a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}"),
+            "a=crypto:8 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
+            "a=candidate:1 1 UDP 1 192.0.2.10 4000 typ host",
+            "a=3ge2ae:requested",
+            "a=sendrecv",
+            "",
+        ]
+        .join("\r\n")
+    }
+
+    fn core_answer() -> String {
+        ["v=0", "o=core 5 5 IN IP4 198.51.100.5", "s=-", "c=IN IP4 198.51.100.5", "t=0 0", "m=audio 6000 RTP/AVP 0", "a=rtpmap:0 PCMU/8000", "a=sendrecv", ""]
+            .join("\r\n")
+    }
+
+    fn opts(transport: Option<Transport>) -> Options {
+        Options { transport, replace_origin: true, sdes: SdesPolicy::default() }
+    }
+
+    #[test]
+    fn srtp_to_rtp_offer_answer_and_media() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        let offer = c.offer("call1", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        let expected_offer = [
+            "v=0",
+            "o=ue 1 1 IN IP4 203.0.113.1",
+            "s=-",
+            "c=IN IP4 203.0.113.1",
+            "t=0 0",
+            "m=audio 30002 RTP/AVP 0 101",
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:101 telephone-event/8000",
+            "a=3ge2ae:requested",
+            "a=sendrecv",
+            "",
+        ]
+        .join("\r\n");
+        assert_eq!(offer, expected_offer);
+        let answer = c.answer("call1", "ue", "core", &core_answer(), &opts(None), &mut ports).expect("answer");
+        let lines: Vec<&str> = answer.split("\r\n").collect();
+        assert_eq!(&lines[..7], ["v=0", "o=core 5 5 IN IP4 203.0.113.1", "s=-", "c=IN IP4 203.0.113.1", "t=0 0", "m=audio 30000 RTP/SAVP 0", "a=rtpmap:0 PCMU/8000"]);
+        let crypto = lines[8].strip_prefix("a=crypto:").expect("our crypto line");
+        let ours = CryptoAttribute::parse(crypto).expect("parses");
+        assert_eq!((ours.tag, ours.suite.name()), (7, "AES_CM_128_HMAC_SHA1_80"), "local preference picks tag 7's suite");
+        assert_eq!(crypto.rsplit("inline:").next().map(|b| b.len() % 4), Some(0), "padded base64: {crypto}");
+        assert_eq!(lines[7], "a=sendrecv");
+
+        // Media: the UE's key in, our answered key out.
+        let suite = Suite::AesCm128HmacSha1_80;
+        let ue_line = CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}")).expect("ue line");
+        let ue_key = ue_line.inline_keys().next().expect("key").key_salt().to_vec();
+        let agw_key = ours.inline_keys().next().expect("key").key_salt().to_vec();
+        let mut ue_tx = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &ue_key).expect("k"))).expect("s");
+        let mut ue_rx = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &agw_key).expect("k"))).expect("s");
+        let plain = [0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        let mut buf = [0u8; 2048];
+        let mut srtp = plain.to_vec();
+        ue_tx.protect_rtp_vec(&mut srtp).expect("protect");
+        buf[..srtp.len()].copy_from_slice(&srtp);
+        let v = c.relay_mut().handle(30000, "192.0.2.10:4000".parse().expect("a"), &mut buf, srtp.len(), now);
+        assert_eq!(v, crate::Verdict::Forward { from_port: 30002, to: "198.51.100.5:6000".parse().expect("a"), len: plain.len() });
+        assert_eq!(&buf[..plain.len()], plain);
+        let v = c.relay_mut().handle(30002, "198.51.100.5:6000".parse().expect("a"), &mut buf, plain.len(), now);
+        let crate::Verdict::Forward { len, .. } = v else { panic!("{v:?}") };
+        let mut down = buf[..len].to_vec();
+        ue_rx.unprotect_rtp_vec(&mut down).expect("UE decrypts with the answered key");
+        assert_eq!(down, plain);
+
+        let q = c.execute(Command::Query { call_id: "call1".into() }, now, &mut ports, &mut k).expect("query");
+        let rtp = q.get("totals").and_then(|t| t.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int);
+        assert_eq!(rtp, Some(2));
+        let d = c.execute(Command::Delete { call_id: "call1".into() }, now, &mut ports, &mut k).expect("delete");
+        assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
+        assert!(ports.out.is_empty(), "ports released");
+        assert_eq!(c.relay().stream_count(), 0);
+    }
+
+    #[test]
+    fn rtp_to_srtp_towards_the_core() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        let plain_offer = core_answer().replace("core 5 5", "a 1 1");
+        let offer = c.offer("c2", "a", &plain_offer, &opts(Some(Transport::Savp)), now, &mut ports, &mut k).expect("offer");
+        let offered: Vec<&str> = offer.split("\r\n").filter_map(|l| l.strip_prefix("a=crypto:")).collect();
+        assert_eq!(offered.len(), SdesPolicy::default().suites.len());
+        assert!(offer.contains("m=audio 30002 RTP/SAVP 0\r\n"));
+        // B picks our tag 4 (AES_CM_128_HMAC_SHA1_80) with its own key.
+        let b_answer = ue_offer()
+            .replace("a=crypto:7", "a=crypto:4")
+            .lines()
+            .filter(|l| !l.starts_with("a=crypto:8"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let answer = c.answer("c2", "a", "b", &b_answer, &opts(None), &mut ports).expect("answer");
+        assert!(answer.contains("m=audio 30000 RTP/AVP 0 101\r\n") && !answer.contains("a=crypto"), "{answer}");
+        let leg = c.relay().stream(c.calls["c2"].media[0].as_ref().expect("m").stream).expect("s").leg(Side::B).protection().name();
+        assert_eq!(leg, "srtp");
+        // Answering with a suite we did not offer under that tag fails.
+        let bad = b_answer.replace("a=crypto:4 AES_CM_128_HMAC_SHA1_80", "a=crypto:4 AES_CM_128_HMAC_SHA1_32");
+        assert!(matches!(c.answer("c2", "a", "b", &bad, &opts(None), &mut ports), Err(Error::Sdes(_))));
+    }
+
+    #[test]
+    fn refusals_leave_no_state() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        let dtls = ue_offer().lines().filter(|l| !l.starts_with("a=crypto")).collect::<Vec<_>>().join("\r\n");
+        let e = c.offer("x", "ue", &dtls, &opts(None), now, &mut ports, &mut k).expect_err("no crypto");
+        assert_eq!(e.to_string(), "unsupported RTP/SAVP media 0 without a=crypto (DTLS-SRTP)");
+        let weak = ue_offer().replace("AES_CM_128_HMAC_SHA1_80", "NULL_HMAC_SHA1_80").replace("AES_CM_128_HMAC_SHA1_32", "NULL_HMAC_SHA1_32");
+        let e = c.offer("x", "ue", &weak, &opts(None), now, &mut ports, &mut k).expect_err("no suite");
+        assert!(e.to_string().starts_with("SDES: no acceptable a=crypto (line 1: crypto-suite NULL_HMAC_SHA1_80 not acceptable"), "{e}");
+        let e = c.offer("x", "ue", &ue_offer().replace("RTP/SAVP", "UDP/BFCP"), &opts(None), now, &mut ports, &mut k).expect_err("bfcp");
+        assert!(e.to_string().contains("UDP/BFCP"));
+        assert!(ports.out.is_empty() && c.call_count() == 0);
+        assert_eq!(c.answer("nope", "a", "b", &core_answer(), &opts(None), &mut ports), Err(Error::UnknownCall));
+    }
+
+    #[test]
+    fn rejected_stream_and_timeouts_and_retransmissions() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("t", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        let rejected = c.answer("t", "ue", "core", &core_answer().replace("m=audio 6000", "m=audio 0"), &opts(None), &mut ports).expect("answer");
+        assert!(rejected.contains("m=audio 0 RTP/SAVP 0\r\n"), "{rejected}");
+        assert!(ports.out.is_empty());
+        c.offer("t2", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        assert!(c.expire(now + Duration::from_secs(29), &mut ports).is_empty());
+        assert_eq!(c.expire(now + Duration::from_secs(30), &mut ports).len(), 2);
+        assert!(ports.out.is_empty() && c.call_count() == 0);
+        // Same cookie, same reply (and the offer is executed once).
+        let req = ng::frame(b"ck1", &Value::dict([("command", Value::str("offer")), ("call-id", Value::str("r")), ("from-tag", Value::str("f")), ("sdp", Value::str(ue_offer()))]));
+        let first = c.handle_datagram(&req, now, &mut ports, &mut k).expect("reply");
+        let again = c.handle_datagram(&req, now, &mut ports, &mut k).expect("reply");
+        assert_eq!(first, again);
+        assert_eq!(ports.out.len(), 2);
+        let err = c.handle_datagram(b"ck2 d7:command3:fooe", now, &mut ports, &mut k).expect("reply");
+        assert_eq!(err, b"ck2 d12:error-reason25:unsupported command \"foo\"6:result5:errore");
+        assert_eq!(c.handle_datagram(b"nocookie", now, &mut ports, &mut k), None);
+    }
+}

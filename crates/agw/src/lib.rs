@@ -11,9 +11,11 @@ pub mod control;
 pub mod ng;
 mod error;
 pub mod relay;
+pub mod server;
 pub mod stats;
 
 pub use control::{Config, Controller, PortSource};
 pub use error::Error;
+pub use server::{Agw, ServerConfig};
 pub use relay::{Leg, MediaStream, Protection, Relay, Side, StreamId, Verdict};
 pub use stats::{Component, Counter, DropReason, LegStats};

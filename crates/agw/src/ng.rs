@@ -27,6 +27,23 @@ pub fn frame(cookie: &[u8], reply: &Value<'_>) -> Vec<u8> {
     out
 }
 
+/// A blocking ng client call (for tools and tests): sends `request` with a fresh cookie
+/// over `socket` to `server` and waits for the reply carrying that cookie.
+pub fn request(socket: &std::net::UdpSocket, server: std::net::SocketAddr, request: &Value<'_>) -> std::io::Result<Value<'static>> {
+    use std::io::{Error as IoError, ErrorKind};
+    let cookie = format!("{:016x}", rand::random::<u64>());
+    socket.send_to(&frame(cookie.as_bytes(), request), server)?;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf)?;
+        let datagram = buf.get(..n).unwrap_or_default();
+        let Ok((c, message)) = split_cookie(datagram) else { continue };
+        if c == cookie.as_bytes() {
+            return Value::decode(message).map(Value::into_owned).map_err(|e| IoError::new(ErrorKind::InvalidData, e));
+        }
+    }
+}
+
 /// An error reply (`result: error`, `error-reason`).
 pub fn error_reply(e: &Error) -> Value<'static> {
     Value::dict([("result", Value::str("error")), ("error-reason", Value::str(e.to_string()))])
@@ -305,6 +322,7 @@ impl Command {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -356,6 +356,7 @@ impl Relay {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use mediasec_srtp::{MasterKey, Suite};

@@ -29,6 +29,8 @@ enum Command {
     Gba(cmd::gba::Args),
     /// KMS (TS 33.328 MIKEY-TICKET over Ua, Zk): serve, lab PKI.
     Kms(cmd::kms::Args),
+    /// IMS Access Gateway (e2ae SRTP termination) driven by the rtpengine ng protocol; `agw load` measures a relay.
+    Agw(cmd::agw::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Bsf(args) => cmd::bsf::run(args),
         Command::Gba(args) => cmd::gba::run(args),
         Command::Kms(args) => cmd::kms::run(args),
+        Command::Agw(args) => cmd::agw::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod agw;
 pub(crate) mod bench;
 pub(crate) mod bsf;
 pub(crate) mod demo;

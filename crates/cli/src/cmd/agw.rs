@@ -1,0 +1,292 @@
+//! `mediasec agw`: the IMS Access Gateway (TS 33.328 e2ae) controlled over the rtpengine ng
+//! protocol, and `mediasec agw load`, a load generator that measures relayed packets/s of
+//! any ng-speaking relay (ours or rtpengine) in the same way.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use mediasec_agw::bencode::Value;
+use mediasec_agw::{ng, Agw, Config, ServerConfig};
+use mediasec_sdp::SdesPolicy;
+use mediasec_srtp::{MasterKey, Policy, Session, Suite};
+use rand::RngCore;
+
+/// Arguments of `mediasec agw`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    load: Option<Sub>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(clap::Args)]
+struct Serve {
+    /// ng control address (bencode over UDP).
+    #[arg(long, default_value = "127.0.0.1:2223")]
+    listen_ng: SocketAddr,
+    /// Media address: sockets bind here and SDP carries it.
+    #[arg(long, default_value = "127.0.0.1")]
+    interface: IpAddr,
+    /// Lowest media port.
+    #[arg(long, default_value_t = 30000)]
+    port_min: u16,
+    /// Highest media port.
+    #[arg(long, default_value_t = 39999)]
+    port_max: u16,
+    /// Seconds without media after which a call is deleted.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Load generator: sets up calls over ng (UE SRTP ⇄ core RTP), sends packets as fast as
+    /// it can for a while and reports how many the relay delivered per second.
+    Load(Load),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Direction {
+    /// UE sends SRTP, the core receives RTP.
+    SrtpToRtp,
+    /// The core sends RTP, the UE receives SRTP.
+    RtpToSrtp,
+}
+
+#[derive(clap::Args)]
+struct Load {
+    /// The relay's ng address.
+    #[arg(long)]
+    ng: SocketAddr,
+    /// Direction of the relayed media.
+    #[arg(long, value_enum, default_value = "srtp-to-rtp")]
+    direction: Direction,
+    /// Concurrent calls (one sender and one receiver thread per call).
+    #[arg(long, default_value_t = 2)]
+    calls: usize,
+    /// RTP payload octets.
+    #[arg(long, default_value_t = 160)]
+    payload: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// SDES crypto suite of the UE leg.
+    #[arg(long, default_value = "AES_CM_128_HMAC_SHA1_80")]
+    suite: Suite,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.load {
+        Some(Sub::Load(load)) => run_load(&load),
+        None => serve(args.serve),
+    }
+}
+
+fn serve(a: Serve) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    anyhow::ensure!(a.port_min < a.port_max, "--port-min must be below --port-max");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.max(1)).enable_all().build()?;
+    runtime.block_on(async {
+        let config = ServerConfig {
+            listen_ng: a.listen_ng,
+            interface: a.interface,
+            port_min: a.port_min,
+            port_max: a.port_max,
+            control: Config { address: a.interface, sdes: SdesPolicy::default(), timeout: Duration::from_secs(a.timeout) },
+        };
+        let agw = Agw::start(config).await.context("starting the AGW")?;
+        eprintln!("mediasec agw: ng on {}", agw.ng_addr());
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn sdp(port: u16, proto: &str, crypto: Option<&str>) -> String {
+    let mut s = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0\r\na=rtpmap:0 PCMU/8000\r\n");
+    if let Some(c) = crypto {
+        s.push_str(&format!("a=crypto:1 {c}\r\n"));
+    }
+    s
+}
+
+fn call(client: &UdpSocket, ng_addr: SocketAddr, req: &Value<'_>) -> anyhow::Result<String> {
+    let reply = ng::request(client, ng_addr, req).context("ng request")?;
+    if reply.get("result").and_then(Value::as_str) != Some("ok") {
+        bail!("ng error: {:?}", reply.get("error-reason").and_then(Value::as_str));
+    }
+    Ok(reply.get("sdp").and_then(Value::as_str).unwrap_or_default().to_owned())
+}
+
+fn media_port(sdp: &str) -> anyhow::Result<u16> {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok())
+        .context("no m=audio port in the relay's SDP")
+}
+
+fn inline_key(sdp: &str) -> anyhow::Result<Vec<u8>> {
+    let b64 = sdp.lines().find_map(|l| l.split("inline:").nth(1)).context("no a=crypto in the relay's answer")?;
+    let b64 = b64.split(['|', ' ']).next().unwrap_or_default().trim_end_matches('=');
+    Ok(base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64)?)
+}
+
+struct Leg {
+    ue: UdpSocket,
+    core: UdpSocket,
+    relay_ue_port: u16,
+    relay_core_port: u16,
+    ue_tx: Session,
+    ue_rx: Session,
+}
+
+fn setup(client: &UdpSocket, l: &Load, n: usize) -> anyhow::Result<Leg> {
+    let ue = UdpSocket::bind("127.0.0.1:0")?;
+    let core = UdpSocket::bind("127.0.0.1:0")?;
+    let mut key = vec![0u8; l.suite.inline_key_len()];
+    rand::rng().fill_bytes(&mut key);
+    let crypto = format!("{} inline:{}", l.suite.name(), base64::engine::general_purpose::STANDARD.encode(&key));
+    let call_id = format!("load-{}-{n}", rand::random::<u32>());
+    let offer = Value::dict([
+        ("command", Value::str("offer")),
+        ("call-id", Value::str(call_id.clone())),
+        ("from-tag", Value::str("ue")),
+        ("sdp", Value::str(sdp(ue.local_addr()?.port(), "RTP/SAVP", Some(&crypto)))),
+        ("transport-protocol", Value::str("RTP/AVP")),
+    ]);
+    let core_sdp = call(client, l.ng, &offer)?;
+    let answer = Value::dict([
+        ("command", Value::str("answer")),
+        ("call-id", Value::str(call_id)),
+        ("from-tag", Value::str("ue")),
+        ("to-tag", Value::str("core")),
+        ("sdp", Value::str(sdp(core.local_addr()?.port(), "RTP/AVP", None))),
+    ]);
+    let ue_sdp = call(client, l.ng, &answer)?;
+    let ours = inline_key(&ue_sdp)?;
+    let session = |k: &[u8]| -> anyhow::Result<Session> { Ok(Session::new(&Policy::new(l.suite, MasterKey::from_inline(l.suite, k)?))?) };
+    Ok(Leg {
+        relay_ue_port: media_port(&ue_sdp)?,
+        relay_core_port: media_port(&core_sdp)?,
+        ue_tx: session(&key)?,
+        ue_rx: session(&ours)?,
+        ue,
+        core,
+    })
+}
+
+fn rtp(seq: u16, ssrc: u32, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&[0x80, 0]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    out.extend_from_slice(&ssrc.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(l.payload <= 1400 && l.calls >= 1, "--payload ≤ 1400 and --calls ≥ 1");
+    let client = UdpSocket::bind("127.0.0.1:0")?;
+    client.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let ping = ng::request(&client, l.ng, &Value::dict([("command", Value::str("ping"))])).context("ping")?;
+    anyhow::ensure!(ping.get("result").and_then(Value::as_str) == Some("pong"), "no pong from {}", l.ng);
+    let legs = (0..l.calls).map(|n| setup(&client, l, n)).collect::<anyhow::Result<Vec<_>>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, received, verified) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut threads = Vec::new();
+    let mut payload = vec![0u8; l.payload];
+    rand::rng().fill_bytes(&mut payload);
+    for (n, leg) in legs.into_iter().enumerate() {
+        let Leg { ue, core, relay_ue_port, relay_core_port, mut ue_tx, mut ue_rx } = leg;
+        let (tx_sock, rx_sock, to) = match l.direction {
+            Direction::SrtpToRtp => (ue, core, SocketAddr::from(([127, 0, 0, 1], relay_ue_port))),
+            Direction::RtpToSrtp => (core, ue, SocketAddr::from(([127, 0, 0, 1], relay_core_port))),
+        };
+        rx_sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let (stop_tx, sent) = (stop.clone(), sent.clone());
+        let direction = l.direction;
+        let body = payload.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut packet = Vec::with_capacity(1500);
+            let mut seq: u16 = 0;
+            let ssrc = 0x1000 + n as u32;
+            while !stop_tx.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    rtp(seq, ssrc, &body, &mut packet);
+                    seq = seq.wrapping_add(1);
+                    if direction == Direction::SrtpToRtp && ue_tx.protect_rtp_vec(&mut packet).is_err() {
+                        return;
+                    }
+                    if tx_sock.send_to(&packet, to).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+        let (stop_rx, received, verified) = (stop.clone(), received.clone(), verified.clone());
+        let expected = payload.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                match rx_sock.recv_from(&mut buf) {
+                    Ok((len, _)) => {
+                        let count = received.fetch_add(1, Ordering::Relaxed);
+                        // Check the content of a sample (every 64th packet).
+                        if count % 64 == 0 {
+                            let mut p = buf.get(..len).unwrap_or_default().to_vec();
+                            let ok = match direction {
+                                Direction::SrtpToRtp => true,
+                                Direction::RtpToSrtp => ue_rx.unprotect_rtp_vec(&mut p).is_ok(),
+                            };
+                            if ok && p.get(12..) == Some(&expected[..]) {
+                                verified.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(_) if stop_rx.load(Ordering::Relaxed) => return,
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    // Warm-up, then measure.
+    std::thread::sleep(Duration::from_millis(300));
+    let (s0, r0, t0) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(l.seconds));
+    let (s1, r1, dt) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let (sent_pps, relayed_pps) = ((s1 - s0) as f64 / dt, (r1 - r0) as f64 / dt);
+    let sampled = received.load(Ordering::Relaxed).div_ceil(64);
+    let ok = verified.load(Ordering::Relaxed);
+    let dir = match l.direction {
+        Direction::SrtpToRtp => "srtp-to-rtp",
+        Direction::RtpToSrtp => "rtp-to-srtp",
+    };
+    if l.json {
+        println!(
+            "{}",
+            serde_json::json!({"direction": dir, "suite": l.suite.name(), "payload": l.payload, "calls": l.calls,
+                "seconds": dt, "sent_pps": sent_pps, "relayed_pps": relayed_pps, "sampled": sampled, "sampled_ok": ok})
+        );
+    } else {
+        println!("{dir} {} {} B, {} calls: offered {sent_pps:.0} pkt/s, relayed {relayed_pps:.0} pkt/s; content check {ok}/{sampled} sampled packets", l.suite, l.payload, l.calls);
+    }
+    Ok(if ok == sampled && sampled > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
