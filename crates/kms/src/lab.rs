@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mediasec_bsf::client::{self, Endpoint};
 use mediasec_bsf::server::{Bsf, ServerConfig};
@@ -15,6 +16,7 @@ use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::Milenage;
 use mediasec_gba::ue::UeBootstrap;
 use mediasec_kms_store::RedbStore;
+use mediasec_kms_zk::{ZkClient, ZkTls};
 use tokio::task::JoinHandle;
 
 use crate::bsf_zn::BsfZn;
@@ -28,6 +30,7 @@ use crate::policy::Policies;
 use crate::server::{Service, serve};
 use crate::ue::Ue;
 use crate::users::User;
+use crate::zk::{ZkPeers, ZkServer};
 
 /// The BSF's realm in the lab.
 pub const BSF_REALM: &str = "bsf.lab.example";
@@ -44,6 +47,10 @@ pub struct Domain {
     pub admin_token: String,
     /// The service.
     pub service: Arc<Service>,
+    /// Zk listen address, when the lab runs Zk.
+    pub zk_addr: Option<String>,
+    /// The Zk server task (abort it to take this KMS off Zk).
+    pub zk_task: Option<JoinHandle<()>>,
 }
 
 /// The running lab; servers stop when it is dropped.
@@ -60,7 +67,7 @@ pub struct Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(self.domains.iter().filter_map(|d| d.zk_task.as_ref())) {
             t.abort();
         }
     }
@@ -82,13 +89,11 @@ pub struct DomainSpec<'a> {
     pub policy: &'a str,
 }
 
-/// Hands a KMS its Zk peers once every service exists.
-pub type PeersFor = dyn Fn(&str) -> Arc<dyn Peers> + Send + Sync;
-
 impl Lab {
     /// Starts the BSF with `users` (KMS UIDs) as subscribers and one KMS per domain, each
-    /// provisioning the users of its domain. `peers` gives each KMS FQDN its Zk peers.
-    pub async fn start(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str], peers: &PeersFor) -> Result<Self, KmsError> {
+    /// provisioning the users of its domain. With `zk` (the bound of one Zk resolve) every
+    /// KMS also serves Zk with a lab PKI in `dir/pki` and has every other domain as its peer.
+    pub async fn start(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str], zk: Option<Duration>) -> Result<Self, KmsError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let bsf_store = BsfStore::open(&dir.join("bsf.redb")).map_err(io)?;
         let mut usim = BTreeMap::new();
@@ -118,6 +123,17 @@ impl Lab {
         let mut tasks = vec![tokio::spawn(async move {
             let _ = mediasec_bsf::server::serve(listener, bsf).await;
         })];
+        let pki_dir = dir.join("pki");
+        let mut zk_listeners = BTreeMap::new();
+        if zk.is_some() {
+            let names: Vec<String> = domains.iter().map(|d| d.domain.to_owned()).collect();
+            mediasec_kms_zk::pki::generate(&pki_dir, &names).map_err(io)?;
+            for d in &names {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+                zk_listeners.insert(d.clone(), (l.local_addr().map_err(io)?.to_string(), l));
+            }
+        }
+        let zk_addrs: BTreeMap<String, String> = zk_listeners.iter().map(|(d, (a, _))| (d.clone(), a.clone())).collect();
         let mut out = Vec::new();
         for spec in domains {
             let fqdn = format!("kms.{}", spec.domain);
@@ -130,21 +146,39 @@ impl Lab {
             let zn = Arc::new(BsfZn::new(Endpoint::http(&bsf_url).map_err(io)?, zn_token.clone(), fqdn.clone()));
             let admin_token = hex::encode(rand::random::<[u8; 16]>());
             let cfg = KmsConfig { fqdn: fqdn.clone(), domain: spec.domain.to_owned(), skew: 30 };
-            let service = Service::start(cfg, persist, zn, peers(&fqdn), admin_token.clone(), os_random()).await?;
+            let others: BTreeMap<String, String> = zk_addrs.iter().filter(|(d, _)| d.as_str() != spec.domain).map(|(d, a)| (d.clone(), a.clone())).collect();
+            let (peers, tls): (Arc<dyn Peers>, _) = match zk {
+                Some(timeout) => {
+                    let tls = ZkTls::load(&pki_dir, spec.domain).map_err(io)?;
+                    let client = ZkClient::new(&tls, others.clone(), timeout);
+                    (Arc::new(ZkPeers::new(client, others.keys().cloned().collect())), Some(tls))
+                }
+                None => (Arc::new(NoPeers), None),
+            };
+            let service = Service::start(cfg, persist, zn, peers, admin_token.clone(), os_random()).await?;
+            let (zk_addr, zk_task) = match (tls, zk_listeners.remove(spec.domain)) {
+                (Some(tls), Some((addr, listener))) => {
+                    let serve = mediasec_kms_zk::serve(listener, &tls, others.keys().cloned().collect(), Arc::new(ZkServer(Arc::clone(&service))));
+                    (Some(addr), Some(tokio::spawn(async move {
+                        let _ = serve.await;
+                    })))
+                }
+                _ => (None, None),
+            };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
             let url = format!("http://{}", listener.local_addr().map_err(io)?);
             let s = Arc::clone(&service);
             tasks.push(tokio::spawn(async move {
                 let _ = serve(listener, s).await;
             }));
-            out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service });
+            out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service, zk_addr, zk_task });
         }
         Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, tasks })
     }
 
     /// Starts a lab without Zk.
     pub async fn start_local(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str]) -> Result<Self, KmsError> {
-        Self::start(dir, domains, users, &|_| Arc::new(NoPeers)).await
+        Self::start(dir, domains, users, None).await
     }
 
     /// Keeps a task running for the lab's life.

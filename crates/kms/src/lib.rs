@@ -13,7 +13,7 @@
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
 //! encrypted key ring and audit log in a `mediasec_kms_store::Store`), [`bsf_zn`] (Zn over
-//! HTTP), [`client`] (the UE's Ua driver), [`lab`] (a loopback BSF + KMS domains).
+//! HTTP), [`zk`] (Zk peers and server over mutually authenticated TLS), [`client`] (the UE's Ua driver), [`lab`] (a loopback BSF + KMS domains).
 
 pub mod bsf_zn;
 pub mod client;
@@ -28,6 +28,7 @@ pub mod tp_data;
 pub mod server;
 pub mod ue;
 pub mod users;
+pub mod zk;
 pub mod zn;
 
 pub use error::KmsError;

@@ -166,8 +166,10 @@ impl Service {
         Ok(())
     }
 
-    /// Serves a Zk resolve from the authenticated peer `peer` (for the Zk server).
-    pub async fn peer_resolve(&self, peer: &str, body: &[u8]) -> Result<Vec<u8>, KmsError> {
+    /// Serves a Zk resolve from the authenticated peer KMS of domain `peer` (for the Zk
+    /// server): `Ok` with a RESOLVE_RESP or MIKEY Error message (200), or an HTTP status and
+    /// reason (400 not a resolve, 503 KMS failure).
+    pub async fn peer_resolve(&self, peer: &str, body: &[u8]) -> Result<Vec<u8>, (u16, String)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let reply = self.kms.peer_resolve(peer, body, now(), &self.zn).instrument(info_span!("zk", request_id = id, peer)).await;
@@ -177,8 +179,11 @@ impl Service {
                 info!(request_id = id, peer, ?code, reason, "Zk resolve refused");
                 (1, Ok(message))
             }
-            Reply::BadRequest(r) => (2, Err(KmsError::Zk(r))),
-            Reply::Failed(r) => (3, Err(KmsError::Zk(r))),
+            Reply::BadRequest(r) => (2, Err((400, r))),
+            Reply::Failed(r) => {
+                warn!(request_id = id, peer, reason = r, "Zk resolve failed");
+                (3, Err((503, r)))
+            }
         };
         self.metrics.record(Kind::PeerResolve, outcome, started.elapsed());
         out

@@ -182,3 +182,62 @@ async fn reusable_tickets_need_no_kms_and_mode3_follows_policy() {
     let bobs = bob.make_ticket(&ask("alice@a.example"), now(), &fill).unwrap();
     assert_eq!(code(call(&mut bob, &bobs, &mut alice2, &ka2).await.err().unwrap()), ErrorCode::INVALID_TPPAR);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_domain_resolve_over_zk_and_bounded_peer_failures() {
+    let dir = TempDir::new("zk");
+    let policy_a = "[domain.\"a.example\"]\nmay_call = [\"?@b.example\"]\nforking = true\ngroup_tickets = true\n";
+    let policy_b = "[domain.\"b.example\"]\nmay_call = [\"?@a.example\"]\n";
+    let domains = [DomainSpec { domain: "a.example", policy: policy_a }, DomainSpec { domain: "b.example", policy: policy_b }];
+    let timeout = Duration::from_millis(800);
+    let mut lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example", "erin@b.example"], Some(timeout)).await.unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut carol, kc) = lab.ue("carol@b.example").await.unwrap();
+    let (mut erin, ke) = lab.ue("erin@b.example").await.unwrap();
+
+    // Carol resolves at KMS b, which forwards to KMS a over mutual TLS and re-protects.
+    let held = ka.request_ticket(&mut alice, &ask("carol@b.example")).await.unwrap();
+    assert_eq!(call(&mut alice, &held, &mut carol, &kc).await.unwrap().as_str(), "carol@b.example");
+    // Forked across domains: each b.example responder gets its own key via Zk.
+    let forked = Ask { recipients: vec![Pattern::parse("?@b.example").unwrap()], reusable: false, forking: true, lifetime: 300 };
+    let held_f = ka.request_ticket(&mut alice, &forked).await.unwrap();
+    assert!(held_f.forking());
+    let (ti, pt) = alice.transfer_init(&held_f, &carol.uid.clone(), 77, 0x1111, now(), rand::random()).unwrap();
+    let mut keys = Vec::new();
+    for (r, k) in [(&mut carol, &kc), (&mut erin, &ke)] {
+        let resolved = k.resolve(r, &ti).await.unwrap();
+        let (tr, mr) = r.transfer_resp(&resolved, &ti, 0x2222, now()).unwrap();
+        let (who, mi) = alice.on_transfer_resp(&pt, &tr, now()).unwrap();
+        assert_eq!(who, r.uid);
+        assert_eq!(*mi.initiator_stream.master_key, *mr.initiator_stream.master_key);
+        keys.push(mi.initiator_stream.master_key.to_vec());
+    }
+    assert_ne!(keys[0], keys[1]);
+    let m = String::from_utf8(http(&lab.domain("a.example").unwrap().url, "GET", "/metrics", &[], b"").await.body).unwrap();
+    assert!(m.contains("mediasec_kms_requests_total{type=\"zk_resolve\",outcome=\"ok\"} 3"), "{m}");
+
+    // KMS a leaves Zk: refused connection → a clear MIKEY error at once.
+    let a_zk = lab.domains[0].zk_addr.clone().unwrap();
+    if let Some(t) = lab.domains[0].zk_task.take() {
+        t.abort();
+        let _ = t.await;
+    }
+    let held = ka.request_ticket(&mut alice, &ask("carol@b.example")).await.unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(code(call(&mut alice, &held, &mut carol, &kc).await.err().unwrap()), ErrorCode::UNSPECIFIED);
+    assert!(t.elapsed() < timeout, "refused peer answered in {:?}", t.elapsed());
+
+    // A peer that accepts and never answers: the UE gets the error within the bound.
+    let silent = tokio::net::TcpListener::bind(&a_zk).await.unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let t = std::time::Instant::now();
+    assert_eq!(code(call(&mut alice, &held, &mut carol, &kc).await.err().unwrap()), ErrorCode::UNSPECIFIED);
+    let took = t.elapsed();
+    assert!(took >= timeout && took < timeout + Duration::from_secs(2), "slow peer: {took:?}");
+    hold.abort();
+}
