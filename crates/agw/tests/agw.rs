@@ -1,0 +1,217 @@
+//! Whole-gateway tests on 127.0.0.1: our AGW over real UDP sockets, rtpengine as the
+//! reference implementation, pylibsrtp (libsrtp 2.7) as the independent UE-side SRTP stack.
+//! External tools missing ⇒ skip with a line, or fail under `MEDIASEC_REQUIRE_PEERS=1`.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mediasec_agw::bencode::Value;
+use mediasec_agw::{ng, Agw, Config, ServerConfig};
+use mediasec_sdp::SdesPolicy;
+use mediasec_srtp::{MasterKey, Policy, Session, Suite};
+
+const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/sdes_call.py");
+
+/// `Ok(())` if the tool is usable; otherwise skip (or panic when peers are required).
+fn need(tool: &str, probe: &mut Command) -> bool {
+    let ok = probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() != Ok("1"), "{tool} is required (MEDIASEC_REQUIRE_PEERS=1) but not usable");
+        println!("SKIP: {tool} not available");
+    }
+    ok
+}
+
+/// A child process killed (by PID) and reaped on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A media port range of `len` ports that is free right now (probed), away from others.
+fn free_range(len: u16) -> u16 {
+    loop {
+        let base = 20000 + (rand::random::<u16>() % 20000) & !1;
+        if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+fn ping(addr: SocketAddr) -> bool {
+    ng::request(&client(), addr, &Value::dict([("command", Value::str("ping"))]))
+        .is_ok_and(|r| r.get("result").and_then(Value::as_str) == Some("pong"))
+}
+
+/// Our AGW on its own runtime thread; the runtime lives as long as the returned guard.
+fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let base = free_range(200);
+    let agw = rt
+        .block_on(Agw::start(ServerConfig {
+            listen_ng: "127.0.0.1:0".parse().unwrap(),
+            interface: "127.0.0.1".parse().unwrap(),
+            port_min: base,
+            port_max: base + 199,
+            control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
+        }))
+        .unwrap();
+    (agw.ng_addr(), rt)
+}
+
+fn start_rtpengine() -> Option<(SocketAddr, Daemon)> {
+    if !need("rtpengine (Debian rtpengine-daemon)", Command::new("rtpengine").arg("--version")) {
+        return None;
+    }
+    let port = free_udp_port();
+    let base = free_range(200);
+    let child = Command::new("rtpengine")
+        .args(["--config-file=none", "--foreground", "--log-stderr", "--table=-1", "--interface=127.0.0.1", "--delete-delay=0"])
+        .arg(format!("--listen-ng=127.0.0.1:{port}"))
+        .arg(format!("--port-min={base}"))
+        .arg(format!("--port-max={}", base + 199))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rtpengine starts");
+    let daemon = Daemon(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..50 {
+        if ping(addr) {
+            return Some((addr, daemon));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("rtpengine did not answer ping on {addr}");
+}
+
+fn sdes_call(ng: SocketAddr, suites: &str, flags: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3").arg(HELPER).arg(ng.port().to_string()).arg(suites).args(flags).output().unwrap();
+    assert!(out.status.success(), "{suites} via {ng}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Same SDES offers into rtpengine (userspace) and into our AGW: equivalent answers, and
+/// media decrypted correctly both ways by libsrtp on the UE side.
+#[test]
+fn rtpengine_reference_equivalent_answers_and_media() {
+    if !need("python3 with pylibsrtp", Command::new("python3").args(["-c", "import pylibsrtp"])) {
+        return;
+    }
+    let Some((rtpe, _daemon)) = start_rtpengine() else { return };
+    let (ours, _rt) = start_agw();
+    for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM"] {
+        let (r, o) = (sdes_call(rtpe, suite, &[]), sdes_call(ours, suite, &[]));
+        for field in ["crypto_lines", "tag", "suite", "key_len", "core_has_crypto"] {
+            assert_eq!(r[field], o[field], "{suite}: {field} differs: rtpengine {r} vs ours {o}");
+        }
+        for v in [&r, &o] {
+            assert_eq!((v["up_ok"].as_u64(), v["down_ok"].as_u64()), (v["packets"].as_u64(), v["packets"].as_u64()), "{suite}: {v}");
+        }
+        // Padding: we always pad (RFC 4568 base64 with '='); rtpengine omits '=' for the
+        // 28- and 44-octet GCM keys (peers.md §0.2).
+        assert_eq!(o["padded"], true, "{o}");
+        let unpadded = suite.starts_with("AEAD");
+        assert_eq!(r["padded"], !unpadded, "{r}");
+        println!("{suite}: rtpengine inline {} chars, ours {} chars; media 2x{} packets OK through both", r["inline_len"], o["inline_len"], o["packets"]);
+    }
+    // Suite choice among several lines: rtpengine takes the offerer's first; we take our
+    // local preference unless told `SDES: [offerer_pref]`.
+    let two = "AES_CM_128_HMAC_SHA1_80,AEAD_AES_256_GCM";
+    let (r, o, p) = (sdes_call(rtpe, two, &[]), sdes_call(ours, two, &[]), sdes_call(ours, two, &["offerer_pref"]));
+    assert_eq!((r["tag"].as_u64(), r["suite"].as_str()), (Some(1), Some("AES_CM_128_HMAC_SHA1_80")));
+    assert_eq!((p["tag"].clone(), p["suite"].clone()), (r["tag"].clone(), r["suite"].clone()));
+    assert_eq!((o["tag"].as_u64(), o["suite"].as_str()), (Some(2), Some("AEAD_AES_256_GCM")));
+}
+
+fn request(ng_addr: SocketAddr, entries: Vec<(&'static str, Value<'static>)>) -> Value<'static> {
+    let v = Value::Dict(entries.into_iter().map(|(k, v)| (std::borrow::Cow::Borrowed(k.as_bytes()), v)).collect());
+    ng::request(&client(), ng_addr, &v).unwrap()
+}
+
+fn port_of(sdp: &str) -> u16 {
+    sdp.lines().find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok()).unwrap()
+}
+
+/// Over real sockets: forged and replayed SRTP never reaches the core and is counted per
+/// reason in `query`; genuine media flows; `delete` frees the call.
+#[test]
+fn over_udp_failed_packets_are_dropped_and_counted() {
+    let (ng_addr, _rt) = start_agw();
+    let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let core = UdpSocket::bind("127.0.0.1:0").unwrap();
+    core.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let suite = Suite::AeadAes128Gcm;
+    let key = [9u8; 28];
+    let sdp = |port: u16, proto: &str, extra: &str| {
+        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0\r\n{extra}")
+    };
+    let crypto = "a=crypto:1 AEAD_AES_128_GCM inline:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQ==\r\n";
+    let offer = request(
+        ng_addr,
+        vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str("udp-1")),
+            ("from-tag", Value::str("ue")),
+            ("transport-protocol", Value::str("RTP/AVP")),
+            ("sdp", Value::str(sdp(ue.local_addr().unwrap().port(), "RTP/SAVP", crypto))),
+        ],
+    );
+    assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
+    let answer = request(
+        ng_addr,
+        vec![
+            ("command", Value::str("answer")),
+            ("call-id", Value::str("udp-1")),
+            ("from-tag", Value::str("ue")),
+            ("to-tag", Value::str("core")),
+            ("sdp", Value::str(sdp(core.local_addr().unwrap().port(), "RTP/AVP", ""))),
+        ],
+    );
+    let to_ue = answer.get("sdp").and_then(Value::as_str).unwrap();
+    let relay_ue: SocketAddr = ([127, 0, 0, 1], port_of(to_ue)).into();
+    let mut tx = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &key).unwrap())).unwrap();
+    let mut forger = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &key).unwrap())).unwrap();
+    let mut buf = [0u8; 2048];
+    for seq in 0..5u16 {
+        let plain = [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, 7], &[0xab; 160]].concat();
+        let mut p = plain.clone();
+        tx.protect_rtp_vec(&mut p).unwrap();
+        ue.send_to(&p, relay_ue).unwrap();
+        let n = core.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &plain[..]);
+        ue.send_to(&p, relay_ue).unwrap(); // replay
+        // A forged packet with a fresh index (so the replay check passes and the tag fails).
+        let mut forged = [&[0x80, 0][..], &(1000 + seq).to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, 7], &[0xcd; 160]].concat();
+        forger.protect_rtp_vec(&mut forged).unwrap();
+        forged[30] ^= 0x40;
+        ue.send_to(&forged, relay_ue).unwrap();
+    }
+    assert!(core.recv(&mut buf).is_err(), "nothing but the genuine packets reached the core");
+    let q = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("udp-1"))]);
+    let a = q.get("streams").and_then(Value::as_list).unwrap()[0].get("A").unwrap().clone();
+    let drops = a.get("drops").unwrap();
+    assert_eq!(drops.get("replay").and_then(Value::as_int), Some(5), "{q:?}");
+    assert_eq!(drops.get("auth_failed").and_then(Value::as_int), Some(5), "{q:?}");
+    assert_eq!(q.get("totals").and_then(|t| t.get("errors")).and_then(Value::as_int), Some(10));
+    let d = request(ng_addr, vec![("command", Value::str("delete")), ("call-id", Value::str("udp-1"))]);
+    assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
+    let again = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("udp-1"))]);
+    assert_eq!(again.get("error-reason").and_then(Value::as_str), Some("unknown call-id"));
+}
