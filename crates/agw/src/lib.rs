@@ -10,6 +10,8 @@ pub mod bencode;
 pub mod control;
 pub mod ng;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod relay;
 pub mod server;
 pub mod stats;

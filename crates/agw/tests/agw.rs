@@ -41,7 +41,7 @@ fn free_udp_port() -> u16 {
 /// A media port range of `len` ports that is free right now (probed), away from others.
 fn free_range(len: u16) -> u16 {
     loop {
-        let base = 20000 + (rand::random::<u16>() % 20000) & !1;
+        let base = (20000 + rand::random::<u16>() % 20000) & !1;
         if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
@@ -214,4 +214,17 @@ fn over_udp_failed_packets_are_dropped_and_counted() {
     assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
     let again = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("udp-1"))]);
     assert_eq!(again.get("error-reason").and_then(Value::as_str), Some("unknown call-id"));
+}
+
+/// Every committed seed of `fuzz/corpus/agw_ng` through the fuzz target's function.
+#[test]
+fn fuzz_corpus_replay() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/agw_ng");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        mediasec_agw::fuzzing::ng(&data);
+        n += 1;
+    }
+    assert!(n >= 8, "seed corpus has {n} files");
 }
