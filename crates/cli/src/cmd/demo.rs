@@ -251,7 +251,6 @@ may_call = ["?@a.example", "?@b.example"]
     enum Verdict {
         Ok(String),
         Failed(String),
-        NotImplemented(&'static str),
     }
 
     struct Row {
@@ -377,9 +376,13 @@ may_call = ["?@a.example", "?@b.example"]
         };
         rows.push(Row { name: "same-domain call", verdict, km: km_t });
 
-        // 2. Cross-domain via Zk.
-        rows.push(Row { name: "cross-domain call (Zk)", verdict: Verdict::NotImplemented("Zk transport (crates/kms-zk) not wired into the KMS yet"), km: Duration::ZERO });
-        let _ = (&mut carol, &kc);
+        // 2. Cross-domain via Zk: carol's KMS forwards the resolve to alice's over mutual TLS.
+        let (held, spent) = requested(&ka, &mut alice, &ask("carol@b.example", false)?).await;
+        let (verdict, km_t) = match held {
+            Ok(h) => call(&mut alice, &h, &mut carol, &kc, "carol@b.example", spent, packets).await?,
+            Err(e) => (Verdict::Failed(e.to_string()), spent),
+        };
+        rows.push(Row { name: "cross-domain call (Zk)", verdict, km: km_t });
 
         // 3. Reusable ticket: the second call contacts no KMS.
         let (held, spent) = requested(&ka, &mut alice, &ask("bob@a.example", true)?).await;
@@ -470,20 +473,19 @@ may_call = ["?@a.example", "?@b.example"]
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let result = runtime.block_on(async {
             let domains = [DomainSpec { domain: "a.example", policy: POLICY_A }, DomainSpec { domain: "b.example", policy: POLICY_B }];
-            let lab = Lab::start_local(&dir, &domains, &USERS).await?;
+            let lab = Lab::start(&dir, &domains, &USERS, Some(Duration::from_secs(2))).await?;
             scenarios(&lab, packets).await
         });
         let _ = std::fs::remove_dir_all(&dir);
         let rows = result?;
         println!();
-        println!("KMS on 127.0.0.1: BSF + KMS a.example + KMS b.example (embedded stores), users bootstrapped over Ub");
+        println!("KMS on 127.0.0.1: BSF + KMS a.example + KMS b.example (embedded stores, Zk over mutual TLS), users bootstrapped over Ub");
         println!("{:<26} {:>10}  result", "scenario", "key mgmt");
         let mut ok = true;
         for r in rows {
             let (word, detail) = match &r.verdict {
                 Verdict::Ok(d) => ("ok", d.clone()),
                 Verdict::Failed(d) => ("FAILED", d.clone()),
-                Verdict::NotImplemented(d) => ("not yet implemented", (*d).to_owned()),
             };
             ok &= matches!(r.verdict, Verdict::Ok(_));
             println!("{:<26} {:>7.2} ms  {word}: {detail}", r.name, r.km.as_secs_f64() * 1000.0);

@@ -1,6 +1,7 @@
 //! `mediasec kms`: run the KMS (Ua, admin API, /metrics, Zk) on an embedded store or
 //! PostgreSQL, and generate a lab PKI for Zk (see docs/kms.md).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use mediasec_kms::kms::{KmsConfig, NoPeers, Peers, os_random};
 use mediasec_kms::persist::Persist;
 use mediasec_kms::policy::Policies;
 use mediasec_kms::server::{Service, serve};
+use mediasec_kms::zk::{ZkPeers, ZkServer};
 use mediasec_kms_store::Store;
+use mediasec_kms_zk::{ZkClient, ZkTls};
 
 /// Arguments of `mediasec kms`.
 #[derive(clap::Args)]
@@ -78,7 +81,7 @@ struct ServeArgs {
     /// sharing a database); 0 = never.
     #[arg(long, default_value_t = 5)]
     reload: u64,
-    /// Zk listen address (needs --zk-pki).
+    /// Zk listen address (needs --zk-pki; peers allowed to resolve here = --zk-peer domains).
     #[arg(long, requires = "zk_pki")]
     zk_listen: Option<String>,
     /// Zk PKI directory (`mediasec kms pki`).
@@ -116,15 +119,21 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn pki(_out: &std::path::Path, _domains: &[String]) -> anyhow::Result<ExitCode> {
-    bail!("Zk PKI generation is not available in this build yet")
+fn pki(out: &std::path::Path, domains: &[String]) -> anyhow::Result<ExitCode> {
+    mediasec_kms_zk::pki::generate(out, domains)?;
+    println!("wrote {}", out.join(mediasec_kms_zk::pki::CA_FILE).display());
+    for d in domains {
+        println!("wrote {} and {}", mediasec_kms_zk::pki::cert_file(out, d).display(), mediasec_kms_zk::pki::key_file(out, d).display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn zk_peers(a: &ServeArgs) -> anyhow::Result<Arc<dyn Peers>> {
-    if a.zk_pki.is_some() || !a.zk_peers.is_empty() || a.zk_listen.is_some() {
-        bail!("Zk is not available in this build yet");
-    }
-    Ok(Arc::new(NoPeers))
+/// `--zk-peer DOMAIN=HOST:PORT` list as a map.
+fn zk_peer_map(a: &ServeArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    a.zk_peers
+        .iter()
+        .map(|p| p.split_once('=').map(|(d, addr)| (d.to_owned(), addr.to_owned())).with_context(|| format!("--zk-peer {p:?} is not DOMAIN=HOST:PORT")))
+        .collect()
 }
 
 fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -145,7 +154,18 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Policies::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?),
         None => None,
     };
-    let peers = zk_peers(&a)?;
+    let peer_map = zk_peer_map(&a)?;
+    let zk = match &a.zk_pki {
+        Some(dir) => Some(ZkTls::load(dir, &domain).with_context(|| format!("loading the Zk PKI of {domain} from {}", dir.display()))?),
+        None => None,
+    };
+    let peers: Arc<dyn Peers> = match &zk {
+        Some(tls) => {
+            let client = ZkClient::new(tls, peer_map.clone(), Duration::from_millis(a.zk_timeout_ms));
+            Arc::new(ZkPeers::new(client, peer_map.keys().cloned().collect()))
+        }
+        None => Arc::new(NoPeers),
+    };
     runtime()?.block_on(async move {
         let persist = Persist::new(open_store(&a.store).await?, master);
         let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
@@ -161,6 +181,16 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let service = Service::start(cfg, persist, zn, peers, admin_token, os_random()).await?;
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("KMS {} listening on http://{}", a.fqdn, listener.local_addr()?);
+        if let (Some(tls), Some(addr)) = (&zk, &a.zk_listen) {
+            let zl = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            println!("Zk listening on https://{} (peers: {:?})", zl.local_addr()?, peer_map.keys().collect::<Vec<_>>());
+            let serve_zk = mediasec_kms_zk::serve(zl, tls, peer_map.keys().cloned().collect::<BTreeSet<_>>(), Arc::new(ZkServer(Arc::clone(&service))));
+            tokio::spawn(async move {
+                if let Err(e) = serve_zk.await {
+                    tracing::warn!(error = %e, "Zk server stopped");
+                }
+            });
+        }
         if a.reload > 0 {
             let s = Arc::clone(&service);
             let every = Duration::from_secs(a.reload);
