@@ -29,6 +29,15 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first so that a forking daemon (Kamailio) stops its children itself.
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..30 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -227,4 +236,151 @@ fn fuzz_corpus_replay() {
         n += 1;
     }
     assert!(n >= 8, "seed corpus has {n} files");
+}
+
+/// A SIP port `p` with `p + 1` free too (baresip's TLS transport takes SIP port + 1).
+fn free_sip_port() -> u16 {
+    loop {
+        let p = free_udp_port();
+        if p < 65000 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// 8 kHz mono 16-bit PCM WAV with a sine of `hz` for `secs` seconds.
+fn tone_wav(hz: f64, secs: usize) -> Vec<u8> {
+    let samples: Vec<u8> = (0..8000 * secs)
+        .flat_map(|i| ((8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin()) as i16).to_le_bytes())
+        .collect();
+    let mut w = Vec::new();
+    w.extend_from_slice(b"RIFF");
+    w.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 1u16.to_le_bytes().to_vec(), 8000u32.to_le_bytes().to_vec(), 16000u32.to_le_bytes().to_vec(), 2u16.to_le_bytes().to_vec(), 16u16.to_le_bytes().to_vec()] {
+        w.extend_from_slice(&v);
+    }
+    w.extend_from_slice(b"data");
+    w.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    w.extend_from_slice(&samples);
+    w
+}
+
+/// Goertzel power of `hz` in 8-kHz samples.
+fn goertzel(samples: &[i16], hz: f64) -> f64 {
+    let c = 2.0 * (2.0 * std::f64::consts::PI * hz / 8000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s0 = f64::from(x) + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - c * s1 * s2
+}
+
+/// The samples of the audio a baresip UA decoded (its `sndfile` dump `*-dec.wav`).
+fn decoded_audio(dir: &std::path::Path) -> Vec<i16> {
+    let file = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).find(|p| p.to_string_lossy().ends_with("-dec.wav"));
+    let Some(file) = file else { panic!("no decoded audio dump in {}", dir.display()) };
+    let bytes = std::fs::read(file).unwrap();
+    bytes[44..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+}
+
+fn baresip_dir(root: &std::path::Path, name: &str, sip: u16, rtp: u16, account: &str, hz: f64) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = root.join(format!("{name}.wav"));
+    std::fs::write(&wav, tone_wav(hz, 10)).unwrap();
+    let config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nnet_interface 127.0.0.1\nrtp_ports {rtp}-{}\n\
+         audio_source aufile,{}\naudio_player aubridge,p{name}\naudio_alert aubridge,a{name}\n\
+         module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule aubridge.so\n\
+         module sndfile.so\nmodule srtp.so\nmodule menu.so\nmodule_app account.so\nsnd_path {}\n",
+        rtp + 19,
+        wav.display(),
+        dir.display()
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+    dir
+}
+
+/// Kamailio (Debian 5.6, `rtpengine` module) drives our AGW over ng and relays an SDES call
+/// between two baresip UAs: alice insists on SRTP (`srtp-mand`, access side), bob speaks
+/// plain RTP (core side). Each sends its own tone; each side's decoded audio must carry the
+/// other's tone, so the AGW decrypted alice's SRTP and encrypted bob's RTP correctly.
+#[test]
+fn kamailio_drives_our_agw_between_baresip_uas() {
+    if !need("kamailio (Debian kamailio)", Command::new("kamailio").arg("-v"))
+        || !need("baresip (Debian baresip-core)", Command::new("sh").args(["-c", "test -e /usr/lib/baresip/modules/srtp.so && command -v baresip"]))
+    {
+        return;
+    }
+    let (ng_addr, _rt) = start_agw();
+    let root = std::env::temp_dir().join(format!("mediasec-agw-kamailio-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let (kam_port, alice_port, bob_port) = (free_udp_port(), free_sip_port(), free_sip_port());
+    let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/kamailio.cfg")).unwrap();
+    let cfg = template
+        .replace("@SIP_PORT@", &kam_port.to_string())
+        .replace("@NG_PORT@", &ng_addr.port().to_string())
+        .replace("@BOB_PORT@", &bob_port.to_string());
+    let cfg_path = root.join("kamailio.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let check = Command::new("kamailio").arg("-c").arg("-f").arg(&cfg_path).output().unwrap();
+    assert!(check.status.success(), "kamailio -c: {}", String::from_utf8_lossy(&check.stderr));
+    let kamailio = Daemon(
+        Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg_path)
+            .args(["-DD", "-E"])
+            .arg("-P")
+            .arg(root.join("kamailio.pid"))
+            .arg("-Y")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("kamailio.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let rtp = free_range(40);
+    let bob = baresip_dir(&root, "bob", bob_port, rtp, "<sip:bob@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU", 1500.0);
+    let alice = baresip_dir(&root, "alice", alice_port, rtp + 20, "<sip:alice@127.0.0.1>;regint=0;mediaenc=srtp-mand;audio_codecs=PCMU", 1000.0);
+    std::thread::sleep(Duration::from_millis(800));
+    let spawn = |dir: &std::path::Path, extra: &[String]| {
+        Daemon(
+            Command::new("baresip")
+                .arg("-f")
+                .arg(dir)
+                .args(extra)
+                .stdout(std::fs::File::create(dir.join("baresip.log")).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let bob_ua = spawn(&bob, &["-t".into(), "12".into()]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut alice_ua = spawn(&alice, &["-t".into(), "8".into(), "-e".into(), format!("/dial sip:bob@127.0.0.1:{kam_port}")]);
+    // alice hangs up (quits) after 8 s: BYE through Kamailio, rtpengine_delete to our AGW.
+    for _ in 0..150 {
+        if matches!(alice_ua.0.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bob_ua);
+    drop(alice_ua);
+    drop(kamailio);
+    let log = std::fs::read_to_string(alice.join("baresip.log")).unwrap_or_default();
+    assert!(log.contains("SRTP is Enabled"), "alice (srtp-mand) did not get SRTP:\n{log}");
+    let (heard_by_alice, heard_by_bob) = (decoded_audio(&alice), decoded_audio(&bob));
+    assert!(heard_by_alice.len() > 8000 && heard_by_bob.len() > 8000, "less than 1 s of audio decoded");
+    let (a1000, a1500) = (goertzel(&heard_by_alice, 1000.0), goertzel(&heard_by_alice, 1500.0));
+    let (b1000, b1500) = (goertzel(&heard_by_bob, 1000.0), goertzel(&heard_by_bob, 1500.0));
+    println!("alice hears 1500 Hz/1000 Hz power ratio {:.0}, bob hears 1000/1500 ratio {:.0}", a1500 / a1000.max(1.0), b1000 / b1500.max(1.0));
+    assert!(a1500 > 1000.0 * a1000.max(1.0), "alice (SRTP leg) must hear bob's 1500 Hz tone");
+    assert!(b1000 > 1000.0 * b1500.max(1.0), "bob (RTP leg) must hear alice's 1000 Hz tone");
+    let _ = std::fs::remove_dir_all(&root);
 }
