@@ -241,3 +241,152 @@ fn sdp_inspect_prints_the_mikey_tree_of_each_key_mgmt() {
     assert_eq!(m["length"], ti.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mediasec kms serve` as a real process (killed on drop).
+struct KmsProcess {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for KmsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const KMS_MASTER: &str = "3c5f0e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d";
+
+/// Starts `kms serve` on `store` and waits for its listening line; `None` with the reason on
+/// stderr when it exits first.
+fn kms_serve(store: &str, extra: &[&str]) -> Result<KmsProcess, String> {
+    use std::io::BufRead as _;
+    let mut args = vec![
+        "kms", "serve", "--fqdn", "kms.a.example", "--store", store, "--bsf", "http://127.0.0.1:9", "--zn-token", "zn",
+        "--admin-token", "adm", "--listen", "127.0.0.1:0", "--reload", "1",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mediasec"))
+        .args(&args)
+        .env("MEDIASEC_KMS_MASTER_KEY", KMS_MASTER)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mediasec kms serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    match line.rsplit_once("http://") {
+        Some((_, addr)) => Ok(KmsProcess { child, addr: addr.trim().to_owned() }),
+        None => {
+            let out = child.wait_with_output().expect("wait");
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// One admin request (HTTP/1.1, Connection: close); (status, body).
+fn kms_admin(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer adm\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// Admin writes (per-user policies, key rotations) until the server is killed; returns the
+/// ones acknowledged with 200 before the kill.
+fn kms_load_then_kill(p: KmsProcess) -> (Vec<usize>, usize) {
+    let addr = p.addr.clone();
+    let writer = std::thread::spawn(move || {
+        let (mut users, mut rotations) = (Vec::new(), 0);
+        for i in 0.. {
+            let ok = if i % 5 == 4 {
+                kms_admin(&addr, "POST", "/admin/v1/keys/rotate", "").map(|(s, _)| s == 200)
+            } else {
+                kms_admin(&addr, "PUT", &format!("/admin/v1/policies/users/u{i}@a.example"), "reusable = true\n").map(|(s, _)| s == 200)
+            };
+            match ok {
+                Ok(true) if i % 5 == 4 => rotations += 1,
+                Ok(true) => users.push(i),
+                _ => break,
+            }
+        }
+        (users, rotations)
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let mut p = p;
+    let _ = p.child.kill(); // SIGKILL
+    let _ = p.child.wait();
+    writer.join().expect("writer")
+}
+
+fn kms_check_durable(p: &KmsProcess, users: &[usize], rotations: usize) {
+    let (s, doc) = kms_admin(&p.addr, "GET", "/admin/v1/policies", "").expect("policies");
+    assert_eq!(s, 200);
+    for i in users {
+        assert!(doc.contains(&format!("\"u{i}@a.example\"")), "acknowledged policy of u{i} lost");
+    }
+    let (_, keys) = kms_admin(&p.addr, "GET", "/admin/v1/keys", "").expect("keys");
+    let n = keys.matches("\"id\"").count();
+    assert!(n > rotations, "{rotations} acknowledged rotations, {n} keys after restart: {keys}");
+}
+
+#[test]
+fn kms_serve_keeps_every_committed_policy_and_key_across_kill_9() {
+    let dir = std::env::temp_dir().join(format!("mediasec-cli-kms-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = dir.join("kms.redb");
+    let store = store.to_str().expect("path");
+    let p = kms_serve(store, &["--user", "alice@a.example"]).expect("kms serve");
+    let (users, rotations) = kms_load_then_kill(p);
+    assert!(users.len() > 5 && rotations > 0, "load too small: {} policies, {rotations} rotations", users.len());
+    let p = kms_serve(store, &[]).expect("restart");
+    kms_check_durable(&p, &users, rotations);
+    let (_, u) = kms_admin(&p.addr, "GET", "/admin/v1/users", "").expect("users");
+    assert!(u.contains("alice@a.example"), "{u}");
+    drop(p);
+    // The ring is encrypted under the master key: another key cannot open it.
+    let err = match Command::new(env!("CARGO_BIN_EXE_mediasec"))
+        .args(["kms", "serve", "--fqdn", "kms.a.example", "--store", store, "--bsf", "http://127.0.0.1:9", "--zn-token", "z", "--admin-token", "a", "--listen", "127.0.0.1:0"])
+        .env("MEDIASEC_KMS_MASTER_KEY", "00".repeat(32))
+        .output()
+    {
+        Ok(o) => (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned()),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(!err.0 && err.1.contains("wrong master key"), "{}", err.1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn kms_replicas_share_postgresql_and_survive_kill_9() {
+    let pg = match mediasec_kms_store::pg_lab::PgLab::start() {
+        Ok(Some(pg)) => pg,
+        Ok(None) => return, // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+        Err(e) => panic!("PostgreSQL lab: {e}"),
+    };
+    let url = pg.create_database("kms_cli").expect("database");
+    let one = kms_serve(&url, &[]).expect("replica 1");
+    let two = kms_serve(&url, &[]).expect("replica 2");
+    // A rotation on replica 1 reaches replica 2 through the database (reload every second).
+    let (s, _) = kms_admin(&one.addr, "POST", "/admin/v1/keys/rotate", "").expect("rotate");
+    assert_eq!(s, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, keys) = kms_admin(&two.addr, "GET", "/admin/v1/keys", "").expect("keys");
+        if keys.matches("\"id\"").count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replica 2 never saw the rotation: {keys}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (users, rotations) = kms_load_then_kill(one);
+    assert!(users.len() > 5, "load too small");
+    std::thread::sleep(Duration::from_millis(2500)); // replica 2 re-reads the database
+    kms_check_durable(&two, &users, rotations);
+}

@@ -108,8 +108,8 @@ pub(crate) async fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-async fn open_postgres(_url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    bail!("the PostgreSQL store backend is not available in this build yet (use a file path for the embedded store)")
+async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(mediasec_kms_store::PgStore::connect(url).await.context("connecting to PostgreSQL")?))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
