@@ -160,24 +160,21 @@ fn strings<'v>(v: &'v Value<'_>, key: &'static str) -> Result<Vec<&'v str>, Erro
     }
 }
 
+/// A suite both `mediasec-sdp` and `mediasec-srtp` know.
+fn known_suite(name: &str) -> Result<CryptoSuite, Error> {
+    let s = CryptoSuite::new(name);
+    if s.params().is_some() && name.parse::<mediasec_srtp::Suite>().is_ok() {
+        Ok(s)
+    } else {
+        Err(Error::Unsupported(format!("SDES suite {name:?}")))
+    }
+}
+
+/// One `SDES` flag other than `only-`.
 fn apply_sdes(policy: &mut SdesPolicy, flag: &str) -> Result<(), Error> {
-    let known = |name: &str| -> Result<CryptoSuite, Error> {
-        let s = CryptoSuite::new(name);
-        if s.params().is_some() && name.parse::<mediasec_srtp::Suite>().is_ok() {
-            Ok(s)
-        } else {
-            Err(Error::Unsupported(format!("SDES suite {name:?}")))
-        }
-    };
     if let Some(name) = flag.strip_prefix("no-") {
-        let s = known(name)?;
+        let s = known_suite(name)?;
         policy.suites.retain(|x| *x != s);
-    } else if let Some(name) = flag.strip_prefix("only-") {
-        let s = known(name)?;
-        policy.suites.retain(|x| *x == s);
-        if policy.suites.is_empty() {
-            policy.suites.push(s);
-        }
     } else if flag == "offerer_pref" {
         policy.order = SuiteOrder::Offerer;
     } else if flag != "pad" {
@@ -188,7 +185,6 @@ fn apply_sdes(policy: &mut SdesPolicy, flag: &str) -> Result<(), Error> {
 
 fn options(req: &Value<'_>, base: &SdesPolicy) -> Result<Options, Error> {
     let mut o = Options { transport: None, replace_origin: false, sdes: base.clone() };
-    let mut only_seen = false;
     if let Some(v) = req.get("transport-protocol") {
         o.transport = Some(Transport::parse(v.as_str().ok_or(Error::BadKey("transport-protocol"))?)?);
     }
@@ -208,23 +204,20 @@ fn options(req: &Value<'_>, base: &SdesPolicy) -> Result<Options, Error> {
         }
     }
     if let Some(v) = req.get("SDES") {
-        let flags = strings(v, "SDES")?;
-        // `only-` flags add up: start from the empty set at the first one.
-        for f in flags {
-            if f.starts_with("only-") && !only_seen {
-                only_seen = true;
-                let name = f.trim_start_matches("only-");
-                let keep = CryptoSuite::new(name);
-                o.sdes.suites.retain(|x| *x == keep);
-                apply_sdes(&mut o.sdes, f)?;
-            } else if let Some(name) = f.strip_prefix("only-") {
-                let s = CryptoSuite::new(name);
-                apply_sdes(&mut SdesPolicy::default(), f)?;
+        // `only-` flags add up to the allowed set; `no-` flags remove from it.
+        let mut only = Vec::new();
+        for f in strings(v, "SDES")? {
+            match f.strip_prefix("only-") {
+                Some(name) => only.push(known_suite(name)?),
+                None => apply_sdes(&mut o.sdes, f)?,
+            }
+        }
+        if !only.is_empty() {
+            o.sdes.suites.retain(|s| only.contains(s));
+            for s in only {
                 if !o.sdes.suites.contains(&s) {
                     o.sdes.suites.push(s);
                 }
-            } else {
-                apply_sdes(&mut o.sdes, f)?;
             }
         }
         if o.sdes.suites.is_empty() {
