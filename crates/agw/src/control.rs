@@ -67,6 +67,10 @@ pub struct Controller {
     relay: Relay,
     calls: HashMap<String, Call>,
     replies: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// Counters of streams already released (so metrics never go backwards).
+    finished: LegStats,
+    commands: u64,
+    command_errors: u64,
 }
 
 const ICE_DTLS_RTCP: [&str; 14] = [
@@ -213,7 +217,15 @@ fn transport_of(sdp: &Sdp, i: usize) -> Result<Transport, Error> {
 impl Controller {
     /// A gateway with no calls.
     pub fn new(config: Config) -> Self {
-        Self { config, relay: Relay::new(), calls: HashMap::new(), replies: VecDeque::new() }
+        Self {
+            config,
+            relay: Relay::new(),
+            calls: HashMap::new(),
+            replies: VecDeque::new(),
+            finished: LegStats::default(),
+            commands: 0,
+            command_errors: 0,
+        }
     }
 
     /// The relay (the driver hands it every media packet).
@@ -249,8 +261,12 @@ impl Controller {
             .and_then(|cmd| self.execute(cmd, now, ports, keys))
         {
             Ok(v) => v,
-            Err(e) => ng::error_reply(&e),
+            Err(e) => {
+                self.command_errors += 1;
+                ng::error_reply(&e)
+            }
         };
+        self.commands += 1;
         let framed = ng::frame(cookie, &reply);
         if self.replies.len() >= REPLY_CACHE {
             self.replies.pop_front();
@@ -295,6 +311,8 @@ impl Controller {
 
     fn release_media(&mut self, media: Media, ports: &mut impl PortSource) {
         if let Some(stream) = self.relay.remove_stream(media.stream) {
+            self.finished.accumulate(&stream.leg(Side::A).stats);
+            self.finished.accumulate(&stream.leg(Side::B).stats);
             ports.release_pair(stream.leg(Side::A).port());
             ports.release_pair(stream.leg(Side::B).port());
         }
@@ -536,6 +554,38 @@ impl Controller {
         ])
     }
 
+    /// Prometheus text exposition (format 0.0.4) of the gateway's counters: calls and streams
+    /// in progress, ng commands, packets/octets per component and direction, drops by reason
+    /// (released streams included).
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut all = self.finished.clone();
+        for call in self.calls.values() {
+            for (_, a, b) in self.leg_stats(call) {
+                all.accumulate(&a.stats);
+                all.accumulate(&b.stats);
+            }
+        }
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE mediasec_agw_calls gauge\nmediasec_agw_calls {}", self.calls.len());
+        let _ = writeln!(out, "# TYPE mediasec_agw_streams gauge\nmediasec_agw_streams {}", self.relay.stream_count());
+        let _ = writeln!(out, "# TYPE mediasec_agw_ng_commands_total counter\nmediasec_agw_ng_commands_total {}", self.commands);
+        let _ = writeln!(out, "# TYPE mediasec_agw_ng_errors_total counter\nmediasec_agw_ng_errors_total {}", self.command_errors);
+        let _ = writeln!(out, "# TYPE mediasec_agw_packets_total counter\n# TYPE mediasec_agw_bytes_total counter");
+        for (c, name) in [(Component::Rtp, "rtp"), (Component::Rtcp, "rtcp")] {
+            for (dir, counter) in [("received", all.received(c)), ("sent", all.sent(c))] {
+                let _ = writeln!(out, "mediasec_agw_packets_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.packets);
+                let _ = writeln!(out, "mediasec_agw_bytes_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.bytes);
+            }
+        }
+        let _ = writeln!(out, "# TYPE mediasec_agw_drops_total counter");
+        for r in DropReason::ALL {
+            let n = if r == DropReason::UnknownPort { self.relay.unknown_port_drops() } else { all.drops(r) };
+            let _ = writeln!(out, "mediasec_agw_drops_total{{reason=\"{}\"}} {n}", r.label());
+        }
+        out
+    }
+
     /// Deletes every call whose streams were idle for the configured timeout; returns their
     /// call-ids.
     pub fn expire(&mut self, now: Instant, ports: &mut impl PortSource) -> Vec<String> {
@@ -719,6 +769,9 @@ mod tests {
         let rtp = q.get("totals").and_then(|t| t.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int);
         assert_eq!(rtp, Some(2));
         let d = c.execute(Command::Delete { call_id: "call1".into() }, now, &mut ports, &mut k).expect("delete");
+        let m = c.metrics();
+        assert!(m.contains("mediasec_agw_packets_total{component=\"rtp\",direction=\"received\"} 2\n"), "{m}");
+        assert!(m.contains("mediasec_agw_calls 0\n") && m.contains("mediasec_agw_drops_total{reason=\"auth_failed\"} 0\n"), "{m}");
         assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
         assert!(ports.out.is_empty(), "ports released");
         assert_eq!(c.relay().stream_count(), 0);

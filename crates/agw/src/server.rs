@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub port_min: u16,
     /// Highest media port.
     pub port_max: u16,
+    /// Prometheus `/metrics` over HTTP/1.1 on this address, if any.
+    pub metrics: Option<SocketAddr>,
     /// Gateway behaviour.
     pub control: Config,
 }
@@ -97,6 +99,7 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 /// A running gateway.
 pub struct Agw {
     ng_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     state: Shared,
 }
 
@@ -116,13 +119,25 @@ impl Agw {
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
         tokio::spawn(control_loop(ng, state.clone()));
         tokio::spawn(timer_loop(state.clone()));
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            metrics_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = ?metrics_addr, "metrics on /metrics");
+            tokio::spawn(metrics_loop(listener, state.clone()));
+        }
         tracing::info!(%ng_addr, "IMS-AGW listening for ng commands");
-        Ok(Self { ng_addr, state })
+        Ok(Self { ng_addr, metrics_addr, state })
     }
 
     /// The ng control address actually bound.
     pub fn ng_addr(&self) -> SocketAddr {
         self.ng_addr
+    }
+
+    /// The metrics address actually bound, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Calls in progress.
@@ -181,5 +196,29 @@ async fn media_loop(port: u16, socket: Arc<UdpSocket>, state: Shared) {
         {
             let _ = out.try_send_to(packet, to);
         }
+    }
+}
+
+/// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text, anything else → 404.
+async fn metrics_loop(listener: tokio::net::TcpListener, state: Shared) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut req = [0u8; 1024];
+            let Ok(n) = conn.read(&mut req).await else { return };
+            let head = req.get(..n).unwrap_or_default();
+            let (status, body) = if head.starts_with(b"GET /metrics ") {
+                ("200 OK", lock(&state).ctl.metrics())
+            } else {
+                ("404 Not Found", String::from("not found\n"))
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        });
     }
 }

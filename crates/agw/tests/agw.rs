@@ -70,6 +70,11 @@ fn ping(addr: SocketAddr) -> bool {
 
 /// Our AGW on its own runtime thread; the runtime lives as long as the returned guard.
 fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
+    let (ng, _, rt) = start_agw_with_metrics();
+    (ng, rt)
+}
+
+fn start_agw_with_metrics() -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let base = free_range(200);
     let agw = rt
@@ -78,10 +83,11 @@ fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
             interface: "127.0.0.1".parse().unwrap(),
             port_min: base,
             port_max: base + 199,
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
             control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
         }))
         .unwrap();
-    (agw.ng_addr(), rt)
+    (agw.ng_addr(), agw.metrics_addr().unwrap(), rt)
 }
 
 fn start_rtpengine() -> Option<(SocketAddr, Daemon)> {
@@ -162,7 +168,7 @@ fn port_of(sdp: &str) -> u16 {
 /// reason in `query`; genuine media flows; `delete` frees the call.
 #[test]
 fn over_udp_failed_packets_are_dropped_and_counted() {
-    let (ng_addr, _rt) = start_agw();
+    let (ng_addr, metrics, _rt) = start_agw_with_metrics();
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
     let core = UdpSocket::bind("127.0.0.1:0").unwrap();
     core.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -219,6 +225,13 @@ fn over_udp_failed_packets_are_dropped_and_counted() {
     assert_eq!(drops.get("replay").and_then(Value::as_int), Some(5), "{q:?}");
     assert_eq!(drops.get("auth_failed").and_then(Value::as_int), Some(5), "{q:?}");
     assert_eq!(q.get("totals").and_then(|t| t.get("errors")).and_then(Value::as_int), Some(10));
+    let mut http = std::net::TcpStream::connect(metrics).unwrap();
+    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut http, &mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    assert!(page.contains("mediasec_agw_drops_total{reason=\"auth_failed\"} 5\n"), "{page}");
+    assert!(page.contains("mediasec_agw_packets_total{component=\"rtp\",direction=\"sent\"} 5\n"), "{page}");
     let d = request(ng_addr, vec![("command", Value::str("delete")), ("call-id", Value::str("udp-1"))]);
     assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
     let again = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("udp-1"))]);

@@ -43,6 +43,9 @@ struct Serve {
     /// Seconds without media after which a call is deleted.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
     /// Runtime worker threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -108,6 +111,7 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
             interface: a.interface,
             port_min: a.port_min,
             port_max: a.port_max,
+            metrics: a.metrics,
             control: Config { address: a.interface, sdes: SdesPolicy::default(), timeout: Duration::from_secs(a.timeout) },
         };
         let agw = Agw::start(config).await.context("starting the AGW")?;
