@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::CsIdMap;
-use mediasec_mikey::keys::Direction;
+use mediasec_mikey::keys::{Direction, MessageKeys};
 use mediasec_mikey::payload::{BaseTicketData, KeyData, Kemac, Ticket, TicketFlags, TicketPolicy, decode_payloads, encode_payloads};
 use mediasec_mikey::error_message::{self, ErrorKey};
 use mediasec_mikey::psk::ReplayCache;
@@ -277,7 +277,8 @@ impl Kms {
     /// Authenticates a REQUEST_INIT_PSK / RESOLVE_INIT_PSK (Annex B steps 1–5): B-TID from
     /// IDRpsk → Ks_NAF and IMPUs over Zn → MAC check (Table 5.2 input) → freshness.
     /// Once the MAC verified, `err_key` holds the auth_key errors are MACed with.
-    async fn authenticate(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, err_key: &mut Option<Secret>) -> Result<(Arc<NafKey>, Vec<u8>), KmsError> {
+    /// Returns the NAF key, the RAND of the request and the response-direction keys.
+    async fn authenticate(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, err_key: &mut Option<Secret>) -> Result<(Arc<NafKey>, Vec<u8>, MessageKeys), KmsError> {
         if m.header.prf != tk::PRF {
             return Err(rejected(ErrorCode::INVALID_PRF, format!("PRF {:?} not accepted", m.header.prf)));
         }
@@ -289,13 +290,14 @@ impl Kms {
         let (ri, rr) = if request { (Some(rand.as_slice()), None) } else { (None, Some(rand.as_slice())) };
         let k = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Initial, ri, rr)?;
         tk::verify_v(body, &k.auth_key, &[&tk::id_of(m, who), &tk::id_of(m, IdRole::KMS)])?;
-        *err_key = Some(tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?.auth_key);
+        let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?;
+        *err_key = Some(rk.auth_key.clone());
         self.fresh(m, now)?;
         let kms = tk::id_of(m, IdRole::KMS);
         if !kms.is_empty() && kms != self.cfg.fqdn.as_bytes() {
             return Err(rejected(ErrorCode::INVALID_ID, "IDRkms names another KMS"));
         }
-        Ok((naf, rand))
+        Ok((naf, rand, rk))
     }
 
     /// Ticket Request (Annex B.1): `body` is a REQUEST_INIT_PSK.
@@ -310,7 +312,7 @@ impl Kms {
     }
 
     async fn request_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, err_key: &mut Option<Secret>) -> Result<Vec<u8>, KmsError> {
-        let (naf, randri) = self.authenticate(m, body, now, zn, err_key).await?;
+        let (naf, _, rk) = self.authenticate(m, body, now, zn, err_key).await?;
         let requester = uid_of(m, IdRole::INITIATOR, "IDRi")?;
         if !naf.uids(&self.cfg.domain).contains(&requester) {
             return Err(rejected(ErrorCode::INVALID_ID, format!("{requester} is not one of the user's IMPUs")));
@@ -365,7 +367,6 @@ impl Kms {
         let t = ntp(now);
         let ticket = tk::issue_ticket(policy, &tpk, tpk_entry.id, t, &*rand, &content)?;
         let keys = forking::request_resp_keys(&content, &*rand, &tpk_entry.id.to_be_bytes(), granted.forking)?;
-        let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, Some(&randri), None)?;
         let kemac = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let resp = Message {
             header: CommonHeader { data_type: DataType::REQUEST_RESP, v_flag: false, ..m.header.clone() },
@@ -387,7 +388,7 @@ impl Kms {
     }
 
     async fn resolve_inner(&self, m: &Message, body: &[u8], now: Duration, zn: &dyn Zn, peers: &dyn Peers, err_key: &mut Option<Secret>) -> Result<Vec<u8>, KmsError> {
-        let (naf, randrr) = self.authenticate(m, body, now, zn, err_key).await?;
+        let (naf, randrr, rk) = self.authenticate(m, body, now, zn, err_key).await?;
         let ticket = tk::ticket_of(m)?;
         let data = TpData::decode(&ticket.policy.data)?;
         let users = self.users();
@@ -402,7 +403,6 @@ impl Kms {
         } else {
             self.forward(peers, &issuer, m, &ticket, &matched, &randrr, now).await?
         };
-        let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, None, Some(&randrr))?;
         let t = ntp(now);
         let kemac = tk::kemac(&rk, m.header.csb_id, &t, &keys)?;
         let mut payloads = vec![Payload::T(t), tk::idr(IdRole::KMS, IdType::NAI, self.cfg.fqdn.as_bytes()), kemac];
