@@ -802,6 +802,23 @@ mod tests {
     }
 
     #[test]
+    fn srtp_to_srtp_with_other_keys() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        let offer = c.offer("rk", "ue", &ue_offer(), &opts(Some(Transport::Savp)), now, &mut ports, &mut k).expect("offer");
+        assert!(!offer.contains(UE_KEY), "the UE's key never leaves the access side");
+        let ours: Vec<&str> = offer.lines().filter_map(|l| l.strip_prefix("a=crypto:")).collect();
+        assert_eq!(ours.len(), SdesPolicy::default().suites.len());
+        let b_answer = core_answer().replace("RTP/AVP 0", "RTP/SAVP 0").replace(
+            "a=sendrecv",
+            "a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk\r\na=sendrecv",
+        );
+        let answer = c.answer("rk", "ue", "core", &b_answer, &opts(None), &mut ports).expect("answer");
+        assert!(!answer.contains("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk") && answer.contains("a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:"), "{answer}");
+        let s = c.relay().stream(c.calls["rk"].media[0].as_ref().expect("m").stream).expect("s");
+        assert_eq!((s.leg(Side::A).protection().name(), s.leg(Side::B).protection().name()), ("srtp", "srtp"));
+    }
+
+    #[test]
     fn refusals_leave_no_state() {
         let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
         let dtls = ue_offer().lines().filter(|l| !l.starts_with("a=crypto")).collect::<Vec<_>>().join("\r\n");
