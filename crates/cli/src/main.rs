@@ -31,6 +31,10 @@ enum Command {
     Kms(cmd::kms::Args),
     /// IMS Access Gateway (e2ae SRTP termination) driven by the rtpengine ng protocol; `agw load` measures a relay.
     Agw(cmd::agw::Args),
+    /// UE: register, place and answer calls with per-call media security; `ua lab` runs the SIP scenarios.
+    Ua(cmd::ua::Args),
+    /// P-CSCF / S-CSCF: registrar, routing between domains, forking, retargeting.
+    Cscf(cmd::cscf::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
 }
@@ -46,6 +50,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Gba(args) => cmd::gba::run(args),
         Command::Kms(args) => cmd::kms::run(args),
         Command::Agw(args) => cmd::agw::run(args),
+        Command::Ua(args) => cmd::ua::run(args),
+        Command::Cscf(args) => cmd::cscf::run(args),
         Command::Bench(args) => cmd::bench::run(args),
     }
 }

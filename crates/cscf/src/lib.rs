@@ -6,7 +6,9 @@
 //! - [`registrar`]: location service, sans-IO.
 //! - [`proxy`]: the stateful proxy core, sans-IO (endpoint events in, commands out).
 //! - [`service`]: the tokio service wiring the core to a `mediasec_sip` UDP endpoint.
+//! - [`lab`]: the two-domain loopback topology (tests, demo, benchmarks).
 
+pub mod lab;
 pub mod proxy;
 pub mod registrar;
 pub mod service;

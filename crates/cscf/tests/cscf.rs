@@ -3,11 +3,10 @@
 //! content: each UE sends its own tone and counts the packets carrying the peer's tone.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use mediasec_cscf::service::Cscf;
-use mediasec_cscf::{ProxyConfig, Role};
+use mediasec_cscf::lab::TwoDomains;
 use mediasec_sdp::SdesPolicy;
 use mediasec_sip::core::Timers;
 use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
@@ -15,43 +14,10 @@ use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
 const ALICE_HZ: f64 = 1000.0;
 const BOB_HZ: f64 = 1500.0;
 
-fn free_addr() -> SocketAddr {
-    let s = StdUdp::bind("127.0.0.1:0").expect("probe");
-    s.local_addr().expect("addr")
-}
+type Lab = TwoDomains;
 
-struct Lab {
-    pcscf_a: Cscf,
-    scscf_a: Cscf,
-    pcscf_b: Cscf,
-    scscf_b: Cscf,
-}
-
-/// Two domains. `b_peer_of_a` lets a test put something between the S-CSCFs.
 async fn lab_with(retarget: HashMap<String, String>, between: Option<SocketAddr>) -> Lab {
-    let (sa, sb) = (free_addr(), free_addr());
-    let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
-        role: Role::Scscf,
-        domain: domain.into(),
-        scscf: None,
-        peers: HashMap::from([(peer.0.to_owned(), peer.1)]),
-        retarget,
-        mediasec: false,
-    };
-    let pcscf = |domain: &str, s: SocketAddr| ProxyConfig {
-        role: Role::Pcscf,
-        domain: domain.into(),
-        scscf: Some(s),
-        peers: HashMap::new(),
-        retarget: HashMap::new(),
-        mediasec: true,
-    };
-    let t = Timers::default();
-    let scscf_a = Cscf::start(scscf("a.example", ("b.example", between.unwrap_or(sb)), HashMap::new()), sa, t).await.expect("S-CSCF a");
-    let scscf_b = Cscf::start(scscf("b.example", ("a.example", sa), retarget), sb, t).await.expect("S-CSCF b");
-    let pcscf_a = Cscf::start(pcscf("a.example", sa), free_addr(), t).await.expect("P-CSCF a");
-    let pcscf_b = Cscf::start(pcscf("b.example", sb), free_addr(), t).await.expect("P-CSCF b");
-    Lab { pcscf_a, scscf_a, pcscf_b, scscf_b }
+    TwoDomains::start(retarget, between).await.expect("two domains")
 }
 
 async fn lab() -> Lab {

@@ -244,8 +244,9 @@ fn route_set(headers: &sipx_sip::Headers) -> Result<Vec<(Bytes, Uri)>, Error> {
     Ok(out)
 }
 
-/// Splits a comma-separated address list at commas outside `<...>` and quotes.
-pub(crate) fn split_addresses(value: &[u8]) -> Vec<&[u8]> {
+/// Splits a comma-separated address list (`Route`, `Record-Route`, `Path`, RFC 3261 §7.3.1)
+/// at commas outside `<...>` and quotes, keeping each entry as written.
+pub fn split_addresses(value: &[u8]) -> Vec<&[u8]> {
     let mut parts = Vec::new();
     let (mut depth, mut quoted, mut start) = (0u32, false, 0usize);
     for (i, b) in value.iter().enumerate() {

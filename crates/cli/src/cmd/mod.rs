@@ -3,12 +3,15 @@
 pub(crate) mod agw;
 pub(crate) mod bench;
 pub(crate) mod bsf;
+pub(crate) mod cscf;
 pub(crate) mod demo;
+pub(crate) mod demo_sip;
 pub(crate) mod gba;
 pub(crate) mod kms;
 pub(crate) mod mikey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;
+pub(crate) mod ua;
 
 /// The USIM credentials a subscriber is provisioned with and a UE bootstraps with
 /// (TS 35.206 Milenage: K and OPc or OP), shared by `bsf subscriber add` and `gba bootstrap`.

@@ -1,0 +1,79 @@
+//! `mediasec cscf`: run a P-CSCF or S-CSCF (registrar/location, routing between domains,
+//! parallel forking, retargeting) on UDP until Ctrl-C. Logs every request, registration,
+//! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mediasec_cscf::service::Cscf;
+use mediasec_cscf::{ProxyConfig, Role};
+use mediasec_sip::core::Timers;
+
+/// Which CSCF.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    /// Proxy-CSCF (the UE's outbound proxy).
+    Pcscf,
+    /// Serving-CSCF (registrar and router of the home domain).
+    Scscf,
+}
+
+/// Arguments of `mediasec cscf`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Role.
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    listen: SocketAddr,
+    /// Home domain.
+    #[arg(long)]
+    domain: String,
+    /// P-CSCF: the S-CSCF address.
+    #[arg(long)]
+    scscf: Option<SocketAddr>,
+    /// S-CSCF: another domain's S-CSCF, as DOMAIN=ADDR (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    peer: Vec<(String, String)>,
+    /// S-CSCF: retarget an AOR, as sip:from@domain=sip:to@domain (repeatable).
+    #[arg(long, value_parser = parse_pair)]
+    retarget: Vec<(String, String)>,
+    /// P-CSCF: answer the mediasec registration indication (Security-Server: sdes-srtp;mediasec).
+    #[arg(long)]
+    mediasec: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    // The value after the last '=' is the target: a SIP URI itself contains no '='.
+    s.rsplit_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let role = match args.role {
+        RoleArg::Pcscf => Role::Pcscf,
+        RoleArg::Scscf => Role::Scscf,
+    };
+    anyhow::ensure!(role == Role::Scscf || args.scscf.is_some(), "a P-CSCF needs --scscf");
+    let peers = args
+        .peer
+        .into_iter()
+        .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;
+        println!("listening on {}", cscf.local_addr());
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        eprintln!("{:?}", cscf.stats());
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,193 @@
+//! `mediasec ua`: the UE.
+//! - `ua run`: register through a P-CSCF, optionally place a call (or answer incoming ones),
+//!   keep media running for `--duration`, hang up and print one JSON line per call; exit 1
+//!   when a call verified fewer than `--min-verified` tone packets.
+//! - `ua lab`: start the two-domain lab in-process, run the SIP call scenarios, and measure
+//!   the call set-up latency per key-management mode.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use mediasec_sdp::SdesPolicy;
+use mediasec_sip::core::Timers;
+use mediasec_ua::{Answering, CallReport, CallState, Role, Security, Ue, UeConfig};
+
+use super::demo_sip;
+
+/// Arguments of `mediasec ua`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Run a UE: register, call or answer, report every call as JSON.
+    Run(RunArgs),
+    /// Run the SIP call scenarios on an in-process two-domain lab and measure set-up latency.
+    Lab(LabArgs),
+}
+
+/// Per-call media security.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SecurityArg {
+    /// Plain RTP.
+    None,
+    /// SDES e2e, SRTP required.
+    Sdes,
+    /// SDES e2e offered opportunistically (RFC 8643), RTP accepted.
+    SdesFallback,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Our public identity (sip:user@domain).
+    #[arg(long)]
+    aor: String,
+    /// The P-CSCF (outbound proxy).
+    #[arg(long)]
+    proxy: SocketAddr,
+    /// SIP address to bind.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Media security.
+    #[arg(long, value_enum, default_value = "sdes")]
+    security: SecurityArg,
+    /// Call this URI after registering.
+    #[arg(long)]
+    call: Option<String>,
+    /// Seconds to keep running (media time for a placed call; answering window otherwise).
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Ring this long before answering (ms).
+    #[arg(long, default_value_t = 0)]
+    answer_delay_ms: u64,
+    /// Send a 183 with the answer and media before the 200.
+    #[arg(long)]
+    early_media: bool,
+    /// Do not answer incoming calls.
+    #[arg(long)]
+    no_answer: bool,
+    /// Tone we send (Hz).
+    #[arg(long, default_value_t = 1000.0)]
+    tone: f64,
+    /// Tone we expect (Hz).
+    #[arg(long, default_value_t = 1500.0)]
+    expect: f64,
+    /// Re-INVITE (re-key) this many seconds into a placed call.
+    #[arg(long)]
+    reinvite_after: Option<f64>,
+    /// Exit 1 unless every established call verified at least this many tone packets.
+    #[arg(long, default_value_t = 0)]
+    min_verified: u64,
+}
+
+#[derive(clap::Args)]
+struct LabArgs {
+    /// Calls per mode for the set-up latency.
+    #[arg(long, default_value_t = 20)]
+    calls: usize,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match args.command {
+        Sub::Run(a) => runtime.block_on(run_ue(a)),
+        Sub::Lab(a) => runtime.block_on(lab(a)),
+    }
+}
+
+fn json(r: &CallReport) -> serde_json::Value {
+    let state = match &r.state {
+        CallState::Failed(code, reason) => serde_json::json!({"failed": code, "reason": reason}),
+        other => serde_json::json!(format!("{other:?}").to_lowercase()),
+    };
+    serde_json::json!({
+        "call_id": r.call_id,
+        "role": if r.role == Role::Caller { "caller" } else { "callee" },
+        "state": state,
+        "protection": r.protection,
+        "setup_ms": r.setup.map(|d| d.as_secs_f64() * 1000.0),
+        "sent": r.media.sent,
+        "received": r.media.received,
+        "accepted": r.media.accepted,
+        "verified": r.media.verified,
+        "refused": r.media.refused,
+        "rtcp": r.media.rtcp,
+        "early_verified": r.early_verified,
+        "rekeys": r.rekeys,
+        "own_key": r.own_key,
+        "peer_key": r.peer_key,
+    })
+}
+
+async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let security = match a.security {
+        SecurityArg::None => Security::Off,
+        SecurityArg::Sdes => Security::Sdes { fallback: false },
+        SecurityArg::SdesFallback => Security::Sdes { fallback: true },
+    };
+    let config = UeConfig {
+        aor: a.aor,
+        sip_bind: a.listen,
+        rtp_ip: a.listen.ip(),
+        outbound_proxy: a.proxy,
+        security,
+        sdes: SdesPolicy::default(),
+        answering: Answering { auto: !a.no_answer, delay: Duration::from_millis(a.answer_delay_ms), early_media: a.early_media },
+        tone_hz: a.tone,
+        expect_hz: Some(a.expect),
+        initial_seq: 1000,
+        timers: Timers::default(),
+    };
+    let ue = Ue::start(config).await?;
+    let reg = tokio::time::timeout(Duration::from_secs(5), ue.register(600)).await.context("REGISTER timed out")??;
+    println!("{}", serde_json::json!({"registered": reg.status, "mediasec": reg.mediasec, "sip": ue.sip_addr().to_string()}));
+    anyhow::ensure!(reg.status == 200, "registration failed");
+    let duration = Duration::from_secs_f64(a.duration.max(0.0));
+    if let Some(target) = a.call {
+        let id = tokio::time::timeout(Duration::from_secs(15), ue.call(&target)).await.context("call timed out")??;
+        match a.reinvite_after {
+            Some(at) => {
+                let at = Duration::from_secs_f64(at.max(0.0)).min(duration);
+                tokio::time::sleep(at).await;
+                ue.reinvite(&id).await?;
+                tokio::time::sleep(duration.saturating_sub(at)).await;
+            }
+            None => tokio::time::sleep(duration).await,
+        }
+        ue.hangup(&id).await?;
+    } else {
+        tokio::time::sleep(duration).await;
+    }
+    let mut ok = true;
+    for r in ue.reports().await? {
+        println!("{}", json(&r));
+        if matches!(r.state, CallState::Established | CallState::Ended) {
+            ok &= r.media.verified >= a.min_verified;
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn lab(a: LabArgs) -> anyhow::Result<ExitCode> {
+    println!("SIP calls through P-CSCF + S-CSCF of two domains on 127.0.0.1");
+    let mut ok = true;
+    for s in demo_sip::run().await? {
+        ok &= s.ok;
+        let setup = s.setup.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+        println!("{:<40} {:>10}  {}  {}", s.name, setup, s.detail, if s.ok { "ok" } else { "FAILED" });
+    }
+    println!("call set-up latency (INVITE sent → 2xx processed), {} calls per mode:", a.calls);
+    for (mode, median, p90) in demo_sip::setup_latency(a.calls).await? {
+        println!("  {mode:<12} median {:.2} ms, p90 {:.2} ms", median.as_secs_f64() * 1000.0, p90.as_secs_f64() * 1000.0);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

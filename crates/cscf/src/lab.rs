@@ -1,0 +1,60 @@
+//! The two-domain topology on loopback used by the whole-system tests, `mediasec demo` and the
+//! set-up latency measurement: `a.example` and `b.example`, each with a P-CSCF (supporting the
+//! `mediasec` indication) and an S-CSCF; the S-CSCFs route to each other.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+
+use mediasec_sip::core::Timers;
+
+use crate::proxy::{ProxyConfig, Role};
+use crate::service::Cscf;
+
+/// The four running proxies.
+pub struct TwoDomains {
+    /// P-CSCF of a.example.
+    pub pcscf_a: Cscf,
+    /// S-CSCF of a.example.
+    pub scscf_a: Cscf,
+    /// P-CSCF of b.example.
+    pub pcscf_b: Cscf,
+    /// S-CSCF of b.example.
+    pub scscf_b: Cscf,
+}
+
+/// A free loopback UDP port, found by binding port 0 (the socket is closed again; the next
+/// bind on it wins in practice on a lab machine).
+fn free_addr() -> Result<SocketAddr, mediasec_sip::Error> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl TwoDomains {
+    /// Starts the four proxies. `retarget_b` is S-CSCF b's retargeting table; `a_to_b`, when
+    /// given, is where S-CSCF a sends b.example requests instead of S-CSCF b (a test puts a
+    /// relay there).
+    pub async fn start(retarget_b: HashMap<String, String>, a_to_b: Option<SocketAddr>) -> Result<Self, mediasec_sip::Error> {
+        let (sa, sb) = (free_addr()?, free_addr()?);
+        let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
+            role: Role::Scscf,
+            domain: domain.into(),
+            scscf: None,
+            peers: HashMap::from([(peer.0.to_owned(), peer.1)]),
+            retarget,
+            mediasec: false,
+        };
+        let pcscf = |domain: &str, s: SocketAddr| ProxyConfig {
+            role: Role::Pcscf,
+            domain: domain.into(),
+            scscf: Some(s),
+            peers: HashMap::new(),
+            retarget: HashMap::new(),
+            mediasec: true,
+        };
+        let t = Timers::default();
+        let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
+        let scscf_b = Cscf::start(scscf("b.example", ("a.example", sa), retarget_b), sb, t).await?;
+        let pcscf_a = Cscf::start(pcscf("a.example", sa), free_addr()?, t).await?;
+        let pcscf_b = Cscf::start(pcscf("b.example", sb), free_addr()?, t).await?;
+        Ok(Self { pcscf_a, scscf_a, pcscf_b, scscf_b })
+    }
+}
