@@ -296,3 +296,171 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
     assert_eq!(lab.pcscf_a.stats().sdes_refused, 4);
     assert_eq!(lab.scscf_a.stats().requests, 0, "nothing was forwarded");
 }
+
+/// Interop with baresip 1.0 (libre's own SDES/SRTP), through our proxies, both directions:
+/// our UE calls baresip (auto-answer), then baresip calls our UE (dialled over ctrl_tcp).
+/// Media is verified by content at both ends: our UE counts baresip's 1500 Hz tone; baresip's
+/// decoded audio (sndfile dump) must carry our 1000 Hz tone.
+mod baresip {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    struct Peer(Child);
+    impl Drop for Peer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
+    }
+
+    fn found(program: &str) -> bool {
+        Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// A 16-bit mono 8-kHz WAV of a tone.
+    fn write_wav(path: &Path, hz: f64, seconds: u32) {
+        let samples: Vec<u8> = (0..8000 * seconds)
+            .flat_map(|n| (((2.0 * std::f64::consts::PI * hz * f64::from(n) / 8000.0).sin() * 12_000.0) as i16).to_le_bytes())
+            .collect();
+        let mut out = Vec::new();
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&[16, 0, 0, 0, 1, 0, 1, 0]);
+        out.extend_from_slice(&8000u32.to_le_bytes());
+        out.extend_from_slice(&16000u32.to_le_bytes());
+        out.extend_from_slice(&[2, 0, 16, 0]);
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+        out.extend_from_slice(&samples);
+        std::fs::write(path, out).expect("wav");
+    }
+
+    /// 20-ms frames of a WAV file (the `data` chunk) carrying the tone at `hz`, and all frames.
+    fn tone_frames(path: &Path, hz: f64) -> (usize, usize) {
+        let bytes = std::fs::read(path).expect("dump");
+        let at = bytes.windows(4).position(|w| w == b"data").expect("data chunk") + 8;
+        let samples: Vec<i16> = bytes.get(at..).unwrap_or_default().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+        let frames: Vec<&[i16]> = samples.chunks_exact(160).collect();
+        (frames.iter().filter(|f| mediasec_ua::tone::linear_share(f, hz) > 0.5).count(), frames.len())
+    }
+
+    fn dumps(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn ctrl(port: u16, command: &str, params: &str) {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("ctrl_tcp");
+        let json = format!("{{\"command\":\"{command}\",\"params\":\"{params}\",\"token\":\"t\"}}");
+        s.write_all(format!("{}:{json},", json.len()).as_bytes()).expect("write");
+        s.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sdes_srtp_calls_with_baresip_both_directions() {
+        if !found("baresip") || !found("cc") {
+            mediasec_testkit::peer_unavailable("baresip", "needs `baresip` (Debian baresip-core) and a C compiler for the bind shim");
+            return;
+        }
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("dir");
+        let root = mediasec_testkit::repo_root().join("tests/interop/sip");
+        let shim = dir.0.join("bind_lo.so");
+        let built = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&shim)
+            .arg(root.join("bind_lo.c"))
+            .arg("-ldl")
+            .status()
+            .expect("cc");
+        assert!(built.success(), "bind shim did not build");
+        write_wav(&dir.0.join("tone.wav"), BOB_HZ, 30);
+        write_wav(&dir.0.join("alert.wav"), BOB_HZ, 1);
+
+        let lab = lab().await;
+        let (sip_port, ctrl_port) = (free_port(), free_port());
+        let fill = |text: String| {
+            text.replace("@SIP_PORT@", &sip_port.to_string())
+                .replace("@CTRL_PORT@", &ctrl_port.to_string())
+                .replace("@DIR@", &dir.0.to_string_lossy())
+                .replace("@USER@", "bob")
+                .replace("@PCSCF_PORT@", &lab.pcscf_b.local_addr().port().to_string())
+        };
+        for f in ["config", "accounts"] {
+            let template = std::fs::read_to_string(root.join(format!("baresip.{f}"))).expect("template");
+            std::fs::write(dir.0.join(f), fill(template)).expect("write");
+        }
+        let log = std::fs::File::create(dir.0.join("baresip.log")).expect("log");
+        let _peer = Peer(
+            Command::new("baresip")
+                .arg("-f")
+                .arg(&dir.0)
+                .env("LD_PRELOAD", &shim)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("baresip"),
+        );
+        let bob_registered = async {
+            loop {
+                let text = std::fs::read_to_string(dir.0.join("baresip.log")).unwrap_or_default();
+                if text.contains("200 OK") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), bob_registered).await.expect("baresip registered through our P-CSCF");
+
+        let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+        // Our UE calls baresip.
+        let id = call(&alice, "sip:bob@b.example").await.expect("baresip answered");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        alice.hangup(&id).await.expect("BYE");
+        let out = alice.report(&id).await.expect("r").expect("call");
+        assert!(out.protection.starts_with("srtp "), "{out:?}");
+        assert!(out.media.verified >= 80 && out.media.refused == 0, "baresip's tone verified: {out:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = dumps(&dir.0);
+        let (tone, frames) = tone_frames(first.last().expect("baresip dumped the call"), ALICE_HZ);
+        assert!(tone >= 80 && tone * 10 >= frames * 9, "baresip decoded our tone in {tone}/{frames} frames");
+
+        // baresip calls our UE.
+        let before = first.len();
+        ctrl(ctrl_port, "dial", "sip:alice@a.example");
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        ctrl(ctrl_port, "hangup", "");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let reports = alice.reports().await.expect("reports");
+        let incoming = reports.iter().find(|r| r.role == mediasec_ua::Role::Callee).expect("baresip's call reached our UE");
+        assert_eq!(incoming.state, CallState::Ended, "{incoming:?}");
+        assert!(incoming.protection.starts_with("srtp "), "{incoming:?}");
+        assert!(incoming.media.verified >= 80 && incoming.media.refused == 0, "{incoming:?}");
+        let second = dumps(&dir.0);
+        assert!(second.len() > before, "a second dump");
+        let (tone, frames) = tone_frames(second.last().expect("dump"), ALICE_HZ);
+        assert!(tone >= 80 && tone * 10 >= frames * 9, "baresip decoded our tone in {tone}/{frames} frames");
+    }
+}

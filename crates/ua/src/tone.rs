@@ -50,23 +50,28 @@ pub fn packet(hz: f64, index: u64) -> [u8; SAMPLES_PER_PACKET] {
     out
 }
 
-/// Share of the signal power of a µ-law payload that lies at `hz` (Goertzel, normalised by
-/// the total power): close to 1 for a clean tone at `hz`, near 0 for another tone or noise.
+/// Share of the signal power of a µ-law payload that lies at `hz` (see [`linear_share`]).
 pub fn tone_share(payload: &[u8], hz: f64) -> f64 {
-    if payload.is_empty() {
+    let samples: Vec<i16> = payload.iter().map(|&b| ulaw_decode(b)).collect();
+    linear_share(&samples, hz)
+}
+
+/// Share of the power of 8-kHz linear samples that lies at `hz` (Goertzel, normalised by the
+/// total power): close to 1 for a clean tone at `hz`, near 0 for another tone or noise.
+pub fn linear_share(samples: &[i16], hz: f64) -> f64 {
+    if samples.is_empty() {
         return 0.0;
     }
-    let samples: Vec<f64> = payload.iter().map(|&b| f64::from(ulaw_decode(b))).collect();
     let n = samples.len() as f64;
     let coeff = 2.0 * (2.0 * PI * hz / RATE).cos();
     let (mut s1, mut s2) = (0.0, 0.0);
-    for x in &samples {
-        let s0 = x + coeff * s1 - s2;
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
         s2 = s1;
         s1 = s0;
     }
     let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    let energy: f64 = samples.iter().map(|x| x * x).sum();
+    let energy: f64 = samples.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
     if energy == 0.0 { 0.0 } else { (2.0 * power / n / energy).min(1.0) }
 }
 
