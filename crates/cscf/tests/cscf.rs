@@ -353,7 +353,7 @@ mod baresip {
     fn tone_frames(path: &Path, hz: f64) -> (usize, usize) {
         let bytes = std::fs::read(path).expect("dump");
         let at = bytes.windows(4).position(|w| w == b"data").expect("data chunk") + 8;
-        let samples: Vec<i16> = bytes.get(at..).unwrap_or_default().chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+        let samples: Vec<i16> = bytes.get(at..).unwrap_or_default().chunks_exact(2).filter_map(|c| <[u8; 2]>::try_from(c).ok().map(i16::from_le_bytes)).collect();
         let frames: Vec<&[i16]> = samples.chunks_exact(160).collect();
         (frames.iter().filter(|f| mediasec_ua::tone::linear_share(f, hz) > 0.5).count(), frames.len())
     }
@@ -462,5 +462,47 @@ mod baresip {
         assert!(second.len() > before, "a second dump");
         let (tone, frames) = tone_frames(second.last().expect("dump"), ALICE_HZ);
         assert!(tone >= 80 && tone * 10 >= frames * 9, "baresip decoded our tone in {tone}/{frames} frames");
+    }
+}
+
+/// SIPp (an independent SIP implementation) drives our P-CSCF with malformed and edge-case
+/// SDES offers (`tests/interop/sip/sipp_*`): missing `a=crypto` on RTP/SAVP, a duplicate tag,
+/// only an unknown suite, an MKI longer than 128 octets, a key of the wrong length — each
+/// answered 488 with a Warning (checked by SIPp), logged, nothing forwarded; an unpadded GCM
+/// key, an unknown suite beside a known one, lifetimes and MKIs — passed and answered 200 by
+/// our UE with the expected suite, then ACK and BYE along the recorded route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sipp_edge_case_sdes_offers_through_the_pcscf() {
+    let found = std::process::Command::new("sh").arg("-c").arg("command -v sipp").stdout(std::process::Stdio::null()).status();
+    if !found.is_ok_and(|s| s.success()) {
+        mediasec_testkit::peer_unavailable("sipp", "needs `sipp` (Debian sip-tester)");
+        return;
+    }
+    let lab = lab().await;
+    let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let dir = mediasec_testkit::repo_root().join("tests/interop/sip");
+    let errors = std::env::temp_dir().join(format!("mediasec-sipp-{}", std::process::id()));
+    let run = |scenario: &str, csv: &str, calls: u32| {
+        let probe = || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port().to_string()).expect("port");
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.arg("60").arg("sipp").arg(lab.pcscf_a.local_addr().to_string());
+        cmd.arg("-sf").arg(dir.join(scenario)).arg("-inf").arg(dir.join(csv));
+        cmd.args(["-m", &calls.to_string(), "-l", "1", "-i", "127.0.0.1", "-p", &probe(), "-mp", &probe()]);
+        cmd.args(["-timeout", "40", "-timeout_error", "-trace_err", "-error_file"]).arg(errors.with_extension(format!("{scenario}.log")));
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        tokio::task::spawn_blocking(move || cmd.status().expect("sipp"))
+    };
+    let refused = run("sipp_uac_refused.xml", "sipp_refused.csv", 5).await.expect("join");
+    let log = |s: &str| std::fs::read_to_string(errors.with_extension(format!("{s}.log"))).unwrap_or_default();
+    assert!(refused.success(), "SIPp: every offer answered 488 with a Warning; {}", log("sipp_uac_refused.xml"));
+    assert_eq!(lab.pcscf_a.stats().sdes_refused, 5);
+    let accepted = run("sipp_uac_accepted.xml", "sipp_accepted.csv", 3).await.expect("join");
+    assert!(accepted.success(), "SIPp: every offer answered 200; {}", log("sipp_uac_accepted.xml"));
+    let calls = bob.reports().await.expect("reports");
+    let suites: Vec<&str> = calls.iter().map(|r| r.protection.as_str()).collect();
+    assert_eq!(suites, ["srtp AEAD_AES_128_GCM", "srtp AES_CM_128_HMAC_SHA1_80", "srtp AES_CM_128_HMAC_SHA1_80"]);
+    assert!(calls.iter().all(|r| r.state == CallState::Ended), "{calls:?}");
+    for s in ["sipp_uac_refused.xml", "sipp_uac_accepted.xml"] {
+        let _ = std::fs::remove_file(errors.with_extension(format!("{s}.log")));
     }
 }
