@@ -1,5 +1,5 @@
 //! HTTPS for the BSF (rustls 0.23 with the aws-lc-rs provider): a server configuration from
-//! PEM files, a TLS listener for axum, and a client connector trusting a given CA (lab PKI).
+//! PEM files, a TLS listener for axum (concurrent handshakes), and a client connector trusting a given CA (lab PKI).
 //!
 //! NAF authentication on Zn: the bearer token (inside TLS), or a TLS client certificate that
 //! verifies against the configured NAF CA (client certificates are optional at the TLS layer,
@@ -12,6 +12,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::debug;
 
@@ -19,6 +21,8 @@ use crate::BsfError;
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 256;
 
 fn tls_err(e: impl std::fmt::Display) -> BsfError {
     BsfError::Tls(e.to_string())
@@ -87,42 +91,69 @@ pub fn client_connector(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Resu
     Ok(TlsConnector::from(Arc::new(cfg)))
 }
 
-/// A TCP listener that completes the TLS handshake before handing connections to axum.
+/// A TCP listener that hands connections to axum after a successful TLS handshake. The
+/// handshakes run concurrently (one task each, bounded in time and in number), so a slow or
+/// silent TCP client cannot hold up the accept loop. Shared by the BSF and the KMS's Zk.
 pub struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accept_task: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    /// Wrap a bound listener.
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
-        Self { tcp, acceptor: TlsAcceptor::from(config) }
+    /// Wraps a bound listener; starts accepting at once (must run inside a tokio runtime).
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let acceptor = TlsAcceptor::from(config);
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let accept_task = tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+                let (tcp, addr) = match tcp.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            drop(permit);
+                            let _ = tx.send((stream, addr)).await;
+                        }
+                        Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { rx, local, accept_task })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.accept_task.abort();
     }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = match self.tcp.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => return (stream, addr),
-                Ok(Err(e)) => debug!(%addr, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%addr, "TLS handshake timed out"),
-            }
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept task only ends when the listener is dropped.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.local)
     }
 }

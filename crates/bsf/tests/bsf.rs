@@ -278,7 +278,7 @@ async fn https_bootstrap_and_zn() {
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let task = tokio::spawn(mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, server_cfg), Arc::clone(&bsf)));
+    let task = tokio::spawn(mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, server_cfg).expect("listener"), Arc::clone(&bsf)));
 
     let url = format!("https://localhost:{port}");
     let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), None).expect("connector");

@@ -40,7 +40,8 @@ use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::ZkError;
-use crate::tls::{ZkListener, ZkTls, peer_domain};
+use crate::tls::{ZkTls, peer_domain};
+use mediasec_bsf::tls::TlsListener;
 
 /// The Zk request path (TS 33.328 Annex A).
 pub const ZK_PATH: &str = "/keymanagement";
@@ -70,8 +71,8 @@ pub trait ZkHandler: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 struct PeerCert(Option<Arc<CertificateDer<'static>>>);
 
-impl Connected<IncomingStream<'_, ZkListener>> for PeerCert {
-    fn connect_info(s: IncomingStream<'_, ZkListener>) -> Self {
+impl Connected<IncomingStream<'_, TlsListener>> for PeerCert {
+    fn connect_info(s: IncomingStream<'_, TlsListener>) -> Self {
         Self(s.io().get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.clone().into_owned())))
     }
 }
@@ -95,7 +96,7 @@ pub fn serve(
 ) -> impl Future<Output = Result<(), ZkError>> + Send + use<> {
     let config = tls.server_config();
     async move {
-        let listener = ZkListener::new(listener, config)?;
+        let listener = TlsListener::new(listener, config)?;
         let state = Arc::new(ZkState { allowed, handler });
         let app = Router::new()
             .route(ZK_PATH, post(resolve))

@@ -1,31 +1,20 @@
 //! Mutually authenticated TLS for Zk (rustls 0.23, aws-lc-rs provider): both sides present a
 //! certificate chained to the private CA of [`crate::pki`]; a server name is `kms.<domain>`.
 //!
-//! The server side hands connections to axum only after the TLS handshake, and runs the
-//! handshakes concurrently (one task each, bounded in time and number), so a slow or silent
+//! The server side accepts through [`mediasec_bsf::tls::TlsListener`], which hands connections
+//! to axum only after the TLS handshake and runs handshakes concurrently, so a slow or silent
 //! TCP client cannot hold up the accept loop.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tracing::debug;
 use zeroize::Zeroizing;
 
 use crate::ZkError;
 use crate::pki::{CA_FILE, cert_file, check_domain, key_file, kms_name};
 
-/// Longest a server-side TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most server-side handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 256;
 
 fn config_err(what: &str, e: impl std::fmt::Display) -> ZkError {
     ZkError::Config(format!("{what}: {e}"))
@@ -124,70 +113,6 @@ pub(crate) fn peer_domain<'a>(cert: &CertificateDer<'_>, allowed: &'a std::colle
             let names: Vec<&str> = ee.valid_dns_names().collect();
             Err(format!("peer KMS not allowed on Zk (certificate names {names:?})"))
         }
-    }
-}
-
-/// A TCP listener whose connections are handed out after a successful TLS handshake.
-pub(crate) struct ZkListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl ZkListener {
-    pub(crate) fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Result<Self, ZkError> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        let acceptor = TlsAcceptor::from(config);
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let accept_task = tokio::spawn(async move {
-            loop {
-                let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
-                let (tcp, addr) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!(error = %e, "Zk accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            drop(permit);
-                            let _ = tx.send((stream, addr)).await;
-                        }
-                        Ok(Err(e)) => debug!(%addr, error = %e, "Zk TLS handshake failed"),
-                        Err(_) => debug!(%addr, "Zk TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { rx, local, accept_task })
-    }
-}
-
-impl Drop for ZkListener {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
-}
-
-impl axum::serve::Listener for ZkListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when the listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

@@ -165,7 +165,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = match tls {
             Some(cfg) => {
                 println!("listening on https://{addr}");
-                mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg), state).await
+                mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, state).await
             }
             None => {
                 println!("listening on http://{addr}");
