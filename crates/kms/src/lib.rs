@@ -32,3 +32,70 @@ pub mod zk;
 pub mod zn;
 
 pub use error::KmsError;
+
+/// Entry points shared by the fuzz target and the corpus-replay test.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::Duration;
+
+    use crate::identity::{KmsUid, Pattern};
+    use crate::keyring::{KeyRing, MasterKey};
+    use crate::kms::{Kms, KmsConfig, NoPeers};
+    use crate::policy::{Policies, Requested};
+    use crate::tp_data::TpData;
+    use crate::users::Users;
+    use crate::zn::{NafKey, StaticZn};
+
+    /// Feeds arbitrary bytes to a KMS input chosen by the first byte: TP Data, identities and
+    /// groups, a policy document, a stored key-ring row, or the core's Ua / Zk entry points.
+    /// Must never panic.
+    pub fn kms_inputs(data: &[u8]) {
+        let Some((sel, rest)) = data.split_first() else { return };
+        let text = String::from_utf8_lossy(rest);
+        match sel % 5 {
+            0 => {
+                if let Ok(d) = TpData::decode(rest) {
+                    let _ = d.encode();
+                }
+            }
+            1 => {
+                let (a, b) = text.split_once('\n').unwrap_or((&text, "x@y"));
+                if let (Ok(u), Ok(p)) = (KmsUid::from_uri(a, "h.example"), Pattern::parse(b)) {
+                    let _ = p.matches(&u);
+                    let _ = p.covers(&Pattern::from(u));
+                }
+            }
+            2 => {
+                if let (Ok(p), Ok(u)) = (Policies::from_toml(&text), KmsUid::parse("a@b.example")) {
+                    let req = Requested { recipients: vec![Pattern::from(u.clone())], reusable: true, forking: true, end: None };
+                    let _ = p.effective(&u).grant(&req, 0, true);
+                    let _ = p.to_toml();
+                }
+            }
+            3 => {
+                if let Ok(m) = MasterKey::new(&[7; 32]) {
+                    let _ = KeyRing::open(&m, "00000001", rest);
+                }
+            }
+            _ => core(rest),
+        }
+    }
+
+    fn core(body: &[u8]) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+        let mut ring = KeyRing::default();
+        if ring.rotate(1, [3; 32]).is_err() {
+            return;
+        }
+        let cfg = KmsConfig { fqdn: "kms.a.example".into(), domain: "a.example".into(), skew: 30 };
+        let kms = Kms::new(cfg, Policies::default(), Users::default(), ring, Box::new(|b: &mut [u8]| b.fill(9)));
+        let mut zn = StaticZn::default();
+        zn.insert("btid", NafKey::new(&[1; 32], vec!["sip:a@a.example".into()], u64::MAX));
+        let now = Duration::from_secs(1_800_000_000);
+        rt.block_on(async {
+            let _ = kms.ticket_request(body, now, &zn).await;
+            let _ = kms.ticket_resolve(body, now, &zn, &NoPeers).await;
+            let _ = kms.peer_resolve("b.example", body, now, &zn).await;
+        });
+    }
+}

@@ -241,3 +241,23 @@ async fn cross_domain_resolve_over_zk_and_bounded_peer_failures() {
     assert!(took >= timeout && took < timeout + Duration::from_secs(2), "slow peer: {took:?}");
     hold.abort();
 }
+
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_inputs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        mediasec_kms::fuzzing::kms_inputs(&data);
+        n += 1;
+    }
+    assert!(n >= 7, "only {n} seeds");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+    #[test]
+    fn arbitrary_inputs_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        mediasec_kms::fuzzing::kms_inputs(&data);
+    }
+}
