@@ -51,6 +51,8 @@ pub struct Domain {
     pub zk_addr: Option<String>,
     /// The Zk server task (abort it to take this KMS off Zk).
     pub zk_task: Option<JoinHandle<()>>,
+    store: Arc<dyn mediasec_kms_store::Store>,
+    master: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// The running lab; servers stop when it is dropped.
@@ -62,6 +64,7 @@ pub struct Lab {
     /// The KMS domains.
     pub domains: Vec<Domain>,
     usim: BTreeMap<String, ([u8; 16], [u8; 16])>,
+    zn_token: String,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -137,8 +140,9 @@ impl Lab {
         let mut out = Vec::new();
         for spec in domains {
             let fqdn = format!("kms.{}", spec.domain);
-            let store = Arc::new(RedbStore::open(&dir.join(format!("kms-{}.redb", spec.domain)))?);
-            let persist = Persist::new(store, MasterKey::new(&rand::random::<[u8; 32]>())?);
+            let store: Arc<dyn mediasec_kms_store::Store> = Arc::new(RedbStore::open(&dir.join(format!("kms-{}.redb", spec.domain)))?);
+            let master = zeroize::Zeroizing::new(rand::random::<[u8; 32]>());
+            let persist = Persist::new(Arc::clone(&store), MasterKey::new(&*master)?);
             persist.put_document(&Policies::from_toml(spec.policy)?, "lab", 0).await?;
             for u in uids.iter().filter(|u| u.domain() == spec.domain) {
                 persist.put_user(&User { uid: u.clone(), enabled: true }, "lab", 0).await?;
@@ -171,14 +175,31 @@ impl Lab {
             tasks.push(tokio::spawn(async move {
                 let _ = serve(listener, s).await;
             }));
-            out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service, zk_addr, zk_task });
+            out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service, zk_addr, zk_task, store, master });
         }
-        Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, tasks })
+        Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, zn_token, tasks })
     }
 
     /// Starts a lab without Zk.
     pub async fn start_local(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str]) -> Result<Self, KmsError> {
         Self::start(dir, domains, users, None).await
+    }
+
+    /// Starts another KMS replica of `domain` on the same store (and master key), without Zk;
+    /// returns its Ua URL and service. Any replica resolves any ticket of the domain.
+    pub async fn replica(&mut self, domain: &str) -> Result<(String, Arc<Service>), KmsError> {
+        let d = self.domain(domain)?;
+        let persist = Persist::new(Arc::clone(&d.store), MasterKey::new(&*d.master)?);
+        let zn = Arc::new(BsfZn::new(Endpoint::http(&self.bsf_url).map_err(io)?, self.zn_token.clone(), d.fqdn.clone()));
+        let cfg = KmsConfig { fqdn: d.fqdn.clone(), domain: d.domain.clone(), skew: 30 };
+        let service = Service::start(cfg, persist, zn, Arc::new(NoPeers), d.admin_token.clone(), os_random()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let url = format!("http://{}", listener.local_addr().map_err(io)?);
+        let s = Arc::clone(&service);
+        self.tasks.push(tokio::spawn(async move {
+            let _ = serve(listener, s).await;
+        }));
+        Ok((url, service))
     }
 
     /// Keeps a task running for the lab's life.

@@ -242,6 +242,30 @@ async fn cross_domain_resolve_over_zk_and_bounded_peer_failures() {
     hold.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_resolves_any_ticket_after_rotation() {
+    let dir = TempDir::new("replica");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (url2, two) = lab.replica("a.example").await.unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, _) = lab.ue("bob@a.example").await.unwrap();
+    let kb2 = KmsClient::new(Endpoint::http(&url2).unwrap());
+    // Issued by replica 1, resolved by replica 2: no ticket state anywhere.
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
+    // Rotation on replica 1; replica 2 re-reads the store and resolves tickets under both keys.
+    let one = &lab.domain("a.example").unwrap().service;
+    let auth = format!("Bearer {}", lab.domain("a.example").unwrap().admin_token);
+    let url1 = lab.domain("a.example").unwrap().url.clone();
+    assert_eq!(http(&url1, "POST", "/admin/v1/keys/rotate", &[("Authorization", &auth)], b"").await.status, 200);
+    let new = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    assert_eq!(one.kms().ring().newest().unwrap().id, 2);
+    assert_eq!(code(call(&mut alice, &new, &mut bob, &kb2).await.err().unwrap()), ErrorCode::INVALID_TICKET, "replica 2 has not re-read the ring yet");
+    two.reload().await.unwrap();
+    call(&mut alice, &new, &mut bob, &kb2).await.unwrap();
+    call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
+}
+
 #[test]
 fn fuzz_corpus_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_inputs");
