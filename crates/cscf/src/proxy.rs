@@ -557,7 +557,7 @@ fn split_list(value: &[u8]) -> Vec<String> {
 
 /// The P-CSCF's SDES check of an INVITE offer (RFC 4568 §9 grammar and §7.1 rules): every
 /// `a=crypto` line is parsed and logged; a media section whose tags repeat, or an `RTP/SAVP`
-/// section without one usable line, refuses the offer.
+/// section with neither one usable line nor an `a=key-mgmt` (RFC 4567), refuses the offer.
 pub fn check_offer(request: &Request) -> Result<(), String> {
     let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
         return match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
@@ -585,8 +585,13 @@ pub fn check_offer(request: &Request) -> Result<(), String> {
                 Err(e) => tracing::warn!(media = i, error = %e, "malformed a=crypto"),
             }
         }
-        if proto == "RTP/SAVP" && usable == 0 {
-            return Err(format!("media {i}: RTP/SAVP without a usable a=crypto line ({} present)", values.len()));
+        // RFC 4567: a=key-mgmt (media level, or session level) keys the stream instead.
+        let key_mgmt = [Level::Media(i), Level::Session].into_iter().any(|l| sdp.attribute_values(l, "key-mgmt").is_ok_and(|v| !v.is_empty()));
+        if key_mgmt {
+            tracing::info!(media = i, "a=key-mgmt present");
+        }
+        if proto == "RTP/SAVP" && usable == 0 && !key_mgmt {
+            return Err(format!("media {i}: RTP/SAVP without a usable a=crypto line ({} present) or a=key-mgmt", values.len()));
         }
     }
     Ok(())

@@ -506,3 +506,62 @@ async fn sipp_edge_case_sdes_offers_through_the_pcscf() {
         let _ = std::fs::remove_file(errors.with_extension(format!("{s}.log")));
     }
 }
+
+/// MIKEY-TICKET e2e calls (TS 33.328 §7.3, Annex B) through the proxies: a real BSF and KMS
+/// (mediasec-kms lab: embedded stores, Ub and Ua over HTTP), UEs bootstrapped over Ub.
+mod mikey_ticket {
+    use super::*;
+    use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
+    use mediasec_ua::ticket::KmsAccess;
+
+    const POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\n";
+
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn kms_ue(kms: &KmsLab, uid: &str, config: UeConfig) -> Ue {
+        let (ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client })).await.expect("UE");
+        let r = ue.register(600).await.expect("REGISTER");
+        assert_eq!(r.status, 200);
+        ue
+    }
+
+    /// Same-domain call with a forked ticket and two registered contacts of bob: each fork
+    /// resolves the ticket to its own key (key forking), the answering fork's media is
+    /// verified both ways, and the fork that did not answer holds a different key — it
+    /// cannot decrypt the call (contrast with SDES, where every fork holds the offer key).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_domain_call_with_key_forking() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-{}", std::process::id())));
+        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example"])
+            .await
+            .expect("KMS lab");
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
+        let bob1 = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let mut slow = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
+        slow.answering.delay = Duration::from_millis(800);
+        let bob2 = kms_ue(&kms, "bob@a.example", slow).await;
+        let id = call(&alice, "sip:bob@a.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let (b1, b2) = (only_call(&bob1).await, only_call(&bob2).await);
+        assert_media(&a, &b1, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!(a.peer_key, b1.own_key);
+        assert_eq!(a.own_key, b1.peer_key);
+        assert!(matches!(b2.state, CallState::Failed(487, _) | CallState::Ended), "{b2:?}");
+        assert!(b2.peer_key.is_some(), "the other fork resolved its own key: {b2:?}");
+        assert_ne!(b2.peer_key, a.own_key, "key forking: the other fork cannot decrypt alice's media");
+        // A callee that only does SDES refuses a MIKEY-TICKET offer.
+        let sdes_only = registered(ue("sip:carol@a.example", p, STRICT, BOB_HZ, ALICE_HZ)).await;
+        let err = call(&alice, "sip:carol@a.example").await.expect_err("488");
+        assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
+        drop(sdes_only);
+    }
+}

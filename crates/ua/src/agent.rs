@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mediasec_sdp::{InlineKey, SdesPolicy, Sdp};
+use mediasec_sdp::{SdesPolicy, Sdp};
 use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, Response, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
 use mediasec_sip::dialog::{Dialog, DialogId};
 use mediasec_sip::udp::{Command, Endpoint, Event};
@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::media::{MediaStats, RtpEndpoint};
 use crate::offer_answer::{self, Media, Offer, Protection, Security};
+use crate::ticket::{self, KmsAccess, PendingCall};
 use crate::Error;
 
 /// How incoming calls are answered.
@@ -154,12 +155,18 @@ impl Drop for Ue {
 }
 
 impl Ue {
-    /// Binds the SIP endpoint and starts the UE.
+    /// Binds the SIP endpoint and starts the UE (no KMS: modes none and SDES).
     pub async fn start(config: UeConfig) -> Result<Self, Error> {
+        Self::start_with_kms(config, None).await
+    }
+
+    /// Starts a UE that also has access to its KMS (mode MIKEY-TICKET). The KMS exchanges run
+    /// inside the UE task, so signalling of other calls waits for them (a lab simplification).
+    pub async fn start_with_kms(config: UeConfig, kms: Option<KmsAccess>) -> Result<Self, Error> {
         let (endpoint, events) = Endpoint::bind(config.sip_bind, config.timers).await?;
         let sip = endpoint.local_addr();
         let (ops, ops_rx) = mpsc::unbounded_channel();
-        let core = Core { config, endpoint, ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0 };
+        let core = Core { config, endpoint, ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0, kms };
         let task = tokio::spawn(core.run(events, ops_rx));
         Ok(Self { ops, sip, task })
     }
@@ -227,6 +234,10 @@ struct Call {
     invite_key: Option<TransactionKey>,
     /// Caller: the pending offer (initial or re-INVITE).
     offer: Option<Offer>,
+    /// Caller with MIKEY-TICKET: the pending transfer, and the answer already applied (the
+    /// same TRANSFER_RESP in a 183 and the 200 is verified once).
+    ticket: Option<PendingCall>,
+    ticket_answer: Option<(String, Media)>,
     /// Callee: the answer text and media, until the 200 is sent.
     answer: Option<(String, Media)>,
     answered: bool,
@@ -264,10 +275,9 @@ impl Call {
 
     fn apply_media(&mut self, media: &Media) {
         self.protection = media.protection.describe();
-        if let Protection::Srtp { negotiated, .. } = &media.protection {
-            let fp = |l: &mediasec_sdp::CryptoAttribute| l.inline_keys().next().map(InlineKey::fingerprint);
-            self.peer_key = fp(&negotiated.remote);
-            self.own_key = fp(&negotiated.local);
+        if let Protection::Srtp { own_key, peer_key, .. } = &media.protection {
+            self.peer_key = Some(peer_key.clone());
+            self.own_key = Some(own_key.clone());
         }
         self.rtp.apply(media);
     }
@@ -288,6 +298,7 @@ struct Core {
     calls: HashMap<String, Call>,
     client: HashMap<TransactionKey, (String, Purpose)>,
     seq: u64,
+    kms: Option<KmsAccess>,
 }
 
 type RegisterWaiter = oneshot::Sender<Result<Registration, Error>>;
@@ -419,8 +430,13 @@ impl Core {
                 return Ok(());
             }
         };
-        let offer = match offer_answer::offer(rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random) {
-            Ok(o) => o,
+        let made = match (self.config.security, self.kms.as_mut()) {
+            (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, rtp.local_addr(), rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
+            (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
+            (security, _) => offer_answer::offer(rtp.local_addr(), 1, security, &self.config.sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None)),
+        };
+        let (sdp, offer, ticket) = match made {
+            Ok(m) => m,
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return Ok(());
@@ -443,7 +459,7 @@ impl Core {
             .cseq(1, &Method::Invite)?
             .header(HeaderName::Contact, self.contact())?
             .header(HeaderName::ContentType, "application/sdp")?
-            .body(offer.sdp.clone())
+            .body(sdp)
             .build();
         self.seq += 1;
         let call = Call {
@@ -453,7 +469,9 @@ impl Core {
             dialog: None,
             invite: request.clone(),
             invite_key: None,
-            offer: Some(offer),
+            offer,
+            ticket,
+            ticket_answer: None,
             answer: None,
             answered: false,
             rtp,
@@ -488,6 +506,10 @@ impl Core {
             let _ = tx.send(Err(Error::NoSuchCall));
             return Ok(());
         };
+        if security == Security::MikeyTicket {
+            let _ = tx.send(Err(Error::Negotiation("re-keying a MIKEY-TICKET call (a new Ticket Transfer) is not implemented".into())));
+            return Ok(());
+        }
         call.sdp_version += 1;
         let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
         let mut request = dialog.request(Method::Invite, &via)?;
@@ -646,10 +668,10 @@ impl Core {
                 return Ok(());
             }
             // Early media (RFC 3264 answer in a 18x): start as soon as the keys are known.
-            if let (Some(offer), Ok(Some(answer))) = (call.offer.as_ref(), mediasec_sip::body::sdp(&Message::Response(response)))
+            if let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
                 && status.code() != 100
             {
-                match offer_answer::process_answer(offer, &answer, &policy) {
+                match answer_media(call, self.kms.as_mut(), &answer, &policy) {
                     Ok(media) => {
                         call.apply_media(&media);
                         call.state = CallState::Early;
@@ -693,9 +715,9 @@ impl Core {
             return end_it(self, dialog);
         }
         let answer = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
-        let media = match (call.offer.as_ref(), answer) {
-            (Some(offer), Some(answer)) => offer_answer::process_answer(offer, &answer, &policy),
-            _ => Err(Error::Negotiation("2xx without an SDP answer".into())),
+        let media = match answer {
+            Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &policy),
+            None => Err(Error::Negotiation("2xx without an SDP answer".into())),
         };
         match media {
             Ok(media) => {
@@ -801,6 +823,11 @@ impl Core {
         let rtp = self.new_rtp().await?;
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let negotiated = match offer {
+            Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
+                (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), rtp.ssrc()).await,
+                _ => Err(Error::Negotiation("MIKEY-TICKET offered; not enabled here".into())),
+            },
+            Ok(Some(_)) if self.config.security == Security::MikeyTicket => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into())),
             Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
             Ok(None) => Err(Error::Negotiation("INVITE without an offer (not supported)".into())),
             Err(e) => Err(e.into()),
@@ -814,6 +841,8 @@ impl Core {
             invite: request.clone(),
             invite_key: Some(key.clone()),
             offer: None,
+            ticket: None,
+            ticket_answer: None,
             answer: None,
             answered: false,
             rtp,
@@ -846,8 +875,8 @@ impl Core {
             }
             Ok((answer, media)) => {
                 // Key fingerprints are known from the offer on (every fork sees the offer key).
-                if let Protection::Srtp { negotiated, .. } = &media.protection {
-                    call.peer_key = negotiated.remote.inline_keys().next().map(InlineKey::fingerprint);
+                if let Protection::Srtp { peer_key, .. } = &media.protection {
+                    call.peer_key = Some(peer_key.clone());
                 }
                 call.answer = Some((answer.clone(), media.clone()));
                 self.calls.insert(call_id.clone(), call);
@@ -927,4 +956,24 @@ fn security_client() -> HeaderName {
 
 fn security_server() -> HeaderName {
     HeaderName::parse(&Bytes::from_static(b"Security-Server"))
+}
+
+/// The media an answer gives the caller: SDES / plain through [`offer_answer`], MIKEY-TICKET
+/// through [`ticket`] (an identical answer already verified is reused, not verified twice).
+fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
+    if let Some(offer) = call.offer.as_ref() {
+        return offer_answer::process_answer(offer, answer, policy);
+    }
+    let (Some(pending), Some(kms)) = (call.ticket.as_ref(), kms) else {
+        return Err(Error::Negotiation("no offer outstanding".into()));
+    };
+    let text = answer.to_string();
+    if let Some((seen, media)) = &call.ticket_answer
+        && *seen == text
+    {
+        return Ok(media.clone());
+    }
+    let media = ticket::process_answer(kms, pending, answer)?;
+    call.ticket_answer = Some((text, media.clone()));
+    Ok(media)
 }

@@ -53,6 +53,7 @@ struct Config {
 /// The media endpoint of one call; dropping it stops the task.
 pub struct RtpEndpoint {
     local: SocketAddr,
+    ssrc: u32,
     control: watch::Sender<Option<Config>>,
     stats: Arc<Mutex<MediaStats>>,
     task: tokio::task::JoinHandle<()>,
@@ -68,10 +69,7 @@ impl Drop for RtpEndpoint {
 fn identity(media: &Media) -> String {
     match &media.protection {
         Protection::Plain => format!("{} rtp", media.remote),
-        Protection::Srtp { negotiated, .. } => {
-            let fp = |l: &mediasec_sdp::CryptoAttribute| l.inline_keys().map(mediasec_sdp::InlineKey::fingerprint).collect::<String>();
-            format!("{} {} {}", media.remote, fp(&negotiated.local), fp(&negotiated.remote))
-        }
+        Protection::Srtp { own_key, peer_key, .. } => format!("{} {own_key} {peer_key}", media.remote),
     }
 }
 
@@ -83,8 +81,14 @@ impl RtpEndpoint {
         let local = socket.local_addr()?;
         let (control, watcher) = watch::channel(None);
         let stats = Arc::new(Mutex::new(MediaStats::default()));
-        let task = tokio::spawn(run(socket, watcher, Arc::clone(&stats), tone_hz, expect_hz, initial_seq));
-        Ok(Self { local, control, stats, task })
+        let ssrc: u32 = rand::random();
+        let task = tokio::spawn(run(socket, watcher, Arc::clone(&stats), Sending { ssrc, tone_hz, initial_seq }, expect_hz));
+        Ok(Self { local, ssrc, control, stats, task })
+    }
+
+    /// Our SSRC (MIKEY binds it in the CS ID map, RFC 3830 §6.1.1).
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
     }
 
     /// Where we receive RTP (goes into our SDP).
@@ -161,9 +165,16 @@ impl State {
     }
 }
 
-async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, stats: Arc<Mutex<MediaStats>>, tone_hz: f64, expect_hz: Option<f64>, initial_seq: u16) {
+/// What the sender puts in its packets.
+struct Sending {
+    ssrc: u32,
+    tone_hz: f64,
+    initial_seq: u16,
+}
+
+async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, stats: Arc<Mutex<MediaStats>>, sending: Sending, expect_hz: Option<f64>) {
     let mut state = State { remote: None, tx: None, plain_tx: false, rx: None, previous_rx: None };
-    let ssrc: u32 = rand::random();
+    let Sending { ssrc, tone_hz, initial_seq } = sending;
     let mut seq = initial_seq;
     let mut index: u64 = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));

@@ -37,6 +37,9 @@ pub enum Security {
         /// Offer opportunistically (`RTP/AVP` + `a=crypto`) and accept a plain answer.
         fallback: bool,
     },
+    /// KMS-based e2e (TS 33.328 §7.3, MIKEY-TICKET): `a=key-mgmt:mikey` carrying
+    /// TRANSFER_INIT / TRANSFER_RESP (see [`crate::ticket`]); SRTP required.
+    MikeyTicket,
 }
 
 /// How media is protected once negotiated.
@@ -44,16 +47,18 @@ pub enum Security {
 pub enum Protection {
     /// Plain RTP.
     Plain,
-    /// SRTP with these policies and the negotiated SDES lines.
+    /// SRTP with these policies.
     Srtp {
         /// The suite.
         suite: Suite,
-        /// Our send key (our `a=crypto` line).
+        /// Our send key.
         tx: Box<Policy>,
-        /// The peer's send key (its `a=crypto` line).
+        /// The peer's send key.
         rx: Box<Policy>,
-        /// The negotiation (both lines) — the peer's line is the key an SDES fork sees.
-        negotiated: Box<Negotiated>,
+        /// Fingerprint of our send key (SDES: our `a=crypto` key‖salt; MIKEY: the master key).
+        own_key: String,
+        /// Fingerprint of the peer's send key — with SDES the key every fork sees.
+        peer_key: String,
     },
 }
 
@@ -88,9 +93,9 @@ pub struct Offer {
 
 /// RTP profile names (RFC 3551, RFC 3711 §12).
 const AVP: &str = "RTP/AVP";
-const SAVP: &str = "RTP/SAVP";
+pub(crate) const SAVP: &str = "RTP/SAVP";
 
-fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[String]) -> String {
+pub(crate) fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[String]) -> String {
     let ip = local.ip();
     let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
     let mut s = format!(
@@ -110,6 +115,7 @@ fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[String]) -> 
 pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<Offer, Error> {
     let (proto, crypto) = match security {
         Security::Off => (AVP, Vec::new()),
+        Security::MikeyTicket => return Err(Error::Negotiation("MIKEY-TICKET offers are built by crate::ticket".into())),
         Security::Sdes { fallback } => (if fallback { AVP } else { SAVP }, sdes::offer(policy, keys)?),
     };
     let lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
@@ -117,7 +123,7 @@ pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesP
 }
 
 /// The first audio stream of a body: index, port, proto, connection address.
-fn audio(sdp: &Sdp) -> Result<(usize, SocketAddr, String), Error> {
+pub(crate) fn audio(sdp: &Sdp) -> Result<(usize, SocketAddr, String), Error> {
     for i in 0..sdp.media_count() {
         let m = sdp.media_line(i)?;
         if m.media != "audio" {
@@ -161,7 +167,8 @@ fn policies(n: &Negotiated) -> Result<(Suite, Policy, Policy), Error> {
 
 fn srtp(n: Negotiated) -> Result<Protection, Error> {
     let (suite, tx, rx) = policies(&n)?;
-    Ok(Protection::Srtp { suite, tx: Box::new(tx), rx: Box::new(rx), negotiated: Box::new(n) })
+    let fp = |l: &CryptoAttribute| l.inline_keys().map(mediasec_sdp::InlineKey::fingerprint).collect::<String>();
+    Ok(Protection::Srtp { suite, tx: Box::new(tx), rx: Box::new(rx), own_key: fp(&n.local), peer_key: fp(&n.remote) })
 }
 
 /// Answers an offer (RFC 3264 §6, RFC 4568 §7.1.2) with our stream at `local`: returns the
@@ -176,6 +183,7 @@ pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Securi
     match security {
         Security::Off if requires_srtp => Err(Error::Negotiation("SRTP required by the offer, our policy has no key management".into())),
         Security::Off => Ok((sdp_text(local, version, AVP, &[]), Media { remote, protection: Protection::Plain })),
+        Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are built by crate::ticket".into())),
         Security::Sdes { fallback } => {
             if offered.is_empty() {
                 if requires_srtp {
@@ -202,6 +210,7 @@ pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> R
     let answered = answer_sdp.attribute_values(Level::Media(index), CryptoAttribute::NAME)?;
     match offer.security {
         Security::Off => Ok(Media { remote, protection: Protection::Plain }),
+        Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are processed by crate::ticket".into())),
         Security::Sdes { fallback } => {
             if answered.is_empty() {
                 return if fallback {
