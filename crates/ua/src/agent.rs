@@ -105,7 +105,8 @@ pub struct CallReport {
     pub state: CallState,
     /// `rtp` or `srtp <suite>`.
     pub protection: String,
-    /// INVITE sent → 2xx received (caller) / INVITE received → ACK received (callee).
+    /// Dialling (keys made, MIKEY-TICKET: the Ticket Request included) → 2xx processed
+    /// (caller) / INVITE received → ACK received (callee).
     pub setup: Option<Duration>,
     /// Media counters.
     pub media: MediaStats,
@@ -423,6 +424,7 @@ impl Core {
     }
 
     async fn place_call(&mut self, target: &str, tx: oneshot::Sender<Result<String, Error>>) -> Result<(), Error> {
+        let started = Instant::now();
         let rtp = match self.new_rtp().await {
             Ok(r) => r,
             Err(e) => {
@@ -475,7 +477,7 @@ impl Core {
             answer: None,
             answered: false,
             rtp,
-            started: Instant::now(),
+            started,
             setup: None,
             early_verified: 0,
             protection: String::new(),

@@ -185,9 +185,9 @@ async fn lab(a: LabArgs) -> anyhow::Result<ExitCode> {
         let setup = s.setup.map_or("-".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
         println!("{:<40} {:>10}  {}  {}", s.name, setup, s.detail, if s.ok { "ok" } else { "FAILED" });
     }
-    println!("call set-up latency (INVITE sent → 2xx processed), {} calls per mode:", a.calls);
+    println!("call set-up latency (dial → 2xx processed at the caller), {} calls per mode:", a.calls);
     for (mode, median, p90) in demo_sip::setup_latency(a.calls).await? {
-        println!("  {mode:<12} median {:.2} ms, p90 {:.2} ms", median.as_secs_f64() * 1000.0, p90.as_secs_f64() * 1000.0);
+        println!("  {mode:<17} median {:.2} ms, p90 {:.2} ms", median.as_secs_f64() * 1000.0, p90.as_secs_f64() * 1000.0);
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
