@@ -564,4 +564,25 @@ mod mikey_ticket {
         assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
         drop(sdes_only);
     }
+
+    /// Cross-domain call (TS 33.328 Annex B.2.3): alice@a.example calls bob@b.example through
+    /// both domains' P-CSCF and S-CSCF; bob resolves the ticket at KMS b, which resolves it
+    /// at KMS a over Zk (mutual TLS); media verified both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cross_domain_call_resolved_over_zk() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-zk-{}", std::process::id())));
+        let policy_a = "[domain.\"a.example\"]\nmay_call = [\"?@b.example\"]\nforking = true\n";
+        let policy_b = "[domain.\"b.example\"]\nmay_call = [\"?@a.example\"]\n";
+        let domains = [DomainSpec { domain: "a.example", policy: policy_a }, DomainSpec { domain: "b.example", policy: policy_b }];
+        let kms = KmsLab::start(&dir.0, &domains, &["alice@a.example", "bob@b.example"], Some(Duration::from_secs(2))).await.expect("KMS lab with Zk");
+        let lab = lab().await;
+        let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
+        let bob = kms_ue(&kms, "bob@b.example", ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = only_call(&bob).await;
+        assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+    }
 }
