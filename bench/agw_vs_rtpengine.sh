@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Relayed packets/s per core of `mediasec agw` vs rtpengine in userspace (--table=-1), same
-# machine, same run, same load generator (`mediasec agw load`, which sets calls up over ng,
-# sends UE SRTP or core RTP as fast as it can and samples the relayed content).
-# Each relay is pinned to CPU $RELAY_CPU, the generator to CPU $LOAD_CPU; best of $REPS.
-# usage: bench/agw_vs_rtpengine.sh [path/to/mediasec]   (build with cargo build --release -p mediasec)
-# Needs: rtpengine (Debian rtpengine-daemon), taskset (util-linux).
+# Relayed packets per CPU-second ("per core") of `mediasec agw` vs rtpengine in userspace
+# (--table=-1), same machine, same run, same load generator (`mediasec agw load`: sets N calls
+# up over ng, the UE side sends SRTP or the core side plain RTP at a paced rate, one packet per
+# call per round, and samples the relayed content). Each relay runs pinned to CPU $RELAY_CPU
+# with one worker thread; the CPU time it burns (utime+stime from /proc) during the run divides
+# the packets it delivered. Paced, not flooded: rtpengine 10.5 discards a stream's packets once
+# its socket queue overflows ("UDP receive queue exceeded"), so a flood measures nothing.
+# usage: bench/agw_vs_rtpengine.sh [path/to/mediasec]   (cargo build --release -p mediasec)
+# Needs: rtpengine (Debian rtpengine-daemon), taskset (util-linux), python3.
 set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/mediasec}
 RELAY_CPU=${RELAY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SECS=${SECS:-3}
 REPS=${REPS:-3}
-CALLS=${CALLS:-1}
+CALLS=${CALLS:-100}
+RATE=${RATE:-30000}
 PAYLOAD=${PAYLOAD:-160}
 SUITE=${SUITE:-AES_CM_128_HMAC_SHA1_80}
 port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 RTPE_NG=$(port); OURS_NG=$(port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -22,25 +27,29 @@ trap cleanup EXIT
 taskset -c "$RELAY_CPU" rtpengine --config-file=none --foreground --table=-1 --interface=127.0.0.1 \
   --listen-ng=127.0.0.1:"$RTPE_NG" --port-min=46000 --port-max=46999 --delete-delay=0 \
   --num-threads=1 --log-level=3 >/dev/null 2>&1 &
-pids+=($!)
+RTPE_PID=$!; pids+=($RTPE_PID)
 taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$OURS_NG" --interface 127.0.0.1 \
   --port-min 47000 --port-max 47999 >/dev/null 2>&1 &
-pids+=($!)
+OURS_PID=$!; pids+=($OURS_PID)
 sleep 1.5
-best() { # relay-port direction -> best relayed pkt/s (and sampled-content check)
-  local b=0
+HZ=$(getconf CLK_TCK)
+best() { # ng-port pid direction -> "best packets/CPU-s  loss-of-that-run"
+  local b=0 bl=0
   for _ in $(seq "$REPS"); do
-    out=$(taskset -c "$LOAD_CPU" "$BIN" agw load --ng 127.0.0.1:"$1" --direction "$2" --calls "$CALLS" \
-      --payload "$PAYLOAD" --suite "$SUITE" --seconds "$SECS" --json) || { echo "load failed: $out" >&2; exit 1; }
-    r=$(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);print(int(d["relayed_pps"]))' "$out")
-    [ "$r" -gt "$b" ] && b=$r
+    t0=$(ticks "$2")
+    out=$(taskset -c "$LOAD_CPU" "$BIN" agw load --ng 127.0.0.1:"$1" --direction "$3" --calls "$CALLS" \
+      --rate "$RATE" --payload "$PAYLOAD" --suite "$SUITE" --seconds "$SECS" --json) || { echo "load failed: $out" >&2; exit 1; }
+    t1=$(ticks "$2")
+    read -r v l < <(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);cpu=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]);print(int(d["received_total"]/cpu) if cpu else 0, round(100*d["loss"],2))' "$out" "$t0" "$t1" "$HZ")
+    if [ "$v" -gt "$b" ]; then b=$v; bl=$l; fi
   done
-  echo "$b"
+  echo "$b $bl"
 }
-echo "| direction | suite | payload | rtpengine pkt/s | mediasec agw pkt/s | ratio |"
-echo "|---|---|---|---|---|---|"
+echo "| direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio |"
+echo "|---|---|---|---|---|---|---|"
 for dir in srtp-to-rtp rtp-to-srtp; do
-  r=$(best "$RTPE_NG" "$dir"); o=$(best "$OURS_NG" "$dir")
+  read -r r rl < <(best "$RTPE_NG" "$RTPE_PID" "$dir")
+  read -r o ol < <(best "$OURS_NG" "$OURS_PID" "$dir")
   ratio=$(python3 -c "print(f'{$o/$r:.2f}' if $r else 'n/a')")
-  echo "| $dir | $SUITE | $PAYLOAD B | $r | $o | $ratio× |"
+  echo "| $dir | $SUITE | $PAYLOAD B | $RATE pkt/s, $CALLS calls | $r ($rl) | $o ($ol) | $ratio× |"
 done

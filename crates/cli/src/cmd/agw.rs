@@ -46,7 +46,7 @@ struct Serve {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Runtime worker threads.
+    /// Runtime worker threads (1: a single-threaded runtime).
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
@@ -74,12 +74,16 @@ struct Load {
     /// Direction of the relayed media.
     #[arg(long, value_enum, default_value = "srtp-to-rtp")]
     direction: Direction,
-    /// Concurrent calls (one sender and one receiver thread per call).
-    #[arg(long, default_value_t = 2)]
+    /// Concurrent calls (one sender thread sends one packet per call per round; one receiver).
+    #[arg(long, default_value_t = 100)]
     calls: usize,
     /// RTP payload octets.
     #[arg(long, default_value_t = 160)]
     payload: usize,
+    /// Offered packets/s over all calls (paced); 0 = as fast as possible. A relay that sheds
+    /// load under a flood (rtpengine does) must be measured at paced rates.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Seconds of load.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
@@ -104,7 +108,12 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
     anyhow::ensure!(a.port_min < a.port_max, "--port-min must be below --port-max");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.max(1)).enable_all().build()?;
+    // One thread: a current-thread runtime (no work-stealing machinery per packet).
+    let runtime = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads).enable_all().build()?
+    };
     runtime.block_on(async {
         let config = ServerConfig {
             listen_ng: a.listen_ng,
@@ -149,18 +158,18 @@ fn inline_key(sdp: &str) -> anyhow::Result<Vec<u8>> {
     Ok(base64::engine::general_purpose::STANDARD_NO_PAD.decode(b64)?)
 }
 
-struct Leg {
-    ue: UdpSocket,
-    core: UdpSocket,
+/// One call of the load: the relay's two ports and the UE's sessions.
+struct Call {
+    call_id: String,
     relay_ue_port: u16,
     relay_core_port: u16,
     ue_tx: Session,
     ue_rx: Session,
 }
 
-fn setup(client: &UdpSocket, l: &Load, n: usize) -> anyhow::Result<Leg> {
-    let ue = UdpSocket::bind("127.0.0.1:0")?;
-    let core = UdpSocket::bind("127.0.0.1:0")?;
+/// Sets one call up. Every call's UE side is the `ue` socket and every core side the `core`
+/// socket: the relay tells calls apart by its own ports.
+fn setup(client: &UdpSocket, l: &Load, n: usize, ue: &UdpSocket, core: &UdpSocket) -> anyhow::Result<Call> {
     let mut key = vec![0u8; l.suite.inline_key_len()];
     rand::rng().fill_bytes(&mut key);
     let crypto = format!("{} inline:{}", l.suite.name(), base64::engine::general_purpose::STANDARD.encode(&key));
@@ -175,7 +184,7 @@ fn setup(client: &UdpSocket, l: &Load, n: usize) -> anyhow::Result<Leg> {
     let core_sdp = call(client, l.ng, &offer)?;
     let answer = Value::dict([
         ("command", Value::str("answer")),
-        ("call-id", Value::str(call_id)),
+        ("call-id", Value::str(call_id.clone())),
         ("from-tag", Value::str("ue")),
         ("to-tag", Value::str("core")),
         ("sdp", Value::str(sdp(core.local_addr()?.port(), "RTP/AVP", None))),
@@ -183,14 +192,7 @@ fn setup(client: &UdpSocket, l: &Load, n: usize) -> anyhow::Result<Leg> {
     let ue_sdp = call(client, l.ng, &answer)?;
     let ours = inline_key(&ue_sdp)?;
     let session = |k: &[u8]| -> anyhow::Result<Session> { Ok(Session::new(&Policy::new(l.suite, MasterKey::from_inline(l.suite, k)?))?) };
-    Ok(Leg {
-        relay_ue_port: media_port(&ue_sdp)?,
-        relay_core_port: media_port(&core_sdp)?,
-        ue_tx: session(&key)?,
-        ue_rx: session(&ours)?,
-        ue,
-        core,
-    })
+    Ok(Call { call_id, relay_ue_port: media_port(&ue_sdp)?, relay_core_port: media_port(&core_sdp)?, ue_tx: session(&key)?, ue_rx: session(&ours)? })
 }
 
 fn rtp(seq: u16, ssrc: u32, payload: &[u8], out: &mut Vec<u8>) {
@@ -208,75 +210,96 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
     client.set_read_timeout(Some(Duration::from_secs(3)))?;
     let ping = ng::request(&client, l.ng, &Value::dict([("command", Value::str("ping"))])).context("ping")?;
     anyhow::ensure!(ping.get("result").and_then(Value::as_str) == Some("pong"), "no pong from {}", l.ng);
-    let legs = (0..l.calls).map(|n| setup(&client, l, n)).collect::<anyhow::Result<Vec<_>>>()?;
+    let ue = UdpSocket::bind("127.0.0.1:0")?;
+    let core = UdpSocket::bind("127.0.0.1:0")?;
+    let calls = (0..l.calls).map(|n| setup(&client, l, n, &ue, &core)).collect::<anyhow::Result<Vec<_>>>()?;
+    let (tx_sock, rx_sock) = match l.direction {
+        Direction::SrtpToRtp => (ue, core),
+        Direction::RtpToSrtp => (core, ue),
+    };
+    rx_sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, received, verified) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut threads = Vec::new();
     let mut payload = vec![0u8; l.payload];
     rand::rng().fill_bytes(&mut payload);
-    for (n, leg) in legs.into_iter().enumerate() {
-        let Leg { ue, core, relay_ue_port, relay_core_port, mut ue_tx, mut ue_rx } = leg;
-        let (tx_sock, rx_sock, to) = match l.direction {
-            Direction::SrtpToRtp => (ue, core, SocketAddr::from(([127, 0, 0, 1], relay_ue_port))),
-            Direction::RtpToSrtp => (core, ue, SocketAddr::from(([127, 0, 0, 1], relay_core_port))),
+    let direction = l.direction;
+    // Receiver: by the relay's source port it knows the call (for SRTP content checks).
+    let mut rx_sessions: std::collections::HashMap<u16, Session> = std::collections::HashMap::new();
+    let mut senders = Vec::new();
+    let mut call_ids = Vec::new();
+    for c in calls {
+        call_ids.push(c.call_id);
+        let (dest, src) = match direction {
+            Direction::SrtpToRtp => (c.relay_ue_port, c.relay_core_port),
+            Direction::RtpToSrtp => (c.relay_core_port, c.relay_ue_port),
         };
-        rx_sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let (stop_tx, sent) = (stop.clone(), sent.clone());
-        let direction = l.direction;
-        let body = payload.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut packet = Vec::with_capacity(1500);
-            let mut seq: u16 = 0;
-            let ssrc = 0x1000 + n as u32;
-            while !stop_tx.load(Ordering::Relaxed) {
-                for _ in 0..64 {
-                    rtp(seq, ssrc, &body, &mut packet);
-                    seq = seq.wrapping_add(1);
-                    if direction == Direction::SrtpToRtp && ue_tx.protect_rtp_vec(&mut packet).is_err() {
-                        return;
-                    }
-                    if tx_sock.send_to(&packet, to).is_ok() {
-                        sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-        let (stop_rx, received, verified) = (stop.clone(), received.clone(), verified.clone());
-        let expected = payload.clone();
-        threads.push(std::thread::spawn(move || {
+        rx_sessions.insert(src, c.ue_rx);
+        senders.push((SocketAddr::from(([127, 0, 0, 1], dest)), c.ue_tx));
+    }
+    let receiver = {
+        let (stop, received, verified, expected) = (stop.clone(), received.clone(), verified.clone(), payload.clone());
+        std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
             loop {
                 match rx_sock.recv_from(&mut buf) {
-                    Ok((len, _)) => {
-                        let count = received.fetch_add(1, Ordering::Relaxed);
+                    Ok((len, from)) => {
                         // Check the content of a sample (every 64th packet).
-                        if count % 64 == 0 {
+                        if received.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
                             let mut p = buf.get(..len).unwrap_or_default().to_vec();
                             let ok = match direction {
                                 Direction::SrtpToRtp => true,
-                                Direction::RtpToSrtp => ue_rx.unprotect_rtp_vec(&mut p).is_ok(),
+                                Direction::RtpToSrtp => rx_sessions.get_mut(&from.port()).is_some_and(|s| s.unprotect_rtp_vec(&mut p).is_ok()),
                             };
                             if ok && p.get(12..) == Some(&expected[..]) {
                                 verified.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
-                    Err(_) if stop_rx.load(Ordering::Relaxed) => return,
+                    Err(_) if stop.load(Ordering::Relaxed) => return,
                     Err(_) => {}
                 }
             }
-        }));
-    }
+        })
+    };
+    // Sender: one packet per call per round (no per-stream bursts), paced to --rate.
+    let sender = {
+        let (stop, sent, body, rate) = (stop.clone(), sent.clone(), payload.clone(), l.rate as f64);
+        std::thread::spawn(move || {
+            let mut packet = Vec::with_capacity(1500);
+            let mut seq: u16 = 0;
+            let (start, mut done) = (Instant::now(), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                if rate > 0.0 && (start.elapsed().as_secs_f64() * rate) as u64 <= done {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
+                }
+                for (n, (to, tx)) in senders.iter_mut().enumerate() {
+                    rtp(seq, 0x1000 + n as u32, &body, &mut packet);
+                    if direction == Direction::SrtpToRtp && tx.protect_rtp_vec(&mut packet).is_err() {
+                        return;
+                    }
+                    if tx_sock.send_to(&packet, *to).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done += senders.len() as u64;
+                seq = seq.wrapping_add(1);
+            }
+        })
+    };
     // Warm-up, then measure.
     std::thread::sleep(Duration::from_millis(300));
     let (s0, r0, t0) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(Duration::from_secs_f64(l.seconds));
     let (s1, r1, dt) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
+    let _ = sender.join();
+    let _ = receiver.join();
+    for id in call_ids {
+        let _ = call(&client, l.ng, &Value::dict([("command", Value::str("delete")), ("call-id", Value::str(id)), ("from-tag", Value::str("ue"))]));
     }
     let (sent_pps, relayed_pps) = ((s1 - s0) as f64 / dt, (r1 - r0) as f64 / dt);
+    let loss = if s1 > s0 { 1.0 - (r1 - r0) as f64 / (s1 - s0) as f64 } else { 1.0 };
     let sampled = received.load(Ordering::Relaxed).div_ceil(64);
     let ok = verified.load(Ordering::Relaxed);
     let dir = match l.direction {
@@ -287,10 +310,11 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({"direction": dir, "suite": l.suite.name(), "payload": l.payload, "calls": l.calls,
-                "seconds": dt, "sent_pps": sent_pps, "relayed_pps": relayed_pps, "sampled": sampled, "sampled_ok": ok})
+                "seconds": dt, "sent_pps": sent_pps, "relayed_pps": relayed_pps, "loss": loss,
+                "sent_total": sent.load(Ordering::Relaxed), "received_total": received.load(Ordering::Relaxed), "sampled": sampled, "sampled_ok": ok})
         );
     } else {
-        println!("{dir} {} {} B, {} calls: offered {sent_pps:.0} pkt/s, relayed {relayed_pps:.0} pkt/s; content check {ok}/{sampled} sampled packets", l.suite, l.payload, l.calls);
+        println!("{dir} {} {} B, {} calls: offered {sent_pps:.0} pkt/s, relayed {relayed_pps:.0} pkt/s (loss {:.2} %); content check {ok}/{sampled} sampled packets", l.suite, l.payload, l.calls, loss * 100.0);
     }
     Ok(if ok == sampled && sampled > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
