@@ -192,6 +192,18 @@ impl Kms {
         Self { cfg, policies: RwLock::new(Arc::new(policies)), users: RwLock::new(Arc::new(users)), ring: RwLock::new(Arc::new(ring)), replay: Mutex::default(), random }
     }
 
+    /// The ring key id a RESOLVE_INIT's KMS-made ticket names, when this KMS does not hold
+    /// it (a replica that has not yet seen a rotation should re-read its store).
+    pub fn missing_ticket_key(&self, body: &[u8]) -> Option<u32> {
+        let m = Message::decode(body).ok()?;
+        let t = tk::ticket_of(&m).ok()?;
+        if !t.policy.flags.contains(TicketFlags::D) {
+            return None;
+        }
+        let id = key_id_of(&t).ok()?;
+        self.ring().get(id).is_none().then_some(id)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &KmsConfig {
         &self.cfg

@@ -118,6 +118,7 @@ pub struct Service {
     admin_token: String,
     metrics: Metrics,
     next_id: AtomicU64,
+    last_reload_ms: AtomicU64,
 }
 
 fn now() -> Duration {
@@ -144,7 +145,7 @@ impl Service {
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, metrics: Metrics::default(), next_id: AtomicU64::new(1) }))
+        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
 
     /// The core.
@@ -166,12 +167,28 @@ impl Service {
         Ok(())
     }
 
+    /// Re-reads the store when a ticket names a ring key this replica does not hold (a
+    /// rotation made elsewhere), at most once a second so forged key ids cannot load the store.
+    async fn catch_up(&self, body: &[u8]) {
+        let Some(id) = self.kms.missing_ticket_key(body) else { return };
+        let t = now_ms();
+        let last = self.last_reload_ms.load(Ordering::Relaxed);
+        if t.saturating_sub(last) < 1000 || self.last_reload_ms.compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        info!(key_id = id, "ticket under an unknown ring key: re-reading the store");
+        if let Err(e) = self.reload().await {
+            warn!(error = %e, "reload from the store failed");
+        }
+    }
+
     /// Serves a Zk resolve from the authenticated peer KMS of domain `peer` (for the Zk
     /// server): `Ok` with a RESOLVE_RESP or MIKEY Error message (200), or an HTTP status and
     /// reason (400 not a resolve, 503 KMS failure).
     pub async fn peer_resolve(&self, peer: &str, body: &[u8]) -> Result<Vec<u8>, (u16, String)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        self.catch_up(body).await;
         let reply = self.kms.peer_resolve(peer, body, now(), &self.zn).instrument(info_span!("zk", request_id = id, peer)).await;
         let (outcome, out) = match reply {
             Reply::Response(b) => (0, Ok(b)),
@@ -240,7 +257,10 @@ async fn ua(State(s): State<Arc<Service>>, Query(q): Query<UaQuery>, headers: He
         };
         let reply = match kind {
             Kind::TicketRequest => s.kms.ticket_request(&mikey, now(), &s.zn).await,
-            _ => s.kms.ticket_resolve(&mikey, now(), &s.zn, &*s.peers).await,
+            _ => {
+                s.catch_up(&mikey).await;
+                s.kms.ticket_resolve(&mikey, now(), &s.zn, &*s.peers).await
+            }
         };
         match reply {
             Reply::Response(b) => {
