@@ -52,21 +52,28 @@ pub trait Zn: Send + Sync {
 /// Caches Zn answers until their key expiry (entries are dropped when expired).
 pub struct ZnCache {
     inner: Arc<dyn Zn>,
-    cache: Mutex<HashMap<String, Arc<NafKey>>>,
+    cache: Mutex<Cache>,
+}
+
+/// Entries and the size at which expired ones are next swept (amortised O(1) per insert).
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<String, Arc<NafKey>>,
+    sweep_at: usize,
 }
 
 impl ZnCache {
     /// Wraps a Zn source.
     pub fn new(inner: Arc<dyn Zn>) -> Self {
-        Self { inner, cache: Mutex::new(HashMap::new()) }
+        Self { inner, cache: Mutex::new(Cache::default()) }
     }
 
     fn cached(&self, btid: &str, now: u64) -> Option<Arc<NafKey>> {
         let mut c = self.cache.lock().ok()?;
-        match c.get(btid) {
+        match c.entries.get(btid) {
             Some(k) if now < k.expiry => Some(Arc::clone(k)),
             Some(_) => {
-                c.remove(btid);
+                c.entries.remove(btid);
                 None
             }
             None => None,
@@ -84,10 +91,11 @@ impl Zn for ZnCache {
             if let (Some(k), Ok(mut c)) = (&got, self.cache.lock())
                 && now < k.expiry
             {
-                if c.len() >= 4096 {
-                    c.retain(|_, v| now < v.expiry);
+                if c.entries.len() >= c.sweep_at.max(4096) {
+                    c.entries.retain(|_, v| now < v.expiry);
+                    c.sweep_at = c.entries.len() * 2;
                 }
-                c.insert(btid.to_owned(), Arc::clone(k));
+                c.entries.insert(btid.to_owned(), Arc::clone(k));
             }
             Ok(got)
         })
