@@ -596,3 +596,97 @@ pub fn check_offer(request: &Request) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const INVITE: &str = "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKp1\r\n\
+Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6060;lr>\r\nFrom: <sip:a@a.example>;tag=1\r\n\
+To: <sip:bob@b.example>\r\nCall-ID: p1\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5071>\r\n\
+Content-Type: application/sdp\r\nContent-Length: 104\r\n\r\nv=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
+
+    fn proxies() -> [Proxy; 2] {
+        let local: SocketAddr = "127.0.0.1:5060".parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let base = ProxyConfig {
+            role: Role::Pcscf,
+            domain: "a.example".into(),
+            scscf: Some(SocketAddr::from(([127, 0, 0, 1], 5061))),
+            peers: HashMap::from([("b.example".to_owned(), SocketAddr::from(([127, 0, 0, 1], 6060)))]),
+            retarget: HashMap::new(),
+            mediasec: true,
+        };
+        [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
+    }
+
+    /// Feeds one datagram to both roles as every kind of event it could arrive as.
+    fn feed(bytes: Vec<u8>) {
+        let Ok(message) = mediasec_sip::core::parse_datagram(Bytes::from(bytes), &mediasec_sip::core::Limits::datagram()) else { return };
+        let source = SocketAddr::from(([127, 0, 0, 1], 7000));
+        let now = Instant::now();
+        for mut proxy in proxies() {
+            match &message {
+                Message::Request(r) => {
+                    if let Some(key) = TransactionKey::from_request(r) {
+                        let _ = proxy.handle(Event::Request { key, request: Box::new(r.clone()), source }, now);
+                    }
+                    let _ = proxy.handle(Event::Ack { request: Box::new(r.clone()), source }, now);
+                }
+                Message::Response(r) => {
+                    if let Some(key) = TransactionKey::from_response(r) {
+                        let _ = proxy.handle(Event::Response { key, response: Box::new(r.clone()) }, now);
+                    }
+                }
+            }
+            let _ = proxy.handle(Event::Stray { message: Box::new(message.clone()), source }, now);
+        }
+    }
+
+    /// The seed of the mutation test is a real request: the S-CSCF pops its own Route and
+    /// forwards to the next one (with its Via and Record-Route on top); the P-CSCF refuses
+    /// the offer, whose only key has the wrong length, with 488.
+    #[test]
+    fn the_seed_invite_is_routed_or_refused() {
+        let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
+            panic!("the seed parses")
+        };
+        let key = TransactionKey::from_request(&invite).expect("key");
+        let source = SocketAddr::from(([127, 0, 0, 1], 5071));
+        let [mut pcscf, mut scscf] = proxies();
+        let out = scscf.handle(Event::Request { key: key.clone(), request: Box::new(invite.clone()), source }, Instant::now());
+        let forwarded = out.iter().find_map(|c| match c {
+            Command::Request { request, to } => Some((String::from_utf8_lossy(&Message::Request(request.clone()).to_bytes()).into_owned(), *to)),
+            _ => None,
+        });
+        let (text, to) = forwarded.expect("forwarded");
+        assert_eq!(to, SocketAddr::from(([127, 0, 0, 1], 6060)));
+        assert!(text.contains("Route: <sip:127.0.0.1:6060;lr>\r\n") && !text.contains("5060;lr>,"), "{text}");
+        assert!(text.starts_with("INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK"), "{text}");
+        assert!(text.contains("Max-Forwards: 69\r\n") && text.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"), "{text}");
+        let out = pcscf.handle(Event::Request { key, request: Box::new(invite), source }, Instant::now());
+        assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
+    }
+
+    proptest! {
+        /// Network input never panics the proxy core: arbitrary datagrams.
+        #[test]
+        fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            feed(bytes);
+        }
+
+        /// ... and a routable INVITE with random bytes overwritten (headers, routes, SDP).
+        #[test]
+        fn mutated_invites_never_panic(edits in proptest::collection::vec((0usize..400, any::<u8>()), 1..12)) {
+            let mut bytes = INVITE.as_bytes().to_vec();
+            for (at, b) in edits {
+                let len = bytes.len();
+                if let Some(x) = bytes.get_mut(at % len) {
+                    *x = b;
+                }
+            }
+            feed(bytes);
+        }
+    }
+}

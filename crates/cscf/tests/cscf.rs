@@ -36,6 +36,7 @@ fn ue(aor: &str, proxy: SocketAddr, security: Security, tone: f64, expect: f64) 
         tone_hz: tone,
         expect_hz: Some(expect),
         initial_seq: 1000,
+        anonymous: false,
         timers: Timers::default(),
     }
 }
@@ -563,6 +564,30 @@ mod mikey_ticket {
         let err = call(&alice, "sip:carol@a.example").await.expect_err("488");
         assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
         drop(sdes_only);
+    }
+
+    /// Caller anonymity: alice calls with `From: anonymous` and `Privacy: id`; bob sees only
+    /// "Anonymous", yet the call is keyed by a ticket the KMS issued to alice's authenticated
+    /// identity (her Ticket Request is MACed with her GBA key) — the KMS still knows her.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn anonymous_caller_still_known_to_the_kms() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-anon-{}", std::process::id())));
+        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example"])
+            .await
+            .expect("KMS lab");
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let mut hidden = ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ);
+        hidden.anonymous = true;
+        let alice = kms_ue(&kms, "alice@a.example", hidden).await;
+        let bob = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let id = call(&alice, "sip:bob@a.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = only_call(&bob).await;
+        assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert!(b.peer_identity.contains("anonymous@anonymous.invalid") && !b.peer_identity.contains("alice"), "{}", b.peer_identity);
+        alice.hangup(&id).await.expect("BYE reaches bob");
     }
 
     /// Cross-domain call (TS 33.328 Annex B.2.3): alice@a.example calls bob@b.example through

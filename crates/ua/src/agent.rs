@@ -66,6 +66,11 @@ pub struct UeConfig {
     pub expect_hz: Option<f64>,
     /// First RTP sequence number (a value near 65535 exercises the ROC).
     pub initial_seq: u16,
+    /// Call anonymously (RFC 3323/3325): `From: "Anonymous" <sip:anonymous@anonymous.invalid>`,
+    /// `Privacy: id`, the real identity only in `P-Preferred-Identity` for the home network.
+    /// With MIKEY-TICKET the KMS still knows the caller (the Ticket Request is authenticated
+    /// with the caller's GBA key), and TRANSFER_INIT names the initiator's KMS UID.
+    pub anonymous: bool,
     /// SIP timers.
     pub timers: Timers,
 }
@@ -121,6 +126,8 @@ pub struct CallReport {
     pub extra_forks_ended: u32,
     /// Re-INVITEs completed.
     pub rekeys: u32,
+    /// The peer as its `From` (callee) or `To` (caller) header presents it.
+    pub peer_identity: String,
 }
 
 /// The outcome of a registration.
@@ -252,6 +259,7 @@ struct Call {
     sdp_version: u64,
     extra_forks_ended: u32,
     rekeys: u32,
+    peer_identity: String,
     reinvite_seq: Option<u32>,
     waiter: Option<oneshot::Sender<Result<String, Error>>>,
     unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
@@ -271,6 +279,7 @@ impl Call {
             own_key: self.own_key.clone(),
             extra_forks_ended: self.extra_forks_ended,
             rekeys: self.rekeys,
+            peer_identity: self.peer_identity.clone(),
         }
     }
 
@@ -452,10 +461,19 @@ impl Core {
             }
         };
         let call_id = format!("{}@{}", random_token(), self.endpoint.local_addr().ip());
-        let request = RequestBuilder::new(Method::Invite, uri)
+        let from = if self.config.anonymous {
+            format!("\"Anonymous\" <sip:anonymous@anonymous.invalid>;tag={}", random_token())
+        } else {
+            format!("<{}>;tag={}", self.config.aor, random_token())
+        };
+        let mut builder = RequestBuilder::new(Method::Invite, uri)
             .header(HeaderName::Via, self.via())?
             .max_forwards(70)
-            .header(HeaderName::From, format!("<{}>;tag={}", self.config.aor, random_token()))?
+            .header(HeaderName::From, from)?;
+        if self.config.anonymous {
+            builder = builder.header(HeaderName::Privacy, "id")?.header(HeaderName::PPreferredIdentity, format!("<{}>", self.config.aor))?;
+        }
+        let request = builder
             .header(HeaderName::To, format!("<{target}>"))?
             .header(HeaderName::CallId, call_id.clone())?
             .cseq(1, &Method::Invite)?
@@ -486,6 +504,7 @@ impl Core {
             sdp_version: 1,
             extra_forks_ended: 0,
             rekeys: 0,
+            peer_identity: target.to_owned(),
             reinvite_seq: None,
             waiter: Some(tx),
             unit_waiter: None,
@@ -857,6 +876,7 @@ impl Core {
             sdp_version: 1,
             extra_forks_ended: 0,
             rekeys: 0,
+            peer_identity: header_text(&request.headers, &HeaderName::From).unwrap_or_default(),
             reinvite_seq: None,
             waiter: None,
             unit_waiter: None,

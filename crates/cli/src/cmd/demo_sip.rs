@@ -43,6 +43,7 @@ fn ue(aor: &str, lab_proxy: std::net::SocketAddr, security: Security, tone: f64,
         tone_hz: tone,
         expect_hz: Some(expect),
         initial_seq: 1000,
+        anonymous: false,
         timers: Timers::default(),
     }
 }

@@ -80,6 +80,9 @@ struct RunArgs {
     /// Re-INVITE (re-key) this many seconds into a placed call.
     #[arg(long)]
     reinvite_after: Option<f64>,
+    /// Call anonymously (From: anonymous, Privacy: id).
+    #[arg(long)]
+    anonymous: bool,
     /// Exit 1 unless every established call verified at least this many tone packets.
     #[arg(long, default_value_t = 0)]
     min_verified: u64,
@@ -123,6 +126,7 @@ fn json(r: &CallReport) -> serde_json::Value {
         "rtcp": r.media.rtcp,
         "early_verified": r.early_verified,
         "rekeys": r.rekeys,
+        "peer": r.peer_identity,
         "own_key": r.own_key,
         "peer_key": r.peer_key,
     })
@@ -145,6 +149,7 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         tone_hz: a.tone,
         expect_hz: Some(a.expect),
         initial_seq: 1000,
+        anonymous: a.anonymous,
         timers: Timers::default(),
     };
     let ue = Ue::start(config).await?;
