@@ -397,3 +397,32 @@ fn kamailio_drives_our_agw_between_baresip_uas() {
     assert!(b1000 > 1000.0 * b1500.max(1.0), "bob (RTP leg) must hear alice's 1000 Hz tone");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    /// Seeds of the corpus with random bytes flipped/truncated, and arbitrary bytes, never panic
+    /// anywhere in the ng path.
+    #[test]
+    fn mutated_ng_datagrams_never_panic(
+        seed in 0usize..8,
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+        cut in proptest::prelude::any::<usize>(),
+        noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+    ) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/agw_ng");
+        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let mut data = std::fs::read(&files[seed % files.len()]).unwrap();
+        for (at, b) in flips {
+            if !data.is_empty() {
+                let i = at % data.len();
+                data[i] ^= b;
+            }
+        }
+        data.truncate(cut % (data.len() + 1));
+        mediasec_agw::fuzzing::ng(&data);
+        let mut framed = b"c ".to_vec();
+        framed.extend_from_slice(&noise);
+        mediasec_agw::fuzzing::ng(&framed);
+    }
+}
