@@ -277,7 +277,7 @@ fn kms_serve(store: &str, extra: &[&str]) -> Result<KmsProcess, String> {
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
     let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-    match line.rsplit_once("http://") {
+    match line.rsplit_once("://") {
         Some((_, addr)) => Ok(KmsProcess { child, addr: addr.trim().to_owned() }),
         None => {
             let out = child.wait_with_output().expect("wait");
@@ -389,4 +389,27 @@ fn kms_replicas_share_postgresql_and_survive_kill_9() {
     assert!(users.len() > 5, "load too small");
     std::thread::sleep(Duration::from_millis(2500)); // replica 2 re-reads the database
     kms_check_durable(&two, &users, rotations);
+}
+
+#[test]
+fn kms_pki_then_serve_ua_over_https() {
+    let dir = std::env::temp_dir().join(format!("mediasec-cli-kms-pki-{}", std::process::id()));
+    let out = mediasec(&["kms", "pki", "--out", dir.to_str().expect("path"), "--domain", "a.example", "--domain", "b.example"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in ["ca.pem", "kms.a.example.pem", "kms.a.example.key.pem", "kms.b.example.pem", "kms.b.example.key.pem"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let cert = dir.join("kms.a.example.pem");
+    let key = dir.join("kms.a.example.key.pem");
+    let store = dir.join("kms.redb");
+    let p = kms_serve(
+        store.to_str().expect("path"),
+        &["--tls-cert", cert.to_str().expect("path"), "--tls-key", key.to_str().expect("path")],
+    )
+    .expect("kms serve over https");
+    // A plain-HTTP client gets no HTTP answer from the TLS port.
+    let plain = kms_admin(&p.addr, "GET", "/admin/v1/users", "");
+    assert!(plain.map_or(true, |(status, _)| status == 0), "plain HTTP answered on the TLS port");
+    drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
 }

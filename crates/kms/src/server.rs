@@ -2,7 +2,7 @@
 //! (`POST /keymanagement?requesttype=ticketrequest|ticketresolve`, `Content-Type:
 //! application/mikey`, base64 body; 200 with the response or a MIKEY Error message, 4xx when
 //! the client erred, 5xx when the KMS did), the admin API (bearer token; docs/openapi/kms-admin.yaml),
-//! `/metrics` (Prometheus text) and `tracing` spans with a request id.
+//! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -485,5 +485,11 @@ async fn audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<
 
 /// Serves plain HTTP on a bound listener until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>) -> Result<(), KmsError> {
+    axum::serve(listener, s.router()).await.map_err(|e| KmsError::Http(e.to_string()))
+}
+
+/// Serves HTTPS (rustls, the BSF's TLS listener: handshakes concurrent and bounded) until
+/// the future is dropped.
+pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, s: Arc<Service>) -> Result<(), KmsError> {
     axum::serve(listener, s.router()).await.map_err(|e| KmsError::Http(e.to_string()))
 }

@@ -267,6 +267,36 @@ async fn any_replica_resolves_any_ticket_after_rotation() {
     call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
 }
 
+/// Ua over HTTPS (rustls): request and resolve through a replica served with TLS, the UE
+/// trusting a lab CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ua_over_https() {
+    let dir = TempDir::new("https");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    let cfg = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), None).unwrap();
+    let (_, service) = lab.replica("a.example").await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tls = mediasec_bsf::tls::TlsListener::new(listener, cfg).unwrap();
+    lab.adopt(tokio::spawn(async move {
+        let _ = mediasec_kms::server::serve_tls(tls, service).await;
+    }));
+    let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), None).unwrap();
+    let k = KmsClient::new(Endpoint::new(&format!("https://localhost:{port}"), Some(connector)).unwrap());
+    let (mut alice, _) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, _) = lab.ue("bob@a.example").await.unwrap();
+    let held = k.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    assert_eq!(call(&mut alice, &held, &mut bob, &k).await.unwrap().as_str(), "bob@a.example");
+    // The same port refuses plain HTTP.
+    assert!(request(&Endpoint::http(&format!("http://127.0.0.1:{port}")).unwrap(), "GET", "/metrics", &[], b"").await.is_err());
+}
+
 #[test]
 fn fuzz_corpus_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_inputs");

@@ -14,7 +14,7 @@ use mediasec_kms::keyring::{MASTER_KEY_ENV, MasterKey};
 use mediasec_kms::kms::{KmsConfig, NoPeers, Peers, os_random};
 use mediasec_kms::persist::Persist;
 use mediasec_kms::policy::Policies;
-use mediasec_kms::server::{Service, serve};
+use mediasec_kms::server::{Service, serve, serve_tls};
 use mediasec_kms::zk::{ZkPeers, ZkServer};
 use mediasec_kms_store::Store;
 use mediasec_kms_zk::{ZkClient, ZkTls};
@@ -55,6 +55,12 @@ struct ServeArgs {
     /// Ua / admin / metrics listen address.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: String,
+    /// Serve Ua over HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// BSF base URL for Zn.
     #[arg(long)]
     bsf: String,
@@ -154,6 +160,14 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Policies::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?),
         None => None,
     };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => {
+            let cert = std::fs::read(c).with_context(|| format!("reading {}", c.display()))?;
+            let key = std::fs::read(k).with_context(|| format!("reading {}", k.display()))?;
+            Some(mediasec_bsf::tls::server_config(&cert, &key, None)?)
+        }
+        _ => None,
+    };
     let peer_map = zk_peer_map(&a)?;
     let zk = match &a.zk_pki {
         Some(dir) => Some(ZkTls::load(dir, &domain).with_context(|| format!("loading the Zk PKI of {domain} from {}", dir.display()))?),
@@ -180,7 +194,7 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let cfg = KmsConfig { fqdn: a.fqdn.clone(), domain, skew: a.skew };
         let service = Service::start(cfg, persist, zn, peers, admin_token, os_random()).await?;
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
-        println!("KMS {} listening on http://{}", a.fqdn, listener.local_addr()?);
+        println!("KMS {} listening on {}://{}", a.fqdn, if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
         if let (Some(tls), Some(addr)) = (&zk, &a.zk_listen) {
             let zl = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             println!("Zk listening on https://{} (peers: {:?})", zl.local_addr()?, peer_map.keys().collect::<Vec<_>>());
@@ -203,8 +217,14 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        let server = async move {
+            match tls {
+                Some(cfg) => serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, service).await.map_err(anyhow::Error::from),
+                None => serve(listener, service).await.map_err(anyhow::Error::from),
+            }
+        };
         tokio::select! {
-            r = serve(listener, service) => r?,
+            r = server => r?,
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(ExitCode::SUCCESS)
