@@ -406,7 +406,10 @@ impl Controller {
                     }
                 },
             };
-            let Some(s) = self.relay.stream_mut(stream) else { continue };
+            let Some(s) = self.relay.stream_mut(stream) else {
+                media.push(None);
+                continue;
+            };
             let leg_a = s.leg_mut(Side::A);
             leg_a.set_signalled(Some(rtp), Some(rtcp));
             let (a_protection, a_sdes) = match a_sdes {
@@ -816,6 +819,18 @@ mod tests {
         assert!(!answer.contains("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk") && answer.contains("a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:"), "{answer}");
         let s = c.relay().stream(c.calls["rk"].media[0].as_ref().expect("m").stream).expect("s");
         assert_eq!((s.leg(Side::A).protection().name(), s.leg(Side::B).protection().name()), ("srtp", "srtp"));
+    }
+
+    #[test]
+    fn re_offer_keeps_ports() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        let first = c.offer("re", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        c.answer("re", "ue", "core", &core_answer(), &opts(None), &mut ports).expect("answer");
+        let again = c.offer("re", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("re-offer");
+        assert_eq!(first, again, "same ports, same rewritten SDP");
+        assert_eq!(ports.out.len(), 2);
+        let e = c.offer("re", "core", &core_answer(), &opts(None), now, &mut ports, &mut k).expect_err("callee re-offer");
+        assert!(e.to_string().contains("re-offer from the answerer's side"), "{e}");
     }
 
     #[test]
