@@ -26,6 +26,8 @@ mode3 = true
 forking = true
 [user."bob@a.example"]
 may_call = ["alice@a.example"]
+[user."dan@a.example"]
+end_to_middle = ["mgw@a.example"]
 "#;
 
 fn ks(uid: &str, kms: &str) -> Vec<u8> {
@@ -65,6 +67,7 @@ fn kms(fqdn: &str, domain: &str) -> Kms {
         user("dan@a.example", true),
         user("carol@b.example", true),
         user("eve@a.example", false),
+        user("mgw@a.example", true),
     ]);
     Kms::new(KmsConfig { fqdn: fqdn.into(), domain: domain.into(), skew: 30 }, Policies::from_toml(POLICY).unwrap(), users, ring, counter())
 }
@@ -103,7 +106,7 @@ fn world() -> World {
     World {
         a: kms("kms.a.example", "a.example"),
         b: kms("kms.b.example", "b.example"),
-        zn_a: table("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example", "eve@a.example", "frank@a.example"]),
+        zn_a: table("kms.a.example", &["alice@a.example", "bob@a.example", "dan@a.example", "eve@a.example", "frank@a.example", "mgw@a.example"]),
         zn_b: table("kms.b.example", &["carol@b.example"]),
     }
 }
@@ -405,4 +408,16 @@ async fn forked_call_gives_each_responder_its_own_key() {
     // Without forking in his policy, bob's forking request is narrowed (I cleared, K set).
     let held = request(&w.a, &w.zn_a, &mut bob, &Ask { forking: true, ..ask("alice@a.example", false) }, 1).await.unwrap();
     assert!(!held.forking() && held.changed() && held.mpkr.is_none());
+}
+
+#[tokio::test]
+async fn end_to_middle_identity_may_resolve() {
+    let w = world();
+    let (mut dan, mut bob, mut mgw) = (ue("dan@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("mgw@a.example", "kms.a.example"));
+    let held = request(&w.a, &w.zn_a, &mut dan, &ask("bob@a.example", false), 0).await.unwrap();
+    assert!(held.changed(), "K: the KMS added the end-to-middle identity");
+    assert!(held.granted.recipients.contains(&Pattern::parse("mgw@a.example").unwrap()));
+    // The media gateway of dan's domain resolves the ticket and terminates the call's keys.
+    assert_eq!(call(&w, &mut dan, &held, &mut mgw, &w.a, &w.zn_a, 1).await.unwrap().as_str(), "mgw@a.example");
+    assert_eq!(call(&w, &mut dan, &held, &mut bob, &w.a, &w.zn_a, 2).await.unwrap().as_str(), "bob@a.example");
 }
