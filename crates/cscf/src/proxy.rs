@@ -87,7 +87,14 @@ struct Context {
     forwarded_2xx: bool,
     security_server: bool,
     finished: bool,
+    created: Instant,
 }
+
+/// How long a context outlives its final response: late 2xx of other forks (RFC 6026 Timer M
+/// territory, 64·T1 with the default T1) still find their way upstream.
+const LINGER: Duration = Duration::from_secs(32);
+/// RFC 3261 §16.6 Timer C (> 3 min): an INVITE context with no final answer is dropped.
+const TIMER_C: Duration = Duration::from_secs(180);
 
 /// The proxy core.
 #[derive(Debug)]
@@ -138,6 +145,7 @@ impl Proxy {
 
     /// Handles one endpoint event.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
+        self.purge(now);
         match event {
             Event::Request { key, request, source } => {
                 self.stats.requests += 1;
@@ -145,13 +153,40 @@ impl Proxy {
             }
             Event::Response { key, response } => self.on_response(&key, *response),
             Event::Ack { request, .. } => self.forward_stateless(Message::Request(*request), now),
-            Event::Stray { message, .. } => self.forward_stateless(*message, now),
+            // A stray request other than ACK has no usable Via: nothing can answer it.
+            Event::Stray { message, source } => match *message {
+                Message::Request(r) if r.method != Method::Ack => {
+                    tracing::info!(%source, method = %r.method, "request without a usable Via dropped");
+                    Vec::new()
+                }
+                other => self.forward_stateless(other, now),
+            },
             Event::Timeout { key } => self.on_timeout(&key),
             Event::Malformed { source, reason } => {
                 tracing::info!(%source, %reason, "malformed datagram dropped");
                 Vec::new()
             }
         }
+    }
+
+    /// Drops contexts whose final response went out more than [`LINGER`] ago, or that saw no
+    /// final response within [`TIMER_C`], with their branch entries.
+    fn purge(&mut self, now: Instant) {
+        let age = |c: &Context| now.saturating_duration_since(c.created);
+        let stale: Vec<TransactionKey> =
+            self.contexts.iter().filter(|(_, c)| (c.finished && age(c) > LINGER) || age(c) > TIMER_C).map(|(k, _)| k.clone()).collect();
+        for key in stale {
+            if let Some(c) = self.contexts.remove(&key) {
+                for b in c.branches {
+                    self.branches.remove(&b.key);
+                }
+            }
+        }
+    }
+
+    /// Requests and branches in flight (contexts, client branches).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.contexts.len(), self.branches.len())
     }
 
     fn reply(&mut self, key: &TransactionKey, request: &Request, code: u16, reason: &str, extra: Vec<Header>) -> Vec<Command> {
@@ -336,7 +371,8 @@ impl Proxy {
             && self.config.mediasec
             && request.method == Method::Register
             && request.headers.get_all(&HeaderName::parse(&Bytes::from_static(b"Security-Client"))).any(|h| String::from_utf8_lossy(&h.value()).to_ascii_lowercase().contains("mediasec"));
-        let mut context = Context { server: key.clone(), method: request.method.clone(), branches: Vec::new(), best: None, forwarded_2xx: false, security_server, finished: false };
+        let mut context =
+            Context { server: key.clone(), method: request.method.clone(), branches: Vec::new(), best: None, forwarded_2xx: false, security_server, finished: false, created: now };
         let me = format!("<sip:{};lr>", self.local);
         for (uri, path, to) in targets {
             let mut branch = request.clone();
@@ -667,6 +703,28 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
         assert!(text.contains("Max-Forwards: 69\r\n") && text.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"), "{text}");
         let out = pcscf.handle(Event::Request { key, request: Box::new(invite), source }, Instant::now());
         assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
+    }
+
+    /// Contexts are dropped once their final response is [`LINGER`] old (memory stays bounded).
+    #[test]
+    fn finished_contexts_are_purged() {
+        let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
+            panic!("the seed parses")
+        };
+        let key = TransactionKey::from_request(&invite).expect("key");
+        let [_, mut scscf] = proxies();
+        let t0 = Instant::now();
+        let out = scscf.handle(Event::Request { key, request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, t0);
+        let Some(Command::Request { request, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("forwarded") };
+        assert_eq!(scscf.in_flight(), (1, 1));
+        let client = TransactionKey::from_sent_request(&request).expect("client key");
+        let busy = ResponseBuilder::to_request(&request, StatusCode::new(486).expect("486"), "Busy Here").expect("486").build();
+        let up = scscf.handle(Event::Response { key: client, response: Box::new(busy) }, t0);
+        assert!(up.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 486)), "{up:?}");
+        let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER / 2);
+        assert_eq!(scscf.in_flight(), (1, 1), "kept while late responses may come");
+        let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER * 2);
+        assert_eq!(scscf.in_flight(), (0, 0));
     }
 
     proptest! {
