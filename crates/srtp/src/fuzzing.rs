@@ -7,10 +7,12 @@ use crate::{MasterKey, Policy, RtpHeader, Session, Suite};
 /// unprotected as SRTP and SRTCP, and protected as RTP and RTCP.
 pub fn unprotect(data: &[u8]) {
     let Some((&selector, packet)) = data.split_first() else { return };
-    let suite = Suite::ALL[usize::from(selector) % Suite::ALL.len()];
-    let key = MasterKey::from_inline(suite, &[0x5a; 46][..suite.inline_key_len()])
-        .map(|k| k.with_mki(&[1, 2, 3, 4][..usize::from(selector >> 6)]));
-    let Ok(key) = key else { return };
+    let Some(&suite) = Suite::ALL.get(usize::from(selector) % Suite::ALL.len()) else { return };
+    let (Some(inline), Some(mki)) = ([0x5a; 46].get(..suite.inline_key_len()), [1, 2, 3, 4].get(..usize::from(selector >> 6)))
+    else {
+        return;
+    };
+    let Ok(key) = MasterKey::from_inline(suite, inline).map(|k| k.with_mki(mki)) else { return };
     let Ok(mut session) = Session::new(&Policy::new(suite, key)) else { return };
     let _ = RtpHeader::parse(packet);
     let _ = crate::rtcp_ssrc(packet);

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+
+use super::runtime;
 use mediasec_bsf::client;
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::store::{Store, Subscriber};
@@ -120,10 +122,6 @@ fn token(arg: Option<String>, env: &str, what: &str) -> String {
         eprintln!("{what} token (generated): {t}");
         t
     })
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {

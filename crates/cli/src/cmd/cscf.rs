@@ -68,7 +68,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
     let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::runtime()?;
     runtime.block_on(async {
         let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;
         println!("listening on {}", cscf.local_addr());

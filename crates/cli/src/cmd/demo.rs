@@ -164,7 +164,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// SIP calls through the two-domain P-CSCF/S-CSCF lab on loopback (`demo_sip`).
 fn sip() -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::runtime()?;
     let scenarios = runtime.block_on(super::demo_sip::run())?;
     println!();
     println!("SIP calls on 127.0.0.1: UEs -> P-CSCF -> S-CSCF (two domains), media checked by tone");
@@ -208,7 +208,7 @@ fn gba() -> anyhow::Result<bool> {
     let zn_token = hex::encode(rand::random::<[u8; 16]>());
     let admin_token = hex::encode(rand::random::<[u8; 16]>());
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: zn_token.clone(), admin_token }, store);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -486,7 +486,7 @@ may_call = ["?@a.example", "?@b.example"]
 
     pub(super) fn run(packets: u16) -> anyhow::Result<bool> {
         let dir = std::env::temp_dir().join(format!("mediasec-demo-kms-{}", std::process::id()));
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = crate::cmd::runtime()?;
         let result = runtime.block_on(async {
             let domains = [DomainSpec { domain: "a.example", policy: POLICY_A }, DomainSpec { domain: "b.example", policy: POLICY_B }];
             let lab = Lab::start(&dir, &domains, &USERS, Some(Duration::from_secs(2))).await?;

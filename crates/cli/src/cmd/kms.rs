@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use super::runtime;
 use mediasec_bsf::client::Endpoint;
 use mediasec_kms::bsf_zn::BsfZn;
 use mediasec_kms::keyring::{MASTER_KEY_ENV, MasterKey};
@@ -99,10 +101,6 @@ struct ServeArgs {
     /// Bound of one Zk resolve, milliseconds.
     #[arg(long, default_value_t = 2000)]
     zk_timeout_ms: u64,
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
 }
 
 /// Opens the store named by `--store`.

@@ -13,6 +13,12 @@ pub(crate) mod sdp;
 pub(crate) mod srtp;
 pub(crate) mod ua;
 
+/// The multi-threaded tokio runtime the network subcommands run their servers and clients on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
+}
+
 /// The USIM credentials a subscriber is provisioned with and a UE bootstraps with
 /// (TS 35.206 Milenage: K and OPc or OP), shared by `bsf subscriber add` and `gba bootstrap`.
 #[derive(clap::Args)]
