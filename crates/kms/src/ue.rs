@@ -14,9 +14,9 @@ use mediasec_mikey::error_message::{self, ErrorKey};
 use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::{CsIdMap, GenericCs};
 use mediasec_mikey::keys::{self, Direction};
-use mediasec_mikey::payload::{KeyData, KeyValidity, PolicyParam, SecurityPolicy, Ticket, TicketFlags, TicketPolicy};
+use mediasec_mikey::payload::{KeyData, KeyValidity, SecurityPolicy, Ticket, TicketFlags, TicketPolicy};
 use mediasec_mikey::psk::ReplayCache;
-use mediasec_mikey::registry::{DataType, ErrorCode, IdRole, IdType, KeyType, ProtType, RandRole, SrtpParam, TicketType};
+use mediasec_mikey::registry::{DataType, ErrorCode, IdRole, IdType, KeyType, ProtType, RandRole, TicketType};
 use mediasec_mikey::srtp_policy::{self, CryptoSession, SrtpPolicy};
 use mediasec_mikey::ticket::{self as tk, Secret, TicketContent};
 use mediasec_mikey::{CommonHeader, Message, Payload};
@@ -41,27 +41,6 @@ pub fn request_flags(reusable: bool, forking: bool) -> TicketFlags {
     f
 }
 
-/// The SP payload a UE offers: AES_CM_128_HMAC_SHA1_80 (RFC 3830 §6.10.1 values).
-pub fn srtp_sp() -> SecurityPolicy {
-    let p = |t: SrtpParam, v: u8| PolicyParam { param_type: t, value: vec![v] };
-    SecurityPolicy {
-        policy_no: 0,
-        prot_type: ProtType::SRTP,
-        params: vec![
-            p(SrtpParam::ENCR_ALG, 1),
-            p(SrtpParam::ENCR_KEY_LEN, 16),
-            p(SrtpParam::AUTH_ALG, 1),
-            p(SrtpParam::AUTH_KEY_LEN, 20),
-            p(SrtpParam::SALT_KEY_LEN, 14),
-            p(SrtpParam::SRTP_PRF, 0),
-            p(SrtpParam::KDR, 0),
-            p(SrtpParam::SRTP_ENCR, 1),
-            p(SrtpParam::SRTCP_ENCR, 1),
-            p(SrtpParam::SRTP_AUTH, 1),
-            p(SrtpParam::AUTH_TAG_LEN, 10),
-        ],
-    }
-}
 
 /// What a UE asks a ticket for.
 #[derive(Clone, Debug)]
@@ -343,7 +322,7 @@ impl Ue {
                 tk::randr(RandRole::INITIATOR, &randri),
                 tk::idr(IdRole::INITIATOR, IdType::NAI, self.uid.as_str().as_bytes()),
                 tk::idr(IdRole::RESPONDER, IdType::NAI, to.as_str().as_bytes()),
-                Payload::Sp(srtp_sp()),
+                Payload::Sp(srtp_policy::aes_cm_128_hmac_sha1_80()),
                 Payload::Ticket(held.ticket.clone()),
             ],
         };

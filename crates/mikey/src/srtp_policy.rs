@@ -8,9 +8,33 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::keys::{SALT_FROM_TGK, TEK};
-use crate::payload::SecurityPolicy;
+use crate::payload::{PolicyParam, SecurityPolicy};
 use crate::prf::prf;
 use crate::registry::{ErrorCode, PrfFunc, ProtType, SrtpParam};
+
+/// The SP payload (policy number 0) for AES_CM_128_HMAC_SHA1_80 with SRTP/SRTCP encryption
+/// and SRTP authentication on and a key derivation rate of 0 (RFC 3830 §6.10.1 values): what
+/// our UEs offer by default.
+pub fn aes_cm_128_hmac_sha1_80() -> SecurityPolicy {
+    let p = |t: SrtpParam, v: u8| PolicyParam { param_type: t, value: vec![v] };
+    SecurityPolicy {
+        policy_no: 0,
+        prot_type: ProtType::SRTP,
+        params: vec![
+            p(SrtpParam::ENCR_ALG, 1),
+            p(SrtpParam::ENCR_KEY_LEN, 16),
+            p(SrtpParam::AUTH_ALG, 1),
+            p(SrtpParam::AUTH_KEY_LEN, 20),
+            p(SrtpParam::SALT_KEY_LEN, 14),
+            p(SrtpParam::SRTP_PRF, 0),
+            p(SrtpParam::KDR, 0),
+            p(SrtpParam::SRTP_ENCR, 1),
+            p(SrtpParam::SRTCP_ENCR, 1),
+            p(SrtpParam::SRTP_AUTH, 1),
+            p(SrtpParam::AUTH_TAG_LEN, 10),
+        ],
+    }
+}
 
 /// An SRTP crypto context's keying and parameters.
 #[derive(Clone, PartialEq, Eq)]

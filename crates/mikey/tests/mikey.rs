@@ -528,24 +528,7 @@ mod psk_exchange {
     const NOW: u64 = 3_900_000_000;
 
     pub(super) fn sp() -> SecurityPolicy {
-        let p = |t: SrtpParam, v: u8| PolicyParam { param_type: t, value: vec![v] };
-        SecurityPolicy {
-            policy_no: 0,
-            prot_type: ProtType::SRTP,
-            params: vec![
-                p(SrtpParam::ENCR_ALG, 1),
-                p(SrtpParam::ENCR_KEY_LEN, 16),
-                p(SrtpParam::AUTH_ALG, 1),
-                p(SrtpParam::AUTH_KEY_LEN, 20),
-                p(SrtpParam::SALT_KEY_LEN, 14),
-                p(SrtpParam::SRTP_PRF, 0),
-                p(SrtpParam::KDR, 0),
-                p(SrtpParam::SRTP_ENCR, 1),
-                p(SrtpParam::SRTCP_ENCR, 1),
-                p(SrtpParam::SRTP_AUTH, 1),
-                p(SrtpParam::AUTH_TAG_LEN, 10),
-            ],
-        }
+        srtp_policy::aes_cm_128_hmac_sha1_80()
     }
 
     pub(super) fn init(encr: EncrAlg) -> PskInit {
