@@ -1,18 +1,26 @@
-//! The tokio UDP driver: one ng control socket, one UDP socket per media port (RTP on even
-//! ports, RTCP on the next), a timer for stream timeouts. The [`Controller`] and its relay
-//! sit behind one mutex; each media socket's task receives into its own 2 KiB buffer,
-//! lets the relay transform the packet in place and sends it from the other leg's socket —
-//! no allocation per packet.
+//! The UDP driver: tokio tasks for the ng control socket, the stream-timeout timer and
+//! metrics; one media thread for every media socket (RTP on even ports, RTCP on the next).
+//! The [`Controller`] and its relay sit behind one mutex.
+//!
+//! The media thread waits on one `epoll` set (via `mio`, edge-triggered) holding every media
+//! socket, and works in batches, taking the mutex once per batch, not per packet: it receives
+//! one packet from each readable socket in turn into one of [`BATCH`] preallocated 2 KiB
+//! buffers, lets the relay transform it in place, and once the buffers are full (or every
+//! socket has been visited) sends the forwarded packets from the other legs' sockets. A
+//! socket stays on the ready list until it reports `WouldBlock` (edge-triggered readiness
+//! is only re-armed by a drain). No allocation, task wake-up or clock read per packet.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::os::fd::AsRawFd as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
 use rand::RngCore as _;
 use tokio::net::UdpSocket;
-use tokio::task::AbortHandle;
 
 use crate::control::{Config, Controller, PortSource};
 use crate::relay::Verdict;
@@ -41,15 +49,19 @@ struct Sockets {
     min: u16,
     max: u16,
     next: u16,
-    open: HashMap<u16, (Arc<UdpSocket>, Option<AbortHandle>)>,
-    /// Bound during a command; their receive tasks are started after it.
-    fresh: Vec<(u16, Arc<UdpSocket>)>,
+    open: HashMap<u16, std::net::UdpSocket>,
+    /// The media thread's readiness set; a socket's token is its port.
+    registry: Registry,
 }
 
-fn bind(addr: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-    let s = std::net::UdpSocket::bind(addr)?;
-    s.set_nonblocking(true)?;
-    Ok(Arc::new(UdpSocket::from_std(s)?))
+impl Sockets {
+    /// Binds a non-blocking media socket and adds it to the media thread's readiness set.
+    fn bind(&self, port: u16) -> io::Result<std::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(self.interface, port))?;
+        s.set_nonblocking(true)?;
+        self.registry.register(&mut SourceFd(&s.as_raw_fd()), Token(usize::from(port)), Interest::READABLE)?;
+        Ok(s)
+    }
 }
 
 impl PortSource for Sockets {
@@ -62,14 +74,12 @@ impl PortSource for Sockets {
             if port.checked_add(1).is_none_or(|p| p > self.max) || self.open.contains_key(&port) {
                 continue;
             }
-            let (Ok(rtp), Ok(rtcp)) = (bind(SocketAddr::new(self.interface, port)), bind(SocketAddr::new(self.interface, port + 1)))
-            else {
+            // A socket dropped on failure leaves the readiness set as it is closed.
+            let (Ok(rtp), Ok(rtcp)) = (self.bind(port), self.bind(port + 1)) else {
                 continue;
             };
-            self.open.insert(port, (rtp.clone(), None));
-            self.open.insert(port + 1, (rtcp.clone(), None));
-            self.fresh.push((port, rtp));
-            self.fresh.push((port + 1, rtcp));
+            self.open.insert(port, rtp);
+            self.open.insert(port + 1, rtcp);
             return Ok(port);
         }
         Err(Error::NoPorts)
@@ -77,10 +87,9 @@ impl PortSource for Sockets {
 
     fn release_pair(&mut self, rtp_port: u16) {
         for p in [rtp_port, rtp_port.wrapping_add(1)] {
-            if let Some((_, Some(task))) = self.open.remove(&p) {
-                task.abort();
+            if let Some(s) = self.open.remove(&p) {
+                let _ = self.registry.deregister(&mut SourceFd(&s.as_raw_fd()));
             }
-            self.fresh.retain(|(q, _)| *q != p);
         }
     }
 }
@@ -108,15 +117,19 @@ impl Agw {
     pub async fn start(config: ServerConfig) -> io::Result<Self> {
         let ng = UdpSocket::bind(config.listen_ng).await?;
         let ng_addr = ng.local_addr()?;
+        let poll = Poll::new()?;
         let sockets = Sockets {
             interface: config.interface,
             min: config.port_min,
             max: config.port_max,
             next: 0,
             open: HashMap::new(),
-            fresh: Vec::new(),
+            registry: poll.registry().try_clone()?,
         };
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
+        // The thread ends once the control and timer tasks (the state's owners) are gone.
+        let weak = Arc::downgrade(&state);
+        std::thread::Builder::new().name("agw-media".into()).spawn(move || media_thread(poll, &weak))?;
         tokio::spawn(control_loop(ng, state.clone()));
         tokio::spawn(timer_loop(state.clone()));
         let mut metrics_addr = None;
@@ -154,14 +167,7 @@ async fn control_loop(ng: UdpSocket, state: Shared) {
             let mut st = lock(&state);
             let State { ctl, sockets } = &mut *st;
             let mut rng = |b: &mut [u8]| rand::rng().fill_bytes(b);
-            let reply = ctl.handle_datagram(buf.get(..n).unwrap_or_default(), Instant::now(), sockets, &mut rng);
-            for (port, socket) in std::mem::take(&mut sockets.fresh) {
-                let task = tokio::spawn(media_loop(port, socket, state.clone()));
-                if let Some(entry) = sockets.open.get_mut(&port) {
-                    entry.1 = Some(task.abort_handle());
-                }
-            }
-            reply
+            ctl.handle_datagram(buf.get(..n).unwrap_or_default(), Instant::now(), sockets, &mut rng)
         };
         if let Some(reply) = reply {
             let _ = ng.send_to(&reply, from).await;
@@ -179,24 +185,77 @@ async fn timer_loop(state: Shared) {
     }
 }
 
-async fn media_loop(port: u16, socket: Arc<UdpSocket>, state: Shared) {
-    let mut buf = [0u8; 2048];
+/// Packets received per batch (and buffers of the media thread).
+const BATCH: usize = 64;
+/// Received packets leave room for the SRTP trailer (tag + MKI) that protection appends.
+const RX_MAX: usize = 1900;
+/// How long the idle media thread waits before checking that the gateway still exists.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// A packet to send: from our local port, to, length at the start of its buffer.
+type Outgoing = (u16, SocketAddr, usize);
+
+fn media_thread(mut poll: Poll, state: &Weak<Mutex<State>>) {
+    let mut events = Events::with_capacity(1024);
+    let mut bufs = vec![[0u8; 2048]; BATCH];
+    let mut out: Vec<Outgoing> = Vec::with_capacity(BATCH);
+    // Ports whose socket has not reported `WouldBlock` since its last readiness event.
+    let mut ready: Vec<u16> = Vec::new();
     loop {
-        // Leave room for the SRTP trailer (tag + MKI) that protection appends.
-        let Some(rx) = buf.get_mut(..1900) else { return };
-        let (n, from) = match socket.recv_from(rx).await {
-            Ok(x) => x,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-            Err(_) => return,
-        };
-        let mut st = lock(&state);
-        let State { ctl, sockets } = &mut *st;
-        if let Verdict::Forward { from_port, to, len } = ctl.relay_mut().handle(port, from, &mut buf, n, Instant::now())
-            && let (Some((out, _)), Some(packet)) = (sockets.open.get(&from_port), buf.get(..len))
+        let timeout = if ready.is_empty() { IDLE } else { Duration::ZERO };
+        if let Err(e) = poll.poll(&mut events, Some(timeout))
+            && e.kind() != io::ErrorKind::Interrupted
         {
-            let _ = out.try_send_to(packet, to);
+            tracing::error!(error = %e, "media poll failed; media relaying stopped");
+            return;
+        }
+        ready.extend(events.iter().filter_map(|e| u16::try_from(e.token().0).ok()));
+        let Some(state) = state.upgrade() else { return };
+        if ready.is_empty() {
+            continue;
+        }
+        let mut st = lock(&state);
+        relay_pass(&mut st, &mut ready, &mut bufs, &mut out, Instant::now());
+    }
+}
+
+/// One pass over the ready sockets: at most one packet from each, sent in batches.
+fn relay_pass(st: &mut State, ready: &mut Vec<u16>, bufs: &mut [[u8; 2048]], out: &mut Vec<Outgoing>, now: Instant) {
+    let State { ctl, sockets } = st;
+    let mut i = 0;
+    while let Some(&port) = ready.get(i) {
+        let (Some(socket), Some(buf)) = (sockets.open.get(&port), bufs.get_mut(out.len())) else {
+            ready.swap_remove(i);
+            continue;
+        };
+        let Some(rx) = buf.get_mut(..RX_MAX) else { return };
+        match socket.recv_from(rx) {
+            Ok((n, from)) => {
+                if let Verdict::Forward { from_port, to, len } = ctl.relay_mut().handle(port, from, buf, n, now) {
+                    out.push((from_port, to, len));
+                    if out.len() == bufs.len() {
+                        flush(sockets, bufs, out);
+                    }
+                }
+                i += 1;
+            }
+            // An ICMP error for an earlier send; the socket may still hold packets.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => i += 1,
+            Err(_) => {
+                ready.swap_remove(i);
+            }
         }
     }
+    flush(sockets, bufs, out);
+}
+
+fn flush(sockets: &Sockets, bufs: &[[u8; 2048]], out: &mut Vec<Outgoing>) {
+    for (&(from_port, to, len), buf) in out.iter().zip(bufs) {
+        if let (Some(socket), Some(packet)) = (sockets.open.get(&from_port), buf.get(..len)) {
+            let _ = socket.send_to(packet, to);
+        }
+    }
+    out.clear();
 }
 
 /// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text, anything else → 404.
