@@ -33,6 +33,12 @@ impl TwoDomains {
     /// given, is where S-CSCF a sends b.example requests instead of S-CSCF b (a test puts a
     /// relay there).
     pub async fn start(retarget_b: HashMap<String, String>, a_to_b: Option<SocketAddr>) -> Result<Self, mediasec_sip::Error> {
+        Self::start_with_agw(retarget_b, a_to_b, None).await
+    }
+
+    /// [`Self::start`], with P-CSCF a an IMS-ALG driving the IMS-AGW at `agw_ng_a` (e2ae for
+    /// a.example's UEs; b.example stays without).
+    pub async fn start_with_agw(retarget_b: HashMap<String, String>, a_to_b: Option<SocketAddr>, agw_ng_a: Option<SocketAddr>) -> Result<Self, mediasec_sip::Error> {
         let (sa, sb) = (free_addr()?, free_addr()?);
         let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
             role: Role::Scscf,
@@ -41,20 +47,22 @@ impl TwoDomains {
             peers: HashMap::from([(peer.0.to_owned(), peer.1)]),
             retarget,
             mediasec: false,
+            agw_ng: None,
         };
-        let pcscf = |domain: &str, s: SocketAddr| ProxyConfig {
+        let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>| ProxyConfig {
             role: Role::Pcscf,
             domain: domain.into(),
             scscf: Some(s),
             peers: HashMap::new(),
             retarget: HashMap::new(),
             mediasec: true,
+            agw_ng,
         };
         let t = Timers::default();
         let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
         let scscf_b = Cscf::start(scscf("b.example", ("a.example", sa), retarget_b), sb, t).await?;
-        let pcscf_a = Cscf::start(pcscf("a.example", sa), free_addr()?, t).await?;
-        let pcscf_b = Cscf::start(pcscf("b.example", sb), free_addr()?, t).await?;
+        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a), free_addr()?, t).await?;
+        let pcscf_b = Cscf::start(pcscf("b.example", sb, None), free_addr()?, t).await?;
         Ok(Self { pcscf_a, scscf_a, pcscf_b, scscf_b })
     }
 }

@@ -3,14 +3,16 @@
 //! parallel forking to every registered contact, retargeting, and the P-CSCF's SDES checks
 //! and `mediasec` registration indication.
 //!
+//! - [`alg`]: the P-CSCF's IMS-ALG for e2ae (drives the IMS-AGW over ng), sans-IO.
 //! - [`registrar`]: location service, sans-IO.
 //! - [`proxy`]: the stateful proxy core, sans-IO (endpoint events in, commands out).
 //! - [`service`]: the tokio service wiring the core to a `mediasec_sip` UDP endpoint.
 //! - [`lab`]: the two-domain loopback topology (tests, demo, benchmarks).
 
+pub mod alg;
 pub mod lab;
 pub mod proxy;
 pub mod registrar;
 pub mod service;
 
-pub use proxy::{Proxy, ProxyConfig, Role, Stats};
+pub use proxy::{NgRequest, Proxy, ProxyConfig, Role, Stats};

@@ -19,7 +19,7 @@
 //! both pop their own `Route` entry (loose routing, §16.4). ACKs for 2xx and 2xx responses
 //! whose transactions are gone are forwarded statelessly (§16.11, RFC 6026 §8).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use mediasec_sip::core::{
 use mediasec_sip::dialog::{socket_addr, split_addresses};
 use mediasec_sip::udp::{Command, Event};
 
+use crate::alg;
 use crate::registrar::{aor, Registrar};
 
 /// Which CSCF this is.
@@ -58,6 +59,38 @@ pub struct ProxyConfig {
     pub retarget: HashMap<String, String>,
     /// P-CSCF: supports the `mediasec` indication (answers `Security-Server`).
     pub mediasec: bool,
+    /// P-CSCF: the IMS-AGW's ng control address. With `mediasec`, it makes this P-CSCF an
+    /// IMS-ALG (e2ae, [`crate::alg`]) for the UEs that registered `sdes-srtp;mediasec`.
+    pub agw_ng: Option<SocketAddr>,
+}
+
+/// An ng command the service must send to the IMS-AGW (bencode dictionary, without the
+/// cookie); its reply goes back through [`Proxy::ng_result`] with the same `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NgRequest {
+    /// Matches the reply to what waits for it.
+    pub id: u64,
+    /// The bencoded command.
+    pub command: Vec<u8>,
+}
+
+/// What waits for an ng reply.
+#[derive(Debug)]
+enum Pending {
+    /// An INVITE offer held until the AGW rewrote it.
+    Offer { key: TransactionKey, request: Request, leg: AlgLeg, now: Instant },
+    /// A response with an answer (or early answer) held until the AGW rewrote it.
+    Answer { server: TransactionKey, client: TransactionKey, response: Response, side: alg::Side },
+    /// A `delete`: nothing waits.
+    Delete,
+}
+
+/// One AGW call the ALG set up for a SIP call.
+#[derive(Clone, Debug)]
+struct AlgLeg {
+    ng_call_id: String,
+    from_tag: String,
+    side: alg::Side,
 }
 
 /// A branch target: Request-URI, `Route` entries to add (a binding's `Path`), next hop.
@@ -86,6 +119,11 @@ struct Context {
     best: Option<Response>,
     forwarded_2xx: bool,
     security_server: bool,
+    /// P-CSCF REGISTER: the AOR and contacts to remember as e2ae-capable on a 2xx, and
+    /// whether the REGISTER removes them.
+    e2ae_registration: Option<(String, Vec<String>, bool)>,
+    /// P-CSCF INVITE handled by the IMS-ALG.
+    alg: Option<AlgLeg>,
     finished: bool,
     created: Instant,
 }
@@ -105,6 +143,14 @@ pub struct Proxy {
     contexts: HashMap<TransactionKey, Context>,
     /// Client transaction → server transaction of its context.
     branches: HashMap<TransactionKey, TransactionKey>,
+    /// P-CSCF IMS-ALG: AORs and contact AORs registered with e2ae support.
+    e2ae_aors: HashSet<String>,
+    e2ae_contacts: HashSet<String>,
+    /// SIP Call-ID → the AGW calls set up for it (deleted on BYE or a failed INVITE).
+    alg_calls: HashMap<String, Vec<String>>,
+    pending: HashMap<u64, Pending>,
+    ng_out: Vec<NgRequest>,
+    next_ng: u64,
     /// Counters for logs and tests.
     pub stats: Stats,
 }
@@ -122,6 +168,12 @@ pub struct Stats {
     pub rejected: u64,
     /// INVITE offers refused for their `a=crypto` lines (P-CSCF).
     pub sdes_refused: u64,
+    /// IMS-ALG: offers and answers the AGW rewrote for e2ae (P-CSCF).
+    pub e2ae_applied: u64,
+    /// IMS-ALG: SDP bodies whose `a=3ge2ae` this P-CSCF removed (it did not insert them).
+    pub e2ae_stripped: u64,
+    /// IMS-ALG: ng commands that failed (no reply, or refused).
+    pub agw_failures: u64,
 }
 
 fn branch_id() -> String {
@@ -135,7 +187,20 @@ fn header(name: HeaderName, value: impl Into<Bytes>) -> Option<Header> {
 impl Proxy {
     /// A proxy listening at `local`.
     pub fn new(config: ProxyConfig, local: SocketAddr) -> Self {
-        Self { config, local, registrar: Registrar::default(), contexts: HashMap::new(), branches: HashMap::new(), stats: Stats::default() }
+        Self {
+            config,
+            local,
+            registrar: Registrar::default(),
+            contexts: HashMap::new(),
+            branches: HashMap::new(),
+            e2ae_aors: HashSet::new(),
+            e2ae_contacts: HashSet::new(),
+            alg_calls: HashMap::new(),
+            pending: HashMap::new(),
+            ng_out: Vec::new(),
+            next_ng: 0,
+            stats: Stats::default(),
+        }
     }
 
     /// The registrar (S-CSCF).
@@ -238,6 +303,13 @@ impl Proxy {
                     let warning = header(HeaderName::Warning, format!("399 pcscf \"{}\"", reason.replace('"', "'")));
                     return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
                 }
+                if self.alg_enabled() {
+                    return self.alg_invite(key, request, source, now);
+                }
+                self.route(key, request, now)
+            }
+            Method::Bye if self.alg_enabled() => {
+                self.alg_delete(&call_id);
                 self.route(key, request, now)
             }
             _ => self.route(key, request, now),
@@ -371,8 +443,19 @@ impl Proxy {
             && self.config.mediasec
             && request.method == Method::Register
             && request.headers.get_all(&HeaderName::parse(&Bytes::from_static(b"Security-Client"))).any(|h| String::from_utf8_lossy(&h.value()).to_ascii_lowercase().contains("mediasec"));
-        let mut context =
-            Context { server: key.clone(), method: request.method.clone(), branches: Vec::new(), best: None, forwarded_2xx: false, security_server, finished: false, created: now };
+        let e2ae_registration = if security_server && self.alg_enabled() { registration_of(&request) } else { None };
+        let mut context = Context {
+            server: key.clone(),
+            method: request.method.clone(),
+            branches: Vec::new(),
+            best: None,
+            forwarded_2xx: false,
+            security_server,
+            e2ae_registration,
+            alg: None,
+            finished: false,
+            created: now,
+        };
         let me = format!("<sip:{};lr>", self.local);
         for (uri, path, to) in targets {
             let mut branch = request.clone();
@@ -415,12 +498,43 @@ impl Proxy {
 
     fn on_response(&mut self, key: &TransactionKey, mut response: Response) -> Vec<Command> {
         let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
-        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
+        let Some(context) = self.contexts.get(&server) else { return Vec::new() };
         let code = response.status.code();
         response.headers.remove_first(&HeaderName::Via);
         if context.method == Method::Cancel || code == 100 {
             return Vec::new();
         }
+        if self.alg_enabled() && context.method == Method::Invite {
+            let leg = context.alg.clone();
+            let mut message = Message::Response(response);
+            let sdp = mediasec_sip::body::sdp(&message).ok().flatten();
+            let Message::Response(r) = &message else { return Vec::new() };
+            match (leg, sdp) {
+                // An answer (18x or 2xx) of an e2ae call: held until the AGW rewrote it.
+                (Some(leg), Some(sdp)) if code < 300 => {
+                    let to_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
+                    let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &to_tag, &sdp).to_vec();
+                    let pending = Pending::Answer { server, client: key.clone(), response: r.clone(), side: leg.side };
+                    self.ng(command, pending);
+                    return Vec::new();
+                }
+                (Some(_), _) if code >= 300 => {
+                    let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                    self.alg_delete(&call_id);
+                }
+                (_, Some(sdp)) => self.strip_foreign(&mut message, sdp),
+                _ => {}
+            }
+            let Message::Response(r) = message else { return Vec::new() };
+            response = r;
+        }
+        self.forward_response(server, key, response)
+    }
+
+    /// The forwarding half of [`Self::on_response`] (after the IMS-ALG, if any, rewrote the SDP).
+    fn forward_response(&mut self, server: TransactionKey, key: &TransactionKey, mut response: Response) -> Vec<Command> {
+        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
+        let code = response.status.code();
         if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key)
             && code >= 200
         {
@@ -434,6 +548,18 @@ impl Proxy {
                 && let Some(h) = header(security_server_name(), "sdes-srtp;mediasec")
             {
                 response.headers.push(h);
+            }
+            if let Some((aor, contacts, remove)) = context.e2ae_registration.take() {
+                if remove {
+                    self.e2ae_aors.remove(&aor);
+                    for c in &contacts {
+                        self.e2ae_contacts.remove(c);
+                    }
+                } else {
+                    tracing::info!(%aor, "UE registered e2ae support (the IMS-ALG applies to its calls)");
+                    self.e2ae_aors.insert(aor);
+                    self.e2ae_contacts.extend(contacts);
+                }
             }
             context.forwarded_2xx = true;
             context.finished = true;
@@ -452,6 +578,166 @@ impl Proxy {
             context.best = Some(response);
         }
         finish_if_done(context)
+    }
+
+    /// This P-CSCF is an IMS-ALG (mediasec indication supported and an AGW configured).
+    fn alg_enabled(&self) -> bool {
+        self.config.role == Role::Pcscf && self.config.mediasec && self.config.agw_ng.is_some()
+    }
+
+    /// Removes every `a=3ge2ae` from a message the ALG does not secure (TS 33.328 §7.1: only
+    /// this P-CSCF may indicate e2ae to its UEs).
+    fn strip_foreign(&mut self, message: &mut Message, mut sdp: mediasec_sdp::Sdp) {
+        if alg::strip(&mut sdp) > 0 {
+            self.stats.e2ae_stripped += 1;
+            if let Err(e) = mediasec_sip::body::set_sdp(message, &sdp) {
+                tracing::warn!(error = %e, "IMS-ALG: the body without a=3ge2ae could not be set");
+            }
+        }
+    }
+
+    /// Queues an ng command; `pending` continues when its reply arrives.
+    fn ng(&mut self, command: Vec<u8>, pending: Pending) {
+        self.next_ng += 1;
+        self.pending.insert(self.next_ng, pending);
+        self.ng_out.push(NgRequest { id: self.next_ng, command });
+    }
+
+    /// The ng commands to send now (the service sends them in order, one at a time).
+    pub fn take_ng(&mut self) -> Vec<NgRequest> {
+        std::mem::take(&mut self.ng_out)
+    }
+
+    /// Deletes every AGW call of a SIP call (BYE, or the INVITE failed).
+    fn alg_delete(&mut self, call_id: &str) {
+        for ng_call_id in self.alg_calls.remove(call_id).unwrap_or_default() {
+            tracing::info!(%call_id, %ng_call_id, "IMS-ALG: deleting the AGW call");
+            self.ng(alg::delete(&ng_call_id).to_vec(), Pending::Delete);
+        }
+    }
+
+    /// An INVITE at the IMS-ALG P-CSCF (TS 33.328 §7.2.1): an initial offer from an e2ae UE
+    /// with `a=3ge2ae:requested` (originating) or a plain initial offer towards an e2ae UE
+    /// (terminating) is held for the AGW; any other has its foreign `a=3ge2ae` removed and is
+    /// routed.
+    fn alg_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
+        let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        let from_core = Some(source) == self.config.scscf;
+        let initial = tag_of(&request.headers, &HeaderName::To).is_none();
+        if !initial && self.alg_calls.contains_key(&call_id) {
+            // Renegotiating through the AGW is not implemented: refused, never passed end to end.
+            let warning = header(HeaderName::Warning, "399 pcscf \"re-INVITE of an e2ae call is not supported by this IMS-ALG\"");
+            return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
+        }
+        let mut message = Message::Request(request);
+        let Ok(Some(sdp)) = mediasec_sip::body::sdp(&message) else {
+            let Message::Request(r) = message else { return Vec::new() };
+            return self.route(key, r, now);
+        };
+        let Message::Request(r) = &message else { return Vec::new() };
+        let from = r.headers.get(&HeaderName::From).and_then(|h| mediasec_sip::core::Address::parse(&h.value(), "From").ok());
+        let from_aor = from.map(|a| aor(&String::from_utf8_lossy(&a.uri.to_bytes()))).unwrap_or_default();
+        let target = aor(&String::from_utf8_lossy(&r.uri.to_bytes()));
+        let side = if !from_core && initial && self.e2ae_aors.contains(&from_aor) && alg::requested(&sdp) {
+            Some(alg::Side::Originating)
+        } else if from_core && initial && self.e2ae_contacts.contains(&target) && alg::plain_offer(&sdp) {
+            Some(alg::Side::Terminating)
+        } else {
+            None
+        };
+        let Some(side) = side else {
+            self.strip_foreign(&mut message, sdp);
+            let Message::Request(r) = message else { return Vec::new() };
+            return self.route(key, r, now);
+        };
+        let from_tag = tag_of(&r.headers, &HeaderName::From).unwrap_or_default();
+        let ng_call_id = match side {
+            alg::Side::Originating => format!("{call_id};orig"),
+            // One AGW call per terminating branch (the S-CSCF may fork to several contacts).
+            alg::Side::Terminating => format!("{call_id};term;{}", self.next_ng),
+        };
+        let command = alg::offer(&ng_call_id, &from_tag, &sdp, side).to_vec();
+        tracing::info!(%call_id, ?side, %ng_call_id, "IMS-ALG: e2ae offer to the AGW");
+        self.alg_calls.entry(call_id).or_default().push(ng_call_id.clone());
+        let Message::Request(request) = message else { return Vec::new() };
+        let out = self.reply(&key, &request, 100, "Trying", vec![]);
+        let leg = AlgLeg { ng_call_id, from_tag, side };
+        self.ng(command, Pending::Offer { key, request, leg, now });
+        out
+    }
+
+    /// The AGW's reply to ng command `id` (`Err`: no reply in time, with the reason);
+    /// continues what waited for it.
+    pub fn ng_result(&mut self, id: u64, reply: Result<Vec<u8>, String>, now: Instant) -> Vec<Command> {
+        let Some(pending) = self.pending.remove(&id) else { return Vec::new() };
+        let sdp = reply.and_then(|r| alg::reply_sdp(&r));
+        match pending {
+            Pending::Delete => {
+                if let Err(reason) = sdp {
+                    // A delete answers without `sdp`; only a refusal or silence is a failure.
+                    if !reason.contains("without sdp") {
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%reason, "IMS-ALG: delete failed");
+                    }
+                }
+                Vec::new()
+            }
+            Pending::Offer { key, request, leg, now: received } => {
+                let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                let mut sdp = match sdp {
+                    Ok(sdp) => sdp,
+                    Err(reason) => {
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the offer");
+                        self.alg_delete(&call_id);
+                        let warning = header(HeaderName::Warning, format!("399 pcscf \"IMS-AGW: {}\"", reason.replace('"', "'")));
+                        return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
+                    }
+                };
+                match leg.side {
+                    alg::Side::Originating => alg::strip(&mut sdp),
+                    alg::Side::Terminating => alg::towards_ue(&mut sdp),
+                };
+                let mut message = Message::Request(request);
+                if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
+                    tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten offer could not be set");
+                }
+                let Message::Request(request) = message else { return Vec::new() };
+                self.stats.e2ae_applied += 1;
+                let out = self.route(key.clone(), request, received.max(now));
+                if let Some(c) = self.contexts.get_mut(&key) {
+                    c.alg = Some(leg);
+                }
+                // The 100 went out when the INVITE arrived.
+                out.into_iter().filter(|c| !matches!(c, Command::Respond { response, .. } if response.status.code() == 100)).collect()
+            }
+            Pending::Answer { server, client, response, side } => {
+                let mut message = Message::Response(response);
+                match sdp {
+                    Ok(mut sdp) => {
+                        match side {
+                            alg::Side::Originating => alg::towards_ue(&mut sdp),
+                            alg::Side::Terminating => alg::strip(&mut sdp),
+                        };
+                        self.stats.e2ae_applied += 1;
+                        let _ = mediasec_sip::body::set_sdp(&mut message, &sdp);
+                    }
+                    Err(reason) => {
+                        // Forwarded without any e2ae indication: the UE sees no "applied" and its
+                        // own policy decides (an SDES UE refuses the plain answer as a downgrade).
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%reason, "IMS-ALG: the AGW did not take the answer");
+                        if let Ok(Some(mut sdp)) = mediasec_sip::body::sdp(&message)
+                            && alg::strip(&mut sdp) > 0
+                        {
+                            let _ = mediasec_sip::body::set_sdp(&mut message, &sdp);
+                        }
+                    }
+                }
+                let Message::Response(response) = message else { return Vec::new() };
+                self.forward_response(server, &client, response)
+            }
+        }
     }
 
     fn on_timeout(&mut self, key: &TransactionKey) -> Vec<Command> {
@@ -554,6 +840,28 @@ fn via_address(via: &Via) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The `tag` parameter of a `From`/`To` header.
+fn tag_of(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Option<String> {
+    let value = headers.get(name)?.value().into_owned();
+    let address = mediasec_sip::core::Address::parse(&value, "From/To").ok()?;
+    address.tag().map(|t| String::from_utf8_lossy(t).into_owned())
+}
+
+/// A REGISTER's AOR, contact AORs, and whether it removes them (`Expires: 0` / `expires=0`).
+fn registration_of(request: &Request) -> Option<(String, Vec<String>, bool)> {
+    let to = request.headers.get(&HeaderName::To)?.value().into_owned();
+    let to = mediasec_sip::core::Address::parse(&to, "To").ok()?;
+    let mut contacts = Vec::new();
+    let mut remove = matches!(request.headers.typed::<mediasec_sip::core::headers::Expires>(), Some(Ok(e)) if e.0 == 0);
+    for h in request.headers.get_all(&HeaderName::Contact) {
+        for c in Contact::parse_list(&h.value()).ok()? {
+            remove |= c.param("expires").is_some_and(|e| e == b"0");
+            contacts.push(aor(&String::from_utf8_lossy(&c.uri.to_bytes())));
+        }
+    }
+    Some((aor(&String::from_utf8_lossy(&to.uri.to_bytes())), contacts, remove))
+}
+
 fn security_server_name() -> HeaderName {
     HeaderName::parse(&Bytes::from_static(b"Security-Server"))
 }
@@ -653,6 +961,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             peers: HashMap::from([("b.example".to_owned(), SocketAddr::from(([127, 0, 0, 1], 6060)))]),
             retarget: HashMap::new(),
             mediasec: true,
+            agw_ng: None,
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }

@@ -37,6 +37,7 @@ fn ue(aor: &str, proxy: SocketAddr, security: Security, tone: f64, expect: f64) 
         expect_hz: Some(expect),
         initial_seq: 1000,
         anonymous: false,
+        e2ae: false,
         timers: Timers::default(),
     }
 }
@@ -609,5 +610,193 @@ mod mikey_ticket {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+    }
+}
+
+/// e2ae (TS 33.328 §4.1.2.1, §7.2.1) through P-CSCF a as IMS-ALG driving our IMS-AGW over ng.
+mod e2ae {
+    use super::*;
+    use mediasec_agw::bencode::Value;
+    use mediasec_agw::{Agw, Config, ServerConfig};
+    use std::sync::{Arc, Mutex};
+
+    async fn agw() -> Agw {
+        // A port range of its own per test run (tests run in parallel in this binary).
+        let base = 20_000 + 2 * (rand::random::<u16>() % 10_000);
+        Agw::start(ServerConfig {
+            listen_ng: "127.0.0.1:0".parse().expect("addr"),
+            interface: "127.0.0.1".parse().expect("ip"),
+            port_min: base,
+            port_max: base + 99,
+            metrics: None,
+            control: Config { address: "127.0.0.1".parse().expect("ip"), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
+        })
+        .await
+        .expect("AGW")
+    }
+
+    /// An ng `query` of one AGW call (blocking client of `mediasec_agw::ng`, off the runtime).
+    async fn query(ng: SocketAddr, call_id: String) -> Value<'static> {
+        tokio::task::spawn_blocking(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+            socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let q = Value::dict([("command", Value::str("query")), ("call-id", Value::str(call_id))]);
+            mediasec_agw::ng::request(&socket, ng, &q).expect("query reply")
+        })
+        .await
+        .expect("join")
+    }
+
+    fn int(v: &Value<'_>, path: &[&str]) -> i64 {
+        path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_int).unwrap_or_else(|| panic!("{path:?} in {v:?}"))
+    }
+
+    fn leg<'a>(q: &'a Value<'static>, side: &str) -> &'a Value<'static> {
+        q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(side)).unwrap_or_else(|| panic!("stream leg {side} in {q:?}"))
+    }
+
+    /// A relay in front of S-CSCF b (requests a → b, responses b → a) that records every SDP
+    /// body crossing the core, and puts a foreign `a=3ge2ae:applied` into every response's
+    /// SDP when `inject` is set.
+    async fn core_relay(inject: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>, tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>, tokio::task::JoinHandle<()>) {
+        let mitm = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("relay");
+        let addr = mitm.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let (tx, rx) = tokio::sync::oneshot::channel::<(SocketAddr, SocketAddr)>();
+        let task = tokio::spawn(async move {
+            let Ok((a_side, b_side)) = rx.await else { return };
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let Ok((n, from)) = mitm.recv_from(&mut buf).await else { return };
+                let Some(bytes) = buf.get(..n) else { continue };
+                let to = if from == a_side { b_side } else { a_side };
+                let mut out = bytes.to_vec();
+                if let Ok(mut m) = mediasec_sip::core::parse_datagram(bytes::Bytes::copy_from_slice(bytes), &mediasec_sip::core::Limits::datagram())
+                    && let Ok(Some(mut sdp)) = mediasec_sip::body::sdp(&m)
+                {
+                    log.lock().expect("log").push(sdp.to_string());
+                    if inject && m.as_response().is_some() && mediasec_sdp::e2ae::add(&mut sdp, 0, &mediasec_sdp::E2aeIndication::Applied).is_ok() && mediasec_sip::body::set_sdp(&mut m, &sdp).is_ok() {
+                        out = m.to_bytes().to_vec();
+                    }
+                }
+                let _ = mitm.send_to(&out, to).await;
+            }
+        });
+        (addr, seen, tx, task)
+    }
+
+    /// Originating e2ae: alice (a.example, SDES, `a=3ge2ae:requested`) calls bob (b.example,
+    /// plain RTP). The core sees only plain RTP/AVP at the AGW's address, without any crypto
+    /// or e2ae indication; alice gets the AGW's key and `a=3ge2ae:applied`. Media is checked
+    /// by content at both UEs and by the AGW's per-leg counters (SRTP on the access leg, RTP
+    /// on the core leg); forged SRTP from the access side is dropped, counted, and never
+    /// reaches bob. BYE deletes the AGW call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn originating_e2ae_call_srtp_to_the_agw_rtp_in_the_core() {
+        let agw = agw().await;
+        let (relay, seen, peers, task) = core_relay(false).await;
+        let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
+        let _ = peers.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
+        let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
+        a.e2ae = true;
+        let alice = registered(a).await;
+        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (ra, rb) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert!(ra.e2ae_applied && !rb.e2ae_applied, "{ra:?} {rb:?}");
+        assert_eq!(ra.protection, "srtp AEAD_AES_256_GCM", "SRTP towards the AGW");
+        assert_eq!(rb.protection, "rtp", "plain RTP in the core");
+        for r in [&ra, &rb] {
+            assert!(r.media.verified >= 20 && r.media.refused == 0, "{r:?}");
+        }
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
+        }
+        assert_eq!(lab.pcscf_a.stats().e2ae_applied, 2, "offer and answer through the AGW: {:?}", lab.pcscf_a.stats());
+
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        let (access, core) = (leg(&q, "A"), leg(&q, "B"));
+        assert_eq!(access.get("protection").and_then(Value::as_str), Some("srtp"));
+        assert_eq!(core.get("protection").and_then(Value::as_str), Some("plain"));
+        for l in [access, core] {
+            assert!(int(l, &["received", "RTP", "packets"]) >= 20 && int(l, &["sent", "RTP", "packets"]) >= 20, "{l:?}");
+        }
+        // Forged SRTP (fresh sequence numbers, wrong tag) into the access port.
+        let port = u16::try_from(int(access, &["local port"])).expect("port");
+        let before_core_sent = int(core, &["sent", "RTP", "packets"]);
+        let forger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("forger");
+        for i in 0..10u16 {
+            let [s0, s1] = (60_000 + i).to_be_bytes();
+            let mut p = vec![0x80, 0, s0, s1, 0, 0, 0, 0, 0x0b, 0xad, 0xbe, 0xef];
+            p.extend_from_slice(&[0x55; 176]);
+            forger.send_to(&p, ("127.0.0.1", port)).await.expect("send");
+        }
+        let bob_before = only_call(&bob).await.media;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        assert_eq!(int(leg(&q, "A"), &["drops", "auth_failed"]), 10, "{q:?}");
+        let bob_after = only_call(&bob).await.media;
+        let core_sent = int(leg(&q, "B"), &["sent", "RTP", "packets"]) - before_core_sent;
+        assert_eq!(bob_after.accepted - bob_before.accepted, bob_after.verified - bob_before.verified, "only alice's tone reached bob");
+        assert!(core_sent <= int(leg(&q, "A"), &["received", "RTP", "packets"]) - 10, "{q:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call: {:?}", lab.pcscf_a.stats());
+        task.abort();
+    }
+
+    /// Terminating e2ae: bob (plain RTP) calls alice, who registered e2ae support. P-CSCF a
+    /// offers alice RTP/SAVP with the AGW's key and `a=3ge2ae:applied`; alice's answered key
+    /// is terminated in the AGW, bob gets a plain answer. Media verified by content both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terminating_e2ae_call() {
+        let agw = agw().await;
+        let (relay, seen, peers, task) = core_relay(false).await;
+        let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
+        let _ = peers.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
+        let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
+        a.e2ae = true;
+        let alice = registered(a).await;
+        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        let id = call(&bob, "sip:alice@a.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (rb, ra) = (bob.report(&id).await.expect("r").expect("call"), only_call(&alice).await);
+        assert!(ra.e2ae_applied && !rb.e2ae_applied, "{ra:?} {rb:?}");
+        assert_eq!((ra.protection.as_str(), rb.protection.as_str()), ("srtp AEAD_AES_256_GCM", "rtp"));
+        for r in [&ra, &rb] {
+            assert!(r.media.verified >= 20 && r.media.refused == 0, "{r:?}");
+        }
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae"), "core SDP: {sdp}");
+        }
+        bob.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        task.abort();
+    }
+
+    /// A forged `a=3ge2ae:applied` from the core never reaches the UE: alice (registered with
+    /// e2ae support, this call without `requested`) calls bob with SDES end to end, the relay
+    /// puts the indication into bob's answer, P-CSCF a removes it: the call runs SRTP end to
+    /// end with bob's key, no AGW, and alice does not believe in e2ae.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foreign_indications_are_removed() {
+        let agw = agw().await;
+        let (relay, _seen, peers, task) = core_relay(true).await;
+        let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
+        let _ = peers.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
+        let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
+        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (ra, rb) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert!(!ra.e2ae_applied, "the injected indication was removed: {ra:?}");
+        assert_eq!(ra.peer_key, rb.own_key, "SDES end to end, no AGW");
+        assert!(ra.media.verified >= 20 && rb.media.verified >= 20, "{ra:?} {rb:?}");
+        assert!(lab.pcscf_a.stats().e2ae_stripped >= 1 && lab.pcscf_a.stats().e2ae_applied == 0, "{:?}", lab.pcscf_a.stats());
+        assert_eq!(agw.call_count(), 0);
+        task.abort();
     }
 }

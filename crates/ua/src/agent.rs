@@ -71,6 +71,11 @@ pub struct UeConfig {
     /// With MIKEY-TICKET the KMS still knows the caller (the Ticket Request is authenticated
     /// with the caller's GBA key), and TRANSFER_INIT names the initiator's KMS UID.
     pub anonymous: bool,
+    /// Ask for end-to-access-edge security (TS 33.328 §7.2.1, TS 24.229 §7.5.2): the initial
+    /// SDES offer carries `a=3ge2ae:requested`. The P-CSCF then answers with the IMS-AGW's key
+    /// and `a=3ge2ae:applied` (reported as [`CallReport::e2ae_applied`]); SRTP runs to the AGW
+    /// only. Registration always indicates the capability (`Security-Client: sdes-srtp;mediasec`).
+    pub e2ae: bool,
     /// SIP timers.
     pub timers: Timers,
 }
@@ -128,6 +133,9 @@ pub struct CallReport {
     pub rekeys: u32,
     /// The peer as its `From` (callee) or `To` (caller) header presents it.
     pub peer_identity: String,
+    /// The SDP from the network said `a=3ge2ae:applied` (TS 24.229 §7.5.2): the P-CSCF
+    /// applied e2ae, our SRTP ends at the IMS-AGW.
+    pub e2ae_applied: bool,
 }
 
 /// The outcome of a registration.
@@ -260,6 +268,7 @@ struct Call {
     extra_forks_ended: u32,
     rekeys: u32,
     peer_identity: String,
+    e2ae_applied: bool,
     reinvite_seq: Option<u32>,
     waiter: Option<oneshot::Sender<Result<String, Error>>>,
     unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
@@ -280,6 +289,7 @@ impl Call {
             extra_forks_ended: self.extra_forks_ended,
             rekeys: self.rekeys,
             peer_identity: self.peer_identity.clone(),
+            e2ae_applied: self.e2ae_applied,
         }
     }
 
@@ -319,6 +329,13 @@ fn random_token() -> String {
 
 fn fill_random(buf: &mut [u8]) {
     rand::RngCore::fill_bytes(&mut rand::rng(), buf);
+}
+
+/// The audio stream carries `a=3ge2ae:applied` (TS 24.229 §7.5.2).
+fn e2ae_applied(sdp: &Sdp) -> bool {
+    offer_answer::audio(sdp).is_ok_and(|(i, _, _)| {
+        mediasec_sdp::e2ae::find(sdp, mediasec_sdp::Level::Media(i)).is_ok_and(|v| v.iter().any(|x| x == &Ok(mediasec_sdp::E2aeIndication::Applied)))
+    })
 }
 
 fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Option<String> {
@@ -447,6 +464,11 @@ impl Core {
             (security, _) => offer_answer::offer(rtp.local_addr(), 1, security, &self.config.sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None)),
         };
         let (sdp, offer, ticket) = match made {
+            Ok((sdp, offer, ticket)) if self.config.e2ae && matches!(self.config.security, Security::Sdes { .. }) => {
+                let mut body = Sdp::parse(&sdp);
+                let _ = mediasec_sdp::e2ae::add(&mut body, 0, &mediasec_sdp::E2aeIndication::Requested);
+                (body.to_string(), offer, ticket)
+            }
             Ok(m) => m,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -505,6 +527,7 @@ impl Core {
             extra_forks_ended: 0,
             rekeys: 0,
             peer_identity: target.to_owned(),
+            e2ae_applied: false,
             reinvite_seq: None,
             waiter: Some(tx),
             unit_waiter: None,
@@ -684,6 +707,11 @@ impl Core {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let status = response.status;
+        if let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response.clone()))
+            && status.code() < 300
+        {
+            call.e2ae_applied = e2ae_applied(&answer);
+        }
         if status.is_provisional() {
             if call.state == CallState::Established {
                 return Ok(());
@@ -819,6 +847,11 @@ impl Core {
         }
         if request.method == Method::Invite && code < 300 && code > 100 {
             b = b.header(HeaderName::Contact, self.contact())?;
+            // RFC 3261 §12.1.1: the dialog-creating response copies every Record-Route, in
+            // order, so the caller's in-dialog requests (ACK, BYE) take the proxies' path.
+            for rr in request.headers.get_all(&HeaderName::RecordRoute) {
+                b = b.header(HeaderName::RecordRoute, rr.value().into_owned())?;
+            }
         }
         if let Some(sdp) = body {
             b = b.header(HeaderName::ContentType, "application/sdp")?.body(sdp.to_owned());
@@ -843,6 +876,7 @@ impl Core {
         let to = dialog.local_header().clone();
         let rtp = self.new_rtp().await?;
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
+        let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let negotiated = match offer {
             Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
                 (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), rtp.ssrc()).await,
@@ -877,6 +911,7 @@ impl Core {
             extra_forks_ended: 0,
             rekeys: 0,
             peer_identity: header_text(&request.headers, &HeaderName::From).unwrap_or_default(),
+            e2ae_applied: applied,
             reinvite_seq: None,
             waiter: None,
             unit_waiter: None,

@@ -44,6 +44,10 @@ pub(crate) struct Args {
     /// P-CSCF: answer the mediasec registration indication (Security-Server: sdes-srtp;mediasec).
     #[arg(long)]
     mediasec: bool,
+    /// P-CSCF: act as IMS-ALG (e2ae) driving the IMS-AGW whose ng control address this is
+    /// (`mediasec agw --listen-ng`); needs --mediasec.
+    #[arg(long)]
+    agw_ng: Option<SocketAddr>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -61,13 +65,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         RoleArg::Scscf => Role::Scscf,
     };
     anyhow::ensure!(role == Role::Scscf || args.scscf.is_some(), "a P-CSCF needs --scscf");
+    anyhow::ensure!(args.agw_ng.is_none() || (role == Role::Pcscf && args.mediasec), "--agw-ng needs --role pcscf and --mediasec");
     let peers = args
         .peer
         .into_iter()
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng };
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;

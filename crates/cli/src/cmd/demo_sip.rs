@@ -44,6 +44,7 @@ fn ue(aor: &str, lab_proxy: std::net::SocketAddr, security: Security, tone: f64,
         expect_hz: Some(expect),
         initial_seq: 1000,
         anonymous: false,
+        e2ae: false,
         timers: Timers::default(),
     }
 }

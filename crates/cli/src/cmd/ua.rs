@@ -83,6 +83,9 @@ struct RunArgs {
     /// Call anonymously (From: anonymous, Privacy: id).
     #[arg(long)]
     anonymous: bool,
+    /// Request e2ae (a=3ge2ae:requested on SDES offers; the P-CSCF/IMS-AGW terminates SRTP).
+    #[arg(long)]
+    e2ae: bool,
     /// Exit 1 unless every established call verified at least this many tone packets.
     #[arg(long, default_value_t = 0)]
     min_verified: u64,
@@ -150,6 +153,7 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         expect_hz: Some(a.expect),
         initial_seq: 1000,
         anonymous: a.anonymous,
+        e2ae: a.e2ae,
         timers: Timers::default(),
     };
     let ue = Ue::start(config).await?;

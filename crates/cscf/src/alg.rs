@@ -1,0 +1,228 @@
+//! The P-CSCF's IMS-ALG for end-to-access-edge media security (TS 33.328 §4.1.2.1, §5.4.1,
+//! §7.2.1 e2ae with SDES; specs.md §4.1), sans-IO: it decides which SDP gets the e2ae
+//! treatment, builds the rtpengine *ng* commands (`offer`/`answer`/`delete`, the subset
+//! `docs/agw.md` lists) that make the IMS-AGW terminate SRTP towards the UE and relay plain RTP
+//! towards the core, and post-processes the SDP the AGW returns.
+//!
+//! - Originating (UE → core): the UE offers `RTP/SAVP` + `a=crypto` + `a=3ge2ae:requested`.
+//!   The AGW answers the UE's crypto and offers plain `RTP/AVP` towards the core; in the
+//!   answer back to the UE the AGW's `a=crypto` (UE's tag and suite, AGW's key) stands and
+//!   `a=3ge2ae:applied` is added to every secured stream.
+//! - Terminating (core → UE): a plain offer to a UE that registered e2ae support is turned
+//!   into `RTP/SAVP` with the AGW's `a=crypto` and `a=3ge2ae:applied`; the UE's answered
+//!   crypto is terminated in the AGW and a plain answer goes to the core. An `RTP/SAVP` offer
+//!   from the far end (e2e SDES) is left end to end.
+//! - Every `a=3ge2ae` that passes the P-CSCF is removed; only the one this ALG inserts stays
+//!   (TS 33.328 §7.1: the indication cannot be spoofed by anyone else).
+
+use std::borrow::Cow;
+
+use mediasec_agw::bencode::Value;
+use mediasec_sdp::e2ae::{self, E2aeIndication};
+use mediasec_sdp::{CryptoAttribute, Level, Sdp};
+
+/// Which side of the P-CSCF the e2ae UE is on for this call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The UE placed the call (its INVITE came from the access side).
+    Originating,
+    /// The UE is called (the INVITE came from the S-CSCF).
+    Terminating,
+}
+
+impl Side {
+    /// The ng `transport-protocol` for the offer's receiver: plain towards the core
+    /// (originating), SRTP towards the UE (terminating).
+    fn transport(self) -> &'static str {
+        match self {
+            Self::Originating => "RTP/AVP",
+            Self::Terminating => "RTP/SAVP",
+        }
+    }
+}
+
+/// The UE asked for e2ae on at least one stream (`a=3ge2ae:requested`, media level).
+pub fn requested(sdp: &Sdp) -> bool {
+    (0..sdp.media_count()).any(|i| {
+        e2ae::find(sdp, Level::Media(i))
+            .is_ok_and(|v| v.iter().any(|x| x == &Ok(E2aeIndication::Requested)))
+    })
+}
+
+/// Every live stream of an offer is plain `RTP/AVP` (what a terminating ALG secures towards
+/// the UE; a secured offer is end-to-end SDES and passes).
+pub fn plain_offer(sdp: &Sdp) -> bool {
+    let live: Vec<_> = (0..sdp.media_count())
+        .filter_map(|i| sdp.media_line(i).ok())
+        .filter(|m| m.port != 0)
+        .collect();
+    !live.is_empty() && live.iter().all(|m| m.proto == "RTP/AVP")
+}
+
+fn s(v: &str) -> Value<'static> {
+    Value::str(v.to_owned())
+}
+
+fn list(items: &[&str]) -> Value<'static> {
+    Value::List(items.iter().map(|i| s(i)).collect())
+}
+
+/// The ng `offer` (docs/agw.md): the offer with every `a=3ge2ae` removed, the profile the
+/// other side is to see, origin and session connection replaced, ICE removed.
+pub fn offer(ng_call_id: &str, from_tag: &str, sdp: &Sdp, side: Side) -> Value<'static> {
+    let mut sdp = sdp.clone();
+    e2ae::remove_all(&mut sdp);
+    Value::dict([
+        ("command", s("offer")),
+        ("call-id", s(ng_call_id)),
+        ("from-tag", s(from_tag)),
+        ("sdp", s(&sdp.to_string())),
+        ("transport-protocol", s(side.transport())),
+        ("replace", list(&["origin", "session-connection"])),
+        ("ICE", s("remove")),
+    ])
+}
+
+/// The ng `answer` for the answer carrying `to_tag`.
+pub fn answer(ng_call_id: &str, from_tag: &str, to_tag: &str, sdp: &Sdp) -> Value<'static> {
+    let mut sdp = sdp.clone();
+    e2ae::remove_all(&mut sdp);
+    Value::dict([
+        ("command", s("answer")),
+        ("call-id", s(ng_call_id)),
+        ("from-tag", s(from_tag)),
+        ("to-tag", s(to_tag)),
+        ("sdp", s(&sdp.to_string())),
+        ("replace", list(&["origin", "session-connection"])),
+        ("ICE", s("remove")),
+    ])
+}
+
+/// The ng `delete` of a whole call.
+pub fn delete(ng_call_id: &str) -> Value<'static> {
+    Value::dict([("command", s("delete")), ("call-id", s(ng_call_id))])
+}
+
+/// The rewritten SDP of an ng reply, or the reason it has none.
+pub fn reply_sdp(reply: &[u8]) -> Result<Sdp, String> {
+    let value = Value::decode(reply).map_err(|e| format!("undecodable ng reply: {e}"))?;
+    match value.get("result").and_then(Value::as_str) {
+        Some("ok") => {}
+        Some("error") => {
+            let reason = value
+                .get("error-reason")
+                .and_then(Value::as_bytes)
+                .map(String::from_utf8_lossy)
+                .unwrap_or(Cow::Borrowed("?"));
+            return Err(format!("IMS-AGW refused: {reason}"));
+        }
+        other => return Err(format!("ng reply result {other:?}")),
+    }
+    let sdp = value
+        .get("sdp")
+        .and_then(Value::as_bytes)
+        .ok_or("ng reply without sdp")?;
+    Sdp::parse_bytes(sdp).map_err(|e| format!("ng reply sdp: {e}"))
+}
+
+/// What goes towards the UE: no foreign indication, and `a=3ge2ae:applied` on every live
+/// stream the AGW secures (an `a=crypto` line present). Returns how many were marked.
+pub fn towards_ue(sdp: &mut Sdp) -> usize {
+    e2ae::remove_all(sdp);
+    let secured: Vec<usize> = (0..sdp.media_count())
+        .filter(|&i| sdp.media_line(i).is_ok_and(|m| m.port != 0))
+        .filter(|&i| {
+            sdp.attribute_values(Level::Media(i), CryptoAttribute::NAME)
+                .is_ok_and(|v| !v.is_empty())
+        })
+        .collect();
+    secured
+        .iter()
+        .filter(|&&i| e2ae::add(sdp, i, &E2aeIndication::Applied).is_ok())
+        .count()
+}
+
+/// What goes towards the core (or any SDP the ALG does not secure): no `a=3ge2ae` at all.
+/// Returns how many were removed.
+pub fn strip(sdp: &mut Sdp) -> usize {
+    e2ae::remove_all(sdp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UE_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\n";
+
+    #[test]
+    fn requested_and_plain_offers_are_recognised() {
+        let sdp = Sdp::parse(UE_OFFER);
+        assert!(requested(&sdp));
+        assert!(!plain_offer(&sdp));
+        let plain = Sdp::parse(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\na=3ge2ae:applied\r\n",
+        );
+        assert!(!requested(&plain), "applied is not a request");
+        assert!(plain_offer(&plain));
+    }
+
+    #[test]
+    fn ng_offer_carries_no_indication_and_the_core_profile() {
+        let v = offer("c1;orig", "ft", &Sdp::parse(UE_OFFER), Side::Originating);
+        let bytes = v.to_vec();
+        let d = Value::decode(&bytes).expect("decodes");
+        assert_eq!(d.get("command").and_then(Value::as_str), Some("offer"));
+        assert_eq!(
+            d.get("transport-protocol").and_then(Value::as_str),
+            Some("RTP/AVP")
+        );
+        let sdp = d.get("sdp").and_then(Value::as_str).expect("sdp");
+        assert!(
+            !sdp.contains("3ge2ae") && sdp.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80"),
+            "{sdp}"
+        );
+        let t = offer("c1;term;0", "ft", &Sdp::parse(UE_OFFER), Side::Terminating);
+        assert_eq!(
+            Value::decode(&t.to_vec())
+                .expect("decodes")
+                .get("transport-protocol")
+                .and_then(Value::as_str),
+            Some("RTP/SAVP")
+        );
+    }
+
+    #[test]
+    fn towards_ue_replaces_foreign_indications_by_applied_on_secured_streams() {
+        let mut sdp = Sdp::parse(
+            "v=0\r\na=3ge2ae:applied\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\nm=video 0 RTP/SAVP 96\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        );
+        assert_eq!(towards_ue(&mut sdp), 1);
+        let text = sdp.to_string();
+        assert_eq!(text.matches("a=3ge2ae").count(), 1, "{text}");
+        assert!(
+            text.contains("VubGVz\r\na=3ge2ae:applied\r\nm=video"),
+            "{text}"
+        );
+        assert_eq!(strip(&mut sdp), 1);
+        assert!(!sdp.to_string().contains("3ge2ae"));
+    }
+
+    #[test]
+    fn ng_replies_are_checked() {
+        let ok = Value::dict([
+            ("result", s("ok")),
+            ("sdp", s("v=0\r\nm=audio 1 RTP/AVP 0\r\n")),
+        ])
+        .to_vec();
+        assert_eq!(reply_sdp(&ok).expect("sdp").media_count(), 1);
+        let err = Value::dict([
+            ("result", s("error")),
+            ("error-reason", s("unsupported key \"x\"")),
+        ])
+        .to_vec();
+        assert!(reply_sdp(&err).is_err_and(|e| e.contains("unsupported key")));
+        assert!(reply_sdp(b"d6:result2:oke").is_err_and(|e| e.contains("without sdp")));
+        assert!(reply_sdp(b"garbage").is_err());
+    }
+}
