@@ -141,6 +141,7 @@ fn demo_passes_every_scenario() {
         "early media, SDES e2e",
         "call, MIKEY-TICKET e2e (KMS)",
         "forked call, MIKEY-TICKET, 2 contacts",
+        "e2ae call (IMS-ALG + AGW)",
     ];
     for name in kms.iter().chain(&sip) {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} line in\n{text}"));

@@ -4,6 +4,8 @@
 //! use a real BSF and KMS (the `mediasec-kms` lab: UEs bootstrap over Ub, tickets over Ua),
 //! same domain. Also measures the call set-up time per mode (dial → 2xx processed at
 //! the caller; for MIKEY-TICKET this includes Ticket Request and Ticket Resolve over HTTP).
+//! The e2ae call runs through P-CSCF a as IMS-ALG driving our IMS-AGW over ng: SRTP on the
+//! access leg, plain RTP in the core, checked by tone at both UEs and by the AGW's counters.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -147,9 +149,66 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static 
     Ok(Scenario { name, ok, setup: a.setup, detail })
 }
 
+/// An IMS-AGW on loopback for P-CSCF a, media ports from a range of its own.
+async fn agw() -> anyhow::Result<mediasec_agw::Agw> {
+    let base = 20_000 + 2 * (rand::random::<u16>() % 10_000);
+    let local: std::net::IpAddr = [127, 0, 0, 1].into();
+    let config = mediasec_agw::ServerConfig {
+        listen_ng: (local, 0).into(),
+        interface: local,
+        port_min: base,
+        port_max: base + 99,
+        metrics: None,
+        control: mediasec_agw::Config { address: local, sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
+    };
+    Ok(mediasec_agw::Agw::start(config).await?)
+}
+
+/// RTP packets received on one leg of an AGW call (`A` access, `B` core) and its protection,
+/// by an ng `query`.
+async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -> anyhow::Result<(String, i64)> {
+    use mediasec_agw::bencode::Value;
+    tokio::task::spawn_blocking(move || {
+        let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let q = mediasec_agw::ng::request(&socket, ng, &Value::dict([("command", Value::str("query")), ("call-id", Value::str(call_id))]))?;
+        let l = q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(leg)).context("no such leg in the query")?;
+        let protection = l.get("protection").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let received = l.get("received").and_then(|r| r.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int).unwrap_or(0);
+        Ok((protection, received))
+    })
+    .await?
+}
+
+/// The e2ae call (TS 33.328 §7.2.1): alice@a (SDES, `a=3ge2ae:requested`) → bob@b (plain
+/// RTP) through P-CSCF a as IMS-ALG and the IMS-AGW.
+async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+    let mut caller = ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ);
+    caller.e2ae = true;
+    let alice = registered(caller, None).await?;
+    let target = format!("sip:bob{n}@b.example");
+    let bob = registered(ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ), None).await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&target)).await.context("call timed out")??;
+    tokio::time::sleep(talk).await;
+    let a = alice.report(&id).await?.context("caller report")?;
+    let b = bob.reports().await?.into_iter().find(|r| r.state == CallState::Established).context("bob did not answer")?;
+    let (access, access_rx) = agw_leg(agw.ng_addr(), format!("{id};orig"), "A").await?;
+    let (core, core_rx) = agw_leg(agw.ng_addr(), format!("{id};orig"), "B").await?;
+    alice.hangup(&id).await?;
+    let mut ok = a.e2ae_applied && !b.e2ae_applied && a.protection == "srtp AEAD_AES_256_GCM" && b.protection == "rtp";
+    ok &= a.media.verified >= 10 && b.media.verified >= 10 && a.media.refused == 0 && b.media.refused == 0;
+    ok &= access == "srtp" && core == "plain" && access_rx >= 10 && core_rx >= 10;
+    let detail = format!(
+        "UE {} to the AGW (a=3ge2ae:applied), core {}; AGW legs {access} {access_rx} pkts / {core} {core_rx} pkts; verified {}↔{}",
+        a.protection, b.protection, a.media.verified, b.media.verified
+    );
+    Ok(Scenario { name: "e2ae call (IMS-ALG + AGW)", ok, setup: a.setup, detail })
+}
+
 /// Runs the SIP scenarios on a fresh lab.
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
-    let lab = TwoDomains::start(HashMap::new(), None).await?;
+    let agw = agw().await?;
+    let lab = TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await?;
     let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example"]).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -160,6 +219,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, None, 4, "early media, SDES e2e", sdes, 1, true, talk).await?,
         one_call(&lab, Some(&kms), 5, "call, MIKEY-TICKET e2e (KMS)", Security::MikeyTicket, 1, false, talk).await?,
         one_call(&lab, Some(&kms), 6, "forked call, MIKEY-TICKET, 2 contacts", Security::MikeyTicket, 2, false, talk).await?,
+        e2ae_call(&lab, &agw, 7, talk).await?,
     ])
 }
 
