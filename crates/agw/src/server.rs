@@ -11,7 +11,7 @@
 //! is only re-armed by a drain). No allocation, task wake-up or clock read per packet.
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use rand::RngCore as _;
 use tokio::net::UdpSocket;
 
@@ -185,77 +187,139 @@ async fn timer_loop(state: Shared) {
     }
 }
 
-/// Packets received per batch (and buffers of the media thread).
+/// Packet buffers of the media thread: packets received before the forwarded ones are sent.
 const BATCH: usize = 64;
+/// Packets read from one socket per visit (one `recvmmsg`).
+const READ_MAX: usize = 8;
 /// Received packets leave room for the SRTP trailer (tag + MKI) that protection appends.
 const RX_MAX: usize = 1900;
 /// How long the idle media thread waits before checking that the gateway still exists.
 const IDLE: Duration = Duration::from_millis(200);
 
-/// A packet to send: from our local port, to, length at the start of its buffer.
-type Outgoing = (u16, SocketAddr, usize);
+type Buf = [u8; 2048];
+
+/// The media thread's preallocated state: no allocation per packet.
+struct Batch {
+    bufs: Vec<Buf>,
+    /// Buffers filled since the last flush.
+    used: usize,
+    /// Packets to send: (buffer, our local port, destination, length).
+    out: Vec<(usize, u16, SocketAddr, usize)>,
+    headers: MultiHeaders<SockaddrStorage>,
+    /// Ports whose socket has not been drained since its last readiness event, and a flag
+    /// per port telling whether it is on that list.
+    ready: Vec<u16>,
+    queued: Vec<bool>,
+}
 
 fn media_thread(mut poll: Poll, state: &Weak<Mutex<State>>) {
     let mut events = Events::with_capacity(1024);
-    let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut out: Vec<Outgoing> = Vec::with_capacity(BATCH);
-    // Ports whose socket has not reported `WouldBlock` since its last readiness event.
-    let mut ready: Vec<u16> = Vec::new();
+    let mut b = Batch {
+        bufs: vec![[0; 2048]; BATCH],
+        used: 0,
+        out: Vec::with_capacity(BATCH),
+        headers: MultiHeaders::preallocate(READ_MAX, None),
+        ready: Vec::new(),
+        queued: vec![false; usize::from(u16::MAX) + 1],
+    };
     loop {
-        let timeout = if ready.is_empty() { IDLE } else { Duration::ZERO };
+        let timeout = if b.ready.is_empty() { IDLE } else { Duration::ZERO };
         if let Err(e) = poll.poll(&mut events, Some(timeout))
             && e.kind() != io::ErrorKind::Interrupted
         {
             tracing::error!(error = %e, "media poll failed; media relaying stopped");
             return;
         }
-        ready.extend(events.iter().filter_map(|e| u16::try_from(e.token().0).ok()));
+        for port in events.iter().filter_map(|e| u16::try_from(e.token().0).ok()) {
+            if let Some(q) = b.queued.get_mut(usize::from(port))
+                && !*q
+            {
+                *q = true;
+                b.ready.push(port);
+            }
+        }
         let Some(state) = state.upgrade() else { return };
-        if ready.is_empty() {
+        if b.ready.is_empty() {
             continue;
         }
         let mut st = lock(&state);
-        relay_pass(&mut st, &mut ready, &mut bufs, &mut out, Instant::now());
+        b.pass(&mut st, Instant::now());
     }
 }
 
-/// One pass over the ready sockets: at most one packet from each, sent in batches.
-fn relay_pass(st: &mut State, ready: &mut Vec<u16>, bufs: &mut [[u8; 2048]], out: &mut Vec<Outgoing>, now: Instant) {
-    let State { ctl, sockets } = st;
-    let mut i = 0;
-    while let Some(&port) = ready.get(i) {
-        let (Some(socket), Some(buf)) = (sockets.open.get(&port), bufs.get_mut(out.len())) else {
-            ready.swap_remove(i);
-            continue;
-        };
-        let Some(rx) = buf.get_mut(..RX_MAX) else { return };
-        match socket.recv_from(rx) {
-            Ok((n, from)) => {
-                if let Verdict::Forward { from_port, to, len } = ctl.relay_mut().handle(port, from, buf, n, now) {
-                    out.push((from_port, to, len));
-                    if out.len() == bufs.len() {
-                        flush(sockets, bufs, out);
+impl Batch {
+    /// One pass over the ready sockets: up to [`READ_MAX`] packets from each, relayed and
+    /// sent in batches; a socket that returned fewer is drained and leaves the list.
+    fn pass(&mut self, st: &mut State, now: Instant) {
+        let State { ctl, sockets } = st;
+        let mut i = 0;
+        while let Some(&port) = self.ready.get(i) {
+            if self.used + READ_MAX > self.bufs.len() {
+                self.flush(sockets);
+            }
+            let mut got = [(0usize, None); READ_MAX];
+            let more = match sockets.open.get(&port).map(|s| self.receive(s, &mut got)) {
+                Some(Ok(n)) => {
+                    for (len, from) in got.iter().take(n) {
+                        let slot = self.used;
+                        self.used += 1;
+                        // UDP always reports the source; the buffer exists (`used` < BATCH).
+                        let (Some(from), Some(buf)) = (from, self.bufs.get_mut(slot)) else { continue };
+                        if let Verdict::Forward { from_port, to, len } = ctl.relay_mut().handle(port, *from, buf, *len, now) {
+                            self.out.push((slot, from_port, to, len));
+                        }
                     }
+                    n == READ_MAX
                 }
+                // An ICMP error for an earlier send; the socket may still hold packets.
+                Some(Err(Errno::ECONNREFUSED)) => true,
+                // Drained (EAGAIN), failed, or closed by a `delete`.
+                Some(Err(_)) | None => false,
+            };
+            if more {
                 i += 1;
-            }
-            // An ICMP error for an earlier send; the socket may still hold packets.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => i += 1,
-            Err(_) => {
-                ready.swap_remove(i);
+            } else {
+                self.ready.swap_remove(i);
+                if let Some(q) = self.queued.get_mut(usize::from(port)) {
+                    *q = false;
+                }
             }
         }
+        self.flush(sockets);
     }
-    flush(sockets, bufs, out);
+
+    /// One `recvmmsg` of up to [`READ_MAX`] packets into the next free buffers; fills `got`
+    /// with (length, source) and returns how many arrived. Fewer than asked means the
+    /// socket's queue is empty, which re-arms its edge-triggered readiness.
+    fn receive(&mut self, socket: &std::net::UdpSocket, got: &mut [(usize, Option<SocketAddr>); READ_MAX]) -> Result<usize, Errno> {
+        let free: &mut [Buf; READ_MAX] =
+            self.bufs.get_mut(self.used..self.used + READ_MAX).and_then(|f| f.try_into().ok()).ok_or(Errno::ENOBUFS)?;
+        let mut iovs = free.each_mut().map(|b| [IoSliceMut::new(b.split_at_mut(RX_MAX).0)]);
+        let received = recvmmsg(socket.as_raw_fd(), &mut self.headers, &mut iovs, MsgFlags::MSG_DONTWAIT, None)?;
+        let mut n = 0;
+        for (slot, msg) in got.iter_mut().zip(received) {
+            *slot = (msg.bytes, msg.address.and_then(std_addr));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self, sockets: &Sockets) {
+        for &(slot, from_port, to, len) in &self.out {
+            if let (Some(socket), Some(packet)) = (sockets.open.get(&from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
+                let _ = socket.send_to(packet, to);
+            }
+        }
+        self.out.clear();
+        self.used = 0;
+    }
 }
 
-fn flush(sockets: &Sockets, bufs: &[[u8; 2048]], out: &mut Vec<Outgoing>) {
-    for (&(from_port, to, len), buf) in out.iter().zip(bufs) {
-        if let (Some(socket), Some(packet)) = (sockets.open.get(&from_port), buf.get(..len)) {
-            let _ = socket.send_to(packet, to);
-        }
+fn std_addr(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
     }
-    out.clear();
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text, anything else → 404.
