@@ -326,12 +326,24 @@ fn baresip_dir(root: &std::path::Path, name: &str, sip: u16, rtp: u16, account: 
 fn kamailio_drives_our_agw_between_baresip_uas() {
     if !need("kamailio (Debian kamailio)", Command::new("kamailio").arg("-v"))
         || !need("baresip (Debian baresip-core)", Command::new("sh").args(["-c", "test -e /usr/lib/baresip/modules/srtp.so && command -v baresip"]))
+        || !need("a C compiler for the bind shim (cc)", Command::new("cc").arg("--version"))
     {
         return;
     }
     let (ng_addr, _rt) = start_agw();
     let root = std::env::temp_dir().join(format!("mediasec-agw-kamailio-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&root).unwrap();
+    // baresip binds its RTP sockets to the wildcard address; the SIP tests' LD_PRELOAD shim
+    // turns those binds into 127.0.0.1 ones (nothing listens beyond loopback).
+    let shim = root.join("bind_lo.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&shim)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/sip/bind_lo.c"))
+        .arg("-ldl")
+        .status()
+        .unwrap();
+    assert!(built.success(), "the bind shim did not build");
     let (kam_port, alice_port, bob_port) = (free_udp_port(), free_sip_port(), free_sip_port());
     let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/kamailio.cfg")).unwrap();
     let cfg = template
@@ -363,6 +375,7 @@ fn kamailio_drives_our_agw_between_baresip_uas() {
     let spawn = |dir: &std::path::Path, extra: &[String]| {
         Daemon(
             Command::new("baresip")
+                .env("LD_PRELOAD", &shim)
                 .arg("-f")
                 .arg(dir)
                 .args(extra)
