@@ -989,6 +989,113 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
         }
     }
 
+    fn parse(text: &str) -> Message {
+        mediasec_sip::core::parse_datagram(Bytes::from(text.to_owned()), &mediasec_sip::core::Limits::datagram()).expect("parses")
+    }
+
+    fn sent(out: &[Command]) -> Vec<String> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Request { request, .. } => Some(Message::Request(request.clone()).to_bytes()),
+                Command::Respond { response, .. } => Some(Message::Response(response.clone()).to_bytes()),
+                _ => None,
+            })
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with
+    /// `a=3ge2ae:requested` is held for an ng `offer` (plain towards the core); the AGW's SDP
+    /// goes to the core without any indication; the core's answer goes to the AGW as an ng
+    /// `answer` and the AGW's SRTP answer reaches the UE with `a=3ge2ae:applied` (once). A
+    /// reply that is not ng (arbitrary bytes) refuses the INVITE with 488, never panics.
+    #[test]
+    fn alg_holds_offer_and_answer_for_the_agw() {
+        let ue = SocketAddr::from(([127, 0, 0, 1], 5071));
+        let scscf = SocketAddr::from(([127, 0, 0, 1], 5061));
+        let local = SocketAddr::from(([127, 0, 0, 1], 5060));
+        let config = ProxyConfig {
+            role: Role::Pcscf,
+            domain: "a.example".into(),
+            scscf: Some(scscf),
+            peers: HashMap::new(),
+            retarget: HashMap::new(),
+            mediasec: true,
+            agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
+        };
+        let mut p = Proxy::new(config, local);
+        let now = Instant::now();
+        let request = |text: &str| match parse(text) {
+            Message::Request(r) => (TransactionKey::from_request(&r).expect("key"), Box::new(r)),
+            Message::Response(_) => panic!("a request"),
+        };
+        let reg = "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKr1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=r\r\nTo: <sip:alice@a.example>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\nSecurity-Client: sdes-srtp;mediasec\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request(reg);
+        let out = p.handle(Event::Request { key, request: r, source: ue }, now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("REGISTER forwarded") };
+        let ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        let up = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
+        assert!(sent(&up).iter().any(|m| m.contains("Security-Server: sdes-srtp;mediasec")), "{up:?}");
+
+        let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\n";
+        let invite = |branch: &str, call: &str| {
+            format!(
+                "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+                offer.len()
+            )
+        };
+        let (key, r) = request(&invite("z9hG4bKi1", "c1"));
+        let out = p.handle(Event::Request { key, request: r, source: ue }, now);
+        assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
+        let ng = p.take_ng();
+        let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };
+        let value = mediasec_agw::bencode::Value::decode(&cmd.command).expect("bencode");
+        assert_eq!(value.get("command").and_then(|v| v.as_str()), Some("offer"));
+        assert_eq!(value.get("call-id").and_then(|v| v.as_str()), Some("c1;orig"));
+        let agw_offer = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30000 RTP/AVP 0\r\n";
+        let reply = mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(agw_offer))]);
+        let out = p.ng_result(cmd.id, Ok(reply.to_vec()), now);
+        let Some(Command::Request { request: fwd, to }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("INVITE forwarded") };
+        assert_eq!(to, scscf);
+        let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
+        assert!(text.ends_with(&format!("Content-Length: {}\r\n\r\n{agw_offer}", agw_offer.len())), "{text}");
+
+        let answer = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\na=3ge2ae:applied\r\n";
+        let mut ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        ok.headers.remove_first(&HeaderName::To);
+        ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
+        let mut m = Message::Response(ok);
+        mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse(answer)).expect("sdp");
+        let Message::Response(ok) = m else { panic!() };
+        let out = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
+        assert!(sent(&out).is_empty(), "held for the AGW: {out:?}");
+        let ng = p.take_ng();
+        let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };
+        let value = mediasec_agw::bencode::Value::decode(&cmd.command).expect("bencode");
+        assert_eq!(value.get("to-tag").and_then(|v| v.as_str()), Some("t"));
+        assert!(!value.get("sdp").and_then(|v| v.as_str()).unwrap_or_default().contains("3ge2ae"), "foreign indication not passed on");
+        let agw_answer = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30002 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let reply = mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(agw_answer))]);
+        let out = sent(&p.ng_result(cmd.id, Ok(reply.to_vec()), now));
+        let [to_ue] = out.as_slice() else { panic!("the 200 to the UE: {out:?}") };
+        assert!(to_ue.ends_with("VubGVz\r\na=3ge2ae:applied\r\n") && to_ue.matches("3ge2ae").count() == 1, "{to_ue}");
+        assert_eq!((p.stats.e2ae_applied, p.stats.e2ae_stripped), (2, 0));
+
+        // Garbage from the AGW: the UE gets 488 with the reason, the AGW call is deleted.
+        let (key, r) = request(&invite("z9hG4bKi2", "c2"));
+        let _ = p.handle(Event::Request { key, request: r, source: ue }, now);
+        let id = p.take_ng().first().expect("offer").id;
+        let out = sent(&p.ng_result(id, Ok(b"not bencode".to_vec()), now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("IMS-AGW")), "{out:?}");
+        let ng = p.take_ng();
+        assert!(ng.len() == 1 && String::from_utf8_lossy(&ng.first().expect("delete").command).contains("6:delete"), "{ng:?}");
+        assert_eq!(p.stats.agw_failures, 1);
+    }
+
     /// The seed of the mutation test is a real request: the S-CSCF pops its own Route and
     /// forwards to the next one (with its Via and Record-Route on top); the P-CSCF refuses
     /// the offer, whose only key has the wrong length, with 488.
