@@ -1004,6 +1004,51 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             .collect()
     }
 
+    fn request_event(text: &str) -> (TransactionKey, Box<Request>) {
+        match parse(text) {
+            Message::Request(r) => (TransactionKey::from_request(&r).expect("key"), Box::new(r)),
+            Message::Response(_) => panic!("a request"),
+        }
+    }
+
+    const UE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5071);
+    const SCSCF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5061);
+
+    /// An IMS-ALG P-CSCF with alice registered `sdes-srtp;mediasec` through it.
+    fn alg_with_e2ae_ue(now: Instant) -> Proxy {
+        let config = ProxyConfig {
+            role: Role::Pcscf,
+            domain: "a.example".into(),
+            scscf: Some(SCSCF),
+            peers: HashMap::new(),
+            retarget: HashMap::new(),
+            mediasec: true,
+            agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
+        };
+        let mut p = Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let reg = "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKr1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=r\r\nTo: <sip:alice@a.example>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\nSecurity-Client: sdes-srtp;mediasec\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(reg);
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("REGISTER forwarded") };
+        let ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        let up = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
+        assert!(sent(&up).iter().any(|m| m.contains("Security-Server: sdes-srtp;mediasec")), "{up:?}");
+        p
+    }
+
+    /// alice's INVITE with `a=3ge2ae:requested`.
+    fn e2ae_invite(branch: &str, call: &str) -> String {
+        let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\n";
+        format!(
+            "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
+    }
+
     /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with
     /// `a=3ge2ae:requested` is held for an ng `offer` (plain towards the core); the AGW's SDP
     /// goes to the core without any indication; the core's answer goes to the AGW as an ng
@@ -1011,43 +1056,11 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
     /// reply that is not ng (arbitrary bytes) refuses the INVITE with 488, never panics.
     #[test]
     fn alg_holds_offer_and_answer_for_the_agw() {
-        let ue = SocketAddr::from(([127, 0, 0, 1], 5071));
-        let scscf = SocketAddr::from(([127, 0, 0, 1], 5061));
-        let local = SocketAddr::from(([127, 0, 0, 1], 5060));
-        let config = ProxyConfig {
-            role: Role::Pcscf,
-            domain: "a.example".into(),
-            scscf: Some(scscf),
-            peers: HashMap::new(),
-            retarget: HashMap::new(),
-            mediasec: true,
-            agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
-        };
-        let mut p = Proxy::new(config, local);
         let now = Instant::now();
-        let request = |text: &str| match parse(text) {
-            Message::Request(r) => (TransactionKey::from_request(&r).expect("key"), Box::new(r)),
-            Message::Response(_) => panic!("a request"),
-        };
-        let reg = "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKr1\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=r\r\nTo: <sip:alice@a.example>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n\
-Contact: <sip:alice@127.0.0.1:5071>\r\nSecurity-Client: sdes-srtp;mediasec\r\nContent-Length: 0\r\n\r\n";
-        let (key, r) = request(reg);
-        let out = p.handle(Event::Request { key, request: r, source: ue }, now);
-        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("REGISTER forwarded") };
-        let ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
-        let up = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
-        assert!(sent(&up).iter().any(|m| m.contains("Security-Server: sdes-srtp;mediasec")), "{up:?}");
-
-        let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\n";
-        let invite = |branch: &str, call: &str| {
-            format!(
-                "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
-                offer.len()
-            )
-        };
+        let mut p = alg_with_e2ae_ue(now);
+        let (ue, scscf) = (UE, SCSCF);
+        let request = request_event;
+        let invite = e2ae_invite;
         let (key, r) = request(&invite("z9hG4bKi1", "c1"));
         let out = p.handle(Event::Request { key, request: r, source: ue }, now);
         assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
@@ -1144,6 +1157,22 @@ Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-
     }
 
     proptest! {
+        /// Whatever comes back from the AGW (arbitrary bytes, or a bencoded reply with an
+        /// arbitrary `sdp`), the IMS-ALG never panics and answers or forwards the INVITE.
+        #[test]
+        fn arbitrary_ng_replies_never_panic(reply in proptest::collection::vec(any::<u8>(), 0..600), sdp in "[ -~\r\n]{0,300}") {
+            let now = Instant::now();
+            for bytes in [reply.clone(), mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(sdp.clone()))]).to_vec()] {
+                let mut p = alg_with_e2ae_ue(now);
+                let (key, r) = request_event(&e2ae_invite("z9hG4bKp", "p1"));
+                let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+                let id = p.take_ng().first().map(|r| r.id);
+                prop_assert!(id.is_some());
+                let out = p.ng_result(id.unwrap_or_default(), Ok(bytes), now);
+                prop_assert!(out.iter().any(|c| matches!(c, Command::Request { .. } | Command::Respond { .. })), "{out:?}");
+            }
+        }
+
         /// Network input never panics the proxy core: arbitrary datagrams.
         #[test]
         fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
