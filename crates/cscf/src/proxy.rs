@@ -1162,7 +1162,7 @@ Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-
         #[test]
         fn arbitrary_ng_replies_never_panic(reply in proptest::collection::vec(any::<u8>(), 0..600), sdp in "[ -~\r\n]{0,300}") {
             let now = Instant::now();
-            for bytes in [reply.clone(), mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(sdp.clone()))]).to_vec()] {
+            for bytes in [reply, mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(sdp))]).to_vec()] {
                 let mut p = alg_with_e2ae_ue(now);
                 let (key, r) = request_event(&e2ae_invite("z9hG4bKp", "p1"));
                 let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
