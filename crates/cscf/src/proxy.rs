@@ -491,6 +491,14 @@ impl Proxy {
     fn on_cancel(&mut self, key: &TransactionKey, cancel: &Request) -> Vec<Command> {
         let mut out = self.reply(key, cancel, 200, "OK", vec![]);
         let Some(invite) = TransactionKey::for_cancelled_invite(cancel) else { return out };
+        // An INVITE still held for the AGW was never forwarded: it ends here (487, §9.2).
+        let held = self.pending.iter().find_map(|(id, p)| matches!(p, Pending::Offer { key, .. } if *key == invite).then_some(*id));
+        if let Some(Pending::Offer { key, request, .. }) = held.and_then(|id| self.pending.remove(&id)) {
+            let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+            self.alg_delete(&call_id);
+            out.extend(self.reply(&key, &request, 487, "Request Terminated", vec![]));
+            return out;
+        }
         let Some(context) = self.contexts.get_mut(&invite) else { return out };
         out.extend(cancel_pending(context, &mut self.stats));
         out
@@ -1097,6 +1105,18 @@ Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-
         let [to_ue] = out.as_slice() else { panic!("the 200 to the UE: {out:?}") };
         assert!(to_ue.ends_with("VubGVz\r\na=3ge2ae:applied\r\n") && to_ue.matches("3ge2ae").count() == 1, "{to_ue}");
         assert_eq!((p.stats.e2ae_applied, p.stats.e2ae_stripped), (2, 0));
+
+        // CANCEL while the INVITE waits for the AGW: 200 + 487, the AGW call deleted, and the
+        // late ng reply changes nothing.
+        let (key, r) = request(&invite("z9hG4bKi3", "c3"));
+        let _ = p.handle(Event::Request { key, request: r.clone(), source: ue }, now);
+        let id = p.take_ng().first().expect("offer").id;
+        let cancel = cancel_for(&r).expect("CANCEL");
+        let (key, c) = (TransactionKey::from_request(&cancel).expect("key"), Box::new(cancel));
+        let out = sent(&p.handle(Event::Request { key, request: c, source: ue }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 200")) && out.iter().any(|m| m.starts_with("SIP/2.0 487")), "{out:?}");
+        assert!(String::from_utf8_lossy(&p.take_ng().first().expect("delete").command).contains("6:delete"));
+        assert!(p.ng_result(id, Ok(b"d6:result2:oke".to_vec()), now).is_empty());
 
         // Garbage from the AGW: the UE gets 488 with the reason, the AGW call is deleted.
         let (key, r) = request(&invite("z9hG4bKi2", "c2"));
