@@ -379,13 +379,14 @@ mod baresip {
         let _ = s.read(&mut buf);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sdes_srtp_calls_with_baresip_both_directions() {
+    /// baresip "bob" (1500 Hz tone, auto-answer) registered through P-CSCF b, SRTP mandatory
+    /// or plain RTP; its RTP bound to loopback by the LD_PRELOAD shim. Returns the process and
+    /// its ctrl_tcp port, or `None` when baresip or cc is missing (skip line printed).
+    async fn baresip_bob(lab: &Lab, dir: &Dir, srtp: bool) -> Option<(Peer, u16)> {
         if !found("baresip") || !found("cc") {
             mediasec_testkit::peer_unavailable("baresip", "needs `baresip` (Debian baresip-core) and a C compiler for the bind shim");
-            return;
+            return None;
         }
-        let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0).expect("dir");
         let root = mediasec_testkit::repo_root().join("tests/interop/sip");
         let shim = dir.0.join("bind_lo.so");
@@ -399,22 +400,22 @@ mod baresip {
         assert!(built.success(), "bind shim did not build");
         write_wav(&dir.0.join("tone.wav"), BOB_HZ, 30);
         write_wav(&dir.0.join("alert.wav"), BOB_HZ, 1);
-
-        let lab = lab().await;
         let (sip_port, ctrl_port) = (free_port(), free_port());
         let fill = |text: String| {
-            text.replace("@SIP_PORT@", &sip_port.to_string())
+            let text = text
+                .replace("@SIP_PORT@", &sip_port.to_string())
                 .replace("@CTRL_PORT@", &ctrl_port.to_string())
                 .replace("@DIR@", &dir.0.to_string_lossy())
                 .replace("@USER@", "bob")
-                .replace("@PCSCF_PORT@", &lab.pcscf_b.local_addr().port().to_string())
+                .replace("@PCSCF_PORT@", &lab.pcscf_b.local_addr().port().to_string());
+            if srtp { text } else { text.replace(";mediaenc=srtp-mand", "") }
         };
         for f in ["config", "accounts"] {
             let template = std::fs::read_to_string(root.join(format!("baresip.{f}"))).expect("template");
             std::fs::write(dir.0.join(f), fill(template)).expect("write");
         }
         let log = std::fs::File::create(dir.0.join("baresip.log")).expect("log");
-        let _peer = Peer(
+        let peer = Peer(
             Command::new("baresip")
                 .arg("-f")
                 .arg(&dir.0)
@@ -435,6 +436,48 @@ mod baresip {
             }
         };
         tokio::time::timeout(Duration::from_secs(10), bob_registered).await.expect("baresip registered through our P-CSCF");
+        Some((peer, ctrl_port))
+    }
+
+    /// e2ae with baresip as the far UE: our UE alice (SDES, `a=3ge2ae:requested`) → P-CSCF a
+    /// (IMS-ALG) + our IMS-AGW → S-CSCFs → baresip (plain RTP). alice verifies baresip's tone
+    /// arriving as SRTP from the AGW; baresip's decoded dump carries alice's tone, which the
+    /// AGW decrypted; the AGW's legs are `srtp` (access) and `plain` (core).
+    /// (baresip 1.0 itself cannot be the e2ae UE: it sends neither `Security-Client: …mediasec`
+    /// nor `a=3ge2ae:requested`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn e2ae_call_to_baresip_through_the_agw() {
+        let agw = e2ae::agw().await;
+        let lab = TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await.expect("lab");
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-e2ae-{}", std::process::id())));
+        let Some((_peer, _ctrl)) = baresip_bob(&lab, &dir, false).await else { return };
+        let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
+        a.e2ae = true;
+        let alice = registered(a).await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("baresip answered");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let q = e2ae::query(agw.ng_addr(), format!("{id};orig")).await;
+        alice.hangup(&id).await.expect("BYE");
+        let out = alice.report(&id).await.expect("r").expect("call");
+        assert!(out.e2ae_applied && out.protection.starts_with("srtp "), "{out:?}");
+        assert!(out.media.verified >= 80 && out.media.refused == 0, "baresip's tone verified through the AGW: {out:?}");
+        let (access, core) = (e2ae::leg(&q, "A"), e2ae::leg(&q, "B"));
+        assert_eq!(access.get("protection").and_then(mediasec_agw::bencode::Value::as_str), Some("srtp"));
+        assert_eq!(core.get("protection").and_then(mediasec_agw::bencode::Value::as_str), Some("plain"));
+        for l in [access, core] {
+            assert!(e2ae::int(l, &["received", "RTP", "packets"]) >= 80, "{l:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let dumps = dumps(&dir.0);
+        let (tone, frames) = tone_frames(dumps.last().expect("baresip dumped the call"), ALICE_HZ);
+        assert!(tone >= 80 && tone * 10 >= frames * 9, "baresip decoded our tone in {tone}/{frames} frames");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sdes_srtp_calls_with_baresip_both_directions() {
+        let lab = lab().await;
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-{}", std::process::id())));
+        let Some((_peer, ctrl_port)) = baresip_bob(&lab, &dir, true).await else { return };
 
         let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
         // Our UE calls baresip.
@@ -620,7 +663,7 @@ mod e2ae {
     use mediasec_agw::{Agw, Config, ServerConfig};
     use std::sync::{Arc, Mutex};
 
-    async fn agw() -> Agw {
+    pub(super) async fn agw() -> Agw {
         // A port range of its own per test run (tests run in parallel in this binary).
         let base = 20_000 + 2 * (rand::random::<u16>() % 10_000);
         Agw::start(ServerConfig {
@@ -636,7 +679,7 @@ mod e2ae {
     }
 
     /// An ng `query` of one AGW call (blocking client of `mediasec_agw::ng`, off the runtime).
-    async fn query(ng: SocketAddr, call_id: String) -> Value<'static> {
+    pub(super) async fn query(ng: SocketAddr, call_id: String) -> Value<'static> {
         tokio::task::spawn_blocking(move || {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
             socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
@@ -647,11 +690,11 @@ mod e2ae {
         .expect("join")
     }
 
-    fn int(v: &Value<'_>, path: &[&str]) -> i64 {
+    pub(super) fn int(v: &Value<'_>, path: &[&str]) -> i64 {
         path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_int).unwrap_or_else(|| panic!("{path:?} in {v:?}"))
     }
 
-    fn leg<'a>(q: &'a Value<'static>, side: &str) -> &'a Value<'static> {
+    pub(super) fn leg<'a>(q: &'a Value<'static>, side: &str) -> &'a Value<'static> {
         q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(side)).unwrap_or_else(|| panic!("stream leg {side} in {q:?}"))
     }
 
