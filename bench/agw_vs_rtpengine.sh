@@ -3,7 +3,8 @@
 # (--table=-1), same machine, same run, same load generator (`mediasec agw load`: sets N calls
 # up over ng, the UE side sends SRTP or the core side plain RTP at a paced rate, one packet per
 # call per round, and samples the relayed content). Each relay runs pinned to CPU $RELAY_CPU
-# with one worker thread; the CPU time it burns (utime+stime from /proc) during the run divides
+# with one worker thread (ours: a current-thread runtime for ng plus its one media thread; the
+# whole process is pinned and counted); the CPU time it burns (utime+stime from /proc) during the run divides
 # the packets it delivered. Paced, not flooded: rtpengine 10.5 discards a stream's packets once
 # its socket queue overflows ("UDP receive queue exceeded"), so a flood measures nothing.
 # usage: bench/agw_vs_rtpengine.sh [path/to/mediasec]   (cargo build --release -p mediasec)

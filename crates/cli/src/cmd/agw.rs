@@ -46,7 +46,8 @@ struct Serve {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Runtime worker threads (1: a single-threaded runtime).
+    /// Runtime worker threads for ng, timers and metrics (1: a single-threaded runtime); media
+    /// is relayed by one dedicated thread either way.
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
