@@ -729,14 +729,19 @@ mod e2ae {
         (addr, seen, tx, task)
     }
 
-    /// Originating e2ae: alice (a.example, SDES, `a=3ge2ae:requested`) calls bob (b.example,
-    /// plain RTP). The core sees only plain RTP/AVP at the AGW's address, without any crypto
-    /// or e2ae indication; alice gets the AGW's key and `a=3ge2ae:applied`. Media is checked
-    /// by content at both UEs and by the AGW's per-leg counters (SRTP on the access leg, RTP
-    /// on the core leg); forged SRTP from the access side is dropped, counted, and never
-    /// reaches bob. BYE deletes the AGW call.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn originating_e2ae_call_srtp_to_the_agw_rtp_in_the_core() {
+    /// The e2ae topology: our AGW, the two-domain lab with P-CSCF a as IMS-ALG and a relay
+    /// logging the SDP that crosses the core, alice (a.example) registered with e2ae support
+    /// and strict SDES, bob (b.example) on plain RTP.
+    struct E2aeLab {
+        agw: Agw,
+        lab: TwoDomains,
+        seen: Arc<Mutex<Vec<String>>>,
+        task: tokio::task::JoinHandle<()>,
+        alice: Ue,
+        bob: Ue,
+    }
+
+    async fn e2ae_lab() -> E2aeLab {
         let agw = agw().await;
         let (relay, seen, peers, task) = core_relay(false).await;
         let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
@@ -745,6 +750,18 @@ mod e2ae {
         a.e2ae = true;
         let alice = registered(a).await;
         let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        E2aeLab { agw, lab, seen, task, alice, bob }
+    }
+
+    /// Originating e2ae: alice (a.example, SDES, `a=3ge2ae:requested`) calls bob (b.example,
+    /// plain RTP). The core sees only plain RTP/AVP at the AGW's address, without any crypto
+    /// or e2ae indication; alice gets the AGW's key and `a=3ge2ae:applied`. Media is checked
+    /// by content at both UEs and by the AGW's per-leg counters (SRTP on the access leg, RTP
+    /// on the core leg); forged SRTP from the access side is dropped, counted, and never
+    /// reaches bob. BYE deletes the AGW call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn originating_e2ae_call_srtp_to_the_agw_rtp_in_the_core() {
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab().await;
         let id = call(&alice, "sip:bob@b.example").await.expect("established");
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let (ra, rb) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
@@ -795,14 +812,7 @@ mod e2ae {
     /// is terminated in the AGW, bob gets a plain answer. Media verified by content both ways.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn terminating_e2ae_call() {
-        let agw = agw().await;
-        let (relay, seen, peers, task) = core_relay(false).await;
-        let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
-        let _ = peers.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
-        let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
-        a.e2ae = true;
-        let alice = registered(a).await;
-        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        let E2aeLab { agw, lab: _lab, seen, task, alice, bob } = e2ae_lab().await;
         let id = call(&bob, "sip:alice@a.example").await.expect("established");
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let (rb, ra) = (bob.report(&id).await.expect("r").expect("call"), only_call(&alice).await);

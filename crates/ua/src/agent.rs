@@ -275,6 +275,38 @@ struct Call {
 }
 
 impl Call {
+    /// A call in set-up, before any offer, answer, dialog or waiter is attached.
+    fn new(role: Role, order: u64, invite: Request, rtp: RtpEndpoint, started: Instant, peer_identity: String) -> Self {
+        Self {
+            role,
+            state: CallState::Setup,
+            order,
+            dialog: None,
+            invite,
+            invite_key: None,
+            offer: None,
+            ticket: None,
+            ticket_answer: None,
+            answer: None,
+            answered: false,
+            rtp,
+            started,
+            setup: None,
+            early_verified: 0,
+            protection: String::new(),
+            peer_key: None,
+            own_key: None,
+            sdp_version: 1,
+            extra_forks_ended: 0,
+            rekeys: 0,
+            peer_identity,
+            e2ae_applied: false,
+            reinvite_seq: None,
+            waiter: None,
+            unit_waiter: None,
+        }
+    }
+
     fn report(&self, call_id: &str) -> CallReport {
         CallReport {
             call_id: call_id.to_owned(),
@@ -505,32 +537,10 @@ impl Core {
             .build();
         self.seq += 1;
         let call = Call {
-            role: Role::Caller,
-            state: CallState::Setup,
-            order: self.seq,
-            dialog: None,
-            invite: request.clone(),
-            invite_key: None,
             offer,
             ticket,
-            ticket_answer: None,
-            answer: None,
-            answered: false,
-            rtp,
-            started,
-            setup: None,
-            early_verified: 0,
-            protection: String::new(),
-            peer_key: None,
-            own_key: None,
-            sdp_version: 1,
-            extra_forks_ended: 0,
-            rekeys: 0,
-            peer_identity: target.to_owned(),
-            e2ae_applied: false,
-            reinvite_seq: None,
             waiter: Some(tx),
-            unit_waiter: None,
+            ..Call::new(Role::Caller, self.seq, request.clone(), rtp, started, target.to_owned())
         };
         self.calls.insert(call_id.clone(), call);
         let to = self.config.outbound_proxy;
@@ -888,33 +898,12 @@ impl Core {
             Err(e) => Err(e.into()),
         };
         self.seq += 1;
+        let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
         let mut call = Call {
-            role: Role::Callee,
-            state: CallState::Setup,
-            order: self.seq,
             dialog: Some(dialog),
-            invite: request.clone(),
             invite_key: Some(key.clone()),
-            offer: None,
-            ticket: None,
-            ticket_answer: None,
-            answer: None,
-            answered: false,
-            rtp,
-            started: Instant::now(),
-            setup: None,
-            early_verified: 0,
-            protection: String::new(),
-            peer_key: None,
-            own_key: None,
-            sdp_version: 1,
-            extra_forks_ended: 0,
-            rekeys: 0,
-            peer_identity: header_text(&request.headers, &HeaderName::From).unwrap_or_default(),
             e2ae_applied: applied,
-            reinvite_seq: None,
-            waiter: None,
-            unit_waiter: None,
+            ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
         };
         match negotiated {
             Err(e) => {
