@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use mediasec_cscf::lab::TwoDomains;
 use mediasec_sdp::SdesPolicy;
-use mediasec_sip::core::Timers;
 use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
 
 const ALICE_HZ: f64 = 1000.0;
@@ -25,21 +24,9 @@ async fn lab() -> Lab {
 }
 
 fn ue(aor: &str, proxy: SocketAddr, security: Security, tone: f64, expect: f64) -> UeConfig {
-    UeConfig {
-        aor: aor.into(),
-        sip_bind: "127.0.0.1:0".parse().expect("addr"),
-        rtp_ip: "127.0.0.1".parse().expect("ip"),
-        outbound_proxy: proxy,
-        security,
-        sdes: SdesPolicy::default(),
-        answering: Answering { auto: true, delay: Duration::from_millis(50), early_media: false },
-        tone_hz: tone,
-        expect_hz: Some(expect),
-        initial_seq: 1000,
-        anonymous: false,
-        e2ae: false,
-        timers: Timers::default(),
-    }
+    let mut config = UeConfig::loopback(aor, proxy, security, tone, expect);
+    config.answering.delay = Duration::from_millis(50);
+    config
 }
 
 const STRICT: Security = Security::Sdes { fallback: false };

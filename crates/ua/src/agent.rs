@@ -80,6 +80,30 @@ pub struct UeConfig {
     pub timers: Timers,
 }
 
+impl UeConfig {
+    /// A UE on 127.0.0.1 (SIP and RTP ports picked by the system) behind `outbound_proxy`,
+    /// sending a `tone_hz` tone and expecting `expect_hz` from its peers; answers at once,
+    /// default SDES suites, RTP sequence from 1000, not anonymous, no e2ae, RFC 3261 timers.
+    /// The labs, tests and demo start from this and set what differs.
+    pub fn loopback(aor: &str, outbound_proxy: SocketAddr, security: Security, tone_hz: f64, expect_hz: f64) -> Self {
+        Self {
+            aor: aor.into(),
+            sip_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rtp_ip: IpAddr::from([127, 0, 0, 1]),
+            outbound_proxy,
+            security,
+            sdes: SdesPolicy::default(),
+            answering: Answering { auto: true, delay: Duration::ZERO, early_media: false },
+            tone_hz,
+            expect_hz: Some(expect_hz),
+            initial_seq: 1000,
+            anonymous: false,
+            e2ae: false,
+            timers: Timers::default(),
+        }
+    }
+}
+
 /// Who placed the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

@@ -14,7 +14,6 @@ use anyhow::Context;
 use mediasec_cscf::lab::TwoDomains;
 use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
 use mediasec_sdp::SdesPolicy;
-use mediasec_sip::core::Timers;
 use mediasec_ua::ticket::KmsAccess;
 use mediasec_ua::{Answering, CallState, Security, Ue, UeConfig};
 
@@ -34,21 +33,7 @@ const CALLER_HZ: f64 = 1000.0;
 const CALLEE_HZ: f64 = 1500.0;
 
 fn ue(aor: &str, lab_proxy: std::net::SocketAddr, security: Security, tone: f64, expect: f64) -> UeConfig {
-    UeConfig {
-        aor: aor.into(),
-        sip_bind: ([127, 0, 0, 1], 0).into(),
-        rtp_ip: [127, 0, 0, 1].into(),
-        outbound_proxy: lab_proxy,
-        security,
-        sdes: SdesPolicy::default(),
-        answering: Answering { auto: true, delay: Duration::ZERO, early_media: false },
-        tone_hz: tone,
-        expect_hz: Some(expect),
-        initial_seq: 1000,
-        anonymous: false,
-        e2ae: false,
-        timers: Timers::default(),
-    }
+    UeConfig::loopback(aor, lab_proxy, security, tone, expect)
 }
 
 /// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork.
