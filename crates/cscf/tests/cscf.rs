@@ -23,6 +23,14 @@ async fn lab() -> Lab {
     lab_with(HashMap::new(), None).await
 }
 
+/// A temporary directory removed when the test ends.
+struct Dir(std::path::PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn ue(aor: &str, proxy: SocketAddr, security: Security, tone: f64, expect: f64) -> UeConfig {
     let mut config = UeConfig::loopback(aor, proxy, security, tone, expect);
     config.answering.delay = Duration::from_millis(50);
@@ -296,13 +304,6 @@ mod baresip {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     struct Peer(Child);
     impl Drop for Peer {
         fn drop(&mut self) {
@@ -548,11 +549,11 @@ mod mikey_ticket {
 
     const POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\n";
 
-    struct Dir(std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A BSF and the KMS of a.example (embedded stores under `dir`) with alice and bob.
+    async fn a_example_kms(dir: &Dir) -> KmsLab {
+        KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example"])
+            .await
+            .expect("KMS lab")
     }
 
     async fn kms_ue(kms: &KmsLab, uid: &str, config: UeConfig) -> Ue {
@@ -570,9 +571,7 @@ mod mikey_ticket {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn same_domain_call_with_key_forking() {
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-{}", std::process::id())));
-        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example"])
-            .await
-            .expect("KMS lab");
+        let kms = a_example_kms(&dir).await;
         let lab = lab().await;
         let p = lab.pcscf_a.local_addr();
         let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
@@ -603,9 +602,7 @@ mod mikey_ticket {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn anonymous_caller_still_known_to_the_kms() {
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-anon-{}", std::process::id())));
-        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example"])
-            .await
-            .expect("KMS lab");
+        let kms = a_example_kms(&dir).await;
         let lab = lab().await;
         let p = lab.pcscf_a.local_addr();
         let mut hidden = ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ);
