@@ -14,15 +14,7 @@ use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 
 const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/sdes_call.py");
 
-/// `Ok(())` if the tool is usable; otherwise skip (or panic when peers are required).
-fn need(tool: &str, probe: &mut Command) -> bool {
-    let ok = probe.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() != Ok("1"), "{tool} is required (MEDIASEC_REQUIRE_PEERS=1) but not usable");
-        println!("SKIP: {tool} not available");
-    }
-    ok
-}
+use mediasec_testkit::tool_usable as need;
 
 /// A child process killed (by PID) and reaped on drop.
 struct Daemon(Child);

@@ -585,14 +585,10 @@ proptest! {
 
 // ---------------------------------------------------------------- tshark oracle
 
-/// True if `tool` runs; otherwise fails under MEDIASEC_REQUIRE_PEERS=1 or prints a skip line.
+/// True if `tool` (Debian package tshark) runs; otherwise fails under
+/// MEDIASEC_REQUIRE_PEERS=1 or prints a skip line.
 fn have_tool(tool: &str) -> bool {
-    let ok = std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var("MEDIASEC_REQUIRE_PEERS").as_deref() != Ok("1"), "{tool} is required (apt-get install tshark)");
-        eprintln!("SKIP: {tool} not installed (Debian package tshark)");
-    }
-    ok
+    mediasec_testkit::tool_usable(tool, std::process::Command::new(tool).arg("--version"))
 }
 
 fn sip_invite(sdp: &str, n: usize) -> Vec<u8> {

@@ -18,6 +18,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Runs `probe`; `true` when it ran and exited with success. Otherwise reports `tool` as an
+/// unavailable peer ([`peer_unavailable`]) and returns `false`.
+pub fn tool_usable(tool: &str, probe: &mut std::process::Command) -> bool {
+    match probe.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status() {
+        Ok(s) if s.success() => true,
+        Ok(s) => {
+            peer_unavailable(tool, &format!("probe exited with {s}"));
+            false
+        }
+        Err(e) => {
+            peer_unavailable(tool, &e.to_string());
+            false
+        }
+    }
+}
+
 /// Reports a missing peer: panics when `MEDIASEC_REQUIRE_PEERS=1`, else prints a skip line.
 pub fn peer_unavailable(peer: &str, why: &str) {
     assert!(
