@@ -129,8 +129,22 @@ impl Bsf {
     }
 }
 
+/// Runs a handler's body on tokio's blocking pool: the store commits to redb (an fsync for
+/// every SQN it hands out), and a slow disk must not stall the runtime threads that serve the
+/// other connections.
+async fn off_runtime(b: Arc<Bsf>, f: impl FnOnce(&Bsf) -> Response + Send + 'static) -> Response {
+    tokio::task::spawn_blocking(move || f(&b)).await.unwrap_or_else(|e| {
+        warn!(error = %e, "BSF request task failed");
+        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })
+}
+
 async fn ub(State(b): State<Arc<Bsf>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
-    if method != Method::GET && method != Method::POST {
+    off_runtime(b, move |b| ub_blocking(b, &method, &headers, &body)).await
+}
+
+fn ub_blocking(b: &Bsf, method: &Method, headers: &HeaderMap, body: &Bytes) -> Response {
+    if *method != Method::GET && *method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Ub accepts GET or POST");
     }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -153,7 +167,7 @@ async fn ub(State(b): State<Arc<Bsf>>, method: Method, headers: HeaderMap, body:
         Ok(a) => a,
         Err(e) => return internal(&e),
     };
-    match bsf::verify_response(&b.cfg.bsf, &pending, &creds, method.as_str(), &body, &auth, now()) {
+    match bsf::verify_response(&b.cfg.bsf, &pending, &creds, method.as_str(), body, &auth, now()) {
         Verdict::Bootstrapped(session) => {
             if let Err(e) = b.store.put_session(&session) {
                 return internal(&e);
@@ -230,13 +244,17 @@ async fn zn(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if cert.0.is_none() && !bearer_ok(&headers, &b.cfg.zn_token) {
+    off_runtime(b, move |b| zn_blocking(b, cert.0.as_deref(), &headers, &body)).await
+}
+
+fn zn_blocking(b: &Bsf, cert: Option<&CertificateDer<'static>>, headers: &HeaderMap, body: &Bytes) -> Response {
+    if cert.is_none() && !bearer_ok(headers, &b.cfg.zn_token) {
         return text(StatusCode::UNAUTHORIZED, "Zn requires a NAF client certificate or a valid bearer token");
     }
-    let Ok(req) = serde_json::from_slice::<ZnRequest>(&body) else {
+    let Ok(req) = serde_json::from_slice::<ZnRequest>(body) else {
         return text(StatusCode::BAD_REQUEST, "expected {\"btid\",\"naf_fqdn\",\"ua_protocol_id\"}");
     };
-    if cert.0.as_ref().is_some_and(|c| !cert_names_naf(c, &req.naf_fqdn)) {
+    if cert.is_some_and(|c| !cert_names_naf(c, &req.naf_fqdn)) {
         return text(StatusCode::FORBIDDEN, "the NAF client certificate does not name naf_fqdn");
     }
     let Ok(ua) = UaProtocolId::from_hex(&req.ua_protocol_id) else {
@@ -278,10 +296,11 @@ async fn admin_list(State(b): State<Arc<Bsf>>, headers: HeaderMap) -> Response {
     if !bearer_ok(&headers, &b.cfg.admin_token) {
         return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
     }
-    match b.store.subscribers() {
+    off_runtime(b, |b| match b.store.subscribers() {
         Ok(v) => axum::Json(v.iter().map(Subscriber::public_view).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(&e),
-    }
+    })
+    .await
 }
 
 async fn admin_add(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -291,23 +310,25 @@ async fn admin_add(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -
     let Ok(sub) = serde_json::from_slice::<Subscriber>(&body) else {
         return text(StatusCode::BAD_REQUEST, "expected a subscriber JSON object");
     };
-    match b.store.add_subscriber(&sub) {
+    off_runtime(b, move |b| match b.store.add_subscriber(&sub) {
         Ok(()) => text(StatusCode::CREATED, "created"),
         Err(BsfError::Subscriber(_, why)) => text(StatusCode::CONFLICT, why),
         Err(BsfError::InvalidSubscriber(why)) => text(StatusCode::BAD_REQUEST, &why),
         Err(e) => internal(&e),
-    }
+    })
+    .await
 }
 
 async fn admin_remove(State(b): State<Arc<Bsf>>, headers: HeaderMap, Path(impi): Path<String>) -> Response {
     if !bearer_ok(&headers, &b.cfg.admin_token) {
         return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
     }
-    match b.store.remove_subscriber(&impi) {
+    off_runtime(b, move |b| match b.store.remove_subscriber(&impi) {
         Ok(true) => text(StatusCode::OK, "removed"),
         Ok(false) => text(StatusCode::NOT_FOUND, "no such subscriber"),
         Err(e) => internal(&e),
-    }
+    })
+    .await
 }
 
 async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
