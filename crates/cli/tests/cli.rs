@@ -1,6 +1,7 @@
 //! The `mediasec` binary end to end: `mediasec demo` passes, and `mediasec srtp decrypt` turns
 //! a capture protected by libsrtp 2.7 back into the original capture byte for byte (`encrypt`
 //! reproduces libsrtp's capture; other packets pass unchanged).
+#![allow(clippy::indexing_slicing)] // test code indexes the frames and JSON it built
 
 use std::path::Path;
 use std::process::Command;

@@ -64,14 +64,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     for _ in 0..reps.max(1) {
         let (mut tp, mut tu, mut done) = (0f64, 0f64, 0u64);
         while done < packets {
-            for (i, chunk) in buf.chunks_mut(slot).enumerate() {
-                chunk[0] = 0x80;
-                chunk[1] = 0;
-                chunk[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
-                chunk[4..8].copy_from_slice(&seq.wrapping_mul(160).to_be_bytes());
-                chunk[8..12].copy_from_slice(&0xcafe_babe_u32.to_be_bytes());
-                chunk[12..12 + size].copy_from_slice(&payload);
-                lens[i] = 12 + size;
+            for (chunk, len) in buf.chunks_mut(slot).zip(lens.iter_mut()) {
+                // RTP header (V=2, PT 0, SSRC 0xcafebabe), then the payload.
+                let mut header = [0x80, 0, 0, 0, 0, 0, 0, 0, 0xca, 0xfe, 0xba, 0xbe];
+                header[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+                header[4..8].copy_from_slice(&seq.wrapping_mul(160).to_be_bytes());
+                chunk.iter_mut().zip(header.iter().chain(&payload)).for_each(|(d, s)| *d = *s);
+                *len = 12 + size;
                 seq = seq.wrapping_add(1);
             }
             let t0 = Instant::now();
@@ -80,8 +79,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             let t1 = Instant::now();
             for (chunk, len) in buf.chunks_mut(slot).zip(lens.iter()) {
-                let n = rx.unprotect_rtp(&mut chunk[..*len])?;
-                anyhow::ensure!(chunk[12..n] == payload[..], "unprotected payload differs");
+                let packet = chunk.get_mut(..*len).context("protected packet outgrew its slot")?;
+                let n = rx.unprotect_rtp(packet)?;
+                anyhow::ensure!(chunk.get(12..n) == Some(&payload[..]), "unprotected payload differs");
             }
             let t2 = Instant::now();
             tp += (t1 - t0).as_secs_f64();

@@ -20,9 +20,9 @@ pub(crate) enum Node {
     /// A JSON scalar (or small fixed object).
     Leaf(Value),
     /// Named entries in wire order.
-    Obj(Vec<(String, Node)>),
+    Obj(Vec<(String, Self)>),
     /// A list (payload chains, CS maps, parameters).
-    Arr(Vec<Node>),
+    Arr(Vec<Self>),
 }
 
 impl From<Value> for Node {

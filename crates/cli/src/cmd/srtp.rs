@@ -187,7 +187,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             bail!("the capture mixes link types ({:?} and {:?}); a pcap output holds one", link, frame.link);
         }
         count += 1;
-        if count % 4096 == 0 {
+        if count.is_multiple_of(4096) {
             progress.set_message(format!("{count} packets"));
             progress.tick();
         }
