@@ -32,6 +32,7 @@ mod session;
 mod stream;
 mod suite;
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)] // indexes vectors of known shape
 mod vectors_test;
 
 pub use error::Error;

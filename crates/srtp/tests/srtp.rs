@@ -1,4 +1,5 @@
 //! Integration tests of the SRTP crate: behaviour, properties, and interop with libsrtp.
+#![allow(clippy::indexing_slicing)] // test code indexes packets and vectors of known shape
 
 #[path = "srtp/behaviour.rs"]
 mod behaviour;

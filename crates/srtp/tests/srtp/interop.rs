@@ -67,7 +67,7 @@ fn check_suite(peer: &Peer, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     let mut tampered = ours.pop().expect("10 000 packets");
     let replayed = ours[9_990].clone();
     tampered[12] ^= 0x80;
-    ours.push(replayed.clone());
+    ours.push(replayed);
     ours.push(tampered.clone());
     let back = libsrtp(peer, Op::Unprotect, Kind::Rtp, suite, &key, mki, &ours);
     for (i, ((status, rtp), original)) in back.iter().zip(&plain).take(9_999).enumerate() {
