@@ -140,8 +140,10 @@ fn demo_passes_every_scenario() {
         "call, SDES e2e (SRTP)",
         "forked call, SDES e2e, 2 contacts",
         "early media, SDES e2e",
+        "re-keyed call, SDES e2e",
         "call, MIKEY-TICKET e2e (KMS)",
         "forked call, MIKEY-TICKET, 2 contacts",
+        "re-keyed call, MIKEY-TICKET",
         "e2ae call (IMS-ALG + AGW)",
     ];
     for name in kms.iter().chain(&sip) {

@@ -470,7 +470,7 @@ impl Core {
                 }
             }
             Op::Reinvite(call_id, tx) => {
-                if let Err(e) = self.reinvite(&call_id, tx) {
+                if let Err(e) = self.reinvite(&call_id, tx).await {
                     tracing::warn!(error = %e, "re-INVITE");
                 }
             }
@@ -515,7 +515,7 @@ impl Core {
             }
         };
         let made = match (self.config.security, self.kms.as_mut()) {
-            (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, rtp.local_addr(), rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
+            (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
             (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
             (security, _) => offer_answer::offer(rtp.local_addr(), 1, security, &self.config.sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None)),
         };
@@ -572,7 +572,10 @@ impl Core {
         Ok(())
     }
 
-    fn reinvite(&mut self, call_id: &str, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
+    /// Re-INVITE with new keys: SDES offers fresh `a=crypto` keys (RFC 4568 §7.1.4);
+    /// MIKEY-TICKET makes a new Ticket Transfer (a fresh Ticket Request to our KMS for the
+    /// peer, TRANSFER_INIT in the offer), as our tickets are single-use.
+    async fn reinvite(&mut self, call_id: &str, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
         let via = self.via();
         let contact = self.contact();
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
@@ -584,20 +587,33 @@ impl Core {
             let _ = tx.send(Err(Error::NoSuchCall));
             return Ok(());
         };
-        if security == Security::MikeyTicket {
-            let _ = tx.send(Err(Error::Negotiation("re-keying a MIKEY-TICKET call (a new Ticket Transfer) is not implemented".into())));
-            return Ok(());
-        }
         call.sdp_version += 1;
-        let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
+        let (sdp, offer, ticket) = if security == Security::MikeyTicket {
+            let Some(kms) = self.kms.as_mut() else {
+                let _ = tx.send(Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())));
+                return Ok(());
+            };
+            match ticket::offer(kms, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity).await {
+                Ok((sdp, pending)) => (sdp, None, Some(pending)),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            }
+        } else {
+            let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
+            (offer.sdp.clone(), Some(offer), None)
+        };
         let mut request = dialog.request(Method::Invite, &via)?;
         mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
         let mut message = Message::Request(request);
-        mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&offer.sdp))?;
+        mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
         let Message::Request(request) = message else { return Ok(()) };
         let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
         call.reinvite_seq = Some(dialog.local_seq());
-        call.offer = Some(offer);
+        call.offer = offer;
+        call.ticket = ticket;
+        call.ticket_answer = None;
         call.unit_waiter = Some(tx);
         let call_id = call_id.to_owned();
         self.send_request(request, to, &call_id, Purpose::Reinvite)?;
@@ -716,9 +732,9 @@ impl Core {
                 let seq = call.reinvite_seq.unwrap_or_else(|| dialog.local_seq());
                 let ack = dialog.ack(seq, &via)?;
                 let to = dialog.next_hop();
-                let result = match (call.offer.as_ref(), mediasec_sip::body::sdp(&Message::Response(response))?) {
-                    (Some(offer), Some(answer)) => offer_answer::process_answer(offer, &answer, &self.config.sdes),
-                    _ => Err(Error::Negotiation("re-INVITE 2xx without an answer".into())),
+                let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
+                    Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
+                    None => Err(Error::Negotiation("re-INVITE 2xx without an answer".into())),
                 };
                 if let Some(to) = to {
                     self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
@@ -841,7 +857,7 @@ impl Core {
         let in_dialog = DialogId::of_received_request(&request).is_some();
         match request.method {
             Method::Invite if !in_dialog => self.incoming_call(key, request, call_id).await,
-            Method::Invite => self.incoming_reinvite(key, &request, &call_id),
+            Method::Invite => self.incoming_reinvite(key, &request, &call_id).await,
             Method::Cancel => {
                 self.respond(&key, &request, 200, "OK", None, None)?;
                 if let Some(call) = self.calls.get_mut(&call_id)
@@ -913,7 +929,7 @@ impl Core {
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let negotiated = match offer {
             Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
-                (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), rtp.ssrc()).await,
+                (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), 1, rtp.ssrc()).await,
                 _ => Err(Error::Negotiation("MIKEY-TICKET offered; not enabled here".into())),
             },
             Ok(Some(_)) if self.config.security == Security::MikeyTicket => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into())),
@@ -987,7 +1003,9 @@ impl Core {
         self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
-    fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
+    /// An offer inside the dialog: SDES answered by [`offer_answer`], a MIKEY-TICKET offer
+    /// (new Ticket Transfer) resolved at our KMS and answered with TRANSFER_RESP.
+    async fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
         let Some(call) = self.calls.get_mut(call_id) else {
             return self.respond(&key, request, 481, "Call/Transaction Does Not Exist", None, None);
@@ -1002,6 +1020,10 @@ impl Core {
         let to = dialog.local_header().clone();
         call.sdp_version += 1;
         let outcome = match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+            Ok(Some(offer)) if ticket::has_mikey(&offer) => match self.kms.as_mut() {
+                Some(kms) => ticket::answer(kms, &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
+                None => Err(Error::Negotiation("MIKEY-TICKET offer but no KMS access".into())),
+            },
             Ok(Some(offer)) => offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random),
             Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
             Err(e) => Err(e.into()),

@@ -90,24 +90,26 @@ pub fn has_mikey(sdp: &Sdp) -> bool {
     mikey_data(sdp).ok().flatten().is_some()
 }
 
-/// Offerer: Ticket Request (fresh, key forking asked) and TRANSFER_INIT for `callee_uri`.
-pub async fn offer(access: &mut KmsAccess, local: SocketAddr, ssrc: u32, callee_uri: &str) -> Result<(String, PendingCall), Error> {
+/// Offerer: Ticket Request (fresh, key forking asked) and TRANSFER_INIT for `callee_uri`, in
+/// an offer with SDP session version `version` (1, or higher in a re-INVITE).
+pub async fn offer(access: &mut KmsAccess, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str) -> Result<(String, PendingCall), Error> {
     let callee = uid_of(callee_uri)?;
     let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable: false, forking: true, lifetime: 300 };
     let held = access.client.request_ticket(&mut access.ue, &ask).await.map_err(kms)?;
     let (init, transfer) = access.ue.transfer_init(&held, &callee, rand::random(), ssrc, now(), rand::random()).map_err(kms)?;
-    Ok((sdp_text(local, 1, SAVP, &[key_mgmt_line(init)]), PendingCall { transfer, callee }))
+    Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(init)]), PendingCall { transfer, callee }))
 }
 
-/// Answerer: Ticket Resolve and TRANSFER_RESP; the answer SDP and the media.
-pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, ssrc: u32) -> Result<(String, Media), Error> {
+/// Answerer: Ticket Resolve and TRANSFER_RESP; the answer SDP (session version `version`)
+/// and the media.
+pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
     let (_, remote, _) = audio(offer)?;
     let init = mikey_data(offer)?.ok_or_else(|| Error::Negotiation("offer without a=key-mgmt:mikey".into()))?;
     let resolved = access.client.resolve(&mut access.ue, &init).await.map_err(kms)?;
     let (resp, media) = access.ue.transfer_resp(&resolved, &init, ssrc, now()).map_err(kms)?;
     // We send the responder's stream (CS 2) and receive the initiator's (CS 1).
     let protection = protection(&media.responder_stream, &media.initiator_stream)?;
-    Ok((sdp_text(local, 1, SAVP, &[key_mgmt_line(resp)]), Media { remote, protection }))
+    Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(resp)]), Media { remote, protection }))
 }
 
 /// Offerer: verifies TRANSFER_RESP and checks the authenticated responder is the callee.

@@ -4,6 +4,8 @@
 //! use a real BSF and KMS (the `mediasec-kms` lab: UEs bootstrap over Ub, tickets over Ua),
 //! same domain. Also measures the call set-up time per mode (dial → 2xx processed at
 //! the caller; for MIKEY-TICKET this includes Ticket Request and Ticket Resolve over HTTP).
+//! Re-keyed calls renew the keys with a re-INVITE: SDES with fresh `a=crypto` keys, MIKEY-TICKET
+//! with a new Ticket Transfer (a fresh ticket from the KMS, resolved by the callee).
 //! The e2ae call runs through P-CSCF a as IMS-ALG driving our IMS-AGW over ng: SRTP on the
 //! access leg, plain RTP in the core, checked by tone at both UEs and by the AGW's counters.
 
@@ -74,13 +76,24 @@ async fn registered(config: UeConfig, kms: Option<&Kms>) -> anyhow::Result<Ue> {
     Ok(ue)
 }
 
-/// One call alice@a → bob@b with `security` at both ends (`forks` contacts registered for bob,
-/// the later ones answering later); media runs for `talk`.
-/// Each scenario uses its own users (`n`), so no registration of an earlier one is forked to.
-/// SDES and plain calls go from a.example to b.example; MIKEY-TICKET calls stay in a.example
-/// (one KMS).
-#[allow(clippy::too_many_arguments)]
-async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static str, security: Security, forks: usize, early: bool, talk: Duration) -> anyhow::Result<Scenario> {
+/// How a scenario's call goes.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// Contacts registered for the callee beyond the first, the later ones answering later.
+    extra_forks: usize,
+    /// The callee sends early media (18x with the answer) before its 200.
+    early: bool,
+    /// The caller re-keys with a re-INVITE after `talk` and media runs `talk` again.
+    rekey: bool,
+}
+
+/// One call alice@a → bob@b with `security` at both ends, shaped by `shape`; media runs for
+/// `talk`. Each scenario uses its own users (`n`), so no registration of an earlier one is
+/// forked to. SDES and plain calls go from a.example to b.example; MIKEY-TICKET calls stay in
+/// a.example (one KMS).
+async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static str, security: Security, shape: Shape, talk: Duration) -> anyhow::Result<Scenario> {
+    let Shape { extra_forks, early, rekey } = shape;
+    let forks = 1 + extra_forks;
     let alice = registered(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), kms).await?;
     let (bob, proxy) = match security {
         Security::MikeyTicket => (format!("sip:bob{n}@a.example"), lab.pcscf_a.local_addr()),
@@ -94,6 +107,14 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static 
     }
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&bob)).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
+    let before_rekey = if rekey {
+        let before = alice.report(&id).await?.context("caller report")?;
+        tokio::time::timeout(Duration::from_secs(10), alice.reinvite(&id)).await.context("re-INVITE timed out")??;
+        tokio::time::sleep(talk).await;
+        Some(before)
+    } else {
+        None
+    };
     let a = alice.report(&id).await?.context("caller report")?;
     let mut answered = None;
     let mut offer_key_seen = 0;
@@ -120,6 +141,12 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static 
     let mut detail = format!("{}, verified {}↔{}", a.protection, a.media.verified, b.media.verified);
     if early {
         detail.push_str(&format!(", {} early", a.early_verified));
+    }
+    if let Some(before) = before_rekey {
+        // New keys both ways, taken up by both ends, and media went on under them.
+        let fresh = a.own_key != before.own_key && a.peer_key != before.peer_key;
+        ok &= a.rekeys == 1 && b.rekeys == 1 && fresh && a.media.verified >= before.media.verified + 10;
+        detail.push_str(&format!(", re-INVITE: {}, verified {} after", if fresh { "new keys both ways" } else { "keys NOT renewed" }, a.media.verified.saturating_sub(before.media.verified)));
     }
     if forks > 1 {
         detail.push_str(&format!(", {offer_key_seen}/{forks} forks hold the caller's key"));
@@ -194,16 +221,22 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let agw = agw().await?;
     let lab = TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await?;
-    let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example"]).await?;
+    let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example"]).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
+    let ticket = Security::MikeyTicket;
+    let plain = Shape::default();
+    let forked = Shape { extra_forks: 1, ..plain };
+    let rekeyed = Shape { rekey: true, ..plain };
     Ok(vec![
-        one_call(&lab, None, 1, "call, no key management (RTP)", Security::Off, 1, false, talk).await?,
-        one_call(&lab, None, 2, "call, SDES e2e (SRTP)", sdes, 1, false, talk).await?,
-        one_call(&lab, None, 3, "forked call, SDES e2e, 2 contacts", sdes, 2, false, talk).await?,
-        one_call(&lab, None, 4, "early media, SDES e2e", sdes, 1, true, talk).await?,
-        one_call(&lab, Some(&kms), 5, "call, MIKEY-TICKET e2e (KMS)", Security::MikeyTicket, 1, false, talk).await?,
-        one_call(&lab, Some(&kms), 6, "forked call, MIKEY-TICKET, 2 contacts", Security::MikeyTicket, 2, false, talk).await?,
+        one_call(&lab, None, 1, "call, no key management (RTP)", Security::Off, plain, talk).await?,
+        one_call(&lab, None, 2, "call, SDES e2e (SRTP)", sdes, plain, talk).await?,
+        one_call(&lab, None, 3, "forked call, SDES e2e, 2 contacts", sdes, forked, talk).await?,
+        one_call(&lab, None, 4, "early media, SDES e2e", sdes, Shape { early: true, ..plain }, talk).await?,
+        one_call(&lab, None, 8, "re-keyed call, SDES e2e", sdes, rekeyed, talk).await?,
+        one_call(&lab, Some(&kms), 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
+        one_call(&lab, Some(&kms), 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
+        one_call(&lab, Some(&kms), 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
         e2ae_call(&lab, &agw, 7, talk).await?,
     ])
 }
