@@ -14,8 +14,12 @@
 //!   from the far end (e2e SDES) is left end to end.
 //! - Every `a=3ge2ae` that passes the P-CSCF is removed; only the one this ALG inserts stays
 //!   (TS 33.328 §7.1: the indication cannot be spoofed by anyone else).
+//! - Operator extension beyond TS 33.328 ([`Provisioned`]): UEs the operator provisioned as
+//!   e2ae UEs although they cannot signal it (legacy SDES clients) count as e2ae-capable when
+//!   they register, and their SDES offer is treated as if it carried `a=3ge2ae:requested`.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use mediasec_agw::bencode::Value;
 use mediasec_sdp::e2ae::{self, E2aeIndication};
@@ -39,6 +43,102 @@ impl Side {
             Self::Terminating => "RTP/SAVP",
         }
     }
+}
+
+/// How the P-CSCF knows that a registered UE is an e2ae UE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// It registered `Security-Client: sdes-srtp;mediasec` (TS 33.328 §7.1, TS 24.229
+    /// §5.2.2) and asks per call with `a=3ge2ae:requested` (§7.2.1).
+    Indicated,
+    /// The operator provisioned it ([`Provisioned`]): a legacy SDES UE that signals nothing.
+    Provisioned,
+}
+
+/// UEs the operator provisioned as e2ae UEs although they cannot indicate it (legacy SDES
+/// clients without `Security-Client: …mediasec` or `a=3ge2ae:requested`). This is an operator
+/// extension beyond TS 33.328, which relies on the UE's indication: such a UE cannot tell that
+/// its SDES ends at the IMS-AGW rather than at the far UE (it ignores `a=3ge2ae:applied`), and
+/// its media crosses the core as plain RTP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Exact AORs (`sip:alice@a.example`, canonical per [`crate::registrar::aor`]).
+    aors: HashSet<String>,
+    /// Whole domains (`sip:*@a.example`), lower case.
+    domains: HashSet<String>,
+}
+
+impl Provisioned {
+    /// Adds one entry: an AOR (`sip:alice@a.example`) or a whole domain (`sip:*@a.example`).
+    pub fn add(&mut self, entry: &str) -> Result<(), crate::Error> {
+        let bad = |reason: &str| crate::Error::Provisioning { entry: entry.to_owned(), reason: reason.to_owned() };
+        let canonical = crate::registrar::aor(entry);
+        let (user, host) = canonical
+            .strip_prefix("sip:")
+            .ok_or_else(|| bad("not a sip: URI"))?
+            .rsplit_once('@')
+            .ok_or_else(|| bad("no user@host"))?;
+        if user.is_empty() || host.is_empty() || host.contains(['<', '>', ' ', '*']) {
+            return Err(bad("empty or invalid user or host"));
+        }
+        if user == "*" {
+            self.domains.insert(host.to_owned());
+        } else {
+            self.aors.insert(canonical);
+        }
+        Ok(())
+    }
+
+    /// The provisioning of every entry.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<Self, crate::Error> {
+        let mut p = Self::default();
+        for e in entries {
+            p.add(e)?;
+        }
+        Ok(p)
+    }
+
+    /// Whether the canonical AOR `aor` is provisioned (exactly, or by its domain).
+    pub fn contains(&self, aor: &str) -> bool {
+        self.aors.contains(aor)
+            || aor
+                .strip_prefix("sip:")
+                .and_then(|a| a.rsplit_once('@'))
+                .is_some_and(|(_, host)| self.domains.contains(host))
+    }
+
+    /// Nothing provisioned.
+    pub fn is_empty(&self) -> bool {
+        self.aors.is_empty() && self.domains.is_empty()
+    }
+}
+
+/// Which side, if any, the IMS-ALG secures for an initial INVITE offer (TS 33.328 §7.2.1):
+/// from the access side (`from_core` false) when the calling UE registered as an e2ae UE
+/// (`caller`) and asked with `a=3ge2ae:requested` — or, [`Support::Provisioned`], made an
+/// SDES offer ([`sdes_offer`]); from the core when the called contact registered as an e2ae
+/// UE (`callee`) and every live stream is plain ([`plain_offer`]). Otherwise `None`: the
+/// offer passes (end to end), minus any `a=3ge2ae`.
+pub fn decide(sdp: &Sdp, from_core: bool, caller: Option<Support>, callee: bool) -> Option<Side> {
+    if from_core {
+        return (callee && plain_offer(sdp)).then_some(Side::Terminating);
+    }
+    let secure = match caller? {
+        Support::Indicated => requested(sdp),
+        Support::Provisioned => requested(sdp) || sdes_offer(sdp),
+    };
+    secure.then_some(Side::Originating)
+}
+
+/// Every live stream of an offer is `RTP/SAVP`/`RTP/SAVPF` with at least one `a=crypto`
+/// (RFC 4568 SDES) — what a provisioned legacy UE offers.
+pub fn sdes_offer(sdp: &Sdp) -> bool {
+    let live: Vec<usize> = (0..sdp.media_count()).filter(|&i| sdp.media_line(i).is_ok_and(|m| m.port != 0)).collect();
+    !live.is_empty()
+        && live.iter().all(|&i| {
+            sdp.media_line(i).is_ok_and(|m| matches!(m.proto, "RTP/SAVP" | "RTP/SAVPF"))
+                && sdp.attribute_values(Level::Media(i), CryptoAttribute::NAME).is_ok_and(|v| !v.is_empty())
+        })
 }
 
 /// The UE asked for e2ae on at least one stream (`a=3ge2ae:requested`, media level).
@@ -165,6 +265,46 @@ m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SH
         );
         assert!(!requested(&plain), "applied is not a request");
         assert!(plain_offer(&plain));
+    }
+
+    /// TS 33.328 §7.2.1 unchanged for indicated UEs (`requested` needed); a provisioned UE's
+    /// SDES offer is secured without it; plain, mixed and MIKEY-only offers never are; from
+    /// the core only a plain offer to an e2ae contact.
+    #[test]
+    fn decision_by_support_and_offer() {
+        let sdes = Sdp::parse(&UE_OFFER.replace("a=3ge2ae:requested\r\n", ""));
+        let requested_offer = Sdp::parse(UE_OFFER);
+        let plain = Sdp::parse("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n");
+        let mixed = Sdp::parse(&format!("{}m=video 4002 RTP/AVP 96\r\n", UE_OFFER.replace("a=3ge2ae:requested\r\n", "")));
+        let mikey = Sdp::parse("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=key-mgmt:mikey AQ==\r\n");
+        let (ind, prov) = (Some(Support::Indicated), Some(Support::Provisioned));
+        let orig = Some(Side::Originating);
+        assert_eq!(decide(&requested_offer, false, ind, false), orig);
+        assert_eq!(decide(&sdes, false, ind, false), None, "indicated UE without requested: e2e");
+        assert_eq!(decide(&sdes, false, None, true), None, "not an e2ae UE");
+        assert_eq!(decide(&requested_offer, false, None, false), None, "requested from a UE that is not e2ae");
+        assert_eq!(decide(&sdes, false, prov, false), orig, "provisioned legacy UE");
+        assert_eq!(decide(&requested_offer, false, prov, false), orig);
+        for other in [&plain, &mixed, &mikey] {
+            assert_eq!(decide(other, false, prov, false), None, "{other}");
+        }
+        assert!(sdes_offer(&sdes) && !sdes_offer(&mixed) && !sdes_offer(&mikey) && !sdes_offer(&plain));
+        assert_eq!(decide(&plain, true, None, true), Some(Side::Terminating));
+        assert_eq!(decide(&plain, true, prov, false), None, "the callee is not e2ae");
+        assert_eq!(decide(&sdes, true, None, true), None, "SDES from the far end stays end to end");
+    }
+
+    #[test]
+    fn provisioning_entries() {
+        let p = Provisioned::parse(["sip:Alice@A.example;transport=udp", "<sip:*@B.Example>"]).expect("valid");
+        assert!(p.contains("sip:Alice@a.example") && p.contains("sip:anyone@b.example"));
+        assert!(!p.contains("sip:alice@a.example"), "the user part is case-sensitive (RFC 3261 §19.1.4)");
+        assert!(!p.contains("sip:bob@a.example") && !p.contains("sip:x@sub.b.example") && !p.contains("sip:b.example"));
+        assert!(!p.is_empty() && Provisioned::default().is_empty());
+        for bad in ["alice@a.example", "sip:a.example", "sip:@a.example", "sip:alice@", "tel:+123", "sip:a@*"] {
+            let e = Provisioned::parse([bad]).expect_err(bad);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

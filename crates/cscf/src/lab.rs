@@ -7,8 +7,24 @@ use std::net::{SocketAddr, UdpSocket};
 
 use mediasec_sip::core::Timers;
 
+use crate::alg::Provisioned;
 use crate::proxy::{ProxyConfig, Role};
 use crate::service::Cscf;
+
+/// What the lab runs with ([`TwoDomains::start_config`]).
+#[derive(Clone, Debug, Default)]
+pub struct LabConfig {
+    /// S-CSCF b's retargeting table.
+    pub retarget_b: HashMap<String, String>,
+    /// Where S-CSCF a sends b.example requests instead of S-CSCF b (a test's relay).
+    pub a_to_b: Option<SocketAddr>,
+    /// Where S-CSCF b sends a.example requests instead of S-CSCF a (a test's relay).
+    pub b_to_a: Option<SocketAddr>,
+    /// The IMS-AGW that P-CSCF a drives as IMS-ALG (e2ae for a.example's UEs).
+    pub agw_ng_a: Option<SocketAddr>,
+    /// P-CSCF a's operator-provisioned e2ae UEs (legacy SDES clients, [`Provisioned`]).
+    pub e2ae_provisioned_a: Provisioned,
+}
 
 /// The four running proxies.
 pub struct TwoDomains {
@@ -33,12 +49,18 @@ impl TwoDomains {
     /// given, is where S-CSCF a sends b.example requests instead of S-CSCF b (a test puts a
     /// relay there).
     pub async fn start(retarget_b: HashMap<String, String>, a_to_b: Option<SocketAddr>) -> Result<Self, mediasec_sip::Error> {
-        Self::start_with_agw(retarget_b, a_to_b, None).await
+        Self::start_config(LabConfig { retarget_b, a_to_b, ..LabConfig::default() }).await
     }
 
     /// [`Self::start`], with P-CSCF a an IMS-ALG driving the IMS-AGW at `agw_ng_a` (e2ae for
     /// a.example's UEs; b.example stays without).
     pub async fn start_with_agw(retarget_b: HashMap<String, String>, a_to_b: Option<SocketAddr>, agw_ng_a: Option<SocketAddr>) -> Result<Self, mediasec_sip::Error> {
+        Self::start_config(LabConfig { retarget_b, a_to_b, agw_ng_a, ..LabConfig::default() }).await
+    }
+
+    /// Starts the four proxies as `config` says.
+    pub async fn start_config(config: LabConfig) -> Result<Self, mediasec_sip::Error> {
+        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a } = config;
         let (sa, sb) = (free_addr()?, free_addr()?);
         let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
             role: Role::Scscf,
@@ -48,8 +70,9 @@ impl TwoDomains {
             retarget,
             mediasec: false,
             agw_ng: None,
+            e2ae_provisioned: Provisioned::default(),
         };
-        let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>| ProxyConfig {
+        let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned| ProxyConfig {
             role: Role::Pcscf,
             domain: domain.into(),
             scscf: Some(s),
@@ -57,12 +80,13 @@ impl TwoDomains {
             retarget: HashMap::new(),
             mediasec: true,
             agw_ng,
+            e2ae_provisioned,
         };
         let t = Timers::default();
         let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
-        let scscf_b = Cscf::start(scscf("b.example", ("a.example", sa), retarget_b), sb, t).await?;
-        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a), free_addr()?, t).await?;
-        let pcscf_b = Cscf::start(pcscf("b.example", sb, None), free_addr()?, t).await?;
+        let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b), sb, t).await?;
+        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a), free_addr()?, t).await?;
+        let pcscf_b = Cscf::start(pcscf("b.example", sb, None, Provisioned::default()), free_addr()?, t).await?;
         Ok(Self { pcscf_a, scscf_a, pcscf_b, scscf_b })
     }
 }

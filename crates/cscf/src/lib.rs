@@ -16,3 +16,18 @@ pub mod registrar;
 pub mod service;
 
 pub use proxy::{NgRequest, Proxy, ProxyConfig, Role, Stats};
+
+/// Errors of this crate's configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An e2ae provisioning entry ([`alg::Provisioned`]) is not `sip:user@host` or
+    /// `sip:*@host`.
+    #[error("e2ae provisioning entry {entry:?}: {reason} (expected sip:user@host or sip:*@host)")]
+    Provisioning {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}

@@ -62,6 +62,9 @@ pub struct ProxyConfig {
     /// P-CSCF: the IMS-AGW's ng control address. With `mediasec`, it makes this P-CSCF an
     /// IMS-ALG (e2ae, [`crate::alg`]) for the UEs that registered `sdes-srtp;mediasec`.
     pub agw_ng: Option<SocketAddr>,
+    /// P-CSCF IMS-ALG: UEs the operator provisioned as e2ae UEs although they cannot signal it
+    /// (an extension beyond TS 33.328, [`alg::Provisioned`]).
+    pub e2ae_provisioned: alg::Provisioned,
 }
 
 /// An ng command the service must send to the IMS-AGW (bencode dictionary, without the
@@ -443,7 +446,12 @@ impl Proxy {
             && self.config.mediasec
             && request.method == Method::Register
             && request.headers.get_all(&HeaderName::parse(&Bytes::from_static(b"Security-Client"))).any(|h| String::from_utf8_lossy(&h.value()).to_ascii_lowercase().contains("mediasec"));
-        let e2ae_registration = if security_server && self.alg_enabled() { registration_of(&request) } else { None };
+        let e2ae_registration = if self.config.role == Role::Pcscf && request.method == Method::Register && self.alg_enabled() {
+            // Indicated (`Security-Client: …mediasec`) or provisioned by the operator.
+            registration_of(&request).filter(|(aor, _, _)| security_server || self.config.e2ae_provisioned.contains(aor))
+        } else {
+            None
+        };
         let mut context = Context {
             server: key.clone(),
             method: request.method.clone(),
@@ -564,7 +572,8 @@ impl Proxy {
                         self.e2ae_contacts.remove(c);
                     }
                 } else {
-                    tracing::info!(%aor, "UE registered e2ae support (the IMS-ALG applies to its calls)");
+                    let provisioned = self.config.e2ae_provisioned.contains(&aor);
+                    tracing::info!(%aor, provisioned, "UE registered e2ae support (the IMS-ALG applies to its calls)");
                     self.e2ae_aors.insert(aor);
                     self.e2ae_contacts.extend(contacts);
                 }
@@ -625,9 +634,9 @@ impl Proxy {
     }
 
     /// An INVITE at the IMS-ALG P-CSCF (TS 33.328 §7.2.1): an initial offer from an e2ae UE
-    /// with `a=3ge2ae:requested` (originating) or a plain initial offer towards an e2ae UE
-    /// (terminating) is held for the AGW; any other has its foreign `a=3ge2ae` removed and is
-    /// routed.
+    /// with `a=3ge2ae:requested` — or an SDES offer from a provisioned one — (originating) or a
+    /// plain initial offer towards an e2ae UE (terminating) is held for the AGW
+    /// ([`alg::decide`]); any other has its foreign `a=3ge2ae` removed and is routed.
     fn alg_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
         let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
         let from_core = Some(source) == self.config.scscf;
@@ -646,13 +655,10 @@ impl Proxy {
         let from = r.headers.get(&HeaderName::From).and_then(|h| mediasec_sip::core::Address::parse(&h.value(), "From").ok());
         let from_aor = from.map(|a| aor(&String::from_utf8_lossy(&a.uri.to_bytes()))).unwrap_or_default();
         let target = aor(&String::from_utf8_lossy(&r.uri.to_bytes()));
-        let side = if !from_core && initial && self.e2ae_aors.contains(&from_aor) && alg::requested(&sdp) {
-            Some(alg::Side::Originating)
-        } else if from_core && initial && self.e2ae_contacts.contains(&target) && alg::plain_offer(&sdp) {
-            Some(alg::Side::Terminating)
-        } else {
-            None
-        };
+        let caller = self.e2ae_aors.contains(&from_aor).then(|| {
+            if self.config.e2ae_provisioned.contains(&from_aor) { alg::Support::Provisioned } else { alg::Support::Indicated }
+        });
+        let side = if initial { alg::decide(&sdp, from_core, caller, self.e2ae_contacts.contains(&target)) } else { None };
         let Some(side) = side else {
             self.strip_foreign(&mut message, sdp);
             let Message::Request(r) = message else { return Vec::new() };
@@ -970,6 +976,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             retarget: HashMap::new(),
             mediasec: true,
             agw_ng: None,
+            e2ae_provisioned: alg::Provisioned::default(),
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }
@@ -1022,8 +1029,8 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
     const UE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5071);
     const SCSCF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5061);
 
-    /// An IMS-ALG P-CSCF with alice registered `sdes-srtp;mediasec` through it.
-    fn alg_with_e2ae_ue(now: Instant) -> Proxy {
+    /// An IMS-ALG P-CSCF with the operator's e2ae provisioning `provisioned`.
+    fn alg_pcscf(provisioned: &[&str]) -> Proxy {
         let config = ProxyConfig {
             role: Role::Pcscf,
             domain: "a.example".into(),
@@ -1032,29 +1039,54 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             retarget: HashMap::new(),
             mediasec: true,
             agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
+            e2ae_provisioned: alg::Provisioned::parse(provisioned.iter().copied()).expect("provisioning"),
         };
-        let mut p = Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)));
-        let reg = "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKr1\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=r\r\nTo: <sip:alice@a.example>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n\
-Contact: <sip:alice@127.0.0.1:5071>\r\nSecurity-Client: sdes-srtp;mediasec\r\nContent-Length: 0\r\n\r\n";
-        let (key, r) = request_event(reg);
+        Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)))
+    }
+
+    /// `user`@a.example (contact port `port`) registers through `p` (`expires`, with or
+    /// without `Security-Client: sdes-srtp;mediasec`); the S-CSCF says 200. Returns the
+    /// response the UE gets.
+    fn register(p: &mut Proxy, user: &str, port: u16, mediasec: bool, expires: u32, now: Instant) -> String {
+        let security = if mediasec { "Security-Client: sdes-srtp;mediasec\r\n" } else { "" };
+        let reg = format!(
+            "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKr{user}{expires}\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@a.example>;tag=r\r\nTo: <sip:{user}@a.example>\r\nCall-ID: r{user}\r\nCSeq: {} REGISTER\r\n\
+Contact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: {expires}\r\n{security}Content-Length: 0\r\n\r\n",
+            2 - expires.min(1)
+        );
+        let (key, r) = request_event(&reg);
         let out = p.handle(Event::Request { key, request: r, source: UE }, now);
         let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("REGISTER forwarded") };
         let ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
-        let up = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
-        assert!(sent(&up).iter().any(|m| m.contains("Security-Server: sdes-srtp;mediasec")), "{up:?}");
+        let up = sent(&p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now));
+        let [up] = up.as_slice() else { panic!("one 200 to the UE: {up:?}") };
+        up.clone()
+    }
+
+    /// An IMS-ALG P-CSCF with alice registered `sdes-srtp;mediasec` through it.
+    fn alg_with_e2ae_ue(now: Instant) -> Proxy {
+        let mut p = alg_pcscf(&[]);
+        let up = register(&mut p, "alice", 5071, true, 600, now);
+        assert!(up.contains("Security-Server: sdes-srtp;mediasec"), "{up}");
         p
+    }
+
+    const SDES: &str = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+    /// An initial INVITE from `user`@a.example to bob@b.example with `offer`.
+    fn invite_from(user: &str, branch: &str, call: &str, offer: &str) -> String {
+        format!(
+            "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@a.example>;tag=f\r\nTo: <sip:bob@b.example>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
     }
 
     /// alice's INVITE with `a=3ge2ae:requested`.
     fn e2ae_invite(branch: &str, call: &str) -> String {
-        let offer = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=3ge2ae:requested\r\n";
-        format!(
-            "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>\r\nCall-ID: {call}\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
-            offer.len()
-        )
+        invite_from("alice", branch, call, &format!("{SDES}a=3ge2ae:requested\r\n"))
     }
 
     /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with
@@ -1127,6 +1159,97 @@ Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-
         let ng = p.take_ng();
         assert!(ng.len() == 1 && String::from_utf8_lossy(&ng.first().expect("delete").command).contains("6:delete"), "{ng:?}");
         assert_eq!(p.stats.agw_failures, 1);
+    }
+
+    /// The one ng command queued, decoded.
+    fn one_ng(p: &mut Proxy) -> (u64, mediasec_agw::bencode::Value<'static>) {
+        let ng = p.take_ng();
+        let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };
+        (cmd.id, mediasec_agw::bencode::Value::decode(&cmd.command).expect("bencode").into_owned())
+    }
+
+    /// The operator's e2ae provisioning (an extension beyond TS 33.328): carol (provisioned by
+    /// AOR, its host in another case) and erin (not provisioned; only b.example is, as a domain)
+    /// register without `Security-Client` and get no `Security-Server`; carol's registration
+    /// counts as e2ae all the same. carol's plain SDES offer
+    /// (no `requested`, a foreign `applied` in it) goes to the AGW as an ng `offer` without any
+    /// indication, plain towards the core, and the AGW's answer reaches her with
+    /// `a=3ge2ae:applied`; a plain INVITE from the core to her contact is secured towards her.
+    /// The same SDES offer from erin (registered, not provisioned) and from alice (indicated,
+    /// no `requested`) is routed end to end, minus the foreign indication — TS 33.328
+    /// behaviour unchanged; carol's plain offer is routed too, and after she deregisters her
+    /// SDES offer is no longer touched.
+    #[test]
+    fn provisioned_legacy_ues_get_e2ae_without_indicating_it() {
+        use mediasec_agw::bencode::Value;
+        let now = Instant::now();
+        let mut p = alg_pcscf(&["sip:carol@A.Example", "sip:*@b.example"]);
+        for (user, port) in [("carol", 5072), ("erin", 5073)] {
+            let up = register(&mut p, user, port, false, 600, now);
+            assert!(up.starts_with("SIP/2.0 200") && !up.contains("Security-Server"), "{up}");
+        }
+        assert!(register(&mut p, "alice", 5071, true, 600, now).contains("Security-Server: sdes-srtp;mediasec"));
+        let foreign = format!("{SDES}a=3ge2ae:applied\r\n");
+
+        // carol: held for the AGW, no indication passed on, plain towards the core.
+        let (key, r) = request_event(&invite_from("carol", "z9hG4bKc1", "c1", &foreign));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
+        let (id, offer) = one_ng(&mut p);
+        assert_eq!(offer.get("call-id").and_then(Value::as_str), Some("c1;orig"));
+        assert_eq!(offer.get("transport-protocol").and_then(Value::as_str), Some("RTP/AVP"));
+        let sdp = offer.get("sdp").and_then(Value::as_str).expect("sdp");
+        assert!(sdp.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80") && !sdp.contains("3ge2ae"), "{sdp}");
+        let agw_offer = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30000 RTP/AVP 0\r\n";
+        let reply = Value::dict([("result", Value::str("ok")), ("sdp", Value::str(agw_offer))]).to_vec();
+        let Some(Command::Request { request: fwd, .. }) = p.ng_result(id, Ok(reply), now).into_iter().find(|c| matches!(c, Command::Request { .. })) else {
+            panic!("INVITE forwarded")
+        };
+        let mut ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        ok.headers.remove_first(&HeaderName::To);
+        ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
+        let mut m = Message::Response(ok);
+        mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse("v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n")).expect("sdp");
+        let Message::Response(ok) = m else { panic!() };
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
+        let (id, answer) = one_ng(&mut p);
+        assert_eq!(answer.get("command").and_then(Value::as_str), Some("answer"));
+        let reply = Value::dict([("result", Value::str("ok")), ("sdp", Value::str(SDES.replace("4000", "30002")))]).to_vec();
+        let out = sent(&p.ng_result(id, Ok(reply), now));
+        let [to_ue] = out.as_slice() else { panic!("the 200 to carol: {out:?}") };
+        assert!(to_ue.contains("RTP/SAVP") && to_ue.ends_with("VubGVz\r\na=3ge2ae:applied\r\n") && to_ue.matches("3ge2ae").count() == 1, "{to_ue}");
+        assert_eq!(p.stats.e2ae_applied, 2);
+
+        // Terminating: a plain offer from the core to carol's contact is secured towards her.
+        let plain = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let term = format!(
+            "INVITE sip:carol@127.0.0.1:5072 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKt1\r\nMax-Forwards: 69\r\n\
+From: <sip:bob@b.example>;tag=b\r\nTo: <sip:carol@a.example>\r\nCall-ID: t1\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:5090>\r\n\
+Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{plain}",
+            plain.len()
+        );
+        let (key, r) = request_event(&term);
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (_, offer) = one_ng(&mut p);
+        assert_eq!(offer.get("transport-protocol").and_then(Value::as_str), Some("RTP/SAVP"), "{offer:?}");
+
+        // Not provisioned, or indicated without `requested`, or a plain offer: end to end.
+        for (user, offer, call) in [("erin", foreign.as_str(), "c2"), ("alice", foreign.as_str(), "c3"), ("carol", plain, "c4")] {
+            let stripped = p.stats.e2ae_stripped;
+            let (key, r) = request_event(&invite_from(user, &format!("z9hG4bK{call}"), call, offer));
+            let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+            assert!(p.take_ng().is_empty(), "{user}: no AGW");
+            let fwd = out.iter().find(|m| m.starts_with("INVITE")).unwrap_or_else(|| panic!("{user}: routed: {out:?}"));
+            assert!(!fwd.contains("3ge2ae") && fwd.contains(if offer == plain { "RTP/AVP" } else { "inline:WVNf" }), "{fwd}");
+            assert_eq!(p.stats.e2ae_stripped - stripped, u64::from(offer != plain));
+        }
+        assert_eq!(p.stats.e2ae_applied, 2, "only carol's call (her terminating offer still waits for the AGW)");
+
+        // carol deregisters: her SDES offer passes end to end.
+        let _ = register(&mut p, "carol", 5072, false, 0, now);
+        let (key, r) = request_event(&invite_from("carol", "z9hG4bKc5", "c5", SDES));
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(p.take_ng().is_empty() && out.iter().any(|m| m.starts_with("INVITE") && m.contains("inline:WVNf")), "{out:?}");
     }
 
     /// The seed of the mutation test is a real request: the S-CSCF pops its own Route and

@@ -367,10 +367,27 @@ mod baresip {
         let _ = s.read(&mut buf);
     }
 
-    /// baresip "bob" (1500 Hz tone, auto-answer) registered through P-CSCF b, SRTP mandatory
-    /// or plain RTP; its RTP bound to loopback by the LD_PRELOAD shim. Returns the process and
+    /// One baresip UA: `user`@`domain` registered through `pcscf`, sending a `hz` tone,
+    /// auto-answering, SDES SRTP mandatory (`srtp`) or plain RTP.
+    struct Ua {
+        user: &'static str,
+        domain: &'static str,
+        pcscf: SocketAddr,
+        hz: f64,
+        srtp: bool,
+    }
+
+    impl Ua {
+        /// baresip "bob" (1500 Hz) of b.example.
+        fn bob(lab: &Lab, srtp: bool) -> Self {
+            Self { user: "bob", domain: "b.example", pcscf: lab.pcscf_b.local_addr(), hz: BOB_HZ, srtp }
+        }
+    }
+
+    /// Starts baresip as `ua` with SIP trace on (`-s`, into `baresip.log`), its RTP bound to
+    /// loopback by the LD_PRELOAD shim, and waits for its registration. Returns the process and
     /// its ctrl_tcp port, or `None` when baresip or cc is missing (skip line printed).
-    async fn baresip_bob(lab: &Lab, dir: &Dir, srtp: bool) -> Option<(Peer, u16)> {
+    async fn baresip(dir: &Dir, ua: Ua) -> Option<(Peer, u16)> {
         if !found("baresip") || !found("cc") {
             mediasec_testkit::peer_unavailable("baresip", "needs `baresip` (Debian baresip-core) and a C compiler for the bind shim");
             return None;
@@ -386,17 +403,18 @@ mod baresip {
             .status()
             .expect("cc");
         assert!(built.success(), "bind shim did not build");
-        write_wav(&dir.0.join("tone.wav"), BOB_HZ, 30);
-        write_wav(&dir.0.join("alert.wav"), BOB_HZ, 1);
+        write_wav(&dir.0.join("tone.wav"), ua.hz, 30);
+        write_wav(&dir.0.join("alert.wav"), ua.hz, 1);
         let (sip_port, ctrl_port) = (free_port(), free_port());
         let fill = |text: String| {
             let text = text
                 .replace("@SIP_PORT@", &sip_port.to_string())
                 .replace("@CTRL_PORT@", &ctrl_port.to_string())
                 .replace("@DIR@", &dir.0.to_string_lossy())
-                .replace("@USER@", "bob")
-                .replace("@PCSCF_PORT@", &lab.pcscf_b.local_addr().port().to_string());
-            if srtp { text } else { text.replace(";mediaenc=srtp-mand", "") }
+                .replace("@USER@", ua.user)
+                .replace("@DOMAIN@", ua.domain)
+                .replace("@PCSCF_PORT@", &ua.pcscf.port().to_string());
+            if ua.srtp { text } else { text.replace(";mediaenc=srtp-mand", "") }
         };
         for f in ["config", "accounts"] {
             let template = std::fs::read_to_string(root.join(format!("baresip.{f}"))).expect("template");
@@ -405,6 +423,7 @@ mod baresip {
         let log = std::fs::File::create(dir.0.join("baresip.log")).expect("log");
         let peer = Peer(
             Command::new("baresip")
+                .arg("-s")
                 .arg("-f")
                 .arg(&dir.0)
                 .env("LD_PRELOAD", &shim)
@@ -414,7 +433,7 @@ mod baresip {
                 .spawn()
                 .expect("baresip"),
         );
-        let bob_registered = async {
+        let ua_registered = async {
             loop {
                 let text = std::fs::read_to_string(dir.0.join("baresip.log")).unwrap_or_default();
                 if text.contains("200 OK") {
@@ -423,7 +442,7 @@ mod baresip {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(10), bob_registered).await.expect("baresip registered through our P-CSCF");
+        tokio::time::timeout(Duration::from_secs(10), ua_registered).await.expect("baresip registered through our P-CSCF");
         Some((peer, ctrl_port))
     }
 
@@ -431,14 +450,14 @@ mod baresip {
     /// (IMS-ALG) + our IMS-AGW → S-CSCFs → baresip (plain RTP). alice verifies baresip's tone
     /// arriving as SRTP from the AGW; baresip's decoded dump carries alice's tone, which the
     /// AGW decrypted; the AGW's legs are `srtp` (access) and `plain` (core).
-    /// (baresip 1.0 itself cannot be the e2ae UE: it sends neither `Security-Client: …mediasec`
-    /// nor `a=3ge2ae:requested`.)
+    /// (baresip 1.0 sends neither `Security-Client: …mediasec` nor `a=3ge2ae:requested`; it is
+    /// the e2ae UE only when the operator provisions it: `provisioned_baresip_is_the_e2ae_ue`.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn e2ae_call_to_baresip_through_the_agw() {
         let agw = e2ae::agw().await;
         let lab = TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await.expect("lab");
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-e2ae-{}", std::process::id())));
-        let Some((_peer, _ctrl)) = baresip_bob(&lab, &dir, false).await else { return };
+        let Some((_peer, _ctrl)) = baresip(&dir, Ua::bob(&lab, false)).await else { return };
         let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
         a.e2ae = true;
         let alice = registered(a).await;
@@ -461,11 +480,133 @@ mod baresip {
         assert!(tone >= 80 && tone * 10 >= frames * 9, "baresip decoded our tone in {tone}/{frames} frames");
     }
 
+    /// The SIP messages of baresip's trace (`-s`) in `baresip.log`: (sender, receiver, text).
+    fn sip_trace(dir: &Path) -> Vec<(String, String, String)> {
+        let log = std::fs::read_to_string(dir.join("baresip.log")).expect("log");
+        log.split("#\nUDP ")
+            .skip(1)
+            .filter_map(|block| {
+                let (route, rest) = block.split_once('\n')?;
+                let (from, to) = route.trim().split_once(" -> ")?;
+                let message = rest.split("\u{1b}[;m").next()?;
+                Some((from.to_owned(), to.to_owned(), message.replace('\r', "")))
+            })
+            .collect()
+    }
+
+    /// The SDES keys (`inline:` values) of an SDP text.
+    fn sdes_keys(sdp: &str) -> Vec<String> {
+        sdp.lines()
+            .filter(|l| l.starts_with("a=crypto:"))
+            .filter_map(|l| l.split("inline:").nth(1)?.split(['|', ' ']).next().map(str::to_owned))
+            .collect()
+    }
+
+    /// The one SDP body baresip received in a message starting with `start` (from the P-CSCF),
+    /// and every key baresip itself sent.
+    fn baresip_received(dir: &Path, pcscf: SocketAddr, start: &str) -> (String, Vec<String>) {
+        let trace = sip_trace(dir);
+        let received: Vec<&String> = trace.iter().filter(|(from, _, m)| from == &pcscf.to_string() && m.starts_with(start) && m.contains("\nv=0")).map(|(_, _, m)| m).collect();
+        let [sdp] = received.as_slice() else { panic!("one {start} with SDP from the P-CSCF: {received:?}") };
+        let own = trace.iter().filter(|(from, _, _)| from != &pcscf.to_string()).flat_map(|(_, _, m)| sdes_keys(m)).collect();
+        ((*sdp).clone(), own)
+    }
+
+    /// baresip as the e2ae UE (the interop point of issue 7), by operator provisioning — it
+    /// signals nothing (no `Security-Client: …mediasec`, no `a=3ge2ae:requested`): baresip
+    /// "alice" (`srtp-mand`, 1000 Hz) registers through P-CSCF a (IMS-ALG with our AGW, alice
+    /// provisioned) and dials our UE bob (b.example, plain RTP, 1500 Hz) over ctrl_tcp; then bob
+    /// calls baresip. Each way: bob verifies baresip's tone arriving as plain RTP; baresip's
+    /// decoded dump carries bob's tone (it decrypted the AGW's SRTP); the SDP baresip received
+    /// is `RTP/SAVP` with a key it did not send (the AGW's) and `a=3ge2ae:applied`, while every
+    /// SDP crossing the core (so what bob received and sent) is `RTP/AVP` without `a=crypto`
+    /// or `a=3ge2ae`. The AGW's `query` of the originating call shows the access leg `srtp` and
+    /// the core leg `plain` with ≥ 80 RTP packets each way and no `auth_failed`/`replay` drop;
+    /// its `/metrics` count no `auth_failed` drop over both calls; BYE deletes each AGW call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn provisioned_baresip_is_the_e2ae_ue() {
+        use mediasec_agw::bencode::Value;
+        let agw = e2ae::agw().await;
+        // A relay each way between the S-CSCFs records every SDP crossing the core.
+        let (a_to_b, seen_ab, peers_ab, task_ab) = e2ae::core_relay(false).await;
+        let (b_to_a, seen_ba, peers_ba, task_ba) = e2ae::core_relay(false).await;
+        let e2ae_provisioned_a = mediasec_cscf::alg::Provisioned::parse(["sip:alice@a.example"]).expect("provisioning");
+        let config = mediasec_cscf::lab::LabConfig { a_to_b: Some(a_to_b), b_to_a: Some(b_to_a), agw_ng_a: Some(agw.ng_addr()), e2ae_provisioned_a, ..Default::default() };
+        let lab = TwoDomains::start_config(config).await.expect("lab");
+        let _ = peers_ab.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
+        let _ = peers_ba.send((lab.scscf_b.local_addr(), lab.scscf_a.local_addr()));
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-provisioned-{}", std::process::id())));
+        let pcscf = lab.pcscf_a.local_addr();
+        let alice = Ua { user: "alice", domain: "a.example", pcscf, hz: ALICE_HZ, srtp: true };
+        let Some((_peer, ctrl_port)) = baresip(&dir, alice).await else { return };
+        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        let core_sdp_ok = |what: &str, seen: &std::sync::Mutex<Vec<String>>| {
+            let seen = seen.lock().expect("log");
+            assert!(seen.len() >= 2, "{what}: offer and answer crossed the core: {seen:?}");
+            for sdp in seen.iter() {
+                assert!(sdp.contains("RTP/AVP") && !sdp.contains("RTP/SAVP") && !sdp.contains("a=crypto") && !sdp.contains("3ge2ae"), "{what}: core SDP {sdp}");
+            }
+        };
+        let dump_has_bob = |what: &str| {
+            let dumps = dumps(&dir.0);
+            let (tone, frames) = tone_frames(dumps.last().expect("baresip dumped the call"), BOB_HZ);
+            assert!(tone >= 80 && tone * 10 >= frames * 9, "{what}: baresip decoded bob's tone in {tone}/{frames} frames");
+            dumps.len()
+        };
+
+        // Originating: baresip calls bob.
+        ctrl(ctrl_port, "dial", "sip:bob@b.example");
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        let call_id = only_call(&bob).await.call_id;
+        let q = e2ae::query(agw.ng_addr(), format!("{call_id};orig")).await;
+        ctrl(ctrl_port, "hangup", "");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rb = only_call(&bob).await;
+        assert_eq!((&rb.state, rb.protection.as_str(), rb.e2ae_applied), (&CallState::Ended, "rtp", false), "{rb:?}");
+        assert!(rb.media.verified >= 80 && rb.media.refused == 0, "baresip's tone reached bob as plain RTP: {rb:?}");
+        let (access, core) = (e2ae::leg(&q, "A"), e2ae::leg(&q, "B"));
+        assert_eq!(access.get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
+        assert_eq!(core.get("protection").and_then(Value::as_str), Some("plain"), "{q:?}");
+        for l in [access, core] {
+            assert!(e2ae::int(l, &["received", "RTP", "packets"]) >= 80 && e2ae::int(l, &["sent", "RTP", "packets"]) >= 80, "{l:?}");
+            assert_eq!((e2ae::int(l, &["drops", "auth_failed"]), e2ae::int(l, &["drops", "replay"])), (0, 0), "{l:?}");
+        }
+        let (answer, own) = baresip_received(&dir.0, pcscf, "SIP/2.0 200");
+        let agw_port = e2ae::int(access, &["local port"]);
+        let keys = sdes_keys(&answer);
+        assert!(answer.contains(&format!("m=audio {agw_port} RTP/SAVP")) && answer.contains("a=3ge2ae:applied"), "{answer}");
+        assert!(!keys.is_empty() && keys.iter().all(|k| !own.contains(k)), "the AGW's key, not an echo of baresip's: {answer}");
+        core_sdp_ok("originating", &seen_ab);
+        let first = dump_has_bob("originating");
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        assert_eq!(lab.pcscf_a.stats().e2ae_applied, 2, "{:?}", lab.pcscf_a.stats());
+
+        // Terminating: bob calls baresip.
+        let id = call(&bob, "sip:alice@a.example").await.expect("baresip answered");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(agw.call_count(), 1, "the terminating call runs through the AGW");
+        bob.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rb = bob.report(&id).await.expect("r").expect("call");
+        assert_eq!((rb.protection.as_str(), rb.e2ae_applied), ("rtp", false), "{rb:?}");
+        assert!(rb.media.verified >= 80 && rb.media.refused == 0, "{rb:?}");
+        let (offer, _) = baresip_received(&dir.0, pcscf, "INVITE");
+        assert!(offer.contains("RTP/SAVP") && !sdes_keys(&offer).is_empty() && offer.contains("a=3ge2ae:applied"), "{offer}");
+        core_sdp_ok("terminating", &seen_ba);
+        assert!(dumps(&dir.0).len() > first, "a second dump");
+        dump_has_bob("terminating");
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        assert_eq!(e2ae::metric(&agw, "mediasec_agw_drops_total{reason=\"auth_failed\"}").await, 0);
+        assert_eq!(lab.pcscf_a.stats().e2ae_applied, 4, "{:?}", lab.pcscf_a.stats());
+        task_ab.abort();
+        task_ba.abort();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sdes_srtp_calls_with_baresip_both_directions() {
         let lab = lab().await;
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-baresip-{}", std::process::id())));
-        let Some((_peer, ctrl_port)) = baresip_bob(&lab, &dir, true).await else { return };
+        let Some((_peer, ctrl_port)) = baresip(&dir, Ua::bob(&lab, true)).await else { return };
 
         let alice = registered(ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ)).await;
         // Our UE calls baresip.
@@ -655,7 +796,7 @@ mod e2ae {
             interface: "127.0.0.1".parse().expect("ip"),
             port_min: base,
             port_max: base + 99,
-            metrics: None,
+            metrics: Some("127.0.0.1:0".parse().expect("addr")),
             control: Config { address: "127.0.0.1".parse().expect("ip"), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
         })
         .await
@@ -674,6 +815,17 @@ mod e2ae {
         .expect("join")
     }
 
+    /// One sample of the AGW's Prometheus `/metrics` (`name{labels}` as written there).
+    pub(super) async fn metric(agw: &Agw, sample: &str) -> u64 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut conn = tokio::net::TcpStream::connect(agw.metrics_addr().expect("metrics")).await.expect("metrics connect");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: agw\r\nConnection: close\r\n\r\n").await.expect("GET");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await.expect("metrics");
+        let line = text.lines().find(|l| l.split_once(' ').is_some_and(|(name, _)| name == sample)).unwrap_or_else(|| panic!("{sample} in {text}"));
+        line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    }
+
     pub(super) fn int(v: &Value<'_>, path: &[&str]) -> i64 {
         path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_int).unwrap_or_else(|| panic!("{path:?} in {v:?}"))
     }
@@ -685,7 +837,7 @@ mod e2ae {
     /// A relay in front of S-CSCF b (requests a → b, responses b → a) that records every SDP
     /// body crossing the core, and puts a foreign `a=3ge2ae:applied` into every response's
     /// SDP when `inject` is set.
-    async fn core_relay(inject: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>, tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>, tokio::task::JoinHandle<()>) {
+    pub(super) async fn core_relay(inject: bool) -> (SocketAddr, Arc<Mutex<Vec<String>>>, tokio::sync::oneshot::Sender<(SocketAddr, SocketAddr)>, tokio::task::JoinHandle<()>) {
         let mitm = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("relay");
         let addr = mitm.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use mediasec_cscf::alg::Provisioned;
 use mediasec_cscf::service::Cscf;
 use mediasec_cscf::{ProxyConfig, Role};
 use mediasec_sip::core::Timers;
@@ -48,6 +49,12 @@ pub(crate) struct Args {
     /// (`mediasec agw --listen-ng`); needs --mediasec.
     #[arg(long)]
     agw_ng: Option<SocketAddr>,
+    /// P-CSCF IMS-ALG: treat this UE as an e2ae UE although it cannot signal it (a legacy SDES
+    /// client: no `Security-Client: …mediasec`, no `a=3ge2ae:requested`), as sip:user@host or
+    /// sip:*@host for a whole domain (repeatable; needs --agw-ng). An operator extension beyond
+    /// TS 33.328: the UE cannot tell that its SDES ends at the AGW; the core leg is plain RTP.
+    #[arg(long, value_name = "AOR")]
+    e2ae_provisioned: Vec<String>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -66,13 +73,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     anyhow::ensure!(role == Role::Scscf || args.scscf.is_some(), "a P-CSCF needs --scscf");
     anyhow::ensure!(args.agw_ng.is_none() || (role == Role::Pcscf && args.mediasec), "--agw-ng needs --role pcscf and --mediasec");
+    anyhow::ensure!(args.e2ae_provisioned.is_empty() || args.agw_ng.is_some(), "--e2ae-provisioned needs --agw-ng");
+    let e2ae_provisioned = Provisioned::parse(args.e2ae_provisioned.iter().map(String::as_str))?;
     let peers = args
         .peer
         .into_iter()
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned };
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;
