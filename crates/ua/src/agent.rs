@@ -389,8 +389,8 @@ fn fill_random(buf: &mut [u8]) {
 
 /// The audio stream carries `a=3ge2ae:applied` (TS 24.229 §7.5.2).
 fn e2ae_applied(sdp: &Sdp) -> bool {
-    offer_answer::audio(sdp).is_ok_and(|(i, _, _)| {
-        mediasec_sdp::e2ae::find(sdp, mediasec_sdp::Level::Media(i)).is_ok_and(|v| v.iter().any(|x| x == &Ok(mediasec_sdp::E2aeIndication::Applied)))
+    offer_answer::audio(sdp).is_ok_and(|stream| {
+        mediasec_sdp::e2ae::find(sdp, mediasec_sdp::Level::Media(stream.index)).is_ok_and(|v| v.iter().any(|x| x == &Ok(mediasec_sdp::E2aeIndication::Applied)))
     })
 }
 

@@ -1,6 +1,7 @@
 //! RTP/SRTP media of one call over UDP (tokio): sends the UE's tone every 20 ms and checks
 //! what arrives by content (the peer's tone, [`crate::tone`]). SRTCP receiver reports go out
-//! every 25 packets.
+//! every 25 packets: on the RTP port when both ends multiplex (RFC 5761), else from our RTCP
+//! port (RTP + 1, RFC 3550 §11) to the peer's. Both of our ports receive either kind.
 //!
 //! Re-keying (RFC 4568 §7.1.4, peers.md §1e): new SDES keys mean new crypto contexts, so the
 //! sender's new context starts at ROC 0 while the RTP sequence numbers continue; the receiver's
@@ -32,10 +33,13 @@ pub struct MediaStats {
     pub accepted: u64,
     /// Accepted packets whose payload is the expected tone.
     pub verified: u64,
-    /// Packets refused by SRTP/SRTCP (authentication, replay, unknown key).
+    /// RTP packets refused by SRTP (authentication, replay, unknown key).
     pub refused: u64,
     /// SRTCP reports authenticated.
     pub rtcp: u64,
+    /// RTCP packets refused by SRTCP (e.g. sent unprotected: baresip 1.0 sends its RTCP BYE and
+    /// a `PINGPONG` APP keep-alive in clear).
+    pub rtcp_refused: u64,
     /// Packets accepted by the previous receive context after a re-key.
     pub accepted_by_previous_key: u64,
     /// The outbound ROC of our SSRC in the current send context.
@@ -73,16 +77,35 @@ fn identity(media: &Media) -> String {
     }
 }
 
+/// An even RTP port and the RTCP port above it (RFC 3550 §11), both bound on `ip`: the system
+/// picks the RTP port; a few tries find one whose neighbour is free.
+async fn port_pair(ip: std::net::IpAddr) -> Result<(UdpSocket, UdpSocket), Error> {
+    let mut last = None;
+    for _ in 0..32 {
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        match UdpSocket::bind(SocketAddr::new(ip, port + 1)).await {
+            Ok(rtcp) => return Ok((rtp, rtcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| Error::Negotiation("no free RTP/RTCP port pair".into()), Error::from))
+}
+
 impl RtpEndpoint {
-    /// Binds a UDP socket on `ip` (port chosen by the system) and starts receiving; nothing is
-    /// sent until [`Self::apply`]. `tone_hz` is what we send, `expect_hz` what we check.
+    /// Binds an RTP/RTCP port pair on `ip` and starts receiving; nothing is sent until
+    /// [`Self::apply`]. `tone_hz` is what we send, `expect_hz` what we check.
     pub async fn bind(ip: std::net::IpAddr, tone_hz: f64, expect_hz: Option<f64>, initial_seq: u16) -> Result<Self, Error> {
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let (socket, rtcp) = port_pair(ip).await?;
         let local = socket.local_addr()?;
         let (control, watcher) = watch::channel(None);
         let stats = Arc::new(Mutex::new(MediaStats::default()));
         let ssrc: u32 = rand::random();
-        let task = tokio::spawn(run(socket, watcher, Arc::clone(&stats), Sending { ssrc, tone_hz, initial_seq }, expect_hz));
+        let sockets = Sockets { rtp: socket, rtcp };
+        let task = tokio::spawn(run(sockets, watcher, Arc::clone(&stats), Sending { ssrc, tone_hz, initial_seq }, expect_hz));
         Ok(Self { local, ssrc, control, stats, task })
     }
 
@@ -127,6 +150,7 @@ enum Rx {
 
 struct State {
     remote: Option<SocketAddr>,
+    remote_rtcp: Option<SocketAddr>,
     tx: Option<Box<Session>>,
     plain_tx: bool,
     rx: Option<Rx>,
@@ -141,9 +165,11 @@ impl State {
     fn configure(&mut self, config: Option<&Config>) {
         let Some(config) = config else {
             self.remote = None;
+            self.remote_rtcp = None;
             return;
         };
         self.remote = Some(config.media.remote);
+        self.remote_rtcp = Some(config.media.rtcp);
         match &config.media.protection {
             Protection::Plain => {
                 self.tx = None;
@@ -172,13 +198,21 @@ struct Sending {
     initial_seq: u16,
 }
 
-async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, stats: Arc<Mutex<MediaStats>>, sending: Sending, expect_hz: Option<f64>) {
-    let mut state = State { remote: None, tx: None, plain_tx: false, rx: None, previous_rx: None };
+/// The call's RTP socket and the RTCP socket on the port above it.
+struct Sockets {
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+}
+
+async fn run(sockets: Sockets, mut control: watch::Receiver<Option<Config>>, stats: Arc<Mutex<MediaStats>>, sending: Sending, expect_hz: Option<f64>) {
+    let Sockets { rtp: socket, rtcp: rtcp_socket } = sockets;
+    let mut state = State { remote: None, remote_rtcp: None, tx: None, plain_tx: false, rx: None, previous_rx: None };
     let Sending { ssrc, tone_hz, initial_seq } = sending;
     let mut seq = initial_seq;
     let mut index: u64 = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut buf = vec![0u8; 2048];
+    let mut rtcp_buf = vec![0u8; 2048];
     loop {
         tokio::select! {
             changed = control.changed() => {
@@ -212,7 +246,9 @@ async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, st
                 }
                 let _ = socket.send_to(&packet, remote).await;
                 if let Some(rr) = report {
-                    let _ = socket.send_to(&rr, remote).await;
+                    let rtcp_to = state.remote_rtcp.unwrap_or(remote);
+                    let from = if rtcp_to == remote { &socket } else { &rtcp_socket };
+                    let _ = from.send_to(&rr, rtcp_to).await;
                 }
                 seq = seq.wrapping_add(1);
                 index += 1;
@@ -221,9 +257,8 @@ async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, st
                     s.tx_roc = state.tx.as_ref().and_then(|t| t.roc(Direction::Outbound, ssrc)).unwrap_or(0);
                 }
             }
-            received = socket.recv_from(&mut buf) => {
-                let Ok((n, _)) = received else { continue };
-                let Some(packet) = buf.get_mut(..n) else { continue };
+            received = recv_either(&socket, &mut buf, &rtcp_socket, &mut rtcp_buf) => {
+                let Some(packet) = received else { continue };
                 let outcome = receive(&mut state, packet, expect_hz);
                 if let Ok(mut s) = stats.lock() {
                     s.received += 1;
@@ -237,6 +272,7 @@ async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, st
                             }
                         }
                         Received::Rtcp => s.rtcp += 1,
+                        Received::RtcpRefused => s.rtcp_refused += 1,
                         Received::Refused => s.refused += 1,
                         Received::NotReady => {}
                     }
@@ -246,9 +282,18 @@ async fn run(socket: UdpSocket, mut control: watch::Receiver<Option<Config>>, st
     }
 }
 
+/// The next datagram on either socket (RTCP may arrive on both, RTP on the RTP one).
+async fn recv_either<'a>(rtp: &UdpSocket, rtp_buf: &'a mut [u8], rtcp: &UdpSocket, rtcp_buf: &'a mut [u8]) -> Option<&'a mut [u8]> {
+    tokio::select! {
+        r = rtp.recv_from(rtp_buf) => r.ok().and_then(|(n, _)| rtp_buf.get_mut(..n)),
+        r = rtcp.recv_from(rtcp_buf) => r.ok().and_then(|(n, _)| rtcp_buf.get_mut(..n)),
+    }
+}
+
 enum Received {
     Rtp { verified: bool, previous: bool, roc: u32 },
     Rtcp,
+    RtcpRefused,
     Refused,
     NotReady,
 }
@@ -265,7 +310,7 @@ fn receive(state: &mut State, packet: &mut [u8], expect_hz: Option<f64>) -> Rece
             if rtcp {
                 return match session.unprotect_rtcp(packet) {
                     Ok(_) => Received::Rtcp,
-                    Err(_) => Received::Refused,
+                    Err(_) => Received::RtcpRefused,
                 };
             }
             let ssrc = packet.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);

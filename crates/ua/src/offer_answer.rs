@@ -18,6 +18,10 @@
 //! offers; with fallback allowed a stripped call silently runs in clear. Only key management
 //! that authenticates the offered list (MIKEY with the RFC 4567 SDP-ID General Extension)
 //! detects it.
+//!
+//! RTCP (RFC 3550 §11, RFC 3605, RFC 5761 §5.1.1): every offer carries `a=rtcp-mux`, an answer
+//! carries it when the offer did. Multiplexed, RTCP travels on the RTP port; otherwise it goes
+//! to the peer's `a=rtcp` port, else its RTP port + 1 (and ours is the RTP port + 1).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -77,6 +81,8 @@ impl Protection {
 pub struct Media {
     /// Where the peer receives RTP.
     pub remote: SocketAddr,
+    /// Where the peer receives RTCP: `remote` when both ends agreed to multiplex.
+    pub rtcp: SocketAddr,
     /// Protection.
     pub protection: Protection,
 }
@@ -94,6 +100,8 @@ pub struct Offer {
 /// RTP profile names (RFC 3551, RFC 3711 §12).
 const AVP: &str = "RTP/AVP";
 pub(crate) const SAVP: &str = "RTP/SAVP";
+/// RTP/RTCP multiplexing (RFC 5761 §5.1.1), the attribute's text after `a=`.
+pub(crate) const RTCP_MUX: &str = "rtcp-mux";
 
 pub(crate) fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[String]) -> String {
     let ip = local.ip();
@@ -118,19 +126,59 @@ pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesP
         Security::MikeyTicket => return Err(Error::Negotiation("MIKEY-TICKET offers are built by crate::ticket".into())),
         Security::Sdes { fallback } => (if fallback { AVP } else { SAVP }, sdes::offer(policy, keys)?),
     };
-    let lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
+    let mut lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
+    lines.push(RTCP_MUX.into());
     Ok(Offer { sdp: sdp_text(local, version, proto, &lines), crypto, security })
 }
 
-/// The first audio stream of a body: index, port, proto, connection address.
-pub(crate) fn audio(sdp: &Sdp) -> Result<(usize, SocketAddr, String), Error> {
-    for i in 0..sdp.media_count() {
-        let m = sdp.media_line(i)?;
+/// The first audio stream of a body.
+pub(crate) struct Stream {
+    /// Its index among the `m=` lines.
+    pub(crate) index: usize,
+    /// Where it receives RTP.
+    pub(crate) rtp: SocketAddr,
+    /// Where it receives RTCP when not multiplexed: `a=rtcp` (RFC 3605), else RTP port + 1.
+    rtcp: SocketAddr,
+    /// It carries `a=rtcp-mux`.
+    pub(crate) mux: bool,
+    /// The transport protocol of its `m=` line.
+    pub(crate) proto: String,
+}
+
+impl Stream {
+    /// The media towards this stream; `mux`: both ends agreed to multiplex RTCP.
+    pub(crate) fn media(&self, mux: bool, protection: Protection) -> Media {
+        Media { remote: self.rtp, rtcp: if mux { self.rtp } else { self.rtcp }, protection }
+    }
+
+    /// The attribute lines of our answer to this (offered) stream besides key management.
+    pub(crate) fn answer_lines(&self) -> Vec<String> {
+        if self.mux { vec![RTCP_MUX.into()] } else { Vec::new() }
+    }
+}
+
+/// The first audio stream of a body: index, addresses, multiplexing, proto.
+pub(crate) fn audio(sdp: &Sdp) -> Result<Stream, Error> {
+    for index in 0..sdp.media_count() {
+        let m = sdp.media_line(index)?;
         if m.media != "audio" {
             continue;
         }
-        let address = connection(sdp, i).ok_or_else(|| Error::Negotiation("no usable c= line for the audio stream".into()))?;
-        return Ok((i, SocketAddr::new(address, m.port), m.proto.to_owned()));
+        let address = connection(sdp, index).ok_or_else(|| Error::Negotiation("no usable c= line for the audio stream".into()))?;
+        let rtp = SocketAddr::new(address, m.port);
+        let level = Level::Media(index);
+        // RFC 3605 §2.1: `a=rtcp:<port> [IN IP4|IP6 <address>]`.
+        let rtcp = match sdp.attribute_values(level, "rtcp")?.first() {
+            Some(value) => {
+                let mut words = value.split_ascii_whitespace();
+                let port = words.next().and_then(|p| p.parse().ok()).ok_or_else(|| Error::Negotiation(format!("a=rtcp:{value} has no port")))?;
+                let ip = words.nth(2).map_or(Ok(address), str::parse).map_err(|_| Error::Negotiation(format!("a=rtcp:{value} has no usable address")))?;
+                SocketAddr::new(ip, port)
+            }
+            None => SocketAddr::new(address, m.port.saturating_add(1)),
+        };
+        let mux = !sdp.attribute_values(level, RTCP_MUX)?.is_empty();
+        return Ok(Stream { index, rtp, rtcp, mux, proto: m.proto.to_owned() });
     }
     Err(Error::Negotiation("no audio stream".into()))
 }
@@ -174,15 +222,18 @@ fn srtp(n: Negotiated) -> Result<Protection, Error> {
 /// Answers an offer (RFC 3264 §6, RFC 4568 §7.1.2) with our stream at `local`: returns the
 /// answer SDP and the negotiated media, or the reason to refuse the offer with 488.
 pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<(String, Media), Error> {
-    let (index, remote, proto) = audio(offer_sdp)?;
-    let offered = offer_sdp.attribute_values(Level::Media(index), CryptoAttribute::NAME)?;
+    let stream = audio(offer_sdp)?;
+    let proto = stream.proto.as_str();
+    let offered = offer_sdp.attribute_values(Level::Media(stream.index), CryptoAttribute::NAME)?;
     let requires_srtp = proto == SAVP;
+    let lines = stream.answer_lines();
+    let media = |protection| stream.media(stream.mux, protection);
     if proto != AVP && proto != SAVP {
         return Err(Error::Negotiation(format!("transport {proto} not supported")));
     }
     match security {
         Security::Off if requires_srtp => Err(Error::Negotiation("SRTP required by the offer, our policy has no key management".into())),
-        Security::Off => Ok((sdp_text(local, version, AVP, &[]), Media { remote, protection: Protection::Plain })),
+        Security::Off => Ok((sdp_text(local, version, AVP, &lines), media(Protection::Plain))),
         Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are built by crate::ticket".into())),
         Security::Sdes { fallback } => {
             if offered.is_empty() {
@@ -192,35 +243,38 @@ pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Securi
                 if !fallback {
                     return Err(Error::Downgrade("offer without key management; policy requires SRTP".into()));
                 }
-                return Ok((sdp_text(local, version, AVP, &[]), Media { remote, protection: Protection::Plain }));
+                return Ok((sdp_text(local, version, AVP, &lines), media(Protection::Plain)));
             }
             let n = sdes::answer(&offered, policy, keys)?;
-            let line = n.local.to_attribute();
-            Ok((sdp_text(local, version, &proto, &[line]), Media { remote, protection: srtp(n)? }))
+            let mut lines = lines;
+            lines.insert(0, n.local.to_attribute());
+            Ok((sdp_text(local, version, proto, &lines), media(srtp(n)?)))
         }
     }
 }
 
 /// Processes the answer to our offer (RFC 4568 §7.1.3); refuses what the policy forbids.
 pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
-    let (index, remote, proto) = audio(answer_sdp)?;
-    if remote.port() == 0 {
+    let stream = audio(answer_sdp)?;
+    if stream.rtp.port() == 0 {
         return Err(Error::Negotiation("the audio stream was rejected (port 0)".into()));
     }
-    let answered = answer_sdp.attribute_values(Level::Media(index), CryptoAttribute::NAME)?;
+    let answered = answer_sdp.attribute_values(Level::Media(stream.index), CryptoAttribute::NAME)?;
+    // We offered multiplexing; the answer's `a=rtcp-mux` accepts it.
+    let media = |protection| stream.media(stream.mux, protection);
     match offer.security {
-        Security::Off => Ok(Media { remote, protection: Protection::Plain }),
+        Security::Off => Ok(media(Protection::Plain)),
         Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are processed by crate::ticket".into())),
         Security::Sdes { fallback } => {
             if answered.is_empty() {
                 return if fallback {
-                    Ok(Media { remote, protection: Protection::Plain })
+                    Ok(media(Protection::Plain))
                 } else {
-                    Err(Error::Downgrade(format!("answer ({proto}) carries no a=crypto; policy requires SRTP")))
+                    Err(Error::Downgrade(format!("answer ({}) carries no a=crypto; policy requires SRTP", stream.proto)))
                 };
             }
             let n = sdes::process_answer(&offer.crypto, &answered, policy)?;
-            Ok(Media { remote, protection: srtp(n)? })
+            Ok(media(srtp(n)?))
         }
     }
 }
@@ -266,6 +320,29 @@ mod tests {
         mediasec_srtp::Session::new(etx).unwrap().protect_rtp_vec(&mut back).unwrap();
         mediasec_srtp::Session::new(crx).unwrap().unprotect_rtp_vec(&mut back).unwrap();
         assert_eq!(back.get(12..), Some(&[4u8, 5][..]));
+    }
+
+    #[test]
+    fn rtcp_is_multiplexed_only_when_both_ends_say_so() {
+        let policy = SdesPolicy::default();
+        let mut keys = counter();
+        let off = Security::Off;
+        let o = offer(addr(4000), 1, off, &policy, &mut keys).unwrap();
+        assert!(o.sdp.contains("a=rtcp-mux\r\n"), "{}", o.sdp);
+        // Answered with a=rtcp-mux: RTCP on the RTP port both ways.
+        let (a, callee) = answer(&Sdp::parse(&o.sdp), addr(5000), 1, off, &policy, &mut keys).unwrap();
+        assert!(a.contains("a=rtcp-mux\r\n") && callee.rtcp == addr(4000), "{a}");
+        assert_eq!(process_answer(&o, &Sdp::parse(&a), &policy).unwrap().rtcp, addr(5000));
+        // An answer without it: the peer's RTP port + 1 (RFC 3550 §11) ...
+        let plain = sdp_text(addr(5000), 1, AVP, &[]);
+        assert_eq!(process_answer(&o, &Sdp::parse(&plain), &policy).unwrap().rtcp, addr(5001));
+        // ... or its a=rtcp port and address (RFC 3605), and an offer without it gets no mux.
+        let legacy = sdp_text(addr(6000), 1, AVP, &["rtcp:7001 IN IP4 127.0.0.2".into()]);
+        let (a, m) = answer(&Sdp::parse(&legacy), addr(5000), 1, off, &policy, &mut keys).unwrap();
+        assert!(!a.contains("rtcp-mux") && m.remote == addr(6000), "{a}");
+        assert_eq!(m.rtcp, SocketAddr::from(([127, 0, 0, 2], 7001)));
+        let broken = sdp_text(addr(6000), 1, AVP, &["rtcp:x".into()]);
+        assert!(answer(&Sdp::parse(&broken), addr(5000), 1, off, &policy, &mut keys).is_err());
     }
 
     #[test]

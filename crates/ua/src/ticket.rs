@@ -24,7 +24,7 @@ use mediasec_kms::ue::{Ask, PendingTransfer, Ue as KmsUe};
 use mediasec_sdp::{KeyMgmt, Level, Sdp};
 use mediasec_srtp::Suite;
 
-use crate::offer_answer::{audio, sdp_text, Media, Protection, SAVP};
+use crate::offer_answer::{audio, sdp_text, Media, Protection, RTCP_MUX, SAVP};
 use crate::Error;
 
 /// A UE's access to its KMS: its bootstrapped KMS-side state and a Ua client.
@@ -73,7 +73,7 @@ fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey:
 
 /// The `mikey` key-management data of the audio stream (media level overrides session level).
 fn mikey_data(sdp: &Sdp) -> Result<Option<Vec<u8>>, Error> {
-    let (index, _, _) = audio(sdp)?;
+    let index = audio(sdp)?.index;
     for level in [Level::Media(index), Level::Session] {
         for value in sdp.attribute_values(level, "key-mgmt")? {
             let k = KeyMgmt::parse(value)?;
@@ -97,28 +97,30 @@ pub async fn offer(access: &mut KmsAccess, local: SocketAddr, version: u64, ssrc
     let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable: false, forking: true, lifetime: 300 };
     let held = access.client.request_ticket(&mut access.ue, &ask).await.map_err(kms)?;
     let (init, transfer) = access.ue.transfer_init(&held, &callee, rand::random(), ssrc, now(), rand::random()).map_err(kms)?;
-    Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(init)]), PendingCall { transfer, callee }))
+    Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(init), RTCP_MUX.into()]), PendingCall { transfer, callee }))
 }
 
 /// Answerer: Ticket Resolve and TRANSFER_RESP; the answer SDP (session version `version`)
 /// and the media.
 pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
-    let (_, remote, _) = audio(offer)?;
+    let stream = audio(offer)?;
     let init = mikey_data(offer)?.ok_or_else(|| Error::Negotiation("offer without a=key-mgmt:mikey".into()))?;
     let resolved = access.client.resolve(&mut access.ue, &init).await.map_err(kms)?;
     let (resp, media) = access.ue.transfer_resp(&resolved, &init, ssrc, now()).map_err(kms)?;
     // We send the responder's stream (CS 2) and receive the initiator's (CS 1).
     let protection = protection(&media.responder_stream, &media.initiator_stream)?;
-    Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(resp)]), Media { remote, protection }))
+    let mut lines = stream.answer_lines();
+    lines.insert(0, key_mgmt_line(resp));
+    Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection)))
 }
 
 /// Offerer: verifies TRANSFER_RESP and checks the authenticated responder is the callee.
 pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sdp) -> Result<Media, Error> {
-    let (_, remote, _) = audio(answer)?;
+    let stream = audio(answer)?;
     let resp = mikey_data(answer)?.ok_or_else(|| Error::Downgrade("answer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into()))?;
     let (responder, media) = access.ue.on_transfer_resp(&pending.transfer, &resp, now()).map_err(kms)?;
     if responder != pending.callee {
         return Err(Error::Negotiation(format!("the answering party is {responder}, not {}", pending.callee)));
     }
-    Ok(Media { remote, protection: protection(&media.initiator_stream, &media.responder_stream)? })
+    Ok(stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?))
 }

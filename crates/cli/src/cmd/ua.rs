@@ -127,6 +127,7 @@ fn json(r: &CallReport) -> serde_json::Value {
         "verified": r.media.verified,
         "refused": r.media.refused,
         "rtcp": r.media.rtcp,
+        "rtcp_refused": r.media.rtcp_refused,
         "early_verified": r.early_verified,
         "rekeys": r.rekeys,
         "peer": r.peer_identity,
