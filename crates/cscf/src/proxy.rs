@@ -83,7 +83,7 @@ enum Pending {
     /// An INVITE offer held until the AGW rewrote it.
     Offer { key: TransactionKey, request: Request, leg: AlgLeg, now: Instant },
     /// A response with an answer (or early answer) held until the AGW rewrote it.
-    Answer { server: TransactionKey, client: TransactionKey, response: Response, side: alg::Side },
+    Answer { server: TransactionKey, client: TransactionKey, response: Response, leg: AlgLeg },
     /// A `delete`: nothing waits.
     Delete,
 }
@@ -151,6 +151,9 @@ pub struct Proxy {
     e2ae_contacts: HashSet<String>,
     /// SIP Call-ID → the AGW calls set up for it (deleted on BYE or a failed INVITE).
     alg_calls: HashMap<String, Vec<String>>,
+    /// SIP Call-ID → the AGW call whose 2xx answer established the dialog: a re-INVITE from
+    /// the same offerer re-offers on it.
+    alg_dialogs: HashMap<String, AlgLeg>,
     pending: HashMap<u64, Pending>,
     ng_out: Vec<NgRequest>,
     next_ng: u64,
@@ -199,6 +202,7 @@ impl Proxy {
             e2ae_aors: HashSet::new(),
             e2ae_contacts: HashSet::new(),
             alg_calls: HashMap::new(),
+            alg_dialogs: HashMap::new(),
             pending: HashMap::new(),
             ng_out: Vec::new(),
             next_ng: 0,
@@ -522,6 +526,7 @@ impl Proxy {
         }
         if self.alg_enabled() && context.method == Method::Invite {
             let leg = context.alg.clone();
+            let reinvite = context.branches.iter().any(|b| tag_of(&b.request.headers, &HeaderName::To).is_some());
             let mut message = Message::Response(response);
             let sdp = mediasec_sip::body::sdp(&message).ok().flatten();
             let Message::Response(r) = &message else { return Vec::new() };
@@ -530,9 +535,16 @@ impl Proxy {
                 (Some(leg), Some(sdp)) if code < 300 => {
                     let to_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
                     let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &to_tag, &sdp).to_vec();
-                    let pending = Pending::Answer { server, client: key.clone(), response: r.clone(), side: leg.side };
+                    let pending = Pending::Answer { server, client: key.clone(), response: r.clone(), leg };
                     self.ng(command, pending);
                     return Vec::new();
+                }
+                (Some(leg), _) if code >= 300 && reinvite => {
+                    // RFC 3261 §14.1: the dialog and its media continue. The AGW already took
+                    // the re-offer (its access-side key changed with it; SDES has no way back),
+                    // so the stream it re-keyed may fail until the next successful re-INVITE.
+                    self.stats.agw_failures += 1;
+                    tracing::warn!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed after the AGW took the re-offer");
                 }
                 (Some(_), _) if code >= 300 => {
                     let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
@@ -627,6 +639,7 @@ impl Proxy {
 
     /// Deletes every AGW call of a SIP call (BYE, or the INVITE failed).
     fn alg_delete(&mut self, call_id: &str) {
+        self.alg_dialogs.remove(call_id);
         for ng_call_id in self.alg_calls.remove(call_id).unwrap_or_default() {
             tracing::info!(%call_id, %ng_call_id, "IMS-ALG: deleting the AGW call");
             self.ng(alg::delete(&ng_call_id).to_vec(), Pending::Delete);
@@ -636,15 +649,14 @@ impl Proxy {
     /// An INVITE at the IMS-ALG P-CSCF (TS 33.328 §7.2.1): an initial offer from an e2ae UE
     /// with `a=3ge2ae:requested` — or an SDES offer from a provisioned one — (originating) or a
     /// plain initial offer towards an e2ae UE (terminating) is held for the AGW
-    /// ([`alg::decide`]); any other has its foreign `a=3ge2ae` removed and is routed.
+    /// ([`alg::decide`]); any other has its foreign `a=3ge2ae` removed and is routed. A
+    /// re-INVITE inside an e2ae call goes to the AGW as a re-offer ([`Self::alg_reinvite`]).
     fn alg_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
         let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
         let from_core = Some(source) == self.config.scscf;
         let initial = tag_of(&request.headers, &HeaderName::To).is_none();
         if !initial && self.alg_calls.contains_key(&call_id) {
-            // Renegotiating through the AGW is not implemented: refused, never passed end to end.
-            let warning = header(HeaderName::Warning, "399 pcscf \"re-INVITE of an e2ae call is not supported by this IMS-ALG\"");
-            return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
+            return self.alg_reinvite(key, request, &call_id, from_core, now);
         }
         let mut message = Message::Request(request);
         let Ok(Some(sdp)) = mediasec_sip::body::sdp(&message) else {
@@ -680,6 +692,34 @@ impl Proxy {
         out
     }
 
+    /// A re-INVITE inside an e2ae call: its offer goes to the AGW as an ng `offer` on the same
+    /// AGW call (same `call-id` and `from-tag`: the AGW keeps the ports and renegotiates the
+    /// keys, docs/agw.md), then on as for the initial offer, and so does the answer. Only the
+    /// original offerer's re-INVITE with an offer is supported (the AGW refuses a re-offer
+    /// from the answerer's side); any other — from the answerer, without an offer, or before
+    /// the dialog was established through the AGW — is refused with 488, never passed end to
+    /// end (its SDP would not match the AGW's ports and keys).
+    fn alg_reinvite(&mut self, key: TransactionKey, request: Request, call_id: &str, from_core: bool, now: Instant) -> Vec<Command> {
+        let refuse = |p: &mut Self, reason: &str| {
+            tracing::warn!(%call_id, %reason, "IMS-ALG: re-INVITE refused");
+            let warning = header(HeaderName::Warning, format!("399 pcscf \"{reason}\""));
+            p.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect())
+        };
+        let from_tag = tag_of(&request.headers, &HeaderName::From);
+        let leg = self.alg_dialogs.get(call_id).filter(|l| from_tag.as_ref() == Some(&l.from_tag) && from_core == (l.side == alg::Side::Terminating)).cloned();
+        let Some(leg) = leg else {
+            return refuse(self, "re-INVITE of an e2ae call from the answerer's side (or before it was established) is not supported by this IMS-ALG");
+        };
+        let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
+            return refuse(self, "re-INVITE of an e2ae call without an offer is not supported by this IMS-ALG");
+        };
+        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
+        tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
+        let out = self.reply(&key, &request, 100, "Trying", vec![]);
+        self.ng(command, Pending::Offer { key, request, leg, now });
+        out
+    }
+
     /// The AGW's reply to ng command `id` (`Err`: no reply in time, with the reason);
     /// continues what waited for it.
     pub fn ng_result(&mut self, id: u64, reply: Result<Vec<u8>, String>, now: Instant) -> Vec<Command> {
@@ -703,7 +743,10 @@ impl Proxy {
                     Err(reason) => {
                         self.stats.agw_failures += 1;
                         tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the offer");
-                        self.alg_delete(&call_id);
+                        // A refused re-offer leaves the AGW call as it was: the dialog goes on.
+                        if tag_of(&request.headers, &HeaderName::To).is_none() {
+                            self.alg_delete(&call_id);
+                        }
                         let warning = header(HeaderName::Warning, format!("399 pcscf \"IMS-AGW: {}\"", reason.replace('"', "'")));
                         return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
                     }
@@ -725,11 +768,15 @@ impl Proxy {
                 // The 100 went out when the INVITE arrived.
                 out.into_iter().filter(|c| !matches!(c, Command::Respond { response, .. } if response.status.code() == 100)).collect()
             }
-            Pending::Answer { server, client, response, side } => {
+            Pending::Answer { server, client, response, leg } => {
+                if response.status.is_success() {
+                    let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                    self.alg_dialogs.insert(call_id, leg.clone());
+                }
                 let mut message = Message::Response(response);
                 match sdp {
                     Ok(mut sdp) => {
-                        match side {
+                        match leg.side {
                             alg::Side::Originating => alg::towards_ue(&mut sdp),
                             alg::Side::Terminating => alg::strip(&mut sdp),
                         };
@@ -1089,6 +1136,139 @@ Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent
         invite_from("alice", branch, call, &format!("{SDES}a=3ge2ae:requested\r\n"))
     }
 
+    const AGW_OFFER: &str = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30000 RTP/AVP 0\r\n";
+    const AGW_ANSWER: &str = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30002 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+
+    fn ng_ok(sdp: &str) -> Vec<u8> {
+        mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(sdp.to_owned()))]).to_vec()
+    }
+
+    /// A 2xx (`code`) to a forwarded INVITE with To tag `t` and, if given, an SDP body.
+    fn response_to(fwd: &Request, code: u16, sdp: Option<&str>) -> Box<Response> {
+        let mut ok = ResponseBuilder::to_request(fwd, StatusCode::new(code).expect("code"), "R").expect("response").build();
+        ok.headers.remove_first(&HeaderName::To);
+        ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
+        let mut m = Message::Response(ok);
+        if let Some(sdp) = sdp {
+            mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse(sdp)).expect("sdp");
+        }
+        let Message::Response(ok) = m else { panic!() };
+        Box::new(ok)
+    }
+
+    /// What [`establish`] saw.
+    struct Established {
+        to: SocketAddr,
+        forwarded: String,
+        offer: mediasec_agw::bencode::Value<'static>,
+        answer: mediasec_agw::bencode::Value<'static>,
+        to_ue: String,
+    }
+
+    /// alice's e2ae INVITE (`a=3ge2ae:requested`) for Call-ID `call` through `p`: the AGW
+    /// answers the ng offer with [`AGW_OFFER`], the core answers 200 (To tag `t`, with a
+    /// foreign `applied`), the AGW answers the ng answer with [`AGW_ANSWER`].
+    fn establish(p: &mut Proxy, call: &str, now: Instant) -> Established {
+        let (key, r) = request_event(&e2ae_invite(&format!("z9hG4bK{call}"), call));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
+        let (id, offer) = one_ng(p);
+        let out = p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now);
+        let Some(Command::Request { request: fwd, to }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("INVITE forwarded") };
+        let forwarded = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
+        let core_answer = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\na=3ge2ae:applied\r\n";
+        let out = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some(core_answer)) }, now);
+        assert!(sent(&out).is_empty(), "held for the AGW: {out:?}");
+        let (id, answer) = one_ng(p);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let [to_ue] = out.as_slice() else { panic!("the 200 to the UE: {out:?}") };
+        Established { to, forwarded, offer, answer, to_ue: to_ue.clone() }
+    }
+
+    /// An in-dialog INVITE of Call-ID `call` (From tag `from_tag`, To tag `to_tag`) with an
+    /// optional SDP body.
+    fn reinvite(branch: &str, call: &str, from_tag: &str, to_tag: &str, sdp: Option<&str>) -> (TransactionKey, Box<Request>) {
+        let body = sdp.unwrap_or_default();
+        let content_type = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
+        request_event(&format!(
+            "INVITE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag={from_tag}\r\nTo: <sip:y@b.example>;tag={to_tag}\r\n\
+Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+    }
+
+    /// Re-INVITE in an e2ae call, sans-IO: alice's (the offerer's) re-offer goes to the AGW as
+    /// an ng `offer` on the same AGW call (`c1;orig`, from-tag `f`, plain towards the core),
+    /// is forwarded along its Route with the AGW's SDP, and the core's answer goes back through
+    /// an ng `answer` to alice with `applied`. Refused with 488 and a Warning, without any ng
+    /// command: a re-INVITE from the answerer's side (the core, From tag `t`) and an offerless
+    /// one. A re-offer the AGW refuses is answered 488 and the AGW call is kept (no `delete`);
+    /// so is a re-INVITE the far end answers 491 (counted as an AGW failure). BYE deletes.
+    #[test]
+    fn reinvite_of_an_e2ae_call_re_offers_on_the_same_agw_call() {
+        use mediasec_agw::bencode::Value;
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let _ = establish(&mut p, "c1", now);
+        let new_offer = SDES.replace("WVNf", "AAAA");
+        let (key, r) = reinvite("z9hG4bKre1", "c1", "f", "t", Some(&new_offer));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
+        let (id, offer) = one_ng(&mut p);
+        let get = |v: &Value<'static>, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        assert_eq!((get(&offer, "command"), get(&offer, "call-id"), get(&offer, "from-tag")), (Some("offer".into()), Some("c1;orig".into()), Some("f".into())));
+        assert_eq!(get(&offer, "transport-protocol").as_deref(), Some("RTP/AVP"));
+        assert!(get(&offer, "sdp").is_some_and(|s| s.contains("inline:AAAA")), "{offer:?}");
+        let out = p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now);
+        let Some(Command::Request { request: fwd, to }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
+        assert_eq!(to, SCSCF, "along its Route");
+        assert!(String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).ends_with(AGW_OFFER));
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some("v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n")) }, now);
+        let (id, answer) = one_ng(&mut p);
+        assert_eq!((get(&answer, "command"), get(&answer, "call-id"), get(&answer, "to-tag")), (Some("answer".into()), Some("c1;orig".into()), Some("t".into())));
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+
+        // The answerer's side, and an offerless re-INVITE: 488 with the reason, no ng.
+        let plain = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n";
+        for (branch, from_tag, to_tag, sdp, source, reason) in [("z9hG4bKre2", "t", "f", Some(plain), SCSCF, "answerer's side"), ("z9hG4bKre3", "f", "t", None, UE, "without an offer")] {
+            let (key, r) = reinvite(branch, "c1", from_tag, to_tag, sdp);
+            let out = sent(&p.handle(Event::Request { key, request: r, source }, now));
+            assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains(reason)) && !out.iter().any(|m| m.starts_with("INVITE")), "{out:?}");
+            assert!(p.take_ng().is_empty());
+        }
+
+        // The AGW refuses the re-offer: 488, the AGW call stays.
+        let (key, r) = reinvite("z9hG4bKre4", "c1", "f", "t", Some(&new_offer));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, _) = one_ng(&mut p);
+        let refusal = Value::dict([("result", Value::str("error")), ("error-reason", Value::str("no"))]).to_vec();
+        let out = sent(&p.ng_result(id, Ok(refusal), now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("IMS-AGW: IMS-AGW refused: no")), "{out:?}");
+        assert!(p.take_ng().is_empty(), "no delete");
+
+        // The far end answers 491: forwarded, the AGW call stays.
+        let failures = p.stats.agw_failures;
+        let (key, r) = reinvite("z9hG4bKre5", "c1", "f", "t", Some(&new_offer));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, _) = one_ng(&mut p);
+        let out = p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
+        let out = sent(&p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 491, None) }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 491")), "{out:?}");
+        assert!(p.take_ng().is_empty(), "no delete");
+        assert_eq!(p.stats.agw_failures, failures + 1);
+
+        // BYE deletes the AGW call.
+        let bye = "BYE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKbye\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag=f\r\nTo: <sip:y@b.example>;tag=t\r\nCall-ID: c1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(bye);
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!(get(&delete, "command").as_deref(), Some("delete"));
+    }
+
     /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with
     /// `a=3ge2ae:requested` is held for an ng `offer` (plain towards the core); the AGW's SDP
     /// goes to the core without any indication; the core's answer goes to the AGW as an ng
@@ -1101,41 +1281,14 @@ Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent
         let (ue, scscf) = (UE, SCSCF);
         let request = request_event;
         let invite = e2ae_invite;
-        let (key, r) = request(&invite("z9hG4bKi1", "c1"));
-        let out = p.handle(Event::Request { key, request: r, source: ue }, now);
-        assert!(!out.iter().any(|c| matches!(c, Command::Request { .. })), "held for the AGW: {out:?}");
-        let ng = p.take_ng();
-        let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };
-        let value = mediasec_agw::bencode::Value::decode(&cmd.command).expect("bencode");
-        assert_eq!(value.get("command").and_then(|v| v.as_str()), Some("offer"));
-        assert_eq!(value.get("call-id").and_then(|v| v.as_str()), Some("c1;orig"));
-        let agw_offer = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30000 RTP/AVP 0\r\n";
-        let reply = mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(agw_offer))]);
-        let out = p.ng_result(cmd.id, Ok(reply.to_vec()), now);
-        let Some(Command::Request { request: fwd, to }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("INVITE forwarded") };
-        assert_eq!(to, scscf);
-        let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
-        assert!(text.ends_with(&format!("Content-Length: {}\r\n\r\n{agw_offer}", agw_offer.len())), "{text}");
-
-        let answer = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\na=3ge2ae:applied\r\n";
-        let mut ok = ResponseBuilder::to_request(&fwd, StatusCode::new(200).expect("200"), "OK").expect("200").build();
-        ok.headers.remove_first(&HeaderName::To);
-        ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
-        let mut m = Message::Response(ok);
-        mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse(answer)).expect("sdp");
-        let Message::Response(ok) = m else { panic!() };
-        let out = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
-        assert!(sent(&out).is_empty(), "held for the AGW: {out:?}");
-        let ng = p.take_ng();
-        let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };
-        let value = mediasec_agw::bencode::Value::decode(&cmd.command).expect("bencode");
-        assert_eq!(value.get("to-tag").and_then(|v| v.as_str()), Some("t"));
-        assert!(!value.get("sdp").and_then(|v| v.as_str()).unwrap_or_default().contains("3ge2ae"), "foreign indication not passed on");
-        let agw_answer = "v=0\r\nc=IN IP4 127.0.0.9\r\nm=audio 30002 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
-        let reply = mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("ok")), ("sdp", mediasec_agw::bencode::Value::str(agw_answer))]);
-        let out = sent(&p.ng_result(cmd.id, Ok(reply.to_vec()), now));
-        let [to_ue] = out.as_slice() else { panic!("the 200 to the UE: {out:?}") };
-        assert!(to_ue.ends_with("VubGVz\r\na=3ge2ae:applied\r\n") && to_ue.matches("3ge2ae").count() == 1, "{to_ue}");
+        let e = establish(&mut p, "c1", now);
+        assert_eq!(e.offer.get("command").and_then(|v| v.as_str()), Some("offer"));
+        assert_eq!(e.offer.get("call-id").and_then(|v| v.as_str()), Some("c1;orig"));
+        assert_eq!(e.to, scscf);
+        assert!(e.forwarded.ends_with(&format!("Content-Length: {}\r\n\r\n{AGW_OFFER}", AGW_OFFER.len())), "{}", e.forwarded);
+        assert_eq!(e.answer.get("to-tag").and_then(|v| v.as_str()), Some("t"));
+        assert!(!e.answer.get("sdp").and_then(|v| v.as_str()).unwrap_or_default().contains("3ge2ae"), "foreign indication not passed on");
+        assert!(e.to_ue.ends_with("VubGVz\r\na=3ge2ae:applied\r\n") && e.to_ue.matches("3ge2ae").count() == 1, "{}", e.to_ue);
         assert_eq!((p.stats.e2ae_applied, p.stats.e2ae_stripped), (2, 0));
 
         // CANCEL while the INVITE waits for the AGW: 200 + 487, the AGW call deleted, and the

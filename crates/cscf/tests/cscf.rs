@@ -966,6 +966,54 @@ mod e2ae {
         task.abort();
     }
 
+    /// Re-INVITE inside an e2ae call: alice (the offerer) re-keys; P-CSCF a sends the re-offer
+    /// to the AGW on the same AGW call, which keeps its ports and answers alice's new key with
+    /// a new key of its own; bob again gets plain RTP/AVP; media goes on both ways.
+    /// bob's re-INVITE (the answerer's side, which the AGW cannot re-offer) is refused with 488
+    /// by the IMS-ALG and the call goes on unchanged.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reinvite_in_an_e2ae_call() {
+        let E2aeLab { agw, lab, seen: _, task, alice, bob } = e2ae_lab().await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let before = alice.report(&id).await.expect("r").expect("call");
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
+
+        tokio::time::timeout(Duration::from_secs(5), alice.reinvite(&id)).await.expect("in time").expect("re-INVITE through the AGW");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let after = alice.report(&id).await.expect("r").expect("call");
+        assert_eq!(after.rekeys, 1, "{after:?}");
+        assert!(after.own_key != before.own_key && after.peer_key != before.peer_key, "new keys both ways on the access leg: {before:?} -> {after:?}");
+        assert_eq!(after.protection, before.protection);
+        assert!(after.media.verified >= before.media.verified + 30, "alice: media continued: {before:?} -> {after:?}");
+        let q2 = query(agw.ng_addr(), format!("{id};orig")).await;
+        assert_eq!(ports(&q2), ports(&q), "the AGW kept its ports");
+        assert_eq!(leg(&q2, "A").get("protection").and_then(Value::as_str), Some("srtp"));
+        assert_eq!(int(leg(&q2, "A"), &["drops", "auth_failed"]), 0, "{q2:?}");
+        assert_eq!(agw.call_count(), 1);
+        // The re-INVITE follows the Record-Route (not the relay): bob tells what reached him.
+        let b0 = only_call(&bob).await;
+        assert_eq!((b0.protection.as_str(), b0.e2ae_applied, b0.peer_key.as_deref()), ("rtp", false, None), "plain re-offer in the core: {b0:?}");
+        assert_eq!(lab.pcscf_a.stats().e2ae_applied, 4, "{:?}", lab.pcscf_a.stats());
+
+        // bob re-INVITEs: refused by the IMS-ALG, the call goes on.
+        let refused = tokio::time::timeout(Duration::from_secs(5), bob.reinvite(&id)).await.expect("in time");
+        assert!(refused.is_err(), "bob's re-INVITE is refused: {refused:?}");
+        let (b1, a1) = (only_call(&bob).await, alice.report(&id).await.expect("r").expect("call"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (b2, a2) = (only_call(&bob).await, alice.report(&id).await.expect("r").expect("call"));
+        assert!(b2.media.verified >= b1.media.verified + 15 && a2.media.verified >= a1.media.verified + 15, "{b1:?} {b2:?} {a1:?} {a2:?}");
+        assert_eq!((b2.media.refused, b2.rekeys), (0, 1), "alice's re-INVITE only: {b2:?}");
+        // The AGW switches to its new key when it answers the re-offer, alice when the answer
+        // reaches her: what arrives in between is refused (1 packet measured here).
+        assert!(a2.media.refused <= 5 && a2.media.accepted_by_previous_key == 0, "{a2:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        task.abort();
+    }
+
     /// A forged `a=3ge2ae:applied` from the core never reaches the UE: alice (registered with
     /// e2ae support, this call without `requested`) calls bob with SDES end to end, the relay
     /// puts the indication into bob's answer, P-CSCF a removes it: the call runs SRTP end to
