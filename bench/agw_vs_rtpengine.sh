@@ -7,6 +7,9 @@
 # whole process is pinned and counted); the CPU time it burns (utime+stime from /proc) during the run divides
 # the packets it delivered. Paced, not flooded: rtpengine 10.5 discards a stream's packets once
 # its socket queue overflows ("UDP receive queue exceeded"), so a flood measures nothing.
+# SINKS: the load generator's receiver per table (`--sink`): `block` (blocking recvfrom; on
+# loopback each relayed packet's sendto also wakes it, a cost the relay pays only because the
+# next hop is on the same machine) and/or `poll` (non-blocking loop: no wake-up is charged).
 # usage: bench/agw_vs_rtpengine.sh [path/to/mediasec]   (cargo build --release -p mediasec)
 # Needs: rtpengine (Debian rtpengine-daemon), taskset (util-linux), python3.
 set -euo pipefail
@@ -19,6 +22,7 @@ CALLS=${CALLS:-100}
 RATE=${RATE:-30000}
 PAYLOAD=${PAYLOAD:-160}
 SUITE=${SUITE:-AES_CM_128_HMAC_SHA1_80}
+SINKS=${SINKS:-block poll}
 port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 RTPE_NG=$(port); OURS_NG=$(port)
@@ -34,23 +38,25 @@ taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$OURS_NG" 
 OURS_PID=$!; pids+=($OURS_PID)
 sleep 1.5
 HZ=$(getconf CLK_TCK)
-best() { # ng-port pid direction -> "best packets/CPU-s  loss-of-that-run"
+best() { # ng-port pid direction sink -> "best packets/CPU-s  loss-of-that-run"
   local b=0 bl=0
   for _ in $(seq "$REPS"); do
     t0=$(ticks "$2")
     out=$(taskset -c "$LOAD_CPU" "$BIN" agw load --ng 127.0.0.1:"$1" --direction "$3" --calls "$CALLS" \
-      --rate "$RATE" --payload "$PAYLOAD" --suite "$SUITE" --seconds "$SECS" --json) || { echo "load failed: $out" >&2; exit 1; }
+      --rate "$RATE" --payload "$PAYLOAD" --suite "$SUITE" --seconds "$SECS" --sink "$4" --json) || { echo "load failed: $out" >&2; exit 1; }
     t1=$(ticks "$2")
     read -r v l < <(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);cpu=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]);print(int(d["received_total"]/cpu) if cpu else 0, round(100*d["loss"],2))' "$out" "$t0" "$t1" "$HZ")
     if [ "$v" -gt "$b" ]; then b=$v; bl=$l; fi
   done
   echo "$b $bl"
 }
-echo "| direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio |"
-echo "|---|---|---|---|---|---|---|"
-for dir in srtp-to-rtp rtp-to-srtp; do
-  read -r r rl < <(best "$RTPE_NG" "$RTPE_PID" "$dir")
-  read -r o ol < <(best "$OURS_NG" "$OURS_PID" "$dir")
-  ratio=$(python3 -c "print(f'{$o/$r:.2f}' if $r else 'n/a')")
-  echo "| $dir | $SUITE | $PAYLOAD B | $RATE pkt/s, $CALLS calls | $r ($rl) | $o ($ol) | $ratio× |"
+echo "| sink | direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio |"
+echo "|---|---|---|---|---|---|---|---|"
+for sink in $SINKS; do
+  for dir in srtp-to-rtp rtp-to-srtp; do
+    read -r r rl < <(best "$RTPE_NG" "$RTPE_PID" "$dir" "$sink")
+    read -r o ol < <(best "$OURS_NG" "$OURS_PID" "$dir" "$sink")
+    ratio=$(python3 -c "print(f'{$o/$r:.2f}' if $r else 'n/a')")
+    echo "| $sink | $dir | $SUITE | $PAYLOAD B | $RATE pkt/s, $CALLS calls | $r ($rl) | $o ($ol) | $ratio× |"
+  done
 done

@@ -10,6 +10,7 @@ pub mod bencode;
 pub mod control;
 pub mod ng;
 mod error;
+mod ports;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod relay;

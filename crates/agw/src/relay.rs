@@ -17,12 +17,12 @@
 //! Packets are transformed in the caller's buffer: no allocation per packet. Time is passed
 //! in; the relay never reads a clock.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use mediasec_srtp::{is_rtcp, Policy, Session};
 
+use crate::ports::PortTable;
 use crate::stats::{Component, DropReason, LegStats};
 use crate::Error;
 
@@ -245,7 +245,9 @@ pub enum Verdict {
 pub struct Relay {
     streams: Vec<Option<MediaStream>>,
     free: Vec<usize>,
-    by_port: HashMap<u16, (StreamId, Side)>,
+    /// By each leg's RTP port.
+    by_port: PortTable<(StreamId, Side)>,
+    live: usize,
     unknown_port: u64,
 }
 
@@ -257,7 +259,7 @@ impl Relay {
 
     /// Adds a stream whose legs use the RTP ports `a` and `b` (even; RTCP on port + 1).
     pub fn add_stream(&mut self, a: u16, b: u16, now: Instant) -> Result<StreamId, Error> {
-        if !a.is_multiple_of(2) || !b.is_multiple_of(2) || a == b || self.by_port.contains_key(&a) || self.by_port.contains_key(&b) {
+        if !a.is_multiple_of(2) || !b.is_multiple_of(2) || a == b || self.by_port.contains(a) || self.by_port.contains(b) {
             return Err(Error::NoPorts);
         }
         let stream = MediaStream { legs: [Leg::new(a), Leg::new(b)], created: now };
@@ -275,6 +277,7 @@ impl Relay {
         };
         self.by_port.insert(a, (id, Side::A));
         self.by_port.insert(b, (id, Side::B));
+        self.live += 1;
         Ok(id)
     }
 
@@ -282,8 +285,9 @@ impl Relay {
     pub fn remove_stream(&mut self, id: StreamId) -> Option<MediaStream> {
         let stream = self.streams.get_mut(id.0)?.take()?;
         for leg in &stream.legs {
-            self.by_port.remove(&leg.port);
+            self.by_port.remove(leg.port);
         }
+        self.live -= 1;
         self.free.push(id.0);
         Some(stream)
     }
@@ -300,7 +304,7 @@ impl Relay {
 
     /// Live streams.
     pub fn stream_count(&self) -> usize {
-        self.by_port.len() / 2
+        self.live
     }
 
     /// Packets received on ports of no stream.
@@ -312,7 +316,7 @@ impl Relay {
     /// `now`; on [`Verdict::Forward`] the packet to send is at the start of `buf`. `buf`
     /// must have room for the SRTP trailer (len + 16 + MKI; 2048 octets is plenty).
     pub fn handle(&mut self, port: u16, from: SocketAddr, buf: &mut [u8], len: usize, now: Instant) -> Verdict {
-        let Some(&(id, side)) = self.by_port.get(&(port & !1)) else {
+        let Some(&(id, side)) = self.by_port.get(port & !1) else {
             self.unknown_port += 1;
             return Verdict::Drop(DropReason::UnknownPort);
         };

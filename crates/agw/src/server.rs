@@ -10,7 +10,6 @@
 //! socket stays on the ready list until it reports `WouldBlock` (edge-triggered readiness
 //! is only re-armed by a drain). No allocation, task wake-up or clock read per packet.
 
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd as _;
@@ -25,6 +24,7 @@ use rand::RngCore as _;
 use tokio::net::UdpSocket;
 
 use crate::control::{Config, Controller, PortSource};
+use crate::ports::PortTable;
 use crate::relay::Verdict;
 use crate::Error;
 
@@ -51,7 +51,7 @@ struct Sockets {
     min: u16,
     max: u16,
     next: u16,
-    open: HashMap<u16, std::net::UdpSocket>,
+    open: PortTable<std::net::UdpSocket>,
     /// The media thread's readiness set; a socket's token is its port.
     registry: Registry,
 }
@@ -73,7 +73,7 @@ impl PortSource for Sockets {
         for _ in 0..span {
             let port = self.next.max(first);
             self.next = if u32::from(port) + 2 > u32::from(self.max) { first } else { port + 2 };
-            if port.checked_add(1).is_none_or(|p| p > self.max) || self.open.contains_key(&port) {
+            if port.checked_add(1).is_none_or(|p| p > self.max) || self.open.contains(port) {
                 continue;
             }
             // A socket dropped on failure leaves the readiness set as it is closed.
@@ -89,7 +89,7 @@ impl PortSource for Sockets {
 
     fn release_pair(&mut self, rtp_port: u16) {
         for p in [rtp_port, rtp_port.wrapping_add(1)] {
-            if let Some(s) = self.open.remove(&p) {
+            if let Some(s) = self.open.remove(p) {
                 let _ = self.registry.deregister(&mut SourceFd(&s.as_raw_fd()));
             }
         }
@@ -125,7 +125,7 @@ impl Agw {
             min: config.port_min,
             max: config.port_max,
             next: 0,
-            open: HashMap::new(),
+            open: PortTable::default(),
             registry: poll.registry().try_clone()?,
         };
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
@@ -258,7 +258,7 @@ impl Batch {
                 self.flush(sockets);
             }
             let mut got = [(0usize, None); READ_MAX];
-            let more = match sockets.open.get(&port).map(|s| self.receive(s, &mut got)) {
+            let more = match sockets.open.get(port).map(|s| self.receive(s, &mut got)) {
                 Some(Ok(n)) => {
                     for (len, from) in got.iter().take(n) {
                         let slot = self.used;
@@ -306,7 +306,7 @@ impl Batch {
 
     fn flush(&mut self, sockets: &Sockets) {
         for &(slot, from_port, to, len) in &self.out {
-            if let (Some(socket), Some(packet)) = (sockets.open.get(&from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
+            if let (Some(socket), Some(packet)) = (sockets.open.get(from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
                 let _ = socket.send_to(packet, to);
             }
         }
