@@ -16,9 +16,12 @@ pub mod fuzzing;
 pub mod relay;
 pub mod server;
 pub mod stats;
+// The one module with `unsafe`: io_uring submission (soundness argued at the block).
+#[allow(unsafe_code)]
+mod uring;
 
 pub use control::{Config, Controller, PortSource};
 pub use error::Error;
-pub use server::{Agw, ServerConfig};
+pub use server::{Agw, SendPath, ServerConfig};
 pub use relay::{Leg, MediaStream, Protection, Relay, Side, StreamId, Verdict};
 pub use stats::{Component, Counter, DropReason, LegStats};

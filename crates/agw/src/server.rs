@@ -9,10 +9,12 @@
 //! socket has been visited) sends the forwarded packets from the other legs' sockets. A
 //! socket stays on the ready list until it reports `WouldBlock` (edge-triggered readiness
 //! is only re-armed by a drain). No allocation, task wake-up or clock read per packet.
+//! The forwarded packets of a batch are sent with one `io_uring_enter` ([`crate::uring`])
+//! where the kernel allows io_uring, else with one `sendto` each ([`SendPath`]).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,6 +28,7 @@ use tokio::net::UdpSocket;
 use crate::control::{Config, Controller, PortSource};
 use crate::ports::PortTable;
 use crate::relay::Verdict;
+use crate::uring::SendRing;
 use crate::Error;
 
 /// Driver settings.
@@ -43,6 +46,17 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// Gateway behaviour.
     pub control: Config,
+}
+
+/// How the media thread sends the packets it forwards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendPath {
+    /// All the sends of a batch in one `io_uring_enter` where the kernel allows io_uring
+    /// (chosen at start-up, and logged), else [`SendPath::Sendto`].
+    #[default]
+    Auto,
+    /// One `sendto` per packet.
+    Sendto,
 }
 
 /// Media sockets by local port, and the range they come from.
@@ -111,12 +125,31 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 pub struct Agw {
     ng_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    io_uring: bool,
     state: Shared,
 }
 
 impl Agw {
-    /// Binds the ng socket and starts the control and timer tasks on the current runtime.
+    /// Binds the ng socket and starts the control and timer tasks on the current runtime;
+    /// media is sent as [`SendPath::Auto`] says.
     pub async fn start(config: ServerConfig) -> io::Result<Self> {
+        Self::start_with(config, SendPath::Auto).await
+    }
+
+    /// [`Agw::start`] with the given send path.
+    pub async fn start_with(config: ServerConfig, sends: SendPath) -> io::Result<Self> {
+        let ring = match sends {
+            SendPath::Sendto => None,
+            SendPath::Auto => match SendRing::new(BATCH as u16) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable: media sent with one sendto per packet");
+                    None
+                }
+            },
+        };
+        let io_uring = ring.is_some();
+        tracing::info!(io_uring, "media thread: epoll + recvmmsg, sends {}", if io_uring { "batched over io_uring" } else { "by sendto" });
         let ng = UdpSocket::bind(config.listen_ng).await?;
         let ng_addr = ng.local_addr()?;
         let poll = Poll::new()?;
@@ -131,7 +164,7 @@ impl Agw {
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
         // The thread ends once the control and timer tasks (the state's owners) are gone.
         let weak = Arc::downgrade(&state);
-        std::thread::Builder::new().name("agw-media".into()).spawn(move || media_thread(poll, &weak))?;
+        std::thread::Builder::new().name("agw-media".into()).spawn(move || media_thread(poll, ring, &weak))?;
         tokio::spawn(control_loop(ng, state.clone()));
         tokio::spawn(timer_loop(state.clone()));
         let mut metrics_addr = None;
@@ -142,7 +175,7 @@ impl Agw {
             tokio::spawn(metrics_loop(listener, state.clone()));
         }
         tracing::info!(%ng_addr, "IMS-AGW listening for ng commands");
-        Ok(Self { ng_addr, metrics_addr, state })
+        Ok(Self { ng_addr, metrics_addr, io_uring, state })
     }
 
     /// The ng control address actually bound.
@@ -153,6 +186,11 @@ impl Agw {
     /// The metrics address actually bound, if metrics are served.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Whether forwarded packets are sent over io_uring ([`SendPath`]).
+    pub fn uses_io_uring(&self) -> bool {
+        self.io_uring
     }
 
     /// Calls in progress.
@@ -210,9 +248,11 @@ struct Batch {
     /// per port telling whether it is on that list.
     ready: Vec<u16>,
     queued: Vec<bool>,
+    /// Sends over io_uring if it is available ([`SendPath::Auto`]).
+    ring: Option<SendRing>,
 }
 
-fn media_thread(mut poll: Poll, state: &Weak<Mutex<State>>) {
+fn media_thread(mut poll: Poll, ring: Option<SendRing>, state: &Weak<Mutex<State>>) {
     let mut events = Events::with_capacity(1024);
     let mut b = Batch {
         bufs: vec![[0; 2048]; BATCH],
@@ -221,6 +261,7 @@ fn media_thread(mut poll: Poll, state: &Weak<Mutex<State>>) {
         headers: MultiHeaders::preallocate(READ_MAX, None),
         ready: Vec::new(),
         queued: vec![false; usize::from(u16::MAX) + 1],
+        ring,
     };
     loop {
         let timeout = if b.ready.is_empty() { IDLE } else { Duration::ZERO };
@@ -305,9 +346,20 @@ impl Batch {
     }
 
     fn flush(&mut self, sockets: &Sockets) {
-        for &(slot, from_port, to, len) in &self.out {
-            if let (Some(socket), Some(packet)) = (sockets.open.get(from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
-                let _ = socket.send_to(packet, to);
+        let packets = self.out.iter().filter_map(|&(slot, from_port, to, len)| Some((sockets.open.get(from_port)?, self.bufs.get(slot)?.get(..len)?, to)));
+        match &mut self.ring {
+            Some(ring) => {
+                if let Err(e) = ring.send_all(packets.map(|(socket, packet, to)| (socket.as_fd(), packet, to))) {
+                    tracing::error!(error = %e, "io_uring failed; media now sent with sendto");
+                    if let Some(ring) = self.ring.take() {
+                        ring.abandon();
+                    }
+                }
+            }
+            None => {
+                for (socket, packet, to) in packets {
+                    let _ = socket.send_to(packet, to);
+                }
             }
         }
         self.out.clear();
@@ -367,12 +419,18 @@ mod tests {
     /// pass (mid-pass flush). Every packet is relayed exactly once, intact, to its call's peer.
     #[test]
     fn bursts_are_drained_and_relayed_intact() {
+        for sends in [SendPath::Auto, SendPath::Sendto] {
+            bursts_relayed_intact(sends);
+        }
+    }
+
+    fn bursts_relayed_intact(sends: SendPath) {
         const CALLS: usize = 9; // CALLS × READ_MAX > BATCH
         const BURST: u16 = 20; // > 2 × READ_MAX
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
         let agw = rt
-            .block_on(Agw::start(ServerConfig {
+            .block_on(Agw::start_with(ServerConfig {
                 listen_ng: "127.0.0.1:0".parse().unwrap(),
                 interface: "127.0.0.1".parse().unwrap(),
                 port_min: base,
@@ -383,8 +441,10 @@ mod tests {
                     sdes: mediasec_sdp::SdesPolicy::default(),
                     timeout: Duration::from_secs(30),
                 },
-            }))
+            }, sends))
             .unwrap();
+        // Auto is io_uring wherever a ring works (the kernel may refuse it, e.g. under seccomp).
+        assert_eq!(agw.uses_io_uring(), sends == SendPath::Auto && SendRing::new(4).is_ok());
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mediasec_agw::bencode::Value;
-use mediasec_agw::{ng, Agw, Config, ServerConfig};
+use mediasec_agw::{ng, Agw, Config, SendPath, ServerConfig};
 use mediasec_sdp::SdesPolicy;
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 
@@ -62,22 +62,22 @@ fn ping(addr: SocketAddr) -> bool {
 
 /// Our AGW on its own runtime thread; the runtime lives as long as the returned guard.
 fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
-    let (ng, _, rt) = start_agw_with_metrics();
+    let (ng, _, rt) = start_agw_with_metrics(SendPath::Auto);
     (ng, rt)
 }
 
-fn start_agw_with_metrics() -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
+fn start_agw_with_metrics(sends: SendPath) -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let base = free_range(200);
     let agw = rt
-        .block_on(Agw::start(ServerConfig {
+        .block_on(Agw::start_with(ServerConfig {
             listen_ng: "127.0.0.1:0".parse().unwrap(),
             interface: "127.0.0.1".parse().unwrap(),
             port_min: base,
             port_max: base + 199,
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
-        }))
+        }, sends))
         .unwrap();
     (agw.ng_addr(), agw.metrics_addr().unwrap(), rt)
 }
@@ -160,7 +160,14 @@ fn port_of(sdp: &str) -> u16 {
 /// reason in `query`; genuine media flows; `delete` frees the call.
 #[test]
 fn over_udp_failed_packets_are_dropped_and_counted() {
-    let (ng_addr, metrics, _rt) = start_agw_with_metrics();
+    // Both send paths: io_uring (where the kernel allows it) and sendto.
+    for sends in [SendPath::Auto, SendPath::Sendto] {
+        dropped_and_counted(sends);
+    }
+}
+
+fn dropped_and_counted(sends: SendPath) {
+    let (ng_addr, metrics, _rt) = start_agw_with_metrics(sends);
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
     let core = UdpSocket::bind("127.0.0.1:0").unwrap();
     core.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
