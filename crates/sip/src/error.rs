@@ -33,9 +33,54 @@ pub enum Error {
         /// The CSeq number received.
         got: u32,
     },
-    /// The UDP transport failed.
-    #[error("UDP transport: {0}")]
+    /// A socket operation failed.
+    #[error("SIP transport: {0}")]
     Io(#[from] std::io::Error),
+    /// The TCP listener could not take the port the UDP socket got (RFC 3261 §18: a SIP
+    /// element listens on both transports at the same port).
+    #[error("TCP {addr} (the UDP port of this endpoint) cannot be bound: {source}")]
+    TcpBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A stream message's header section has no end within the limit (RFC 3261 §18.3).
+    #[error("stream offset {offset}: header section longer than {limit} bytes")]
+    HeadTooLarge {
+        /// Stream offset of the message.
+        offset: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// A stream message declares a body above the limit.
+    #[error("stream offset {offset}: Content-Length {declared} above the {limit}-byte limit")]
+    BodyTooLarge {
+        /// Stream offset of the message.
+        offset: u64,
+        /// The declared length.
+        declared: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// A stream message without `Content-Length` (mandatory on streams, RFC 3261 §18.3):
+    /// the stream cannot be framed further. Carries the request if its header section parses,
+    /// so it can be answered 400.
+    #[error("stream offset {offset}: no Content-Length, which a stream requires")]
+    ContentLengthRequired {
+        /// Stream offset of the message.
+        offset: u64,
+        /// The request, if its header section parses.
+        request: Option<Box<sipx_sip::Request>>,
+    },
+    /// A stream message the parser refuses.
+    #[error("stream offset {offset}: {source}")]
+    Framing {
+        /// Stream offset of the message.
+        offset: u64,
+        /// The parser's reason.
+        source: sipx_sip::error::ParseError,
+    },
     /// The endpoint task has stopped.
     #[error("the SIP endpoint has stopped")]
     Stopped,

@@ -11,13 +11,21 @@
 //!   it strips and inserts `a=crypto` lines (TS 33.328 §5.5.2, §7.3) and the one a UE makes
 //!   when it answers.
 //! - [`dialog`]: RFC 3261 §12 dialogs (route set, remote target, CSeq), sans-IO.
-//! - [`udp`]: the tokio UDP endpoint that runs the transaction layer and its timers for a
-//!   transaction user (the UE and the CSCF cores).
+//! - [`endpoint`]: the tokio endpoint, UDP and TCP on one port (RFC 3261 §18), that runs the
+//!   transaction layer and its timers for a transaction user (the UE and the CSCF cores);
+//!   [`stream`] frames messages out of a TCP byte stream (§18.3), sans-IO.
 
 pub mod body;
 pub mod dialog;
+pub mod endpoint;
 mod error;
-pub mod udp;
+pub mod fuzzing;
+pub mod stream;
+mod tcp;
+
+/// The endpoint under its first name, from when it spoke UDP only: the UE and the CSCFs
+/// import it as `mediasec_sip::udp`.
+pub use endpoint as udp;
 
 pub use error::Error;
 pub use sipx_sip as core;

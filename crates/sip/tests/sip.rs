@@ -1,6 +1,6 @@
 //! The SIP layer: why `sipx-sip` was adopted (lossless parsing and editing of IMS requests,
-//! RFC 3261 §17 transactions over UDP including forked 2xx answers) and the body edit that
-//! the IMS-ALG and the UEs make.
+//! RFC 3261 §17 transactions over UDP including forked 2xx answers), the body edit that
+//! the IMS-ALG and the UEs make, and the endpoint over UDP and TCP (RFC 3261 §18).
 
 use bytes::Bytes;
 use mediasec_sdp::{Level, Sdp};
@@ -264,7 +264,9 @@ Content-Length: 0\r\n\r\n";
 
 mod endpoint {
     use super::*;
+    use mediasec_sip::stream::{Frame, FrameLimits, Framer};
     use mediasec_sip::udp::{Command, Endpoint, Event};
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     fn timers() -> Timers {
@@ -314,13 +316,269 @@ mod endpoint {
         assert!(a_rx.try_recv().is_err(), "2xx retransmitted after the ACK");
     }
 
-    fn dialogs_invite(from: std::net::SocketAddr) -> Request {
+    fn dialogs_invite(from: SocketAddr) -> Request {
+        sized_request("INVITE", "z9hG4bKe1", from, 0)
+    }
+
+    /// A request from `from` with a body of `body` bytes (so a chosen size on the wire).
+    fn sized_request(method: &str, branch: &str, from: SocketAddr, body: usize) -> Request {
         let text = format!(
-            "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKe1;rport\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=x\r\nTo: <sip:bob@b.example>\r\nCall-ID: e1\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:alice@{from}>\r\nContent-Length: 0\r\n\r\n"
+            "{method} sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=x\r\nTo: <sip:bob@b.example>\r\nCall-ID: {branch}\r\nCSeq: 1 {method}\r\n\
+Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body}\r\n\r\n{}",
+            "b".repeat(body)
         );
         let Message::Request(r) = parse(&text) else { panic!("request") };
         r
     }
+
+    fn top_via(r: &Request) -> String {
+        String::from_utf8_lossy(&r.headers.value(&HeaderName::Via).expect("Via")).into_owned()
+    }
+
+    fn response_text(request: &Request, code: u16) -> String {
+        let r = ResponseBuilder::to_request(request, StatusCode::new(code).expect("status"), "X").expect("response").build();
+        String::from_utf8_lossy(&Message::Response(r).to_bytes()).into_owned()
+    }
+
+    /// A peer that is not our endpoint: a UDP socket and a TCP listener on one port, to see
+    /// exactly which transport each message used.
+    struct RawPeer {
+        udp: tokio::net::UdpSocket,
+        tcp: tokio::net::TcpListener,
+    }
+
+    impl RawPeer {
+        async fn bind() -> Self {
+            loop {
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+                if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().expect("addr")).await {
+                    return Self { udp, tcp };
+                }
+            }
+        }
+
+        fn addr(&self) -> SocketAddr {
+            self.udp.local_addr().expect("addr")
+        }
+    }
+
+    /// Reads from `stream` until the framer yields a message.
+    async fn read_message(stream: &mut tokio::net::TcpStream, framer: &mut Framer) -> Message {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = framer.next_frame().expect("framed") {
+                let Frame::Message(m) = frame else { continue };
+                return *m;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("in time").expect("read");
+            assert!(n > 0, "connection closed before a message");
+            framer.push(buf.get(..n).expect("read bytes"));
+        }
+    }
+
+    /// RFC 3261 §18.1.1 against a raw peer: a small request arrives over UDP as sent; a
+    /// 2 000-byte INVITE arrives over TCP with its top Via saying TCP and is not retransmitted
+    /// (reliable, no Timer A); two responses in one TCP segment both reach the caller; a second
+    /// large request reuses the connection; a response split across two segments is framed.
+    #[tokio::test]
+    async fn a_large_request_goes_over_tcp_and_a_small_one_over_udp() {
+        let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind a");
+        let peer = RawPeer::bind().await;
+
+        let small = sized_request("OPTIONS", "z9hG4bKsmall", a.local_addr(), 100);
+        a.send(Command::Request { request: small.clone(), to: peer.addr() }).expect("send");
+        let mut buf = [0u8; 4096];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.udp.recv_from(&mut buf)).await.expect("in time").expect("udp");
+        assert_eq!(from, a.local_addr());
+        assert_eq!(buf.get(..n).expect("datagram"), Message::Request(small.clone()).to_bytes().as_ref());
+        peer.udp.send_to(response_text(&small, 200).as_bytes(), from).await.expect("answer");
+        match next(&mut a_rx).await {
+            Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Drain the OPTIONS retransmissions that crossed the answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while peer.udp.try_recv_from(&mut buf).is_ok() {}
+
+        let invite = sized_request("INVITE", "z9hG4bKlarge", a.local_addr(), 1500);
+        assert!(Message::Request(invite.clone()).to_bytes().len() >= 2000 - 300);
+        a.send(Command::Request { request: invite.clone(), to: peer.addr() }).expect("send");
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), peer.tcp.accept()).await.expect("in time").expect("accept");
+        let mut framer = Framer::new(FrameLimits::default());
+        let Message::Request(got) = read_message(&mut stream, &mut framer).await else { panic!("a request") };
+        assert_eq!(top_via(&got), top_via(&invite).replace("SIP/2.0/UDP", "SIP/2.0/TCP"));
+        assert_eq!(got.body(), invite.body());
+        // Reliable: after several T1 nothing more came, over either transport.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(peer.udp.try_recv_from(&mut buf).is_err(), "nothing over UDP");
+        assert_eq!(framer.pending(), 0);
+        {
+            let mut probe = [0u8; 64];
+            assert!(stream.try_read(&mut probe).is_err(), "INVITE retransmitted over TCP");
+        }
+
+        // 100 and 180 in one segment.
+        use tokio::io::AsyncWriteExt;
+        let both = format!("{}{}", response_text(&got, 100), response_text(&got, 180));
+        stream.write_all(both.as_bytes()).await.expect("write");
+        for code in [100, 180] {
+            match next(&mut a_rx).await {
+                Event::Response { response, .. } => assert_eq!(response.status.code(), code),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        // A second large request on the same connection; its 200 arrives in two halves.
+        let message = sized_request("MESSAGE", "z9hG4bKsecond", a.local_addr(), 1500);
+        a.send(Command::Request { request: message, to: peer.addr() }).expect("send");
+        let Message::Request(second) = read_message(&mut stream, &mut framer).await else { panic!("a request") };
+        assert_eq!(second.method, Method::Message);
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer.tcp.accept()).await.is_err(), "no second connection");
+        let ok = response_text(&second, 200);
+        let (head, tail) = ok.split_at(ok.len() / 2);
+        stream.write_all(head.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(tail.as_bytes()).await.expect("write");
+        match next(&mut a_rx).await {
+            Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Endpoint to endpoint: the 2 000-byte INVITE reaches B with a TCP Via and from A's
+    /// connection; B's 2xx comes back once (no retransmission over TCP, §17.2.1), and the
+    /// small ACK goes over UDP.
+    #[tokio::test]
+    async fn endpoint_to_endpoint_invite_over_tcp() {
+        let any = "127.0.0.1:0".parse().expect("addr");
+        let (a, mut a_rx) = Endpoint::bind(any, timers()).await.expect("bind a");
+        let (b, mut b_rx) = Endpoint::bind(any, timers()).await.expect("bind b");
+        let invite = sized_request("INVITE", "z9hG4bKe2e", a.local_addr(), 1700);
+        let size = Message::Request(invite.clone()).to_bytes().len();
+        assert!((1900..=2100).contains(&size), "{size}");
+        a.send(Command::Request { request: invite, to: b.local_addr() }).expect("send");
+        let Event::Request { key, request, source } = next(&mut b_rx).await else { panic!("a request") };
+        assert!(top_via(&request).starts_with("SIP/2.0/TCP "), "{}", top_via(&request));
+        assert_eq!(source.ip(), a.local_addr().ip());
+        assert_ne!(source, a.local_addr(), "from A's TCP connection, not its UDP socket");
+        let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        b.send(Command::Respond2xx { key, response: ok }).expect("respond");
+        match next(&mut a_rx).await {
+            Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+            other => panic!("unexpected {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(a_rx.try_recv().is_err(), "2xx retransmitted over TCP");
+
+        let mut ack = RequestBuilder::new(Method::Ack, request.uri.clone());
+        ack = ack.header(HeaderName::Via, format!("SIP/2.0/UDP {};branch=z9hG4bKack", a.local_addr())).expect("Via");
+        for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+            ack = ack.header(name.clone(), request.headers.value(&name).expect("header").into_owned()).expect("h");
+        }
+        let ack = ack.cseq(1, &Method::Ack).expect("cseq").build();
+        a.send(Command::Stateless { message: Message::Request(ack), to: b.local_addr() }).expect("ack");
+        let Event::Ack { request: ack, source } = next(&mut b_rx).await else { panic!("an ACK") };
+        assert_eq!(source, a.local_addr(), "the small ACK over UDP");
+        assert!(top_via(&ack).starts_with("SIP/2.0/UDP "));
+    }
+
+    /// §18.2.2 and §18.3 at the server: a request written in two segments is framed; its
+    /// response goes back on the same connection; a double-CRLF ping gets a CRLF pong; when
+    /// the client has closed its connection, the response to its next request goes to a new
+    /// connection to the Via sent-by port; a request without Content-Length gets a 400 and the
+    /// connection is closed.
+    #[tokio::test]
+    async fn responses_go_back_on_the_connection_or_to_the_via_port() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (b, mut b_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind b");
+        let client = RawPeer::bind().await;
+        let mut stream = tokio::net::TcpStream::connect(b.local_addr()).await.expect("connect");
+        let options = Message::Request(sized_request("OPTIONS", "z9hG4bKsplit", client.addr(), 10)).to_bytes();
+        let (head, tail) = options.split_at(40);
+        stream.write_all(head).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(tail).await.expect("write");
+        let Event::Request { key, request, source } = next(&mut b_rx).await else { panic!("a request") };
+        assert_eq!(source, stream.local_addr().expect("addr"));
+        let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        b.send(Command::Respond { key, response: ok }).expect("respond");
+        let mut framer = Framer::new(FrameLimits::default());
+        let Message::Response(r) = read_message(&mut stream, &mut framer).await else { panic!("a response") };
+        assert_eq!(r.status.code(), 200);
+
+        stream.write_all(b"\r\n\r\n").await.expect("ping");
+        let mut pong = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut pong)).await.expect("in time").expect("pong");
+        assert_eq!(pong.get(..n), Some(&b"\r\n"[..]));
+
+        // The client closes right after its request: the response reconnects to the Via port.
+        let message = Message::Request(sized_request("MESSAGE", "z9hG4bKgone", client.addr(), 10)).to_bytes();
+        stream.write_all(&message).await.expect("write");
+        let Event::Request { key, request, .. } = next(&mut b_rx).await else { panic!("a request") };
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        b.send(Command::Respond { key, response: ok }).expect("respond");
+        let (mut back, from) = tokio::time::timeout(Duration::from_secs(5), client.tcp.accept()).await.expect("in time").expect("accept");
+        assert_eq!(from.ip(), b.local_addr().ip());
+        let Message::Response(r) = read_message(&mut back, &mut Framer::new(FrameLimits::default())).await else { panic!("a response") };
+        assert_eq!((r.status.code(), r.headers.value(&HeaderName::CallId).map(|v| v.into_owned())), (200, Some(b"z9hG4bKgone".to_vec())));
+
+        // No Content-Length on a stream: 400, then the connection closes.
+        let mut stream = tokio::net::TcpStream::connect(b.local_addr()).await.expect("connect");
+        let text = String::from_utf8_lossy(&message).replace("Content-Length: 10\r\n", "").replace("z9hG4bKgone", "z9hG4bKnolen");
+        stream.write_all(text.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await.expect("closed in time").expect("read");
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("SIP/2.0 400 Missing Content-Length\r\n"), "{got}");
+        assert!(b_rx.try_recv().is_err(), "the unframed request reached the TU");
+    }
+
+    /// A TCP connection that cannot be opened fails its client transaction at once with a
+    /// transport error (`Event::Timeout`), long before 64·T1; the endpoint keeps working.
+    #[tokio::test]
+    async fn a_refused_connection_is_a_transport_error() {
+        let slow = Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) };
+        let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), slow).await.expect("bind a");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let invite = sized_request("INVITE", "z9hG4bKrefused", a.local_addr(), 1500);
+        let key = mediasec_sip::core::TransactionKey::from_sent_request(&invite).expect("key");
+        a.send(Command::Request { request: invite, to: closed }).expect("send");
+        match next(&mut a_rx).await {
+            Event::Timeout { key: k } => assert_eq!(k, key),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The TCP port must be the UDP port: when it is taken, binding says so.
+    #[tokio::test]
+    async fn a_taken_tcp_port_is_a_clear_error() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        match Endpoint::bind(addr, timers()).await {
+            Err(e @ Error::TcpBind { .. }) => assert!(e.to_string().contains(&addr.to_string()), "{e}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("bound a taken TCP port"),
+        }
+    }
+
+}
+
+/// Every committed seed of `fuzz/corpus/sip_stream` through the fuzz target's function.
+#[test]
+fn fuzz_corpus_replay() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/sip_stream");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("seed");
+        mediasec_sip::fuzzing::stream(&data);
+        n += 1;
+    }
+    assert!(n >= 10, "seed corpus has {n} files");
 }

@@ -1,0 +1,674 @@
+//! The SIP endpoint over UDP and TCP on one port: a tokio task that owns the sockets, runs
+//! the RFC 3261 §17 transaction layer of [`sipx_sip`] and its timers, and talks to the
+//! transaction user (a UA or proxy core) through [`Command`]s in and [`Event`]s out.
+//!
+//! Which transport (RFC 3261 §18): a request larger than [`UDP_MAX_REQUEST`] bytes goes over
+//! TCP (§18.1.1: the path MTU is unknown), with its top `Via` rewritten to `TCP` and its client
+//! transaction reliable (no Timer A/E, §17.1.1.2, §17.1.2.2); a smaller one over UDP. An open
+//! connection to the next hop — whichever side opened it — is reused, else one is opened. A
+//! response goes back the way its request came (§18.2.2): over UDP to the request's source
+//! (symmetric response, RFC 3581, exact on loopback), over TCP on the request's connection or,
+//! if that has closed, on a connection to the request's source address and its `Via` sent-by
+//! port. A connection that cannot be opened or written fails its client transactions with a
+//! transport error ([`Event::Timeout`], §17.1.4); stream framing is [`crate::stream`].
+//!
+//! A UAS 2xx to an INVITE received over UDP is retransmitted by the endpoint at T1, 2·T1, …
+//! capped at T2 until an ACK with the same `Call-ID` and CSeq number arrives or 64·T1 has
+//! passed (§13.3.1.4); over TCP it is sent once (§17.2.1). The transaction itself leaves that
+//! job to the TU (RFC 6026).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sipx_sip::headers::first_hop_end;
+use sipx_sip::transaction::Dispatch;
+use sipx_sip::{
+    parse_datagram, Header, HeaderName, Headers, Limits, Message, Method, Output, Reliability, Request, Response, Timer,
+    Timers, TransactionKey, TransactionLayer, TuEvent, Via,
+};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::tcp::{AbortOnDrop, ConnId, Connection, Report};
+use crate::Error;
+
+/// The largest request sent over UDP: RFC 3261 §18.1.1 requires a congestion-controlled
+/// transport for a request larger than 1300 bytes when the path MTU is unknown (it always is
+/// here).
+pub const UDP_MAX_REQUEST: usize = 1300;
+
+/// What the transaction user asks the endpoint to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Send `request` in a new client transaction to `to` (its key is
+    /// `TransactionKey::from_sent_request(&request)`).
+    Request {
+        /// The request, with this hop's `Via` on top.
+        request: Request,
+        /// The next hop.
+        to: SocketAddr,
+    },
+    /// Answer a server transaction.
+    Respond {
+        /// The server transaction.
+        key: TransactionKey,
+        /// The response.
+        response: Response,
+    },
+    /// A UAS 2xx to an INVITE: sent through the transaction, then retransmitted until the ACK
+    /// (RFC 3261 §13.3.1.4).
+    Respond2xx {
+        /// The INVITE server transaction.
+        key: TransactionKey,
+        /// The 2xx.
+        response: Response,
+    },
+    /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
+    /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
+    Stateless {
+        /// The message.
+        message: Message,
+        /// Where to.
+        to: SocketAddr,
+    },
+}
+
+/// What the endpoint tells the transaction user.
+#[derive(Debug)]
+pub enum Event {
+    /// A new request created server transaction `key`.
+    Request {
+        /// The server transaction.
+        key: TransactionKey,
+        /// The request.
+        request: Box<Request>,
+        /// Where it came from (over TCP, the remote address of the connection).
+        source: SocketAddr,
+    },
+    /// A response to our client transaction `key` (every 2xx of a forked INVITE, RFC 6026).
+    Response {
+        /// The client transaction.
+        key: TransactionKey,
+        /// The response.
+        response: Box<Response>,
+    },
+    /// An ACK for a 2xx (its own transaction per RFC 3261 §17.1.1.3).
+    Ack {
+        /// The ACK.
+        request: Box<Request>,
+        /// Where it came from.
+        source: SocketAddr,
+    },
+    /// A message that matched no transaction and created none (a response whose transaction
+    /// is gone, a request without a usable `Via`).
+    Stray {
+        /// The message.
+        message: Box<Message>,
+        /// Where it came from.
+        source: SocketAddr,
+    },
+    /// Client transaction `key` got no final answer within 64·T1, or could not be sent (a
+    /// transport error: a TCP connection that could not be opened or failed, §17.1.4).
+    Timeout {
+        /// The client transaction.
+        key: TransactionKey,
+    },
+    /// A datagram that does not parse as SIP (dropped; RFC 3261 §18.3 framing). A TCP stream
+    /// that cannot be framed is closed and logged instead.
+    Malformed {
+        /// Where it came from.
+        source: SocketAddr,
+        /// The parser's reason.
+        reason: String,
+    },
+}
+
+/// A running endpoint. Cloning shares it; the task stops when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    local: SocketAddr,
+    commands: mpsc::UnboundedSender<Command>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl Endpoint {
+    /// Binds `addr` on UDP (port 0 picks one) and TCP at the same address and port, and starts
+    /// the endpoint task with the given timer constants. Events arrive on the returned
+    /// receiver. An idle TCP connection is closed after 64·T1.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
+    /// taken.
+    pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
+        let socket = UdpSocket::bind(addr).await?;
+        let local = socket.local_addr()?;
+        let listener = TcpListener::bind(local).await.map_err(|source| Error::TcpBind { addr: local, source })?;
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (reports, reports_rx) = mpsc::unbounded_channel();
+        let driver = Driver {
+            socket,
+            listener,
+            layer: TransactionLayer::new(timers),
+            timers,
+            destinations: HashMap::new(),
+            schedule: BinaryHeap::new(),
+            armed: HashMap::new(),
+            pending: HashMap::new(),
+            next_id: 0,
+            retransmits: HashMap::new(),
+            connections: HashMap::new(),
+            by_peer: HashMap::new(),
+            next_conn: 0,
+            reports,
+            events,
+        };
+        let task = tokio::spawn(driver.run(rx, reports_rx));
+        Ok((Self { local, commands, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+    }
+
+    /// The bound address (UDP and TCP).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Hands a command to the endpoint task.
+    pub fn send(&self, command: Command) -> Result<(), Error> {
+        self.commands.send(command).map_err(|_| Error::Stopped)
+    }
+}
+
+/// How a transaction's messages travel.
+#[derive(Clone, Copy, Debug)]
+enum Route {
+    /// Datagrams to this address.
+    Udp(SocketAddr),
+    /// A TCP connection: `conn` while one is known, else the one open to `to`, else a new one
+    /// to `to` (for a server transaction, the request's source address and `Via` sent-by port,
+    /// RFC 3261 §18.2.2).
+    Tcp { conn: Option<ConnId>, to: SocketAddr },
+}
+
+impl Route {
+    fn reliability(self) -> Reliability {
+        match self {
+            Self::Udp(_) => Reliability::Unreliable,
+            Self::Tcp { .. } => Reliability::Reliable,
+        }
+    }
+
+    fn address(self) -> SocketAddr {
+        match self {
+            Self::Udp(to) | Self::Tcp { to, .. } => to,
+        }
+    }
+}
+
+/// What a scheduled timer belongs to.
+#[derive(Clone, Debug)]
+enum Due {
+    Transaction(TransactionKey, Timer),
+    Retransmit2xx(u64),
+}
+
+/// A 2xx being retransmitted until its ACK (§13.3.1.4).
+struct Retransmit {
+    bytes: Bytes,
+    to: SocketAddr,
+    call_id: Bytes,
+    cseq: u32,
+    interval: Duration,
+    give_up: Instant,
+}
+
+struct Driver {
+    socket: UdpSocket,
+    listener: TcpListener,
+    layer: TransactionLayer,
+    timers: Timers,
+    /// Client transaction → next hop; server transaction → where its responses go.
+    destinations: HashMap<TransactionKey, Route>,
+    schedule: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Armed transaction timers → the schedule id that is current for them.
+    armed: HashMap<(TransactionKey, Timer), u64>,
+    /// Schedule id → what fires.
+    pending: HashMap<u64, Due>,
+    next_id: u64,
+    retransmits: HashMap<u64, Retransmit>,
+    /// Open TCP connections, and which one serves each remote address.
+    connections: HashMap<ConnId, Connection>,
+    by_peer: HashMap<SocketAddr, ConnId>,
+    next_conn: ConnId,
+    reports: mpsc::UnboundedSender<Report>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut reports: mpsc::UnboundedReceiver<Report>) {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let next = self.schedule.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => {
+                        let datagram = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        self.on_datagram(datagram, source).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "SIP UDP receive"),
+                },
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.on_accept(stream, peer),
+                    Err(e) => tracing::warn!(error = %e, "SIP TCP accept"),
+                },
+                report = reports.recv() => match report {
+                    Some(Report::Message { conn, peer, message }) => self.on_message(*message, peer, Some(conn)).await,
+                    Some(Report::Closed { conn, peer, failed }) => self.on_closed(conn, peer, failed).await,
+                    // The driver holds a sender itself.
+                    None => return,
+                },
+                command = commands.recv() => match command {
+                    Some(c) => self.on_command(c).await,
+                    None => return,
+                },
+                () = sleep_until(next) => self.fire_due().await,
+            }
+        }
+    }
+
+    fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        tracing::debug!(%peer, "SIP TCP connection accepted");
+        self.connections.insert(conn, Connection::accepted(conn, peer, stream, self.reports.clone(), self.timers.timeout()));
+        self.by_peer.insert(peer, conn);
+    }
+
+    /// A connection ended: forget it, and if it failed, fail the client transactions that
+    /// were using it (RFC 3261 §17.1.4). A server transaction keeps its route: its next
+    /// response opens a new connection (§18.2.2).
+    async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, failed: bool) {
+        self.connections.remove(&conn);
+        if self.by_peer.get(&peer) == Some(&conn) {
+            self.by_peer.remove(&peer);
+        }
+        if !failed {
+            return;
+        }
+        let broken: Vec<TransactionKey> = self
+            .destinations
+            .iter()
+            .filter(|(key, route)| matches!(route, Route::Tcp { conn: Some(c), .. } if *c == conn) && self.layer.client_state(key).is_some())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in broken {
+            tracing::info!(%peer, ?key, "client transaction failed: TCP transport error");
+            let outputs = self.layer.on_transport_error(&key);
+            self.perform(&key, outputs, None).await;
+        }
+    }
+
+    async fn on_datagram(&mut self, datagram: Bytes, source: SocketAddr) {
+        // Keep-alive CRLFs (RFC 5626 §4.4.1) and empty datagrams are not messages.
+        if datagram.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match parse_datagram(datagram, &Limits::datagram()) {
+            Ok(message) => self.on_message(message, source, None).await,
+            Err(e) => {
+                tracing::info!(%source, error = %e, "dropped a datagram that is not SIP");
+                self.emit(Event::Malformed { source, reason: e.to_string() });
+            }
+        }
+    }
+
+    /// A message from `source`, over UDP or over TCP connection `conn`.
+    async fn on_message(&mut self, message: Message, source: SocketAddr, conn: Option<ConnId>) {
+        tracing::debug!(%source, transport = if conn.is_some() { "TCP" } else { "UDP" }, first_line = %first_line(&message), "SIP in");
+        if let Message::Request(r) = &message
+            && r.method == Method::Ack
+        {
+            self.ack_received(&r.headers);
+        }
+        let route = match conn {
+            None => Route::Udp(source),
+            Some(conn) => Route::Tcp { conn: Some(conn), to: reconnect_address(message.headers(), source) },
+        };
+        match self.layer.receive(message, route.reliability()) {
+            Dispatch::Created { key, outputs } => {
+                self.destinations.insert(key.clone(), route);
+                self.perform(&key, outputs, Some(source)).await;
+            }
+            Dispatch::Matched { key, outputs } => self.perform(&key, outputs, Some(source)).await,
+            Dispatch::Unmatched(message) => match *message {
+                Message::Request(r) if r.method == Method::Ack => {
+                    self.emit(Event::Ack { request: Box::new(r), source });
+                }
+                other => self.emit(Event::Stray { message: Box::new(other), source }),
+            },
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request { mut request, to } => {
+                let route = request_route(&mut request, to);
+                match self.layer.send_request(request, route.reliability()) {
+                    Some((key, outputs)) => {
+                        self.destinations.insert(key.clone(), route);
+                        self.perform(&key, outputs, None).await;
+                    }
+                    None => tracing::warn!(%to, "request without a usable Via not sent"),
+                }
+            }
+            Command::Respond { key, response } => {
+                let outputs = self.layer.send_response(&key, response);
+                self.perform(&key, outputs, None).await;
+            }
+            Command::Respond2xx { key, response } => {
+                let route = self.destinations.get(&key).copied();
+                let call_id = response.headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
+                let cseq = response.headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map(|c| c.sequence);
+                let bytes = Message::Response(response.clone()).to_bytes();
+                let outputs = self.layer.send_response(&key, response);
+                self.perform(&key, outputs, None).await;
+                // Over TCP the 2xx is sent once (§17.2.1).
+                if let (Some(Route::Udp(to)), Some(call_id), Some(cseq)) = (route, call_id, cseq) {
+                    let now = Instant::now();
+                    let id = self.arm(now + self.timers.t1, None);
+                    self.pending.insert(id, Due::Retransmit2xx(id));
+                    let give_up = now + self.timers.timeout();
+                    self.retransmits.insert(id, Retransmit { bytes, to, call_id, cseq, interval: self.timers.t1, give_up });
+                }
+            }
+            Command::Stateless { mut message, to } => {
+                let route = match &mut message {
+                    Message::Request(request) => request_route(request, to),
+                    // A response travels by the transport its top Via names (§18.2.2).
+                    Message::Response(response) => match response.headers.typed::<Via>() {
+                        Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TCP") => Route::Tcp { conn: None, to },
+                        _ => Route::Udp(to),
+                    },
+                };
+                self.transmit(route, &message).await;
+            }
+        }
+    }
+
+    /// Performs a transaction's outputs in order.
+    async fn perform(&mut self, key: &TransactionKey, outputs: Vec<Output>, source: Option<SocketAddr>) {
+        for output in outputs {
+            match output {
+                Output::Send(message) => match self.destinations.get(key).copied() {
+                    Some(route) => {
+                        let route = self.transmit(route, &message).await;
+                        if let Some(r) = self.destinations.get_mut(key) {
+                            *r = route;
+                        }
+                    }
+                    None => tracing::warn!(?key, "no destination for a transaction message"),
+                },
+                Output::SetTimer { timer, after } => {
+                    let id = self.arm(Instant::now() + after, Some((key.clone(), timer)));
+                    self.pending.insert(id, Due::Transaction(key.clone(), timer));
+                }
+                Output::ClearTimer(timer) => {
+                    if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
+                        self.pending.remove(&id);
+                    }
+                }
+                Output::ToTu(event) => self.deliver(key, *event, source),
+                Output::Terminated(_) => {
+                    self.destinations.remove(key);
+                    for timer in Timer::ALL {
+                        if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
+                            self.pending.remove(&id);
+                        }
+                    }
+                }
+                _ => tracing::warn!("unknown transaction output ignored"),
+            }
+        }
+    }
+
+    fn deliver(&mut self, key: &TransactionKey, event: TuEvent, source: Option<SocketAddr>) {
+        let source = source.or_else(|| self.destinations.get(key).map(|r| r.address()));
+        let event = match (event, source) {
+            (TuEvent::Request(request), Some(source)) => Event::Request { key: key.clone(), request, source },
+            (TuEvent::Response(response), _) => Event::Response { key: key.clone(), response },
+            (TuEvent::Ack(request), Some(source)) => Event::Ack { request, source },
+            (TuEvent::Timeout | TuEvent::TransportError, _) => Event::Timeout { key: key.clone() },
+            _ => return,
+        };
+        self.emit(event);
+    }
+
+    fn arm(&mut self, at: Instant, transaction: Option<(TransactionKey, Timer)>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.schedule.push(Reverse((at, id)));
+        if let Some(t) = transaction
+            && let Some(old) = self.armed.insert(t, id)
+        {
+            self.pending.remove(&old);
+        }
+        id
+    }
+
+    async fn fire_due(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.schedule.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.schedule.pop();
+            match self.pending.remove(&id) {
+                Some(Due::Transaction(key, timer)) => {
+                    self.armed.remove(&(key.clone(), timer));
+                    let outputs = self.layer.on_timer(&key, timer);
+                    self.perform(&key, outputs, None).await;
+                }
+                Some(Due::Retransmit2xx(id)) => self.retransmit_2xx(id, now).await,
+                None => {}
+            }
+        }
+    }
+
+    async fn retransmit_2xx(&mut self, id: u64, now: Instant) {
+        let Some(r) = self.retransmits.remove(&id) else { return };
+        if now >= r.give_up {
+            tracing::info!(to = %r.to, "no ACK for a 2xx within 64*T1");
+            return;
+        }
+        if let Err(e) = self.socket.send_to(&r.bytes, r.to).await {
+            tracing::warn!(error = %e, "2xx retransmission");
+        }
+        let interval = (r.interval * 2).min(self.timers.t2);
+        let next = self.arm(now + r.interval, None);
+        self.pending.insert(next, Due::Retransmit2xx(next));
+        self.retransmits.insert(next, Retransmit { interval, ..r });
+    }
+
+    /// An ACK stops the retransmission of the 2xx with its Call-ID and CSeq number.
+    fn ack_received(&mut self, headers: &Headers) {
+        let call_id = headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
+        let cseq = headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map(|c| c.sequence);
+        self.retransmits.retain(|_, r| Some(&r.call_id) != call_id.as_ref() || Some(r.cseq) != cseq);
+    }
+
+    /// Sends `message` along `route`; returns the route with the connection it used.
+    async fn transmit(&mut self, route: Route, message: &Message) -> Route {
+        let bytes = message.to_bytes();
+        match route {
+            Route::Udp(to) => {
+                tracing::debug!(%to, transport = "UDP", first_line = %first_line(message), "SIP out");
+                if let Err(e) = self.socket.send_to(&bytes, to).await {
+                    tracing::warn!(%to, error = %e, "SIP UDP send");
+                }
+                route
+            }
+            Route::Tcp { conn, to } => {
+                tracing::debug!(%to, transport = "TCP", first_line = %first_line(message), "SIP out");
+                Route::Tcp { conn: Some(self.send_tcp(conn, to, bytes)), to }
+            }
+        }
+    }
+
+    /// Queues `bytes` on connection `conn` if it is open, else on the one open to `to`, else
+    /// on a new connection to `to`.
+    fn send_tcp(&mut self, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
+        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&to).copied());
+        if let Some(id) = open
+            && let Some(connection) = self.connections.get(&id)
+            && connection.send(bytes.clone())
+        {
+            return id;
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        tracing::debug!(%to, "SIP TCP connecting");
+        let connection = Connection::connect(id, to, self.reports.clone(), self.timers.timeout());
+        // A fresh queue accepts until its task has ended, which it reports.
+        let _ = connection.send(bytes);
+        self.connections.insert(id, connection);
+        self.by_peer.insert(to, id);
+        id
+    }
+
+    fn emit(&self, event: Event) {
+        // A TU that has gone away no longer wants events; nothing else to do.
+        let _ = self.events.send(event);
+    }
+}
+
+/// The route of a request to `to` by its size (RFC 3261 §18.1.1): over TCP, with its top
+/// `Via` saying so, when it is larger than [`UDP_MAX_REQUEST`]; else over UDP.
+fn request_route(request: &mut Request, to: SocketAddr) -> Route {
+    let mut wire = Vec::new();
+    request.write_to(&mut wire);
+    if wire.len() <= UDP_MAX_REQUEST {
+        return Route::Udp(to);
+    }
+    if !set_top_via_transport(&mut request.headers, "TCP") {
+        tracing::warn!(%to, "request over TCP without a top Via to say so");
+    }
+    Route::Tcp { conn: None, to }
+}
+
+/// Rewrites the transport of the topmost `Via` hop (`SIP/2.0/UDP` → `SIP/2.0/TCP`,
+/// RFC 3261 §18.1.1: the client updates `Via` when it changes transport), keeping every other
+/// byte of that header and the other hops. False if there is no top `Via` to rewrite.
+fn set_top_via_transport(headers: &mut Headers, transport: &str) -> bool {
+    let Some(index) = headers.iter().position(|h| *h.name() == HeaderName::Via) else { return false };
+    let Some(value) = headers.iter().nth(index).map(|h| h.value().into_owned()) else { return false };
+    let hop_end = first_hop_end(&value);
+    // sent-protocol = name SLASH version SLASH transport; the transport ends at the LWS
+    // before sent-by.
+    let Some(second_slash) = value.get(..hop_end).and_then(|hop| hop.iter().enumerate().filter(|(_, b)| **b == b'/').nth(1).map(|(i, _)| i))
+    else {
+        return false;
+    };
+    let start = second_slash + 1 + value.get(second_slash + 1..).map_or(0, |t| t.iter().take_while(|b| b.is_ascii_whitespace()).count());
+    let end = start + value.get(start..).map_or(0, |t| t.iter().take_while(|b| !b.is_ascii_whitespace()).count());
+    let (Some(before), Some(after)) = (value.get(..start), value.get(end..)) else { return false };
+    let rewritten = [before, transport.as_bytes(), after].concat();
+    let Ok(header) = Header::build(HeaderName::Via, rewritten) else { return false };
+    headers.remove_first(&HeaderName::Via);
+    headers.insert(index, header);
+    true
+}
+
+/// Where a response to a request received over TCP goes if its connection has closed
+/// (RFC 3261 §18.2.2): the source address (what `received` says) at the top `Via`'s
+/// sent-by port, 5060 if it names none.
+fn reconnect_address(headers: &Headers, source: SocketAddr) -> SocketAddr {
+    let port = headers.typed::<Via>().and_then(Result::ok).and_then(|v| v.port).unwrap_or(5060);
+    SocketAddr::new(source.ip(), port)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The start line of a message, for logs.
+pub fn first_line(message: &Message) -> String {
+    match message {
+        Message::Request(r) => format!("{} {}", r.method, String::from_utf8_lossy(&r.uri.to_bytes())),
+        Message::Response(r) => format!("{} {}", r.status.code(), String::from_utf8_lossy(&r.reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(via: &str, body: usize) -> Request {
+        let text = format!(
+            "MESSAGE sip:b@127.0.0.1 SIP/2.0\r\n{via}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKlower\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1 MESSAGE\r\nContent-Length: {body}\r\n\r\n{}",
+            "x".repeat(body)
+        );
+        let Ok(Message::Request(r)) = parse_datagram(Bytes::from(text), &Limits::datagram()) else { panic!("request") };
+        r
+    }
+
+    fn text(r: &Request) -> String {
+        String::from_utf8_lossy(&Message::Request(r.clone()).to_bytes()).into_owned()
+    }
+
+    /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes
+    /// over TCP and only the transport of its top Via changes (the branch, and so the
+    /// transaction key, does not).
+    #[test]
+    fn a_large_request_goes_over_tcp_with_its_top_via_rewritten() {
+        let to = SocketAddr::from(([127, 0, 0, 1], 5060));
+        let via = "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtop;rport";
+        let small = request(via, 100);
+        let mut same = small.clone();
+        assert!(matches!(request_route(&mut same, to), Route::Udp(a) if a == to));
+        assert_eq!(text(&same), text(&small));
+
+        // Everything but the body, with a four-digit Content-Length.
+        let fixed = text(&request(via, 1000)).len() - 1000;
+        let mut at_limit = request(via, UDP_MAX_REQUEST - fixed);
+        assert_eq!(text(&at_limit).len(), UDP_MAX_REQUEST);
+        assert!(matches!(request_route(&mut at_limit, to), Route::Udp(_)));
+
+        let large = request(via, UDP_MAX_REQUEST - fixed + 1);
+        let key = TransactionKey::from_sent_request(&large);
+        let mut sent = large.clone();
+        assert!(matches!(request_route(&mut sent, to), Route::Tcp { conn: None, to: a } if a == to));
+        assert_eq!(text(&sent), text(&large).replacen("SIP/2.0/UDP 127.0.0.1:5070", "SIP/2.0/TCP 127.0.0.1:5070", 1));
+        assert_eq!(TransactionKey::from_sent_request(&sent), key);
+    }
+
+    /// Only the first hop of a combined Via line changes, whatever the spacing.
+    #[test]
+    fn only_the_top_hop_is_rewritten() {
+        let mut r = request("Via: SIP / 2.0 / udp   h.example;branch=z9hG4bKa, SIP/2.0/UDP g.example;branch=z9hG4bKb", 0);
+        assert!(set_top_via_transport(&mut r.headers, "TCP"));
+        let t = text(&r);
+        assert!(t.contains("Via: SIP / 2.0 / TCP   h.example;branch=z9hG4bKa, SIP/2.0/UDP g.example;branch=z9hG4bKb\r\n"), "{t}");
+        assert!(t.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKlower\r\n"), "{t}");
+        let mut headers = Headers::new();
+        assert!(!set_top_via_transport(&mut headers, "TCP"));
+    }
+
+    /// §18.2.2: a response whose TCP connection has gone goes to the source IP and the Via
+    /// sent-by port.
+    #[test]
+    fn reconnect_uses_source_ip_and_sent_by_port() {
+        let source = SocketAddr::from(([127, 0, 0, 2], 40_001));
+        let with_port = request("Via: SIP/2.0/TCP 192.0.2.1:5070;branch=z9hG4bKr;rport", 0);
+        assert_eq!(reconnect_address(&with_port.headers, source), SocketAddr::from(([127, 0, 0, 2], 5070)));
+        let without = request("Via: SIP/2.0/TCP host.example;branch=z9hG4bKr", 0);
+        assert_eq!(reconnect_address(&without.headers, source), SocketAddr::from(([127, 0, 0, 2], 5060)));
+    }
+}
