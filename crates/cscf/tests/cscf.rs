@@ -295,7 +295,8 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
 }
 
 /// Interop with baresip 1.0 (libre's own SDES/SRTP), through our proxies, both directions:
-/// our UE calls baresip (auto-answer), then baresip calls our UE (dialled over ctrl_tcp).
+/// our UE calls baresip (auto-answer), then baresip calls our UE (dialled over ctrl_tcp); e2ae
+/// with baresip as the far UE, and as the e2ae UE itself by operator provisioning.
 /// Media is verified by content at both ends: our UE counts baresip's 1500 Hz tone; baresip's
 /// decoded audio (sndfile dump) must carry our 1000 Hz tone.
 mod baresip {
