@@ -94,6 +94,8 @@ struct AlgLeg {
     ng_call_id: String,
     from_tag: String,
     side: alg::Side,
+    /// A re-INVITE's new AGW call, to replace the dialog's on its 2xx.
+    replaces: bool,
 }
 
 /// A branch target: Request-URI, `Route` entries to add (a binding's `Path`), next hop.
@@ -540,11 +542,17 @@ impl Proxy {
                     return Vec::new();
                 }
                 (Some(leg), _) if code >= 300 && reinvite => {
-                    // RFC 3261 §14.1: the dialog and its media continue. The AGW already took
-                    // the re-offer (its access-side key changed with it; SDES has no way back),
-                    // so the stream it re-keyed may fail until the next successful re-INVITE.
-                    self.stats.agw_failures += 1;
-                    tracing::warn!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed after the AGW took the re-offer");
+                    // RFC 3261 §14.1: the dialog and its media continue.
+                    let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                    if leg.replaces {
+                        // The new AGW call goes; the old one was never touched.
+                        self.alg_forget(&call_id, &leg.ng_call_id, true);
+                    } else {
+                        // The AGW already took the re-offer (its access-side key changed with it;
+                        // SDES has no way back): that stream may fail until the next re-INVITE.
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed after the AGW took the re-offer");
+                    }
                 }
                 (Some(_), _) if code >= 300 => {
                     let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
@@ -687,37 +695,69 @@ impl Proxy {
         self.alg_calls.entry(call_id).or_default().push(ng_call_id.clone());
         let Message::Request(request) = message else { return Vec::new() };
         let out = self.reply(&key, &request, 100, "Trying", vec![]);
-        let leg = AlgLeg { ng_call_id, from_tag, side };
+        let leg = AlgLeg { ng_call_id, from_tag, side, replaces: false };
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
     }
 
-    /// A re-INVITE inside an e2ae call: its offer goes to the AGW as an ng `offer` on the same
-    /// AGW call (same `call-id` and `from-tag`: the AGW keeps the ports and renegotiates the
-    /// keys, docs/agw.md), then on as for the initial offer, and so does the answer. Only the
-    /// original offerer's re-INVITE with an offer is supported (the AGW refuses a re-offer
-    /// from the answerer's side); any other — from the answerer, without an offer, or before
-    /// the dialog was established through the AGW — is refused with 488, never passed end to
-    /// end (its SDP would not match the AGW's ports and keys).
+    /// A re-INVITE inside an e2ae call (its dialog established through the AGW):
+    /// - from the original offerer: an ng `offer` on the same AGW call (same `call-id` and
+    ///   `from-tag`: the AGW keeps its ports and renegotiates the keys, docs/agw.md);
+    /// - from the original answerer (our AGW takes no re-offer from that side): a new AGW call
+    ///   with the roles of the sides swapped (the UE's SDES re-offer is terminated as for an
+    ///   originating call, a plain re-offer from the core is secured towards the UE as for a
+    ///   terminating one); on its 2xx the old AGW call is deleted, on a failure the new one,
+    ///   and the old one carries on unchanged.
+    ///
+    /// Either way the answer comes back through ng `answer` as for the initial INVITE. Refused
+    /// with 488, never passed end to end (its SDP would not match the AGW's ports and keys): an
+    /// offerless re-INVITE, one before the dialog was established through the AGW, and an
+    /// answerer's re-offer the swapped side cannot secure (not SDES from the UE, not plain from
+    /// the core).
     fn alg_reinvite(&mut self, key: TransactionKey, request: Request, call_id: &str, from_core: bool, now: Instant) -> Vec<Command> {
         let refuse = |p: &mut Self, reason: &str| {
             tracing::warn!(%call_id, %reason, "IMS-ALG: re-INVITE refused");
             let warning = header(HeaderName::Warning, format!("399 pcscf \"{reason}\""));
             p.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect())
         };
-        let from_tag = tag_of(&request.headers, &HeaderName::From);
-        let leg = self.alg_dialogs.get(call_id).filter(|l| from_tag.as_ref() == Some(&l.from_tag) && from_core == (l.side == alg::Side::Terminating)).cloned();
-        let Some(leg) = leg else {
-            return refuse(self, "re-INVITE of an e2ae call from the answerer's side (or before it was established) is not supported by this IMS-ALG");
+        let Some(dialog) = self.alg_dialogs.get(call_id).cloned() else {
+            return refuse(self, "re-INVITE of an e2ae call before it was established is not supported by this IMS-ALG");
         };
         let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
             return refuse(self, "re-INVITE of an e2ae call without an offer is not supported by this IMS-ALG");
+        };
+        let from_tag = tag_of(&request.headers, &HeaderName::From).unwrap_or_default();
+        let leg = if from_tag == dialog.from_tag && from_core == (dialog.side == alg::Side::Terminating) {
+            dialog
+        } else {
+            let side = if from_core { alg::Side::Terminating } else { alg::Side::Originating };
+            let suitable = match side {
+                alg::Side::Originating => alg::sdes_offer(&sdp),
+                alg::Side::Terminating => alg::plain_offer(&sdp),
+            };
+            if !suitable {
+                return refuse(self, "re-offer of an e2ae call that the IMS-ALG cannot secure (SDES from the UE or plain RTP from the core expected)");
+            }
+            let ng_call_id = format!("{call_id};re;{}", self.next_ng);
+            self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
+            AlgLeg { ng_call_id, from_tag, side, replaces: true }
         };
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
         tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
         let out = self.reply(&key, &request, 100, "Trying", vec![]);
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
+    }
+
+    /// Deletes one AGW call of SIP call `call_id` (a replaced or failed re-INVITE's).
+    fn alg_forget(&mut self, call_id: &str, ng_call_id: &str, delete: bool) {
+        if let Some(list) = self.alg_calls.get_mut(call_id) {
+            list.retain(|c| c != ng_call_id);
+        }
+        if delete {
+            tracing::info!(%call_id, %ng_call_id, "IMS-ALG: deleting the AGW call");
+            self.ng(alg::delete(ng_call_id).to_vec(), Pending::Delete);
+        }
     }
 
     /// The AGW's reply to ng command `id` (`Err`: no reply in time, with the reason);
@@ -743,9 +783,12 @@ impl Proxy {
                     Err(reason) => {
                         self.stats.agw_failures += 1;
                         tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the offer");
-                        // A refused re-offer leaves the AGW call as it was: the dialog goes on.
+                        // A refused re-offer leaves the AGW call as it was (a refused offer creates
+                        // nothing there): the dialog goes on.
                         if tag_of(&request.headers, &HeaderName::To).is_none() {
                             self.alg_delete(&call_id);
+                        } else if leg.replaces {
+                            self.alg_forget(&call_id, &leg.ng_call_id, false);
                         }
                         let warning = header(HeaderName::Warning, format!("399 pcscf \"IMS-AGW: {}\"", reason.replace('"', "'")));
                         return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
@@ -771,7 +814,17 @@ impl Proxy {
             Pending::Answer { server, client, response, leg } => {
                 if response.status.is_success() {
                     let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                    self.alg_dialogs.insert(call_id, leg.clone());
+                    if leg.replaces {
+                        // A re-INVITE's new AGW call replaces the dialog's old one.
+                        let new = AlgLeg { replaces: false, ..leg.clone() };
+                        if let Some(old) = self.alg_dialogs.insert(call_id.clone(), new) {
+                            self.alg_forget(&call_id, &old.ng_call_id, true);
+                        }
+                    } else {
+                        // The first 2xx of the initial INVITE makes the dialog (later forks'
+                        // 2xx are ended by the caller).
+                        self.alg_dialogs.entry(call_id).or_insert_with(|| leg.clone());
+                    }
                 }
                 let mut message = Message::Response(response);
                 match sdp {
@@ -1201,10 +1254,12 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
     /// Re-INVITE in an e2ae call, sans-IO: alice's (the offerer's) re-offer goes to the AGW as
     /// an ng `offer` on the same AGW call (`c1;orig`, from-tag `f`, plain towards the core),
     /// is forwarded along its Route with the AGW's SDP, and the core's answer goes back through
-    /// an ng `answer` to alice with `applied`. Refused with 488 and a Warning, without any ng
-    /// command: a re-INVITE from the answerer's side (the core, From tag `t`) and an offerless
-    /// one. A re-offer the AGW refuses is answered 488 and the AGW call is kept (no `delete`);
-    /// so is a re-INVITE the far end answers 491 (counted as an AGW failure). BYE deletes.
+    /// an ng `answer` to alice with `applied`. An offerless re-INVITE gets 488 without any ng
+    /// command; a re-offer the AGW refuses gets 488 and the AGW call stays (no `delete`). bob's
+    /// re-INVITE (the answerer's side, From tag `t`, plain) makes a new AGW call secured
+    /// towards alice (`RTP/SAVP`, `applied`), whose 2xx deletes `c1;orig`; then alice is the
+    /// answerer's side: her plain re-offer gets 488, her SDES re-offer a new AGW call which the
+    /// far end's 491 deletes again, the dialog's staying. BYE deletes what is left.
     #[test]
     fn reinvite_of_an_e2ae_call_re_offers_on_the_same_agw_call() {
         use mediasec_agw::bencode::Value;
@@ -1230,14 +1285,11 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
         let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
         assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
 
-        // The answerer's side, and an offerless re-INVITE: 488 with the reason, no ng.
-        let plain = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n";
-        for (branch, from_tag, to_tag, sdp, source, reason) in [("z9hG4bKre2", "t", "f", Some(plain), SCSCF, "answerer's side"), ("z9hG4bKre3", "f", "t", None, UE, "without an offer")] {
-            let (key, r) = reinvite(branch, "c1", from_tag, to_tag, sdp);
-            let out = sent(&p.handle(Event::Request { key, request: r, source }, now));
-            assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains(reason)) && !out.iter().any(|m| m.starts_with("INVITE")), "{out:?}");
-            assert!(p.take_ng().is_empty());
-        }
+        // An offerless re-INVITE: 488 with the reason, no ng.
+        let (key, r) = reinvite("z9hG4bKre3", "c1", "f", "t", None);
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("without an offer")) && !out.iter().any(|m| m.starts_with("INVITE")), "{out:?}");
+        assert!(p.take_ng().is_empty());
 
         // The AGW refuses the re-offer: 488, the AGW call stays.
         let (key, r) = reinvite("z9hG4bKre4", "c1", "f", "t", Some(&new_offer));
@@ -1248,25 +1300,55 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
         assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("IMS-AGW: IMS-AGW refused: no")), "{out:?}");
         assert!(p.take_ng().is_empty(), "no delete");
 
-        // The far end answers 491: forwarded, the AGW call stays.
+        // bob (the answerer's side, from the core) re-INVITEs with a plain offer: a new AGW call
+        // secured towards alice; its 2xx replaces c1;orig.
+        let plain = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let (key, r) = reinvite("z9hG4bKre2", "c1", "t", "f", Some(plain));
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (id, offer) = one_ng(&mut p);
+        let new_call = get(&offer, "call-id").expect("call-id");
+        assert!(new_call.starts_with("c1;re;") && get(&offer, "from-tag").as_deref() == Some("t"), "{offer:?}");
+        assert_eq!(get(&offer, "transport-protocol").as_deref(), Some("RTP/SAVP"));
+        let out = p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
+        let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
+        assert!(text.contains("RTP/SAVP") && text.ends_with("a=3ge2ae:applied\r\n"), "{text}");
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some(&new_offer)) }, now);
+        let (id, answer) = one_ng(&mut p);
+        assert_eq!((get(&answer, "command").as_deref(), get(&answer, "call-id")), (Some("answer"), Some(new_call.clone())));
+        let out = sent(&p.ng_result(id, Ok(ng_ok(plain)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && !m.contains("3ge2ae") && m.contains("RTP/AVP")), "{out:?}");
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!((get(&delete, "command").as_deref(), get(&delete, "call-id").as_deref()), (Some("delete"), Some("c1;orig")), "the old AGW call goes");
+
+        // Now alice is the answerer's side: a plain re-offer cannot be secured (488, no ng).
+        let (key, r) = reinvite("z9hG4bKre6", "c1", "f", "t", Some(plain));
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("cannot secure")), "{out:?}");
+        assert!(p.take_ng().is_empty());
+
+        // Her SDES re-offer makes a new AGW call; the far end's 491 deletes it, the dialog's stays.
         let failures = p.stats.agw_failures;
         let (key, r) = reinvite("z9hG4bKre5", "c1", "f", "t", Some(&new_offer));
         let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
-        let (id, _) = one_ng(&mut p);
+        let (id, offer) = one_ng(&mut p);
+        let newer = get(&offer, "call-id").expect("call-id");
+        assert!(newer.starts_with("c1;re;") && newer != new_call && get(&offer, "transport-protocol").as_deref() == Some("RTP/AVP"), "{offer:?}");
         let out = p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now);
         let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
         let out = sent(&p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 491, None) }, now));
         assert!(out.iter().any(|m| m.starts_with("SIP/2.0 491")), "{out:?}");
-        assert!(p.take_ng().is_empty(), "no delete");
-        assert_eq!(p.stats.agw_failures, failures + 1);
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!(get(&delete, "call-id"), Some(newer), "the failed re-INVITE's AGW call goes");
+        assert_eq!(p.stats.agw_failures, failures);
 
-        // BYE deletes the AGW call.
+        // BYE deletes the dialog's AGW call (only).
         let bye = "BYE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKbye\r\nMax-Forwards: 70\r\n\
 Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag=f\r\nTo: <sip:y@b.example>;tag=t\r\nCall-ID: c1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
         let (key, r) = request_event(bye);
         let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
         let (_, delete) = one_ng(&mut p);
-        assert_eq!(get(&delete, "command").as_deref(), Some("delete"));
+        assert_eq!((get(&delete, "command").as_deref(), get(&delete, "call-id")), (Some("delete"), Some(new_call)));
     }
 
     /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with

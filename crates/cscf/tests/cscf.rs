@@ -194,7 +194,9 @@ async fn reinvite_rekeys_and_resets_the_roc() {
     assert_ne!(after.peer_key, before.peer_key, "a new key was received");
     assert_eq!((after.media.tx_roc, after.media.rx_roc), (0, 0), "new contexts start at ROC 0: {after:?}");
     assert!(after.media.verified >= before.media.verified + 30, "media continued: {before:?} -> {after:?}");
-    assert_eq!(after.media.refused, 0, "{after:?}");
+    // bob sends with his new key once he has answered, alice can decrypt it once the answer
+    // reached her (RFC 4568 §7.1.4): on a loaded machine a packet may fall in between.
+    assert!(after.media.refused <= 2, "{after:?}");
     assert_eq!(b.media.refused, 0, "{b:?}");
 }
 
@@ -996,9 +998,9 @@ mod e2ae {
 
     /// Re-INVITE inside an e2ae call: alice (the offerer) re-keys; P-CSCF a sends the re-offer
     /// to the AGW on the same AGW call, which keeps its ports and answers alice's new key with
-    /// a new key of its own; bob again gets plain RTP/AVP; media goes on both ways.
-    /// bob's re-INVITE (the answerer's side, which the AGW cannot re-offer) is refused with 488
-    /// by the IMS-ALG and the call goes on unchanged.
+    /// a new key of its own; bob again gets plain RTP/AVP; media goes on both ways. Then bob
+    /// (the answerer's side, which our AGW takes no re-offer from) re-INVITEs: P-CSCF a sets up
+    /// a new AGW call secured towards alice, deletes the first one, and media goes on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reinvite_in_an_e2ae_call() {
         let E2aeLab { agw, lab, seen: _, task, alice, bob } = e2ae_lab().await;
@@ -1027,14 +1029,19 @@ mod e2ae {
         assert_eq!((b0.protection.as_str(), b0.e2ae_applied, b0.peer_key.as_deref()), ("rtp", false, None), "plain re-offer in the core: {b0:?}");
         assert_eq!(lab.pcscf_a.stats().e2ae_applied, 4, "{:?}", lab.pcscf_a.stats());
 
-        // bob re-INVITEs: refused by the IMS-ALG, the call goes on.
-        let refused = tokio::time::timeout(Duration::from_secs(5), bob.reinvite(&id)).await.expect("in time");
-        assert!(refused.is_err(), "bob's re-INVITE is refused: {refused:?}");
+        // bob (the answerer) re-INVITEs: a new AGW call secured towards alice replaces the
+        // first one (new ports and keys on both legs); the call goes on.
+        tokio::time::timeout(Duration::from_secs(5), bob.reinvite(&id)).await.expect("in time").expect("bob's re-INVITE through a new AGW call");
         let (b1, a1) = (only_call(&bob).await, alice.report(&id).await.expect("r").expect("call"));
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
         let (b2, a2) = (only_call(&bob).await, alice.report(&id).await.expect("r").expect("call"));
-        assert!(b2.media.verified >= b1.media.verified + 15 && a2.media.verified >= a1.media.verified + 15, "{b1:?} {b2:?} {a1:?} {a2:?}");
-        assert_eq!((b2.media.refused, b2.rekeys), (0, 1), "alice's re-INVITE only: {b2:?}");
+        assert!(b2.media.verified >= b1.media.verified + 25 && a2.media.verified >= a1.media.verified + 25, "{b1:?} {b2:?} {a1:?} {a2:?}");
+        assert_eq!((a2.rekeys, a2.protection.as_str(), a2.e2ae_applied), (2, "srtp AEAD_AES_256_GCM", true), "{a2:?}");
+        assert!(a2.peer_key != after.peer_key && a2.own_key != after.own_key, "new keys on the access leg: {after:?} -> {a2:?}");
+        assert_eq!((b2.protection.as_str(), b2.media.refused, b2.rekeys), ("rtp", 0, 2), "{b2:?}");
+        assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
+        let replaced = query(agw.ng_addr(), format!("{id};orig")).await;
+        assert_eq!(replaced.get("result").and_then(Value::as_str), Some("error"), "{replaced:?}");
         // The AGW switches to its new key when it answers the re-offer, alice when the answer
         // reaches her: what arrives in between is refused (1 packet measured here).
         assert!(a2.media.refused <= 5 && a2.media.accepted_by_previous_key == 0, "{a2:?}");
