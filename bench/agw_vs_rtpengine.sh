@@ -36,6 +36,11 @@ RTPE_PID=$!; pids+=($RTPE_PID)
 taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$OURS_NG" --interface 127.0.0.1 \
   --port-min 47000 --port-max 47999 >/dev/null 2>&1 &
 OURS_PID=$!; pids+=($OURS_PID)
+# The same build with its media sends by one sendto per packet instead of io_uring batches.
+SYSC_NG=$(port)
+taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$SYSC_NG" --interface 127.0.0.1 \
+  --port-min 48000 --port-max 48999 --no-io-uring >/dev/null 2>&1 &
+SYSC_PID=$!; pids+=($SYSC_PID)
 sleep 1.5
 HZ=$(getconf CLK_TCK)
 best() { # ng-port pid direction sink -> "best packets/CPU-s  loss-of-that-run"
@@ -50,13 +55,15 @@ best() { # ng-port pid direction sink -> "best packets/CPU-s  loss-of-that-run"
   done
   echo "$b $bl"
 }
-echo "| sink | direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| sink | direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio | mediasec agw --no-io-uring (loss %) | ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for sink in $SINKS; do
   for dir in srtp-to-rtp rtp-to-srtp; do
     read -r r rl < <(best "$RTPE_NG" "$RTPE_PID" "$dir" "$sink")
     read -r o ol < <(best "$OURS_NG" "$OURS_PID" "$dir" "$sink")
+    read -r s sl < <(best "$SYSC_NG" "$SYSC_PID" "$dir" "$sink")
     ratio=$(python3 -c "print(f'{$o/$r:.2f}' if $r else 'n/a')")
-    echo "| $sink | $dir | $SUITE | $PAYLOAD B | $RATE pkt/s, $CALLS calls | $r ($rl) | $o ($ol) | $ratio× |"
+    sratio=$(python3 -c "print(f'{$s/$r:.2f}' if $r else 'n/a')")
+    echo "| $sink | $dir | $SUITE | $PAYLOAD B | $RATE pkt/s, $CALLS calls | $r ($rl) | $o ($ol) | **$ratio×** | $s ($sl) | $sratio× |"
   done
 done
