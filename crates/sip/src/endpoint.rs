@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::tcp::{AbortOnDrop, ConnId, Connection, Report};
+use crate::tcp::{AbortOnDrop, ConnId, Connection, End, Report};
 use crate::Error;
 
 /// The largest request sent over UDP: RFC 3261 §18.1.1 requires a congestion-controlled
@@ -87,7 +87,8 @@ pub enum Event {
         key: TransactionKey,
         /// The request.
         request: Box<Request>,
-        /// Where it came from (over TCP, the remote address of the connection).
+        /// Where it came from (over TCP, the remote address of the connection: the peer's SIP
+        /// port when the peer, like this endpoint, connects from it).
         source: SocketAddr,
     },
     /// A response to our client transaction `key` (every 2xx of a forked INVITE, RFC 6026).
@@ -147,7 +148,7 @@ impl Endpoint {
     pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
-        let listener = TcpListener::bind(local).await.map_err(|source| Error::TcpBind { addr: local, source })?;
+        let listener = crate::tcp::listen(local).map_err(|source| Error::TcpBind { addr: local, source })?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let (reports, reports_rx) = mpsc::unbounded_channel();
@@ -164,6 +165,7 @@ impl Endpoint {
             retransmits: HashMap::new(),
             connections: HashMap::new(),
             by_peer: HashMap::new(),
+            by_size: HashMap::new(),
             next_conn: 0,
             reports,
             events,
@@ -243,6 +245,8 @@ struct Driver {
     /// Open TCP connections, and which one serves each remote address.
     connections: HashMap<ConnId, Connection>,
     by_peer: HashMap<SocketAddr, ConnId>,
+    /// Client transactions on TCP only for their size → their request as it was for UDP.
+    by_size: HashMap<TransactionKey, Request>,
     next_conn: ConnId,
     reports: mpsc::UnboundedSender<Report>,
     events: mpsc::UnboundedSender<Event>,
@@ -267,7 +271,7 @@ impl Driver {
                 },
                 report = reports.recv() => match report {
                     Some(Report::Message { conn, peer, message }) => self.on_message(*message, peer, Some(conn)).await,
-                    Some(Report::Closed { conn, peer, failed }) => self.on_closed(conn, peer, failed).await,
+                    Some(Report::Closed { conn, peer, end }) => self.on_closed(conn, peer, end).await,
                     // The driver holds a sender itself.
                     None => return,
                 },
@@ -289,14 +293,16 @@ impl Driver {
     }
 
     /// A connection ended: forget it, and if it failed, fail the client transactions that
-    /// were using it (RFC 3261 §17.1.4). A server transaction keeps its route: its next
-    /// response opens a new connection (§18.2.2).
-    async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, failed: bool) {
+    /// were using it (RFC 3261 §17.1.4) — except that a request on TCP only for its size goes
+    /// over UDP instead when the connection was refused (§18.1.1, for RFC 2543 peers without
+    /// TCP). A server transaction keeps its route: its next response opens a new connection
+    /// (§18.2.2).
+    async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, end: End) {
         self.connections.remove(&conn);
         if self.by_peer.get(&peer) == Some(&conn) {
             self.by_peer.remove(&peer);
         }
-        if !failed {
+        if end == End::Orderly {
             return;
         }
         let broken: Vec<TransactionKey> = self
@@ -306,9 +312,24 @@ impl Driver {
             .map(|(key, _)| key.clone())
             .collect();
         for key in broken {
-            tracing::info!(%peer, ?key, "client transaction failed: TCP transport error");
             let outputs = self.layer.on_transport_error(&key);
-            self.perform(&key, outputs, None).await;
+            match (end, self.by_size.remove(&key)) {
+                (End::Refused, Some(request)) => {
+                    tracing::info!(%peer, ?key, "TCP refused: the request goes over UDP (RFC 3261 §18.1.1)");
+                    // The TU hears nothing of the TCP attempt: the same request, same branch,
+                    // starts again over UDP.
+                    let outputs = outputs.into_iter().filter(|o| !matches!(o, Output::ToTu(_))).collect();
+                    self.perform(&key, outputs, None).await;
+                    if let Some((key, outputs)) = self.layer.send_request(request, Reliability::Unreliable) {
+                        self.destinations.insert(key.clone(), Route::Udp(peer));
+                        self.perform(&key, outputs, None).await;
+                    }
+                }
+                _ => {
+                    tracing::info!(%peer, ?key, "client transaction failed: TCP transport error");
+                    self.perform(&key, outputs, None).await;
+                }
+            }
         }
     }
 
@@ -356,9 +377,13 @@ impl Driver {
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::Request { mut request, to } => {
+                let as_for_udp = request.clone();
                 let route = request_route(&mut request, to);
                 match self.layer.send_request(request, route.reliability()) {
                     Some((key, outputs)) => {
+                        if matches!(route, Route::Tcp { .. }) {
+                            self.by_size.insert(key.clone(), as_for_udp);
+                        }
                         self.destinations.insert(key.clone(), route);
                         self.perform(&key, outputs, None).await;
                     }
@@ -424,6 +449,7 @@ impl Driver {
                 Output::ToTu(event) => self.deliver(key, *event, source),
                 Output::Terminated(_) => {
                     self.destinations.remove(key);
+                    self.by_size.remove(key);
                     for timer in Timer::ALL {
                         if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
                             self.pending.remove(&id);
@@ -531,7 +557,8 @@ impl Driver {
         let id = self.next_conn;
         self.next_conn += 1;
         tracing::debug!(%to, "SIP TCP connecting");
-        let connection = Connection::connect(id, to, self.reports.clone(), self.timers.timeout());
+        let local = self.listener.local_addr().unwrap_or_else(|_| SocketAddr::new(to.ip(), 0));
+        let connection = Connection::connect(id, local, to, self.reports.clone(), self.timers.timeout());
         // A fresh queue accepts until its task has ended, which it reports.
         let _ = connection.send(bytes);
         self.connections.insert(id, connection);

@@ -5,6 +5,13 @@
 //!
 //! A message that cannot be framed ends the connection (RFC 3261 §18.3: framing is lost);
 //! a request without `Content-Length` is answered 400 first.
+//!
+//! Connections are opened from the endpoint's own SIP port (`SO_REUSEPORT`, shared with the
+//! listener), as its UDP datagrams are sent: the peer sees the same source address on both
+//! transports, a connection either side opened serves both directions (each side knows the
+//! other by its listening address), and no ephemeral port is taken from the range that other
+//! endpoints pick their port 0 from. Where the kernel refuses that 4-tuple (a previous
+//! connection in TIME_WAIT), an ephemeral port is used instead.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sipx_sip::{Message, ResponseBuilder, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::stream::{Frame, FrameLimits, Framer, PONG};
@@ -33,16 +40,27 @@ pub(crate) enum Report {
         /// The message.
         message: Box<Message>,
     },
-    /// The connection is gone; `failed` when it ended on an error (connect, I/O or framing)
-    /// rather than by the peer closing or by idleness.
+    /// The connection is gone.
     Closed {
         /// The connection.
         conn: ConnId,
         /// Its remote address.
         peer: SocketAddr,
-        /// Whether it failed.
-        failed: bool,
+        /// How it ended.
+        end: End,
     },
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Closed by the peer, by idleness, or no longer wanted.
+    Orderly,
+    /// The peer refused the connection (a TCP reset: RFC 3261 §18.1.1 lets a request that is
+    /// on TCP only for its size fall back to UDP).
+    Refused,
+    /// It could not be opened, or failed on an I/O or framing error.
+    Failed,
 }
 
 /// A connection as the endpoint holds it; dropping it stops the task.
@@ -65,30 +83,38 @@ impl Drop for AbortOnDrop {
 impl Connection {
     /// A connection the listener accepted.
     pub(crate) fn accepted(conn: ConnId, peer: SocketAddr, stream: TcpStream, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
-        Self::spawn(conn, peer, Some(stream), reports, idle)
+        Self::spawn(conn, peer, Ok(stream), reports, idle)
     }
 
-    /// A connection to `peer`, opened in the background; what is sent meanwhile is queued.
-    /// The connect attempt is bounded by `idle` too.
-    pub(crate) fn connect(conn: ConnId, peer: SocketAddr, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
-        Self::spawn(conn, peer, None, reports, idle)
+    /// A connection to `peer` from `local` (the endpoint's address), opened in the
+    /// background; what is sent meanwhile is queued. The connect attempt is bounded by `idle`
+    /// too.
+    pub(crate) fn connect(conn: ConnId, local: SocketAddr, peer: SocketAddr, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
+        Self::spawn(conn, peer, Err(local), reports, idle)
     }
 
-    fn spawn(conn: ConnId, peer: SocketAddr, stream: Option<TcpStream>, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
+    /// `stream`: the accepted stream, or the local address to connect from.
+    fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
         let (outgoing, queue) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            let failed = match serve(conn, peer, stream, queue, &reports, idle).await {
-                Ok(why) => {
-                    tracing::debug!(%peer, why, "SIP TCP connection closed");
-                    false
-                }
+            let end = match open(peer, stream, idle).await {
+                Ok(stream) => match serve(conn, peer, stream, queue, &reports, idle).await {
+                    Ok(why) => {
+                        tracing::debug!(%peer, why, "SIP TCP connection closed");
+                        End::Orderly
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "SIP TCP connection closed on an error");
+                        End::Failed
+                    }
+                },
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "SIP TCP connection closed on an error");
-                    true
+                    tracing::warn!(%peer, error = %e, "SIP TCP connection could not be opened");
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused { End::Refused } else { End::Failed }
                 }
             };
             // An endpoint that has stopped no longer cares.
-            let _ = reports.send(Report::Closed { conn, peer, failed });
+            let _ = reports.send(Report::Closed { conn, peer, end });
         });
         Self { outgoing, _task: AbortOnDrop(task) }
     }
@@ -99,21 +125,58 @@ impl Connection {
     }
 }
 
+/// The endpoint's TCP listener at `addr`, sharing its port with the endpoint's outgoing
+/// connections (`SO_REUSEPORT`; a port held by any other socket is still refused).
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = shared_port_socket(addr)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn shared_port_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+/// The accepted stream, or a new connection to `peer` within `timeout`: from `local` if
+/// the kernel allows that 4-tuple, else from an ephemeral port.
+async fn open(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
+    let local = match stream {
+        Ok(s) => return Ok(s),
+        Err(local) => local,
+    };
+    let connect = async {
+        if local.is_ipv4() == peer.is_ipv4() {
+            let from_local = async {
+                let socket = shared_port_socket(local)?;
+                socket.bind(local)?;
+                socket.connect(peer).await
+            };
+            match from_local.await {
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable) => {
+                    tracing::debug!(%local, %peer, error = %e, "SIP TCP: connecting from an ephemeral port instead");
+                }
+                other => return other,
+            }
+        }
+        TcpStream::connect(peer).await
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out"))?
+}
+
 /// Runs a connection until it ends: `Ok` with why for an orderly end, `Err` on a failure.
 async fn serve(
     conn: ConnId,
     peer: SocketAddr,
-    stream: Option<TcpStream>,
+    stream: TcpStream,
     mut queue: mpsc::UnboundedReceiver<Bytes>,
     reports: &mpsc::UnboundedSender<Report>,
     idle: Duration,
 ) -> Result<&'static str, Error> {
-    let stream = match stream {
-        Some(s) => s,
-        None => tokio::time::timeout(idle, TcpStream::connect(peer))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out"))??,
-    };
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();
     let mut framer = Framer::new(FrameLimits::default());

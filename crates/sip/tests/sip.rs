@@ -405,7 +405,8 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let invite = sized_request("INVITE", "z9hG4bKlarge", a.local_addr(), 1500);
         assert!(Message::Request(invite.clone()).to_bytes().len() >= 2000 - 300);
         a.send(Command::Request { request: invite.clone(), to: peer.addr() }).expect("send");
-        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), peer.tcp.accept()).await.expect("in time").expect("accept");
+        let (mut stream, from) = tokio::time::timeout(Duration::from_secs(5), peer.tcp.accept()).await.expect("in time").expect("accept");
+        assert_eq!(from, a.local_addr(), "connected from the SIP port, as UDP is sent");
         let mut framer = Framer::new(FrameLimits::default());
         let Message::Request(got) = read_message(&mut stream, &mut framer).await else { panic!("a request") };
         assert_eq!(top_via(&got), top_via(&invite).replace("SIP/2.0/UDP", "SIP/2.0/TCP"));
@@ -461,8 +462,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         a.send(Command::Request { request: invite, to: b.local_addr() }).expect("send");
         let Event::Request { key, request, source } = next(&mut b_rx).await else { panic!("a request") };
         assert!(top_via(&request).starts_with("SIP/2.0/TCP "), "{}", top_via(&request));
-        assert_eq!(source.ip(), a.local_addr().ip());
-        assert_ne!(source, a.local_addr(), "from A's TCP connection, not its UDP socket");
+        assert_eq!(source, a.local_addr(), "A connects from its SIP port");
         let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
         b.send(Command::Respond2xx { key, response: ok }).expect("respond");
         match next(&mut a_rx).await {
@@ -482,6 +482,13 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let Event::Ack { request: ack, source } = next(&mut b_rx).await else { panic!("an ACK") };
         assert_eq!(source, a.local_addr(), "the small ACK over UDP");
         assert!(top_via(&ack).starts_with("SIP/2.0/UDP "));
+
+        // The other way: B's large request reaches A over TCP, from B's SIP port.
+        let bye = sized_request("BYE", "z9hG4bKback", b.local_addr(), 1700);
+        b.send(Command::Request { request: bye, to: a.local_addr() }).expect("send");
+        let Event::Request { request, source, .. } = next(&mut a_rx).await else { panic!("a request") };
+        assert_eq!((request.method.clone(), source), (Method::Bye, b.local_addr()));
+        assert!(top_via(&request).starts_with("SIP/2.0/TCP "), "{}", top_via(&request));
     }
 
     /// §18.2.2 and §18.3 at the server: a request written in two segments is framed; its
@@ -537,23 +544,42 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         assert!(b_rx.try_recv().is_err(), "the unframed request reached the TU");
     }
 
-    /// A TCP connection that cannot be opened fails its client transaction at once with a
-    /// transport error (`Event::Timeout`), long before 64·T1; the endpoint keeps working.
+    /// RFC 3261 §18.1.1: a request on TCP only for its size, whose connection is refused (a
+    /// TCP reset), is sent again over UDP, as the TU gave it, and the TU hears nothing of it.
     #[tokio::test]
-    async fn a_refused_connection_is_a_transport_error() {
+    async fn a_refused_connection_falls_back_to_udp() {
+        let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind a");
+        let udp_only = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+        let invite = sized_request("INVITE", "z9hG4bKrefused", a.local_addr(), 1500);
+        a.send(Command::Request { request: invite.clone(), to: udp_only.local_addr().expect("addr") }).expect("send");
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), udp_only.recv_from(&mut buf)).await.expect("in time").expect("udp");
+        assert_eq!(buf.get(..n).expect("datagram"), Message::Request(invite).to_bytes().as_ref());
+        assert!(a_rx.try_recv().is_err(), "the TU was told about the TCP attempt");
+    }
+
+    /// A TCP connection that fails — here a peer whose response cannot be framed (no
+    /// Content-Length) — fails its client transaction at once with a transport error
+    /// (`Event::Timeout`), long before 64·T1.
+    #[tokio::test]
+    async fn a_failed_connection_is_a_transport_error() {
+        use tokio::io::AsyncWriteExt;
         let slow = Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) };
         let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), slow).await.expect("bind a");
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
-        let invite = sized_request("INVITE", "z9hG4bKrefused", a.local_addr(), 1500);
+        let peer = RawPeer::bind().await;
+        let invite = sized_request("INVITE", "z9hG4bKbroken", a.local_addr(), 1500);
         let key = mediasec_sip::core::TransactionKey::from_sent_request(&invite).expect("key");
-        a.send(Command::Request { request: invite, to: closed }).expect("send");
+        let started = std::time::Instant::now();
+        a.send(Command::Request { request: invite, to: peer.addr() }).expect("send");
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), peer.tcp.accept()).await.expect("in time").expect("accept");
+        let Message::Request(got) = read_message(&mut stream, &mut Framer::new(FrameLimits::default())).await else { panic!("a request") };
+        let unframed = response_text(&got, 100).replace("Content-Length: 0\r\n", "");
+        stream.write_all(unframed.as_bytes()).await.expect("write");
         match next(&mut a_rx).await {
             Event::Timeout { key: k } => assert_eq!(k, key),
             other => panic!("unexpected {other:?}"),
         }
+        assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
     }
 
     /// The TCP port must be the UDP port: when it is taken, binding says so.
