@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sipx_sip::{Message, ResponseBuilder, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
@@ -197,7 +198,7 @@ async fn serve(
                                 return Ok("the endpoint stopped");
                             }
                         }
-                        Ok(Some(Frame::Ping)) => writer.write_all(PONG).await?,
+                        Ok(Some(Frame::Ping)) => write(&mut writer, PONG, idle).await?,
                         Ok(Some(Frame::Pong)) => {}
                         Ok(None) => break,
                         Err(e) => {
@@ -205,7 +206,7 @@ async fn serve(
                                 && let Some(status) = StatusCode::new(400)
                                 && let Ok(response) = ResponseBuilder::to_request(request, status, "Missing Content-Length")
                             {
-                                writer.write_all(&Message::Response(response.build()).to_bytes()).await?;
+                                write(&mut writer, &Message::Response(response.build()).to_bytes(), idle).await?;
                             }
                             return Err(e);
                         }
@@ -213,10 +214,18 @@ async fn serve(
                 }
             }
             bytes = queue.recv() => match bytes {
-                Some(bytes) => writer.write_all(&bytes).await?,
+                Some(bytes) => write(&mut writer, &bytes, idle).await?,
                 None => return Ok("no longer used"),
             },
             () = tokio::time::sleep(idle) => return Ok("idle"),
         }
     }
+}
+
+/// Writes `bytes`, failing if the peer has not taken them within `limit` (a peer that stops
+/// reading must not hold the connection, and what is queued for it, forever).
+async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(limit, writer.write_all(bytes))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP peer stopped reading"))?
 }
