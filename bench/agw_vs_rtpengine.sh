@@ -9,7 +9,8 @@
 # its socket queue overflows ("UDP receive queue exceeded"), so a flood measures nothing.
 # SINKS: the load generator's receiver per table (`--sink`): `block` (blocking recvfrom; on
 # loopback each relayed packet's sendto also wakes it, a cost the relay pays only because the
-# next hop is on the same machine) and/or `poll` (non-blocking loop: no wake-up is charged).
+# next hop is on the same machine) and/or `poll` (drains without blocking, then sleeps 50 µs:
+# no wake-up is charged to the relay).
 # usage: bench/agw_vs_rtpengine.sh [path/to/mediasec]   (cargo build --release -p mediasec)
 # Needs: rtpengine (Debian rtpengine-daemon), taskset (util-linux), python3.
 set -euo pipefail

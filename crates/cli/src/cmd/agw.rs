@@ -106,12 +106,15 @@ struct Load {
 /// How the load generator's receiver waits. On loopback the relay's `sendto` runs the
 /// receiver's network stack inline, including waking a receiver blocked in `recvfrom`; over a
 /// real network that wake-up happens on the next hop's machine. `poll` keeps the receiver off
-/// the socket's wait queue so that neither relay is charged for it.
+/// the socket's wait queue so that neither relay is charged for it, and sleeps between polls
+/// (rather than spinning) so that it does not take CPU time from the paced sender it shares
+/// a core with, which would change how packets arrive at the relay.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Sink {
     /// Blocking `recvfrom`: the relay's send wakes the receiver (a wake-up per packet).
     Block,
-    /// Non-blocking `recvfrom` in a loop, yielding the CPU when the queue is empty.
+    /// Non-blocking `recvfrom` until the queue is empty, then a 50 µs sleep (a timer, not
+    /// the socket, wakes it).
     Poll,
 }
 
@@ -225,6 +228,9 @@ fn rtp(seq: u16, ssrc: u32, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// The polling sink's sleep when its socket is empty.
+const POLL_SLEEP: Duration = Duration::from_micros(50);
+
 fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(l.payload <= 1400 && l.calls >= 1, "--payload ≤ 1400 and --calls ≥ 1");
     let client = UdpSocket::bind("127.0.0.1:0")?;
@@ -280,7 +286,7 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Err(_) if stop.load(Ordering::Relaxed) => return,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL_SLEEP),
                     Err(_) => {}
                 }
             }
