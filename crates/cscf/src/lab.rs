@@ -41,7 +41,17 @@ pub struct TwoDomains {
 /// A free loopback UDP port, found by binding port 0 (the socket is closed again; the next
 /// bind on it wins in practice on a lab machine).
 fn free_addr() -> Result<SocketAddr, mediasec_sip::Error> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+    // The SIP endpoint binds UDP and TCP on one port (RFC 3261 §18), so the port must be free
+    // for both: a port the system gives for UDP can be held by a TCP socket.
+    let mut tries = 0;
+    loop {
+        let addr = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) if tries >= 16 => return Err(e.into()),
+            Err(_) => tries += 1,
+        }
+    }
 }
 
 impl TwoDomains {
