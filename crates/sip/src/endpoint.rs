@@ -12,6 +12,13 @@
 //! port. A connection that cannot be opened or written fails its client transactions with a
 //! transport error ([`Event::Timeout`], §17.1.4); stream framing is [`crate::stream`].
 //!
+//! TCP resources are bounded ([`Config`]): at most [`Config::max_tcp_connections`] connections
+//! are open at once — one more incoming is closed as soon as it is accepted, one more outgoing
+//! is not opened and fails as a refused connection does (the §18.1.1 UDP fallback included) —
+//! and at most [`Config::tcp_queue_messages`] messages wait to be written on one connection: a
+//! connection whose peer does not take more is failed (§18.4), so its client transactions get
+//! the transport error. [`Endpoint::tcp_stats`] counts each time a limit acted.
+//!
 //! A UAS 2xx to an INVITE received over UDP is retransmitted by the endpoint at T1, 2·T1, …
 //! capped at T2 until an ACK with the same `Call-ID` and CSeq number arrives or 64·T1 has
 //! passed (§13.3.1.4); over TCP it is sent once (§17.2.1). The transaction itself leaves that
@@ -20,6 +27,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +42,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::tcp::{AbortOnDrop, ConnId, Connection, End, Report};
+use crate::tcp::{AbortOnDrop, ConnId, Connection, End, Queued, Report, Setup};
 use crate::Error;
 
 /// The largest request sent over UDP: RFC 3261 §18.1.1 requires a congestion-controlled
@@ -129,29 +137,113 @@ pub enum Event {
     },
 }
 
+/// How an endpoint runs: its timers and the bounds on its TCP resources (RFC 3261 §18; a
+/// server facing the network must not let one peer exhaust its memory or descriptors).
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// The RFC 3261 §17.1.1.1 timer constants. An idle TCP connection is closed after 64·T1,
+    /// and a TCP connect or write that takes that long fails.
+    pub timers: Timers,
+    /// The most TCP connections open at once, accepted and opened together (default
+    /// [`Config::MAX_TCP_CONNECTIONS`]). At the limit a newly accepted connection is closed at
+    /// once, and a send that needs a new connection fails as a refused connection does (a
+    /// request on TCP only for its size goes over UDP, §18.1.1; else the client transaction
+    /// gets a transport error, §17.1.4). A value of 0 refuses every TCP connection.
+    pub max_tcp_connections: usize,
+    /// The most messages that may wait to be written on one TCP connection, while it is being
+    /// opened or while its peer is not reading (default [`Config::TCP_QUEUE_MESSAGES`], at
+    /// least 1). A message beyond fails the connection: its client transactions get a transport
+    /// error (§18.4, §17.1.4) instead of the endpoint buffering without bound.
+    pub tcp_queue_messages: usize,
+}
+
+impl Config {
+    /// Default [`Config::max_tcp_connections`].
+    pub const MAX_TCP_CONNECTIONS: usize = 1024;
+    /// Default [`Config::tcp_queue_messages`].
+    pub const TCP_QUEUE_MESSAGES: usize = 128;
+}
+
+impl From<Timers> for Config {
+    /// These timers with the default TCP bounds.
+    fn from(timers: Timers) -> Self {
+        Self { timers, max_tcp_connections: Self::MAX_TCP_CONNECTIONS, tcp_queue_messages: Self::TCP_QUEUE_MESSAGES }
+    }
+}
+
+impl Default for Config {
+    /// RFC 3261 default timers, default TCP bounds.
+    fn default() -> Self {
+        Self::from(Timers::default())
+    }
+}
+
+/// How often the TCP bounds of [`Config`] have acted since the endpoint started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Incoming connections closed at once: the endpoint held its maximum of connections.
+    pub accepts_refused: u64,
+    /// Outgoing connections not opened for the same reason.
+    pub connects_refused: u64,
+    /// Connections failed because their outbound queue was full.
+    pub queues_full: u64,
+}
+
+/// The counters behind [`TcpStats`], shared by the endpoint's handles and its task.
+#[derive(Debug, Default)]
+struct TcpCounters {
+    accepts_refused: AtomicU64,
+    connects_refused: AtomicU64,
+    queues_full: AtomicU64,
+}
+
+impl TcpCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TcpStats {
+        TcpStats {
+            accepts_refused: self.accepts_refused.load(Ordering::Relaxed),
+            connects_refused: self.connects_refused.load(Ordering::Relaxed),
+            queues_full: self.queues_full.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A running endpoint. Cloning shares it; the task stops when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     local: SocketAddr,
     commands: mpsc::UnboundedSender<Command>,
+    counters: Arc<TcpCounters>,
     _task: Arc<AbortOnDrop>,
 }
 
 impl Endpoint {
+    /// [`Endpoint::bind_with`] these timers and the default TCP bounds.
+    ///
+    /// # Errors
+    /// As [`Endpoint::bind_with`].
+    pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
+        Self::bind_with(addr, Config::from(timers)).await
+    }
+
     /// Binds `addr` on UDP (port 0 picks one) and TCP at the same address and port, and starts
-    /// the endpoint task with the given timer constants. Events arrive on the returned
-    /// receiver. An idle TCP connection is closed after 64·T1.
+    /// the endpoint task with `config`. Events arrive on the returned receiver.
     ///
     /// # Errors
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
     /// taken.
-    pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
+    pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
+        let Config { timers, max_tcp_connections, tcp_queue_messages } = config;
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
         let listener = crate::tcp::listen(local).map_err(|source| Error::TcpBind { addr: local, source })?;
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let (reports, reports_rx) = mpsc::unbounded_channel();
+        let counters = Arc::new(TcpCounters::default());
         let driver = Driver {
             socket,
             listener,
@@ -167,11 +259,18 @@ impl Endpoint {
             by_peer: HashMap::new(),
             by_size: HashMap::new(),
             next_conn: 0,
-            reports,
+            tcp: Setup { reports, idle: timers.timeout(), queue: tcp_queue_messages },
+            max_tcp_connections,
+            counters: Arc::clone(&counters),
             events,
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, commands, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, commands, counters, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+    }
+
+    /// How often the TCP bounds have acted so far.
+    pub fn tcp_stats(&self) -> TcpStats {
+        self.counters.snapshot()
     }
 
     /// The bound address (UDP and TCP).
@@ -248,7 +347,10 @@ struct Driver {
     /// Client transactions on TCP only for their size → their request as it was for UDP.
     by_size: HashMap<TransactionKey, Request>,
     next_conn: ConnId,
-    reports: mpsc::UnboundedSender<Report>,
+    /// What each connection is started with.
+    tcp: Setup,
+    max_tcp_connections: usize,
+    counters: Arc<TcpCounters>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -284,11 +386,18 @@ impl Driver {
         }
     }
 
+    /// A new connection from `peer`, closed at once (dropped) if the endpoint already holds
+    /// its maximum.
     fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        if self.connections.len() >= self.max_tcp_connections {
+            TcpCounters::bump(&self.counters.accepts_refused);
+            tracing::warn!(%peer, max = self.max_tcp_connections, "SIP TCP connection closed at once: too many connections");
+            return;
+        }
         let conn = self.next_conn;
         self.next_conn += 1;
         tracing::debug!(%peer, "SIP TCP connection accepted");
-        self.connections.insert(conn, Connection::accepted(conn, peer, stream, self.reports.clone(), self.timers.timeout()));
+        self.connections.insert(conn, Connection::accepted(conn, peer, stream, &self.tcp));
         self.by_peer.insert(peer, conn);
     }
 
@@ -545,25 +654,51 @@ impl Driver {
     }
 
     /// Queues `bytes` on connection `conn` if it is open, else on the one open to `to`, else
-    /// on a new connection to `to`.
+    /// on a new connection to `to`. Where a bound of [`Config`] stops that, the connection the
+    /// bytes were meant for is reported ended, as a connection task reports its end: a full
+    /// queue fails its connection, and no room for a new connection is a refusal.
     fn send_tcp(&mut self, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
         let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&to).copied());
         if let Some(id) = open
             && let Some(connection) = self.connections.get(&id)
-            && connection.send(bytes.clone())
         {
-            return id;
+            match connection.send(bytes.clone()) {
+                Queued::Yes => return id,
+                Queued::Full => {
+                    TcpCounters::bump(&self.counters.queues_full);
+                    tracing::warn!(%to, queue = self.tcp.queue, "SIP TCP connection failed: its peer is not taking what is sent (queue full)");
+                    // Dropping it stops its task, so the end is reported here.
+                    self.connections.remove(&id);
+                    self.by_peer.retain(|_, c| *c != id);
+                    self.report_ended(id, to, End::Failed);
+                    return id;
+                }
+                Queued::Ended => {}
+            }
         }
         let id = self.next_conn;
         self.next_conn += 1;
+        if self.connections.len() >= self.max_tcp_connections {
+            TcpCounters::bump(&self.counters.connects_refused);
+            tracing::warn!(%to, max = self.max_tcp_connections, "SIP TCP connection not opened: too many connections");
+            self.report_ended(id, to, End::Refused);
+            return id;
+        }
         tracing::debug!(%to, "SIP TCP connecting");
         let local = self.listener.local_addr().unwrap_or_else(|_| SocketAddr::new(to.ip(), 0));
-        let connection = Connection::connect(id, local, to, self.reports.clone(), self.timers.timeout());
-        // A fresh queue accepts until its task has ended, which it reports.
+        let connection = Connection::connect(id, local, to, &self.tcp);
+        // A fresh queue has room, and accepts until its task has ended, which it reports.
         let _ = connection.send(bytes);
         self.connections.insert(id, connection);
         self.by_peer.insert(to, id);
         id
+    }
+
+    /// Reports connection `conn` ended, to be handled by [`Driver::on_closed`] once the
+    /// message being sent on it has its route.
+    fn report_ended(&self, conn: ConnId, peer: SocketAddr, end: End) {
+        // The driver holds the receiver while it runs.
+        let _ = self.tcp.reports.send(Report::Closed { conn, peer, end });
     }
 
     fn emit(&self, event: Event) {

@@ -6,6 +6,10 @@
 //! A message that cannot be framed ends the connection (RFC 3261 §18.3: framing is lost);
 //! a request without `Content-Length` is answered 400 first.
 //!
+//! What the endpoint queues for a connection waits in a bounded queue: a peer that stops
+//! reading (or a connection that is still being opened) holds at most that many messages, and
+//! one more is refused ([`Queued::Full`]) rather than buffered without end.
+//!
 //! Connections are opened from the endpoint's own SIP port (`SO_REUSEPORT`, shared with the
 //! listener), as its UDP datagrams are sent: the peer sees the same source address on both
 //! transports, a connection either side opened serves both directions (each side knows the
@@ -58,16 +62,28 @@ pub(crate) enum End {
     /// Closed by the peer, by idleness, or no longer wanted.
     Orderly,
     /// The peer refused the connection (a TCP reset: RFC 3261 §18.1.1 lets a request that is
-    /// on TCP only for its size fall back to UDP).
+    /// on TCP only for its size fall back to UDP), or the endpoint did not open it because it
+    /// already holds its maximum of connections (handled the same way).
     Refused,
     /// It could not be opened, or failed on an I/O or framing error.
     Failed,
 }
 
+/// What became of bytes handed to [`Connection::send`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued for the peer.
+    Yes,
+    /// Not queued: the queue is full (the peer is not taking what is sent).
+    Full,
+    /// Not queued: the connection has ended.
+    Ended,
+}
+
 /// A connection as the endpoint holds it; dropping it stops the task.
 #[derive(Debug)]
 pub(crate) struct Connection {
-    outgoing: mpsc::UnboundedSender<Bytes>,
+    outgoing: mpsc::Sender<Bytes>,
     _task: AbortOnDrop,
 }
 
@@ -83,20 +99,21 @@ impl Drop for AbortOnDrop {
 
 impl Connection {
     /// A connection the listener accepted.
-    pub(crate) fn accepted(conn: ConnId, peer: SocketAddr, stream: TcpStream, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
-        Self::spawn(conn, peer, Ok(stream), reports, idle)
+    pub(crate) fn accepted(conn: ConnId, peer: SocketAddr, stream: TcpStream, setup: &Setup) -> Self {
+        Self::spawn(conn, peer, Ok(stream), setup)
     }
 
     /// A connection to `peer` from `local` (the endpoint's address), opened in the
-    /// background; what is sent meanwhile is queued. The connect attempt is bounded by `idle`
-    /// too.
-    pub(crate) fn connect(conn: ConnId, local: SocketAddr, peer: SocketAddr, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
-        Self::spawn(conn, peer, Err(local), reports, idle)
+    /// background; what is sent meanwhile is queued. The connect attempt is bounded by the
+    /// idle time too.
+    pub(crate) fn connect(conn: ConnId, local: SocketAddr, peer: SocketAddr, setup: &Setup) -> Self {
+        Self::spawn(conn, peer, Err(local), setup)
     }
 
     /// `stream`: the accepted stream, or the local address to connect from.
-    fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, reports: mpsc::UnboundedSender<Report>, idle: Duration) -> Self {
-        let (outgoing, queue) = mpsc::unbounded_channel();
+    fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, setup: &Setup) -> Self {
+        let (outgoing, queue) = mpsc::channel(setup.queue.max(1));
+        let (reports, idle) = (setup.reports.clone(), setup.idle);
         let task = tokio::spawn(async move {
             let end = match open(peer, stream, idle).await {
                 Ok(stream) => match serve(conn, peer, stream, queue, &reports, idle).await {
@@ -120,10 +137,25 @@ impl Connection {
         Self { outgoing, _task: AbortOnDrop(task) }
     }
 
-    /// Queues bytes for the peer; false if the connection has ended.
-    pub(crate) fn send(&self, bytes: Bytes) -> bool {
-        self.outgoing.send(bytes).is_ok()
+    /// Queues bytes for the peer, unless its queue is full or the connection has ended.
+    pub(crate) fn send(&self, bytes: Bytes) -> Queued {
+        match self.outgoing.try_send(bytes) {
+            Ok(()) => Queued::Yes,
+            Err(mpsc::error::TrySendError::Full(_)) => Queued::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Queued::Ended,
+        }
     }
+}
+
+/// What every connection of an endpoint shares.
+#[derive(Clone, Debug)]
+pub(crate) struct Setup {
+    /// Where connections report.
+    pub(crate) reports: mpsc::UnboundedSender<Report>,
+    /// How long a connection may be idle, and a connect or a write may take.
+    pub(crate) idle: Duration,
+    /// How many messages may wait to be written (at least one).
+    pub(crate) queue: usize,
 }
 
 /// The endpoint's TCP listener at `addr`, sharing its port with the endpoint's outgoing
@@ -174,7 +206,7 @@ async fn serve(
     conn: ConnId,
     peer: SocketAddr,
     stream: TcpStream,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
+    mut queue: mpsc::Receiver<Bytes>,
     reports: &mpsc::UnboundedSender<Report>,
     idle: Duration,
 ) -> Result<&'static str, Error> {

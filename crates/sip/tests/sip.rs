@@ -265,7 +265,7 @@ Content-Length: 0\r\n\r\n";
 mod endpoint {
     use super::*;
     use mediasec_sip::stream::{Frame, FrameLimits, Framer};
-    use mediasec_sip::udp::{Command, Endpoint, Event};
+    use mediasec_sip::udp::{Command, Config, Endpoint, Event, TcpStats};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -580,6 +580,94 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
             other => panic!("unexpected {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
+    }
+
+    /// RFC 3261 §18 with a cap of two TCP connections: a third incoming connection is closed
+    /// at once, unread, and counted, while the first two keep carrying requests and responses;
+    /// a send that needs a new connection at the cap fails as a refused connection does, so a
+    /// request on TCP only for its size goes over UDP as the TU gave it (§18.1.1).
+    #[tokio::test]
+    async fn the_connection_cap_closes_one_more_and_the_first_ones_keep_working() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let config = Config { max_tcp_connections: 2, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        let client = RawPeer::bind().await;
+        let mut open = Vec::new();
+        for i in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(b.local_addr()).await.expect("connect");
+            let options = sized_request("OPTIONS", &format!("z9hG4bKcap{i}"), client.addr(), 10);
+            stream.write_all(&Message::Request(options).to_bytes()).await.expect("write");
+            let Event::Request { source, .. } = next(&mut b_rx).await else { panic!("a request") };
+            assert_eq!(source, stream.local_addr().expect("addr"));
+            open.push(stream);
+        }
+
+        let mut third = tokio::net::TcpStream::connect(b.local_addr()).await.expect("the kernel accepts");
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut got)).await.expect("closed in time") {
+            Ok(_) => assert!(got.is_empty(), "{got:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        assert_eq!(b.tcp_stats(), TcpStats { accepts_refused: 1, ..TcpStats::default() });
+
+        // Both first connections still work, in both directions.
+        for (i, stream) in open.iter_mut().enumerate() {
+            let message = sized_request("MESSAGE", &format!("z9hG4bKkept{i}"), client.addr(), 10);
+            stream.write_all(&Message::Request(message).to_bytes()).await.expect("write");
+            let Event::Request { key, request, .. } = next(&mut b_rx).await else { panic!("a request") };
+            let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+            b.send(Command::Respond { key, response: ok }).expect("respond");
+            let Message::Response(r) = read_message(stream, &mut Framer::new(FrameLimits::default())).await else { panic!("a response") };
+            assert_eq!(r.status.code(), 200);
+            assert_eq!(r.headers.value(&HeaderName::CallId).map(|v| v.into_owned()), Some(format!("z9hG4bKkept{i}").into_bytes()));
+        }
+
+        // Outgoing at the cap: no connection, the large request goes over UDP unchanged.
+        let invite = sized_request("INVITE", "z9hG4bKcapout", b.local_addr(), 1500);
+        b.send(Command::Request { request: invite.clone(), to: client.addr() }).expect("send");
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.udp.recv_from(&mut buf)).await.expect("in time").expect("udp");
+        assert_eq!(from, b.local_addr());
+        assert_eq!(buf.get(..n).expect("datagram"), Message::Request(invite).to_bytes().as_ref());
+        assert_eq!(b.tcp_stats(), TcpStats { accepts_refused: 1, connects_refused: 1, queues_full: 0 });
+        assert!(b_rx.try_recv().is_err(), "the TU was told about the refused connection");
+    }
+
+    /// §18.4 with a bounded outbound queue: towards a peer that does not take the connection
+    /// (a listener whose accept queue is full: Linux drops the SYNs, the connect hangs), a
+    /// connection holds at most `tcp_queue_messages` messages; one more fails it, and each of
+    /// the client transactions on it gets the transport error at once, long before 64·T1.
+    #[tokio::test]
+    async fn a_full_queue_is_a_transport_error() {
+        let slow = Timers { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) };
+        let config = Config { tcp_queue_messages: 2, ..Config::from(slow) };
+        let (a, mut a_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind a");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        // A backlog of 0 holds one connection, which the filler takes.
+        let listener = socket.listen(0).expect("listen");
+        let to = listener.local_addr().expect("addr");
+        let _filler = tokio::net::TcpStream::connect(to).await.expect("filler");
+
+        let started = std::time::Instant::now();
+        let mut keys = Vec::new();
+        for i in 0..3 {
+            let invite = sized_request("INVITE", &format!("z9hG4bKfull{i}"), a.local_addr(), 1500);
+            keys.push(mediasec_sip::core::TransactionKey::from_sent_request(&invite).expect("key"));
+            a.send(Command::Request { request: invite, to }).expect("send");
+        }
+        let mut failed = Vec::new();
+        while failed.len() < keys.len() {
+            match next(&mut a_rx).await {
+                Event::Timeout { key } => failed.push(key),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for key in &keys {
+            assert!(failed.contains(key), "{key:?} not failed");
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
+        assert_eq!(a.tcp_stats(), TcpStats { queues_full: 1, ..TcpStats::default() });
     }
 
     /// The TCP port must be the UDP port: when it is taken, binding says so.
