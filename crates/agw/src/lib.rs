@@ -16,12 +16,13 @@ pub mod fuzzing;
 pub mod relay;
 pub mod server;
 pub mod stats;
-// The one module with `unsafe`: io_uring submission (soundness argued at the block).
+// The one module with `unsafe`: the media io_uring (soundness argued at each block and in
+// its module documentation).
 #[allow(unsafe_code)]
 mod uring;
 
 pub use control::{Config, Controller, PortSource};
 pub use error::Error;
-pub use server::{Agw, SendPath, ServerConfig};
+pub use server::{Agw, MediaPath, ServerConfig};
 pub use relay::{Leg, MediaStream, Protection, Relay, Side, StreamId, Verdict};
 pub use stats::{Component, Counter, DropReason, LegStats};

@@ -1,26 +1,32 @@
 //! The UDP driver: tokio tasks for the ng control socket, the stream-timeout timer and
 //! metrics; one media thread for every media socket (RTP on even ports, RTCP on the next).
-//! The [`Controller`] and its relay sit behind one mutex.
+//! The [`Controller`] and its relay sit behind one mutex, which the media thread takes once
+//! per batch of packets, not per packet. No allocation, task wake-up or clock read per packet.
 //!
-//! The media thread waits on one `epoll` set (via `mio`, edge-triggered) holding every media
-//! socket, and works in batches, taking the mutex once per batch, not per packet: it receives
-//! one packet from each readable socket in turn into one of [`BATCH`] preallocated 2 KiB
-//! buffers, lets the relay transform it in place, and once the buffers are full (or every
-//! socket has been visited) sends the forwarded packets from the other legs' sockets. A
-//! socket stays on the ready list until it reports `WouldBlock` (edge-triggered readiness
-//! is only re-armed by a drain). No allocation, task wake-up or clock read per packet.
-//! The forwarded packets of a batch are sent with one `io_uring_enter` ([`crate::uring`])
-//! where the kernel allows io_uring, else with one `sendto` each ([`SendPath`]).
+//! The media thread has two drivers ([`MediaPath`]):
+//! - **io_uring** (Linux ≥ 6.1, [`crate::uring`]): each socket has an armed multishot receive
+//!   into a pool of provided buffers; the relay transforms each packet in the buffer it
+//!   arrived in, and the forwarded packets are sent from there. One `io_uring_enter` per batch
+//!   submits its sends and waits for the next arrivals. Sockets opened and closed by the
+//!   control side are handed to the media thread as changes, with an eventfd to wake it.
+//! - **epoll** (the fallback where io_uring is refused, and `--no-io-uring`): one `epoll` set
+//!   (via `mio`, edge-triggered) of every media socket; each readable socket is read with
+//!   `recvmmsg` into one of [`BATCH`] preallocated 2 KiB buffers, the relay transforms the
+//!   packet in place, and the forwarded packets are sent with one `sendto` each once the
+//!   buffers are full (or every socket has been visited). A socket stays on the ready list
+//!   until it reports `WouldBlock` (edge-triggered readiness is only re-armed by a drain).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use nix::errno::Errno;
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use rand::RngCore as _;
 use tokio::net::UdpSocket;
@@ -28,7 +34,7 @@ use tokio::net::UdpSocket;
 use crate::control::{Config, Controller, PortSource};
 use crate::ports::PortTable;
 use crate::relay::Verdict;
-use crate::uring::SendRing;
+use crate::uring::MediaRing;
 use crate::Error;
 
 /// Driver settings.
@@ -48,15 +54,48 @@ pub struct ServerConfig {
     pub control: Config,
 }
 
-/// How the media thread sends the packets it forwards.
+/// How the media thread receives and sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SendPath {
-    /// All the sends of a batch in one `io_uring_enter` where the kernel allows io_uring
-    /// (chosen at start-up, and logged), else [`SendPath::Sendto`].
+pub enum MediaPath {
+    /// io_uring where the kernel allows it (chosen at start-up, and logged), else
+    /// [`MediaPath::Epoll`].
     #[default]
     Auto,
-    /// One `sendto` per packet.
-    Sendto,
+    /// `epoll` readiness, `recvmmsg` and one `sendto` per packet.
+    Epoll,
+}
+
+/// How the media thread learns about the sockets the control side opens and closes.
+enum Readiness {
+    /// Registered in the media thread's epoll set directly (epoll is thread-safe).
+    Epoll(Registry),
+    /// Queued for the media thread, which owns its io_uring (`(port, opened?)`), and signalled
+    /// on the eventfd.
+    Ring { changes: Vec<(u16, bool)>, wake: Arc<EventFd> },
+}
+
+impl Readiness {
+    fn opened(&mut self, port: u16, socket: &std::net::UdpSocket) -> io::Result<()> {
+        match self {
+            Self::Epoll(registry) => registry.register(&mut SourceFd(&socket.as_raw_fd()), Token(usize::from(port)), Interest::READABLE),
+            Self::Ring { changes, wake } => {
+                changes.push((port, true));
+                wake.write(1).map(drop).map_err(io::Error::from)
+            }
+        }
+    }
+
+    fn closed(&mut self, port: u16, socket: &std::net::UdpSocket) {
+        match self {
+            Self::Epoll(registry) => {
+                let _ = registry.deregister(&mut SourceFd(&socket.as_raw_fd()));
+            }
+            Self::Ring { changes, wake } => {
+                changes.push((port, false));
+                let _ = wake.write(1);
+            }
+        }
+    }
 }
 
 /// Media sockets by local port, and the range they come from.
@@ -66,16 +105,15 @@ struct Sockets {
     max: u16,
     next: u16,
     open: PortTable<std::net::UdpSocket>,
-    /// The media thread's readiness set; a socket's token is its port.
-    registry: Registry,
+    readiness: Readiness,
 }
 
 impl Sockets {
-    /// Binds a non-blocking media socket and adds it to the media thread's readiness set.
-    fn bind(&self, port: u16) -> io::Result<std::net::UdpSocket> {
+    /// Binds a non-blocking media socket and hands it to the media thread.
+    fn bind(&mut self, port: u16) -> io::Result<std::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(SocketAddr::new(self.interface, port))?;
         s.set_nonblocking(true)?;
-        self.registry.register(&mut SourceFd(&s.as_raw_fd()), Token(usize::from(port)), Interest::READABLE)?;
+        self.readiness.opened(port, &s)?;
         Ok(s)
     }
 }
@@ -90,8 +128,10 @@ impl PortSource for Sockets {
             if port.checked_add(1).is_none_or(|p| p > self.max) || self.open.contains(port) {
                 continue;
             }
-            // A socket dropped on failure leaves the readiness set as it is closed.
-            let (Ok(rtp), Ok(rtcp)) = (self.bind(port), self.bind(port + 1)) else {
+            let (rtp, rtcp) = (self.bind(port), self.bind(port + 1));
+            let (Ok(rtp), Ok(rtcp)) = (rtp, rtcp) else {
+                // A socket dropped here leaves the epoll set as it is closed; the media
+                // thread's ring finds no socket for a queued port and skips it.
                 continue;
             };
             self.open.insert(port, rtp);
@@ -104,7 +144,7 @@ impl PortSource for Sockets {
     fn release_pair(&mut self, rtp_port: u16) {
         for p in [rtp_port, rtp_port.wrapping_add(1)] {
             if let Some(s) = self.open.remove(p) {
-                let _ = self.registry.deregister(&mut SourceFd(&s.as_raw_fd()));
+                self.readiness.closed(p, &s);
             }
         }
     }
@@ -131,40 +171,37 @@ pub struct Agw {
 
 impl Agw {
     /// Binds the ng socket and starts the control and timer tasks on the current runtime;
-    /// media is sent as [`SendPath::Auto`] says.
+    /// media is relayed as [`MediaPath::Auto`] says.
     pub async fn start(config: ServerConfig) -> io::Result<Self> {
-        Self::start_with(config, SendPath::Auto).await
+        Self::start_with(config, MediaPath::Auto).await
     }
 
-    /// [`Agw::start`] with the given send path.
-    pub async fn start_with(config: ServerConfig, sends: SendPath) -> io::Result<Self> {
-        let ring = match sends {
-            SendPath::Sendto => None,
-            SendPath::Auto => match SendRing::new(BATCH as u16) {
-                Ok(ring) => Some(ring),
-                Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable: media sent with one sendto per packet");
-                    None
-                }
-            },
-        };
-        let io_uring = ring.is_some();
-        tracing::info!(io_uring, "media thread: epoll + recvmmsg, sends {}", if io_uring { "batched over io_uring" } else { "by sendto" });
+    /// [`Agw::start`] with the given media path.
+    pub async fn start_with(config: ServerConfig, path: MediaPath) -> io::Result<Self> {
         let ng = UdpSocket::bind(config.listen_ng).await?;
         let ng_addr = ng.local_addr()?;
-        let poll = Poll::new()?;
-        let sockets = Sockets {
-            interface: config.interface,
-            min: config.port_min,
-            max: config.port_max,
-            next: 0,
-            open: PortTable::default(),
-            registry: poll.registry().try_clone()?,
+        let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+        let sockets = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
+        // The media thread creates its driver itself (an io_uring belongs to the thread that
+        // made it) and says which one it has; then it waits for the state it serves.
+        let (ready_tx, ready_rx) = sync_channel(1);
+        let (state_tx, state_rx) = sync_channel::<Weak<Mutex<State>>>(1);
+        let thread_wake = wake.clone();
+        std::thread::Builder::new().name("agw-media".into()).spawn(move || {
+            let Some(driver) = Driver::new(path, sockets, thread_wake, &ready_tx) else { return };
+            if let Ok(state) = state_rx.recv() {
+                driver.run(&state);
+            }
+        })?;
+        let readiness = match ready_rx.recv().map_err(io::Error::other)?? {
+            Some(registry) => Readiness::Epoll(registry),
+            None => Readiness::Ring { changes: Vec::new(), wake },
         };
+        let io_uring = matches!(readiness, Readiness::Ring { .. });
+        let sockets = Sockets { interface: config.interface, min: config.port_min, max: config.port_max, next: 0, open: PortTable::default(), readiness };
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
         // The thread ends once the control and timer tasks (the state's owners) are gone.
-        let weak = Arc::downgrade(&state);
-        std::thread::Builder::new().name("agw-media".into()).spawn(move || media_thread(poll, ring, &weak))?;
+        state_tx.send(Arc::downgrade(&state)).map_err(io::Error::other)?;
         tokio::spawn(control_loop(ng, state.clone()));
         tokio::spawn(timer_loop(state.clone()));
         let mut metrics_addr = None;
@@ -188,7 +225,7 @@ impl Agw {
         self.metrics_addr
     }
 
-    /// Whether forwarded packets are sent over io_uring ([`SendPath`]).
+    /// Whether media is relayed over io_uring ([`MediaPath`]).
     pub fn uses_io_uring(&self) -> bool {
         self.io_uring
     }
@@ -225,7 +262,7 @@ async fn timer_loop(state: Shared) {
     }
 }
 
-/// Packet buffers of the media thread: packets received before the forwarded ones are sent.
+/// Packet buffers of the epoll driver: packets received before the forwarded ones are sent.
 const BATCH: usize = 64;
 /// Packets read from one socket per visit (one `recvmmsg`).
 const READ_MAX: usize = 8;
@@ -236,7 +273,83 @@ const IDLE: Duration = Duration::from_millis(200);
 
 type Buf = [u8; 2048];
 
-/// The media thread's preallocated state: no allocation per packet.
+/// The media thread's driver.
+enum Driver {
+    Ring { ring: Box<MediaRing>, _wake: Arc<EventFd> },
+    Epoll(Poll),
+}
+
+impl Driver {
+    /// Chooses and creates the driver, and reports it on `ready` (the epoll set's registry for
+    /// [`Driver::Epoll`], nothing for io_uring) or the error that leaves media without one.
+    fn new(path: MediaPath, sockets: u32, wake: Arc<EventFd>, ready: &std::sync::mpsc::SyncSender<io::Result<Option<Registry>>>) -> Option<Self> {
+        if path == MediaPath::Auto {
+            match MediaRing::new(sockets, wake.as_fd()) {
+                Ok(ring) => {
+                    tracing::info!("media thread: io_uring (multishot receives, batched sends)");
+                    ready.send(Ok(None)).ok()?;
+                    return Some(Self::Ring { ring: Box::new(ring), _wake: wake });
+                }
+                Err(e) => tracing::warn!(error = %e, sockets, "io_uring unavailable (or RLIMIT_NOFILE below the port range): media relayed with epoll + recvmmsg + sendto"),
+            }
+        }
+        match Poll::new().and_then(|poll| Ok((poll.registry().try_clone()?, poll))) {
+            Ok((registry, poll)) => {
+                tracing::info!("media thread: epoll + recvmmsg + sendto");
+                ready.send(Ok(Some(registry))).ok()?;
+                Some(Self::Epoll(poll))
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                None
+            }
+        }
+    }
+
+    fn run(self, state: &Weak<Mutex<State>>) {
+        match self {
+            Self::Ring { ring, _wake } => ring_thread(*ring, state),
+            Self::Epoll(poll) => epoll_thread(poll, state),
+        }
+    }
+}
+
+fn ring_thread(mut ring: MediaRing, state: &Weak<Mutex<State>>) {
+    loop {
+        if let Err(e) = ring.wait(IDLE) {
+            tracing::error!(error = %e, "media io_uring failed; media relaying stopped");
+            return;
+        }
+        let Some(state) = state.upgrade() else { return };
+        let mut st = lock(&state);
+        let State { ctl, sockets } = &mut *st;
+        if ring.take_wake()
+            && let Readiness::Ring { changes, .. } = &mut sockets.readiness
+        {
+            for (port, opened) in changes.drain(..) {
+                let changed = match (opened, sockets.open.get(port)) {
+                    (true, Some(socket)) => ring.open(port, socket.as_fd()),
+                    (true, None) => Ok(()),
+                    (false, _) => ring.close(port),
+                };
+                if let Err(e) = changed {
+                    tracing::error!(port, opened, error = %e, "media socket not (un)registered with io_uring");
+                }
+            }
+        }
+        let now = Instant::now();
+        let relayed = ring.dispatch(|port, from, buf, len| match ctl.relay_mut().handle(port, from, buf, len, now) {
+            Verdict::Forward { from_port, to, len } => Some((from_port, to, len)),
+            Verdict::Drop(_) => None,
+        });
+        if let Err(e) = relayed {
+            tracing::error!(error = %e, "media io_uring failed; media relaying stopped");
+            return;
+        }
+    }
+}
+
+/// The epoll driver's preallocated state: no allocation per packet.
 struct Batch {
     bufs: Vec<Buf>,
     /// Buffers filled since the last flush.
@@ -248,11 +361,9 @@ struct Batch {
     /// per port telling whether it is on that list.
     ready: Vec<u16>,
     queued: Vec<bool>,
-    /// Sends over io_uring if it is available ([`SendPath::Auto`]).
-    ring: Option<SendRing>,
 }
 
-fn media_thread(mut poll: Poll, ring: Option<SendRing>, state: &Weak<Mutex<State>>) {
+fn epoll_thread(mut poll: Poll, state: &Weak<Mutex<State>>) {
     let mut events = Events::with_capacity(1024);
     let mut b = Batch {
         bufs: vec![[0; 2048]; BATCH],
@@ -261,7 +372,6 @@ fn media_thread(mut poll: Poll, ring: Option<SendRing>, state: &Weak<Mutex<State
         headers: MultiHeaders::preallocate(READ_MAX, None),
         ready: Vec::new(),
         queued: vec![false; usize::from(u16::MAX) + 1],
-        ring,
     };
     loop {
         let timeout = if b.ready.is_empty() { IDLE } else { Duration::ZERO };
@@ -346,20 +456,9 @@ impl Batch {
     }
 
     fn flush(&mut self, sockets: &Sockets) {
-        let packets = self.out.iter().filter_map(|&(slot, from_port, to, len)| Some((sockets.open.get(from_port)?, self.bufs.get(slot)?.get(..len)?, to)));
-        match &mut self.ring {
-            Some(ring) => {
-                if let Err(e) = ring.send_all(packets.map(|(socket, packet, to)| (socket.as_fd(), packet, to))) {
-                    tracing::error!(error = %e, "io_uring failed; media now sent with sendto");
-                    if let Some(ring) = self.ring.take() {
-                        ring.abandon();
-                    }
-                }
-            }
-            None => {
-                for (socket, packet, to) in packets {
-                    let _ = socket.send_to(packet, to);
-                }
+        for &(slot, from_port, to, len) in &self.out {
+            if let (Some(socket), Some(packet)) = (sockets.open.get(from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
+                let _ = socket.send_to(packet, to);
             }
         }
         self.out.clear();
@@ -419,12 +518,12 @@ mod tests {
     /// pass (mid-pass flush). Every packet is relayed exactly once, intact, to its call's peer.
     #[test]
     fn bursts_are_drained_and_relayed_intact() {
-        for sends in [SendPath::Auto, SendPath::Sendto] {
-            bursts_relayed_intact(sends);
+        for path in [MediaPath::Auto, MediaPath::Epoll] {
+            bursts_relayed_intact(path);
         }
     }
 
-    fn bursts_relayed_intact(sends: SendPath) {
+    fn bursts_relayed_intact(path: MediaPath) {
         const CALLS: usize = 9; // CALLS × READ_MAX > BATCH
         const BURST: u16 = 20; // > 2 × READ_MAX
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -441,10 +540,11 @@ mod tests {
                     sdes: mediasec_sdp::SdesPolicy::default(),
                     timeout: Duration::from_secs(30),
                 },
-            }, sends))
+            }, path))
             .unwrap();
         // Auto is io_uring wherever a ring works (the kernel may refuse it, e.g. under seccomp).
-        assert_eq!(agw.uses_io_uring(), sends == SendPath::Auto && SendRing::new(4).is_ok());
+        let wake = EventFd::new().unwrap();
+        assert_eq!(agw.uses_io_uring(), path == MediaPath::Auto && MediaRing::new(4, wake.as_fd()).is_ok());
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

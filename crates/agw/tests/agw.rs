@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use mediasec_agw::bencode::Value;
-use mediasec_agw::{ng, Agw, Config, SendPath, ServerConfig};
+use mediasec_agw::{ng, Agw, Config, MediaPath, ServerConfig};
 use mediasec_sdp::SdesPolicy;
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 
@@ -62,11 +62,11 @@ fn ping(addr: SocketAddr) -> bool {
 
 /// Our AGW on its own runtime thread; the runtime lives as long as the returned guard.
 fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
-    let (ng, _, rt) = start_agw_with_metrics(SendPath::Auto);
+    let (ng, _, rt) = start_agw_with_metrics(MediaPath::Auto);
     (ng, rt)
 }
 
-fn start_agw_with_metrics(sends: SendPath) -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
+fn start_agw_with_metrics(path: MediaPath) -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let base = free_range(200);
     let agw = rt
@@ -77,7 +77,7 @@ fn start_agw_with_metrics(sends: SendPath) -> (SocketAddr, SocketAddr, tokio::ru
             port_max: base + 199,
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
-        }, sends))
+        }, path))
         .unwrap();
     (agw.ng_addr(), agw.metrics_addr().unwrap(), rt)
 }
@@ -161,13 +161,13 @@ fn port_of(sdp: &str) -> u16 {
 #[test]
 fn over_udp_failed_packets_are_dropped_and_counted() {
     // Both send paths: io_uring (where the kernel allows it) and sendto.
-    for sends in [SendPath::Auto, SendPath::Sendto] {
-        dropped_and_counted(sends);
+    for path in [MediaPath::Auto, MediaPath::Epoll] {
+        dropped_and_counted(path);
     }
 }
 
-fn dropped_and_counted(sends: SendPath) {
-    let (ng_addr, metrics, _rt) = start_agw_with_metrics(sends);
+fn dropped_and_counted(path: MediaPath) {
+    let (ng_addr, metrics, _rt) = start_agw_with_metrics(path);
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
     let core = UdpSocket::bind("127.0.0.1:0").unwrap();
     core.set_read_timeout(Some(Duration::from_millis(300))).unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use mediasec_agw::bencode::Value;
-use mediasec_agw::{ng, Agw, Config, SendPath, ServerConfig};
+use mediasec_agw::{ng, Agw, Config, MediaPath, ServerConfig};
 use mediasec_sdp::SdesPolicy;
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 use rand::RngCore;
@@ -50,8 +50,8 @@ struct Serve {
     /// is relayed by one dedicated thread either way.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Send forwarded media with one sendto per packet even where io_uring works (by
-    /// default the sends of a batch go to the kernel in one io_uring_enter).
+    /// Relay media with epoll, recvmmsg and one sendto per packet even where io_uring works
+    /// (by default: multishot receives and batched sends over io_uring).
     #[arg(long)]
     no_io_uring: bool,
 }
@@ -146,8 +146,8 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
             metrics: a.metrics,
             control: Config { address: a.interface, sdes: SdesPolicy::default(), timeout: Duration::from_secs(a.timeout) },
         };
-        let sends = if a.no_io_uring { SendPath::Sendto } else { SendPath::Auto };
-        let agw = Agw::start_with(config, sends).await.context("starting the AGW")?;
+        let path = if a.no_io_uring { MediaPath::Epoll } else { MediaPath::Auto };
+        let agw = Agw::start_with(config, path).await.context("starting the AGW")?;
         eprintln!("mediasec agw: ng on {}", agw.ng_addr());
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         anyhow::Ok(ExitCode::SUCCESS)
