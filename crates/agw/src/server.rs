@@ -323,6 +323,17 @@ fn ring_thread(mut ring: MediaRing, state: &Weak<Mutex<State>>) {
         let Some(state) = state.upgrade() else { return };
         let mut st = lock(&state);
         let State { ctl, sockets } = &mut *st;
+        let now = Instant::now();
+        let relayed = ring.dispatch(|port, from, buf, len| match ctl.relay_mut().handle(port, from, buf, len, now) {
+            Verdict::Forward { from_port, to, len } => Some((from_port, to, len)),
+            Verdict::Drop(_) => None,
+        });
+        if let Err(e) = relayed {
+            tracing::error!(error = %e, "media io_uring failed; media relaying stopped");
+            return;
+        }
+        // Sockets the control side opened or closed since (their wake-up was among the
+        // completions just handled); registered now, armed by the next wait's submission.
         if ring.take_wake()
             && let Readiness::Ring { changes, .. } = &mut sockets.readiness
         {
@@ -336,15 +347,6 @@ fn ring_thread(mut ring: MediaRing, state: &Weak<Mutex<State>>) {
                     tracing::error!(port, opened, error = %e, "media socket not (un)registered with io_uring");
                 }
             }
-        }
-        let now = Instant::now();
-        let relayed = ring.dispatch(|port, from, buf, len| match ctl.relay_mut().handle(port, from, buf, len, now) {
-            Verdict::Forward { from_port, to, len } => Some((from_port, to, len)),
-            Verdict::Drop(_) => None,
-        });
-        if let Err(e) = relayed {
-            tracing::error!(error = %e, "media io_uring failed; media relaying stopped");
-            return;
         }
     }
 }
