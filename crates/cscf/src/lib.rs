@@ -8,8 +8,10 @@
 //! - [`proxy`]: the stateful proxy core, sans-IO (endpoint events in, commands out).
 //! - [`service`]: the tokio service wiring the core to a `mediasec_sip` UDP endpoint.
 //! - [`lab`]: the two-domain loopback topology (tests, demo, benchmarks).
+//! - [`fuzzing`]: the entry point of the `cscf_proxy` fuzz target and its corpus replay.
 
 pub mod alg;
+pub mod fuzzing;
 pub mod lab;
 pub mod proxy;
 pub mod registrar;
