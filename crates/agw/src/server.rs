@@ -54,6 +54,20 @@ pub struct ServerConfig {
     pub control: Config,
 }
 
+/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that `sockets` media sockets fit,
+/// with room for the rest of the process; the io_uring driver also needs one registered-file
+/// slot per media port, which the kernel bounds by this limit. Returns the soft limit now.
+pub fn ensure_open_files(sockets: u64) -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let want = sockets.saturating_add(256).min(hard);
+    if want <= soft {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard)?;
+    Ok(want)
+}
+
 /// How the media thread receives and sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MediaPath {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use mediasec_agw::bencode::Value;
-use mediasec_agw::{ng, Agw, Config, MediaPath, ServerConfig};
+use mediasec_agw::{ensure_open_files, ng, Agw, Config, MediaPath, ServerConfig};
 use mediasec_sdp::SdesPolicy;
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 use rand::RngCore;
@@ -131,6 +131,12 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .try_init();
     anyhow::ensure!(a.port_min < a.port_max, "--port-min must be below --port-max");
+    let ports = u64::from(a.port_max - a.port_min) + 1;
+    match ensure_open_files(ports) {
+        Ok(limit) if limit < ports + 256 => tracing::warn!(limit, ports, "RLIMIT_NOFILE is below the media port range: fewer calls fit, and media falls back to epoll"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "RLIMIT_NOFILE could not be read or raised"),
+    }
     // One thread: a current-thread runtime (no work-stealing machinery per packet).
     let runtime = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
