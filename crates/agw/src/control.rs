@@ -45,10 +45,14 @@ struct Media {
     stream: StreamId,
     a: Transport,
     b: Transport,
-    /// Our SDES answer to A's offered crypto (A is SRTP).
+    /// Our SDES answer to A's offered crypto (A is SRTP), in force.
     a_sdes: Option<Negotiated>,
+    /// What A's re-offer agreed (protection, SDES answer), in force from B's answer on.
+    a_next: Option<(Protection, Option<Negotiated>)>,
     /// The crypto we offered to B (B is SRTP).
     b_offer: Vec<CryptoAttribute>,
+    /// B's answered crypto line, once answered (B is SRTP).
+    b_remote: Option<CryptoAttribute>,
 }
 
 struct Call {
@@ -291,7 +295,7 @@ impl Controller {
                 Ok(Value::dict([("result", Value::str("ok")), ("sdp", Value::str(sdp))]))
             }
             Command::Answer { call_id, from_tag, to_tag, sdp, options } => {
-                let sdp = self.answer(&call_id, &from_tag, &to_tag, &sdp, &options, ports)?;
+                let sdp = self.answer(&call_id, &from_tag, &to_tag, &sdp, &options, now, ports)?;
                 tracing::info!(call_id, to_tag, "answer");
                 Ok(Value::dict([("result", Value::str("ok")), ("sdp", Value::str(sdp))]))
             }
@@ -396,10 +400,14 @@ impl Controller {
                 media.push(None);
                 continue;
             };
-            let stream = match previous {
-                Some(m) => m.stream,
+            // A re-offer keeps the stream; what it agrees with A takes effect at B's answer
+            // (A sends under its new key only once it has our answer, and gets our new key in
+            // it); B keeps its keys until it answers if its transport is unchanged (it cannot
+            // use the key we now offer before it has it, nor may we send under it before).
+            let (stream, prior) = match previous {
+                Some(m) => (m.stream, Some((m.a_sdes, m.b, m.b_remote))),
                 None => match self.new_stream(now, ports) {
-                    Ok(s) => s,
+                    Ok(s) => (s, None),
                     Err(e) => {
                         result = Err(e);
                         break;
@@ -412,18 +420,27 @@ impl Controller {
             };
             let leg_a = s.leg_mut(Side::A);
             leg_a.set_signalled(Some(rtp), Some(rtcp));
-            let (a_protection, a_sdes) = match a_sdes {
+            let agreed = match a_sdes {
                 Some((p, n)) => (p, Some(n)),
                 None => (Protection::Plain, None),
             };
-            leg_a.set_protection(a_protection);
+            let (a_sdes, a_next, b_remote) = match prior {
+                Some((in_force, old_b, b_remote)) => (in_force, Some(agreed), (old_b == b).then_some(b_remote).flatten()),
+                None => {
+                    let (p, n) = agreed;
+                    leg_a.set_protection(p);
+                    (n, None, None)
+                }
+            };
             let leg_b = s.leg_mut(Side::B);
-            leg_b.set_protection(if b.is_srtp() { Protection::Pending } else { Protection::Plain });
+            if b_remote.is_none() {
+                leg_b.set_protection(if b.is_srtp() { Protection::Pending } else { Protection::Plain });
+            }
             let b_port = leg_b.port();
             if let Err(e) = rewrite_media(&mut sdp, i, b_port, b, &b_offer) {
                 result = Err(e);
             }
-            media.push(Some(Media { stream, a, b, a_sdes, b_offer }));
+            media.push(Some(Media { stream, a, b, a_sdes, a_next, b_offer, b_remote }));
         }
         for m in old.into_iter().flatten() {
             self.release_media(m, ports);
@@ -440,6 +457,7 @@ impl Controller {
         Ok(sdp.to_string())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn answer(
         &mut self,
         call_id: &str,
@@ -447,6 +465,7 @@ impl Controller {
         to_tag: &str,
         text: &str,
         options: &Options,
+        now: Instant,
         ports: &mut impl PortSource,
     ) -> Result<String, Error> {
         let mut sdp = Sdp::parse(text);
@@ -472,14 +491,14 @@ impl Controller {
             if answered.is_srtp() != m.b.is_srtp() {
                 return Err(Error::Sdp(format!("media {i}: answered {} to an offered {}", answered.as_str(), m.b.as_str())));
             }
-            let b_protection = if m.b.is_srtp() {
+            let (b_protection, b_remote) = if m.b.is_srtp() {
                 let values = sdp.attribute_values(Level::Media(i), CryptoAttribute::NAME)?;
                 let n = sdes::process_answer(&m.b_offer, &values, &options.sdes).map_err(|e| sdes_error(&e))?;
-                protection(&n)?
+                (protection(&n)?, Some(n.remote))
             } else {
-                Protection::Plain
+                (Protection::Plain, None)
             };
-            plans.push(Some(Some((media_addresses(&sdp, i)?, b_protection))));
+            plans.push(Some(Some((media_addresses(&sdp, i)?, b_protection, b_remote))));
         }
         call.to_tag = Some(to_tag.to_owned());
         let mut released = Vec::new();
@@ -495,12 +514,18 @@ impl Controller {
                         released.push(m);
                     }
                 }
-                Some(Some(((rtp, rtcp), b_protection))) => {
-                    let Some(m) = slot.as_ref() else { continue };
+                Some(Some(((rtp, rtcp), b_protection, b_remote))) => {
+                    let Some(m) = slot.as_mut() else { continue };
                     let Some(s) = self.relay.stream_mut(m.stream) else { continue };
                     let leg_b = s.leg_mut(Side::B);
                     leg_b.set_signalled(Some(rtp), Some(rtcp));
-                    leg_b.set_protection(b_protection);
+                    leg_b.rekey(b_protection, b_remote != m.b_remote, now);
+                    m.b_remote = b_remote;
+                    if let Some((p, n)) = m.a_next.take() {
+                        let rekeyed = m.a_sdes.as_ref().map(|x| &x.remote) != n.as_ref().map(|x| &x.remote);
+                        s.leg_mut(Side::A).rekey(p, rekeyed, now);
+                        m.a_sdes = n;
+                    }
                     let a_port = s.leg(Side::A).port();
                     let ours: Vec<CryptoAttribute> = m.a_sdes.iter().map(|n| n.local.clone()).collect();
                     rewrite_media(&mut sdp, i, a_port, m.a, &ours)?;
@@ -738,7 +763,7 @@ mod tests {
         ]
         .join("\r\n");
         assert_eq!(offer, expected_offer);
-        let answer = c.answer("call1", "ue", "core", &core_answer(), &opts(None), &mut ports).expect("answer");
+        let answer = c.answer("call1", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
         let lines: Vec<&str> = answer.split("\r\n").collect();
         assert_eq!(&lines[..7], ["v=0", "o=core 5 5 IN IP4 203.0.113.1", "s=-", "c=IN IP4 203.0.113.1", "t=0 0", "m=audio 30000 RTP/SAVP 0", "a=rtpmap:0 PCMU/8000"]);
         let crypto = lines[8].strip_prefix("a=crypto:").expect("our crypto line");
@@ -795,13 +820,13 @@ mod tests {
             .filter(|l| !l.starts_with("a=crypto:8"))
             .collect::<Vec<_>>()
             .join("\r\n");
-        let answer = c.answer("c2", "a", "b", &b_answer, &opts(None), &mut ports).expect("answer");
+        let answer = c.answer("c2", "a", "b", &b_answer, &opts(None), now, &mut ports).expect("answer");
         assert!(answer.contains("m=audio 30000 RTP/AVP 0 101\r\n") && !answer.contains("a=crypto"), "{answer}");
         let leg = c.relay().stream(c.calls["c2"].media[0].as_ref().expect("m").stream).expect("s").leg(Side::B).protection().name();
         assert_eq!(leg, "srtp");
         // Answering with a suite we did not offer under that tag fails.
         let bad = b_answer.replace("a=crypto:4 AES_CM_128_HMAC_SHA1_80", "a=crypto:4 AES_CM_128_HMAC_SHA1_32");
-        assert!(matches!(c.answer("c2", "a", "b", &bad, &opts(None), &mut ports), Err(Error::Sdes(_))));
+        assert!(matches!(c.answer("c2", "a", "b", &bad, &opts(None), now, &mut ports), Err(Error::Sdes(_))));
     }
 
     #[test]
@@ -815,7 +840,7 @@ mod tests {
             "a=sendrecv",
             "a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk\r\na=sendrecv",
         );
-        let answer = c.answer("rk", "ue", "core", &b_answer, &opts(None), &mut ports).expect("answer");
+        let answer = c.answer("rk", "ue", "core", &b_answer, &opts(None), now, &mut ports).expect("answer");
         assert!(!answer.contains("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk") && answer.contains("a=crypto:7 AES_CM_128_HMAC_SHA1_80 inline:"), "{answer}");
         let s = c.relay().stream(c.calls["rk"].media[0].as_ref().expect("m").stream).expect("s");
         assert_eq!((s.leg(Side::A).protection().name(), s.leg(Side::B).protection().name()), ("srtp", "srtp"));
@@ -825,12 +850,71 @@ mod tests {
     fn re_offer_keeps_ports() {
         let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
         let first = c.offer("re", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
-        c.answer("re", "ue", "core", &core_answer(), &opts(None), &mut ports).expect("answer");
+        c.answer("re", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
         let again = c.offer("re", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("re-offer");
         assert_eq!(first, again, "same ports, same rewritten SDP");
         assert_eq!(ports.out.len(), 2);
         let e = c.offer("re", "core", &core_answer(), &opts(None), now, &mut ports, &mut k).expect_err("callee re-offer");
         assert!(e.to_string().contains("re-offer from the answerer's side"), "{e}");
+    }
+
+    /// The AGW's key in an answer towards the UE.
+    fn answered_key(answer: &str) -> Vec<u8> {
+        let line = answer.lines().find_map(|l| l.strip_prefix("a=crypto:")).expect("our crypto line");
+        CryptoAttribute::parse(line).expect("parses").inline_keys().next().expect("key").key_salt().to_vec()
+    }
+
+    fn session(key: &[u8]) -> Session {
+        let suite = Suite::AesCm128HmacSha1_80;
+        Session::new(&Policy::new(suite, MasterKey::from_inline(suite, key).expect("k"))).expect("s")
+    }
+
+    /// A UE re-offer with a new key takes effect at the core's answer (RFC 4568 §7.1.4): until
+    /// then both directions stay on the old keys; from then on the new keys are used and the
+    /// UE's packets still in flight under its old key are not lost.
+    #[test]
+    fn ue_reoffer_new_key_takes_effect_at_the_answer() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("rk", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        let first = c.answer("rk", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        let ue_key = |b64: &str| CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{b64}")).expect("l").inline_keys().next().expect("k").key_salt().to_vec();
+        let (mut ue_old, mut down_old) = (session(&ue_key(UE_KEY)), session(&answered_key(&first)));
+        let (ue, core) = ("192.0.2.10:4000".parse().expect("a"), "198.51.100.5:6000".parse().expect("a"));
+        let mut seq = 0u16;
+        let mut up = |c: &mut Controller, tx: &mut Session| {
+            seq += 1;
+            let mut p = [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, 9], &[7; 20]].concat();
+            tx.protect_rtp_vec(&mut p).expect("protect");
+            let mut buf = [0u8; 2048];
+            buf[..p.len()].copy_from_slice(&p);
+            c.relay_mut().handle(30000, ue, &mut buf, p.len(), now)
+        };
+        let mut dseq = 0u16;
+        let mut down = |c: &mut Controller| {
+            dseq += 1;
+            let plain = [&[0x80, 0][..], &dseq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, 5], &[3; 20]].concat();
+            let mut buf = [0u8; 2048];
+            buf[..plain.len()].copy_from_slice(&plain);
+            let crate::Verdict::Forward { len, .. } = c.relay_mut().handle(30002, core, &mut buf, plain.len(), now) else { panic!("not forwarded") };
+            buf[..len].to_vec()
+        };
+        let forwarded = |v: crate::Verdict| matches!(v, crate::Verdict::Forward { .. });
+        assert!(forwarded(up(&mut c, &mut ue_old)));
+
+        let new_key = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+        c.offer("rk", "ue", &ue_offer().replace(UE_KEY, new_key), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("re-offer");
+        // Before the answer: the old keys, both ways.
+        assert!(forwarded(up(&mut c, &mut ue_old)));
+        down_old.unprotect_rtp_vec(&mut down(&mut c)).expect("still under our old key");
+
+        let second = c.answer("rk", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        assert_ne!(answered_key(&first), answered_key(&second), "a new key of ours in the new answer");
+        let mut ue_new = session(&ue_key(new_key));
+        assert!(forwarded(up(&mut c, &mut ue_new)));
+        assert!(forwarded(up(&mut c, &mut ue_old)), "in flight under the UE's old key");
+        session(&answered_key(&second)).unprotect_rtp_vec(&mut down(&mut c)).expect("under our new key");
+        let s = c.relay().stream(c.calls["rk"].media[0].as_ref().expect("m").stream).expect("s");
+        assert_eq!(s.leg(Side::A).stats.total_drops(), 0);
     }
 
     #[test]
@@ -845,14 +929,14 @@ mod tests {
         let e = c.offer("x", "ue", &ue_offer().replace("RTP/SAVP", "UDP/BFCP"), &opts(None), now, &mut ports, &mut k).expect_err("bfcp");
         assert!(e.to_string().contains("UDP/BFCP"));
         assert!(ports.out.is_empty() && c.call_count() == 0);
-        assert_eq!(c.answer("nope", "a", "b", &core_answer(), &opts(None), &mut ports), Err(Error::UnknownCall));
+        assert_eq!(c.answer("nope", "a", "b", &core_answer(), &opts(None), now, &mut ports), Err(Error::UnknownCall));
     }
 
     #[test]
     fn rejected_stream_and_timeouts_and_retransmissions() {
         let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
         c.offer("t", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
-        let rejected = c.answer("t", "ue", "core", &core_answer().replace("m=audio 6000", "m=audio 0"), &opts(None), &mut ports).expect("answer");
+        let rejected = c.answer("t", "ue", "core", &core_answer().replace("m=audio 6000", "m=audio 0"), &opts(None), now, &mut ports).expect("answer");
         assert!(rejected.contains("m=audio 0 RTP/SAVP 0\r\n"), "{rejected}");
         assert!(ports.out.is_empty());
         c.offer("t2", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");

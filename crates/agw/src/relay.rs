@@ -18,7 +18,7 @@
 //! in; the relay never reads a clock.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mediasec_srtp::{is_rtcp, Policy, Session};
 
@@ -87,8 +87,33 @@ pub struct Leg {
     signalled: [Option<SocketAddr>; 2],
     latched: [Option<SocketAddr>; 2],
     protection: Protection,
+    /// The peer's previous key after it re-keyed ([`Leg::rekey`]).
+    retired: Option<Retired>,
     /// Counters.
     pub stats: LegStats,
+}
+
+/// The peer's key before a re-key: packets it sent before it learnt the answer still arrive
+/// under it. A packet the current key refuses is tried with this one, which is kept until
+/// [`RETIRED_GRACE`] after the current key first authenticated a packet, and at most
+/// [`RETIRED_MAX`] after the re-key.
+struct Retired {
+    rx: Box<Session>,
+    since: Instant,
+    confirmed: Option<Instant>,
+}
+
+/// How long the previous key is still accepted once the new one is in use (late and
+/// reordered packets).
+const RETIRED_GRACE: Duration = Duration::from_secs(2);
+/// How long the previous key is accepted at most after a re-key.
+const RETIRED_MAX: Duration = Duration::from_secs(30);
+
+impl Retired {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) > RETIRED_MAX
+            || self.confirmed.is_some_and(|t| now.saturating_duration_since(t) > RETIRED_GRACE)
+    }
 }
 
 fn slot(c: Component) -> usize {
@@ -100,7 +125,7 @@ fn slot(c: Component) -> usize {
 
 impl Leg {
     fn new(port: u16) -> Self {
-        Self { port, signalled: [None; 2], latched: [None; 2], protection: Protection::Pending, stats: LegStats::default() }
+        Self { port, signalled: [None; 2], latched: [None; 2], protection: Protection::Pending, retired: None, stats: LegStats::default() }
     }
 
     /// Our RTP port (RTCP is the next port).
@@ -131,6 +156,25 @@ impl Leg {
     /// Sets the protection (keys are replaced; SRTP state starts afresh).
     pub fn set_protection(&mut self, p: Protection) {
         self.protection = p;
+        self.retired = None;
+    }
+
+    /// Sets the protection a re-negotiation (a re-offer, or its answer) agreed. When SRTP
+    /// stays SRTP, the peer's receive context is carried over if the peer kept its key
+    /// (`peer_rekeyed` false: its rollover counter and replay list continue, as one SRTP
+    /// session), else the old one is retired: still tried on packets the new key refuses
+    /// (see [`Retired`]), so the packets the peer sent under its old key before it received
+    /// the answer are not lost. Our own key is the new one at once.
+    pub fn rekey(&mut self, p: Protection, peer_rekeyed: bool, now: Instant) {
+        let old = std::mem::replace(&mut self.protection, p);
+        self.retired = None;
+        if let (Protection::Srtp { rx: old_rx, .. }, Protection::Srtp { rx, .. }) = (old, &mut self.protection) {
+            if peer_rekeyed {
+                self.retired = Some(Retired { rx: old_rx, since: now, confirmed: None });
+            } else {
+                *rx = old_rx;
+            }
+        }
     }
 
     fn destination(&self, c: Component) -> Option<SocketAddr> {
@@ -156,17 +200,40 @@ impl Leg {
         Ok(())
     }
 
-    /// Step 1: authenticate and decrypt in place; returns the plain length.
-    fn open(&mut self, c: Component, buf: &mut [u8], len: usize) -> Result<usize, DropReason> {
+    /// Step 1: authenticate and decrypt in place; returns the plain length. During a re-key a
+    /// packet the current key refuses is tried with the retired one (on a copy: a failed
+    /// unprotect may leave the buffer altered); one that both refuse counts once, with the
+    /// current key's reason.
+    fn open(&mut self, c: Component, buf: &mut [u8], len: usize, now: Instant) -> Result<usize, DropReason> {
         let packet = buf.get_mut(..len).ok_or(DropReason::Malformed)?;
-        match &mut self.protection {
-            Protection::Pending => Err(DropReason::NotNegotiated),
-            Protection::Plain => Ok(len),
-            Protection::Srtp { rx, .. } => match c {
-                Component::Rtp => rx.unprotect_rtp(packet),
-                Component::Rtcp => rx.unprotect_rtcp(packet),
+        let unprotect = |s: &mut Session, p: &mut [u8]| match c {
+            Component::Rtp => s.unprotect_rtp(p),
+            Component::Rtcp => s.unprotect_rtcp(p),
+        };
+        let rx = match &mut self.protection {
+            Protection::Pending => return Err(DropReason::NotNegotiated),
+            Protection::Plain => return Ok(len),
+            Protection::Srtp { rx, .. } => rx,
+        };
+        if self.retired.as_ref().is_some_and(|r| r.expired(now)) {
+            self.retired = None;
+        }
+        let Some(retired) = &mut self.retired else {
+            return unprotect(rx, packet).map_err(DropReason::from_unprotect);
+        };
+        let mut copy = [0u8; 2048];
+        let original = copy.get_mut(..len).ok_or(DropReason::Malformed)?;
+        original.copy_from_slice(packet);
+        match unprotect(rx, packet) {
+            Ok(n) => {
+                retired.confirmed.get_or_insert(now);
+                Ok(n)
             }
-            .map_err(DropReason::from_unprotect),
+            Err(e) => {
+                let n = unprotect(&mut retired.rx, original).map_err(|_| DropReason::from_unprotect(e))?;
+                packet.get_mut(..n).ok_or(DropReason::Malformed)?.copy_from_slice(original.get(..n).ok_or(DropReason::Malformed)?);
+                Ok(n)
+            }
         }
     }
 
@@ -328,7 +395,7 @@ impl Relay {
             if port % 2 == 1 || buf.get(..len).is_some_and(is_rtcp) { Component::Rtcp } else { Component::Rtp };
         let (inbound, outbound) = stream.split(side);
         inbound.stats.on_received(component, len, now);
-        match Self::relay(inbound, outbound, component, from, buf, len) {
+        match Self::relay(inbound, outbound, component, from, buf, len, now) {
             Ok(v) => v,
             Err(reason) => {
                 inbound.stats.on_drop(reason);
@@ -344,8 +411,9 @@ impl Relay {
         from: SocketAddr,
         buf: &mut [u8],
         len: usize,
+        now: Instant,
     ) -> Result<Verdict, DropReason> {
-        let plain = inbound.open(c, buf, len)?;
+        let plain = inbound.open(c, buf, len, now)?;
         inbound.latch(c, from)?;
         let to = outbound.destination(c).ok_or(DropReason::NoDestination)?;
         let out = outbound.seal(c, buf, plain)?;
@@ -484,6 +552,66 @@ mod tests {
         assert_eq!(relay.stream(id).expect("stream").leg(Side::A).latched(Component::Rtp), Some(addr(UE)));
     }
 
+    /// A re-key with a new peer key retires the old one: packets the peer sent under it
+    /// before switching still pass, until the grace period after the new key's first packet;
+    /// a packet neither key authenticates is dropped and counted once. Re-keyed with the same
+    /// peer key, the receive context carries on (no replay of packets seen before).
+    #[test]
+    fn rekey_retires_the_old_peer_key_then_drops_it() {
+        let (mut relay, id, mut old_tx, _, now) = setup();
+        let forward = |v: Verdict| matches!(v, Verdict::Forward { .. });
+        let mut before = Vec::new();
+        for seq in 0..3u16 {
+            let mut p = rtp(seq, 0xaaaa, &[seq as u8; 160]);
+            old_tx.protect_rtp_vec(&mut p).expect("protect");
+            before.push(p);
+        }
+        assert!(forward(send(&mut relay, 30000, UE, &before[0], now).0));
+        relay.stream_mut(id).expect("stream").leg_mut(Side::A).rekey(Protection::srtp(&policy(0x44), &policy(0x55)).expect("srtp"), true, now);
+        // In flight under the old key: accepted, decrypted.
+        let (v, out) = send(&mut relay, 30000, UE, &before[1], now);
+        assert!(forward(v), "{v:?}");
+        assert_eq!(out, rtp(1, 0xaaaa, &[1; 160]));
+        let mut new_tx = Session::new(&policy(0x44)).expect("session");
+        let mut fresh = rtp(3, 0xaaaa, &[3; 160]);
+        new_tx.protect_rtp_vec(&mut fresh).expect("protect");
+        let t1 = now + Duration::from_millis(100);
+        assert!(forward(send(&mut relay, 30000, UE, &fresh, t1).0));
+        let mut forged = before[2].clone();
+        forged[20] ^= 1;
+        assert_eq!(send(&mut relay, 30000, UE, &forged, t1).0, Verdict::Drop(DropReason::AuthFailed));
+        // Late, within the grace period after the new key's first packet: still accepted.
+        let late = t1 + RETIRED_GRACE;
+        assert!(forward(send(&mut relay, 30000, UE, &before[2], late).0));
+        let mut last_old = rtp(4, 0xaaaa, &[4; 160]);
+        old_tx.protect_rtp_vec(&mut last_old).expect("protect");
+        let after = late + Duration::from_millis(1);
+        assert_eq!(send(&mut relay, 30000, UE, &last_old, after).0, Verdict::Drop(DropReason::AuthFailed));
+        assert_eq!(relay.stream(id).expect("stream").leg(Side::A).stats.drops(DropReason::AuthFailed), 2);
+
+        // The same peer key again: its context continues, so a replay is still caught.
+        relay.stream_mut(id).expect("stream").leg_mut(Side::A).rekey(Protection::srtp(&policy(0x44), &policy(0x66)).expect("srtp"), false, after);
+        assert_eq!(send(&mut relay, 30000, UE, &fresh, after).0, Verdict::Drop(DropReason::Replay));
+        let mut next = rtp(5, 0xaaaa, &[5; 160]);
+        new_tx.protect_rtp_vec(&mut next).expect("protect");
+        assert!(forward(send(&mut relay, 30000, UE, &next, after).0));
+    }
+
+    /// A retired key the peer never stops using is dropped at the latest `RETIRED_MAX` after
+    /// the re-key.
+    #[test]
+    fn retired_key_expires_even_unconfirmed() {
+        let (mut relay, id, mut old_tx, _, now) = setup();
+        relay.stream_mut(id).expect("stream").leg_mut(Side::A).rekey(Protection::srtp(&policy(0x44), &policy(0x55)).expect("srtp"), true, now);
+        let mut a = rtp(1, 0xaaaa, &[1; 160]);
+        old_tx.protect_rtp_vec(&mut a).expect("protect");
+        assert!(matches!(send(&mut relay, 30000, UE, &a, now + RETIRED_MAX).0, Verdict::Forward { .. }));
+        let mut b = rtp(2, 0xaaaa, &[2; 160]);
+        old_tx.protect_rtp_vec(&mut b).expect("protect");
+        let past = now + RETIRED_MAX + Duration::from_millis(1);
+        assert_eq!(send(&mut relay, 30000, UE, &b, past).0, Verdict::Drop(DropReason::AuthFailed));
+    }
+
     #[test]
     fn latching_follows_authenticated_sources_only() {
         let (mut relay, id, mut ue_tx, _, now) = setup();
@@ -520,7 +648,7 @@ mod tests {
     fn activity_is_tracked_for_timeouts() {
         let (mut relay, id, mut ue_tx, _, now) = setup();
         assert_eq!(relay.stream(id).expect("stream").last_activity(), now);
-        let later = now + std::time::Duration::from_secs(5);
+        let later = now + Duration::from_secs(5);
         let mut srtp = rtp(1, 0xaaaa, &[1; 160]);
         ue_tx.protect_rtp_vec(&mut srtp).expect("protect");
         send(&mut relay, 30000, UE, &srtp, later);
