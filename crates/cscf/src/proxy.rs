@@ -548,10 +548,11 @@ impl Proxy {
                         // The new AGW call goes; the old one was never touched.
                         self.alg_forget(&call_id, &leg.ng_call_id, true);
                     } else {
-                        // The AGW already took the re-offer (its access-side key changed with it;
-                        // SDES has no way back): that stream may fail until the next re-INVITE.
-                        self.stats.agw_failures += 1;
-                        tracing::warn!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed after the AGW took the re-offer");
+                        // The AGW took the re-offer but gets no answer: ours keeps the keys in
+                        // force before it (a re-offer's keys take effect at its answer,
+                        // docs/agw.md). An AGW that switches at the offer would leave this
+                        // stream failing until the next re-INVITE.
+                        tracing::info!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed; the AGW call keeps its previous keys");
                     }
                 }
                 (Some(_), _) if code >= 300 => {
