@@ -338,14 +338,10 @@ fn ring_thread(mut ring: MediaRing, state: &Weak<Mutex<State>>) {
         let mut st = lock(&state);
         let State { ctl, sockets } = &mut *st;
         let now = Instant::now();
-        let relayed = ring.dispatch(|port, from, buf, len| match ctl.relay_mut().handle(port, from, buf, len, now) {
+        ring.dispatch(|port, from, buf, len| match ctl.relay_mut().handle(port, from, buf, len, now) {
             Verdict::Forward { from_port, to, len } => Some((from_port, to, len)),
             Verdict::Drop(_) => None,
         });
-        if let Err(e) = relayed {
-            tracing::error!(error = %e, "media io_uring failed; media relaying stopped");
-            return;
-        }
         // Sockets the control side opened or closed since (their wake-up was among the
         // completions just handled); registered now, armed by the next wait's submission.
         if ring.take_wake()

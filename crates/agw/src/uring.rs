@@ -134,7 +134,10 @@ pub(crate) struct MediaRing {
     queued_sends: usize,
     /// Reused by [`MediaRing::dispatch`]: no allocation per batch.
     completions: Vec<cqueue::Entry>,
-    rearm: Vec<u32>,
+    /// Receives to arm again, as (file index, generation).
+    rearm: Vec<(u32, u32)>,
+    /// Entries the full submission queue could not take yet.
+    deferred: Vec<squeue::Entry>,
 }
 
 impl MediaRing {
@@ -177,12 +180,13 @@ impl MediaRing {
             queued_sends: 0,
             completions: Vec::with_capacity(8 * usize::from(BUFS)),
             rearm: Vec::new(),
+            deferred: Vec::new(),
         };
         for bid in 0..BUFS {
             me.give_back(bid);
         }
         me.publish();
-        me.push(opcode::PollAdd::new(io_uring::types::Fd(me.wake), libc::POLLIN as u32).multi(true).build().user_data(WAKE))?;
+        me.queue(opcode::PollAdd::new(io_uring::types::Fd(me.wake), libc::POLLIN as u32).multi(true).build().user_data(WAKE));
         me.self_test()?;
         Ok(me)
     }
@@ -204,7 +208,7 @@ impl MediaRing {
             self.dispatch(|port, from, buf, len| {
                 seen = Some((port, from, buf.get(..len) == Some(&probe[..])));
                 Some((port, peer_addr, len))
-            })?;
+            });
         }
         self.flush()?;
         self.close(relay_port)?;
@@ -228,8 +232,10 @@ impl MediaRing {
         let slot = self.slots.get_mut(index as usize).ok_or_else(|| io::Error::other("file slot out of range"))?;
         slot.port = Some(port);
         slot.generation = slot.generation.wrapping_add(1);
+        let generation = slot.generation;
         self.index.insert(port, index);
-        self.arm(index)
+        self.arm(index, generation);
+        Ok(())
     }
 
     /// Cancels the receive of the socket of `port` and unregisters it.
@@ -239,31 +245,48 @@ impl MediaRing {
         let armed = recv_data(index, slot.generation);
         slot.port = None;
         slot.generation = slot.generation.wrapping_add(1);
-        self.push(opcode::AsyncCancel::new(armed).build().user_data(CANCEL))?;
+        self.queue(opcode::AsyncCancel::new(armed).build().user_data(CANCEL));
         self.ring.submitter().register_files_update(index, &[-1])?;
         self.free.push(index);
         Ok(())
     }
 
-    fn arm(&mut self, index: u32) -> io::Result<()> {
-        let Some(slot) = self.slots.get(index as usize) else { return Ok(()) };
-        let entry = opcode::RecvMsgMulti::new(Fixed(index), &raw const *self.msghdr, GROUP).build().user_data(recv_data(index, slot.generation));
-        self.push(entry)
+    /// Arms the receive of the socket at `index` if that socket is still the one of
+    /// `generation`; one the submission queue cannot take now is retried by the next
+    /// [`Self::dispatch`], so that no socket is left without a receive.
+    fn arm(&mut self, index: u32, generation: u32) {
+        let Some(slot) = self.slots.get(index as usize) else { return };
+        if slot.generation != generation || slot.port.is_none() {
+            return;
+        }
+        let entry = opcode::RecvMsgMulti::new(Fixed(index), &raw const *self.msghdr, GROUP).build().user_data(recv_data(index, generation));
+        if !self.push(&entry) {
+            self.rearm.push((index, generation));
+        }
     }
 
-    /// Queues an entry, submitting what is queued first if the submission queue is full.
-    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+    /// Queues an entry that refers to no memory of ours (a cancel, the wake-up poll); one the
+    /// submission queue cannot take now is queued by the next [`Self::dispatch`].
+    fn queue(&mut self, entry: squeue::Entry) {
+        if !self.push(&entry) {
+            self.deferred.push(entry);
+        }
+    }
+
+    /// Queues an entry, submitting what is queued first if the submission queue is full;
+    /// false if it stays full (the kernel is behind: completions it cannot post yet).
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
         for _ in 0..2 {
             // SAFETY: every entry this module builds points only at memory that outlives its
             // operation: the pool and `dest` (see the module documentation), `msghdr` (boxed
             // for the ring's life; the kernel copies it when the receive is submitted), or
             // none; files are registered ones, which the kernel keeps referenced.
-            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-                return Ok(());
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return true;
             }
-            self.ring.submit()?;
+            let _ = self.ring.submit();
         }
-        Err(io::Error::other("io_uring submission queue stays full"))
+        false
     }
 
     /// Submits what is queued and waits until something arrives (or `timeout` passes).
@@ -291,7 +314,12 @@ impl MediaRing {
     /// Handles every completion: each received datagram is passed to `relay` as
     /// `(local port, source, buffer from the payload on, payload length)`, in place; a
     /// `Some((from port, destination, length))` queues its send from that buffer.
-    pub(crate) fn dispatch(&mut self, mut relay: impl FnMut(u16, SocketAddr, &mut [u8], usize) -> Option<Forward>) -> io::Result<()> {
+    /// A send the submission queue cannot take is dropped (as a non-blocking `sendto` that
+    /// would block), its buffer given back.
+    pub(crate) fn dispatch(&mut self, mut relay: impl FnMut(u16, SocketAddr, &mut [u8], usize) -> Option<Forward>) {
+        for entry in std::mem::take(&mut self.deferred) {
+            self.queue(entry);
+        }
         let mut completions = std::mem::take(&mut self.completions);
         let mut rearm = std::mem::take(&mut self.rearm);
         completions.extend(self.ring.completion());
@@ -311,7 +339,7 @@ impl MediaRing {
                             _ => None,
                         };
                         match forward.and_then(|(from_port, to, len)| Some((self.index.get(from_port).copied()?, to, len))) {
-                            Some((from, to, len)) => self.send(bid, from, to, len)?,
+                            Some((from, to, len)) => self.send(bid, from, to, len),
                             None => self.give_back(bid),
                         }
                     }
@@ -319,7 +347,7 @@ impl MediaRing {
                     // no free buffer, …) or a cancel; the socket's receive is armed again
                     // unless it has been closed.
                     if !cqueue::more(cqe.flags()) && current.is_some() {
-                        rearm.push(index);
+                        rearm.push((index, (data >> 24 & 0xffff_ffff) as u32));
                     }
                 }
                 WAKE => {
@@ -333,7 +361,7 @@ impl MediaRing {
                         &mut count,
                     );
                     if !cqueue::more(cqe.flags()) {
-                        self.push(opcode::PollAdd::new(io_uring::types::Fd(self.wake), libc::POLLIN as u32).multi(true).build().user_data(WAKE))?;
+                        self.queue(opcode::PollAdd::new(io_uring::types::Fd(self.wake), libc::POLLIN as u32).multi(true).build().user_data(WAKE));
                     }
                 }
                 _ => {}
@@ -341,9 +369,12 @@ impl MediaRing {
         }
         self.publish();
         self.completions = completions;
-        let armed = rearm.drain(..).try_for_each(|index| self.arm(index));
+        for (index, generation) in rearm.drain(..) {
+            self.arm(index, generation);
+        }
+        // `arm` may have queued retries meanwhile; keep both.
+        rearm.append(&mut self.rearm);
         self.rearm = rearm;
-        armed
     }
 
     /// The source and payload length of a received buffer, if whole and from IPv4/IPv6.
@@ -370,15 +401,15 @@ impl MediaRing {
         buf.get_mut(PAYLOAD_AT..).unwrap_or_default()
     }
 
-    fn send(&mut self, bid: u16, from: u32, to: SocketAddr, len: usize) -> io::Result<()> {
+    fn send(&mut self, bid: u16, from: u32, to: SocketAddr, len: usize) {
         let at = usize::from(bid % BUFS);
         if len > BUF - PAYLOAD_AT {
             self.give_back(bid);
-            return Ok(());
+            return;
         }
         let Some(dest) = self.dest.get_mut(at) else {
             self.give_back(bid);
-            return Ok(());
+            return;
         };
         *dest = SockaddrStorage::from(to);
         let (addr, addr_len) = (dest.as_ptr(), dest.len());
@@ -390,10 +421,12 @@ impl MediaRing {
             .flags(libc::MSG_DONTWAIT)
             .build()
             .user_data(SEND | u64::from(bid));
-        self.push(entry)?;
-        self.sending += 1;
-        self.queued_sends += 1;
-        Ok(())
+        if self.push(&entry) {
+            self.sending += 1;
+            self.queued_sends += 1;
+        } else {
+            self.give_back(bid);
+        }
     }
 
     /// Puts a buffer back in the ring (visible to the kernel at the next [`Self::publish`]).
@@ -485,7 +518,7 @@ mod tests {
         let deadline = Instant::now() + limit;
         while !done() && Instant::now() < deadline {
             ring.wait(Duration::from_millis(20)).unwrap();
-            ring.dispatch(&mut relay).unwrap();
+            ring.dispatch(&mut relay);
         }
         ring.flush().unwrap();
     }
