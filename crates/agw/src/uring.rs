@@ -616,6 +616,31 @@ mod tests {
         }
     }
 
+    /// Sends to a closed port (the kernel answers each with an ICMP port unreachable) leave the
+    /// sending socket's receive working. (Linux reports such errors only to connected sockets
+    /// or with `IP_RECVERR`, neither of which the media sockets use; were one reported, it
+    /// would end the multishot receive with `ECONNREFUSED` and `dispatch` would re-arm it.)
+    #[test]
+    fn receive_survives_an_icmp_error() {
+        let wake = EventFd::new().unwrap();
+        let Some(mut ring) = ring(&wake) else { return };
+        let (a, pa) = socket();
+        ring.open(pa, a.as_fd()).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap(); // dropped: closed
+        let seen = std::cell::Cell::new(0);
+        for round in 0..3u8 {
+            peer.send_to(&[round], ("127.0.0.1", pa)).unwrap();
+            // Relay each datagram to the closed port: the kernel answers with ICMP.
+            pump(&mut ring, Duration::from_secs(2), |port, _, buf, len| {
+                assert_eq!((port, &buf[..len]), (pa, &[round][..]));
+                seen.set(seen.get() + 1);
+                Some((pa, closed, len))
+            }, || seen.get() == usize::from(round) + 1);
+        }
+        assert_eq!(seen.get(), 3, "every datagram after an ICMP error received");
+    }
+
     #[test]
     fn source_addresses_as_the_kernel_writes_them() {
         let mut v4 = [0u8; NAME_LEN];
