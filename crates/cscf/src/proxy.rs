@@ -84,8 +84,52 @@ enum Pending {
     Offer { key: TransactionKey, request: Request, leg: AlgLeg, now: Instant },
     /// A response with an answer (or early answer) held until the AGW rewrote it.
     Answer { server: TransactionKey, client: TransactionKey, response: Response, leg: AlgLeg },
+    /// A 2xx carrying the offer of an offerless INVITE (delayed offer, RFC 3261 §13.2.1),
+    /// held until the AGW rewrote it.
+    OfferIn2xx { server: TransactionKey, client: TransactionKey, response: Response, leg: AlgLeg, exchange: ExchangeKey },
+    /// The ACK carrying the answer to an offer in a 2xx, held until the AGW rewrote it.
+    AnswerInAck { ack: Request, leg: AlgLeg, exchange: ExchangeKey },
     /// A `delete`: nothing waits.
     Delete,
+}
+
+/// An offer/answer exchange whose 2xx the IMS-ALG rewrote, by Call-ID, CSeq number and To tag
+/// (what a 2xx retransmission and its ACK share, RFC 3261 §13.3.1.4, §17.1.1.3).
+type ExchangeKey = (String, u32, String);
+
+/// An SDP body the IMS-ALG rewrites once; its retransmissions get the same result and create
+/// no AGW work.
+#[derive(Clone, Debug)]
+enum Rewrite {
+    /// Not seen yet (the ACK of a delayed offer).
+    Expected,
+    /// Held for the AGW: a copy arriving now is dropped (the first goes on when it answers).
+    Waiting,
+    /// The AGW's SDP, as sent on.
+    Done(Box<mediasec_sdp::Sdp>),
+    /// Passed without the AGW (it failed), minus any `a=3ge2ae`.
+    Unsecured,
+}
+
+/// One exchange of [`ExchangeKey`].
+#[derive(Debug)]
+struct Exchange {
+    /// The 2xx's SDP (an answer, or a delayed offer).
+    response: Rewrite,
+    /// Delayed offer: the AGW call of the offer and the ACK's answer.
+    ack: Option<(AlgLeg, Rewrite)>,
+    created: Instant,
+}
+
+/// An offerless INVITE that the IMS-ALG follows: its 2xx carries the offer, its ACK the answer
+/// (RFC 3261 §13.2.1, RFC 3264, RFC 6337 §2). `from_core`: the INVITE came from the core, so
+/// the offer comes from the UE.
+#[derive(Clone, Debug)]
+enum Delayed {
+    /// An initial INVITE from or to an e2ae UE (how it registered).
+    Initial { from_core: bool, support: alg::Support },
+    /// A re-INVITE in an e2ae dialog (the dialog's AGW call).
+    Reinvite { from_core: bool, dialog: AlgLeg },
 }
 
 /// One AGW call the ALG set up for a SIP call.
@@ -127,8 +171,10 @@ struct Context {
     /// P-CSCF REGISTER: the AOR and contacts to remember as e2ae-capable on a 2xx, and
     /// whether the REGISTER removes them.
     e2ae_registration: Option<(String, Vec<String>, bool)>,
-    /// P-CSCF INVITE handled by the IMS-ALG.
+    /// P-CSCF INVITE or UPDATE whose offer went through the IMS-ALG.
     alg: Option<AlgLeg>,
+    /// P-CSCF offerless INVITE of an e2ae call: its 2xx carries the offer.
+    delayed: Option<Delayed>,
     finished: bool,
     created: Instant,
 }
@@ -156,6 +202,11 @@ pub struct Proxy {
     /// SIP Call-ID → the AGW call whose 2xx answer established the dialog: a re-INVITE from
     /// the same offerer re-offers on it.
     alg_dialogs: HashMap<String, AlgLeg>,
+    /// SIP Call-ID → when the in-dialog offer/answer exchange still open through the IMS-ALG
+    /// began (one at a time per dialog, RFC 3261 §14.1, RFC 3311 §5.2).
+    offering: HashMap<String, Instant>,
+    /// The 2xx (and delayed-offer ACK) bodies the IMS-ALG rewrote, for their retransmissions.
+    exchanges: HashMap<ExchangeKey, Exchange>,
     pending: HashMap<u64, Pending>,
     ng_out: Vec<NgRequest>,
     next_ng: u64,
@@ -205,6 +256,8 @@ impl Proxy {
             e2ae_contacts: HashSet::new(),
             alg_calls: HashMap::new(),
             alg_dialogs: HashMap::new(),
+            offering: HashMap::new(),
+            exchanges: HashMap::new(),
             pending: HashMap::new(),
             ng_out: Vec::new(),
             next_ng: 0,
@@ -225,15 +278,29 @@ impl Proxy {
                 self.stats.requests += 1;
                 self.on_request(key, *request, source, now)
             }
-            Event::Response { key, response } => self.on_response(&key, *response),
-            Event::Ack { request, .. } => self.forward_stateless(Message::Request(*request), now),
+            Event::Response { key, response } => self.on_response(&key, *response, now),
+            Event::Ack { request, .. } => {
+                let mut message = Message::Request(*request);
+                if self.alg_enabled()
+                    && let Some(out) = self.alg_ack(&mut message)
+                {
+                    return out;
+                }
+                self.forward_stateless(message, now)
+            }
             // A stray request other than ACK has no usable Via: nothing can answer it.
             Event::Stray { message, source } => match *message {
                 Message::Request(r) if r.method != Method::Ack => {
                     tracing::info!(%source, method = %r.method, "request without a usable Via dropped");
                     Vec::new()
                 }
-                other => self.forward_stateless(other, now),
+                mut other => {
+                    // A 2xx retransmission whose transaction is gone gets what its first copy got.
+                    if self.alg_enabled() && self.replay(&mut other) == Some(false) {
+                        return Vec::new();
+                    }
+                    self.forward_stateless(other, now)
+                }
             },
             Event::Timeout { key } => self.on_timeout(&key),
             Event::Malformed { source, reason } => {
@@ -256,6 +323,8 @@ impl Proxy {
                 }
             }
         }
+        self.exchanges.retain(|_, x| now.saturating_duration_since(x.created) <= LINGER);
+        self.offering.retain(|_, since| now.saturating_duration_since(*since) <= LINGER);
     }
 
     /// Requests and branches in flight (contexts, client branches).
@@ -316,6 +385,13 @@ impl Proxy {
                     return self.alg_invite(key, request, source, now);
                 }
                 self.route(key, request, now)
+            }
+            Method::Update if self.alg_enabled() => {
+                if tag_of(&request.headers, &HeaderName::To).is_some() && self.alg_calls.contains_key(&call_id) {
+                    let from_core = Some(source) == self.config.scscf;
+                    return self.alg_in_dialog(key, request, &call_id, from_core, now);
+                }
+                self.route_stripped(key, request, now)
             }
             Method::Bye if self.alg_enabled() => {
                 self.alg_delete(&call_id);
@@ -467,6 +543,7 @@ impl Proxy {
             security_server,
             e2ae_registration,
             alg: None,
+            delayed: None,
             finished: false,
             created: now,
         };
@@ -518,7 +595,7 @@ impl Proxy {
         out
     }
 
-    fn on_response(&mut self, key: &TransactionKey, mut response: Response) -> Vec<Command> {
+    fn on_response(&mut self, key: &TransactionKey, mut response: Response, now: Instant) -> Vec<Command> {
         let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
         let Some(context) = self.contexts.get(&server) else { return Vec::new() };
         let code = response.status.code();
@@ -526,10 +603,26 @@ impl Proxy {
         if context.method == Method::Cancel || code == 100 {
             return Vec::new();
         }
-        if self.alg_enabled() && context.method == Method::Invite {
+        if self.alg_enabled() && matches!(context.method, Method::Invite | Method::Update) {
             let leg = context.alg.clone();
-            let reinvite = context.branches.iter().any(|b| tag_of(&b.request.headers, &HeaderName::To).is_some());
+            let delayed = context.delayed.clone();
+            let in_dialog = context.branches.iter().any(|b| tag_of(&b.request.headers, &HeaderName::To).is_some());
+            let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             let mut message = Message::Response(response);
+            if (200..300).contains(&code) {
+                match self.replay(&mut message) {
+                    // A retransmission of a 2xx whose first copy still waits for the AGW.
+                    Some(false) => return Vec::new(),
+                    Some(true) => {
+                        let Message::Response(r) = message else { return Vec::new() };
+                        return self.forward_response(server, key, r);
+                    }
+                    None => {}
+                }
+            }
+            if let Some(delayed) = delayed {
+                return self.delayed_response(server, key, message, delayed, &call_id, now);
+            }
             let sdp = mediasec_sip::body::sdp(&message).ok().flatten();
             let Message::Response(r) = &message else { return Vec::new() };
             match (leg, sdp) {
@@ -537,13 +630,18 @@ impl Proxy {
                 (Some(leg), Some(sdp)) if code < 300 => {
                     let to_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
                     let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &to_tag, &sdp).to_vec();
+                    if code >= 200
+                        && let Some(exchange) = exchange_key(&r.headers)
+                    {
+                        self.exchanges.insert(exchange, Exchange { response: Rewrite::Waiting, ack: None, created: now });
+                    }
                     let pending = Pending::Answer { server, client: key.clone(), response: r.clone(), leg };
                     self.ng(command, pending);
                     return Vec::new();
                 }
-                (Some(leg), _) if code >= 300 && reinvite => {
+                (Some(leg), _) if code >= 300 && in_dialog => {
                     // RFC 3261 §14.1: the dialog and its media continue.
-                    let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                    self.offering.remove(&call_id);
                     if leg.replaces {
                         // The new AGW call goes; the old one was never touched.
                         self.alg_forget(&call_id, &leg.ng_call_id, true);
@@ -552,15 +650,19 @@ impl Proxy {
                         // force before it (a re-offer's keys take effect at its answer,
                         // docs/agw.md). An AGW that switches at the offer would leave this
                         // stream failing until the next re-INVITE.
-                        tracing::info!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-INVITE of an e2ae call failed; the AGW call keeps its previous keys");
+                        tracing::info!(ng_call_id = %leg.ng_call_id, code, "IMS-ALG: re-offer of an e2ae call failed; the AGW call keeps its previous keys");
                     }
                 }
-                (Some(_), _) if code >= 300 => {
-                    let call_id = r.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                    self.alg_delete(&call_id);
+                (Some(_), _) if code >= 300 => self.alg_delete(&call_id),
+                (leg, sdp) => {
+                    if leg.is_some() && in_dialog && code >= 200 {
+                        // A 2xx without the answer: nothing for the AGW (the offerer ends the session).
+                        self.offering.remove(&call_id);
+                    }
+                    if let Some(sdp) = sdp {
+                        self.strip_foreign(&mut message, sdp);
+                    }
                 }
-                (_, Some(sdp)) => self.strip_foreign(&mut message, sdp),
-                _ => {}
             }
             let Message::Response(r) = message else { return Vec::new() };
             response = r;
@@ -658,34 +760,37 @@ impl Proxy {
     /// An INVITE at the IMS-ALG P-CSCF (TS 33.328 §7.2.1): an initial offer from an e2ae UE
     /// with `a=3ge2ae:requested` — or an SDES offer from a provisioned one — (originating) or a
     /// plain initial offer towards an e2ae UE (terminating) is held for the AGW
-    /// ([`alg::decide`]); any other has its foreign `a=3ge2ae` removed and is routed. A
-    /// re-INVITE inside an e2ae call goes to the AGW as a re-offer ([`Self::alg_reinvite`]).
+    /// ([`alg::decide`]); any other has its foreign `a=3ge2ae` removed and is routed. An
+    /// offerless initial INVITE from or to an e2ae UE is routed and followed
+    /// ([`Self::delayed_response`]: the offer comes in its 2xx). An in-dialog INVITE of an e2ae
+    /// call goes to [`Self::alg_in_dialog`].
     fn alg_invite(&mut self, key: TransactionKey, request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
         let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
         let from_core = Some(source) == self.config.scscf;
         let initial = tag_of(&request.headers, &HeaderName::To).is_none();
         if !initial && self.alg_calls.contains_key(&call_id) {
-            return self.alg_reinvite(key, request, &call_id, from_core, now);
+            return self.alg_in_dialog(key, request, &call_id, from_core, now);
         }
-        let mut message = Message::Request(request);
-        let Ok(Some(sdp)) = mediasec_sip::body::sdp(&message) else {
-            let Message::Request(r) = message else { return Vec::new() };
-            return self.route(key, r, now);
+        let support = self.e2ae_support(&request, from_core);
+        let sdp = match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+            Ok(Some(sdp)) => sdp,
+            Ok(None) => {
+                // Delayed offer (RFC 3261 §13.2.1): followed when an e2ae UE is on our side.
+                let out = self.route(key.clone(), request, now);
+                if initial
+                    && let Some(support) = support
+                    && let Some(c) = self.contexts.get_mut(&key)
+                {
+                    tracing::info!(%call_id, from_core, "IMS-ALG: offerless INVITE of an e2ae UE; the offer is expected in the 2xx");
+                    c.delayed = Some(Delayed::Initial { from_core, support });
+                }
+                return out;
+            }
+            Err(_) => return self.route(key, request, now),
         };
-        let Message::Request(r) = &message else { return Vec::new() };
-        let from = r.headers.get(&HeaderName::From).and_then(|h| mediasec_sip::core::Address::parse(&h.value(), "From").ok());
-        let from_aor = from.map(|a| aor(&String::from_utf8_lossy(&a.uri.to_bytes()))).unwrap_or_default();
-        let target = aor(&String::from_utf8_lossy(&r.uri.to_bytes()));
-        let caller = self.e2ae_aors.contains(&from_aor).then(|| {
-            if self.config.e2ae_provisioned.contains(&from_aor) { alg::Support::Provisioned } else { alg::Support::Indicated }
-        });
-        let side = if initial { alg::decide(&sdp, from_core, caller, self.e2ae_contacts.contains(&target)) } else { None };
-        let Some(side) = side else {
-            self.strip_foreign(&mut message, sdp);
-            let Message::Request(r) = message else { return Vec::new() };
-            return self.route(key, r, now);
-        };
-        let from_tag = tag_of(&r.headers, &HeaderName::From).unwrap_or_default();
+        let side = if initial { alg::decide(&sdp, from_core, support.filter(|_| !from_core), support.is_some() && from_core) } else { None };
+        let Some(side) = side else { return self.route_stripped(key, request, now) };
+        let from_tag = tag_of(&request.headers, &HeaderName::From).unwrap_or_default();
         let ng_call_id = match side {
             alg::Side::Originating => format!("{call_id};orig"),
             // One AGW call per terminating branch (the S-CSCF may fork to several contacts).
@@ -694,60 +799,298 @@ impl Proxy {
         let command = alg::offer(&ng_call_id, &from_tag, &sdp, side).to_vec();
         tracing::info!(%call_id, ?side, %ng_call_id, "IMS-ALG: e2ae offer to the AGW");
         self.alg_calls.entry(call_id).or_default().push(ng_call_id.clone());
-        let Message::Request(request) = message else { return Vec::new() };
         let out = self.reply(&key, &request, 100, "Trying", vec![]);
         let leg = AlgLeg { ng_call_id, from_tag, side, replaces: false };
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
     }
 
-    /// A re-INVITE inside an e2ae call (its dialog established through the AGW):
-    /// - from the original offerer: an ng `offer` on the same AGW call (same `call-id` and
-    ///   `from-tag`: the AGW keeps its ports and renegotiates the keys, docs/agw.md);
-    /// - from the original answerer (our AGW takes no re-offer from that side): a new AGW call
-    ///   with the roles of the sides swapped (the UE's SDES re-offer is terminated as for an
-    ///   originating call, a plain re-offer from the core is secured towards the UE as for a
-    ///   terminating one); on its 2xx the old AGW call is deleted, on a failure the new one,
-    ///   and the old one carries on unchanged.
+    /// How the e2ae UE on our access side of an initial INVITE registered, if it did: the
+    /// caller (INVITE from the access side) or the called contact (INVITE from the core);
+    /// [`alg::Support::Provisioned`] when its AOR is provisioned.
+    fn e2ae_support(&self, request: &Request, from_core: bool) -> Option<alg::Support> {
+        let aor_of = |name: &HeaderName| {
+            let value = request.headers.get(name)?.value().into_owned();
+            let address = mediasec_sip::core::Address::parse(&value, "From/To").ok()?;
+            Some(aor(&String::from_utf8_lossy(&address.uri.to_bytes())))
+        };
+        let (registered, ue) = if from_core {
+            (self.e2ae_contacts.contains(&aor(&String::from_utf8_lossy(&request.uri.to_bytes()))), aor_of(&HeaderName::To))
+        } else {
+            let ue = aor_of(&HeaderName::From);
+            (ue.as_ref().is_some_and(|a| self.e2ae_aors.contains(a)), ue)
+        };
+        let provisioned = ue.is_some_and(|a| self.config.e2ae_provisioned.contains(&a));
+        registered.then_some(if provisioned { alg::Support::Provisioned } else { alg::Support::Indicated })
+    }
+
+    /// Routes a request the IMS-ALG does not secure, minus any foreign `a=3ge2ae`.
+    fn route_stripped(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
+        let mut message = Message::Request(request);
+        if let Ok(Some(sdp)) = mediasec_sip::body::sdp(&message) {
+            self.strip_foreign(&mut message, sdp);
+        }
+        let Message::Request(request) = message else { return Vec::new() };
+        self.route(key, request, now)
+    }
+
+    /// Another in-dialog offer/answer exchange of `call_id` is still open through the ALG.
+    fn busy(&self, call_id: &str, now: Instant) -> bool {
+        self.offering.get(call_id).is_some_and(|since| now.saturating_duration_since(*since) <= LINGER)
+    }
+
+    /// A re-INVITE or UPDATE inside an e2ae call (its dialog established through the AGW):
+    /// - with an offer: to the AGW as a re-offer ([`Self::re_offer_leg`]), forwarded when it
+    ///   answered; the answer in the final response comes back through ng `answer`;
+    /// - an offerless re-INVITE (delayed offer): routed; the offer in its 2xx and the answer in
+    ///   the ACK go through the AGW ([`Self::delayed_response`], [`Self::alg_ack`]);
+    /// - an UPDATE without an offer: routed.
     ///
-    /// Either way the answer comes back through ng `answer` as for the initial INVITE. Refused
-    /// with 488, never passed end to end (its SDP would not match the AGW's ports and keys): an
-    /// offerless re-INVITE, one before the dialog was established through the AGW, and an
-    /// answerer's re-offer the swapped side cannot secure (not SDES from the UE, not plain from
-    /// the core).
-    fn alg_reinvite(&mut self, key: TransactionKey, request: Request, call_id: &str, from_core: bool, now: Instant) -> Vec<Command> {
-        let refuse = |p: &mut Self, reason: &str| {
-            tracing::warn!(%call_id, %reason, "IMS-ALG: re-INVITE refused");
-            let warning = header(HeaderName::Warning, format!("399 pcscf \"{reason}\""));
-            p.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect())
-        };
+    /// One exchange at a time per dialog: an offer while another is open through the ALG gets
+    /// 500 with `Retry-After` 0–10 s, what the UAS would answer (RFC 3311 §5.2, RFC 3261
+    /// §14.2). Refused with 488, never passed end to end (its SDP would not match the AGW's
+    /// ports and keys): an offer before the dialog was established through the AGW, and an
+    /// answerer's re-offer that the swapped side cannot secure.
+    fn alg_in_dialog(&mut self, key: TransactionKey, request: Request, call_id: &str, from_core: bool, now: Instant) -> Vec<Command> {
+        let invite = request.method == Method::Invite;
+        let sdp = mediasec_sip::body::sdp(&Message::Request(request.clone())).ok().flatten();
+        if !invite && sdp.is_none() {
+            return self.route(key, request, now);
+        }
         let Some(dialog) = self.alg_dialogs.get(call_id).cloned() else {
-            return refuse(self, "re-INVITE of an e2ae call before it was established is not supported by this IMS-ALG");
+            return self.refuse(&key, &request, 488, "an offer in an e2ae call before it was established through the IMS-AGW is not supported by this IMS-ALG");
         };
-        let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
-            return refuse(self, "re-INVITE of an e2ae call without an offer is not supported by this IMS-ALG");
+        if self.busy(call_id, now) {
+            tracing::info!(%call_id, method = %request.method, "IMS-ALG: an offer while another is open in the dialog; 500 with Retry-After");
+            let retry = header(HeaderName::parse(&Bytes::from_static(b"Retry-After")), (rand::random::<u8>() % 11).to_string());
+            return self.reply(&key, &request, 500, "Offer Pending", retry.into_iter().collect());
+        }
+        let Some(sdp) = sdp else {
+            tracing::info!(%call_id, from_core, "IMS-ALG: offerless re-INVITE of an e2ae call; the offer is expected in the 2xx");
+            self.offering.insert(call_id.to_owned(), now);
+            let out = self.route(key.clone(), request, now);
+            match self.contexts.get_mut(&key) {
+                Some(c) => c.delayed = Some(Delayed::Reinvite { from_core, dialog }),
+                None => {
+                    self.offering.remove(call_id);
+                }
+            }
+            return out;
         };
         let from_tag = tag_of(&request.headers, &HeaderName::From).unwrap_or_default();
-        let leg = if from_tag == dialog.from_tag && from_core == (dialog.side == alg::Side::Terminating) {
-            dialog
-        } else {
-            let side = if from_core { alg::Side::Terminating } else { alg::Side::Originating };
-            let suitable = match side {
-                alg::Side::Originating => alg::sdes_offer(&sdp),
-                alg::Side::Terminating => alg::plain_offer(&sdp),
-            };
-            if !suitable {
-                return refuse(self, "re-offer of an e2ae call that the IMS-ALG cannot secure (SDES from the UE or plain RTP from the core expected)");
-            }
-            let ng_call_id = format!("{call_id};re;{}", self.next_ng);
-            self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
-            AlgLeg { ng_call_id, from_tag, side, replaces: true }
+        let Some(leg) = self.re_offer_leg(call_id, dialog, from_tag, from_core, &sdp) else {
+            return self.refuse(&key, &request, 488, "re-offer of an e2ae call that the IMS-ALG cannot secure (SDES from the UE or plain RTP from the core expected)");
         };
+        self.offering.insert(call_id.to_owned(), now);
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
-        tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
-        let out = self.reply(&key, &request, 100, "Trying", vec![]);
+        tracing::info!(%call_id, method = %request.method, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
+        let out = if invite { self.reply(&key, &request, 100, "Trying", vec![]) } else { Vec::new() };
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
+    }
+
+    /// Refuses an in-dialog offer with `code` and a `Warning` giving `reason`.
+    fn refuse(&mut self, key: &TransactionKey, request: &Request, code: u16, reason: &str) -> Vec<Command> {
+        tracing::warn!(method = %request.method, %reason, "IMS-ALG: in-dialog offer refused");
+        let warning = header(HeaderName::Warning, format!("399 pcscf \"{reason}\""));
+        self.reply(key, request, code, "Not Acceptable Here", warning.into_iter().collect())
+    }
+
+    /// The AGW call an in-dialog offer from `offerer_tag` (from the core or not) goes to:
+    /// - from the original offerer of the dialog's AGW call: that call (same `call-id` and
+    ///   `from-tag`: the AGW keeps its ports and renegotiates the keys, docs/agw.md);
+    /// - from the original answerer (our AGW takes no re-offer from that side): a new AGW call
+    ///   `<Call-ID>;re;<n>` with the sides' roles swapped (the UE's SDES offer is terminated as
+    ///   for an originating call, a plain offer from the core is secured towards the UE as for
+    ///   a terminating one); its answer replaces the dialog's call, a failure deletes it.
+    ///
+    /// `None` when the swapped side cannot secure the offer (not SDES from the UE, not plain
+    /// from the core).
+    fn re_offer_leg(&mut self, call_id: &str, dialog: AlgLeg, offerer_tag: String, from_core: bool, sdp: &mediasec_sdp::Sdp) -> Option<AlgLeg> {
+        if offerer_tag == dialog.from_tag && from_core == (dialog.side == alg::Side::Terminating) {
+            return Some(dialog);
+        }
+        let side = if from_core { alg::Side::Terminating } else { alg::Side::Originating };
+        let suitable = match side {
+            alg::Side::Originating => alg::sdes_offer(sdp),
+            alg::Side::Terminating => alg::plain_offer(sdp),
+        };
+        if !suitable {
+            return None;
+        }
+        let ng_call_id = format!("{call_id};re;{}", self.next_ng);
+        self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
+        Some(AlgLeg { ng_call_id, from_tag: offerer_tag, side, replaces: true })
+    }
+
+    /// A response to an offerless INVITE of an e2ae call ([`Delayed`]). Its first 2xx carries
+    /// the offer: from the UE or the core, it goes to the AGW as an ng `offer` — on the AGW
+    /// call [`Self::re_offer_leg`] picks for a re-INVITE; for an initial INVITE, on a new one
+    /// (`<Call-ID>;d;<n>`) when [`alg::decide`] secures it (a plain offer from the core
+    /// towards the UE, `applied` added; the UE's offer with `requested`, or a provisioned UE's
+    /// SDES offer, plain towards the core) — and the 2xx is held until the AGW answered. An
+    /// offer it does not secure is passed minus any `a=3ge2ae`. Provisional responses pass
+    /// minus any `a=3ge2ae`; a final failure ends the exchange (an initial INVITE's AGW calls
+    /// are deleted).
+    fn delayed_response(&mut self, server: TransactionKey, key: &TransactionKey, mut message: Message, delayed: Delayed, call_id: &str, now: Instant) -> Vec<Command> {
+        let sdp = mediasec_sip::body::sdp(&message).ok().flatten();
+        let Message::Response(r) = &message else { return Vec::new() };
+        let code = r.status.code();
+        let offerer_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
+        let (from_core, dialog) = match &delayed {
+            Delayed::Initial { from_core, .. } => (*from_core, None),
+            Delayed::Reinvite { from_core, dialog } => (*from_core, Some(dialog.clone())),
+        };
+        let exchange = exchange_key(&r.headers);
+        let offer = match (code, sdp, exchange) {
+            (200..300, Some(sdp), Some(exchange)) => Some((sdp, exchange)),
+            (_, sdp, _) => {
+                if code >= 300 && dialog.is_none() {
+                    self.alg_delete(call_id);
+                } else if code >= 200 {
+                    // A failure, or a 2xx without the offer (RFC 3261 §13.2.2.4: the UAC ends
+                    // the session): nothing for the AGW.
+                    self.offering.remove(call_id);
+                }
+                if let Some(sdp) = sdp {
+                    self.strip_foreign(&mut message, sdp);
+                }
+                None
+            }
+        };
+        let Some((sdp, exchange)) = offer else {
+            let Message::Response(r) = message else { return Vec::new() };
+            return self.forward_response(server, key, r);
+        };
+        let offer_from_core = !from_core;
+        let leg = match dialog {
+            Some(dialog) => self.re_offer_leg(call_id, dialog, offerer_tag, offer_from_core, &sdp),
+            None => {
+                let Delayed::Initial { support, .. } = delayed else { return Vec::new() };
+                let side = alg::decide(&sdp, offer_from_core, Some(support).filter(|_| !offer_from_core), offer_from_core);
+                side.map(|side| {
+                    let ng_call_id = format!("{call_id};d;{}", self.next_ng);
+                    self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
+                    AlgLeg { ng_call_id, from_tag: offerer_tag, side, replaces: false }
+                })
+            }
+        };
+        let Some(leg) = leg else {
+            if matches!(delayed, Delayed::Reinvite { .. }) {
+                tracing::warn!(%call_id, "IMS-ALG: an offer in a 2xx that the swapped side cannot secure; passed without the AGW");
+                self.offering.remove(call_id);
+            }
+            self.strip_foreign(&mut message, sdp);
+            let Message::Response(r) = message else { return Vec::new() };
+            return self.forward_response(server, key, r);
+        };
+        tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae offer in a 2xx to the AGW");
+        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
+        self.exchanges.insert(exchange.clone(), Exchange { response: Rewrite::Waiting, ack: Some((leg.clone(), Rewrite::Expected)), created: now });
+        let Message::Response(response) = message else { return Vec::new() };
+        self.ng(command, Pending::OfferIn2xx { server, client: key.clone(), response, leg, exchange });
+        Vec::new()
+    }
+
+    /// An ACK for a 2xx that carried a delayed offer ([`Self::delayed_response`]): its answer
+    /// goes to the AGW as ng `answer` (the ACK held until it answered); a retransmitted ACK
+    /// gets the same SDP (or is dropped while the first waits). An ACK without an answer
+    /// (RFC 3261 §13.2.2.4 requires one; the UAS ends the session with BYE) is passed on and
+    /// counted as an AGW failure, and the exchange's new AGW call, if any, is deleted (the
+    /// dialog's carries on). `None`: not such an ACK, forward `message` (possibly rewritten).
+    fn alg_ack(&mut self, message: &mut Message) -> Option<Vec<Command>> {
+        let Message::Request(ack) = &*message else { return None };
+        let exchange = exchange_key(&ack.headers)?;
+        let (leg, state) = self.exchanges.get(&exchange)?.ack.clone()?;
+        let call_id = exchange.0.clone();
+        match state {
+            Rewrite::Waiting => Some(Vec::new()),
+            Rewrite::Done(_) | Rewrite::Unsecured => {
+                self.rewrite_again(message, &state);
+                None
+            }
+            Rewrite::Expected => {
+                let answerer = tag_of(&ack.headers, &HeaderName::From).unwrap_or_default();
+                let ack = ack.clone();
+                match mediasec_sip::body::sdp(message) {
+                    Ok(Some(sdp)) => {
+                        let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &answerer, &sdp).to_vec();
+                        self.set_ack(&exchange, Rewrite::Waiting);
+                        self.ng(command, Pending::AnswerInAck { ack, leg, exchange });
+                        Some(Vec::new())
+                    }
+                    _ => {
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%call_id, ng_call_id = %leg.ng_call_id, "IMS-ALG: the ACK brings no answer to the offer in the 2xx (RFC 3261 §13.2.2.4); passed on");
+                        self.alg_drop_new(&call_id, &leg, true);
+                        self.offering.remove(&call_id);
+                        self.set_ack(&exchange, Rewrite::Unsecured);
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_ack(&mut self, exchange: &ExchangeKey, state: Rewrite) {
+        if let Some((_, s)) = self.exchanges.get_mut(exchange).and_then(|x| x.ack.as_mut()) {
+            *s = state;
+        }
+    }
+
+    /// A 2xx the IMS-ALG already rewrote (a retransmission, RFC 3261 §13.3.1.4): `Some(true)`
+    /// with the same SDP set again, `Some(false)` while its first copy waits for the AGW (this
+    /// one is dropped), `None` when it is new.
+    fn replay(&mut self, message: &mut Message) -> Option<bool> {
+        let Message::Response(r) = &*message else { return None };
+        if !r.status.is_success() {
+            return None;
+        }
+        let state = self.exchanges.get(&exchange_key(&r.headers)?)?.response.clone();
+        Some(self.rewrite_again(message, &state))
+    }
+
+    /// Sets what an exchange's first copy got; `false` when it still waits for the AGW.
+    fn rewrite_again(&mut self, message: &mut Message, state: &Rewrite) -> bool {
+        match state {
+            Rewrite::Expected | Rewrite::Waiting => false,
+            Rewrite::Done(sdp) => {
+                if let Err(e) = mediasec_sip::body::set_sdp(message, sdp) {
+                    tracing::warn!(error = %e, "IMS-ALG: the rewritten SDP could not be set again");
+                }
+                true
+            }
+            Rewrite::Unsecured => {
+                if let Ok(Some(sdp)) = mediasec_sip::body::sdp(message) {
+                    self.strip_foreign(message, sdp);
+                }
+                true
+            }
+        }
+    }
+
+    /// An exchange's AGW call that is not the dialog's (a new one for a swapped re-offer or a
+    /// delayed initial offer) is dropped: forgotten, and deleted when the AGW took its offer.
+    fn alg_drop_new(&mut self, call_id: &str, leg: &AlgLeg, delete: bool) {
+        if self.alg_dialogs.get(call_id).map(|d| d.ng_call_id.as_str()) != Some(leg.ng_call_id.as_str()) {
+            self.alg_forget(call_id, &leg.ng_call_id, delete);
+        }
+    }
+
+    /// An exchange's answer went through the AGW on `leg`: a new AGW call replaces the
+    /// dialog's (deleted), and the first answer of an initial INVITE makes the dialog's (later
+    /// forks' 2xx are ended by the caller).
+    fn alg_established(&mut self, call_id: &str, leg: &AlgLeg) {
+        if leg.replaces {
+            let new = AlgLeg { replaces: false, ..leg.clone() };
+            if let Some(old) = self.alg_dialogs.insert(call_id.to_owned(), new)
+                && old.ng_call_id != leg.ng_call_id
+            {
+                self.alg_forget(call_id, &old.ng_call_id, true);
+            }
+        } else {
+            self.alg_dialogs.entry(call_id.to_owned()).or_insert_with(|| leg.clone());
+        }
     }
 
     /// Deletes one AGW call of SIP call `call_id` (a replaced or failed re-INVITE's).
@@ -788,8 +1131,11 @@ impl Proxy {
                         // nothing there): the dialog goes on.
                         if tag_of(&request.headers, &HeaderName::To).is_none() {
                             self.alg_delete(&call_id);
-                        } else if leg.replaces {
-                            self.alg_forget(&call_id, &leg.ng_call_id, false);
+                        } else {
+                            self.offering.remove(&call_id);
+                            if leg.replaces {
+                                self.alg_forget(&call_id, &leg.ng_call_id, false);
+                            }
                         }
                         let warning = header(HeaderName::Warning, format!("399 pcscf \"IMS-AGW: {}\"", reason.replace('"', "'")));
                         return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
@@ -813,22 +1159,14 @@ impl Proxy {
                 out.into_iter().filter(|c| !matches!(c, Command::Respond { response, .. } if response.status.code() == 100)).collect()
             }
             Pending::Answer { server, client, response, leg } => {
-                if response.status.is_success() {
-                    let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                    if leg.replaces {
-                        // A re-INVITE's new AGW call replaces the dialog's old one.
-                        let new = AlgLeg { replaces: false, ..leg.clone() };
-                        if let Some(old) = self.alg_dialogs.insert(call_id.clone(), new) {
-                            self.alg_forget(&call_id, &old.ng_call_id, true);
-                        }
-                    } else {
-                        // The first 2xx of the initial INVITE makes the dialog (later forks'
-                        // 2xx are ended by the caller).
-                        self.alg_dialogs.entry(call_id).or_insert_with(|| leg.clone());
-                    }
+                let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                let success = response.status.is_success();
+                if success {
+                    self.alg_established(&call_id, &leg);
+                    self.offering.remove(&call_id);
                 }
                 let mut message = Message::Response(response);
-                match sdp {
+                let rewrite = match sdp {
                     Ok(mut sdp) => {
                         match leg.side {
                             alg::Side::Originating => alg::towards_ue(&mut sdp),
@@ -836,21 +1174,90 @@ impl Proxy {
                         };
                         self.stats.e2ae_applied += 1;
                         let _ = mediasec_sip::body::set_sdp(&mut message, &sdp);
+                        Rewrite::Done(Box::new(sdp))
                     }
                     Err(reason) => {
                         // Forwarded without any e2ae indication: the UE sees no "applied" and its
                         // own policy decides (an SDES UE refuses the plain answer as a downgrade).
                         self.stats.agw_failures += 1;
                         tracing::warn!(%reason, "IMS-ALG: the AGW did not take the answer");
-                        if let Ok(Some(mut sdp)) = mediasec_sip::body::sdp(&message)
-                            && alg::strip(&mut sdp) > 0
-                        {
-                            let _ = mediasec_sip::body::set_sdp(&mut message, &sdp);
-                        }
+                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
+                        Rewrite::Unsecured
                     }
+                };
+                let Message::Response(response) = message else { return Vec::new() };
+                if success
+                    && let Some(x) = exchange_key(&response.headers).and_then(|k| self.exchanges.get_mut(&k))
+                {
+                    x.response = rewrite;
+                }
+                self.forward_response(server, &client, response)
+            }
+            Pending::OfferIn2xx { server, client, response, leg, exchange } => {
+                let call_id = exchange.0.clone();
+                let mut message = Message::Response(response);
+                let rewrite = match sdp {
+                    Ok(mut sdp) => {
+                        // The offer's receiver: the UE gets the AGW's SRTP with `applied`.
+                        match leg.side {
+                            alg::Side::Originating => alg::strip(&mut sdp),
+                            alg::Side::Terminating => alg::towards_ue(&mut sdp),
+                        };
+                        self.stats.e2ae_applied += 1;
+                        if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
+                            tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten offer could not be set");
+                        }
+                        Rewrite::Done(Box::new(sdp))
+                    }
+                    Err(reason) => {
+                        // A proxy cannot refuse a 2xx (RFC 3261 §16.7): it goes on unsecured, and
+                        // a receiver that cannot accept it answers in the ACK and sends BYE
+                        // (§13.2.2.4). The AGW took nothing: a new call is forgotten, the
+                        // dialog's keeps its keys.
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the offer in the 2xx; passed on unsecured");
+                        self.alg_drop_new(&call_id, &leg, false);
+                        self.offering.remove(&call_id);
+                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
+                        self.set_ack(&exchange, Rewrite::Unsecured);
+                        Rewrite::Unsecured
+                    }
+                };
+                if let Some(x) = self.exchanges.get_mut(&exchange) {
+                    x.response = rewrite;
                 }
                 let Message::Response(response) = message else { return Vec::new() };
                 self.forward_response(server, &client, response)
+            }
+            Pending::AnswerInAck { ack, leg, exchange } => {
+                let call_id = exchange.0.clone();
+                let mut message = Message::Request(ack);
+                let rewrite = match sdp {
+                    Ok(mut sdp) => {
+                        match leg.side {
+                            alg::Side::Originating => alg::towards_ue(&mut sdp),
+                            alg::Side::Terminating => alg::strip(&mut sdp),
+                        };
+                        self.stats.e2ae_applied += 1;
+                        if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
+                            tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten answer could not be set");
+                        }
+                        self.alg_established(&call_id, &leg);
+                        Rewrite::Done(Box::new(sdp))
+                    }
+                    Err(reason) => {
+                        // The AGW took the offer but not the answer: a new call is deleted, the
+                        // dialog's keeps its previous keys; the answer goes on unsecured.
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the answer in the ACK; passed on unsecured");
+                        self.alg_drop_new(&call_id, &leg, true);
+                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
+                        Rewrite::Unsecured
+                    }
+                };
+                self.offering.remove(&call_id);
+                self.set_ack(&exchange, rewrite);
+                self.forward_stateless(message, now)
             }
         }
     }
@@ -953,6 +1360,13 @@ fn via_address(via: &Via) -> Option<SocketAddr> {
     };
     let port = via.rport().flatten().and_then(|p| std::str::from_utf8(p).ok()?.parse().ok()).or(via.port).unwrap_or(5060);
     Some(SocketAddr::new(ip, port))
+}
+
+/// The [`ExchangeKey`] of a 2xx or its ACK: Call-ID, CSeq number, To tag.
+fn exchange_key(headers: &mediasec_sip::core::Headers) -> Option<ExchangeKey> {
+    let call_id = String::from_utf8_lossy(&headers.value(&HeaderName::CallId)?).into_owned();
+    let cseq = headers.typed::<mediasec_sip::core::CSeq>()?.ok()?.sequence;
+    Some((call_id, cseq, tag_of(headers, &HeaderName::To)?))
 }
 
 /// The `tag` parameter of a `From`/`To` header.
@@ -1199,9 +1613,14 @@ Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent
 
     /// A 2xx (`code`) to a forwarded INVITE with To tag `t` and, if given, an SDP body.
     fn response_to(fwd: &Request, code: u16, sdp: Option<&str>) -> Box<Response> {
+        tagged_response(fwd, code, "t", sdp)
+    }
+
+    /// A response (`code`) to a forwarded request with To tag `tag` and, if given, an SDP body.
+    fn tagged_response(fwd: &Request, code: u16, tag: &str, sdp: Option<&str>) -> Box<Response> {
         let mut ok = ResponseBuilder::to_request(fwd, StatusCode::new(code).expect("code"), "R").expect("response").build();
         ok.headers.remove_first(&HeaderName::To);
-        ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
+        ok.headers.push(header(HeaderName::To, format!("<sip:bob@b.example>;tag={tag}")).expect("To"));
         let mut m = Message::Response(ok);
         if let Some(sdp) = sdp {
             mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse(sdp)).expect("sdp");
@@ -1242,12 +1661,17 @@ Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent
     /// An in-dialog INVITE of Call-ID `call` (From tag `from_tag`, To tag `to_tag`) with an
     /// optional SDP body.
     fn reinvite(branch: &str, call: &str, from_tag: &str, to_tag: &str, sdp: Option<&str>) -> (TransactionKey, Box<Request>) {
+        reinvite_seq(branch, call, from_tag, to_tag, sdp, 2)
+    }
+
+    /// [`reinvite`] with CSeq number `cseq`.
+    fn reinvite_seq(branch: &str, call: &str, from_tag: &str, to_tag: &str, sdp: Option<&str>, cseq: u32) -> (TransactionKey, Box<Request>) {
         let body = sdp.unwrap_or_default();
         let content_type = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
         request_event(&format!(
             "INVITE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
 Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag={from_tag}\r\nTo: <sip:y@b.example>;tag={to_tag}\r\n\
-Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+Call-ID: {call}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
             body.len()
         ))
     }
@@ -1255,8 +1679,7 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
     /// Re-INVITE in an e2ae call, sans-IO: alice's (the offerer's) re-offer goes to the AGW as
     /// an ng `offer` on the same AGW call (`c1;orig`, from-tag `f`, plain towards the core),
     /// is forwarded along its Route with the AGW's SDP, and the core's answer goes back through
-    /// an ng `answer` to alice with `applied`. An offerless re-INVITE gets 488 without any ng
-    /// command; a re-offer the AGW refuses gets 488 and the AGW call stays (no `delete`). bob's
+    /// an ng `answer` to alice with `applied`. A re-offer the AGW refuses gets 488 and the AGW call stays (no `delete`). bob's
     /// re-INVITE (the answerer's side, From tag `t`, plain) makes a new AGW call secured
     /// towards alice (`RTP/SAVP`, `applied`), whose 2xx deletes `c1;orig`; then alice is the
     /// answerer's side: her plain re-offer gets 488, her SDES re-offer a new AGW call which the
@@ -1286,12 +1709,6 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
         let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
         assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
 
-        // An offerless re-INVITE: 488 with the reason, no ng.
-        let (key, r) = reinvite("z9hG4bKre3", "c1", "f", "t", None);
-        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
-        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("without an offer")) && !out.iter().any(|m| m.starts_with("INVITE")), "{out:?}");
-        assert!(p.take_ng().is_empty());
-
         // The AGW refuses the re-offer: 488, the AGW call stays.
         let (key, r) = reinvite("z9hG4bKre4", "c1", "f", "t", Some(&new_offer));
         let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
@@ -1314,7 +1731,7 @@ Call-ID: {call}\r\nCSeq: 2 INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{content
         let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
         let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
         assert!(text.contains("RTP/SAVP") && text.ends_with("a=3ge2ae:applied\r\n"), "{text}");
-        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some(&new_offer)) }, now);
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: tagged_response(&fwd, 200, "f", Some(&new_offer)) }, now);
         let (id, answer) = one_ng(&mut p);
         assert_eq!((get(&answer, "command").as_deref(), get(&answer, "call-id")), (Some("answer"), Some(new_call.clone())));
         let out = sent(&p.ng_result(id, Ok(ng_ok(plain)), now));
@@ -1350,6 +1767,295 @@ Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.exampl
         let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
         let (_, delete) = one_ng(&mut p);
         assert_eq!((get(&delete, "command").as_deref(), get(&delete, "call-id")), (Some("delete"), Some(new_call)));
+    }
+
+    /// The request `out` forwards (the first).
+    fn forwarded(out: Vec<Command>) -> Request {
+        out.into_iter()
+            .find_map(|c| match c {
+                Command::Request { request, .. } => Some(request),
+                _ => None,
+            })
+            .expect("a forwarded request")
+    }
+
+    /// The messages `out` sends statelessly (an ACK for a 2xx).
+    fn stateless(out: &[Command]) -> Vec<String> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Stateless { message, .. } => Some(String::from_utf8_lossy(&message.to_bytes()).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The response event of the client transaction of `fwd`.
+    fn response_event(fwd: &Request, response: Box<Response>) -> Event {
+        Event::Response { key: TransactionKey::from_sent_request(fwd).expect("key"), response }
+    }
+
+    /// An ACK (Call-ID `call`, CSeq `cseq`, From tag `from_tag`, To tag `to_tag`) from `source`
+    /// with an optional SDP body.
+    fn ack_event(call: &str, cseq: u32, from_tag: &str, to_tag: &str, sdp: Option<&str>, source: SocketAddr) -> Event {
+        let body = sdp.unwrap_or_default();
+        let content_type = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
+        let text = format!(
+            "ACK sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch=z9hG4bKack{cseq}{from_tag}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag={from_tag}\r\nTo: <sip:y@b.example>;tag={to_tag}\r\n\
+Call-ID: {call}\r\nCSeq: {cseq} ACK\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let Message::Request(r) = parse(&text) else { panic!("a request") };
+        Event::Ack { request: Box::new(r), source }
+    }
+
+    fn field(v: &mediasec_agw::bencode::Value<'static>, k: &str) -> Option<String> {
+        v.get(k).and_then(mediasec_agw::bencode::Value::as_str).map(str::to_owned)
+    }
+
+    const PLAIN: &str = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n";
+
+    /// Delayed-offer re-INVITE in an e2ae call (RFC 3261 §13.2.1, §13.3.1.4), sans-IO. bob (the
+    /// core, From tag `t`) re-INVITEs alice without an offer: forwarded at once, no ng. alice's
+    /// 2xx (To tag `f`: the call's original offerer) carries her SDES offer: an ng `offer` on the
+    /// same AGW call (`c1;orig`, from-tag `f`), the 2xx held; a retransmission while it waits
+    /// is dropped; the core gets the AGW's plain offer; a later retransmission gets the same
+    /// SDP and no ng. An UPDATE offer while the exchange is open gets 500 with Retry-After.
+    /// bob's ACK carries the plain answer: ng `answer` (to-tag `t`), the ACK held, then sent to
+    /// alice with the AGW's SRTP and `applied`; a retransmitted ACK gets the same, without ng.
+    /// Then alice's offerless re-INVITE: the core's plain offer in the 2xx makes a new AGW call
+    /// with the sides swapped (`c1;re;n`, from-tag `t`, SRTP towards alice with `applied`); her
+    /// ACK's answer goes through ng `answer`, the core gets a plain ACK, `c1;orig` is deleted.
+    #[test]
+    fn delayed_offer_reinvites_of_an_e2ae_call() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let _ = establish(&mut p, "c1", now);
+        let applied = p.stats.e2ae_applied;
+        let (key, r) = reinvite("z9hG4bKd1", "c1", "t", "f", None);
+        let out = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        assert!(p.take_ng().is_empty(), "nothing for the AGW before the offer");
+        let fwd = forwarded(out);
+        let offer = SDES.replace("WVNf", "BBBB");
+        let ok = tagged_response(&fwd, 200, "f", Some(&offer));
+        assert!(sent(&p.handle(response_event(&fwd, ok.clone()), now)).is_empty(), "held for the AGW");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag"), field(&ng, "transport-protocol")], [Some("offer".into()), Some("c1;orig".into()), Some("f".into()), Some("RTP/AVP".into())]);
+        assert!(field(&ng, "sdp").is_some_and(|s| s.contains("inline:BBBB")), "{ng:?}");
+        assert!(p.handle(response_event(&fwd, ok.clone()), now).is_empty() && p.take_ng().is_empty(), "a retransmission while the first waits: dropped");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        let [to_core] = out.as_slice() else { panic!("the 200 to the core: {out:?}") };
+        assert!(to_core.starts_with("SIP/2.0 200") && to_core.ends_with(AGW_OFFER), "{to_core}");
+        let again = sent(&p.handle(response_event(&fwd, ok), now));
+        assert_eq!(again, out, "a 2xx retransmission gets the same SDP");
+        assert!(p.take_ng().is_empty(), "and no AGW work");
+
+        // Another offer while this exchange is open: 500 with Retry-After, nothing for the AGW.
+        let update = "UPDATE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKu0\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:x@a.example>;tag=f\r\nTo: <sip:y@b.example>;tag=t\r\nCall-ID: c1\r\nCSeq: 5 UPDATE\r\n\
+Content-Type: application/sdp\r\nContent-Length: 0\r\n\r\n";
+        let update = update.replace("Content-Length: 0\r\n\r\n", &format!("Content-Length: {}\r\n\r\n{SDES}", SDES.len()));
+        let (key, r) = request_event(&update);
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 500") && m.contains("Retry-After: ")), "{out:?}");
+        assert!(p.take_ng().is_empty());
+
+        // bob's ACK with the answer.
+        assert!(p.handle(ack_event("c1", 2, "t", "f", Some(PLAIN), SCSCF), now).is_empty(), "held for the AGW");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag"), field(&ng, "to-tag")], [Some("answer".into()), Some("c1;orig".into()), Some("f".into()), Some("t".into())]);
+        assert!(p.handle(ack_event("c1", 2, "t", "f", Some(PLAIN), SCSCF), now).is_empty() && p.take_ng().is_empty(), "a retransmitted ACK while the first waits: dropped");
+        let out = stateless(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let [to_ue] = out.as_slice() else { panic!("the ACK to alice: {out:?}") };
+        assert!(to_ue.starts_with("ACK ") && to_ue.contains("inline:WVNf") && to_ue.ends_with("a=3ge2ae:applied\r\n"), "{to_ue}");
+        let body = |m: &[String]| m.iter().map(|m| m.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())).collect::<Vec<_>>();
+        assert_eq!(body(&stateless(&p.handle(ack_event("c1", 2, "t", "f", Some(PLAIN), SCSCF), now))), body(&out), "a retransmitted ACK gets the same SDP");
+        assert!(p.take_ng().is_empty());
+        assert_eq!(p.stats.e2ae_applied - applied, 2);
+
+        // alice's offerless re-INVITE: the core's offer is from the answerer's side.
+        let (key, r) = reinvite("z9hG4bKd2", "c1", "f", "t", None);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        let new_call = field(&ng, "call-id").expect("call-id");
+        assert!(new_call.starts_with("c1;re;") && field(&ng, "from-tag").as_deref() == Some("t") && field(&ng, "transport-protocol").as_deref() == Some("RTP/SAVP"), "{ng:?}");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+        let answer = SDES.replace("WVNf", "CCCC");
+        assert!(p.handle(ack_event("c1", 2, "f", "t", Some(&answer), UE), now).is_empty());
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag"), field(&ng, "to-tag")], [Some("answer".into()), Some(new_call), Some("t".into()), Some("f".into())]);
+        assert!(field(&ng, "sdp").is_some_and(|s| s.contains("inline:CCCC")), "{ng:?}");
+        let out = stateless(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.ends_with(AGW_OFFER)), "plain ACK to the core: {out:?}");
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!([field(&delete, "command"), field(&delete, "call-id")], [Some("delete".into()), Some("c1;orig".into())], "the old AGW call goes");
+        assert_eq!(p.stats.agw_failures, 0);
+    }
+
+    /// Delayed offer failures, sans-IO. An ACK without the answer (RFC 3261 §13.2.2.4) is
+    /// passed on, counted, and the exchange's new AGW call deleted while the dialog's stays;
+    /// an offer in a 2xx the AGW refuses goes on unsecured (a proxy cannot refuse a 2xx), is
+    /// counted, creates nothing, and its ACK passes without any ng.
+    #[test]
+    fn delayed_offer_failures_keep_the_dialogs_agw_call() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let _ = establish(&mut p, "c1", now);
+        // alice's offerless re-INVITE; the core's plain offer makes a new AGW call.
+        let (key, r) = reinvite("z9hG4bKf1", "c1", "f", "t", None);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        let new_call = field(&ng, "call-id").expect("call-id");
+        let _ = p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now);
+        let out = stateless(&p.handle(ack_event("c1", 2, "f", "t", None, UE), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("ACK ")), "passed on: {out:?}");
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!([field(&delete, "command"), field(&delete, "call-id")], [Some("delete".into()), Some(new_call)]);
+        assert_eq!(p.stats.agw_failures, 1);
+
+        // The AGW refuses the offer in bob's 2xx to alice's next offerless re-INVITE.
+        let (key, r) = reinvite_seq("z9hG4bKf2", "c1", "f", "t", None, 3);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let foreign = format!("{PLAIN}a=3ge2ae:applied\r\n");
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(&foreign))), now);
+        let (id, _) = one_ng(&mut p);
+        let refusal = mediasec_agw::bencode::Value::dict([("result", mediasec_agw::bencode::Value::str("error")), ("error-reason", mediasec_agw::bencode::Value::str("no"))]).to_vec();
+        let out = sent(&p.ng_result(id, Ok(refusal), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with(PLAIN)), "unsecured, no indication: {out:?}");
+        assert!(p.take_ng().is_empty(), "nothing to delete: the AGW took nothing");
+        let out = stateless(&p.handle(ack_event("c1", 3, "f", "t", Some(SDES), UE), now));
+        assert!(out.len() == 1 && p.take_ng().is_empty(), "the ACK passes: {out:?}");
+        assert_eq!(p.stats.agw_failures, 2);
+
+        // The dialog's AGW call is still c1;orig: BYE deletes it.
+        let bye = "BYE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKbye2\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:x@a.example>;tag=f\r\nTo: <sip:y@b.example>;tag=t\r\nCall-ID: c1\r\nCSeq: 3 BYE\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(bye);
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!(field(&delete, "call-id").as_deref(), Some("c1;orig"));
+    }
+
+    /// Offerless initial INVITEs, sans-IO. From alice (registered e2ae; no offer, so no
+    /// `requested`: her registration decides): routed at once; the core's plain offer in the
+    /// 2xx goes to a new AGW call `c2;d;n` secured towards her (`RTP/SAVP`, from-tag `t`) and
+    /// reaches her with `applied`; her ACK's SDES answer goes through ng `answer` and the core
+    /// gets a plain ACK; the call is then an e2ae dialog (the core's re-INVITE re-offers on the
+    /// same AGW call). To alice from the core: her offer in the 2xx with `requested` goes to
+    /// the AGW (plain towards the core), the core's ACK answer comes back to her with the AGW's
+    /// key and `applied`.
+    #[test]
+    fn offerless_initial_invites_from_and_to_an_e2ae_ue() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let invite = invite_from("alice", "z9hG4bKo1", "c2", "").replace("Content-Type: application/sdp\r\n", "");
+        let (key, r) = request_event(&invite);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(p.take_ng().is_empty());
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        let agw_call = field(&ng, "call-id").expect("call-id");
+        assert!(agw_call.starts_with("c2;d;") && field(&ng, "from-tag").as_deref() == Some("t") && field(&ng, "transport-protocol").as_deref() == Some("RTP/SAVP"), "{ng:?}");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+        assert!(p.handle(ack_event("c2", 1, "f", "t", Some(SDES), UE), now).is_empty());
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "to-tag")], [Some("answer".into()), Some(agw_call.clone()), Some("f".into())]);
+        let out = stateless(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.ends_with(AGW_OFFER)), "{out:?}");
+        let (key, r) = reinvite("z9hG4bKo2", "c2", "t", "f", Some(PLAIN));
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (_, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "call-id"), field(&ng, "from-tag")], [Some(agw_call), Some("t".into())], "the core re-offers on the dialog's AGW call");
+
+        // From the core to alice's contact.
+        let term = "INVITE sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKo3\r\nMax-Forwards: 69\r\n\
+From: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>\r\nCall-ID: c3\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:5090>\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(term);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: SCSCF }, now));
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "a", Some(&format!("{SDES}a=3ge2ae:requested\r\n")))), now);
+        let (id, ng) = one_ng(&mut p);
+        assert!(field(&ng, "from-tag").as_deref() == Some("a") && field(&ng, "transport-protocol").as_deref() == Some("RTP/AVP") && field(&ng, "sdp").is_some_and(|s| !s.contains("3ge2ae")), "{ng:?}");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.ends_with(AGW_OFFER)), "plain offer to the core: {out:?}");
+        assert!(p.handle(ack_event("c3", 1, "b", "a", Some(PLAIN), SCSCF), now).is_empty());
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!(field(&ng, "to-tag").as_deref(), Some("b"));
+        let out = stateless(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+        // An SDES offer in the 2xx to an offerless INVITE from a UE that is not e2ae passes.
+        let invite = invite_from("erin", "z9hG4bKo4", "c4", "").replace("Content-Type: application/sdp\r\n", "");
+        let (key, r) = request_event(&invite);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(SDES))), now));
+        assert!(out.len() == 1 && p.take_ng().is_empty(), "{out:?}");
+    }
+
+    /// UPDATE with an offer in an e2ae call (RFC 3311), sans-IO: alice's (the original
+    /// offerer's) UPDATE goes to the same AGW call, forwarded with the AGW's plain SDP, its 2xx
+    /// answer back through ng `answer` with `applied`; bob's UPDATE (the answerer's side) makes
+    /// a new AGW call which a 488 deletes again (the dialog's stays), and a second one whose 2xx
+    /// replaces the dialog's. An UPDATE without an offer is routed without the AGW.
+    #[test]
+    fn update_offers_in_an_e2ae_call() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let _ = establish(&mut p, "c1", now);
+        let update = |branch: &str, from: &str, to: &str, sdp: Option<&str>| {
+            let body = sdp.unwrap_or_default();
+            let ct = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
+            request_event(&format!(
+                "UPDATE sip:peer@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:x@a.example>;tag={from}\r\nTo: <sip:y@b.example>;tag={to}\r\n\
+Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        let (key, r) = update("z9hG4bKu1", "f", "t", Some(&SDES.replace("WVNf", "DDDD")));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(out.is_empty(), "held, no 100 to a non-INVITE: {out:?}");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag")], [Some("offer".into()), Some("c1;orig".into()), Some("f".into())]);
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(fwd.method == Method::Update && String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).ends_with(AGW_OFFER));
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id")], [Some("answer".into()), Some("c1;orig".into())]);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+
+        // bob's UPDATE: a new AGW call; the 488 deletes it.
+        let (key, r) = update("z9hG4bKu2", "t", "f", Some(PLAIN));
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (id, ng) = one_ng(&mut p);
+        let first = field(&ng, "call-id").expect("call-id");
+        assert!(first.starts_with("c1;re;") && field(&ng, "transport-protocol").as_deref() == Some("RTP/SAVP"), "{ng:?}");
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 488, "f", None)), now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488")), "{out:?}");
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!(field(&delete, "call-id"), Some(first));
+        // Again, answered: the new call replaces c1;orig.
+        let (key, r) = update("z9hG4bKu3", "t", "f", Some(PLAIN));
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (id, ng) = one_ng(&mut p);
+        let second = field(&ng, "call-id").expect("call-id");
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let _ = p.handle(response_event(&fwd, tagged_response(&fwd, 200, "f", Some(SDES))), now);
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id")], [Some("answer".into()), Some(second)]);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(PLAIN)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.ends_with(PLAIN)), "{out:?}");
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!(field(&delete, "call-id").as_deref(), Some("c1;orig"));
+        // Without an offer: routed, nothing for the AGW.
+        let (key, r) = update("z9hG4bKu4", "f", "t", None);
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(out.iter().any(|m| m.starts_with("UPDATE")) && p.take_ng().is_empty(), "{out:?}");
+        assert_eq!(p.stats.agw_failures, 0);
     }
 
     /// The IMS-ALG, sans-IO: a UE registers `sdes-srtp;mediasec`; its INVITE with
