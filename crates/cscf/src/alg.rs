@@ -12,6 +12,10 @@
 //!   into `RTP/SAVP` with the AGW's `a=crypto` and `a=3ge2ae:applied`; the UE's answered
 //!   crypto is terminated in the AGW and a plain answer goes to the core. An `RTP/SAVP` offer
 //!   from the far end (e2e SDES) is left end to end.
+//! - The same applies to an offer wherever it travels (RFC 3264 offer/answer in SIP): an
+//!   offer in a 2xx to an offerless INVITE with its answer in the ACK (RFC 3261 §13.2.1), an
+//!   UPDATE offer with its answer in the 2xx (RFC 3311); the proxy (`crate::proxy`) decides
+//!   which message carries what, this module builds the commands and edits the SDP.
 //! - Every `a=3ge2ae` that passes the P-CSCF is removed; only the one this ALG inserts stays
 //!   (TS 33.328 §7.1: the indication cannot be spoofed by anyone else).
 //! - Operator extension beyond TS 33.328 ([`Provisioned`]): UEs the operator provisioned as

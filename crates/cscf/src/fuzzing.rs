@@ -182,7 +182,8 @@ mod tests {
     /// ALG: its offer, 180 and 200 answers are each rewritten through the stand-in AGW and
     /// nothing fails; the terminating seed's plain offer from the core to alice's contact is
     /// too. At the S-CSCF the REGISTERs stay local (registrar) and the INVITE to alice's AOR
-    /// forks to her two contacts (plus one branch for the INVITE to a contact address).
+    /// forks to her two contacts (plus one branch for the INVITE to a contact address). The
+    /// delayed-offer and UPDATE seeds go through the ALG without failure.
     #[test]
     fn seeds_reach_the_alg_and_the_fork() {
         let call = after(Role::Pcscf, "e2ae_call");
@@ -191,6 +192,14 @@ mod tests {
         assert!(term.e2ae_applied >= 1 && term.agw_failures == 0, "{term:?}");
         let fork = after(Role::Scscf, "terminating_fork");
         assert_eq!((fork.requests, fork.branches, fork.rejected), (4, 3, 0), "{fork:?}");
+        // Delayed offer, initial INVITE and re-INVITE: offer in the 2xx and answer in the ACK
+        // through the AGW each (their retransmissions replayed without AGW work).
+        let delayed = after(Role::Pcscf, "delayed_offer");
+        assert_eq!((delayed.e2ae_applied, delayed.agw_failures, delayed.rejected), (4, 0, 0), "{delayed:?}");
+        // UPDATE: the initial offer and answer, the same side's and the swapped side's UPDATE
+        // offers and answers; the overlapping UPDATE gets 500.
+        let update = after(Role::Pcscf, "update_offer");
+        assert_eq!((update.e2ae_applied, update.agw_failures, update.rejected), (6, 0, 1), "{update:?}");
         let cancel = after(Role::Scscf, "timeout_cancel_clock");
         assert_eq!(cancel.cancels, 1, "{cancel:?}");
     }

@@ -751,6 +751,7 @@ impl Proxy {
     /// Deletes every AGW call of a SIP call (BYE, or the INVITE failed).
     fn alg_delete(&mut self, call_id: &str) {
         self.alg_dialogs.remove(call_id);
+        self.offering.remove(call_id);
         for ng_call_id in self.alg_calls.remove(call_id).unwrap_or_default() {
             tracing::info!(%call_id, %ng_call_id, "IMS-ALG: deleting the AGW call");
             self.ng(alg::delete(&ng_call_id).to_vec(), Pending::Delete);

@@ -174,7 +174,8 @@ pub struct Registration {
 enum Op {
     Register(u32, oneshot::Sender<Result<Registration, Error>>),
     Call(String, oneshot::Sender<Result<String, Error>>),
-    Reinvite(String, oneshot::Sender<Result<(), Error>>),
+    /// Re-offer with fresh keys in a re-INVITE or an UPDATE (RFC 3311).
+    Reinvite(String, Method, oneshot::Sender<Result<(), Error>>),
     Hangup(String, oneshot::Sender<Result<(), Error>>),
     Report(String, oneshot::Sender<Option<CallReport>>),
     Reports(oneshot::Sender<Vec<CallReport>>),
@@ -234,7 +235,13 @@ impl Ue {
 
     /// Re-INVITE with fresh keys; returns when the new answer is applied.
     pub async fn reinvite(&self, call_id: &str) -> Result<(), Error> {
-        self.ask(|tx| Op::Reinvite(call_id.to_owned(), tx)).await?
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Invite, tx)).await?
+    }
+
+    /// UPDATE with fresh keys (RFC 3311: the answer comes in its 2xx); returns when the new
+    /// answer is applied.
+    pub async fn update(&self, call_id: &str) -> Result<(), Error> {
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Update, tx)).await?
     }
 
     /// BYE; returns when the BYE is answered.
@@ -258,6 +265,8 @@ enum Purpose {
     Register,
     Invite,
     Reinvite,
+    /// An UPDATE with an offer (no ACK after its 2xx).
+    Update,
     Bye,
     /// BYE ending an extra fork (response ignored).
     ForkBye,
@@ -469,8 +478,8 @@ impl Core {
                     tracing::warn!(error = %e, "call");
                 }
             }
-            Op::Reinvite(call_id, tx) => {
-                if let Err(e) = self.reinvite(&call_id, tx).await {
+            Op::Reinvite(call_id, method, tx) => {
+                if let Err(e) = self.reinvite(&call_id, method, tx).await {
                     tracing::warn!(error = %e, "re-INVITE");
                 }
             }
@@ -575,7 +584,7 @@ impl Core {
     /// Re-INVITE with new keys: SDES offers fresh `a=crypto` keys (RFC 4568 §7.1.4);
     /// MIKEY-TICKET makes a new Ticket Transfer (a fresh Ticket Request to our KMS for the
     /// peer, TRANSFER_INIT in the offer), as our tickets are single-use.
-    async fn reinvite(&mut self, call_id: &str, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
+    async fn reinvite(&mut self, call_id: &str, method: Method, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
         let via = self.via();
         let contact = self.contact();
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
@@ -604,7 +613,8 @@ impl Core {
             let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
             (offer.sdp.clone(), Some(offer), None)
         };
-        let mut request = dialog.request(Method::Invite, &via)?;
+        let purpose = if method == Method::Update { Purpose::Update } else { Purpose::Reinvite };
+        let mut request = dialog.request(method, &via)?;
         mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
         let mut message = Message::Request(request);
         mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
@@ -616,7 +626,7 @@ impl Core {
         call.ticket_answer = None;
         call.unit_waiter = Some(tx);
         let call_id = call_id.to_owned();
-        self.send_request(request, to, &call_id, Purpose::Reinvite)?;
+        self.send_request(request, to, &call_id, purpose)?;
         Ok(())
     }
 
@@ -688,7 +698,7 @@ impl Core {
                 {
                     match purpose {
                         Purpose::Invite if call.state != CallState::Established => call.fail(408, "INVITE timed out"),
-                        Purpose::Reinvite | Purpose::Bye => {
+                        Purpose::Reinvite | Purpose::Update | Purpose::Bye => {
                             if let Some(w) = call.unit_waiter.take() {
                                 let _ = w.send(Err(Error::CallFailed { code: 408, reason: "timed out".into() }));
                             }
@@ -717,7 +727,7 @@ impl Core {
                 }
                 Ok(())
             }
-            Purpose::Reinvite => {
+            Purpose::Reinvite | Purpose::Update => {
                 if !response.status.is_final() {
                     return Ok(());
                 }
@@ -736,7 +746,7 @@ impl Core {
                     Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
                     None => Err(Error::Negotiation("re-INVITE 2xx without an answer".into())),
                 };
-                if let Some(to) = to {
+                if let Some(to) = to.filter(|_| purpose == Purpose::Reinvite) {
                     self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
                 }
                 let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
@@ -857,7 +867,7 @@ impl Core {
         let in_dialog = DialogId::of_received_request(&request).is_some();
         match request.method {
             Method::Invite if !in_dialog => self.incoming_call(key, request, call_id).await,
-            Method::Invite => self.incoming_reinvite(key, &request, &call_id).await,
+            Method::Invite | Method::Update => self.incoming_reinvite(key, &request, &call_id).await,
             Method::Cancel => {
                 self.respond(&key, &request, 200, "OK", None, None)?;
                 if let Some(call) = self.calls.get_mut(&call_id)
