@@ -1096,6 +1096,52 @@ mod e2ae {
         task.abort();
     }
 
+    /// Delayed-offer re-INVITEs inside an e2ae call (RFC 3261 §13.2.1: the offer in the 2xx,
+    /// the answer in the ACK). bob re-INVITEs without an offer: alice's SDES offer in her 2xx
+    /// is the original offerer's, so P-CSCF a re-offers it on the same AGW call (ports kept)
+    /// and bob's plain answer in the ACK reaches alice with the AGW's key and `applied`. Then
+    /// alice re-INVITEs without an offer: bob's plain offer in his 2xx comes from the
+    /// answerer's side, so a new AGW call secured towards alice replaces the first. Media is
+    /// verified by content at both UEs and by the AGW's counters after the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delayed_offer_reinvites_in_an_e2ae_call() {
+        let E2aeLab { agw, lab, seen: _, task, alice, bob } = e2ae_lab().await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let before = alice.report(&id).await.expect("r").expect("call");
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
+
+        tokio::time::timeout(Duration::from_secs(5), bob.reinvite_without_offer(&id)).await.expect("in time").expect("bob's offerless re-INVITE");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a1, b1) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a1.rekeys, a1.protection.as_str(), b1.rekeys, b1.protection.as_str()), (1, "srtp AEAD_AES_256_GCM", 1, "rtp"), "{a1:?} {b1:?}");
+        assert!(a1.own_key != before.own_key && a1.peer_key != before.peer_key, "new keys both ways on the access leg: {before:?} -> {a1:?}");
+        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= 5, "{before:?} -> {a1:?}");
+        let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
+        assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
+        for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
+            let grown = int(leg(&q1, side), &[dir, "RTP", "packets"]) - int(leg(&q, side), &[dir, "RTP", "packets"]);
+            assert!(grown >= 25, "{side} {dir}: {grown} more packets through the AGW call: {q1:?}");
+        }
+
+        tokio::time::timeout(Duration::from_secs(5), alice.reinvite_without_offer(&id)).await.expect("in time").expect("alice's offerless re-INVITE");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a2, b2) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a2.rekeys, a2.protection.as_str(), b2.rekeys, b2.protection.as_str()), (2, "srtp AEAD_AES_256_GCM", 2, "rtp"), "{a2:?} {b2:?}");
+        assert!(a2.own_key != a1.own_key && a2.peer_key != a1.peer_key, "new keys on the access leg: {a1:?} -> {a2:?}");
+        assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
+        assert_eq!(b2.media.refused, 0, "{b2:?}");
+        assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
+        assert_eq!(query(agw.ng_addr(), format!("{id};orig")).await.get("result").and_then(Value::as_str), Some("error"));
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        task.abort();
+    }
+
     /// A forged `a=3ge2ae:applied` from the core never reaches the UE: alice (registered with
     /// e2ae support, this call without `requested`) calls bob with SDES end to end, the relay
     /// puts the indication into bob's answer, P-CSCF a removes it: the call runs SRTP end to

@@ -174,8 +174,9 @@ pub struct Registration {
 enum Op {
     Register(u32, oneshot::Sender<Result<Registration, Error>>),
     Call(String, oneshot::Sender<Result<String, Error>>),
-    /// Re-offer with fresh keys in a re-INVITE or an UPDATE (RFC 3311).
-    Reinvite(String, Method, oneshot::Sender<Result<(), Error>>),
+    /// Re-offer with fresh keys in a re-INVITE or an UPDATE (RFC 3311), or (`false`) an
+    /// offerless re-INVITE (the peer offers in its 2xx, our answer goes in the ACK).
+    Reinvite(String, Method, bool, oneshot::Sender<Result<(), Error>>),
     Hangup(String, oneshot::Sender<Result<(), Error>>),
     Report(String, oneshot::Sender<Option<CallReport>>),
     Reports(oneshot::Sender<Vec<CallReport>>),
@@ -235,13 +236,20 @@ impl Ue {
 
     /// Re-INVITE with fresh keys; returns when the new answer is applied.
     pub async fn reinvite(&self, call_id: &str) -> Result<(), Error> {
-        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Invite, tx)).await?
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Invite, true, tx)).await?
+    }
+
+    /// Offerless re-INVITE (delayed offer, RFC 3261 §13.2.1): the peer's offer comes in the
+    /// 2xx, our answer goes in the ACK (an offer we cannot answer: the ACK goes without one and
+    /// the error is returned); returns when the answer is applied. SDES and plain only.
+    pub async fn reinvite_without_offer(&self, call_id: &str) -> Result<(), Error> {
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Invite, false, tx)).await?
     }
 
     /// UPDATE with fresh keys (RFC 3311: the answer comes in its 2xx); returns when the new
     /// answer is applied.
     pub async fn update(&self, call_id: &str) -> Result<(), Error> {
-        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Update, tx)).await?
+        self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Update, true, tx)).await?
     }
 
     /// BYE; returns when the BYE is answered.
@@ -267,6 +275,8 @@ enum Purpose {
     Reinvite,
     /// An UPDATE with an offer (no ACK after its 2xx).
     Update,
+    /// A re-INVITE without an offer: the 2xx brings one, the ACK our answer.
+    OfferlessReinvite,
     Bye,
     /// BYE ending an extra fork (response ignored).
     ForkBye,
@@ -303,6 +313,8 @@ struct Call {
     peer_identity: String,
     e2ae_applied: bool,
     reinvite_seq: Option<u32>,
+    /// Our offer went in the 2xx to an offerless re-INVITE: its answer comes in the ACK.
+    answer_in_ack: bool,
     waiter: Option<oneshot::Sender<Result<String, Error>>>,
     unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
 }
@@ -335,6 +347,7 @@ impl Call {
             peer_identity,
             e2ae_applied: false,
             reinvite_seq: None,
+            answer_in_ack: false,
             waiter: None,
             unit_waiter: None,
         }
@@ -478,8 +491,8 @@ impl Core {
                     tracing::warn!(error = %e, "call");
                 }
             }
-            Op::Reinvite(call_id, method, tx) => {
-                if let Err(e) = self.reinvite(&call_id, method, tx).await {
+            Op::Reinvite(call_id, method, with_offer, tx) => {
+                if let Err(e) = self.reinvite(&call_id, method, with_offer, tx).await {
                     tracing::warn!(error = %e, "re-INVITE");
                 }
             }
@@ -584,7 +597,7 @@ impl Core {
     /// Re-INVITE with new keys: SDES offers fresh `a=crypto` keys (RFC 4568 §7.1.4);
     /// MIKEY-TICKET makes a new Ticket Transfer (a fresh Ticket Request to our KMS for the
     /// peer, TRANSFER_INIT in the offer), as our tickets are single-use.
-    async fn reinvite(&mut self, call_id: &str, method: Method, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
+    async fn reinvite(&mut self, call_id: &str, method: Method, with_offer: bool, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
         let via = self.via();
         let contact = self.contact();
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
@@ -597,13 +610,19 @@ impl Core {
             return Ok(());
         };
         call.sdp_version += 1;
-        let (sdp, offer, ticket) = if security == Security::MikeyTicket {
+        let (sdp, offer, ticket) = if !with_offer {
+            if security == Security::MikeyTicket {
+                let _ = tx.send(Err(Error::Negotiation("offerless re-INVITE with MIKEY-TICKET is not supported".into())));
+                return Ok(());
+            }
+            (None, None, None)
+        } else if security == Security::MikeyTicket {
             let Some(kms) = self.kms.as_mut() else {
                 let _ = tx.send(Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())));
                 return Ok(());
             };
             match ticket::offer(kms, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity).await {
-                Ok((sdp, pending)) => (sdp, None, Some(pending)),
+                Ok((sdp, pending)) => (Some(sdp), None, Some(pending)),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
@@ -611,13 +630,19 @@ impl Core {
             }
         } else {
             let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
-            (offer.sdp.clone(), Some(offer), None)
+            (Some(offer.sdp.clone()), Some(offer), None)
         };
-        let purpose = if method == Method::Update { Purpose::Update } else { Purpose::Reinvite };
+        let purpose = match (method == Method::Update, with_offer) {
+            (true, _) => Purpose::Update,
+            (false, true) => Purpose::Reinvite,
+            (false, false) => Purpose::OfferlessReinvite,
+        };
         let mut request = dialog.request(method, &via)?;
         mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
         let mut message = Message::Request(request);
-        mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
+        if let Some(sdp) = sdp {
+            mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
+        }
         let Message::Request(request) = message else { return Ok(()) };
         let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
         call.reinvite_seq = Some(dialog.local_seq());
@@ -687,6 +712,21 @@ impl Core {
                     call.early_verified = call.rtp.stats().verified;
                     call.setup = Some(call.started.elapsed());
                 }
+                if let Some(call) = self.calls.get_mut(&call_id)
+                    && std::mem::take(&mut call.answer_in_ack)
+                {
+                    let applied = mediasec_sip::body::sdp(&Message::Request(*request))
+                        .map_err(Error::from)
+                        .and_then(|a| a.ok_or(Error::Negotiation("ACK without the answer to our offer in the 2xx".into())))
+                        .and_then(|answer| answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes));
+                    match applied {
+                        Ok(media) => {
+                            call.apply_media(&media);
+                            call.rekeys += 1;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "answer in the ACK refused"),
+                    }
+                }
                 Ok(())
             }
             Event::Timeout { key } => {
@@ -698,7 +738,7 @@ impl Core {
                 {
                     match purpose {
                         Purpose::Invite if call.state != CallState::Established => call.fail(408, "INVITE timed out"),
-                        Purpose::Reinvite | Purpose::Update | Purpose::Bye => {
+                        Purpose::Reinvite | Purpose::Update | Purpose::OfferlessReinvite | Purpose::Bye => {
                             if let Some(w) = call.unit_waiter.take() {
                                 let _ = w.send(Err(Error::CallFailed { code: 408, reason: "timed out".into() }));
                             }
@@ -727,7 +767,7 @@ impl Core {
                 }
                 Ok(())
             }
-            Purpose::Reinvite | Purpose::Update => {
+            Purpose::Reinvite | Purpose::Update | Purpose::OfferlessReinvite => {
                 if !response.status.is_final() {
                     return Ok(());
                 }
@@ -740,14 +780,20 @@ impl Core {
                 }
                 dialog.receive_target_refresh(&response)?;
                 let seq = call.reinvite_seq.unwrap_or_else(|| dialog.local_seq());
-                let ack = dialog.ack(seq, &via)?;
+                let mut ack = Message::Request(dialog.ack(seq, &via)?);
                 let to = dialog.next_hop();
                 let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
+                    // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4).
+                    Some(offer) if purpose == Purpose::OfferlessReinvite => {
+                        call.sdp_version += 1;
+                        offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, self.config.security, &self.config.sdes, &mut fill_random)
+                            .and_then(|(answer, media)| mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&answer)).map(|()| media).map_err(Error::from))
+                    }
                     Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
-                    None => Err(Error::Negotiation("re-INVITE 2xx without an answer".into())),
+                    None => Err(Error::Negotiation("re-INVITE 2xx without an offer or answer".into())),
                 };
-                if let Some(to) = to.filter(|_| purpose == Purpose::Reinvite) {
-                    self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
+                if let Some(to) = to.filter(|_| purpose != Purpose::Update) {
+                    self.endpoint.send(Command::Stateless { message: ack, to })?;
                 }
                 let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
                 let outcome = result.map(|media| {
@@ -1029,7 +1075,24 @@ impl Core {
         }
         let to = dialog.local_header().clone();
         call.sdp_version += 1;
-        let outcome = match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+        let body = mediasec_sip::body::sdp(&Message::Request(request.clone()));
+        if matches!(body, Ok(None)) && request.method == Method::Invite && security != Security::MikeyTicket {
+            // Delayed offer (RFC 3261 §13.2.1): our offer in the 2xx, the answer in the ACK.
+            return match offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random) {
+                Ok(offer) => {
+                    let text = offer.sdp.clone();
+                    call.offer = Some(offer);
+                    call.ticket = None;
+                    call.answer_in_ack = true;
+                    self.respond(&key, request, 200, "OK", Some(to), Some(&text))
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "offerless re-INVITE: no offer to make");
+                    self.respond(&key, request, 488, "Not Acceptable Here", Some(to), None)
+                }
+            };
+        }
+        let outcome = match body {
             Ok(Some(offer)) if ticket::has_mikey(&offer) => match self.kms.as_mut() {
                 Some(kms) => ticket::answer(kms, &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
                 None => Err(Error::Negotiation("MIKEY-TICKET offer but no KMS access".into())),
