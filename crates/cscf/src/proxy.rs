@@ -1268,6 +1268,11 @@ impl Proxy {
         let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
         if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key) {
             b.state = BranchState::Done(408);
+            // An in-dialog offer through the ALG that got no answer: its exchange is over.
+            if context.alg.is_some() || matches!(context.delayed, Some(Delayed::Reinvite { .. })) {
+                let call_id = b.request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                self.offering.remove(&call_id);
+            }
         }
         finish_if_done(context)
     }
@@ -1732,13 +1737,19 @@ Call-ID: {call}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{co
         let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
         let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
         assert!(text.contains("RTP/SAVP") && text.ends_with("a=3ge2ae:applied\r\n"), "{text}");
-        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: tagged_response(&fwd, 200, "f", Some(&new_offer)) }, now);
+        let ok = tagged_response(&fwd, 200, "f", Some(&new_offer));
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: ok.clone() }, now);
         let (id, answer) = one_ng(&mut p);
         assert_eq!((get(&answer, "command").as_deref(), get(&answer, "call-id")), (Some("answer"), Some(new_call.clone())));
         let out = sent(&p.ng_result(id, Ok(ng_ok(plain)), now));
         assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && !m.contains("3ge2ae") && m.contains("RTP/AVP")), "{out:?}");
         let (_, delete) = one_ng(&mut p);
         assert_eq!((get(&delete, "command").as_deref(), get(&delete, "call-id").as_deref()), (Some("delete"), Some("c1;orig")), "the old AGW call goes");
+        // A 2xx retransmission gets the same answer, with no AGW work (no second `answer`,
+        // which would replace the new AGW call by itself and delete it).
+        let again = sent(&p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: ok }, now));
+        assert_eq!(again, out);
+        assert!(p.take_ng().is_empty());
 
         // Now alice is the answerer's side: a plain re-offer cannot be secured (488, no ng).
         let (key, r) = reinvite("z9hG4bKre6", "c1", "f", "t", Some(plain));
@@ -1999,7 +2010,8 @@ From: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>\r\nCall-ID: c3\r\nC
     /// offerer's) UPDATE goes to the same AGW call, forwarded with the AGW's plain SDP, its 2xx
     /// answer back through ng `answer` with `applied`; bob's UPDATE (the answerer's side) makes
     /// a new AGW call which a 488 deletes again (the dialog's stays), and a second one whose 2xx
-    /// replaces the dialog's. An UPDATE without an offer is routed without the AGW.
+    /// replaces the dialog's. An UPDATE without an offer is routed without the AGW; one whose
+    /// transaction times out ends its exchange (the next offer is taken).
     #[test]
     fn update_offers_in_an_e2ae_call() {
         let now = Instant::now();
@@ -2056,6 +2068,16 @@ Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-
         let (key, r) = update("z9hG4bKu4", "f", "t", None);
         let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
         assert!(out.iter().any(|m| m.starts_with("UPDATE")) && p.take_ng().is_empty(), "{out:?}");
+        // An UPDATE offer that times out ends its exchange: the next offer goes to the AGW.
+        let (key, r) = update("z9hG4bKu5", "f", "t", Some(SDES));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, _) = one_ng(&mut p);
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        let _ = p.handle(Event::Timeout { key: TransactionKey::from_sent_request(&fwd).expect("key") }, now);
+        let (key, r) = update("z9hG4bKu6", "f", "t", Some(SDES));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (_, ng) = one_ng(&mut p);
+        assert_eq!(field(&ng, "command").as_deref(), Some("offer"));
         assert_eq!(p.stats.agw_failures, 0);
     }
 
