@@ -231,7 +231,8 @@ pub struct Stats {
     pub e2ae_applied: u64,
     /// IMS-ALG: SDP bodies whose `a=3ge2ae` this P-CSCF removed (it did not insert them).
     pub e2ae_stripped: u64,
-    /// IMS-ALG: ng commands that failed (no reply, or refused).
+    /// IMS-ALG: ng commands that failed (no reply, or refused), and ACKs without the answer
+    /// to an offer the ALG put through the AGW in a 2xx.
     pub agw_failures: u64,
 }
 
