@@ -375,24 +375,24 @@ impl Proxy {
         match request.method {
             Method::Cancel => self.on_cancel(&key, &request),
             Method::Register if self.config.role == Role::Scscf && self.routes_here(&request) => self.on_register(&key, &request, now),
-            Method::Invite if self.config.role == Role::Pcscf => {
+            Method::Invite | Method::Update if self.config.role == Role::Pcscf => {
                 if let Err(reason) = check_offer(&request) {
                     self.stats.sdes_refused += 1;
-                    tracing::warn!(%call_id, %reason, "INVITE offer refused");
+                    tracing::warn!(%call_id, %reason, method = %request.method, "offer refused");
                     let warning = header(HeaderName::Warning, format!("399 pcscf \"{}\"", reason.replace('"', "'")));
                     return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
                 }
-                if self.alg_enabled() {
-                    return self.alg_invite(key, request, source, now);
+                match request.method {
+                    Method::Invite if self.alg_enabled() => self.alg_invite(key, request, source, now),
+                    Method::Update if self.alg_enabled() => {
+                        if tag_of(&request.headers, &HeaderName::To).is_some() && self.alg_calls.contains_key(&call_id) {
+                            let from_core = Some(source) == self.config.scscf;
+                            return self.alg_in_dialog(key, request, &call_id, from_core, now);
+                        }
+                        self.route_stripped(key, request, now)
+                    }
+                    _ => self.route(key, request, now),
                 }
-                self.route(key, request, now)
-            }
-            Method::Update if self.alg_enabled() => {
-                if tag_of(&request.headers, &HeaderName::To).is_some() && self.alg_calls.contains_key(&call_id) {
-                    let from_core = Some(source) == self.config.scscf;
-                    return self.alg_in_dialog(key, request, &call_id, from_core, now);
-                }
-                self.route_stripped(key, request, now)
             }
             Method::Bye if self.alg_enabled() => {
                 self.alg_delete(&call_id);
@@ -1435,9 +1435,10 @@ fn split_list(value: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The P-CSCF's SDES check of an INVITE offer (RFC 4568 §9 grammar and §7.1 rules): every
-/// `a=crypto` line is parsed and logged; a media section whose tags repeat, or an `RTP/SAVP`
-/// section with neither one usable line nor an `a=key-mgmt` (RFC 4567), refuses the offer.
+/// The P-CSCF's SDES check of an offer in an INVITE or UPDATE (RFC 4568 §9 grammar and §7.1
+/// rules): every `a=crypto` line is parsed and logged; a media section whose tags repeat, or
+/// an `RTP/SAVP` section with neither one usable line nor an `a=key-mgmt` (RFC 4567), refuses
+/// the offer.
 pub fn check_offer(request: &Request) -> Result<(), String> {
     let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
         return match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
@@ -2241,6 +2242,16 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{plain}",
         assert!(text.contains("Max-Forwards: 69\r\n") && text.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n"), "{text}");
         let out = pcscf.handle(Event::Request { key, request: Box::new(invite), source }, Instant::now());
         assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
+        // The same offer in an UPDATE (RFC 3311) gets the same check.
+        let text = INVITE.replacen("INVITE sip:", "UPDATE sip:", 1).replace(" INVITE\r\n", " UPDATE\r\n");
+        let Ok(Message::Request(update)) = mediasec_sip::core::parse_datagram(Bytes::from(text), &mediasec_sip::core::Limits::datagram()) else {
+            panic!("the UPDATE parses")
+        };
+        assert_eq!(update.method, Method::Update);
+        let key = TransactionKey::from_request(&update).expect("key");
+        let out = pcscf.handle(Event::Request { key, request: Box::new(update), source }, Instant::now());
+        assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
+        assert_eq!(pcscf.stats.sdes_refused, 2);
     }
 
     /// Contexts are dropped once their final response is [`LINGER`] old (memory stays bounded).
