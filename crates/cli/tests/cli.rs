@@ -145,6 +145,7 @@ fn demo_passes_every_scenario() {
         "forked call, MIKEY-TICKET, 2 contacts",
         "re-keyed call, MIKEY-TICKET",
         "e2ae call (IMS-ALG + AGW)",
+        "re-keyed e2ae call (UPDATE via the AGW)",
     ];
     for name in kms.iter().chain(&sip) {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} line in\n{text}"));

@@ -183,9 +183,9 @@ async fn agw() -> anyhow::Result<mediasec_agw::Agw> {
     Ok(mediasec_agw::Agw::start(config).await?)
 }
 
-/// RTP packets received on one leg of an AGW call (`A` access, `B` core) and its protection,
-/// by an ng `query`.
-async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -> anyhow::Result<(String, i64)> {
+/// One leg of an AGW call (`A` access, `B` core) by an ng `query`: its protection, RTP packets
+/// received, and packets dropped for failed authentication.
+async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -> anyhow::Result<(String, i64, i64)> {
     use mediasec_agw::bencode::Value;
     tokio::task::spawn_blocking(move || {
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
@@ -194,14 +194,18 @@ async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -
         let l = q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(leg)).context("no such leg in the query")?;
         let protection = l.get("protection").and_then(Value::as_str).unwrap_or_default().to_owned();
         let received = l.get("received").and_then(|r| r.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int).unwrap_or(0);
-        Ok((protection, received))
+        let auth_failed = l.get("drops").and_then(|d| d.get("auth_failed")).and_then(Value::as_int).unwrap_or(0);
+        Ok((protection, received, auth_failed))
     })
     .await?
 }
 
 /// The e2ae call (TS 33.328 §7.2.1): alice@a (SDES, `a=3ge2ae:requested`) → bob@b (plain
-/// RTP) through P-CSCF a as IMS-ALG and the IMS-AGW.
-async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+/// RTP) through P-CSCF a as IMS-ALG and the IMS-AGW. Re-keyed: alice then renews her keys
+/// with an UPDATE (RFC 3311), which the ALG runs through the AGW as a re-offer; the AGW must
+/// drop nothing for it (its new keys take effect at the answer, the old receive key is
+/// retired, not dropped), and media must go on under the new keys.
+async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration, rekey: bool) -> anyhow::Result<Scenario> {
     let mut caller = ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ);
     caller.e2ae = true;
     let alice = registered(caller, None).await?;
@@ -209,19 +213,43 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
     let bob = registered(ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ), None).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&target)).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
+    let before = if rekey {
+        let before = alice.report(&id).await?.context("caller report")?;
+        tokio::time::timeout(Duration::from_secs(10), alice.update(&id)).await.context("UPDATE timed out")??;
+        tokio::time::sleep(talk).await;
+        Some(before)
+    } else {
+        None
+    };
     let a = alice.report(&id).await?.context("caller report")?;
     let b = bob.reports().await?.into_iter().find(|r| r.state == CallState::Established).context("bob did not answer")?;
-    let (access, access_rx) = agw_leg(agw.ng_addr(), format!("{id};orig"), "A").await?;
-    let (core, core_rx) = agw_leg(agw.ng_addr(), format!("{id};orig"), "B").await?;
+    let (access, access_rx, access_failed) = agw_leg(agw.ng_addr(), format!("{id};orig"), "A").await?;
+    let (core, core_rx, _) = agw_leg(agw.ng_addr(), format!("{id};orig"), "B").await?;
     alice.hangup(&id).await?;
     let mut ok = a.e2ae_applied && !b.e2ae_applied && a.protection == "srtp AEAD_AES_256_GCM" && b.protection == "rtp";
-    ok &= a.media.verified >= 10 && b.media.verified >= 10 && a.media.refused == 0 && b.media.refused == 0;
+    ok &= a.media.verified >= 10 && b.media.verified >= 10 && b.media.refused == 0 && access_failed == 0;
     ok &= access == "srtp" && core == "plain" && access_rx >= 10 && core_rx >= 10;
-    let detail = format!(
-        "UE {} to the AGW (a=3ge2ae:applied), core {}; AGW legs {access} {access_rx} pkts / {core} {core_rx} pkts; verified {}↔{}",
+    let mut detail = format!(
+        "UE {} to the AGW (a=3ge2ae:applied), core {}; AGW legs {access} {access_rx} pkts / {core} {core_rx} pkts, {access_failed} dropped; verified {}↔{}",
         a.protection, b.protection, a.media.verified, b.media.verified
     );
-    Ok(Scenario { name: "e2ae call (IMS-ALG + AGW)", ok, setup: a.setup, detail })
+    match before {
+        None => ok &= a.media.refused == 0,
+        Some(before) => {
+            // The AGW sends under its new key from the answer on; the UE takes it up when the
+            // 2xx reaches it, so a packet or two just before may be refused (RFC 4568 race).
+            let fresh = a.own_key != before.own_key && a.peer_key != before.peer_key;
+            ok &= fresh && a.media.refused <= 2 && a.media.verified >= before.media.verified + 10;
+            detail.push_str(&format!(
+                ", UPDATE: {}, verified {} after, UE refused {}",
+                if fresh { "new keys both ways" } else { "keys NOT renewed" },
+                a.media.verified.saturating_sub(before.media.verified),
+                a.media.refused
+            ));
+        }
+    }
+    let name = if rekey { "re-keyed e2ae call (UPDATE via the AGW)" } else { "e2ae call (IMS-ALG + AGW)" };
+    Ok(Scenario { name, ok, setup: a.setup, detail })
 }
 
 /// Runs the SIP scenarios on a fresh lab.
@@ -244,7 +272,8 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
         one_call(&lab, Some(&kms), 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
         one_call(&lab, Some(&kms), 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
-        e2ae_call(&lab, &agw, 7, talk).await?,
+        e2ae_call(&lab, &agw, 7, talk, false).await?,
+        e2ae_call(&lab, &agw, 10, talk, true).await?,
     ])
 }
 
