@@ -254,6 +254,10 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
         Sink::Block => rx_sock.set_read_timeout(Some(Duration::from_millis(200)))?,
         Sink::Poll => rx_sock.set_nonblocking(true)?,
     }
+    // The sink's queue takes a whole round of every call even while the polling sink sleeps:
+    // a loss must be the relay's, not an overflow of the generator's own socket (the kernel caps
+    // this at net.core.rmem_max).
+    nix::sys::socket::setsockopt(&rx_sock, nix::sys::socket::sockopt::RcvBuf, &(4 << 20)).context("SO_RCVBUF of the sink")?;
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, received, verified) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut payload = vec![0u8; l.payload];
