@@ -2,12 +2,14 @@
 //! §7.2.1 e2ae with SDES; specs.md §4.1), sans-IO: it decides which SDP gets the e2ae
 //! treatment, builds the rtpengine *ng* commands (`offer`/`answer`/`delete`, the subset
 //! `docs/agw.md` lists) that make the IMS-AGW terminate SRTP towards the UE and relay plain RTP
-//! towards the core, and post-processes the SDP the AGW returns.
+//! (or re-protected SRTP) towards the core, and post-processes the SDP the AGW returns.
 //!
 //! - Originating (UE → core): the UE offers `RTP/SAVP` + `a=crypto` + `a=3ge2ae:requested`.
-//!   The AGW answers the UE's crypto and offers plain `RTP/AVP` towards the core; in the
-//!   answer back to the UE the AGW's `a=crypto` (UE's tag and suite, AGW's key) stands and
-//!   `a=3ge2ae:applied` is added to every secured stream.
+//!   The AGW answers the UE's crypto and offers plain `RTP/AVP` towards the core — or, with
+//!   the operator's `core_srtp` ([`crate::proxy::ProxyConfig::core_srtp`]), `RTP/SAVP` with
+//!   its own `a=crypto` (SRTP re-protected with other keys, §4.1.2.1), the far end's SDES
+//!   answer keying the core leg; in the answer back to the UE the AGW's `a=crypto` (UE's tag
+//!   and suite, AGW's key) stands and `a=3ge2ae:applied` is added to every secured stream.
 //! - Terminating (core → UE): a plain offer to a UE that registered e2ae support is turned
 //!   into `RTP/SAVP` with the AGW's `a=crypto` and `a=3ge2ae:applied`; the UE's answered
 //!   crypto is terminated in the AGW and a plain answer goes to the core. An `RTP/SAVP` offer
@@ -39,10 +41,13 @@ pub enum Side {
 }
 
 impl Side {
-    /// The ng `transport-protocol` for the offer's receiver: plain towards the core
-    /// (originating), SRTP towards the UE (terminating).
-    fn transport(self) -> &'static str {
+    /// The ng `transport-protocol` for the offer's receiver: towards the core (originating)
+    /// plain, or SRTP re-protected with the AGW's own keys when `core_srtp` (TS 33.328
+    /// §4.1.2.1: "plain RTP, or SRTP re-protected with other keys"); SRTP towards the UE
+    /// (terminating).
+    fn transport(self, core_srtp: bool) -> &'static str {
         match self {
+            Self::Originating if core_srtp => "RTP/SAVP",
             Self::Originating => "RTP/AVP",
             Self::Terminating => "RTP/SAVP",
         }
@@ -63,7 +68,8 @@ pub enum Support {
 /// clients without `Security-Client: …mediasec` or `a=3ge2ae:requested`). This is an operator
 /// extension beyond TS 33.328, which relies on the UE's indication: such a UE cannot tell that
 /// its SDES ends at the IMS-AGW rather than at the far UE (it ignores `a=3ge2ae:applied`), and
-/// its media crosses the core as plain RTP.
+/// its media crosses the core as plain RTP (SRTP under the AGW's keys with
+/// [`crate::proxy::ProxyConfig::core_srtp`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provisioned {
     /// Exact AORs (`sip:alice@a.example`, canonical per [`crate::registrar::aor`]).
@@ -172,8 +178,10 @@ fn list(items: &[&str]) -> Value<'static> {
 }
 
 /// The ng `offer` (docs/agw.md): the offer with every `a=3ge2ae` removed, the profile the
-/// other side is to see, origin and session connection replaced, ICE removed.
-pub fn offer(ng_call_id: &str, from_tag: &str, sdp: &Sdp, side: Side) -> Value<'static> {
+/// other side is to see ([`Side`]; with `core_srtp` an originating offer goes to the core as
+/// `RTP/SAVP` with the AGW's own `a=crypto`), origin and session connection replaced, ICE
+/// removed.
+pub fn offer(ng_call_id: &str, from_tag: &str, sdp: &Sdp, side: Side, core_srtp: bool) -> Value<'static> {
     let mut sdp = sdp.clone();
     e2ae::remove_all(&mut sdp);
     Value::dict([
@@ -181,7 +189,7 @@ pub fn offer(ng_call_id: &str, from_tag: &str, sdp: &Sdp, side: Side) -> Value<'
         ("call-id", s(ng_call_id)),
         ("from-tag", s(from_tag)),
         ("sdp", s(&sdp.to_string())),
-        ("transport-protocol", s(side.transport())),
+        ("transport-protocol", s(side.transport(core_srtp))),
         ("replace", list(&["origin", "session-connection"])),
         ("ICE", s("remove")),
     ])
@@ -313,7 +321,7 @@ m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SH
 
     #[test]
     fn ng_offer_carries_no_indication_and_the_core_profile() {
-        let v = offer("c1;orig", "ft", &Sdp::parse(UE_OFFER), Side::Originating);
+        let v = offer("c1;orig", "ft", &Sdp::parse(UE_OFFER), Side::Originating, false);
         let bytes = v.to_vec();
         let d = Value::decode(&bytes).expect("decodes");
         assert_eq!(d.get("command").and_then(Value::as_str), Some("offer"));
@@ -326,14 +334,14 @@ m=audio 4000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\na=crypto:1 AES_CM_128_HMAC_SH
             !sdp.contains("3ge2ae") && sdp.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80"),
             "{sdp}"
         );
-        let t = offer("c1;term;0", "ft", &Sdp::parse(UE_OFFER), Side::Terminating);
-        assert_eq!(
-            Value::decode(&t.to_vec())
-                .expect("decodes")
-                .get("transport-protocol")
-                .and_then(Value::as_str),
-            Some("RTP/SAVP")
-        );
+        let transport = |side, core_srtp| {
+            let v = offer("c1", "ft", &Sdp::parse(UE_OFFER), side, core_srtp).to_vec();
+            Value::decode(&v).expect("decodes").get("transport-protocol").and_then(Value::as_str).map(str::to_owned)
+        };
+        assert_eq!(transport(Side::Terminating, false).as_deref(), Some("RTP/SAVP"));
+        // TS 33.328 §4.1.2.1: "or SRTP re-protected with other keys" towards the core.
+        assert_eq!(transport(Side::Originating, true).as_deref(), Some("RTP/SAVP"));
+        assert_eq!(transport(Side::Terminating, true).as_deref(), Some("RTP/SAVP"), "towards the UE it is SRTP either way");
     }
 
     #[test]

@@ -66,6 +66,7 @@ impl Run {
             mediasec: true,
             agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
             e2ae_provisioned: Provisioned::parse(["sip:carol@a.example"]).unwrap_or_default(),
+            core_srtp: false,
         };
         Self { proxy: Proxy::new(config, LOCAL), now: Instant::now(), forwarded: Vec::new() }
     }

@@ -24,6 +24,9 @@ pub struct LabConfig {
     pub agw_ng_a: Option<SocketAddr>,
     /// P-CSCF a's operator-provisioned e2ae UEs (legacy SDES clients, [`Provisioned`]).
     pub e2ae_provisioned_a: Provisioned,
+    /// P-CSCF a's IMS-ALG asks for re-protected SRTP towards the core
+    /// ([`ProxyConfig::core_srtp`]).
+    pub core_srtp_a: bool,
 }
 
 /// The four running proxies.
@@ -70,7 +73,7 @@ impl TwoDomains {
 
     /// Starts the four proxies as `config` says.
     pub async fn start_config(config: LabConfig) -> Result<Self, mediasec_sip::Error> {
-        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a } = config;
+        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a } = config;
         let (sa, sb) = (free_addr()?, free_addr()?);
         let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
             role: Role::Scscf,
@@ -81,8 +84,9 @@ impl TwoDomains {
             mediasec: false,
             agw_ng: None,
             e2ae_provisioned: Provisioned::default(),
+            core_srtp: false,
         };
-        let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned| ProxyConfig {
+        let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned, core_srtp: bool| ProxyConfig {
             role: Role::Pcscf,
             domain: domain.into(),
             scscf: Some(s),
@@ -91,12 +95,13 @@ impl TwoDomains {
             mediasec: true,
             agw_ng,
             e2ae_provisioned,
+            core_srtp,
         };
         let t = Timers::default();
         let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
         let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b), sb, t).await?;
-        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a), free_addr()?, t).await?;
-        let pcscf_b = Cscf::start(pcscf("b.example", sb, None, Provisioned::default()), free_addr()?, t).await?;
+        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a, core_srtp_a), free_addr()?, t).await?;
+        let pcscf_b = Cscf::start(pcscf("b.example", sb, None, Provisioned::default(), false), free_addr()?, t).await?;
         Ok(Self { pcscf_a, scscf_a, pcscf_b, scscf_b })
     }
 }

@@ -65,6 +65,13 @@ pub struct ProxyConfig {
     /// P-CSCF IMS-ALG: UEs the operator provisioned as e2ae UEs although they cannot signal it
     /// (an extension beyond TS 33.328, [`alg::Provisioned`]).
     pub e2ae_provisioned: alg::Provisioned,
+    /// P-CSCF IMS-ALG: towards the core, originating e2ae calls get SRTP re-protected with
+    /// the IMS-AGW's own keys (`RTP/SAVP` + the AGW's `a=crypto`; the far end's SDES answer
+    /// keys that leg) instead of plain RTP — TS 33.328 §4.1.2.1 and §5.4.1: the IMS-AGW
+    /// relays "plain RTP, or SRTP re-protected with other keys" towards the core. A far end
+    /// answering plain is refused by the AGW (an AGW failure: the answer reaches the UE
+    /// without `a=3ge2ae:applied`).
+    pub core_srtp: bool,
 }
 
 /// An ng command the service must send to the IMS-AGW (bencode dictionary, without the
@@ -138,6 +145,10 @@ struct AlgLeg {
     ng_call_id: String,
     from_tag: String,
     side: alg::Side,
+    /// The AGW call's core leg is SRTP re-protected with the AGW's keys
+    /// ([`ProxyConfig::core_srtp`] for an originating call; a terminating call's core offered
+    /// plain RTP). A re-offer on a new AGW call keeps it.
+    core_srtp: bool,
     /// A re-INVITE's new AGW call, to replace the dialog's on its 2xx.
     replaces: bool,
 }
@@ -798,13 +809,20 @@ impl Proxy {
             // One AGW call per terminating branch (the S-CSCF may fork to several contacts).
             alg::Side::Terminating => format!("{call_id};term;{}", self.next_ng),
         };
-        let command = alg::offer(&ng_call_id, &from_tag, &sdp, side).to_vec();
-        tracing::info!(%call_id, ?side, %ng_call_id, "IMS-ALG: e2ae offer to the AGW");
+        let core_srtp = self.core_srtp(side);
+        let command = alg::offer(&ng_call_id, &from_tag, &sdp, side, core_srtp).to_vec();
+        tracing::info!(%call_id, ?side, %ng_call_id, core_srtp, "IMS-ALG: e2ae offer to the AGW");
         self.alg_calls.entry(call_id).or_default().push(ng_call_id.clone());
         let out = self.reply(&key, &request, 100, "Trying", vec![]);
-        let leg = AlgLeg { ng_call_id, from_tag, side, replaces: false };
+        let leg = AlgLeg { ng_call_id, from_tag, side, core_srtp, replaces: false };
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
+    }
+
+    /// Whether a new AGW call for an initial offer secured on `side` gets SRTP towards the
+    /// core ([`ProxyConfig::core_srtp`]; a terminating call's core offered plain RTP).
+    fn core_srtp(&self, side: alg::Side) -> bool {
+        side == alg::Side::Originating && self.config.core_srtp
     }
 
     /// How the e2ae UE on our access side of an initial INVITE registered, if it did: the
@@ -884,7 +902,7 @@ impl Proxy {
             return self.refuse(&key, &request, 488, "re-offer of an e2ae call that the IMS-ALG cannot secure (SDES from the UE or plain RTP from the core expected)");
         };
         self.offering.insert(call_id.to_owned(), now);
-        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
+        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
         tracing::info!(%call_id, method = %request.method, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
         let out = if invite { self.reply(&key, &request, 100, "Trying", vec![]) } else { Vec::new() };
         self.ng(command, Pending::Offer { key, request, leg, now });
@@ -904,10 +922,12 @@ impl Proxy {
     /// - from the original answerer (our AGW takes no re-offer from that side): a new AGW call
     ///   `<Call-ID>;re;<n>` with the sides' roles swapped (the UE's SDES offer is terminated as
     ///   for an originating call, a plain offer from the core is secured towards the UE as for
-    ///   a terminating one); its answer replaces the dialog's call, a failure deletes it.
+    ///   a terminating one); its answer replaces the dialog's call, a failure deletes it. The
+    ///   core leg keeps its transport (`core_srtp`: an SDES offer from the core, an `RTP/SAVP`
+    ///   offer towards it).
     ///
-    /// `None` when the swapped side cannot secure the offer (not SDES from the UE, not plain
-    /// from the core).
+    /// `None` when the swapped side cannot secure the offer (not SDES from the UE, not what
+    /// the core leg is from the core).
     fn re_offer_leg(&mut self, call_id: &str, dialog: AlgLeg, offerer_tag: String, from_core: bool, sdp: &mediasec_sdp::Sdp) -> Option<AlgLeg> {
         if offerer_tag == dialog.from_tag && from_core == (dialog.side == alg::Side::Terminating) {
             return Some(dialog);
@@ -915,6 +935,8 @@ impl Proxy {
         let side = if from_core { alg::Side::Terminating } else { alg::Side::Originating };
         let suitable = match side {
             alg::Side::Originating => alg::sdes_offer(sdp),
+            // The core offers what its leg is: re-protected SRTP or plain.
+            alg::Side::Terminating if dialog.core_srtp => alg::sdes_offer(sdp),
             alg::Side::Terminating => alg::plain_offer(sdp),
         };
         if !suitable {
@@ -922,7 +944,7 @@ impl Proxy {
         }
         let ng_call_id = format!("{call_id};re;{}", self.next_ng);
         self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
-        Some(AlgLeg { ng_call_id, from_tag: offerer_tag, side, replaces: true })
+        Some(AlgLeg { ng_call_id, from_tag: offerer_tag, side, core_srtp: dialog.core_srtp, replaces: true })
     }
 
     /// A response to an offerless INVITE of an e2ae call ([`Delayed`]). Its first 2xx carries
@@ -973,7 +995,7 @@ impl Proxy {
                 side.map(|side| {
                     let ng_call_id = format!("{call_id};d;{}", self.next_ng);
                     self.alg_calls.entry(call_id.to_owned()).or_default().push(ng_call_id.clone());
-                    AlgLeg { ng_call_id, from_tag: offerer_tag, side, replaces: false }
+                    AlgLeg { ng_call_id, from_tag: offerer_tag, side, core_srtp: self.core_srtp(side), replaces: false }
                 })
             }
         };
@@ -987,7 +1009,7 @@ impl Proxy {
             return self.forward_response(server, key, r);
         };
         tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae offer in a 2xx to the AGW");
-        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side).to_vec();
+        let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
         self.exchanges.insert(exchange.clone(), Exchange { response: Rewrite::Waiting, ack: Some((leg.clone(), Rewrite::Expected)), created: now });
         let Message::Response(response) = message else { return Vec::new() };
         self.ng(command, Pending::OfferIn2xx { server, client: key.clone(), response, leg, exchange });
@@ -1500,6 +1522,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             mediasec: true,
             agw_ng: None,
             e2ae_provisioned: alg::Provisioned::default(),
+            core_srtp: false,
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }
@@ -1563,6 +1586,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             mediasec: true,
             agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
             e2ae_provisioned: alg::Provisioned::parse(provisioned.iter().copied()).expect("provisioning"),
+            core_srtp: false,
         };
         Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)))
     }
@@ -2126,6 +2150,63 @@ Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-
         let ng = p.take_ng();
         assert!(ng.len() == 1 && String::from_utf8_lossy(&ng.first().expect("delete").command).contains("6:delete"), "{ng:?}");
         assert_eq!(p.stats.agw_failures, 1);
+    }
+
+    /// With the operator's `core_srtp` (TS 33.328 §4.1.2.1 "or SRTP re-protected with other
+    /// keys"): alice's e2ae offer goes to the AGW with `transport-protocol: RTP/SAVP` (towards
+    /// the core), and so do her re-offer on the same AGW call and — the core leg being SRTP —
+    /// bob's SDES re-offer from the core on a new AGW call (`RTP/SAVP` towards alice), while
+    /// bob's plain re-offer is refused with 488. A far end answering plain: the AGW refuses the
+    /// answer, which reaches alice as it came (no `applied`) and counts as an AGW failure.
+    #[test]
+    fn core_srtp_asks_for_srtp_towards_the_core_in_offers_and_re_offers() {
+        use mediasec_agw::bencode::Value;
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        p.config.core_srtp = true;
+        let get = |v: &Value<'static>, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let e = establish(&mut p, "c1", now);
+        assert_eq!((get(&e.offer, "call-id").as_deref(), get(&e.offer, "transport-protocol").as_deref()), (Some("c1;orig"), Some("RTP/SAVP")), "{:?}", e.offer);
+
+        let new_offer = SDES.replace("WVNf", "AAAA");
+        let (key, r) = reinvite("z9hG4bKcs1", "c1", "f", "t", Some(&new_offer));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, offer) = one_ng(&mut p);
+        assert_eq!((get(&offer, "call-id").as_deref(), get(&offer, "transport-protocol").as_deref()), (Some("c1;orig"), Some("RTP/SAVP")), "{offer:?}");
+        let out = p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("re-INVITE forwarded") };
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some(SDES)) }, now);
+        let (id, _) = one_ng(&mut p);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+
+        // bob re-offers from the core: plain cannot be what the SRTP core leg carries (488);
+        // SDES makes a new AGW call secured towards alice.
+        let plain = "v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n";
+        let (key, r) = reinvite("z9hG4bKcs2", "c1", "t", "f", Some(plain));
+        let out = sent(&p.handle(Event::Request { key, request: r, source: SCSCF }, now));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 488") && m.contains("cannot secure")), "{out:?}");
+        assert!(p.take_ng().is_empty());
+        let (key, r) = reinvite("z9hG4bKcs3", "c1", "t", "f", Some(SDES));
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (_, offer) = one_ng(&mut p);
+        assert!(get(&offer, "call-id").is_some_and(|c| c.starts_with("c1;re;")) && get(&offer, "from-tag").as_deref() == Some("t"), "{offer:?}");
+        assert_eq!(get(&offer, "transport-protocol").as_deref(), Some("RTP/SAVP"));
+
+        // A plain answer from the far end: the AGW refuses it; alice gets it without `applied`.
+        let failures = p.stats.agw_failures;
+        let (key, r) = request_event(&e2ae_invite("z9hG4bKcs4", "c2"));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, offer) = one_ng(&mut p);
+        assert_eq!(get(&offer, "transport-protocol").as_deref(), Some("RTP/SAVP"));
+        let out = p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now);
+        let Some(Command::Request { request: fwd, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("INVITE forwarded") };
+        let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: response_to(&fwd, 200, Some(plain)) }, now);
+        let (id, _) = one_ng(&mut p);
+        let refusal = Value::dict([("result", Value::str("error")), ("error-reason", Value::str("media 0: answered RTP/AVP to an offered RTP/SAVP"))]).to_vec();
+        let out = sent(&p.ng_result(id, Ok(refusal), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with(plain) && !m.contains("3ge2ae")), "{out:?}");
+        assert_eq!(p.stats.agw_failures, failures + 1);
     }
 
     /// The one ng command queued, decoded.

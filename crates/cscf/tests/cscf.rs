@@ -898,14 +898,20 @@ mod e2ae {
     }
 
     async fn e2ae_lab() -> E2aeLab {
+        e2ae_lab_with(false, Security::Off).await
+    }
+
+    /// [`e2ae_lab`] with P-CSCF a's `core_srtp` and bob's `security`.
+    async fn e2ae_lab_with(core_srtp_a: bool, bob: Security) -> E2aeLab {
         let agw = agw().await;
         let (relay, seen, peers, task) = core_relay(false).await;
-        let lab = TwoDomains::start_with_agw(HashMap::new(), Some(relay), Some(agw.ng_addr())).await.expect("lab");
+        let config = mediasec_cscf::lab::LabConfig { a_to_b: Some(relay), agw_ng_a: Some(agw.ng_addr()), core_srtp_a, ..Default::default() };
+        let lab = TwoDomains::start_config(config).await.expect("lab");
         let _ = peers.send((lab.scscf_a.local_addr(), lab.scscf_b.local_addr()));
         let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
         a.e2ae = true;
         let alice = registered(a).await;
-        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), Security::Off, BOB_HZ, ALICE_HZ)).await;
+        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), bob, BOB_HZ, ALICE_HZ)).await;
         E2aeLab { agw, lab, seen, task, alice, bob }
     }
 
@@ -960,6 +966,56 @@ mod e2ae {
         alice.hangup(&id).await.expect("BYE");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call: {:?}", lab.pcscf_a.stats());
+        task.abort();
+    }
+
+    /// Originating e2ae with P-CSCF a's `core_srtp` (TS 33.328 §4.1.2.1: "SRTP re-protected
+    /// with other keys" towards the core): alice (SDES, `a=3ge2ae:requested`) calls bob (SDES).
+    /// The core sees `RTP/SAVP` with the AGW's keys (never alice's) and no e2ae indication; bob
+    /// answers SDES; alice gets the AGW's key and `applied`. Media verified by content both
+    /// ways, both AGW legs `srtp`. Re-offers keep the core leg SRTP: alice's re-INVITE (same
+    /// AGW call) and bob's (a new AGW call, bob's SDES offer from the core secured towards
+    /// alice) both reach the other side as SDES with new keys, media going on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn originating_e2ae_call_with_srtp_in_the_core() {
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_with(true, STRICT).await;
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (ra, rb) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert!(ra.e2ae_applied && !rb.e2ae_applied, "{ra:?} {rb:?}");
+        assert_eq!(ra.protection, "srtp AEAD_AES_256_GCM", "SRTP towards the AGW");
+        assert!(rb.protection.starts_with("srtp "), "re-protected SRTP in the core: {rb:?}");
+        assert!(rb.peer_key.is_some() && rb.peer_key != ra.own_key && ra.peer_key != rb.own_key, "other keys in the core: {ra:?} {rb:?}");
+        for r in [&ra, &rb] {
+            assert!(r.media.verified >= 20 && r.media.refused == 0, "{r:?}");
+        }
+        let core_sdp = seen.lock().expect("log").clone();
+        assert!(core_sdp.len() >= 2, "offer and answer crossed the core: {core_sdp:?}");
+        for sdp in &core_sdp {
+            assert!(sdp.contains("RTP/SAVP") && sdp.contains("a=crypto") && !sdp.contains("3ge2ae"), "core SDP: {sdp}");
+        }
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        for side in ["A", "B"] {
+            let l = leg(&q, side);
+            assert_eq!(l.get("protection").and_then(Value::as_str), Some("srtp"), "{side}: {q:?}");
+            assert!(int(l, &["received", "RTP", "packets"]) >= 20 && int(l, &["sent", "RTP", "packets"]) >= 20, "{l:?}");
+        }
+
+        tokio::time::timeout(Duration::from_secs(5), alice.reinvite(&id)).await.expect("in time").expect("alice's re-INVITE");
+        tokio::time::timeout(Duration::from_secs(5), bob.reinvite(&id)).await.expect("in time").expect("bob's re-INVITE through a new AGW call");
+        let (a1, b1) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a2, b2) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a2.rekeys, a2.protection.as_str(), a2.e2ae_applied, b2.rekeys), (2, "srtp AEAD_AES_256_GCM", true, 2), "{a2:?} {b2:?}");
+        assert_eq!(b2.protection, rb.protection, "still SRTP in the core: {b2:?}");
+        assert!(b2.own_key != rb.own_key && b2.peer_key != rb.peer_key && b2.peer_key.is_some(), "new keys in the core: {rb:?} -> {b2:?}");
+        assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
+        assert_eq!(agw.call_count(), 1, "bob's re-offer replaced the first AGW call");
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
         task.abort();
     }
 

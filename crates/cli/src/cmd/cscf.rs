@@ -55,6 +55,11 @@ pub(crate) struct Args {
     /// TS 33.328: the UE cannot tell that its SDES ends at the AGW; the core leg is plain RTP.
     #[arg(long, value_name = "AOR")]
     e2ae_provisioned: Vec<String>,
+    /// P-CSCF IMS-ALG: towards the core, originating e2ae calls get SRTP re-protected with the
+    /// IMS-AGW's own keys (`RTP/SAVP` + the AGW's a=crypto) instead of plain RTP (TS 33.328
+    /// §4.1.2.1); the far end must answer SDES (needs --agw-ng).
+    #[arg(long)]
+    core_srtp: bool,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -74,6 +79,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(role == Role::Scscf || args.scscf.is_some(), "a P-CSCF needs --scscf");
     anyhow::ensure!(args.agw_ng.is_none() || (role == Role::Pcscf && args.mediasec), "--agw-ng needs --role pcscf and --mediasec");
     anyhow::ensure!(args.e2ae_provisioned.is_empty() || args.agw_ng.is_some(), "--e2ae-provisioned needs --agw-ng");
+    anyhow::ensure!(!args.core_srtp || args.agw_ng.is_some(), "--core-srtp needs --agw-ng");
     let e2ae_provisioned = Provisioned::parse(args.e2ae_provisioned.iter().map(String::as_str))?;
     let peers = args
         .peer
@@ -81,7 +87,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp };
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;
