@@ -803,6 +803,13 @@ mod mikey_ticket {
 /// e2ae (TS 33.328 §4.1.2.1, §7.2.1) through P-CSCF a as IMS-ALG driving our IMS-AGW over ng.
 mod e2ae {
     use super::*;
+
+    /// Packets an e2ae UE may refuse around a re-key: those the AGW sends under its new key
+    /// before the answer carrying that key reaches the UE (the RFC 4568 race; 0–1 measured on
+    /// an idle machine). The bound is the re-INVITE's signalling time on a loaded 2-core CI
+    /// machine (≈ 0.5 s of 20-ms packets); a mismatch that does not heal fails the `verified`
+    /// checks next to each use.
+    const REKEY_RACE: u64 = 25;
     use mediasec_agw::bencode::Value;
     use mediasec_agw::{Agw, Config, ServerConfig};
     use std::sync::{Arc, Mutex};
@@ -1045,7 +1052,7 @@ mod e2ae {
         assert_eq!((ra2.rekeys, ra2.protection.as_str(), rb2.protection.as_str()), (1, "srtp AEAD_AES_256_GCM", "rtp"), "{ra2:?} {rb2:?}");
         assert!(ra2.peer_key != ra.peer_key && ra2.own_key != ra.own_key && ra2.e2ae_applied, "new keys on the access leg: {ra:?} -> {ra2:?}");
         assert!(ra2.media.verified >= ra.media.verified + 25 && rb2.media.verified >= rb.media.verified + 25, "{ra2:?} {rb2:?}");
-        assert!(ra2.media.refused <= 5 && rb2.media.refused == 0, "{ra2:?} {rb2:?}");
+        assert!(ra2.media.refused <= REKEY_RACE && rb2.media.refused == 0, "{ra2:?} {rb2:?}");
         bob.hangup(&id).await.expect("BYE");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
@@ -1076,9 +1083,9 @@ mod e2ae {
         let q2 = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(ports(&q2), ports(&q), "the AGW kept its ports");
         assert_eq!(leg(&q2, "A").get("protection").and_then(Value::as_str), Some("srtp"));
-        // The AGW switches to alice's new key when it takes the re-offer, alice when she has
-        // the answer: what she sent in between with the old key fails (0 or 1 seen here).
-        assert!(int(leg(&q2, "A"), &["drops", "auth_failed"]) <= 5, "{q2:?}");
+        // The AGW takes alice's new key at the answer and keeps her old one retired for what
+        // she sent under it before the answer reached her: it drops nothing.
+        assert_eq!(int(leg(&q2, "A"), &["drops", "auth_failed"]), 0, "{q2:?}");
         assert_eq!(agw.call_count(), 1);
         // The re-INVITE follows the Record-Route (not the relay): bob tells what reached him.
         let b0 = only_call(&bob).await;
@@ -1100,7 +1107,7 @@ mod e2ae {
         assert_eq!(replaced.get("result").and_then(Value::as_str), Some("error"), "{replaced:?}");
         // The AGW switches to its new key when it answers the re-offer, alice when the answer
         // reaches her: what arrives in between is refused (1 packet measured here).
-        assert!(a2.media.refused <= 5 && a2.media.accepted_by_previous_key == 0, "{a2:?}");
+        assert!(a2.media.refused <= REKEY_RACE && a2.media.accepted_by_previous_key == 0, "{a2:?}");
         alice.hangup(&id).await.expect("BYE");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
@@ -1127,7 +1134,7 @@ mod e2ae {
         assert_eq!((a1.rekeys, a1.protection.as_str(), a1.e2ae_applied), (1, "srtp AEAD_AES_256_GCM", true), "{a1:?}");
         assert!(a1.own_key != before.own_key && a1.peer_key != before.peer_key, "new keys both ways on the access leg: {before:?} -> {a1:?}");
         assert_eq!((b1.protection.as_str(), b1.peer_key.as_deref()), ("rtp", None), "plain re-offer in the core: {b1:?}");
-        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= 5, "{before:?} -> {a1:?}");
+        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= REKEY_RACE, "{before:?} -> {a1:?}");
         let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
         for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
@@ -1173,7 +1180,7 @@ mod e2ae {
         let (a1, b1) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
         assert_eq!((a1.rekeys, a1.protection.as_str(), b1.rekeys, b1.protection.as_str()), (1, "srtp AEAD_AES_256_GCM", 1, "rtp"), "{a1:?} {b1:?}");
         assert!(a1.own_key != before.own_key && a1.peer_key != before.peer_key, "new keys both ways on the access leg: {before:?} -> {a1:?}");
-        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= 5, "{before:?} -> {a1:?}");
+        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= REKEY_RACE, "{before:?} -> {a1:?}");
         let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
         for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
