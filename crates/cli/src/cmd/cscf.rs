@@ -52,7 +52,7 @@ pub(crate) struct Args {
     /// P-CSCF IMS-ALG: treat this UE as an e2ae UE although it cannot signal it (a legacy SDES
     /// client: no `Security-Client: …mediasec`, no `a=3ge2ae:requested`), as sip:user@host or
     /// sip:*@host for a whole domain (repeatable; needs --agw-ng). An operator extension beyond
-    /// TS 33.328: the UE cannot tell that its SDES ends at the AGW; the core leg is plain RTP.
+    /// TS 33.328: the UE cannot tell that its SDES ends at the AGW; the core leg is plain RTP (SRTP with the AGW's keys under --core-srtp).
     #[arg(long, value_name = "AOR")]
     e2ae_provisioned: Vec<String>,
     /// P-CSCF IMS-ALG: towards the core, originating e2ae calls get SRTP re-protected with the
