@@ -260,6 +260,20 @@ pub fn strip(sdp: &mut Sdp) -> usize {
     e2ae::remove_all(sdp)
 }
 
+/// Which of the two an e2ae call's message gets: an offer travels the way the call's first
+/// offer did (to the core for an originating call, to the UE for a terminating one), an answer
+/// the other way; towards the UE [`towards_ue`], towards the core [`strip`].
+pub fn for_receiver(sdp: &mut Sdp, side: Side, answer: bool) {
+    match (side, answer) {
+        (Side::Originating, false) | (Side::Terminating, true) => {
+            strip(sdp);
+        }
+        (Side::Originating, true) | (Side::Terminating, false) => {
+            towards_ue(sdp);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

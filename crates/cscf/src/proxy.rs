@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mediasec_sdp::{CryptoAttribute, Level};
+use mediasec_sdp::{CryptoAttribute, Level, Sdp};
 use mediasec_sip::core::headers::{Contact, Route};
 use mediasec_sip::core::{
     Header, HeaderName, Message, Method, Request, Response, ResponseBuilder, StatusCode, TransactionKey, TypedHeader as _, Uri, Via,
@@ -113,7 +113,7 @@ enum Rewrite {
     /// Held for the AGW: a copy arriving now is dropped (the first goes on when it answers).
     Waiting,
     /// The AGW's SDP, as sent on.
-    Done(Box<mediasec_sdp::Sdp>),
+    Done(Box<Sdp>),
     /// Passed without the AGW (it failed), minus any `a=3ge2ae`.
     Unsecured,
 }
@@ -739,7 +739,7 @@ impl Proxy {
 
     /// Removes every `a=3ge2ae` from a message the ALG does not secure (TS 33.328 §7.1: only
     /// this P-CSCF may indicate e2ae to its UEs).
-    fn strip_foreign(&mut self, message: &mut Message, mut sdp: mediasec_sdp::Sdp) {
+    fn strip_foreign(&mut self, message: &mut Message, mut sdp: Sdp) {
         if alg::strip(&mut sdp) > 0 {
             self.stats.e2ae_stripped += 1;
             if let Err(e) = mediasec_sip::body::set_sdp(message, &sdp) {
@@ -928,7 +928,7 @@ impl Proxy {
     ///
     /// `None` when the swapped side cannot secure the offer (not SDES from the UE, not what
     /// the core leg is from the core).
-    fn re_offer_leg(&mut self, call_id: &str, dialog: AlgLeg, offerer_tag: String, from_core: bool, sdp: &mediasec_sdp::Sdp) -> Option<AlgLeg> {
+    fn re_offer_leg(&mut self, call_id: &str, dialog: AlgLeg, offerer_tag: String, from_core: bool, sdp: &Sdp) -> Option<AlgLeg> {
         if offerer_tag == dialog.from_tag && from_core == (dialog.side == alg::Side::Terminating) {
             return Some(dialog);
         }
@@ -1075,6 +1075,16 @@ impl Proxy {
     }
 
     /// Sets what an exchange's first copy got; `false` when it still waits for the AGW.
+    /// Puts the AGW's SDP for an offer or `answer` of an e2ae call into `message`, prepared for
+    /// its receiver ([`alg::for_receiver`]), and counts it as applied.
+    fn set_agw_sdp(&mut self, message: &mut Message, sdp: &mut Sdp, side: alg::Side, answer: bool, call_id: &str) {
+        alg::for_receiver(sdp, side, answer);
+        self.stats.e2ae_applied += 1;
+        if let Err(e) = mediasec_sip::body::set_sdp(message, sdp) {
+            tracing::warn!(%call_id, error = %e, answer, "IMS-ALG: the rewritten SDP could not be set");
+        }
+    }
+
     fn rewrite_again(&mut self, message: &mut Message, state: &Rewrite) -> bool {
         match state {
             Rewrite::Expected | Rewrite::Waiting => false,
@@ -1165,16 +1175,9 @@ impl Proxy {
                         return self.reply(&key, &request, 488, "Not Acceptable Here", warning.into_iter().collect());
                     }
                 };
-                match leg.side {
-                    alg::Side::Originating => alg::strip(&mut sdp),
-                    alg::Side::Terminating => alg::towards_ue(&mut sdp),
-                };
                 let mut message = Message::Request(request);
-                if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
-                    tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten offer could not be set");
-                }
+                self.set_agw_sdp(&mut message, &mut sdp, leg.side, false, &call_id);
                 let Message::Request(request) = message else { return Vec::new() };
-                self.stats.e2ae_applied += 1;
                 let out = self.route(key.clone(), request, received.max(now));
                 if let Some(c) = self.contexts.get_mut(&key) {
                     c.alg = Some(leg);
@@ -1192,12 +1195,7 @@ impl Proxy {
                 let mut message = Message::Response(response);
                 let rewrite = match sdp {
                     Ok(mut sdp) => {
-                        match leg.side {
-                            alg::Side::Originating => alg::towards_ue(&mut sdp),
-                            alg::Side::Terminating => alg::strip(&mut sdp),
-                        };
-                        self.stats.e2ae_applied += 1;
-                        let _ = mediasec_sip::body::set_sdp(&mut message, &sdp);
+                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
                         Rewrite::Done(Box::new(sdp))
                     }
                     Err(reason) => {
@@ -1222,15 +1220,7 @@ impl Proxy {
                 let mut message = Message::Response(response);
                 let rewrite = match sdp {
                     Ok(mut sdp) => {
-                        // The offer's receiver: the UE gets the AGW's SRTP with `applied`.
-                        match leg.side {
-                            alg::Side::Originating => alg::strip(&mut sdp),
-                            alg::Side::Terminating => alg::towards_ue(&mut sdp),
-                        };
-                        self.stats.e2ae_applied += 1;
-                        if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
-                            tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten offer could not be set");
-                        }
+                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, false, &call_id);
                         Rewrite::Done(Box::new(sdp))
                     }
                     Err(reason) => {
@@ -1258,14 +1248,7 @@ impl Proxy {
                 let mut message = Message::Request(ack);
                 let rewrite = match sdp {
                     Ok(mut sdp) => {
-                        match leg.side {
-                            alg::Side::Originating => alg::towards_ue(&mut sdp),
-                            alg::Side::Terminating => alg::strip(&mut sdp),
-                        };
-                        self.stats.e2ae_applied += 1;
-                        if let Err(e) = mediasec_sip::body::set_sdp(&mut message, &sdp) {
-                            tracing::warn!(%call_id, error = %e, "IMS-ALG: the rewritten answer could not be set");
-                        }
+                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
                         self.alg_established(&call_id, &leg);
                         Rewrite::Done(Box::new(sdp))
                     }
@@ -1655,7 +1638,7 @@ Contact: <sip:{user}@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent
         ok.headers.push(header(HeaderName::To, format!("<sip:bob@b.example>;tag={tag}")).expect("To"));
         let mut m = Message::Response(ok);
         if let Some(sdp) = sdp {
-            mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse(sdp)).expect("sdp");
+            mediasec_sip::body::set_sdp(&mut m, &Sdp::parse(sdp)).expect("sdp");
         }
         let Message::Response(ok) = m else { panic!() };
         Box::new(ok)
@@ -2257,7 +2240,7 @@ Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-
         ok.headers.remove_first(&HeaderName::To);
         ok.headers.push(header(HeaderName::To, "<sip:bob@b.example>;tag=t").expect("To"));
         let mut m = Message::Response(ok);
-        mediasec_sip::body::set_sdp(&mut m, &mediasec_sdp::Sdp::parse("v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n")).expect("sdp");
+        mediasec_sip::body::set_sdp(&mut m, &Sdp::parse("v=0\r\nc=IN IP4 127.0.0.2\r\nm=audio 5000 RTP/AVP 0\r\n")).expect("sdp");
         let Message::Response(ok) = m else { panic!() };
         let _ = p.handle(Event::Response { key: TransactionKey::from_sent_request(&fwd).expect("k"), response: Box::new(ok) }, now);
         let (id, answer) = one_ng(&mut p);

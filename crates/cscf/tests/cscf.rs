@@ -904,6 +904,28 @@ mod e2ae {
         bob: Ue,
     }
 
+    /// Both legs of the AGW call relayed at least 25 more RTP packets each way between the
+    /// queries `q` and `q1`.
+    fn relayed_25_more(q: &Value<'static>, q1: &Value<'static>) {
+        for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
+            let grown = int(leg(q1, side), &[dir, "RTP", "packets"]) - int(leg(q, side), &[dir, "RTP", "packets"]);
+            assert!(grown >= 25, "{side} {dir}: {grown} more packets through the AGW call: {q1:?}");
+        }
+    }
+
+    /// After a re-key from the answerer's side replaced the first AGW call (`<id>;orig`): one
+    /// AGW call left and the first gone, six e2ae applications and no failure at P-CSCF a;
+    /// alice's BYE deletes the AGW call.
+    async fn ends_on_the_replacing_agw_call(agw: &Agw, lab: &TwoDomains, alice: &Ue, id: &str) {
+        assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
+        assert_eq!(query(agw.ng_addr(), format!("{id};orig")).await.get("result").and_then(Value::as_str), Some("error"));
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
+        alice.hangup(id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+    }
+
     async fn e2ae_lab() -> E2aeLab {
         e2ae_lab_with(false, Security::Off).await
     }
@@ -1137,10 +1159,7 @@ mod e2ae {
         assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= REKEY_RACE, "{before:?} -> {a1:?}");
         let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
-        for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
-            let grown = int(leg(&q1, side), &[dir, "RTP", "packets"]) - int(leg(&q, side), &[dir, "RTP", "packets"]);
-            assert!(grown >= 25, "{side} {dir}: {grown} more packets through the AGW call: {q1:?}");
-        }
+        relayed_25_more(&q, &q1);
 
         tokio::time::timeout(Duration::from_secs(5), bob.update(&id)).await.expect("in time").expect("bob's UPDATE through a new AGW call");
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1149,13 +1168,7 @@ mod e2ae {
         assert!(a2.own_key != a1.own_key && a2.peer_key != a1.peer_key, "new keys on the access leg: {a1:?} -> {a2:?}");
         assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
         assert_eq!((b2.protection.as_str(), b2.media.refused), ("rtp", 0), "{b2:?}");
-        assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
-        assert_eq!(query(agw.ng_addr(), format!("{id};orig")).await.get("result").and_then(Value::as_str), Some("error"));
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        ends_on_the_replacing_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1183,10 +1196,7 @@ mod e2ae {
         assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= REKEY_RACE, "{before:?} -> {a1:?}");
         let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
-        for (side, dir) in [("A", "received"), ("B", "sent"), ("B", "received"), ("A", "sent")] {
-            let grown = int(leg(&q1, side), &[dir, "RTP", "packets"]) - int(leg(&q, side), &[dir, "RTP", "packets"]);
-            assert!(grown >= 25, "{side} {dir}: {grown} more packets through the AGW call: {q1:?}");
-        }
+        relayed_25_more(&q, &q1);
 
         tokio::time::timeout(Duration::from_secs(5), alice.reinvite_without_offer(&id)).await.expect("in time").expect("alice's offerless re-INVITE");
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1195,13 +1205,7 @@ mod e2ae {
         assert!(a2.own_key != a1.own_key && a2.peer_key != a1.peer_key, "new keys on the access leg: {a1:?} -> {a2:?}");
         assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
         assert_eq!(b2.media.refused, 0, "{b2:?}");
-        assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
-        assert_eq!(query(agw.ng_addr(), format!("{id};orig")).await.get("result").and_then(Value::as_str), Some("error"));
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        ends_on_the_replacing_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
