@@ -16,6 +16,8 @@ pub const OK: i32 = 0;
 pub const AUTH_FAIL: i32 = 7;
 /// libsrtp's `srtp_err_status_replay_fail`.
 pub const REPLAY_FAIL: i32 = 9;
+/// libsrtp's `srtp_err_status_bad_mki`.
+pub const BAD_MKI: i32 = 25;
 
 /// What the peer does with each packet.
 #[derive(Clone, Copy, Debug)]

@@ -4,7 +4,7 @@
 //! directions, byte-for-byte equal output, and replayed and tampered packets rejected by both.
 
 use mediasec_srtp::{Error, MasterKey, Policy, Session, Suite};
-use mediasec_testkit::libsrtp::{Kind, Op, Params, Peer, AUTH_FAIL, OK, REPLAY_FAIL};
+use mediasec_testkit::libsrtp::{Kind, Op, Params, Peer, AUTH_FAIL, BAD_MKI, OK, REPLAY_FAIL};
 
 use crate::util::{rtcp, rtp, Rng};
 
@@ -16,6 +16,14 @@ fn libsrtp(peer: &Peer, op: Op, kind: Kind, suite: Suite, key: &[u8], mki: &[u8]
 fn our_session(suite: Suite, key: &[u8], mki: &[u8]) -> Session {
     let master = MasterKey::from_inline(suite, key).expect("key").with_mki(mki);
     Session::new(&Policy::new(suite, master)).expect("policy")
+}
+
+/// Flips a bit of the MKI of an SRTP packet: it sits before the HMAC tag (RFC 3711 §3.1), and
+/// after the AEAD tag that ends the ciphertext (the layout libsrtp writes for RFC 7714).
+fn flip_mki(suite: Suite, packet: &mut [u8], mki_len: usize) {
+    let trailer = if suite.is_aead() { mki_len } else { suite.srtp_tag_len() + mki_len };
+    let at = packet.len() - trailer;
+    packet[at] ^= 1;
 }
 
 fn check_suite(peer: &Peer, suite: Suite, rng: &mut Rng, mki: &[u8]) {
@@ -63,12 +71,20 @@ fn check_suite(peer: &Peer, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     for p in &mut ours {
         tx.protect_rtp_vec(p).expect("our protect");
     }
-    // The last packet is held back, tampered with and sent after a replay.
+    // The last packet is held back, tampered with (the marker bit: authenticated in every
+    // suite, and never the MKI, which byte 12 of an empty payload would be) and sent after a
+    // replay; with an MKI, one more packet carries an MKI the receiver does not know.
     let mut tampered = ours.pop().expect("10 000 packets");
     let replayed = ours[9_990].clone();
-    tampered[12] ^= 0x80;
+    let unknown_mki = (!mki.is_empty()).then(|| {
+        let mut p = tampered.clone();
+        flip_mki(suite, &mut p, mki.len());
+        p
+    });
+    tampered[1] ^= 0x80;
     ours.push(replayed);
     ours.push(tampered.clone());
+    ours.extend(unknown_mki.clone());
     let back = libsrtp(peer, Op::Unprotect, Kind::Rtp, suite, &key, mki, &ours);
     for (i, ((status, rtp), original)) in back.iter().zip(&plain).take(9_999).enumerate() {
         assert_eq!(*status, OK, "{suite} libsrtp unprotect #{i}");
@@ -76,15 +92,23 @@ fn check_suite(peer: &Peer, suite: Suite, rng: &mut Rng, mki: &[u8]) {
     }
     assert_eq!(back[9_999].0, REPLAY_FAIL, "{suite}: libsrtp accepted a replay");
     assert_eq!(back[10_000].0, AUTH_FAIL, "{suite}: libsrtp accepted a tampered packet");
-    // The same two packets against our receiver (which has seen the whole stream).
+    if unknown_mki.is_some() {
+        assert_eq!(back[10_001].0, BAD_MKI, "{suite}: libsrtp accepted an unknown MKI");
+    }
+    // The same packets against our receiver (which has seen the whole stream).
     let mut rx = our_session(suite, &key, mki);
     for p in &theirs[..9_999] {
         rx.unprotect_rtp_vec(&mut p.1.clone()).expect("stream");
     }
     assert_eq!(rx.unprotect_rtp_vec(&mut theirs[9_990].1.clone()), Err(Error::Replay));
     let mut forged = theirs[9_999].1.clone();
-    forged[12] ^= 0x80;
+    forged[1] ^= 0x80;
     assert_eq!(rx.unprotect_rtp_vec(&mut forged), Err(Error::AuthFailed));
+    if !mki.is_empty() {
+        let mut p = theirs[9_999].1.clone();
+        flip_mki(suite, &mut p, mki.len());
+        assert_eq!(rx.unprotect_rtp_vec(&mut p), Err(Error::UnknownMki));
+    }
 
     // SRTCP both ways.
     let reports: Vec<Vec<u8>> = (0..2_000).map(|i| rtcp(ssrc, i)).collect();

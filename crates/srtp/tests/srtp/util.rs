@@ -10,10 +10,12 @@ impl Rng {
         Self(seed | 1)
     }
 
+    /// A seed from the clock, or from `MEDIASEC_TEST_SEED` (hex, as printed) to replay a run.
     pub(crate) fn from_time() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64);
+        let replay = std::env::var("MEDIASEC_TEST_SEED").ok();
+        let seed = replay.and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        });
         eprintln!("random seed {seed:#x}");
         Self::new(seed)
     }
