@@ -44,19 +44,19 @@ taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$SYSC_NG" 
 SYSC_PID=$!; pids+=($SYSC_PID)
 sleep 1.5
 HZ=$(getconf CLK_TCK)
-best() { # ng-port pid direction sink -> "best packets/CPU-s  loss-of-that-run"
+best() { # ng-port pid direction sink -> "best packets/CPU-s  that run's loss %,p50/p99 µs"
   local b=0 bl=0
   for _ in $(seq "$REPS"); do
     t0=$(ticks "$2")
     out=$(taskset -c "$LOAD_CPU" "$BIN" agw load --ng 127.0.0.1:"$1" --direction "$3" --calls "$CALLS" \
       --rate "$RATE" --payload "$PAYLOAD" --suite "$SUITE" --seconds "$SECS" --sink "$4" --json) || { echo "load failed: $out" >&2; exit 1; }
     t1=$(ticks "$2")
-    read -r v l < <(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);cpu=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]);print(int(d["received_total"]/cpu) if cpu else 0, round(100*d["loss"],2))' "$out" "$t0" "$t1" "$HZ")
+    read -r v l < <(python3 -c 'import json,sys;d=json.loads(sys.argv[1]);cpu=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]);t=d["latency_us"];print(int(d["received_total"]/cpu) if cpu else 0, "%s,%s/%s" % (round(100*d["loss"],2), t["p50"], t["p99"]))' "$out" "$t0" "$t1" "$HZ")
     if [ "$v" -gt "$b" ]; then b=$v; bl=$l; fi
   done
   echo "$b $bl"
 }
-echo "| sink | direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %) | mediasec agw pkt/CPU-s (loss %) | ratio | mediasec agw --no-io-uring (loss %) | ratio |"
+echo "| sink | direction | suite | payload | offered | rtpengine pkt/CPU-s (loss %, p50/p99 µs) | mediasec agw pkt/CPU-s (loss %, p50/p99 µs) | ratio | mediasec agw --no-io-uring (loss %, p50/p99 µs) | ratio |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for sink in $SINKS; do
   for dir in srtp-to-rtp rtp-to-srtp; do

@@ -225,17 +225,31 @@ fn setup(client: &UdpSocket, l: &Load, n: usize, ue: &UdpSocket, core: &UdpSocke
     Ok(Call { call_id, relay_ue_port: media_port(&ue_sdp)?, relay_core_port: media_port(&core_sdp)?, ue_tx: session(&key)?, ue_rx: session(&ours)? })
 }
 
-fn rtp(seq: u16, ssrc: u32, payload: &[u8], out: &mut Vec<u8>) {
+/// An RTP packet whose timestamp field carries `sent_us`, the send time in µs since the run
+/// began (both relays pass the header through), so that the sink measures each packet's
+/// time through the relay.
+fn rtp(seq: u16, ssrc: u32, sent_us: u32, payload: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&[0x80, 0]);
     out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    out.extend_from_slice(&sent_us.to_be_bytes());
     out.extend_from_slice(&ssrc.to_be_bytes());
     out.extend_from_slice(payload);
 }
 
 /// The polling sink's sleep when its socket is empty.
 const POLL_SLEEP: Duration = Duration::from_micros(50);
+
+/// Microseconds since `epoch`, as the 32-bit clock of [`rtp`]'s timestamps (wraps after 71 min).
+fn micros_since(epoch: Instant) -> u32 {
+    epoch.elapsed().as_micros() as u32
+}
+
+/// The `q`-quantile of sorted samples (0 when there are none).
+fn quantile(sorted: &[u32], q: f64) -> u32 {
+    let at = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(at).copied().unwrap_or(0)
+}
 
 fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(l.payload <= 1400 && l.calls >= 1, "--payload ≤ 1400 and --calls ≥ 1");
@@ -258,7 +272,8 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
     // a loss must be the relay's, not an overflow of the generator's own socket (the kernel caps
     // this at net.core.rmem_max).
     nix::sys::socket::setsockopt(&rx_sock, nix::sys::socket::sockopt::RcvBuf, &(4 << 20)).context("SO_RCVBUF of the sink")?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let (stop, measuring) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let epoch = Instant::now();
     let (sent, received, verified) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut payload = vec![0u8; l.payload];
     rand::rng().fill_bytes(&mut payload);
@@ -277,12 +292,19 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
         senders.push((SocketAddr::from(([127, 0, 0, 1], dest)), c.ue_tx));
     }
     let receiver = {
-        let (stop, received, verified, expected) = (stop.clone(), received.clone(), verified.clone(), payload.clone());
+        let (stop, measuring, received, verified, expected) = (stop.clone(), measuring.clone(), received.clone(), verified.clone(), payload.clone());
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
+            // Time through the relay of each packet received while measuring, in µs.
+            let mut latency = Vec::with_capacity(1 << 20);
             loop {
                 match rx_sock.recv_from(&mut buf) {
                     Ok((len, from)) => {
+                        if measuring.load(Ordering::Relaxed)
+                            && let Some(sent) = buf.get(4..8).and_then(|t| t.try_into().ok()).map(u32::from_be_bytes)
+                        {
+                            latency.push(micros_since(epoch).wrapping_sub(sent));
+                        }
                         // Check the content of a sample (every 64th packet).
                         if received.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
                             let mut p = buf.get(..len).unwrap_or_default().to_vec();
@@ -295,7 +317,7 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
                             }
                         }
                     }
-                    Err(_) if stop.load(Ordering::Relaxed) => return,
+                    Err(_) if stop.load(Ordering::Relaxed) => return latency,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL_SLEEP),
                     Err(_) => {}
                 }
@@ -315,7 +337,7 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
                     continue;
                 }
                 for (n, (to, tx)) in senders.iter_mut().enumerate() {
-                    rtp(seq, 0x1000 + n as u32, &body, &mut packet);
+                    rtp(seq, 0x1000 + n as u32, micros_since(epoch), &body, &mut packet);
                     if direction == Direction::SrtpToRtp && tx.protect_rtp_vec(&mut packet).is_err() {
                         return;
                     }
@@ -330,12 +352,16 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
     };
     // Warm-up, then measure.
     std::thread::sleep(Duration::from_millis(300));
+    measuring.store(true, Ordering::Relaxed);
     let (s0, r0, t0) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(Duration::from_secs_f64(l.seconds));
     let (s1, r1, dt) = (sent.load(Ordering::Relaxed), received.load(Ordering::Relaxed), t0.elapsed().as_secs_f64());
+    measuring.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
-    let _ = receiver.join();
+    let mut latency = receiver.join().unwrap_or_default();
+    latency.sort_unstable();
+    let (p50, p99, max) = (quantile(&latency, 0.5), quantile(&latency, 0.99), latency.last().copied().unwrap_or(0));
     for id in call_ids {
         let _ = call(&client, l.ng, &Value::dict([("command", Value::str("delete")), ("call-id", Value::str(id)), ("from-tag", Value::str("ue"))]));
     }
@@ -356,10 +382,17 @@ fn run_load(l: &Load) -> anyhow::Result<ExitCode> {
             "{}",
             serde_json::json!({"direction": dir, "suite": l.suite.name(), "payload": l.payload, "calls": l.calls, "sink": sink,
                 "seconds": dt, "sent_pps": sent_pps, "relayed_pps": relayed_pps, "loss": loss,
-                "sent_total": sent.load(Ordering::Relaxed), "received_total": received.load(Ordering::Relaxed), "sampled": sampled, "sampled_ok": ok})
+                "sent_total": sent.load(Ordering::Relaxed), "received_total": received.load(Ordering::Relaxed), "sampled": sampled, "sampled_ok": ok,
+                "latency_us": {"p50": p50, "p99": p99, "max": max}})
         );
     } else {
-        println!("{dir} {} {} B, {} calls, {sink} sink: offered {sent_pps:.0} pkt/s, relayed {relayed_pps:.0} pkt/s (loss {:.2} %); content check {ok}/{sampled} sampled packets", l.suite, l.payload, l.calls, loss * 100.0);
+        println!(
+            "{dir} {} {} B, {} calls, {sink} sink: offered {sent_pps:.0} pkt/s, relayed {relayed_pps:.0} pkt/s (loss {:.2} %); through the relay p50 {p50} µs, p99 {p99} µs, max {max} µs; content check {ok}/{sampled} sampled packets",
+            l.suite,
+            l.payload,
+            l.calls,
+            loss * 100.0
+        );
     }
     Ok(if ok == sampled && sampled > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -402,5 +435,13 @@ mod tests {
             }
         }
         assert_eq!(agw.call_count(), 0, "the load deletes its calls");
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_the_sorted_samples() {
+        let samples: Vec<u32> = (1..=100).collect();
+        assert_eq!((quantile(&samples, 0.5), quantile(&samples, 0.99), quantile(&samples, 1.0)), (51, 99, 100));
+        assert_eq!(quantile(&[7], 0.99), 7);
+        assert_eq!(quantile(&[], 0.5), 0);
     }
 }
