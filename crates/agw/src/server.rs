@@ -9,6 +9,8 @@
 //!   arrived in, and the forwarded packets are sent from there. One `io_uring_enter` per batch
 //!   submits its sends and waits for the next arrivals. Sockets opened and closed by the
 //!   control side are handed to the media thread as changes, with an eventfd to wake it.
+//!   Each socket that sends gets a connected *twin* on its port for its destination, which
+//!   sends without a route lookup per packet ([`crate::uring`], § Connected twins).
 //! - **epoll** (the fallback where io_uring is refused, and `--no-io-uring`): one `epoll` set
 //!   (via `mio`, edge-triggered) of every media socket; each readable socket is read with
 //!   `recvmmsg` into one of [`BATCH`] preallocated 2 KiB buffers, the relay transforms the
@@ -54,13 +56,15 @@ pub struct ServerConfig {
     pub control: Config,
 }
 
-/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that `sockets` media sockets fit,
-/// with room for the rest of the process; the io_uring driver also needs one registered-file
-/// slot per media port, which the kernel bounds by this limit. Returns the soft limit now.
-pub fn ensure_open_files(sockets: u64) -> io::Result<u64> {
+/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that the sockets of `ports` media
+/// ports fit, with room for the rest of the process: two per port with the io_uring driver (a
+/// main socket and its connected twin), which also needs a registered-file slot per socket,
+/// bounded by this limit. Below `ports` + 256 the io_uring driver is refused; below twice
+/// `ports` + 256 some sockets send unconnected. Returns the soft limit now.
+pub fn ensure_open_files(ports: u64) -> io::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let want = sockets.saturating_add(256).min(hard);
+    let want = ports.saturating_mul(2).saturating_add(256).min(hard);
     if want <= soft {
         return Ok(soft);
     }
@@ -120,6 +124,8 @@ struct Sockets {
     next: u16,
     open: PortTable<std::net::UdpSocket>,
     readiness: Readiness,
+    /// Media packets handed to the kernel: (from a connected twin, with an address).
+    sends: (u64, u64),
 }
 
 impl Sockets {
@@ -212,7 +218,7 @@ impl Agw {
             None => Readiness::Ring { changes: Vec::new(), wake },
         };
         let io_uring = matches!(readiness, Readiness::Ring { .. });
-        let sockets = Sockets { interface: config.interface, min: config.port_min, max: config.port_max, next: 0, open: PortTable::default(), readiness };
+        let sockets = Sockets { interface: config.interface, min: config.port_min, max: config.port_max, next: 0, open: PortTable::default(), readiness, sends: (0, 0) };
         let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
         // The thread ends once the control and timer tasks (the state's owners) are gone.
         state_tx.send(Arc::downgrade(&state)).map_err(io::Error::other)?;
@@ -247,6 +253,13 @@ impl Agw {
     /// Calls in progress.
     pub fn call_count(&self) -> usize {
         lock(&self.state).ctl.call_count()
+    }
+
+    /// Media packets sent so far, as (from a connected twin socket, with a destination
+    /// address), as of the media thread's last batch; the epoll driver sends with addresses
+    /// only.
+    pub fn media_sends(&self) -> (u64, u64) {
+        lock(&self.state).sockets.sends
     }
 }
 
@@ -358,6 +371,8 @@ fn ring_thread(mut ring: MediaRing, state: &Weak<Mutex<State>>) {
                 }
             }
         }
+        ring.connect_twins(now, |port| sockets.open.get(port).map(|s| s.as_fd()));
+        sockets.sends = ring.sends();
     }
 }
 
@@ -467,10 +482,11 @@ impl Batch {
         Ok(n)
     }
 
-    fn flush(&mut self, sockets: &Sockets) {
+    fn flush(&mut self, sockets: &mut Sockets) {
         for &(slot, from_port, to, len) in &self.out {
             if let (Some(socket), Some(packet)) = (sockets.open.get(from_port), self.bufs.get(slot).and_then(|b| b.get(..len))) {
                 let _ = socket.send_to(packet, to);
+                sockets.sends.1 += 1;
             }
         }
         self.out.clear();
@@ -525,6 +541,98 @@ mod tests {
         sdp.lines().find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok()).unwrap()
     }
 
+    fn config(base: u16) -> ServerConfig {
+        ServerConfig {
+            listen_ng: "127.0.0.1:0".parse().unwrap(),
+            interface: "127.0.0.1".parse().unwrap(),
+            port_min: base,
+            port_max: base + 199,
+            metrics: None,
+            control: Config {
+                address: "127.0.0.1".parse().unwrap(),
+                sdes: mediasec_sdp::SdesPolicy::default(),
+                timeout: Duration::from_secs(30),
+            },
+        }
+    }
+
+    /// Sets a plain call up between `ue` and `core`: the relay's (UE-facing, core-facing) ports.
+    fn plain_call(agw: &Agw, client: &std::net::UdpSocket, id: &str, ue: &std::net::UdpSocket, core: &std::net::UdpSocket) -> (SocketAddr, SocketAddr) {
+        let offer = Value::dict([
+            ("command", Value::str("offer")),
+            ("call-id", Value::str(id.to_owned())),
+            ("from-tag", Value::str("ue")),
+            ("sdp", Value::str(sdp(ue.local_addr().unwrap().port()))),
+        ]);
+        let to_core = media_port(&ng::request(client, agw.ng_addr(), &offer).unwrap());
+        let answer = Value::dict([
+            ("command", Value::str("answer")),
+            ("call-id", Value::str(id.to_owned())),
+            ("from-tag", Value::str("ue")),
+            ("to-tag", Value::str("core")),
+            ("sdp", Value::str(sdp(core.local_addr().unwrap().port()))),
+        ]);
+        let to_ue = media_port(&ng::request(client, agw.ng_addr(), &answer).unwrap());
+        (SocketAddr::from(([127, 0, 0, 1], to_ue)), SocketAddr::from(([127, 0, 0, 1], to_core)))
+    }
+
+    /// Packets relayed one at a time both ways: each arrives intact from the relay port of
+    /// its leg. With io_uring each direction's first send goes with an address and the rest
+    /// leave from the connected twin (its peer's packets are received by the twin); the epoll
+    /// driver sends every packet with an address. Deleting the call closes the ports and
+    /// their twins: they can be bound again.
+    #[test]
+    fn sends_leave_from_connected_twins() {
+        for path in [MediaPath::Auto, MediaPath::Epoll] {
+            twins_by_path(path);
+        }
+    }
+
+    fn twins_by_path(path: MediaPath) {
+        const ROUNDS: u16 = 5;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
+        let agw = rt.block_on(Agw::start_with(config(base), path)).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let (ue, core) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+        for s in [&ue, &core] {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let (relay_ue, relay_core) = plain_call(&agw, &client, "twins", &ue, &core);
+        let packet = |dir: u8, seq: u16| [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, dir], &[dir; 40]].concat();
+        let mut buf = [0u8; 2048];
+        for seq in 0..ROUNDS {
+            for (dir, (from, to, at, sender)) in [(&ue, &core, relay_ue, relay_core), (&core, &ue, relay_core, relay_ue)].into_iter().enumerate() {
+                let p = packet(dir as u8, seq);
+                from.send_to(&p, at).unwrap();
+                let (n, src) = to.recv_from(&mut buf).unwrap_or_else(|e| panic!("{path:?} dir {dir} packet {seq}: {e}"));
+                assert_eq!((&buf[..n], src), (&p[..], sender), "{path:?} dir {dir} packet {seq}");
+            }
+        }
+        let total = 2 * u64::from(ROUNDS);
+        // The counters are copied at the end of the media thread's batch.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while agw.media_sends().0 + agw.media_sends().1 < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if agw.uses_io_uring() {
+            assert_eq!(agw.media_sends(), (total - 2, 2), "{path:?}");
+        } else {
+            assert_eq!(agw.media_sends(), (0, total), "{path:?}");
+        }
+        let delete = Value::dict([("command", Value::str("delete")), ("call-id", Value::str("twins")), ("from-tag", Value::str("ue"))]);
+        ng::request(&client, agw.ng_addr(), &delete).unwrap();
+        for port in [relay_ue, relay_core] {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while std::net::UdpSocket::bind(port).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(std::net::UdpSocket::bind(port).is_ok(), "{path:?}: {port} free after delete");
+        }
+        drop(rt);
+    }
+
     /// Bursts queued while the media thread waits for the lock: more than one `recvmmsg` per
     /// socket (a full read keeps the socket on the ready list) and more than one batch per
     /// pass (mid-pass flush). Every packet is relayed exactly once, intact, to its call's peer.
@@ -540,20 +648,7 @@ mod tests {
         const BURST: u16 = 20; // > 2 × READ_MAX
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
-        let agw = rt
-            .block_on(Agw::start_with(ServerConfig {
-                listen_ng: "127.0.0.1:0".parse().unwrap(),
-                interface: "127.0.0.1".parse().unwrap(),
-                port_min: base,
-                port_max: base + 199,
-                metrics: None,
-                control: Config {
-                    address: "127.0.0.1".parse().unwrap(),
-                    sdes: mediasec_sdp::SdesPolicy::default(),
-                    timeout: Duration::from_secs(30),
-                },
-            }, path))
-            .unwrap();
+        let agw = rt.block_on(Agw::start_with(config(base), path)).unwrap();
         // Auto is io_uring wherever a ring works (the kernel may refuse it, e.g. under seccomp).
         let wake = EventFd::new().unwrap();
         assert_eq!(agw.uses_io_uring(), path == MediaPath::Auto && MediaRing::new(4, wake.as_fd()).is_ok());

@@ -10,6 +10,32 @@
 //! The datagrams, their sources and destinations are those of `recvfrom`/`sendto`; only the
 //! number of system calls changes.
 //!
+//! # Connected twins
+//! A send with a destination address costs the kernel a route lookup per packet; a send on a
+//! `connect()`ed UDP socket does not. A media socket itself cannot be connected (it would stop
+//! receiving from other sources, which latching and re-latching need, see [`crate::relay`]),
+//! so each media socket (the *main* one) gets a **twin**: a second UDP socket bound to the
+//! same local address and port, connected to the destination the main socket sends to. The
+//! kernel delivers the connected peer's datagrams to the twin (a connected socket scores higher
+//! in the UDP socket lookup) and everything else to the main socket; both are registered files
+//! with a multishot receive, and what the twin receives is handed to the relay as received on
+//! the main socket's port. Sends to the twin's peer leave from the twin without an address.
+//!
+//! The twin is made after a batch in which the main socket sent (that first send, and any
+//! send to a destination the twin is not connected to, goes unconnected as before: the twin
+//! never delays or drops a packet). Binding it leaves the port unshareable: `SO_REUSEPORT` is
+//! set on the main socket (bound without it), the twin is bound with it to the main socket's
+//! exact address, then `SO_REUSEPORT` is cleared on both, after which any other bind of the
+//! port fails with `EADDRINUSE` (with or without `SO_REUSEPORT`, specific address or
+//! wildcard) while the lookup still goes by score. Only between the first and the last step
+//! (microseconds, on this thread) could another socket with `SO_REUSEPORT` of the same user
+//! join the port; another mediasec cannot, as it binds its media sockets without it. When the
+//! main socket's destination changes (a re-latch, or the first latch replacing the signalled
+//! address) the twin is connected again, at most once per [`RECONNECT_GAP`] per socket;
+//! meanwhile the old peer's datagrams arrive on the main socket, which is received from too.
+//! A twin that cannot be made or connected (`RLIMIT_NOFILE`, no file slot, …) is logged once
+//! per socket and its socket keeps sending unconnected. Closing a port closes its twin.
+//!
 //! # Memory shared with the kernel
 //! Two allocations are handed to the kernel: the buffer pool (the kernel writes a received
 //! datagram into a buffer it took from the ring, and reads a buffer a send names) and the
@@ -23,7 +49,7 @@
 use std::alloc::{self, Layout};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd, RawFd};
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -32,7 +58,7 @@ use std::time::{Duration, Instant};
 use io_uring::types::{Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use nix::libc;
-use nix::sys::socket::{SockaddrLike as _, SockaddrStorage};
+use nix::sys::socket::{sockopt, SockFlag, SockType, SockaddrLike as _, SockaddrStorage};
 
 use crate::ports::PortTable;
 
@@ -50,6 +76,10 @@ const PAYLOAD_AT: usize = 16 + NAME_LEN;
 const RECEIVE_LEN: usize = PAYLOAD_AT + 1900;
 /// The provided-buffer group of the pool.
 const GROUP: u16 = 0;
+
+/// A twin is connected to a new destination at most this often (per socket): a source that
+/// keeps changing costs one `connect` per interval, not one per packet.
+const RECONNECT_GAP: Duration = Duration::from_secs(1);
 
 /// What a completion is for: the tag in the top byte of its user data.
 const RECV: u64 = 1 << 56;
@@ -103,12 +133,28 @@ impl Drop for Shared {
     }
 }
 
-/// Per registered-file index: the port of the socket there (if any) and the generation of its
-/// receive.
-#[derive(Clone, Copy, Default)]
+/// Per registered-file index: the port of the socket there (if any; a twin's is its main
+/// socket's) and the generation of its receive; for a main socket, its twin.
+#[derive(Default)]
 struct Slot {
     port: Option<u16>,
     generation: u32,
+    twin: Option<Twin>,
+    /// The destination a send asked the twin to be connected to (queued in `pending`).
+    want: Option<SocketAddr>,
+    /// A twin could not be made or connected: this socket sends unconnected (logged once).
+    twin_failed: bool,
+}
+
+/// A main socket's connected twin (see the module documentation).
+struct Twin {
+    /// Kept open to connect it again; its registered file holds the kernel's reference.
+    socket: UdpSocket,
+    /// Its registered-file index.
+    index: u32,
+    /// The destination it is connected to, since when.
+    peer: SocketAddr,
+    since: Instant,
 }
 
 /// The media thread's ring: sockets by port, the buffer pool, the wake-up event.
@@ -124,8 +170,19 @@ pub(crate) struct MediaRing {
     /// Tells the kernel how much room to leave for the source address (copied at submission).
     msghdr: Box<libc::msghdr>,
     slots: Vec<Slot>,
+    /// Main sockets' file indices by port.
     index: PortTable<u32>,
+    /// Free file indices: for main sockets, and (above them) for twins.
     free: Vec<u32>,
+    twin_free: Vec<u32>,
+    /// Main sockets (file index, generation) whose twin a send asked for: made or connected
+    /// by [`Self::connect_twins`].
+    pending: Vec<(u32, u32)>,
+    /// Sends queued from a connected twin, and with a destination address.
+    connected_sends: u64,
+    unconnected_sends: u64,
+    /// Whether a twin failure has been logged as a warning (later ones are debug).
+    twin_warned: bool,
     wake: RawFd,
     woken: bool,
     /// Sends submitted or queued whose completion has not been seen.
@@ -141,20 +198,27 @@ pub(crate) struct MediaRing {
 }
 
 impl MediaRing {
-    /// A ring for up to `sockets` media sockets; `wake` is an eventfd whose writes end a wait
-    /// (and make [`MediaRing::take_wake`] true). Checks itself by relaying one datagram
-    /// between two loopback sockets: fails (`ENOSYS`, `EPERM` under seccomp, `EINVAL` before
-    /// Linux 6.1, `EMFILE` when `sockets` exceeds `RLIMIT_NOFILE`, …) when the kernel cannot do
-    /// what the media thread needs. Must be created on the thread that will use it
-    /// (`IORING_SETUP_SINGLE_ISSUER`).
+    /// A ring for up to `sockets` media sockets and as many twins; `wake` is an eventfd whose
+    /// writes end a wait (and make [`MediaRing::take_wake`] true). Checks itself by relaying
+    /// one datagram between two loopback sockets: fails (`ENOSYS`, `EPERM` under seccomp,
+    /// `EINVAL` before Linux 6.1, `EMFILE` when `sockets` exceeds `RLIMIT_NOFILE`, …) when the
+    /// kernel cannot do what the media thread needs. Where `RLIMIT_NOFILE` admits a file slot
+    /// per socket but not two, the ring has no slot for twins (all sends unconnected). Must be
+    /// created on the thread that will use it (`IORING_SETUP_SINGLE_ISSUER`).
     pub(crate) fn new(sockets: u32, wake: BorrowedFd<'_>) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
             .setup_cqsize(8 * u32::from(BUFS))
             .build(u32::from(BUFS))?;
-        let table = sockets.checked_add(2).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        ring.submitter().register_files_sparse(table)?;
+        let mains = sockets.checked_add(2).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let table = match mains.checked_add(sockets) {
+            Some(both) if ring.submitter().register_files_sparse(both).is_ok() => both,
+            _ => {
+                ring.submitter().register_files_sparse(mains)?;
+                mains
+            }
+        };
         let pool = Shared::new(usize::from(BUFS) * BUF)?;
         let buf_ring = Shared::new(usize::from(BUFS) * size_of::<RingEntry>())?;
         // SAFETY: `buf_ring` is page-aligned, zeroed and holds `BUFS` entries; it stays
@@ -171,9 +235,14 @@ impl MediaRing {
             tail: 0,
             dest: vec![unspecified; usize::from(BUFS)].into_boxed_slice(),
             msghdr,
-            slots: vec![Slot::default(); table as usize],
+            slots: (0..table).map(|_| Slot::default()).collect(),
             index: PortTable::default(),
-            free: (0..table).rev().collect(),
+            free: (0..mains).rev().collect(),
+            twin_free: (mains..table).rev().collect(),
+            pending: Vec::new(),
+            connected_sends: 0,
+            unconnected_sends: 0,
+            twin_warned: false,
             wake: wake.as_raw_fd(),
             woken: false,
             sending: 0,
@@ -188,6 +257,9 @@ impl MediaRing {
         me.publish();
         me.queue(opcode::PollAdd::new(io_uring::types::Fd(me.wake), libc::POLLIN as u32).multi(true).build().user_data(WAKE));
         me.self_test()?;
+        // Counters and twin requests are of media sockets, not the self-test's.
+        (me.connected_sends, me.unconnected_sends) = (0, 0);
+        me.pending.clear();
         Ok(me)
     }
 
@@ -229,26 +301,137 @@ impl MediaRing {
             self.free.push(index);
             return Err(e);
         }
-        let slot = self.slots.get_mut(index as usize).ok_or_else(|| io::Error::other("file slot out of range"))?;
-        slot.port = Some(port);
-        slot.generation = slot.generation.wrapping_add(1);
-        let generation = slot.generation;
+        let generation = self.occupy(index, port);
         self.index.insert(port, index);
         self.arm(index, generation);
         Ok(())
     }
 
-    /// Cancels the receive of the socket of `port` and unregisters it.
+    /// Marks the registered file at `index` as the socket of `port` (its main socket's, for a
+    /// twin), without a twin; returns the generation of its receive.
+    fn occupy(&mut self, index: u32, port: u16) -> u32 {
+        let Some(slot) = self.slots.get_mut(index as usize) else { return 0 };
+        slot.generation = slot.generation.wrapping_add(1);
+        let generation = slot.generation;
+        *slot = Slot { port: Some(port), generation, ..Slot::default() };
+        generation
+    }
+
+    /// Cancels the receives of the socket of `port` and of its twin, and unregisters both.
     pub(crate) fn close(&mut self, port: u16) -> io::Result<()> {
         let Some(index) = self.index.remove(port) else { return Ok(()) };
         let Some(slot) = self.slots.get_mut(index as usize) else { return Ok(()) };
+        let twin = slot.twin.take();
+        let main = self.release(index);
+        if main.is_ok() {
+            self.free.push(index);
+        }
+        if let Some(twin) = twin {
+            self.close_twin(port, twin);
+        }
+        main
+    }
+
+    /// Cancels the receive of a twin and unregisters it; its socket closes here (the kernel's
+    /// reference ends with the unregistration and the operations still using it).
+    fn close_twin(&mut self, port: u16, twin: Twin) {
+        match self.release(twin.index) {
+            Ok(()) => self.twin_free.push(twin.index),
+            Err(e) => tracing::warn!(port, error = %e, "twin socket not unregistered from io_uring"),
+        }
+    }
+
+    /// Cancels the receive of the registered file at `index` (the cancel's completion and the
+    /// receive's last one are told from a new socket's by the generation) and unregisters it.
+    fn release(&mut self, index: u32) -> io::Result<()> {
+        let Some(slot) = self.slots.get_mut(index as usize) else { return Ok(()) };
         let armed = recv_data(index, slot.generation);
-        slot.port = None;
         slot.generation = slot.generation.wrapping_add(1);
+        *slot = Slot { generation: slot.generation, ..Slot::default() };
         self.queue(opcode::AsyncCancel::new(armed).build().user_data(CANCEL));
-        self.ring.submitter().register_files_update(index, &[-1])?;
-        self.free.push(index);
+        self.ring.submitter().register_files_update(index, &[-1]).map(drop)
+    }
+
+    /// Makes or re-connects the twins that the sends since the last call asked for (see the
+    /// module documentation); `main` gives the main socket of a port. A twin connected less
+    /// than [`RECONNECT_GAP`] before `now` stays as it is and is asked again later.
+    pub(crate) fn connect_twins<'a>(&mut self, now: Instant, main: impl Fn(u16) -> Option<BorrowedFd<'a>>) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut flushed = false;
+        pending.retain(|&(index, generation)| {
+            let Some(slot) = self.slots.get_mut(index as usize) else { return false };
+            let (Some(port), Some(to)) = (slot.port, slot.want) else { return false };
+            if slot.generation != generation || slot.twin_failed {
+                return false;
+            }
+            let result = match &mut slot.twin {
+                Some(twin) if twin.peer == to => Ok(()),
+                Some(twin) if now.saturating_duration_since(twin.since) < RECONNECT_GAP => return true,
+                Some(twin) => {
+                    // A send queued from the twin must leave for the peer it was queued for:
+                    // submitted, it is issued at once (`MSG_DONTWAIT` is never retried later).
+                    if !flushed {
+                        flushed = self.ring.submit().is_ok() && self.ring.submission().is_empty();
+                        if !flushed {
+                            return true;
+                        }
+                    }
+                    twin.socket.connect(to).map(|()| {
+                        twin.peer = to;
+                        twin.since = now;
+                    })
+                }
+                None => match main(port) {
+                    Some(fd) => self.make_twin(index, port, fd, to, now),
+                    None => return false,
+                },
+            };
+            if let Err(e) = result {
+                self.twin_failed(index, port, to, &e);
+            } else if let Some(slot) = self.slots.get_mut(index as usize) {
+                slot.want = None;
+            }
+            false
+        });
+        // What is left waits for its interval (nothing above asks for a twin).
+        self.pending = pending;
+    }
+
+    /// Makes, connects to `to`, registers and arms the twin of the main socket at `index`.
+    fn make_twin(&mut self, index: u32, port: u16, main: BorrowedFd<'_>, to: SocketAddr, now: Instant) -> io::Result<()> {
+        let &at = self.twin_free.last().ok_or_else(|| io::Error::other("no free io_uring file slot for a twin"))?;
+        let socket = bind_twin(main)?;
+        socket.connect(to)?;
+        self.ring.submitter().register_files_update(at, &[socket.as_raw_fd()])?;
+        self.twin_free.pop();
+        let generation = self.occupy(at, port);
+        if let Some(slot) = self.slots.get_mut(index as usize) {
+            slot.twin = Some(Twin { socket, index: at, peer: to, since: now });
+        }
+        self.arm(at, generation);
         Ok(())
+    }
+
+    /// A twin of the socket at `index` could not be made or connected: that socket sends
+    /// unconnected from now on (a twin left connected elsewhere is closed).
+    fn twin_failed(&mut self, index: u32, port: u16, to: SocketAddr, error: &io::Error) {
+        let Some(slot) = self.slots.get_mut(index as usize) else { return };
+        slot.twin_failed = true;
+        slot.want = None;
+        let twin = slot.twin.take();
+        if std::mem::replace(&mut self.twin_warned, true) {
+            tracing::debug!(port, %to, %error, "no connected twin socket: this port sends unconnected");
+        } else {
+            tracing::warn!(port, %to, %error, "no connected twin socket: this port sends unconnected (further failures are logged at debug)");
+        }
+        if let Some(twin) = twin {
+            self.close_twin(port, twin);
+        }
+    }
+
+    /// Sends queued so far: (from a connected twin, with a destination address).
+    pub(crate) fn sends(&self) -> (u64, u64) {
+        (self.connected_sends, self.unconnected_sends)
     }
 
     /// Arms the receive of the socket at `index` if that socket is still the one of
@@ -401,29 +584,51 @@ impl MediaRing {
         buf.get_mut(PAYLOAD_AT..).unwrap_or_default()
     }
 
+    /// Queues the send of a buffer from the main socket at file index `from`: from its twin if
+    /// that is connected to `to`, else with the address (and the twin is asked for `to`).
     fn send(&mut self, bid: u16, from: u32, to: SocketAddr, len: usize) {
         let at = usize::from(bid % BUFS);
+        let (Some(slot), Some(dest)) = (self.slots.get_mut(from as usize), self.dest.get_mut(at)) else {
+            self.give_back(bid);
+            return;
+        };
         if len > BUF - PAYLOAD_AT {
             self.give_back(bid);
             return;
         }
-        let Some(dest) = self.dest.get_mut(at) else {
-            self.give_back(bid);
-            return;
-        };
-        *dest = SockaddrStorage::from(to);
-        let (addr, addr_len) = (dest.as_ptr(), dest.len());
         // SAFETY: within the pool: `at` < BUFS and PAYLOAD_AT + len ≤ BUF.
         let payload = unsafe { self.pool.ptr.as_ptr().add(at * BUF + PAYLOAD_AT) };
-        let entry = opcode::Send::new(Fixed(from), payload, len as u32)
-            .dest_addr(addr)
-            .dest_addr_len(addr_len)
-            .flags(libc::MSG_DONTWAIT)
-            .build()
-            .user_data(SEND | u64::from(bid));
+        let connected = match &slot.twin {
+            Some(twin) if twin.peer == to => {
+                slot.want = None;
+                Some(twin.index)
+            }
+            _ => {
+                if !slot.twin_failed && slot.want != Some(to) {
+                    if slot.want.is_none() {
+                        self.pending.push((from, slot.generation));
+                    }
+                    slot.want = Some(to);
+                }
+                None
+            }
+        };
+        let entry = match connected {
+            Some(twin) => opcode::Send::new(Fixed(twin), payload, len as u32),
+            None => {
+                *dest = SockaddrStorage::from(to);
+                opcode::Send::new(Fixed(from), payload, len as u32).dest_addr(dest.as_ptr()).dest_addr_len(dest.len())
+            }
+        };
+        let entry = entry.flags(libc::MSG_DONTWAIT).build().user_data(SEND | u64::from(bid));
         if self.push(&entry) {
             self.sending += 1;
             self.queued_sends += 1;
+            if connected.is_some() {
+                self.connected_sends += 1;
+            } else {
+                self.unconnected_sends += 1;
+            }
         } else {
             self.give_back(bid);
         }
@@ -468,6 +673,26 @@ impl Drop for MediaRing {
             }
         }
     }
+}
+
+/// A UDP socket bound to `main`'s local address while leaving the port unshareable (see the
+/// module documentation): `SO_REUSEPORT` on `main`, the new socket bound with it, then
+/// cleared on both, so that no third socket can bind the port afterwards.
+fn bind_twin(main: BorrowedFd<'_>) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, getsockname, setsockopt, socket};
+    let local: SockaddrStorage = getsockname(main.as_raw_fd())?;
+    let family = local.family().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    setsockopt(&main, sockopt::ReusePort, &true)?;
+    let twin = (|| -> nix::Result<OwnedFd> {
+        let twin = socket(family, SockType::Datagram, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&twin, sockopt::ReusePort, &true)?;
+        bind(twin.as_raw_fd(), &local)?;
+        setsockopt(&twin, sockopt::ReusePort, &false)?;
+        Ok(twin)
+    })();
+    // Cleared whether or not the twin was bound; a twin is kept only once both are cleared.
+    setsockopt(&main, sockopt::ReusePort, &false)?;
+    Ok(UdpSocket::from(twin?))
 }
 
 /// A `sockaddr_in`/`sockaddr_in6` as the kernel wrote it.
@@ -654,6 +879,233 @@ mod tests {
         v6[8..24].copy_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
         assert_eq!(socket_addr(&v6), Some("[2001:db8::1]:5006".parse().unwrap()));
         assert_eq!(socket_addr(&v6[..20]), None);
+    }
+
+    /// The peer the twin of `port` is connected to, as the kernel reports it.
+    fn twin_peer(ring: &MediaRing, port: u16) -> Option<SocketAddr> {
+        let index = *ring.index.get(port)?;
+        ring.slots[index as usize].twin.as_ref()?.socket.peer_addr().ok()
+    }
+
+    /// Binds `port` on `ip` (with `SO_REUSEPORT` if `reuse`): the error kind, if it fails.
+    fn third_bind(ip: Ipv4Addr, port: u16, reuse: bool) -> Option<io::ErrorKind> {
+        use nix::sys::socket::{bind, setsockopt, socket, AddressFamily, SockaddrIn};
+        let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        setsockopt(&fd, sockopt::ReusePort, &reuse).unwrap();
+        bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(ip, port))).err().map(|e| io::Error::from(e).kind())
+    }
+
+    /// Every third bind of a port with a twin is refused, whatever its options.
+    fn assert_unshareable(port: u16) {
+        for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED] {
+            for reuse in [false, true] {
+                assert_eq!(third_bind(ip, port, reuse), Some(io::ErrorKind::AddrInUse), "bind {ip}:{port}, SO_REUSEPORT {reuse}");
+            }
+        }
+    }
+
+    /// The kernel behaviour twins rely on, without a ring: the twin gets its connected peer's
+    /// datagrams, the main socket everyone else's (also once the twin is connected to another
+    /// peer: then the first peer's go to the main socket), and no third socket can bind the
+    /// port, with or without `SO_REUSEPORT`, on the address or the wildcard.
+    #[test]
+    fn twin_takes_its_peer_and_leaves_the_port_unshareable() {
+        let (main, port) = socket();
+        let twin = bind_twin(main.as_fd()).unwrap();
+        let (p1, p2) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        twin.connect(p1.local_addr().unwrap()).unwrap();
+        assert_unshareable(port);
+        let recv = |s: &UdpSocket| {
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let mut buf = [0u8; 16];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            (buf[..n].to_vec(), from)
+        };
+        let to = main.local_addr().unwrap();
+        p1.send_to(b"p1", to).unwrap();
+        p2.send_to(b"p2", to).unwrap();
+        assert_eq!(recv(&twin), (b"p1".to_vec(), p1.local_addr().unwrap()));
+        assert_eq!(recv(&main), (b"p2".to_vec(), p2.local_addr().unwrap()));
+        twin.connect(p2.local_addr().unwrap()).unwrap();
+        p1.send_to(b"p1 again", to).unwrap();
+        p2.send_to(b"p2 again", to).unwrap();
+        assert_eq!(recv(&main), (b"p1 again".to_vec(), p1.local_addr().unwrap()));
+        assert_eq!(recv(&twin), (b"p2 again".to_vec(), p2.local_addr().unwrap()));
+        // What the twin sends leaves from the port.
+        twin.send(b"from twin").unwrap();
+        assert_eq!(recv(&p2), (b"from twin".to_vec(), to));
+        assert_unshareable(port);
+    }
+
+    /// Runs one batch: waits, relays, and makes or re-connects twins as of `now`.
+    fn batch(ring: &mut MediaRing, main: &UdpSocket, now: Instant, relay: impl FnMut(u16, SocketAddr, &mut [u8], usize) -> Option<Forward>) {
+        ring.wait(Duration::from_millis(20)).unwrap();
+        ring.dispatch(relay);
+        ring.connect_twins(now, |_| Some(main.as_fd()));
+    }
+
+    fn recv_all(s: &UdpSocket) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            got.push((buf[..n].to_vec(), from));
+        }
+        got
+    }
+
+    /// A socket's first send goes with an address and makes a twin connected to that
+    /// destination; from then on, sends there leave from the twin (counted), datagrams from the
+    /// twin's peer (received by the twin) and from another source (by the main socket) are
+    /// both handed over on the main socket's port, and everything sent leaves from that port.
+    /// While the twin exists the port cannot be bound; once closed, it can.
+    #[test]
+    fn twin_relays_both_sources_and_closes_with_its_port() {
+        let wake = EventFd::new().unwrap();
+        let Some(mut ring) = ring(&wake) else { return };
+        let (a, pa) = socket();
+        ring.open(pa, a.as_fd()).unwrap();
+        let (peer, other) = (UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap());
+        peer.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let (peer_addr, other_addr, a_addr) = (peer.local_addr().unwrap(), other.local_addr().unwrap(), a.local_addr().unwrap());
+        let mut seen = Vec::new();
+        // Everything is echoed to `peer`.
+        let round = |ring: &mut MediaRing, from: &UdpSocket, msg: &[u8], seen: &mut Vec<(u16, SocketAddr, Vec<u8>)>| {
+            from.send_to(msg, a_addr).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let before = seen.len();
+            while seen.len() == before && Instant::now() < deadline {
+                batch(ring, &a, Instant::now(), |port, src, buf, len| {
+                    seen.push((port, src, buf[..len].to_vec()));
+                    Some((port, peer_addr, len))
+                });
+            }
+            ring.flush().unwrap();
+            let mut buf = [0u8; 64];
+            let (n, src) = peer.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], src), (msg, a_addr), "relayed from the port");
+        };
+        round(&mut ring, &other, b"first", &mut seen);
+        assert_eq!(ring.sends(), (0, 1), "the first send is unconnected");
+        assert_eq!(twin_peer(&ring, pa), Some(peer_addr), "and makes a twin for its destination");
+        assert_unshareable(pa);
+        round(&mut ring, &peer, b"from the peer", &mut seen);
+        round(&mut ring, &other, b"from another", &mut seen);
+        assert_eq!(ring.sends(), (2, 1), "later sends leave from the twin");
+        assert_eq!(seen, vec![(pa, other_addr, b"first".to_vec()), (pa, peer_addr, b"from the peer".to_vec()), (pa, other_addr, b"from another".to_vec())]);
+
+        ring.close(pa).unwrap();
+        drop(a);
+        pump(&mut ring, Duration::from_millis(100), |_, _, _, _| None, || false);
+        assert_eq!(third_bind(Ipv4Addr::LOCALHOST, pa, false), None, "closing the port closed its twin");
+    }
+
+    /// The destination changes (packets say where they go): sends to the new one go with an
+    /// address until the twin is re-connected, which waits for [`RECONNECT_GAP`]; then they
+    /// leave from the twin again. Every packet arrives once, at the destination it was sent
+    /// to (a send queued from the twin before it is re-connected goes to the old peer), and
+    /// the old peer, now an ordinary source, is still received.
+    #[test]
+    fn twin_reconnects_after_the_gap_without_loss() {
+        let wake = EventFd::new().unwrap();
+        let Some(mut ring) = ring(&wake) else { return };
+        let (a, pa) = socket();
+        ring.open(pa, a.as_fd()).unwrap();
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peers = [UdpSocket::bind("127.0.0.1:0").unwrap(), UdpSocket::bind("127.0.0.1:0").unwrap()];
+        let dests = [peers[0].local_addr().unwrap(), peers[1].local_addr().unwrap()];
+        for p in &peers {
+            p.set_nonblocking(true).unwrap();
+        }
+        let a_addr = a.local_addr().unwrap();
+        let t0 = Instant::now();
+        let mut received = 0usize;
+        let mut sent = 0usize;
+        // Sends `[dest, seq]` packets from `from` and relays them until all are handed over.
+        let mut send = |ring: &mut MediaRing, from: &UdpSocket, packets: &[[u8; 2]], now: Instant| {
+            for p in packets {
+                from.send_to(p, a_addr).unwrap();
+            }
+            sent += packets.len();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while received < sent && Instant::now() < deadline {
+                batch(ring, &a, now, |port, _, buf, len| {
+                    received += 1;
+                    Some((port, dests[usize::from(buf[0])], len))
+                });
+            }
+            assert_eq!(received, sent);
+            ring.flush().unwrap();
+        };
+        send(&mut ring, &src, &[[0, 0]], t0);
+        assert_eq!(twin_peer(&ring, pa), Some(dests[0]));
+        send(&mut ring, &src, &[[0, 1], [0, 2]], t0);
+        assert_eq!(ring.sends(), (2, 1));
+        // New destination, within the gap: unconnected, twin unchanged.
+        send(&mut ring, &src, &[[0, 3], [1, 4], [1, 5]], t0 + RECONNECT_GAP / 2);
+        assert_eq!(ring.sends(), (3, 3));
+        assert_eq!(twin_peer(&ring, pa), Some(dests[0]));
+        // Past the gap: re-connected after the batch (its send to the old peer went first).
+        send(&mut ring, &src, &[[0, 6], [1, 7]], t0 + RECONNECT_GAP);
+        assert_eq!(twin_peer(&ring, pa), Some(dests[1]));
+        assert_eq!(ring.sends(), (4, 4));
+        send(&mut ring, &src, &[[1, 8], [1, 9]], t0 + RECONNECT_GAP);
+        assert_eq!(ring.sends(), (6, 4), "sends to the new destination leave from the twin");
+        // The old peer is received (by the main socket now) and relayed.
+        send(&mut ring, &peers[0], &[[1, 10]], t0 + RECONNECT_GAP);
+        assert_eq!(ring.sends(), (7, 4));
+        std::thread::sleep(Duration::from_millis(50));
+        let got: Vec<Vec<Vec<u8>>> = peers.iter().map(|p| recv_all(p).into_iter().map(|(m, from)| {
+            assert_eq!(from, a_addr);
+            m
+        }).collect()).collect();
+        assert_eq!(got[0], [0, 1, 2, 3, 6].map(|s| vec![0, s]).to_vec());
+        assert_eq!(got[1], [4, 5, 7, 8, 9, 10].map(|s| vec![1, s]).to_vec());
+    }
+
+    /// A twin connected to a closed port gets the ICMP errors of its sends (a connected UDP
+    /// socket does): its receive, ended by one, is armed again, and the peer's next datagram
+    /// (once its port is open again) is relayed.
+    #[test]
+    fn twin_receive_survives_an_icmp_error() {
+        let wake = EventFd::new().unwrap();
+        let Some(mut ring) = ring(&wake) else { return };
+        let (a, pa) = socket();
+        ring.open(pa, a.as_fd()).unwrap();
+        let src = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let a_addr = a.local_addr().unwrap();
+        let relayed = std::cell::Cell::new(0);
+        let run = |ring: &mut MediaRing, want: usize| {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while relayed.get() < want && Instant::now() < deadline {
+                batch(ring, &a, Instant::now(), |port, _, _, len| {
+                    relayed.set(relayed.get() + 1);
+                    Some((port, peer_addr, len))
+                });
+            }
+            ring.flush().unwrap();
+        };
+        src.send_to(b"0", a_addr).unwrap();
+        run(&mut ring, 1);
+        assert_eq!(twin_peer(&ring, pa), Some(peer_addr));
+        drop(peer); // closed: the twin's sends there draw ICMP port unreachable
+        for i in 1..=3 {
+            src.send_to(b"x", a_addr).unwrap();
+            run(&mut ring, i + 1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pump(&mut ring, Duration::from_millis(100), |_, _, _, _| None, || false);
+        let peer = UdpSocket::bind(peer_addr).unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        peer.send_to(b"back", a_addr).unwrap();
+        run(&mut ring, 5);
+        assert_eq!(relayed.get(), 5, "the twin's peer is received after the errors");
+        assert!(ring.sends().0 >= 3, "{:?}", ring.sends());
+        let mut buf = [0u8; 8];
+        assert_eq!(peer.recv(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"back");
     }
 
     proptest! {
