@@ -315,6 +315,8 @@ impl Proxy {
                 }
             },
             Event::Timeout { key } => self.on_timeout(&key),
+            // A proxy forwards reliable provisional responses, it never sends its own.
+            Event::ReliableTimeout { .. } => Vec::new(),
             Event::Malformed { source, reason } => {
                 tracing::info!(%source, %reason, "malformed datagram dropped");
                 Vec::new()

@@ -180,6 +180,18 @@ impl Dialog {
         Ok(())
     }
 
+    /// UAC: confirms the early dialog a tagged 1xx created (§12.1.2, e.g. a reliable 18x,
+    /// RFC 3262) with the 2xx of the same dialog: the route set is recomputed from the 2xx's
+    /// `Record-Route` and its `Contact` becomes the remote target (§12.2.1.2), while the local
+    /// CSeq goes on from the requests sent in the early dialog (PRACK, UPDATE).
+    pub fn confirm(&mut self, response: &Response) -> Result<(), Error> {
+        let mut route_set = route_set(&response.headers)?;
+        route_set.reverse();
+        self.route_set = route_set;
+        self.remote_target = contact(&response.headers)?;
+        Ok(())
+    }
+
     /// Records a 2xx to our re-INVITE: its `Contact` refreshes the remote target (§12.2.1.2).
     pub fn receive_target_refresh(&mut self, response: &Response) -> Result<(), Error> {
         if response.headers.get(&HeaderName::Contact).is_some() {

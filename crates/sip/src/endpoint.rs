@@ -23,6 +23,11 @@
 //! capped at T2 until an ACK with the same `Call-ID` and CSeq number arrives or 64·T1 has
 //! passed (§13.3.1.4); over TCP it is sent once (§17.2.1). The transaction itself leaves that
 //! job to the TU (RFC 6026).
+//!
+//! A UAS reliable provisional response ([`Command::RespondReliable`], RFC 3262 §3) is passed to
+//! its transaction again at T1, 2·T1, 4·T1, … (no T2 cap) until a PRACK whose `RAck` names it
+//! arrives or a final response goes out on the transaction; after 64·T1 the TU gets
+//! [`Event::ReliableTimeout`] and answers the request with a 5xx.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -33,6 +38,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sipx_sip::headers::first_hop_end;
+use sipx_sip::rel::{RAck, RSeq};
 use sipx_sip::transaction::Dispatch;
 use sipx_sip::{
     parse_datagram, Header, HeaderName, Headers, Limits, Message, Method, Output, Reliability, Request, Response, Timer,
@@ -74,6 +80,17 @@ pub enum Command {
         /// The INVITE server transaction.
         key: TransactionKey,
         /// The 2xx.
+        response: Response,
+    },
+    /// A UAS reliable provisional response (RFC 3262 §3; it carries `Require: 100rel` and
+    /// `RSeq`): sent through the transaction, then passed to it again at T1, 2·T1, 4·T1, …
+    /// until a PRACK whose `RAck` names its `RSeq`, CSeq number and method (same `Call-ID`)
+    /// arrives or a final response is sent on the transaction; after 64·T1 without one,
+    /// [`Event::ReliableTimeout`].
+    RespondReliable {
+        /// The INVITE server transaction.
+        key: TransactionKey,
+        /// The reliable 1xx.
         response: Response,
     },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
@@ -125,6 +142,12 @@ pub enum Event {
     /// transport error: a TCP connection that could not be opened or failed, §17.1.4).
     Timeout {
         /// The client transaction.
+        key: TransactionKey,
+    },
+    /// A reliable provisional response sent on server transaction `key` got no PRACK within
+    /// 64·T1: RFC 3262 §3 says the UAS then rejects the request with a 5xx.
+    ReliableTimeout {
+        /// The server transaction.
         key: TransactionKey,
     },
     /// A datagram that does not parse as SIP (dropped; RFC 3261 §18.3 framing). A TCP stream
@@ -255,6 +278,7 @@ impl Endpoint {
             pending: HashMap::new(),
             next_id: 0,
             retransmits: HashMap::new(),
+            unacknowledged: HashMap::new(),
             connections: HashMap::new(),
             by_peer: HashMap::new(),
             by_size: HashMap::new(),
@@ -315,6 +339,17 @@ impl Route {
 enum Due {
     Transaction(TransactionKey, Timer),
     Retransmit2xx(u64),
+    RetransmitReliable(u64),
+}
+
+/// A reliable provisional response being retransmitted until its PRACK (RFC 3262 §3).
+struct Unacknowledged {
+    key: TransactionKey,
+    response: Response,
+    call_id: Bytes,
+    rack: RAck,
+    interval: Duration,
+    give_up: Instant,
 }
 
 /// A 2xx being retransmitted until its ACK (§13.3.1.4).
@@ -341,6 +376,7 @@ struct Driver {
     pending: HashMap<u64, Due>,
     next_id: u64,
     retransmits: HashMap<u64, Retransmit>,
+    unacknowledged: HashMap<u64, Unacknowledged>,
     /// Open TCP connections, and which one serves each remote address.
     connections: HashMap<ConnId, Connection>,
     by_peer: HashMap<SocketAddr, ConnId>,
@@ -464,6 +500,11 @@ impl Driver {
         {
             self.ack_received(&r.headers);
         }
+        if let Message::Request(r) = &message
+            && r.method == Method::Prack
+        {
+            self.prack_received(&r.headers);
+        }
         let route = match conn {
             None => Route::Udp(source),
             Some(conn) => Route::Tcp { conn: Some(conn), to: reconnect_address(message.headers(), source) },
@@ -500,10 +541,14 @@ impl Driver {
                 }
             }
             Command::Respond { key, response } => {
+                if response.status.is_final() {
+                    self.unacknowledged.retain(|_, u| u.key != key);
+                }
                 let outputs = self.layer.send_response(&key, response);
                 self.perform(&key, outputs, None).await;
             }
             Command::Respond2xx { key, response } => {
+                self.unacknowledged.retain(|_, u| u.key != key);
                 let route = self.destinations.get(&key).copied();
                 let call_id = response.headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
                 let cseq = response.headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map(|c| c.sequence);
@@ -517,6 +562,22 @@ impl Driver {
                     self.pending.insert(id, Due::Retransmit2xx(id));
                     let give_up = now + self.timers.timeout();
                     self.retransmits.insert(id, Retransmit { bytes, to, call_id, cseq, interval: self.timers.t1, give_up });
+                }
+            }
+            Command::RespondReliable { key, response } => {
+                let call_id = response.headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
+                let rack = reliable_rack(&response.headers);
+                let outputs = self.layer.send_response(&key, response.clone());
+                self.perform(&key, outputs, None).await;
+                match (call_id, rack) {
+                    (Some(call_id), Some(rack)) => {
+                        let now = Instant::now();
+                        let id = self.arm(now + self.timers.t1, None);
+                        self.pending.insert(id, Due::RetransmitReliable(id));
+                        let give_up = now + self.timers.timeout();
+                        self.unacknowledged.insert(id, Unacknowledged { key, response, call_id, rack, interval: self.timers.t1, give_up });
+                    }
+                    _ => tracing::warn!("reliable provisional response without Call-ID, RSeq or CSeq: sent once"),
                 }
             }
             Command::Stateless { mut message, to } => {
@@ -608,6 +669,7 @@ impl Driver {
                     self.perform(&key, outputs, None).await;
                 }
                 Some(Due::Retransmit2xx(id)) => self.retransmit_2xx(id, now).await,
+                Some(Due::RetransmitReliable(id)) => self.retransmit_reliable(id, now).await,
                 None => {}
             }
         }
@@ -626,6 +688,30 @@ impl Driver {
         let next = self.arm(now + r.interval, None);
         self.pending.insert(next, Due::Retransmit2xx(next));
         self.retransmits.insert(next, Retransmit { interval, ..r });
+    }
+
+    /// RFC 3262 §3: the interval starts at T1 and doubles for each retransmission (no T2
+    /// cap); after 64·T1 the TU is told.
+    async fn retransmit_reliable(&mut self, id: u64, now: Instant) {
+        let Some(u) = self.unacknowledged.remove(&id) else { return };
+        if now >= u.give_up {
+            tracing::info!(key = ?u.key, "no PRACK for a reliable provisional response within 64*T1");
+            self.emit(Event::ReliableTimeout { key: u.key });
+            return;
+        }
+        let outputs = self.layer.send_response(&u.key, u.response.clone());
+        self.perform(&u.key, outputs, None).await;
+        let next = self.arm(now + u.interval, None);
+        self.pending.insert(next, Due::RetransmitReliable(next));
+        self.unacknowledged.insert(next, Unacknowledged { interval: u.interval * 2, ..u });
+    }
+
+    /// A PRACK stops the retransmission of the reliable provisional response its `RAck`
+    /// names, in its `Call-ID` (RFC 3262 §3: `RSeq`, CSeq number and method all match).
+    fn prack_received(&mut self, headers: &Headers) {
+        let call_id = headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
+        let Some(Ok(rack)) = headers.typed::<RAck>() else { return };
+        self.unacknowledged.retain(|_, u| Some(&u.call_id) != call_id.as_ref() || !rack_matches(&u.rack, &rack));
     }
 
     /// An ACK stops the retransmission of the 2xx with its Call-ID and CSeq number.
@@ -759,6 +845,20 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The `RAck` that acknowledges a reliable provisional response: its `RSeq` and its CSeq
+/// number and method (RFC 3262 §7.2). `None` when either header is missing or malformed.
+pub fn reliable_rack(headers: &Headers) -> Option<RAck> {
+    let rseq = headers.typed::<RSeq>()?.ok()?;
+    let cseq = headers.typed::<sipx_sip::CSeq>()?.ok()?;
+    Some(RAck { rseq: rseq.0, cseq: cseq.sequence, method: cseq.method.as_bytes().to_vec() })
+}
+
+/// Whether `received` acknowledges the response `expected` was built from (RFC 3262 §3: all
+/// three fields equal, the method compared case-sensitively as methods are, RFC 3261 §7.1).
+pub fn rack_matches(expected: &RAck, received: &RAck) -> bool {
+    expected.rseq == received.rseq && expected.cseq == received.cseq && expected.method == received.method
+}
+
 /// The start line of a message, for logs.
 pub fn first_line(message: &Message) -> String {
     match message {
@@ -809,6 +909,52 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
         assert!(matches!(request_route(&mut sent, to), Route::Tcp { conn: None, to: a } if a == to));
         assert_eq!(text(&sent), text(&large).replacen("SIP/2.0/UDP 127.0.0.1:5070", "SIP/2.0/TCP 127.0.0.1:5070", 1));
         assert_eq!(TransactionKey::from_sent_request(&sent), key);
+    }
+
+    fn response(extra: &str) -> Response {
+        let text = format!(
+            "SIP/2.0 183 Session Progress\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKr\r\n\
+From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        let Ok(Message::Response(r)) = parse_datagram(Bytes::from(text), &Limits::datagram()) else { panic!("response") };
+        r
+    }
+
+    /// RFC 3262 §7.2: the `RAck` of a reliable 1xx is its `RSeq`, CSeq number and method; it
+    /// is written as `rseq cseq METHOD` and reads back equal. A response missing either header,
+    /// or with an unparsable one, has none.
+    #[test]
+    fn rack_of_a_reliable_response() {
+        let r = response("CSeq: 7 INVITE\r\nRSeq: 4242\r\nRequire: 100rel\r\n");
+        let rack = reliable_rack(&r.headers).expect("rack");
+        assert_eq!(rack.to_string(), "4242 7 INVITE");
+        assert!(rack_matches(&rack, &<RAck as sipx_sip::TypedHeader>::decode(b"4242 7 INVITE").expect("decodes")));
+        for other in [&b"4243 7 INVITE"[..], b"4242 8 INVITE", b"4242 7 UPDATE", b"4242 7 invite"] {
+            let received = <RAck as sipx_sip::TypedHeader>::decode(other).expect("decodes");
+            assert!(!rack_matches(&rack, &received), "{}", String::from_utf8_lossy(other));
+        }
+        assert!(reliable_rack(&response("CSeq: 7 INVITE\r\n").headers).is_none());
+        assert!(reliable_rack(&response("CSeq: 7 INVITE\r\nRSeq: x1\r\n").headers).is_none());
+        assert!(reliable_rack(&response("CSeq: 7 INVITE\r\nRSeq: 4294967296\r\n").headers).is_none());
+    }
+
+    proptest::proptest! {
+        /// Any `RSeq`, CSeq number and method round-trip through `RAck`'s text form.
+        #[test]
+        fn rack_round_trips(rseq in 1u32.., cseq in 0u32..=0x7fff_ffff, method in "[A-Z]{1,10}") {
+            let r = response(&format!("CSeq: {cseq} {method}\r\nRSeq: {rseq}\r\n"));
+            let rack = reliable_rack(&r.headers).expect("rack");
+            let decoded = <RAck as sipx_sip::TypedHeader>::decode(rack.to_string().as_bytes()).expect("decodes");
+            proptest::prop_assert!(rack_matches(&rack, &decoded));
+            proptest::prop_assert_eq!(decoded.rseq, rseq);
+        }
+
+        /// Arbitrary `RSeq`/`RAck` values never panic the parsers.
+        #[test]
+        fn arbitrary_rseq_rack_never_panic(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let _ = <RAck as sipx_sip::TypedHeader>::decode(&value);
+            let _ = <RSeq as sipx_sip::TypedHeader>::decode(&value);
+        }
     }
 
     /// Only the first hop of a combined Via line changes, whatever the spacing.

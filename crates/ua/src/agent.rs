@@ -13,6 +13,15 @@
 //! - Answering: 180 at once; with early media a 183 carrying the answer and media; the 200
 //!   with the same answer after the configured delay (retransmitted until ACK); CANCEL before
 //!   the 200 gives 200 (CANCEL) + 487 (INVITE); an offer the policy refuses gives 488.
+//! - Reliable provisional responses (RFC 3262): our INVITEs carry `Supported: 100rel`; a
+//!   reliable 18x (`Require: 100rel`, `RSeq`) creates the early dialog and gets a PRACK with
+//!   `RAck` (§4: a retransmission of the same `RSeq` is not PRACKed again — the PRACK's own
+//!   client transaction retransmits until its 200 — and one out of order is discarded
+//!   unprocessed); UPDATE works in that early dialog. Answering an INVITE that supports
+//!   (with early media) or requires 100rel, the 183 (or, without early media, the 180) carries
+//!   the answer reliably instead of the unreliable 180/183: `Require: 100rel`, `RSeq`,
+//!   retransmitted by the endpoint until the PRACK (200), 504 after 64·T1 without one; the 200
+//!   waits for the PRACK and carries no SDP (the offer/answer exchange is complete).
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
 
@@ -24,6 +33,7 @@ use bytes::Bytes;
 use mediasec_sdp::{SdesPolicy, Sdp};
 use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, Response, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
 use mediasec_sip::dialog::{Dialog, DialogId};
+use mediasec_sip::core::rel::{self, Numbering, Offered, RAck, Received, Reliability, Sequence};
 use mediasec_sip::udp::{Command, Endpoint, Event};
 use tokio::sync::{mpsc, oneshot};
 
@@ -280,6 +290,8 @@ enum Purpose {
     Bye,
     /// BYE ending an extra fork (response ignored).
     ForkBye,
+    /// PRACK for a reliable provisional response (RFC 3262 §4; its 200 needs no action).
+    Prack,
 }
 
 struct Call {
@@ -287,6 +299,17 @@ struct Call {
     state: CallState,
     order: u64,
     dialog: Option<Dialog>,
+    /// Caller: the early dialog of a reliable 18x (RFC 3262 §4) and the `RSeq`s seen in it,
+    /// until a 2xx confirms it.
+    early: Option<(Dialog, Sequence)>,
+    /// Caller: the offer/answer exchange completed in a reliable 18x, so a 2xx may come
+    /// without SDP (RFC 3262 §5).
+    answered_reliably: bool,
+    /// Callee: numbering of our reliable provisional responses (RFC 3262 §3); `Some` when the
+    /// answer went in one.
+    reliable: Option<Numbering>,
+    /// Callee: the 200 is due but waits for the PRACK of our reliable 18x (§3).
+    answer_waits_prack: bool,
     /// Caller: the INVITE we sent. Callee: the INVITE received.
     invite: Request,
     /// Callee: the INVITE server transaction.
@@ -327,6 +350,10 @@ impl Call {
             state: CallState::Setup,
             order,
             dialog: None,
+            early: None,
+            answered_reliably: false,
+            reliable: None,
+            answer_waits_prack: false,
             invite,
             invite_key: None,
             offer: None,
@@ -578,6 +605,7 @@ impl Core {
             .header(HeaderName::CallId, call_id.clone())?
             .cseq(1, &Method::Invite)?
             .header(HeaderName::Contact, self.contact())?
+            .header(HeaderName::Supported, rel::OPTION_TAG)?
             .header(HeaderName::ContentType, "application/sdp")?
             .body(sdp)
             .build();
@@ -605,10 +633,15 @@ impl Core {
             let _ = tx.send(Err(Error::NoSuchCall));
             return Ok(());
         };
-        let Some(dialog) = call.dialog.as_mut() else {
+        if call.dialog.is_none() && method != Method::Update {
+            // Only UPDATE may go in an early dialog (RFC 3311 §5.1).
             let _ = tx.send(Err(Error::NoSuchCall));
             return Ok(());
-        };
+        }
+        if current_dialog(&mut call.dialog, &mut call.early).is_none() {
+            let _ = tx.send(Err(Error::NoSuchCall));
+            return Ok(());
+        }
         call.sdp_version += 1;
         let (sdp, offer, ticket) = if !with_offer {
             if security == Security::MikeyTicket {
@@ -637,6 +670,7 @@ impl Core {
             (false, true) => Purpose::Reinvite,
             (false, false) => Purpose::OfferlessReinvite,
         };
+        let Some(dialog) = current_dialog(&mut call.dialog, &mut call.early) else { return Ok(()) };
         let mut request = dialog.request(method, &via)?;
         mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
         let mut message = Message::Request(request);
@@ -748,6 +782,7 @@ impl Core {
                 }
                 Ok(())
             }
+            Event::ReliableTimeout { key } => self.reliable_timeout(&key),
             Event::Malformed { .. } => Ok(()),
         }
     }
@@ -757,7 +792,7 @@ impl Core {
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let code = response.status.code();
         match purpose {
-            Purpose::Register | Purpose::ForkBye => Ok(()),
+            Purpose::Register | Purpose::ForkBye | Purpose::Prack => Ok(()),
             Purpose::Bye => {
                 if response.status.is_final() {
                     call.state = CallState::Ended;
@@ -771,7 +806,7 @@ impl Core {
                 if !response.status.is_final() {
                     return Ok(());
                 }
-                let Some(dialog) = call.dialog.as_mut() else { return Ok(()) };
+                let Some(dialog) = current_dialog(&mut call.dialog, &mut call.early) else { return Ok(()) };
                 if !response.status.is_success() {
                     if let Some(w) = call.unit_waiter.take() {
                         let _ = w.send(Err(Error::CallFailed { code, reason: String::from_utf8_lossy(&response.reason).into_owned() }));
@@ -822,6 +857,9 @@ impl Core {
             if call.state == CallState::Established {
                 return Ok(());
             }
+            if let Some(rseq) = reliable_rseq(&response) {
+                return self.on_reliable_provisional(call_id, response, rseq, via);
+            }
             // Early media (RFC 3264 answer in a 18x): start as soon as the keys are known.
             if let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
                 && status.code() != 100
@@ -853,7 +891,17 @@ impl Core {
             }
             return Ok(());
         }
-        let dialog = Dialog::uac(&call.invite, &response)?;
+        let dialog = match call.early.take() {
+            // The 2xx of the early dialog a reliable 18x created confirms it (§13.2.2.4).
+            Some((mut early, _)) if early.id() == &id => {
+                early.confirm(&response)?;
+                early
+            }
+            other => {
+                call.early = other;
+                Dialog::uac(&call.invite, &response)?
+            }
+        };
         let ack = dialog.ack(1, via)?;
         let to = dialog.next_hop().ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
         self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
@@ -871,13 +919,18 @@ impl Core {
         }
         let answer = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
         let media = match answer {
-            Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &policy),
+            // The exchange completed reliably in a 18x (and maybe an UPDATE after it): an SDP
+            // in the 2xx repeats an answer already applied (RFC 6337 §3.1), none is needed.
+            _ if call.answered_reliably => Ok(None),
+            Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &policy).map(Some),
             None => Err(Error::Negotiation("2xx without an SDP answer".into())),
         };
         match media {
             Ok(media) => {
                 call.early_verified = call.rtp.stats().verified;
-                call.apply_media(&media);
+                if let Some(media) = media {
+                    call.apply_media(&media);
+                }
                 call.state = CallState::Established;
                 call.setup = Some(call.started.elapsed());
                 call.dialog = Some(dialog);
@@ -906,6 +959,86 @@ impl Core {
                 Ok(())
             }
         }
+    }
+
+    /// A reliable 18x (RFC 3262 §4): in order, it creates (or continues) the early dialog, its
+    /// answer is applied as early media, and it is PRACKed with `RAck`; a retransmission of
+    /// the last one is discarded (its PRACK's client transaction retransmits on its own) and
+    /// one out of order is neither PRACKed nor processed.
+    fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
+        let policy = self.config.sdes.clone();
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let id = DialogId::of_received_response(&response).ok_or(mediasec_sip::Error::NotADialog("reliable 1xx without a To tag"))?;
+        if !call.early.as_ref().is_some_and(|(d, _)| d.id() == &id) {
+            // A new early dialog (the first, or another fork's: the last one is kept).
+            call.early = Some((Dialog::uac(&call.invite, &response)?, Sequence::default()));
+        }
+        let Some((dialog, sequence)) = call.early.as_mut() else { return Ok(()) };
+        match sequence.accept(rseq) {
+            Received::Acknowledge => {}
+            Received::Duplicate | Received::OutOfOrder => {
+                tracing::debug!(rseq, "reliable provisional response discarded (RFC 3262 §4)");
+                return Ok(());
+            }
+        }
+        let cseq = response.headers.typed::<mediasec_sip::core::CSeq>().and_then(Result::ok).map_or(1, |c| c.sequence);
+        let mut prack = dialog.request(Method::Prack, via)?;
+        let rack = RAck { rseq, cseq, method: Method::Invite.as_bytes().to_vec() };
+        mediasec_sip::dialog::push_header(&mut prack, HeaderName::RAck, &rack.to_string())?;
+        let to = dialog.next_hop().ok_or(Error::Negotiation("reliable 1xx without a reachable Contact".into()))?;
+        if !call.answered_reliably
+            && let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
+        {
+            match answer_media(call, self.kms.as_mut(), &answer, &policy) {
+                Ok(media) => {
+                    call.apply_media(&media);
+                    call.state = CallState::Early;
+                    call.answered_reliably = true;
+                }
+                Err(e) => tracing::info!(error = %e, "answer in a reliable 1xx not used"),
+            }
+        }
+        self.send_request(prack, to, call_id, Purpose::Prack)?;
+        Ok(())
+    }
+
+    /// A PRACK (RFC 3262 §3): it must name our outstanding reliable 1xx, in the dialog, else
+    /// 481; its 200 lets a 2xx that waited for it go out.
+    fn incoming_prack(&mut self, key: &TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
+        let id = DialogId::of_received_request(request);
+        let rack = request.headers.typed::<RAck>().and_then(Result::ok);
+        let acknowledged = match (self.calls.get_mut(call_id), rack) {
+            (Some(call), Some(rack)) if call.dialog.as_ref().is_some_and(|d| Some(d.id()) == id.as_ref()) => {
+                let cseq = call.invite.headers.typed::<mediasec_sip::core::CSeq>().and_then(Result::ok).map_or(1, |c| c.sequence);
+                let ok = call.reliable.as_mut().is_some_and(|n| n.acknowledge(&rack, cseq, Method::Invite.as_bytes()));
+                if ok && let Some(dialog) = call.dialog.as_mut() {
+                    dialog.receive_request(request)?;
+                }
+                ok
+            }
+            _ => false,
+        };
+        if !acknowledged {
+            return self.respond(key, request, 481, "Call/Transaction Does Not Exist", None, None);
+        }
+        self.respond(key, request, 200, "OK", None, None)?;
+        if let Some(call) = self.calls.get_mut(call_id)
+            && std::mem::take(&mut call.answer_waits_prack)
+        {
+            self.answer_now(call_id)?;
+        }
+        Ok(())
+    }
+
+    /// RFC 3262 §3: a reliable 1xx not PRACKed within 64·T1 fails the INVITE with a 5xx.
+    fn reliable_timeout(&mut self, key: &TransactionKey) -> Result<(), Error> {
+        let Some((call_id, call)) = self.calls.iter_mut().find(|(_, c)| c.invite_key.as_ref() == Some(key) && !c.answered) else { return Ok(()) };
+        let (call_id, invite) = (call_id.clone(), call.invite.clone());
+        let to = call.dialog.as_ref().map(|d| d.local_header().clone());
+        call.fail(504, "no PRACK for the reliable provisional response");
+        call.answered = true;
+        tracing::info!(%call_id, "no PRACK within 64*T1: 504");
+        self.respond(key, &invite, 504, "Server Time-out", to, None)
     }
 
     async fn on_request(&mut self, key: TransactionKey, request: Request) -> Result<(), Error> {
@@ -939,6 +1072,7 @@ impl Core {
                 }
             }
             Method::Options => self.respond(&key, &request, 200, "OK", None, None),
+            Method::Prack => self.incoming_prack(&key, &request, &call_id),
             _ => self.respond(&key, &request, 501, "Not Implemented", None, None),
         }
     }
@@ -946,6 +1080,13 @@ impl Core {
     /// Sends a response through a server transaction; `to` replaces `To` (our tag), `body`
     /// is an SDP answer.
     fn respond(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>) -> Result<(), Error> {
+        self.respond_with(key, request, code, reason, to, body, None)
+    }
+
+    /// [`Self::respond`], and with `rseq` a reliable provisional response (RFC 3262 §3:
+    /// `Require: 100rel` and `RSeq`, retransmitted by the endpoint until its PRACK).
+    #[allow(clippy::too_many_arguments)]
+    fn respond_with(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>, rseq: Option<u32>) -> Result<(), Error> {
         let status = StatusCode::new(code).ok_or(Error::Negotiation("status code".into()))?;
         let mut b = ResponseBuilder::to_request(request, status, reason.to_owned())?;
         if let Some(to) = to {
@@ -959,11 +1100,16 @@ impl Core {
                 b = b.header(HeaderName::RecordRoute, rr.value().into_owned())?;
             }
         }
+        if let Some(rseq) = rseq {
+            b = b.header(HeaderName::Require, rel::OPTION_TAG)?.header(HeaderName::RSeq, rseq.to_string())?;
+        }
         if let Some(sdp) = body {
             b = b.header(HeaderName::ContentType, "application/sdp")?.body(sdp.to_owned());
         }
         let response = b.build();
-        let command = if request.method == Method::Invite && status.is_success() {
+        let command = if rseq.is_some() {
+            Command::RespondReliable { key: key.clone(), response }
+        } else if request.method == Method::Invite && status.is_success() {
             Command::Respond2xx { key: key.clone(), response }
         } else {
             Command::Respond { key: key.clone(), response }
@@ -1021,9 +1167,35 @@ impl Core {
                     call.peer_key = Some(peer_key.clone());
                 }
                 call.answer = Some((answer.clone(), media.clone()));
+                let answering = self.config.answering;
+                let reliable = match rel::reliability(Offered::in_request(&request), true) {
+                    Reliability::Required => true,
+                    Reliability::Permitted => answering.early_media,
+                    Reliability::Forbidden | Reliability::Refuse => false,
+                };
+                if reliable {
+                    // RFC 3262 §3/§5: the answer goes in the first reliable 1xx; early media
+                    // starts with it. A 183 with early media, else (100rel required) a 180.
+                    let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
+                    let rseq = numbering.allocate();
+                    call.reliable = Some(numbering);
+                    call.apply_media(&media);
+                    call.state = CallState::Early;
+                    self.calls.insert(call_id.clone(), call);
+                    let (code, reason) = if answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
+                    self.respond_with(&key, &request, code, reason, Some(to), Some(&answer), rseq)?;
+                    if !answering.auto {
+                        return Ok(());
+                    }
+                    let ops = self.ops.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(answering.delay).await;
+                        let _ = ops.send(Op::AnswerNow(call_id));
+                    });
+                    return Ok(());
+                }
                 self.calls.insert(call_id.clone(), call);
                 self.respond(&key, &request, 180, "Ringing", Some(to.clone()), None)?;
-                let answering = self.config.answering;
                 if !answering.auto {
                     return Ok(());
                 }
@@ -1053,6 +1225,17 @@ impl Core {
             return Ok(());
         };
         let to = dialog.local_header().clone();
+        if let Some(numbering) = &call.reliable {
+            // RFC 3262 §3: no 2xx before the reliable 1xx was PRACKed; the answer went in it
+            // (and an UPDATE may have changed the media since), so the 200 carries no SDP.
+            if numbering.outstanding().is_some() {
+                call.answer_waits_prack = true;
+                return Ok(());
+            }
+            call.answered = true;
+            let request = call.invite.clone();
+            return self.respond(&key, &request, 200, "OK", Some(to), None);
+        }
         call.answered = true;
         call.apply_media(&media);
         let request = call.invite.clone();
@@ -1115,6 +1298,29 @@ impl Core {
     }
 }
 
+/// The `RSeq` of a reliable provisional response (RFC 3262 §7.1: `Require: 100rel` and
+/// `RSeq`); `None` for an unreliable one, a 100, or a malformed `RSeq`.
+fn reliable_rseq(response: &Response) -> Option<u32> {
+    let code = response.status.code();
+    let required = response.headers.get_all(&HeaderName::Require).any(|h| {
+        h.value().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(rel::OPTION_TAG.as_bytes()))
+    });
+    if !(101..200).contains(&code) || !required {
+        return None;
+    }
+    response.headers.typed::<rel::RSeq>().and_then(Result::ok).map(|r| r.0)
+}
+
+/// The dialog a call's in-dialog requests go in: the confirmed one, else the caller's early
+/// dialog (RFC 3311 §5.1: UPDATE may be sent in it). Takes the two fields, so the call's other
+/// fields stay usable while it is borrowed.
+fn current_dialog<'a>(dialog: &'a mut Option<Dialog>, early: &'a mut Option<(Dialog, Sequence)>) -> Option<&'a mut Dialog> {
+    match (dialog, early) {
+        (Some(d), _) | (None, Some((d, _))) => Some(d),
+        (None, None) => None,
+    }
+}
+
 fn security_client() -> HeaderName {
     HeaderName::parse(&Bytes::from_static(b"Security-Client"))
 }
@@ -1141,4 +1347,242 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     let media = ticket::process_answer(kms, pending, answer)?;
     call.ticket_answer = Some((text, media.clone()));
     Ok(media)
+}
+
+/// RFC 3262 at the UE, against a scripted peer on a raw UDP socket (the peer plays the
+/// proxy: the UE's outbound proxy is its address, and its messages name it in `Via`).
+#[cfg(test)]
+mod reliable_tests {
+    use std::time::Duration;
+
+    use mediasec_sip::core::{parse_datagram, Limits};
+    use tokio::net::UdpSocket;
+
+    use super::*;
+
+    const SDES: Security = Security::Sdes { fallback: false };
+
+    fn timers(t1_ms: u64) -> Timers {
+        Timers { t1: Duration::from_millis(t1_ms), t2: Duration::from_millis(t1_ms * 8), t4: Duration::from_millis(t1_ms * 10) }
+    }
+
+    async fn peer() -> UdpSocket {
+        UdpSocket::bind("127.0.0.1:0").await.expect("bind")
+    }
+
+    /// The next SIP message within `wait`, or `None`.
+    async fn next(socket: &UdpSocket, wait: Duration) -> Option<Message> {
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await.ok()?.ok()?;
+        parse_datagram(Bytes::copy_from_slice(buf.get(..n)?), &Limits::datagram()).ok()
+    }
+
+    /// Messages until `pred` matches one (within `wait` each), returning it and those before.
+    async fn until(socket: &UdpSocket, wait: Duration, pred: impl Fn(&Message) -> bool) -> (Message, Vec<Message>) {
+        let mut before = Vec::new();
+        loop {
+            let m = next(socket, wait).await.expect("a message in time");
+            if pred(&m) {
+                return (m, before);
+            }
+            before.push(m);
+        }
+    }
+
+    fn text(m: &Message) -> String {
+        String::from_utf8_lossy(&m.to_bytes()).into_owned()
+    }
+
+    fn code(m: &Message) -> Option<u16> {
+        match m {
+            Message::Response(r) => Some(r.status.code()),
+            Message::Request(_) => None,
+        }
+    }
+
+    fn value(m: &Message, name: &HeaderName) -> Option<String> {
+        header_text(m.headers(), name)
+    }
+
+    async fn send(socket: &UdpSocket, to: SocketAddr, text: &str) {
+        socket.send_to(text.as_bytes(), to).await.expect("send");
+    }
+
+    fn invite(peer: SocketAddr, to: SocketAddr, rel: &str, offer: &str) -> String {
+        format!(
+            "INVITE sip:bob@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {peer};branch=z9hG4bKinv1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: <sip:bob@b.example>\r\nCall-ID: rel-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{peer}>\r\n{rel}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+            offer.len()
+        )
+    }
+
+    fn prack(peer: SocketAddr, to: SocketAddr, to_header: &str, rack: &str, branch: &str, cseq: u32) -> String {
+        format!(
+            "PRACK sip:bob@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {peer};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq: {cseq} PRACK\r\nRAck: {rack}\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn caller_offer(peer: SocketAddr) -> String {
+        let local = SocketAddr::new(peer.ip(), 40_000);
+        offer_answer::offer(local, 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("offer").sdp
+    }
+
+    /// UAS (RFC 3262 §3): with `Supported: 100rel` and early media the 183 carries the answer
+    /// with `Require: 100rel` and `RSeq`, no 180 goes out, the 183 is retransmitted (same
+    /// `RSeq`) until the PRACK, a PRACK naming another `RSeq` gets 481, the right one 200,
+    /// and only then does the 200 (without SDP: the exchange is complete) go out.
+    #[tokio::test]
+    async fn uas_sends_the_183_reliably_and_holds_the_200_for_the_prack() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:bob@b.example", peer_addr, SDES, 1000.0, 440.0);
+        config.timers = timers(40);
+        config.answering = Answering { auto: true, delay: Duration::ZERO, early_media: true };
+        let bob = Ue::start(config).await.expect("ue");
+        let ue = bob.sip_addr();
+        send(&peer, ue, &invite(peer_addr, ue, "Supported: 100rel\r\n", &caller_offer(peer_addr))).await;
+        let (first, before) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(183)).await;
+        assert!(before.iter().all(|m| code(m) == Some(100)), "no 180 before the reliable 183: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(value(&first, &HeaderName::Require).as_deref(), Some("100rel"), "{}", text(&first));
+        let rseq = value(&first, &HeaderName::RSeq).expect("RSeq");
+        assert!(rseq.parse::<u32>().is_ok_and(|n| (1..=rel::MAX_FIRST_RSEQ).contains(&n)), "{rseq}");
+        assert!(mediasec_sip::body::sdp(&first).expect("sdp").is_some(), "the answer is in the 183");
+        // No PRACK yet: the same 183 comes again, and no 200.
+        let (again, before) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(183)).await;
+        assert!(before.is_empty(), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(value(&again, &HeaderName::RSeq), Some(rseq.clone()));
+        let to = value(&first, &HeaderName::To).expect("To");
+        let wrong = rseq.parse::<u32>().expect("n") + 1;
+        send(&peer, ue, &prack(peer_addr, ue, &to, &format!("{wrong} 1 INVITE"), "z9hG4bKpr0", 2)).await;
+        let (refused, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(481)).await;
+        assert!(value(&refused, &HeaderName::CSeq).is_some_and(|c| c.ends_with("PRACK")));
+        send(&peer, ue, &prack(peer_addr, ue, &to, &format!("{rseq} 1 INVITE"), "z9hG4bKpr1", 3)).await;
+        let (ok, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        assert!(value(&ok, &HeaderName::CSeq).is_some_and(|c| c.ends_with("PRACK")), "the PRACK is answered first: {}", text(&ok));
+        let (ok, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        assert!(value(&ok, &HeaderName::CSeq).is_some_and(|c| c.ends_with("INVITE")), "{}", text(&ok));
+        assert!(mediasec_sip::body::sdp(&ok).expect("body").is_none(), "no SDP in the 200: {}", text(&ok));
+        // The PRACK stopped the 183's retransmissions.
+        let late = next(&peer, Duration::from_millis(400)).await;
+        assert!(late.as_ref().is_none_or(|m| code(m) != Some(183)), "{:?}", late.as_ref().map(text));
+    }
+
+    /// UAS (RFC 3262 §3): the 183 is passed again at T1, 2·T1, 4·T1, … and after 64·T1 without
+    /// a PRACK the INVITE is answered 504.
+    #[tokio::test]
+    async fn uas_gives_up_with_504_after_64_t1_without_prack() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:bob@b.example", peer_addr, SDES, 1000.0, 440.0);
+        config.timers = timers(10);
+        config.answering = Answering { auto: true, delay: Duration::ZERO, early_media: true };
+        let bob = Ue::start(config).await.expect("ue");
+        let ue = bob.sip_addr();
+        let started = Instant::now();
+        send(&peer, ue, &invite(peer_addr, ue, "Require: 100rel\r\n", &caller_offer(peer_addr))).await;
+        let (last, before) = until(&peer, Duration::from_secs(3), |m| code(m) == Some(504)).await;
+        let elapsed = started.elapsed();
+        let copies = before.iter().filter(|m| code(m) == Some(183)).count();
+        // At 0, 10, 30, 70, 150, 310 and 630 ms (the next would be at 1270): seven copies, then
+        // 504 once 64·T1 = 640 ms have passed.
+        assert_eq!(copies, 7, "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert!(elapsed >= Duration::from_millis(640), "{elapsed:?}");
+        assert!(value(&last, &HeaderName::To).is_some_and(|t| t.contains("tag=")));
+        let report = bob.reports().await.expect("reports");
+        assert!(report.iter().any(|r| matches!(r.state, CallState::Failed(504, _))), "{report:?}");
+    }
+
+    /// UAC (RFC 3262 §4): `Supported: 100rel` in the INVITE; a reliable 183 is PRACKed with
+    /// `RAck: rseq cseq INVITE` in its early dialog; its retransmission and a response out of
+    /// order get no PRACK; the next in order does; an UPDATE goes in the early dialog; the 200
+    /// without SDP establishes the call on the 183's answer and the ACK follows.
+    #[tokio::test]
+    async fn uac_pracks_in_order_and_updates_in_the_early_dialog() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
+        config.timers = timers(100);
+        let alice = std::sync::Arc::new(Ue::start(config).await.expect("ue"));
+        let ue = alice.sip_addr();
+        let calling = tokio::spawn({
+            let (alice, target) = (alice.clone(), format!("sip:bob@{peer_addr}"));
+            async move { alice.call(&target).await }
+        });
+        let (invite, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Invite)).await;
+        assert_eq!(value(&invite, &HeaderName::Supported).as_deref(), Some("100rel"), "{}", text(&invite));
+        let offer = mediasec_sip::body::sdp(&invite).expect("sdp").expect("offer");
+        let (answer, _) = offer_answer::answer(&offer, SocketAddr::new(peer_addr.ip(), 40_002), 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("answer");
+        let Message::Request(inv) = &invite else { panic!("request") };
+        let reply = |code: u16, reason: &str, extra: &str, body: &str| {
+            let mut b = ResponseBuilder::to_request(inv, StatusCode::new(code).expect("code"), reason.to_owned())
+                .expect("builder")
+                .set_header(&HeaderName::To, format!("<sip:bob@{peer_addr}>;tag=bt"))
+                .expect("to")
+                .header(HeaderName::Contact, format!("<sip:bob@{peer_addr}>"))
+                .expect("contact");
+            for line in extra.lines().filter(|l| !l.is_empty()) {
+                let (name, v) = line.split_once(": ").expect("header");
+                b = b.header(HeaderName::parse(&Bytes::copy_from_slice(name.as_bytes())), v.to_owned()).expect("header");
+            }
+            if !body.is_empty() {
+                b = b.header(HeaderName::ContentType, "application/sdp").expect("ct").body(body.to_owned());
+            }
+            text(&Message::Response(b.build()))
+        };
+        let is_prack = |m: &Message| matches!(m, Message::Request(r) if r.method == Method::Prack);
+        send(&peer, ue, &reply(183, "Session Progress", "Require: 100rel\nRSeq: 10\n", &answer)).await;
+        let (prack, _) = until(&peer, Duration::from_secs(2), is_prack).await;
+        assert_eq!(value(&prack, &HeaderName::RAck).as_deref(), Some("10 1 INVITE"));
+        assert!(value(&prack, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "in the early dialog: {}", text(&prack));
+        let Message::Request(p) = &prack else { panic!("request") };
+        let ok = ResponseBuilder::to_request(p, StatusCode::new(200).expect("code"), "OK".to_owned()).expect("b").build();
+        send(&peer, ue, &text(&Message::Response(ok))).await;
+        // UPDATE with a fresh offer in the early dialog (RFC 3311 §5.1), answered in its 200.
+        let call_id = value(&invite, &HeaderName::CallId).expect("Call-ID");
+        let updating = tokio::spawn({
+            let (alice, call_id) = (alice.clone(), call_id.clone());
+            async move { alice.update(&call_id).await }
+        });
+        let (update, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Update)).await;
+        assert_eq!(value(&update, &HeaderName::CSeq).as_deref(), Some("3 UPDATE"));
+        assert!(value(&update, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "{}", text(&update));
+        let new_offer = mediasec_sip::body::sdp(&update).expect("sdp").expect("offer");
+        let (new_answer, _) = offer_answer::answer(&new_offer, SocketAddr::new(peer_addr.ip(), 40_002), 2, SDES, &SdesPolicy::default(), &mut fill_random).expect("answer");
+        let Message::Request(u) = &update else { panic!("request") };
+        let ok = ResponseBuilder::to_request(u, StatusCode::new(200).expect("code"), "OK".to_owned())
+            .expect("b")
+            .header(HeaderName::ContentType, "application/sdp")
+            .expect("ct")
+            .body(new_answer)
+            .build();
+        send(&peer, ue, &text(&Message::Response(ok))).await;
+        updating.await.expect("join").expect("UPDATE answered in the early dialog");
+        // A retransmission (same RSeq) and one out of order (gap): no new PRACK.
+        send(&peer, ue, &reply(183, "Session Progress", "Require: 100rel\nRSeq: 10\n", &answer)).await;
+        send(&peer, ue, &reply(180, "Ringing", "Require: 100rel\nRSeq: 12\n", "")).await;
+        let quiet = next(&peer, Duration::from_millis(300)).await;
+        assert!(quiet.is_none(), "nothing to acknowledge: {:?}", quiet.as_ref().map(text));
+        send(&peer, ue, &reply(180, "Ringing", "Require: 100rel\nRSeq: 11\n", "")).await;
+        let (prack, _) = until(&peer, Duration::from_secs(2), is_prack).await;
+        assert_eq!(value(&prack, &HeaderName::RAck).as_deref(), Some("11 1 INVITE"));
+        let Message::Request(p) = &prack else { panic!("request") };
+        let ok = ResponseBuilder::to_request(p, StatusCode::new(200).expect("code"), "OK".to_owned()).expect("b").build();
+        send(&peer, ue, &text(&Message::Response(ok))).await;
+        send(&peer, ue, &reply(200, "OK", "", "")).await;
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(value(&ack, &HeaderName::CSeq).is_some_and(|c| c == "1 ACK"), "{}", text(&ack));
+        let id = calling.await.expect("join").expect("established on the 183's answer");
+        assert_eq!(id, call_id);
+        let report = alice.report(&id).await.expect("report").expect("call");
+        assert_eq!(report.state, CallState::Established);
+        assert!(report.protection.starts_with("srtp"), "{report:?}");
+        assert_eq!(report.rekeys, 1, "the UPDATE's keys are in force: {report:?}");
+        // PRACK, UPDATE and PRACK took CSeq 2–4 in the early dialog; the BYE goes on from there.
+        let hanging = tokio::spawn(async move { alice.hangup(&id).await });
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CSeq).as_deref(), Some("5 BYE"));
+        hanging.abort();
+    }
 }
