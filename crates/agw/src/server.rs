@@ -501,7 +501,9 @@ fn std_addr(a: SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-/// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text, anything else → 404.
+/// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text (the controller's, and the
+/// media sends from connected twins and with addresses, [`Agw::media_sends`]), anything else
+/// → 404.
 async fn metrics_loop(listener: tokio::net::TcpListener, state: Shared) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     loop {
@@ -512,7 +514,10 @@ async fn metrics_loop(listener: tokio::net::TcpListener, state: Shared) {
             let Ok(n) = conn.read(&mut req).await else { return };
             let head = req.get(..n).unwrap_or_default();
             let (status, body) = if head.starts_with(b"GET /metrics ") {
-                ("200 OK", lock(&state).ctl.metrics())
+                let st = lock(&state);
+                let (connected, unconnected) = st.sockets.sends;
+                let sends = format!("# TYPE mediasec_agw_media_sends_total counter\nmediasec_agw_media_sends_total{{socket=\"connected\"}} {connected}\nmediasec_agw_media_sends_total{{socket=\"unconnected\"}} {unconnected}\n");
+                ("200 OK", st.ctl.metrics() + &sends)
             } else {
                 ("404 Not Found", String::from("not found\n"))
             };
@@ -592,7 +597,7 @@ mod tests {
         const ROUNDS: u16 = 5;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
-        let agw = rt.block_on(Agw::start_with(config(base), path)).unwrap();
+        let agw = rt.block_on(Agw::start_with(ServerConfig { metrics: Some("127.0.0.1:0".parse().unwrap()), ..config(base) }, path)).unwrap();
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let (ue, core) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
@@ -616,10 +621,15 @@ mod tests {
         while agw.media_sends().0 + agw.media_sends().1 < total && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if agw.uses_io_uring() {
-            assert_eq!(agw.media_sends(), (total - 2, 2), "{path:?}");
-        } else {
-            assert_eq!(agw.media_sends(), (0, total), "{path:?}");
+        let want = if agw.uses_io_uring() { (total - 2, 2) } else { (0, total) };
+        assert_eq!(agw.media_sends(), want, "{path:?}");
+        let mut http = std::net::TcpStream::connect(agw.metrics_addr().unwrap()).unwrap();
+        io::Write::write_all(&mut http, b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut body = String::new();
+        io::Read::read_to_string(&mut http, &mut body).unwrap();
+        for (socket, n) in [("connected", want.0), ("unconnected", want.1)] {
+            let line = format!("\nmediasec_agw_media_sends_total{{socket=\"{socket}\"}} {n}\n");
+            assert!(body.contains(&line), "{path:?}: {line:?} in {body}");
         }
         let delete = Value::dict([("command", Value::str("delete")), ("call-id", Value::str("twins")), ("from-tag", Value::str("ue"))]);
         ng::request(&client, agw.ng_addr(), &delete).unwrap();
