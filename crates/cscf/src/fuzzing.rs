@@ -184,7 +184,7 @@ mod tests {
     /// nothing fails; the terminating seed's plain offer from the core to alice's contact is
     /// too. At the S-CSCF the REGISTERs stay local (registrar) and the INVITE to alice's AOR
     /// forks to her two contacts (plus one branch for the INVITE to a contact address). The
-    /// delayed-offer and UPDATE seeds go through the ALG without failure.
+    /// delayed-offer, UPDATE and reliable-183 seeds go through the ALG without failure.
     #[test]
     fn seeds_reach_the_alg_and_the_fork() {
         let call = after(Role::Pcscf, "e2ae_call");
@@ -201,6 +201,11 @@ mod tests {
         // offers and answers; the overlapping UPDATE gets 500.
         let update = after(Role::Pcscf, "update_offer");
         assert_eq!((update.e2ae_applied, update.agw_failures, update.rejected), (6, 0, 1), "{update:?}");
+        // Preconditions flow (RFC 3262, RFC 3311): the offer, the reliable 183's answer (its
+        // retransmission replayed without AGW work), the early UPDATE's offer and answer; the
+        // UPDATE overlapping it gets 500; PRACK, 180 and the SDP-less 200 pass.
+        let reliable = after(Role::Pcscf, "reliable_183_prack_update");
+        assert_eq!((reliable.e2ae_applied, reliable.agw_failures, reliable.rejected), (4, 0, 1), "{reliable:?}");
         let cancel = after(Role::Scscf, "timeout_cancel_clock");
         assert_eq!(cancel.cancels, 1, "{cancel:?}");
     }

@@ -29,6 +29,7 @@ use mediasec_sip::core::headers::{Contact, Route};
 use mediasec_sip::core::{
     Header, HeaderName, Message, Method, Request, Response, ResponseBuilder, StatusCode, TransactionKey, TypedHeader as _, Uri, Via,
 };
+use mediasec_sip::core::rel::RSeq;
 use mediasec_sip::dialog::{socket_addr, split_addresses};
 use mediasec_sip::udp::{Command, Event};
 
@@ -100,9 +101,11 @@ enum Pending {
     Delete,
 }
 
-/// An offer/answer exchange whose 2xx the IMS-ALG rewrote, by Call-ID, CSeq number and To tag
-/// (what a 2xx retransmission and its ACK share, RFC 3261 §13.3.1.4, §17.1.1.3).
-type ExchangeKey = (String, u32, String);
+/// An offer/answer exchange whose 2xx (or reliable 18x) the IMS-ALG rewrote, by Call-ID, CSeq
+/// number, To tag (what a 2xx retransmission and its ACK share, RFC 3261 §13.3.1.4,
+/// §17.1.1.3) and, for a reliable provisional response, its `RSeq` (what its retransmissions
+/// share, RFC 3262 §3; `None` for a 2xx or ACK).
+type ExchangeKey = (String, u32, String, Option<u32>);
 
 /// An SDP body the IMS-ALG rewrites once; its retransmissions get the same result and create
 /// no AGW work.
@@ -622,10 +625,12 @@ impl Proxy {
             let delayed = context.delayed.clone();
             let in_dialog = context.branches.iter().any(|b| tag_of(&b.request.headers, &HeaderName::To).is_some());
             let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+            let reliable = is_reliable(&response);
             let mut message = Message::Response(response);
-            if (200..300).contains(&code) {
+            if (200..300).contains(&code) || reliable {
                 match self.replay(&mut message) {
-                    // A retransmission of a 2xx whose first copy still waits for the AGW.
+                    // A retransmission of a 2xx (or of a reliable 18x, same RSeq) whose first
+                    // copy still waits for the AGW.
                     Some(false) => return Vec::new(),
                     Some(true) => {
                         let Message::Response(r) = message else { return Vec::new() };
@@ -644,7 +649,7 @@ impl Proxy {
                 (Some(leg), Some(sdp)) if code < 300 => {
                     let to_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
                     let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &to_tag, &sdp).to_vec();
-                    if code >= 200
+                    if (code >= 200 || reliable)
                         && let Some(exchange) = exchange_key(&r.headers)
                     {
                         self.exchanges.insert(exchange, Exchange { response: Rewrite::Waiting, ack: None, created: now });
@@ -880,12 +885,14 @@ impl Proxy {
             return self.route(key, request, now);
         }
         let Some(dialog) = self.alg_dialogs.get(call_id).cloned() else {
+            if self.initial_exchange_open(call_id) {
+                // RFC 3311 §5.2: an offer while the INVITE's is unanswered gets 500 from the UAS.
+                return self.offer_pending(&key, &request, call_id);
+            }
             return self.refuse(&key, &request, 488, "an offer in an e2ae call before it was established through the IMS-AGW is not supported by this IMS-ALG");
         };
         if self.busy(call_id, now) {
-            tracing::info!(%call_id, method = %request.method, "IMS-ALG: an offer while another is open in the dialog; 500 with Retry-After");
-            let retry = header(HeaderName::parse(&Bytes::from_static(b"Retry-After")), (rand::random::<u8>() % 11).to_string());
-            return self.reply(&key, &request, 500, "Offer Pending", retry.into_iter().collect());
+            return self.offer_pending(&key, &request, call_id);
         }
         let Some(sdp) = sdp else {
             tracing::info!(%call_id, from_core, "IMS-ALG: offerless re-INVITE of an e2ae call; the offer is expected in the 2xx");
@@ -909,6 +916,25 @@ impl Proxy {
         let out = if invite { self.reply(&key, &request, 100, "Trying", vec![]) } else { Vec::new() };
         self.ng(command, Pending::Offer { key, request, leg, now });
         out
+    }
+
+    /// 500 with `Retry-After` 0–10 s to an offer while another is open in the dialog (RFC 3311
+    /// §5.2, RFC 3261 §14.2).
+    fn offer_pending(&mut self, key: &TransactionKey, request: &Request, call_id: &str) -> Vec<Command> {
+        tracing::info!(%call_id, method = %request.method, "IMS-ALG: an offer while another is open in the dialog; 500 with Retry-After");
+        let retry = header(HeaderName::parse(&Bytes::from_static(b"Retry-After")), (rand::random::<u8>() % 11).to_string());
+        self.reply(key, request, 500, "Offer Pending", retry.into_iter().collect())
+    }
+
+    /// The initial INVITE of e2ae call `call_id` carried an offer that is not answered yet
+    /// (held for the AGW, or forwarded and waiting for a reliable 18x or 2xx answer): an early
+    /// dialog's offer now would overlap it.
+    fn initial_exchange_open(&self, call_id: &str) -> bool {
+        let of_call = |r: &Request| r.headers.value(&HeaderName::CallId).is_some_and(|v| v.as_ref() == call_id.as_bytes());
+        self.pending.values().any(|p| matches!(p, Pending::Offer { request, .. } if of_call(request)))
+            || self.contexts.values().any(|c| {
+                c.method == Method::Invite && !c.finished && c.alg.is_some() && c.branches.iter().any(|b| of_call(&b.request) && tag_of(&b.request.headers, &HeaderName::To).is_none())
+            })
     }
 
     /// Refuses an in-dialog offer with `code` and a `Warning` giving `reason`.
@@ -1069,7 +1095,7 @@ impl Proxy {
     /// one is dropped), `None` when it is new.
     fn replay(&mut self, message: &mut Message) -> Option<bool> {
         let Message::Response(r) = &*message else { return None };
-        if !r.status.is_success() {
+        if !r.status.is_success() && !is_reliable(r) {
             return None;
         }
         let state = self.exchanges.get(&exchange_key(&r.headers)?)?.response.clone();
@@ -1189,7 +1215,9 @@ impl Proxy {
             }
             Pending::Answer { server, client, response, leg } => {
                 let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                let success = response.status.is_success();
+                // A reliable 18x completes the exchange as a 2xx does (RFC 3262 §5): the early
+                // dialog's offers (UPDATE, RFC 3311) go on this AGW call.
+                let success = response.status.is_success() || is_reliable(&response);
                 if success {
                     self.alg_established(&call_id, &leg);
                     self.offering.remove(&call_id);
@@ -1376,11 +1404,19 @@ fn via_address(via: &Via) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The [`ExchangeKey`] of a 2xx or its ACK: Call-ID, CSeq number, To tag.
+/// The [`ExchangeKey`] of a 2xx or its ACK, or of a reliable 18x: Call-ID, CSeq number, To
+/// tag, `RSeq`.
 fn exchange_key(headers: &mediasec_sip::core::Headers) -> Option<ExchangeKey> {
     let call_id = String::from_utf8_lossy(&headers.value(&HeaderName::CallId)?).into_owned();
     let cseq = headers.typed::<mediasec_sip::core::CSeq>()?.ok()?.sequence;
-    Some((call_id, cseq, tag_of(headers, &HeaderName::To)?))
+    let rseq = headers.typed::<RSeq>().and_then(Result::ok).map(|r| r.0);
+    Some((call_id, cseq, tag_of(headers, &HeaderName::To)?, rseq))
+}
+
+/// A reliable provisional response (RFC 3262 §7.1: a 1xx with `RSeq`; the UAS that sent it
+/// retransmits it until its PRACK, and its answer completes the offer/answer exchange, §5).
+fn is_reliable(response: &Response) -> bool {
+    response.status.is_provisional() && response.headers.typed::<RSeq>().is_some_and(|r| r.is_ok())
 }
 
 /// The `tag` parameter of a `From`/`To` header.
@@ -2195,6 +2231,86 @@ Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-
     }
 
     /// The one ng command queued, decoded.
+    /// The TS 24.229 preconditions flow through the IMS-ALG, sans-IO (RFC 3262, RFC 3311):
+    /// alice's e2ae INVITE goes through the AGW; an UPDATE offer before any answer overlaps the
+    /// INVITE's offer (500 + Retry-After); the core's reliable 183 answer goes through ng
+    /// `answer` (`applied` towards alice, its `RSeq` kept); its retransmission (same `RSeq`)
+    /// gets the cached SDP without AGW work, also while the first copy waits (dropped); the
+    /// PRACK is routed; alice's UPDATE offer in the early dialog is a re-offer on `c9;orig`
+    /// (another one meanwhile gets 500), its 200 answer goes through ng `answer`; the 180 and
+    /// the SDP-less 200 to the INVITE pass with no AGW work.
+    #[test]
+    fn reliable_183_prack_and_early_update_of_an_e2ae_call() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let (key, r) = request_event(&e2ae_invite("z9hG4bKc9", "c9"));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (id, _) = one_ng(&mut p);
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        let in_dialog = |method: &str, branch: &str, cseq: u32, extra: &str, sdp: Option<&str>| {
+            let body = sdp.unwrap_or_default();
+            let ct = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
+            request_event(&format!(
+                "{method} sip:bob@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>;tag=t\r\n\
+Call-ID: c9\r\nCSeq: {cseq} {method}\r\n{extra}Contact: <sip:alice@127.0.0.1:5071>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        let pending_500 = |out: &[String]| out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 500") && m.contains("Retry-After: "));
+        // An offer while the INVITE's is unanswered (RFC 3311 §5.2).
+        let (key, r) = in_dialog("UPDATE", "z9hG4bKu0", 2, "", Some(SDES));
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(pending_500(&out) && p.take_ng().is_empty(), "{out:?}");
+        // The reliable 183 with the core's answer: held for ng `answer`.
+        let reliable = |code: u16, rseq: u32, sdp: Option<&str>| {
+            let mut r = tagged_response(&fwd, code, "t", sdp);
+            r.headers.push(header(HeaderName::Require, "100rel").expect("Require"));
+            r.headers.push(header(HeaderName::RSeq, rseq.to_string()).expect("RSeq"));
+            r
+        };
+        let out = p.handle(response_event(&fwd, reliable(183, 5, Some(PLAIN))), now);
+        assert!(sent(&out).is_empty(), "held for the AGW: {out:?}");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "to-tag")], [Some("answer".into()), Some("c9;orig".into()), Some("t".into())]);
+        let out = sent(&p.handle(response_event(&fwd, reliable(183, 5, Some(PLAIN))), now));
+        assert!(out.is_empty() && p.take_ng().is_empty(), "a copy while the first waits is dropped: {out:?}");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let [first] = out.as_slice() else { panic!("the 183 to alice: {out:?}") };
+        assert!(first.starts_with("SIP/2.0 183") && first.contains("RSeq: 5\r\n") && first.ends_with("a=3ge2ae:applied\r\n"), "{first}");
+        let out = sent(&p.handle(response_event(&fwd, reliable(183, 5, Some(PLAIN))), now));
+        assert_eq!(out, vec![first.clone()], "the retransmission gets the same SDP");
+        assert!(p.take_ng().is_empty(), "no AGW work for a retransmission");
+        // The PRACK is routed along its Route.
+        let (key, r) = in_dialog("PRACK", "z9hG4bKp1", 3, "RAck: 5 1 INVITE\r\n", None);
+        let prack = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(prack.method == Method::Prack && p.take_ng().is_empty());
+        // alice's UPDATE offer in the early dialog: a re-offer on the dialog's AGW call.
+        let (key, r) = in_dialog("UPDATE", "z9hG4bKu1", 4, "", Some(&SDES.replace("WVNf", "EEEE")));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(out.is_empty(), "held: {out:?}");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag")], [Some("offer".into()), Some("c9;orig".into()), Some("f".into())]);
+        let update = forwarded(p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(update.method == Method::Update && String::from_utf8_lossy(&Message::Request(update.clone()).to_bytes()).ends_with(AGW_OFFER));
+        let (key, r) = in_dialog("UPDATE", "z9hG4bKu2", 5, "", Some(SDES));
+        let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(pending_500(&out) && p.take_ng().is_empty(), "one offer at a time in the early dialog: {out:?}");
+        let _ = p.handle(response_event(&update, tagged_response(&update, 200, "t", Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id")], [Some("answer".into()), Some("c9;orig".into())]);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+        // 180 and the 200 without SDP: passed, no AGW work.
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 180, "t", None)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 180")), "{out:?}");
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", None)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.contains("Content-Length: 0\r\n") && m.ends_with("\r\n\r\n")), "{out:?}");
+        assert!(p.take_ng().is_empty());
+        assert_eq!(p.stats.agw_failures, 0);
+        assert_eq!(p.stats.e2ae_applied, 4, "offer, 183 answer, UPDATE offer and answer");
+    }
+
     fn one_ng(p: &mut Proxy) -> (u64, mediasec_agw::bencode::Value<'static>) {
         let ng = p.take_ng();
         let [cmd] = ng.as_slice() else { panic!("one ng command: {ng:?}") };

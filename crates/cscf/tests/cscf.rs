@@ -932,6 +932,11 @@ mod e2ae {
 
     /// [`e2ae_lab`] with P-CSCF a's `core_srtp` and bob's `security`.
     async fn e2ae_lab_with(core_srtp_a: bool, bob: Security) -> E2aeLab {
+        e2ae_lab_answering(core_srtp_a, bob, None).await
+    }
+
+    /// [`e2ae_lab_with`], and bob answering as `answering` says when given.
+    async fn e2ae_lab_answering(core_srtp_a: bool, bob: Security, answering: Option<Answering>) -> E2aeLab {
         let agw = agw().await;
         let (relay, seen, peers, task) = core_relay(false).await;
         let config = mediasec_cscf::lab::LabConfig { a_to_b: Some(relay), agw_ng_a: Some(agw.ng_addr()), core_srtp_a, ..Default::default() };
@@ -940,7 +945,11 @@ mod e2ae {
         let mut a = ue("sip:alice@a.example", lab.pcscf_a.local_addr(), STRICT, ALICE_HZ, BOB_HZ);
         a.e2ae = true;
         let alice = registered(a).await;
-        let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), bob, BOB_HZ, ALICE_HZ)).await;
+        let mut b = ue("sip:bob@b.example", lab.pcscf_b.local_addr(), bob, BOB_HZ, ALICE_HZ);
+        if let Some(answering) = answering {
+            b.answering = answering;
+        }
+        let bob = registered(b).await;
         E2aeLab { agw, lab, seen, task, alice, bob }
     }
 
@@ -1169,6 +1178,75 @@ mod e2ae {
         assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
         assert_eq!((b2.protection.as_str(), b2.media.refused), ("rtp", 0), "{b2:?}");
         ends_on_the_replacing_agw_call(&agw, &lab, &alice, &id).await;
+        task.abort();
+    }
+
+    /// The TS 24.229 preconditions flow through the IMS-ALG (RFC 3262, RFC 3311): alice (e2ae,
+    /// `Supported: 100rel`) calls bob (plain RTP), who answers in a reliable 183 with early
+    /// media (`Require: 100rel`, `RSeq`); P-CSCF a puts the answer through the AGW (`applied`
+    /// to alice), alice PRACKs, then re-keys with an UPDATE in the early dialog — a re-offer on
+    /// the same AGW call (ports kept), its 200 answer back through the AGW — and bob's 200
+    /// (no SDP: the exchange is complete) and alice's ACK establish the call. Media is verified
+    /// by content at both UEs before the 200 (early media, under the UPDATE's keys) and after,
+    /// and by the AGW's counters on both legs with no authentication failure.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reliable_183_prack_and_early_update_in_an_e2ae_call() {
+        let answering = Answering { auto: true, delay: Duration::from_millis(3500), early_media: true };
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_answering(false, Security::Off, Some(answering)).await;
+        let alice = Arc::new(alice);
+        let calling = tokio::spawn({
+            let alice = Arc::clone(&alice);
+            async move { alice.call("sip:bob@b.example").await }
+        });
+        let early = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(r) = alice.reports().await.expect("reports").into_iter().find(|r| r.state == CallState::Early) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("early media from the reliable 183");
+        let id = early.call_id.clone();
+        assert!(early.e2ae_applied && early.protection == "srtp AEAD_AES_256_GCM", "{early:?}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = alice.report(&id).await.expect("r").expect("call");
+        assert!(before.media.verified >= 15, "early media verified: {before:?}");
+        let q = query(agw.ng_addr(), format!("{id};orig")).await;
+        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
+
+        tokio::time::timeout(Duration::from_secs(5), alice.update(&id)).await.expect("in time").expect("UPDATE in the early dialog through the AGW");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a1, b1) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a1.state.clone(), b1.state.clone()), (CallState::Early, CallState::Early), "still before the 200");
+        assert_eq!((a1.rekeys, a1.protection.as_str(), a1.e2ae_applied), (1, "srtp AEAD_AES_256_GCM", true), "{a1:?}");
+        assert!(a1.own_key != before.own_key && a1.peer_key != before.peer_key, "new keys both ways on the access leg: {before:?} -> {a1:?}");
+        assert!(a1.media.verified >= before.media.verified + 25 && a1.media.refused <= REKEY_RACE, "{before:?} -> {a1:?}");
+        assert_eq!((b1.protection.as_str(), b1.rekeys), ("rtp", 1), "plain re-offer in the core: {b1:?}");
+        let q1 = query(agw.ng_addr(), format!("{id};orig")).await;
+        assert_eq!(ports(&q1), ports(&q), "the AGW kept its ports");
+        relayed_25_more(&q, &q1);
+
+        let established = tokio::time::timeout(Duration::from_secs(10), calling).await.expect("in time").expect("join").expect("established");
+        assert_eq!(established, id);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a2, b2) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a2.state.clone(), b2.state.clone()), (CallState::Established, CallState::Established));
+        assert_eq!((a2.rekeys, a2.own_key.as_ref(), a2.peer_key.as_ref()), (1, a1.own_key.as_ref(), a1.peer_key.as_ref()), "the 200 kept the UPDATE's keys: {a2:?}");
+        assert!(a2.early_verified >= a1.media.verified && a2.media.verified >= a2.early_verified + 25, "media before and after the 200: {a2:?}");
+        assert!(b2.media.verified >= b1.media.verified + 25 && b2.media.refused == 0, "{b2:?}");
+        let q2 = query(agw.ng_addr(), format!("{id};orig")).await;
+        relayed_25_more(&q1, &q2);
+        assert_eq!(int(leg(&q2, "A"), &["drops", "auth_failed"]), 0, "{q2:?}");
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
+        }
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (4, 0), "offer, 183 answer, UPDATE offer and answer: {stats:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
         task.abort();
     }
 
