@@ -206,6 +206,10 @@ mod tests {
         // UPDATE overlapping it gets 500; PRACK, 180 and the SDP-less 200 pass.
         let reliable = after(Role::Pcscf, "reliable_183_prack_update");
         assert_eq!((reliable.e2ae_applied, reliable.agw_failures, reliable.rejected), (4, 0, 1), "{reliable:?}");
+        // Offer in a reliable 183 to an offerless INVITE, answer in the PRACK: both through the
+        // AGW once; the 183's retransmission and the 200's copy of the offer are not.
+        let prack = after(Role::Pcscf, "offer_in_reliable_183");
+        assert_eq!((prack.e2ae_applied, prack.agw_failures, prack.rejected), (2, 0, 0), "{prack:?}");
         let cancel = after(Role::Scscf, "timeout_cancel_clock");
         assert_eq!(cancel.cancels, 1, "{cancel:?}");
     }

@@ -92,11 +92,14 @@ enum Pending {
     Offer { key: TransactionKey, request: Request, leg: AlgLeg, now: Instant },
     /// A response with an answer (or early answer) held until the AGW rewrote it.
     Answer { server: TransactionKey, client: TransactionKey, response: Response, leg: AlgLeg },
-    /// A 2xx carrying the offer of an offerless INVITE (delayed offer, RFC 3261 §13.2.1),
-    /// held until the AGW rewrote it.
+    /// A 2xx (or reliable 18x, RFC 3262 §5) carrying the offer of an offerless INVITE (delayed
+    /// offer, RFC 3261 §13.2.1), held until the AGW rewrote it.
     OfferIn2xx { server: TransactionKey, client: TransactionKey, response: Response, leg: AlgLeg, exchange: ExchangeKey },
     /// The ACK carrying the answer to an offer in a 2xx, held until the AGW rewrote it.
     AnswerInAck { ack: Request, leg: AlgLeg, exchange: ExchangeKey },
+    /// The PRACK carrying the answer to an offer in a reliable 18x (RFC 3262 §5), held until
+    /// the AGW rewrote it.
+    AnswerInPrack { key: TransactionKey, prack: Request, leg: AlgLeg, exchange: ExchangeKey, now: Instant },
     /// A `delete`: nothing waits.
     Delete,
 }
@@ -126,7 +129,8 @@ enum Rewrite {
 struct Exchange {
     /// The 2xx's SDP (an answer, or a delayed offer).
     response: Rewrite,
-    /// Delayed offer: the AGW call of the offer and the ACK's answer.
+    /// Delayed offer: the AGW call of the offer and the answer in the ACK (offer in a 2xx) or
+    /// in the PRACK (offer in a reliable 18x).
     ack: Option<(AlgLeg, Rewrite)>,
     created: Instant,
 }
@@ -187,8 +191,11 @@ struct Context {
     e2ae_registration: Option<(String, Vec<String>, bool)>,
     /// P-CSCF INVITE or UPDATE whose offer went through the IMS-ALG.
     alg: Option<AlgLeg>,
-    /// P-CSCF offerless INVITE of an e2ae call: its 2xx carries the offer.
+    /// P-CSCF offerless INVITE of an e2ae call: its 2xx (or a reliable 18x) carries the offer.
     delayed: Option<Delayed>,
+    /// The offer of [`Self::delayed`] came in a reliable 18x: SDP in later responses to the
+    /// INVITE is no new offer (RFC 3262 §5, RFC 6337 §3.1).
+    offered_reliably: bool,
     finished: bool,
     created: Instant,
 }
@@ -410,6 +417,7 @@ impl Proxy {
                     _ => self.route(key, request, now),
                 }
             }
+            Method::Prack if self.alg_enabled() => self.alg_prack(key, request, now),
             Method::Bye if self.alg_enabled() => {
                 self.alg_delete(&call_id);
                 self.route(key, request, now)
@@ -561,6 +569,7 @@ impl Proxy {
             e2ae_registration,
             alg: None,
             delayed: None,
+            offered_reliably: false,
             finished: false,
             created: now,
         };
@@ -994,8 +1003,12 @@ impl Proxy {
             Delayed::Reinvite { from_core, dialog } => (*from_core, Some(dialog.clone())),
         };
         let exchange = exchange_key(&r.headers);
+        let reliable = is_reliable(r);
+        let offered_before = self.contexts.get(&server).is_some_and(|c| c.offered_reliably);
         let offer = match (code, sdp, exchange) {
-            (200..300, Some(sdp), Some(exchange)) => Some((sdp, exchange)),
+            (200..300, Some(sdp), Some(exchange)) if !offered_before => Some((sdp, exchange)),
+            // RFC 3262 §5: an offer in a reliable 18x, its answer in the PRACK.
+            (_, Some(sdp), Some(exchange)) if reliable && !offered_before => Some((sdp, exchange)),
             (_, sdp, _) => {
                 if code >= 300 && dialog.is_none() {
                     self.alg_delete(call_id);
@@ -1036,7 +1049,10 @@ impl Proxy {
             let Message::Response(r) = message else { return Vec::new() };
             return self.forward_response(server, key, r);
         };
-        tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae offer in a 2xx to the AGW");
+        tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, reliable, "IMS-ALG: e2ae offer in a 2xx or reliable 18x to the AGW");
+        if reliable && let Some(c) = self.contexts.get_mut(&server) {
+            c.offered_reliably = true;
+        }
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
         self.exchanges.insert(exchange.clone(), Exchange { response: Rewrite::Waiting, ack: Some((leg.clone(), Rewrite::Expected)), created: now });
         let Message::Response(response) = message else { return Vec::new() };
@@ -1080,6 +1096,43 @@ impl Proxy {
                         None
                     }
                 }
+            }
+        }
+    }
+
+    /// A PRACK (RFC 3262 §7.2 `RAck`: the RSeq and CSeq of the reliable 18x it acknowledges):
+    /// when that 18x carried an offer the ALG put through the AGW
+    /// ([`Self::delayed_response`]), the PRACK's answer (RFC 3262 §5) goes to the AGW as ng
+    /// `answer`, the PRACK held until it answered, then routed; a PRACK without an answer is
+    /// routed as it is, counted as an AGW failure, and the exchange's new AGW call deleted (as
+    /// for an ACK without one). Any other PRACK is routed untouched.
+    fn alg_prack(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
+        let rack = request.headers.typed::<mediasec_sip::core::rel::RAck>().and_then(Result::ok);
+        let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned());
+        let to_tag = tag_of(&request.headers, &HeaderName::To);
+        let exchange = match (rack, call_id, to_tag) {
+            (Some(rack), Some(call_id), Some(to_tag)) if rack.method == Method::Invite.as_bytes() => (call_id, rack.cseq, to_tag, Some(rack.rseq)),
+            _ => return self.route(key, request, now),
+        };
+        let Some((leg, Rewrite::Expected)) = self.exchanges.get(&exchange).and_then(|x| x.ack.clone()) else {
+            return self.route(key, request, now);
+        };
+        let call_id = exchange.0.clone();
+        match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+            Ok(Some(sdp)) => {
+                let answerer = tag_of(&request.headers, &HeaderName::From).unwrap_or_default();
+                let command = alg::answer(&leg.ng_call_id, &leg.from_tag, &answerer, &sdp).to_vec();
+                self.set_ack(&exchange, Rewrite::Waiting);
+                self.ng(command, Pending::AnswerInPrack { key, prack: request, leg, exchange, now });
+                Vec::new()
+            }
+            _ => {
+                self.stats.agw_failures += 1;
+                tracing::warn!(%call_id, ng_call_id = %leg.ng_call_id, "IMS-ALG: the PRACK brings no answer to the offer in the reliable 18x (RFC 3262 §5); passed on");
+                self.alg_drop_new(&call_id, &leg, true);
+                self.offering.remove(&call_id);
+                self.set_ack(&exchange, Rewrite::Unsecured);
+                self.route(key, request, now)
             }
         }
     }
@@ -1295,6 +1348,30 @@ impl Proxy {
                 self.offering.remove(&call_id);
                 self.set_ack(&exchange, rewrite);
                 self.forward_stateless(message, now)
+            }
+            Pending::AnswerInPrack { key, prack, leg, exchange, now: received } => {
+                let call_id = exchange.0.clone();
+                let mut message = Message::Request(prack);
+                let rewrite = match sdp {
+                    Ok(mut sdp) => {
+                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
+                        self.alg_established(&call_id, &leg);
+                        Rewrite::Done(Box::new(sdp))
+                    }
+                    Err(reason) => {
+                        // As for an ACK's answer: the PRACK goes on unsecured, a new AGW call
+                        // is deleted, the dialog's (if any) keeps its previous keys.
+                        self.stats.agw_failures += 1;
+                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the answer in the PRACK; passed on unsecured");
+                        self.alg_drop_new(&call_id, &leg, true);
+                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
+                        Rewrite::Unsecured
+                    }
+                };
+                self.offering.remove(&call_id);
+                self.set_ack(&exchange, rewrite);
+                let Message::Request(prack) = message else { return Vec::new() };
+                self.route(key, prack, received.max(now))
             }
         }
     }
@@ -2309,6 +2386,85 @@ Call-ID: c9\r\nCSeq: {cseq} {method}\r\n{extra}Contact: <sip:alice@127.0.0.1:507
         assert!(p.take_ng().is_empty());
         assert_eq!(p.stats.agw_failures, 0);
         assert_eq!(p.stats.e2ae_applied, 4, "offer, 183 answer, UPDATE offer and answer");
+    }
+
+    /// An offer in a reliable 18x to an offerless INVITE, its answer in the PRACK (RFC 3262
+    /// §5), sans-IO: alice's offerless INVITE is routed; the core's reliable 183 with a plain
+    /// offer goes to the AGW (`c5;d;<n>`, from-tag `t`, `RTP/SAVP` towards alice) and reaches
+    /// alice with the AGW's SDP and `applied`; its retransmission gets the same SDP without
+    /// AGW work; alice's PRACK with her SDES answer is held for ng `answer` and routed with the
+    /// AGW's plain SDP; her early UPDATE then re-offers on that AGW call (the dialog's); the
+    /// 200 to the INVITE, even with an SDP (a repeated offer, RFC 6337 §3.1), is no new offer.
+    /// A PRACK without the answer is passed on, counted as an AGW failure, and deletes the
+    /// exchange's AGW call.
+    #[test]
+    fn offer_in_a_reliable_183_answer_in_the_prack() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let offerless = |branch: &str, call: &str| invite_from("alice", branch, call, "").replace("Content-Type: application/sdp\r\n", "");
+        let (key, r) = request_event(&offerless("z9hG4bKo5", "c5"));
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert!(p.take_ng().is_empty());
+        let reliable = |fwd: &Request, code: u16, rseq: u32, sdp: Option<&str>| {
+            let mut r = tagged_response(fwd, code, "t", sdp);
+            r.headers.push(header(HeaderName::Require, "100rel").expect("Require"));
+            r.headers.push(header(HeaderName::RSeq, rseq.to_string()).expect("RSeq"));
+            r
+        };
+        let out = p.handle(response_event(&fwd, reliable(&fwd, 183, 9, Some(PLAIN))), now);
+        assert!(sent(&out).is_empty(), "held for the AGW: {out:?}");
+        let (id, ng) = one_ng(&mut p);
+        let agw_call = field(&ng, "call-id").expect("call-id");
+        assert!(field(&ng, "command").as_deref() == Some("offer") && agw_call.starts_with("c5;d;") && field(&ng, "from-tag").as_deref() == Some("t") && field(&ng, "transport-protocol").as_deref() == Some("RTP/SAVP"), "{ng:?}");
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let [first] = out.as_slice() else { panic!("the 183 to alice: {out:?}") };
+        assert!(first.starts_with("SIP/2.0 183") && first.ends_with("a=3ge2ae:applied\r\n"), "{first}");
+        let out = sent(&p.handle(response_event(&fwd, reliable(&fwd, 183, 9, Some(PLAIN))), now));
+        assert!(out == vec![first.clone()] && p.take_ng().is_empty(), "retransmission replayed: {out:?}");
+        let prack = |branch: &str, call: &str, rseq: u32, sdp: Option<&str>| {
+            let body = sdp.unwrap_or_default();
+            let ct = if sdp.is_some() { "Content-Type: application/sdp\r\n" } else { "" };
+            request_event(&format!(
+                "PRACK sip:bob@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>;tag=t\r\n\
+Call-ID: {call}\r\nCSeq: 2 PRACK\r\nRAck: {rseq} 1 INVITE\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            ))
+        };
+        let (key, r) = prack("z9hG4bKp5", "c5", 9, Some(SDES));
+        assert!(p.handle(Event::Request { key, request: r, source: UE }, now).is_empty(), "held for the AGW");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "to-tag")], [Some("answer".into()), Some(agw_call), Some("f".into())]);
+        let fwd_prack = forwarded(p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(fwd_prack.method == Method::Prack && String::from_utf8_lossy(&Message::Request(fwd_prack).to_bytes()).ends_with(AGW_OFFER));
+        // The dialog's AGW call: alice's early UPDATE re-offers on it.
+        let (key, r) = request_event(&format!(
+            "UPDATE sip:bob@127.0.0.1:5090 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKu5\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:alice@a.example>;tag=f\r\nTo: <sip:bob@b.example>;tag=t\r\n\
+Call-ID: c5\r\nCSeq: 3 UPDATE\r\nContact: <sip:alice@127.0.0.1:5071>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDES}",
+            SDES.len()
+        ));
+        let _ = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let (_, ng) = one_ng(&mut p);
+        assert!(field(&ng, "command").as_deref() == Some("offer") && field(&ng, "call-id").is_some_and(|c| c.starts_with("c5;re;")), "alice, the answerer's side, re-offers on a swapped call: {ng:?}");
+        // The 200 with a copy of the offer: no new offer, nothing for the AGW.
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 200, "t", Some(PLAIN))), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200")) && p.take_ng().is_empty(), "{out:?}");
+        assert_eq!(p.stats.agw_failures, 0);
+
+        // A PRACK without the answer: passed on, the exchange's AGW call deleted.
+        let (key, r) = request_event(&offerless("z9hG4bKo6", "c6"));
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let _ = p.handle(response_event(&fwd, reliable(&fwd, 183, 4, Some(PLAIN))), now);
+        let (id, ng) = one_ng(&mut p);
+        let agw_call = field(&ng, "call-id").expect("call-id");
+        let _ = p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now);
+        let (key, r) = prack("z9hG4bKp6", "c6", 4, None);
+        let out = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        assert_eq!(out.method, Method::Prack);
+        let (_, delete) = one_ng(&mut p);
+        assert_eq!([field(&delete, "command"), field(&delete, "call-id")], [Some("delete".into()), Some(agw_call)]);
+        assert_eq!(p.stats.agw_failures, 1);
     }
 
     fn one_ng(p: &mut Proxy) -> (u64, mediasec_agw::bencode::Value<'static>) {

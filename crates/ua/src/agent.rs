@@ -1009,12 +1009,13 @@ impl Core {
         let rack = request.headers.typed::<RAck>().and_then(Result::ok);
         let acknowledged = match (self.calls.get_mut(call_id), rack) {
             (Some(call), Some(rack)) if call.dialog.as_ref().is_some_and(|d| Some(d.id()) == id.as_ref()) => {
-                let cseq = call.invite.headers.typed::<mediasec_sip::core::CSeq>().and_then(Result::ok).map_or(1, |c| c.sequence);
-                let ok = call.reliable.as_mut().is_some_and(|n| n.acknowledge(&rack, cseq, Method::Invite.as_bytes()));
-                if ok && let Some(dialog) = call.dialog.as_mut() {
-                    dialog.receive_request(request)?;
+                // §12.2.2: an in-dialog request with a CSeq not above the last one gets 500.
+                if let Some(Err(e)) = call.dialog.as_mut().map(|d| d.receive_request(request)) {
+                    tracing::info!(error = %e, "PRACK refused");
+                    return self.respond(key, request, 500, "Server Internal Error", None, None);
                 }
-                ok
+                let cseq = call.invite.headers.typed::<mediasec_sip::core::CSeq>().and_then(Result::ok).map_or(1, |c| c.sequence);
+                call.reliable.as_mut().is_some_and(|n| n.acknowledge(&rack, cseq, Method::Invite.as_bytes()))
             }
             _ => false,
         };
