@@ -196,6 +196,10 @@ struct Context {
     /// The offer of [`Self::delayed`] came in a reliable 18x: SDP in later responses to the
     /// INVITE is no new offer (RFC 3262 §5, RFC 6337 §3.1).
     offered_reliably: bool,
+    /// The answer to this INVITE's offer came in a reliable 18x (RFC 3262 §5): its To tag and
+    /// what the IMS-ALG made of it. SDP in later responses of that dialog to the INVITE repeats
+    /// it (RFC 6337 §3.1) and gets the same, with no AGW work.
+    reliable_answer: Option<(String, Rewrite)>,
     finished: bool,
     created: Instant,
 }
@@ -570,6 +574,7 @@ impl Proxy {
             alg: None,
             delayed: None,
             offered_reliably: false,
+            reliable_answer: None,
             finished: false,
             created: now,
         };
@@ -632,6 +637,7 @@ impl Proxy {
         if self.alg_enabled() && matches!(context.method, Method::Invite | Method::Update) {
             let leg = context.alg.clone();
             let delayed = context.delayed.clone();
+            let reliable_answer = context.reliable_answer.clone();
             let in_dialog = context.branches.iter().any(|b| tag_of(&b.request.headers, &HeaderName::To).is_some());
             let call_id = response.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             let reliable = is_reliable(&response);
@@ -653,7 +659,17 @@ impl Proxy {
             }
             let sdp = mediasec_sip::body::sdp(&message).ok().flatten();
             let Message::Response(r) = &message else { return Vec::new() };
+            let to_tag = tag_of(&r.headers, &HeaderName::To);
             match (leg, sdp) {
+                // A repetition of the answer a reliable 18x of this dialog brought (RFC 6337
+                // §3.1: the exchange is complete): what that answer got, no AGW work.
+                (Some(_), Some(_)) if code < 300 && reliable_answer.as_ref().is_some_and(|(tag, _)| Some(tag) == to_tag.as_ref()) => {
+                    if let Some((_, state)) = reliable_answer
+                        && !self.rewrite_again(&mut message, &state)
+                    {
+                        return Vec::new();
+                    }
+                }
                 // An answer (18x or 2xx) of an e2ae call: held until the AGW rewrote it.
                 (Some(leg), Some(sdp)) if code < 300 => {
                     let to_tag = tag_of(&r.headers, &HeaderName::To).unwrap_or_default();
@@ -1291,6 +1307,12 @@ impl Proxy {
                     }
                 };
                 let Message::Response(response) = message else { return Vec::new() };
+                if is_reliable(&response)
+                    && let Some(c) = self.contexts.get_mut(&server)
+                    && c.reliable_answer.is_none()
+                {
+                    c.reliable_answer = tag_of(&response.headers, &HeaderName::To).map(|tag| (tag, rewrite.clone()));
+                }
                 if success
                     && let Some(x) = exchange_key(&response.headers).and_then(|k| self.exchanges.get_mut(&k))
                 {
@@ -2314,8 +2336,9 @@ Call-ID: c1\r\nCSeq: 7 UPDATE\r\nContact: <sip:x@127.0.0.1:5071>\r\n{ct}Content-
     /// `answer` (`applied` towards alice, its `RSeq` kept); its retransmission (same `RSeq`)
     /// gets the cached SDP without AGW work, also while the first copy waits (dropped); the
     /// PRACK is routed; alice's UPDATE offer in the early dialog is a re-offer on `c9;orig`
-    /// (another one meanwhile gets 500), its 200 answer goes through ng `answer`; the 180 and
-    /// the SDP-less 200 to the INVITE pass with no AGW work.
+    /// (another one meanwhile gets 500), its 200 answer goes through ng `answer`; a reliable
+    /// 180 repeating the 183's answer gets what the 183 got; the 180 and the SDP-less 200 to
+    /// the INVITE pass; none of these makes AGW work.
     #[test]
     fn reliable_183_prack_and_early_update_of_an_e2ae_call() {
         let now = Instant::now();
@@ -2378,6 +2401,12 @@ Call-ID: c9\r\nCSeq: {cseq} {method}\r\n{extra}Contact: <sip:alice@127.0.0.1:507
         assert_eq!([field(&ng, "command"), field(&ng, "call-id")], [Some("answer".into()), Some("c9;orig".into())]);
         let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
         assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with("a=3ge2ae:applied\r\n")), "{out:?}");
+        // A reliable 180 repeating the answer (RFC 6337 §3.1): what the 183's answer got, no
+        // AGW work (which would take the answer back to before the UPDATE).
+        let out = sent(&p.handle(response_event(&fwd, reliable(180, 6, Some(PLAIN))), now));
+        let body = |m: &str| m.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 180") && body(m) == body(first)), "{out:?}");
+        assert!(p.take_ng().is_empty(), "a repeated answer makes no AGW work");
         // 180 and the 200 without SDP: passed, no AGW work.
         let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 180, "t", None)), now));
         assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 180")), "{out:?}");
