@@ -2417,6 +2417,55 @@ Call-ID: c9\r\nCSeq: {cseq} {method}\r\n{extra}Contact: <sip:alice@127.0.0.1:507
         assert_eq!(p.stats.e2ae_applied, 4, "offer, 183 answer, UPDATE offer and answer");
     }
 
+    /// Terminating side of the preconditions flow, sans-IO: bob's plain offer from the core to
+    /// alice's contact goes to the AGW (`RTP/SAVP` towards alice); alice's reliable 183 with
+    /// her SDES answer goes through ng `answer` (plain towards the core, `RSeq` kept); the
+    /// core's UPDATE offer in the early dialog (bob, the original offerer) re-offers on the
+    /// same terminating AGW call and alice's 200 UPDATE answer comes back through ng `answer`.
+    #[test]
+    fn reliable_183_and_early_update_from_the_core_to_an_e2ae_ue() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let term = format!(
+            "INVITE sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKt7\r\nMax-Forwards: 69\r\n\
+From: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>\r\nCall-ID: c7\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:5090>\r\n\
+Supported: 100rel\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{PLAIN}",
+            PLAIN.len()
+        );
+        let (key, r) = request_event(&term);
+        let _ = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let (id, ng) = one_ng(&mut p);
+        let agw_call = field(&ng, "call-id").expect("call-id");
+        assert!(agw_call.starts_with("c7;term;") && field(&ng, "transport-protocol").as_deref() == Some("RTP/SAVP"), "{ng:?}");
+        let fwd = forwarded(p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        let mut ringing = tagged_response(&fwd, 183, "a", Some(SDES));
+        ringing.headers.push(header(HeaderName::Require, "100rel").expect("Require"));
+        ringing.headers.push(header(HeaderName::RSeq, "1").expect("RSeq"));
+        assert!(sent(&p.handle(response_event(&fwd, ringing), now)).is_empty(), "held for the AGW");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "to-tag")], [Some("answer".into()), Some(agw_call.clone()), Some("a".into())]);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 183") && m.contains("RSeq: 1\r\n") && m.ends_with(AGW_OFFER)), "plain towards the core: {out:?}");
+        // bob's UPDATE offer in the early dialog, from the core.
+        let (key, r) = request_event(&format!(
+            "UPDATE sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKu7\r\nMax-Forwards: 69\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>;tag=a\r\nCall-ID: c7\r\nCSeq: 3 UPDATE\r\n\
+Contact: <sip:bob@127.0.0.1:5090>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{PLAIN}",
+            PLAIN.len()
+        ));
+        assert!(p.handle(Event::Request { key, request: r, source: SCSCF }, now).is_empty(), "held for the AGW");
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id"), field(&ng, "from-tag")], [Some("offer".into()), Some(agw_call.clone()), Some("b".into())]);
+        let update = forwarded(p.ng_result(id, Ok(ng_ok(AGW_ANSWER)), now));
+        assert!(update.method == Method::Update && String::from_utf8_lossy(&Message::Request(update.clone()).to_bytes()).ends_with("a=3ge2ae:applied\r\n"));
+        let _ = p.handle(response_event(&update, tagged_response(&update, 200, "a", Some(SDES))), now);
+        let (id, ng) = one_ng(&mut p);
+        assert_eq!([field(&ng, "command"), field(&ng, "call-id")], [Some("answer".into()), Some(agw_call)]);
+        let out = sent(&p.ng_result(id, Ok(ng_ok(AGW_OFFER)), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with(AGW_OFFER)), "{out:?}");
+        assert_eq!((p.stats.e2ae_applied, p.stats.agw_failures), (4, 0));
+    }
+
     /// An offer in a reliable 18x to an offerless INVITE, its answer in the PRACK (RFC 3262
     /// §5), sans-IO: alice's offerless INVITE is routed; the core's reliable 183 with a plain
     /// offer goes to the AGW (`c5;d;<n>`, from-tag `t`, `RTP/SAVP` towards alice) and reaches
