@@ -1250,6 +1250,43 @@ mod e2ae {
         task.abort();
     }
 
+    /// Offer in a reliable 18x, answer in the PRACK (RFC 3262 §5) through the IMS-ALG: alice
+    /// (e2ae) calls bob (plain RTP, early media) with an offerless INVITE; bob's plain offer in
+    /// his reliable 183 is secured towards alice by the AGW (a new `<Call-ID>;d;0` call:
+    /// `RTP/SAVP`, the AGW's key, `applied`), alice's SDES answer in the PRACK goes through ng
+    /// `answer` and reaches bob plain; bob's SDP-less 200 after the PRACK establishes the call.
+    /// Media verified by content at both UEs (early and after the 200) and by the AGW call's
+    /// counters on both legs, `auth_failed` 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offer_in_a_reliable_183_answer_in_the_prack_of_an_e2ae_call() {
+        let answering = Answering { auto: true, delay: Duration::from_millis(1000), early_media: true };
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_answering(false, Security::Off, Some(answering)).await;
+        let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer("sip:bob@b.example")).await.expect("in time").expect("established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a.state.clone(), a.protection.as_str(), a.e2ae_applied), (CallState::Established, "srtp AEAD_AES_256_GCM", true), "{a:?}");
+        assert_eq!((b.state.clone(), b.protection.as_str(), b.e2ae_applied), (CallState::Established, "rtp", false), "{b:?}");
+        for r in [&a, &b] {
+            assert!(r.early_verified >= 10 && r.media.verified >= r.early_verified + 25 && r.media.refused == 0, "early media, then more: {r:?}");
+        }
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
+        }
+        let q = query(agw.ng_addr(), format!("{id};d;0")).await;
+        assert_eq!(leg(&q, "A").get("protection").and_then(Value::as_str), Some("plain"), "the core (bob) offered: {q:?}");
+        assert_eq!(leg(&q, "B").get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
+        for side in ["A", "B"] {
+            assert!(int(leg(&q, side), &["received", "RTP", "packets"]) >= 40 && int(leg(&q, side), &["sent", "RTP", "packets"]) >= 40, "{q:?}");
+        }
+        assert_eq!(int(leg(&q, "B"), &["drops", "auth_failed"]), 0, "{q:?}");
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (2, 0), "offer in the 183, answer in the PRACK: {stats:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        task.abort();
+    }
+
     /// Delayed-offer re-INVITEs inside an e2ae call (RFC 3261 §13.2.1: the offer in the 2xx,
     /// the answer in the ACK). bob re-INVITEs without an offer: alice's SDES offer in her 2xx
     /// is the original offerer's, so P-CSCF a re-offers it on the same AGW call (ports kept)

@@ -183,7 +183,8 @@ pub struct Registration {
 
 enum Op {
     Register(u32, oneshot::Sender<Result<Registration, Error>>),
-    Call(String, oneshot::Sender<Result<String, Error>>),
+    /// Call `target`, with (`true`) or without an offer in the INVITE.
+    Call(String, bool, oneshot::Sender<Result<String, Error>>),
     /// Re-offer with fresh keys in a re-INVITE or an UPDATE (RFC 3311), or (`false`) an
     /// offerless re-INVITE (the peer offers in its 2xx, our answer goes in the ACK).
     Reinvite(String, Method, bool, oneshot::Sender<Result<(), Error>>),
@@ -241,7 +242,14 @@ impl Ue {
 
     /// Calls `target` (a SIP URI); returns the Call-ID once the call is established.
     pub async fn call(&self, target: &str) -> Result<String, Error> {
-        self.ask(|tx| Op::Call(target.to_owned(), tx)).await?
+        self.ask(|tx| Op::Call(target.to_owned(), true, tx)).await?
+    }
+
+    /// Places a call with an offerless INVITE (RFC 3261 §13.2.1, `Supported: 100rel`): the
+    /// offer is expected in a reliable 18x and our answer goes in its PRACK (RFC 3262 §5).
+    /// SDES and plain only. An offer in the 2xx instead is refused (ACK and BYE).
+    pub async fn call_without_offer(&self, target: &str) -> Result<String, Error> {
+        self.ask(|tx| Op::Call(target.to_owned(), false, tx)).await?
     }
 
     /// Re-INVITE with fresh keys; returns when the new answer is applied.
@@ -310,6 +318,9 @@ struct Call {
     reliable: Option<Numbering>,
     /// Callee: the 200 is due but waits for the PRACK of our reliable 18x (§3).
     answer_waits_prack: bool,
+    /// Callee: our offer (to an offerless INVITE) went in the reliable 18x; the PRACK brings
+    /// the answer (RFC 3262 §5).
+    answer_in_prack: bool,
     /// Caller: the INVITE we sent. Callee: the INVITE received.
     invite: Request,
     /// Callee: the INVITE server transaction.
@@ -354,6 +365,7 @@ impl Call {
             answered_reliably: false,
             reliable: None,
             answer_waits_prack: false,
+            answer_in_prack: false,
             invite,
             invite_key: None,
             offer: None,
@@ -513,8 +525,8 @@ impl Core {
 
     async fn on_op(&mut self, op: Op) {
         match op {
-            Op::Call(target, tx) => {
-                if let Err(e) = self.place_call(&target, tx).await {
+            Op::Call(target, with_offer, tx) => {
+                if let Err(e) = self.place_call(&target, with_offer, tx).await {
                     tracing::warn!(error = %e, "call");
                 }
             }
@@ -554,7 +566,7 @@ impl Core {
         RtpEndpoint::bind(self.config.rtp_ip, self.config.tone_hz, self.config.expect_hz, self.config.initial_seq).await
     }
 
-    async fn place_call(&mut self, target: &str, tx: oneshot::Sender<Result<String, Error>>) -> Result<(), Error> {
+    async fn place_call(&mut self, target: &str, with_offer: bool, tx: oneshot::Sender<Result<String, Error>>) -> Result<(), Error> {
         let started = Instant::now();
         let rtp = match self.new_rtp().await {
             Ok(r) => r,
@@ -564,12 +576,14 @@ impl Core {
             }
         };
         let made = match (self.config.security, self.kms.as_mut()) {
+            (Security::MikeyTicket, _) if !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY-TICKET is not supported".into())),
+            (_, _) if !with_offer => Ok((String::new(), None, None)),
             (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
             (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
             (security, _) => offer_answer::offer(rtp.local_addr(), 1, security, &self.config.sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None)),
         };
         let (sdp, offer, ticket) = match made {
-            Ok((sdp, offer, ticket)) if self.config.e2ae && matches!(self.config.security, Security::Sdes { .. }) => {
+            Ok((sdp, offer, ticket)) if with_offer && self.config.e2ae && matches!(self.config.security, Security::Sdes { .. }) => {
                 let mut body = Sdp::parse(&sdp);
                 let _ = mediasec_sdp::e2ae::add(&mut body, 0, &mediasec_sdp::E2aeIndication::Requested);
                 (body.to_string(), offer, ticket)
@@ -600,15 +614,16 @@ impl Core {
         if self.config.anonymous {
             builder = builder.header(HeaderName::Privacy, "id")?.header(HeaderName::PPreferredIdentity, format!("<{}>", self.config.aor))?;
         }
-        let request = builder
+        let mut builder = builder
             .header(HeaderName::To, format!("<{target}>"))?
             .header(HeaderName::CallId, call_id.clone())?
             .cseq(1, &Method::Invite)?
             .header(HeaderName::Contact, self.contact())?
-            .header(HeaderName::Supported, rel::OPTION_TAG)?
-            .header(HeaderName::ContentType, "application/sdp")?
-            .body(sdp)
-            .build();
+            .header(HeaderName::Supported, rel::OPTION_TAG)?;
+        if with_offer {
+            builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(sdp);
+        }
+        let request = builder.build();
         self.seq += 1;
         let call = Call {
             offer,
@@ -986,18 +1001,29 @@ impl Core {
         let rack = RAck { rseq, cseq, method: Method::Invite.as_bytes().to_vec() };
         mediasec_sip::dialog::push_header(&mut prack, HeaderName::RAck, &rack.to_string())?;
         let to = dialog.next_hop().ok_or(Error::Negotiation("reliable 1xx without a reachable Contact".into()))?;
+        let mut prack = Message::Request(prack);
+        let offerless = call.offer.is_none() && call.ticket.is_none();
         if !call.answered_reliably
-            && let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
+            && let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Response(response))
         {
-            match answer_media(call, self.kms.as_mut(), &answer, &policy) {
+            // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262 §5).
+            let outcome = if offerless {
+                call.sdp_version += 1;
+                offer_answer::answer(&sdp, call.rtp.local_addr(), call.sdp_version, self.config.security, &policy, &mut fill_random)
+                    .and_then(|(answer, media)| mediasec_sip::body::set_sdp(&mut prack, &Sdp::parse(&answer)).map(|()| media).map_err(Error::from))
+            } else {
+                answer_media(call, self.kms.as_mut(), &sdp, &policy)
+            };
+            match outcome {
                 Ok(media) => {
                     call.apply_media(&media);
                     call.state = CallState::Early;
                     call.answered_reliably = true;
                 }
-                Err(e) => tracing::info!(error = %e, "answer in a reliable 1xx not used"),
+                Err(e) => tracing::info!(error = %e, offerless, "offer or answer in a reliable 1xx not used"),
             }
         }
+        let Message::Request(prack) = prack else { return Ok(()) };
         self.send_request(prack, to, call_id, Purpose::Prack)?;
         Ok(())
     }
@@ -1023,6 +1049,40 @@ impl Core {
             return self.respond(key, request, 481, "Call/Transaction Does Not Exist", None, None);
         }
         self.respond(key, request, 200, "OK", None, None)?;
+        if let Some(call) = self.calls.get_mut(call_id)
+            && std::mem::take(&mut call.answer_in_prack)
+        {
+            // Our offer went in the reliable 1xx: the PRACK brings the answer (RFC 3262 §5).
+            let policy = self.config.sdes.clone();
+            let applied = mediasec_sip::body::sdp(&Message::Request(request.clone()))
+                .map_err(Error::from)
+                .and_then(|a| a.ok_or(Error::Negotiation("PRACK without the answer to our offer in the reliable 1xx".into())))
+                .and_then(|answer| {
+                    call.e2ae_applied = e2ae_applied(&answer);
+                    answer_media(call, self.kms.as_mut(), &answer, &policy)
+                });
+            match applied {
+                Ok(media) => {
+                    call.apply_media(&media);
+                    call.state = CallState::Early;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "answer in the PRACK refused: 488 to the INVITE");
+                    let (invite, to) = (call.invite.clone(), call.dialog.as_ref().map(|d| d.local_header().clone()));
+                    let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
+                    call.fail(488, &e.to_string());
+                    call.answered = true;
+                    let Some(invite_key) = call.invite_key.clone() else { return Ok(()) };
+                    let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
+                    let mut b = ResponseBuilder::to_request(&invite, status, "Not Acceptable Here")?.header(HeaderName::Warning, warning)?;
+                    if let Some(to) = to {
+                        b = b.set_header(&HeaderName::To, to)?;
+                    }
+                    self.endpoint.send(Command::Respond { key: invite_key, response: b.build() })?;
+                    return Ok(());
+                }
+            }
+        }
         if let Some(call) = self.calls.get_mut(call_id)
             && std::mem::take(&mut call.answer_waits_prack)
         {
@@ -1130,6 +1190,10 @@ impl Core {
         let rtp = self.new_rtp().await?;
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
+        let reliable = answers_reliably(&request, self.config.answering);
+        if matches!(offer, Ok(None)) && reliable && self.config.security != Security::MikeyTicket {
+            return self.offer_reliably(key, request, call_id, dialog, rtp);
+        }
         let negotiated = match offer {
             Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
                 (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), 1, rtp.ssrc()).await,
@@ -1137,7 +1201,7 @@ impl Core {
             },
             Ok(Some(_)) if self.config.security == Security::MikeyTicket => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into())),
             Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
-            Ok(None) => Err(Error::Negotiation("INVITE without an offer (not supported)".into())),
+            Ok(None) => Err(Error::Negotiation("INVITE without an offer (answered only with 100rel: the offer in a reliable 1xx)".into())),
             Err(e) => Err(e.into()),
         };
         self.seq += 1;
@@ -1169,11 +1233,6 @@ impl Core {
                 }
                 call.answer = Some((answer.clone(), media.clone()));
                 let answering = self.config.answering;
-                let reliable = match rel::reliability(Offered::in_request(&request), true) {
-                    Reliability::Required => true,
-                    Reliability::Permitted => answering.early_media,
-                    Reliability::Forbidden | Reliability::Refuse => false,
-                };
                 if reliable {
                     // RFC 3262 §3/§5: the answer goes in the first reliable 1xx; early media
                     // starts with it. A 183 with early media, else (100rel required) a 180.
@@ -1185,14 +1244,7 @@ impl Core {
                     self.calls.insert(call_id.clone(), call);
                     let (code, reason) = if answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
                     self.respond_with(&key, &request, code, reason, Some(to), Some(&answer), rseq)?;
-                    if !answering.auto {
-                        return Ok(());
-                    }
-                    let ops = self.ops.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(answering.delay).await;
-                        let _ = ops.send(Op::AnswerNow(call_id));
-                    });
+                    self.schedule_answer(call_id);
                     return Ok(());
                 }
                 self.calls.insert(call_id.clone(), call);
@@ -1207,14 +1259,55 @@ impl Core {
                         call.state = CallState::Early;
                     }
                 }
-                let ops = self.ops.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(answering.delay).await;
-                    let _ = ops.send(Op::AnswerNow(call_id));
-                });
+                self.schedule_answer(call_id);
                 Ok(())
             }
         }
+    }
+
+    /// With automatic answering, the 200 after the configured delay.
+    fn schedule_answer(&self, call_id: String) {
+        let answering = self.config.answering;
+        if !answering.auto {
+            return;
+        }
+        let ops = self.ops.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(answering.delay).await;
+            let _ = ops.send(Op::AnswerNow(call_id));
+        });
+    }
+
+    /// An offerless INVITE with 100rel (RFC 3262 §5): our offer goes in the reliable 183 (180
+    /// without early media), its answer comes in the PRACK, media starts then, and the 200
+    /// (no SDP) follows the PRACK.
+    fn offer_reliably(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint) -> Result<(), Error> {
+        let to = dialog.local_header().clone();
+        let offer = match offer_answer::offer(rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random) {
+            Ok(offer) => offer,
+            Err(e) => {
+                tracing::info!(%call_id, error = %e, "no offer to make for an offerless INVITE: 488");
+                return self.respond(&key, &request, 488, "Not Acceptable Here", Some(to), None);
+            }
+        };
+        let text = offer.sdp.clone();
+        let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
+        let rseq = numbering.allocate();
+        self.seq += 1;
+        let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
+        let call = Call {
+            dialog: Some(dialog),
+            invite_key: Some(key.clone()),
+            offer: Some(offer),
+            reliable: Some(numbering),
+            answer_in_prack: true,
+            ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
+        };
+        self.calls.insert(call_id.clone(), call);
+        let (code, reason) = if self.config.answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
+        self.respond_with(&key, &request, code, reason, Some(to), Some(&text), rseq)?;
+        self.schedule_answer(call_id);
+        Ok(())
     }
 
     fn answer_now(&mut self, call_id: &str) -> Result<(), Error> {
@@ -1222,7 +1315,7 @@ impl Core {
         if call.answered || matches!(call.state, CallState::Failed(..) | CallState::Ended) {
             return Ok(());
         }
-        let (Some((answer, media)), Some(key), Some(dialog)) = (call.answer.clone(), call.invite_key.clone(), call.dialog.as_ref()) else {
+        let (Some(key), Some(dialog)) = (call.invite_key.clone(), call.dialog.as_ref()) else {
             return Ok(());
         };
         let to = dialog.local_header().clone();
@@ -1237,6 +1330,7 @@ impl Core {
             let request = call.invite.clone();
             return self.respond(&key, &request, 200, "OK", Some(to), None);
         }
+        let Some((answer, media)) = call.answer.clone() else { return Ok(()) };
         call.answered = true;
         call.apply_media(&media);
         let request = call.invite.clone();
@@ -1310,6 +1404,16 @@ fn reliable_rseq(response: &Response) -> Option<u32> {
         return None;
     }
     response.headers.typed::<rel::RSeq>().and_then(Result::ok).map(|r| r.0)
+}
+
+/// Whether the UE answers `request` in a reliable provisional response (RFC 3262 §3): when it
+/// requires 100rel, or supports it and early media is on.
+fn answers_reliably(request: &Request, answering: Answering) -> bool {
+    match rel::reliability(Offered::in_request(request), true) {
+        Reliability::Required => true,
+        Reliability::Permitted => answering.early_media,
+        Reliability::Forbidden | Reliability::Refuse => false,
+    }
 }
 
 /// The dialog a call's in-dialog requests go in: the confirmed one, else the caller's early
@@ -1468,6 +1572,31 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         // The PRACK stopped the 183's retransmissions.
         let late = next(&peer, Duration::from_millis(400)).await;
         assert!(late.as_ref().is_none_or(|m| code(m) != Some(183)), "{:?}", late.as_ref().map(text));
+    }
+
+    /// RFC 3262 §5 between two UEs, directly (each the other's outbound proxy): alice's
+    /// offerless INVITE (no body, `Supported: 100rel`); bob, answering with early media, puts
+    /// his offer in the reliable 183; alice's answer goes in the PRACK; bob's 200 (after the
+    /// PRACK) has no SDP; SDES media verified both ways, before and after the 200.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offer_in_the_reliable_183_answer_in_the_prack_between_two_ues() {
+        let placeholder = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut b = UeConfig::loopback("sip:bob@b.example", placeholder, SDES, 1000.0, 440.0);
+        b.answering = Answering { auto: true, delay: Duration::from_millis(600), early_media: true };
+        let bob = Ue::start(b).await.expect("bob");
+        let alice = Ue::start(UeConfig::loopback("sip:alice@a.example", bob.sip_addr(), SDES, 440.0, 1000.0)).await.expect("alice");
+        let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer(&format!("sip:bob@{}", bob.sip_addr())))
+            .await
+            .expect("in time")
+            .expect("established");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = bob.report(&id).await.expect("r").expect("call");
+        for r in [&a, &b] {
+            assert_eq!((r.state.clone(), r.protection.as_str()), (CallState::Established, "srtp AEAD_AES_256_GCM"), "{r:?}");
+            assert!(r.early_verified >= 10 && r.media.verified >= r.early_verified + 20 && r.media.refused == 0, "early media, then more: {r:?}");
+        }
+        assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "one exchange, keys crossed");
     }
 
     /// UAS (RFC 3262 §3): the 183 is passed again at T1, 2·T1, 4·T1, … and after 64·T1 without
