@@ -21,7 +21,9 @@
 //!   (with early media) or requires 100rel, the 183 (or, without early media, the 180) carries
 //!   the answer reliably instead of the unreliable 180/183: `Require: 100rel`, `RSeq`,
 //!   retransmitted by the endpoint until the PRACK (200), 504 after 64·T1 without one; the 200
-//!   waits for the PRACK and carries no SDP (the offer/answer exchange is complete).
+//!   waits for the PRACK and carries no SDP (the offer/answer exchange is complete). §5 offer
+//!   in a reliable 18x: [`Ue::call_without_offer`] answers it in the PRACK; an offerless INVITE
+//!   with 100rel gets our offer in the reliable 18x and its answer from the PRACK.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
 
