@@ -210,6 +210,10 @@ mod tests {
         // AGW once; the 183's retransmission and the 200's copy of the offer are not.
         let prack = after(Role::Pcscf, "offer_in_reliable_183");
         assert_eq!((prack.e2ae_applied, prack.agw_failures, prack.rejected), (2, 0, 0), "{prack:?}");
+        // An offer in the 2xx to an offerless INVITE that fails the SDES check (a repeated
+        // a=crypto tag): passed on once counted, its retransmission and the ACK without AGW work.
+        let refused = after(Role::Pcscf, "offer_in_2xx_sdes_refused");
+        assert_eq!((refused.sdes_refused, refused.e2ae_applied, refused.agw_failures, refused.rejected), (1, 0, 0, 0), "{refused:?}");
         let cancel = after(Role::Scscf, "timeout_cancel_clock");
         assert_eq!(cancel.cancels, 1, "{cancel:?}");
     }

@@ -6,9 +6,10 @@
 //!   `Path: <sip:us;lr>` (RFC 3327, so terminating requests come back through it) and, when it
 //!   supports the media-security indication, answers a `Security-Client: ...;mediasec` with
 //!   `Security-Server: sdes-srtp;mediasec` in the 2xx (TS 24.229 §5.2.2, TS 33.328 §7.1).
-//!   Checks the `a=crypto` lines of every INVITE offer from its UEs (TS 33.328 §7.2: the
+//!   Checks the `a=crypto` lines of every INVITE and UPDATE offer (TS 33.328 §7.2: the
 //!   P-CSCF is where SDES is inspected); a secured stream without one usable line is answered
-//!   488, and every finding is logged. Everything else is routed.
+//!   488, and every finding is logged. As IMS-ALG it checks offers in responses of its e2ae
+//!   calls too (passed on without the AGW when they fail). Everything else is routed.
 //! - **S-CSCF**: registrar of its domain (location service with `Path`), routes to other
 //!   domains' S-CSCFs by a configured table, retargets configured AORs (rewrites the
 //!   Request-URI, §16.5), and **forks in parallel** to every registered contact (§16.6–16.7):
@@ -250,7 +251,9 @@ pub struct Stats {
     pub cancels: u64,
     /// Requests answered locally with an error.
     pub rejected: u64,
-    /// INVITE offers refused for their `a=crypto` lines (P-CSCF).
+    /// Offers failing the P-CSCF's SDES check ([`check_sdes`]): INVITE and UPDATE offers
+    /// refused with 488, and (IMS-ALG) offers in a 2xx or reliable 18x to an offerless INVITE,
+    /// which a proxy cannot refuse, passed on without the AGW.
     pub sdes_refused: u64,
     /// IMS-ALG: offers and answers the AGW rewrote for e2ae (P-CSCF).
     pub e2ae_applied: u64,
@@ -1043,6 +1046,26 @@ impl Proxy {
             let Message::Response(r) = message else { return Vec::new() };
             return self.forward_response(server, key, r);
         };
+        if reliable && let Some(c) = self.contexts.get_mut(&server) {
+            // This is the exchange's offer; SDP in later responses is no new one (RFC 6337 §3.1).
+            c.offered_reliably = true;
+        }
+        if let Err(reason) = check_sdes(&sdp) {
+            // The P-CSCF's SDES check, as for an offer in a request — but a proxy cannot refuse
+            // a 2xx (RFC 3261 §16.7), nor answer a reliable 18x for its UAC (RFC 3262 §5: the
+            // UAC answers it in the PRACK and, if it cannot accept it, ends the call itself):
+            // passed on without the AGW, minus any a=3ge2ae, so its receiver's own policy
+            // refuses it; its retransmissions and the ACK/PRACK pass untouched.
+            self.stats.sdes_refused += 1;
+            tracing::warn!(%call_id, %reason, code, reliable, "IMS-ALG: an offer in a response fails the SDES check; passed on without the AGW");
+            if dialog.is_some() {
+                self.offering.remove(call_id);
+            }
+            self.exchanges.insert(exchange, Exchange { response: Rewrite::Unsecured, ack: None, created: now });
+            self.strip_foreign(&mut message, sdp);
+            let Message::Response(r) = message else { return Vec::new() };
+            return self.forward_response(server, key, r);
+        }
         let offer_from_core = !from_core;
         let leg = match dialog {
             Some(dialog) => self.re_offer_leg(call_id, dialog, offerer_tag, offer_from_core, &sdp),
@@ -1066,9 +1089,6 @@ impl Proxy {
             return self.forward_response(server, key, r);
         };
         tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, reliable, "IMS-ALG: e2ae offer in a 2xx or reliable 18x to the AGW");
-        if reliable && let Some(c) = self.contexts.get_mut(&server) {
-            c.offered_reliably = true;
-        }
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
         self.exchanges.insert(exchange.clone(), Exchange { response: Rewrite::Waiting, ack: Some((leg.clone(), Rewrite::Expected)), created: now });
         let Message::Response(response) = message else { return Vec::new() };
@@ -1577,17 +1597,21 @@ fn split_list(value: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The P-CSCF's SDES check of an offer in an INVITE or UPDATE (RFC 4568 §9 grammar and §7.1
-/// rules): every `a=crypto` line is parsed and logged; a media section whose tags repeat, or
-/// an `RTP/SAVP` section with neither one usable line nor an `a=key-mgmt` (RFC 4567), refuses
-/// the offer.
+/// The P-CSCF's SDES check of an offer in an INVITE or UPDATE ([`check_sdes`]; an unreadable
+/// SDP body refuses it too).
 pub fn check_offer(request: &Request) -> Result<(), String> {
-    let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Request(request.clone())) else {
-        return match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
-            Err(e) => Err(format!("unreadable SDP body: {e}")),
-            Ok(_) => Ok(()),
-        };
-    };
+    match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
+        Ok(Some(sdp)) => check_sdes(&sdp),
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!("unreadable SDP body: {e}")),
+    }
+}
+
+/// The P-CSCF's SDES check of an offer (RFC 4568 §9 grammar and §7.1 rules), in a request
+/// ([`check_offer`]) or, at the IMS-ALG, in a 2xx or reliable 18x to an offerless INVITE:
+/// every `a=crypto` line is parsed and logged; a media section whose tags repeat, or an
+/// `RTP/SAVP` section with neither one usable line nor an `a=key-mgmt` (RFC 4567), fails it.
+pub fn check_sdes(sdp: &Sdp) -> Result<(), String> {
     for i in 0..sdp.media_count() {
         let proto = sdp.media_line(i).map(|m| m.proto.to_owned()).map_err(|e| format!("m-line {i}: {e}"))?;
         let values = sdp.attribute_values(Level::Media(i), CryptoAttribute::NAME).map_err(|e| e.to_string())?;
@@ -2543,6 +2567,55 @@ Call-ID: c5\r\nCSeq: 3 UPDATE\r\nContact: <sip:alice@127.0.0.1:5071>\r\nContent-
         let (_, delete) = one_ng(&mut p);
         assert_eq!([field(&delete, "command"), field(&delete, "call-id")], [Some("delete".into()), Some(agw_call)]);
         assert_eq!(p.stats.agw_failures, 1);
+    }
+
+    /// The SDES check of offers in responses (`check_sdes`): alice (e2ae) calls without an
+    /// offer and the core's offer in the 2xx repeats an `a=crypto` tag — a proxy cannot refuse
+    /// a 2xx (RFC 3261 §16.7), so it passes on without the AGW and minus the foreign
+    /// `a=3ge2ae`, counted in `sdes_refused`; its retransmission and the ACK pass untouched
+    /// with no AGW work. From the core to alice: her offer in a reliable 183 fails the check
+    /// the same way (passed on for the caller to answer in the PRACK, RFC 3262 §5), the PRACK
+    /// is routed untouched and the 200's SDP is no new offer (RFC 6337 §3.1).
+    #[test]
+    fn offers_in_responses_get_the_sdes_check() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let bad = format!("{SDES}a=crypto:1 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n");
+        let invite = invite_from("alice", "z9hG4bKs1", "s1", "").replace("Content-Type: application/sdp\r\n", "");
+        let (key, r) = request_event(&invite);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: UE }, now));
+        let ok = || tagged_response(&fwd, 200, "t", Some(&format!("{bad}a=3ge2ae:applied\r\n")));
+        let out = sent(&p.handle(response_event(&fwd, ok()), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 200") && m.ends_with(&bad)), "passed on minus a=3ge2ae: {out:?}");
+        assert!(p.take_ng().is_empty(), "nothing for the AGW");
+        assert_eq!((p.stats.sdes_refused, p.stats.e2ae_stripped), (1, 1));
+        let again = sent(&p.handle(response_event(&fwd, ok()), now));
+        assert!(again == out && p.take_ng().is_empty() && p.stats.sdes_refused == 1, "retransmission: {again:?}");
+        let acked = stateless(&p.handle(ack_event("s1", 1, "f", "t", Some(PLAIN), UE), now));
+        assert!(acked.len() == 1 && acked.iter().all(|m| m.ends_with(PLAIN)) && p.take_ng().is_empty(), "{acked:?}");
+
+        // From the core to alice: her offer in a reliable 183.
+        let term = "INVITE sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKs2\r\nMax-Forwards: 69\r\n\
+From: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>\r\nCall-ID: s2\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1:5090>\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(term);
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: SCSCF }, now));
+        let mut r183 = tagged_response(&fwd, 183, "a", Some(&format!("{bad}a=3ge2ae:requested\r\n")));
+        r183.headers.push(header(HeaderName::Require, "100rel").expect("Require"));
+        r183.headers.push(header(HeaderName::RSeq, "7").expect("RSeq"));
+        let out = sent(&p.handle(response_event(&fwd, r183), now));
+        assert!(out.len() == 1 && out.iter().all(|m| m.starts_with("SIP/2.0 183") && m.ends_with(&bad)) && p.take_ng().is_empty(), "{out:?}");
+        assert_eq!(p.stats.sdes_refused, 2);
+        let (key, r) = request_event(&format!(
+            "PRACK sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKs3\r\nMax-Forwards: 69\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>;tag=a\r\n\
+Call-ID: s2\r\nCSeq: 2 PRACK\r\nRAck: 7 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{PLAIN}",
+            PLAIN.len()
+        ));
+        let prack = forwarded(p.handle(Event::Request { key, request: r, source: SCSCF }, now));
+        assert!(prack.method == Method::Prack && String::from_utf8_lossy(&Message::Request(prack).to_bytes()).ends_with(PLAIN) && p.take_ng().is_empty());
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 200, "a", Some(&bad))), now));
+        assert!(out.len() == 1 && p.take_ng().is_empty(), "the 200's SDP is no new offer: {out:?}");
+        assert_eq!((p.stats.sdes_refused, p.stats.agw_failures), (2, 0));
     }
 
     fn one_ng(p: &mut Proxy) -> (u64, mediasec_agw::bencode::Value<'static>) {
