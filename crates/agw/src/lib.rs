@@ -23,6 +23,6 @@ mod uring;
 
 pub use control::{Config, Controller, PortSource};
 pub use error::Error;
-pub use server::{ensure_open_files, Agw, MediaPath, ServerConfig};
+pub use server::{ensure_open_files, open_files_wanted, Agw, MediaPath, ServerConfig};
 pub use relay::{Leg, MediaStream, Protection, Relay, Side, StreamId, Verdict};
 pub use stats::{Component, Counter, DropReason, LegStats};

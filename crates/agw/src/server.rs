@@ -56,15 +56,21 @@ pub struct ServerConfig {
     pub control: Config,
 }
 
-/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) so that the sockets of `ports` media
-/// ports fit, with room for the rest of the process: two per port with the io_uring driver (a
-/// main socket and its connected twin), which also needs a registered-file slot per socket,
-/// bounded by this limit. Below `ports` + 256 the io_uring driver is refused; below twice
-/// `ports` + 256 some sockets send unconnected. Returns the soft limit now.
+/// The `RLIMIT_NOFILE` that `ports` media ports want: two descriptors per port with the
+/// io_uring driver (a main socket and its connected twin, each also a registered-file slot,
+/// bounded by this limit), and 256 for the rest of the process. Below about `ports` + 256 the
+/// io_uring driver is refused (epoll instead); between that and this, some ports send
+/// unconnected (no twin).
+pub fn open_files_wanted(ports: u64) -> u64 {
+    ports.saturating_mul(2).saturating_add(256)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` (up to the hard limit) to [`open_files_wanted`] for `ports`
+/// media ports. Returns the soft limit now.
 pub fn ensure_open_files(ports: u64) -> io::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let want = ports.saturating_mul(2).saturating_add(256).min(hard);
+    let want = open_files_wanted(ports).min(hard);
     if want <= soft {
         return Ok(soft);
     }
@@ -641,6 +647,20 @@ mod tests {
             assert!(std::net::UdpSocket::bind(port).is_ok(), "{path:?}: {port} free after delete");
         }
         drop(rt);
+    }
+
+    /// The soft limit is raised to what the ports want (two descriptors each + 256), capped
+    /// by the hard limit, and never lowered.
+    #[test]
+    fn open_files_are_raised_to_two_per_port() {
+        use nix::sys::resource::{getrlimit, Resource};
+        assert_eq!(open_files_wanted(1000), 2256);
+        assert_eq!(open_files_wanted(u64::MAX), u64::MAX);
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let ports = 2000;
+        let limit = ensure_open_files(ports).unwrap();
+        assert_eq!(limit, soft.max(open_files_wanted(ports).min(hard)));
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (limit, hard));
     }
 
     /// Bursts queued while the media thread waits for the lock: more than one `recvmmsg` per

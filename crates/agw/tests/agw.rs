@@ -5,11 +5,11 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mediasec_agw::bencode::Value;
 use mediasec_agw::{ng, Agw, Config, MediaPath, ServerConfig};
-use mediasec_sdp::SdesPolicy;
+use mediasec_sdp::{CryptoAttribute, SdesPolicy};
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 
 const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/sdes_call.py");
@@ -62,11 +62,12 @@ fn ping(addr: SocketAddr) -> bool {
 
 /// Our AGW on its own runtime thread; the runtime lives as long as the returned guard.
 fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
-    let (ng, _, rt) = start_agw_with_metrics(MediaPath::Auto);
-    (ng, rt)
+    let (agw, rt) = start_agw_with_metrics(MediaPath::Auto);
+    (agw.ng_addr(), rt)
 }
 
-fn start_agw_with_metrics(path: MediaPath) -> (SocketAddr, SocketAddr, tokio::runtime::Runtime) {
+/// Our AGW with `/metrics`, relaying media over `path`.
+fn start_agw_with_metrics(path: MediaPath) -> (Agw, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let base = free_range(200);
     let agw = rt
@@ -79,7 +80,7 @@ fn start_agw_with_metrics(path: MediaPath) -> (SocketAddr, SocketAddr, tokio::ru
             control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
         }, path))
         .unwrap();
-    (agw.ng_addr(), agw.metrics_addr().unwrap(), rt)
+    (agw, rt)
 }
 
 fn start_rtpengine() -> Option<(SocketAddr, Daemon)> {
@@ -156,6 +157,64 @@ fn port_of(sdp: &str) -> u16 {
     sdp.lines().find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok()).unwrap()
 }
 
+/// The SRTP suite and the UE's key of the UDP tests' calls ([`srtp_call`]).
+const SUITE: Suite = Suite::AeadAes128Gcm;
+const UE_KEY: [u8; 28] = [9; 28];
+
+/// A call UE (SRTP) ⇄ core (plain RTP) set up over ng, as the IMS-ALG sets an originating
+/// e2ae call up.
+struct SrtpCall {
+    /// The relay's address the UE sends to (leg A).
+    relay_ue: SocketAddr,
+    /// The relay's address the core sends to (leg B).
+    relay_core: SocketAddr,
+    /// What the UE protects with (its offered key).
+    ue_key: Policy,
+    /// What the UE unprotects with (the relay's answered key).
+    agw_key: Policy,
+}
+
+/// Sets up call `id`: `ue` offers `RTP/SAVP` with one AEAD_AES_128_GCM line ([`UE_KEY`]),
+/// `RTP/AVP` towards the core, which answers from `core` with plain `RTP/AVP`.
+fn srtp_call(ng_addr: SocketAddr, id: &str, ue: &UdpSocket, core: &UdpSocket) -> SrtpCall {
+    let sdp = |port: u16, proto: &str, extra: &str| {
+        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0\r\n{extra}")
+    };
+    let crypto = "a=crypto:1 AEAD_AES_128_GCM inline:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQ==\r\n";
+    let offer = request(
+        ng_addr,
+        vec![
+            ("command", Value::str("offer")),
+            ("call-id", Value::str(id)),
+            ("from-tag", Value::str("ue")),
+            ("transport-protocol", Value::str("RTP/AVP")),
+            ("sdp", Value::str(sdp(ue.local_addr().unwrap().port(), "RTP/SAVP", crypto))),
+        ],
+    );
+    assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
+    let answer = request(
+        ng_addr,
+        vec![
+            ("command", Value::str("answer")),
+            ("call-id", Value::str(id)),
+            ("from-tag", Value::str("ue")),
+            ("to-tag", Value::str("core")),
+            ("sdp", Value::str(sdp(core.local_addr().unwrap().port(), "RTP/AVP", ""))),
+        ],
+    );
+    let to_ue = answer.get("sdp").and_then(Value::as_str).unwrap();
+    let ours = to_ue.lines().find_map(|l| l.strip_prefix("a=crypto:")).unwrap();
+    let ours = CryptoAttribute::parse(ours).unwrap();
+    let agw_key = ours.inline_keys().next().unwrap().key_salt().to_vec();
+    let to_core = offer.get("sdp").and_then(Value::as_str).unwrap();
+    SrtpCall {
+        relay_ue: ([127, 0, 0, 1], port_of(to_ue)).into(),
+        relay_core: ([127, 0, 0, 1], port_of(to_core)).into(),
+        ue_key: Policy::new(SUITE, MasterKey::from_inline(SUITE, &UE_KEY).unwrap()),
+        agw_key: Policy::new(SUITE, MasterKey::from_inline(SUITE, &agw_key).unwrap()),
+    }
+}
+
 /// Over real sockets: forged and replayed SRTP never reaches the core and is counted per
 /// reason in `query`; genuine media flows; `delete` frees the call.
 #[test]
@@ -167,41 +226,15 @@ fn over_udp_failed_packets_are_dropped_and_counted() {
 }
 
 fn dropped_and_counted(path: MediaPath) {
-    let (ng_addr, metrics, _rt) = start_agw_with_metrics(path);
+    let (agw, _rt) = start_agw_with_metrics(path);
+    let (ng_addr, metrics) = (agw.ng_addr(), agw.metrics_addr().unwrap());
     let ue = UdpSocket::bind("127.0.0.1:0").unwrap();
     let core = UdpSocket::bind("127.0.0.1:0").unwrap();
     core.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let suite = Suite::AeadAes128Gcm;
-    let key = [9u8; 28];
-    let sdp = |port: u16, proto: &str, extra: &str| {
-        format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0\r\n{extra}")
-    };
-    let crypto = "a=crypto:1 AEAD_AES_128_GCM inline:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQ==\r\n";
-    let offer = request(
-        ng_addr,
-        vec![
-            ("command", Value::str("offer")),
-            ("call-id", Value::str("udp-1")),
-            ("from-tag", Value::str("ue")),
-            ("transport-protocol", Value::str("RTP/AVP")),
-            ("sdp", Value::str(sdp(ue.local_addr().unwrap().port(), "RTP/SAVP", crypto))),
-        ],
-    );
-    assert_eq!(offer.get("result").and_then(Value::as_str), Some("ok"), "{offer:?}");
-    let answer = request(
-        ng_addr,
-        vec![
-            ("command", Value::str("answer")),
-            ("call-id", Value::str("udp-1")),
-            ("from-tag", Value::str("ue")),
-            ("to-tag", Value::str("core")),
-            ("sdp", Value::str(sdp(core.local_addr().unwrap().port(), "RTP/AVP", ""))),
-        ],
-    );
-    let to_ue = answer.get("sdp").and_then(Value::as_str).unwrap();
-    let relay_ue: SocketAddr = ([127, 0, 0, 1], port_of(to_ue)).into();
-    let mut tx = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &key).unwrap())).unwrap();
-    let mut forger = Session::new(&Policy::new(suite, MasterKey::from_inline(suite, &key).unwrap())).unwrap();
+    let call = srtp_call(ng_addr, "udp-1", &ue, &core);
+    let relay_ue = call.relay_ue;
+    let mut tx = Session::new(&call.ue_key).unwrap();
+    let mut forger = Session::new(&call.ue_key).unwrap();
     let mut buf = [0u8; 2048];
     for seq in 0..5u16 {
         let plain = [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, 7], &[0xab; 160]].concat();
@@ -235,6 +268,210 @@ fn dropped_and_counted(path: MediaPath) {
     assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));
     let again = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("udp-1"))]);
     assert_eq!(again.get("error-reason").and_then(Value::as_str), Some("unknown call-id"));
+}
+
+/// NAT rebinding of an SRTP UE mid-call, over real sockets, for both media drivers. The relay
+/// must follow the UE to its new address once one packet from there authenticates (relay.rs:
+/// latching), a forged packet must move nothing, and with io_uring the UE-facing port's
+/// connected twin must follow too, without losing a packet (uring.rs § Connected twins).
+#[test]
+fn srtp_ue_rebinding_mid_call_is_followed() {
+    for path in [MediaPath::Auto, MediaPath::Epoll] {
+        rebinding(path);
+    }
+}
+
+/// Media of an [`SrtpCall`], one packet at a time: each is received (and checked) before the
+/// next is sent, so which address the relay had latched when it relayed a packet is known.
+struct Lockstep {
+    call: SrtpCall,
+    core: UdpSocket,
+    ue_tx: Session,
+    ue_rx: Session,
+    /// Next sequence numbers, UE → core and core → UE.
+    up_seq: u16,
+    down_seq: u16,
+    /// Packets relayed so far, each way.
+    ups: u64,
+    downs: u64,
+}
+
+fn rtp_packet(seq: u16, ssrc: u8) -> Vec<u8> {
+    [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, ssrc], &[ssrc ^ seq as u8; 160]].concat()
+}
+
+impl Lockstep {
+    /// The UE sends its next packet from `from`; the core receives it decrypted, from the
+    /// relay's core-facing port.
+    fn up(&mut self, from: &UdpSocket) {
+        let (seq, plain) = (self.up_seq, rtp_packet(self.up_seq, 0x0e));
+        let mut p = plain.clone();
+        self.ue_tx.protect_rtp_vec(&mut p).unwrap();
+        from.send_to(&p, self.call.relay_ue).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, src) = self.core.recv_from(&mut buf).unwrap_or_else(|e| panic!("UE packet {seq} from {:?}: {e}", from.local_addr()));
+        assert_eq!((&buf[..n], src), (&plain[..], self.call.relay_core), "UE packet {seq}");
+        self.up_seq = seq.wrapping_add(1);
+        self.ups += 1;
+    }
+
+    /// The core sends its next packet; `to` receives it from the relay's UE-facing port,
+    /// protected under the relay's answered key.
+    fn down(&mut self, to: &UdpSocket) {
+        let (seq, plain) = (self.down_seq, rtp_packet(self.down_seq, 0xc0));
+        self.core.send_to(&plain, self.call.relay_core).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, src) = to.recv_from(&mut buf).unwrap_or_else(|e| panic!("core packet {seq} to {:?}: {e}", to.local_addr()));
+        assert_eq!(src, self.call.relay_ue, "core packet {seq}");
+        let mut p = buf[..n].to_vec();
+        self.ue_rx.unprotect_rtp_vec(&mut p).unwrap();
+        assert_eq!(p, plain, "core packet {seq}");
+        self.down_seq = seq.wrapping_add(1);
+        self.downs += 1;
+    }
+}
+
+/// Leg A (the UE's) of call `id` as `query` reports it.
+fn ue_leg(ng_addr: SocketAddr, id: &str) -> Value<'static> {
+    let q = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str(id))]);
+    q.get("streams").and_then(Value::as_list).unwrap()[0].get("A").unwrap().clone()
+}
+
+fn int_at(v: &Value<'_>, path: &[&str]) -> i64 {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_int).unwrap_or_else(|| panic!("{path:?} in {v:?}"))
+}
+
+/// No datagram waiting on `s` (after a moment for stragglers).
+fn assert_nothing_queued(s: &UdpSocket, what: &str) {
+    std::thread::sleep(Duration::from_millis(50));
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let got = s.recv_from(&mut buf);
+    assert!(matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{what}: {got:?}");
+    s.set_nonblocking(false).unwrap();
+}
+
+/// The scenario of [`srtp_ue_rebinding_mid_call_is_followed`], each packet awaited:
+/// 1. `OLD` rounds (UE → core, core → UE) from and to the UE's first socket;
+/// 2. the core sends `IN_FLIGHT` more before the UE's first packet from its new address: they
+///    reach the old socket (sent before the re-latch, the relay has no reason to move yet);
+/// 3. the UE sends from a new socket, same keys, its sequence numbers continuing (they wrap
+///    on the new address: rollover counter 0 → 1); the core receives every such packet and
+///    every core packet from then on reaches the new socket: none the old one;
+/// 4. a packet under a wrong key from a third address is dropped as `auth_failed`: nothing
+///    reaches the core or that address, and the relay stays latched to the new socket;
+/// 5. rounds go on 20 ms apart until one has started after the twin's 1-s re-connect guard
+///    (io_uring; the guard runs from the twin's creation, which is before the UE got the
+///    first core packet; at least 5 rounds), then `AFTER` more rounds.
+///
+/// Sends, as `Agw::media_sends` (connected, unconnected): the epoll driver sends every packet
+/// with an address. With io_uring the first send of each port is unconnected (it makes that
+/// port's twin: core-facing for the core, UE-facing for the old socket), and so is every core
+/// packet to the new socket until the twin is re-connected there: `n` of them, 1 ≤ n ≤ the core
+/// packets to the new socket before the `AFTER` rounds. Every other send leaves from a twin
+/// (the core-facing twin never moves), and the `AFTER` rounds are all connected: +2·`AFTER`
+/// connected, +0 unconnected. Genuine packets draw no `auth_failed`: the one counted is the
+/// forgery.
+fn rebinding(path: MediaPath) {
+    const OLD: u16 = 4;
+    const IN_FLIGHT: u64 = 3;
+    const AFTER: u64 = 20;
+    const GUARD: Duration = Duration::from_secs(1);
+    let (agw, _rt) = start_agw_with_metrics(path);
+    let ng_addr = agw.ng_addr();
+    let socket = || {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    };
+    let (ue_old, ue_new, forger) = (socket(), socket(), socket());
+    let core = socket();
+    let call = srtp_call(ng_addr, "rebind", &ue_old, &core);
+    let (ue_tx, ue_rx) = (Session::new(&call.ue_key).unwrap(), Session::new(&call.agw_key).unwrap());
+    let mut m = Lockstep { call, core, ue_tx, ue_rx, up_seq: 0u16.wrapping_sub(OLD + 1), down_seq: 0, ups: 0, downs: 0 };
+    let new_addr = ue_new.local_addr().unwrap().to_string();
+
+    // 1.
+    m.up(&ue_old);
+    m.down(&ue_old);
+    let guard_over = Instant::now() + GUARD;
+    for _ in 1..OLD {
+        m.up(&ue_old);
+        m.down(&ue_old);
+    }
+    // 2.
+    for _ in 0..IN_FLIGHT {
+        m.down(&ue_old);
+    }
+    let to_old = m.downs;
+    // 3.
+    m.up(&ue_new);
+    let leg = ue_leg(ng_addr, "rebind");
+    assert_eq!(leg.get("latched").and_then(Value::as_str), Some(new_addr.as_str()), "{path:?}: re-latched on one authenticated packet");
+    m.down(&ue_new);
+    m.up(&ue_new);
+    assert_eq!(m.up_seq, 1, "the UE's sequence numbers wrapped on the new address");
+    m.down(&ue_new);
+    assert_eq!(int_at(&ue_leg(ng_addr, "rebind"), &["drops", "auth_failed"]), 0, "{path:?}: genuine packets");
+    // 4.
+    let mut wrong = Session::new(&Policy::new(SUITE, MasterKey::from_inline(SUITE, &[0x5a; 28]).unwrap())).unwrap();
+    let mut forged = rtp_packet(m.up_seq.wrapping_add(100), 0x0e);
+    wrong.protect_rtp_vec(&mut forged).unwrap();
+    forger.send_to(&forged, m.call.relay_ue).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while int_at(&ue_leg(ng_addr, "rebind"), &["drops", "auth_failed"]) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let leg = ue_leg(ng_addr, "rebind");
+    assert_eq!(int_at(&leg, &["drops", "auth_failed"]), 1, "{path:?}: the forgery is counted");
+    assert_eq!(leg.get("latched").and_then(Value::as_str), Some(new_addr.as_str()), "{path:?}: the forgery moved nothing");
+    // 5.
+    for round in 0.. {
+        // A core packet sent after the guard is relayed in a batch that re-connects the twin.
+        let past_guard = Instant::now() >= guard_over || !agw.uses_io_uring();
+        m.up(&ue_new);
+        m.down(&ue_new);
+        if past_guard && round >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let to_new_before = m.downs - to_old;
+    let before = agw.media_sends();
+    for _ in 0..AFTER {
+        m.up(&ue_new);
+        m.down(&ue_new);
+    }
+    let after = agw.media_sends();
+
+    assert_nothing_queued(&ue_old, "nothing reached the old socket after the re-latch");
+    assert_nothing_queued(&forger, "nothing reached the forger");
+    assert_nothing_queued(&m.core, "nothing but the UE's packets reached the core");
+    let leg = ue_leg(ng_addr, "rebind");
+    assert_eq!(int_at(&leg, &["received", "RTP", "packets"]), (m.ups + 1) as i64, "{path:?}: the UE's packets and the forgery");
+    assert_eq!(int_at(&leg, &["sent", "RTP", "packets"]), m.downs as i64, "{path:?}");
+    assert_eq!(int_at(&leg, &["drops", "auth_failed"]), 1, "{path:?}: no genuine packet failed");
+    let core_leg = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("rebind"))]);
+    assert_eq!(int_at(&core_leg, &["totals", "errors"]), 1, "{path:?}: the forgery is the only drop");
+    let b = core_leg.get("streams").and_then(Value::as_list).unwrap()[0].get("B").unwrap().clone();
+    assert_eq!(int_at(&b, &["sent", "RTP", "packets"]), m.ups as i64, "{path:?}: every UE packet relayed to the core");
+
+    assert_eq!(after.0 + after.1, m.ups + m.downs, "{path:?}: {after:?}");
+    if agw.uses_io_uring() {
+        let unconnected_to_new = after.1 - 2;
+        assert_eq!((after.0 - before.0, after.1 - before.1), (2 * AFTER, 0), "{path:?}: after the guard, every send leaves from a twin ({before:?} → {after:?})");
+        assert!((1..=to_new_before).contains(&unconnected_to_new), "{path:?}: {unconnected_to_new} unconnected sends to the new address, of {to_new_before}");
+        println!("{path:?}: {unconnected_to_new} of the {to_new_before} core packets to the new address before the guard ended went unconnected");
+    } else {
+        assert_eq!(after, (0, m.ups + m.downs), "{path:?}");
+    }
+    println!(
+        "{path:?} (io_uring {}): UE → core {} packets ({} from the new address), core → UE {} ({to_old} to the old socket, all before the re-latch); sends (connected, unconnected) {before:?} before the last {AFTER} rounds, {after:?} after",
+        agw.uses_io_uring(),
+        m.ups,
+        m.ups - u64::from(OLD),
+        m.downs,
+    );
 }
 
 /// Every committed seed of `fuzz/corpus/agw_ng` through the fuzz target's function.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use mediasec_agw::bencode::Value;
-use mediasec_agw::{ensure_open_files, ng, Agw, Config, MediaPath, ServerConfig};
+use mediasec_agw::{ensure_open_files, ng, open_files_wanted, Agw, Config, MediaPath, ServerConfig};
 use mediasec_sdp::SdesPolicy;
 use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 use rand::RngCore;
@@ -133,7 +133,12 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.port_min < a.port_max, "--port-min must be below --port-max");
     let ports = u64::from(a.port_max - a.port_min) + 1;
     match ensure_open_files(ports) {
-        Ok(limit) if limit < ports + 256 => tracing::warn!(limit, ports, "RLIMIT_NOFILE is below the media port range: fewer calls fit, and media falls back to epoll"),
+        Ok(limit) if limit < open_files_wanted(ports) => tracing::warn!(
+            limit,
+            ports,
+            wanted = open_files_wanted(ports),
+            "RLIMIT_NOFILE is below two descriptors per media port + 256: fewer calls fit, some ports send without a connected twin, and below about one per port media falls back to epoll"
+        ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "RLIMIT_NOFILE could not be read or raised"),
     }
