@@ -277,7 +277,9 @@ fn dropped_and_counted(path: MediaPath) {
 #[test]
 fn srtp_ue_rebinding_mid_call_is_followed() {
     for path in [MediaPath::Auto, MediaPath::Epoll] {
-        rebinding(path);
+        for old_closes in [false, true] {
+            rebinding(path, old_closes);
+        }
     }
 }
 
@@ -354,7 +356,11 @@ fn assert_nothing_queued(s: &UdpSocket, what: &str) {
 /// The scenario of [`srtp_ue_rebinding_mid_call_is_followed`], each packet awaited:
 /// 1. `OLD` rounds (UE → core, core → UE) from and to the UE's first socket;
 /// 2. the core sends `IN_FLIGHT` more before the UE's first packet from its new address: they
-///    reach the old socket (sent before the re-latch, the relay has no reason to move yet);
+///    reach the old socket (sent before the re-latch, the relay has no reason to move yet).
+///    With `old_closes` the old socket then closes (its NAT binding is gone) and the core
+///    sends `DEAD` more, which the relay sends to the dead address (with io_uring from the
+///    twin connected there, which draws ICMP port unreachable); after the re-latch the old
+///    address is bound again, to see that nothing more is sent there;
 /// 3. the UE sends from a new socket, same keys, its sequence numbers continuing (they wrap
 ///    on the new address: rollover counter 0 → 1); the core receives every such packet and
 ///    every core packet from then on reaches the new socket: none the old one;
@@ -372,9 +378,10 @@ fn assert_nothing_queued(s: &UdpSocket, what: &str) {
 /// (the core-facing twin never moves), and the `AFTER` rounds are all connected: +2·`AFTER`
 /// connected, +0 unconnected. Genuine packets draw no `auth_failed`: the one counted is the
 /// forgery.
-fn rebinding(path: MediaPath) {
+fn rebinding(path: MediaPath, old_closes: bool) {
     const OLD: u16 = 4;
     const IN_FLIGHT: u64 = 3;
+    const DEAD: u64 = 3;
     const AFTER: u64 = 20;
     const GUARD: Duration = Duration::from_secs(1);
     let (agw, _rt) = start_agw_with_metrics(path);
@@ -404,10 +411,28 @@ fn rebinding(path: MediaPath) {
         m.down(&ue_old);
     }
     let to_old = m.downs;
+    let old_addr = ue_old.local_addr().unwrap();
+    let mut lost = 0;
+    let ue_old = if old_closes {
+        drop(ue_old);
+        for _ in 0..DEAD {
+            m.core.send_to(&rtp_packet(m.down_seq, 0xc0), m.call.relay_core).unwrap();
+            m.down_seq = m.down_seq.wrapping_add(1);
+        }
+        lost = DEAD;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while int_at(&ue_leg(ng_addr, "rebind"), &["sent", "RTP", "packets"]) < (m.downs + lost) as i64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    } else {
+        Some(ue_old)
+    };
     // 3.
     m.up(&ue_new);
     let leg = ue_leg(ng_addr, "rebind");
     assert_eq!(leg.get("latched").and_then(Value::as_str), Some(new_addr.as_str()), "{path:?}: re-latched on one authenticated packet");
+    let ue_old = ue_old.unwrap_or_else(|| UdpSocket::bind(old_addr).unwrap());
     m.down(&ue_new);
     m.up(&ue_new);
     assert_eq!(m.up_seq, 1, "the UE's sequence numbers wrapped on the new address");
@@ -449,24 +474,24 @@ fn rebinding(path: MediaPath) {
     assert_nothing_queued(&m.core, "nothing but the UE's packets reached the core");
     let leg = ue_leg(ng_addr, "rebind");
     assert_eq!(int_at(&leg, &["received", "RTP", "packets"]), (m.ups + 1) as i64, "{path:?}: the UE's packets and the forgery");
-    assert_eq!(int_at(&leg, &["sent", "RTP", "packets"]), m.downs as i64, "{path:?}");
+    assert_eq!(int_at(&leg, &["sent", "RTP", "packets"]), (m.downs + lost) as i64, "{path:?}");
     assert_eq!(int_at(&leg, &["drops", "auth_failed"]), 1, "{path:?}: no genuine packet failed");
     let core_leg = request(ng_addr, vec![("command", Value::str("query")), ("call-id", Value::str("rebind"))]);
     assert_eq!(int_at(&core_leg, &["totals", "errors"]), 1, "{path:?}: the forgery is the only drop");
     let b = core_leg.get("streams").and_then(Value::as_list).unwrap()[0].get("B").unwrap().clone();
     assert_eq!(int_at(&b, &["sent", "RTP", "packets"]), m.ups as i64, "{path:?}: every UE packet relayed to the core");
 
-    assert_eq!(after.0 + after.1, m.ups + m.downs, "{path:?}: {after:?}");
+    assert_eq!(after.0 + after.1, m.ups + m.downs + lost, "{path:?}: {after:?}");
     if agw.uses_io_uring() {
         let unconnected_to_new = after.1 - 2;
         assert_eq!((after.0 - before.0, after.1 - before.1), (2 * AFTER, 0), "{path:?}: after the guard, every send leaves from a twin ({before:?} → {after:?})");
         assert!((1..=to_new_before).contains(&unconnected_to_new), "{path:?}: {unconnected_to_new} unconnected sends to the new address, of {to_new_before}");
         println!("{path:?}: {unconnected_to_new} of the {to_new_before} core packets to the new address before the guard ended went unconnected");
     } else {
-        assert_eq!(after, (0, m.ups + m.downs), "{path:?}");
+        assert_eq!(after, (0, m.ups + m.downs + lost), "{path:?}");
     }
     println!(
-        "{path:?} (io_uring {}): UE → core {} packets ({} from the new address), core → UE {} ({to_old} to the old socket, all before the re-latch); sends (connected, unconnected) {before:?} before the last {AFTER} rounds, {after:?} after",
+        "{path:?} (io_uring {}), old socket closed at the move {old_closes}: UE → core {} packets ({} from the new address), core → UE {} ({to_old} to the old socket, and {lost} to it once closed, all before the re-latch); sends (connected, unconnected) {before:?} before the last {AFTER} rounds, {after:?} after",
         agw.uses_io_uring(),
         m.ups,
         m.ups - u64::from(OLD),
