@@ -1287,6 +1287,43 @@ mod e2ae {
         task.abort();
     }
 
+    /// Delayed offer without 100rel through the IMS-ALG (RFC 3261 §13.2.1, §13.3.1.4,
+    /// §13.2.2.4): alice (e2ae) calls bob (plain RTP, no early media, so no reliable 18x) with
+    /// an offerless INVITE; bob's plain offer in his 200 is secured towards alice by the AGW (a
+    /// new `<Call-ID>;d;0` call: `RTP/SAVP`, the AGW's key, `applied`), alice's SDES answer in
+    /// the ACK goes through ng `answer` and reaches bob plain. Media verified by content at both
+    /// UEs (none before the ACK) and by the AGW call's counters on both legs, `auth_failed` 0;
+    /// the core sees neither crypto nor indication.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offer_in_the_200_answer_in_the_ack_of_an_e2ae_call() {
+        let answering = Answering { auto: true, delay: Duration::from_millis(300), early_media: false };
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_answering(false, Security::Off, Some(answering)).await;
+        let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer("sip:bob@b.example")).await.expect("in time").expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_eq!((a.state.clone(), a.protection.as_str(), a.e2ae_applied), (CallState::Established, "srtp AEAD_AES_256_GCM", true), "{a:?}");
+        assert_eq!((b.state.clone(), b.protection.as_str(), b.e2ae_applied), (CallState::Established, "rtp", false), "{b:?}");
+        for r in [&a, &b] {
+            assert!(r.early_verified == 0 && r.media.verified >= 30 && r.media.refused == 0, "media from the ACK on: {r:?}");
+        }
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
+        }
+        let q = query(agw.ng_addr(), format!("{id};d;0")).await;
+        assert_eq!(leg(&q, "A").get("protection").and_then(Value::as_str), Some("plain"), "the core (bob) offered: {q:?}");
+        assert_eq!(leg(&q, "B").get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
+        for side in ["A", "B"] {
+            assert!(int(leg(&q, side), &["received", "RTP", "packets"]) >= 30 && int(leg(&q, side), &["sent", "RTP", "packets"]) >= 30, "{q:?}");
+        }
+        assert_eq!(int(leg(&q, "B"), &["drops", "auth_failed"]), 0, "{q:?}");
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures, stats.sdes_refused), (2, 0, 0), "offer in the 200, answer in the ACK: {stats:?}");
+        alice.hangup(&id).await.expect("BYE");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        task.abort();
+    }
+
     /// Delayed-offer re-INVITEs inside an e2ae call (RFC 3261 §13.2.1: the offer in the 2xx,
     /// the answer in the ACK). bob re-INVITEs without an offer: alice's SDES offer in her 2xx
     /// is the original offerer's, so P-CSCF a re-offers it on the same AGW call (ports kept)

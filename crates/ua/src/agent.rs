@@ -24,6 +24,11 @@
 //!   waits for the PRACK and carries no SDP (the offer/answer exchange is complete). §5 offer
 //!   in a reliable 18x: [`Ue::call_without_offer`] answers it in the PRACK; an offerless INVITE
 //!   with 100rel gets our offer in the reliable 18x and its answer from the PRACK.
+//! - Delayed offer without 100rel (RFC 3261 §13.2.1, §13.2.2.4, §13.3.1.4): an offerless
+//!   INVITE answered unreliably gets our offer in the 200 and its answer from the ACK (media
+//!   starts then; an ACK without a usable answer ends the call with BYE); calling without an
+//!   offer, an offer in the 2xx is answered in the ACK (one we cannot accept gets a valid
+//!   answer refusing every stream, then BYE). Offerless re-INVITEs work the same way.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
 
@@ -298,8 +303,9 @@ enum Purpose {
     /// A re-INVITE without an offer: the 2xx brings one, the ACK our answer.
     OfferlessReinvite,
     Bye,
-    /// BYE ending an extra fork (response ignored).
-    ForkBye,
+    /// BYE whose response needs no action: an extra fork's, or one ending a session whose
+    /// offer/answer failed after the 2xx (RFC 3261 §13.2.2.4).
+    EndingBye,
     /// PRACK for a reliable provisional response (RFC 3262 §4; its 200 needs no action).
     Prack,
 }
@@ -349,8 +355,12 @@ struct Call {
     peer_identity: String,
     e2ae_applied: bool,
     reinvite_seq: Option<u32>,
-    /// Our offer went in the 2xx to an offerless re-INVITE: its answer comes in the ACK.
+    /// Our offer went in the 2xx to an offerless INVITE or re-INVITE: its answer comes in the
+    /// ACK (RFC 3261 §13.3.1.4).
     answer_in_ack: bool,
+    /// Caller: the ACK of the 2xx that confirmed the call, sent again for its retransmissions
+    /// (§13.2.2.4) — with our answer when that 2xx brought the offer.
+    ack: Option<Request>,
     waiter: Option<oneshot::Sender<Result<String, Error>>>,
     unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
 }
@@ -389,6 +399,7 @@ impl Call {
             e2ae_applied: false,
             reinvite_seq: None,
             answer_in_ack: false,
+            ack: None,
             waiter: None,
             unit_waiter: None,
         }
@@ -753,29 +764,34 @@ impl Core {
             }
             Event::Ack { request, .. } => {
                 let Some(call_id) = header_text(&request.headers, &HeaderName::CallId) else { return Ok(()) };
-                if let Some(call) = self.calls.get_mut(&call_id)
-                    && call.role == Role::Callee
-                    && call.answered
-                    && call.state != CallState::Established
-                    && matches!(call.state, CallState::Setup | CallState::Early)
-                {
+                let Some(call) = self.calls.get_mut(&call_id) else { return Ok(()) };
+                let confirms = call.role == Role::Callee && call.answered && matches!(call.state, CallState::Setup | CallState::Early);
+                if confirms {
                     call.state = CallState::Established;
                     call.early_verified = call.rtp.stats().verified;
                     call.setup = Some(call.started.elapsed());
                 }
-                if let Some(call) = self.calls.get_mut(&call_id)
-                    && std::mem::take(&mut call.answer_in_ack)
-                {
+                if std::mem::take(&mut call.answer_in_ack) {
+                    // Our offer went in the 2xx (RFC 3261 §13.3.1.4): the ACK must bring the
+                    // answer (§13.2.2.4); media starts (or re-keys) with it.
                     let applied = mediasec_sip::body::sdp(&Message::Request(*request))
                         .map_err(Error::from)
                         .and_then(|a| a.ok_or(Error::Negotiation("ACK without the answer to our offer in the 2xx".into())))
-                        .and_then(|answer| answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes));
+                        .and_then(|answer| {
+                            call.e2ae_applied = e2ae_applied(&answer);
+                            answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes)
+                        });
                     match applied {
                         Ok(media) => {
                             call.apply_media(&media);
-                            call.rekeys += 1;
+                            if !confirms {
+                                call.rekeys += 1;
+                            }
                         }
-                        Err(e) => tracing::warn!(error = %e, "answer in the ACK refused"),
+                        Err(e) => {
+                            tracing::warn!(%call_id, error = %e, "answer in the ACK refused: BYE");
+                            return self.end_failed(&call_id, &e.to_string());
+                        }
                     }
                 }
                 Ok(())
@@ -809,7 +825,7 @@ impl Core {
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let code = response.status.code();
         match purpose {
-            Purpose::Register | Purpose::ForkBye | Purpose::Prack => Ok(()),
+            Purpose::Register | Purpose::EndingBye | Purpose::Prack => Ok(()),
             Purpose::Bye => {
                 if response.status.is_final() {
                     call.state = CallState::Ended;
@@ -836,11 +852,7 @@ impl Core {
                 let to = dialog.next_hop();
                 let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
                     // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4).
-                    Some(offer) if purpose == Purpose::OfferlessReinvite => {
-                        call.sdp_version += 1;
-                        offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, self.config.security, &self.config.sdes, &mut fill_random)
-                            .and_then(|(answer, media)| mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&answer)).map(|()| media).map_err(Error::from))
-                    }
+                    Some(offer) if purpose == Purpose::OfferlessReinvite => answer_in_request(call, &offer, &mut ack, self.config.security, &self.config.sdes),
                     Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
                     None => Err(Error::Negotiation("re-INVITE 2xx without an offer or answer".into())),
                 };
@@ -848,6 +860,7 @@ impl Core {
                     self.endpoint.send(Command::Stateless { message: ack, to })?;
                 }
                 let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+                let refused = result.as_ref().err().map(ToString::to_string).filter(|_| purpose == Purpose::OfferlessReinvite);
                 let outcome = result.map(|media| {
                     call.apply_media(&media);
                     call.rekeys += 1;
@@ -855,7 +868,11 @@ impl Core {
                 if let Some(w) = call.unit_waiter.take() {
                     let _ = w.send(outcome);
                 }
-                Ok(())
+                match refused {
+                    // §13.2.2.4: an offer in the 2xx we cannot accept is answered, then BYE.
+                    Some(reason) => self.end_failed(call_id, &reason),
+                    None => Ok(()),
+                }
             }
             Purpose::Invite => self.on_invite_response(call_id, response, &via),
         }
@@ -898,11 +915,14 @@ impl Core {
             return Ok(());
         }
         let id = DialogId::of_received_response(&response).ok_or(mediasec_sip::Error::NotADialog("2xx without tags"))?;
-        // A retransmission of the 2xx we confirmed: ACK again (§13.2.2.4).
+        // A retransmission of the 2xx we confirmed: the same ACK again (§13.2.2.4).
         if let Some(dialog) = call.dialog.as_ref()
             && dialog.id() == &id
         {
-            let ack = dialog.ack(1, via)?;
+            let ack = match &call.ack {
+                Some(ack) => ack.clone(),
+                None => dialog.ack(1, via)?,
+            };
             if let Some(to) = dialog.next_hop() {
                 self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
             }
@@ -919,29 +939,42 @@ impl Core {
                 Dialog::uac(&call.invite, &response)?
             }
         };
-        let ack = dialog.ack(1, via)?;
+        let mut ack = Message::Request(dialog.ack(1, via)?);
         let to = dialog.next_hop().ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
-        self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
+        let extra_fork = call.dialog.is_some() || matches!(call.state, CallState::Failed(..));
+        let sdp = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
+        // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
+        // offer, answered in the ACK (RFC 3261 §13.2.1, §13.2.2.4).
+        let offered = !call.answered_reliably && call.offer.is_none() && call.ticket.is_none();
+        let answered = match &sdp {
+            Some(offer) if offered => Some(answer_in_request(call, offer, &mut ack, self.config.security, &policy)),
+            _ => None,
+        };
+        let Message::Request(ack) = ack else { return Ok(()) };
+        self.endpoint.send(Command::Stateless { message: Message::Request(ack.clone()), to })?;
         let end_it = |core: &mut Self, mut dialog: Dialog| -> Result<(), Error> {
             let bye = dialog.request(Method::Bye, &core.via())?;
             if let Some(to) = dialog.next_hop() {
-                core.send_request(bye, to, call_id, Purpose::ForkBye)?;
+                core.send_request(bye, to, call_id, Purpose::EndingBye)?;
             }
             Ok(())
         };
-        if call.dialog.is_some() || matches!(call.state, CallState::Failed(..)) {
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        if extra_fork {
             // Another fork answered too (RFC 3261 §13.2.2.4): ACK and BYE it.
             call.extra_forks_ended += 1;
             return end_it(self, dialog);
         }
-        let answer = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
-        let media = match answer {
+        let media = match (answered, sdp) {
+            (Some(answered), _) => answered.map(Some),
             // The exchange completed reliably in a 18x (and maybe an UPDATE after it): an SDP
             // in the 2xx repeats an answer already applied (RFC 6337 §3.1), none is needed.
             _ if call.answered_reliably => Ok(None),
-            Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &policy).map(Some),
-            None => Err(Error::Negotiation("2xx without an SDP answer".into())),
+            (None, Some(answer)) => answer_media(call, self.kms.as_mut(), &answer, &policy).map(Some),
+            (None, None) => Err(Error::Negotiation("2xx without an SDP answer".into())),
         };
+        call.dialog = Some(dialog);
+        call.ack = Some(ack);
         match media {
             Ok(media) => {
                 call.early_verified = call.rtp.stats().verified;
@@ -950,7 +983,6 @@ impl Core {
                 }
                 call.state = CallState::Established;
                 call.setup = Some(call.started.elapsed());
-                call.dialog = Some(dialog);
                 if let Some(w) = call.waiter.take() {
                     let _ = w.send(Ok(call_id.to_owned()));
                 }
@@ -958,24 +990,27 @@ impl Core {
             }
             Err(e) => {
                 // Refused against policy: the dialog exists, so it is ended with BYE.
-                tracing::info!(error = %e, "answer refused");
+                tracing::info!(error = %e, "answer (or offer in the 2xx) refused");
                 let reason = e.to_string();
-                call.state = CallState::Failed(488, reason.clone());
-                call.rtp.stop();
                 if let Some(w) = call.waiter.take() {
-                    let _ = w.send(Err(match e {
-                        Error::Downgrade(r) => Error::Downgrade(r),
-                        other => other,
-                    }));
+                    let _ = w.send(Err(e));
                 }
-                end_it(self, dialog.clone())?;
-                if let Some(call) = self.calls.get_mut(call_id) {
-                    call.dialog = Some(dialog);
-                    call.state = CallState::Failed(488, reason);
-                }
-                Ok(())
+                self.end_failed(call_id, &reason)
             }
         }
+    }
+
+    /// Ends a call whose offer/answer failed after its 2xx (RFC 3261 §13.2.2.4): it fails
+    /// (488, `reason`), its media stops and a BYE goes out in its dialog.
+    fn end_failed(&mut self, call_id: &str, reason: &str) -> Result<(), Error> {
+        let via = self.via();
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        call.fail(488, reason);
+        let Some(dialog) = call.dialog.as_mut() else { return Ok(()) };
+        let bye = dialog.request(Method::Bye, &via)?;
+        let Some(to) = dialog.next_hop() else { return Ok(()) };
+        self.send_request(bye, to, call_id, Purpose::EndingBye)?;
+        Ok(())
     }
 
     /// A reliable 18x (RFC 3262 §4): in order, it creates (or continues) the early dialog, its
@@ -1010,9 +1045,7 @@ impl Core {
         {
             // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262 §5).
             let outcome = if offerless {
-                call.sdp_version += 1;
-                offer_answer::answer(&sdp, call.rtp.local_addr(), call.sdp_version, self.config.security, &policy, &mut fill_random)
-                    .and_then(|(answer, media)| mediasec_sip::body::set_sdp(&mut prack, &Sdp::parse(&answer)).map(|()| media).map_err(Error::from))
+                answer_in_request(call, &sdp, &mut prack, self.config.security, &policy)
             } else {
                 answer_media(call, self.kms.as_mut(), &sdp, &policy)
             };
@@ -1193,8 +1226,8 @@ impl Core {
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let reliable = answers_reliably(&request, self.config.answering);
-        if matches!(offer, Ok(None)) && reliable && self.config.security != Security::MikeyTicket {
-            return self.offer_reliably(key, request, call_id, dialog, rtp);
+        if matches!(offer, Ok(None)) && self.config.security != Security::MikeyTicket {
+            return self.offer_first(key, request, call_id, dialog, rtp, reliable);
         }
         let negotiated = match offer {
             Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
@@ -1203,7 +1236,7 @@ impl Core {
             },
             Ok(Some(_)) if self.config.security == Security::MikeyTicket => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into())),
             Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
-            Ok(None) => Err(Error::Negotiation("INVITE without an offer (answered only with 100rel: the offer in a reliable 1xx)".into())),
+            Ok(None) => Err(Error::Negotiation("INVITE without an offer: not supported with MIKEY-TICKET".into())),
             Err(e) => Err(e.into()),
         };
         self.seq += 1;
@@ -1280,10 +1313,12 @@ impl Core {
         });
     }
 
-    /// An offerless INVITE with 100rel (RFC 3262 §5): our offer goes in the reliable 183 (180
-    /// without early media), its answer comes in the PRACK, media starts then, and the 200
-    /// (no SDP) follows the PRACK.
-    fn offer_reliably(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint) -> Result<(), Error> {
+    /// An offerless INVITE (RFC 3261 §13.2.1). `reliable` (RFC 3262 §5): our offer goes in the
+    /// reliable 183 (180 without early media), its answer comes in the PRACK, media starts
+    /// then, and the 200 (no SDP) follows the PRACK. Otherwise (the caller does not support
+    /// 100rel, or early media is off): an unreliable 180, our offer in the 200 (§13.3.1.4), its
+    /// answer from the ACK (§13.2.2.4), media starting with it.
+    fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
         let to = dialog.local_header().clone();
         let offer = match offer_answer::offer(rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random) {
             Ok(offer) => offer,
@@ -1293,21 +1328,28 @@ impl Core {
             }
         };
         let text = offer.sdp.clone();
-        let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
-        let rseq = numbering.allocate();
         self.seq += 1;
         let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
         let call = Call {
             dialog: Some(dialog),
             invite_key: Some(key.clone()),
             offer: Some(offer),
-            reliable: Some(numbering),
-            answer_in_prack: true,
+            answer_in_ack: !reliable,
+            answer_in_prack: reliable,
             ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
         };
         self.calls.insert(call_id.clone(), call);
-        let (code, reason) = if self.config.answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
-        self.respond_with(&key, &request, code, reason, Some(to), Some(&text), rseq)?;
+        if reliable {
+            let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
+            let rseq = numbering.allocate();
+            if let Some(call) = self.calls.get_mut(&call_id) {
+                call.reliable = Some(numbering);
+            }
+            let (code, reason) = if self.config.answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
+            self.respond_with(&key, &request, code, reason, Some(to), Some(&text), rseq)?;
+        } else {
+            self.respond(&key, &request, 180, "Ringing", Some(to), None)?;
+        }
         self.schedule_answer(call_id);
         Ok(())
     }
@@ -1331,6 +1373,14 @@ impl Core {
             call.answered = true;
             let request = call.invite.clone();
             return self.respond(&key, &request, 200, "OK", Some(to), None);
+        }
+        if call.answer_in_ack {
+            // Delayed offer (RFC 3261 §13.3.1.4): our offer goes in the 200, the answer comes
+            // in the ACK.
+            let Some(offer) = call.offer.as_ref().map(|o| o.sdp.clone()) else { return Ok(()) };
+            call.answered = true;
+            let request = call.invite.clone();
+            return self.respond(&key, &request, 200, "OK", Some(to), Some(&offer));
         }
         let Some((answer, media)) = call.answer.clone() else { return Ok(()) };
         call.answered = true;
@@ -1454,6 +1504,28 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     let media = ticket::process_answer(kms, pending, answer)?;
     call.ticket_answer = Some((text, media.clone()));
     Ok(media)
+}
+
+/// Answers an offer that came in a response — a 2xx to an offerless INVITE or re-INVITE (RFC
+/// 3261 §13.2.2.4: the answer goes in the ACK) or a reliable 18x (RFC 3262 §5: in the PRACK) —
+/// by putting the answer into `request`. An offer we cannot accept still gets a valid answer,
+/// every stream refused ([`offer_answer::refusal`]), and the error is returned (after an ACK
+/// the caller then ends the session with BYE, §13.2.2.4).
+fn answer_in_request(call: &mut Call, offer: &Sdp, request: &mut Message, security: Security, policy: &SdesPolicy) -> Result<Media, Error> {
+    call.sdp_version += 1;
+    match offer_answer::answer(offer, call.rtp.local_addr(), call.sdp_version, security, policy, &mut fill_random) {
+        Ok((answer, media)) => {
+            mediasec_sip::body::set_sdp(request, &Sdp::parse(&answer))?;
+            Ok(media)
+        }
+        Err(e) => {
+            match offer_answer::refusal(offer, call.rtp.local_addr(), call.sdp_version) {
+                Ok(refusal) => mediasec_sip::body::set_sdp(request, &Sdp::parse(&refusal))?,
+                Err(r) => tracing::warn!(error = %r, "no refusing answer for an unusable offer"),
+            }
+            Err(e)
+        }
+    }
 }
 
 /// RFC 3262 at the UE, against a scripted peer on a raw UDP socket (the peer plays the
@@ -1599,6 +1671,95 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
             assert!(r.early_verified >= 10 && r.media.verified >= r.early_verified + 20 && r.media.refused == 0, "early media, then more: {r:?}");
         }
         assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "one exchange, keys crossed");
+    }
+
+    /// Delayed offer without 100rel (RFC 3261 §13.2.1, §13.3.1.4, §13.2.2.4) between two UEs:
+    /// alice's offerless INVITE (`call_without_offer`); bob, without early media, answers it
+    /// unreliably — 180, then his offer in the 200 — and alice's answer goes in the ACK; SDES
+    /// media verified both ways from then on (none before: no early media), one exchange.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offer_in_the_200_answer_in_the_ack_between_two_ues() {
+        let placeholder = SocketAddr::from(([127, 0, 0, 1], 9));
+        let mut b = UeConfig::loopback("sip:bob@b.example", placeholder, SDES, 1000.0, 440.0);
+        b.answering = Answering { auto: true, delay: Duration::from_millis(200), early_media: false };
+        let bob = Ue::start(b).await.expect("bob");
+        let alice = Ue::start(UeConfig::loopback("sip:alice@a.example", bob.sip_addr(), SDES, 440.0, 1000.0)).await.expect("alice");
+        let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer(&format!("sip:bob@{}", bob.sip_addr())))
+            .await
+            .expect("in time")
+            .expect("established");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = bob.report(&id).await.expect("r").expect("call");
+        for r in [&a, &b] {
+            assert_eq!((r.state.clone(), r.protection.as_str()), (CallState::Established, "srtp AEAD_AES_256_GCM"), "{r:?}");
+            assert!(r.early_verified == 0 && r.media.verified >= 20 && r.media.refused == 0 && r.rekeys == 0, "{r:?}");
+        }
+        assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "one exchange, keys crossed");
+    }
+
+    /// UAS, delayed offer without 100rel: an offerless INVITE without `Supported: 100rel` gets
+    /// an unreliable 180 and our SDES offer in the 200; an ACK without the answer (RFC 3261
+    /// §13.2.2.4 requires one) ends the call with BYE.
+    #[tokio::test]
+    async fn uas_offers_in_the_200_and_ends_the_call_when_the_ack_has_no_answer() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:bob@b.example", peer_addr, SDES, 1000.0, 440.0);
+        config.answering = Answering { auto: true, delay: Duration::ZERO, early_media: true };
+        let bob = Ue::start(config).await.expect("ue");
+        let ue = bob.sip_addr();
+        send(&peer, ue, &invite(peer_addr, ue, "", "").replace("Content-Type: application/sdp\r\n", "")).await;
+        let (ok, before) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        assert!(before.iter().any(|m| code(m) == Some(180) && value(m, &HeaderName::RSeq).is_none() && mediasec_sip::body::sdp(m).is_ok_and(|b| b.is_none())), "an unreliable 180 first: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        let offer = mediasec_sip::body::sdp(&ok).expect("body").expect("our offer in the 200");
+        assert!(offer.to_string().contains(" RTP/SAVP ") && offer.to_string().contains("a=crypto:1 "), "{offer}");
+        let to = value(&ok, &HeaderName::To).expect("To");
+        send(&peer, ue, &format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {peer_addr};branch=z9hG4bKack1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert!(value(&bye, &HeaderName::CallId).as_deref() == Some("rel-1"), "{}", text(&bye));
+        let report = bob.report("rel-1").await.expect("r").expect("call");
+        assert!(matches!(report.state, CallState::Failed(488, ref r) if r.contains("ACK without the answer")), "{report:?}");
+    }
+
+    /// UAC, delayed offer: an offer in the 2xx to our offerless INVITE that our policy refuses
+    /// (plain RTP for an `sdes` UE) still gets a valid answer in the ACK — every stream
+    /// refused, port 0 (RFC 3264 §6) — and then a BYE (RFC 3261 §13.2.2.4); the call fails.
+    #[tokio::test]
+    async fn uac_answers_an_unusable_offer_in_the_2xx_with_a_refusal_then_bye() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let alice = Ue::start(UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0)).await.expect("ue");
+        let ue = alice.sip_addr();
+        let call = tokio::spawn(async move {
+            let r = alice.call_without_offer("sip:bob@b.example").await;
+            (alice, r)
+        });
+        let (invite, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Invite)).await;
+        assert!(mediasec_sip::body::sdp(&invite).expect("body").is_none(), "offerless: {}", text(&invite));
+        let Message::Request(invite) = invite else { panic!("request") };
+        let to = format!("{};tag=bt", header_text(&invite.headers, &HeaderName::To).expect("To"));
+        let plain = offer_answer::sdp_text(SocketAddr::new(peer_addr.ip(), 40_002), 1, "RTP/AVP", &[]);
+        let ok = ResponseBuilder::to_request(&invite, StatusCode::new(200).expect("200"), "OK")
+            .and_then(|b| b.set_header(&HeaderName::To, to))
+            .and_then(|b| b.header(HeaderName::Contact, format!("<sip:bob@{peer_addr}>")))
+            .and_then(|b| b.header(HeaderName::ContentType, "application/sdp"))
+            .expect("200")
+            .body(plain)
+            .build();
+        peer.send_to(&Message::Response(ok).to_bytes(), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        let answer = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(answer.contains("m=audio 0 RTP/AVP 0\r\n") && !answer.contains("crypto"), "every stream refused: {answer}");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
+        let (alice, result) = call.await.expect("task");
+        assert!(result.is_err(), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.iter().all(|r| matches!(r.state, CallState::Failed(488, _))) && reports.len() == 1, "{reports:?}");
     }
 
     /// UAS (RFC 3262 §3): the 183 is passed again at T1, 2·T1, 4·T1, … and after 64·T1 without

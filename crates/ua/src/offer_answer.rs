@@ -253,6 +253,21 @@ pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Securi
     }
 }
 
+/// A valid answer refusing every stream of `offer` (RFC 3264 §6: one m-line per offered one,
+/// same media, transport and formats, port 0), for an offer that must be answered but cannot
+/// be accepted: one in a 2xx, answered in the ACK before a BYE (RFC 3261 §13.2.2.4), or in a
+/// reliable 18x, answered in the PRACK (RFC 3262 §5).
+pub fn refusal(offer: &Sdp, local: SocketAddr, version: u64) -> Result<String, Error> {
+    let ip = local.ip();
+    let family = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut s = format!("v=0\r\no=- 1 {version} IN {family} {ip}\r\ns=-\r\nc=IN {family} {ip}\r\nt=0 0\r\n");
+    for i in 0..offer.media_count() {
+        let m = offer.media_line(i).map_err(|e| Error::Negotiation(format!("offer m-line {i}: {e}")))?;
+        s.push_str(&format!("m={} 0 {} {}\r\n", m.media, m.proto, m.formats.join(" ")));
+    }
+    Ok(s)
+}
+
 /// Processes the answer to our offer (RFC 4568 §7.1.3); refuses what the policy forbids.
 pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
     let stream = audio(answer_sdp)?;
@@ -359,5 +374,19 @@ mod tests {
         let (a, m) = answer(&Sdp::parse(&lenient.sdp), addr(5000), 1, Security::Off, &policy, &mut keys).unwrap();
         assert!(matches!(m.protection, Protection::Plain) && !a.contains("crypto"));
         assert!(answer(&Sdp::parse(&strict.sdp), addr(5000), 1, Security::Off, &policy, &mut keys).is_err());
+    }
+
+    /// RFC 3264 §6: the refusing answer keeps every offered m-line (media, transport,
+    /// formats) at port 0, and nothing of the offer's keys.
+    #[test]
+    fn a_refusal_rejects_every_offered_stream() {
+        let policy = SdesPolicy::default();
+        let strict = offer(addr(4000), 1, Security::Sdes { fallback: false }, &policy, &mut counter()).unwrap();
+        let mut two = strict.sdp.clone();
+        two.push_str("m=video 4002 RTP/SAVP 96 97\r\n");
+        let r = refusal(&Sdp::parse(&two), addr(5000), 3).unwrap();
+        assert_eq!(r, "v=0\r\no=- 1 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 0 RTP/SAVP 0\r\nm=video 0 RTP/SAVP 96 97\r\n");
+        // The offerer refuses it (no usable stream).
+        assert!(process_answer(&strict, &Sdp::parse(&r), &policy).is_err());
     }
 }
