@@ -180,6 +180,7 @@ fn srtp_call(ng_addr: SocketAddr, id: &str, ue: &UdpSocket, core: &UdpSocket) ->
     let sdp = |port: u16, proto: &str, extra: &str| {
         format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} {proto} 0\r\n{extra}")
     };
+    // inline: UE_KEY in base64.
     let crypto = "a=crypto:1 AEAD_AES_128_GCM inline:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQ==\r\n";
     let offer = request(
         ng_addr,
