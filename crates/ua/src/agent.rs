@@ -1779,8 +1779,9 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let elapsed = started.elapsed();
         let copies = before.iter().filter(|m| code(m) == Some(183)).count();
         // At 0, 10, 30, 70, 150, 310 and 630 ms (the next would be at 1270): seven copies, then
-        // 504 once 64·T1 = 640 ms have passed.
-        assert_eq!(copies, 7, "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        // 504 once 64·T1 = 640 ms have passed. The seventh is due only 10 ms before the 504,
+        // which a loaded machine's late timers can push past it: six is accepted, more is not.
+        assert!((6..=7).contains(&copies), "{copies}: {:?}", before.iter().map(text).collect::<Vec<_>>());
         assert!(elapsed >= Duration::from_millis(640), "{elapsed:?}");
         assert!(value(&last, &HeaderName::To).is_some_and(|t| t.contains("tag=")));
         let report = bob.reports().await.expect("reports");
