@@ -10,6 +10,11 @@
 //! Then the KMS (TS 33.328 Annex B): a BSF and two KMS domains on loopback with embedded
 //! stores, users provisioned, and the call scenarios of docs/kms.md, each ending with SRTP
 //! media over UDP in both directions with the keys MIKEY-TICKET delivered.
+//!
+//! Then SIP calls through the two-domain P-CSCF/S-CSCF lab (`demo_sip`): plain, SDES and
+//! MIKEY-TICKET calls (forked, early media, re-keyed), and e2ae calls through the IMS-ALG and
+//! our IMS-AGW (plain, re-keyed by UPDATE, with preconditions: reliable 183 + PRACK + early
+//! UPDATE, and offerless: offer in the 200, answer in the ACK), one line per scenario.
 
 use std::net::UdpSocket;
 use std::process::ExitCode;
@@ -168,12 +173,13 @@ fn sip() -> anyhow::Result<bool> {
     let scenarios = runtime.block_on(super::demo_sip::run())?;
     println!();
     println!("SIP calls on 127.0.0.1: UEs -> P-CSCF -> S-CSCF (two domains), media checked by tone");
-    println!("{:<40} {:>10}  result", "scenario", "set-up");
+    let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    println!("{:<width$} {:>10}  result", "scenario", "set-up");
     let mut ok = true;
     for s in scenarios {
         ok &= s.ok;
         let setup = s.setup.map_or_else(|| "-".to_owned(), |d| format!("{:.2} ms", d.as_secs_f64() * 1000.0));
-        println!("{:<40} {:>10}  {}: {}", s.name, setup, if s.ok { "ok" } else { "FAILED" }, s.detail);
+        println!("{:<width$} {:>10}  {}: {}", s.name, setup, if s.ok { "ok" } else { "FAILED" }, s.detail);
     }
     Ok(ok)
 }

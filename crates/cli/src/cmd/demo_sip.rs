@@ -7,17 +7,22 @@
 //! Re-keyed calls renew the keys with a re-INVITE: SDES with fresh `a=crypto` keys, MIKEY-TICKET
 //! with a new Ticket Transfer (a fresh ticket from the KMS, resolved by the callee).
 //! The e2ae call runs through P-CSCF a as IMS-ALG driving our IMS-AGW over ng: SRTP on the
-//! access leg, plain RTP in the core, checked by tone at both UEs and by the AGW's counters.
+//! access leg, plain RTP in the core, checked by tone at both UEs, by the AGW's counters and
+//! by the IMS-ALG's (P-CSCF a) e2ae counters. Four e2ae calls: plain; re-keyed by an UPDATE;
+//! the TS 24.229 preconditions flow (reliable 183 with early media, PRACK, an early-dialog
+//! UPDATE re-keying through the AGW before the 200, RFC 3262/3311); and offerless (the offer
+//! in bob's 200, the answer in alice's ACK, RFC 3261 §13.2.1 without 100rel).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use mediasec_cscf::lab::TwoDomains;
+use mediasec_cscf::Stats;
 use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
 use mediasec_sdp::SdesPolicy;
 use mediasec_ua::ticket::KmsAccess;
-use mediasec_ua::{Answering, CallState, Security, Ue, UeConfig};
+use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
 
 /// The outcome of one scenario.
 pub(crate) struct Scenario {
@@ -190,8 +195,11 @@ async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -
     tokio::task::spawn_blocking(move || {
         let socket = std::net::UdpSocket::bind(("127.0.0.1", 0))?;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-        let q = mediasec_agw::ng::request(&socket, ng, &Value::dict([("command", Value::str("query")), ("call-id", Value::str(call_id))]))?;
-        let l = q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(leg)).context("no such leg in the query")?;
+        let q = mediasec_agw::ng::request(&socket, ng, &Value::dict([("command", Value::str("query")), ("call-id", Value::str(call_id.clone()))]))?;
+        let l = q.get("streams").and_then(Value::as_list).and_then(|s| s.first()).and_then(|s| s.get(leg)).with_context(|| {
+            let reason = q.get("error-reason").and_then(Value::as_str).unwrap_or_default();
+            format!("the AGW's query of call {call_id} has no leg {leg} ({reason})")
+        })?;
         let protection = l.get("protection").and_then(Value::as_str).unwrap_or_default().to_owned();
         let received = l.get("received").and_then(|r| r.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int).unwrap_or(0);
         let auth_failed = l.get("drops").and_then(|d| d.get("auth_failed")).and_then(Value::as_int).unwrap_or(0);
@@ -200,17 +208,57 @@ async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -
     .await?
 }
 
+/// alice@a (SDES, `a=3ge2ae:requested`) and bob@b (plain RTP, answering as `answering`),
+/// registered through the lab, and bob's URI.
+async fn e2ae_ues(lab: &TwoDomains, n: usize, answering: Option<Answering>) -> anyhow::Result<(Ue, Ue, String)> {
+    let mut caller = ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ);
+    caller.e2ae = true;
+    let alice = registered(caller, None).await?;
+    let target = format!("sip:bob{n}@b.example");
+    let mut callee = ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ);
+    if let Some(answering) = answering {
+        callee.answering = answering;
+    }
+    let bob = registered(callee, None).await?;
+    Ok((alice, bob, target))
+}
+
+/// bob's report of his only call.
+async fn callee_report(bob: &Ue) -> anyhow::Result<CallReport> {
+    bob.reports().await?.into_iter().next().context("bob has no call")
+}
+
+/// What every e2ae scenario checks once media ran: alice SRTP to the AGW with
+/// `a=3ge2ae:applied`, bob plain RTP, media by content both ways (bob refusing nothing); the
+/// AGW call `agw_call` (TS 33.328 §7.2.1) with its `access` leg SRTP and its other leg plain,
+/// both relaying, no authentication failure on the access leg; and P-CSCF a (the IMS-ALG)
+/// having put `applied` offers and answers through the AGW since `alg` was read, with no ng
+/// failure and no SDES refusal. Returns the verdict and the summary line's figures.
+async fn e2ae_checks(lab: &TwoDomains, agw: &mediasec_agw::Agw, agw_call: String, access: &'static str, alg: &Stats, applied: u64, (a, b): (&CallReport, &CallReport)) -> anyhow::Result<(bool, String)> {
+    let core = if access == "A" { "B" } else { "A" };
+    let (access_protection, access_rx, access_failed) = agw_leg(agw.ng_addr(), agw_call.clone(), access).await?;
+    let (core_protection, core_rx, _) = agw_leg(agw.ng_addr(), agw_call, core).await?;
+    let now = lab.pcscf_a.stats();
+    let (alg_applied, alg_failures, alg_refused) = (now.e2ae_applied.saturating_sub(alg.e2ae_applied), now.agw_failures.saturating_sub(alg.agw_failures), now.sdes_refused.saturating_sub(alg.sdes_refused));
+    let mut ok = a.e2ae_applied && !b.e2ae_applied && a.protection == "srtp AEAD_AES_256_GCM" && b.protection == "rtp";
+    ok &= a.media.verified >= 10 && b.media.verified >= 10 && b.media.refused == 0 && access_failed == 0;
+    ok &= access_protection == "srtp" && core_protection == "plain" && access_rx >= 10 && core_rx >= 10;
+    ok &= alg_applied == applied && alg_failures == 0 && alg_refused == 0;
+    let detail = format!(
+        "UE {} to the AGW (a=3ge2ae:applied), core {}; AGW legs {access_protection} {access_rx} pkts / {core_protection} {core_rx} pkts, {access_failed} auth_failed; ALG e2ae_applied {alg_applied}/{applied}, agw_failures {alg_failures}; verified {}↔{}",
+        a.protection, b.protection, a.media.verified, b.media.verified
+    );
+    Ok((ok, detail))
+}
+
 /// The e2ae call (TS 33.328 §7.2.1): alice@a (SDES, `a=3ge2ae:requested`) → bob@b (plain
 /// RTP) through P-CSCF a as IMS-ALG and the IMS-AGW. Re-keyed: alice then renews her keys
 /// with an UPDATE (RFC 3311), which the ALG runs through the AGW as a re-offer; the AGW must
 /// drop nothing for it (its new keys take effect at the answer, the old receive key is
 /// retired, not dropped), and media must go on under the new keys.
 async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration, rekey: bool) -> anyhow::Result<Scenario> {
-    let mut caller = ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ);
-    caller.e2ae = true;
-    let alice = registered(caller, None).await?;
-    let target = format!("sip:bob{n}@b.example");
-    let bob = registered(ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ), None).await?;
+    let alg = lab.pcscf_a.stats();
+    let (alice, bob, target) = e2ae_ues(lab, n, None).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&target)).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
     let before = if rekey {
@@ -223,16 +271,10 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
     };
     let a = alice.report(&id).await?.context("caller report")?;
     let b = bob.reports().await?.into_iter().find(|r| r.state == CallState::Established).context("bob did not answer")?;
-    let (access, access_rx, access_failed) = agw_leg(agw.ng_addr(), format!("{id};orig"), "A").await?;
-    let (core, core_rx, _) = agw_leg(agw.ng_addr(), format!("{id};orig"), "B").await?;
+    // Offer and answer, and the UPDATE's offer and answer.
+    let applied = if rekey { 4 } else { 2 };
+    let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};orig"), "A", &alg, applied, (&a, &b)).await?;
     alice.hangup(&id).await?;
-    let mut ok = a.e2ae_applied && !b.e2ae_applied && a.protection == "srtp AEAD_AES_256_GCM" && b.protection == "rtp";
-    ok &= a.media.verified >= 10 && b.media.verified >= 10 && b.media.refused == 0 && access_failed == 0;
-    ok &= access == "srtp" && core == "plain" && access_rx >= 10 && core_rx >= 10;
-    let mut detail = format!(
-        "UE {} to the AGW (a=3ge2ae:applied), core {}; AGW legs {access} {access_rx} pkts / {core} {core_rx} pkts, {access_failed} dropped; verified {}↔{}",
-        a.protection, b.protection, a.media.verified, b.media.verified
-    );
     match before {
         None => ok &= a.media.refused == 0,
         Some(before) => {
@@ -250,6 +292,85 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
     }
     let name = if rekey { "re-keyed e2ae call (UPDATE via the AGW)" } else { "e2ae call (IMS-ALG + AGW)" };
     Ok(Scenario { name, ok, setup: a.setup, detail })
+}
+
+/// The TS 24.229 preconditions flow in an e2ae call (RFC 3262, RFC 3311): alice (e2ae,
+/// `Supported: 100rel`) calls bob (plain RTP), who answers with early media in a reliable 183
+/// (`Require: 100rel`, `RSeq`), put through the AGW by the ALG; alice PRACKs, and once early
+/// media is verified she re-keys with an UPDATE in the early dialog, a re-offer on the same
+/// AGW call. Before bob's 200 both UEs must still be early, with new keys both ways and media
+/// verified under them; the 200 must keep them, and media must go on after it.
+async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+    // bob rings long enough for early media, the UPDATE and more early media before his 200.
+    let answering = Answering { auto: true, delay: Duration::from_millis(1300), early_media: true };
+    let alg = lab.pcscf_a.stats();
+    let (alice, bob, target) = e2ae_ues(lab, n, Some(answering)).await?;
+    let alice = std::sync::Arc::new(alice);
+    let calling = tokio::spawn({
+        let alice = std::sync::Arc::clone(&alice);
+        async move { alice.call(&target).await }
+    });
+    let early = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(r) = alice.reports().await?.into_iter().find(|r| r.state == CallState::Early) {
+                return anyhow::Ok(r);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .context("no early dialog from a reliable 183")??;
+    let id = early.call_id;
+    tokio::time::sleep(talk / 2).await;
+    let before = alice.report(&id).await?.context("caller report")?;
+    tokio::time::timeout(Duration::from_secs(5), alice.update(&id)).await.context("early UPDATE timed out")??;
+    tokio::time::sleep(talk / 2).await;
+    let (a1, b1) = (alice.report(&id).await?.context("caller report")?, callee_report(&bob).await?);
+    let established = tokio::time::timeout(Duration::from_secs(10), calling).await.context("bob's 200 timed out")???;
+    anyhow::ensure!(established == id, "the call established is {established}, not the early dialog {id}");
+    tokio::time::sleep(talk).await;
+    let (a, b) = (alice.report(&id).await?.context("caller report")?, callee_report(&bob).await?);
+    // Offer and answer (in the reliable 183), the UPDATE's offer and answer.
+    let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};orig"), "A", &alg, 4, (&a, &b)).await?;
+    alice.hangup(&id).await?;
+    let early_then = a1.state == CallState::Early && b1.state == CallState::Early;
+    let fresh = a1.rekeys == 1 && a1.own_key != before.own_key && a1.peer_key != before.peer_key;
+    ok &= early_then && fresh && before.media.verified >= 10 && a1.media.verified >= before.media.verified + 10 && b1.rekeys == 1;
+    // The 200 carries no SDP: the UPDATE's keys stay; media verified before and after it.
+    ok &= a.state == CallState::Established && b.state == CallState::Established && a.rekeys == 1 && a.own_key == a1.own_key && a.peer_key == a1.peer_key;
+    ok &= a.early_verified >= a1.media.verified && a.media.verified >= a.early_verified + 10 && b.media.verified >= b1.media.verified + 10 && a.media.refused <= 2;
+    detail.push_str(&format!(
+        "; before the 200: {} early, early UPDATE {}, {} verified after it{}; {} verified after the 200, UE refused {}",
+        before.media.verified,
+        if fresh { "new keys both ways" } else { "keys NOT renewed" },
+        a1.media.verified.saturating_sub(before.media.verified),
+        if early_then { "" } else { " (NOT still early)" },
+        a.media.verified.saturating_sub(a.early_verified),
+        a.media.refused
+    ));
+    Ok(Scenario { name: "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)", ok, setup: a.setup, detail })
+}
+
+/// Delayed offer without 100rel in an e2ae call (RFC 3261 §13.2.1, §13.3.1.4): alice (e2ae)
+/// sends an offerless INVITE; bob (plain RTP, no early media, so no reliable 18x) offers in
+/// his 200, which the ALG secures towards alice on a new AGW call (`<Call-ID>;d;0`, its access
+/// leg `B`); alice's SDES answer in the ACK goes through the AGW and reaches bob plain. No
+/// media before the ACK. The ALG numbers that AGW call by its count of ng requests, so the
+/// scenario runs on a lab of its own, where it is the first: `<Call-ID>;d;0`.
+async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+    let lab = &TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await?;
+    let answering = Answering { auto: true, delay: Duration::from_millis(200), early_media: false };
+    let alg = lab.pcscf_a.stats();
+    let (alice, bob, target) = e2ae_ues(lab, n, Some(answering)).await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), alice.call_without_offer(&target)).await.context("call timed out")??;
+    tokio::time::sleep(talk).await;
+    let (a, b) = (alice.report(&id).await?.context("caller report")?, callee_report(&bob).await?);
+    // bob's offer in the 200, alice's answer in the ACK.
+    let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};d;0"), "B", &alg, 2, (&a, &b)).await?;
+    alice.hangup(&id).await?;
+    ok &= a.state == CallState::Established && b.state == CallState::Established && a.early_verified == 0 && b.early_verified == 0 && a.media.refused == 0;
+    detail.push_str(&format!("; offer from bob in the 200, answer in the ACK, {} early", a.early_verified + b.early_verified));
+    Ok(Scenario { name: "offerless e2ae call (offer in the 200, answer in the ACK)", ok, setup: a.setup, detail })
 }
 
 /// Runs the SIP scenarios on a fresh lab.
@@ -274,6 +395,8 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
         e2ae_call(&lab, &agw, 7, talk, false).await?,
         e2ae_call(&lab, &agw, 10, talk, true).await?,
+        e2ae_preconditions_call(&lab, &agw, 11, talk).await?,
+        e2ae_offerless_call(&agw, 12, talk).await?,
     ])
 }
 
