@@ -146,6 +146,8 @@ fn demo_passes_every_scenario() {
         "re-keyed call, MIKEY-TICKET",
         "e2ae call (IMS-ALG + AGW)",
         "re-keyed e2ae call (UPDATE via the AGW)",
+        "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)",
+        "offerless e2ae call (offer in the 200, answer in the ACK)",
     ];
     for name in kms.iter().chain(&sip) {
         let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} line in\n{text}"));

@@ -252,9 +252,10 @@ impl Ue {
         self.ask(|tx| Op::Call(target.to_owned(), true, tx)).await?
     }
 
-    /// Places a call with an offerless INVITE (RFC 3261 §13.2.1, `Supported: 100rel`): the
-    /// offer is expected in a reliable 18x and our answer goes in its PRACK (RFC 3262 §5).
-    /// SDES and plain only. An offer in the 2xx instead is refused (ACK and BYE).
+    /// Places a call with an offerless INVITE (RFC 3261 §13.2.1, `Supported: 100rel`): an
+    /// offer in a reliable 18x is answered in its PRACK (RFC 3262 §5), one in the 2xx in the
+    /// ACK (an offer we cannot accept gets a refusing answer, then BYE: §13.2.2.4).
+    /// SDES and plain only.
     pub async fn call_without_offer(&self, target: &str) -> Result<String, Error> {
         self.ask(|tx| Op::Call(target.to_owned(), false, tx)).await?
     }
