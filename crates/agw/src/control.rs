@@ -310,7 +310,18 @@ impl Controller {
                 let call = self.calls.get(&call_id).ok_or(Error::UnknownCall)?;
                 Ok(self.query(call, now))
             }
+            Command::List { limit } => Ok(Value::dict([("result", Value::str("ok")), ("calls", self.list(limit))])),
         }
+    }
+
+    /// `list`: the first `limit` Call-IDs in byte order (rtpengine walks its call hash
+    /// table, so its order is unspecified; ours is sorted so that replies are
+    /// deterministic).
+    fn list(&self, limit: u64) -> Value<'static> {
+        let mut ids: Vec<&String> = self.calls.keys().collect();
+        ids.sort_unstable();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Value::List(ids.into_iter().take(limit).map(|id| Value::str(id.clone())).collect())
     }
 
     fn release_media(&mut self, media: Media, ports: &mut impl PortSource) {
@@ -952,5 +963,36 @@ mod tests {
         let err = c.handle_datagram(b"ck2 d7:command3:fooe", now, &mut ports, &mut k).expect("reply");
         assert_eq!(err, b"ck2 d12:error-reason25:unsupported command \"foo\"6:result5:errore");
         assert_eq!(c.handle_datagram(b"nocookie", now, &mut ports, &mut k), None);
+    }
+
+    #[test]
+    fn list_returns_sorted_call_ids_up_to_the_limit() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        // `list` draws no key: a key source that is never called does.
+        let list = |c: &mut Controller, ports: &mut Ports, req: &[u8]| {
+            String::from_utf8(c.handle_datagram(req, now, ports, &mut |_: &mut [u8]| unreachable!("list draws no key")).expect("reply")).expect("utf-8")
+        };
+        assert_eq!(list(&mut c, &mut ports, b"l0 d7:command4:liste"), "l0 d5:callsle6:result2:oke");
+        for id in ["b-call", "a-call", "c-call"] {
+            c.offer(id, "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        }
+        assert_eq!(
+            list(&mut c, &mut ports, b"l1 d7:command4:liste"),
+            "l1 d5:callsl6:a-call6:b-call6:c-calle6:result2:oke"
+        );
+        assert_eq!(list(&mut c, &mut ports, b"l2 d7:command4:list5:limiti2ee"), "l2 d5:callsl6:a-call6:b-calle6:result2:oke");
+        assert_eq!(list(&mut c, &mut ports, b"l3 d7:command4:list5:limiti0ee"), "l3 d5:callsle6:result2:oke");
+        assert_eq!(list(&mut c, &mut ports, b"l4 d7:command4:list5:limit1:1e"), "l4 d5:callsl6:a-calle6:result2:oke");
+        assert_eq!(
+            list(&mut c, &mut ports, b"l5 d7:command4:list5:limitl2:abee"),
+            "l5 d12:error-reason30:missing or invalid key \"limit\"6:result5:errore"
+        );
+        assert_eq!(
+            list(&mut c, &mut ports, b"l6 d7:command4:list5:limiti-1ee"),
+            "l6 d12:error-reason30:missing or invalid key \"limit\"6:result5:errore"
+        );
+        c.execute(Command::Delete { call_id: "b-call".into() }, now, &mut ports, &mut k).expect("delete");
+        let listed = c.execute(Command::List { limit: ng::LIST_LIMIT }, now, &mut ports, &mut k).expect("list");
+        assert_eq!(listed.get("calls"), Some(&Value::List(vec![Value::str("a-call"), Value::str("c-call")])));
     }
 }

@@ -1,6 +1,6 @@
 //! The rtpengine *ng* control protocol, the subset SDES e2ae needs: framing
 //! (`<cookie> SP <bencode dictionary>` over UDP, the reply echoes the cookie) and the typed
-//! commands `ping`, `offer`, `answer`, `delete`, `query` with the keys and flags Kamailio's
+//! commands `ping`, `offer`, `answer`, `delete`, `query`, `list` with the keys and flags Kamailio's
 //! `rtpengine` module sends for an SDES SRTP⇄RTP gateway. Anything else is refused with an
 //! [`Error`] that becomes the reply's `error-reason`. The exact supported set is listed in
 //! `docs/agw.md`.
@@ -140,6 +140,27 @@ pub enum Command {
         /// `call-id`.
         call_id: String,
     },
+    /// `list`: the Call-IDs of the calls held (rtpengine's `call_list_ng`).
+    List {
+        /// `limit`: at most this many Call-IDs ([`LIST_LIMIT`] when absent).
+        limit: u64,
+    },
+}
+
+/// `list` without `limit` returns at most this many Call-IDs (rtpengine's `call_list_ng`
+/// default).
+pub const LIST_LIMIT: u64 = 32;
+
+/// The `limit` of `list`: a non-negative integer, given as a bencode integer or as a
+/// decimal string (rtpengine reads it with its integer-or-string getter). Any other type
+/// or a negative value is refused (rtpengine: `invalid limit, must be >= 0`).
+fn list_limit(req: &Value<'_>) -> Result<u64, Error> {
+    let Some(v) = req.get("limit") else { return Ok(LIST_LIMIT) };
+    let n = match v {
+        Value::Int(n) => Some(*n),
+        _ => v.as_str().and_then(|s| s.parse::<i64>().ok()),
+    };
+    n.and_then(|n| u64::try_from(n).ok()).ok_or(Error::BadKey("limit"))
 }
 
 /// Keys that carry information we do not need and are accepted as such (see docs/agw.md).
@@ -309,6 +330,10 @@ impl Command {
                 check_keys(req, &["call-id", "from-tag", "to-tag"])?;
                 Ok(Self::Query { call_id: string(req, "call-id")? })
             }
+            "list" => {
+                check_keys(req, &["limit"])?;
+                Ok(Self::List { limit: list_limit(req)? })
+            }
             other => Err(Error::UnsupportedCommand(other.to_owned())),
         }
     }
@@ -388,7 +413,7 @@ mod tests {
     #[test]
     fn unsupported_things_are_named() {
         let reason = |r: Result<Command, Error>| r.map_err(|e| e.to_string()).err().unwrap_or_default();
-        assert_eq!(reason(req([("command", Value::str("list"))])), "unsupported command \"list\"");
+        assert_eq!(reason(req([("command", Value::str("statistics"))])), "unsupported command \"statistics\"");
         assert_eq!(reason(req([("command", Value::str("ping")), ("foo", Value::Int(1))])), "unsupported key \"foo\"");
         assert_eq!(reason(offer([("ICE", Value::str("force"))])), "unsupported ICE \"force\" (ICE attributes are always removed)");
         assert_eq!(reason(offer([("flags", list(&["asymmetric"]))])), "unsupported flag \"asymmetric\"");
@@ -403,5 +428,40 @@ mod tests {
             reason(req([("command", Value::str("offer")), ("from-tag", Value::str("f")), ("sdp", Value::str(""))])),
             "missing or invalid key \"call-id\""
         );
+    }
+
+    #[test]
+    fn list_limit_default_and_types() {
+        let list_req = |limit: Option<Value<'static>>| {
+            let mut entries = vec![("command", Value::str("list"))];
+            entries.extend(limit.map(|l| ("limit", l)));
+            let bytes = Value::Dict(entries.into_iter().map(|(k, v)| (std::borrow::Cow::Borrowed(k.as_bytes()), v)).collect()).to_vec();
+            Command::parse(&Value::decode(&bytes).expect("bencode"), &SdesPolicy::default())
+        };
+        assert_eq!(list_req(None), Ok(Command::List { limit: LIST_LIMIT }));
+        assert_eq!(list_req(Some(Value::Int(0))), Ok(Command::List { limit: 0 }));
+        assert_eq!(list_req(Some(Value::Int(5))), Ok(Command::List { limit: 5 }));
+        assert_eq!(list_req(Some(Value::str("7"))), Ok(Command::List { limit: 7 }));
+        let bad = Err(Error::BadKey("limit"));
+        assert_eq!(list_req(Some(Value::Int(-1))), bad);
+        assert_eq!(list_req(Some(Value::str("-1"))), bad);
+        assert_eq!(list_req(Some(Value::str("ten"))), bad);
+        assert_eq!(list_req(Some(list(&["5"]))), bad);
+        assert_eq!(list_req(Some(Value::dict([("n", Value::Int(5))]))), bad);
+        assert_eq!(bad.map_err(|e| e.to_string()), Err::<Command, _>("missing or invalid key \"limit\"".to_owned()));
+        assert_eq!(req([("command", Value::str("list")), ("call-id", Value::str("c"))]), Err(Error::Unsupported("key \"call-id\"".to_owned())));
+    }
+
+    proptest::proptest! {
+        /// Any integer `limit`: the non-negative ones are taken as they are, the negative
+        /// ones refused; never a panic.
+        #[test]
+        fn list_limit_any_integer(n in proptest::num::i64::ANY) {
+            let parsed = req([("command", Value::str("list")), ("limit", Value::Int(n))]);
+            match u64::try_from(n) {
+                Ok(limit) => proptest::prop_assert_eq!(parsed, Ok(Command::List { limit })),
+                Err(_) => proptest::prop_assert_eq!(parsed, Err(Error::BadKey("limit"))),
+            }
+        }
     }
 }
