@@ -1726,12 +1726,11 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(matches!(report.state, CallState::Failed(488, ref r) if r.contains("ACK without the answer")), "{report:?}");
     }
 
-    /// UAC, delayed offer: an offer in the 2xx to our offerless INVITE that our policy refuses
-    /// (plain RTP for an `sdes` UE) still gets a valid answer in the ACK — every stream
-    /// refused, port 0 (RFC 3264 §6) — and then a BYE (RFC 3261 §13.2.2.4); the call fails.
-    #[tokio::test]
-    async fn uac_answers_an_unusable_offer_in_the_2xx_with_a_refusal_then_bye() {
-        let peer = peer().await;
+    /// Alice, an `sdes` UE behind the scripted peer, places an offerless call
+    /// ([`Ue::call_without_offer`]): the task placing it (it returns alice and the call's
+    /// outcome), her SIP address, her INVITE (checked to be offerless) and the `To` of the
+    /// peer's responses (tag `bt`).
+    async fn offerless_call(peer: &UdpSocket) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
         let peer_addr = peer.local_addr().expect("addr");
         let alice = Ue::start(UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0)).await.expect("ue");
         let ue = alice.sip_addr();
@@ -1739,28 +1738,95 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
             let r = alice.call_without_offer("sip:bob@b.example").await;
             (alice, r)
         });
-        let (invite, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Invite)).await;
+        let (invite, _) = until(peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Invite)).await;
         assert!(mediasec_sip::body::sdp(&invite).expect("body").is_none(), "offerless: {}", text(&invite));
         let Message::Request(invite) = invite else { panic!("request") };
         let to = format!("{};tag=bt", header_text(&invite.headers, &HeaderName::To).expect("To"));
-        let plain = offer_answer::sdp_text(SocketAddr::new(peer_addr.ip(), 40_002), 1, "RTP/AVP", &[]);
-        let ok = ResponseBuilder::to_request(&invite, StatusCode::new(200).expect("200"), "OK")
-            .and_then(|b| b.set_header(&HeaderName::To, to))
-            .and_then(|b| b.header(HeaderName::Contact, format!("<sip:bob@{peer_addr}>")))
-            .and_then(|b| b.header(HeaderName::ContentType, "application/sdp"))
-            .expect("200")
-            .body(plain)
-            .build();
-        peer.send_to(&Message::Response(ok).to_bytes(), ue).await.expect("send");
-        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
-        let answer = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        (call, ue, invite, to)
+    }
+
+    /// The peer's response to `request`: `To` (with its tag), its `Contact`, `extra` headers
+    /// and, if any, an SDP body.
+    fn peer_response(request: &Request, code: u16, reason: &str, to: &str, contact: SocketAddr, extra: &[(HeaderName, &str)], sdp: Option<String>) -> Vec<u8> {
+        let mut b = ResponseBuilder::to_request(request, StatusCode::new(code).expect("code"), reason.to_owned())
+            .and_then(|b| b.set_header(&HeaderName::To, to.to_owned()))
+            .and_then(|b| b.header(HeaderName::Contact, format!("<sip:bob@{contact}>")))
+            .expect("response");
+        for (name, v) in extra {
+            b = b.header(name.clone(), (*v).to_owned()).expect("header");
+        }
+        if let Some(sdp) = sdp {
+            b = b.header(HeaderName::ContentType, "application/sdp").expect("ct").body(sdp);
+        }
+        Message::Response(b.build()).to_bytes().to_vec()
+    }
+
+    /// A plain RTP offer (`RTP/AVP`, no `a=crypto`): our `sdes` policy refuses it.
+    fn plain_offer(peer_addr: SocketAddr) -> String {
+        offer_answer::sdp_text(SocketAddr::new(peer_addr.ip(), 40_002), 1, "RTP/AVP", &[])
+    }
+
+    /// The SDP of `m` is a refusal of [`plain_offer`] (RFC 3264 §6): its one stream at port 0,
+    /// no keys.
+    fn assert_refusal(m: &Message) {
+        let answer = mediasec_sip::body::sdp(m).expect("body").expect("an answer").to_string();
         assert!(answer.contains("m=audio 0 RTP/AVP 0\r\n") && !answer.contains("crypto"), "every stream refused: {answer}");
+    }
+
+    /// UAC, delayed offer: an offer in the 2xx to our offerless INVITE that our policy refuses
+    /// (plain RTP for an `sdes` UE) still gets a valid answer in the ACK — every stream
+    /// refused, port 0 (RFC 3264 §6) — and then a BYE (RFC 3261 §13.2.2.4); the call fails.
+    #[tokio::test]
+    async fn uac_answers_an_unusable_offer_in_the_2xx_with_a_refusal_then_bye() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to) = offerless_call(&peer).await;
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert_refusal(&ack);
         let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
         assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
         let (alice, result) = call.await.expect("task");
         assert!(result.is_err(), "{result:?}");
         let reports = alice.reports().await.expect("reports");
         assert!(reports.iter().all(|r| matches!(r.state, CallState::Failed(488, _))) && reports.len() == 1, "{reports:?}");
+    }
+
+    /// UAC, offer in a reliable 18x (RFC 3262 §5) that our policy refuses (plain RTP for an
+    /// `sdes` UE): the PRACK (with `RAck`) carries a valid answer refusing every stream (port
+    /// 0, RFC 3264 §6). Nothing more happens until the final response: no CANCEL. The 200
+    /// that follows (no SDP: the exchange completed in the 183/PRACK) is ACKed without a body,
+    /// then the call is ended with BYE and fails 488 — the reason given is the missing answer
+    /// in the 2xx, as the refusal left no negotiated media.
+    #[tokio::test]
+    async fn uac_answers_an_unusable_offer_in_a_reliable_18x_with_a_refusal_in_the_prack() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to) = offerless_call(&peer).await;
+        assert_eq!(header_text(&invite.headers, &HeaderName::Supported).as_deref(), Some("100rel"));
+        let reliable = [(HeaderName::Require, "100rel"), (HeaderName::RSeq, "1")];
+        peer.send_to(&peer_response(&invite, 183, "Session Progress", &to, peer_addr, &reliable, Some(plain_offer(peer_addr))), ue).await.expect("send");
+        let (prack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Prack)).await;
+        assert_eq!(value(&prack, &HeaderName::RAck).as_deref(), Some("1 1 INVITE"), "{}", text(&prack));
+        assert!(value(&prack, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "in the early dialog: {}", text(&prack));
+        assert_refusal(&prack);
+        let Message::Request(p) = &prack else { panic!("request") };
+        peer.send_to(&peer_response(p, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let quiet = next(&peer, Duration::from_millis(300)).await;
+        assert!(quiet.is_none(), "no CANCEL, nothing before the final response: {:?}", quiet.as_ref().map(text));
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(mediasec_sip::body::sdp(&ack).expect("body").is_none(), "no second answer: {}", text(&ack));
+        let (bye, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert!(before.is_empty(), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
+        let (alice, result) = call.await.expect("task");
+        assert!(result.is_err(), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(
+            reports.len() == 1 && reports.iter().all(|r| matches!(r.state, CallState::Failed(488, ref why) if why.contains("2xx without an SDP answer"))),
+            "{reports:?}"
+        );
     }
 
     /// UAS (RFC 3262 §3): the 183 is passed again at T1, 2·T1, 4·T1, … and after 64·T1 without
