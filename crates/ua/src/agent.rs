@@ -322,6 +322,9 @@ struct Call {
     /// Caller: the offer/answer exchange completed in a reliable 18x, so a 2xx may come
     /// without SDP (RFC 3262 §5).
     answered_reliably: bool,
+    /// Caller: why the offer of that exchange was refused (every stream rejected in our
+    /// answer, RFC 3264 §6): the call ends with this reason when its 2xx comes.
+    refused_reliably: Option<String>,
     /// Callee: numbering of our reliable provisional responses (RFC 3262 §3); `Some` when the
     /// answer went in one.
     reliable: Option<Numbering>,
@@ -376,6 +379,7 @@ impl Call {
             dialog: None,
             early: None,
             answered_reliably: false,
+            refused_reliably: None,
             reliable: None,
             answer_waits_prack: false,
             answer_in_prack: false,
@@ -969,8 +973,9 @@ impl Core {
         let media = match (answered, sdp) {
             (Some(answered), _) => answered.map(Some),
             // The exchange completed reliably in a 18x (and maybe an UPDATE after it): an SDP
-            // in the 2xx repeats an answer already applied (RFC 6337 §3.1), none is needed.
-            _ if call.answered_reliably => Ok(None),
+            // in the 2xx repeats an answer already applied (RFC 6337 §3.1), none is needed —
+            // or repeats an offer our answer refused, which leaves the call without media.
+            _ if call.answered_reliably => call.refused_reliably.take().map_or(Ok(None), |why| Err(Error::Negotiation(why))),
             (None, Some(answer)) => answer_media(call, self.kms.as_mut(), &answer, &policy).map(Some),
             (None, None) => Err(Error::Negotiation("2xx without an SDP answer".into())),
         };
@@ -1056,7 +1061,18 @@ impl Core {
                     call.state = CallState::Early;
                     call.answered_reliably = true;
                 }
-                Err(e) => tracing::info!(error = %e, offerless, "offer or answer in a reliable 1xx not used"),
+                Err(e) => {
+                    tracing::info!(error = %e, offerless, "offer or answer in a reliable 1xx not used");
+                    if offerless {
+                        // The PRACK carries our refusal: the exchange is complete all the same
+                        // (RFC 3262 §5), so no later SDP of this INVITE is a new offer.
+                        call.answered_reliably = true;
+                        call.refused_reliably = Some(match &e {
+                            Error::Negotiation(why) => why.clone(),
+                            other => other.to_string(),
+                        });
+                    }
+                }
             }
         }
         let Message::Request(prack) = prack else { return Ok(()) };
@@ -1795,9 +1811,9 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     /// UAC, offer in a reliable 18x (RFC 3262 §5) that our policy refuses (plain RTP for an
     /// `sdes` UE): the PRACK (with `RAck`) carries a valid answer refusing every stream (port
     /// 0, RFC 3264 §6). Nothing more happens until the final response: no CANCEL. The 200
-    /// that follows (no SDP: the exchange completed in the 183/PRACK) is ACKed without a body,
-    /// then the call is ended with BYE and fails 488 — the reason given is the missing answer
-    /// in the 2xx, as the refusal left no negotiated media.
+    /// that follows repeats the 183's offer (RFC 6337 §3.1): the exchange completed in the
+    /// 183/PRACK, so it is no new offer — the ACK has no body — and the call is ended with BYE
+    /// and fails 488 with the refusal's reason.
     #[tokio::test]
     async fn uac_answers_an_unusable_offer_in_a_reliable_18x_with_a_refusal_in_the_prack() {
         let peer = peer().await;
@@ -1814,7 +1830,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         peer.send_to(&peer_response(p, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
         let quiet = next(&peer, Duration::from_millis(300)).await;
         assert!(quiet.is_none(), "no CANCEL, nothing before the final response: {:?}", quiet.as_ref().map(text));
-        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
         let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
         assert!(mediasec_sip::body::sdp(&ack).expect("body").is_none(), "no second answer: {}", text(&ack));
         let (bye, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
@@ -1824,7 +1840,8 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(result.is_err(), "{result:?}");
         let reports = alice.reports().await.expect("reports");
         assert!(
-            reports.len() == 1 && reports.iter().all(|r| matches!(r.state, CallState::Failed(488, ref why) if why.contains("2xx without an SDP answer"))),
+            reports.len() == 1
+                && reports.iter().all(|r| matches!(r.state, CallState::Failed(488, ref why) if !why.is_empty() && !why.contains("2xx without"))),
             "{reports:?}"
         );
     }
