@@ -17,7 +17,12 @@
 //! is not opened and fails as a refused connection does (the §18.1.1 UDP fallback included) —
 //! and at most [`Config::tcp_queue_messages`] messages wait to be written on one connection: a
 //! connection whose peer does not take more is failed (§18.4), so its client transactions get
-//! the transport error. [`Endpoint::tcp_stats`] counts each time a limit acted.
+//! the transport error. At most [`Config::max_tcp_connections_per_peer`] of the connections
+//! are with one remote IP address (beyond, the same as at the overall cap). Reads are bounded
+//! too: a connection with [`Config::tcp_read_messages`] messages read and not yet handled by
+//! the endpoint task stops reading its socket until one is (TCP flow control then holds the
+//! peer back), and a stream that cannot be framed within [`crate::stream::FrameLimits`] is
+//! closed. [`Endpoint::tcp_stats`] counts each time a limit acted.
 //!
 //! A UAS 2xx to an INVITE received over UDP is retransmitted by the endpoint at T1, 2·T1, …
 //! capped at T2 until an ACK with the same `Call-ID` and CSeq number arrives or 64·T1 has
@@ -48,7 +53,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::tcp::{AbortOnDrop, ConnId, Connection, End, Queued, Report, Setup};
+use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Queued, Report, Setup};
 use crate::Error;
 
 /// The largest request sent over UDP: RFC 3261 §18.1.1 requires a congestion-controlled
@@ -178,6 +183,18 @@ pub struct Config {
     /// least 1). A message beyond fails the connection: its client transactions get a transport
     /// error (§18.4, §17.1.4) instead of the endpoint buffering without bound.
     pub tcp_queue_messages: usize,
+    /// The most TCP connections open at once with one remote IP address, accepted and opened
+    /// together (default [`Config::MAX_TCP_CONNECTIONS_PER_PEER`]): one host must not take the
+    /// whole of [`Config::max_tcp_connections`] and lock every other peer out. Beyond it a
+    /// newly accepted connection is closed at once, and a send that needs a new connection
+    /// fails as at the overall cap.
+    pub max_tcp_connections_per_peer: usize,
+    /// The most messages read on one TCP connection that may wait for the endpoint task to
+    /// handle them (default [`Config::TCP_READ_MESSAGES`], at least 1). With that many
+    /// waiting the connection stops reading its socket until one is handled: the peer's writes
+    /// stall (TCP flow control) instead of the endpoint buffering without bound, and no other
+    /// connection, nor UDP, waits for it. No message read is dropped.
+    pub tcp_read_messages: usize,
 }
 
 impl Config {
@@ -185,12 +202,22 @@ impl Config {
     pub const MAX_TCP_CONNECTIONS: usize = 1024;
     /// Default [`Config::tcp_queue_messages`].
     pub const TCP_QUEUE_MESSAGES: usize = 128;
+    /// Default [`Config::max_tcp_connections_per_peer`].
+    pub const MAX_TCP_CONNECTIONS_PER_PEER: usize = 32;
+    /// Default [`Config::tcp_read_messages`].
+    pub const TCP_READ_MESSAGES: usize = 32;
 }
 
 impl From<Timers> for Config {
     /// These timers with the default TCP bounds.
     fn from(timers: Timers) -> Self {
-        Self { timers, max_tcp_connections: Self::MAX_TCP_CONNECTIONS, tcp_queue_messages: Self::TCP_QUEUE_MESSAGES }
+        Self {
+            timers,
+            max_tcp_connections: Self::MAX_TCP_CONNECTIONS,
+            tcp_queue_messages: Self::TCP_QUEUE_MESSAGES,
+            max_tcp_connections_per_peer: Self::MAX_TCP_CONNECTIONS_PER_PEER,
+            tcp_read_messages: Self::TCP_READ_MESSAGES,
+        }
     }
 }
 
@@ -206,30 +233,32 @@ impl Default for Config {
 pub struct TcpStats {
     /// Incoming connections closed at once: the endpoint held its maximum of connections.
     pub accepts_refused: u64,
-    /// Outgoing connections not opened for the same reason.
+    /// Incoming connections closed at once: the endpoint held its maximum of connections with
+    /// that remote IP address ([`Config::max_tcp_connections_per_peer`]).
+    pub accepts_refused_per_peer: u64,
+    /// Outgoing connections not opened: the overall or the per-peer maximum was reached.
     pub connects_refused: u64,
     /// Connections failed because their outbound queue was full.
     pub queues_full: u64,
+    /// Times a connection stopped reading its socket because [`Config::tcp_read_messages`]
+    /// of its messages were waiting for the endpoint task.
+    pub reads_paused: u64,
+    /// Connections closed because their stream could not be framed (RFC 3261 §18.3): a header
+    /// section or body over [`crate::stream::FrameLimits`], no or a bad `Content-Length`, or a
+    /// message the parser refused.
+    pub streams_unframed: u64,
 }
 
-/// The counters behind [`TcpStats`], shared by the endpoint's handles and its task.
-#[derive(Debug, Default)]
-struct TcpCounters {
-    accepts_refused: AtomicU64,
-    connects_refused: AtomicU64,
-    queues_full: AtomicU64,
-}
-
-impl TcpCounters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> TcpStats {
-        TcpStats {
-            accepts_refused: self.accepts_refused.load(Ordering::Relaxed),
-            connects_refused: self.connects_refused.load(Ordering::Relaxed),
-            queues_full: self.queues_full.load(Ordering::Relaxed),
+impl TcpStats {
+    fn read(counters: &TcpCounters) -> Self {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Self {
+            accepts_refused: load(&counters.accepts_refused),
+            accepts_refused_per_peer: load(&counters.accepts_refused_per_peer),
+            connects_refused: load(&counters.connects_refused),
+            queues_full: load(&counters.queues_full),
+            reads_paused: load(&counters.reads_paused),
+            streams_unframed: load(&counters.streams_unframed),
         }
     }
 }
@@ -259,7 +288,7 @@ impl Endpoint {
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
     /// taken.
     pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
-        let Config { timers, max_tcp_connections, tcp_queue_messages } = config;
+        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages } = config;
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
         let listener = crate::tcp::listen(local).map_err(|source| Error::TcpBind { addr: local, source })?;
@@ -283,9 +312,15 @@ impl Endpoint {
             by_peer: HashMap::new(),
             by_size: HashMap::new(),
             next_conn: 0,
-            tcp: Setup { reports, idle: timers.timeout(), queue: tcp_queue_messages },
+            tcp: Setup {
+                reports,
+                idle: timers.timeout(),
+                queue: tcp_queue_messages,
+                read_messages: tcp_read_messages,
+                counters: Arc::clone(&counters),
+            },
             max_tcp_connections,
-            counters: Arc::clone(&counters),
+            max_tcp_connections_per_peer,
             events,
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
@@ -294,7 +329,7 @@ impl Endpoint {
 
     /// How often the TCP bounds have acted so far.
     pub fn tcp_stats(&self) -> TcpStats {
-        self.counters.snapshot()
+        TcpStats::read(&self.counters)
     }
 
     /// The bound address (UDP and TCP).
@@ -386,7 +421,7 @@ struct Driver {
     /// What each connection is started with.
     tcp: Setup,
     max_tcp_connections: usize,
-    counters: Arc<TcpCounters>,
+    max_tcp_connections_per_peer: usize,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -408,7 +443,11 @@ impl Driver {
                     Err(e) => tracing::warn!(error = %e, "SIP TCP accept"),
                 },
                 report = reports.recv() => match report {
-                    Some(Report::Message { conn, peer, message }) => self.on_message(*message, peer, Some(conn)).await,
+                    Some(Report::Message { conn, peer, message, credit }) => {
+                        self.on_message(*message, peer, Some(conn)).await;
+                        // Handled: the connection may read one more.
+                        drop(credit);
+                    }
                     Some(Report::Closed { conn, peer, end }) => self.on_closed(conn, peer, end).await,
                     // The driver holds a sender itself.
                     None => return,
@@ -422,13 +461,30 @@ impl Driver {
         }
     }
 
-    /// A new connection from `peer`, closed at once (dropped) if the endpoint already holds
-    /// its maximum.
-    fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    /// Which maximum of connections, if any, leaves no room for one more with `peer`.
+    fn no_room(&self, peer: SocketAddr) -> Option<Cap> {
         if self.connections.len() >= self.max_tcp_connections {
-            TcpCounters::bump(&self.counters.accepts_refused);
-            tracing::warn!(%peer, max = self.max_tcp_connections, "SIP TCP connection closed at once: too many connections");
-            return;
+            return Some(Cap::Total);
+        }
+        let with_peer = self.connections.values().filter(|c| c.peer().ip() == peer.ip()).count();
+        (with_peer >= self.max_tcp_connections_per_peer).then_some(Cap::PerPeer)
+    }
+
+    /// A new connection from `peer`, closed at once (dropped) if the endpoint already holds
+    /// its maximum, overall or with `peer`'s IP address.
+    fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        match self.no_room(peer) {
+            Some(Cap::Total) => {
+                TcpCounters::bump(&self.tcp.counters.accepts_refused);
+                tracing::warn!(%peer, max = self.max_tcp_connections, "SIP TCP connection closed at once: too many connections");
+                return;
+            }
+            Some(Cap::PerPeer) => {
+                TcpCounters::bump(&self.tcp.counters.accepts_refused_per_peer);
+                tracing::warn!(%peer, max = self.max_tcp_connections_per_peer, "SIP TCP connection closed at once: too many connections from that address");
+                return;
+            }
+            None => {}
         }
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -751,7 +807,7 @@ impl Driver {
             match connection.send(bytes.clone()) {
                 Queued::Yes => return id,
                 Queued::Full => {
-                    TcpCounters::bump(&self.counters.queues_full);
+                    TcpCounters::bump(&self.tcp.counters.queues_full);
                     tracing::warn!(%to, queue = self.tcp.queue, "SIP TCP connection failed: its peer is not taking what is sent (queue full)");
                     // Dropping it stops its task, so the end is reported here.
                     self.connections.remove(&id);
@@ -764,9 +820,9 @@ impl Driver {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        if self.connections.len() >= self.max_tcp_connections {
-            TcpCounters::bump(&self.counters.connects_refused);
-            tracing::warn!(%to, max = self.max_tcp_connections, "SIP TCP connection not opened: too many connections");
+        if let Some(cap) = self.no_room(to) {
+            TcpCounters::bump(&self.tcp.counters.connects_refused);
+            tracing::warn!(%to, ?cap, "SIP TCP connection not opened: too many connections");
             self.report_ended(id, to, End::Refused);
             return id;
         }
@@ -791,6 +847,15 @@ impl Driver {
         // A TU that has gone away no longer wants events; nothing else to do.
         let _ = self.events.send(event);
     }
+}
+
+/// A maximum of TCP connections ([`Config`]).
+#[derive(Clone, Copy, Debug)]
+enum Cap {
+    /// [`Config::max_tcp_connections`].
+    Total,
+    /// [`Config::max_tcp_connections_per_peer`].
+    PerPeer,
 }
 
 /// The route of a request to `to` by its size (RFC 3261 §18.1.1): over TCP, with its top

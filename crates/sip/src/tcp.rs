@@ -10,6 +10,13 @@
 //! reading (or a connection that is still being opened) holds at most that many messages, and
 //! one more is refused ([`Queued::Full`]) rather than buffered without end.
 //!
+//! The other way is bounded too (read back-pressure): each message handed to the endpoint
+//! carries one of the connection's read credits ([`Setup::read_messages`]), given back when
+//! the endpoint has handled it. Without a credit the connection stops reading its socket, so
+//! the peer's writes stall on TCP flow control, while other connections and UDP go on; the
+//! message already framed waits for the next credit and is delivered in order. What the framer
+//! holds is bounded by [`FrameLimits`] (one message, plus at most one read beyond it).
+//!
 //! Connections are opened from the endpoint's own SIP port (`SO_REUSEPORT`, shared with the
 //! listener), as its UDP datagrams are sent: the peer sees the same source address on both
 //! transports, a connection either side opened serves both directions (each side knows the
@@ -18,6 +25,8 @@
 //! connection in TIME_WAIT), an ephemeral port is used instead.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,7 +34,7 @@ use sipx_sip::{Message, ResponseBuilder, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::stream::{Frame, FrameLimits, Framer, PONG};
 use crate::Error;
@@ -44,6 +53,9 @@ pub(crate) enum Report {
         peer: SocketAddr,
         /// The message.
         message: Box<Message>,
+        /// The connection's read credit the message holds; dropping it, once the message is
+        /// handled, lets the connection read on.
+        credit: OwnedSemaphorePermit,
     },
     /// The connection is gone.
     Closed {
@@ -83,6 +95,7 @@ pub(crate) enum Queued {
 /// A connection as the endpoint holds it; dropping it stops the task.
 #[derive(Debug)]
 pub(crate) struct Connection {
+    peer: SocketAddr,
     outgoing: mpsc::Sender<Bytes>,
     _task: AbortOnDrop,
 }
@@ -113,10 +126,10 @@ impl Connection {
     /// `stream`: the accepted stream, or the local address to connect from.
     fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, setup: &Setup) -> Self {
         let (outgoing, queue) = mpsc::channel(setup.queue.max(1));
-        let (reports, idle) = (setup.reports.clone(), setup.idle);
+        let setup = setup.clone();
         let task = tokio::spawn(async move {
-            let end = match open(peer, stream, idle).await {
-                Ok(stream) => match serve(conn, peer, stream, queue, &reports, idle).await {
+            let end = match open(peer, stream, setup.idle).await {
+                Ok(stream) => match serve(conn, peer, stream, queue, &setup).await {
                     Ok(why) => {
                         tracing::debug!(%peer, why, "SIP TCP connection closed");
                         End::Orderly
@@ -132,9 +145,14 @@ impl Connection {
                 }
             };
             // An endpoint that has stopped no longer cares.
-            let _ = reports.send(Report::Closed { conn, peer, end });
+            let _ = setup.reports.send(Report::Closed { conn, peer, end });
         });
-        Self { outgoing, _task: AbortOnDrop(task) }
+        Self { peer, outgoing, _task: AbortOnDrop(task) }
+    }
+
+    /// The remote address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     /// Queues bytes for the peer, unless its queue is full or the connection has ended.
@@ -156,6 +174,36 @@ pub(crate) struct Setup {
     pub(crate) idle: Duration,
     /// How many messages may wait to be written (at least one).
     pub(crate) queue: usize,
+    /// How many messages read may wait for the endpoint to handle them (at least one).
+    pub(crate) read_messages: usize,
+    /// Where the bounds count what they did.
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// How often the TCP bounds have acted, shared by the endpoint's handles, its task and its
+/// connections (`Endpoint::tcp_stats` reads them).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Accepted connections closed at once: the endpoint held its maximum of connections.
+    pub(crate) accepts_refused: AtomicU64,
+    /// Accepted connections closed at once: the endpoint held its maximum from that IP.
+    pub(crate) accepts_refused_per_peer: AtomicU64,
+    /// Outgoing connections not opened: either maximum reached.
+    pub(crate) connects_refused: AtomicU64,
+    /// Connections failed because their outbound queue was full.
+    pub(crate) queues_full: AtomicU64,
+    /// Times a connection stopped reading: all its read credits were out.
+    pub(crate) reads_paused: AtomicU64,
+    /// Connections closed because their stream could not be framed (a header section or body
+    /// over [`FrameLimits`], no or a bad `Content-Length`, a message the parser refused).
+    pub(crate) streams_unframed: AtomicU64,
+}
+
+impl Counters {
+    /// Counts one more.
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The endpoint's TCP listener at `addr`, sharing its port with the endpoint's outgoing
@@ -202,49 +250,66 @@ async fn open(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: 
 }
 
 /// Runs a connection until it ends: `Ok` with why for an orderly end, `Err` on a failure.
-async fn serve(
-    conn: ConnId,
-    peer: SocketAddr,
-    stream: TcpStream,
-    mut queue: mpsc::Receiver<Bytes>,
-    reports: &mpsc::UnboundedSender<Report>,
-    idle: Duration,
-) -> Result<&'static str, Error> {
+async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mpsc::Receiver<Bytes>, setup: &Setup) -> Result<&'static str, Error> {
     stream.set_nodelay(true)?;
+    let idle = setup.idle;
     let (mut reader, mut writer) = stream.into_split();
     let mut framer = Framer::new(FrameLimits::default());
     let mut buf = vec![0u8; 16 * 1024];
+    let credits = Arc::new(Semaphore::new(setup.read_messages.max(1)));
+    // A credit taken for the next message, not yet spent.
+    let mut credit: Option<OwnedSemaphorePermit> = None;
+    let mut was_paused = false;
     loop {
+        // Hand the endpoint what the framer holds, as far as the credits go.
+        let paused = loop {
+            let Some(c) = credit.take().or_else(|| Arc::clone(&credits).try_acquire_owned().ok()) else { break true };
+            match framer.next_frame() {
+                Ok(Some(Frame::Message(message))) => {
+                    tracing::trace!(%peer, "SIP TCP message in");
+                    if setup.reports.send(Report::Message { conn, peer, message, credit: c }).is_err() {
+                        return Ok("the endpoint stopped");
+                    }
+                }
+                Ok(Some(Frame::Ping)) => {
+                    credit = Some(c);
+                    write(&mut writer, PONG, idle).await?;
+                }
+                Ok(Some(Frame::Pong)) => credit = Some(c),
+                Ok(None) => {
+                    credit = Some(c);
+                    break false;
+                }
+                Err(e) => {
+                    Counters::bump(&setup.counters.streams_unframed);
+                    if let Error::ContentLengthRequired { request: Some(request), .. } = &e
+                        && let Some(status) = StatusCode::new(400)
+                        && let Ok(response) = ResponseBuilder::to_request(request, status, "Missing Content-Length")
+                    {
+                        write(&mut writer, &Message::Response(response.build()).to_bytes(), idle).await?;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        if paused && !was_paused {
+            Counters::bump(&setup.counters.reads_paused);
+            tracing::debug!(%peer, pending = framer.pending(), "SIP TCP reads paused: the endpoint is behind");
+        }
+        was_paused = paused;
         tokio::select! {
-            read = reader.read(&mut buf) => {
+            read = reader.read(&mut buf), if !paused => {
                 let n = read?;
                 if n == 0 {
                     return Ok("closed by the peer");
                 }
                 framer.push(buf.get(..n).unwrap_or_default());
-                loop {
-                    match framer.next_frame() {
-                        Ok(Some(Frame::Message(message))) => {
-                            tracing::trace!(%peer, "SIP TCP message in");
-                            if reports.send(Report::Message { conn, peer, message }).is_err() {
-                                return Ok("the endpoint stopped");
-                            }
-                        }
-                        Ok(Some(Frame::Ping)) => write(&mut writer, PONG, idle).await?,
-                        Ok(Some(Frame::Pong)) => {}
-                        Ok(None) => break,
-                        Err(e) => {
-                            if let Error::ContentLengthRequired { request: Some(request), .. } = &e
-                                && let Some(status) = StatusCode::new(400)
-                                && let Ok(response) = ResponseBuilder::to_request(request, status, "Missing Content-Length")
-                            {
-                                write(&mut writer, &Message::Response(response.build()).to_bytes(), idle).await?;
-                            }
-                            return Err(e);
-                        }
-                    }
-                }
             }
+            given = Arc::clone(&credits).acquire_owned(), if paused => match given {
+                Ok(c) => credit = Some(c),
+                // Never closed while the connection runs.
+                Err(_) => return Ok("no longer used"),
+            },
             bytes = queue.recv() => match bytes {
                 Some(bytes) => write(&mut writer, &bytes, idle).await?,
                 None => return Ok("no longer used"),
@@ -260,4 +325,95 @@ async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], limit: Duration) -> st
     tokio::time::timeout(limit, writer.write_all(bytes))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP peer stopped reading"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipx_sip::HeaderName;
+
+    /// A MESSAGE whose Call-ID is its place in the flood, about `body` bytes long.
+    fn numbered(i: usize, body: usize) -> Vec<u8> {
+        format!(
+            "MESSAGE sip:b@b.example SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKflood{i}\r\n\
+Max-Forwards: 70\r\nFrom: <sip:a@a.example>;tag=a\r\nTo: <sip:b@b.example>\r\nCall-ID: {i}\r\n\
+CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: {body}\r\n\r\n{}",
+            "m".repeat(body)
+        )
+        .into_bytes()
+    }
+
+    /// Read back-pressure: towards an endpoint that handles nothing, a connection hands over
+    /// `read_messages` messages, then stops reading (counted once), so a peer flooding it sees
+    /// its writes stall on TCP flow control; as the endpoint hands credits back, every message
+    /// is delivered, in the order sent, and the flood completes.
+    #[tokio::test]
+    async fn a_connection_stops_reading_while_its_messages_wait_and_loses_none() {
+        use std::sync::atomic::AtomicUsize;
+        const FLOOD: usize = 1000;
+        const CREDITS: usize = 4;
+        // Small socket buffers (no autotuning): what the kernel holds stays well under the flood.
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(32 * 1024).expect("rcvbuf");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let client = TcpSocket::new_v4().expect("socket");
+        client.set_send_buffer_size(32 * 1024).expect("sndbuf");
+        let mut client = client.connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+
+        let (reports, mut endpoint) = mpsc::unbounded_channel();
+        let counters = Arc::new(Counters::default());
+        let setup = Setup { reports, idle: Duration::from_secs(30), queue: 4, read_messages: CREDITS, counters: Arc::clone(&counters) };
+        let _connection = Connection::accepted(7, peer, stream, &setup);
+
+        let written = Arc::new(AtomicUsize::new(0));
+        let flood = tokio::spawn({
+            let written = Arc::clone(&written);
+            async move {
+                for i in 0..FLOOD {
+                    client.write_all(&numbered(i, 2000)).await.expect("write");
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                client
+            }
+        });
+
+        // The endpoint handles nothing: the flood stalls well short of its end.
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = written.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        assert!(last < FLOOD / 2, "{last} of {FLOOD} messages written with the endpoint not reading");
+        assert_eq!(counters.reads_paused.load(Ordering::Relaxed), 1);
+        let mut held = Vec::new();
+        while let Ok(report) = endpoint.try_recv() {
+            held.push(report);
+        }
+        assert_eq!(held.len(), CREDITS, "messages handed over beyond the credits");
+
+        // The endpoint catches up: every message, in order.
+        let mut held = held.into_iter();
+        for i in 0..FLOOD {
+            let report = match held.next() {
+                Some(r) => r,
+                None => tokio::time::timeout(Duration::from_secs(10), endpoint.recv()).await.expect("in time").expect("alive"),
+            };
+            let Report::Message { conn, message, credit, .. } = report else { panic!("closed early") };
+            assert_eq!(conn, 7);
+            let call_id = message.headers().value(&HeaderName::CallId).map(|v| v.into_owned());
+            assert_eq!(call_id, Some(i.to_string().into_bytes()));
+            // Handled: the connection may read one more.
+            drop(credit);
+        }
+        let _client = tokio::time::timeout(Duration::from_secs(10), flood).await.expect("flood done").expect("flood");
+        assert_eq!(written.load(Ordering::Relaxed), FLOOD);
+        assert!(counters.reads_paused.load(Ordering::Relaxed) >= 1);
+        assert_eq!(counters.streams_unframed.load(Ordering::Relaxed), 0);
+    }
 }

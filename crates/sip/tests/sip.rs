@@ -629,7 +629,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.udp.recv_from(&mut buf)).await.expect("in time").expect("udp");
         assert_eq!(from, b.local_addr());
         assert_eq!(buf.get(..n).expect("datagram"), Message::Request(invite).to_bytes().as_ref());
-        assert_eq!(b.tcp_stats(), TcpStats { accepts_refused: 1, connects_refused: 1, queues_full: 0 });
+        assert_eq!(b.tcp_stats(), TcpStats { accepts_refused: 1, connects_refused: 1, ..TcpStats::default() });
         assert!(b_rx.try_recv().is_err(), "the TU was told about the refused connection");
     }
 
@@ -668,6 +668,92 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         }
         assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
         assert_eq!(a.tcp_stats(), TcpStats { queues_full: 1, ..TcpStats::default() });
+    }
+
+    /// A TCP stream from 127.0.0.1, or from another loopback address (Linux routes all of
+    /// 127/8 on `lo`).
+    async fn connect_from(ip: &str, to: SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(ip.parse().expect("ip"), 0)).expect("bind");
+        socket.connect(to).await.expect("connect")
+    }
+
+    /// Expects `stream` closed by the endpoint without a byte (a FIN or a reset).
+    async fn closed_unread(stream: &mut tokio::net::TcpStream) {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await.expect("closed in time") {
+            Ok(_) => assert!(got.is_empty(), "{got:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+
+    /// The per-peer cap (two here): a third connection from 127.0.0.1 is closed at once and
+    /// counted apart from the overall cap, while one from 127.0.0.2 is accepted and carries a
+    /// request; a send that needs a new connection to 127.0.0.1 fails as at the overall cap
+    /// (the large request goes over UDP as the TU gave it, RFC 3261 §18.1.1).
+    #[tokio::test]
+    async fn one_peer_address_cannot_take_every_connection() {
+        use tokio::io::AsyncWriteExt;
+        let config = Config { max_tcp_connections_per_peer: 2, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        let client = RawPeer::bind().await;
+        let mut open = Vec::new();
+        for (i, ip) in ["127.0.0.1", "127.0.0.1", "127.0.0.2"].into_iter().enumerate() {
+            if i == 2 {
+                let mut third = connect_from("127.0.0.1", b.local_addr()).await;
+                closed_unread(&mut third).await;
+                assert_eq!(b.tcp_stats(), TcpStats { accepts_refused_per_peer: 1, ..TcpStats::default() });
+            }
+            let mut stream = connect_from(ip, b.local_addr()).await;
+            let options = sized_request("OPTIONS", &format!("z9hG4bKperpeer{i}"), client.addr(), 10);
+            stream.write_all(&Message::Request(options).to_bytes()).await.expect("write");
+            let Event::Request { source, .. } = next(&mut b_rx).await else { panic!("a request") };
+            assert_eq!(source, stream.local_addr().expect("addr"));
+            open.push(stream);
+        }
+
+        let invite = sized_request("INVITE", "z9hG4bKperpeerout", b.local_addr(), 1500);
+        b.send(Command::Request { request: invite.clone(), to: client.addr() }).expect("send");
+        let mut buf = vec![0u8; 65_535];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.udp.recv_from(&mut buf)).await.expect("in time").expect("udp");
+        assert_eq!(from, b.local_addr());
+        assert_eq!(buf.get(..n).expect("datagram"), Message::Request(invite).to_bytes().as_ref());
+        assert_eq!(b.tcp_stats(), TcpStats { accepts_refused_per_peer: 1, connects_refused: 1, ..TcpStats::default() });
+        assert!(b_rx.try_recv().is_err(), "the TU was told about the refused connection");
+    }
+
+    /// RFC 3261 §18.3 with bounded framing: an endless header section and a body whose
+    /// `Content-Length` is over the limit each get their connection closed and counted, long
+    /// before the endpoint buffers them, and the TU hears of neither.
+    #[tokio::test]
+    async fn an_endless_header_or_a_huge_body_closes_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (b, mut b_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind b");
+
+        let mut endless = tokio::net::TcpStream::connect(b.local_addr()).await.expect("connect");
+        let mut sent = 0usize;
+        let line = format!("X-Junk: {}\r\n", "j".repeat(1000));
+        let mut written = endless.write_all(b"OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n").await;
+        // The endpoint closes once it has 16 KiB of header section; writing on then fails.
+        while written.is_ok() && sent < 1024 * 1024 {
+            written = endless.write_all(line.as_bytes()).await;
+            sent += line.len();
+        }
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), endless.read_to_end(&mut got)).await.expect("closed in time");
+        assert!(got.is_empty(), "{got:?}");
+        assert!(sent < 1024 * 1024, "1 MiB of header section taken without closing");
+
+        let mut huge = tokio::net::TcpStream::connect(b.local_addr()).await.expect("connect");
+        let client = RawPeer::bind().await;
+        let text = Message::Request(sized_request("MESSAGE", "z9hG4bKhuge", client.addr(), 0)).to_bytes();
+        let text = String::from_utf8_lossy(&text).replace("Content-Length: 0\r\n", "Content-Length: 100000000\r\n");
+        huge.write_all(text.as_bytes()).await.expect("write");
+        closed_unread(&mut huge).await;
+
+        assert_eq!(b.tcp_stats(), TcpStats { streams_unframed: 2, ..TcpStats::default() });
+        assert!(b_rx.try_recv().is_err(), "an unframed message reached the TU");
     }
 
     /// The TCP port must be the UDP port: when it is taken, binding says so.
