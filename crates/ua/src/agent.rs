@@ -22,8 +22,11 @@
 //!   the answer reliably instead of the unreliable 180/183: `Require: 100rel`, `RSeq`,
 //!   retransmitted by the endpoint until the PRACK (200), 504 after 64·T1 without one; the 200
 //!   waits for the PRACK and carries no SDP (the offer/answer exchange is complete). §5 offer
-//!   in a reliable 18x: [`Ue::call_without_offer`] answers it in the PRACK; an offerless INVITE
-//!   with 100rel gets our offer in the reliable 18x and its answer from the PRACK.
+//!   in a reliable 18x: [`Ue::call_without_offer`] answers it in the PRACK (one our policy
+//!   refuses gets a refusal, every stream at port 0, and the INVITE is then CANCELled, RFC 3261
+//!   §9.1: its 487 — or a 2xx crossing the CANCEL, ACKed and ended with BYE — fails the call
+//!   488 with the refusal's reason); an offerless INVITE with 100rel gets our offer in the
+//!   reliable 18x and its answer from the PRACK.
 //! - Delayed offer without 100rel (RFC 3261 §13.2.1, §13.2.2.4, §13.3.1.4): an offerless
 //!   INVITE answered unreliably gets our offer in the 200 and its answer from the ACK (media
 //!   starts then; an ACK without a usable answer ends the call with BYE); calling without an
@@ -309,6 +312,9 @@ enum Purpose {
     EndingBye,
     /// PRACK for a reliable provisional response (RFC 3262 §4; its 200 needs no action).
     Prack,
+    /// CANCEL of our INVITE (RFC 3261 §9.1; its 200 needs no action: the INVITE's 487 or
+    /// 2xx decides).
+    Cancel,
 }
 
 struct Call {
@@ -323,7 +329,8 @@ struct Call {
     /// without SDP (RFC 3262 §5).
     answered_reliably: bool,
     /// Caller: why the offer of that exchange was refused (every stream rejected in our
-    /// answer, RFC 3264 §6): the call ends with this reason when its 2xx comes.
+    /// answer, RFC 3264 §6): the INVITE is then CANCELled, and the call fails with this reason
+    /// when its 487 (or a 2xx that crossed the CANCEL) comes.
     refused_reliably: Option<String>,
     /// Callee: numbering of our reliable provisional responses (RFC 3262 §3); `Some` when the
     /// answer went in one.
@@ -830,7 +837,7 @@ impl Core {
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let code = response.status.code();
         match purpose {
-            Purpose::Register | Purpose::EndingBye | Purpose::Prack => Ok(()),
+            Purpose::Register | Purpose::EndingBye | Purpose::Prack | Purpose::Cancel => Ok(()),
             Purpose::Bye => {
                 if response.status.is_final() {
                     call.state = CallState::Ended;
@@ -915,7 +922,14 @@ impl Core {
         }
         if !status.is_success() {
             if !matches!(call.state, CallState::Established | CallState::Ended) {
-                call.fail(status.code(), &String::from_utf8_lossy(&response.reason));
+                match call.refused_reliably.take() {
+                    // The 487 of the INVITE we CANCELled after refusing the offer of its
+                    // reliable 18x: the user sees why the call failed — the refusal (488, as
+                    // a 2xx crossing the CANCEL ends it too, with the same text) — not the
+                    // 487 it caused.
+                    Some(why) => call.fail(488, &Error::Negotiation(why).to_string()),
+                    None => call.fail(status.code(), &String::from_utf8_lossy(&response.reason)),
+                }
             }
             return Ok(());
         }
@@ -1026,6 +1040,7 @@ impl Core {
     fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let refused_before = call.refused_reliably.is_some();
         let id = DialogId::of_received_response(&response).ok_or(mediasec_sip::Error::NotADialog("reliable 1xx without a To tag"))?;
         if !call.early.as_ref().is_some_and(|(d, _)| d.id() == &id) {
             // A new early dialog (the first, or another fork's: the last one is kept).
@@ -1075,8 +1090,18 @@ impl Core {
                 }
             }
         }
+        let refused_now = !refused_before && call.refused_reliably.is_some();
+        let invite = call.invite.clone();
         let Message::Request(prack) = prack else { return Ok(()) };
         self.send_request(prack, to, call_id, Purpose::Prack)?;
+        if refused_now {
+            // Nothing of this call can be used: rather than ring on to a 2xx that would set
+            // up a session without media, CANCEL the INVITE (RFC 3261 §9.1 — allowed now, a
+            // provisional response came) to the address the INVITE went to. Its 487 ends the
+            // call; a 2xx crossing the CANCEL is ACKed and ended with BYE (§9.1, §13.2.2.4).
+            let cancel = cancel_for(&invite)?;
+            self.send_request(cancel, self.config.outbound_proxy, call_id, Purpose::Cancel)?;
+        }
         Ok(())
     }
 
@@ -1464,6 +1489,28 @@ impl Core {
 
 /// The `RSeq` of a reliable provisional response (RFC 3262 §7.1: `Require: 100rel` and
 /// `RSeq`); `None` for an unreliable one, a 100, or a malformed `RSeq`.
+/// The CANCEL of our `invite` (RFC 3261 §9.1): its Request-URI, Call-ID, To, From and Route
+/// header fields, a single Via equal to its top Via (so it matches the INVITE's transaction
+/// at the next hop), and its CSeq number with the method CANCEL.
+fn cancel_for(invite: &Request) -> Result<Request, Error> {
+    let field = |name: &HeaderName| {
+        invite.headers.get(name).map(|h| h.value().into_owned()).ok_or_else(|| Error::Negotiation(format!("CANCEL: the INVITE has no {name}")))
+    };
+    let cseq = invite
+        .headers
+        .typed::<mediasec_sip::core::CSeq>()
+        .and_then(Result::ok)
+        .ok_or_else(|| Error::Negotiation("CANCEL: the INVITE has no CSeq".into()))?;
+    let mut b = RequestBuilder::new(Method::Cancel, invite.uri.clone()).header(HeaderName::Via, field(&HeaderName::Via)?)?.max_forwards(70);
+    for route in invite.headers.get_all(&HeaderName::Route) {
+        b = b.header(HeaderName::Route, route.value().into_owned())?;
+    }
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        b = b.header(name.clone(), field(&name)?)?;
+    }
+    Ok(b.cseq(cseq.sequence, &Method::Cancel)?.build())
+}
+
 fn reliable_rseq(response: &Response) -> Option<u32> {
     let code = response.status.code();
     let required = response.headers.get_all(&HeaderName::Require).any(|h| {
@@ -1809,41 +1856,90 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     }
 
     /// UAC, offer in a reliable 18x (RFC 3262 §5) that our policy refuses (plain RTP for an
-    /// `sdes` UE): the PRACK (with `RAck`) carries a valid answer refusing every stream (port
-    /// 0, RFC 3264 §6). Nothing more happens until the final response: no CANCEL. The 200
-    /// that follows repeats the 183's offer (RFC 6337 §3.1): the exchange completed in the
-    /// 183/PRACK, so it is no new offer — the ACK has no body — and the call is ended with BYE
-    /// and fails 488 with the refusal's reason.
-    #[tokio::test]
-    async fn uac_answers_an_unusable_offer_in_a_reliable_18x_with_a_refusal_in_the_prack() {
-        let peer = peer().await;
+    /// `sdes` UE), up to the CANCEL: the PRACK (with `RAck`, in the early dialog) carries a
+    /// valid answer refusing every stream (port 0, RFC 3264 §6) and the INVITE is then
+    /// CANCELled, the CANCEL built as RFC 3261 §9.1 says — the INVITE's Request-URI, Call-ID,
+    /// From, To (without the 183's tag), CSeq number with the method CANCEL, and one Via equal
+    /// to the INVITE's top Via — and sent where the INVITE went. Returns the placing task,
+    /// alice's address, the INVITE, the peer's `To`, the PRACK and the CANCEL.
+    async fn refuse_reliable_offer_then_cancel(peer: &UdpSocket) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String, Request, Request) {
         let peer_addr = peer.local_addr().expect("addr");
-        let (call, ue, invite, to) = offerless_call(&peer).await;
+        let (call, ue, invite, to) = offerless_call(peer).await;
         assert_eq!(header_text(&invite.headers, &HeaderName::Supported).as_deref(), Some("100rel"));
         let reliable = [(HeaderName::Require, "100rel"), (HeaderName::RSeq, "1")];
         peer.send_to(&peer_response(&invite, 183, "Session Progress", &to, peer_addr, &reliable, Some(plain_offer(peer_addr))), ue).await.expect("send");
-        let (prack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Prack)).await;
+        let (prack, _) = until(peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Prack)).await;
         assert_eq!(value(&prack, &HeaderName::RAck).as_deref(), Some("1 1 INVITE"), "{}", text(&prack));
         assert!(value(&prack, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "in the early dialog: {}", text(&prack));
         assert_refusal(&prack);
-        let Message::Request(p) = &prack else { panic!("request") };
-        peer.send_to(&peer_response(p, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let (cancel, before) = until(peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Cancel)).await;
+        assert!(before.is_empty(), "the CANCEL follows the PRACK: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        let (Message::Request(prack), Message::Request(cancel)) = (prack, cancel) else { panic!("requests") };
+        assert_eq!(cancel.uri.to_string(), invite.uri.to_string(), "Request-URI");
+        for name in [HeaderName::CallId, HeaderName::From, HeaderName::To] {
+            assert_eq!(header_text(&cancel.headers, &name), header_text(&invite.headers, &name), "{name}");
+        }
+        assert!(header_text(&cancel.headers, &HeaderName::To).is_some_and(|t| !t.contains("tag=")), "To without a tag");
+        assert_eq!(header_text(&cancel.headers, &HeaderName::CSeq).as_deref(), Some("1 CANCEL"));
+        let vias: Vec<_> = cancel.headers.get_all(&HeaderName::Via).map(|h| h.value().into_owned()).collect();
+        assert_eq!(vias, vec![invite.headers.get(&HeaderName::Via).expect("Via").value().into_owned()], "a single Via, the INVITE's top one");
+        assert!(Message::Request(cancel.clone()).body().is_empty(), "no body");
+        (call, ue, invite, to, prack, cancel)
+    }
+
+    /// The call fails 488 with the refusal's reason — the one the PRACK's answer gave, not
+    /// "2xx without an SDP answer" nor the 487's "Request Terminated" — and so does the call
+    /// the user placed.
+    async fn assert_failed_with_the_refusal(call: tokio::task::JoinHandle<(Ue, Result<String, Error>)>) {
+        const REFUSAL: &str = "answer refused by policy: offer without key management; policy requires SRTP";
+        let (alice, result) = call.await.expect("task");
+        assert!(result.as_ref().is_err_and(|e| e.to_string().contains(REFUSAL)), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| r.state == CallState::Failed(488, format!("media negotiation: {REFUSAL}"))), "{reports:?}");
+    }
+
+    /// UAC, an unusable offer in a reliable 18x (see [`refuse_reliable_offer_then_cancel`]):
+    /// the callee answers the CANCEL 200 and the INVITE 487 (RFC 3261 §9.2); the 487 is ACKed
+    /// by the transaction layer (§17.1.1.3), no BYE goes out (no dialog was confirmed) and
+    /// the call fails 488 with the refusal's reason.
+    #[tokio::test]
+    async fn uac_cancels_after_refusing_an_unusable_offer_in_a_reliable_18x_in_the_prack() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer).await;
+        peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
+        peer.send_to(&peer_response(&cancel, 200, "OK", &cancel_to, peer_addr, &[], None), ue).await.expect("send");
+        peer.send_to(&peer_response(&invite, 487, "Request Terminated", &to, peer_addr, &[], None), ue).await.expect("send");
+        let (ack, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(before.is_empty(), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(value(&ack, &HeaderName::CSeq).as_deref(), Some("1 ACK"), "{}", text(&ack));
+        assert_failed_with_the_refusal(call).await;
         let quiet = next(&peer, Duration::from_millis(300)).await;
-        assert!(quiet.is_none(), "no CANCEL, nothing before the final response: {:?}", quiet.as_ref().map(text));
+        assert!(quiet.is_none(), "no BYE after the 487: {:?}", quiet.as_ref().map(text));
+    }
+
+    /// UAC, an unusable offer in a reliable 18x (see [`refuse_reliable_offer_then_cancel`]),
+    /// and the callee's 200 to the INVITE crosses the CANCEL (RFC 3261 §9.1: the CANCEL then
+    /// has no effect). That 200 repeats the 183's offer (RFC 6337 §3.1): the exchange completed
+    /// in the 183/PRACK, so it is no new offer — the ACK has no body — and the session is
+    /// ended with BYE (§13.2.2.4); the call fails 488 with the refusal's reason.
+    #[tokio::test]
+    async fn uac_acks_and_byes_a_2xx_that_crosses_its_cancel_after_a_refusal_in_the_prack() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer).await;
+        peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
         peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
+        let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
+        peer.send_to(&peer_response(&cancel, 200, "OK", &cancel_to, peer_addr, &[], None), ue).await.expect("send");
         let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
         assert!(mediasec_sip::body::sdp(&ack).expect("body").is_none(), "no second answer: {}", text(&ack));
+        assert!(value(&ack, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "in the dialog: {}", text(&ack));
         let (bye, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
         assert!(before.is_empty(), "{:?}", before.iter().map(text).collect::<Vec<_>>());
         assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
-        let (alice, result) = call.await.expect("task");
-        assert!(result.is_err(), "{result:?}");
-        let reports = alice.reports().await.expect("reports");
-        assert!(
-            reports.len() == 1
-                && reports.iter().all(|r| matches!(r.state, CallState::Failed(488, ref why) if !why.is_empty() && !why.contains("2xx without"))),
-            "{reports:?}"
-        );
+        assert_failed_with_the_refusal(call).await;
     }
 
     /// UAS (RFC 3262 §3): the 183 is passed again at T1, 2·T1, 4·T1, … and after 64·T1 without
