@@ -31,7 +31,7 @@ use mediasec_sip::core::{
     Header, HeaderName, Message, Method, Request, Response, ResponseBuilder, StatusCode, TransactionKey, TypedHeader as _, Uri, Via,
 };
 use mediasec_sip::core::rel::RSeq;
-use mediasec_sip::dialog::{socket_addr, split_addresses};
+use mediasec_sip::dialog::{cancel_for, socket_addr, split_addresses};
 use mediasec_sip::udp::{Command, Event};
 
 use crate::alg;
@@ -1477,21 +1477,6 @@ fn cancel_pending(context: &mut Context, stats: &mut Stats) -> Vec<Command> {
         }
     }
     out
-}
-
-/// §9.1: a CANCEL has the Request-URI, Call-ID, To, From, Route and the single top Via of the
-/// request it cancels, and its CSeq number with the method CANCEL.
-fn cancel_for(request: &Request) -> Option<Request> {
-    let cseq = request.headers.typed::<mediasec_sip::core::CSeq>()?.ok()?;
-    let mut b = mediasec_sip::core::RequestBuilder::new(Method::Cancel, request.uri.clone());
-    b = b.header(HeaderName::Via, request.headers.get(&HeaderName::Via)?.value().into_owned()).ok()?.max_forwards(70);
-    for h in request.headers.get_all(&HeaderName::Route) {
-        b = b.header(HeaderName::Route, h.value().into_owned()).ok()?;
-    }
-    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
-        b = b.header(name.clone(), request.headers.get(&name)?.value().into_owned()).ok()?;
-    }
-    Some(b.cseq(cseq.sequence, &Method::Cancel).ok()?.build())
 }
 
 /// When every branch is done and no 2xx went up, the best response goes upstream.

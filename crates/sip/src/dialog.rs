@@ -281,6 +281,23 @@ fn trim(b: &[u8]) -> &[u8] {
     b.trim_ascii()
 }
 
+/// The CANCEL of `request` (RFC 3261 §9.1): its Request-URI, Call-ID, To, From and Route
+/// header fields, a single Via equal to its top Via (so that it matches the request's
+/// transaction at the next hop), and its CSeq number with the method CANCEL. `None` when the
+/// request lacks one of them.
+pub fn cancel_for(request: &Request) -> Option<Request> {
+    let cseq = request.headers.typed::<sipx_sip::CSeq>()?.ok()?;
+    let mut b = RequestBuilder::new(Method::Cancel, request.uri.clone());
+    b = b.header(HeaderName::Via, request.headers.get(&HeaderName::Via)?.value().into_owned()).ok()?.max_forwards(70);
+    for route in request.headers.get_all(&HeaderName::Route) {
+        b = b.header(HeaderName::Route, route.value().into_owned()).ok()?;
+    }
+    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        b = b.header(name.clone(), request.headers.get(&name)?.value().into_owned()).ok()?;
+    }
+    Some(b.cseq(cseq.sequence, &Method::Cancel).ok()?.build())
+}
+
 /// Writes a header with the given name onto a request (helper for callers adding `Contact`,
 /// `Content-Type` and the like after [`Dialog::request`]).
 pub fn push_header(request: &mut Request, name: HeaderName, value: &str) -> Result<(), Error> {

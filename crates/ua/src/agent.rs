@@ -1099,7 +1099,7 @@ impl Core {
             // up a session without media, CANCEL the INVITE (RFC 3261 §9.1 — allowed now, a
             // provisional response came) to the address the INVITE went to. Its 487 ends the
             // call; a 2xx crossing the CANCEL is ACKed and ended with BYE (§9.1, §13.2.2.4).
-            let cancel = cancel_for(&invite)?;
+            let cancel = mediasec_sip::dialog::cancel_for(&invite).ok_or_else(|| Error::Negotiation("CANCEL: the INVITE lacks a Via, From, To, Call-ID or CSeq".into()))?;
             self.send_request(cancel, self.config.outbound_proxy, call_id, Purpose::Cancel)?;
         }
         Ok(())
@@ -1489,28 +1489,6 @@ impl Core {
 
 /// The `RSeq` of a reliable provisional response (RFC 3262 §7.1: `Require: 100rel` and
 /// `RSeq`); `None` for an unreliable one, a 100, or a malformed `RSeq`.
-/// The CANCEL of our `invite` (RFC 3261 §9.1): its Request-URI, Call-ID, To, From and Route
-/// header fields, a single Via equal to its top Via (so it matches the INVITE's transaction
-/// at the next hop), and its CSeq number with the method CANCEL.
-fn cancel_for(invite: &Request) -> Result<Request, Error> {
-    let field = |name: &HeaderName| {
-        invite.headers.get(name).map(|h| h.value().into_owned()).ok_or_else(|| Error::Negotiation(format!("CANCEL: the INVITE has no {name}")))
-    };
-    let cseq = invite
-        .headers
-        .typed::<mediasec_sip::core::CSeq>()
-        .and_then(Result::ok)
-        .ok_or_else(|| Error::Negotiation("CANCEL: the INVITE has no CSeq".into()))?;
-    let mut b = RequestBuilder::new(Method::Cancel, invite.uri.clone()).header(HeaderName::Via, field(&HeaderName::Via)?)?.max_forwards(70);
-    for route in invite.headers.get_all(&HeaderName::Route) {
-        b = b.header(HeaderName::Route, route.value().into_owned())?;
-    }
-    for name in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
-        b = b.header(name.clone(), field(&name)?)?;
-    }
-    Ok(b.cseq(cseq.sequence, &Method::Cancel)?.build())
-}
-
 fn reliable_rseq(response: &Response) -> Option<u32> {
     let code = response.status.code();
     let required = response.headers.get_all(&HeaderName::Require).any(|h| {
