@@ -56,6 +56,10 @@ use tokio::time::Instant;
 use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Queued, Report, Setup};
 use crate::Error;
 
+/// How many ephemeral UDP ports [`Endpoint::bind_with`] tries when the TCP port of the same
+/// number is taken.
+pub const PORT_ATTEMPTS: u32 = 16;
+
 /// The largest request sent over UDP: RFC 3261 §18.1.1 requires a congestion-controlled
 /// transport for a request larger than 1300 bytes when the path MTU is unknown (it always is
 /// here).
@@ -282,16 +286,25 @@ impl Endpoint {
     }
 
     /// Binds `addr` on UDP (port 0 picks one) and TCP at the same address and port, and starts
-    /// the endpoint task with `config`. Events arrive on the returned receiver.
+    /// the endpoint task with `config`. Events arrive on the returned receiver. With port 0, a
+    /// UDP port whose TCP port another socket holds is given back and another one is tried
+    /// (up to [`PORT_ATTEMPTS`] times): the two protocols' ephemeral ports are independent.
     ///
     /// # Errors
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
-    /// taken.
+    /// taken (on every attempt, with port 0).
     pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
         let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages } = config;
-        let socket = UdpSocket::bind(addr).await?;
-        let local = socket.local_addr()?;
-        let listener = crate::tcp::listen(local).map_err(|source| Error::TcpBind { addr: local, source })?;
+        let mut attempt = 1;
+        let (socket, local, listener) = loop {
+            let socket = UdpSocket::bind(addr).await?;
+            let local = socket.local_addr()?;
+            match crate::tcp::listen(local) {
+                Ok(listener) => break (socket, local, listener),
+                Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ATTEMPTS => attempt += 1,
+                Err(source) => return Err(Error::TcpBind { addr: local, source }),
+            }
+        };
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::unbounded_channel();
         let (reports, reports_rx) = mpsc::unbounded_channel();
