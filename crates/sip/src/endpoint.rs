@@ -33,6 +33,17 @@
 //! its transaction again at T1, 2·T1, 4·T1, … (no T2 cap) until a PRACK whose `RAck` names it
 //! arrives or a final response goes out on the transaction; after 64·T1 the TU gets
 //! [`Event::ReliableTimeout`] and answers the request with a 5xx.
+//!
+//! The TU's queue of [`Event`]s is bounded too ([`Config::tu_queue_events`]): a TU that falls
+//! behind (a flood of requests, a slow KMS) must not grow the endpoint's memory without
+//! bound. When no more than a quarter of the queue is free, a request that would start a new
+//! server transaction is answered by the endpoint itself with `503 Service Unavailable` and a
+//! `Retry-After` (RFC 3261 §21.5.4, §20.33) through that transaction, which also absorbs its
+//! retransmissions, and never reaches the TU. Everything that belongs to a transaction or
+//! dialog already known to the TU (responses, ACKs, timeouts) keeps the reserved quarter and,
+//! when even that is full, waits for room: nothing of a call in progress is dropped. Only
+//! reports that lose nothing when dropped ([`Event::Stray`], [`Event::Malformed`]) are dropped
+//! when the queue is full. [`Endpoint::overload_stats`] counts both.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -46,8 +57,8 @@ use sipx_sip::headers::first_hop_end;
 use sipx_sip::rel::{RAck, RSeq};
 use sipx_sip::transaction::Dispatch;
 use sipx_sip::{
-    parse_datagram, Header, HeaderName, Headers, Limits, Message, Method, Output, Reliability, Request, Response, Timer,
-    Timers, TransactionKey, TransactionLayer, TuEvent, Via,
+    parse_datagram, Header, HeaderName, Headers, Limits, Message, Method, Output, Reliability, Request, Response,
+    ResponseBuilder, StatusCode, Timer, Timers, TransactionKey, TransactionLayer, TuEvent, Via,
 };
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
@@ -64,6 +75,13 @@ pub const PORT_ATTEMPTS: u32 = 16;
 /// transport for a request larger than 1300 bytes when the path MTU is unknown (it always is
 /// here).
 pub const UDP_MAX_REQUEST: usize = 1300;
+
+/// How long a client refused for overload is asked to wait before retrying (RFC 3261 §20.33
+/// `Retry-After`, in seconds).
+pub const OVERLOAD_RETRY_AFTER_SECS: u32 = 2;
+
+/// The receiving end of an endpoint's events, bounded by [`Config::tu_queue_events`].
+pub type Events = mpsc::Receiver<Event>;
 
 /// What the transaction user asks the endpoint to do.
 #[derive(Debug)]
@@ -199,6 +217,10 @@ pub struct Config {
     /// stall (TCP flow control) instead of the endpoint buffering without bound, and no other
     /// connection, nor UDP, waits for it. No message read is dropped.
     pub tcp_read_messages: usize,
+    /// The most [`Event`]s that may wait for the TU (default [`Config::TU_QUEUE_EVENTS`], at
+    /// least 1). With three quarters of them waiting, new requests are refused with 503 (see
+    /// the module documentation).
+    pub tu_queue_events: usize,
 }
 
 impl Config {
@@ -210,6 +232,8 @@ impl Config {
     pub const MAX_TCP_CONNECTIONS_PER_PEER: usize = 32;
     /// Default [`Config::tcp_read_messages`].
     pub const TCP_READ_MESSAGES: usize = 32;
+    /// Default [`Config::tu_queue_events`].
+    pub const TU_QUEUE_EVENTS: usize = 1024;
 }
 
 impl From<Timers> for Config {
@@ -221,6 +245,7 @@ impl From<Timers> for Config {
             tcp_queue_messages: Self::TCP_QUEUE_MESSAGES,
             max_tcp_connections_per_peer: Self::MAX_TCP_CONNECTIONS_PER_PEER,
             tcp_read_messages: Self::TCP_READ_MESSAGES,
+            tu_queue_events: Self::TU_QUEUE_EVENTS,
         }
     }
 }
@@ -267,12 +292,30 @@ impl TcpStats {
     }
 }
 
+/// How often the bound on the TU's queue ([`Config::tu_queue_events`]) has acted since the
+/// endpoint started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverloadStats {
+    /// Requests answered 503 by the endpoint: the TU's queue was three quarters full.
+    pub requests_refused: u64,
+    /// [`Event::Stray`] and [`Event::Malformed`] reports dropped: the TU's queue was full.
+    pub events_dropped: u64,
+}
+
+/// The atomics behind [`OverloadStats`], shared by the endpoint task and its handles.
+#[derive(Debug, Default)]
+struct OverloadCounters {
+    requests_refused: AtomicU64,
+    events_dropped: AtomicU64,
+}
+
 /// A running endpoint. Cloning shares it; the task stops when the last clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     local: SocketAddr,
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<TcpCounters>,
+    overload: Arc<OverloadCounters>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -281,7 +324,7 @@ impl Endpoint {
     ///
     /// # Errors
     /// As [`Endpoint::bind_with`].
-    pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
+    pub async fn bind(addr: SocketAddr, timers: Timers) -> Result<(Self, Events), Error> {
         Self::bind_with(addr, Config::from(timers)).await
     }
 
@@ -293,8 +336,8 @@ impl Endpoint {
     /// # Errors
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
     /// taken (on every attempt, with port 0).
-    pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, mpsc::UnboundedReceiver<Event>), Error> {
-        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages } = config;
+    pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, Events), Error> {
+        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events } = config;
         let mut attempt = 1;
         let (socket, local, listener) = loop {
             let socket = UdpSocket::bind(addr).await?;
@@ -306,9 +349,10 @@ impl Endpoint {
             }
         };
         let (commands, rx) = mpsc::unbounded_channel();
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::channel(tu_queue_events.max(1));
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(TcpCounters::default());
+        let overload = Arc::new(OverloadCounters::default());
         let driver = Driver {
             socket,
             listener,
@@ -335,9 +379,16 @@ impl Endpoint {
             max_tcp_connections,
             max_tcp_connections_per_peer,
             events,
+            overload: Arc::clone(&overload),
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, commands, counters, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, commands, counters, overload, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+    }
+
+    /// How often the bound on the TU's queue has acted so far.
+    pub fn overload_stats(&self) -> OverloadStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        OverloadStats { requests_refused: load(&self.overload.requests_refused), events_dropped: load(&self.overload.events_dropped) }
     }
 
     /// How often the TCP bounds have acted so far.
@@ -435,7 +486,8 @@ struct Driver {
     tcp: Setup,
     max_tcp_connections: usize,
     max_tcp_connections_per_peer: usize,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
+    overload: Arc<OverloadCounters>,
 }
 
 impl Driver {
@@ -556,7 +608,7 @@ impl Driver {
             Ok(message) => self.on_message(message, source, None).await,
             Err(e) => {
                 tracing::info!(%source, error = %e, "dropped a datagram that is not SIP");
-                self.emit(Event::Malformed { source, reason: e.to_string() });
+                self.report(Event::Malformed { source, reason: e.to_string() });
             }
         }
     }
@@ -581,14 +633,18 @@ impl Driver {
         match self.layer.receive(message, route.reliability()) {
             Dispatch::Created { key, outputs } => {
                 self.destinations.insert(key.clone(), route);
-                self.perform(&key, outputs, Some(source)).await;
+                if self.overloaded() {
+                    self.refuse_for_overload(&key, outputs).await;
+                } else {
+                    self.perform(&key, outputs, Some(source)).await;
+                }
             }
             Dispatch::Matched { key, outputs } => self.perform(&key, outputs, Some(source)).await,
             Dispatch::Unmatched(message) => match *message {
                 Message::Request(r) if r.method == Method::Ack => {
-                    self.emit(Event::Ack { request: Box::new(r), source });
+                    self.emit(Event::Ack { request: Box::new(r), source }).await;
                 }
-                other => self.emit(Event::Stray { message: Box::new(other), source }),
+                other => self.report(Event::Stray { message: Box::new(other), source }),
             },
         }
     }
@@ -685,7 +741,7 @@ impl Driver {
                         self.pending.remove(&id);
                     }
                 }
-                Output::ToTu(event) => self.deliver(key, *event, source),
+                Output::ToTu(event) => self.deliver(key, *event, source).await,
                 Output::Terminated(_) => {
                     self.destinations.remove(key);
                     self.by_size.remove(key);
@@ -700,7 +756,7 @@ impl Driver {
         }
     }
 
-    fn deliver(&mut self, key: &TransactionKey, event: TuEvent, source: Option<SocketAddr>) {
+    async fn deliver(&mut self, key: &TransactionKey, event: TuEvent, source: Option<SocketAddr>) {
         let source = source.or_else(|| self.destinations.get(key).map(|r| r.address()));
         let event = match (event, source) {
             (TuEvent::Request(request), Some(source)) => Event::Request { key: key.clone(), request, source },
@@ -709,7 +765,41 @@ impl Driver {
             (TuEvent::Timeout | TuEvent::TransportError, _) => Event::Timeout { key: key.clone() },
             _ => return,
         };
-        self.emit(event);
+        self.emit(event).await;
+    }
+
+    /// Whether no more than a quarter of the TU's queue is free: new requests are refused.
+    fn overloaded(&self) -> bool {
+        self.events.capacity() <= self.events.max_capacity() / 4
+    }
+
+    /// Answers the request that created server transaction `key` with 503 and `Retry-After`
+    /// (RFC 3261 §21.5.4) instead of handing it to the TU; the transaction's other outputs
+    /// (its timers) are performed, so it absorbs the request's retransmissions.
+    async fn refuse_for_overload(&mut self, key: &TransactionKey, outputs: Vec<Output>) {
+        let mut request = None;
+        let mut rest = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            match output {
+                Output::ToTu(event) => match *event {
+                    TuEvent::Request(r) => request = Some(r),
+                    other => rest.push(Output::ToTu(Box::new(other))),
+                },
+                other => rest.push(other),
+            }
+        }
+        self.perform(key, rest, None).await;
+        let Some(request) = request else { return };
+        self.overload.requests_refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(method = %request.method, queue = self.events.max_capacity(), "SIP request refused with 503: the TU's event queue is three quarters full");
+        let Some(status) = StatusCode::new(503) else { return };
+        let Ok(builder) = ResponseBuilder::to_request(&request, status, "Service Unavailable".to_owned()) else {
+            // Not even the headers a response needs (§8.2.6.2): nothing can be sent.
+            return;
+        };
+        let Ok(builder) = builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()) else { return };
+        let outputs = self.layer.send_response(key, builder.build());
+        self.perform(key, outputs, None).await;
     }
 
     fn arm(&mut self, at: Instant, transaction: Option<(TransactionKey, Timer)>) -> u64 {
@@ -765,7 +855,7 @@ impl Driver {
         let Some(u) = self.unacknowledged.remove(&id) else { return };
         if now >= u.give_up {
             tracing::info!(key = ?u.key, "no PRACK for a reliable provisional response within 64*T1");
-            self.emit(Event::ReliableTimeout { key: u.key });
+            self.emit(Event::ReliableTimeout { key: u.key }).await;
             return;
         }
         let outputs = self.layer.send_response(&u.key, u.response.clone());
@@ -856,9 +946,19 @@ impl Driver {
         let _ = self.tcp.reports.send(Report::Closed { conn, peer, end });
     }
 
-    fn emit(&self, event: Event) {
+    /// Hands the TU an event of a transaction or dialog it knows, waiting for room in its
+    /// queue: such an event is never dropped.
+    async fn emit(&self, event: Event) {
         // A TU that has gone away no longer wants events; nothing else to do.
-        let _ = self.events.send(event);
+        let _ = self.events.send(event).await;
+    }
+
+    /// Hands the TU a report that loses nothing when dropped ([`Event::Stray`],
+    /// [`Event::Malformed`]); with its queue full, it is dropped and counted.
+    fn report(&self, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(event) {
+            self.overload.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -265,7 +265,7 @@ Content-Length: 0\r\n\r\n";
 mod endpoint {
     use super::*;
     use mediasec_sip::stream::{Frame, FrameLimits, Framer};
-    use mediasec_sip::udp::{Command, Config, Endpoint, Event, TcpStats};
+    use mediasec_sip::udp::{Command, Config, Endpoint, Event, Events, OverloadStats, TcpStats, OVERLOAD_RETRY_AFTER_SECS};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -273,7 +273,7 @@ mod endpoint {
         Timers { t1: Duration::from_millis(40), t2: Duration::from_millis(200), t4: Duration::from_millis(500) }
     }
 
-    async fn next(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Event {
+    async fn next(rx: &mut Events) -> Event {
         tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("event in time").expect("endpoint alive")
     }
 
@@ -580,6 +580,81 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
             other => panic!("unexpected {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
+    }
+
+    /// A TU that falls behind (RFC 3261 §21.5.4): with a queue of 4 events that the TU does not
+    /// read, three new requests are queued and the fourth and later ones are answered 503 with
+    /// `Retry-After` by the endpoint; a retransmission of a refused request gets the 503 again
+    /// from its transaction, not the TU; the response to the endpoint's own client transaction
+    /// still takes the reserved room; a stray response with the queue full is dropped and
+    /// counted. Draining the queue yields exactly the three requests and the response, and a
+    /// new request is then delivered again.
+    #[tokio::test]
+    async fn a_tu_that_falls_behind_gets_503_for_new_requests_and_keeps_every_response() {
+        let config = Config { tu_queue_events: 4, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        let peer = RawPeer::bind().await;
+        let mut buf = vec![0u8; 65_535];
+        // The next response at the peer; retransmissions of B's MESSAGE (Timer E) are skipped.
+        let mut receive = async |peer: &RawPeer, want_request: bool| -> Message {
+            loop {
+                let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.udp.recv_from(&mut buf)).await.expect("in time").expect("recv");
+                let message = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram")));
+                if want_request == matches!(message, Message::Request(_)) {
+                    return message;
+                }
+            }
+        };
+        // B's own client transaction towards the peer, answered later.
+        let ours = sized_request("MESSAGE", "z9hG4bKours", b.local_addr(), 0);
+        b.send(Command::Request { request: ours, to: peer.addr() }).expect("send");
+        let Message::Request(ours) = receive(&peer, true).await else { panic!("our MESSAGE") };
+
+        let mut refused = Vec::new();
+        for i in 0..6 {
+            let options = Message::Request(sized_request("OPTIONS", &format!("z9hG4bKflood{i}"), peer.addr(), 0)).to_bytes();
+            peer.udp.send_to(&options, b.local_addr()).await.expect("send");
+            if i >= 3 {
+                let Message::Response(r) = receive(&peer, false).await else { panic!("a response") };
+                assert_eq!(r.status.code(), 503, "request {i}");
+                assert_eq!(r.headers.value(&HeaderName::RetryAfter).as_deref(), Some(OVERLOAD_RETRY_AFTER_SECS.to_string().as_bytes()));
+                refused.push(options);
+            } else {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        // The retransmission of a refused request is absorbed by its transaction.
+        peer.udp.send_to(refused.first().expect("refused"), b.local_addr()).await.expect("send");
+        let Message::Response(again) = receive(&peer, false).await else { panic!("a response") };
+        assert_eq!(again.status.code(), 503);
+
+        // Datagrams from one socket are handled in order: the response fills the queue, the
+        // stray after it finds it full.
+        peer.udp.send_to(response_text(&ours, 200).as_bytes(), b.local_addr()).await.expect("send");
+        let stray = sized_request("MESSAGE", "z9hG4bKnobody", b.local_addr(), 0);
+        peer.udp.send_to(response_text(&stray, 200).as_bytes(), b.local_addr()).await.expect("send");
+        let expected = OverloadStats { requests_refused: 3, events_dropped: 1 };
+        for _ in 0..100 {
+            if b.overload_stats() == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.overload_stats(), expected);
+
+        for i in 0..3 {
+            let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("request {i}") };
+            assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(format!("z9hG4bKflood{i}").as_bytes()));
+        }
+        let Event::Response { response, .. } = next(&mut b_rx).await else { panic!("our response") };
+        assert_eq!(response.status.code(), 200);
+        assert!(tokio::time::timeout(Duration::from_millis(200), b_rx.recv()).await.is_err(), "nothing else was queued");
+
+        let options = Message::Request(sized_request("OPTIONS", "z9hG4bKafter", peer.addr(), 0)).to_bytes();
+        peer.udp.send_to(&options, b.local_addr()).await.expect("send");
+        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("delivered again") };
+        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKafter".as_slice()));
+        assert_eq!(b.overload_stats().requests_refused, 3);
     }
 
     /// RFC 3261 §18 with a cap of two TCP connections: a third incoming connection is closed

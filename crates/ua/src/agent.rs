@@ -44,7 +44,7 @@ use mediasec_sdp::{SdesPolicy, Sdp};
 use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, Response, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
 use mediasec_sip::dialog::{Dialog, DialogId};
 use mediasec_sip::core::rel::{self, Numbering, Offered, RAck, Received, Reliability, Sequence};
-use mediasec_sip::udp::{Command, Endpoint, Event};
+use mediasec_sip::udp::{Command, Endpoint, Event, Events};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::media::{MediaStats, RtpEndpoint};
@@ -485,7 +485,7 @@ fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Opti
 }
 
 impl Core {
-    async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>, mut ops: mpsc::UnboundedReceiver<Op>) {
+    async fn run(mut self, mut events: Events, mut ops: mpsc::UnboundedReceiver<Op>) {
         let mut registering: HashMap<TransactionKey, RegisterWaiter> = HashMap::new();
         loop {
             tokio::select! {
