@@ -256,13 +256,13 @@ fn sdp_inspect_prints_the_mikey_tree_of_each_key_mgmt() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `mediasec kms serve` as a real process (killed on drop).
-struct KmsProcess {
+/// A `mediasec` server as a real process (killed on drop), at the address it printed.
+struct ServerProcess {
     child: std::process::Child,
     addr: String,
 }
 
-impl Drop for KmsProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -273,7 +273,7 @@ const KMS_MASTER: &str = "3c5f0e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e
 
 /// Starts `kms serve` on `store` and waits for its listening line; `None` with the reason on
 /// stderr when it exits first.
-fn kms_serve(store: &str, extra: &[&str]) -> Result<KmsProcess, String> {
+fn kms_serve(store: &str, extra: &[&str]) -> Result<ServerProcess, String> {
     use std::io::BufRead as _;
     let mut args = vec![
         "kms", "serve", "--fqdn", "kms.a.example", "--store", store, "--bsf", "http://127.0.0.1:9", "--zn-token", "zn",
@@ -292,7 +292,7 @@ fn kms_serve(store: &str, extra: &[&str]) -> Result<KmsProcess, String> {
     let mut line = String::new();
     let _ = std::io::BufReader::new(stdout).read_line(&mut line);
     match line.rsplit_once("://") {
-        Some((_, addr)) => Ok(KmsProcess { child, addr: addr.trim().to_owned() }),
+        Some((_, addr)) => Ok(ServerProcess { child, addr: addr.trim().to_owned() }),
         None => {
             let out = child.wait_with_output().expect("wait");
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
@@ -300,8 +300,9 @@ fn kms_serve(store: &str, extra: &[&str]) -> Result<KmsProcess, String> {
     }
 }
 
-/// One admin request (HTTP/1.1, Connection: close); (status, body).
-fn kms_admin(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request (`Connection: close`, with the KMS admin bearer token, which other
+/// servers ignore); (status, body).
+fn http_request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -314,15 +315,15 @@ fn kms_admin(addr: &str, method: &str, path: &str, body: &str) -> std::io::Resul
 
 /// Admin writes (per-user policies, key rotations) until the server is killed; returns the
 /// ones acknowledged with 200 before the kill.
-fn kms_load_then_kill(p: KmsProcess) -> (Vec<usize>, usize) {
+fn kms_load_then_kill(p: ServerProcess) -> (Vec<usize>, usize) {
     let addr = p.addr.clone();
     let writer = std::thread::spawn(move || {
         let (mut users, mut rotations) = (Vec::new(), 0);
         for i in 0.. {
             let ok = if i % 5 == 4 {
-                kms_admin(&addr, "POST", "/admin/v1/keys/rotate", "").map(|(s, _)| s == 200)
+                http_request(&addr, "POST", "/admin/v1/keys/rotate", "").map(|(s, _)| s == 200)
             } else {
-                kms_admin(&addr, "PUT", &format!("/admin/v1/policies/users/u{i}@a.example"), "reusable = true\n").map(|(s, _)| s == 200)
+                http_request(&addr, "PUT", &format!("/admin/v1/policies/users/u{i}@a.example"), "reusable = true\n").map(|(s, _)| s == 200)
             };
             match ok {
                 Ok(true) if i % 5 == 4 => rotations += 1,
@@ -339,15 +340,52 @@ fn kms_load_then_kill(p: KmsProcess) -> (Vec<usize>, usize) {
     writer.join().expect("writer")
 }
 
-fn kms_check_durable(p: &KmsProcess, users: &[usize], rotations: usize) {
-    let (s, doc) = kms_admin(&p.addr, "GET", "/admin/v1/policies", "").expect("policies");
+fn kms_check_durable(p: &ServerProcess, users: &[usize], rotations: usize) {
+    let (s, doc) = http_request(&p.addr, "GET", "/admin/v1/policies", "").expect("policies");
     assert_eq!(s, 200);
     for i in users {
         assert!(doc.contains(&format!("\"u{i}@a.example\"")), "acknowledged policy of u{i} lost");
     }
-    let (_, keys) = kms_admin(&p.addr, "GET", "/admin/v1/keys", "").expect("keys");
+    let (_, keys) = http_request(&p.addr, "GET", "/admin/v1/keys", "").expect("keys");
     let n = keys.matches("\"id\"").count();
     assert!(n > rotations, "{rotations} acknowledged rotations, {n} keys after restart: {keys}");
+}
+
+/// `mediasec cscf --metrics`: an S-CSCF as a real process answers an OPTIONS over UDP, and its
+/// Prometheus endpoint then counts that request, with the SIP endpoint's bounds at 0.
+#[test]
+fn cscf_serves_prometheus_metrics() {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mediasec"))
+        .args(["cscf", "--role", "scscf", "--domain", "b.example", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mediasec cscf");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = |prefix: &str| lines.next().and_then(Result::ok).and_then(|l| l.strip_prefix(prefix).map(str::to_owned)).expect(prefix);
+    let sip = printed("listening on ");
+    let metrics = printed("metrics on http://").trim_end_matches("/metrics").to_owned();
+    let cscf = ServerProcess { child, addr: metrics };
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    udp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let me = udp.local_addr().expect("addr");
+    let options = format!(
+        "OPTIONS sip:b.example SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKmetrics\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=1\r\nTo: <sip:b.example>\r\nCall-ID: metrics\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    udp.send_to(options.as_bytes(), sip.as_str()).expect("send");
+    let mut buf = [0u8; 4096];
+    let (n, _) = udp.recv_from(&mut buf).expect("a response");
+    assert!(buf.get(..n).expect("datagram").starts_with(b"SIP/2.0 "), "{}", String::from_utf8_lossy(&buf));
+
+    let (status, body) = http_request(&cscf.addr, "GET", "/metrics", "").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    for line in ["mediasec_cscf_requests_total 1", "mediasec_sip_overload_refused_total 0", "mediasec_sip_tcp_accepts_refused_total 0", "# TYPE mediasec_cscf_requests_in_flight gauge"] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
+    assert_eq!(http_request(&cscf.addr, "GET", "/other", "").expect("GET").0, 404);
 }
 
 #[test]
@@ -361,7 +399,7 @@ fn kms_serve_keeps_every_committed_policy_and_key_across_kill_9() {
     assert!(users.len() > 5 && rotations > 0, "load too small: {} policies, {rotations} rotations", users.len());
     let p = kms_serve(store, &[]).expect("restart");
     kms_check_durable(&p, &users, rotations);
-    let (_, u) = kms_admin(&p.addr, "GET", "/admin/v1/users", "").expect("users");
+    let (_, u) = http_request(&p.addr, "GET", "/admin/v1/users", "").expect("users");
     assert!(u.contains("alice@a.example"), "{u}");
     drop(p);
     // The ring is encrypted under the master key: another key cannot open it.
@@ -388,11 +426,11 @@ fn kms_replicas_share_postgresql_and_survive_kill_9() {
     let one = kms_serve(&url, &[]).expect("replica 1");
     let two = kms_serve(&url, &[]).expect("replica 2");
     // A rotation on replica 1 reaches replica 2 through the database (reload every second).
-    let (s, _) = kms_admin(&one.addr, "POST", "/admin/v1/keys/rotate", "").expect("rotate");
+    let (s, _) = http_request(&one.addr, "POST", "/admin/v1/keys/rotate", "").expect("rotate");
     assert_eq!(s, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, keys) = kms_admin(&two.addr, "GET", "/admin/v1/keys", "").expect("keys");
+        let (_, keys) = http_request(&two.addr, "GET", "/admin/v1/keys", "").expect("keys");
         if keys.matches("\"id\"").count() >= 2 {
             break;
         }
@@ -422,7 +460,7 @@ fn kms_pki_then_serve_ua_over_https() {
     )
     .expect("kms serve over https");
     // A plain-HTTP client gets no HTTP answer from the TLS port.
-    let plain = kms_admin(&p.addr, "GET", "/admin/v1/users", "");
+    let plain = http_request(&p.addr, "GET", "/admin/v1/users", "");
     assert!(plain.map_or(true, |(status, _)| status == 0), "plain HTTP answered on the TLS port");
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);

@@ -58,10 +58,19 @@ async fn ng_worker(agw: SocketAddr, replies: mpsc::UnboundedSender<NgReply>) -> 
     Ok(tx)
 }
 
+/// What the service task publishes after each event: the proxy's counters and what it holds.
+#[derive(Clone, Debug, Default)]
+struct Observed {
+    stats: Stats,
+    /// Requests and client branches in flight ([`Proxy::in_flight`]).
+    in_flight: (usize, usize),
+}
+
 /// A running CSCF; dropping it stops it.
 pub struct Cscf {
     local: SocketAddr,
-    stats: Arc<Mutex<Stats>>,
+    endpoint: Endpoint,
+    observed: Arc<Mutex<Observed>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,8 +85,9 @@ impl Cscf {
     pub async fn start(config: ProxyConfig, addr: SocketAddr, timers: Timers) -> Result<Self, mediasec_sip::Error> {
         let (endpoint, mut events) = Endpoint::bind(addr, timers).await?;
         let local = endpoint.local_addr();
-        let stats = Arc::new(Mutex::new(Stats::default()));
-        let shared = Arc::clone(&stats);
+        let observed = Arc::new(Mutex::new(Observed::default()));
+        let shared = Arc::clone(&observed);
+        let handle = endpoint.clone();
         let (ng_tx, mut ng_replies) = mpsc::unbounded_channel();
         let ng_queue = match config.agw_ng {
             Some(agw) => Some(ng_worker(agw, ng_tx).await?),
@@ -93,6 +103,10 @@ impl Cscf {
                     },
                     Some((id, reply)) = ng_replies.recv() => proxy.ng_result(id, reply, std::time::Instant::now()),
                 };
+                // Published before anything is sent: whoever sees a response sees its counts.
+                if let Ok(mut o) = shared.lock() {
+                    *o = Observed { stats: proxy.stats.clone(), in_flight: proxy.in_flight() };
+                }
                 for command in commands {
                     if endpoint.send(command).is_err() {
                         return;
@@ -103,12 +117,9 @@ impl Cscf {
                         let _ = queue.send(request);
                     }
                 }
-                if let Ok(mut s) = shared.lock() {
-                    *s = proxy.stats.clone();
-                }
             }
         });
-        Ok(Self { local, stats, task })
+        Ok(Self { local, endpoint: handle, observed, task })
     }
 
     /// The bound address.
@@ -118,6 +129,48 @@ impl Cscf {
 
     /// The proxy's counters.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+        self.observed().stats
+    }
+
+    fn observed(&self) -> Observed {
+        self.observed.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Prometheus text exposition (format 0.0.4): the proxy's counters ([`Stats`]), what it
+    /// holds in flight, and how often the SIP endpoint's bounds acted (TCP, and the TU queue's
+    /// 503s, [`mediasec_sip::udp::OverloadStats`]).
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let Observed { stats: s, in_flight: (requests, branches) } = self.observed();
+        let tcp = self.endpoint.tcp_stats();
+        let overload = self.endpoint.overload_stats();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        let counters = [
+            ("mediasec_cscf_requests_total", "Requests received (new server transactions).", s.requests),
+            ("mediasec_cscf_branches_total", "Client branches created (each fork counts one).", s.branches),
+            ("mediasec_cscf_cancels_total", "CANCELs sent to pending branches.", s.cancels),
+            ("mediasec_cscf_rejected_total", "Requests answered locally with an error.", s.rejected),
+            ("mediasec_cscf_sdes_refused_total", "Offers failing the P-CSCF's SDES check.", s.sdes_refused),
+            ("mediasec_cscf_e2ae_applied_total", "IMS-ALG: offers and answers the IMS-AGW rewrote for e2ae.", s.e2ae_applied),
+            ("mediasec_cscf_e2ae_stripped_total", "IMS-ALG: SDP bodies whose a=3ge2ae inserted by others was removed.", s.e2ae_stripped),
+            ("mediasec_cscf_agw_failures_total", "IMS-ALG: ng commands that failed, and ACKs missing the answer.", s.agw_failures),
+            ("mediasec_sip_overload_refused_total", "Requests answered 503 by the SIP endpoint: the proxy's event queue was three quarters full.", overload.requests_refused),
+            ("mediasec_sip_events_dropped_total", "Stray or malformed SIP messages dropped: the proxy's event queue was full.", overload.events_dropped),
+            ("mediasec_sip_tcp_accepts_refused_total", "Incoming SIP TCP connections closed at once: the overall connection cap.", tcp.accepts_refused),
+            ("mediasec_sip_tcp_accepts_refused_per_peer_total", "Incoming SIP TCP connections closed at once: the per-address connection cap.", tcp.accepts_refused_per_peer),
+            ("mediasec_sip_tcp_reads_paused_total", "Times a SIP TCP connection stopped reading: its messages waited for the endpoint.", tcp.reads_paused),
+            ("mediasec_sip_tcp_connects_refused_total", "Outgoing SIP TCP connections not opened: connection cap.", tcp.connects_refused),
+            ("mediasec_sip_tcp_queues_full_total", "SIP TCP connections failed: their peer did not take what was sent.", tcp.queues_full),
+            ("mediasec_sip_tcp_streams_unframed_total", "SIP TCP connections closed: their stream could not be framed.", tcp.streams_unframed),
+        ];
+        for (name, help, value) in counters {
+            metric(name, "counter", help, value);
+        }
+        metric("mediasec_cscf_requests_in_flight", "gauge", "Requests whose server transaction the proxy still handles.", requests as u64);
+        metric("mediasec_cscf_branches_in_flight", "gauge", "Client branches still pending.", branches as u64);
+        out
     }
 }

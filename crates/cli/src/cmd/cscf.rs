@@ -1,10 +1,12 @@
 //! `mediasec cscf`: run a P-CSCF or S-CSCF (registrar/location, routing between domains,
 //! parallel forking, retargeting) on UDP until Ctrl-C. Logs every request, registration,
-//! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr.
+//! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr. With
+//! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use mediasec_cscf::alg::Provisioned;
@@ -60,6 +62,10 @@ pub(crate) struct Args {
     /// §4.1.2.1); the far end must answer SDES (needs --agw-ng).
     #[arg(long)]
     core_srtp: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics (port 0 picks one; the address is
+    /// printed).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -90,8 +96,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp };
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let cscf = Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?;
+        let cscf = Arc::new(Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?);
         println!("listening on {}", cscf.local_addr());
+        if let Some(addr) = args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr}"))?;
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+            let shared = Arc::clone(&cscf);
+            let router = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = shared.metrics();
+                    async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+                }),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         eprintln!("{:?}", cscf.stats());
         Ok(ExitCode::SUCCESS)
