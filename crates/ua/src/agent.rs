@@ -25,8 +25,9 @@
 //!   in a reliable 18x: [`Ue::call_without_offer`] answers it in the PRACK (one our policy
 //!   refuses gets a refusal, every stream at port 0, and the INVITE is then CANCELled, RFC 3261
 //!   §9.1: its 487 — or a 2xx crossing the CANCEL, ACKed and ended with BYE — fails the call
-//!   488 with the refusal's reason); an offerless INVITE with 100rel gets our offer in the
-//!   reliable 18x and its answer from the PRACK.
+//!   488 with the refusal's reason, and so does no final response within 64·T1 of the CANCEL);
+//!   an offerless INVITE with 100rel gets our offer in the reliable 18x and its answer from the
+//!   PRACK.
 //! - Delayed offer without 100rel (RFC 3261 §13.2.1, §13.2.2.4, §13.3.1.4): an offerless
 //!   INVITE answered unreliably gets our offer in the 200 and its answer from the ACK (media
 //!   starts then; an ACK without a usable answer ends the call with BYE); calling without an
@@ -92,9 +93,11 @@ pub struct UeConfig {
     /// with the caller's GBA key), and TRANSFER_INIT names the initiator's KMS UID.
     pub anonymous: bool,
     /// Ask for end-to-access-edge security (TS 33.328 §7.2.1, TS 24.229 §7.5.2): the initial
-    /// SDES offer carries `a=3ge2ae:requested`. The P-CSCF then answers with the IMS-AGW's key
-    /// and `a=3ge2ae:applied` (reported as [`CallReport::e2ae_applied`]); SRTP runs to the AGW
-    /// only. Registration always indicates the capability (`Security-Client: sdes-srtp;mediasec`).
+    /// SDES offer carries `a=3ge2ae:requested`, whichever side makes it (our INVITE's, or our
+    /// 200's / reliable 18x's to an offerless INVITE). The P-CSCF then answers with the
+    /// IMS-AGW's key and `a=3ge2ae:applied` (reported as [`CallReport::e2ae_applied`]); SRTP
+    /// runs to the AGW only. Registration always indicates the capability
+    /// (`Security-Client: sdes-srtp;mediasec`).
     pub e2ae: bool,
     /// SIP timers.
     pub timers: Timers,
@@ -202,6 +205,8 @@ enum Op {
     Report(String, oneshot::Sender<Option<CallReport>>),
     Reports(oneshot::Sender<Vec<CallReport>>),
     AnswerNow(String),
+    /// 64·T1 have passed since the CANCEL of this call's INVITE (RFC 3261 §9.1).
+    CancelExpired(String),
 }
 
 /// A running UE.
@@ -444,6 +449,13 @@ impl Call {
         self.rtp.apply(media);
     }
 
+    /// Fails a call whose INVITE we CANCELled after refusing the offer of its reliable 18x:
+    /// the user sees why — the refusal (488, the text a 2xx crossing the CANCEL ends it with
+    /// too) — not the 487 it caused or the silence after it.
+    fn fail_refused(&mut self, why: String) {
+        self.fail(488, &Error::Negotiation(why).to_string());
+    }
+
     fn fail(&mut self, code: u16, reason: &str) {
         self.state = CallState::Failed(code, reason.to_owned());
         self.rtp.stop();
@@ -583,6 +595,7 @@ impl Core {
                     tracing::warn!(error = %e, "answering");
                 }
             }
+            Op::CancelExpired(call_id) => self.cancel_expired(&call_id),
             Op::Register(..) => {}
         }
     }
@@ -600,19 +613,16 @@ impl Core {
                 return Ok(());
             }
         };
-        let made = match (self.config.security, self.kms.as_mut()) {
-            (Security::MikeyTicket, _) if !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY-TICKET is not supported".into())),
-            (_, _) if !with_offer => Ok((String::new(), None, None)),
-            (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
-            (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
-            (security, _) => offer_answer::offer(rtp.local_addr(), 1, security, &self.config.sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None)),
+        let made = match self.config.security {
+            Security::MikeyTicket if !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY-TICKET is not supported".into())),
+            _ if !with_offer => Ok((String::new(), None, None)),
+            Security::MikeyTicket => match self.kms.as_mut() {
+                Some(kms) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
+                None => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
+            },
+            _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
         };
         let (sdp, offer, ticket) = match made {
-            Ok((sdp, offer, ticket)) if with_offer && self.config.e2ae && matches!(self.config.security, Security::Sdes { .. }) => {
-                let mut body = Sdp::parse(&sdp);
-                let _ = mediasec_sdp::e2ae::add(&mut body, 0, &mediasec_sdp::E2aeIndication::Requested);
-                (body.to_string(), offer, ticket)
-            }
             Ok(m) => m,
             Err(e) => {
                 let _ = tx.send(Err(e));
@@ -921,13 +931,13 @@ impl Core {
             return Ok(());
         }
         if !status.is_success() {
-            if !matches!(call.state, CallState::Established | CallState::Ended) {
+            // A call already failed (or given up on 64·T1 after its CANCEL, RFC 3261 §9.1) keeps
+            // its outcome: a late final response changes nothing.
+            if matches!(call.state, CallState::Setup | CallState::Early) {
                 match call.refused_reliably.take() {
                     // The 487 of the INVITE we CANCELled after refusing the offer of its
-                    // reliable 18x: the user sees why the call failed — the refusal (488, as
-                    // a 2xx crossing the CANCEL ends it too, with the same text) — not the
-                    // 487 it caused.
-                    Some(why) => call.fail(488, &Error::Negotiation(why).to_string()),
+                    // reliable 18x.
+                    Some(why) => call.fail_refused(why),
                     None => call.fail(status.code(), &String::from_utf8_lossy(&response.reason)),
                 }
             }
@@ -980,8 +990,13 @@ impl Core {
         };
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         if extra_fork {
-            // Another fork answered too (RFC 3261 §13.2.2.4): ACK and BYE it.
-            call.extra_forks_ended += 1;
+            // Another fork answered too (RFC 3261 §13.2.2.4), or a 2xx came after the call
+            // failed (one given up 64·T1 after its CANCEL, §9.1): ACK and BYE it.
+            if call.dialog.is_some() {
+                call.extra_forks_ended += 1;
+            } else {
+                tracing::info!(%call_id, "2xx after the call failed: ACK and BYE");
+            }
             return end_it(self, dialog);
         }
         let media = match (answered, sdp) {
@@ -1101,8 +1116,25 @@ impl Core {
             // call; a 2xx crossing the CANCEL is ACKed and ended with BYE (§9.1, §13.2.2.4).
             let cancel = mediasec_sip::dialog::cancel_for(&invite).ok_or_else(|| Error::Negotiation("CANCEL: the INVITE lacks a Via, From, To, Call-ID or CSeq".into()))?;
             self.send_request(cancel, self.config.outbound_proxy, call_id, Purpose::Cancel)?;
+            // §9.1: a UAS need not send the 487 (RFC 2543 ones do not); give up after 64·T1.
+            self.schedule(self.config.timers.t1 * 64, Op::CancelExpired(call_id.to_owned()));
         }
         Ok(())
+    }
+
+    /// RFC 3261 §9.1: no final response to the INVITE within 64·T1 of its CANCEL — the UAC
+    /// "SHOULD then consider the original transaction cancelled": the call fails as its 487
+    /// would have failed it (488, the refusal's reason). The INVITE's client transaction is
+    /// left to the endpoint, so a late 2xx is still ACKed and ended with BYE and a late 487
+    /// ACKed, neither changing the outcome ([`Self::on_invite_response`]).
+    fn cancel_expired(&mut self, call_id: &str) {
+        let Some(call) = self.calls.get_mut(call_id) else { return };
+        if !matches!(call.state, CallState::Setup | CallState::Early) {
+            return;
+        }
+        let Some(why) = call.refused_reliably.take() else { return };
+        tracing::info!(%call_id, "no final response to the INVITE within 64*T1 of its CANCEL (RFC 3261 §9.1): considered cancelled");
+        call.fail_refused(why);
     }
 
     /// A PRACK (RFC 3262 §3): it must name our outstanding reliable 1xx, in the dialog, else
@@ -1345,14 +1377,35 @@ impl Core {
     /// With automatic answering, the 200 after the configured delay.
     fn schedule_answer(&self, call_id: String) {
         let answering = self.config.answering;
-        if !answering.auto {
-            return;
+        if answering.auto {
+            self.schedule(answering.delay, Op::AnswerNow(call_id));
         }
+    }
+
+    /// The UE's own timers (the delayed 200, the give-up after a CANCEL): `op` comes back to
+    /// the UE task after `after`, handled like any other operation.
+    fn schedule(&self, after: Duration, op: Op) {
         let ops = self.ops.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(answering.delay).await;
-            let _ = ops.send(Op::AnswerNow(call_id));
+            tokio::time::sleep(after).await;
+            let _ = ops.send(op);
         });
+    }
+
+    /// Our initial offer (RFC 3264 §5, `o=` version 1), SDES or plain — in the INVITE when we
+    /// call, in the 200 or the reliable 18x when an offerless INVITE reaches us (RFC 3261
+    /// §13.2.1, RFC 3262 §5). With [`UeConfig::e2ae`] and SDES its audio stream carries
+    /// `a=3ge2ae:requested` whichever side offers: TS 24.229 §7.5.2 defines the media-level
+    /// indication as the wish of "the sender" that end-to-access-edge security is applied
+    /// (TS 33.328 §7.2.1), the answer's `a=3ge2ae:applied` saying it was.
+    fn initial_offer(&self, local: SocketAddr) -> Result<Offer, Error> {
+        let mut offer = offer_answer::offer(local, 1, self.config.security, &self.config.sdes, &mut fill_random)?;
+        if self.config.e2ae && matches!(self.config.security, Security::Sdes { .. }) {
+            let mut body = Sdp::parse(&offer.sdp);
+            mediasec_sdp::e2ae::add(&mut body, 0, &mediasec_sdp::E2aeIndication::Requested)?;
+            offer.sdp = body.to_string();
+        }
+        Ok(offer)
     }
 
     /// An offerless INVITE (RFC 3261 §13.2.1). `reliable` (RFC 3262 §5): our offer goes in the
@@ -1362,7 +1415,7 @@ impl Core {
     /// answer from the ACK (§13.2.2.4), media starting with it.
     fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
         let to = dialog.local_header().clone();
-        let offer = match offer_answer::offer(rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random) {
+        let offer = match self.initial_offer(rtp.local_addr()) {
             Ok(offer) => offer,
             Err(e) => {
                 tracing::info!(%call_id, error = %e, "no offer to make for an offerless INVITE: 488");
@@ -1769,13 +1822,61 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(matches!(report.state, CallState::Failed(488, ref r) if r.contains("ACK without the answer")), "{report:?}");
     }
 
-    /// Alice, an `sdes` UE behind the scripted peer, places an offerless call
+    /// UAS with e2ae (TS 24.229 §7.5.2, TS 33.328 §7.2.1): an offerless INVITE without
+    /// `Supported: 100rel` gets our offer in the 200 — `RTP/SAVP`, `a=crypto` and, on the audio
+    /// stream, `a=3ge2ae:requested`, as in the offers of our INVITEs — and the answer in the
+    /// ACK with `a=3ge2ae:applied` (what a P-CSCF applying e2ae sends) establishes the call
+    /// with SRTP and is reported as [`CallReport::e2ae_applied`].
+    #[tokio::test]
+    async fn uas_with_e2ae_requests_it_in_its_offer_to_an_offerless_invite() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:bob@b.example", peer_addr, SDES, 1000.0, 440.0);
+        config.e2ae = true;
+        let bob = Ue::start(config).await.expect("ue");
+        let ue = bob.sip_addr();
+        send(&peer, ue, &invite(peer_addr, ue, "", "").replace("Content-Type: application/sdp\r\n", "")).await;
+        let (ok, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        let offer = mediasec_sip::body::sdp(&ok).expect("body").expect("our offer in the 200");
+        let stream = offer_answer::audio(&offer).expect("audio");
+        let indications = mediasec_sdp::e2ae::find(&offer, mediasec_sdp::Level::Media(stream.index)).expect("3ge2ae");
+        assert_eq!(indications, vec![Ok(mediasec_sdp::E2aeIndication::Requested)], "{offer}");
+        assert!(mediasec_sdp::e2ae::find(&offer, mediasec_sdp::Level::Session).expect("session").is_empty(), "media level only: {offer}");
+        assert!(stream.proto == "RTP/SAVP" && offer.to_string().contains("\r\na=crypto:1 "), "{offer}");
+        let (answer, _) = offer_answer::answer(&offer, SocketAddr::new(peer_addr.ip(), 40_002), 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("answer");
+        let mut answer = Sdp::parse(&answer);
+        mediasec_sdp::e2ae::add(&mut answer, 0, &mediasec_sdp::E2aeIndication::Applied).expect("applied");
+        let answer = answer.to_string();
+        let to = value(&ok, &HeaderName::To).expect("To");
+        send(&peer, ue, &format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {peer_addr};branch=z9hG4bKack1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )).await;
+        let report = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let r = bob.report("rel-1").await.expect("r").expect("call");
+                if r.state != CallState::Setup {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the ACK is processed");
+        assert_eq!((report.state.clone(), report.e2ae_applied), (CallState::Established, true), "{report:?}");
+        assert!(report.protection.starts_with("srtp "), "{report:?}");
+    }
+
+    /// Alice, an `sdes` UE behind the scripted peer with SIP `timers`, places an offerless call
     /// ([`Ue::call_without_offer`]): the task placing it (it returns alice and the call's
     /// outcome), her SIP address, her INVITE (checked to be offerless) and the `To` of the
     /// peer's responses (tag `bt`).
-    async fn offerless_call(peer: &UdpSocket) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
+    async fn offerless_call(peer: &UdpSocket, timers: Timers) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
         let peer_addr = peer.local_addr().expect("addr");
-        let alice = Ue::start(UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0)).await.expect("ue");
+        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
+        config.timers = timers;
+        let alice = Ue::start(config).await.expect("ue");
         let ue = alice.sip_addr();
         let call = tokio::spawn(async move {
             let r = alice.call_without_offer("sip:bob@b.example").await;
@@ -1823,7 +1924,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     async fn uac_answers_an_unusable_offer_in_the_2xx_with_a_refusal_then_bye() {
         let peer = peer().await;
         let peer_addr = peer.local_addr().expect("addr");
-        let (call, ue, invite, to) = offerless_call(&peer).await;
+        let (call, ue, invite, to) = offerless_call(&peer, Timers::default()).await;
         peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
         let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
         assert_refusal(&ack);
@@ -1842,9 +1943,9 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     /// From, To (without the 183's tag), CSeq number with the method CANCEL, and one Via equal
     /// to the INVITE's top Via — and sent where the INVITE went. Returns the placing task,
     /// alice's address, the INVITE, the peer's `To`, the PRACK and the CANCEL.
-    async fn refuse_reliable_offer_then_cancel(peer: &UdpSocket) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String, Request, Request) {
+    async fn refuse_reliable_offer_then_cancel(peer: &UdpSocket, timers: Timers) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String, Request, Request) {
         let peer_addr = peer.local_addr().expect("addr");
-        let (call, ue, invite, to) = offerless_call(peer).await;
+        let (call, ue, invite, to) = offerless_call(peer, timers).await;
         assert_eq!(header_text(&invite.headers, &HeaderName::Supported).as_deref(), Some("100rel"));
         let reliable = [(HeaderName::Require, "100rel"), (HeaderName::RSeq, "1")];
         peer.send_to(&peer_response(&invite, 183, "Session Progress", &to, peer_addr, &reliable, Some(plain_offer(peer_addr))), ue).await.expect("send");
@@ -1869,13 +1970,43 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
 
     /// The call fails 488 with the refusal's reason — the one the PRACK's answer gave, not
     /// "2xx without an SDP answer" nor the 487's "Request Terminated" — and so does the call
-    /// the user placed.
-    async fn assert_failed_with_the_refusal(call: tokio::task::JoinHandle<(Ue, Result<String, Error>)>) {
+    /// the user placed. Returns alice.
+    async fn assert_failed_with_the_refusal(call: tokio::task::JoinHandle<(Ue, Result<String, Error>)>) -> Ue {
         const REFUSAL: &str = "answer refused by policy: offer without key management; policy requires SRTP";
         let (alice, result) = call.await.expect("task");
         assert!(result.as_ref().is_err_and(|e| e.to_string().contains(REFUSAL)), "{result:?}");
         let reports = alice.reports().await.expect("reports");
         assert!(reports.len() == 1 && reports.iter().all(|r| r.state == CallState::Failed(488, format!("media negotiation: {REFUSAL}"))), "{reports:?}");
+        alice
+    }
+
+    /// UAC, an unusable offer in a reliable 18x (see [`refuse_reliable_offer_then_cancel`];
+    /// T1 = 50 ms): the callee answers the PRACK and the CANCEL 200 but never the INVITE (an
+    /// RFC 2543 UAS sends no 487). RFC 3261 §9.1: 64·T1 after the CANCEL the INVITE is
+    /// considered cancelled — the call fails 488 with the refusal's reason, as the 487 would
+    /// have made it, and not before. A 487 arriving after that is ACKed by the transaction
+    /// layer and changes nothing: no BYE, the same single failed call, the UE still serving.
+    #[tokio::test]
+    async fn uac_gives_up_64_t1_after_its_cancel_when_no_final_response_comes() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer, timers(50)).await;
+        let cancelled = Instant::now();
+        peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
+        peer.send_to(&peer_response(&cancel, 200, "OK", &cancel_to, peer_addr, &[], None), ue).await.expect("send");
+        let alice = tokio::time::timeout(Duration::from_secs(10), assert_failed_with_the_refusal(call)).await.expect("the call ends, 64·T1 after the CANCEL");
+        let elapsed = cancelled.elapsed();
+        // The timer starts when the CANCEL is sent, just before the peer reads it.
+        assert!(elapsed >= Duration::from_millis(64 * 50 - 20) && elapsed < Duration::from_secs(8), "{elapsed:?}");
+        peer.send_to(&peer_response(&invite, 487, "Request Terminated", &to, peer_addr, &[], None), ue).await.expect("send");
+        let (ack, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert_eq!(value(&ack, &HeaderName::CSeq).as_deref(), Some("1 ACK"), "{}", text(&ack));
+        assert!(before.iter().all(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        let quiet = next(&peer, Duration::from_millis(300)).await;
+        assert!(quiet.as_ref().is_none_or(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)), "no BYE after the late 487: {:?}", quiet.as_ref().map(text));
+        let reports = alice.reports().await.expect("the UE still runs");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("policy requires SRTP"))), "unchanged by the 487: {reports:?}");
     }
 
     /// UAC, an unusable offer in a reliable 18x (see [`refuse_reliable_offer_then_cancel`]):
@@ -1886,7 +2017,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     async fn uac_cancels_after_refusing_an_unusable_offer_in_a_reliable_18x_in_the_prack() {
         let peer = peer().await;
         let peer_addr = peer.local_addr().expect("addr");
-        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer).await;
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer, Timers::default()).await;
         peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
         let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
         peer.send_to(&peer_response(&cancel, 200, "OK", &cancel_to, peer_addr, &[], None), ue).await.expect("send");
@@ -1908,7 +2039,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     async fn uac_acks_and_byes_a_2xx_that_crosses_its_cancel_after_a_refusal_in_the_prack() {
         let peer = peer().await;
         let peer_addr = peer.local_addr().expect("addr");
-        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer).await;
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer, Timers::default()).await;
         peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
         peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
         let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
