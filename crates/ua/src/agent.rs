@@ -1822,22 +1822,27 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(matches!(report.state, CallState::Failed(488, ref r) if r.contains("ACK without the answer")), "{report:?}");
     }
 
-    /// UAS with e2ae (TS 24.229 §7.5.2, TS 33.328 §7.2.1): an offerless INVITE without
-    /// `Supported: 100rel` gets our offer in the 200 — `RTP/SAVP`, `a=crypto` and, on the audio
-    /// stream, `a=3ge2ae:requested`, as in the offers of our INVITEs — and the answer in the
-    /// ACK with `a=3ge2ae:applied` (what a P-CSCF applying e2ae sends) establishes the call
-    /// with SRTP and is reported as [`CallReport::e2ae_applied`].
-    #[tokio::test]
-    async fn uas_with_e2ae_requests_it_in_its_offer_to_an_offerless_invite() {
+    /// UAS with e2ae (TS 24.229 §7.5.2, TS 33.328 §7.2.1), the callee of an offerless INVITE
+    /// from the scripted peer — `reliable`: with `Supported: 100rel` to a UE answering with
+    /// early media, so the offer goes in the reliable 183 and the answer in the PRACK (RFC 3262
+    /// §5); else without, so the offer goes in the 200 and the answer in the ACK (RFC 3261
+    /// §13.3.1.4). Either way our offer is `RTP/SAVP` with `a=crypto` and, on the audio stream
+    /// (not at session level), `a=3ge2ae:requested` — as in the offers of our INVITEs — and
+    /// the peer's answer with `a=3ge2ae:applied` (what a P-CSCF applying e2ae sends)
+    /// establishes the call with SRTP, reported as [`CallReport::e2ae_applied`].
+    async fn e2ae_callee_of_an_offerless_invite(reliable: bool) {
         let peer = peer().await;
         let peer_addr = peer.local_addr().expect("addr");
         let mut config = UeConfig::loopback("sip:bob@b.example", peer_addr, SDES, 1000.0, 440.0);
         config.e2ae = true;
+        config.answering = Answering { auto: true, delay: Duration::ZERO, early_media: reliable };
         let bob = Ue::start(config).await.expect("ue");
         let ue = bob.sip_addr();
-        send(&peer, ue, &invite(peer_addr, ue, "", "").replace("Content-Type: application/sdp\r\n", "")).await;
-        let (ok, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
-        let offer = mediasec_sip::body::sdp(&ok).expect("body").expect("our offer in the 200");
+        let rel = if reliable { "Supported: 100rel\r\n" } else { "" };
+        send(&peer, ue, &invite(peer_addr, ue, rel, "").replace("Content-Type: application/sdp\r\n", "")).await;
+        let offering = if reliable { 183 } else { 200 };
+        let (offered, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(offering)).await;
+        let offer = mediasec_sip::body::sdp(&offered).expect("body").expect("our offer");
         let stream = offer_answer::audio(&offer).expect("audio");
         let indications = mediasec_sdp::e2ae::find(&offer, mediasec_sdp::Level::Media(stream.index)).expect("3ge2ae");
         assert_eq!(indications, vec![Ok(mediasec_sdp::E2aeIndication::Requested)], "{offer}");
@@ -1846,17 +1851,26 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let (answer, _) = offer_answer::answer(&offer, SocketAddr::new(peer_addr.ip(), 40_002), 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("answer");
         let mut answer = Sdp::parse(&answer);
         mediasec_sdp::e2ae::add(&mut answer, 0, &mediasec_sdp::E2aeIndication::Applied).expect("applied");
-        let answer = answer.to_string();
-        let to = value(&ok, &HeaderName::To).expect("To");
+        let body = format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}", answer.to_string().len());
+        let to = value(&offered, &HeaderName::To).expect("To");
+        let ack_body = if reliable {
+            let rack = format!("{} 1 INVITE", value(&offered, &HeaderName::RSeq).expect("RSeq"));
+            send(&peer, ue, &prack(peer_addr, ue, &to, &rack, "z9hG4bKpr1", 2).replace("Content-Length: 0\r\n\r\n", &body)).await;
+            let (ok, _) = until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+            assert!(value(&ok, &HeaderName::CSeq).is_some_and(|c| c.ends_with("PRACK")), "the PRACK is answered: {}", text(&ok));
+            until(&peer, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+            "Content-Length: 0\r\n\r\n".to_owned()
+        } else {
+            body
+        };
         send(&peer, ue, &format!(
             "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {peer_addr};branch=z9hG4bKack1\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
-            answer.len()
+From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\n{ack_body}"
         )).await;
         let report = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 let r = bob.report("rel-1").await.expect("r").expect("call");
-                if r.state != CallState::Setup {
+                if !matches!(r.state, CallState::Setup | CallState::Early) {
                     return r;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1866,6 +1880,18 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         .expect("the ACK is processed");
         assert_eq!((report.state.clone(), report.e2ae_applied), (CallState::Established, true), "{report:?}");
         assert!(report.protection.starts_with("srtp "), "{report:?}");
+    }
+
+    /// [`e2ae_callee_of_an_offerless_invite`]: offer in the 200, answer in the ACK.
+    #[tokio::test]
+    async fn uas_with_e2ae_requests_it_in_its_offer_in_the_200_to_an_offerless_invite() {
+        e2ae_callee_of_an_offerless_invite(false).await;
+    }
+
+    /// [`e2ae_callee_of_an_offerless_invite`]: offer in the reliable 183, answer in the PRACK.
+    #[tokio::test]
+    async fn uas_with_e2ae_requests_it_in_its_offer_in_the_reliable_183_to_an_offerless_invite() {
+        e2ae_callee_of_an_offerless_invite(true).await;
     }
 
     /// Alice, an `sdes` UE behind the scripted peer with SIP `timers`, places an offerless call
