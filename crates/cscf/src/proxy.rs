@@ -1124,11 +1124,8 @@ impl Proxy {
                         Some(Vec::new())
                     }
                     _ => {
-                        self.stats.agw_failures += 1;
                         tracing::warn!(%call_id, ng_call_id = %leg.ng_call_id, "IMS-ALG: the ACK brings no answer to the offer in the 2xx (RFC 3261 §13.2.2.4); passed on");
-                        self.alg_drop_new(&call_id, &leg, true);
-                        self.offering.remove(&call_id);
-                        self.set_ack(&exchange, Rewrite::Unsecured);
+                        self.exchange_unsecured(&leg, &exchange, true);
                         None
                     }
                 }
@@ -1163,11 +1160,8 @@ impl Proxy {
                 Vec::new()
             }
             _ => {
-                self.stats.agw_failures += 1;
                 tracing::warn!(%call_id, ng_call_id = %leg.ng_call_id, "IMS-ALG: the PRACK brings no answer to the offer in the reliable 18x (RFC 3262 §5); passed on");
-                self.alg_drop_new(&call_id, &leg, true);
-                self.offering.remove(&call_id);
-                self.set_ack(&exchange, Rewrite::Unsecured);
+                self.exchange_unsecured(&leg, &exchange, true);
                 self.route(key, request, now)
             }
         }
@@ -1177,6 +1171,43 @@ impl Proxy {
         if let Some((_, s)) = self.exchanges.get_mut(exchange).and_then(|x| x.ack.as_mut()) {
             *s = state;
         }
+    }
+
+    /// The AGW's reply to the answer that an ACK (to an offer in a 2xx, RFC 3261 §13.2.2.4) or
+    /// a PRACK (to an offer in a reliable 18x, RFC 3262 §5) carries in `message`; `carried_in`
+    /// names which, for the log. Taken: the AGW's SDP goes into `message` and its AGW call
+    /// becomes the dialog's ([`Self::alg_established`]). Not taken: the AGW took the offer but
+    /// not the answer, so the exchange goes on unsecured ([`Self::exchange_unsecured`], a new
+    /// AGW call deleted, the dialog's keeping its previous keys) and `message` minus any
+    /// `a=3ge2ae`. Either way the exchange is over; a retransmitted ACK gets the same SDP.
+    fn answer_in_request(&mut self, message: &mut Message, sdp: Result<Sdp, String>, leg: &AlgLeg, exchange: &ExchangeKey, carried_in: &str) {
+        let call_id = &exchange.0;
+        match sdp {
+            Ok(sdp) => {
+                let done = self.set_agw_sdp(message, sdp, leg.side, true, call_id);
+                self.alg_established(call_id, leg);
+                self.offering.remove(call_id);
+                self.set_ack(exchange, done);
+            }
+            Err(reason) => {
+                tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the answer in the {carried_in}; passed on unsecured");
+                self.exchange_unsecured(leg, exchange, true);
+                self.rewrite_again(message, &Rewrite::Unsecured);
+            }
+        }
+    }
+
+    /// An exchange with an offer in a 2xx or reliable 18x that goes on without the AGW (it
+    /// refused the offer or the answer, or the ACK/PRACK brought no answer): counted as an AGW
+    /// failure; the exchange's AGW call, when new, is forgotten (and deleted when the AGW took
+    /// the offer, `delete`), the dialog's keeping its keys; the exchange is over and its
+    /// ACK/PRACK passes unsecured.
+    fn exchange_unsecured(&mut self, leg: &AlgLeg, exchange: &ExchangeKey, delete: bool) {
+        let call_id = &exchange.0;
+        self.stats.agw_failures += 1;
+        self.alg_drop_new(call_id, leg, delete);
+        self.offering.remove(call_id);
+        self.set_ack(exchange, Rewrite::Unsecured);
     }
 
     /// A 2xx the IMS-ALG already rewrote (a retransmission, RFC 3261 §13.3.1.4): `Some(true)`
@@ -1191,17 +1222,19 @@ impl Proxy {
         Some(self.rewrite_again(message, &state))
     }
 
-    /// Sets what an exchange's first copy got; `false` when it still waits for the AGW.
     /// Puts the AGW's SDP for an offer or `answer` of an e2ae call into `message`, prepared for
-    /// its receiver ([`alg::for_receiver`]), and counts it as applied.
-    fn set_agw_sdp(&mut self, message: &mut Message, sdp: &mut Sdp, side: alg::Side, answer: bool, call_id: &str) {
-        alg::for_receiver(sdp, side, answer);
+    /// its receiver ([`alg::for_receiver`]), and counts it as applied; returns it as what the
+    /// exchange's retransmissions get ([`Rewrite::Done`]).
+    fn set_agw_sdp(&mut self, message: &mut Message, mut sdp: Sdp, side: alg::Side, answer: bool, call_id: &str) -> Rewrite {
+        alg::for_receiver(&mut sdp, side, answer);
         self.stats.e2ae_applied += 1;
-        if let Err(e) = mediasec_sip::body::set_sdp(message, sdp) {
+        if let Err(e) = mediasec_sip::body::set_sdp(message, &sdp) {
             tracing::warn!(%call_id, error = %e, answer, "IMS-ALG: the rewritten SDP could not be set");
         }
+        Rewrite::Done(Box::new(sdp))
     }
 
+    /// Sets what an exchange's first copy got; `false` when it still waits for the AGW.
     fn rewrite_again(&mut self, message: &mut Message, state: &Rewrite) -> bool {
         match state {
             Rewrite::Expected | Rewrite::Waiting => false,
@@ -1273,7 +1306,7 @@ impl Proxy {
             }
             Pending::Offer { key, request, leg, now: received } => {
                 let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                let mut sdp = match sdp {
+                let sdp = match sdp {
                     Ok(sdp) => sdp,
                     Err(reason) => {
                         self.stats.agw_failures += 1;
@@ -1293,7 +1326,7 @@ impl Proxy {
                     }
                 };
                 let mut message = Message::Request(request);
-                self.set_agw_sdp(&mut message, &mut sdp, leg.side, false, &call_id);
+                self.set_agw_sdp(&mut message, sdp, leg.side, false, &call_id);
                 let Message::Request(request) = message else { return Vec::new() };
                 let out = self.route(key.clone(), request, received.max(now));
                 if let Some(c) = self.contexts.get_mut(&key) {
@@ -1313,10 +1346,7 @@ impl Proxy {
                 }
                 let mut message = Message::Response(response);
                 let rewrite = match sdp {
-                    Ok(mut sdp) => {
-                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
-                        Rewrite::Done(Box::new(sdp))
-                    }
+                    Ok(sdp) => self.set_agw_sdp(&mut message, sdp, leg.side, true, &call_id),
                     Err(reason) => {
                         // Forwarded without any e2ae indication: the UE sees no "applied" and its
                         // own policy decides (an SDES UE refuses the plain answer as a downgrade).
@@ -1344,21 +1374,15 @@ impl Proxy {
                 let call_id = exchange.0.clone();
                 let mut message = Message::Response(response);
                 let rewrite = match sdp {
-                    Ok(mut sdp) => {
-                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, false, &call_id);
-                        Rewrite::Done(Box::new(sdp))
-                    }
+                    Ok(sdp) => self.set_agw_sdp(&mut message, sdp, leg.side, false, &call_id),
                     Err(reason) => {
                         // A proxy cannot refuse a 2xx (RFC 3261 §16.7): it goes on unsecured, and
                         // a receiver that cannot accept it answers in the ACK and sends BYE
                         // (§13.2.2.4). The AGW took nothing: a new call is forgotten, the
                         // dialog's keeps its keys.
-                        self.stats.agw_failures += 1;
                         tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the offer in the 2xx; passed on unsecured");
-                        self.alg_drop_new(&call_id, &leg, false);
-                        self.offering.remove(&call_id);
+                        self.exchange_unsecured(&leg, &exchange, false);
                         self.rewrite_again(&mut message, &Rewrite::Unsecured);
-                        self.set_ack(&exchange, Rewrite::Unsecured);
                         Rewrite::Unsecured
                     }
                 };
@@ -1369,49 +1393,13 @@ impl Proxy {
                 self.forward_response(server, &client, response)
             }
             Pending::AnswerInAck { ack, leg, exchange } => {
-                let call_id = exchange.0.clone();
                 let mut message = Message::Request(ack);
-                let rewrite = match sdp {
-                    Ok(mut sdp) => {
-                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
-                        self.alg_established(&call_id, &leg);
-                        Rewrite::Done(Box::new(sdp))
-                    }
-                    Err(reason) => {
-                        // The AGW took the offer but not the answer: a new call is deleted, the
-                        // dialog's keeps its previous keys; the answer goes on unsecured.
-                        self.stats.agw_failures += 1;
-                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the answer in the ACK; passed on unsecured");
-                        self.alg_drop_new(&call_id, &leg, true);
-                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
-                        Rewrite::Unsecured
-                    }
-                };
-                self.offering.remove(&call_id);
-                self.set_ack(&exchange, rewrite);
+                self.answer_in_request(&mut message, sdp, &leg, &exchange, "ACK");
                 self.forward_stateless(message, now)
             }
             Pending::AnswerInPrack { key, prack, leg, exchange, now: received } => {
-                let call_id = exchange.0.clone();
                 let mut message = Message::Request(prack);
-                let rewrite = match sdp {
-                    Ok(mut sdp) => {
-                        self.set_agw_sdp(&mut message, &mut sdp, leg.side, true, &call_id);
-                        self.alg_established(&call_id, &leg);
-                        Rewrite::Done(Box::new(sdp))
-                    }
-                    Err(reason) => {
-                        // As for an ACK's answer: the PRACK goes on unsecured, a new AGW call
-                        // is deleted, the dialog's (if any) keeps its previous keys.
-                        self.stats.agw_failures += 1;
-                        tracing::warn!(%call_id, %reason, "IMS-ALG: the AGW did not take the answer in the PRACK; passed on unsecured");
-                        self.alg_drop_new(&call_id, &leg, true);
-                        self.rewrite_again(&mut message, &Rewrite::Unsecured);
-                        Rewrite::Unsecured
-                    }
-                };
-                self.offering.remove(&call_id);
-                self.set_ack(&exchange, rewrite);
+                self.answer_in_request(&mut message, sdp, &leg, &exchange, "PRACK");
                 let Message::Request(prack) = message else { return Vec::new() };
                 self.route(key, prack, received.max(now))
             }

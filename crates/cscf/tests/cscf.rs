@@ -919,11 +919,57 @@ mod e2ae {
     async fn ends_on_the_replacing_agw_call(agw: &Agw, lab: &TwoDomains, alice: &Ue, id: &str) {
         assert_eq!(agw.call_count(), 1, "the first AGW call was deleted");
         assert_eq!(query(agw.ng_addr(), format!("{id};orig")).await.get("result").and_then(Value::as_str), Some("error"));
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
-        alice.hangup(id).await.expect("BYE");
+        applied_without_failure(lab, 6, "offer, answer, two re-offers and their answers");
+        bye_deletes_the_agw_call(agw, lab, alice, id).await;
+    }
+
+    /// `ue` ends call `id`: its BYE deletes the AGW call, none is left.
+    async fn bye_deletes_the_agw_call(agw: &Agw, lab: &TwoDomains, ue: &Ue, id: &str) {
+        ue.hangup(id).await.expect("BYE");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call: {:?}", lab.pcscf_a.stats());
+    }
+
+    /// P-CSCF a put `applied` offers and answers through the AGW (`what` they were) and no ng
+    /// command failed.
+    fn applied_without_failure(lab: &TwoDomains, applied: u64, what: &str) {
+        let stats = lab.pcscf_a.stats();
+        assert_eq!((stats.e2ae_applied, stats.agw_failures), (applied, 0), "{what}: {stats:?}");
+    }
+
+    /// Every SDP body that crossed the core (logged by [`core_relay`]) was plain `RTP/AVP`,
+    /// without `a=crypto` or `a=3ge2ae`.
+    fn core_saw_plain_rtp(seen: &Mutex<Vec<String>>) {
+        for sdp in seen.lock().expect("log").iter() {
+            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
+        }
+    }
+
+    /// The local ports of both legs of an AGW call ([`query`]).
+    fn ports(q: &Value<'static>) -> (i64, i64) {
+        (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]))
+    }
+
+    /// Both UEs' reports of a call that bob's offer from the core in a response (delayed
+    /// offer) established: alice on SRTP with the AGW's key and `applied`, bob on plain RTP.
+    async fn established_srtp_to_plain(alice: &Ue, bob: &Ue, id: &str) -> (CallReport, CallReport) {
+        let (a, b) = (alice.report(id).await.expect("r").expect("call"), only_call(bob).await);
+        assert_eq!((a.state.clone(), a.protection.as_str(), a.e2ae_applied), (CallState::Established, "srtp AEAD_AES_256_GCM", true), "{a:?}");
+        assert_eq!((b.state.clone(), b.protection.as_str(), b.e2ae_applied), (CallState::Established, "rtp", false), "{b:?}");
+        (a, b)
+    }
+
+    /// The AGW call (`<id>;d;0`) of bob's offer from the core in a response: the offerer's leg
+    /// A (the core) plain, leg B (alice) SRTP, at least `packets` RTP packets received and sent
+    /// on each, no SRTP authentication failure.
+    async fn delayed_offer_agw_call(agw: &Agw, id: &str, packets: i64) {
+        let q = query(agw.ng_addr(), format!("{id};d;0")).await;
+        assert_eq!(leg(&q, "A").get("protection").and_then(Value::as_str), Some("plain"), "the core (bob) offered: {q:?}");
+        assert_eq!(leg(&q, "B").get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
+        for side in ["A", "B"] {
+            assert!(int(leg(&q, side), &["received", "RTP", "packets"]) >= packets && int(leg(&q, side), &["sent", "RTP", "packets"]) >= packets, "{q:?}");
+        }
+        assert_eq!(int(leg(&q, "B"), &["drops", "auth_failed"]), 0, "{q:?}");
     }
 
     async fn e2ae_lab() -> E2aeLab {
@@ -971,9 +1017,7 @@ mod e2ae {
         for r in [&ra, &rb] {
             assert!(r.media.verified >= 20 && r.media.refused == 0, "{r:?}");
         }
-        for sdp in seen.lock().expect("log").iter() {
-            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
-        }
+        core_saw_plain_rtp(&seen);
         assert_eq!(lab.pcscf_a.stats().e2ae_applied, 2, "offer and answer through the AGW: {:?}", lab.pcscf_a.stats());
 
         let q = query(agw.ng_addr(), format!("{id};orig")).await;
@@ -1001,9 +1045,7 @@ mod e2ae {
         let core_sent = int(leg(&q, "B"), &["sent", "RTP", "packets"]) - before_core_sent;
         assert_eq!(bob_after.accepted - bob_before.accepted, bob_after.verified - bob_before.verified, "only alice's tone reached bob");
         assert!(core_sent <= int(leg(&q, "A"), &["received", "RTP", "packets"]) - 10, "{q:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call: {:?}", lab.pcscf_a.stats());
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1049,11 +1091,8 @@ mod e2ae {
         assert!(b2.own_key != rb.own_key && b2.peer_key != rb.peer_key && b2.peer_key.is_some(), "new keys in the core: {rb:?} -> {b2:?}");
         assert!(a2.media.verified >= a1.media.verified + 25 && b2.media.verified >= b1.media.verified + 25, "{a1:?} {a2:?} {b1:?} {b2:?}");
         assert_eq!(agw.call_count(), 1, "bob's re-offer replaced the first AGW call");
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (6, 0), "{stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        applied_without_failure(&lab, 6, "offer, answer, two re-offers and their answers");
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1063,7 +1102,7 @@ mod e2ae {
     /// also after bob's re-INVITE (re-offered by the AGW to alice with new keys).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn terminating_e2ae_call() {
-        let E2aeLab { agw, lab: _lab, seen, task, alice, bob } = e2ae_lab().await;
+        let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab().await;
         let id = call(&bob, "sip:alice@a.example").await.expect("established");
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let (rb, ra) = (bob.report(&id).await.expect("r").expect("call"), only_call(&alice).await);
@@ -1084,9 +1123,7 @@ mod e2ae {
         assert!(ra2.peer_key != ra.peer_key && ra2.own_key != ra.own_key && ra2.e2ae_applied, "new keys on the access leg: {ra:?} -> {ra2:?}");
         assert!(ra2.media.verified >= ra.media.verified + 25 && rb2.media.verified >= rb.media.verified + 25, "{ra2:?} {rb2:?}");
         assert!(ra2.media.refused <= REKEY_RACE && rb2.media.refused == 0, "{ra2:?} {rb2:?}");
-        bob.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        bye_deletes_the_agw_call(&agw, &lab, &bob, &id).await;
         task.abort();
     }
 
@@ -1102,7 +1139,6 @@ mod e2ae {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let before = alice.report(&id).await.expect("r").expect("call");
         let q = query(agw.ng_addr(), format!("{id};orig")).await;
-        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
 
         tokio::time::timeout(Duration::from_secs(5), alice.reinvite(&id)).await.expect("in time").expect("re-INVITE through the AGW");
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -1139,9 +1175,7 @@ mod e2ae {
         // The AGW switches to its new key when it answers the re-offer, alice when the answer
         // reaches her: what arrives in between is refused (1 packet measured here).
         assert!(a2.media.refused <= REKEY_RACE && a2.media.accepted_by_previous_key == 0, "{a2:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1157,7 +1191,6 @@ mod e2ae {
         tokio::time::sleep(Duration::from_millis(800)).await;
         let before = alice.report(&id).await.expect("r").expect("call");
         let q = query(agw.ng_addr(), format!("{id};orig")).await;
-        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
 
         tokio::time::timeout(Duration::from_secs(5), alice.update(&id)).await.expect("in time").expect("UPDATE through the AGW");
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1214,7 +1247,6 @@ mod e2ae {
         let before = alice.report(&id).await.expect("r").expect("call");
         assert!(before.media.verified >= 15, "early media verified: {before:?}");
         let q = query(agw.ng_addr(), format!("{id};orig")).await;
-        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
 
         tokio::time::timeout(Duration::from_secs(5), alice.update(&id)).await.expect("in time").expect("UPDATE in the early dialog through the AGW");
         tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1239,14 +1271,9 @@ mod e2ae {
         let q2 = query(agw.ng_addr(), format!("{id};orig")).await;
         relayed_25_more(&q1, &q2);
         assert_eq!(int(leg(&q2, "A"), &["drops", "auth_failed"]), 0, "{q2:?}");
-        for sdp in seen.lock().expect("log").iter() {
-            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
-        }
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (4, 0), "offer, 183 answer, UPDATE offer and answer: {stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        core_saw_plain_rtp(&seen);
+        applied_without_failure(&lab, 4, "offer, 183 answer, UPDATE offer and answer");
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1263,27 +1290,14 @@ mod e2ae {
         let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_answering(false, Security::Off, Some(answering)).await;
         let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer("sip:bob@b.example")).await.expect("in time").expect("established");
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
-        assert_eq!((a.state.clone(), a.protection.as_str(), a.e2ae_applied), (CallState::Established, "srtp AEAD_AES_256_GCM", true), "{a:?}");
-        assert_eq!((b.state.clone(), b.protection.as_str(), b.e2ae_applied), (CallState::Established, "rtp", false), "{b:?}");
+        let (a, b) = established_srtp_to_plain(&alice, &bob, &id).await;
         for r in [&a, &b] {
             assert!(r.early_verified >= 10 && r.media.verified >= r.early_verified + 25 && r.media.refused == 0, "early media, then more: {r:?}");
         }
-        for sdp in seen.lock().expect("log").iter() {
-            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
-        }
-        let q = query(agw.ng_addr(), format!("{id};d;0")).await;
-        assert_eq!(leg(&q, "A").get("protection").and_then(Value::as_str), Some("plain"), "the core (bob) offered: {q:?}");
-        assert_eq!(leg(&q, "B").get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
-        for side in ["A", "B"] {
-            assert!(int(leg(&q, side), &["received", "RTP", "packets"]) >= 40 && int(leg(&q, side), &["sent", "RTP", "packets"]) >= 40, "{q:?}");
-        }
-        assert_eq!(int(leg(&q, "B"), &["drops", "auth_failed"]), 0, "{q:?}");
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures), (2, 0), "offer in the 183, answer in the PRACK: {stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        core_saw_plain_rtp(&seen);
+        delayed_offer_agw_call(&agw, &id, 40).await;
+        applied_without_failure(&lab, 2, "offer in the 183, answer in the PRACK");
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1300,27 +1314,15 @@ mod e2ae {
         let E2aeLab { agw, lab, seen, task, alice, bob } = e2ae_lab_answering(false, Security::Off, Some(answering)).await;
         let id = tokio::time::timeout(Duration::from_secs(5), alice.call_without_offer("sip:bob@b.example")).await.expect("in time").expect("established");
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
-        assert_eq!((a.state.clone(), a.protection.as_str(), a.e2ae_applied), (CallState::Established, "srtp AEAD_AES_256_GCM", true), "{a:?}");
-        assert_eq!((b.state.clone(), b.protection.as_str(), b.e2ae_applied), (CallState::Established, "rtp", false), "{b:?}");
+        let (a, b) = established_srtp_to_plain(&alice, &bob, &id).await;
         for r in [&a, &b] {
             assert!(r.early_verified == 0 && r.media.verified >= 30 && r.media.refused == 0, "media from the ACK on: {r:?}");
         }
-        for sdp in seen.lock().expect("log").iter() {
-            assert!(!sdp.contains("a=crypto") && !sdp.contains("3ge2ae") && sdp.contains("RTP/AVP"), "core SDP: {sdp}");
-        }
-        let q = query(agw.ng_addr(), format!("{id};d;0")).await;
-        assert_eq!(leg(&q, "A").get("protection").and_then(Value::as_str), Some("plain"), "the core (bob) offered: {q:?}");
-        assert_eq!(leg(&q, "B").get("protection").and_then(Value::as_str), Some("srtp"), "{q:?}");
-        for side in ["A", "B"] {
-            assert!(int(leg(&q, side), &["received", "RTP", "packets"]) >= 30 && int(leg(&q, side), &["sent", "RTP", "packets"]) >= 30, "{q:?}");
-        }
-        assert_eq!(int(leg(&q, "B"), &["drops", "auth_failed"]), 0, "{q:?}");
-        let stats = lab.pcscf_a.stats();
-        assert_eq!((stats.e2ae_applied, stats.agw_failures, stats.sdes_refused), (2, 0, 0), "offer in the 200, answer in the ACK: {stats:?}");
-        alice.hangup(&id).await.expect("BYE");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(agw.call_count(), 0, "BYE deleted the AGW call");
+        core_saw_plain_rtp(&seen);
+        delayed_offer_agw_call(&agw, &id, 30).await;
+        applied_without_failure(&lab, 2, "offer in the 200, answer in the ACK");
+        assert_eq!(lab.pcscf_a.stats().sdes_refused, 0, "{:?}", lab.pcscf_a.stats());
+        bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
 
@@ -1338,7 +1340,6 @@ mod e2ae {
         tokio::time::sleep(Duration::from_millis(800)).await;
         let before = alice.report(&id).await.expect("r").expect("call");
         let q = query(agw.ng_addr(), format!("{id};orig")).await;
-        let ports = |q: &Value<'static>| (int(leg(q, "A"), &["local port"]), int(leg(q, "B"), &["local port"]));
 
         tokio::time::timeout(Duration::from_secs(5), bob.reinvite_without_offer(&id)).await.expect("in time").expect("bob's offerless re-INVITE");
         tokio::time::sleep(Duration::from_millis(800)).await;
