@@ -1477,7 +1477,19 @@ fn finish_if_done(context: &mut Context) -> Vec<Command> {
         return Vec::new();
     }
     match context.best.take() {
-        Some(response) => vec![Command::Respond { key: context.server.clone(), response }],
+        Some(mut response) => {
+            // §16.7 step 6: a 503 from downstream says that hop is unavailable, not this proxy;
+            // forwarded as it is, the client would take this proxy for overloaded. It goes
+            // upstream as 500 (its other headers, `Retry-After` among them, kept).
+            if response.status.code() == 503
+                && let Some(status) = StatusCode::new(500)
+            {
+                tracing::info!("a 503 from downstream goes upstream as 500 (RFC 3261 §16.7 step 6)");
+                response.status = status;
+                response.reason = Bytes::from_static(b"Server Internal Error");
+            }
+            vec![Command::Respond { key: context.server.clone(), response }]
+        }
         None => Vec::new(),
     }
 }
@@ -2714,6 +2726,28 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{plain}",
         let out = pcscf.handle(Event::Request { key, request: Box::new(update), source }, Instant::now());
         assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
         assert_eq!(pcscf.stats.sdes_refused, 2);
+    }
+
+    /// RFC 3261 §16.7 step 6: a 503 from the only branch (say, the next hop's endpoint
+    /// refusing for overload) goes upstream as 500 with its `Retry-After`, so the client does
+    /// not take this proxy for unavailable; any other final response goes up as it came.
+    #[test]
+    fn a_503_from_downstream_goes_upstream_as_500() {
+        let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
+            panic!("the seed parses")
+        };
+        let [_, mut scscf] = proxies();
+        let now = Instant::now();
+        let out = scscf.handle(Event::Request { key: TransactionKey::from_request(&invite).expect("key"), request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, now);
+        let Some(Command::Request { request, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("forwarded") };
+        let unavailable = ResponseBuilder::to_request(&request, StatusCode::new(503).expect("503"), "Service Unavailable")
+            .and_then(|b| b.header(HeaderName::RetryAfter, "2"))
+            .expect("503")
+            .build();
+        let up = scscf.handle(Event::Response { key: TransactionKey::from_sent_request(&request).expect("client key"), response: Box::new(unavailable) }, now);
+        let Some(Command::Respond { response, .. }) = up.iter().find(|c| matches!(c, Command::Respond { .. })) else { panic!("a final response upstream: {up:?}") };
+        assert_eq!((response.status.code(), response.reason.as_ref()), (500, b"Server Internal Error".as_slice()));
+        assert_eq!(response.headers.value(&HeaderName::RetryAfter).as_deref(), Some(b"2".as_slice()));
     }
 
     /// Contexts are dropped once their final response is [`LINGER`] old (memory stays bounded).
