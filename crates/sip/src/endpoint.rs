@@ -18,7 +18,7 @@
 //! and at most [`Config::tcp_queue_messages`] messages wait to be written on one connection: a
 //! connection whose peer does not take more is failed (§18.4), so its client transactions get
 //! the transport error. At most [`Config::max_tcp_connections_per_peer`] of the connections
-//! are with one remote IP address (beyond, the same as at the overall cap). Reads are bounded
+//! are with one remote host, an IPv4 address or an IPv6 /64 (beyond, the same as at the overall cap). Reads are bounded
 //! too: a connection with [`Config::tcp_read_messages`] messages read and not yet handled by
 //! the endpoint task stops reading its socket until one is (TCP flow control then holds the
 //! peer back), and a stream that cannot be framed within [`crate::stream::FrameLimits`] is
@@ -47,7 +47,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,7 +205,8 @@ pub struct Config {
     /// least 1). A message beyond fails the connection: its client transactions get a transport
     /// error (§18.4, §17.1.4) instead of the endpoint buffering without bound.
     pub tcp_queue_messages: usize,
-    /// The most TCP connections open at once with one remote IP address, accepted and opened
+    /// The most TCP connections open at once with one remote host (an IPv4 address or an IPv6
+    /// /64, see `peer_host`), accepted and opened
     /// together (default [`Config::MAX_TCP_CONNECTIONS_PER_PEER`]): one host must not take the
     /// whole of [`Config::max_tcp_connections`] and lock every other peer out. Beyond it a
     /// newly accepted connection is closed at once, and a send that needs a new connection
@@ -263,7 +264,7 @@ pub struct TcpStats {
     /// Incoming connections closed at once: the endpoint held its maximum of connections.
     pub accepts_refused: u64,
     /// Incoming connections closed at once: the endpoint held its maximum of connections with
-    /// that remote IP address ([`Config::max_tcp_connections_per_peer`]).
+    /// that remote host ([`Config::max_tcp_connections_per_peer`]).
     pub accepts_refused_per_peer: u64,
     /// Outgoing connections not opened: the overall or the per-peer maximum was reached.
     pub connects_refused: u64,
@@ -531,7 +532,8 @@ impl Driver {
         if self.connections.len() >= self.max_tcp_connections {
             return Some(Cap::Total);
         }
-        let with_peer = self.connections.values().filter(|c| c.peer().ip() == peer.ip()).count();
+        let host = peer_host(peer.ip());
+        let with_peer = self.connections.values().filter(|c| peer_host(c.peer().ip()) == host).count();
         (with_peer >= self.max_tcp_connections_per_peer).then_some(Cap::PerPeer)
     }
 
@@ -971,6 +973,20 @@ enum Cap {
     PerPeer,
 }
 
+/// What counts as one remote host for [`Config::max_tcp_connections_per_peer`]: an IPv4
+/// address (an IPv4-mapped IPv6 one as that address), or an IPv6 /64 — the prefix one
+/// subscriber line or host is given (RFC 6177, RFC 7421 §1), inside which a host can pick
+/// new addresses at will (RFC 8981), so per-address counting would not bound it.
+fn peer_host(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// The route of a request to `to` by its size (RFC 3261 §18.1.1): over TCP, with its top
 /// `Via` saying so, when it is larger than [`UDP_MAX_REQUEST`]; else over UDP.
 fn request_route(request: &mut Request, to: SocketAddr) -> Route {
@@ -1149,6 +1165,16 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
 
     /// §18.2.2: a response whose TCP connection has gone goes to the source IP and the Via
     /// sent-by port.
+    #[test]
+    fn one_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let host = |s: &str| peer_host(s.parse().expect("ip"));
+        assert_eq!(host("192.0.2.7"), host("::ffff:192.0.2.7"));
+        assert_ne!(host("192.0.2.7"), host("192.0.2.8"));
+        assert_eq!(host("2001:db8:1:2:aaaa::1"), host("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(host("2001:db8:1:2::9"), "2001:db8:1:2::".parse::<IpAddr>().expect("ip"));
+        assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
+    }
+
     #[test]
     fn reconnect_uses_source_ip_and_sent_by_port() {
         let source = SocketAddr::from(([127, 0, 0, 2], 40_001));
