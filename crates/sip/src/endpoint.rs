@@ -36,11 +36,12 @@
 //!
 //! The TU's queue of [`Event`]s is bounded too ([`Config::tu_queue_events`]): a TU that falls
 //! behind (a flood of requests, a slow KMS) must not grow the endpoint's memory without
-//! bound. When no more than a quarter of the queue is free, a request that would start a new
-//! server transaction is answered by the endpoint itself with `503 Service Unavailable` and a
-//! `Retry-After` (RFC 3261 §21.5.4, §20.33) through that transaction, which also absorbs its
-//! retransmissions, and never reaches the TU. Everything that belongs to a transaction or
-//! dialog already known to the TU (responses, ACKs, timeouts) keeps the reserved quarter and,
+//! bound. When no more than a quarter of the queue is free, a request outside any dialog
+//! (no `To` tag) other than CANCEL is answered by the endpoint itself with `503 Service
+//! Unavailable` and a `Retry-After` (RFC 3261 §21.5.4, §20.33) through its new server
+//! transaction, which also absorbs its retransmissions, and never reaches the TU. Everything
+//! that belongs to a transaction or dialog the TU already knows (responses, ACKs, timeouts,
+//! CANCELs, in-dialog requests such as BYE) keeps the reserved quarter and,
 //! when even that is full, waits for room: nothing of a call in progress is dropped. Only
 //! reports that lose nothing when dropped ([`Event::Stray`], [`Event::Malformed`]) are dropped
 //! when the queue is full. [`Endpoint::overload_stats`] counts both.
@@ -628,6 +629,9 @@ impl Driver {
         {
             self.prack_received(&r.headers);
         }
+        // Only a request that starts something new may be refused for overload: a CANCEL or an
+        // in-dialog request (BYE, re-INVITE, PRACK, …: a To tag) belongs to what the TU knows.
+        let refusable = matches!(&message, Message::Request(r) if r.method != Method::Cancel && crate::dialog::DialogId::of_received_request(r).is_none());
         let route = match conn {
             None => Route::Udp(source),
             Some(conn) => Route::Tcp { conn: Some(conn), to: reconnect_address(message.headers(), source) },
@@ -635,7 +639,7 @@ impl Driver {
         match self.layer.receive(message, route.reliability()) {
             Dispatch::Created { key, outputs } => {
                 self.destinations.insert(key.clone(), route);
-                if self.overloaded() {
+                if refusable && self.overloaded() {
                     self.refuse_for_overload(&key, outputs).await;
                 } else {
                     self.perform(&key, outputs, Some(source)).await;

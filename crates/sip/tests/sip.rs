@@ -585,10 +585,11 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
     /// A TU that falls behind (RFC 3261 §21.5.4): with a queue of 4 events that the TU does not
     /// read, three new requests are queued and the fourth and later ones are answered 503 with
     /// `Retry-After` by the endpoint; a retransmission of a refused request gets the 503 again
-    /// from its transaction, not the TU; the response to the endpoint's own client transaction
-    /// still takes the reserved room; a stray response with the queue full is dropped and
-    /// counted. Draining the queue yields exactly the three requests and the response, and a
-    /// new request is then delivered again.
+    /// from its transaction, not the TU; an in-dialog BYE still takes the reserved room, and
+    /// the response to the endpoint's own client transaction waits for room rather than being
+    /// lost; a stray response with the queue full is dropped and counted. Draining the queue
+    /// yields exactly the three requests, the BYE and the response, and a new request is then
+    /// delivered again.
     #[tokio::test]
     async fn a_tu_that_falls_behind_gets_503_for_new_requests_and_keeps_every_response() {
         let config = Config { tu_queue_events: 4, ..Config::from(timers()) };
@@ -628,24 +629,38 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let Message::Response(again) = receive(&peer, false).await else { panic!("a response") };
         assert_eq!(again.status.code(), 503);
 
-        // Datagrams from one socket are handled in order: the response fills the queue, the
-        // stray after it finds it full.
+        // Datagrams from one socket are handled in order. An in-dialog request (a BYE: To tag)
+        // belongs to a call the TU knows and takes the last free place; the response to B's own
+        // transaction then waits for room, and so does everything after it.
+        let bye = sized_request("BYE", "z9hG4bKbye", peer.addr(), 0);
+        let bye = Message::Request(bye).to_bytes();
+        let bye = String::from_utf8_lossy(&bye).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(bye.as_bytes(), b.local_addr()).await.expect("send");
         peer.udp.send_to(response_text(&ours, 200).as_bytes(), b.local_addr()).await.expect("send");
         let stray = sized_request("MESSAGE", "z9hG4bKnobody", b.local_addr(), 0);
         peer.udp.send_to(response_text(&stray, 200).as_bytes(), b.local_addr()).await.expect("send");
-        let expected = OverloadStats { requests_refused: 3, events_dropped: 1 };
-        for _ in 0..100 {
-            if b.overload_stats() == expected {
-                break;
+        let settled = async |expected: OverloadStats| {
+            for _ in 0..100 {
+                if b.overload_stats() == expected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(b.overload_stats(), expected);
-
-        for i in 0..3 {
+            assert_eq!(b.overload_stats(), expected);
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        settled(OverloadStats { requests_refused: 3, events_dropped: 0 }).await;
+        // Taking one event makes room for the waiting response; the stray then finds the
+        // queue full and is dropped.
+        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("request 0") };
+        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKflood0".as_slice()));
+        settled(OverloadStats { requests_refused: 3, events_dropped: 1 }).await;
+        for i in 1..3 {
             let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("request {i}") };
             assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(format!("z9hG4bKflood{i}").as_bytes()));
         }
+        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("the BYE") };
+        assert_eq!(request.method, Method::Bye);
         let Event::Response { response, .. } = next(&mut b_rx).await else { panic!("our response") };
         assert_eq!(response.status.code(), 200);
         assert!(tokio::time::timeout(Duration::from_millis(200), b_rx.recv()).await.is_err(), "nothing else was queued");
