@@ -223,6 +223,12 @@ pub struct Config {
     /// least 1). With three quarters of them waiting, new requests are refused with 503 (see
     /// the module documentation).
     pub tu_queue_events: usize,
+    /// The most transactions (client and server) the endpoint holds at once (default
+    /// [`Config::MAX_TRANSACTIONS`]). A completed transaction is kept for up to 64·T1 to
+    /// absorb retransmissions (§17.2.2 Timer J: 32 s over UDP), so a high request rate holds
+    /// many; beyond this bound a new request outside any dialog (not CANCEL) is answered 503
+    /// statelessly, without a transaction, instead of memory growing with the offered rate.
+    pub max_transactions: usize,
 }
 
 impl Config {
@@ -236,6 +242,9 @@ impl Config {
     pub const TCP_READ_MESSAGES: usize = 32;
     /// Default [`Config::tu_queue_events`].
     pub const TU_QUEUE_EVENTS: usize = 1024;
+    /// Default [`Config::max_transactions`]: about 1 GiB at the ≈ 4 KiB a transaction was
+    /// measured to hold (BENCHMARKS.md, SIP proxy under load).
+    pub const MAX_TRANSACTIONS: usize = 262_144;
 }
 
 impl From<Timers> for Config {
@@ -248,6 +257,7 @@ impl From<Timers> for Config {
             max_tcp_connections_per_peer: Self::MAX_TCP_CONNECTIONS_PER_PEER,
             tcp_read_messages: Self::TCP_READ_MESSAGES,
             tu_queue_events: Self::TU_QUEUE_EVENTS,
+            max_transactions: Self::MAX_TRANSACTIONS,
         }
     }
 }
@@ -302,6 +312,8 @@ pub struct OverloadStats {
     pub requests_refused: u64,
     /// [`Event::Stray`] and [`Event::Malformed`] reports dropped: the TU's queue was full.
     pub events_dropped: u64,
+    /// Requests answered 503 statelessly: the endpoint held [`Config::max_transactions`].
+    pub transactions_full: u64,
 }
 
 /// The atomics behind [`OverloadStats`], shared by the endpoint task and its handles.
@@ -309,6 +321,7 @@ pub struct OverloadStats {
 struct OverloadCounters {
     requests_refused: AtomicU64,
     events_dropped: AtomicU64,
+    transactions_full: AtomicU64,
 }
 
 /// A running endpoint. Cloning shares it; the task stops when the last clone is dropped.
@@ -339,7 +352,7 @@ impl Endpoint {
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
     /// taken (on every attempt, with port 0).
     pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, Events), Error> {
-        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events } = config;
+        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events, max_transactions } = config;
         let mut attempt = 1;
         let (socket, local, listener) = loop {
             let socket = UdpSocket::bind(addr).await?;
@@ -382,6 +395,7 @@ impl Endpoint {
             max_tcp_connections_per_peer,
             events,
             overload: Arc::clone(&overload),
+            max_transactions,
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
         Ok((Self { local, commands, counters, overload, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
@@ -390,7 +404,11 @@ impl Endpoint {
     /// How often the bound on the TU's queue has acted so far.
     pub fn overload_stats(&self) -> OverloadStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        OverloadStats { requests_refused: load(&self.overload.requests_refused), events_dropped: load(&self.overload.events_dropped) }
+        OverloadStats {
+            requests_refused: load(&self.overload.requests_refused),
+            events_dropped: load(&self.overload.events_dropped),
+            transactions_full: load(&self.overload.transactions_full),
+        }
     }
 
     /// How often the TCP bounds have acted so far.
@@ -490,6 +508,7 @@ struct Driver {
     max_tcp_connections_per_peer: usize,
     events: mpsc::Sender<Event>,
     overload: Arc<OverloadCounters>,
+    max_transactions: usize,
 }
 
 impl Driver {
@@ -639,8 +658,9 @@ impl Driver {
         match self.layer.receive(message, route.reliability()) {
             Dispatch::Created { key, outputs } => {
                 self.destinations.insert(key.clone(), route);
-                if refusable && self.overloaded() {
-                    self.refuse_for_overload(&key, outputs).await;
+                let full = self.transactions_full();
+                if refusable && (full || self.overloaded()) {
+                    self.refuse_for_overload(&key, outputs, full).await;
                 } else {
                     self.perform(&key, outputs, Some(source)).await;
                 }
@@ -748,15 +768,7 @@ impl Driver {
                     }
                 }
                 Output::ToTu(event) => self.deliver(key, *event, source).await,
-                Output::Terminated(_) => {
-                    self.destinations.remove(key);
-                    self.by_size.remove(key);
-                    for timer in Timer::ALL {
-                        if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
-                            self.pending.remove(&id);
-                        }
-                    }
-                }
+                Output::Terminated(_) => self.forget(key),
                 _ => tracing::warn!("unknown transaction output ignored"),
             }
         }
@@ -774,15 +786,34 @@ impl Driver {
         self.emit(event).await;
     }
 
+    /// Drops what the driver keeps for transaction `key` (its route, its timers).
+    fn forget(&mut self, key: &TransactionKey) {
+        self.destinations.remove(key);
+        self.by_size.remove(key);
+        for timer in Timer::ALL {
+            if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
+                self.pending.remove(&id);
+            }
+        }
+    }
+
+    /// Whether the transaction layer holds more than [`Config::max_transactions`].
+    fn transactions_full(&self) -> bool {
+        let (client, server) = self.layer.len();
+        client + server > self.max_transactions
+    }
+
     /// Whether no more than a quarter of the TU's queue is free: new requests are refused.
     fn overloaded(&self) -> bool {
         self.events.capacity() <= self.events.max_capacity() / 4
     }
 
     /// Answers the request that created server transaction `key` with 503 and `Retry-After`
-    /// (RFC 3261 §21.5.4) instead of handing it to the TU; the transaction's other outputs
-    /// (its timers) are performed, so it absorbs the request's retransmissions.
-    async fn refuse_for_overload(&mut self, key: &TransactionKey, outputs: Vec<Output>) {
+    /// (RFC 3261 §21.5.4) instead of handing it to the TU. When the TU is behind, through the
+    /// transaction: its other outputs (its timers) are performed, so it absorbs the request's
+    /// retransmissions. At [`Config::max_transactions`], statelessly: the transaction is
+    /// abandoned at once and holds no memory, and a retransmission is refused again.
+    async fn refuse_for_overload(&mut self, key: &TransactionKey, outputs: Vec<Output>, stateless: bool) {
         let mut request = None;
         let mut rest = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -794,18 +825,35 @@ impl Driver {
                 other => rest.push(other),
             }
         }
-        self.perform(key, rest, None).await;
-        let Some(request) = request else { return };
-        self.overload.requests_refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(method = %request.method, queue = self.events.max_capacity(), "SIP request refused with 503: the TU's event queue is three quarters full");
-        let Some(status) = StatusCode::new(503) else { return };
-        let Ok(builder) = ResponseBuilder::to_request(&request, status, "Service Unavailable".to_owned()) else {
-            // Not even the headers a response needs (§8.2.6.2): nothing can be sent.
+        let route = self.destinations.get(key).copied();
+        let response = request.as_ref().and_then(|request| {
+            let status = StatusCode::new(503)?;
+            // Without the headers a response needs (§8.2.6.2) nothing can be sent.
+            let builder = ResponseBuilder::to_request(request, status, "Service Unavailable".to_owned()).ok()?;
+            Some(builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()).ok()?.build())
+        });
+        if let Some(request) = &request {
+            if stateless {
+                self.overload.transactions_full.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(method = %request.method, max = self.max_transactions, "SIP request refused with 503: the transaction table is full");
+            } else {
+                self.overload.requests_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(method = %request.method, queue = self.events.max_capacity(), "SIP request refused with 503: the TU's event queue is three quarters full");
+            }
+        }
+        if stateless {
+            self.layer.abandon(key);
+            self.forget(key);
+            if let (Some(route), Some(response)) = (route, response) {
+                self.transmit(route, &Message::Response(response)).await;
+            }
             return;
-        };
-        let Ok(builder) = builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()) else { return };
-        let outputs = self.layer.send_response(key, builder.build());
-        self.perform(key, outputs, None).await;
+        }
+        self.perform(key, rest, None).await;
+        if let Some(response) = response {
+            let outputs = self.layer.send_response(key, response);
+            self.perform(key, outputs, None).await;
+        }
     }
 
     fn arm(&mut self, at: Instant, transaction: Option<(TransactionKey, Timer)>) -> u64 {

@@ -649,12 +649,12 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
             assert_eq!(b.overload_stats(), expected);
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
-        settled(OverloadStats { requests_refused: 3, events_dropped: 0 }).await;
+        settled(OverloadStats { requests_refused: 3, ..OverloadStats::default() }).await;
         // Taking one event makes room for the waiting response; the stray then finds the
         // queue full and is dropped.
         let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("request 0") };
         assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKflood0".as_slice()));
-        settled(OverloadStats { requests_refused: 3, events_dropped: 1 }).await;
+        settled(OverloadStats { requests_refused: 3, events_dropped: 1, ..OverloadStats::default() }).await;
         for i in 1..3 {
             let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("request {i}") };
             assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(format!("z9hG4bKflood{i}").as_bytes()));
@@ -670,6 +670,49 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("delivered again") };
         assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKafter".as_slice()));
         assert_eq!(b.overload_stats().requests_refused, 3);
+    }
+
+    /// The transaction table's bound: with `max_transactions` 2, two OPTIONS are delivered
+    /// and held (the TU answers neither yet); a third is answered 503 with `Retry-After`
+    /// statelessly — no transaction, so its retransmission is refused afresh and counted
+    /// again — while an in-dialog BYE is still delivered. Once the first two are answered and
+    /// their transactions have ended (Timer J, 64·T1 over UDP), a new request is delivered.
+    #[tokio::test]
+    async fn at_the_transaction_bound_new_requests_get_a_stateless_503() {
+        let config = Config { max_transactions: 2, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        let peer = RawPeer::bind().await;
+        let mut buf = vec![0u8; 65_535];
+        let options = |i: usize| Message::Request(sized_request("OPTIONS", &format!("z9hG4bKcap{i}"), peer.addr(), 0)).to_bytes();
+        let mut held = Vec::new();
+        for i in 0..2 {
+            peer.udp.send_to(&options(i), b.local_addr()).await.expect("send");
+            let Event::Request { key, request, .. } = next(&mut b_rx).await else { panic!("request {i}") };
+            held.push((key, request));
+        }
+        for attempt in 1..=2 {
+            peer.udp.send_to(&options(2), b.local_addr()).await.expect("send");
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.udp.recv_from(&mut buf)).await.expect("in time").expect("recv");
+            let Message::Response(r) = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram"))) else { panic!("a response") };
+            assert_eq!((r.status.code(), r.headers.value(&HeaderName::RetryAfter).is_some()), (503, true));
+            assert_eq!(b.overload_stats(), OverloadStats { transactions_full: attempt, ..OverloadStats::default() });
+        }
+        let bye = String::from_utf8_lossy(&Message::Request(sized_request("BYE", "z9hG4bKcapbye", peer.addr(), 0)).to_bytes())
+            .replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(bye.as_bytes(), b.local_addr()).await.expect("send");
+        let Event::Request { key, request, .. } = next(&mut b_rx).await else { panic!("the BYE") };
+        assert_eq!(request.method, Method::Bye);
+        held.push((key, request));
+        for (key, request) in held {
+            let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+            b.send(Command::Respond { key, response: ok }).expect("respond");
+        }
+        // Timer J: 64·T1 = 2.56 s with these timers.
+        tokio::time::sleep(timers().t1 * 64 + Duration::from_millis(300)).await;
+        peer.udp.send_to(&options(3), b.local_addr()).await.expect("send");
+        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("delivered again") };
+        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKcap3".as_slice()));
+        assert_eq!(b.overload_stats().transactions_full, 2);
     }
 
     /// RFC 3261 §18 with a cap of two TCP connections: a third incoming connection is closed
