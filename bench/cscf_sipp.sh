@@ -62,6 +62,8 @@ import sys, urllib.request
 text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
 print(int(sum(float(l.split()[-1]) for l in text.splitlines() if l.split(" ")[0].split("{")[0] == sys.argv[2])))
 EOF
+# Our 503s, both kinds: TU queue ¾ full, and the transaction table full (stateless).
+refused() { echo $(( $(metric mediasec_sip_overload_refused_total) + $(metric mediasec_sip_transactions_full_total) )); }
 }
 
 # --- our S-CSCF ---
@@ -161,9 +163,9 @@ declare -A per_cpu
 for rate in $RATES; do
   for srv in kamailio ours; do
     if [ "$srv" = ours ]; then
-      r503_0=$(metric mediasec_sip_overload_refused_total)
+      r503_0=$(refused)
       read -r sent a480 a503 tmo unexp retr el scpu failed _late cpu < <(measure "ours_$rate" "$OURS" "$rate" "$OURS_PID")
-      m503=$(( $(metric mediasec_sip_overload_refused_total) - r503_0 ))
+      m503=$(( $(refused) - r503_0 ))
       label="mediasec cscf"; rss="$(rss_kb "$OURS_PID") kB"
     else
       read -r sent a480 a503 tmo unexp retr el scpu failed _late cpu < <(measure "kam_$rate" "127.0.0.1:$KAM_PORT" "$rate" "${KAM_PIDS[@]}")
@@ -194,10 +196,10 @@ overload() {
   local ours=0 rss0 rss1 rss2 drop0 drop1 all0 all1 req0=0 req1=0 r0=0 r1=0 c0 c1 mem
   [ "$1" = "$OURS_PID" ] && ours=1
   drop0=$(udp_drops "$1" "$port"); all0=$(rcvbuf_errors); c0=$(ticks "$@")
-  if [ "$ours" = 1 ]; then rss0=$(rss_kb "$1"); req0=$(metric mediasec_cscf_requests_total); r0=$(metric mediasec_sip_overload_refused_total); fi
+  if [ "$ours" = 1 ]; then rss0=$(rss_kb "$1"); req0=$(metric mediasec_cscf_requests_total); r0=$(refused); fi
   read -r sent a480 a503 tmo unexp retr el scpu failed late < <(run_sipp "$name" "$target" "$OVERLOAD_RATE" "$calls")
   drop1=$(udp_drops "$1" "$port"); all1=$(rcvbuf_errors); c1=$(ticks "$@")
-  if [ "$ours" = 1 ]; then rss1=$(rss_kb "$1"); req1=$(metric mediasec_cscf_requests_total); r1=$(metric mediasec_sip_overload_refused_total); fi
+  if [ "$ours" = 1 ]; then rss1=$(rss_kb "$1"); req1=$(metric mediasec_cscf_requests_total); r1=$(refused); fi
   sleep "$SETTLE"
   if [ "$ours" = 1 ]; then
     rss2=$(rss_kb "$1")

@@ -242,8 +242,8 @@ impl Config {
     pub const TCP_READ_MESSAGES: usize = 32;
     /// Default [`Config::tu_queue_events`].
     pub const TU_QUEUE_EVENTS: usize = 1024;
-    /// Default [`Config::max_transactions`]: about 1 GiB at the ≈ 4 KiB a transaction was
-    /// measured to hold (BENCHMARKS.md, SIP proxy under load).
+    /// Default [`Config::max_transactions`]: a CSCF's RSS stopped at ≈ 1.2 GB with the table
+    /// full of OPTIONS transactions (BENCHMARKS.md, SIP proxy under load).
     pub const MAX_TRANSACTIONS: usize = 262_144;
 }
 
