@@ -582,6 +582,20 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         assert!(started.elapsed() < Duration::from_secs(5), "a transport error, not Timer B");
     }
 
+    /// A BYE from `from` in a dialog (its `To` carries a tag), as text.
+    fn in_dialog_bye(branch: &str, from: SocketAddr) -> String {
+        String::from_utf8_lossy(&Message::Request(sized_request("BYE", branch, from, 0)).to_bytes()).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b")
+    }
+
+    /// After an overload has passed: a new OPTIONS (branch and Call-ID `branch`) from `peer`
+    /// reaches the TU.
+    async fn delivered_again(peer: &RawPeer, b: &Endpoint, rx: &mut Events, branch: &str) {
+        let options = Message::Request(sized_request("OPTIONS", branch, peer.addr(), 0)).to_bytes();
+        peer.udp.send_to(&options, b.local_addr()).await.expect("send");
+        let Event::Request { request, .. } = next(rx).await else { panic!("delivered again") };
+        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(branch.as_bytes()));
+    }
+
     /// A TU that falls behind (RFC 3261 §21.5.4): with a queue of 4 events that the TU does not
     /// read, three new requests are queued and the fourth and later ones are answered 503 with
     /// `Retry-After` by the endpoint; a retransmission of a refused request gets the 503 again
@@ -632,10 +646,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         // Datagrams from one socket are handled in order. An in-dialog request (a BYE: To tag)
         // belongs to a call the TU knows and takes the last free place; the response to B's own
         // transaction then waits for room, and so does everything after it.
-        let bye = sized_request("BYE", "z9hG4bKbye", peer.addr(), 0);
-        let bye = Message::Request(bye).to_bytes();
-        let bye = String::from_utf8_lossy(&bye).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
-        peer.udp.send_to(bye.as_bytes(), b.local_addr()).await.expect("send");
+        peer.udp.send_to(in_dialog_bye("z9hG4bKbye", peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
         peer.udp.send_to(response_text(&ours, 200).as_bytes(), b.local_addr()).await.expect("send");
         let stray = sized_request("MESSAGE", "z9hG4bKnobody", b.local_addr(), 0);
         peer.udp.send_to(response_text(&stray, 200).as_bytes(), b.local_addr()).await.expect("send");
@@ -665,10 +676,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         assert_eq!(response.status.code(), 200);
         assert!(tokio::time::timeout(Duration::from_millis(200), b_rx.recv()).await.is_err(), "nothing else was queued");
 
-        let options = Message::Request(sized_request("OPTIONS", "z9hG4bKafter", peer.addr(), 0)).to_bytes();
-        peer.udp.send_to(&options, b.local_addr()).await.expect("send");
-        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("delivered again") };
-        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKafter".as_slice()));
+        delivered_again(&peer, &b, &mut b_rx, "z9hG4bKafter").await;
         assert_eq!(b.overload_stats().requests_refused, 3);
     }
 
@@ -697,9 +705,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
             assert_eq!((r.status.code(), r.headers.value(&HeaderName::RetryAfter).is_some()), (503, true));
             assert_eq!(b.overload_stats(), OverloadStats { transactions_full: attempt, ..OverloadStats::default() });
         }
-        let bye = String::from_utf8_lossy(&Message::Request(sized_request("BYE", "z9hG4bKcapbye", peer.addr(), 0)).to_bytes())
-            .replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
-        peer.udp.send_to(bye.as_bytes(), b.local_addr()).await.expect("send");
+        peer.udp.send_to(in_dialog_bye("z9hG4bKcapbye", peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
         let Event::Request { key, request, .. } = next(&mut b_rx).await else { panic!("the BYE") };
         assert_eq!(request.method, Method::Bye);
         held.push((key, request));
@@ -709,9 +715,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         }
         // Timer J: 64·T1 = 2.56 s with these timers.
         tokio::time::sleep(timers().t1 * 64 + Duration::from_millis(300)).await;
-        peer.udp.send_to(&options(3), b.local_addr()).await.expect("send");
-        let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("delivered again") };
-        assert_eq!(request.headers.value(&HeaderName::CallId).as_deref(), Some(b"z9hG4bKcap3".as_slice()));
+        delivered_again(&peer, &b, &mut b_rx, "z9hG4bKcap3").await;
         assert_eq!(b.overload_stats().transactions_full, 2);
     }
 
