@@ -1,4 +1,5 @@
-//! The SIP endpoint over UDP and TCP on one port: a tokio task that owns the sockets, runs
+//! The SIP endpoint over UDP and TCP on one port, and TLS on its own: a tokio task that owns
+//! the sockets, runs
 //! the RFC 3261 §17 transaction layer of [`sipx_sip`] and its timers, and talks to the
 //! transaction user (a UA or proxy core) through [`Command`]s in and [`Event`]s out.
 //!
@@ -11,6 +12,19 @@
 //! if that has closed, on a connection to the request's source address and its `Via` sent-by
 //! port. A connection that cannot be opened or written fails its client transactions with a
 //! transport error ([`Event::Timeout`], §17.1.4); stream framing is [`crate::stream`].
+//!
+//! TLS (RFC 3261 §26.2; [`Config::tls`], [`crate::tls`]): a request goes over TLS when its top
+//! `Via` says `TLS`, or the URI it is routed on (its top `Route`, else its Request-URI) is a
+//! `sips:` URI or has `;transport=tls`, or its Request-URI is `sips:`; its top `Via` then says
+//! `TLS`. Such a request never goes over UDP or TCP: the size rule and the UDP fallback do not
+//! apply, and a TLS connection that cannot be opened, fails its handshake or breaks is a
+//! transport error for its client transactions. A new connection verifies the server as the
+//! host of that URI (RFC 5922 §7: SNI and the certificate's DNS name, or its IP address for an
+//! IP literal). A TLS connection is the TCP connection task over a TLS stream: it is reused
+//! as TCP ones are (for the same transport only), responses go back on it, and it counts
+//! against the same bounds; a handshake that does not finish within 64·T1, at most
+//! [`TLS_HANDSHAKE_MAX`], closes it. The endpoint accepts TLS on its own port
+//! ([`crate::tls::TlsServer::port`], [`Endpoint::tls_addr`]) when it has a server side.
 //!
 //! TCP resources are bounded ([`Config`]): at most [`Config::max_tcp_connections`] connections
 //! are open at once — one more incoming is closed as soon as it is accepted, one more outgoing
@@ -61,12 +75,19 @@ use sipx_sip::{
     parse_datagram, Header, HeaderName, Headers, Limits, Message, Method, Output, Reliability, Request, Response,
     ResponseBuilder, StatusCode, Timer, Timers, TransactionKey, TransactionLayer, TuEvent, Via,
 };
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Queued, Report, Setup};
+use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Kind, Queued, Report, Setup};
+use crate::tls::Tls;
 use crate::Error;
+
+/// The longest a TLS handshake may take (when 64·T1 is longer): a peer that opens a
+/// connection and never completes its handshake must not hold a connection slot for long.
+pub const TLS_HANDSHAKE_MAX: Duration = Duration::from_secs(10);
 
 /// How many ephemeral UDP ports [`Endpoint::bind_with`] tries when the TCP port of the same
 /// number is taken.
@@ -188,9 +209,10 @@ pub enum Event {
     },
 }
 
-/// How an endpoint runs: its timers and the bounds on its TCP resources (RFC 3261 §18; a
-/// server facing the network must not let one peer exhaust its memory or descriptors).
-#[derive(Clone, Copy, Debug)]
+/// How an endpoint runs: its timers, the bounds on its TCP resources (RFC 3261 §18; a
+/// server facing the network must not let one peer exhaust its memory or descriptors) — TLS
+/// connections count as TCP ones — and its TLS setup.
+#[derive(Clone, Debug)]
 pub struct Config {
     /// The RFC 3261 §17.1.1.1 timer constants. An idle TCP connection is closed after 64·T1,
     /// and a TCP connect or write that takes that long fails.
@@ -229,6 +251,11 @@ pub struct Config {
     /// many; beyond this bound a new request outside any dialog (not CANCEL) is answered 503
     /// statelessly, without a transaction, instead of memory growing with the offered rate.
     pub max_transactions: usize,
+    /// SIP over TLS (RFC 3261 §26.2): a server side (certificate, key, TLS port, optional
+    /// client roots for mutual TLS) and a client side (trusted roots, optional client
+    /// certificate). Default: neither — no TLS port, and a request that must go over TLS fails
+    /// with a transport error.
+    pub tls: Tls,
 }
 
 impl Config {
@@ -258,6 +285,7 @@ impl From<Timers> for Config {
             tcp_read_messages: Self::TCP_READ_MESSAGES,
             tu_queue_events: Self::TU_QUEUE_EVENTS,
             max_transactions: Self::MAX_TRANSACTIONS,
+            tls: Tls::default(),
         }
     }
 }
@@ -288,6 +316,12 @@ pub struct TcpStats {
     /// section or body over [`crate::stream::FrameLimits`], no or a bad `Content-Length`, or a
     /// message the parser refused.
     pub streams_unframed: u64,
+    /// TLS connections established (handshake completed), accepted and opened.
+    pub tls_connections: u64,
+    /// TLS handshakes that failed or did not finish in time, accepted and opened: a
+    /// certificate refused (name, CA, validity), a client certificate missing where required,
+    /// plaintext sent to the TLS port.
+    pub tls_handshakes_failed: u64,
 }
 
 impl TcpStats {
@@ -300,6 +334,8 @@ impl TcpStats {
             queues_full: load(&counters.queues_full),
             reads_paused: load(&counters.reads_paused),
             streams_unframed: load(&counters.streams_unframed),
+            tls_connections: load(&counters.tls_connections),
+            tls_handshakes_failed: load(&counters.tls_handshakes_failed),
         }
     }
 }
@@ -328,6 +364,7 @@ struct OverloadCounters {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     local: SocketAddr,
+    tls_local: Option<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<TcpCounters>,
     overload: Arc<OverloadCounters>,
@@ -348,11 +385,14 @@ impl Endpoint {
     /// UDP port whose TCP port another socket holds is given back and another one is tried
     /// (up to [`PORT_ATTEMPTS`] times): the two protocols' ephemeral ports are independent.
     ///
+    /// With a TLS server side, TLS is also bound at the same IP address and its own port.
+    ///
     /// # Errors
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
-    /// taken (on every attempt, with port 0).
+    /// taken (on every attempt, with port 0), [`Error::TlsBind`] if the TLS port is taken.
     pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, Events), Error> {
-        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events, max_transactions } = config;
+        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events, max_transactions, tls } =
+            config;
         let mut attempt = 1;
         let (socket, local, listener) = loop {
             let socket = UdpSocket::bind(addr).await?;
@@ -363,6 +403,18 @@ impl Endpoint {
                 Err(source) => return Err(Error::TcpBind { addr: local, source }),
             }
         };
+        let (tls_listener, tls_acceptor) = match tls.server {
+            Some(server) => {
+                let at = SocketAddr::new(local.ip(), server.port);
+                let listener = TcpListener::bind(at).await.map_err(|source| Error::TlsBind { addr: at, source })?;
+                (Some(listener), Some(TlsAcceptor::from(server.config)))
+            }
+            None => (None, None),
+        };
+        let tls_local = match &tls_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::channel(tu_queue_events.max(1));
         let (reports, reports_rx) = mpsc::unbounded_channel();
@@ -371,6 +423,9 @@ impl Endpoint {
         let driver = Driver {
             socket,
             listener,
+            tls_listener,
+            tls_acceptor,
+            tls_connector: tls.client.map(TlsConnector::from),
             layer: TransactionLayer::new(timers),
             timers,
             destinations: HashMap::new(),
@@ -387,6 +442,7 @@ impl Endpoint {
             tcp: Setup {
                 reports,
                 idle: timers.timeout(),
+                handshake: timers.timeout().min(TLS_HANDSHAKE_MAX),
                 queue: tcp_queue_messages,
                 read_messages: tcp_read_messages,
                 counters: Arc::clone(&counters),
@@ -398,7 +454,7 @@ impl Endpoint {
             max_transactions,
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, commands, counters, overload, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, tls_local, commands, counters, overload, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
     /// How often the bound on the TU's queue has acted so far.
@@ -411,7 +467,8 @@ impl Endpoint {
         }
     }
 
-    /// How often the TCP bounds have acted so far.
+    /// How often the TCP bounds (which TLS connections count against) have acted so far, and
+    /// how many TLS handshakes succeeded and failed.
     pub fn tcp_stats(&self) -> TcpStats {
         TcpStats::read(&self.counters)
     }
@@ -421,6 +478,11 @@ impl Endpoint {
         self.local
     }
 
+    /// The TLS address, when the endpoint has a TLS server side.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_local
+    }
+
     /// Hands a command to the endpoint task.
     pub fn send(&self, command: Command) -> Result<(), Error> {
         self.commands.send(command).map_err(|_| Error::Stopped)
@@ -428,7 +490,7 @@ impl Endpoint {
 }
 
 /// How a transaction's messages travel.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Route {
     /// Datagrams to this address.
     Udp(SocketAddr),
@@ -436,19 +498,31 @@ enum Route {
     /// to `to` (for a server transaction, the request's source address and `Via` sent-by port,
     /// RFC 3261 §18.2.2).
     Tcp { conn: Option<ConnId>, to: SocketAddr },
+    /// A TLS connection, found as a TCP one; a new one verifies the server as `name` (RFC 5922
+    /// §7.2). Without a name (a server transaction's responses, a URI host that is no valid
+    /// DNS name) no new connection is opened: the send fails.
+    Tls { conn: Option<ConnId>, to: SocketAddr, name: Option<ServerName<'static>> },
 }
 
 impl Route {
-    fn reliability(self) -> Reliability {
+    fn reliability(&self) -> Reliability {
         match self {
             Self::Udp(_) => Reliability::Unreliable,
-            Self::Tcp { .. } => Reliability::Reliable,
+            Self::Tcp { .. } | Self::Tls { .. } => Reliability::Reliable,
         }
     }
 
-    fn address(self) -> SocketAddr {
+    fn address(&self) -> SocketAddr {
         match self {
-            Self::Udp(to) | Self::Tcp { to, .. } => to,
+            Self::Udp(to) | Self::Tcp { to, .. } | Self::Tls { to, .. } => *to,
+        }
+    }
+
+    /// The connection the route uses, if it is over one that is known.
+    fn conn(&self) -> Option<ConnId> {
+        match self {
+            Self::Udp(_) => None,
+            Self::Tcp { conn, .. } | Self::Tls { conn, .. } => *conn,
         }
     }
 }
@@ -484,6 +558,11 @@ struct Retransmit {
 struct Driver {
     socket: UdpSocket,
     listener: TcpListener,
+    /// The TLS port and certificate, with a TLS server side.
+    tls_listener: Option<TcpListener>,
+    tls_acceptor: Option<TlsAcceptor>,
+    /// The trusted roots (and client certificate), with a TLS client side.
+    tls_connector: Option<TlsConnector>,
     layer: TransactionLayer,
     timers: Timers,
     /// Client transaction → next hop; server transaction → where its responses go.
@@ -496,9 +575,9 @@ struct Driver {
     next_id: u64,
     retransmits: HashMap<u64, Retransmit>,
     unacknowledged: HashMap<u64, Unacknowledged>,
-    /// Open TCP connections, and which one serves each remote address.
+    /// Open TCP and TLS connections, and which one serves each remote address on each.
     connections: HashMap<ConnId, Connection>,
-    by_peer: HashMap<SocketAddr, ConnId>,
+    by_peer: HashMap<(Kind, SocketAddr), ConnId>,
     /// Client transactions on TCP only for their size → their request as it was for UDP.
     by_size: HashMap<TransactionKey, Request>,
     next_conn: ConnId,
@@ -525,12 +604,16 @@ impl Driver {
                     Err(e) => tracing::warn!(error = %e, "SIP UDP receive"),
                 },
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.on_accept(stream, peer),
+                    Ok((stream, peer)) => self.on_accept(stream, peer, Kind::Tcp),
                     Err(e) => tracing::warn!(error = %e, "SIP TCP accept"),
                 },
+                accepted = accept(self.tls_listener.as_ref()) => match accepted {
+                    Ok((stream, peer)) => self.on_accept(stream, peer, Kind::Tls),
+                    Err(e) => tracing::warn!(error = %e, "SIP TLS accept"),
+                },
                 report = reports.recv() => match report {
-                    Some(Report::Message { conn, peer, message, credit }) => {
-                        self.on_message(*message, peer, Some(conn)).await;
+                    Some(Report::Message { conn, kind, peer, message, credit }) => {
+                        self.on_message(*message, peer, Some((conn, kind))).await;
                         // Handled: the connection may read one more.
                         drop(credit);
                     }
@@ -557,27 +640,36 @@ impl Driver {
         (with_peer >= self.max_tcp_connections_per_peer).then_some(Cap::PerPeer)
     }
 
-    /// A new connection from `peer`, closed at once (dropped) if the endpoint already holds
-    /// its maximum, overall or with `peer`'s IP address.
-    fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    /// A new connection from `peer` (on the TLS port: `kind` TLS), closed at once (dropped)
+    /// if the endpoint already holds its maximum, overall or with `peer`'s IP address.
+    fn on_accept(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr, kind: Kind) {
+        let transport = kind.name();
         match self.no_room(peer) {
             Some(Cap::Total) => {
                 TcpCounters::bump(&self.tcp.counters.accepts_refused);
-                tracing::warn!(%peer, max = self.max_tcp_connections, "SIP TCP connection closed at once: too many connections");
+                tracing::warn!(%peer, transport, max = self.max_tcp_connections, "SIP connection closed at once: too many connections");
                 return;
             }
             Some(Cap::PerPeer) => {
                 TcpCounters::bump(&self.tcp.counters.accepts_refused_per_peer);
-                tracing::warn!(%peer, max = self.max_tcp_connections_per_peer, "SIP TCP connection closed at once: too many connections from that address");
+                tracing::warn!(%peer, transport, max = self.max_tcp_connections_per_peer, "SIP connection closed at once: too many connections from that address");
                 return;
             }
             None => {}
         }
+        let tls = match kind {
+            Kind::Tcp => None,
+            // Only the TLS listener accepts TLS, and it exists only with an acceptor.
+            Kind::Tls => match &self.tls_acceptor {
+                Some(acceptor) => Some(acceptor.clone()),
+                None => return,
+            },
+        };
         let conn = self.next_conn;
         self.next_conn += 1;
-        tracing::debug!(%peer, "SIP TCP connection accepted");
-        self.connections.insert(conn, Connection::accepted(conn, peer, stream, &self.tcp));
-        self.by_peer.insert(peer, conn);
+        tracing::debug!(%peer, transport, "SIP connection accepted");
+        self.connections.insert(conn, Connection::accepted(conn, peer, stream, tls, &self.tcp));
+        self.by_peer.insert((kind, peer), conn);
     }
 
     /// A connection ended: forget it, and if it failed, fail the client transactions that
@@ -586,9 +678,11 @@ impl Driver {
     /// TCP). A server transaction keeps its route: its next response opens a new connection
     /// (§18.2.2).
     async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, end: End) {
-        self.connections.remove(&conn);
-        if self.by_peer.get(&peer) == Some(&conn) {
-            self.by_peer.remove(&peer);
+        if let Some(closed) = self.connections.remove(&conn) {
+            let at = (closed.kind(), peer);
+            if self.by_peer.get(&at) == Some(&conn) {
+                self.by_peer.remove(&at);
+            }
         }
         if end == End::Orderly {
             return;
@@ -596,7 +690,7 @@ impl Driver {
         let broken: Vec<TransactionKey> = self
             .destinations
             .iter()
-            .filter(|(key, route)| matches!(route, Route::Tcp { conn: Some(c), .. } if *c == conn) && self.layer.client_state(key).is_some())
+            .filter(|(key, route)| route.conn() == Some(conn) && self.layer.client_state(key).is_some())
             .map(|(key, _)| key.clone())
             .collect();
         for key in broken {
@@ -614,7 +708,7 @@ impl Driver {
                     }
                 }
                 _ => {
-                    tracing::info!(%peer, ?key, "client transaction failed: TCP transport error");
+                    tracing::info!(%peer, ?key, "client transaction failed: transport error on its connection");
                     self.perform(&key, outputs, None).await;
                 }
             }
@@ -635,9 +729,9 @@ impl Driver {
         }
     }
 
-    /// A message from `source`, over UDP or over TCP connection `conn`.
-    async fn on_message(&mut self, message: Message, source: SocketAddr, conn: Option<ConnId>) {
-        tracing::debug!(%source, transport = if conn.is_some() { "TCP" } else { "UDP" }, first_line = %first_line(&message), "SIP in");
+    /// A message from `source`, over UDP or over TCP or TLS connection `conn`.
+    async fn on_message(&mut self, message: Message, source: SocketAddr, conn: Option<(ConnId, Kind)>) {
+        tracing::debug!(%source, transport = conn.map_or("UDP", |(_, kind)| kind.name()), first_line = %first_line(&message), "SIP in");
         if let Message::Request(r) = &message
             && r.method == Method::Ack
         {
@@ -653,9 +747,13 @@ impl Driver {
         let refusable = matches!(&message, Message::Request(r) if r.method != Method::Cancel && crate::dialog::DialogId::of_received_request(r).is_none());
         let route = match conn {
             None => Route::Udp(source),
-            Some(conn) => Route::Tcp { conn: Some(conn), to: reconnect_address(message.headers(), source) },
+            Some((conn, Kind::Tcp)) => Route::Tcp { conn: Some(conn), to: reconnect_address(message.headers(), source) },
+            // Responses stay on this connection, or one the peer opens again: no new TLS
+            // connection towards a client (which may have no certificate to show).
+            Some((conn, Kind::Tls)) => Route::Tls { conn: Some(conn), to: source, name: None },
         };
-        match self.layer.receive(message, route.reliability()) {
+        let reliability = route.reliability();
+        match self.layer.receive(message, reliability) {
             Dispatch::Created { key, outputs } => {
                 self.destinations.insert(key.clone(), route);
                 let full = self.transactions_full();
@@ -683,6 +781,7 @@ impl Driver {
                 match self.layer.send_request(request, route.reliability()) {
                     Some((key, outputs)) => {
                         if matches!(route, Route::Tcp { .. }) {
+                            // On TCP only for its size (a TLS request never leaves TLS).
                             self.by_size.insert(key.clone(), as_for_udp);
                         }
                         self.destinations.insert(key.clone(), route);
@@ -700,7 +799,7 @@ impl Driver {
             }
             Command::Respond2xx { key, response } => {
                 self.unacknowledged.retain(|_, u| u.key != key);
-                let route = self.destinations.get(&key).copied();
+                let route = self.destinations.get(&key).cloned();
                 let call_id = response.headers.get(&HeaderName::CallId).map(|h| Bytes::copy_from_slice(h.value().trim_ascii()));
                 let cseq = response.headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map(|c| c.sequence);
                 let bytes = Message::Response(response.clone()).to_bytes();
@@ -737,6 +836,7 @@ impl Driver {
                     // A response travels by the transport its top Via names (§18.2.2).
                     Message::Response(response) => match response.headers.typed::<Via>() {
                         Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TCP") => Route::Tcp { conn: None, to },
+                        Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS") => Route::Tls { conn: None, to, name: None },
                         _ => Route::Udp(to),
                     },
                 };
@@ -749,7 +849,7 @@ impl Driver {
     async fn perform(&mut self, key: &TransactionKey, outputs: Vec<Output>, source: Option<SocketAddr>) {
         for output in outputs {
             match output {
-                Output::Send(message) => match self.destinations.get(key).copied() {
+                Output::Send(message) => match self.destinations.get(key).cloned() {
                     Some(route) => {
                         let route = self.transmit(route, &message).await;
                         if let Some(r) = self.destinations.get_mut(key) {
@@ -825,7 +925,7 @@ impl Driver {
                 other => rest.push(other),
             }
         }
-        let route = self.destinations.get(key).copied();
+        let route = self.destinations.get(key).cloned();
         let response = request.as_ref().and_then(|request| {
             let status = StatusCode::new(503)?;
             // Without the headers a response needs (§8.2.6.2) nothing can be sent.
@@ -947,17 +1047,24 @@ impl Driver {
             }
             Route::Tcp { conn, to } => {
                 tracing::debug!(%to, transport = "TCP", first_line = %first_line(message), "SIP out");
-                Route::Tcp { conn: Some(self.send_tcp(conn, to, bytes)), to }
+                Route::Tcp { conn: Some(self.send_stream(Kind::Tcp, None, conn, to, bytes)), to }
+            }
+            Route::Tls { conn, to, name } => {
+                tracing::debug!(%to, transport = "TLS", first_line = %first_line(message), "SIP out");
+                Route::Tls { conn: Some(self.send_stream(Kind::Tls, name.as_ref(), conn, to, bytes)), to, name }
             }
         }
     }
 
-    /// Queues `bytes` on connection `conn` if it is open, else on the one open to `to`, else
-    /// on a new connection to `to`. Where a bound of [`Config`] stops that, the connection the
-    /// bytes were meant for is reported ended, as a connection task reports its end: a full
-    /// queue fails its connection, and no room for a new connection is a refusal.
-    fn send_tcp(&mut self, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
-        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&to).copied());
+    /// Queues `bytes` on connection `conn` if it is open, else on the one of `kind` open to
+    /// `to`, else on a new connection to `to` (for TLS, verifying the server as `name`). Where
+    /// a bound of [`Config`] stops that, the connection the bytes were meant for is reported
+    /// ended, as a connection task reports its end: a full queue fails its connection, and no
+    /// room for a new connection is a refusal. A TLS connection that cannot be opened at all
+    /// (no client side configured, no name to verify) is reported failed.
+    fn send_stream(&mut self, kind: Kind, name: Option<&ServerName<'static>>, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
+        let transport = kind.name();
+        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&(kind, to)).copied());
         if let Some(id) = open
             && let Some(connection) = self.connections.get(&id)
         {
@@ -965,7 +1072,7 @@ impl Driver {
                 Queued::Yes => return id,
                 Queued::Full => {
                     TcpCounters::bump(&self.tcp.counters.queues_full);
-                    tracing::warn!(%to, queue = self.tcp.queue, "SIP TCP connection failed: its peer is not taking what is sent (queue full)");
+                    tracing::warn!(%to, transport, queue = self.tcp.queue, "SIP connection failed: its peer is not taking what is sent (queue full)");
                     // Dropping it stops its task, so the end is reported here.
                     self.connections.remove(&id);
                     self.by_peer.retain(|_, c| *c != id);
@@ -977,19 +1084,35 @@ impl Driver {
         }
         let id = self.next_conn;
         self.next_conn += 1;
+        let tls = match kind {
+            Kind::Tcp => None,
+            Kind::Tls => match (&self.tls_connector, name) {
+                (Some(connector), Some(name)) => Some((connector.clone(), name.clone())),
+                (None, _) => {
+                    tracing::warn!(%to, "SIP TLS connection not opened: this endpoint has no TLS client configuration");
+                    self.report_ended(id, to, End::Failed);
+                    return id;
+                }
+                (Some(_), None) => {
+                    tracing::warn!(%to, "SIP TLS connection not opened: no server name to verify (a response whose connection has closed, or a URI host that is not a DNS name)");
+                    self.report_ended(id, to, End::Failed);
+                    return id;
+                }
+            },
+        };
         if let Some(cap) = self.no_room(to) {
             TcpCounters::bump(&self.tcp.counters.connects_refused);
-            tracing::warn!(%to, ?cap, "SIP TCP connection not opened: too many connections");
+            tracing::warn!(%to, transport, ?cap, "SIP connection not opened: too many connections");
             self.report_ended(id, to, End::Refused);
             return id;
         }
-        tracing::debug!(%to, "SIP TCP connecting");
+        tracing::debug!(%to, transport, "SIP connecting");
         let local = self.listener.local_addr().unwrap_or_else(|_| SocketAddr::new(to.ip(), 0));
-        let connection = Connection::connect(id, local, to, &self.tcp);
+        let connection = Connection::connect(id, local, to, tls, &self.tcp);
         // A fresh queue has room, and accepts until its task has ended, which it reports.
         let _ = connection.send(bytes);
         self.connections.insert(id, connection);
-        self.by_peer.insert(to, id);
+        self.by_peer.insert((kind, to), id);
         id
     }
 
@@ -1039,9 +1162,17 @@ fn peer_host(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The route of a request to `to` by its size (RFC 3261 §18.1.1): over TCP, with its top
-/// `Via` saying so, when it is larger than [`UDP_MAX_REQUEST`]; else over UDP.
+/// The route of a request to `to`: over TLS when it must be secured ([`tls_target`]);
+/// otherwise by its size (RFC 3261 §18.1.1): over TCP when it is larger than
+/// [`UDP_MAX_REQUEST`], else over UDP. Its top `Via` is rewritten to name a stream transport.
 fn request_route(request: &mut Request, to: SocketAddr) -> Route {
+    if let Some(name) = tls_target(request) {
+        let via_says_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
+        if !via_says_tls && !set_top_via_transport(&mut request.headers, "TLS") {
+            tracing::warn!(%to, "request over TLS without a top Via to say so");
+        }
+        return Route::Tls { conn: None, to, name };
+    }
     let mut wire = Vec::new();
     request.write_to(&mut wire);
     if wire.len() <= UDP_MAX_REQUEST {
@@ -1051,6 +1182,32 @@ fn request_route(request: &mut Request, to: SocketAddr) -> Route {
         tracing::warn!(%to, "request over TCP without a top Via to say so");
     }
     Route::Tcp { conn: None, to }
+}
+
+/// Whether `request` must go over TLS, and then the name its server must prove (RFC 5922
+/// §7.2; `None` inside when no certificate could match it): its top `Via` says `TLS`, or the
+/// URI it is routed on — its top `Route`, else its Request-URI (RFC 3261 §8.1.2, §16.6) — is
+/// `sips:` or has `;transport=tls` (§26.2.2, §19.1.1), or its Request-URI is `sips:` (which
+/// asks for TLS on every hop, §26.2.2).
+fn tls_target(request: &Request) -> Option<Option<ServerName<'static>>> {
+    let target = match request.headers.typed::<sipx_sip::headers::Route>() {
+        None => Some(request.uri.clone()),
+        Some(Ok(route)) => Some(route.0.uri),
+        // An unparsable Route names no host; the other conditions still hold.
+        Some(Err(_)) => None,
+    };
+    let secure_uri = |uri: &sipx_sip::Uri| uri.scheme().is_secure() || uri.transport().is_some_and(|t| t.eq_ignore_ascii_case(b"tls"));
+    let via_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
+    let secure = via_tls || request.uri.scheme().is_secure() || target.as_ref().is_some_and(secure_uri);
+    secure.then(|| target.as_ref().and_then(sipx_sip::Uri::host).and_then(crate::tls::server_name))
+}
+
+/// Accepts on the TLS listener; never ready without one.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Rewrites the transport of the topmost `Via` hop (`SIP/2.0/UDP` → `SIP/2.0/TCP`,

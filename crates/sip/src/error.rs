@@ -45,6 +45,24 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS listener could not be bound (RFC 3261 §26.2: SIP over TLS has its own port,
+    /// 5061 by default).
+    #[error("TLS {addr} cannot be bound: {source}")]
+    TlsBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A TLS configuration could not be built: PEM data without what it must hold, a key that
+    /// does not match its certificate, an unreadable file.
+    #[error("TLS {what}: {reason}")]
+    Tls {
+        /// Which part (e.g. `server certificate chain`, `trusted roots`, `file <path>`).
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// A stream message's header section has no end within the limit (RFC 3261 §18.3).
     #[error("stream offset {offset}: header section longer than {limit} bytes")]
     HeadTooLarge {

@@ -11,9 +11,11 @@
 //!   it strips and inserts `a=crypto` lines (TS 33.328 §5.5.2, §7.3) and the one a UE makes
 //!   when it answers.
 //! - [`dialog`]: RFC 3261 §12 dialogs (route set, remote target, CSeq), sans-IO.
-//! - [`endpoint`]: the tokio endpoint, UDP and TCP on one port (RFC 3261 §18), that runs the
-//!   transaction layer and its timers for a transaction user (the UE and the CSCF cores);
-//!   [`stream`] frames messages out of a TCP byte stream (§18.3), sans-IO.
+//! - [`endpoint`]: the tokio endpoint, UDP and TCP on one port and TLS on its own (RFC 3261
+//!   §18, §26.2), that runs the transaction layer and its timers for a transaction user (the
+//!   UE and the CSCF cores); [`stream`] frames messages out of a TCP or TLS byte stream
+//!   (§18.3), sans-IO; [`tls`] builds the TLS setup from PEM and names the server a client
+//!   verifies (RFC 5922).
 
 pub mod body;
 pub mod dialog;
@@ -22,6 +24,7 @@ mod error;
 pub mod fuzzing;
 pub mod stream;
 mod tcp;
+pub mod tls;
 
 /// The endpoint under its first name, from when it spoke UDP only: the UE and the CSCFs
 /// import it as `mediasec_sip::udp`.

@@ -1,7 +1,15 @@
-//! One TCP connection of the endpoint (RFC 3261 §18): a task that connects (or was
-//! accepted), frames what it reads with [`crate::stream::Framer`] and hands each message to
-//! the endpoint, writes what the endpoint queues, answers keep-alive pings (RFC 5626 §3.5.1),
-//! and closes after a period without traffic in either direction.
+//! One TCP or TLS connection of the endpoint (RFC 3261 §18, §26.2): a task that connects (or
+//! was accepted), for TLS runs the handshake within a bound ([`Setup::handshake`]), frames
+//! what it reads with [`crate::stream::Framer`] and hands each message to the endpoint, writes
+//! what the endpoint queues, answers keep-alive pings (RFC 5626 §3.5.1), and closes after a
+//! period without traffic in either direction. TLS is the same task over a TLS stream: the
+//! framing, queues, credits and idle close below apply to both alike.
+//!
+//! A TLS handshake that fails — the server's certificate not valid for the name the client
+//! verifies (RFC 5922 §7), an unknown CA, an expired certificate, a missing client certificate
+//! where one is required, plaintext sent to the TLS port — or does not finish in time fails
+//! the connection, with a log line: its client transactions get a transport error, nothing
+//! read before is delivered (nothing is).
 //!
 //! A message that cannot be framed ends the connection (RFC 3261 §18.3: framing is lost);
 //! a request without `Content-Length` is answered 400 first.
@@ -30,17 +38,46 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustls::pki_types::ServerName;
 use sipx_sip::{Message, ResponseBuilder, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::stream::{Frame, FrameLimits, Framer, PONG};
 use crate::Error;
 
 /// The endpoint's name for a connection.
 pub(crate) type ConnId = u64;
+
+/// What a connection carries SIP over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kind {
+    /// Plain TCP.
+    Tcp,
+    /// TLS over TCP (RFC 3261 §26.2).
+    Tls,
+}
+
+impl Kind {
+    /// The `Via` transport token (RFC 3261 §20.42), also used in logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+        }
+    }
+}
+
+/// The TLS side of a connection being set up.
+pub(crate) enum Handshake {
+    /// An accepted connection: the server side, with the endpoint's certificate.
+    Accept(TlsAcceptor),
+    /// An opened connection: the client side, verifying the server's certificate against this
+    /// name (RFC 5922 §7.2; also sent as SNI when it is a host name).
+    Connect(TlsConnector, ServerName<'static>),
+}
 
 /// What a connection tells the endpoint.
 #[derive(Debug)]
@@ -49,6 +86,8 @@ pub(crate) enum Report {
     Message {
         /// The connection.
         conn: ConnId,
+        /// What it carries SIP over.
+        kind: Kind,
         /// Its remote address.
         peer: SocketAddr,
         /// The message.
@@ -96,6 +135,7 @@ pub(crate) enum Queued {
 #[derive(Debug)]
 pub(crate) struct Connection {
     peer: SocketAddr,
+    kind: Kind,
     outgoing: mpsc::Sender<Bytes>,
     _task: AbortOnDrop,
 }
@@ -111,48 +151,68 @@ impl Drop for AbortOnDrop {
 }
 
 impl Connection {
-    /// A connection the listener accepted.
-    pub(crate) fn accepted(conn: ConnId, peer: SocketAddr, stream: TcpStream, setup: &Setup) -> Self {
-        Self::spawn(conn, peer, Ok(stream), setup)
+    /// A connection the listener accepted; with `tls`, the server side of a TLS handshake
+    /// runs first.
+    pub(crate) fn accepted(conn: ConnId, peer: SocketAddr, stream: TcpStream, tls: Option<TlsAcceptor>, setup: &Setup) -> Self {
+        Self::spawn(conn, peer, Ok(stream), tls.map(Handshake::Accept), setup)
     }
 
     /// A connection to `peer` from `local` (the endpoint's address), opened in the
     /// background; what is sent meanwhile is queued. The connect attempt is bounded by the
-    /// idle time too.
-    pub(crate) fn connect(conn: ConnId, local: SocketAddr, peer: SocketAddr, setup: &Setup) -> Self {
-        Self::spawn(conn, peer, Err(local), setup)
+    /// idle time too. With `tls`, the client side of a TLS handshake runs once connected,
+    /// verifying the server as that name.
+    pub(crate) fn connect(conn: ConnId, local: SocketAddr, peer: SocketAddr, tls: Option<(TlsConnector, ServerName<'static>)>, setup: &Setup) -> Self {
+        Self::spawn(conn, peer, Err(local), tls.map(|(connector, name)| Handshake::Connect(connector, name)), setup)
     }
 
     /// `stream`: the accepted stream, or the local address to connect from.
-    fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, setup: &Setup) -> Self {
+    fn spawn(conn: ConnId, peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, tls: Option<Handshake>, setup: &Setup) -> Self {
         let (outgoing, queue) = mpsc::channel(setup.queue.max(1));
+        let kind = if tls.is_some() { Kind::Tls } else { Kind::Tcp };
         let setup = setup.clone();
         let task = tokio::spawn(async move {
+            let transport = kind.name();
             let end = match open(peer, stream, setup.idle).await {
-                Ok(stream) => match serve(conn, peer, stream, queue, &setup).await {
-                    Ok(why) => {
-                        tracing::debug!(%peer, why, "SIP TCP connection closed");
-                        End::Orderly
+                Ok(stream) => {
+                    let served = match tls {
+                        None => Some(serve(conn, kind, peer, stream, queue, &setup).await),
+                        Some(handshake) => match secure(peer, stream, handshake, &setup).await {
+                            Some(stream) => Some(serve(conn, kind, peer, stream, queue, &setup).await),
+                            None => None,
+                        },
+                    };
+                    match served {
+                        Some(Ok(why)) => {
+                            tracing::debug!(%peer, transport, why, "SIP connection closed");
+                            End::Orderly
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(%peer, transport, error = %e, "SIP connection closed on an error");
+                            End::Failed
+                        }
+                        // The handshake failed; `secure` said why.
+                        None => End::Failed,
                     }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "SIP TCP connection closed on an error");
-                        End::Failed
-                    }
-                },
+                }
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "SIP TCP connection could not be opened");
+                    tracing::warn!(%peer, transport, error = %e, "SIP connection could not be opened");
                     if e.kind() == std::io::ErrorKind::ConnectionRefused { End::Refused } else { End::Failed }
                 }
             };
             // An endpoint that has stopped no longer cares.
             let _ = setup.reports.send(Report::Closed { conn, peer, end });
         });
-        Self { peer, outgoing, _task: AbortOnDrop(task) }
+        Self { peer, kind, outgoing, _task: AbortOnDrop(task) }
     }
 
     /// The remote address.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// What the connection carries SIP over.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Queues bytes for the peer, unless its queue is full or the connection has ended.
@@ -172,6 +232,8 @@ pub(crate) struct Setup {
     pub(crate) reports: mpsc::UnboundedSender<Report>,
     /// How long a connection may be idle, and a connect or a write may take.
     pub(crate) idle: Duration,
+    /// How long a TLS handshake may take.
+    pub(crate) handshake: Duration,
     /// How many messages may wait to be written (at least one).
     pub(crate) queue: usize,
     /// How many messages read may wait for the endpoint to handle them (at least one).
@@ -197,6 +259,10 @@ pub(crate) struct Counters {
     /// Connections closed because their stream could not be framed (a header section or body
     /// over [`FrameLimits`], no or a bad `Content-Length`, a message the parser refused).
     pub(crate) streams_unframed: AtomicU64,
+    /// TLS handshakes completed, accepted and opened.
+    pub(crate) tls_connections: AtomicU64,
+    /// TLS handshakes failed or timed out, accepted and opened.
+    pub(crate) tls_handshakes_failed: AtomicU64,
 }
 
 impl Counters {
@@ -221,9 +287,16 @@ fn shared_port_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
+/// [`connect`], with Nagle off (a SIP message is written whole).
+async fn open(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = connect(peer, stream, timeout).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// The accepted stream, or a new connection to `peer` within `timeout`: from `local` if
 /// the kernel allows that 4-tuple, else from an ephemeral port.
-async fn open(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
+async fn connect(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: Duration) -> std::io::Result<TcpStream> {
     let local = match stream {
         Ok(s) => return Ok(s),
         Err(local) => local,
@@ -249,11 +322,44 @@ async fn open(peer: SocketAddr, stream: Result<TcpStream, SocketAddr>, timeout: 
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP connect timed out"))?
 }
 
+/// The TLS handshake on `stream` within [`Setup::handshake`]: the TLS stream, or `None` (logged
+/// and counted) when it fails or takes too long.
+async fn secure(peer: SocketAddr, stream: TcpStream, handshake: Handshake, setup: &Setup) -> Option<tokio_rustls::TlsStream<TcpStream>> {
+    let (side, verifying, result) = match handshake {
+        Handshake::Accept(acceptor) => {
+            let done = tokio::time::timeout(setup.handshake, acceptor.accept(stream)).await;
+            ("server", None, done.map(|r| r.map(tokio_rustls::TlsStream::from)))
+        }
+        Handshake::Connect(connector, name) => {
+            let verifying = Some(name.to_str().into_owned());
+            let done = tokio::time::timeout(setup.handshake, connector.connect(name, stream)).await;
+            ("client", verifying, done.map(|r| r.map(tokio_rustls::TlsStream::from)))
+        }
+    };
+    let error = match result {
+        Ok(Ok(stream)) => {
+            Counters::bump(&setup.counters.tls_connections);
+            tracing::debug!(%peer, side, verifying, "SIP TLS connection established");
+            return Some(stream);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no handshake within {} ms", setup.handshake.as_millis()),
+    };
+    Counters::bump(&setup.counters.tls_handshakes_failed);
+    tracing::warn!(%peer, side, verifying, error, "SIP TLS handshake failed: connection closed");
+    None
+}
+
 /// Runs a connection until it ends: `Ok` with why for an orderly end, `Err` on a failure.
-async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mpsc::Receiver<Bytes>, setup: &Setup) -> Result<&'static str, Error> {
-    stream.set_nodelay(true)?;
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: ConnId,
+    kind: Kind,
+    peer: SocketAddr,
+    mut stream: S,
+    mut queue: mpsc::Receiver<Bytes>,
+    setup: &Setup,
+) -> Result<&'static str, Error> {
     let idle = setup.idle;
-    let (mut reader, mut writer) = stream.into_split();
     let mut framer = Framer::new(FrameLimits::default());
     let mut buf = vec![0u8; 16 * 1024];
     let credits = Arc::new(Semaphore::new(setup.read_messages.max(1)));
@@ -266,14 +372,14 @@ async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mps
             let Some(c) = credit.take().or_else(|| Arc::clone(&credits).try_acquire_owned().ok()) else { break true };
             match framer.next_frame() {
                 Ok(Some(Frame::Message(message))) => {
-                    tracing::trace!(%peer, "SIP TCP message in");
-                    if setup.reports.send(Report::Message { conn, peer, message, credit: c }).is_err() {
+                    tracing::trace!(%peer, "SIP stream message in");
+                    if setup.reports.send(Report::Message { conn, kind, peer, message, credit: c }).is_err() {
                         return Ok("the endpoint stopped");
                     }
                 }
                 Ok(Some(Frame::Ping)) => {
                     credit = Some(c);
-                    write(&mut writer, PONG, idle).await?;
+                    write(&mut stream, PONG, idle).await?;
                 }
                 Ok(Some(Frame::Pong)) => credit = Some(c),
                 Ok(None) => {
@@ -286,7 +392,7 @@ async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mps
                         && let Some(status) = StatusCode::new(400)
                         && let Ok(response) = ResponseBuilder::to_request(request, status, "Missing Content-Length")
                     {
-                        write(&mut writer, &Message::Response(response.build()).to_bytes(), idle).await?;
+                        write(&mut stream, &Message::Response(response.build()).to_bytes(), idle).await?;
                     }
                     return Err(e);
                 }
@@ -294,11 +400,11 @@ async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mps
         };
         if paused && !was_paused {
             Counters::bump(&setup.counters.reads_paused);
-            tracing::debug!(%peer, pending = framer.pending(), "SIP TCP reads paused: the endpoint is behind");
+            tracing::debug!(%peer, pending = framer.pending(), "SIP stream reads paused: the endpoint is behind");
         }
         was_paused = paused;
         tokio::select! {
-            read = reader.read(&mut buf), if !paused => {
+            read = stream.read(&mut buf), if !paused => {
                 let n = read?;
                 if n == 0 {
                     return Ok("closed by the peer");
@@ -311,7 +417,7 @@ async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mps
                 Err(_) => return Ok("no longer used"),
             },
             bytes = queue.recv() => match bytes {
-                Some(bytes) => write(&mut writer, &bytes, idle).await?,
+                Some(bytes) => write(&mut stream, &bytes, idle).await?,
                 None => return Ok("no longer used"),
             },
             () = tokio::time::sleep(idle) => return Ok("idle"),
@@ -319,12 +425,17 @@ async fn serve(conn: ConnId, peer: SocketAddr, stream: TcpStream, mut queue: mps
     }
 }
 
-/// Writes `bytes`, failing if the peer has not taken them within `limit` (a peer that stops
-/// reading must not hold the connection, and what is queued for it, forever).
-async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
-    tokio::time::timeout(limit, writer.write_all(bytes))
+/// Writes `bytes` (over TLS, as records flushed to the socket), failing if the peer has not
+/// taken them within `limit` (a peer that stops reading must not hold the connection, and what
+/// is queued for it, forever).
+async fn write<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(limit, written)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TCP peer stopped reading"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "stream peer stopped reading"))?
 }
 
 #[cfg(test)]
@@ -364,8 +475,8 @@ CSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: {body}\r\n\r\n{}"
 
         let (reports, mut endpoint) = mpsc::unbounded_channel();
         let counters = Arc::new(Counters::default());
-        let setup = Setup { reports, idle: Duration::from_secs(30), queue: 4, read_messages: CREDITS, counters: Arc::clone(&counters) };
-        let _connection = Connection::accepted(7, peer, stream, &setup);
+        let setup = Setup { reports, idle: Duration::from_secs(30), handshake: Duration::from_secs(10), queue: 4, read_messages: CREDITS, counters: Arc::clone(&counters) };
+        let _connection = Connection::accepted(7, peer, stream, None, &setup);
 
         let written = Arc::new(AtomicUsize::new(0));
         let flood = tokio::spawn({

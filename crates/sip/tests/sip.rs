@@ -1,6 +1,6 @@
 //! The SIP layer: why `sipx-sip` was adopted (lossless parsing and editing of IMS requests,
 //! RFC 3261 §17 transactions over UDP including forked 2xx answers), the body edit that
-//! the IMS-ALG and the UEs make, and the endpoint over UDP and TCP (RFC 3261 §18).
+//! the IMS-ALG and the UEs make, and the endpoint over UDP, TCP and TLS (RFC 3261 §18, §26).
 
 use bytes::Bytes;
 use mediasec_sdp::{Level, Sdp};
@@ -905,6 +905,241 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         }
     }
 
+    /// SIP over TLS (RFC 3261 §26.2, RFC 5922 §7) between endpoints on loopback, with
+    /// certificates made here by rcgen.
+    mod tls {
+        use super::*;
+        use mediasec_sip::core::Uri;
+        use mediasec_sip::tls::{client_config, server_config, Tls, TlsServer};
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+        type Ca = CertifiedIssuer<'static, KeyPair>;
+
+        fn new_ca() -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca")
+        }
+
+        /// A certificate for `names` (an IP address string becomes an IP SAN) signed by `ca`:
+        /// (chain PEM, key PEM).
+        fn leaf(ca: &Ca, names: &[&str], expired: bool) -> (String, String) {
+            let mut params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("params");
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().expect("key");
+            (params.signed_by(&key, ca).expect("cert").pem(), key.serialize_pem())
+        }
+
+        /// A config with a TLS server side on a free port (certificate `cert`, clients checked
+        /// against `client_ca` when given) and a client side trusting `trust` (presenting
+        /// `identity` when given).
+        fn config(cert: Option<&(String, String)>, client_ca: Option<&Ca>, trust: Option<&Ca>, identity: Option<&(String, String)>) -> Config {
+            let server = cert.map(|(chain, key)| TlsServer {
+                port: 0,
+                config: server_config(chain.as_bytes(), key.as_bytes(), client_ca.map(|c| c.pem()).as_deref().map(str::as_bytes)).expect("server config"),
+            });
+            let client = trust.map(|ca| {
+                let identity = identity.map(|(c, k)| (c.as_bytes(), k.as_bytes()));
+                client_config(ca.pem().as_bytes(), identity).expect("client config")
+            });
+            Config { tls: Tls { server, client }, ..Config::from(timers()) }
+        }
+
+        async fn bind(config: Config) -> (Endpoint, Events) {
+            Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind")
+        }
+
+        /// A small request (well under the §18.1.1 size) from `from` to `uri`.
+        fn request_to(method: &str, branch: &str, from: SocketAddr, uri: &str) -> Request {
+            let mut r = sized_request(method, branch, from, 10);
+            r.uri = Uri::parse(Bytes::from(uri.to_owned())).expect("uri");
+            r
+        }
+
+        async fn answer(endpoint: &Endpoint, rx: &mut Events) -> Request {
+            let Event::Request { key, request, .. } = next(rx).await else { panic!("a request") };
+            let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+            endpoint.send(Command::Respond { key, response: ok }).expect("respond");
+            *request
+        }
+
+        async fn answered(rx: &mut Events) {
+            match next(rx).await {
+                Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// A request to a `sips:` URI goes over TLS with its top Via saying so and reaches B
+        /// from A's SIP port; the 200 comes back on that connection; B's request the other way
+        /// (a `;transport=tls` URI at A's address) reuses it, as does A's next request: one
+        /// TLS connection on each side, established once (RFC 3261 §18.2.2, §26.2).
+        #[tokio::test]
+        async fn requests_and_responses_both_ways_over_one_tls_connection() {
+            let ca = new_ca();
+            let b_cert = leaf(&ca, &["127.0.0.1"], false);
+            let (a, mut a_rx) = bind(config(None, None, Some(&ca), None)).await;
+            let (b, mut b_rx) = bind(config(Some(&b_cert), None, Some(&ca), None)).await;
+            assert_eq!(a.tls_addr(), None);
+            let b_tls = b.tls_addr().expect("TLS port");
+            assert_ne!(b_tls, b.local_addr());
+
+            let first = request_to("MESSAGE", "z9hG4bKtls1", a.local_addr(), &format!("sips:bob@{b_tls}"));
+            a.send(Command::Request { request: first, to: b_tls }).expect("send");
+            let Event::Request { key, request, source } = next(&mut b_rx).await else { panic!("a request") };
+            assert!(top_via(&request).starts_with("SIP/2.0/TLS "), "{}", top_via(&request));
+            assert_eq!(source, a.local_addr(), "A connects from its SIP port");
+            let ok = ResponseBuilder::to_request(&request, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+            b.send(Command::Respond { key, response: ok }).expect("respond");
+            answered(&mut a_rx).await;
+
+            // B to A on the connection A opened (A has no TLS port of its own).
+            let back = request_to("OPTIONS", "z9hG4bKtls2", b.local_addr(), &format!("sip:alice@{};transport=tls", a.local_addr()));
+            b.send(Command::Request { request: back, to: a.local_addr() }).expect("send");
+            let request = answer(&a, &mut a_rx).await;
+            assert!(top_via(&request).starts_with("SIP/2.0/TLS "), "{}", top_via(&request));
+            answered(&mut b_rx).await;
+
+            let again = request_to("MESSAGE", "z9hG4bKtls3", a.local_addr(), &format!("sips:bob@{b_tls}"));
+            a.send(Command::Request { request: again, to: b_tls }).expect("send");
+            answer(&b, &mut b_rx).await;
+            answered(&mut a_rx).await;
+
+            for stats in [a.tcp_stats(), b.tcp_stats()] {
+                assert_eq!(stats, TcpStats { tls_connections: 1, ..TcpStats::default() });
+            }
+        }
+
+        /// RFC 5922 §7: the client verifies the server as the host of the URI it routes on. A
+        /// certificate for another name, from a CA the client does not trust, or expired fails
+        /// the handshake: the client transaction gets its transport error at once (long before
+        /// Timer F) and nothing reaches B. A certificate for the DNS name in the `Route` (sent
+        /// as SNI) passes.
+        #[tokio::test]
+        async fn a_server_that_cannot_prove_the_name_fails_the_transaction() {
+            let ca = new_ca();
+            let stranger = new_ca();
+            let cases = [
+                ("wrong name", leaf(&ca, &["pcscf.ims.example"], false), "127.0.0.1"),
+                ("untrusted CA", leaf(&stranger, &["127.0.0.1"], false), "127.0.0.1"),
+                ("expired", leaf(&ca, &["127.0.0.1"], true), "127.0.0.1"),
+                ("right DNS name", leaf(&ca, &["pcscf.ims.example"], false), "pcscf.ims.example"),
+            ];
+            for (i, (case, cert, host)) in cases.into_iter().enumerate() {
+                let (a, mut a_rx) = bind(config(None, None, Some(&ca), None)).await;
+                let (b, mut b_rx) = bind(config(Some(&cert), None, None, None)).await;
+                let b_tls = b.tls_addr().expect("TLS port");
+                let branch = format!("z9hG4bKname{i}");
+                let mut request = request_to("MESSAGE", &branch, a.local_addr(), "sip:bob@b.example");
+                let route = format!("<sip:{host}:{};transport=tls;lr>", b_tls.port());
+                request.headers.push(mediasec_sip::core::Header::build(HeaderName::Route, route).expect("Route"));
+                let key = mediasec_sip::core::TransactionKey::from_sent_request(&request).expect("key");
+                let started = std::time::Instant::now();
+                a.send(Command::Request { request, to: b_tls }).expect("send");
+                if case == "right DNS name" {
+                    answer(&b, &mut b_rx).await;
+                    answered(&mut a_rx).await;
+                    assert_eq!(a.tcp_stats().tls_connections, 1, "{case}");
+                    continue;
+                }
+                match next(&mut a_rx).await {
+                    Event::Timeout { key: k } => assert_eq!(k, key, "{case}"),
+                    other => panic!("{case}: unexpected {other:?}"),
+                }
+                assert!(started.elapsed() < timers().t1 * 32, "{case}: a transport error, not Timer F");
+                assert_eq!(a.tcp_stats(), TcpStats { tls_handshakes_failed: 1, ..TcpStats::default() }, "{case}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(b_rx.try_recv().is_err(), "{case}: delivered to B");
+                assert_eq!(b.tcp_stats().tls_connections, 0, "{case}");
+            }
+        }
+
+        /// Plaintext SIP sent to the TLS port gets no SIP answer: the handshake fails, the
+        /// connection closes and is counted, the TU hears nothing. A connection that never
+        /// starts its handshake is closed after the handshake bound (64·T1 here).
+        #[tokio::test]
+        async fn plaintext_or_silence_on_the_tls_port_is_refused() {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let ca = new_ca();
+            let (b, mut b_rx) = bind(config(Some(&leaf(&ca, &["127.0.0.1"], false)), None, None, None)).await;
+            let b_tls = b.tls_addr().expect("TLS port");
+            let client = RawPeer::bind().await;
+            let mut plain = tokio::net::TcpStream::connect(b_tls).await.expect("connect");
+            plain.write_all(&Message::Request(sized_request("OPTIONS", "z9hG4bKplain", client.addr(), 0)).to_bytes()).await.expect("write");
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await.expect("closed in time");
+            assert!(!got.starts_with(b"SIP/2.0"), "{}", String::from_utf8_lossy(&got));
+            assert_eq!(b.tcp_stats(), TcpStats { tls_handshakes_failed: 1, ..TcpStats::default() });
+
+            let mut silent = tokio::net::TcpStream::connect(b_tls).await.expect("connect");
+            let started = std::time::Instant::now();
+            let mut got = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut got)).await.expect("closed in time");
+            let waited = started.elapsed();
+            assert!(waited >= timers().timeout() - Duration::from_millis(200) && waited < timers().timeout() * 2, "{waited:?}");
+            assert_eq!(b.tcp_stats(), TcpStats { tls_handshakes_failed: 2, ..TcpStats::default() });
+            assert!(b_rx.try_recv().is_err(), "the TU heard of it");
+        }
+
+        /// Mutual TLS (core nodes): a server with client roots refuses a client without a
+        /// certificate (a transport error for its transaction, nothing delivered) and takes one
+        /// whose certificate chains to those roots.
+        #[tokio::test]
+        async fn mutual_tls_requires_a_client_certificate() {
+            let ca = new_ca();
+            let node_ca = new_ca();
+            let (b, mut b_rx) = bind(config(Some(&leaf(&ca, &["127.0.0.1"], false)), Some(&node_ca), None, None)).await;
+            let b_tls = b.tls_addr().expect("TLS port");
+            let uri = format!("sips:scscf@{b_tls}");
+
+            let (anonymous, mut anonymous_rx) = bind(config(None, None, Some(&ca), None)).await;
+            anonymous.send(Command::Request { request: request_to("OPTIONS", "z9hG4bKanon", anonymous.local_addr(), &uri), to: b_tls }).expect("send");
+            assert!(matches!(next(&mut anonymous_rx).await, Event::Timeout { .. }));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(b_rx.try_recv().is_err(), "delivered without a client certificate");
+            assert_eq!(b.tcp_stats().tls_handshakes_failed, 1);
+
+            let identity = leaf(&node_ca, &["127.0.0.1"], false);
+            let (node, mut node_rx) = bind(config(None, None, Some(&ca), Some(&identity))).await;
+            node.send(Command::Request { request: request_to("OPTIONS", "z9hG4bKnode", node.local_addr(), &uri), to: b_tls }).expect("send");
+            answer(&b, &mut b_rx).await;
+            answered(&mut node_rx).await;
+            assert_eq!(b.tcp_stats(), TcpStats { tls_connections: 1, tls_handshakes_failed: 1, ..TcpStats::default() });
+        }
+
+        /// A request that must be secured never goes over UDP or TCP: without a TLS client side
+        /// it fails at once; towards a peer that speaks no TLS, what reaches its TCP port is a
+        /// TLS ClientHello (not SIP), its close fails the transaction, and no UDP datagram is
+        /// ever sent — neither the §18.1.1 size rule nor the UDP fallback applies.
+        #[tokio::test]
+        async fn a_secured_request_never_goes_over_udp_or_tcp() {
+            use tokio::io::AsyncReadExt;
+            let peer = RawPeer::bind().await;
+            let (plain, mut plain_rx) = bind(Config::from(timers())).await;
+            plain.send(Command::Request { request: request_to("OPTIONS", "z9hG4bKnoclient", plain.local_addr(), &format!("sips:x@{}", peer.addr())), to: peer.addr() }).expect("send");
+            assert!(matches!(next(&mut plain_rx).await, Event::Timeout { .. }));
+
+            let ca = new_ca();
+            let (a, mut a_rx) = bind(config(None, None, Some(&ca), None)).await;
+            let large = sized_request("INVITE", "z9hG4bKlargetls", a.local_addr(), 1500);
+            let mut large = large;
+            large.uri = Uri::parse(Bytes::from(format!("sip:x@{};transport=tls", peer.addr()))).expect("uri");
+            a.send(Command::Request { request: large, to: peer.addr() }).expect("send");
+            let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), peer.tcp.accept()).await.expect("in time").expect("accept");
+            let mut first = [0u8; 1];
+            stream.read_exact(&mut first).await.expect("read");
+            assert_eq!(first[0], 0x16, "a TLS handshake record, not SIP");
+            drop(stream);
+            assert!(matches!(next(&mut a_rx).await, Event::Timeout { .. }));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut buf = [0u8; 2048];
+            assert!(peer.udp.try_recv_from(&mut buf).is_err(), "sent over UDP");
+            assert!(tokio::time::timeout(Duration::from_millis(100), peer.tcp.accept()).await.is_err(), "a second (plain) connection");
+        }
+    }
 }
 
 /// Every committed seed of `fuzz/corpus/sip_stream` through the fuzz target's function.
