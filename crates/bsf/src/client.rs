@@ -5,7 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use mediasec_gba::ue::{Bootstrap, USER_AGENT, UeAnswer, UeBootstrap, UB_URI};
+use mediasec_gba::GbaError;
+use mediasec_gba::ue::{Bootstrap, GbaUBootstrap, USER_AGENT, UeAnswer, UeBootstrap, UB_URI};
+use mediasec_gba::uicc::Uicc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -159,9 +161,28 @@ pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, BsfError> {
     Ok(HttpResponse { status, headers, body })
 }
 
-/// Bootstrap against the BSF at `bsf` (TS 24.109 §4.2, with resynchronisation §4.5).
+/// Bootstrap against the BSF at `bsf` (TS 24.109 §4.2, with resynchronisation §4.5), GBA_ME.
 /// Returns the bootstrap and the highest accepted SQN (for the caller's USIM state).
 pub async fn bootstrap(bsf: &Endpoint, mut ue: UeBootstrap) -> Result<(Bootstrap, u64), BsfError> {
+    let boot = ub_run(bsf, &mut ue, UeBootstrap::on_success).await?;
+    Ok((boot, ue.sqn_ms()))
+}
+
+/// GBA_U bootstrap (TS 33.220 §5.3.2, G.1) of a run made with [`UeBootstrap::with_uicc`]:
+/// the same Ub exchange; returns what the ME keeps and the UICC, which holds Ks (NAF keys:
+/// [`Uicc::naf_derivation`]) and its SQN_MS.
+pub async fn bootstrap_gba_u(bsf: &Endpoint, mut ue: UeBootstrap) -> Result<(GbaUBootstrap, Uicc), BsfError> {
+    let boot = ub_run(bsf, &mut ue, UeBootstrap::on_success_gba_u).await?;
+    let uicc = ue.into_uicc().ok_or(GbaError::WrongGbaMode { run: "GBA_ME", called: "GBA_U" })?;
+    Ok((boot, uicc))
+}
+
+/// The Ub exchange of both modes; `finish` handles the 200.
+async fn ub_run<T>(
+    bsf: &Endpoint,
+    ue: &mut UeBootstrap,
+    finish: impl FnOnce(&mut UeBootstrap, &str, &[u8]) -> Result<T, GbaError>,
+) -> Result<T, BsfError> {
     let mut auth = ue.initial_authorization();
     // Initial request, at most one resync, then the response: 3 rounds suffice; allow 4.
     for _ in 0..4 {
@@ -175,8 +196,7 @@ pub async fn bootstrap(bsf: &Endpoint, mut ue: UeBootstrap) -> Result<(Bootstrap
             }
             200 => {
                 let info = r.header("authentication-info").ok_or(BsfError::Http { offset: 0, reason: "200 without Authentication-Info" })?;
-                let boot = ue.on_success(info, &r.body)?;
-                return Ok((boot, ue.sqn_ms()));
+                return Ok(finish(ue, info, &r.body)?);
             }
             status => return Err(BsfError::Status { status, body: r.body_text() }),
         }
@@ -186,9 +206,16 @@ pub async fn bootstrap(bsf: &Endpoint, mut ue: UeBootstrap) -> Result<(Bootstrap
 
 /// What Zn returns for a B-TID.
 #[derive(Debug, Clone, serde::Deserialize)]
+#[non_exhaustive]
 pub struct ZnKey {
-    /// Ks_NAF, base64.
+    /// Ks_NAF (GBA_ME) or Ks_ext_NAF (GBA_U), base64.
     pub ks_naf: String,
+    /// `"GBA_U"` for a GBA_U bootstrap; absent for GBA_ME.
+    #[serde(default)]
+    pub gba_type: Option<String>,
+    /// Ks_int_NAF, base64: only for a GBA_U bootstrap and a NAF that asked as GBA_U aware.
+    #[serde(default)]
+    pub ks_int_naf: Option<String>,
     /// IMPI.
     pub impi: String,
     /// IMPUs.
@@ -200,9 +227,17 @@ pub struct ZnKey {
 }
 
 impl ZnKey {
-    /// Ks_NAF octets.
+    /// Ks_NAF / Ks_ext_NAF octets.
     pub fn key(&self) -> Result<Vec<u8>, BsfError> {
         STANDARD.decode(&self.ks_naf).map_err(|_| BsfError::Http { offset: 0, reason: "ks_naf is not base64" })
+    }
+
+    /// Ks_int_NAF octets, when the BSF sent it.
+    pub fn int_key(&self) -> Result<Option<Vec<u8>>, BsfError> {
+        self.ks_int_naf
+            .as_ref()
+            .map(|k| STANDARD.decode(k).map_err(|_| BsfError::Http { offset: 0, reason: "ks_int_naf is not base64" }))
+            .transpose()
     }
 }
 
@@ -215,7 +250,25 @@ pub async fn zn_lookup(
     naf_fqdn: &str,
     ua_protocol_id: &str,
 ) -> Result<Option<ZnKey>, BsfError> {
-    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id }).to_string();
+    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id });
+    zn_post(bsf, token, &body).await
+}
+
+/// [`zn_lookup`] by a GBA_U aware NAF (TS 33.220 §5.3.3): for a GBA_U bootstrap the answer
+/// also carries Ks_int_NAF.
+pub async fn zn_lookup_gba_u_aware(
+    bsf: &Endpoint,
+    token: &str,
+    btid: &str,
+    naf_fqdn: &str,
+    ua_protocol_id: &str,
+) -> Result<Option<ZnKey>, BsfError> {
+    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id, "gba_u_aware": true });
+    zn_post(bsf, token, &body).await
+}
+
+async fn zn_post(bsf: &Endpoint, token: &str, body: &serde_json::Value) -> Result<Option<ZnKey>, BsfError> {
+    let body = body.to_string();
     let bearer = format!("Bearer {token}");
     let r = request(bsf, "POST", "/zn/v1/naf-keys", &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes()).await?;
     match r.status {

@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::bootstrapping_info::{CONTENT_TYPE, format_time};
 use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, PendingChallenge, UbRequest, Verdict};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
+use mediasec_gba::uicc::UiccType;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -102,12 +103,12 @@ impl Bsf {
             }
             Err(e) => return internal(&e),
         };
-        let auth = match sub.auth() {
+        let (auth, uicc) = match sub.auth().and_then(|a| Ok((a, sub.uicc_type()?))) {
             Ok(a) => a,
             Err(e) => return internal(&e),
         };
         let input = ChallengeInput { sqn: sub.sqn, rand: rand::random(), opaque: rand::random(), now: now(), stale };
-        let (ch, pending) = bsf::issue_challenge(&self.cfg.bsf, impi, &auth, input);
+        let (ch, pending) = bsf::issue_challenge_for(&self.cfg.bsf, impi, &auth, uicc, input);
         if let Ok(mut p) = self.pending.lock() {
             let limit = self.cfg.bsf.nonce_lifetime;
             let t = now();
@@ -210,6 +211,9 @@ struct ZnRequest {
     btid: String,
     naf_fqdn: String,
     ua_protocol_id: String,
+    /// The NAF is GBA_U aware (TS 33.220 §5.3.3): it also gets Ks_int_NAF of GBA_U sessions.
+    #[serde(default)]
+    gba_u_aware: bool,
 }
 
 /// The end-entity TLS client certificate of the connection, already verified by rustls
@@ -281,14 +285,24 @@ fn zn_blocking(b: &Bsf, cert: Option<&CertificateDer<'static>>, headers: &Header
     let Ok(key) = session.ks().ks_naf(&session.rand, &session.impi, &naf) else {
         return text(StatusCode::BAD_REQUEST, "naf_fqdn too long");
     };
-    info!(btid = %req.btid, naf = %req.naf_fqdn, "Zn key delivered");
-    let out = serde_json::json!({
-        "ks_naf": STANDARD.encode(key.0),
-        "impi": session.impi,
-        "impus": impus,
-        "bootstrap_time": format_time(session.bootstrap_time),
-        "key_expiry": format_time(session.expiry),
-    });
+    let mut out = serde_json::Map::new();
+    out.insert("ks_naf".into(), STANDARD.encode(key.0).into());
+    out.insert("impi".into(), session.impi.clone().into());
+    out.insert("impus".into(), impus.into());
+    out.insert("bootstrap_time".into(), format_time(session.bootstrap_time).into());
+    out.insert("key_expiry".into(), format_time(session.expiry).into());
+    // GBA_U session (TS 33.220 §5.3.3): `ks_naf` above is Ks_ext_NAF; Ks_int_NAF only to a NAF
+    // that says it is GBA_U aware. A GBA_ME session's answer has neither field.
+    if session.uicc == UiccType::GbaU {
+        out.insert("gba_type".into(), UiccType::GbaU.as_str().into());
+        if req.gba_u_aware {
+            let Ok(int) = session.ks().ks_int_naf(&session.rand, &session.impi, &naf) else {
+                return text(StatusCode::BAD_REQUEST, "naf_fqdn too long");
+            };
+            out.insert("ks_int_naf".into(), STANDARD.encode(int.0).into());
+        }
+    }
+    info!(btid = %req.btid, naf = %req.naf_fqdn, gba_u = session.uicc == UiccType::GbaU, aware = req.gba_u_aware, "Zn key delivered");
     (StatusCode::OK, axum::Json(out)).into_response()
 }
 

@@ -6,6 +6,7 @@
 
 use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
+use mediasec_gba::uicc::UiccType;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -37,7 +38,8 @@ pub struct Subscriber {
     /// The user's IMPUs, returned on Zn.
     #[serde(default)]
     pub impus: Vec<String>,
-    /// GBA User Security Settings (opaque JSON, returned to NAFs as is).
+    /// GBA User Security Settings (JSON, returned to NAFs as is). The BSF itself reads only
+    /// `bsfInfo.uiccType` (`"GBA"` default, or `"GBA_U"`): see [`Subscriber::uicc_type`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guss: Option<serde_json::Value>,
 }
@@ -83,7 +85,21 @@ impl Subscriber {
         if self.sqn > SQN_MAX {
             return Err(BsfError::InvalidSubscriber("SQN exceeds 48 bits".into()));
         }
+        self.uicc_type()?;
         Ok(SubscriberAuth { milenage, amf })
+    }
+
+    /// The UICC type from the GUSS (TS 33.220 §5.1: the BSF takes the UICC capabilities from
+    /// the GBA user security settings and runs GBA_U or GBA_ME accordingly): `bsfInfo.uiccType`,
+    /// as in the GUSS BsfInfo; absent means GBA (GBA_ME).
+    pub fn uicc_type(&self) -> Result<UiccType, BsfError> {
+        match self.guss.as_ref().and_then(|g| g.get("bsfInfo")).and_then(|b| b.get("uiccType")) {
+            None => Ok(UiccType::Gba),
+            Some(v) => v
+                .as_str()
+                .and_then(UiccType::parse)
+                .ok_or_else(|| BsfError::InvalidSubscriber("guss.bsfInfo.uiccType must be \"GBA\" or \"GBA_U\"".into())),
+        }
     }
 
     /// The record without secrets (for listing).
@@ -100,6 +116,9 @@ struct SessionRecord {
     impi: String,
     bootstrap_time: u64,
     expiry: u64,
+    /// A GBA_U session (absent in records of GBA_ME sessions).
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    gba_u: bool,
 }
 
 impl Drop for SessionRecord {
@@ -217,6 +236,7 @@ impl Store {
             impi: s.impi.clone(),
             bootstrap_time: s.bootstrap_time,
             expiry: s.expiry,
+            gba_u: s.uicc == UiccType::GbaU,
         };
         let bytes = Zeroizing::new(encode(&rec));
         let tx = self.db.begin_write().map_err(redb::Error::from)?;
@@ -253,6 +273,7 @@ impl Store {
             impi: rec.impi.clone(),
             bootstrap_time: rec.bootstrap_time,
             expiry: rec.expiry,
+            uicc: if rec.gba_u { UiccType::GbaU } else { UiccType::Gba },
         }))
     }
 }

@@ -16,6 +16,7 @@ use crate::btid::Btid;
 use crate::digest::{self, AkaNonce, AuthenticationInfo, Challenge, Credentials, Qop};
 use crate::kdf::Ks;
 use crate::milenage::{Milenage, Sqn};
+use crate::uicc::{UiccType, mask_mac};
 
 /// BSF policy.
 #[derive(Debug, Clone)]
@@ -106,6 +107,9 @@ pub struct PendingChallenge {
     pub sqn: Sqn,
     /// When issued (Unix seconds).
     pub issued_at: u64,
+    /// GBA_ME or GBA_U run (the subscriber's UICC type when challenged).
+    #[zeroize(skip)]
+    pub uicc: UiccType,
 }
 
 /// The per-challenge inputs the caller provides: durable SQN, randomness, time.
@@ -124,16 +128,33 @@ pub struct ChallengeInput {
 }
 
 /// Generate an AV for `sqn` (already stored durably by the caller) and build the 401
-/// challenge (RFC 3310 §3.1: nonce = base64(RAND || AUTN)).
+/// challenge of a GBA_ME run (RFC 3310 §3.1: nonce = base64(RAND || AUTN)).
 pub fn issue_challenge(
     cfg: &BsfConfig,
     impi: &str,
     sub: &SubscriberAuth,
     fresh: ChallengeInput,
 ) -> (Challenge, PendingChallenge) {
+    issue_challenge_for(cfg, impi, sub, UiccType::Gba, fresh)
+}
+
+/// [`issue_challenge`] for a subscriber with this UICC type: for GBA_U the nonce carries
+/// AUTN* (MAC* = MAC ⊕ Trunc(SHA-1(IK)), TS 33.220 §5.3.2 step 4); XRES, CK and IK are
+/// those of the unmodified vector.
+pub fn issue_challenge_for(
+    cfg: &BsfConfig,
+    impi: &str,
+    sub: &SubscriberAuth,
+    uicc: UiccType,
+    fresh: ChallengeInput,
+) -> (Challenge, PendingChallenge) {
     let ChallengeInput { sqn, rand, opaque, now, stale } = fresh;
     let av = sub.milenage.generate_vector(&rand, sqn, sub.amf);
-    let nonce = AkaNonce { rand, autn: av.autn, server_data: Vec::new() }.encode();
+    let autn = match uicc {
+        UiccType::Gba => av.autn,
+        UiccType::GbaU => mask_mac(&av.autn, &av.keys.ik),
+    };
+    let nonce = AkaNonce { rand, autn, server_data: Vec::new() }.encode();
     let opaque = hex::encode(opaque);
     let challenge = Challenge {
         realm: cfg.domain.clone(),
@@ -152,6 +173,7 @@ pub fn issue_challenge(
         ik: av.keys.ik,
         sqn,
         issued_at: now,
+        uicc,
     };
     (challenge, pending)
 }
@@ -171,6 +193,10 @@ pub struct BootstrapSession {
     pub bootstrap_time: u64,
     /// Key expiry (Unix seconds).
     pub expiry: u64,
+    /// GBA_ME or GBA_U: on Zn, a GBA_U session gives Ks_ext_NAF, and Ks_int_NAF to a GBA_U
+    /// aware NAF (TS 33.220 §5.3.3).
+    #[zeroize(skip)]
+    pub uicc: UiccType,
 }
 
 impl BootstrapSession {
@@ -253,6 +279,7 @@ pub fn verify_response(
         impi: pending.impi.clone(),
         bootstrap_time: now,
         expiry: now.saturating_add(cfg.key_lifetime),
+        uicc: pending.uicc,
     })
 }
 

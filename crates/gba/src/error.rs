@@ -53,4 +53,16 @@ pub enum GbaError {
     /// A B-TID is not of the form `base64(RAND)@domain` (TS 33.220 §4.5.2).
     #[error("invalid B-TID: {0}")]
     InvalidBtid(&'static str),
+    /// The UICC holds no (complete) GBA_U bootstrap: no Ks, or no B-TID stored for it yet
+    /// (TS 33.220 G.2 NOTE: the command answers with an error).
+    #[error("the UICC holds no GBA_U bootstrapped key (run a GBA_U bootstrap first)")]
+    NoBootstrap,
+    /// A GBA_ME call on a GBA_U run or the reverse (TS 33.220 clause 4 vs clause 5).
+    #[error("this bootstrapping run is {run}, not {called}")]
+    WrongGbaMode {
+        /// The mode of the run.
+        run: &'static str,
+        /// The mode the called method belongs to.
+        called: &'static str,
+    },
 }

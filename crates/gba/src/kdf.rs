@@ -1,6 +1,6 @@
 //! Key derivation of TS 33.220 Annex B: the generic KDF (B.2), Ks (§4.5.2) and the
-//! NAF-specific key Ks_(ext)_NAF of GBA_ME (B.3) with NAF_Id = FQDN || Ua security protocol
-//! identifier (Annex H).
+//! NAF-specific keys of B.3 — Ks_NAF (GBA_ME), Ks_ext_NAF and Ks_int_NAF (GBA_U, clause 5) —
+//! with NAF_Id = FQDN || Ua security protocol identifier (Annex H).
 
 use core::fmt;
 
@@ -13,6 +13,12 @@ use crate::GbaError;
 
 /// FC value of the GBA NAF key derivation (TS 33.220 B.3).
 pub const FC_GBA: u8 = 0x01;
+
+/// P0 of Ks_NAF and Ks_ext_NAF (TS 33.220 B.3): "gba-me".
+const P0_GBA_ME: &[u8] = b"gba-me";
+
+/// P0 of Ks_int_NAF (TS 33.220 B.3): "gba-u".
+const P0_GBA_U: &[u8] = b"gba-u";
 
 /// The generic KDF (TS 33.220 B.2): HMAC-SHA-256(Key, S), S = FC || P0 || L0 || P1 || L1 ...,
 /// each Li the 2-octet big-endian length of Pi.
@@ -58,10 +64,22 @@ impl Ks {
         &self.0
     }
 
-    /// Ks_NAF (Ks_ext_NAF for GBA_U) = KDF(Ks, "gba-me", RAND, IMPI, NAF_Id) (TS 33.220 B.3).
+    /// Ks_NAF (GBA_ME), which is also Ks_ext_NAF (GBA_U) = KDF(Ks, "gba-me", RAND, IMPI,
+    /// NAF_Id) (TS 33.220 B.3).
     pub fn ks_naf(&self, rand: &[u8; 16], impi: &str, naf_id: &NafId) -> Result<KsNaf, GbaError> {
+        self.naf_key(P0_GBA_ME, rand, impi, naf_id)
+    }
+
+    /// Ks_int_NAF (GBA_U only) = KDF(Ks, "gba-u", RAND, IMPI, NAF_Id) (TS 33.220 B.3): the key
+    /// that stays in the UICC (clause 5.3.3, Annex G.2).
+    pub fn ks_int_naf(&self, rand: &[u8; 16], impi: &str, naf_id: &NafId) -> Result<KsNaf, GbaError> {
+        self.naf_key(P0_GBA_U, rand, impi, naf_id)
+    }
+
+    /// B.3: FC = 0x01, P0 = label, P1 = RAND, P2 = IMPI (UTF-8), P3 = NAF_Id.
+    fn naf_key(&self, p0: &[u8], rand: &[u8; 16], impi: &str, naf_id: &NafId) -> Result<KsNaf, GbaError> {
         let naf = naf_id.to_bytes();
-        kdf(&self.0, FC_GBA, &[b"gba-me", rand, impi.as_bytes(), &naf]).map(KsNaf)
+        kdf(&self.0, FC_GBA, &[p0, rand, impi.as_bytes(), &naf]).map(KsNaf)
     }
 }
 

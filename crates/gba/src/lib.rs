@@ -7,6 +7,7 @@
 //! - [`digest`]: HTTP Digest AKA headers and computations (RFC 3310, RFC 2617).
 //! - [`bootstrapping_info`]: the BSF's XML body (TS 24.109 Annex C).
 //! - [`bsf`] / [`ue`]: the two ends of the Ub bootstrapping procedure (TS 24.109 §4).
+//! - [`uicc`]: GBA_U (TS 33.220 clause 5, Annex G): UICC type, AUTN*, a simulated UICC.
 
 pub mod bootstrapping_info;
 pub mod bsf;
@@ -16,5 +17,6 @@ mod error;
 pub mod kdf;
 pub mod milenage;
 pub mod ue;
+pub mod uicc;
 
 pub use error::GbaError;

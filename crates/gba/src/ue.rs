@@ -3,6 +3,11 @@
 //! to [`UeBootstrap::on_challenge`], sends the returned `Authorization`, and on 200 calls
 //! [`UeBootstrap::on_success`] to get a [`Bootstrap`] (B-TID, Ks, expiry).
 //!
+//! GBA_ME ([`UeBootstrap::new`], a USIM that hands CK and IK to the ME, TS 33.220 clause 4)
+//! and GBA_U ([`UeBootstrap::with_uicc`], a [`Uicc`] that keeps them, clause 5 and Annex G.1)
+//! share the Ub exchange: the messages are identical (§5.1); only the card step and what the
+//! ME keeps at the end ([`UeBootstrap::on_success`] vs [`UeBootstrap::on_success_gba_u`]) differ.
+//!
 //! USIM SQN freshness: this simulator keeps the highest accepted SQN (`sqn_ms`) and accepts
 //! SQN if `sqn_ms < SQN <= sqn_ms + DELTA` — the "simple monotone" alternative of TS 33.102
 //! Annex C (no IND array), matching the BSF's per-subscriber monotone SQN.
@@ -17,10 +22,16 @@ use crate::btid::Btid;
 use crate::digest::{self, AkaNonce, AuthenticationInfo, Challenge, Credentials, Qop};
 use crate::kdf::{Ks, KsNaf, NafId};
 use crate::milenage::{AutnCheck, Milenage, Sqn};
+use crate::uicc::{Uicc, UiccAnswer};
 use crate::GbaError;
 
 /// Largest forward jump of SQN the UE accepts (TS 33.102 C.2.1 suggests Δ = 2^28).
 pub const DELTA: Sqn = 1 << 28;
+
+/// The simulated USIM's freshness rule for a network SQN, given SQN_MS (see the module doc).
+pub(crate) fn sqn_fresh(sqn_ms: Sqn) -> impl FnOnce(Sqn) -> bool {
+    move |sqn| sqn > sqn_ms && sqn - sqn_ms <= DELTA
+}
 
 /// The Ub request URI (TS 24.109 A.3: "/" by default).
 pub const UB_URI: &str = "/";
@@ -28,23 +39,58 @@ pub const UB_URI: &str = "/";
 /// Product token for GBA_ME in `User-Agent` (TS 24.109 §4.2).
 pub const USER_AGENT: &str = "mediasec-ue 3gpp-gba";
 
-/// A UE bootstrapping run (one IMPI, one USIM).
+/// A UE bootstrapping run (one IMPI, one USIM or GBA_U UICC).
 pub struct UeBootstrap {
     impi: String,
     realm: String,
-    usim: Milenage,
-    sqn_ms: Sqn,
+    card: Card,
     pending: Option<Pending>,
+}
+
+/// The card the ME drives.
+enum Card {
+    /// GBA_ME: a USIM that returns RES, CK and IK to the ME.
+    Usim { usim: Milenage, sqn_ms: Sqn },
+    /// GBA_U: a UICC that returns RES only and keeps Ks.
+    Uicc(Uicc),
+}
+
+impl Card {
+    fn mode(&self) -> &'static str {
+        match self {
+            Self::Usim { .. } => "GBA_ME",
+            Self::Uicc(_) => "GBA_U",
+        }
+    }
 }
 
 #[derive(Zeroize, ZeroizeOnDrop)]
 struct Pending {
     rand: [u8; 16],
     res: [u8; 8],
+    /// CK and IK as the USIM gave them (GBA_ME); zero on a GBA_U run, where the ME never sees them.
     ck: [u8; 16],
     ik: [u8; 16],
     #[zeroize(skip)]
     creds: Credentials,
+}
+
+/// What the card answered to (RAND, AUTN).
+enum CardAnswer {
+    Keys { res: [u8; 8], ck: [u8; 16], ik: [u8; 16] },
+    Sync([u8; 14]),
+}
+
+/// What the ME keeps after a GBA_U run (TS 33.220 G.1): the B-TID and key lifetime, also
+/// stored in the UICC, which holds Ks. NAF keys come from [`Uicc::naf_derivation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GbaUBootstrap {
+    /// B-TID.
+    pub btid: Btid,
+    /// IMPI.
+    pub impi: String,
+    /// Key expiry (Unix seconds), from the BSF's `lifetime`.
+    pub expiry: u64,
 }
 
 /// What to send after a challenge.
@@ -88,14 +134,47 @@ impl Bootstrap {
 }
 
 impl UeBootstrap {
-    /// Start a run. `realm` is the BSF FQDN; `sqn_ms` the highest SQN this USIM accepted.
+    /// Start a GBA_ME run. `realm` is the BSF FQDN; `sqn_ms` the highest SQN this USIM accepted.
     pub fn new(impi: impl Into<String>, realm: impl Into<String>, usim: Milenage, sqn_ms: Sqn) -> Self {
-        Self { impi: impi.into(), realm: realm.into(), usim, sqn_ms, pending: None }
+        Self { impi: impi.into(), realm: realm.into(), card: Card::Usim { usim, sqn_ms }, pending: None }
+    }
+
+    /// Start a GBA_U run (TS 33.220 §5.3.2, G.1) with this UICC.
+    pub fn with_uicc(impi: impl Into<String>, realm: impl Into<String>, uicc: Uicc) -> Self {
+        Self { impi: impi.into(), realm: realm.into(), card: Card::Uicc(uicc), pending: None }
     }
 
     /// Highest SQN accepted so far (persist it between runs like a USIM would).
     pub fn sqn_ms(&self) -> Sqn {
-        self.sqn_ms
+        match &self.card {
+            Card::Usim { sqn_ms, .. } => *sqn_ms,
+            Card::Uicc(u) => u.sqn_ms(),
+        }
+    }
+
+    /// The UICC of a GBA_U run (`None` for GBA_ME), e.g. for NAF derivation after the run.
+    pub fn into_uicc(self) -> Option<Uicc> {
+        match self.card {
+            Card::Uicc(u) => Some(u),
+            Card::Usim { .. } => None,
+        }
+    }
+
+    /// The card step for (RAND, AUTN): the USIM (GBA_ME) or the UICC in GBA bootstrapping mode.
+    fn card_authenticate(&mut self, rand: &[u8; 16], autn: &[u8; 16]) -> Result<CardAnswer, GbaError> {
+        match &mut self.card {
+            Card::Usim { usim, sqn_ms } => match usim.check_autn(rand, autn, *sqn_ms, sqn_fresh(*sqn_ms))? {
+                AutnCheck::Ok { keys, sqn } => {
+                    *sqn_ms = sqn;
+                    Ok(CardAnswer::Keys { res: keys.res, ck: keys.ck, ik: keys.ik })
+                }
+                AutnCheck::SyncFailure { auts } => Ok(CardAnswer::Sync(auts)),
+            },
+            Card::Uicc(u) => match u.authenticate_gba(rand, autn)? {
+                UiccAnswer::Res(res) => Ok(CardAnswer::Keys { res, ck: [0; 16], ik: [0; 16] }),
+                UiccAnswer::SyncFailure(auts) => Ok(CardAnswer::Sync(auts)),
+            },
+        }
     }
 
     /// The initial `Authorization` (TS 24.109 §4.2, A.3 table A.3-1).
@@ -124,10 +203,7 @@ impl UeBootstrap {
             return Err(GbaError::MissingParam("qop"));
         };
         let nonce = AkaNonce::decode(&ch.nonce)?;
-        let sqn_ms = self.sqn_ms;
-        let check = self.usim.check_autn(&nonce.rand, &nonce.autn, sqn_ms, |sqn| {
-            sqn > sqn_ms && sqn - sqn_ms <= DELTA
-        })?;
+        let check = self.card_authenticate(&nonce.rand, &nonce.autn)?;
         let mut creds = Credentials {
             username: self.impi.clone(),
             realm: ch.realm,
@@ -142,14 +218,13 @@ impl UeBootstrap {
             auts: None,
         };
         match check {
-            AutnCheck::Ok { keys, sqn } => {
-                creds.response = digest::request_digest(&keys.res, &creds.digest_input(method, body));
-                self.sqn_ms = sqn;
+            CardAnswer::Keys { res, ck, ik } => {
+                creds.response = digest::request_digest(&res, &creds.digest_input(method, body));
                 let header = creds.to_header();
-                self.pending = Some(Pending { rand: nonce.rand, res: keys.res, ck: keys.ck, ik: keys.ik, creds });
+                self.pending = Some(Pending { rand: nonce.rand, res, ck, ik, creds });
                 Ok(UeAnswer::Response(header))
             }
-            AutnCheck::SyncFailure { auts } => {
+            CardAnswer::Sync(auts) => {
                 // RFC 3310 §3.4: auts with the response computed over an empty password.
                 creds.auts = Some(STANDARD.encode(auts));
                 creds.response = digest::request_digest(b"", &creds.digest_input(method, body));
@@ -159,9 +234,31 @@ impl UeBootstrap {
         }
     }
 
-    /// Handle the 200: verify `Authentication-Info` rspauth over the body (RFC 2617
-    /// §3.2.3) before trusting it, then parse the B-TID and lifetime.
+    /// Handle the 200 of a GBA_ME run: verify `Authentication-Info` rspauth over the body
+    /// (RFC 2617 §3.2.3) before trusting it, then parse the B-TID and lifetime.
     pub fn on_success(&mut self, authentication_info: &str, body: &[u8]) -> Result<Bootstrap, GbaError> {
+        if !matches!(self.card, Card::Usim { .. }) {
+            return Err(GbaError::WrongGbaMode { run: self.card.mode(), called: "GBA_ME" });
+        }
+        let (p, btid, expiry) = self.accept(authentication_info, body)?;
+        Ok(Bootstrap { btid, ks: Ks::from_ck_ik(&p.ck, &p.ik), impi: self.impi.clone(), expiry })
+    }
+
+    /// Handle the 200 of a GBA_U run: checks as [`Self::on_success`], then the ME stores the
+    /// B-TID and key lifetime in the UICC (TS 33.220 G.1).
+    pub fn on_success_gba_u(&mut self, authentication_info: &str, body: &[u8]) -> Result<GbaUBootstrap, GbaError> {
+        if !matches!(self.card, Card::Uicc(_)) {
+            return Err(GbaError::WrongGbaMode { run: self.card.mode(), called: "GBA_U" });
+        }
+        let (_, btid, expiry) = self.accept(authentication_info, body)?;
+        if let Card::Uicc(u) = &mut self.card {
+            u.store_bootstrap_params(btid.clone(), expiry)?;
+        }
+        Ok(GbaUBootstrap { btid, impi: self.impi.clone(), expiry })
+    }
+
+    /// rspauth, BootstrappingInfo and B-TID checks shared by both modes.
+    fn accept(&mut self, authentication_info: &str, body: &[u8]) -> Result<(Pending, Btid, u64), GbaError> {
         let p = self.pending.take().ok_or(GbaError::MissingParam("challenge (no response was sent)"))?;
         let info = AuthenticationInfo::parse(authentication_info)?;
         let expected = digest::request_digest(&p.res, &p.creds.rspauth_input(body));
@@ -178,6 +275,6 @@ impl UeBootstrap {
         if btid.rand != p.rand {
             return Err(GbaError::InvalidBtid("local part is not base64(RAND) of this run"));
         }
-        Ok(Bootstrap { btid, ks: Ks::from_ck_ik(&p.ck, &p.ik), impi: self.impi.clone(), expiry: bi.lifetime })
+        Ok((p, btid, bi.lifetime))
     }
 }
