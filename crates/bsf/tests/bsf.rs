@@ -318,3 +318,71 @@ async fn https_bootstrap_and_zn() {
     task.abort();
     let _ = std::fs::remove_file(&path);
 }
+
+/// GBA_U end to end over HTTP (TS 33.220 clause 5, Annex G): a subscriber whose GUSS says
+/// `uiccType: GBA_U`, a simulated UICC driven by the ME through the same Ub flow; Zn gives an
+/// unaware NAF (the KMS) Ks_ext_NAF only and a GBA_U aware NAF Ks_int_NAF too, both equal to
+/// what the UICC derives; a GBA_ME subscriber's answer carries neither GBA_U field even when the
+/// NAF is aware; a UICC with the wrong K and a plain USIM both fail with a typed MAC error.
+#[tokio::test]
+async fn gba_u_bootstrap_and_zn() {
+    use mediasec_gba::uicc::Uicc;
+    use mediasec_gba::GbaError;
+    const IMPI_U: &str = "001010000000002@ims.mnc001.mcc001.3gppnetwork.org";
+    let path = db_path("gbau");
+    let (k, opc) = keys();
+    let srv = start(&path, 3600).await;
+    let mut sub_u = subscriber(&k, &opc);
+    sub_u.impi = IMPI_U.into();
+    sub_u.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
+    srv.bsf.store().add_subscriber(&sub_u).expect("add GBA_U subscriber");
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add GBA_ME subscriber");
+    let mut bad = subscriber(&k, &opc);
+    bad.impi = "bad@x".into();
+    bad.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA-U"}}));
+    assert!(matches!(srv.bsf.store().add_subscriber(&bad), Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
+
+    // The UICC is ahead (SQN_MS 40): resync, then GBA_U success.
+    let ue_u = UeBootstrap::with_uicc(IMPI_U, DOMAIN, Uicc::new(Milenage::with_opc(&k, &opc), 40));
+    let (boot, mut uicc) = client::bootstrap_gba_u(&ep(&srv.url), ue_u).await.expect("GBA_U bootstrap");
+    assert_eq!((uicc.sqn_ms(), uicc.btid()), (41, Some(&boot.btid)));
+    let btid = boot.btid.to_string();
+    let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    let ext = uicc.naf_derivation(&naf, IMPI_U).expect("G.2");
+
+    // The KMS (not GBA_U aware): Ks_ext_NAF, never Ks_int_NAF; lifetime as for GBA_ME.
+    let zn = client::zn_lookup(&ep(&srv.url), ZN, &btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(zn.key().expect("b64"), ext.0.to_vec());
+    assert_eq!((zn.gba_type.as_deref(), zn.int_key().expect("b64")), (Some("GBA_U"), None));
+    assert_eq!(mediasec_gba::bootstrapping_info::parse_time(&zn.key_expiry).expect("time"), boot.expiry);
+    // A GBA_U aware NAF: Ks_ext_NAF and Ks_int_NAF; the latter equals the UICC's.
+    let aware = client::zn_lookup_gba_u_aware(&ep(&srv.url), ZN, &btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(aware.key().expect("b64"), ext.0.to_vec());
+    let (_, int) = uicc.application_ks_int_naf(&naf).expect("kept in the UICC");
+    assert_eq!(aware.int_key().expect("b64"), Some(int.0.to_vec()));
+    assert_ne!(aware.ks_int_naf.as_deref(), Some(aware.ks_naf.as_str()));
+
+    // GBA_ME subscriber: the answer has exactly today's fields, aware NAF or not.
+    let (boot_me, _) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, 0)).await.expect("GBA_ME bootstrap");
+    let body = serde_json::json!({"btid": boot_me.btid.to_string(), "naf_fqdn": "kms.ims.example.org", "ua_protocol_id": "0100000006", "gba_u_aware": true});
+    let r = request(&ep(&srv.url), "POST", "/zn/v1/naf-keys", &[("Authorization", &format!("Bearer {ZN}"))], body.to_string().as_bytes()).await.expect("http");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let mut fields: Vec<&str> = v.as_object().expect("object").keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["bootstrap_time", "impi", "impus", "key_expiry", "ks_naf"]);
+    assert_eq!(STANDARD.decode(v["ks_naf"].as_str().expect("ks_naf")).expect("b64"), boot_me.ks_naf(&naf).expect("ks_naf").0.to_vec());
+
+    // Wrong K in the UICC: typed MAC failure, no request sent after the challenge.
+    let wrong = UeBootstrap::with_uicc(IMPI_U, DOMAIN, Uicc::new(Milenage::with_opc(&rand::random(), &opc), 0));
+    assert!(matches!(client::bootstrap_gba_u(&ep(&srv.url), wrong).await, Err(mediasec_bsf::BsfError::Gba(GbaError::MacFailure))));
+    // A plain USIM (GBA_ME ME) cannot answer a GBA_U subscriber's AUTN*.
+    let plain = UeBootstrap::new(IMPI_U, DOMAIN, Milenage::with_opc(&k, &opc), 100);
+    assert!(matches!(client::bootstrap(&ep(&srv.url), plain).await, Err(mediasec_bsf::BsfError::Gba(GbaError::MacFailure))));
+    // Restart: the session keeps its GBA_U type.
+    srv.stop().await;
+    let srv = start(&path, 3600).await;
+    let again = client::zn_lookup_gba_u_aware(&ep(&srv.url), ZN, &btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
+    assert_eq!(again.int_key().expect("b64"), Some(int.0.to_vec()));
+    srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}

@@ -1,6 +1,7 @@
 //! mediasec-gba against published vectors (TS 35.208, TS 33.220 Annex B, RFC 2617 §3.5, the
 //! fasferraz live Ub trace), against `osmo-auc-gen` (libosmocore) on random inputs, and a full
-//! sans-IO BSF <-> UE bootstrapping run including every failure case.
+//! sans-IO BSF <-> UE bootstrapping run including every failure case; GBA_U (TS 33.220
+//! clause 5, Annex G) against an independent Python KDF / AUTN* and osmo-auc-gen.
 
 #![allow(clippy::indexing_slicing)] // test code indexes JSON vectors and fixed arrays
 
@@ -10,11 +11,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::bootstrapping_info::{BootstrappingInfo, format_time, parse_time};
 use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, PendingChallenge, SubscriberAuth, UbRequest, Verdict};
+use mediasec_gba::uicc::{Uicc, UiccAnswer, UiccType, mask_mac};
 use mediasec_gba::btid::Btid;
 use mediasec_gba::digest::{self, AkaNonce, AuthenticationInfo, Challenge, Credentials, DigestInput, Qop};
 use mediasec_gba::kdf::{Ks, NafId, UaProtocolId, kdf};
 use mediasec_gba::milenage::{AutnCheck, Milenage};
-use mediasec_gba::ue::{UeAnswer, UeBootstrap};
+use mediasec_gba::ue::{GbaUBootstrap, UeAnswer, UeBootstrap};
 use mediasec_gba::GbaError;
 use serde_json::Value;
 
@@ -389,6 +391,193 @@ fn ue_and_bsf_derive_same_ks_naf() {
         panic!("body change accepted");
     };
     assert_eq!(r.status, 403);
+}
+
+/// An independent implementation, in Python's standard library, written from the text of
+/// TS 33.220 B.2 (S = FC || P0 || L0 || ..., HMAC-SHA-256) and B.3 (P0 "gba-me" for Ks_NAF and
+/// Ks_ext_NAF, "gba-u" for Ks_int_NAF; P1 RAND, P2 IMPI, P3 NAF_Id; Ks = CK || IK), plus AUTN*
+/// of §5.3.2 (MAC* = MAC xor the first 8 octets of SHA-1(IK)). One JSON object per line in and out.
+const PY_GBA_U: &str = r#"
+import sys, json, hmac, hashlib
+def kdf(key, fc, params):
+    s = bytes([fc])
+    for p in params:
+        s += p + len(p).to_bytes(2, "big")
+    return hmac.new(key, s, hashlib.sha256).digest()
+for line in sys.stdin:
+    j = json.loads(line)
+    ck, ik, autn, rand = (bytes.fromhex(j[n]) for n in ("ck", "ik", "autn", "rand"))
+    impi, naf_id = j["impi"].encode("utf-8"), bytes.fromhex(j["naf_id"])
+    ks = ck + ik
+    mask = hashlib.sha1(ik).digest()[:8]
+    star = autn[:8] + bytes(a ^ b for a, b in zip(autn[8:], mask))
+    print(json.dumps({
+        "autn_star": star.hex(),
+        "ks_ext_naf": kdf(ks, 0x01, [b"gba-me", rand, impi, naf_id]).hex(),
+        "ks_int_naf": kdf(ks, 0x01, [b"gba-u", rand, impi, naf_id]).hex(),
+    }))
+"#;
+
+/// Runs [`PY_GBA_U`] on `inputs`; `None` (after a skip line) without python3.
+fn python_gba_u(inputs: &[Value]) -> Option<Vec<Value>> {
+    if !mediasec_testkit::tool_usable("python3", Command::new("python3").arg("--version")) {
+        return None;
+    }
+    use std::io::Write as _;
+    let mut child = Command::new("python3")
+        .args(["-c", PY_GBA_U])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let lines: String = inputs.iter().map(|v| format!("{v}\n")).collect();
+    child.stdin.take().expect("stdin").write_all(lines.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("python3");
+    assert!(out.status.success(), "python3 failed");
+    Some(String::from_utf8(out.stdout).expect("utf8").lines().map(|l| serde_json::from_str(l).expect("json")).collect())
+}
+
+fn random_naf() -> NafId {
+    let n: u16 = rand::random();
+    NafId::new(format!("naf{n}.ims.mnc001.mcc001.3gppnetwork.org"), UaProtocolId(rand::random()))
+}
+
+/// Ks_ext_NAF, Ks_int_NAF and AUTN* on random inputs equal the independent Python ones.
+#[test]
+fn gba_u_keys_against_independent_python() {
+    let mut cases = Vec::new();
+    let mut inputs = Vec::new();
+    for i in 0..32 {
+        let (ck, ik, autn, rand): ([u8; 16], [u8; 16], [u8; 16], [u8; 16]) =
+            (rand::random(), rand::random(), rand::random(), rand::random());
+        let impi = format!("{i}-{}@ims.mnc001.mcc001.3gppnetwork.org", rand::random::<u32>());
+        let naf = random_naf();
+        inputs.push(serde_json::json!({
+            "ck": hex::encode(ck), "ik": hex::encode(ik), "autn": hex::encode(autn), "rand": hex::encode(rand),
+            "impi": impi, "naf_id": hex::encode(naf.to_bytes()),
+        }));
+        cases.push((ck, ik, autn, rand, impi, naf));
+    }
+    let Some(outs) = python_gba_u(&inputs) else { return };
+    assert_eq!(outs.len(), cases.len());
+    for ((ck, ik, autn, rand, impi, naf), o) in cases.iter().zip(&outs) {
+        let ks = Ks::from_ck_ik(ck, ik);
+        assert_eq!(hex::encode(ks.ks_naf(rand, impi, naf).expect("ext").0), o["ks_ext_naf"], "{impi}");
+        assert_eq!(hex::encode(ks.ks_int_naf(rand, impi, naf).expect("int").0), o["ks_int_naf"], "{impi}");
+        assert_eq!(hex::encode(mask_mac(autn, ik)), o["autn_star"]);
+        assert_ne!(o["ks_ext_naf"], o["ks_int_naf"]);
+    }
+}
+
+/// MILENAGE from osmo-auc-gen, AUTN* and the NAF keys from Python: the BSF sends that AUTN*,
+/// the simulated UICC accepts it, answers osmo-auc-gen's RES, and derives the Python keys; a
+/// plain USIM (GBA_ME) rejects AUTN* (the UICC tells GBA_U requests apart, §5.1).
+#[test]
+fn gba_u_uicc_against_osmo_auc_gen_and_python() {
+    let cfg = BsfConfig::new("bsf.example.org");
+    let impi = "001010000000009@ims.mnc001.mcc001.3gppnetwork.org";
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let (k, opc, rnd): ([u8; 16], [u8; 16], [u8; 16]) = (rand::random(), rand::random(), rand::random());
+        let sqn: u64 = 1 + (rand::random::<u64>() & ((1 << 27) - 1));
+        let (ks, os, rs, sqn_s) = (hex::encode(k), hex::encode(opc), hex::encode(rnd), sqn.to_string());
+        let Some(out) = osmo(&["-3", "-a", "milenage", "-k", &ks, "-o", &os, "-r", &rs, "-s", &sqn_s, "-f", "8000"]) else {
+            return;
+        };
+        let used: u64 = field(&out, "SQN").parse().expect("SQN");
+        runs.push((k, opc, rnd, used, field(&out, "AUTN"), field(&out, "RES"), field(&out, "CK"), field(&out, "IK"), random_naf()));
+    }
+    let inputs: Vec<Value> = runs
+        .iter()
+        .map(|(_, _, rnd, _, autn, _, ck, ik, naf)| {
+            serde_json::json!({"ck": ck, "ik": ik, "autn": autn, "rand": hex::encode(rnd), "impi": impi, "naf_id": hex::encode(naf.to_bytes())})
+        })
+        .collect();
+    let Some(outs) = python_gba_u(&inputs) else { return };
+    for ((k, opc, rnd, used, _, res, _, _, naf), o) in runs.iter().zip(&outs) {
+        let sub = SubscriberAuth { milenage: Milenage::with_opc(k, opc), amf: [0x80, 0] };
+        let input = ChallengeInput { sqn: *used, rand: *rnd, opaque: [0; 16], now: 1, stale: false };
+        let (ch, _) = bsf::issue_challenge_for(&cfg, impi, &sub, UiccType::GbaU, input);
+        let autn_star = AkaNonce::decode(&ch.nonce).expect("nonce").autn;
+        assert_eq!(hex::encode(autn_star), o["autn_star"], "BSF AUTN* = Python AUTN*");
+        assert!(matches!(Milenage::with_opc(k, opc).check_autn(rnd, &autn_star, 0, |_| true), Err(GbaError::MacFailure)));
+        let mut uicc = Uicc::new(Milenage::with_opc(k, opc), used - 1);
+        let Ok(UiccAnswer::Res(got)) = uicc.authenticate_gba(rnd, &autn_star) else { panic!("UICC refused AUTN*") };
+        assert_eq!(hex::encode(got), *res, "RES = osmo-auc-gen RES");
+        assert_eq!(uicc.sqn_ms(), *used);
+        uicc.store_bootstrap_params(Btid::new(*rnd, "bsf.example.org"), 99).expect("store B-TID");
+        assert_eq!(hex::encode(uicc.naf_derivation(naf, impi).expect("G.2").0), o["ks_ext_naf"]);
+        let (btid, int) = uicc.application_ks_int_naf(naf).expect("Ks_int_NAF kept");
+        assert_eq!(btid.rand, *rnd);
+        assert_eq!(hex::encode(int.0), o["ks_int_naf"]);
+    }
+}
+
+/// A GBA_U run end to end, sans-IO: BSF and UICC agree on Ks_ext_NAF and Ks_int_NAF, the ME
+/// never gets Ks; resync, wrong K, a GBA_ME USIM against a GBA_U vector, mode mismatches, the
+/// G.2 NOTE (no Ks) and the G.2 overwrite rule.
+#[test]
+fn gba_u_sans_io_run() {
+    let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
+    let impi = "user-u@ims.example.org";
+    let cfg = BsfConfig::new("bsf.example.org");
+    let sub = SubscriberAuth { milenage: Milenage::with_opc(&k, &opc), amf: [0x80, 0] };
+    let challenge = |sqn: u64| {
+        let input = ChallengeInput { sqn, rand: rand::random(), opaque: [9; 16], now: 10, stale: false };
+        bsf::issue_challenge_for(&cfg, impi, &sub, UiccType::GbaU, input)
+    };
+    // The UICC has seen SQN 1000: SQN 7 -> AUTS; the BSF recovers SQN_MS from it.
+    let mut ue = UeBootstrap::with_uicc(impi, "bsf.example.org", Uicc::new(Milenage::with_opc(&k, &opc), 1000));
+    let (ch, p) = challenge(7);
+    assert_eq!(p.uicc, UiccType::GbaU);
+    let UeAnswer::Resync(auth) = ue.on_challenge(&ch.to_header(), "GET", b"", &[1; 16]).expect("ok") else {
+        panic!("expected a resync");
+    };
+    let c = Credentials::parse(&auth).expect("creds");
+    assert!(matches!(bsf::verify_response(&cfg, &p, &c, "GET", b"", &sub, 11), Verdict::Resync { sqn_ms: 1000 }));
+    // Fresh SQN: success.
+    let (ch, p) = challenge(1001);
+    let UeAnswer::Response(auth) = ue.on_challenge(&ch.to_header(), "GET", b"", &[2; 16]).expect("ok") else {
+        panic!("expected a response");
+    };
+    let c = Credentials::parse(&auth).expect("creds");
+    let Verdict::Bootstrapped(s) = bsf::verify_response(&cfg, &p, &c, "GET", b"", &sub, 11) else { panic!("refused") };
+    assert_eq!(s.uicc, UiccType::GbaU);
+    let (xml, info) = bsf::success(&p, &c, &s);
+    let boot: GbaUBootstrap = ue.on_success_gba_u(&info.to_header(), xml.as_bytes()).expect("GBA_U bootstrap");
+    assert_eq!(boot.btid.to_string(), s.btid);
+    assert_eq!(ue.sqn_ms(), 1001);
+    let mut uicc = ue.into_uicc().expect("GBA_U run has a UICC");
+    assert_eq!((uicc.btid(), uicc.key_lifetime(), uicc.rand()), (Some(&boot.btid), Some(s.expiry), Some(s.rand)));
+    let naf = NafId::new("kms.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    assert_eq!(uicc.naf_derivation(&naf, impi).expect("ext"), s.ks().ks_naf(&s.rand, impi, &naf).expect("bsf"));
+    let int = s.ks().ks_int_naf(&s.rand, impi, &naf).expect("bsf int");
+    assert_eq!(uicc.application_ks_int_naf(&naf).map(|(_, k)| k.clone()), Some(int));
+    // G.2 overwrite: beyond NAF_KEY_SLOTS the least recently used/derived entry goes.
+    let nafs: Vec<NafId> = (0..Uicc::NAF_KEY_SLOTS).map(|i| NafId::new(format!("n{i}.example.org"), UaProtocolId::DEFAULT)).collect();
+    for n in &nafs {
+        uicc.naf_derivation(n, impi).expect("derive");
+    }
+    assert!(uicc.application_ks_int_naf(&naf).is_none(), "oldest entry overwritten");
+    assert!(uicc.application_ks_int_naf(&nafs[0]).is_some());
+    // Mode mismatches are typed errors.
+    let mut me = UeBootstrap::with_uicc(impi, "bsf.example.org", Uicc::new(Milenage::with_opc(&k, &opc), 0));
+    assert!(matches!(me.on_success(&info.to_header(), xml.as_bytes()), Err(GbaError::WrongGbaMode { run: "GBA_U", called: "GBA_ME" })));
+    let mut plain = UeBootstrap::new(impi, "bsf.example.org", Milenage::with_opc(&k, &opc), 0);
+    assert!(matches!(plain.on_success_gba_u(&info.to_header(), xml.as_bytes()), Err(GbaError::WrongGbaMode { .. })));
+    // A GBA_ME USIM cannot use a GBA_U vector; a UICC with the wrong K fails the MAC.
+    let (ch, _) = challenge(2000);
+    assert!(matches!(plain.on_challenge(&ch.to_header(), "GET", b"", &[3; 16]), Err(GbaError::MacFailure)));
+    let mut wrong = UeBootstrap::with_uicc(impi, "bsf.example.org", Uicc::new(Milenage::with_opc(&rand::random(), &opc), 0));
+    assert!(matches!(wrong.on_challenge(&ch.to_header(), "GET", b"", &[3; 16]), Err(GbaError::MacFailure)));
+    // G.2 NOTE: no Ks in the UICC (or no B-TID stored yet) -> error.
+    let mut fresh = Uicc::new(Milenage::with_opc(&k, &opc), 0);
+    assert_eq!(fresh.naf_derivation(&naf, impi), Err(GbaError::NoBootstrap));
+    let (ch, _) = challenge(3000);
+    let nonce = AkaNonce::decode(&ch.nonce).expect("nonce");
+    assert!(matches!(fresh.authenticate_gba(&nonce.rand, &nonce.autn), Ok(UiccAnswer::Res(_))));
+    assert_eq!(fresh.naf_derivation(&naf, impi), Err(GbaError::NoBootstrap), "B-TID not stored yet");
+    assert!(fresh.store_bootstrap_params(Btid::new([0; 16], "bsf.example.org"), 1).is_err(), "B-TID of another RAND");
 }
 
 /// Every seed of the fuzz corpus through the same function the fuzz target calls.
