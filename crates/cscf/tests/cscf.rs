@@ -756,6 +756,61 @@ mod mikey_ticket {
         drop(sdes_only);
     }
 
+    /// Ticket reuse (TS 33.328 Annex B.1, RFC 6043 J flag): with a policy that grants
+    /// `reusable` and UEs that ask for it, alice's second call to bob is keyed from her cached
+    /// ticket and bob's cached resolve — the KMS counts no Ticket Request or Resolve for it —
+    /// and still gets keys of its own (fresh RANDRi), media verified both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reusable_ticket_keys_a_second_call_without_the_kms() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-reuse-{}", std::process::id())));
+        let policy = format!("{POLICY}reusable = true\n");
+        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: &policy }], &["alice@a.example", "bob@a.example"]).await.expect("KMS lab");
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let reusing = |uid: &'static str, config: UeConfig| {
+            let kms = &kms;
+            async move {
+                let (mut ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
+                ue.set_ticket_reuse(true);
+                let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client })).await.expect("UE");
+                assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
+                ue
+            }
+        };
+        let alice = reusing("alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
+        let bob = reusing("bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let url = kms.domain("a.example").expect("domain").url.clone();
+        let mut keys = Vec::new();
+        let mut kms_requests = Vec::new();
+        for round in 0..2 {
+            let id = call(&alice, "sip:bob@a.example").await.expect("established");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let a = alice.report(&id).await.expect("r").expect("call");
+            let b = bob.reports().await.expect("reports").pop().expect("bob's call");
+            assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+            assert_eq!(a.peer_key, b.own_key, "round {round}");
+            keys.push(a.own_key.clone());
+            alice.hangup(&id).await.expect("BYE reaches bob");
+            kms_requests.push(ua_requests(&url).await);
+        }
+        assert_eq!(kms_requests, [2, 2], "first call: one Ticket Request and one Ticket Resolve; second call: no KMS contact");
+        assert!(matches!(&keys[..], [first, second] if first != second), "each call has its own keys: {keys:?}");
+    }
+
+    /// Ticket Requests and Resolves the KMS at `url` has counted (its Prometheus metrics).
+    async fn ua_requests(url: &str) -> u64 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let authority = url.trim_start_matches("http://").trim_end_matches('/');
+        let mut s = tokio::net::TcpStream::connect(authority).await.expect("KMS metrics");
+        s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("GET");
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with("mediasec_kms_requests_total{type=\"ticketrequest\"") || l.starts_with("mediasec_kms_requests_total{type=\"ticketresolve\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Caller anonymity: alice calls with `From: anonymous` and `Privacy: id`; bob sees only
     /// "Anonymous", yet the call is keyed by a ticket the KMS issued to alice's authenticated
     /// identity (her Ticket Request is MACed with her GBA key) — the KMS still knows her.

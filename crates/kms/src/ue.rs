@@ -156,6 +156,7 @@ pub struct Ue {
     replay: Replay,
     held: Vec<HeldTicket>,
     resolved: HashMap<Vec<u8>, Resolved>,
+    reuse: bool,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> KmsError {
@@ -219,7 +220,23 @@ impl Ue {
             replay: Replay::default(),
             held: Vec::new(),
             resolved: HashMap::new(),
+            reuse: false,
         }
+    }
+
+    /// Whether calls ask for reusable tickets and use a cached one before asking again
+    /// (TS 33.328 Annex B.1 reuse; RFC 6043 §6.3 J flag). Off by default: a reusable ticket's
+    /// TGK keys every call to that responder until the ticket expires, so a compromise of one
+    /// exposes them all (each call's TEKs still differ: they are derived with a fresh RANDRi).
+    /// The KMS grants J only where its policy says `reusable`; otherwise the ticket comes
+    /// back single-use and nothing is cached.
+    pub fn set_ticket_reuse(&mut self, on: bool) {
+        self.reuse = on;
+    }
+
+    /// See [`Ue::set_ticket_reuse`].
+    pub fn ticket_reuse(&self) -> bool {
+        self.reuse
     }
 
     fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {

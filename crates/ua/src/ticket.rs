@@ -27,6 +27,10 @@ use mediasec_srtp::Suite;
 use crate::offer_answer::{audio, sdp_text, Media, Protection, RTCP_MUX, SAVP};
 use crate::Error;
 
+/// Validity asked for a ticket (TP Data end = now + this): a reusable one serves calls to
+/// its responder for this long.
+pub const TICKET_LIFETIME_SECS: u64 = 300;
+
 /// A UE's access to its KMS: its bootstrapped KMS-side state and a Ua client.
 pub struct KmsAccess {
     /// The sans-IO UE side (B-TID, Ks_NAF, ticket caches).
@@ -90,12 +94,21 @@ pub fn has_mikey(sdp: &Sdp) -> bool {
     mikey_data(sdp).ok().flatten().is_some()
 }
 
-/// Offerer: Ticket Request (fresh, key forking asked) and TRANSFER_INIT for `callee_uri`, in
-/// an offer with SDP session version `version` (1, or higher in a re-INVITE).
+/// Offerer: Ticket Request (key forking asked; reusable when the UE reuses tickets, see
+/// `mediasec_kms::ue::Ue::set_ticket_reuse`) and TRANSFER_INIT for `callee_uri`, in an offer
+/// with SDP session version `version` (1, or higher in a re-INVITE). A cached reusable ticket
+/// for the callee is used instead of a Ticket Request: such a call contacts no KMS on the
+/// caller's side (TS 33.328 Annex B.1), and the callee's cached resolve spares its side too.
 pub async fn offer(access: &mut KmsAccess, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str) -> Result<(String, PendingCall), Error> {
     let callee = uid_of(callee_uri)?;
-    let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable: false, forking: true, lifetime: 300 };
-    let held = access.client.request_ticket(&mut access.ue, &ask).await.map_err(kms)?;
+    let held = match access.ue.cached_ticket(&callee, now()) {
+        Some(held) => held,
+        None => {
+            let reusable = access.ue.ticket_reuse();
+            let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable, forking: true, lifetime: TICKET_LIFETIME_SECS };
+            access.client.request_ticket(&mut access.ue, &ask).await.map_err(kms)?
+        }
+    };
     let (init, transfer) = access.ue.transfer_init(&held, &callee, rand::random(), ssrc, now(), rand::random()).map_err(kms)?;
     Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(init), RTCP_MUX.into()]), PendingCall { transfer, callee }))
 }
