@@ -64,7 +64,7 @@ enum Action {
     /// API while it runs).
     Subscriber {
         #[command(subcommand)]
-        op: SubscriberOp,
+        op: Box<SubscriberOp>,
     },
     /// Measure bootstraps/s and Zn look-ups/s against an in-process BSF on loopback.
     Bench {
@@ -98,6 +98,10 @@ enum SubscriberOp {
         /// GBA user security settings, a JSON value returned to NAFs as is.
         #[arg(long)]
         guss: Option<String>,
+        /// UICC type (GUSS bsfInfo.uiccType): GBA (GBA_ME bootstrapping) or GBA_U (TS 33.220
+        /// clause 5: the BSF sends AUTN*, Zn also serves Ks_int_NAF to GBA_U aware NAFs).
+        #[arg(long, value_parser = ["GBA", "GBA_U"])]
+        uicc_type: Option<String>,
     },
     /// List subscribers (secrets are not shown).
     List {
@@ -127,7 +131,7 @@ fn token(arg: Option<String>, env: &str, what: &str) -> String {
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         None => serve(args.serve),
-        Some(Action::Subscriber { op }) => subscriber(op),
+        Some(Action::Subscriber { op }) => subscriber(*op),
         Some(Action::Bench { n, concurrency }) => bench(n, concurrency.max(1)),
     }
 }
@@ -180,8 +184,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 
 fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
     match op {
-        SubscriberOp::Add { db, usim: super::UsimKeys { impi, k, opc, op }, amf, sqn, impu, guss } => {
-            let guss = guss.map(|g| serde_json::from_str(&g)).transpose().context("--guss is not JSON")?;
+        SubscriberOp::Add { db, usim: super::UsimKeys { impi, k, opc, op }, amf, sqn, impu, guss, uicc_type } => {
+            let guss: Option<serde_json::Value> = guss.map(|g| serde_json::from_str(&g)).transpose().context("--guss is not JSON")?;
+            let guss = match uicc_type {
+                None => guss,
+                Some(t) => Some(with_uicc_type(guss, &t)?),
+            };
             let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
             Store::open(&db)?.add_subscriber(&s)?;
             println!("added {}", s.impi);
@@ -200,6 +208,16 @@ fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sets `bsfInfo.uiccType` in the GUSS JSON (an object, created if absent).
+fn with_uicc_type(guss: Option<serde_json::Value>, uicc_type: &str) -> anyhow::Result<serde_json::Value> {
+    let mut guss = guss.unwrap_or_else(|| serde_json::json!({}));
+    let Some(obj) = guss.as_object_mut() else { bail!("--guss must be a JSON object to add --uicc-type") };
+    let info = obj.entry("bsfInfo").or_insert_with(|| serde_json::json!({}));
+    let Some(info) = info.as_object_mut() else { bail!("--guss bsfInfo must be a JSON object") };
+    info.insert("uiccType".into(), uicc_type.into());
+    Ok(guss)
 }
 
 fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {

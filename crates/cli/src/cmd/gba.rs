@@ -10,6 +10,7 @@ use mediasec_gba::bootstrapping_info::format_time;
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::Milenage;
 use mediasec_gba::ue::UeBootstrap;
+use mediasec_gba::uicc::Uicc;
 
 /// Arguments of `mediasec gba`.
 #[derive(clap::Args)]
@@ -43,6 +44,10 @@ enum Action {
         /// Ua security protocol id for --naf (10 hex digits; default: TS 33.328 KMS).
         #[arg(long, default_value = "0100000006")]
         ua_id: String,
+        /// GBA_U: simulate a GBA_U aware UICC that keeps Ks (TS 33.220 clause 5, Annex G); --naf
+        /// then prints Ks_ext_NAF, the key the UICC gives the ME (G.2).
+        #[arg(long)]
+        gba_u: bool,
     },
 }
 
@@ -58,7 +63,7 @@ fn default_realm(impi: &str) -> Option<String> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Action::Bootstrap { bsf, ca, usim: super::UsimKeys { impi, k, opc, op }, realm, sqn_ms, naf, ua_id } = args.action;
+    let Action::Bootstrap { bsf, ca, usim: super::UsimKeys { impi, k, opc, op }, realm, sqn_ms, naf, ua_id, gba_u } = args.action;
     let k = key16("K", &k)?;
     let usim = match (opc, op) {
         (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", &opc)?),
@@ -75,6 +80,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let endpoint = client::Endpoint::new(&bsf, connector).context("--bsf (https needs --ca)")?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if gba_u {
+        let ue = UeBootstrap::with_uicc(impi.clone(), realm, Uicc::new(usim, sqn_ms));
+        let (boot, mut uicc) = rt.block_on(client::bootstrap_gba_u(&endpoint, ue))?;
+        println!("GBA_U:   Ks kept in the (simulated) UICC");
+        println!("B-TID:   {}", boot.btid);
+        println!("expires: {}", format_time(boot.expiry));
+        println!("SQN_MS:  {}", uicc.sqn_ms());
+        if let Some(fqdn) = naf {
+            eprintln!("WARNING: printing a NAF key (Ks_ext_NAF); use only for lab debugging");
+            let key = uicc.naf_derivation(&NafId::new(fqdn.clone(), ua), &impi)?;
+            println!("Ks_ext_NAF({fqdn}, {}): {} (base64 {})", ua.to_hex(), hex::encode(key.0), STANDARD.encode(key.0));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (boot, sqn_ms) = rt.block_on(client::bootstrap(&endpoint, UeBootstrap::new(impi, realm, usim, sqn_ms)))?;
     println!("B-TID:   {}", boot.btid);
     println!("expires: {}", format_time(boot.expiry));
