@@ -507,6 +507,12 @@ pub fn fuzz_parse(data: &[u8]) {
     let _ = crate::bootstrapping_info::BootstrappingInfo::parse(&text);
     let _ = crate::btid::Btid::parse(&text);
     let _ = crate::bsf::classify(Some(&text));
+    let _ = crate::uicc::UiccType::parse(&text);
+    // A GBA_U UICC fed a nonce from the network (TS 33.220 G.1).
+    if let Ok(n) = AkaNonce::decode(&text) {
+        let mut uicc = crate::uicc::Uicc::new(crate::milenage::Milenage::with_opc(&[0; 16], &[0; 16]), 0);
+        let _ = uicc.authenticate_gba(&n.rand, &n.autn);
+    }
 }
 
 #[cfg(test)]

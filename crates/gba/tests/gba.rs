@@ -621,6 +621,27 @@ mod props {
         }
 
         #[test]
+        fn uicc_type_round_trip_and_mask_mac_involution(t in any::<bool>(), text in "[ -~]{0,12}",
+                                                        autn in any::<[u8; 16]>(), ik in any::<[u8; 16]>()) {
+            let ty = if t { UiccType::GbaU } else { UiccType::Gba };
+            prop_assert_eq!(UiccType::parse(ty.as_str()), Some(ty));
+            prop_assert_eq!(UiccType::parse(&text).map(UiccType::as_str), Some(text.as_str()).filter(|s| *s == "GBA" || *s == "GBA_U"));
+            let star = mask_mac(&autn, &ik);
+            prop_assert_eq!(star.get(..8), autn.get(..8));
+            prop_assert_eq!(mask_mac(&star, &ik), autn);
+        }
+
+        #[test]
+        fn uicc_never_panics_on_network_nonces(rand in any::<[u8; 16]>(), autn in any::<[u8; 16]>(), sqn_ms in any::<u64>()) {
+            let mut uicc = Uicc::new(Milenage::with_opc(&[1; 16], &[2; 16]), sqn_ms & ((1 << 48) - 1));
+            match uicc.authenticate_gba(&rand, &autn) {
+                Ok(UiccAnswer::Res(_)) => prop_assert!(uicc.rand() == Some(rand)),
+                Ok(UiccAnswer::SyncFailure(_)) | Err(GbaError::MacFailure) => prop_assert!(uicc.rand().is_none()),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+
+        #[test]
         fn bootstrapping_info_round_trip(btid in "[ -~]{1,60}", t in 0u64..4_000_000_000) {
             let bi = BootstrappingInfo { btid: btid.trim().to_owned(), lifetime: t };
             prop_assume!(!bi.btid.is_empty());
