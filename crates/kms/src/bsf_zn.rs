@@ -1,5 +1,9 @@
 //! Zn over HTTP to the mediasec BSF (`POST /zn/v1/naf-keys`, docs/gba.md) with the Ua
 //! security protocol identifier of TS 33.328 (`01 00 00 00 06`, TS 33.220 Annex H).
+//!
+//! GBA_U UEs need nothing else: TS 33.328 keys MIKEY with "Ks_NAF or Ks_ext_NAF", and MIKEY
+//! runs in the ME, which only gets Ks_ext_NAF (TS 33.220 G.2). The KMS asks as a GBA_U unaware
+//! NAF, so the BSF's `ks_naf` is Ks_ext_NAF for a GBA_U bootstrap and Ks_int_NAF never comes.
 
 use std::sync::Arc;
 
