@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use mediasec_sip::core::Timers;
+use mediasec_sip::tls::{ServerConfig, Tls, TlsServer};
+use mediasec_sip::udp::Config;
 
 use crate::alg::Provisioned;
 use crate::proxy::{ProxyConfig, Role};
@@ -27,6 +30,9 @@ pub struct LabConfig {
     /// P-CSCF a's IMS-ALG asks for re-protected SRTP towards the core
     /// ([`ProxyConfig::core_srtp`]).
     pub core_srtp_a: bool,
+    /// Both P-CSCFs also listen on TLS (a free port, `Cscf::tls_addr`) with this certificate,
+    /// for UEs that reach them over TLS (RFC 3261 §26.2); the core side stays UDP/TCP.
+    pub pcscf_tls: Option<Arc<ServerConfig>>,
 }
 
 /// The four running proxies.
@@ -73,7 +79,7 @@ impl TwoDomains {
 
     /// Starts the four proxies as `config` says.
     pub async fn start_config(config: LabConfig) -> Result<Self, mediasec_sip::Error> {
-        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a } = config;
+        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a, pcscf_tls } = config;
         let (sa, sb) = (free_addr()?, free_addr()?);
         let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
             role: Role::Scscf,
@@ -100,8 +106,9 @@ impl TwoDomains {
         let t = Timers::default();
         let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
         let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b), sb, t).await?;
-        let pcscf_a = Cscf::start(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a, core_srtp_a), free_addr()?, t).await?;
-        let pcscf_b = Cscf::start(pcscf("b.example", sb, None, Provisioned::default(), false), free_addr()?, t).await?;
+        let edge = Config { tls: Tls { server: pcscf_tls.map(|config| TlsServer { port: 0, config }), client: None }, ..Config::from(t) };
+        let pcscf_a = Cscf::start_with(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a, core_srtp_a), free_addr()?, edge.clone()).await?;
+        let pcscf_b = Cscf::start_with(pcscf("b.example", sb, None, Provisioned::default(), false), free_addr()?, edge).await?;
         Ok(Self { pcscf_a, scscf_a, pcscf_b, scscf_b })
     }
 }

@@ -17,7 +17,12 @@
 //!   2xx, and when no branch succeeds the best final response is returned (§16.7 step 6).
 //!
 //! Both record-route (`Record-Route: <sip:us;lr>`) so in-dialog requests keep the path, and
-//! both pop their own `Route` entry (loose routing, §16.4). ACKs for 2xx and 2xx responses
+//! both pop their own `Route` entry (loose routing, §16.4). A proxy that also listens on TLS
+//! ([`Proxy::listening_tls`]) and forwards between TLS and UDP/TCP — a P-CSCF with its UEs on
+//! TLS — record-routes twice (RFC 5658 §3.1): the entry for the side the request came from
+//! first, then the one for the side it leaves by, the TLS one being
+//! `<sip:us-tls;transport=tls;lr>`; so each side's in-dialog requests reach it on its own
+//! transport, and it pops both entries when they come back. ACKs for 2xx and 2xx responses
 //! whose transactions are gone are forwarded statelessly (§16.11, RFC 6026 §8).
 
 use std::collections::{HashMap, HashSet};
@@ -216,6 +221,8 @@ const TIMER_C: Duration = Duration::from_secs(180);
 pub struct Proxy {
     config: ProxyConfig,
     local: SocketAddr,
+    /// Where this proxy also listens on TLS.
+    tls_local: Option<SocketAddr>,
     registrar: Registrar,
     contexts: HashMap<TransactionKey, Context>,
     /// Client transaction → server transaction of its context.
@@ -278,6 +285,7 @@ impl Proxy {
         Self {
             config,
             local,
+            tls_local: None,
             registrar: Registrar::default(),
             contexts: HashMap::new(),
             branches: HashMap::new(),
@@ -292,6 +300,14 @@ impl Proxy {
             next_ng: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// This proxy also listens on TLS at `tls` (its endpoint's TLS address): requests naming
+    /// it are its own, and it record-routes its TLS side with it (RFC 5658).
+    #[must_use]
+    pub fn listening_tls(mut self, tls: Option<SocketAddr>) -> Self {
+        self.tls_local = tls;
+        self
     }
 
     /// The registrar (S-CSCF).
@@ -381,7 +397,23 @@ impl Proxy {
     }
 
     fn is_us(&self, uri: &Uri) -> bool {
-        socket_addr(uri) == Some(self.local)
+        let at = socket_addr(uri);
+        at == Some(self.local) || (at.is_some() && at == self.tls_local)
+    }
+
+    /// The `Record-Route` values to push, in order, for a request that came in over TLS or not
+    /// (`inbound_tls`) and leaves over TLS or not (RFC 5658 §3.1: when the two sides differ,
+    /// the inbound side's entry first, then the outbound side's on top).
+    fn record_routes(&self, inbound_tls: bool, outbound_tls: bool) -> Vec<String> {
+        let plain = format!("<sip:{};lr>", self.local);
+        let Some(tls) = self.tls_local else { return vec![plain] };
+        let tls = format!("<sip:{tls};transport=tls;lr>");
+        match (inbound_tls, outbound_tls) {
+            (false, false) => vec![plain],
+            (true, true) => vec![tls],
+            (true, false) => vec![tls, plain],
+            (false, true) => vec![plain, tls],
+        }
     }
 
     fn on_request(&mut self, key: TransactionKey, mut request: Request, source: SocketAddr, now: Instant) -> Vec<Command> {
@@ -440,14 +472,20 @@ impl Proxy {
                 || request.uri.host().is_some_and(|h| String::from_utf8_lossy(&h.to_bytes()).eq_ignore_ascii_case(&self.config.domain)))
     }
 
-    /// §16.4: a top `Route` naming us is removed.
+    /// §16.4: a top `Route` naming us is removed — and the next one too when it also names us
+    /// (our two entries of RFC 5658 double record-routing).
     fn pop_own_route(&self, request: &mut Request) {
+        while self.pop_one_own_route(request) {}
+    }
+
+    /// Removes the top `Route` if it names us; whether it did.
+    fn pop_one_own_route(&self, request: &mut Request) -> bool {
         let first = request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned());
-        let Some(value) = first else { return };
-        let Ok(routes) = Route::parse_list(&value) else { return };
-        let Some(top) = routes.first() else { return };
+        let Some(value) = first else { return false };
+        let Ok(routes) = Route::parse_list(&value) else { return false };
+        let Some(top) = routes.first() else { return false };
         if !self.is_us(&top.0.uri) {
-            return;
+            return false;
         }
         let index = request.headers.iter().position(|h| h.name() == &HeaderName::Route);
         let rest: Vec<String> = split_addresses(&value).iter().skip(1).map(|p| String::from_utf8_lossy(p.trim_ascii()).into_owned()).collect();
@@ -457,6 +495,7 @@ impl Proxy {
         {
             request.headers.insert(i, h);
         }
+        true
     }
 
     fn on_register(&mut self, key: &TransactionKey, request: &Request, now: Instant) -> Vec<Command> {
@@ -582,6 +621,8 @@ impl Proxy {
             created: now,
         };
         let me = format!("<sip:{};lr>", self.local);
+        // The side the request came from: its sender's Via says TLS (the endpoint wrote it).
+        let inbound_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
         for (uri, path, to) in targets {
             let mut branch = request.clone();
             if uri.to_bytes() != request.uri.to_bytes() && branch.set_uri(uri).is_err() {
@@ -591,8 +632,11 @@ impl Proxy {
             // (Only reached with no Route left, so they are the whole Route set, in order.)
             branch.headers.extend_routes(&path);
             if request.method == Method::Invite {
-                branch.headers.push_front_header(HeaderName::RecordRoute, &me);
+                for rr in self.record_routes(inbound_tls, mediasec_sip::udp::routed_over_tls(&branch)) {
+                    branch.headers.push_front_header(HeaderName::RecordRoute, &rr);
+                }
             }
+            // Path names the core side, where the S-CSCF sends terminating requests from.
             if request.method == Method::Register && self.config.role == Role::Pcscf {
                 branch.headers.push_front_header(HeaderName::Path, &me);
             }

@@ -1,10 +1,11 @@
-//! A CSCF as a tokio service: the proxy core on a UDP SIP endpoint.
+//! A CSCF as a tokio service: the proxy core on a SIP endpoint (UDP and TCP; TLS on its own
+//! port when configured, [`Cscf::start_with`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use mediasec_sip::core::Timers;
-use mediasec_sip::udp::Endpoint;
+use mediasec_sip::udp::{Config, Endpoint, Received, TcpStats};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -83,8 +84,15 @@ impl Drop for Cscf {
 impl Cscf {
     /// Binds `addr` and starts serving.
     pub async fn start(config: ProxyConfig, addr: SocketAddr, timers: Timers) -> Result<Self, mediasec_sip::Error> {
-        let (endpoint, mut events) = Endpoint::bind(addr, timers).await?;
+        Self::start_with(config, addr, Config::from(timers)).await
+    }
+
+    /// Binds `addr` with this endpoint configuration (with a TLS server side, also its TLS
+    /// port: the proxy then record-routes its TLS side, RFC 5658) and starts serving.
+    pub async fn start_with(config: ProxyConfig, addr: SocketAddr, endpoint: Config) -> Result<Self, mediasec_sip::Error> {
+        let (endpoint, mut events) = Endpoint::bind_with(addr, endpoint).await?;
         let local = endpoint.local_addr();
+        let tls_local = endpoint.tls_addr();
         let observed = Arc::new(Mutex::new(Observed::default()));
         let shared = Arc::clone(&observed);
         let handle = endpoint.clone();
@@ -94,7 +102,7 @@ impl Cscf {
             None => None,
         };
         let task = tokio::spawn(async move {
-            let mut proxy = Proxy::new(config, local);
+            let mut proxy = Proxy::new(config, local).listening_tls(tls_local);
             loop {
                 let commands = tokio::select! {
                     event = events.recv() => match event {
@@ -125,6 +133,21 @@ impl Cscf {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The TLS address, when listening on TLS.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.tls_addr()
+    }
+
+    /// The SIP endpoint's TCP bounds and TLS handshakes so far.
+    pub fn tcp_stats(&self) -> TcpStats {
+        self.endpoint.tcp_stats()
+    }
+
+    /// SIP messages received so far, by transport.
+    pub fn received(&self) -> Received {
+        self.endpoint.received()
     }
 
     /// The proxy's counters.
@@ -166,6 +189,8 @@ impl Cscf {
             ("mediasec_sip_tcp_connects_refused_total", "Outgoing SIP TCP connections not opened: connection cap.", tcp.connects_refused),
             ("mediasec_sip_tcp_queues_full_total", "SIP TCP connections failed: their peer did not take what was sent.", tcp.queues_full),
             ("mediasec_sip_tcp_streams_unframed_total", "SIP TCP connections closed: their stream could not be framed.", tcp.streams_unframed),
+            ("mediasec_sip_tls_connections_total", "SIP TLS connections established (handshake completed), accepted and opened.", tcp.tls_connections),
+            ("mediasec_sip_tls_handshakes_failed_total", "SIP TLS handshakes failed or timed out (certificate refused, no client certificate, plaintext on the TLS port).", tcp.tls_handshakes_failed),
         ];
         for (name, help, value) in counters {
             metric(name, "counter", help, value);

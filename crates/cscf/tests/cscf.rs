@@ -94,6 +94,58 @@ async fn sdes_e2e_call_across_two_domains() {
     }
 }
 
+/// SDES keys never in clear on the UE–P-CSCF hop (TS 33.328 §4.1.2.1: SDES rests on the
+/// protection of the signalling; RFC 3261 §26.2): both P-CSCFs listen on TLS with a lab
+/// certificate for 127.0.0.1 made here, both UEs trust its CA and reach their P-CSCF's TLS
+/// address; the core stays on UDP. The SDES call sets up through the four proxies, media is
+/// verified both ways under the keys each side offered, and each side hangs up once (alice,
+/// then — in a second call — bob: in-dialog requests in both directions). Every SIP message
+/// either UE received came over TLS — none over UDP or TCP — and each UE and P-CSCF
+/// established exactly one TLS connection (the UE's, reused for its calls, their responses and
+/// the P-CSCF's requests towards it), without a failed handshake; the S-CSCFs saw no TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdes_call_with_both_ues_on_tls_to_their_pcscf() {
+    use mediasec_sip::tls::{client_config, server_config, LabPki};
+    let pki = LabPki::generate(&["127.0.0.1"]).expect("lab PKI");
+    let server = server_config(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), None).expect("server config");
+    let client = client_config(pki.ca_pem.as_bytes(), None).expect("client config");
+    let lab = TwoDomains::start_config(mediasec_cscf::lab::LabConfig { pcscf_tls: Some(server), ..Default::default() }).await.expect("lab");
+    let on_tls = |aor: &str, pcscf: &mediasec_cscf::service::Cscf, tone: f64, expect: f64| {
+        let mut config = ue(aor, pcscf.tls_addr().expect("the P-CSCF listens on TLS"), STRICT, tone, expect);
+        config.tls = Some(std::sync::Arc::clone(&client));
+        config
+    };
+    let alice = registered(on_tls("sip:alice@a.example", &lab.pcscf_a, ALICE_HZ, BOB_HZ)).await;
+    let bob = registered(on_tls("sip:bob@b.example", &lab.pcscf_b, BOB_HZ, ALICE_HZ)).await;
+    for (round, hangs_up) in ["alice", "bob"].into_iter().enumerate() {
+        let id = call(&alice, "sip:bob@b.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = bob.report(&id).await.expect("r").expect("bob's call");
+        assert_media(&a, &b, "srtp AEAD_AES_256_GCM");
+        assert_eq!((&a.peer_key, &b.peer_key), (&b.own_key, &a.own_key), "round {round}");
+        let (ender, other) = if hangs_up == "alice" { (&alice, &bob) } else { (&bob, &alice) };
+        ender.hangup(&id).await.expect("BYE over TLS");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(other.report(&id).await.expect("r").expect("call").state, CallState::Ended, "{hangs_up} hung up");
+    }
+    for (name, ue) in [("alice", &alice), ("bob", &bob)] {
+        let received = ue.sip_received();
+        assert!(received.tls > 0 && received.udp == 0 && received.tcp == 0, "{name}: {received:?}");
+        let tls = ue.sip_tcp_stats();
+        assert_eq!((tls.tls_connections, tls.tls_handshakes_failed), (1, 0), "{name}: {tls:?}");
+    }
+    for p in [&lab.pcscf_a, &lab.pcscf_b] {
+        let tls = p.tcp_stats();
+        assert_eq!((tls.tls_connections, tls.tls_handshakes_failed), (1, 0), "{tls:?}");
+        assert!(p.received().tls > 0, "{:?}", p.received());
+        assert_eq!(p.stats().rejected, 0, "{:?}", p.stats());
+    }
+    for s in [&lab.scscf_a, &lab.scscf_b] {
+        assert_eq!(s.received().tls, 0, "the core stays on UDP");
+    }
+}
+
 /// Parallel forking to two registered contacts of bob: the first to answer gets the call,
 /// the other is CANCELled (or, if its 2xx crossed the CANCEL, ACKed and ended with BYE).
 /// TS 33.328 §5.4.2: with SDES every fork receives the offer — both candidates hold the key

@@ -201,11 +201,12 @@ impl Dialog {
     }
 }
 
-/// The UDP address a URI names: an IP-literal host and the port (5060 when absent). Host
-/// names are not resolved (this stack runs on configured addresses, not DNS).
+/// The address a URI names: an IP-literal host and the port (when absent, 5061 for a `sips:`
+/// or `;transport=tls` URI, else 5060). Host names are not resolved (this stack runs on configured addresses, not DNS).
 pub fn socket_addr(uri: &Uri) -> Option<SocketAddr> {
     match uri.host()? {
-        Host::Ip(ip) => Some(SocketAddr::new(*ip, uri.port().unwrap_or(5060))),
+        // Without a port, the transport's default (RFC 3261 §19.1.2): 5061 for TLS.
+        Host::Ip(ip) => Some(SocketAddr::new(*ip, uri.port().unwrap_or_else(|| uri.selected_transport().map_or(5060, sipx_sip::UriTransport::default_port)))),
         Host::Name(_) => None,
     }
 }

@@ -352,6 +352,26 @@ pub struct OverloadStats {
     pub transactions_full: u64,
 }
 
+/// SIP messages received (parsed) since the endpoint started, by transport: shows which
+/// transport a peer actually used (e.g. that a UE on TLS sent nothing in clear).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Over UDP.
+    pub udp: u64,
+    /// Over TCP.
+    pub tcp: u64,
+    /// Over TLS.
+    pub tls: u64,
+}
+
+/// The atomics behind [`Received`].
+#[derive(Debug, Default)]
+struct ReceivedCounters {
+    udp: AtomicU64,
+    tcp: AtomicU64,
+    tls: AtomicU64,
+}
+
 /// The atomics behind [`OverloadStats`], shared by the endpoint task and its handles.
 #[derive(Debug, Default)]
 struct OverloadCounters {
@@ -368,6 +388,7 @@ pub struct Endpoint {
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<TcpCounters>,
     overload: Arc<OverloadCounters>,
+    received: Arc<ReceivedCounters>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -420,6 +441,7 @@ impl Endpoint {
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(TcpCounters::default());
         let overload = Arc::new(OverloadCounters::default());
+        let received = Arc::new(ReceivedCounters::default());
         let driver = Driver {
             socket,
             listener,
@@ -451,10 +473,11 @@ impl Endpoint {
             max_tcp_connections_per_peer,
             events,
             overload: Arc::clone(&overload),
+            received: Arc::clone(&received),
             max_transactions,
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, tls_local, commands, counters, overload, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, tls_local, commands, counters, overload, received, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
     /// How often the bound on the TU's queue has acted so far.
@@ -465,6 +488,12 @@ impl Endpoint {
             events_dropped: load(&self.overload.events_dropped),
             transactions_full: load(&self.overload.transactions_full),
         }
+    }
+
+    /// How many SIP messages arrived over each transport so far.
+    pub fn received(&self) -> Received {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Received { udp: load(&self.received.udp), tcp: load(&self.received.tcp), tls: load(&self.received.tls) }
     }
 
     /// How often the TCP bounds (which TLS connections count against) have acted so far, and
@@ -587,6 +616,7 @@ struct Driver {
     max_tcp_connections_per_peer: usize,
     events: mpsc::Sender<Event>,
     overload: Arc<OverloadCounters>,
+    received: Arc<ReceivedCounters>,
     max_transactions: usize,
 }
 
@@ -732,6 +762,12 @@ impl Driver {
     /// A message from `source`, over UDP or over TCP or TLS connection `conn`.
     async fn on_message(&mut self, message: Message, source: SocketAddr, conn: Option<(ConnId, Kind)>) {
         tracing::debug!(%source, transport = conn.map_or("UDP", |(_, kind)| kind.name()), first_line = %first_line(&message), "SIP in");
+        let counter = match conn {
+            None => &self.received.udp,
+            Some((_, Kind::Tcp)) => &self.received.tcp,
+            Some((_, Kind::Tls)) => &self.received.tls,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         if let Message::Request(r) = &message
             && r.method == Method::Ack
         {
@@ -1184,22 +1220,34 @@ fn request_route(request: &mut Request, to: SocketAddr) -> Route {
     Route::Tcp { conn: None, to }
 }
 
-/// Whether `request` must go over TLS, and then the name its server must prove (RFC 5922
-/// §7.2; `None` inside when no certificate could match it): its top `Via` says `TLS`, or the
-/// URI it is routed on — its top `Route`, else its Request-URI (RFC 3261 §8.1.2, §16.6) — is
-/// `sips:` or has `;transport=tls` (§26.2.2, §19.1.1), or its Request-URI is `sips:` (which
-/// asks for TLS on every hop, §26.2.2).
-fn tls_target(request: &Request) -> Option<Option<ServerName<'static>>> {
+/// Whether the URI `request` is routed on — its top `Route`, else its Request-URI (RFC 3261
+/// §8.1.2, §16.6) — is `sips:` or has `;transport=tls` (§26.2.2, §19.1.1), or its
+/// Request-URI is `sips:` (which asks for TLS on every hop, §26.2.2); with that URI (`None`
+/// when the top `Route` does not parse). The endpoint sends such a request over TLS, as it does
+/// one whose top `Via` says `TLS`. A proxy asks this of a branch before adding its own `Via`,
+/// to know which side of it the branch leaves by (RFC 5658 double record-routing).
+pub fn routed_over_tls(request: &Request) -> bool {
+    secure_target(request).0
+}
+
+fn secure_target(request: &Request) -> (bool, Option<sipx_sip::Uri>) {
     let target = match request.headers.typed::<sipx_sip::headers::Route>() {
         None => Some(request.uri.clone()),
         Some(Ok(route)) => Some(route.0.uri),
-        // An unparsable Route names no host; the other conditions still hold.
+        // An unparsable Route names no host; the Request-URI and the Via still count.
         Some(Err(_)) => None,
     };
     let secure_uri = |uri: &sipx_sip::Uri| uri.scheme().is_secure() || uri.transport().is_some_and(|t| t.eq_ignore_ascii_case(b"tls"));
+    (request.uri.scheme().is_secure() || target.as_ref().is_some_and(secure_uri), target)
+}
+
+/// Whether `request` must go over TLS — [`routed_over_tls`], or its top `Via` says `TLS` —
+/// and then the name its server must prove (RFC 5922 §7.2): the host of the URI it is routed
+/// on (`None` inside when there is none, or no certificate could match it).
+fn tls_target(request: &Request) -> Option<Option<ServerName<'static>>> {
+    let (secure, target) = secure_target(request);
     let via_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
-    let secure = via_tls || request.uri.scheme().is_secure() || target.as_ref().is_some_and(secure_uri);
-    secure.then(|| target.as_ref().and_then(sipx_sip::Uri::host).and_then(crate::tls::server_name))
+    (secure || via_tls).then(|| target.as_ref().and_then(sipx_sip::Uri::host).and_then(crate::tls::server_name))
 }
 
 /// Accepts on the TLS listener; never ready without one.

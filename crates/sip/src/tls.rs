@@ -23,6 +23,8 @@ use sipx_sip::uri::Host;
 
 use crate::Error;
 
+pub use rustls::{ClientConfig, ServerConfig};
+
 /// The RFC 3261 §26.2 default port of SIP over TLS.
 pub const DEFAULT_PORT: u16 = 5061;
 
@@ -33,7 +35,7 @@ pub struct Tls {
     pub server: Option<TlsServer>,
     /// Open TLS connections (requests to `sips:` URIs, `;transport=tls`, or with a `TLS`
     /// top `Via`); without it such a request fails with a transport error.
-    pub client: Option<Arc<rustls::ClientConfig>>,
+    pub client: Option<Arc<ClientConfig>>,
 }
 
 /// The server side of [`Tls`].
@@ -43,7 +45,7 @@ pub struct TlsServer {
     /// `Endpoint::tls_addr`).
     pub port: u16,
     /// The certificate, key and client-certificate policy ([`server_config`]).
-    pub config: Arc<rustls::ServerConfig>,
+    pub config: Arc<ServerConfig>,
 }
 
 fn tls_error(what: &str, reason: impl std::fmt::Display) -> Error {
@@ -75,12 +77,12 @@ fn roots(pem: &[u8], what: &str) -> Result<Arc<rustls::RootCertStore>, Error> {
     Ok(Arc::new(roots))
 }
 
-/// Reads a PEM file.
+/// Reads a PEM file; its bytes are zeroized when dropped (it may hold a private key).
 ///
 /// # Errors
 /// [`Error::Tls`] naming the file when it cannot be read.
-pub fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| tls_error(&format!("file {}", path.display()), e))
+pub fn read_pem(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+    std::fs::read(path).map(zeroize::Zeroizing::new).map_err(|e| tls_error(&format!("file {}", path.display()), e))
 }
 
 /// A TLS server configuration: `chain_pem` (the server certificate first, then any
@@ -91,10 +93,10 @@ pub fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
 /// # Errors
 /// [`Error::Tls`] naming the part that is missing or refused (no certificate, no key, a key
 /// that does not match the certificate, an unusable root).
-pub fn server_config(chain_pem: &[u8], key_pem: &[u8], client_roots_pem: Option<&[u8]>) -> Result<Arc<rustls::ServerConfig>, Error> {
+pub fn server_config(chain_pem: &[u8], key_pem: &[u8], client_roots_pem: Option<&[u8]>) -> Result<Arc<ServerConfig>, Error> {
     let chain = certificates(chain_pem, "server certificate chain")?;
     let key = private_key(key_pem, "server private key")?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("server protocol versions", e))?;
     let builder = match client_roots_pem {
@@ -115,8 +117,8 @@ pub fn server_config(chain_pem: &[u8], key_pem: &[u8], client_roots_pem: Option<
 ///
 /// # Errors
 /// [`Error::Tls`] naming the part that is missing or refused.
-pub fn client_config(roots_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+pub fn client_config(roots_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> Result<Arc<ClientConfig>, Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error("client protocol versions", e))?
         .with_root_certificates(roots(roots_pem, "trusted roots")?);
@@ -142,6 +144,46 @@ pub fn server_name(host: &Host) -> Option<ServerName<'static>> {
     }
 }
 
+/// A lab PKI made at start-up (rcgen, ECDSA P-256, rcgen's default validity): a private CA
+/// and one server certificate for the given names (an IP address string becomes an IP address
+/// `subjectAltName`, anything else a DNS name), all PEM. For labs and demos: the CA key is
+/// dropped once the certificate is signed.
+#[derive(Clone)]
+pub struct LabPki {
+    /// The CA certificate: what clients trust ([`client_config`]).
+    pub ca_pem: String,
+    /// The server certificate ([`server_config`]).
+    pub cert_pem: String,
+    /// Its private key (zeroized on drop).
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for LabPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabPki").field("ca_pem", &self.ca_pem).field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+    }
+}
+
+impl LabPki {
+    /// A new CA and a server certificate for `names`.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] when rcgen refuses a name or fails.
+    pub fn generate(names: &[&str]) -> Result<Self, Error> {
+        let fail = |e: rcgen::Error| tls_error("lab certificates", e);
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "mediasec lab SIP CA");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().map_err(fail)?).map_err(fail)?;
+        let mut server = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).map_err(fail)?;
+        server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().map_err(fail)?;
+        let cert = server.signed_by(&key, &ca).map_err(fail)?;
+        Ok(Self { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: zeroize::Zeroizing::new(key.serialize_pem()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +194,15 @@ mod tests {
         assert_eq!(server_name(&host("PCSCF.ims.Example.org")).map(|n| n.to_str().into_owned()), Some("pcscf.ims.example.org".to_owned()));
         assert!(matches!(server_name(&host("192.0.2.1:5061")), Some(ServerName::IpAddress(_))));
         assert!(matches!(server_name(&host("[2001:db8::1]")), Some(ServerName::IpAddress(_))));
+    }
+
+    /// The lab PKI's files build a server and a client configuration.
+    #[test]
+    fn the_lab_pki_builds_both_sides() {
+        let pki = LabPki::generate(&["127.0.0.1", "pcscf.lab.example"]).expect("lab PKI");
+        server_config(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), None).expect("server");
+        client_config(pki.ca_pem.as_bytes(), None).expect("client");
+        assert!(!format!("{pki:?}").contains("PRIVATE KEY"));
     }
 
     #[test]

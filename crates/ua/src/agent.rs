@@ -35,6 +35,12 @@
 //!   answer refusing every stream, then BYE). Offerless re-INVITEs work the same way.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
+//! - Over TLS to the P-CSCF ([`UeConfig::tls`], RFC 3261 §26.2; TS 33.328 §4.1.2.1: SDES is only
+//!   as safe as the signalling that carries the keys): every request we send has a `TLS` top
+//!   `Via` (the endpoint then sends it over TLS only, never in clear), initial requests carry
+//!   the preloaded `Route: <sip:P-CSCF;transport=tls;lr>` (the P-CSCF is verified as that
+//!   address, RFC 5922 §7), and our `Contact` says `;transport=tls`, so requests towards us come
+//!   over TLS too — on the connection we opened, which the P-CSCF reuses.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -101,6 +107,10 @@ pub struct UeConfig {
     pub e2ae: bool,
     /// SIP timers.
     pub timers: Timers,
+    /// Reach the P-CSCF over TLS, trusting these roots (`mediasec_sip::tls::client_config`):
+    /// [`UeConfig::outbound_proxy`] is then the P-CSCF's TLS address, whose certificate must
+    /// carry that IP address. `None`: UDP/TCP as the endpoint picks.
+    pub tls: Option<std::sync::Arc<mediasec_sip::tls::ClientConfig>>,
 }
 
 impl UeConfig {
@@ -123,6 +133,7 @@ impl UeConfig {
             anonymous: false,
             e2ae: false,
             timers: Timers::default(),
+            tls: None,
         }
     }
 }
@@ -213,6 +224,7 @@ enum Op {
 pub struct Ue {
     ops: mpsc::UnboundedSender<Op>,
     sip: SocketAddr,
+    endpoint: Endpoint,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -231,17 +243,29 @@ impl Ue {
     /// Starts a UE that also has access to its KMS (mode MIKEY-TICKET). The KMS exchanges run
     /// inside the UE task, so signalling of other calls waits for them (a lab simplification).
     pub async fn start_with_kms(config: UeConfig, kms: Option<KmsAccess>) -> Result<Self, Error> {
-        let (endpoint, events) = Endpoint::bind(config.sip_bind, config.timers).await?;
+        let tls = mediasec_sip::tls::Tls { server: None, client: config.tls.clone() };
+        let (endpoint, events) = Endpoint::bind_with(config.sip_bind, mediasec_sip::udp::Config { tls, ..mediasec_sip::udp::Config::from(config.timers) }).await?;
         let sip = endpoint.local_addr();
         let (ops, ops_rx) = mpsc::unbounded_channel();
-        let core = Core { config, endpoint, ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0, kms };
+        let core = Core { config, endpoint: endpoint.clone(), ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0, kms };
         let task = tokio::spawn(core.run(events, ops_rx));
-        Ok(Self { ops, sip, task })
+        Ok(Self { ops, sip, endpoint, task })
     }
 
     /// Our SIP address.
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip
+    }
+
+    /// SIP messages we received so far, by transport (with [`UeConfig::tls`], all over TLS).
+    pub fn sip_received(&self) -> mediasec_sip::udp::Received {
+        self.endpoint.received()
+    }
+
+    /// How many TLS connections our endpoint established and how many handshakes failed (and
+    /// its TCP bounds).
+    pub fn sip_tcp_stats(&self) -> mediasec_sip::udp::TcpStats {
+        self.endpoint.tcp_stats()
     }
 
     async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, Error> {
@@ -521,13 +545,23 @@ impl Core {
         }
     }
 
+    /// Our `Via`: `TLS` when we reach the P-CSCF over TLS (the endpoint then never sends the
+    /// request in clear), else `UDP` (the endpoint may switch to TCP for size).
     fn via(&self) -> String {
-        format!("SIP/2.0/UDP {};branch=z9hG4bK{};rport", self.endpoint.local_addr(), random_token())
+        let transport = if self.config.tls.is_some() { "TLS" } else { "UDP" };
+        format!("SIP/2.0/{transport} {};branch=z9hG4bK{};rport", self.endpoint.local_addr(), random_token())
     }
 
     fn contact(&self) -> String {
         let user = self.config.aor.trim_start_matches("sip:").split('@').next().unwrap_or("ue").to_owned();
-        format!("<sip:{user}@{}>", self.endpoint.local_addr())
+        let transport = if self.config.tls.is_some() { ";transport=tls" } else { "" };
+        format!("<sip:{user}@{}{transport}>", self.endpoint.local_addr())
+    }
+
+    /// Over TLS, the preloaded `Route` of an initial request (RFC 3261 §8.1.2): the P-CSCF's TLS
+    /// address, which its certificate must prove (RFC 5922 §7).
+    fn outbound_route(&self) -> Option<String> {
+        self.config.tls.as_ref().map(|_| format!("<sip:{};transport=tls;lr>", self.config.outbound_proxy))
     }
 
     fn domain(&self) -> String {
@@ -553,6 +587,9 @@ impl Core {
             .cseq(1, &Method::Register)?
             .header(HeaderName::Contact, self.contact())?
             .header(HeaderName::Expires, expires.to_string())?;
+        if let Some(route) = self.outbound_route() {
+            b = b.header(HeaderName::Route, route)?;
+        }
         if matches!(self.config.security, Security::Sdes { .. }) {
             b = b.header(security_client(), "sdes-srtp;mediasec")?;
         }
@@ -655,6 +692,9 @@ impl Core {
             .cseq(1, &Method::Invite)?
             .header(HeaderName::Contact, self.contact())?
             .header(HeaderName::Supported, rel::OPTION_TAG)?;
+        if let Some(route) = self.outbound_route() {
+            builder = builder.header(HeaderName::Route, route)?;
+        }
         if with_offer {
             builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(sdp);
         }

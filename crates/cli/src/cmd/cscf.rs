@@ -1,5 +1,7 @@
 //! `mediasec cscf`: run a P-CSCF or S-CSCF (registrar/location, routing between domains,
-//! parallel forking, retargeting) on UDP until Ctrl-C. Logs every request, registration,
+//! parallel forking, retargeting) on UDP and TCP until Ctrl-C; with `--tls-cert`/`--tls-key`
+//! also on TLS at `--tls-port` (RFC 3261 §26.2), e.g. a P-CSCF for UEs that protect their
+//! signalling (and so their SDES keys) with TLS. Logs every request, registration,
 //! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr. With
 //! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`.
 
@@ -13,6 +15,8 @@ use mediasec_cscf::alg::Provisioned;
 use mediasec_cscf::service::Cscf;
 use mediasec_cscf::{ProxyConfig, Role};
 use mediasec_sip::core::Timers;
+use mediasec_sip::tls::{client_config, read_pem, server_config, Tls, TlsServer};
+use mediasec_sip::udp::Config;
 
 /// Which CSCF.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -29,9 +33,27 @@ pub(crate) struct Args {
     /// Role.
     #[arg(long, value_enum)]
     role: RoleArg,
-    /// UDP address to listen on.
+    /// UDP (and TCP) address to listen on.
     #[arg(long, default_value = "127.0.0.1:5060")]
     listen: SocketAddr,
+    /// Also listen on TLS with this certificate chain (PEM; needs --tls-key). A UE reaching us
+    /// by IP address needs that address in the certificate.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The TLS port, on the --listen IP address (RFC 3261 default 5061; 0 picks one).
+    #[arg(long, default_value_t = mediasec_sip::tls::DEFAULT_PORT)]
+    tls_port: u16,
+    /// Mutual TLS (core nodes): accept TLS clients only with a certificate from the CA in this
+    /// PEM file (needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Open TLS connections (to `sips:` / `;transport=tls` next hops) trusting the CA in this
+    /// PEM file; with --tls-cert/--tls-key that certificate is also presented as ours.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Home domain.
     #[arg(long)]
     domain: String,
@@ -68,6 +90,28 @@ pub(crate) struct Args {
     metrics: Option<SocketAddr>,
 }
 
+/// The endpoint's TLS setup from the `--tls-*` flags.
+fn tls(args: &Args) -> anyhow::Result<Tls> {
+    let read = |path: &std::path::Path| read_pem(path).map_err(anyhow::Error::from);
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    let server = match &identity {
+        Some((cert, key)) => {
+            let client_roots = args.tls_client_ca.as_deref().map(read).transpose()?;
+            let config = server_config(cert, key, client_roots.as_ref().map(|r| r.as_slice())).context("--tls-cert/--tls-key")?;
+            Some(TlsServer { port: args.tls_port, config })
+        }
+        None => None,
+    };
+    let client = match &args.tls_ca {
+        Some(ca) => Some(client_config(&read(ca)?, identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()))).context("--tls-ca")?),
+        None => None,
+    };
+    Ok(Tls { server, client })
+}
+
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     // The value after the last '=' is the target: a SIP URI itself contains no '='.
     s.rsplit_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())).ok_or_else(|| format!("{s}: expected KEY=VALUE"))
@@ -86,6 +130,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.agw_ng.is_none() || (role == Role::Pcscf && args.mediasec), "--agw-ng needs --role pcscf and --mediasec");
     anyhow::ensure!(args.e2ae_provisioned.is_empty() || args.agw_ng.is_some(), "--e2ae-provisioned needs --agw-ng");
     anyhow::ensure!(!args.core_srtp || args.agw_ng.is_some(), "--core-srtp needs --agw-ng");
+    let tls = tls(&args)?;
     let e2ae_provisioned = Provisioned::parse(args.e2ae_provisioned.iter().map(String::as_str))?;
     let peers = args
         .peer
@@ -94,10 +139,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
     let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp };
+    let endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let cscf = Arc::new(Cscf::start(config, args.listen, Timers::default()).await.context("starting the CSCF")?);
+        let cscf = Arc::new(Cscf::start_with(config, args.listen, endpoint).await.context("starting the CSCF")?);
         println!("listening on {}", cscf.local_addr());
+        if let Some(tls) = cscf.tls_addr() {
+            println!("TLS on {tls}");
+        }
         if let Some(addr) = args.metrics {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --metrics {addr}"))?;
             println!("metrics on http://{}/metrics", listener.local_addr()?);

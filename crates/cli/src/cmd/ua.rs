@@ -1,7 +1,9 @@
 //! `mediasec ua`: the UE.
 //! - `ua run`: register through a P-CSCF, optionally place a call (or answer incoming ones),
 //!   keep media running for `--duration`, hang up and print one JSON line per call; exit 1
-//!   when a call verified fewer than `--min-verified` tone packets.
+//!   when a call verified fewer than `--min-verified` tone packets. With `--tls-ca PEM`, all
+//!   SIP with the P-CSCF runs over TLS (`--proxy` is then its TLS address, which its
+//!   certificate must carry as an IP address), so SDES keys never cross that hop in clear.
 //! - `ua lab`: start the two-domain lab in-process, run the SIP call scenarios, and measure
 //!   the call set-up latency per key-management mode.
 
@@ -47,9 +49,13 @@ struct RunArgs {
     /// Our public identity (sip:user@domain).
     #[arg(long)]
     aor: String,
-    /// The P-CSCF (outbound proxy).
+    /// The P-CSCF (outbound proxy); with --tls-ca, its TLS address (`mediasec cscf --tls-port`).
     #[arg(long)]
     proxy: SocketAddr,
+    /// Reach the P-CSCF over TLS (RFC 3261 §26.2), trusting the CA certificates in this PEM
+    /// file; the P-CSCF's certificate must carry the --proxy IP address.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
     /// SIP address to bind.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -142,6 +148,10 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         SecurityArg::Sdes => Security::Sdes { fallback: false },
         SecurityArg::SdesFallback => Security::Sdes { fallback: true },
     };
+    let tls = match &a.tls_ca {
+        Some(path) => Some(mediasec_sip::tls::client_config(&mediasec_sip::tls::read_pem(path)?, None).with_context(|| format!("--tls-ca {}", path.display()))?),
+        None => None,
+    };
     let config = UeConfig {
         aor: a.aor,
         sip_bind: a.listen,
@@ -156,10 +166,11 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         anonymous: a.anonymous,
         e2ae: a.e2ae,
         timers: Timers::default(),
+        tls,
     };
     let ue = Ue::start(config).await?;
     let reg = tokio::time::timeout(Duration::from_secs(5), ue.register(600)).await.context("REGISTER timed out")??;
-    println!("{}", serde_json::json!({"registered": reg.status, "mediasec": reg.mediasec, "sip": ue.sip_addr().to_string()}));
+    println!("{}", serde_json::json!({"registered": reg.status, "mediasec": reg.mediasec, "sip": ue.sip_addr().to_string(), "tls": a.tls_ca.is_some()}));
     anyhow::ensure!(reg.status == 200, "registration failed");
     let duration = Duration::from_secs_f64(a.duration.max(0.0));
     if let Some(target) = a.call {
