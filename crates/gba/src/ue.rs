@@ -75,7 +75,8 @@ struct Pending {
     creds: Credentials,
 }
 
-/// What the card answered to (RAND, AUTN).
+/// What the card answered to (RAND, AUTN). Zeroized on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
 enum CardAnswer {
     Keys { res: [u8; 8], ck: [u8; 16], ik: [u8; 16] },
     Sync([u8; 14]),
