@@ -37,11 +37,16 @@ pub enum Table {
     KeyRing,
     /// KMS-wide settings.
     Settings,
+    /// Lawful-interception warrants, keyed by warrant id (readable only through the LI API).
+    LiWarrants,
+    /// The lawful-interception audit trail, kept apart from the admin audit log; keyed by
+    /// zero-padded time and a random suffix, so rows sort by time.
+    LiAudit,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 4] = [Self::Users, Self::Policies, Self::KeyRing, Self::Settings];
+    pub const ALL: [Self; 6] = [Self::Users, Self::Policies, Self::KeyRing, Self::Settings, Self::LiWarrants, Self::LiAudit];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
@@ -50,6 +55,8 @@ impl Table {
             Self::Policies => "policies",
             Self::KeyRing => "key_ring",
             Self::Settings => "settings",
+            Self::LiWarrants => "li_warrants",
+            Self::LiAudit => "li_audit",
         }
     }
 }

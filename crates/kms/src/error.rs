@@ -38,6 +38,12 @@ pub enum KmsError {
     /// Configuration.
     #[error("configuration: {0}")]
     Config(String),
+    /// An LI key release was refused (warrant, parties, window, issuer; docs/li.md).
+    #[error("{0}")]
+    LiRefused(crate::li::Refusal),
+    /// An LI request is malformed (warrant fields, TRANSFER_INIT / TRANSFER_RESP).
+    #[error("{0}")]
+    LiInput(String),
 }
 
 impl KmsError {

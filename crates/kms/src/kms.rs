@@ -157,7 +157,7 @@ fn uid_of(m: &Message, role: IdRole, what: &str) -> Result<KmsUid, KmsError> {
     KmsUid::parse(&s).map_err(|e| rejected(ErrorCode::INVALID_ID, format!("{what}: {e}")))
 }
 
-fn rand_payload(ticket: &Ticket) -> Result<Vec<u8>, KmsError> {
+pub(crate) fn rand_payload(ticket: &Ticket) -> Result<Vec<u8>, KmsError> {
     BaseTicketData::decode(&ticket.ticket_data, 0)?
         .payloads
         .iter()
@@ -165,7 +165,7 @@ fn rand_payload(ticket: &Ticket) -> Result<Vec<u8>, KmsError> {
         .ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "no RAND in ticket"))
 }
 
-fn key_id_of(ticket: &Ticket) -> Result<u32, KmsError> {
+pub(crate) fn key_id_of(ticket: &Ticket) -> Result<u32, KmsError> {
     let td = BaseTicketData::decode(&ticket.ticket_data, 0)?;
     <[u8; 4]>::try_from(td.thdr_data.as_slice()).map(u32::from_be_bytes).map_err(|_| rejected(ErrorCode::INVALID_TICKET, "THDR is not a key id"))
 }
@@ -243,6 +243,13 @@ impl Kms {
     /// The key ring in force.
     pub fn ring(&self) -> Arc<KeyRing> {
         self.ring.read().map(|r| Arc::clone(&r)).unwrap_or_default()
+    }
+
+    /// Opens a KMS-made ticket with the ring key its THDR names (unknown id → ERR 14, bad
+    /// MAC → ERR 0; docs/ticket-profile.md). Used by Ticket Resolve and by LI key release.
+    pub(crate) fn open_ring(&self, ticket: &Ticket) -> Result<TicketContent, KmsError> {
+        let ring = self.ring();
+        Ok(tk::open_ticket(ticket, |id| ring.get(id).and_then(|k| k.key().ok()).map(|k| k.to_vec()))?)
     }
 
     fn random<const N: usize>(&self) -> Zeroizing<[u8; N]> {
@@ -436,8 +443,7 @@ impl Kms {
             return Err(rejected(ErrorCode::INVALID_TICKET, "ticket not yet valid"));
         }
         let content = if ticket.policy.flags.contains(TicketFlags::D) {
-            let ring = self.ring();
-            tk::open_ticket(ticket, |id| ring.get(id).and_then(|k| k.key().ok()).map(|k| k.to_vec()))?
+            self.open_ring(ticket)?
         } else {
             let creator = data.initiator.clone().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "UE-made ticket names no creator (IDRi)"))?;
             let eff = self.policies().effective(&creator);

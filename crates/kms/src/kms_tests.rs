@@ -135,6 +135,20 @@ fn ask(to: &str, reusable: bool) -> Ask {
 /// One call: initiator `i` (at `ki`) to `r` (at `kr`); returns the responder identity the
 /// initiator authenticated. Checks both sides derived the same SRTP keys.
 async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, kr: &Kms, znr: &StaticZn, t: u64) -> Result<KmsUid, KmsError> {
+    Ok(call_msgs(w, i, held, r, kr, znr, t).await?.who)
+}
+
+/// What a call leaves: the authenticated responder, TRANSFER_INIT, TRANSFER_RESP and the
+/// initiator's / responder's SRTP policies.
+struct Call {
+    who: KmsUid,
+    ti: Vec<u8>,
+    tr: Vec<u8>,
+    m_i: crate::ue::Media,
+    m_r: crate::ue::Media,
+}
+
+async fn call_msgs(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, kr: &Kms, znr: &StaticZn, t: u64) -> Result<Call, KmsError> {
     let now = NOW + Duration::from_secs(t);
     let (ti, pt) = i.transfer_init(held, &r.uid.clone(), 0x1000 + t as u32, 0xaaaa, now, [t as u8; 16])?;
     let resolved = match r.cached_resolve(&ti, now) {
@@ -155,7 +169,7 @@ async fn call(w: &World, i: &mut Ue, held: &crate::ue::HeldTicket, r: &mut Ue, k
     assert_eq!(*m_i.responder_stream.master_salt, *m_r.responder_stream.master_salt);
     assert_ne!(*m_i.initiator_stream.master_key, *m_i.responder_stream.master_key);
     assert_eq!((m_i.initiator_stream.ssrc, m_i.responder_stream.ssrc), (0xaaaa, 0xbbbb));
-    Ok(who)
+    Ok(Call { who, ti, tr, m_i, m_r })
 }
 
 async fn request(k: &Kms, zn: &StaticZn, u: &mut Ue, a: &Ask, t: u64) -> Result<crate::ue::HeldTicket, KmsError> {
@@ -420,4 +434,110 @@ async fn end_to_middle_identity_may_resolve() {
     // The media gateway of dan's domain resolves the ticket and terminates the call's keys.
     assert_eq!(call(&w, &mut dan, &held, &mut mgw, &w.a, &w.zn_a, 1).await.unwrap().as_str(), "mgw@a.example");
     assert_eq!(call(&w, &mut dan, &held, &mut bob, &w.a, &w.zn_a, 2).await.unwrap().as_str(), "bob@a.example");
+}
+
+// ---- lawful interception (crate::li) ----------------------------------------------------
+
+fn warrant(target: &str, from: u64, to: u64) -> crate::li::Warrant {
+    crate::li::Warrant { id: format!("w-{target}"), target: KmsUid::parse(target).unwrap(), not_before: from, not_after: to }
+}
+
+fn refusal(r: Result<crate::li::Release, KmsError>) -> crate::li::Refusal {
+    match r {
+        Err(KmsError::LiRefused(x)) => x,
+        Err(e) => panic!("expected an LI refusal, got {e}"),
+        Ok(_) => panic!("expected an LI refusal, got keys"),
+    }
+}
+
+/// The released keys are the keys both UEs derived (master key, salt, SSRC, MKI, suite).
+fn same_keys(got: &crate::ue::Media, ue: &crate::ue::Media) {
+    for (g, u) in [(&got.initiator_stream, &ue.initiator_stream), (&got.responder_stream, &ue.responder_stream)] {
+        assert_eq!((&*g.master_key, &*g.master_salt), (&*u.master_key, &*u.master_salt));
+        assert_eq!((g.ssrc, &g.mki, g.suite), (u.ssrc, &u.mki, u.suite));
+    }
+}
+
+#[tokio::test]
+async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
+    let w = world();
+    let (mut alice, mut bob) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"));
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("bob@a.example", false), 0).await.unwrap();
+    let c = call_msgs(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap();
+    let (now, s) = (NOW.as_secs() + 5, NOW.as_secs());
+    // Warrant on the caller, then on the callee: the keys both UEs derived.
+    for target in ["alice@a.example", "bob@a.example"] {
+        let r = w.a.li_release(&warrant(target, s - 10, s + 100), &c.ti, Some(&c.tr), now).unwrap();
+        assert_eq!((r.initiator.as_str(), r.responder.as_str(), r.answered), ("alice@a.example", "bob@a.example", true));
+        same_keys(&r.media, &c.m_i);
+        same_keys(&r.media, &c.m_r);
+    }
+    // Without TRANSFER_RESP (non-forking ticket): same keys, CS 2's SSRC unknown.
+    let r = w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &c.ti, None, now).unwrap();
+    assert_eq!((&*r.media.responder_stream.master_key, r.media.responder_stream.ssrc, r.answered), (&*c.m_r.responder_stream.master_key, 0, false));
+    assert_eq!(*r.media.initiator_stream.master_salt, *c.m_i.initiator_stream.master_salt);
+    // Someone else, an expired or future warrant, a window the call is not in: refused.
+    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now)), crate::li::Refusal::NotAParty);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s - 100, now - 1), &c.ti, Some(&c.tr), now)), crate::li::Refusal::WarrantExpired);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", now + 1, now + 100), &c.ti, Some(&c.tr), now)), crate::li::Refusal::WarrantNotYetActive);
+    // Active now, but the ticket (valid NOW..NOW+600) and the call precede the window.
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 700, s + 900), &c.ti, Some(&c.tr), s + 800)), crate::li::Refusal::OutsideWindow);
+    // Ticket valid in the window but the call (at NOW+1) before it.
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 2, s + 100), &c.ti, Some(&c.tr), now)), crate::li::Refusal::OutsideWindow);
+    // Another KMS's ticket: its operator's LI.
+    let mut carol = ue("carol@b.example", "kms.b.example");
+    let theirs = request(&w.b, &w.zn_b, &mut carol, &ask("alice@a.example", false), 0).await.unwrap();
+    let (ti_b, _) = carol.transfer_init(&theirs, &alice.uid.clone(), 7, 7, NOW, [7; 16]).unwrap();
+    assert!(matches!(refusal(w.a.li_release(&warrant("carol@b.example", s, s + 100), &ti_b, None, now)), crate::li::Refusal::ForeignTicket(_)));
+    // A ring that does not hold the ticket's key: not ours either.
+    let other = kms("kms.a.example.", "a.example");
+    let other = Kms::new(KmsConfig { fqdn: "kms.a.example".into(), ..other.config().clone() }, Policies::default(), Users::default(), (*other.ring()).clone(), counter());
+    assert!(matches!(refusal(other.li_release(&warrant("alice@a.example", s, s + 100), &c.ti, None, now)), crate::li::Refusal::ForeignTicket(_)));
+    // Malformed or tampered input: typed input errors.
+    let mut bad = c.ti.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), &bad, None, now), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), b"junk", None, now), Err(KmsError::LiInput(_))));
+    let mut bad = c.tr.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), &c.ti, Some(&bad), now), Err(KmsError::LiInput(_))));
+    // Warrant fields are validated.
+    assert!(crate::li::Warrant { id: "bad id/1".into(), ..warrant("alice@a.example", 1, 2) }.validate().is_err());
+    assert!(crate::li::Warrant { id: "w1".into(), ..warrant("alice@a.example", 3, 2) }.validate().is_err());
+    assert!(crate::li::Warrant { id: "W-2026.1_a".into(), ..warrant("alice@a.example", 2, 3) }.validate().is_ok());
+}
+
+#[tokio::test]
+async fn li_on_a_forked_call_releases_only_the_answering_responder_keys() {
+    let w = world();
+    let (mut alice, mut bob, mut dan) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("dan@a.example", "kms.a.example"));
+    let a = Ask { recipients: ["bob@a.example", "dan@a.example"].iter().map(|p| Pattern::parse(p).unwrap()).collect(), reusable: false, forking: true, lifetime: 600 };
+    let held = request(&w.a, &w.zn_a, &mut alice, &a, 0).await.unwrap();
+    assert!(held.forking());
+    let (ti, pt) = alice.transfer_init(&held, bob_uid(), 0x4242, 0xaaaa, NOW, [7; 16]).unwrap();
+    let (tr_b, m_b) = answer(&w, &mut bob, &ti, &w.a, &w.zn_a, 0xb0b).await.unwrap();
+    let (tr_d, m_d) = answer(&w, &mut dan, &ti, &w.a, &w.zn_a, 0xda0).await.unwrap();
+    let (_, m_i) = alice.on_transfer_resp(&pt, &tr_d, NOW).unwrap();
+    let (s, now) = (NOW.as_secs(), NOW.as_secs() + 5);
+    // Warrant on the callee who answered (forked keys from its TRANSFER_RESP).
+    let r = w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &ti, Some(&tr_d), now).unwrap();
+    assert_eq!(r.responder.as_str(), "dan@a.example");
+    same_keys(&r.media, &m_d);
+    same_keys(&r.media, &m_i);
+    // Dan's warrant gives nothing of Bob's leg; the caller's warrant gives either leg.
+    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &ti, Some(&tr_b), now)), crate::li::Refusal::NotAParty);
+    same_keys(&w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &ti, Some(&tr_b), now).unwrap().media, &m_b);
+    // A forking ticket needs the TRANSFER_RESP (TGK' depends on the responder).
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &ti, None, now), Err(KmsError::LiInput(_))));
+    // A TRANSFER_RESP claiming Bob but keyed by Dan does not verify.
+    let mut forged = Message::decode(&tr_d).unwrap();
+    for p in forged.payloads.iter_mut() {
+        if let Payload::Idr(i) = p {
+            i.data = b"bob@a.example".to_vec();
+        }
+    }
+    let forged = forged.encode().unwrap();
+    assert!(matches!(w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &ti, Some(&forged), now), Err(KmsError::LiInput(_))));
 }

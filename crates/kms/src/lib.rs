@@ -10,6 +10,7 @@
 //! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
 //! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
 //! - [`users`]: users provisioned at the KMS.
+//! - [`li`]: lawful interception: warrants and per-target key release.
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
 //! encrypted key ring and audit log in a `mediasec_kms_store::Store`), [`bsf_zn`] (Zn over
@@ -21,6 +22,7 @@ pub mod error;
 pub mod identity;
 pub mod keyring;
 pub mod lab;
+pub mod li;
 pub mod kms;
 pub mod persist;
 pub mod policy;

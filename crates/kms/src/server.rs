@@ -3,8 +3,10 @@
 //! application/mikey`, base64 body; 200 with the response or a MIKEY Error message, 4xx when
 //! the client erred, 5xx when the KMS did), the admin API (bearer token; docs/openapi/kms-admin.yaml),
 //! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
+//! The LI API (`/li/v1/…`, docs/openapi/kms-li.yaml) answers 404 unless an LI token was
+//! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::error::KmsError;
 use crate::identity::KmsUid;
 use crate::kms::{Kms, KmsConfig, Peers, Random, Reply};
+use crate::li::{LiAuditEntry, Refusal, Warrant};
 use crate::persist::{Persist, Scope};
 use crate::policy::{Policies, Rules};
 use crate::users::User;
@@ -116,6 +119,7 @@ pub struct Service {
     peers: Arc<dyn Peers>,
     persist: Persist,
     admin_token: String,
+    li_token: OnceLock<String>,
     metrics: Metrics,
     next_id: AtomicU64,
     last_reload_ms: AtomicU64,
@@ -145,7 +149,16 @@ impl Service {
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+    }
+
+    /// Turns the LI API on with its bearer token, which must be non-empty and differ from
+    /// the admin token; once per service.
+    pub fn enable_li(&self, token: String) -> Result<(), KmsError> {
+        if token.is_empty() || bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
+            return Err(KmsError::Config("the LI token must be non-empty and differ from the admin token".into()));
+        }
+        self.li_token.set(token).map_err(|_| KmsError::Config("the LI API is already enabled".into()))
     }
 
     /// The core.
@@ -221,6 +234,10 @@ impl Service {
             .route("/admin/v1/keys/rotate", post(keys_rotate))
             .route("/admin/v1/keys/prune", post(keys_prune))
             .route("/admin/v1/audit", get(audit_get))
+            .route("/li/v1/warrants", get(warrants_get))
+            .route("/li/v1/warrants/{id}", get(warrant_get).put(warrant_put).delete(warrant_delete))
+            .route("/li/v1/keys", post(li_keys))
+            .route("/li/v1/audit", get(li_audit_get))
             .with_state(Arc::clone(self))
     }
 }
@@ -480,6 +497,152 @@ async fn audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<
         )
         .into_response(),
         Err(e) => internal(&e),
+    }
+}
+
+/// LI API guard: 404 (as if absent) when LI is off, 401 on a wrong token (logged).
+fn li_guard(s: &Service, h: &HeaderMap) -> Option<Response> {
+    let Some(token) = s.li_token.get() else { return Some(StatusCode::NOT_FOUND.into_response()) };
+    if bearer_ok(h, token) {
+        None
+    } else {
+        warn!(target: "li", "LI API call with a missing or wrong token");
+        Some(text(StatusCode::UNAUTHORIZED, "LI API requires the LI bearer token"))
+    }
+}
+
+macro_rules! li {
+    ($s:ident, $h:ident) => {
+        if let Some(r) = li_guard(&$s, &$h) {
+            return r;
+        }
+    };
+}
+
+fn suffix() -> u64 {
+    rand::random()
+}
+
+/// Errors of LI handlers: refusals 403, bad input 400, store 503, else 500.
+fn li_error(e: &KmsError) -> Response {
+    match e {
+        KmsError::LiRefused(_) => text(StatusCode::FORBIDDEN, &e.to_string()),
+        KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_) => text(StatusCode::BAD_REQUEST, &e.to_string()),
+        KmsError::Store(_) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        _ => internal(e),
+    }
+}
+
+async fn warrants_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    li!(s, h);
+    match s.persist.warrants().await {
+        Ok(w) => axum::Json(w).into_response(),
+        Err(e) => li_error(&e),
+    }
+}
+
+async fn warrant_get(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    li!(s, h);
+    match s.persist.warrant(&id).await {
+        Ok(Some(w)) => axum::Json(w).into_response(),
+        Ok(None) => text(StatusCode::NOT_FOUND, "no such warrant"),
+        Err(e) => li_error(&e),
+    }
+}
+
+async fn warrant_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    li!(s, h);
+    let w: Warrant = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("warrant: {e}")),
+    };
+    if w.id != id {
+        return text(StatusCode::BAD_REQUEST, "warrant: the id in the body differs from the path");
+    }
+    match s.persist.put_warrant(&w, now_ms(), suffix()).await {
+        Ok(()) => {
+            info!(target: "li", warrant = %w.id, "warrant stored");
+            axum::Json(w).into_response()
+        }
+        Err(e) => li_error(&e),
+    }
+}
+
+async fn warrant_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    li!(s, h);
+    match s.persist.delete_warrant(&id, now_ms(), suffix()).await {
+        Ok(true) => {
+            info!(target: "li", warrant = %id, "warrant removed");
+            text(StatusCode::OK, "removed")
+        }
+        Ok(false) => text(StatusCode::NOT_FOUND, "no such warrant"),
+        Err(e) => li_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysBody {
+    warrant: String,
+    transfer_init: String,
+    transfer_resp: Option<String>,
+}
+
+fn b64(what: &str, s: &str) -> Result<Vec<u8>, KmsError> {
+    let compact: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    STANDARD.decode(&compact).map_err(|e| KmsError::LiInput(format!("{what} is not base64: {e}")))
+}
+
+async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
+    let w = s.persist.warrant(&body.warrant).await?.ok_or(Refusal::NoSuchWarrant)?;
+    let ti = b64("transfer_init", &body.transfer_init)?;
+    let tr = body.transfer_resp.as_deref().map(|t| b64("transfer_resp", t)).transpose()?;
+    let r = s.kms.li_release(&w, &ti, tr.as_deref(), now().as_secs())?;
+    let json = r.to_json(&w.id)?;
+    Ok(json.to_vec())
+}
+
+async fn li_keys(State(s): State<Arc<Service>>, h: HeaderMap, body: Bytes) -> Response {
+    li!(s, h);
+    let body: KeysBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("key request: {e}")),
+    };
+    let out = release(&s, &body).await;
+    let (action, detail) = match &out {
+        Ok(_) => ("keys.release", "released".to_owned()),
+        Err(e) => ("keys.refuse", e.to_string()),
+    };
+    // The log names no identity (admins read logs): the precise reason is in the LI trail.
+    let logged = match &out {
+        Ok(_) => "released".to_owned(),
+        Err(KmsError::LiRefused(r)) => r.to_string(),
+        Err(KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_)) => "malformed input".to_owned(),
+        Err(_) => "KMS failure".to_owned(),
+    };
+    info!(target: "li", warrant = %body.warrant, action, outcome = logged, "LI key request");
+    let entry = LiAuditEntry { at_unix_ms: now_ms(), action: action.into(), warrant: body.warrant.clone(), detail };
+    if let Err(e) = s.persist.li_audit(&entry, suffix()).await {
+        // No release that the LI trail does not record.
+        return li_error(&e);
+    }
+    match out {
+        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => li_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LiAuditQuery {
+    since_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn li_audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<LiAuditQuery>) -> Response {
+    li!(s, h);
+    match s.persist.li_audit_log(q.since_ms.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await {
+        Ok(rows) => axum::Json(rows).into_response(),
+        Err(e) => li_error(&e),
     }
 }
 

@@ -120,7 +120,7 @@ pub struct PendingResolve {
 /// A sent TRANSFER_INIT awaiting TRANSFER_RESP.
 pub struct PendingTransfer {
     init: Vec<u8>,
-    randri: [u8; 16],
+    randri: Vec<u8>,
     mpki: Secret,
     mpkr: Option<Secret>,
     tgk: KeyData,
@@ -164,7 +164,7 @@ fn rejected(code: ErrorCode, reason: impl Into<String>) -> KmsError {
 }
 
 /// Splits a KEMAC content `MPKi || [MPKr or MPKr'] || TGK` (RFC 6043 §5.2/§5.3).
-fn split_keys(keys: &[KeyData], forks: bool) -> Result<(Secret, Option<Secret>, KeyData), KmsError> {
+pub(crate) fn split_keys(keys: &[KeyData], forks: bool) -> Result<(Secret, Option<Secret>, KeyData), KmsError> {
     let tgk_ok = |t: &KeyData| matches!(t.key_type, KeyType::TGK | KeyType::TGK_SALT);
     match (forks, keys) {
         (false, [m, t]) if m.key_type == KeyType::MPK && tgk_ok(t) => Ok((Zeroizing::new(m.key.clone()), None, t.clone())),
@@ -187,7 +187,7 @@ fn cs(cs_id: u8, ssrc: u32, spi: &[u8]) -> GenericCs {
 }
 
 /// SRTP policies of CS 1 and CS 2 from the TGK (RANDRi only: H = 1, G = 0).
-fn media(tgk: &KeyData, randri: &[u8], sp: &SecurityPolicy, map: &[GenericCs]) -> Result<Media, KmsError> {
+pub(crate) fn media(tgk: &KeyData, randri: &[u8], sp: &SecurityPolicy, map: &[GenericCs]) -> Result<Media, KmsError> {
     let one = |id: u8| -> Result<SrtpPolicy, KmsError> {
         let c = map.iter().find(|c| c.cs_id == id).ok_or_else(|| rejected(ErrorCode::INVALID_SP, format!("no CS {id} in the map")))?;
         let (ssrc, _) = c.srtp_session().ok_or_else(|| rejected(ErrorCode::INVALID_SP, format!("CS {id}: no SSRC")))?;
@@ -197,14 +197,14 @@ fn media(tgk: &KeyData, randri: &[u8], sp: &SecurityPolicy, map: &[GenericCs]) -
     Ok(Media { initiator_stream: one(1)?, responder_stream: one(2)? })
 }
 
-fn generic_map(m: &Message) -> Result<Vec<GenericCs>, KmsError> {
+pub(crate) fn generic_map(m: &Message) -> Result<Vec<GenericCs>, KmsError> {
     match &m.header.cs_map {
         CsIdMap::GenericId(v) => Ok(v.clone()),
         _ => Err(rejected(ErrorCode::INVALID_SP, "Ticket Transfer needs a GENERIC-ID map (RFC 6043 §6.1.1)")),
     }
 }
 
-fn sp_of(m: &Message) -> Result<SecurityPolicy, KmsError> {
+pub(crate) fn sp_of(m: &Message) -> Result<SecurityPolicy, KmsError> {
     m.find(|p| if let Payload::Sp(s) = p { Some(s.clone()) } else { None }).ok_or_else(|| rejected(ErrorCode::INVALID_SP, "no SP payload"))
 }
 
@@ -351,7 +351,7 @@ impl Ue {
             Some(mpkr) => forking::attach_initiator_data(&init, mpkr)?,
             None => init,
         };
-        let pending = PendingTransfer { init: init.clone(), randri, mpki: held.mpki.clone(), mpkr: held.mpkr.clone(), tgk: held.tgk.clone(), recipients: held.granted.recipients.clone() };
+        let pending = PendingTransfer { init: init.clone(), randri: randri.to_vec(), mpki: held.mpki.clone(), mpkr: held.mpkr.clone(), tgk: held.tgk.clone(), recipients: held.granted.recipients.clone() };
         Ok((init, pending))
     }
 
@@ -414,13 +414,7 @@ impl Ue {
     /// Responder: verifies TRANSFER_INIT with MPKi and answers TRANSFER_RESP (IDRr = the
     /// identity the KMS authorised, CS 2 = `ssrc`); returns the call's SRTP policies.
     pub fn transfer_resp(&mut self, r: &Resolved, transfer_init: &[u8], ssrc: u32, now: Duration) -> Result<(Vec<u8>, Media), KmsError> {
-        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT)?;
-        let randri = tk::rand_of(&ti, RandRole::INITIATOR).ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, "no RANDRi"))?;
-        let ik = tk::message_keys(&r.mpki, ti.header.csb_id, Direction::Initial, Some(&randri), None)?;
-        tk::verify_v(transfer_init, &ik.auth_key, &[&tk::id_of(&ti, IdRole::INITIATOR), &tk::id_of(&ti, IdRole::RESPONDER)])?;
-        if forking::is_forking(&tk::ticket_of(&ti)?) {
-            forking::check_vi(&ti)?;
-        }
+        let (ti, randri) = verified_transfer_init(&r.mpki, transfer_init)?;
         self.fresh(&ti, now)?;
         let mut map = generic_map(&ti)?;
         for c in map.iter_mut().filter(|c| c.cs_id == 2) {
@@ -441,22 +435,53 @@ impl Ue {
     /// TGK', both forked to the responder's IDRr and RANDRkms (RFC 6043 §5.1.1), so only the
     /// KMS-authorised holder of that identity could have answered.
     pub fn on_transfer_resp(&mut self, p: &PendingTransfer, tr: &[u8], now: Duration) -> Result<(KmsUid, Media), KmsError> {
-        let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
-        let fork = ForkModifier::of(&m)?;
-        let (key, tgk) = match &p.mpkr {
-            Some(mpkr) => (fork.mpkr(mpkr)?, fork.key(&p.tgk)?),
-            None => (p.mpki.clone(), p.tgk.clone()),
-        };
-        let k = tk::message_keys(&key, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
-        tk::verify_v(tr, &k.auth_key, &[&p.init])?;
+        let (m, who, media) = verified_transfer_resp(p, tr)?;
         self.fresh(&m, now)?;
-        let who = KmsUid::parse(&String::from_utf8_lossy(&fork.id_r))?;
-        if !p.recipients.iter().any(|r| r.matches(&who)) {
-            return Err(rejected(ErrorCode::INVALID_ID, format!("answered by {who}, whom the ticket does not authorise")));
-        }
-        let media = media(&tgk, &p.randri, &sp_of(&m)?, &generic_map(&m)?)?;
         Ok((who, media))
     }
+}
+
+impl PendingTransfer {
+    /// The initiator's view of a sent TRANSFER_INIT, rebuilt from the ticket's keys (the KMS
+    /// holds them all: LI key release, [`crate::li`]).
+    pub(crate) fn rebuilt(init: &[u8], randri: Vec<u8>, mpki: Secret, mpkr: Option<Secret>, tgk: KeyData, recipients: Vec<Pattern>) -> Self {
+        Self { init: init.to_vec(), randri, mpki, mpkr, tgk, recipients }
+    }
+}
+
+/// Verifies a TRANSFER_INIT's V with MPKi (RFC 6043 §5.1.3) and, when the ticket forks, that
+/// Vi repeats it (§6.11); returns the message and RANDRi. No freshness check: the caller
+/// decides (the responder checks it; LI key release works on past calls).
+pub(crate) fn verified_transfer_init(mpki: &[u8], transfer_init: &[u8]) -> Result<(Message, Vec<u8>), KmsError> {
+    let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT)?;
+    let randri = tk::rand_of(&ti, RandRole::INITIATOR).ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, "no RANDRi"))?;
+    let ik = tk::message_keys(mpki, ti.header.csb_id, Direction::Initial, Some(&randri), None)?;
+    tk::verify_v(transfer_init, &ik.auth_key, &[&tk::id_of(&ti, IdRole::INITIATOR), &tk::id_of(&ti, IdRole::RESPONDER)])?;
+    if forking::is_forking(&tk::ticket_of(&ti)?) {
+        forking::check_vi(&ti)?;
+    }
+    Ok((ti, randri))
+}
+
+/// Verifies a TRANSFER_RESP against the TRANSFER_INIT it answers (V keyed from MPKr' with
+/// forking, else MPKi; RFC 6043 §5.1.1) and that the ticket authorises the responder it
+/// names; returns the message, that responder and the call's SRTP policies (from TGK' with
+/// forking). No freshness check (see [`verified_transfer_init`]).
+pub(crate) fn verified_transfer_resp(p: &PendingTransfer, tr: &[u8]) -> Result<(Message, KmsUid, Media), KmsError> {
+    let m = tk::decode_expect(tr, DataType::TRANSFER_RESP)?;
+    let fork = ForkModifier::of(&m)?;
+    let (key, tgk) = match &p.mpkr {
+        Some(mpkr) => (fork.mpkr(mpkr)?, fork.key(&p.tgk)?),
+        None => (p.mpki.clone(), p.tgk.clone()),
+    };
+    let k = tk::message_keys(&key, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
+    tk::verify_v(tr, &k.auth_key, &[&p.init])?;
+    let who = KmsUid::parse(&String::from_utf8_lossy(&fork.id_r))?;
+    if !p.recipients.iter().any(|r| r.matches(&who)) {
+        return Err(rejected(ErrorCode::INVALID_ID, format!("answered by {who}, whom the ticket does not authorise")));
+    }
+    let media = media(&tgk, &p.randri, &sp_of(&m)?, &generic_map(&m)?)?;
+    Ok((m, who, media))
 }
 
 /// A MIKEY Error message from the KMS as an error, saying whether its MAC (keyed like the

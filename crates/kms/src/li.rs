@@ -1,0 +1,298 @@
+//! Lawful interception at the KMS, which can open every ticket it issued (TR 33.828: "LI
+//! must be possible without giving the LEA more than the warrant", i.e. per-target keys).
+//! The interfaces are ours *(3GPP leaves X1/X2 to TS 33.107/33.108 and operators;
+//! docs/li.md, docs/openapi/kms-li.yaml)*:
+//!
+//! - **warrants** (X1-like): `{id, target, not_before, not_after}`, one exact KMS UID per
+//!   warrant, kept in the store's `li_warrants` table; LI actions go to the `li_audit` table,
+//!   never to the admin audit log;
+//! - **key release** (X2-like): from an intercepted TRANSFER_INIT (and TRANSFER_RESP when the
+//!   ticket forks), the KMS opens the ticket with its ring and derives the call's SRTP master
+//!   keys exactly as the UEs do ([`crate::ue`]), only for a call of the warrant's target
+//!   within the warrant's window.
+//!
+//! Nothing here touches Ua/Zk: a target cannot tell (no state, payload or code path of Ticket
+//! Request / Resolve depends on warrants).
+
+use mediasec_kms_store::Table;
+use mediasec_mikey::forking;
+use mediasec_mikey::payload::{BaseTicketData, TicketFlags};
+use mediasec_mikey::registry::{DataType, IdRole};
+use mediasec_mikey::srtp_policy::SrtpPolicy;
+use mediasec_mikey::ticket as tk;
+use mediasec_mikey::Payload;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::KmsError;
+use crate::identity::KmsUid;
+use crate::kms::{Kms, key_id_of, rand_payload};
+use crate::persist::Persist;
+use crate::tp_data::{TpData, unix_of};
+use crate::ue::{self, Media, PendingTransfer};
+
+/// Longest warrant id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A warrant: keys of calls of `target` (initiator or answering responder) whose ticket
+/// validity overlaps `[not_before, not_after]` may be released while the warrant is active.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warrant {
+    /// Operator-chosen id: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// The target: one exact KMS UID (no group identity).
+    pub target: KmsUid,
+    /// Start of the window, UNIX seconds.
+    pub not_before: u64,
+    /// End of the window (inclusive), UNIX seconds.
+    pub not_after: u64,
+}
+
+/// Why a key release was refused (HTTP 403).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No warrant with this id.
+    #[error("no such warrant")]
+    NoSuchWarrant,
+    /// The warrant's window ended.
+    #[error("warrant expired")]
+    WarrantExpired,
+    /// The warrant's window has not begun.
+    #[error("warrant not yet active")]
+    WarrantNotYetActive,
+    /// The target is neither the ticket's initiator nor the answering responder.
+    #[error("target not a party of this call")]
+    NotAParty,
+    /// The ticket's validity, or the call's TRANSFER_INIT time, is outside the window.
+    #[error("outside the warrant window")]
+    OutsideWindow,
+    /// Another KMS issued the ticket (its operator does the LI), or this ring cannot open it.
+    #[error("ticket not issued by this KMS ({0})")]
+    ForeignTicket(String),
+    /// A UE-made (mode 3) ticket: its keys are under the creator's Ks_NAF, not the ring.
+    #[error("UE-made (mode 3) ticket: its keys are not under the KMS ring")]
+    UeMadeTicket,
+}
+
+impl From<Refusal> for KmsError {
+    fn from(r: Refusal) -> Self {
+        Self::LiRefused(r)
+    }
+}
+
+fn input(what: &str, e: impl std::fmt::Display) -> KmsError {
+    KmsError::LiInput(format!("{what}: {e}"))
+}
+
+impl Warrant {
+    /// Checks the id, target and window are well formed.
+    pub fn validate(&self) -> Result<(), KmsError> {
+        let id_ok = !self.id.is_empty() && self.id.len() <= MAX_ID_LEN && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !id_ok {
+            return Err(input("warrant id", format!("must be 1 to {MAX_ID_LEN} characters of A-Z a-z 0-9 . _ -")));
+        }
+        KmsUid::parse(self.target.as_str()).map_err(|e| input("target", e))?;
+        if self.not_before > self.not_after {
+            return Err(input("warrant window", "not_before is after not_after"));
+        }
+        Ok(())
+    }
+
+    /// Active at `now` (UNIX seconds).
+    pub fn check_active(&self, now: u64) -> Result<(), Refusal> {
+        if now > self.not_after {
+            Err(Refusal::WarrantExpired)
+        } else if now < self.not_before {
+            Err(Refusal::WarrantNotYetActive)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn covers(&self, t: u64) -> bool {
+        (self.not_before..=self.not_after).contains(&t)
+    }
+}
+
+/// Keys released for one call.
+pub struct Release {
+    /// The ticket's initiator (TP Data IDRi).
+    pub initiator: KmsUid,
+    /// The answering responder (TRANSFER_RESP IDRr, else the TRANSFER_INIT's IDRr).
+    pub responder: KmsUid,
+    /// Whether a TRANSFER_RESP was given (else CS 2's SSRC is unknown, 0).
+    pub answered: bool,
+    /// CS 1 (initiator's stream) and CS 2 (responder's stream).
+    pub media: Media,
+}
+
+#[derive(Serialize)]
+struct SessionJson<'a> {
+    cs_id: u8,
+    stream: &'static str,
+    ssrc: Option<u32>,
+    roc: u32,
+    suite: &'static str,
+    mki: String,
+    master_key: &'a str,
+    master_salt: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReleaseJson<'a> {
+    warrant: &'a str,
+    initiator: &'a str,
+    responder: &'a str,
+    crypto_sessions: [SessionJson<'a>; 2],
+}
+
+fn session<'a>(cs_id: u8, stream: &'static str, p: &SrtpPolicy, ssrc: Option<u32>, key: &'a str, salt: &'a str) -> SessionJson<'a> {
+    SessionJson { cs_id, stream, ssrc, roc: p.roc, suite: p.suite, mki: hex::encode(&p.mki), master_key: key, master_salt: salt }
+}
+
+impl Release {
+    /// The JSON body of the key release (docs/openapi/kms-li.yaml); the hex copies of the
+    /// keys are zeroized once serialised.
+    pub fn to_json(&self, warrant: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let hex_of = |b: &[u8]| Zeroizing::new(hex::encode(b));
+        let (ik, is) = (hex_of(&self.media.initiator_stream.master_key), hex_of(&self.media.initiator_stream.master_salt));
+        let (rk, rs) = (hex_of(&self.media.responder_stream.master_key), hex_of(&self.media.responder_stream.master_salt));
+        let (i, r) = (&self.media.initiator_stream, &self.media.responder_stream);
+        let body = ReleaseJson {
+            warrant,
+            initiator: self.initiator.as_str(),
+            responder: self.responder.as_str(),
+            crypto_sessions: [session(1, "initiator", i, Some(i.ssrc), &ik, &is), session(2, "responder", r, self.answered.then_some(r.ssrc), &rk, &rs)],
+        };
+        serde_json::to_vec(&body).map(Zeroizing::new).map_err(|e| KmsError::Config(format!("LI release JSON: {e}")))
+    }
+}
+
+/// The ticket's issue time (T of its Ticket Data), UNIX seconds.
+fn issued_at(ticket: &mediasec_mikey::payload::Ticket) -> Option<u64> {
+    BaseTicketData::decode(&ticket.ticket_data, 0).ok()?.payloads.iter().find_map(|p| if let Payload::T(t) = p { unix_of(t) } else { None })
+}
+
+impl Kms {
+    /// LI key release (X2-like, docs/li.md) under `warrant` at `now` (UNIX seconds): opens
+    /// the ticket of `transfer_init` with the ring (no responder authentication, no per-user
+    /// state), verifies the TRANSFER_INIT (and `transfer_resp`, required when the ticket
+    /// forks) with the ticket's keys as the UEs do, and derives the call's SRTP policies
+    /// with the UEs' code ([`crate::ue`]). Released only if the warrant is active, its target
+    /// is the ticket's initiator or the answering responder, and both the ticket's validity
+    /// and the call's TRANSFER_INIT time fall within the window.
+    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<Release, KmsError> {
+        warrant.check_active(now)?;
+        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
+        let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
+        let data = TpData::decode(&ticket.policy.data).map_err(|e| input("ticket TP Data", e))?;
+        if data.kms.as_deref() != Some(self.config().fqdn.as_str()) {
+            return Err(Refusal::ForeignTicket(format!("issued by {}", data.kms.as_deref().unwrap_or("no KMS"))).into());
+        }
+        if !ticket.policy.flags.contains(TicketFlags::D) {
+            return Err(Refusal::UeMadeTicket.into());
+        }
+        let content = self.open_ring(&ticket).map_err(|e| Refusal::ForeignTicket(e.to_string()))?;
+        let forks = forking::is_forking(&ticket);
+        let rand = rand_payload(&ticket)?;
+        let keys = forking::request_resp_keys(&content, &rand, &key_id_of(&ticket)?.to_be_bytes(), forks)?;
+        let (mpki, mpkr, tgk) = ue::split_keys(&keys, forks)?;
+        let (ti, randri) = ue::verified_transfer_init(&mpki, transfer_init).map_err(|e| input("transfer_init", e))?;
+        let initiator = data.initiator.clone().ok_or_else(|| input("ticket TP Data", "no initiator (IDRi)"))?;
+        let (responder, media) = match transfer_resp {
+            Some(tr) => {
+                let p = PendingTransfer::rebuilt(transfer_init, randri, mpki, mpkr, tgk, data.recipients.clone());
+                let (_, who, media) = ue::verified_transfer_resp(&p, tr).map_err(|e| input("transfer_resp", e))?;
+                (who, media)
+            }
+            None if forks => return Err(input("transfer_resp", "required: the ticket forks keys per responder")),
+            None => {
+                let named = String::from_utf8(tk::id_of(&ti, IdRole::RESPONDER)).map_err(|_| input("transfer_init", "IDRr is not UTF-8"))?;
+                let named = KmsUid::parse(&named).map_err(|e| input("transfer_init IDRr", e))?;
+                if data.authorised(std::slice::from_ref(&named)).is_none() {
+                    return Err(input("transfer_init", format!("names {named}, whom the ticket does not authorise")));
+                }
+                (named, ue::media(&tgk, &randri, &ue::sp_of(&ti)?, &ue::generic_map(&ti)?)?)
+            }
+        };
+        if warrant.target != initiator && warrant.target != responder {
+            return Err(Refusal::NotAParty.into());
+        }
+        let start = data.start.or_else(|| issued_at(&ticket)).ok_or_else(|| input("ticket", "no start of validity or issue time"))?;
+        let end = data.end.unwrap_or(u64::MAX);
+        let call = tk::t_of(&ti).ok().as_ref().and_then(unix_of).ok_or_else(|| input("transfer_init", "no usable timestamp"))?;
+        if start > warrant.not_after || end < warrant.not_before || !warrant.covers(call) {
+            return Err(Refusal::OutsideWindow.into());
+        }
+        Ok(Release { initiator, responder, answered: transfer_resp.is_some(), media })
+    }
+}
+
+/// One LI audit record (no key material, no target identity).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiAuditEntry {
+    /// Milliseconds since the UNIX epoch.
+    pub at_unix_ms: u64,
+    /// `warrant.put`, `warrant.delete`, `keys.release`, `keys.refuse`.
+    pub action: String,
+    /// The warrant id.
+    pub warrant: String,
+    /// Outcome or reason.
+    pub detail: String,
+}
+
+impl Persist {
+    /// Every warrant, by id.
+    pub async fn warrants(&self) -> Result<Vec<Warrant>, KmsError> {
+        self.store()
+            .list(Table::LiWarrants)
+            .await?
+            .into_iter()
+            .map(|(row, v)| serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("warrant row {row}: {e}"))))
+            .collect()
+    }
+
+    /// The warrant `id`, if any.
+    pub async fn warrant(&self, id: &str) -> Result<Option<Warrant>, KmsError> {
+        match self.store().get(Table::LiWarrants, id).await? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("warrant row {id}: {e}")))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds or replaces a (validated) warrant, committed with its LI audit record.
+    pub async fn put_warrant(&self, w: &Warrant, now_ms: u64, suffix: u64) -> Result<(), KmsError> {
+        w.validate()?;
+        let v = serde_json::to_vec(w).map_err(|e| KmsError::Config(e.to_string()))?;
+        self.store().put(Table::LiWarrants, &w.id, &v).await?;
+        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.put".into(), warrant: w.id.clone(), detail: format!("window {}..={}", w.not_before, w.not_after) }, suffix).await
+    }
+
+    /// Removes a warrant; `true` when it existed.
+    pub async fn delete_warrant(&self, id: &str, now_ms: u64, suffix: u64) -> Result<bool, KmsError> {
+        let existed = self.store().delete(Table::LiWarrants, id).await?;
+        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.delete".into(), warrant: id.into(), detail: if existed { "removed" } else { "absent" }.into() }, suffix).await?;
+        Ok(existed)
+    }
+
+    /// Appends to the LI audit trail; `suffix` (random) keeps rows of one millisecond apart.
+    pub async fn li_audit(&self, e: &LiAuditEntry, suffix: u64) -> Result<(), KmsError> {
+        let v = serde_json::to_vec(e).map_err(|e| KmsError::Config(e.to_string()))?;
+        self.store().put(Table::LiAudit, &format!("{:020}-{suffix:016x}", e.at_unix_ms), &v).await?;
+        Ok(())
+    }
+
+    /// The LI audit trail from `since_ms` on, oldest first, at most `limit` records.
+    pub async fn li_audit_log(&self, since_ms: u64, limit: usize) -> Result<Vec<LiAuditEntry>, KmsError> {
+        let mut out = Vec::new();
+        for (row, v) in self.store().list(Table::LiAudit).await? {
+            let e: LiAuditEntry = serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("LI audit row {row}: {e}")))?;
+            if e.at_unix_ms >= since_ms && out.len() < limit {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}
