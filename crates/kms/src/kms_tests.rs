@@ -472,6 +472,20 @@ async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
         same_keys(&r.media, &c.m_i);
         same_keys(&r.media, &c.m_r);
     }
+    // End to end: RTP the caller protects with its keys opens with the released keys.
+    let srtp = |p: &mediasec_mikey::srtp_policy::SrtpPolicy| {
+        let key = mediasec_srtp::MasterKey::new(&p.master_key, &p.master_salt).with_mki(&p.mki);
+        mediasec_srtp::Session::new(&mediasec_srtp::Policy::new(p.suite.parse().unwrap(), key)).unwrap()
+    };
+    let released = w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now).unwrap();
+    let mut packet = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xaa, 0xaa, 1, 2, 3];
+    srtp(&c.m_i.initiator_stream).protect_rtp_vec(&mut packet).unwrap();
+    srtp(&released.media.initiator_stream).unprotect_rtp_vec(&mut packet).unwrap();
+    assert_eq!(packet.get(12..), Some(&[1u8, 2, 3][..]));
+    let mut back = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xbb, 0xbb, 4, 5];
+    srtp(&c.m_r.responder_stream).protect_rtp_vec(&mut back).unwrap();
+    srtp(&released.media.responder_stream).unprotect_rtp_vec(&mut back).unwrap();
+    assert_eq!(back.get(12..), Some(&[4u8, 5][..]));
     // Without TRANSFER_RESP (non-forking ticket): same keys, CS 2's SSRC unknown.
     let r = w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &c.ti, None, now).unwrap();
     assert_eq!((&*r.media.responder_stream.master_key, r.media.responder_stream.ssrc, r.answered), (&*c.m_r.responder_stream.master_key, 0, false));

@@ -316,3 +316,143 @@ proptest::proptest! {
         mediasec_kms::fuzzing::kms_inputs(&data);
     }
 }
+
+/// The shape of a MIKEY message: data type, then each payload's kind and encoded length.
+fn shape(b64: &[u8]) -> (DataType, Vec<(std::mem::Discriminant<mediasec_mikey::Payload>, usize)>) {
+    let m = Message::decode(&STANDARD.decode(b64).unwrap()).unwrap();
+    let parts = m.payloads.iter().map(|p| (std::mem::discriminant(p), mediasec_mikey::payload::encode_payloads(std::slice::from_ref(p)).unwrap().len())).collect();
+    (m.header.data_type, parts)
+}
+
+/// Lawful interception over HTTP (docs/li.md): warrants under their own token, keys equal to
+/// the UEs', refusals, a target that cannot tell, nothing in the admin API or metrics,
+/// warrants read from the store by another service instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lawful_interception_over_http() {
+    let dir = TempDir::new("li");
+    let users = ["alice@a.example", "bob@a.example", "erika@a.example"];
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &users).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let (url, admin) = (a.url.clone(), format!("Bearer {}", a.admin_token));
+    // Off by default: the LI API is absent.
+    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secret")], b"").await.status, 404);
+    assert!(a.service.enable_li(a.admin_token.clone()).is_err(), "LI token must differ from the admin token");
+    a.service.enable_li("li-secret".into()).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[], b"").await.status, 401);
+    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", admin.as_str())], b"").await.status, 401);
+    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
+
+    let t = now().as_secs();
+    let w = |id: &str, target: &str, from: u64, to: u64| serde_json::json!({ "id": id, "target": target, "not_before": from, "not_after": to }).to_string();
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w("W1", "alice@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "dan@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W3", &li, w("W3", "bob@a.example", t - 3600, t - 1).as_bytes()).await.status, 200);
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W4", &li, w("W4", "?@a.example", t, t + 1).as_bytes()).await.status, 400, "no wildcard");
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W5", &li, w("W1", "bob@a.example", t, t + 1).as_bytes()).await.status, 400, "id mismatch");
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W5", &li, b"{").await.status, 400);
+    let list: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&http(&url, "GET", "/li/v1/warrants/W1", &li, b"").await.body).unwrap()["target"], "alice@a.example");
+
+    // A target cannot tell: alice (target) and erika (not; same UID length) get answers of
+    // the same shape.
+    let (mut alice, _) = lab.ue("alice@a.example").await.unwrap();
+    let (mut erika, _) = lab.ue("erika@a.example").await.unwrap();
+    let (mut bob, _) = lab.ue("bob@a.example").await.unwrap();
+    let ct = [("Content-Type", "application/mikey")];
+    let mut shapes = Vec::new();
+    let mut calls = Vec::new();
+    for ue in [&mut alice, &mut erika] {
+        let (req, p) = ue.request_init(&ask("bob@a.example"), rand::random(), now(), rand::random()).unwrap();
+        let r = http(&url, "POST", "/keymanagement?requesttype=ticketrequest", &ct, STANDARD.encode(&req).as_bytes()).await;
+        let held = ue.on_request_resp(p, &STANDARD.decode(&r.body).unwrap(), now()).unwrap();
+        let (ti, pt) = ue.transfer_init(&held, &bob.uid.clone(), rand::random(), 0x1111, now(), rand::random()).unwrap();
+        let (ri, pr) = bob.resolve_init(&ti, rand::random(), now(), rand::random()).unwrap();
+        let rr = http(&url, "POST", "/keymanagement?requesttype=ticketresolve", &ct, STANDARD.encode(&ri).as_bytes()).await;
+        let resolved = bob.on_resolve_resp(pr, &STANDARD.decode(&rr.body).unwrap(), now()).unwrap();
+        let (tr, m_r) = bob.transfer_resp(&resolved, &ti, 0x2222, now()).unwrap();
+        let (_, m_i) = ue.on_transfer_resp(&pt, &tr, now()).unwrap();
+        shapes.push((shape(&r.body), shape(&rr.body)));
+        calls.push((ti, tr, m_i, m_r));
+    }
+    assert_eq!(shapes[0], shapes[1], "REQUEST_RESP / RESOLVE_RESP identical in structure for a target and a non-target");
+
+    // Keys of alice's call under W1: both streams equal what both UEs derived.
+    let keys = |wid: &str, ti: &[u8], tr: Option<&[u8]>| {
+        let mut j = serde_json::json!({ "warrant": wid, "transfer_init": STANDARD.encode(ti) });
+        if let Some(tr) = tr {
+            j["transfer_resp"] = STANDARD.encode(tr).into();
+        }
+        j.to_string()
+    };
+    let (ti, tr, m_i, m_r) = &calls[0];
+    let r = http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((j["initiator"].as_str(), j["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
+    for (cs, p_i, p_r) in [(&j["crypto_sessions"][0], &m_i.initiator_stream, &m_r.initiator_stream), (&j["crypto_sessions"][1], &m_i.responder_stream, &m_r.responder_stream)] {
+        for p in [p_i, p_r] {
+            assert_eq!(cs["master_key"].as_str().unwrap(), hex::encode(&*p.master_key));
+            assert_eq!(cs["master_salt"].as_str().unwrap(), hex::encode(&*p.master_salt));
+            assert_eq!((cs["ssrc"].as_u64(), cs["suite"].as_str(), cs["mki"].as_str()), (Some(u64::from(p.ssrc)), Some(p.suite), Some(hex::encode(&p.mki).as_str())));
+        }
+    }
+    // Refusals: a third party's warrant, an expired one, an unknown one; bad input.
+    let reason = |r: HttpResponse| (r.status, String::from_utf8_lossy(&r.body).trim().to_owned());
+    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W2", ti, Some(tr)).as_bytes()).await), (403, "target not a party of this call".into()));
+    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W3", ti, Some(tr)).as_bytes()).await), (403, "warrant expired".into()));
+    assert_eq!(http(&url, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1","transfer_init":"%%"}"#).await.status, 400);
+    assert_eq!(http(&url, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1"}"#).await.status, 400);
+    assert_eq!(http(&url, "POST", "/li/v1/keys", &[("Authorization", admin.as_str())], keys("W1", ti, Some(tr)).as_bytes()).await.status, 401);
+    // Erika's call (not a target) under alice's warrant: refused.
+    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", &calls[1].0, Some(&calls[1].1)).as_bytes()).await).0, 403);
+    // Deleted warrant: refused.
+    assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 200);
+    assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
+    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
+
+    // The LI trail has every action; the admin API, its audit log and /metrics show none.
+    let trail: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
+    let actions: Vec<&str> = trail.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for a in ["warrant.put", "warrant.delete", "keys.release", "keys.refuse"] {
+        assert!(actions.contains(&a), "{a} missing in {actions:?}");
+    }
+    let ah = [("Authorization", admin.as_str())];
+    for path in ["/admin/v1/audit?limit=1000", "/admin/v1/users", "/admin/v1/policies", "/admin/v1/keys", "/metrics"] {
+        let body = String::from_utf8(http(&url, "GET", path, &ah, b"").await.body).unwrap().to_ascii_lowercase();
+        for word in ["warrant", "li_", "w2", "w3", "/li/"] {
+            assert!(!body.contains(word), "{path} shows {word}: {body}");
+        }
+    }
+
+    // Another service instance on the same store (a restart / replica) has the warrants.
+    let (url2, two) = lab.replica("a.example").await.unwrap();
+    assert_eq!(http(&url2, "GET", "/li/v1/warrants/W2", &li, b"").await.status, 404, "LI off on the new instance");
+    two.enable_li("li-secret".into()).unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&http(&url2, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
+    assert_eq!(list.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect::<Vec<_>>(), ["W2", "W3"]);
+}
+
+/// Warrants are rows of the store: they survive closing and reopening the embedded store.
+#[tokio::test]
+async fn warrants_survive_a_store_reopen() {
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::li::Warrant;
+    use mediasec_kms::persist::Persist;
+    let dir = TempDir::new("li-store");
+    let path = dir.0.join("kms.redb");
+    let w = Warrant { id: "W-1".into(), target: KmsUid::parse("alice@a.example").unwrap(), not_before: 10, not_after: 20 };
+    {
+        let p = Persist::new(std::sync::Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()), MasterKey::new(&[7; 32]).unwrap());
+        p.put_warrant(&w, 1, 2).await.unwrap();
+        assert!(p.put_warrant(&Warrant { id: "a/b".into(), ..w.clone() }, 1, 3).await.is_err());
+    }
+    let p = Persist::new(std::sync::Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()), MasterKey::new(&[7; 32]).unwrap());
+    assert_eq!(p.warrants().await.unwrap(), std::slice::from_ref(&w));
+    assert_eq!(p.warrant("W-1").await.unwrap(), Some(w));
+    assert_eq!(p.li_audit_log(0, 10).await.unwrap().len(), 1);
+    assert!(p.audit_log(0, 10).await.unwrap().is_empty(), "nothing in the admin audit log");
+    assert!(p.delete_warrant("W-1", 5, 6).await.unwrap());
+    assert!(p.warrants().await.unwrap().is_empty());
+}
