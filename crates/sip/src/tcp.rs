@@ -350,12 +350,33 @@ async fn secure(peer: SocketAddr, stream: TcpStream, handshake: Handshake, setup
     None
 }
 
-/// Runs a connection until it ends: `Ok` with why for an orderly end, `Err` on a failure.
+/// How long an orderly close may take to send its TLS `close_notify` (or TCP FIN).
+const SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Runs a connection until it ends: `Ok` with why for an orderly end — then closed in an orderly
+/// way (over TLS, `close_notify`) —, `Err` on a failure.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     conn: ConnId,
     kind: Kind,
     peer: SocketAddr,
     mut stream: S,
+    queue: mpsc::Receiver<Bytes>,
+    setup: &Setup,
+) -> Result<&'static str, Error> {
+    let end = exchange(conn, kind, peer, &mut stream, queue, setup).await;
+    if end.is_ok() {
+        // The peer may be gone already: nothing to do if this fails.
+        let _ = tokio::time::timeout(SHUTDOWN.min(setup.idle), stream.shutdown()).await;
+    }
+    end
+}
+
+/// Reads, frames and hands over messages, writes what is queued, until the connection ends.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: ConnId,
+    kind: Kind,
+    peer: SocketAddr,
+    stream: &mut S,
     mut queue: mpsc::Receiver<Bytes>,
     setup: &Setup,
 ) -> Result<&'static str, Error> {
@@ -379,7 +400,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Ok(Some(Frame::Ping)) => {
                     credit = Some(c);
-                    write(&mut stream, PONG, idle).await?;
+                    write(stream, PONG, idle).await?;
                 }
                 Ok(Some(Frame::Pong)) => credit = Some(c),
                 Ok(None) => {
@@ -392,7 +413,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         && let Some(status) = StatusCode::new(400)
                         && let Ok(response) = ResponseBuilder::to_request(request, status, "Missing Content-Length")
                     {
-                        write(&mut stream, &Message::Response(response.build()).to_bytes(), idle).await?;
+                        write(stream, &Message::Response(response.build()).to_bytes(), idle).await?;
                     }
                     return Err(e);
                 }
@@ -405,7 +426,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         was_paused = paused;
         tokio::select! {
             read = stream.read(&mut buf), if !paused => {
-                let n = read?;
+                let n = match read {
+                    Ok(n) => n,
+                    // A TLS peer that closes without `close_notify` (an aborted process): an
+                    // orderly end between messages — SIP framing, not TLS, tells whether a
+                    // message was cut (RFC 3261 §18.3) —, a failure inside one.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && framer.pending() == 0 => return Ok("closed by the peer without TLS close_notify"),
+                    Err(e) => return Err(e.into()),
+                };
                 if n == 0 {
                     return Ok("closed by the peer");
                 }
@@ -417,7 +445,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(_) => return Ok("no longer used"),
             },
             bytes = queue.recv() => match bytes {
-                Some(bytes) => write(&mut stream, &bytes, idle).await?,
+                Some(bytes) => write(stream, &bytes, idle).await?,
                 None => return Ok("no longer used"),
             },
             () = tokio::time::sleep(idle) => return Ok("idle"),

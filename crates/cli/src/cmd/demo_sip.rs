@@ -12,12 +12,18 @@
 //! the TS 24.229 preconditions flow (reliable 183 with early media, PRACK, an early-dialog
 //! UPDATE re-keying through the AGW before the 200, RFC 3262/3311); and offerless (the offer
 //! in bob's 200, the answer in alice's ACK, RFC 3261 §13.2.1 without 100rel).
+//! The SDES e2e calls run their UE–P-CSCF hops over TLS (RFC 3261 §26.2; TS 33.328 §4.1.2.1:
+//! SDES is only as safe as the signalling carrying its keys), with a lab CA and a P-CSCF
+//! certificate for 127.0.0.1 made at start-up (rcgen); each checks that every SIP message its
+//! UEs received came over TLS. The core (P-CSCF–S-CSCF) stays on UDP/TCP.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mediasec_cscf::lab::TwoDomains;
+use mediasec_cscf::lab::{LabConfig, TwoDomains};
+use mediasec_cscf::service::Cscf;
 use mediasec_cscf::Stats;
 use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
 use mediasec_sdp::SdesPolicy;
@@ -41,6 +47,29 @@ const CALLEE_HZ: f64 = 1500.0;
 
 fn ue(aor: &str, lab_proxy: std::net::SocketAddr, security: Security, tone: f64, expect: f64) -> UeConfig {
     UeConfig::loopback(aor, lab_proxy, security, tone, expect)
+}
+
+/// What the UEs trust for TLS to their P-CSCF: the lab CA.
+type Trust = Arc<mediasec_sip::tls::ClientConfig>;
+
+/// A lab PKI made now (a CA, a certificate for 127.0.0.1): the P-CSCFs' TLS server
+/// configuration and the UEs' trust.
+fn lab_tls() -> anyhow::Result<(Arc<mediasec_sip::tls::ServerConfig>, Trust)> {
+    let pki = mediasec_sip::tls::LabPki::generate(&["127.0.0.1"])?;
+    let server = mediasec_sip::tls::server_config(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), None)?;
+    Ok((server, mediasec_sip::tls::client_config(pki.ca_pem.as_bytes(), None)?))
+}
+
+/// A UE of `config` behind `pcscf`: over TLS to its TLS address with `tls`, else over UDP.
+fn behind(mut config: UeConfig, pcscf: &Cscf, tls: Option<&Trust>) -> anyhow::Result<UeConfig> {
+    config.outbound_proxy = match tls {
+        Some(trust) => {
+            config.tls = Some(Arc::clone(trust));
+            pcscf.tls_addr().context("the P-CSCF does not listen on TLS")?
+        }
+        None => pcscf.local_addr(),
+    };
+    Ok(config)
 }
 
 /// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork.
@@ -95,18 +124,20 @@ struct Shape {
 /// One call alice@a → bob@b with `security` at both ends, shaped by `shape`; media runs for
 /// `talk`. Each scenario uses its own users (`n`), so no registration of an earlier one is
 /// forked to. SDES and plain calls go from a.example to b.example; MIKEY-TICKET calls stay in
-/// a.example (one KMS).
-async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static str, security: Security, shape: Shape, talk: Duration) -> anyhow::Result<Scenario> {
+/// a.example (one KMS). SDES calls run the UE–P-CSCF hops over TLS trusting `tls`.
+#[allow(clippy::too_many_arguments)]
+async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, name: &'static str, security: Security, shape: Shape, talk: Duration) -> anyhow::Result<Scenario> {
     let Shape { extra_forks, early, rekey } = shape;
     let forks = 1 + extra_forks;
-    let alice = registered(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), kms).await?;
+    let tls = matches!(security, Security::Sdes { .. }).then_some(tls);
+    let alice = registered(behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, tls)?, kms).await?;
     let (bob, proxy) = match security {
-        Security::MikeyTicket => (format!("sip:bob{n}@a.example"), lab.pcscf_a.local_addr()),
-        _ => (format!("sip:bob{n}@b.example"), lab.pcscf_b.local_addr()),
+        Security::MikeyTicket => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
+        _ => (format!("sip:bob{n}@b.example"), &lab.pcscf_b),
     };
     let mut bobs = Vec::new();
     for i in 0..forks {
-        let mut c = ue(&bob, proxy, security, CALLEE_HZ, CALLER_HZ);
+        let mut c = behind(ue(&bob, proxy.local_addr(), security, CALLEE_HZ, CALLER_HZ), proxy, tls)?;
         c.answering = Answering { auto: true, delay: Duration::from_millis(if early { 400 } else { 300 * i as u64 }), early_media: early };
         bobs.push(registered(c, kms).await?);
     }
@@ -159,6 +190,14 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, n: usize, name: &'static 
         let fresh = a.own_key != before.own_key && a.peer_key != before.peer_key;
         ok &= a.rekeys == 1 && b.rekeys == 1 && fresh && a.media.verified >= before.media.verified + 10;
         detail.push_str(&format!(", re-INVITE: {}, verified {} after", if fresh { "new keys both ways" } else { "keys NOT renewed" }, a.media.verified.saturating_sub(before.media.verified)));
+    }
+    if tls.is_some() {
+        // Every SIP message the UEs received came over TLS: none of the keys crossed the
+        // UE–P-CSCF hop in clear.
+        let received: Vec<_> = std::iter::once(&alice).chain(&bobs).map(Ue::sip_received).collect();
+        let clear = received.iter().map(|r| r.udp + r.tcp).sum::<u64>();
+        ok &= clear == 0 && received.iter().all(|r| r.tls > 0);
+        detail.push_str(&format!(", SIP UE–P-CSCF over TLS ({} msgs to the UEs, {clear} in clear)", received.iter().map(|r| r.tls).sum::<u64>()));
     }
     if forks > 1 {
         detail.push_str(&format!(", {offer_key_seen}/{forks} forks hold the caller's key"));
@@ -305,9 +344,9 @@ async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: u
     let answering = Answering { auto: true, delay: Duration::from_millis(1300), early_media: true };
     let alg = lab.pcscf_a.stats();
     let (alice, bob, target) = e2ae_ues(lab, n, Some(answering)).await?;
-    let alice = std::sync::Arc::new(alice);
+    let alice = Arc::new(alice);
     let calling = tokio::spawn({
-        let alice = std::sync::Arc::clone(&alice);
+        let alice = Arc::clone(&alice);
         async move { alice.call(&target).await }
     });
     let early = tokio::time::timeout(Duration::from_secs(5), async {
@@ -376,7 +415,8 @@ async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, n: usize, talk: Duration) 
 /// Runs the SIP scenarios on a fresh lab.
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let agw = agw().await?;
-    let lab = TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await?;
+    let (pcscf_tls, trust) = lab_tls()?;
+    let lab = TwoDomains::start_config(LabConfig { agw_ng_a: Some(agw.ng_addr()), pcscf_tls: Some(pcscf_tls), ..LabConfig::default() }).await?;
     let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example"]).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -385,14 +425,14 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let forked = Shape { extra_forks: 1, ..plain };
     let rekeyed = Shape { rekey: true, ..plain };
     Ok(vec![
-        one_call(&lab, None, 1, "call, no key management (RTP)", Security::Off, plain, talk).await?,
-        one_call(&lab, None, 2, "call, SDES e2e (SRTP)", sdes, plain, talk).await?,
-        one_call(&lab, None, 3, "forked call, SDES e2e, 2 contacts", sdes, forked, talk).await?,
-        one_call(&lab, None, 4, "early media, SDES e2e", sdes, Shape { early: true, ..plain }, talk).await?,
-        one_call(&lab, None, 8, "re-keyed call, SDES e2e", sdes, rekeyed, talk).await?,
-        one_call(&lab, Some(&kms), 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
-        one_call(&lab, Some(&kms), 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
-        one_call(&lab, Some(&kms), 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
+        one_call(&lab, None, &trust, 1, "call, no key management (RTP)", Security::Off, plain, talk).await?,
+        one_call(&lab, None, &trust, 2, "call, SDES e2e (SRTP), SIP over TLS", sdes, plain, talk).await?,
+        one_call(&lab, None, &trust, 3, "forked call, SDES e2e, 2 contacts", sdes, forked, talk).await?,
+        one_call(&lab, None, &trust, 4, "early media, SDES e2e", sdes, Shape { early: true, ..plain }, talk).await?,
+        one_call(&lab, None, &trust, 8, "re-keyed call, SDES e2e", sdes, rekeyed, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
         e2ae_call(&lab, &agw, 7, talk, false).await?,
         e2ae_call(&lab, &agw, 10, talk, true).await?,
         e2ae_preconditions_call(&lab, &agw, 11, talk).await?,
