@@ -388,6 +388,79 @@ From: <sip:alice@a.example>;tag=1\r\nTo: <sip:b.example>\r\nCall-ID: metrics\r\n
     assert_eq!(http_request(&cscf.addr, "GET", "/other", "").expect("GET").0, 404);
 }
 
+/// A `mediasec` process whose first stdout lines are read as they come (killed on drop).
+fn spawn_reading(args: &[&str]) -> (ServerProcess, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>) {
+    use std::io::BufRead as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mediasec"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mediasec");
+    let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (ServerProcess { child, addr: String::new() }, lines)
+}
+
+/// SIP over TLS between UE and P-CSCF with the CLI (`mediasec cscf --tls-cert/--tls-key`,
+/// `mediasec ua run --tls-ca`): an S-CSCF; a P-CSCF on TLS with a lab certificate for 127.0.0.1
+/// written to files here; bob answering and alice calling him, each reaching the P-CSCF's TLS
+/// port: both register over TLS, the SDES call verifies media both ways under the keys each
+/// side offered, and the P-CSCF's metrics count the two UEs' TLS connections, no failed
+/// handshake.
+#[test]
+fn sdes_call_between_two_ua_processes_over_tls_to_the_pcscf() {
+    let dir = std::env::temp_dir().join(format!("mediasec-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pki = mediasec_sip::tls::LabPki::generate(&["127.0.0.1"]).expect("lab PKI");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path.to_string_lossy().into_owned()
+    };
+    let (ca, cert, key) = (file("ca.pem", &pki.ca_pem), file("pcscf.pem", &pki.cert_pem), file("pcscf.key.pem", &pki.key_pem));
+    let printed = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>, prefix: &str| {
+        lines.next().and_then(Result::ok).and_then(|l| l.strip_prefix(prefix).map(str::to_owned)).unwrap_or_else(|| panic!("{prefix}"))
+    };
+    let (_scscf, mut lines) = spawn_reading(&["cscf", "--role", "scscf", "--domain", "a.example", "--listen", "127.0.0.1:0"]);
+    let scscf = printed(&mut lines, "listening on ");
+    let pcscf_args = [
+        "cscf", "--role", "pcscf", "--domain", "a.example", "--scscf", &scscf, "--listen", "127.0.0.1:0", "--mediasec", "--tls-cert", &cert, "--tls-key", &key,
+        "--tls-port", "0", "--metrics", "127.0.0.1:0",
+    ];
+    let (_pcscf, mut lines) = spawn_reading(&pcscf_args);
+    printed(&mut lines, "listening on ");
+    let tls = printed(&mut lines, "TLS on ");
+    let metrics = printed(&mut lines, "metrics on http://").trim_end_matches("/metrics").to_owned();
+
+    let ua = |aor: &str, extra: &[&str]| {
+        let mut args = vec!["ua", "run", "--aor", aor, "--proxy", tls.as_str(), "--tls-ca", ca.as_str()];
+        args.extend_from_slice(extra);
+        spawn_reading(&args)
+    };
+    let (mut bob, mut bob_lines) = ua("sip:bob@a.example", &["--duration", "6", "--tone", "1500", "--expect", "1000", "--min-verified", "20"]);
+    let registered = bob_lines.next().and_then(Result::ok).expect("bob registered");
+    assert!(registered.contains("\"registered\":200") && registered.contains("\"tls\":true"), "{registered}");
+    let (mut alice, alice_lines) = ua("sip:alice@a.example", &["--call", "sip:bob@a.example", "--duration", "1.5", "--min-verified", "20"]);
+    let alice_out: Vec<String> = alice_lines.map_while(Result::ok).collect();
+    assert!(alice.child.wait().expect("alice").success(), "{alice_out:?}");
+    let bob_out: Vec<String> = bob_lines.map_while(Result::ok).collect();
+    assert!(bob.child.wait().expect("bob").success(), "{bob_out:?}");
+    let call = |out: &[String]| -> serde_json::Value { out.iter().find(|l| l.contains("call_id")).map(|l| serde_json::from_str(l).expect("JSON")).expect("a call report") };
+    let (a, b) = (call(&alice_out), call(&bob_out));
+    for r in [&a, &b] {
+        assert_eq!(r["protection"], "srtp AEAD_AES_256_GCM", "{r}");
+        assert!(r["verified"].as_u64().is_some_and(|v| v >= 20), "{r}");
+    }
+    assert_eq!((&a["peer_key"], &b["peer_key"]), (&b["own_key"], &a["own_key"]));
+
+    let (status, body) = http_request(&metrics, "GET", "/metrics", "").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    for line in ["mediasec_sip_tls_connections_total 2", "mediasec_sip_tls_handshakes_failed_total 0"] {
+        assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kms_serve_keeps_every_committed_policy_and_key_across_kill_9() {
     let dir = std::env::temp_dir().join(format!("mediasec-cli-kms-{}", std::process::id()));

@@ -109,7 +109,8 @@ pub type Events = mpsc::Receiver<Event>;
 #[derive(Debug)]
 pub enum Command {
     /// Send `request` in a new client transaction to `to` (its key is
-    /// `TransactionKey::from_sent_request(&request)`).
+    /// `TransactionKey::from_sent_request(&request)`), over TLS when [`routed_over_tls`] or its
+    /// top `Via` says so, else over UDP or TCP by its size.
     Request {
         /// The request, with this hop's `Via` on top.
         request: Request,
@@ -188,7 +189,8 @@ pub enum Event {
         source: SocketAddr,
     },
     /// Client transaction `key` got no final answer within 64·T1, or could not be sent (a
-    /// transport error: a TCP connection that could not be opened or failed, §17.1.4).
+    /// transport error, §17.1.4: a TCP or TLS connection that could not be opened or failed —
+    /// for TLS also a failed handshake, e.g. a server certificate not valid for the name).
     Timeout {
         /// The client transaction.
         key: TransactionKey,
