@@ -622,7 +622,7 @@ impl Proxy {
         };
         let me = format!("<sip:{};lr>", self.local);
         // The side the request came from: its sender's Via says TLS (the endpoint wrote it).
-        let inbound_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
+        let inbound_tls = mediasec_sip::udp::top_via_says(&request.headers, "TLS");
         for (uri, path, to) in targets {
             let mut branch = request.clone();
             if uri.to_bytes() != request.uri.to_bytes() && branch.set_uri(uri).is_err() {
@@ -2735,6 +2735,55 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{plain}",
         let (key, r) = request_event(&invite_from("carol", "z9hG4bKc5", "c5", SDES));
         let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
         assert!(p.take_ng().is_empty() && out.iter().any(|m| m.starts_with("INVITE") && m.contains("inline:WVNf")), "{out:?}");
+    }
+
+    /// RFC 5658 with a P-CSCF also on TLS (127.0.0.1:5062): an INVITE from its UE over TLS
+    /// leaves for the S-CSCF record-routed twice, the TLS entry first and the UDP one on top
+    /// (what the UE reaches first in its reversed route set is the TLS one); an INVITE from the
+    /// core to a `;transport=tls` contact gets the opposite order; a BYE from the UE naming both
+    /// entries has both popped; a request that stays on UDP gets the single plain entry.
+    #[test]
+    fn a_pcscf_on_tls_record_routes_each_side_on_its_transport() {
+        let tls = SocketAddr::from(([127, 0, 0, 1], 5062));
+        let [pcscf, _] = proxies();
+        let mut p = pcscf.listening_tls(Some(tls));
+        let now = Instant::now();
+        let from_ue = invite_from("alice", "z9hG4bKt1", "t1", SDES).replacen("SIP/2.0/UDP 127.0.0.1:5071", "SIP/2.0/TLS 127.0.0.1:5071", 1).replacen(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5062;transport=tls;lr>\r\n",
+            1,
+        );
+        let (key, r) = request_event(&from_ue);
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let to_core = sent(&out).into_iter().find(|m| m.starts_with("INVITE")).expect("forwarded");
+        assert!(!to_core.contains("\r\nRoute:"), "own Route popped: {to_core}");
+        assert!(to_core.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\nRecord-Route: <sip:127.0.0.1:5062;transport=tls;lr>\r\n"), "{to_core}");
+
+        let to_ue = "INVITE sip:alice@127.0.0.1:5071;transport=tls SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKt2\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>\r\nCall-ID: t2\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:bob@127.0.0.1:7070>\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(to_ue);
+        let out = p.handle(Event::Request { key, request: r, source: SCSCF }, now);
+        let towards_ue = sent(&out).into_iter().find(|m| m.starts_with("INVITE")).expect("forwarded");
+        assert!(towards_ue.contains("Record-Route: <sip:127.0.0.1:5062;transport=tls;lr>\r\nRecord-Route: <sip:127.0.0.1:5060;lr>\r\n"), "{towards_ue}");
+
+        let bye = "BYE sip:bob@127.0.0.1:7070 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5071;branch=z9hG4bKt3\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5062;transport=tls;lr>, <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6060;lr>\r\nFrom: <sip:alice@a.example>;tag=f\r\n\
+To: <sip:bob@b.example>;tag=b\r\nCall-ID: t1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(bye);
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let on = out.iter().find_map(|c| match c {
+            Command::Request { request, to } => Some((String::from_utf8_lossy(&Message::Request(request.clone()).to_bytes()).into_owned(), *to)),
+            _ => None,
+        });
+        let (text, to) = on.expect("BYE forwarded");
+        assert_eq!(to, SocketAddr::from(([127, 0, 0, 1], 6060)));
+        assert!(text.contains("Route: <sip:127.0.0.1:6060;lr>\r\n") && !text.contains("5060;lr>") && !text.contains("5062"), "{text}");
+
+        let (key, r) = request_event(&invite_from("carol", "z9hG4bKt4", "t4", SDES));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let plain = sent(&out).into_iter().find(|m| m.starts_with("INVITE")).expect("forwarded");
+        assert!(plain.contains("Record-Route: <sip:127.0.0.1:5060;lr>\r\n") && !plain.contains("transport=tls"), "{plain}");
     }
 
     /// The seed of the mutation test is a real request: the S-CSCF pops its own Route and

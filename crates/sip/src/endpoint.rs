@@ -872,11 +872,9 @@ impl Driver {
                 let route = match &mut message {
                     Message::Request(request) => request_route(request, to),
                     // A response travels by the transport its top Via names (§18.2.2).
-                    Message::Response(response) => match response.headers.typed::<Via>() {
-                        Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TCP") => Route::Tcp { conn: None, to },
-                        Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS") => Route::Tls { conn: None, to, name: None },
-                        _ => Route::Udp(to),
-                    },
+                    Message::Response(response) if top_via_says(&response.headers, "TCP") => Route::Tcp { conn: None, to },
+                    Message::Response(response) if top_via_says(&response.headers, "TLS") => Route::Tls { conn: None, to, name: None },
+                    Message::Response(_) => Route::Udp(to),
                 };
                 self.transmit(route, &message).await;
             }
@@ -1205,8 +1203,7 @@ fn peer_host(ip: IpAddr) -> IpAddr {
 /// [`UDP_MAX_REQUEST`], else over UDP. Its top `Via` is rewritten to name a stream transport.
 fn request_route(request: &mut Request, to: SocketAddr) -> Route {
     if let Some(name) = tls_target(request) {
-        let via_says_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
-        if !via_says_tls && !set_top_via_transport(&mut request.headers, "TLS") {
+        if !top_via_says(&request.headers, "TLS") && !set_top_via_transport(&mut request.headers, "TLS") {
             tracing::warn!(%to, "request over TLS without a top Via to say so");
         }
         return Route::Tls { conn: None, to, name };
@@ -1248,8 +1245,13 @@ fn secure_target(request: &Request) -> (bool, Option<sipx_sip::Uri>) {
 /// on (`None` inside when there is none, or no certificate could match it).
 fn tls_target(request: &Request) -> Option<Option<ServerName<'static>>> {
     let (secure, target) = secure_target(request);
-    let via_tls = matches!(request.headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(b"TLS"));
-    (secure || via_tls).then(|| target.as_ref().and_then(sipx_sip::Uri::host).and_then(crate::tls::server_name))
+    (secure || top_via_says(&request.headers, "TLS")).then(|| target.as_ref().and_then(sipx_sip::Uri::host).and_then(crate::tls::server_name))
+}
+
+/// Whether the top `Via` names `transport` (case-insensitive, RFC 3261 §20.42): for a request
+/// received, how its sender sent it (our endpoint writes `TLS` there when it sends over TLS).
+pub fn top_via_says(headers: &Headers, transport: &str) -> bool {
+    matches!(headers.typed::<Via>(), Some(Ok(via)) if via.transport.eq_ignore_ascii_case(transport.as_bytes()))
 }
 
 /// Accepts on the TLS listener; never ready without one.
@@ -1408,6 +1410,40 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
             let _ = <RAck as sipx_sip::TypedHeader>::decode(&value);
             let _ = <RSeq as sipx_sip::TypedHeader>::decode(&value);
         }
+    }
+
+    /// RFC 3261 §26.2 / RFC 5922: a `sips:` Request-URI, a top `Route` with `;transport=tls`, or
+    /// a `TLS` top Via send the request over TLS, whatever its size, its Via saying `TLS`, the
+    /// server to be verified as the host of the URI it is routed on (the top Route, else the
+    /// Request-URI); a `;transport=tls` further down the Route set, or none, leaves the size rule.
+    #[test]
+    fn a_secured_request_takes_tls_and_names_the_host_it_is_routed_on() {
+        let to = SocketAddr::from(([127, 0, 0, 1], 5061));
+        let name = |r: &Route| match r {
+            Route::Tls { conn: None, name, .. } => name.as_ref().map(|n| n.to_str().into_owned()),
+            other => panic!("not TLS: {other:?}"),
+        };
+        let via = "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtls";
+        let mut sips = request(via, 0);
+        sips.uri = sipx_sip::Uri::parse(Bytes::from_static(b"sips:bob@pcscf.example")).expect("uri");
+        assert_eq!(name(&request_route(&mut sips, to)).as_deref(), Some("pcscf.example"));
+        assert!(top_via_says(&sips.headers, "TLS"), "{}", text(&sips));
+        assert!(text(&sips).contains("Via: SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bKtls\r\n"));
+
+        let mut routed = request(via, 0);
+        routed.headers.insert(1, Header::build(HeaderName::Route, "<sip:192.0.2.7:5061;transport=TLS;lr>, <sip:scscf.example;lr>").expect("Route"));
+        assert!(routed_over_tls(&routed));
+        assert_eq!(name(&request_route(&mut routed, to)).as_deref(), Some("192.0.2.7"));
+
+        let mut by_via = request("Via: SIP/2.0/TLS 127.0.0.1:5070;branch=z9hG4bKv", 0);
+        assert!(!routed_over_tls(&by_via));
+        assert_eq!(name(&request_route(&mut by_via, to)).as_deref(), Some("127.0.0.1"));
+
+        let mut further_down = request(via, 0);
+        further_down.headers.insert(1, Header::build(HeaderName::Route, "<sip:192.0.2.7;lr>, <sip:192.0.2.8;transport=tls;lr>").expect("Route"));
+        assert!(matches!(request_route(&mut further_down, to), Route::Udp(_)));
+        let mut large = request(via, UDP_MAX_REQUEST);
+        assert!(matches!(request_route(&mut large, to), Route::Tcp { .. }));
     }
 
     /// Only the first hop of a combined Via line changes, whatever the spacing.
