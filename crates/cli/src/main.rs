@@ -29,6 +29,8 @@ enum Command {
     Gba(cmd::gba::Args),
     /// KMS (TS 33.328 MIKEY-TICKET over Ua, Zk): serve, lab PKI.
     Kms(cmd::kms::Args),
+    /// Lawful interception at the KMS: warrants, key release, LI audit trail (client).
+    Li(cmd::li::Args),
     /// IMS Access Gateway (e2ae SRTP termination) driven by the rtpengine ng protocol; `agw load` measures a relay.
     Agw(cmd::agw::Args),
     /// UE: register, place and answer calls with per-call media security; `ua lab` runs the SIP scenarios.
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Bsf(args) => cmd::bsf::run(args),
         Command::Gba(args) => cmd::gba::run(args),
         Command::Kms(args) => cmd::kms::run(args),
+        Command::Li(args) => cmd::li::run(args),
         Command::Agw(args) => cmd::agw::run(args),
         Command::Ua(args) => cmd::ua::run(args),
         Command::Cscf(args) => cmd::cscf::run(args),

@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Admin API bearer token (else env MEDIASEC_KMS_ADMIN_TOKEN, else random, printed).
     #[arg(long)]
     admin_token: Option<String>,
+    /// Turn on the LI API (`/li/v1`, docs/li.md) with the bearer token in this file (first
+    /// line; must differ from the admin token). Without it the LI API answers 404.
+    #[arg(long)]
+    li_token_file: Option<PathBuf>,
     /// Key-ring master key, 64 hex digits (else env MEDIASEC_KMS_MASTER_KEY). Required: the
     /// ring in the store is encrypted under it.
     #[arg(long)]
@@ -153,6 +157,10 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("admin token (generated): {t}");
         t
     });
+    let li_token = match &a.li_token_file {
+        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.lines().next().unwrap_or_default().trim().to_owned()),
+        None => None,
+    };
     let domain = a.domain.clone().unwrap_or_else(|| a.fqdn.strip_prefix("kms.").unwrap_or(&a.fqdn).to_owned());
     let policy = match &a.policy {
         Some(p) => Some(Policies::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)?),
@@ -191,6 +199,9 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let zn = Arc::new(BsfZn::new(Endpoint::http(&a.bsf)?, zn_token, a.fqdn.clone()));
         let cfg = KmsConfig { fqdn: a.fqdn.clone(), domain, skew: a.skew };
         let service = Service::start(cfg, persist, zn, peers, admin_token, os_random()).await?;
+        if let Some(t) = li_token {
+            service.enable_li(t)?;
+        }
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("KMS {} listening on {}://{}", a.fqdn, if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
         if let (Some(tls), Some(addr)) = (&zk, &a.zk_listen) {

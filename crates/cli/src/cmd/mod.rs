@@ -8,6 +8,7 @@ pub(crate) mod demo;
 pub(crate) mod demo_sip;
 pub(crate) mod gba;
 pub(crate) mod kms;
+pub(crate) mod li;
 pub(crate) mod mikey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;
