@@ -8,8 +8,8 @@
 //! A TLS handshake that fails — the server's certificate not valid for the name the client
 //! verifies (RFC 5922 §7), an unknown CA, an expired certificate, a missing client certificate
 //! where one is required, plaintext sent to the TLS port — or does not finish in time fails
-//! the connection, with a log line: its client transactions get a transport error, nothing
-//! read before is delivered (nothing is).
+//! the connection, with a log line: its client transactions get a transport error, and
+//! nothing is delivered (no SIP byte is read before the handshake completes).
 //!
 //! A message that cannot be framed ends the connection (RFC 3261 §18.3: framing is lost);
 //! a request without `Content-Length` is answered 400 first.

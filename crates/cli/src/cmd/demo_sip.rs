@@ -12,7 +12,7 @@
 //! the TS 24.229 preconditions flow (reliable 183 with early media, PRACK, an early-dialog
 //! UPDATE re-keying through the AGW before the 200, RFC 3262/3311); and offerless (the offer
 //! in bob's 200, the answer in alice's ACK, RFC 3261 §13.2.1 without 100rel).
-//! The SDES e2e calls run their UE–P-CSCF hops over TLS (RFC 3261 §26.2; TS 33.328 §4.1.2.1:
+//! The SDES e2e and e2ae calls run their UE–P-CSCF hops over TLS (RFC 3261 §26.2; TS 33.328 §4.1.2.1:
 //! SDES is only as safe as the signalling carrying its keys), with a lab CA and a P-CSCF
 //! certificate for 127.0.0.1 made at start-up (rcgen); each checks that every SIP message its
 //! UEs received came over TLS. The core (P-CSCF–S-CSCF) stays on UDP/TCP.
@@ -70,6 +70,15 @@ fn behind(mut config: UeConfig, pcscf: &Cscf, tls: Option<&Trust>) -> anyhow::Re
         None => pcscf.local_addr(),
     };
     Ok(config)
+}
+
+/// Whether every SIP message `ues` received came over TLS (none over UDP/TCP: no key crossed
+/// the UE–P-CSCF hop in clear), and the summary line's words for it.
+fn over_tls(ues: &[&Ue]) -> (bool, String) {
+    let received: Vec<_> = ues.iter().map(|ue| ue.sip_received()).collect();
+    let clear = received.iter().map(|r| r.udp + r.tcp).sum::<u64>();
+    let ok = clear == 0 && received.iter().all(|r| r.tls > 0);
+    (ok, format!(", SIP UE–P-CSCF over TLS ({} msgs to the UEs, {clear} in clear)", received.iter().map(|r| r.tls).sum::<u64>()))
 }
 
 /// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork.
@@ -192,12 +201,9 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
         detail.push_str(&format!(", re-INVITE: {}, verified {} after", if fresh { "new keys both ways" } else { "keys NOT renewed" }, a.media.verified.saturating_sub(before.media.verified)));
     }
     if tls.is_some() {
-        // Every SIP message the UEs received came over TLS: none of the keys crossed the
-        // UE–P-CSCF hop in clear.
-        let received: Vec<_> = std::iter::once(&alice).chain(&bobs).map(Ue::sip_received).collect();
-        let clear = received.iter().map(|r| r.udp + r.tcp).sum::<u64>();
-        ok &= clear == 0 && received.iter().all(|r| r.tls > 0);
-        detail.push_str(&format!(", SIP UE–P-CSCF over TLS ({} msgs to the UEs, {clear} in clear)", received.iter().map(|r| r.tls).sum::<u64>()));
+        let (on_tls, words) = over_tls(&std::iter::once(&alice).chain(&bobs).collect::<Vec<_>>());
+        ok &= on_tls;
+        detail.push_str(&words);
     }
     if forks > 1 {
         detail.push_str(&format!(", {offer_key_seen}/{forks} forks hold the caller's key"));
@@ -248,13 +254,13 @@ async fn agw_leg(ng: std::net::SocketAddr, call_id: String, leg: &'static str) -
 }
 
 /// alice@a (SDES, `a=3ge2ae:requested`) and bob@b (plain RTP, answering as `answering`),
-/// registered through the lab, and bob's URI.
-async fn e2ae_ues(lab: &TwoDomains, n: usize, answering: Option<Answering>) -> anyhow::Result<(Ue, Ue, String)> {
-    let mut caller = ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ);
+/// registered through the lab over TLS trusting `tls`, and bob's URI.
+async fn e2ae_ues(lab: &TwoDomains, tls: &Trust, n: usize, answering: Option<Answering>) -> anyhow::Result<(Ue, Ue, String)> {
+    let mut caller = behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), Security::Sdes { fallback: false }, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, Some(tls))?;
     caller.e2ae = true;
     let alice = registered(caller, None).await?;
     let target = format!("sip:bob{n}@b.example");
-    let mut callee = ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ);
+    let mut callee = behind(ue(&target, lab.pcscf_b.local_addr(), Security::Off, CALLEE_HZ, CALLER_HZ), &lab.pcscf_b, Some(tls))?;
     if let Some(answering) = answering {
         callee.answering = answering;
     }
@@ -295,9 +301,9 @@ async fn e2ae_checks(lab: &TwoDomains, agw: &mediasec_agw::Agw, agw_call: String
 /// with an UPDATE (RFC 3311), which the ALG runs through the AGW as a re-offer; the AGW must
 /// drop nothing for it (its new keys take effect at the answer, the old receive key is
 /// retired, not dropped), and media must go on under the new keys.
-async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration, rekey: bool) -> anyhow::Result<Scenario> {
+async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, tls: &Trust, n: usize, talk: Duration, rekey: bool) -> anyhow::Result<Scenario> {
     let alg = lab.pcscf_a.stats();
-    let (alice, bob, target) = e2ae_ues(lab, n, None).await?;
+    let (alice, bob, target) = e2ae_ues(lab, tls, n, None).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&target)).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
     let before = if rekey {
@@ -313,6 +319,9 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
     // Offer and answer, and the UPDATE's offer and answer.
     let applied = if rekey { 4 } else { 2 };
     let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};orig"), "A", &alg, applied, (&a, &b)).await?;
+    let (on_tls, words) = over_tls(&[&alice, &bob]);
+    ok &= on_tls;
+    detail.push_str(&words);
     alice.hangup(&id).await?;
     match before {
         None => ok &= a.media.refused == 0,
@@ -339,11 +348,11 @@ async fn e2ae_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Du
 /// media is verified she re-keys with an UPDATE in the early dialog, a re-offer on the same
 /// AGW call. Before bob's 200 both UEs must still be early, with new keys both ways and media
 /// verified under them; the 200 must keep them, and media must go on after it.
-async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, tls: &Trust, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
     // bob rings long enough for early media, the UPDATE and more early media before his 200.
     let answering = Answering { auto: true, delay: Duration::from_millis(1300), early_media: true };
     let alg = lab.pcscf_a.stats();
-    let (alice, bob, target) = e2ae_ues(lab, n, Some(answering)).await?;
+    let (alice, bob, target) = e2ae_ues(lab, tls, n, Some(answering)).await?;
     let alice = Arc::new(alice);
     let calling = tokio::spawn({
         let alice = Arc::clone(&alice);
@@ -371,6 +380,9 @@ async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: u
     let (a, b) = (alice.report(&id).await?.context("caller report")?, callee_report(&bob).await?);
     // Offer and answer (in the reliable 183), the UPDATE's offer and answer.
     let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};orig"), "A", &alg, 4, (&a, &b)).await?;
+    let (on_tls, words) = over_tls(&[&alice, &bob]);
+    ok &= on_tls;
+    detail.push_str(&words);
     alice.hangup(&id).await?;
     let early_then = a1.state == CallState::Early && b1.state == CallState::Early;
     let fresh = a1.rekeys == 1 && a1.own_key != before.own_key && a1.peer_key != before.peer_key;
@@ -396,16 +408,19 @@ async fn e2ae_preconditions_call(lab: &TwoDomains, agw: &mediasec_agw::Agw, n: u
 /// leg `B`); alice's SDES answer in the ACK goes through the AGW and reaches bob plain. No
 /// media before the ACK. The ALG numbers that AGW call by its count of ng requests, so the
 /// scenario runs on a lab of its own, where it is the first: `<Call-ID>;d;0`.
-async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, n: usize, talk: Duration) -> anyhow::Result<Scenario> {
-    let lab = &TwoDomains::start_with_agw(HashMap::new(), None, Some(agw.ng_addr())).await?;
+async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, (pcscf_tls, tls): (&Arc<mediasec_sip::tls::ServerConfig>, &Trust), n: usize, talk: Duration) -> anyhow::Result<Scenario> {
+    let lab = &TwoDomains::start_config(LabConfig { agw_ng_a: Some(agw.ng_addr()), pcscf_tls: Some(Arc::clone(pcscf_tls)), ..LabConfig::default() }).await?;
     let answering = Answering { auto: true, delay: Duration::from_millis(200), early_media: false };
     let alg = lab.pcscf_a.stats();
-    let (alice, bob, target) = e2ae_ues(lab, n, Some(answering)).await?;
+    let (alice, bob, target) = e2ae_ues(lab, tls, n, Some(answering)).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call_without_offer(&target)).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
     let (a, b) = (alice.report(&id).await?.context("caller report")?, callee_report(&bob).await?);
     // bob's offer in the 200, alice's answer in the ACK.
     let (mut ok, mut detail) = e2ae_checks(lab, agw, format!("{id};d;0"), "B", &alg, 2, (&a, &b)).await?;
+    let (on_tls, words) = over_tls(&[&alice, &bob]);
+    ok &= on_tls;
+    detail.push_str(&words);
     alice.hangup(&id).await?;
     ok &= a.state == CallState::Established && b.state == CallState::Established && a.early_verified == 0 && b.early_verified == 0 && a.media.refused == 0;
     detail.push_str(&format!("; offer from bob in the 200, answer in the ACK, {} early", a.early_verified + b.early_verified));
@@ -416,7 +431,7 @@ async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, n: usize, talk: Duration) 
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let agw = agw().await?;
     let (pcscf_tls, trust) = lab_tls()?;
-    let lab = TwoDomains::start_config(LabConfig { agw_ng_a: Some(agw.ng_addr()), pcscf_tls: Some(pcscf_tls), ..LabConfig::default() }).await?;
+    let lab = TwoDomains::start_config(LabConfig { agw_ng_a: Some(agw.ng_addr()), pcscf_tls: Some(Arc::clone(&pcscf_tls)), ..LabConfig::default() }).await?;
     let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example"]).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -433,10 +448,10 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), &trust, 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
         one_call(&lab, Some(&kms), &trust, 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
         one_call(&lab, Some(&kms), &trust, 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
-        e2ae_call(&lab, &agw, 7, talk, false).await?,
-        e2ae_call(&lab, &agw, 10, talk, true).await?,
-        e2ae_preconditions_call(&lab, &agw, 11, talk).await?,
-        e2ae_offerless_call(&agw, 12, talk).await?,
+        e2ae_call(&lab, &agw, &trust, 7, talk, false).await?,
+        e2ae_call(&lab, &agw, &trust, 10, talk, true).await?,
+        e2ae_preconditions_call(&lab, &agw, &trust, 11, talk).await?,
+        e2ae_offerless_call(&agw, (&pcscf_tls, &trust), 12, talk).await?,
     ])
 }
 
