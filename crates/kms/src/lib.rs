@@ -49,7 +49,7 @@ pub mod fuzzing {
     use crate::zn::{NafKey, StaticZn};
 
     /// Feeds arbitrary bytes to a KMS input chosen by the first byte: TP Data, identities and
-    /// groups, a policy document, a stored key-ring row, or the core's Ua / Zk entry points.
+    /// groups, a policy document, a stored key-ring row, or the core's Ua / Zk / LI entry points.
     /// Must never panic.
     pub fn kms_inputs(data: &[u8]) {
         let Some((sel, rest)) = data.split_first() else { return };
@@ -99,5 +99,10 @@ pub mod fuzzing {
             let _ = kms.ticket_resolve(body, now, &zn, &NoPeers).await;
             let _ = kms.peer_resolve("b.example", body, now, &zn).await;
         });
+        if let Ok(target) = KmsUid::parse("a@a.example") {
+            let w = crate::li::Warrant { id: "w".into(), target, not_before: 0, not_after: u64::MAX };
+            let _ = kms.li_release(&w, body, Some(body), now.as_secs());
+            let _ = kms.li_release(&w, body, None, now.as_secs());
+        }
     }
 }

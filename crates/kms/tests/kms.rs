@@ -434,25 +434,45 @@ async fn lawful_interception_over_http() {
     assert_eq!(list.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect::<Vec<_>>(), ["W2", "W3"]);
 }
 
-/// Warrants are rows of the store: they survive closing and reopening the embedded store.
-#[tokio::test]
+/// Warrants are rows of the store: they survive closing and reopening the store, embedded
+/// (redb file) and PostgreSQL alike; LI actions reach the LI trail, not the admin audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warrants_survive_a_store_reopen() {
     use mediasec_kms::keyring::MasterKey;
     use mediasec_kms::li::Warrant;
     use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::Store;
+    use std::sync::Arc;
     let dir = TempDir::new("li-store");
     let path = dir.0.join("kms.redb");
+    let redb = || -> Arc<dyn Store> { Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()) };
+    let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
+    let pg_url = pg.as_ref().map(|p| p.create_database("kms_li").unwrap());
     let w = Warrant { id: "W-1".into(), target: KmsUid::parse("alice@a.example").unwrap(), not_before: 10, not_after: 20 };
-    {
-        let p = Persist::new(std::sync::Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()), MasterKey::new(&[7; 32]).unwrap());
-        p.put_warrant(&w, 1, 2).await.unwrap();
-        assert!(p.put_warrant(&Warrant { id: "a/b".into(), ..w.clone() }, 1, 3).await.is_err());
+    for backend in ["redb", "postgres"] {
+        let open = || async {
+            let store: Arc<dyn Store> = match backend {
+                "redb" => redb(),
+                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
+            };
+            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
+        };
+        if backend == "postgres" && pg_url.is_none() {
+            continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+        }
+        {
+            let p = open().await;
+            p.put_warrant(&w, 1, 2).await.unwrap();
+            assert!(p.put_warrant(&Warrant { id: "a/b".into(), ..w.clone() }, 1, 3).await.is_err());
+        }
+        let p = open().await;
+        assert_eq!(p.warrants().await.unwrap(), std::slice::from_ref(&w), "{backend}");
+        assert_eq!(p.warrant("W-1").await.unwrap(), Some(w.clone()));
+        assert_eq!(p.li_audit_log(0, 10).await.unwrap().len(), 1);
+        assert!(p.audit_log(0, 10).await.unwrap().is_empty(), "nothing in the admin audit log ({backend})");
+        assert!(p.delete_warrant("W-1", 5, 6).await.unwrap());
+        assert!(p.warrants().await.unwrap().is_empty());
+        assert_eq!(p.li_audit_log(0, 10).await.unwrap().iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["warrant.put", "warrant.delete"]);
     }
-    let p = Persist::new(std::sync::Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()), MasterKey::new(&[7; 32]).unwrap());
-    assert_eq!(p.warrants().await.unwrap(), std::slice::from_ref(&w));
-    assert_eq!(p.warrant("W-1").await.unwrap(), Some(w));
-    assert_eq!(p.li_audit_log(0, 10).await.unwrap().len(), 1);
-    assert!(p.audit_log(0, 10).await.unwrap().is_empty(), "nothing in the admin audit log");
-    assert!(p.delete_warrant("W-1", 5, 6).await.unwrap());
-    assert!(p.warrants().await.unwrap().is_empty());
+    drop(pg);
 }
