@@ -234,11 +234,19 @@ impl Service {
             .route("/admin/v1/keys/rotate", post(keys_rotate))
             .route("/admin/v1/keys/prune", post(keys_prune))
             .route("/admin/v1/audit", get(audit_get))
+            .merge(self.li_router())
+            .with_state(Arc::clone(self))
+    }
+
+    /// The LI routes, each behind [`li_auth`] (which also runs before a 405, so with LI off
+    /// every method on these paths is a 404).
+    fn li_router(self: &Arc<Self>) -> Router<Arc<Self>> {
+        Router::new()
             .route("/li/v1/warrants", get(warrants_get))
             .route("/li/v1/warrants/{id}", get(warrant_get).put(warrant_put).delete(warrant_delete))
             .route("/li/v1/keys", post(li_keys))
             .route("/li/v1/audit", get(li_audit_get))
-            .with_state(Arc::clone(self))
+            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), li_auth))
     }
 }
 
@@ -511,12 +519,11 @@ fn li_guard(s: &Service, h: &HeaderMap) -> Option<Response> {
     }
 }
 
-macro_rules! li {
-    ($s:ident, $h:ident) => {
-        if let Some(r) = li_guard(&$s, &$h) {
-            return r;
-        }
-    };
+async fn li_auth(State(s): State<Arc<Service>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match li_guard(&s, req.headers()) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
 }
 
 fn suffix() -> u64 {
@@ -533,16 +540,14 @@ fn li_error(e: &KmsError) -> Response {
     }
 }
 
-async fn warrants_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
-    li!(s, h);
+async fn warrants_get(State(s): State<Arc<Service>>) -> Response {
     match s.persist.warrants().await {
         Ok(w) => axum::Json(w).into_response(),
         Err(e) => li_error(&e),
     }
 }
 
-async fn warrant_get(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    li!(s, h);
+async fn warrant_get(State(s): State<Arc<Service>>, Path(id): Path<String>) -> Response {
     match s.persist.warrant(&id).await {
         Ok(Some(w)) => axum::Json(w).into_response(),
         Ok(None) => text(StatusCode::NOT_FOUND, "no such warrant"),
@@ -550,8 +555,7 @@ async fn warrant_get(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path
     }
 }
 
-async fn warrant_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
-    li!(s, h);
+async fn warrant_put(State(s): State<Arc<Service>>, Path(id): Path<String>, body: Bytes) -> Response {
     let w: Warrant = match serde_json::from_slice(&body) {
         Ok(w) => w,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("warrant: {e}")),
@@ -568,8 +572,7 @@ async fn warrant_put(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path
     }
 }
 
-async fn warrant_delete(State(s): State<Arc<Service>>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    li!(s, h);
+async fn warrant_delete(State(s): State<Arc<Service>>, Path(id): Path<String>) -> Response {
     match s.persist.delete_warrant(&id, now_ms(), suffix()).await {
         Ok(true) => {
             info!(target: "li", warrant = %id, "warrant removed");
@@ -602,8 +605,7 @@ async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
     Ok(json.to_vec())
 }
 
-async fn li_keys(State(s): State<Arc<Service>>, h: HeaderMap, body: Bytes) -> Response {
-    li!(s, h);
+async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
     let body: KeysBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("key request: {e}")),
@@ -638,8 +640,7 @@ struct LiAuditQuery {
     limit: Option<usize>,
 }
 
-async fn li_audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<LiAuditQuery>) -> Response {
-    li!(s, h);
+async fn li_audit_get(State(s): State<Arc<Service>>, Query(q): Query<LiAuditQuery>) -> Response {
     match s.persist.li_audit_log(q.since_ms.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await {
         Ok(rows) => axum::Json(rows).into_response(),
         Err(e) => li_error(&e),

@@ -336,12 +336,18 @@ async fn lawful_interception_over_http() {
     let (url, admin) = (a.url.clone(), format!("Bearer {}", a.admin_token));
     // Off by default: the LI API is absent.
     assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secret")], b"").await.status, 404);
+    for (method, path) in [("POST", "/li/v1/warrants"), ("PUT", "/li/v1/warrants/W1"), ("GET", "/li/v1/keys"), ("DELETE", "/li/v1/audit")] {
+        let r = http(&url, method, path, &[], b"{}").await;
+        assert_eq!((r.status, r.body.len()), (404, 0), "{method} {path}: as absent as {:?}", http(&url, method, "/nowhere", &[], b"").await.status);
+    }
     assert!(a.service.enable_li(a.admin_token.clone()).is_err(), "LI token must differ from the admin token");
     a.service.enable_li("li-secret".into()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
     assert_eq!(http(&url, "GET", "/li/v1/warrants", &[], b"").await.status, 401);
     assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", admin.as_str())], b"").await.status, 401);
     assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
+    assert_eq!(http(&url, "POST", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
+    assert_eq!(http(&url, "POST", "/li/v1/warrants", &li, b"").await.status, 405);
 
     let t = now().as_secs();
     let w = |id: &str, target: &str, from: u64, to: u64| serde_json::json!({ "id": id, "target": target, "not_before": from, "not_after": to }).to_string();
