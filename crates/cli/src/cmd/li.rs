@@ -108,10 +108,7 @@ pub(crate) fn run(a: Args) -> anyhow::Result<ExitCode> {
                     STANDARD.decode(v.trim()).with_context(|| format!("{what} is not base64"))?;
                 }
             }
-            let mut body = serde_json::json!({ "warrant": warrant, "transfer_init": transfer_init.trim() });
-            if let Some(tr) = transfer_resp {
-                body["transfer_resp"] = tr.trim().into();
-            }
+            let body = serde_json::json!({ "warrant": warrant, "transfer_init": transfer_init.trim(), "transfer_resp": transfer_resp.as_deref().map(str::trim) });
             ("POST", "/li/v1/keys".to_owned(), body.to_string())
         }
         Action::Audit { since_ms } => ("GET", format!("/li/v1/audit?since_ms={since_ms}&limit=1000"), String::new()),
