@@ -520,7 +520,10 @@ async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
     // Warrant fields are validated.
     assert!(crate::li::Warrant { id: "bad id/1".into(), ..warrant("alice@a.example", 1, 2) }.validate().is_err());
     assert!(crate::li::Warrant { id: "w1".into(), ..warrant("alice@a.example", 3, 2) }.validate().is_err());
-    assert!(crate::li::Warrant { id: "W-2026.1_a".into(), ..warrant("alice@a.example", 2, 3) }.validate().is_ok());
+    let upper: crate::li::Warrant = serde_json::from_str(r#"{"id":"W-2026.1_a","target":"alice@A.Example","not_before":2,"not_after":3}"#).unwrap();
+    assert!(upper.validate().is_ok());
+    assert_eq!(upper.target.as_str(), "alice@a.example", "canonical target");
+    assert!(serde_json::from_str::<crate::li::Warrant>(r#"{"id":"w","target":"?@a.example","not_before":2,"not_after":3}"#).is_err(), "no group");
 }
 
 #[tokio::test]

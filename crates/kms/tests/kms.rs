@@ -351,7 +351,7 @@ async fn lawful_interception_over_http() {
 
     let t = now().as_secs();
     let w = |id: &str, target: &str, from: u64, to: u64| serde_json::json!({ "id": id, "target": target, "not_before": from, "not_after": to }).to_string();
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w("W1", "alice@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w("W1", "alice@A.Example", t - 60, t + 3600).as_bytes()).await.status, 200);
     assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "dan@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
     assert_eq!(http(&url, "PUT", "/li/v1/warrants/W3", &li, w("W3", "bob@a.example", t - 3600, t - 1).as_bytes()).await.status, 200);
     assert_eq!(http(&url, "PUT", "/li/v1/warrants/W4", &li, w("W4", "?@a.example", t, t + 1).as_bytes()).await.status, 400, "no wildcard");
