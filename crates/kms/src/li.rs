@@ -230,7 +230,7 @@ impl Kms {
     }
 }
 
-/// One LI audit record (no key material, no target identity).
+/// One LI audit record (never key material; readable only through the LI API).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiAuditEntry {
     /// Milliseconds since the UNIX epoch.
