@@ -125,34 +125,47 @@ impl KeyRing {
     /// Encrypts a key for the store: `nonce(12) || AES-256-GCM(JSON)`, AAD = row name.
     pub fn seal(master: &MasterKey, key: &TicketKey, nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>, KmsError> {
         let plain = Zeroizing::new(serde_json::to_vec(key).map_err(|e| KmsError::KeyRing(e.to_string()))?);
-        let row = Self::row(key.id);
-        // Room for the tag up front: no reallocation leaves plaintext behind.
-        let mut buf = Vec::with_capacity(plain.len() + AES_256_GCM.tag_len());
-        buf.extend_from_slice(&plain);
-        master
-            .0
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(row.as_bytes()), &mut buf)
-            .map_err(|_| KmsError::KeyRing("sealing failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&buf);
-        Ok(out)
+        seal_row(master, &Self::row(key.id), &plain, nonce)
     }
 
     /// Decrypts a stored key; `row` must be the row it was stored under.
     pub fn open(master: &MasterKey, row: &str, sealed: &[u8]) -> Result<TicketKey, KmsError> {
-        let (nonce, ct) = sealed.split_at_checked(NONCE_LEN).ok_or_else(|| KmsError::KeyRing(format!("row {row}: too short")))?;
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KmsError::KeyRing(format!("row {row}: nonce")))?;
-        let mut buf = Zeroizing::new(ct.to_vec());
-        let plain = master
-            .0
-            .open_in_place(nonce, Aad::from(row.as_bytes()), &mut buf)
-            .map_err(|_| KmsError::KeyRing(format!("row {row}: wrong master key or tampered entry")))?;
-        let key: TicketKey = serde_json::from_slice(plain).map_err(|e| KmsError::KeyRing(format!("row {row}: {e}")))?;
+        let plain = open_row(master, row, sealed)?;
+        let key: TicketKey = serde_json::from_slice(&plain).map_err(|e| KmsError::KeyRing(format!("row {row}: {e}")))?;
         if Self::row(key.id) != row || key.id == MODE3_KEY_ID {
             return Err(KmsError::KeyRing(format!("row {row}: holds key id {}", key.id)));
         }
         Ok(key)
     }
+}
+
+/// Encrypts a store value under the master key: `nonce(12) || AES-256-GCM(plain)`, AAD =
+/// `row` (the row's name, so a value moved to another row no longer opens).
+pub(crate) fn seal_row(master: &MasterKey, row: &str, plain: &[u8], nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>, KmsError> {
+    // Room for the tag up front: no reallocation leaves plaintext behind.
+    let mut buf = Zeroizing::new(Vec::with_capacity(plain.len() + AES_256_GCM.tag_len()));
+    buf.extend_from_slice(plain);
+    master
+        .0
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(row.as_bytes()), &mut *buf)
+        .map_err(|_| KmsError::KeyRing("sealing failed".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buf);
+    Ok(out)
+}
+
+/// Decrypts what [`seal_row`] stored under `row`.
+pub(crate) fn open_row(master: &MasterKey, row: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    let (nonce, ct) = sealed.split_at_checked(NONCE_LEN).ok_or_else(|| KmsError::KeyRing(format!("row {row}: too short")))?;
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KmsError::KeyRing(format!("row {row}: nonce")))?;
+    let mut buf = Zeroizing::new(ct.to_vec());
+    let len = master
+        .0
+        .open_in_place(nonce, Aad::from(row.as_bytes()), &mut buf)
+        .map_err(|_| KmsError::KeyRing(format!("row {row}: wrong master key or tampered entry")))?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
 }
 
 #[cfg(test)]

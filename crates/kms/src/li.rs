@@ -5,7 +5,9 @@
 //!
 //! - **warrants** (X1-like): `{id, target, not_before, not_after}`, one exact KMS UID per
 //!   warrant, kept in the store's `li_warrants` table; LI actions go to the `li_audit` table,
-//!   never to the admin audit log;
+//!   never to the admin audit log. Both tables hold their rows encrypted under the KMS master
+//!   key (AES-256-GCM, AAD = table and row, [`crate::persist::Persist::seal`]): whoever reads
+//!   the store (a database administrator, a backup) does not learn who is a target;
 //! - **key release** (X2-like): from an intercepted TRANSFER_INIT (and TRANSFER_RESP when the
 //!   ticket forks), the KMS opens the ticket with its ring and derives the call's SRTP master
 //!   keys exactly as the UEs do ([`crate::ue`]), only for a call of the warrant's target
@@ -250,14 +252,17 @@ impl Persist {
             .list(Table::LiWarrants)
             .await?
             .into_iter()
-            .map(|(row, v)| serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("warrant row {row}: {e}"))))
+            .map(|(row, v)| {
+                let plain = self.open(Table::LiWarrants, &row, &v)?;
+                serde_json::from_slice(&plain).map_err(|e| KmsError::Config(format!("warrant row {row}: {e}")))
+            })
             .collect()
     }
 
     /// The warrant `id`, if any.
     pub async fn warrant(&self, id: &str) -> Result<Option<Warrant>, KmsError> {
         match self.store().get(Table::LiWarrants, id).await? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("warrant row {id}: {e}")))?)),
+            Some(v) => Ok(Some(serde_json::from_slice(&self.open(Table::LiWarrants, id, &v)?).map_err(|e| KmsError::Config(format!("warrant row {id}: {e}")))?)),
             None => Ok(None),
         }
     }
@@ -266,8 +271,8 @@ impl Persist {
     /// record.
     pub async fn put_warrant(&self, w: &Warrant, now_ms: u64, suffix: u64) -> Result<(), KmsError> {
         w.validate()?;
-        let v = serde_json::to_vec(w).map_err(|e| KmsError::Config(e.to_string()))?;
-        self.store().put(Table::LiWarrants, &w.id, &v).await?;
+        let plain = Zeroizing::new(serde_json::to_vec(w).map_err(|e| KmsError::Config(e.to_string()))?);
+        self.store().put(Table::LiWarrants, &w.id, &self.seal(Table::LiWarrants, &w.id, &plain)?).await?;
         self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.put".into(), warrant: w.id.clone(), detail: format!("window {}..={}", w.not_before, w.not_after) }, suffix).await
     }
 
@@ -280,8 +285,9 @@ impl Persist {
 
     /// Appends to the LI audit trail; `suffix` (random) keeps rows of one millisecond apart.
     pub async fn li_audit(&self, e: &LiAuditEntry, suffix: u64) -> Result<(), KmsError> {
-        let v = serde_json::to_vec(e).map_err(|e| KmsError::Config(e.to_string()))?;
-        self.store().put(Table::LiAudit, &format!("{:020}-{suffix:016x}", e.at_unix_ms), &v).await?;
+        let row = format!("{:020}-{suffix:016x}", e.at_unix_ms);
+        let plain = serde_json::to_vec(e).map_err(|e| KmsError::Config(e.to_string()))?;
+        self.store().put(Table::LiAudit, &row, &self.seal(Table::LiAudit, &row, &plain)?).await?;
         Ok(())
     }
 
@@ -289,7 +295,7 @@ impl Persist {
     pub async fn li_audit_log(&self, since_ms: u64, limit: usize) -> Result<Vec<LiAuditEntry>, KmsError> {
         let mut out = Vec::new();
         for (row, v) in self.store().list(Table::LiAudit).await? {
-            let e: LiAuditEntry = serde_json::from_slice(&v).map_err(|e| KmsError::Config(format!("LI audit row {row}: {e}")))?;
+            let e: LiAuditEntry = serde_json::from_slice(&self.open(Table::LiAudit, &row, &v)?).map_err(|e| KmsError::Config(format!("LI audit row {row}: {e}")))?;
             if e.at_unix_ms >= since_ms && out.len() < limit {
                 out.push(e);
             }

@@ -51,6 +51,18 @@ impl Persist {
         &self.store
     }
 
+    /// Encrypts a value for row `row` of `table` under the master key (AES-256-GCM, a fresh
+    /// random nonce, AAD = `table:row`, see [`crate::keyring::seal_row`]): for rows whose
+    /// plain content must not be readable by whoever reads the store (LI warrants).
+    pub(crate) fn seal(&self, table: Table, row: &str, plain: &[u8]) -> Result<Vec<u8>, KmsError> {
+        crate::keyring::seal_row(&self.master, &format!("{}:{row}", table.name()), plain, rand::random())
+    }
+
+    /// Decrypts what [`Persist::seal`] stored in row `row` of `table`.
+    pub(crate) fn open(&self, table: Table, row: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError> {
+        crate::keyring::open_row(&self.master, &format!("{}:{row}", table.name()), sealed)
+    }
+
     async fn audit(&self, now_ms: u64, actor: &str, action: &str, detail: String) -> Result<(), KmsError> {
         self.store.append_audit(&AuditEntry { at_unix_ms: now_ms, actor: actor.into(), action: action.into(), detail }).await?;
         Ok(())

@@ -447,7 +447,7 @@ async fn warrants_survive_a_store_reopen() {
     use mediasec_kms::keyring::MasterKey;
     use mediasec_kms::li::Warrant;
     use mediasec_kms::persist::Persist;
-    use mediasec_kms_store::Store;
+    use mediasec_kms_store::{Store, Table};
     use std::sync::Arc;
     let dir = TempDir::new("li-store");
     let path = dir.0.join("kms.redb");
@@ -470,6 +470,15 @@ async fn warrants_survive_a_store_reopen() {
             let p = open().await;
             p.put_warrant(&w, 1, 2).await.unwrap();
             assert!(p.put_warrant(&Warrant { id: "a/b".into(), ..w.clone() }, 1, 3).await.is_err());
+            // At rest the target is sealed under the master key: the raw rows do not name it,
+            // and another master key opens none of them.
+            for table in [Table::LiWarrants, Table::LiAudit] {
+                for (row, raw) in p.store().list(table).await.unwrap() {
+                    assert!(!raw.windows(5).any(|w| w == b"alice"), "{backend} {row}: target in clear");
+                }
+            }
+            let other = Persist::new(Arc::clone(p.store()), MasterKey::new(&[8; 32]).unwrap());
+            assert!(other.warrants().await.is_err() && other.li_audit_log(0, 10).await.is_err(), "{backend}");
         }
         let p = open().await;
         assert_eq!(p.warrants().await.unwrap(), std::slice::from_ref(&w), "{backend}");
