@@ -487,7 +487,65 @@ may_call = ["?@a.example", "?@b.example"]
             Err(e) => Verdict::Failed(e.to_string()),
         };
         rows.push(Row { name: "tampered ticket", verdict, km: spent + t.elapsed() });
+
+        // 9. Lawful interception (docs/li.md): a warrant on alice releases exactly her call's
+        // keys over the LI API; a warrant on dan, not a party, releases nothing.
+        let t = Instant::now();
+        let verdict = match intercepted_call(lab, &mut alice, &ka, &mut bob, &kb).await {
+            Ok(v) => v,
+            Err(e) => Verdict::Failed(format!("{e:#}")),
+        };
+        rows.push(Row { name: "lawful interception", verdict, km: t.elapsed() });
         Ok(rows)
+    }
+
+    /// An LI API call on KMS a.example with the LI token `token`: (status, body).
+    async fn li_api(lab: &Lab, token: &str, method: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<(u16, String)> {
+        let url = &lab.domain("a.example")?.url;
+        let auth = format!("Bearer {token}");
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let r = mediasec_bsf::client::request(&mediasec_bsf::client::Endpoint::http(url)?, method, path, &headers, body.to_string().as_bytes()).await?;
+        Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+
+    /// Turns LI on at KMS a.example, puts warrants on alice (the target) and on dan, places
+    /// alice → bob, and asks for the call's keys under each warrant with the intercepted
+    /// TRANSFER_INIT and TRANSFER_RESP.
+    async fn intercepted_call(lab: &Lab, alice: &mut Ue, ka: &KmsClient, bob: &mut Ue, kb: &KmsClient) -> anyhow::Result<Verdict> {
+        use base64::Engine as _;
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        lab.domain("a.example")?.service.enable_li(token.clone())?;
+        let secs = now().as_secs();
+        for (id, target) in [("W-alice", "alice@a.example"), ("W-dan", "dan@a.example")] {
+            let w = serde_json::json!({"id": id, "target": target, "not_before": secs - 60, "not_after": secs + 600});
+            let (status, body) = li_api(lab, &token, "PUT", &format!("/li/v1/warrants/{id}"), &w).await?;
+            anyhow::ensure!(status / 100 == 2, "warrant {id}: {status} {body}");
+        }
+        let held = ka.request_ticket(alice, &ask("bob@a.example", false)?).await?;
+        let (ti, pending) = alice.transfer_init(&held, &bob.uid.clone(), rand::random(), rand::random(), now(), rand::random())?;
+        let resolved = kb.resolve(bob, &ti).await?;
+        let (tr, m_bob) = bob.transfer_resp(&resolved, &ti, rand::random(), now())?;
+        let (_, m_alice) = alice.on_transfer_resp(&pending, &tr, now())?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let ask_keys = |w: &str| serde_json::json!({"warrant": w, "transfer_init": b64.encode(&ti), "transfer_resp": b64.encode(&tr)});
+        let (status, body) = li_api(lab, &token, "POST", "/li/v1/keys", &ask_keys("W-alice")).await?;
+        anyhow::ensure!(status == 200, "keys under W-alice: {status} {body}");
+        let released: serde_json::Value = serde_json::from_str(&body)?;
+        let key_of = |cs: u64| -> Option<String> {
+            let sessions = released.get("crypto_sessions")?.as_array()?;
+            let session = sessions.iter().find(|s| s.get("cs_id").and_then(serde_json::Value::as_u64) == Some(cs))?;
+            session.get("master_key")?.as_str().map(str::to_owned)
+        };
+        let same = key_of(1) == Some(hex::encode(&*m_alice.initiator_stream.master_key))
+            && key_of(1) == Some(hex::encode(&*m_bob.initiator_stream.master_key))
+            && key_of(2) == Some(hex::encode(&*m_bob.responder_stream.master_key))
+            && key_of(2) == Some(hex::encode(&*m_alice.responder_stream.master_key));
+        let (refused, reason) = li_api(lab, &token, "POST", "/li/v1/keys", &ask_keys("W-dan")).await?;
+        Ok(match (same, refused) {
+            (true, 403) => Verdict::Ok(format!("keys under alice's warrant = both UEs' keys; dan's warrant refused: 403 {}", reason.trim())),
+            (false, _) => Verdict::Failed(format!("released keys differ from the call's: {body}")),
+            (true, other) => Verdict::Failed(format!("warrant on a non-party answered {other} {reason}")),
+        })
     }
 
     pub(super) fn run(packets: u16) -> anyhow::Result<bool> {
