@@ -196,6 +196,7 @@ fn gba() -> anyhow::Result<bool> {
 
     const DOMAIN: &str = "bsf.demo.example";
     const IMPI: &str = "001010000000001@ims.demo.example";
+    const IMPI_U: &str = "001010000000002@ims.demo.example";
     const NAF: &str = "kms.demo.example";
     let dir = std::env::temp_dir().join(format!("mediasec-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -210,6 +211,18 @@ fn gba() -> anyhow::Result<bool> {
         sqn: 0,
         impus: vec!["sip:alice@demo.example".into()],
         guss: None,
+    })?;
+    // A GBA_U subscriber (TS 33.220 Annex G): the BSF sends AUTN*, the UICC keeps Ks.
+    let (k_u, opc_u): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
+    store.add_subscriber(&Subscriber {
+        impi: IMPI_U.into(),
+        k: hex::encode(k_u),
+        opc: Some(hex::encode(opc_u)),
+        op: None,
+        amf: "8000".into(),
+        sqn: 0,
+        impus: vec!["sip:bob@demo.example".into()],
+        guss: Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}})),
     })?;
     let zn_token = hex::encode(rand::random::<[u8; 16]>());
     let admin_token = hex::encode(rand::random::<[u8; 16]>());
@@ -229,17 +242,27 @@ fn gba() -> anyhow::Result<bool> {
         let zn = client::zn_lookup(&endpoint, &zn_token, &boot.btid.to_string(), NAF, "0100000006")
             .await?
             .context("Zn did not know the fresh B-TID")?;
-        server.abort();
         let same = zn.key()? == ue_key.0.to_vec();
-        anyhow::Ok((boot.btid.to_string(), ub_time, same, zn.impus))
+        // GBA_U: the ME drives the UICC through the same Ub run; the UICC derives
+        // Ks_ext_NAF (G.2), which the KMS, not GBA_U aware, gets over Zn as its Ks_NAF.
+        let ue_u = UeBootstrap::with_uicc(IMPI_U, DOMAIN, mediasec_gba::uicc::Uicc::new(Milenage::with_opc(&k_u, &opc_u), 0));
+        let (boot_u, mut uicc) = client::bootstrap_gba_u(&endpoint, ue_u).await?;
+        let ext = uicc.naf_derivation(&NafId::new(NAF, UaProtocolId::IMS_MEDIA_PLANE), IMPI_U)?;
+        let zn_u = client::zn_lookup(&endpoint, &zn_token, &boot_u.btid.to_string(), NAF, "0100000006")
+            .await?
+            .context("Zn did not know the fresh GBA_U B-TID")?;
+        server.abort();
+        let same_u = zn_u.key()? == ext.0.to_vec() && zn_u.gba_type.as_deref() == Some("GBA_U") && zn_u.int_key()?.is_none();
+        anyhow::Ok((boot.btid.to_string(), ub_time, same, zn.impus, same_u))
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let (btid, ub_time, same, impus) = result?;
+    let (btid, ub_time, same, impus, same_u) = result?;
     println!();
     println!("GBA on 127.0.0.1: BSF (embedded store), UE bootstrap over Ub with resync, NAF look-up over Zn");
     println!("  B-TID {btid}  bootstrap {:.1} ms  IMPUs {impus:?}", ub_time.as_secs_f64() * 1000.0);
     println!("  Ks_NAF(UE) == Ks_NAF(Zn) for {NAF}: {}", if same { "ok" } else { "FAILED" });
-    Ok(same)
+    println!("  GBA_U (UICC keeps Ks): Ks_ext_NAF(UICC) == Ks_NAF(Zn), no Ks_int_NAF to an unaware NAF: {}", if same_u { "ok" } else { "FAILED" });
+    Ok(same && same_u)
 }
 
 /// The KMS stage: scenarios over a loopback lab (BSF + KMS a.example + KMS b.example).
