@@ -143,6 +143,15 @@ pub enum Command {
         /// The reliable 1xx.
         response: Response,
     },
+    /// Keep the stream connection to `to` (TLS, else TCP) up: an RFC 5626 §3.5.1 keep-alive
+    /// ping (CRLF CRLF) on it, which the peer answers with a pong. Both are traffic, so
+    /// neither side closes the connection as idle (after 64·T1 here), and requests the peer
+    /// sends us later — an incoming call to a UE registered over TLS — still find the
+    /// connection. Nothing is sent, and no connection opened, when none is open to `to`.
+    KeepAlive {
+        /// The peer (for a UE, its P-CSCF's address).
+        to: SocketAddr,
+    },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
     /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
     Stateless {
@@ -866,6 +875,13 @@ impl Driver {
                         self.unacknowledged.insert(id, Unacknowledged { key, response, call_id, rack, interval: self.timers.t1, give_up });
                     }
                     _ => tracing::warn!("reliable provisional response without Call-ID, RSeq or CSeq: sent once"),
+                }
+            }
+            Command::KeepAlive { to } => {
+                let open = [Kind::Tls, Kind::Tcp].into_iter().find_map(|kind| self.by_peer.get(&(kind, to)));
+                if let Some(connection) = open.and_then(|id| self.connections.get(id)) {
+                    // A full queue already carries traffic: no ping needed.
+                    let _ = connection.send(Bytes::from_static(crate::stream::PING));
                 }
             }
             Command::Stateless { mut message, to } => {

@@ -53,6 +53,9 @@ pub enum Frame {
 /// The answer to a [`Frame::Ping`] (RFC 5626 §3.5.1).
 pub const PONG: &[u8] = b"\r\n";
 
+/// A keep-alive ping (RFC 5626 §3.5.1: a double CRLF between messages).
+pub const PING: &[u8] = b"\r\n\r\n";
+
 /// Cuts a byte stream into SIP messages.
 #[derive(Debug)]
 pub struct Framer {

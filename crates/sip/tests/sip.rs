@@ -1013,6 +1013,52 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
             }
         }
 
+        /// RFC 5626 §3.5.1 keep-alives: A (a UE: TLS client only) opens a TLS connection to B
+        /// (its P-CSCF) and pings it every 64·T1 / 5 with `Command::KeepAlive`. Past one and a
+        /// half idle periods of 64·T1, B's request to A (an incoming call) still finds the
+        /// connection: one TLS connection each side, none failed. Without the pings (a second
+        /// pair, same steps) the connection closes as idle and B, which cannot connect to a
+        /// UE, gets a transport error.
+        #[tokio::test]
+        async fn keep_alives_hold_a_ues_tls_connection_open_for_incoming_requests() {
+            let ca = new_ca();
+            let b_cert = leaf(&ca, &["127.0.0.1"], false);
+            for ping in [true, false] {
+                let (a, mut a_rx) = bind(config(None, None, Some(&ca), None)).await;
+                let (b, mut b_rx) = bind(config(Some(&b_cert), None, None, None)).await;
+                let b_tls = b.tls_addr().expect("TLS port");
+                let first = request_to("MESSAGE", "z9hG4bKka1", a.local_addr(), &format!("sips:bob@{b_tls}"));
+                a.send(Command::Request { request: first, to: b_tls }).expect("send");
+                answer(&b, &mut b_rx).await;
+                answered(&mut a_rx).await;
+
+                let idle = timers().t1 * 64;
+                let until = std::time::Instant::now() + idle + idle / 2;
+                while std::time::Instant::now() < until {
+                    if ping {
+                        a.send(Command::KeepAlive { to: b_tls }).expect("keep-alive");
+                    }
+                    tokio::time::sleep(idle / 5).await;
+                }
+                let back = request_to("OPTIONS", "z9hG4bKka2", b.local_addr(), &format!("sip:alice@{};transport=tls", a.local_addr()));
+                let key = mediasec_sip::core::TransactionKey::from_sent_request(&back).expect("key");
+                b.send(Command::Request { request: back, to: a.local_addr() }).expect("send");
+                if ping {
+                    answer(&a, &mut a_rx).await;
+                    answered(&mut b_rx).await;
+                    for stats in [a.tcp_stats(), b.tcp_stats()] {
+                        assert_eq!(stats, TcpStats { tls_connections: 1, ..TcpStats::default() });
+                    }
+                } else {
+                    match next(&mut b_rx).await {
+                        Event::Timeout { key: k } => assert_eq!(k, key, "B cannot reach A once the connection is gone"),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                    assert!(a_rx.try_recv().is_err(), "A got a request without a connection");
+                }
+            }
+        }
+
         /// RFC 5922 §7: the client verifies the server as the host of the URI it routes on. A
         /// certificate for another name, from a CA the client does not trust, or expired fails
         /// the handshake: the client transaction gets its transport error at once (long before

@@ -523,8 +523,19 @@ fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Opti
 impl Core {
     async fn run(mut self, mut events: Events, mut ops: mpsc::UnboundedReceiver<Op>) {
         let mut registering: HashMap<TransactionKey, RegisterWaiter> = HashMap::new();
+        // Over TLS, RFC 5626 §3.5.1 keep-alives on our connection to the P-CSCF every 16·T1
+        // (a quarter of the 64·T1 after which our endpoints close an idle connection): a
+        // P-CSCF cannot connect to a UE, so a connection closed as idle would lose the calls
+        // to us until our next request.
+        let mut keep_alive = tokio::time::interval(self.config.timers.t1 * 16);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = keep_alive.tick(), if self.config.tls.is_some() => {
+                    if let Err(e) = self.endpoint.send(Command::KeepAlive { to: self.config.outbound_proxy }) {
+                        tracing::warn!(error = %e, "SIP keep-alive");
+                    }
+                }
                 event = events.recv() => match event {
                     Some(e) => {
                         if let Err(err) = self.on_event(e, &mut registering).await {
