@@ -1280,8 +1280,11 @@ mod e2ae {
         let replaced = query(agw.ng_addr(), format!("{id};orig")).await;
         assert_eq!(replaced.get("result").and_then(Value::as_str), Some("error"), "{replaced:?}");
         // The AGW switches to its new key when it answers the re-offer, alice when the answer
-        // reaches her: what arrives in between is refused (1 packet measured here).
-        assert!(a2.media.refused <= REKEY_RACE && a2.media.accepted_by_previous_key == 0, "{a2:?}");
+        // reaches her: what arrives in between is refused (1 packet measured here). What the
+        // first AGW call relayed just before its deletion arrives under the key alice had
+        // before and is accepted by it (her previous key is kept for exactly that): usually
+        // none, a few on a loaded machine — both bounded by the same race.
+        assert!(a2.media.refused <= REKEY_RACE && a2.media.accepted_by_previous_key <= REKEY_RACE, "{a2:?}");
         bye_deletes_the_agw_call(&agw, &lab, &alice, &id).await;
         task.abort();
     }
