@@ -484,6 +484,7 @@ impl Endpoint {
             max_tcp_connections_per_peer,
             events,
             overload: Arc::clone(&overload),
+            refusals: RefusalLog::default(),
             received: Arc::clone(&received),
             max_transactions,
         };
@@ -627,8 +628,30 @@ struct Driver {
     max_tcp_connections_per_peer: usize,
     events: mpsc::Sender<Event>,
     overload: Arc<OverloadCounters>,
+    refusals: RefusalLog,
     received: Arc<ReceivedCounters>,
     max_transactions: usize,
+}
+
+/// At most one warning line per second about overload refusals: a flood would otherwise write
+/// one per refused request, adding disk load to the overload. The counts are in
+/// [`OverloadStats`] (and a CSCF's metrics); each line says how many went unlogged before it.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// The refusals left unlogged since the last line, if a line is due at `now`.
+    fn due(&mut self, now: Instant) -> Option<u64> {
+        if self.last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Driver {
@@ -985,12 +1008,14 @@ impl Driver {
             Some(builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()).ok()?.build())
         });
         if let Some(request) = &request {
-            if stateless {
-                self.overload.transactions_full.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method = %request.method, max = self.max_transactions, "SIP request refused with 503: the transaction table is full");
-            } else {
-                self.overload.requests_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method = %request.method, queue = self.events.max_capacity(), "SIP request refused with 503: the TU's event queue is three quarters full");
+            let counter = if stateless { &self.overload.transactions_full } else { &self.overload.requests_refused };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(unlogged) = self.refusals.due(Instant::now()) {
+                if stateless {
+                    tracing::warn!(method = %request.method, max = self.max_transactions, unlogged, "SIP request refused with 503: the transaction table is full");
+                } else {
+                    tracing::warn!(method = %request.method, queue = self.events.max_capacity(), unlogged, "SIP request refused with 503: the TU's event queue is three quarters full");
+                }
             }
         }
         if stateless {
@@ -1359,6 +1384,20 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
     /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes
     /// over TCP and only the transport of its top Via changes (the branch, and so the
     /// transaction key, does not).
+    /// Overload refusals log one line a second at most, each telling how many it stands for.
+    #[test]
+    fn overload_refusals_log_a_line_a_second() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.due(t0), Some(0));
+        for ms in [1, 500, 999] {
+            assert_eq!(log.due(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(log.due(t0 + Duration::from_millis(1000)), Some(3));
+        assert_eq!(log.due(t0 + Duration::from_millis(1001)), None);
+        assert_eq!(log.due(t0 + Duration::from_secs(5)), Some(1));
+    }
+
     #[test]
     fn a_large_request_goes_over_tcp_with_its_top_via_rewritten() {
         let to = SocketAddr::from(([127, 0, 0, 1], 5060));
