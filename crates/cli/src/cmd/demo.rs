@@ -201,29 +201,16 @@ fn gba() -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("mediasec-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = Store::open(&dir.join("bsf.redb"))?;
-    let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-    store.add_subscriber(&Subscriber {
-        impi: IMPI.into(),
-        k: hex::encode(k),
-        opc: Some(hex::encode(opc)),
-        op: None,
-        amf: "8000".into(),
-        sqn: 0,
-        impus: vec!["sip:alice@demo.example".into()],
-        guss: None,
-    })?;
+    // A subscriber with fresh random K and OPc (returned), as the BSF's store provisions it.
+    let subscriber = |impi: &str, impu: &str, guss: Option<serde_json::Value>| -> anyhow::Result<([u8; 16], [u8; 16])> {
+        let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
+        let opc_hex = Some(hex::encode(opc));
+        store.add_subscriber(&Subscriber { impi: impi.into(), k: hex::encode(k), opc: opc_hex, op: None, amf: "8000".into(), sqn: 0, impus: vec![impu.into()], guss })?;
+        Ok((k, opc))
+    };
+    let (k, opc) = subscriber(IMPI, "sip:alice@demo.example", None)?;
     // A GBA_U subscriber (TS 33.220 Annex G): the BSF sends AUTN*, the UICC keeps Ks.
-    let (k_u, opc_u): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-    store.add_subscriber(&Subscriber {
-        impi: IMPI_U.into(),
-        k: hex::encode(k_u),
-        opc: Some(hex::encode(opc_u)),
-        op: None,
-        amf: "8000".into(),
-        sqn: 0,
-        impus: vec!["sip:bob@demo.example".into()],
-        guss: Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}})),
-    })?;
+    let (k_u, opc_u) = subscriber(IMPI_U, "sip:bob@demo.example", Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}})))?;
     let zn_token = hex::encode(rand::random::<[u8; 16]>());
     let admin_token = hex::encode(rand::random::<[u8; 16]>());
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: zn_token.clone(), admin_token }, store);
