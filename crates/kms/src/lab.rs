@@ -15,6 +15,7 @@ use mediasec_gba::bsf::BsfConfig;
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::Milenage;
 use mediasec_gba::ue::UeBootstrap;
+use mediasec_gba::uicc::Uicc;
 use mediasec_kms_store::RedbStore;
 use mediasec_kms_zk::{ZkClient, ZkTls};
 use tokio::task::JoinHandle;
@@ -64,6 +65,7 @@ pub struct Lab {
     /// The KMS domains.
     pub domains: Vec<Domain>,
     usim: BTreeMap<String, ([u8; 16], [u8; 16])>,
+    bsf: Arc<Bsf>,
     zn_token: String,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -78,6 +80,20 @@ impl Drop for Lab {
 
 fn impi_of(uid: &KmsUid) -> String {
     format!("{}@ims.{}", uid.as_str().replace('@', "."), uid.domain())
+}
+
+/// The BSF subscription of lab user `uid` (GBA_ME: no GUSS).
+fn lab_subscriber(uid: &KmsUid, k: &[u8; 16], opc: &[u8; 16]) -> Subscriber {
+    Subscriber {
+        impi: impi_of(uid),
+        k: hex::encode(k),
+        opc: Some(hex::encode(opc)),
+        op: None,
+        amf: "8000".into(),
+        sqn: 0,
+        impus: vec![format!("sip:{uid}")],
+        guss: None,
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> KmsError {
@@ -104,18 +120,7 @@ impl Lab {
         for u in users {
             let uid = KmsUid::parse(u)?;
             let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-            bsf_store
-                .add_subscriber(&Subscriber {
-                    impi: impi_of(&uid),
-                    k: hex::encode(k),
-                    opc: Some(hex::encode(opc)),
-                    op: None,
-                    amf: "8000".into(),
-                    sqn: 0,
-                    impus: vec![format!("sip:{uid}")],
-                    guss: None,
-                })
-                .map_err(io)?;
+            bsf_store.add_subscriber(&lab_subscriber(&uid, &k, &opc)).map_err(io)?;
             usim.insert(uid.to_string(), (k, opc));
             uids.push(uid);
         }
@@ -123,8 +128,9 @@ impl Lab {
         let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(BSF_REALM), zn_token: zn_token.clone(), admin_token: hex::encode(rand::random::<[u8; 16]>()) }, bsf_store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
         let bsf_url = format!("http://{}", listener.local_addr().map_err(io)?);
+        let served = Arc::clone(&bsf);
         let mut tasks = vec![tokio::spawn(async move {
-            let _ = mediasec_bsf::server::serve(listener, bsf).await;
+            let _ = mediasec_bsf::server::serve(listener, served).await;
         })];
         let pki_dir = dir.join("pki");
         let mut zk_listeners = BTreeMap::new();
@@ -177,7 +183,7 @@ impl Lab {
             }));
             out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service, zk_addr, zk_task, store, master });
         }
-        Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, zn_token, tasks })
+        Ok(Self { dir: dir.to_owned(), bsf_url, domains: out, usim, bsf, zn_token, tasks })
     }
 
     /// Starts a lab without Zk.
@@ -227,6 +233,27 @@ impl Lab {
             let _ = axum::serve(listener, app).await;
         }));
         Ok(url)
+    }
+
+    /// Like [`Lab::ue`], with GBA_U (TS 33.220 Annex G): `uid`'s BSF subscription becomes
+    /// `uiccType: GBA_U` (same K and OPc), its ME runs Ub with a simulated UICC that keeps Ks,
+    /// and the UICC derives Ks_ext_NAF for the KMS (G.2) — the key the KMS gets over Zn, as a
+    /// NAF that is not GBA_U aware (TS 33.328 keys MIKEY with "Ks_NAF or Ks_ext_NAF").
+    pub async fn ue_gba_u(&self, uid: &str) -> Result<(Ue, KmsClient), KmsError> {
+        let uid = KmsUid::parse(uid)?;
+        let (k, opc) = self.usim.get(uid.as_str()).ok_or_else(|| KmsError::Config(format!("{uid} is not a lab user")))?;
+        let d = self.domain(uid.domain())?;
+        let store = self.bsf.store();
+        store.remove_subscriber(&impi_of(&uid)).map_err(io)?;
+        let mut subscriber = lab_subscriber(&uid, k, opc);
+        subscriber.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
+        store.add_subscriber(&subscriber).map_err(io)?;
+        let bsf = Endpoint::http(&self.bsf_url).map_err(io)?;
+        let me = UeBootstrap::with_uicc(impi_of(&uid), BSF_REALM, Uicc::new(Milenage::with_opc(k, opc), 0));
+        let (boot, mut uicc) = client::bootstrap_gba_u(&bsf, me).await.map_err(io)?;
+        let ks_ext_naf = uicc.naf_derivation(&NafId::new(d.fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE), &impi_of(&uid)).map_err(io)?;
+        let ue = Ue::new(uid, d.fqdn.clone(), boot.btid.to_string(), &ks_ext_naf.0, 30);
+        Ok((ue, KmsClient::new(Endpoint::http(&d.url).map_err(io)?)))
     }
 
     /// Bootstraps `uid` over Ub and returns its UE (Ks_NAF for its domain's KMS) and a Ua

@@ -71,6 +71,25 @@ fn code(e: KmsError) -> ErrorCode {
     }
 }
 
+/// GBA_U users at the KMS (TS 33.220 Annex G, TS 33.328): alice and bob bootstrap with
+/// simulated UICCs that keep Ks; each UE keys MIKEY with the Ks_ext_NAF its UICC derived, and
+/// the KMS, which fetches the key over Zn as a NAF that is not GBA_U aware, gets the same one:
+/// alice's Ticket Request verifies, bob's Resolve verifies, and the call is keyed (both sides
+/// derive the same SRTP keys, checked in `call`) — caller GBA_U with a GBA_ME callee, then
+/// both GBA_U.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gba_u_users_request_and_resolve_tickets() {
+    let dir = TempDir::new("gba-u");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (mut alice, ka) = lab.ue_gba_u("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.expect("GBA_U caller's ticket");
+    assert_eq!(call(&mut alice, &held, &mut bob, &kb).await.unwrap().as_str(), "bob@a.example");
+    let (mut bob, kb) = lab.ue_gba_u("bob@a.example").await.unwrap();
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    assert_eq!(call(&mut alice, &held, &mut bob, &kb).await.expect("GBA_U callee resolves").as_str(), "bob@a.example");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ua_admin_and_metrics_over_http() {
     let dir = TempDir::new("ua");
