@@ -250,8 +250,7 @@ pub async fn zn_lookup(
     naf_fqdn: &str,
     ua_protocol_id: &str,
 ) -> Result<Option<ZnKey>, BsfError> {
-    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id });
-    zn_post(bsf, token, &body).await
+    zn_post(bsf, token, btid, naf_fqdn, ua_protocol_id, false).await
 }
 
 /// [`zn_lookup`] by a GBA_U aware NAF (TS 33.220 §5.3.3): for a GBA_U bootstrap the answer
@@ -263,11 +262,16 @@ pub async fn zn_lookup_gba_u_aware(
     naf_fqdn: &str,
     ua_protocol_id: &str,
 ) -> Result<Option<ZnKey>, BsfError> {
-    let body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id, "gba_u_aware": true });
-    zn_post(bsf, token, &body).await
+    zn_post(bsf, token, btid, naf_fqdn, ua_protocol_id, true).await
 }
 
-async fn zn_post(bsf: &Endpoint, token: &str, body: &serde_json::Value) -> Result<Option<ZnKey>, BsfError> {
+/// The Zn request of both; `gba_u_aware` is sent only when true (an unaware NAF's request is
+/// the one of GBA_ME, field for field).
+async fn zn_post(bsf: &Endpoint, token: &str, btid: &str, naf_fqdn: &str, ua_protocol_id: &str, gba_u_aware: bool) -> Result<Option<ZnKey>, BsfError> {
+    let mut body = serde_json::json!({ "btid": btid, "naf_fqdn": naf_fqdn, "ua_protocol_id": ua_protocol_id });
+    if gba_u_aware && let Some(fields) = body.as_object_mut() {
+        fields.insert("gba_u_aware".into(), true.into());
+    }
     let body = body.to_string();
     let bearer = format!("Bearer {token}");
     let r = request(bsf, "POST", "/zn/v1/naf-keys", &[("Authorization", &bearer), ("Content-Type", "application/json")], body.as_bytes()).await?;

@@ -67,6 +67,12 @@ fn hex16(what: &str, s: &str) -> Result<Zeroizing<[u8; 16]>, BsfError> {
 }
 
 impl Subscriber {
+    /// A MILENAGE subscriber with this K and OPc, the default AMF (8000), SQN_HE 0 and no
+    /// GUSS (GBA_ME).
+    pub fn with_opc(impi: impl Into<String>, k: &[u8; 16], opc: &[u8; 16], impus: Vec<String>) -> Self {
+        Self { impi: impi.into(), k: hex::encode(k), opc: Some(hex::encode(opc)), op: None, amf: default_amf(), sqn: 0, impus, guss: None }
+    }
+
     /// Check the record and build its MILENAGE instance.
     pub fn auth(&self) -> Result<SubscriberAuth, BsfError> {
         if self.impi.is_empty() || self.impi.len() > 255 {

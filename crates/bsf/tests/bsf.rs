@@ -61,16 +61,7 @@ fn keys() -> ([u8; 16], [u8; 16]) {
 }
 
 fn subscriber(k: &[u8; 16], opc: &[u8; 16]) -> Subscriber {
-    Subscriber {
-        impi: IMPI.into(),
-        k: hex::encode(k),
-        opc: Some(hex::encode(opc)),
-        op: None,
-        amf: "8000".into(),
-        sqn: 0,
-        impus: vec!["sip:alice@ims.example.org".into(), "tel:+15551234".into()],
-        guss: None,
-    }
+    Subscriber::with_opc(IMPI, k, opc, vec!["sip:alice@ims.example.org".into(), "tel:+15551234".into()])
 }
 
 fn ue(k: &[u8; 16], opc: &[u8; 16], sqn_ms: u64) -> UeBootstrap {

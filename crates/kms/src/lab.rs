@@ -84,16 +84,7 @@ fn impi_of(uid: &KmsUid) -> String {
 
 /// The BSF subscription of lab user `uid` (GBA_ME: no GUSS).
 fn lab_subscriber(uid: &KmsUid, k: &[u8; 16], opc: &[u8; 16]) -> Subscriber {
-    Subscriber {
-        impi: impi_of(uid),
-        k: hex::encode(k),
-        opc: Some(hex::encode(opc)),
-        op: None,
-        amf: "8000".into(),
-        sqn: 0,
-        impus: vec![format!("sip:{uid}")],
-        guss: None,
-    }
+    Subscriber::with_opc(impi_of(uid), k, opc, vec![format!("sip:{uid}")])
 }
 
 fn io(e: impl std::fmt::Display) -> KmsError {

@@ -227,16 +227,7 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let store = Store::open(&db)?;
     let keys: Vec<([u8; 16], [u8; 16])> = (0..concurrency).map(|_| (rand::random(), rand::random())).collect();
     for (i, (k, opc)) in keys.iter().enumerate() {
-        store.add_subscriber(&Subscriber {
-            impi: format!("bench{i}@ims.bench.invalid"),
-            k: hex::encode(k),
-            opc: Some(hex::encode(opc)),
-            op: None,
-            amf: "8000".into(),
-            sqn: 0,
-            impus: vec![format!("sip:bench{i}@bench.invalid")],
-            guss: None,
-        })?;
+        store.add_subscriber(&Subscriber::with_opc(format!("bench{i}@ims.bench.invalid"), k, opc, vec![format!("sip:bench{i}@bench.invalid")]))?;
     }
     let token = hex::encode(rand::random::<[u8; 16]>());
     let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);

@@ -204,8 +204,9 @@ fn gba() -> anyhow::Result<bool> {
     // A subscriber with fresh random K and OPc (returned), as the BSF's store provisions it.
     let subscriber = |impi: &str, impu: &str, guss: Option<serde_json::Value>| -> anyhow::Result<([u8; 16], [u8; 16])> {
         let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-        let opc_hex = Some(hex::encode(opc));
-        store.add_subscriber(&Subscriber { impi: impi.into(), k: hex::encode(k), opc: opc_hex, op: None, amf: "8000".into(), sqn: 0, impus: vec![impu.into()], guss })?;
+        let mut s = Subscriber::with_opc(impi, &k, &opc, vec![impu.into()]);
+        s.guss = guss;
+        store.add_subscriber(&s)?;
         Ok((k, opc))
     };
     let (k, opc) = subscriber(IMPI, "sip:alice@demo.example", None)?;
