@@ -26,6 +26,7 @@ pub mod pk;
 pub mod prf;
 pub mod psk;
 pub mod registry;
+pub mod signed_dh;
 pub mod srtp_policy;
 pub mod ticket;
 
