@@ -50,4 +50,17 @@ pub mod fuzzing {
             Err(_) => false,
         }
     }
+
+    /// Feeds arbitrary bytes to the high-security mode with fixed keys: as a DH_INIT to the
+    /// responder ([`crate::signed_dh::answer`], then [`crate::signed_dh::error_reply`] on
+    /// refusal) and as a DH_RESP to a pending initiator ([`crate::signed_dh::Pending::finish`]).
+    /// Returns whether each side accepted the input.
+    pub fn signed_dh(data: &[u8]) -> (bool, bool) {
+        crate::signed_dh::fuzz::run(data)
+    }
+
+    /// The valid DH_INIT and DH_RESP of the fixed keys behind [`signed_dh`] (seed corpus).
+    pub fn signed_dh_seeds() -> Option<(Vec<u8>, Vec<u8>)> {
+        crate::signed_dh::fuzz::seeds()
+    }
 }
