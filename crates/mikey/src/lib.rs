@@ -8,6 +8,9 @@
 //! - [`kemac_crypto`]: KEMAC encryption and MAC (RFC 3830 §4.2.3–4.2.4, §5.2).
 //! - [`srtp_policy`]: the SRTP policy a crypto session + SP payload map to.
 //! - [`psk`], [`ticket`], [`forking`], [`pk`], [`error_message`]: sans-IO message builders and verifiers.
+//! - The high-security mode (docs/high-security.md): [`eccsi`] (RFC 6507 signatures with
+//!   identity-based keys), [`dh_group`] (OAKLEY 5, RFC 3526 §2) and [`signed_dh`] (the RFC 3830
+//!   DH method with ECCSI SIGN payloads: no passive escrow, PFS, mutual authentication).
 //!
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 

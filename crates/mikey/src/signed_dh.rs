@@ -19,7 +19,8 @@
 //!   the signed DHi echo.
 //! - **IDRi / IDRr** (RFC 6043 §6.6 roles 1 and 2, ID type URI): the two parties' URIs. The
 //!   ECCSI signer identity is `eccsi::identity(URI, year, month)` with year and month taken
-//!   from the message's own T payload (UTC), the RFC 6509 §3.2 form.
+//!   from the message's own T payload (UTC): the form of RFC 6509 ID scheme 1, "tel URI with
+//!   monthly keys", applied to any URI.
 //! - **SP** (RFC 3830 §6.10): the SRTP policy, as in the ticket messages.
 //! - **DH** (RFC 3830 §6.4): group OAKLEY 5 only ([`crate::dh_group`]), KV NULL.
 //! - **SIGN** (RFC 3830 §6.5, §5.2): S type ECCSI, signature = `r ‖ s ‖ PVT` (129 octets) over
@@ -148,7 +149,7 @@ fn rejected(code: ErrorCode, reason: impl Into<String>) -> Error {
 }
 
 /// The key period (UTC year, month) of an NTP-UTC timestamp: the month that selects a user's
-/// ECCSI key (RFC 6509 §3.2 monthly identities). NTP era rollover follows RFC 4330 §3: a
+/// ECCSI key (RFC 6509 ID scheme 1: monthly keys). NTP era rollover follows RFC 4330 §3: a
 /// seconds value with the top bit clear is read as era 1 (2036 onwards).
 pub fn period_of(t: &Timestamp) -> Result<(u16, u8)> {
     let secs = match t.ts_type {
