@@ -158,7 +158,7 @@ impl Deposit {
     }
 
     /// Stops serving after writing every call in progress to the store.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -265,9 +265,9 @@ impl Core {
             Method::Bye => {
                 let known = self.calls.contains_key(&call_id);
                 if known {
-                    self.respond(&key, &request, 200, "OK", None, None)?;
+                    // The message is on disk before the caller learns the call ended.
                     self.finish(&call_id).await;
-                    Ok(())
+                    self.respond(&key, &request, 200, "OK", None, None)
                 } else {
                     self.respond(&key, &request, 481, "Call/Transaction Does Not Exist", None, None)
                 }

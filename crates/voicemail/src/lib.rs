@@ -7,6 +7,7 @@
 //!   records the SRTP verbatim).
 //! - [`api`], [`auth`], [`http`]: the retrieval API (JSON over HTTP, GBA HTTP Digest as a NAF).
 //! - [`owner`]: the owner's client: download, Ticket Resolve, SRTP decryption, WAV.
+//! - [`service`]: the whole server (store, SIP, API) as the CLI, tests and demo run it.
 
 pub mod api;
 pub mod auth;
@@ -15,6 +16,7 @@ mod error;
 pub mod http;
 pub mod owner;
 pub mod record;
+pub mod service;
 pub mod store;
 
 pub use error::VoicemailError;

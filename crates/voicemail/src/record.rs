@@ -223,7 +223,7 @@ mod tests {
         let e = Record::decode(&bytes).expect_err("trailing");
         assert!(e.to_string().contains(&format!("at byte {}", bytes.len() - 1)), "{e}");
         let e = Record::decode(b"MSVX\x01").expect_err("magic");
-        assert!(e.to_string().contains("magic at byte 0"), "{e}");
+        assert!(e.to_string().contains("(magic) at byte 0"), "{e}");
         let long = Record { mailbox: "x".repeat(MAX_IDENTITY + 1), ..r };
         assert!(long.encode().is_err());
     }

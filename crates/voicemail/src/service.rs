@@ -1,0 +1,65 @@
+//! The whole voicemail server as `mediasec voicemail serve`, the tests and the demo run it:
+//! the store, the SIP deposit side and the retrieval API on one HTTP listener.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use mediasec_kms::zn::Zn;
+use tokio::task::JoinHandle;
+
+use crate::auth::NafAuth;
+use crate::deposit::{Deposit, DepositConfig};
+use crate::error::VoicemailError;
+use crate::http::{Api, serve};
+use crate::store::Store;
+
+/// A running voicemail server.
+pub struct Server {
+    /// The SIP side.
+    pub deposit: Deposit,
+    /// The retrieval API's address.
+    pub api_addr: SocketAddr,
+    /// The store (shared with both sides).
+    pub store: Store,
+    http: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the store at `path`, starts the deposit side (registering when configured) and
+    /// serves the API on `api` (port 0 picks one), authenticating users with Zn source `zn`
+    /// (keyed for this server's NAF FQDN).
+    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
+        let store = Store::open(path)?;
+        let deposit = Deposit::start(deposit, store.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(api).await?;
+        let api_addr = listener.local_addr()?;
+        let api = Api::new(store.clone(), NafAuth::new(zn));
+        let http = tokio::spawn(async move {
+            if let Err(e) = serve(listener, api).await {
+                tracing::warn!(error = %e, "voicemail API stopped");
+            }
+        });
+        tracing::info!(sip = %deposit.sip_addr(), api = %api_addr, "voicemail server running");
+        Ok(Self { deposit, api_addr, store, http })
+    }
+
+    /// The API base URL (`http://addr`).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    /// Stops both sides, writing the calls in progress first; the store is closed when this
+    /// returns (it can be opened again, e.g. by a restarted server).
+    pub async fn shutdown(mut self) {
+        self.deposit.shutdown().await;
+        self.http.abort();
+        let _ = (&mut self.http).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.http.abort();
+    }
+}
