@@ -27,15 +27,16 @@ pub const USER_AGENT: &str = "mediasec-voicemail 3gpp-gba";
 /// A client of the retrieval API, authenticating as a bootstrapped user.
 pub struct MailboxClient {
     endpoint: Endpoint,
+    naf_fqdn: String,
     btid: String,
     ks_naf: Zeroizing<Vec<u8>>,
 }
 
 impl MailboxClient {
-    /// A client of the server at `endpoint` for B-TID `btid` holding `ks_naf` (Ks_NAF for
-    /// the server's NAF FQDN and the HTTP Digest Ua protocol id).
-    pub fn new(endpoint: Endpoint, btid: impl Into<String>, ks_naf: &[u8]) -> Self {
-        Self { endpoint, btid: btid.into(), ks_naf: Zeroizing::new(ks_naf.to_vec()) }
+    /// A client of the server at `endpoint`, the NAF `naf_fqdn`, for B-TID `btid` holding
+    /// `ks_naf` (Ks_NAF for `naf_fqdn` and the HTTP Digest Ua protocol id).
+    pub fn new(endpoint: Endpoint, naf_fqdn: impl Into<String>, btid: impl Into<String>, ks_naf: &[u8]) -> Self {
+        Self { endpoint, naf_fqdn: naf_fqdn.into(), btid: btid.into(), ks_naf: Zeroizing::new(ks_naf.to_vec()) }
     }
 
     /// One request: unauthenticated first, then answering the 401's challenge.
@@ -44,7 +45,7 @@ impl MailboxClient {
         let first = request(&self.endpoint, method, path, &[("User-Agent", USER_AGENT)], &[]).await.map_err(http)?;
         let r = if first.status == 401 {
             let challenge = first.header("www-authenticate").ok_or_else(|| VoicemailError::Answer("401 without WWW-Authenticate".into()))?;
-            let auth = authorization(challenge, method, path, &self.btid, &self.ks_naf).map_err(|e| VoicemailError::Answer(format!("challenge: {e}")))?;
+            let auth = authorization(challenge, method, path, &self.naf_fqdn, &self.btid, &self.ks_naf).map_err(|e| VoicemailError::Answer(format!("challenge: {e}")))?;
             request(&self.endpoint, method, path, &[("User-Agent", USER_AGENT), ("Authorization", &auth)], &[]).await.map_err(http)?
         } else {
             first

@@ -27,14 +27,14 @@ pub struct Server {
 
 impl Server {
     /// Opens the store at `path`, starts the deposit side (registering when configured) and
-    /// serves the API on `api` (port 0 picks one), authenticating users with Zn source `zn`
-    /// (keyed for this server's NAF FQDN).
-    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
+    /// serves the API on `api` (port 0 picks one) as the NAF `naf_fqdn`, authenticating users
+    /// with Zn source `zn` (keyed for `naf_fqdn`).
+    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, naf_fqdn: &str, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
         let store = Store::open(path)?;
         let deposit = Deposit::start(deposit, store.clone()).await?;
         let listener = tokio::net::TcpListener::bind(api).await?;
         let api_addr = listener.local_addr()?;
-        let api = Api::new(store.clone(), NafAuth::new(zn));
+        let api = Api::new(store.clone(), NafAuth::new(zn, naf_fqdn));
         let http = tokio::spawn(async move {
             if let Err(e) = serve(listener, api).await {
                 tracing::warn!(error = %e, "voicemail API stopped");

@@ -55,7 +55,7 @@ async fn voicemail(kms: &KmsLab, lab: &TwoDomains, path: &std::path::Path) -> Se
         caps: Caps::default(),
         timers: Timers::default(),
     };
-    Server::start(path, config, SocketAddr::from(([127, 0, 0, 1], 0)), zn(kms)).await.expect("voicemail server")
+    Server::start(path, config, SocketAddr::from(([127, 0, 0, 1], 0)), VM_FQDN, zn(kms)).await.expect("voicemail server")
 }
 
 async fn caller(kms: &KmsLab, lab: &TwoDomains, user: &str, deferred: bool) -> Ue {
@@ -72,7 +72,7 @@ async fn owner(kms: &KmsLab, server: &Server, user: &str) -> (MailboxClient, med
     let uid = format!("{user}@a.example");
     let boot = kms.bootstrap(&KmsUid::parse(&uid).expect("uid")).await.expect("bootstrap");
     let key = boot.ks_naf(&NafId::new(VM_FQDN, UaProtocolId::HTTP_DIGEST)).expect("Ks_NAF");
-    let client = MailboxClient::new(Endpoint::http(&server.api_url()).expect("API URL"), boot.btid.to_string(), &key.0);
+    let client = MailboxClient::new(Endpoint::http(&server.api_url()).expect("API URL"), VM_FQDN, boot.btid.to_string(), &key.0);
     let (ue, kms_client) = kms.ue_of(&boot, &uid).expect("KMS UE");
     (client, ue, kms_client)
 }
@@ -120,10 +120,10 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     let r = request(&api, "GET", "/voicemail/v1/messages", &[], &[]).await.expect("HTTP");
     assert_eq!(r.status, 401);
     let challenge = r.header("www-authenticate").expect("challenge");
-    assert!(challenge.contains("realm=\"3GPP-bootstrapping\"") && challenge.contains("algorithm=MD5"), "{challenge}");
+    assert!(challenge.contains("realm=\"3GPP-bootstrapping@vm.a.example\"") && challenge.contains("algorithm=MD5"), "{challenge}");
     // A wrong Ks_NAF does not authenticate.
     let boot = kms.bootstrap(&KmsUid::parse("carol@a.example").expect("uid")).await.expect("bootstrap");
-    let wrong = MailboxClient::new(api.clone(), boot.btid.to_string(), &[0; 32]);
+    let wrong = MailboxClient::new(api.clone(), VM_FQDN, boot.btid.to_string(), &[0; 32]);
     assert!(matches!(wrong.list().await, Err(VoicemailError::Api { status: 401, .. })));
 
     // carol bootstraps, lists, downloads, resolves as the responder and decrypts.

@@ -109,7 +109,7 @@ async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyho
         timers: mediasec_sip::core::Timers::default(),
     };
     let zn = Arc::new(mediasec_kms::zn::ZnCache::new(Arc::new(zn)));
-    let server = mediasec_voicemail::service::Server::start(&kms.dir.join("vm.redb"), config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), zn).await?;
+    let server = mediasec_voicemail::service::Server::start(&kms.dir.join("vm.redb"), config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), VM_FQDN, zn).await?;
     let alice = registered(ue("sip:alice13@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, CALLER_HZ, CALLEE_HZ), Some(kms)).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call("sip:carol13@a.example")).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
@@ -119,7 +119,7 @@ async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyho
     let uid = mediasec_kms::identity::KmsUid::parse("carol13@a.example")?;
     let boot = kms.lab.bootstrap(&uid).await?;
     let key = boot.ks_naf(&NafId::new(VM_FQDN, UaProtocolId::HTTP_DIGEST))?;
-    let mailbox = MailboxClient::new(mediasec_bsf::client::Endpoint::http(&server.api_url())?, boot.btid.to_string(), &key.0);
+    let mailbox = MailboxClient::new(mediasec_bsf::client::Endpoint::http(&server.api_url())?, VM_FQDN, boot.btid.to_string(), &key.0);
     let first = mailbox.list().await?.first().map(|m| m.id).context("no voicemail message")?;
     let record = mailbox.fetch(first).await?;
     let (mut carol, client) = kms.lab.ue_of(&boot, uid.as_str())?;

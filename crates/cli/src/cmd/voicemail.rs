@@ -135,7 +135,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let zn = BsfZn::for_protocol(Endpoint::http(&a.bsf)?, token, a.naf_fqdn.clone(), UaProtocolId::HTTP_DIGEST);
     let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds) };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
-    let server = Server::start(&a.store, config, a.api, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
+    let server = Server::start(&a.store, config, a.api, &a.naf_fqdn, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
     println!("voicemail: SIP {} API {}", server.deposit.sip_addr(), server.api_url());
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;
@@ -153,7 +153,7 @@ async fn fetch(a: FetchArgs) -> anyhow::Result<ExitCode> {
     let kms_key = boot.ks_naf(&NafId::new(kms_fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE))?;
     let mut ue = Ue::new(KmsUid::parse(uid.as_str())?, kms_fqdn, boot.btid.to_string(), &kms_key.0, 30);
     let kms = KmsClient::new(Endpoint::http(&a.kms)?);
-    let mailbox = MailboxClient::new(Endpoint::http(&a.server)?, boot.btid.to_string(), &vm_key.0);
+    let mailbox = MailboxClient::new(Endpoint::http(&a.server)?, a.naf_fqdn.clone(), boot.btid.to_string(), &vm_key.0);
     let list = mailbox.list().await.context("listing messages")?;
     println!("{} message(s)", list.len());
     let mut failures = 0;
