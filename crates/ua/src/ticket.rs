@@ -148,7 +148,7 @@ pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, vers
 pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sdp) -> Result<(Media, bool), Error> {
     let stream = audio(answer)?;
     let Some(resp) = mikey_data(answer)? else {
-        return deferred(access, pending, answer, &stream).map(|m| (m, true));
+        return deferred(&access.ue, pending, answer, &stream).map(|m| (m, true));
     };
     let (responder, media) = access.ue.on_transfer_resp(&pending.transfer, &resp, now()).map_err(kms)?;
     if responder != pending.callee {
@@ -158,7 +158,7 @@ pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sd
 }
 
 /// The deferred-delivery answer to a key-less answer, or the downgrade refusal.
-fn deferred(access: &KmsAccess, pending: &PendingCall, answer: &Sdp, stream: &crate::offer_answer::Stream) -> Result<Media, Error> {
+fn deferred(ue: &KmsUe, pending: &PendingCall, answer: &Sdp, stream: &crate::offer_answer::Stream) -> Result<Media, Error> {
     let level = Level::Media(stream.index);
     let indicated = !answer.attribute_values(level, DEFERRED_ATTRIBUTE)?.is_empty();
     if !indicated {
@@ -167,7 +167,7 @@ fn deferred(access: &KmsAccess, pending: &PendingCall, answer: &Sdp, stream: &cr
     if answer.attribute_values(level, "recvonly")?.is_empty() {
         return Err(Error::Negotiation("deferred-delivery answer is not a=recvonly".into()));
     }
-    if !access.ue.deferred_delivery() {
+    if !ue.deferred_delivery() {
         return Err(Error::Downgrade("deferred delivery offered by the answerer; our policy does not allow it".into()));
     }
     let media = pending.transfer.deferred_media().map_err(kms)?;
@@ -186,4 +186,49 @@ pub fn deferred_answer(offer: &Sdp, local: SocketAddr, version: u64) -> Result<S
     lines.push(DEFERRED_ATTRIBUTE.into());
     // sdp_text writes the default direction; this answer only receives (RFC 3264 §6.1).
     Ok(sdp_text(local, version, SAVP, &lines).replacen("a=sendrecv\r\n", "a=recvonly\r\n", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller with a UE-made (mode 3, non-forking) ticket for carol and its pending
+    /// TRANSFER_INIT in an offer, no KMS involved.
+    fn pending() -> (KmsUe, PendingCall, Sdp) {
+        let ue = KmsUe::new(KmsUid::parse("alice@a.example").expect("uid"), "kms.a.example", "btid", &[3; 32], 30);
+        let callee = KmsUid::parse("carol@a.example").expect("uid");
+        let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).expect("pattern")], reusable: false, forking: false, lifetime: 60 };
+        let held = ue.make_ticket(&ask, now(), &|b: &mut [u8]| b.fill(7)).expect("ticket");
+        let (init, transfer) = ue.transfer_init(&held, &callee, 1, 0x1234, now(), [9; 16]).expect("TRANSFER_INIT");
+        let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let offer = Sdp::parse(&sdp_text(local, 1, SAVP, &[key_mgmt_line(init), RTCP_MUX.into()]));
+        (ue, PendingCall { transfer, callee }, offer)
+    }
+
+    /// docs/voicemail.md V3: the deferred answer keys the caller's stream from its own
+    /// TRANSFER_INIT; without the indication, not recvonly, or with the caller's policy off,
+    /// the key-less answer is refused (no downgrade).
+    #[test]
+    fn key_less_answers_are_accepted_only_as_announced_deferred_delivery() {
+        let (mut ue, pending, offer) = pending();
+        let vm = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let text = deferred_answer(&offer, vm, 1).expect("deferred answer");
+        assert!(text.contains("a=recvonly\r\n") && text.contains("a=mediasec-deferred\r\n") && !text.contains("key-mgmt") && !text.contains("sendrecv"), "{text}");
+        let answer = Sdp::parse(&text);
+        let stream = audio(&answer).expect("audio");
+        let media = deferred(&ue, &pending, &answer, &stream).expect("accepted");
+        let keys = pending.transfer.deferred_media().expect("keys");
+        assert_eq!(media.remote, vm);
+        let Protection::Srtp { own_key, .. } = &media.protection else { panic!("SRTP") };
+        assert_eq!(*own_key, mediasec_sdp::fingerprint(&keys.initiator_stream.master_key));
+        let stripped = Sdp::parse(&text.replace("a=mediasec-deferred\r\n", ""));
+        assert!(matches!(deferred(&ue, &pending, &stripped, &stream), Err(Error::Downgrade(_))));
+        let both_ways = Sdp::parse(&text.replace("a=recvonly", "a=sendrecv"));
+        assert!(matches!(deferred(&ue, &pending, &both_ways, &stream), Err(Error::Negotiation(m)) if m.contains("recvonly")));
+        ue.set_deferred_delivery(false);
+        assert!(matches!(deferred(&ue, &pending, &answer, &stream), Err(Error::Downgrade(m)) if m.contains("does not allow")));
+        // A plain RTP offer cannot be answered deferred.
+        let plain = Sdp::parse(&offer.to_string().replace("RTP/SAVP", "RTP/AVP"));
+        assert!(deferred_answer(&plain, vm, 1).is_err());
+    }
 }
