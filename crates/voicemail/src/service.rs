@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::auth::NafAuth;
 use crate::deposit::{Deposit, DepositConfig};
 use crate::error::VoicemailError;
-use crate::http::{Api, serve};
+use crate::http::{Api, serve, serve_tls};
 use crate::store::Store;
 
 /// A running voicemail server.
@@ -20,6 +20,8 @@ pub struct Server {
     pub deposit: Deposit,
     /// The retrieval API's address.
     pub api_addr: SocketAddr,
+    /// The API runs over TLS.
+    pub https: bool,
     /// The store (shared with both sides).
     pub store: Store,
     http: JoinHandle<()>,
@@ -28,25 +30,35 @@ pub struct Server {
 impl Server {
     /// Opens the store at `path`, starts the deposit side (registering when configured) and
     /// serves the API on `api` (port 0 picks one) as the NAF `naf_fqdn`, authenticating users
-    /// with Zn source `zn` (keyed for `naf_fqdn`).
-    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, naf_fqdn: &str, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
+    /// with Zn source `zn` (keyed for `naf_fqdn`); over HTTPS with `tls` = (certificate chain,
+    /// private key) in PEM.
+    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, tls: Option<(&[u8], &[u8])>, naf_fqdn: &str, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
+        let tls = tls.map(|(cert, key)| mediasec_bsf::tls::server_config(cert, key, None)).transpose().map_err(|e| VoicemailError::Config(format!("TLS: {e}")))?;
         let store = Store::open(path)?;
         let deposit = Deposit::start(deposit, store.clone()).await?;
         let listener = tokio::net::TcpListener::bind(api).await?;
         let api_addr = listener.local_addr()?;
         let api = Api::new(store.clone(), NafAuth::new(zn, naf_fqdn));
-        let http = tokio::spawn(async move {
-            if let Err(e) = serve(listener, api).await {
+        let https = tls.is_some();
+        let stopped = |r: std::io::Result<()>| {
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "voicemail API stopped");
             }
-        });
-        tracing::info!(sip = %deposit.sip_addr(), api = %api_addr, "voicemail server running");
-        Ok(Self { deposit, api_addr, store, http })
+        };
+        let http = match tls {
+            Some(cfg) => {
+                let listener = mediasec_bsf::tls::TlsListener::new(listener, cfg)?;
+                tokio::spawn(async move { stopped(serve_tls(listener, api).await) })
+            }
+            None => tokio::spawn(async move { stopped(serve(listener, api).await) }),
+        };
+        tracing::info!(sip = %deposit.sip_addr(), api = %api_addr, https, "voicemail server running");
+        Ok(Self { deposit, api_addr, https, store, http })
     }
 
-    /// The API base URL (`http://addr`).
+    /// The API base URL (`http://addr` or `https://addr`).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_addr)
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.api_addr)
     }
 
     /// Stops both sides, writing the calls in progress first; the store is closed when this

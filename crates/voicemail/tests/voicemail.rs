@@ -44,7 +44,18 @@ fn zn(kms: &KmsLab) -> Arc<dyn Zn> {
     Arc::new(ZnCache::new(Arc::new(bsf)))
 }
 
-async fn voicemail(kms: &KmsLab, lab: &TwoDomains, path: &std::path::Path) -> Server {
+/// The lab PKI of the retrieval API (a CA and a certificate for 127.0.0.1).
+fn pki() -> mediasec_sip::tls::LabPki {
+    mediasec_sip::tls::LabPki::generate(&["127.0.0.1"]).expect("lab PKI")
+}
+
+/// An HTTPS endpoint of `server`'s API trusting the lab CA.
+fn api_endpoint(server: &Server, pki: &mediasec_sip::tls::LabPki) -> Endpoint {
+    let connector = mediasec_bsf::tls::client_connector(pki.ca_pem.as_bytes(), None).expect("connector");
+    Endpoint::new(&server.api_url(), Some(connector)).expect("API URL")
+}
+
+async fn voicemail(kms: &KmsLab, lab: &TwoDomains, path: &std::path::Path, pki: &mediasec_sip::tls::LabPki) -> Server {
     let config = DepositConfig {
         aor: "sip:vm@a.example".into(),
         domain: "a.example".into(),
@@ -55,7 +66,8 @@ async fn voicemail(kms: &KmsLab, lab: &TwoDomains, path: &std::path::Path) -> Se
         caps: Caps::default(),
         timers: Timers::default(),
     };
-    Server::start(path, config, SocketAddr::from(([127, 0, 0, 1], 0)), VM_FQDN, zn(kms)).await.expect("voicemail server")
+    let tls = (pki.cert_pem.as_bytes(), pki.key_pem.as_bytes());
+    Server::start(path, config, SocketAddr::from(([127, 0, 0, 1], 0)), Some(tls), VM_FQDN, zn(kms)).await.expect("voicemail server")
 }
 
 async fn caller(kms: &KmsLab, lab: &TwoDomains, user: &str, deferred: bool) -> Ue {
@@ -68,11 +80,11 @@ async fn caller(kms: &KmsLab, lab: &TwoDomains, user: &str, deferred: bool) -> U
 }
 
 /// A mailbox client and the KMS side of `user`, from one bootstrap.
-async fn owner(kms: &KmsLab, server: &Server, user: &str) -> (MailboxClient, mediasec_kms::ue::Ue, mediasec_kms::client::KmsClient) {
+async fn owner(kms: &KmsLab, server: &Server, pki: &mediasec_sip::tls::LabPki, user: &str) -> (MailboxClient, mediasec_kms::ue::Ue, mediasec_kms::client::KmsClient) {
     let uid = format!("{user}@a.example");
     let boot = kms.bootstrap(&KmsUid::parse(&uid).expect("uid")).await.expect("bootstrap");
     let key = boot.ks_naf(&NafId::new(VM_FQDN, UaProtocolId::HTTP_DIGEST)).expect("Ks_NAF");
-    let client = MailboxClient::new(Endpoint::http(&server.api_url()).expect("API URL"), VM_FQDN, boot.btid.to_string(), &key.0);
+    let client = MailboxClient::new(api_endpoint(server, pki), VM_FQDN, boot.btid.to_string(), &key.0);
     let (ue, kms_client) = kms.ue_of(&boot, &uid).expect("KMS UE");
     (client, ue, kms_client)
 }
@@ -93,7 +105,9 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &users).await.expect("KMS lab");
     let lab = TwoDomains::start_config(LabConfig { voicemail_a: Some("sip:vm@a.example".into()), ..LabConfig::default() }).await.expect("CSCFs");
     let vm_path = dir.0.join("vm.redb");
-    let server = voicemail(&kms, &lab, &vm_path).await;
+    let pki = pki();
+    let server = voicemail(&kms, &lab, &vm_path, &pki).await;
+    assert!(server.api_url().starts_with("https://"));
 
     // alice calls carol, who is not registered: S-CSCF a diverts to the voicemail server,
     // whose answer announces deferred delivery; alice sends SRTP keyed from her TRANSFER_INIT.
@@ -115,8 +129,8 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     assert!(record.offer.contains("a=key-mgmt:mikey "));
     assert_still_encrypted(record);
 
-    // Unauthenticated: 401 with the GBA Digest challenge.
-    let api = Endpoint::http(&server.api_url()).expect("API URL");
+    // Unauthenticated (over TLS, TS 33.222 §5.3): 401 with the GBA Digest challenge.
+    let api = api_endpoint(&server, &pki);
     let r = request(&api, "GET", "/voicemail/v1/messages", &[], &[]).await.expect("HTTP");
     assert_eq!(r.status, 401);
     let challenge = r.header("www-authenticate").expect("challenge");
@@ -127,7 +141,7 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     assert!(matches!(wrong.list().await, Err(VoicemailError::Api { status: 401, .. })));
 
     // carol bootstraps, lists, downloads, resolves as the responder and decrypts.
-    let (carol, mut carol_ue, carol_kms) = owner(&kms, &server, "carol").await;
+    let (carol, mut carol_ue, carol_kms) = owner(&kms, &server, &pki, "carol").await;
     let list = carol.list().await.expect("list");
     assert_eq!(list.len(), 1);
     let fetched = carol.fetch(record.id).await.expect("fetch");
@@ -146,7 +160,7 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     assert!(err.to_string().contains("ticket expired"), "{err}");
 
     // dan sees nothing of carol's, and even given the record cannot resolve the ticket.
-    let (dan, mut dan_ue, dan_kms) = owner(&kms, &server, "dan").await;
+    let (dan, mut dan_ue, dan_kms) = owner(&kms, &server, &pki, "dan").await;
     assert!(dan.list().await.expect("list").is_empty());
     assert!(matches!(dan.fetch(record.id).await, Err(VoicemailError::Api { status: 403, .. })));
     assert!(matches!(dan.delete(record.id).await, Err(VoicemailError::Api { status: 403, .. })));
@@ -164,8 +178,8 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
 
     // The server restarts: the message is still there and carol still reads it.
     server.shutdown().await;
-    let server = voicemail(&kms, &lab, &vm_path).await;
-    let (carol, mut carol_ue, carol_kms) = owner(&kms, &server, "carol").await;
+    let server = voicemail(&kms, &lab, &vm_path, &pki).await;
+    let (carol, mut carol_ue, carol_kms) = owner(&kms, &server, &pki, "carol").await;
     let ids: Vec<u64> = carol.list().await.expect("list").iter().map(|s| s.id).collect();
     assert!(ids.contains(&record.id), "{ids:?}");
     let again = carol.fetch(record.id).await.expect("fetch after restart");

@@ -62,6 +62,13 @@ struct ServeArgs {
     /// Retrieval API address.
     #[arg(long, default_value = "127.0.0.1:8095")]
     api: SocketAddr,
+    /// Serve the API over HTTPS with this certificate chain (PEM; needs --tls-key): TS 33.222
+    /// §5.3 runs the GBA Digest inside server-authenticated TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Our NAF FQDN (the Ks_NAF the BSF gives us over Zn, and users derive).
     #[arg(long)]
     naf_fqdn: String,
@@ -84,9 +91,12 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct FetchArgs {
-    /// Voicemail API base URL.
+    /// Voicemail API base URL (http:// or https://).
     #[arg(long)]
     server: String,
+    /// PEM CA certificate(s) to trust for an https --server.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
     /// The voicemail server's NAF FQDN.
     #[arg(long)]
     naf_fqdn: String,
@@ -135,7 +145,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let zn = BsfZn::for_protocol(Endpoint::http(&a.bsf)?, token, a.naf_fqdn.clone(), UaProtocolId::HTTP_DIGEST);
     let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds) };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
-    let server = Server::start(&a.store, config, a.api, &a.naf_fqdn, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some((std::fs::read(c).with_context(|| format!("reading {}", c.display()))?, std::fs::read(k).with_context(|| format!("reading {}", k.display()))?)),
+        _ => None,
+    };
+    let tls = tls.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+    let server = Server::start(&a.store, config, a.api, tls, &a.naf_fqdn, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
     println!("voicemail: SIP {} API {}", server.deposit.sip_addr(), server.api_url());
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;
@@ -153,7 +168,12 @@ async fn fetch(a: FetchArgs) -> anyhow::Result<ExitCode> {
     let kms_key = boot.ks_naf(&NafId::new(kms_fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE))?;
     let mut ue = Ue::new(KmsUid::parse(uid.as_str())?, kms_fqdn, boot.btid.to_string(), &kms_key.0, 30);
     let kms = KmsClient::new(Endpoint::http(&a.kms)?);
-    let mailbox = MailboxClient::new(Endpoint::http(&a.server)?, a.naf_fqdn.clone(), boot.btid.to_string(), &vm_key.0);
+    let connector = match &a.ca {
+        Some(p) => Some(mediasec_bsf::tls::client_connector(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?, None)?),
+        None => None,
+    };
+    let server = Endpoint::new(&a.server, connector).context("--server (https needs --ca)")?;
+    let mailbox = MailboxClient::new(server, a.naf_fqdn.clone(), boot.btid.to_string(), &vm_key.0);
     let list = mailbox.list().await.context("listing messages")?;
     println!("{} message(s)", list.len());
     let mut failures = 0;
