@@ -308,8 +308,7 @@ impl Core {
                 return self.respond(&key, &request, 488, "Not Acceptable Here", None, None);
             }
         };
-        let record = Record { id: 0, mailbox, caller, received_ms: now_ms(), offer: offer.to_string(), transfer_init: ti, packets: Vec::new(), dropped: 0 };
-        let mut record = record;
+        let mut record = Record { id: 0, mailbox, caller, received_ms: now_ms(), offer: offer.to_string(), transfer_init: ti, packets: Vec::new(), dropped: 0 };
         record.id = self.store.insert(record.clone()).await?;
         tracing::info!(%call_id, id = record.id, mailbox = %record.mailbox, caller = %record.caller, "deferred delivery: storing the encrypted call");
         let recording = Arc::new(Mutex::new(Recording::default()));
