@@ -39,6 +39,8 @@ enum Command {
     Cscf(cmd::cscf::Args),
     /// Benchmarks that anyone can run on their own machine.
     Bench(cmd::bench::Args),
+    /// Voicemail for MIKEY-TICKET calls (deferred delivery): serve, or fetch and decrypt as the mailbox owner.
+    Voicemail(cmd::voicemail::Args),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Ua(args) => cmd::ua::run(args),
         Command::Cscf(args) => cmd::cscf::run(args),
         Command::Bench(args) => cmd::bench::run(args),
+        Command::Voicemail(args) => cmd::voicemail::run(args),
     }
 }

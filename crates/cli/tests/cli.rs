@@ -579,3 +579,51 @@ fn li_warrants_survive_a_kms_restart_and_keys_are_refused_with_reasons() {
     drop(p);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `mediasec voicemail serve` and `mediasec voicemail fetch` as processes against a real
+/// `mediasec bsf` (docs/voicemail.md): the owner bootstraps over Ub and authenticates to the
+/// retrieval API with GBA HTTP Digest (the server gets Ks_NAF over Zn from the BSF) inside
+/// TLS (`--tls-cert/--tls-key`, `--ca`); an empty mailbox lists "0 message(s)". A wrong K
+/// cannot bootstrap; a client without the CA does not reach the API.
+#[test]
+fn voicemail_serve_and_fetch_processes_authenticate_through_the_bsf() {
+    const IMPI: &str = "001010000000042@ims.mnc001.mcc001.3gppnetwork.org";
+    const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
+    const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
+    let dir = std::env::temp_dir().join(format!("mediasec-cli-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("bsf.redb");
+    let add = mediasec(&["bsf", "subscriber", "add", "--db", db.to_str().expect("path"), "--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:carol@a.example"]);
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let (_bsf, mut bsf_lines) = spawn_reading(&["bsf", "--db", db.to_str().expect("path"), "--listen", "127.0.0.1:0", "--domain", "bsf.mnc001.mcc001.pub.3gppnetwork.org", "--zn-token", "z", "--admin-token", "a"]);
+    let line = bsf_lines.next().expect("BSF line").expect("read");
+    let bsf = line.trim().strip_prefix("listening on ").expect("BSF listening line").to_owned();
+    let store = dir.join("vm.redb");
+    let pki = mediasec_sip::tls::LabPki::generate(&["127.0.0.1"]).expect("lab PKI");
+    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("vm.pem"), dir.join("vm.key.pem"));
+    for (path, pem) in [(&ca, pki.ca_pem.as_str()), (&cert, pki.cert_pem.as_str()), (&key, pki.key_pem.as_str())] {
+        std::fs::write(path, pem).expect("write PEM");
+    }
+    let path = |p: &Path| p.to_str().expect("path").to_owned();
+    let (_vm, mut vm_lines) = spawn_reading(&[
+        "voicemail", "serve", "--aor", "sip:vm@a.example", "--domain", "a.example", "--store", &path(&store), "--sip", "127.0.0.1:0",
+        "--api", "127.0.0.1:0", "--tls-cert", &path(&cert), "--tls-key", &path(&key), "--naf-fqdn", "vm.a.example", "--bsf", &bsf, "--zn-token", "z",
+    ]);
+    let line = vm_lines.next().expect("voicemail line").expect("read");
+    let api = line.split_whitespace().last().filter(|u| u.starts_with("https://")).expect("voicemail serve line").to_owned();
+    let fetch = |k: &str, ca: &[&str]| {
+        let mut args = vec!["voicemail", "fetch", "--server", &api, "--naf-fqdn", "vm.a.example", "--kms", "http://127.0.0.1:9", "--bsf", &bsf];
+        args.extend_from_slice(ca);
+        args.extend_from_slice(&["--impi", IMPI, "--k", k, "--opc", OPC, "--impu", "sip:carol@a.example"]);
+        mediasec(&args)
+    };
+    let with_ca = ["--ca", &path(&ca)];
+    let out = fetch(K, &with_ca);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0 message(s)");
+    let out = fetch("00000000000000000000000000000000", &with_ca);
+    assert!(!out.status.success(), "a wrong K cannot bootstrap");
+    let out = fetch(K, &[]);
+    assert!(!out.status.success(), "an https server needs --ca");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,6 +67,7 @@ impl Run {
             agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
             e2ae_provisioned: Provisioned::parse(["sip:carol@a.example"]).unwrap_or_default(),
             core_srtp: false,
+            voicemail: Some("sip:vm@a.example".into()),
         };
         Self { proxy: Proxy::new(config, LOCAL), now: Instant::now(), forwarded: Vec::new() }
     }

@@ -33,6 +33,10 @@ pub struct LabConfig {
     /// Both P-CSCFs also listen on TLS (a free port, `Cscf::tls_addr`) with this certificate,
     /// for UEs that reach them over TLS (RFC 3261 §26.2); the core side stays UDP/TCP.
     pub pcscf_tls: Option<Arc<ServerConfig>>,
+    /// S-CSCF a's voicemail URI ([`ProxyConfig::voicemail`]).
+    pub voicemail_a: Option<String>,
+    /// S-CSCF b's voicemail URI.
+    pub voicemail_b: Option<String>,
 }
 
 /// The four running proxies.
@@ -79,9 +83,9 @@ impl TwoDomains {
 
     /// Starts the four proxies as `config` says.
     pub async fn start_config(config: LabConfig) -> Result<Self, mediasec_sip::Error> {
-        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a, pcscf_tls } = config;
+        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a, pcscf_tls, voicemail_a, voicemail_b } = config;
         let (sa, sb) = (free_addr()?, free_addr()?);
-        let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>| ProxyConfig {
+        let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>, voicemail: Option<String>| ProxyConfig {
             role: Role::Scscf,
             domain: domain.into(),
             scscf: None,
@@ -91,6 +95,7 @@ impl TwoDomains {
             agw_ng: None,
             e2ae_provisioned: Provisioned::default(),
             core_srtp: false,
+            voicemail,
         };
         let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned, core_srtp: bool| ProxyConfig {
             role: Role::Pcscf,
@@ -102,10 +107,11 @@ impl TwoDomains {
             agw_ng,
             e2ae_provisioned,
             core_srtp,
+            voicemail: None,
         };
         let t = Timers::default();
-        let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new()), sa, t).await?;
-        let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b), sb, t).await?;
+        let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new(), voicemail_a), sa, t).await?;
+        let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b, voicemail_b), sb, t).await?;
         let edge = Config { tls: Tls { server: pcscf_tls.map(|config| TlsServer { port: 0, config }), client: None }, ..Config::from(t) };
         let pcscf_a = Cscf::start_with(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a, core_srtp_a), free_addr()?, edge.clone()).await?;
         let pcscf_b = Cscf::start_with(pcscf("b.example", sb, None, Provisioned::default(), false), free_addr()?, edge).await?;

@@ -79,6 +79,12 @@ pub struct ProxyConfig {
     /// answering plain is refused by the AGW (an AGW failure: the answer reaches the UE
     /// without `a=3ge2ae:applied`).
     pub core_srtp: bool,
+    /// S-CSCF: the voicemail server's URI (`sip:vm@<domain>`, docs/voicemail.md). An INVITE
+    /// for a home user with no registration is diverted there (Request-URI replaced, `To`
+    /// unchanged, RFC 7044 `History-Info` naming the original target with cause 480) instead
+    /// of being answered 480. Only INVITEs; the voicemail URI is routed like any other (its
+    /// registration, or an address in it); when it cannot be reached either, 480 as before.
+    pub voicemail: Option<String>,
 }
 
 /// An ng command the service must send to the IMS-AGW (bencode dictionary, without the
@@ -269,6 +275,8 @@ pub struct Stats {
     /// IMS-ALG: ng commands that failed (no reply, or refused), and ACKs without the answer
     /// to an offer the ALG put through the AGW in a 2xx.
     pub agw_failures: u64,
+    /// S-CSCF: INVITEs for unregistered home users diverted to the voicemail server.
+    pub diverted: u64,
 }
 
 fn branch_id() -> String {
@@ -580,7 +588,36 @@ impl Proxy {
         }
     }
 
+    /// S-CSCF: the voicemail targets for an INVITE whose home target has no registration,
+    /// and the `History-Info` entries to add (RFC 7044: index 1 the original Request-URI with
+    /// `Reason: SIP;cause=480` escaped in it, index 1.1 the voicemail URI with the RFC 4458
+    /// `target` and `cause=480` parameters and `mp=1`, the target user changed). An INVITE
+    /// already carrying History-Info keeps its own entries (ours would clash with their
+    /// indexes) and gets none. `None`: no voicemail, not an INVITE, or unreachable too.
+    fn divert(&self, request: &Request, now: Instant) -> Option<(Vec<Target>, Vec<String>)> {
+        let voicemail = self.config.voicemail.as_ref().filter(|_| self.config.role == Role::Scscf && request.method == Method::Invite)?;
+        let original = String::from_utf8_lossy(&request.uri.to_bytes()).into_owned();
+        let mut diverted = request.clone();
+        diverted.set_uri(Uri::parse(Bytes::from(voicemail.clone())).ok()?).ok()?;
+        if aor(voicemail) == aor(&original) {
+            return None;
+        }
+        let targets = self.targets(&diverted, now).ok()?;
+        tracing::info!(from = %original, to = %voicemail, "diverted to voicemail (480: no registration)");
+        let history = if request.headers.get(&history_info()).is_some() {
+            Vec::new()
+        } else {
+            let escaped = aor(&original).trim_start_matches("sip:").replace('@', "%40");
+            vec![
+                format!("<{original}?Reason=SIP%3Bcause%3D480%3Btext%3D%22Temporarily%20Unavailable%22>;index=1"),
+                format!("<{voicemail};target=sip:{escaped};cause=480>;index=1.1;mp=1"),
+            ]
+        };
+        Some((targets, history))
+    }
+
     fn route(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
+        let mut diversion: Vec<String> = Vec::new();
         let targets = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
             Some(value) => match Route::parse_list(&value).ok().and_then(|r| r.first().and_then(|top| socket_addr(&top.0.uri))) {
                 Some(addr) => vec![(request.uri.clone(), vec![], addr)],
@@ -588,6 +625,14 @@ impl Proxy {
             },
             None => match self.targets(&request, now) {
                 Ok(t) => t,
+                Err((480, reason)) => match self.divert(&request, now) {
+                    Some((t, history)) => {
+                        diversion = history;
+                        self.stats.diverted += 1;
+                        t
+                    }
+                    None => return self.reply(&key, &request, 480, reason, vec![]),
+                },
                 Err((code, reason)) => return self.reply(&key, &request, code, reason, vec![]),
             },
         };
@@ -627,6 +672,10 @@ impl Proxy {
             let mut branch = request.clone();
             if uri.to_bytes() != request.uri.to_bytes() && branch.set_uri(uri).is_err() {
                 continue;
+            }
+            // History-Info of a diversion to the voicemail server, in order (RFC 7044 §6.1).
+            for h in diversion.iter().rev() {
+                branch.headers.push_front_header(history_info(), h);
             }
             // Path entries of the binding become the Route (RFC 3327 §5.3), ahead of any left.
             // (Only reached with no Route left, so they are the whole Route set, in order.)
@@ -1589,6 +1638,11 @@ fn registration_of(request: &Request) -> Option<(String, Vec<String>, bool)> {
     Some((aor(&String::from_utf8_lossy(&to.uri.to_bytes())), contacts, remove))
 }
 
+/// `History-Info` (RFC 7044).
+fn history_info() -> HeaderName {
+    HeaderName::parse(&Bytes::from_static(b"History-Info"))
+}
+
 fn security_server_name() -> HeaderName {
     HeaderName::parse(&Bytes::from_static(b"Security-Server"))
 }
@@ -1696,6 +1750,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             agw_ng: None,
             e2ae_provisioned: alg::Provisioned::default(),
             core_srtp: false,
+            voicemail: None,
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }
@@ -1760,6 +1815,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             agw_ng: Some(SocketAddr::from(([127, 0, 0, 1], 2223))),
             e2ae_provisioned: alg::Provisioned::parse(provisioned.iter().copied()).expect("provisioning"),
             core_srtp: false,
+            voicemail: None,
         };
         Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)))
     }
@@ -2819,6 +2875,61 @@ To: <sip:bob@b.example>;tag=b\r\nCall-ID: t1\r\nCSeq: 2 BYE\r\nContent-Length: 0
         let out = pcscf.handle(Event::Request { key, request: Box::new(update), source }, Instant::now());
         assert!(out.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 488)), "{out:?}");
         assert_eq!(pcscf.stats.sdes_refused, 2);
+    }
+
+    /// docs/voicemail.md: an S-CSCF with a voicemail diverts an INVITE for an unregistered
+    /// home user to the voicemail server's registered contact (Request-URI replaced, To kept,
+    /// History-Info with cause 480); other methods, an S-CSCF without voicemail, and a
+    /// voicemail that is not registered either still get 480.
+    #[test]
+    fn invite_for_an_unregistered_user_is_diverted_to_voicemail() {
+        let now = Instant::now();
+        let invite = |method: &str| {
+            format!(
+                "{method} sip:carol@a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKd{method}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=1\r\nTo: <sip:carol@a.example>\r\nCall-ID: d{method}\r\nCSeq: 1 {method}\r\n\
+Contact: <sip:alice@127.0.0.1:5071>\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let scscf = |voicemail: Option<&str>| {
+            let [_, s] = proxies();
+            Proxy { config: ProxyConfig { voicemail: voicemail.map(str::to_owned), ..s.config.clone() }, ..s }
+        };
+        let code = |out: &[Command]| out.iter().find_map(|c| match c {
+            Command::Respond { response, .. } if response.status.code() >= 200 => Some(response.status.code()),
+            _ => None,
+        });
+        // Not registered, no voicemail configured: 480 as before.
+        let mut plain = scscf(None);
+        let (key, r) = request_event(&invite("INVITE"));
+        assert_eq!(code(&plain.handle(Event::Request { key, request: r, source: UE }, now)), Some(480));
+        // Voicemail configured but not registered: still 480.
+        let mut p = scscf(Some("sip:vm@a.example"));
+        let (key, r) = request_event(&invite("INVITE"));
+        assert_eq!(code(&p.handle(Event::Request { key, request: r, source: UE }, now)), Some(480));
+        assert_eq!(p.stats.diverted, 0);
+        // The voicemail registers (directly at the S-CSCF, as an AS): the INVITE goes there.
+        let reg = "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKvm\r\nMax-Forwards: 70\r\n\
+From: <sip:vm@a.example>;tag=v\r\nTo: <sip:vm@a.example>\r\nCall-ID: vm\r\nCSeq: 1 REGISTER\r\nContact: <sip:vm@127.0.0.1:5090>\r\n\
+Expires: 600\r\nContent-Length: 0\r\n\r\n";
+        let (key, r) = request_event(reg);
+        assert_eq!(code(&p.handle(Event::Request { key, request: r, source: UE }, now)), Some(200));
+        let (key, r) = request_event(&invite("INVITE"));
+        let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+        let to = out.iter().find_map(|c| if let Command::Request { to, .. } = c { Some(*to) } else { None });
+        assert_eq!(to, Some(SocketAddr::from(([127, 0, 0, 1], 5090))));
+        let text = String::from_utf8_lossy(&Message::Request(forwarded(out)).to_bytes()).into_owned();
+        assert!(text.starts_with("INVITE sip:vm@127.0.0.1:5090 SIP/2.0\r\n"), "{text}");
+        assert!(text.contains("To: <sip:carol@a.example>\r\n"), "To unchanged: {text}");
+        let h1 = "History-Info: <sip:carol@a.example?Reason=SIP%3Bcause%3D480%3Btext%3D%22Temporarily%20Unavailable%22>;index=1\r\n";
+        let h2 = "History-Info: <sip:vm@a.example;target=sip:carol%40a.example;cause=480>;index=1.1;mp=1\r\n";
+        let (i1, i2) = (text.find(h1).expect("index 1"), text.find(h2).expect("index 1.1"));
+        assert!(i1 < i2, "{text}");
+        assert_eq!(p.stats.diverted, 1);
+        // Only INVITEs are diverted.
+        let (key, r) = request_event(&invite("MESSAGE"));
+        assert_eq!(code(&p.handle(Event::Request { key, request: r, source: UE }, now)), Some(480));
+        assert_eq!(p.stats.diverted, 1);
     }
 
     /// RFC 3261 §16.7 step 6: a 503 from the only branch (say, the next hop's endpoint

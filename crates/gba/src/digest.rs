@@ -10,8 +10,14 @@ use md5::{Digest as _, Md5};
 
 use crate::GbaError;
 
-/// The only algorithm this module speaks (RFC 3310 §3.1).
+/// The algorithm of Ub (RFC 3310 §3.1).
 pub const ALGORITHM: &str = "AKAv1-MD5";
+
+/// The algorithm of a NAF's HTTP Digest on Ua (TS 24.109 §5.2, RFC 2617 `MD5`): username =
+/// B-TID, password = base64 of Ks_NAF (TS 33.220 §4.5.3) — the same request-digest
+/// ([`request_digest`]) with another password. Parse with [`Challenge::parse_with`] /
+/// [`Credentials::parse_with`], write with [`Challenge::to_header_with`].
+pub const NAF_ALGORITHM: &str = "MD5";
 
 /// Longest header value the parsers accept (bounds work on hostile input).
 pub const MAX_HEADER_LEN: usize = 8192;
@@ -318,9 +324,9 @@ fn quote(v: &str) -> String {
     o
 }
 
-fn check_algorithm(alg: Option<&str>) -> Result<(), GbaError> {
+fn check_algorithm(alg: Option<&str>, expected: &str) -> Result<(), GbaError> {
     match alg {
-        Some(a) if !a.eq_ignore_ascii_case(ALGORITHM) => {
+        Some(a) if !a.eq_ignore_ascii_case(expected) => {
             Err(GbaError::Unsupported { param: "algorithm", value: a.to_owned() })
         }
         _ => Ok(()),
@@ -328,11 +334,16 @@ fn check_algorithm(alg: Option<&str>) -> Result<(), GbaError> {
 }
 
 impl Challenge {
-    /// Header value for `WWW-Authenticate`.
+    /// Header value for `WWW-Authenticate` (AKAv1-MD5).
     pub fn to_header(&self) -> String {
+        self.to_header_with(ALGORITHM)
+    }
+
+    /// Header value for `WWW-Authenticate` with `algorithm` ([`NAF_ALGORITHM`] on Ua).
+    pub fn to_header_with(&self, algorithm: &str) -> String {
         let qops: Vec<&str> = self.qop.iter().map(|q| q.as_str()).collect();
         let mut h = format!(
-            "Digest realm={}, nonce={}, algorithm={ALGORITHM}, qop={}",
+            "Digest realm={}, nonce={}, algorithm={algorithm}, qop={}",
             quote(&self.realm),
             quote(&self.nonce),
             quote(&qops.join(","))
@@ -348,9 +359,14 @@ impl Challenge {
 
     /// Parse a `WWW-Authenticate` value; the algorithm must be AKAv1-MD5.
     pub fn parse(s: &str) -> Result<Self, GbaError> {
+        Self::parse_with(s, ALGORITHM)
+    }
+
+    /// Parse a `WWW-Authenticate` value whose algorithm must be `algorithm`.
+    pub fn parse_with(s: &str, algorithm: &str) -> Result<Self, GbaError> {
         let mut p = parse_digest("WWW-Authenticate", s)?;
-        let algorithm = take(&mut p, "algorithm").ok_or(GbaError::MissingParam("algorithm"))?;
-        check_algorithm(Some(&algorithm))?;
+        let alg = take(&mut p, "algorithm").ok_or(GbaError::MissingParam("algorithm"))?;
+        check_algorithm(Some(&alg), algorithm)?;
         let qop = match take(&mut p, "qop") {
             None => Vec::new(),
             Some(q) => q.split(',').map(str::trim).filter_map(Qop::parse).collect(),
@@ -405,9 +421,14 @@ impl Credentials {
     /// Parse an `Authorization` value. username/realm/nonce/uri/response are required
     /// (RFC 2617 §3.2.2); if qop is present, nc and cnonce are too.
     pub fn parse(s: &str) -> Result<Self, GbaError> {
+        Self::parse_with(s, ALGORITHM)
+    }
+
+    /// [`Self::parse`] where the algorithm, when given, must be `expected`.
+    pub fn parse_with(s: &str, expected: &str) -> Result<Self, GbaError> {
         let mut p = parse_digest("Authorization", s)?;
         let algorithm = take(&mut p, "algorithm");
-        check_algorithm(algorithm.as_deref())?;
+        check_algorithm(algorithm.as_deref(), expected)?;
         let qop = match take(&mut p, "qop") {
             None => None,
             Some(q) => Some(Qop::parse(&q).ok_or(GbaError::Unsupported { param: "qop", value: q })?),

@@ -1,5 +1,6 @@
 //! Zn over HTTP to the mediasec BSF (`POST /zn/v1/naf-keys`, docs/gba.md) with the Ua
-//! security protocol identifier of TS 33.328 (`01 00 00 00 06`, TS 33.220 Annex H).
+//! security protocol identifier of TS 33.328 (`01 00 00 00 06`, TS 33.220 Annex H) for the
+//! KMS, or another one for another NAF ([`BsfZn::for_protocol`]).
 //!
 //! GBA_U UEs need nothing else: TS 33.328 keys MIKEY with "Ks_NAF or Ks_ext_NAF", and MIKEY
 //! runs in the ME, which only gets Ks_ext_NAF (TS 33.220 G.2). The KMS asks as a GBA_U unaware
@@ -15,24 +16,32 @@ use zeroize::Zeroizing;
 use crate::error::KmsError;
 use crate::zn::{NafKey, Zn, ZnFuture};
 
-/// The BSF as a Zn source for the KMS `naf_fqdn`.
+/// The BSF as a Zn source for the NAF `naf_fqdn` (the KMS, or another NAF of ours: the
+/// voicemail server, docs/voicemail.md).
 pub struct BsfZn {
     endpoint: Endpoint,
     token: String,
     naf_fqdn: String,
+    ua: UaProtocolId,
 }
 
 impl BsfZn {
-    /// Zn client of the NAF `naf_fqdn` (the KMS FQDN) with a bearer `token`.
+    /// Zn client of the KMS `naf_fqdn` with a bearer `token` (Ua protocol: TS 33.328).
     pub fn new(endpoint: Endpoint, token: impl Into<String>, naf_fqdn: impl Into<String>) -> Self {
-        Self { endpoint, token: token.into(), naf_fqdn: naf_fqdn.into() }
+        Self::for_protocol(endpoint, token, naf_fqdn, UaProtocolId::IMS_MEDIA_PLANE)
+    }
+
+    /// Zn client of the NAF `naf_fqdn` keyed for the Ua security protocol `ua` (TS 33.220
+    /// Annex H), e.g. [`UaProtocolId::HTTP_DIGEST`] for a NAF authenticating with HTTP Digest.
+    pub fn for_protocol(endpoint: Endpoint, token: impl Into<String>, naf_fqdn: impl Into<String>, ua: UaProtocolId) -> Self {
+        Self { endpoint, token: token.into(), naf_fqdn: naf_fqdn.into(), ua }
     }
 }
 
 impl Zn for BsfZn {
     fn naf_key<'a>(&'a self, btid: &'a str, _now: u64) -> ZnFuture<'a> {
         Box::pin(async move {
-            let ua = UaProtocolId::IMS_MEDIA_PLANE.to_hex();
+            let ua = self.ua.to_hex();
             let Some(k) = zn_lookup(&self.endpoint, &self.token, btid, &self.naf_fqdn, &ua).await.map_err(|e| KmsError::Zn(e.to_string()))? else {
                 return Ok(None);
             };

@@ -44,6 +44,17 @@ pub enum KmsError {
     /// An LI request is malformed (warrant fields, TRANSFER_INIT / TRANSFER_RESP).
     #[error("{0}")]
     LiInput(String),
+    /// Deferred delivery (voicemail, docs/voicemail.md) is not possible for this call.
+    #[error("deferred delivery refused: {0}")]
+    Deferred(String),
+    /// The ticket of a stored TRANSFER_INIT is no longer valid: its keys cannot be obtained.
+    #[error("ticket expired at {end} (Unix seconds; now {now}): the stored message cannot be decrypted")]
+    TicketExpired {
+        /// TRe of the ticket's TP Data.
+        end: u64,
+        /// The time of the check.
+        now: u64,
+    },
 }
 
 impl KmsError {

@@ -558,3 +558,44 @@ async fn li_on_a_forked_call_releases_only_the_answering_responder_keys() {
     let forged = forged.encode().unwrap();
     assert!(matches!(w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &ti, Some(&forged), now), Err(KmsError::LiInput(_))));
 }
+
+/// Deferred delivery (docs/voicemail.md, profile decision 18): the caller's keys from its own
+/// TRANSFER_INIT equal what the responder derives when it resolves the stored message much
+/// later (no TRANSFER_INIT freshness window), as long as the ticket is valid; expired tickets
+/// and forking tickets are refused explicitly, on both sides.
+#[tokio::test]
+async fn deferred_delivery_keys_match_when_the_responder_resolves_later() {
+    let w = world();
+    let (mut alice, mut dan) = (ue("alice@a.example", "kms.a.example"), ue("dan@a.example", "kms.a.example"));
+    let held = request(&w.a, &w.zn_a, &mut alice, &ask("dan@a.example", false), 0).await.unwrap();
+    let (ti, pt) = alice.transfer_init(&held, &KmsUid::parse("dan@a.example").unwrap(), 0x77, 0xaaaa, NOW, [5; 16]).unwrap();
+    let sent = pt.deferred_media().unwrap();
+    // 500 s later: beyond the ±30 s window, within the 600 s ticket.
+    let later = NOW + Duration::from_secs(500);
+    assert_eq!(crate::ue::deferred_ticket_end(&ti, later).unwrap(), Some(NOW.as_secs() + 600));
+    let (ri, pr) = dan.resolve_init(&ti, 0x78, later, [6; 16]).unwrap();
+    let link = Link(&w, AtomicU32::new(0));
+    let rr = ok(w.a.ticket_resolve(&ri, later, &w.zn_a, &link).await);
+    let resolved = dan.on_resolve_resp(pr, &rr, later).unwrap();
+    let got = dan.deferred_open(&resolved, &ti, later).unwrap();
+    assert_eq!(*got.initiator_stream.master_key, *sent.initiator_stream.master_key);
+    assert_eq!(*got.initiator_stream.master_salt, *sent.initiator_stream.master_salt);
+    assert_eq!(got.initiator_stream.ssrc, 0xaaaa);
+    // The live path would refuse this TRANSFER_INIT as stale.
+    assert!(dan.transfer_resp(&resolved, &ti, 1, later).is_err());
+    // A tampered TRANSFER_INIT does not verify with MPKi.
+    let mut bad = ti.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(matches!(dan.deferred_open(&resolved, &bad, later), Err(KmsError::Mikey { code: ErrorCode::AUTH_FAILURE, .. })));
+    // After TRe: a clear error before and after asking the KMS.
+    let expired = NOW + Duration::from_secs(601);
+    assert!(matches!(crate::ue::deferred_ticket_end(&ti, expired), Err(KmsError::TicketExpired { .. })));
+    let e = dan.deferred_open(&resolved, &ti, expired).err().unwrap();
+    assert!(e.to_string().starts_with("ticket expired at"), "{e}");
+    // Forking tickets cannot be delivered deferred.
+    let forking = request(&w.a, &w.zn_a, &mut alice, &Ask { forking: true, ..ask("dan@a.example", false) }, 1).await.unwrap();
+    assert!(forking.forking());
+    let (_, pt) = alice.transfer_init(&forking, &KmsUid::parse("dan@a.example").unwrap(), 0x79, 0xaaaa, NOW, [8; 16]).unwrap();
+    assert!(matches!(pt.deferred_media(), Err(KmsError::Deferred(m)) if m.contains("forks keys")));
+}

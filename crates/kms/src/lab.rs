@@ -14,7 +14,7 @@ use mediasec_bsf::store::{Store as BsfStore, Subscriber};
 use mediasec_gba::bsf::BsfConfig;
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::Milenage;
-use mediasec_gba::ue::UeBootstrap;
+use mediasec_gba::ue::{Bootstrap, UeBootstrap};
 use mediasec_gba::uicc::Uicc;
 use mediasec_kms_store::RedbStore;
 use mediasec_kms_zk::{ZkClient, ZkTls};
@@ -199,6 +199,11 @@ impl Lab {
         Ok((url, service))
     }
 
+    /// The BSF's Zn bearer token, for another NAF of the lab (the voicemail server).
+    pub fn zn_token(&self) -> &str {
+        &self.zn_token
+    }
+
     /// Keeps a task running for the lab's life.
     pub fn adopt(&mut self, task: JoinHandle<()>) {
         self.tasks.push(task);
@@ -251,10 +256,24 @@ impl Lab {
     /// client of that KMS.
     pub async fn ue(&self, uid: &str) -> Result<(Ue, KmsClient), KmsError> {
         let uid = KmsUid::parse(uid)?;
+        let boot = self.bootstrap(&uid).await?;
+        self.ue_of(&boot, uid.as_str())
+    }
+
+    /// Bootstraps lab user `uid` over Ub (GBA_ME): the B-TID and Ks, from which a UE derives
+    /// the key of any NAF (its KMS, [`Lab::ue_of`]; the voicemail server, docs/voicemail.md).
+    pub async fn bootstrap(&self, uid: &KmsUid) -> Result<Bootstrap, KmsError> {
         let (k, opc) = self.usim.get(uid.as_str()).ok_or_else(|| KmsError::Config(format!("{uid} is not a lab user")))?;
-        let d = self.domain(uid.domain())?;
         let bsf = Endpoint::http(&self.bsf_url).map_err(io)?;
-        let (boot, _) = client::bootstrap(&bsf, UeBootstrap::new(impi_of(&uid), BSF_REALM, Milenage::with_opc(k, opc), 0)).await.map_err(io)?;
+        let (boot, _) = client::bootstrap(&bsf, UeBootstrap::new(impi_of(uid), BSF_REALM, Milenage::with_opc(k, opc), 0)).await.map_err(io)?;
+        Ok(boot)
+    }
+
+    /// The KMS side of lab user `uid` from its bootstrap `boot` (Ks_NAF for its domain's KMS)
+    /// and a Ua client of that KMS.
+    pub fn ue_of(&self, boot: &Bootstrap, uid: &str) -> Result<(Ue, KmsClient), KmsError> {
+        let uid = KmsUid::parse(uid)?;
+        let d = self.domain(uid.domain())?;
         let ks_naf = boot.ks_naf(&NafId::new(d.fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE)).map_err(io)?;
         let ue = Ue::new(uid, d.fqdn.clone(), boot.btid.to_string(), &ks_naf.0, 30);
         Ok((ue, KmsClient::new(Endpoint::http(&d.url).map_err(io)?)))

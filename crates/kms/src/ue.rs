@@ -157,6 +157,7 @@ pub struct Ue {
     held: Vec<HeldTicket>,
     resolved: HashMap<Vec<u8>, Resolved>,
     reuse: bool,
+    deferred: bool,
 }
 
 fn rejected(code: ErrorCode, reason: impl Into<String>) -> KmsError {
@@ -221,6 +222,7 @@ impl Ue {
             held: Vec::new(),
             resolved: HashMap::new(),
             reuse: false,
+            deferred: true,
         }
     }
 
@@ -237,6 +239,36 @@ impl Ue {
     /// See [`Ue::set_ticket_reuse`].
     pub fn ticket_reuse(&self) -> bool {
         self.reuse
+    }
+
+    /// Whether, as a caller, this UE accepts an answer announcing deferred delivery (a
+    /// voicemail server storing the media, docs/voicemail.md, profile decision 18) and sends
+    /// SRTP keyed from its own TRANSFER_INIT ([`PendingTransfer::deferred_media`]). On by
+    /// default: the media stays encrypted under keys only the KMS and the ticket's authorised
+    /// responders can obtain, so the store learns nothing; what the caller gives up is the
+    /// proof (TRANSFER_RESP) that the callee answered, which its log and report state.
+    pub fn set_deferred_delivery(&mut self, on: bool) {
+        self.deferred = on;
+    }
+
+    /// See [`Ue::set_deferred_delivery`].
+    pub fn deferred_delivery(&self) -> bool {
+        self.deferred
+    }
+
+    /// Mailbox owner (deferred delivery, docs/voicemail.md): the SRTP policies of a stored
+    /// TRANSFER_INIT whose ticket this UE resolved (`r`). TRANSFER_INIT's V is verified with
+    /// MPKi as in [`Ue::transfer_resp`], but **not** its timestamp: a stored message is old
+    /// by design, so the ±skew window and the replay cache cannot apply (the KMS's resolve
+    /// was fresh instead, and the ticket must still be valid `now` → [`KmsError::TicketExpired`]).
+    /// Forking tickets are refused (the caller refuses them too, [`PendingTransfer::deferred_media`]).
+    pub fn deferred_open(&self, r: &Resolved, transfer_init: &[u8], now: Duration) -> Result<Media, KmsError> {
+        check_ticket_valid(r.end, now)?;
+        let (ti, randri) = verified_transfer_init(&r.mpki, transfer_init)?;
+        if forking::is_forking(&tk::ticket_of(&ti)?) {
+            return Err(KmsError::Deferred(FORKING_REFUSED.into()));
+        }
+        media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)
     }
 
     fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {
@@ -441,7 +473,41 @@ impl Ue {
     }
 }
 
+/// Why a forking ticket cannot be delivered deferred.
+const FORKING_REFUSED: &str = "the ticket forks keys (I flag): the responder's TGK' depends on the RANDRkms of a resolve that has not happened, so no stream key exists to send with";
+
+/// [`KmsError::TicketExpired`] when a ticket ending at `end` (Unix seconds) is over at `now`.
+fn check_ticket_valid(end: Option<u64>, now: Duration) -> Result<(), KmsError> {
+    match end {
+        Some(end) if end <= now.as_secs() => Err(KmsError::TicketExpired { end, now: now.as_secs() }),
+        _ => Ok(()),
+    }
+}
+
+/// Mailbox owner, before asking the KMS: the ticket in a stored TRANSFER_INIT must still be
+/// valid at `now` (TRe of its TP Data; the KMS would refuse with ERR 14 otherwise, this says
+/// why). Returns TRe.
+pub fn deferred_ticket_end(transfer_init: &[u8], now: Duration) -> Result<Option<u64>, KmsError> {
+    let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT)?;
+    let end = TpData::decode(&tk::ticket_of(&ti)?.policy.data)?.end;
+    check_ticket_valid(end, now)?;
+    Ok(end)
+}
+
 impl PendingTransfer {
+    /// Caller, deferred delivery (docs/voicemail.md): the SRTP policies of this call from the
+    /// ticket's TGK and our RANDRi alone, with no TRANSFER_RESP — what the responder will
+    /// derive when it resolves the stored ticket later. CS 1 (our stream) is what we send;
+    /// CS 2 keys are what only the KMS or an authorised responder could send with. Refused
+    /// for forking tickets ([`KmsError::Deferred`]).
+    pub fn deferred_media(&self) -> Result<Media, KmsError> {
+        if self.mpkr.is_some() {
+            return Err(KmsError::Deferred(FORKING_REFUSED.into()));
+        }
+        let ti = Message::decode(&self.init)?;
+        media(&self.tgk, &self.randri, &sp_of(&ti)?, &generic_map(&ti)?)
+    }
+
     /// The initiator's view of a sent TRANSFER_INIT, rebuilt from the ticket's keys (the KMS
     /// holds them all: LI key release, [`crate::li`]).
     pub(crate) fn rebuilt(init: &[u8], randri: Vec<u8>, mpki: Secret, mpkr: Option<Secret>, tgk: KeyData, recipients: Vec<Pattern>) -> Self {

@@ -194,6 +194,10 @@ pub struct CallReport {
     /// The SDP from the network said `a=3ge2ae:applied` (TS 24.229 §7.5.2): the P-CSCF
     /// applied e2ae, our SRTP ends at the IMS-AGW.
     pub e2ae_applied: bool,
+    /// Caller with MIKEY-TICKET: the answer announced deferred delivery (a voicemail server
+    /// stores our SRTP for the callee, docs/voicemail.md): no responder was authenticated, our
+    /// media is keyed from our own TRANSFER_INIT ([`crate::ticket::DEFERRED_ATTRIBUTE`]).
+    pub deferred_delivery: bool,
 }
 
 /// The outcome of a registration.
@@ -379,6 +383,8 @@ struct Call {
     /// same TRANSFER_RESP in a 183 and the 200 is verified once).
     ticket: Option<PendingCall>,
     ticket_answer: Option<(String, Media)>,
+    /// Caller with MIKEY-TICKET: that answer announced deferred delivery.
+    deferred_delivery: bool,
     /// Callee: the answer text and media, until the 200 is sent.
     answer: Option<(String, Media)>,
     answered: bool,
@@ -438,6 +444,7 @@ impl Call {
             rekeys: 0,
             peer_identity,
             e2ae_applied: false,
+            deferred_delivery: false,
             reinvite_seq: None,
             answer_in_ack: false,
             ack: None,
@@ -461,6 +468,7 @@ impl Call {
             rekeys: self.rekeys,
             peer_identity: self.peer_identity.clone(),
             e2ae_applied: self.e2ae_applied,
+            deferred_delivery: self.deferred_delivery,
         }
     }
 
@@ -1647,7 +1655,8 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     {
         return Ok(media.clone());
     }
-    let media = ticket::process_answer(kms, pending, answer)?;
+    let (media, deferred) = ticket::process_answer(kms, pending, answer)?;
+    call.deferred_delivery = deferred;
     call.ticket_answer = Some((text, media.clone()));
     Ok(media)
 }

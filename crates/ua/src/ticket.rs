@@ -14,6 +14,13 @@
 //! Unlike SDES, stripping or altering the key-management attribute is detectable: TRANSFER_INIT
 //! and TRANSFER_RESP are MACed, so an altered message fails verification, and a stripped
 //! answer is refused by the offerer's policy (no RTP fallback with this mode).
+//!
+//! Deferred delivery (docs/voicemail.md, ticket-profile decision 18): a voicemail server that
+//! stores the call for the callee cannot resolve the ticket. Its answer is `a=recvonly`, has no
+//! `a=key-mgmt` and carries [`DEFERRED_ATTRIBUTE`] (ours); a caller whose policy allows it
+//! ([`mediasec_kms::ue::Ue::set_deferred_delivery`]) then sends SRTP keyed from its own
+//! TRANSFER_INIT. An answer without key management and without that indication is still a
+//! downgrade and fails the call.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +33,12 @@ use mediasec_srtp::Suite;
 
 use crate::offer_answer::{audio, sdp_text, Media, Protection, RTCP_MUX, SAVP};
 use crate::Error;
+
+/// The media-level attribute of an answer announcing deferred delivery (`a=mediasec-deferred`,
+/// a flag): **non-standard, ours** (docs/voicemail.md). It only widens what a caller accepts
+/// when its own policy says so, never what it sends unprotected: the media stays SRTP under the
+/// ticket's keys.
+pub const DEFERRED_ATTRIBUTE: &str = "mediasec-deferred";
 
 /// Validity asked for a ticket (TP Data end = now + this): a reusable one serves calls to
 /// its responder for this long.
@@ -75,8 +88,9 @@ fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey:
     })
 }
 
-/// The `mikey` key-management data of the audio stream (media level overrides session level).
-fn mikey_data(sdp: &Sdp) -> Result<Option<Vec<u8>>, Error> {
+/// The `mikey` key-management data of the audio stream (media level overrides session level):
+/// the TRANSFER_INIT of an offer, the TRANSFER_RESP of an answer.
+pub fn mikey_data(sdp: &Sdp) -> Result<Option<Vec<u8>>, Error> {
     let index = audio(sdp)?.index;
     for level in [Level::Media(index), Level::Session] {
         for value in sdp.attribute_values(level, "key-mgmt")? {
@@ -127,13 +141,94 @@ pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, vers
     Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection)))
 }
 
-/// Offerer: verifies TRANSFER_RESP and checks the authenticated responder is the callee.
-pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sdp) -> Result<Media, Error> {
+/// Offerer: verifies TRANSFER_RESP and checks the authenticated responder is the callee;
+/// returns the media and whether the call is a deferred delivery (then no TRANSFER_RESP: an
+/// answer with [`DEFERRED_ATTRIBUTE`], `a=recvonly` and no key management, accepted when our
+/// policy allows deferred delivery; the media is keyed from our TRANSFER_INIT alone).
+pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sdp) -> Result<(Media, bool), Error> {
     let stream = audio(answer)?;
-    let resp = mikey_data(answer)?.ok_or_else(|| Error::Downgrade("answer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into()))?;
+    let Some(resp) = mikey_data(answer)? else {
+        return deferred(&access.ue, pending, answer, &stream).map(|m| (m, true));
+    };
     let (responder, media) = access.ue.on_transfer_resp(&pending.transfer, &resp, now()).map_err(kms)?;
     if responder != pending.callee {
         return Err(Error::Negotiation(format!("the answering party is {responder}, not {}", pending.callee)));
     }
+    Ok((stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?), false))
+}
+
+/// The deferred-delivery answer to a key-less answer, or the downgrade refusal.
+fn deferred(ue: &KmsUe, pending: &PendingCall, answer: &Sdp, stream: &crate::offer_answer::Stream) -> Result<Media, Error> {
+    let level = Level::Media(stream.index);
+    let indicated = !answer.attribute_values(level, DEFERRED_ATTRIBUTE)?.is_empty();
+    if !indicated {
+        return Err(Error::Downgrade("answer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into()));
+    }
+    if answer.attribute_values(level, "recvonly")?.is_empty() {
+        return Err(Error::Negotiation("deferred-delivery answer is not a=recvonly".into()));
+    }
+    if !ue.deferred_delivery() {
+        return Err(Error::Downgrade("deferred delivery offered by the answerer; our policy does not allow it".into()));
+    }
+    let media = pending.transfer.deferred_media().map_err(kms)?;
+    tracing::info!(callee = %pending.callee, "deferred delivery: the answerer stores our SRTP for the callee; no responder authenticated");
     Ok(stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?))
+}
+
+/// A voicemail server's answer to a MIKEY-TICKET `offer` (deferred delivery): our stream at
+/// `local`, `a=recvonly`, no key management, [`DEFERRED_ATTRIBUTE`]; `RTP/SAVP` as offered.
+pub fn deferred_answer(offer: &Sdp, local: SocketAddr, version: u64) -> Result<String, Error> {
+    let stream = audio(offer)?;
+    if stream.proto != SAVP {
+        return Err(Error::Negotiation(format!("deferred delivery needs an RTP/SAVP offer, got {}", stream.proto)));
+    }
+    let mut lines = stream.answer_lines();
+    lines.push(DEFERRED_ATTRIBUTE.into());
+    // sdp_text writes the default direction; this answer only receives (RFC 3264 §6.1).
+    Ok(sdp_text(local, version, SAVP, &lines).replacen("a=sendrecv\r\n", "a=recvonly\r\n", 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller with a UE-made (mode 3, non-forking) ticket for carol and its pending
+    /// TRANSFER_INIT in an offer, no KMS involved.
+    fn pending() -> (KmsUe, PendingCall, Sdp) {
+        let ue = KmsUe::new(KmsUid::parse("alice@a.example").expect("uid"), "kms.a.example", "btid", &[3; 32], 30);
+        let callee = KmsUid::parse("carol@a.example").expect("uid");
+        let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).expect("pattern")], reusable: false, forking: false, lifetime: 60 };
+        let held = ue.make_ticket(&ask, now(), &|b: &mut [u8]| b.fill(7)).expect("ticket");
+        let (init, transfer) = ue.transfer_init(&held, &callee, 1, 0x1234, now(), [9; 16]).expect("TRANSFER_INIT");
+        let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+        let offer = Sdp::parse(&sdp_text(local, 1, SAVP, &[key_mgmt_line(init), RTCP_MUX.into()]));
+        (ue, PendingCall { transfer, callee }, offer)
+    }
+
+    /// docs/voicemail.md V3: the deferred answer keys the caller's stream from its own
+    /// TRANSFER_INIT; without the indication, not recvonly, or with the caller's policy off,
+    /// the key-less answer is refused (no downgrade).
+    #[test]
+    fn key_less_answers_are_accepted_only_as_announced_deferred_delivery() {
+        let (mut ue, pending, offer) = pending();
+        let vm = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let text = deferred_answer(&offer, vm, 1).expect("deferred answer");
+        assert!(text.contains("a=recvonly\r\n") && text.contains("a=mediasec-deferred\r\n") && !text.contains("key-mgmt") && !text.contains("sendrecv"), "{text}");
+        let answer = Sdp::parse(&text);
+        let stream = audio(&answer).expect("audio");
+        let media = deferred(&ue, &pending, &answer, &stream).expect("accepted");
+        let keys = pending.transfer.deferred_media().expect("keys");
+        assert_eq!(media.remote, vm);
+        let Protection::Srtp { own_key, .. } = &media.protection else { panic!("SRTP") };
+        assert_eq!(*own_key, mediasec_sdp::fingerprint(&keys.initiator_stream.master_key));
+        let stripped = Sdp::parse(&text.replace("a=mediasec-deferred\r\n", ""));
+        assert!(matches!(deferred(&ue, &pending, &stripped, &stream), Err(Error::Downgrade(_))));
+        let both_ways = Sdp::parse(&text.replace("a=recvonly", "a=sendrecv"));
+        assert!(matches!(deferred(&ue, &pending, &both_ways, &stream), Err(Error::Negotiation(m)) if m.contains("recvonly")));
+        ue.set_deferred_delivery(false);
+        assert!(matches!(deferred(&ue, &pending, &answer, &stream), Err(Error::Downgrade(m)) if m.contains("does not allow")));
+        // A plain RTP offer cannot be answered deferred.
+        let plain = Sdp::parse(&offer.to_string().replace("RTP/SAVP", "RTP/AVP"));
+        assert!(deferred_answer(&plain, vm, 1).is_err());
+    }
 }

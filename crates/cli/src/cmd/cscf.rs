@@ -66,6 +66,11 @@ pub(crate) struct Args {
     /// S-CSCF: retarget an AOR, as sip:from@domain=sip:to@domain (repeatable).
     #[arg(long, value_parser = parse_pair)]
     retarget: Vec<(String, String)>,
+    /// S-CSCF: divert INVITEs for home users with no registration to this voicemail server
+    /// URI (e.g. sip:vm@a.example, registered by `mediasec voicemail serve`) instead of 480;
+    /// History-Info records the original target (docs/voicemail.md).
+    #[arg(long, value_name = "URI")]
+    voicemail: Option<String>,
     /// P-CSCF: answer the mediasec registration indication (Security-Server: sdes-srtp;mediasec).
     #[arg(long)]
     mediasec: bool,
@@ -130,6 +135,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.agw_ng.is_none() || (role == Role::Pcscf && args.mediasec), "--agw-ng needs --role pcscf and --mediasec");
     anyhow::ensure!(args.e2ae_provisioned.is_empty() || args.agw_ng.is_some(), "--e2ae-provisioned needs --agw-ng");
     anyhow::ensure!(!args.core_srtp || args.agw_ng.is_some(), "--core-srtp needs --agw-ng");
+    anyhow::ensure!(args.voicemail.is_none() || role == Role::Scscf, "--voicemail needs --role scscf");
     let tls = tls(&args)?;
     let e2ae_provisioned = Provisioned::parse(args.e2ae_provisioned.iter().map(String::as_str))?;
     let peers = args
@@ -138,7 +144,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail };
     let endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {

@@ -16,6 +16,10 @@
 //! SDES is only as safe as the signalling carrying its keys), with a lab CA and a P-CSCF
 //! certificate for 127.0.0.1 made at start-up (rcgen); each checks that every SIP message its
 //! UEs received came over TLS. The core (P-CSCF–S-CSCF) stays on UDP/TCP.
+//! Deferred delivery (docs/voicemail.md): S-CSCF a diverts a MIKEY-TICKET call for an
+//! unregistered user to the voicemail server, which stores the SRTP it cannot decrypt; the
+//! callee later bootstraps, downloads (GBA HTTP Digest), resolves the ticket and decrypts —
+//! the row fails unless the caller's tone comes out.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,8 +85,59 @@ fn over_tls(ues: &[&Ue]) -> (bool, String) {
     (ok, format!(", SIP UE–P-CSCF over TLS ({} msgs to the UEs, {clear} in clear)", received.iter().map(|r| r.tls).sum::<u64>()))
 }
 
-/// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork.
-const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\n";
+/// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork —
+/// except for the deferred-delivery caller (a forking ticket cannot be delivered deferred).
+const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\n[user.\"alice13@a.example\"]\nforking = false\n";
+
+/// The voicemail server's NAF FQDN in the demo.
+const VM_FQDN: &str = "vm.a.example";
+
+/// alice13 calls carol13, who is not registered: the S-CSCF diverts to the voicemail server;
+/// later carol13 fetches the message, resolves the ticket at the KMS and decrypts it.
+async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyhow::Result<Scenario> {
+    use mediasec_gba::kdf::{NafId, UaProtocolId};
+    use mediasec_voicemail::owner::{MailboxClient, open_message};
+    let zn = mediasec_kms::bsf_zn::BsfZn::for_protocol(mediasec_bsf::client::Endpoint::http(&kms.lab.bsf_url)?, kms.lab.zn_token(), VM_FQDN, UaProtocolId::HTTP_DIGEST);
+    let config = mediasec_voicemail::deposit::DepositConfig {
+        aor: "sip:vm@a.example".into(),
+        domain: "a.example".into(),
+        sip_bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        rtp_ip: [127, 0, 0, 1].into(),
+        registrar: Some(lab.scscf_a.local_addr()),
+        expires: 600,
+        caps: mediasec_voicemail::deposit::Caps::default(),
+        timers: mediasec_sip::core::Timers::default(),
+    };
+    let zn = Arc::new(mediasec_kms::zn::ZnCache::new(Arc::new(zn)));
+    let server = mediasec_voicemail::service::Server::start(&kms.dir.join("vm.redb"), config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None, VM_FQDN, zn).await?;
+    let alice = registered(ue("sip:alice13@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, CALLER_HZ, CALLEE_HZ), Some(kms)).await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), alice.call("sip:carol13@a.example")).await.context("call timed out")??;
+    tokio::time::sleep(talk).await;
+    let a = alice.report(&id).await?.context("caller report")?;
+    alice.hangup(&id).await?;
+    // Later: carol13 bootstraps, downloads her message, resolves the ticket, decrypts.
+    let uid = mediasec_kms::identity::KmsUid::parse("carol13@a.example")?;
+    let boot = kms.lab.bootstrap(&uid).await?;
+    let key = boot.ks_naf(&NafId::new(VM_FQDN, UaProtocolId::HTTP_DIGEST))?;
+    let mailbox = MailboxClient::new(mediasec_bsf::client::Endpoint::http(&server.api_url())?, VM_FQDN, boot.btid.to_string(), &key.0);
+    let first = mailbox.list().await?.first().map(|m| m.id).context("no voicemail message")?;
+    let record = mailbox.fetch(first).await?;
+    let (mut carol, client) = kms.lab.ue_of(&boot, uid.as_str())?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let out = open_message(&mut carol, &client, &record, now).await?;
+    server.shutdown().await;
+    let tone = out.tone_packets(CALLER_HZ);
+    let ok = a.deferred_delivery && out.failed == 0 && out.rtp >= 10 && tone + 1 >= usize::try_from(out.rtp).unwrap_or(usize::MAX);
+    let detail = format!(
+        "{}, {} packets stored encrypted (the server holds no key); carol decrypted {} RTP + {} RTCP later, {} failed, {tone} with alice's tone",
+        a.protection,
+        record.packets.len(),
+        out.rtp,
+        out.rtcp,
+        out.failed
+    );
+    Ok(Scenario { name: "deferred delivery: alice → carol (offline) → voicemail; carol retrieves and decrypts later", ok, setup: a.setup, detail })
+}
 
 /// The lab's BSF + KMS with the MIKEY-TICKET users, in a temporary directory removed on drop.
 struct Kms {
@@ -431,8 +486,15 @@ async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, (pcscf_tls, tls): (&Arc<me
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let agw = agw().await?;
     let (pcscf_tls, trust) = lab_tls()?;
-    let lab = TwoDomains::start_config(LabConfig { agw_ng_a: Some(agw.ng_addr()), pcscf_tls: Some(Arc::clone(&pcscf_tls)), ..LabConfig::default() }).await?;
-    let kms = Kms::start(&["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example"]).await?;
+    let lab = TwoDomains::start_config(LabConfig {
+        agw_ng_a: Some(agw.ng_addr()),
+        pcscf_tls: Some(Arc::clone(&pcscf_tls)),
+        voicemail_a: Some("sip:vm@a.example".into()),
+        ..LabConfig::default()
+    })
+    .await?;
+    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "carol13@a.example"];
+    let kms = Kms::start(&users).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
     let ticket = Security::MikeyTicket;
@@ -452,6 +514,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         e2ae_call(&lab, &agw, &trust, 10, talk, true).await?,
         e2ae_preconditions_call(&lab, &agw, &trust, 11, talk).await?,
         e2ae_offerless_call(&agw, (&pcscf_tls, &trust), 12, talk).await?,
+        deferred_delivery(&lab, &kms, talk).await?,
     ])
 }
 

@@ -56,20 +56,26 @@ fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
     <[u8; 16]>::try_from(v).map_err(|_| anyhow::anyhow!("{what} must be 32 hex digits"))
 }
 
-fn default_realm(impi: &str) -> Option<String> {
+/// The simulated USIM of `keys` (K with OPc or OP).
+pub(super) fn milenage(keys: &super::UsimKeys) -> anyhow::Result<Milenage> {
+    let k = key16("K", &keys.k)?;
+    Ok(match (&keys.opc, &keys.op) {
+        (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", opc)?),
+        (None, Some(op)) => Milenage::with_op(&k, &key16("OP", op)?),
+        (None, None) => bail!("give --opc or --op"),
+    })
+}
+
+pub(super) fn default_realm(impi: &str) -> Option<String> {
     let domain = impi.rsplit_once('@')?.1;
     let rest = domain.strip_prefix("ims.")?.strip_suffix(".3gppnetwork.org")?;
     Some(format!("bsf.{rest}.pub.3gppnetwork.org"))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Action::Bootstrap { bsf, ca, usim: super::UsimKeys { impi, k, opc, op }, realm, sqn_ms, naf, ua_id, gba_u } = args.action;
-    let k = key16("K", &k)?;
-    let usim = match (opc, op) {
-        (Some(opc), _) => Milenage::with_opc(&k, &key16("OPc", &opc)?),
-        (None, Some(op)) => Milenage::with_op(&k, &key16("OP", &op)?),
-        (None, None) => bail!("give --opc or --op"),
-    };
+    let Action::Bootstrap { bsf, ca, usim: keys, realm, sqn_ms, naf, ua_id, gba_u } = args.action;
+    let usim = milenage(&keys)?;
+    let impi = keys.impi;
     let Some(realm) = realm.or_else(|| default_realm(&impi)) else {
         bail!("cannot derive the BSF FQDN from the IMPI; give --realm")
     };

@@ -13,6 +13,7 @@ pub(crate) mod mikey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;
 pub(crate) mod ua;
+pub(crate) mod voicemail;
 
 /// The multi-threaded tokio runtime the network subcommands run their servers and clients on.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

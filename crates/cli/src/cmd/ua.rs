@@ -139,6 +139,7 @@ fn json(r: &CallReport) -> serde_json::Value {
         "peer": r.peer_identity,
         "own_key": r.own_key,
         "peer_key": r.peer_key,
+        "deferred_delivery": r.deferred_delivery,
     })
 }
 

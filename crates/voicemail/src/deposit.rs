@@ -1,0 +1,354 @@
+//! The deposit side of deferred delivery (docs/voicemail.md): a SIP UAS on the
+//! `mediasec_sip` endpoint that answers INVITEs diverted to it (the S-CSCF's `--voicemail`)
+//! carrying a MIKEY-TICKET offer, **without** resolving the ticket — it is not the responder,
+//! holds no key and the KMS would refuse it. Its 200 answers `a=recvonly`, no key management,
+//! `a=mediasec-deferred` ([`mediasec_ua::ticket::deferred_answer`]); it stores the offer, the
+//! TRANSFER_INIT and every datagram that reaches the call's media port, verbatim, up to the
+//! caps ([`Caps`]), in the [`Store`]. The record is written when the call is answered and
+//! again when it ends (BYE, or [`Deposit::shutdown`]).
+//!
+//! It registers its AOR with the S-CSCF (RFC 3261 §10, refreshed at half the expiry) so that
+//! the S-CSCF finds it like any contact.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
+use mediasec_sip::dialog::Dialog;
+use mediasec_sip::udp::{Command, Endpoint, Event, Events};
+use mediasec_ua::ticket;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::error::VoicemailError;
+use crate::record::{MAX_PACKET, Packet, Record};
+use crate::store::Store;
+
+/// How much of one message is kept; packets beyond are dropped and counted.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Packets per message.
+    pub max_packets: usize,
+    /// Octets of packets per message.
+    pub max_bytes: usize,
+    /// Recording time per message, from the answer.
+    pub max_duration: Duration,
+}
+
+impl Default for Caps {
+    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s.
+    fn default() -> Self {
+        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120) }
+    }
+}
+
+/// How a voicemail server runs.
+#[derive(Clone, Debug)]
+pub struct DepositConfig {
+    /// Its AOR, registered with the S-CSCF (`sip:vm@b.example`).
+    pub aor: String,
+    /// Home domain: only mailboxes of this domain are stored (others: 404).
+    pub domain: String,
+    /// SIP address (port 0 picks one).
+    pub sip_bind: SocketAddr,
+    /// Address of the media ports.
+    pub rtp_ip: IpAddr,
+    /// The S-CSCF to register with (none: reached by address only).
+    pub registrar: Option<SocketAddr>,
+    /// Registration expiry asked, seconds.
+    pub expires: u32,
+    /// Message caps.
+    pub caps: Caps,
+    /// SIP timers.
+    pub timers: Timers,
+}
+
+#[derive(Default)]
+struct Recording {
+    packets: Vec<Packet>,
+    bytes: usize,
+    dropped: u64,
+}
+
+struct Call {
+    record: Record,
+    recording: Arc<Mutex<Recording>>,
+    capture: JoinHandle<()>,
+}
+
+/// A running voicemail server (deposit side); dropping it stops it without flushing the calls
+/// in progress ([`Deposit::shutdown`] flushes them).
+pub struct Deposit {
+    sip: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Deposit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn token() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn header_text(request: &Request, name: &HeaderName) -> Option<String> {
+    request.headers.get(name).map(|h| String::from_utf8_lossy(h.value().trim_ascii()).into_owned())
+}
+
+/// The URI inside a name-addr or addr-spec header value (`"A" <sip:a@x>;tag=1` → `sip:a@x`).
+pub(crate) fn uri_of(value: &str) -> String {
+    let v = value.trim();
+    match (v.find('<'), v.find('>')) {
+        (Some(a), Some(b)) if a < b => v.get(a + 1..b).unwrap_or(v).to_owned(),
+        _ => v.split(';').next().unwrap_or(v).trim().to_owned(),
+    }
+}
+
+/// The canonical mailbox of a callee URI: `sip:` + its KMS UID (`user@host`).
+pub fn mailbox_of(uri: &str) -> Result<String, VoicemailError> {
+    Ok(format!("sip:{}", ticket::uid_of(&uri_of(uri))?))
+}
+
+impl Deposit {
+    /// Binds the SIP endpoint, registers with the S-CSCF when configured (waits for its
+    /// answer: an error if it is not 2xx within 64·T1) and starts serving.
+    pub async fn start(config: DepositConfig, store: Store) -> Result<Self, VoicemailError> {
+        let (endpoint, mut events) = Endpoint::bind(config.sip_bind, config.timers).await?;
+        let sip = endpoint.local_addr();
+        let mut core = Core { config, endpoint, store, calls: HashMap::new() };
+        if core.config.registrar.is_some() {
+            let key = core.register()?;
+            let deadline = core.config.timers.t1 * 64;
+            let status = tokio::time::timeout(deadline, async {
+                while let Some(e) = events.recv().await {
+                    match e {
+                        Event::Response { key: k, response } if k == key && response.status.code() >= 200 => return Some(response.status.code()),
+                        Event::Timeout { key: k } if k == key => return None,
+                        _ => {}
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            match status {
+                Some(s) if (200..300).contains(&s) => tracing::info!(aor = %core.config.aor, "voicemail registered"),
+                other => return Err(VoicemailError::Config(format!("REGISTER of {} answered {other:?}", core.config.aor))),
+            }
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(core.run(events, stopped));
+        Ok(Self { sip, stop: Some(stop), task })
+    }
+
+    /// Our SIP address.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// Stops serving after writing every call in progress to the store.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+struct Core {
+    config: DepositConfig,
+    endpoint: Endpoint,
+    store: Store,
+    calls: HashMap<String, Call>,
+}
+
+impl Core {
+    async fn run(mut self, mut events: Events, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+        let refresh = Duration::from_secs(u64::from(self.config.expires.max(2) / 2));
+        let mut reregister = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = reregister.tick(), if self.config.registrar.is_some() => {
+                    if let Err(e) = self.register() {
+                        tracing::warn!(error = %e, "voicemail re-REGISTER");
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) => {
+                        if let Err(e) = self.on_request(key, *request).await {
+                            tracing::warn!(error = %e, "voicemail request");
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+            }
+        }
+        let ids: Vec<String> = self.calls.keys().cloned().collect();
+        for id in ids {
+            self.finish(&id).await;
+        }
+    }
+
+    fn via(&self) -> String {
+        format!("SIP/2.0/UDP {};branch=z9hG4bK{};rport", self.endpoint.local_addr(), token())
+    }
+
+    fn contact(&self) -> String {
+        let user = self.config.aor.trim_start_matches("sip:").split('@').next().unwrap_or("vm").to_owned();
+        format!("<sip:{user}@{}>", self.endpoint.local_addr())
+    }
+
+    fn register(&mut self) -> Result<TransactionKey, VoicemailError> {
+        let to = self.config.registrar.ok_or_else(|| VoicemailError::Config("no registrar".into()))?;
+        let uri = Uri::parse(Bytes::from(format!("sip:{}", self.config.domain))).map_err(|e| VoicemailError::Config(e.to_string()))?;
+        let request = RequestBuilder::new(Method::Register, uri)
+            .header(HeaderName::Via, self.via())?
+            .max_forwards(70)
+            .header(HeaderName::From, format!("<{}>;tag={}", self.config.aor, token()))?
+            .header(HeaderName::To, format!("<{}>", self.config.aor))?
+            .header(HeaderName::CallId, token())?
+            .cseq(1, &Method::Register)?
+            .header(HeaderName::Contact, self.contact())?
+            .header(HeaderName::Expires, self.config.expires.to_string())?
+            .build();
+        let key = TransactionKey::from_sent_request(&request).ok_or_else(|| VoicemailError::Config("REGISTER without Via".into()))?;
+        self.endpoint.send(Command::Request { request, to })?;
+        Ok(key)
+    }
+
+    fn respond(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>) -> Result<(), VoicemailError> {
+        let status = StatusCode::new(code).ok_or_else(|| VoicemailError::Config(format!("status {code}")))?;
+        let mut b = ResponseBuilder::to_request(request, status, reason.to_owned())?;
+        if let Some(to) = to {
+            b = b.set_header(&HeaderName::To, to)?;
+        }
+        if request.method == Method::Invite && status.is_success() {
+            b = b.header(HeaderName::Contact, self.contact())?;
+            // RFC 3261 §12.1.1: the dialog-creating response copies the Record-Route set.
+            for rr in request.headers.get_all(&HeaderName::RecordRoute) {
+                b = b.header(HeaderName::RecordRoute, rr.value().into_owned())?;
+            }
+        }
+        if let Some(sdp) = body {
+            b = b.header(HeaderName::ContentType, "application/sdp")?.body(sdp.to_owned());
+        }
+        let response = b.build();
+        let command = if request.method == Method::Invite && status.is_success() {
+            Command::Respond2xx { key: key.clone(), response }
+        } else {
+            Command::Respond { key: key.clone(), response }
+        };
+        self.endpoint.send(command)?;
+        Ok(())
+    }
+
+    async fn on_request(&mut self, key: TransactionKey, request: Request) -> Result<(), VoicemailError> {
+        let call_id = header_text(&request, &HeaderName::CallId).unwrap_or_default();
+        match request.method {
+            Method::Invite if !self.calls.contains_key(&call_id) => self.deposit(key, request, call_id).await,
+            // A re-INVITE would re-key the caller's stream: not supported (the stored
+            // TRANSFER_INIT keys the whole message).
+            Method::Invite => self.respond(&key, &request, 488, "Not Acceptable Here", None, None),
+            Method::Bye => {
+                let known = self.calls.contains_key(&call_id);
+                if known {
+                    // The message is on disk before the caller learns the call ended.
+                    self.finish(&call_id).await;
+                    self.respond(&key, &request, 200, "OK", None, None)
+                } else {
+                    self.respond(&key, &request, 481, "Call/Transaction Does Not Exist", None, None)
+                }
+            }
+            Method::Cancel | Method::Options => self.respond(&key, &request, 200, "OK", None, None),
+            _ => self.respond(&key, &request, 501, "Not Implemented", None, None),
+        }
+    }
+
+    /// Answers and starts recording a diverted MIKEY-TICKET call.
+    async fn deposit(&mut self, key: TransactionKey, request: Request, call_id: String) -> Result<(), VoicemailError> {
+        let refuse = |code: u16, why: &str| (code, why.to_owned());
+        let prepared = (|| {
+            let offer = mediasec_sip::body::sdp(&Message::Request(request.clone())).map_err(|e| refuse(488, &e.to_string()))?.ok_or_else(|| refuse(488, "INVITE without an offer"))?;
+            let ti = ticket::mikey_data(&offer).map_err(|e| refuse(488, &e.to_string()))?.ok_or_else(|| refuse(488, "voicemail stores MIKEY-TICKET calls only (no a=key-mgmt:mikey)"))?;
+            let to = header_text(&request, &HeaderName::To).ok_or_else(|| refuse(400, "no To"))?;
+            let mailbox = mailbox_of(&to).map_err(|e| refuse(404, &e.to_string()))?;
+            if !mailbox.ends_with(&format!("@{}", self.config.domain)) {
+                return Err(refuse(404, "no mailbox of this domain"));
+            }
+            let asserted = HeaderName::parse(&Bytes::from_static(b"P-Asserted-Identity"));
+            let caller = header_text(&request, &asserted).or_else(|| header_text(&request, &HeaderName::From)).map(|v| uri_of(&v)).unwrap_or_default();
+            Ok((offer, ti, mailbox, caller))
+        })();
+        let (offer, ti, mailbox, caller) = match prepared {
+            Ok(p) => p,
+            Err((code, why)) => {
+                tracing::info!(%call_id, code, %why, "voicemail refused the INVITE");
+                let reason = if code == 404 { "Not Found" } else if code == 400 { "Bad Request" } else { "Not Acceptable Here" };
+                return self.respond(&key, &request, code, reason, None, None);
+            }
+        };
+        let socket = UdpSocket::bind(SocketAddr::new(self.config.rtp_ip, 0)).await?;
+        let answer = match ticket::deferred_answer(&offer, socket.local_addr()?, 1) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(%call_id, error = %e, "voicemail refused the offer");
+                return self.respond(&key, &request, 488, "Not Acceptable Here", None, None);
+            }
+        };
+        let mut record = Record { id: 0, mailbox, caller, received_ms: now_ms(), offer: offer.to_string(), transfer_init: ti, packets: Vec::new(), dropped: 0 };
+        record.id = self.store.insert(record.clone()).await?;
+        tracing::info!(%call_id, id = record.id, mailbox = %record.mailbox, caller = %record.caller, "deferred delivery: storing the encrypted call");
+        let recording = Arc::new(Mutex::new(Recording::default()));
+        let capture = tokio::spawn(capture(socket, Arc::clone(&recording), self.config.caps));
+        let dialog = Dialog::uas(&request, &token())?;
+        self.calls.insert(call_id, Call { record, recording, capture });
+        self.respond(&key, &request, 200, "OK", Some(dialog.local_header().clone()), Some(&answer))
+    }
+
+    /// Stops recording `call_id` and writes its record.
+    async fn finish(&mut self, call_id: &str) {
+        let Some(mut call) = self.calls.remove(call_id) else { return };
+        call.capture.abort();
+        let _ = (&mut call.capture).await;
+        if let Ok(mut r) = call.recording.lock() {
+            call.record.packets = std::mem::take(&mut r.packets);
+            call.record.dropped = r.dropped;
+        }
+        let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
+        match self.store.update(call.record).await {
+            Ok(()) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Err(e) => tracing::warn!(id, error = %e, "voicemail message not stored"),
+        }
+    }
+}
+
+/// Keeps every datagram reaching the media port, verbatim with its arrival time, within `caps`.
+async fn capture(socket: UdpSocket, recording: Arc<Mutex<Recording>>, caps: Caps) {
+    let start = Instant::now();
+    let mut buf = vec![0u8; MAX_PACKET];
+    loop {
+        let Ok((n, _)) = socket.recv_from(&mut buf).await else { return };
+        let at = start.elapsed();
+        let Ok(mut r) = recording.lock() else { return };
+        let bytes = buf.get(..n).unwrap_or_default();
+        if r.packets.len() >= caps.max_packets || r.bytes.saturating_add(n) > caps.max_bytes || at > caps.max_duration {
+            r.dropped += 1;
+            continue;
+        }
+        r.bytes += n;
+        r.packets.push(Packet { at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX), bytes: bytes.to_vec() });
+    }
+}
