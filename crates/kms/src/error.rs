@@ -44,6 +44,9 @@ pub enum KmsError {
     /// An LI request is malformed (warrant fields, TRANSFER_INIT / TRANSFER_RESP).
     #[error("{0}")]
     LiInput(String),
+    /// A `keyprovision` message is malformed or does not verify (docs/kms.md).
+    #[error("key provisioning: {0}")]
+    KeyProvision(String),
 }
 
 impl KmsError {

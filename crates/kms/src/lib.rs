@@ -10,6 +10,7 @@
 //! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
 //! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
 //! - [`users`]: users provisioned at the KMS.
+//! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode.
 //! - [`li`]: lawful interception: warrants and per-target key release.
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
@@ -20,6 +21,7 @@ pub mod bsf_zn;
 pub mod client;
 pub mod error;
 pub mod identity;
+pub mod keyprov;
 pub mod keyring;
 pub mod lab;
 pub mod li;
