@@ -79,6 +79,23 @@ pub enum Error {
         /// The value.
         value: u16,
     },
+    /// Key material is malformed or inconsistent (a point not on the curve, a scalar out of
+    /// range, an SSK that fails RFC 6507 §5.1.2 validation, a DH value outside the group).
+    #[error("invalid {what}: {reason}")]
+    Key {
+        /// Which key.
+        what: &'static str,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Caller-supplied randomness is unusable for this operation (zero or out of range, or a
+    /// value that hits a retry condition of the algorithm, e.g. RFC 6507 §5.2.1 step 4): draw
+    /// fresh random bytes and call again.
+    #[error("{what}: draw fresh random bytes and retry")]
+    FreshRandomness {
+        /// Which random input.
+        what: &'static str,
+    },
     /// A message was checked and rejected; `code` is the ERR payload code to answer with
     /// (RFC 3830 §6.12, RFC 6043 §6.12).
     #[error("rejected with ERR {code:?}: {reason}")]
@@ -112,7 +129,11 @@ impl Error {
             | Self::UnknownPayload { .. }
             | Self::Invalid { .. }
             | Self::TrailingBytes { .. } => ErrorCode::UNSUPPORTED_MESSAGE,
-            Self::Unsupported { .. } | Self::Encode { .. } | Self::Length { .. } => {
+            Self::Unsupported { .. }
+            | Self::Encode { .. }
+            | Self::Length { .. }
+            | Self::Key { .. }
+            | Self::FreshRandomness { .. } => {
                 ErrorCode::UNSPECIFIED
             }
         }

@@ -12,6 +12,7 @@
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
 mod codec;
+pub mod eccsi;
 mod error;
 pub mod error_message;
 pub mod forking;

@@ -1508,3 +1508,84 @@ mod ticket_exchange {
         }
     }
 }
+
+/// ECCSI (RFC 6507) against an independent implementation: wolfSSL's wolfcrypt ECCSI, through
+/// the tiny C harness `tests/peers/eccsi_wolfssl.c` compiled here with `cc … -lwolfssl`
+/// (Debian `libwolfssl-dev`). Fresh random KMS keys, identities and messages every run.
+mod eccsi_wolfssl {
+    use mediasec_mikey::eccsi::{self, KmsSecret, SigningKey};
+    use std::io::Read;
+    use std::process::Command;
+
+    /// 32 random octets (outside [1, q−1] with probability < 2⁻³²; the KMS loop retries).
+    fn random32(f: &mut std::fs::File) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        f.read_exact(&mut b).expect("urandom");
+        b
+    }
+
+    /// Compiles the harness; `None` (skip, or panic under MEDIASEC_REQUIRE_PEERS=1) when `cc`
+    /// or libwolfssl is missing.
+    fn harness() -> Option<std::path::PathBuf> {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/eccsi_wolfssl.c");
+        let dir = std::env::temp_dir().join(format!("mediasec-eccsi-wolfssl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let bin = dir.join("eccsi_wolfssl");
+        match Command::new("cc").arg("-o").arg(&bin).arg(src).arg("-lwolfssl").output() {
+            Ok(o) if o.status.success() => Some(bin),
+            Ok(o) => {
+                mediasec_testkit::peer_unavailable("libwolfssl-dev (ECCSI)", &String::from_utf8_lossy(&o.stderr));
+                None
+            }
+            Err(e) => {
+                mediasec_testkit::peer_unavailable("cc", &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn run(bin: &std::path::Path, args: &[String]) -> (bool, String) {
+        let o = Command::new(bin).args(args).output().expect("run harness");
+        assert!(o.status.code() != Some(1), "harness failed: {}", String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    #[test]
+    fn wolfssl_verifies_ours_and_we_verify_wolfssl() {
+        let Some(bin) = harness() else { return };
+        let mut rng = std::fs::File::open("/dev/urandom").expect("urandom");
+        for round in 0..4 {
+            let kms = loop {
+                if let Ok(k) = KmsSecret::from_bytes(&random32(&mut rng)) {
+                    break k;
+                }
+            };
+            let kpak = kms.kpak();
+            let uri = format!("sip:user-{}@example.org", hex::encode(&random32(&mut rng)[..4]));
+            let id = eccsi::identity(&uri, 2026 + round, 11);
+            let (ssk, pvt) = kms.issue(&id, &random32(&mut rng)).expect("issue");
+            let ssk_hex = hex::encode(&ssk.to_bytes()[..]);
+            let key = SigningKey::new(&kpak, &id, ssk, pvt).expect("valid");
+            let msg = random32(&mut rng).repeat(usize::from(round) + 1);
+            let kpak_hex = hex::encode(kpak.to_uncompressed());
+            let id_hex = hex::encode(&id);
+
+            // (a) wolfSSL verifies our signature, and rejects it for another message.
+            let sig = key.sign(&msg, &random32(&mut rng)).expect("sign");
+            let (ok, out) = run(&bin, &["verify".into(), kpak_hex.clone(), id_hex.clone(), hex::encode(&msg), hex::encode(sig)]);
+            assert!(ok, "wolfSSL rejected our signature: {out}");
+            let (ok, _) = run(&bin, &["verify".into(), kpak_hex.clone(), id_hex.clone(), hex::encode(&msg[1..]), hex::encode(sig)]);
+            assert!(!ok, "wolfSSL accepted our signature over another message");
+
+            // (b) wolfSSL validates the SSK/PVT we issued, signs; we verify.
+            let pvt_hex = hex::encode(pvt.to_uncompressed());
+            let (ok, out) = run(&bin, &["sign".into(), kpak_hex.clone(), id_hex.clone(), ssk_hex, pvt_hex, hex::encode(&msg)]);
+            assert!(ok, "wolfSSL could not sign");
+            let theirs = hex::decode(out).expect("hex signature");
+            assert_eq!(theirs.len(), eccsi::SIGNATURE_LEN);
+            eccsi::verify(&kpak, &id, &msg, &theirs).expect("we verify wolfSSL's signature");
+            assert!(eccsi::verify(&kpak, &eccsi::identity(&uri, 2026 + round, 12), &msg, &theirs).is_err());
+        }
+        let _ = std::fs::remove_dir_all(bin.parent().expect("dir"));
+    }
+}
