@@ -26,6 +26,7 @@ use core::fmt;
 
 use aes_kw::KeyInit as _;
 use aws_lc_rs::hmac;
+use mediasec_mikey::eccsi::{self, Kpak, POINT_LEN, Pvt, SigningKey, Ssk};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -33,10 +34,8 @@ use crate::error::KmsError;
 
 /// Length of the request nonce in octets (sent as 32 hex digits).
 pub const NONCE_LEN: usize = 16;
-/// Length of an uncompressed P-256 point (KPAK, PVT; RFC 6507 §3.3).
-pub const POINT_LEN: usize = 65;
 /// Length of an SSK (RFC 6507 §3.3, N = 32).
-pub const SSK_LEN: usize = 32;
+const SSK_LEN: usize = eccsi::N;
 /// Length of the wrapped SSK (RFC 3394: n + 1 blocks of 64 bits).
 pub const WRAPPED_LEN: usize = SSK_LEN + 8;
 /// Content type of `keyprovision` bodies.
@@ -274,14 +273,10 @@ pub struct Provisioned {
     pub uri: String,
     /// The key period.
     pub period: Period,
-    /// The ECCSI identity (RFC 6509 §3.2 form).
-    pub id: Vec<u8>,
     /// The KMS's KPAK, authenticated by the response MAC.
-    pub kpak: [u8; POINT_LEN],
-    /// The PVT.
-    pub pvt: [u8; POINT_LEN],
-    /// The SSK, unwrapped.
-    pub ssk: Zeroizing<[u8; SSK_LEN]>,
+    pub kpak: Kpak,
+    /// The signing key, validated against the KPAK (RFC 6507 §5.1.2).
+    pub key: SigningKey,
 }
 
 /// UE side: the request for `uri`'s key of `period` at the KMS `kms` (its FQDN), by the user
@@ -300,32 +295,33 @@ fn point(what: &str, s: &str) -> Result<[u8; POINT_LEN], KmsError> {
 
 impl Pending {
     /// Verifies the KMS's response (MAC first, constant time; then that it answers this
-    /// request: KMS, URI, period, nonce) and unwraps the SSK. The SSK is not yet checked
-    /// against KPAK and PVT: building the ECCSI signing key does that (RFC 6507 §5.1.2).
+    /// request: KMS, URI, period, nonce, and the RFC 6509 identity of that URI and period),
+    /// unwraps the SSK and validates it against the KPAK and PVT (RFC 6507 §5.1.2).
     pub fn open(&self, body: &[u8]) -> Result<Provisioned, KmsError> {
-        let r: Response = serde_json::from_slice(body).map_err(|e| KmsError::KeyProvision(format!("response: {e}")))?;
+        let bad = |what: &str| KmsError::KeyProvision(format!("response: {what}"));
+        let r: Response = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
         if !mac_ok(&*self.keys.response_mac, &r.mac_input(), &r.mac) {
-            return Err(KmsError::KeyProvision("response MAC does not verify".into()));
+            return Err(bad("MAC does not verify"));
         }
         if r.kms != self.kms || r.uri != self.uri || r.period != self.period.to_string() || r.nonce != self.nonce {
-            return Err(KmsError::KeyProvision("response answers another request (KMS, URI, period or nonce differ)".into()));
+            return Err(bad("answers another request (KMS, URI, period or nonce differ)"));
         }
-        let wrapped = hex::decode(&r.ssk_wrapped).map_err(|_| KmsError::KeyProvision("response: ssk_wrapped is not hex".into()))?;
+        let id = eccsi::identity(&self.uri, self.period.year, self.period.month);
+        if hex::decode(&r.id).ok().as_deref() != Some(id.as_slice()) {
+            return Err(bad("the key is for another identity"));
+        }
+        let wrapped = hex::decode(&r.ssk_wrapped).map_err(|_| bad("ssk_wrapped is not hex"))?;
         if wrapped.len() != WRAPPED_LEN {
-            return Err(KmsError::KeyProvision(format!("response: ssk_wrapped is {} octets, not {WRAPPED_LEN}", wrapped.len())));
+            return Err(bad(&format!("ssk_wrapped is {} octets, not {WRAPPED_LEN}", wrapped.len())));
         }
-        let kw = aes_kw::KwAes256::new_from_slice(&*self.keys.kek).map_err(|_| KmsError::KeyProvision("KEK length".into()))?;
+        let kw = aes_kw::KwAes256::new_from_slice(&*self.keys.kek).map_err(|_| bad("KEK length"))?;
         let mut ssk = Zeroizing::new([0u8; SSK_LEN]);
-        kw.unwrap_key(&wrapped, &mut *ssk).map_err(|_| KmsError::KeyProvision("the wrapped SSK fails its integrity check (RFC 3394)".into()))?;
-        Ok(Provisioned {
-            kms: r.kms,
-            uri: r.uri,
-            period: self.period,
-            id: hex::decode(&r.id).map_err(|_| KmsError::KeyProvision("response: id is not hex".into()))?,
-            kpak: point("kpak", &r.kpak)?,
-            pvt: point("pvt", &r.pvt)?,
-            ssk,
-        })
+        kw.unwrap_key(&wrapped, &mut *ssk).map_err(|_| bad("the wrapped SSK fails its integrity check (RFC 3394)"))?;
+        let kpak = Kpak::from_uncompressed(&point("kpak", &r.kpak)?).map_err(|e| bad(&e.to_string()))?;
+        let pvt = Pvt::from_uncompressed(&point("pvt", &r.pvt)?).map_err(|e| bad(&e.to_string()))?;
+        let ssk = Ssk::from_bytes(&ssk).map_err(|e| bad(&e.to_string()))?;
+        let key = SigningKey::new(&kpak, &id, ssk, pvt).map_err(|e| bad(&e.to_string()))?;
+        Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key })
     }
 }
 
@@ -360,24 +356,42 @@ mod tests {
         assert_eq!(hex::encode_upper(w), "28C9F404C4B810F4CBCCB35CFB87F8263F5786E2D80ED326CBC7F0E71A99F43BFB988B9B7A02DD21");
     }
 
-    fn issue(keys: &ProvKeys, req: &Request) -> Vec<u8> {
-        Response::build(keys, "kms.a.example", req, &Issued { id: b"2026-11\0sip:a@a.example\0", kpak: &[4; 65], pvt: &[5; 65], ssk: &[0x5A; 32] }).unwrap()
+    const KSAK: [u8; 32] = [0x11; 32];
+
+    fn issue(keys: &ProvKeys, req: &Request, ksak: &eccsi::KmsSecret) -> (Vec<u8>, [u8; 32]) {
+        let p = req.period().unwrap();
+        let id = eccsi::identity(&req.uri, p.year, p.month);
+        let (ssk, pvt) = ksak.issue(&id, &[0x22; 32]).unwrap();
+        let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes() };
+        (Response::build(keys, "kms.a.example", req, &issued).unwrap(), *ssk.to_bytes())
     }
 
     #[test]
     fn round_trip_and_tampering() {
         let ks_naf = [7u8; 32];
+        let ksak = eccsi::KmsSecret::from_bytes(&KSAK).unwrap();
         let p = Period::parse("2026-11").unwrap();
         let (body, pending) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16]).unwrap();
         let req = Request::parse(&body).unwrap();
         let keys = ProvKeys::derive(&ks_naf);
         assert!(req.verify(&keys));
         assert!(!req.verify(&ProvKeys::derive(&[8; 32])), "another user's key");
-        let resp = issue(&keys, &req);
-        assert!(!resp.windows(64).any(|w| w == hex::encode([0x5A; 32]).as_bytes()), "SSK in clear on the wire");
+        let (resp, ssk) = issue(&keys, &req, &ksak);
+        let wire = String::from_utf8(resp.clone()).unwrap().to_ascii_lowercase();
+        assert!(!wire.contains(&hex::encode(&ssk[..8])), "SSK in clear on the wire");
         let got = pending.open(&resp).unwrap();
-        assert_eq!((*got.ssk, got.kpak, got.pvt, got.period), ([0x5A; 32], [4; 65], [5; 65], p));
-        assert_eq!(got.id, b"2026-11\0sip:a@a.example\0");
+        assert_eq!((got.kpak, got.period, got.uri.as_str(), got.kms.as_str()), (ksak.kpak(), p, "sip:a@a.example", "kms.a.example"));
+        assert_eq!(got.key.id(), b"2026-11\0sip:a@a.example\0");
+        let sig = got.key.sign(b"m", &[0x33; 32]).unwrap();
+        eccsi::verify(&ksak.kpak(), got.key.id(), b"m", &sig).unwrap();
+        // Keys of another KMS do not validate under the KPAK the response names.
+        let other = eccsi::KmsSecret::from_bytes(&[0x12; 32]).unwrap();
+        let (forged, _) = issue(&keys, &req, &other);
+        let mut fv: serde_json::Value = serde_json::from_slice(&forged).unwrap();
+        fv["kpak"] = hex::encode(ksak.kpak().to_uncompressed()).into();
+        let mut f: Response = serde_json::from_value(fv).unwrap();
+        f.mac = hex::encode(*hmac_sha256(&*keys.response_mac, &f.mac_input()));
+        assert!(pending.open(&serde_json::to_vec(&f).unwrap()).is_err(), "SSK/PVT of another KMS");
 
         // Every request field is covered by the MAC.
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -397,8 +411,8 @@ mod tests {
             }
             assert!(pending.open(&serde_json::to_vec(&t).unwrap()).is_err(), "{field}");
         }
-        let (_, other) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [3; 16]).unwrap();
-        assert!(other.open(&resp).is_err(), "nonce not echoed");
+        let (_, again) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [3; 16]).unwrap();
+        assert!(again.open(&resp).is_err(), "nonce not echoed");
         let (_, wrong_key) = request("btid@bsf", &[9; 32], "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16]).unwrap();
         assert!(wrong_key.open(&resp).is_err());
         assert!(pending.open(b"{").is_err() && pending.open(b"").is_err());

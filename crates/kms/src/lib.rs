@@ -10,7 +10,8 @@
 //! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
 //! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
 //! - [`users`]: users provisioned at the KMS.
-//! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode.
+//! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode;
+//!   [`signing_keys`]: the KMS's KSAK (sealed in the store) and the issuing side.
 //! - [`li`]: lawful interception: warrants and per-target key release.
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
@@ -30,6 +31,7 @@ pub mod persist;
 pub mod policy;
 pub mod tp_data;
 pub mod server;
+pub mod signing_keys;
 pub mod ue;
 pub mod users;
 pub mod zk;
