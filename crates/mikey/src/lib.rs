@@ -12,6 +12,7 @@
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
 mod codec;
+pub mod dh_group;
 pub mod eccsi;
 mod error;
 pub mod error_message;
@@ -25,6 +26,7 @@ pub mod pk;
 pub mod prf;
 pub mod psk;
 pub mod registry;
+pub mod signed_dh;
 pub mod srtp_policy;
 pub mod ticket;
 

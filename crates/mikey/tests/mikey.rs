@@ -826,7 +826,37 @@ mod tshark_oracle {
         .expect("enc");
         check(&sakke, "SAKKE", "sakke");
     }
+
+    /// The high-security mode's DH_INIT and DH_RESP (`signed_dh`), real signatures and DH
+    /// values: tshark 4.0 names the data types, the DH group, the IDR roles and ECCSI.
+    #[test]
+    fn tshark_decodes_signed_dh_messages() {
+        use super::signed_dh_exchange::{ALICE, BOB, Cache, Kms, NOW, os_random, start};
+        let usable = |tool: &str| mediasec_testkit::tool_usable(tool, Command::new(tool).arg("--version"));
+        if !usable("tshark") || !usable("text2pcap") {
+            return;
+        }
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let (init, _pending) = start(&alice, BOB);
+        let resp = mediasec_mikey::signed_dh::answer(&init, &kms.kpak, &bob, BOB, 7, NOW, 30, &mut Cache::default(), &mut os_random)
+            .expect("answer")
+            .response;
+        dump("signed_dh_init", &init);
+        dump("signed_dh_resp", &resp);
+        for (bytes, dt, tag, dh_count) in [(&init, "D-H init", "dhi", 1), (&resp, "D-H resp", "dhr", 2)] {
+            check(bytes, dt, tag);
+            let s = dissect(bytes, tag);
+            assert_eq!(s.matches("DH-Group: OAKLEY 5 (0)").count(), dh_count, "{s}");
+            assert!(s.contains("Signature type: ECCSI (2)"), "{s}");
+            assert!(s.contains("Signature len: 129"), "{s}");
+            assert!(s.contains("Initiator (IDRi)") && s.contains("Responder (IDRr)"), "{s}");
+            assert!(s.contains(ALICE) && s.contains(BOB), "{s}");
+            assert!(!s.contains("Expert Info (Error"), "{s}");
+        }
+    }
 }
+
 
 /// In-process MIKEY-TICKET exchange: initiator, KMS logic stub (test only), responder.
 mod ticket_exchange {
@@ -1587,5 +1617,331 @@ mod eccsi_wolfssl {
             assert!(eccsi::verify(&kpak, &eccsi::identity(&uri, 2026 + round, 12), &msg, &theirs).is_err());
         }
         let _ = std::fs::remove_dir_all(bin.parent().expect("dir"));
+    }
+}
+
+/// The high-security mode: ECCSI-signed MIKEY-DH (`signed_dh`) between two identities of one
+/// KMS, with fresh OS randomness.
+mod signed_dh_exchange {
+    use mediasec_mikey::eccsi::{self, Kpak, KmsSecret, SigningKey};
+    use mediasec_mikey::payload::{Payload, Sign};
+    use mediasec_mikey::psk::ReplayCache;
+    use mediasec_mikey::registry::*;
+    use mediasec_mikey::signed_dh::{self, Keys, Offer, Pending};
+    use mediasec_mikey::srtp_policy::{self, SrtpPolicy};
+    use mediasec_mikey::{Error, Message};
+    use std::collections::HashSet;
+    use std::io::Read;
+
+    /// 2026-11-24 10:00:00 UTC as a 64-bit NTP-UTC timestamp.
+    pub(super) const NOW: u64 = 0xeeaf_dea0_0000_0000;
+    const SEC: u64 = 1 << 32;
+    pub(super) const ALICE: &str = "sip:alice@hs.example.org";
+    pub(super) const BOB: &str = "sip:bob@hs.example.org";
+    const CAROL: &str = "sip:carol@hs.example.org";
+
+    #[derive(Default)]
+    pub(super) struct Cache(HashSet<(u32, u64, Vec<u8>)>);
+
+    impl ReplayCache for Cache {
+        fn insert(&mut self, csb: u32, ts: u64, sig: &[u8]) -> bool {
+            self.0.insert((csb, ts, sig.to_vec()))
+        }
+    }
+
+    pub(super) fn os_random(buf: &mut [u8]) {
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("urandom");
+    }
+
+    pub(super) struct Kms {
+        secret: KmsSecret,
+        pub(super) kpak: Kpak,
+    }
+
+    impl Kms {
+        pub(super) fn new() -> Self {
+            let mut b = [0u8; 32];
+            loop {
+                os_random(&mut b);
+                if let Ok(secret) = KmsSecret::from_bytes(&b) {
+                    let kpak = secret.kpak();
+                    return Self { secret, kpak };
+                }
+            }
+        }
+
+        /// The user's key for the month of `ntp`, validated as a client would (RFC 6507 §5.1.2).
+        pub(super) fn key(&self, uri: &str, ntp: u64) -> SigningKey {
+            let t = Timestamp { ts_type: TsType::NTP_UTC, value: ntp };
+            let id = signed_dh::signer_identity(uri, &t).expect("period");
+            let mut v = [0u8; 32];
+            os_random(&mut v);
+            let (ssk, pvt) = self.secret.issue(&id, &v).expect("issue");
+            SigningKey::new(&self.kpak, &id, ssk, pvt).expect("valid key")
+        }
+    }
+
+    use mediasec_mikey::payload::Timestamp;
+
+    pub(super) fn offer_to(responder: &str) -> Offer {
+        let mut csb = [0u8; 4];
+        os_random(&mut csb);
+        Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: u32::from_be_bytes(csb),
+            initiator_uri: ALICE.into(),
+            responder_uri: responder.into(),
+            initiator_ssrc: 0x1111_2222,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        }
+    }
+
+    pub(super) fn start(alice: &SigningKey, to: &str) -> (Vec<u8>, Pending) {
+        signed_dh::offer(&offer_to(to), alice, NOW, &mut os_random).expect("offer")
+    }
+
+    fn answer_with(kms: &Kpak, bob: &SigningKey, init: &[u8], now: u64, cache: &mut Cache) -> Result<signed_dh::Answered, Error> {
+        signed_dh::answer(init, kms, bob, BOB, 0x3333_4444, now, 30, cache, &mut os_random)
+    }
+
+    fn same(a: &SrtpPolicy, b: &SrtpPolicy) {
+        assert_eq!(a, b);
+        assert_eq!(a.master_key.len(), 16);
+        assert_eq!(a.master_salt.len(), 14);
+    }
+
+    fn srtp_flows(tx: &SrtpPolicy, rx: &SrtpPolicy) {
+        let mut out = mediasec_srtp::Session::new(&tx.to_srtp().expect("policy")).expect("session");
+        let mut inp = mediasec_srtp::Session::new(&rx.to_srtp().expect("policy")).expect("session");
+        let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 0];
+        rtp.extend_from_slice(&tx.ssrc.to_be_bytes());
+        rtp.extend_from_slice(b"high-security media");
+        let plain = rtp.clone();
+        out.protect_rtp_vec(&mut rtp).expect("protect");
+        assert_ne!(rtp[12..rtp.len() - 10], plain[12..]);
+        inp.unprotect_rtp_vec(&mut rtp).expect("unprotect");
+        assert_eq!(rtp, plain);
+    }
+
+    fn code(e: &Error) -> ErrorCode {
+        e.err_code()
+    }
+
+    #[test]
+    fn round_trip_gives_both_sides_the_same_keys_and_srtp_works() {
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let (init, pending) = start(&alice, BOB);
+        let m = Message::decode(&init).expect("decode");
+        assert_eq!(m.header.data_type, DataType::DH_INIT);
+        let types: Vec<_> = m.payloads.iter().map(Payload::payload_type).collect();
+        assert_eq!(types, [PayloadType::T, PayloadType::RAND, PayloadType::IDR, PayloadType::IDR, PayloadType::SP, PayloadType::DH, PayloadType::SIGN]);
+        let answered = answer_with(&kms.kpak, &bob, &init, NOW + 2 * SEC, &mut Cache::default()).expect("answer");
+        assert_eq!(answered.initiator_uri, ALICE);
+        let r = Message::decode(&answered.response).expect("decode");
+        assert_eq!(r.header.data_type, DataType::DH_RESP);
+        let types: Vec<_> = r.payloads.iter().map(Payload::payload_type).collect();
+        assert_eq!(types, [PayloadType::T, PayloadType::IDR, PayloadType::IDR, PayloadType::DH, PayloadType::DH, PayloadType::SIGN]);
+        let done = pending.finish(&answered.response, &kms.kpak, NOW + 3 * SEC, 30).expect("finish");
+        assert_eq!(done.responder_uri, BOB);
+        assert!(!done.redirected);
+        let (a, b): (&Keys, &Keys) = (&done.keys, &answered.keys);
+        assert_eq!(a.tgk[..], b.tgk[..]);
+        same(&a.initiator_stream, &b.initiator_stream);
+        same(&a.responder_stream, &b.responder_stream);
+        assert_ne!(a.initiator_stream.master_key, a.responder_stream.master_key);
+        assert_eq!((a.initiator_stream.ssrc, a.responder_stream.ssrc), (0x1111_2222, 0x3333_4444));
+        // The keys are the RFC 3830 §4.1.3 derivation from the TGK with CS ID, CSB ID, RAND.
+        let rand = m.find(|p| if let Payload::Rand(r) = p { Some(r.rand.clone()) } else { None }).expect("rand");
+        let label = mediasec_mikey::keys::label_tgk(mediasec_mikey::keys::TEK, 2, m.header.csb_id, &rand);
+        let tek = mediasec_mikey::prf::prf(PrfFunc::MIKEY_1, &a.tgk[..], &label, 16).expect("prf");
+        assert_eq!(tek.as_slice(), a.responder_stream.master_key.as_slice());
+        // Media flows both ways with mediasec-srtp.
+        srtp_flows(&a.initiator_stream, &b.initiator_stream);
+        srtp_flows(&b.responder_stream, &a.responder_stream);
+        // PRF-HMAC-SHA-256 works too.
+        let o = Offer { prf: PrfFunc::HMAC_SHA_256, ..offer_to(BOB) };
+        let (init, pending) = signed_dh::offer(&o, &alice, NOW, &mut os_random).expect("offer");
+        let ans = answer_with(&kms.kpak, &bob, &init, NOW, &mut Cache::default()).expect("answer");
+        let done = pending.finish(&ans.response, &kms.kpak, NOW, 30).expect("finish");
+        same(&done.keys.initiator_stream, &ans.keys.initiator_stream);
+    }
+
+    #[test]
+    fn two_sessions_with_the_same_long_term_keys_have_different_tgks() {
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let mut tgks = Vec::new();
+        for _ in 0..2 {
+            let (init, pending) = start(&alice, BOB);
+            let ans = answer_with(&kms.kpak, &bob, &init, NOW, &mut Cache::default()).expect("answer");
+            tgks.push(pending.finish(&ans.response, &kms.kpak, NOW, 30).expect("finish").keys.tgk.to_vec());
+        }
+        assert_ne!(tgks[0], tgks[1]);
+    }
+
+    #[test]
+    fn every_tampered_byte_of_dh_init_and_dh_resp_is_refused() {
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let (init, pending) = start(&alice, BOB);
+        for i in 0..init.len() {
+            let mut t = init.clone();
+            t[i] ^= 0x01;
+            let e = answer_with(&kms.kpak, &bob, &t, NOW, &mut Cache::default()).expect_err("tampered DH_INIT accepted");
+            assert!(matches!(code(&e), ErrorCode::AUTH_FAILURE | ErrorCode::UNSUPPORTED_MESSAGE | ErrorCode::INVALID_DT | ErrorCode::INVALID_ID | ErrorCode::INVALID_TS), "byte {i}: {e}");
+        }
+        let ans = answer_with(&kms.kpak, &bob, &init, NOW, &mut Cache::default()).expect("answer");
+        let resp = ans.response;
+        for i in 0..resp.len() {
+            let mut t = resp.clone();
+            t[i] ^= 0x80;
+            let e = pending.finish(&t, &kms.kpak, NOW, 30).expect_err("tampered DH_RESP accepted");
+            assert!(matches!(code(&e), ErrorCode::AUTH_FAILURE | ErrorCode::UNSUPPORTED_MESSAGE | ErrorCode::INVALID_DT | ErrorCode::INVALID_ID | ErrorCode::INVALID_TS), "byte {i}: {e}");
+        }
+        // The genuine response is still accepted after the forged ones.
+        pending.finish(&resp, &kms.kpak, NOW, 30).expect("genuine DH_RESP");
+        // Truncations and extensions.
+        for n in [0, 1, 10, init.len() - 1] {
+            assert!(answer_with(&kms.kpak, &bob, &init[..n], NOW, &mut Cache::default()).is_err());
+        }
+        let mut long = init;
+        long.push(0);
+        assert!(answer_with(&kms.kpak, &bob, &long, NOW, &mut Cache::default()).is_err());
+    }
+
+    #[test]
+    fn wrong_kpak_identity_time_replay_and_echo_are_refused_with_the_right_error() {
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let (init, pending) = start(&alice, BOB);
+        // Another KMS's KPAK: the signature does not verify.
+        let other = Kms::new();
+        let e = answer_with(&other.kpak, &bob, &init, NOW, &mut Cache::default()).expect_err("other KMS");
+        assert_eq!(code(&e), ErrorCode::AUTH_FAILURE, "{e}");
+        // A DH_INIT addressed to someone else.
+        let carol = kms.key(CAROL, NOW);
+        let e = signed_dh::answer(&init, &kms.kpak, &carol, CAROL, 1, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("not carol's");
+        assert_eq!(code(&e), ErrorCode::INVALID_ID, "{e}");
+        // Keys are per month: October's key does not sign November's messages (refused
+        // locally), but October's keys run an October exchange.
+        let last_month = NOW - 30 * 86_400 * SEC;
+        let old = kms.key(ALICE, last_month);
+        assert!(matches!(signed_dh::offer(&offer_to(BOB), &old, NOW, &mut os_random), Err(Error::Encode { .. })));
+        let (old_init, _) = signed_dh::offer(&offer_to(BOB), &old, last_month, &mut os_random).expect("offer last month");
+        answer_with(&kms.kpak, &kms.key(BOB, last_month), &old_init, last_month, &mut Cache::default()).expect("October exchange");
+        assert!(matches!(answer_with(&kms.kpak, &bob, &old_init, last_month, &mut Cache::default()), Err(Error::Encode { .. })));
+        // Stale and future timestamps.
+        for now in [NOW + 31 * SEC, NOW - 31 * SEC] {
+            let e = answer_with(&kms.kpak, &bob, &init, now, &mut Cache::default()).expect_err("stale");
+            assert_eq!(code(&e), ErrorCode::INVALID_TS, "{e}");
+        }
+        // Replay of an accepted DH_INIT.
+        let mut cache = Cache::default();
+        let ans = answer_with(&kms.kpak, &bob, &init, NOW, &mut cache).expect("first");
+        let e = answer_with(&kms.kpak, &bob, &init, NOW, &mut cache).expect_err("replay");
+        assert_eq!(code(&e), ErrorCode::INVALID_TS, "{e}");
+        // A stale DH_RESP.
+        let e = pending.finish(&ans.response, &kms.kpak, NOW + 60 * SEC, 30).expect_err("stale resp");
+        assert_eq!(code(&e), ErrorCode::INVALID_TS, "{e}");
+        // DH_RESP of another DH_INIT of the same offer (wrong DHi echo), verified but refused.
+        let (init2, _pending2) = signed_dh::offer(pending.offer(), &alice, NOW, &mut os_random).expect("offer again");
+        let ans2 = answer_with(&kms.kpak, &bob, &init2, NOW, &mut Cache::default()).expect("second");
+        let e = pending.finish(&ans2.response, &kms.kpak, NOW, 30).expect_err("echo");
+        assert_eq!(code(&e), ErrorCode::AUTH_FAILURE, "{e}");
+        assert!(e.to_string().contains("echo"), "{e}");
+        // A DH_RESP under another KMS's KPAK.
+        let e = pending.finish(&ans.response, &other.kpak, NOW, 30).expect_err("kpak");
+        assert_eq!(code(&e), ErrorCode::AUTH_FAILURE, "{e}");
+        // A DH_INIT given to the initiator's finish, and vice versa: wrong data type.
+        assert_eq!(code(&pending.finish(&init, &kms.kpak, NOW, 30).expect_err("dt")), ErrorCode::INVALID_DT);
+        assert_eq!(code(&answer_with(&kms.kpak, &bob, &ans.response, NOW, &mut Cache::default()).expect_err("dt")), ErrorCode::INVALID_DT);
+        // The responder can send the RFC 3830 §5.1.2 error message for each failure.
+        let e = answer_with(&other.kpak, &bob, &init, NOW, &mut Cache::default()).expect_err("auth");
+        let err_msg = signed_dh::error_reply(&init, &e, NOW).expect("error message");
+        let report = mediasec_mikey::error_message::verify(&err_msg, None).expect("error message decodes");
+        assert_eq!(report.codes(), [ErrorCode::AUTH_FAILURE]);
+        assert_eq!(Message::decode(&err_msg).expect("decode").header.csb_id, Message::decode(&init).expect("decode").header.csb_id);
+        assert!(signed_dh::error_reply(&[1, 4], &e, NOW).is_none());
+    }
+
+    #[test]
+    fn a_responder_other_than_the_one_called_is_reported() {
+        // Carol answers a call to Bob (e.g. a forwarded call with a responder that does not
+        // check IDRr): she signs her DH_RESP with her own identity in IDRr.
+        let kms = Kms::new();
+        let (alice, bob, carol) = (kms.key(ALICE, NOW), kms.key(BOB, NOW), kms.key(CAROL, NOW));
+        let (init, pending) = start(&alice, BOB);
+        let ans = answer_with(&kms.kpak, &bob, &init, NOW, &mut Cache::default()).expect("answer");
+        let mut m = Message::decode(&ans.response).expect("decode");
+        for p in &mut m.payloads {
+            if let Payload::Idr(i) = p
+                && i.role == IdRole::RESPONDER
+            {
+                i.data = CAROL.as_bytes().to_vec();
+            }
+        }
+        m.payloads.pop();
+        m.payloads.push(Payload::Sign(Sign { sig_type: SignatureType::ECCSI, signature: vec![0; eccsi::SIGNATURE_LEN] }));
+        let mut bytes = m.encode().expect("encode");
+        bytes.truncate(bytes.len() - eccsi::SIGNATURE_LEN);
+        let mut j = [0u8; 32];
+        os_random(&mut j);
+        bytes.extend_from_slice(&carol.sign(&bytes, &j).expect("sign"));
+        let done = pending.finish(&bytes, &kms.kpak, NOW, 30).expect("carol's answer verifies");
+        assert_eq!(done.responder_uri, CAROL);
+        assert!(done.redirected);
+        // Carol cannot pass her answer off as Bob's: Bob's IDRr with Carol's signature fails.
+        let covered = &ans.response[..ans.response.len() - eccsi::SIGNATURE_LEN];
+        let forged = [covered, &carol.sign(covered, &j).expect("sign")[..]].concat();
+        let e = pending.finish(&forged, &kms.kpak, NOW, 30).expect_err("carol as bob");
+        assert_eq!(code(&e), ErrorCode::AUTH_FAILURE);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        struct Fixture {
+            kms: Kms,
+            bob: SigningKey,
+            init: Vec<u8>,
+            pending: Pending,
+            resp: Vec<u8>,
+        }
+
+        fn fixture() -> &'static Fixture {
+            static F: OnceLock<Fixture> = OnceLock::new();
+            F.get_or_init(|| {
+                let kms = Kms::new();
+                let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+                let (init, pending) = start(&alice, BOB);
+                let resp = answer_with(&kms.kpak, &bob, &init, NOW, &mut Cache::default()).expect("answer").response;
+                Fixture { kms, bob, init, pending, resp }
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let f = fixture();
+                prop_assert!(answer_with(&f.kms.kpak, &f.bob, &data, NOW, &mut Cache::default()).is_err());
+                prop_assert!(f.pending.finish(&data, &f.kms.kpak, NOW, 30).is_err());
+            }
+
+            #[test]
+            fn mutated_messages_never_panic_and_are_refused(pos in any::<usize>(), val in 1u8.., cut in any::<bool>()) {
+                let f = fixture();
+                for msg in [&f.init, &f.resp] {
+                    let mut m = msg.clone();
+                    let i = pos % m.len();
+                    if cut { m.truncate(i) } else { m[i] ^= val }
+                    prop_assert!(answer_with(&f.kms.kpak, &f.bob, &m, NOW, &mut Cache::default()).is_err());
+                    prop_assert!(f.pending.finish(&m, &f.kms.kpak, NOW, 30).is_err());
+                }
+            }
+        }
     }
 }

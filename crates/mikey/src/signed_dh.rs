@@ -1,0 +1,526 @@
+//! ECCSI-signed MIKEY Diffie-Hellman: the high-security mode (docs/high-security.md).
+//!
+//! The RFC 3830 DH method (§3.3) with its SIGN payloads made by ECCSI (RFC 6507, S type 2 as
+//! RFC 6509 §4.3 registers it) under identity-based keys a KMS issues per identity and month
+//! ([`eccsi::identity`]):
+//!
+//! ```text
+//! DH_INIT (data type 4) = HDR, T, RAND, IDRi, IDRr, SP, DHi, SIGNi
+//! DH_RESP (data type 5) = HDR, T, IDRr, IDRi, DHr, DHi, SIGNr
+//! ```
+//!
+//! - **HDR**: version 1, V = 0 (RFC 3830 §6.1: the V flag is ignored in the DH method, the
+//!   response is mandatory), PRF chosen by the initiator, the CSB ID, an SRTP-ID map (RFC 3830
+//!   §6.1.1) with CS 1 = the initiator's stream (its SSRC) and CS 2 = the responder's stream
+//!   (SSRC 0 in DH_INIT, filled in by the responder in DH_RESP), both under SP policy 0 — the
+//!   two crypto sessions of a MIKEY-TICKET call (`crates/kms/src/ue.rs`) on the RFC 3830 map.
+//! - **T**: NTP-UTC (RFC 3830 §6.6), the sender's current time. DH_RESP carries the
+//!   responder's own time *(ours, as RFC 6043 responders do)*; its binding to the DH_INIT is
+//!   the signed DHi echo.
+//! - **IDRi / IDRr** (RFC 6043 §6.6 roles 1 and 2, ID type URI): the two parties' URIs. The
+//!   ECCSI signer identity is `eccsi::identity(URI, year, month)` with year and month taken
+//!   from the message's own T payload (UTC), the RFC 6509 §3.2 form.
+//! - **SP** (RFC 3830 §6.10): the SRTP policy, as in the ticket messages.
+//! - **DH** (RFC 3830 §6.4): group OAKLEY 5 only ([`crate::dh_group`]), KV NULL.
+//! - **SIGN** (RFC 3830 §6.5, §5.2): S type ECCSI, signature = `r ‖ s ‖ PVT` (129 octets) over
+//!   every octet of the message before the Signature field, the 2-octet S type / length
+//!   header included — the coverage MIKEY-SAKKE implementations use (verified against
+//!   published TS 33.180 messages in [`crate::eccsi`]'s tests).
+//!
+//! Keys: TGK = g^(xi·xr) mod p as its 192-octet big-endian value (RFC 3830 §4.1.1, §6.4);
+//! each crypto session's SRTP master key and salt = PRF(TGK, label(const, CS ID, CSB ID,
+//! RAND)) (RFC 3830 §4.1.3, [`crate::keys::label_tgk`], [`crate::srtp_policy::derive`]).
+//!
+//! **Perfect forward secrecy.** The private exponents xi and xr exist only in the initiator's
+//! [`Pending`] and in [`answer`]'s stack frame ([`dh_group::EphemeralSecret`], zeroized on
+//! drop, never serialised). Long-term keys (KMS secret, SSKs) only sign; once both exponents
+//! are gone, a recorded exchange cannot be decrypted by anyone, the KMS included. The KMS can
+//! still impersonate any user towards a live call (active man-in-the-middle): see
+//! docs/high-security.md.
+//!
+//! Sans-IO: time (`now_ntp`, the 64-bit NTP-UTC timestamp) and randomness (`random`, which
+//! must fill its buffer from a CSPRNG) are parameters; replays are rejected through the
+//! caller's [`ReplayCache`]. Failures are [`Error::Rejected`] with the RFC 3830 §6.12 ERR code;
+//! [`error_reply`] builds the RFC 3830 §5.1.2 error message a responder sends back.
+
+use zeroize::Zeroizing;
+
+use crate::dh_group::{self, EphemeralSecret};
+use crate::eccsi::{self, Kpak, SigningKey};
+use crate::error::{Error, Result};
+use crate::header::{CommonHeader, CsIdMap, MIKEY_VERSION, SrtpCs};
+use crate::keys;
+use crate::message::Message;
+use crate::payload::{Dh, Idr, KeyValidity, Payload, Rand, SecurityPolicy, Sign, Timestamp};
+use crate::psk::ReplayCache;
+use crate::registry::{DataType, DhGroup, ErrorCode, IdRole, IdType, PrfFunc, SignatureType, TsType};
+use crate::srtp_policy::{self, CryptoSession, SrtpPolicy};
+
+/// Length of the RAND payload the initiator sends (RFC 3830 §6.11: at least 128 bits).
+pub const RAND_LEN: usize = 16;
+
+/// How many times a builder draws fresh randomness when a draw is unusable (an ECCSI `j` or a
+/// DH exponent out of range: probability < 2⁻³² each) before giving up.
+const MAX_DRAWS: usize = 8;
+
+/// What the initiator offers.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// PRF of the HDR (RFC 3830 §6.1; MIKEY-1 = PRF-HMAC-SHA-1, or PRF-HMAC-SHA-256).
+    pub prf: PrfFunc,
+    /// CSB ID (RFC 3830 §6.1): random, chosen by the initiator.
+    pub csb_id: u32,
+    /// The initiator's URI (IDRi; with the month of T, its ECCSI identity).
+    pub initiator_uri: String,
+    /// The URI called (IDRr).
+    pub responder_uri: String,
+    /// SSRC of the initiator's media stream (CS 1).
+    pub initiator_ssrc: u32,
+    /// The SRTP policy (SP payload, policy number 0), e.g.
+    /// [`srtp_policy::aes_cm_128_hmac_sha1_80`].
+    pub policy: SecurityPolicy,
+}
+
+/// SRTP keys of a call and the TGK they come from.
+pub struct Keys {
+    /// TGK = g^(xi·xr) mod p, 192 octets (RFC 3830 §4.1.1).
+    pub tgk: Zeroizing<[u8; dh_group::VALUE_LEN]>,
+    /// CS 1: initiator → responder.
+    pub initiator_stream: SrtpPolicy,
+    /// CS 2: responder → initiator.
+    pub responder_stream: SrtpPolicy,
+}
+
+impl core::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Keys")
+            .field("initiator_stream", &self.initiator_stream)
+            .field("responder_stream", &self.responder_stream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the responder learns from a verified DH_INIT, with the keys.
+#[derive(Debug)]
+pub struct Answered {
+    /// The DH_RESP to send back.
+    pub response: Vec<u8>,
+    /// The authenticated initiator URI (IDRi, signature verified).
+    pub initiator_uri: String,
+    /// The keys.
+    pub keys: Keys,
+}
+
+/// What the initiator learns from a verified DH_RESP.
+#[derive(Debug)]
+pub struct Finished {
+    /// The authenticated responder URI (IDRr of DH_RESP, signature verified). It may differ
+    /// from the URI called ([`Finished::redirected`]): the caller decides whether to accept
+    /// a forwarded call.
+    pub responder_uri: String,
+    /// Whether the responder is not the one called.
+    pub redirected: bool,
+    /// The keys.
+    pub keys: Keys,
+}
+
+/// The initiator's state between DH_INIT and DH_RESP: holds the private exponent xi. Drop it
+/// as soon as [`Pending::finish`] succeeded (the exponent is zeroized on drop, which is what
+/// makes the exchange forward-secret). `finish` takes `&self` so that a forged DH_RESP
+/// cannot cancel a call: the genuine one can still be accepted.
+pub struct Pending {
+    offer: Offer,
+    rand: [u8; RAND_LEN],
+    secret: EphemeralSecret,
+    dh_i: [u8; dh_group::VALUE_LEN],
+}
+
+impl core::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Pending").field("offer", &self.offer).finish_non_exhaustive()
+    }
+}
+
+fn rejected(code: ErrorCode, reason: impl Into<String>) -> Error {
+    Error::rejected(code, reason)
+}
+
+/// The key period (UTC year, month) of an NTP-UTC timestamp: the month that selects a user's
+/// ECCSI key (RFC 6509 §3.2 monthly identities). NTP era rollover follows RFC 4330 §3: a
+/// seconds value with the top bit clear is read as era 1 (2036 onwards).
+pub fn period_of(t: &Timestamp) -> Result<(u16, u8)> {
+    let secs = match t.ts_type {
+        TsType::NTP_UTC => t.value >> 32,
+        TsType::NTP_UTC_32 => t.value & 0xffff_ffff,
+        other => return Err(rejected(ErrorCode::INVALID_TS, format!("timestamp type {other:?}: an NTP-UTC time is needed for the key period"))),
+    };
+    let secs = if secs < 0x8000_0000 { secs + (1 << 32) } else { secs };
+    // Days since 1970-01-01, then H. Hinnant's civil_from_days (proleptic Gregorian).
+    let days = secs.checked_sub(2_208_988_800).ok_or_else(|| rejected(ErrorCode::INVALID_TS, "time before 1970"))? / 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let year = u16::try_from(year).map_err(|_| rejected(ErrorCode::INVALID_TS, "year out of range"))?;
+    Ok((year, u8::try_from(month).unwrap_or(1)))
+}
+
+/// The ECCSI identity that signs a message sent by `uri` at time `t`.
+pub fn signer_identity(uri: &str, t: &Timestamp) -> Result<Vec<u8>> {
+    let (year, month) = period_of(t)?;
+    Ok(eccsi::identity(uri, year, month))
+}
+
+fn ntp(now_ntp: u64) -> Timestamp {
+    Timestamp { ts_type: TsType::NTP_UTC, value: now_ntp }
+}
+
+fn idr(role: IdRole, uri: &str) -> Payload {
+    Payload::Idr(Idr { role, id_type: IdType::URI, data: uri.as_bytes().to_vec() })
+}
+
+fn dh(value: &[u8]) -> Payload {
+    Payload::Dh(Dh { group: DhGroup::OAKLEY_5, value: value.to_vec(), reserved: 0, validity: KeyValidity::Null })
+}
+
+fn draw<T>(random: &mut dyn FnMut(&mut [u8]), make: impl Fn(&[u8; 32]) -> Result<T>) -> Result<T> {
+    let mut last = Error::FreshRandomness { what: "no draw made" };
+    for _ in 0..MAX_DRAWS {
+        let mut buf = Zeroizing::new([0u8; 32]);
+        random(&mut *buf);
+        match make(&buf) {
+            Err(e @ Error::FreshRandomness { .. }) => last = e,
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+/// Appends SIGN (ECCSI) to `m`, signed by `key` over every octet before the signature.
+fn seal(m: Message, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
+    let mut m = m;
+    m.payloads.push(Payload::Sign(Sign { sig_type: SignatureType::ECCSI, signature: vec![0; eccsi::SIGNATURE_LEN] }));
+    let mut bytes = m.encode()?;
+    bytes.truncate(bytes.len().saturating_sub(eccsi::SIGNATURE_LEN));
+    let sig = draw(random, |j| key.sign(&bytes, j))?;
+    bytes.extend_from_slice(&sig);
+    Ok(bytes)
+}
+
+fn check_key(key: &SigningKey, uri: &str, t: &Timestamp) -> Result<()> {
+    if key.id() != signer_identity(uri, t)?.as_slice() {
+        let (y, m) = period_of(t)?;
+        return Err(Error::encode("SIGN", format!("the signing key is not the ECCSI key of {uri} for {y:04}-{m:02}")));
+    }
+    Ok(())
+}
+
+/// Builds DH_INIT (module documentation) and the state awaiting DH_RESP.
+///
+/// `key` must be the ECCSI key of `offer.initiator_uri` for the month of `now_ntp`.
+/// `random` supplies RAND, the DH exponent xi and the ECCSI `j` (fresh CSPRNG output each
+/// call; never replay it).
+pub fn offer(offer: &Offer, key: &SigningKey, now_ntp: u64, random: &mut dyn FnMut(&mut [u8])) -> Result<(Vec<u8>, Pending)> {
+    let t = ntp(now_ntp);
+    check_key(key, &offer.initiator_uri, &t)?;
+    srtp_policy::suite_of(&offer.policy)?;
+    if offer.policy.policy_no != 0 {
+        return Err(Error::encode("SP", "the crypto sessions reference policy 0"));
+    }
+    let mut rand = [0u8; RAND_LEN];
+    random(&mut rand);
+    let secret = draw(random, |x| EphemeralSecret::new(DhGroup::OAKLEY_5, x))?;
+    let dh_i = secret.public_value();
+    let m = Message {
+        header: CommonHeader {
+            version: MIKEY_VERSION,
+            data_type: DataType::DH_INIT,
+            v_flag: false,
+            prf: offer.prf,
+            csb_id: offer.csb_id,
+            cs_map: CsIdMap::SrtpId(vec![
+                SrtpCs { policy_no: 0, ssrc: offer.initiator_ssrc, roc: 0 },
+                SrtpCs { policy_no: 0, ssrc: 0, roc: 0 },
+            ]),
+        },
+        payloads: vec![
+            Payload::T(t),
+            Payload::Rand(Rand { rand: rand.to_vec() }),
+            idr(IdRole::INITIATOR, &offer.initiator_uri),
+            idr(IdRole::RESPONDER, &offer.responder_uri),
+            Payload::Sp(offer.policy.clone()),
+            dh(&dh_i),
+        ],
+    };
+    let bytes = seal(m, key, random)?;
+    Ok((bytes, Pending { offer: offer.clone(), rand, secret, dh_i }))
+}
+
+/// A DH_INIT or DH_RESP split into what the checks need.
+struct Parsed {
+    message: Message,
+    t: Timestamp,
+    signature: Vec<u8>,
+    covered_len: usize,
+}
+
+fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
+    let message = Message::decode(bytes)?;
+    if message.header.data_type != dt {
+        return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, expected {dt:?}", message.header.data_type)));
+    }
+    let sign = match message.payloads.last() {
+        Some(Payload::Sign(s)) => s.clone(),
+        _ => return Err(rejected(ErrorCode::AUTH_FAILURE, "SIGN is not the last payload")),
+    };
+    if sign.sig_type != SignatureType::ECCSI {
+        return Err(rejected(ErrorCode::AUTH_FAILURE, format!("signature type {:?}, ECCSI expected", sign.sig_type)));
+    }
+    let t = message
+        .find(|p| if let Payload::T(t) = p { Some(*t) } else { None })
+        .ok_or_else(|| rejected(ErrorCode::INVALID_TS, "no T payload"))?;
+    let covered_len = bytes.len().saturating_sub(sign.signature.len());
+    Ok(Parsed { message, t, signature: sign.signature, covered_len })
+}
+
+impl Parsed {
+    /// The URI of the first IDR with `role` (ID type URI, UTF-8).
+    fn uri(&self, role: IdRole) -> Result<String> {
+        let idr = self
+            .message
+            .find(|p| match p {
+                Payload::Idr(i) if i.role == role => Some(i.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| rejected(ErrorCode::INVALID_ID, format!("no IDR with role {role:?}")))?;
+        if idr.id_type != IdType::URI {
+            return Err(rejected(ErrorCode::INVALID_ID, format!("{role:?}: ID type {:?}, URI expected", idr.id_type)));
+        }
+        String::from_utf8(idr.data).map_err(|_| rejected(ErrorCode::INVALID_ID, format!("{role:?}: URI is not UTF-8")))
+    }
+
+    /// Verifies SIGN as the signature of `signer_uri` (identity for the month of T).
+    fn verify(&self, bytes: &[u8], kpak: &Kpak, signer_uri: &str) -> Result<()> {
+        let id = signer_identity(signer_uri, &self.t)?;
+        eccsi::verify(kpak, &id, bytes.get(..self.covered_len).unwrap_or_default(), &self.signature)
+    }
+
+    fn check_fresh(&self, now_ntp: u64, skew_secs: u64) -> Result<()> {
+        let (secs, now) = (self.t.value >> 32, now_ntp >> 32);
+        if self.t.ts_type != TsType::NTP_UTC {
+            return Err(rejected(ErrorCode::INVALID_TS, format!("timestamp type {:?}, NTP-UTC expected", self.t.ts_type)));
+        }
+        if secs.abs_diff(now) > skew_secs {
+            return Err(rejected(ErrorCode::INVALID_TS, format!("timestamp {secs} outside ±{skew_secs} s of {now}")));
+        }
+        Ok(())
+    }
+
+    /// The DH payloads in order, each checked: OAKLEY 5 (else ERR "DH group not supported").
+    fn dh_values(&self) -> Result<Vec<Vec<u8>>> {
+        self.message
+            .payloads
+            .iter()
+            .filter_map(|p| if let Payload::Dh(d) = p { Some(d) } else { None })
+            .map(|d| match dh_group::check_group(d.group) {
+                Ok(()) => Ok(d.value.clone()),
+                Err(e) => Err(rejected(ErrorCode::INVALID_DH, e.to_string())),
+            })
+            .collect()
+    }
+
+    fn srtp_map(&self) -> Result<[SrtpCs; 2]> {
+        match &self.message.header.cs_map {
+            CsIdMap::SrtpId(v) => match v.as_slice() {
+                [a, b] if a.policy_no == 0 && b.policy_no == 0 => Ok([*a, *b]),
+                _ => Err(rejected(ErrorCode::INVALID_SP, "the SRTP-ID map must hold CS 1 and CS 2, both under policy 0")),
+            },
+            _ => Err(rejected(ErrorCode::INVALID_SP, "an SRTP-ID map (RFC 3830 §6.1.1) is expected")),
+        }
+    }
+}
+
+fn bad_dh(e: &Error) -> Error {
+    rejected(ErrorCode::UNSPECIFIED, format!("DH value refused: {e}"))
+}
+
+/// Both parties' SRTP keys from the TGK (RFC 3830 §4.1.3: CS ID 1 and 2, CSB ID, RAND).
+fn derive(prf: PrfFunc, tgk: Zeroizing<[u8; dh_group::VALUE_LEN]>, csb_id: u32, rand: &[u8], sp: &SecurityPolicy, map: &[SrtpCs; 2]) -> Result<Keys> {
+    let one = |cs_id: u8, cs: &SrtpCs| {
+        let session = CryptoSession { ssrc: cs.ssrc, roc: cs.roc, mki: Vec::new() };
+        srtp_policy::derive(prf, &tgk[..], |c| keys::label_tgk(c, cs_id, csb_id, rand), None, sp, &session)
+    };
+    let [cs1, cs2] = map;
+    Ok(Keys { initiator_stream: one(1, cs1)?, responder_stream: one(2, cs2)?, tgk })
+}
+
+/// Responder: verifies a DH_INIT and answers it with DH_RESP.
+///
+/// Checks, in order: decoding and data type (ERR Invalid DT); SIGN last and ECCSI (ERR Auth
+/// failure); the signature by the IDRi URI's identity for the month of T under `kpak` (ERR
+/// Auth failure); T within `skew_secs` of `now_ntp` (NTP-UTC, 64-bit) and not replayed
+/// (`replay` records CSB ID, T and the signature; ERR Invalid TS); IDRr equal to
+/// `responder_uri` (ERR Invalid ID); one DH payload in group OAKLEY 5 (ERR Invalid DH) with a
+/// valid value; the SRTP-ID map and SP (ERR Invalid SP / SP par).
+///
+/// Then draws xr (from `random`, with the ECCSI `j`), builds DH_RESP signed by `key` (the
+/// ECCSI key of `responder_uri` for the month of `now_ntp`), and derives the keys. CS 2 of
+/// the answer carries `responder_ssrc`. On error, [`error_reply`] builds the message to send.
+#[allow(clippy::too_many_arguments)]
+pub fn answer(
+    i_message: &[u8],
+    kpak: &Kpak,
+    key: &SigningKey,
+    responder_uri: &str,
+    responder_ssrc: u32,
+    now_ntp: u64,
+    skew_secs: u64,
+    replay: &mut dyn ReplayCache,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> Result<Answered> {
+    let now = ntp(now_ntp);
+    check_key(key, responder_uri, &now)?;
+    let p = parse(i_message, DataType::DH_INIT)?;
+    let initiator_uri = p.uri(IdRole::INITIATOR)?;
+    p.verify(i_message, kpak, &initiator_uri)?;
+    p.check_fresh(now_ntp, skew_secs)?;
+    if !replay.insert(p.message.header.csb_id, p.t.value, &p.signature) {
+        return Err(rejected(ErrorCode::INVALID_TS, "replayed DH_INIT"));
+    }
+    let called = p.uri(IdRole::RESPONDER)?;
+    if called != responder_uri {
+        return Err(rejected(ErrorCode::INVALID_ID, format!("IDRr names {called}, not {responder_uri}")));
+    }
+    let dh_i = match p.dh_values()?.as_slice() {
+        [v] => v.clone(),
+        _ => return Err(rejected(ErrorCode::UNSPECIFIED, "DH_INIT must carry exactly one DH payload")),
+    };
+    let rand = p
+        .message
+        .find(|x| if let Payload::Rand(r) = x { Some(r.rand.clone()) } else { None })
+        .ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, "no RAND payload"))?;
+    if rand.len() < RAND_LEN {
+        return Err(rejected(ErrorCode::UNSPECIFIED, format!("RAND of {} octets (at least {RAND_LEN})", rand.len())));
+    }
+    let sp = p
+        .message
+        .find(|x| match x {
+            Payload::Sp(s) if s.policy_no == 0 => Some(s.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| rejected(ErrorCode::INVALID_SP, "no SP payload with policy number 0"))?;
+    srtp_policy::suite_of(&sp)?;
+    let [cs1, cs2] = p.srtp_map()?;
+    dh_group::validate_public(&dh_i).map_err(|e| bad_dh(&e))?;
+
+    let secret = draw(random, |x| EphemeralSecret::new(DhGroup::OAKLEY_5, x))?;
+    let tgk = secret.shared_secret(&dh_i).map_err(|e| bad_dh(&e))?;
+    let dh_r = secret.public_value();
+    drop(secret);
+    let h = &p.message.header;
+    let map = [cs1, SrtpCs { ssrc: responder_ssrc, ..cs2 }];
+    let m = Message {
+        header: CommonHeader { data_type: DataType::DH_RESP, v_flag: false, cs_map: CsIdMap::SrtpId(map.to_vec()), ..h.clone() },
+        payloads: vec![
+            Payload::T(now),
+            idr(IdRole::RESPONDER, responder_uri),
+            idr(IdRole::INITIATOR, &initiator_uri),
+            dh(&dh_r),
+            dh(&dh_i),
+        ],
+    };
+    let response = seal(m, key, random)?;
+    let keys = derive(h.prf, tgk, h.csb_id, &rand, &sp, &map)?;
+    Ok(Answered { response, initiator_uri, keys })
+}
+
+impl Pending {
+    /// The offer this state belongs to.
+    pub fn offer(&self) -> &Offer {
+        &self.offer
+    }
+
+    /// Initiator: verifies DH_RESP and derives the keys.
+    ///
+    /// Checks: decoding and data type 5; SIGN last, ECCSI, and the signature by the IDRr URI's
+    /// identity for the month of T under `kpak` (that URI is returned; [`Finished::redirected`]
+    /// tells whether it is not the one called); T within `skew_secs` of `now_ntp`; IDRi is
+    /// ours; the header (PRF, CSB ID, CS 1) unchanged; exactly DHr then the echo of our DHi
+    /// (ERR Auth failure if the echo differs: the response was not made for this DH_INIT);
+    /// DHr a valid OAKLEY 5 value.
+    pub fn finish(&self, r_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<Finished> {
+        let p = parse(r_message, DataType::DH_RESP)?;
+        let responder_uri = p.uri(IdRole::RESPONDER)?;
+        p.verify(r_message, kpak, &responder_uri)?;
+        p.check_fresh(now_ntp, skew_secs)?;
+        let o = &self.offer;
+        if p.uri(IdRole::INITIATOR)? != o.initiator_uri {
+            return Err(rejected(ErrorCode::INVALID_ID, "IDRi of DH_RESP is not the initiator"));
+        }
+        let h = &p.message.header;
+        if h.csb_id != o.csb_id || h.prf != o.prf {
+            return Err(rejected(ErrorCode::UNSPECIFIED, "DH_RESP header (CSB ID / PRF) differs from DH_INIT"));
+        }
+        let [cs1, cs2] = p.srtp_map()?;
+        if cs1 != (SrtpCs { policy_no: 0, ssrc: o.initiator_ssrc, roc: 0 }) {
+            return Err(rejected(ErrorCode::INVALID_SP, "DH_RESP changed CS 1 of the map"));
+        }
+        let dh_r = match p.dh_values()?.as_slice() {
+            [r, i] if i.as_slice() == self.dh_i.as_slice() => r.clone(),
+            [_, _] => return Err(rejected(ErrorCode::AUTH_FAILURE, "DHi echo differs from the DH value we sent")),
+            _ => return Err(rejected(ErrorCode::UNSPECIFIED, "DH_RESP must carry DHr then DHi")),
+        };
+        let tgk = self.secret.shared_secret(&dh_r).map_err(|e| bad_dh(&e))?;
+        let keys = derive(o.prf, tgk, o.csb_id, &self.rand, &o.policy, &[cs1, cs2])?;
+        Ok(Finished { redirected: responder_uri != o.responder_uri, responder_uri, keys })
+    }
+}
+
+/// The RFC 3830 §5.1.2 error message `HDR, T, ERR` answering a DH_INIT that failed with
+/// `err` (its ERR code, [`Error::err_code`]); `None` when the failed message has no decodable
+/// header or is itself an error message. The error message is not signed *(ours: RFC 3830
+/// allows an unauthenticated error; the receiver must treat it as a hint only, RFC 3830 §9)*.
+pub fn error_reply(failed: &[u8], err: &Error, now_ntp: u64) -> Option<Vec<u8>> {
+    let (header, _) = CommonHeader::decode(&mut crate::codec::Reader::new(failed, 0)).ok()?;
+    crate::error_message::build(&header, ntp(now_ntp), &[err.err_code()], None).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn ntp_of(y: i64, m: u32, d: u32) -> u64 {
+        // Days from civil (Hinnant), independent of period_of's direction.
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = i64::from((m + 9) % 12);
+        let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        let secs = u64::try_from(days * 86_400).unwrap() + 2_208_988_800;
+        (secs & 0xffff_ffff) << 32
+    }
+
+    #[test]
+    fn key_periods_follow_the_utc_month() {
+        let p = |v| period_of(&Timestamp { ts_type: TsType::NTP_UTC, value: v }).unwrap();
+        assert_eq!(p(ntp_of(2011, 2, 1)), (2011, 2));
+        assert_eq!(p(ntp_of(2026, 11, 24)), (2026, 11));
+        assert_eq!(p(ntp_of(2026, 12, 31) + (86_399 << 32)), (2026, 12));
+        assert_eq!(p(ntp_of(2027, 1, 1)), (2027, 1));
+        assert_eq!(p(ntp_of(2024, 2, 29)), (2024, 2));
+        assert_eq!(p(ntp_of(2024, 3, 1) - (1 << 32)), (2024, 2));
+        assert_eq!(p(ntp_of(2036, 2, 7)), (2036, 2)); // after the NTP era 0 rollover
+        assert_eq!(p(ntp_of(2100, 3, 1)), (2100, 3));
+        let t32 = Timestamp { ts_type: TsType::NTP_UTC_32, value: ntp_of(2030, 7, 4) >> 32 };
+        assert_eq!(period_of(&t32).unwrap(), (2030, 7));
+        let counter = Timestamp { ts_type: TsType::COUNTER, value: 5 };
+        assert_eq!(period_of(&counter).unwrap_err().err_code(), ErrorCode::INVALID_TS);
+    }
+}
