@@ -144,6 +144,7 @@ fn demo_passes_every_scenario() {
         "call, MIKEY-TICKET e2e (KMS)",
         "forked call, MIKEY-TICKET, 2 contacts",
         "re-keyed call, MIKEY-TICKET",
+        "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys",
         "e2ae call (IMS-ALG + AGW)",
         "re-keyed e2ae call (UPDATE via the AGW)",
         "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)",
@@ -154,6 +155,7 @@ fn demo_passes_every_scenario() {
         assert!(line.contains(" ms  ok: "), "{line}");
     }
     assert!(text.contains("second call: 0 KMS requests"), "{text}");
+    assert!(text.contains("KMS LI key release: refused (no ticket, no key)"), "{text}");
 }
 
 /// Every published MIKEY vector and every message the MIKEY / MIKEY-TICKET builders produce

@@ -640,3 +640,55 @@ async fn ksak_survives_a_store_reopen() {
     }
     drop(pg);
 }
+
+/// The high-security property at the KMS (docs/high-security.md): alice and bob, keyed by
+/// this KMS (keyprovision), run an ECCSI-signed MIKEY-DH exchange and derive the same SRTP
+/// keys; the KMS's LI key release, under a valid warrant for alice, answers a typed refusal
+/// for the call's DH_INIT / DH_RESP — there is no ticket, and the DH secret never reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_security_calls_have_no_key_at_the_kms() {
+    use mediasec_mikey::signed_dh;
+    let dir = TempDir::new("hs-li");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_HS }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let ak = ka.provision_keys(&alice, "sip:alice@a.example").await.unwrap();
+    let bk = kb.provision_keys(&bob, "sip:bob@a.example").await.unwrap();
+    let ntp = mediasec_kms::tp_data::ntp(now()).value;
+    let offer = signed_dh::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:bob@a.example".into(),
+        initiator_ssrc: 0x1111,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let (init, pending) = signed_dh::offer(&offer, &ak.key, ntp, &mut random).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    struct Seen<'a>(&'a mut std::collections::HashSet<(u32, u64, Vec<u8>)>);
+    impl mediasec_mikey::psk::ReplayCache for Seen<'_> {
+        fn insert(&mut self, c: u32, t: u64, m: &[u8]) -> bool {
+            self.0.insert((c, t, m.to_vec()))
+        }
+    }
+    let answered = signed_dh::answer(&init, &bk.kpak, &bk.key, "sip:bob@a.example", 0x2222, ntp, 30, &mut Seen(&mut seen), &mut random).unwrap();
+    let done = pending.finish(&answered.response, &ak.kpak, ntp, 30).unwrap();
+    assert_eq!(*done.keys.initiator_stream.master_key, *answered.keys.initiator_stream.master_key);
+    assert_eq!(*done.keys.responder_stream.master_key, *answered.keys.responder_stream.master_key);
+
+    a.service.enable_li("li-secret".into()).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    for (ti, tr) in [(&init, Some(&answered.response)), (&init, None), (&answered.response, None)] {
+        let mut j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(ti) });
+        if let Some(tr) = tr {
+            j["transfer_resp"] = STANDARD.encode(tr).into();
+        }
+        let r = http(&a.url, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
+        assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
+    }
+}

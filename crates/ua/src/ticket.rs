@@ -37,6 +37,9 @@ pub struct KmsAccess {
     pub ue: KmsUe,
     /// The Ua HTTP client of its KMS.
     pub client: KmsClient,
+    /// The high-security credentials (ECCSI key from this KMS, trusted KPAKs), when the UE
+    /// uses that mode ([`crate::high_security`]).
+    pub high_security: Option<crate::high_security::HighSecurity>,
 }
 
 /// What the offerer keeps until TRANSFER_RESP arrives.
@@ -60,11 +63,11 @@ pub fn uid_of(uri: &str) -> Result<KmsUid, Error> {
     KmsUid::parse(bare).map_err(kms)
 }
 
-fn key_mgmt_line(data: Vec<u8>) -> String {
+pub(crate) fn key_mgmt_line(data: Vec<u8>) -> String {
     format!("key-mgmt:{}", KeyMgmt { protocol: "mikey".into(), data })
 }
 
-fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey::srtp_policy::SrtpPolicy) -> Result<Protection, Error> {
+pub(crate) fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey::srtp_policy::SrtpPolicy) -> Result<Protection, Error> {
     let suite: Suite = tx.suite.parse().map_err(|_| Error::Negotiation(format!("MIKEY policy suite {} has no SRTP transform", tx.suite)))?;
     Ok(Protection::Srtp {
         suite,
@@ -76,7 +79,7 @@ fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey:
 }
 
 /// The `mikey` key-management data of the audio stream (media level overrides session level).
-fn mikey_data(sdp: &Sdp) -> Result<Option<Vec<u8>>, Error> {
+pub(crate) fn mikey_data(sdp: &Sdp) -> Result<Option<Vec<u8>>, Error> {
     let index = audio(sdp)?.index;
     for level in [Level::Media(index), Level::Session] {
         for value in sdp.attribute_values(level, "key-mgmt")? {
