@@ -488,9 +488,14 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
 /// Median set-up latency of `calls` calls per key-management mode through the lab.
 pub(crate) async fn setup_latency(calls: usize) -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
     let lab = TwoDomains::start(HashMap::new(), None).await?;
-    let kms = Kms::start(&["alice2@a.example", "bob2@a.example"]).await?;
+    let kms = Kms::start(&["alice2@a.example", "bob2@a.example", "alice3@a.example", "bob3@a.example"]).await?;
     let mut out = Vec::new();
-    let modes = [("none (RTP)", Security::Off), ("SDES e2e", Security::Sdes { fallback: false }), ("MIKEY-TICKET e2e", Security::MikeyTicket)];
+    let modes = [
+        ("none (RTP)", Security::Off),
+        ("SDES e2e", Security::Sdes { fallback: false }),
+        ("MIKEY-TICKET e2e", Security::MikeyTicket),
+        ("high-security (MIKEY-DH)", Security::HighSecurity),
+    ];
     for (n, (name, security)) in modes.into_iter().enumerate() {
         // Every mode calls within a.example, so only the key management differs.
         let p = lab.pcscf_a.local_addr();

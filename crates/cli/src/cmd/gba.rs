@@ -51,12 +51,12 @@ enum Action {
     },
 }
 
-fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
+pub(crate) fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
     let v = hex::decode(s).with_context(|| format!("{what} is not hex"))?;
     <[u8; 16]>::try_from(v).map_err(|_| anyhow::anyhow!("{what} must be 32 hex digits"))
 }
 
-fn default_realm(impi: &str) -> Option<String> {
+pub(crate) fn default_realm(impi: &str) -> Option<String> {
     let domain = impi.rsplit_once('@')?.1;
     let rest = domain.strip_prefix("ims.")?.strip_suffix(".3gppnetwork.org")?;
     Some(format!("bsf.{rest}.pub.3gppnetwork.org"))
