@@ -89,7 +89,8 @@ fn hash_he(hs: &[u8; N], r: &[u8; N], msg: &[u8]) -> [u8; N] {
 }
 
 /// The ECCSI identifier of a URI for one monthly key period, as MIKEY-SAKKE forms it
-/// (RFC 6509 §3.2, the form of its Appendix A example `"2011-02\0tel:+447700900123\0"`):
+/// under RFC 6509 ID scheme 1, "tel URI with monthly keys" (the form of the identifier of
+/// RFC 6507 Appendix A, `"2011-02\0tel:+447700900123\0"`):
 /// `"YYYY-MM" ‖ 0x00 ‖ uri ‖ 0x00`, year and month zero-padded to 4 and 2 digits.
 pub fn identity(uri: &str, year: u16, month: u8) -> Vec<u8> {
     let mut id = format!("{year:04}-{month:02}").into_bytes();

@@ -8,6 +8,9 @@
 //! - [`kemac_crypto`]: KEMAC encryption and MAC (RFC 3830 §4.2.3–4.2.4, §5.2).
 //! - [`srtp_policy`]: the SRTP policy a crypto session + SP payload map to.
 //! - [`psk`], [`ticket`], [`forking`], [`pk`], [`error_message`]: sans-IO message builders and verifiers.
+//! - The high-security mode (docs/high-security.md): [`eccsi`] (RFC 6507 signatures with
+//!   identity-based keys), [`dh_group`] (OAKLEY 5, RFC 3526 §2) and [`signed_dh`] (the RFC 3830
+//!   DH method with ECCSI SIGN payloads: no passive escrow, PFS, mutual authentication).
 //!
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
@@ -49,5 +52,18 @@ pub mod fuzzing {
             }
             Err(_) => false,
         }
+    }
+
+    /// Feeds arbitrary bytes to the high-security mode with fixed keys: as a DH_INIT to the
+    /// responder ([`crate::signed_dh::answer`], then [`crate::signed_dh::error_reply`] on
+    /// refusal) and as a DH_RESP to a pending initiator ([`crate::signed_dh::Pending::finish`]).
+    /// Returns whether each side accepted the input.
+    pub fn signed_dh(data: &[u8]) -> (bool, bool) {
+        crate::signed_dh::fuzz::run(data)
+    }
+
+    /// The valid DH_INIT and DH_RESP of the fixed keys behind [`signed_dh`] (seed corpus).
+    pub fn signed_dh_seeds() -> Option<(Vec<u8>, Vec<u8>)> {
+        crate::signed_dh::fuzz::seeds()
     }
 }

@@ -19,13 +19,16 @@
 //!   the signed DHi echo.
 //! - **IDRi / IDRr** (RFC 6043 §6.6 roles 1 and 2, ID type URI): the two parties' URIs. The
 //!   ECCSI signer identity is `eccsi::identity(URI, year, month)` with year and month taken
-//!   from the message's own T payload (UTC), the RFC 6509 §3.2 form.
+//!   from the message's own T payload (UTC): the form of RFC 6509 ID scheme 1, "tel URI with
+//!   monthly keys", applied to any URI.
 //! - **SP** (RFC 3830 §6.10): the SRTP policy, as in the ticket messages.
 //! - **DH** (RFC 3830 §6.4): group OAKLEY 5 only ([`crate::dh_group`]), KV NULL.
 //! - **SIGN** (RFC 3830 §6.5, §5.2): S type ECCSI, signature = `r ‖ s ‖ PVT` (129 octets) over
 //!   every octet of the message before the Signature field, the 2-octet S type / length
-//!   header included — the coverage MIKEY-SAKKE implementations use (verified against
-//!   published TS 33.180 messages in [`crate::eccsi`]'s tests).
+//!   header included, nothing appended (RFC 3830's DH method adds no identities, unlike
+//!   RFC 6043 Table 5.2). That is the coverage of minisip's libmikey for RFC 3830 signatures
+//!   and of the MIKEY-SAKKE implementations (verified against published TS 33.180 messages
+//!   in [`crate::eccsi`]'s tests).
 //!
 //! Keys: TGK = g^(xi·xr) mod p as its 192-octet big-endian value (RFC 3830 §4.1.1, §6.4);
 //! each crypto session's SRTP master key and salt = PRF(TGK, label(const, CS ID, CSB ID,
@@ -146,7 +149,7 @@ fn rejected(code: ErrorCode, reason: impl Into<String>) -> Error {
 }
 
 /// The key period (UTC year, month) of an NTP-UTC timestamp: the month that selects a user's
-/// ECCSI key (RFC 6509 §3.2 monthly identities). NTP era rollover follows RFC 4330 §3: a
+/// ECCSI key (RFC 6509 ID scheme 1: monthly keys). NTP era rollover follows RFC 4330 §3: a
 /// seconds value with the top bit clear is read as era 1 (2036 onwards).
 pub fn period_of(t: &Timestamp) -> Result<(u16, u8)> {
     let secs = match t.ts_type {
@@ -487,6 +490,95 @@ impl Pending {
 pub fn error_reply(failed: &[u8], err: &Error, now_ntp: u64) -> Option<Vec<u8>> {
     let (header, _) = CommonHeader::decode(&mut crate::codec::Reader::new(failed, 0)).ok()?;
     crate::error_message::build(&header, ntp(now_ntp), &[err.err_code()], None).ok()
+}
+
+/// Fixed keys and messages for the fuzz target and its corpus replay (`fuzzing::signed_dh`).
+pub(crate) mod fuzz {
+    use super::*;
+    use crate::eccsi::KmsSecret;
+    use sha2::{Digest, Sha256};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// 2026-11-24 10:00:00 UTC (NTP-UTC).
+    pub(crate) const NOW: u64 = 0xeeaf_dea0_0000_0000;
+    const ALICE: &str = "sip:alice@fuzz.example.org";
+    const BOB: &str = "sip:bob@fuzz.example.org";
+
+    /// Deterministic, never-repeating test randomness (SHA-256 of a process-wide counter): the
+    /// fixture is reproducible, and no ECCSI `j` is used twice within a process.
+    fn random(buf: &mut [u8]) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        for chunk in buf.chunks_mut(32) {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let block: [u8; 32] = Sha256::new().chain_update(b"mediasec signed_dh fuzz").chain_update(n.to_be_bytes()).finalize().into();
+            chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
+        }
+    }
+
+    struct Fixture {
+        kpak: Kpak,
+        bob: SigningKey,
+        pending: Pending,
+        init: Vec<u8>,
+        resp: Vec<u8>,
+    }
+
+    fn key(kms: &KmsSecret, uri: &str) -> Result<SigningKey> {
+        let id = signer_identity(uri, &ntp(NOW))?;
+        let (ssk, pvt) = draw(&mut random, |v| kms.issue(&id, v))?;
+        SigningKey::new(&kms.kpak(), &id, ssk, pvt)
+    }
+
+    fn build() -> Result<Fixture> {
+        let kms = draw(&mut random, KmsSecret::from_bytes)?;
+        let (alice, bob) = (key(&kms, ALICE)?, key(&kms, BOB)?);
+        let o = Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: 0x0bad_cafe,
+            initiator_uri: ALICE.into(),
+            responder_uri: BOB.into(),
+            initiator_ssrc: 0x1234_5678,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let (init, pending) = offer(&o, &alice, NOW, &mut random)?;
+        let kpak = kms.kpak();
+        let resp = answer(&init, &kpak, &bob, BOB, 0x9abc_def0, NOW, 30, &mut NoReplay, &mut random)?.response;
+        Ok(Fixture { kpak, bob, pending, init, resp })
+    }
+
+    fn fixture() -> Option<&'static Fixture> {
+        static F: OnceLock<Option<Fixture>> = OnceLock::new();
+        F.get_or_init(|| build().ok()).as_ref()
+    }
+
+    /// A replay cache that remembers nothing (each fuzz input is a fresh exchange).
+    struct NoReplay;
+
+    impl ReplayCache for NoReplay {
+        fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
+            true
+        }
+    }
+
+    /// `data` as a DH_INIT to the responder and as a DH_RESP to the initiator; on a refusal
+    /// the responder's error message is built too. Returns (answered, finished).
+    pub(crate) fn run(data: &[u8]) -> (bool, bool) {
+        let Some(f) = fixture() else { return (false, false) };
+        let answered = match answer(data, &f.kpak, &f.bob, BOB, 1, NOW, 30, &mut NoReplay, &mut random) {
+            Ok(_) => true,
+            Err(e) => {
+                let _ = error_reply(data, &e, NOW);
+                false
+            }
+        };
+        (answered, f.pending.finish(data, &f.kpak, NOW, 30).is_ok())
+    }
+
+    /// The fixture's valid DH_INIT and DH_RESP (the seed corpus).
+    pub(crate) fn seeds() -> Option<(Vec<u8>, Vec<u8>)> {
+        fixture().map(|f| (f.init.clone(), f.resp.clone()))
+    }
 }
 
 #[cfg(test)]

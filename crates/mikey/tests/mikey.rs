@@ -315,6 +315,29 @@ fn fuzz_corpus_replays() {
     assert!(decoded >= 3, "only {decoded} corpus files decode");
 }
 
+/// Replays `fuzz/corpus/mikey_signed_dh` through the fuzz target's function; the seeds
+/// include the fixed keys' valid DH_INIT and DH_RESP, which must be accepted (so the replay
+/// reaches the key derivation, not only the decoder).
+#[test]
+fn signed_dh_fuzz_corpus_replays() {
+    let (init, resp) = mediasec_mikey::fuzzing::signed_dh_seeds().expect("fixture");
+    dump("signed_dh_valid_init", &init);
+    dump("signed_dh_valid_resp", &resp);
+    assert_eq!(mediasec_mikey::fuzzing::signed_dh(&init), (true, false));
+    assert_eq!(mediasec_mikey::fuzzing::signed_dh(&resp), (false, true));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/mikey_signed_dh");
+    let (mut n, mut answered, mut finished) = (0, 0, 0);
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("read");
+        let (a, f) = mediasec_mikey::fuzzing::signed_dh(&data);
+        answered += usize::from(a);
+        finished += usize::from(f);
+        n += 1;
+    }
+    assert!(n >= 5, "corpus has {n} files");
+    assert_eq!((answered, finished), (1, 1), "the corpus's valid DH_INIT and DH_RESP (regenerate with MEDIASEC_MIKEY_DUMP if the fixture changed)");
+}
+
 mod props {
     use super::*;
     use mediasec_mikey::payload::*;
