@@ -77,7 +77,7 @@ impl KmsClient {
     /// against the KPAK the MACed response names. A refusal is `KmsError::Http` with the
     /// status and reason.
     pub async fn provision_keys(&self, ue: &Ue, uri: &str) -> Result<Provisioned, KmsError> {
-        let (body, pending) = ue.keyprov_request(uri, Period::of_unix(now().as_secs()), now(), random())?;
+        let (body, pending) = ue.keyprov_request(uri, Period::of_unix(now().as_secs())?, now(), random())?;
         let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], &body)
             .await
             .map_err(|e| KmsError::Http(e.to_string()))?;

@@ -65,17 +65,12 @@ impl Period {
         Ok(Self { year, month })
     }
 
-    /// The month (UTC) of Unix time `secs` (civil-from-days, proleptic Gregorian calendar).
-    pub fn of_unix(secs: u64) -> Self {
-        let z = secs / 86_400 + 719_468;
-        let era = z / 146_097;
-        let doe = z % 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        Self { year: u16::try_from(year).unwrap_or(u16::MAX), month: u8::try_from(month).unwrap_or(12) }
+    /// The month (UTC) of Unix time `secs`: the key period of a message sent then
+    /// ([`mediasec_mikey::signed_dh::period_of`], which signer and verifier use).
+    pub fn of_unix(secs: u64) -> Result<Self, KmsError> {
+        let t = crate::tp_data::ntp(std::time::Duration::from_secs(secs));
+        let (year, month) = mediasec_mikey::signed_dh::period_of(&t).map_err(|e| KmsError::KeyProvision(e.to_string()))?;
+        Ok(Self { year, month })
     }
 
     /// The following month.
@@ -332,12 +327,12 @@ mod tests {
 
     #[test]
     fn periods() {
-        assert_eq!(Period::of_unix(0).to_string(), "1970-01");
-        assert_eq!(Period::of_unix(951_782_400).to_string(), "2000-02"); // 2000-02-29T00:00Z
-        assert_eq!(Period::of_unix(951_868_799).to_string(), "2000-02"); // 2000-02-29T23:59:59Z
-        assert_eq!(Period::of_unix(951_868_800).to_string(), "2000-03");
-        assert_eq!(Period::of_unix(1_798_761_599).to_string(), "2026-12"); // 2026-12-31T23:59:59Z
-        assert_eq!(Period::of_unix(1_798_761_600).to_string(), "2027-01");
+        assert_eq!(Period::of_unix(0).unwrap().to_string(), "1970-01");
+        assert_eq!(Period::of_unix(951_782_400).unwrap().to_string(), "2000-02"); // 2000-02-29T00:00Z
+        assert_eq!(Period::of_unix(951_868_799).unwrap().to_string(), "2000-02"); // 2000-02-29T23:59:59Z
+        assert_eq!(Period::of_unix(951_868_800).unwrap().to_string(), "2000-03");
+        assert_eq!(Period::of_unix(1_798_761_599).unwrap().to_string(), "2026-12"); // 2026-12-31T23:59:59Z
+        assert_eq!(Period::of_unix(1_798_761_600).unwrap().to_string(), "2027-01");
         assert_eq!(Period::parse("2026-12").unwrap().next(), Period::parse("2027-01").unwrap());
         assert_eq!(Period::parse("2026-01").unwrap().next().to_string(), "2026-02");
         for bad in ["2026-13", "2026-00", "2026-1", "26-01", "2026/01", "2026-0a", "+026-01", "2026-01-01", ""] {

@@ -172,7 +172,7 @@ impl Provisioner {
         if !kms.policies().effective(&uid).high_security {
             return Err(ProvRefusal::Forbidden(format!("policy does not allow {uid} the high-security mode")));
         }
-        let current = Period::of_unix(now_s);
+        let current = Period::of_unix(now_s).map_err(|e| ProvRefusal::Failed(e.to_string()))?;
         if period != current && period != current.next() {
             return Err(ProvRefusal::Forbidden(format!("period {period} is neither {current} nor {}", current.next())));
         }

@@ -538,7 +538,7 @@ async fn keyprovision_over_http() {
     let got = ka.provision_keys(&alice, "sip:alice@a.example").await.expect("alice's keys");
     assert_eq!(got.kpak, kpak);
     assert_eq!(ka.kpak().await.unwrap(), kpak, "published KPAK");
-    let period = Period::of_unix(now().as_secs());
+    let period = Period::of_unix(now().as_secs()).unwrap();
     assert_eq!(got.key.id(), eccsi::identity("sip:alice@a.example", period.year, period.month).as_slice());
     let sig = got.key.sign(b"DH_INIT", &rand::random()).unwrap();
     eccsi::verify(&kpak, got.key.id(), b"DH_INIT", &sig).expect("verifies under the KPAK");
