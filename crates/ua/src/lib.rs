@@ -1,6 +1,6 @@
 //! The mediasec UE (TS 33.328 §7.2/§7.3 from the UE's side): SIP registration with the
 //! media-security capability indication, calls placed and answered with a per-call media
-//! security choice (none, SDES e2e, MIKEY-TICKET e2e), and SRTP media over UDP checked by content.
+//! security choice (none, SDES e2e, MIKEY-TICKET e2e, high-security), and SRTP media over UDP checked by content.
 //!
 //! - [`offer_answer`]: sans-IO SDP offer/answer with the SDES policy and the downgrade rule.
 //! - [`ticket`]: MIKEY-TICKET (KMS-based e2e) in the SDP: Ticket Transfer with the KMS UE side.
