@@ -1805,6 +1805,46 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         offer_answer::offer(local, 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("offer").sdp
     }
 
+    /// High-security callee (docs/high-security.md §8): an INVITE whose DH_INIT is signed under
+    /// a KPAK the callee does not trust is refused with 488, a `Warning`, and an SDP refusing
+    /// the stream (port 0) whose `a=key-mgmt:mikey` carries the RFC 3830 §5.1.2 Error message
+    /// (data type Error, ERR Auth failure) of that DH_INIT's CSB.
+    #[tokio::test]
+    async fn high_security_callee_refuses_an_untrusted_signature_with_the_mikey_error() {
+        use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
+        use mediasec_mikey::registry::{DataType, ErrorCode};
+        let month = |uri: &str, ksak: &KmsSecret| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+            let (y, m) = mediasec_mikey::signed_dh::period_of(&mediasec_kms::tp_data::ntp(now)).expect("period");
+            let id = mediasec_mikey::eccsi::identity(uri, y, m);
+            let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
+            SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key")
+        };
+        let (ours, theirs) = (KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK"), KmsSecret::from_bytes(&[0x22; 32]).expect("KSAK"));
+        let alice = high_security::HighSecurity::new("sip:alice@a.example", month("sip:alice@a.example", &theirs), vec![theirs.kpak()]);
+        let bob = high_security::HighSecurity::new("sip:bob@b.example", month("sip:bob@b.example", &ours), vec![ours.kpak()]);
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let kms_ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse("bob@b.example").expect("uid"), "kms.b.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
+        let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
+        config.timers = timers(50);
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue: kms_ue, client, high_security: Some(bob) })).await.expect("UE");
+        let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example").expect("DH_INIT offer");
+        send(&socket, ue.sip_addr(), &invite(addr, ue.sip_addr(), "", &offer)).await;
+        let (refused, _) = until(&socket, Duration::from_secs(5), |m| code(m).is_some_and(|c| c >= 200)).await;
+        assert_eq!(code(&refused), Some(488), "{}", text(&refused));
+        assert!(value(&refused, &HeaderName::Warning).is_some_and(|w| w.contains("Auth")), "{}", text(&refused));
+        let sdp = mediasec_sip::body::sdp(&refused).expect("SDP").expect("a refusing SDP");
+        assert!(sdp.to_string().contains("m=audio 0 "), "{sdp}");
+        let error = ticket::mikey_data(&sdp).expect("key-mgmt").expect("the MIKEY Error message");
+        let m = mediasec_mikey::Message::decode(&error).expect("MIKEY");
+        assert_eq!(m.header.data_type, DataType::ERROR);
+        let init = ticket::mikey_data(&Sdp::parse(&offer)).expect("offer").expect("DH_INIT");
+        assert_eq!(m.header.csb_id, mediasec_mikey::Message::decode(&init).expect("DH_INIT").header.csb_id);
+        assert!(m.payloads.iter().any(|p| matches!(p, mediasec_mikey::Payload::Err(e) if e.code == ErrorCode::AUTH_FAILURE)), "{m:?}");
+    }
+
     /// UAS (RFC 3262 §3): with `Supported: 100rel` and early media the 183 carries the answer
     /// with `Require: 100rel` and `RSeq`, no 180 goes out, the 183 is retransmitted (same
     /// `RSeq`) until the PRACK, a PRACK naming another `RSeq` gets 481, the right one 200,
