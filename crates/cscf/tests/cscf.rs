@@ -770,7 +770,7 @@ mod mikey_ticket {
 
     async fn kms_ue(kms: &KmsLab, uid: &str, config: UeConfig) -> Ue {
         let (ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
-        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client })).await.expect("UE");
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client, high_security: None })).await.expect("UE");
         let r = ue.register(600).await.expect("REGISTER");
         assert_eq!(r.status, 200);
         ue
@@ -824,7 +824,7 @@ mod mikey_ticket {
             async move {
                 let (mut ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
                 ue.set_ticket_reuse(true);
-                let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client })).await.expect("UE");
+                let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client, high_security: None })).await.expect("UE");
                 assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
                 ue
             }
@@ -904,6 +904,118 @@ mod mikey_ticket {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+    }
+}
+
+/// The high-security mode (docs/high-security.md: ECCSI-signed MIKEY-DH) through the proxies:
+/// keys from real KMSs (`keyprovision` over Ua, GBA-authenticated), one KMS per domain with
+/// its own KSAK/KPAK.
+mod high_security {
+    use super::*;
+    use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
+    use mediasec_ua::high_security::HighSecurity;
+    use mediasec_ua::ticket::KmsAccess;
+
+    const HS: Security = Security::HighSecurity;
+
+    /// KMSs of a.example and b.example; every user may have high-security keys.
+    async fn kmss(dir: &Dir) -> KmsLab {
+        let a = "[domain.\"a.example\"]\nhigh_security = true\n";
+        let b = "[domain.\"b.example\"]\nhigh_security = true\n";
+        let domains = [DomainSpec { domain: "a.example", policy: a }, DomainSpec { domain: "b.example", policy: b }];
+        KmsLab::start_local(&dir.0, &domains, &["alice@a.example", "bob@a.example", "carol@b.example", "dave@b.example"]).await.expect("KMS lab")
+    }
+
+    /// A registered UE whose ECCSI key comes from its KMS; it trusts that KMS's KPAK and, when
+    /// `trust_other`, the other domain's.
+    async fn hs_ue(kms: &KmsLab, uid: &str, config: UeConfig, trust_other: bool) -> Ue {
+        let (ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
+        let mut access = KmsAccess { ue, client, high_security: None };
+        let others = kms.domains.iter().filter(|d| trust_other && !uid.ends_with(&d.domain)).filter_map(|d| d.service.kpak()).collect();
+        access.high_security = Some(HighSecurity::provision(&access, &format!("sip:{uid}"), others).await.expect("ECCSI key from the KMS"));
+        let ue = Ue::start_with_kms(config, Some(access)).await.expect("UE");
+        assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
+        ue
+    }
+
+    /// A same-domain high-security call: media verified both ways under keys both ends derived
+    /// from the DH exchange (each side's send key is the other's receive key); and the KMS
+    /// that issued both signing keys cannot produce the call's keys — its LI key release,
+    /// under a valid warrant for the caller, refuses the call's DH_INIT with the typed
+    /// `HighSecurityCall` refusal (there is no ticket). A callee without high-security keys
+    /// refuses the offer (488), and so does an SDES-only one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn call_keyed_by_signed_dh_that_the_kms_cannot_release() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-hs-{}", std::process::id())));
+        let kms = kmss(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = hs_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, HS, ALICE_HZ, BOB_HZ), false).await;
+        let bob = hs_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, HS, BOB_HZ, ALICE_HZ), false).await;
+        let id = call(&alice, "sip:bob@a.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = only_call(&bob).await;
+        assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+        let dh_init = a.offer_mikey.clone().expect("the offer carried DH_INIT");
+        assert_eq!(b.offer_mikey.as_ref(), Some(&dh_init));
+        assert_eq!(mediasec_mikey_data_type(&dh_init), 4, "DH_INIT (RFC 3830 data type 4)");
+        alice.hangup(&id).await.expect("BYE reaches bob");
+
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let target = mediasec_kms::identity::KmsUid::parse("alice@a.example").expect("uid");
+        let warrant = mediasec_kms::li::Warrant { id: "W1".into(), target, not_before: now - 60, not_after: now + 3600 };
+        let kms_a = &kms.domain("a.example").expect("KMS a").service;
+        match kms_a.kms().li_release(&warrant, &dh_init, None, now) {
+            Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => {}
+            other => panic!("the KMS must have no key of a high-security call: {:?}", other.map(|_| "keys released")),
+        }
+
+        // No silent downgrade: an SDES-only callee refuses the offer.
+        let sdes_only = registered(ue("sip:carol2@a.example", p, STRICT, BOB_HZ, ALICE_HZ)).await;
+        let err = call(&alice, "sip:carol2@a.example").await.expect_err("488");
+        assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
+        drop(sdes_only);
+    }
+
+    fn mediasec_mikey_data_type(m: &[u8]) -> u8 {
+        m.get(1).copied().unwrap_or(0)
+    }
+
+    /// KPAK trust is configuration: across domains (two KMSs, two KPAKs), a call works only
+    /// where each side trusts the other's KMS. Alice (a.example) trusts only her own KPAK:
+    /// carol (b.example, trusting both) verifies the DH_INIT and answers, but alice refuses
+    /// carol's DH_RESP (signed under KMS b's KPAK) — the call fails, no media in clear. Dave
+    /// (b.example) trusts only his KPAK: he refuses alice's DH_INIT with 488, the 488 carrying
+    /// the MIKEY Error message (ERR Auth failure) in its SDP. With mutual trust the same
+    /// cross-domain call goes through, media verified both ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_under_an_untrusted_kpak_fails_the_call_cleanly() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-hs-kpak-{}", std::process::id())));
+        let kms = kmss(&dir).await;
+        let lab = lab().await;
+        let (pa, pb) = (lab.pcscf_a.local_addr(), lab.pcscf_b.local_addr());
+        let alice = hs_ue(&kms, "alice@a.example", ue("sip:alice@a.example", pa, HS, ALICE_HZ, BOB_HZ), false).await;
+        let carol = hs_ue(&kms, "carol@b.example", ue("sip:carol@b.example", pb, HS, BOB_HZ, ALICE_HZ), true).await;
+        let dave = hs_ue(&kms, "dave@b.example", ue("sip:dave@b.example", pb, HS, BOB_HZ, ALICE_HZ), false).await;
+        let err = call(&alice, "sip:carol@b.example").await.expect_err("alice does not trust KMS b");
+        assert!(err.to_string().contains("high-security (MIKEY-DH) answer refused"), "{err}");
+        let err = call(&alice, "sip:dave@b.example").await.expect_err("dave does not trust KMS a");
+        assert!(matches!(&err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
+        let d = only_call(&dave).await;
+        assert!(matches!(&d.state, CallState::Failed(488, why) if why.contains("Auth failure") || why.contains("AUTH_FAILURE") || why.contains("signature")), "{d:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for r in alice.reports().await.expect("reports") {
+            assert!(r.state != CallState::Established && r.media.verified == 0, "{r:?}");
+        }
+        // Mutual trust: alice2 trusts KMS b too.
+        let alice2 = hs_ue(&kms, "bob@a.example", ue("sip:bob@a.example", pa, HS, ALICE_HZ, BOB_HZ), true).await;
+        let id = call(&alice2, "sip:carol@b.example").await.expect("established with mutual trust");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = alice2.report(&id).await.expect("r").expect("call");
+        let c = carol.reports().await.expect("reports").into_iter().find(|r| r.state == CallState::Established).expect("carol's call");
+        assert_media(&a, &c, "srtp AES_CM_128_HMAC_SHA1_80");
     }
 }
 

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_bsf::client::{Endpoint, request};
 
 use crate::error::KmsError;
+use crate::keyprov::{self, Period, Provisioned};
 use crate::server::CONTENT_TYPE;
 use crate::ue::{Ask, HeldTicket, Resolved, Ue};
 
@@ -69,5 +70,34 @@ impl KmsClient {
         let (req, pending) = ue.resolve_init(transfer_init, u32::from_be_bytes(random()), now(), random())?;
         let resp = self.post("ticketresolve", &req).await?;
         ue.on_resolve_resp(pending, &resp, now())
+    }
+
+    /// Ua `keyprovision` (ours, [`crate::keyprov`]): the ECCSI signing key of `uri` (one of
+    /// the user's IMPUs) for the current month (UTC), verified, unwrapped and validated
+    /// against the KPAK the MACed response names. A refusal is `KmsError::Http` with the
+    /// status and reason.
+    pub async fn provision_keys(&self, ue: &Ue, uri: &str) -> Result<Provisioned, KmsError> {
+        let (body, pending) = ue.keyprov_request(uri, Period::of_unix(now().as_secs())?, now(), random())?;
+        let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], &body)
+            .await
+            .map_err(|e| KmsError::Http(e.to_string()))?;
+        if r.status != 200 {
+            return Err(KmsError::Http(format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim())));
+        }
+        pending.open(&r.body)
+    }
+
+    /// `GET /keymanagement/kpak` (ours): the KMS's published KPAK (unauthenticated: for
+    /// configuring trust in another KMS's community out of band, not for a UE's own KMS,
+    /// whose KPAK comes MACed with its keys).
+    pub async fn kpak(&self) -> Result<mediasec_mikey::eccsi::Kpak, KmsError> {
+        let r = request(&self.endpoint, "GET", "/keymanagement/kpak", &[("User-Agent", USER_AGENT)], b"").await.map_err(|e| KmsError::Http(e.to_string()))?;
+        if r.status != 200 {
+            return Err(KmsError::Http(format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim())));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| KmsError::Http(format!("KPAK body: {e}")))?;
+        let hex_kpak = v.get("kpak").and_then(serde_json::Value::as_str).ok_or_else(|| KmsError::Http("KPAK body has no kpak".into()))?;
+        let bytes = hex::decode(hex_kpak).map_err(|_| KmsError::Http("kpak is not hex".into()))?;
+        mediasec_mikey::eccsi::Kpak::from_uncompressed(&bytes).map_err(|e| KmsError::Http(format!("kpak: {e}")))
     }
 }

@@ -252,6 +252,11 @@ impl Kms {
         Ok(tk::open_ticket(ticket, |id| ring.get(id).and_then(|k| k.key().ok()).map(|k| k.to_vec()))?)
     }
 
+    /// Fills `b` from the KMS's random source.
+    pub(crate) fn fill_random(&self, b: &mut [u8]) {
+        (self.random)(b);
+    }
+
     fn random<const N: usize>(&self) -> Zeroizing<[u8; N]> {
         let mut b = Zeroizing::new([0u8; N]);
         (self.random)(&mut *b);

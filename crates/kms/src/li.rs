@@ -22,7 +22,7 @@ use mediasec_mikey::payload::{BaseTicketData, TicketFlags};
 use mediasec_mikey::registry::{DataType, IdRole};
 use mediasec_mikey::srtp_policy::SrtpPolicy;
 use mediasec_mikey::ticket as tk;
-use mediasec_mikey::Payload;
+use mediasec_mikey::{Message, Payload};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -76,6 +76,11 @@ pub enum Refusal {
     /// A UE-made (mode 3) ticket: its keys are under the creator's Ks_NAF, not the ring.
     #[error("UE-made (mode 3) ticket: its keys are not under the KMS ring")]
     UeMadeTicket,
+    /// A high-security call (ECCSI-signed MIKEY-DH, docs/high-security.md): there is no
+    /// ticket; the keys come from an ephemeral Diffie-Hellman exchange between the UEs that
+    /// the KMS never sees, so it has none to release.
+    #[error("high-security call (MIKEY-DH): no ticket, the KMS holds no key of it")]
+    HighSecurityCall,
 }
 
 impl From<Refusal> for KmsError {
@@ -187,6 +192,9 @@ impl Kms {
     /// and the call's TRANSFER_INIT time fall within the window.
     pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
+        if Message::decode(transfer_init).is_ok_and(|m| matches!(m.header.data_type, DataType::DH_INIT | DataType::DH_RESP)) {
+            return Err(Refusal::HighSecurityCall.into());
+        }
         let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
         let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
         let data = TpData::decode(&ticket.policy.data).map_err(|e| input("ticket TP Data", e))?;

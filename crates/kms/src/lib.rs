@@ -10,6 +10,8 @@
 //! - [`kms`]: the sans-IO core (Ticket Request, Ticket Resolve, inter-KMS resolve).
 //! - [`ue`]: the UE side (request, mode-3 tickets, transfer, resolve, caches, SRTP out).
 //! - [`users`]: users provisioned at the KMS.
+//! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode;
+//!   [`signing_keys`]: the KMS's KSAK (sealed in the store) and the issuing side.
 //! - [`li`]: lawful interception: warrants and per-target key release.
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
@@ -20,6 +22,7 @@ pub mod bsf_zn;
 pub mod client;
 pub mod error;
 pub mod identity;
+pub mod keyprov;
 pub mod keyring;
 pub mod lab;
 pub mod li;
@@ -28,6 +31,7 @@ pub mod persist;
 pub mod policy;
 pub mod tp_data;
 pub mod server;
+pub mod signing_keys;
 pub mod ue;
 pub mod users;
 pub mod zk;
@@ -49,7 +53,8 @@ pub mod fuzzing {
     use crate::zn::{NafKey, StaticZn};
 
     /// Feeds arbitrary bytes to a KMS input chosen by the first byte: TP Data, identities and
-    /// groups, a policy document, a stored key-ring row, or the core's Ua / Zk / LI entry points.
+    /// groups, a policy document, a stored key-ring row, or the core's Ua (ticket requests and
+    /// resolves, keyprovision) / Zk / LI entry points.
     /// Must never panic.
     pub fn kms_inputs(data: &[u8]) {
         let Some((sel, rest)) = data.split_first() else { return };
@@ -98,6 +103,9 @@ pub mod fuzzing {
             let _ = kms.ticket_request(body, now, &zn).await;
             let _ = kms.ticket_resolve(body, now, &zn, &NoPeers).await;
             let _ = kms.peer_resolve("b.example", body, now, &zn).await;
+            if let Ok(ksak) = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]) {
+                let _ = crate::signing_keys::Provisioner::new(ksak).provision(&kms, body, now, &zn).await;
+            }
         });
         if let Ok(target) = KmsUid::parse("a@a.example") {
             let w = crate::li::Warrant { id: "w".into(), target, not_before: 0, not_after: u64::MAX };

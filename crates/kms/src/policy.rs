@@ -12,6 +12,7 @@
 //! [user."alice@a.example"]
 //! group_tickets = true
 //! end_to_middle = ["mgw@a.example"]
+//! high_security = true
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,6 +45,11 @@ pub struct Rules {
     /// Identities (MGW/AS) added as allowed resolvers of every ticket (end-to-middle).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_to_middle: Option<Vec<KmsUid>>,
+    /// The user may obtain ECCSI signing keys for the high-security mode (Ua `keyprovision`,
+    /// docs/kms.md; ECCSI-signed MIKEY-DH calls, whose keys the KMS cannot derive — no LI
+    /// key release for them). Off unless a level sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high_security: Option<bool>,
 }
 
 /// The policy document.
@@ -81,6 +87,8 @@ pub struct Effective {
     pub forking: bool,
     /// See [`Rules::end_to_middle`].
     pub end_to_middle: Vec<KmsUid>,
+    /// See [`Rules::high_security`].
+    pub high_security: bool,
 }
 
 impl Policies {
@@ -120,6 +128,7 @@ impl Policies {
             mode3: pick!(mode3).unwrap_or(false),
             forking: pick!(forking).unwrap_or(false),
             end_to_middle: pick!(end_to_middle).unwrap_or_default(),
+            high_security: pick!(high_security).unwrap_or(false),
         }
     }
 }
@@ -222,6 +231,7 @@ reusable = true
 group_tickets = true
 mode3 = true
 end_to_middle = ["mgw@a.example"]
+high_security = true
 [user."mallory@a.example"]
 may_call = []
 "#;
@@ -239,6 +249,7 @@ may_call = []
         assert_eq!(alice.ticket_lifetime, 600);
         let bob = pol.effective(&KmsUid::parse("bob@a.example").unwrap());
         assert!(!bob.group_tickets && !bob.mode3 && bob.end_to_middle.is_empty());
+        assert!(alice.high_security && !bob.high_security, "high-security keys only where a level allows them");
         let carol = pol.effective(&KmsUid::parse("carol@c.example").unwrap());
         assert!(carol.may_call.is_empty() && !carol.reusable);
         assert!(pol.effective(&KmsUid::parse("mallory@a.example").unwrap()).may_call.is_empty());

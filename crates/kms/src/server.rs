@@ -1,7 +1,8 @@
 //! The KMS as an HTTP service (axum): Ua per TS 33.328 Annex A
 //! (`POST /keymanagement?requesttype=ticketrequest|ticketresolve`, `Content-Type:
 //! application/mikey`, base64 body; 200 with the response or a MIKEY Error message, 4xx when
-//! the client erred, 5xx when the KMS did), the admin API (bearer token; docs/openapi/kms-admin.yaml),
+//! the client erred, 5xx when the KMS did), the Ua extension `requesttype=keyprovision` and
+//! `GET /keymanagement/kpak` *(ours: ECCSI signing keys, [`crate::keyprov`])*, the admin API (bearer token; docs/openapi/kms-admin.yaml),
 //! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
 //! The LI API (`/li/v1/…`, docs/openapi/kms-li.yaml) answers 404 unless an LI token was
 //! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics.
@@ -24,6 +25,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::KmsError;
 use crate::identity::KmsUid;
+use crate::keyprov;
+use crate::signing_keys::{Provisioner, ProvRefusal};
 use crate::kms::{Kms, KmsConfig, Peers, Random, Reply};
 use crate::li::{LiAuditEntry, Refusal, Warrant};
 use crate::persist::{Persist, Scope};
@@ -43,15 +46,18 @@ pub enum Kind {
     TicketResolve,
     /// Zk resolve from a peer KMS.
     PeerResolve,
+    /// Ua keyprovision (ours).
+    KeyProvision,
 }
 
 impl Kind {
-    const ALL: [Self; 3] = [Self::TicketRequest, Self::TicketResolve, Self::PeerResolve];
+    const ALL: [Self; 4] = [Self::TicketRequest, Self::TicketResolve, Self::PeerResolve, Self::KeyProvision];
     fn name(self) -> &'static str {
         match self {
             Self::TicketRequest => "ticketrequest",
             Self::TicketResolve => "ticketresolve",
             Self::PeerResolve => "zk_resolve",
+            Self::KeyProvision => "keyprovision",
         }
     }
 }
@@ -60,12 +66,16 @@ const OUTCOMES: [&str; 4] = ["ok", "mikey_error", "client_error", "kms_error"];
 /// Histogram bucket bounds in seconds.
 const BUCKETS: [f64; 11] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0];
 
+/// Reasons a keyprovision request is refused ([`ProvRefusal::label`]).
+const REFUSALS: [&str; 5] = ["malformed", "unauthenticated", "replayed", "forbidden", "kms_error"];
+
 #[derive(Default)]
 struct Metrics {
-    outcomes: [[AtomicU64; 4]; 3],
-    buckets: [[AtomicU64; BUCKETS.len()]; 3],
-    sum_us: [AtomicU64; 3],
-    count: [AtomicU64; 3],
+    outcomes: [[AtomicU64; 4]; 4],
+    buckets: [[AtomicU64; BUCKETS.len()]; 4],
+    sum_us: [AtomicU64; 4],
+    count: [AtomicU64; 4],
+    keyprov_refusals: [AtomicU64; REFUSALS.len()],
 }
 
 impl Metrics {
@@ -108,13 +118,24 @@ impl Metrics {
             s.push_str(&format!("mediasec_kms_request_seconds_sum{{type=\"{n}\"}} {}\n", sum as f64 / 1e6));
             s.push_str(&format!("mediasec_kms_request_seconds_count{{type=\"{n}\"}} {count}\n"));
         }
+        s.push_str("# HELP mediasec_kms_keyprov_refusals_total keyprovision requests refused, by reason\n# TYPE mediasec_kms_keyprov_refusals_total counter\n");
+        for (reason, c) in REFUSALS.iter().zip(&self.keyprov_refusals) {
+            s.push_str(&format!("mediasec_kms_keyprov_refusals_total{{reason=\"{reason}\"}} {}\n", c.load(Ordering::Relaxed)));
+        }
         s
+    }
+
+    fn refused(&self, r: &ProvRefusal) {
+        if let Some(c) = REFUSALS.iter().position(|l| *l == r.label()).and_then(|i| self.keyprov_refusals.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// The running KMS service.
 pub struct Service {
     kms: Kms,
+    prov: Provisioner,
     zn: ZnCache,
     peers: Arc<dyn Peers>,
     persist: Persist,
@@ -144,12 +165,13 @@ fn bearer_ok(headers: &HeaderMap, token: &str) -> bool {
 }
 
 impl Service {
-    /// Loads users, policies and the key ring (making a first key if the ring is empty)
-    /// from `persist` and builds the service.
+    /// Loads users, policies, the key ring (making a first key if the ring is empty) and the
+    /// ECCSI KSAK (making it on first start) from `persist` and builds the service.
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
+        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
 
     /// Turns the LI API on with its bearer token, which must be non-empty and differ from
@@ -171,12 +193,20 @@ impl Service {
         &self.persist
     }
 
-    /// Re-reads users, policies and the key ring from the store (replicas sharing a
-    /// database pick up each other's changes).
+    /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.
+    pub fn kpak(&self) -> Option<mediasec_mikey::eccsi::Kpak> {
+        self.prov.kpak()
+    }
+
+    /// Re-reads users, policies, the key ring and the KSAK from the store (replicas sharing
+    /// a database pick up each other's changes).
     pub async fn reload(&self) -> Result<(), KmsError> {
         self.kms.set_policies(self.persist.policies().await?);
         self.kms.set_users(self.persist.users().await?);
         self.kms.set_ring(self.persist.ring().await?);
+        if let Some(k) = self.persist.ksak().await? {
+            self.prov.set_ksak(k);
+        }
         Ok(())
     }
 
@@ -223,6 +253,7 @@ impl Service {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/keymanagement", post(ua))
+            .route("/keymanagement/kpak", get(kpak))
             .route("/metrics", get(metrics))
             .route("/admin/v1/policies", get(policies_get).put(policies_put))
             .route("/admin/v1/policies/defaults", put(defaults_put))
@@ -265,9 +296,10 @@ async fn ua(State(s): State<Arc<Service>>, Query(q): Query<UaQuery>, headers: He
     let kind = match q.requesttype.as_deref() {
         Some("ticketrequest") => Kind::TicketRequest,
         Some("ticketresolve") => Kind::TicketResolve,
+        Some("keyprovision") => return keyprovision(&s, &id, &headers, &body).await,
         other => {
             info!(request_id = %id, requesttype = ?other, "unknown requesttype");
-            return text(StatusCode::BAD_REQUEST, "requesttype must be ticketrequest or ticketresolve");
+            return text(StatusCode::BAD_REQUEST, "requesttype must be ticketrequest, ticketresolve or keyprovision");
         }
     };
     let span = info_span!("ua", request_id = %id, requesttype = kind.name());
@@ -310,6 +342,55 @@ async fn ua(State(s): State<Arc<Service>>, Query(q): Query<UaQuery>, headers: He
     .await;
     s.metrics.record(kind, outcome, started.elapsed());
     resp
+}
+
+/// Ua `keyprovision` (ours, docs/kms.md): JSON in and out; 200 with the keys, else 415 / 400
+/// (malformed) / 401 (B-TID, MAC, time, replay) / 403 (identity not allowed) / 503, each with
+/// a reason, a log line and a count in `mediasec_kms_keyprov_refusals_total`.
+async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let span = info_span!("ua", request_id = %id, requesttype = Kind::KeyProvision.name());
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let json = ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(keyprov::CONTENT_TYPE);
+    let out = if json {
+        s.prov.provision(&s.kms, body, now(), &s.zn).instrument(span.clone()).await
+    } else {
+        Err(ProvRefusal::Malformed("Content-Type must be application/json".into()))
+    };
+    let _g = span.enter();
+    let (outcome, resp) = match out {
+        Ok(json) => {
+            info!("signing key issued");
+            (0, (StatusCode::OK, [(header::CONTENT_TYPE, keyprov::CONTENT_TYPE)], json).into_response())
+        }
+        Err(r) => {
+            s.metrics.refused(&r);
+            let status = match &r {
+                ProvRefusal::Malformed(_) if !json => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ProvRefusal::Malformed(_) => StatusCode::BAD_REQUEST,
+                ProvRefusal::Unauthenticated(_) | ProvRefusal::Replayed => StatusCode::UNAUTHORIZED,
+                ProvRefusal::Forbidden(_) => StatusCode::FORBIDDEN,
+                ProvRefusal::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            if matches!(r, ProvRefusal::Failed(_)) {
+                warn!(reason = r.reason(), "keyprovision failed");
+            } else {
+                info!(reason = r.reason(), refusal = r.label(), "keyprovision refused");
+            }
+            (if status.is_server_error() { 3 } else { 2 }, text(status, r.reason()))
+        }
+    };
+    s.metrics.record(Kind::KeyProvision, outcome, started.elapsed());
+    resp
+}
+
+/// `GET /keymanagement/kpak` (ours): this KMS's KPAK, public (the KPAK a UE uses is the one
+/// its MACed `keyprovision` response carries; this is for configuring other communities).
+async fn kpak(State(s): State<Arc<Service>>) -> Response {
+    match s.kpak() {
+        Some(k) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()) })).into_response(),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
+    }
 }
 
 async fn metrics(State(s): State<Arc<Service>>) -> Response {

@@ -275,6 +275,12 @@ impl Ue {
         Ok(tk::check_fresh(m, now.as_secs().saturating_add(crate::tp_data::NTP_UNIX_OFFSET), self.skew, &mut self.replay)?)
     }
 
+    /// A Ua `keyprovision` request for the ECCSI signing key of `uri` (one of our IMPUs) for
+    /// `period` ([`crate::keyprov`]), authenticated with our Ks_NAF.
+    pub fn keyprov_request(&self, uri: &str, period: crate::keyprov::Period, now: Duration, nonce: [u8; crate::keyprov::NONCE_LEN]) -> Result<(Vec<u8>, crate::keyprov::Pending), KmsError> {
+        crate::keyprov::request(&self.btid, &self.ks_naf, &self.kms, uri, period, now.as_secs(), nonce)
+    }
+
     fn psk_idr(&self) -> Payload {
         tk::idr(IdRole::PSK, IdType::BYTE_STRING, self.btid.as_bytes())
     }

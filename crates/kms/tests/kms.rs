@@ -510,3 +510,185 @@ async fn warrants_survive_a_store_reopen() {
     }
     drop(pg);
 }
+
+const POLICY_HS: &str = r#"
+[domain."a.example"]
+may_call = ["?@a.example"]
+high_security = true
+[user."dan@a.example"]
+high_security = false
+"#;
+
+/// Ua `keyprovision` (docs/kms.md): a user allowed the high-security mode gets an ECCSI
+/// signing key that validates against the KMS's KPAK (also published at
+/// `/keymanagement/kpak`) and signs verifiably; a user whose policy does not allow it, an
+/// identity that is not the user's, a bad MAC, an unknown B-TID and a replay are refused with
+/// the documented statuses and counted in `/metrics`; the SSK never crosses the wire in clear
+/// and the KSAK is sealed in the store; a restarted service (same store) has the same KPAK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyprovision_over_http() {
+    use mediasec_kms::keyprov::Period;
+    use mediasec_mikey::eccsi;
+    let dir = TempDir::new("keyprov");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_HS }], &["alice@a.example", "bob@a.example", "dan@a.example"]).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let url = a.url.clone();
+    let kpak = a.service.kpak().unwrap();
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let got = ka.provision_keys(&alice, "sip:alice@a.example").await.expect("alice's keys");
+    assert_eq!(got.kpak, kpak);
+    assert_eq!(ka.kpak().await.unwrap(), kpak, "published KPAK");
+    let period = Period::of_unix(now().as_secs()).unwrap();
+    assert_eq!(got.key.id(), eccsi::identity("sip:alice@a.example", period.year, period.month).as_slice());
+    let sig = got.key.sign(b"DH_INIT", &rand::random()).unwrap();
+    eccsi::verify(&kpak, got.key.id(), b"DH_INIT", &sig).expect("verifies under the KPAK");
+    assert!(eccsi::verify(&kpak, &eccsi::identity("sip:bob@a.example", period.year, period.month), b"DH_INIT", &sig).is_err());
+
+    let reason = |r: HttpResponse| (r.status, String::from_utf8_lossy(&r.body).trim().to_owned());
+    let json = [("Content-Type", "application/json")];
+    let post = |body: Vec<u8>| {
+        let url = url.clone();
+        async move { http(&url, "POST", "/keymanagement?requesttype=keyprovision", &json, &body).await }
+    };
+    // Not allowed by policy, not the user's identity.
+    let (dan, kd) = lab.ue("dan@a.example").await.unwrap();
+    let e = kd.provision_keys(&dan, "sip:dan@a.example").await.err().unwrap().to_string();
+    assert!(e.contains("403") && e.contains("high-security"), "{e}");
+    let e = ka.provision_keys(&alice, "sip:bob@a.example").await.err().unwrap().to_string();
+    assert!(e.contains("403") && e.contains("IMPU"), "{e}");
+    // Bad MAC, unknown B-TID, replay, stale time; malformed; wrong content type.
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let mac = v["mac"].as_str().unwrap().to_owned();
+    v["mac"] = format!("{}{}", if mac.starts_with('0') { "1" } else { "0" }, &mac[1..]).into();
+    assert_eq!(reason(post(serde_json::to_vec(&v).unwrap()).await), (401, "request MAC does not verify".into()));
+    v["mac"] = mac.into();
+    v["btid"] = "unknown@bsf.lab.example".into();
+    assert_eq!(reason(post(serde_json::to_vec(&v).unwrap()).await), (401, "unknown or expired B-TID: bootstrap again".into()));
+    let (body, pending) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let first = post(body.clone()).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(reason(post(body).await), (401, "replayed request".into()));
+    pending.open(&first.body).expect("the first answer opens");
+    let (stale, _) = alice.keyprov_request("sip:alice@a.example", period, now() - Duration::from_secs(120), rand::random()).unwrap();
+    assert_eq!(post(stale).await.status, 401);
+    assert_eq!(post(b"{\"btid\":1}".to_vec()).await.status, 400);
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    assert_eq!(http(&url, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", "application/mikey")], &body).await.status, 415);
+
+    let m = String::from_utf8(http(&url, "GET", "/metrics", &[], b"").await.body).unwrap();
+    for line in [
+        "mediasec_kms_requests_total{type=\"keyprovision\",outcome=\"ok\"} 2",
+        "mediasec_kms_keyprov_refusals_total{reason=\"forbidden\"} 2",
+        "mediasec_kms_keyprov_refusals_total{reason=\"unauthenticated\"} 3",
+        "mediasec_kms_keyprov_refusals_total{reason=\"replayed\"} 1",
+        "mediasec_kms_keyprov_refusals_total{reason=\"malformed\"} 2",
+    ] {
+        assert!(m.contains(line), "{line} missing in\n{m}");
+    }
+
+    // The KSAK is sealed in the store; a restarted service (same store, same master key) has it.
+    let ksak = a.service.persist().ksak().await.unwrap().unwrap();
+    let raw = a.service.persist().store().get(mediasec_kms_store::Table::Settings, "eccsi_ksak").await.unwrap().unwrap();
+    let k = ksak.to_bytes();
+    assert!(!raw.windows(8).any(|w| w == &k[..8]) && !raw.windows(16).any(|w| w == hex::encode(&k[..8]).as_bytes()), "KSAK in clear in the store");
+    let (url2, two) = lab.replica("a.example").await.unwrap();
+    assert_eq!(two.kpak(), Some(kpak), "same KPAK after a restart");
+    let k2 = KmsClient::new(Endpoint::http(&url2).unwrap());
+    assert_eq!(k2.provision_keys(&alice, "sip:alice@a.example").await.expect("keys from the restarted KMS").kpak, kpak);
+}
+
+/// The KSAK is a row of the store: it survives closing and reopening the store, embedded
+/// (redb file) and PostgreSQL alike, sealed under the master key (another key opens nothing,
+/// the raw row does not hold it), and is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ksak_survives_a_store_reopen() {
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::{Store, Table};
+    use std::sync::Arc;
+    let dir = TempDir::new("ksak-store");
+    let path = dir.0.join("kms.redb");
+    let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
+    let pg_url = pg.as_ref().map(|p| p.create_database("kms_ksak").unwrap());
+    let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    for backend in ["redb", "postgres"] {
+        if backend == "postgres" && pg_url.is_none() {
+            continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+        }
+        let open = || async {
+            let store: Arc<dyn Store> = match backend {
+                "redb" => Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()),
+                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
+            };
+            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
+        };
+        let kpak = {
+            let p = open().await;
+            assert!(p.ksak().await.unwrap().is_none(), "{backend}: none before first start");
+            let k = p.ksak_or_init(1, &random).await.unwrap();
+            assert_eq!(p.ksak_or_init(2, &random).await.unwrap().kpak(), k.kpak(), "{backend}: made once");
+            let raw = p.store().get(Table::Settings, "eccsi_ksak").await.unwrap().unwrap();
+            assert!(!raw.windows(8).any(|w| w == &k.to_bytes()[..8]), "{backend}: KSAK in clear");
+            let other = Persist::new(Arc::clone(p.store()), MasterKey::new(&[8; 32]).unwrap());
+            assert!(other.ksak().await.is_err(), "{backend}: another master key");
+            assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == "ksak.create").count(), 1);
+            k.kpak()
+        };
+        let p = open().await;
+        assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(kpak), "{backend}: after reopen");
+    }
+    drop(pg);
+}
+
+/// The high-security property at the KMS (docs/high-security.md): alice and bob, keyed by
+/// this KMS (keyprovision), run an ECCSI-signed MIKEY-DH exchange and derive the same SRTP
+/// keys; the KMS's LI key release, under a valid warrant for alice, answers a typed refusal
+/// for the call's DH_INIT / DH_RESP — there is no ticket, and the DH secret never reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn high_security_calls_have_no_key_at_the_kms() {
+    use mediasec_mikey::signed_dh;
+    let dir = TempDir::new("hs-li");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_HS }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let ak = ka.provision_keys(&alice, "sip:alice@a.example").await.unwrap();
+    let bk = kb.provision_keys(&bob, "sip:bob@a.example").await.unwrap();
+    let ntp = mediasec_kms::tp_data::ntp(now()).value;
+    let offer = signed_dh::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:bob@a.example".into(),
+        initiator_ssrc: 0x1111,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let (init, pending) = signed_dh::offer(&offer, &ak.key, ntp, &mut random).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    struct Seen<'a>(&'a mut std::collections::HashSet<(u32, u64, Vec<u8>)>);
+    impl mediasec_mikey::psk::ReplayCache for Seen<'_> {
+        fn insert(&mut self, c: u32, t: u64, m: &[u8]) -> bool {
+            self.0.insert((c, t, m.to_vec()))
+        }
+    }
+    let answered = signed_dh::answer(&init, &bk.kpak, &bk.key, "sip:bob@a.example", 0x2222, ntp, 30, &mut Seen(&mut seen), &mut random).unwrap();
+    let done = pending.finish(&answered.response, &ak.kpak, ntp, 30).unwrap();
+    assert_eq!(*done.keys.initiator_stream.master_key, *answered.keys.initiator_stream.master_key);
+    assert_eq!(*done.keys.responder_stream.master_key, *answered.keys.responder_stream.master_key);
+
+    a.service.enable_li("li-secret".into()).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    for (ti, tr) in [(&init, Some(&answered.response)), (&init, None), (&answered.response, None)] {
+        let mut j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(ti) });
+        if let Some(tr) = tr {
+            j["transfer_resp"] = STANDARD.encode(tr).into();
+        }
+        let r = http(&a.url, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
+        assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
+    }
+}

@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::media::{MediaStats, RtpEndpoint};
 use crate::offer_answer::{self, Media, Offer, Protection, Security};
+use crate::high_security;
 use crate::ticket::{self, KmsAccess, PendingCall};
 use crate::Error;
 
@@ -198,6 +199,10 @@ pub struct CallReport {
     /// stores our SRTP for the callee, docs/voicemail.md): no responder was authenticated, our
     /// media is keyed from our own TRANSFER_INIT ([`crate::ticket::DEFERRED_ATTRIBUTE`]).
     pub deferred_delivery: bool,
+    /// The MIKEY message of the initial INVITE's offer (`a=key-mgmt:mikey`: TRANSFER_INIT or
+    /// DH_INIT), sent or received; `None` for other modes. For checks such as "LI key release
+    /// of this call" (docs/high-security.md).
+    pub offer_mikey: Option<Vec<u8>>,
 }
 
 /// The outcome of a registration.
@@ -381,7 +386,7 @@ struct Call {
     offer: Option<Offer>,
     /// Caller with MIKEY-TICKET: the pending transfer, and the answer already applied (the
     /// same TRANSFER_RESP in a 183 and the 200 is verified once).
-    ticket: Option<PendingCall>,
+    ticket: Option<Keying>,
     ticket_answer: Option<(String, Media)>,
     /// Caller with MIKEY-TICKET: that answer announced deferred delivery.
     deferred_delivery: bool,
@@ -469,6 +474,7 @@ impl Call {
             peer_identity: self.peer_identity.clone(),
             e2ae_applied: self.e2ae_applied,
             deferred_delivery: self.deferred_delivery,
+            offer_mikey: mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten().and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
         }
     }
 
@@ -670,11 +676,15 @@ impl Core {
             }
         };
         let made = match self.config.security {
-            Security::MikeyTicket if !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY-TICKET is not supported".into())),
+            s if s.is_mikey() && !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY key management is not supported".into())),
             _ if !with_offer => Ok((String::new(), None, None)),
             Security::MikeyTicket => match self.kms.as_mut() {
-                Some(kms) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(t))),
+                Some(kms) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(Keying::Ticket(t)))),
                 None => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
+            },
+            Security::HighSecurity => match self.kms.as_ref().and_then(|k| k.high_security.as_ref()) {
+                Some(hs) => high_security::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target).map(|(sdp, p)| (sdp, None, Some(Keying::Dh(p)))),
+                None => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
             },
             _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
         };
@@ -753,18 +763,30 @@ impl Core {
         }
         call.sdp_version += 1;
         let (sdp, offer, ticket) = if !with_offer {
-            if security == Security::MikeyTicket {
-                let _ = tx.send(Err(Error::Negotiation("offerless re-INVITE with MIKEY-TICKET is not supported".into())));
+            if security.is_mikey() {
+                let _ = tx.send(Err(Error::Negotiation("offerless re-INVITE with MIKEY key management is not supported".into())));
                 return Ok(());
             }
             (None, None, None)
+        } else if security == Security::HighSecurity {
+            let Some(hs) = self.kms.as_ref().and_then(|k| k.high_security.as_ref()) else {
+                let _ = tx.send(Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())));
+                return Ok(());
+            };
+            match high_security::offer(hs, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity) {
+                Ok((sdp, pending)) => (Some(sdp), None, Some(Keying::Dh(pending))),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return Ok(());
+                }
+            }
         } else if security == Security::MikeyTicket {
             let Some(kms) = self.kms.as_mut() else {
                 let _ = tx.send(Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())));
                 return Ok(());
             };
             match ticket::offer(kms, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity).await {
-                Ok((sdp, pending)) => (Some(sdp), None, Some(pending)),
+                Ok((sdp, pending)) => (Some(sdp), None, Some(Keying::Ticket(pending))),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
@@ -1359,17 +1381,14 @@ impl Core {
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let reliable = answers_reliably(&request, self.config.answering);
-        if matches!(offer, Ok(None)) && self.config.security != Security::MikeyTicket {
+        if matches!(offer, Ok(None)) && !self.config.security.is_mikey() {
             return self.offer_first(key, request, call_id, dialog, rtp, reliable);
         }
         let negotiated = match offer {
-            Ok(Some(offer)) if ticket::has_mikey(&offer) => match (self.config.security, self.kms.as_mut()) {
-                (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, &offer, rtp.local_addr(), 1, rtp.ssrc()).await,
-                _ => Err(Error::Negotiation("MIKEY-TICKET offered; not enabled here".into())),
-            },
-            Ok(Some(_)) if self.config.security == Security::MikeyTicket => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY-TICKET".into())),
+            Ok(Some(offer)) if ticket::has_mikey(&offer) => mikey_answer(self.config.security, self.kms.as_mut(), &offer, rtp.local_addr(), 1, rtp.ssrc()).await,
+            Ok(Some(_)) if self.config.security.is_mikey() => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into())),
             Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
-            Ok(None) => Err(Error::Negotiation("INVITE without an offer: not supported with MIKEY-TICKET".into())),
+            Ok(None) => Err(Error::Negotiation("INVITE without an offer: not supported with MIKEY key management".into())),
             Err(e) => Err(e.into()),
         };
         self.seq += 1;
@@ -1384,13 +1403,24 @@ impl Core {
             Err(e) => {
                 tracing::info!(%call_id, error = %e, "offer refused with 488");
                 call.state = CallState::Failed(488, e.to_string());
+                // The key-management error goes back in the key-management attribute of a
+                // refusing answer *(ours)*: the MIKEY Error message of the failed exchange.
+                let body = match &e {
+                    Error::KeyRefused { mikey_error: Some(m), .. } => mediasec_sip::body::sdp(&Message::Request(request.clone()))
+                        .ok()
+                        .flatten()
+                        .and_then(|offer| offer_answer::refusal(&offer, call.rtp.local_addr(), 1).ok())
+                        .map(|refusal| format!("{refusal}a={}\r\n", ticket::key_mgmt_line(m.clone()))),
+                    _ => None,
+                };
                 self.calls.insert(call_id, call);
                 let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
                 let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
-                let response = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?
-                    .set_header(&HeaderName::To, to)?
-                    .header(HeaderName::Warning, warning)?
-                    .build();
+                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning)?;
+                if let Some(body) = body {
+                    builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(body);
+                }
+                let response = builder.build();
                 self.endpoint.send(Command::Respond { key, response })?;
                 Ok(())
             }
@@ -1560,7 +1590,7 @@ impl Core {
         let to = dialog.local_header().clone();
         call.sdp_version += 1;
         let body = mediasec_sip::body::sdp(&Message::Request(request.clone()));
-        if matches!(body, Ok(None)) && request.method == Method::Invite && security != Security::MikeyTicket {
+        if matches!(body, Ok(None)) && request.method == Method::Invite && !security.is_mikey() {
             // Delayed offer (RFC 3261 §13.2.1): our offer in the 2xx, the answer in the ACK.
             return match offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random) {
                 Ok(offer) => {
@@ -1577,10 +1607,8 @@ impl Core {
             };
         }
         let outcome = match body {
-            Ok(Some(offer)) if ticket::has_mikey(&offer) => match self.kms.as_mut() {
-                Some(kms) => ticket::answer(kms, &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
-                None => Err(Error::Negotiation("MIKEY-TICKET offer but no KMS access".into())),
-            },
+            Ok(Some(offer)) if ticket::has_mikey(&offer) => mikey_answer(security, self.kms.as_mut(), &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
+            Ok(Some(_)) if security.is_mikey() => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into())),
             Ok(Some(offer)) => offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random),
             Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
             Err(e) => Err(e.into()),
@@ -1640,8 +1668,28 @@ fn security_server() -> HeaderName {
     HeaderName::parse(&Bytes::from_static(b"Security-Server"))
 }
 
+/// A MIKEY offer of ours awaiting its answer.
+enum Keying {
+    /// MIKEY-TICKET: TRANSFER_INIT sent.
+    Ticket(PendingCall),
+    /// High-security mode: DH_INIT sent (holds the DH secret).
+    Dh(high_security::PendingCall),
+}
+
+/// Answers a MIKEY offer under our policy: MIKEY-TICKET through [`ticket`], the high-security
+/// mode through [`high_security`]; any other policy (or a missing KMS access) refuses it.
+async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+    match (security, kms) {
+        (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, offer, local, version, ssrc).await,
+        (Security::HighSecurity, Some(KmsAccess { high_security: Some(hs), .. })) => high_security::answer(hs, offer, local, version, ssrc),
+        (Security::MikeyTicket | Security::HighSecurity, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
+        _ => Err(Error::Negotiation("MIKEY offered; not enabled here".into())),
+    }
+}
+
 /// The media an answer gives the caller: SDES / plain through [`offer_answer`], MIKEY-TICKET
-/// through [`ticket`] (an identical answer already verified is reused, not verified twice).
+/// through [`ticket`], the high-security mode through [`high_security`] (an identical answer
+/// already verified is reused, not verified twice).
 fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
     if let Some(offer) = call.offer.as_ref() {
         return offer_answer::process_answer(offer, answer, policy);
@@ -1655,7 +1703,10 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     {
         return Ok(media.clone());
     }
-    let (media, deferred) = ticket::process_answer(kms, pending, answer)?;
+    let (media, deferred) = match pending {
+        Keying::Ticket(p) => ticket::process_answer(kms, p, answer)?,
+        Keying::Dh(p) => (high_security::process_answer(kms.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer)?, false),
+    };
     call.deferred_delivery = deferred;
     call.ticket_answer = Some((text, media.clone()));
     Ok(media)
@@ -1761,6 +1812,46 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
     fn caller_offer(peer: SocketAddr) -> String {
         let local = SocketAddr::new(peer.ip(), 40_000);
         offer_answer::offer(local, 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("offer").sdp
+    }
+
+    /// High-security callee (docs/high-security.md §8): an INVITE whose DH_INIT is signed under
+    /// a KPAK the callee does not trust is refused with 488, a `Warning`, and an SDP refusing
+    /// the stream (port 0) whose `a=key-mgmt:mikey` carries the RFC 3830 §5.1.2 Error message
+    /// (data type Error, ERR Auth failure) of that DH_INIT's CSB.
+    #[tokio::test]
+    async fn high_security_callee_refuses_an_untrusted_signature_with_the_mikey_error() {
+        use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
+        use mediasec_mikey::registry::{DataType, ErrorCode};
+        let month = |uri: &str, ksak: &KmsSecret| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+            let (y, m) = mediasec_mikey::signed_dh::period_of(&mediasec_kms::tp_data::ntp(now)).expect("period");
+            let id = mediasec_mikey::eccsi::identity(uri, y, m);
+            let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
+            SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key")
+        };
+        let (ours, theirs) = (KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK"), KmsSecret::from_bytes(&[0x22; 32]).expect("KSAK"));
+        let alice = high_security::HighSecurity::new("sip:alice@a.example", month("sip:alice@a.example", &theirs), vec![theirs.kpak()]);
+        let bob = high_security::HighSecurity::new("sip:bob@b.example", month("sip:bob@b.example", &ours), vec![ours.kpak()]);
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let kms_ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse("bob@b.example").expect("uid"), "kms.b.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
+        let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
+        config.timers = timers(50);
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue: kms_ue, client, high_security: Some(bob) })).await.expect("UE");
+        let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example").expect("DH_INIT offer");
+        send(&socket, ue.sip_addr(), &invite(addr, ue.sip_addr(), "", &offer)).await;
+        let (refused, _) = until(&socket, Duration::from_secs(5), |m| code(m).is_some_and(|c| c >= 200)).await;
+        assert_eq!(code(&refused), Some(488), "{}", text(&refused));
+        assert!(value(&refused, &HeaderName::Warning).is_some_and(|w| w.contains("Auth")), "{}", text(&refused));
+        let sdp = mediasec_sip::body::sdp(&refused).expect("SDP").expect("a refusing SDP");
+        assert!(sdp.to_string().contains("m=audio 0 "), "{sdp}");
+        let error = ticket::mikey_data(&sdp).expect("key-mgmt").expect("the MIKEY Error message");
+        let m = mediasec_mikey::Message::decode(&error).expect("MIKEY");
+        assert_eq!(m.header.data_type, DataType::ERROR);
+        let init = ticket::mikey_data(&Sdp::parse(&offer)).expect("offer").expect("DH_INIT");
+        assert_eq!(m.header.csb_id, mediasec_mikey::Message::decode(&init).expect("DH_INIT").header.csb_id);
+        assert!(m.payloads.iter().any(|p| matches!(p, mediasec_mikey::Payload::Err(e) if e.code == ErrorCode::AUTH_FAILURE)), "{m:?}");
     }
 
     /// UAS (RFC 3262 §3): with `Supported: 100rel` and early media the 183 carries the answer

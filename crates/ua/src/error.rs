@@ -35,6 +35,16 @@ pub enum Error {
     /// refused (ACK + BYE for a 2xx).
     #[error("answer refused by policy: {0}")]
     Downgrade(String),
+    /// The offer's key management failed verification (high-security mode: a DH_INIT whose
+    /// signature, identity, time or DH value is refused); answered 488 with the MIKEY Error
+    /// message in the SDP when there is one.
+    #[error("key management refused: {reason}")]
+    KeyRefused {
+        /// Why.
+        reason: String,
+        /// The RFC 3830 §5.1.2 Error message answering the offer's MIKEY message.
+        mikey_error: Option<Vec<u8>>,
+    },
     /// Unknown call.
     #[error("no such call")]
     NoSuchCall,

@@ -44,6 +44,18 @@ pub enum Security {
     /// KMS-based e2e (TS 33.328 §7.3, MIKEY-TICKET): `a=key-mgmt:mikey` carrying
     /// TRANSFER_INIT / TRANSFER_RESP (see [`crate::ticket`]); SRTP required.
     MikeyTicket,
+    /// The high-security mode (docs/high-security.md): ECCSI-signed MIKEY-DH in
+    /// `a=key-mgmt:mikey` (see [`crate::high_security`]); SRTP required, keys the KMS cannot
+    /// derive.
+    HighSecurity,
+}
+
+impl Security {
+    /// Whether calls are keyed with MIKEY in `a=key-mgmt` (MIKEY-TICKET or high-security):
+    /// SRTP required, no offerless INVITE, no fallback.
+    pub fn is_mikey(self) -> bool {
+        matches!(self, Self::MikeyTicket | Self::HighSecurity)
+    }
 }
 
 /// How media is protected once negotiated.
@@ -123,7 +135,7 @@ pub(crate) fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[S
 pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<Offer, Error> {
     let (proto, crypto) = match security {
         Security::Off => (AVP, Vec::new()),
-        Security::MikeyTicket => return Err(Error::Negotiation("MIKEY-TICKET offers are built by crate::ticket".into())),
+        Security::MikeyTicket | Security::HighSecurity => return Err(Error::Negotiation("MIKEY offers are built by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => (if fallback { AVP } else { SAVP }, sdes::offer(policy, keys)?),
     };
     let mut lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
@@ -234,7 +246,7 @@ pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Securi
     match security {
         Security::Off if requires_srtp => Err(Error::Negotiation("SRTP required by the offer, our policy has no key management".into())),
         Security::Off => Ok((sdp_text(local, version, AVP, &lines), media(Protection::Plain))),
-        Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are built by crate::ticket".into())),
+        Security::MikeyTicket | Security::HighSecurity => Err(Error::Negotiation("MIKEY answers are built by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => {
             if offered.is_empty() {
                 if requires_srtp {
@@ -279,7 +291,7 @@ pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> R
     let media = |protection| stream.media(stream.mux, protection);
     match offer.security {
         Security::Off => Ok(media(Protection::Plain)),
-        Security::MikeyTicket => Err(Error::Negotiation("MIKEY-TICKET answers are processed by crate::ticket".into())),
+        Security::MikeyTicket | Security::HighSecurity => Err(Error::Negotiation("MIKEY answers are processed by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => {
             if answered.is_empty() {
                 return if fallback {

@@ -50,6 +50,9 @@ pub struct KmsAccess {
     pub ue: KmsUe,
     /// The Ua HTTP client of its KMS.
     pub client: KmsClient,
+    /// The high-security credentials (ECCSI key from this KMS, trusted KPAKs), when the UE
+    /// uses that mode ([`crate::high_security`]).
+    pub high_security: Option<crate::high_security::HighSecurity>,
 }
 
 /// What the offerer keeps until TRANSFER_RESP arrives.
@@ -73,11 +76,11 @@ pub fn uid_of(uri: &str) -> Result<KmsUid, Error> {
     KmsUid::parse(bare).map_err(kms)
 }
 
-fn key_mgmt_line(data: Vec<u8>) -> String {
+pub(crate) fn key_mgmt_line(data: Vec<u8>) -> String {
     format!("key-mgmt:{}", KeyMgmt { protocol: "mikey".into(), data })
 }
 
-fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey::srtp_policy::SrtpPolicy) -> Result<Protection, Error> {
+pub(crate) fn protection(tx: &mediasec_mikey::srtp_policy::SrtpPolicy, rx: &mediasec_mikey::srtp_policy::SrtpPolicy) -> Result<Protection, Error> {
     let suite: Suite = tx.suite.parse().map_err(|_| Error::Negotiation(format!("MIKEY policy suite {} has no SRTP transform", tx.suite)))?;
     Ok(Protection::Srtp {
         suite,

@@ -74,7 +74,7 @@ async fn caller(kms: &KmsLab, lab: &TwoDomains, user: &str, deferred: bool) -> U
     let (mut ue, client) = kms.ue(&format!("{user}@a.example")).await.expect("GBA bootstrap");
     ue.set_deferred_delivery(deferred);
     let config = UeConfig::loopback(&format!("sip:{user}@a.example"), lab.pcscf_a.local_addr(), Security::MikeyTicket, ALICE_HZ, 1500.0);
-    let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client })).await.expect("UE");
+    let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client, high_security: None })).await.expect("UE");
     assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
     ue
 }

@@ -31,6 +31,7 @@ use mediasec_cscf::service::Cscf;
 use mediasec_cscf::Stats;
 use mediasec_kms::lab::{DomainSpec, Lab as KmsLab};
 use mediasec_sdp::SdesPolicy;
+use mediasec_ua::high_security::HighSecurity;
 use mediasec_ua::ticket::KmsAccess;
 use mediasec_ua::{Answering, CallReport, CallState, Security, Ue, UeConfig};
 
@@ -85,15 +86,16 @@ fn over_tls(ues: &[&Ue]) -> (bool, String) {
     (ok, format!(", SIP UE–P-CSCF over TLS ({} msgs to the UEs, {clear} in clear)", received.iter().map(|r| r.tls).sum::<u64>()))
 }
 
-/// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork —
-/// except for the deferred-delivery caller (a forking ticket cannot be delivered deferred).
-const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\n[user.\"alice13@a.example\"]\nforking = false\n";
+/// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork,
+/// everyone may have high-security (ECCSI) keys — except that the deferred-delivery caller
+/// gets no forking (a forking ticket cannot be delivered deferred).
+const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\nhigh_security = true\n[user.\"alice14@a.example\"]\nforking = false\n";
 
 /// The voicemail server's NAF FQDN in the demo.
 const VM_FQDN: &str = "vm.a.example";
 
-/// alice13 calls carol13, who is not registered: the S-CSCF diverts to the voicemail server;
-/// later carol13 fetches the message, resolves the ticket at the KMS and decrypts it.
+/// alice14 calls carol14, who is not registered: the S-CSCF diverts to the voicemail server;
+/// later carol14 fetches the message, resolves the ticket at the KMS and decrypts it.
 async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyhow::Result<Scenario> {
     use mediasec_gba::kdf::{NafId, UaProtocolId};
     use mediasec_voicemail::owner::{MailboxClient, open_message};
@@ -110,13 +112,13 @@ async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyho
     };
     let zn = Arc::new(mediasec_kms::zn::ZnCache::new(Arc::new(zn)));
     let server = mediasec_voicemail::service::Server::start(&kms.dir.join("vm.redb"), config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None, VM_FQDN, zn).await?;
-    let alice = registered(ue("sip:alice13@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, CALLER_HZ, CALLEE_HZ), Some(kms)).await?;
-    let id = tokio::time::timeout(Duration::from_secs(10), alice.call("sip:carol13@a.example")).await.context("call timed out")??;
+    let alice = registered(ue("sip:alice14@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, CALLER_HZ, CALLEE_HZ), Some(kms)).await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), alice.call("sip:carol14@a.example")).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
     let a = alice.report(&id).await?.context("caller report")?;
     alice.hangup(&id).await?;
-    // Later: carol13 bootstraps, downloads her message, resolves the ticket, decrypts.
-    let uid = mediasec_kms::identity::KmsUid::parse("carol13@a.example")?;
+    // Later: carol14 bootstraps, downloads her message, resolves the ticket, decrypts.
+    let uid = mediasec_kms::identity::KmsUid::parse("carol14@a.example")?;
     let boot = kms.lab.bootstrap(&uid).await?;
     let key = boot.ks_naf(&NafId::new(VM_FQDN, UaProtocolId::HTTP_DIGEST))?;
     let mailbox = MailboxClient::new(mediasec_bsf::client::Endpoint::http(&server.api_url())?, VM_FQDN, boot.btid.to_string(), &key.0);
@@ -159,12 +161,17 @@ impl Kms {
     }
 }
 
-/// A registered UE; with MIKEY-TICKET it first bootstraps with the lab BSF (GBA).
+/// A registered UE; with MIKEY-TICKET or the high-security mode it first bootstraps with the
+/// lab BSF (GBA); in the high-security mode it then fetches its ECCSI key from the KMS.
 async fn registered(config: UeConfig, kms: Option<&Kms>) -> anyhow::Result<Ue> {
     let access = match (config.security, kms) {
-        (Security::MikeyTicket, Some(k)) => {
+        (Security::MikeyTicket | Security::HighSecurity, Some(k)) => {
             let (ue, client) = k.lab.ue(config.aor.trim_start_matches("sip:")).await?;
-            Some(KmsAccess { ue, client })
+            let mut access = KmsAccess { ue, client, high_security: None };
+            if config.security == Security::HighSecurity {
+                access.high_security = Some(HighSecurity::provision(&access, &config.aor, Vec::new()).await?);
+            }
+            Some(access)
         }
         _ => None,
     };
@@ -196,7 +203,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let tls = matches!(security, Security::Sdes { .. }).then_some(tls);
     let alice = registered(behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, tls)?, kms).await?;
     let (bob, proxy) = match security {
-        Security::MikeyTicket => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
+        Security::MikeyTicket | Security::HighSecurity => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
         _ => (format!("sip:bob{n}@b.example"), &lab.pcscf_b),
     };
     let mut bobs = Vec::new();
@@ -231,7 +238,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let expected = match security {
         Security::Off => "rtp",
         Security::Sdes { .. } => "srtp AEAD_AES_256_GCM",
-        Security::MikeyTicket => "srtp AES_CM_128_HMAC_SHA1_80",
+        Security::MikeyTicket | Security::HighSecurity => "srtp AES_CM_128_HMAC_SHA1_80",
     };
     let mut ok = a.protection == expected && b.protection == expected && a.media.verified >= 10 && b.media.verified >= 10;
     // Refused packets are expected only where the protocol makes them: a fork that lost sends
@@ -266,11 +273,33 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
             // TS 33.328 §5.4.2: every SDES fork sees the offer key.
             Security::Sdes { .. } => offer_key_seen == forks,
             // Key forking: only the answering fork holds it.
-            Security::MikeyTicket => offer_key_seen == 1,
+            Security::MikeyTicket | Security::HighSecurity => offer_key_seen == 1,
             Security::Off => true,
         };
     }
+    if security == Security::HighSecurity {
+        let (held, words) = kms_cannot_release(kms, &a, &format!("alice{n}@a.example"))?;
+        ok &= held && a.peer_key == b.own_key && b.peer_key == a.own_key;
+        detail.push_str(&words);
+    }
     Ok(Scenario { name, ok, setup: a.setup, detail })
+}
+
+/// The high-security property at the KMS: its LI key release, under a valid warrant for the
+/// caller, refuses the call's DH_INIT as a high-security call (there is no ticket; the DH
+/// secret never reached the KMS). Whether it held, and the summary line's words.
+fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) -> anyhow::Result<(bool, String)> {
+    let kms = kms.context("the high-security mode needs the KMS")?;
+    let dh_init = caller.offer_mikey.as_deref().context("no DH_INIT in the offer")?;
+    let service = &kms.lab.domain("a.example")?.service;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
+    let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
+    Ok(match service.kms().li_release(&warrant, dh_init, None, now) {
+        Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => (true, ", KMS LI key release: refused (no ticket, no key)".into()),
+        Ok(_) => (false, ", KMS LI key release: KEYS RELEASED".into()),
+        Err(e) => (false, format!(", KMS LI key release: unexpected answer ({e})")),
+    })
 }
 
 /// An IMS-AGW on loopback for P-CSCF a, media ports from a range of its own.
@@ -493,7 +522,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         ..LabConfig::default()
     })
     .await?;
-    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "carol13@a.example"];
+    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "bob13@a.example", "alice14@a.example", "carol14@a.example"];
     let kms = Kms::start(&users).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -510,6 +539,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), &trust, 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
         one_call(&lab, Some(&kms), &trust, 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
         one_call(&lab, Some(&kms), &trust, 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 13, "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys", Security::HighSecurity, plain, talk).await?,
         e2ae_call(&lab, &agw, &trust, 7, talk, false).await?,
         e2ae_call(&lab, &agw, &trust, 10, talk, true).await?,
         e2ae_preconditions_call(&lab, &agw, &trust, 11, talk).await?,
@@ -521,9 +551,14 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
 /// Median set-up latency of `calls` calls per key-management mode through the lab.
 pub(crate) async fn setup_latency(calls: usize) -> anyhow::Result<Vec<(&'static str, Duration, Duration)>> {
     let lab = TwoDomains::start(HashMap::new(), None).await?;
-    let kms = Kms::start(&["alice2@a.example", "bob2@a.example"]).await?;
+    let kms = Kms::start(&["alice2@a.example", "bob2@a.example", "alice3@a.example", "bob3@a.example"]).await?;
     let mut out = Vec::new();
-    let modes = [("none (RTP)", Security::Off), ("SDES e2e", Security::Sdes { fallback: false }), ("MIKEY-TICKET e2e", Security::MikeyTicket)];
+    let modes = [
+        ("none (RTP)", Security::Off),
+        ("SDES e2e", Security::Sdes { fallback: false }),
+        ("MIKEY-TICKET e2e", Security::MikeyTicket),
+        ("high-security (MIKEY-DH)", Security::HighSecurity),
+    ];
     for (n, (name, security)) in modes.into_iter().enumerate() {
         // Every mode calls within a.example, so only the key management differs.
         let p = lab.pcscf_a.local_addr();

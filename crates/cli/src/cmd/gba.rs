@@ -51,7 +51,7 @@ enum Action {
     },
 }
 
-fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
+pub(crate) fn key16(what: &str, s: &str) -> anyhow::Result<[u8; 16]> {
     let v = hex::decode(s).with_context(|| format!("{what} is not hex"))?;
     <[u8; 16]>::try_from(v).map_err(|_| anyhow::anyhow!("{what} must be 32 hex digits"))
 }
@@ -66,7 +66,7 @@ pub(super) fn milenage(keys: &super::UsimKeys) -> anyhow::Result<Milenage> {
     })
 }
 
-pub(super) fn default_realm(impi: &str) -> Option<String> {
+pub(crate) fn default_realm(impi: &str) -> Option<String> {
     let domain = impi.rsplit_once('@')?.1;
     let rest = domain.strip_prefix("ims.")?.strip_suffix(".3gppnetwork.org")?;
     Some(format!("bsf.{rest}.pub.3gppnetwork.org"))

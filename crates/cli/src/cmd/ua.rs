@@ -4,6 +4,10 @@
 //!   when a call verified fewer than `--min-verified` tone packets. With `--tls-ca PEM`, all
 //!   SIP with the P-CSCF runs over TLS (`--proxy` is then its TLS address, which its
 //!   certificate must carry as an IP address), so SDES keys never cross that hop in clear.
+//!   With `--security high-security` the UE bootstraps with GBA at `--bsf` (a simulated USIM:
+//!   `--impi`, `--k`, `--opc`), fetches its ECCSI key from its KMS (`--kms`, `--kms-fqdn`;
+//!   Ua `keyprovision`) and trusts that KMS's KPAK plus any `--trust-kpak`
+//!   (docs/high-security.md).
 //! - `ua lab`: start the two-domain lab in-process, run the SIP call scenarios, and measure
 //!   the call set-up latency per key-management mode.
 
@@ -14,6 +18,8 @@ use std::time::Duration;
 use anyhow::Context;
 use mediasec_sdp::SdesPolicy;
 use mediasec_sip::core::Timers;
+use mediasec_ua::high_security::HighSecurity;
+use mediasec_ua::ticket::KmsAccess;
 use mediasec_ua::{Answering, CallReport, CallState, Role, Security, Ue, UeConfig};
 
 use super::demo_sip;
@@ -28,7 +34,7 @@ pub(crate) struct Args {
 #[derive(clap::Subcommand)]
 enum Sub {
     /// Run a UE: register, call or answer, report every call as JSON.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run the SIP call scenarios on an in-process two-domain lab and measure set-up latency.
     Lab(LabArgs),
 }
@@ -42,6 +48,39 @@ enum SecurityArg {
     Sdes,
     /// SDES e2e offered opportunistically (RFC 8643), RTP accepted.
     SdesFallback,
+    /// High-security mode: ECCSI-signed MIKEY-DH, keys the KMS cannot derive (needs --bsf,
+    /// --impi, --k, --opc, --kms, --kms-fqdn).
+    HighSecurity,
+}
+
+/// GBA and KMS access (`--security high-security`), with a simulated USIM (lab credentials).
+#[derive(clap::Args)]
+struct KmsArgs {
+    /// BSF URL (Ub), http://host:port.
+    #[arg(long)]
+    bsf: Option<String>,
+    /// BSF FQDN (Digest realm); default derived from a 3GPP IMPI (TS 23.003).
+    #[arg(long)]
+    bsf_realm: Option<String>,
+    /// IMPI of the USIM.
+    #[arg(long)]
+    impi: Option<String>,
+    /// USIM K (32 hex digits).
+    #[arg(long)]
+    k: Option<String>,
+    /// USIM OPc (32 hex digits).
+    #[arg(long)]
+    opc: Option<String>,
+    /// KMS Ua URL, http://host:port.
+    #[arg(long)]
+    kms: Option<String>,
+    /// KMS FQDN (its NAF id for Ks_NAF).
+    #[arg(long)]
+    kms_fqdn: Option<String>,
+    /// Also trust this KPAK (130 hex digits: another KMS's community; repeatable). The own
+    /// KMS's KPAK comes authenticated with the keys.
+    #[arg(long = "trust-kpak")]
+    trust_kpak: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +134,8 @@ struct RunArgs {
     /// Exit 1 unless every established call verified at least this many tone packets.
     #[arg(long, default_value_t = 0)]
     min_verified: u64,
+    #[command(flatten)]
+    kms: KmsArgs,
 }
 
 #[derive(clap::Args)]
@@ -111,7 +152,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .try_init();
     let runtime = super::runtime()?;
     match args.command {
-        Sub::Run(a) => runtime.block_on(run_ue(a)),
+        Sub::Run(a) => runtime.block_on(run_ue(*a)),
         Sub::Lab(a) => runtime.block_on(lab(a)),
     }
 }
@@ -148,6 +189,11 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         SecurityArg::None => Security::Off,
         SecurityArg::Sdes => Security::Sdes { fallback: false },
         SecurityArg::SdesFallback => Security::Sdes { fallback: true },
+        SecurityArg::HighSecurity => Security::HighSecurity,
+    };
+    let access = match security {
+        Security::HighSecurity => Some(high_security_access(&a.aor, &a.kms).await?),
+        _ => None,
     };
     let tls = match &a.tls_ca {
         Some(path) => Some(mediasec_sip::tls::client_config(&mediasec_sip::tls::read_pem(path)?, None).with_context(|| format!("--tls-ca {}", path.display()))?),
@@ -169,7 +215,7 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         timers: Timers::default(),
         tls,
     };
-    let ue = Ue::start(config).await?;
+    let ue = Ue::start_with_kms(config, access).await?;
     let reg = tokio::time::timeout(Duration::from_secs(5), ue.register(600)).await.context("REGISTER timed out")??;
     println!("{}", serde_json::json!({"registered": reg.status, "mediasec": reg.mediasec, "sip": ue.sip_addr().to_string(), "tls": a.tls_ca.is_some()}));
     anyhow::ensure!(reg.status == 200, "registration failed");
@@ -199,6 +245,29 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// GBA bootstrap at the BSF, then the ECCSI key from the KMS (Ua `keyprovision`) for `aor`.
+async fn high_security_access(aor: &str, k: &KmsArgs) -> anyhow::Result<KmsAccess> {
+    use mediasec_bsf::client::{self, Endpoint};
+    use mediasec_gba::kdf::{NafId, UaProtocolId};
+    let (Some(bsf), Some(impi), Some(key), Some(opc), Some(kms), Some(fqdn)) = (&k.bsf, &k.impi, &k.k, &k.opc, &k.kms, &k.kms_fqdn) else {
+        anyhow::bail!("--security high-security needs --bsf, --impi, --k, --opc, --kms and --kms-fqdn");
+    };
+    let realm = k.bsf_realm.clone().or_else(|| super::gba::default_realm(impi)).context("cannot derive the BSF FQDN from the IMPI; give --bsf-realm")?;
+    let usim = mediasec_gba::milenage::Milenage::with_opc(&super::gba::key16("K", key)?, &super::gba::key16("OPc", opc)?);
+    let bsf = Endpoint::new(bsf, None).context("--bsf")?;
+    let (boot, _) = client::bootstrap(&bsf, mediasec_gba::ue::UeBootstrap::new(impi.clone(), realm, usim, 0)).await.context("GBA bootstrap")?;
+    let ks_naf = boot.ks_naf(&NafId::new(fqdn.clone(), UaProtocolId::IMS_MEDIA_PLANE))?;
+    let ue = mediasec_kms::ue::Ue::new(mediasec_ua::ticket::uid_of(aor)?, fqdn.clone(), boot.btid.to_string(), &ks_naf.0, 30);
+    let mut access = KmsAccess { ue, client: mediasec_kms::client::KmsClient::new(Endpoint::new(kms, None).context("--kms")?), high_security: None };
+    let mut others = Vec::new();
+    for h in &k.trust_kpak {
+        let bytes = hex::decode(h.trim()).context("--trust-kpak is not hex")?;
+        others.push(mediasec_mikey::eccsi::Kpak::from_uncompressed(&bytes).context("--trust-kpak")?);
+    }
+    access.high_security = Some(HighSecurity::provision(&access, aor, others).await?);
+    Ok(access)
+}
+
 async fn lab(a: LabArgs) -> anyhow::Result<ExitCode> {
     println!("SIP calls through P-CSCF + S-CSCF of two domains on 127.0.0.1");
     let mut ok = true;
@@ -209,7 +278,7 @@ async fn lab(a: LabArgs) -> anyhow::Result<ExitCode> {
     }
     println!("call set-up latency (dial → 2xx processed at the caller), {} calls per mode:", a.calls);
     for (mode, median, p90) in demo_sip::setup_latency(a.calls).await? {
-        println!("  {mode:<17} median {:.2} ms, p90 {:.2} ms", median.as_secs_f64() * 1000.0, p90.as_secs_f64() * 1000.0);
+        println!("  {mode:<24} median {:.2} ms, p90 {:.2} ms", median.as_secs_f64() * 1000.0, p90.as_secs_f64() * 1000.0);
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
