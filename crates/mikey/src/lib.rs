@@ -29,6 +29,7 @@ pub mod pk;
 pub mod prf;
 pub mod psk;
 pub mod registry;
+pub mod sakke;
 pub mod signed_dh;
 pub mod srtp_policy;
 pub mod ticket;

@@ -1643,6 +1643,93 @@ mod eccsi_wolfssl {
     }
 }
 
+/// SAKKE (RFC 6508, parameter set 1) against an independent implementation: wolfSSL's
+/// wolfcrypt SAKKE, through the C harness `tests/peers/sakke_wolfssl.c` compiled here with
+/// `cc … -lwolfssl` (Debian `libwolfssl-dev`). Fresh random KMS secret z, identity and SSVs
+/// every run: wolfSSL issues the RSK from our z and it validates here (and ours there); we
+/// encapsulate and wolfSSL derives the SSV; wolfSSL encapsulates and we decapsulate.
+mod sakke_wolfssl {
+    use mediasec_mikey::sakke::{self, KmsSecret, Rsk};
+    use std::io::Read;
+    use std::process::Command;
+
+    fn random<const N: usize>(f: &mut std::fs::File) -> [u8; N] {
+        let mut b = [0u8; N];
+        f.read_exact(&mut b).expect("urandom");
+        b
+    }
+
+    fn harness() -> Option<std::path::PathBuf> {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sakke_wolfssl.c");
+        let dir = std::env::temp_dir().join(format!("mediasec-sakke-wolfssl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let bin = dir.join("sakke_wolfssl");
+        match Command::new("cc").arg("-o").arg(&bin).arg(src).arg("-lwolfssl").output() {
+            Ok(o) if o.status.success() => Some(bin),
+            Ok(o) => {
+                mediasec_testkit::peer_unavailable("libwolfssl-dev (SAKKE)", &String::from_utf8_lossy(&o.stderr));
+                None
+            }
+            Err(e) => {
+                mediasec_testkit::peer_unavailable("cc", &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn run(bin: &std::path::Path, args: &[&str]) -> (bool, String) {
+        let o = Command::new(bin).args(args).output().expect("run harness");
+        assert!(o.status.code() != Some(1), "harness failed: {}", String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    #[test]
+    fn wolfssl_and_we_agree_on_rsk_encapsulation_and_decapsulation() {
+        let Some(bin) = harness() else { return };
+        let mut rng = std::fs::File::open("/dev/urandom").expect("urandom");
+        for round in 0..2u16 {
+            // 127 random octets: below q (> 2^1021), at least 2 except with negligible odds.
+            let z_bytes: [u8; 127] = random(&mut rng);
+            let kms = KmsSecret::from_bytes(&z_bytes).expect("z in range");
+            let zpub = kms.public_key();
+            let z_hex = hex::encode(zpub.to_uncompressed());
+            let uri = format!("tel:+4477009{:05}", u32::from_be_bytes(random(&mut rng)) % 100_000);
+            let id = mediasec_mikey::eccsi::identity(&uri, 2026 + round, 11);
+            let id_hex = hex::encode(&id);
+
+            // The RSK wolfSSL issues from our z is the one we issue, and validates here.
+            let (ok, theirs) = run(&bin, &["rsk", &hex::encode(z_bytes), &z_hex, &id_hex]);
+            assert!(ok);
+            let ours = kms.issue(&id).expect("issue");
+            assert_eq!(theirs, hex::encode(&ours.to_uncompressed()[..]));
+            let rsk = Rsk::new(&zpub, &id, &hex::decode(&theirs).expect("hex")).expect("wolfSSL RSK validates");
+            // wolfSSL validates ours, and refuses it for another identifier.
+            assert_eq!(run(&bin, &["validate", &z_hex, &id_hex, &theirs]), (true, "valid".into()));
+            let other = hex::encode(mediasec_mikey::eccsi::identity(&uri, 2026 + round, 12));
+            assert_eq!(run(&bin, &["validate", &z_hex, &other, &theirs]), (false, "invalid".into()));
+
+            // We encapsulate, wolfSSL derives the same SSV; a tampered H is refused there.
+            let ssv: [u8; 16] = random(&mut rng);
+            let data = sakke::encapsulate(&zpub, &id, &ssv).expect("encapsulate");
+            let (ok, out) = run(&bin, &["decap", &z_hex, &id_hex, &theirs, &hex::encode(data)]);
+            assert!(ok, "wolfSSL refused our encapsulation: {out}");
+            assert_eq!(out, hex::encode(ssv));
+            let mut bad = data;
+            bad[260] ^= 4;
+            assert_eq!(run(&bin, &["decap", &z_hex, &id_hex, &theirs, &hex::encode(bad)]), (false, "refused".into()));
+
+            // wolfSSL encapsulates (same SSV in, so the same deterministic output), we decapsulate.
+            let ssv2: [u8; 16] = random(&mut rng);
+            let (ok, out) = run(&bin, &["encap", &z_hex, &id_hex, &hex::encode(ssv2)]);
+            assert!(ok);
+            let theirs_data = hex::decode(out).expect("hex");
+            assert_eq!(theirs_data, sakke::encapsulate(&zpub, &id, &ssv2).expect("encapsulate").to_vec());
+            assert_eq!(sakke::decapsulate(&zpub, &rsk, &theirs_data).expect("decapsulate")[..], ssv2[..]);
+        }
+        let _ = std::fs::remove_dir_all(bin.parent().expect("dir"));
+    }
+}
+
 /// The high-security mode: ECCSI-signed MIKEY-DH (`signed_dh`) between two identities of one
 /// KMS, with fresh OS randomness.
 mod signed_dh_exchange {
