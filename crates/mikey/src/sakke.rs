@@ -26,7 +26,7 @@
 //! fixed-length Montgomery ladder with constant-time swaps for scalar multiplications, a
 //! fixed-length square-and-multiply-always with constant-time selection for g^r, and
 //! constant-time inversion. Two steps branch on data, both on public values only: the Miller
-//! loop branches on the bits of the public constant q − 1, and [`reduce_mod_q`] of an
+//! loop branches on the bits of the public constant q − 1, and the reduction of an
 //! identifier (public) loops over its length. Decoding a received point checks it against
 //! the curve equation (public data).
 //!
@@ -763,3 +763,4 @@ mod tests {
         }
     }
 }
+
