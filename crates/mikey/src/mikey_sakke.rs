@@ -5,21 +5,21 @@
 //! I_MESSAGE = HDR, T, RAND, IDRi, IDRr, [IDRkmsi, IDRkmsr], SP, SAKKE, SIGN
 //! ```
 //!
-//! - **HDR** (RFC 3830 §6.1): data type 26 ("SAKKE"), V = 0 (no response: RFC 6509 §2.1), the
-//!   PRF, the CSB ID, and for our calls an SRTP-ID map with CS 1 = the initiator's stream and
-//!   CS 2 = the responder's (SSRC 0: there is no response to fill it in), both under SP
-//!   policy 0 — the map of [`crate::signed_dh`].
+//! - **HDR** (RFC 3830 §6.1): data type 26 ("SAKKE"), V = 0 (RFC 6509: a simplex message,
+//!   no response), the PRF, the CSB ID, and for our calls an SRTP-ID map with CS 1 = the
+//!   initiator's stream and CS 2 = the responder's (SSRC 0: there is no response to fill it
+//!   in), both under SP policy 0 — the map of [`crate::signed_dh`].
 //! - **T** (NTP-UTC): selects the key period of both identities and is checked against a
 //!   window and a replay cache.
 //! - **IDRi / IDRr** (RFC 6043 §6.6 roles 1 and 2, ID type URI) and optionally **IDRkmsi /
-//!   IDRkmsr** (roles 6 and 7, RFC 6509 §4.4): the parties' URIs and their KMS.
+//!   IDRkmsr** (roles 6 and 7, RFC 6509): the parties' URIs and their KMS.
 //! - **SAKKE** (RFC 6509 §4.2): parameter set 1, ID scheme 1 ("tel URI with monthly keys"),
 //!   the 273-octet `R_(b,S) ‖ H` of [`sakke::encapsulate`] carrying the 16-octet SSV to
 //!   identifier b = `"YYYY-MM\0" ‖ IDRr ‖ "\0"` ([`crate::eccsi::identity`], month of T).
 //! - **SIGN** (RFC 6509 §4.3): ECCSI by the initiator's identity of the same form over every
 //!   octet before the signature, the 2-octet SIGN header included.
 //!
-//! Keys: the SSV is the TGK (RFC 6509 §2.1); each crypto session's SRTP master key and salt
+//! Keys: the SSV is the TGK (RFC 6509); each crypto session's SRTP master key and salt
 //! come from it by the RFC 3830 §4.1.3 PRF (CS ID, CSB ID, RAND), exactly as in
 //! [`crate::signed_dh`] (the same [`Keys`] type and derivation).
 //!

@@ -87,7 +87,7 @@ pub struct Offer {
 /// SRTP keys of a call and the TGK they come from (shared with [`crate::mikey_sakke`]).
 pub struct Keys {
     /// The TGK: g^(xi·xr) mod p, 192 octets (RFC 3830 §4.1.1), in this mode; the 16-octet
-    /// SSV in MIKEY-SAKKE (RFC 6509 §2.1).
+    /// SSV in MIKEY-SAKKE (RFC 6509).
     pub tgk: Zeroizing<Vec<u8>>,
     /// CS 1: initiator → responder.
     pub initiator_stream: SrtpPolicy,
