@@ -11,6 +11,10 @@
 //! - The high-security mode (docs/high-security.md): [`eccsi`] (RFC 6507 signatures with
 //!   identity-based keys), [`dh_group`] (OAKLEY 5, RFC 3526 §2) and [`signed_dh`] (the RFC 3830
 //!   DH method with ECCSI SIGN payloads: no passive escrow, PFS, mutual authentication).
+//! - The identity-based mode of 3GPP mission-critical services (docs/high-security.md,
+//!   "MIKEY-SAKKE"): [`sakke`] (RFC 6508 key encapsulation, parameter set 1) and
+//!   [`mikey_sakke`] (the RFC 6509 I_MESSAGE: key escrow by design, no PFS, initiator-only
+//!   authentication, lawful interception without a man in the middle).
 //!
 //! Everything is sans-IO: no clock, no randomness, no sockets.
 
@@ -24,11 +28,13 @@ pub mod header;
 pub mod kemac_crypto;
 pub mod keys;
 mod message;
+pub mod mikey_sakke;
 pub mod payload;
 pub mod pk;
 pub mod prf;
 pub mod psk;
 pub mod registry;
+pub mod sakke;
 pub mod signed_dh;
 pub mod srtp_policy;
 pub mod ticket;
@@ -65,5 +71,16 @@ pub mod fuzzing {
     /// The valid DH_INIT and DH_RESP of the fixed keys behind [`signed_dh`] (seed corpus).
     pub fn signed_dh_seeds() -> Option<(Vec<u8>, Vec<u8>)> {
         crate::signed_dh::fuzz::seeds()
+    }
+
+    /// Feeds arbitrary bytes to the MIKEY-SAKKE responder ([`crate::mikey_sakke::receive`])
+    /// with fixed keys; returns whether the input was accepted.
+    pub fn mikey_sakke(data: &[u8]) -> bool {
+        crate::mikey_sakke::fuzz::run(data)
+    }
+
+    /// The valid I_MESSAGE of the fixed keys behind [`mikey_sakke`] (seed corpus).
+    pub fn mikey_sakke_seed() -> Option<Vec<u8>> {
+        crate::mikey_sakke::fuzz::seed()
     }
 }

@@ -523,6 +523,10 @@ registry! {
         INITIATOR_KMS = 6 => "Initiator's KMS (IDRkmsi)",
         /// Responder's KMS (IDRkmsr, RFC 6509).
         RESPONDER_KMS = 7 => "Responder's KMS (IDRkmsr)",
+        /// Initiator's MIKEY-SAKKE UID (TS 33.180 E.7 / F.2.1).
+        INITIATOR_UID = 8 => "Initiator's UID (TS 33.180)",
+        /// Responder's MIKEY-SAKKE UID (TS 33.180 E.7 / F.2.1).
+        RESPONDER_UID = 9 => "Responder's UID (TS 33.180)",
     }
 }
 
@@ -561,6 +565,8 @@ registry! {
     SakkeIdScheme(u8) {
         /// tel URI with monthly keys.
         TEL_URI_MONTHLY = 1 => "tel URI with monthly keys",
+        /// TS 33.180 F.2.1 hashed UID (the identifier is the 32-octet UID).
+        TS33180_UID = 2 => "TS 33.180 UID",
     }
 }
 
@@ -572,7 +578,7 @@ mod tests {
     fn debug_prints_name_or_hex_and_keeps_unknown_values() {
         assert_eq!(format!("{:?}", DataType::TRANSFER_INIT), "TRANSFER_INIT");
         assert_eq!(format!("{:?}", DataType(200)), "0xc8");
-        assert_eq!(format!("{}", IdRole(9)), "Unknown (9)");
+        assert_eq!(format!("{}", IdRole(10)), "Unknown (10)");
         assert_eq!(format!("{}", ErrorCode::INVALID_TPPAR), "TP parameters not supported (15)");
         assert_eq!(TicketType(0xf000).0, 0xf000);
         assert_eq!(MacAlg(7).mac_len(), None);

@@ -84,10 +84,11 @@ pub struct Offer {
     pub policy: SecurityPolicy,
 }
 
-/// SRTP keys of a call and the TGK they come from.
+/// SRTP keys of a call and the TGK they come from (shared with [`crate::mikey_sakke`]).
 pub struct Keys {
-    /// TGK = g^(xi·xr) mod p, 192 octets (RFC 3830 §4.1.1).
-    pub tgk: Zeroizing<[u8; dh_group::VALUE_LEN]>,
+    /// The TGK: g^(xi·xr) mod p, 192 octets (RFC 3830 §4.1.1), in this mode; the 16-octet
+    /// SSV in MIKEY-SAKKE (RFC 6509).
+    pub tgk: Zeroizing<Vec<u8>>,
     /// CS 1: initiator → responder.
     pub initiator_stream: SrtpPolicy,
     /// CS 2: responder → initiator.
@@ -178,11 +179,11 @@ pub fn signer_identity(uri: &str, t: &Timestamp) -> Result<Vec<u8>> {
     Ok(eccsi::identity(uri, year, month))
 }
 
-fn ntp(now_ntp: u64) -> Timestamp {
+pub(crate) fn ntp(now_ntp: u64) -> Timestamp {
     Timestamp { ts_type: TsType::NTP_UTC, value: now_ntp }
 }
 
-fn idr(role: IdRole, uri: &str) -> Payload {
+pub(crate) fn idr(role: IdRole, uri: &str) -> Payload {
     Payload::Idr(Idr { role, id_type: IdType::URI, data: uri.as_bytes().to_vec() })
 }
 
@@ -190,7 +191,7 @@ fn dh(value: &[u8]) -> Payload {
     Payload::Dh(Dh { group: DhGroup::OAKLEY_5, value: value.to_vec(), reserved: 0, validity: KeyValidity::Null })
 }
 
-fn draw<T>(random: &mut dyn FnMut(&mut [u8]), make: impl Fn(&[u8; 32]) -> Result<T>) -> Result<T> {
+pub(crate) fn draw<T>(random: &mut dyn FnMut(&mut [u8]), make: impl Fn(&[u8; 32]) -> Result<T>) -> Result<T> {
     let mut last = Error::FreshRandomness { what: "no draw made" };
     for _ in 0..MAX_DRAWS {
         let mut buf = Zeroizing::new([0u8; 32]);
@@ -204,7 +205,7 @@ fn draw<T>(random: &mut dyn FnMut(&mut [u8]), make: impl Fn(&[u8; 32]) -> Result
 }
 
 /// Appends SIGN (ECCSI) to `m`, signed by `key` over every octet before the signature.
-fn seal(m: Message, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
+pub(crate) fn seal(m: Message, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
     let mut m = m;
     m.payloads.push(Payload::Sign(Sign { sig_type: SignatureType::ECCSI, signature: vec![0; eccsi::SIGNATURE_LEN] }));
     let mut bytes = m.encode()?;
@@ -214,7 +215,7 @@ fn seal(m: Message, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Resu
     Ok(bytes)
 }
 
-fn check_key(key: &SigningKey, uri: &str, t: &Timestamp) -> Result<()> {
+pub(crate) fn check_key(key: &SigningKey, uri: &str, t: &Timestamp) -> Result<()> {
     if key.id() != signer_identity(uri, t)?.as_slice() {
         let (y, m) = period_of(t)?;
         return Err(Error::encode("SIGN", format!("the signing key is not the ECCSI key of {uri} for {y:04}-{m:02}")));
@@ -264,14 +265,14 @@ pub fn offer(offer: &Offer, key: &SigningKey, now_ntp: u64, random: &mut dyn FnM
 }
 
 /// A DH_INIT or DH_RESP split into what the checks need.
-struct Parsed {
-    message: Message,
-    t: Timestamp,
-    signature: Vec<u8>,
-    covered_len: usize,
+pub(crate) struct Parsed {
+    pub(crate) message: Message,
+    pub(crate) t: Timestamp,
+    pub(crate) signature: Vec<u8>,
+    pub(crate) covered_len: usize,
 }
 
-fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
+pub(crate) fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
     let message = Message::decode(bytes)?;
     if message.header.data_type != dt {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, expected {dt:?}", message.header.data_type)));
@@ -292,7 +293,7 @@ fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
 
 impl Parsed {
     /// The URI of the first IDR with `role` (ID type URI, UTF-8).
-    fn uri(&self, role: IdRole) -> Result<String> {
+    pub(crate) fn uri(&self, role: IdRole) -> Result<String> {
         let idr = self
             .message
             .find(|p| match p {
@@ -307,12 +308,12 @@ impl Parsed {
     }
 
     /// Verifies SIGN as the signature of `signer_uri` (identity for the month of T).
-    fn verify(&self, bytes: &[u8], kpak: &Kpak, signer_uri: &str) -> Result<()> {
+    pub(crate) fn verify(&self, bytes: &[u8], kpak: &Kpak, signer_uri: &str) -> Result<()> {
         let id = signer_identity(signer_uri, &self.t)?;
         eccsi::verify(kpak, &id, bytes.get(..self.covered_len).unwrap_or_default(), &self.signature)
     }
 
-    fn check_fresh(&self, now_ntp: u64, skew_secs: u64) -> Result<()> {
+    pub(crate) fn check_fresh(&self, now_ntp: u64, skew_secs: u64) -> Result<()> {
         let (secs, now) = (self.t.value >> 32, now_ntp >> 32);
         if self.t.ts_type != TsType::NTP_UTC {
             return Err(rejected(ErrorCode::INVALID_TS, format!("timestamp type {:?}, NTP-UTC expected", self.t.ts_type)));
@@ -336,7 +337,7 @@ impl Parsed {
             .collect()
     }
 
-    fn srtp_map(&self) -> Result<[SrtpCs; 2]> {
+    pub(crate) fn srtp_map(&self) -> Result<[SrtpCs; 2]> {
         match &self.message.header.cs_map {
             CsIdMap::SrtpId(v) => match v.as_slice() {
                 [a, b] if a.policy_no == 0 && b.policy_no == 0 => Ok([*a, *b]),
@@ -352,7 +353,7 @@ fn bad_dh(e: &Error) -> Error {
 }
 
 /// Both parties' SRTP keys from the TGK (RFC 3830 §4.1.3: CS ID 1 and 2, CSB ID, RAND).
-fn derive(prf: PrfFunc, tgk: Zeroizing<[u8; dh_group::VALUE_LEN]>, csb_id: u32, rand: &[u8], sp: &SecurityPolicy, map: &[SrtpCs; 2]) -> Result<Keys> {
+pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &[u8], sp: &SecurityPolicy, map: &[SrtpCs; 2]) -> Result<Keys> {
     let one = |cs_id: u8, cs: &SrtpCs| {
         let session = CryptoSession { ssrc: cs.ssrc, roc: cs.roc, mki: Vec::new() };
         srtp_policy::derive(prf, &tgk[..], |c| keys::label_tgk(c, cs_id, csb_id, rand), None, sp, &session)
@@ -437,7 +438,7 @@ pub fn answer(
         ],
     };
     let response = seal(m, key, random)?;
-    let keys = derive(h.prf, tgk, h.csb_id, &rand, &sp, &map)?;
+    let keys = derive(h.prf, Zeroizing::new(tgk.to_vec()), h.csb_id, &rand, &sp, &map)?;
     Ok(Answered { response, initiator_uri, keys })
 }
 
@@ -478,7 +479,7 @@ impl Pending {
             _ => return Err(rejected(ErrorCode::UNSPECIFIED, "DH_RESP must carry DHr then DHi")),
         };
         let tgk = self.secret.shared_secret(&dh_r).map_err(|e| bad_dh(&e))?;
-        let keys = derive(o.prf, tgk, o.csb_id, &self.rand, &o.policy, &[cs1, cs2])?;
+        let keys = derive(o.prf, Zeroizing::new(tgk.to_vec()), o.csb_id, &self.rand, &o.policy, &[cs1, cs2])?;
         Ok(Finished { redirected: responder_uri != o.responder_uri, responder_uri, keys })
     }
 }

@@ -338,6 +338,25 @@ fn signed_dh_fuzz_corpus_replays() {
     assert_eq!((answered, finished), (1, 1), "the corpus's valid DH_INIT and DH_RESP (regenerate with MEDIASEC_MIKEY_DUMP if the fixture changed)");
 }
 
+/// Replays `fuzz/corpus/mikey_sakke` through the fuzz target's function; the corpus holds
+/// the fixed keys' valid I_MESSAGE, which must be accepted (the replay reaches the
+/// decapsulation and key derivation, not only the decoder).
+#[test]
+fn mikey_sakke_fuzz_corpus_replays() {
+    let seed = mediasec_mikey::fuzzing::mikey_sakke_seed().expect("fixture");
+    dump("mikey_sakke_valid", &seed);
+    assert!(mediasec_mikey::fuzzing::mikey_sakke(&seed));
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/mikey_sakke");
+    let (mut n, mut accepted) = (0, 0);
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let data = std::fs::read(entry.expect("entry").path()).expect("read");
+        accepted += usize::from(mediasec_mikey::fuzzing::mikey_sakke(&data));
+        n += 1;
+    }
+    assert!(n >= 4, "corpus has {n} files");
+    assert_eq!(accepted, 1, "the corpus's valid I_MESSAGE (regenerate with MEDIASEC_MIKEY_DUMP if the fixture changed)");
+}
+
 mod props {
     use super::*;
     use mediasec_mikey::payload::*;
@@ -877,6 +896,31 @@ mod tshark_oracle {
             assert!(s.contains(ALICE) && s.contains(BOB), "{s}");
             assert!(!s.contains("Expert Info (Error"), "{s}");
         }
+    }
+
+    /// Our MIKEY-SAKKE I_MESSAGE (`mikey_sakke::build`, real SAKKE data and signature):
+    /// tshark 4.0 names data type 26, the SAKKE payload and its fields, the IDR roles
+    /// (including the KMS roles 6 and 7) and ECCSI, with no Malformed/Unknown/Error line.
+    #[test]
+    fn tshark_decodes_mikey_sakke_messages() {
+        use super::mikey_sakke_exchange::{ALICE, BOB, NOW, Parties};
+        let usable = |tool: &str| mediasec_testkit::tool_usable(tool, Command::new(tool).arg("--version"));
+        if !usable("tshark") || !usable("text2pcap") {
+            return;
+        }
+        let parties = Parties::new();
+        let (msg, _keys) = parties.build(BOB, NOW);
+        dump("mikey_sakke_i_message", &msg);
+        check(&msg, "SAKKE", "mikeysakke");
+        let s = dissect(&msg, "mikeysakke");
+        assert!(s.contains("Data Type: SAKKE (26)"), "{s}");
+        assert!(s.contains("SAKKE Encapsulated Data (SAKKE)"), "{s}");
+        assert!(s.contains("SAKKE params: 1") && s.contains("ID scheme: 1"), "{s}");
+        assert!(s.contains("SAKKE data length: 273"), "{s}");
+        assert!(s.contains("Signature type: ECCSI (2)"), "{s}");
+        assert!(s.contains("Initiator (IDRi)") && s.contains("Responder (IDRr)"), "{s}");
+        assert!(s.contains("IDRkmsi") && s.contains("IDRkmsr"), "{s}");
+        assert!(s.contains(ALICE) && s.contains(BOB), "{s}");
     }
 }
 
@@ -1640,6 +1684,311 @@ mod eccsi_wolfssl {
             assert!(eccsi::verify(&kpak, &eccsi::identity(&uri, 2026 + round, 12), &msg, &theirs).is_err());
         }
         let _ = std::fs::remove_dir_all(bin.parent().expect("dir"));
+    }
+}
+
+/// SAKKE (RFC 6508, parameter set 1) against an independent implementation: wolfSSL's
+/// wolfcrypt SAKKE, through the C harness `tests/peers/sakke_wolfssl.c` compiled here with
+/// `cc … -lwolfssl` (Debian `libwolfssl-dev`). Fresh random KMS secret z, identity and SSVs
+/// every run: wolfSSL issues the RSK from our z and it validates here (and ours there); we
+/// encapsulate and wolfSSL derives the SSV; wolfSSL encapsulates and we decapsulate.
+mod sakke_wolfssl {
+    use mediasec_mikey::sakke::{self, KmsSecret, Rsk};
+    use std::io::Read;
+    use std::process::Command;
+
+    fn random<const N: usize>(f: &mut std::fs::File) -> [u8; N] {
+        let mut b = [0u8; N];
+        f.read_exact(&mut b).expect("urandom");
+        b
+    }
+
+    fn harness() -> Option<std::path::PathBuf> {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sakke_wolfssl.c");
+        let dir = std::env::temp_dir().join(format!("mediasec-sakke-wolfssl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let bin = dir.join("sakke_wolfssl");
+        match Command::new("cc").arg("-o").arg(&bin).arg(src).arg("-lwolfssl").output() {
+            Ok(o) if o.status.success() => Some(bin),
+            Ok(o) => {
+                mediasec_testkit::peer_unavailable("libwolfssl-dev (SAKKE)", &String::from_utf8_lossy(&o.stderr));
+                None
+            }
+            Err(e) => {
+                mediasec_testkit::peer_unavailable("cc", &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn run(bin: &std::path::Path, args: &[&str]) -> (bool, String) {
+        let o = Command::new(bin).args(args).output().expect("run harness");
+        assert!(o.status.code() != Some(1), "harness failed: {}", String::from_utf8_lossy(&o.stderr));
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    #[test]
+    fn wolfssl_and_we_agree_on_rsk_encapsulation_and_decapsulation() {
+        let Some(bin) = harness() else { return };
+        let mut rng = std::fs::File::open("/dev/urandom").expect("urandom");
+        for round in 0..2u16 {
+            // 127 random octets: below q (> 2^1021), at least 2 except with negligible odds.
+            let z_bytes: [u8; 127] = random(&mut rng);
+            let kms = KmsSecret::from_bytes(&z_bytes).expect("z in range");
+            let zpub = kms.public_key();
+            let z_hex = hex::encode(zpub.to_uncompressed());
+            let uri = format!("tel:+4477009{:05}", u32::from_be_bytes(random(&mut rng)) % 100_000);
+            let id = mediasec_mikey::eccsi::identity(&uri, 2026 + round, 11);
+            let id_hex = hex::encode(&id);
+
+            // The RSK wolfSSL issues from our z is the one we issue, and validates here.
+            let (ok, theirs) = run(&bin, &["rsk", &hex::encode(z_bytes), &z_hex, &id_hex]);
+            assert!(ok);
+            let ours = kms.issue(&id).expect("issue");
+            assert_eq!(theirs, hex::encode(&ours.to_uncompressed()[..]));
+            let rsk = Rsk::new(&zpub, &id, &hex::decode(&theirs).expect("hex")).expect("wolfSSL RSK validates");
+            // wolfSSL validates ours, and refuses it for another identifier.
+            assert_eq!(run(&bin, &["validate", &z_hex, &id_hex, &theirs]), (true, "valid".into()));
+            let other = hex::encode(mediasec_mikey::eccsi::identity(&uri, 2026 + round, 12));
+            assert_eq!(run(&bin, &["validate", &z_hex, &other, &theirs]), (false, "invalid".into()));
+
+            // We encapsulate, wolfSSL derives the same SSV; a tampered H is refused there.
+            let ssv: [u8; 16] = random(&mut rng);
+            let data = sakke::encapsulate(&zpub, &id, &ssv).expect("encapsulate");
+            let (ok, out) = run(&bin, &["decap", &z_hex, &id_hex, &theirs, &hex::encode(data)]);
+            assert!(ok, "wolfSSL refused our encapsulation: {out}");
+            assert_eq!(out, hex::encode(ssv));
+            let mut bad = data;
+            bad[260] ^= 4;
+            assert_eq!(run(&bin, &["decap", &z_hex, &id_hex, &theirs, &hex::encode(bad)]), (false, "refused".into()));
+
+            // wolfSSL encapsulates (same SSV in, so the same deterministic output), we decapsulate.
+            let ssv2: [u8; 16] = random(&mut rng);
+            let (ok, out) = run(&bin, &["encap", &z_hex, &id_hex, &hex::encode(ssv2)]);
+            assert!(ok);
+            let theirs_data = hex::decode(out).expect("hex");
+            assert_eq!(theirs_data, sakke::encapsulate(&zpub, &id, &ssv2).expect("encapsulate").to_vec());
+            assert_eq!(sakke::decapsulate(&zpub, &rsk, &theirs_data).expect("decapsulate")[..], ssv2[..]);
+        }
+        let _ = std::fs::remove_dir_all(bin.parent().expect("dir"));
+    }
+}
+
+/// MIKEY-SAKKE (`mikey_sakke`, RFC 6509) between identities of one KMS (ECCSI KSAK + SAKKE
+/// master secret), with fresh OS randomness.
+mod mikey_sakke_exchange {
+    use mediasec_mikey::eccsi::{self, Kpak, SigningKey};
+    use mediasec_mikey::mikey_sakke::{self, Identity, Offer};
+    use mediasec_mikey::payload::{Payload, Timestamp};
+    use mediasec_mikey::psk::ReplayCache;
+    use mediasec_mikey::registry::*;
+    use mediasec_mikey::sakke::{self, Rsk};
+    use mediasec_mikey::signed_dh::Keys;
+    use mediasec_mikey::srtp_policy::{self, SrtpPolicy};
+    use mediasec_mikey::{Error, Message};
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+    use std::io::Read;
+
+    /// 2026-11-24 10:00:00 UTC as a 64-bit NTP-UTC timestamp.
+    pub(super) const NOW: u64 = 0xeeaf_dea0_0000_0000;
+    const SEC: u64 = 1 << 32;
+    /// 2026-12-01 00:00:00 UTC: the next key period.
+    const DECEMBER: u64 = (0xeeaf_dea0 + 6 * 86_400 + 14 * 3_600) << 32;
+    pub(super) const ALICE: &str = "sip:alice@sakke.example.org";
+    pub(super) const BOB: &str = "sip:bob@sakke.example.org";
+    const CAROL: &str = "sip:carol@sakke.example.org";
+    const KMS: &str = "kms.sakke.example.org";
+
+    #[derive(Default)]
+    struct Cache(HashSet<(u32, u64, Vec<u8>)>);
+
+    impl ReplayCache for Cache {
+        fn insert(&mut self, csb: u32, ts: u64, sig: &[u8]) -> bool {
+            self.0.insert((csb, ts, sig.to_vec()))
+        }
+    }
+
+    fn os_random(buf: &mut [u8]) {
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("urandom");
+    }
+
+    /// A KMS (ECCSI KSAK, SAKKE z) and Alice's signing key for November 2026.
+    pub(super) struct Parties {
+        ksak: eccsi::KmsSecret,
+        pub(super) kpak: Kpak,
+        master: sakke::KmsSecret,
+        pub(super) z: sakke::PublicKey,
+        alice: SigningKey,
+    }
+
+    impl Parties {
+        pub(super) fn new() -> Self {
+            let ksak = loop {
+                let mut b = [0u8; 32];
+                os_random(&mut b);
+                if let Ok(k) = eccsi::KmsSecret::from_bytes(&b) {
+                    break k;
+                }
+            };
+            let mut zb = [0u8; 127];
+            os_random(&mut zb);
+            let master = sakke::KmsSecret::from_bytes(&zb).expect("z");
+            let (kpak, z) = (ksak.kpak(), master.public_key());
+            let alice = signing_key(&ksak, ALICE, NOW);
+            Self { ksak, kpak, master, z, alice }
+        }
+
+        /// The receiver key of `uri` for the month of `ntp`, validated as a client would.
+        fn rsk(&self, uri: &str, ntp: u64) -> Rsk {
+            let id = mikey_sakke::identifier(uri, &t(ntp)).expect("id");
+            let issued = self.master.issue(&id).expect("issue");
+            Rsk::new(&self.z, &id, &issued.to_uncompressed()[..]).expect("valid RSK")
+        }
+
+        pub(super) fn build(&self, to: &str, now: u64) -> (Vec<u8>, Keys) {
+            mikey_sakke::build(&offer(to), &self.alice, &self.z, now, &mut os_random).expect("build")
+        }
+    }
+
+    fn t(ntp: u64) -> Timestamp {
+        Timestamp { ts_type: TsType::NTP_UTC, value: ntp }
+    }
+
+    fn signing_key(ksak: &eccsi::KmsSecret, uri: &str, ntp: u64) -> SigningKey {
+        let id = mikey_sakke::identifier(uri, &t(ntp)).expect("id");
+        let mut v = [0u8; 32];
+        os_random(&mut v);
+        let (ssk, pvt) = ksak.issue(&id, &v).expect("issue");
+        SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("valid")
+    }
+
+    fn offer(to: &str) -> Offer {
+        let mut csb = [0u8; 4];
+        os_random(&mut csb);
+        Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: u32::from_be_bytes(csb),
+            initiator_uri: ALICE.into(),
+            responder_uri: to.into(),
+            kms_uri: Some(KMS.into()),
+            initiator_ssrc: 0x5555_6666,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        }
+    }
+
+    fn srtp_flows(tx: &SrtpPolicy, rx: &SrtpPolicy, ssrc: u32) {
+        let mut out = mediasec_srtp::Session::new(&tx.to_srtp().expect("policy")).expect("session");
+        let mut inp = mediasec_srtp::Session::new(&rx.to_srtp().expect("policy")).expect("session");
+        let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 0];
+        rtp.extend_from_slice(&ssrc.to_be_bytes());
+        rtp.extend_from_slice(b"mission-critical media");
+        let plain = rtp.clone();
+        out.protect_rtp_vec(&mut rtp).expect("protect");
+        assert_ne!(rtp[12..rtp.len() - 10], plain[12..]);
+        inp.unprotect_rtp_vec(&mut rtp).expect("unprotect");
+        assert_eq!(rtp, plain);
+    }
+
+    fn receive(p: &Parties, msg: &[u8], rsk: &Rsk, now: u64, cache: &mut Cache) -> Result<mikey_sakke::Received, Error> {
+        mikey_sakke::receive(msg, &p.kpak, &p.z, rsk, now, 30, cache)
+    }
+
+    #[test]
+    fn round_trip_gives_both_sides_the_same_keys_and_srtp_works() {
+        let p = Parties::new();
+        let bob = p.rsk(BOB, NOW);
+        let (msg, keys) = p.build(BOB, NOW);
+        let m = Message::decode(&msg).expect("decode");
+        assert_eq!(m.header.data_type, DataType::SAKKE);
+        assert_eq!(m.encode().expect("encode"), msg);
+        let types: Vec<_> = m.payloads.iter().map(Payload::payload_type).collect();
+        assert_eq!(
+            types,
+            [PayloadType::T, PayloadType::RAND, PayloadType::IDR, PayloadType::IDR, PayloadType::IDR, PayloadType::IDR, PayloadType::SP, PayloadType::SAKKE, PayloadType::SIGN]
+        );
+        let Some(Payload::Sakke(s)) = m.payloads.get(7) else { panic!("SAKKE") };
+        assert_eq!((s.params, s.id_scheme, s.data.len()), (SakkeParams::PARAM_SET_1, SakkeIdScheme::TEL_URI_MONTHLY, 273));
+        let r = receive(&p, &msg, &bob, NOW + 2 * SEC, &mut Cache::default()).expect("receive");
+        assert_eq!(r.initiator, Identity::Uri(ALICE.into()));
+        assert_eq!(r.ssv[..], keys.tgk[..]);
+        let theirs = r.keys.expect("SRTP keys");
+        assert_eq!(theirs.initiator_stream, keys.initiator_stream);
+        assert_eq!(theirs.responder_stream, keys.responder_stream);
+        assert_ne!(keys.initiator_stream.master_key, keys.responder_stream.master_key);
+        // Media both ways with mediasec-srtp (CS 1 Alice → Bob, CS 2 Bob → Alice).
+        srtp_flows(&keys.initiator_stream, &theirs.initiator_stream, 0x5555_6666);
+        srtp_flows(&theirs.responder_stream, &keys.responder_stream, 0x7777_8888);
+        // Two messages carry different SSVs.
+        let (msg2, keys2) = p.build(BOB, NOW);
+        assert_ne!(keys2.tgk[..], keys.tgk[..]);
+        let r2 = receive(&p, &msg2, &bob, NOW, &mut Cache::default()).expect("receive");
+        assert_eq!(r2.ssv[..], keys2.tgk[..]);
+    }
+
+    #[test]
+    fn every_tampered_byte_is_refused() {
+        let p = Parties::new();
+        let bob = p.rsk(BOB, NOW);
+        let (msg, _) = p.build(BOB, NOW);
+        for i in 0..msg.len() {
+            for bit in [0x01, 0x80] {
+                let mut m = msg.clone();
+                m[i] ^= bit;
+                let e = receive(&p, &m, &bob, NOW, &mut Cache::default()).expect_err("tampered I_MESSAGE accepted");
+                assert!(
+                    matches!(e.err_code(), ErrorCode::AUTH_FAILURE | ErrorCode::UNSUPPORTED_MESSAGE | ErrorCode::INVALID_DT | ErrorCode::INVALID_ID | ErrorCode::INVALID_TS | ErrorCode::UNSPECIFIED),
+                    "byte {i}: {e}"
+                );
+            }
+        }
+        for n in [0, 1, 10, msg.len() - 1] {
+            assert!(receive(&p, &msg[..n], &bob, NOW, &mut Cache::default()).is_err());
+        }
+        let mut long = msg.clone();
+        long.push(0);
+        assert!(receive(&p, &long, &bob, NOW, &mut Cache::default()).is_err());
+        receive(&p, &msg, &bob, NOW, &mut Cache::default()).expect("the genuine message still passes");
+    }
+
+    #[test]
+    fn wrong_month_rsk_kpak_time_and_replay_are_refused() {
+        let p = Parties::new();
+        let (msg, _) = p.build(BOB, NOW);
+        // Bob's key for another month, Carol's key: the message is not for them.
+        let e = receive(&p, &msg, &p.rsk(BOB, DECEMBER), NOW, &mut Cache::default()).expect_err("December key");
+        assert_eq!(e.err_code(), ErrorCode::INVALID_ID, "{e}");
+        let e = receive(&p, &msg, &p.rsk(CAROL, NOW), NOW, &mut Cache::default()).expect_err("Carol");
+        assert_eq!(e.err_code(), ErrorCode::INVALID_ID, "{e}");
+        // Bob's identifier under another KMS master secret: decapsulation fails its re-check.
+        let other = Parties::new();
+        let foreign = other.rsk(BOB, NOW);
+        let e = receive(&p, &msg, &foreign, NOW, &mut Cache::default()).expect_err("foreign RSK");
+        assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE, "{e}");
+        // Another KMS's KPAK: the signature does not verify.
+        let e = mikey_sakke::receive(&msg, &other.kpak, &p.z, &p.rsk(BOB, NOW), NOW, 30, &mut Cache::default()).expect_err("KPAK");
+        assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE, "{e}");
+        // Outside the window, and replayed.
+        let bob = p.rsk(BOB, NOW);
+        let e = receive(&p, &msg, &bob, NOW + 31 * SEC, &mut Cache::default()).expect_err("late");
+        assert_eq!(e.err_code(), ErrorCode::INVALID_TS, "{e}");
+        let mut cache = Cache::default();
+        receive(&p, &msg, &bob, NOW, &mut cache).expect("first");
+        let e = receive(&p, &msg, &bob, NOW, &mut cache).expect_err("replay");
+        assert_eq!(e.err_code(), ErrorCode::INVALID_TS, "{e}");
+        // The builder refuses a signing key of another month or identity.
+        let late = mikey_sakke::build(&offer(BOB), &p.alice, &p.z, DECEMBER, &mut os_random).expect_err("November key in December");
+        assert!(matches!(late, Error::Encode { .. }), "{late}");
+        let carol = signing_key(&p.ksak, CAROL, NOW);
+        assert!(mikey_sakke::build(&offer(BOB), &carol, &p.z, NOW, &mut os_random).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..800)) {
+            prop_assert!(!mediasec_mikey::fuzzing::mikey_sakke(&data));
+        }
     }
 }
 

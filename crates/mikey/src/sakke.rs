@@ -1,0 +1,766 @@
+//! SAKKE: Sakai-Kasahara Key Encryption (RFC 6508) with MIKEY-SAKKE parameter set 1
+//! (RFC 6509 Appendix A): the identity-based key transport of MIKEY-SAKKE.
+//!
+//! Parameter set 1: E: y² = x³ − 3x over F_p, p a 1024-bit prime with p ≡ 3 (mod 4) and
+//! p + 1 = 4q, q a 1022-bit prime; P = (Px, Py) of order q; g = ⟨P, P⟩; n = 128; Hash =
+//! SHA-256. E is supersingular with embedding degree 2: the pairing is the reduced
+//! Tate-Lichtenbaum pairing into PF_p = F_p²*/F_p* (RFC 6508 §3.2, §3.3).
+//!
+//! Roles (RFC 6508 §2):
+//! - the KMS holds the master secret z ([`KmsSecret`]) and publishes Z = \[z\]P ([`PublicKey`]);
+//! - for identifier b it issues the Receiver Secret Key K_b = \[(b + z)⁻¹\]P ([`KmsSecret::issue`],
+//!   §6.1.1) which the receiver validates once ([`Rsk::new`]: ⟨\[b\]P + Z, K_b⟩ = g, §6.1.2);
+//! - anybody holding Z encapsulates a 16-octet SSV to b ([`encapsulate`], §6.2.1);
+//! - the holder of K_b decapsulates it ([`decapsulate`], §6.2.2), re-checking R.
+//!
+//! **The KMS secret z decrypts everything**: with z anybody computes every K_b, past or
+//! future, and so every SSV ever sent (key escrow by design, no forward secrecy).
+//!
+//! Identifiers b are octet strings (for MIKEY-SAKKE ID scheme 1 `"YYYY-MM\0uri\0"`,
+//! [`crate::eccsi::identity`]; for TS 33.180 the 32-octet UID). In point multiplications and
+//! in b + z they are read as big-endian integers (RFC 6508 §2.1) and reduced mod q, which
+//! does not change \[b\]P since P has order q; HashToIntegerRange hashes the octets.
+//!
+//! Side channels: every operation on a secret (z, b + z and its inverse, r, the RSK
+//! coordinates, g^r, the SSV) uses `crypto-bigint`'s constant-time Montgomery arithmetic, a
+//! fixed-length Montgomery ladder with constant-time swaps for scalar multiplications, a
+//! fixed-length square-and-multiply-always with constant-time selection for g^r, and
+//! constant-time inversion. Two steps branch on data, both on public values only: the Miller
+//! loop branches on the bits of the public constant q − 1, and the reduction of an
+//! identifier (public) loops over its length. Decoding a received point checks it against
+//! the curve equation (public data).
+//!
+//! All secrets (z, the RSK, r, the pairing value, the mask, the SSV) are zeroized on drop.
+
+use crypto_bigint::ctutils::{CtEq, CtLt, CtSelect};
+use crypto_bigint::modular::{ConstMontyForm, ConstMontyParams};
+use crypto_bigint::{NonZero, U1024, const_monty_params};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::{Error, Result};
+use crate::registry::ErrorCode;
+
+const_monty_params!(
+    SakkeP,
+    U1024,
+    "997ABB1F0A563FDA65C61198DAD0657A416C0CE19CB48261BE9AE358B3E01A2EF40AAB27E2FC0F1B228730D531A59CB0E791B39FF7C88A19356D27F4A666A6D0E26C6487326B4CD4512AC5CD65681CE1B6AFF4A831852A82A7CF3C521C3C09AA9F94D6AF56971F1FFCE3E82389857DB080C5DF10AC7ACE87666D807AFEA85FEB",
+    "p of MIKEY-SAKKE parameter set 1 (RFC 6509 Appendix A)."
+);
+
+const_monty_params!(
+    SakkeQ,
+    U1024,
+    "265EAEC7C2958FF69971846636B4195E905B0338672D20986FA6B8D62CF8068BBD02AAC9F8BF03C6C8A1CC354C69672C39E46CE7FDF222864D5B49FD2999A9B4389B1921CC9AD335144AB173595A07386DABFD2A0C614AA0A9F3CF14870F026AA7E535ABD5A5C7C7FF38FA08E2615F6C203177C42B1EB3A1D99B601EBFAA17FB",
+    "q = (p + 1) / 4 of MIKEY-SAKKE parameter set 1 (RFC 6509 Appendix A)."
+);
+
+type Fp = ConstMontyForm<SakkeP, { U1024::LIMBS }>;
+type Fq = ConstMontyForm<SakkeQ, { U1024::LIMBS }>;
+
+const PX: U1024 = U1024::from_be_hex(
+    "53FC09EE332C29AD0A7990053ED9B52A2B1A2FD60AEC69C698B2F204B6FF7CBFB5EDB6C0F6CE2308AB10DB9030B09E1043D5F22CDB9DFA55718BD9E7406CE8909760AF765DD5BCCB337C86548B72F2E1A702C3397A60DE74A7C1514DBA66910DD5CFB4CC80728D87EE9163A5B63F73EC80EC46C4967E0979880DC8ABEAE63895",
+);
+const PY: U1024 = U1024::from_be_hex(
+    "0A8249063F6009F1F9F1F0533634A135D3E82016029906963D778D821E141178F5EA69F4654EC2B9E7F7F5E5F0DE55F66B598CCF9A140B2E416CFF0CA9E032B970DAE117AD547C6CCAD696B5B7652FE0AC6F1E80164AA989492D979FC5A4D5F213515AD7E9CB99A980BDAD5AD5BB4636ADB9B5706A67DCDE75573FD71BEF16D7",
+);
+/// g = ⟨P, P⟩ as its PF_p representative (RFC 6509 Appendix A).
+const G: U1024 = U1024::from_be_hex(
+    "66FC2A432B6EA392148F15867D623068C6A87BD1FB94C41E27FABE658E015A87371E94744C96FEDA449AE9563F8BC446CBFDA85D5D00EF577072DA8F541721BEEE0FAED1828EAB90B99DFB0138C7843355DF0460B4A9FD74B4F1A32BCAFA1FFAD682C033A7942BCCE3720F20B9B7B0403C8CAE87B7A0042ACDE0FAB36461EA46",
+);
+
+/// Length of a field element / coordinate: 128 octets.
+pub const FIELD_LEN: usize = 128;
+/// Length of an encoded point `0x04 ‖ x ‖ y`: 257 octets.
+pub const POINT_LEN: usize = 1 + 2 * FIELD_LEN;
+/// Length of the SSV (n = 128 bits).
+pub const SSV_LEN: usize = 16;
+/// Length of the encapsulated data `R_(b,S) ‖ H` (the MIKEY-SAKKE "SAKKE data"): 273 octets.
+pub const ENCAPSULATED_LEN: usize = POINT_LEN + SSV_LEN;
+/// Length of the KMS master secret as octets (big-endian, zero-padded).
+pub const SECRET_LEN: usize = FIELD_LEN;
+
+fn q() -> U1024 {
+    *SakkeQ::PARAMS.modulus().as_ref()
+}
+
+fn fp(v: &U1024) -> Fp {
+    Fp::new(v)
+}
+
+/// An affine point of E (never the point at infinity).
+#[derive(Clone, Copy)]
+struct Affine {
+    x: Fp,
+    y: Fp,
+}
+
+impl Zeroize for Affine {
+    fn zeroize(&mut self) {
+        self.x.zeroize();
+        self.y.zeroize();
+    }
+}
+
+/// Jacobian coordinates: (X, Y, Z) is (X/Z², Y/Z³); Z = 0 is the point at infinity.
+#[derive(Clone, Copy)]
+struct Jacobian {
+    x: Fp,
+    y: Fp,
+    z: Fp,
+}
+
+impl Zeroize for Jacobian {
+    fn zeroize(&mut self) {
+        self.x.zeroize();
+        self.y.zeroize();
+        self.z.zeroize();
+    }
+}
+
+fn generator() -> Affine {
+    Affine { x: fp(&PX), y: fp(&PY) }
+}
+
+fn on_curve(x: &Fp, y: &Fp) -> bool {
+    let three = fp(&U1024::from_u8(3));
+    let rhs = x.square().mul(x).sub(&three.mul(x));
+    bool::from(y.square().ct_eq(&rhs))
+}
+
+impl Affine {
+    fn to_jacobian(self) -> Jacobian {
+        Jacobian { x: self.x, y: self.y, z: Fp::ONE }
+    }
+
+    /// `0x04 ‖ x ‖ y`, coordinates as 128-octet big-endian integers.
+    fn encode(&self) -> [u8; POINT_LEN] {
+        let mut out = [0u8; POINT_LEN];
+        let (tag, rest) = out.split_at_mut(1);
+        let (x, y) = rest.split_at_mut(FIELD_LEN);
+        tag.copy_from_slice(&[0x04]);
+        x.copy_from_slice(fe_bytes(&self.x).as_ref());
+        y.copy_from_slice(fe_bytes(&self.y).as_ref());
+        out
+    }
+
+    /// Parses `0x04 ‖ x ‖ y`: 257 octets, coordinates < p, on E. (Public data.)
+    fn decode(bytes: &[u8], what: &'static str) -> Result<Self> {
+        if bytes.len() != POINT_LEN {
+            return Err(Error::Length { what, expected: POINT_LEN, got: bytes.len() });
+        }
+        let Some((&0x04, rest)) = bytes.split_first() else {
+            return Err(Error::Key { what, reason: "not an uncompressed point (first octet is not 0x04)" });
+        };
+        let (x, y) = rest.split_at(FIELD_LEN);
+        let p = *SakkeP::PARAMS.modulus().as_ref();
+        let (x, y) = (U1024::from_be_slice(x), U1024::from_be_slice(y));
+        if x >= p || y >= p {
+            return Err(Error::Key { what, reason: "coordinate not below p" });
+        }
+        let (x, y) = (fp(&x), fp(&y));
+        if !on_curve(&x, &y) {
+            return Err(Error::Key { what, reason: "point is not on the SAKKE curve y^2 = x^3 - 3x" });
+        }
+        Ok(Self { x, y })
+    }
+}
+
+/// 128-octet big-endian encoding of a field element.
+fn fe_bytes(v: &Fp) -> Zeroizing<[u8; FIELD_LEN]> {
+    let mut out = Zeroizing::new([0u8; FIELD_LEN]);
+    let mut n = v.retrieve();
+    let mut enc = n.to_be_bytes();
+    out.copy_from_slice(enc.as_ref());
+    enc.as_mut().zeroize();
+    n.zeroize();
+    out
+}
+
+impl Jacobian {
+    const INFINITY: Self = Self { x: Fp::ONE, y: Fp::ONE, z: Fp::ZERO };
+
+    fn is_infinity(&self) -> crypto_bigint::Choice {
+        self.z.ct_eq(&Fp::ZERO)
+    }
+
+    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+        Self { x: a.x.ct_select(&b.x, c), y: a.y.ct_select(&b.y, c), z: a.z.ct_select(&b.z, c) }
+    }
+
+    /// Doubling for a = −3 (EFD dbl-2001-b); also returns α = 3(X − Z²)(X + Z²) and δ = Z²,
+    /// γ = Y² for the line function. Infinity doubles to infinity (Z3 = 2YZ).
+    fn double_parts(&self) -> (Self, Fp, Fp, Fp) {
+        let delta = self.z.square();
+        let gamma = self.y.square();
+        let beta = self.x.mul(&gamma);
+        let t = self.x.sub(&delta).mul(&self.x.add(&delta));
+        let alpha = t.double().add(&t);
+        let beta4 = beta.double().double();
+        let x3 = alpha.square().sub(&beta4.double());
+        let z3 = self.y.add(&self.z).square().sub(&gamma).sub(&delta);
+        let gamma2_8 = gamma.square().double().double().double();
+        let y3 = alpha.mul(&beta4.sub(&x3)).sub(&gamma2_8);
+        (Self { x: x3, y: y3, z: z3 }, alpha, delta, gamma)
+    }
+
+    fn double(&self) -> Self {
+        self.double_parts().0
+    }
+
+    /// General addition (EFD add-2007-bl), made complete for the cases a ladder with
+    /// difference P ≠ O meets: either input at infinity (constant-time selection) and
+    /// a = −b (H = 0, so Z3 = 0: infinity). a = b never occurs in [`mul`](Self::mul).
+    fn add(&self, b: &Self) -> Self {
+        let z1z1 = self.z.square();
+        let z2z2 = b.z.square();
+        let u1 = self.x.mul(&z2z2);
+        let u2 = b.x.mul(&z1z1);
+        let s1 = self.y.mul(&b.z).mul(&z2z2);
+        let s2 = b.y.mul(&self.z).mul(&z1z1);
+        let h = u2.sub(&u1);
+        let i = h.double().square();
+        let j = h.mul(&i);
+        let r = s2.sub(&s1).double();
+        let v = u1.mul(&i);
+        let x3 = r.square().sub(&j).sub(&v.double());
+        let y3 = r.mul(&v.sub(&x3)).sub(&s1.mul(&j).double());
+        let z3 = self.z.add(&b.z).square().sub(&z1z1).sub(&z2z2).mul(&h);
+        let sum = Self { x: x3, y: y3, z: z3 };
+        let sum = Self::select(&sum, b, self.is_infinity());
+        Self::select(&sum, self, b.is_infinity())
+    }
+
+    /// \[k\]self for k < 2^1024 by a Montgomery ladder over all 1024 bits of k, with
+    /// constant-time conditional swaps: the operation sequence does not depend on k. The
+    /// invariant R1 − R0 = self keeps the addition away from its doubling case.
+    fn mul(&self, k: &U1024) -> Self {
+        let mut r0 = Self::INFINITY;
+        let mut r1 = *self;
+        for i in (0..U1024::BITS).rev() {
+            let bit = k.bit(i);
+            let (a, b) = (Self::select(&r0, &r1, bit), Self::select(&r1, &r0, bit));
+            let (a, b) = (a.double(), a.add(&b));
+            r0 = Self::select(&a, &b, bit);
+            r1 = Self::select(&b, &a, bit);
+        }
+        r1.zeroize();
+        r0
+    }
+
+    /// The affine point, or `None` at infinity. Constant-time inversion.
+    fn to_affine(self) -> Option<Affine> {
+        let zi: Option<Fp> = self.z.invert().into_option();
+        let zi = zi?;
+        let zi2 = zi.square();
+        Some(Affine { x: self.x.mul(&zi2), y: self.y.mul(&zi2).mul(&zi) })
+    }
+}
+
+/// An element a + b·i of F_p² = F_p\[i\], i² = −1 (RFC 6508 §3.3).
+#[derive(Clone, Copy)]
+struct Fp2 {
+    re: Fp,
+    im: Fp,
+}
+
+impl Zeroize for Fp2 {
+    fn zeroize(&mut self) {
+        self.re.zeroize();
+        self.im.zeroize();
+    }
+}
+
+impl Fp2 {
+    const ONE: Self = Self { re: Fp::ONE, im: Fp::ZERO };
+
+    fn mul(&self, o: &Self) -> Self {
+        let ac = self.re.mul(&o.re);
+        let bd = self.im.mul(&o.im);
+        let cross = self.re.add(&self.im).mul(&o.re.add(&o.im));
+        Self { re: ac.sub(&bd), im: cross.sub(&ac).sub(&bd) }
+    }
+
+    fn square(&self) -> Self {
+        let re = self.re.add(&self.im).mul(&self.re.sub(&self.im));
+        let im = self.re.mul(&self.im).double();
+        Self { re, im }
+    }
+
+    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+        Self { re: a.re.ct_select(&b.re, c), im: a.im.ct_select(&b.im, c) }
+    }
+
+    /// self^e by square-and-multiply-always over all 1024 bits of e with constant-time
+    /// selection (e secret).
+    fn pow(&self, e: &U1024) -> Self {
+        let mut acc = Self::ONE;
+        for i in (0..U1024::BITS).rev() {
+            acc = acc.square();
+            let mut t = acc.mul(self);
+            acc = Self::select(&acc, &t, e.bit(i));
+            t.zeroize();
+        }
+        acc
+    }
+
+    /// The PF_p representative Im/Re of this class (RFC 6508 §3.3), `None` for the class
+    /// with Re = 0 (not in the image of the pairing). Constant-time inversion.
+    fn representative(&self) -> Option<Fp> {
+        let inv: Option<Fp> = self.re.invert().into_option();
+        inv.map(|r| self.im.mul(&r))
+    }
+}
+
+/// The reduced Tate-Lichtenbaum pairing ⟨R, Q⟩ of RFC 6508 §3.2, as its PF_p representative:
+/// Miller loop over the bits of q − 1 from the second most significant one down, line
+/// functions evaluated at the distortion image (−Q_x, i·Q_y), then the exponent
+/// c = (p + 1)/q = 4 (two squarings), then Im/Re. Line values are computed up to factors in
+/// F_p*, which PF_p ignores (Jacobian coordinates, no inversion in the loop).
+///
+/// R is public (a received or public point); Q may be the secret RSK: Q only enters
+/// multiplications, in a sequence fixed by q − 1. `None` when the result is not in PF_p's
+/// image (only for an R that is not a point of order q).
+fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
+    let e = q().wrapping_sub(&U1024::ONE);
+    let (qx, qy) = (q_pt.x, q_pt.y);
+    let mut v = Fp2::ONE;
+    let mut c = r.to_jacobian();
+    let top = e.bit_width().saturating_sub(1);
+    for i in (0..top).rev() {
+        // Doubling step: l = 3(x²−1)(Qx + x) − 2y² + 2y·Qy·i, times Z⁶.
+        let (c2, alpha, delta, gamma) = c.double_parts();
+        let l = Fp2 { re: alpha.mul(&qx.mul(&delta).add(&c.x)).sub(&gamma.double()), im: c.y.mul(&c.z).mul(&delta).mul(&qy).double() };
+        v = v.square().mul(&l);
+        c = c2;
+        if e.bit_vartime(i) {
+            // Addition step (mixed, R affine): l = λ(Qx + Rx) − Ry + Qy·i with
+            // λ = (Cy − Ry)/(Cx − Rx), times −(Cx − Rx)·Z³.
+            let z1z1 = c.z.square();
+            let h = r.x.mul(&z1z1).sub(&c.x);
+            let rr = r.y.mul(&c.z).mul(&z1z1).sub(&c.y);
+            let z3 = c.z.mul(&h);
+            let hh = h.square();
+            let hhh = h.mul(&hh);
+            let vv = c.x.mul(&hh);
+            let x3 = rr.square().sub(&hhh).sub(&vv.double());
+            let y3 = rr.mul(&vv.sub(&x3)).sub(&c.y.mul(&hhh));
+            let l = Fp2 { re: rr.mul(&qx.add(&r.x)).sub(&r.y.mul(&z3)), im: qy.mul(&z3) };
+            v = v.mul(&l);
+            c = Jacobian { x: x3, y: y3, z: z3 };
+        }
+    }
+    let mut t = v.square().square();
+    v.zeroize();
+    let out = t.representative();
+    t.zeroize();
+    out
+}
+
+/// HashToIntegerRange(s, n, SHA-256) of RFC 6508 §5.1 for n = q: A = H(s), h_0 = 0²⁵⁶,
+/// l = ⌈lg(q)/256⌉ = 4, h_i = H(h_(i−1)), v_i = H(h_i ‖ A), v = (v_1 ‖ … ‖ v_4) mod q.
+/// The reduction is constant-time (the input may be secret).
+fn hash_to_q(parts: &[&[u8]]) -> Zeroizing<U1024> {
+    let mut v = Zeroizing::new([0u8; FIELD_LEN]);
+    hash_to_range_blocks(parts, &mut v[..]);
+    let wide = Zeroizing::new(U1024::from_be_slice(&v[..]));
+    let modulus = NonZero::new(q()).into_option().unwrap_or(NonZero::<U1024>::ONE);
+    Zeroizing::new(wide.rem(&modulus))
+}
+
+/// HashToIntegerRange(s, 2^n, SHA-256) for n = 128 (RFC 6508 §5.1): l = 1, so the result is
+/// the last 16 octets of v_1 = H(H(0²⁵⁶) ‖ H(s)).
+fn hash_to_mask(parts: &[&[u8]]) -> Zeroizing<[u8; SSV_LEN]> {
+    let mut v = Zeroizing::new([0u8; 32]);
+    hash_to_range_blocks(parts, &mut v[..]);
+    let mut out = Zeroizing::new([0u8; SSV_LEN]);
+    out.copy_from_slice(v.get(32 - SSV_LEN..).unwrap_or_default());
+    out
+}
+
+/// v_1 ‖ … ‖ v_l of RFC 6508 §5.1 into `out` (l = out.len() / 32).
+fn hash_to_range_blocks(parts: &[&[u8]], out: &mut [u8]) {
+    let mut a = Sha256::new();
+    for p in parts {
+        a.update(p);
+    }
+    let a = Zeroizing::new(<[u8; 32]>::from(a.finalize()));
+    let mut h = [0u8; 32];
+    for chunk in out.chunks_mut(32) {
+        h = Sha256::digest(h).into();
+        let v: [u8; 32] = Sha256::new().chain_update(h).chain_update(&a[..]).finalize().into();
+        chunk.copy_from_slice(v.get(..chunk.len()).unwrap_or_default());
+    }
+}
+
+/// An identifier read as a big-endian integer and reduced mod q (Horner's rule; loops over
+/// the public identifier's length).
+fn reduce_mod_q(id: &[u8]) -> Fq {
+    let base = Fq::new(&U1024::from_u16(256));
+    id.iter().fold(Fq::ZERO, |acc, b| acc.mul(&base).add(&Fq::new(&U1024::from_u8(*b))))
+}
+
+/// \[b\]P + Z for identifier b.
+fn identity_point(z: &PublicKey, id: &[u8]) -> Jacobian {
+    let b = reduce_mod_q(id).retrieve();
+    generator().to_jacobian().mul(&b).add(&z.0.to_jacobian())
+}
+
+fn wrong_key(reason: &'static str) -> Error {
+    Error::Key { what: "SAKKE RSK", reason }
+}
+
+/// The KMS master secret z (RFC 6508 §2.2), in \[2, q − 1\]. Zeroized on drop; `Debug`
+/// does not show it. Whoever holds it can decrypt every SAKKE message to any identity.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct KmsSecret(Fq);
+
+impl core::fmt::Debug for KmsSecret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("KmsSecret(..)")
+    }
+}
+
+impl KmsSecret {
+    /// z from big-endian octets (at most 128; fresh CSPRNG output when creating a KMS);
+    /// refuses values outside \[2, q − 1\] with [`Error::FreshRandomness`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let fresh = Error::FreshRandomness { what: "SAKKE z (must be in [2, q-1])" };
+        if bytes.len() > SECRET_LEN {
+            return Err(fresh);
+        }
+        let mut padded = Zeroizing::new([0u8; SECRET_LEN]);
+        if let Some(tail) = padded.get_mut(SECRET_LEN - bytes.len()..) {
+            tail.copy_from_slice(bytes);
+        }
+        let v = Zeroizing::new(U1024::from_be_slice(&padded[..]));
+        let ok = v.ct_lt(&q()) & !v.ct_lt(&U1024::from_u8(2));
+        if !ok.to_bool() {
+            return Err(fresh);
+        }
+        Ok(Self(Fq::new(&v)))
+    }
+
+    /// The 128 big-endian octets of z (for the KMS's own protected storage).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; SECRET_LEN]> {
+        let mut out = Zeroizing::new([0u8; SECRET_LEN]);
+        let v = Zeroizing::new(self.0.retrieve());
+        out.copy_from_slice(v.to_be_bytes().as_ref());
+        out
+    }
+
+    /// The KMS public key Z = \[z\]P (RFC 6508 §2.2).
+    pub fn public_key(&self) -> PublicKey {
+        let z = Zeroizing::new(self.0.retrieve());
+        let pt = generator().to_jacobian().mul(&z).to_affine();
+        // z ∈ [2, q−1] and P has order q, so [z]P is never the point at infinity.
+        PublicKey(pt.unwrap_or_else(generator))
+    }
+
+    /// The Receiver Secret Key of identifier `id`: K = \[(b + z)⁻¹ mod q\]P (RFC 6508 §6.1.1).
+    /// If b + z ≡ 0 (mod q) the KMS must pick a new z (RFC 6508 §6.1.1):
+    /// [`Error::FreshRandomness`].
+    pub fn issue(&self, id: &[u8]) -> Result<Rsk> {
+        let sum = Zeroizing::new(reduce_mod_q(id).add(&self.0));
+        let inv: Option<Fq> = sum.invert().into_option();
+        let inv = Zeroizing::new(inv.ok_or(Error::FreshRandomness { what: "SAKKE z (b + z = 0 mod q for this identifier)" })?);
+        let k = Zeroizing::new(inv.retrieve());
+        let pt = generator().to_jacobian().mul(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
+        Ok(Rsk { point: pt, id: id.to_vec() })
+    }
+}
+
+/// The KMS public key Z_S = \[z\]P (RFC 6508 §2.2), the MIKEY-SAKKE "PubEncKey".
+#[derive(Clone, Copy)]
+pub struct PublicKey(Affine);
+
+impl PublicKey {
+    /// Parses the 257-octet `0x04 ‖ x ‖ y` form (on the curve).
+    pub fn from_uncompressed(bytes: &[u8]) -> Result<Self> {
+        Affine::decode(bytes, "SAKKE KMS public key Z").map(Self)
+    }
+
+    /// The 257-octet `0x04 ‖ x ‖ y` form.
+    pub fn to_uncompressed(&self) -> [u8; POINT_LEN] {
+        self.0.encode()
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.to_uncompressed() == o.to_uncompressed()
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl core::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "PublicKey({})", self.to_uncompressed().iter().map(|b| format!("{b:02X}")).collect::<String>())
+    }
+}
+
+/// A Receiver Secret Key K_(b,S) (RFC 6508 §2.2) with its identifier b. Zeroized on drop;
+/// `Debug` does not show it.
+#[derive(Clone)]
+pub struct Rsk {
+    point: Affine,
+    id: Vec<u8>,
+}
+
+impl Drop for Rsk {
+    fn drop(&mut self) {
+        self.point.zeroize();
+    }
+}
+
+impl core::fmt::Debug for Rsk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rsk").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Rsk {
+    /// Validates the RSK `bytes` (`0x04 ‖ x ‖ y`) for identifier `id` under the KMS key `z`
+    /// (RFC 6508 §6.1.2): on the curve and ⟨\[b\]P + Z, K⟩ = g. Failures are [`Error::Key`].
+    pub fn new(z: &PublicKey, id: &[u8], bytes: &[u8]) -> Result<Self> {
+        let point = Affine::decode(bytes, "SAKKE RSK")?;
+        let rsk = Self { point, id: id.to_vec() };
+        rsk.validate(z)?;
+        Ok(rsk)
+    }
+
+    /// RFC 6508 §6.1.2: ⟨\[b\]P + Z, K⟩ = g (compared in constant time).
+    pub fn validate(&self, z: &PublicKey) -> Result<()> {
+        let bp = identity_point(z, &self.id).to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
+        let w = pairing(&bp, &self.point).ok_or(wrong_key("pairing value outside PF_p"))?;
+        if bool::from(w.ct_eq(&fp(&G))) { Ok(()) } else { Err(wrong_key("<[b]P + Z, K> != g: not the key of this identifier under this KMS")) }
+    }
+
+    /// The identifier b this key belongs to.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// The 257-octet `0x04 ‖ x ‖ y` form (secret: for the user's protected storage).
+    pub fn to_uncompressed(&self) -> Zeroizing<[u8; POINT_LEN]> {
+        Zeroizing::new(self.point.encode())
+    }
+}
+
+/// Intermediate values of one encapsulation (for known-answer tests).
+struct Encapsulation {
+    /// r, g^r and the mask are only read by the known-answer test.
+    #[cfg_attr(not(test), allow(dead_code))]
+    r: Zeroizing<U1024>,
+    big_r: Affine,
+    #[cfg_attr(not(test), allow(dead_code))]
+    g_r: Zeroizing<[u8; FIELD_LEN]>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    mask: Zeroizing<[u8; SSV_LEN]>,
+    h: [u8; SSV_LEN],
+}
+
+fn encapsulate_parts(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<Encapsulation> {
+    // 2. r = HashToIntegerRange(SSV ‖ b, q).
+    let r = hash_to_q(&[ssv, id]);
+    // 3. R_(b,S) = [r]([b]P + Z_S).
+    let big_r = identity_point(z, id).mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
+    // 4. H = SSV ⊕ HashToIntegerRange(g^r, 2^n): g^r = Im/Re of (1 + g·i)^r.
+    let gr = Zeroizing::new(Fp2 { re: Fp::ONE, im: fp(&G) }.pow(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
+    let g_r = fe_bytes(&gr);
+    let mask = hash_to_mask(&[&g_r[..]]);
+    let mut h = [0u8; SSV_LEN];
+    for ((o, s), m) in h.iter_mut().zip(ssv).zip(mask.iter()) {
+        *o = s ^ m;
+    }
+    Ok(Encapsulation { r, big_r, g_r, mask, h })
+}
+
+/// Encapsulates the 16-octet `ssv` to identifier `id` under the KMS public key `z`
+/// (RFC 6508 §6.2.1) and returns the Encapsulated Data `R_(b,S) ‖ H` (273 octets:
+/// `0x04 ‖ x ‖ y ‖ H`, the MIKEY-SAKKE "SAKKE data", RFC 6509 §4.2).
+///
+/// `ssv` must be fresh CSPRNG output: it is the key being sent, and r is derived from it
+/// (the scheme is deterministic in (SSV, b)). [`Error::FreshRandomness`] in the negligible
+/// case r ≡ 0 (mod q).
+pub fn encapsulate(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
+    let e = encapsulate_parts(z, id, ssv)?;
+    let mut out = [0u8; ENCAPSULATED_LEN];
+    let (r, h) = out.split_at_mut(POINT_LEN);
+    r.copy_from_slice(&e.big_r.encode());
+    h.copy_from_slice(&e.h);
+    Ok(out)
+}
+
+fn refused(reason: &str) -> Error {
+    Error::rejected(ErrorCode::AUTH_FAILURE, format!("SAKKE: {reason}"))
+}
+
+/// Decapsulates `data` = `R_(b,S) ‖ H` with the receiver's key `rsk` (identifier
+/// `rsk.id()`) under the KMS public key `z` (RFC 6508 §6.2.2): w = ⟨R, K⟩;
+/// SSV = H ⊕ HashToIntegerRange(w, 2^n); r = HashToIntegerRange(SSV ‖ b, q); and the
+/// mandatory check \[r\](\[b\]P + Z) = R (constant-time comparison), without which the SSV is
+/// refused. Every failure is [`Error::Rejected`] (ERR Auth failure) without detail on which
+/// check failed after decoding.
+pub fn decapsulate(z: &PublicKey, rsk: &Rsk, data: &[u8]) -> Result<Zeroizing<[u8; SSV_LEN]>> {
+    if data.len() != ENCAPSULATED_LEN {
+        return Err(refused(&format!("encapsulated data of {} octets (expected {ENCAPSULATED_LEN})", data.len())));
+    }
+    let (r_bytes, h) = data.split_at(POINT_LEN);
+    let big_r = Affine::decode(r_bytes, "R_(b,S)").map_err(|e| refused(&e.to_string()))?;
+    let w = Zeroizing::new(pairing(&big_r, &rsk.point).ok_or_else(|| refused("decapsulation failed"))?);
+    let mask = hash_to_mask(&[&fe_bytes(&w)[..]]);
+    let mut ssv = Zeroizing::new([0u8; SSV_LEN]);
+    for ((o, h), m) in ssv.iter_mut().zip(h).zip(mask.iter()) {
+        *o = h ^ m;
+    }
+    let r = hash_to_q(&[&ssv[..], &rsk.id]);
+    let mut test = identity_point(z, &rsk.id).mul(&r);
+    let matches = test.to_affine().is_some_and(|t| bool::from(t.x.ct_eq(&big_r.x) & t.y.ct_eq(&big_r.y)));
+    test.zeroize();
+    if matches { Ok(ssv) } else { Err(refused("decapsulation failed")) }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vectors() -> serde_json::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/rfc6508_sakke.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn v(j: &serde_json::Value, name: &str) -> Vec<u8> {
+        hex::decode(j["values"][name]["hex"].as_str().unwrap()).unwrap()
+    }
+
+    fn point(j: &serde_json::Value, x: &str, y: &str) -> Vec<u8> {
+        [vec![4], v(j, x), v(j, y)].concat()
+    }
+
+    #[test]
+    fn parameter_set_1_constants() {
+        let j = vectors();
+        let p = *SakkeP::PARAMS.modulus().as_ref();
+        assert_eq!(p.to_be_bytes().as_ref(), &v(&j, "p")[..]);
+        assert_eq!(q().to_be_bytes().as_ref(), &v(&j, "q")[..]);
+        // p + 1 = 4q.
+        assert_eq!(p.wrapping_add(&U1024::ONE), q().shl_vartime(2));
+        assert_eq!(generator().encode().to_vec(), point(&j, "Px", "Py"));
+        assert_eq!(G.to_be_bytes().as_ref(), &v(&j, "g")[..]);
+        // g = <P, P> (RFC 6508 §3.2 pairing with the PF_p representation of §3.3).
+        let g = pairing(&generator(), &generator()).unwrap();
+        assert_eq!(fe_bytes(&g).to_vec(), v(&j, "g"));
+    }
+
+    /// RFC 6508 Appendix A, every value: Z, K_(b,S), r, R_(b,S), g^r, mask, H, SSV back.
+    #[test]
+    fn rfc6508_appendix_a_every_value() {
+        let j = vectors();
+        let kms = KmsSecret::from_bytes(&v(&j, "z")).unwrap();
+        let z = kms.public_key();
+        assert_eq!(z.to_uncompressed().to_vec(), point(&j, "Zx", "Zy"));
+        assert_eq!(PublicKey::from_uncompressed(&point(&j, "Zx", "Zy")).unwrap(), z);
+        let b = v(&j, "b");
+        assert_eq!(b, crate::eccsi::identity("tel:+447700900123", 2011, 2));
+        let rsk = kms.issue(&b).unwrap();
+        assert_eq!(rsk.to_uncompressed().to_vec(), point(&j, "Kbx", "Kby"));
+        let rsk = Rsk::new(&z, &b, &point(&j, "Kbx", "Kby")).unwrap();
+        let ssv: [u8; 16] = v(&j, "SSV").try_into().unwrap();
+        let e = encapsulate_parts(&z, &b, &ssv).unwrap();
+        assert_eq!(e.r.to_be_bytes().as_ref(), &v(&j, "r")[..]);
+        assert_eq!(e.big_r.encode().to_vec(), point(&j, "Rbx", "Rby"));
+        assert_eq!(e.g_r.to_vec(), v(&j, "g_pow_r"));
+        assert_eq!(e.mask.to_vec(), v(&j, "mask"));
+        assert_eq!(e.h.to_vec(), v(&j, "H"));
+        let data = encapsulate(&z, &b, &ssv).unwrap();
+        assert_eq!(data.to_vec(), [point(&j, "Rbx", "Rby"), v(&j, "H")].concat());
+        // <R, K> = g^r, and decapsulation gives the SSV back.
+        assert_eq!(fe_bytes(&pairing(&e.big_r, &rsk.point).unwrap()).to_vec(), v(&j, "g_pow_r"));
+        assert_eq!(decapsulate(&z, &rsk, &data).unwrap().to_vec(), ssv.to_vec());
+    }
+
+    #[test]
+    fn tampered_keys_and_data_are_refused() {
+        let j = vectors();
+        let z = PublicKey::from_uncompressed(&point(&j, "Zx", "Zy")).unwrap();
+        let b = v(&j, "b");
+        let k = point(&j, "Kbx", "Kby");
+        // RSK for another identifier / another KMS / off the curve.
+        let other_b = crate::eccsi::identity("tel:+447700900123", 2011, 3);
+        assert!(matches!(Rsk::new(&z, &other_b, &k), Err(Error::Key { .. })));
+        let other_z = KmsSecret::from_bytes(&[0x12, 0x34]).unwrap().public_key();
+        assert!(matches!(Rsk::new(&other_z, &b, &k), Err(Error::Key { .. })));
+        let mut bad = k.clone();
+        bad[256] ^= 1;
+        assert!(matches!(Rsk::new(&z, &b, &bad), Err(Error::Key { .. })));
+        // A valid point of order q that is not the RSK: [2]K.
+        let k2 = Rsk::new(&z, &b, &k).unwrap().point.to_jacobian().double().to_affine().unwrap();
+        assert!(matches!(Rsk::new(&z, &b, &k2.encode()), Err(Error::Key { .. })));
+        let rsk = Rsk::new(&z, &b, &k).unwrap();
+        let data = [point(&j, "Rbx", "Rby"), v(&j, "H")].concat();
+        assert!(decapsulate(&z, &rsk, &data).is_ok());
+        // H tampered: the SSV changes, so r changes and the R re-check fails.
+        for i in [257, 262, 272] {
+            let mut d = data.clone();
+            d[i] ^= 0x01;
+            assert_eq!(decapsulate(&z, &rsk, &d).unwrap_err().err_code(), ErrorCode::AUTH_FAILURE);
+        }
+        // R replaced by another curve point ([2]R), off the curve, wrong tag, wrong length.
+        let r2 = Affine::decode(&data[..257], "R").unwrap().to_jacobian().double().to_affine().unwrap();
+        let mut d = data.clone();
+        d[..257].copy_from_slice(&r2.encode());
+        assert!(decapsulate(&z, &rsk, &d).is_err());
+        let mut d = data.clone();
+        d[100] ^= 0x80;
+        assert!(decapsulate(&z, &rsk, &d).is_err());
+        let mut d = data.clone();
+        d[0] = 0x02;
+        assert!(decapsulate(&z, &rsk, &d).is_err());
+        assert!(decapsulate(&z, &rsk, &data[..272]).is_err());
+        // The right data under another KMS key fails the re-check.
+        assert!(decapsulate(&other_z, &rsk, &data).is_err());
+        // z out of range.
+        assert!(KmsSecret::from_bytes(&[]).is_err());
+        assert!(KmsSecret::from_bytes(&[1]).is_err());
+        assert!(KmsSecret::from_bytes(&v(&j, "q")).is_err());
+        assert!(KmsSecret::from_bytes(&[0xff; 129]).is_err());
+        assert_eq!(format!("{:?}", KmsSecret::from_bytes(&[2]).unwrap()), "KmsSecret(..)");
+        assert!(!format!("{rsk:?}").contains("93AF"));
+    }
+
+    /// Points of small order (y = 0: x = 0 is the point of order 2) decode as curve
+    /// points; decapsulation refuses them without panicking.
+    #[test]
+    fn small_order_r_is_refused() {
+        let j = vectors();
+        let z = PublicKey::from_uncompressed(&point(&j, "Zx", "Zy")).unwrap();
+        let b = v(&j, "b");
+        let rsk = Rsk::new(&z, &b, &point(&j, "Kbx", "Kby")).unwrap();
+        let mut d = vec![0u8; ENCAPSULATED_LEN];
+        d[0] = 4;
+        assert!(decapsulate(&z, &rsk, &d).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2))]
+        #[test]
+        fn encapsulate_decapsulate_round_trip(zb in proptest::collection::vec(any::<u8>(), 1..=127),
+                                              id in proptest::collection::vec(any::<u8>(), 0..40),
+                                              ssv in any::<[u8; 16]>()) {
+            let Ok(kms) = KmsSecret::from_bytes(&zb) else { return Ok(()) };
+            let z = kms.public_key();
+            let rsk = kms.issue(&id).unwrap();
+            let data = encapsulate(&z, &id, &ssv).unwrap();
+            prop_assert_eq!(decapsulate(&z, &rsk, &data).unwrap().to_vec(), ssv.to_vec());
+            let mut other = id;
+            other.push(1);
+            let rsk2 = kms.issue(&other).unwrap();
+            prop_assert!(decapsulate(&z, &rsk2, &data).is_err());
+        }
+    }
+}
+
