@@ -366,7 +366,8 @@ fn derive(prf: PrfFunc, tgk: Zeroizing<[u8; dh_group::VALUE_LEN]>, csb_id: u32, 
 /// Checks, in order: decoding and data type (ERR Invalid DT); SIGN last and ECCSI (ERR Auth
 /// failure); the signature by the IDRi URI's identity for the month of T under `kpak` (ERR
 /// Auth failure); T within `skew_secs` of `now_ntp` (NTP-UTC, 64-bit) and not replayed
-/// (`replay` records CSB ID, T and the signature; ERR Invalid TS); IDRr equal to
+/// (`replay` records CSB ID, T and the signed octets — not the malleable signature; ERR
+/// Invalid TS); IDRr equal to
 /// `responder_uri` (ERR Invalid ID); one DH payload in group OAKLEY 5 (ERR Invalid DH) with a
 /// valid value; the SRTP-ID map and SP (ERR Invalid SP / SP par).
 ///
@@ -391,7 +392,10 @@ pub fn answer(
     let initiator_uri = p.uri(IdRole::INITIATOR)?;
     p.verify(i_message, kpak, &initiator_uri)?;
     p.check_fresh(now_ntp, skew_secs)?;
-    if !replay.insert(p.message.header.csb_id, p.t.value, &p.signature) {
+    // The cache keys on the signed octets, not on the signature: ECCSI signatures are
+    // malleable ((r, q − s, PVT) verifies whenever (r, s, PVT) does: J becomes −J, same x),
+    // so a replay with s negated would otherwise pass as a new message.
+    if !replay.insert(p.message.header.csb_id, p.t.value, i_message.get(..p.covered_len).unwrap_or_default()) {
         return Err(rejected(ErrorCode::INVALID_TS, "replayed DH_INIT"));
     }
     let called = p.uri(IdRole::RESPONDER)?;
