@@ -1917,9 +1917,9 @@ mod signed_dh_exchange {
     }
 
     #[test]
-    fn a_responder_other_than_the_one_called_is_reported() {
-        // Carol answers a call to Bob (e.g. a forwarded call with a responder that does not
-        // check IDRr): she signs her DH_RESP with her own identity in IDRr.
+    fn a_responder_other_than_the_one_called_is_refused_unless_forwarding_is_accepted() {
+        // Carol answers a call to Bob (e.g. a forwarded call, or anyone of the KMS's users in
+        // the signalling path): she signs her DH_RESP with her own identity in IDRr.
         let kms = Kms::new();
         let (alice, bob, carol) = (kms.key(ALICE, NOW), kms.key(BOB, NOW), kms.key(CAROL, NOW));
         let (init, pending) = start(&alice, BOB);
@@ -1939,9 +1939,15 @@ mod signed_dh_exchange {
         let mut j = [0u8; 32];
         os_random(&mut j);
         bytes.extend_from_slice(&carol.sign(&bytes, &j).expect("sign"));
-        let done = pending.finish(&bytes, &kms.kpak, NOW, 30).expect("carol's answer verifies");
+        // By default the keys are only ever shared with the party called.
+        let e = pending.finish(&bytes, &kms.kpak, NOW, 30).expect_err("not the party called");
+        assert_eq!(code(&e), ErrorCode::INVALID_ID, "{e}");
+        assert!(e.to_string().contains(CAROL), "{e}");
+        // A caller that accepts forwarded calls asks for it, and is told who answered.
+        let done = pending.finish_forwarded(&bytes, &kms.kpak, NOW, 30).expect("carol's answer verifies");
         assert_eq!(done.responder_uri, CAROL);
         assert!(done.redirected);
+        assert!(!pending.finish_forwarded(&ans.response, &kms.kpak, NOW, 30).expect("bob's").redirected);
         // Carol cannot pass her answer off as Bob's: Bob's IDRr with Carol's signature fails.
         let covered = &ans.response[..ans.response.len() - eccsi::SIGNATURE_LEN];
         let forged = [covered, &carol.sign(covered, &j).expect("sign")[..]].concat();
