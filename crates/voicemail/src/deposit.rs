@@ -3,7 +3,8 @@
 //! carrying a MIKEY-TICKET offer, **without** resolving the ticket — it is not the responder,
 //! holds no key and the KMS would refuse it. Its 200 answers `a=recvonly`, no key management,
 //! `a=mediasec-deferred` ([`mediasec_ua::ticket::deferred_answer`]); it stores the offer, the
-//! TRANSFER_INIT and every datagram that reaches the call's media port, verbatim, up to the
+//! TRANSFER_INIT and every datagram that reaches the call's media port from the first source
+//! that sent one (RTP latching), verbatim, up to the
 //! caps ([`Caps`]), in the [`Store`]. The record is written when the call is answered and
 //! again when it ends (BYE, [`Caps::max_duration`] over — checked every [`SWEEP`] — or
 //! [`Deposit::shutdown`]). At most [`Caps::max_calls`] calls are recorded at once.
@@ -354,18 +355,20 @@ impl Core {
     }
 }
 
-/// Keeps every datagram reaching the media port, verbatim with its arrival time, within `caps`;
-/// returns (closing the port) when `caps.max_duration` is over.
+/// Keeps every datagram reaching the media port from the first source that sent one (the
+/// caller: RTP latching, so others who learn the port cannot fill the caps), verbatim with
+/// its arrival time, within `caps`; returns (closing the port) when `caps.max_duration` is over.
 async fn capture(socket: UdpSocket, recording: Arc<Mutex<Recording>>, caps: Caps) {
     let start = Instant::now();
     let end = tokio::time::Instant::now() + caps.max_duration;
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut caller = None;
     loop {
-        let Ok(Ok((n, _))) = tokio::time::timeout_at(end, socket.recv_from(&mut buf)).await else { return };
+        let Ok(Ok((n, from))) = tokio::time::timeout_at(end, socket.recv_from(&mut buf)).await else { return };
         let at = start.elapsed();
         let Ok(mut r) = recording.lock() else { return };
         let bytes = buf.get(..n).unwrap_or_default();
-        if r.packets.len() >= caps.max_packets || r.bytes.saturating_add(n) > caps.max_bytes {
+        if *caller.get_or_insert(from) != from || r.packets.len() >= caps.max_packets || r.bytes.saturating_add(n) > caps.max_bytes {
             r.dropped += 1;
             continue;
         }
@@ -415,12 +418,11 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
     /// A remote party cannot make the server hold unbounded state: calls beyond
     /// `Caps::max_calls` are refused (486), and a call that never ends (no BYE) is closed and
     /// written to the store once `Caps::max_duration` is over, freeing its slot.
-    #[tokio::test]
-    async fn concurrent_calls_are_capped_and_calls_without_bye_end_at_max_duration() {
-        let dir = Dir(std::env::temp_dir().join(format!("mediasec-vm-deposit-{}", std::process::id())));
+    /// A deposit server with `caps` over a fresh store in `dir` (no registrar).
+    async fn server(dir: &str, caps: Caps) -> (Dir, Store, Deposit) {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-vm-{dir}-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
         let store = Store::open(&dir.0.join("vm.redb")).unwrap();
-        let caps = Caps { max_calls: 2, max_duration: Duration::from_millis(300), ..Caps::default() };
         let config = DepositConfig {
             aor: "sip:vm@a.example".into(),
             domain: "a.example".into(),
@@ -431,7 +433,14 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
             caps,
             timers: Timers::default(),
         };
-        let mut vm = Deposit::start(config, store.clone()).await.unwrap();
+        let vm = Deposit::start(config, store.clone()).await.unwrap();
+        (dir, store, vm)
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_are_capped_and_calls_without_bye_end_at_max_duration() {
+        let caps = Caps { max_calls: 2, max_duration: Duration::from_millis(300), ..Caps::default() };
+        let (_dir, store, mut vm) = server("deposit-caps", caps).await;
         let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (code, port) = invite(&ue, vm.sip_addr(), "c1").await;
         assert_eq!(code, 200);
@@ -444,5 +453,26 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         assert_eq!(first.packets.len(), 1, "the call without BYE was written when it ended");
         assert_eq!(invite(&ue, vm.sip_addr(), "c4").await.0, 200, "the ended calls freed their slots");
         vm.shutdown().await;
+    }
+
+    /// The media port latches on the first source that sends to it (the caller): datagrams
+    /// from anyone else who learnt the port cannot fill the message's caps with junk.
+    #[tokio::test]
+    async fn media_from_another_source_than_the_first_is_not_stored() {
+        let (_dir, store, mut vm) = server("deposit-latch", Caps::default()).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (code, port) = invite(&ue, vm.sip_addr(), "latch").await;
+        assert_eq!(code, 200);
+        let media = SocketAddr::from(([127, 0, 0, 1], port.expect("media port")));
+        let intruder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        ue.send_to(&[0x80; 20], media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        intruder.send_to(&[0x81; 20], media).await.unwrap();
+        ue.send_to(&[0x82; 20], media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        vm.shutdown().await;
+        let r = store.get(1).await.unwrap().expect("message 1");
+        assert_eq!(r.packets.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [0x80, 0x82]);
+        assert_eq!(r.dropped, 1);
     }
 }
