@@ -61,7 +61,8 @@ pub struct DepositConfig {
     pub sip_bind: SocketAddr,
     /// Address of the media ports.
     pub rtp_ip: IpAddr,
-    /// The S-CSCF to register with (none: reached by address only).
+    /// The S-CSCF to register with (none: reached by address only). When set, INVITEs are
+    /// accepted from its host only (others: 403).
     pub registrar: Option<SocketAddr>,
     /// Registration expiry asked, seconds.
     pub expires: u32,
@@ -202,8 +203,8 @@ impl Core {
                     }
                 }
                 event = events.recv() => match event {
-                    Some(Event::Request { key, request, .. }) => {
-                        if let Err(e) = self.on_request(key, *request).await {
+                    Some(Event::Request { key, request, source }) => {
+                        if let Err(e) = self.on_request(key, *request, source).await {
                             tracing::warn!(error = %e, "voicemail request");
                         }
                     }
@@ -271,9 +272,15 @@ impl Core {
         Ok(())
     }
 
-    async fn on_request(&mut self, key: TransactionKey, request: Request) -> Result<(), VoicemailError> {
+    async fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr) -> Result<(), VoicemailError> {
         let call_id = header_text(&request, &HeaderName::CallId).unwrap_or_default();
         match request.method {
+            // Diverted calls come from the S-CSCF: an INVITE from elsewhere bypasses the
+            // diversion and asserts a caller of its choice.
+            Method::Invite if self.config.registrar.is_some_and(|r| r.ip() != source.ip()) => {
+                tracing::info!(%call_id, %source, "voicemail refused an INVITE not from the registrar's host");
+                self.respond(&key, &request, 403, "Forbidden", None, None)
+            }
             Method::Invite if !self.calls.contains_key(&call_id) => self.deposit(key, request, call_id).await,
             // A re-INVITE would re-key the caller's stream: not supported (the stored
             // TRANSFER_INIT keys the whole message).
@@ -418,22 +425,31 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
     /// A remote party cannot make the server hold unbounded state: calls beyond
     /// `Caps::max_calls` are refused (486), and a call that never ends (no BYE) is closed and
     /// written to the store once `Caps::max_duration` is over, freeing its slot.
-    /// A deposit server with `caps` over a fresh store in `dir` (no registrar).
-    async fn server(dir: &str, caps: Caps) -> (Dir, Store, Deposit) {
+    /// A fresh store in a directory named after `dir`.
+    fn store(dir: &str) -> (Dir, Store) {
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-vm-{dir}-{}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
         let store = Store::open(&dir.0.join("vm.redb")).unwrap();
-        let config = DepositConfig {
+        (dir, store)
+    }
+
+    fn config(caps: Caps, registrar: Option<SocketAddr>) -> DepositConfig {
+        DepositConfig {
             aor: "sip:vm@a.example".into(),
             domain: "a.example".into(),
             sip_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             rtp_ip: [127, 0, 0, 1].into(),
-            registrar: None,
+            registrar,
             expires: 600,
             caps,
             timers: Timers::default(),
-        };
-        let vm = Deposit::start(config, store.clone()).await.unwrap();
+        }
+    }
+
+    /// A deposit server with `caps` over a fresh store (no registrar).
+    async fn server(dir: &str, caps: Caps) -> (Dir, Store, Deposit) {
+        let (dir, store) = store(dir);
+        let vm = Deposit::start(config(caps, None), store.clone()).await.unwrap();
         (dir, store, vm)
     }
 
@@ -474,5 +490,29 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         let r = store.get(1).await.unwrap().expect("message 1");
         assert_eq!(r.packets.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [0x80, 0x82]);
         assert_eq!(r.dropped, 1);
+    }
+
+    /// With a registrar (the S-CSCF), INVITEs come from it: one sent straight to the server
+    /// from elsewhere (bypassing the diversion, with a `P-Asserted-Identity` of its choice)
+    /// is refused 403.
+    #[tokio::test]
+    async fn invites_from_another_host_than_the_registrar_are_refused() {
+        let (_dir, store) = store("deposit-source");
+        let scscf = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = config(Caps::default(), Some(scscf.local_addr().unwrap()));
+        // The S-CSCF answers the REGISTER 200.
+        let registrar = async {
+            let mut buf = vec![0u8; 4096];
+            let (n, from) = scscf.recv_from(&mut buf).await.unwrap();
+            let register = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let copied: String = register.lines().filter(|l| ["Via:", "From:", "To:", "Call-ID:", "CSeq:"].iter().any(|h| l.starts_with(h))).map(|l| format!("{l}\r\n")).collect();
+            scscf.send_to(format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n").as_bytes(), from).await.unwrap();
+        };
+        let (vm, ()) = tokio::join!(Deposit::start(config, store), registrar);
+        let mut vm = vm.unwrap();
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        assert_eq!(invite(&elsewhere, vm.sip_addr(), "direct").await.0, 403);
+        assert_eq!(invite(&scscf, vm.sip_addr(), "diverted").await.0, 200);
+        vm.shutdown().await;
     }
 }
