@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::api::Summary;
 use crate::error::VoicemailError;
 use crate::record::Record;
 
@@ -76,19 +77,30 @@ impl Store {
         .await
     }
 
-    /// Every message, by id.
-    pub async fn all(&self) -> Result<Vec<Record>, VoicemailError> {
+    /// Every record, by id, through `f`, one decoded at a time (what `f` drops is not held).
+    async fn scan<T: Send + 'static>(&self, f: impl Fn(Record) -> Option<T> + Send + 'static) -> Result<Vec<T>, VoicemailError> {
         self.blocking(move |db| {
             let rx = db.begin_read().map_err(backend)?;
             let t = rx.open_table(MESSAGES).map_err(backend)?;
             let mut out = Vec::new();
             for row in t.iter().map_err(backend)? {
                 let (_, v) = row.map_err(backend)?;
-                out.push(Record::decode(v.value())?);
+                out.extend(f(Record::decode(v.value())?));
             }
             Ok(out)
         })
         .await
+    }
+
+    /// Every message, by id.
+    pub async fn all(&self) -> Result<Vec<Record>, VoicemailError> {
+        self.scan(Some).await
+    }
+
+    /// The summaries of the messages whose mailbox `keep` accepts, by id: a listing holds
+    /// summaries, never the whole store (packets included).
+    pub async fn summaries(&self, keep: impl Fn(&str) -> bool + Send + 'static) -> Result<Vec<Summary>, VoicemailError> {
+        self.scan(move |r| keep(&r.mailbox).then(|| Summary::of(&r))).await
     }
 
     /// Deletes message `id`; whether it existed.
@@ -100,5 +112,37 @@ impl Store {
             Ok(existed)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::record::Packet;
+
+    /// A listing goes through `summaries`: one record decoded at a time and only the
+    /// summaries of the mailboxes asked kept, so `GET /voicemail/v1/messages` never holds
+    /// every stored message (packets included) in memory at once.
+    #[tokio::test]
+    async fn summaries_keep_only_the_mailboxes_asked() {
+        let dir = std::env::temp_dir().join(format!("mediasec-vm-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("vm.redb")).unwrap();
+        let record = |mailbox: &str| Record {
+            id: 0,
+            mailbox: mailbox.into(),
+            caller: "sip:alice@a.example".into(),
+            received_ms: 7,
+            offer: "v=0".into(),
+            transfer_init: vec![1; 8],
+            packets: vec![Packet { at_ms: 1, bytes: vec![0x80; 100] }; 3],
+            dropped: 2,
+        };
+        let carol = store.insert(record("sip:carol@a.example")).await.unwrap();
+        store.insert(record("sip:dan@a.example")).await.unwrap();
+        let listed = store.summaries(|m| m == "sip:carol@a.example").await.unwrap();
+        assert_eq!(listed, [Summary::of(&Record { id: carol, ..record("sip:carol@a.example") })]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
