@@ -356,7 +356,8 @@ impl Core {
         }
         let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
         match self.store.update(call.record).await {
-            Ok(()) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(true) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(false) => tracing::info!(id, "voicemail message deleted by its owner during the call: not stored"),
             Err(e) => tracing::warn!(id, error = %e, "voicemail message not stored"),
         }
     }

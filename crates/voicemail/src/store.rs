@@ -1,5 +1,6 @@
 //! The message store: one embedded redb file (the project's default store, as the KMS's
-//! `mediasec_kms_store::RedbStore`), table `messages`: message id (`u64`) → [`Record`] bytes.
+//! `mediasec_kms_store::RedbStore`), table `messages`: message id (`u64`) → [`Record`] bytes;
+//! table `meta`: the next id (ids are never reused).
 //! Every write is one committed (fsynced) transaction, so messages survive a restart. redb
 //! blocks, so every call runs on tokio's blocking pool.
 
@@ -13,6 +14,9 @@ use crate::error::VoicemailError;
 use crate::record::Record;
 
 const MESSAGES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("messages");
+/// `next_id` → the id the next message gets: ids are never given twice, even after a delete.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_id";
 
 fn backend(e: impl Into<redb::Error>) -> VoicemailError {
     VoicemailError::Store(e.into().to_string())
@@ -30,6 +34,7 @@ impl Store {
         let db = Database::create(path).map_err(|e| VoicemailError::Store(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(MESSAGES).map_err(backend)?;
+        tx.open_table(META).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -39,16 +44,20 @@ impl Store {
         tokio::task::spawn_blocking(move || f(&db)).await.map_err(|e| VoicemailError::Store(format!("store task failed: {e}")))?
     }
 
-    /// Stores a new message: its id is the highest one plus one (taken inside the write
-    /// transaction; redb admits one writer at a time). Returns the id.
+    /// Stores a new message: its id is the next one never given (above the highest stored and
+    /// every deleted one; taken inside the write transaction, redb admits one writer at a
+    /// time). Returns the id.
     pub async fn insert(&self, mut record: Record) -> Result<u64, VoicemailError> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(backend)?;
             let id = {
                 let mut t = tx.open_table(MESSAGES).map_err(backend)?;
-                let id = t.last().map_err(backend)?.map_or(1, |(k, _)| k.value().saturating_add(1));
+                let mut meta = tx.open_table(META).map_err(backend)?;
+                let after_last = t.last().map_err(backend)?.map_or(1, |(k, _)| k.value().saturating_add(1));
+                let id = meta.get(NEXT_ID).map_err(backend)?.map_or(1, |v| v.value()).max(after_last);
                 record.id = id;
                 t.insert(id, record.encode()?.as_slice()).map_err(backend)?;
+                meta.insert(NEXT_ID, id.saturating_add(1)).map_err(backend)?;
                 id
             };
             tx.commit().map_err(backend)?;
@@ -57,12 +66,21 @@ impl Store {
         .await
     }
 
-    /// Replaces message `record.id` (the recording grew).
-    pub async fn update(&self, record: Record) -> Result<(), VoicemailError> {
+    /// Replaces message `record.id` (the recording grew) if it is still stored; whether it
+    /// was (the owner may have deleted it meanwhile: it is not brought back).
+    pub async fn update(&self, record: Record) -> Result<bool, VoicemailError> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(backend)?;
-            tx.open_table(MESSAGES).map_err(backend)?.insert(record.id, record.encode()?.as_slice()).map_err(backend)?;
-            tx.commit().map_err(backend)
+            let stored = {
+                let mut t = tx.open_table(MESSAGES).map_err(backend)?;
+                let stored = t.get(record.id).map_err(backend)?.is_some();
+                if stored {
+                    t.insert(record.id, record.encode()?.as_slice()).map_err(backend)?;
+                }
+                stored
+            };
+            tx.commit().map_err(backend)?;
+            Ok(stored)
         })
         .await
     }
@@ -143,6 +161,27 @@ mod tests {
         store.insert(record("sip:dan@a.example")).await.unwrap();
         let listed = store.summaries(|m| m == "sip:carol@a.example").await.unwrap();
         assert_eq!(listed, [Summary::of(&Record { id: carol, ..record("sip:carol@a.example") })]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A message deleted while its call is still recording: the call's final update must not
+    /// bring it back, nor overwrite a newer message that took its id.
+    #[tokio::test]
+    async fn ids_are_never_reused_and_updates_do_not_resurrect_deleted_messages() {
+        let dir = std::env::temp_dir().join(format!("mediasec-vm-store-ids-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("vm.redb")).unwrap();
+        let record = |mailbox: &str| Record { id: 0, mailbox: mailbox.into(), caller: String::new(), received_ms: 1, offer: String::new(), transfer_init: Vec::new(), packets: Vec::new(), dropped: 0 };
+        let first = store.insert(record("sip:carol@a.example")).await.unwrap();
+        assert!(store.delete(first).await.unwrap());
+        let second = store.insert(record("sip:dan@a.example")).await.unwrap();
+        assert_ne!(second, first, "a deleted message's id is not given again");
+        store.update(Record { id: first, packets: vec![Packet { at_ms: 1, bytes: vec![1] }], ..record("sip:carol@a.example") }).await.unwrap();
+        assert!(store.get(first).await.unwrap().is_none(), "the deleted message stays deleted");
+        assert_eq!(store.get(second).await.unwrap().expect("second").mailbox, "sip:dan@a.example");
+        drop(store);
+        let store = Store::open(&dir.join("vm.redb")).unwrap();
+        assert!(store.insert(record("sip:carol@a.example")).await.unwrap() > second, "ids keep growing after a restart");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
