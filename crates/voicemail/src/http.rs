@@ -57,7 +57,7 @@ impl Api {
         self.auth.verify(method.as_str(), &target, authorization, now).await.map_err(|r| match r {
             Refusal::Unauthenticated(why) => {
                 tracing::info!(%why, "voicemail API: 401");
-                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, self.auth.challenge())], why).into_response()
+                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, self.auth.challenge(now))], why).into_response()
             }
             Refusal::Unavailable(why) => plain(StatusCode::SERVICE_UNAVAILABLE, why),
         })
