@@ -607,10 +607,9 @@ impl Proxy {
         let history = if request.headers.get(&history_info()).is_some() {
             Vec::new()
         } else {
-            let escaped = aor(&original).trim_start_matches("sip:").replace('@', "%40");
             vec![
                 format!("<{original}?Reason=SIP%3Bcause%3D480%3Btext%3D%22Temporarily%20Unavailable%22>;index=1"),
-                format!("<{voicemail};target=sip:{escaped};cause=480>;index=1.1;mp=1"),
+                format!("<{voicemail};target={};cause=480>;index=1.1;mp=1", param_escaped(&aor(&original))),
             ]
         };
         Some((targets, history))
@@ -1636,6 +1635,12 @@ fn registration_of(request: &Request) -> Option<(String, Vec<String>, bool)> {
         }
     }
     Some((aor(&String::from_utf8_lossy(&to.uri.to_bytes())), contacts, remove))
+}
+
+/// `uri` as a SIP URI parameter value (RFC 3261 §25.1 `paramchar`; RFC 4458 §2's escaped
+/// `target`): every octet but unreserved, param-unreserved and existing `%` escapes as `%XX`.
+fn param_escaped(uri: &str) -> String {
+    uri.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.!~*'()[]/:&+$%".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// `History-Info` (RFC 7044).
@@ -2930,6 +2935,15 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         let (key, r) = request_event(&invite("MESSAGE"));
         assert_eq!(code(&p.handle(Event::Request { key, request: r, source: UE }, now)), Some(480));
         assert_eq!(p.stats.diverted, 1);
+        // RFC 4458 `target` is the whole original URI escaped as a parameter value (RFC 3261
+        // §25.1 paramchar): its own scheme, and no raw '@', '=' or ',' to end the parameter.
+        for (n, (target, escaped)) in [("sips:carol@a.example", "sips:carol%40a.example"), ("sip:c=1,x@a.example", "sip:c%3D1%2Cx%40a.example")].into_iter().enumerate() {
+            let text = invite("INVITE").replace("INVITE sip:carol@a.example", &format!("INVITE {target}")).replace("dINVITE", &format!("e{n}"));
+            let (key, r) = request_event(&text);
+            let out = p.handle(Event::Request { key, request: r, source: UE }, now);
+            let text = String::from_utf8_lossy(&Message::Request(forwarded(out)).to_bytes()).into_owned();
+            assert!(text.contains(&format!("History-Info: <sip:vm@a.example;target={escaped};cause=480>;index=1.1;mp=1\r\n")), "{text}");
+        }
     }
 
     /// RFC 3261 §16.7 step 6: a 503 from the only branch (say, the next hop's endpoint

@@ -118,9 +118,9 @@ pub struct Answered {
 /// What the initiator learns from a verified DH_RESP.
 #[derive(Debug)]
 pub struct Finished {
-    /// The authenticated responder URI (IDRr of DH_RESP, signature verified). It may differ
-    /// from the URI called ([`Finished::redirected`]): the caller decides whether to accept
-    /// a forwarded call.
+    /// The authenticated responder URI (IDRr of DH_RESP, signature verified). Only
+    /// [`Pending::finish_forwarded`] lets it differ from the URI called
+    /// ([`Finished::redirected`]).
     pub responder_uri: String,
     /// Whether the responder is not the one called.
     pub redirected: bool,
@@ -367,7 +367,8 @@ pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &
 /// Checks, in order: decoding and data type (ERR Invalid DT); SIGN last and ECCSI (ERR Auth
 /// failure); the signature by the IDRi URI's identity for the month of T under `kpak` (ERR
 /// Auth failure); T within `skew_secs` of `now_ntp` (NTP-UTC, 64-bit) and not replayed
-/// (`replay` records CSB ID, T and the signature; ERR Invalid TS); IDRr equal to
+/// (`replay` records CSB ID, T and the signed octets — not the malleable signature; ERR
+/// Invalid TS); IDRr equal to
 /// `responder_uri` (ERR Invalid ID); one DH payload in group OAKLEY 5 (ERR Invalid DH) with a
 /// valid value; the SRTP-ID map and SP (ERR Invalid SP / SP par).
 ///
@@ -392,7 +393,10 @@ pub fn answer(
     let initiator_uri = p.uri(IdRole::INITIATOR)?;
     p.verify(i_message, kpak, &initiator_uri)?;
     p.check_fresh(now_ntp, skew_secs)?;
-    if !replay.insert(p.message.header.csb_id, p.t.value, &p.signature) {
+    // The cache keys on the signed octets, not on the signature: ECCSI signatures are
+    // malleable ((r, q − s, PVT) verifies whenever (r, s, PVT) does: J becomes −J, same x),
+    // so a replay with s negated would otherwise pass as a new message.
+    if !replay.insert(p.message.header.csb_id, p.t.value, i_message.get(..p.covered_len).unwrap_or_default()) {
         return Err(rejected(ErrorCode::INVALID_TS, "replayed DH_INIT"));
     }
     let called = p.uri(IdRole::RESPONDER)?;
@@ -448,15 +452,26 @@ impl Pending {
         &self.offer
     }
 
-    /// Initiator: verifies DH_RESP and derives the keys.
+    /// Initiator: verifies DH_RESP, which must be signed by the URI called, and derives the
+    /// keys. A DH_RESP signed by anyone else (any user of the KMS, e.g. one in the signalling
+    /// path) is refused with ERR Invalid ID; [`Pending::finish_forwarded`] accepts it.
+    pub fn finish(&self, r_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<Finished> {
+        let done = self.finish_forwarded(r_message, kpak, now_ntp, skew_secs)?;
+        if done.redirected {
+            return Err(rejected(ErrorCode::INVALID_ID, format!("DH_RESP signed by {}, not by {} (the URI called)", done.responder_uri, self.offer.responder_uri)));
+        }
+        Ok(done)
+    }
+
+    /// Initiator: verifies DH_RESP and derives the keys, whoever of the KMS's users signed it
+    /// (a forwarded call: [`Finished::redirected`] tells whether it is not the URI called).
     ///
     /// Checks: decoding and data type 5; SIGN last, ECCSI, and the signature by the IDRr URI's
-    /// identity for the month of T under `kpak` (that URI is returned; [`Finished::redirected`]
-    /// tells whether it is not the one called); T within `skew_secs` of `now_ntp`; IDRi is
-    /// ours; the header (PRF, CSB ID, CS 1) unchanged; exactly DHr then the echo of our DHi
-    /// (ERR Auth failure if the echo differs: the response was not made for this DH_INIT);
-    /// DHr a valid OAKLEY 5 value.
-    pub fn finish(&self, r_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<Finished> {
+    /// identity for the month of T under `kpak` (that URI is returned); T within `skew_secs`
+    /// of `now_ntp`; IDRi is ours; the header (PRF, CSB ID, CS 1) unchanged; exactly DHr then
+    /// the echo of our DHi (ERR Auth failure if the echo differs: the response was not made
+    /// for this DH_INIT); DHr a valid OAKLEY 5 value.
+    pub fn finish_forwarded(&self, r_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<Finished> {
         let p = parse(r_message, DataType::DH_RESP)?;
         let responder_uri = p.uri(IdRole::RESPONDER)?;
         p.verify(r_message, kpak, &responder_uri)?;

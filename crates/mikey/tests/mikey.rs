@@ -2237,10 +2237,38 @@ mod signed_dh_exchange {
         assert!(signed_dh::error_reply(&[1, 4], &e, NOW).is_none());
     }
 
+    /// ECCSI signatures are malleable: (r, q − s, PVT) verifies whenever (r, s, PVT) does
+    /// (J becomes −J, same x). A replayed DH_INIT with s negated must still be a replay.
     #[test]
-    fn a_responder_other_than_the_one_called_is_reported() {
-        // Carol answers a call to Bob (e.g. a forwarded call with a responder that does not
-        // check IDRr): she signs her DH_RESP with her own identity in IDRr.
+    fn a_replayed_dh_init_with_its_signature_negated_is_still_a_replay() {
+        use p256::Scalar;
+        use p256::elliptic_curve::PrimeField;
+        let kms = Kms::new();
+        let (alice, bob) = (kms.key(ALICE, NOW), kms.key(BOB, NOW));
+        let (init, _pending) = start(&alice, BOB);
+        let mut cache = Cache::default();
+        answer_with(&kms.kpak, &bob, &init, NOW, &mut cache).expect("first");
+        let mut twin = init.clone();
+        let at = twin.len() - eccsi::SIGNATURE_LEN + 32;
+        let s: [u8; 32] = twin[at..at + 32].try_into().expect("s");
+        let s = Option::<Scalar>::from(Scalar::from_repr(s.into())).expect("s in range");
+        twin[at..at + 32].copy_from_slice(&(-s).to_repr());
+        assert_ne!(twin, init);
+        let sig = twin[twin.len() - eccsi::SIGNATURE_LEN..].to_vec();
+        let signed = &twin[..twin.len() - eccsi::SIGNATURE_LEN];
+        eccsi::verify(&kms.kpak, &signer_id(ALICE), signed, &sig).expect("the negated signature verifies too");
+        let e = answer_with(&kms.kpak, &bob, &twin, NOW, &mut cache).expect_err("replay with s negated");
+        assert_eq!(code(&e), ErrorCode::INVALID_TS, "{e}");
+    }
+
+    fn signer_id(uri: &str) -> Vec<u8> {
+        signed_dh::signer_identity(uri, &Timestamp { ts_type: TsType::NTP_UTC, value: NOW }).expect("period")
+    }
+
+    #[test]
+    fn a_responder_other_than_the_one_called_is_refused_unless_forwarding_is_accepted() {
+        // Carol answers a call to Bob (e.g. a forwarded call, or anyone of the KMS's users in
+        // the signalling path): she signs her DH_RESP with her own identity in IDRr.
         let kms = Kms::new();
         let (alice, bob, carol) = (kms.key(ALICE, NOW), kms.key(BOB, NOW), kms.key(CAROL, NOW));
         let (init, pending) = start(&alice, BOB);
@@ -2260,9 +2288,15 @@ mod signed_dh_exchange {
         let mut j = [0u8; 32];
         os_random(&mut j);
         bytes.extend_from_slice(&carol.sign(&bytes, &j).expect("sign"));
-        let done = pending.finish(&bytes, &kms.kpak, NOW, 30).expect("carol's answer verifies");
+        // By default the keys are only ever shared with the party called.
+        let e = pending.finish(&bytes, &kms.kpak, NOW, 30).expect_err("not the party called");
+        assert_eq!(code(&e), ErrorCode::INVALID_ID, "{e}");
+        assert!(e.to_string().contains(CAROL), "{e}");
+        // A caller that accepts forwarded calls asks for it, and is told who answered.
+        let done = pending.finish_forwarded(&bytes, &kms.kpak, NOW, 30).expect("carol's answer verifies");
         assert_eq!(done.responder_uri, CAROL);
         assert!(done.redirected);
+        assert!(!pending.finish_forwarded(&ans.response, &kms.kpak, NOW, 30).expect("bob's").redirected);
         // Carol cannot pass her answer off as Bob's: Bob's IDRr with Carol's signature fails.
         let covered = &ans.response[..ans.response.len() - eccsi::SIGNATURE_LEN];
         let forged = [covered, &carol.sign(covered, &j).expect("sign")[..]].concat();

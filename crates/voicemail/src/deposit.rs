@@ -3,9 +3,11 @@
 //! carrying a MIKEY-TICKET offer, **without** resolving the ticket — it is not the responder,
 //! holds no key and the KMS would refuse it. Its 200 answers `a=recvonly`, no key management,
 //! `a=mediasec-deferred` ([`mediasec_ua::ticket::deferred_answer`]); it stores the offer, the
-//! TRANSFER_INIT and every datagram that reaches the call's media port, verbatim, up to the
+//! TRANSFER_INIT and every datagram that reaches the call's media port from the first source
+//! that sent one (RTP latching), verbatim, up to the
 //! caps ([`Caps`]), in the [`Store`]. The record is written when the call is answered and
-//! again when it ends (BYE, or [`Deposit::shutdown`]).
+//! again when it ends (BYE, [`Caps::max_duration`] over — checked every [`SWEEP`] — or
+//! [`Deposit::shutdown`]). At most [`Caps::max_calls`] calls are recorded at once.
 //!
 //! It registers its AOR with the S-CSCF (RFC 3261 §10, refreshed at half the expiry) so that
 //! the S-CSCF finds it like any contact.
@@ -34,14 +36,17 @@ pub struct Caps {
     pub max_packets: usize,
     /// Octets of packets per message.
     pub max_bytes: usize,
-    /// Recording time per message, from the answer.
+    /// Recording time per message, from the answer: the call is then ended on our side (its
+    /// media port closed, the message written) even if no BYE comes.
     pub max_duration: Duration,
+    /// Calls recorded at once; further INVITEs are answered 486 (Busy Here).
+    pub max_calls: usize,
 }
 
 impl Default for Caps {
-    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s.
+    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once.
     fn default() -> Self {
-        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120) }
+        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64 }
     }
 }
 
@@ -56,7 +61,8 @@ pub struct DepositConfig {
     pub sip_bind: SocketAddr,
     /// Address of the media ports.
     pub rtp_ip: IpAddr,
-    /// The S-CSCF to register with (none: reached by address only).
+    /// The S-CSCF to register with (none: reached by address only). When set, INVITEs are
+    /// accepted from its host only (others: 403).
     pub registrar: Option<SocketAddr>,
     /// Registration expiry asked, seconds.
     pub expires: u32,
@@ -92,6 +98,9 @@ impl Drop for Deposit {
         self.task.abort();
     }
 }
+
+/// How often calls whose recording time is over are ended and written.
+pub const SWEEP: Duration = Duration::from_secs(1);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -177,17 +186,25 @@ impl Core {
     async fn run(mut self, mut events: Events, mut stopped: tokio::sync::oneshot::Receiver<()>) {
         let refresh = Duration::from_secs(u64::from(self.config.expires.max(2) / 2));
         let mut reregister = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        let mut sweep = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
+                _ = sweep.tick() => {
+                    // A call that never sees a BYE ends with its recording time.
+                    let ended: Vec<String> = self.calls.iter().filter(|(_, c)| c.capture.is_finished()).map(|(id, _)| id.clone()).collect();
+                    for id in ended {
+                        self.finish(&id).await;
+                    }
+                }
                 _ = reregister.tick(), if self.config.registrar.is_some() => {
                     if let Err(e) = self.register() {
                         tracing::warn!(error = %e, "voicemail re-REGISTER");
                     }
                 }
                 event = events.recv() => match event {
-                    Some(Event::Request { key, request, .. }) => {
-                        if let Err(e) = self.on_request(key, *request).await {
+                    Some(Event::Request { key, request, source }) => {
+                        if let Err(e) = self.on_request(key, *request, source).await {
                             tracing::warn!(error = %e, "voicemail request");
                         }
                     }
@@ -255,9 +272,15 @@ impl Core {
         Ok(())
     }
 
-    async fn on_request(&mut self, key: TransactionKey, request: Request) -> Result<(), VoicemailError> {
+    async fn on_request(&mut self, key: TransactionKey, request: Request, source: SocketAddr) -> Result<(), VoicemailError> {
         let call_id = header_text(&request, &HeaderName::CallId).unwrap_or_default();
         match request.method {
+            // Diverted calls come from the S-CSCF: an INVITE from elsewhere bypasses the
+            // diversion and asserts a caller of its choice.
+            Method::Invite if self.config.registrar.is_some_and(|r| r.ip() != source.ip()) => {
+                tracing::info!(%call_id, %source, "voicemail refused an INVITE not from the registrar's host");
+                self.respond(&key, &request, 403, "Forbidden", None, None)
+            }
             Method::Invite if !self.calls.contains_key(&call_id) => self.deposit(key, request, call_id).await,
             // A re-INVITE would re-key the caller's stream: not supported (the stored
             // TRANSFER_INIT keys the whole message).
@@ -279,6 +302,10 @@ impl Core {
 
     /// Answers and starts recording a diverted MIKEY-TICKET call.
     async fn deposit(&mut self, key: TransactionKey, request: Request, call_id: String) -> Result<(), VoicemailError> {
+        if self.calls.len() >= self.config.caps.max_calls {
+            tracing::info!(%call_id, calls = self.calls.len(), "voicemail busy: refused the INVITE");
+            return self.respond(&key, &request, 486, "Busy Here", None, None);
+        }
         let refuse = |code: u16, why: &str| (code, why.to_owned());
         let prepared = (|| {
             let offer = mediasec_sip::body::sdp(&Message::Request(request.clone())).map_err(|e| refuse(488, &e.to_string()))?.ok_or_else(|| refuse(488, "INVITE without an offer"))?;
@@ -329,26 +356,164 @@ impl Core {
         }
         let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
         match self.store.update(call.record).await {
-            Ok(()) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(true) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(false) => tracing::info!(id, "voicemail message deleted by its owner during the call: not stored"),
             Err(e) => tracing::warn!(id, error = %e, "voicemail message not stored"),
         }
     }
 }
 
-/// Keeps every datagram reaching the media port, verbatim with its arrival time, within `caps`.
+/// Keeps every datagram reaching the media port from the first source that sent one (the
+/// caller: RTP latching, so others who learn the port cannot fill the caps), verbatim with
+/// its arrival time, within `caps`; returns (closing the port) when `caps.max_duration` is over.
 async fn capture(socket: UdpSocket, recording: Arc<Mutex<Recording>>, caps: Caps) {
     let start = Instant::now();
+    let end = tokio::time::Instant::now() + caps.max_duration;
     let mut buf = vec![0u8; MAX_PACKET];
+    let mut caller = None;
     loop {
-        let Ok((n, _)) = socket.recv_from(&mut buf).await else { return };
+        let Ok(Ok((n, from))) = tokio::time::timeout_at(end, socket.recv_from(&mut buf)).await else { return };
         let at = start.elapsed();
         let Ok(mut r) = recording.lock() else { return };
         let bytes = buf.get(..n).unwrap_or_default();
-        if r.packets.len() >= caps.max_packets || r.bytes.saturating_add(n) > caps.max_bytes || at > caps.max_duration {
+        if *caller.get_or_insert(from) != from || r.packets.len() >= caps.max_packets || r.bytes.saturating_add(n) > caps.max_bytes {
             r.dropped += 1;
             continue;
         }
         r.bytes += n;
         r.packets.push(Packet { at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX), bytes: bytes.to_vec() });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\na=key-mgmt:mikey AQIDBA==\r\na=rtcp-mux\r\n";
+
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Sends an INVITE for carol with `call_id` and returns the final status and, on 200, the
+    /// media port of the answer.
+    async fn invite(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>) {
+        let me = ue.local_addr().unwrap();
+        let text = format!(
+            "INVITE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=a\r\nTo: <sip:carol@a.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
+            OFFER.len()
+        );
+        ue.send_to(text.as_bytes(), vm).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), ue.recv_from(&mut buf)).await.expect("an answer").unwrap();
+            let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let code: u16 = r.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if code >= 200 && r.contains(&format!("Call-ID: {call_id}\r\n")) {
+                let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
+                return (code, port);
+            }
+        }
+    }
+
+    /// A remote party cannot make the server hold unbounded state: calls beyond
+    /// `Caps::max_calls` are refused (486), and a call that never ends (no BYE) is closed and
+    /// written to the store once `Caps::max_duration` is over, freeing its slot.
+    /// A fresh store in a directory named after `dir`.
+    fn store(dir: &str) -> (Dir, Store) {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-vm-{dir}-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let store = Store::open(&dir.0.join("vm.redb")).unwrap();
+        (dir, store)
+    }
+
+    fn config(caps: Caps, registrar: Option<SocketAddr>) -> DepositConfig {
+        DepositConfig {
+            aor: "sip:vm@a.example".into(),
+            domain: "a.example".into(),
+            sip_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rtp_ip: [127, 0, 0, 1].into(),
+            registrar,
+            expires: 600,
+            caps,
+            timers: Timers::default(),
+        }
+    }
+
+    /// A deposit server with `caps` over a fresh store (no registrar).
+    async fn server(dir: &str, caps: Caps) -> (Dir, Store, Deposit) {
+        let (dir, store) = store(dir);
+        let vm = Deposit::start(config(caps, None), store.clone()).await.unwrap();
+        (dir, store, vm)
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_are_capped_and_calls_without_bye_end_at_max_duration() {
+        let caps = Caps { max_calls: 2, max_duration: Duration::from_millis(300), ..Caps::default() };
+        let (_dir, store, mut vm) = server("deposit-caps", caps).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (code, port) = invite(&ue, vm.sip_addr(), "c1").await;
+        assert_eq!(code, 200);
+        ue.send_to(&[0x80; 20], SocketAddr::from(([127, 0, 0, 1], port.expect("media port")))).await.unwrap();
+        assert_eq!(invite(&ue, vm.sip_addr(), "c2").await.0, 200);
+        assert_eq!(invite(&ue, vm.sip_addr(), "c3").await.0, 486, "a third call at once is refused");
+        // No BYE ever comes: after max_duration the calls end and are stored.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        let first = store.get(1).await.unwrap().expect("message 1");
+        assert_eq!(first.packets.len(), 1, "the call without BYE was written when it ended");
+        assert_eq!(invite(&ue, vm.sip_addr(), "c4").await.0, 200, "the ended calls freed their slots");
+        vm.shutdown().await;
+    }
+
+    /// The media port latches on the first source that sends to it (the caller): datagrams
+    /// from anyone else who learnt the port cannot fill the message's caps with junk.
+    #[tokio::test]
+    async fn media_from_another_source_than_the_first_is_not_stored() {
+        let (_dir, store, mut vm) = server("deposit-latch", Caps::default()).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (code, port) = invite(&ue, vm.sip_addr(), "latch").await;
+        assert_eq!(code, 200);
+        let media = SocketAddr::from(([127, 0, 0, 1], port.expect("media port")));
+        let intruder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        ue.send_to(&[0x80; 20], media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        intruder.send_to(&[0x81; 20], media).await.unwrap();
+        ue.send_to(&[0x82; 20], media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        vm.shutdown().await;
+        let r = store.get(1).await.unwrap().expect("message 1");
+        assert_eq!(r.packets.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [0x80, 0x82]);
+        assert_eq!(r.dropped, 1);
+    }
+
+    /// With a registrar (the S-CSCF), INVITEs come from it: one sent straight to the server
+    /// from elsewhere (bypassing the diversion, with a `P-Asserted-Identity` of its choice)
+    /// is refused 403.
+    #[tokio::test]
+    async fn invites_from_another_host_than_the_registrar_are_refused() {
+        let (_dir, store) = store("deposit-source");
+        let scscf = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let config = config(Caps::default(), Some(scscf.local_addr().unwrap()));
+        // The S-CSCF answers the REGISTER 200.
+        let registrar = async {
+            let mut buf = vec![0u8; 4096];
+            let (n, from) = scscf.recv_from(&mut buf).await.unwrap();
+            let register = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let copied: String = register.lines().filter(|l| ["Via:", "From:", "To:", "Call-ID:", "CSeq:"].iter().any(|h| l.starts_with(h))).map(|l| format!("{l}\r\n")).collect();
+            scscf.send_to(format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n").as_bytes(), from).await.unwrap();
+        };
+        let (vm, ()) = tokio::join!(Deposit::start(config, store), registrar);
+        let mut vm = vm.unwrap();
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        assert_eq!(invite(&elsewhere, vm.sip_addr(), "direct").await.0, 403);
+        assert_eq!(invite(&scscf, vm.sip_addr(), "diverted").await.0, 200);
+        vm.shutdown().await;
     }
 }

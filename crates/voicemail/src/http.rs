@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::api::{BASE, MessageDoc, Summary};
+use crate::api::{BASE, MessageDoc};
 use crate::auth::{Authenticated, NafAuth, Refusal};
 use crate::deposit::mailbox_of;
 use crate::record::Record;
@@ -57,7 +57,7 @@ impl Api {
         self.auth.verify(method.as_str(), &target, authorization, now).await.map_err(|r| match r {
             Refusal::Unauthenticated(why) => {
                 tracing::info!(%why, "voicemail API: 401");
-                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, self.auth.challenge())], why).into_response()
+                (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, self.auth.challenge(now))], why).into_response()
             }
             Refusal::Unavailable(why) => plain(StatusCode::SERVICE_UNAVAILABLE, why),
         })
@@ -67,7 +67,7 @@ impl Api {
     async fn owned(&self, who: &Authenticated, id: &str) -> Result<Record, Response> {
         let id: u64 = id.parse().map_err(|_| plain(StatusCode::NOT_FOUND, "message ids are numbers"))?;
         let r = self.store.get(id).await.map_err(|e| plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?.ok_or_else(|| plain(StatusCode::NOT_FOUND, "no such message"))?;
-        if !owns(who, &r.mailbox) {
+        if !owns(&who.impus, &r.mailbox) {
             tracing::info!(btid = %who.btid, id, "voicemail API: 403 (another mailbox)");
             return Err(plain(StatusCode::FORBIDDEN, "the message is in a mailbox that is not one of your identities"));
         }
@@ -76,8 +76,8 @@ impl Api {
 }
 
 /// Whether `mailbox` is one of the authenticated user's IMPUs.
-fn owns(who: &Authenticated, mailbox: &str) -> bool {
-    who.impus.iter().any(|i| mailbox_of(i).is_ok_and(|m| m == mailbox))
+fn owns(impus: &[String], mailbox: &str) -> bool {
+    impus.iter().any(|i| mailbox_of(i).is_ok_and(|m| m == mailbox))
 }
 
 async fn list(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
@@ -85,8 +85,9 @@ async fn list(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: He
         Ok(w) => w,
         Err(r) => return r,
     };
-    match api.store.all().await {
-        Ok(all) => Json(all.iter().filter(|r| owns(&who, &r.mailbox)).map(Summary::of).collect::<Vec<_>>()).into_response(),
+    let impus = who.impus.clone();
+    match api.store.summaries(move |mailbox| owns(&impus, mailbox)).await {
+        Ok(summaries) => Json(summaries).into_response(),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

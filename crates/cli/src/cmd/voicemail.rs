@@ -143,7 +143,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let token = a.zn_token.clone().or_else(|| std::env::var("MEDIASEC_VOICEMAIL_ZN_TOKEN").ok()).context("--zn-token or MEDIASEC_VOICEMAIL_ZN_TOKEN is required")?;
     let zn = BsfZn::for_protocol(Endpoint::http(&a.bsf)?, token, a.naf_fqdn.clone(), UaProtocolId::HTTP_DIGEST);
-    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds) };
+    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), ..Caps::default() };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some((std::fs::read(c).with_context(|| format!("reading {}", c.display()))?, std::fs::read(k).with_context(|| format!("reading {}", k.display()))?)),
