@@ -569,7 +569,7 @@ async fn deferred_delivery_keys_match_when_the_responder_resolves_later() {
     let (mut alice, mut dan) = (ue("alice@a.example", "kms.a.example"), ue("dan@a.example", "kms.a.example"));
     let held = request(&w.a, &w.zn_a, &mut alice, &ask("dan@a.example", false), 0).await.unwrap();
     let (ti, pt) = alice.transfer_init(&held, &KmsUid::parse("dan@a.example").unwrap(), 0x77, 0xaaaa, NOW, [5; 16]).unwrap();
-    let sent = pt.deferred_media().unwrap();
+    let sent = pt.deferred_media(&KmsUid::parse("dan@a.example").unwrap()).unwrap();
     // 500 s later: beyond the ±30 s window, within the 600 s ticket.
     let later = NOW + Duration::from_secs(500);
     assert_eq!(crate::ue::deferred_ticket_end(&ti, later).unwrap(), Some(NOW.as_secs() + 600));
@@ -597,5 +597,10 @@ async fn deferred_delivery_keys_match_when_the_responder_resolves_later() {
     let forking = request(&w.a, &w.zn_a, &mut alice, &Ask { forking: true, ..ask("dan@a.example", false) }, 1).await.unwrap();
     assert!(forking.forking());
     let (_, pt) = alice.transfer_init(&forking, &KmsUid::parse("dan@a.example").unwrap(), 0x79, 0xaaaa, NOW, [8; 16]).unwrap();
-    assert!(matches!(pt.deferred_media(), Err(KmsError::Deferred(m)) if m.contains("forks keys")));
+    assert!(matches!(pt.deferred_media(&KmsUid::parse("dan@a.example").unwrap()), Err(KmsError::Deferred(m)) if m.contains("forks keys")));
+    // A ticket that authorises more than the callee (here a group) cannot either: any other
+    // authorised party could announce deferred delivery and decrypt what we send.
+    let group = request(&w.a, &w.zn_a, &mut alice, &ask("?@a.example", false), 2).await.unwrap();
+    let (_, pt) = alice.transfer_init(&group, &KmsUid::parse("dan@a.example").unwrap(), 0x7a, 0xaaaa, NOW, [9; 16]).unwrap();
+    assert!(matches!(pt.deferred_media(&KmsUid::parse("dan@a.example").unwrap()), Err(KmsError::Deferred(m)) if m.contains("also authorises ?@a.example")));
 }

@@ -505,10 +505,17 @@ impl PendingTransfer {
     /// ticket's TGK and our RANDRi alone, with no TRANSFER_RESP — what the responder will
     /// derive when it resolves the stored ticket later. CS 1 (our stream) is what we send;
     /// CS 2 keys are what only the KMS or an authorised responder could send with. Refused
-    /// for forking tickets ([`KmsError::Deferred`]).
-    pub fn deferred_media(&self) -> Result<Media, KmsError> {
+    /// for forking tickets, and for tickets that authorise anyone but `callee` — a group
+    /// pattern or an added end-to-middle identity ([`KmsError::Deferred`]): with no
+    /// TRANSFER_RESP nobody proves to be the callee, so any other party the ticket authorises
+    /// could announce deferred delivery from the signalling path, take our media and resolve
+    /// the ticket to decrypt it.
+    pub fn deferred_media(&self, callee: &KmsUid) -> Result<Media, KmsError> {
         if self.mpkr.is_some() {
             return Err(KmsError::Deferred(FORKING_REFUSED.into()));
+        }
+        if let Some(other) = self.recipients.iter().find(|p| p.is_group() || p.as_str() != callee.as_str()) {
+            return Err(KmsError::Deferred(format!("the ticket also authorises {} besides {callee}: only a ticket for the callee alone may be delivered deferred", other.as_str())));
         }
         let ti = Message::decode(&self.init)?;
         media(&self.tgk, &self.randri, &sp_of(&ti)?, &generic_map(&ti)?)

@@ -173,7 +173,7 @@ fn deferred(ue: &KmsUe, pending: &PendingCall, answer: &Sdp, stream: &crate::off
     if !ue.deferred_delivery() {
         return Err(Error::Downgrade("deferred delivery offered by the answerer; our policy does not allow it".into()));
     }
-    let media = pending.transfer.deferred_media().map_err(kms)?;
+    let media = pending.transfer.deferred_media(&pending.callee).map_err(kms)?;
     tracing::info!(callee = %pending.callee, "deferred delivery: the answerer stores our SRTP for the callee; no responder authenticated");
     Ok(stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?))
 }
@@ -220,7 +220,7 @@ mod tests {
         let answer = Sdp::parse(&text);
         let stream = audio(&answer).expect("audio");
         let media = deferred(&ue, &pending, &answer, &stream).expect("accepted");
-        let keys = pending.transfer.deferred_media().expect("keys");
+        let keys = pending.transfer.deferred_media(&pending.callee).expect("keys");
         assert_eq!(media.remote, vm);
         let Protection::Srtp { own_key, .. } = &media.protection else { panic!("SRTP") };
         assert_eq!(*own_key, mediasec_sdp::fingerprint(&keys.initiator_stream.master_key));
