@@ -45,7 +45,7 @@ impl KmsUid {
         let rest = rest.split(['?', ';']).next().unwrap_or_default();
         let (userinfo, hostport) =
             rest.rsplit_once('@').ok_or_else(|| KmsError::Identity(format!("{uri:?} has no user part")))?;
-        let user = userinfo.split(':').next().unwrap_or_default();
+        let user = canonical_user(userinfo.split(':').next().unwrap_or_default());
         let host = if hostport.starts_with('[') {
             hostport.split_inclusive(']').next().unwrap_or_default()
         } else {
@@ -82,6 +82,35 @@ impl fmt::Display for KmsUid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The user part of a SIP URI in the one form RFC 3261 §19.1.4 makes equal: an escape `%HH`
+/// of an unreserved character is that character (`%63arol` is `carol`); any other escape is
+/// kept, with upper-case hex, so that it cannot become a delimiter such as `@`.
+fn canonical_user(user: &str) -> String {
+    let b = user.as_bytes();
+    let mut out = String::with_capacity(user.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = b.get(i + 1..i + 3).and_then(|h| core::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                if v.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&v) {
+                    out.push(char::from(v));
+                } else {
+                    out.push_str(&format!("%{v:02X}"));
+                }
+                i += 3;
+            }
+            _ => {
+                // Not an escape: copy the (possibly multi-byte) character as is.
+                let ch = user.get(i..).and_then(|r| r.chars().next()).unwrap_or(char::REPLACEMENT_CHARACTER);
+                out.push(ch);
+                i += ch.len_utf8().max(1);
+            }
+        }
+    }
+    out
 }
 
 /// A recipient identity: a KMS UID or a group identity (contains `?`).
@@ -201,6 +230,13 @@ mod tests {
             ("sip:+4930123@a.example;user=phone", "+4930123@a.example"),
             ("tel:+4930123;phone-context=x", "+4930123@home.example"),
             ("carol@c.example", "carol@c.example"),
+            // RFC 3261 §19.1.4: escaped unreserved characters equal themselves; an escaped
+            // delimiter stays escaped (upper-case hex) and never splits the UID.
+            ("sip:%63arol@a.example", "carol@a.example"),
+            ("sip:car%6fl@a.example", "carol@a.example"),
+            ("sip:carol%40b.example@a.example", "carol%40b.example@a.example"),
+            ("sip:a%2fb%2Fc@a.example", "a%2Fb%2Fc@a.example"),
+            ("sip:100%@a.example", "100%@a.example"),
         ];
         for (uri, want) in cases {
             assert_eq!(KmsUid::from_uri(uri, "home.example").expect(uri).as_str(), want, "{uri}");
