@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 use crate::BsfError;
 
-/// Largest response accepted.
-const MAX_RESPONSE: usize = 1 << 20;
+/// Largest response accepted: 4 MiB, room for the largest voicemail message a server may
+/// keep (`mediasec_voicemail::deposit::MAX_MESSAGE_BYTES` of packets, base64 in JSON).
+const MAX_RESPONSE: usize = 4 << 20;
 
 /// An HTTP response.
 #[derive(Debug, Clone)]
@@ -285,4 +286,31 @@ async fn zn_post(bsf: &Endpoint, token: &str, btid: &str, naf_fqdn: &str, ua_pro
 /// Current Unix time in seconds.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response above the former 1 MiB limit (a voicemail message at its default caps is
+    /// about 1.4 MB of JSON) is read whole.
+    #[tokio::test]
+    async fn responses_up_to_the_limit_are_read_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let body = vec![b'x'; 3 << 20];
+        let sent = body.clone();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", sent.len());
+            s.write_all(head.as_bytes()).await.expect("head");
+            s.write_all(&sent).await.expect("body");
+        });
+        let ep = Endpoint::http(&format!("http://{addr}")).expect("endpoint");
+        let r = request(&ep, "GET", "/", &[], &[]).await.expect("response");
+        assert_eq!((r.status, r.body.len()), (200, body.len()));
+        server.await.expect("server");
+    }
 }

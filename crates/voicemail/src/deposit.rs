@@ -29,6 +29,11 @@ use crate::error::VoicemailError;
 use crate::record::{MAX_PACKET, Packet, Record};
 use crate::store::Store;
 
+/// The most octets of packets one message may keep (`Caps::max_bytes`): its JSON download
+/// (base64, ≈ 4/3 of it, plus metadata) must fit the 4 MiB response limit of the HTTP client
+/// (`mediasec_bsf::client`).
+pub const MAX_MESSAGE_BYTES: usize = 2 << 20;
+
 /// How much of one message is kept; packets beyond are dropped and counted.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {

@@ -20,7 +20,7 @@ use mediasec_kms::identity::KmsUid;
 use mediasec_kms::ue::Ue;
 use mediasec_kms::zn::ZnCache;
 use mediasec_sip::core::Timers;
-use mediasec_voicemail::deposit::{Caps, DepositConfig};
+use mediasec_voicemail::deposit::{Caps, DepositConfig, MAX_MESSAGE_BYTES};
 use mediasec_voicemail::owner::{MailboxClient, open_message};
 use mediasec_voicemail::service::Server;
 
@@ -143,6 +143,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let token = a.zn_token.clone().or_else(|| std::env::var("MEDIASEC_VOICEMAIL_ZN_TOKEN").ok()).context("--zn-token or MEDIASEC_VOICEMAIL_ZN_TOKEN is required")?;
     let zn = BsfZn::for_protocol(Endpoint::http(&a.bsf)?, token, a.naf_fqdn.clone(), UaProtocolId::HTTP_DIGEST);
+    if a.max_bytes > MAX_MESSAGE_BYTES {
+        anyhow::bail!("--max-bytes {} exceeds {MAX_MESSAGE_BYTES}: a larger message could not be downloaded in one response", a.max_bytes);
+    }
     let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), ..Caps::default() };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
     let tls = match (&a.tls_cert, &a.tls_key) {
