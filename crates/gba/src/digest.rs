@@ -169,7 +169,8 @@ fn md5_hex(parts: &[&[u8]]) -> String {
 /// (RFC 3310 §3.3): A1 = username ":" realm ":" password, A2 = method ":" uri
 /// [":" H(entity-body)]. `password` is RES as raw octets (or empty for auts, §3.4).
 pub fn request_digest(password: &[u8], d: &DigestInput<'_>) -> String {
-    let ha1 = md5_hex(&[d.username.as_bytes(), b":", d.realm.as_bytes(), b":", password]);
+    // HA1 is a password equivalent (RFC 7616 §5.13): wiped when dropped.
+    let ha1 = zeroize::Zeroizing::new(md5_hex(&[d.username.as_bytes(), b":", d.realm.as_bytes(), b":", password]));
     let ha2 = match d.qop {
         Some((Qop::AuthInt, ..)) => {
             let hb = md5_hex(&[d.body]);
