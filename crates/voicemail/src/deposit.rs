@@ -341,7 +341,14 @@ impl Core {
             }
         };
         let mut record = Record { id: 0, mailbox, caller, received_ms: now_ms(), offer: offer.to_string(), transfer_init: ti, packets: Vec::new(), dropped: 0 };
-        record.id = self.store.insert(record.clone()).await?;
+        record.id = match self.store.insert(record.clone()).await {
+            Ok(id) => id,
+            // The caller gets a final answer, not a transaction left to time out.
+            Err(e) => {
+                tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
+                return self.respond(&key, &request, 500, "Server Internal Error", None, None);
+            }
+        };
         tracing::info!(%call_id, id = record.id, mailbox = %record.mailbox, caller = %record.caller, "deferred delivery: storing the encrypted call");
         let recording = Arc::new(Mutex::new(Recording::default()));
         let capture = tokio::spawn(capture(socket, Arc::clone(&recording), self.config.caps));
