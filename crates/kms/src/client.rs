@@ -77,7 +77,13 @@ impl KmsClient {
     /// against the KPAK the MACed response names. A refusal is `KmsError::Http` with the
     /// status and reason.
     pub async fn provision_keys(&self, ue: &Ue, uri: &str) -> Result<Provisioned, KmsError> {
-        let (body, pending) = ue.keyprov_request(uri, Period::of_unix(now().as_secs())?, now(), random())?;
+        self.provision_keys_for(ue, uri, Period::of_unix(now().as_secs())?).await
+    }
+
+    /// [`Self::provision_keys`] for the key period `period` (the KMS issues the current month
+    /// or the next: a UE renews ahead of the month boundary, docs/high-security.md §9).
+    pub async fn provision_keys_for(&self, ue: &Ue, uri: &str, period: Period) -> Result<Provisioned, KmsError> {
+        let (body, pending) = ue.keyprov_request(uri, period, now(), random())?;
         let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], &body)
             .await
             .map_err(|e| KmsError::Http(e.to_string()))?;

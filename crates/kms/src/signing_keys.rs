@@ -40,14 +40,20 @@ impl Persist {
     }
 
     /// The stored KSAK, or a new one made from `random`, sealed and committed before return
-    /// (audited as `ksak.create` with its KPAK). Start the first replica of a new store
-    /// alone: two replicas creating a KSAK at once would each keep their own until reload.
+    /// (audited as `ksak.create` with its KPAK). Creation is create-if-absent at the store
+    /// ([`mediasec_kms_store::Store::put_if_absent`]): replicas starting together on an empty
+    /// shared store each draw a KSAK, exactly one is stored, and every replica returns that
+    /// one (only the winner audits the creation).
     pub async fn ksak_or_init(&self, now_ms: u64, random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<KmsSecret, KmsError> {
         if let Some(k) = self.ksak().await? {
             return Ok(k);
         }
         let ksak = draw(random, |b| KmsSecret::from_bytes(b).ok()).ok_or_else(|| KmsError::KeyRing("no usable random KSAK".into()))?;
-        self.store().put(Table::Settings, KSAK_ROW, &self.seal(Table::Settings, KSAK_ROW, &*ksak.to_bytes())?).await?;
+        let sealed = self.seal(Table::Settings, KSAK_ROW, &*ksak.to_bytes())?;
+        let held = self.store().put_if_absent(Table::Settings, KSAK_ROW, &sealed).await?;
+        if held != sealed {
+            return self.ksak().await?.ok_or_else(|| KmsError::KeyRing(format!("settings row {KSAK_ROW} vanished after creation")));
+        }
         let detail = format!("KPAK {}", hex::encode(ksak.kpak().to_uncompressed()));
         self.store().append_audit(&AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "ksak.create".into(), detail }).await?;
         Ok(ksak)

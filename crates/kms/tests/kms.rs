@@ -641,6 +641,40 @@ async fn ksak_survives_a_store_reopen() {
     drop(pg);
 }
 
+/// Two KMS replicas starting together on one fresh PostgreSQL database (each its own
+/// connection, each drawing its own candidate KSAK) end with the same KSAK: creation is
+/// insert-if-absent at the store, the loser re-reads the winner's row; one `ksak.create`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_share_one_ksak() {
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::Store;
+    use std::sync::Arc;
+    let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
+    let Some(pg) = pg else { return }; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+    for round in 0..3 {
+        let url = pg.create_database(&format!("kms_race{round}")).unwrap();
+        let replica = |fill: u8| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
+                let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
+                // Distinct candidates per replica: a shared KSAK can only come from the store.
+                let random = move |b: &mut [u8]| b.fill(fill);
+                p.ksak_or_init(1, &random).await.unwrap().kpak()
+            })
+        };
+        let (a, b) = tokio::join!(replica(0x11), replica(0x22));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a, b, "round {round}: both replicas hold the same KSAK");
+        let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
+        let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
+        assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(a));
+        assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == "ksak.create").count(), 1, "round {round}");
+    }
+    drop(pg);
+}
+
 /// The high-security property at the KMS (docs/high-security.md): alice and bob, keyed by
 /// this KMS (keyprovision), run an ECCSI-signed MIKEY-DH exchange and derive the same SRTP
 /// keys; the KMS's LI key release, under a valid warrant for alice, answers a typed refusal
