@@ -169,7 +169,7 @@ impl Service {
     /// ECCSI KSAK (making it on first start) from `persist` and builds the service.
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
-        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?);
+        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
         Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
@@ -206,6 +206,9 @@ impl Service {
         self.kms.set_ring(self.persist.ring().await?);
         if let Some(k) = self.persist.ksak().await? {
             self.prov.set_ksak(k);
+        }
+        if let Some(z) = self.persist.sakke_z().await? {
+            self.prov.set_sakke_z(z);
         }
         Ok(())
     }
@@ -384,12 +387,13 @@ async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -
     resp
 }
 
-/// `GET /keymanagement/kpak` (ours): this KMS's KPAK, public (the KPAK a UE uses is the one
-/// its MACed `keyprovision` response carries; this is for configuring other communities).
+/// `GET /keymanagement/kpak` (ours): this KMS's public keys — the ECCSI KPAK and the SAKKE Z
+/// (`sakke_z`) — public (the ones a UE uses come in its MACed `keyprovision` response; this
+/// is for configuring other communities).
 async fn kpak(State(s): State<Arc<Service>>) -> Response {
-    match s.kpak() {
-        Some(k) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()) })).into_response(),
-        None => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
+    match (s.kpak(), s.prov.sakke_public()) {
+        (Some(k), Some(z)) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()), "sakke_z": hex::encode(z.to_uncompressed()) })).into_response(),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
     }
 }
 

@@ -538,6 +538,7 @@ async fn keyprovision_over_http() {
     let got = ka.provision_keys(&alice, "sip:alice@a.example").await.expect("alice's keys");
     assert_eq!(got.kpak, kpak);
     assert_eq!(ka.kpak().await.unwrap(), kpak, "published KPAK");
+    assert_eq!(a.service.persist().sakke_z().await.unwrap().map(|z| z.public_key()), Some(ka.sakke_z().await.unwrap()), "published SAKKE Z");
     let period = Period::of_unix(now().as_secs()).unwrap();
     assert_eq!(got.key.id(), eccsi::identity("sip:alice@a.example", period.year, period.month).as_slice());
     let sig = got.key.sign(b"DH_INIT", &rand::random()).unwrap();
@@ -557,7 +558,7 @@ async fn keyprovision_over_http() {
     let e = ka.provision_keys(&alice, "sip:bob@a.example").await.err().unwrap().to_string();
     assert!(e.contains("403") && e.contains("IMPU"), "{e}");
     // Bad MAC, unknown B-TID, replay, stale time; malformed; wrong content type.
-    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let mac = v["mac"].as_str().unwrap().to_owned();
     v["mac"] = format!("{}{}", if mac.starts_with('0') { "1" } else { "0" }, &mac[1..]).into();
@@ -565,15 +566,15 @@ async fn keyprovision_over_http() {
     v["mac"] = mac.into();
     v["btid"] = "unknown@bsf.lab.example".into();
     assert_eq!(reason(post(serde_json::to_vec(&v).unwrap()).await), (401, "unknown or expired B-TID: bootstrap again".into()));
-    let (body, pending) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, pending) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     let first = post(body.clone()).await;
     assert_eq!(first.status, 200);
     assert_eq!(reason(post(body).await), (401, "replayed request".into()));
     pending.open(&first.body).expect("the first answer opens");
-    let (stale, _) = alice.keyprov_request("sip:alice@a.example", period, now() - Duration::from_secs(120), rand::random()).unwrap();
+    let (stale, _) = alice.keyprov_request("sip:alice@a.example", period, now() - Duration::from_secs(120), rand::random(), false).unwrap();
     assert_eq!(post(stale).await.status, 401);
     assert_eq!(post(b"{\"btid\":1}".to_vec()).await.status, 400);
-    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     assert_eq!(http(&url, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", "application/mikey")], &body).await.status, 415);
 
     let m = String::from_utf8(http(&url, "GET", "/metrics", &[], b"").await.body).unwrap();
@@ -642,8 +643,9 @@ async fn ksak_survives_a_store_reopen() {
 }
 
 /// Two KMS replicas starting together on one fresh PostgreSQL database (each its own
-/// connection, each drawing its own candidate KSAK) end with the same KSAK: creation is
-/// insert-if-absent at the store, the loser re-reads the winner's row; one `ksak.create`.
+/// connection, each drawing its own candidate KSAK and SAKKE z) end with the same secrets:
+/// creation is insert-if-absent at the store, the loser re-reads the winner's row; one
+/// `ksak.create` and one `sakke_z.create`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_share_one_ksak() {
     use mediasec_kms::keyring::MasterKey;
@@ -661,16 +663,19 @@ async fn replicas_starting_together_share_one_ksak() {
                 let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
                 // Distinct candidates per replica: a shared KSAK can only come from the store.
                 let random = move |b: &mut [u8]| b.fill(fill);
-                p.ksak_or_init(1, &random).await.unwrap().kpak()
+                (p.ksak_or_init(1, &random).await.unwrap().kpak(), *p.sakke_z_or_init(1, &random).await.unwrap().to_bytes())
             })
         };
         let (a, b) = tokio::join!(replica(0x11), replica(0x22));
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(a, b, "round {round}: both replicas hold the same KSAK");
+        assert!(a == b, "round {round}: both replicas hold the same KSAK and SAKKE z");
         let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
         let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
-        assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(a));
-        assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == "ksak.create").count(), 1, "round {round}");
+        assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(a.0));
+        assert!(p.sakke_z().await.unwrap().is_some_and(|z| *z.to_bytes() == a.1));
+        for action in ["ksak.create", "sakke_z.create"] {
+            assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == action).count(), 1, "round {round} {action}");
+        }
     }
     drop(pg);
 }

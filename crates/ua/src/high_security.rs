@@ -186,7 +186,7 @@ pub async fn ready(access: &mut KmsAccess, now: Duration) -> Result<&mut HighSec
     let hs = high_security.as_mut().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
     let current = period(now)?;
     for p in hs.missing(now)? {
-        match client.provision_keys_for(ue, &hs.uri, p).await {
+        match client.provision_keys_for(ue, &hs.uri, p, false).await {
             Ok(got) if got.period == p => hs.add(got, now)?,
             Ok(got) => return Err(Error::Negotiation(format!("high-security key provisioning: asked {p}, got {}", got.period))),
             Err(e) if p != current => tracing::warn!(period = %p, error = %e, "high-security: next month's ECCSI key not fetched yet; retried at the next call"),
@@ -269,7 +269,7 @@ mod tests {
         let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
         let (ssk, pvt) = ksak.issue(&id, &[p.month; 32]).unwrap();
         let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
-        Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key }
+        Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: None }
     }
 
     /// Fetches what `missing` names, as [`ready`] does with the KMS.
