@@ -81,6 +81,11 @@ pub enum Refusal {
     /// the KMS never sees, so it has none to release.
     #[error("high-security call (MIKEY-DH): no ticket, the KMS holds no key of it")]
     HighSecurityCall,
+    /// A MIKEY-SAKKE call (RFC 6509 I_MESSAGE, docs/high-security.md §10). The KMS could
+    /// derive its keys (its master secret z gives the responder's RSK), but key release from
+    /// an I_MESSAGE is not built yet: refused explicitly rather than reported as malformed.
+    #[error("MIKEY-SAKKE call: key release from an I_MESSAGE is not built yet")]
+    MikeySakkeNotBuilt,
 }
 
 impl From<Refusal> for KmsError {
@@ -192,8 +197,10 @@ impl Kms {
     /// and the call's TRANSFER_INIT time fall within the window.
     pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
-        if Message::decode(transfer_init).is_ok_and(|m| matches!(m.header.data_type, DataType::DH_INIT | DataType::DH_RESP)) {
-            return Err(Refusal::HighSecurityCall.into());
+        match Message::decode(transfer_init).map(|m| m.header.data_type) {
+            Ok(DataType::DH_INIT | DataType::DH_RESP) => return Err(Refusal::HighSecurityCall.into()),
+            Ok(DataType::SAKKE) => return Err(Refusal::MikeySakkeNotBuilt.into()),
+            _ => {}
         }
         let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
         let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;

@@ -57,6 +57,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::media::{MediaStats, RtpEndpoint};
 use crate::offer_answer::{self, Media, Offer, Protection, Security};
 use crate::high_security;
+use crate::mikey_sakke;
 use crate::ticket::{self, KmsAccess, PendingCall};
 use crate::Error;
 
@@ -692,6 +693,16 @@ impl Core {
                 }
                 None => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
             },
+            Security::MikeySakke => match self.kms.as_mut() {
+                Some(kms) => {
+                    let now = unix_now();
+                    high_security::ready(kms, now)
+                        .await
+                        .and_then(|hs| mikey_sakke::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target, now))
+                        .map(|(sdp, p)| (sdp, None, Some(Keying::Sakke(p))))
+                }
+                None => Err(Error::Negotiation("MIKEY-SAKKE needs keys from the KMS".into())),
+            },
             _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
         };
         let (sdp, offer, ticket) = match made {
@@ -774,15 +785,19 @@ impl Core {
                 return Ok(());
             }
             (None, None, None)
-        } else if security == Security::HighSecurity {
+        } else if matches!(security, Security::HighSecurity | Security::MikeySakke) {
             let Some(kms) = self.kms.as_mut() else {
                 let _ = tx.send(Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())));
                 return Ok(());
             };
             let now = unix_now();
-            let made = high_security::ready(kms, now).await.and_then(|hs| high_security::offer(hs, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity, now));
+            let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
+            let made = high_security::ready(kms, now).await.and_then(|hs| match security {
+                Security::MikeySakke => mikey_sakke::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Sakke(p))),
+                _ => high_security::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Dh(p))),
+            });
             match made {
-                Ok((sdp, pending)) => (Some(sdp), None, Some(Keying::Dh(pending))),
+                Ok((sdp, keying)) => (Some(sdp), None, Some(keying)),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
@@ -1682,6 +1697,7 @@ enum Keying {
     Ticket(PendingCall),
     /// High-security mode: DH_INIT sent (holds the DH secret).
     Dh(high_security::PendingCall),
+    Sakke(mikey_sakke::PendingCall),
 }
 
 /// The wall clock as Unix time: the T of high-security messages and their key month.
@@ -1698,7 +1714,11 @@ async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &S
             let now = unix_now();
             high_security::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
         }
-        (Security::MikeyTicket | Security::HighSecurity, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
+        (Security::MikeySakke, Some(kms)) if kms.high_security.is_some() => {
+            let now = unix_now();
+            mikey_sakke::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
+        }
+        (Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
         _ => Err(Error::Negotiation("MIKEY offered; not enabled here".into())),
     }
 }
@@ -1722,6 +1742,7 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     let (media, deferred) = match pending {
         Keying::Ticket(p) => ticket::process_answer(kms, p, answer)?,
         Keying::Dh(p) => (high_security::process_answer(kms.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer, unix_now())?, false),
+        Keying::Sakke(p) => (mikey_sakke::process_answer(p, answer)?, false),
     };
     call.deferred_delivery = deferred;
     call.ticket_answer = Some((text, media.clone()));

@@ -29,7 +29,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mediasec_kms::keyprov::{Period, Provisioned};
+use mediasec_kms::keyprov::{Period, Provisioned, SakkeKeys};
 use mediasec_mikey::eccsi::{Kpak, SigningKey};
 use mediasec_mikey::psk::ReplayCache;
 use mediasec_mikey::registry::{ErrorCode, PrfFunc};
@@ -51,9 +51,9 @@ pub const RENEW_AHEAD_SECS: u64 = 86_400;
 /// Replay cache of received DH_INITs, bounded by the skew window (RFC 3830 §5.4) around
 /// `now_ntp_secs` (set by [`answer`] before each use).
 #[derive(Default)]
-struct Replay {
+pub(crate) struct Replay {
     seen: std::collections::HashMap<(u32, u64, Vec<u8>), u64>,
-    now_ntp_secs: u64,
+    pub(crate) now_ntp_secs: u64,
 }
 
 impl ReplayCache for Replay {
@@ -64,14 +64,24 @@ impl ReplayCache for Replay {
     }
 }
 
-/// A UE's high-security credentials: its URI, the ECCSI keys its KMS issued for it per month
-/// (current and next, oldest first), and the KPAKs it trusts (its own KMS's first; others are
+/// A UE's identity-based credentials, for the high-security mode and for MIKEY-SAKKE
+/// ([`crate::mikey_sakke`]): its URI, the keys its KMS issued for it per month (current and
+/// next, oldest first), and the KPAKs it trusts (its own KMS's first; others are
 /// configuration).
 pub struct HighSecurity {
-    uri: String,
-    keys: Vec<(Period, SigningKey)>,
-    kpaks: Vec<Kpak>,
-    replay: Replay,
+    pub(crate) uri: String,
+    pub(crate) keys: Vec<PeriodKeys>,
+    pub(crate) kpaks: Vec<Kpak>,
+    pub(crate) replay: Replay,
+    /// Whether the MIKEY-SAKKE keys (Z, RSK) are fetched with each ECCSI key.
+    sakke: bool,
+}
+
+/// One month's keys: the ECCSI signing key and, for MIKEY-SAKKE, Z and the RSK.
+pub(crate) struct PeriodKeys {
+    pub(crate) period: Period,
+    pub(crate) key: SigningKey,
+    pub(crate) sakke: Option<SakkeKeys>,
 }
 
 /// What the offerer keeps until DH_RESP arrives: the DH secret (dropped with it).
@@ -80,7 +90,7 @@ pub struct PendingCall {
 }
 
 /// NTP-UTC time of Unix time `now` (the T of our messages).
-fn ntp(now: Duration) -> u64 {
+pub(crate) fn ntp(now: Duration) -> u64 {
     mediasec_kms::tp_data::ntp(now).value
 }
 
@@ -88,7 +98,7 @@ fn period(now: Duration) -> Result<Period, Error> {
     Period::of_unix(now.as_secs()).map_err(|e| Error::Negotiation(format!("high-security key period: {e}")))
 }
 
-fn random(b: &mut [u8]) {
+pub(crate) fn random(b: &mut [u8]) {
     rand::RngCore::fill_bytes(&mut rand::rng(), b);
 }
 
@@ -96,7 +106,7 @@ fn dh(e: &mediasec_mikey::Error) -> Error {
     Error::Negotiation(format!("high-security (MIKEY-DH): {e}"))
 }
 
-fn protection(keys: &Keys, initiator: bool) -> Result<crate::offer_answer::Protection, Error> {
+pub(crate) fn protection(keys: &Keys, initiator: bool) -> Result<crate::offer_answer::Protection, Error> {
     let (tx, rx) = if initiator { (&keys.initiator_stream, &keys.responder_stream) } else { (&keys.responder_stream, &keys.initiator_stream) };
     ticket::protection(tx, rx)
 }
@@ -104,7 +114,7 @@ fn protection(keys: &Keys, initiator: bool) -> Result<crate::offer_answer::Prote
 /// Runs a verification under each trusted KPAK in turn until one accepts the signature (the
 /// message does not name the signer's KMS); a failure other than ERR Auth failure (time,
 /// replay, identity, DH value) ends the search.
-fn under_trusted<T>(kpaks: &[Kpak], mut verify: impl FnMut(&Kpak) -> Result<T, mediasec_mikey::Error>) -> Result<T, mediasec_mikey::Error> {
+pub(crate) fn under_trusted<T>(kpaks: &[Kpak], mut verify: impl FnMut(&Kpak) -> Result<T, mediasec_mikey::Error>) -> Result<T, mediasec_mikey::Error> {
     let mut last = mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason: "no trusted KPAK".into() };
     for kpak in kpaks {
         match verify(kpak) {
@@ -119,17 +129,38 @@ impl HighSecurity {
     /// Credentials for `uri` from a validated signing key for `uri` and month `period`, and
     /// the trusted KPAKs.
     pub fn new(uri: impl Into<String>, period: Period, key: SigningKey, kpaks: Vec<Kpak>) -> Self {
-        Self { uri: uri.into(), keys: vec![(period, key)], kpaks, replay: Replay::default() }
+        Self { uri: uri.into(), keys: vec![PeriodKeys { period, key, sakke: None }], kpaks, replay: Replay::default(), sakke: false }
+    }
+
+    /// Credentials from what our KMS issued (with MIKEY-SAKKE keys if `got` has them, and then
+    /// renewed with them), trusting `got`'s KPAK first, then `others`.
+    pub fn from_provisioned(got: Provisioned, others: Vec<Kpak>) -> Self {
+        let mut kpaks = vec![got.kpak];
+        kpaks.extend(others.into_iter().filter(|k| *k != got.kpak));
+        let sakke = got.sakke.is_some();
+        Self { uri: got.uri, keys: vec![PeriodKeys { period: got.period, key: got.key, sakke: got.sakke }], kpaks, replay: Replay::default(), sakke }
     }
 
     /// Fetches our signing key for `uri` (one of our IMPUs) for the current month from our
     /// KMS (Ua `keyprovision`, GBA-authenticated) and trusts its KPAK — taken from the MACed
     /// response — plus `others` (KPAKs of other KMSs, from configuration).
     pub async fn provision(kms: &KmsAccess, uri: &str, others: Vec<Kpak>) -> Result<Self, Error> {
-        let got = kms.client.provision_keys(&kms.ue, uri).await.map_err(|e| Error::Negotiation(format!("high-security key provisioning: {e}")))?;
-        let mut kpaks = vec![got.kpak];
-        kpaks.extend(others.into_iter().filter(|k| *k != got.kpak));
-        Ok(Self::new(uri, got.period, got.key, kpaks))
+        Self::provision_mode(kms, uri, others, false).await
+    }
+
+    /// [`Self::provision`] for MIKEY-SAKKE: the ECCSI key, Z and our RSK (policy
+    /// `mikey_sakke` at the KMS).
+    pub async fn provision_sakke(kms: &KmsAccess, uri: &str, others: Vec<Kpak>) -> Result<Self, Error> {
+        Self::provision_mode(kms, uri, others, true).await
+    }
+
+    async fn provision_mode(kms: &KmsAccess, uri: &str, others: Vec<Kpak>, sakke: bool) -> Result<Self, Error> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let got = kms.client.provision_keys_for(&kms.ue, uri, period(now)?, sakke).await.map_err(|e| Error::Negotiation(format!("key provisioning: {e}")))?;
+        if got.uri != uri {
+            return Err(Error::Negotiation(format!("key provisioning: key for {}, not {uri}", got.uri)));
+        }
+        Ok(Self::from_provisioned(got, others))
     }
 
     /// Our URI (the identity we sign as).
@@ -146,7 +177,7 @@ impl HighSecurity {
         if soon != current {
             want.push(current.next());
         }
-        want.retain(|p| !self.keys.iter().any(|(have, _)| have == p));
+        want.retain(|p| !self.keys.iter().any(|have| have.period == *p));
         Ok(want)
     }
 
@@ -157,10 +188,13 @@ impl HighSecurity {
         if got.uri != self.uri {
             return Err(Error::Negotiation(format!("high-security key provisioning: key for {}, not {}", got.uri, self.uri)));
         }
+        if got.sakke.is_some() != self.sakke {
+            return Err(Error::Negotiation("key provisioning: MIKEY-SAKKE keys missing or unexpected".into()));
+        }
         let current = period(now)?;
-        self.keys.retain(|(p, _)| *p >= current && *p != got.period);
-        self.keys.push((got.period, got.key));
-        self.keys.sort_by_key(|(p, _)| *p);
+        self.keys.retain(|k| k.period >= current && k.period != got.period);
+        self.keys.push(PeriodKeys { period: got.period, key: got.key, sakke: got.sakke });
+        self.keys.sort_by_key(|k| k.period);
         if self.kpaks.first() != Some(&got.kpak) {
             self.kpaks.retain(|k| *k != got.kpak);
             self.kpaks.insert(0, got.kpak);
@@ -170,11 +204,11 @@ impl HighSecurity {
 
 }
 
-/// `uri`'s key among `keys` for the month of `now` (the T we are about to sign with).
-fn key_at<'a>(keys: &'a [(Period, SigningKey)], uri: &str, now: Duration) -> Result<&'a SigningKey, Error> {
+/// `uri`'s keys among `keys` for the month of `now` (the T we are about to sign with).
+pub(crate) fn key_at<'a>(keys: &'a [PeriodKeys], uri: &str, now: Duration) -> Result<&'a PeriodKeys, Error> {
     let p = period(now)?;
     keys.iter()
-        .find_map(|(have, k)| (*have == p).then_some(k))
+        .find(|k| k.period == p)
         .ok_or_else(|| Error::Negotiation(format!("high-security: no ECCSI key of {uri} for {p} (not fetched from the KMS)")))
 }
 
@@ -186,7 +220,7 @@ pub async fn ready(access: &mut KmsAccess, now: Duration) -> Result<&mut HighSec
     let hs = high_security.as_mut().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
     let current = period(now)?;
     for p in hs.missing(now)? {
-        match client.provision_keys_for(ue, &hs.uri, p, false).await {
+        match client.provision_keys_for(ue, &hs.uri, p, hs.sakke).await {
             Ok(got) if got.period == p => hs.add(got, now)?,
             Ok(got) => return Err(Error::Negotiation(format!("high-security key provisioning: asked {p}, got {}", got.period))),
             Err(e) if p != current => tracing::warn!(period = %p, error = %e, "high-security: next month's ECCSI key not fetched yet; retried at the next call"),
@@ -208,7 +242,7 @@ pub fn offer(hs: &HighSecurity, local: SocketAddr, version: u64, ssrc: u32, call
         initiator_ssrc: ssrc,
         policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
     };
-    let (init, pending) = signed_dh::offer(&o, key_at(&hs.keys, &hs.uri, now)?, ntp(now), &mut random).map_err(|e| dh(&e))?;
+    let (init, pending) = signed_dh::offer(&o, &key_at(&hs.keys, &hs.uri, now)?.key, ntp(now), &mut random).map_err(|e| dh(&e))?;
     Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(init), RTCP_MUX.into()]), PendingCall { pending }))
 }
 
@@ -222,8 +256,8 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let init = ticket::mikey_data(offer)
         .map_err(|e| refused(e.to_string()))?
         .ok_or_else(|| refused("offer without a=key-mgmt:mikey; policy requires the high-security mode".into()))?;
-    let HighSecurity { uri, keys, kpaks, replay } = hs;
-    let key = key_at(keys, uri, now).map_err(|e| refused(e.to_string()))?;
+    let HighSecurity { uri, keys, kpaks, replay, .. } = hs;
+    let key = &key_at(keys, uri, now).map_err(|e| refused(e.to_string()))?.key;
     let now = ntp(now);
     replay.now_ntp_secs = now >> 32;
     let outcome = under_trusted(kpaks, |kpak| signed_dh::answer(&init, kpak, key, uri, ssrc, now, SKEW_SECS, replay, &mut random));
@@ -336,7 +370,7 @@ mod tests {
         // A UE idle across the boundary (only December's key) fetches January on first use.
         let mut carol = start("sip:carol@a.example");
         assert_eq!(renew(&mut carol, &ksak, at(BOUNDARY + 400)), [jan]);
-        assert_eq!(carol.keys.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [jan], "December's key dropped");
+        assert_eq!(carol.keys.iter().map(|k| k.period).collect::<Vec<_>>(), [jan], "December's key dropped");
         call(&carol, &mut bob, BOUNDARY + 400, BOUNDARY + 401).unwrap();
         call(&alice, &mut carol, BOUNDARY + 500, BOUNDARY + 501).unwrap();
     }

@@ -165,11 +165,14 @@ impl Kms {
 /// lab BSF (GBA); in the high-security mode it then fetches its ECCSI key from the KMS.
 async fn registered(config: UeConfig, kms: Option<&Kms>) -> anyhow::Result<Ue> {
     let access = match (config.security, kms) {
-        (Security::MikeyTicket | Security::HighSecurity, Some(k)) => {
+        (Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke, Some(k)) => {
             let (ue, client) = k.lab.ue(config.aor.trim_start_matches("sip:")).await?;
             let mut access = KmsAccess { ue, client, high_security: None };
             if config.security == Security::HighSecurity {
                 access.high_security = Some(HighSecurity::provision(&access, &config.aor, Vec::new()).await?);
+            }
+            if config.security == Security::MikeySakke {
+                access.high_security = Some(HighSecurity::provision_sakke(&access, &config.aor, Vec::new()).await?);
             }
             Some(access)
         }
@@ -203,7 +206,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let tls = matches!(security, Security::Sdes { .. }).then_some(tls);
     let alice = registered(behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, tls)?, kms).await?;
     let (bob, proxy) = match security {
-        Security::MikeyTicket | Security::HighSecurity => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
         _ => (format!("sip:bob{n}@b.example"), &lab.pcscf_b),
     };
     let mut bobs = Vec::new();
@@ -238,7 +241,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let expected = match security {
         Security::Off => "rtp",
         Security::Sdes { .. } => "srtp AEAD_AES_256_GCM",
-        Security::MikeyTicket | Security::HighSecurity => "srtp AES_CM_128_HMAC_SHA1_80",
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => "srtp AES_CM_128_HMAC_SHA1_80",
     };
     let mut ok = a.protection == expected && b.protection == expected && a.media.verified >= 10 && b.media.verified >= 10;
     // Refused packets are expected only where the protocol makes them: a fork that lost sends
@@ -273,7 +276,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
             // TS 33.328 §5.4.2: every SDES fork sees the offer key.
             Security::Sdes { .. } => offer_key_seen == forks,
             // Key forking: only the answering fork holds it.
-            Security::MikeyTicket | Security::HighSecurity => offer_key_seen == 1,
+            Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => offer_key_seen == 1,
             Security::Off => true,
         };
     }
