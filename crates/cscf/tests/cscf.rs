@@ -972,7 +972,7 @@ mod high_security {
         let target = mediasec_kms::identity::KmsUid::parse("alice@a.example").expect("uid");
         let warrant = mediasec_kms::li::Warrant { id: "W1".into(), target, not_before: now - 60, not_after: now + 3600 };
         let kms_a = &kms.domain("a.example").expect("KMS a").service;
-        match kms_a.kms().li_release(&warrant, &dh_init, None, now) {
+        match kms_a.li_release(&warrant, &dh_init, None, now) {
             Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => {}
             other => panic!("the KMS must have no key of a high-security call: {:?}", other.map(|_| "keys released")),
         }
@@ -987,8 +987,10 @@ mod high_security {
     /// MIKEY-SAKKE through the proxies (docs/high-security.md §10): keys (ECCSI key, Z, RSK)
     /// from the KMS under policy `mikey_sakke`; the INVITE's offer carries the I_MESSAGE (data
     /// type 26), the answer no key management; media verified both ways, each side's send key
-    /// the other's receive key. A callee in the signed-DH mode refuses the I_MESSAGE (488), and
-    /// the KMS's LI key release refuses it explicitly as not built yet.
+    /// the other's receive key. The KMS's LI key release, under a warrant for the caller,
+    /// verifies the I_MESSAGE, derives the callee's RSK from z and releases exactly the keys
+    /// both sides send with; a non-party target, a call outside the window and a tampered
+    /// message are refused. A callee in the signed-DH mode refuses the I_MESSAGE (488).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mikey_sakke_call() {
         let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-sakke-{}", std::process::id())));
@@ -1012,7 +1014,20 @@ mod high_security {
         let target = mediasec_kms::identity::KmsUid::parse("erin@a.example").expect("uid");
         let warrant = mediasec_kms::li::Warrant { id: "W2".into(), target, not_before: now - 60, not_after: now + 3600 };
         let kms_a = &kms.domain("a.example").expect("KMS a").service;
-        assert!(matches!(kms_a.kms().li_release(&warrant, &i_message, None, now), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::MikeySakkeNotBuilt))));
+        let released = kms_a.li_release(&warrant, &i_message, None, now).expect("the KMS releases a MIKEY-SAKKE call's keys");
+        assert_eq!((released.initiator.as_str(), released.responder.as_str()), ("erin@a.example", "frank@a.example"));
+        // The released master keys are the ones each side sends with (media verified above).
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.initiator_stream.master_key)), a.own_key);
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.responder_stream.master_key)), b.own_key);
+        let not_a_party = mediasec_kms::li::Warrant { id: "W3".into(), target: mediasec_kms::identity::KmsUid::parse("bob@a.example").expect("uid"), ..warrant.clone() };
+        assert!(matches!(kms_a.li_release(&not_a_party, &i_message, None, now), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::NotAParty))));
+        let later = mediasec_kms::li::Warrant { not_before: now + 600, not_after: now + 3600, ..warrant.clone() };
+        assert!(matches!(kms_a.li_release(&later, &i_message, None, now + 700), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OutsideWindow))));
+        let mut forged = i_message.clone();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        assert!(kms_a.li_release(&warrant, &forged, None, now).is_err(), "a message whose signature fails");
 
         let dh = hs_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, HS, BOB_HZ, ALICE_HZ), false).await;
         let err = call(&alice, "sip:bob@a.example").await.expect_err("a signed-DH callee refuses the I_MESSAGE");

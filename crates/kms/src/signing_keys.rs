@@ -203,6 +203,13 @@ impl Provisioner {
         self.sakke().map(|m| m.public())
     }
 
+    /// LI key release of a MIKEY-SAKKE call with this KMS's z and KPAK
+    /// ([`Kms::li_release_sakke`]).
+    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &[u8], now: u64) -> Result<crate::li::Release, KmsError> {
+        let (ksak, m) = self.ksak().zip(self.sakke()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
+        kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), &ksak.kpak(), now)
+    }
+
     /// Replaces z (store reload); keeps the computed Z when z is unchanged.
     pub fn set_sakke_z(&self, z: sakke::KmsSecret) {
         if self.sakke().is_some_and(|m| *m.z.to_bytes() == *z.to_bytes()) {
