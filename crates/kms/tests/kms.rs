@@ -515,6 +515,7 @@ const POLICY_HS: &str = r#"
 [domain."a.example"]
 may_call = ["?@a.example"]
 high_security = true
+mikey_sakke = true
 [user."dan@a.example"]
 high_security = false
 "#;
@@ -730,4 +731,41 @@ async fn high_security_calls_have_no_key_at_the_kms() {
         let r = http(&a.url, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
         assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
     }
+
+    // MIKEY-SAKKE (docs/li.md): with keys from the same KMS (keyprovision with sakke), alice
+    // sends bob an I_MESSAGE; over POST /li/v1/keys the KMS releases exactly the keys both
+    // derived, from the I_MESSAGE alone; a non-party warrant and a transfer_resp are refused.
+    let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
+    let aks = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    let bks = kb.provision_keys_for(&bob, "sip:bob@a.example", period, true).await.unwrap();
+    let (az, bz) = (aks.sakke.unwrap(), bks.sakke.unwrap());
+    let o = mediasec_mikey::mikey_sakke::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:bob@a.example".into(),
+        kms_uri: None,
+        initiator_ssrc: 0x3333,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, &az.z, ntp, &mut random).unwrap();
+    let got = mediasec_mikey::mikey_sakke::receive(&msg, &bks.kpak, &bz.z, &bz.rsk, ntp, 30, &mut Seen(&mut seen)).unwrap().keys.unwrap();
+    assert_eq!(*got.responder_stream.master_key, *keys.responder_stream.master_key);
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
+    for (i, stream) in [&keys.initiator_stream, &keys.responder_stream].into_iter().enumerate() {
+        assert_eq!(v["crypto_sessions"][i]["master_key"].as_str(), Some(hex::encode(&*stream.master_key).as_str()), "CS {}", i + 1);
+        assert_eq!(v["crypto_sessions"][i]["master_salt"].as_str(), Some(hex::encode(&*stream.master_salt).as_str()), "CS {}", i + 1);
+    }
+    assert!(v["crypto_sessions"][1]["ssrc"].is_null(), "CS 2's SSRC is unknown (no response)");
+    let w2 = serde_json::json!({ "id": "W2", "target": "carol@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W2", &li, w2.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W2", "transfer_init": STANDARD.encode(&msg) }).to_string();
+    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "target not a party of this call"));
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg), "transfer_resp": STANDARD.encode(&msg) }).to_string();
+    assert_eq!(http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await.status, 400);
 }
