@@ -643,10 +643,17 @@ async fn ksak_survives_a_store_reopen() {
     drop(pg);
 }
 
+/// Ids of the ticket keys stored at `url`.
+async fn p_ring_ids(url: &str) -> Vec<u32> {
+    let store: std::sync::Arc<dyn mediasec_kms_store::Store> = std::sync::Arc::new(mediasec_kms_store::PgStore::connect(url).await.unwrap());
+    let p = mediasec_kms::persist::Persist::new(store, mediasec_kms::keyring::MasterKey::new(&[7; 32]).unwrap());
+    p.ring().await.unwrap().keys().map(|k| k.id).collect()
+}
+
 /// Two KMS replicas starting together on one fresh PostgreSQL database (each its own
-/// connection, each drawing its own candidate KSAK and SAKKE z) end with the same secrets:
-/// creation is insert-if-absent at the store, the loser re-reads the winner's row; one
-/// `ksak.create` and one `sakke_z.create`.
+/// connection, each drawing its own candidate first ticket key, KSAK and SAKKE z) end with
+/// the same ones: creation is insert-if-absent at the store, the loser re-reads the winner's
+/// row; each creation audited once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_share_one_ksak() {
     use mediasec_kms::keyring::MasterKey;
@@ -664,17 +671,20 @@ async fn replicas_starting_together_share_one_ksak() {
                 let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
                 // Distinct candidates per replica: a shared KSAK can only come from the store.
                 let random = move |b: &mut [u8]| b.fill(fill);
-                (p.ksak_or_init(1, &random).await.unwrap().kpak(), *p.sakke_z_or_init(1, &random).await.unwrap().to_bytes())
+                let ring = p.ring_or_init(1, &random).await.unwrap();
+                let first = ring.newest().map(|k| (k.id, k.key().unwrap().to_vec()));
+                (p.ksak_or_init(1, &random).await.unwrap().kpak(), *p.sakke_z_or_init(1, &random).await.unwrap().to_bytes(), first)
             })
         };
         let (a, b) = tokio::join!(replica(0x11), replica(0x22));
         let (a, b) = (a.unwrap(), b.unwrap());
-        assert!(a == b, "round {round}: both replicas hold the same KSAK and SAKKE z");
+        assert!(a == b, "round {round}: both replicas hold the same first ticket key, KSAK and SAKKE z");
+        assert_eq!(p_ring_ids(&url).await, vec![1], "round {round}: one first ticket key");
         let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
         let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
         assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(a.0));
         assert!(p.sakke_z().await.unwrap().is_some_and(|z| *z.to_bytes() == a.1));
-        for action in ["ksak.create", "sakke_z.create"] {
+        for action in ["key.rotate", "ksak.create", "sakke_z.create"] {
             assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == action).count(), 1, "round {round} {action}");
         }
     }
