@@ -145,6 +145,7 @@ fn demo_passes_every_scenario() {
         "forked call, MIKEY-TICKET, 2 contacts",
         "re-keyed call, MIKEY-TICKET",
         "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys",
+        "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant",
         "e2ae call (IMS-ALG + AGW)",
         "re-keyed e2ae call (UPDATE via the AGW)",
         "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)",
@@ -156,6 +157,7 @@ fn demo_passes_every_scenario() {
     }
     assert!(text.contains("second call: 0 KMS requests"), "{text}");
     assert!(text.contains("KMS LI key release: refused (no ticket, no key)"), "{text}");
+    assert!(text.contains("KMS LI key release under a warrant: the call's keys, both ways"), "{text}");
 }
 
 /// Every published MIKEY vector and every message the MIKEY / MIKEY-TICKET builders produce
@@ -468,14 +470,15 @@ fn sdes_call_between_two_ua_processes_over_tls_to_the_pcscf() {
 /// S-CSCF and a P-CSCF, each a process; each UE bootstraps over Ub, fetches its ECCSI key
 /// from the KMS (Ua keyprovision, counted in its metrics), and the call's SRTP keys come from
 /// the signed DH exchange: media verified both ways, each side's send key the other's receive
-/// key.
+/// key. Then the same with `--security mikey-sakke` (keys with Z and the RSK; the I_MESSAGE
+/// in the INVITE).
 #[test]
 fn high_security_call_between_two_ua_processes() {
     let dir = std::env::temp_dir().join(format!("mediasec-cli-hs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let (db, store, policy) = (path("bsf.redb"), path("kms.redb"), path("policy.toml"));
-    std::fs::write(&policy, "[domain.\"a.example\"]\nhigh_security = true\n").expect("policy");
+    std::fs::write(&policy, "[domain.\"a.example\"]\nhigh_security = true\nmikey_sakke = true\n").expect("policy");
     let usim = |user: &str| (format!("{user}@ims.a.example"), if user == "alice" { "000102030405060708090a0b0c0d0e0f" } else { "0f0e0d0c0b0a09080706050403020100" }, "cd63cb71954a9f4e48a5994e37a02baf");
     for user in ["alice", "bob"] {
         let (impi, k, opc) = usim(user);
@@ -500,33 +503,36 @@ fn high_security_call_between_two_ua_processes() {
     let (_pcscf, mut lines) = spawn_reading(&["cscf", "--role", "pcscf", "--domain", "a.example", "--scscf", &scscf, "--listen", "127.0.0.1:0", "--mediasec"]);
     let pcscf = listening(&mut lines);
 
-    let ua = |user: &str, extra: &[&str]| {
+    let ua = |mode: &str, user: &str, extra: &[&str]| {
         let (impi, k, opc) = usim(user);
         let aor = format!("sip:{user}@a.example");
-        let mut args = vec!["ua", "run", "--aor", &aor, "--proxy", &pcscf, "--security", "high-security", "--bsf", &bsf, "--bsf-realm", "bsf.a.example"];
+        let mut args = vec!["ua", "run", "--aor", &aor, "--proxy", &pcscf, "--security", mode, "--bsf", &bsf, "--bsf-realm", "bsf.a.example"];
         args.extend_from_slice(&["--impi", &impi, "--k", k, "--opc", opc, "--kms", &kms_url, "--kms-fqdn", "kms.a.example"]);
         args.extend_from_slice(extra);
         spawn_reading(&args)
     };
-    let (mut bob, mut bob_lines) = ua("bob", &["--duration", "6", "--tone", "1500", "--expect", "1000", "--min-verified", "20"]);
-    let registered = bob_lines.next().and_then(Result::ok).expect("bob registered");
-    assert!(registered.contains("\"registered\":200"), "{registered}");
-    let (mut alice, alice_lines) = ua("alice", &["--call", "sip:bob@a.example", "--duration", "1.5", "--min-verified", "20"]);
-    let alice_out: Vec<String> = alice_lines.map_while(Result::ok).collect();
-    assert!(alice.child.wait().expect("alice").success(), "{alice_out:?}");
-    let bob_out: Vec<String> = bob_lines.map_while(Result::ok).collect();
-    assert!(bob.child.wait().expect("bob").success(), "{bob_out:?}");
-    let call = |out: &[String]| -> serde_json::Value { out.iter().find(|l| l.contains("call_id")).map(|l| serde_json::from_str(l).expect("JSON")).expect("a call report") };
-    let (a, b) = (call(&alice_out), call(&bob_out));
-    for r in [&a, &b] {
-        assert_eq!(r["protection"], "srtp AES_CM_128_HMAC_SHA1_80", "{r}");
-        assert!(r["verified"].as_u64().is_some_and(|v| v >= 20), "{r}");
+    for (round, mode) in ["high-security", "mikey-sakke"].into_iter().enumerate() {
+        let (mut bob, mut bob_lines) = ua(mode, "bob", &["--duration", "6", "--tone", "1500", "--expect", "1000", "--min-verified", "20"]);
+        let registered = bob_lines.next().and_then(Result::ok).expect("bob registered");
+        assert!(registered.contains("\"registered\":200"), "{mode}: {registered}");
+        let (mut alice, alice_lines) = ua(mode, "alice", &["--call", "sip:bob@a.example", "--duration", "1.5", "--min-verified", "20"]);
+        let alice_out: Vec<String> = alice_lines.map_while(Result::ok).collect();
+        assert!(alice.child.wait().expect("alice").success(), "{mode}: {alice_out:?}");
+        let bob_out: Vec<String> = bob_lines.map_while(Result::ok).collect();
+        assert!(bob.child.wait().expect("bob").success(), "{mode}: {bob_out:?}");
+        let call = |out: &[String]| -> serde_json::Value { out.iter().find(|l| l.contains("call_id")).map(|l| serde_json::from_str(l).expect("JSON")).expect("a call report") };
+        let (a, b) = (call(&alice_out), call(&bob_out));
+        for r in [&a, &b] {
+            assert_eq!(r["protection"], "srtp AES_CM_128_HMAC_SHA1_80", "{mode}: {r}");
+            assert!(r["verified"].as_u64().is_some_and(|v| v >= 20), "{mode}: {r}");
+        }
+        assert_eq!((&a["peer_key"], &b["peer_key"]), (&b["own_key"], &a["own_key"]), "{mode}");
+        let (status, body) = http_request(&kms, "GET", "/metrics", "").expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        let provisioned = format!("mediasec_kms_requests_total{{type=\"keyprovision\",outcome=\"ok\"}} {}", 2 * (round + 1));
+        assert!(body.lines().any(|l| l == provisioned), "{mode}: {body}");
+        assert!(body.lines().any(|l| l == "mediasec_kms_requests_total{type=\"ticketrequest\",outcome=\"ok\"} 0"), "no ticket: {body}");
     }
-    assert_eq!((&a["peer_key"], &b["peer_key"]), (&b["own_key"], &a["own_key"]));
-    let (status, body) = http_request(&kms, "GET", "/metrics", "").expect("GET /metrics");
-    assert_eq!(status, 200, "{body}");
-    assert!(body.lines().any(|l| l == "mediasec_kms_requests_total{type=\"keyprovision\",outcome=\"ok\"} 2"), "{body}");
-    assert!(body.lines().any(|l| l == "mediasec_kms_requests_total{type=\"ticketrequest\",outcome=\"ok\"} 0"), "no ticket: {body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -920,10 +920,10 @@ mod high_security {
 
     /// KMSs of a.example and b.example; every user may have high-security keys.
     async fn kmss(dir: &Dir) -> KmsLab {
-        let a = "[domain.\"a.example\"]\nhigh_security = true\n";
+        let a = "[domain.\"a.example\"]\nhigh_security = true\nmikey_sakke = true\n";
         let b = "[domain.\"b.example\"]\nhigh_security = true\n";
         let domains = [DomainSpec { domain: "a.example", policy: a }, DomainSpec { domain: "b.example", policy: b }];
-        KmsLab::start_local(&dir.0, &domains, &["alice@a.example", "bob@a.example", "carol@b.example", "dave@b.example"]).await.expect("KMS lab")
+        KmsLab::start_local(&dir.0, &domains, &["alice@a.example", "bob@a.example", "carol@b.example", "dave@b.example", "erin@a.example", "frank@a.example"]).await.expect("KMS lab")
     }
 
     /// A registered UE whose ECCSI key comes from its KMS; it trusts that KMS's KPAK and, when
@@ -932,7 +932,12 @@ mod high_security {
         let (ue, client) = kms.ue(uid).await.expect("GBA bootstrap");
         let mut access = KmsAccess { ue, client, high_security: None };
         let others = kms.domains.iter().filter(|d| trust_other && !uid.ends_with(&d.domain)).filter_map(|d| d.service.kpak()).collect();
-        access.high_security = Some(HighSecurity::provision(&access, &format!("sip:{uid}"), others).await.expect("ECCSI key from the KMS"));
+        let uri = format!("sip:{uid}");
+        let keys = match config.security {
+            Security::MikeySakke => HighSecurity::provision_sakke(&access, &uri, others).await,
+            _ => HighSecurity::provision(&access, &uri, others).await,
+        };
+        access.high_security = Some(keys.expect("keys from the KMS"));
         let ue = Ue::start_with_kms(config, Some(access)).await.expect("UE");
         assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
         ue
@@ -967,7 +972,7 @@ mod high_security {
         let target = mediasec_kms::identity::KmsUid::parse("alice@a.example").expect("uid");
         let warrant = mediasec_kms::li::Warrant { id: "W1".into(), target, not_before: now - 60, not_after: now + 3600 };
         let kms_a = &kms.domain("a.example").expect("KMS a").service;
-        match kms_a.kms().li_release(&warrant, &dh_init, None, now) {
+        match kms_a.li_release(&warrant, &dh_init, None, now) {
             Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => {}
             other => panic!("the KMS must have no key of a high-security call: {:?}", other.map(|_| "keys released")),
         }
@@ -977,6 +982,57 @@ mod high_security {
         let err = call(&alice, "sip:carol2@a.example").await.expect_err("488");
         assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
         drop(sdes_only);
+    }
+
+    /// MIKEY-SAKKE through the proxies (docs/high-security.md §10): keys (ECCSI key, Z, RSK)
+    /// from the KMS under policy `mikey_sakke`; the INVITE's offer carries the I_MESSAGE (data
+    /// type 26), the answer no key management; media verified both ways, each side's send key
+    /// the other's receive key. The KMS's LI key release, under a warrant for the caller,
+    /// verifies the I_MESSAGE, derives the callee's RSK from z and releases exactly the keys
+    /// both sides send with; a non-party target, a call outside the window and a tampered
+    /// message are refused. A callee in the signed-DH mode refuses the I_MESSAGE (488).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mikey_sakke_call() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-sakke-{}", std::process::id())));
+        let kms = kmss(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let ms = Security::MikeySakke;
+        let alice = hs_ue(&kms, "erin@a.example", ue("sip:erin@a.example", p, ms, ALICE_HZ, BOB_HZ), false).await;
+        let bob = hs_ue(&kms, "frank@a.example", ue("sip:frank@a.example", p, ms, BOB_HZ, ALICE_HZ), false).await;
+        let id = call(&alice, "sip:frank@a.example").await.expect("established");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = only_call(&bob).await;
+        assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+        let i_message = a.offer_mikey.clone().expect("the offer carried the I_MESSAGE");
+        assert_eq!(mediasec_mikey_data_type(&i_message), 26, "I_MESSAGE (RFC 6509 data type 26)");
+        alice.hangup(&id).await.expect("BYE reaches frank");
+
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let target = mediasec_kms::identity::KmsUid::parse("erin@a.example").expect("uid");
+        let warrant = mediasec_kms::li::Warrant { id: "W2".into(), target, not_before: now - 60, not_after: now + 3600 };
+        let kms_a = &kms.domain("a.example").expect("KMS a").service;
+        let released = kms_a.li_release(&warrant, &i_message, None, now).expect("the KMS releases a MIKEY-SAKKE call's keys");
+        assert_eq!((released.initiator.as_str(), released.responder.as_str()), ("erin@a.example", "frank@a.example"));
+        // The released master keys are the ones each side sends with (media verified above).
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.initiator_stream.master_key)), a.own_key);
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.responder_stream.master_key)), b.own_key);
+        let not_a_party = mediasec_kms::li::Warrant { id: "W3".into(), target: mediasec_kms::identity::KmsUid::parse("bob@a.example").expect("uid"), ..warrant.clone() };
+        assert!(matches!(kms_a.li_release(&not_a_party, &i_message, None, now), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::NotAParty))));
+        let later = mediasec_kms::li::Warrant { not_before: now + 600, not_after: now + 3600, ..warrant.clone() };
+        assert!(matches!(kms_a.li_release(&later, &i_message, None, now + 700), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OutsideWindow))));
+        let mut forged = i_message.clone();
+        if let Some(last) = forged.last_mut() {
+            *last ^= 1;
+        }
+        assert!(kms_a.li_release(&warrant, &forged, None, now).is_err(), "a message whose signature fails");
+
+        let dh = hs_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, HS, BOB_HZ, ALICE_HZ), false).await;
+        let err = call(&alice, "sip:bob@a.example").await.expect_err("a signed-DH callee refuses the I_MESSAGE");
+        assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
+        drop(dh);
     }
 
     fn mediasec_mikey_data_type(m: &[u8]) -> u8 {

@@ -115,6 +115,11 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
     /// Sets `key` to `value`, durably.
     fn put<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, ()>;
+    /// Sets `key` to `value` only if `key` is absent, atomically with respect to every other
+    /// writer of the store (replicas included), durably; returns the value `key` holds
+    /// afterwards: `value` if it was inserted, else the one some writer put first. Used for
+    /// create-once secrets (the KMS's KSAK) that every replica must end up sharing.
+    fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, Vec<u8>>;
     /// Removes `key`; `true` when it existed.
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool>;
     /// Every row of `table`, sorted by key.

@@ -12,6 +12,9 @@
 //! - Every call is one statement in autocommit mode; the session forces
 //!   `synchronous_commit = on`, so a call returns after the commit record is flushed.
 //! - `put` is an upsert (`INSERT … ON CONFLICT DO UPDATE`), safe under concurrent writers.
+//! - `put_if_absent` is `INSERT … ON CONFLICT DO NOTHING` then a read of the row: under
+//!   concurrent writers exactly one insert wins (the primary key arbitrates) and every caller
+//!   reads the winner's value.
 //! - `list` orders by `key` collated "C", i.e. by UTF-8 bytes, the order of Rust's `str` (and
 //!   of the embedded backend).
 //! - Audit sequence numbers are assigned by `mediasec_kms_append_audit` under an advisory
@@ -84,6 +87,7 @@ struct Conn {
     client: Client,
     get: Statement,
     put: Statement,
+    put_if_absent: Statement,
     delete: Statement,
     list: Statement,
     append: Statement,
@@ -111,6 +115,7 @@ impl Conn {
                  ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
             )
             .await?,
+            put_if_absent: prep("INSERT INTO mediasec_kms_kv (tbl, key, value) VALUES ($1, $2, $3) ON CONFLICT (tbl, key) DO NOTHING").await?,
             delete: prep("DELETE FROM mediasec_kms_kv WHERE tbl = $1 AND key = $2").await?,
             list: prep("SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 ORDER BY key").await?,
             append: prep("SELECT mediasec_kms_append_audit($1, $2, $3, $4)").await?,
@@ -172,6 +177,18 @@ impl Store for PgStore {
             let c = self.conn().await?;
             c.client.execute(&c.put, &[&table.name(), &key, &value]).await.map_err(|e| pg_err(&e))?;
             Ok(())
+        })
+    }
+
+    fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            check_text("key", key)?;
+            let c = self.conn().await?;
+            c.client.execute(&c.put_if_absent, &[&table.name(), &key, &value]).await.map_err(|e| pg_err(&e))?;
+            let row = c.client.query_opt(&c.get, &[&table.name(), &key]).await.map_err(|e| pg_err(&e))?;
+            row.map(|r| column::<Vec<u8>>(&r, 0))
+                .transpose()?
+                .ok_or_else(|| StoreError::Invalid(format!("{}/{key}: deleted right after put_if_absent", table.name())))
         })
     }
 

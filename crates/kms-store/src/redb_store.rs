@@ -94,6 +94,30 @@ impl Store for RedbStore {
         })
     }
 
+    fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, Vec<u8>> {
+        if let Err(e) = check_text("key", key) {
+            return Box::pin(async move { Err(e) });
+        }
+        let (key, value) = (key.to_owned(), value.to_vec());
+        // One write transaction (redb has a single writer): the read and the insert are atomic.
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let held = {
+                let mut t = tx.open_table(table_def(table)).map_err(backend)?;
+                let existing = t.get(key.as_str()).map_err(backend)?.map(|v| v.value().to_vec());
+                match existing {
+                    Some(v) => v,
+                    None => {
+                        t.insert(key.as_str(), value.as_slice()).map_err(backend)?;
+                        value
+                    }
+                }
+            };
+            tx.commit().map_err(backend)?;
+            Ok(held)
+        })
+    }
+
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool> {
         if let Err(e) = check_text("key", key) {
             return Box::pin(async move { Err(e) });

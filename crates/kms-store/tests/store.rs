@@ -104,6 +104,13 @@ async fn conformance(s: &dyn Store) {
     assert!(!s.delete(Table::Users, "alice@a.example").await.expect("delete again"));
     assert_eq!(s.get(Table::Users, "alice@a.example").await.expect("get"), None);
 
+    // put_if_absent: the first value stays; every caller gets the value held.
+    assert_eq!(s.put_if_absent(Table::Settings, "once", b"first").await.expect("insert"), b"first");
+    assert_eq!(s.put_if_absent(Table::Settings, "once", b"second").await.expect("kept"), b"first");
+    assert_eq!(s.get(Table::Settings, "once").await.expect("get").as_deref(), Some(&b"first"[..]));
+    assert!(matches!(s.put_if_absent(Table::Settings, "a\0b", b"x").await, Err(StoreError::Invalid(_))));
+    assert!(s.delete(Table::Settings, "once").await.expect("delete"));
+
     // Tables are separate name spaces.
     for (i, t) in Table::ALL.into_iter().enumerate() {
         s.put(t, "same-key", format!("table {i}").as_bytes()).await.expect("put");
@@ -176,6 +183,19 @@ async fn concurrent_writers(s: Arc<dyn Store>) {
             seqs
         }));
     }
+    // Concurrent put_if_absent of distinct values: one wins, every writer reads the winner.
+    let racers: Vec<_> = (0..8u8)
+        .map(|w| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.put_if_absent(Table::Settings, "race", &[w; 4]).await.expect("put_if_absent") })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for r in racers {
+        held.push(r.await.expect("task"));
+    }
+    let stored = s.get(Table::Settings, "race").await.expect("get").expect("a winner");
+    assert!(held.iter().all(|h| *h == stored), "{held:?} vs {stored:?}");
     let mut seqs = Vec::new();
     for t in tasks {
         seqs.extend(t.await.expect("task"));

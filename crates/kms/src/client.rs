@@ -77,7 +77,14 @@ impl KmsClient {
     /// against the KPAK the MACed response names. A refusal is `KmsError::Http` with the
     /// status and reason.
     pub async fn provision_keys(&self, ue: &Ue, uri: &str) -> Result<Provisioned, KmsError> {
-        let (body, pending) = ue.keyprov_request(uri, Period::of_unix(now().as_secs())?, now(), random())?;
+        self.provision_keys_for(ue, uri, Period::of_unix(now().as_secs())?, false).await
+    }
+
+    /// [`Self::provision_keys`] for the key period `period` (the KMS issues the current month
+    /// or the next: a UE renews ahead of the month boundary, docs/high-security.md §8); with
+    /// `sakke`, the MIKEY-SAKKE keys too (RSK and Z, policy `mikey_sakke`).
+    pub async fn provision_keys_for(&self, ue: &Ue, uri: &str, period: Period, sakke: bool) -> Result<Provisioned, KmsError> {
+        let (body, pending) = ue.keyprov_request(uri, period, now(), random(), sakke)?;
         let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], &body)
             .await
             .map_err(|e| KmsError::Http(e.to_string()))?;
@@ -91,13 +98,25 @@ impl KmsClient {
     /// configuring trust in another KMS's community out of band, not for a UE's own KMS,
     /// whose KPAK comes MACed with its keys).
     pub async fn kpak(&self) -> Result<mediasec_mikey::eccsi::Kpak, KmsError> {
+        let bytes = self.public_key("kpak").await?;
+        mediasec_mikey::eccsi::Kpak::from_uncompressed(&bytes).map_err(|e| KmsError::Http(format!("kpak: {e}")))
+    }
+
+    /// `GET /keymanagement/kpak` (ours): the KMS's published SAKKE public key Z (MIKEY-SAKKE;
+    /// unauthenticated like the KPAK).
+    pub async fn sakke_z(&self) -> Result<mediasec_mikey::sakke::PublicKey, KmsError> {
+        let bytes = self.public_key("sakke_z").await?;
+        mediasec_mikey::sakke::PublicKey::from_uncompressed(&bytes).map_err(|e| KmsError::Http(format!("sakke_z: {e}")))
+    }
+
+    /// The octets of field `field` of `GET /keymanagement/kpak`.
+    async fn public_key(&self, field: &str) -> Result<Vec<u8>, KmsError> {
         let r = request(&self.endpoint, "GET", "/keymanagement/kpak", &[("User-Agent", USER_AGENT)], b"").await.map_err(|e| KmsError::Http(e.to_string()))?;
         if r.status != 200 {
             return Err(KmsError::Http(format!("{} {}", r.status, String::from_utf8_lossy(&r.body).trim())));
         }
         let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| KmsError::Http(format!("KPAK body: {e}")))?;
-        let hex_kpak = v.get("kpak").and_then(serde_json::Value::as_str).ok_or_else(|| KmsError::Http("KPAK body has no kpak".into()))?;
-        let bytes = hex::decode(hex_kpak).map_err(|_| KmsError::Http("kpak is not hex".into()))?;
-        mediasec_mikey::eccsi::Kpak::from_uncompressed(&bytes).map_err(|e| KmsError::Http(format!("kpak: {e}")))
+        let text = v.get(field).and_then(serde_json::Value::as_str).ok_or_else(|| KmsError::Http(format!("KPAK body has no {field}")))?;
+        hex::decode(text).map_err(|_| KmsError::Http(format!("{field} is not hex")))
     }
 }

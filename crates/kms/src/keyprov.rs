@@ -19,6 +19,13 @@
 //!   fields in that order, encoded as for the request. Separate request and response MAC keys:
 //!   a response cannot be replayed as a request or the other way round.
 //!
+//! - MIKEY-SAKKE (request field `"sakke": true`, absent = false; covered by the request MAC
+//!   only when true, so requests without it keep their MAC): the response adds `z`, the KMS's
+//!   SAKKE public key Z (RFC 6508 §2.2, 257 octets), and `rsk_wrapped`, the RSK of the same
+//!   identity string (RFC 6509 §4.2 ID scheme 1) as x ‖ y (256 octets; the 0x04 is implied)
+//!   wrapped like the SSK (264 octets); both appended to the response MAC input. The UE
+//!   validates the RSK (RFC 6508 §6.1.2) before use.
+//!
 //! This module is sans-IO: the UE side ([`request`], [`Pending::open`]) and the pieces the KMS
 //! side (`crate::signing_keys`) checks and builds with.
 
@@ -27,6 +34,7 @@ use core::fmt;
 use aes_kw::KeyInit as _;
 use aws_lc_rs::hmac;
 use mediasec_mikey::eccsi::{self, Kpak, POINT_LEN, Pvt, SigningKey, Ssk};
+use mediasec_mikey::sakke;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -38,6 +46,8 @@ pub const NONCE_LEN: usize = 16;
 const SSK_LEN: usize = eccsi::N;
 /// Length of the wrapped SSK (RFC 3394: n + 1 blocks of 64 bits).
 pub const WRAPPED_LEN: usize = SSK_LEN + 8;
+/// Length of the wrapped SAKKE RSK (x ‖ y, RFC 3394: n + 1 blocks of 64 bits).
+pub const RSK_WRAPPED_LEN: usize = 2 * sakke::FIELD_LEN + 8;
 /// Content type of `keyprovision` bodies.
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -139,11 +149,19 @@ pub struct Request {
     pub nonce: String,
     /// HMAC-SHA-256 under `K_request-mac`, hex.
     pub mac: String,
+    /// Also the MIKEY-SAKKE keys (RSK and Z); absent means false.
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    pub sakke: bool,
 }
 
 impl Request {
     fn mac_input(&self) -> Vec<u8> {
-        canonical("request", &[self.btid.as_bytes(), self.uri.as_bytes(), self.period.as_bytes(), &self.time.to_be_bytes(), self.nonce.as_bytes()])
+        let time = self.time.to_be_bytes();
+        let mut fields: Vec<&[u8]> = vec![self.btid.as_bytes(), self.uri.as_bytes(), self.period.as_bytes(), &time, self.nonce.as_bytes()];
+        if self.sakke {
+            fields.push(b"sakke");
+        }
+        canonical("request", &fields)
     }
 
     /// Parses a request body; checks the shape of every field (not the MAC).
@@ -198,6 +216,12 @@ pub struct Response {
     pub nonce: String,
     /// HMAC-SHA-256 under `K_response-mac`, hex.
     pub mac: String,
+    /// The KMS's SAKKE public key Z (257 octets), hex; only when the request had `sakke`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z: Option<String>,
+    /// The RSK's x ‖ y wrapped under `K_kek` ([`RSK_WRAPPED_LEN`] octets), hex; with `z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rsk_wrapped: Option<String>,
 }
 
 /// What the KMS issues for one identity and period.
@@ -210,23 +234,32 @@ pub struct Issued<'a> {
     pub pvt: &'a [u8; POINT_LEN],
     /// The SSK (wrapped before it leaves).
     pub ssk: &'a [u8; SSK_LEN],
+    /// The MIKEY-SAKKE keys, when asked for.
+    pub sakke: Option<SakkeIssued<'a>>,
+}
+
+/// What the KMS issues for MIKEY-SAKKE beside the ECCSI key.
+pub struct SakkeIssued<'a> {
+    /// Z, `0x04 ‖ x ‖ y`.
+    pub z: &'a [u8; sakke::POINT_LEN],
+    /// The RSK, `0x04 ‖ x ‖ y` (wrapped before it leaves, without the 0x04).
+    pub rsk: &'a [u8; sakke::POINT_LEN],
 }
 
 impl Response {
     fn mac_input(&self) -> Vec<u8> {
-        canonical(
-            "response",
-            &[
-                self.kms.as_bytes(),
-                self.uri.as_bytes(),
-                self.period.as_bytes(),
-                self.id.as_bytes(),
-                self.kpak.as_bytes(),
-                self.pvt.as_bytes(),
-                self.ssk_wrapped.as_bytes(),
-                self.nonce.as_bytes(),
-            ],
-        )
+        let mut fields: Vec<&[u8]> = vec![
+            self.kms.as_bytes(),
+            self.uri.as_bytes(),
+            self.period.as_bytes(),
+            self.id.as_bytes(),
+            self.kpak.as_bytes(),
+            self.pvt.as_bytes(),
+            self.ssk_wrapped.as_bytes(),
+            self.nonce.as_bytes(),
+        ];
+        fields.extend(self.z.iter().chain(&self.rsk_wrapped).map(String::as_bytes));
+        canonical("response", &fields)
     }
 
     /// The KMS's answer to `req` (whose MAC verified under `keys`): the SSK wrapped, the
@@ -245,7 +278,16 @@ impl Response {
             ssk_wrapped: hex::encode(wrapped),
             nonce: req.nonce.clone(),
             mac: String::new(),
+            z: None,
+            rsk_wrapped: None,
         };
+        if let Some(s) = &issued.sakke {
+            let xy = s.rsk.get(1..).ok_or_else(|| KmsError::KeyProvision("RSK encoding".into()))?;
+            let mut out = [0u8; RSK_WRAPPED_LEN];
+            let w = kw.wrap_key(xy, &mut out).map_err(|e| KmsError::KeyProvision(format!("wrapping the RSK: {e}")))?;
+            r.z = Some(hex::encode(s.z));
+            r.rsk_wrapped = Some(hex::encode(w));
+        }
         r.mac = hex::encode(*hmac_sha256(&*keys.response_mac, &r.mac_input()));
         serde_json::to_vec(&r).map_err(|e| KmsError::KeyProvision(e.to_string()))
     }
@@ -258,6 +300,15 @@ pub struct Pending {
     uri: String,
     period: Period,
     nonce: String,
+    sakke: bool,
+}
+
+/// The MIKEY-SAKKE keys a verified response gives the UE.
+pub struct SakkeKeys {
+    /// The KMS's SAKKE public key Z.
+    pub z: sakke::PublicKey,
+    /// Our RSK for the period's identifier, validated under Z (RFC 6508 §6.1.2).
+    pub rsk: sakke::Rsk,
 }
 
 /// What a verified response gives the UE.
@@ -272,16 +323,20 @@ pub struct Provisioned {
     pub kpak: Kpak,
     /// The signing key, validated against the KPAK (RFC 6507 §5.1.2).
     pub key: SigningKey,
+    /// The MIKEY-SAKKE keys, when asked for.
+    pub sakke: Option<SakkeKeys>,
 }
 
 /// UE side: the request for `uri`'s key of `period` at the KMS `kms` (its FQDN), by the user
-/// bootstrapped as `btid` with `ks_naf`; `now` in Unix seconds, `nonce` random.
-pub fn request(btid: &str, ks_naf: &[u8], kms: &str, uri: &str, period: Period, now: u64, nonce: [u8; NONCE_LEN]) -> Result<(Vec<u8>, Pending), KmsError> {
+/// bootstrapped as `btid` with `ks_naf`; `now` in Unix seconds, `nonce` random; with `sakke`,
+/// the MIKEY-SAKKE keys too. (One argument per wire field.)
+#[allow(clippy::too_many_arguments)]
+pub fn request(btid: &str, ks_naf: &[u8], kms: &str, uri: &str, period: Period, now: u64, nonce: [u8; NONCE_LEN], sakke: bool) -> Result<(Vec<u8>, Pending), KmsError> {
     let keys = ProvKeys::derive(ks_naf);
-    let mut r = Request { btid: btid.to_owned(), uri: uri.to_owned(), period: period.to_string(), time: now, nonce: hex::encode(nonce), mac: String::new() };
+    let mut r = Request { btid: btid.to_owned(), uri: uri.to_owned(), period: period.to_string(), time: now, nonce: hex::encode(nonce), mac: String::new(), sakke };
     r.mac = hex::encode(*hmac_sha256(&*keys.request_mac, &r.mac_input()));
     let body = serde_json::to_vec(&r).map_err(|e| KmsError::KeyProvision(e.to_string()))?;
-    Ok((body, Pending { keys, kms: kms.to_owned(), uri: r.uri, period, nonce: r.nonce }))
+    Ok((body, Pending { keys, kms: kms.to_owned(), uri: r.uri, period, nonce: r.nonce, sakke }))
 }
 
 fn point(what: &str, s: &str) -> Result<[u8; POINT_LEN], KmsError> {
@@ -316,7 +371,30 @@ impl Pending {
         let pvt = Pvt::from_uncompressed(&point("pvt", &r.pvt)?).map_err(|e| bad(&e.to_string()))?;
         let ssk = Ssk::from_bytes(&ssk).map_err(|e| bad(&e.to_string()))?;
         let key = SigningKey::new(&kpak, &id, ssk, pvt).map_err(|e| bad(&e.to_string()))?;
-        Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key })
+        let sakke = match (self.sakke, &r.z, &r.rsk_wrapped) {
+            (false, None, None) => None,
+            (true, Some(z), Some(w)) => Some(self.open_sakke(&id, z, w)?),
+            _ => return Err(bad("MIKEY-SAKKE keys missing, or sent unasked")),
+        };
+        Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key, sakke })
+    }
+
+    /// Z and the RSK of identifier `id`: unwrapped (RFC 3394 integrity check) and validated.
+    fn open_sakke(&self, id: &[u8], z: &str, wrapped: &str) -> Result<SakkeKeys, KmsError> {
+        let bad = |what: &str| KmsError::KeyProvision(format!("response: {what}"));
+        let z = hex::decode(z).map_err(|_| bad("z is not hex"))?;
+        let z = sakke::PublicKey::from_uncompressed(&z).map_err(|e| bad(&format!("z: {e}")))?;
+        let wrapped = hex::decode(wrapped).map_err(|_| bad("rsk_wrapped is not hex"))?;
+        if wrapped.len() != RSK_WRAPPED_LEN {
+            return Err(bad(&format!("rsk_wrapped is {} octets, not {RSK_WRAPPED_LEN}", wrapped.len())));
+        }
+        let kw = aes_kw::KwAes256::new_from_slice(&*self.keys.kek).map_err(|_| bad("KEK length"))?;
+        let mut rsk = Zeroizing::new([0u8; sakke::POINT_LEN]);
+        let (prefix, xy) = rsk.split_at_mut(1);
+        prefix.fill(0x04);
+        kw.unwrap_key(&wrapped, xy).map_err(|_| bad("the wrapped RSK fails its integrity check (RFC 3394)"))?;
+        let rsk = sakke::Rsk::new(&z, id, &*rsk).map_err(|e| bad(&e.to_string()))?;
+        Ok(SakkeKeys { z, rsk })
     }
 }
 
@@ -357,7 +435,7 @@ mod tests {
         let p = req.period().unwrap();
         let id = eccsi::identity(&req.uri, p.year, p.month);
         let (ssk, pvt) = ksak.issue(&id, &[0x22; 32]).unwrap();
-        let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes() };
+        let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes(), sakke: None };
         (Response::build(keys, "kms.a.example", req, &issued).unwrap(), *ssk.to_bytes())
     }
 
@@ -366,7 +444,7 @@ mod tests {
         let ks_naf = [7u8; 32];
         let ksak = eccsi::KmsSecret::from_bytes(&KSAK).unwrap();
         let p = Period::parse("2026-11").unwrap();
-        let (body, pending) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16]).unwrap();
+        let (body, pending) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16], false).unwrap();
         let req = Request::parse(&body).unwrap();
         let keys = ProvKeys::derive(&ks_naf);
         assert!(req.verify(&keys));
@@ -406,9 +484,9 @@ mod tests {
             }
             assert!(pending.open(&serde_json::to_vec(&t).unwrap()).is_err(), "{field}");
         }
-        let (_, again) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [3; 16]).unwrap();
+        let (_, again) = request("btid@bsf", &ks_naf, "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [3; 16], false).unwrap();
         assert!(again.open(&resp).is_err(), "nonce not echoed");
-        let (_, wrong_key) = request("btid@bsf", &[9; 32], "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16]).unwrap();
+        let (_, wrong_key) = request("btid@bsf", &[9; 32], "kms.a.example", "sip:a@a.example", p, 1_790_000_000, [1; 16], false).unwrap();
         assert!(wrong_key.open(&resp).is_err());
         assert!(pending.open(b"{").is_err() && pending.open(b"").is_err());
     }
@@ -428,7 +506,7 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
             let _ = Request::parse(&body);
-            let (_, p) = request("b", &[1; 32], "k", "u", Period { year: 2026, month: 1 }, 0, [0; 16]).unwrap();
+            let (_, p) = request("b", &[1; 32], "k", "u", Period { year: 2026, month: 1 }, 0, [0; 16], false).unwrap();
             let _ = p.open(&body);
         }
     }

@@ -11,13 +11,18 @@
 //! - **key release** (X2-like): from an intercepted TRANSFER_INIT (and TRANSFER_RESP when the
 //!   ticket forks), the KMS opens the ticket with its ring and derives the call's SRTP master
 //!   keys exactly as the UEs do ([`crate::ue`]), only for a call of the warrant's target
-//!   within the warrant's window.
+//!   within the warrant's window. From an intercepted MIKEY-SAKKE I_MESSAGE (RFC 6509), the
+//!   KMS verifies its ECCSI signature under its KPAK, derives the responder's RSK from its
+//!   master secret z for the message's key period, decapsulates the SSV and derives the keys
+//!   exactly as the callee does ([`Kms::li_release_sakke`]): LI without a man in the middle.
 //!
 //! Nothing here touches Ua/Zk: a target cannot tell (no state, payload or code path of Ticket
 //! Request / Resolve depends on warrants).
 
 use mediasec_kms_store::Table;
+use mediasec_mikey::eccsi::Kpak;
 use mediasec_mikey::forking;
+use mediasec_mikey::{mikey_sakke, sakke};
 use mediasec_mikey::payload::{BaseTicketData, TicketFlags};
 use mediasec_mikey::registry::{DataType, IdRole};
 use mediasec_mikey::srtp_policy::SrtpPolicy;
@@ -192,8 +197,10 @@ impl Kms {
     /// and the call's TRANSFER_INIT time fall within the window.
     pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
-        if Message::decode(transfer_init).is_ok_and(|m| matches!(m.header.data_type, DataType::DH_INIT | DataType::DH_RESP)) {
-            return Err(Refusal::HighSecurityCall.into());
+        match Message::decode(transfer_init).map(|m| m.header.data_type) {
+            Ok(DataType::DH_INIT | DataType::DH_RESP) => return Err(Refusal::HighSecurityCall.into()),
+            Ok(DataType::SAKKE) => return Err(input("transfer_init", "a MIKEY-SAKKE I_MESSAGE: released with the SAKKE master secret (Kms::li_release_sakke, Service::li_release)")),
+            _ => {}
         }
         let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
         let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
@@ -237,6 +244,57 @@ impl Kms {
             return Err(Refusal::OutsideWindow.into());
         }
         Ok(Release { initiator, responder, answered: transfer_resp.is_some(), media })
+    }
+}
+
+/// Accepts every message: an LI release is not a reception (the same I_MESSAGE may be
+/// released under several warrants, long after the call).
+struct NoReplayCheck;
+
+impl mediasec_mikey::psk::ReplayCache for NoReplayCheck {
+    fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
+        true
+    }
+}
+
+impl Kms {
+    /// LI key release of a MIKEY-SAKKE call (docs/li.md) under `warrant` at `now` (UNIX
+    /// seconds), with this KMS's SAKKE master secret `z` (public key `z_pub`) and KPAK
+    /// `kpak`: the responder's RSK for the identifier of IDRr and the month of T is derived
+    /// from z (RFC 6508 §6.1.1); the message is then checked and decapsulated exactly as the
+    /// callee does ([`mikey_sakke::receive`]: ECCSI signature by IDRi under `kpak`, SAKKE
+    /// identifier, R re-check), except freshness and replay, which do not apply to a later
+    /// release. Warrant rules as for tickets: active warrant; target = IDRi or IDRr; T in the
+    /// window. CS 2's SSRC is unknown (0 in the message: no response).
+    pub fn li_release_sakke(&self, warrant: &Warrant, i_message: &[u8], z: &sakke::KmsSecret, z_pub: &sakke::PublicKey, kpak: &Kpak, now: u64) -> Result<Release, KmsError> {
+        warrant.check_active(now)?;
+        let m = Message::decode(i_message).map_err(|e| input("i_message", e))?;
+        if m.header.data_type != DataType::SAKKE {
+            return Err(input("i_message", "not a MIKEY-SAKKE I_MESSAGE (data type 26)"));
+        }
+        let t = tk::t_of(&m).map_err(|e| input("i_message", e))?;
+        let responder_uri = String::from_utf8(tk::id_of(&m, IdRole::RESPONDER)).map_err(|_| input("i_message", "IDRr is not UTF-8"))?;
+        let b = mikey_sakke::identifier(&responder_uri, &t).map_err(|e| input("i_message", e))?;
+        let rsk = z.issue(&b).map_err(|e| input("i_message", e))?;
+        let received = mikey_sakke::receive(i_message, kpak, z_pub, &rsk, t.value, 0, &mut NoReplayCheck).map_err(|e| match e.err_code() {
+            mediasec_mikey::registry::ErrorCode::AUTH_FAILURE => KmsError::from(Refusal::ForeignTicket(format!("I_MESSAGE not verifiable under this KMS's keys: {e}"))),
+            _ => input("i_message", e),
+        })?;
+        let keys = received.keys.ok_or_else(|| input("i_message", "no two-stream SRTP-ID map (not a call message)"))?;
+        let domain = &self.config().domain;
+        let initiator = match &received.initiator {
+            mikey_sakke::Identity::Uri(u) => KmsUid::from_uri(u, domain).map_err(|e| input("i_message IDRi", e))?,
+            mikey_sakke::Identity::Uid(_) => return Err(input("i_message", "TS 33.180 UID identities are not call identities here")),
+        };
+        let responder = KmsUid::from_uri(&responder_uri, domain).map_err(|e| input("i_message IDRr", e))?;
+        if warrant.target != initiator && warrant.target != responder {
+            return Err(Refusal::NotAParty.into());
+        }
+        let call = unix_of(&t).ok_or_else(|| input("i_message", "no usable timestamp"))?;
+        if !warrant.covers(call) {
+            return Err(Refusal::OutsideWindow.into());
+        }
+        Ok(Release { initiator, responder, answered: false, media: Media { initiator_stream: keys.initiator_stream, responder_stream: keys.responder_stream } })
     }
 }
 

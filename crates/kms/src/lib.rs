@@ -103,8 +103,8 @@ pub mod fuzzing {
             let _ = kms.ticket_request(body, now, &zn).await;
             let _ = kms.ticket_resolve(body, now, &zn, &NoPeers).await;
             let _ = kms.peer_resolve("b.example", body, now, &zn).await;
-            if let Ok(ksak) = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]) {
-                let _ = crate::signing_keys::Provisioner::new(ksak).provision(&kms, body, now, &zn).await;
+            if let (Ok(ksak), Ok(z)) = (mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]), mediasec_mikey::sakke::KmsSecret::from_bytes(&[0x42; 32])) {
+                let _ = crate::signing_keys::Provisioner::new(ksak, z).provision(&kms, body, now, &zn).await;
             }
         });
         if let Ok(target) = KmsUid::parse("a@a.example") {

@@ -183,10 +183,26 @@ impl Persist {
         Ok(ring)
     }
 
-    /// The ring, with a first key made if it is empty.
+    /// The ring, with a first key made if it is empty. The first key's row is created only if
+    /// absent ([`mediasec_kms_store::Store::put_if_absent`]): replicas starting together on an
+    /// empty shared store each draw a first key with the same id, exactly one is stored, and
+    /// every replica returns the ring holding that one (only the winner audits `key.rotate`).
     pub async fn ring_or_init(&self, now: u64, random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<KeyRing, KmsError> {
-        let ring = self.ring().await?;
-        if ring.newest().is_some() { Ok(ring) } else { self.rotate(now, random, "kms").await }
+        let mut ring = self.ring().await?;
+        if ring.newest().is_some() {
+            return Ok(ring);
+        }
+        let mut key = zeroize::Zeroizing::new([0u8; TPK_LEN]);
+        random(&mut *key);
+        let (first, _) = ring.rotate(now, *key)?;
+        let mut nonce = [0u8; 12];
+        random(&mut nonce);
+        let sealed = KeyRing::seal(&self.master, &first, nonce)?;
+        if self.store.put_if_absent(Table::KeyRing, &KeyRing::row(first.id), &sealed).await? != sealed {
+            return self.ring().await;
+        }
+        self.audit(now.saturating_mul(1000), "kms", "key.rotate", format!("new key id {}", first.id)).await?;
+        Ok(ring)
     }
 
     /// Up to `limit` audit entries after sequence number `after`.

@@ -50,6 +50,13 @@ pub struct Rules {
     /// key release for them). Off unless a level sets it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub high_security: Option<bool>,
+    /// The user may obtain MIKEY-SAKKE keys (Ua `keyprovision` with `sakke`: its SAKKE RSK
+    /// and the KMS's Z, beside the ECCSI key; docs/high-security.md §10). A rule of its own:
+    /// MIKEY-SAKKE is the opposite trade-off of the high-security mode (the KMS can derive
+    /// every call key — LI without a man in the middle — and there is no PFS). Off unless a
+    /// level sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mikey_sakke: Option<bool>,
 }
 
 /// The policy document.
@@ -89,6 +96,8 @@ pub struct Effective {
     pub end_to_middle: Vec<KmsUid>,
     /// See [`Rules::high_security`].
     pub high_security: bool,
+    /// See [`Rules::mikey_sakke`].
+    pub mikey_sakke: bool,
 }
 
 impl Policies {
@@ -129,6 +138,7 @@ impl Policies {
             forking: pick!(forking).unwrap_or(false),
             end_to_middle: pick!(end_to_middle).unwrap_or_default(),
             high_security: pick!(high_security).unwrap_or(false),
+            mikey_sakke: pick!(mikey_sakke).unwrap_or(false),
         }
     }
 }

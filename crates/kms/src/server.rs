@@ -169,7 +169,7 @@ impl Service {
     /// ECCSI KSAK (making it on first start) from `persist` and builds the service.
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
-        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?);
+        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
         Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
@@ -193,6 +193,20 @@ impl Service {
         &self.persist
     }
 
+    /// LI key release (docs/li.md) of the call of `transfer_init`: a MIKEY-SAKKE I_MESSAGE
+    /// through [`crate::signing_keys::Provisioner::li_release_sakke`] (with z), anything else
+    /// through [`Kms::li_release`] (tickets; typed refusals for high-security calls).
+    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
+        let sakke = mediasec_mikey::Message::decode(transfer_init).is_ok_and(|m| m.header.data_type == mediasec_mikey::registry::DataType::SAKKE);
+        if sakke {
+            if transfer_resp.is_some() {
+                return Err(KmsError::LiInput("transfer_resp: a MIKEY-SAKKE call has no response message".into()));
+            }
+            return self.prov.li_release_sakke(&self.kms, warrant, transfer_init, now);
+        }
+        self.kms.li_release(warrant, transfer_init, transfer_resp, now)
+    }
+
     /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.
     pub fn kpak(&self) -> Option<mediasec_mikey::eccsi::Kpak> {
         self.prov.kpak()
@@ -206,6 +220,9 @@ impl Service {
         self.kms.set_ring(self.persist.ring().await?);
         if let Some(k) = self.persist.ksak().await? {
             self.prov.set_ksak(k);
+        }
+        if let Some(z) = self.persist.sakke_z().await? {
+            self.prov.set_sakke_z(z);
         }
         Ok(())
     }
@@ -384,12 +401,13 @@ async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -
     resp
 }
 
-/// `GET /keymanagement/kpak` (ours): this KMS's KPAK, public (the KPAK a UE uses is the one
-/// its MACed `keyprovision` response carries; this is for configuring other communities).
+/// `GET /keymanagement/kpak` (ours): this KMS's public keys — the ECCSI KPAK and the SAKKE Z
+/// (`sakke_z`) — public (the ones a UE uses come in its MACed `keyprovision` response; this
+/// is for configuring other communities).
 async fn kpak(State(s): State<Arc<Service>>) -> Response {
-    match s.kpak() {
-        Some(k) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()) })).into_response(),
-        None => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
+    match (s.kpak(), s.prov.sakke_public()) {
+        (Some(k), Some(z)) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()), "sakke_z": hex::encode(z.to_uncompressed()) })).into_response(),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
     }
 }
 
@@ -681,7 +699,7 @@ async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
     let w = s.persist.warrant(&body.warrant).await?.ok_or(Refusal::NoSuchWarrant)?;
     let ti = b64("transfer_init", &body.transfer_init)?;
     let tr = body.transfer_resp.as_deref().map(|t| b64("transfer_resp", t)).transpose()?;
-    let r = s.kms.li_release(&w, &ti, tr.as_deref(), now().as_secs())?;
+    let r = s.li_release(&w, &ti, tr.as_deref(), now().as_secs())?;
     let json = r.to_json(&w.id)?;
     Ok(json.to_vec())
 }

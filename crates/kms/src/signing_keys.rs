@@ -10,16 +10,17 @@
 //! no passive access to call keys, which come from an ephemeral Diffie-Hellman exchange.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use mediasec_kms_store::{AuditEntry, Table};
 use mediasec_mikey::eccsi::{self, KmsSecret, Kpak};
+use mediasec_mikey::sakke;
 use zeroize::Zeroizing;
 
 use crate::error::KmsError;
 use crate::identity::KmsUid;
-use crate::keyprov::{Issued, NONCE_LEN, Period, ProvKeys, Request, Response};
+use crate::keyprov::{Issued, NONCE_LEN, Period, ProvKeys, Request, Response, SakkeIssued};
 use crate::kms::Kms;
 use crate::persist::Persist;
 use crate::zn::Zn;
@@ -27,31 +28,96 @@ use crate::zn::Zn;
 /// The `settings` row holding the sealed KSAK.
 pub const KSAK_ROW: &str = "eccsi_ksak";
 
+/// The `settings` row holding the sealed SAKKE master secret z (MIKEY-SAKKE).
+pub const SAKKE_Z_ROW: &str = "sakke_z";
+
 /// Draws of a fresh scalar before giving up (a draw fails with probability about 2⁻³²).
 const DRAWS: usize = 8;
+/// Draws of z before giving up (each succeeds with probability q / 2^1022 > 1/2).
+const SAKKE_DRAWS: usize = 64;
 
 impl Persist {
+    /// The secret sealed in `settings` row `row`, if one was made, parsed by `parse`.
+    async fn settings_secret<T>(&self, row: &str, parse: fn(&[u8]) -> Result<T, String>) -> Result<Option<T>, KmsError> {
+        let Some(sealed) = self.store().get(Table::Settings, row).await? else { return Ok(None) };
+        let plain = self.open(Table::Settings, row, &sealed)?;
+        parse(&plain).map(Some).map_err(|e| KmsError::KeyRing(format!("settings row {row}: {e}")))
+    }
+
+    /// The secret of `row`, or `fresh` (whose octets are `plain`) sealed and stored if the
+    /// row is absent — create-if-absent at the store ([`mediasec_kms_store::Store::put_if_absent`]):
+    /// replicas starting together on an empty shared store each offer a candidate, exactly one
+    /// is stored, and every replica returns that one; only the winner appends `audit`.
+    async fn settings_secret_or_init<T>(&self, row: &str, parse: fn(&[u8]) -> Result<T, String>, fresh: T, plain: &[u8], audit: AuditEntry) -> Result<T, KmsError> {
+        if let Some(k) = self.settings_secret(row, parse).await? {
+            return Ok(k);
+        }
+        let sealed = self.seal(Table::Settings, row, plain)?;
+        let held = self.store().put_if_absent(Table::Settings, row, &sealed).await?;
+        if held != sealed {
+            return self.settings_secret(row, parse).await?.ok_or_else(|| KmsError::KeyRing(format!("settings row {row} vanished after creation")));
+        }
+        self.store().append_audit(&audit).await?;
+        Ok(fresh)
+    }
+
     /// The stored KSAK, if one was made.
     pub async fn ksak(&self) -> Result<Option<KmsSecret>, KmsError> {
-        let Some(sealed) = self.store().get(Table::Settings, KSAK_ROW).await? else { return Ok(None) };
-        let plain = self.open(Table::Settings, KSAK_ROW, &sealed)?;
-        let bytes: &[u8; eccsi::N] = plain.as_slice().try_into().map_err(|_| KmsError::KeyRing(format!("settings row {KSAK_ROW}: not {} octets", eccsi::N)))?;
-        KmsSecret::from_bytes(bytes).map(Some).map_err(|e| KmsError::KeyRing(format!("settings row {KSAK_ROW}: {e}")))
+        self.settings_secret(KSAK_ROW, parse_ksak).await
     }
 
     /// The stored KSAK, or a new one made from `random`, sealed and committed before return
-    /// (audited as `ksak.create` with its KPAK). Start the first replica of a new store
-    /// alone: two replicas creating a KSAK at once would each keep their own until reload.
+    /// (audited as `ksak.create` with its KPAK); create-if-absent, so replicas started
+    /// together on an empty store share one KSAK.
     pub async fn ksak_or_init(&self, now_ms: u64, random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<KmsSecret, KmsError> {
         if let Some(k) = self.ksak().await? {
             return Ok(k);
         }
         let ksak = draw(random, |b| KmsSecret::from_bytes(b).ok()).ok_or_else(|| KmsError::KeyRing("no usable random KSAK".into()))?;
-        self.store().put(Table::Settings, KSAK_ROW, &self.seal(Table::Settings, KSAK_ROW, &*ksak.to_bytes())?).await?;
-        let detail = format!("KPAK {}", hex::encode(ksak.kpak().to_uncompressed()));
-        self.store().append_audit(&AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "ksak.create".into(), detail }).await?;
-        Ok(ksak)
+        let (plain, detail) = (ksak.to_bytes(), format!("KPAK {}", hex::encode(ksak.kpak().to_uncompressed())));
+        let audit = AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "ksak.create".into(), detail };
+        self.settings_secret_or_init(KSAK_ROW, parse_ksak, ksak, &*plain, audit).await
     }
+
+    /// The stored SAKKE master secret z, if one was made.
+    pub async fn sakke_z(&self) -> Result<Option<sakke::KmsSecret>, KmsError> {
+        self.settings_secret(SAKKE_Z_ROW, parse_sakke_z).await
+    }
+
+    /// The stored SAKKE master secret z, or a new one drawn uniformly from \[2, q − 1\]
+    /// (RFC 6508 §2.2) by rejection sampling from `random`, sealed like the KSAK and audited
+    /// as `sakke_z.create`; create-if-absent like the KSAK.
+    pub async fn sakke_z_or_init(&self, now_ms: u64, random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<sakke::KmsSecret, KmsError> {
+        if let Some(z) = self.sakke_z().await? {
+            return Ok(z);
+        }
+        let z = (0..SAKKE_DRAWS)
+            .find_map(|_| {
+                let mut b = Zeroizing::new([0u8; sakke::SECRET_LEN]);
+                random(&mut *b);
+                // q < 2^1022 < 2q (RFC 6509 Appendix A): keep 1022 bits, then reject ≥ q.
+                if let Some(top) = b.first_mut() {
+                    *top &= 0x3f;
+                }
+                sakke::KmsSecret::from_bytes(&*b).ok()
+            })
+            .ok_or_else(|| KmsError::KeyRing("no usable random SAKKE z".into()))?;
+        let plain = z.to_bytes();
+        let audit = AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "sakke_z.create".into(), detail: "SAKKE master secret z".into() };
+        self.settings_secret_or_init(SAKKE_Z_ROW, parse_sakke_z, z, &*plain, audit).await
+    }
+}
+
+fn parse_ksak(plain: &[u8]) -> Result<KmsSecret, String> {
+    let bytes: &[u8; eccsi::N] = plain.try_into().map_err(|_| format!("not {} octets", eccsi::N))?;
+    KmsSecret::from_bytes(bytes).map_err(|e| e.to_string())
+}
+
+fn parse_sakke_z(plain: &[u8]) -> Result<sakke::KmsSecret, String> {
+    if plain.len() != sakke::SECRET_LEN {
+        return Err(format!("not {} octets", sakke::SECRET_LEN));
+    }
+    sakke::KmsSecret::from_bytes(plain).map_err(|e| e.to_string())
 }
 
 /// Calls `f` on fresh 32-octet random values until it accepts one (at most [`DRAWS`] times).
@@ -73,7 +139,7 @@ pub enum ProvRefusal {
     /// 401: the same (B-TID, nonce) was seen within the skew window.
     Replayed,
     /// 403: the identity may not have a key (not the user's IMPU, not an enabled user, policy
-    /// without `high_security`, period not issuable).
+    /// without `high_security` — or `mikey_sakke` for MIKEY-SAKKE keys —, period not issuable).
     Forbidden(String),
     /// 503: the KMS failed (Zn, randomness).
     Failed(String),
@@ -100,17 +166,58 @@ impl ProvRefusal {
     }
 }
 
-/// Issues signing keys: holds the KSAK and the replay cache of `keyprovision`.
+/// The SAKKE master secret z and Z = [z]P, computed on first use (a 1024-bit scalar
+/// multiplication that KMS starts need not pay).
+struct SakkeMaster {
+    z: sakke::KmsSecret,
+    public: OnceLock<sakke::PublicKey>,
+}
+
+impl SakkeMaster {
+    fn public(&self) -> sakke::PublicKey {
+        *self.public.get_or_init(|| self.z.public_key())
+    }
+}
+
+/// Issues signing keys (and MIKEY-SAKKE RSKs): holds the KSAK, z and the replay cache of
+/// `keyprovision`.
 pub struct Provisioner {
     ksak: RwLock<Arc<KmsSecret>>,
+    sakke: RwLock<Arc<SakkeMaster>>,
     /// (B-TID, nonce) → request time, kept for the skew window.
     seen: Mutex<HashMap<(String, [u8; NONCE_LEN]), u64>>,
 }
 
 impl Provisioner {
-    /// With the KMS's KSAK.
-    pub fn new(ksak: KmsSecret) -> Self {
-        Self { ksak: RwLock::new(Arc::new(ksak)), seen: Mutex::default() }
+    /// With the KMS's KSAK and SAKKE master secret z.
+    pub fn new(ksak: KmsSecret, z: sakke::KmsSecret) -> Self {
+        Self { ksak: RwLock::new(Arc::new(ksak)), sakke: RwLock::new(Arc::new(SakkeMaster { z, public: OnceLock::new() })), seen: Mutex::default() }
+    }
+
+    fn sakke(&self) -> Option<Arc<SakkeMaster>> {
+        self.sakke.read().ok().map(|k| Arc::clone(&k))
+    }
+
+    /// The KMS's SAKKE public key Z (RFC 6508 §2.2), published to UEs with their RSK.
+    pub fn sakke_public(&self) -> Option<sakke::PublicKey> {
+        self.sakke().map(|m| m.public())
+    }
+
+    /// LI key release of a MIKEY-SAKKE call with this KMS's z and KPAK
+    /// ([`Kms::li_release_sakke`]).
+    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &[u8], now: u64) -> Result<crate::li::Release, KmsError> {
+        let (ksak, m) = self.ksak().zip(self.sakke()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
+        kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), &ksak.kpak(), now)
+    }
+
+    /// Replaces z (store reload); keeps the computed Z when z is unchanged.
+    pub fn set_sakke_z(&self, z: sakke::KmsSecret) {
+        if self.sakke().is_some_and(|m| *m.z.to_bytes() == *z.to_bytes()) {
+            return;
+        }
+        if let Ok(mut w) = self.sakke.write() {
+            *w = Arc::new(SakkeMaster { z, public: OnceLock::new() });
+        }
     }
 
     fn ksak(&self) -> Option<Arc<KmsSecret>> {
@@ -169,7 +276,11 @@ impl Provisioner {
         if !kms.users().allows(&uid) {
             return Err(ProvRefusal::Forbidden(format!("{uid} is not an enabled user of this KMS")));
         }
-        if !kms.policies().effective(&uid).high_security {
+        let rules = kms.policies().effective(&uid);
+        if req.sakke && !rules.mikey_sakke {
+            return Err(ProvRefusal::Forbidden(format!("policy does not allow {uid} the MIKEY-SAKKE mode")));
+        }
+        if !req.sakke && !rules.high_security {
             return Err(ProvRefusal::Forbidden(format!("policy does not allow {uid} the high-security mode")));
         }
         let current = Period::of_unix(now_s).map_err(|e| ProvRefusal::Failed(e.to_string()))?;
@@ -179,13 +290,22 @@ impl Provisioner {
         let ksak = self.ksak().ok_or_else(|| ProvRefusal::Failed("KSAK unavailable".into()))?;
         let id = eccsi::identity(&req.uri, period.year, period.month);
         let (ssk, pvt) = draw(&|b| kms.fill_random(b), |v| ksak.issue(&id, v).ok()).ok_or_else(|| ProvRefusal::Failed("no usable random v".into()))?;
-        let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes() };
+        let sakke = match req.sakke {
+            false => None,
+            true => {
+                let m = self.sakke().ok_or_else(|| ProvRefusal::Failed("SAKKE z unavailable".into()))?;
+                let rsk = m.z.issue(&id).map_err(|e| ProvRefusal::Failed(e.to_string()))?;
+                Some((m.public().to_uncompressed(), rsk.to_uncompressed()))
+            }
+        };
+        let sakke_issued = sakke.as_ref().map(|(z, rsk)| SakkeIssued { z, rsk });
+        let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes(), sakke: sakke_issued };
         Response::build(&keys, &cfg.fqdn, &req, &issued).map_err(|e| ProvRefusal::Failed(e.to_string()))
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::keyring::KeyRing;
@@ -198,7 +318,7 @@ mod tests {
 
     fn kms() -> Kms {
         let users = Users::new(["a@a.example", "b@a.example"].map(|u| User { uid: KmsUid::parse(u).unwrap(), enabled: true }));
-        let policies = Policies::from_toml("[user.\"a@a.example\"]\nhigh_security = true").unwrap();
+        let policies = Policies::from_toml("[user.\"a@a.example\"]\nhigh_security = true\n[user.\"b@a.example\"]\nmikey_sakke = true").unwrap();
         let cfg = KmsConfig { fqdn: "kms.a.example".into(), domain: "a.example".into(), skew: 30 };
         Kms::new(cfg, policies, users, KeyRing::default(), crate::kms::os_random())
     }
@@ -211,7 +331,12 @@ mod tests {
     }
 
     async fn ask(p: &Provisioner, btid: &str, key: u8, uri: &str, period: &str, time: u64, nonce: u8) -> Result<Vec<u8>, ProvRefusal> {
-        let (body, pending) = crate::keyprov::request(btid, &[key; 32], "kms.a.example", uri, Period::parse(period).unwrap(), time, [nonce; 16]).unwrap();
+        ask_for(p, btid, key, uri, period, time, nonce, false).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_for(p: &Provisioner, btid: &str, key: u8, uri: &str, period: &str, time: u64, nonce: u8, sakke: bool) -> Result<Vec<u8>, ProvRefusal> {
+        let (body, pending) = crate::keyprov::request(btid, &[key; 32], "kms.a.example", uri, Period::parse(period).unwrap(), time, [nonce; 16], sakke).unwrap();
         let out = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn()).await;
         if let Ok(resp) = &out {
             assert_eq!(pending.open(resp).unwrap().kpak, p.kpak().unwrap());
@@ -223,7 +348,7 @@ mod tests {
     /// time within the skew, policy `high_security`, the user's own IMPU, one use per nonce.
     #[tokio::test]
     async fn issuing_rules() {
-        let p = Provisioner::new(KmsSecret::from_bytes(&[0x42; 32]).unwrap());
+        let p = provisioner();
         assert!(ask(&p, "ba", 1, "sip:a@a.example", "2026-12", NOW, 1).await.is_ok());
         assert!(ask(&p, "ba", 1, "sip:a@a.example", "2027-01", NOW + 30, 2).await.is_ok(), "next period, skew edge");
         assert!(matches!(ask(&p, "ba", 1, "sip:a@a.example", "2027-02", NOW, 3).await, Err(ProvRefusal::Forbidden(_))));
@@ -234,5 +359,39 @@ mod tests {
         assert!(matches!(ask(&p, "bb", 2, "sip:b@a.example", "2026-12", NOW, 6).await, Err(ProvRefusal::Forbidden(r)) if r.contains("policy")));
         assert!(matches!(ask(&p, "ba", 2, "sip:a@a.example", "2026-12", NOW, 7).await, Err(ProvRefusal::Unauthenticated(r)) if r.contains("MAC")));
         assert!(matches!(ask(&p, "zz", 1, "sip:a@a.example", "2026-12", NOW, 8).await, Err(ProvRefusal::Unauthenticated(r)) if r.contains("B-TID")));
+    }
+
+    fn provisioner() -> Provisioner {
+        Provisioner::new(KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap())
+    }
+
+    /// MIKEY-SAKKE keys (`sakke` in the request) are issued under their own policy rule
+    /// (`mikey_sakke`, independent of `high_security`): the UE gets its ECCSI key, Z and an
+    /// RSK for the period's identifier that validates under Z (RFC 6508 §6.1.2); Z and the
+    /// wrapped RSK are covered by the response MAC; the RSK is not on the wire in clear.
+    #[tokio::test]
+    async fn sakke_keys_under_their_own_rule() {
+        let p = provisioner();
+        assert!(matches!(ask_for(&p, "ba", 1, "sip:a@a.example", "2026-12", NOW, 1, true).await, Err(ProvRefusal::Forbidden(r)) if r.contains("MIKEY-SAKKE")));
+        assert!(matches!(ask_for(&p, "bb", 2, "sip:b@a.example", "2026-12", NOW, 2, false).await, Err(ProvRefusal::Forbidden(r)) if r.contains("high-security")));
+        let (body, pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse("2027-01").unwrap(), NOW, [3; 16], true).unwrap();
+        let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn()).await.unwrap();
+        let got = pending.open(&resp).unwrap();
+        let keys = got.sakke.unwrap();
+        assert_eq!(keys.z, p.sakke_public().unwrap());
+        assert_eq!(keys.rsk.id(), b"2027-01\0sip:b@a.example\0");
+        assert_eq!(got.key.id(), keys.rsk.id(), "one identifier for ECCSI and SAKKE (RFC 6509 §4.2)");
+        let wire = String::from_utf8(resp.clone()).unwrap().to_ascii_lowercase();
+        assert!(!wire.contains(&hex::encode(&keys.rsk.to_uncompressed()[1..9])), "RSK in clear on the wire");
+        let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+        for field in ["z", "rsk_wrapped"] {
+            let mut t = v.clone();
+            let s = t[field].as_str().unwrap().to_owned();
+            t[field] = format!("{}{}", &s[..s.len() - 1], if s.ends_with('0') { '1' } else { '0' }).into();
+            assert!(pending.open(&serde_json::to_vec(&t).unwrap()).is_err(), "{field} under the MAC");
+        }
+        // A response without the SAKKE keys does not satisfy a SAKKE request.
+        let (_, plain_pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse("2027-01").unwrap(), NOW, [3; 16], false).unwrap();
+        assert!(plain_pending.open(&resp).is_err(), "SAKKE keys sent unasked");
     }
 }

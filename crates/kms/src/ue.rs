@@ -277,8 +277,8 @@ impl Ue {
 
     /// A Ua `keyprovision` request for the ECCSI signing key of `uri` (one of our IMPUs) for
     /// `period` ([`crate::keyprov`]), authenticated with our Ks_NAF.
-    pub fn keyprov_request(&self, uri: &str, period: crate::keyprov::Period, now: Duration, nonce: [u8; crate::keyprov::NONCE_LEN]) -> Result<(Vec<u8>, crate::keyprov::Pending), KmsError> {
-        crate::keyprov::request(&self.btid, &self.ks_naf, &self.kms, uri, period, now.as_secs(), nonce)
+    pub fn keyprov_request(&self, uri: &str, period: crate::keyprov::Period, now: Duration, nonce: [u8; crate::keyprov::NONCE_LEN], sakke: bool) -> Result<(Vec<u8>, crate::keyprov::Pending), KmsError> {
+        crate::keyprov::request(&self.btid, &self.ks_naf, &self.kms, uri, period, now.as_secs(), nonce, sakke)
     }
 
     fn psk_idr(&self) -> Payload {

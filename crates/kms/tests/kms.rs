@@ -515,6 +515,7 @@ const POLICY_HS: &str = r#"
 [domain."a.example"]
 may_call = ["?@a.example"]
 high_security = true
+mikey_sakke = true
 [user."dan@a.example"]
 high_security = false
 "#;
@@ -538,6 +539,7 @@ async fn keyprovision_over_http() {
     let got = ka.provision_keys(&alice, "sip:alice@a.example").await.expect("alice's keys");
     assert_eq!(got.kpak, kpak);
     assert_eq!(ka.kpak().await.unwrap(), kpak, "published KPAK");
+    assert_eq!(a.service.persist().sakke_z().await.unwrap().map(|z| z.public_key()), Some(ka.sakke_z().await.unwrap()), "published SAKKE Z");
     let period = Period::of_unix(now().as_secs()).unwrap();
     assert_eq!(got.key.id(), eccsi::identity("sip:alice@a.example", period.year, period.month).as_slice());
     let sig = got.key.sign(b"DH_INIT", &rand::random()).unwrap();
@@ -557,7 +559,7 @@ async fn keyprovision_over_http() {
     let e = ka.provision_keys(&alice, "sip:bob@a.example").await.err().unwrap().to_string();
     assert!(e.contains("403") && e.contains("IMPU"), "{e}");
     // Bad MAC, unknown B-TID, replay, stale time; malformed; wrong content type.
-    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let mac = v["mac"].as_str().unwrap().to_owned();
     v["mac"] = format!("{}{}", if mac.starts_with('0') { "1" } else { "0" }, &mac[1..]).into();
@@ -565,15 +567,15 @@ async fn keyprovision_over_http() {
     v["mac"] = mac.into();
     v["btid"] = "unknown@bsf.lab.example".into();
     assert_eq!(reason(post(serde_json::to_vec(&v).unwrap()).await), (401, "unknown or expired B-TID: bootstrap again".into()));
-    let (body, pending) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, pending) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     let first = post(body.clone()).await;
     assert_eq!(first.status, 200);
     assert_eq!(reason(post(body).await), (401, "replayed request".into()));
     pending.open(&first.body).expect("the first answer opens");
-    let (stale, _) = alice.keyprov_request("sip:alice@a.example", period, now() - Duration::from_secs(120), rand::random()).unwrap();
+    let (stale, _) = alice.keyprov_request("sip:alice@a.example", period, now() - Duration::from_secs(120), rand::random(), false).unwrap();
     assert_eq!(post(stale).await.status, 401);
     assert_eq!(post(b"{\"btid\":1}".to_vec()).await.status, 400);
-    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random()).unwrap();
+    let (body, _) = alice.keyprov_request("sip:alice@a.example", period, now(), rand::random(), false).unwrap();
     assert_eq!(http(&url, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", "application/mikey")], &body).await.status, 415);
 
     let m = String::from_utf8(http(&url, "GET", "/metrics", &[], b"").await.body).unwrap();
@@ -641,6 +643,54 @@ async fn ksak_survives_a_store_reopen() {
     drop(pg);
 }
 
+/// Ids of the ticket keys stored at `url`.
+async fn p_ring_ids(url: &str) -> Vec<u32> {
+    let store: std::sync::Arc<dyn mediasec_kms_store::Store> = std::sync::Arc::new(mediasec_kms_store::PgStore::connect(url).await.unwrap());
+    let p = mediasec_kms::persist::Persist::new(store, mediasec_kms::keyring::MasterKey::new(&[7; 32]).unwrap());
+    p.ring().await.unwrap().keys().map(|k| k.id).collect()
+}
+
+/// Two KMS replicas starting together on one fresh PostgreSQL database (each its own
+/// connection, each drawing its own candidate first ticket key, KSAK and SAKKE z) end with
+/// the same ones: creation is insert-if-absent at the store, the loser re-reads the winner's
+/// row; each creation audited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_share_one_ksak() {
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::Store;
+    use std::sync::Arc;
+    let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
+    let Some(pg) = pg else { return }; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+    for round in 0..3 {
+        let url = pg.create_database(&format!("kms_race{round}")).unwrap();
+        let replica = |fill: u8| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
+                let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
+                // Distinct candidates per replica: a shared KSAK can only come from the store.
+                let random = move |b: &mut [u8]| b.fill(fill);
+                let ring = p.ring_or_init(1, &random).await.unwrap();
+                let first = ring.newest().map(|k| (k.id, k.key().unwrap().to_vec()));
+                (p.ksak_or_init(1, &random).await.unwrap().kpak(), *p.sakke_z_or_init(1, &random).await.unwrap().to_bytes(), first)
+            })
+        };
+        let (a, b) = tokio::join!(replica(0x11), replica(0x22));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a == b, "round {round}: both replicas hold the same first ticket key, KSAK and SAKKE z");
+        assert_eq!(p_ring_ids(&url).await, vec![1], "round {round}: one first ticket key");
+        let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.unwrap());
+        let p = Persist::new(store, MasterKey::new(&[7; 32]).unwrap());
+        assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(a.0));
+        assert!(p.sakke_z().await.unwrap().is_some_and(|z| *z.to_bytes() == a.1));
+        for action in ["key.rotate", "ksak.create", "sakke_z.create"] {
+            assert_eq!(p.audit_log(0, 10).await.unwrap().iter().filter(|e| e.1.action == action).count(), 1, "round {round} {action}");
+        }
+    }
+    drop(pg);
+}
+
 /// The high-security property at the KMS (docs/high-security.md): alice and bob, keyed by
 /// this KMS (keyprovision), run an ECCSI-signed MIKEY-DH exchange and derive the same SRTP
 /// keys; the KMS's LI key release, under a valid warrant for alice, answers a typed refusal
@@ -691,4 +741,41 @@ async fn high_security_calls_have_no_key_at_the_kms() {
         let r = http(&a.url, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
         assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
     }
+
+    // MIKEY-SAKKE (docs/li.md): with keys from the same KMS (keyprovision with sakke), alice
+    // sends bob an I_MESSAGE; over POST /li/v1/keys the KMS releases exactly the keys both
+    // derived, from the I_MESSAGE alone; a non-party warrant and a transfer_resp are refused.
+    let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
+    let aks = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    let bks = kb.provision_keys_for(&bob, "sip:bob@a.example", period, true).await.unwrap();
+    let (az, bz) = (aks.sakke.unwrap(), bks.sakke.unwrap());
+    let o = mediasec_mikey::mikey_sakke::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:bob@a.example".into(),
+        kms_uri: None,
+        initiator_ssrc: 0x3333,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, &az.z, ntp, &mut random).unwrap();
+    let got = mediasec_mikey::mikey_sakke::receive(&msg, &bks.kpak, &bz.z, &bz.rsk, ntp, 30, &mut Seen(&mut seen)).unwrap().keys.unwrap();
+    assert_eq!(*got.responder_stream.master_key, *keys.responder_stream.master_key);
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
+    for (i, stream) in [&keys.initiator_stream, &keys.responder_stream].into_iter().enumerate() {
+        assert_eq!(v["crypto_sessions"][i]["master_key"].as_str(), Some(hex::encode(&*stream.master_key).as_str()), "CS {}", i + 1);
+        assert_eq!(v["crypto_sessions"][i]["master_salt"].as_str(), Some(hex::encode(&*stream.master_salt).as_str()), "CS {}", i + 1);
+    }
+    assert!(v["crypto_sessions"][1]["ssrc"].is_null(), "CS 2's SSRC is unknown (no response)");
+    let w2 = serde_json::json!({ "id": "W2", "target": "carol@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W2", &li, w2.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W2", "transfer_init": STANDARD.encode(&msg) }).to_string();
+    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "target not a party of this call"));
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg), "transfer_resp": STANDARD.encode(&msg) }).to_string();
+    assert_eq!(http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await.status, 400);
 }

@@ -57,6 +57,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::media::{MediaStats, RtpEndpoint};
 use crate::offer_answer::{self, Media, Offer, Protection, Security};
 use crate::high_security;
+use crate::mikey_sakke;
 use crate::ticket::{self, KmsAccess, PendingCall};
 use crate::Error;
 
@@ -682,9 +683,25 @@ impl Core {
                 Some(kms) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(Keying::Ticket(t)))),
                 None => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
             },
-            Security::HighSecurity => match self.kms.as_ref().and_then(|k| k.high_security.as_ref()) {
-                Some(hs) => high_security::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target).map(|(sdp, p)| (sdp, None, Some(Keying::Dh(p)))),
+            Security::HighSecurity => match self.kms.as_mut() {
+                Some(kms) => {
+                    let now = unix_now();
+                    high_security::ready(kms, now)
+                        .await
+                        .and_then(|hs| high_security::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target, now))
+                        .map(|(sdp, p)| (sdp, None, Some(Keying::Dh(p))))
+                }
                 None => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
+            },
+            Security::MikeySakke => match self.kms.as_mut() {
+                Some(kms) => {
+                    let now = unix_now();
+                    high_security::ready(kms, now)
+                        .await
+                        .and_then(|hs| mikey_sakke::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target, now))
+                        .map(|(sdp, p)| (sdp, None, Some(Keying::Sakke(p))))
+                }
+                None => Err(Error::Negotiation("MIKEY-SAKKE needs keys from the KMS".into())),
             },
             _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
         };
@@ -768,13 +785,19 @@ impl Core {
                 return Ok(());
             }
             (None, None, None)
-        } else if security == Security::HighSecurity {
-            let Some(hs) = self.kms.as_ref().and_then(|k| k.high_security.as_ref()) else {
+        } else if matches!(security, Security::HighSecurity | Security::MikeySakke) {
+            let Some(kms) = self.kms.as_mut() else {
                 let _ = tx.send(Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())));
                 return Ok(());
             };
-            match high_security::offer(hs, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity) {
-                Ok((sdp, pending)) => (Some(sdp), None, Some(Keying::Dh(pending))),
+            let now = unix_now();
+            let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
+            let made = high_security::ready(kms, now).await.and_then(|hs| match security {
+                Security::MikeySakke => mikey_sakke::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Sakke(p))),
+                _ => high_security::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Dh(p))),
+            });
+            match made {
+                Ok((sdp, keying)) => (Some(sdp), None, Some(keying)),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
@@ -1674,6 +1697,12 @@ enum Keying {
     Ticket(PendingCall),
     /// High-security mode: DH_INIT sent (holds the DH secret).
     Dh(high_security::PendingCall),
+    Sakke(mikey_sakke::PendingCall),
+}
+
+/// The wall clock as Unix time: the T of high-security messages and their key month.
+fn unix_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Answers a MIKEY offer under our policy: MIKEY-TICKET through [`ticket`], the high-security
@@ -1681,8 +1710,15 @@ enum Keying {
 async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
     match (security, kms) {
         (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, offer, local, version, ssrc).await,
-        (Security::HighSecurity, Some(KmsAccess { high_security: Some(hs), .. })) => high_security::answer(hs, offer, local, version, ssrc),
-        (Security::MikeyTicket | Security::HighSecurity, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
+        (Security::HighSecurity, Some(kms)) if kms.high_security.is_some() => {
+            let now = unix_now();
+            high_security::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
+        }
+        (Security::MikeySakke, Some(kms)) if kms.high_security.is_some() => {
+            let now = unix_now();
+            mikey_sakke::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
+        }
+        (Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
         _ => Err(Error::Negotiation("MIKEY offered; not enabled here".into())),
     }
 }
@@ -1705,7 +1741,8 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     }
     let (media, deferred) = match pending {
         Keying::Ticket(p) => ticket::process_answer(kms, p, answer)?,
-        Keying::Dh(p) => (high_security::process_answer(kms.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer)?, false),
+        Keying::Dh(p) => (high_security::process_answer(kms.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer, unix_now())?, false),
+        Keying::Sakke(p) => (mikey_sakke::process_answer(p, answer)?, false),
     };
     call.deferred_delivery = deferred;
     call.ticket_answer = Some((text, media.clone()));
@@ -1822,16 +1859,17 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
     async fn high_security_callee_refuses_an_untrusted_signature_with_the_mikey_error() {
         use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
         use mediasec_mikey::registry::{DataType, ErrorCode};
+        let now = unix_now();
         let month = |uri: &str, ksak: &KmsSecret| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-            let (y, m) = mediasec_mikey::signed_dh::period_of(&mediasec_kms::tp_data::ntp(now)).expect("period");
-            let id = mediasec_mikey::eccsi::identity(uri, y, m);
+            let p = mediasec_kms::keyprov::Period::of_unix(now.as_secs()).expect("period");
+            let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
             let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
-            SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key")
+            (p, SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key"))
         };
         let (ours, theirs) = (KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK"), KmsSecret::from_bytes(&[0x22; 32]).expect("KSAK"));
-        let alice = high_security::HighSecurity::new("sip:alice@a.example", month("sip:alice@a.example", &theirs), vec![theirs.kpak()]);
-        let bob = high_security::HighSecurity::new("sip:bob@b.example", month("sip:bob@b.example", &ours), vec![ours.kpak()]);
+        let ((pa, ka), (pb, kb)) = (month("sip:alice@a.example", &theirs), month("sip:bob@b.example", &ours));
+        let alice = high_security::HighSecurity::new("sip:alice@a.example", pa, ka, vec![theirs.kpak()]);
+        let bob = high_security::HighSecurity::new("sip:bob@b.example", pb, kb, vec![ours.kpak()]);
         let socket = peer().await;
         let addr = socket.local_addr().expect("addr");
         let kms_ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse("bob@b.example").expect("uid"), "kms.b.example", "btid", &[0; 32], 30);
@@ -1839,7 +1877,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
         config.timers = timers(50);
         let ue = Ue::start_with_kms(config, Some(KmsAccess { ue: kms_ue, client, high_security: Some(bob) })).await.expect("UE");
-        let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example").expect("DH_INIT offer");
+        let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example", now).expect("DH_INIT offer");
         send(&socket, ue.sip_addr(), &invite(addr, ue.sip_addr(), "", &offer)).await;
         let (refused, _) = until(&socket, Duration::from_secs(5), |m| code(m).is_some_and(|c| c >= 200)).await;
         assert_eq!(code(&refused), Some(488), "{}", text(&refused));

@@ -5,6 +5,7 @@
 //! - [`offer_answer`]: sans-IO SDP offer/answer with the SDES policy and the downgrade rule.
 //! - [`ticket`]: MIKEY-TICKET (KMS-based e2e) in the SDP: Ticket Transfer with the KMS UE side.
 //! - [`high_security`]: the high-security mode: ECCSI-signed MIKEY-DH in the SDP.
+//! - [`mikey_sakke`]: MIKEY-SAKKE (RFC 6509) in the SDP: identity-based key transport.
 //! - [`tone`]: the G.711 test tone and its detector.
 //! - [`media`]: the RTP/SRTP endpoint of a call (tokio).
 //! - [`agent`]: the UE service (tokio) on top of `mediasec_sip`'s UDP endpoint and dialogs.
@@ -13,6 +14,7 @@ pub mod agent;
 mod error;
 pub mod high_security;
 pub mod media;
+pub mod mikey_sakke;
 pub mod offer_answer;
 pub mod ticket;
 pub mod tone;

@@ -48,13 +48,17 @@ pub enum Security {
     /// `a=key-mgmt:mikey` (see [`crate::high_security`]); SRTP required, keys the KMS cannot
     /// derive.
     HighSecurity,
+    /// MIKEY-SAKKE (RFC 6509; docs/high-security.md §10): the ECCSI-signed I_MESSAGE in the
+    /// offer's `a=key-mgmt:mikey` (see [`crate::mikey_sakke`]); SRTP required, keys the KMS
+    /// can derive (LI without a man in the middle).
+    MikeySakke,
 }
 
 impl Security {
     /// Whether calls are keyed with MIKEY in `a=key-mgmt` (MIKEY-TICKET or high-security):
     /// SRTP required, no offerless INVITE, no fallback.
     pub fn is_mikey(self) -> bool {
-        matches!(self, Self::MikeyTicket | Self::HighSecurity)
+        matches!(self, Self::MikeyTicket | Self::HighSecurity | Self::MikeySakke)
     }
 }
 
@@ -135,7 +139,7 @@ pub(crate) fn sdp_text(local: SocketAddr, version: u64, proto: &str, crypto: &[S
 pub fn offer(local: SocketAddr, version: u64, security: Security, policy: &SdesPolicy, keys: &mut impl KeySource) -> Result<Offer, Error> {
     let (proto, crypto) = match security {
         Security::Off => (AVP, Vec::new()),
-        Security::MikeyTicket | Security::HighSecurity => return Err(Error::Negotiation("MIKEY offers are built by crate::ticket / crate::high_security".into())),
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => return Err(Error::Negotiation("MIKEY offers are built by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => (if fallback { AVP } else { SAVP }, sdes::offer(policy, keys)?),
     };
     let mut lines: Vec<String> = crypto.iter().map(CryptoAttribute::to_attribute).collect();
@@ -246,7 +250,7 @@ pub fn answer(offer_sdp: &Sdp, local: SocketAddr, version: u64, security: Securi
     match security {
         Security::Off if requires_srtp => Err(Error::Negotiation("SRTP required by the offer, our policy has no key management".into())),
         Security::Off => Ok((sdp_text(local, version, AVP, &lines), media(Protection::Plain))),
-        Security::MikeyTicket | Security::HighSecurity => Err(Error::Negotiation("MIKEY answers are built by crate::ticket / crate::high_security".into())),
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => Err(Error::Negotiation("MIKEY answers are built by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => {
             if offered.is_empty() {
                 if requires_srtp {
@@ -291,7 +295,7 @@ pub fn process_answer(offer: &Offer, answer_sdp: &Sdp, policy: &SdesPolicy) -> R
     let media = |protection| stream.media(stream.mux, protection);
     match offer.security {
         Security::Off => Ok(media(Protection::Plain)),
-        Security::MikeyTicket | Security::HighSecurity => Err(Error::Negotiation("MIKEY answers are processed by crate::ticket / crate::high_security".into())),
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => Err(Error::Negotiation("MIKEY answers are processed by crate::ticket / crate::high_security".into())),
         Security::Sdes { fallback } => {
             if answered.is_empty() {
                 return if fallback {

@@ -87,9 +87,9 @@ fn over_tls(ues: &[&Ue]) -> (bool, String) {
 }
 
 /// The KMS policy of the demo domain: everyone may call everyone in a.example, keys fork,
-/// everyone may have high-security (ECCSI) keys — except that the deferred-delivery caller
-/// gets no forking (a forking ticket cannot be delivered deferred).
-const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\nhigh_security = true\n[user.\"alice14@a.example\"]\nforking = false\n";
+/// everyone may have high-security (ECCSI) and MIKEY-SAKKE keys — except that the
+/// deferred-delivery caller gets no forking (a forking ticket cannot be delivered deferred).
+const KMS_POLICY: &str = "[domain.\"a.example\"]\nmay_call = [\"?@a.example\"]\nforking = true\nhigh_security = true\nmikey_sakke = true\n[user.\"alice14@a.example\"]\nforking = false\n";
 
 /// The voicemail server's NAF FQDN in the demo.
 const VM_FQDN: &str = "vm.a.example";
@@ -165,11 +165,14 @@ impl Kms {
 /// lab BSF (GBA); in the high-security mode it then fetches its ECCSI key from the KMS.
 async fn registered(config: UeConfig, kms: Option<&Kms>) -> anyhow::Result<Ue> {
     let access = match (config.security, kms) {
-        (Security::MikeyTicket | Security::HighSecurity, Some(k)) => {
+        (Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke, Some(k)) => {
             let (ue, client) = k.lab.ue(config.aor.trim_start_matches("sip:")).await?;
             let mut access = KmsAccess { ue, client, high_security: None };
             if config.security == Security::HighSecurity {
                 access.high_security = Some(HighSecurity::provision(&access, &config.aor, Vec::new()).await?);
+            }
+            if config.security == Security::MikeySakke {
+                access.high_security = Some(HighSecurity::provision_sakke(&access, &config.aor, Vec::new()).await?);
             }
             Some(access)
         }
@@ -203,7 +206,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let tls = matches!(security, Security::Sdes { .. }).then_some(tls);
     let alice = registered(behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, tls)?, kms).await?;
     let (bob, proxy) = match security {
-        Security::MikeyTicket | Security::HighSecurity => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => (format!("sip:bob{n}@a.example"), &lab.pcscf_a),
         _ => (format!("sip:bob{n}@b.example"), &lab.pcscf_b),
     };
     let mut bobs = Vec::new();
@@ -238,7 +241,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
     let expected = match security {
         Security::Off => "rtp",
         Security::Sdes { .. } => "srtp AEAD_AES_256_GCM",
-        Security::MikeyTicket | Security::HighSecurity => "srtp AES_CM_128_HMAC_SHA1_80",
+        Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => "srtp AES_CM_128_HMAC_SHA1_80",
     };
     let mut ok = a.protection == expected && b.protection == expected && a.media.verified >= 10 && b.media.verified >= 10;
     // Refused packets are expected only where the protocol makes them: a fork that lost sends
@@ -273,13 +276,18 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
             // TS 33.328 §5.4.2: every SDES fork sees the offer key.
             Security::Sdes { .. } => offer_key_seen == forks,
             // Key forking: only the answering fork holds it.
-            Security::MikeyTicket | Security::HighSecurity => offer_key_seen == 1,
+            Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => offer_key_seen == 1,
             Security::Off => true,
         };
     }
     if security == Security::HighSecurity {
         let (held, words) = kms_cannot_release(kms, &a, &format!("alice{n}@a.example"))?;
         ok &= held && a.peer_key == b.own_key && b.peer_key == a.own_key;
+        detail.push_str(&words);
+    }
+    if security == Security::MikeySakke {
+        let (released, words) = kms_releases(kms, &a, &b, &format!("alice{n}@a.example"))?;
+        ok &= released && a.peer_key == b.own_key && b.peer_key == a.own_key;
         detail.push_str(&words);
     }
     Ok(Scenario { name, ok, setup: a.setup, detail })
@@ -299,6 +307,25 @@ fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) 
         Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => (true, ", KMS LI key release: refused (no ticket, no key)".into()),
         Ok(_) => (false, ", KMS LI key release: KEYS RELEASED".into()),
         Err(e) => (false, format!(", KMS LI key release: unexpected answer ({e})")),
+    })
+}
+
+/// LI without a man in the middle (MIKEY-SAKKE): under a valid warrant for the caller, the
+/// KMS releases the keys of the call from its I_MESSAGE alone; they must be the master keys
+/// the caller and the callee send with. Whether they were, and the summary line's words.
+fn kms_releases(kms: Option<&Kms>, caller: &CallReport, callee: &CallReport, caller_uid: &str) -> anyhow::Result<(bool, String)> {
+    let kms = kms.context("MIKEY-SAKKE needs the KMS")?;
+    let i_message = caller.offer_mikey.as_deref().context("no I_MESSAGE in the offer")?;
+    let service = &kms.lab.domain("a.example")?.service;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
+    let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
+    Ok(match service.li_release(&warrant, i_message, None, now) {
+        Ok(r) => {
+            let same = Some(mediasec_sdp::fingerprint(&r.media.initiator_stream.master_key)) == caller.own_key && Some(mediasec_sdp::fingerprint(&r.media.responder_stream.master_key)) == callee.own_key;
+            (same, if same { ", KMS LI key release under a warrant: the call's keys, both ways".into() } else { ", KMS LI key release: KEYS DIFFER from the call's".into() })
+        }
+        Err(e) => (false, format!(", KMS LI key release refused ({e})")),
     })
 }
 
@@ -522,7 +549,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         ..LabConfig::default()
     })
     .await?;
-    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "bob13@a.example", "alice14@a.example", "carol14@a.example"];
+    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "bob13@a.example", "alice14@a.example", "carol14@a.example", "alice15@a.example", "bob15@a.example"];
     let kms = Kms::start(&users).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -540,6 +567,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), &trust, 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
         one_call(&lab, Some(&kms), &trust, 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
         one_call(&lab, Some(&kms), &trust, 13, "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys", Security::HighSecurity, plain, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 15, "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant", Security::MikeySakke, plain, talk).await?,
         e2ae_call(&lab, &agw, &trust, 7, talk, false).await?,
         e2ae_call(&lab, &agw, &trust, 10, talk, true).await?,
         e2ae_preconditions_call(&lab, &agw, &trust, 11, talk).await?,

@@ -51,6 +51,10 @@ enum SecurityArg {
     /// High-security mode: ECCSI-signed MIKEY-DH, keys the KMS cannot derive (needs --bsf,
     /// --impi, --k, --opc, --kms, --kms-fqdn).
     HighSecurity,
+    /// MIKEY-SAKKE (RFC 6509): the ECCSI-signed, SAKKE-encrypted I_MESSAGE in the offer; keys
+    /// the KMS can derive (LI without a man in the middle); same KMS arguments as
+    /// high-security; the KMS policy must allow `mikey_sakke`.
+    MikeySakke,
 }
 
 /// GBA and KMS access (`--security high-security`), with a simulated USIM (lab credentials).
@@ -190,9 +194,10 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         SecurityArg::Sdes => Security::Sdes { fallback: false },
         SecurityArg::SdesFallback => Security::Sdes { fallback: true },
         SecurityArg::HighSecurity => Security::HighSecurity,
+        SecurityArg::MikeySakke => Security::MikeySakke,
     };
     let access = match security {
-        Security::HighSecurity => Some(high_security_access(&a.aor, &a.kms).await?),
+        Security::HighSecurity | Security::MikeySakke => Some(high_security_access(&a.aor, &a.kms, security == Security::MikeySakke).await?),
         _ => None,
     };
     let tls = match &a.tls_ca {
@@ -245,12 +250,13 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// GBA bootstrap at the BSF, then the ECCSI key from the KMS (Ua `keyprovision`) for `aor`.
-async fn high_security_access(aor: &str, k: &KmsArgs) -> anyhow::Result<KmsAccess> {
+/// GBA bootstrap at the BSF, then the ECCSI key from the KMS (Ua `keyprovision`) for `aor`
+/// (with `sakke`, also Z and the RSK for MIKEY-SAKKE).
+async fn high_security_access(aor: &str, k: &KmsArgs, sakke: bool) -> anyhow::Result<KmsAccess> {
     use mediasec_bsf::client::{self, Endpoint};
     use mediasec_gba::kdf::{NafId, UaProtocolId};
     let (Some(bsf), Some(impi), Some(key), Some(opc), Some(kms), Some(fqdn)) = (&k.bsf, &k.impi, &k.k, &k.opc, &k.kms, &k.kms_fqdn) else {
-        anyhow::bail!("--security high-security needs --bsf, --impi, --k, --opc, --kms and --kms-fqdn");
+        anyhow::bail!("--security high-security / mikey-sakke needs --bsf, --impi, --k, --opc, --kms and --kms-fqdn");
     };
     let realm = k.bsf_realm.clone().or_else(|| super::gba::default_realm(impi)).context("cannot derive the BSF FQDN from the IMPI; give --bsf-realm")?;
     let usim = mediasec_gba::milenage::Milenage::with_opc(&super::gba::key16("K", key)?, &super::gba::key16("OPc", opc)?);
@@ -264,7 +270,7 @@ async fn high_security_access(aor: &str, k: &KmsArgs) -> anyhow::Result<KmsAcces
         let bytes = hex::decode(h.trim()).context("--trust-kpak is not hex")?;
         others.push(mediasec_mikey::eccsi::Kpak::from_uncompressed(&bytes).context("--trust-kpak")?);
     }
-    access.high_security = Some(HighSecurity::provision(&access, aor, others).await?);
+    access.high_security = Some(if sakke { HighSecurity::provision_sakke(&access, aor, others).await? } else { HighSecurity::provision(&access, aor, others).await? });
     Ok(access)
 }
 

@@ -1,0 +1,164 @@
+//! MIKEY-SAKKE in calls (RFC 6509; docs/high-security.md §10): the caller's INVITE carries
+//! the ECCSI-signed I_MESSAGE ([`mediasec_mikey::mikey_sakke`]) in `a=key-mgmt:mikey`
+//! (RFC 4567, media level) of an `RTP/SAVP` offer; the SSV is SAKKE-encapsulated to the
+//! callee's identity for the month of T under its KMS's Z. The callee verifies the signature
+//! under a trusted KPAK, that the message is for its own identity and key period, time and
+//! replay, decapsulates with its RSK and answers an `RTP/SAVP` SDP **without**
+//! `a=key-mgmt`: RFC 6509 has no response message (the HDR's V bit is 0, no verification
+//! message is asked for), so there is nothing to carry. Both sides derive the SRTP keys of CS 1
+//! (caller) and CS 2 (callee) from the SSV. Failures are refused with 488 and, when the
+//! message had a decodable header, the RFC 3830 §5.1.2 MIKEY Error message, as in the
+//! high-security mode ([`crate::high_security`]).
+//!
+//! Keys come from the UE's KMS per month with the ECCSI key (Ua `keyprovision` with `sakke`,
+//! policy `mikey_sakke`), kept and renewed by the same [`HighSecurity`] credentials and
+//! [`crate::high_security::ready`] as the high-security mode. One community: the caller
+//! encapsulates under its own KMS's Z, so the callee must hold an RSK of that KMS (a callee of
+//! another KMS fails to decapsulate: ERR Auth failure).
+//!
+//! Properties (stated in docs/high-security.md §10): the KMS can derive every call key (LI
+//! without a man in the middle), no forward secrecy, only the caller is authenticated — the
+//! caller learns nothing of who answered beyond SIP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mediasec_mikey::mikey_sakke::{self, Offer};
+use mediasec_mikey::registry::{ErrorCode, PrfFunc};
+use mediasec_mikey::signed_dh::{self, Keys};
+use mediasec_mikey::srtp_policy;
+use mediasec_sdp::Sdp;
+
+use crate::high_security::{HighSecurity, SKEW_SECS, key_at, ntp, protection, random, under_trusted};
+use crate::offer_answer::{Media, RTCP_MUX, SAVP, audio, sdp_text};
+use crate::ticket;
+use crate::Error;
+
+/// What the caller keeps until the answer: the call's keys (derived when the I_MESSAGE was
+/// built; the answer carries none).
+pub struct PendingCall {
+    keys: Keys,
+}
+
+/// Caller: the I_MESSAGE to `callee_uri` in an `RTP/SAVP` offer (SDP session version
+/// `version`), built at `now` (Unix time) with our ECCSI key and our KMS's Z of that month.
+pub fn offer(hs: &HighSecurity, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str, now: Duration) -> Result<(String, PendingCall), Error> {
+    let keys = key_at(&hs.keys, &hs.uri, now)?;
+    let sakke = keys.sakke.as_ref().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs SAKKE keys (Z, RSK) from the KMS".into()))?;
+    let o = Offer {
+        prf: PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: hs.uri.clone(),
+        responder_uri: format!("sip:{}", ticket::uid_of(callee_uri)?),
+        kms_uri: None,
+        initiator_ssrc: ssrc,
+        policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let (message, keys) = mikey_sakke::build(&o, &keys.key, &sakke.z, ntp(now), &mut random).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
+    Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()]), PendingCall { keys }))
+}
+
+/// Callee: receives the I_MESSAGE of `offer` at `now` and answers without key management
+/// (module docs). The message's T selects our key period: each month we hold is tried (a
+/// message for another month or user is ERR Invalid ID). A failing message is
+/// [`Error::KeyRefused`] with the MIKEY Error message to return.
+pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32, now: Duration) -> Result<(String, Media), Error> {
+    let _ = ssrc; // CS 2's SSRC is 0 in the I_MESSAGE: the callee has no message to name it in.
+    let refused = |reason: String| Error::KeyRefused { reason, mikey_error: None };
+    let stream = audio(offer).map_err(|e| refused(e.to_string()))?;
+    let message = ticket::mikey_data(offer)
+        .map_err(|e| refused(e.to_string()))?
+        .ok_or_else(|| refused("offer without a=key-mgmt:mikey; policy requires MIKEY-SAKKE".into()))?;
+    let t = ntp(now);
+    let HighSecurity { keys, kpaks, replay, .. } = hs;
+    replay.now_ntp_secs = t >> 32;
+    let mut outcome = Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: "no MIKEY-SAKKE receiver key held".into() });
+    for held in keys.iter() {
+        let Some(s) = &held.sakke else { continue };
+        outcome = under_trusted(kpaks, |kpak| mikey_sakke::receive(&message, kpak, &s.z, &s.rsk, t, SKEW_SECS, replay));
+        if !matches!(&outcome, Err(e) if e.err_code() == ErrorCode::INVALID_ID) {
+            break;
+        }
+    }
+    let received = outcome.map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
+    let keys = received.keys.ok_or_else(|| refused("MIKEY-SAKKE: no two-stream SRTP-ID map (not a call message)".into()))?;
+    let protection = protection(&keys, false).map_err(|e| refused(e.to_string()))?;
+    Ok((sdp_text(local, version, SAVP, &stream.answer_lines()), stream.media(stream.mux, protection)))
+}
+
+/// Caller: the media of an answer, which must be `RTP/SAVP` without `a=key-mgmt` (RFC 6509:
+/// no response); anything else fails the call (no fallback).
+pub fn process_answer(pending: &PendingCall, answer: &Sdp) -> Result<Media, Error> {
+    let stream = audio(answer)?;
+    if stream.proto != SAVP {
+        return Err(Error::Downgrade(format!("MIKEY-SAKKE answer with {}, not {SAVP}", stream.proto)));
+    }
+    if ticket::mikey_data(answer)?.is_some() {
+        return Err(Error::Negotiation("MIKEY-SAKKE answer carries a=key-mgmt (RFC 6509 has no response)".into()));
+    }
+    Ok(stream.media(stream.mux, protection(&pending.keys, true)?))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use mediasec_kms::keyprov::{Period, Provisioned, SakkeKeys};
+    use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
+    use mediasec_mikey::sakke;
+
+    const NOW: u64 = 1_798_675_200; // 2026-12-31T00:00:00Z
+
+    fn creds(ksak: &KmsSecret, z: &sakke::KmsSecret, uri: &str) -> HighSecurity {
+        let p = Period::of_unix(NOW).unwrap();
+        let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
+        let (ssk, pvt) = ksak.issue(&id, &[0x31; 32]).unwrap();
+        let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
+        let sakke = SakkeKeys { z: z.public_key(), rsk: z.issue(&id).unwrap() };
+        HighSecurity::from_provisioned(Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: Some(sakke) }, Vec::new())
+    }
+
+    fn srtp_both_ways(a: &Media, b: &Media) {
+        for (from, to) in [(a, b), (b, a)] {
+            let (crate::offer_answer::Protection::Srtp { tx, .. }, crate::offer_answer::Protection::Srtp { rx, .. }) = (&from.protection, &to.protection) else {
+                panic!("SRTP both ways")
+            };
+            let mut packet = [0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x11, 0x11, 0xAB, 0xCD].to_vec();
+            mediasec_srtp::Session::new(tx).unwrap().protect_rtp_vec(&mut packet).unwrap();
+            let len = mediasec_srtp::Session::new(rx).unwrap().unprotect_rtp(&mut packet).unwrap();
+            assert_eq!(packet.get(12..len), Some(&[0xAB, 0xCD][..]));
+        }
+    }
+
+    /// A MIKEY-SAKKE call: the offer carries the I_MESSAGE, the answer has no key management,
+    /// both sides end with the same SRTP keys; the same message is refused when replayed, when
+    /// received by someone else (ERR Invalid ID, with the MIKEY Error message), or signed under
+    /// an untrusted KPAK; an answer with key management fails the caller.
+    #[test]
+    fn call_keys_and_refusals() {
+        let (ksak, z) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (alice, mut bob, mut carol) = (creds(&ksak, &z, "sip:alice@a.example"), creds(&ksak, &z, "sip:bob@a.example"), creds(&ksak, &z, "sip:carol@a.example"));
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        let (offer_sdp, pending) = offer(&alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        assert!(offer_sdp.contains("RTP/SAVP") && offer_sdp.contains("a=key-mgmt:mikey "), "{offer_sdp}");
+        let offered = Sdp::parse(&offer_sdp);
+        let (answer_sdp, bob_media) = answer(&mut bob, &offered, local, 1, 0x2222, now + Duration::from_secs(1)).unwrap();
+        assert!(answer_sdp.contains("RTP/SAVP") && !answer_sdp.contains("key-mgmt"), "{answer_sdp}");
+        let alice_media = process_answer(&pending, &Sdp::parse(&answer_sdp)).unwrap();
+        srtp_both_ways(&alice_media, &bob_media);
+        let replayed = answer(&mut bob, &offered, local, 1, 0x2222, now + Duration::from_secs(2)).err().unwrap();
+        assert!(matches!(&replayed, Error::KeyRefused { .. }), "{replayed}");
+        match answer(&mut carol, &offered, local, 1, 0x3333, now).err().unwrap() {
+            Error::KeyRefused { mikey_error: Some(m), .. } => {
+                let m = mediasec_mikey::Message::decode(&m).unwrap();
+                assert!(m.payloads.iter().any(|p| matches!(p, mediasec_mikey::Payload::Err(e) if e.code == ErrorCode::INVALID_ID)), "{m:?}");
+            }
+            other => panic!("{other}"),
+        }
+        let other_kms = creds(&KmsSecret::from_bytes(&[0x43; 32]).unwrap(), &z, "sip:alice@a.example");
+        let (forged, _) = offer(&other_kms, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        assert!(matches!(answer(&mut bob, &Sdp::parse(&forged), local, 1, 0x2222, now), Err(Error::KeyRefused { .. })), "untrusted KPAK");
+        assert!(process_answer(&pending, &offered).is_err(), "an answer with a=key-mgmt");
+    }
+}
