@@ -1606,32 +1606,31 @@ mod ticket_exchange {
     }
 }
 
-/// ECCSI (RFC 6507) against an independent implementation: wolfSSL's wolfcrypt ECCSI, through
-/// the tiny C harness `tests/peers/eccsi_wolfssl.c` compiled here with `cc … -lwolfssl`
-/// (Debian `libwolfssl-dev`). Fresh random KMS keys, identities and messages every run.
-mod eccsi_wolfssl {
-    use mediasec_mikey::eccsi::{self, KmsSecret, SigningKey};
+/// The wolfSSL peer harnesses (`tests/peers/*.c`, Debian `libwolfssl-dev`): compiled here
+/// with `cc … -lwolfssl`, run with hex arguments.
+mod wolfssl_peer {
     use std::io::Read;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    /// 32 random octets (outside [1, q−1] with probability < 2⁻³²; the KMS loop retries).
-    fn random32(f: &mut std::fs::File) -> [u8; 32] {
-        let mut b = [0u8; 32];
+    /// N random octets from `/dev/urandom`.
+    pub(super) fn random<const N: usize>(f: &mut std::fs::File) -> [u8; N] {
+        let mut b = [0u8; N];
         f.read_exact(&mut b).expect("urandom");
         b
     }
 
-    /// Compiles the harness; `None` (skip, or panic under MEDIASEC_REQUIRE_PEERS=1) when `cc`
-    /// or libwolfssl is missing.
-    fn harness() -> Option<std::path::PathBuf> {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/eccsi_wolfssl.c");
-        let dir = std::env::temp_dir().join(format!("mediasec-eccsi-wolfssl-{}", std::process::id()));
+    /// Compiles `tests/peers/<name>.c`; `None` (skip, or panic under
+    /// MEDIASEC_REQUIRE_PEERS=1) when `cc` or libwolfssl (`what`) is missing.
+    pub(super) fn harness(name: &str, what: &str) -> Option<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(format!("{name}.c"));
+        let dir = std::env::temp_dir().join(format!("mediasec-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
-        let bin = dir.join("eccsi_wolfssl");
+        let bin = dir.join(name);
         match Command::new("cc").arg("-o").arg(&bin).arg(src).arg("-lwolfssl").output() {
             Ok(o) if o.status.success() => Some(bin),
             Ok(o) => {
-                mediasec_testkit::peer_unavailable("libwolfssl-dev (ECCSI)", &String::from_utf8_lossy(&o.stderr));
+                mediasec_testkit::peer_unavailable(what, &String::from_utf8_lossy(&o.stderr));
                 None
             }
             Err(e) => {
@@ -1641,15 +1640,29 @@ mod eccsi_wolfssl {
         }
     }
 
-    fn run(bin: &std::path::Path, args: &[String]) -> (bool, String) {
+    /// Runs the harness: (exit 0, trimmed stdout); exit 1 (a harness failure) panics.
+    pub(super) fn run(bin: &Path, args: &[&str]) -> (bool, String) {
         let o = Command::new(bin).args(args).output().expect("run harness");
         assert!(o.status.code() != Some(1), "harness failed: {}", String::from_utf8_lossy(&o.stderr));
         (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
+}
+
+/// ECCSI (RFC 6507) against an independent implementation: wolfSSL's wolfcrypt ECCSI, through
+/// the tiny C harness `tests/peers/eccsi_wolfssl.c` compiled here with `cc … -lwolfssl`
+/// (Debian `libwolfssl-dev`). Fresh random KMS keys, identities and messages every run.
+mod eccsi_wolfssl {
+    use super::wolfssl_peer::{harness, random, run};
+    use mediasec_mikey::eccsi::{self, KmsSecret, SigningKey};
+
+    /// 32 random octets (outside [1, q−1] with probability < 2⁻³²; the KMS loop retries).
+    fn random32(f: &mut std::fs::File) -> [u8; 32] {
+        random(f)
+    }
 
     #[test]
     fn wolfssl_verifies_ours_and_we_verify_wolfssl() {
-        let Some(bin) = harness() else { return };
+        let Some(bin) = harness("eccsi_wolfssl", "libwolfssl-dev (ECCSI)") else { return };
         let mut rng = std::fs::File::open("/dev/urandom").expect("urandom");
         for round in 0..4 {
             let kms = loop {
@@ -1669,14 +1682,14 @@ mod eccsi_wolfssl {
 
             // (a) wolfSSL verifies our signature, and rejects it for another message.
             let sig = key.sign(&msg, &random32(&mut rng)).expect("sign");
-            let (ok, out) = run(&bin, &["verify".into(), kpak_hex.clone(), id_hex.clone(), hex::encode(&msg), hex::encode(sig)]);
+            let (ok, out) = run(&bin, &["verify", &kpak_hex, &id_hex, &hex::encode(&msg), &hex::encode(sig)]);
             assert!(ok, "wolfSSL rejected our signature: {out}");
-            let (ok, _) = run(&bin, &["verify".into(), kpak_hex.clone(), id_hex.clone(), hex::encode(&msg[1..]), hex::encode(sig)]);
+            let (ok, _) = run(&bin, &["verify", &kpak_hex, &id_hex, &hex::encode(&msg[1..]), &hex::encode(sig)]);
             assert!(!ok, "wolfSSL accepted our signature over another message");
 
             // (b) wolfSSL validates the SSK/PVT we issued, signs; we verify.
             let pvt_hex = hex::encode(pvt.to_uncompressed());
-            let (ok, out) = run(&bin, &["sign".into(), kpak_hex.clone(), id_hex.clone(), ssk_hex, pvt_hex, hex::encode(&msg)]);
+            let (ok, out) = run(&bin, &["sign", &kpak_hex, &id_hex, &ssk_hex, &pvt_hex, &hex::encode(&msg)]);
             assert!(ok, "wolfSSL could not sign");
             let theirs = hex::decode(out).expect("hex signature");
             assert_eq!(theirs.len(), eccsi::SIGNATURE_LEN);
@@ -1693,43 +1706,12 @@ mod eccsi_wolfssl {
 /// every run: wolfSSL issues the RSK from our z and it validates here (and ours there); we
 /// encapsulate and wolfSSL derives the SSV; wolfSSL encapsulates and we decapsulate.
 mod sakke_wolfssl {
+    use super::wolfssl_peer::{harness, random, run};
     use mediasec_mikey::sakke::{self, KmsSecret, Rsk};
-    use std::io::Read;
-    use std::process::Command;
-
-    fn random<const N: usize>(f: &mut std::fs::File) -> [u8; N] {
-        let mut b = [0u8; N];
-        f.read_exact(&mut b).expect("urandom");
-        b
-    }
-
-    fn harness() -> Option<std::path::PathBuf> {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sakke_wolfssl.c");
-        let dir = std::env::temp_dir().join(format!("mediasec-sakke-wolfssl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp");
-        let bin = dir.join("sakke_wolfssl");
-        match Command::new("cc").arg("-o").arg(&bin).arg(src).arg("-lwolfssl").output() {
-            Ok(o) if o.status.success() => Some(bin),
-            Ok(o) => {
-                mediasec_testkit::peer_unavailable("libwolfssl-dev (SAKKE)", &String::from_utf8_lossy(&o.stderr));
-                None
-            }
-            Err(e) => {
-                mediasec_testkit::peer_unavailable("cc", &e.to_string());
-                None
-            }
-        }
-    }
-
-    fn run(bin: &std::path::Path, args: &[&str]) -> (bool, String) {
-        let o = Command::new(bin).args(args).output().expect("run harness");
-        assert!(o.status.code() != Some(1), "harness failed: {}", String::from_utf8_lossy(&o.stderr));
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
 
     #[test]
     fn wolfssl_and_we_agree_on_rsk_encapsulation_and_decapsulation() {
-        let Some(bin) = harness() else { return };
+        let Some(bin) = harness("sakke_wolfssl", "libwolfssl-dev (SAKKE)") else { return };
         let mut rng = std::fs::File::open("/dev/urandom").expect("urandom");
         for round in 0..2u16 {
             // 127 random octets: below q (> 2^1021), at least 2 except with negligible odds.
