@@ -292,23 +292,13 @@ pub fn receive(
 pub(crate) mod fuzz {
     use super::*;
     use crate::eccsi::KmsSecret;
-    use sha2::{Digest, Sha256};
+    use crate::signed_dh::fuzz::{ALICE, BOB, NOW, counter_random};
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
-    /// 2026-11-24 10:00:00 UTC (NTP-UTC).
-    const NOW: u64 = 0xeeaf_dea0_0000_0000;
-    const ALICE: &str = "sip:alice@fuzz.example.org";
-    const BOB: &str = "sip:bob@fuzz.example.org";
-
-    /// Deterministic, never-repeating test randomness (SHA-256 of a process-wide counter).
     fn random(buf: &mut [u8]) {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        for chunk in buf.chunks_mut(32) {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let block: [u8; 32] = Sha256::new().chain_update(b"mediasec mikey_sakke fuzz").chain_update(n.to_be_bytes()).finalize().into();
-            chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
-        }
+        counter_random(&COUNTER, b"mediasec mikey_sakke fuzz", buf);
     }
 
     struct Fixture {

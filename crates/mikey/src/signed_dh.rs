@@ -518,18 +518,23 @@ pub(crate) mod fuzz {
 
     /// 2026-11-24 10:00:00 UTC (NTP-UTC).
     pub(crate) const NOW: u64 = 0xeeaf_dea0_0000_0000;
-    const ALICE: &str = "sip:alice@fuzz.example.org";
-    const BOB: &str = "sip:bob@fuzz.example.org";
+    pub(crate) const ALICE: &str = "sip:alice@fuzz.example.org";
+    pub(crate) const BOB: &str = "sip:bob@fuzz.example.org";
 
-    /// Deterministic, never-repeating test randomness (SHA-256 of a process-wide counter): the
-    /// fixture is reproducible, and no ECCSI `j` is used twice within a process.
-    fn random(buf: &mut [u8]) {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
+    /// Deterministic, never-repeating test randomness: SHA-256 of `label` and the next value
+    /// of `counter` (one counter per fixture): the fixture is reproducible, and no ECCSI `j` is
+    /// used twice within a process.
+    pub(crate) fn counter_random(counter: &AtomicU64, label: &[u8], buf: &mut [u8]) {
         for chunk in buf.chunks_mut(32) {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let block: [u8; 32] = Sha256::new().chain_update(b"mediasec signed_dh fuzz").chain_update(n.to_be_bytes()).finalize().into();
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            let block: [u8; 32] = Sha256::new().chain_update(label).chain_update(n.to_be_bytes()).finalize().into();
             chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or_default());
         }
+    }
+
+    fn random(buf: &mut [u8]) {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        counter_random(&COUNTER, b"mediasec signed_dh fuzz", buf);
     }
 
     struct Fixture {
