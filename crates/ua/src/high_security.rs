@@ -282,7 +282,7 @@ pub fn process_answer(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp, no
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mediasec_mikey::eccsi::KmsSecret;
 
@@ -321,8 +321,13 @@ mod tests {
         let (offer_sdp, pending) = offer(caller, local, 1, 0x1111, callee.uri(), at(t_offer))?;
         let (answer_sdp, callee_media) = answer(callee, &Sdp::parse(&offer_sdp), local, 1, 0x2222, at(t_answer))?;
         let caller_media = process_answer(caller, &pending, &Sdp::parse(&answer_sdp), at(t_answer + 1))?;
-        // Each side's sent packet opens with the other's receive key.
-        for (from, to) in [(&caller_media, &callee_media), (&callee_media, &caller_media)] {
+        srtp_both_ways(&caller_media, &callee_media);
+        Ok(())
+    }
+
+    /// Each side's sent packet opens with the other's receive key.
+    pub(crate) fn srtp_both_ways(a: &Media, b: &Media) {
+        for (from, to) in [(a, b), (b, a)] {
             let (crate::offer_answer::Protection::Srtp { tx, .. }, crate::offer_answer::Protection::Srtp { rx, .. }) = (&from.protection, &to.protection) else {
                 panic!("SRTP both ways")
             };
@@ -331,7 +336,6 @@ mod tests {
             let len = mediasec_srtp::Session::new(rx).unwrap().unprotect_rtp(&mut packet).unwrap();
             assert_eq!(packet.get(12..len), Some(&[0xAB, 0xCD][..]));
         }
-        Ok(())
     }
 
     /// A UE whose clock crosses a month boundary keeps placing and receiving calls: keys are

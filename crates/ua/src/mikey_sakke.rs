@@ -106,6 +106,7 @@ mod tests {
     use mediasec_kms::keyprov::{Period, Provisioned, SakkeKeys};
     use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
     use mediasec_mikey::sakke;
+    use crate::high_security::tests::srtp_both_ways;
 
     const NOW: u64 = 1_798_675_200; // 2026-12-31T00:00:00Z
 
@@ -116,18 +117,6 @@ mod tests {
         let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
         let sakke = SakkeKeys { z: z.public_key(), rsk: z.issue(&id).unwrap() };
         HighSecurity::from_provisioned(Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: Some(sakke) }, Vec::new())
-    }
-
-    fn srtp_both_ways(a: &Media, b: &Media) {
-        for (from, to) in [(a, b), (b, a)] {
-            let (crate::offer_answer::Protection::Srtp { tx, .. }, crate::offer_answer::Protection::Srtp { rx, .. }) = (&from.protection, &to.protection) else {
-                panic!("SRTP both ways")
-            };
-            let mut packet = [0x80, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x11, 0x11, 0xAB, 0xCD].to_vec();
-            mediasec_srtp::Session::new(tx).unwrap().protect_rtp_vec(&mut packet).unwrap();
-            let len = mediasec_srtp::Session::new(rx).unwrap().unprotect_rtp(&mut packet).unwrap();
-            assert_eq!(packet.get(12..len), Some(&[0xAB, 0xCD][..]));
-        }
     }
 
     /// A MIKEY-SAKKE call: the offer carries the I_MESSAGE, the answer has no key management,
