@@ -292,7 +292,7 @@ pub fn receive(
 pub(crate) mod fuzz {
     use super::*;
     use crate::eccsi::KmsSecret;
-    use crate::signed_dh::fuzz::{ALICE, BOB, NOW, counter_random};
+    use crate::signed_dh::fuzz::{ALICE, BOB, NOW, NoReplay, counter_random};
     use std::sync::OnceLock;
     use std::sync::atomic::AtomicU64;
 
@@ -334,15 +334,6 @@ pub(crate) mod fuzz {
     fn fixture() -> Option<&'static Fixture> {
         static F: OnceLock<Option<Fixture>> = OnceLock::new();
         F.get_or_init(|| build_fixture().ok()).as_ref()
-    }
-
-    /// A replay cache that remembers nothing (each fuzz input is a fresh message).
-    struct NoReplay;
-
-    impl ReplayCache for NoReplay {
-        fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
-            true
-        }
     }
 
     /// `data` as an I_MESSAGE to Bob; returns whether it was accepted.

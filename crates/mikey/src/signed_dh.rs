@@ -573,8 +573,8 @@ pub(crate) mod fuzz {
         F.get_or_init(|| build().ok()).as_ref()
     }
 
-    /// A replay cache that remembers nothing (each fuzz input is a fresh exchange).
-    struct NoReplay;
+    /// A replay cache that remembers nothing (each fuzz input is a fresh message).
+    pub(crate) struct NoReplay;
 
     impl ReplayCache for NoReplay {
         fn insert(&mut self, _: u32, _: u64, _: &[u8]) -> bool {
