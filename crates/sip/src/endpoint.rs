@@ -63,7 +63,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,6 +151,25 @@ pub enum Command {
     KeepAlive {
         /// The peer (for a UE, its P-CSCF's address).
         to: SocketAddr,
+    },
+    /// Give up client transaction `key` while it has no final response (Calling, Trying or
+    /// Proceeding): RFC 3261 §9.1 — a UAC whose CANCEL got no final response for the INVITE
+    /// within 64·T1 "SHOULD then consider the original transaction cancelled and SHOULD
+    /// destroy the client transaction". An INVITE client transaction in Proceeding has no
+    /// timer of its own (§17.1.1.2), so without this it would stay forever.
+    ///
+    /// Nothing is sent and the TU hears nothing of it. The transaction is removed from the
+    /// transaction layer with its route and timers; for an INVITE, a small record of it (the
+    /// ACK of §17.1.1.3 without its `To`, and the route) stays for 64·T1 more, the time the
+    /// peer's server transaction retransmits a final response (Timer H): a late non-2xx final
+    /// response is ACKed from it as the transaction would have done, and a late 2xx is handed
+    /// to the TU as [`Event::Stray`] so that it can ACK it and end the session with BYE
+    /// (§13.2.2.4). After that, or for a non-INVITE, a late response is an [`Event::Stray`].
+    /// A transaction that already has its final response ends on its own timers (D, K, M)
+    /// and is left alone.
+    Abandon {
+        /// The client transaction.
+        key: TransactionKey,
     },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
     /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
@@ -363,6 +382,27 @@ pub struct OverloadStats {
     pub transactions_full: u64,
 }
 
+/// What the endpoint holds at a moment: the transactions in its transaction layer, and the
+/// INVITE client transactions given up by the TU ([`Command::Abandon`]) whose late final
+/// responses it still answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transactions {
+    /// Client transactions.
+    pub client: usize,
+    /// Server transactions.
+    pub server: usize,
+    /// Given-up INVITE client transactions, each kept for 64·T1 as its ACK without `To`.
+    pub abandoned: usize,
+}
+
+/// The atomics behind [`Transactions`], written by the endpoint task after each thing it does.
+#[derive(Debug, Default)]
+struct TransactionCounters {
+    client: AtomicUsize,
+    server: AtomicUsize,
+    abandoned: AtomicUsize,
+}
+
 /// SIP messages received (parsed) since the endpoint started, by transport: shows which
 /// transport a peer actually used (e.g. that a UE on TLS sent nothing in clear).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -400,6 +440,7 @@ pub struct Endpoint {
     counters: Arc<TcpCounters>,
     overload: Arc<OverloadCounters>,
     received: Arc<ReceivedCounters>,
+    table: Arc<TransactionCounters>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -453,6 +494,7 @@ impl Endpoint {
         let counters = Arc::new(TcpCounters::default());
         let overload = Arc::new(OverloadCounters::default());
         let received = Arc::new(ReceivedCounters::default());
+        let table = Arc::new(TransactionCounters::default());
         let driver = Driver {
             socket,
             listener,
@@ -487,9 +529,11 @@ impl Endpoint {
             refusals: RefusalLog::default(),
             received: Arc::clone(&received),
             max_transactions,
+            abandoned: HashMap::new(),
+            table: Arc::clone(&table),
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, tls_local, commands, counters, overload, received, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, tls_local, commands, counters, overload, received, table, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
     /// How often the bound on the TU's queue has acted so far.
@@ -500,6 +544,12 @@ impl Endpoint {
             events_dropped: load(&self.overload.events_dropped),
             transactions_full: load(&self.overload.transactions_full),
         }
+    }
+
+    /// How many transactions the endpoint holds now (as of the last thing its task did).
+    pub fn transactions(&self) -> Transactions {
+        let load = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        Transactions { client: load(&self.table.client), server: load(&self.table.server), abandoned: load(&self.table.abandoned) }
     }
 
     /// How many SIP messages arrived over each transport so far.
@@ -574,6 +624,17 @@ enum Due {
     Transaction(TransactionKey, Timer),
     Retransmit2xx(u64),
     RetransmitReliable(u64),
+    /// The end of the 64·T1 during which a given-up INVITE's late final responses are ACKed.
+    Abandoned(TransactionKey),
+}
+
+/// An INVITE client transaction the TU gave up ([`Command::Abandon`]): all that is needed to
+/// ACK a late non-2xx final response as the transaction would have (RFC 3261 §17.1.1.3).
+struct Abandoned {
+    /// The ACK without its `To`, which comes from the response (with its tag).
+    ack: Request,
+    /// Where the INVITE went.
+    route: Route,
 }
 
 /// A reliable provisional response being retransmitted until its PRACK (RFC 3262 §3).
@@ -631,6 +692,9 @@ struct Driver {
     refusals: RefusalLog,
     received: Arc<ReceivedCounters>,
     max_transactions: usize,
+    /// Given-up INVITE client transactions, until 64·T1 after they were given up.
+    abandoned: HashMap<TransactionKey, Abandoned>,
+    table: Arc<TransactionCounters>,
 }
 
 /// At most one warning line per second about overload refusals: a flood would otherwise write
@@ -691,7 +755,16 @@ impl Driver {
                 },
                 () = sleep_until(next) => self.fire_due().await,
             }
+            self.publish_counts();
         }
+    }
+
+    /// Makes [`Endpoint::transactions`] current.
+    fn publish_counts(&self) {
+        let (client, server) = self.layer.len();
+        self.table.client.store(client, Ordering::Relaxed);
+        self.table.server.store(server, Ordering::Relaxed);
+        self.table.abandoned.store(self.abandoned.len(), Ordering::Relaxed);
     }
 
     /// Which maximum of connections, if any, leaves no room for one more with `peer`.
@@ -838,6 +911,7 @@ impl Driver {
                 Message::Request(r) if r.method == Method::Ack => {
                     self.emit(Event::Ack { request: Box::new(r), source }).await;
                 }
+                Message::Response(r) if r.status.code() >= 300 && self.ack_abandoned(&r).await => {}
                 other => self.report(Event::Stray { message: Box::new(other), source }),
             },
         }
@@ -900,6 +974,7 @@ impl Driver {
                     _ => tracing::warn!("reliable provisional response without Call-ID, RSeq or CSeq: sent once"),
                 }
             }
+            Command::Abandon { key } => self.abandon(&key),
             Command::KeepAlive { to } => {
                 let open = [Kind::Tls, Kind::Tcp].into_iter().find_map(|kind| self.by_peer.get(&(kind, to)));
                 if let Some(connection) = open.and_then(|id| self.connections.get(id)) {
@@ -970,6 +1045,49 @@ impl Driver {
                 self.pending.remove(&id);
             }
         }
+    }
+
+    /// [`Command::Abandon`]: removes client transaction `key` if it has no final response yet,
+    /// sending nothing. The transaction layer of `sipx-sip` removes a client transaction only
+    /// when it ends; its transport-error input ends it at once, without sending anything, and
+    /// the TU event that produces is dropped here (the TU asked for the end).
+    fn abandon(&mut self, key: &TransactionKey) {
+        use sipx_sip::transaction::ClientState;
+        if !matches!(self.layer.client_state(key), Some(ClientState::Calling | ClientState::Trying | ClientState::Proceeding)) {
+            return;
+        }
+        let ack = self.layer.client_request(key).filter(|r| r.method == Method::Invite).map(ack_without_to);
+        let route = self.destinations.get(key).cloned();
+        // Outputs: the TU event and `Terminated`, nothing to send.
+        let _ = self.layer.on_transport_error(key);
+        self.forget(key);
+        tracing::info!(?key, invite = ack.is_some(), "client transaction given up by the TU (RFC 3261 §9.1)");
+        if let (Some(ack), Some(route)) = (ack, route) {
+            let id = self.arm(Instant::now() + self.timers.timeout(), None);
+            self.pending.insert(id, Due::Abandoned(key.clone()));
+            self.abandoned.insert(key.clone(), Abandoned { ack, route });
+        }
+    }
+
+    /// A non-2xx final response that matched no transaction: if it answers an INVITE given up
+    /// less than 64·T1 ago, it is ACKed as its transaction would have done (RFC 3261
+    /// §17.1.1.3: same branch, `To` from the response) and true is returned; the TU, which gave
+    /// up, is not told.
+    async fn ack_abandoned(&mut self, response: &Response) -> bool {
+        let Some(key) = TransactionKey::from_response(response) else { return false };
+        let Some(abandoned) = self.abandoned.get(&key) else { return false };
+        let mut ack = abandoned.ack.clone();
+        let route = abandoned.route.clone();
+        if let Some(to) = response.headers.get(&HeaderName::To) {
+            // After Via and From, as the transaction layer writes it.
+            ack.headers.insert(2.min(ack.headers.iter().count()), to.clone());
+        }
+        tracing::debug!(?key, status = response.status.code(), "late final response to a given-up INVITE: ACKed");
+        let route = self.transmit(route, &Message::Request(ack)).await;
+        if let Some(a) = self.abandoned.get_mut(&key) {
+            a.route = route;
+        }
+        true
     }
 
     /// Whether the transaction layer holds more than [`Config::max_transactions`].
@@ -1060,6 +1178,9 @@ impl Driver {
                 }
                 Some(Due::Retransmit2xx(id)) => self.retransmit_2xx(id, now).await,
                 Some(Due::RetransmitReliable(id)) => self.retransmit_reliable(id, now).await,
+                Some(Due::Abandoned(key)) => {
+                    self.abandoned.remove(&key);
+                }
                 None => {}
             }
         }
@@ -1353,6 +1474,29 @@ pub fn reliable_rack(headers: &Headers) -> Option<RAck> {
 /// three fields equal, the method compared case-sensitively as methods are, RFC 3261 §7.1).
 pub fn rack_matches(expected: &RAck, received: &RAck) -> bool {
     expected.rseq == received.rseq && expected.cseq == received.cseq && expected.method == received.method
+}
+
+/// The ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3), without its `To`
+/// (taken from the response, with the tag the UAS chose): the Request-URI of the INVITE, its
+/// top `Via` alone (the same branch), its `From`, `Call-ID` and `Route`s, `Max-Forwards`, and
+/// its CSeq number with the method ACK.
+fn ack_without_to(invite: &Request) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    for name in [HeaderName::Via, HeaderName::From, HeaderName::CallId] {
+        if let Some(h) = invite.headers.get(&name) {
+            ack.headers.push(h.clone());
+        }
+    }
+    for route in invite.headers.get_all(&HeaderName::Route) {
+        ack.headers.push(route.clone());
+    }
+    let cseq = invite.headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map_or(0, |c| c.sequence);
+    for (name, value) in [(HeaderName::MaxForwards, "70".to_owned()), (HeaderName::CSeq, format!("{cseq} ACK")), (HeaderName::ContentLength, "0".to_owned())] {
+        if let Ok(h) = Header::build(name, value) {
+            ack.headers.push(h);
+        }
+    }
+    ack
 }
 
 /// The start line of a message, for logs.

@@ -265,7 +265,7 @@ Content-Length: 0\r\n\r\n";
 mod endpoint {
     use super::*;
     use mediasec_sip::stream::{Frame, FrameLimits, Framer};
-    use mediasec_sip::udp::{Command, Config, Endpoint, Event, Events, OverloadStats, TcpStats, OVERLOAD_RETRY_AFTER_SECS};
+    use mediasec_sip::udp::{Command, Config, Endpoint, Event, Events, OverloadStats, TcpStats, Transactions, OVERLOAD_RETRY_AFTER_SECS};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -678,6 +678,89 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
 
         delivered_again(&peer, &b, &mut b_rx, "z9hG4bKafter").await;
         assert_eq!(b.overload_stats().requests_refused, 3);
+    }
+
+    /// The next datagram at `peer` that parses to a message `want` accepts (others skipped).
+    async fn peer_receives(peer: &RawPeer, want: impl Fn(&Message) -> bool) -> Message {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.udp.recv_from(&mut buf)).await.expect("in time").expect("recv");
+            let message = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram")));
+            if want(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// RFC 3261 §9.1 (a UAC that got no final response 64·T1 after its CANCEL destroys the
+    /// INVITE client transaction): two INVITEs answered 180 sit in Proceeding, which has no
+    /// timer (§17.1.1.2), so the endpoint holds two more client transactions. The TU gives
+    /// both up (`Command::Abandon`): the table returns to where it was, nothing is sent, the
+    /// TU hears nothing, and each is kept as a small record for 64·T1. A late 487 to the first
+    /// is ACKed as its transaction would have (§17.1.1.3: the INVITE's Request-URI and branch,
+    /// the 487's To tag, `CSeq: 1 ACK`), without a TU event; a late 200 to the second reaches
+    /// the TU as a stray, for it to ACK and BYE (§13.2.2.4), and the endpoint sends no ACK of
+    /// its own. After 64·T1 the records are gone too and a late 487 is only a stray.
+    #[tokio::test]
+    async fn a_given_up_invite_leaves_the_table_and_its_late_responses_are_handled() {
+        let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind a");
+        let peer = RawPeer::bind().await;
+        let before = a.transactions();
+        let mut invites = Vec::new();
+        for branch in ["z9hG4bKgiveup1", "z9hG4bKgiveup2"] {
+            a.send(Command::Request { request: sized_request("INVITE", branch, a.local_addr(), 0), to: peer.addr() }).expect("send");
+            let Message::Request(invite) = peer_receives(&peer, |m| matches!(m, Message::Request(r) if r.method == Method::Invite && top_via(r).contains(branch))).await else { panic!("INVITE") };
+            let ringing = response_text(&invite, 180).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+            peer.udp.send_to(ringing.as_bytes(), a.local_addr()).await.expect("send");
+            let Event::Response { key, response } = next(&mut a_rx).await else { panic!("the 180") };
+            assert_eq!(response.status.code(), 180);
+            invites.push((key, invite));
+        }
+        let settled = async |expected: Transactions| {
+            for _ in 0..100 {
+                if a.transactions() == expected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(a.transactions(), expected);
+        };
+        settled(Transactions { client: before.client + 2, ..before }).await;
+        for (key, _) in &invites {
+            a.send(Command::Abandon { key: key.clone() }).expect("abandon");
+        }
+        settled(Transactions { abandoned: 2, ..before }).await;
+        assert!(tokio::time::timeout(Duration::from_millis(200), a_rx.recv()).await.is_err(), "the TU is told nothing");
+
+        let [(_, first), (_, second)] = [invites.remove(0), invites.remove(0)];
+        let late_487 = response_text(&first, 487).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(late_487.as_bytes(), a.local_addr()).await.expect("send");
+        let Message::Request(ack) = peer_receives(&peer, |m| matches!(m, Message::Request(_))).await else { panic!("ACK") };
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri.to_string(), first.uri.to_string());
+        assert_eq!(top_via(&ack), top_via(&first));
+        assert_eq!(ack.headers.get_all(&HeaderName::Via).count(), 1);
+        assert_eq!(ack.headers.value(&HeaderName::To).as_deref(), Some(b"<sip:bob@b.example>;tag=b".as_slice()));
+        for name in [HeaderName::From, HeaderName::CallId] {
+            assert_eq!(ack.headers.value(&name), first.headers.value(&name), "{name}");
+        }
+        assert_eq!(ack.headers.value(&HeaderName::CSeq).as_deref(), Some(b"1 ACK".as_slice()));
+        assert!(tokio::time::timeout(Duration::from_millis(200), a_rx.recv()).await.is_err(), "the ACKed 487 is not the TU's");
+
+        let late_200 = response_text(&second, 200).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(late_200.as_bytes(), a.local_addr()).await.expect("send");
+        let Event::Stray { message, .. } = next(&mut a_rx).await else { panic!("the 200 as a stray") };
+        assert!(matches!(*message, Message::Response(ref r) if r.status.code() == 200));
+        let mut buf = vec![0u8; 65_535];
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer.udp.recv_from(&mut buf)).await.is_err(), "the 2xx's ACK is the TU's");
+
+        // 64·T1 = 2.56 s with these timers.
+        tokio::time::sleep(timers().t1 * 64 + Duration::from_millis(200)).await;
+        settled(before).await;
+        peer.udp.send_to(late_487.as_bytes(), a.local_addr()).await.expect("send");
+        let Event::Stray { message, .. } = next(&mut a_rx).await else { panic!("the 487 as a stray") };
+        assert!(matches!(*message, Message::Response(ref r) if r.status.code() == 487));
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer.udp.recv_from(&mut buf)).await.is_err(), "no ACK without the record");
     }
 
     /// The transaction table's bound: with `max_transactions` 2, two OPTIONS are delivered
