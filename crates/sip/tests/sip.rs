@@ -763,6 +763,85 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         assert!(tokio::time::timeout(Duration::from_millis(200), peer.udp.recv_from(&mut buf)).await.is_err(), "no ACK without the record");
     }
 
+    /// The endpoint task as the bottleneck (docs/sip.md §1.1): the task is held — four
+    /// in-dialog BYEs fill a TU queue of 4 that the TU does not read, and a fifth waits for
+    /// room, so nothing more is read from the socket — while a raw peer fills the UDP receive
+    /// queue past the high-water mark (60 % of the buffer, above the 50 % default) with new
+    /// OPTIONS and INVITEs, then sends one more in-dialog BYE; nothing is dropped by the
+    /// kernel. Once the TU reads again, requests read while the queue is above the mark
+    /// (sampled at every datagram here) are answered 503 with `Retry-After` statelessly: no
+    /// server transaction, no TU event, both methods refused; the in-dialog BYE is still
+    /// delivered to the TU. What the counters say matches what the peer saw.
+    #[tokio::test]
+    async fn a_deep_udp_queue_gets_new_requests_503_while_in_dialog_ones_go_on() {
+        let config = Config { tu_queue_events: 4, udp_queue_sample_every: 1, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        if b.udp_queue().is_none() {
+            assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "the UDP receive queue cannot be read here");
+            println!("skipped: the UDP receive queue cannot be read here (no /proc/self/net/udp)");
+            return;
+        }
+        let peer = RawPeer::bind().await;
+        for i in 0..5 {
+            peer.udp.send_to(in_dialog_bye(&format!("z9hG4bKhold{i}"), peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
+        }
+        for _ in 0..100 {
+            if b.udp_queue().is_some_and(|q| q.queued == 0) && b.transactions().server == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.transactions().server, 5, "the fifth BYE is read and waits for room");
+        let mut sent = 0;
+        while !b.udp_queue().expect("queue").above(60) {
+            let method = if sent % 2 == 0 { "OPTIONS" } else { "INVITE" };
+            let request = Message::Request(sized_request(method, &format!("z9hG4bKdeep{sent}"), peer.addr(), 0)).to_bytes();
+            peer.udp.send_to(&request, b.local_addr()).await.expect("send");
+            sent += 1;
+            assert!(sent < 2000, "the queue never filled: {:?}", b.udp_queue());
+        }
+        peer.udp.send_to(in_dialog_bye("z9hG4bKdeepbye", peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
+        let full = b.udp_queue().expect("queue");
+        assert!(full.queued < full.capacity && full.drops == 0, "nothing dropped by the kernel: {full:?}");
+
+        // The TU reads again: its four BYEs, the waiting fifth, then whatever the endpoint
+        // passes on, up to the last BYE.
+        let mut delivered = 0;
+        loop {
+            let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("a request") };
+            let call_id = String::from_utf8_lossy(&request.headers.value(&HeaderName::CallId).expect("Call-ID")).into_owned();
+            if call_id == "z9hG4bKdeepbye" {
+                assert_eq!(request.method, Method::Bye);
+                break;
+            }
+            if call_id.starts_with("z9hG4bKdeep") {
+                delivered += 1;
+            }
+        }
+        let stats = b.overload_stats();
+        let server = b.transactions().server;
+        println!("{sent} requests queued ({full:?}): {} refused early, {} by the TU queue, {delivered} delivered", stats.udp_queue_deep, stats.requests_refused);
+        assert!(stats.udp_queue_deep > 0, "{stats:?}");
+        assert_eq!(stats.udp_queue_deep + stats.requests_refused + delivered, sent, "every request refused or delivered: {stats:?}");
+        assert_eq!(server as u64, 6 + delivered + stats.requests_refused, "the stateless 503s made no transaction");
+
+        let mut refused: std::collections::HashMap<String, Method> = std::collections::HashMap::new();
+        let mut buf = vec![0u8; 65_535];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(300), peer.udp.recv_from(&mut buf)).await {
+            let Message::Response(r) = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram"))) else { continue };
+            if r.status.code() == 503 {
+                assert_eq!(r.headers.value(&HeaderName::RetryAfter).as_deref(), Some(OVERLOAD_RETRY_AFTER_SECS.to_string().as_bytes()));
+                let call_id = String::from_utf8_lossy(&r.headers.value(&HeaderName::CallId).expect("Call-ID")).into_owned();
+                let cseq = r.headers.typed::<mediasec_sip::core::CSeq>().expect("CSeq").expect("CSeq");
+                refused.insert(call_id, cseq.method);
+            }
+        }
+        assert_eq!(refused.len() as u64, stats.udp_queue_deep + stats.requests_refused, "one 503 per refused request");
+        for method in [Method::Options, Method::Invite] {
+            assert!(refused.values().any(|m| *m == method), "{method} refused: {refused:?}");
+        }
+    }
+
     /// The transaction table's bound: with `max_transactions` 2, two OPTIONS are delivered
     /// and held (the TU answers neither yet); a third is answered 503 with `Retry-After`
     /// statelessly — no transaction, so its retransmission is refused afresh and counted
