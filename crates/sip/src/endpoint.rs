@@ -301,7 +301,8 @@ pub struct Config {
     /// transaction and without reaching the TU. In-dialog requests and responses go on.
     pub udp_queue_high_water: u8,
     /// How often the UDP receive queue is sampled: once every this many datagrams received
-    /// (default [`Config::UDP_QUEUE_SAMPLE_EVERY`], at least 1). A sample reads the kernel's
+    /// (default [`Config::UDP_QUEUE_SAMPLE_EVERY`], at least 1), and at the first datagram
+    /// once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old. A sample reads the kernel's
     /// UDP table, so it costs more than a datagram.
     pub udp_queue_sample_every: u32,
     /// SIP over TLS (RFC 3261 §26.2): a server side (certificate, key, TLS port, optional
@@ -588,6 +589,7 @@ impl Endpoint {
                 high_water: udp_queue_high_water,
                 every: udp_queue_sample_every.max(1),
                 since: 0,
+                at: None,
                 deep: false,
             },
         };
@@ -764,25 +766,34 @@ struct Driver {
     udp_sampler: Sampler,
 }
 
-/// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams and
-/// remembers whether it was above [`Config::udp_queue_high_water`].
+/// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
+/// the first datagram once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old, and remembers
+/// whether it was above [`Config::udp_queue_high_water`].
 struct Sampler {
     /// None: the check is off, or the queue cannot be read.
     probe: Option<Probe>,
     high_water: u8,
     every: u32,
     since: u32,
+    /// When the last sample was taken.
+    at: Option<Instant>,
     deep: bool,
 }
 
+/// How long a sample of the UDP receive queue stands at most: at a low rate, a burst's verdict
+/// must not outlive the burst (nor an idle queue's the next burst) for `every` datagrams. A
+/// flood reaches `every` datagrams long before.
+pub const UDP_QUEUE_SAMPLE_MAX_AGE: Duration = Duration::from_millis(10);
+
 impl Sampler {
-    /// Counts a datagram received, sampling the queue when one is due; whether the last
-    /// sample was above the high-water mark.
-    fn deep(&mut self) -> bool {
+    /// Counts a datagram received at `now`, sampling the queue when one is due; whether the
+    /// last sample was above the high-water mark.
+    fn deep(&mut self, now: Instant) -> bool {
         let Some(probe) = &self.probe else { return false };
         self.since += 1;
-        if self.since >= self.every {
+        if self.since >= self.every || self.at.is_none_or(|at| now.saturating_duration_since(at) >= UDP_QUEUE_SAMPLE_MAX_AGE) {
             self.since = 0;
+            self.at = Some(now);
             self.deep = probe.read().is_ok_and(|q| q.above(self.high_water));
         }
         self.deep
@@ -980,7 +991,7 @@ impl Driver {
         if datagram.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let deep = self.udp_sampler.deep();
+        let deep = self.udp_sampler.deep(Instant::now());
         match parse_datagram(datagram, &Limits::datagram()) {
             Ok(message) => {
                 if !(deep && self.refuse_early(&message, source).await) {
@@ -1725,6 +1736,37 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
         assert_eq!(refusals.log(Refusal::UdpQueue).due(t0 + Duration::from_millis(1000)), Some(5));
         assert_eq!(refusals.log(Refusal::Table).due(t0 + Duration::from_millis(1020)), Some(1));
         assert_eq!(refusals.log(Refusal::TuQueue).due(t0 + Duration::from_millis(1030)), Some(0));
+    }
+
+    /// A sample of the UDP receive queue stands for `every` datagrams or
+    /// [`UDP_QUEUE_SAMPLE_MAX_AGE`], whichever comes first (times passed in): a queue filled
+    /// after a sample is seen deep only at the next one, and a drained one clear only at the
+    /// one after that.
+    #[tokio::test]
+    async fn a_queue_sample_stands_for_a_count_or_an_age() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let Ok(probe) = Probe::new(&socket) else {
+            assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "no /proc/self/net/udp");
+            println!("skipped: no /proc/self/net/udp on this system");
+            return;
+        };
+        let mut sampler = Sampler { probe: Some(probe), high_water: 1, every: 3, since: 0, at: None, deep: false };
+        let t0 = Instant::now();
+        assert!(!sampler.deep(t0), "the first datagram samples: empty");
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        for _ in 0..10 {
+            sender.send_to(&[b'x'; 500], socket.local_addr().expect("addr")).await.expect("send");
+        }
+        for ms in [1, 2] {
+            assert!(!sampler.deep(t0 + Duration::from_millis(ms)), "the sample still stands");
+        }
+        assert!(sampler.deep(t0 + Duration::from_millis(2)), "the third datagram after it samples: above 1 %");
+        let mut buf = [0u8; 600];
+        for _ in 0..10 {
+            socket.recv_from(&mut buf).await.expect("recv");
+        }
+        assert!(sampler.deep(t0 + Duration::from_millis(3)), "the sample still stands");
+        assert!(!sampler.deep(t0 + Duration::from_millis(2) + UDP_QUEUE_SAMPLE_MAX_AGE), "an old sample is taken again: drained");
     }
 
     /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes
