@@ -325,7 +325,12 @@ impl Proxy {
 
     /// Handles one endpoint event.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
-        self.purge(now);
+        let mut out = self.purge(now);
+        out.extend(self.dispatch(event, now));
+        out
+    }
+
+    fn dispatch(&mut self, event: Event, now: Instant) -> Vec<Command> {
         match event {
             Event::Request { key, request, source } => {
                 self.stats.requests += 1;
@@ -366,8 +371,13 @@ impl Proxy {
     }
 
     /// Drops contexts whose final response went out more than [`LINGER`] ago, or that saw no
-    /// final response within [`TIMER_C`], with their branch entries.
-    fn purge(&mut self, now: Instant) {
+    /// final response within [`TIMER_C`], with their branch entries. An INVITE branch of such
+    /// a context that never got a final response (one CANCELled [`LINGER`] = 64·T1 ago that
+    /// its UAS never answered 487, RFC 3261 §9.1; one still ringing at Timer C) is given up at
+    /// the endpoint ([`Command::Abandon`]): in Proceeding its client transaction has no timer
+    /// and would stay there forever. Those commands are returned.
+    fn purge(&mut self, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
         let age = |c: &Context| now.saturating_duration_since(c.created);
         let stale: Vec<TransactionKey> =
             self.contexts.iter().filter(|(_, c)| (c.finished && age(c) > LINGER) || age(c) > TIMER_C).map(|(k, _)| k.clone()).collect();
@@ -375,11 +385,15 @@ impl Proxy {
             if let Some(c) = self.contexts.remove(&key) {
                 for b in c.branches {
                     self.branches.remove(&b.key);
+                    if c.method == Method::Invite && b.state == BranchState::Pending {
+                        out.push(Command::Abandon { key: b.key });
+                    }
                 }
             }
         }
         self.exchanges.retain(|_, x| now.saturating_duration_since(x.created) <= LINGER);
         self.offering.retain(|_, since| now.saturating_duration_since(*since) <= LINGER);
+        out
     }
 
     /// Requests and branches in flight (contexts, client branches).
@@ -2987,6 +3001,30 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER / 2);
         assert_eq!(scscf.in_flight(), (1, 1), "kept while late responses may come");
         let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER * 2);
+        assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// An INVITE branch that never gets a final response (180, then nothing: a UAS that rings
+    /// past Timer C) is given up at the endpoint when its context is dropped, so its client
+    /// transaction, which has no timer in Proceeding, does not stay there; before that, nothing.
+    #[test]
+    fn a_branch_without_a_final_response_is_given_up_with_its_context() {
+        let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
+            panic!("the seed parses")
+        };
+        let key = TransactionKey::from_request(&invite).expect("key");
+        let [_, mut scscf] = proxies();
+        let t0 = Instant::now();
+        let out = scscf.handle(Event::Request { key, request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, t0);
+        let Some(Command::Request { request, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("forwarded") };
+        let client = TransactionKey::from_sent_request(&request).expect("client key");
+        let ringing = ResponseBuilder::to_request(&request, StatusCode::new(180).expect("180"), "Ringing").expect("180").build();
+        let _ = scscf.handle(Event::Response { key: client.clone(), response: Box::new(ringing) }, t0);
+        let tick = |scscf: &mut Proxy, at: Instant| scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, at);
+        assert!(tick(&mut scscf, t0 + TIMER_C / 2).is_empty());
+        assert_eq!(scscf.in_flight(), (1, 1));
+        let out = tick(&mut scscf, t0 + TIMER_C + Duration::from_secs(1));
+        assert!(matches!(out.as_slice(), [Command::Abandon { key }] if *key == client), "{out:?}");
         assert_eq!(scscf.in_flight(), (0, 0));
     }
 

@@ -182,6 +182,7 @@ impl Cscf {
             ("mediasec_cscf_agw_failures_total", "IMS-ALG: ng commands that failed, and ACKs missing the answer.", s.agw_failures),
             ("mediasec_sip_overload_refused_total", "Requests answered 503 by the SIP endpoint: the proxy's event queue was three quarters full.", overload.requests_refused),
             ("mediasec_sip_transactions_full_total", "Requests answered 503 statelessly by the SIP endpoint: its transaction table was full.", overload.transactions_full),
+            ("mediasec_sip_udp_queue_refused_total", "Requests answered 503 statelessly by the SIP endpoint before any transaction: its UDP receive queue was above the high-water mark.", overload.udp_queue_deep),
             ("mediasec_sip_events_dropped_total", "Stray or malformed SIP messages dropped: the proxy's event queue was full.", overload.events_dropped),
             ("mediasec_sip_tcp_accepts_refused_total", "Incoming SIP TCP connections closed at once: the overall connection cap.", tcp.accepts_refused),
             ("mediasec_sip_tcp_accepts_refused_per_peer_total", "Incoming SIP TCP connections closed at once: the per-address connection cap.", tcp.accepts_refused_per_peer),

@@ -59,11 +59,21 @@
 //! when even that is full, waits for room: nothing of a call in progress is dropped. Only
 //! reports that lose nothing when dropped ([`Event::Stray`], [`Event::Malformed`]) are dropped
 //! when the queue is full. [`Endpoint::overload_stats`] counts both.
+//!
+//! When the endpoint task itself is the bottleneck, the TU's queue stays short and datagrams
+//! wait in the UDP socket's receive queue, which the kernel empties by dropping. The queue is
+//! sampled every [`Config::udp_queue_sample_every`] datagrams ([`crate::udp_queue`]); while
+//! it is above [`Config::udp_queue_high_water`] a new UDP request outside any dialog (not ACK,
+//! not CANCEL, not a retransmission of a request with a transaction) gets the 503 statelessly,
+//! with no transaction, before anything else is done with it.
+//!
+//! Refusals are logged at `debug` each, and at `warn` at most once a second per reason with
+//! the count left unlogged since the last line.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +93,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Kind, Queued, Report, Setup};
 use crate::tls::Tls;
+use crate::udp_queue::{Probe, UdpQueue};
 use crate::Error;
 
 /// The longest a TLS handshake may take (when 64·T1 is longer): a peer that opens a
@@ -151,6 +162,25 @@ pub enum Command {
     KeepAlive {
         /// The peer (for a UE, its P-CSCF's address).
         to: SocketAddr,
+    },
+    /// Give up client transaction `key` while it has no final response (Calling, Trying or
+    /// Proceeding): RFC 3261 §9.1 — a UAC whose CANCEL got no final response for the INVITE
+    /// within 64·T1 "SHOULD then consider the original transaction cancelled and SHOULD
+    /// destroy the client transaction". An INVITE client transaction in Proceeding has no
+    /// timer of its own (§17.1.1.2), so without this it would stay forever.
+    ///
+    /// Nothing is sent and the TU hears nothing of it. The transaction is removed from the
+    /// transaction layer with its route and timers; for an INVITE, a small record of it (the
+    /// ACK of §17.1.1.3 without its `To`, and the route) stays for 64·T1 more, the time the
+    /// peer's server transaction retransmits a final response (Timer H): a late non-2xx final
+    /// response is ACKed from it as the transaction would have done, and a late 2xx is handed
+    /// to the TU as [`Event::Stray`] so that it can ACK it and end the session with BYE
+    /// (§13.2.2.4). After that, or for a non-INVITE, a late response is an [`Event::Stray`].
+    /// A transaction that already has its final response ends on its own timers (D, K, M)
+    /// and is left alone.
+    Abandon {
+        /// The client transaction.
+        key: TransactionKey,
     },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
     /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
@@ -262,6 +292,19 @@ pub struct Config {
     /// many; beyond this bound a new request outside any dialog (not CANCEL) is answered 503
     /// statelessly, without a transaction, instead of memory growing with the offered rate.
     pub max_transactions: usize,
+    /// The UDP receive queue's high-water mark, in per cent of the socket's receive buffer
+    /// (default [`Config::UDP_QUEUE_HIGH_WATER`]; 0 turns the check off). While the last
+    /// sample of the queue ([`crate::udp_queue`]) was above it, the endpoint task is the
+    /// bottleneck and datagrams are about to be dropped by the kernel: a new request received
+    /// over UDP outside any dialog (not ACK, not CANCEL, not a retransmission of a request whose
+    /// transaction exists) is answered 503 with `Retry-After` statelessly, without a
+    /// transaction and without reaching the TU. In-dialog requests and responses go on.
+    pub udp_queue_high_water: u8,
+    /// How often the UDP receive queue is sampled: once every this many datagrams received
+    /// (default [`Config::UDP_QUEUE_SAMPLE_EVERY`], at least 1), and at the first datagram
+    /// once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old. A sample reads the kernel's
+    /// UDP table, so it costs more than a datagram.
+    pub udp_queue_sample_every: u32,
     /// SIP over TLS (RFC 3261 §26.2): a server side (certificate, key, TLS port, optional
     /// client roots for mutual TLS) and a client side (trusted roots, optional client
     /// certificate). Default: neither — no TLS port, and a request that must go over TLS fails
@@ -283,6 +326,11 @@ impl Config {
     /// Default [`Config::max_transactions`]: a CSCF's RSS stopped at ≈ 1.2 GB with the table
     /// full of OPTIONS transactions (BENCHMARKS.md, SIP proxy under load).
     pub const MAX_TRANSACTIONS: usize = 262_144;
+    /// Default [`Config::udp_queue_high_water`]: half the receive buffer. Above it, the
+    /// kernel's drops are one burst away; below it, a short burst is still absorbed.
+    pub const UDP_QUEUE_HIGH_WATER: u8 = 50;
+    /// Default [`Config::udp_queue_sample_every`].
+    pub const UDP_QUEUE_SAMPLE_EVERY: u32 = 64;
 }
 
 impl From<Timers> for Config {
@@ -296,6 +344,8 @@ impl From<Timers> for Config {
             tcp_read_messages: Self::TCP_READ_MESSAGES,
             tu_queue_events: Self::TU_QUEUE_EVENTS,
             max_transactions: Self::MAX_TRANSACTIONS,
+            udp_queue_high_water: Self::UDP_QUEUE_HIGH_WATER,
+            udp_queue_sample_every: Self::UDP_QUEUE_SAMPLE_EVERY,
             tls: Tls::default(),
         }
     }
@@ -361,6 +411,30 @@ pub struct OverloadStats {
     pub events_dropped: u64,
     /// Requests answered 503 statelessly: the endpoint held [`Config::max_transactions`].
     pub transactions_full: u64,
+    /// Requests answered 503 statelessly: the UDP receive queue was above
+    /// [`Config::udp_queue_high_water`].
+    pub udp_queue_deep: u64,
+}
+
+/// What the endpoint holds at a moment: the transactions in its transaction layer, and the
+/// INVITE client transactions given up by the TU ([`Command::Abandon`]) whose late final
+/// responses it still answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transactions {
+    /// Client transactions.
+    pub client: usize,
+    /// Server transactions.
+    pub server: usize,
+    /// Given-up INVITE client transactions, each kept for 64·T1 as its ACK without `To`.
+    pub abandoned: usize,
+}
+
+/// The atomics behind [`Transactions`], written by the endpoint task after each thing it does.
+#[derive(Debug, Default)]
+struct TransactionCounters {
+    client: AtomicUsize,
+    server: AtomicUsize,
+    abandoned: AtomicUsize,
 }
 
 /// SIP messages received (parsed) since the endpoint started, by transport: shows which
@@ -389,6 +463,7 @@ struct OverloadCounters {
     requests_refused: AtomicU64,
     events_dropped: AtomicU64,
     transactions_full: AtomicU64,
+    udp_queue_deep: AtomicU64,
 }
 
 /// A running endpoint. Cloning shares it; the task stops when the last clone is dropped.
@@ -400,6 +475,8 @@ pub struct Endpoint {
     counters: Arc<TcpCounters>,
     overload: Arc<OverloadCounters>,
     received: Arc<ReceivedCounters>,
+    table: Arc<TransactionCounters>,
+    udp_probe: Option<Probe>,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -423,8 +500,18 @@ impl Endpoint {
     /// [`Error::Io`] if the UDP socket cannot be bound, [`Error::TcpBind`] if the TCP port is
     /// taken (on every attempt, with port 0), [`Error::TlsBind`] if the TLS port is taken.
     pub async fn bind_with(addr: SocketAddr, config: Config) -> Result<(Self, Events), Error> {
-        let Config { timers, max_tcp_connections, tcp_queue_messages, max_tcp_connections_per_peer, tcp_read_messages, tu_queue_events, max_transactions, tls } =
-            config;
+        let Config {
+            timers,
+            max_tcp_connections,
+            tcp_queue_messages,
+            max_tcp_connections_per_peer,
+            tcp_read_messages,
+            tu_queue_events,
+            max_transactions,
+            udp_queue_high_water,
+            udp_queue_sample_every,
+            tls,
+        } = config;
         let mut attempt = 1;
         let (socket, local, listener) = loop {
             let socket = UdpSocket::bind(addr).await?;
@@ -447,12 +534,20 @@ impl Endpoint {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let udp_probe = match Probe::new(&socket) {
+            Ok(probe) => Some(probe),
+            Err(e) => {
+                tracing::info!(error = %e, "the UDP receive queue cannot be read: no early 503 when it is deep");
+                None
+            }
+        };
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::channel(tu_queue_events.max(1));
         let (reports, reports_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(TcpCounters::default());
         let overload = Arc::new(OverloadCounters::default());
         let received = Arc::new(ReceivedCounters::default());
+        let table = Arc::new(TransactionCounters::default());
         let driver = Driver {
             socket,
             listener,
@@ -484,12 +579,22 @@ impl Endpoint {
             max_tcp_connections_per_peer,
             events,
             overload: Arc::clone(&overload),
-            refusals: RefusalLog::default(),
+            refusals: Refusals::default(),
             received: Arc::clone(&received),
             max_transactions,
+            abandoned: HashMap::new(),
+            table: Arc::clone(&table),
+            udp_sampler: Sampler {
+                probe: udp_probe.clone().filter(|_| udp_queue_high_water > 0),
+                high_water: udp_queue_high_water,
+                every: udp_queue_sample_every.max(1),
+                since: 0,
+                at: None,
+                deep: false,
+            },
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
-        Ok((Self { local, tls_local, commands, counters, overload, received, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, tls_local, commands, counters, overload, received, table, udp_probe, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
     /// How often the bound on the TU's queue has acted so far.
@@ -499,7 +604,20 @@ impl Endpoint {
             requests_refused: load(&self.overload.requests_refused),
             events_dropped: load(&self.overload.events_dropped),
             transactions_full: load(&self.overload.transactions_full),
+            udp_queue_deep: load(&self.overload.udp_queue_deep),
         }
+    }
+
+    /// How many transactions the endpoint holds now (as of the last thing its task did).
+    pub fn transactions(&self) -> Transactions {
+        let load = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+        Transactions { client: load(&self.table.client), server: load(&self.table.server), abandoned: load(&self.table.abandoned) }
+    }
+
+    /// The UDP socket's receive queue now, read from the kernel ([`crate::udp_queue`]);
+    /// `None` where it cannot be read (not Linux, no `/proc`).
+    pub fn udp_queue(&self) -> Option<UdpQueue> {
+        self.udp_probe.as_ref().and_then(|p| p.read().ok())
     }
 
     /// How many SIP messages arrived over each transport so far.
@@ -574,6 +692,17 @@ enum Due {
     Transaction(TransactionKey, Timer),
     Retransmit2xx(u64),
     RetransmitReliable(u64),
+    /// The end of the 64·T1 during which a given-up INVITE's late final responses are ACKed.
+    Abandoned(TransactionKey),
+}
+
+/// An INVITE client transaction the TU gave up ([`Command::Abandon`]): all that is needed to
+/// ACK a late non-2xx final response as the transaction would have (RFC 3261 §17.1.1.3).
+struct Abandoned {
+    /// The ACK without its `To`, which comes from the response (with its tag).
+    ack: Request,
+    /// Where the INVITE went.
+    route: Route,
 }
 
 /// A reliable provisional response being retransmitted until its PRACK (RFC 3262 §3).
@@ -628,14 +757,83 @@ struct Driver {
     max_tcp_connections_per_peer: usize,
     events: mpsc::Sender<Event>,
     overload: Arc<OverloadCounters>,
-    refusals: RefusalLog,
+    refusals: Refusals,
     received: Arc<ReceivedCounters>,
     max_transactions: usize,
+    /// Given-up INVITE client transactions, until 64·T1 after they were given up.
+    abandoned: HashMap<TransactionKey, Abandoned>,
+    table: Arc<TransactionCounters>,
+    udp_sampler: Sampler,
 }
 
-/// At most one warning line per second about overload refusals: a flood would otherwise write
-/// one per refused request, adding disk load to the overload. The counts are in
-/// [`OverloadStats`] (and a CSCF's metrics); each line says how many went unlogged before it.
+/// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
+/// the first datagram once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old, and remembers
+/// whether it was above [`Config::udp_queue_high_water`].
+struct Sampler {
+    /// None: the check is off, or the queue cannot be read.
+    probe: Option<Probe>,
+    high_water: u8,
+    every: u32,
+    since: u32,
+    /// When the last sample was taken.
+    at: Option<Instant>,
+    deep: bool,
+}
+
+/// How long a sample of the UDP receive queue stands at most: at a low rate, a burst's verdict
+/// must not outlive the burst (nor an idle queue's the next burst) for `every` datagrams. A
+/// flood reaches `every` datagrams long before.
+pub const UDP_QUEUE_SAMPLE_MAX_AGE: Duration = Duration::from_millis(10);
+
+impl Sampler {
+    /// Counts a datagram received at `now`, sampling the queue when one is due; whether the
+    /// last sample was above the high-water mark.
+    fn deep(&mut self, now: Instant) -> bool {
+        let Some(probe) = &self.probe else { return false };
+        self.since += 1;
+        if self.since >= self.every || self.at.is_none_or(|at| now.saturating_duration_since(at) >= UDP_QUEUE_SAMPLE_MAX_AGE) {
+            self.since = 0;
+            self.at = Some(now);
+            self.deep = probe.read().is_ok_and(|q| q.above(self.high_water));
+        }
+        self.deep
+    }
+}
+
+/// Why a request was refused for overload (one [`RefusalLog`] each).
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// The TU's queue was three quarters full: 503 through the transaction.
+    TuQueue,
+    /// [`Config::max_transactions`]: 503 statelessly.
+    Table,
+    /// The UDP receive queue was deep: 503 statelessly, before any transaction.
+    UdpQueue,
+}
+
+/// The rate-limited overload log lines, one limiter per [`Refusal`], so that one reason does
+/// not hide another.
+#[derive(Default)]
+struct Refusals {
+    tu_queue: RefusalLog,
+    table: RefusalLog,
+    udp_queue: RefusalLog,
+}
+
+impl Refusals {
+    fn log(&mut self, reason: Refusal) -> &mut RefusalLog {
+        match reason {
+            Refusal::TuQueue => &mut self.tu_queue,
+            Refusal::Table => &mut self.table,
+            Refusal::UdpQueue => &mut self.udp_queue,
+        }
+    }
+}
+
+/// At most one warning line per second for one reason of overload refusals: a flood would
+/// otherwise write one per refused request, adding disk load to the overload (each refusal is
+/// logged at `debug` level). The counts are in [`OverloadStats`] (and a CSCF's metrics); each
+/// line says how many went unlogged before it.
 #[derive(Default)]
 struct RefusalLog {
     last: Option<Instant>,
@@ -691,7 +889,16 @@ impl Driver {
                 },
                 () = sleep_until(next) => self.fire_due().await,
             }
+            self.publish_counts();
         }
+    }
+
+    /// Makes [`Endpoint::transactions`] current.
+    fn publish_counts(&self) {
+        let (client, server) = self.layer.len();
+        self.table.client.store(client, Ordering::Relaxed);
+        self.table.server.store(server, Ordering::Relaxed);
+        self.table.abandoned.store(self.abandoned.len(), Ordering::Relaxed);
     }
 
     /// Which maximum of connections, if any, leaves no room for one more with `peer`.
@@ -784,8 +991,13 @@ impl Driver {
         if datagram.iter().all(u8::is_ascii_whitespace) {
             return;
         }
+        let deep = self.udp_sampler.deep(Instant::now());
         match parse_datagram(datagram, &Limits::datagram()) {
-            Ok(message) => self.on_message(message, source, None).await,
+            Ok(message) => {
+                if !(deep && self.refuse_early(&message, source).await) {
+                    self.on_message(message, source, None).await;
+                }
+            }
             Err(e) => {
                 tracing::info!(%source, error = %e, "dropped a datagram that is not SIP");
                 self.report(Event::Malformed { source, reason: e.to_string() });
@@ -838,6 +1050,7 @@ impl Driver {
                 Message::Request(r) if r.method == Method::Ack => {
                     self.emit(Event::Ack { request: Box::new(r), source }).await;
                 }
+                Message::Response(r) if r.status.code() >= 300 && self.ack_abandoned(&r).await => {}
                 other => self.report(Event::Stray { message: Box::new(other), source }),
             },
         }
@@ -900,6 +1113,7 @@ impl Driver {
                     _ => tracing::warn!("reliable provisional response without Call-ID, RSeq or CSeq: sent once"),
                 }
             }
+            Command::Abandon { key } => self.abandon(&key),
             Command::KeepAlive { to } => {
                 let open = [Kind::Tls, Kind::Tcp].into_iter().find_map(|kind| self.by_peer.get(&(kind, to)));
                 if let Some(connection) = open.and_then(|id| self.connections.get(id)) {
@@ -972,6 +1186,49 @@ impl Driver {
         }
     }
 
+    /// [`Command::Abandon`]: removes client transaction `key` if it has no final response yet,
+    /// sending nothing. The transaction layer of `sipx-sip` removes a client transaction only
+    /// when it ends; its transport-error input ends it at once, without sending anything, and
+    /// the TU event that produces is dropped here (the TU asked for the end).
+    fn abandon(&mut self, key: &TransactionKey) {
+        use sipx_sip::transaction::ClientState;
+        if !matches!(self.layer.client_state(key), Some(ClientState::Calling | ClientState::Trying | ClientState::Proceeding)) {
+            return;
+        }
+        let ack = self.layer.client_request(key).filter(|r| r.method == Method::Invite).map(ack_without_to);
+        let route = self.destinations.get(key).cloned();
+        // Outputs: the TU event and `Terminated`, nothing to send.
+        let _ = self.layer.on_transport_error(key);
+        self.forget(key);
+        tracing::info!(?key, invite = ack.is_some(), "client transaction given up by the TU (RFC 3261 §9.1)");
+        if let (Some(ack), Some(route)) = (ack, route) {
+            let id = self.arm(Instant::now() + self.timers.timeout(), None);
+            self.pending.insert(id, Due::Abandoned(key.clone()));
+            self.abandoned.insert(key.clone(), Abandoned { ack, route });
+        }
+    }
+
+    /// A non-2xx final response that matched no transaction: if it answers an INVITE given up
+    /// less than 64·T1 ago, it is ACKed as its transaction would have done (RFC 3261
+    /// §17.1.1.3: same branch, `To` from the response) and true is returned; the TU, which gave
+    /// up, is not told.
+    async fn ack_abandoned(&mut self, response: &Response) -> bool {
+        let Some(key) = TransactionKey::from_response(response) else { return false };
+        let Some(abandoned) = self.abandoned.get(&key) else { return false };
+        let mut ack = abandoned.ack.clone();
+        let route = abandoned.route.clone();
+        if let Some(to) = response.headers.get(&HeaderName::To) {
+            // After Via and From, as the transaction layer writes it.
+            ack.headers.insert(2.min(ack.headers.iter().count()), to.clone());
+        }
+        tracing::debug!(?key, status = response.status.code(), "late final response to a given-up INVITE: ACKed");
+        let route = self.transmit(route, &Message::Request(ack)).await;
+        if let Some(a) = self.abandoned.get_mut(&key) {
+            a.route = route;
+        }
+        true
+    }
+
     /// Whether the transaction layer holds more than [`Config::max_transactions`].
     fn transactions_full(&self) -> bool {
         let (client, server) = self.layer.len();
@@ -1001,22 +1258,9 @@ impl Driver {
             }
         }
         let route = self.destinations.get(key).cloned();
-        let response = request.as_ref().and_then(|request| {
-            let status = StatusCode::new(503)?;
-            // Without the headers a response needs (§8.2.6.2) nothing can be sent.
-            let builder = ResponseBuilder::to_request(request, status, "Service Unavailable".to_owned()).ok()?;
-            Some(builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()).ok()?.build())
-        });
+        let response = request.as_deref().and_then(overload_response);
         if let Some(request) = &request {
-            let counter = if stateless { &self.overload.transactions_full } else { &self.overload.requests_refused };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if let Some(unlogged) = self.refusals.due(Instant::now()) {
-                if stateless {
-                    tracing::warn!(method = %request.method, max = self.max_transactions, unlogged, "SIP request refused with 503: the transaction table is full");
-                } else {
-                    tracing::warn!(method = %request.method, queue = self.events.max_capacity(), unlogged, "SIP request refused with 503: the TU's event queue is three quarters full");
-                }
-            }
+            self.count_refusal(if stateless { Refusal::Table } else { Refusal::TuQueue }, &request.method);
         }
         if stateless {
             self.layer.abandon(key);
@@ -1030,6 +1274,49 @@ impl Driver {
         if let Some(response) = response {
             let outputs = self.layer.send_response(key, response);
             self.perform(key, outputs, None).await;
+        }
+    }
+
+    /// The early refusal (docs/sip.md §1.1): with the UDP receive queue above its high-water
+    /// mark, a new request outside any dialog — not ACK, not CANCEL, not a retransmission of
+    /// a request whose server transaction exists — is answered 503 with `Retry-After` to its
+    /// source, with no transaction and no TU event; true if it was.
+    async fn refuse_early(&mut self, message: &Message, source: SocketAddr) -> bool {
+        let Message::Request(request) = message else { return false };
+        if matches!(request.method, Method::Ack | Method::Cancel) || crate::dialog::DialogId::of_received_request(request).is_some() {
+            return false;
+        }
+        // Without a usable Via it is a stray (no transaction, no response possible).
+        if TransactionKey::from_request(request).is_none_or(|key| self.layer.server_state(&key).is_some()) {
+            return false;
+        }
+        self.received.udp.fetch_add(1, Ordering::Relaxed);
+        self.count_refusal(Refusal::UdpQueue, &request.method);
+        if let Some(response) = overload_response(request) {
+            self.transmit(Route::Udp(source), &Message::Response(response)).await;
+        }
+        true
+    }
+
+    /// Counts a request refused for `reason` and logs it: a `debug` line each, and a `warn`
+    /// line at most once a second per reason with the number left unlogged since the last one.
+    fn count_refusal(&mut self, reason: Refusal, method: &Method) {
+        let counter = match reason {
+            Refusal::TuQueue => &self.overload.requests_refused,
+            Refusal::Table => &self.overload.transactions_full,
+            Refusal::UdpQueue => &self.overload.udp_queue_deep,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%method, ?reason, "SIP request refused with 503 (overload)");
+        let Some(unlogged) = self.refusals.log(reason).due(Instant::now()) else { return };
+        match reason {
+            Refusal::TuQueue => {
+                tracing::warn!(%method, queue = self.events.max_capacity(), unlogged, "SIP request refused with 503: the TU's event queue is three quarters full");
+            }
+            Refusal::Table => tracing::warn!(%method, max = self.max_transactions, unlogged, "SIP request refused with 503: the transaction table is full"),
+            Refusal::UdpQueue => {
+                tracing::warn!(%method, high_water_percent = self.udp_sampler.high_water, unlogged, "SIP request refused with 503: the UDP receive queue is deep (the endpoint task is behind)");
+            }
         }
     }
 
@@ -1060,6 +1347,9 @@ impl Driver {
                 }
                 Some(Due::Retransmit2xx(id)) => self.retransmit_2xx(id, now).await,
                 Some(Due::RetransmitReliable(id)) => self.retransmit_reliable(id, now).await,
+                Some(Due::Abandoned(key)) => {
+                    self.abandoned.remove(&key);
+                }
                 None => {}
             }
         }
@@ -1204,7 +1494,11 @@ impl Driver {
     /// queue: such an event is never dropped.
     async fn emit(&self, event: Event) {
         // A TU that has gone away no longer wants events; nothing else to do.
-        let _ = self.events.send(event).await;
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            // The task waits: what it holds is published now, not when the TU reads again.
+            self.publish_counts();
+            let _ = self.events.send(event).await;
+        }
     }
 
     /// Hands the TU a report that loses nothing when dropped ([`Event::Stray`],
@@ -1355,6 +1649,37 @@ pub fn rack_matches(expected: &RAck, received: &RAck) -> bool {
     expected.rseq == received.rseq && expected.cseq == received.cseq && expected.method == received.method
 }
 
+/// The 503 with `Retry-After` that refuses `request` for overload (RFC 3261 §21.5.4,
+/// §20.33); `None` when the request lacks the headers a response needs (§8.2.6.2).
+fn overload_response(request: &Request) -> Option<Response> {
+    let status = StatusCode::new(503)?;
+    let builder = ResponseBuilder::to_request(request, status, "Service Unavailable".to_owned()).ok()?;
+    Some(builder.header(HeaderName::RetryAfter, OVERLOAD_RETRY_AFTER_SECS.to_string()).ok()?.build())
+}
+
+/// The ACK for a non-2xx final response to `invite` (RFC 3261 §17.1.1.3), without its `To`
+/// (taken from the response, with the tag the UAS chose): the Request-URI of the INVITE, its
+/// top `Via` alone (the same branch), its `From`, `Call-ID` and `Route`s, `Max-Forwards`, and
+/// its CSeq number with the method ACK.
+fn ack_without_to(invite: &Request) -> Request {
+    let mut ack = Request::new(Method::Ack, invite.uri.clone());
+    for name in [HeaderName::Via, HeaderName::From, HeaderName::CallId] {
+        if let Some(h) = invite.headers.get(&name) {
+            ack.headers.push(h.clone());
+        }
+    }
+    for route in invite.headers.get_all(&HeaderName::Route) {
+        ack.headers.push(route.clone());
+    }
+    let cseq = invite.headers.typed::<sipx_sip::CSeq>().and_then(Result::ok).map_or(0, |c| c.sequence);
+    for (name, value) in [(HeaderName::MaxForwards, "70".to_owned()), (HeaderName::CSeq, format!("{cseq} ACK")), (HeaderName::ContentLength, "0".to_owned())] {
+        if let Ok(h) = Header::build(name, value) {
+            ack.headers.push(h);
+        }
+    }
+    ack
+}
+
 /// The start line of a message, for logs.
 pub fn first_line(message: &Message) -> String {
     match message {
@@ -1381,9 +1706,6 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
         String::from_utf8_lossy(&Message::Request(r.clone()).to_bytes()).into_owned()
     }
 
-    /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes
-    /// over TCP and only the transport of its top Via changes (the branch, and so the
-    /// transaction key, does not).
     /// Overload refusals log one line a second at most, each telling how many it stands for.
     #[test]
     fn overload_refusals_log_a_line_a_second() {
@@ -1398,6 +1720,58 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
         assert_eq!(log.due(t0 + Duration::from_secs(5)), Some(1));
     }
 
+    /// Each reason has its own limiter: a flood refused for one reason does not swallow the
+    /// first line of another, and each line counts only its own reason's refusals.
+    #[test]
+    fn each_reason_logs_on_its_own() {
+        let mut refusals = Refusals::default();
+        let t0 = Instant::now();
+        assert_eq!(refusals.log(Refusal::UdpQueue).due(t0), Some(0));
+        for _ in 0..5 {
+            assert_eq!(refusals.log(Refusal::UdpQueue).due(t0 + Duration::from_millis(10)), None);
+        }
+        assert_eq!(refusals.log(Refusal::Table).due(t0 + Duration::from_millis(20)), Some(0));
+        assert_eq!(refusals.log(Refusal::TuQueue).due(t0 + Duration::from_millis(30)), Some(0));
+        assert_eq!(refusals.log(Refusal::Table).due(t0 + Duration::from_millis(40)), None);
+        assert_eq!(refusals.log(Refusal::UdpQueue).due(t0 + Duration::from_millis(1000)), Some(5));
+        assert_eq!(refusals.log(Refusal::Table).due(t0 + Duration::from_millis(1020)), Some(1));
+        assert_eq!(refusals.log(Refusal::TuQueue).due(t0 + Duration::from_millis(1030)), Some(0));
+    }
+
+    /// A sample of the UDP receive queue stands for `every` datagrams or
+    /// [`UDP_QUEUE_SAMPLE_MAX_AGE`], whichever comes first (times passed in): a queue filled
+    /// after a sample is seen deep only at the next one, and a drained one clear only at the
+    /// one after that.
+    #[tokio::test]
+    async fn a_queue_sample_stands_for_a_count_or_an_age() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let Ok(probe) = Probe::new(&socket) else {
+            assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "no /proc/self/net/udp");
+            println!("skipped: no /proc/self/net/udp on this system");
+            return;
+        };
+        let mut sampler = Sampler { probe: Some(probe), high_water: 1, every: 3, since: 0, at: None, deep: false };
+        let t0 = Instant::now();
+        assert!(!sampler.deep(t0), "the first datagram samples: empty");
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        for _ in 0..10 {
+            sender.send_to(&[b'x'; 500], socket.local_addr().expect("addr")).await.expect("send");
+        }
+        for ms in [1, 2] {
+            assert!(!sampler.deep(t0 + Duration::from_millis(ms)), "the sample still stands");
+        }
+        assert!(sampler.deep(t0 + Duration::from_millis(2)), "the third datagram after it samples: above 1 %");
+        let mut buf = [0u8; 600];
+        for _ in 0..10 {
+            socket.recv_from(&mut buf).await.expect("recv");
+        }
+        assert!(sampler.deep(t0 + Duration::from_millis(3)), "the sample still stands");
+        assert!(!sampler.deep(t0 + Duration::from_millis(2) + UDP_QUEUE_SAMPLE_MAX_AGE), "an old sample is taken again: drained");
+    }
+
+    /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes
+    /// over TCP and only the transport of its top Via changes (the branch, and so the
+    /// transaction key, does not).
     #[test]
     fn a_large_request_goes_over_tcp_with_its_top_via_rewritten() {
         let to = SocketAddr::from(([127, 0, 0, 1], 5060));
@@ -1513,8 +1887,8 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
         assert!(!set_top_via_transport(&mut headers, "TCP"));
     }
 
-    /// §18.2.2: a response whose TCP connection has gone goes to the source IP and the Via
-    /// sent-by port.
+    /// One remote host for the per-peer connection cap: an IPv4 address (mapped or not), or
+    /// an IPv6 /64.
     #[test]
     fn one_peer_is_an_ipv4_address_or_an_ipv6_64() {
         let host = |s: &str| peer_host(s.parse().expect("ip"));
@@ -1525,6 +1899,8 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
         assert_ne!(host("2001:db8:1:2::1"), host("2001:db8:1:3::1"));
     }
 
+    /// §18.2.2: a response whose TCP connection has gone goes to the source IP and the Via
+    /// sent-by port.
     #[test]
     fn reconnect_uses_source_ip_and_sent_by_port() {
         let source = SocketAddr::from(([127, 0, 0, 2], 40_001));

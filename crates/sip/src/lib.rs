@@ -15,7 +15,8 @@
 //!   §18, §26.2), that runs the transaction layer and its timers for a transaction user (the
 //!   UE and the CSCF cores); [`stream`] frames messages out of a TCP or TLS byte stream
 //!   (§18.3), sans-IO; [`tls`] builds the TLS setup from PEM and names the server a client
-//!   verifies (RFC 5922).
+//!   verifies (RFC 5922); [`udp_queue`] reads how full the UDP receive queue is (the
+//!   endpoint's early overload signal).
 
 pub mod body;
 pub mod dialog;
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod stream;
 mod tcp;
 pub mod tls;
+pub mod udp_queue;
 
 /// The endpoint under its first name, from when it spoke UDP only: the UE and the CSCFs
 /// import it as `mediasec_sip::udp`.

@@ -265,7 +265,7 @@ Content-Length: 0\r\n\r\n";
 mod endpoint {
     use super::*;
     use mediasec_sip::stream::{Frame, FrameLimits, Framer};
-    use mediasec_sip::udp::{Command, Config, Endpoint, Event, Events, OverloadStats, TcpStats, OVERLOAD_RETRY_AFTER_SECS};
+    use mediasec_sip::udp::{Command, Config, Endpoint, Event, Events, OverloadStats, TcpStats, Transactions, OVERLOAD_RETRY_AFTER_SECS};
     use std::net::SocketAddr;
     use std::time::Duration;
 
@@ -678,6 +678,168 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
 
         delivered_again(&peer, &b, &mut b_rx, "z9hG4bKafter").await;
         assert_eq!(b.overload_stats().requests_refused, 3);
+    }
+
+    /// The next datagram at `peer` that parses to a message `want` accepts (others skipped).
+    async fn peer_receives(peer: &RawPeer, want: impl Fn(&Message) -> bool) -> Message {
+        let mut buf = vec![0u8; 65_535];
+        loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), peer.udp.recv_from(&mut buf)).await.expect("in time").expect("recv");
+            let message = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram")));
+            if want(&message) {
+                return message;
+            }
+        }
+    }
+
+    /// RFC 3261 §9.1 (a UAC that got no final response 64·T1 after its CANCEL destroys the
+    /// INVITE client transaction): two INVITEs answered 180 sit in Proceeding, which has no
+    /// timer (§17.1.1.2), so the endpoint holds two more client transactions. The TU gives
+    /// both up (`Command::Abandon`): the table returns to where it was, nothing is sent, the
+    /// TU hears nothing, and each is kept as a small record for 64·T1. A late 487 to the first
+    /// is ACKed as its transaction would have (§17.1.1.3: the INVITE's Request-URI and branch,
+    /// the 487's To tag, `CSeq: 1 ACK`), without a TU event; a late 200 to the second reaches
+    /// the TU as a stray, for it to ACK and BYE (§13.2.2.4), and the endpoint sends no ACK of
+    /// its own. After 64·T1 the records are gone too and a late 487 is only a stray.
+    #[tokio::test]
+    async fn a_given_up_invite_leaves_the_table_and_its_late_responses_are_handled() {
+        let (a, mut a_rx) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind a");
+        let peer = RawPeer::bind().await;
+        let before = a.transactions();
+        let mut invites = Vec::new();
+        for branch in ["z9hG4bKgiveup1", "z9hG4bKgiveup2"] {
+            a.send(Command::Request { request: sized_request("INVITE", branch, a.local_addr(), 0), to: peer.addr() }).expect("send");
+            let Message::Request(invite) = peer_receives(&peer, |m| matches!(m, Message::Request(r) if r.method == Method::Invite && top_via(r).contains(branch))).await else { panic!("INVITE") };
+            let ringing = response_text(&invite, 180).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+            peer.udp.send_to(ringing.as_bytes(), a.local_addr()).await.expect("send");
+            let Event::Response { key, response } = next(&mut a_rx).await else { panic!("the 180") };
+            assert_eq!(response.status.code(), 180);
+            invites.push((key, invite));
+        }
+        let settled = async |expected: Transactions| {
+            for _ in 0..100 {
+                if a.transactions() == expected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(a.transactions(), expected);
+        };
+        settled(Transactions { client: before.client + 2, ..before }).await;
+        for (key, _) in &invites {
+            a.send(Command::Abandon { key: key.clone() }).expect("abandon");
+        }
+        settled(Transactions { abandoned: 2, ..before }).await;
+        assert!(tokio::time::timeout(Duration::from_millis(200), a_rx.recv()).await.is_err(), "the TU is told nothing");
+
+        let [(_, first), (_, second)] = [invites.remove(0), invites.remove(0)];
+        let late_487 = response_text(&first, 487).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(late_487.as_bytes(), a.local_addr()).await.expect("send");
+        let Message::Request(ack) = peer_receives(&peer, |m| matches!(m, Message::Request(_))).await else { panic!("ACK") };
+        assert_eq!(ack.method, Method::Ack);
+        assert_eq!(ack.uri.to_string(), first.uri.to_string());
+        assert_eq!(top_via(&ack), top_via(&first));
+        assert_eq!(ack.headers.get_all(&HeaderName::Via).count(), 1);
+        assert_eq!(ack.headers.value(&HeaderName::To).as_deref(), Some(b"<sip:bob@b.example>;tag=b".as_slice()));
+        for name in [HeaderName::From, HeaderName::CallId] {
+            assert_eq!(ack.headers.value(&name), first.headers.value(&name), "{name}");
+        }
+        assert_eq!(ack.headers.value(&HeaderName::CSeq).as_deref(), Some(b"1 ACK".as_slice()));
+        assert!(tokio::time::timeout(Duration::from_millis(200), a_rx.recv()).await.is_err(), "the ACKed 487 is not the TU's");
+
+        let late_200 = response_text(&second, 200).replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=b");
+        peer.udp.send_to(late_200.as_bytes(), a.local_addr()).await.expect("send");
+        let Event::Stray { message, .. } = next(&mut a_rx).await else { panic!("the 200 as a stray") };
+        assert!(matches!(*message, Message::Response(ref r) if r.status.code() == 200));
+        let mut buf = vec![0u8; 65_535];
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer.udp.recv_from(&mut buf)).await.is_err(), "the 2xx's ACK is the TU's");
+
+        // 64·T1 = 2.56 s with these timers.
+        tokio::time::sleep(timers().t1 * 64 + Duration::from_millis(200)).await;
+        settled(before).await;
+        peer.udp.send_to(late_487.as_bytes(), a.local_addr()).await.expect("send");
+        let Event::Stray { message, .. } = next(&mut a_rx).await else { panic!("the 487 as a stray") };
+        assert!(matches!(*message, Message::Response(ref r) if r.status.code() == 487));
+        assert!(tokio::time::timeout(Duration::from_millis(200), peer.udp.recv_from(&mut buf)).await.is_err(), "no ACK without the record");
+    }
+
+    /// The endpoint task as the bottleneck (docs/sip.md §1.1): the task is held — four
+    /// in-dialog BYEs fill a TU queue of 4 that the TU does not read, and a fifth waits for
+    /// room, so nothing more is read from the socket — while a raw peer fills the UDP receive
+    /// queue past the high-water mark (60 % of the buffer, above the 50 % default) with new
+    /// OPTIONS and INVITEs, then sends one more in-dialog BYE; nothing is dropped by the
+    /// kernel. Once the TU reads again, requests read while the queue is above the mark
+    /// (sampled at every datagram here) are answered 503 with `Retry-After` statelessly: no
+    /// server transaction, no TU event, both methods refused; the in-dialog BYE is still
+    /// delivered to the TU. What the counters say matches what the peer saw.
+    #[tokio::test]
+    async fn a_deep_udp_queue_gets_new_requests_503_while_in_dialog_ones_go_on() {
+        let config = Config { tu_queue_events: 4, udp_queue_sample_every: 1, ..Config::from(timers()) };
+        let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
+        if b.udp_queue().is_none() {
+            assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "the UDP receive queue cannot be read here");
+            println!("skipped: the UDP receive queue cannot be read here (no /proc/self/net/udp)");
+            return;
+        }
+        let peer = RawPeer::bind().await;
+        for i in 0..5 {
+            peer.udp.send_to(in_dialog_bye(&format!("z9hG4bKhold{i}"), peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
+        }
+        for _ in 0..100 {
+            if b.udp_queue().is_some_and(|q| q.queued == 0) && b.transactions().server == 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.transactions().server, 5, "the fifth BYE is read and waits for room");
+        let mut sent = 0;
+        while !b.udp_queue().expect("queue").above(60) {
+            let method = if sent % 2 == 0 { "OPTIONS" } else { "INVITE" };
+            let request = Message::Request(sized_request(method, &format!("z9hG4bKdeep{sent}"), peer.addr(), 0)).to_bytes();
+            peer.udp.send_to(&request, b.local_addr()).await.expect("send");
+            sent += 1;
+            assert!(sent < 2000, "the queue never filled: {:?}", b.udp_queue());
+        }
+        peer.udp.send_to(in_dialog_bye("z9hG4bKdeepbye", peer.addr()).as_bytes(), b.local_addr()).await.expect("send");
+        let full = b.udp_queue().expect("queue");
+        assert!(full.queued < full.capacity && full.drops == 0, "nothing dropped by the kernel: {full:?}");
+
+        // The TU reads again: its four BYEs, the waiting fifth, then whatever the endpoint
+        // passes on, up to the last BYE.
+        let mut delivered = 0;
+        loop {
+            let Event::Request { request, .. } = next(&mut b_rx).await else { panic!("a request") };
+            let call_id = String::from_utf8_lossy(&request.headers.value(&HeaderName::CallId).expect("Call-ID")).into_owned();
+            if call_id == "z9hG4bKdeepbye" {
+                assert_eq!(request.method, Method::Bye);
+                break;
+            }
+            if call_id.starts_with("z9hG4bKdeep") {
+                delivered += 1;
+            }
+        }
+        let stats = b.overload_stats();
+        let server = b.transactions().server;
+        println!("{sent} requests queued ({full:?}): {} refused early, {} by the TU queue, {delivered} delivered", stats.udp_queue_deep, stats.requests_refused);
+        assert!(stats.udp_queue_deep > 0, "{stats:?}");
+        assert_eq!(stats.udp_queue_deep + stats.requests_refused + delivered, sent, "every request refused or delivered: {stats:?}");
+        assert_eq!(server as u64, 6 + delivered + stats.requests_refused, "the stateless 503s made no transaction");
+
+        let mut refused: std::collections::HashMap<String, Method> = std::collections::HashMap::new();
+        let mut buf = vec![0u8; 65_535];
+        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(300), peer.udp.recv_from(&mut buf)).await {
+            let Message::Response(r) = parse(&String::from_utf8_lossy(buf.get(..n).expect("datagram"))) else { continue };
+            if r.status.code() == 503 {
+                assert_eq!(r.headers.value(&HeaderName::RetryAfter).as_deref(), Some(OVERLOAD_RETRY_AFTER_SECS.to_string().as_bytes()));
+                let call_id = String::from_utf8_lossy(&r.headers.value(&HeaderName::CallId).expect("Call-ID")).into_owned();
+                let cseq = r.headers.typed::<mediasec_sip::core::CSeq>().expect("CSeq").expect("CSeq");
+                refused.insert(call_id, cseq.method);
+            }
+        }
+        assert_eq!(refused.len() as u64, stats.udp_queue_deep + stats.requests_refused, "one 503 per refused request");
+        for method in [Method::Options, Method::Invite] {
+            assert!(refused.values().any(|m| *m == method), "{method} refused: {refused:?}");
+        }
     }
 
     /// The transaction table's bound: with `max_transactions` 2, two OPTIONS are delivered

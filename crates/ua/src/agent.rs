@@ -658,7 +658,11 @@ impl Core {
                     tracing::warn!(error = %e, "answering");
                 }
             }
-            Op::CancelExpired(call_id) => self.cancel_expired(&call_id),
+            Op::CancelExpired(call_id) => {
+                if let Err(e) = self.cancel_expired(&call_id) {
+                    tracing::warn!(error = %e, "giving up the INVITE");
+                }
+            }
             Op::Register(..) => {}
         }
     }
@@ -1227,18 +1231,26 @@ impl Core {
     }
 
     /// RFC 3261 §9.1: no final response to the INVITE within 64·T1 of its CANCEL — the UAC
-    /// "SHOULD then consider the original transaction cancelled": the call fails as its 487
-    /// would have failed it (488, the refusal's reason). The INVITE's client transaction is
-    /// left to the endpoint, so a late 2xx is still ACKed and ended with BYE and a late 487
-    /// ACKed, neither changing the outcome ([`Self::on_invite_response`]).
-    fn cancel_expired(&mut self, call_id: &str) {
-        let Some(call) = self.calls.get_mut(call_id) else { return };
+    /// "SHOULD then consider the original transaction cancelled" and "SHOULD destroy the client
+    /// transaction": the call fails as its 487 would have failed it (488, the refusal's
+    /// reason), and the INVITE's client transaction is given up ([`Command::Abandon`]; in
+    /// Proceeding it has no timer, so it would stay in the endpoint forever). A late 487 is
+    /// then still ACKed by the endpoint, and a late 2xx comes as a stray that
+    /// [`Self::on_invite_response`] ACKs and ends with BYE; neither changes the outcome.
+    fn cancel_expired(&mut self, call_id: &str) -> Result<(), Error> {
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         if !matches!(call.state, CallState::Setup | CallState::Early) {
-            return;
+            return Ok(());
         }
-        let Some(why) = call.refused_reliably.take() else { return };
+        let Some(why) = call.refused_reliably.take() else { return Ok(()) };
         tracing::info!(%call_id, "no final response to the INVITE within 64*T1 of its CANCEL (RFC 3261 §9.1): considered cancelled");
         call.fail_refused(why);
+        let invite = self.client.iter().find(|(_, (c, purpose))| c == call_id && *purpose == Purpose::Invite).map(|(key, _)| key.clone());
+        if let Some(key) = invite {
+            self.client.remove(&key);
+            self.endpoint.send(Command::Abandon { key })?;
+        }
+        Ok(())
     }
 
     /// A PRACK (RFC 3262 §3): it must name our outstanding reliable 1xx, in the dialog, else
@@ -2199,8 +2211,9 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     /// T1 = 50 ms): the callee answers the PRACK and the CANCEL 200 but never the INVITE (an
     /// RFC 2543 UAS sends no 487). RFC 3261 §9.1: 64·T1 after the CANCEL the INVITE is
     /// considered cancelled — the call fails 488 with the refusal's reason, as the 487 would
-    /// have made it, and not before. A 487 arriving after that is ACKed by the transaction
-    /// layer and changes nothing: no BYE, the same single failed call, the UE still serving.
+    /// have made it, and not before. A 487 arriving after that is ACKed by the endpoint (the
+    /// INVITE's client transaction was given up, its ACK kept for 64·T1) and changes nothing:
+    /// no BYE, the same single failed call, the UE still serving.
     #[tokio::test]
     async fn uac_gives_up_64_t1_after_its_cancel_when_no_final_response_comes() {
         let peer = peer().await;
@@ -2222,6 +2235,29 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(quiet.as_ref().is_none_or(|m| !matches!(m, Message::Request(r) if r.method == Method::Bye)), "no BYE after the late 487: {:?}", quiet.as_ref().map(text));
         let reports = alice.reports().await.expect("the UE still runs");
         assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("policy requires SRTP"))), "unchanged by the 487: {reports:?}");
+    }
+
+    /// UAC, as above but what comes after the give-up is a 200 to the INVITE (it crossed
+    /// nothing: the UAS answered late). The INVITE's client transaction is gone (RFC 3261
+    /// §9.1), so the 200 reaches the UE as a stray: it is still ACKed in its dialog and the
+    /// session ended with BYE (§13.2.2.4), and the outcome stays the refusal.
+    #[tokio::test]
+    async fn uac_acks_and_byes_a_2xx_that_comes_after_it_gave_up() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to, prack, cancel) = refuse_reliable_offer_then_cancel(&peer, timers(50)).await;
+        peer.send_to(&peer_response(&prack, 200, "OK", &to, peer_addr, &[], None), ue).await.expect("send");
+        let cancel_to = header_text(&cancel.headers, &HeaderName::To).expect("To");
+        peer.send_to(&peer_response(&cancel, 200, "OK", &cancel_to, peer_addr, &[], None), ue).await.expect("send");
+        let alice = tokio::time::timeout(Duration::from_secs(10), assert_failed_with_the_refusal(call)).await.expect("the call ends, 64·T1 after the CANCEL");
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(plain_offer(peer_addr))), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(value(&ack, &HeaderName::To).is_some_and(|t| t.contains("tag=bt")), "in the dialog: {}", text(&ack));
+        assert_ne!(value(&ack, &HeaderName::Via), header_text(&invite.headers, &HeaderName::Via), "the 2xx's ACK is a transaction of its own (§17.1.1.3)");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
+        let reports = alice.reports().await.expect("the UE still runs");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("policy requires SRTP"))), "unchanged by the 2xx: {reports:?}");
     }
 
     /// UAC, an unusable offer in a reliable 18x (see [`refuse_reliable_offer_then_cancel`]):
