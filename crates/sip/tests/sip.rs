@@ -778,7 +778,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
         let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
         if b.udp_queue().is_none() {
             assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "the UDP receive queue cannot be read here");
-            println!("skipped: the UDP receive queue cannot be read here (no /proc/self/net/udp)");
+            println!("skipped: the UDP receive queue cannot be read here (no SO_MEMINFO)");
             return;
         }
         let peer = RawPeer::bind().await;
