@@ -77,7 +77,6 @@ fn text(status: StatusCode, reason: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain")], format!("{reason}\n")).into_response()
 }
 
-
 impl Bsf {
     /// Build the state around an open store.
     pub fn new(cfg: ServerConfig, store: Store) -> Arc<Self> {

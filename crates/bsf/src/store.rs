@@ -329,8 +329,10 @@ impl Store {
             for (key, _) in &rows {
                 let btid = key.split_once('/').map_or(key.as_str(), |(_, b)| b);
                 if let Some(raw) = self.kv.get(Table::BsfSessions, btid).await?.map(Zeroizing::new) {
-                    let rec: SessionRecord = decode(btid, &raw)?;
-                    if rec.expiry <= now && self.kv.compare_and_swap(Table::BsfSessions, btid, Some(&raw), None).await? {
+                    // A record that does not decode is left for the look-up to report (a
+                    // purge that stopped at it would never get past it).
+                    let expired = decode::<SessionRecord>(btid, &raw).is_ok_and(|rec| rec.expiry <= now);
+                    if expired && self.kv.compare_and_swap(Table::BsfSessions, btid, Some(&raw), None).await? {
                         purged += 1;
                     }
                 }

@@ -518,6 +518,12 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     }
     assert_eq!(store.purge_expired(3_000).await.expect("purge"), 301);
     assert!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").is_empty());
+    // A session row that does not decode does not stop the purge; its look-up reports it.
+    kv.put(Table::BsfSessionExpiry, &format!("{:020}/bad@bsf", 100), b"").await.expect("index row");
+    kv.put(Table::BsfSessions, "bad@bsf", b"{not json").await.expect("corrupt row");
+    store.put_session(&session("late@bsf", IMPI, 200, UiccType::Gba)).await.expect("put session");
+    assert_eq!(store.purge_expired(3_000).await.expect("purge past a corrupt row"), 1);
+    assert!(matches!(store.session("bad@bsf", 0).await, Err(mediasec_bsf::BsfError::Corrupt { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
