@@ -2,7 +2,8 @@
 //! no per-call state). One trait, [`Store`], with two backends: an embedded single-file ACID
 //! database (the default, no setup) and PostgreSQL, which several KMS replicas share. The GBA
 //! BSF (crate `mediasec-bsf`) keeps its subscribers and bootstrapping sessions in the same
-//! store, in its own tables ([`Table::BsfSubscribers`] ...).
+//! store, in its own tables ([`Table::BsfSubscribers`] ...), and so does the voicemail server
+//! ([`Table::VoicemailMessages`], [`Table::VoicemailMeta`]).
 //!
 //! The store holds opaque bytes per (table, key). Encryption at rest of the key ring is done by
 //! the KMS above this trait, so a backend never sees a ticket key in clear.
@@ -54,11 +55,15 @@ pub enum Table {
     /// BSF: the expiry index of the sessions, keyed by zero-padded expiry time `/` B-TID
     /// (empty values), so expired sessions are found with a [`Store::range`] scan.
     BsfSessionExpiry,
+    /// Voicemail: messages, keyed by the message id in 20 decimal digits (so keys sort as ids).
+    VoicemailMessages,
+    /// Voicemail: settings (`next_id`, the id the next message gets).
+    VoicemailMeta,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -68,6 +73,8 @@ impl Table {
         Self::BsfSubscribers,
         Self::BsfSessions,
         Self::BsfSessionExpiry,
+        Self::VoicemailMessages,
+        Self::VoicemailMeta,
     ];
 
     /// The table's name in the backend. The BSF's names are those of its redb file before it
@@ -83,6 +90,8 @@ impl Table {
             Self::BsfSubscribers => "subscribers",
             Self::BsfSessions => "sessions",
             Self::BsfSessionExpiry => "session_expiry",
+            Self::VoicemailMessages => "vm_messages",
+            Self::VoicemailMeta => "vm_meta",
         }
     }
 }
