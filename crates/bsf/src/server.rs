@@ -1,11 +1,18 @@
 //! The BSF HTTP server (axum): Ub (TS 24.109 §4, any path, GET or POST), Zn
 //! (`POST /zn/v1/naf-keys`, NAF client certificate or bearer token), admin (`/admin/v1/subscribers`, bearer token) and
 //! `/metrics` (Prometheus text format).
+//!
+//! Replicas: several servers may share one PostgreSQL store (docs/gba.md § Storage). SQNs and
+//! sessions live in the store, so a NAF's Zn lookup may reach any replica; the Digest nonce
+//! of a challenge in flight is kept in the memory of the replica that issued it, so the two
+//! requests of one Ub run must reach the same replica (a response reaching another one gets
+//! a fresh challenge with `stale=TRUE`). Every replica purges expired sessions every
+//! [`PURGE_INTERVAL`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,7 +54,12 @@ struct Metrics {
     rejections: AtomicU64,
     zn_lookups: AtomicU64,
     zn_not_found: AtomicU64,
+    store_errors: AtomicU64,
+    sessions_purged: AtomicU64,
 }
+
+/// How often [`serve`] and [`serve_tls`] delete expired sessions from the store.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Shared server state.
 pub struct Bsf {
@@ -63,11 +75,6 @@ fn now() -> u64 {
 
 fn text(status: StatusCode, reason: &str) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain")], format!("{reason}\n")).into_response()
-}
-
-fn internal(e: &BsfError) -> Response {
-    warn!(error = %e, "internal error");
-    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
 
 impl Bsf {
@@ -92,20 +99,43 @@ impl Bsf {
             .with_state(Arc::clone(self))
     }
 
+    /// A failure of the store or of a stored record: 500 with the reason, a log line and a
+    /// count in `mediasec_bsf_store_errors_total` (never a panic).
+    fn internal(&self, e: &BsfError) -> Response {
+        self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(error = %e, "BSF store error");
+        text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+    }
+
+    /// Deletes the sessions expired now; logs and counts what it did.
+    pub async fn purge_expired(&self) {
+        match self.store.purge_expired(now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.sessions_purged.fetch_add(n as u64, Ordering::Relaxed);
+                info!(sessions = n, "expired bootstrapping sessions purged");
+            }
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+    }
+
     /// Allocate a durable SQN and answer 401 with a challenge (TS 24.109 §4.2).
-    fn challenge(&self, impi: &str, stale: bool, reason: &str) -> Response {
-        let sub = match self.store.next_sqn(impi) {
+    async fn challenge(&self, impi: &str, stale: bool, reason: &str) -> Response {
+        let sub = match self.store.next_sqn(impi).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 self.metrics.rejections.fetch_add(1, Ordering::Relaxed);
                 info!(impi, "unknown IMPI");
                 return text(StatusCode::FORBIDDEN, "unknown IMPI");
             }
-            Err(e) => return internal(&e),
+            Err(e) => return self.internal(&e),
         };
         let (auth, uicc) = match sub.auth().and_then(|a| Ok((a, sub.uicc_type()?))) {
             Ok(a) => a,
-            Err(e) => return internal(&e),
+            Err(e) => return self.internal(&e),
         };
         let input = ChallengeInput { sqn: sub.sqn, rand: rand::random(), opaque: rand::random(), now: now(), stale };
         let (ch, pending) = bsf::issue_challenge_for(&self.cfg.bsf, impi, &auth, uicc, input);
@@ -130,48 +160,36 @@ impl Bsf {
     }
 }
 
-/// Runs a handler's body on tokio's blocking pool: the store commits to redb (an fsync for
-/// every SQN it hands out), and a slow disk must not stall the runtime threads that serve the
-/// other connections.
-async fn off_runtime(b: Arc<Bsf>, f: impl FnOnce(&Bsf) -> Response + Send + 'static) -> Response {
-    tokio::task::spawn_blocking(move || f(&b)).await.unwrap_or_else(|e| {
-        warn!(error = %e, "BSF request task failed");
-        text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    })
-}
-
+/// Ub. The store runs its blocking work (redb file I/O and fsync) on tokio's blocking pool, so
+/// a slow disk does not stall the runtime threads that serve the other connections.
 async fn ub(State(b): State<Arc<Bsf>>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
-    off_runtime(b, move |b| ub_blocking(b, &method, &headers, &body)).await
-}
-
-fn ub_blocking(b: &Bsf, method: &Method, headers: &HeaderMap, body: &Bytes) -> Response {
-    if *method != Method::GET && *method != Method::POST {
+    if method != Method::GET && method != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Ub accepts GET or POST");
     }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let creds = match bsf::classify(auth) {
         Err(r) => return b.reject(r.status, r.reason),
-        Ok(UbRequest::Initial { impi }) => return b.challenge(&impi, false, "bootstrapping challenge"),
+        Ok(UbRequest::Initial { impi }) => return b.challenge(&impi, false, "bootstrapping challenge").await,
         Ok(UbRequest::Response(c)) => c,
     };
     let pending = b.pending.lock().ok().and_then(|mut p| p.remove(&creds.nonce));
     let Some(pending) = pending else {
         // Unknown or already answered nonce (replay): fresh challenge, stale=TRUE.
-        return b.challenge(&creds.username, true, "unknown or already used nonce");
+        return b.challenge(&creds.username, true, "unknown or already used nonce").await;
     };
-    let sub = match b.store.subscriber(&pending.impi) {
+    let sub = match b.store.subscriber(&pending.impi).await {
         Ok(Some(s)) => s,
         Ok(None) => return b.reject(403, "unknown IMPI"),
-        Err(e) => return internal(&e),
+        Err(e) => return b.internal(&e),
     };
     let auth = match sub.auth() {
         Ok(a) => a,
-        Err(e) => return internal(&e),
+        Err(e) => return b.internal(&e),
     };
-    match bsf::verify_response(&b.cfg.bsf, &pending, &creds, method.as_str(), body, &auth, now()) {
+    match bsf::verify_response(&b.cfg.bsf, &pending, &creds, method.as_str(), &body, &auth, now()) {
         Verdict::Bootstrapped(session) => {
-            if let Err(e) = b.store.put_session(&session) {
-                return internal(&e);
+            if let Err(e) = b.store.put_session(&session).await {
+                return b.internal(&e);
             }
             let (xml, info) = bsf::success(&pending, &creds, &session);
             b.metrics.bootstraps.fetch_add(1, Ordering::Relaxed);
@@ -183,16 +201,16 @@ fn ub_blocking(b: &Bsf, method: &Method, headers: &HeaderMap, body: &Bytes) -> R
             r
         }
         Verdict::Resync { sqn_ms } => {
-            match b.store.resync_sqn(&pending.impi, sqn_ms) {
+            match b.store.resync_sqn(&pending.impi, sqn_ms).await {
                 Ok(Some(_)) => {}
                 Ok(None) => return b.reject(403, "unknown IMPI"),
-                Err(e) => return internal(&e),
+                Err(e) => return b.internal(&e),
             }
             b.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
             info!(impi = %pending.impi, sqn_ms, "SQN resynchronised");
-            b.challenge(&pending.impi, false, "SQN resynchronised")
+            b.challenge(&pending.impi, false, "SQN resynchronised").await
         }
-        Verdict::Rejected(r) if r.status == 401 => b.challenge(&pending.impi, true, r.reason),
+        Verdict::Rejected(r) if r.status == 401 => b.challenge(&pending.impi, true, r.reason).await,
         Verdict::Rejected(r) => b.reject(r.status, r.reason),
     }
 }
@@ -248,14 +266,11 @@ async fn zn(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    off_runtime(b, move |b| zn_blocking(b, cert.0.as_deref(), &headers, &body)).await
-}
-
-fn zn_blocking(b: &Bsf, cert: Option<&CertificateDer<'static>>, headers: &HeaderMap, body: &Bytes) -> Response {
-    if cert.is_none() && !bearer_ok(headers, &b.cfg.zn_token) {
+    let cert = cert.0.as_deref();
+    if cert.is_none() && !bearer_ok(&headers, &b.cfg.zn_token) {
         return text(StatusCode::UNAUTHORIZED, "Zn requires a NAF client certificate or a valid bearer token");
     }
-    let Ok(req) = serde_json::from_slice::<ZnRequest>(body) else {
+    let Ok(req) = serde_json::from_slice::<ZnRequest>(&body) else {
         return text(StatusCode::BAD_REQUEST, "expected {\"btid\",\"naf_fqdn\",\"ua_protocol_id\"}");
     };
     if cert.is_some_and(|c| !cert_names_naf(c, &req.naf_fqdn)) {
@@ -268,18 +283,18 @@ fn zn_blocking(b: &Bsf, cert: Option<&CertificateDer<'static>>, headers: &Header
         return text(StatusCode::BAD_REQUEST, "naf_fqdn is empty");
     }
     b.metrics.zn_lookups.fetch_add(1, Ordering::Relaxed);
-    let session = match b.store.session(&req.btid, now()) {
+    let session = match b.store.session(&req.btid, now()).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             b.metrics.zn_not_found.fetch_add(1, Ordering::Relaxed);
             return text(StatusCode::NOT_FOUND, "unknown or expired B-TID");
         }
-        Err(e) => return internal(&e),
+        Err(e) => return b.internal(&e),
     };
-    let impus = match b.store.subscriber(&session.impi) {
+    let impus = match b.store.subscriber(&session.impi).await {
         Ok(Some(s)) => s.impus.clone(),
         Ok(None) => Vec::new(),
-        Err(e) => return internal(&e),
+        Err(e) => return b.internal(&e),
     };
     let naf = NafId::new(req.naf_fqdn.clone(), ua);
     let Ok(key) = session.ks().ks_naf(&session.rand, &session.impi, &naf) else {
@@ -310,11 +325,10 @@ async fn admin_list(State(b): State<Arc<Bsf>>, headers: HeaderMap) -> Response {
     if !bearer_ok(&headers, &b.cfg.admin_token) {
         return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
     }
-    off_runtime(b, |b| match b.store.subscribers() {
+    match b.store.subscribers().await {
         Ok(v) => axum::Json(v.iter().map(Subscriber::public_view).collect::<Vec<_>>()).into_response(),
-        Err(e) => internal(&e),
-    })
-    .await
+        Err(e) => b.internal(&e),
+    }
 }
 
 async fn admin_add(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -324,25 +338,23 @@ async fn admin_add(State(b): State<Arc<Bsf>>, headers: HeaderMap, body: Bytes) -
     let Ok(sub) = serde_json::from_slice::<Subscriber>(&body) else {
         return text(StatusCode::BAD_REQUEST, "expected a subscriber JSON object");
     };
-    off_runtime(b, move |b| match b.store.add_subscriber(&sub) {
+    match b.store.add_subscriber(&sub).await {
         Ok(()) => text(StatusCode::CREATED, "created"),
         Err(BsfError::Subscriber(_, why)) => text(StatusCode::CONFLICT, why),
         Err(BsfError::InvalidSubscriber(why)) => text(StatusCode::BAD_REQUEST, &why),
-        Err(e) => internal(&e),
-    })
-    .await
+        Err(e) => b.internal(&e),
+    }
 }
 
 async fn admin_remove(State(b): State<Arc<Bsf>>, headers: HeaderMap, Path(impi): Path<String>) -> Response {
     if !bearer_ok(&headers, &b.cfg.admin_token) {
         return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
     }
-    off_runtime(b, move |b| match b.store.remove_subscriber(&impi) {
+    match b.store.remove_subscriber(&impi).await {
         Ok(true) => text(StatusCode::OK, "removed"),
         Ok(false) => text(StatusCode::NOT_FOUND, "no such subscriber"),
-        Err(e) => internal(&e),
-    })
-    .await
+        Err(e) => b.internal(&e),
+    }
 }
 
 async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
@@ -354,6 +366,8 @@ async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
         ("mediasec_bsf_rejections_total", &m.rejections),
         ("mediasec_bsf_zn_lookups_total", &m.zn_lookups),
         ("mediasec_bsf_zn_not_found_total", &m.zn_not_found),
+        ("mediasec_bsf_store_errors_total", &m.store_errors),
+        ("mediasec_bsf_sessions_purged_total", &m.sessions_purged),
     ];
     let mut s = String::new();
     for (name, c) in rows {
@@ -362,12 +376,32 @@ async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 
-/// Serve plain HTTP on an already bound listener until the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
-    axum::serve(listener, bsf.router().into_make_service_with_connect_info::<NafCert>()).await.map_err(BsfError::Io)
+/// Deletes expired sessions every [`PURGE_INTERVAL`], forever.
+async fn purge_loop(bsf: Arc<Bsf>) -> Result<(), BsfError> {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        bsf.purge_expired().await;
+    }
 }
 
-/// Serve HTTPS (see [`crate::tls`]) until the future is dropped.
+/// Serve plain HTTP on an already bound listener until the future is dropped; purges expired
+/// sessions meanwhile.
+pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+    let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
+    tokio::select! {
+        r = axum::serve(listener, app) => r.map_err(BsfError::Io),
+        r = purge_loop(bsf) => r,
+    }
+}
+
+/// Serve HTTPS (see [`crate::tls`]) until the future is dropped; purges expired sessions
+/// meanwhile.
 pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
-    axum::serve(listener, bsf.router().into_make_service_with_connect_info::<NafCert>()).await.map_err(BsfError::Io)
+    let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
+    tokio::select! {
+        r = axum::serve(listener, app) => r.map_err(BsfError::Io),
+        r = purge_loop(bsf) => r,
+    }
 }

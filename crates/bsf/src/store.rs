@@ -1,20 +1,37 @@
-//! The subscriber store and bootstrap sessions in one redb file (ACID, single file).
+//! The subscriber store and the bootstrapping sessions, on the store of `mediasec-kms-store`:
+//! an embedded redb file (the default; the file layout of earlier versions, so existing
+//! databases keep opening) or PostgreSQL, shared by several BSF replicas. See docs/gba.md
+//! § Storage.
 //!
-//! SQN durability: [`Store::next_sqn`] increments and commits (redb's default durability
-//! fsyncs on commit) *before* the challenge that uses the SQN is built and sent, so a
-//! kill -9 at any point can only skip SQNs, never reuse or lower one (TS 33.102 §6.3.2/C).
+//! Rows (tables of [`Table`], JSON values):
+//! - `subscribers`: IMPI → [`Subscriber`] plus `rev`, a write counter;
+//! - `sessions`: B-TID → the session (Ks, RAND, IMPI, times, GBA_U flag);
+//! - `session_expiry`: `<expiry, 20 digits>/<B-TID>` → empty, the index [`Store::purge_expired`]
+//!   scans.
+//!
+//! SQN allocation (TS 33.102 §6.3.2 and Annex C: SQN_HE only grows, a reused SQN is a
+//! replayed challenge) is a compare-and-swap loop: read the record, set the new SQN and
+//! `rev + 1`, swap only if the stored bytes are still those read, else re-read and retry. The
+//! store's swap is atomic across every process sharing it (redb: one write transaction;
+//! PostgreSQL: one `UPDATE … WHERE value = expected`), so two replicas never both succeed
+//! from the same record, and `rev` makes every written record distinct, so a resync that
+//! moves SQN_HE back to an earlier value cannot make a stale swap succeed (no ABA). The swap
+//! is committed durably *before* the challenge that uses the SQN is built and sent, so a
+//! kill -9 at any point can only skip SQNs, never reuse or lower one.
+//!
+//! Secrets (K, OPc/OP, Ks) are stored in the clear, hex in the JSON, as before this store
+//! was shared with PostgreSQL: protect the file or the database accordingly.
+
+use std::sync::Arc;
 
 use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use mediasec_gba::uicc::UiccType;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use mediasec_kms_store::{RedbStore, Store as Kv, Table};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::BsfError;
-
-const SUBSCRIBERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("subscribers");
-const SESSIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sessions");
 
 /// A subscriber record (what an HSS would hold for GBA: TS 33.220 §4.4.2, Zh).
 #[derive(Clone, Serialize, Deserialize)]
@@ -133,109 +150,128 @@ impl Drop for SessionRecord {
     }
 }
 
-/// The store.
+/// A subscriber row: the record and its write counter.
+#[derive(Serialize)]
+struct SubscriberRow<'a> {
+    #[serde(flatten)]
+    sub: &'a Subscriber,
+    rev: u64,
+}
+
+/// The write counter of a stored subscriber row (0 in rows written before it existed).
+#[derive(Deserialize)]
+struct Rev {
+    #[serde(default)]
+    rev: u64,
+}
+
+/// How often one SQN update re-reads and retries after losing a swap to another writer
+/// before it gives up with [`BsfError::Contention`]. Each lost swap means another writer
+/// succeeded, so `n` concurrent writers of one IMPI need at most `n` attempts.
+const SWAP_ATTEMPTS: usize = 64;
+
+/// Expired sessions deleted per scan of the expiry index.
+const PURGE_BATCH: usize = 256;
+
+/// The store (cheap to clone: it shares the backend).
+#[derive(Clone)]
 pub struct Store {
-    db: Database,
+    kv: Arc<dyn Kv>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, BsfError> {
     serde_json::from_slice(v).map_err(|e| BsfError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap_or_default()
+fn encode<T: Serialize>(key: &str, v: &T) -> Result<Zeroizing<Vec<u8>>, BsfError> {
+    serde_json::to_vec(v).map(Zeroizing::new).map_err(|e| BsfError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+}
+
+fn expiry_key(expiry: u64, btid: &str) -> String {
+    format!("{expiry:020}/{btid}")
 }
 
 impl Store {
-    /// Open or create the database file.
-    pub fn open(path: &std::path::Path) -> Result<Self, BsfError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        let tx = db.begin_write().map_err(redb::Error::from)?;
-        tx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-        tx.open_table(SESSIONS).map_err(redb::Error::from)?;
-        tx.commit().map_err(redb::Error::from)?;
-        Ok(Self { db })
+    /// The BSF store on a backend (redb, or PostgreSQL shared by replicas).
+    pub fn new(kv: Arc<dyn Kv>) -> Self {
+        Self { kv }
     }
 
-    /// Add a subscriber (error if present).
-    pub fn add_subscriber(&self, s: &Subscriber) -> Result<(), BsfError> {
+    /// Opens or creates the embedded database file (blocking: call it before serving).
+    pub fn open(path: &std::path::Path) -> Result<Self, BsfError> {
+        Ok(Self::new(Arc::new(RedbStore::open(path)?)))
+    }
+
+    /// Connects to PostgreSQL (`postgres://…`) and creates the schema if missing.
+    pub async fn connect(url: &str) -> Result<Self, BsfError> {
+        Ok(Self::new(Arc::new(mediasec_kms_store::PgStore::connect(url).await?)))
+    }
+
+    /// Add a subscriber (error if present), atomically.
+    pub async fn add_subscriber(&self, s: &Subscriber) -> Result<(), BsfError> {
         s.auth()?;
-        let tx = self.db.begin_write().map_err(redb::Error::from)?;
-        {
-            let mut t = tx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-            if t.get(s.impi.as_str()).map_err(redb::Error::from)?.is_some() {
-                return Err(BsfError::Subscriber(s.impi.clone(), "already exists"));
-            }
-            t.insert(s.impi.as_str(), encode(s).as_slice()).map_err(redb::Error::from)?;
+        let row = encode(&s.impi, &SubscriberRow { sub: s, rev: 0 })?;
+        if !self.kv.compare_and_swap(Table::BsfSubscribers, &s.impi, None, Some(&row)).await? {
+            return Err(BsfError::Subscriber(s.impi.clone(), "already exists"));
         }
-        tx.commit().map_err(redb::Error::from)?;
         Ok(())
     }
 
     /// Remove a subscriber; `false` if absent.
-    pub fn remove_subscriber(&self, impi: &str) -> Result<bool, BsfError> {
-        let tx = self.db.begin_write().map_err(redb::Error::from)?;
-        let existed = {
-            let mut t = tx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-            t.remove(impi).map_err(redb::Error::from)?.is_some()
-        };
-        tx.commit().map_err(redb::Error::from)?;
-        Ok(existed)
+    pub async fn remove_subscriber(&self, impi: &str) -> Result<bool, BsfError> {
+        Ok(self.kv.delete(Table::BsfSubscribers, impi).await?)
     }
 
     /// One subscriber.
-    pub fn subscriber(&self, impi: &str) -> Result<Option<Subscriber>, BsfError> {
-        let rx = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = rx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-        let v = t.get(impi).map_err(redb::Error::from)?;
-        v.map(|g| decode(impi, g.value())).transpose()
+    pub async fn subscriber(&self, impi: &str) -> Result<Option<Subscriber>, BsfError> {
+        let raw = self.kv.get(Table::BsfSubscribers, impi).await?.map(Zeroizing::new);
+        raw.map(|v| decode(impi, &v)).transpose()
     }
 
     /// All subscribers.
-    pub fn subscribers(&self) -> Result<Vec<Subscriber>, BsfError> {
-        let rx = self.db.begin_read().map_err(redb::Error::from)?;
-        let t = rx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-        let mut out = Vec::new();
-        for row in t.iter().map_err(redb::Error::from)? {
-            let (k, v) = row.map_err(redb::Error::from)?;
-            out.push(decode(k.value(), v.value())?);
-        }
-        Ok(out)
+    pub async fn subscribers(&self) -> Result<Vec<Subscriber>, BsfError> {
+        let rows = self.kv.list(Table::BsfSubscribers).await?;
+        rows.into_iter().map(|(k, v)| decode(&k, &Zeroizing::new(v))).collect()
     }
 
     /// Allocate the next SQN for `impi` and commit it durably; returns the record (with the
-    /// new SQN) or `None` for an unknown IMPI.
-    pub fn next_sqn(&self, impi: &str) -> Result<Option<Subscriber>, BsfError> {
-        self.update_sqn(impi, |old| old.checked_add(1).filter(|s| *s <= SQN_MAX))
+    /// new SQN) or `None` for an unknown IMPI. Atomic across replicas.
+    pub async fn next_sqn(&self, impi: &str) -> Result<Option<Subscriber>, BsfError> {
+        self.update_sqn(impi, |old| old.checked_add(1).filter(|s| *s <= SQN_MAX)).await
     }
 
     /// After a verified AUTS: SQN_HE := SQN_MS (TS 33.102 §6.3.5), so the next challenge uses
     /// SQN_MS + 1. This is the one case where the spec lets SQN_HE move down.
-    pub fn resync_sqn(&self, impi: &str, sqn_ms: Sqn) -> Result<Option<Subscriber>, BsfError> {
-        self.update_sqn(impi, |_| Some(sqn_ms))
+    pub async fn resync_sqn(&self, impi: &str, sqn_ms: Sqn) -> Result<Option<Subscriber>, BsfError> {
+        self.update_sqn(impi, |_| Some(sqn_ms)).await
     }
 
-    fn update_sqn(&self, impi: &str, f: impl FnOnce(Sqn) -> Option<Sqn>) -> Result<Option<Subscriber>, BsfError> {
-        let tx = self.db.begin_write().map_err(redb::Error::from)?;
-        let sub = {
-            let mut t = tx.open_table(SUBSCRIBERS).map_err(redb::Error::from)?;
-            let cur: Option<Subscriber> = t.get(impi).map_err(redb::Error::from)?.map(|g| decode(impi, g.value())).transpose()?;
-            match cur {
-                None => None,
-                Some(mut s) => {
-                    s.sqn = f(s.sqn).ok_or(BsfError::Subscriber(impi.to_owned(), "SQN space exhausted"))?;
-                    t.insert(impi, encode(&s).as_slice()).map_err(redb::Error::from)?;
-                    Some(s)
-                }
+    /// The compare-and-swap loop of the module documentation.
+    async fn update_sqn(&self, impi: &str, f: impl Fn(Sqn) -> Option<Sqn>) -> Result<Option<Subscriber>, BsfError> {
+        for _ in 0..SWAP_ATTEMPTS {
+            let Some(raw) = self.kv.get(Table::BsfSubscribers, impi).await?.map(Zeroizing::new) else { return Ok(None) };
+            let mut s: Subscriber = decode(impi, &raw)?;
+            let Rev { rev } = decode(impi, &raw)?;
+            s.sqn = f(s.sqn).ok_or(BsfError::Subscriber(impi.to_owned(), "SQN space exhausted"))?;
+            let rev = rev.checked_add(1).ok_or(BsfError::Subscriber(impi.to_owned(), "write counter exhausted"))?;
+            let new = encode(impi, &SubscriberRow { sub: &s, rev })?;
+            if self.kv.compare_and_swap(Table::BsfSubscribers, impi, Some(&raw), Some(&new)).await? {
+                return Ok(Some(s));
             }
-        };
-        tx.commit().map_err(redb::Error::from)?;
-        Ok(sub)
+        }
+        Err(BsfError::Contention { key: impi.to_owned(), attempts: SWAP_ATTEMPTS })
     }
 
     /// Store a new bootstrap session under its B-TID (a newer run replaces an older one with
-    /// the same B-TID, TS 33.220 §4.5.2).
-    pub fn put_session(&self, s: &BootstrapSession) -> Result<(), BsfError> {
+    /// the same B-TID, TS 33.220 §4.5.2). The expiry index row is written first, so every
+    /// stored session has one and [`Store::purge_expired`] finds it.
+    pub async fn put_session(&self, s: &BootstrapSession) -> Result<(), BsfError> {
         let rec = SessionRecord {
             ks: hex::encode(s.ks),
             rand: hex::encode(s.rand),
@@ -244,29 +280,19 @@ impl Store {
             expiry: s.expiry,
             gba_u: s.uicc == UiccType::GbaU,
         };
-        let bytes = Zeroizing::new(encode(&rec));
-        let tx = self.db.begin_write().map_err(redb::Error::from)?;
-        {
-            let mut t = tx.open_table(SESSIONS).map_err(redb::Error::from)?;
-            t.insert(s.btid.as_str(), bytes.as_slice()).map_err(redb::Error::from)?;
-        }
-        tx.commit().map_err(redb::Error::from)?;
+        let bytes = encode(&s.btid, &rec)?;
+        self.kv.put(Table::BsfSessionExpiry, &expiry_key(s.expiry, &s.btid), b"").await?;
+        self.kv.put(Table::BsfSessions, &s.btid, &bytes).await?;
         Ok(())
     }
 
-    /// Look up a session valid at `now`; expired sessions are deleted (TS 24.109 §4.2).
-    pub fn session(&self, btid: &str, now: u64) -> Result<Option<BootstrapSession>, BsfError> {
-        let rec: Option<SessionRecord> = {
-            let rx = self.db.begin_read().map_err(redb::Error::from)?;
-            let t = rx.open_table(SESSIONS).map_err(redb::Error::from)?;
-            let v = t.get(btid).map_err(redb::Error::from)?;
-            v.map(|g| decode(btid, g.value())).transpose()?
-        };
-        let Some(rec) = rec else { return Ok(None) };
+    /// Look up a session valid at `now` (by any replica); an expired one is deleted
+    /// (TS 24.109 §4.2) and not returned.
+    pub async fn session(&self, btid: &str, now: u64) -> Result<Option<BootstrapSession>, BsfError> {
+        let Some(raw) = self.kv.get(Table::BsfSessions, btid).await?.map(Zeroizing::new) else { return Ok(None) };
+        let rec: SessionRecord = decode(btid, &raw)?;
         if now >= rec.expiry {
-            let tx = self.db.begin_write().map_err(redb::Error::from)?;
-            tx.open_table(SESSIONS).map_err(redb::Error::from)?.remove(btid).map_err(redb::Error::from)?;
-            tx.commit().map_err(redb::Error::from)?;
+            self.delete_session(btid, &raw, rec.expiry).await?;
             return Ok(None);
         }
         let corrupt = |r: &str| BsfError::Corrupt { key: btid.to_owned(), reason: r.to_owned() };
@@ -281,5 +307,40 @@ impl Store {
             expiry: rec.expiry,
             uicc: if rec.gba_u { UiccType::GbaU } else { UiccType::Gba },
         }))
+    }
+
+    /// Deletes the session row if it still holds `raw` (a concurrent re-bootstrap under the
+    /// same B-TID is kept), then its expiry index row.
+    async fn delete_session(&self, btid: &str, raw: &[u8], expiry: u64) -> Result<(), BsfError> {
+        self.kv.compare_and_swap(Table::BsfSessions, btid, Some(raw), None).await?;
+        self.kv.delete(Table::BsfSessionExpiry, &expiry_key(expiry, btid)).await?;
+        Ok(())
+    }
+
+    /// Deletes every session expired at `now` (expiry ≤ `now`) found through the expiry
+    /// index; returns how many sessions it deleted. Idempotent, so every replica may run it.
+    /// Sessions stored by versions before the index existed have no index row: they are
+    /// deleted when looked up after their expiry, as those versions did.
+    pub async fn purge_expired(&self, now: u64) -> Result<usize, BsfError> {
+        let end = format!("{:020}", now.saturating_add(1));
+        let mut purged = 0;
+        loop {
+            let rows = self.kv.range(Table::BsfSessionExpiry, "", &end, PURGE_BATCH).await?;
+            for (key, _) in &rows {
+                let btid = key.split_once('/').map_or(key.as_str(), |(_, b)| b);
+                if let Some(raw) = self.kv.get(Table::BsfSessions, btid).await?.map(Zeroizing::new) {
+                    // A record that does not decode is left for the look-up to report (a
+                    // purge that stopped at it would never get past it).
+                    let expired = decode::<SessionRecord>(btid, &raw).is_ok_and(|rec| rec.expiry <= now);
+                    if expired && self.kv.compare_and_swap(Table::BsfSessions, btid, Some(&raw), None).await? {
+                        purged += 1;
+                    }
+                }
+                self.kv.delete(Table::BsfSessionExpiry, key).await?;
+            }
+            if rows.len() < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The BSF over real HTTP on loopback: full bootstrap, resync, every failure case, Ks_NAF
-//! from the UE equals Ks_NAF from Zn, session expiry, admin API, restart persistence.
+//! from the UE equals Ks_NAF from Zn, session expiry, admin API, restart persistence; the
+//! store contract on both backends (redb, and a real PostgreSQL from `PgLab`), and two BSF
+//! replicas sharing one PostgreSQL.
 
 #![allow(clippy::indexing_slicing)] // test code indexes JSON
 
@@ -11,7 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_bsf::client::{self, request};
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::store::{Store, Subscriber};
-use mediasec_gba::bsf::BsfConfig;
+use mediasec_gba::bsf::{BootstrapSession, BsfConfig};
 use mediasec_gba::digest::{AkaNonce, Challenge, Credentials};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::{AutnCheck, Milenage};
@@ -35,7 +37,10 @@ struct Running {
 }
 
 async fn start(path: &std::path::Path, key_lifetime: u64) -> Running {
-    let store = Store::open(path).expect("open store");
+    start_on(Store::open(path).expect("open store"), key_lifetime).await
+}
+
+async fn start_on(store: Store, key_lifetime: u64) -> Running {
     let mut cfg = BsfConfig::new(DOMAIN);
     cfg.key_lifetime = key_lifetime;
     let bsf = Bsf::new(ServerConfig { bsf: cfg, zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
@@ -102,7 +107,7 @@ async fn bootstrap_zn_resync_and_restart() {
     // Full bootstrap with a USIM that is ahead (SQN_MS = 500): resync, then success.
     let (boot, sqn_ms) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, 500)).await.expect("bootstrap");
     assert_eq!(sqn_ms, 501);
-    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
+    assert_eq!(srv.bsf.store().subscriber(IMPI).await.expect("db").expect("sub").sqn, 501);
     assert_eq!(boot.btid.domain, DOMAIN);
 
     // Ks_NAF from the UE == Ks_NAF from Zn, for the KMS Ua id.
@@ -127,7 +132,7 @@ async fn bootstrap_zn_resync_and_restart() {
     // Restart: subscribers, SQN and the session survive.
     srv.stop().await;
     let srv = start(&path, 3600).await;
-    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, 501);
+    assert_eq!(srv.bsf.store().subscriber(IMPI).await.expect("db").expect("sub").sqn, 501);
     let again = client::zn_lookup(&ep(&srv.url), ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
     assert_eq!(again.ks_naf, zn.ks_naf);
     let (boot2, sqn2) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, sqn_ms)).await.expect("bootstrap after restart");
@@ -150,7 +155,7 @@ async fn ub_failure_cases_and_expiry() {
     let path = db_path("fail");
     let (k, opc) = keys();
     let srv = start(&path, 1).await;
-    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add");
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).await.expect("add");
     let url = srv.url.clone();
 
     // Missing / malformed Authorization: 400.
@@ -167,10 +172,10 @@ async fn ub_failure_cases_and_expiry() {
     let UeAnswer::Response(auth) = u.on_challenge(&www, "GET", b"", &[1; 16]).expect("ok") else { panic!("response expected") };
     let mut forged = Credentials::parse(&auth).expect("creds");
     forged.response = "0123456789abcdef0123456789abcdef".into();
-    let sqn_before = srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn;
+    let sqn_before = srv.bsf.store().subscriber(IMPI).await.expect("db").expect("sub").sqn;
     let r = ub(&url, &forged.to_header()).await;
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "wrong RES (user authentication failure)"));
-    assert_eq!(srv.bsf.store().subscriber(IMPI).expect("db").expect("sub").sqn, sqn_before);
+    assert_eq!(srv.bsf.store().subscriber(IMPI).await.expect("db").expect("sub").sqn, sqn_before);
 
     // Replayed request: the nonce was consumed -> 401 with a fresh challenge, stale=TRUE.
     let r = ub(&url, &auth).await;
@@ -223,7 +228,7 @@ async fn independent_python_ue_interoperates() {
     let path = db_path("indep");
     let (k, opc) = keys();
     let srv = start(&path, 3600).await;
-    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add");
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).await.expect("add");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/independent_ue.py");
     let args = [script.to_owned(), authority(&srv.url), IMPI.into(), DOMAIN.into(), hex::encode(k), hex::encode(opc), "kms.ims.example.org".into(), "0100000006".into()];
     let out = tokio::task::spawn_blocking(move || std::process::Command::new("python3").args(&args).output())
@@ -263,7 +268,7 @@ async fn https_bootstrap_and_zn() {
     let path = db_path("tls");
     let (k, opc) = keys();
     let store = Store::open(&path).expect("store");
-    store.add_subscriber(&subscriber(&k, &opc)).expect("add");
+    store.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -326,12 +331,12 @@ async fn gba_u_bootstrap_and_zn() {
     let mut sub_u = subscriber(&k, &opc);
     sub_u.impi = IMPI_U.into();
     sub_u.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
-    srv.bsf.store().add_subscriber(&sub_u).expect("add GBA_U subscriber");
-    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).expect("add GBA_ME subscriber");
+    srv.bsf.store().add_subscriber(&sub_u).await.expect("add GBA_U subscriber");
+    srv.bsf.store().add_subscriber(&subscriber(&k, &opc)).await.expect("add GBA_ME subscriber");
     let mut bad = subscriber(&k, &opc);
     bad.impi = "bad@x".into();
     bad.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA-U"}}));
-    assert!(matches!(srv.bsf.store().add_subscriber(&bad), Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
+    assert!(matches!(srv.bsf.store().add_subscriber(&bad).await, Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
 
     // The UICC is ahead (SQN_MS 40): resync, then GBA_U success.
     let ue_u = UeBootstrap::with_uicc(IMPI_U, DOMAIN, Uicc::new(Milenage::with_opc(&k, &opc), 40));
@@ -376,4 +381,265 @@ async fn gba_u_bootstrap_and_zn() {
     assert_eq!(again.int_key().expect("b64"), Some(int.0.to_vec()));
     srv.stop().await;
     let _ = std::fs::remove_file(&path);
+}
+
+// ---- The store on both backends, and replicas on one PostgreSQL ----
+
+use mediasec_gba::milenage::SQN_MAX;
+use mediasec_gba::uicc::UiccType;
+use mediasec_kms_store::pg_lab::PgLab;
+use mediasec_kms_store::{PgStore, RedbStore, Store as Kv, Table};
+
+/// A fresh, empty backend: a redb file, or a database on a lab PostgreSQL server (`None`
+/// after a skip line when PostgreSQL is not installed and `MEDIASEC_REQUIRE_PEERS` is not 1).
+enum Backend {
+    Redb(PathBuf),
+    /// The lab server (stopped on drop) and the database URL.
+    Pg { _lab: PgLab, url: String },
+}
+
+impl Backend {
+    fn redb(name: &str) -> Self {
+        Self::Redb(db_path(name))
+    }
+
+    fn pg() -> Option<Self> {
+        let lab = PgLab::start().expect("PostgreSQL lab")?;
+        let url = lab.create_database("bsf_test").expect("createdb");
+        Some(Self::Pg { _lab: lab, url })
+    }
+
+    async fn kv(&self) -> Arc<dyn Kv> {
+        match self {
+            Self::Redb(path) => Arc::new(RedbStore::open(path).expect("open redb")),
+            Self::Pg { url, .. } => Arc::new(PgStore::connect(url).await.expect("connect PostgreSQL")),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Self::Redb(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn session(btid: &str, impi: &str, expiry: u64, uicc: UiccType) -> BootstrapSession {
+    BootstrapSession { btid: btid.into(), ks: rand::random(), rand: rand::random(), impi: impi.into(), bootstrap_time: expiry - 10, expiry, uicc }
+}
+
+/// The BSF store contract, one body for every backend: subscribers (atomic add, listing,
+/// removal, rows of earlier versions), SQN allocation and resync, concurrent allocation
+/// without a repeated SQN, sessions (lookup, expiry, purge through the expiry index).
+async fn store_conformance(kv: Arc<dyn Kv>) {
+    let store = Store::new(Arc::clone(&kv));
+    let (k, opc) = keys();
+    let mut sub = subscriber(&k, &opc);
+    sub.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
+    store.add_subscriber(&sub).await.expect("add");
+    assert!(matches!(store.add_subscriber(&sub).await, Err(mediasec_bsf::BsfError::Subscriber(_, "already exists"))));
+    let mut bad = subscriber(&k, &opc);
+    bad.impi = "bad@x".into();
+    bad.k = "00".into();
+    assert!(matches!(store.add_subscriber(&bad).await, Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
+    let got = store.subscriber(IMPI).await.expect("get").expect("present");
+    assert_eq!((got.k.as_str(), got.opc.as_deref(), &got.impus, &got.guss, got.sqn), (sub.k.as_str(), sub.opc.as_deref(), &sub.impus, &sub.guss, 0));
+    assert!(store.subscriber("nobody@x").await.expect("get").is_none());
+
+    // SQN: +1 per challenge, durable; resync sets SQN_HE := SQN_MS; the top of the space errs.
+    for want in 1..=3 {
+        assert_eq!(store.next_sqn(IMPI).await.expect("sqn").expect("known").sqn, want);
+    }
+    assert_eq!(store.subscriber(IMPI).await.expect("get").expect("present").sqn, 3);
+    assert_eq!(store.resync_sqn(IMPI, 1000).await.expect("resync").expect("known").sqn, 1000);
+    assert_eq!(store.next_sqn(IMPI).await.expect("sqn").expect("known").sqn, 1001);
+    assert_eq!(store.resync_sqn(IMPI, 2).await.expect("resync").expect("known").sqn, 2, "resync may move SQN_HE down");
+    assert_eq!(store.next_sqn(IMPI).await.expect("sqn").expect("known").sqn, 3);
+    assert!(store.next_sqn("nobody@x").await.expect("sqn").is_none());
+    assert!(store.resync_sqn("nobody@x", 5).await.expect("resync").is_none());
+    let mut top = subscriber(&k, &opc);
+    top.impi = "top@x".into();
+    top.sqn = SQN_MAX;
+    store.add_subscriber(&top).await.expect("add");
+    assert!(matches!(store.next_sqn("top@x").await, Err(mediasec_bsf::BsfError::Subscriber(_, "SQN space exhausted"))));
+
+    // A row as versions before this store wrote it (no write counter) reads and advances.
+    let old = serde_json::json!({"impi": "old@x", "k": hex::encode(k), "opc": hex::encode(opc), "amf": "8000", "sqn": 41, "impus": ["sip:old@x"]});
+    kv.put(Table::BsfSubscribers, "old@x", old.to_string().as_bytes()).await.expect("put old row");
+    assert_eq!(store.next_sqn("old@x").await.expect("sqn").expect("known").sqn, 42);
+    assert_eq!(store.subscriber("old@x").await.expect("get").expect("present").impus, ["sip:old@x"]);
+
+    // Concurrent allocation through separate store handles: never the same SQN twice.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let s = Store::new(Arc::clone(&kv));
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..15 {
+                got.push(s.next_sqn(IMPI).await.expect("sqn").expect("known").sqn);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let got = t.await.expect("task");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "one allocator's SQNs must increase: {got:?}");
+        all.extend(got);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (4..94).collect::<Vec<_>>(), "90 allocations, every SQN once");
+
+    let listed: Vec<String> = store.subscribers().await.expect("list").iter().map(|s| s.impi.clone()).collect();
+    assert_eq!(listed, [IMPI, "old@x", "top@x"]);
+    assert!(store.remove_subscriber("top@x").await.expect("remove"));
+    assert!(!store.remove_subscriber("top@x").await.expect("remove again"));
+
+    // Sessions: valid until expiry, deleted when looked up after it; purge deletes what has
+    // expired and nothing else.
+    let (s1, s2, s3) = (session("b1@bsf", IMPI, 1_000, UiccType::Gba), session("b2@bsf", IMPI, 2_000, UiccType::GbaU), session("b3@bsf", "x@y", 3_000, UiccType::Gba));
+    for s in [&s1, &s2, &s3] {
+        store.put_session(s).await.expect("put session");
+    }
+    let got = store.session("b2@bsf", 1_999).await.expect("get").expect("valid");
+    assert_eq!((got.ks, got.rand, got.impi.as_str(), got.bootstrap_time, got.expiry, got.uicc), (s2.ks, s2.rand, IMPI, 1_990, 2_000, UiccType::GbaU));
+    assert!(store.session("b1@bsf", 1_000).await.expect("get").is_none(), "expired at its expiry");
+    assert!(store.session("b1@bsf", 10).await.expect("get").is_none(), "deleted on the expired lookup");
+    assert!(store.session("unknown@bsf", 10).await.expect("get").is_none());
+    assert_eq!(store.purge_expired(2_500).await.expect("purge"), 1, "b2 only (b1 is already gone)");
+    assert!(store.session("b2@bsf", 10).await.expect("get").is_none(), "purged");
+    assert!(store.session("b3@bsf", 2_999).await.expect("get").is_some(), "not expired: kept");
+    assert_eq!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").len(), 1, "index rows of deleted sessions are gone");
+    assert_eq!(store.purge_expired(2_500).await.expect("purge again"), 0);
+    // Many expired sessions: purge walks the index in batches.
+    for i in 0..300 {
+        store.put_session(&session(&format!("m{i}@bsf"), IMPI, 500 + i, UiccType::Gba)).await.expect("put session");
+    }
+    assert_eq!(store.purge_expired(3_000).await.expect("purge"), 301);
+    assert!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").is_empty());
+    // A session row that does not decode does not stop the purge; its look-up reports it.
+    kv.put(Table::BsfSessionExpiry, &format!("{:020}/bad@bsf", 100), b"").await.expect("index row");
+    kv.put(Table::BsfSessions, "bad@bsf", b"{not json").await.expect("corrupt row");
+    store.put_session(&session("late@bsf", IMPI, 200, UiccType::Gba)).await.expect("put session");
+    assert_eq!(store.purge_expired(3_000).await.expect("purge past a corrupt row"), 1);
+    assert!(matches!(store.session("bad@bsf", 0).await, Err(mediasec_bsf::BsfError::Corrupt { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_conformance_redb() {
+    let b = Backend::redb("conformance");
+    store_conformance(b.kv().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_conformance_postgres() {
+    let Some(b) = Backend::pg() else { return };
+    store_conformance(b.kv().await).await;
+}
+
+/// A redb file written by the BSF before it moved onto the shared store (its own tables
+/// `subscribers` and `sessions`, `&str → JSON`) opens, and its rows serve.
+#[tokio::test]
+async fn redb_file_of_the_previous_layout_opens() {
+    let path = db_path("legacy");
+    let (k, opc) = keys();
+    {
+        let db = redb::Database::create(&path).expect("create");
+        let tx = db.begin_write().expect("tx");
+        {
+            let subs: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("subscribers");
+            let sessions: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("sessions");
+            let row = serde_json::json!({"impi": IMPI, "k": hex::encode(k), "opc": hex::encode(opc), "amf": "8000", "sqn": 7, "impus": ["sip:a@b"]});
+            tx.open_table(subs).expect("table").insert(IMPI, row.to_string().as_bytes()).expect("insert");
+            let s = serde_json::json!({"ks": hex::encode([5u8; 32]), "rand": hex::encode([6u8; 16]), "impi": IMPI, "bootstrap_time": 10, "expiry": u64::MAX});
+            tx.open_table(sessions).expect("table").insert("old@bsf", s.to_string().as_bytes()).expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let srv = start(&path, 3600).await;
+    assert_eq!(srv.bsf.store().session("old@bsf", 11).await.expect("get").expect("session").ks, [5u8; 32]);
+    let (_, sqn) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, 7)).await.expect("bootstrap");
+    assert_eq!(sqn, 8, "SQN continued from the old row");
+    srv.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn metric(url: &str, name: &str) -> u64 {
+    let r = request(&ep(url), "GET", "/metrics", &[], b"").await.expect("metrics");
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} missing in {body}"))
+}
+
+/// Two BSF servers on one PostgreSQL: Ub at A, Zn at B; concurrent bootstraps of one IMPI
+/// through both never share an SQN and all complete AKA; a resync at B is seen by A; a store
+/// outage is a 500 with the reason and a count, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres() {
+    let Some(b) = Backend::pg() else { return };
+    let Backend::Pg { url, .. } = &b else { unreachable!("Backend::pg is PostgreSQL") };
+    let (k, opc) = keys();
+    let a = start_on(Store::connect(url).await.expect("replica A store"), 3600).await;
+    let r = start_on(Store::connect(url).await.expect("replica B store"), 3600).await;
+    let body = serde_json::to_vec(&subscriber(&k, &opc)).expect("json");
+    let admin = request(&ep(&a.url), "POST", "/admin/v1/subscribers", &[("Authorization", &format!("Bearer {ADMIN}"))], &body).await.expect("http");
+    assert_eq!(admin.status, 201);
+    let dup = request(&ep(&r.url), "POST", "/admin/v1/subscribers", &[("Authorization", &format!("Bearer {ADMIN}"))], &body).await.expect("http");
+    assert_eq!(dup.status, 409, "B sees the subscriber A added");
+
+    // Ub at A, Zn at B: the session is found and the key agrees.
+    let (boot, mut sqn_ms) = client::bootstrap(&ep(&a.url), ue(&k, &opc, 0)).await.expect("bootstrap at A");
+    assert_eq!(sqn_ms, 1);
+    let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    let zn = client::zn_lookup(&ep(&r.url), ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found at B");
+    assert_eq!(zn.key().expect("b64"), boot.ks_naf(&naf).expect("ks_naf").0.to_vec());
+
+    // Concurrent bootstraps of the one IMPI: 4 UEs, 2 per replica, 12 rounds each.
+    let urls = [a.url.clone(), r.url.clone()];
+    let mut tasks = Vec::new();
+    for i in 0..4usize {
+        let (url, other) = (urls[i % 2].clone(), urls[(i + 1) % 2].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut last = 0;
+            for _ in 0..12 {
+                let (boot, sqn) = client::bootstrap(&ep(&url), ue(&k, &opc, last)).await.expect("concurrent bootstrap");
+                // AKA completed: the other replica serves the session.
+                assert!(client::zn_lookup(&ep(&other), ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_some());
+                seen.push(sqn);
+                last = sqn;
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seen = t.await.expect("task");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        all.extend(seen);
+    }
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "an SQN was handed out twice");
+    let he = a.bsf.store().subscriber(IMPI).await.expect("get").expect("present").sqn;
+    assert!(all.iter().all(|s| *s > sqn_ms && *s <= he), "SQNs {all:?} within (1, SQN_HE {he}]");
+    assert_eq!(metric(&a.url, "mediasec_bsf_resyncs_total").await + metric(&r.url, "mediasec_bsf_resyncs_total").await, 0);
+
+    // Resync at B (the USIM is far ahead) is seen by A: A continues without a resync.
+    sqn_ms = he + 1_000;
+    let (_, s) = client::bootstrap(&ep(&r.url), ue(&k, &opc, sqn_ms)).await.expect("resync at B");
+    assert_eq!((s, metric(&r.url, "mediasec_bsf_resyncs_total").await), (sqn_ms + 1, 1));
+    assert_eq!(a.bsf.store().subscriber(IMPI).await.expect("get").expect("present").sqn, sqn_ms + 1);
+    let (_, s) = client::bootstrap(&ep(&a.url), ue(&k, &opc, sqn_ms + 1)).await.expect("bootstrap at A");
+    assert_eq!((s, metric(&a.url, "mediasec_bsf_resyncs_total").await), (sqn_ms + 2, 0));
+
+    // The database goes away: a 500 with the reason, counted; the server keeps running.
+    drop(b);
+    let r500 = ub(&a.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(r500.status, 500);
+    assert!(String::from_utf8_lossy(&r500.body).contains("store unavailable"), "{}", String::from_utf8_lossy(&r500.body));
+    assert_eq!(metric(&a.url, "mediasec_bsf_store_errors_total").await, 1);
+    a.stop().await;
+    r.stop().await;
 }

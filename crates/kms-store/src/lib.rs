@@ -1,6 +1,9 @@
 //! The KMS store (TS 33.328 §4.2.4: the KMS keeps users, policies and its ticket keys; it keeps
 //! no per-call state). One trait, [`Store`], with two backends: an embedded single-file ACID
-//! database (the default, no setup) and PostgreSQL, which several KMS replicas share.
+//! database (the default, no setup) and PostgreSQL, which several KMS replicas share. The GBA
+//! BSF (crate `mediasec-bsf`) keeps its subscribers and bootstrapping sessions in the same
+//! store, in its own tables ([`Table::BsfSubscribers`] ...), and so does the voicemail server
+//! ([`Table::VoicemailMessages`], [`Table::VoicemailMeta`]).
 //!
 //! The store holds opaque bytes per (table, key). Encryption at rest of the key ring is done by
 //! the KMS above this trait, so a backend never sees a ticket key in clear.
@@ -10,7 +13,10 @@
 //!   return loses nothing;
 //! - `put` replaces any previous value of the key; `delete` reports whether the key existed;
 //! - `list` returns the rows of a table sorted by key;
-//! - audit entries get strictly increasing sequence numbers, never reused.
+//! - audit entries get strictly increasing sequence numbers, never reused;
+//! - `compare_and_swap` is atomic with respect to every other writer of the store, replicas
+//!   sharing a PostgreSQL database included (the BSF's AKA SQN allocation rests on it);
+//! - `range` returns the rows with `from <= key < to`, sorted by key.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,13 +48,37 @@ pub enum Table {
     /// The lawful-interception audit trail, kept apart from the admin audit log; keyed by
     /// zero-padded time and a random suffix, so rows sort by time.
     LiAudit,
+    /// BSF: subscribers (JSON), keyed by IMPI.
+    BsfSubscribers,
+    /// BSF: bootstrapping sessions (JSON), keyed by B-TID.
+    BsfSessions,
+    /// BSF: the expiry index of the sessions, keyed by zero-padded expiry time `/` B-TID
+    /// (empty values), so expired sessions are found with a [`Store::range`] scan.
+    BsfSessionExpiry,
+    /// Voicemail: messages, keyed by the message id in 20 decimal digits (so keys sort as ids).
+    VoicemailMessages,
+    /// Voicemail: settings (`next_id`, the id the next message gets).
+    VoicemailMeta,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 6] = [Self::Users, Self::Policies, Self::KeyRing, Self::Settings, Self::LiWarrants, Self::LiAudit];
+    pub const ALL: [Self; 11] = [
+        Self::Users,
+        Self::Policies,
+        Self::KeyRing,
+        Self::Settings,
+        Self::LiWarrants,
+        Self::LiAudit,
+        Self::BsfSubscribers,
+        Self::BsfSessions,
+        Self::BsfSessionExpiry,
+        Self::VoicemailMessages,
+        Self::VoicemailMeta,
+    ];
 
-    /// The table's name in the backend.
+    /// The table's name in the backend. The BSF's names are those of its redb file before it
+    /// moved onto this store, so existing BSF databases keep opening.
     pub fn name(self) -> &'static str {
         match self {
             Self::Users => "users",
@@ -57,6 +87,11 @@ impl Table {
             Self::Settings => "settings",
             Self::LiWarrants => "li_warrants",
             Self::LiAudit => "li_audit",
+            Self::BsfSubscribers => "subscribers",
+            Self::BsfSessions => "sessions",
+            Self::BsfSessionExpiry => "session_expiry",
+            Self::VoicemailMessages => "vm_messages",
+            Self::VoicemailMeta => "vm_meta",
         }
     }
 }
@@ -120,6 +155,19 @@ pub trait Store: Send + Sync + 'static {
     /// afterwards: `value` if it was inserted, else the one some writer put first. Used for
     /// create-once secrets (the KMS's KSAK) that every replica must end up sharing.
     fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, Vec<u8>>;
+    /// Compare-and-swap, atomic with respect to every other writer of the store (replicas
+    /// included), durable: if `key` holds exactly `expected` (`None`: is absent), sets it to
+    /// `new` (`None`: deletes it) and returns `true`; otherwise changes nothing and returns
+    /// `false`. Read-modify-write loops (the BSF's SQN allocation) retry on `false`.
+    fn compare_and_swap<'a>(
+        &'a self,
+        table: Table,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    ) -> StoreFuture<'a, bool>;
+    /// Up to `limit` rows of `table` with `from <= key < to`, sorted by key.
+    fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>>;
     /// Removes `key`; `true` when it existed.
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool>;
     /// Every row of `table`, sorted by key.

@@ -15,6 +15,14 @@
 //! - `put_if_absent` is `INSERT … ON CONFLICT DO NOTHING` then a read of the row: under
 //!   concurrent writers exactly one insert wins (the primary key arbitrates) and every caller
 //!   reads the winner's value.
+//! - `compare_and_swap` is one statement: `INSERT … ON CONFLICT DO NOTHING` (expected absent),
+//!   `UPDATE … SET value = new WHERE … AND value = expected` or `DELETE … WHERE … AND value =
+//!   expected`, reporting whether a row changed. Under READ COMMITTED a concurrent `UPDATE`
+//!   or `DELETE` waits for the row lock of a writer in flight and then re-evaluates its `WHERE`
+//!   on the row that writer committed, so of two swaps from the same expected value exactly
+//!   one succeeds, across connections and replicas.
+//! - `range` is an index range scan on the primary key (`key >= from AND key < to`, collated
+//!   "C" like the column).
 //! - `list` orders by `key` collated "C", i.e. by UTF-8 bytes, the order of Rust's `str` (and
 //!   of the embedded backend).
 //! - Audit sequence numbers are assigned by `mediasec_kms_append_audit` under an advisory
@@ -89,6 +97,9 @@ struct Conn {
     put: Statement,
     put_if_absent: Statement,
     delete: Statement,
+    cas_update: Statement,
+    cas_delete: Statement,
+    range: Statement,
     list: Statement,
     append: Statement,
     audit: Statement,
@@ -117,6 +128,12 @@ impl Conn {
             .await?,
             put_if_absent: prep("INSERT INTO mediasec_kms_kv (tbl, key, value) VALUES ($1, $2, $3) ON CONFLICT (tbl, key) DO NOTHING").await?,
             delete: prep("DELETE FROM mediasec_kms_kv WHERE tbl = $1 AND key = $2").await?,
+            cas_update: prep("UPDATE mediasec_kms_kv SET value = $4 WHERE tbl = $1 AND key = $2 AND value = $3").await?,
+            cas_delete: prep("DELETE FROM mediasec_kms_kv WHERE tbl = $1 AND key = $2 AND value = $3").await?,
+            range: prep(
+                "SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key LIMIT $4",
+            )
+            .await?,
             list: prep("SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 ORDER BY key").await?,
             append: prep("SELECT mediasec_kms_append_audit($1, $2, $3, $4)").await?,
             audit: prep(
@@ -189,6 +206,42 @@ impl Store for PgStore {
             row.map(|r| column::<Vec<u8>>(&r, 0))
                 .transpose()?
                 .ok_or_else(|| StoreError::Invalid(format!("{}/{key}: deleted right after put_if_absent", table.name())))
+        })
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        table: Table,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            check_text("key", key)?;
+            let c = self.conn().await?;
+            let name = table.name();
+            let changed = match (expected, new) {
+                (None, Some(new)) => c.client.execute(&c.put_if_absent, &[&name, &key, &new]).await,
+                (Some(old), Some(new)) => c.client.execute(&c.cas_update, &[&name, &key, &old, &new]).await,
+                (Some(old), None) => c.client.execute(&c.cas_delete, &[&name, &key, &old]).await,
+                (None, None) => {
+                    let row = c.client.query_opt(&c.get, &[&name, &key]).await.map_err(|e| pg_err(&e))?;
+                    return Ok(row.is_none());
+                }
+            }
+            .map_err(|e| pg_err(&e))?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        Box::pin(async move {
+            check_text("range start", from)?;
+            check_text("range end", to)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let c = self.conn().await?;
+            let rows = c.client.query(&c.range, &[&table.name(), &from, &to, &limit]).await.map_err(|e| pg_err(&e))?;
+            rows.iter().map(|r| Ok((column(r, 0)?, column(r, 1)?))).collect()
         })
     }
 

@@ -118,6 +118,63 @@ impl Store for RedbStore {
         })
     }
 
+    fn compare_and_swap<'a>(
+        &'a self,
+        table: Table,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+    ) -> StoreFuture<'a, bool> {
+        if let Err(e) = check_text("key", key) {
+            return Box::pin(async move { Err(e) });
+        }
+        let (key, expected, new) = (key.to_owned(), expected.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec));
+        // One write transaction (redb has a single writer): the compare and the swap are atomic.
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(backend)?;
+            let swapped = {
+                let mut t = tx.open_table(table_def(table)).map_err(backend)?;
+                let held = t.get(key.as_str()).map_err(backend)?.map(|v| v.value().to_vec());
+                if held != expected {
+                    false
+                } else {
+                    if let Some(v) = &new {
+                        t.insert(key.as_str(), v.as_slice()).map_err(backend)?;
+                    } else {
+                        t.remove(key.as_str()).map_err(backend)?;
+                    }
+                    true
+                }
+            };
+            if swapped {
+                tx.commit().map_err(backend)?;
+            } else {
+                tx.abort().map_err(backend)?;
+            }
+            Ok(swapped)
+        })
+    }
+
+    fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        if let Err(e) = check_text("range start", from).and_then(|()| check_text("range end", to)) {
+            return Box::pin(async move { Err(e) });
+        }
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.blocking(move |db| {
+            let mut out = Vec::new();
+            if from >= to {
+                return Ok(out);
+            }
+            let rx = db.begin_read().map_err(backend)?;
+            let t = rx.open_table(table_def(table)).map_err(backend)?;
+            for row in t.range(from.as_str()..to.as_str()).map_err(backend)?.take(limit) {
+                let (k, v) = row.map_err(backend)?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool> {
         if let Err(e) = check_text("key", key) {
             return Box::pin(async move { Err(e) });

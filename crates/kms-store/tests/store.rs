@@ -139,11 +139,40 @@ async fn conformance(s: &dyn Store) {
     assert_eq!(got, want.into_iter().collect::<Vec<_>>());
     assert_eq!(s.list(Table::Settings).await.expect("list").len(), 0);
 
+    // range: [from, to), sorted, limited.
+    let range = |from: &'static str, to: &'static str, limit| s.range(Table::Policies, from, to, limit);
+    let keys_of = |rows: Vec<(String, Vec<u8>)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    assert_eq!(keys_of(range("a", "b", 100).await.expect("range")), ["a", "a@", "a@b", "ab"]);
+    assert_eq!(keys_of(range("a", "b", 2).await.expect("range")), ["a", "a@"]);
+    assert_eq!(keys_of(range("a@", "a@b", 100).await.expect("range")), ["a@"], "end is exclusive");
+    assert_eq!(keys_of(range("é", "\u{10FFFF}", 100).await.expect("range")), ["é", "Ω"]);
+    assert!(range("b", "a", 100).await.expect("empty range").is_empty());
+    assert!(range("a", "b", 0).await.expect("limit 0").is_empty());
+
+    // compare_and_swap: insert if absent, swap on equal, delete on equal; a mismatch changes
+    // nothing.
+    let cas = |exp: Option<&'static [u8]>, new: Option<&'static [u8]>| s.compare_and_swap(Table::BsfSubscribers, "imsi", exp, new);
+    assert!(cas(None, None).await.expect("absent"));
+    assert!(cas(None, Some(b"v1")).await.expect("insert"));
+    assert!(!cas(None, Some(b"v0")).await.expect("present: no insert"));
+    assert!(!cas(Some(b"v0"), Some(b"v2")).await.expect("mismatch"));
+    assert!(!cas(None, None).await.expect("present"));
+    assert_eq!(s.get(Table::BsfSubscribers, "imsi").await.expect("get").as_deref(), Some(&b"v1"[..]));
+    assert!(cas(Some(b"v1"), Some(b"v2")).await.expect("swap"));
+    assert!(!cas(Some(b"v1"), None).await.expect("stale delete"));
+    assert_eq!(s.get(Table::BsfSubscribers, "imsi").await.expect("get").as_deref(), Some(&b"v2"[..]));
+    assert!(cas(Some(b"v2"), None).await.expect("delete"));
+    assert_eq!(s.get(Table::BsfSubscribers, "imsi").await.expect("get"), None);
+    assert!(!cas(Some(b"v2"), Some(b"v3")).await.expect("absent: no swap"));
+    assert_eq!(s.get(Table::BsfSubscribers, "imsi").await.expect("get"), None);
+
     // NUL is refused by every backend (PostgreSQL text cannot hold it).
     for r in [
         s.put(Table::Users, "a\0b", b"x").await.map(drop),
         s.get(Table::Users, "a\0b").await.map(drop),
         s.delete(Table::Users, "a\0b").await.map(drop),
+        s.compare_and_swap(Table::Users, "a\0b", None, Some(b"x")).await.map(drop),
+        s.range(Table::Users, "a\0", "b", 1).await.map(drop),
     ] {
         assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     }
@@ -196,6 +225,27 @@ async fn concurrent_writers(s: Arc<dyn Store>) {
     }
     let stored = s.get(Table::Settings, "race").await.expect("get").expect("a winner");
     assert!(held.iter().all(|h| *h == stored), "{held:?} vs {stored:?}");
+    // Concurrent read-modify-write through compare_and_swap: no increment is lost.
+    let counters: Vec<_> = (0..8)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    loop {
+                        let held = s.get(Table::Settings, "counter").await.expect("get");
+                        let n = held.as_deref().map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
+                        if s.compare_and_swap(Table::Settings, "counter", held.as_deref(), Some(&(n + 1).to_be_bytes())).await.expect("cas") {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in counters {
+        c.await.expect("task");
+    }
+    assert_eq!(s.get(Table::Settings, "counter").await.expect("get"), Some(80u64.to_be_bytes().to_vec()), "lost increments");
     let mut seqs = Vec::new();
     for t in tasks {
         seqs.extend(t.await.expect("task"));

@@ -111,7 +111,7 @@ impl Lab {
         for u in users {
             let uid = KmsUid::parse(u)?;
             let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
-            bsf_store.add_subscriber(&lab_subscriber(&uid, &k, &opc)).map_err(io)?;
+            bsf_store.add_subscriber(&lab_subscriber(&uid, &k, &opc)).await.map_err(io)?;
             usim.insert(uid.to_string(), (k, opc));
             uids.push(uid);
         }
@@ -240,10 +240,10 @@ impl Lab {
         let (k, opc) = self.usim.get(uid.as_str()).ok_or_else(|| KmsError::Config(format!("{uid} is not a lab user")))?;
         let d = self.domain(uid.domain())?;
         let store = self.bsf.store();
-        store.remove_subscriber(&impi_of(&uid)).map_err(io)?;
+        store.remove_subscriber(&impi_of(&uid)).await.map_err(io)?;
         let mut subscriber = lab_subscriber(&uid, k, opc);
         subscriber.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
-        store.add_subscriber(&subscriber).map_err(io)?;
+        store.add_subscriber(&subscriber).await.map_err(io)?;
         let bsf = Endpoint::http(&self.bsf_url).map_err(io)?;
         let me = UeBootstrap::with_uicc(impi_of(&uid), BSF_REALM, Uicc::new(Milenage::with_opc(k, opc), 0));
         let (boot, mut uicc) = client::bootstrap_gba_u(&bsf, me).await.map_err(io)?;

@@ -2,7 +2,6 @@
 //! the store, the SIP deposit side and the retrieval API on one HTTP listener.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use mediasec_kms::zn::Zn;
@@ -28,13 +27,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the store at `path`, starts the deposit side (registering when configured) and
+    /// On `store` (see [`Store::open`], [`Store::new`]), starts the deposit side (registering when configured) and
     /// serves the API on `api` (port 0 picks one) as the NAF `naf_fqdn`, authenticating users
     /// with Zn source `zn` (keyed for `naf_fqdn`); over HTTPS with `tls` = (certificate chain,
     /// private key) in PEM.
-    pub async fn start(path: &Path, deposit: DepositConfig, api: SocketAddr, tls: Option<(&[u8], &[u8])>, naf_fqdn: &str, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
+    pub async fn start(store: Store, deposit: DepositConfig, api: SocketAddr, tls: Option<(&[u8], &[u8])>, naf_fqdn: &str, zn: Arc<dyn Zn>) -> Result<Self, VoicemailError> {
         let tls = tls.map(|(cert, key)| mediasec_bsf::tls::server_config(cert, key, None)).transpose().map_err(|e| VoicemailError::Config(format!("TLS: {e}")))?;
-        let store = Store::open(path)?;
         let deposit = Deposit::start(deposit, store.clone()).await?;
         let listener = tokio::net::TcpListener::bind(api).await?;
         let api_addr = listener.local_addr()?;

@@ -67,7 +67,7 @@ async fn voicemail(kms: &KmsLab, lab: &TwoDomains, path: &std::path::Path, pki: 
         timers: Timers::default(),
     };
     let tls = (pki.cert_pem.as_bytes(), pki.key_pem.as_bytes());
-    Server::start(path, config, SocketAddr::from(([127, 0, 0, 1], 0)), Some(tls), VM_FQDN, zn(kms)).await.expect("voicemail server")
+    Server::start(mediasec_voicemail::store::Store::open(path).expect("voicemail store"), config, SocketAddr::from(([127, 0, 0, 1], 0)), Some(tls), VM_FQDN, zn(kms)).await.expect("voicemail server")
 }
 
 async fn caller(kms: &KmsLab, lab: &TwoDomains, user: &str, deferred: bool) -> Ue {

@@ -28,9 +28,10 @@ pub(crate) struct Args {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// The redb database file (created if missing).
-    #[arg(long)]
-    db: Option<PathBuf>,
+    /// Store: a file path (embedded redb, created if missing) or `postgres://...` (shared by
+    /// BSF replicas). `--db` is the former spelling.
+    #[arg(long, visible_alias = "db")]
+    store: Option<String>,
     /// Listen address (Ub, Zn, admin and /metrics on one port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -60,8 +61,8 @@ struct ServeArgs {
 
 #[derive(clap::Subcommand)]
 enum Action {
-    /// Provision subscribers in the database file (while the server is stopped; use the admin
-    /// API while it runs).
+    /// Provision subscribers in the store (a redb file while the server is stopped, else use
+    /// the admin API; PostgreSQL at any time).
     Subscriber {
         #[command(subcommand)]
         op: Box<SubscriberOp>,
@@ -81,9 +82,9 @@ enum Action {
 enum SubscriberOp {
     /// Add a subscriber.
     Add {
-        /// Database file.
-        #[arg(long)]
-        db: PathBuf,
+        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
+        #[arg(long, visible_alias = "db")]
+        store: String,
         #[command(flatten)]
         usim: super::UsimKeys,
         /// AMF (4 hex digits).
@@ -105,15 +106,15 @@ enum SubscriberOp {
     },
     /// List subscribers (secrets are not shown).
     List {
-        /// Database file.
-        #[arg(long)]
-        db: PathBuf,
+        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
+        #[arg(long, visible_alias = "db")]
+        store: String,
     },
     /// Remove a subscriber.
     Remove {
-        /// Database file.
-        #[arg(long)]
-        db: PathBuf,
+        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
+        #[arg(long, visible_alias = "db")]
+        store: String,
         /// IMPI.
         #[arg(long)]
         impi: String,
@@ -137,10 +138,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let Some(db) = a.db else { bail!("--db PATH is required to serve") };
+    let Some(spec) = a.store else { bail!("--store PATH|postgres://... is required to serve") };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
-    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
     let mut bsf = BsfConfig::new(a.domain);
     bsf.key_lifetime = a.key_lifetime;
     let cfg = ServerConfig {
@@ -160,8 +160,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let state = Bsf::new(cfg, store);
     runtime()?.block_on(async move {
+        let state = Bsf::new(cfg, open_store(&spec).await?);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         let server = match tls {
@@ -182,25 +182,34 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Opens the store named by `--store`, with the KMS's rule (`postgres://` or a file path).
+async fn open_store(spec: &str) -> anyhow::Result<Store> {
+    Ok(Store::new(super::kms::open_store(spec).await?))
+}
+
 fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(subscriber_op(op))
+}
+
+async fn subscriber_op(op: SubscriberOp) -> anyhow::Result<ExitCode> {
     match op {
-        SubscriberOp::Add { db, usim: super::UsimKeys { impi, k, opc, op }, amf, sqn, impu, guss, uicc_type } => {
+        SubscriberOp::Add { store, usim: super::UsimKeys { impi, k, opc, op }, amf, sqn, impu, guss, uicc_type } => {
             let guss: Option<serde_json::Value> = guss.map(|g| serde_json::from_str(&g)).transpose().context("--guss is not JSON")?;
             let guss = match uicc_type {
                 None => guss,
                 Some(t) => Some(with_uicc_type(guss, &t)?),
             };
             let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
-            Store::open(&db)?.add_subscriber(&s)?;
+            open_store(&store).await?.add_subscriber(&s).await?;
             println!("added {}", s.impi);
         }
-        SubscriberOp::List { db } => {
-            for s in Store::open(&db)?.subscribers()? {
+        SubscriberOp::List { store } => {
+            for s in open_store(&store).await?.subscribers().await? {
                 println!("{}", s.public_view());
             }
         }
-        SubscriberOp::Remove { db, impi } => {
-            if !Store::open(&db)?.remove_subscriber(&impi)? {
+        SubscriberOp::Remove { store, impi } => {
+            if !open_store(&store).await?.remove_subscriber(&impi).await? {
                 eprintln!("no such subscriber: {impi}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -226,12 +235,12 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_file(&db);
     let store = Store::open(&db)?;
     let keys: Vec<([u8; 16], [u8; 16])> = (0..concurrency).map(|_| (rand::random(), rand::random())).collect();
-    for (i, (k, opc)) in keys.iter().enumerate() {
-        store.add_subscriber(&Subscriber::with_opc(format!("bench{i}@ims.bench.invalid"), k, opc, vec![format!("sip:bench{i}@bench.invalid")]))?;
-    }
     let token = hex::encode(rand::random::<[u8; 16]>());
-    let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);
     let result = runtime()?.block_on(async move {
+        for (i, (k, opc)) in keys.iter().enumerate() {
+            store.add_subscriber(&Subscriber::with_opc(format!("bench{i}@ims.bench.invalid"), k, opc, vec![format!("sip:bench{i}@bench.invalid")])).await?;
+        }
+        let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = client::Endpoint::http(&format!("http://{}", listener.local_addr()?))?;
         let server = tokio::spawn(mediasec_bsf::server::serve(listener, Arc::clone(&state)));

@@ -201,12 +201,13 @@ fn gba() -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("mediasec-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let store = Store::open(&dir.join("bsf.redb"))?;
+    let runtime = super::runtime()?;
     // A subscriber with fresh random K and OPc (returned), as the BSF's store provisions it.
     let subscriber = |impi: &str, impu: &str, guss: Option<serde_json::Value>| -> anyhow::Result<([u8; 16], [u8; 16])> {
         let (k, opc): ([u8; 16], [u8; 16]) = (rand::random(), rand::random());
         let mut s = Subscriber::with_opc(impi, &k, &opc, vec![impu.into()]);
         s.guss = guss;
-        store.add_subscriber(&s)?;
+        runtime.block_on(store.add_subscriber(&s))?;
         Ok((k, opc))
     };
     let (k, opc) = subscriber(IMPI, "sip:alice@demo.example", None)?;
@@ -215,7 +216,6 @@ fn gba() -> anyhow::Result<bool> {
     let zn_token = hex::encode(rand::random::<[u8; 16]>());
     let admin_token = hex::encode(rand::random::<[u8; 16]>());
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: zn_token.clone(), admin_token }, store);
-    let runtime = super::runtime()?;
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -111,7 +111,7 @@ async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyho
         timers: mediasec_sip::core::Timers::default(),
     };
     let zn = Arc::new(mediasec_kms::zn::ZnCache::new(Arc::new(zn)));
-    let server = mediasec_voicemail::service::Server::start(&kms.dir.join("vm.redb"), config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None, VM_FQDN, zn).await?;
+    let server = mediasec_voicemail::service::Server::start(mediasec_voicemail::store::Store::open(&kms.dir.join("vm.redb"))?, config, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None, VM_FQDN, zn).await?;
     let alice = registered(ue("sip:alice14@a.example", lab.pcscf_a.local_addr(), Security::MikeyTicket, CALLER_HZ, CALLEE_HZ), Some(kms)).await?;
     let id = tokio::time::timeout(Duration::from_secs(10), alice.call("sip:carol14@a.example")).await.context("call timed out")??;
     tokio::time::sleep(talk).await;

@@ -47,9 +47,10 @@ struct ServeArgs {
     /// Home domain: mailboxes of this domain are stored.
     #[arg(long)]
     domain: String,
-    /// Message store (redb file; created if missing).
+    /// Message store: a file path (embedded redb, created if missing) or `postgres://...`
+    /// (shared by voicemail servers), as the KMS's and the BSF's `--store`.
     #[arg(long)]
-    store: PathBuf,
+    store: String,
     /// SIP address (UDP and TCP).
     #[arg(long, default_value = "127.0.0.1:5070")]
     sip: SocketAddr,
@@ -153,7 +154,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let tls = tls.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
-    let server = Server::start(&a.store, config, a.api, tls, &a.naf_fqdn, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
+    let store = if a.store.starts_with("postgres://") || a.store.starts_with("postgresql://") {
+        mediasec_voicemail::store::Store::new(super::kms::open_store(&a.store).await?)
+    } else {
+        mediasec_voicemail::store::Store::open(std::path::Path::new(&a.store)).with_context(|| format!("opening {}", a.store))?
+    };
+    let server = Server::start(store, config, a.api, tls, &a.naf_fqdn, Arc::new(ZnCache::new(Arc::new(zn)))).await.context("starting the voicemail server")?;
     println!("voicemail: SIP {} API {}", server.deposit.sip_addr(), server.api_url());
     tokio::signal::ctrl_c().await?;
     server.shutdown().await;
