@@ -34,7 +34,7 @@
 
 use crypto_bigint::ctutils::{CtEq, CtLt, CtSelect};
 use crypto_bigint::modular::{ConstMontyForm, ConstMontyParams};
-use crypto_bigint::{NonZero, U1024, const_monty_params};
+use crypto_bigint::{Choice, NonZero, U1024, Word, const_monty_params};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -177,14 +177,32 @@ fn fe_bytes(v: &Fp) -> Zeroizing<[u8; FIELD_LEN]> {
     out
 }
 
+/// Window width of the fixed-window scalar multiplication and exponentiation.
+const WINDOW: u32 = 4;
+/// Entries of a window table: the multiples / powers 0 … 2^WINDOW − 1.
+const WINDOW_TABLE: usize = 1 << WINDOW;
+
+/// Digit `w` (bits 4w … 4w + 3) of k. Reads the limb chosen by the public position w: no
+/// branch or memory access depends on k.
+fn window(k: &U1024, w: u32) -> u32 {
+    let bit = w * WINDOW;
+    let word = k.as_words().get((bit / Word::BITS) as usize).copied().unwrap_or(0);
+    ((word >> (bit % Word::BITS)) & ((1 << WINDOW) - 1)) as u32
+}
+
+/// table\[d\] by a scan over every entry with constant-time selection (d secret).
+fn ct_lookup<T: Copy>(table: &[T; WINDOW_TABLE], d: u32, init: T, select: fn(&T, &T, Choice) -> T) -> T {
+    table.iter().zip(0u32..).fold(init, |acc, (t, i)| select(&acc, t, Choice::from_u32_eq(i, d)))
+}
+
 impl Jacobian {
     const INFINITY: Self = Self { x: Fp::ONE, y: Fp::ONE, z: Fp::ZERO };
 
-    fn is_infinity(&self) -> crypto_bigint::Choice {
+    fn is_infinity(&self) -> Choice {
         self.z.ct_eq(&Fp::ZERO)
     }
 
-    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+    fn select(a: &Self, b: &Self, c: Choice) -> Self {
         Self { x: a.x.ct_select(&b.x, c), y: a.y.ct_select(&b.y, c), z: a.z.ct_select(&b.z, c) }
     }
 
@@ -208,9 +226,9 @@ impl Jacobian {
         self.double_parts().0
     }
 
-    /// General addition (EFD add-2007-bl), made complete for the cases a ladder with
-    /// difference P ≠ O meets: either input at infinity (constant-time selection) and
-    /// a = −b (H = 0, so Z3 = 0: infinity). a = b never occurs in [`mul`](Self::mul).
+    /// Complete addition: EFD add-2007-bl, with constant-time selection of the other input
+    /// when one is at infinity and of [`double`](Self::double) when a = b (H = 0 and
+    /// r = 0); a = −b gives H = 0, so Z3 = 0: infinity.
     fn add(&self, b: &Self) -> Self {
         let z1z1 = self.z.square();
         let z2z2 = b.z.square();
@@ -227,14 +245,41 @@ impl Jacobian {
         let y3 = r.mul(&v.sub(&x3)).sub(&s1.mul(&j).double());
         let z3 = self.z.add(&b.z).square().sub(&z1z1).sub(&z2z2).mul(&h);
         let sum = Self { x: x3, y: y3, z: z3 };
+        let same = h.ct_eq(&Fp::ZERO) & r.ct_eq(&Fp::ZERO);
+        let sum = Self::select(&sum, &self.double(), same);
         let sum = Self::select(&sum, b, self.is_infinity());
         Self::select(&sum, self, b.is_infinity())
     }
 
-    /// \[k\]self for k < 2^1024 by a Montgomery ladder over all 1024 bits of k, with
-    /// constant-time conditional swaps: the operation sequence does not depend on k. The
-    /// invariant R1 − R0 = self keeps the addition away from its doubling case.
+    /// \[k\]self for k < 2^1024: fixed 4-bit windows from the top, each window four
+    /// doublings and one addition of table\[digit\] (table\[d\] = \[d\]self) read by a
+    /// constant-time scan of the whole table. The operation sequence and the memory accesses
+    /// do not depend on k (k may be secret: r, z, (b + z)⁻¹); [`add`](Self::add) is
+    /// complete, so no digit pattern needs a special case.
     fn mul(&self, k: &U1024) -> Self {
+        let mut table = [Self::INFINITY; WINDOW_TABLE];
+        let mut next = Self::INFINITY;
+        for slot in table.iter_mut() {
+            *slot = next;
+            next = next.add(self);
+        }
+        let mut acc = Self::INFINITY;
+        for w in (0..U1024::BITS / WINDOW).rev() {
+            for _ in 0..WINDOW {
+                acc = acc.double();
+            }
+            let mut t = ct_lookup(&table, window(k, w), Self::INFINITY, Self::select);
+            acc = acc.add(&t);
+            t.zeroize();
+        }
+        table.iter_mut().for_each(Zeroize::zeroize);
+        acc
+    }
+
+    /// The Montgomery ladder this crate used before the windowed [`mul`](Self::mul): kept as
+    /// the reference the property test compares against.
+    #[cfg(test)]
+    fn mul_ladder(&self, k: &U1024) -> Self {
         let mut r0 = Self::INFINITY;
         let mut r1 = *self;
         for i in (0..U1024::BITS).rev() {
@@ -244,8 +289,16 @@ impl Jacobian {
             r0 = Self::select(&a, &b, bit);
             r1 = Self::select(&b, &a, bit);
         }
-        r1.zeroize();
         r0
+    }
+
+    /// Whether this point equals the affine `a`, compared projectively in constant time
+    /// (X = x·Z², Y = y·Z³; false at infinity): no inversion.
+    fn ct_equals(&self, a: &Affine) -> bool {
+        let zz = self.z.square();
+        let x = a.x.mul(&zz);
+        let y = a.y.mul(&zz).mul(&self.z);
+        bool::from(self.x.ct_eq(&x) & self.y.ct_eq(&y) & !self.is_infinity())
     }
 
     /// The affine point, or `None` at infinity. Constant-time inversion.
@@ -287,19 +340,42 @@ impl Fp2 {
         Self { re, im }
     }
 
-    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+    fn select(a: &Self, b: &Self, c: Choice) -> Self {
         Self { re: a.re.ct_select(&b.re, c), im: a.im.ct_select(&b.im, c) }
     }
 
-    /// self^e by square-and-multiply-always over all 1024 bits of e with constant-time
-    /// selection (e secret).
+    /// self^e by fixed 4-bit windows from the top: four squarings and one multiplication by
+    /// table\[digit\] (table\[d\] = self^d, read by a constant-time scan) per window. The
+    /// operation sequence and memory accesses do not depend on e (e secret: r).
     fn pow(&self, e: &U1024) -> Self {
+        let mut table = [Self::ONE; WINDOW_TABLE];
+        let mut next = Self::ONE;
+        for slot in table.iter_mut() {
+            *slot = next;
+            next = next.mul(self);
+        }
+        let mut acc = Self::ONE;
+        for w in (0..U1024::BITS / WINDOW).rev() {
+            for _ in 0..WINDOW {
+                acc = acc.square();
+            }
+            let mut t = ct_lookup(&table, window(e, w), Self::ONE, Self::select);
+            acc = acc.mul(&t);
+            t.zeroize();
+        }
+        table.iter_mut().for_each(Zeroize::zeroize);
+        acc
+    }
+
+    /// Square-and-multiply-always, the exponentiation this crate used before the windowed
+    /// [`pow`](Self::pow): kept as the reference the property test compares against.
+    #[cfg(test)]
+    fn pow_reference(&self, e: &U1024) -> Self {
         let mut acc = Self::ONE;
         for i in (0..U1024::BITS).rev() {
             acc = acc.square();
-            let mut t = acc.mul(self);
+            let t = acc.mul(self);
             acc = Self::select(&acc, &t, e.bit(i));
-            t.zeroize();
         }
         acc
     }
@@ -400,10 +476,50 @@ fn reduce_mod_q(id: &[u8]) -> Fq {
     id.iter().fold(Fq::ZERO, |acc, b| acc.mul(&base).add(&Fq::new(&U1024::from_u8(*b))))
 }
 
-/// \[b\]P + Z for identifier b.
+/// \[b\]P + Z for identifier b. Constant-time like every scalar multiplication here,
+/// though b (an identifier) and Z are public.
 fn identity_point(z: &PublicKey, id: &[u8]) -> Jacobian {
     let b = reduce_mod_q(id).retrieve();
     generator().to_jacobian().mul(&b).add(&z.0.to_jacobian())
+}
+
+/// An identifier b under one KMS key Z_S with its point \[b\]P + Z_S (RFC 6508 §6.2.1
+/// step 3, §6.2.2 step 5; public), computed once: a sender keeps one per peer it sends to,
+/// and a validated [`Rsk`] keeps its own, so each encapsulation and decapsulation saves
+/// one scalar multiplication.
+#[derive(Clone)]
+pub struct Recipient {
+    z: PublicKey,
+    id: Vec<u8>,
+    point: Jacobian,
+}
+
+impl core::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Recipient").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Recipient {
+    /// Identifier `id` under the KMS public key `z`.
+    pub fn new(z: &PublicKey, id: &[u8]) -> Self {
+        Self { z: *z, id: id.to_vec(), point: identity_point(z, id) }
+    }
+
+    /// The identifier b.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// [`encapsulate`] to this identifier.
+    pub fn encapsulate(&self, ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
+        let e = encapsulate_parts(self, ssv)?;
+        let mut out = [0u8; ENCAPSULATED_LEN];
+        let (r, h) = out.split_at_mut(POINT_LEN);
+        r.copy_from_slice(&e.big_r.encode());
+        h.copy_from_slice(&e.h);
+        Ok(out)
+    }
 }
 
 fn wrong_key(reason: &'static str) -> Error {
@@ -466,7 +582,7 @@ impl KmsSecret {
         let inv = Zeroizing::new(inv.ok_or(Error::FreshRandomness { what: "SAKKE z (b + z = 0 mod q for this identifier)" })?);
         let k = Zeroizing::new(inv.retrieve());
         let pt = generator().to_jacobian().mul(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
-        Ok(Rsk { point: pt, id: id.to_vec() })
+        Ok(Rsk { point: pt, id: id.to_vec(), recipient: None })
     }
 }
 
@@ -506,6 +622,8 @@ impl core::fmt::Debug for PublicKey {
 pub struct Rsk {
     point: Affine,
     id: Vec<u8>,
+    /// \[b\]P + Z under the KMS key this RSK was validated for ([`Rsk::new`]).
+    recipient: Option<Recipient>,
 }
 
 impl Drop for Rsk {
@@ -525,14 +643,20 @@ impl Rsk {
     /// (RFC 6508 §6.1.2): on the curve and ⟨\[b\]P + Z, K⟩ = g. Failures are [`Error::Key`].
     pub fn new(z: &PublicKey, id: &[u8], bytes: &[u8]) -> Result<Self> {
         let point = Affine::decode(bytes, "SAKKE RSK")?;
-        let rsk = Self { point, id: id.to_vec() };
-        rsk.validate(z)?;
+        let recipient = Recipient::new(z, id);
+        let mut rsk = Self { point, id: id.to_vec(), recipient: None };
+        rsk.check(&recipient)?;
+        rsk.recipient = Some(recipient);
         Ok(rsk)
     }
 
     /// RFC 6508 §6.1.2: ⟨\[b\]P + Z, K⟩ = g (compared in constant time).
     pub fn validate(&self, z: &PublicKey) -> Result<()> {
-        let bp = identity_point(z, &self.id).to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
+        self.check(&Recipient::new(z, &self.id))
+    }
+
+    fn check(&self, recipient: &Recipient) -> Result<()> {
+        let bp = recipient.point.to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
         let w = pairing(&bp, &self.point).ok_or(wrong_key("pairing value outside PF_p"))?;
         if bool::from(w.ct_eq(&fp(&G))) { Ok(()) } else { Err(wrong_key("<[b]P + Z, K> != g: not the key of this identifier under this KMS")) }
     }
@@ -561,11 +685,11 @@ struct Encapsulation {
     h: [u8; SSV_LEN],
 }
 
-fn encapsulate_parts(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<Encapsulation> {
+fn encapsulate_parts(to: &Recipient, ssv: &[u8; SSV_LEN]) -> Result<Encapsulation> {
     // 2. r = HashToIntegerRange(SSV ‖ b, q).
-    let r = hash_to_q(&[ssv, id]);
+    let r = hash_to_q(&[ssv, &to.id]);
     // 3. R_(b,S) = [r]([b]P + Z_S).
-    let big_r = identity_point(z, id).mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
+    let big_r = to.point.mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
     // 4. H = SSV ⊕ HashToIntegerRange(g^r, 2^n): g^r = Im/Re of (1 + g·i)^r.
     let gr = Zeroizing::new(Fp2 { re: Fp::ONE, im: fp(&G) }.pow(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
     let g_r = fe_bytes(&gr);
@@ -579,18 +703,14 @@ fn encapsulate_parts(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<En
 
 /// Encapsulates the 16-octet `ssv` to identifier `id` under the KMS public key `z`
 /// (RFC 6508 §6.2.1) and returns the Encapsulated Data `R_(b,S) ‖ H` (273 octets:
-/// `0x04 ‖ x ‖ y ‖ H`, the MIKEY-SAKKE "SAKKE data", RFC 6509 §4.2).
+/// `0x04 ‖ x ‖ y ‖ H`, the MIKEY-SAKKE "SAKKE data", RFC 6509 §4.2). A sender that sends to
+/// the same identifier again keeps a [`Recipient`] instead.
 ///
 /// `ssv` must be fresh CSPRNG output: it is the key being sent, and r is derived from it
 /// (the scheme is deterministic in (SSV, b)). [`Error::FreshRandomness`] in the negligible
 /// case r ≡ 0 (mod q).
 pub fn encapsulate(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
-    let e = encapsulate_parts(z, id, ssv)?;
-    let mut out = [0u8; ENCAPSULATED_LEN];
-    let (r, h) = out.split_at_mut(POINT_LEN);
-    r.copy_from_slice(&e.big_r.encode());
-    h.copy_from_slice(&e.h);
-    Ok(out)
+    Recipient::new(z, id).encapsulate(ssv)
 }
 
 fn refused(reason: &str) -> Error {
@@ -616,8 +736,16 @@ pub fn decapsulate(z: &PublicKey, rsk: &Rsk, data: &[u8]) -> Result<Zeroizing<[u
         *o = h ^ m;
     }
     let r = hash_to_q(&[&ssv[..], &rsk.id]);
-    let mut test = identity_point(z, &rsk.id).mul(&r);
-    let matches = test.to_affine().is_some_and(|t| bool::from(t.x.ct_eq(&big_r.x) & t.y.ct_eq(&big_r.y)));
+    let fresh;
+    let recipient = match &rsk.recipient {
+        Some(cached) if cached.z == *z => cached,
+        _ => {
+            fresh = Recipient::new(z, &rsk.id);
+            &fresh
+        }
+    };
+    let mut test = recipient.point.mul(&r);
+    let matches = test.ct_equals(&big_r);
     test.zeroize();
     if matches { Ok(ssv) } else { Err(refused("decapsulation failed")) }
 }
@@ -670,7 +798,7 @@ mod tests {
         assert_eq!(rsk.to_uncompressed().to_vec(), point(&j, "Kbx", "Kby"));
         let rsk = Rsk::new(&z, &b, &point(&j, "Kbx", "Kby")).unwrap();
         let ssv: [u8; 16] = v(&j, "SSV").try_into().unwrap();
-        let e = encapsulate_parts(&z, &b, &ssv).unwrap();
+        let e = encapsulate_parts(&Recipient::new(&z, &b), &ssv).unwrap();
         assert_eq!(e.r.to_be_bytes().as_ref(), &v(&j, "r")[..]);
         assert_eq!(e.big_r.encode().to_vec(), point(&j, "Rbx", "Rby"));
         assert_eq!(e.g_r.to_vec(), v(&j, "g_pow_r"));
@@ -743,6 +871,46 @@ mod tests {
         let mut d = vec![0u8; ENCAPSULATED_LEN];
         d[0] = 4;
         assert!(decapsulate(&z, &rsk, &d).is_err());
+    }
+
+    fn same_point(a: &Jacobian, b: &Jacobian) -> bool {
+        a.to_affine().map(|p| p.encode()) == b.to_affine().map(|p| p.encode())
+    }
+
+    fn same_fp2(a: &Fp2, b: &Fp2) -> bool {
+        bool::from(a.re.ct_eq(&b.re) & a.im.ct_eq(&b.im))
+    }
+
+    /// The windowed scalar multiplication and exponentiation equal the ladder / multiply-
+    /// always reference on the edge scalars (0, 1, 15, 16, q − 1, q, q + 1, 2^1024 − 1:
+    /// the last ones meet the doubling case of the complete addition).
+    #[test]
+    fn windowed_equals_reference_on_edge_scalars() {
+        let p = generator().to_jacobian();
+        let i = identity_point(&KmsSecret::from_bytes(&[7]).unwrap().public_key(), b"edge");
+        let g = Fp2 { re: Fp::ONE, im: fp(&G) };
+        let q1 = q().wrapping_sub(&U1024::ONE);
+        for k in [U1024::ZERO, U1024::ONE, U1024::from_u8(15), U1024::from_u8(16), q1, q(), q().wrapping_add(&U1024::ONE), U1024::MAX] {
+            assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            assert!(same_point(&i.mul(&k), &i.mul_ladder(&k)));
+            assert!(same_fp2(&g.pow(&k), &g.pow_reference(&k)));
+        }
+        assert!(p.mul(&q()).to_affine().is_none());
+        assert!(p.mul(&q1).ct_equals(&Affine { x: fp(&PX), y: fp(&PY).neg() }));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3))]
+        /// The windowed paths equal the reference ladder / multiply-always on random
+        /// 1024-bit scalars (also above q).
+        #[test]
+        fn windowed_equals_reference(k in any::<[u8; 128]>()) {
+            let k = U1024::from_be_slice(&k);
+            let p = generator().to_jacobian();
+            prop_assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            let g = Fp2 { re: Fp::ONE, im: fp(&G) };
+            prop_assert!(same_fp2(&g.pow(&k), &g.pow_reference(&k)));
+        }
     }
 
     proptest! {
