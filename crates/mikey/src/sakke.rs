@@ -29,7 +29,14 @@
 //! identifier (public) loops over its length. Decoding a received point checks it against
 //! the curve equation (public data).
 //!
-//! All secrets (z, the RSK, r, the pairing value, the mask, the SSV) are zeroized on drop.
+//! Work done once: a [`Recipient`] keeps \[b\]P + Z for a sender, and an [`Rsk`] keeps its
+//! own \[b\]P + Z and the Miller-loop lines of K (computed with K fixed, using ⟨R, K⟩ =
+//! ⟨K, R⟩), so a decapsulation only evaluates those lines at R.
+//!
+//! All secrets (z, the RSK and its lines, r, the pairing value, the mask, the SSV) are
+//! zeroized on drop.
+
+use std::sync::OnceLock;
 
 use crypto_bigint::ctutils::{CtEq, CtLt, CtSelect};
 use crypto_bigint::modular::{ConstMontyForm, ConstMontyParams};
@@ -389,29 +396,47 @@ impl Fp2 {
     }
 }
 
-/// The reduced Tate-Lichtenbaum pairing ⟨R, Q⟩ of RFC 6508 §3.2, as its PF_p representative:
-/// Miller loop over the bits of q − 1 from the second most significant one down, line
-/// functions evaluated at the distortion image (−Q_x, i·Q_y), then the exponent
-/// c = (p + 1)/q = 4 (two squarings), then Im/Re. Line values are computed up to factors in
-/// F_p*, which PF_p ignores (Jacobian coordinates, no inversion in the loop).
-///
-/// R is public (a received or public point); Q may be the secret RSK: Q only enters
-/// multiplications, in a sequence fixed by q − 1. `None` when the result is not in PF_p's
-/// image (only for an R that is not a point of order q).
-fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
+/// One line of the Miller loop of RFC 6508 §3.2 for a fixed first argument R: evaluated at
+/// the distortion image (−Q_x, i·Q_y) of Q it is (a·Q_x + b) + (c·Q_y)·i, up to a factor in
+/// F_p* (which PF_p ignores).
+#[derive(Clone, Copy)]
+struct Line {
+    a: Fp,
+    b: Fp,
+    c: Fp,
+}
+
+impl Zeroize for Line {
+    fn zeroize(&mut self) {
+        self.a.zeroize();
+        self.b.zeroize();
+        self.c.zeroize();
+    }
+}
+
+impl Line {
+    fn at(&self, q_pt: &Affine) -> Fp2 {
+        Fp2 { re: self.a.mul(&q_pt.x).add(&self.b), im: self.c.mul(&q_pt.y) }
+    }
+}
+
+/// The Miller-loop lines of R (RFC 6508 §3.2), in loop order: over the bits of q − 1 from
+/// the second most significant one down, a doubling line, then an addition line where the
+/// bit is 1. They depend on R only, so a fixed R (the RSK, [`Rsk`]) is computed once. The
+/// loop branches only on the bits of the public constant q − 1.
+fn miller_lines(r: &Affine) -> Vec<Line> {
     let e = q().wrapping_sub(&U1024::ONE);
-    let (qx, qy) = (q_pt.x, q_pt.y);
-    let mut v = Fp2::ONE;
-    let mut c = r.to_jacobian();
     let top = e.bit_width().saturating_sub(1);
+    // At most two lines per bit: no reallocation leaves copies of secret lines behind.
+    let mut lines = Vec::with_capacity(2 * top as usize);
+    let mut c = r.to_jacobian();
     for i in (0..top).rev() {
-        // Doubling step: l = 3(x²−1)(Qx + x) − 2y² + 2y·Qy·i, times Z⁶.
+        // Doubling: l = 3(x²−1)(Qx + x) − 2y² + 2y·Qy·i, times Z⁶ (2YZ = Z3).
         let (c2, alpha, delta, gamma) = c.double_parts();
-        let l = Fp2 { re: alpha.mul(&qx.mul(&delta).add(&c.x)).sub(&gamma.double()), im: c.y.mul(&c.z).mul(&delta).mul(&qy).double() };
-        v = v.square().mul(&l);
+        lines.push(Line { a: alpha.mul(&delta), b: alpha.mul(&c.x).sub(&gamma.double()), c: c2.z.mul(&delta) });
         c = c2;
         if e.bit_vartime(i) {
-            // Addition step (mixed, R affine): l = λ(Qx + Rx) − Ry + Qy·i with
+            // Addition (mixed, R affine): l = λ(Qx + Rx) − Ry + Qy·i with
             // λ = (Cy − Ry)/(Cx − Rx), times −(Cx − Rx)·Z³.
             let z1z1 = c.z.square();
             let h = r.x.mul(&z1z1).sub(&c.x);
@@ -422,15 +447,47 @@ fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
             let vv = c.x.mul(&hh);
             let x3 = rr.square().sub(&hhh).sub(&vv.double());
             let y3 = rr.mul(&vv.sub(&x3)).sub(&c.y.mul(&hhh));
-            let l = Fp2 { re: rr.mul(&qx.add(&r.x)).sub(&r.y.mul(&z3)), im: qy.mul(&z3) };
-            v = v.mul(&l);
+            lines.push(Line { a: rr, b: rr.mul(&r.x).sub(&r.y.mul(&z3)), c: z3 });
             c = Jacobian { x: x3, y: y3, z: z3 };
         }
+    }
+    c.zeroize();
+    lines
+}
+
+/// The reduced Tate-Lichtenbaum pairing ⟨R, Q⟩ of RFC 6508 §3.2 from the lines of R
+/// ([`miller_lines`]), as its PF_p representative: v = v²·l at each doubling line, v = v·l
+/// at each addition line, then the exponent c = (p + 1)/q = 4 (two squarings), then Im/Re.
+/// The sequence of operations is fixed by q − 1 (R and Q may be secret: the RSK).
+/// `None` when the result is not in PF_p's image (only for a point not of order q).
+fn pairing_with_lines(lines: &[Line], q_pt: &Affine) -> Option<Fp> {
+    let e = q().wrapping_sub(&U1024::ONE);
+    let top = e.bit_width().saturating_sub(1);
+    let mut lines = lines.iter();
+    let mut v = Fp2::ONE;
+    for i in (0..top).rev() {
+        let mut l = lines.next()?.at(q_pt);
+        v = v.square().mul(&l);
+        if e.bit_vartime(i) {
+            l = lines.next()?.at(q_pt);
+            v = v.mul(&l);
+        }
+        l.zeroize();
     }
     let mut t = v.square().square();
     v.zeroize();
     let out = t.representative();
     t.zeroize();
+    out
+}
+
+/// ⟨R, Q⟩ (RFC 6508 §3.2), computing the lines of R: the direct form the tests check the
+/// cached-lines form of [`Rsk`] against.
+#[cfg(test)]
+fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
+    let mut lines = miller_lines(r);
+    let out = pairing_with_lines(&lines, q_pt);
+    lines.iter_mut().for_each(Zeroize::zeroize);
     out
 }
 
@@ -583,7 +640,7 @@ impl KmsSecret {
         let inv = Zeroizing::new(inv.ok_or(Error::FreshRandomness { what: "SAKKE z (b + z = 0 mod q for this identifier)" })?);
         let k = Zeroizing::new(inv.retrieve());
         let pt = generator().to_jacobian().mul(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
-        Ok(Rsk { point: pt, id: id.to_vec(), recipient: None })
+        Ok(Rsk { point: pt, lines: OnceLock::new(), id: id.to_vec(), recipient: None })
     }
 }
 
@@ -622,6 +679,8 @@ impl core::fmt::Debug for PublicKey {
 #[derive(Clone)]
 pub struct Rsk {
     point: Affine,
+    /// The Miller-loop lines of K, computed once on first use (secret, zeroized on drop).
+    lines: OnceLock<Vec<Line>>,
     id: Vec<u8>,
     /// \[b\]P + Z under the KMS key this RSK was validated for ([`Rsk::new`]).
     recipient: Option<Recipient>,
@@ -630,6 +689,9 @@ pub struct Rsk {
 impl Drop for Rsk {
     fn drop(&mut self) {
         self.point.zeroize();
+        if let Some(lines) = self.lines.get_mut() {
+            lines.iter_mut().for_each(Zeroize::zeroize);
+        }
     }
 }
 
@@ -645,7 +707,7 @@ impl Rsk {
     pub fn new(z: &PublicKey, id: &[u8], bytes: &[u8]) -> Result<Self> {
         let point = Affine::decode(bytes, "SAKKE RSK")?;
         let recipient = Recipient::new(z, id);
-        let mut rsk = Self { point, id: id.to_vec(), recipient: None };
+        let mut rsk = Self { point, lines: OnceLock::new(), id: id.to_vec(), recipient: None };
         rsk.check(&recipient)?;
         rsk.recipient = Some(recipient);
         Ok(rsk)
@@ -658,8 +720,17 @@ impl Rsk {
 
     fn check(&self, recipient: &Recipient) -> Result<()> {
         let bp = recipient.point.to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
-        let w = pairing(&bp, &self.point).ok_or(wrong_key("pairing value outside PF_p"))?;
+        let w = self.pairing(&bp).ok_or(wrong_key("pairing value outside PF_p"))?;
         if bool::from(w.ct_eq(&fp(&G))) { Ok(()) } else { Err(wrong_key("<[b]P + Z, K> != g: not the key of this identifier under this KMS")) }
+    }
+
+    /// ⟨X, K⟩ for a point X, computed as ⟨K, X⟩ from the cached lines of K: the pairing
+    /// is bilinear and K and X lie in the cyclic group of order q (⟨aP, bP⟩ = g^(ab) =
+    /// ⟨bP, aP⟩). For a K outside that group (a cofactor component, which RFC 6508 §6.1.2's
+    /// check would not see) the result is not g, so such a key is refused at validation;
+    /// for an X outside it (a forged R) the R re-check of decapsulation refuses.
+    fn pairing(&self, x: &Affine) -> Option<Fp> {
+        pairing_with_lines(self.lines.get_or_init(|| miller_lines(&self.point)), x)
     }
 
     /// The identifier b this key belongs to.
@@ -730,7 +801,7 @@ pub fn decapsulate(z: &PublicKey, rsk: &Rsk, data: &[u8]) -> Result<Zeroizing<[u
     }
     let (r_bytes, h) = data.split_at(POINT_LEN);
     let big_r = Affine::decode(r_bytes, "R_(b,S)").map_err(|e| refused(&e.to_string()))?;
-    let w = Zeroizing::new(pairing(&big_r, &rsk.point).ok_or_else(|| refused("decapsulation failed"))?);
+    let w = Zeroizing::new(rsk.pairing(&big_r).ok_or_else(|| refused("decapsulation failed"))?);
     let mask = hash_to_mask(&[&fe_bytes(&w)[..]]);
     let mut ssv = Zeroizing::new([0u8; SSV_LEN]);
     for ((o, h), m) in ssv.iter_mut().zip(h).zip(mask.iter()) {
@@ -809,6 +880,9 @@ mod tests {
         assert_eq!(data.to_vec(), [point(&j, "Rbx", "Rby"), v(&j, "H")].concat());
         // <R, K> = g^r, and decapsulation gives the SSV back.
         assert_eq!(fe_bytes(&pairing(&e.big_r, &rsk.point).unwrap()).to_vec(), v(&j, "g_pow_r"));
+        // The same value from the lines of K (⟨K, R⟩ = ⟨R, K⟩), as decapsulation computes it.
+        assert_eq!(fe_bytes(&rsk.pairing(&e.big_r).unwrap()).to_vec(), v(&j, "g_pow_r"));
+        assert_eq!(fe_bytes(&pairing(&rsk.point, &e.big_r).unwrap()).to_vec(), v(&j, "g_pow_r"));
         assert_eq!(decapsulate(&z, &rsk, &data).unwrap().to_vec(), ssv.to_vec());
     }
 
