@@ -29,7 +29,9 @@
 //! identifier (public) loops over its length. Decoding a received point checks it against
 //! the curve equation (public data).
 //!
-//! Work done once: a [`Recipient`] keeps \[b\]P + Z for a sender, and an [`Rsk`] keeps its
+//! Work done once: multiples of the generator P come from a fixed-base table (256 × 16
+//! points, ≈ 1.5 MB, built on first use: one addition per window, no doubling); a
+//! [`Recipient`] keeps \[b\]P + Z for a sender, and an [`Rsk`] keeps its
 //! own \[b\]P + Z and the Miller-loop lines of K (computed with K fixed, using ⟨R, K⟩ =
 //! ⟨K, R⟩), so a decapsulation only evaluates those lines at R.
 //!
@@ -126,6 +128,37 @@ impl Zeroize for Jacobian {
 
 fn generator() -> Affine {
     Affine { x: fp(&PX), y: fp(&PY) }
+}
+
+/// \[d·16^w\]P for every window w and digit d: the fixed-base table of the generator
+/// (public; 256 × 16 points, ≈ 1.5 MB), built once per process on first use.
+fn generator_table() -> &'static [[Jacobian; WINDOW_TABLE]] {
+    static TABLE: OnceLock<Vec<[Jacobian; WINDOW_TABLE]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut base = generator().to_jacobian();
+        (0..U1024::BITS / WINDOW)
+            .map(|_| {
+                let row = base.multiples();
+                for _ in 0..WINDOW {
+                    base = base.double();
+                }
+                row
+            })
+            .collect()
+    })
+}
+
+/// \[k\]P for k < q from [`generator_table`]: one addition per window and no doubling, the
+/// window's entry read by a constant-time scan (k may be secret: z, (b + z)⁻¹). Windows are
+/// added from the lowest, so the sum so far is below 16^w ≤ the entry added (or the entry
+/// is \[0\]P): the addition never meets its doubling case.
+fn mul_generator(k: &U1024) -> Jacobian {
+    generator_table().iter().zip(0..).fold(Jacobian::INFINITY, |acc, (row, w)| {
+        let mut t = ct_lookup(row, window(k, w), Jacobian::INFINITY, Jacobian::select);
+        let sum = acc.add(&t);
+        t.zeroize();
+        sum
+    })
 }
 
 fn on_curve(x: &Fp, y: &Fp) -> bool {
@@ -263,14 +296,7 @@ impl Jacobian {
     /// read by a constant-time scan of the whole table. The operation sequence and the memory
     /// accesses do not depend on k (k may be secret: r, z, (b + z)⁻¹).
     fn mul(&self, k: &U1024) -> Self {
-        let mut table = [Self::INFINITY; WINDOW_TABLE];
-        for i in 1..WINDOW_TABLE {
-            // [2i]B = 2·[i]B; [2i+1]B = [2i]B + B (never a doubling: 2i ≠ 1 mod the order).
-            let entry = if i % 2 == 0 { table.get(i / 2).map(Self::double) } else { table.get(i - 1).map(|t| t.add(self)) };
-            if let (Some(entry), Some(slot)) = (entry, table.get_mut(i)) {
-                *slot = entry;
-            }
-        }
+        let mut table = self.multiples();
         let mut acc = Self::INFINITY;
         for w in (0..U1024::BITS / WINDOW).rev() {
             for _ in 0..WINDOW {
@@ -282,6 +308,19 @@ impl Jacobian {
         }
         table.iter_mut().for_each(Zeroize::zeroize);
         acc
+    }
+
+    /// \[0\]self … \[15\]self, the table of one window.
+    fn multiples(&self) -> [Self; WINDOW_TABLE] {
+        let mut table = [Self::INFINITY; WINDOW_TABLE];
+        for i in 1..WINDOW_TABLE {
+            // [2i]B = 2·[i]B; [2i+1]B = [2i]B + B (never a doubling: 2i ≠ 1 mod the order).
+            let entry = if i % 2 == 0 { table.get(i / 2).map(Self::double) } else { table.get(i - 1).map(|t| t.add(self)) };
+            if let (Some(entry), Some(slot)) = (entry, table.get_mut(i)) {
+                *slot = entry;
+            }
+        }
+        table
     }
 
     /// The Montgomery ladder this crate used before the windowed [`mul`](Self::mul): kept as
@@ -538,7 +577,7 @@ fn reduce_mod_q(id: &[u8]) -> Fq {
 /// though b (an identifier) and Z are public.
 fn identity_point(z: &PublicKey, id: &[u8]) -> Jacobian {
     let b = reduce_mod_q(id).retrieve();
-    generator().to_jacobian().mul(&b).add(&z.0.to_jacobian())
+    mul_generator(&b).add(&z.0.to_jacobian())
 }
 
 /// An identifier b under one KMS key Z_S with its point \[b\]P + Z_S (RFC 6508 §6.2.1
@@ -626,7 +665,7 @@ impl KmsSecret {
     /// The KMS public key Z = \[z\]P (RFC 6508 §2.2).
     pub fn public_key(&self) -> PublicKey {
         let z = Zeroizing::new(self.0.retrieve());
-        let pt = generator().to_jacobian().mul(&z).to_affine();
+        let pt = mul_generator(&z).to_affine();
         // z ∈ [2, q−1] and P has order q, so [z]P is never the point at infinity.
         PublicKey(pt.unwrap_or_else(generator))
     }
@@ -639,7 +678,7 @@ impl KmsSecret {
         let inv: Option<Fq> = sum.invert().into_option();
         let inv = Zeroizing::new(inv.ok_or(Error::FreshRandomness { what: "SAKKE z (b + z = 0 mod q for this identifier)" })?);
         let k = Zeroizing::new(inv.retrieve());
-        let pt = generator().to_jacobian().mul(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
+        let pt = mul_generator(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
         Ok(Rsk { point: pt, lines: OnceLock::new(), id: id.to_vec(), recipient: None })
     }
 }
@@ -967,6 +1006,7 @@ mod tests {
         let q1 = q().wrapping_sub(&U1024::ONE);
         for k in [U1024::ZERO, U1024::ONE, U1024::from_u8(15), U1024::from_u8(16), U1024::from_u8(17), q().wrapping_sub(&U1024::from_u8(16)), q1] {
             assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
             assert!(same_point(&i.mul(&k), &i.mul_ladder(&k)));
             assert!(same_fp2(&g.pow(&k), &g.pow_reference(&k)));
         }
@@ -983,6 +1023,7 @@ mod tests {
             let k = wide.rem(&NonZero::new(q()).unwrap());
             let p = generator().to_jacobian();
             prop_assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            prop_assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
             let g = Fp2 { re: Fp::ONE, im: fp(&G) };
             prop_assert!(same_fp2(&g.pow(&wide), &g.pow_reference(&wide)));
         }
