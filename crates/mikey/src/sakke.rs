@@ -24,13 +24,14 @@
 //! Side channels: every operation on a secret (z, b + z and its inverse, r, the RSK
 //! coordinates, g^r, the SSV) uses `crypto-bigint`'s constant-time Montgomery arithmetic,
 //! fixed 4-bit windows over all 1024 bits with constant-time table scans for scalar
-//! multiplications and for g^r, and constant-time inversion. Two steps branch on data, both on public values only: the Miller
+//! multiplications and for g^r (fixed-base tables for P and g), and constant-time inversion. Two steps branch on data, both on public values only: the Miller
 //! loop branches on the bits of the public constant q − 1, and the reduction of an
 //! identifier (public) loops over its length. Decoding a received point checks it against
 //! the curve equation (public data).
 //!
-//! Work done once: multiples of the generator P come from a fixed-base table (256 × 16
-//! points, ≈ 1.5 MB, built on first use: one addition per window, no doubling); a
+//! Work done once: multiples of the generator P and powers of g come from fixed-base tables
+//! (256 × 16 entries, ≈ 1.5 MB and ≈ 1 MB, built on first use: one addition or
+//! multiplication per window, no doubling or squaring); a
 //! [`Recipient`] keeps \[b\]P + Z for a sender, and an [`Rsk`] keeps its
 //! own \[b\]P + Z and the Miller-loop lines of K (computed with K fixed, using ⟨R, K⟩ =
 //! ⟨K, R⟩), so a decapsulation only evaluates those lines at R.
@@ -391,31 +392,19 @@ impl Fp2 {
         Self { re: a.re.ct_select(&b.re, c), im: a.im.ct_select(&b.im, c) }
     }
 
-    /// self^e by fixed 4-bit windows from the top: four squarings and one multiplication by
-    /// table\[digit\] (table\[d\] = self^d, read by a constant-time scan) per window. The
-    /// operation sequence and memory accesses do not depend on e (e secret: r).
-    fn pow(&self, e: &U1024) -> Self {
+    /// self^0 … self^15, the table of one window.
+    fn powers(&self) -> [Self; WINDOW_TABLE] {
         let mut table = [Self::ONE; WINDOW_TABLE];
         let mut next = Self::ONE;
         for slot in table.iter_mut() {
             *slot = next;
             next = next.mul(self);
         }
-        let mut acc = Self::ONE;
-        for w in (0..U1024::BITS / WINDOW).rev() {
-            for _ in 0..WINDOW {
-                acc = acc.square();
-            }
-            let mut t = ct_lookup(&table, window(e, w), Self::ONE, Self::select);
-            acc = acc.mul(&t);
-            t.zeroize();
-        }
-        table.iter_mut().for_each(Zeroize::zeroize);
-        acc
+        table
     }
 
-    /// Square-and-multiply-always, the exponentiation this crate used before the windowed
-    /// [`pow`](Self::pow): kept as the reference the property test compares against.
+    /// Square-and-multiply-always, the exponentiation this crate used before [`pow_g`]:
+    /// kept as the reference the property test compares against.
     #[cfg(test)]
     fn pow_reference(&self, e: &U1024) -> Self {
         let mut acc = Self::ONE;
@@ -528,6 +517,36 @@ fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
     let out = pairing_with_lines(&lines, q_pt);
     lines.iter_mut().for_each(Zeroize::zeroize);
     out
+}
+
+/// (1 + g·i)^(d·16^w) for every window w and digit d: 1 + g·i is the class of the public
+/// pairing value g = ⟨P, P⟩ (RFC 6508 §6.2.1 step 4); 256 × 16 elements (≈ 1 MB), built once per
+/// process on first use.
+fn g_table() -> &'static [[Fp2; WINDOW_TABLE]] {
+    static TABLE: OnceLock<Vec<[Fp2; WINDOW_TABLE]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut base = Fp2 { re: Fp::ONE, im: fp(&G) };
+        (0..U1024::BITS / WINDOW)
+            .map(|_| {
+                let row = base.powers();
+                for _ in 0..WINDOW {
+                    base = base.square();
+                }
+                row
+            })
+            .collect()
+    })
+}
+
+/// g^e (e secret: r) from [`g_table`]: one multiplication per window, the window's entry
+/// read by a constant-time scan of its row.
+fn pow_g(e: &U1024) -> Fp2 {
+    g_table().iter().zip(0..).fold(Fp2::ONE, |acc, (row, w)| {
+        let mut t = ct_lookup(row, window(e, w), Fp2::ONE, Fp2::select);
+        let product = acc.mul(&t);
+        t.zeroize();
+        product
+    })
 }
 
 /// HashToIntegerRange(s, n, SHA-256) of RFC 6508 §5.1 for n = q: A = H(s), h_0 = 0²⁵⁶,
@@ -802,7 +821,7 @@ fn encapsulate_parts(to: &Recipient, ssv: &[u8; SSV_LEN]) -> Result<Encapsulatio
     // 3. R_(b,S) = [r]([b]P + Z_S).
     let big_r = to.point.mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
     // 4. H = SSV ⊕ HashToIntegerRange(g^r, 2^n): g^r = Im/Re of (1 + g·i)^r.
-    let gr = Zeroizing::new(Fp2 { re: Fp::ONE, im: fp(&G) }.pow(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
+    let gr = Zeroizing::new(pow_g(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
     let g_r = fe_bytes(&gr);
     let mask = hash_to_mask(&[&g_r[..]]);
     let mut h = [0u8; SSV_LEN];
@@ -1008,7 +1027,7 @@ mod tests {
             assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
             assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
             assert!(same_point(&i.mul(&k), &i.mul_ladder(&k)));
-            assert!(same_fp2(&g.pow(&k), &g.pow_reference(&k)));
+            assert!(same_fp2(&pow_g(&k), &g.pow_reference(&k)));
         }
         assert!(p.mul(&q1).ct_equals(&Affine { x: fp(&PX), y: fp(&PY).neg() }));
     }
@@ -1025,7 +1044,7 @@ mod tests {
             prop_assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
             prop_assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
             let g = Fp2 { re: Fp::ONE, im: fp(&G) };
-            prop_assert!(same_fp2(&g.pow(&wide), &g.pow_reference(&wide)));
+            prop_assert!(same_fp2(&pow_g(&wide), &g.pow_reference(&wide)));
         }
     }
 
