@@ -16,11 +16,13 @@
 //! signatures reveals the SSK** (as with ECDSA). Out-of-range values (0 or ≥ q) are refused
 //! with [`Error::FreshRandomness`] so that the caller draws again.
 //!
-//! Scalar and point arithmetic is the RustCrypto `p256` crate's constant-time arithmetic;
-//! every secret scalar (KSAK, SSK, v, j, and the intermediate values of signing) is zeroized
-//! when dropped.
+//! Scalar and point arithmetic is the RustCrypto `p256` crate's constant-time arithmetic for
+//! everything that involves a secret; verification ([`verify`], and the public right-hand
+//! side of the key check in [`SigningKey::new`]) uses its variable-time interleaved
+//! multi-scalar multiplication, as all its inputs are public. Every secret scalar (KSAK,
+//! SSK, v, j, and the intermediate values of signing) is zeroized when dropped.
 
-use p256::elliptic_curve::ops::Reduce;
+use p256::elliptic_curve::ops::{LinearCombination, Reduce};
 use p256::elliptic_curve::point::AffineCoordinates;
 use p256::elliptic_curve::subtle::ConstantTimeEq;
 use p256::elliptic_curve::{Field, PrimeField};
@@ -248,7 +250,8 @@ impl SigningKey {
         let pvt_bytes = pvt.to_uncompressed();
         let hs = hash_hs(kpak, id, &pvt_bytes);
         let lhs = ProjectivePoint::GENERATOR * ssk.0;
-        let rhs = ProjectivePoint::from(kpak.0) + ProjectivePoint::from(pvt.0) * reduce(&hs);
+        // KPAK + [HS]PVT is public: variable time.
+        let rhs = ProjectivePoint::lincomb_vartime(&[(ProjectivePoint::from(kpak.0), Scalar::ONE), (ProjectivePoint::from(pvt.0), reduce(&hs))]);
         if !bool::from(lhs.ct_eq(&rhs)) {
             return Err(Error::Key { what: "SSK", reason: "[SSK]G != KPAK + [HS]PVT (RFC 6507 §5.1.2)" });
         }
@@ -317,8 +320,16 @@ pub fn verify(kpak: &Kpak, id: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
     pvt_arr.copy_from_slice(pvt);
     let hs = hash_hs(kpak, id, &pvt_arr);
     let he = hash_he(&hs, r, msg);
-    let y = ProjectivePoint::from(pvt_point) * reduce(&hs) + ProjectivePoint::from(kpak.0);
-    let big_j = ((ProjectivePoint::GENERATOR * reduce(&he) + y * reduce(r)) * s).to_affine();
+    // J = [s]([HE]G + [r]([HS]PVT + KPAK)) = [s·HE]G + [s·r·HS]PVT + [s·r]KPAK, one
+    // interleaved variable-time multi-scalar multiplication: every input (KPAK, the
+    // signature, the identity, the message) is public.
+    let sr = s * reduce(r);
+    let big_j = ProjectivePoint::lincomb_vartime(&[
+        (ProjectivePoint::GENERATOR, s * reduce(&he)),
+        (ProjectivePoint::from(pvt_point), sr * reduce(&hs)),
+        (ProjectivePoint::from(kpak.0), sr),
+    ])
+    .to_affine();
     let not_identity = !big_j.is_identity();
     let x_matches = big_j.x().as_slice().ct_eq(r.as_slice());
     if bool::from(not_identity & x_matches) {

@@ -22,19 +22,28 @@
 //! does not change \[b\]P since P has order q; HashToIntegerRange hashes the octets.
 //!
 //! Side channels: every operation on a secret (z, b + z and its inverse, r, the RSK
-//! coordinates, g^r, the SSV) uses `crypto-bigint`'s constant-time Montgomery arithmetic, a
-//! fixed-length Montgomery ladder with constant-time swaps for scalar multiplications, a
-//! fixed-length square-and-multiply-always with constant-time selection for g^r, and
-//! constant-time inversion. Two steps branch on data, both on public values only: the Miller
+//! coordinates, g^r, the SSV) uses `crypto-bigint`'s constant-time Montgomery arithmetic,
+//! fixed 4-bit windows over all 1024 bits with constant-time table scans for scalar
+//! multiplications and for g^r (fixed-base tables for P and g), and constant-time inversion. Two steps branch on data, both on public values only: the Miller
 //! loop branches on the bits of the public constant q − 1, and the reduction of an
 //! identifier (public) loops over its length. Decoding a received point checks it against
 //! the curve equation (public data).
 //!
-//! All secrets (z, the RSK, r, the pairing value, the mask, the SSV) are zeroized on drop.
+//! Work done once: multiples of the generator P and powers of g come from fixed-base tables
+//! (256 × 16 entries, ≈ 1.5 MB and ≈ 1 MB, built on first use: one addition or
+//! multiplication per window, no doubling or squaring); a
+//! [`Recipient`] keeps \[b\]P + Z for a sender, and an [`Rsk`] keeps its
+//! own \[b\]P + Z and the Miller-loop lines of K (computed with K fixed, using ⟨R, K⟩ =
+//! ⟨K, R⟩), so a decapsulation only evaluates those lines at R.
+//!
+//! All secrets (z, the RSK and its lines, r, the pairing value, the mask, the SSV) are
+//! zeroized on drop.
+
+use std::sync::OnceLock;
 
 use crypto_bigint::ctutils::{CtEq, CtLt, CtSelect};
 use crypto_bigint::modular::{ConstMontyForm, ConstMontyParams};
-use crypto_bigint::{NonZero, U1024, const_monty_params};
+use crypto_bigint::{Choice, NonZero, U1024, Word, const_monty_params};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -122,6 +131,37 @@ fn generator() -> Affine {
     Affine { x: fp(&PX), y: fp(&PY) }
 }
 
+/// \[d·16^w\]P for every window w and digit d: the fixed-base table of the generator
+/// (public; 256 × 16 points, ≈ 1.5 MB), built once per process on first use.
+fn generator_table() -> &'static [[Jacobian; WINDOW_TABLE]] {
+    static TABLE: OnceLock<Vec<[Jacobian; WINDOW_TABLE]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut base = generator().to_jacobian();
+        (0..U1024::BITS / WINDOW)
+            .map(|_| {
+                let row = base.multiples();
+                for _ in 0..WINDOW {
+                    base = base.double();
+                }
+                row
+            })
+            .collect()
+    })
+}
+
+/// \[k\]P for k < q from [`generator_table`]: one addition per window and no doubling, the
+/// window's entry read by a constant-time scan (k may be secret: z, (b + z)⁻¹). Windows are
+/// added from the lowest, so the sum so far is below 16^w ≤ the entry added (or the entry
+/// is \[0\]P): the addition never meets its doubling case.
+fn mul_generator(k: &U1024) -> Jacobian {
+    generator_table().iter().zip(0..).fold(Jacobian::INFINITY, |acc, (row, w)| {
+        let mut t = ct_lookup(row, window(k, w), Jacobian::INFINITY, Jacobian::select);
+        let sum = acc.add(&t);
+        t.zeroize();
+        sum
+    })
+}
+
 fn on_curve(x: &Fp, y: &Fp) -> bool {
     let three = fp(&U1024::from_u8(3));
     let rhs = x.square().mul(x).sub(&three.mul(x));
@@ -177,14 +217,32 @@ fn fe_bytes(v: &Fp) -> Zeroizing<[u8; FIELD_LEN]> {
     out
 }
 
+/// Window width of the fixed-window scalar multiplication and exponentiation.
+const WINDOW: u32 = 4;
+/// Entries of a window table: the multiples / powers 0 … 2^WINDOW − 1.
+const WINDOW_TABLE: usize = 1 << WINDOW;
+
+/// Digit `w` (bits 4w … 4w + 3) of k. Reads the limb chosen by the public position w: no
+/// branch or memory access depends on k.
+fn window(k: &U1024, w: u32) -> u32 {
+    let bit = w * WINDOW;
+    let word = k.as_words().get((bit / Word::BITS) as usize).copied().unwrap_or(0);
+    ((word >> (bit % Word::BITS)) & ((1 << WINDOW) - 1)) as u32
+}
+
+/// table\[d\] by a scan over every entry with constant-time selection (d secret).
+fn ct_lookup<T: Copy>(table: &[T; WINDOW_TABLE], d: u32, init: T, select: fn(&T, &T, Choice) -> T) -> T {
+    table.iter().zip(0u32..).fold(init, |acc, (t, i)| select(&acc, t, Choice::from_u32_eq(i, d)))
+}
+
 impl Jacobian {
     const INFINITY: Self = Self { x: Fp::ONE, y: Fp::ONE, z: Fp::ZERO };
 
-    fn is_infinity(&self) -> crypto_bigint::Choice {
+    fn is_infinity(&self) -> Choice {
         self.z.ct_eq(&Fp::ZERO)
     }
 
-    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+    fn select(a: &Self, b: &Self, c: Choice) -> Self {
         Self { x: a.x.ct_select(&b.x, c), y: a.y.ct_select(&b.y, c), z: a.z.ct_select(&b.z, c) }
     }
 
@@ -208,9 +266,11 @@ impl Jacobian {
         self.double_parts().0
     }
 
-    /// General addition (EFD add-2007-bl), made complete for the cases a ladder with
-    /// difference P ≠ O meets: either input at infinity (constant-time selection) and
-    /// a = −b (H = 0, so Z3 = 0: infinity). a = b never occurs in [`mul`](Self::mul).
+    /// General addition (EFD add-2007-bl), with constant-time selection of the other input
+    /// when one is at infinity; a = −b gives H = 0, so Z3 = 0: infinity. The doubling case
+    /// a = b is never met by its callers: the ladder keeps R1 − R0 = P, and
+    /// [`mul`](Self::mul) adds \[d\]B (d < 16) to \[16a\]B with 16a + d ≤ k < q, equal only
+    /// if 16a = d (q divides the order of B), that is both at infinity.
     fn add(&self, b: &Self) -> Self {
         let z1z1 = self.z.square();
         let z2z2 = b.z.square();
@@ -231,10 +291,43 @@ impl Jacobian {
         Self::select(&sum, self, b.is_infinity())
     }
 
-    /// \[k\]self for k < 2^1024 by a Montgomery ladder over all 1024 bits of k, with
-    /// constant-time conditional swaps: the operation sequence does not depend on k. The
-    /// invariant R1 − R0 = self keeps the addition away from its doubling case.
+    /// \[k\]self for k < q (every caller's scalar is reduced mod q) and self of order q, 2q
+    /// or 4q (or small order: a wrong, public result): fixed 4-bit windows from the top, each
+    /// window four doublings and one addition of table\[digit\] (table\[d\] = \[d\]self)
+    /// read by a constant-time scan of the whole table. The operation sequence and the memory
+    /// accesses do not depend on k (k may be secret: r, z, (b + z)⁻¹).
     fn mul(&self, k: &U1024) -> Self {
+        let mut table = self.multiples();
+        let mut acc = Self::INFINITY;
+        for w in (0..U1024::BITS / WINDOW).rev() {
+            for _ in 0..WINDOW {
+                acc = acc.double();
+            }
+            let mut t = ct_lookup(&table, window(k, w), Self::INFINITY, Self::select);
+            acc = acc.add(&t);
+            t.zeroize();
+        }
+        table.iter_mut().for_each(Zeroize::zeroize);
+        acc
+    }
+
+    /// \[0\]self … \[15\]self, the table of one window.
+    fn multiples(&self) -> [Self; WINDOW_TABLE] {
+        let mut table = [Self::INFINITY; WINDOW_TABLE];
+        for i in 1..WINDOW_TABLE {
+            // [2i]B = 2·[i]B; [2i+1]B = [2i]B + B (never a doubling: 2i ≠ 1 mod the order).
+            let entry = if i % 2 == 0 { table.get(i / 2).map(Self::double) } else { table.get(i - 1).map(|t| t.add(self)) };
+            if let (Some(entry), Some(slot)) = (entry, table.get_mut(i)) {
+                *slot = entry;
+            }
+        }
+        table
+    }
+
+    /// The Montgomery ladder this crate used before the windowed [`mul`](Self::mul): kept as
+    /// the reference the property test compares against.
+    #[cfg(test)]
+    fn mul_ladder(&self, k: &U1024) -> Self {
         let mut r0 = Self::INFINITY;
         let mut r1 = *self;
         for i in (0..U1024::BITS).rev() {
@@ -244,8 +337,16 @@ impl Jacobian {
             r0 = Self::select(&a, &b, bit);
             r1 = Self::select(&b, &a, bit);
         }
-        r1.zeroize();
         r0
+    }
+
+    /// Whether this point equals the affine `a`, compared projectively in constant time
+    /// (X = x·Z², Y = y·Z³; false at infinity): no inversion.
+    fn ct_equals(&self, a: &Affine) -> bool {
+        let zz = self.z.square();
+        let x = a.x.mul(&zz);
+        let y = a.y.mul(&zz).mul(&self.z);
+        bool::from(self.x.ct_eq(&x) & self.y.ct_eq(&y) & !self.is_infinity())
     }
 
     /// The affine point, or `None` at infinity. Constant-time inversion.
@@ -287,19 +388,30 @@ impl Fp2 {
         Self { re, im }
     }
 
-    fn select(a: &Self, b: &Self, c: crypto_bigint::Choice) -> Self {
+    fn select(a: &Self, b: &Self, c: Choice) -> Self {
         Self { re: a.re.ct_select(&b.re, c), im: a.im.ct_select(&b.im, c) }
     }
 
-    /// self^e by square-and-multiply-always over all 1024 bits of e with constant-time
-    /// selection (e secret).
-    fn pow(&self, e: &U1024) -> Self {
+    /// self^0 … self^15, the table of one window.
+    fn powers(&self) -> [Self; WINDOW_TABLE] {
+        let mut table = [Self::ONE; WINDOW_TABLE];
+        let mut next = Self::ONE;
+        for slot in table.iter_mut() {
+            *slot = next;
+            next = next.mul(self);
+        }
+        table
+    }
+
+    /// Square-and-multiply-always, the exponentiation this crate used before [`pow_g`]:
+    /// kept as the reference the property test compares against.
+    #[cfg(test)]
+    fn pow_reference(&self, e: &U1024) -> Self {
         let mut acc = Self::ONE;
         for i in (0..U1024::BITS).rev() {
             acc = acc.square();
-            let mut t = acc.mul(self);
+            let t = acc.mul(self);
             acc = Self::select(&acc, &t, e.bit(i));
-            t.zeroize();
         }
         acc
     }
@@ -312,29 +424,47 @@ impl Fp2 {
     }
 }
 
-/// The reduced Tate-Lichtenbaum pairing ⟨R, Q⟩ of RFC 6508 §3.2, as its PF_p representative:
-/// Miller loop over the bits of q − 1 from the second most significant one down, line
-/// functions evaluated at the distortion image (−Q_x, i·Q_y), then the exponent
-/// c = (p + 1)/q = 4 (two squarings), then Im/Re. Line values are computed up to factors in
-/// F_p*, which PF_p ignores (Jacobian coordinates, no inversion in the loop).
-///
-/// R is public (a received or public point); Q may be the secret RSK: Q only enters
-/// multiplications, in a sequence fixed by q − 1. `None` when the result is not in PF_p's
-/// image (only for an R that is not a point of order q).
-fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
+/// One line of the Miller loop of RFC 6508 §3.2 for a fixed first argument R: evaluated at
+/// the distortion image (−Q_x, i·Q_y) of Q it is (a·Q_x + b) + (c·Q_y)·i, up to a factor in
+/// F_p* (which PF_p ignores).
+#[derive(Clone, Copy)]
+struct Line {
+    a: Fp,
+    b: Fp,
+    c: Fp,
+}
+
+impl Zeroize for Line {
+    fn zeroize(&mut self) {
+        self.a.zeroize();
+        self.b.zeroize();
+        self.c.zeroize();
+    }
+}
+
+impl Line {
+    fn at(&self, q_pt: &Affine) -> Fp2 {
+        Fp2 { re: self.a.mul(&q_pt.x).add(&self.b), im: self.c.mul(&q_pt.y) }
+    }
+}
+
+/// The Miller-loop lines of R (RFC 6508 §3.2), in loop order: over the bits of q − 1 from
+/// the second most significant one down, a doubling line, then an addition line where the
+/// bit is 1. They depend on R only, so a fixed R (the RSK, [`Rsk`]) is computed once. The
+/// loop branches only on the bits of the public constant q − 1.
+fn miller_lines(r: &Affine) -> Vec<Line> {
     let e = q().wrapping_sub(&U1024::ONE);
-    let (qx, qy) = (q_pt.x, q_pt.y);
-    let mut v = Fp2::ONE;
-    let mut c = r.to_jacobian();
     let top = e.bit_width().saturating_sub(1);
+    // At most two lines per bit: no reallocation leaves copies of secret lines behind.
+    let mut lines = Vec::with_capacity(2 * top as usize);
+    let mut c = r.to_jacobian();
     for i in (0..top).rev() {
-        // Doubling step: l = 3(x²−1)(Qx + x) − 2y² + 2y·Qy·i, times Z⁶.
+        // Doubling: l = 3(x²−1)(Qx + x) − 2y² + 2y·Qy·i, times Z⁶ (2YZ = Z3).
         let (c2, alpha, delta, gamma) = c.double_parts();
-        let l = Fp2 { re: alpha.mul(&qx.mul(&delta).add(&c.x)).sub(&gamma.double()), im: c.y.mul(&c.z).mul(&delta).mul(&qy).double() };
-        v = v.square().mul(&l);
+        lines.push(Line { a: alpha.mul(&delta), b: alpha.mul(&c.x).sub(&gamma.double()), c: c2.z.mul(&delta) });
         c = c2;
         if e.bit_vartime(i) {
-            // Addition step (mixed, R affine): l = λ(Qx + Rx) − Ry + Qy·i with
+            // Addition (mixed, R affine): l = λ(Qx + Rx) − Ry + Qy·i with
             // λ = (Cy − Ry)/(Cx − Rx), times −(Cx − Rx)·Z³.
             let z1z1 = c.z.square();
             let h = r.x.mul(&z1z1).sub(&c.x);
@@ -345,16 +475,78 @@ fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
             let vv = c.x.mul(&hh);
             let x3 = rr.square().sub(&hhh).sub(&vv.double());
             let y3 = rr.mul(&vv.sub(&x3)).sub(&c.y.mul(&hhh));
-            let l = Fp2 { re: rr.mul(&qx.add(&r.x)).sub(&r.y.mul(&z3)), im: qy.mul(&z3) };
-            v = v.mul(&l);
+            lines.push(Line { a: rr, b: rr.mul(&r.x).sub(&r.y.mul(&z3)), c: z3 });
             c = Jacobian { x: x3, y: y3, z: z3 };
         }
+    }
+    c.zeroize();
+    lines
+}
+
+/// The reduced Tate-Lichtenbaum pairing ⟨R, Q⟩ of RFC 6508 §3.2 from the lines of R
+/// ([`miller_lines`]), as its PF_p representative: v = v²·l at each doubling line, v = v·l
+/// at each addition line, then the exponent c = (p + 1)/q = 4 (two squarings), then Im/Re.
+/// The sequence of operations is fixed by q − 1 (R and Q may be secret: the RSK).
+/// `None` when the result is not in PF_p's image (only for a point not of order q).
+fn pairing_with_lines(lines: &[Line], q_pt: &Affine) -> Option<Fp> {
+    let e = q().wrapping_sub(&U1024::ONE);
+    let top = e.bit_width().saturating_sub(1);
+    let mut lines = lines.iter();
+    let mut v = Fp2::ONE;
+    for i in (0..top).rev() {
+        let mut l = lines.next()?.at(q_pt);
+        v = v.square().mul(&l);
+        if e.bit_vartime(i) {
+            l = lines.next()?.at(q_pt);
+            v = v.mul(&l);
+        }
+        l.zeroize();
     }
     let mut t = v.square().square();
     v.zeroize();
     let out = t.representative();
     t.zeroize();
     out
+}
+
+/// ⟨R, Q⟩ (RFC 6508 §3.2), computing the lines of R: the direct form the tests check the
+/// cached-lines form of [`Rsk`] against.
+#[cfg(test)]
+fn pairing(r: &Affine, q_pt: &Affine) -> Option<Fp> {
+    let mut lines = miller_lines(r);
+    let out = pairing_with_lines(&lines, q_pt);
+    lines.iter_mut().for_each(Zeroize::zeroize);
+    out
+}
+
+/// (1 + g·i)^(d·16^w) for every window w and digit d: 1 + g·i is the class of the public
+/// pairing value g = ⟨P, P⟩ (RFC 6508 §6.2.1 step 4); 256 × 16 elements (≈ 1 MB), built once per
+/// process on first use.
+fn g_table() -> &'static [[Fp2; WINDOW_TABLE]] {
+    static TABLE: OnceLock<Vec<[Fp2; WINDOW_TABLE]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut base = Fp2 { re: Fp::ONE, im: fp(&G) };
+        (0..U1024::BITS / WINDOW)
+            .map(|_| {
+                let row = base.powers();
+                for _ in 0..WINDOW {
+                    base = base.square();
+                }
+                row
+            })
+            .collect()
+    })
+}
+
+/// g^e (e secret: r) from [`g_table`]: one multiplication per window, the window's entry
+/// read by a constant-time scan of its row.
+fn pow_g(e: &U1024) -> Fp2 {
+    g_table().iter().zip(0..).fold(Fp2::ONE, |acc, (row, w)| {
+        let mut t = ct_lookup(row, window(e, w), Fp2::ONE, Fp2::select);
+        let product = acc.mul(&t);
+        t.zeroize();
+        product
+    })
 }
 
 /// HashToIntegerRange(s, n, SHA-256) of RFC 6508 §5.1 for n = q: A = H(s), h_0 = 0²⁵⁶,
@@ -400,10 +592,50 @@ fn reduce_mod_q(id: &[u8]) -> Fq {
     id.iter().fold(Fq::ZERO, |acc, b| acc.mul(&base).add(&Fq::new(&U1024::from_u8(*b))))
 }
 
-/// \[b\]P + Z for identifier b.
+/// \[b\]P + Z for identifier b. Constant-time like every scalar multiplication here,
+/// though b (an identifier) and Z are public.
 fn identity_point(z: &PublicKey, id: &[u8]) -> Jacobian {
     let b = reduce_mod_q(id).retrieve();
-    generator().to_jacobian().mul(&b).add(&z.0.to_jacobian())
+    mul_generator(&b).add(&z.0.to_jacobian())
+}
+
+/// An identifier b under one KMS key Z_S with its point \[b\]P + Z_S (RFC 6508 §6.2.1
+/// step 3, §6.2.2 step 5; public), computed once: a sender keeps one per peer it sends to,
+/// and a validated [`Rsk`] keeps its own, so each encapsulation and decapsulation saves
+/// one scalar multiplication.
+#[derive(Clone)]
+pub struct Recipient {
+    z: PublicKey,
+    id: Vec<u8>,
+    point: Jacobian,
+}
+
+impl core::fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Recipient").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Recipient {
+    /// Identifier `id` under the KMS public key `z`.
+    pub fn new(z: &PublicKey, id: &[u8]) -> Self {
+        Self { z: *z, id: id.to_vec(), point: identity_point(z, id) }
+    }
+
+    /// The identifier b.
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    /// [`encapsulate`] to this identifier.
+    pub fn encapsulate(&self, ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
+        let e = encapsulate_parts(self, ssv)?;
+        let mut out = [0u8; ENCAPSULATED_LEN];
+        let (r, h) = out.split_at_mut(POINT_LEN);
+        r.copy_from_slice(&e.big_r.encode());
+        h.copy_from_slice(&e.h);
+        Ok(out)
+    }
 }
 
 fn wrong_key(reason: &'static str) -> Error {
@@ -452,7 +684,7 @@ impl KmsSecret {
     /// The KMS public key Z = \[z\]P (RFC 6508 §2.2).
     pub fn public_key(&self) -> PublicKey {
         let z = Zeroizing::new(self.0.retrieve());
-        let pt = generator().to_jacobian().mul(&z).to_affine();
+        let pt = mul_generator(&z).to_affine();
         // z ∈ [2, q−1] and P has order q, so [z]P is never the point at infinity.
         PublicKey(pt.unwrap_or_else(generator))
     }
@@ -465,8 +697,8 @@ impl KmsSecret {
         let inv: Option<Fq> = sum.invert().into_option();
         let inv = Zeroizing::new(inv.ok_or(Error::FreshRandomness { what: "SAKKE z (b + z = 0 mod q for this identifier)" })?);
         let k = Zeroizing::new(inv.retrieve());
-        let pt = generator().to_jacobian().mul(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
-        Ok(Rsk { point: pt, id: id.to_vec() })
+        let pt = mul_generator(&k).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE z" })?;
+        Ok(Rsk { point: pt, lines: OnceLock::new(), id: id.to_vec(), recipient: None })
     }
 }
 
@@ -505,12 +737,19 @@ impl core::fmt::Debug for PublicKey {
 #[derive(Clone)]
 pub struct Rsk {
     point: Affine,
+    /// The Miller-loop lines of K, computed once on first use (secret, zeroized on drop).
+    lines: OnceLock<Vec<Line>>,
     id: Vec<u8>,
+    /// \[b\]P + Z under the KMS key this RSK was validated for ([`Rsk::new`]).
+    recipient: Option<Recipient>,
 }
 
 impl Drop for Rsk {
     fn drop(&mut self) {
         self.point.zeroize();
+        if let Some(lines) = self.lines.get_mut() {
+            lines.iter_mut().for_each(Zeroize::zeroize);
+        }
     }
 }
 
@@ -525,16 +764,31 @@ impl Rsk {
     /// (RFC 6508 §6.1.2): on the curve and ⟨\[b\]P + Z, K⟩ = g. Failures are [`Error::Key`].
     pub fn new(z: &PublicKey, id: &[u8], bytes: &[u8]) -> Result<Self> {
         let point = Affine::decode(bytes, "SAKKE RSK")?;
-        let rsk = Self { point, id: id.to_vec() };
-        rsk.validate(z)?;
+        let recipient = Recipient::new(z, id);
+        let mut rsk = Self { point, lines: OnceLock::new(), id: id.to_vec(), recipient: None };
+        rsk.check(&recipient)?;
+        rsk.recipient = Some(recipient);
         Ok(rsk)
     }
 
     /// RFC 6508 §6.1.2: ⟨\[b\]P + Z, K⟩ = g (compared in constant time).
     pub fn validate(&self, z: &PublicKey) -> Result<()> {
-        let bp = identity_point(z, &self.id).to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
-        let w = pairing(&bp, &self.point).ok_or(wrong_key("pairing value outside PF_p"))?;
+        self.check(&Recipient::new(z, &self.id))
+    }
+
+    fn check(&self, recipient: &Recipient) -> Result<()> {
+        let bp = recipient.point.to_affine().ok_or(wrong_key("[b]P + Z is the point at infinity"))?;
+        let w = self.pairing(&bp).ok_or(wrong_key("pairing value outside PF_p"))?;
         if bool::from(w.ct_eq(&fp(&G))) { Ok(()) } else { Err(wrong_key("<[b]P + Z, K> != g: not the key of this identifier under this KMS")) }
+    }
+
+    /// ⟨X, K⟩ for a point X, computed as ⟨K, X⟩ from the cached lines of K: the pairing
+    /// is bilinear and K and X lie in the cyclic group of order q (⟨aP, bP⟩ = g^(ab) =
+    /// ⟨bP, aP⟩). For a K outside that group (a cofactor component, which RFC 6508 §6.1.2's
+    /// check would not see) the result is not g, so such a key is refused at validation;
+    /// for an X outside it (a forged R) the R re-check of decapsulation refuses.
+    fn pairing(&self, x: &Affine) -> Option<Fp> {
+        pairing_with_lines(self.lines.get_or_init(|| miller_lines(&self.point)), x)
     }
 
     /// The identifier b this key belongs to.
@@ -561,13 +815,13 @@ struct Encapsulation {
     h: [u8; SSV_LEN],
 }
 
-fn encapsulate_parts(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<Encapsulation> {
+fn encapsulate_parts(to: &Recipient, ssv: &[u8; SSV_LEN]) -> Result<Encapsulation> {
     // 2. r = HashToIntegerRange(SSV ‖ b, q).
-    let r = hash_to_q(&[ssv, id]);
+    let r = hash_to_q(&[ssv, &to.id]);
     // 3. R_(b,S) = [r]([b]P + Z_S).
-    let big_r = identity_point(z, id).mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
+    let big_r = to.point.mul(&r).to_affine().ok_or(Error::FreshRandomness { what: "SAKKE SSV (r = 0 mod q)" })?;
     // 4. H = SSV ⊕ HashToIntegerRange(g^r, 2^n): g^r = Im/Re of (1 + g·i)^r.
-    let gr = Zeroizing::new(Fp2 { re: Fp::ONE, im: fp(&G) }.pow(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
+    let gr = Zeroizing::new(pow_g(&r).representative().ok_or(Error::FreshRandomness { what: "SAKKE SSV" })?);
     let g_r = fe_bytes(&gr);
     let mask = hash_to_mask(&[&g_r[..]]);
     let mut h = [0u8; SSV_LEN];
@@ -579,18 +833,14 @@ fn encapsulate_parts(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<En
 
 /// Encapsulates the 16-octet `ssv` to identifier `id` under the KMS public key `z`
 /// (RFC 6508 §6.2.1) and returns the Encapsulated Data `R_(b,S) ‖ H` (273 octets:
-/// `0x04 ‖ x ‖ y ‖ H`, the MIKEY-SAKKE "SAKKE data", RFC 6509 §4.2).
+/// `0x04 ‖ x ‖ y ‖ H`, the MIKEY-SAKKE "SAKKE data", RFC 6509 §4.2). A sender that sends to
+/// the same identifier again keeps a [`Recipient`] instead.
 ///
 /// `ssv` must be fresh CSPRNG output: it is the key being sent, and r is derived from it
 /// (the scheme is deterministic in (SSV, b)). [`Error::FreshRandomness`] in the negligible
 /// case r ≡ 0 (mod q).
 pub fn encapsulate(z: &PublicKey, id: &[u8], ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
-    let e = encapsulate_parts(z, id, ssv)?;
-    let mut out = [0u8; ENCAPSULATED_LEN];
-    let (r, h) = out.split_at_mut(POINT_LEN);
-    r.copy_from_slice(&e.big_r.encode());
-    h.copy_from_slice(&e.h);
-    Ok(out)
+    Recipient::new(z, id).encapsulate(ssv)
 }
 
 fn refused(reason: &str) -> Error {
@@ -609,15 +859,23 @@ pub fn decapsulate(z: &PublicKey, rsk: &Rsk, data: &[u8]) -> Result<Zeroizing<[u
     }
     let (r_bytes, h) = data.split_at(POINT_LEN);
     let big_r = Affine::decode(r_bytes, "R_(b,S)").map_err(|e| refused(&e.to_string()))?;
-    let w = Zeroizing::new(pairing(&big_r, &rsk.point).ok_or_else(|| refused("decapsulation failed"))?);
+    let w = Zeroizing::new(rsk.pairing(&big_r).ok_or_else(|| refused("decapsulation failed"))?);
     let mask = hash_to_mask(&[&fe_bytes(&w)[..]]);
     let mut ssv = Zeroizing::new([0u8; SSV_LEN]);
     for ((o, h), m) in ssv.iter_mut().zip(h).zip(mask.iter()) {
         *o = h ^ m;
     }
     let r = hash_to_q(&[&ssv[..], &rsk.id]);
-    let mut test = identity_point(z, &rsk.id).mul(&r);
-    let matches = test.to_affine().is_some_and(|t| bool::from(t.x.ct_eq(&big_r.x) & t.y.ct_eq(&big_r.y)));
+    let fresh;
+    let recipient = match &rsk.recipient {
+        Some(cached) if cached.z == *z => cached,
+        _ => {
+            fresh = Recipient::new(z, &rsk.id);
+            &fresh
+        }
+    };
+    let mut test = recipient.point.mul(&r);
+    let matches = test.ct_equals(&big_r);
     test.zeroize();
     if matches { Ok(ssv) } else { Err(refused("decapsulation failed")) }
 }
@@ -670,7 +928,7 @@ mod tests {
         assert_eq!(rsk.to_uncompressed().to_vec(), point(&j, "Kbx", "Kby"));
         let rsk = Rsk::new(&z, &b, &point(&j, "Kbx", "Kby")).unwrap();
         let ssv: [u8; 16] = v(&j, "SSV").try_into().unwrap();
-        let e = encapsulate_parts(&z, &b, &ssv).unwrap();
+        let e = encapsulate_parts(&Recipient::new(&z, &b), &ssv).unwrap();
         assert_eq!(e.r.to_be_bytes().as_ref(), &v(&j, "r")[..]);
         assert_eq!(e.big_r.encode().to_vec(), point(&j, "Rbx", "Rby"));
         assert_eq!(e.g_r.to_vec(), v(&j, "g_pow_r"));
@@ -680,6 +938,9 @@ mod tests {
         assert_eq!(data.to_vec(), [point(&j, "Rbx", "Rby"), v(&j, "H")].concat());
         // <R, K> = g^r, and decapsulation gives the SSV back.
         assert_eq!(fe_bytes(&pairing(&e.big_r, &rsk.point).unwrap()).to_vec(), v(&j, "g_pow_r"));
+        // The same value from the lines of K (⟨K, R⟩ = ⟨R, K⟩), as decapsulation computes it.
+        assert_eq!(fe_bytes(&rsk.pairing(&e.big_r).unwrap()).to_vec(), v(&j, "g_pow_r"));
+        assert_eq!(fe_bytes(&pairing(&rsk.point, &e.big_r).unwrap()).to_vec(), v(&j, "g_pow_r"));
         assert_eq!(decapsulate(&z, &rsk, &data).unwrap().to_vec(), ssv.to_vec());
     }
 
@@ -743,6 +1004,48 @@ mod tests {
         let mut d = vec![0u8; ENCAPSULATED_LEN];
         d[0] = 4;
         assert!(decapsulate(&z, &rsk, &d).is_err());
+    }
+
+    fn same_point(a: &Jacobian, b: &Jacobian) -> bool {
+        a.to_affine().map(|p| p.encode()) == b.to_affine().map(|p| p.encode())
+    }
+
+    fn same_fp2(a: &Fp2, b: &Fp2) -> bool {
+        bool::from(a.re.ct_eq(&b.re) & a.im.ct_eq(&b.im))
+    }
+
+    /// The windowed scalar multiplication and exponentiation equal the ladder / multiply-
+    /// always reference on edge scalars below q (0, 1, 15, 16, 17, q − 16, q − 1) and on
+    /// powers (no scalar meets the doubling case of the addition).
+    #[test]
+    fn windowed_equals_reference_on_edge_scalars() {
+        let p = generator().to_jacobian();
+        let i = identity_point(&KmsSecret::from_bytes(&[7]).unwrap().public_key(), b"edge");
+        let g = Fp2 { re: Fp::ONE, im: fp(&G) };
+        let q1 = q().wrapping_sub(&U1024::ONE);
+        for k in [U1024::ZERO, U1024::ONE, U1024::from_u8(15), U1024::from_u8(16), U1024::from_u8(17), q().wrapping_sub(&U1024::from_u8(16)), q1] {
+            assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
+            assert!(same_point(&i.mul(&k), &i.mul_ladder(&k)));
+            assert!(same_fp2(&pow_g(&k), &g.pow_reference(&k)));
+        }
+        assert!(p.mul(&q1).ct_equals(&Affine { x: fp(&PX), y: fp(&PY).neg() }));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3))]
+        /// The windowed paths equal the reference ladder / multiply-always on random
+        /// scalars mod q (the exponentiation also on 1024-bit ones).
+        #[test]
+        fn windowed_equals_reference(k in any::<[u8; 128]>()) {
+            let wide = U1024::from_be_slice(&k);
+            let k = wide.rem(&NonZero::new(q()).unwrap());
+            let p = generator().to_jacobian();
+            prop_assert!(same_point(&p.mul(&k), &p.mul_ladder(&k)));
+            prop_assert!(same_point(&mul_generator(&k), &p.mul_ladder(&k)));
+            let g = Fp2 { re: Fp::ONE, im: fp(&G) };
+            prop_assert!(same_fp2(&pow_g(&wide), &g.pow_reference(&wide)));
+        }
     }
 
     proptest! {

@@ -39,6 +39,9 @@ enum What {
     /// KMS request+resolve pairs/s and p50/p99 over HTTP on loopback, against a bare echo
     /// server in the same run; or, with --tickets, the flat-memory check.
     Kms(super::kms::BenchArgs),
+    /// SAKKE (RFC 6508) and ECCSI (RFC 6507) against wolfSSL in the same run (builds a C
+    /// harness with `cc … -lwolfssl`).
+    Sakke(super::bench_sakke::Args),
 }
 
 /// Packets built per batch: the plaintext batch is rebuilt outside the timed region.
@@ -48,6 +51,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (suite, size, packets, reps, json) = match args.what {
         What::Srtp { suite, size, packets, reps, json } => (suite, size, packets, reps, json),
         What::Kms(a) => return super::kms::bench(a),
+        What::Sakke(a) => return super::bench_sakke::run(a),
     };
     anyhow::ensure!(size <= 1400, "--size must be at most 1400 octets");
     let mut key = vec![0u8; suite.inline_key_len()];

@@ -2,6 +2,7 @@
 
 pub(crate) mod agw;
 pub(crate) mod bench;
+pub(crate) mod bench_sakke;
 pub(crate) mod bsf;
 pub(crate) mod cscf;
 pub(crate) mod demo;
