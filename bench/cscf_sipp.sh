@@ -62,9 +62,9 @@ import sys, urllib.request
 text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
 print(int(sum(float(l.split()[-1]) for l in text.splitlines() if l.split(" ")[0].split("{")[0] == sys.argv[2])))
 EOF
+}
 # Our 503s, all three kinds: TU queue ¾ full, the transaction table full (stateless), the UDP receive queue deep (stateless, before any transaction).
 refused() { echo $(( $(metric mediasec_sip_overload_refused_total) + $(metric mediasec_sip_transactions_full_total) + $(metric mediasec_sip_udp_queue_refused_total) )); }
-}
 
 # --- our S-CSCF ---
 taskset -c "$SRV_CPU" "$BIN" cscf --role scscf --domain b.example --listen 127.0.0.1:0 --metrics 127.0.0.1:0 \

@@ -63,7 +63,7 @@
 //! When the endpoint task itself is the bottleneck, the TU's queue stays short and datagrams
 //! wait in the UDP socket's receive queue, which the kernel empties by dropping. The queue is
 //! sampled every [`Config::udp_queue_sample_every`] datagrams ([`crate::udp_queue`]); while
-//! it is above [`Config::udp_queue_high_water`] a new UDP request outside any dialog (not ACK,
+//! the last [`UDP_QUEUE_DEEP_SAMPLES`] samples found it above [`Config::udp_queue_high_water`] a new UDP request outside any dialog (not ACK,
 //! not CANCEL, not a retransmission of a request with a transaction) gets the 503 statelessly,
 //! with no transaction, before anything else is done with it.
 //!
@@ -294,7 +294,7 @@ pub struct Config {
     pub max_transactions: usize,
     /// The UDP receive queue's high-water mark, in per cent of the socket's receive buffer
     /// (default [`Config::UDP_QUEUE_HIGH_WATER`]; 0 turns the check off). While the last
-    /// sample of the queue ([`crate::udp_queue`]) was above it, the endpoint task is the
+    /// [`UDP_QUEUE_DEEP_SAMPLES`] samples of the queue ([`crate::udp_queue`]) were above it, the endpoint task is the
     /// bottleneck and datagrams are about to be dropped by the kernel: a new request received
     /// over UDP outside any dialog (not ACK, not CANCEL, not a retransmission of a request whose
     /// transaction exists) is answered 503 with `Retry-After` statelessly, without a
@@ -302,8 +302,8 @@ pub struct Config {
     pub udp_queue_high_water: u8,
     /// How often the UDP receive queue is sampled: once every this many datagrams received
     /// (default [`Config::UDP_QUEUE_SAMPLE_EVERY`], at least 1), and at the first datagram
-    /// once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old. A sample reads the kernel's
-    /// UDP table, so it costs more than a datagram.
+    /// once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old. A sample is one
+    /// `getsockopt(SO_MEMINFO)` system call.
     pub udp_queue_sample_every: u32,
     /// SIP over TLS (RFC 3261 §26.2): a server side (certificate, key, TLS port, optional
     /// client roots for mutual TLS) and a client side (trusted roots, optional client
@@ -326,9 +326,12 @@ impl Config {
     /// Default [`Config::max_transactions`]: a CSCF's RSS stopped at ≈ 1.2 GB with the table
     /// full of OPTIONS transactions (BENCHMARKS.md, SIP proxy under load).
     pub const MAX_TRANSACTIONS: usize = 262_144;
-    /// Default [`Config::udp_queue_high_water`]: half the receive buffer. Above it, the
-    /// kernel's drops are one burst away; below it, a short burst is still absorbed.
-    pub const UDP_QUEUE_HIGH_WATER: u8 = 50;
+    /// Default [`Config::udp_queue_high_water`]: 90 % of the receive buffer, where the
+    /// kernel's drops are imminent. Measured with SIPp (BENCHMARKS.md, SIP proxy under load):
+    /// with 50 % the endpoint refused 0.5–2.8 % of the requests at 20 000 req/s, two thirds of
+    /// its capacity, that it would have answered; with 90 % and [`UDP_QUEUE_DEEP_SAMPLES`]
+    /// none.
+    pub const UDP_QUEUE_HIGH_WATER: u8 = 90;
     /// Default [`Config::udp_queue_sample_every`].
     pub const UDP_QUEUE_SAMPLE_EVERY: u32 = 64;
 }
@@ -590,7 +593,7 @@ impl Endpoint {
                 every: udp_queue_sample_every.max(1),
                 since: 0,
                 at: None,
-                deep: false,
+                streak: 0,
             },
         };
         let task = tokio::spawn(driver.run(rx, reports_rx));
@@ -768,7 +771,8 @@ struct Driver {
 
 /// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
 /// the first datagram once the last sample is [`UDP_QUEUE_SAMPLE_MAX_AGE`] old, and remembers
-/// whether it was above [`Config::udp_queue_high_water`].
+/// whether the last [`UDP_QUEUE_DEEP_SAMPLES`] samples were all above
+/// [`Config::udp_queue_high_water`].
 struct Sampler {
     /// None: the check is off, or the queue cannot be read.
     probe: Option<Probe>,
@@ -777,8 +781,17 @@ struct Sampler {
     since: u32,
     /// When the last sample was taken.
     at: Option<Instant>,
-    deep: bool,
+    /// Consecutive samples above the high-water mark, up to [`UDP_QUEUE_DEEP_SAMPLES`].
+    streak: u8,
 }
+
+/// How many consecutive samples must find the UDP receive queue above its high-water mark
+/// before new requests are refused. One deep sample is often a burst (the client's sender, or
+/// a pause of this task) that the task drains before the next sample: measured with SIPp at
+/// 20 000 req/s, two thirds of this endpoint's capacity, and a 50 % mark, a single-sample rule
+/// refused 2.8 % of the requests, two samples 0.8 %, four 0.5 %; a flood keeps the queue deep
+/// from one sample to the next.
+pub const UDP_QUEUE_DEEP_SAMPLES: u8 = 4;
 
 /// How long a sample of the UDP receive queue stands at most: at a low rate, a burst's verdict
 /// must not outlive the burst (nor an idle queue's the next burst) for `every` datagrams. A
@@ -787,16 +800,17 @@ pub const UDP_QUEUE_SAMPLE_MAX_AGE: Duration = Duration::from_millis(10);
 
 impl Sampler {
     /// Counts a datagram received at `now`, sampling the queue when one is due; whether the
-    /// last sample was above the high-water mark.
+    /// last [`UDP_QUEUE_DEEP_SAMPLES`] samples were above the high-water mark.
     fn deep(&mut self, now: Instant) -> bool {
         let Some(probe) = &self.probe else { return false };
         self.since += 1;
         if self.since >= self.every || self.at.is_none_or(|at| now.saturating_duration_since(at) >= UDP_QUEUE_SAMPLE_MAX_AGE) {
             self.since = 0;
             self.at = Some(now);
-            self.deep = probe.read().is_ok_and(|q| q.above(self.high_water));
+            let above = probe.read().is_ok_and(|q| q.above(self.high_water));
+            self.streak = if above { self.streak.saturating_add(1).min(UDP_QUEUE_DEEP_SAMPLES) } else { 0 };
         }
-        self.deep
+        self.streak >= UDP_QUEUE_DEEP_SAMPLES
     }
 }
 
@@ -1739,34 +1753,55 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>\r\nCall-ID: v1\r\nCSeq: 1
     }
 
     /// A sample of the UDP receive queue stands for `every` datagrams or
-    /// [`UDP_QUEUE_SAMPLE_MAX_AGE`], whichever comes first (times passed in): a queue filled
-    /// after a sample is seen deep only at the next one, and a drained one clear only at the
-    /// one after that.
+    /// [`UDP_QUEUE_SAMPLE_MAX_AGE`], whichever comes first (times passed in), and the queue
+    /// counts as deep only once [`UDP_QUEUE_DEEP_SAMPLES`] consecutive samples found it above
+    /// the mark: a queue filled after a sample is not deep at the next sample yet (one burst),
+    /// deep at the one after, and clear again at the first sample after it drained.
     #[tokio::test]
-    async fn a_queue_sample_stands_for_a_count_or_an_age() {
+    async fn a_queue_is_deep_after_consecutive_deep_samples_each_standing_for_a_count_or_an_age() {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let Ok(probe) = Probe::new(&socket) else {
             assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "no SO_MEMINFO");
             println!("skipped: no SO_MEMINFO on this system");
             return;
         };
-        let mut sampler = Sampler { probe: Some(probe), high_water: 1, every: 3, since: 0, at: None, deep: false };
+        let mut sampler = Sampler { probe: Some(probe), high_water: 1, every: 3, since: 0, at: None, streak: 0 };
         let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
         assert!(!sampler.deep(t0), "the first datagram samples: empty");
         let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         for _ in 0..10 {
             sender.send_to(&[b'x'; 500], socket.local_addr().expect("addr")).await.expect("send");
         }
-        for ms in [1, 2] {
-            assert!(!sampler.deep(t0 + Duration::from_millis(ms)), "the sample still stands");
+        for n in [1, 2] {
+            assert!(!sampler.deep(ms(n)), "the sample still stands");
         }
-        assert!(sampler.deep(t0 + Duration::from_millis(2)), "the third datagram after it samples: above 1 %");
+        assert!(!sampler.deep(ms(2)), "the third datagram after it samples: above 1 %, but one deep sample is a burst");
+        let mut t = 2;
+        for _ in 2..UDP_QUEUE_DEEP_SAMPLES {
+            for _ in 0..3 {
+                t += 1;
+                assert!(!sampler.deep(ms(t)), "fewer deep samples in a row than UDP_QUEUE_DEEP_SAMPLES");
+            }
+        }
+        for _ in 0..2 {
+            t += 1;
+            assert!(!sampler.deep(ms(t)), "the sample still stands");
+        }
+        assert!(sampler.deep(ms(t)), "the last of UDP_QUEUE_DEEP_SAMPLES deep samples in a row: refuse");
+        assert!(sampler.deep(ms(t)), "the verdict stands until the next sample");
         let mut buf = [0u8; 600];
         for _ in 0..10 {
             socket.recv_from(&mut buf).await.expect("recv");
         }
-        assert!(sampler.deep(t0 + Duration::from_millis(3)), "the sample still stands");
-        assert!(!sampler.deep(t0 + Duration::from_millis(2) + UDP_QUEUE_SAMPLE_MAX_AGE), "an old sample is taken again: drained");
+        assert!(sampler.deep(ms(t)), "the sample still stands");
+        assert!(!sampler.deep(ms(t) + UDP_QUEUE_SAMPLE_MAX_AGE), "an old sample is taken again: drained");
+        for _ in 0..10 {
+            sender.send_to(&[b'x'; 500], socket.local_addr().expect("addr")).await.expect("send");
+        }
+        let later = ms(t) + UDP_QUEUE_SAMPLE_MAX_AGE;
+        assert!(!sampler.deep(later) && !sampler.deep(later), "the count restarted: no sample yet");
+        assert!(!sampler.deep(later), "deep again, but after a clear sample one deep sample is not enough");
     }
 
     /// RFC 3261 §18.1.1: up to 1300 bytes a request stays on UDP untouched; above, it goes

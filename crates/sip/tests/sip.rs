@@ -766,7 +766,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
     /// The endpoint task as the bottleneck (docs/sip.md §1.1): the task is held — four
     /// in-dialog BYEs fill a TU queue of 4 that the TU does not read, and a fifth waits for
     /// room, so nothing more is read from the socket — while a raw peer fills the UDP receive
-    /// queue past the high-water mark (60 % of the buffer, above the 50 % default) with new
+    /// queue past the high-water mark (60 % of the buffer, above the 50 % mark this test sets; the default is 90 %) with new
     /// OPTIONS and INVITEs, then sends one more in-dialog BYE; nothing is dropped by the
     /// kernel. Once the TU reads again, requests read while the queue is above the mark
     /// (sampled at every datagram here) are answered 503 with `Retry-After` statelessly: no
@@ -774,7 +774,7 @@ Contact: <sip:alice@{from}>\r\nContent-Type: text/plain\r\nContent-Length: {body
     /// delivered to the TU. What the counters say matches what the peer saw.
     #[tokio::test]
     async fn a_deep_udp_queue_gets_new_requests_503_while_in_dialog_ones_go_on() {
-        let config = Config { tu_queue_events: 4, udp_queue_sample_every: 1, ..Config::from(timers()) };
+        let config = Config { tu_queue_events: 4, udp_queue_sample_every: 1, udp_queue_high_water: 50, ..Config::from(timers()) };
         let (b, mut b_rx) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind b");
         if b.udp_queue().is_none() {
             assert!(std::env::var_os("MEDIASEC_REQUIRE_PEERS").is_none(), "the UDP receive queue cannot be read here");
