@@ -2982,17 +2982,22 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(response.headers.value(&HeaderName::RetryAfter).as_deref(), Some(b"2".as_slice()));
     }
 
-    /// Contexts are dropped once their final response is [`LINGER`] old (memory stays bounded).
-    #[test]
-    fn finished_contexts_are_purged() {
+    /// An S-CSCF that has received [`INVITE`] at `t0`, and the request it forwarded.
+    fn scscf_forwarding_invite(t0: Instant) -> (Proxy, Request) {
         let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
             panic!("the seed parses")
         };
         let key = TransactionKey::from_request(&invite).expect("key");
         let [_, mut scscf] = proxies();
-        let t0 = Instant::now();
         let out = scscf.handle(Event::Request { key, request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, t0);
-        let Some(Command::Request { request, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("forwarded") };
+        (scscf, forwarded(out))
+    }
+
+    /// Contexts are dropped once their final response is [`LINGER`] old (memory stays bounded).
+    #[test]
+    fn finished_contexts_are_purged() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
         assert_eq!(scscf.in_flight(), (1, 1));
         let client = TransactionKey::from_sent_request(&request).expect("client key");
         let busy = ResponseBuilder::to_request(&request, StatusCode::new(486).expect("486"), "Busy Here").expect("486").build();
@@ -3009,14 +3014,8 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
     /// transaction, which has no timer in Proceeding, does not stay there; before that, nothing.
     #[test]
     fn a_branch_without_a_final_response_is_given_up_with_its_context() {
-        let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from_static(INVITE.as_bytes()), &mediasec_sip::core::Limits::datagram()) else {
-            panic!("the seed parses")
-        };
-        let key = TransactionKey::from_request(&invite).expect("key");
-        let [_, mut scscf] = proxies();
         let t0 = Instant::now();
-        let out = scscf.handle(Event::Request { key, request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, t0);
-        let Some(Command::Request { request, .. }) = out.into_iter().find(|c| matches!(c, Command::Request { .. })) else { panic!("forwarded") };
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
         let client = TransactionKey::from_sent_request(&request).expect("client key");
         let ringing = ResponseBuilder::to_request(&request, StatusCode::new(180).expect("180"), "Ringing").expect("180").build();
         let _ = scscf.handle(Event::Response { key: client.clone(), response: Box::new(ringing) }, t0);

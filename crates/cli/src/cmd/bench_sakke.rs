@@ -14,6 +14,8 @@ use mediasec_mikey::sakke::{self, KmsSecret, Recipient, Rsk};
 use rand::RngCore;
 
 const HARNESS: &str = include_str!("bench_sakke_wolfssl.c");
+/// `CHECK` and `unhex`, the helpers the wolfSSL peer tests use too.
+const HARNESS_H: &str = include_str!("../../../mikey/tests/peers/harness.h");
 
 /// Arguments of `mediasec bench sakke`.
 #[derive(clap::Args)]
@@ -45,6 +47,7 @@ fn build_harness() -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir).context("temporary directory")?;
     let src = dir.join("bench_sakke_wolfssl.c");
     std::fs::write(&src, HARNESS).context("writing the C harness")?;
+    std::fs::write(dir.join("harness.h"), HARNESS_H).context("writing the C harness")?;
     let bin = dir.join("bench_sakke_wolfssl");
     let out = Command::new("cc").arg("-O2").arg("-o").arg(&bin).arg(&src).arg("-lwolfssl").output().context("running cc (needs a C compiler)")?;
     if !out.status.success() {

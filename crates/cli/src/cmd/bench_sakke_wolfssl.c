@@ -2,7 +2,7 @@
  * bench_sakke_wolfssl.c - the wolfSSL side of `mediasec bench sakke`: times wolfSSL's SAKKE
  * (RFC 6508, parameter set 1) and ECCSI (RFC 6507, P-256) on the keys and data the Rust
  * side made, so both are measured in the same run on the same inputs. `mediasec bench
- * sakke` writes this file to a temporary directory and builds it with
+ * sakke` writes this file and harness.h to a temporary directory and builds it with
  *
  *     cc -O2 -o bench_sakke_wolfssl bench_sakke_wolfssl.c -lwolfssl
  *
@@ -19,38 +19,7 @@
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <time.h>
 
-#define CHECK(x)                                                                 \
-    do {                                                                         \
-        int rc_ = (x);                                                           \
-        if (rc_ != 0) {                                                          \
-            fprintf(stderr, "%s:%d %s -> %d\n", __FILE__, __LINE__, #x, rc_);    \
-            exit(1);                                                             \
-        }                                                                        \
-    } while (0)
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-static byte *unhex(const char *s, word32 *len)
-{
-    size_t n = strlen(s);
-    byte *out = malloc(n / 2 + 1);
-    if (n % 2 || out == NULL) {
-        fprintf(stderr, "bad hex argument\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v;
-        if (sscanf(s + 2 * i, "%2x", &v) != 1) {
-            fprintf(stderr, "bad hex\n");
-            exit(1);
-        }
-        out[i] = (byte)v;
-    }
-    *len = (word32)(n / 2);
-    return out;
-}
+#include "harness.h" /* CHECK and unhex, shared with the peer tests (crates/mikey/tests/peers) */
 
 static double now_us(void)
 {
