@@ -972,7 +972,7 @@ mod high_security {
         let target = mediasec_kms::identity::KmsUid::parse("alice@a.example").expect("uid");
         let warrant = mediasec_kms::li::Warrant { id: "W1".into(), target, not_before: now - 60, not_after: now + 3600 };
         let kms_a = &kms.domain("a.example").expect("KMS a").service;
-        match kms_a.li_release(&warrant, &dh_init, None, now) {
+        match kms_a.li_release(&warrant, &dh_init, None, now).await {
             Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => {}
             other => panic!("the KMS must have no key of a high-security call: {:?}", other.map(|_| "keys released")),
         }
@@ -1014,20 +1014,20 @@ mod high_security {
         let target = mediasec_kms::identity::KmsUid::parse("erin@a.example").expect("uid");
         let warrant = mediasec_kms::li::Warrant { id: "W2".into(), target, not_before: now - 60, not_after: now + 3600 };
         let kms_a = &kms.domain("a.example").expect("KMS a").service;
-        let released = kms_a.li_release(&warrant, &i_message, None, now).expect("the KMS releases a MIKEY-SAKKE call's keys");
+        let released = kms_a.li_release(&warrant, &i_message, None, now).await.expect("the KMS releases a MIKEY-SAKKE call's keys");
         assert_eq!((released.initiator.as_str(), released.responder.as_str()), ("erin@a.example", "frank@a.example"));
         // The released master keys are the ones each side sends with (media verified above).
         assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.initiator_stream.master_key)), a.own_key);
         assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.responder_stream.master_key)), b.own_key);
         let not_a_party = mediasec_kms::li::Warrant { id: "W3".into(), target: mediasec_kms::identity::KmsUid::parse("bob@a.example").expect("uid"), ..warrant.clone() };
-        assert!(matches!(kms_a.li_release(&not_a_party, &i_message, None, now), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::NotAParty))));
+        assert!(matches!(kms_a.li_release(&not_a_party, &i_message, None, now).await, Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::NotAParty))));
         let later = mediasec_kms::li::Warrant { not_before: now + 600, not_after: now + 3600, ..warrant.clone() };
-        assert!(matches!(kms_a.li_release(&later, &i_message, None, now + 700), Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OutsideWindow))));
+        assert!(matches!(kms_a.li_release(&later, &i_message, None, now + 700).await, Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OutsideWindow))));
         let mut forged = i_message.clone();
         if let Some(last) = forged.last_mut() {
             *last ^= 1;
         }
-        assert!(kms_a.li_release(&warrant, &forged, None, now).is_err(), "a message whose signature fails");
+        assert!(kms_a.li_release(&warrant, &forged, None, now).await.is_err(), "a message whose signature fails");
 
         let dh = hs_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, HS, BOB_HZ, ALICE_HZ), false).await;
         let err = call(&alice, "sip:bob@a.example").await.expect_err("a signed-DH callee refuses the I_MESSAGE");

@@ -450,26 +450,42 @@ impl Kms {
         let content = if ticket.policy.flags.contains(TicketFlags::D) {
             self.open_ring(ticket)?
         } else {
-            let creator = data.initiator.clone().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "UE-made ticket names no creator (IDRi)"))?;
-            let eff = self.policies().effective(&creator);
-            if !eff.mode3 {
-                return Err(rejected(ErrorCode::INVALID_TPPAR, format!("policy does not allow UE-made tickets for {creator}")));
-            }
-            if data.end.is_none_or(|e| e > now_s.saturating_add(eff.ticket_lifetime)) {
-                return Err(rejected(ErrorCode::INVALID_TPPAR, "UE-made ticket validity missing or beyond the policy lifetime"));
-            }
-            if !eff.may_call(&responder.clone().into()) {
+            let (creator, btid) = self.ue_made_checks(data, now_s)?;
+            if !self.policies().effective(&creator).may_call(&responder.clone().into()) {
                 return Err(rejected(ErrorCode::INVALID_TPPAR, format!("{creator} may not call {responder}")));
             }
-            let btid = data.psk.as_deref().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "UE-made ticket names no B-TID (IDRpsk)"))?;
-            let nk = zn.naf_key(btid, now_s).await?.ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "the creator's bootstrap is unknown or expired"))?;
-            if !nk.uids(&self.cfg.domain).contains(&creator) {
-                return Err(rejected(ErrorCode::INVALID_TICKET, format!("{creator} is not an identity of the ticket's B-TID")));
-            }
-            let key = nk.ks_naf.to_vec();
-            tk::open_ticket(ticket, |id| (id == MODE3_KEY_ID).then(|| key.clone()))?
+            let nk = zn.naf_key(btid, now_s).await?;
+            self.open_ue_made(ticket, &creator, nk.as_deref())?
         };
         resolved_keys(ticket, &content, responder, *self.random::<16>())
+    }
+
+    /// The checks of a UE-made (mode 3) ticket (RFC 6043 §4.1, TS 33.328 Annex D.4) that need
+    /// no key: its creator (IDRi) may make tickets by policy and gave it a validity within the
+    /// policy lifetime at `now_s`, and it names the creator's bootstrap (IDRpsk). Returns the
+    /// creator and that B-TID, whose Ks_NAF for this KMS (over Zn) opens the ticket.
+    pub(crate) fn ue_made_checks<'d>(&self, data: &'d TpData, now_s: u64) -> Result<(KmsUid, &'d str), KmsError> {
+        let creator = data.initiator.clone().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "UE-made ticket names no creator (IDRi)"))?;
+        let eff = self.policies().effective(&creator);
+        if !eff.mode3 {
+            return Err(rejected(ErrorCode::INVALID_TPPAR, format!("policy does not allow UE-made tickets for {creator}")));
+        }
+        if data.end.is_none_or(|e| e > now_s.saturating_add(eff.ticket_lifetime)) {
+            return Err(rejected(ErrorCode::INVALID_TPPAR, "UE-made ticket validity missing or beyond the policy lifetime"));
+        }
+        let btid = data.psk.as_deref().ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "UE-made ticket names no B-TID (IDRpsk)"))?;
+        Ok((creator, btid))
+    }
+
+    /// Opens a UE-made ticket of `creator` under `creator_key`, the Zn answer for its B-TID
+    /// (`None`: the bootstrap is unknown or expired), which must list `creator` among its
+    /// identities: its TPK is that Ks_NAF, under key id [`MODE3_KEY_ID`].
+    pub(crate) fn open_ue_made(&self, ticket: &Ticket, creator: &KmsUid, creator_key: Option<&NafKey>) -> Result<TicketContent, KmsError> {
+        let nk = creator_key.ok_or_else(|| rejected(ErrorCode::INVALID_TICKET, "the creator's bootstrap is unknown or expired"))?;
+        if !nk.uids(&self.cfg.domain).contains(creator) {
+            return Err(rejected(ErrorCode::INVALID_TICKET, format!("{creator} is not an identity of the ticket's B-TID")));
+        }
+        Ok(tk::open_ticket(ticket, |id| (id == MODE3_KEY_ID).then(|| nk.ks_naf.to_vec()))?)
     }
 
     /// KMS_R side of B.2.3: re-sends the resolve, unprotected, to the issuing KMS over Zk

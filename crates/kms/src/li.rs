@@ -37,6 +37,7 @@ use crate::kms::{Kms, key_id_of, rand_payload};
 use crate::persist::Persist;
 use crate::tp_data::{TpData, unix_of};
 use crate::ue::{self, Media, PendingTransfer};
+use crate::zn::NafKey;
 
 /// Longest warrant id.
 pub const MAX_ID_LEN: usize = 64;
@@ -78,9 +79,11 @@ pub enum Refusal {
     /// Another KMS issued the ticket (its operator does the LI), or this ring cannot open it.
     #[error("ticket not issued by this KMS ({0})")]
     ForeignTicket(String),
-    /// A UE-made (mode 3) ticket: its keys are under the creator's Ks_NAF, not the ring.
-    #[error("UE-made (mode 3) ticket: its keys are not under the KMS ring")]
-    UeMadeTicket,
+    /// A UE-made (mode 3) ticket this KMS cannot open: its keys are under the creator's
+    /// Ks_NAF, which the BSF gives (Zn) only while the creator's bootstrap lives, and only
+    /// for a creator whose policy allows mode 3 (the reason says which check failed).
+    #[error("UE-made (mode 3) ticket: {0}")]
+    UeMadeTicket(String),
     /// A high-security call (ECCSI-signed MIKEY-DH, docs/high-security.md): there is no
     /// ticket; the keys come from an ephemeral Diffie-Hellman exchange between the UEs that
     /// the KMS never sees, so it has none to release.
@@ -195,7 +198,14 @@ impl Kms {
     /// with the UEs' code ([`crate::ue`]). Released only if the warrant is active, its target
     /// is the ticket's initiator or the answering responder, and both the ticket's validity
     /// and the call's TRANSFER_INIT time fall within the window.
-    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<Release, KmsError> {
+    ///
+    /// A UE-made (mode 3) ticket of this KMS's domain opens with `creator_key`, the Zn answer
+    /// for the B-TID [`Kms::li_ue_made_btid`] names (the caller looks it up: this core does no
+    /// I/O), under the same checks as a resolution (creator's policy allows mode 3, creator an
+    /// identity of that bootstrap); without it the release is refused
+    /// ([`Refusal::UeMadeTicket`]): once the bootstrap has expired, no key of the call exists
+    /// anywhere in the network.
+    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64, creator_key: Option<&NafKey>) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
         match Message::decode(transfer_init).map(|m| m.header.data_type) {
             Ok(DataType::DH_INIT | DataType::DH_RESP) => return Err(Refusal::HighSecurityCall.into()),
@@ -208,10 +218,13 @@ impl Kms {
         if data.kms.as_deref() != Some(self.config().fqdn.as_str()) {
             return Err(Refusal::ForeignTicket(format!("issued by {}", data.kms.as_deref().unwrap_or("no KMS"))).into());
         }
-        if !ticket.policy.flags.contains(TicketFlags::D) {
-            return Err(Refusal::UeMadeTicket.into());
-        }
-        let content = self.open_ring(&ticket).map_err(|e| Refusal::ForeignTicket(e.to_string()))?;
+        let content = if ticket.policy.flags.contains(TicketFlags::D) {
+            self.open_ring(&ticket).map_err(|e| Refusal::ForeignTicket(e.to_string()))?
+        } else {
+            let ue_made = |e: KmsError| Refusal::UeMadeTicket(e.to_string());
+            let (creator, _) = self.ue_made_checks(&data, now).map_err(ue_made)?;
+            self.open_ue_made(&ticket, &creator, creator_key).map_err(ue_made)?
+        };
         let forks = forking::is_forking(&ticket);
         let rand = rand_payload(&ticket)?;
         let keys = forking::request_resp_keys(&content, &rand, &key_id_of(&ticket)?.to_be_bytes(), forks)?;
@@ -244,6 +257,19 @@ impl Kms {
             return Err(Refusal::OutsideWindow.into());
         }
         Ok(Release { initiator, responder, answered: transfer_resp.is_some(), media })
+    }
+}
+
+impl Kms {
+    /// The B-TID whose Ks_NAF [`Kms::li_release`] needs for the call of `transfer_init`: the
+    /// IDRpsk of a UE-made (mode 3) ticket this KMS would resolve; `None` for anything else
+    /// (KMS-made tickets, other KMSs' tickets, malformed input: `li_release` reports those).
+    pub fn li_ue_made_btid(&self, transfer_init: &[u8]) -> Option<String> {
+        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).ok()?;
+        let ticket = tk::ticket_of(&ti).ok()?;
+        let data = TpData::decode(&ticket.policy.data).ok()?;
+        let ours = data.kms.as_deref() == Some(self.config().fqdn.as_str());
+        (ours && !ticket.policy.flags.contains(TicketFlags::D)).then_some(data.psk).flatten()
     }
 }
 

@@ -195,8 +195,10 @@ impl Service {
 
     /// LI key release (docs/li.md) of the call of `transfer_init`: a MIKEY-SAKKE I_MESSAGE
     /// through [`crate::signing_keys::Provisioner::li_release_sakke`] (with z), anything else
-    /// through [`Kms::li_release`] (tickets; typed refusals for high-security calls).
-    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
+    /// through [`Kms::li_release`] (tickets; typed refusals for high-security calls). For a
+    /// UE-made (mode 3) ticket, the creator's Ks_NAF is looked up over Zn first (as for a
+    /// resolution; the target sees nothing of it).
+    pub async fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
         let sakke = mediasec_mikey::Message::decode(transfer_init).is_ok_and(|m| m.header.data_type == mediasec_mikey::registry::DataType::SAKKE);
         if sakke {
             if transfer_resp.is_some() {
@@ -204,7 +206,11 @@ impl Service {
             }
             return self.prov.li_release_sakke(&self.kms, warrant, transfer_init, now);
         }
-        self.kms.li_release(warrant, transfer_init, transfer_resp, now)
+        let creator_key = match self.kms.li_ue_made_btid(transfer_init) {
+            Some(btid) => self.zn.naf_key(&btid, now).await?,
+            None => None,
+        };
+        self.kms.li_release(warrant, transfer_init, transfer_resp, now, creator_key.as_deref())
     }
 
     /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.
@@ -699,7 +705,7 @@ async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
     let w = s.persist.warrant(&body.warrant).await?.ok_or(Refusal::NoSuchWarrant)?;
     let ti = b64("transfer_init", &body.transfer_init)?;
     let tr = body.transfer_resp.as_deref().map(|t| b64("transfer_resp", t)).transpose()?;
-    let r = s.li_release(&w, &ti, tr.as_deref(), now().as_secs())?;
+    let r = s.li_release(&w, &ti, tr.as_deref(), now().as_secs()).await?;
     let json = r.to_json(&w.id)?;
     Ok(json.to_vec())
 }

@@ -350,7 +350,9 @@ fn shape(b64: &[u8]) -> (DataType, Vec<(std::mem::Discriminant<mediasec_mikey::P
 async fn lawful_interception_over_http() {
     let dir = TempDir::new("li");
     let users = ["alice@a.example", "bob@a.example", "erika@a.example"];
-    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &users).await.unwrap();
+    // Alice may also make tickets herself (mode 3).
+    let policy = format!("{POLICY_A}[user.\"alice@a.example\"]\nmode3 = true\n");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: &policy }], &users).await.unwrap();
     let a = lab.domain("a.example").unwrap();
     let (url, admin) = (a.url.clone(), format!("Bearer {}", a.admin_token));
     // Off by default: the LI API is absent.
@@ -421,6 +423,23 @@ async fn lawful_interception_over_http() {
             assert_eq!(cs["master_key"].as_str().unwrap(), hex::encode(&*p.master_key));
             assert_eq!(cs["master_salt"].as_str().unwrap(), hex::encode(&*p.master_salt));
             assert_eq!((cs["ssrc"].as_u64(), cs["suite"].as_str(), cs["mki"].as_str()), (Some(u64::from(p.ssrc)), Some(p.suite), Some(hex::encode(&p.mki).as_str())));
+        }
+    }
+    // A UE-made (mode 3) call of alice: the KMS gets her Ks_NAF from the BSF over Zn (her
+    // bootstrap lives) and releases the keys both UEs derived.
+    let held = alice.make_ticket(&ask("bob@a.example"), now(), &|b| rand::fill(b)).unwrap();
+    let (ti3, pt) = alice.transfer_init(&held, &bob.uid.clone(), rand::random(), 0x3333, now(), rand::random()).unwrap();
+    let (ri, pr) = bob.resolve_init(&ti3, rand::random(), now(), rand::random()).unwrap();
+    let rr = http(&url, "POST", "/keymanagement?requesttype=ticketresolve", &ct, STANDARD.encode(&ri).as_bytes()).await;
+    let resolved = bob.on_resolve_resp(pr, &STANDARD.decode(&rr.body).unwrap(), now()).unwrap();
+    let (tr3, m_r3) = bob.transfer_resp(&resolved, &ti3, 0x4444, now()).unwrap();
+    let (_, m_i3) = alice.on_transfer_resp(&pt, &tr3, now()).unwrap();
+    let r = http(&url, "POST", "/li/v1/keys", &li, keys("W1", &ti3, Some(&tr3)).as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    for (cs, p_i, p_r) in [(&j["crypto_sessions"][0], &m_i3.initiator_stream, &m_r3.initiator_stream), (&j["crypto_sessions"][1], &m_i3.responder_stream, &m_r3.responder_stream)] {
+        for p in [p_i, p_r] {
+            assert_eq!((cs["master_key"].as_str().unwrap(), cs["master_salt"].as_str().unwrap()), (hex::encode(&*p.master_key).as_str(), hex::encode(&*p.master_salt).as_str()));
         }
     }
     // Refusals: a third party's warrant, an expired one, an unknown one; bad input.

@@ -286,7 +286,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
         detail.push_str(&words);
     }
     if security == Security::MikeySakke {
-        let (released, words) = kms_releases(kms, &a, &b, &format!("alice{n}@a.example"))?;
+        let (released, words) = kms_releases(kms, &a, &b, &format!("alice{n}@a.example")).await?;
         ok &= released && a.peer_key == b.own_key && b.peer_key == a.own_key;
         detail.push_str(&words);
     }
@@ -303,7 +303,7 @@ fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
     let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
-    Ok(match service.kms().li_release(&warrant, dh_init, None, now) {
+    Ok(match service.kms().li_release(&warrant, dh_init, None, now, None) {
         Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => (true, ", KMS LI key release: refused (no ticket, no key)".into()),
         Ok(_) => (false, ", KMS LI key release: KEYS RELEASED".into()),
         Err(e) => (false, format!(", KMS LI key release: unexpected answer ({e})")),
@@ -313,14 +313,14 @@ fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) 
 /// LI without a man in the middle (MIKEY-SAKKE): under a valid warrant for the caller, the
 /// KMS releases the keys of the call from its I_MESSAGE alone; they must be the master keys
 /// the caller and the callee send with. Whether they were, and the summary line's words.
-fn kms_releases(kms: Option<&Kms>, caller: &CallReport, callee: &CallReport, caller_uid: &str) -> anyhow::Result<(bool, String)> {
+async fn kms_releases(kms: Option<&Kms>, caller: &CallReport, callee: &CallReport, caller_uid: &str) -> anyhow::Result<(bool, String)> {
     let kms = kms.context("MIKEY-SAKKE needs the KMS")?;
     let i_message = caller.offer_mikey.as_deref().context("no I_MESSAGE in the offer")?;
     let service = &kms.lab.domain("a.example")?.service;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
     let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
-    Ok(match service.li_release(&warrant, i_message, None, now) {
+    Ok(match service.li_release(&warrant, i_message, None, now).await {
         Ok(r) => {
             let same = Some(mediasec_sdp::fingerprint(&r.media.initiator_stream.master_key)) == caller.own_key && Some(mediasec_sdp::fingerprint(&r.media.responder_stream.master_key)) == callee.own_key;
             (same, if same { ", KMS LI key release under a warrant: the call's keys, both ways".into() } else { ", KMS LI key release: KEYS DIFFER from the call's".into() })
