@@ -615,7 +615,9 @@ async fn deferred_delivery_keys_match_when_the_responder_resolves_later() {
     let link = Link(&w, AtomicU32::new(0));
     let rr = ok(w.a.ticket_resolve(&ri, later, &w.zn_a, &link).await);
     let resolved = dan.on_resolve_resp(pr, &rr, later).unwrap();
-    let got = dan.deferred_open(&resolved, &ti, later).unwrap();
+    let opened = dan.deferred_open(&resolved, &ti, later).unwrap();
+    assert_eq!(opened.initiator.as_str(), "alice@a.example", "the caller the ticket names");
+    let got = opened.media;
     assert_eq!(*got.initiator_stream.master_key, *sent.initiator_stream.master_key);
     assert_eq!(*got.initiator_stream.master_salt, *sent.initiator_stream.master_salt);
     assert_eq!(got.initiator_stream.ssrc, 0xaaaa);

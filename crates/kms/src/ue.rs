@@ -104,6 +104,18 @@ pub struct Resolved {
     pub reusable: bool,
 }
 
+/// A stored call opened by its responder ([`Ue::deferred_open`]).
+pub struct Deferred {
+    /// CS 1 (the caller's stream, what was stored) and CS 2.
+    pub media: Media,
+    /// Who made the call, as the ticket names it (TP Data IDRi): the user the KMS
+    /// authenticated when it issued the ticket (for a UE-made ticket, an identity of the B-TID
+    /// the KMS checked when it resolved it). Only that user holds MPKi, under which the
+    /// TRANSFER_INIT verified; unlike a `From` or `P-Asserted-Identity` header, no SIP hop can
+    /// change it.
+    pub initiator: KmsUid,
+}
+
 /// A sent REQUEST_INIT awaiting REQUEST_RESP.
 pub struct PendingRequest {
     request: Vec<u8>,
@@ -262,13 +274,19 @@ impl Ue {
     /// by design, so the ±skew window and the replay cache cannot apply (the KMS's resolve
     /// was fresh instead, and the ticket must still be valid `now` → [`KmsError::TicketExpired`]).
     /// Forking tickets are refused (the caller refuses them too, [`PendingTransfer::deferred_media`]).
-    pub fn deferred_open(&self, r: &Resolved, transfer_init: &[u8], now: Duration) -> Result<Media, KmsError> {
+    ///
+    /// `r` must be the resolution of this TRANSFER_INIT's own ticket (as
+    /// `mediasec_voicemail::owner::open_message` does): the KMS's resolve is what vouches for
+    /// the ticket, and so for the [`Deferred::initiator`] its TP Data names.
+    pub fn deferred_open(&self, r: &Resolved, transfer_init: &[u8], now: Duration) -> Result<Deferred, KmsError> {
         check_ticket_valid(r.end, now)?;
         let (ti, randri) = verified_transfer_init(&r.mpki, transfer_init)?;
-        if forking::is_forking(&tk::ticket_of(&ti)?) {
+        let ticket = tk::ticket_of(&ti)?;
+        if forking::is_forking(&ticket) {
             return Err(KmsError::Deferred(FORKING_REFUSED.into()));
         }
-        media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)
+        let initiator = TpData::decode(&ticket.policy.data)?.initiator.ok_or_else(|| KmsError::Deferred("the ticket names no initiator (TP Data IDRi)".into()))?;
+        Ok(Deferred { media: media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)?, initiator })
     }
 
     fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
-use mediasec_sip::dialog::Dialog;
+use mediasec_sip::dialog::{Dialog, DialogId};
 use mediasec_sip::udp::{Command, Endpoint, Event, Events};
 use mediasec_ua::ticket;
 use tokio::net::UdpSocket;
@@ -88,6 +88,9 @@ struct Call {
     record: Record,
     recording: Arc<Mutex<Recording>>,
     capture: JoinHandle<()>,
+    /// The dialog our 200 made (RFC 3261 §12.1.1): a BYE must match its Call-ID and both
+    /// tags, with a CSeq above the INVITE's (§12.2.2), to end the call.
+    dialog: Dialog,
 }
 
 /// A running voicemail server (deposit side); dropping it stops it without flushing the calls
@@ -291,13 +294,23 @@ impl Core {
             // TRANSFER_INIT keys the whole message).
             Method::Invite => self.respond(&key, &request, 488, "Not Acceptable Here", None, None),
             Method::Bye => {
-                let known = self.calls.contains_key(&call_id);
-                if known {
-                    // The message is on disk before the caller learns the call ended.
-                    self.finish(&call_id).await;
-                    self.respond(&key, &request, 200, "OK", None, None)
-                } else {
-                    self.respond(&key, &request, 481, "Call/Transaction Does Not Exist", None, None)
+                // RFC 3261 §12.2.2: the request's dialog (Call-ID, To tag = ours, From tag =
+                // the caller's) or 481, so that someone who only learnt the Call-ID cannot cut
+                // a message short; then a CSeq above the last one, or 500 (out of order).
+                let verdict = match self.calls.get_mut(&call_id) {
+                    Some(c) if DialogId::of_received_request(&request).as_ref() == Some(c.dialog.id()) => c.dialog.receive_request(&request).map_err(|_| (500, "Server Internal Error")),
+                    _ => Err((481, "Call/Transaction Does Not Exist")),
+                };
+                match verdict {
+                    Ok(()) => {
+                        // The message is on disk before the caller learns the call ended.
+                        self.finish(&call_id).await;
+                        self.respond(&key, &request, 200, "OK", None, None)
+                    }
+                    Err((code, reason)) => {
+                        tracing::info!(%call_id, code, "voicemail refused a BYE outside the call's dialog or order");
+                        self.respond(&key, &request, code, reason, None, None)
+                    }
                 }
             }
             Method::Cancel | Method::Options => self.respond(&key, &request, 200, "OK", None, None),
@@ -332,6 +345,13 @@ impl Core {
                 return self.respond(&key, &request, code, reason, None, None);
             }
         };
+        let dialog = match Dialog::uas(&request, &token()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(%call_id, error = %e, "voicemail refused an INVITE that makes no dialog");
+                return self.respond(&key, &request, 400, "Bad Request", None, None);
+            }
+        };
         let socket = UdpSocket::bind(SocketAddr::new(self.config.rtp_ip, 0)).await?;
         let answer = match ticket::deferred_answer(&offer, socket.local_addr()?, 1) {
             Ok(a) => a,
@@ -352,9 +372,9 @@ impl Core {
         tracing::info!(%call_id, id = record.id, mailbox = %record.mailbox, caller = %record.caller, "deferred delivery: storing the encrypted call");
         let recording = Arc::new(Mutex::new(Recording::default()));
         let capture = tokio::spawn(capture(socket, Arc::clone(&recording), self.config.caps));
-        let dialog = Dialog::uas(&request, &token())?;
-        self.calls.insert(call_id, Call { record, recording, capture });
-        self.respond(&key, &request, 200, "OK", Some(dialog.local_header().clone()), Some(&answer))
+        let to = dialog.local_header().clone();
+        self.calls.insert(call_id, Call { record, recording, capture, dialog });
+        self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
     /// Stops recording `call_id` and writes its record.
@@ -415,6 +435,12 @@ a=rtpmap:0 PCMU/8000\r\na=key-mgmt:mikey AQIDBA==\r\na=rtcp-mux\r\n";
     /// Sends an INVITE for carol with `call_id` and returns the final status and, on 200, the
     /// media port of the answer.
     async fn invite(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>) {
+        let (code, port, _) = invite_answer(ue, vm, call_id).await;
+        (code, port)
+    }
+
+    /// As [`invite`], with the tag of the answer's `To` (the server's dialog tag).
+    async fn invite_answer(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>, Option<String>) {
         let me = ue.local_addr().unwrap();
         let text = format!(
             "INVITE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
@@ -430,7 +456,8 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
             let code: u16 = r.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
             if code >= 200 && r.contains(&format!("Call-ID: {call_id}\r\n")) {
                 let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
-                return (code, port);
+                let tag = r.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).map(|t| t.trim().to_owned());
+                return (code, port, tag);
             }
         }
     }
@@ -503,6 +530,52 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         let r = store.get(1).await.unwrap().expect("message 1");
         assert_eq!(r.packets.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [0x80, 0x82]);
         assert_eq!(r.dropped, 1);
+    }
+
+    /// Sends a BYE in `call_id` with the given tags and CSeq; returns the final status.
+    async fn bye(ue: &UdpSocket, vm: SocketAddr, call_id: &str, from_tag: &str, to_tag: Option<&str>, cseq: u32) -> u16 {
+        let me = ue.local_addr().unwrap();
+        let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+        let text = format!(
+            "BYE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{cseq}{from_tag}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag={from_tag}\r\nTo: <sip:carol@a.example>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\n\
+Content-Length: 0\r\n\r\n"
+        );
+        ue.send_to(text.as_bytes(), vm).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(5), ue.recv_from(&mut buf)).await.expect("an answer").unwrap();
+            let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let code: u16 = r.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if code >= 200 && r.contains(&format!("CSeq: {cseq} BYE")) {
+                return code;
+            }
+        }
+    }
+
+    /// RFC 3261 §12.2.2: only a BYE of the call's dialog (Call-ID and both tags) with a higher
+    /// CSeq ends the recording; one that only knows the Call-ID gets 481, one out of order 500,
+    /// and the message goes on being recorded.
+    #[tokio::test]
+    async fn only_a_bye_of_the_calls_dialog_ends_it() {
+        let (_dir, store, mut vm) = server("deposit-bye", Caps::default()).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (code, port, tag) = invite_answer(&ue, vm.sip_addr(), "bye").await;
+        assert_eq!(code, 200);
+        let (media, tag) = (SocketAddr::from(([127, 0, 0, 1], port.expect("media port"))), tag.expect("a To tag in the 200"));
+        ue.send_to(&[0x80; 20], media).await.unwrap();
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "a", None, 2).await, 481, "no To tag");
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "a", Some("not-ours"), 3).await, 481, "another To tag");
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "b", Some(&tag), 4).await, 481, "another From tag");
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "a", Some(&tag), 1).await, 500, "CSeq not above the INVITE's: out of order");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ue.send_to(&[0x82; 20], media).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "a", Some(&tag), 5).await, 200, "the call's own BYE");
+        let r = store.get(1).await.unwrap().expect("message 1");
+        assert_eq!(r.packets.iter().map(|p| p.bytes[0]).collect::<Vec<_>>(), [0x80, 0x82], "recording went on until the dialog's BYE");
+        assert_eq!(bye(&ue, vm.sip_addr(), "bye", "a", Some(&tag), 6).await, 481, "the call is over");
+        vm.shutdown().await;
     }
 
     /// With a registrar (the S-CSCF), INVITEs come from it: one sent straight to the server

@@ -5,12 +5,14 @@
 //! MPKi, derive the caller's stream keys (CS 1) and unprotect every stored packet
 //! ([`open_message`]). The TRANSFER_INIT timestamp is not checked against the clock (a stored
 //! message is old by design) but the ticket must still be valid
-//! ([`mediasec_kms::KmsError::TicketExpired`]).
+//! ([`mediasec_kms::KmsError::TicketExpired`]). The caller shown to the owner is the one the
+//! ticket names ([`Decrypted::initiator`]), not the record's network-asserted `caller`.
 
 use std::time::Duration;
 
 use mediasec_bsf::client::{Endpoint, HttpResponse, request};
 use mediasec_kms::client::KmsClient;
+use mediasec_kms::identity::KmsUid;
 use mediasec_kms::ue::{Media, Ue, deferred_ticket_end};
 use mediasec_srtp::{RtpHeader, Session, is_rtcp};
 use mediasec_ua::tone;
@@ -85,6 +87,10 @@ pub struct Decrypted {
     pub failed: u64,
     /// The RTP payloads (PCMU), in order.
     pub payloads: Vec<Vec<u8>>,
+    /// Who made the call, as its ticket names it (set by [`open_message`],
+    /// [`mediasec_kms::ue::Deferred::initiator`]); the record's `caller` is only what the
+    /// network asserted to the voicemail server.
+    pub initiator: Option<KmsUid>,
 }
 
 impl Decrypted {
@@ -147,10 +153,11 @@ pub fn decrypt(media: &Media, record: &Record) -> Result<Decrypted, VoicemailErr
 
 /// Opens a stored message as its mailbox owner `ue` at time `now`: ticket still valid, Ticket
 /// Resolve at the KMS (the owner must be an authorised responder of the ticket), TRANSFER_INIT
-/// verified with MPKi (no timestamp window), the caller's stream decrypted.
+/// verified with MPKi (no timestamp window), the caller's stream decrypted, the caller the
+/// ticket names in [`Decrypted::initiator`].
 pub async fn open_message(ue: &mut Ue, kms: &KmsClient, record: &Record, now: Duration) -> Result<Decrypted, VoicemailError> {
     deferred_ticket_end(&record.transfer_init, now)?;
     let resolved = kms.resolve(ue, &record.transfer_init).await?;
-    let media = ue.deferred_open(&resolved, &record.transfer_init, now)?;
-    decrypt(&media, record)
+    let opened = ue.deferred_open(&resolved, &record.transfer_init, now)?;
+    Ok(Decrypted { initiator: Some(opened.initiator), ..decrypt(&opened.media, record)? })
 }

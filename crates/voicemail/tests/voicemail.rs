@@ -148,6 +148,7 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     assert_eq!(&fetched, record);
     let out = open_message(&mut carol_ue, &carol_kms, &fetched, now()).await.expect("decrypted");
     assert_eq!(out.failed, 0, "every stored packet authenticates: {out:?}");
+    assert_eq!(out.initiator.as_ref().map(|u| u.as_str()), Some("alice@a.example"), "the caller the ticket names");
     assert_eq!(out.rtp + out.rtcp, fetched.packets.len() as u64);
     assert!(out.tone_packets(ALICE_HZ) as u64 >= out.rtp - 1, "alice's tone comes out: {} of {}", out.tone_packets(ALICE_HZ), out.rtp);
     let wav = out.wav();

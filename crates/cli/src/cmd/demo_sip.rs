@@ -129,9 +129,10 @@ async fn deferred_delivery(lab: &TwoDomains, kms: &Kms, talk: Duration) -> anyho
     let out = open_message(&mut carol, &client, &record, now).await?;
     server.shutdown().await;
     let tone = out.tone_packets(CALLER_HZ);
-    let ok = a.deferred_delivery && out.failed == 0 && out.rtp >= 10 && tone + 1 >= usize::try_from(out.rtp).unwrap_or(usize::MAX);
+    let from = out.initiator.as_ref().map_or("nobody", |u| u.as_str());
+    let ok = a.deferred_delivery && out.failed == 0 && out.rtp >= 10 && tone + 1 >= usize::try_from(out.rtp).unwrap_or(usize::MAX) && from == "alice14@a.example";
     let detail = format!(
-        "{}, {} packets stored encrypted (the server holds no key); carol decrypted {} RTP + {} RTCP later, {} failed, {tone} with alice's tone",
+        "{}, {} packets stored encrypted (the server holds no key); carol decrypted {} RTP + {} RTCP later, {} failed, {tone} with alice's tone; caller by the ticket: {from}",
         a.protection,
         record.packets.len(),
         out.rtp,

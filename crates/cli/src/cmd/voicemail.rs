@@ -192,7 +192,11 @@ async fn fetch(a: FetchArgs) -> anyhow::Result<ExitCode> {
         match open_message(&mut ue, &kms, &record, now).await {
             Ok(out) => {
                 let tone = a.expect_hz.map(|hz| format!(", {} with the {hz} Hz tone", out.tone_packets(hz))).unwrap_or_default();
-                println!("message {} from {} to {}: {} packets stored ({} dropped), {} RTP + {} RTCP decrypted, {} failed{tone}", m.id, m.caller, m.mailbox, record.packets.len(), record.dropped, out.rtp, out.rtcp, out.failed);
+                // The caller the ticket names, and the network's claim when it differs.
+                let from = out.initiator.as_ref().map_or_else(|| m.caller.clone(), KmsUid::to_string);
+                let same = out.initiator.as_ref().is_some_and(|i| KmsUid::from_uri(&m.caller, uid.domain()).is_ok_and(|c| &c == i));
+                let asserted = if same { String::new() } else { format!(" (the network asserted {})", m.caller) };
+                println!("message {} from {from}{asserted} to {}: {} packets stored ({} dropped), {} RTP + {} RTCP decrypted, {} failed{tone}", m.id, m.mailbox, record.packets.len(), record.dropped, out.rtp, out.rtcp, out.failed);
                 if let Some(dir) = &a.out {
                     let path = dir.join(format!("{}.wav", m.id));
                     std::fs::write(&path, out.wav()).with_context(|| format!("writing {}", path.display()))?;
