@@ -26,8 +26,9 @@ const UE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::
 /// would deliver them:
 /// - an empty piece: the latest forwarded request's client transaction fails
 ///   ([`Event::Timeout`]);
-/// - a one-byte piece: the clock advances that many seconds (contexts linger 32 s, Timer C is
-///   180 s, registrations expire);
+/// - a one-byte piece: the clock advances that many seconds and the proxy's timers run
+///   ([`Proxy::tick`], as the service does every second: contexts linger 32 s, Timer C is
+///   181 s, a CANCELled branch is given up after 32 s, registrations expire);
 /// - any other piece is a datagram (the clock advances 20 ms): [`Event::Malformed`] if it does
 ///   not parse; a request is an [`Event::Request`] from its top `Via` address (an `ACK` is an
 ///   [`Event::Ack`], one without a usable `Via` a [`Event::Stray`]); a response whose CSeq
@@ -79,7 +80,11 @@ impl Run {
                     self.event(Event::Timeout { key });
                 }
             }
-            [seconds] => self.now += Duration::from_secs(u64::from(*seconds)),
+            [seconds] => {
+                self.now += Duration::from_secs(u64::from(*seconds));
+                let commands = self.proxy.tick(self.now);
+                self.track(commands);
+            }
             datagram => {
                 self.now += Duration::from_millis(20);
                 let event = match parse_datagram(Bytes::copy_from_slice(datagram), &Limits::datagram()) {
@@ -215,8 +220,15 @@ mod tests {
         // a=crypto tag): passed on once counted, its retransmission and the ACK without AGW work.
         let refused = after(Role::Pcscf, "offer_in_2xx_sdes_refused");
         assert_eq!((refused.sdes_refused, refused.e2ae_applied, refused.agw_failures, refused.rejected), (1, 0, 0, 0), "{refused:?}");
+        // The caller's CANCEL goes on once the branch sent its 100 (RFC 3261 §9.1).
         let cancel = after(Role::Scscf, "timeout_cancel_clock");
         assert_eq!(cancel.cancels, 1, "{cancel:?}");
+        // Timer C (RFC 3261 §16.8) in both roles: the ringing branch CANCELled, the silent
+        // one taken as 408.
+        for role in [Role::Pcscf, Role::Scscf] {
+            let timer_c = after(role, "timer_c");
+            assert_eq!((timer_c.requests, timer_c.timer_c, timer_c.cancels), (2, 2, 1), "{role:?} {timer_c:?}");
+        }
     }
 
     /// Every committed seed of `fuzz/corpus/cscf_proxy` through the fuzz target's function.

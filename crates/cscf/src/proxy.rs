@@ -187,6 +187,17 @@ struct Branch {
     request: Request,
     to: SocketAddr,
     state: BranchState,
+    /// A provisional response (100 included) arrived: the branch may be CANCELled (RFC 3261
+    /// §9.1: not before).
+    provisional: bool,
+    /// INVITE: when Timer C fires (RFC 3261 §16.6 step 11), pushed back by every 101–199
+    /// (§16.7 step 2); `None` for other methods, once it fired, and once CANCELled.
+    timer_c: Option<Instant>,
+    /// When this proxy decided to CANCEL the branch (a 2xx on another branch, the caller's
+    /// CANCEL, Timer C). The CANCEL goes out then, or with the first provisional response if
+    /// none came yet (§9.1); with no final response [`LINGER`] (64·T1) later, the branch is
+    /// given up (§9.1).
+    cancelled: Option<Instant>,
 }
 
 /// One proxied request: its server transaction and branches.
@@ -212,15 +223,20 @@ struct Context {
     /// what the IMS-ALG made of it. SDP in later responses of that dialog to the INVITE repeats
     /// it (RFC 6337 §3.1) and gets the same, with no AGW work.
     reliable_answer: Option<(String, Rewrite)>,
-    finished: bool,
+    /// When the final response went upstream (or, after a forwarded 2xx, every branch ended).
+    finished: Option<Instant>,
     created: Instant,
 }
 
 /// How long a context outlives its final response: late 2xx of other forks (RFC 6026 Timer M
-/// territory, 64·T1 with the default T1) still find their way upstream.
+/// territory, 64·T1 with the default T1) still find their way upstream. Also how long a
+/// CANCELled branch waits for its final response before it is given up (RFC 3261 §9.1).
 const LINGER: Duration = Duration::from_secs(32);
-/// RFC 3261 §16.6 Timer C (> 3 min): an INVITE context with no final answer is dropped.
-const TIMER_C: Duration = Duration::from_secs(180);
+/// RFC 3261 §16.6 step 11 Timer C ("greater than 3 minutes"), per INVITE branch, restarted by
+/// every provisional response but 100 (§16.7 step 2). When it fires (§16.8) a branch with a
+/// provisional response is CANCELled, one without is taken as answered 408; a non-INVITE
+/// context (ended by its branches' Timer F long before) is dropped at this age in any case.
+const TIMER_C: Duration = Duration::from_secs(181);
 
 /// The proxy core.
 #[derive(Debug)]
@@ -262,6 +278,8 @@ pub struct Stats {
     pub branches: u64,
     /// CANCELs sent to pending branches.
     pub cancels: u64,
+    /// INVITE branches whose Timer C fired (RFC 3261 §16.8: CANCELled, or taken as 408).
+    pub timer_c: u64,
     /// Requests answered locally with an error.
     pub rejected: u64,
     /// Offers failing the P-CSCF's SDES check ([`check_sdes`]): INVITE and UPDATE offers
@@ -325,7 +343,7 @@ impl Proxy {
 
     /// Handles one endpoint event.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
-        let mut out = self.purge(now);
+        let mut out = self.tick(now);
         out.extend(self.dispatch(event, now));
         out
     }
@@ -360,7 +378,7 @@ impl Proxy {
                     self.forward_stateless(other, now)
                 }
             },
-            Event::Timeout { key } => self.on_timeout(&key),
+            Event::Timeout { key } => self.on_timeout(&key, now),
             // A proxy forwards reliable provisional responses, it never sends its own.
             Event::ReliableTimeout { .. } => Vec::new(),
             Event::Malformed { source, reason } => {
@@ -370,17 +388,34 @@ impl Proxy {
         }
     }
 
-    /// Drops contexts whose final response went out more than [`LINGER`] ago, or that saw no
-    /// final response within [`TIMER_C`], with their branch entries. An INVITE branch of such
-    /// a context that never got a final response (one CANCELled [`LINGER`] = 64·T1 ago that
-    /// its UAS never answered 487, RFC 3261 §9.1; one still ringing at Timer C) is given up at
-    /// the endpoint ([`Command::Abandon`]): in Proceeding its client transaction has no timer
-    /// and would stay there forever. Those commands are returned.
-    fn purge(&mut self, now: Instant) -> Vec<Command> {
+    /// Runs the proxy's timers at `now` ([`Self::handle`] does so first; the service also
+    /// calls it about once a second, so that they fire with no traffic):
+    /// - **Timer C** (RFC 3261 §16.8) of each INVITE branch still without a final response: a
+    ///   branch that had a provisional response is CANCELled, one that had none is given up
+    ///   ([`Command::Abandon`]) and counts as a 408 (Request Timeout) it received; the best
+    ///   response then goes upstream when no branch is left (§16.7 step 6);
+    /// - a CANCELled INVITE branch with no final response [`LINGER`] = 64·T1 after it is given
+    ///   up in the same way (§9.1: the UAS never answered 487);
+    /// - contexts whose final response went out more than [`LINGER`] ago are dropped with their
+    ///   branch entries (a branch still pending then is given up), as is a non-INVITE context
+    ///   older than [`TIMER_C`] (its client transactions end by Timer F long before).
+    pub fn tick(&mut self, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
+        let due: Vec<(TransactionKey, TransactionKey)> = self
+            .contexts
+            .values()
+            .flat_map(|c| c.branches.iter().filter(|b| b.state == BranchState::Pending && timer_due(b, now)).map(|b| (c.server.clone(), b.key.clone())))
+            .collect();
+        for (server, key) in due {
+            out.extend(self.branch_timer(&server, &key, now));
+        }
         let age = |c: &Context| now.saturating_duration_since(c.created);
-        let stale: Vec<TransactionKey> =
-            self.contexts.iter().filter(|(_, c)| (c.finished && age(c) > LINGER) || age(c) > TIMER_C).map(|(k, _)| k.clone()).collect();
+        let stale: Vec<TransactionKey> = self
+            .contexts
+            .iter()
+            .filter(|(_, c)| c.finished.is_some_and(|at| now.saturating_duration_since(at) > LINGER) || (c.method != Method::Invite && age(c) > TIMER_C))
+            .map(|(k, _)| k.clone())
+            .collect();
         for key in stale {
             if let Some(c) = self.contexts.remove(&key) {
                 for b in c.branches {
@@ -393,6 +428,60 @@ impl Proxy {
         }
         self.exchanges.retain(|_, x| now.saturating_duration_since(x.created) <= LINGER);
         self.offering.retain(|_, since| now.saturating_duration_since(*since) <= LINGER);
+        out
+    }
+
+    /// Branch `key` of context `server` whose Timer C fired or whose CANCEL went unanswered
+    /// ([`timer_due`]).
+    fn branch_timer(&mut self, server: &TransactionKey, key: &TransactionKey, now: Instant) -> Vec<Command> {
+        let Some(context) = self.contexts.get_mut(server) else { return Vec::new() };
+        let Some(b) = context.branches.iter_mut().find(|b| &b.key == key) else { return Vec::new() };
+        let call_id = b.request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        if b.cancelled.is_none() && b.provisional {
+            // §16.8: "the proxy MUST generate a CANCEL request matching that transaction".
+            self.stats.timer_c += 1;
+            tracing::info!(%call_id, to = %b.to, "Timer C fired on a branch with a provisional response: CANCELled");
+            return cancel_branch(b, now, &mut self.stats).into_iter().collect();
+        }
+        if b.cancelled.is_none() {
+            // §16.8: "behave as if the transaction received a 408 (Request Timeout) response".
+            self.stats.timer_c += 1;
+            tracing::info!(%call_id, to = %b.to, "Timer C fired on a branch without a provisional response: taken as 408");
+        } else {
+            // §9.1: "consider the original transaction cancelled and ... destroy the client
+            // transaction".
+            tracing::info!(%call_id, to = %b.to, "CANCELled branch without a final response after 64*T1: given up");
+        }
+        let mut out = vec![Command::Abandon { key: key.clone() }];
+        out.extend(self.branch_failed(server, key, now));
+        out
+    }
+
+    /// Branch `key` of context `server` ended without a final response (its client transaction
+    /// timed out, or was given up): for an INVITE it counts as a 408 it received (RFC 3261
+    /// §16.7 step 6, §16.8; a non-INVITE gets no 408 from a proxy, RFC 4320 §4.2), and an
+    /// IMS-ALG exchange it carried is over. The best response goes upstream when no branch is
+    /// left.
+    fn branch_failed(&mut self, server: &TransactionKey, key: &TransactionKey, now: Instant) -> Vec<Command> {
+        let Some(context) = self.contexts.get_mut(server) else { return Vec::new() };
+        let Some(b) = context.branches.iter_mut().find(|b| &b.key == key) else { return Vec::new() };
+        b.state = BranchState::Done(408);
+        let call_id = b.request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        let in_dialog = tag_of(&b.request.headers, &HeaderName::To).is_some();
+        let timeout = (context.method == Method::Invite).then(|| upstream_response(&b.request, 408, "Request Timeout")).flatten();
+        if let Some(response) = timeout {
+            keep_best(context, response);
+        }
+        let alg = context.alg.is_some() || context.delayed.is_some();
+        let initial_invite = context.method == Method::Invite && !in_dialog;
+        let out = finish_if_done(context, now);
+        if alg && initial_invite {
+            // The e2ae INVITE failed (as on a final response >= 300): its AGW calls go.
+            self.alg_delete(&call_id);
+        } else if alg {
+            // An in-dialog offer through the ALG that got no answer: its exchange is over.
+            self.offering.remove(&call_id);
+        }
         out
     }
 
@@ -457,7 +546,7 @@ impl Proxy {
         }
         self.pop_own_route(&mut request);
         match request.method {
-            Method::Cancel => self.on_cancel(&key, &request),
+            Method::Cancel => self.on_cancel(&key, &request, now),
             Method::Register if self.config.role == Role::Scscf && self.routes_here(&request) => self.on_register(&key, &request, now),
             Method::Invite | Method::Update if self.config.role == Role::Pcscf => {
                 if let Err(reason) = check_offer(&request) {
@@ -675,7 +764,7 @@ impl Proxy {
             delayed: None,
             offered_reliably: false,
             reliable_answer: None,
-            finished: false,
+            finished: None,
             created: now,
         };
         let me = format!("<sip:{};lr>", self.local);
@@ -705,7 +794,8 @@ impl Proxy {
             branch.headers.push_front_header(HeaderName::Via, &format!("SIP/2.0/UDP {};branch={}", self.local, branch_id()));
             let Some(client) = TransactionKey::from_sent_request(&branch) else { continue };
             self.branches.insert(client.clone(), key.clone());
-            context.branches.push(Branch { key: client, request: branch.clone(), to, state: BranchState::Pending });
+            let timer_c = (request.method == Method::Invite).then(|| now + TIMER_C);
+            context.branches.push(Branch { key: client, request: branch.clone(), to, state: BranchState::Pending, provisional: false, timer_c, cancelled: None });
             self.stats.branches += 1;
             out.push(Command::Request { request: branch, to });
         }
@@ -719,7 +809,7 @@ impl Proxy {
         out
     }
 
-    fn on_cancel(&mut self, key: &TransactionKey, cancel: &Request) -> Vec<Command> {
+    fn on_cancel(&mut self, key: &TransactionKey, cancel: &Request, now: Instant) -> Vec<Command> {
         let mut out = self.reply(key, cancel, 200, "OK", vec![]);
         let Some(invite) = TransactionKey::for_cancelled_invite(cancel) else { return out };
         // An INVITE still held for the AGW was never forwarded: it ends here (487, §9.2).
@@ -731,18 +821,41 @@ impl Proxy {
             return out;
         }
         let Some(context) = self.contexts.get_mut(&invite) else { return out };
-        out.extend(cancel_pending(context, &mut self.stats));
+        out.extend(cancel_pending(context, now, &mut self.stats));
         out
     }
 
     fn on_response(&mut self, key: &TransactionKey, mut response: Response, now: Instant) -> Vec<Command> {
         let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
-        let Some(context) = self.contexts.get(&server) else { return Vec::new() };
+        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
         let code = response.status.code();
         response.headers.remove_first(&HeaderName::Via);
-        if context.method == Method::Cancel || code == 100 {
-            return Vec::new();
+        // A CANCEL decided before the branch's first provisional response goes now (§9.1).
+        let mut out = Vec::new();
+        if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key)
+            && response.status.is_provisional()
+        {
+            if !b.provisional && b.cancelled.is_some() {
+                out.extend(send_cancel(b, &mut self.stats));
+            }
+            b.provisional = true;
+            // §16.7 step 2: every provisional response but 100 restarts Timer C.
+            if code > 100 && b.timer_c.is_some() {
+                b.timer_c = Some(now + TIMER_C);
+            }
         }
+        if context.method == Method::Cancel || code == 100 {
+            return out;
+        }
+        out.extend(self.on_response_to(server, key, response, now));
+        out
+    }
+
+    /// [`Self::on_response`] once the branch's timers are updated: through the IMS-ALG, if
+    /// any, and upstream.
+    fn on_response_to(&mut self, server: TransactionKey, key: &TransactionKey, mut response: Response, now: Instant) -> Vec<Command> {
+        let Some(context) = self.contexts.get(&server) else { return Vec::new() };
+        let code = response.status.code();
         if self.alg_enabled() && matches!(context.method, Method::Invite | Method::Update) {
             let leg = context.alg.clone();
             let delayed = context.delayed.clone();
@@ -758,7 +871,7 @@ impl Proxy {
                     Some(false) => return Vec::new(),
                     Some(true) => {
                         let Message::Response(r) = message else { return Vec::new() };
-                        return self.forward_response(server, key, r);
+                        return self.forward_response(server, key, r, now);
                     }
                     None => {}
                 }
@@ -820,11 +933,11 @@ impl Proxy {
             let Message::Response(r) = message else { return Vec::new() };
             response = r;
         }
-        self.forward_response(server, key, response)
+        self.forward_response(server, key, response, now)
     }
 
     /// The forwarding half of [`Self::on_response`] (after the IMS-ALG, if any, rewrote the SDP).
-    fn forward_response(&mut self, server: TransactionKey, key: &TransactionKey, mut response: Response) -> Vec<Command> {
+    fn forward_response(&mut self, server: TransactionKey, key: &TransactionKey, mut response: Response, now: Instant) -> Vec<Command> {
         let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
         let code = response.status.code();
         if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key)
@@ -855,22 +968,15 @@ impl Proxy {
                 }
             }
             context.forwarded_2xx = true;
-            context.finished = true;
+            context.finished.get_or_insert(now);
             let mut out = vec![Command::Respond { key: server, response }];
             if context.method == Method::Invite {
-                out.extend(cancel_pending(context, &mut self.stats));
+                out.extend(cancel_pending(context, now, &mut self.stats));
             }
             return out;
         }
-        // §16.7 step 6: keep the best non-2xx final response (6xx wins, then the lowest class).
-        let better = context.best.as_ref().is_none_or(|b| {
-            let (old, new) = (b.status.code(), code);
-            old < 600 && (new >= 600 || new / 100 < old / 100)
-        });
-        if better {
-            context.best = Some(response);
-        }
-        finish_if_done(context)
+        keep_best(context, response);
+        finish_if_done(context, now)
     }
 
     /// This P-CSCF is an IMS-ALG (mediasec indication supported and an AGW configured).
@@ -1067,7 +1173,7 @@ impl Proxy {
         let of_call = |r: &Request| r.headers.value(&HeaderName::CallId).is_some_and(|v| v.as_ref() == call_id.as_bytes());
         self.pending.values().any(|p| matches!(p, Pending::Offer { request, .. } if of_call(request)))
             || self.contexts.values().any(|c| {
-                c.method == Method::Invite && !c.finished && c.alg.is_some() && c.branches.iter().any(|b| of_call(&b.request) && tag_of(&b.request.headers, &HeaderName::To).is_none())
+                c.method == Method::Invite && c.finished.is_none() && c.alg.is_some() && c.branches.iter().any(|b| of_call(&b.request) && tag_of(&b.request.headers, &HeaderName::To).is_none())
             })
     }
 
@@ -1150,7 +1256,7 @@ impl Proxy {
         };
         let Some((sdp, exchange)) = offer else {
             let Message::Response(r) = message else { return Vec::new() };
-            return self.forward_response(server, key, r);
+            return self.forward_response(server, key, r, now);
         };
         if reliable && let Some(c) = self.contexts.get_mut(&server) {
             // This is the exchange's offer; SDP in later responses is no new one (RFC 6337 §3.1).
@@ -1170,7 +1276,7 @@ impl Proxy {
             self.exchanges.insert(exchange, Exchange { response: Rewrite::Unsecured, ack: None, created: now });
             self.strip_foreign(&mut message, sdp);
             let Message::Response(r) = message else { return Vec::new() };
-            return self.forward_response(server, key, r);
+            return self.forward_response(server, key, r, now);
         }
         let offer_from_core = !from_core;
         let leg = match dialog {
@@ -1192,7 +1298,7 @@ impl Proxy {
             }
             self.strip_foreign(&mut message, sdp);
             let Message::Response(r) = message else { return Vec::new() };
-            return self.forward_response(server, key, r);
+            return self.forward_response(server, key, r, now);
         };
         tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, reliable, "IMS-ALG: e2ae offer in a 2xx or reliable 18x to the AGW");
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
@@ -1474,7 +1580,7 @@ impl Proxy {
                 {
                     x.response = rewrite;
                 }
-                self.forward_response(server, &client, response)
+                self.forward_response(server, &client, response, now)
             }
             Pending::OfferIn2xx { server, client, response, leg, exchange } => {
                 let call_id = exchange.0.clone();
@@ -1496,7 +1602,7 @@ impl Proxy {
                     x.response = rewrite;
                 }
                 let Message::Response(response) = message else { return Vec::new() };
-                self.forward_response(server, &client, response)
+                self.forward_response(server, &client, response, now)
             }
             Pending::AnswerInAck { ack, leg, exchange } => {
                 let mut message = Message::Request(ack);
@@ -1512,18 +1618,10 @@ impl Proxy {
         }
     }
 
-    fn on_timeout(&mut self, key: &TransactionKey) -> Vec<Command> {
+    /// A client transaction timed out (Timer B or F): [`Self::branch_failed`].
+    fn on_timeout(&mut self, key: &TransactionKey, now: Instant) -> Vec<Command> {
         let Some(server) = self.branches.get(key).cloned() else { return Vec::new() };
-        let Some(context) = self.contexts.get_mut(&server) else { return Vec::new() };
-        if let Some(b) = context.branches.iter_mut().find(|b| &b.key == key) {
-            b.state = BranchState::Done(408);
-            // An in-dialog offer through the ALG that got no answer: its exchange is over.
-            if context.alg.is_some() || matches!(context.delayed, Some(Delayed::Reinvite { .. })) {
-                let call_id = b.request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
-                self.offering.remove(&call_id);
-            }
-        }
-        finish_if_done(context)
+        self.branch_failed(&server, key, now)
     }
 
     /// ACK for a 2xx (and stray 2xx responses): forwarded without a transaction.
@@ -1562,23 +1660,62 @@ impl Proxy {
 }
 
 /// §16.7 step 10 / §16.10: CANCEL every branch still pending.
-fn cancel_pending(context: &mut Context, stats: &mut Stats) -> Vec<Command> {
-    let mut out = Vec::new();
-    for b in context.branches.iter().filter(|b| b.state == BranchState::Pending) {
-        if let Some(cancel) = cancel_for(&b.request) {
-            stats.cancels += 1;
-            out.push(Command::Stateless { message: Message::Request(cancel), to: b.to });
-        }
+fn cancel_pending(context: &mut Context, now: Instant, stats: &mut Stats) -> Vec<Command> {
+    context.branches.iter_mut().filter(|b| b.state == BranchState::Pending && b.cancelled.is_none()).filter_map(|b| cancel_branch(b, now, stats)).collect()
+}
+
+/// Decides to CANCEL branch `b` at `now` and returns the CANCEL (RFC 3261 §9.1, sent without
+/// a transaction of its own) when it may go now: once the branch had a provisional response;
+/// otherwise [`Proxy::on_response`] sends it with the first one.
+fn cancel_branch(b: &mut Branch, now: Instant, stats: &mut Stats) -> Option<Command> {
+    b.cancelled = Some(now);
+    b.timer_c = None;
+    if b.provisional { send_cancel(b, stats) } else { None }
+}
+
+/// The CANCEL of branch `b` ([`cancel_for`]: its Request-URI, Call-ID, From, To, CSeq
+/// number, Route and its single top Via), to its next hop.
+fn send_cancel(b: &Branch, stats: &mut Stats) -> Option<Command> {
+    let cancel = cancel_for(&b.request)?;
+    stats.cancels += 1;
+    Some(Command::Stateless { message: Message::Request(cancel), to: b.to })
+}
+
+/// Whether a pending branch has a timer due at `now`: its Timer C, or the 64·T1 its CANCEL
+/// waits for a final response ([`Proxy::tick`]).
+fn timer_due(b: &Branch, now: Instant) -> bool {
+    match b.cancelled {
+        Some(at) => now.saturating_duration_since(at) >= LINGER,
+        None => b.timer_c.is_some_and(|at| now >= at),
     }
-    out
+}
+
+/// A response of this proxy to the server transaction of the request `branch` was forwarded
+/// as (its own top `Via` removed, so the response carries the upstream `Via`s).
+fn upstream_response(branch: &Request, code: u16, reason: &'static str) -> Option<Response> {
+    let mut request = branch.clone(); // shares its buffers
+    request.headers.remove_first(&HeaderName::Via);
+    Some(ResponseBuilder::to_request(&request, StatusCode::new(code)?, reason).ok()?.build())
+}
+
+/// §16.7 step 6: keeps the best non-2xx final response (6xx wins, then the lowest class; the
+/// first of a class stays).
+fn keep_best(context: &mut Context, response: Response) {
+    let better = context.best.as_ref().is_none_or(|b| {
+        let (old, new) = (b.status.code(), response.status.code());
+        old < 600 && (new >= 600 || new / 100 < old / 100)
+    });
+    if better {
+        context.best = Some(response);
+    }
 }
 
 /// When every branch is done and no 2xx went up, the best response goes upstream.
-fn finish_if_done(context: &mut Context) -> Vec<Command> {
-    if context.finished || context.branches.iter().any(|b| b.state == BranchState::Pending) {
+fn finish_if_done(context: &mut Context, now: Instant) -> Vec<Command> {
+    if context.finished.is_some() || context.branches.iter().any(|b| b.state == BranchState::Pending) {
         return Vec::new();
     }
-    context.finished = true;
+    context.finished = Some(now);
     if context.forwarded_2xx {
         return Vec::new();
     }
@@ -3003,28 +3140,213 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         let busy = ResponseBuilder::to_request(&request, StatusCode::new(486).expect("486"), "Busy Here").expect("486").build();
         let up = scscf.handle(Event::Response { key: client, response: Box::new(busy) }, t0);
         assert!(up.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 486)), "{up:?}");
-        let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER / 2);
+        assert!(scscf.tick(t0 + LINGER / 2).is_empty());
         assert_eq!(scscf.in_flight(), (1, 1), "kept while late responses may come");
-        let _ = scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, t0 + LINGER * 2);
+        assert!(scscf.tick(t0 + LINGER * 2).is_empty());
         assert_eq!(scscf.in_flight(), (0, 0));
     }
 
-    /// An INVITE branch that never gets a final response (180, then nothing: a UAS that rings
-    /// past Timer C) is given up at the endpoint when its context is dropped, so its client
-    /// transaction, which has no timer in Proceeding, does not stay there; before that, nothing.
+    /// A response with status `code` from the callee to the forwarded `request`, as its client
+    /// transaction delivers it.
+    fn callee(request: &Request, code: u16) -> Event {
+        let response = ResponseBuilder::to_request(request, StatusCode::new(code).expect("code"), "R").expect("response").build();
+        response_event(request, Box::new(response))
+    }
+
+    /// The one response `out` sends upstream: its status and its `Via`s.
+    fn upstream(out: &[Command]) -> (u16, Vec<String>) {
+        let responses: Vec<_> = out
+            .iter()
+            .filter_map(|c| match c {
+                Command::Respond { response, .. } => Some(response),
+                _ => None,
+            })
+            .collect();
+        let [r] = responses.as_slice() else { panic!("one response upstream: {out:?}") };
+        (r.status.code(), r.headers.get_all(&HeaderName::Via).map(|h| String::from_utf8_lossy(&h.value()).into_owned()).collect())
+    }
+
+    /// The CANCELs in `out`, with where they go.
+    fn cancels(out: &[Command]) -> Vec<(Request, SocketAddr)> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Stateless { message: Message::Request(r), to } if r.method == Method::Cancel => Some((r.clone(), *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// RFC 3261 §16.8: Timer C of a branch that rang (180) and then said nothing fires after
+    /// [`TIMER_C`] — not before — and the proxy CANCELs it, built as §9.1 says (Request-URI,
+    /// Call-ID, From, To, CSeq number of the INVITE; its one top Via; its Route), to its next
+    /// hop. The callee's 487 then goes to the caller (§16.7 step 6); the context is freed, and
+    /// nothing is given up (the branch ended).
     #[test]
-    fn a_branch_without_a_final_response_is_given_up_with_its_context() {
+    fn timer_c_cancels_a_ringing_branch_and_the_caller_gets_its_487() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let ringing = scscf.handle(callee(&request, 180), t0);
+        assert_eq!(upstream(&ringing).0, 180);
+        assert!(scscf.tick(t0 + TIMER_C - Duration::from_secs(1)).is_empty());
+        let out = scscf.tick(t0 + TIMER_C);
+        let [(cancel, to)] = cancels(&out).try_into().unwrap_or_else(|c| panic!("one CANCEL: {c:?}"));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(to, SocketAddr::from(([127, 0, 0, 1], 6060)));
+        assert_eq!(cancel.uri.to_bytes(), request.uri.to_bytes());
+        for name in [HeaderName::CallId, HeaderName::From, HeaderName::To] {
+            assert_eq!(cancel.headers.value(&name), request.headers.value(&name), "{name:?}");
+        }
+        assert_eq!(cancel.headers.value(&HeaderName::CSeq).as_deref(), Some(b"1 CANCEL".as_slice()));
+        let vias: Vec<_> = cancel.headers.get_all(&HeaderName::Via).map(|h| h.value().into_owned()).collect();
+        assert_eq!(vias, vec![request.headers.get(&HeaderName::Via).expect("Via").value().into_owned()]);
+        assert_eq!(cancel.headers.value(&HeaderName::Route).as_deref(), Some(b"<sip:127.0.0.1:6060;lr>".as_slice()));
+        assert_eq!(request.headers.value(&HeaderName::Route), cancel.headers.value(&HeaderName::Route));
+        assert_eq!((scscf.stats.timer_c, scscf.stats.cancels), (1, 1));
+        assert!(scscf.tick(t0 + TIMER_C + Duration::from_secs(5)).is_empty(), "one CANCEL only");
+        let up = scscf.handle(callee(&request, 487), t0 + TIMER_C + Duration::from_secs(1));
+        assert_eq!(upstream(&up), (487, vec!["SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKp1".to_owned()]));
+        assert!(scscf.tick(t0 + TIMER_C + LINGER * 2).is_empty(), "nothing to give up");
+        assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// The callee never answers the CANCEL of Timer C: 64·T1 ([`LINGER`]) later the branch is
+    /// given up at the endpoint ([`Command::Abandon`], §9.1) and the caller gets 408 (§16.7
+    /// step 6: no final response); the context is freed after it.
+    #[test]
+    fn a_cancel_never_answered_ends_in_408_and_frees_the_context() {
         let t0 = Instant::now();
         let (mut scscf, request) = scscf_forwarding_invite(t0);
         let client = TransactionKey::from_sent_request(&request).expect("client key");
-        let ringing = ResponseBuilder::to_request(&request, StatusCode::new(180).expect("180"), "Ringing").expect("180").build();
-        let _ = scscf.handle(Event::Response { key: client.clone(), response: Box::new(ringing) }, t0);
-        let tick = |scscf: &mut Proxy, at: Instant| scscf.handle(Event::Malformed { source: SocketAddr::from(([127, 0, 0, 1], 1)), reason: String::new() }, at);
-        assert!(tick(&mut scscf, t0 + TIMER_C / 2).is_empty());
-        assert_eq!(scscf.in_flight(), (1, 1));
-        let out = tick(&mut scscf, t0 + TIMER_C + Duration::from_secs(1));
-        assert!(matches!(out.as_slice(), [Command::Abandon { key }] if *key == client), "{out:?}");
+        let _ = scscf.handle(callee(&request, 180), t0);
+        assert_eq!(cancels(&scscf.tick(t0 + TIMER_C)).len(), 1);
+        assert!(scscf.tick(t0 + TIMER_C + LINGER - Duration::from_secs(1)).is_empty());
+        let out = scscf.tick(t0 + TIMER_C + LINGER);
+        assert!(out.iter().any(|c| matches!(c, Command::Abandon { key } if *key == client)), "{out:?}");
+        assert_eq!(upstream(&out), (408, vec!["SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKp1".to_owned()]));
+        assert_eq!(scscf.in_flight(), (1, 1), "late responses still find the context");
+        assert!(scscf.tick(t0 + TIMER_C + LINGER * 3).is_empty());
         assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// §16.8: a branch with no provisional response at Timer C is not CANCELled (§9.1 forbids
+    /// it) but taken as answered 408: given up at the endpoint, 408 to the caller at once.
+    #[test]
+    fn timer_c_without_a_provisional_response_is_a_408() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let client = TransactionKey::from_sent_request(&request).expect("client key");
+        let out = scscf.tick(t0 + TIMER_C);
+        assert!(cancels(&out).is_empty(), "{out:?}");
+        assert!(matches!(out.first(), Some(Command::Abandon { key }) if *key == client), "{out:?}");
+        assert_eq!(upstream(&out).0, 408);
+        assert_eq!((scscf.stats.timer_c, scscf.stats.cancels), (1, 0));
+        assert!(scscf.tick(t0 + TIMER_C + LINGER * 2).is_empty());
+        assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// §16.7 step 2: a provisional response other than 100 restarts Timer C. A 183 two minutes
+    /// in moves the CANCEL from `t0 + TIMER_C` to `t0 + 2 min + TIMER_C`; a 100 later on does
+    /// not move it again.
+    #[test]
+    fn a_provisional_response_restarts_timer_c() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let _ = scscf.handle(callee(&request, 180), t0);
+        let again = t0 + Duration::from_secs(120);
+        let _ = scscf.handle(callee(&request, 183), again);
+        let _ = scscf.handle(callee(&request, 100), again + Duration::from_secs(30));
+        assert!(scscf.tick(t0 + TIMER_C).is_empty(), "no CANCEL at the first deadline");
+        assert!(scscf.tick(again + TIMER_C - Duration::from_secs(1)).is_empty());
+        assert_eq!(cancels(&scscf.tick(again + TIMER_C)).len(), 1);
+    }
+
+    /// §16.7: a 200 arriving after the CANCEL of Timer C (the callee answered as it went out)
+    /// still goes to the caller, and the context is freed [`LINGER`] later with nothing given
+    /// up.
+    #[test]
+    fn a_2xx_after_the_timer_c_cancel_is_forwarded() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let _ = scscf.handle(callee(&request, 180), t0);
+        assert_eq!(cancels(&scscf.tick(t0 + TIMER_C)).len(), 1);
+        let answered = t0 + TIMER_C + Duration::from_millis(50);
+        let up = scscf.handle(callee(&request, 200), answered);
+        assert_eq!(upstream(&up).0, 200);
+        assert!(cancels(&up).is_empty(), "{up:?}");
+        assert!(scscf.tick(answered + LINGER - Duration::from_secs(1)).is_empty());
+        assert_eq!(scscf.in_flight(), (1, 1));
+        assert!(scscf.tick(answered + LINGER + Duration::from_secs(1)).is_empty(), "nothing to give up");
+        assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// §9.1: the caller's CANCEL before the branch had any provisional response is answered
+    /// 200 but not passed on until the branch's first provisional response (a 100 will do);
+    /// then the CANCEL goes, and the callee's 487 reaches the caller.
+    #[test]
+    fn a_cancel_waits_for_the_first_provisional_response() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let Message::Request(invite) = parse(INVITE) else { panic!("a request") };
+        let cancel = cancel_for(&invite).expect("CANCEL");
+        let out = scscf.handle(Event::Request { key: TransactionKey::from_request(&cancel).expect("key"), request: Box::new(cancel), source: UE }, t0);
+        assert_eq!(upstream(&out).0, 200);
+        assert!(cancels(&out).is_empty(), "{out:?}");
+        let out = scscf.handle(callee(&request, 100), t0 + Duration::from_secs(1));
+        assert_eq!(cancels(&out).len(), 1, "{out:?}");
+        assert!(cancels(&scscf.handle(callee(&request, 180), t0 + Duration::from_secs(2))).is_empty(), "once");
+        assert_eq!(upstream(&scscf.handle(callee(&request, 487), t0 + Duration::from_secs(3))).0, 487);
+        assert_eq!(scscf.stats.cancels, 1);
+    }
+
+    /// A branch whose client transaction times out (Timer B) counts as a 408 (§16.7 step 6):
+    /// the caller of an INVITE gets 408. A non-INVITE gets none from a proxy (RFC 4320 §4.2):
+    /// its client times out on its own.
+    #[test]
+    fn a_timed_out_branch_gives_408_to_an_invite_only() {
+        let t0 = Instant::now();
+        let (mut scscf, request) = scscf_forwarding_invite(t0);
+        let out = scscf.handle(Event::Timeout { key: TransactionKey::from_sent_request(&request).expect("key") }, t0 + Duration::from_secs(32));
+        assert_eq!(upstream(&out).0, 408);
+        let options = INVITE.replacen("INVITE sip:", "OPTIONS sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 OPTIONS").replace("z9hG4bKp1", "z9hG4bKo1");
+        let (key, r) = request_event(&options);
+        let fwd = forwarded(scscf.handle(Event::Request { key, request: r, source: UE }, t0));
+        let out = scscf.handle(Event::Timeout { key: TransactionKey::from_sent_request(&fwd).expect("key") }, t0 + Duration::from_secs(32));
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    /// A forked INVITE (two contacts): one branch answers 486, the other rings past Timer C and
+    /// answers its CANCEL 487; the caller gets the best of the two, the 486 (§16.7 step 6: the
+    /// first of the lowest class).
+    #[test]
+    fn timer_c_on_one_fork_then_the_best_response() {
+        let t0 = Instant::now();
+        let [_, mut scscf] = proxies();
+        for (port, branch) in [(7001, "z9hG4bKr1"), (7002, "z9hG4bKr2")] {
+            let reg = format!(
+                "REGISTER sip:a.example SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:carol@a.example>;tag=r\r\nTo: <sip:carol@a.example>\r\nCall-ID: r{port}\r\nCSeq: 1 REGISTER\r\n\
+Contact: <sip:carol@127.0.0.1:{port}>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            );
+            let (key, r) = request_event(&reg);
+            assert_eq!(upstream(&scscf.handle(Event::Request { key, request: r, source: UE }, t0)).0, 200);
+        }
+        let invite = INVITE.replace("sip:bob@b.example", "sip:carol@a.example").replace("Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:6060;lr>\r\n", "");
+        let (key, r) = request_event(&invite);
+        let out = scscf.handle(Event::Request { key, request: r, source: UE }, t0);
+        let branches: Vec<Request> = out
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Request { request, .. } => Some(request),
+                _ => None,
+            })
+            .collect();
+        let [one, two] = branches.as_slice() else { panic!("two branches: {branches:?}") };
+        let _ = scscf.handle(callee(two, 180), t0);
+        assert!(scscf.handle(callee(one, 486), t0 + Duration::from_secs(1)).iter().all(|c| !matches!(c, Command::Respond { .. })), "held as a candidate");
+        let out = scscf.tick(t0 + TIMER_C);
+        let [(_, to)] = cancels(&out).try_into().unwrap_or_else(|c| panic!("one CANCEL: {c:?}"));
+        assert_eq!(Some(to), socket_addr(&two.uri), "to the ringing contact");
+        assert_eq!(upstream(&scscf.handle(callee(two, 487), t0 + TIMER_C + Duration::from_secs(1))).0, 486);
     }
 
     proptest! {

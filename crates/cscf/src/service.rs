@@ -19,6 +19,9 @@ type NgReply = (u64, Result<Vec<u8>, String>);
 /// answers a retransmission from its cache without executing the command again).
 const NG_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 const NG_ATTEMPTS: u32 = 4;
+/// How often the proxy's timers are run when no event comes ([`Proxy::tick`]): Timer C is
+/// minutes, the other timers 64·T1, so a second is precise enough.
+const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The IMS-ALG's ng client (rtpengine ng framing, `cookie SP bencode`, over UDP): sends the
 /// proxy's commands to the AGW one at a time, in order (an answer never overtakes its offer),
@@ -103,6 +106,9 @@ impl Cscf {
         };
         let task = tokio::spawn(async move {
             let mut proxy = Proxy::new(config, local).listening_tls(tls_local);
+            // The proxy's timers (Timer C, given-up CANCELs, context expiry) fire with no traffic.
+            let mut timers = tokio::time::interval(TICK);
+            timers.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let commands = tokio::select! {
                     event = events.recv() => match event {
@@ -110,6 +116,7 @@ impl Cscf {
                         None => return,
                     },
                     Some((id, reply)) = ng_replies.recv() => proxy.ng_result(id, reply, std::time::Instant::now()),
+                    _ = timers.tick() => proxy.tick(std::time::Instant::now()),
                 };
                 // Published before anything is sent: whoever sees a response sees its counts.
                 if let Ok(mut o) = shared.lock() {
@@ -175,6 +182,7 @@ impl Cscf {
             ("mediasec_cscf_requests_total", "Requests received (new server transactions).", s.requests),
             ("mediasec_cscf_branches_total", "Client branches created (each fork counts one).", s.branches),
             ("mediasec_cscf_cancels_total", "CANCELs sent to pending branches.", s.cancels),
+            ("mediasec_cscf_timer_c_total", "INVITE branches whose Timer C fired (RFC 3261 16.8): CANCELled, or taken as answered 408.", s.timer_c),
             ("mediasec_cscf_rejected_total", "Requests answered locally with an error.", s.rejected),
             ("mediasec_cscf_sdes_refused_total", "Offers failing the P-CSCF's SDES check.", s.sdes_refused),
             ("mediasec_cscf_e2ae_applied_total", "IMS-ALG: offers and answers the IMS-AGW rewrote for e2ae.", s.e2ae_applied),

@@ -154,16 +154,27 @@ pub fn key_period_no(ntp_secs: u64, key_period: u64, key_period_offset: u64) -> 
 ///
 /// `random` supplies the SSV, RAND and the ECCSI `j`: fresh CSPRNG output each call.
 pub fn build(offer: &Offer, key: &SigningKey, z: &sakke::PublicKey, now_ntp: u64, random: &mut dyn FnMut(&mut [u8])) -> Result<(Vec<u8>, Keys)> {
+    let b = identifier(&offer.responder_uri, &ntp(now_ntp))?;
+    build_for(offer, key, &sakke::Recipient::new(z, &b), now_ntp, random)
+}
+
+/// [`build`] with the responder as a [`sakke::Recipient`] the caller keeps (its \[b\]P + Z
+/// computed once per peer, KMS key and month, not per message). The recipient must be the
+/// responder's identifier for the month of `now_ntp` (else [`Error::Encode`]: a stale cache
+/// entry would encrypt to a key period the responder no longer uses).
+pub fn build_for(offer: &Offer, key: &SigningKey, recipient: &sakke::Recipient, now_ntp: u64, random: &mut dyn FnMut(&mut [u8])) -> Result<(Vec<u8>, Keys)> {
     let t = ntp(now_ntp);
     check_key(key, &offer.initiator_uri, &t)?;
     srtp_policy::suite_of(&offer.policy)?;
     if offer.policy.policy_no != 0 {
         return Err(Error::encode("SP", "the crypto sessions reference policy 0"));
     }
-    let b = identifier(&offer.responder_uri, &t)?;
+    if recipient.id() != identifier(&offer.responder_uri, &t)? {
+        return Err(Error::encode("SAKKE", "the recipient is not the responder's identifier for the month of T"));
+    }
     let mut ssv = Zeroizing::new([0u8; sakke::SSV_LEN]);
     random(&mut ssv[..]);
-    let data = sakke::encapsulate(z, &b, &ssv)?;
+    let data = recipient.encapsulate(&ssv)?;
     let mut rand = [0u8; RAND_LEN];
     random(&mut rand);
     let map = [SrtpCs { policy_no: 0, ssrc: offer.initiator_ssrc, roc: 0 }, SrtpCs { policy_no: 0, ssrc: 0, roc: 0 }];

@@ -627,6 +627,11 @@ impl Recipient {
         &self.id
     }
 
+    /// The KMS public key Z this identifier's point is computed under.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.z
+    }
+
     /// [`encapsulate`] to this identifier.
     pub fn encapsulate(&self, ssv: &[u8; SSV_LEN]) -> Result<[u8; ENCAPSULATED_LEN]> {
         let e = encapsulate_parts(self, ssv)?;

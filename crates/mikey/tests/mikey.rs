@@ -1963,6 +1963,19 @@ mod mikey_sakke_exchange {
         assert!(matches!(late, Error::Encode { .. }), "{late}");
         let carol = signing_key(&p.ksak, CAROL, NOW);
         assert!(mikey_sakke::build(&offer(BOB), &carol, &p.z, NOW, &mut os_random).is_err());
+        // A kept Recipient: Bob's for this month serves two messages he opens; Bob's of another
+        // month, or Carol's, is refused for a message to Bob now.
+        let kept = sakke::Recipient::new(&p.z, &mikey_sakke::identifier(BOB, &t(NOW)).expect("id"));
+        for _ in 0..2 {
+            let (msg, keys) = mikey_sakke::build_for(&offer(BOB), &p.alice, &kept, NOW, &mut os_random).expect("build_for");
+            let got = receive(&p, &msg, &bob, NOW, &mut Cache::default()).expect("Bob opens it");
+            assert_eq!(got.ssv[..], keys.tgk[..]);
+        }
+        for id in [mikey_sakke::identifier(BOB, &t(DECEMBER)), mikey_sakke::identifier(CAROL, &t(NOW))] {
+            let stale = sakke::Recipient::new(&p.z, &id.expect("id"));
+            let e = mikey_sakke::build_for(&offer(BOB), &p.alice, &stale, NOW, &mut os_random).expect_err("not Bob now");
+            assert!(matches!(e, Error::Encode { .. }), "{e}");
+        }
     }
 
     proptest! {

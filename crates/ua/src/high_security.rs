@@ -73,6 +73,8 @@ pub struct HighSecurity {
     pub(crate) keys: Vec<PeriodKeys>,
     pub(crate) kpaks: Vec<Kpak>,
     pub(crate) replay: Replay,
+    /// MIKEY-SAKKE: the callees' SAKKE points, kept between calls.
+    pub(crate) recipients: crate::mikey_sakke::Recipients,
     /// Whether the MIKEY-SAKKE keys (Z, RSK) are fetched with each ECCSI key.
     sakke: bool,
 }
@@ -129,7 +131,7 @@ impl HighSecurity {
     /// Credentials for `uri` from a validated signing key for `uri` and month `period`, and
     /// the trusted KPAKs.
     pub fn new(uri: impl Into<String>, period: Period, key: SigningKey, kpaks: Vec<Kpak>) -> Self {
-        Self { uri: uri.into(), keys: vec![PeriodKeys { period, key, sakke: None }], kpaks, replay: Replay::default(), sakke: false }
+        Self { uri: uri.into(), keys: vec![PeriodKeys { period, key, sakke: None }], kpaks, replay: Replay::default(), recipients: Default::default(), sakke: false }
     }
 
     /// Credentials from what our KMS issued (with MIKEY-SAKKE keys if `got` has them, and then
@@ -138,7 +140,7 @@ impl HighSecurity {
         let mut kpaks = vec![got.kpak];
         kpaks.extend(others.into_iter().filter(|k| *k != got.kpak));
         let sakke = got.sakke.is_some();
-        Self { uri: got.uri, keys: vec![PeriodKeys { period: got.period, key: got.key, sakke: got.sakke }], kpaks, replay: Replay::default(), sakke }
+        Self { uri: got.uri, keys: vec![PeriodKeys { period: got.period, key: got.key, sakke: got.sakke }], kpaks, replay: Replay::default(), recipients: Default::default(), sakke }
     }
 
     /// Fetches our signing key for `uri` (one of our IMPUs) for the current month from our

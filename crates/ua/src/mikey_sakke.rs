@@ -16,15 +16,23 @@
 //! encapsulates under its own KMS's Z, so the callee must hold an RSK of that KMS (a callee of
 //! another KMS fails to decapsulate: ERR Auth failure).
 //!
+//! The caller keeps the callee's SAKKE point \[b\]P + Z ([`sakke::Recipient`]) in a small
+//! cache ([`Recipients`]: per identifier — which names the month — and KMS key, the
+//! [`RECIPIENTS`] most recently used), so calling the same peer again saves that scalar
+//! multiplication (BENCHMARKS § MIKEY-SAKKE).
+//!
 //! Properties (stated in docs/high-security.md §10): the KMS can derive every call key (LI
 //! without a man in the middle), no forward secrecy, only the caller is authenticated — the
 //! caller learns nothing of who answered beyond SIP.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use mediasec_mikey::mikey_sakke::{self, Offer};
-use mediasec_mikey::registry::{ErrorCode, PrfFunc};
+use mediasec_mikey::payload::Timestamp;
+use mediasec_mikey::registry::{ErrorCode, PrfFunc, TsType};
+use mediasec_mikey::sakke;
 use mediasec_mikey::signed_dh::{self, Keys};
 use mediasec_mikey::srtp_policy;
 use mediasec_sdp::Sdp;
@@ -40,9 +48,61 @@ pub struct PendingCall {
     keys: Keys,
 }
 
+/// How many callees' [`sakke::Recipient`]s a UE keeps ([`Recipients`]).
+pub const RECIPIENTS: usize = 16;
+
+/// The [`sakke::Recipient`]s of the peers a UE called last: at most [`RECIPIENTS`], one per
+/// SAKKE identifier (RFC 6509 §4.2: the callee's URI *and* the month) and KMS public key Z,
+/// so a new month or a renewed Z makes a new entry and the old one ages out. Full, the least
+/// recently used entry is evicted. Only public values are kept.
+#[derive(Debug, Default)]
+pub struct Recipients {
+    /// Least recently used first.
+    entries: VecDeque<sakke::Recipient>,
+    /// Recipients computed so far (each one a scalar multiplication; a reuse computes none).
+    computed: u64,
+}
+
+impl Recipients {
+    /// `f` of the recipient `id` under `z`: the cached one, or a new one (the least recently
+    /// used evicted when full); either is then the most recently used.
+    fn with<T>(&mut self, z: &sakke::PublicKey, id: &[u8], f: impl FnOnce(&sakke::Recipient) -> T) -> T {
+        let found = self.entries.iter().position(|r| r.id() == id && r.public_key() == z);
+        let recipient = match found.and_then(|i| self.entries.remove(i)) {
+            Some(r) => r,
+            None => {
+                self.computed += 1;
+                if self.entries.len() >= RECIPIENTS {
+                    self.entries.pop_front();
+                }
+                sakke::Recipient::new(z, id)
+            }
+        };
+        let out = f(&recipient);
+        self.entries.push_back(recipient);
+        out
+    }
+
+    /// Recipients held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Recipients computed so far (a cache miss each).
+    pub fn computed(&self) -> u64 {
+        self.computed
+    }
+}
+
 /// Caller: the I_MESSAGE to `callee_uri` in an `RTP/SAVP` offer (SDP session version
-/// `version`), built at `now` (Unix time) with our ECCSI key and our KMS's Z of that month.
-pub fn offer(hs: &HighSecurity, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str, now: Duration) -> Result<(String, PendingCall), Error> {
+/// `version`), built at `now` (Unix time) with our ECCSI key and our KMS's Z of that month,
+/// to the callee's [`sakke::Recipient`] from `hs`'s [`Recipients`].
+pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str, now: Duration) -> Result<(String, PendingCall), Error> {
     let keys = key_at(&hs.keys, &hs.uri, now)?;
     let sakke = keys.sakke.as_ref().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs SAKKE keys (Z, RSK) from the KMS".into()))?;
     let o = Offer {
@@ -54,7 +114,10 @@ pub fn offer(hs: &HighSecurity, local: SocketAddr, version: u64, ssrc: u32, call
         initiator_ssrc: ssrc,
         policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
     };
-    let (message, keys) = mikey_sakke::build(&o, &keys.key, &sakke.z, ntp(now), &mut random).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
+    let t = ntp(now);
+    let id = mikey_sakke::identifier(&o.responder_uri, &Timestamp { ts_type: TsType::NTP_UTC, value: t }).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
+    let built = hs.recipients.with(&sakke.z, &id, |recipient| mikey_sakke::build_for(&o, &keys.key, recipient, t, &mut random));
+    let (message, keys) = built.map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
     Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()]), PendingCall { keys }))
 }
 
@@ -111,7 +174,12 @@ mod tests {
     const NOW: u64 = 1_798_675_200; // 2026-12-31T00:00:00Z
 
     fn creds(ksak: &KmsSecret, z: &sakke::KmsSecret, uri: &str) -> HighSecurity {
-        let p = Period::of_unix(NOW).unwrap();
+        creds_at(ksak, z, uri, NOW)
+    }
+
+    /// Credentials of `uri` for the month of Unix time `at`.
+    fn creds_at(ksak: &KmsSecret, z: &sakke::KmsSecret, uri: &str, at: u64) -> HighSecurity {
+        let p = Period::of_unix(at).unwrap();
         let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
         let (ssk, pvt) = ksak.issue(&id, &[0x31; 32]).unwrap();
         let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
@@ -126,10 +194,10 @@ mod tests {
     #[test]
     fn call_keys_and_refusals() {
         let (ksak, z) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
-        let (alice, mut bob, mut carol) = (creds(&ksak, &z, "sip:alice@a.example"), creds(&ksak, &z, "sip:bob@a.example"), creds(&ksak, &z, "sip:carol@a.example"));
+        let (mut alice, mut bob, mut carol) = (creds(&ksak, &z, "sip:alice@a.example"), creds(&ksak, &z, "sip:bob@a.example"), creds(&ksak, &z, "sip:carol@a.example"));
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let now = Duration::from_secs(NOW);
-        let (offer_sdp, pending) = offer(&alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        let (offer_sdp, pending) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
         assert!(offer_sdp.contains("RTP/SAVP") && offer_sdp.contains("a=key-mgmt:mikey "), "{offer_sdp}");
         let offered = Sdp::parse(&offer_sdp);
         let (answer_sdp, bob_media) = answer(&mut bob, &offered, local, 1, 0x2222, now + Duration::from_secs(1)).unwrap();
@@ -145,9 +213,65 @@ mod tests {
             }
             other => panic!("{other}"),
         }
-        let other_kms = creds(&KmsSecret::from_bytes(&[0x43; 32]).unwrap(), &z, "sip:alice@a.example");
-        let (forged, _) = offer(&other_kms, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        let mut other_kms = creds(&KmsSecret::from_bytes(&[0x43; 32]).unwrap(), &z, "sip:alice@a.example");
+        let (forged, _) = offer(&mut other_kms, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
         assert!(matches!(answer(&mut bob, &Sdp::parse(&forged), local, 1, 0x2222, now), Err(Error::KeyRefused { .. })), "untrusted KPAK");
         assert!(process_answer(&pending, &offered).is_err(), "an answer with a=key-mgmt");
+    }
+
+    /// The caller keeps its callees' SAKKE points ([`Recipients`]): a second call to bob in
+    /// the same month under the same Z computes none, and bob still opens it; carol, bob in
+    /// the next month (another identifier) and bob under a renewed Z each need a new one.
+    #[test]
+    fn recipients_are_reused_per_callee_month_and_kms_key() {
+        let (ksak, z) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let january = NOW + 86_400;
+        let (mut alice, mut bob) = (creds(&ksak, &z, "sip:alice@a.example"), creds(&ksak, &z, "sip:bob@a.example"));
+        alice.keys.extend(creds_at(&ksak, &z, "sip:alice@a.example", january).keys);
+        bob.keys.extend(creds_at(&ksak, &z, "sip:bob@a.example", january).keys);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let call = |alice: &mut HighSecurity, bob: &mut HighSecurity, at: u64| {
+            let (sdp, pending) = offer(alice, local, 1, 0x1111, "sip:bob@a.example", Duration::from_secs(at)).unwrap();
+            let (answer_sdp, bob_media) = answer(bob, &Sdp::parse(&sdp), local, 1, 0x2222, Duration::from_secs(at)).unwrap();
+            srtp_both_ways(&process_answer(&pending, &Sdp::parse(&answer_sdp)).unwrap(), &bob_media);
+        };
+        call(&mut alice, &mut bob, NOW);
+        assert_eq!((alice.recipients.len(), alice.recipients.computed()), (1, 1));
+        call(&mut alice, &mut bob, NOW + 1);
+        assert_eq!((alice.recipients.len(), alice.recipients.computed()), (1, 1), "bob's point reused");
+        offer(&mut alice, local, 1, 0x1111, "sip:carol@a.example", Duration::from_secs(NOW)).unwrap();
+        assert_eq!((alice.recipients.len(), alice.recipients.computed()), (2, 2));
+        call(&mut alice, &mut bob, january);
+        assert_eq!((alice.recipients.len(), alice.recipients.computed()), (3, 3), "another month, another identifier");
+        let renewed = sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap().public_key();
+        for k in &mut alice.keys {
+            if let Some(s) = k.sakke.as_mut() {
+                s.z = renewed;
+            }
+        }
+        offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", Duration::from_secs(NOW)).unwrap();
+        assert_eq!((alice.recipients.len(), alice.recipients.computed()), (4, 4), "another Z");
+    }
+
+    /// [`Recipients`] holds at most [`RECIPIENTS`]; full, a new one evicts the least recently
+    /// used (a reuse counts as a use); the closure gets the recipient asked for.
+    #[test]
+    fn recipients_cap_evicts_the_least_recently_used() {
+        let z = sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap().public_key();
+        let id = |i: usize| format!("2026-12\0sip:u{i}@a.example\0").into_bytes();
+        let mut r = Recipients::default();
+        for i in 0..RECIPIENTS {
+            assert_eq!(r.with(&z, &id(i), |x| x.id().to_vec()), id(i));
+        }
+        let n = RECIPIENTS as u64;
+        assert_eq!((r.len(), r.computed()), (RECIPIENTS, n));
+        r.with(&z, &id(0), |_| ()); // 0 used again: 1 is now the least recently used
+        assert_eq!(r.computed(), n);
+        r.with(&z, &id(RECIPIENTS), |_| ());
+        assert_eq!((r.len(), r.computed()), (RECIPIENTS, n + 1));
+        r.with(&z, &id(0), |_| ());
+        assert_eq!(r.computed(), n + 1, "0 kept");
+        assert_eq!(r.with(&z, &id(1), |x| x.id().to_vec()), id(1));
+        assert_eq!((r.len(), r.computed()), (RECIPIENTS, n + 2), "1 was evicted");
     }
 }
