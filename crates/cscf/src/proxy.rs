@@ -237,6 +237,11 @@ const LINGER: Duration = Duration::from_secs(32);
 /// provisional response is CANCELled, one without is taken as answered 408; a non-INVITE
 /// context (ended by its branches' Timer F long before) is dropped at this age in any case.
 const TIMER_C: Duration = Duration::from_secs(181);
+/// The least time between two runs of the timers from [`Proxy::handle`]. A run scans every
+/// context (those of the last [`LINGER`] included: tens of thousands under a load of calls),
+/// so it happens at most ten times a second instead of before each event; the timers it runs
+/// are seconds long, so a tenth of a second of lateness changes nothing.
+const TICK_GAP: Duration = Duration::from_millis(100);
 
 /// The proxy core.
 #[derive(Debug)]
@@ -265,6 +270,8 @@ pub struct Proxy {
     pending: HashMap<u64, Pending>,
     ng_out: Vec<NgRequest>,
     next_ng: u64,
+    /// When [`Self::tick`] last ran.
+    last_tick: Option<Instant>,
     /// Counters for logs and tests.
     pub stats: Stats,
 }
@@ -324,6 +331,7 @@ impl Proxy {
             pending: HashMap::new(),
             ng_out: Vec::new(),
             next_ng: 0,
+            last_tick: None,
             stats: Stats::default(),
         }
     }
@@ -341,9 +349,11 @@ impl Proxy {
         &self.registrar
     }
 
-    /// Handles one endpoint event.
+    /// Handles one endpoint event, after running the timers ([`Self::tick`]) if they have not
+    /// run for [`TICK_GAP`].
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Command> {
-        let mut out = self.tick(now);
+        let due = self.last_tick.is_none_or(|t| now.saturating_duration_since(t) >= TICK_GAP);
+        let mut out = if due { self.tick(now) } else { Vec::new() };
         out.extend(self.dispatch(event, now));
         out
     }
@@ -388,8 +398,9 @@ impl Proxy {
         }
     }
 
-    /// Runs the proxy's timers at `now` ([`Self::handle`] does so first; the service also
-    /// calls it about once a second, so that they fire with no traffic):
+    /// Runs the proxy's timers at `now` ([`Self::handle`] does so first, at most every
+    /// [`TICK_GAP`]; the service also calls it about once a second, so that they fire with no
+    /// traffic):
     /// - **Timer C** (RFC 3261 §16.8) of each INVITE branch still without a final response: a
     ///   branch that had a provisional response is CANCELled, one that had none is given up
     ///   ([`Command::Abandon`]) and counts as a 408 (Request Timeout) it received; the best
@@ -400,6 +411,7 @@ impl Proxy {
     ///   branch entries (a branch still pending then is given up), as is a non-INVITE context
     ///   older than [`TIMER_C`] (its client transactions end by Timer F long before).
     pub fn tick(&mut self, now: Instant) -> Vec<Command> {
+        self.last_tick = Some(now);
         let mut out = Vec::new();
         let due: Vec<(TransactionKey, TransactionKey)> = self
             .contexts
