@@ -1686,11 +1686,14 @@ fn cancel_branch(b: &mut Branch, now: Instant, stats: &mut Stats) -> Option<Comm
 }
 
 /// The CANCEL of branch `b` ([`cancel_for`]: its Request-URI, Call-ID, From, To, CSeq
-/// number, Route and its single top Via), to its next hop.
+/// number, Route and its single top Via), to its next hop, in a client transaction of its own
+/// (RFC 3261 §9.1, §16.10: over UDP it is retransmitted until answered, Timer E/F). Its
+/// response is consumed here (no branch has its key: [`Proxy::on_response`] drops it), and
+/// so is its timeout; the INVITE branch ends by its own final response or 64·T1 later.
 fn send_cancel(b: &Branch, stats: &mut Stats) -> Option<Command> {
     let cancel = cancel_for(&b.request)?;
     stats.cancels += 1;
-    Some(Command::Stateless { message: Message::Request(cancel), to: b.to })
+    Some(Command::Request { request: cancel, to: b.to })
 }
 
 /// Whether a pending branch has a timer due at `now`: its Timer C, or the 64·T1 its CANCEL
@@ -3182,7 +3185,7 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
     fn cancels(out: &[Command]) -> Vec<(Request, SocketAddr)> {
         out.iter()
             .filter_map(|c| match c {
-                Command::Stateless { message: Message::Request(r), to } if r.method == Method::Cancel => Some((r.clone(), *to)),
+                Command::Request { request: r, to } if r.method == Method::Cancel => Some((r.clone(), *to)),
                 _ => None,
             })
             .collect()
@@ -3215,6 +3218,14 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(request.headers.value(&HeaderName::Route), cancel.headers.value(&HeaderName::Route));
         assert_eq!((scscf.stats.timer_c, scscf.stats.cancels), (1, 1));
         assert!(scscf.tick(t0 + TIMER_C + Duration::from_secs(5)).is_empty(), "one CANCEL only");
+        // The CANCEL went in a client transaction of its own (§9.1: retransmitted over UDP);
+        // its 200, or its timeout, is consumed here: nothing goes upstream.
+        let cancel_key = TransactionKey::from_sent_request(&cancel).expect("CANCEL key");
+        assert_ne!(Some(&cancel_key), TransactionKey::from_sent_request(&request).as_ref());
+        let ok = ResponseBuilder::to_request(&cancel, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+        let later = t0 + TIMER_C + Duration::from_millis(500);
+        assert!(scscf.handle(Event::Response { key: cancel_key.clone(), response: Box::new(ok) }, later).is_empty());
+        assert!(scscf.handle(Event::Timeout { key: cancel_key }, later).is_empty());
         let up = scscf.handle(callee(&request, 487), t0 + TIMER_C + Duration::from_secs(1));
         assert_eq!(upstream(&up), (487, vec!["SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKp1".to_owned()]));
         assert!(scscf.tick(t0 + TIMER_C + LINGER * 2).is_empty(), "nothing to give up");
