@@ -85,6 +85,7 @@ async fn sdes_e2e_call_across_two_domains() {
     assert!(a.media.rtcp >= 1 && b.media.rtcp >= 1, "SRTCP authenticated: {a:?} {b:?}");
     assert_eq!(a.peer_key, b.own_key);
     assert_eq!(b.peer_key, a.own_key);
+    assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (None, None), "SDES authenticates no peer");
     assert!(a.setup.is_some_and(|d| d < Duration::from_secs(2)));
     alice.hangup(&id).await.expect("BYE");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -882,6 +883,10 @@ mod mikey_ticket {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert!(b.peer_identity.contains("anonymous@anonymous.invalid") && !b.peer_identity.contains("alice"), "{}", b.peer_identity);
+        // The ticket in TRANSFER_INIT names its initiator all the same (RFC 6043 has no
+        // initiator privacy); the report says so, and the caller knows who answered.
+        assert_eq!(b.authenticated_peer.as_deref(), Some("alice@a.example"));
+        assert_eq!(a.authenticated_peer.as_deref(), Some("bob@a.example"));
         alice.hangup(&id).await.expect("BYE reaches bob");
     }
 
@@ -904,6 +909,8 @@ mod mikey_ticket {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+        // Each side knows whom the keys authenticate: the KMS UIDs.
+        assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("bob@b.example"), Some("alice@a.example")));
     }
 }
 
@@ -963,6 +970,7 @@ mod high_security {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+        assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("sip:bob@a.example"), Some("sip:alice@a.example")), "ECCSI-signed IDRr / IDRi");
         let dh_init = a.offer_mikey.clone().expect("the offer carried DH_INIT");
         assert_eq!(b.offer_mikey.as_ref(), Some(&dh_init));
         assert_eq!(mediasec_mikey_data_type(&dh_init), 4, "DH_INIT (RFC 3830 data type 4)");
@@ -1006,6 +1014,8 @@ mod high_security {
         let b = only_call(&bob).await;
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
+        // The callee verified erin's ECCSI signature; the caller has no response to verify.
+        assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (None, Some("sip:erin@a.example")));
         let i_message = a.offer_mikey.clone().expect("the offer carried the I_MESSAGE");
         assert_eq!(mediasec_mikey_data_type(&i_message), 26, "I_MESSAGE (RFC 6509 data type 26)");
         alice.hangup(&id).await.expect("BYE reaches frank");

@@ -104,6 +104,16 @@ pub struct Resolved {
     pub reusable: bool,
 }
 
+/// The initiator the ticket of `transfer_init` names (TP Data IDRi): the user the KMS
+/// authenticated when it issued it (for a UE-made ticket, an identity of the B-TID it checks
+/// when resolving). Vouched for only once the KMS resolved this very ticket for us and this
+/// TRANSFER_INIT verified under MPKi ([`Ue::transfer_resp`], [`Ue::deferred_open`]): only the
+/// ticket's holder has MPKi.
+pub fn ticket_initiator(transfer_init: &[u8]) -> Result<KmsUid, KmsError> {
+    let ticket = tk::ticket_of(&Message::decode(transfer_init)?)?;
+    TpData::decode(&ticket.policy.data)?.initiator.ok_or_else(|| KmsError::Identity("the ticket names no initiator (TP Data IDRi)".into()))
+}
+
 /// A stored call opened by its responder ([`Ue::deferred_open`]).
 pub struct Deferred {
     /// CS 1 (the caller's stream, what was stored) and CS 2.
@@ -285,8 +295,7 @@ impl Ue {
         if forking::is_forking(&ticket) {
             return Err(KmsError::Deferred(FORKING_REFUSED.into()));
         }
-        let initiator = TpData::decode(&ticket.policy.data)?.initiator.ok_or_else(|| KmsError::Deferred("the ticket names no initiator (TP Data IDRi)".into()))?;
-        Ok(Deferred { media: media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)?, initiator })
+        Ok(Deferred { media: media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)?, initiator: ticket_initiator(transfer_init)? })
     }
 
     fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {

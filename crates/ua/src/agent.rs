@@ -193,6 +193,12 @@ pub struct CallReport {
     pub rekeys: u32,
     /// The peer as its `From` (callee) or `To` (caller) header presents it.
     pub peer_identity: String,
+    /// The peer as the key management authenticated it ([`Media::peer`]: the KMS UID of a
+    /// MIKEY-TICKET peer, the URI of a high-security one); `None` with SDES or plain RTP, a
+    /// MIKEY-SAKKE caller's view, deferred delivery, or before keys are agreed. An anonymous
+    /// MIKEY-TICKET caller (RFC 3323) is named here too: its ticket names it in TRANSFER_INIT
+    /// (RFC 6043 has no initiator privacy towards the responder).
+    pub authenticated_peer: Option<String>,
     /// The SDP from the network said `a=3ge2ae:applied` (TS 24.229 §7.5.2): the P-CSCF
     /// applied e2ae, our SRTP ends at the IMS-AGW.
     pub e2ae_applied: bool,
@@ -405,6 +411,7 @@ struct Call {
     extra_forks_ended: u32,
     rekeys: u32,
     peer_identity: String,
+    authenticated_peer: Option<String>,
     e2ae_applied: bool,
     reinvite_seq: Option<u32>,
     /// Our offer went in the 2xx to an offerless INVITE or re-INVITE: its answer comes in the
@@ -449,6 +456,7 @@ impl Call {
             extra_forks_ended: 0,
             rekeys: 0,
             peer_identity,
+            authenticated_peer: None,
             e2ae_applied: false,
             deferred_delivery: false,
             reinvite_seq: None,
@@ -473,6 +481,7 @@ impl Call {
             extra_forks_ended: self.extra_forks_ended,
             rekeys: self.rekeys,
             peer_identity: self.peer_identity.clone(),
+            authenticated_peer: self.authenticated_peer.clone(),
             e2ae_applied: self.e2ae_applied,
             deferred_delivery: self.deferred_delivery,
             offer_mikey: mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten().and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
@@ -481,6 +490,7 @@ impl Call {
 
     fn apply_media(&mut self, media: &Media) {
         self.protection = media.protection.describe();
+        self.authenticated_peer.clone_from(&media.peer);
         if let Protection::Srtp { own_key, peer_key, .. } = &media.protection {
             self.peer_key = Some(peer_key.clone());
             self.own_key = Some(own_key.clone());

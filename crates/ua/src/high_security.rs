@@ -267,7 +267,7 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let protection = protection(&answered.keys, false).map_err(|e| refused(e.to_string()))?;
     let mut lines = stream.answer_lines();
     lines.insert(0, ticket::key_mgmt_line(answered.response));
-    Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection)))
+    Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection).authenticated(answered.initiator_uri)))
 }
 
 /// Offerer: verifies DH_RESP under a trusted KPAK at `now` (Unix time) and requires the signer
@@ -279,7 +279,7 @@ pub fn process_answer(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp, no
     let outcome = under_trusted(&hs.kpaks, |kpak| pending.pending.finish(&resp, kpak, now, SKEW_SECS));
     // `finish` refuses a DH_RESP signed by anyone but the URI called (ERR Invalid ID).
     let done = outcome.map_err(|e| Error::Downgrade(format!("high-security (MIKEY-DH) answer refused: {e}")))?;
-    Ok(stream.media(stream.mux, protection(&done.keys, true)?))
+    Ok(stream.media(stream.mux, protection(&done.keys, true)?).authenticated(done.responder_uri))
 }
 
 #[cfg(test)]

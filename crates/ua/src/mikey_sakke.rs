@@ -146,7 +146,13 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let received = outcome.map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
     let keys = received.keys.ok_or_else(|| refused("MIKEY-SAKKE: no two-stream SRTP-ID map (not a call message)".into()))?;
     let protection = protection(&keys, false).map_err(|e| refused(e.to_string()))?;
-    Ok((sdp_text(local, version, SAVP, &stream.answer_lines()), stream.media(stream.mux, protection)))
+    let media = stream.media(stream.mux, protection);
+    // The ECCSI signature authenticates IDRi (a URI; a TS 33.180 UID names no call identity).
+    let media = match received.initiator {
+        mikey_sakke::Identity::Uri(uri) => media.authenticated(uri),
+        mikey_sakke::Identity::Uid(_) => media,
+    };
+    Ok((sdp_text(local, version, SAVP, &stream.answer_lines()), media))
 }
 
 /// Caller: the media of an answer, which must be `RTP/SAVP` without `a=key-mgmt` (RFC 6509:

@@ -101,6 +101,20 @@ pub struct Media {
     pub rtcp: SocketAddr,
     /// Protection.
     pub protection: Protection,
+    /// The peer as the key management authenticated it: MIKEY-TICKET, the initiator its
+    /// ticket names (callee) or the responder TRANSFER_RESP proves (caller); the high-security
+    /// modes, the ECCSI-signed IDRi (callee) or IDRr of DH_RESP (caller). `None` where no key
+    /// management vouches for the peer: SDES and plain RTP (they rest on SIP signalling
+    /// security), a MIKEY-SAKKE caller (RFC 6509 has no response) and deferred delivery.
+    pub peer: Option<String>,
+}
+
+impl Media {
+    /// The same media, with the peer identity its keys authenticate.
+    #[must_use]
+    pub(crate) fn authenticated(self, peer: impl Into<String>) -> Self {
+        Self { peer: Some(peer.into()), ..self }
+    }
 }
 
 /// What the offerer keeps until the answer arrives.
@@ -164,7 +178,7 @@ pub(crate) struct Stream {
 impl Stream {
     /// The media towards this stream; `mux`: both ends agreed to multiplex RTCP.
     pub(crate) fn media(&self, mux: bool, protection: Protection) -> Media {
-        Media { remote: self.rtp, rtcp: if mux { self.rtp } else { self.rtcp }, protection }
+        Media { remote: self.rtp, rtcp: if mux { self.rtp } else { self.rtcp }, protection, peer: None }
     }
 
     /// The attribute lines of our answer to this (offered) stream besides key management.

@@ -137,11 +137,13 @@ pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, vers
     let init = mikey_data(offer)?.ok_or_else(|| Error::Negotiation("offer without a=key-mgmt:mikey".into()))?;
     let resolved = access.client.resolve(&mut access.ue, &init).await.map_err(kms)?;
     let (resp, media) = access.ue.transfer_resp(&resolved, &init, ssrc, now()).map_err(kms)?;
+    // The KMS resolved this ticket and TRANSFER_INIT verified under MPKi: its initiator called.
+    let caller = mediasec_kms::ue::ticket_initiator(&init).map_err(kms)?;
     // We send the responder's stream (CS 2) and receive the initiator's (CS 1).
     let protection = protection(&media.responder_stream, &media.initiator_stream)?;
     let mut lines = stream.answer_lines();
     lines.insert(0, key_mgmt_line(resp));
-    Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection)))
+    Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection).authenticated(caller.as_str())))
 }
 
 /// Offerer: verifies TRANSFER_RESP and checks the authenticated responder is the callee;
@@ -157,7 +159,7 @@ pub fn process_answer(access: &mut KmsAccess, pending: &PendingCall, answer: &Sd
     if responder != pending.callee {
         return Err(Error::Negotiation(format!("the answering party is {responder}, not {}", pending.callee)));
     }
-    Ok((stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?), false))
+    Ok((stream.media(stream.mux, protection(&media.initiator_stream, &media.responder_stream)?).authenticated(responder.as_str()), false))
 }
 
 /// The deferred-delivery answer to a key-less answer, or the downgrade refusal.

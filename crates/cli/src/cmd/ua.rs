@@ -182,6 +182,7 @@ fn json(r: &CallReport) -> serde_json::Value {
         "early_verified": r.early_verified,
         "rekeys": r.rekeys,
         "peer": r.peer_identity,
+        "authenticated_peer": r.authenticated_peer,
         "own_key": r.own_key,
         "peer_key": r.peer_key,
         "deferred_delivery": r.deferred_delivery,
