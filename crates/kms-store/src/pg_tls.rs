@@ -548,6 +548,9 @@ impl RustlsConnect {
             (Some(rustls::Error::InvalidCertificate(c)), Check::Chain(p) | Check::ChainAndName(p)) => {
                 let why = match c {
                     CertificateError::UnknownIssuer => "not issued by a CA of that file (UnknownIssuer)".to_owned(),
+                    CertificateError::BadSignature => {
+                        "not signed by the CA of that name in that file (BadSignature)".to_owned()
+                    }
                     c => c.to_string(),
                 };
                 format!("certificate check against the root CA file {} failed: {why}", p.display())
