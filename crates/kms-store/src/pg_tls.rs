@@ -169,7 +169,8 @@ impl Target {
         let unix_only = !config.get_hosts().is_empty()
             && config.get_hostaddrs().is_empty()
             && config.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
-        let check = root_cert_check(mode, root_cert)?;
+        // No TLS is attempted over Unix-domain sockets, so no root CA file is needed either.
+        let check = if unix_only { Check::None } else { root_cert_check(mode, root_cert)? };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = ServerCheck::new(&check, &provider, mode)?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -636,6 +637,8 @@ mod tests {
         let e = Target::parse("postgres://kms:s3cret@h/db?bogus=1").expect_err("unknown").to_string();
         assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
         assert!(Target::parse("postgres://h/db?sslrootcert=system").is_err());
+        // sslmode is ignored for a Unix-domain socket (libpq): no root CA file needed.
+        assert!(Target::parse("host=/run/postgresql dbname=kms sslmode=verify-full sslrootcert=/nonexistent/ca.pem").is_ok());
         assert_eq!(Target::parse("postgres://h/db").expect("default").mode(), SslMode::Prefer);
     }
 }

@@ -149,6 +149,9 @@ fn pg_tls_require_refuses_a_server_without_tls() {
         assert!(e.contains("server does not support TLS"), "{e}");
         // prefer (the default) connects without TLS, as before TLS support.
         assert!(!tls_of(&url).await);
+        // Over the Unix-domain socket sslmode is ignored (libpq), even verify-full.
+        let socket = format!("host='{}' port={} user=postgres dbname=kms_plain sslmode=verify-full", lab.dir().display(), lab.port());
+        assert!(!tls_of(&socket).await);
     });
 }
 
