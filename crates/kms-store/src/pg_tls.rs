@@ -164,8 +164,22 @@ impl Target {
                 _ => {}
             }
         }
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             rest.parse().map_err(|e| StoreError::Invalid(format!("PostgreSQL connection string: {}", error_chain(&e))))?;
+        if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
+            // Only `hostaddr`: libpq then has no name to check (verify-full fails) and runs the
+            // other modes' TLS without one; tokio-postgres refuses TLS without a `host`, so
+            // the addresses stand in for it (no SNI is sent for an address).
+            if mode == SslMode::VerifyFull {
+                return Err(StoreError::Invalid(
+                    "sslmode=verify-full needs `host`, the name the server certificate must carry (`hostaddr` alone gives none)".into(),
+                ));
+            }
+            let addrs: Vec<String> = config.get_hostaddrs().iter().map(ToString::to_string).collect();
+            for a in &addrs {
+                config.host(a);
+            }
+        }
         let unix_only = !config.get_hosts().is_empty()
             && config.get_hostaddrs().is_empty()
             && config.get_hosts().iter().all(|h| !matches!(h, Host::Tcp(_)));
@@ -637,6 +651,8 @@ mod tests {
         let e = Target::parse("postgres://kms:s3cret@h/db?bogus=1").expect_err("unknown").to_string();
         assert!(e.contains("bogus") && !e.contains("s3cret"), "{e}");
         assert!(Target::parse("postgres://h/db?sslrootcert=system").is_err());
+        let e = Target::parse("hostaddr=127.0.0.1 dbname=kms sslmode=verify-full").expect_err("no host").to_string();
+        assert!(e.contains("verify-full") && e.contains("hostaddr"), "{e}");
         // sslmode is ignored for a Unix-domain socket (libpq): no root CA file needed.
         assert!(Target::parse("host=/run/postgresql dbname=kms sslmode=verify-full sslrootcert=/nonexistent/ca.pem").is_ok());
         assert_eq!(Target::parse("postgres://h/db").expect("default").mode(), SslMode::Prefer);

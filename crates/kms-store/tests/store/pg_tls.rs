@@ -106,6 +106,8 @@ fn pg_tls_sslmodes_against_a_tls_server() {
         let e = failure(&kv("verify-full"), "verify-full").await;
         assert!(e.contains("host name check failed") && e.contains("db.invalid"), "{e}");
         assert!(tls_of(&kv("verify-ca")).await);
+        // Only `hostaddr` (no name): TLS still runs for the modes that check no name.
+        assert!(tls_of(&format!("hostaddr=127.0.0.1 port={port} user=postgres dbname=kms_tls sslmode=verify-ca sslrootcert='{ca}'")).await);
 
         // require: with a root CA file it checks the chain as verify-ca does (libpq); the
         // issuing CA passes, another CA fails.
