@@ -23,6 +23,7 @@ use std::pin::Pin;
 
 pub mod pg;
 pub mod pg_lab;
+pub mod pg_tls;
 pub mod redb_store;
 
 pub use pg::PgStore;

@@ -33,12 +33,16 @@
 //! One connection per store (tokio-postgres pipelines concurrent queries on it); a broken
 //! connection is replaced on the next call, and the call that saw it break fails with
 //! [`StoreError::Unavailable`] (it may or may not have committed).
+//!
+//! TLS: libpq's `sslmode` (default `prefer`), `sslrootcert` and `sslsni` in the connection
+//! string, over rustls ([`crate::pg_tls`]).
 
 use std::sync::Arc;
 
-use tokio_postgres::{Client, NoTls, Row, Statement};
-use tracing::warn;
+use tokio_postgres::{Client, Row, Statement};
+use tracing::{info, warn};
 
+use crate::pg_tls::{Target, error_chain};
 use crate::{AuditEntry, Store, StoreError, StoreFuture, Table, check_audit, check_text};
 
 /// Idempotent schema creation, serialised across replicas.
@@ -73,7 +77,7 @@ COMMIT;
 
 fn pg_err(e: &tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
-        return StoreError::Unavailable(format!("PostgreSQL connection closed: {e}"));
+        return StoreError::Unavailable(format!("PostgreSQL connection closed: {}", error_chain(e)));
     }
     match e.as_db_error() {
         // Class 08 (connection exception) and 57 (operator intervention: shutdown,
@@ -82,7 +86,7 @@ fn pg_err(e: &tokio_postgres::Error) -> StoreError {
             StoreError::Unavailable(format!("PostgreSQL {}: {}", db.code().code(), db.message()))
         }
         Some(db) => StoreError::Backend(format!("PostgreSQL {}: {}", db.code().code(), db.message())),
-        None => StoreError::Backend(format!("PostgreSQL: {e}")),
+        None => StoreError::Backend(format!("PostgreSQL: {}", error_chain(e))),
     }
 }
 
@@ -106,14 +110,15 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(url: &str) -> Result<Self, StoreError> {
-        let (client, connection) =
-            tokio_postgres::connect(url, NoTls).await.map_err(|e| StoreError::Unavailable(format!("PostgreSQL connect: {e}")))?;
+    async fn open(target: &Target) -> Result<Self, StoreError> {
+        let (client, connection) = target.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                warn!(error = %e, "PostgreSQL connection ended");
+                warn!(error = %error_chain(&e), "PostgreSQL connection ended");
             }
         });
+        let tls = session_tls(&client).await?;
+        info!(sslmode = %target.mode(), tls, "connected to PostgreSQL");
         client.batch_execute(SCHEMA).await.map_err(|e| pg_err(&e))?;
         let prep = |sql: &'static str| {
             let client = &client;
@@ -146,35 +151,50 @@ impl Conn {
     }
 }
 
+/// Whether the server sees this session as TLS (`pg_stat_ssl`).
+async fn session_tls(client: &Client) -> Result<bool, StoreError> {
+    let row = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.map_err(|e| pg_err(&e))?;
+    column(&row, 0)
+}
+
 /// The PostgreSQL store. Several instances (KMS replicas) may share one database.
 pub struct PgStore {
-    url: String,
+    /// Where and how to (re)connect; its `Debug` shows no password.
+    target: Target,
     conn: tokio::sync::Mutex<Arc<Conn>>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password.
-        f.debug_struct("PgStore").finish_non_exhaustive()
+        f.debug_struct("PgStore").field("target", &self.target).finish_non_exhaustive()
     }
 }
 
 impl PgStore {
-    /// Connects (no TLS: loopback or a trusted network) and creates the schema if missing.
-    /// `url` is a libpq-style URL or key=value string, e.g.
-    /// `postgres://kms@127.0.0.1:5432/kms`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let conn = Conn::open(url).await?;
-        Ok(Self { url: url.to_owned(), conn: tokio::sync::Mutex::new(Arc::new(conn)) })
+    /// Connects and creates the schema if missing. `conn` is a libpq connection URL or
+    /// key=value string, e.g. `postgres://kms@db.example/kms?sslmode=verify-full&sslrootcert=/etc/mediasec/pg-ca.pem`
+    /// or `host=db.example dbname=kms user=kms sslmode=verify-full sslrootcert=/etc/mediasec/pg-ca.pem`;
+    /// `sslmode` means what it means to libpq ([`crate::pg_tls`]), default `prefer`. Errors
+    /// say which mode and which check failed; neither they nor the logs contain the string.
+    pub async fn connect(conn: &str) -> Result<Self, StoreError> {
+        let target = Target::parse(conn)?;
+        let conn = Conn::open(&target).await?;
+        Ok(Self { target, conn: tokio::sync::Mutex::new(Arc::new(conn)) })
     }
 
     /// The live connection, reconnecting if the previous one broke.
     async fn conn(&self) -> Result<Arc<Conn>, StoreError> {
         let mut c = self.conn.lock().await;
         if c.client.is_closed() {
-            *c = Arc::new(Conn::open(&self.url).await?);
+            *c = Arc::new(Conn::open(&self.target).await?);
         }
         Ok(Arc::clone(&c))
+    }
+
+    /// Whether the server sees the store's session as encrypted (`pg_stat_ssl.ssl` of its
+    /// backend): what an operator or a test asks to know that TLS is really in use.
+    pub async fn session_tls(&self) -> Result<bool, StoreError> {
+        session_tls(&self.conn().await?.client).await
     }
 }
 

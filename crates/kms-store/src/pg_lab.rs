@@ -9,6 +9,9 @@
 //! # let _ = url; Ok(()) }
 //! ```
 //!
+//! [`PgLab::start_tls`] starts the server with `ssl=on` and a certificate the test made (for
+//! the TLS tests of [`crate::pg_tls`]); it still accepts connections without TLS.
+//!
 //! The binaries are taken from `$MEDIASEC_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`
 //! (Debian package `postgresql`). When they are missing, [`PgLab::start`] prints a skip line
 //! and returns `Ok(None)`, unless `MEDIASEC_REQUIRE_PEERS=1`, where it fails. PostgreSQL
@@ -89,6 +92,21 @@ fn postgres_user() -> Result<(u32, u32), StoreError> {
         .ok_or_else(|| lab_err("running as root and there is no `postgres` user to run the server as"))
 }
 
+/// The certificate of a TLS lab server ([`PgLab::start_tls`]).
+#[derive(Clone)]
+pub struct PgLabTls {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert_chain_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PgLabTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLabTls").finish_non_exhaustive()
+    }
+}
+
 /// A running lab server. Dropping it stops the server (SIGINT, fast shutdown; SIGKILL if it
 /// does not stop in 10 s) and deletes its directory.
 #[derive(Debug)]
@@ -105,6 +123,15 @@ impl PgLab {
     /// Initialises a cluster and starts the server; `Ok(None)` (after a skip line on stderr)
     /// when PostgreSQL is not installed and `MEDIASEC_REQUIRE_PEERS` is not `1`.
     pub fn start() -> Result<Option<Self>, StoreError> {
+        Self::start_with(None)
+    }
+
+    /// As [`PgLab::start`], with TLS on (`ssl=on`) under `tls`'s certificate and key.
+    pub fn start_tls(tls: &PgLabTls) -> Result<Option<Self>, StoreError> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&PgLabTls>) -> Result<Option<Self>, StoreError> {
         let Some(bin) = bin_dir() else {
             if std::env::var("MEDIASEC_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
                 return Err(lab_err("PostgreSQL binaries not found (install the Debian package `postgresql`, or set MEDIASEC_PG_BIN)"));
@@ -129,10 +156,18 @@ impl PgLab {
         if !out.status.success() {
             return Err(lab_err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
         }
+        let settings = match tls {
+            None => Vec::new(),
+            Some(tls) => {
+                let cert = write_private(&dir.path().join("server.crt"), tls.cert_chain_pem.as_bytes(), run_as)?;
+                let key = write_private(&dir.path().join("server.key"), tls.key_pem.as_bytes(), run_as)?;
+                vec!["ssl=on".to_owned(), format!("ssl_cert_file={}", cert.display()), format!("ssl_key_file={}", key.display())]
+            }
+        };
         // A port probed free can be taken before the server binds it: try a few.
         let mut last = lab_err("no attempt");
         for _ in 0..3 {
-            match Self::launch(&bin, &data, dir.path(), run_as) {
+            match Self::launch(&bin, &data, dir.path(), run_as, &settings) {
                 Ok((server, port)) => return Ok(Some(Self { bin, port, server, run_as, dir })),
                 Err(e) => last = e,
             }
@@ -140,7 +175,7 @@ impl PgLab {
         Err(last)
     }
 
-    fn launch(bin: &Path, data: &Path, dir: &Path, run_as: Option<(u32, u32)>) -> Result<(Child, u16), StoreError> {
+    fn launch(bin: &Path, data: &Path, dir: &Path, run_as: Option<(u32, u32)>, settings: &[String]) -> Result<(Child, u16), StoreError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| lab_err(format!("probing a free port: {e}")))?
@@ -158,6 +193,7 @@ impl PgLab {
             .arg(data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on", "-c", "max_connections=60", "-k"])
             .arg(dir)
+            .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -224,6 +260,20 @@ impl PgLab {
     pub fn runs_as_postgres_user(&self) -> bool {
         self.run_as.is_some()
     }
+}
+
+/// Writes `bytes` to `path` readable by the server only (mode 0600, owned by the user it runs
+/// as): PostgreSQL refuses a key file others can read.
+fn write_private(path: &Path, bytes: &[u8], run_as: Option<(u32, u32)>) -> Result<PathBuf, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let err = |e: std::io::Error| lab_err(format!("{}: {e}", path.display()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(err)?;
+    std::io::Write::write_all(&mut f, bytes).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    if let Some((uid, gid)) = run_as {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err)?;
+    }
+    Ok(path.to_owned())
 }
 
 fn as_user(mut cmd: Command, run_as: Option<(u32, u32)>) -> Command {

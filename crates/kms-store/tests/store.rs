@@ -16,6 +16,9 @@ use mediasec_kms_store::pg_lab::PgLab;
 use mediasec_kms_store::{AuditEntry, PgStore, RedbStore, Store, StoreError, Table};
 use proptest::prelude::*;
 
+#[path = "store/pg_tls.rs"]
+mod pg_tls;
+
 /// Env var that turns the `kill9_child` test into the writer child: `redb:<path>` or
 /// `pg:<url>`.
 const CHILD_ENV: &str = "MEDIASEC_KMS_STORE_CHILD";
