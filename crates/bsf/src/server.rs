@@ -99,12 +99,16 @@ impl Bsf {
             .with_state(Arc::clone(self))
     }
 
-    /// A failure of the store or of a stored record: 500 with the reason, a log line and a
-    /// count in `mediasec_bsf_store_errors_total` (never a panic).
+    /// A failure of the store or of a stored record: 500 with a generic reason and a fresh
+    /// reference, a `warn` log line with the cause under that same reference, and a count in
+    /// `mediasec_bsf_store_errors_total` (never a panic). The body never carries the cause:
+    /// a store error names hosts, tables and rows, which a UE or NAF has no business seeing;
+    /// the operator finds the cause in the log by the reference the client got.
     fn internal(&self, e: &BsfError) -> Response {
         self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-        warn!(error = %e, "BSF store error");
-        text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        let reference = hex::encode(rand::random::<[u8; 4]>());
+        warn!(%reference, error = %e, "BSF store error");
+        text(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error, reference {reference}"))
     }
 
     /// Deletes the sessions expired now; logs and counts what it did.

@@ -571,11 +571,77 @@ async fn metric(url: &str, name: &str) -> u64 {
     body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} missing in {body}"))
 }
 
+/// Every log line of this test process (a global subscriber, since the servers log from the
+/// runtime's worker threads), for the tests that check what a server logged.
+fn logs() -> &'static Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(move || LogCapture(Arc::clone(&w))).try_init();
+        buf
+    })
+}
+
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A store-error 500: its body is `internal error, reference R` and nothing else; returns the
+/// `warn` line logged under reference `R` (which carries the cause).
+fn logged_cause(r: &client::HttpResponse) -> String {
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    let reference = body.trim().strip_prefix("internal error, reference ").unwrap_or_else(|| panic!("500 body {body:?}"));
+    assert!(reference.len() == 8 && reference.bytes().all(|c| c.is_ascii_hexdigit()), "reference {reference:?}");
+    let logs = String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned();
+    let line = logs.lines().find(|l| l.contains(&format!("reference={reference}")));
+    let line = line.unwrap_or_else(|| panic!("no log line with reference {reference} in {logs}"));
+    assert!(line.contains("WARN") && line.contains("BSF store error"), "{line}");
+    line.to_owned()
+}
+
+/// A store error reaches the client as a 500 with a reference only (no table, row or
+/// decoder text), and the operator's log has the cause under the same reference; the count
+/// goes up once per failure and references differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_error_500_carries_a_reference_not_the_cause() {
+    logs();
+    let b = Backend::redb("internal");
+    let kv = b.kv().await;
+    kv.put(Table::BsfSubscribers, IMPI, b"{not json").await.expect("corrupt row");
+    let srv = start_on(Store::new(kv), 3600).await;
+    let (k, opc) = keys();
+    let first = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(first.status, 500);
+    let body = String::from_utf8_lossy(&first.body).into_owned();
+    for secret in ["corrupt", IMPI, "json", "store record"] {
+        assert!(!body.contains(secret), "500 body {body:?} names {secret:?}");
+    }
+    let cause = logged_cause(&first);
+    assert!(cause.contains("is corrupt") && cause.contains(IMPI), "{cause}");
+    let second = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(second.status, 500);
+    logged_cause(&second);
+    assert_ne!(first.body, second.body, "each failure gets its own reference");
+    assert_eq!(metric(&srv.url, "mediasec_bsf_store_errors_total").await, 2);
+    srv.stop().await;
+}
+
 /// Two BSF servers on one PostgreSQL: Ub at A, Zn at B; concurrent bootstraps of one IMPI
 /// through both never share an SQN and all complete AKA; a resync at B is seen by A; a store
-/// outage is a 500 with the reason and a count, not a panic.
+/// outage is a 500 with a reference (the cause in the log) and a count, not a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_postgres() {
+    logs();
     let Some(b) = Backend::pg() else { return };
     let Backend::Pg { url, .. } = &b else { unreachable!("Backend::pg is PostgreSQL") };
     let (k, opc) = keys();
@@ -634,11 +700,13 @@ async fn two_replicas_on_one_postgres() {
     let (_, s) = client::bootstrap(&ep(&a.url), ue(&k, &opc, sqn_ms + 1)).await.expect("bootstrap at A");
     assert_eq!((s, metric(&a.url, "mediasec_bsf_resyncs_total").await), (sqn_ms + 2, 0));
 
-    // The database goes away: a 500 with the reason, counted; the server keeps running.
+    // The database goes away: a 500 with a reference only, the cause in the log under that
+    // reference, counted; the server keeps running.
     drop(b);
     let r500 = ub(&a.url, &ue(&k, &opc, 0).initial_authorization()).await;
     assert_eq!(r500.status, 500);
-    assert!(String::from_utf8_lossy(&r500.body).contains("store unavailable"), "{}", String::from_utf8_lossy(&r500.body));
+    let cause = logged_cause(&r500);
+    assert!(cause.contains("store unavailable"), "{cause}");
     assert_eq!(metric(&a.url, "mediasec_bsf_store_errors_total").await, 1);
     a.stop().await;
     r.stop().await;
