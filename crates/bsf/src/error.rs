@@ -4,17 +4,10 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BsfError {
-    /// The store (embedded database or PostgreSQL) failed.
+    /// The store (embedded database or PostgreSQL) failed, or a read-modify-write of a
+    /// record kept losing to concurrent writers ([`mediasec_kms_store::StoreError::Contention`]).
     #[error(transparent)]
     Store(#[from] mediasec_kms_store::StoreError),
-    /// A read-modify-write of a stored record kept losing to concurrent writers.
-    #[error("store record for {key:?} changed concurrently on {attempts} attempts in a row")]
-    Contention {
-        /// Record key.
-        key: String,
-        /// Attempts made.
-        attempts: usize,
-    },
     /// A stored record could not be decoded.
     #[error("store record for {key:?} is corrupt: {reason}")]
     Corrupt {

@@ -10,8 +10,10 @@
 //!   scans.
 //!
 //! SQN allocation (TS 33.102 §6.3.2 and Annex C: SQN_HE only grows, a reused SQN is a
-//! replayed challenge) is a compare-and-swap loop: read the record, set the new SQN and
-//! `rev + 1`, swap only if the stored bytes are still those read, else re-read and retry. The
+//! replayed challenge) is a compare-and-swap read-modify-write ([`mediasec_kms_store::update()`]):
+//! read the record, set the new SQN and `rev + 1`, swap only if the stored bytes are still
+//! those read, else re-read and retry (at most [`mediasec_kms_store::UPDATE_ATTEMPTS`] times,
+//! then [`mediasec_kms_store::StoreError::Contention`]). The
 //! store's swap is atomic across every process sharing it (redb: one write transaction;
 //! PostgreSQL: one `UPDATE … WHERE value = expected`), so two replicas never both succeed
 //! from the same record, and `rev` makes every written record distinct, so a resync that
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use mediasec_gba::uicc::UiccType;
-use mediasec_kms_store::{RedbStore, Store as Kv, Table};
+use mediasec_kms_store::{RedbStore, Step, Store as Kv, Table, update};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -165,11 +167,6 @@ struct Rev {
     rev: u64,
 }
 
-/// How often one SQN update re-reads and retries after losing a swap to another writer
-/// before it gives up with [`BsfError::Contention`]. Each lost swap means another writer
-/// succeeded, so `n` concurrent writers of one IMPI need at most `n` attempts.
-const SWAP_ATTEMPTS: usize = 64;
-
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
@@ -252,20 +249,19 @@ impl Store {
         self.update_sqn(impi, |_| Some(sqn_ms)).await
     }
 
-    /// The compare-and-swap loop of the module documentation.
-    async fn update_sqn(&self, impi: &str, f: impl Fn(Sqn) -> Option<Sqn>) -> Result<Option<Subscriber>, BsfError> {
-        for _ in 0..SWAP_ATTEMPTS {
-            let Some(raw) = self.kv.get(Table::BsfSubscribers, impi).await?.map(Zeroizing::new) else { return Ok(None) };
-            let mut s: Subscriber = decode(impi, &raw)?;
-            let Rev { rev } = decode(impi, &raw)?;
+    /// The compare-and-swap read-modify-write of the module documentation
+    /// ([`mediasec_kms_store::update()`]).
+    async fn update_sqn(&self, impi: &str, f: impl Fn(Sqn) -> Option<Sqn> + Send) -> Result<Option<Subscriber>, BsfError> {
+        update(&*self.kv, Table::BsfSubscribers, impi, |held| {
+            let Some(raw) = held else { return Ok(Step::Keep(None)) };
+            let mut s: Subscriber = decode(impi, raw)?;
+            let Rev { rev } = decode(impi, raw)?;
             s.sqn = f(s.sqn).ok_or(BsfError::Subscriber(impi.to_owned(), "SQN space exhausted"))?;
             let rev = rev.checked_add(1).ok_or(BsfError::Subscriber(impi.to_owned(), "write counter exhausted"))?;
             let new = encode(impi, &SubscriberRow { sub: &s, rev })?;
-            if self.kv.compare_and_swap(Table::BsfSubscribers, impi, Some(&raw), Some(&new)).await? {
-                return Ok(Some(s));
-            }
-        }
-        Err(BsfError::Contention { key: impi.to_owned(), attempts: SWAP_ATTEMPTS })
+            Ok(Step::Write(Some(new), Some(s)))
+        })
+        .await
     }
 
     /// Store a new bootstrap session under its B-TID (a newer run replaces an older one with

@@ -17,6 +17,8 @@
 //! - `compare_and_swap` is atomic with respect to every other writer of the store, replicas
 //!   sharing a PostgreSQL database included (the BSF's AKA SQN allocation rests on it);
 //! - `range` returns the rows with `from <= key < to`, sorted by key.
+//!
+//! Read-modify-write of a row goes through [`update()`] (compare-and-swap, bounded retries).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,9 +26,11 @@ use std::pin::Pin;
 pub mod pg;
 pub mod pg_lab;
 pub mod redb_store;
+pub mod update;
 
 pub use pg::PgStore;
 pub use redb_store::RedbStore;
+pub use update::{Step, UPDATE_ATTEMPTS, update};
 
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -126,6 +130,17 @@ pub enum StoreError {
     /// audit field: PostgreSQL `text` cannot hold one, so every backend refuses it).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A read-modify-write ([`update()`]) lost its compare-and-swap to other writers on every
+    /// attempt.
+    #[error("row {key:?} of table {table} changed concurrently on {attempts} attempts in a row")]
+    Contention {
+        /// The table's name.
+        table: &'static str,
+        /// The row.
+        key: String,
+        /// Attempts made.
+        attempts: usize,
+    },
 }
 
 /// Refuses what not every backend can store, so that all backends accept the same inputs:
