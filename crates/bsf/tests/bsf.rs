@@ -1,6 +1,8 @@
 //! The BSF over real HTTP on loopback: full bootstrap, resync, every failure case, Ks_NAF
 //! from the UE equals Ks_NAF from Zn, session expiry, admin API, restart persistence; the
-//! store contract on both backends (redb, and a real PostgreSQL from `PgLab`), and two BSF
+//! store contract on both backends (redb, and a real PostgreSQL from `PgLab`: secrets sealed,
+//! rows of earlier versions read and sealed on their next write, a wrong master key a clear
+//! error), and two BSF
 //! replicas sharing one PostgreSQL.
 
 #![allow(clippy::indexing_slicing)] // test code indexes JSON
@@ -18,6 +20,7 @@ use mediasec_gba::digest::{AkaNonce, Challenge, Credentials};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::{AutnCheck, Milenage};
 use mediasec_gba::ue::{UeAnswer, UeBootstrap};
+use mediasec_kms_store::sealed::MasterKey;
 
 const DOMAIN: &str = "bsf.mnc001.mcc001.pub.3gppnetwork.org";
 const IMPI: &str = "001010000000001@ims.mnc001.mcc001.3gppnetwork.org";
@@ -37,7 +40,7 @@ struct Running {
 }
 
 async fn start(path: &std::path::Path, key_lifetime: u64) -> Running {
-    start_on(Store::open(path).expect("open store"), key_lifetime).await
+    start_on(Store::open(path, master()).expect("open store"), key_lifetime).await
 }
 
 async fn start_on(store: Store, key_lifetime: u64) -> Running {
@@ -59,6 +62,11 @@ impl Running {
         let _ = self.task.await;
         drop(self.bsf);
     }
+}
+
+/// The BSF master key of these tests (one key, so a restarted server opens what it sealed).
+fn master() -> MasterKey {
+    MasterKey::new(&[0x42; 32]).expect("master key")
 }
 
 fn keys() -> ([u8; 16], [u8; 16]) {
@@ -267,7 +275,7 @@ async fn https_bootstrap_and_zn() {
 
     let path = db_path("tls");
     let (k, opc) = keys();
-    let store = Store::open(&path).expect("store");
+    let store = Store::open(&path, master()).expect("store");
     store.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -433,7 +441,7 @@ fn session(btid: &str, impi: &str, expiry: u64, uicc: UiccType) -> BootstrapSess
 /// removal, rows of earlier versions), SQN allocation and resync, concurrent allocation
 /// without a repeated SQN, sessions (lookup, expiry, purge through the expiry index).
 async fn store_conformance(kv: Arc<dyn Kv>) {
-    let store = Store::new(Arc::clone(&kv));
+    let store = Store::new(Arc::clone(&kv), master());
     let (k, opc) = keys();
     let mut sub = subscriber(&k, &opc);
     sub.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
@@ -445,6 +453,16 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     assert!(matches!(store.add_subscriber(&bad).await, Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
     let got = store.subscriber(IMPI).await.expect("get").expect("present");
     assert_eq!((got.k.as_str(), got.opc.as_deref(), &got.impus, &got.guss, got.sqn), (sub.k.as_str(), sub.opc.as_deref(), &sub.impus, &sub.guss, 0));
+    // K and OPc are sealed in the row; the row's other fields stay readable.
+    let raw = String::from_utf8(kv.get(Table::BsfSubscribers, IMPI).await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(k)) && !raw.contains(&hex::encode(opc)), "secrets in clear: {raw}");
+    let row: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
+    assert!(row["secrets"].is_string() && row.get("k").is_none() && row.get("opc").is_none() && row["sqn"] == 0, "{row}");
+    // A sealed row moved under another key does not open (the AAD names the row).
+    kv.put(Table::BsfSubscribers, "moved@x", raw.as_bytes()).await.expect("put moved row");
+    assert!(matches!(store.subscriber("moved@x").await, Err(mediasec_bsf::BsfError::Sealed { ref key, .. }) if key == "moved@x"));
+    assert!(matches!(store.next_sqn("moved@x").await, Err(mediasec_bsf::BsfError::Sealed { .. })));
+    assert!(kv.delete(Table::BsfSubscribers, "moved@x").await.expect("delete"));
     assert!(store.subscriber("nobody@x").await.expect("get").is_none());
 
     // SQN: +1 per challenge, durable; resync sets SQN_HE := SQN_MS; the top of the space errs.
@@ -464,16 +482,27 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     store.add_subscriber(&top).await.expect("add");
     assert!(matches!(store.next_sqn("top@x").await, Err(mediasec_bsf::BsfError::Subscriber(_, "SQN space exhausted"))));
 
-    // A row as versions before this store wrote it (no write counter) reads and advances.
+    // A row as versions before this store wrote it (no write counter, K and OPc in the
+    // clear) reads, advances, and is sealed by that write.
     let old = serde_json::json!({"impi": "old@x", "k": hex::encode(k), "opc": hex::encode(opc), "amf": "8000", "sqn": 41, "impus": ["sip:old@x"]});
     kv.put(Table::BsfSubscribers, "old@x", old.to_string().as_bytes()).await.expect("put old row");
+    let read = store.subscriber("old@x").await.expect("get").expect("present");
+    assert_eq!((read.k.as_str(), read.opc.as_deref(), read.sqn), (hex::encode(k).as_str(), Some(hex::encode(opc).as_str()), 41), "old row read as it is");
     assert_eq!(store.next_sqn("old@x").await.expect("sqn").expect("known").sqn, 42);
-    assert_eq!(store.subscriber("old@x").await.expect("get").expect("present").impus, ["sip:old@x"]);
+    let raw = String::from_utf8(kv.get(Table::BsfSubscribers, "old@x").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(k)) && !raw.contains(&hex::encode(opc)) && raw.contains("\"secrets\""), "sealed on its next write: {raw}");
+    let got = store.subscriber("old@x").await.expect("get").expect("present");
+    assert_eq!((got.k.as_str(), got.opc.as_deref(), &got.impus, got.sqn), (hex::encode(k).as_str(), Some(hex::encode(opc).as_str()), &vec!["sip:old@x".to_owned()], 42));
+    let before = kv.get(Table::BsfSubscribers, "old@x").await.expect("get");
+    assert_eq!(store.next_sqn("old@x").await.expect("sqn").expect("known").sqn, 43);
+    let after = String::from_utf8(kv.get(Table::BsfSubscribers, "old@x").await.expect("get").expect("row")).expect("JSON");
+    let secrets = |raw: &str| serde_json::from_str::<serde_json::Value>(raw).expect("JSON")["secrets"].clone();
+    assert_eq!(secrets(&after), secrets(&String::from_utf8(before.expect("row")).expect("JSON")), "an SQN update carries the sealed secrets over, no new seal");
 
     // Concurrent allocation through separate store handles: never the same SQN twice.
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let s = Store::new(Arc::clone(&kv));
+        let s = Store::new(Arc::clone(&kv), master());
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..15 {
@@ -504,6 +533,17 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     }
     let got = store.session("b2@bsf", 1_999).await.expect("get").expect("valid");
     assert_eq!((got.ks, got.rand, got.impi.as_str(), got.bootstrap_time, got.expiry, got.uicc), (s2.ks, s2.rand, IMPI, 1_990, 2_000, UiccType::GbaU));
+    let raw = String::from_utf8(kv.get(Table::BsfSessions, "b2@bsf").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(s2.ks)) && raw.contains("\"ks_sealed\"") && !raw.contains("\"ks\""), "Ks sealed: {raw}");
+    // A session as earlier versions wrote it (Ks in the clear) reads; a sealed one moved to
+    // another B-TID does not open.
+    let old = serde_json::json!({"ks": hex::encode([5u8; 32]), "rand": hex::encode([6u8; 16]), "impi": IMPI, "bootstrap_time": 10, "expiry": 1_900});
+    kv.put(Table::BsfSessions, "old@bsf", old.to_string().as_bytes()).await.expect("put old session");
+    assert_eq!(store.session("old@bsf", 11).await.expect("get").expect("old session").ks, [5u8; 32]);
+    assert!(kv.delete(Table::BsfSessions, "old@bsf").await.expect("delete"));
+    kv.put(Table::BsfSessions, "moved@bsf", raw.as_bytes()).await.expect("put moved session");
+    assert!(matches!(store.session("moved@bsf", 11).await, Err(mediasec_bsf::BsfError::Sealed { .. })));
+    assert!(kv.delete(Table::BsfSessions, "moved@bsf").await.expect("delete"));
     assert!(store.session("b1@bsf", 1_000).await.expect("get").is_none(), "expired at its expiry");
     assert!(store.session("b1@bsf", 10).await.expect("get").is_none(), "deleted on the expired lookup");
     assert!(store.session("unknown@bsf", 10).await.expect("get").is_none());
@@ -536,6 +576,45 @@ async fn store_conformance_redb() {
 async fn store_conformance_postgres() {
     let Some(b) = Backend::pg() else { return };
     store_conformance(b.kv().await).await;
+}
+
+/// Another master key (a replica started with the wrong `--master-key`) gets a typed error
+/// naming the row from every read of a sealed secret, never garbage keys or a panic, and
+/// changes nothing; its server answers 500 (reference only) and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_master_key_is_a_clear_error() {
+    logs();
+    let b = Backend::redb("wrong-key");
+    let kv = b.kv().await;
+    let (k, opc) = keys();
+    let right = Store::new(Arc::clone(&kv), master());
+    right.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
+    right.put_session(&session("s@bsf", IMPI, u64::MAX, UiccType::Gba)).await.expect("put session");
+    let wrong = Store::new(Arc::clone(&kv), MasterKey::new(&[0x43; 32]).expect("key"));
+    let sealed = |r: Result<_, mediasec_bsf::BsfError>, row: &str| match r {
+        Err(e @ mediasec_bsf::BsfError::Sealed { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(row) && text.contains("master key") && text.contains("wrong master key or tampered entry"), "{text}");
+        }
+        Err(e) => panic!("{row}: {e}"),
+        Ok(_) => panic!("{row}: opened under the wrong key"),
+    };
+    let before = kv.get(Table::BsfSubscribers, IMPI).await.expect("get");
+    sealed(wrong.subscriber(IMPI).await.map(drop), IMPI);
+    sealed(wrong.subscribers().await.map(drop), IMPI);
+    sealed(wrong.next_sqn(IMPI).await.map(drop), IMPI);
+    sealed(wrong.resync_sqn(IMPI, 9).await.map(drop), IMPI);
+    sealed(wrong.session("s@bsf", 0).await.map(drop), "s@bsf");
+    assert_eq!(kv.get(Table::BsfSubscribers, IMPI).await.expect("get"), before, "nothing written under the wrong key");
+    assert_eq!(right.subscriber(IMPI).await.expect("get").expect("present").k, hex::encode(k), "the right key still opens it");
+
+    let srv = start_on(wrong, 3600).await;
+    let r = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(r.status, 500, "no challenge from garbage keys");
+    assert!(logged_cause(&r).contains("do not open under this BSF master key"));
+    assert!(matches!(client::zn_lookup(&ep(&srv.url), ZN, "s@bsf", "kms", "0100000006").await, Err(mediasec_bsf::BsfError::Status { status: 500, .. })));
+    assert_eq!(metric(&srv.url, "mediasec_bsf_store_errors_total").await, 2);
+    srv.stop().await;
 }
 
 /// A redb file written by the BSF before it moved onto the shared store (its own tables
@@ -618,7 +697,7 @@ async fn store_error_500_carries_a_reference_not_the_cause() {
     let b = Backend::redb("internal");
     let kv = b.kv().await;
     kv.put(Table::BsfSubscribers, IMPI, b"{not json").await.expect("corrupt row");
-    let srv = start_on(Store::new(kv), 3600).await;
+    let srv = start_on(Store::new(kv, master()), 3600).await;
     let (k, opc) = keys();
     let first = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
     assert_eq!(first.status, 500);
@@ -645,8 +724,8 @@ async fn two_replicas_on_one_postgres() {
     let Some(b) = Backend::pg() else { return };
     let Backend::Pg { url, .. } = &b else { unreachable!("Backend::pg is PostgreSQL") };
     let (k, opc) = keys();
-    let a = start_on(Store::connect(url).await.expect("replica A store"), 3600).await;
-    let r = start_on(Store::connect(url).await.expect("replica B store"), 3600).await;
+    let a = start_on(Store::connect(url, master()).await.expect("replica A store"), 3600).await;
+    let r = start_on(Store::connect(url, master()).await.expect("replica B store"), 3600).await;
     let body = serde_json::to_vec(&subscriber(&k, &opc)).expect("json");
     let admin = request(&ep(&a.url), "POST", "/admin/v1/subscribers", &[("Authorization", &format!("Bearer {ADMIN}"))], &body).await.expect("http");
     assert_eq!(admin.status, 201);

@@ -5,8 +5,9 @@
 //! store, in its own tables ([`Table::BsfSubscribers`] ...), and so does the voicemail server
 //! ([`Table::VoicemailMessages`], [`Table::VoicemailMeta`]).
 //!
-//! The store holds opaque bytes per (table, key). Encryption at rest of the key ring is done by
-//! the KMS above this trait, so a backend never sees a ticket key in clear.
+//! The store holds opaque bytes per (table, key). Encryption at rest is done above this trait,
+//! with the one implementation of [`sealed`] (the KMS's key ring, the BSF's K, OPc/OP and Ks),
+//! so a backend never sees those secrets in clear.
 //!
 //! Contract every backend meets:
 //! - a call returns only after its change is durable (committed); a crash (kill -9) after the
@@ -26,6 +27,7 @@ use std::pin::Pin;
 pub mod pg;
 pub mod pg_lab;
 pub mod redb_store;
+pub mod sealed;
 pub mod update;
 
 pub use pg::PgStore;
