@@ -8,7 +8,13 @@
 //!   OPc/OP sealed) and `rev`, a write counter;
 //! - `sessions`: B-TID → the session (`ks_sealed`: Ks sealed; RAND, IMPI, times, GBA_U flag);
 //! - `session_expiry`: `<expiry, 20 digits>/<B-TID>` → empty, the index [`Store::purge_expired`]
-//!   scans.
+//!   scans;
+//! - `bsf_pending`: Digest nonce → the challenge in flight (XRES, CK, IK, RAND, SQN, IMPI,
+//!   opaque, time), the whole value sealed, so the answer may reach any replica;
+//!   [`Store::take_pending`] deletes it by compare-and-swap, so of all replicas exactly one
+//!   gets it and a nonce is answered once;
+//! - `bsf_pending_expiry`: `<expiry, 20 digits>/<nonce>` → empty, the index the purge of
+//!   unanswered challenges scans.
 //!
 //! SQN allocation (TS 33.102 §6.3.2 and Annex C: SQN_HE only grows, a reused SQN is a
 //! replayed challenge) is a compare-and-swap read-modify-write ([`mediasec_kms_store::update()`]):
@@ -34,7 +40,7 @@
 
 use std::sync::Arc;
 
-use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
+use mediasec_gba::bsf::{BootstrapSession, PendingChallenge, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use mediasec_gba::uicc::UiccType;
 use mediasec_kms_store::sealed::MasterKey;
@@ -218,6 +224,27 @@ struct Secrets {
     op: Option<String>,
 }
 
+/// A challenge in flight as stored (sealed as a whole): [`PendingChallenge`] in hex and its
+/// expiry.
+#[derive(Serialize, Deserialize, zeroize::ZeroizeOnDrop)]
+struct PendingRow {
+    impi: String,
+    opaque: String,
+    rand: String,
+    xres: String,
+    ck: String,
+    ik: String,
+    sqn: Sqn,
+    issued_at: u64,
+    /// The first second at which the nonce is stale (purged from then on).
+    expiry: u64,
+    gba_u: bool,
+}
+
+/// Longest nonce looked up in the store: ours are base64 of RAND ‖ AUTN (44 characters); a
+/// longer one from a client is unknown without a store call.
+const MAX_NONCE_LEN: usize = 128;
+
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
@@ -240,6 +267,11 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &[u8]) -> Result<T, BsfErr
 
 fn encode<T: Serialize>(key: &str, v: &T) -> Result<Zeroizing<Vec<u8>>, BsfError> {
     serde_json::to_vec(v).map(Zeroizing::new).map_err(|e| BsfError::Corrupt { key: key.to_owned(), reason: e.to_string() })
+}
+
+/// `N` octets from hex, if it is exactly that.
+fn octets<const N: usize>(h: &str) -> Option<[u8; N]> {
+    hex::decode(h).ok().and_then(|v| <[u8; N]>::try_from(v).ok())
 }
 
 fn expiry_key(expiry: u64, btid: &str) -> String {
@@ -432,6 +464,83 @@ impl Store {
         self.kv.compare_and_swap(Table::BsfSessions, btid, Some(raw), None).await?;
         self.kv.delete(Table::BsfSessionExpiry, &expiry_key(expiry, btid)).await?;
         Ok(())
+    }
+
+    /// Stores a challenge in flight under its nonce until `expiry` (the first second at which
+    /// the nonce is stale), sealed; the expiry index row first, so the purge finds every row.
+    pub async fn put_pending(&self, p: &PendingChallenge, expiry: u64) -> Result<(), BsfError> {
+        let row = PendingRow {
+            impi: p.impi.clone(),
+            opaque: p.opaque.clone(),
+            rand: hex::encode(p.rand),
+            xres: hex::encode(p.xres),
+            ck: hex::encode(p.ck),
+            ik: hex::encode(p.ik),
+            sqn: p.sqn,
+            issued_at: p.issued_at,
+            expiry,
+            gba_u: p.uicc == UiccType::GbaU,
+        };
+        let sealed = self.master.seal(Table::BsfPending, &p.nonce, &encode(&p.nonce, &row)?)?;
+        self.kv.put(Table::BsfPendingExpiry, &expiry_key(expiry, &p.nonce), b"").await?;
+        self.kv.put(Table::BsfPending, &p.nonce, &sealed).await?;
+        Ok(())
+    }
+
+    /// Takes the challenge in flight under `nonce`: deletes it by compare-and-swap, so of
+    /// every replica asking at once exactly one gets it; `None` for an unknown, already
+    /// answered or purged nonce.
+    pub async fn take_pending(&self, nonce: &str) -> Result<Option<PendingChallenge>, BsfError> {
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN || nonce.contains('\0') {
+            return Ok(None);
+        }
+        let taken = update(&*self.kv, Table::BsfPending, nonce, |held| {
+            Ok::<_, BsfError>(match held {
+                None => Step::Keep(None),
+                Some(raw) => Step::Write(None, Some(Zeroizing::new(raw.to_vec()))),
+            })
+        })
+        .await?;
+        let Some(sealed) = taken else { return Ok(None) };
+        let plain = self.master.open(Table::BsfPending, nonce, &sealed).map_err(|e| BsfError::Sealed { key: nonce.to_owned(), reason: e.to_string() })?;
+        let row: PendingRow = decode(nonce, &plain)?;
+        self.kv.delete(Table::BsfPendingExpiry, &expiry_key(row.expiry, nonce)).await?;
+        let corrupt = |r: &str| BsfError::Corrupt { key: nonce.to_owned(), reason: r.to_owned() };
+        Ok(Some(PendingChallenge {
+            impi: row.impi.clone(),
+            nonce: nonce.to_owned(),
+            opaque: row.opaque.clone(),
+            rand: octets(&row.rand).ok_or_else(|| corrupt("rand"))?,
+            xres: octets(&row.xres).ok_or_else(|| corrupt("xres"))?,
+            ck: octets(&row.ck).ok_or_else(|| corrupt("ck"))?,
+            ik: octets(&row.ik).ok_or_else(|| corrupt("ik"))?,
+            sqn: row.sqn,
+            issued_at: row.issued_at,
+            uicc: if row.gba_u { UiccType::GbaU } else { UiccType::Gba },
+        }))
+    }
+
+    /// Deletes every challenge in flight whose nonce is stale at `now` (expiry ≤ `now`),
+    /// through its expiry index; returns how many it deleted. Idempotent, as
+    /// [`Store::purge_expired`].
+    pub async fn purge_stale_challenges(&self, now: u64) -> Result<usize, BsfError> {
+        let end = format!("{:020}", now.saturating_add(1));
+        let mut purged = 0;
+        loop {
+            let rows = self.kv.range(Table::BsfPendingExpiry, "", &end, PURGE_BATCH).await?;
+            for (key, _) in &rows {
+                // Nonces are fresh per challenge (random RAND), so the row under an expired
+                // index entry is that stale challenge: delete it as it is.
+                let nonce = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+                if self.kv.delete(Table::BsfPending, nonce).await? {
+                    purged += 1;
+                }
+                self.kv.delete(Table::BsfPendingExpiry, key).await?;
+            }
+            if rows.len() < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Deletes every session expired at `now` (expiry ≤ `now`) found through the expiry

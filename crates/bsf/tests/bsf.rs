@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_bsf::client::{self, request};
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::store::{Store, Subscriber};
-use mediasec_gba::bsf::{BootstrapSession, BsfConfig};
+use mediasec_gba::bsf::{BootstrapSession, BsfConfig, PendingChallenge};
 use mediasec_gba::digest::{AkaNonce, Challenge, Credentials};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::{AutnCheck, Milenage};
@@ -552,6 +552,47 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     assert!(store.session("b3@bsf", 2_999).await.expect("get").is_some(), "not expired: kept");
     assert_eq!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").len(), 1, "index rows of deleted sessions are gone");
     assert_eq!(store.purge_expired(2_500).await.expect("purge again"), 0);
+    // Challenges in flight: stored sealed, taken once, purged when stale.
+    let pend = |nonce: &str, issued_at: u64| PendingChallenge {
+        impi: IMPI.into(),
+        nonce: nonce.into(),
+        opaque: "op".into(),
+        rand: [1; 16],
+        xres: [0xA5; 8],
+        ck: [3; 16],
+        ik: [4; 16],
+        sqn: 77,
+        issued_at,
+        uicc: UiccType::GbaU,
+    };
+    store.put_pending(&pend("n1", 100), 161).await.expect("put pending");
+    store.put_pending(&pend("n2", 200), 261).await.expect("put pending");
+    let raw = kv.get(Table::BsfPending, "n1").await.expect("get").expect("row");
+    assert!(!raw.windows(8).any(|w| w == [0xA5; 8]) && !String::from_utf8_lossy(&raw).contains(&hex::encode([0xA5u8; 8])), "XRES in clear");
+    kv.put(Table::BsfPending, "moved", &raw).await.expect("put moved");
+    assert!(matches!(store.take_pending("moved").await, Err(mediasec_bsf::BsfError::Sealed { .. })), "a sealed challenge moved to another nonce does not open");
+    let got = store.take_pending("n1").await.expect("take").expect("pending");
+    assert_eq!((got.impi.as_str(), got.nonce.as_str(), got.opaque.as_str(), got.rand, got.xres, got.ck, got.ik, got.sqn, got.issued_at, got.uicc), (IMPI, "n1", "op", [1; 16], [0xA5; 8], [3; 16], [4; 16], 77, 100, UiccType::GbaU));
+    assert!(store.take_pending("n1").await.expect("take again").is_none(), "taken once");
+    assert!(store.take_pending("").await.expect("empty").is_none() && store.take_pending(&"x".repeat(200)).await.expect("long").is_none());
+    assert_eq!(store.purge_stale_challenges(260).await.expect("purge"), 0, "n2 not stale before 261");
+    assert_eq!(store.purge_stale_challenges(261).await.expect("purge"), 1);
+    assert!(store.take_pending("n2").await.expect("take").is_none(), "purged");
+    assert!(kv.range(Table::BsfPendingExpiry, "", "~", 10).await.expect("index").is_empty());
+    // Concurrent takes of one nonce through separate handles: exactly one gets it.
+    store.put_pending(&pend("n3", 300), 361).await.expect("put pending");
+    let takers: Vec<_> = (0..6)
+        .map(|_| {
+            let s = Store::new(Arc::clone(&kv), master());
+            tokio::spawn(async move { s.take_pending("n3").await.expect("take").is_some() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        won += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(won, 1, "a nonce is taken exactly once");
+
     // Many expired sessions: purge walks the index in batches.
     for i in 0..300 {
         store.put_session(&session(&format!("m{i}@bsf"), IMPI, 500 + i, UiccType::Gba)).await.expect("put session");
@@ -716,7 +757,9 @@ async fn store_error_500_carries_a_reference_not_the_cause() {
 }
 
 /// Two BSF servers on one PostgreSQL: Ub at A, Zn at B; concurrent bootstraps of one IMPI
-/// through both never share an SQN and all complete AKA; a resync at B is seen by A; a store
+/// through both never share an SQN and all complete AKA; a resync at B is seen by A; a
+/// challenge from A answered at B, the answer replayed at either gets stale=TRUE, the same
+/// answer at both at once bootstraps once; a store
 /// outage is a 500 with a reference (the cause in the log) and a count, not a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_postgres() {
@@ -778,6 +821,30 @@ async fn two_replicas_on_one_postgres() {
     assert_eq!(a.bsf.store().subscriber(IMPI).await.expect("get").expect("present").sqn, sqn_ms + 1);
     let (_, s) = client::bootstrap(&ep(&a.url), ue(&k, &opc, sqn_ms + 1)).await.expect("bootstrap at A");
     assert_eq!((s, metric(&a.url, "mediasec_bsf_resyncs_total").await), (sqn_ms + 2, 0));
+
+    // One Ub run across replicas: the challenge from A, the answer at B succeeds; replaying
+    // that answer at A or at B gets a fresh challenge with stale=TRUE (the nonce was taken).
+    let mut u = ue(&k, &opc, sqn_ms + 2);
+    let ch = ub(&a.url, &u.initial_authorization()).await;
+    assert_eq!(ch.status, 401);
+    let UeAnswer::Response(auth) = u.on_challenge(ch.header("www-authenticate").expect("challenge"), "GET", b"", &[7; 16]).expect("answer") else { panic!("response expected") };
+    let ok = ub(&r.url, &auth).await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let boot = u.on_success(ok.header("authentication-info").expect("info"), &ok.body).expect("bootstrap");
+    assert!(client::zn_lookup(&ep(&a.url), ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_some());
+    for url in [&a.url, &r.url] {
+        let replay = ub(url, &auth).await;
+        assert_eq!((replay.status, String::from_utf8_lossy(&replay.body).trim()), (401, "unknown or already used nonce"));
+        assert!(Challenge::parse(replay.header("www-authenticate").expect("challenge")).expect("parse").stale);
+    }
+    // The same answer at both replicas at once: exactly one bootstraps.
+    let mut u = ue(&k, &opc, u.sqn_ms());
+    let r1 = ub(&r.url, &u.initial_authorization()).await;
+    let UeAnswer::Response(auth) = u.on_challenge(r1.header("www-authenticate").expect("challenge"), "GET", b"", &[8; 16]).expect("answer") else { panic!("response expected") };
+    let (x, y) = tokio::join!(ub(&a.url, &auth), ub(&r.url, &auth));
+    let mut statuses = [x.status, y.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "one answer, one replay");
 
     // The database goes away: a 500 with a reference only, the cause in the log under that
     // reference, counted; the server keeps running.

@@ -61,6 +61,12 @@ pub enum Table {
     /// BSF: the expiry index of the sessions, keyed by zero-padded expiry time `/` B-TID
     /// (empty values), so expired sessions are found with a [`Store::range`] scan.
     BsfSessionExpiry,
+    /// BSF: Digest challenges in flight (sealed), keyed by the nonce sent, so the answer may
+    /// reach any replica and is taken once.
+    BsfPending,
+    /// BSF: the expiry index of [`Table::BsfPending`], keyed by zero-padded expiry time `/`
+    /// nonce (empty values).
+    BsfPendingExpiry,
     /// Voicemail: messages, keyed by the message id in 20 decimal digits (so keys sort as ids).
     VoicemailMessages,
     /// Voicemail: settings (`next_id`, the id the next message gets).
@@ -69,7 +75,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -79,6 +85,8 @@ impl Table {
         Self::BsfSubscribers,
         Self::BsfSessions,
         Self::BsfSessionExpiry,
+        Self::BsfPending,
+        Self::BsfPendingExpiry,
         Self::VoicemailMessages,
         Self::VoicemailMeta,
     ];
@@ -96,6 +104,8 @@ impl Table {
             Self::BsfSubscribers => "subscribers",
             Self::BsfSessions => "sessions",
             Self::BsfSessionExpiry => "session_expiry",
+            Self::BsfPending => "bsf_pending",
+            Self::BsfPendingExpiry => "bsf_pending_expiry",
             Self::VoicemailMessages => "vm_messages",
             Self::VoicemailMeta => "vm_meta",
         }
