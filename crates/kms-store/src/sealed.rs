@@ -4,9 +4,12 @@
 //! file, a PostgreSQL dump) sees no secret without the master key.
 //!
 //! Used by the KMS (its ticket-key ring, LI warrants, signing keys: `mediasec-kms`) and by the
-//! BSF (K, OPc/OP, Ks: `mediasec-bsf`), one implementation for both. Nonces are random (96
-//! bits from the system generator): NIST SP 800-38D §8.3 bounds one key to 2^32 seals with
-//! random nonces, which a KMS or a BSF reaches only after billions of writes.
+//! BSF (K, OPc/OP, Ks, challenges in flight: `mediasec-bsf`), one implementation for both.
+//! Nonces are random (96 bits from the system generator): NIST SP 800-38D §8.3 bounds one key
+//! to 2^32 seals with random nonces. The KMS seals rarely (key rotation, warrants); the BSF
+//! seals twice per bootstrap (the challenge, the session's Ks), so a BSF doing 1 000
+//! bootstraps/s without pause reaches the bound in about 25 days. There is no master-key
+//! rotation yet (it would re-seal every row).
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
