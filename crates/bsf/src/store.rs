@@ -245,6 +245,9 @@ struct PendingRow {
 /// longer one from a client is unknown without a store call.
 const MAX_NONCE_LEN: usize = 128;
 
+/// Subscriber rows [`Store::check_master_key`] looks at for a sealed one.
+const KEY_CHECK_ROWS: usize = 16;
+
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
@@ -349,6 +352,22 @@ impl Store {
             impus: row.impus.clone(),
             guss: row.guss.clone(),
         })
+    }
+
+    /// Checks that the master key opens this store: opens the secrets of the first sealed
+    /// subscriber row among the first [`KEY_CHECK_ROWS`] (rows of earlier versions are in the
+    /// clear and skipped). `Ok` also when there is none to try (a new or unsealed store). A
+    /// server runs it before serving, so a wrong `--master-key` stops it at start, as it stops
+    /// the KMS, rather than failing every request.
+    pub async fn check_master_key(&self) -> Result<(), BsfError> {
+        let end = char::MAX.to_string();
+        for (key, v) in self.kv.range(Table::BsfSubscribers, "", &end, KEY_CHECK_ROWS).await? {
+            let row: SubscriberRow = decode(&key, &Zeroizing::new(v))?;
+            if row.secrets.is_some() {
+                return self.subscriber_of(&key, &row).map(drop);
+            }
+        }
+        Ok(())
     }
 
     /// Add a subscriber (error if present), atomically.

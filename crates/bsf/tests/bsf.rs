@@ -445,6 +445,7 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     let (k, opc) = keys();
     let mut sub = subscriber(&k, &opc);
     sub.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
+    store.check_master_key().await.expect("an empty store passes the key check");
     store.add_subscriber(&sub).await.expect("add");
     assert!(matches!(store.add_subscriber(&sub).await, Err(mediasec_bsf::BsfError::Subscriber(_, "already exists"))));
     let mut bad = subscriber(&k, &opc);
@@ -641,6 +642,8 @@ async fn a_wrong_master_key_is_a_clear_error() {
         Ok(_) => panic!("{row}: opened under the wrong key"),
     };
     let before = kv.get(Table::BsfSubscribers, IMPI).await.expect("get");
+    sealed(wrong.check_master_key().await, IMPI);
+    right.check_master_key().await.expect("the right key passes the check");
     sealed(wrong.subscriber(IMPI).await.map(drop), IMPI);
     sealed(wrong.subscribers().await.map(drop), IMPI);
     sealed(wrong.next_sqn(IMPI).await.map(drop), IMPI);

@@ -170,6 +170,13 @@ fn two_bsf_processes_share_postgresql() {
     let (ok, _, err) = run(&["list"], Some("not hex"));
     assert!(!ok && err.contains("master key is not hex"), "{err}");
 
+    // A server started with another key stops at start, saying why.
+    let out = Command::new(BIN)
+        .args(["bsf", "--store", &url, "--listen", "127.0.0.1:0", "--zn-token", "z", "--admin-token", "a", "--master-key", &"cd".repeat(32)])
+        .output()
+        .expect("mediasec bsf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the master key does not open this store") && err.contains(IMPI), "{err}");
     let (a, url_a) = start_on("--store", url.as_ref());
     let (b, url_b) = start_on("--store", url.as_ref());
     let (_a, _b) = (Reaped(a), Reaped(b));

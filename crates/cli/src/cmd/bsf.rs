@@ -191,7 +191,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     runtime()?.block_on(async move {
-        let state = Bsf::new(cfg, Store::new(super::kms::open_store(&spec).await?, master));
+        let store = Store::new(super::kms::open_store(&spec).await?, master);
+        store.check_master_key().await.context("the master key does not open this store")?;
+        let state = Bsf::new(cfg, store);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         let server = match tls {
