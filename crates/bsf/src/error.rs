@@ -4,17 +4,10 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BsfError {
-    /// The store (embedded database or PostgreSQL) failed.
+    /// The store (embedded database or PostgreSQL) failed, or a read-modify-write of a
+    /// record kept losing to concurrent writers ([`mediasec_kms_store::StoreError::Contention`]).
     #[error(transparent)]
     Store(#[from] mediasec_kms_store::StoreError),
-    /// A read-modify-write of a stored record kept losing to concurrent writers.
-    #[error("store record for {key:?} changed concurrently on {attempts} attempts in a row")]
-    Contention {
-        /// Record key.
-        key: String,
-        /// Attempts made.
-        attempts: usize,
-    },
     /// A stored record could not be decoded.
     #[error("store record for {key:?} is corrupt: {reason}")]
     Corrupt {
@@ -23,6 +16,18 @@ pub enum BsfError {
         /// Decoder message.
         reason: String,
     },
+    /// A sealed secret of a stored record does not open: another master key, or a changed or
+    /// moved row. Never garbage keys: the AEAD tag does not verify.
+    #[error("store record for {key:?}: its secrets do not open under this BSF master key (wrong --master-key / MEDIASEC_BSF_MASTER_KEY, or a tampered row): {reason}")]
+    Sealed {
+        /// Record key.
+        key: String,
+        /// What the AEAD said.
+        reason: String,
+    },
+    /// The BSF master key is unusable, or sealing failed.
+    #[error("BSF master key: {0}")]
+    MasterKey(#[from] mediasec_kms_store::sealed::SealError),
     /// Invalid subscriber data supplied by an operator.
     #[error("invalid subscriber: {0}")]
     InvalidSubscriber(String),

@@ -1,8 +1,9 @@
 //! The mediasec GBA BSF (TS 33.220, TS 24.109) as a service, and the UE's HTTP driver.
 //!
 //! - [`store`]: subscribers (IMPI, K, OPc/OP, AMF, SQN, IMPUs, GUSS) and bootstrap sessions
-//!   in an embedded redb file or in PostgreSQL shared by replicas; SQNs are allocated
-//!   atomically across replicas and committed before use.
+//!   in an embedded redb file or in PostgreSQL shared by replicas; K, OPc/OP and Ks sealed
+//!   under the BSF master key; SQNs are allocated atomically across replicas and committed
+//!   before use.
 //! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
 //! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS).
 //! - [`tls`]: HTTPS server listener and client connector (rustls).

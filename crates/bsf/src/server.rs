@@ -2,16 +2,15 @@
 //! (`POST /zn/v1/naf-keys`, NAF client certificate or bearer token), admin (`/admin/v1/subscribers`, bearer token) and
 //! `/metrics` (Prometheus text format).
 //!
-//! Replicas: several servers may share one PostgreSQL store (docs/gba.md § Storage). SQNs and
-//! sessions live in the store, so a NAF's Zn lookup may reach any replica; the Digest nonce
-//! of a challenge in flight is kept in the memory of the replica that issued it, so the two
-//! requests of one Ub run must reach the same replica (a response reaching another one gets
-//! a fresh challenge with `stale=TRUE`). Every replica purges expired sessions every
-//! [`PURGE_INTERVAL`].
+//! Replicas: several servers may share one PostgreSQL store (docs/gba.md § Storage). SQNs,
+//! sessions and the challenges in flight live in the store, so a NAF's Zn lookup may reach
+//! any replica, and so may the second request of a Ub run: the challenge is stored (sealed)
+//! under its nonce and taken by compare-and-swap delete, so exactly one replica gets it and
+//! a replayed answer, at any replica, gets a fresh challenge with `stale=TRUE`. Every replica
+//! purges expired sessions and stale challenges every [`PURGE_INTERVAL`].
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -25,7 +24,7 @@ use axum::routing::{delete, get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::bootstrapping_info::{CONTENT_TYPE, format_time};
-use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, PendingChallenge, UbRequest, Verdict};
+use mediasec_gba::bsf::{self, BsfConfig, ChallengeInput, UbRequest, Verdict};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::uicc::UiccType;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -65,7 +64,6 @@ pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 pub struct Bsf {
     cfg: ServerConfig,
     store: Store,
-    pending: Mutex<HashMap<String, PendingChallenge>>,
     metrics: Metrics,
 }
 
@@ -80,7 +78,7 @@ fn text(status: StatusCode, reason: &str) -> Response {
 impl Bsf {
     /// Build the state around an open store.
     pub fn new(cfg: ServerConfig, store: Store) -> Arc<Self> {
-        Arc::new(Self { cfg, store, pending: Mutex::new(HashMap::new()), metrics: Metrics::default() })
+        Arc::new(Self { cfg, store, metrics: Metrics::default() })
     }
 
     /// The store (for tests and the CLI).
@@ -99,17 +97,23 @@ impl Bsf {
             .with_state(Arc::clone(self))
     }
 
-    /// A failure of the store or of a stored record: 500 with the reason, a log line and a
-    /// count in `mediasec_bsf_store_errors_total` (never a panic).
+    /// A failure of the store or of a stored record: 500 with a generic reason and a fresh
+    /// reference, a `warn` log line with the cause under that same reference, and a count in
+    /// `mediasec_bsf_store_errors_total` (never a panic). The body never carries the cause:
+    /// a store error names hosts, tables and rows, which a UE or NAF has no business seeing;
+    /// the operator finds the cause in the log by the reference the client got.
     fn internal(&self, e: &BsfError) -> Response {
         self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
-        warn!(error = %e, "BSF store error");
-        text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        let reference = hex::encode(rand::random::<[u8; 4]>());
+        warn!(%reference, error = %e, "BSF store error");
+        text(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error, reference {reference}"))
     }
 
-    /// Deletes the sessions expired now; logs and counts what it did.
+    /// Deletes the sessions expired now and the challenges whose nonce is stale; logs and
+    /// counts what it did.
     pub async fn purge_expired(&self) {
-        match self.store.purge_expired(now()).await {
+        let t = now();
+        match self.store.purge_expired(t).await {
             Ok(0) => {}
             Ok(n) => {
                 self.metrics.sessions_purged.fetch_add(n as u64, Ordering::Relaxed);
@@ -118,6 +122,14 @@ impl Bsf {
             Err(e) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "purging expired sessions failed");
+            }
+        }
+        match self.store.purge_stale_challenges(t).await {
+            Ok(0) => {}
+            Ok(n) => info!(challenges = n, "unanswered challenges purged"),
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "purging stale challenges failed");
             }
         }
     }
@@ -137,13 +149,14 @@ impl Bsf {
             Ok(a) => a,
             Err(e) => return self.internal(&e),
         };
-        let input = ChallengeInput { sqn: sub.sqn, rand: rand::random(), opaque: rand::random(), now: now(), stale };
+        let t = now();
+        let input = ChallengeInput { sqn: sub.sqn, rand: rand::random(), opaque: rand::random(), now: t, stale };
         let (ch, pending) = bsf::issue_challenge_for(&self.cfg.bsf, impi, &auth, uicc, input);
-        if let Ok(mut p) = self.pending.lock() {
-            let limit = self.cfg.bsf.nonce_lifetime;
-            let t = now();
-            p.retain(|_, v| t.saturating_sub(v.issued_at) <= limit);
-            p.insert(pending.nonce.clone(), pending);
+        // Stale from `t + nonce_lifetime + 1` on (`bsf::verify_response`); stored before the
+        // 401 leaves, so any replica can take the answer.
+        let expiry = t.saturating_add(self.cfg.bsf.nonce_lifetime).saturating_add(1);
+        if let Err(e) = self.store.put_pending(&pending, expiry).await {
+            return self.internal(&e);
         }
         self.metrics.challenges.fetch_add(1, Ordering::Relaxed);
         let mut r = text(StatusCode::UNAUTHORIZED, reason);
@@ -172,7 +185,10 @@ async fn ub(State(b): State<Arc<Bsf>>, method: Method, headers: HeaderMap, body:
         Ok(UbRequest::Initial { impi }) => return b.challenge(&impi, false, "bootstrapping challenge").await,
         Ok(UbRequest::Response(c)) => c,
     };
-    let pending = b.pending.lock().ok().and_then(|mut p| p.remove(&creds.nonce));
+    let pending = match b.store.take_pending(&creds.nonce).await {
+        Ok(p) => p,
+        Err(e) => return b.internal(&e),
+    };
     let Some(pending) = pending else {
         // Unknown or already answered nonce (replay): fresh challenge, stale=TRUE.
         return b.challenge(&creds.username, true, "unknown or already used nonce").await;

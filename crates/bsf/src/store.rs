@@ -4,14 +4,23 @@
 //! § Storage.
 //!
 //! Rows (tables of [`Table`], JSON values):
-//! - `subscribers`: IMPI → [`Subscriber`] plus `rev`, a write counter;
-//! - `sessions`: B-TID → the session (Ks, RAND, IMPI, times, GBA_U flag);
+//! - `subscribers`: IMPI → the [`Subscriber`] without K and OPc/OP, plus `secrets` (K and
+//!   OPc/OP sealed) and `rev`, a write counter;
+//! - `sessions`: B-TID → the session (`ks_sealed`: Ks sealed; RAND, IMPI, times, GBA_U flag);
 //! - `session_expiry`: `<expiry, 20 digits>/<B-TID>` → empty, the index [`Store::purge_expired`]
-//!   scans.
+//!   scans;
+//! - `bsf_pending`: Digest nonce → the challenge in flight (XRES, CK, IK, RAND, SQN, IMPI,
+//!   opaque, time), the whole value sealed, so the answer may reach any replica;
+//!   [`Store::take_pending`] deletes it by compare-and-swap, so of all replicas exactly one
+//!   gets it and a nonce is answered once;
+//! - `bsf_pending_expiry`: `<expiry, 20 digits>/<nonce>` → empty, the index the purge of
+//!   unanswered challenges scans.
 //!
 //! SQN allocation (TS 33.102 §6.3.2 and Annex C: SQN_HE only grows, a reused SQN is a
-//! replayed challenge) is a compare-and-swap loop: read the record, set the new SQN and
-//! `rev + 1`, swap only if the stored bytes are still those read, else re-read and retry. The
+//! replayed challenge) is a compare-and-swap read-modify-write ([`mediasec_kms_store::update()`]):
+//! read the record, set the new SQN and `rev + 1`, swap only if the stored bytes are still
+//! those read, else re-read and retry (at most [`mediasec_kms_store::UPDATE_ATTEMPTS`] times,
+//! then [`mediasec_kms_store::StoreError::Contention`]). The
 //! store's swap is atomic across every process sharing it (redb: one write transaction;
 //! PostgreSQL: one `UPDATE … WHERE value = expected`), so two replicas never both succeed
 //! from the same record, and `rev` makes every written record distinct, so a resync that
@@ -19,19 +28,31 @@
 //! is committed durably *before* the challenge that uses the SQN is built and sent, so a
 //! kill -9 at any point can only skip SQNs, never reuse or lower one.
 //!
-//! Secrets (K, OPc/OP, Ks) are stored in the clear, hex in the JSON, as before this store
-//! was shared with PostgreSQL: protect the file or the database accordingly.
+//! Secrets (K, OPc/OP, Ks) are sealed at rest under the BSF master key, as the KMS seals its
+//! key ring ([`mediasec_kms_store::sealed`]: AES-256-GCM, random nonce, AAD `<table>:<row
+//! key>`, so a sealed value copied into another row does not open), hex in the JSON. The other
+//! fields stay readable (the purge reads the expiry, an operator the SQN) and are not secret:
+//! RAND travels in the clear on Ub. Rows written in the clear by earlier versions (`k`,
+//! `opc`/`op`, `ks` in hex) are read as they are; a subscriber row is sealed on its next write
+//! (the next challenge's SQN update), a session is never rewritten and stays as it is until it
+//! expires and is purged. A wrong master key is [`BsfError::Sealed`] naming the row, never
+//! garbage keys: the tag does not verify.
 
 use std::sync::Arc;
 
-use mediasec_gba::bsf::{BootstrapSession, SubscriberAuth};
+use mediasec_gba::bsf::{BootstrapSession, PendingChallenge, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use mediasec_gba::uicc::UiccType;
-use mediasec_kms_store::{RedbStore, Store as Kv, Table};
+use mediasec_kms_store::sealed::MasterKey;
+use mediasec_kms_store::{RedbStore, Step, Store as Kv, Table, update};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::BsfError;
+
+/// Environment variable holding the BSF master key (64 hex digits) when `--master-key` is not
+/// given.
+pub const MASTER_KEY_ENV: &str = "MEDIASEC_BSF_MASTER_KEY";
 
 /// A subscriber record (what an HSS would hold for GBA: TS 33.220 §4.4.2, Zh).
 #[derive(Clone, Serialize, Deserialize)]
@@ -134,7 +155,12 @@ impl Subscriber {
 /// A stored bootstrap session.
 #[derive(Serialize, Deserialize)]
 struct SessionRecord {
-    ks: String,
+    /// Ks sealed ([`MasterKey::seal`], row `sessions:<B-TID>`), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ks_sealed: Option<String>,
+    /// Ks in the clear, hex: sessions written by earlier versions (read, never written).
+    #[serde(default, skip_serializing)]
+    ks: Option<String>,
     rand: String,
     impi: String,
     bootstrap_time: u64,
@@ -150,33 +176,86 @@ impl Drop for SessionRecord {
     }
 }
 
-/// A subscriber row: the record and its write counter.
-#[derive(Serialize)]
-struct SubscriberRow<'a> {
-    #[serde(flatten)]
-    sub: &'a Subscriber,
-    rev: u64,
-}
-
-/// The write counter of a stored subscriber row (0 in rows written before it existed).
-#[derive(Deserialize)]
-struct Rev {
+/// A stored subscriber row: the record without K and OPc/OP, its sealed secrets and its
+/// write counter.
+#[derive(Serialize, Deserialize)]
+struct SubscriberRow {
+    impi: String,
+    #[serde(default = "default_amf")]
+    amf: String,
+    #[serde(default)]
+    sqn: Sqn,
+    #[serde(default)]
+    impus: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    guss: Option<serde_json::Value>,
+    /// Write counter (0 in rows written before it existed).
     #[serde(default)]
     rev: u64,
+    /// [`Secrets`] sealed ([`MasterKey::seal`], row `subscribers:<IMPI>`), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secrets: Option<String>,
+    /// K in the clear, hex: rows written by earlier versions (read, never written).
+    #[serde(default, skip_serializing)]
+    k: Option<String>,
+    /// OPc in the clear (earlier versions).
+    #[serde(default, skip_serializing)]
+    opc: Option<String>,
+    /// OP in the clear (earlier versions).
+    #[serde(default, skip_serializing)]
+    op: Option<String>,
 }
 
-/// How often one SQN update re-reads and retries after losing a swap to another writer
-/// before it gives up with [`BsfError::Contention`]. Each lost swap means another writer
-/// succeeded, so `n` concurrent writers of one IMPI need at most `n` attempts.
-const SWAP_ATTEMPTS: usize = 64;
+impl Drop for SubscriberRow {
+    fn drop(&mut self) {
+        self.k.zeroize();
+        self.opc.zeroize();
+        self.op.zeroize();
+    }
+}
+
+/// What a subscriber row seals: K and OPc/OP (hex, as in [`Subscriber`]).
+#[derive(Serialize, Deserialize, zeroize::ZeroizeOnDrop)]
+struct Secrets {
+    k: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    opc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    op: Option<String>,
+}
+
+/// A challenge in flight as stored (sealed as a whole): [`PendingChallenge`] in hex and its
+/// expiry.
+#[derive(Serialize, Deserialize, zeroize::ZeroizeOnDrop)]
+struct PendingRow {
+    impi: String,
+    opaque: String,
+    rand: String,
+    xres: String,
+    ck: String,
+    ik: String,
+    sqn: Sqn,
+    issued_at: u64,
+    /// The first second at which the nonce is stale (purged from then on).
+    expiry: u64,
+    gba_u: bool,
+}
+
+/// Longest nonce looked up in the store: ours are base64 of RAND ‖ AUTN (44 characters); a
+/// longer one from a client is unknown without a store call.
+const MAX_NONCE_LEN: usize = 128;
+
+/// Subscriber rows [`Store::check_master_key`] looks at for a sealed one.
+const KEY_CHECK_ROWS: usize = 16;
 
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
-/// The store (cheap to clone: it shares the backend).
+/// The store (cheap to clone: it shares the backend and the master key).
 #[derive(Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
+    master: Arc<MasterKey>,
 }
 
 impl std::fmt::Debug for Store {
@@ -193,30 +272,108 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<Zeroizing<Vec<u8>>, BsfError
     serde_json::to_vec(v).map(Zeroizing::new).map_err(|e| BsfError::Corrupt { key: key.to_owned(), reason: e.to_string() })
 }
 
+/// `N` octets from hex, if it is exactly that.
+fn octets<const N: usize>(h: &str) -> Option<[u8; N]> {
+    hex::decode(h).ok().and_then(|v| <[u8; N]>::try_from(v).ok())
+}
+
 fn expiry_key(expiry: u64, btid: &str) -> String {
     format!("{expiry:020}/{btid}")
 }
 
 impl Store {
-    /// The BSF store on a backend (redb, or PostgreSQL shared by replicas).
-    pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv }
+    /// The BSF store on a backend (redb, or PostgreSQL shared by replicas); secrets sealed
+    /// under `master`.
+    pub fn new(kv: Arc<dyn Kv>, master: MasterKey) -> Self {
+        Self { kv, master: Arc::new(master) }
     }
 
     /// Opens or creates the embedded database file (blocking: call it before serving).
-    pub fn open(path: &std::path::Path) -> Result<Self, BsfError> {
-        Ok(Self::new(Arc::new(RedbStore::open(path)?)))
+    pub fn open(path: &std::path::Path, master: MasterKey) -> Result<Self, BsfError> {
+        Ok(Self::new(Arc::new(RedbStore::open(path)?), master))
     }
 
     /// Connects to PostgreSQL (`postgres://…`) and creates the schema if missing.
-    pub async fn connect(url: &str) -> Result<Self, BsfError> {
-        Ok(Self::new(Arc::new(mediasec_kms_store::PgStore::connect(url).await?)))
+    pub async fn connect(url: &str, master: MasterKey) -> Result<Self, BsfError> {
+        Ok(Self::new(Arc::new(mediasec_kms_store::PgStore::connect(url).await?), master))
+    }
+
+    /// Seals `plain` for row `key` of `table`, hex.
+    fn seal(&self, table: Table, key: &str, plain: &[u8]) -> Result<String, BsfError> {
+        Ok(hex::encode(self.master.seal(table, key, plain)?))
+    }
+
+    /// Opens what [`Store::seal`] stored in row `key` of `table`.
+    fn open_sealed(&self, table: Table, key: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, BsfError> {
+        let sealed = hex::decode(sealed).map_err(|_| BsfError::Corrupt { key: key.to_owned(), reason: "sealed value is not hex".into() })?;
+        self.master.open(table, key, &sealed).map_err(|e| BsfError::Sealed { key: key.to_owned(), reason: e.to_string() })
+    }
+
+    /// The stored row of `s` with `secrets` (sealed) and write counter `rev`.
+    fn row_of(s: &Subscriber, secrets: String, rev: u64) -> SubscriberRow {
+        SubscriberRow {
+            impi: s.impi.clone(),
+            amf: s.amf.clone(),
+            sqn: s.sqn,
+            impus: s.impus.clone(),
+            guss: s.guss.clone(),
+            rev,
+            secrets: Some(secrets),
+            k: None,
+            opc: None,
+            op: None,
+        }
+    }
+
+    /// Seals the K and OPc/OP of `s` for its row `key`.
+    fn seal_secrets(&self, key: &str, s: &Subscriber) -> Result<String, BsfError> {
+        let plain = encode(key, &Secrets { k: s.k.clone(), opc: s.opc.clone(), op: s.op.clone() })?;
+        self.seal(Table::BsfSubscribers, key, &plain)
+    }
+
+    /// The subscriber of row `key` (its secrets opened, or read in the clear from a row of an
+    /// earlier version).
+    fn subscriber_of(&self, key: &str, row: &SubscriberRow) -> Result<Subscriber, BsfError> {
+        let secrets = match &row.secrets {
+            Some(sealed) => decode::<Secrets>(key, &self.open_sealed(Table::BsfSubscribers, key, sealed)?)?,
+            None => Secrets {
+                k: row.k.clone().ok_or_else(|| BsfError::Corrupt { key: key.to_owned(), reason: "neither secrets nor k".into() })?,
+                opc: row.opc.clone(),
+                op: row.op.clone(),
+            },
+        };
+        Ok(Subscriber {
+            impi: row.impi.clone(),
+            k: secrets.k.clone(),
+            opc: secrets.opc.clone(),
+            op: secrets.op.clone(),
+            amf: row.amf.clone(),
+            sqn: row.sqn,
+            impus: row.impus.clone(),
+            guss: row.guss.clone(),
+        })
+    }
+
+    /// Checks that the master key opens this store: opens the secrets of the first sealed
+    /// subscriber row among the first [`KEY_CHECK_ROWS`] (rows of earlier versions are in the
+    /// clear and skipped). `Ok` also when there is none to try (a new or unsealed store). A
+    /// server runs it before serving, so a wrong `--master-key` stops it at start, as it stops
+    /// the KMS, rather than failing every request.
+    pub async fn check_master_key(&self) -> Result<(), BsfError> {
+        let end = char::MAX.to_string();
+        for (key, v) in self.kv.range(Table::BsfSubscribers, "", &end, KEY_CHECK_ROWS).await? {
+            let row: SubscriberRow = decode(&key, &Zeroizing::new(v))?;
+            if row.secrets.is_some() {
+                return self.subscriber_of(&key, &row).map(drop);
+            }
+        }
+        Ok(())
     }
 
     /// Add a subscriber (error if present), atomically.
     pub async fn add_subscriber(&self, s: &Subscriber) -> Result<(), BsfError> {
         s.auth()?;
-        let row = encode(&s.impi, &SubscriberRow { sub: s, rev: 0 })?;
+        let row = encode(&s.impi, &Self::row_of(s, self.seal_secrets(&s.impi, s)?, 0))?;
         if !self.kv.compare_and_swap(Table::BsfSubscribers, &s.impi, None, Some(&row)).await? {
             return Err(BsfError::Subscriber(s.impi.clone(), "already exists"));
         }
@@ -231,13 +388,13 @@ impl Store {
     /// One subscriber.
     pub async fn subscriber(&self, impi: &str) -> Result<Option<Subscriber>, BsfError> {
         let raw = self.kv.get(Table::BsfSubscribers, impi).await?.map(Zeroizing::new);
-        raw.map(|v| decode(impi, &v)).transpose()
+        raw.map(|v| self.subscriber_of(impi, &decode(impi, &v)?)).transpose()
     }
 
-    /// All subscribers.
+    /// All subscribers (every row's secrets opened: a wrong master key fails here).
     pub async fn subscribers(&self) -> Result<Vec<Subscriber>, BsfError> {
         let rows = self.kv.list(Table::BsfSubscribers).await?;
-        rows.into_iter().map(|(k, v)| decode(&k, &Zeroizing::new(v))).collect()
+        rows.into_iter().map(|(k, v)| self.subscriber_of(&k, &decode(&k, &Zeroizing::new(v))?)).collect()
     }
 
     /// Allocate the next SQN for `impi` and commit it durably; returns the record (with the
@@ -252,20 +409,25 @@ impl Store {
         self.update_sqn(impi, |_| Some(sqn_ms)).await
     }
 
-    /// The compare-and-swap loop of the module documentation.
-    async fn update_sqn(&self, impi: &str, f: impl Fn(Sqn) -> Option<Sqn>) -> Result<Option<Subscriber>, BsfError> {
-        for _ in 0..SWAP_ATTEMPTS {
-            let Some(raw) = self.kv.get(Table::BsfSubscribers, impi).await?.map(Zeroizing::new) else { return Ok(None) };
-            let mut s: Subscriber = decode(impi, &raw)?;
-            let Rev { rev } = decode(impi, &raw)?;
+    /// The compare-and-swap read-modify-write of the module documentation
+    /// ([`mediasec_kms_store::update()`]).
+    async fn update_sqn(&self, impi: &str, f: impl Fn(Sqn) -> Option<Sqn> + Send) -> Result<Option<Subscriber>, BsfError> {
+        update(&*self.kv, Table::BsfSubscribers, impi, |held| {
+            let Some(raw) = held else { return Ok(Step::Keep(None)) };
+            let row: SubscriberRow = decode(impi, raw)?;
+            let mut s = self.subscriber_of(impi, &row)?;
             s.sqn = f(s.sqn).ok_or(BsfError::Subscriber(impi.to_owned(), "SQN space exhausted"))?;
-            let rev = rev.checked_add(1).ok_or(BsfError::Subscriber(impi.to_owned(), "write counter exhausted"))?;
-            let new = encode(impi, &SubscriberRow { sub: &s, rev })?;
-            if self.kv.compare_and_swap(Table::BsfSubscribers, impi, Some(&raw), Some(&new)).await? {
-                return Ok(Some(s));
-            }
-        }
-        Err(BsfError::Contention { key: impi.to_owned(), attempts: SWAP_ATTEMPTS })
+            let rev = row.rev.checked_add(1).ok_or(BsfError::Subscriber(impi.to_owned(), "write counter exhausted"))?;
+            // The sealed secrets are carried over as they are (no seal per challenge); a row of
+            // an earlier version, in the clear, is sealed now.
+            let secrets = match &row.secrets {
+                Some(sealed) => sealed.clone(),
+                None => self.seal_secrets(impi, &s)?,
+            };
+            let new = encode(impi, &Self::row_of(&s, secrets, rev))?;
+            Ok(Step::Write(Some(new), Some(s)))
+        })
+        .await
     }
 
     /// Store a new bootstrap session under its B-TID (a newer run replaces an older one with
@@ -273,7 +435,8 @@ impl Store {
     /// stored session has one and [`Store::purge_expired`] finds it.
     pub async fn put_session(&self, s: &BootstrapSession) -> Result<(), BsfError> {
         let rec = SessionRecord {
-            ks: hex::encode(s.ks),
+            ks_sealed: Some(self.seal(Table::BsfSessions, &s.btid, &s.ks)?),
+            ks: None,
             rand: hex::encode(s.rand),
             impi: s.impi.clone(),
             bootstrap_time: s.bootstrap_time,
@@ -296,7 +459,12 @@ impl Store {
             return Ok(None);
         }
         let corrupt = |r: &str| BsfError::Corrupt { key: btid.to_owned(), reason: r.to_owned() };
-        let ks = hex::decode(&rec.ks).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| corrupt("ks"))?;
+        let ks = match (&rec.ks_sealed, &rec.ks) {
+            (Some(sealed), _) => self.open_sealed(Table::BsfSessions, btid, sealed)?,
+            (None, Some(clear)) => Zeroizing::new(hex::decode(clear).map_err(|_| corrupt("ks"))?),
+            (None, None) => return Err(corrupt("neither ks_sealed nor ks")),
+        };
+        let ks = <[u8; 32]>::try_from(ks.as_slice()).map_err(|_| corrupt("ks"))?;
         let rand = hex::decode(&rec.rand).ok().and_then(|v| <[u8; 16]>::try_from(v).ok()).ok_or_else(|| corrupt("rand"))?;
         Ok(Some(BootstrapSession {
             btid: btid.to_owned(),
@@ -315,6 +483,83 @@ impl Store {
         self.kv.compare_and_swap(Table::BsfSessions, btid, Some(raw), None).await?;
         self.kv.delete(Table::BsfSessionExpiry, &expiry_key(expiry, btid)).await?;
         Ok(())
+    }
+
+    /// Stores a challenge in flight under its nonce until `expiry` (the first second at which
+    /// the nonce is stale), sealed; the expiry index row first, so the purge finds every row.
+    pub async fn put_pending(&self, p: &PendingChallenge, expiry: u64) -> Result<(), BsfError> {
+        let row = PendingRow {
+            impi: p.impi.clone(),
+            opaque: p.opaque.clone(),
+            rand: hex::encode(p.rand),
+            xres: hex::encode(p.xres),
+            ck: hex::encode(p.ck),
+            ik: hex::encode(p.ik),
+            sqn: p.sqn,
+            issued_at: p.issued_at,
+            expiry,
+            gba_u: p.uicc == UiccType::GbaU,
+        };
+        let sealed = self.master.seal(Table::BsfPending, &p.nonce, &encode(&p.nonce, &row)?)?;
+        self.kv.put(Table::BsfPendingExpiry, &expiry_key(expiry, &p.nonce), b"").await?;
+        self.kv.put(Table::BsfPending, &p.nonce, &sealed).await?;
+        Ok(())
+    }
+
+    /// Takes the challenge in flight under `nonce`: deletes it by compare-and-swap, so of
+    /// every replica asking at once exactly one gets it; `None` for an unknown, already
+    /// answered or purged nonce.
+    pub async fn take_pending(&self, nonce: &str) -> Result<Option<PendingChallenge>, BsfError> {
+        if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN || nonce.contains('\0') {
+            return Ok(None);
+        }
+        let taken = update(&*self.kv, Table::BsfPending, nonce, |held| {
+            Ok::<_, BsfError>(match held {
+                None => Step::Keep(None),
+                Some(raw) => Step::Write(None, Some(Zeroizing::new(raw.to_vec()))),
+            })
+        })
+        .await?;
+        let Some(sealed) = taken else { return Ok(None) };
+        let plain = self.master.open(Table::BsfPending, nonce, &sealed).map_err(|e| BsfError::Sealed { key: nonce.to_owned(), reason: e.to_string() })?;
+        let row: PendingRow = decode(nonce, &plain)?;
+        self.kv.delete(Table::BsfPendingExpiry, &expiry_key(row.expiry, nonce)).await?;
+        let corrupt = |r: &str| BsfError::Corrupt { key: nonce.to_owned(), reason: r.to_owned() };
+        Ok(Some(PendingChallenge {
+            impi: row.impi.clone(),
+            nonce: nonce.to_owned(),
+            opaque: row.opaque.clone(),
+            rand: octets(&row.rand).ok_or_else(|| corrupt("rand"))?,
+            xres: octets(&row.xres).ok_or_else(|| corrupt("xres"))?,
+            ck: octets(&row.ck).ok_or_else(|| corrupt("ck"))?,
+            ik: octets(&row.ik).ok_or_else(|| corrupt("ik"))?,
+            sqn: row.sqn,
+            issued_at: row.issued_at,
+            uicc: if row.gba_u { UiccType::GbaU } else { UiccType::Gba },
+        }))
+    }
+
+    /// Deletes every challenge in flight whose nonce is stale at `now` (expiry ≤ `now`),
+    /// through its expiry index; returns how many it deleted. Idempotent, as
+    /// [`Store::purge_expired`].
+    pub async fn purge_stale_challenges(&self, now: u64) -> Result<usize, BsfError> {
+        let end = format!("{:020}", now.saturating_add(1));
+        let mut purged = 0;
+        loop {
+            let rows = self.kv.range(Table::BsfPendingExpiry, "", &end, PURGE_BATCH).await?;
+            for (key, _) in &rows {
+                // Nonces are fresh per challenge (random RAND), so the row under an expired
+                // index entry is that stale challenge: delete it as it is.
+                let nonce = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
+                if self.kv.delete(Table::BsfPending, nonce).await? {
+                    purged += 1;
+                }
+                self.kv.delete(Table::BsfPendingExpiry, key).await?;
+            }
+            if rows.len() < PURGE_BATCH {
+                return Ok(purged);
+            }
+        }
     }
 
     /// Deletes every session expired at `now` (expiry ≤ `now`) found through the expiry

@@ -1,6 +1,8 @@
 //! The BSF over real HTTP on loopback: full bootstrap, resync, every failure case, Ks_NAF
 //! from the UE equals Ks_NAF from Zn, session expiry, admin API, restart persistence; the
-//! store contract on both backends (redb, and a real PostgreSQL from `PgLab`), and two BSF
+//! store contract on both backends (redb, and a real PostgreSQL from `PgLab`: secrets sealed,
+//! rows of earlier versions read and sealed on their next write, a wrong master key a clear
+//! error), and two BSF
 //! replicas sharing one PostgreSQL.
 
 #![allow(clippy::indexing_slicing)] // test code indexes JSON
@@ -13,11 +15,12 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_bsf::client::{self, request};
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::store::{Store, Subscriber};
-use mediasec_gba::bsf::{BootstrapSession, BsfConfig};
+use mediasec_gba::bsf::{BootstrapSession, BsfConfig, PendingChallenge};
 use mediasec_gba::digest::{AkaNonce, Challenge, Credentials};
 use mediasec_gba::kdf::{NafId, UaProtocolId};
 use mediasec_gba::milenage::{AutnCheck, Milenage};
 use mediasec_gba::ue::{UeAnswer, UeBootstrap};
+use mediasec_kms_store::sealed::MasterKey;
 
 const DOMAIN: &str = "bsf.mnc001.mcc001.pub.3gppnetwork.org";
 const IMPI: &str = "001010000000001@ims.mnc001.mcc001.3gppnetwork.org";
@@ -37,7 +40,7 @@ struct Running {
 }
 
 async fn start(path: &std::path::Path, key_lifetime: u64) -> Running {
-    start_on(Store::open(path).expect("open store"), key_lifetime).await
+    start_on(Store::open(path, master()).expect("open store"), key_lifetime).await
 }
 
 async fn start_on(store: Store, key_lifetime: u64) -> Running {
@@ -59,6 +62,11 @@ impl Running {
         let _ = self.task.await;
         drop(self.bsf);
     }
+}
+
+/// The BSF master key of these tests (one key, so a restarted server opens what it sealed).
+fn master() -> MasterKey {
+    MasterKey::new(&[0x42; 32]).expect("master key")
 }
 
 fn keys() -> ([u8; 16], [u8; 16]) {
@@ -267,7 +275,7 @@ async fn https_bootstrap_and_zn() {
 
     let path = db_path("tls");
     let (k, opc) = keys();
-    let store = Store::open(&path).expect("store");
+    let store = Store::open(&path, master()).expect("store");
     store.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -433,10 +441,11 @@ fn session(btid: &str, impi: &str, expiry: u64, uicc: UiccType) -> BootstrapSess
 /// removal, rows of earlier versions), SQN allocation and resync, concurrent allocation
 /// without a repeated SQN, sessions (lookup, expiry, purge through the expiry index).
 async fn store_conformance(kv: Arc<dyn Kv>) {
-    let store = Store::new(Arc::clone(&kv));
+    let store = Store::new(Arc::clone(&kv), master());
     let (k, opc) = keys();
     let mut sub = subscriber(&k, &opc);
     sub.guss = Some(serde_json::json!({"bsfInfo": {"uiccType": "GBA_U"}}));
+    store.check_master_key().await.expect("an empty store passes the key check");
     store.add_subscriber(&sub).await.expect("add");
     assert!(matches!(store.add_subscriber(&sub).await, Err(mediasec_bsf::BsfError::Subscriber(_, "already exists"))));
     let mut bad = subscriber(&k, &opc);
@@ -445,6 +454,16 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     assert!(matches!(store.add_subscriber(&bad).await, Err(mediasec_bsf::BsfError::InvalidSubscriber(_))));
     let got = store.subscriber(IMPI).await.expect("get").expect("present");
     assert_eq!((got.k.as_str(), got.opc.as_deref(), &got.impus, &got.guss, got.sqn), (sub.k.as_str(), sub.opc.as_deref(), &sub.impus, &sub.guss, 0));
+    // K and OPc are sealed in the row; the row's other fields stay readable.
+    let raw = String::from_utf8(kv.get(Table::BsfSubscribers, IMPI).await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(k)) && !raw.contains(&hex::encode(opc)), "secrets in clear: {raw}");
+    let row: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
+    assert!(row["secrets"].is_string() && row.get("k").is_none() && row.get("opc").is_none() && row["sqn"] == 0, "{row}");
+    // A sealed row moved under another key does not open (the AAD names the row).
+    kv.put(Table::BsfSubscribers, "moved@x", raw.as_bytes()).await.expect("put moved row");
+    assert!(matches!(store.subscriber("moved@x").await, Err(mediasec_bsf::BsfError::Sealed { ref key, .. }) if key == "moved@x"));
+    assert!(matches!(store.next_sqn("moved@x").await, Err(mediasec_bsf::BsfError::Sealed { .. })));
+    assert!(kv.delete(Table::BsfSubscribers, "moved@x").await.expect("delete"));
     assert!(store.subscriber("nobody@x").await.expect("get").is_none());
 
     // SQN: +1 per challenge, durable; resync sets SQN_HE := SQN_MS; the top of the space errs.
@@ -464,16 +483,27 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     store.add_subscriber(&top).await.expect("add");
     assert!(matches!(store.next_sqn("top@x").await, Err(mediasec_bsf::BsfError::Subscriber(_, "SQN space exhausted"))));
 
-    // A row as versions before this store wrote it (no write counter) reads and advances.
+    // A row as versions before this store wrote it (no write counter, K and OPc in the
+    // clear) reads, advances, and is sealed by that write.
     let old = serde_json::json!({"impi": "old@x", "k": hex::encode(k), "opc": hex::encode(opc), "amf": "8000", "sqn": 41, "impus": ["sip:old@x"]});
     kv.put(Table::BsfSubscribers, "old@x", old.to_string().as_bytes()).await.expect("put old row");
+    let read = store.subscriber("old@x").await.expect("get").expect("present");
+    assert_eq!((read.k.as_str(), read.opc.as_deref(), read.sqn), (hex::encode(k).as_str(), Some(hex::encode(opc).as_str()), 41), "old row read as it is");
     assert_eq!(store.next_sqn("old@x").await.expect("sqn").expect("known").sqn, 42);
-    assert_eq!(store.subscriber("old@x").await.expect("get").expect("present").impus, ["sip:old@x"]);
+    let raw = String::from_utf8(kv.get(Table::BsfSubscribers, "old@x").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(k)) && !raw.contains(&hex::encode(opc)) && raw.contains("\"secrets\""), "sealed on its next write: {raw}");
+    let got = store.subscriber("old@x").await.expect("get").expect("present");
+    assert_eq!((got.k.as_str(), got.opc.as_deref(), &got.impus, got.sqn), (hex::encode(k).as_str(), Some(hex::encode(opc).as_str()), &vec!["sip:old@x".to_owned()], 42));
+    let before = kv.get(Table::BsfSubscribers, "old@x").await.expect("get");
+    assert_eq!(store.next_sqn("old@x").await.expect("sqn").expect("known").sqn, 43);
+    let after = String::from_utf8(kv.get(Table::BsfSubscribers, "old@x").await.expect("get").expect("row")).expect("JSON");
+    let secrets = |raw: &str| serde_json::from_str::<serde_json::Value>(raw).expect("JSON")["secrets"].clone();
+    assert_eq!(secrets(&after), secrets(&String::from_utf8(before.expect("row")).expect("JSON")), "an SQN update carries the sealed secrets over, no new seal");
 
     // Concurrent allocation through separate store handles: never the same SQN twice.
     let mut tasks = Vec::new();
     for _ in 0..6 {
-        let s = Store::new(Arc::clone(&kv));
+        let s = Store::new(Arc::clone(&kv), master());
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..15 {
@@ -504,6 +534,17 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     }
     let got = store.session("b2@bsf", 1_999).await.expect("get").expect("valid");
     assert_eq!((got.ks, got.rand, got.impi.as_str(), got.bootstrap_time, got.expiry, got.uicc), (s2.ks, s2.rand, IMPI, 1_990, 2_000, UiccType::GbaU));
+    let raw = String::from_utf8(kv.get(Table::BsfSessions, "b2@bsf").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(s2.ks)) && raw.contains("\"ks_sealed\"") && !raw.contains("\"ks\""), "Ks sealed: {raw}");
+    // A session as earlier versions wrote it (Ks in the clear) reads; a sealed one moved to
+    // another B-TID does not open.
+    let old = serde_json::json!({"ks": hex::encode([5u8; 32]), "rand": hex::encode([6u8; 16]), "impi": IMPI, "bootstrap_time": 10, "expiry": 1_900});
+    kv.put(Table::BsfSessions, "old@bsf", old.to_string().as_bytes()).await.expect("put old session");
+    assert_eq!(store.session("old@bsf", 11).await.expect("get").expect("old session").ks, [5u8; 32]);
+    assert!(kv.delete(Table::BsfSessions, "old@bsf").await.expect("delete"));
+    kv.put(Table::BsfSessions, "moved@bsf", raw.as_bytes()).await.expect("put moved session");
+    assert!(matches!(store.session("moved@bsf", 11).await, Err(mediasec_bsf::BsfError::Sealed { .. })));
+    assert!(kv.delete(Table::BsfSessions, "moved@bsf").await.expect("delete"));
     assert!(store.session("b1@bsf", 1_000).await.expect("get").is_none(), "expired at its expiry");
     assert!(store.session("b1@bsf", 10).await.expect("get").is_none(), "deleted on the expired lookup");
     assert!(store.session("unknown@bsf", 10).await.expect("get").is_none());
@@ -512,6 +553,47 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     assert!(store.session("b3@bsf", 2_999).await.expect("get").is_some(), "not expired: kept");
     assert_eq!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").len(), 1, "index rows of deleted sessions are gone");
     assert_eq!(store.purge_expired(2_500).await.expect("purge again"), 0);
+    // Challenges in flight: stored sealed, taken once, purged when stale.
+    let pend = |nonce: &str, issued_at: u64| PendingChallenge {
+        impi: IMPI.into(),
+        nonce: nonce.into(),
+        opaque: "op".into(),
+        rand: [1; 16],
+        xres: [0xA5; 8],
+        ck: [3; 16],
+        ik: [4; 16],
+        sqn: 77,
+        issued_at,
+        uicc: UiccType::GbaU,
+    };
+    store.put_pending(&pend("n1", 100), 161).await.expect("put pending");
+    store.put_pending(&pend("n2", 200), 261).await.expect("put pending");
+    let raw = kv.get(Table::BsfPending, "n1").await.expect("get").expect("row");
+    assert!(!raw.windows(8).any(|w| w == [0xA5; 8]) && !String::from_utf8_lossy(&raw).contains(&hex::encode([0xA5u8; 8])), "XRES in clear");
+    kv.put(Table::BsfPending, "moved", &raw).await.expect("put moved");
+    assert!(matches!(store.take_pending("moved").await, Err(mediasec_bsf::BsfError::Sealed { .. })), "a sealed challenge moved to another nonce does not open");
+    let got = store.take_pending("n1").await.expect("take").expect("pending");
+    assert_eq!((got.impi.as_str(), got.nonce.as_str(), got.opaque.as_str(), got.rand, got.xres, got.ck, got.ik, got.sqn, got.issued_at, got.uicc), (IMPI, "n1", "op", [1; 16], [0xA5; 8], [3; 16], [4; 16], 77, 100, UiccType::GbaU));
+    assert!(store.take_pending("n1").await.expect("take again").is_none(), "taken once");
+    assert!(store.take_pending("").await.expect("empty").is_none() && store.take_pending(&"x".repeat(200)).await.expect("long").is_none());
+    assert_eq!(store.purge_stale_challenges(260).await.expect("purge"), 0, "n2 not stale before 261");
+    assert_eq!(store.purge_stale_challenges(261).await.expect("purge"), 1);
+    assert!(store.take_pending("n2").await.expect("take").is_none(), "purged");
+    assert!(kv.range(Table::BsfPendingExpiry, "", "~", 10).await.expect("index").is_empty());
+    // Concurrent takes of one nonce through separate handles: exactly one gets it.
+    store.put_pending(&pend("n3", 300), 361).await.expect("put pending");
+    let takers: Vec<_> = (0..6)
+        .map(|_| {
+            let s = Store::new(Arc::clone(&kv), master());
+            tokio::spawn(async move { s.take_pending("n3").await.expect("take").is_some() })
+        })
+        .collect();
+    let mut won = 0;
+    for t in takers {
+        won += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(won, 1, "a nonce is taken exactly once");
+
     // Many expired sessions: purge walks the index in batches.
     for i in 0..300 {
         store.put_session(&session(&format!("m{i}@bsf"), IMPI, 500 + i, UiccType::Gba)).await.expect("put session");
@@ -536,6 +618,47 @@ async fn store_conformance_redb() {
 async fn store_conformance_postgres() {
     let Some(b) = Backend::pg() else { return };
     store_conformance(b.kv().await).await;
+}
+
+/// Another master key (a replica started with the wrong `--master-key`) gets a typed error
+/// naming the row from every read of a sealed secret, never garbage keys or a panic, and
+/// changes nothing; its server answers 500 (reference only) and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_master_key_is_a_clear_error() {
+    logs();
+    let b = Backend::redb("wrong-key");
+    let kv = b.kv().await;
+    let (k, opc) = keys();
+    let right = Store::new(Arc::clone(&kv), master());
+    right.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
+    right.put_session(&session("s@bsf", IMPI, u64::MAX, UiccType::Gba)).await.expect("put session");
+    let wrong = Store::new(Arc::clone(&kv), MasterKey::new(&[0x43; 32]).expect("key"));
+    let sealed = |r: Result<_, mediasec_bsf::BsfError>, row: &str| match r {
+        Err(e @ mediasec_bsf::BsfError::Sealed { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains(row) && text.contains("master key") && text.contains("wrong master key or tampered entry"), "{text}");
+        }
+        Err(e) => panic!("{row}: {e}"),
+        Ok(_) => panic!("{row}: opened under the wrong key"),
+    };
+    let before = kv.get(Table::BsfSubscribers, IMPI).await.expect("get");
+    sealed(wrong.check_master_key().await, IMPI);
+    right.check_master_key().await.expect("the right key passes the check");
+    sealed(wrong.subscriber(IMPI).await.map(drop), IMPI);
+    sealed(wrong.subscribers().await.map(drop), IMPI);
+    sealed(wrong.next_sqn(IMPI).await.map(drop), IMPI);
+    sealed(wrong.resync_sqn(IMPI, 9).await.map(drop), IMPI);
+    sealed(wrong.session("s@bsf", 0).await.map(drop), "s@bsf");
+    assert_eq!(kv.get(Table::BsfSubscribers, IMPI).await.expect("get"), before, "nothing written under the wrong key");
+    assert_eq!(right.subscriber(IMPI).await.expect("get").expect("present").k, hex::encode(k), "the right key still opens it");
+
+    let srv = start_on(wrong, 3600).await;
+    let r = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(r.status, 500, "no challenge from garbage keys");
+    assert!(logged_cause(&r).contains("do not open under this BSF master key"));
+    assert!(matches!(client::zn_lookup(&ep(&srv.url), ZN, "s@bsf", "kms", "0100000006").await, Err(mediasec_bsf::BsfError::Status { status: 500, .. })));
+    assert_eq!(metric(&srv.url, "mediasec_bsf_store_errors_total").await, 2);
+    srv.stop().await;
 }
 
 /// A redb file written by the BSF before it moved onto the shared store (its own tables
@@ -571,16 +694,84 @@ async fn metric(url: &str, name: &str) -> u64 {
     body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or_else(|| panic!("{name} missing in {body}"))
 }
 
+/// Every log line of this test process (a global subscriber, since the servers log from the
+/// runtime's worker threads), for the tests that check what a server logged.
+fn logs() -> &'static Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(move || LogCapture(Arc::clone(&w))).try_init();
+        buf
+    })
+}
+
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A store-error 500: its body is `internal error, reference R` and nothing else; returns the
+/// `warn` line logged under reference `R` (which carries the cause).
+fn logged_cause(r: &client::HttpResponse) -> String {
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    let reference = body.trim().strip_prefix("internal error, reference ").unwrap_or_else(|| panic!("500 body {body:?}"));
+    assert!(reference.len() == 8 && reference.bytes().all(|c| c.is_ascii_hexdigit()), "reference {reference:?}");
+    let logs = String::from_utf8_lossy(&logs().lock().expect("log buffer")).into_owned();
+    let line = logs.lines().find(|l| l.contains(&format!("reference={reference}")));
+    let line = line.unwrap_or_else(|| panic!("no log line with reference {reference} in {logs}"));
+    assert!(line.contains("WARN") && line.contains("BSF store error"), "{line}");
+    line.to_owned()
+}
+
+/// A store error reaches the client as a 500 with a reference only (no table, row or
+/// decoder text), and the operator's log has the cause under the same reference; the count
+/// goes up once per failure and references differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_error_500_carries_a_reference_not_the_cause() {
+    logs();
+    let b = Backend::redb("internal");
+    let kv = b.kv().await;
+    kv.put(Table::BsfSubscribers, IMPI, b"{not json").await.expect("corrupt row");
+    let srv = start_on(Store::new(kv, master()), 3600).await;
+    let (k, opc) = keys();
+    let first = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(first.status, 500);
+    let body = String::from_utf8_lossy(&first.body).into_owned();
+    for secret in ["corrupt", IMPI, "json", "store record"] {
+        assert!(!body.contains(secret), "500 body {body:?} names {secret:?}");
+    }
+    let cause = logged_cause(&first);
+    assert!(cause.contains("is corrupt") && cause.contains(IMPI), "{cause}");
+    let second = ub(&srv.url, &ue(&k, &opc, 0).initial_authorization()).await;
+    assert_eq!(second.status, 500);
+    logged_cause(&second);
+    assert_ne!(first.body, second.body, "each failure gets its own reference");
+    assert_eq!(metric(&srv.url, "mediasec_bsf_store_errors_total").await, 2);
+    srv.stop().await;
+}
+
 /// Two BSF servers on one PostgreSQL: Ub at A, Zn at B; concurrent bootstraps of one IMPI
-/// through both never share an SQN and all complete AKA; a resync at B is seen by A; a store
-/// outage is a 500 with the reason and a count, not a panic.
+/// through both never share an SQN and all complete AKA; a resync at B is seen by A; a
+/// challenge from A answered at B, the answer replayed at either gets stale=TRUE, the same
+/// answer at both at once bootstraps once; a store
+/// outage is a 500 with a reference (the cause in the log) and a count, not a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_postgres() {
+    logs();
     let Some(b) = Backend::pg() else { return };
     let Backend::Pg { url, .. } = &b else { unreachable!("Backend::pg is PostgreSQL") };
     let (k, opc) = keys();
-    let a = start_on(Store::connect(url).await.expect("replica A store"), 3600).await;
-    let r = start_on(Store::connect(url).await.expect("replica B store"), 3600).await;
+    let a = start_on(Store::connect(url, master()).await.expect("replica A store"), 3600).await;
+    let r = start_on(Store::connect(url, master()).await.expect("replica B store"), 3600).await;
     let body = serde_json::to_vec(&subscriber(&k, &opc)).expect("json");
     let admin = request(&ep(&a.url), "POST", "/admin/v1/subscribers", &[("Authorization", &format!("Bearer {ADMIN}"))], &body).await.expect("http");
     assert_eq!(admin.status, 201);
@@ -634,11 +825,37 @@ async fn two_replicas_on_one_postgres() {
     let (_, s) = client::bootstrap(&ep(&a.url), ue(&k, &opc, sqn_ms + 1)).await.expect("bootstrap at A");
     assert_eq!((s, metric(&a.url, "mediasec_bsf_resyncs_total").await), (sqn_ms + 2, 0));
 
-    // The database goes away: a 500 with the reason, counted; the server keeps running.
+    // One Ub run across replicas: the challenge from A, the answer at B succeeds; replaying
+    // that answer at A or at B gets a fresh challenge with stale=TRUE (the nonce was taken).
+    let mut u = ue(&k, &opc, sqn_ms + 2);
+    let ch = ub(&a.url, &u.initial_authorization()).await;
+    assert_eq!(ch.status, 401);
+    let UeAnswer::Response(auth) = u.on_challenge(ch.header("www-authenticate").expect("challenge"), "GET", b"", &[7; 16]).expect("answer") else { panic!("response expected") };
+    let ok = ub(&r.url, &auth).await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let boot = u.on_success(ok.header("authentication-info").expect("info"), &ok.body).expect("bootstrap");
+    assert!(client::zn_lookup(&ep(&a.url), ZN, &boot.btid.to_string(), "kms", "0100000006").await.expect("zn").is_some());
+    for url in [&a.url, &r.url] {
+        let replay = ub(url, &auth).await;
+        assert_eq!((replay.status, String::from_utf8_lossy(&replay.body).trim()), (401, "unknown or already used nonce"));
+        assert!(Challenge::parse(replay.header("www-authenticate").expect("challenge")).expect("parse").stale);
+    }
+    // The same answer at both replicas at once: exactly one bootstraps.
+    let mut u = ue(&k, &opc, u.sqn_ms());
+    let r1 = ub(&r.url, &u.initial_authorization()).await;
+    let UeAnswer::Response(auth) = u.on_challenge(r1.header("www-authenticate").expect("challenge"), "GET", b"", &[8; 16]).expect("answer") else { panic!("response expected") };
+    let (x, y) = tokio::join!(ub(&a.url, &auth), ub(&r.url, &auth));
+    let mut statuses = [x.status, y.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "one answer, one replay");
+
+    // The database goes away: a 500 with a reference only, the cause in the log under that
+    // reference, counted; the server keeps running.
     drop(b);
     let r500 = ub(&a.url, &ue(&k, &opc, 0).initial_authorization()).await;
     assert_eq!(r500.status, 500);
-    assert!(String::from_utf8_lossy(&r500.body).contains("store unavailable"), "{}", String::from_utf8_lossy(&r500.body));
+    let cause = logged_cause(&r500);
+    assert!(cause.contains("store unavailable"), "{cause}");
     assert_eq!(metric(&a.url, "mediasec_bsf_store_errors_total").await, 1);
     a.stop().await;
     r.stop().await;

@@ -2,7 +2,8 @@
 //! bootstrapping challenges, restart it on the same database, and check that the SQN never
 //! goes backwards (every SQN after the restart is above every SQN a UE saw before), and
 //! that subscribers survive. And two `mediasec bsf --store postgres://…` processes sharing one
-//! PostgreSQL, provisioned with `mediasec bsf subscriber add --store postgres://…`.
+//! PostgreSQL, provisioned with `mediasec bsf subscriber add --store postgres://…`; the
+//! master key is required and a wrong one is refused clearly.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,15 +21,21 @@ const IMPI: &str = "001010000000009@ims.mnc001.mcc001.3gppnetwork.org";
 const K: &str = "465b5ce8b199b49faa5f0a2ee238a6bc";
 const OPC: &str = "cd63cb71954a9f4e48a5994e37a02baf";
 
+/// The BSF master key (64 hex digits): `--master-key` here, the environment in
+/// [`two_bsf_processes_share_postgresql`].
+const MASTER: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
 fn start(db: &Path) -> (Child, String) {
     start_on("--db", db.as_os_str())
 }
 
-/// `mediasec bsf <flag> <store>` on a free port; its URL.
+/// `mediasec bsf <flag> <store>` on a free port with the master key in
+/// `MEDIASEC_BSF_MASTER_KEY`; its URL.
 fn start_on(flag: &str, store: &std::ffi::OsStr) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(["bsf", flag])
         .arg(store)
+        .env("MEDIASEC_BSF_MASTER_KEY", MASTER)
         .args(["--listen", "127.0.0.1:0", "--domain", "bsf.mnc001.mcc001.pub.3gppnetwork.org"])
         .args(["--zn-token", "z", "--admin-token", "a"])
         .stdout(Stdio::piped())
@@ -67,7 +74,7 @@ fn kill_9_never_moves_sqn_backwards() {
     let add = Command::new(BIN)
         .args(["bsf", "subscriber", "add", "--db"])
         .arg(&db)
-        .args(["--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:kill9@example.org"])
+        .args(["--master-key", MASTER, "--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:kill9@example.org"])
         .output()
         .expect("subscriber add");
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
@@ -136,17 +143,40 @@ fn two_bsf_processes_share_postgresql() {
         Err(e) => panic!("PostgreSQL lab: {e}"),
     };
     let url = pg.create_database("bsf_cli").expect("database");
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["bsf", "subscriber"]).args(args).args(["--store", &url]).env_remove("MEDIASEC_BSF_MASTER_KEY");
+        if let Some(key) = key {
+            cmd.env("MEDIASEC_BSF_MASTER_KEY", key);
+        }
+        let out = cmd.output().expect("mediasec bsf subscriber");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
     let admin = |args: &[&str]| {
-        let out = Command::new(BIN).args(["bsf", "subscriber"]).args(args).args(["--store", &url]).output().expect("mediasec bsf subscriber");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let (ok, out, err) = run(args, Some(MASTER));
+        assert!(ok, "{args:?}: {err}");
+        out
     };
     admin(&["add", "--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:pg@example.org"]);
     admin(&["add", "--impi", "other@example.org", "--k", K, "--opc", OPC]);
     assert!(admin(&["list"]).contains(IMPI));
     admin(&["remove", "--impi", "other@example.org"]);
     assert!(!admin(&["list"]).contains("other@example.org"));
+    // The master key is required, and another one does not open the sealed secrets.
+    let (ok, _, err) = run(&["list"], None);
+    assert!(!ok && err.contains("--master-key or MEDIASEC_BSF_MASTER_KEY is required"), "{err}");
+    let (ok, out, err) = run(&["list"], Some(&"ab".repeat(32)));
+    assert!(!ok && !out.contains(K) && err.contains("do not open under this BSF master key"), "{err}");
+    let (ok, _, err) = run(&["list"], Some("not hex"));
+    assert!(!ok && err.contains("master key is not hex"), "{err}");
 
+    // A server started with another key stops at start, saying why.
+    let out = Command::new(BIN)
+        .args(["bsf", "--store", &url, "--listen", "127.0.0.1:0", "--zn-token", "z", "--admin-token", "a", "--master-key", &"cd".repeat(32)])
+        .output()
+        .expect("mediasec bsf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("the master key does not open this store") && err.contains(IMPI), "{err}");
     let (a, url_a) = start_on("--store", url.as_ref());
     let (b, url_b) = start_on("--store", url.as_ref());
     let (_a, _b) = (Reaped(a), Reaped(b));

@@ -69,6 +69,9 @@ fn libsrtp_protect(key: &[u8], packets: &[Vec<u8>]) -> Option<Vec<Vec<u8>>> {
     }).collect())
 }
 
+/// The BSF master key of the processes these tests start (`--master-key`).
+const BSF_MASTER: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+
 fn mediasec(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mediasec")).args(args).output().expect("run mediasec")
 }
@@ -483,13 +486,13 @@ fn high_security_call_between_two_ua_processes() {
     for user in ["alice", "bob"] {
         let (impi, k, opc) = usim(user);
         let impu = format!("sip:{user}@a.example");
-        let out = mediasec(&["bsf", "subscriber", "add", "--db", &db, "--impi", &impi, "--k", k, "--opc", opc, "--impu", &impu]);
+        let out = mediasec(&["bsf", "subscriber", "add", "--db", &db, "--master-key", BSF_MASTER, "--impi", &impi, "--k", k, "--opc", opc, "--impu", &impu]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let listening = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>| {
         lines.map_while(Result::ok).find_map(|l| l.split_once("listening on ").map(|(_, a)| a.trim().trim_start_matches("http://").to_owned())).expect("listening line")
     };
-    let (_bsf, mut lines) = spawn_reading(&["bsf", "--db", &db, "--listen", "127.0.0.1:0", "--domain", "bsf.a.example", "--zn-token", "zn", "--admin-token", "adm"]);
+    let (_bsf, mut lines) = spawn_reading(&["bsf", "--db", &db, "--master-key", BSF_MASTER, "--listen", "127.0.0.1:0", "--domain", "bsf.a.example", "--zn-token", "zn", "--admin-token", "adm"]);
     let bsf = format!("http://{}", listening(&mut lines));
     let kms_args = [
         "kms", "serve", "--fqdn", "kms.a.example", "--store", &store, "--bsf", &bsf, "--zn-token", "zn", "--admin-token", "adm", "--master-key", KMS_MASTER,
@@ -668,9 +671,9 @@ fn voicemail_serve_and_fetch_processes_authenticate_through_the_bsf() {
     let dir = std::env::temp_dir().join(format!("mediasec-cli-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let db = dir.join("bsf.redb");
-    let add = mediasec(&["bsf", "subscriber", "add", "--db", db.to_str().expect("path"), "--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:carol@a.example"]);
+    let add = mediasec(&["bsf", "subscriber", "add", "--db", db.to_str().expect("path"), "--master-key", BSF_MASTER, "--impi", IMPI, "--k", K, "--opc", OPC, "--impu", "sip:carol@a.example"]);
     assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
-    let (_bsf, mut bsf_lines) = spawn_reading(&["bsf", "--db", db.to_str().expect("path"), "--listen", "127.0.0.1:0", "--domain", "bsf.mnc001.mcc001.pub.3gppnetwork.org", "--zn-token", "z", "--admin-token", "a"]);
+    let (_bsf, mut bsf_lines) = spawn_reading(&["bsf", "--db", db.to_str().expect("path"), "--master-key", BSF_MASTER, "--listen", "127.0.0.1:0", "--domain", "bsf.mnc001.mcc001.pub.3gppnetwork.org", "--zn-token", "z", "--admin-token", "a"]);
     let line = bsf_lines.next().expect("BSF line").expect("read");
     let bsf = line.trim().strip_prefix("listening on ").expect("BSF listening line").to_owned();
     let store = dir.join("vm.redb");

@@ -5,8 +5,9 @@
 //! store, in its own tables ([`Table::BsfSubscribers`] ...), and so does the voicemail server
 //! ([`Table::VoicemailMessages`], [`Table::VoicemailMeta`]).
 //!
-//! The store holds opaque bytes per (table, key). Encryption at rest of the key ring is done by
-//! the KMS above this trait, so a backend never sees a ticket key in clear.
+//! The store holds opaque bytes per (table, key). Encryption at rest is done above this trait,
+//! with the one implementation of [`sealed`] (the KMS's key ring, the BSF's K, OPc/OP and Ks),
+//! so a backend never sees those secrets in clear.
 //!
 //! Contract every backend meets:
 //! - a call returns only after its change is durable (committed); a crash (kill -9) after the
@@ -17,6 +18,8 @@
 //! - `compare_and_swap` is atomic with respect to every other writer of the store, replicas
 //!   sharing a PostgreSQL database included (the BSF's AKA SQN allocation rests on it);
 //! - `range` returns the rows with `from <= key < to`, sorted by key.
+//!
+//! Read-modify-write of a row goes through [`update()`] (compare-and-swap, bounded retries).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,9 +28,12 @@ pub mod pg;
 pub mod pg_lab;
 pub mod pg_tls;
 pub mod redb_store;
+pub mod sealed;
+pub mod update;
 
 pub use pg::PgStore;
 pub use redb_store::RedbStore;
+pub use update::{Step, UPDATE_ATTEMPTS, update};
 
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -56,6 +62,12 @@ pub enum Table {
     /// BSF: the expiry index of the sessions, keyed by zero-padded expiry time `/` B-TID
     /// (empty values), so expired sessions are found with a [`Store::range`] scan.
     BsfSessionExpiry,
+    /// BSF: Digest challenges in flight (sealed), keyed by the nonce sent, so the answer may
+    /// reach any replica and is taken once.
+    BsfPending,
+    /// BSF: the expiry index of [`Table::BsfPending`], keyed by zero-padded expiry time `/`
+    /// nonce (empty values).
+    BsfPendingExpiry,
     /// Voicemail: messages, keyed by the message id in 20 decimal digits (so keys sort as ids).
     VoicemailMessages,
     /// Voicemail: settings (`next_id`, the id the next message gets).
@@ -64,7 +76,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -74,6 +86,8 @@ impl Table {
         Self::BsfSubscribers,
         Self::BsfSessions,
         Self::BsfSessionExpiry,
+        Self::BsfPending,
+        Self::BsfPendingExpiry,
         Self::VoicemailMessages,
         Self::VoicemailMeta,
     ];
@@ -91,6 +105,8 @@ impl Table {
             Self::BsfSubscribers => "subscribers",
             Self::BsfSessions => "sessions",
             Self::BsfSessionExpiry => "session_expiry",
+            Self::BsfPending => "bsf_pending",
+            Self::BsfPendingExpiry => "bsf_pending_expiry",
             Self::VoicemailMessages => "vm_messages",
             Self::VoicemailMeta => "vm_meta",
         }
@@ -127,6 +143,17 @@ pub enum StoreError {
     /// audit field: PostgreSQL `text` cannot hold one, so every backend refuses it).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// A read-modify-write ([`update()`]) lost its compare-and-swap to other writers on every
+    /// attempt.
+    #[error("row {key:?} of table {table} changed concurrently on {attempts} attempts in a row")]
+    Contention {
+        /// The table's name.
+        table: &'static str,
+        /// The row.
+        key: String,
+        /// Attempts made.
+        attempts: usize,
+    },
 }
 
 /// Refuses what not every backend can store, so that all backends accept the same inputs:

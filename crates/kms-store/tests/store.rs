@@ -1,5 +1,6 @@
-//! The KMS store contract, checked with the same code against every backend: conformance,
-//! property-based round trips, concurrent writers, and kill -9 durability (a child process
+//! The KMS store contract, checked with the same code against every backend: conformance
+//! (the compare-and-swap read-modify-write `update` included), property-based round trips,
+//! concurrent writers (concurrent `update`s lose no update), and kill -9 durability (a child process
 //! writes in a loop, reports each committed key, and is killed with SIGKILL mid-load).
 
 #![allow(clippy::indexing_slicing)] // test code indexes the sequence numbers it collected
@@ -13,7 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use mediasec_kms_store::pg_lab::PgLab;
-use mediasec_kms_store::{AuditEntry, PgStore, RedbStore, Store, StoreError, Table};
+use mediasec_kms_store::{AuditEntry, PgStore, RedbStore, Step, Store, StoreError, Table, UPDATE_ATTEMPTS, update};
+use zeroize::Zeroizing;
 use proptest::prelude::*;
 
 #[path = "store/pg_tls.rs"]
@@ -169,6 +171,9 @@ async fn conformance(s: &dyn Store) {
     assert!(!cas(Some(b"v2"), Some(b"v3")).await.expect("absent: no swap"));
     assert_eq!(s.get(Table::BsfSubscribers, "imsi").await.expect("get"), None);
 
+    // Read-modify-write through `update`.
+    update_steps(s).await;
+
     // NUL is refused by every backend (PostgreSQL text cannot hold it).
     for r in [
         s.put(Table::Users, "a\0b", b"x").await.map(drop),
@@ -228,26 +233,26 @@ async fn concurrent_writers(s: Arc<dyn Store>) {
     }
     let stored = s.get(Table::Settings, "race").await.expect("get").expect("a winner");
     assert!(held.iter().all(|h| *h == stored), "{held:?} vs {stored:?}");
-    // Concurrent read-modify-write through compare_and_swap: no increment is lost.
+    // Concurrent read-modify-write through `update`: no increment is lost, and every updater
+    // saw each value it wrote exactly once (the values returned are distinct).
     let counters: Vec<_> = (0..8)
         .map(|_| {
             let s = Arc::clone(&s);
             tokio::spawn(async move {
+                let mut mine = Vec::new();
                 for _ in 0..10 {
-                    loop {
-                        let held = s.get(Table::Settings, "counter").await.expect("get");
-                        let n = held.as_deref().map_or(0, |v| u64::from_be_bytes(v.try_into().expect("8 bytes")));
-                        if s.compare_and_swap(Table::Settings, "counter", held.as_deref(), Some(&(n + 1).to_be_bytes())).await.expect("cas") {
-                            break;
-                        }
-                    }
+                    mine.push(increment(&*s, "counter").await.expect("update"));
                 }
+                mine
             })
         })
         .collect();
+    let mut written = Vec::new();
     for c in counters {
-        c.await.expect("task");
+        written.extend(c.await.expect("task"));
     }
+    written.sort_unstable();
+    assert_eq!(written, (1..=80).collect::<Vec<_>>(), "every increment applied once");
     assert_eq!(s.get(Table::Settings, "counter").await.expect("get"), Some(80u64.to_be_bytes().to_vec()), "lost increments");
     let mut seqs = Vec::new();
     for t in tasks {
@@ -265,6 +270,87 @@ async fn concurrent_writers(s: Arc<dyn Store>) {
         let n: u64 = w.parse::<u64>().expect("w") * 100 + i.parse::<u64>().expect("i");
         assert_eq!(v, n.to_be_bytes());
     }
+}
+
+/// Adds one to the big-endian counter in row `key` of `Settings` (absent: 0) through
+/// [`update`]; returns the value written.
+async fn increment(s: &dyn Store, key: &str) -> Result<u64, StoreError> {
+    update(s, Table::Settings, key, |held| {
+        let n = held.map_or(Ok(0), |v| <[u8; 8]>::try_from(v).map(u64::from_be_bytes)).map_err(|_| StoreError::Corrupt("counter".into()))?;
+        Ok(Step::Write(Some(Zeroizing::new((n + 1).to_be_bytes().to_vec())), n + 1))
+    })
+    .await
+}
+
+/// [`update`] on one store: write, keep, delete, the function's error, and the function
+/// shown the row as it is when it is called.
+async fn update_steps(s: &dyn Store) {
+    assert_eq!(increment(s, "u").await.expect("from absent"), 1);
+    assert_eq!(increment(s, "u").await.expect("again"), 2);
+    // Keep: nothing written, the value returned.
+    let seen = update(s, Table::Settings, "u", |held| Ok::<_, StoreError>(Step::Keep(held.map(<[u8]>::to_vec)))).await.expect("keep");
+    assert_eq!(seen, Some(2u64.to_be_bytes().to_vec()));
+    let absent = update(s, Table::Settings, "none", |held| Ok::<_, StoreError>(Step::Keep(held.is_none()))).await.expect("keep absent");
+    assert!(absent);
+    assert_eq!(s.get(Table::Settings, "none").await.expect("get"), None, "keep on an absent row writes nothing");
+    // The function's error comes back at once; the row is untouched.
+    let err = update(s, Table::Settings, "u", |_| Err::<Step<()>, _>(StoreError::Invalid("refused".into()))).await;
+    assert!(matches!(err, Err(StoreError::Invalid(ref m)) if m == "refused"), "{err:?}");
+    assert_eq!(s.get(Table::Settings, "u").await.expect("get"), Some(2u64.to_be_bytes().to_vec()));
+    // Delete through a write of `None`.
+    assert!(update(s, Table::Settings, "u", |held| Ok::<_, StoreError>(Step::Write(None, held.is_some()))).await.expect("delete"));
+    assert_eq!(s.get(Table::Settings, "u").await.expect("get"), None);
+}
+
+/// A store whose every compare-and-swap loses, as if another writer always got in first.
+struct AlwaysContended(Arc<dyn Store>, AtomicU32);
+
+impl Store for AlwaysContended {
+    fn get<'a>(&'a self, table: Table, key: &'a str) -> mediasec_kms_store::StoreFuture<'a, Option<Vec<u8>>> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.get(table, key)
+    }
+    fn put<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> mediasec_kms_store::StoreFuture<'a, ()> {
+        self.0.put(table, key, value)
+    }
+    fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> mediasec_kms_store::StoreFuture<'a, Vec<u8>> {
+        self.0.put_if_absent(table, key, value)
+    }
+    fn compare_and_swap<'a>(&'a self, _: Table, _: &'a str, _: Option<&'a [u8]>, _: Option<&'a [u8]>) -> mediasec_kms_store::StoreFuture<'a, bool> {
+        Box::pin(async { Ok(false) })
+    }
+    fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> mediasec_kms_store::StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        self.0.range(table, from, to, limit)
+    }
+    fn delete<'a>(&'a self, table: Table, key: &'a str) -> mediasec_kms_store::StoreFuture<'a, bool> {
+        self.0.delete(table, key)
+    }
+    fn list<'a>(&'a self, table: Table) -> mediasec_kms_store::StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        self.0.list(table)
+    }
+    fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> mediasec_kms_store::StoreFuture<'a, u64> {
+        self.0.append_audit(entry)
+    }
+    fn audit<'a>(&'a self, after: u64, limit: usize) -> mediasec_kms_store::StoreFuture<'a, Vec<(u64, AuditEntry)>> {
+        self.0.audit(after, limit)
+    }
+}
+
+/// An updater that loses every swap gives up after [`UPDATE_ATTEMPTS`] reads with the typed
+/// [`StoreError::Contention`], and writes nothing.
+#[test]
+fn update_gives_up_with_contention_after_its_attempts() {
+    let b = Backend::redb();
+    rt().block_on(async {
+        let s = AlwaysContended(b.open().await, AtomicU32::new(0));
+        let err = increment(&s, "hot").await;
+        match err {
+            Err(StoreError::Contention { table, ref key, attempts }) => assert_eq!((table, key.as_str(), attempts), ("settings", "hot", UPDATE_ATTEMPTS)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.1.load(Ordering::Relaxed) as usize, UPDATE_ATTEMPTS, "one read per attempt");
+        assert_eq!(s.0.get(Table::Settings, "hot").await.expect("get"), None);
+    });
 }
 
 /// Arbitrary keys (no NUL) and values: what goes in comes back, `list` is sorted.
@@ -436,7 +522,8 @@ fn pg_kill9_durability() {
 
 /// Replicas: several stores connect to one fresh database at once (schema creation races),
 /// then write concurrently; each sees the others' writes, sequence numbers stay unique and
-/// in commit order, and a store reconnects after its server connection is killed.
+/// in commit order, concurrent `update`s of one row through the replicas lose no increment,
+/// and a store reconnects after its server connection is killed.
 #[test]
 fn pg_replicas_share_one_database() {
     let Some(b) = Backend::pg() else { return };
@@ -470,6 +557,23 @@ fn pg_replicas_share_one_database() {
             assert_eq!(s.list(Table::Users).await.expect("list").len(), 60);
             assert!(s.get(Table::Policies, "hot").await.expect("get").is_some_and(|v| v.len() == 1));
         }
+        // Read-modify-write of one row through `update` from every replica (its own
+        // connection, so the swaps race in the server): no increment is lost.
+        let mut updaters = tokio::task::JoinSet::new();
+        for s in &replicas {
+            let s = Arc::clone(s);
+            updaters.spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..15 {
+                    mine.push(increment(&*s, "shared-counter").await.expect("update"));
+                }
+                mine
+            });
+        }
+        let mut written: Vec<u64> = updaters.join_all().await.into_iter().flatten().collect();
+        written.sort_unstable();
+        assert_eq!(written, (1..=60).collect::<Vec<u64>>(), "every replica's increment applied once");
+        assert_eq!(replicas[1].get(Table::Settings, "shared-counter").await.expect("get"), Some(60u64.to_be_bytes().to_vec()));
         // Kill the server-side sessions of replica 0; its next calls reconnect.
         let (client, conn) = tokio_postgres::connect(&lab.url(), tokio_postgres::NoTls).await.expect("psql");
         tokio::spawn(conn);

@@ -72,3 +72,11 @@ impl From<mediasec_mikey::Error> for KmsError {
         Self::Mikey { code: e.err_code(), reason: e.to_string() }
     }
 }
+
+/// A value sealed at rest that does not seal or open (wrong master key, tampered or moved row)
+/// is a key-ring error, with the messages the KMS always gave.
+impl From<mediasec_kms_store::sealed::SealError> for KmsError {
+    fn from(e: mediasec_kms_store::sealed::SealError) -> Self {
+        Self::KeyRing(e.to_string())
+    }
+}

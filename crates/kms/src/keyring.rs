@@ -1,14 +1,16 @@
 //! The ticket-protection key ring (docs/ticket-profile.md: THDR Data = 4-octet ticket-key
 //! id). New tickets are protected with the newest key; a rotated-out key stays for resolving
 //! until every ticket it protected has expired. Entries are stored encrypted at rest with
-//! AES-256-GCM under a master key from configuration or the environment; the store never sees
-//! a ticket key in clear.
+//! AES-256-GCM under a master key from configuration or the environment
+//! ([`mediasec_kms_store::sealed`], AAD = the row name); the store never sees a ticket key in
+//! clear.
 //!
 //! Key id 0 is reserved: it marks a UE-made (mode 3) ticket whose TPK is the creator's Ks_NAF.
 
 use std::collections::BTreeMap;
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::NONCE_LEN;
+use mediasec_kms_store::sealed::{open_row, seal_row};
 use zeroize::Zeroizing;
 
 use crate::error::KmsError;
@@ -20,22 +22,9 @@ pub const TPK_LEN: usize = 32;
 /// Environment variable holding the master key (64 hex digits).
 pub const MASTER_KEY_ENV: &str = "MEDIASEC_KMS_MASTER_KEY";
 
-/// The key-encryption key of the ring at rest.
-pub struct MasterKey(LessSafeKey);
-
-impl MasterKey {
-    /// From 32 octets.
-    pub fn new(key: &[u8]) -> Result<Self, KmsError> {
-        let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| KmsError::KeyRing("master key must be 32 octets".into()))?;
-        Ok(Self(LessSafeKey::new(k)))
-    }
-
-    /// From 64 hex digits.
-    pub fn from_hex(s: &str) -> Result<Self, KmsError> {
-        let k = Zeroizing::new(hex::decode(s.trim()).map_err(|_| KmsError::KeyRing("master key is not hex".into()))?);
-        Self::new(&k)
-    }
-}
+/// The key-encryption key of the ring at rest (shared with the BSF: one sealing
+/// implementation, [`mediasec_kms_store::sealed`]).
+pub use mediasec_kms_store::sealed::MasterKey;
 
 /// One ticket-protection key.
 #[derive(Clone, serde::Serialize, serde::Deserialize, zeroize::ZeroizeOnDrop)]
@@ -125,7 +114,7 @@ impl KeyRing {
     /// Encrypts a key for the store: `nonce(12) || AES-256-GCM(JSON)`, AAD = row name.
     pub fn seal(master: &MasterKey, key: &TicketKey, nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>, KmsError> {
         let plain = Zeroizing::new(serde_json::to_vec(key).map_err(|e| KmsError::KeyRing(e.to_string()))?);
-        seal_row(master, &Self::row(key.id), &plain, nonce)
+        Ok(seal_row(master, &Self::row(key.id), &plain, nonce)?)
     }
 
     /// Decrypts a stored key; `row` must be the row it was stored under.
@@ -137,35 +126,6 @@ impl KeyRing {
         }
         Ok(key)
     }
-}
-
-/// Encrypts a store value under the master key: `nonce(12) || AES-256-GCM(plain)`, AAD =
-/// `row` (the row's name, so a value moved to another row no longer opens).
-pub(crate) fn seal_row(master: &MasterKey, row: &str, plain: &[u8], nonce: [u8; NONCE_LEN]) -> Result<Vec<u8>, KmsError> {
-    // Room for the tag up front: no reallocation leaves plaintext behind.
-    let mut buf = Zeroizing::new(Vec::with_capacity(plain.len() + AES_256_GCM.tag_len()));
-    buf.extend_from_slice(plain);
-    master
-        .0
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(row.as_bytes()), &mut *buf)
-        .map_err(|_| KmsError::KeyRing("sealing failed".into()))?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&buf);
-    Ok(out)
-}
-
-/// Decrypts what [`seal_row`] stored under `row`.
-pub(crate) fn open_row(master: &MasterKey, row: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    let (nonce, ct) = sealed.split_at_checked(NONCE_LEN).ok_or_else(|| KmsError::KeyRing(format!("row {row}: too short")))?;
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| KmsError::KeyRing(format!("row {row}: nonce")))?;
-    let mut buf = Zeroizing::new(ct.to_vec());
-    let len = master
-        .0
-        .open_in_place(nonce, Aad::from(row.as_bytes()), &mut buf)
-        .map_err(|_| KmsError::KeyRing(format!("row {row}: wrong master key or tampered entry")))?
-        .len();
-    buf.truncate(len);
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ impl Lab {
     /// KMS also serves Zk with a lab PKI in `dir/pki` and has every other domain as its peer.
     pub async fn start(dir: &Path, domains: &[DomainSpec<'_>], users: &[&str], zk: Option<Duration>) -> Result<Self, KmsError> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let bsf_store = BsfStore::open(&dir.join("bsf.redb")).map_err(io)?;
+        let bsf_store = BsfStore::open(&dir.join("bsf.redb"), MasterKey::random()?).map_err(io)?;
         let mut usim = BTreeMap::new();
         let mut uids = Vec::new();
         for u in users {

@@ -52,15 +52,15 @@ impl Persist {
     }
 
     /// Encrypts a value for row `row` of `table` under the master key (AES-256-GCM, a fresh
-    /// random nonce, AAD = `table:row`, see [`crate::keyring::seal_row`]): for rows whose
-    /// plain content must not be readable by whoever reads the store (LI warrants).
+    /// random nonce, AAD = `table:row`, see [`MasterKey::seal`]): for rows whose plain content
+    /// must not be readable by whoever reads the store (LI warrants).
     pub(crate) fn seal(&self, table: Table, row: &str, plain: &[u8]) -> Result<Vec<u8>, KmsError> {
-        crate::keyring::seal_row(&self.master, &format!("{}:{row}", table.name()), plain, rand::random())
+        Ok(self.master.seal(table, row, plain)?)
     }
 
     /// Decrypts what [`Persist::seal`] stored in row `row` of `table`.
     pub(crate) fn open(&self, table: Table, row: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError> {
-        crate::keyring::open_row(&self.master, &format!("{}:{row}", table.name()), sealed)
+        Ok(self.master.open(table, row, sealed)?)
     }
 
     async fn audit(&self, now_ms: u64, actor: &str, action: &str, detail: String) -> Result<(), KmsError> {

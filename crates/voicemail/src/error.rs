@@ -48,3 +48,10 @@ pub enum VoicemailError {
     #[error("configuration: {0}")]
     Config(String),
 }
+
+/// Store failures, the contention of a read-modify-write included, as [`VoicemailError::Store`].
+impl From<mediasec_kms_store::StoreError> for VoicemailError {
+    fn from(e: mediasec_kms_store::StoreError) -> Self {
+        Self::Store(e.to_string())
+    }
+}

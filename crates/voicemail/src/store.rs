@@ -5,8 +5,8 @@
 //! endian), so ids are never reused, even after a delete.
 //!
 //! Every write is committed durably before the call returns. Ids are allocated with the
-//! store's atomic compare-and-swap on `next_id` (re-read and retry when another writer moved
-//! it), so servers sharing one PostgreSQL never give one id twice; the message row is written
+//! store's atomic compare-and-swap on `next_id` ([`mediasec_kms_store::update()`]: re-read and
+//! retry when another writer moved it), so servers sharing one PostgreSQL never give one id twice; the message row is written
 //! after its id is taken (a crash between the two only skips an id).
 //!
 //! Files written before this layout (tables `messages`: `u64` → record, `meta`: `next_id` →
@@ -15,7 +15,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use mediasec_kms_store::{RedbStore, Store as Kv, StoreError, Table};
+use mediasec_kms_store::{RedbStore, Step, Store as Kv, Table, update};
+use zeroize::Zeroizing;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::api::Summary;
@@ -28,16 +29,9 @@ const OLD_META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
 /// Records decoded per [`Kv::range`] call of a scan (a listing never holds them all).
 const SCAN_BATCH: usize = 16;
-/// Attempts of one compare-and-swap loop before [`VoicemailError::Store`] (each lost swap
-/// means another writer's swap succeeded).
-const SWAP_ATTEMPTS: usize = 64;
 
 fn backend(e: impl Into<redb::Error>) -> VoicemailError {
     VoicemailError::Store(e.into().to_string())
-}
-
-fn store_err(e: StoreError) -> VoicemailError {
-    VoicemailError::Store(e.to_string())
 }
 
 fn key(id: u64) -> String {
@@ -62,48 +56,45 @@ impl Store {
         if path.exists() {
             migrate(path)?;
         }
-        Ok(Self::new(Arc::new(RedbStore::open(path).map_err(store_err)?)))
+        Ok(Self::new(Arc::new(RedbStore::open(path)?)))
     }
 
-    /// `next_id` and the swap that moves it past `id`; retried on a lost swap.
+    /// `next_id` and the swap that moves it past `id` ([`update()`]: retried on a lost swap).
     async fn take_id(&self) -> Result<u64, VoicemailError> {
-        for _ in 0..SWAP_ATTEMPTS {
-            let held = self.kv.get(Table::VoicemailMeta, NEXT_ID).await.map_err(store_err)?;
-            let id = match held.as_deref() {
+        update(&*self.kv, Table::VoicemailMeta, NEXT_ID, |held| {
+            let id = match held {
                 None => 1,
                 Some(v) => <[u8; 8]>::try_from(v).map(u64::from_be_bytes).map_err(|_| VoicemailError::Store(format!("{NEXT_ID}: {} octets, not 8", v.len())))?,
             };
             let next = id.checked_add(1).ok_or_else(|| VoicemailError::Store("message ids exhausted".into()))?;
-            if self.kv.compare_and_swap(Table::VoicemailMeta, NEXT_ID, held.as_deref(), Some(&next.to_be_bytes())).await.map_err(store_err)? {
-                return Ok(id);
-            }
-        }
-        Err(VoicemailError::Store(format!("{NEXT_ID} changed concurrently on {SWAP_ATTEMPTS} attempts in a row")))
+            Ok(Step::Write(Some(Zeroizing::new(next.to_be_bytes().to_vec())), id))
+        })
+        .await
     }
 
     /// Stores a new message under the next id never given; returns the id.
     pub async fn insert(&self, mut record: Record) -> Result<u64, VoicemailError> {
         record.id = self.take_id().await?;
-        self.kv.put(Table::VoicemailMessages, &key(record.id), &record.encode()?).await.map_err(store_err)?;
+        self.kv.put(Table::VoicemailMessages, &key(record.id), &record.encode()?).await?;
         Ok(record.id)
     }
 
     /// Replaces message `record.id` (the recording grew) if it is still stored; whether it
     /// was (the owner may have deleted it meanwhile: it is not brought back).
     pub async fn update(&self, record: Record) -> Result<bool, VoicemailError> {
-        let (k, bytes) = (key(record.id), record.encode()?);
-        for _ in 0..SWAP_ATTEMPTS {
-            let Some(held) = self.kv.get(Table::VoicemailMessages, &k).await.map_err(store_err)? else { return Ok(false) };
-            if self.kv.compare_and_swap(Table::VoicemailMessages, &k, Some(&held), Some(&bytes)).await.map_err(store_err)? {
-                return Ok(true);
-            }
-        }
-        Err(VoicemailError::Store(format!("message {} changed concurrently on {SWAP_ATTEMPTS} attempts in a row", record.id)))
+        let bytes = record.encode()?;
+        update(&*self.kv, Table::VoicemailMessages, &key(record.id), |held| {
+            Ok::<_, VoicemailError>(match held {
+                None => Step::Keep(false),
+                Some(_) => Step::Write(Some(Zeroizing::new(bytes.clone())), true),
+            })
+        })
+        .await
     }
 
     /// Message `id`.
     pub async fn get(&self, id: u64) -> Result<Option<Record>, VoicemailError> {
-        self.kv.get(Table::VoicemailMessages, &key(id)).await.map_err(store_err)?.map(|v| Record::decode(&v)).transpose()
+        self.kv.get(Table::VoicemailMessages, &key(id)).await?.map(|v| Record::decode(&v)).transpose()
     }
 
     /// Every record, by id, through `f`, [`SCAN_BATCH`] decoded at a time (what `f` drops is
@@ -112,7 +103,7 @@ impl Store {
         let (mut from, end) = (String::new(), key(u64::MAX));
         let mut out = Vec::new();
         loop {
-            let rows = self.kv.range(Table::VoicemailMessages, &from, &end, SCAN_BATCH).await.map_err(store_err)?;
+            let rows = self.kv.range(Table::VoicemailMessages, &from, &end, SCAN_BATCH).await?;
             let mut last = None;
             for (_, v) in &rows {
                 let r = Record::decode(v)?;
@@ -139,7 +130,7 @@ impl Store {
 
     /// Deletes message `id`; whether it existed.
     pub async fn delete(&self, id: u64) -> Result<bool, VoicemailError> {
-        self.kv.delete(Table::VoicemailMessages, &key(id)).await.map_err(store_err)
+        Ok(self.kv.delete(Table::VoicemailMessages, &key(id)).await?)
     }
 }
 

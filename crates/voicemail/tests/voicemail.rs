@@ -89,10 +89,15 @@ async fn owner(kms: &KmsLab, server: &Server, pki: &mediasec_sip::tls::LabPki, u
     (client, ue, kms_client)
 }
 
-/// The stored packets reveal nothing: no payload is the tone in clear, and an SRTP context
-/// with any key the server could make up authenticates none of them.
+/// The stored packets reveal nothing: no audio payload is the tone in clear, and an SRTP
+/// context with any key the server could make up authenticates none of them. The tone test
+/// looks at packets long enough to carry a 20 ms frame (RTP): on the 16 to 20 octets after
+/// the first 12 of an SRTCP packet, random bytes pass a Goertzel share above one half about
+/// once in 500 to 2 500 packets, which made this check fail now and then on encrypted data.
 fn assert_still_encrypted(r: &Record) {
-    assert!(r.packets.iter().all(|p| !p.bytes.get(12..).is_some_and(|b| tone::tone_share(b, ALICE_HZ) > 0.5)), "a stored payload is in clear");
+    let audio: Vec<&[u8]> = r.packets.iter().filter_map(|p| p.bytes.get(12..).filter(|b| b.len() >= tone::SAMPLES_PER_PACKET)).collect();
+    assert!(audio.len() >= 40, "{} audio packets", audio.len());
+    assert!(audio.iter().all(|b| tone::tone_share(b, ALICE_HZ) <= 0.5), "a stored payload is in clear");
     let policy = Policy::new(Suite::AesCm128HmacSha1_80, MasterKey::new(&[7; 16], &[9; 14]));
     let mut s = Session::new(&policy).expect("session");
     assert!(r.packets.iter().all(|p| s.unprotect_rtp(&mut p.bytes.clone()).is_err()));

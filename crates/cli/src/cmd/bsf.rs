@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use super::runtime;
 use mediasec_bsf::client;
 use mediasec_bsf::server::{Bsf, ServerConfig};
-use mediasec_bsf::store::{Store, Subscriber};
+use mediasec_bsf::store::{MASTER_KEY_ENV, Store, Subscriber};
+use mediasec_kms_store::sealed::MasterKey;
 use mediasec_gba::bsf::BsfConfig;
 use mediasec_gba::milenage::Milenage;
 use mediasec_gba::ue::UeBootstrap;
@@ -32,6 +33,10 @@ struct ServeArgs {
     /// BSF replicas). `--db` is the former spelling.
     #[arg(long, visible_alias = "db")]
     store: Option<String>,
+    /// Master key sealing K, OPc/OP and Ks in the store, 64 hex digits (else env
+    /// MEDIASEC_BSF_MASTER_KEY). Required; every replica and `bsf subscriber` uses the same.
+    #[arg(long)]
+    master_key: Option<String>,
     /// Listen address (Ub, Zn, admin and /metrics on one port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -82,9 +87,8 @@ enum Action {
 enum SubscriberOp {
     /// Add a subscriber.
     Add {
-        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
-        #[arg(long, visible_alias = "db")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         #[command(flatten)]
         usim: super::UsimKeys,
         /// AMF (4 hex digits).
@@ -104,21 +108,46 @@ enum SubscriberOp {
         #[arg(long, value_parser = ["GBA", "GBA_U"])]
         uicc_type: Option<String>,
     },
-    /// List subscribers (secrets are not shown).
+    /// List subscribers (secrets are not shown, but opened: a wrong master key fails here).
     List {
-        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
-        #[arg(long, visible_alias = "db")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Remove a subscriber.
     Remove {
-        /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
-        #[arg(long, visible_alias = "db")]
-        store: String,
+        #[command(flatten)]
+        store: StoreArgs,
         /// IMPI.
         #[arg(long)]
         impi: String,
     },
+}
+
+/// The store and its master key, as every `bsf subscriber` operation takes them.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Store: a redb file path or `postgres://...` (`--db` is the former spelling).
+    #[arg(long, visible_alias = "db")]
+    store: String,
+    /// Master key sealing K, OPc/OP and Ks, 64 hex digits (else env MEDIASEC_BSF_MASTER_KEY):
+    /// the one the BSF serves with.
+    #[arg(long)]
+    master_key: Option<String>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Store> {
+        open_store(&self.store, self.master_key.as_deref()).await
+    }
+}
+
+/// The master key from `--master-key`, else [`MASTER_KEY_ENV`]; required (as the KMS's).
+fn master_key(arg: Option<&str>) -> anyhow::Result<MasterKey> {
+    let hex = match arg {
+        Some(h) => h.to_owned(),
+        None => std::env::var(MASTER_KEY_ENV).with_context(|| format!("--master-key or {MASTER_KEY_ENV} is required (64 hex digits)"))?,
+    };
+    MasterKey::from_hex(&hex).context("--master-key / MEDIASEC_BSF_MASTER_KEY")
 }
 
 fn token(arg: Option<String>, env: &str, what: &str) -> String {
@@ -139,6 +168,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = a.store else { bail!("--store PATH|postgres://... is required to serve") };
+    let master = master_key(a.master_key.as_deref())?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
     let mut bsf = BsfConfig::new(a.domain);
@@ -161,7 +191,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     runtime()?.block_on(async move {
-        let state = Bsf::new(cfg, open_store(&spec).await?);
+        let store = Store::new(super::kms::open_store(&spec).await?, master);
+        store.check_master_key().await.context("the master key does not open this store")?;
+        let state = Bsf::new(cfg, store);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         let server = match tls {
@@ -182,9 +214,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Opens the store named by `--store`, with the KMS's rule (`postgres://` or a file path).
-async fn open_store(spec: &str) -> anyhow::Result<Store> {
-    Ok(Store::new(super::kms::open_store(spec).await?))
+/// Opens the store named by `--store`, with the KMS's rule (`postgres://` or a file path),
+/// sealing under the master key of `--master-key` or the environment.
+async fn open_store(spec: &str, master: Option<&str>) -> anyhow::Result<Store> {
+    let master = master_key(master)?;
+    Ok(Store::new(super::kms::open_store(spec).await?, master))
 }
 
 fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
@@ -200,16 +234,16 @@ async fn subscriber_op(op: SubscriberOp) -> anyhow::Result<ExitCode> {
                 Some(t) => Some(with_uicc_type(guss, &t)?),
             };
             let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
-            open_store(&store).await?.add_subscriber(&s).await?;
+            store.open().await?.add_subscriber(&s).await?;
             println!("added {}", s.impi);
         }
         SubscriberOp::List { store } => {
-            for s in open_store(&store).await?.subscribers().await? {
+            for s in store.open().await?.subscribers().await? {
                 println!("{}", s.public_view());
             }
         }
         SubscriberOp::Remove { store, impi } => {
-            if !open_store(&store).await?.remove_subscriber(&impi).await? {
+            if !store.open().await?.remove_subscriber(&impi).await? {
                 eprintln!("no such subscriber: {impi}");
                 return Ok(ExitCode::FAILURE);
             }
@@ -233,7 +267,7 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     const DOMAIN: &str = "bsf.bench.invalid";
     let db = std::env::temp_dir().join(format!("mediasec-bsf-bench-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&db);
-    let store = Store::open(&db)?;
+    let store = Store::open(&db, MasterKey::random()?)?;
     let keys: Vec<([u8; 16], [u8; 16])> = (0..concurrency).map(|_| (rand::random(), rand::random())).collect();
     let token = hex::encode(rand::random::<[u8; 16]>());
     let result = runtime()?.block_on(async move {
@@ -285,7 +319,7 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
         }
         let zn_secs = t1.elapsed().as_secs_f64();
         server.abort();
-        println!("bootstraps: {} in {boot_secs:.2} s = {:.0}/s (2 HTTP round trips + 1 durable SQN commit + 1 session commit each; concurrency {concurrency})", btids.len(), btids.len() as f64 / boot_secs);
+        println!("bootstraps: {} in {boot_secs:.2} s = {:.0}/s (each: 2 HTTP round trips and 6 durable store writes: the SQN swap, the challenge and its index row, the challenge taken, the session and its index row; concurrency {concurrency})", btids.len(), btids.len() as f64 / boot_secs);
         println!("Zn look-ups: {lookups} in {zn_secs:.2} s = {:.0}/s", lookups as f64 / zn_secs);
         anyhow::Ok(())
     });

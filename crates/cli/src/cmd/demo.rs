@@ -200,7 +200,8 @@ fn gba() -> anyhow::Result<bool> {
     const NAF: &str = "kms.demo.example";
     let dir = std::env::temp_dir().join(format!("mediasec-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let store = Store::open(&dir.join("bsf.redb"))?;
+    // The BSF seals K, OPc and Ks under its master key: a fresh one per demo run.
+    let store = Store::open(&dir.join("bsf.redb"), mediasec_kms_store::sealed::MasterKey::random()?)?;
     let runtime = super::runtime()?;
     // A subscriber with fresh random K and OPc (returned), as the BSF's store provisions it.
     let subscriber = |impi: &str, impu: &str, guss: Option<serde_json::Value>| -> anyhow::Result<([u8; 16], [u8; 16])> {
