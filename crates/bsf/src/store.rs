@@ -38,7 +38,8 @@
 //! expires and is purged. A wrong master key is [`BsfError::Sealed`] naming the row, never
 //! garbage keys: the tag does not verify.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mediasec_gba::bsf::{BootstrapSession, PendingChallenge, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
@@ -251,11 +252,20 @@ const KEY_CHECK_ROWS: usize = 16;
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
-/// The store (cheap to clone: it shares the backend and the master key).
+/// Challenges in flight kept in memory: nonce → (challenge, expiry).
+type LocalChallenges = HashMap<String, (PendingChallenge, u64)>;
+
+/// The store (cheap to clone: it shares the backend, the master key and the challenges kept
+/// in memory).
 #[derive(Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
     master: Arc<MasterKey>,
+    /// Challenges in flight kept in this process instead of the store
+    /// ([`Store::challenges_in_memory`]): nonce → (challenge, expiry). Each use is one
+    /// insert, remove or retain, so the map is whole even after a panic elsewhere poisoned
+    /// the lock, and a poisoned lock is used as it is.
+    local_pending: Option<Arc<Mutex<LocalChallenges>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -285,12 +295,24 @@ impl Store {
     /// The BSF store on a backend (redb, or PostgreSQL shared by replicas); secrets sealed
     /// under `master`.
     pub fn new(kv: Arc<dyn Kv>, master: MasterKey) -> Self {
-        Self { kv, master: Arc::new(master) }
+        Self { kv, master: Arc::new(master), local_pending: None }
     }
 
-    /// Opens or creates the embedded database file (blocking: call it before serving).
+    /// The same store, with the challenges in flight kept in this process's memory instead
+    /// of the store: for an embedded store, which one process holds (redb locks its file), so
+    /// no other replica could take them. It saves each bootstrap the three durable writes of
+    /// a stored challenge (put, index, take); a challenge outstanding across a restart is then
+    /// lost (the UE's answer gets a fresh challenge with `stale=TRUE`). Replicas sharing
+    /// PostgreSQL keep them in the store, so either request of a Ub run may reach any replica.
+    #[must_use]
+    pub fn challenges_in_memory(self) -> Self {
+        Self { local_pending: Some(Arc::default()), ..self }
+    }
+
+    /// Opens or creates the embedded database file (blocking: call it before serving), with
+    /// the challenges in flight in memory ([`Store::challenges_in_memory`]).
     pub fn open(path: &std::path::Path, master: MasterKey) -> Result<Self, BsfError> {
-        Ok(Self::new(Arc::new(RedbStore::open(path)?), master))
+        Ok(Self::new(Arc::new(RedbStore::open(path)?), master).challenges_in_memory())
     }
 
     /// Connects to PostgreSQL (`postgres://…`) and creates the schema if missing.
@@ -488,6 +510,10 @@ impl Store {
     /// Stores a challenge in flight under its nonce until `expiry` (the first second at which
     /// the nonce is stale), sealed; the expiry index row first, so the purge finds every row.
     pub async fn put_pending(&self, p: &PendingChallenge, expiry: u64) -> Result<(), BsfError> {
+        if let Some(local) = &self.local_pending {
+            local.lock().unwrap_or_else(PoisonError::into_inner).insert(p.nonce.clone(), (p.clone(), expiry));
+            return Ok(());
+        }
         let row = PendingRow {
             impi: p.impi.clone(),
             opaque: p.opaque.clone(),
@@ -512,6 +538,9 @@ impl Store {
     pub async fn take_pending(&self, nonce: &str) -> Result<Option<PendingChallenge>, BsfError> {
         if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN || nonce.contains('\0') {
             return Ok(None);
+        }
+        if let Some(local) = &self.local_pending {
+            return Ok(local.lock().unwrap_or_else(PoisonError::into_inner).remove(nonce).map(|(p, _)| p));
         }
         let taken = update(&*self.kv, Table::BsfPending, nonce, |held| {
             Ok::<_, BsfError>(match held {
@@ -543,6 +572,12 @@ impl Store {
     /// through its expiry index; returns how many it deleted. Idempotent, as
     /// [`Store::purge_expired`].
     pub async fn purge_stale_challenges(&self, now: u64) -> Result<usize, BsfError> {
+        if let Some(local) = &self.local_pending {
+            let mut held = local.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = held.len();
+            held.retain(|_, (_, expiry)| *expiry > now);
+            return Ok(before - held.len());
+        }
         let end = format!("{:020}", now.saturating_add(1));
         let mut purged = 0;
         loop {

@@ -614,6 +614,40 @@ async fn store_conformance_redb() {
     store_conformance(b.kv().await).await;
 }
 
+/// An embedded store's BSF keeps its challenges in flight in memory
+/// (`Store::challenges_in_memory`, what `Store::open` and `mediasec bsf --store FILE` do):
+/// nothing reaches the store's rows, a nonce is taken once (also through a clone, as the
+/// server's tasks share it), and stale ones are purged at their expiry, not before.
+#[tokio::test]
+async fn an_embedded_stores_challenges_stay_in_memory() {
+    let b = Backend::redb("challenges-in-memory");
+    let kv = b.kv().await;
+    let store = Store::new(Arc::clone(&kv), master()).challenges_in_memory();
+    let pend = |nonce: &str| PendingChallenge {
+        impi: IMPI.into(),
+        nonce: nonce.into(),
+        opaque: "op".into(),
+        rand: [1; 16],
+        xres: [0xA5; 8],
+        ck: [3; 16],
+        ik: [4; 16],
+        sqn: 9,
+        issued_at: 100,
+        uicc: UiccType::Gba,
+    };
+    store.put_pending(&pend("n1"), 161).await.expect("put");
+    store.put_pending(&pend("n2"), 261).await.expect("put");
+    assert!(kv.get(Table::BsfPending, "n1").await.expect("get").is_none(), "not in the store");
+    assert!(kv.range(Table::BsfPendingExpiry, "", "~", 10).await.expect("index").is_empty());
+    let other_task = store.clone();
+    let got = other_task.take_pending("n1").await.expect("take").expect("held");
+    assert_eq!((got.nonce.as_str(), got.xres, got.sqn), ("n1", [0xA5; 8], 9));
+    assert!(store.take_pending("n1").await.expect("take again").is_none(), "taken once");
+    assert_eq!(store.purge_stale_challenges(260).await.expect("purge"), 0, "n2 not stale before 261");
+    assert_eq!(store.purge_stale_challenges(261).await.expect("purge"), 1);
+    assert!(store.take_pending("n2").await.expect("take").is_none(), "purged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_conformance_postgres() {
     let Some(b) = Backend::pg() else { return };

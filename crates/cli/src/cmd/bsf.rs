@@ -192,6 +192,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async move {
         let store = Store::new(super::kms::open_store(&spec).await?, master);
+        // One process holds an embedded store: its challenges need not be stored.
+        let store = if super::kms::is_postgres(&spec) { store } else { store.challenges_in_memory() };
         store.check_master_key().await.context("the master key does not open this store")?;
         let state = Bsf::new(cfg, store);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;

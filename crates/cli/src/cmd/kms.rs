@@ -109,11 +109,16 @@ struct ServeArgs {
 
 /// Opens the store named by `--store`.
 pub(crate) async fn open_store(spec: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+    if is_postgres(spec) {
         open_postgres(spec).await
     } else {
         Ok(Arc::new(mediasec_kms_store::RedbStore::open(std::path::Path::new(spec)).with_context(|| format!("opening {spec}"))?))
     }
+}
+
+/// Whether a `--store` value names PostgreSQL (else it is a redb file path).
+pub(crate) fn is_postgres(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://")
 }
 
 async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn Store>> {

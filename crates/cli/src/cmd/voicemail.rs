@@ -154,7 +154,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let tls = tls.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
-    let store = if a.store.starts_with("postgres://") || a.store.starts_with("postgresql://") {
+    let store = if super::kms::is_postgres(&a.store) {
         mediasec_voicemail::store::Store::new(super::kms::open_store(&a.store).await?)
     } else {
         mediasec_voicemail::store::Store::open(std::path::Path::new(&a.store)).with_context(|| format!("opening {}", a.store))?
