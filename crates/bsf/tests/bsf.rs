@@ -554,17 +554,10 @@ async fn store_conformance(kv: Arc<dyn Kv>) {
     assert_eq!(kv.range(Table::BsfSessionExpiry, "", "~", 10).await.expect("index").len(), 1, "index rows of deleted sessions are gone");
     assert_eq!(store.purge_expired(2_500).await.expect("purge again"), 0);
     // Challenges in flight: stored sealed, taken once, purged when stale.
-    let pend = |nonce: &str, issued_at: u64| PendingChallenge {
-        impi: IMPI.into(),
-        nonce: nonce.into(),
-        opaque: "op".into(),
-        rand: [1; 16],
-        xres: [0xA5; 8],
-        ck: [3; 16],
-        ik: [4; 16],
-        sqn: 77,
-        issued_at,
-        uicc: UiccType::GbaU,
+    let pend = |nonce: &str, issued_at: u64| {
+        let mut p = pending(nonce);
+        (p.sqn, p.issued_at, p.uicc) = (77, issued_at, UiccType::GbaU);
+        p
     };
     store.put_pending(&pend("n1", 100), 161).await.expect("put pending");
     store.put_pending(&pend("n2", 200), 261).await.expect("put pending");
@@ -614,16 +607,9 @@ async fn store_conformance_redb() {
     store_conformance(b.kv().await).await;
 }
 
-/// An embedded store's BSF keeps its challenges in flight in memory
-/// (`Store::challenges_in_memory`, what `Store::open` and `mediasec bsf --store FILE` do):
-/// nothing reaches the store's rows, a nonce is taken once (also through a clone, as the
-/// server's tasks share it), and stale ones are purged at their expiry, not before.
-#[tokio::test]
-async fn an_embedded_stores_challenges_stay_in_memory() {
-    let b = Backend::redb("challenges-in-memory");
-    let kv = b.kv().await;
-    let store = Store::new(Arc::clone(&kv), master()).challenges_in_memory();
-    let pend = |nonce: &str| PendingChallenge {
+/// A challenge in flight under `nonce` for IMPI (XRES 0xA5…, SQN 9, issued at 100, GBA_ME).
+fn pending(nonce: &str) -> PendingChallenge {
+    PendingChallenge {
         impi: IMPI.into(),
         nonce: nonce.into(),
         opaque: "op".into(),
@@ -634,9 +620,20 @@ async fn an_embedded_stores_challenges_stay_in_memory() {
         sqn: 9,
         issued_at: 100,
         uicc: UiccType::Gba,
-    };
-    store.put_pending(&pend("n1"), 161).await.expect("put");
-    store.put_pending(&pend("n2"), 261).await.expect("put");
+    }
+}
+
+/// An embedded store's BSF keeps its challenges in flight in memory
+/// (`Store::challenges_in_memory`, what `Store::open` and `mediasec bsf --store FILE` do):
+/// nothing reaches the store's rows, a nonce is taken once (also through a clone, as the
+/// server's tasks share it), and stale ones are purged at their expiry, not before.
+#[tokio::test]
+async fn an_embedded_stores_challenges_stay_in_memory() {
+    let b = Backend::redb("challenges-in-memory");
+    let kv = b.kv().await;
+    let store = Store::new(Arc::clone(&kv), master()).challenges_in_memory();
+    store.put_pending(&pending("n1"), 161).await.expect("put");
+    store.put_pending(&pending("n2"), 261).await.expect("put");
     assert!(kv.get(Table::BsfPending, "n1").await.expect("get").is_none(), "not in the store");
     assert!(kv.range(Table::BsfPendingExpiry, "", "~", 10).await.expect("index").is_empty());
     let other_task = store.clone();

@@ -448,16 +448,23 @@ From: <sip:alice@a.example>;tag=a\r\nTo: <sip:carol@a.example>\r\nCall-ID: {call
 Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
             OFFER.len()
         );
-        ue.send_to(text.as_bytes(), vm).await.unwrap();
+        let (code, r) = final_response(ue, vm, &text, &format!("Call-ID: {call_id}\r\n")).await;
+        let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
+        let tag = r.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).map(|t| t.trim().to_owned());
+        (code, port, tag)
+    }
+
+    /// Sends `request` to `vm` and returns the first final response containing `marker`
+    /// (status, text).
+    async fn final_response(ue: &UdpSocket, vm: SocketAddr, request: &str, marker: &str) -> (u16, String) {
+        ue.send_to(request.as_bytes(), vm).await.unwrap();
         let mut buf = vec![0u8; 4096];
         loop {
             let (n, _) = tokio::time::timeout(Duration::from_secs(5), ue.recv_from(&mut buf)).await.expect("an answer").unwrap();
             let r = String::from_utf8_lossy(&buf[..n]).into_owned();
             let code: u16 = r.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
-            if code >= 200 && r.contains(&format!("Call-ID: {call_id}\r\n")) {
-                let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
-                let tag = r.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).map(|t| t.trim().to_owned());
-                return (code, port, tag);
+            if code >= 200 && r.contains(marker) {
+                return (code, r);
             }
         }
     }
@@ -541,16 +548,7 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
 From: <sip:alice@a.example>;tag={from_tag}\r\nTo: <sip:carol@a.example>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\n\
 Content-Length: 0\r\n\r\n"
         );
-        ue.send_to(text.as_bytes(), vm).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let (n, _) = tokio::time::timeout(Duration::from_secs(5), ue.recv_from(&mut buf)).await.expect("an answer").unwrap();
-            let r = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let code: u16 = r.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
-            if code >= 200 && r.contains(&format!("CSeq: {cseq} BYE")) {
-                return code;
-            }
-        }
+        final_response(ue, vm, &text, &format!("CSeq: {cseq} BYE")).await.0
     }
 
     /// RFC 3261 §12.2.2: only a BYE of the call's dialog (Call-ID and both tags) with a higher
