@@ -46,12 +46,20 @@ pub struct Caps {
     pub max_duration: Duration,
     /// Calls recorded at once; further INVITEs are answered 486 (Busy Here).
     pub max_calls: usize,
+    /// How long a message is kept after it was received (`None`: until its owner deletes
+    /// it); older ones are deleted at start and every [`RETENTION_SWEEP`]
+    /// ([`Store::purge_received_before`]), whether or not they were fetched.
+    pub retention: Option<Duration>,
 }
 
+/// How often messages past [`Caps::retention`] are deleted.
+pub const RETENTION_SWEEP: Duration = Duration::from_secs(600);
+
 impl Default for Caps {
-    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once.
+    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once, messages kept
+    /// 30 days.
     fn default() -> Self {
-        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64 }
+        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64, retention: Some(Duration::from_secs(30 * 86_400)) }
     }
 }
 
@@ -195,9 +203,11 @@ impl Core {
         let refresh = Duration::from_secs(u64::from(self.config.expires.max(2) / 2));
         let mut reregister = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut retention = tokio::time::interval(RETENTION_SWEEP);
         loop {
             tokio::select! {
                 _ = &mut stopped => break,
+                _ = retention.tick(), if self.config.caps.retention.is_some() => self.purge_old().await,
                 _ = sweep.tick() => {
                     // A call that never sees a BYE ends with its recording time.
                     let ended: Vec<String> = self.calls.iter().filter(|(_, c)| c.capture.is_finished()).map(|(id, _)| id.clone()).collect();
@@ -224,6 +234,17 @@ impl Core {
         let ids: Vec<String> = self.calls.keys().cloned().collect();
         for id in ids {
             self.finish(&id).await;
+        }
+    }
+
+    /// Deletes the messages past [`Caps::retention`].
+    async fn purge_old(&self) {
+        let Some(keep) = self.config.caps.retention else { return };
+        let cutoff = now_ms().saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
+        match self.store.purge_received_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, retention_s = keep.as_secs(), "voicemail messages past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "voicemail retention purge failed"),
         }
     }
 
@@ -516,6 +537,25 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         assert_eq!(first.packets.len(), 1, "the call without BYE was written when it ended");
         assert_eq!(invite(&ue, vm.sip_addr(), "c4").await.0, 200, "the ended calls freed their slots");
         vm.shutdown().await;
+    }
+
+    /// Messages past `Caps::retention` are deleted when the server starts (and every
+    /// [`RETENTION_SWEEP`]), fetched or not; newer ones stay; `None` keeps everything.
+    #[tokio::test]
+    async fn messages_past_their_retention_are_deleted() {
+        let (_dir, store) = store("deposit-retention");
+        let old = Record { id: 0, mailbox: "sip:carol@a.example".into(), caller: "sip:alice@a.example".into(), received_ms: 1, offer: OFFER.into(), transfer_init: vec![1; 8], packets: Vec::new(), dropped: 0 };
+        let old_id = store.insert(old.clone()).await.unwrap();
+        let new_id = store.insert(Record { received_ms: now_ms(), ..old.clone() }).await.unwrap();
+        let mut keep_all = Deposit::start(config(Caps { retention: None, ..Caps::default() }, None), store.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        keep_all.shutdown().await;
+        assert!(store.get(old_id).await.unwrap().is_some(), "no retention: kept");
+        let mut vm = Deposit::start(config(Caps { retention: Some(Duration::from_secs(86_400)), ..Caps::default() }, None), store.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        vm.shutdown().await;
+        assert!(store.get(old_id).await.unwrap().is_none(), "received in 1970: past a day's retention");
+        assert!(store.get(new_id).await.unwrap().is_some(), "received now: kept");
     }
 
     /// The media port latches on the first source that sends to it (the caller): datagrams

@@ -93,14 +93,7 @@ impl Record {
     /// Decodes stored bytes (the whole input must be one record).
     pub fn decode(bytes: &[u8]) -> Result<Self, VoicemailError> {
         let mut r = Reader { bytes, at: 0 };
-        if r.take(4, "truncated magic")? != MAGIC {
-            return Err(r.error(0, "not a voicemail record (magic)"));
-        }
-        if r.u8("truncated version")? != VERSION {
-            return Err(r.error(4, "unknown record version"));
-        }
-        let id = r.u64("truncated id")?;
-        let received_ms = r.u64("truncated time")?;
+        let (id, received_ms) = r.header()?;
         let dropped = r.u64("truncated drop count")?;
         let mailbox = r.text(false, MAX_IDENTITY, "mailbox")?;
         let caller = r.text(false, MAX_IDENTITY, "caller")?;
@@ -130,7 +123,24 @@ struct Reader<'a> {
     at: usize,
 }
 
+/// The id and arrival time (`received_ms`) of an encoded record, from its fixed header alone:
+/// what the retention purge needs, without decoding identities, offer or packets.
+pub fn header(bytes: &[u8]) -> Result<(u64, u64), VoicemailError> {
+    Reader { bytes, at: 0 }.header()
+}
+
 impl<'a> Reader<'a> {
+    /// Magic, version, id and `received_ms`.
+    fn header(&mut self) -> Result<(u64, u64), VoicemailError> {
+        if self.take(4, "truncated magic")? != MAGIC {
+            return Err(self.error(0, "not a voicemail record (magic)"));
+        }
+        if self.u8("truncated version")? != VERSION {
+            return Err(self.error(4, "unknown record version"));
+        }
+        Ok((self.u64("truncated id")?, self.u64("truncated time")?))
+    }
+
     fn error(&self, offset: usize, reason: &'static str) -> VoicemailError {
         VoicemailError::Record { offset, reason }
     }

@@ -128,6 +128,30 @@ impl Store {
         self.scan(move |r| keep(&r.mailbox).then(|| Summary::of(&r))).await
     }
 
+    /// Deletes every message received before `cutoff_ms` (Unix milliseconds): the retention
+    /// limit ([`crate::deposit::Caps::retention`]). Reads each record's header only
+    /// ([`crate::record::header`]), a batch at a time; returns how many it deleted. A record
+    /// that does not decode is left (and logged): deleting what cannot be read is not a
+    /// retention decision.
+    pub async fn purge_received_before(&self, cutoff_ms: u64) -> Result<usize, VoicemailError> {
+        let (mut from, end) = (String::new(), key(u64::MAX));
+        let mut purged = 0;
+        loop {
+            let rows = self.kv.range(Table::VoicemailMessages, &from, &end, SCAN_BATCH).await?;
+            for (k, v) in &rows {
+                match crate::record::header(v) {
+                    Ok((_, received_ms)) if received_ms < cutoff_ms => purged += usize::from(self.kv.delete(Table::VoicemailMessages, k).await?),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(key = %k, error = %e, "voicemail record unreadable: kept by the retention purge"),
+                }
+            }
+            match rows.last().and_then(|(k, _)| k.parse::<u64>().ok()).and_then(|id| id.checked_add(1)) {
+                Some(next) if rows.len() == SCAN_BATCH => from = key(next),
+                _ => return Ok(purged),
+            }
+        }
+    }
+
     /// Deletes message `id`; whether it existed.
     pub async fn delete(&self, id: u64) -> Result<bool, VoicemailError> {
         Ok(self.kv.delete(Table::VoicemailMessages, &key(id)).await?)
@@ -254,6 +278,21 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), n, "an id was given twice");
+
+        // Retention: messages received before the cutoff go, the rest stay (across batches).
+        let store = b.open().await;
+        let before = store.all().await.unwrap();
+        let fresh: Vec<u64> = {
+            let mut ids = Vec::new();
+            for _ in 0..SCAN_BATCH + 2 {
+                ids.push(store.insert(Record { received_ms: 1_000, ..record("sip:carol@a.example") }).await.unwrap());
+            }
+            ids
+        };
+        assert_eq!(store.purge_received_before(7).await.unwrap(), 0, "received at 7: not before 7");
+        assert_eq!(store.purge_received_before(8).await.unwrap(), before.len(), "every message received at 7");
+        assert_eq!(store.all().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), fresh, "the newer ones stay");
+        assert_eq!(store.purge_received_before(8).await.unwrap(), 0, "idempotent");
     }
 
     async fn insert_many(s: &Store) -> Vec<u64> {

@@ -88,6 +88,10 @@ struct ServeArgs {
     /// Seconds recorded per message.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
+    /// Days a message is kept after it was received, fetched or not (0: until its owner
+    /// deletes it).
+    #[arg(long, default_value_t = 30)]
+    retention_days: u64,
 }
 
 #[derive(clap::Args)]
@@ -147,7 +151,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if a.max_bytes > MAX_MESSAGE_BYTES {
         anyhow::bail!("--max-bytes {} exceeds {MAX_MESSAGE_BYTES}: a larger message could not be downloaded in one response", a.max_bytes);
     }
-    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), ..Caps::default() };
+    let retention = (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days.saturating_mul(86_400)));
+    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), retention, ..Caps::default() };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some((std::fs::read(c).with_context(|| format!("reading {}", c.display()))?, std::fs::read(k).with_context(|| format!("reading {}", k.display()))?)),
