@@ -139,8 +139,14 @@ enum Check {
 impl Target {
     /// Parses a libpq connection URL (`postgres://…?sslmode=…`) or key=value string
     /// (`host=… sslmode=…`) and loads the root CA file. Errors name the parameter, never the
-    /// password.
+    /// password. A string without a password takes the environment's `PGPASSWORD`, as libpq
+    /// does, so that the password need not be on a command line (`ps` shows those).
     pub(crate) fn parse(conn: &str) -> Result<Self, StoreError> {
+        Self::parse_with(conn, |name| std::env::var_os(name))
+    }
+
+    /// [`Target::parse`] with the environment as `env`.
+    fn parse_with(conn: &str, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, StoreError> {
         let (rest, params) = take_tls_params(conn)?;
         let mut mode = SslMode::Prefer;
         let mut root_cert = None;
@@ -166,6 +172,11 @@ impl Target {
         }
         let mut config: tokio_postgres::Config =
             rest.parse().map_err(|e| StoreError::Invalid(format!("PostgreSQL connection string: {}", error_chain(&e))))?;
+        if config.get_password().is_none()
+            && let Some(password) = env("PGPASSWORD")
+        {
+            config.password(password.as_encoded_bytes());
+        }
         if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
             // Only `hostaddr`: libpq then has no name to check (verify-full fails) and runs the
             // other modes' TLS without one; tokio-postgres refuses TLS without a `host`, so
@@ -656,5 +667,11 @@ mod tests {
         // sslmode is ignored for a Unix-domain socket (libpq): no root CA file needed.
         assert!(Target::parse("host=/run/postgresql dbname=kms sslmode=verify-full sslrootcert=/nonexistent/ca.pem").is_ok());
         assert_eq!(Target::parse("postgres://h/db").expect("default").mode(), SslMode::Prefer);
+        // PGPASSWORD (libpq) when the string has no password; the string's own wins.
+        let env = |name: &str| (name == "PGPASSWORD").then(|| std::ffi::OsString::from("from-env"));
+        assert_eq!(Target::parse_with("postgres://kms@h/db", env).expect("env").config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(Target::parse_with("host=h user=kms dbname=db", env).expect("env").config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(Target::parse_with("postgres://kms:own@h/db", env).expect("own").config.get_password(), Some(&b"own"[..]));
+        assert_eq!(Target::parse_with("postgres://kms@h/db", |_| None).expect("none").config.get_password(), None);
     }
 }

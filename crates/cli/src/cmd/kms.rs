@@ -51,7 +51,8 @@ struct ServeArgs {
     /// Home domain of its users (default: the FQDN without a leading `kms.`).
     #[arg(long)]
     domain: Option<String>,
-    /// Store: a file path (embedded redb, created if missing) or `postgres://...`.
+    /// Store: a file path (embedded redb, created if missing) or `postgres://...` (libpq's
+    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD instead).
     #[arg(long)]
     store: String,
     /// Ua / admin / metrics listen address.

@@ -48,7 +48,8 @@ struct ServeArgs {
     #[arg(long)]
     domain: String,
     /// Message store: a file path (embedded redb, created if missing) or `postgres://...`
-    /// (shared by voicemail servers), as the KMS's and the BSF's `--store`.
+    /// (shared by voicemail servers), as the KMS's and the BSF's `--store` (libpq's
+    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD instead).
     #[arg(long)]
     store: String,
     /// SIP address (UDP and TCP).
