@@ -138,7 +138,7 @@ struct StoreArgs {
 
 impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Store> {
-        open_store(&self.store, self.master_key.as_deref()).await
+        open_store(&self.store, master_key(self.master_key.as_deref())?).await
     }
 }
 
@@ -192,9 +192,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     runtime()?.block_on(async move {
-        let store = Store::new(super::kms::open_store(&spec).await?, master);
-        // One process holds an embedded store: its challenges need not be stored.
-        let store = if super::kms::is_postgres(&spec) { store } else { store.challenges_in_memory() };
+        let store = open_store(&spec, master).await?;
         store.check_master_key().await.context("the master key does not open this store")?;
         let state = Bsf::new(cfg, store);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
@@ -218,10 +216,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Opens the store named by `--store`, with the KMS's rule (`postgres://` or a file path),
-/// sealing under the master key of `--master-key` or the environment.
-async fn open_store(spec: &str, master: Option<&str>) -> anyhow::Result<Store> {
-    let master = master_key(master)?;
-    Ok(Store::new(super::kms::open_store(spec).await?, master))
+/// sealing under `master`. One process holds an embedded store, so its challenges in flight
+/// stay in memory ([`Store::challenges_in_memory`]); replicas on PostgreSQL store them.
+async fn open_store(spec: &str, master: MasterKey) -> anyhow::Result<Store> {
+    let store = Store::new(super::kms::open_store(spec).await?, master);
+    Ok(if super::kms::is_postgres(spec) { store } else { store.challenges_in_memory() })
 }
 
 fn subscriber(op: SubscriberOp) -> anyhow::Result<ExitCode> {
