@@ -252,6 +252,24 @@ const KEY_CHECK_ROWS: usize = 16;
 /// Expired sessions deleted per scan of the expiry index.
 const PURGE_BATCH: usize = 256;
 
+/// What an expiry index points at ([`Store::purge_index`]).
+#[derive(Clone, Copy)]
+enum Expiring {
+    /// Bootstrap sessions (`session_expiry` → `sessions`).
+    Sessions,
+    /// Challenges in flight (`bsf_pending_expiry` → `bsf_pending`).
+    Challenges,
+}
+
+impl Expiring {
+    fn index(self) -> Table {
+        match self {
+            Self::Sessions => Table::BsfSessionExpiry,
+            Self::Challenges => Table::BsfPendingExpiry,
+        }
+    }
+}
+
 /// Challenges in flight kept in memory: nonce → (challenge, expiry).
 type LocalChallenges = HashMap<String, (PendingChallenge, u64)>;
 
@@ -328,7 +346,12 @@ impl Store {
     /// Opens what [`Store::seal`] stored in row `key` of `table`.
     fn open_sealed(&self, table: Table, key: &str, sealed: &str) -> Result<Zeroizing<Vec<u8>>, BsfError> {
         let sealed = hex::decode(sealed).map_err(|_| BsfError::Corrupt { key: key.to_owned(), reason: "sealed value is not hex".into() })?;
-        self.master.open(table, key, &sealed).map_err(|e| BsfError::Sealed { key: key.to_owned(), reason: e.to_string() })
+        self.open_raw(table, key, &sealed)
+    }
+
+    /// Opens a value sealed for row `key` of `table` ([`MasterKey::open`]).
+    fn open_raw(&self, table: Table, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, BsfError> {
+        self.master.open(table, key, sealed).map_err(|e| BsfError::Sealed { key: key.to_owned(), reason: e.to_string() })
     }
 
     /// The stored row of `s` with `secrets` (sealed) and write counter `rev`.
@@ -550,7 +573,7 @@ impl Store {
         })
         .await?;
         let Some(sealed) = taken else { return Ok(None) };
-        let plain = self.master.open(Table::BsfPending, nonce, &sealed).map_err(|e| BsfError::Sealed { key: nonce.to_owned(), reason: e.to_string() })?;
+        let plain = self.open_raw(Table::BsfPending, nonce, &sealed)?;
         let row: PendingRow = decode(nonce, &plain)?;
         self.kv.delete(Table::BsfPendingExpiry, &expiry_key(row.expiry, nonce)).await?;
         let corrupt = |r: &str| BsfError::Corrupt { key: nonce.to_owned(), reason: r.to_owned() };
@@ -578,21 +601,42 @@ impl Store {
             held.retain(|_, (_, expiry)| *expiry > now);
             return Ok(before - held.len());
         }
+        self.purge_index(Expiring::Challenges, now).await
+    }
+
+    /// Walks the expiry index of `what` (`<expiry, 20 digits>/<row key>`) up to `now`, in
+    /// batches of [`PURGE_BATCH`]: deletes each row when due ([`Store::expire_row`]), then its
+    /// index entry. Returns how many rows were deleted.
+    async fn purge_index(&self, what: Expiring, now: u64) -> Result<usize, BsfError> {
+        let index = what.index();
         let end = format!("{:020}", now.saturating_add(1));
         let mut purged = 0;
         loop {
-            let rows = self.kv.range(Table::BsfPendingExpiry, "", &end, PURGE_BATCH).await?;
+            let rows = self.kv.range(index, "", &end, PURGE_BATCH).await?;
             for (key, _) in &rows {
-                // Nonces are fresh per challenge (random RAND), so the row under an expired
-                // index entry is that stale challenge: delete it as it is.
-                let nonce = key.split_once('/').map_or(key.as_str(), |(_, n)| n);
-                if self.kv.delete(Table::BsfPending, nonce).await? {
-                    purged += 1;
-                }
-                self.kv.delete(Table::BsfPendingExpiry, key).await?;
+                let row = key.split_once('/').map_or(key.as_str(), |(_, r)| r);
+                purged += usize::from(self.expire_row(what, row, now).await?);
+                self.kv.delete(index, key).await?;
             }
             if rows.len() < PURGE_BATCH {
                 return Ok(purged);
+            }
+        }
+    }
+
+    /// Deletes row `key` of `what` found under an index entry due at `now`; whether it did.
+    async fn expire_row(&self, what: Expiring, key: &str, now: u64) -> Result<bool, BsfError> {
+        match what {
+            // Nonces are fresh per challenge (random RAND), so the row under an expired index
+            // entry is that stale challenge: delete it as it is.
+            Expiring::Challenges => Ok(self.kv.delete(Table::BsfPending, key).await?),
+            Expiring::Sessions => {
+                let Some(raw) = self.kv.get(Table::BsfSessions, key).await?.map(Zeroizing::new) else { return Ok(false) };
+                // A record that does not decode is left for the look-up to report (a purge
+                // that stopped at it would never get past it); a session re-bootstrapped under
+                // the same B-TID since its entry was written is not expired yet.
+                let expired = decode::<SessionRecord>(key, &raw).is_ok_and(|rec| rec.expiry <= now);
+                Ok(expired && self.kv.compare_and_swap(Table::BsfSessions, key, Some(&raw), None).await?)
             }
         }
     }
@@ -602,25 +646,6 @@ impl Store {
     /// Sessions stored by versions before the index existed have no index row: they are
     /// deleted when looked up after their expiry, as those versions did.
     pub async fn purge_expired(&self, now: u64) -> Result<usize, BsfError> {
-        let end = format!("{:020}", now.saturating_add(1));
-        let mut purged = 0;
-        loop {
-            let rows = self.kv.range(Table::BsfSessionExpiry, "", &end, PURGE_BATCH).await?;
-            for (key, _) in &rows {
-                let btid = key.split_once('/').map_or(key.as_str(), |(_, b)| b);
-                if let Some(raw) = self.kv.get(Table::BsfSessions, btid).await?.map(Zeroizing::new) {
-                    // A record that does not decode is left for the look-up to report (a
-                    // purge that stopped at it would never get past it).
-                    let expired = decode::<SessionRecord>(btid, &raw).is_ok_and(|rec| rec.expiry <= now);
-                    if expired && self.kv.compare_and_swap(Table::BsfSessions, btid, Some(&raw), None).await? {
-                        purged += 1;
-                    }
-                }
-                self.kv.delete(Table::BsfSessionExpiry, key).await?;
-            }
-            if rows.len() < PURGE_BATCH {
-                return Ok(purged);
-            }
-        }
+        self.purge_index(Expiring::Sessions, now).await
     }
 }
