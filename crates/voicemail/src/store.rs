@@ -100,17 +100,20 @@ impl Store {
     /// Every record, by id, through `f`, [`SCAN_BATCH`] decoded at a time (what `f` drops is
     /// not held).
     async fn scan<T>(&self, f: impl Fn(Record) -> Option<T>) -> Result<Vec<T>, VoicemailError> {
+        self.scan_rows(|_, v| Record::decode(v).map(&f)).await
+    }
+
+    /// Every stored row (row key, encoded record), by id, through `f`, [`SCAN_BATCH`] rows
+    /// at a time; the first error of `f` ends the scan.
+    async fn scan_rows<T>(&self, f: impl Fn(&str, &[u8]) -> Result<Option<T>, VoicemailError>) -> Result<Vec<T>, VoicemailError> {
         let (mut from, end) = (String::new(), key(u64::MAX));
         let mut out = Vec::new();
         loop {
             let rows = self.kv.range(Table::VoicemailMessages, &from, &end, SCAN_BATCH).await?;
-            let mut last = None;
-            for (_, v) in &rows {
-                let r = Record::decode(v)?;
-                last = Some(r.id);
-                out.extend(f(r));
+            for (k, v) in &rows {
+                out.extend(f(k, v)?);
             }
-            match last.and_then(|id| id.checked_add(1)) {
+            match rows.last().and_then(|(k, _)| k.parse::<u64>().ok()).and_then(|id| id.checked_add(1)) {
                 Some(next) if rows.len() == SCAN_BATCH => from = key(next),
                 _ => return Ok(out),
             }
@@ -134,22 +137,22 @@ impl Store {
     /// that does not decode is left (and logged): deleting what cannot be read is not a
     /// retention decision.
     pub async fn purge_received_before(&self, cutoff_ms: u64) -> Result<usize, VoicemailError> {
-        let (mut from, end) = (String::new(), key(u64::MAX));
+        let old = self
+            .scan_rows(|k, v| {
+                Ok(match crate::record::header(v) {
+                    Ok((_, received_ms)) => (received_ms < cutoff_ms).then(|| k.to_owned()),
+                    Err(e) => {
+                        tracing::warn!(key = %k, error = %e, "voicemail record unreadable: kept by the retention purge");
+                        None
+                    }
+                })
+            })
+            .await?;
         let mut purged = 0;
-        loop {
-            let rows = self.kv.range(Table::VoicemailMessages, &from, &end, SCAN_BATCH).await?;
-            for (k, v) in &rows {
-                match crate::record::header(v) {
-                    Ok((_, received_ms)) if received_ms < cutoff_ms => purged += usize::from(self.kv.delete(Table::VoicemailMessages, k).await?),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(key = %k, error = %e, "voicemail record unreadable: kept by the retention purge"),
-                }
-            }
-            match rows.last().and_then(|(k, _)| k.parse::<u64>().ok()).and_then(|id| id.checked_add(1)) {
-                Some(next) if rows.len() == SCAN_BATCH => from = key(next),
-                _ => return Ok(purged),
-            }
+        for k in old {
+            purged += usize::from(self.kv.delete(Table::VoicemailMessages, &k).await?);
         }
+        Ok(purged)
     }
 
     /// Deletes message `id`; whether it existed.
