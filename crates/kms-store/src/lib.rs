@@ -26,6 +26,7 @@ use std::pin::Pin;
 
 pub mod pg;
 pub mod pg_lab;
+mod pg_pass;
 pub mod pg_tls;
 pub mod redb_store;
 pub mod sealed;

@@ -49,7 +49,7 @@ struct ServeArgs {
     domain: String,
     /// Message store: a file path (embedded redb, created if missing) or `postgres://...`
     /// (shared by voicemail servers), as the KMS's and the BSF's `--store` (libpq's
-    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD instead).
+    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD or ~/.pgpass instead).
     #[arg(long)]
     store: String,
     /// SIP address (UDP and TCP).
