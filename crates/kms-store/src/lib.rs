@@ -73,11 +73,15 @@ pub enum Table {
     VoicemailMessages,
     /// Voicemail: settings (`next_id`, the id the next message gets).
     VoicemailMeta,
+    /// Voicemail: the messages of each mailbox, keyed by the mailbox's length in 5 digits, the
+    /// mailbox, `/` and the message id in 20 digits (empty values), so one mailbox's messages
+    /// are found with a [`Store::range`] scan of its prefix.
+    VoicemailMailboxes,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -91,6 +95,7 @@ impl Table {
         Self::BsfPendingExpiry,
         Self::VoicemailMessages,
         Self::VoicemailMeta,
+        Self::VoicemailMailboxes,
     ];
 
     /// The table's name in the backend. The BSF's names are those of its redb file before it
@@ -110,6 +115,7 @@ impl Table {
             Self::BsfPendingExpiry => "bsf_pending_expiry",
             Self::VoicemailMessages => "vm_messages",
             Self::VoicemailMeta => "vm_meta",
+            Self::VoicemailMailboxes => "vm_mailboxes",
         }
     }
 }

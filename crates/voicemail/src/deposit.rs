@@ -46,6 +46,11 @@ pub struct Caps {
     pub max_duration: Duration,
     /// Calls recorded at once; further INVITEs are answered 486 (Busy Here).
     pub max_calls: usize,
+    /// Messages one mailbox may hold (`None`: no limit); an INVITE for a full mailbox is
+    /// answered 480 (Temporarily Unavailable, reason "Mailbox Full", RFC 3261 §21.4.18: the
+    /// reason phrase says why) until its owner deletes some or they pass their retention.
+    /// Calls recorded at once for one mailbox may each take the last place.
+    pub max_messages: Option<usize>,
     /// How long a message is kept after it was received (`None`: until its owner deletes
     /// it); older ones are deleted at start and every [`RETENTION_SWEEP`]
     /// ([`Store::purge_received_before`]), whether or not they were fetched.
@@ -56,10 +61,10 @@ pub struct Caps {
 pub const RETENTION_SWEEP: Duration = Duration::from_secs(600);
 
 impl Default for Caps {
-    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once, messages kept
-    /// 30 days.
+    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once, 100 messages
+    /// per mailbox, messages kept 30 days.
     fn default() -> Self {
-        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64, retention: Some(Duration::from_secs(30 * 86_400)) }
+        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64, max_messages: Some(100), retention: Some(Duration::from_secs(30 * 86_400)) }
     }
 }
 
@@ -148,6 +153,10 @@ impl Deposit {
     /// Binds the SIP endpoint, registers with the S-CSCF when configured (waits for its
     /// answer: an error if it is not 2xx within 64·T1) and starts serving.
     pub async fn start(config: DepositConfig, store: Store) -> Result<Self, VoicemailError> {
+        let indexed = store.index_mailboxes().await?;
+        if indexed > 0 {
+            tracing::info!(messages = indexed, "voicemail: mailbox index built for the messages stored before it");
+        }
         let (endpoint, mut events) = Endpoint::bind(config.sip_bind, config.timers).await?;
         let sip = endpoint.local_addr();
         let mut core = Core { config, endpoint, store, calls: HashMap::new() };
@@ -366,6 +375,19 @@ impl Core {
                 return self.respond(&key, &request, code, reason, None, None);
             }
         };
+        if let Some(max) = self.config.caps.max_messages {
+            match self.store.count(&mailbox, max).await {
+                Ok(held) if held >= max => {
+                    tracing::info!(%call_id, %mailbox, held, "voicemail: mailbox full, refused the INVITE");
+                    return self.respond(&key, &request, 480, "Mailbox Full", None, None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
+                    return self.respond(&key, &request, 500, "Server Internal Error", None, None);
+                }
+            }
+        }
         let dialog = match Dialog::uas(&request, &token()) {
             Ok(d) => d,
             Err(e) => {
@@ -460,15 +482,20 @@ a=rtpmap:0 PCMU/8000\r\na=key-mgmt:mikey AQIDBA==\r\na=rtcp-mux\r\n";
         (code, port)
     }
 
-    /// As [`invite`], with the tag of the answer's `To` (the server's dialog tag).
-    async fn invite_answer(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>, Option<String>) {
+    /// The INVITE of a call from alice for `user`@a.example with `call_id`.
+    fn invite_text(ue: &UdpSocket, vm: SocketAddr, call_id: &str, user: &str) -> String {
         let me = ue.local_addr().unwrap();
-        let text = format!(
+        format!(
             "INVITE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=a\r\nTo: <sip:carol@a.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+From: <sip:alice@a.example>;tag=a\r\nTo: <sip:{user}@a.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
 Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
             OFFER.len()
-        );
+        )
+    }
+
+    /// As [`invite`], with the tag of the answer's `To` (the server's dialog tag).
+    async fn invite_answer(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>, Option<String>) {
+        let text = invite_text(ue, vm, call_id, "carol");
         let (code, r) = final_response(ue, vm, &text, &format!("Call-ID: {call_id}\r\n")).await;
         let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
         let tag = r.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).map(|t| t.trim().to_owned());
@@ -536,6 +563,26 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         let first = store.get(1).await.unwrap().expect("message 1");
         assert_eq!(first.packets.len(), 1, "the call without BYE was written when it ended");
         assert_eq!(invite(&ue, vm.sip_addr(), "c4").await.0, 200, "the ended calls freed their slots");
+        vm.shutdown().await;
+    }
+
+    /// A mailbox holding `Caps::max_messages` takes no further call (480 "Mailbox Full") until
+    /// its owner deletes one; other mailboxes are not affected.
+    #[tokio::test]
+    async fn a_full_mailbox_takes_no_further_call() {
+        let caps = Caps { max_messages: Some(2), max_duration: Duration::from_millis(200), ..Caps::default() };
+        let (_dir, store, mut vm) = server("deposit-quota", caps).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(invite(&ue, vm.sip_addr(), "q1").await.0, 200);
+        assert_eq!(invite(&ue, vm.sip_addr(), "q2").await.0, 200);
+        let (code, text) = final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q3", "carol"), "Call-ID: q3\r\n").await;
+        assert_eq!(code, 480, "{text}");
+        assert!(text.starts_with("SIP/2.0 480 Mailbox Full\r\n"), "{text}");
+        assert_eq!(final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q4", "dan"), "Call-ID: q4\r\n").await.0, 200, "dan's mailbox is empty");
+        let held = store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap();
+        assert_eq!(held.len(), 2);
+        assert!(store.delete(held[0].id, "sip:carol@a.example").await.unwrap());
+        assert_eq!(invite(&ue, vm.sip_addr(), "q5").await.0, 200, "room again after a delete");
         vm.shutdown().await;
     }
 

@@ -85,8 +85,10 @@ async fn list(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: He
         Ok(w) => w,
         Err(r) => return r,
     };
-    let impus = who.impus.clone();
-    match api.store.summaries(move |mailbox| owns(&impus, mailbox)).await {
+    let mut mailboxes: Vec<String> = who.impus.iter().filter_map(|i| mailbox_of(i).ok()).collect();
+    mailboxes.sort_unstable();
+    mailboxes.dedup();
+    match api.store.summaries_of(&mailboxes).await {
         Ok(summaries) => Json(summaries).into_response(),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -112,7 +114,7 @@ async fn remove(State(api): State<Arc<Api>>, Path(id): Path<String>, method: Met
         Ok(r) => r,
         Err(r) => return r,
     };
-    match api.store.delete(r.id).await {
+    match api.store.delete(r.id, &r.mailbox).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
