@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::error::VoicemailError;
+use crate::metrics::Metrics;
 use crate::record::{MAX_PACKET, Packet, Record};
 use crate::store::Store;
 
@@ -110,6 +112,7 @@ struct Call {
 /// in progress ([`Deposit::shutdown`] flushes them).
 pub struct Deposit {
     sip: SocketAddr,
+    metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -159,7 +162,8 @@ impl Deposit {
         }
         let (endpoint, mut events) = Endpoint::bind(config.sip_bind, config.timers).await?;
         let sip = endpoint.local_addr();
-        let mut core = Core { config, endpoint, store, calls: HashMap::new() };
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core { config, endpoint, store, calls: HashMap::new(), metrics: Arc::clone(&metrics) };
         if core.config.registrar.is_some() {
             let key = core.register()?;
             let deadline = core.config.timers.t1 * 64;
@@ -183,12 +187,17 @@ impl Deposit {
         }
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(core.run(events, stopped));
-        Ok(Self { sip, stop: Some(stop), task })
+        Ok(Self { sip, metrics, stop: Some(stop), task })
     }
 
     /// Our SIP address.
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip
+    }
+
+    /// The server's counters (the API adds its own to the same set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Stops serving after writing every call in progress to the store.
@@ -205,6 +214,7 @@ struct Core {
     endpoint: Endpoint,
     store: Store,
     calls: HashMap<String, Call>,
+    metrics: Arc<Metrics>,
 }
 
 impl Core {
@@ -252,8 +262,14 @@ impl Core {
         let cutoff = now_ms().saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
         match self.store.purge_received_before(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention_s = keep.as_secs(), "voicemail messages past their retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "voicemail retention purge failed"),
+            Ok(n) => {
+                self.metrics.messages_purged.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(deleted = n, retention_s = keep.as_secs(), "voicemail messages past their retention deleted");
+            }
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "voicemail retention purge failed");
+            }
         }
     }
 
@@ -286,6 +302,9 @@ impl Core {
 
     fn respond(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>) -> Result<(), VoicemailError> {
         let status = StatusCode::new(code).ok_or_else(|| VoicemailError::Config(format!("status {code}")))?;
+        if request.method == Method::Invite && code >= 200 {
+            self.metrics.invite_answered(code);
+        }
         let mut b = ResponseBuilder::to_request(request, status, reason.to_owned())?;
         if let Some(to) = to {
             b = b.set_header(&HeaderName::To, to)?;
@@ -383,6 +402,7 @@ impl Core {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
                     return self.respond(&key, &request, 500, "Server Internal Error", None, None);
                 }
@@ -408,6 +428,7 @@ impl Core {
             Ok(id) => id,
             // The caller gets a final answer, not a transaction left to time out.
             Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
                 return self.respond(&key, &request, 500, "Server Internal Error", None, None);
             }
@@ -417,12 +438,14 @@ impl Core {
         let capture = tokio::spawn(capture(socket, Arc::clone(&recording), self.config.caps));
         let to = dialog.local_header().clone();
         self.calls.insert(call_id, Call { record, recording, capture, dialog });
+        self.metrics.calls_recording.store(self.calls.len() as u64, Ordering::Relaxed);
         self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
     /// Stops recording `call_id` and writes its record.
     async fn finish(&mut self, call_id: &str) {
         let Some(mut call) = self.calls.remove(call_id) else { return };
+        self.metrics.calls_recording.store(self.calls.len() as u64, Ordering::Relaxed);
         call.capture.abort();
         let _ = (&mut call.capture).await;
         if let Ok(mut r) = call.recording.lock() {
@@ -430,10 +453,17 @@ impl Core {
             call.record.dropped = r.dropped;
         }
         let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
+        self.metrics.packets_dropped.fetch_add(dropped, Ordering::Relaxed);
         match self.store.update(call.record).await {
-            Ok(true) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(true) => {
+                self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(id, packets = n, dropped, "voicemail message stored");
+            }
             Ok(false) => tracing::info!(id, "voicemail message deleted by its owner during the call: not stored"),
-            Err(e) => tracing::warn!(id, error = %e, "voicemail message not stored"),
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id, error = %e, "voicemail message not stored");
+            }
         }
     }
 }
@@ -570,7 +600,7 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
     /// its owner deletes one; other mailboxes are not affected.
     #[tokio::test]
     async fn a_full_mailbox_takes_no_further_call() {
-        let caps = Caps { max_messages: Some(2), max_duration: Duration::from_millis(200), ..Caps::default() };
+        let caps = Caps { max_messages: Some(2), ..Caps::default() };
         let (_dir, store, mut vm) = server("deposit-quota", caps).await;
         let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         assert_eq!(invite(&ue, vm.sip_addr(), "q1").await.0, 200);
@@ -583,7 +613,13 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         assert_eq!(held.len(), 2);
         assert!(store.delete(held[0].id, "sip:carol@a.example").await.unwrap());
         assert_eq!(invite(&ue, vm.sip_addr(), "q5").await.0, 200, "room again after a delete");
+        let metrics = vm.metrics().render();
+        for line in ["mediasec_voicemail_invites_total{status=\"200\"} 4\n", "mediasec_voicemail_invites_total{status=\"480\"} 1\n", "mediasec_voicemail_calls_recording 4\n"] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
         vm.shutdown().await;
+        let metrics = vm.metrics().render();
+        assert!(metrics.contains("mediasec_voicemail_messages_stored_total 3\n"), "the calls were written at shutdown, but the one deleted while recording: {metrics}");
     }
 
     /// Messages past `Caps::retention` are deleted when the server starts (and every

@@ -6,6 +6,7 @@
 //! - [`deposit`]: the SIP side (answers diverted INVITEs with a deferred-delivery answer,
 //!   records the SRTP verbatim).
 //! - [`api`], [`auth`], [`http`]: the retrieval API (JSON over HTTP, GBA HTTP Digest as a NAF).
+//! - [`metrics`]: the Prometheus counters (`GET /metrics` on the API listener).
 //! - [`owner`]: the owner's client: download, Ticket Resolve, SRTP decryption, WAV.
 //! - [`service`]: the whole server (store, SIP, API) as the CLI, tests and demo run it.
 
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod deposit;
 mod error;
 pub mod http;
+pub mod metrics;
 pub mod owner;
 pub mod record;
 pub mod service;
