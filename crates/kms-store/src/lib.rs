@@ -36,6 +36,16 @@ pub use pg::PgStore;
 pub use redb_store::RedbStore;
 pub use update::{Step, UPDATE_ATTEMPTS, update};
 
+/// Entry point of the `pg_conninfo` fuzz target and its corpus replay: the first line of
+/// `data` as a PostgreSQL connection string (URL or key=value, TLS parameters split off), the
+/// rest as a password file for it. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_conninfo(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (conn, pgpass) = text.split_once('\n').unwrap_or((&text, ""));
+    pg_tls::fuzz_conninfo(conn, pgpass.as_bytes());
+}
+
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 

@@ -39,6 +39,11 @@ pub(crate) fn lookup(config: &tokio_postgres::Config, env: &impl Fn(&str) -> Opt
         return None;
     }
     let text = Zeroizing::new(std::fs::read(&path).ok()?);
+    password_in_file(config, &text, env)
+}
+
+/// The password of the first line of `text` (a password file's content) matching `config`.
+pub(crate) fn password_in_file(config: &tokio_postgres::Config, text: &[u8], env: &impl Fn(&str) -> Option<OsString>) -> Option<Zeroizing<Vec<u8>>> {
     let wanted = Wanted::of(config, env);
     text.split(|&b| b == b'\n').find_map(|line| wanted.password_in(line))
 }
@@ -159,6 +164,36 @@ mod tests {
 
     fn password(conn: &str, path: &std::path::Path) -> Option<String> {
         lookup(&config(conn), &with_file(path)).map(|p| String::from_utf8_lossy(&p).into_owned())
+    }
+
+    /// A field as a line writes it: `\` before `:` and `\`, and a literal `*` as `\*`.
+    fn escape(field: &str) -> String {
+        if field == "*" {
+            return "\\*".into();
+        }
+        field.replace('\\', "\\\\").replace(':', "\\:")
+    }
+
+    proptest::proptest! {
+        /// Any four fields and password, escaped and joined, read back as themselves; a bare
+        /// `*` is a wildcard, an escaped one is not.
+        #[test]
+        fn escaped_fields_read_back(fields in proptest::collection::vec("[ -~]{0,12}", 5), star in proptest::bool::ANY) {
+            let mut line: Vec<String> = fields.iter().map(|f| escape(f)).collect();
+            if star && let Some(host) = line.first_mut() {
+                *host = "*".into();
+            }
+            let read = split_fields(line.join(":").as_bytes());
+            proptest::prop_assert_eq!(read.len(), 5);
+            for (i, (f, r)) in fields.iter().zip(&read).enumerate() {
+                if i == 0 && star {
+                    proptest::prop_assert!(r.any && r.text == b"*");
+                } else {
+                    proptest::prop_assert_eq!(&r.text, &f.as_bytes().to_vec());
+                    proptest::prop_assert!(!r.any, "an escaped field is no wildcard");
+                }
+            }
+        }
     }
 
     const LINES: &str = "# hostname:port:database:username:password\n\

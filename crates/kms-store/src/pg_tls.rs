@@ -335,6 +335,22 @@ fn load_roots(path: &Path, mode: SslMode) -> Result<RootCertStore, StoreError> {
     Ok(roots)
 }
 
+/// Entry point of the `pg_conninfo` fuzz target ([`crate::fuzz_conninfo`]): a connection string
+/// through the TLS-parameter split, `sslmode`/`sslsni` values and tokio-postgres's parser,
+/// and `pgpass` as a password file for it — no file or environment is read (a fuzzed
+/// `sslrootcert` could name a device that never ends).
+pub(crate) fn fuzz_conninfo(conn: &str, pgpass: &[u8]) {
+    let Ok((rest, params)) = take_tls_params(conn) else { return };
+    for (key, value) in &params {
+        if key == "sslmode" {
+            let _ = SslMode::parse(value);
+        }
+    }
+    if let Ok(config) = rest.parse::<tokio_postgres::Config>() {
+        let _ = crate::pg_pass::password_in_file(&config, pgpass, &|_: &str| None);
+    }
+}
+
 /// Splits the TLS parameters ([`TLS_KEYS`], values decoded) off a connection string; returns
 /// the string without them (for tokio-postgres) and the parameters in order (the last wins, as
 /// in libpq).

@@ -28,10 +28,12 @@ pub use error::VoicemailError;
 /// what decodes re-encodes to a record that decodes the same.
 #[doc(hidden)]
 pub fn fuzz_inputs(data: &[u8]) {
+    let head = record::head(data);
     if let Ok(r) = record::Record::decode(data)
         && let Ok(bytes) = r.encode()
     {
         assert_eq!(record::Record::decode(&bytes).ok().as_ref(), Some(&r), "re-encoded record differs");
+        assert_eq!(head.ok(), Some(record::Head { id: r.id, received_ms: r.received_ms, mailbox: r.mailbox }), "the head of a record is its own");
     }
     if let Ok(r) = api::MessageDoc::parse(data) {
         let _ = r.encode();

@@ -224,6 +224,7 @@ mod tests {
         #[test]
         fn encode_decode_round_trip(r in record()) {
             let bytes = r.encode().expect("within limits");
+            prop_assert_eq!(head(&bytes).expect("head"), Head { id: r.id, received_ms: r.received_ms, mailbox: r.mailbox.clone() });
             prop_assert_eq!(Record::decode(&bytes).expect("decodes"), r);
         }
 
