@@ -54,7 +54,8 @@ use crate::error::{Error, Result};
 use crate::header::{CommonHeader, CsIdMap, MIKEY_VERSION, SrtpCs};
 use crate::keys;
 use crate::message::Message;
-use crate::payload::{Dh, Idr, KeyValidity, Payload, Rand, SecurityPolicy, Sign, Timestamp};
+use crate::error_message::ErrorReport;
+use crate::payload::{Dh, ErrPayload, Idr, KeyValidity, Payload, Rand, SecurityPolicy, Sign, Timestamp};
 use crate::psk::ReplayCache;
 use crate::registry::{DataType, DhGroup, ErrorCode, IdRole, IdType, PrfFunc, SignatureType, TsType};
 use crate::srtp_policy::{self, CryptoSession, SrtpPolicy};
@@ -374,7 +375,8 @@ pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &
 ///
 /// Then draws xr (from `random`, with the ECCSI `j`), builds DH_RESP signed by `key` (the
 /// ECCSI key of `responder_uri` for the month of `now_ntp`), and derives the keys. CS 2 of
-/// the answer carries `responder_ssrc`. On error, [`error_reply`] builds the message to send.
+/// the answer carries `responder_ssrc`. On error, [`error_reply`] builds the message to send
+/// (unsigned); [`answer_or_refuse`] signs it when it may.
 #[allow(clippy::too_many_arguments)]
 pub fn answer(
     i_message: &[u8],
@@ -387,18 +389,70 @@ pub fn answer(
     replay: &mut dyn ReplayCache,
     random: &mut dyn FnMut(&mut [u8]),
 ) -> Result<Answered> {
+    answer_or_refuse(i_message, kpak, key, responder_uri, responder_ssrc, now_ntp, skew_secs, replay, random).map_err(|r| r.error)
+}
+
+/// Why a DH_INIT got no DH_RESP ([`answer_or_refuse`]), with the error message to send back.
+#[derive(Debug)]
+pub struct Refused {
+    /// What failed (its ERR code: [`Error::err_code`]).
+    pub error: Error,
+    /// The RFC 3830 §5.1.2 error message `HDR, T, [IDRr], ERR, [SIGNr]`: signed by the
+    /// responder's key, and naming the responder (IDRr, *ours*: the format has no ID, but the
+    /// signer must be named for a forwarded call's error to verify) once the DH_INIT was admitted — its signature verified, T fresh, not a replay —
+    /// unsigned before (signing for unverified or replayed input would let anyone make us
+    /// spend an ECCSI signature per datagram, RFC 3830 §9). `None` when the DH_INIT has no
+    /// decodable header.
+    pub reply: Option<Vec<u8>>,
+}
+
+/// [`answer`], and on failure the error message for the initiator ([`Refused::reply`]): a
+/// DH_INIT refused after it was admitted (IDRr not us, DH, RAND, SP, CS map) gets a signed
+/// error `HDR, T, IDRr, ERR, SIGNr` (RFC 3830 §5.1.2: `[V|SIGNr]`), which the initiator
+/// verifies with [`Pending::refusal`].
+#[allow(clippy::too_many_arguments)]
+pub fn answer_or_refuse(
+    i_message: &[u8],
+    kpak: &Kpak,
+    key: &SigningKey,
+    responder_uri: &str,
+    responder_ssrc: u32,
+    now_ntp: u64,
+    skew_secs: u64,
+    replay: &mut dyn ReplayCache,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> std::result::Result<Answered, Refused> {
+    let unsigned = |error: Error| Refused { reply: error_reply(i_message, &error, now_ntp), error };
     let now = ntp(now_ntp);
-    check_key(key, responder_uri, &now)?;
-    let p = parse(i_message, DataType::DH_INIT)?;
-    let initiator_uri = p.uri(IdRole::INITIATOR)?;
-    p.verify(i_message, kpak, &initiator_uri)?;
-    p.check_fresh(now_ntp, skew_secs)?;
+    check_key(key, responder_uri, &now).map_err(unsigned)?;
+    let p = parse(i_message, DataType::DH_INIT).map_err(unsigned)?;
+    let initiator_uri = p.uri(IdRole::INITIATOR).map_err(unsigned)?;
+    p.verify(i_message, kpak, &initiator_uri).map_err(unsigned)?;
+    p.check_fresh(now_ntp, skew_secs).map_err(unsigned)?;
     // The cache keys on the signed octets, not on the signature: ECCSI signatures are
     // malleable ((r, q − s, PVT) verifies whenever (r, s, PVT) does: J becomes −J, same x),
     // so a replay with s negated would otherwise pass as a new message.
     if !replay.insert(p.message.header.csb_id, p.t.value, i_message.get(..p.covered_len).unwrap_or_default()) {
-        return Err(rejected(ErrorCode::INVALID_TS, "replayed DH_INIT"));
+        return Err(unsigned(rejected(ErrorCode::INVALID_TS, "replayed DH_INIT")));
     }
+    respond(&p, initiator_uri, key, responder_uri, responder_ssrc, now, random).map_err(|error| {
+        let reply = signed_error(&p.message.header, &error, now, responder_uri, key, random).ok().or_else(|| error_reply(i_message, &error, now_ntp));
+        Refused { reply, error }
+    })
+}
+
+/// `HDR, T, IDRr, ERR, SIGNr` answering a DH_INIT with header `failed` (RFC 3830 §5.1.2): the
+/// header copied with data type Error and V = 0, our T, our URI, the ERR of `error`, signed by
+/// `key` (the ECCSI key of `responder_uri` for the month of `now`).
+fn signed_error(failed: &CommonHeader, error: &Error, now: Timestamp, responder_uri: &str, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
+    let header = CommonHeader { data_type: DataType::ERROR, v_flag: false, ..failed.clone() };
+    let payloads = vec![Payload::T(now), idr(IdRole::RESPONDER, responder_uri), Payload::Err(ErrPayload { code: error.err_code(), reserved: 0 })];
+    seal(Message { header, payloads }, key, random)
+}
+
+/// [`answer_or_refuse`] once the DH_INIT `p` (from `initiator_uri`) was admitted: the checks
+/// that may be answered with a signed error, then DH_RESP and the keys.
+fn respond(p: &Parsed, initiator_uri: String, key: &SigningKey, responder_uri: &str, responder_ssrc: u32, now: Timestamp, random: &mut dyn FnMut(&mut [u8])) -> Result<Answered> {
     let called = p.uri(IdRole::RESPONDER)?;
     if called != responder_uri {
         return Err(rejected(ErrorCode::INVALID_ID, format!("IDRr names {called}, not {responder_uri}")));
@@ -463,6 +517,34 @@ impl Pending {
         Ok(done)
     }
 
+    /// Initiator: reads an error message answering our DH_INIT (RFC 3830 §5.1.2), e.g. from
+    /// the key-management attribute of a 488: its ERR codes, [`ErrorReport::Authenticated`]
+    /// with the signer's URI when it ends with SIGNr by the URI its IDRr names (that URI's
+    /// identity for the month of the error's T) under `kpak` with T within `skew_secs` of
+    /// `now_ntp` — that user itself refused; compare it with the URI called, a forwarded call
+    /// reaches someone else — and [`ErrorReport::Unauthenticated`] (no signer) without SIGN:
+    /// anyone on the path could have sent it, a hint only (RFC 3830 §9). A SIGN that does not
+    /// verify, or an error for another CSB ID, is an error, never a report.
+    pub fn refusal(&self, error_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<(ErrorReport, Option<String>)> {
+        let report = crate::error_message::verify(error_message, None)?;
+        let ErrorReport::Unauthenticated { header, codes } = report else {
+            return Err(rejected(ErrorCode::UNSPECIFIED, "error message read as authenticated without a key"));
+        };
+        if header.csb_id != self.offer.csb_id {
+            return Err(rejected(ErrorCode::UNSPECIFIED, format!("error message for CSB ID {:#010x}, not ours", header.csb_id)));
+        }
+        let p = parse(error_message, DataType::ERROR);
+        let signed = Message::decode(error_message).is_ok_and(|m| matches!(m.payloads.last(), Some(Payload::Sign(_))));
+        if !signed {
+            return Ok((ErrorReport::Unauthenticated { header, codes }, None));
+        }
+        let p = p?;
+        let signer = p.uri(IdRole::RESPONDER)?;
+        p.verify(error_message, kpak, &signer)?;
+        p.check_fresh(now_ntp, skew_secs)?;
+        Ok((ErrorReport::Authenticated { header, codes }, Some(signer)))
+    }
+
     /// Initiator: verifies DH_RESP and derives the keys, whoever of the KMS's users signed it
     /// (a forwarded call: [`Finished::redirected`] tells whether it is not the URI called).
     ///
@@ -501,8 +583,9 @@ impl Pending {
 
 /// The RFC 3830 §5.1.2 error message `HDR, T, ERR` answering a DH_INIT that failed with
 /// `err` (its ERR code, [`Error::err_code`]); `None` when the failed message has no decodable
-/// header or is itself an error message. The error message is not signed *(ours: RFC 3830
-/// allows an unauthenticated error; the receiver must treat it as a hint only, RFC 3830 §9)*.
+/// header or is itself an error message. The error message is not signed (RFC 3830 allows an
+/// unauthenticated error; the receiver must treat it as a hint only, RFC 3830 §9):
+/// [`answer_or_refuse`] uses it before a DH_INIT is admitted, and signs after.
 pub fn error_reply(failed: &[u8], err: &Error, now_ntp: u64) -> Option<Vec<u8>> {
     let (header, _) = CommonHeader::decode(&mut crate::codec::Reader::new(failed, 0)).ok()?;
     crate::error_message::build(&header, ntp(now_ntp), &[err.err_code()], None).ok()
@@ -582,17 +665,13 @@ pub(crate) mod fuzz {
         }
     }
 
-    /// `data` as a DH_INIT to the responder and as a DH_RESP to the initiator; on a refusal
-    /// the responder's error message is built too. Returns (answered, finished).
+    /// `data` as a DH_INIT to the responder (on a refusal its error message, signed or not, is
+    /// built too), and as a DH_RESP and as an error message to the initiator. Returns
+    /// (answered, finished).
     pub(crate) fn run(data: &[u8]) -> (bool, bool) {
         let Some(f) = fixture() else { return (false, false) };
-        let answered = match answer(data, &f.kpak, &f.bob, BOB, 1, NOW, 30, &mut NoReplay, &mut random) {
-            Ok(_) => true,
-            Err(e) => {
-                let _ = error_reply(data, &e, NOW);
-                false
-            }
-        };
+        let answered = answer_or_refuse(data, &f.kpak, &f.bob, BOB, 1, NOW, 30, &mut NoReplay, &mut random).is_ok();
+        let _ = f.pending.refusal(data, &f.kpak, NOW, 30);
         (answered, f.pending.finish(data, &f.kpak, NOW, 30).is_ok())
     }
 
@@ -618,6 +697,76 @@ mod tests {
         let days = era * 146_097 + doe - 719_468;
         let secs = u64::try_from(days * 86_400).unwrap() + 2_208_988_800;
         (secs & 0xffff_ffff) << 32
+    }
+
+    fn random(buf: &mut [u8]) {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        fuzz::counter_random(&COUNTER, b"mediasec signed_dh refusals", buf);
+    }
+
+    /// A DH_INIT the responder admits (signature, T, no replay) but refuses — here without
+    /// its DH payload, re-signed by the initiator — is answered with an error signed by the
+    /// responder, which the initiator reads as authenticated; one refused before admission
+    /// (a broken signature) gets an unsigned error, read as a hint; a signed error whose
+    /// signature was altered, or that answers another CSB, is an error.
+    #[test]
+    fn refusals_after_admission_are_signed_and_read_as_authenticated() {
+        const NOW: u64 = fuzz::NOW;
+        let kms = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let key = |uri: &str| {
+            let id = signer_identity(uri, &ntp(NOW)).unwrap();
+            let (ssk, pvt) = draw(&mut random, |v| kms.issue(&id, v)).unwrap();
+            SigningKey::new(&kms.kpak(), &id, ssk, pvt).unwrap()
+        };
+        let (alice, bob) = (key(fuzz::ALICE), key(fuzz::BOB));
+        let o = Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: 0x5151_0001,
+            initiator_uri: fuzz::ALICE.into(),
+            responder_uri: fuzz::BOB.into(),
+            initiator_ssrc: 7,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let (init, pending) = offer(&o, &alice, NOW, &mut random).unwrap();
+        let mut m = Message::decode(&init).unwrap();
+        m.payloads.retain(|p| !matches!(p, Payload::Dh(_) | Payload::Sign(_)));
+        let without_dh = seal(m, &alice, &mut random).unwrap();
+        let kpak = kms.kpak();
+
+        let refused = answer_or_refuse(&without_dh, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        assert_eq!(refused.error.err_code(), ErrorCode::UNSPECIFIED, "{}", refused.error);
+        let reply = refused.reply.expect("an error message");
+        let (report, signer) = pending.refusal(&reply, &kpak, NOW, 30).unwrap();
+        assert!(report.is_authenticated(), "{report:?}");
+        assert_eq!(report.codes(), [ErrorCode::UNSPECIFIED]);
+        assert_eq!(signer.as_deref(), Some(fuzz::BOB));
+
+        let mut broken = init;
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        let refused = answer_or_refuse(&broken, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        assert_eq!(refused.error.err_code(), ErrorCode::AUTH_FAILURE);
+        let (report, signer) = pending.refusal(&refused.reply.expect("an error message"), &kpak, NOW, 30).unwrap();
+        assert!(!report.is_authenticated() && report.codes() == [ErrorCode::AUTH_FAILURE] && signer.is_none(), "{report:?}");
+
+        // Sent to bob, reached carol (a forwarded call): carol admits it and refuses (IDRr is
+        // not her), signing as herself.
+        let carol = key("sip:carol@fuzz.example.org");
+        let (init2, pending2) = offer(&Offer { csb_id: 0x5151_0003, ..o.clone() }, &alice, NOW, &mut random).unwrap();
+        let refused = answer_or_refuse(&init2, &kpak, &carol, "sip:carol@fuzz.example.org", 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        assert_eq!(refused.error.err_code(), ErrorCode::INVALID_ID);
+        let (report, signer) = pending2.refusal(&refused.reply.expect("an error message"), &kpak, NOW, 30).unwrap();
+        assert!(report.is_authenticated() && report.codes() == [ErrorCode::INVALID_ID], "{report:?}");
+        assert_eq!(signer.as_deref(), Some("sip:carol@fuzz.example.org"));
+
+        let mut forged = reply.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(pending.refusal(&forged, &kpak, NOW, 30).is_err(), "a SIGN that does not verify is no report");
+        let (_, other) = offer(&Offer { csb_id: 0x5151_0002, ..o }, &alice, NOW, &mut random).unwrap();
+        assert!(other.refusal(&reply, &kpak, NOW, 30).is_err(), "another CSB's error");
+        let late = NOW + (120u64 << 32);
+        assert_eq!(pending.refusal(&reply, &kpak, late, 30).unwrap_err().err_code(), ErrorCode::INVALID_TS);
     }
 
     #[test]

@@ -1056,7 +1056,18 @@ impl Core {
                     // The 487 of the INVITE we CANCELled after refusing the offer of its
                     // reliable 18x.
                     Some(why) => call.fail_refused(why),
-                    None => call.fail(status.code(), &String::from_utf8_lossy(&response.reason)),
+                    None => {
+                        let mut reason = String::from_utf8_lossy(&response.reason).into_owned();
+                        // A refused MIKEY-DH offer: what the callee's error message says, and
+                        // whether the callee signed it.
+                        if let (Some(Keying::Dh(pending)), Some(hs)) = (call.ticket.as_ref(), self.kms.as_ref().and_then(|k| k.high_security.as_ref()))
+                            && let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
+                            && let Some(why) = high_security::refusal(hs, pending, &answer, unix_now())
+                        {
+                            reason = format!("{reason}: {why}");
+                        }
+                        call.fail(status.code(), &reason);
+                    }
                 }
             }
             return Ok(());
@@ -1089,7 +1100,7 @@ impl Core {
         let mut ack = Message::Request(dialog.ack(1, via)?);
         let to = dialog.next_hop().ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
         let extra_fork = call.dialog.is_some() || matches!(call.state, CallState::Failed(..));
-        let sdp = mediasec_sip::body::sdp(&Message::Response(response.clone()))?;
+        let sdp = mediasec_sip::body::sdp(&Message::Response(response))?;
         // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
         // offer, answered in the ACK (RFC 3261 §13.2.1, §13.2.2.4).
         let offered = !call.answered_reliably && call.offer.is_none() && call.ticket.is_none();

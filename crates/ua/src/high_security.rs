@@ -262,12 +262,46 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let key = &key_at(keys, uri, now).map_err(|e| refused(e.to_string()))?.key;
     let now = ntp(now);
     replay.now_ntp_secs = now >> 32;
-    let outcome = under_trusted(kpaks, |kpak| signed_dh::answer(&init, kpak, key, uri, ssrc, now, SKEW_SECS, replay, &mut random));
-    let answered = outcome.map_err(|e| Error::KeyRefused { reason: format!("high-security (MIKEY-DH): {e}"), mikey_error: signed_dh::error_reply(&init, &e, now) })?;
+    // The error message of the last attempt: signed once a KPAK admitted the DH_INIT.
+    let mut reply = None;
+    let outcome = under_trusted(kpaks, |kpak| {
+        signed_dh::answer_or_refuse(&init, kpak, key, uri, ssrc, now, SKEW_SECS, replay, &mut random).map_err(|r| {
+            reply = r.reply;
+            r.error
+        })
+    });
+    let answered = outcome.map_err(|e| Error::KeyRefused {
+        reason: format!("high-security (MIKEY-DH): {e}"),
+        mikey_error: reply.take().or_else(|| signed_dh::error_reply(&init, &e, now)),
+    })?;
     let protection = protection(&answered.keys, false).map_err(|e| refused(e.to_string()))?;
     let mut lines = stream.answer_lines();
     lines.insert(0, ticket::key_mgmt_line(answered.response));
     Ok((sdp_text(local, version, SAVP, &lines), stream.media(stream.mux, protection).authenticated(answered.initiator_uri)))
+}
+
+/// Offerer: what the MIKEY error message in the key-management attribute of a refusing answer
+/// (the SDP of a 488) says, for the call's failure reason: its ERR codes, and who signed it
+/// (SIGNr under a trusted KPAK: that user itself refused — the URI called, or whoever a
+/// forwarded call reached) or that nobody did (a hint only: anyone on the path could have
+/// written it, RFC 3830 §9). `None` when the answer carries no MIKEY message.
+pub fn refusal(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp, now: Duration) -> Option<String> {
+    let message = ticket::mikey_data(answer).ok().flatten()?;
+    let now = ntp(now);
+    let read = under_trusted(&hs.kpaks, |kpak| pending.pending.refusal(&message, kpak, now, SKEW_SECS));
+    Some(match read {
+        Ok((report, signer)) => {
+            let codes: Vec<String> = report.codes().iter().map(|c| format!("{c:?}")).collect();
+            let called = &pending.pending.offer().responder_uri;
+            let by = match signer {
+                Some(s) if s == *called => format!("signed by {s}"),
+                Some(s) => format!("signed by {s}, not the URI called"),
+                None => "unsigned: a hint only".into(),
+            };
+            format!("MIKEY error {} ({by})", codes.join(", "))
+        }
+        Err(e) => format!("MIKEY error message not accepted: {e}"),
+    })
 }
 
 /// Offerer: verifies DH_RESP under a trusted KPAK at `now` (Unix time) and requires the signer
@@ -377,6 +411,36 @@ pub(crate) mod tests {
         assert_eq!(carol.keys.iter().map(|k| k.period).collect::<Vec<_>>(), [jan], "December's key dropped");
         call(&carol, &mut bob, BOUNDARY + 400, BOUNDARY + 401).unwrap();
         call(&alice, &mut carol, BOUNDARY + 500, BOUNDARY + 501).unwrap();
+    }
+
+    /// What a caller learns from a refusing answer's MIKEY error ([`refusal`]): a DH_INIT for
+    /// bob that reached carol (a forwarded call) is refused by carol after she verified it,
+    /// with an error she signs — the caller reads "signed by carol, not the URI called"; a
+    /// DH_INIT under a KPAK the callee does not trust gets an unsigned error, read as a hint.
+    #[test]
+    fn refusals_say_who_signed_them() {
+        let ksak = KmsSecret::from_bytes(&[0x42; 32]).unwrap();
+        let now = LAST_DAY - 3_600;
+        let p = Period::of_unix(now).unwrap();
+        let start = |uri: &str| HighSecurity::new(uri, p, issued(&ksak, uri, p).key, vec![ksak.kpak()]);
+        let (alice, mut carol) = (start("sip:alice@a.example"), start("sip:carol@a.example"));
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let refused_sdp = |offer_sdp: &str, e: Error| {
+            let Error::KeyRefused { mikey_error: Some(m), .. } = e else { panic!("a MIKEY error: {e}") };
+            let refusal = crate::offer_answer::refusal(&Sdp::parse(offer_sdp), local, 1).unwrap();
+            Sdp::parse(&format!("{refusal}a={}\r\n", ticket::key_mgmt_line(m)))
+        };
+        let (offer_sdp, pending) = offer(&alice, local, 1, 0x1111, "sip:bob@a.example", at(now)).unwrap();
+        let e = answer(&mut carol, &Sdp::parse(&offer_sdp), local, 1, 0x2222, at(now + 1)).unwrap_err();
+        let why = refusal(&alice, &pending, &refused_sdp(&offer_sdp, e), at(now + 2)).unwrap();
+        assert_eq!(why, "MIKEY error ID not supported (signed by sip:carol@a.example, not the URI called)");
+
+        let other = KmsSecret::from_bytes(&[0x43; 32]).unwrap();
+        let mut stranger = HighSecurity::new("sip:carol@a.example", p, issued(&ksak, "sip:carol@a.example", p).key, vec![other.kpak()]);
+        let (offer_sdp, pending) = offer(&alice, local, 1, 0x1111, "sip:carol@a.example", at(now)).unwrap();
+        let e = answer(&mut stranger, &Sdp::parse(&offer_sdp), local, 1, 0x2222, at(now + 1)).unwrap_err();
+        let why = refusal(&alice, &pending, &refused_sdp(&offer_sdp, e), at(now + 2)).unwrap();
+        assert_eq!(why, "MIKEY error Authentication failure (unsigned: a hint only)");
     }
 
     /// [`ready`] against an unreachable KMS: with the current month's key, failing to fetch
