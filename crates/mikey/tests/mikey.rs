@@ -873,7 +873,7 @@ mod tshark_oracle {
     /// values: tshark 4.0 names the data types, the DH group, the IDR roles and ECCSI.
     #[test]
     fn tshark_decodes_signed_dh_messages() {
-        use super::signed_dh_exchange::{ALICE, BOB, Cache, Kms, NOW, os_random, start};
+        use super::signed_dh_exchange::{ALICE, BOB, CAROL, Cache, Kms, NOW, os_random, start};
         let usable = |tool: &str| mediasec_testkit::tool_usable(tool, Command::new(tool).arg("--version"));
         if !usable("tshark") || !usable("text2pcap") {
             return;
@@ -896,6 +896,16 @@ mod tshark_oracle {
             assert!(s.contains(ALICE) && s.contains(BOB), "{s}");
             assert!(!s.contains("Expert Info (Error"), "{s}");
         }
+        // A DH_INIT for bob that reached carol: her signed error message (HDR, T, IDRr, ERR,
+        // SIGNr).
+        let (init, _pending) = start(&alice, BOB);
+        let carol = kms.key(CAROL, NOW);
+        let refused = mediasec_mikey::signed_dh::answer_or_refuse(&init, &kms.kpak, &carol, CAROL, 7, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("refused");
+        let error = refused.reply.expect("the error message");
+        dump("signed_dh_error", &error);
+        check(&error, "Error", "dherr");
+        let s = dissect(&error, "dherr");
+        assert!(s.contains("Signature type: ECCSI (2)") && s.contains("Responder (IDRr)") && s.contains(CAROL), "{s}");
     }
 
     /// Our MIKEY-SAKKE I_MESSAGE (`mikey_sakke::build`, real SAKKE data and signature):
@@ -2005,7 +2015,7 @@ mod signed_dh_exchange {
     const SEC: u64 = 1 << 32;
     pub(super) const ALICE: &str = "sip:alice@hs.example.org";
     pub(super) const BOB: &str = "sip:bob@hs.example.org";
-    const CAROL: &str = "sip:carol@hs.example.org";
+    pub(super) const CAROL: &str = "sip:carol@hs.example.org";
 
     #[derive(Default)]
     pub(super) struct Cache(HashSet<(u32, u64, Vec<u8>)>);
