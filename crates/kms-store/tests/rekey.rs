@@ -246,7 +246,7 @@ fn pg_lists_other_sessions() {
         let replica = PgStore::connect(&url).await.expect("connect");
         let others = me.other_sessions().await.expect("sessions");
         assert_eq!(others.len(), 1, "{others:?}");
-        assert!(others[0].starts_with("pid "), "{others:?}");
+        assert!(others.first().is_some_and(|s| s.starts_with("pid ")), "{others:?}");
         drop(replica);
     });
 }

@@ -120,7 +120,7 @@ pub(crate) fn run(a: Args, service: Service) -> anyhow::Result<ExitCode> {
             let rows = p.counts.rows();
             if p.table_done {
                 println!("{}: {rows} rows: {}", p.table.name(), p.counts);
-            } else if rows % PROGRESS_EVERY == 0 {
+            } else if rows.is_multiple_of(PROGRESS_EVERY) {
                 println!("{}: {rows} rows so far", p.table.name());
             }
             if stop.load(Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
