@@ -157,8 +157,7 @@ impl Keys {
 pub enum RowStep {
     /// Every sealed value of the row already opens under the new key: leave it.
     AlreadyNew,
-    /// Write this value; `from_clear`: the row held its secret in the clear (an older
-    /// version's row), now sealed.
+    /// Write this value, which re-seals (or seals) what the row held as [`Change`] says.
     Write(Zeroizing<Vec<u8>>, Change),
 }
 
