@@ -25,7 +25,7 @@
 //! transport, and it pops both entries when they come back. ACKs for 2xx and 2xx responses
 //! whose transactions are gone are forwarded statelessly (§16.11, RFC 6026 §8).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -228,6 +228,32 @@ struct Context {
     created: Instant,
 }
 
+impl Branch {
+    /// When this branch's timer is due, while it is pending: 64·T1 after its CANCEL, else its
+    /// Timer C ([`timer_due`]).
+    fn deadline(&self) -> Option<Instant> {
+        match self.cancelled {
+            Some(at) => Some(at + LINGER),
+            None => self.timer_c,
+        }
+    }
+}
+
+impl Context {
+    /// The earliest of its pending branches' deadlines and its own end ([`Self::ended`]).
+    fn next_deadline(&self) -> Option<Instant> {
+        let branches = self.branches.iter().filter(|b| b.state == BranchState::Pending).filter_map(Branch::deadline);
+        let end = self.finished.map(|at| at + LINGER).into_iter().chain((self.method != Method::Invite).then(|| self.created + TIMER_C));
+        branches.chain(end).min()
+    }
+
+    /// Whether it is dropped at `now`: its final response went out [`LINGER`] ago, or it is a
+    /// non-INVITE context [`TIMER_C`] old (its client transactions end by Timer F long before).
+    fn ended(&self, now: Instant) -> bool {
+        self.finished.is_some_and(|at| now.saturating_duration_since(at) >= LINGER) || (self.method != Method::Invite && now.saturating_duration_since(self.created) >= TIMER_C)
+    }
+}
+
 /// How long a context outlives its final response: late 2xx of other forks (RFC 6026 Timer M
 /// territory, 64·T1 with the default T1) still find their way upstream. Also how long a
 /// CANCELled branch waits for its final response before it is given up (RFC 3261 §9.1).
@@ -237,11 +263,48 @@ const LINGER: Duration = Duration::from_secs(32);
 /// provisional response is CANCELled, one without is taken as answered 408; a non-INVITE
 /// context (ended by its branches' Timer F long before) is dropped at this age in any case.
 const TIMER_C: Duration = Duration::from_secs(181);
-/// The least time between two runs of the timers from [`Proxy::handle`]. A run scans every
-/// context (those of the last [`LINGER`] included: tens of thousands under a load of calls),
-/// so it happens at most ten times a second instead of before each event; the timers it runs
-/// are seconds long, so a tenth of a second of lateness changes nothing.
+/// The least time between two runs of the timers from [`Proxy::handle`]: the timers are seconds
+/// long, so a tenth of a second of lateness changes nothing, and most events pay no look at the
+/// [`Timers`] queue.
 const TICK_GAP: Duration = Duration::from_millis(100);
+
+/// What a [`Timers`] entry asks [`Proxy::tick`] to look at.
+#[derive(Debug)]
+enum Due {
+    /// A context's branch timers (Timer C, the 64·T1 after a CANCEL) and its own end.
+    Context(TransactionKey),
+    /// An IMS-ALG rewrite kept for retransmissions, [`LINGER`] after it was made.
+    Exchange(ExchangeKey),
+    /// An in-dialog offer/answer exchange through the IMS-ALG, [`LINGER`] after it began.
+    Offering(String),
+}
+
+/// The proxy's timers by due time, so that [`Proxy::tick`] visits only what is due instead of
+/// every context (tens of thousands under a load of calls, those of the last [`LINGER`]
+/// included). An entry may be early — Timer C was pushed back by a provisional response
+/// (RFC 3261 §16.7 step 2) — or stale — its context is gone, or the map entry was replaced:
+/// the tick re-checks the state it names, and files a context again at its actual next
+/// deadline ([`Context::next_deadline`]). Whatever moves a deadline earlier (a CANCEL, a final
+/// response) files a new entry.
+#[derive(Debug, Default)]
+struct Timers {
+    queue: BTreeMap<(Instant, u64), Due>,
+    /// Tie-breaker: entries due at the same instant keep their order.
+    filed: u64,
+}
+
+impl Timers {
+    fn at(&mut self, when: Instant, what: Due) {
+        self.filed += 1;
+        self.queue.insert((when, self.filed), what);
+    }
+
+    /// The next entry due at `now`, if any.
+    fn next_due(&mut self, now: Instant) -> Option<Due> {
+        let first = self.queue.first_entry()?;
+        (first.key().0 <= now).then(|| first.remove())
+    }
+}
 
 /// The proxy core.
 #[derive(Debug)]
@@ -270,6 +333,7 @@ pub struct Proxy {
     pending: HashMap<u64, Pending>,
     ng_out: Vec<NgRequest>,
     next_ng: u64,
+    timers: Timers,
     /// When [`Self::tick`] last ran.
     last_tick: Option<Instant>,
     /// Counters for logs and tests.
@@ -331,6 +395,7 @@ impl Proxy {
             pending: HashMap::new(),
             ng_out: Vec::new(),
             next_ng: 0,
+            timers: Timers::default(),
             last_tick: None,
             stats: Stats::default(),
         }
@@ -413,33 +478,50 @@ impl Proxy {
     pub fn tick(&mut self, now: Instant) -> Vec<Command> {
         self.last_tick = Some(now);
         let mut out = Vec::new();
-        let due: Vec<(TransactionKey, TransactionKey)> = self
-            .contexts
-            .values()
-            .flat_map(|c| c.branches.iter().filter(|b| b.state == BranchState::Pending && timer_due(b, now)).map(|b| (c.server.clone(), b.key.clone())))
-            .collect();
-        for (server, key) in due {
-            out.extend(self.branch_timer(&server, &key, now));
-        }
-        let age = |c: &Context| now.saturating_duration_since(c.created);
-        let stale: Vec<TransactionKey> = self
-            .contexts
-            .iter()
-            .filter(|(_, c)| c.finished.is_some_and(|at| now.saturating_duration_since(at) > LINGER) || (c.method != Method::Invite && age(c) > TIMER_C))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale {
-            if let Some(c) = self.contexts.remove(&key) {
-                for b in c.branches {
-                    self.branches.remove(&b.key);
-                    if c.method == Method::Invite && b.state == BranchState::Pending {
-                        out.push(Command::Abandon { key: b.key });
+        while let Some(due) = self.timers.next_due(now) {
+            match due {
+                Due::Context(server) => out.extend(self.context_timers(server, now)),
+                Due::Exchange(key) => {
+                    if self.exchanges.get(&key).is_some_and(|x| now.saturating_duration_since(x.created) >= LINGER) {
+                        self.exchanges.remove(&key);
+                    }
+                }
+                Due::Offering(call_id) => {
+                    if self.offering.get(&call_id).is_some_and(|since| now.saturating_duration_since(*since) >= LINGER) {
+                        self.offering.remove(&call_id);
                     }
                 }
             }
         }
-        self.exchanges.retain(|_, x| now.saturating_duration_since(x.created) <= LINGER);
-        self.offering.retain(|_, since| now.saturating_duration_since(*since) <= LINGER);
+        out
+    }
+
+    /// [`Self::tick`] for context `server`: its due branch timers, then its end when due
+    /// (a branch still pending then is given up); otherwise it is filed again at its next
+    /// deadline.
+    fn context_timers(&mut self, server: TransactionKey, now: Instant) -> Vec<Command> {
+        let Some(context) = self.contexts.get(&server) else { return Vec::new() };
+        let due: Vec<TransactionKey> = context.branches.iter().filter(|b| b.state == BranchState::Pending && timer_due(b, now)).map(|b| b.key.clone()).collect();
+        let mut out = Vec::new();
+        for key in due {
+            out.extend(self.branch_timer(&server, &key, now));
+        }
+        let Some(context) = self.contexts.get(&server) else { return out };
+        if !context.ended(now) {
+            // Never at `now` again: the loop in `tick` would find it due forever.
+            if let Some(next) = context.next_deadline() {
+                self.timers.at(next.max(now + TICK_GAP), Due::Context(server));
+            }
+            return out;
+        }
+        if let Some(context) = self.contexts.remove(&server) {
+            for b in context.branches {
+                self.branches.remove(&b.key);
+                if context.method == Method::Invite && b.state == BranchState::Pending {
+                    out.push(Command::Abandon { key: b.key });
+                }
+            }
+        }
         out
     }
 
@@ -453,6 +535,7 @@ impl Proxy {
             // §16.8: "the proxy MUST generate a CANCEL request matching that transaction".
             self.stats.timer_c += 1;
             tracing::info!(%call_id, to = %b.to, "Timer C fired on a branch with a provisional response: CANCELled");
+            // (`context_timers` files the context again at the CANCEL's 64·T1.)
             return cancel_branch(b, now, &mut self.stats).into_iter().collect();
         }
         if b.cancelled.is_none() {
@@ -486,7 +569,7 @@ impl Proxy {
         }
         let alg = context.alg.is_some() || context.delayed.is_some();
         let initial_invite = context.method == Method::Invite && !in_dialog;
-        let out = finish_if_done(context, now);
+        let out = finish_if_done(context, now, &mut self.timers);
         if alg && initial_invite {
             // The e2ae INVITE failed (as on a final response >= 300): its AGW calls go.
             self.alg_delete(&call_id);
@@ -817,6 +900,9 @@ impl Proxy {
         if context.branches.len() > 1 {
             tracing::info!(branches = context.branches.len(), "forking in parallel");
         }
+        if let Some(first) = context.next_deadline() {
+            self.timers.at(first, Due::Context(key.clone()));
+        }
         self.contexts.insert(key, context);
         out
     }
@@ -833,7 +919,7 @@ impl Proxy {
             return out;
         }
         let Some(context) = self.contexts.get_mut(&invite) else { return out };
-        out.extend(cancel_pending(context, now, &mut self.stats));
+        out.extend(cancel_pending(context, now, &mut self.stats, &mut self.timers));
         out
     }
 
@@ -911,6 +997,7 @@ impl Proxy {
                     if (code >= 200 || reliable)
                         && let Some(exchange) = exchange_key(&r.headers)
                     {
+                        self.timers.at(now + LINGER, Due::Exchange(exchange.clone()));
                         self.exchanges.insert(exchange, Exchange { response: Rewrite::Waiting, ack: None, created: now });
                     }
                     let pending = Pending::Answer { server, client: key.clone(), response: r.clone(), leg };
@@ -980,15 +1067,18 @@ impl Proxy {
                 }
             }
             context.forwarded_2xx = true;
-            context.finished.get_or_insert(now);
+            if context.finished.is_none() {
+                context.finished = Some(now);
+                self.timers.at(now + LINGER, Due::Context(server.clone()));
+            }
             let mut out = vec![Command::Respond { key: server, response }];
             if context.method == Method::Invite {
-                out.extend(cancel_pending(context, now, &mut self.stats));
+                out.extend(cancel_pending(context, now, &mut self.stats, &mut self.timers));
             }
             return out;
         }
         keep_best(context, response);
-        finish_if_done(context, now)
+        finish_if_done(context, now, &mut self.timers)
     }
 
     /// This P-CSCF is an IMS-ALG (mediasec indication supported and an AGW configured).
@@ -1115,7 +1205,14 @@ impl Proxy {
 
     /// Another in-dialog offer/answer exchange of `call_id` is still open through the ALG.
     fn busy(&self, call_id: &str, now: Instant) -> bool {
-        self.offering.get(call_id).is_some_and(|since| now.saturating_duration_since(*since) <= LINGER)
+        self.offering.get(call_id).is_some_and(|since| now.saturating_duration_since(*since) < LINGER)
+    }
+
+    /// An in-dialog offer/answer exchange of `call_id` begins through the ALG; [`Self::tick`]
+    /// forgets it [`LINGER`] later if nothing ended it.
+    fn begin_offering(&mut self, call_id: &str, now: Instant) {
+        self.timers.at(now + LINGER, Due::Offering(call_id.to_owned()));
+        self.offering.insert(call_id.to_owned(), now);
     }
 
     /// A re-INVITE or UPDATE inside an e2ae call (its dialog established through the AGW):
@@ -1148,7 +1245,7 @@ impl Proxy {
         }
         let Some(sdp) = sdp else {
             tracing::info!(%call_id, from_core, "IMS-ALG: offerless re-INVITE of an e2ae call; the offer is expected in the 2xx");
-            self.offering.insert(call_id.to_owned(), now);
+            self.begin_offering(call_id, now);
             let out = self.route(key.clone(), request, now);
             match self.contexts.get_mut(&key) {
                 Some(c) => c.delayed = Some(Delayed::Reinvite { from_core, dialog }),
@@ -1162,7 +1259,7 @@ impl Proxy {
         let Some(leg) = self.re_offer_leg(call_id, dialog, from_tag, from_core, &sdp) else {
             return self.refuse(&key, &request, 488, "re-offer of an e2ae call that the IMS-ALG cannot secure (SDES from the UE or plain RTP from the core expected)");
         };
-        self.offering.insert(call_id.to_owned(), now);
+        self.begin_offering(call_id, now);
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
         tracing::info!(%call_id, method = %request.method, side = ?leg.side, ng_call_id = %leg.ng_call_id, "IMS-ALG: e2ae re-offer to the AGW");
         let out = if invite { self.reply(&key, &request, 100, "Trying", vec![]) } else { Vec::new() };
@@ -1285,6 +1382,7 @@ impl Proxy {
             if dialog.is_some() {
                 self.offering.remove(call_id);
             }
+            self.timers.at(now + LINGER, Due::Exchange(exchange.clone()));
             self.exchanges.insert(exchange, Exchange { response: Rewrite::Unsecured, ack: None, created: now });
             self.strip_foreign(&mut message, sdp);
             let Message::Response(r) = message else { return Vec::new() };
@@ -1314,6 +1412,7 @@ impl Proxy {
         };
         tracing::info!(%call_id, side = ?leg.side, ng_call_id = %leg.ng_call_id, reliable, "IMS-ALG: e2ae offer in a 2xx or reliable 18x to the AGW");
         let command = alg::offer(&leg.ng_call_id, &leg.from_tag, &sdp, leg.side, leg.core_srtp).to_vec();
+        self.timers.at(now + LINGER, Due::Exchange(exchange.clone()));
         self.exchanges.insert(exchange.clone(), Exchange { response: Rewrite::Waiting, ack: Some((leg.clone(), Rewrite::Expected)), created: now });
         let Message::Response(response) = message else { return Vec::new() };
         self.ng(command, Pending::OfferIn2xx { server, client: key.clone(), response, leg, exchange });
@@ -1671,9 +1770,22 @@ impl Proxy {
     }
 }
 
-/// §16.7 step 10 / §16.10: CANCEL every branch still pending.
-fn cancel_pending(context: &mut Context, now: Instant, stats: &mut Stats) -> Vec<Command> {
-    context.branches.iter_mut().filter(|b| b.state == BranchState::Pending && b.cancelled.is_none()).filter_map(|b| cancel_branch(b, now, stats)).collect()
+/// §16.7 step 10 / §16.10: CANCEL every branch still pending (their 64·T1 filed in `timers`).
+fn cancel_pending(context: &mut Context, now: Instant, stats: &mut Stats, timers: &mut Timers) -> Vec<Command> {
+    let mut cancelled = false;
+    let out = context
+        .branches
+        .iter_mut()
+        .filter(|b| b.state == BranchState::Pending && b.cancelled.is_none())
+        .filter_map(|b| {
+            cancelled = true;
+            cancel_branch(b, now, stats)
+        })
+        .collect();
+    if cancelled {
+        timers.at(now + LINGER, Due::Context(context.server.clone()));
+    }
+    out
 }
 
 /// Decides to CANCEL branch `b` at `now` and returns the CANCEL (RFC 3261 §9.1, sent without
@@ -1699,10 +1811,7 @@ fn send_cancel(b: &Branch, stats: &mut Stats) -> Option<Command> {
 /// Whether a pending branch has a timer due at `now`: its Timer C, or the 64·T1 its CANCEL
 /// waits for a final response ([`Proxy::tick`]).
 fn timer_due(b: &Branch, now: Instant) -> bool {
-    match b.cancelled {
-        Some(at) => now.saturating_duration_since(at) >= LINGER,
-        None => b.timer_c.is_some_and(|at| now >= at),
-    }
+    b.deadline().is_some_and(|at| now >= at)
 }
 
 /// A response of this proxy to the server transaction of the request `branch` was forwarded
@@ -1726,11 +1835,12 @@ fn keep_best(context: &mut Context, response: Response) {
 }
 
 /// When every branch is done and no 2xx went up, the best response goes upstream.
-fn finish_if_done(context: &mut Context, now: Instant) -> Vec<Command> {
+fn finish_if_done(context: &mut Context, now: Instant, timers: &mut Timers) -> Vec<Command> {
     if context.finished.is_some() || context.branches.iter().any(|b| b.state == BranchState::Pending) {
         return Vec::new();
     }
     context.finished = Some(now);
+    timers.at(now + LINGER, Due::Context(context.server.clone()));
     if context.forwarded_2xx {
         return Vec::new();
     }
@@ -3159,6 +3269,40 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(scscf.in_flight(), (1, 1), "kept while late responses may come");
         assert!(scscf.tick(t0 + LINGER * 2).is_empty());
         assert_eq!(scscf.in_flight(), (0, 0));
+    }
+
+    /// The timers are a queue by due time: a tick visits what is due, not every context. 200
+    /// calls answered 486 are dropped [`LINGER`] later, with nothing else to do for them; the
+    /// Timer C entries they leave behind go when they come due (so the queue is bounded by
+    /// what happened within [`TIMER_C`]), and an early tick touches nothing.
+    #[test]
+    fn timers_are_filed_by_due_time_and_drain() {
+        let t0 = Instant::now();
+        let [_, mut scscf] = proxies();
+        let mut forwarded_requests = Vec::new();
+        for i in 0..200 {
+            let text = INVITE.replace("branch=z9hG4bKp1", &format!("branch=z9hG4bKq{i}")).replace("Call-ID: p1", &format!("Call-ID: q{i}"));
+            let Ok(Message::Request(invite)) = mediasec_sip::core::parse_datagram(Bytes::from(text), &mediasec_sip::core::Limits::datagram()) else {
+                panic!("the seed parses")
+            };
+            let key = TransactionKey::from_request(&invite).expect("key");
+            forwarded_requests.push(forwarded(scscf.handle(Event::Request { key, request: Box::new(invite), source: SocketAddr::from(([127, 0, 0, 1], 5071)) }, t0)));
+        }
+        assert_eq!(scscf.in_flight(), (200, 200));
+        assert_eq!(scscf.timers.queue.len(), 200, "one Timer C entry per call");
+        assert!(scscf.tick(t0 + Duration::from_secs(1)).is_empty());
+        assert_eq!(scscf.timers.queue.len(), 200, "nothing due yet, nothing refiled");
+        let answered = t0 + Duration::from_secs(2);
+        for request in &forwarded_requests {
+            let up = scscf.handle(callee(request, 486), answered);
+            assert!(up.iter().any(|c| matches!(c, Command::Respond { response, .. } if response.status.code() == 486)), "{up:?}");
+        }
+        assert_eq!(scscf.timers.queue.len(), 400, "each final response files the context's end");
+        assert!(scscf.tick(answered + LINGER).is_empty());
+        assert_eq!(scscf.in_flight(), (0, 0));
+        assert_eq!(scscf.timers.queue.len(), 200, "the Timer C entries wait for their time");
+        assert!(scscf.tick(t0 + TIMER_C).is_empty(), "stale entries fire nothing");
+        assert!(scscf.timers.queue.is_empty());
     }
 
     /// A response with status `code` from the callee to the forwarded `request`, as its client

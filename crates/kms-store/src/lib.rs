@@ -28,6 +28,7 @@ use std::pin::Pin;
 
 pub mod pg;
 pub mod pg_lab;
+mod pg_pass;
 pub mod pg_tls;
 pub mod redb_store;
 pub mod rekey;
@@ -37,6 +38,16 @@ pub mod update;
 pub use pg::PgStore;
 pub use redb_store::RedbStore;
 pub use update::{Step, UPDATE_ATTEMPTS, update};
+
+/// Entry point of the `pg_conninfo` fuzz target and its corpus replay: the first line of
+/// `data` as a PostgreSQL connection string (URL or key=value, TLS parameters split off), the
+/// rest as a password file for it. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_conninfo(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (conn, pgpass) = text.split_once('\n').unwrap_or((&text, ""));
+    pg_tls::fuzz_conninfo(conn, pgpass.as_bytes());
+}
 
 /// The future every [`Store`] method returns (boxed so that `dyn Store` works).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -75,6 +86,10 @@ pub enum Table {
     VoicemailMessages,
     /// Voicemail: settings (`next_id`, the id the next message gets).
     VoicemailMeta,
+    /// Voicemail: the messages of each mailbox, keyed by the mailbox's length in 5 digits, the
+    /// mailbox, `/` and the message id in 20 digits (empty values), so one mailbox's messages
+    /// are found with a [`Store::range`] scan of its prefix.
+    VoicemailMailboxes,
     /// A master-key rotation in progress ([`rekey`]), keyed by the service whose rows it
     /// re-seals (`kms`, `bsf`); the row exists from the start of the rotation to its end.
     Rekey,
@@ -82,7 +97,7 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -96,6 +111,7 @@ impl Table {
         Self::BsfPendingExpiry,
         Self::VoicemailMessages,
         Self::VoicemailMeta,
+        Self::VoicemailMailboxes,
         Self::Rekey,
     ];
 
@@ -116,6 +132,7 @@ impl Table {
             Self::BsfPendingExpiry => "bsf_pending_expiry",
             Self::VoicemailMessages => "vm_messages",
             Self::VoicemailMeta => "vm_meta",
+            Self::VoicemailMailboxes => "vm_mailboxes",
             Self::Rekey => "rekey",
         }
     }

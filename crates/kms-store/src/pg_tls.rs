@@ -139,8 +139,9 @@ enum Check {
 impl Target {
     /// Parses a libpq connection URL (`postgres://…?sslmode=…`) or key=value string
     /// (`host=… sslmode=…`) and loads the root CA file. Errors name the parameter, never the
-    /// password. A string without a password takes the environment's `PGPASSWORD`, as libpq
-    /// does, so that the password need not be on a command line (`ps` shows those).
+    /// password. A string without a password takes the environment's `PGPASSWORD`, else the
+    /// password file's ([`crate::pg_pass`]: `PGPASSFILE` or `~/.pgpass`), as libpq does, so
+    /// that the password need not be on a command line (`ps` shows those).
     pub(crate) fn parse(conn: &str) -> Result<Self, StoreError> {
         Self::parse_with(conn, |name| std::env::var_os(name))
     }
@@ -172,10 +173,12 @@ impl Target {
         }
         let mut config: tokio_postgres::Config =
             rest.parse().map_err(|e| StoreError::Invalid(format!("PostgreSQL connection string: {}", error_chain(&e))))?;
-        if config.get_password().is_none()
-            && let Some(password) = env("PGPASSWORD")
-        {
-            config.password(password.as_encoded_bytes());
+        if config.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD") {
+                config.password(password.as_encoded_bytes());
+            } else if let Some(password) = crate::pg_pass::lookup(&config, &env) {
+                config.password(password.as_slice());
+            }
         }
         if config.get_hosts().is_empty() && !config.get_hostaddrs().is_empty() {
             // Only `hostaddr`: libpq then has no name to check (verify-full fails) and runs the
@@ -330,6 +333,22 @@ fn load_roots(path: &Path, mode: SslMode) -> Result<RootCertStore, StoreError> {
         return Err(what(&"no certificate in it"));
     }
     Ok(roots)
+}
+
+/// Entry point of the `pg_conninfo` fuzz target ([`crate::fuzz_conninfo`]): a connection string
+/// through the TLS-parameter split, `sslmode`/`sslsni` values and tokio-postgres's parser,
+/// and `pgpass` as a password file for it — no file or environment is read (a fuzzed
+/// `sslrootcert` could name a device that never ends).
+pub(crate) fn fuzz_conninfo(conn: &str, pgpass: &[u8]) {
+    let Ok((rest, params)) = take_tls_params(conn) else { return };
+    for (key, value) in &params {
+        if key == "sslmode" {
+            let _ = SslMode::parse(value);
+        }
+    }
+    if let Ok(config) = rest.parse::<tokio_postgres::Config>() {
+        let _ = crate::pg_pass::password_in_file(&config, pgpass, &|_: &str| None);
+    }
 }
 
 /// Splits the TLS parameters ([`TLS_KEYS`], values decoded) off a connection string; returns
@@ -673,5 +692,15 @@ mod tests {
         assert_eq!(Target::parse_with("host=h user=kms dbname=db", env).expect("env").config.get_password(), Some(&b"from-env"[..]));
         assert_eq!(Target::parse_with("postgres://kms:own@h/db", env).expect("own").config.get_password(), Some(&b"own"[..]));
         assert_eq!(Target::parse_with("postgres://kms@h/db", |_| None).expect("none").config.get_password(), None);
+        // Then the password file (libpq's order: the string's, PGPASSWORD, the file).
+        let dir = crate::pg_lab::TempDir::new("pgpass-target").expect("temp dir");
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "h:5432:db:kms:from-file\n").expect("write");
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let passfile = |name: &str| (name == "PGPASSFILE").then(|| file.as_os_str().to_owned());
+        assert_eq!(Target::parse_with("postgres://kms@h/db", passfile).expect("file").config.get_password(), Some(&b"from-file"[..]));
+        let both = |name: &str| passfile(name).or_else(|| env(name));
+        assert_eq!(Target::parse_with("postgres://kms@h/db", both).expect("env first").config.get_password(), Some(&b"from-env"[..]));
+        assert_eq!(Target::parse_with("postgres://kms:own@h/db", passfile).expect("own").config.get_password(), Some(&b"own"[..]));
     }
 }

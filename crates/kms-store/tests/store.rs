@@ -618,3 +618,16 @@ fn pg_connect_failure_is_unavailable() {
     let r = rt().block_on(PgStore::connect(&format!("postgres://postgres@127.0.0.1:{port}/x")));
     assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
 }
+
+/// The `pg_conninfo` fuzz corpus replays through the fuzz target's function.
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/pg_conninfo");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        mediasec_kms_store::fuzz_conninfo(&bytes);
+        n += 1;
+    }
+    assert!(n >= 3, "corpus has {n} files");
+}

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
 use crate::error::VoicemailError;
+use crate::metrics::Metrics;
 use crate::record::{MAX_PACKET, Packet, Record};
 use crate::store::Store;
 
@@ -46,6 +48,11 @@ pub struct Caps {
     pub max_duration: Duration,
     /// Calls recorded at once; further INVITEs are answered 486 (Busy Here).
     pub max_calls: usize,
+    /// Messages one mailbox may hold (`None`: no limit); an INVITE for a full mailbox is
+    /// answered 480 (Temporarily Unavailable, reason "Mailbox Full", RFC 3261 §21.4.18: the
+    /// reason phrase says why) until its owner deletes some or they pass their retention.
+    /// Calls recorded at once for one mailbox may each take the last place.
+    pub max_messages: Option<usize>,
     /// How long a message is kept after it was received (`None`: until its owner deletes
     /// it); older ones are deleted at start and every [`RETENTION_SWEEP`]
     /// ([`Store::purge_received_before`]), whether or not they were fetched.
@@ -56,10 +63,10 @@ pub struct Caps {
 pub const RETENTION_SWEEP: Duration = Duration::from_secs(600);
 
 impl Default for Caps {
-    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once, messages kept
-    /// 30 days.
+    /// 3000 packets (a minute of 20 ms audio), 1 MiB, 120 s, 64 calls at once, 100 messages
+    /// per mailbox, messages kept 30 days.
     fn default() -> Self {
-        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64, retention: Some(Duration::from_secs(30 * 86_400)) }
+        Self { max_packets: 3000, max_bytes: 1 << 20, max_duration: Duration::from_secs(120), max_calls: 64, max_messages: Some(100), retention: Some(Duration::from_secs(30 * 86_400)) }
     }
 }
 
@@ -105,6 +112,7 @@ struct Call {
 /// in progress ([`Deposit::shutdown`] flushes them).
 pub struct Deposit {
     sip: SocketAddr,
+    metrics: Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -148,9 +156,14 @@ impl Deposit {
     /// Binds the SIP endpoint, registers with the S-CSCF when configured (waits for its
     /// answer: an error if it is not 2xx within 64·T1) and starts serving.
     pub async fn start(config: DepositConfig, store: Store) -> Result<Self, VoicemailError> {
+        let indexed = store.index_mailboxes().await?;
+        if indexed > 0 {
+            tracing::info!(messages = indexed, "voicemail: mailbox index built for the messages stored before it");
+        }
         let (endpoint, mut events) = Endpoint::bind(config.sip_bind, config.timers).await?;
         let sip = endpoint.local_addr();
-        let mut core = Core { config, endpoint, store, calls: HashMap::new() };
+        let metrics = Arc::new(Metrics::default());
+        let mut core = Core { config, endpoint, store, calls: HashMap::new(), metrics: Arc::clone(&metrics) };
         if core.config.registrar.is_some() {
             let key = core.register()?;
             let deadline = core.config.timers.t1 * 64;
@@ -174,12 +187,17 @@ impl Deposit {
         }
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(core.run(events, stopped));
-        Ok(Self { sip, stop: Some(stop), task })
+        Ok(Self { sip, metrics, stop: Some(stop), task })
     }
 
     /// Our SIP address.
     pub fn sip_addr(&self) -> SocketAddr {
         self.sip
+    }
+
+    /// The server's counters (the API adds its own to the same set).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Stops serving after writing every call in progress to the store.
@@ -196,6 +214,7 @@ struct Core {
     endpoint: Endpoint,
     store: Store,
     calls: HashMap<String, Call>,
+    metrics: Arc<Metrics>,
 }
 
 impl Core {
@@ -243,8 +262,14 @@ impl Core {
         let cutoff = now_ms().saturating_sub(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX));
         match self.store.purge_received_before(cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, retention_s = keep.as_secs(), "voicemail messages past their retention deleted"),
-            Err(e) => tracing::warn!(error = %e, "voicemail retention purge failed"),
+            Ok(n) => {
+                self.metrics.messages_purged.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(deleted = n, retention_s = keep.as_secs(), "voicemail messages past their retention deleted");
+            }
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "voicemail retention purge failed");
+            }
         }
     }
 
@@ -277,6 +302,9 @@ impl Core {
 
     fn respond(&self, key: &TransactionKey, request: &Request, code: u16, reason: &str, to: Option<Bytes>, body: Option<&str>) -> Result<(), VoicemailError> {
         let status = StatusCode::new(code).ok_or_else(|| VoicemailError::Config(format!("status {code}")))?;
+        if request.method == Method::Invite && code >= 200 {
+            self.metrics.invite_answered(code);
+        }
         let mut b = ResponseBuilder::to_request(request, status, reason.to_owned())?;
         if let Some(to) = to {
             b = b.set_header(&HeaderName::To, to)?;
@@ -366,6 +394,20 @@ impl Core {
                 return self.respond(&key, &request, code, reason, None, None);
             }
         };
+        if let Some(max) = self.config.caps.max_messages {
+            match self.store.count(&mailbox, max).await {
+                Ok(held) if held >= max => {
+                    tracing::info!(%call_id, %mailbox, held, "voicemail: mailbox full, refused the INVITE");
+                    return self.respond(&key, &request, 480, "Mailbox Full", None, None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
+                    return self.respond(&key, &request, 500, "Server Internal Error", None, None);
+                }
+            }
+        }
         let dialog = match Dialog::uas(&request, &token()) {
             Ok(d) => d,
             Err(e) => {
@@ -386,6 +428,7 @@ impl Core {
             Ok(id) => id,
             // The caller gets a final answer, not a transaction left to time out.
             Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%call_id, error = %e, "voicemail store failed: refused the INVITE");
                 return self.respond(&key, &request, 500, "Server Internal Error", None, None);
             }
@@ -395,12 +438,14 @@ impl Core {
         let capture = tokio::spawn(capture(socket, Arc::clone(&recording), self.config.caps));
         let to = dialog.local_header().clone();
         self.calls.insert(call_id, Call { record, recording, capture, dialog });
+        self.metrics.calls_recording.store(self.calls.len() as u64, Ordering::Relaxed);
         self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
     /// Stops recording `call_id` and writes its record.
     async fn finish(&mut self, call_id: &str) {
         let Some(mut call) = self.calls.remove(call_id) else { return };
+        self.metrics.calls_recording.store(self.calls.len() as u64, Ordering::Relaxed);
         call.capture.abort();
         let _ = (&mut call.capture).await;
         if let Ok(mut r) = call.recording.lock() {
@@ -408,10 +453,17 @@ impl Core {
             call.record.dropped = r.dropped;
         }
         let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
+        self.metrics.packets_dropped.fetch_add(dropped, Ordering::Relaxed);
         match self.store.update(call.record).await {
-            Ok(true) => tracing::info!(id, packets = n, dropped, "voicemail message stored"),
+            Ok(true) => {
+                self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(id, packets = n, dropped, "voicemail message stored");
+            }
             Ok(false) => tracing::info!(id, "voicemail message deleted by its owner during the call: not stored"),
-            Err(e) => tracing::warn!(id, error = %e, "voicemail message not stored"),
+            Err(e) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(id, error = %e, "voicemail message not stored");
+            }
         }
     }
 }
@@ -460,15 +512,20 @@ a=rtpmap:0 PCMU/8000\r\na=key-mgmt:mikey AQIDBA==\r\na=rtcp-mux\r\n";
         (code, port)
     }
 
-    /// As [`invite`], with the tag of the answer's `To` (the server's dialog tag).
-    async fn invite_answer(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>, Option<String>) {
+    /// The INVITE of a call from alice for `user`@a.example with `call_id`.
+    fn invite_text(ue: &UdpSocket, vm: SocketAddr, call_id: &str, user: &str) -> String {
         let me = ue.local_addr().unwrap();
-        let text = format!(
+        format!(
             "INVITE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
-From: <sip:alice@a.example>;tag=a\r\nTo: <sip:carol@a.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+From: <sip:alice@a.example>;tag=a\r\nTo: <sip:{user}@a.example>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
 Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{OFFER}",
             OFFER.len()
-        );
+        )
+    }
+
+    /// As [`invite`], with the tag of the answer's `To` (the server's dialog tag).
+    async fn invite_answer(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> (u16, Option<u16>, Option<String>) {
+        let text = invite_text(ue, vm, call_id, "carol");
         let (code, r) = final_response(ue, vm, &text, &format!("Call-ID: {call_id}\r\n")).await;
         let port = r.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok());
         let tag = r.lines().find(|l| l.starts_with("To:")).and_then(|l| l.split(";tag=").nth(1)).map(|t| t.trim().to_owned());
@@ -537,6 +594,32 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         assert_eq!(first.packets.len(), 1, "the call without BYE was written when it ended");
         assert_eq!(invite(&ue, vm.sip_addr(), "c4").await.0, 200, "the ended calls freed their slots");
         vm.shutdown().await;
+    }
+
+    /// A mailbox holding `Caps::max_messages` takes no further call (480 "Mailbox Full") until
+    /// its owner deletes one; other mailboxes are not affected.
+    #[tokio::test]
+    async fn a_full_mailbox_takes_no_further_call() {
+        let caps = Caps { max_messages: Some(2), ..Caps::default() };
+        let (_dir, store, mut vm) = server("deposit-quota", caps).await;
+        let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(invite(&ue, vm.sip_addr(), "q1").await.0, 200);
+        assert_eq!(invite(&ue, vm.sip_addr(), "q2").await.0, 200);
+        let (code, text) = final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q3", "carol"), "Call-ID: q3\r\n").await;
+        assert_eq!(code, 480, "{text}");
+        assert!(text.starts_with("SIP/2.0 480 Mailbox Full\r\n"), "{text}");
+        assert_eq!(final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q4", "dan"), "Call-ID: q4\r\n").await.0, 200, "dan's mailbox is empty");
+        let held = store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap();
+        assert_eq!(held.len(), 2);
+        assert!(store.delete(held[0].id, "sip:carol@a.example").await.unwrap());
+        assert_eq!(invite(&ue, vm.sip_addr(), "q5").await.0, 200, "room again after a delete");
+        let metrics = vm.metrics().render();
+        for line in ["mediasec_voicemail_invites_total{status=\"200\"} 4\n", "mediasec_voicemail_invites_total{status=\"480\"} 1\n", "mediasec_voicemail_calls_recording 4\n"] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+        vm.shutdown().await;
+        let metrics = vm.metrics().render();
+        assert!(metrics.contains("mediasec_voicemail_messages_stored_total 3\n"), "the calls were written at shutdown, but the one deleted while recording: {metrics}");
     }
 
     /// Messages past `Caps::retention` are deleted when the server starts (and every

@@ -10,6 +10,8 @@
 //! | a message of another mailbox | 403, reason |
 //! | no such message, id not a number | 404, reason |
 //! | Zn or the store failed | 503, reason |
+//!
+//! `GET /metrics` (unauthenticated, as the BSF's and the KMS's) serves [`Metrics`].
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,6 +25,7 @@ use axum::{Json, Router};
 use crate::api::{BASE, MessageDoc};
 use crate::auth::{Authenticated, NafAuth, Refusal};
 use crate::deposit::mailbox_of;
+use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::store::Store;
 
@@ -30,6 +33,7 @@ use crate::store::Store;
 pub struct Api {
     store: Store,
     auth: NafAuth,
+    metrics: Arc<Metrics>,
 }
 
 fn plain(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -37,9 +41,10 @@ fn plain(status: StatusCode, reason: impl Into<String>) -> Response {
 }
 
 impl Api {
-    /// The API over `store`, authenticating with `auth`.
-    pub fn new(store: Store, auth: NafAuth) -> Arc<Self> {
-        Arc::new(Self { store, auth })
+    /// The API over `store`, authenticating with `auth`, counting in `metrics` (the deposit
+    /// side's: [`crate::deposit::Deposit::metrics`]).
+    pub fn new(store: Store, auth: NafAuth, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { store, auth, metrics })
     }
 
     /// The router.
@@ -47,6 +52,8 @@ impl Api {
         Router::new()
             .route(BASE, get(list))
             .route(&format!("{BASE}/{{id}}"), get(fetch).delete(remove))
+            .layer(axum::middleware::map_response_with_state(Arc::clone(self), count_response))
+            .route("/metrics", get(metrics))
             .with_state(Arc::clone(self))
     }
 
@@ -85,8 +92,10 @@ async fn list(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: He
         Ok(w) => w,
         Err(r) => return r,
     };
-    let impus = who.impus.clone();
-    match api.store.summaries(move |mailbox| owns(&impus, mailbox)).await {
+    let mut mailboxes: Vec<String> = who.impus.iter().filter_map(|i| mailbox_of(i).ok()).collect();
+    mailboxes.sort_unstable();
+    mailboxes.dedup();
+    match api.store.summaries_of(&mailboxes).await {
         Ok(summaries) => Json(summaries).into_response(),
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -112,10 +121,23 @@ async fn remove(State(api): State<Arc<Api>>, Path(id): Path<String>, method: Met
         Ok(r) => r,
         Err(r) => return r,
     };
-    match api.store.delete(r.id).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+    match api.store.delete(r.id, &r.mailbox).await {
+        Ok(_) => {
+            api.metrics.messages_deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT.into_response()
+        }
         Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Counts every API response by status.
+async fn count_response(State(api): State<Arc<Api>>, response: Response) -> Response {
+    api.metrics.api_answered(response.status().as_u16());
+    response
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render()).into_response()
 }
 
 /// Serves the API over plain HTTP on `listener` until the task is dropped.

@@ -123,10 +123,25 @@ struct Reader<'a> {
     at: usize,
 }
 
-/// The id and arrival time (`received_ms`) of an encoded record, from its fixed header alone:
-/// what the retention purge needs, without decoding identities, offer or packets.
-pub fn header(bytes: &[u8]) -> Result<(u64, u64), VoicemailError> {
-    Reader { bytes, at: 0 }.header()
+/// What the retention purge needs of an encoded record, read from its start alone (no
+/// caller, offer or packets decoded): id, arrival time, mailbox.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The message id.
+    pub id: u64,
+    /// When it was received (Unix milliseconds).
+    pub received_ms: u64,
+    /// Whose mailbox it is in.
+    pub mailbox: String,
+}
+
+/// The [`Head`] of an encoded record.
+pub fn head(bytes: &[u8]) -> Result<Head, VoicemailError> {
+    let mut r = Reader { bytes, at: 0 };
+    let (id, received_ms) = r.header()?;
+    r.u64("truncated drop count")?;
+    let mailbox = r.text(false, MAX_IDENTITY, "mailbox")?;
+    Ok(Head { id, received_ms, mailbox })
 }
 
 impl<'a> Reader<'a> {
@@ -209,6 +224,7 @@ mod tests {
         #[test]
         fn encode_decode_round_trip(r in record()) {
             let bytes = r.encode().expect("within limits");
+            prop_assert_eq!(head(&bytes).expect("head"), Head { id: r.id, received_ms: r.received_ms, mailbox: r.mailbox.clone() });
             prop_assert_eq!(Record::decode(&bytes).expect("decodes"), r);
         }
 

@@ -36,7 +36,7 @@ impl Server {
         let deposit = Deposit::start(deposit, store.clone()).await?;
         let listener = tokio::net::TcpListener::bind(api).await?;
         let api_addr = listener.local_addr()?;
-        let api = Api::new(store.clone(), NafAuth::new(zn, naf_fqdn));
+        let api = Api::new(store.clone(), NafAuth::new(zn, naf_fqdn), deposit.metrics());
         let https = tls.is_some();
         let stopped = |r: std::io::Result<()>| {
             if let Err(e) = r {

@@ -2,7 +2,12 @@
 //! embedded redb file (the default) or PostgreSQL (`postgres://…`), which several voicemail
 //! servers may share. Tables: `vm_messages`: the message id in 20 decimal digits (keys sort as
 //! ids) → [`Record`] bytes; `vm_meta`: `next_id` → the id the next message gets (8 octets, big
-//! endian), so ids are never reused, even after a delete.
+//! endian), so ids are never reused, even after a delete, and `mailbox_index` once the index
+//! below was built; `vm_mailboxes`: one empty row per message, keyed by mailbox then id
+//! ([`mailbox_key`]), so a listing or a quota check reads one mailbox's rows, not the store.
+//! The index row is written before its message and deleted after it: a crash in between
+//! leaves an index row without a message (skipped and removed when met), never a message its
+//! owner cannot list.
 //!
 //! Every write is committed durably before the call returns. Ids are allocated with the
 //! store's atomic compare-and-swap on `next_id` ([`mediasec_kms_store::update()`]: re-read and
@@ -27,6 +32,8 @@ use crate::record::Record;
 const OLD_MESSAGES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("messages");
 const OLD_META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const NEXT_ID: &str = "next_id";
+/// Set in `vm_meta` once every message has its `vm_mailboxes` row ([`Store::index_mailboxes`]).
+const MAILBOX_INDEX: &str = "mailbox_index";
 /// Records decoded per [`Kv::range`] call of a scan (a listing never holds them all).
 const SCAN_BATCH: usize = 16;
 
@@ -36,6 +43,16 @@ fn backend(e: impl Into<redb::Error>) -> VoicemailError {
 
 fn key(id: u64) -> String {
     format!("{id:020}")
+}
+
+/// The `vm_mailboxes` row of message `id` in `mailbox`: the mailbox's length first, so that
+/// no mailbox's rows fall within another's prefix.
+fn mailbox_key(mailbox: &str, id: u64) -> String {
+    format!("{}{}", mailbox_prefix(mailbox), key(id))
+}
+
+fn mailbox_prefix(mailbox: &str) -> String {
+    format!("{:05}{mailbox}/", mailbox.len())
 }
 
 /// The open store; cheap to clone.
@@ -75,8 +92,36 @@ impl Store {
     /// Stores a new message under the next id never given; returns the id.
     pub async fn insert(&self, mut record: Record) -> Result<u64, VoicemailError> {
         record.id = self.take_id().await?;
-        self.kv.put(Table::VoicemailMessages, &key(record.id), &record.encode()?).await?;
+        let bytes = record.encode()?;
+        self.kv.put(Table::VoicemailMailboxes, &mailbox_key(&record.mailbox, record.id), b"").await?;
+        self.kv.put(Table::VoicemailMessages, &key(record.id), &bytes).await?;
         Ok(record.id)
+    }
+
+    /// The ids in `mailbox`'s index, by id, at most `limit` (index rows whose message is gone
+    /// included: [`Self::summaries_of`] removes those it meets).
+    async fn index_ids(&self, mailbox: &str, limit: usize) -> Result<Vec<u64>, VoicemailError> {
+        let prefix = mailbox_prefix(mailbox);
+        let (mut from, end) = (mailbox_key(mailbox, 0), mailbox_key(mailbox, u64::MAX));
+        let mut ids = Vec::new();
+        loop {
+            let rows = self.kv.range(Table::VoicemailMailboxes, &from, &end, SCAN_BATCH.min(limit - ids.len())).await?;
+            let batch = rows.len();
+            for (k, _) in &rows {
+                let id = k.strip_prefix(&prefix).and_then(|id| id.parse::<u64>().ok());
+                ids.push(id.ok_or_else(|| VoicemailError::Store(format!("{}: row {k:?} is no mailbox index row", Table::VoicemailMailboxes.name())))?);
+            }
+            match ids.last().and_then(|id| id.checked_add(1)) {
+                Some(next) if batch == SCAN_BATCH && ids.len() < limit => from = mailbox_key(mailbox, next),
+                _ => return Ok(ids),
+            }
+        }
+    }
+
+    /// How many messages `mailbox` holds, counting up to `limit` (a quota check reads no
+    /// more rows than the quota).
+    pub async fn count(&self, mailbox: &str, limit: usize) -> Result<usize, VoicemailError> {
+        Ok(self.index_ids(mailbox, limit).await?.len())
     }
 
     /// Replaces message `record.id` (the recording grew) if it is still stored; whether it
@@ -125,22 +170,53 @@ impl Store {
         self.scan(Some).await
     }
 
-    /// The summaries of the messages whose mailbox `keep` accepts, by id: a listing holds
-    /// summaries, never the whole store (packets included).
-    pub async fn summaries(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<Summary>, VoicemailError> {
-        self.scan(move |r| keep(&r.mailbox).then(|| Summary::of(&r))).await
+    /// The summaries of the messages in `mailboxes`, by id, read through the mailbox index (a
+    /// listing reads those mailboxes' messages only, one at a time). An index row whose message
+    /// is gone (a crash between the two writes or deletes) is removed here.
+    pub async fn summaries_of(&self, mailboxes: &[String]) -> Result<Vec<Summary>, VoicemailError> {
+        let mut out = Vec::new();
+        for mailbox in mailboxes {
+            for id in self.index_ids(mailbox, usize::MAX).await? {
+                match self.get(id).await? {
+                    Some(r) if &r.mailbox == mailbox => out.push(Summary::of(&r)),
+                    _ => {
+                        tracing::info!(%mailbox, id, "voicemail index row without its message removed");
+                        self.kv.delete(Table::VoicemailMailboxes, &mailbox_key(mailbox, id)).await?;
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|s| s.id);
+        out.dedup_by_key(|s| s.id);
+        Ok(out)
+    }
+
+    /// Builds the mailbox index of a store written before it existed (every message gets its
+    /// `vm_mailboxes` row), once: `mailbox_index` in `vm_meta` says it was done. Servers
+    /// sharing one store may run it at once (the rows written are the same). Call before
+    /// serving ([`crate::service::Server::start`] does).
+    pub async fn index_mailboxes(&self) -> Result<usize, VoicemailError> {
+        if self.kv.get(Table::VoicemailMeta, MAILBOX_INDEX).await?.is_some() {
+            return Ok(0);
+        }
+        let rows = self.scan_rows(|k, v| Ok(crate::record::head(v).ok().map(|h| (k.to_owned(), h)))).await?;
+        for (_, head) in &rows {
+            self.kv.put(Table::VoicemailMailboxes, &mailbox_key(&head.mailbox, head.id), b"").await?;
+        }
+        self.kv.put(Table::VoicemailMeta, MAILBOX_INDEX, b"1").await?;
+        Ok(rows.len())
     }
 
     /// Deletes every message received before `cutoff_ms` (Unix milliseconds): the retention
-    /// limit ([`crate::deposit::Caps::retention`]). Reads each record's header only
-    /// ([`crate::record::header`]), a batch at a time; returns how many it deleted. A record
+    /// limit ([`crate::deposit::Caps::retention`]). Reads each record's start only
+    /// ([`crate::record::head`]), a batch at a time; returns how many it deleted. A record
     /// that does not decode is left (and logged): deleting what cannot be read is not a
     /// retention decision.
     pub async fn purge_received_before(&self, cutoff_ms: u64) -> Result<usize, VoicemailError> {
         let old = self
             .scan_rows(|k, v| {
-                Ok(match crate::record::header(v) {
-                    Ok((_, received_ms)) => (received_ms < cutoff_ms).then(|| k.to_owned()),
+                Ok(match crate::record::head(v) {
+                    Ok(head) => (head.received_ms < cutoff_ms).then_some(head),
                     Err(e) => {
                         tracing::warn!(key = %k, error = %e, "voicemail record unreadable: kept by the retention purge");
                         None
@@ -149,15 +225,17 @@ impl Store {
             })
             .await?;
         let mut purged = 0;
-        for k in old {
-            purged += usize::from(self.kv.delete(Table::VoicemailMessages, &k).await?);
+        for head in old {
+            purged += usize::from(self.delete(head.id, &head.mailbox).await?);
         }
         Ok(purged)
     }
 
-    /// Deletes message `id`; whether it existed.
-    pub async fn delete(&self, id: u64) -> Result<bool, VoicemailError> {
-        Ok(self.kv.delete(Table::VoicemailMessages, &key(id)).await?)
+    /// Deletes message `id` of `mailbox`, then its index row; whether it existed.
+    pub async fn delete(&self, id: u64, mailbox: &str) -> Result<bool, VoicemailError> {
+        let existed = self.kv.delete(Table::VoicemailMessages, &key(id)).await?;
+        self.kv.delete(Table::VoicemailMailboxes, &mailbox_key(mailbox, id)).await?;
+        Ok(existed)
     }
 }
 
@@ -249,14 +327,21 @@ mod tests {
                 carol.push(Summary::of(&Record { id, ..record(mailbox) }));
             }
         }
-        assert_eq!(store.summaries(|m| m == "sip:carol@a.example").await.unwrap(), carol, "every batch of the scan, in id order");
+        assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap(), carol, "every batch of the index, in id order");
+        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), carol.len());
+        assert_eq!(store.count("sip:carol@a.example", 5).await.unwrap(), 5, "counting stops at the limit");
+        assert_eq!(store.count("sip:carol@a.example.org", usize::MAX).await.unwrap(), 0, "no mailbox's rows are within another's prefix");
+        let both = store.summaries_of(&["sip:dan@a.example".into(), "sip:carol@a.example".into()]).await.unwrap();
+        assert_eq!(both.len(), 2 * SCAN_BATCH + 3);
+        assert!(both.windows(2).all(|w| matches!(w, [a, b] if a.id < b.id)), "two mailboxes merged by id");
         let all = store.all().await.unwrap();
         assert_eq!(all.len(), 2 * SCAN_BATCH + 3);
         assert!(all.windows(2).all(|w| matches!(w, [a, b] if a.id < b.id)));
 
         let first = store.insert(record("sip:carol@a.example")).await.unwrap();
-        assert!(store.delete(first).await.unwrap());
-        assert!(!store.delete(first).await.unwrap());
+        assert!(store.delete(first, "sip:carol@a.example").await.unwrap());
+        assert!(!store.delete(first, "sip:carol@a.example").await.unwrap());
+        assert!(!store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().iter().any(|s| s.id == first), "deleted: not listed");
         let second = store.insert(record("sip:dan@a.example")).await.unwrap();
         assert!(second > first, "a deleted message's id is not given again");
         assert!(!store.update(Record { id: first, packets: vec![Packet { at_ms: 1, bytes: vec![1] }], ..record("sip:carol@a.example") }).await.unwrap());
@@ -296,6 +381,26 @@ mod tests {
         assert_eq!(store.purge_received_before(8).await.unwrap(), before.len(), "every message received at 7");
         assert_eq!(store.all().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), fresh, "the newer ones stay");
         assert_eq!(store.purge_received_before(8).await.unwrap(), 0, "idempotent");
+        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len(), "purged messages leave the index");
+        assert_eq!(store.count("sip:dan@a.example", usize::MAX).await.unwrap(), 0);
+
+        // An index row without its message (a crash between the two writes) is skipped and
+        // removed by the next listing.
+        store.kv.put(Table::VoicemailMailboxes, &mailbox_key("sip:carol@a.example", 999_999), b"").await.unwrap();
+        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len() + 1);
+        assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().len(), fresh.len());
+        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len(), "the stray row is gone");
+
+        // A store written before the index: its messages get their rows once, at start.
+        assert_eq!(store.index_mailboxes().await.unwrap(), fresh.len(), "a first run writes every message's row (again: the same rows)");
+        assert_eq!(store.index_mailboxes().await.unwrap(), 0, "then it is done");
+        store.kv.delete(Table::VoicemailMeta, MAILBOX_INDEX).await.unwrap();
+        for id in &fresh {
+            store.kv.delete(Table::VoicemailMailboxes, &mailbox_key("sip:carol@a.example", *id)).await.unwrap();
+        }
+        assert!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().is_empty());
+        assert_eq!(store.index_mailboxes().await.unwrap(), fresh.len());
+        assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), fresh);
     }
 
     async fn insert_many(s: &Store) -> Vec<u64> {
@@ -338,6 +443,8 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.all().await.unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), [3, 12]);
         assert_eq!(store.get(12).await.unwrap().expect("migrated").mailbox, "sip:carol@a.example");
+        assert_eq!(store.index_mailboxes().await.unwrap(), 2, "the migrated messages get their index rows");
+        assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [3, 12]);
         assert_eq!(store.insert(record("sip:dan@a.example")).await.unwrap(), 20, "next_id kept");
         drop(store);
         let store = Store::open(&path).unwrap();

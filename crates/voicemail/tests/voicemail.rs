@@ -170,6 +170,14 @@ async fn call_to_an_offline_user_is_stored_encrypted_and_decrypted_by_its_owner_
     assert!(dan.list().await.expect("list").is_empty());
     assert!(matches!(dan.fetch(record.id).await, Err(VoicemailError::Api { status: 403, .. })));
     assert!(matches!(dan.delete(record.id).await, Err(VoicemailError::Api { status: 403, .. })));
+    // The server's metrics (Prometheus text on the API listener): the deposited call, the
+    // API's refusals and answers so far.
+    let m = request(&api, "GET", "/metrics", &[], &[]).await.expect("metrics");
+    let text = String::from_utf8_lossy(&m.body);
+    assert_eq!(m.status, 200);
+    for line in ["mediasec_voicemail_invites_total{status=\"200\"} 1\n", "mediasec_voicemail_messages_stored_total 1\n", "mediasec_voicemail_api_responses_total{status=\"403\"} 2\n", "mediasec_voicemail_api_responses_total{status=\"404\"} 1\n"] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
     let err = open_message(&mut dan_ue, &dan_kms, record, now()).await.expect_err("not a responder");
     assert!(err.to_string().contains("MIKEY ERR"), "{err}");
 

@@ -31,7 +31,7 @@ pub(crate) struct Args {
 struct ServeArgs {
     /// Store: a file path (embedded redb, created if missing) or `postgres://...` (shared by
     /// BSF replicas; libpq's `sslmode`/`sslrootcert`; the password may come from env
-    /// PGPASSWORD instead). `--db` is the former spelling.
+    /// PGPASSWORD or ~/.pgpass instead). `--db` is the former spelling.
     #[arg(long, visible_alias = "db")]
     store: Option<String>,
     /// Master key sealing K, OPc/OP and Ks in the store, 64 hex digits (else env

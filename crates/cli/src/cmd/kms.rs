@@ -57,7 +57,7 @@ struct ServeArgs {
     #[arg(long)]
     domain: Option<String>,
     /// Store: a file path (embedded redb, created if missing) or `postgres://...` (libpq's
-    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD instead).
+    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD or ~/.pgpass instead).
     #[arg(long)]
     store: String,
     /// Ua / admin / metrics listen address.

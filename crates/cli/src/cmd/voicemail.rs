@@ -49,7 +49,7 @@ struct ServeArgs {
     domain: String,
     /// Message store: a file path (embedded redb, created if missing) or `postgres://...`
     /// (shared by voicemail servers), as the KMS's and the BSF's `--store` (libpq's
-    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD instead).
+    /// `sslmode`/`sslrootcert`; the password may come from env PGPASSWORD or ~/.pgpass instead).
     #[arg(long)]
     store: String,
     /// SIP address (UDP and TCP).
@@ -93,6 +93,10 @@ struct ServeArgs {
     /// deletes it).
     #[arg(long, default_value_t = 30)]
     retention_days: u64,
+    /// Messages one mailbox may hold; further calls for it are answered 480 "Mailbox Full"
+    /// (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    max_messages: usize,
 }
 
 #[derive(clap::Args)]
@@ -153,7 +157,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--max-bytes {} exceeds {MAX_MESSAGE_BYTES}: a larger message could not be downloaded in one response", a.max_bytes);
     }
     let retention = (a.retention_days > 0).then(|| Duration::from_secs(a.retention_days.saturating_mul(86_400)));
-    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), retention, ..Caps::default() };
+    let max_messages = (a.max_messages > 0).then_some(a.max_messages);
+    let caps = Caps { max_packets: a.max_packets, max_bytes: a.max_bytes, max_duration: Duration::from_secs(a.max_seconds), retention, max_messages, ..Caps::default() };
     let config = DepositConfig { aor: a.aor, domain: a.domain.to_ascii_lowercase(), sip_bind: a.sip, rtp_ip: a.rtp_ip, registrar: a.registrar, expires: 3600, caps, timers: Timers::default() };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some((std::fs::read(c).with_context(|| format!("reading {}", c.display()))?, std::fs::read(k).with_context(|| format!("reading {}", k.display()))?)),
