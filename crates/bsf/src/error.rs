@@ -28,6 +28,9 @@ pub enum BsfError {
     /// The BSF master key is unusable, or sealing failed.
     #[error("BSF master key: {0}")]
     MasterKey(#[from] mediasec_kms_store::sealed::SealError),
+    /// A master-key rotation of the store failed or is unfinished ([`crate::rekey`]).
+    #[error(transparent)]
+    Rekey(#[from] mediasec_kms_store::rekey::RekeyError),
     /// Invalid subscriber data supplied by an operator.
     #[error("invalid subscriber: {0}")]
     InvalidSubscriber(String),

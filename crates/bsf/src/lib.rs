@@ -4,6 +4,7 @@
 //!   in an embedded redb file or in PostgreSQL shared by replicas; K, OPc/OP and Ks sealed
 //!   under the BSF master key; SQNs are allocated atomically across replicas and committed
 //!   before use.
+//! - [`rekey`]: master-key rotation of the store's sealed rows (offline, `mediasec bsf rekey`).
 //! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
 //! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS).
 //! - [`tls`]: HTTPS server listener and client connector (rustls).
@@ -12,6 +13,7 @@
 
 pub mod client;
 mod error;
+pub mod rekey;
 pub mod server;
 pub mod store;
 pub mod tls;

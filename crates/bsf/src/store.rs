@@ -35,7 +35,8 @@
 //! RAND travels in the clear on Ub. Rows written in the clear by earlier versions (`k`,
 //! `opc`/`op`, `ks` in hex) are read as they are; a subscriber row is sealed on its next write
 //! (the next challenge's SQN update), a session is never rewritten and stays as it is until it
-//! expires and is purged. A wrong master key is [`BsfError::Sealed`] naming the row, never
+//! expires and is purged; `mediasec bsf rekey` ([`crate::rekey`]) seals both kinds under a
+//! new master key. A wrong master key is [`BsfError::Sealed`] naming the row, never
 //! garbage keys: the tag does not verify.
 
 use std::collections::HashMap;
@@ -155,13 +156,13 @@ impl Subscriber {
 
 /// A stored bootstrap session.
 #[derive(Serialize, Deserialize)]
-struct SessionRecord {
+pub(crate) struct SessionRecord {
     /// Ks sealed ([`MasterKey::seal`], row `sessions:<B-TID>`), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ks_sealed: Option<String>,
+    pub(crate) ks_sealed: Option<String>,
     /// Ks in the clear, hex: sessions written by earlier versions (read, never written).
     #[serde(default, skip_serializing)]
-    ks: Option<String>,
+    pub(crate) ks: Option<String>,
     rand: String,
     impi: String,
     bootstrap_time: u64,
@@ -180,7 +181,7 @@ impl Drop for SessionRecord {
 /// A stored subscriber row: the record without K and OPc/OP, its sealed secrets and its
 /// write counter.
 #[derive(Serialize, Deserialize)]
-struct SubscriberRow {
+pub(crate) struct SubscriberRow {
     impi: String,
     #[serde(default = "default_amf")]
     amf: String,
@@ -192,19 +193,19 @@ struct SubscriberRow {
     guss: Option<serde_json::Value>,
     /// Write counter (0 in rows written before it existed).
     #[serde(default)]
-    rev: u64,
+    pub(crate) rev: u64,
     /// [`Secrets`] sealed ([`MasterKey::seal`], row `subscribers:<IMPI>`), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    secrets: Option<String>,
+    pub(crate) secrets: Option<String>,
     /// K in the clear, hex: rows written by earlier versions (read, never written).
     #[serde(default, skip_serializing)]
-    k: Option<String>,
+    pub(crate) k: Option<String>,
     /// OPc in the clear (earlier versions).
     #[serde(default, skip_serializing)]
-    opc: Option<String>,
+    pub(crate) opc: Option<String>,
     /// OP in the clear (earlier versions).
     #[serde(default, skip_serializing)]
-    op: Option<String>,
+    pub(crate) op: Option<String>,
 }
 
 impl Drop for SubscriberRow {
@@ -217,12 +218,12 @@ impl Drop for SubscriberRow {
 
 /// What a subscriber row seals: K and OPc/OP (hex, as in [`Subscriber`]).
 #[derive(Serialize, Deserialize, zeroize::ZeroizeOnDrop)]
-struct Secrets {
-    k: String,
+pub(crate) struct Secrets {
+    pub(crate) k: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    opc: Option<String>,
+    pub(crate) opc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    op: Option<String>,
+    pub(crate) op: Option<String>,
 }
 
 /// A challenge in flight as stored (sealed as a whole): [`PendingChallenge`] in hex and its
@@ -399,12 +400,15 @@ impl Store {
         })
     }
 
-    /// Checks that the master key opens this store: opens the secrets of the first sealed
+    /// Checks that the store is not in the middle of a master-key rotation
+    /// ([`crate::rekey`]: its rows would be sealed under two keys) and that the master key
+    /// opens it: opens the secrets of the first sealed
     /// subscriber row among the first [`KEY_CHECK_ROWS`] (rows of earlier versions are in the
     /// clear and skipped). `Ok` also when there is none to try (a new or unsealed store). A
     /// server runs it before serving, so a wrong `--master-key` stops it at start, as it stops
     /// the KMS, rather than failing every request.
     pub async fn check_master_key(&self) -> Result<(), BsfError> {
+        crate::rekey::check_not_rotating(&*self.kv).await?;
         let end = char::MAX.to_string();
         for (key, v) in self.kv.range(Table::BsfSubscribers, "", &end, KEY_CHECK_ROWS).await? {
             let row: SubscriberRow = decode(&key, &Zeroizing::new(v))?;

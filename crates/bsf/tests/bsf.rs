@@ -891,3 +891,77 @@ async fn two_replicas_on_one_postgres() {
     a.stop().await;
     r.stop().await;
 }
+
+/// Master-key rotation (`mediasec_bsf::rekey`) on one backend: a subscriber and a session
+/// sealed under the old key, a subscriber row and a session of an earlier version in the
+/// clear, a challenge in flight; the rotation interrupted after one row (the store refused
+/// meanwhile, with a message saying to finish it), then finished; afterwards the old key is
+/// refused, everything opens under the new key, the clear rows are sealed, a Zn look-up of the
+/// session made before the rotation gives the same Ks_NAF and a new bootstrap works.
+async fn rekey_scenario(kv: Arc<dyn Kv>) {
+    use mediasec_kms_store::rekey::{Counts, Keys, Progress, RekeyError};
+    use std::ops::ControlFlow;
+    let new_key = || MasterKey::new(&[0x77; 32]).expect("key");
+    let old_store = Store::new(Arc::clone(&kv), master());
+    let (k, opc) = keys();
+    old_store.add_subscriber(&subscriber(&k, &opc)).await.expect("add");
+    let (lk, lopc) = keys();
+    let legacy = serde_json::json!({"impi": "old@x", "k": hex::encode(lk), "opc": hex::encode(lopc), "amf": "8000", "sqn": 41, "impus": ["sip:old@x"]});
+    kv.put(Table::BsfSubscribers, "old@x", legacy.to_string().as_bytes()).await.expect("legacy subscriber");
+    let legacy_session = serde_json::json!({"ks": hex::encode([5u8; 32]), "rand": hex::encode([6u8; 16]), "impi": "old@x", "bootstrap_time": 10, "expiry": u64::MAX});
+    kv.put(Table::BsfSessions, "legacy@bsf", legacy_session.to_string().as_bytes()).await.expect("legacy session");
+    old_store.put_pending(&pending("n9"), u64::MAX).await.expect("challenge in flight");
+    let srv = start_on(old_store, 3600).await;
+    let (boot, sqn) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, 0)).await.expect("bootstrap");
+    let btid = boot.btid.to_string();
+    let zn = |url: String, btid: String| async move { client::zn_lookup(&ep(&url), ZN, &btid, "kms.ims.example.org", "0100000006").await.expect("zn").expect("found").ks_naf };
+    let before = zn(srv.url.clone(), btid.clone()).await;
+    srv.stop().await;
+
+    // Interrupted after one row: both keys' stores are refused, saying to finish.
+    let pair = || Keys::new(master(), new_key()).expect("keys");
+    let stop = mediasec_bsf::rekey::rekey(&*kv, pair(), &mut |_: &Progress| ControlFlow::Break(())).await;
+    assert!(matches!(stop, Err(mediasec_bsf::BsfError::Rekey(RekeyError::Stopped { rows: 1 }))), "{stop:?}");
+    for m in [master(), new_key()] {
+        let e = Store::new(Arc::clone(&kv), m).check_master_key().await.expect_err("refused while unfinished").to_string();
+        assert!(e.contains("mediasec bsf rekey") && e.contains("again"), "{e}");
+    }
+    let report = mediasec_bsf::rekey::rekey(&*kv, pair(), &mut |_: &Progress| ControlFlow::Continue(())).await.expect("rekey");
+    // 2 subscribers (1 sealed, 1 clear), 2 sessions (1 sealed, 1 clear), 1 challenge; the
+    // first row (the sealed subscriber, first in key order) was done by the stopped run.
+    assert_eq!(report.total(), Counts { resealed: 2, already_new: 1, sealed_from_clear: 2, gone: 0 }, "{report}");
+    assert_eq!(report.tables.iter().map(|(t, c)| (*t, c.rows())).collect::<Vec<_>>(), [("subscribers", 2), ("sessions", 2), ("bsf_pending", 1)]);
+
+    // Clear rows are sealed now: no K, OPc or Ks in the clear.
+    let raw = String::from_utf8(kv.get(Table::BsfSubscribers, "old@x").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode(lk)) && !raw.contains(&hex::encode(lopc)) && raw.contains("\"secrets\""), "{raw}");
+    assert!(raw.contains("\"sqn\":41"), "other fields kept: {raw}");
+    let raw = String::from_utf8(kv.get(Table::BsfSessions, "legacy@bsf").await.expect("get").expect("row")).expect("JSON");
+    assert!(!raw.contains(&hex::encode([5u8; 32])) && raw.contains("\"ks_sealed\""), "{raw}");
+
+    // The old key is refused; the new one opens everything.
+    let old_again = Store::new(Arc::clone(&kv), master());
+    assert!(matches!(old_again.check_master_key().await, Err(mediasec_bsf::BsfError::Sealed { .. })));
+    let new_store = Store::new(Arc::clone(&kv), new_key());
+    new_store.check_master_key().await.expect("the new key opens the store");
+    assert_eq!(new_store.subscriber("old@x").await.expect("get").expect("legacy").k, hex::encode(lk));
+    assert_eq!(new_store.session("legacy@bsf", 11).await.expect("get").expect("legacy session").ks, [5u8; 32]);
+    assert_eq!(new_store.take_pending("n9").await.expect("take").expect("in flight").xres, [0xA5; 8]);
+    let srv = start_on(new_store, 3600).await;
+    assert_eq!(zn(srv.url.clone(), btid).await, before, "the session made before the rotation serves the same Ks_NAF");
+    let (_, sqn2) = client::bootstrap(&ep(&srv.url), ue(&k, &opc, sqn)).await.expect("bootstrap on the new key");
+    assert_eq!(sqn2, sqn + 1, "SQN kept across the rotation");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_redb() {
+    let b = Backend::redb("rekey");
+    rekey_scenario(b.kv().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_postgres() {
+    let Some(b) = Backend::pg() else { return };
+    rekey_scenario(b.kv().await).await;
+}

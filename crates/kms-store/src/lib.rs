@@ -17,7 +17,9 @@
 //! - audit entries get strictly increasing sequence numbers, never reused;
 //! - `compare_and_swap` is atomic with respect to every other writer of the store, replicas
 //!   sharing a PostgreSQL database included (the BSF's AKA SQN allocation rests on it);
-//! - `range` returns the rows with `from <= key < to`, sorted by key.
+//! - `range` returns the rows with `from <= key < to`, sorted by key; `range_from` those
+//!   with `from <= key` (no upper bound), sorted by key: the batched walk of a whole table
+//!   ([`rekey`]).
 //!
 //! Read-modify-write of a row goes through [`update()`] (compare-and-swap, bounded retries).
 
@@ -29,6 +31,7 @@ pub mod pg_lab;
 mod pg_pass;
 pub mod pg_tls;
 pub mod redb_store;
+pub mod rekey;
 pub mod sealed;
 pub mod update;
 
@@ -87,11 +90,14 @@ pub enum Table {
     /// mailbox, `/` and the message id in 20 digits (empty values), so one mailbox's messages
     /// are found with a [`Store::range`] scan of its prefix.
     VoicemailMailboxes,
+    /// A master-key rotation in progress ([`rekey`]), keyed by the service whose rows it
+    /// re-seals (`kms`, `bsf`); the row exists from the start of the rotation to its end.
+    Rekey,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -106,6 +112,7 @@ impl Table {
         Self::VoicemailMessages,
         Self::VoicemailMeta,
         Self::VoicemailMailboxes,
+        Self::Rekey,
     ];
 
     /// The table's name in the backend. The BSF's names are those of its redb file before it
@@ -126,6 +133,7 @@ impl Table {
             Self::VoicemailMessages => "vm_messages",
             Self::VoicemailMeta => "vm_meta",
             Self::VoicemailMailboxes => "vm_mailboxes",
+            Self::Rekey => "rekey",
         }
     }
 }
@@ -213,6 +221,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<'a, bool>;
     /// Up to `limit` rows of `table` with `from <= key < to`, sorted by key.
     fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>>;
+    /// Up to `limit` rows of `table` with `from <= key`, sorted by key: [`Store::range`]
+    /// without an upper bound, so a walk in batches sees every row whatever its key.
+    fn range_from<'a>(&'a self, table: Table, from: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>>;
     /// Removes `key`; `true` when it existed.
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool>;
     /// Every row of `table`, sorted by key.

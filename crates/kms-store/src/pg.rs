@@ -23,6 +23,7 @@
 //!   one succeeds, across connections and replicas.
 //! - `range` is an index range scan on the primary key (`key >= from AND key < to`, collated
 //!   "C" like the column).
+//! - `range_from` is the same scan without the upper bound (`key >= from`).
 //! - `list` orders by `key` collated "C", i.e. by UTF-8 bytes, the order of Rust's `str` (and
 //!   of the embedded backend).
 //! - Audit sequence numbers are assigned by `mediasec_kms_append_audit` under an advisory
@@ -104,6 +105,7 @@ struct Conn {
     cas_update: Statement,
     cas_delete: Statement,
     range: Statement,
+    range_from: Statement,
     list: Statement,
     append: Statement,
     audit: Statement,
@@ -139,6 +141,7 @@ impl Conn {
                 "SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key LIMIT $4",
             )
             .await?,
+            range_from: prep("SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 AND key >= $2 ORDER BY key LIMIT $3").await?,
             list: prep("SELECT key, value FROM mediasec_kms_kv WHERE tbl = $1 ORDER BY key").await?,
             append: prep("SELECT mediasec_kms_append_audit($1, $2, $3, $4)").await?,
             audit: prep(
@@ -195,6 +198,30 @@ impl PgStore {
     /// backend): what an operator or a test asks to know that TLS is really in use.
     pub async fn session_tls(&self) -> Result<bool, StoreError> {
         session_tls(&self.conn().await?.client).await
+    }
+
+    /// The other client sessions connected to this database (`pg_stat_activity`, every
+    /// backend but this store's), each as `pid <pid> <application_name> from <client_addr>`:
+    /// what an offline operation ([`crate::rekey`]) checks so that it does not run under live
+    /// replicas. A role without `pg_read_all_stats` still sees the pid of other roles'
+    /// sessions, so the count is right even where the details are hidden.
+    pub async fn other_sessions(&self) -> Result<Vec<String>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+            .client
+            .query(
+                "SELECT pid, coalesce(application_name, ''), coalesce(host(client_addr), 'local') FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err(&e))?;
+        rows.iter()
+            .map(|r| {
+                let (pid, app, from): (i32, String, String) = (column(r, 0)?, column(r, 1)?, column(r, 2)?);
+                Ok(format!("pid {pid} {app:?} from {from}"))
+            })
+            .collect()
     }
 }
 
@@ -261,6 +288,16 @@ impl Store for PgStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let c = self.conn().await?;
             let rows = c.client.query(&c.range, &[&table.name(), &from, &to, &limit]).await.map_err(|e| pg_err(&e))?;
+            rows.iter().map(|r| Ok((column(r, 0)?, column(r, 1)?))).collect()
+        })
+    }
+
+    fn range_from<'a>(&'a self, table: Table, from: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        Box::pin(async move {
+            check_text("range start", from)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let c = self.conn().await?;
+            let rows = c.client.query(&c.range_from, &[&table.name(), &from, &limit]).await.map_err(|e| pg_err(&e))?;
             rows.iter().map(|r| Ok((column(r, 0)?, column(r, 1)?))).collect()
         })
     }

@@ -175,6 +175,23 @@ impl Store for RedbStore {
         })
     }
 
+    fn range_from<'a>(&'a self, table: Table, from: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        if let Err(e) = check_text("range start", from) {
+            return Box::pin(async move { Err(e) });
+        }
+        let from = from.to_owned();
+        self.blocking(move |db| {
+            let rx = db.begin_read().map_err(backend)?;
+            let t = rx.open_table(table_def(table)).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in t.range(from.as_str()..).map_err(backend)?.take(limit) {
+                let (k, v) = row.map_err(backend)?;
+                out.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool> {
         if let Err(e) = check_text("key", key) {
             return Box::pin(async move { Err(e) });

@@ -8,8 +8,9 @@
 //! Nonces are random (96 bits from the system generator): NIST SP 800-38D §8.3 bounds one key
 //! to 2^32 seals with random nonces. The KMS seals rarely (key rotation, warrants); the BSF
 //! seals twice per bootstrap (the challenge, the session's Ks), so a BSF doing 1 000
-//! bootstraps/s without pause reaches the bound in about 25 days. There is no master-key
-//! rotation yet (it would re-seal every row).
+//! bootstraps/s without pause reaches the bound in about 25 days. The master key is replaced
+//! by [`crate::rekey`] (offline: `mediasec kms rekey`, `mediasec bsf rekey`), which re-seals
+//! every row under the new key with the same AAD.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use zeroize::Zeroizing;
@@ -87,8 +88,8 @@ impl MasterKey {
     }
 }
 
-/// The AAD of row `key` of `table`.
-fn row_aad(table: Table, key: &str) -> String {
+/// The AAD of row `key` of `table`: `<table>:<key>`.
+pub fn row_aad(table: Table, key: &str) -> String {
     format!("{}:{key}", table.name())
 }
 

@@ -153,6 +153,17 @@ async fn conformance(s: &dyn Store) {
     assert_eq!(keys_of(range("é", "\u{10FFFF}", 100).await.expect("range")), ["é", "Ω"]);
     assert!(range("b", "a", 100).await.expect("empty range").is_empty());
     assert!(range("a", "b", 0).await.expect("limit 0").is_empty());
+    // range_from: [from, ∞), sorted, limited; keys above U+10FFFF's one-character string too.
+    let from = |from: &'static str, limit| s.range_from(Table::Policies, from, limit);
+    assert_eq!(keys_of(from("é", 100).await.expect("range_from")), ["é", "Ω"]);
+    assert_eq!(keys_of(from("ab", 2).await.expect("range_from")), ["ab", "b"]);
+    assert_eq!(keys_of(from("z", 1).await.expect("range_from")), ["z\u{10FFFF}"]);
+    s.put(Table::VoicemailMeta, "\u{10FFFF}\u{10FFFF}", b"top").await.expect("put");
+    let top = s.range_from(Table::VoicemailMeta, "\u{10FFFF}", 10).await.expect("range_from");
+    assert_eq!(keys_of(top), ["\u{10FFFF}\u{10FFFF}"], "no upper bound: above every one-character key");
+    assert!(s.delete(Table::VoicemailMeta, "\u{10FFFF}\u{10FFFF}").await.expect("delete"));
+    assert_eq!(from("", 100).await.expect("range_from").len(), keys.len());
+    assert!(from("a", 0).await.expect("limit 0").is_empty());
 
     // compare_and_swap: insert if absent, swap on equal, delete on equal; a mismatch changes
     // nothing.
@@ -181,6 +192,7 @@ async fn conformance(s: &dyn Store) {
         s.delete(Table::Users, "a\0b").await.map(drop),
         s.compare_and_swap(Table::Users, "a\0b", None, Some(b"x")).await.map(drop),
         s.range(Table::Users, "a\0", "b", 1).await.map(drop),
+        s.range_from(Table::Users, "a\0", 1).await.map(drop),
     ] {
         assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
     }
@@ -321,6 +333,9 @@ impl Store for AlwaysContended {
     }
     fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> mediasec_kms_store::StoreFuture<'a, Vec<(String, Vec<u8>)>> {
         self.0.range(table, from, to, limit)
+    }
+    fn range_from<'a>(&'a self, table: Table, from: &'a str, limit: usize) -> mediasec_kms_store::StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+        self.0.range_from(table, from, limit)
     }
     fn delete<'a>(&'a self, table: Table, key: &'a str) -> mediasec_kms_store::StoreFuture<'a, bool> {
         self.0.delete(table, key)

@@ -55,6 +55,9 @@ pub enum KmsError {
         /// The time of the check.
         now: u64,
     },
+    /// A master-key rotation of the store failed or is unfinished ([`crate::rekey`]).
+    #[error(transparent)]
+    Rekey(#[from] mediasec_kms_store::rekey::RekeyError),
     /// A `keyprovision` message is malformed or does not verify (docs/kms.md).
     #[error("key provisioning: {0}")]
     KeyProvision(String),

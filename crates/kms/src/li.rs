@@ -329,12 +329,27 @@ impl Kms {
 pub struct LiAuditEntry {
     /// Milliseconds since the UNIX epoch.
     pub at_unix_ms: u64,
-    /// `warrant.put`, `warrant.delete`, `keys.release`, `keys.refuse`.
+    /// `warrant.put`, `warrant.delete`, `keys.release`, `keys.refuse`, `master_key.rekey`
+    /// (the trail re-sealed under a new master key: [`crate::rekey`]; no warrant).
     pub action: String,
     /// The warrant id.
     pub warrant: String,
     /// Outcome or reason.
     pub detail: String,
+}
+
+impl LiAuditEntry {
+    /// Its row in the LI audit table: zero-padded time, then `suffix` (random, so that rows
+    /// of one millisecond stay apart).
+    pub fn row(&self, suffix: u64) -> String {
+        format!("{:020}-{suffix:016x}", self.at_unix_ms)
+    }
+
+    /// Its row's value: the JSON sealed under `master` for row [`LiAuditEntry::row`].
+    pub fn seal(&self, master: &crate::keyring::MasterKey, suffix: u64) -> Result<Vec<u8>, KmsError> {
+        let plain = serde_json::to_vec(self).map_err(|e| KmsError::Config(e.to_string()))?;
+        Ok(master.seal(Table::LiAudit, &self.row(suffix), &plain)?)
+    }
 }
 
 impl Persist {
@@ -377,9 +392,7 @@ impl Persist {
 
     /// Appends to the LI audit trail; `suffix` (random) keeps rows of one millisecond apart.
     pub async fn li_audit(&self, e: &LiAuditEntry, suffix: u64) -> Result<(), KmsError> {
-        let row = format!("{:020}-{suffix:016x}", e.at_unix_ms);
-        let plain = serde_json::to_vec(e).map_err(|e| KmsError::Config(e.to_string()))?;
-        self.store().put(Table::LiAudit, &row, &self.seal(Table::LiAudit, &row, &plain)?).await?;
+        self.store().put(Table::LiAudit, &e.row(suffix), &e.seal(self.master(), suffix)?).await?;
         Ok(())
     }
 

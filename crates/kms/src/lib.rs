@@ -13,6 +13,7 @@
 //! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode;
 //!   [`signing_keys`]: the KMS's KSAK (sealed in the store) and the issuing side.
 //! - [`li`]: lawful interception: warrants and per-target key release.
+//! - [`rekey`]: master-key rotation of the store's sealed rows (offline, `mediasec kms rekey`).
 //!
 //! Services (tokio): [`server`] (Ua, admin API, `/metrics`), [`persist`] (users, policies,
 //! encrypted key ring and audit log in a `mediasec_kms_store::Store`), [`bsf_zn`] (Zn over
@@ -29,6 +30,7 @@ pub mod li;
 pub mod kms;
 pub mod persist;
 pub mod policy;
+pub mod rekey;
 pub mod tp_data;
 pub mod server;
 pub mod signing_keys;

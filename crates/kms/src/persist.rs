@@ -51,6 +51,11 @@ impl Persist {
         &self.store
     }
 
+    /// The master key.
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
     /// Encrypts a value for row `row` of `table` under the master key (AES-256-GCM, a fresh
     /// random nonce, AAD = `table:row`, see [`MasterKey::seal`]): for rows whose plain content
     /// must not be readable by whoever reads the store (LI warrants).

@@ -1,5 +1,5 @@
-//! `mediasec bsf`: run the GBA BSF (Ub, Zn, admin API), manage its subscribers, and
-//! benchmark it (see docs/gba.md).
+//! `mediasec bsf`: run the GBA BSF (Ub, Zn, admin API), manage its subscribers, replace its
+//! master key (`rekey`), and benchmark it (see docs/gba.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +73,10 @@ enum Action {
         #[command(subcommand)]
         op: Box<SubscriberOp>,
     },
+    /// Replace the master key: re-seal K, OPc/OP, Ks and the challenges in flight under a new
+    /// one, and seal what earlier versions left in the clear (offline: stop every BSF using
+    /// the store first; resumable: an interrupted run is finished by running it again).
+    Rekey(super::rekey::Args),
     /// Measure bootstraps/s and Zn look-ups/s against an in-process BSF on loopback.
     Bench {
         /// Number of bootstraps (Zn look-ups: 10x as many).
@@ -163,6 +167,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         None => serve(args.serve),
         Some(Action::Subscriber { op }) => subscriber(*op),
+        Some(Action::Rekey(a)) => super::rekey::run(a, super::rekey::Service::Bsf),
         Some(Action::Bench { n, concurrency }) => bench(n, concurrency.max(1)),
     }
 }

@@ -1,5 +1,6 @@
 //! `mediasec kms`: run the KMS (Ua, admin API, /metrics, Zk) on an embedded store or
-//! PostgreSQL, and generate a lab PKI for Zk (see docs/kms.md).
+//! PostgreSQL, replace its master key (`rekey`), and generate a lab PKI for Zk (see
+//! docs/kms.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub(crate) struct Args {
 enum Action {
     /// Serve Ua (`/keymanagement`), the admin API and /metrics; optionally Zk.
     Serve(Box<ServeArgs>),
+    /// Replace the master key: re-seal the key ring, KSAK, SAKKE z, LI warrants and LI audit
+    /// trail under a new one (offline: stop every KMS using the store first; resumable: an
+    /// interrupted run is finished by running it again).
+    Rekey(super::rekey::Args),
     /// Write a lab PKI for Zk (a private CA and one certificate per KMS domain).
     Pki {
         /// Output directory.
@@ -129,6 +134,7 @@ async fn open_postgres(url: &str) -> anyhow::Result<Arc<dyn Store>> {
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::Serve(a) => serve_kms(*a),
+        Action::Rekey(a) => super::rekey::run(a, super::rekey::Service::Kms),
         Action::Pki { out, domains } => pki(&out, &domains),
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod gba;
 pub(crate) mod kms;
 pub(crate) mod li;
 pub(crate) mod mikey;
+pub(crate) mod rekey;
 pub(crate) mod sdp;
 pub(crate) mod srtp;
 pub(crate) mod ua;

@@ -1,0 +1,62 @@
+//! Master-key rotation of the KMS store (`mediasec kms rekey`; docs/kms.md § Master-key
+//! rotation), on the one implementation of [`mediasec_kms_store::rekey`]. The KMS seals, at
+//! rest under its master key:
+//! - `key_ring`: the ticket-protection keys, AAD the row key alone ([`crate::keyring`]);
+//! - `settings`: the ECCSI KSAK and the SAKKE master secret z ([`crate::signing_keys`]; every
+//!   row of `settings` is sealed);
+//! - `li_warrants`: the LI warrants; `li_audit`: the LI audit trail ([`crate::li`]).
+//!
+//! Users, policies and the admin audit log are not secret and not sealed; they are not
+//! touched. The LI audit trail is append-only: its entries are re-sealed byte for byte (the
+//! plaintext the old key authenticated is sealed unchanged under the new key; no entry is
+//! added, removed or altered), and the rotation appends its own LI audit entry
+//! `master_key.rekey` (sealed under the new key) before it ends, so the trail says when it
+//! was re-encrypted. The admin audit log (not sealed) gets `master_key.rekey.begin` and
+//! `master_key.rekey` with the counts.
+
+use std::ops::ControlFlow;
+
+use mediasec_kms_store::Store;
+use mediasec_kms_store::Table;
+use mediasec_kms_store::rekey::{Aad, Keys, Progress, Report, Rotation, SealedTable, WholeValue, check_no_rotation};
+
+use crate::error::KmsError;
+use crate::li::LiAuditEntry;
+
+/// The scope of the KMS's rotation marker (row of table `rekey`).
+pub const SCOPE: &str = "kms";
+
+/// Environment variable holding the new master key of `mediasec kms rekey` (64 hex digits).
+pub const NEW_MASTER_KEY_ENV: &str = "MEDIASEC_KMS_NEW_MASTER_KEY";
+
+/// Every table in which the KMS seals, and how.
+pub const TABLES: [SealedTable<'static>; 4] = [
+    SealedTable { table: Table::KeyRing, codec: &WholeValue(Aad::Row) },
+    SealedTable { table: Table::Settings, codec: &WholeValue(Aad::TableRow) },
+    SealedTable { table: Table::LiWarrants, codec: &WholeValue(Aad::TableRow) },
+    SealedTable { table: Table::LiAudit, codec: &WholeValue(Aad::TableRow) },
+];
+
+/// Refuses to serve from a store whose rotation is unfinished: its rows are sealed under two
+/// keys. [`crate::server::Service::start`] runs it first.
+pub async fn check_not_rotating(store: &std::sync::Arc<dyn Store>) -> Result<(), KmsError> {
+    check_no_rotation(&**store, SCOPE).await.map_err(|e| {
+        tracing::error!(error = %e, "refusing to start");
+        KmsError::from(e)
+    })
+}
+
+/// Re-seals every sealed row of the KMS store from `keys`' old master key to its new one
+/// (resuming an unfinished rotation to the same new key), records it in both audit trails,
+/// and ends the rotation. Run with every KMS using the store stopped. `progress` sees each
+/// row; [`ControlFlow::Break`] stops the run, which a later call finishes.
+pub async fn rekey(store: &dyn Store, keys: Keys, progress: &mut (dyn FnMut(&Progress) -> ControlFlow<()> + Send)) -> Result<Report, KmsError> {
+    let rotation = Rotation::begin(store, SCOPE, keys, "mediasec kms rekey").await?;
+    let report = rotation.run(&TABLES, progress).await?;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let entry = LiAuditEntry { at_unix_ms: now_ms, action: "master_key.rekey".into(), warrant: String::new(), detail: format!("the LI audit trail and the warrants re-sealed under a new master key: {report}") };
+    let suffix = rand::random::<u64>();
+    store.put(Table::LiAudit, &entry.row(suffix), &entry.seal(rotation.keys().new_key(), suffix)?).await?;
+    rotation.finish(&report).await?;
+    Ok(report)
+}
