@@ -61,8 +61,9 @@ pub mod fuzzing {
     }
 
     /// Feeds arbitrary bytes to the high-security mode with fixed keys: as a DH_INIT to the
-    /// responder ([`crate::signed_dh::answer`], then [`crate::signed_dh::error_reply`] on
-    /// refusal) and as a DH_RESP to a pending initiator ([`crate::signed_dh::Pending::finish`]).
+    /// responder ([`crate::signed_dh::answer`], building its error message, signed or not, on
+    /// refusal) and as a DH_RESP and an error message to a pending initiator
+    /// ([`crate::signed_dh::Pending::finish`], [`crate::signed_dh::Pending::refusal`]).
     /// Returns whether each side accepted the input.
     pub fn signed_dh(data: &[u8]) -> (bool, bool) {
         crate::signed_dh::fuzz::run(data)

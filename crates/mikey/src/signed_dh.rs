@@ -363,6 +363,26 @@ pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &
     Ok(Keys { initiator_stream: one(1, cs1)?, responder_stream: one(2, cs2)?, tgk })
 }
 
+/// Why a DH_INIT got no DH_RESP ([`answer`]), with the error message to send back.
+#[derive(Debug)]
+pub struct Refused {
+    /// What failed (its ERR code: [`Error::err_code`]).
+    pub error: Error,
+    /// The RFC 3830 §5.1.2 error message `HDR, T, [IDRr], ERR, [SIGNr]`: signed by the
+    /// responder's key, and naming the responder (IDRr, *ours*: the format has no ID, but the
+    /// signer must be named for a forwarded call's error to verify) once the DH_INIT was
+    /// admitted — its signature verified, T fresh, not a replay — unsigned before (signing for unverified or replayed input would let anyone make us
+    /// spend an ECCSI signature per datagram, RFC 3830 §9). `None` when the DH_INIT has no
+    /// decodable header.
+    pub reply: Option<Vec<u8>>,
+}
+
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Self {
+        r.error
+    }
+}
+
 /// Responder: verifies a DH_INIT and answers it with DH_RESP.
 ///
 /// Checks, in order: decoding and data type (ERR Invalid DT); SIGN last and ECCSI (ERR Auth
@@ -375,43 +395,13 @@ pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &
 ///
 /// Then draws xr (from `random`, with the ECCSI `j`), builds DH_RESP signed by `key` (the
 /// ECCSI key of `responder_uri` for the month of `now_ntp`), and derives the keys. CS 2 of
-/// the answer carries `responder_ssrc`. On error, [`error_reply`] builds the message to send
-/// (unsigned); [`answer_or_refuse`] signs it when it may.
+/// the answer carries `responder_ssrc`. On failure, [`Refused`] carries the error and the
+/// error message to send back: signed once the DH_INIT was admitted (its signature verified,
+/// T fresh, not a replay) — a DH_INIT refused then (IDRr not us, DH, RAND, SP, CS map) gets
+/// `HDR, T, IDRr, ERR, SIGNr` (RFC 3830 §5.1.2: `[V|SIGNr]`), which the initiator verifies
+/// with [`Pending::refusal`] — unsigned ([`error_reply`]) before.
 #[allow(clippy::too_many_arguments)]
 pub fn answer(
-    i_message: &[u8],
-    kpak: &Kpak,
-    key: &SigningKey,
-    responder_uri: &str,
-    responder_ssrc: u32,
-    now_ntp: u64,
-    skew_secs: u64,
-    replay: &mut dyn ReplayCache,
-    random: &mut dyn FnMut(&mut [u8]),
-) -> Result<Answered> {
-    answer_or_refuse(i_message, kpak, key, responder_uri, responder_ssrc, now_ntp, skew_secs, replay, random).map_err(|r| r.error)
-}
-
-/// Why a DH_INIT got no DH_RESP ([`answer_or_refuse`]), with the error message to send back.
-#[derive(Debug)]
-pub struct Refused {
-    /// What failed (its ERR code: [`Error::err_code`]).
-    pub error: Error,
-    /// The RFC 3830 §5.1.2 error message `HDR, T, [IDRr], ERR, [SIGNr]`: signed by the
-    /// responder's key, and naming the responder (IDRr, *ours*: the format has no ID, but the
-    /// signer must be named for a forwarded call's error to verify) once the DH_INIT was admitted — its signature verified, T fresh, not a replay —
-    /// unsigned before (signing for unverified or replayed input would let anyone make us
-    /// spend an ECCSI signature per datagram, RFC 3830 §9). `None` when the DH_INIT has no
-    /// decodable header.
-    pub reply: Option<Vec<u8>>,
-}
-
-/// [`answer`], and on failure the error message for the initiator ([`Refused::reply`]): a
-/// DH_INIT refused after it was admitted (IDRr not us, DH, RAND, SP, CS map) gets a signed
-/// error `HDR, T, IDRr, ERR, SIGNr` (RFC 3830 §5.1.2: `[V|SIGNr]`), which the initiator
-/// verifies with [`Pending::refusal`].
-#[allow(clippy::too_many_arguments)]
-pub fn answer_or_refuse(
     i_message: &[u8],
     kpak: &Kpak,
     key: &SigningKey,
@@ -450,7 +440,7 @@ fn signed_error(failed: &CommonHeader, error: &Error, now: Timestamp, responder_
     seal(Message { header, payloads }, key, random)
 }
 
-/// [`answer_or_refuse`] once the DH_INIT `p` (from `initiator_uri`) was admitted: the checks
+/// [`answer`] once the DH_INIT `p` (from `initiator_uri`) was admitted: the checks
 /// that may be answered with a signed error, then DH_RESP and the keys.
 fn respond(p: &Parsed, initiator_uri: String, key: &SigningKey, responder_uri: &str, responder_ssrc: u32, now: Timestamp, random: &mut dyn FnMut(&mut [u8])) -> Result<Answered> {
     let called = p.uri(IdRole::RESPONDER)?;
@@ -585,7 +575,7 @@ impl Pending {
 /// `err` (its ERR code, [`Error::err_code`]); `None` when the failed message has no decodable
 /// header or is itself an error message. The error message is not signed (RFC 3830 allows an
 /// unauthenticated error; the receiver must treat it as a hint only, RFC 3830 §9):
-/// [`answer_or_refuse`] uses it before a DH_INIT is admitted, and signs after.
+/// [`answer`] uses it before a DH_INIT is admitted, and signs after.
 pub fn error_reply(failed: &[u8], err: &Error, now_ntp: u64) -> Option<Vec<u8>> {
     let (header, _) = CommonHeader::decode(&mut crate::codec::Reader::new(failed, 0)).ok()?;
     crate::error_message::build(&header, ntp(now_ntp), &[err.err_code()], None).ok()
@@ -670,7 +660,7 @@ pub(crate) mod fuzz {
     /// (answered, finished).
     pub(crate) fn run(data: &[u8]) -> (bool, bool) {
         let Some(f) = fixture() else { return (false, false) };
-        let answered = answer_or_refuse(data, &f.kpak, &f.bob, BOB, 1, NOW, 30, &mut NoReplay, &mut random).is_ok();
+        let answered = answer(data, &f.kpak, &f.bob, BOB, 1, NOW, 30, &mut NoReplay, &mut random).is_ok();
         let _ = f.pending.refusal(data, &f.kpak, NOW, 30);
         (answered, f.pending.finish(data, &f.kpak, NOW, 30).is_ok())
     }
@@ -733,7 +723,7 @@ mod tests {
         let without_dh = seal(m, &alice, &mut random).unwrap();
         let kpak = kms.kpak();
 
-        let refused = answer_or_refuse(&without_dh, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        let refused = answer(&without_dh, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
         assert_eq!(refused.error.err_code(), ErrorCode::UNSPECIFIED, "{}", refused.error);
         let reply = refused.reply.expect("an error message");
         let (report, signer) = pending.refusal(&reply, &kpak, NOW, 30).unwrap();
@@ -744,7 +734,7 @@ mod tests {
         let mut broken = init;
         let last = broken.len() - 1;
         broken[last] ^= 1;
-        let refused = answer_or_refuse(&broken, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        let refused = answer(&broken, &kpak, &bob, fuzz::BOB, 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
         assert_eq!(refused.error.err_code(), ErrorCode::AUTH_FAILURE);
         let (report, signer) = pending.refusal(&refused.reply.expect("an error message"), &kpak, NOW, 30).unwrap();
         assert!(!report.is_authenticated() && report.codes() == [ErrorCode::AUTH_FAILURE] && signer.is_none(), "{report:?}");
@@ -753,7 +743,7 @@ mod tests {
         // not her), signing as herself.
         let carol = key("sip:carol@fuzz.example.org");
         let (init2, pending2) = offer(&Offer { csb_id: 0x5151_0003, ..o.clone() }, &alice, NOW, &mut random).unwrap();
-        let refused = answer_or_refuse(&init2, &kpak, &carol, "sip:carol@fuzz.example.org", 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
+        let refused = answer(&init2, &kpak, &carol, "sip:carol@fuzz.example.org", 9, NOW, 30, &mut fuzz::NoReplay, &mut random).unwrap_err();
         assert_eq!(refused.error.err_code(), ErrorCode::INVALID_ID);
         let (report, signer) = pending2.refusal(&refused.reply.expect("an error message"), &kpak, NOW, 30).unwrap();
         assert!(report.is_authenticated() && report.codes() == [ErrorCode::INVALID_ID], "{report:?}");

@@ -900,7 +900,7 @@ mod tshark_oracle {
         // SIGNr).
         let (init, _pending) = start(&alice, BOB);
         let carol = kms.key(CAROL, NOW);
-        let refused = mediasec_mikey::signed_dh::answer_or_refuse(&init, &kms.kpak, &carol, CAROL, 7, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("refused");
+        let refused = mediasec_mikey::signed_dh::answer(&init, &kms.kpak, &carol, CAROL, 7, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("refused");
         let error = refused.reply.expect("the error message");
         dump("signed_dh_error", &error);
         check(&error, "Error", "dherr");
@@ -2078,7 +2078,7 @@ mod signed_dh_exchange {
     }
 
     fn answer_with(kms: &Kpak, bob: &SigningKey, init: &[u8], now: u64, cache: &mut Cache) -> Result<signed_dh::Answered, Error> {
-        signed_dh::answer(init, kms, bob, BOB, 0x3333_4444, now, 30, cache, &mut os_random)
+        Ok(signed_dh::answer(init, kms, bob, BOB, 0x3333_4444, now, 30, cache, &mut os_random)?)
     }
 
     fn same(a: &SrtpPolicy, b: &SrtpPolicy) {
@@ -2198,7 +2198,7 @@ mod signed_dh_exchange {
         assert_eq!(code(&e), ErrorCode::AUTH_FAILURE, "{e}");
         // A DH_INIT addressed to someone else.
         let carol = kms.key(CAROL, NOW);
-        let e = signed_dh::answer(&init, &kms.kpak, &carol, CAROL, 1, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("not carol's");
+        let e = signed_dh::answer(&init, &kms.kpak, &carol, CAROL, 1, NOW, 30, &mut Cache::default(), &mut os_random).expect_err("not carol's").error;
         assert_eq!(code(&e), ErrorCode::INVALID_ID, "{e}");
         // Keys are per month: October's key does not sign November's messages (refused
         // locally), but October's keys run an October exchange.

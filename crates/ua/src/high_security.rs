@@ -265,7 +265,7 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     // The error message of the last attempt: signed once a KPAK admitted the DH_INIT.
     let mut reply = None;
     let outcome = under_trusted(kpaks, |kpak| {
-        signed_dh::answer_or_refuse(&init, kpak, key, uri, ssrc, now, SKEW_SECS, replay, &mut random).map_err(|r| {
+        signed_dh::answer(&init, kpak, key, uri, ssrc, now, SKEW_SECS, replay, &mut random).map_err(|r| {
             reply = r.reply;
             r.error
         })
