@@ -6,7 +6,8 @@
 //! # The pool
 //!
 //! An [`Endpoint`] and its clones share one pool of idle connections to its authority: at
-//! most [`MAX_IDLE`] of them, each dropped once idle for [`IDLE_TIMEOUT`]. A request takes
+//! most [`MAX_IDLE`] of them, none reused after [`IDLE_TIMEOUT`] idle (a reaper task of the
+//! pool closes them within half that period more, and ends with the pool). A request takes
 //! the most recently used idle connection that is still open, or opens a new one (so
 //! concurrent requests each get their own connection); after a complete response the
 //! connection goes back to the pool, unless the response said `Connection: close`
@@ -45,8 +46,8 @@
 use std::fmt;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -237,9 +238,12 @@ where
     Ok(Conn { sender, read })
 }
 
-/// The idle connections of an endpoint, most recently used last.
+/// The idle connections of an endpoint, most recently used last, and whether its reaper runs.
 #[derive(Default)]
-struct Pool(Mutex<Vec<Idle>>);
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    reaper: AtomicBool,
+}
 
 struct Idle {
     conn: Conn,
@@ -254,7 +258,7 @@ impl Idle {
 
 impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection still usable; stale ones are dropped.
@@ -268,13 +272,29 @@ impl Pool {
         None
     }
 
-    /// Keeps a connection whose exchange completed, within [`MAX_IDLE`].
-    fn put(&self, conn: Conn) {
-        let mut idle = self.lock();
-        idle.retain(Idle::usable);
-        if idle.len() < MAX_IDLE && !conn.sender.is_closed() {
-            idle.push(Idle { conn, since: Instant::now() });
+    /// Keeps a connection whose exchange completed, within [`MAX_IDLE`]; the first one
+    /// starts the reaper.
+    fn put(self: &Arc<Self>, conn: Conn) {
+        {
+            let mut idle = self.lock();
+            idle.retain(Idle::usable);
+            if idle.len() < MAX_IDLE && !conn.sender.is_closed() {
+                idle.push(Idle { conn, since: Instant::now() });
+            }
         }
+        if !self.reaper.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes the connections of `pool` idle for [`IDLE_TIMEOUT`] (dropping a sender ends its
+/// connection task, which closes the socket), until the pool is gone.
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.lock().retain(Idle::usable);
     }
 }
 
