@@ -1,5 +1,6 @@
-//! The UE's HTTP driver for Ub (TS 24.109 §4) and a Zn client for NAFs, over a minimal
-//! HTTP/1.1 client (one request per connection, `Connection: close`, TCP or TLS).
+//! The UE's HTTP driver for Ub (TS 24.109 §4) and a Zn client for NAFs, over the HTTP/1.1
+//! client of `http.rs` (re-exported here: [`Endpoint`], [`request`], ...), which keeps
+//! connections alive, so a bootstrap's two or three Ub requests share one connection.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,159 +9,9 @@ use base64::engine::general_purpose::STANDARD;
 use mediasec_gba::GbaError;
 use mediasec_gba::ue::{Bootstrap, GbaUBootstrap, USER_AGENT, UeAnswer, UeBootstrap, UB_URI};
 use mediasec_gba::uicc::Uicc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::BsfError;
-
-/// Largest response accepted: 4 MiB, room for the largest voicemail message a server may
-/// keep (`mediasec_voicemail::deposit::MAX_MESSAGE_BYTES` of packets, base64 in JSON).
-const MAX_RESPONSE: usize = 4 << 20;
-
-/// An HTTP response.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers (names lowercased).
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    /// First header value by (lowercase) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).trim().to_owned()
-    }
-}
-
-/// Where the BSF is: `host:port`, and TLS (server name + connector) for https URLs.
-#[derive(Clone)]
-pub struct Endpoint {
-    authority: String,
-    tls: Option<(rustls::pki_types::ServerName<'static>, tokio_rustls::TlsConnector)>,
-}
-
-impl Endpoint {
-    /// From `http://host:port` or `https://host:port` (then `tls` must be given: a connector
-    /// trusting the BSF's CA, see [`crate::tls::client_connector`]).
-    pub fn new(url: &str, tls: Option<tokio_rustls::TlsConnector>) -> Result<Self, BsfError> {
-        let (authority, _) = split_url(url)?;
-        let tls = match (url.starts_with("https://"), tls) {
-            (false, _) => None,
-            (true, None) => return Err(BsfError::Url(url.to_owned())),
-            (true, Some(c)) => {
-                let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h);
-                let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                    .map_err(|_| BsfError::Url(url.to_owned()))?;
-                Some((name, c))
-            }
-        };
-        Ok(Self { authority, tls })
-    }
-
-    /// Plain HTTP endpoint.
-    pub fn http(url: &str) -> Result<Self, BsfError> {
-        Self::new(url, None)
-    }
-
-    /// `host:port`.
-    pub fn authority(&self) -> &str {
-        &self.authority
-    }
-}
-
-/// `http(s)://host:port[/path]` split into (authority, path).
-pub fn split_url(url: &str) -> Result<(String, String), BsfError> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| BsfError::Url(url.to_owned()))?;
-    let (auth, path) = rest.find('/').map_or((rest, "/"), |i| (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")));
-    if auth.is_empty() || !auth.contains(':') {
-        return Err(BsfError::Url(url.to_owned()));
-    }
-    Ok((auth.to_owned(), path.to_owned()))
-}
-
-/// One HTTP/1.1 request over a fresh connection.
-pub async fn request(
-    ep: &Endpoint,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<HttpResponse, BsfError> {
-    let tcp = TcpStream::connect(&ep.authority).await?;
-    match &ep.tls {
-        None => exchange(tcp, &ep.authority, method, path, headers, body).await,
-        Some((name, connector)) => {
-            let tls = connector.connect(name.clone(), tcp).await?;
-            exchange(tls, &ep.authority, method, path, headers, body).await
-        }
-    }
-}
-
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    authority: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Result<HttpResponse, BsfError> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    stream.write_all(body).await?;
-    stream.flush().await?;
-    let mut raw = Vec::new();
-    match (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut raw).await {
-        Ok(_) => {}
-        // A TLS peer closing without close_notify after a complete response is tolerated.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e.into()),
-    }
-    parse_response(&raw)
-}
-
-/// Parse a complete HTTP/1.1 response (the connection was closed by the server).
-pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, BsfError> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(BsfError::Http { offset: raw.len(), reason: "no end of headers" })?;
-    let head = std::str::from_utf8(raw.get(..end).unwrap_or_default()).map_err(|e| BsfError::Http { offset: e.valid_up_to(), reason: "headers are not UTF-8" })?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
-        .and_then(|s| s.get(..3))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or(BsfError::Http { offset: 0, reason: "bad status line" })?;
-    let mut headers = Vec::new();
-    for l in lines {
-        let (n, v) = l.split_once(':').ok_or(BsfError::Http { offset: 0, reason: "header line without ':'" })?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
-    let mut body = raw.get(end + 4..).unwrap_or_default().to_vec();
-    if headers.iter().any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked")) {
-        return Err(BsfError::Http { offset: end, reason: "chunked responses are not supported" });
-    }
-    if let Some(len) = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
-        if body.len() < len {
-            return Err(BsfError::Http { offset: raw.len(), reason: "body shorter than Content-Length" });
-        }
-        body.truncate(len);
-    }
-    Ok(HttpResponse { status, headers, body })
-}
+pub use crate::http::{Endpoint, HttpResponse, IDLE_TIMEOUT, MAX_IDLE, MAX_RESPONSE, parse_response, request, split_url};
 
 /// Bootstrap against the BSF at `bsf` (TS 24.109 §4.2, with resynchronisation §4.5), GBA_ME.
 /// Returns the bootstrap and the highest accepted SQN (for the caller's USIM state).
@@ -286,31 +137,4 @@ async fn zn_post(bsf: &Endpoint, token: &str, btid: &str, naf_fqdn: &str, ua_pro
 /// Current Unix time in seconds.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A response above the former 1 MiB limit (a voicemail message at its default caps is
-    /// about 1.4 MB of JSON) is read whole.
-    #[tokio::test]
-    async fn responses_up_to_the_limit_are_read_whole() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let body = vec![b'x'; 3 << 20];
-        let sent = body.clone();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.expect("accept");
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", sent.len());
-            s.write_all(head.as_bytes()).await.expect("head");
-            s.write_all(&sent).await.expect("body");
-        });
-        let ep = Endpoint::http(&format!("http://{addr}")).expect("endpoint");
-        let r = request(&ep, "GET", "/", &[], &[]).await.expect("response");
-        assert_eq!((r.status, r.body.len()), (200, body.len()));
-        server.await.expect("server");
-    }
 }

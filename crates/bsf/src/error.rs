@@ -40,6 +40,21 @@ pub enum BsfError {
     /// Socket I/O.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The TCP connection to a server could not be opened.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// `host:port` tried.
+        addr: String,
+        /// Socket error.
+        source: std::io::Error,
+    },
+    /// An HTTP exchange failed on its connection (closed, reset, malformed at the HTTP
+    /// framing level), with hyper's reason and its causes.
+    #[error("HTTP exchange failed: {0}")]
+    Transport(String),
+    /// The request given to the HTTP client cannot be sent (invalid method, path or header).
+    #[error("invalid HTTP request: {0}")]
+    Request(String),
     /// The peer's HTTP response was malformed (byte offset into the response).
     #[error("malformed HTTP response at byte {offset}: {reason}")]
     Http {

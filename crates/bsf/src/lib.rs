@@ -6,13 +6,15 @@
 //!   before use.
 //! - [`rekey`]: master-key rotation of the store's sealed rows (offline, `mediasec bsf rekey`).
 //! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
-//! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS).
+//! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS), and
+//!   the HTTP/1.1 client of every mediasec component, with connection reuse (`http.rs`).
 //! - [`tls`]: HTTPS server listener and client connector (rustls).
 //!
 //! The protocol logic lives in the sans-IO crate `mediasec-gba`.
 
 pub mod client;
 mod error;
+mod http;
 pub mod rekey;
 pub mod server;
 pub mod store;

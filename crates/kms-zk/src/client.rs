@@ -2,17 +2,20 @@
 //! unprotected RESOLVE_INIT to the issuing KMS (KMS_I, the domain of IDRkms in the ticket
 //! policy) and returns its answer, within a bounded time.
 //!
-//! One request per connection (`Connection: close`); the server certificate must chain to the
-//! private CA and name `kms.<peer domain>`, whatever address the peer is configured at.
+//! One pooled connection set per peer (the HTTP client of `mediasec_bsf::client`, which keeps
+//! connections alive and retries only a request it never sent); the server certificate must
+//! chain to the private CA and name `kms.<peer domain>`, whatever address the peer is
+//! configured at, and this KMS presents its own certificate (mutual TLS).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use mediasec_bsf::BsfError;
+use mediasec_bsf::client::{Endpoint, HttpResponse, parse_response, request};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use crate::pki::kms_name;
 use crate::server::{MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY};
@@ -23,27 +26,47 @@ const MAX_RESPONSE: usize = MAX_BODY + 8 * 1024;
 /// Longest reason kept from a refusal body.
 const MAX_REASON: usize = 512;
 
-/// A Zk client: the peer KMSs this KMS may forward resolves to.
+/// A Zk client: the peer KMSs this KMS may forward resolves to, each with its pool of
+/// connections (shared by the clones of the client).
 #[derive(Clone, Debug)]
 pub struct ZkClient {
-    tls: ZkTls,
-    peers: BTreeMap<String, String>,
+    peers: Arc<BTreeMap<String, Peer>>,
     timeout: Duration,
 }
 
-/// Classifies an I/O error: a rustls error inside means TLS/authentication failed.
-fn io_err(peer: &str, e: &std::io::Error) -> ZkError {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(tls) => ZkError::Tls { peer: peer.to_owned(), reason: tls.to_string() },
-        None => ZkError::Transport { peer: peer.to_owned(), reason: e.to_string() },
+/// A configured peer: its endpoint, or why its domain cannot be a certificate name.
+#[derive(Debug)]
+enum Peer {
+    Ready(Endpoint),
+    NotDns,
+}
+
+/// Maps a failure of the HTTP client towards `peer` at `addr` to the Zk error kinds.
+fn zk_err(peer: &str, addr: &str, e: BsfError) -> ZkError {
+    match e {
+        BsfError::Connect { source, .. } => ZkError::Unreachable { peer: peer.to_owned(), addr: addr.to_owned(), reason: source.to_string() },
+        BsfError::Tls(reason) => ZkError::Tls { peer: peer.to_owned(), reason },
+        BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
+        other => ZkError::Transport { peer: peer.to_owned(), reason: other.to_string() },
     }
 }
 
 impl ZkClient {
     /// `peers` maps a peer KMS domain to its Zk address (`host:port`); `timeout` bounds each
-    /// resolve as a whole (TCP connect, TLS handshake, request and complete response).
+    /// resolve as a whole (TCP connect, TLS handshake when a new connection is needed,
+    /// request and complete response).
     pub fn new(tls: &ZkTls, peers: BTreeMap<String, String>, timeout: Duration) -> Self {
-        Self { tls: tls.clone(), peers, timeout }
+        let peers = peers
+            .into_iter()
+            .map(|(domain, addr)| {
+                let peer = match ServerName::try_from(kms_name(&domain)) {
+                    Ok(name) => Peer::Ready(Endpoint::tls(addr, name, tls.connector().clone()).max_response(MAX_RESPONSE)),
+                    Err(_) => Peer::NotDns,
+                };
+                (domain, peer)
+            })
+            .collect();
+        Self { peers: Arc::new(peers), timeout }
     }
 
     /// The configured bound of one resolve.
@@ -54,53 +77,41 @@ impl ZkClient {
     /// Forwards `request` (a MIKEY RESOLVE_INIT) to the KMS of `peer_domain` and returns its
     /// answer (a RESOLVE_RESP or a MIKEY Error message).
     pub async fn resolve(&self, peer_domain: &str, request: &[u8]) -> Result<Vec<u8>, ZkError> {
-        let addr = self.peers.get(peer_domain).ok_or_else(|| ZkError::UnknownPeer(peer_domain.to_owned()))?;
-        let name = ServerName::try_from(kms_name(peer_domain))
-            .map_err(|_| ZkError::Config(format!("peer domain {peer_domain:?} is not a DNS name")))?;
-        tokio::time::timeout(self.timeout, self.exchange(peer_domain, addr, name, request))
+        let endpoint = match self.peers.get(peer_domain) {
+            None => return Err(ZkError::UnknownPeer(peer_domain.to_owned())),
+            Some(Peer::NotDns) => return Err(ZkError::Config(format!("peer domain {peer_domain:?} is not a DNS name"))),
+            Some(Peer::Ready(e)) => e,
+        };
+        tokio::time::timeout(self.timeout, exchange(endpoint, peer_domain, request))
             .await
             .map_err(|_| ZkError::Timeout { peer: peer_domain.to_owned(), after: self.timeout })?
     }
-
-    async fn exchange(&self, peer: &str, addr: &str, name: ServerName<'static>, request: &[u8]) -> Result<Vec<u8>, ZkError> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| ZkError::Unreachable { peer: peer.to_owned(), addr: addr.to_owned(), reason: e.to_string() })?;
-        let _ = tcp.set_nodelay(true);
-        let mut tls = self.tls.connector().connect(name, tcp).await.map_err(|e| io_err(peer, &e))?;
-        let body = STANDARD.encode(request);
-        let head = format!(
-            "POST {ZK_PATH}?{ZK_QUERY} HTTP/1.1\r\nHost: {}\r\nContent-Type: {MIKEY_CONTENT_TYPE}\r\nContent-Length: {}\r\nUser-Agent: mediasec-kms-zk\r\nConnection: close\r\n\r\n",
-            kms_name(peer),
-            body.len()
-        );
-        let mut out = head.into_bytes();
-        out.extend_from_slice(body.as_bytes());
-        tls.write_all(&out).await.map_err(|e| io_err(peer, &e))?;
-        tls.flush().await.map_err(|e| io_err(peer, &e))?;
-        let mut raw = Vec::new();
-        match (&mut tls).take(MAX_RESPONSE as u64 + 1).read_to_end(&mut raw).await {
-            Ok(_) => {}
-            // A peer closing without close_notify after a complete response is tolerated
-            // (the Content-Length check below catches a truncated one).
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-            Err(e) => return Err(io_err(peer, &e)),
-        }
-        if raw.len() > MAX_RESPONSE {
-            return Err(ZkError::BadResponse { offset: MAX_RESPONSE, reason: "response too large".into() });
-        }
-        decode_answer(&raw)
-    }
 }
 
-/// Decodes a complete raw Zk HTTP response: the MIKEY answer of a 200, or
-/// [`ZkError::Refused`] with the status and reason of a 4xx/5xx. Never panics (fuzzed).
+async fn exchange(endpoint: &Endpoint, peer: &str, mikey: &[u8]) -> Result<Vec<u8>, ZkError> {
+    let body = STANDARD.encode(mikey);
+    let host = kms_name(peer);
+    let headers = [("Host", host.as_str()), ("Content-Type", MIKEY_CONTENT_TYPE), ("User-Agent", "mediasec-kms-zk")];
+    let r = request(endpoint, "POST", &format!("{ZK_PATH}?{ZK_QUERY}"), &headers, body.as_bytes())
+        .await
+        .map_err(|e| zk_err(peer, endpoint.authority(), e))?;
+    answer(&r, 0)
+}
+
+/// Decodes a complete raw Zk HTTP response (parsed by
+/// [`mediasec_bsf::client::parse_response`]) as the client decodes the responses it reads:
+/// the entry point of the `zk_response` fuzz target. Never panics.
 pub fn decode_answer(raw: &[u8]) -> Result<Vec<u8>, ZkError> {
-    let r = mediasec_bsf::client::parse_response(raw).map_err(|e| match e {
-        mediasec_bsf::BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
+    let r = parse_response(raw).map_err(|e| match e {
+        BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
         other => ZkError::BadResponse { offset: 0, reason: other.to_string() },
     })?;
-    let body_at = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+    answer(&r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4))
+}
+
+/// The MIKEY answer of a 200, or [`ZkError::Refused`] with the status and reason of a
+/// 4xx/5xx; `body_at` is where the body starts in the raw response (for error offsets).
+fn answer(r: &HttpResponse, body_at: usize) -> Result<Vec<u8>, ZkError> {
     match r.status {
         200 => {
             let ct = r.header("content-type").unwrap_or_default();

@@ -129,6 +129,41 @@ async fn futures_join(c: &ZkClient, n: usize) -> Vec<Result<Vec<u8>, String>> {
     set.join_all().await
 }
 
+/// A TCP relay to `to` that counts the connections it accepts.
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The client keeps its mutually authenticated connection to a peer: ten resolves, one TCP
+/// connection (and one TLS handshake); clones of the client share it.
+#[tokio::test]
+async fn sequential_resolves_reuse_one_connection() {
+    let pki = lab();
+    let b = start(&pki.0, "b.example", &["a.example"]).await;
+    let (relay, accepted) = counting_relay(b.addr).await;
+    let c = client(&pki.0, "a.example", &[("b.example", relay)], T);
+    for i in 0..10u8 {
+        let via = c.clone();
+        assert_eq!(via.resolve("b.example", &[i]).await.expect("resolve"), [b"b.example|a.example|".as_slice(), &[i]].concat());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(b.handler.calls.load(Ordering::SeqCst), 10);
+}
+
 #[tokio::test]
 async fn client_certificate_from_another_ca_is_refused() {
     let pki = lab();

@@ -140,13 +140,15 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.metrics.render()).into_response()
 }
 
-/// Serves the API over plain HTTP on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>) -> std::io::Result<()> {
-    axum::serve(listener, api.router()).await
+/// Serves the API over plain HTTP on `listener` until `until` completes (then the open
+/// connections, idle keep-alive ones included, are closed after their request in progress)
+/// or the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, until: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, api.router()).with_graceful_shutdown(until).await
 }
 
 /// Serves the API over HTTPS (TS 33.222 §5.3: Digest inside server-authenticated TLS; the
-/// BSF's rustls listener) until the task is dropped.
-pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, api: Arc<Api>) -> std::io::Result<()> {
-    axum::serve(listener, api.router()).await
+/// BSF's rustls listener), as [`serve`].
+pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, api: Arc<Api>, until: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, api.router()).with_graceful_shutdown(until).await
 }

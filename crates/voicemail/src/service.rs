@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use mediasec_kms::zn::Zn;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::auth::NafAuth;
@@ -24,7 +26,12 @@ pub struct Server {
     /// The store (shared with both sides).
     pub store: Store,
     http: JoinHandle<()>,
+    /// Tells the API to stop (graceful: open connections are closed too).
+    stop: Option<oneshot::Sender<()>>,
 }
+
+/// How long [`Server::shutdown`] waits for the API's requests in progress before cutting them.
+const API_GRACE: Duration = Duration::from_secs(5);
 
 impl Server {
     /// On `store` (see [`Store::open`], [`Store::new`]), starts the deposit side (registering when configured) and
@@ -43,15 +50,19 @@ impl Server {
                 tracing::warn!(error = %e, "voicemail API stopped");
             }
         };
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let until = async move {
+            let _ = stop_rx.await;
+        };
         let http = match tls {
             Some(cfg) => {
                 let listener = mediasec_bsf::tls::TlsListener::new(listener, cfg)?;
-                tokio::spawn(async move { stopped(serve_tls(listener, api).await) })
+                tokio::spawn(async move { stopped(serve_tls(listener, api, until).await) })
             }
-            None => tokio::spawn(async move { stopped(serve(listener, api).await) }),
+            None => tokio::spawn(async move { stopped(serve(listener, api, until).await) }),
         };
         tracing::info!(sip = %deposit.sip_addr(), api = %api_addr, https, "voicemail server running");
-        Ok(Self { deposit, api_addr, https, store, http })
+        Ok(Self { deposit, api_addr, https, store, http, stop: Some(stop) })
     }
 
     /// The API base URL (`http://addr` or `https://addr`).
@@ -60,11 +71,19 @@ impl Server {
     }
 
     /// Stops both sides, writing the calls in progress first; the store is closed when this
-    /// returns (it can be opened again, e.g. by a restarted server).
+    /// returns (it can be opened again, e.g. by a restarted server). The API closes its open
+    /// connections too — clients keep idle ones alive (RFC 9112 §9.3), and each holds the
+    /// store — letting requests in progress finish within [`API_GRACE`].
     pub async fn shutdown(mut self) {
         self.deposit.shutdown().await;
-        self.http.abort();
-        let _ = (&mut self.http).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(API_GRACE, &mut self.http).await.is_err() {
+            tracing::warn!(after = ?API_GRACE, "voicemail API: requests still in progress at shutdown were cut");
+            self.http.abort();
+            let _ = (&mut self.http).await;
+        }
     }
 }
 

@@ -372,7 +372,7 @@ fn bench_pairs(pairs: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&dir);
     let (kms, echo) = result?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("KMS bench: {pairs} request+resolve pairs, {concurrency} concurrent UE pairs, HTTP/1.1 one connection per request, 127.0.0.1");
+    println!("KMS bench: {pairs} request+resolve pairs, {concurrency} concurrent UE pairs, HTTP/1.1 with connection reuse (keep-alive), 127.0.0.1");
     println!("{:<34} {:>10} {:>9} {:>9}", "", "pairs/s", "p50 ms", "p99 ms");
     println!("{:<34} {:>10.0} {:>9.3} {:>9.3}", "KMS (ticketrequest+ticketresolve)", kms.rate, ms(kms.p50), ms(kms.p99));
     println!("{:<34} {:>10.0} {:>9.3} {:>9.3}", "bare axum echo (same UE messages)", echo.rate, ms(echo.p50), ms(echo.p99));
