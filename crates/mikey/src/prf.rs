@@ -10,7 +10,7 @@
 //! the number of HMAC output blocks needed for `outkey_len`.
 
 use hmac::{Hmac, KeyInit, Mac};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::registry::PrfFunc;
@@ -27,26 +27,39 @@ pub(crate) fn hmac_with<M: Mac + KeyInit>(key: &[u8], parts: &[&[u8]]) -> Result
     Ok(mac.finalize().into_bytes().to_vec())
 }
 
-/// HMAC with the hash of `prf` over the concatenation of `parts`.
-pub(crate) fn hmac(prf: PrfFunc, key: &[u8], parts: &[&[u8]]) -> Result<Vec<u8>> {
+/// The P-function: `m` blocks of HMAC output keyed with `s`.
+fn p_function(prf: PrfFunc, s: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
     match prf {
-        PrfFunc::MIKEY_1 => hmac_with::<Hmac<sha1::Sha1>>(key, parts),
-        PrfFunc::HMAC_SHA_256 => hmac_with::<Hmac<sha2::Sha256>>(key, parts),
+        PrfFunc::MIKEY_1 => p_function_with::<Hmac<sha1::Sha1>>(s, label, out_len),
+        PrfFunc::HMAC_SHA_256 => p_function_with::<Hmac<sha2::Sha256>>(s, label, out_len),
         other => Err(Error::Unsupported { what: "PRF func", value: u16::from(other.0) }),
     }
 }
 
-/// The P-function: `m` blocks of HMAC output keyed with `s`.
-fn p_function(prf: PrfFunc, s: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
+/// [`p_function`] with HMAC `M`, keyed once: every HMAC of the chain starts from a copy of the
+/// keyed state instead of hashing the key pads again (two compression-function calls saved
+/// per HMAC, most of the cost for these one- and two-block messages), and A_(m+1), which no
+/// block uses, is not computed.
+fn p_function_with<M: Mac + KeyInit + Clone>(s: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let keyed = <M as KeyInit>::new_from_slice(s).map_err(|_| Error::Length { what: "HMAC key", expected: 0, got: s.len() })?;
+    let hmac = |a: &[u8], with_label: bool| {
+        let mut mac = keyed.clone();
+        mac.update(a);
+        if with_label {
+            mac.update(label);
+        }
+        Zeroizing::new(mac.finalize().into_bytes().to_vec())
+    };
     let mut out = Zeroizing::new(Vec::with_capacity(out_len.saturating_add(32)));
-    let mut a = hmac(prf, s, &[label])?;
-    while out.len() < out_len {
-        let mut block = hmac(prf, s, &[&a, label])?;
-        out.extend_from_slice(&block);
-        block.zeroize();
-        a = hmac(prf, s, &[&a])?;
+    // A_1 = HMAC(s, A_0) with A_0 = label.
+    let mut a = hmac(label, false);
+    loop {
+        out.extend_from_slice(&hmac(&a, true));
+        if out.len() >= out_len {
+            break;
+        }
+        a = hmac(&a, false);
     }
-    a.zeroize();
     out.truncate(out_len);
     Ok(out)
 }
