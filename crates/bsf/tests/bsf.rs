@@ -22,6 +22,9 @@ use mediasec_gba::milenage::{AutnCheck, Milenage};
 use mediasec_gba::ue::{UeAnswer, UeBootstrap};
 use mediasec_kms_store::sealed::MasterKey;
 
+#[path = "common/lab_ca.rs"]
+mod lab_ca;
+
 const DOMAIN: &str = "bsf.mnc001.mcc001.pub.3gppnetwork.org";
 const IMPI: &str = "001010000000001@ims.mnc001.mcc001.3gppnetwork.org";
 const ZN: &str = "zn-secret";
@@ -257,21 +260,12 @@ async fn independent_python_ue_interoperates() {
 /// authentication by client certificate, and a client that does not trust the CA is refused.
 #[tokio::test]
 async fn https_bootstrap_and_zn() {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca).expect("cert");
+    let ca = lab_ca::ca();
+    let (cert, key) = lab_ca::issue(&ca, "localhost");
     // A separate CA issues NAF client certificates.
-    let naf_ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut naf_ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    naf_ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let naf_ca = rcgen::CertifiedIssuer::self_signed(naf_ca_params, naf_ca_key).expect("naf ca");
-    let naf_key = rcgen::KeyPair::generate().expect("key");
-    let naf_cert = rcgen::CertificateParams::new(vec!["kms.ims.example.org".to_owned()]).expect("p").signed_by(&naf_key, &naf_ca).expect("naf cert");
-    let server_cfg = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), Some(naf_ca.pem().as_bytes()))
-        .expect("tls config");
+    let naf_ca = lab_ca::ca();
+    let (naf_pem, naf_key_pem) = lab_ca::issue(&naf_ca, "kms.ims.example.org");
+    let server_cfg = mediasec_bsf::tls::server_config(cert.as_bytes(), key.as_bytes(), Some(naf_ca.pem().as_bytes())).expect("tls config");
 
     let path = db_path("tls");
     let (k, opc) = keys();
@@ -290,7 +284,6 @@ async fn https_bootstrap_and_zn() {
     let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
     assert_eq!(zn.key().expect("b64"), boot.ks_naf(&naf).expect("ks_naf").0.to_vec());
     // NAF with a client certificate from the NAF CA: no bearer token needed.
-    let (naf_pem, naf_key_pem) = (naf_cert.pem(), naf_key.serialize_pem());
     let naf_conn = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), Some((naf_pem.as_bytes(), naf_key_pem.as_bytes()))).expect("c");
     let naf_ep = client::Endpoint::new(&url, Some(naf_conn)).expect("ep");
     let by_cert = client::zn_lookup(&naf_ep, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("zn").expect("found");
@@ -306,17 +299,12 @@ async fn https_bootstrap_and_zn() {
         Err(mediasec_bsf::BsfError::Status { status: 401, .. })
     ));
     // A client certificate from another CA fails the handshake.
-    let rogue_key = rcgen::KeyPair::generate().expect("key");
-    let rogue_cert = rcgen::CertificateParams::new(vec!["kms.ims.example.org".to_owned()]).expect("p").signed_by(&rogue_key, &ca).expect("c");
-    let (rogue_pem, rogue_key_pem) = (rogue_cert.pem(), rogue_key.serialize_pem());
+    let (rogue_pem, rogue_key_pem) = lab_ca::issue(&ca, "kms.ims.example.org");
     let rogue = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), Some((rogue_pem.as_bytes(), rogue_key_pem.as_bytes()))).expect("c"))).expect("ep");
     assert!(client::zn_lookup(&rogue, "", &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.is_err());
     // https without a CA is refused before connecting; an untrusted CA fails the handshake.
     assert!(client::Endpoint::new(&url, None).is_err());
-    let other_key = rcgen::KeyPair::generate().expect("key");
-    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let other = rcgen::CertifiedIssuer::self_signed(other_params, other_key).expect("ca");
+    let other = lab_ca::ca();
     let wrong = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(other.pem().as_bytes(), None).expect("c"))).expect("ep");
     assert!(client::bootstrap(&wrong, ue(&k, &opc, 10)).await.is_err());
     task.abort();

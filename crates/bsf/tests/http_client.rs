@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+#[path = "common/lab_ca.rs"]
+mod lab_ca;
+
 /// Counts accepted TCP connections for axum.
 struct Counting {
     tcp: TcpListener,
@@ -109,13 +112,9 @@ async fn sequential_requests_and_clones_share_one_connection() {
 
 #[tokio::test]
 async fn tls_requests_share_one_connection() {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params").signed_by(&key, &ca).expect("cert");
-    let config = mediasec_bsf::tls::server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), None).expect("server config");
+    let ca = lab_ca::ca();
+    let (cert, key) = lab_ca::issue(&ca, "localhost");
+    let config = mediasec_bsf::tls::server_config(cert.as_bytes(), key.as_bytes(), None).expect("server config");
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = tcp.local_addr().expect("addr").port();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -286,45 +285,46 @@ fn closes_after_first_answer(idle: std::sync::mpsc::Receiver<()>, closed: std::s
     (server, late, later)
 }
 
-/// GET is idempotent (RFC 9110 §9.2.2): written on a reused connection that the server had
-/// closed, no response byte, it is retried once on a new connection and succeeds.
-#[tokio::test]
-async fn idempotent_request_on_a_reused_connection_closed_by_the_server_is_retried_once() {
+/// The race of [`closes_after_first_answer`] for `method`: a first request answered on a
+/// kept-alive connection, the server's FIN sent while that connection sits idle in the pool,
+/// then a second request through the same endpoint. Returns the second request's outcome, the
+/// requests the server saw on the closed connection, and the connections it accepted later.
+async fn second_request_after_the_server_closed(method: &str, first: &[u8], second: &[u8]) -> (Result<mediasec_bsf::client::HttpResponse, BsfError>, usize, usize) {
     let (idle_tx, idle_rx) = std::sync::mpsc::channel();
     let (tx, rx) = std::sync::mpsc::channel();
     let (server, late, later) = closes_after_first_answer(idle_rx, tx);
     let ep = server.endpoint();
-    assert_eq!(request(&ep, "GET", "/a", &[], b"").await.expect("first").body, b"ok");
+    assert_eq!(request(&ep, method, "/a", &[], first).await.expect("first").body, b"ok");
     // Blocks this (current-thread) runtime until the FIN is on its way, without yielding.
     idle_tx.send(()).expect("idle");
     rx.recv().expect("closed");
     std::thread::sleep(Duration::from_millis(50));
-    let r = request(&ep, "GET", "/b", &[], b"").await.expect("retried on a new connection");
-    assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    let outcome = request(&ep, method, "/b", &[], second).await;
     drop(ep);
     server.join();
-    assert_eq!(late.load(Ordering::SeqCst), 1, "the GET was written on the closed connection first");
-    assert_eq!(later.load(Ordering::SeqCst), 1, "one retry, on one new connection");
+    (outcome, late.load(Ordering::SeqCst), later.load(Ordering::SeqCst))
+}
+
+/// GET is idempotent (RFC 9110 §9.2.2): written on a reused connection that the server had
+/// closed, no response byte, it is retried once on a new connection and succeeds.
+#[tokio::test]
+async fn idempotent_request_on_a_reused_connection_closed_by_the_server_is_retried_once() {
+    let (outcome, late, later) = second_request_after_the_server_closed("GET", b"", b"").await;
+    let r = outcome.expect("retried on a new connection");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    assert_eq!(late, 1, "the GET was written on the closed connection first");
+    assert_eq!(later, 1, "one retry, on one new connection");
 }
 
 /// A POST in the same race is not retried (the server may have applied it): an error, and
 /// no second connection.
 #[tokio::test]
 async fn post_on_a_reused_connection_closed_after_it_was_written_is_not_retried() {
-    let (idle_tx, idle_rx) = std::sync::mpsc::channel();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (server, late, later) = closes_after_first_answer(idle_rx, tx);
-    let ep = server.endpoint();
-    assert_eq!(request(&ep, "POST", "/a", &[], b"one").await.expect("first").body, b"ok");
-    idle_tx.send(()).expect("idle");
-    rx.recv().expect("closed");
-    std::thread::sleep(Duration::from_millis(50));
-    let e = request(&ep, "POST", "/b", &[], b"two").await.expect_err("not retried");
+    let (outcome, late, later) = second_request_after_the_server_closed("POST", b"one", b"two").await;
+    let e = outcome.expect_err("not retried");
     assert!(matches!(e, BsfError::Transport(_)), "{e:?}");
-    drop(ep);
-    server.join();
-    assert_eq!(late.load(Ordering::SeqCst), 1, "the POST reached the server once");
-    assert_eq!(later.load(Ordering::SeqCst), 0, "no retry");
+    assert_eq!(late, 1, "the POST reached the server once");
+    assert_eq!(later, 0, "no retry");
 }
 
 /// When the close is seen before the next request (the usual case: the connection task
