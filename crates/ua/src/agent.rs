@@ -2013,11 +2013,9 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         let bob = high_security::HighSecurity::new("sip:bob@b.example", pb, kb, vec![ours.kpak()]);
         let socket = peer().await;
         let addr = socket.local_addr().expect("addr");
-        let kms_ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse("bob@b.example").expect("uid"), "kms.b.example", "btid", &[0; 32], 30);
-        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
         let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
         config.timers = timers(50);
-        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue: kms_ue, client, high_security: Some(bob) })).await.expect("UE");
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { high_security: Some(bob), ..unreachable_kms("bob@b.example") })).await.expect("UE");
         let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example", now).expect("DH_INIT offer");
         send(&socket, ue.sip_addr(), &invite(addr, ue.sip_addr(), "", &offer)).await;
         let (refused, _) = until(&socket, Duration::from_secs(5), |m| code(m).is_some_and(|c| c >= 200)).await;
@@ -2224,15 +2222,29 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         e2ae_callee_of_an_offerless_invite(true).await;
     }
 
+    /// KMS access for `uid` whose KMS nobody serves (port 9): for tests in which the UE must
+    /// not need its KMS, or whose KMS exchange must fail.
+    fn unreachable_kms(uid: &str) -> KmsAccess {
+        let ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse(uid).expect("uid"), "kms.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
+        KmsAccess { ue, client, high_security: None }
+    }
+
     /// Alice, an `sdes` UE behind the scripted peer with SIP `timers`, places an offerless call
-    /// ([`Ue::call_without_offer`]): the task placing it (it returns alice and the call's
-    /// outcome), her SIP address, her INVITE (checked to be offerless) and the `To` of the
-    /// peer's responses (tag `bt`).
+    /// ([`Ue::call_without_offer`]): see [`offerless_call_as`].
     async fn offerless_call(peer: &UdpSocket, timers: Timers) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
+        offerless_call_as(peer, timers, SDES, None).await
+    }
+
+    /// Alice, a UE with `security` (and `kms`) behind the scripted peer with SIP `timers`,
+    /// places an offerless call ([`Ue::call_without_offer`]): the task placing it (it returns
+    /// alice and the call's outcome), her SIP address, her INVITE (checked to be offerless)
+    /// and the `To` of the peer's responses (tag `bt`).
+    async fn offerless_call_as(peer: &UdpSocket, timers: Timers, security: Security, kms: Option<KmsAccess>) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
         let peer_addr = peer.local_addr().expect("addr");
-        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
+        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, security, 440.0, 1000.0);
         config.timers = timers;
-        let alice = Ue::start(config).await.expect("ue");
+        let alice = Ue::start_with_kms(config, kms).await.expect("ue");
         let ue = alice.sip_addr();
         let call = tokio::spawn(async move {
             let r = alice.call_without_offer("sip:bob@b.example").await;
@@ -2290,6 +2302,52 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(result.is_err(), "{result:?}");
         let reports = alice.reports().await.expect("reports");
         assert!(reports.iter().all(|r| matches!(r.state, CallState::Failed(488, _))) && reports.len() == 1, "{reports:?}");
+    }
+
+    /// UAC under MIKEY-TICKET, delayed offer: the callee's offer in the 2xx lacks
+    /// `a=key-mgmt:mikey` (an SDES offer: a downgrade for a MIKEY policy, whose callee would be
+    /// the MIKEY Initiator, RFC 4567 §3). RFC 3261 §13.2.2.4 still requires an ACK with an
+    /// answer: it refuses every stream (port 0, no keys of either kind); then BYE. The call
+    /// fails 488 with the downgrade as its reason, and no KMS is asked anything (alice's KMS
+    /// is unreachable: a Ticket Resolve would fail with another reason).
+    #[tokio::test]
+    async fn mikey_uac_refuses_an_offer_without_key_management_in_the_2xx() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to) = offerless_call_as(&peer, Timers::default(), Security::MikeyTicket, Some(unreachable_kms("alice@a.example"))).await;
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(caller_offer(peer_addr))), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        let answer = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(answer.contains("m=audio 0 RTP/SAVP ") && !answer.contains("crypto") && !answer.contains("key-mgmt"), "every stream refused: {answer}");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
+        let (alice, result) = call.await.expect("task");
+        assert!(matches!(&result, Err(Error::Downgrade(why)) if why.contains("key-mgmt")), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("answer refused by policy") && why.contains("a=key-mgmt:mikey"))), "{reports:?}");
+    }
+
+    /// UAS under MIKEY-TICKET: an offerless INVITE from an anonymous caller (RFC 3323:
+    /// `anonymous.invalid`, no `P-Asserted-Identity`) cannot be answered with an offer — we
+    /// would be the MIKEY Initiator and no ticket can name an unknown responder — so it gets
+    /// 433 Anonymity Disallowed (RFC 5079) with a `Warning` saying why, before any KMS
+    /// exchange; the call is recorded as failed with that status.
+    #[tokio::test]
+    async fn mikey_uas_refuses_an_offerless_invite_of_an_anonymous_caller_with_433() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::MikeyTicket, 1500.0, 1000.0);
+        let bob = Ue::start_with_kms(config, Some(unreachable_kms("bob@b.example"))).await.expect("UE");
+        let anonymous = invite(addr, bob.sip_addr(), "Privacy: id\r\nSupported: 100rel\r\n", "")
+            .replace("From: <sip:alice@a.example>;tag=at", "From: \"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=at")
+            .replace("Content-Type: application/sdp\r\n", "");
+        send(&socket, bob.sip_addr(), &anonymous).await;
+        let (refused, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some_and(|c| c >= 180)).await;
+        assert!(before.iter().all(|m| code(m) == Some(100)), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(code(&refused), Some(433), "{}", text(&refused));
+        assert!(value(&refused, &HeaderName::Warning).is_some_and(|w| w.contains("anonymous")), "{}", text(&refused));
+        let reports = bob.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(433, why) if why.contains("anonymous"))), "{reports:?}");
     }
 
     /// UAC, offer in a reliable 18x (RFC 3262 §5) that our policy refuses (plain RTP for an
