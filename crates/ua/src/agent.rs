@@ -1785,7 +1785,6 @@ async fn mikey_offer(security: Security, kms: Option<&mut KmsAccess>, local: Soc
 /// Our answer to `offer` under our policy (session version `version`): a MIKEY offer through
 /// [`mikey_answer`]; an offer without `a=key-mgmt:mikey` is a downgrade when the policy is a
 /// MIKEY mode, else answered by [`offer_answer`] (SDES or plain).
-#[allow(clippy::too_many_arguments)]
 async fn answer_offer(security: Security, kms: Option<&mut KmsAccess>, sdes: &SdesPolicy, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
     if ticket::has_mikey(offer) {
         mikey_answer(security, kms, offer, local, version, ssrc).await
