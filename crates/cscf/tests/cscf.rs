@@ -66,6 +66,11 @@ fn assert_media(caller: &CallReport, callee: &CallReport, protection: &str) {
     }
 }
 
+/// The data type of a MIKEY message (RFC 3830 §6.1: the header's second octet).
+fn mediasec_mikey_data_type(m: &[u8]) -> u8 {
+    m.get(1).copied().unwrap_or(0)
+}
+
 /// The SDES e2e call through P-CSCF and S-CSCF of two domains: both registrations carry the
 /// mediasec indication, the SRTP keys are the ones each side put in its SDP, media is verified
 /// both ways (SRTP and SRTCP), and BYE ends both sides.
@@ -873,6 +878,9 @@ mod mikey_ticket {
         assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
         assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "keys crossed");
         assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("bob@a.example"), Some("alice@a.example")), "the ticket's initiator, the TRANSFER_RESP's responder");
+        let init = b.offer_mikey.clone().expect("bob's offer carried TRANSFER_INIT");
+        assert_eq!(a.offer_mikey.as_ref(), Some(&init), "alice answered that offer");
+        assert_eq!(mediasec_mikey_data_type(&init), 14, "TRANSFER_INIT (RFC 6043)");
         let url = kms.domain("a.example").expect("domain").url.clone();
         assert_eq!(ua_requests(&url).await, 2, "bob's Ticket Request and alice's Resolve");
         (kms, lab, alice, bob, id, a, b)
@@ -1148,6 +1156,10 @@ mod high_security {
             let caller_uri = format!("sip:{caller}");
             let expected = if mode == HS { Some(caller_uri.as_str()) } else { None };
             assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some(callee_uri.as_str()), expected), "{mode:?}");
+            // The initial offer is the callee's, in its 200: DH_INIT or I_MESSAGE.
+            let init = b.offer_mikey.clone().expect("the callee's offer carried the MIKEY message");
+            assert_eq!(a.offer_mikey.as_ref(), Some(&init), "the caller answered that offer");
+            assert_eq!(mediasec_mikey_data_type(&init), if mode == HS { 4 } else { 26 }, "{mode:?}: DH_INIT (RFC 3830), I_MESSAGE (RFC 6509)");
             if mode == Security::MikeySakke {
                 tokio::time::timeout(Duration::from_secs(10), a_ue.reinvite_without_offer(&id)).await.expect("in time").expect("offerless re-INVITE");
                 tokio::time::sleep(Duration::from_millis(800)).await;
@@ -1161,10 +1173,6 @@ mod high_security {
             }
             a_ue.hangup(&id).await.expect("BYE reaches the callee");
         }
-    }
-
-    fn mediasec_mikey_data_type(m: &[u8]) -> u8 {
-        m.get(1).copied().unwrap_or(0)
     }
 
     /// KPAK trust is configuration: across domains (two KMSs, two KPAKs), a call works only

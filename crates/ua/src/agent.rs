@@ -221,8 +221,9 @@ pub struct CallReport {
     /// stores our SRTP for the callee, docs/voicemail.md): no responder was authenticated, our
     /// media is keyed from our own TRANSFER_INIT ([`crate::ticket::DEFERRED_ATTRIBUTE`]).
     pub deferred_delivery: bool,
-    /// The MIKEY message of the initial INVITE's offer (`a=key-mgmt:mikey`: TRANSFER_INIT or
-    /// DH_INIT), sent or received; `None` for other modes. For checks such as "LI key release
+    /// The MIKEY message of the initial offer (`a=key-mgmt:mikey`: TRANSFER_INIT, DH_INIT or
+    /// I_MESSAGE), sent or received — the INVITE's, or with a delayed offer the one in the
+    /// callee's 200 or reliable 18x; `None` for other modes. For checks such as "LI key release
     /// of this call" (docs/high-security.md).
     pub offer_mikey: Option<Vec<u8>>,
 }
@@ -416,9 +417,10 @@ struct Call {
     deferred_delivery: bool,
     /// Callee: the answer text and media, until the 200 is sent.
     answer: Option<(String, Media)>,
-    /// Callee: our offer to an offerless INVITE (any mode), for the 200 when no reliable 18x
-    /// carried it (RFC 3261 §13.3.1.4).
-    offer_sdp: Option<String>,
+    /// The initial offer of an offerless INVITE (RFC 3261 §13.2.1): the callee's own (any mode;
+    /// the 200 carries it when no reliable 18x did, §13.3.1.4), or the one the caller received
+    /// in the first reliable 18x or 2xx.
+    delayed_offer: Option<String>,
     /// Whom our MIKEY offers are addressed to (a SIP URI): the target we called, or the caller
     /// as asserted or presented ([`caller_identity`]); `None` for an anonymous caller.
     mikey_peer: Option<String>,
@@ -467,7 +469,7 @@ impl Call {
             ticket: None,
             ticket_answer: None,
             answer: None,
-            offer_sdp: None,
+            delayed_offer: None,
             mikey_peer: None,
             answered: false,
             rtp,
@@ -509,7 +511,11 @@ impl Call {
             authenticated_peer: self.authenticated_peer.clone(),
             e2ae_applied: self.e2ae_applied,
             deferred_delivery: self.deferred_delivery,
-            offer_mikey: mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten().and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
+            offer_mikey: match &self.delayed_offer {
+                Some(offer) => Some(Sdp::parse(offer)),
+                None => mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten(),
+            }
+            .and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
         }
     }
 
@@ -1089,6 +1095,12 @@ impl Core {
         // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
         // offer, answered in the ACK (RFC 3261 §13.2.1, §13.2.2.4).
         let offered = !call.answered_reliably && call.offer.is_none() && call.ticket.is_none();
+        if offered
+            && !extra_fork
+            && let Some(offer) = &sdp
+        {
+            call.delayed_offer = Some(offer.to_string());
+        }
         let answered = match &sdp {
             Some(offer) if offered => Some(answer_in_request(call, self.kms.as_mut(), offer, &mut ack, self.config.security, &policy).await),
             _ => None,
@@ -1195,6 +1207,7 @@ impl Core {
         {
             // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262 §5).
             let outcome = if offerless {
+                call.delayed_offer = Some(sdp.to_string());
                 answer_in_request(call, self.kms.as_mut(), &sdp, &mut prack, self.config.security, &policy).await
             } else {
                 answer_media(call, self.kms.as_mut(), &sdp, &policy)
@@ -1584,7 +1597,7 @@ impl Core {
         };
         call.offer = offer;
         call.ticket = keying;
-        call.offer_sdp = Some(text.clone());
+        call.delayed_offer = Some(text.clone());
         self.calls.insert(call_id.clone(), call);
         if reliable {
             let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
@@ -1624,7 +1637,7 @@ impl Core {
         if call.answer_in_ack {
             // Delayed offer (RFC 3261 §13.3.1.4): our offer goes in the 200, the answer comes
             // in the ACK.
-            let Some(offer) = call.offer_sdp.clone() else { return Ok(()) };
+            let Some(offer) = call.delayed_offer.clone() else { return Ok(()) };
             call.answered = true;
             let request = call.invite.clone();
             return self.respond(&key, &request, 200, "OK", Some(to), Some(&offer));
