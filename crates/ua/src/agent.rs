@@ -2004,25 +2004,65 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         offer_answer::offer(local, 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("offer").sdp
     }
 
+    /// High-security keys of `uri` for the month of `now`, issued under `ksak` (no KMS), trusting
+    /// that KMS's KPAK only.
+    fn local_high_security(uri: &str, ksak: &mediasec_mikey::eccsi::KmsSecret, now: Duration) -> high_security::HighSecurity {
+        let p = mediasec_kms::keyprov::Period::of_unix(now.as_secs()).expect("period");
+        let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
+        let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
+        let key = mediasec_mikey::eccsi::SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key");
+        high_security::HighSecurity::new(uri, p, key, vec![ksak.kpak()])
+    }
+
+    /// High-security callee of an offerless INVITE (RFC 3261 §13.2.1; the offerer is the MIKEY
+    /// Initiator, RFC 4567 §3): its 200 offers a DH_INIT it signed for the caller — one the
+    /// caller's keys verify and answer — and an ACK whose answer has no key management (an
+    /// SDES answer: a downgrade) fails the call 488 with that reason and ends it with BYE.
+    #[tokio::test]
+    async fn high_security_uas_offers_dh_init_and_ends_the_call_on_an_ack_without_key_management() {
+        let now = unix_now();
+        let ksak = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK");
+        let mut alice = local_high_security("sip:alice@a.example", &ksak, now);
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
+        let bob = local_high_security("sip:bob@b.example", &ksak, now);
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { high_security: Some(bob), ..unreachable_kms("bob@b.example") })).await.expect("UE");
+        let offerless = invite(addr, ue.sip_addr(), "", "").replace("Content-Type: application/sdp\r\n", "");
+        send(&socket, ue.sip_addr(), &offerless).await;
+        let (ok, _) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        let offer = mediasec_sip::body::sdp(&ok).expect("body").expect("the offer in the 200");
+        let init = ticket::mikey_data(&offer).expect("key-mgmt").expect("a MIKEY message");
+        assert_eq!(init.get(1), Some(&4), "DH_INIT (RFC 3830 data type 4)");
+        let (_, verified) = high_security::answer(&mut alice, &offer, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, now).expect("signed by bob for alice");
+        assert_eq!(verified.peer.as_deref(), Some("sip:bob@b.example"));
+        let to = value(&ok, &HeaderName::To).expect("To");
+        let sdes = caller_offer(addr);
+        let ack = format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKack1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@a.example>;tag=at\r\n\
+To: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdes}",
+            sdes.len(),
+            ue = ue.sip_addr()
+        );
+        send(&socket, ue.sip_addr(), &ack).await;
+        let (bye, _) = until(&socket, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId).as_deref(), Some("rel-1"));
+        let reports = ue.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("a=key-mgmt:mikey"))), "{reports:?}");
+    }
+
     /// High-security callee (docs/high-security.md §8): an INVITE whose DH_INIT is signed under
     /// a KPAK the callee does not trust is refused with 488, a `Warning`, and an SDP refusing
     /// the stream (port 0) whose `a=key-mgmt:mikey` carries the RFC 3830 §5.1.2 Error message
     /// (data type Error, ERR Auth failure) of that DH_INIT's CSB.
     #[tokio::test]
     async fn high_security_callee_refuses_an_untrusted_signature_with_the_mikey_error() {
-        use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
+        use mediasec_mikey::eccsi::KmsSecret;
         use mediasec_mikey::registry::{DataType, ErrorCode};
         let now = unix_now();
-        let month = |uri: &str, ksak: &KmsSecret| {
-            let p = mediasec_kms::keyprov::Period::of_unix(now.as_secs()).expect("period");
-            let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
-            let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
-            (p, SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key"))
-        };
         let (ours, theirs) = (KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK"), KmsSecret::from_bytes(&[0x22; 32]).expect("KSAK"));
-        let ((pa, ka), (pb, kb)) = (month("sip:alice@a.example", &theirs), month("sip:bob@b.example", &ours));
-        let alice = high_security::HighSecurity::new("sip:alice@a.example", pa, ka, vec![theirs.kpak()]);
-        let bob = high_security::HighSecurity::new("sip:bob@b.example", pb, kb, vec![ours.kpak()]);
+        let alice = local_high_security("sip:alice@a.example", &theirs, now);
+        let bob = local_high_security("sip:bob@b.example", &ours, now);
         let socket = peer().await;
         let addr = socket.local_addr().expect("addr");
         let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
