@@ -572,6 +572,12 @@ fn e2ae_applied(sdp: &Sdp) -> bool {
     })
 }
 
+/// The `Warning` of a refusal (RFC 3261 §20.43: code 399, miscellaneous; agent `mediasec`):
+/// why, with double quotes made single to stay inside the quoted text.
+fn warning(why: &Error) -> String {
+    format!("399 mediasec \"{}\"", why.to_string().replace('"', "'"))
+}
+
 fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Option<String> {
     headers.get(name).map(|h| String::from_utf8_lossy(h.value().trim_ascii()).into_owned())
 }
@@ -1313,12 +1319,11 @@ impl Core {
                 Err(e) => {
                     tracing::info!(error = %e, "answer in the PRACK refused: 488 to the INVITE");
                     let (invite, to) = (call.invite.clone(), call.dialog.as_ref().map(|d| d.local_header().clone()));
-                    let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
                     call.fail(488, &e.to_string());
                     call.answered = true;
                     let Some(invite_key) = call.invite_key.clone() else { return Ok(()) };
                     let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
-                    let mut b = ResponseBuilder::to_request(&invite, status, "Not Acceptable Here")?.header(HeaderName::Warning, warning)?;
+                    let mut b = ResponseBuilder::to_request(&invite, status, "Not Acceptable Here")?.header(HeaderName::Warning, warning(&e))?;
                     if let Some(to) = to {
                         b = b.set_header(&HeaderName::To, to)?;
                     }
@@ -1464,8 +1469,7 @@ impl Core {
                 };
                 self.calls.insert(call_id, call);
                 let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
-                let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
-                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning)?;
+                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?;
                 if let Some(body) = body {
                     builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(body);
                 }
@@ -1589,8 +1593,7 @@ impl Core {
                 call.rtp.stop();
                 self.calls.insert(call_id, call);
                 let status = StatusCode::new(code).ok_or(Error::Negotiation("status".into()))?;
-                let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
-                let response = ResponseBuilder::to_request(&request, status, reason)?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning)?.build();
+                let response = ResponseBuilder::to_request(&request, status, reason)?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?.build();
                 self.endpoint.send(Command::Respond { key, response })?;
                 return Ok(());
             }
