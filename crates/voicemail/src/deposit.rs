@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mediasec_sip::core::{HeaderName, Message, Method, Request, RequestBuilder, ResponseBuilder, StatusCode, Timers, TransactionKey, Uri};
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::VoicemailError;
 use crate::metrics::Metrics;
-use crate::record::{MAX_PACKET, Packet, Record};
+use crate::record::{MAX_PACKET, Packet, Record, now_ms};
 use crate::store::Store;
 
 /// The most octets of packets one message may keep (`Caps::max_bytes`): its JSON download
@@ -128,10 +128,6 @@ impl Drop for Deposit {
 
 /// How often calls whose recording time is over are ended and written.
 pub const SWEEP: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn token() -> String {
     format!("{:016x}", rand::random::<u64>())

@@ -13,6 +13,8 @@
 //! ```
 //! The decoder never panics and reports the byte offset of what it cannot read.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use crate::error::VoicemailError;
 
 const MAGIC: &[u8; 4] = b"MSVM";
@@ -23,6 +25,11 @@ pub const MAX_IDENTITY: usize = 1024;
 pub const MAX_BLOB: usize = 64 * 1024;
 /// Largest stored packet (a UDP datagram of the media port, as read).
 pub const MAX_PACKET: usize = 2048;
+
+/// Now, in Unix milliseconds (the unit of [`Record::received_ms`]).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// One SRTP or SRTCP packet as received.
 #[derive(Clone, Debug, PartialEq, Eq)]

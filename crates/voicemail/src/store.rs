@@ -3,11 +3,14 @@
 //! servers may share. Tables: `vm_messages`: the message id in 20 decimal digits (keys sort as
 //! ids) → [`Record`] bytes; `vm_meta`: `next_id` → the id the next message gets (8 octets, big
 //! endian), so ids are never reused, even after a delete, and `mailbox_index` once the index
-//! below was built; `vm_mailboxes`: one empty row per message, keyed by mailbox then id
-//! ([`mailbox_key`]), so a listing or a quota check reads one mailbox's rows, not the store.
-//! The index row is written before its message and deleted after it: a crash in between
-//! leaves an index row without a message (skipped and removed when met), never a message its
-//! owner cannot list.
+//! below was built; `vm_mailboxes`: one row per message, keyed by mailbox then id
+//! ([`mailbox_key`]), holding the time it was written (Unix milliseconds, 8 octets big
+//! endian; empty in rows of earlier versions), so a listing or a quota check reads one
+//! mailbox's rows, not the store. The index row is written before its message and deleted
+//! after it: a crash in between leaves an index row without a message, never a message its
+//! owner cannot list. Such a stray is skipped when met, and removed only once it is
+//! [`STRAY_AFTER`] old: until then it may be an insert between its two writes
+//! ([`Store::summaries_of`]).
 //!
 //! Every write is committed durably before the call returns. Ids are allocated with the
 //! store's atomic compare-and-swap on `next_id` ([`mediasec_kms_store::update()`]: re-read and
@@ -19,6 +22,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mediasec_kms_store::{RedbStore, Step, Store as Kv, Table, update};
 use zeroize::Zeroizing;
@@ -26,7 +30,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 
 use crate::api::Summary;
 use crate::error::VoicemailError;
-use crate::record::Record;
+use crate::record::{Record, now_ms};
 
 /// The tables of files written before this layout.
 const OLD_MESSAGES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("messages");
@@ -36,6 +40,21 @@ const NEXT_ID: &str = "next_id";
 const MAILBOX_INDEX: &str = "mailbox_index";
 /// Records decoded per [`Kv::range`] call of a scan (a listing never holds them all).
 const SCAN_BATCH: usize = 16;
+/// How old (by the time it holds) a mailbox index row without its message must be before a
+/// listing removes it as a crash leftover *(ours)*. Younger, it may belong to an insert
+/// between its two writes — normally milliseconds apart, two consecutive store calls — and
+/// is kept, not listed, and counted against the quota. Ten minutes, because:
+/// - the age is the listing server's clock minus the inserting server's: while the two
+///   differ by less than half the bound (five minutes, far beyond what NTP-synchronised hosts
+///   drift; the project's MIKEY timestamps and key lifetimes assume synchronised clocks
+///   anyway), a row a listing finds that old was written five minutes or more earlier;
+/// - an insert whose two writes took half the bound or more (its monotonic clock; a store
+///   write can hang longer than any bound: PostgreSQL has no statement timeout here) writes
+///   its index row again afterwards, with a new time ([`Store::insert`]): a removal comparing
+///   against the first time then fails, or is undone. So no insert in progress loses its row;
+/// - what it costs is small: a real crash leftover holds one place of its mailbox's quota
+///   until the first listing after it is ten minutes old.
+const STRAY_AFTER: Duration = Duration::from_secs(600);
 
 fn backend(e: impl Into<redb::Error>) -> VoicemailError {
     VoicemailError::Store(e.into().to_string())
@@ -55,16 +74,29 @@ fn mailbox_prefix(mailbox: &str) -> String {
     format!("{:05}{mailbox}/", mailbox.len())
 }
 
+/// The value of an index row: when it was written, Unix milliseconds.
+fn written_at(ms: u64) -> [u8; 8] {
+    ms.to_be_bytes()
+}
+
+/// The time an index row holds; `None` for a row of an earlier version (empty) or one that
+/// is not 8 octets.
+fn written_ms(row: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(row).ok().map(u64::from_be_bytes)
+}
+
 /// The open store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
+    /// [`STRAY_AFTER`] (shorter in tests, to reach the rewrite of a slow insert).
+    stray_after: Duration,
 }
 
 impl Store {
     /// The message store on a backend (redb, or PostgreSQL shared by servers).
     pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv }
+        Self { kv, stray_after: STRAY_AFTER }
     }
 
     /// Opens (or creates) the embedded store at `path`, moving a file of the former layout
@@ -89,31 +121,40 @@ impl Store {
         .await
     }
 
-    /// Stores a new message under the next id never given; returns the id.
+    /// Stores a new message under the next id never given; returns the id. The index row,
+    /// stamped with the time, is written first. When the two writes took half of
+    /// [`STRAY_AFTER`] or more, a listing may have taken the row for a crash leftover and
+    /// removed it meanwhile, so it is written again, with a later time (a removal still
+    /// comparing against the first one then fails).
     pub async fn insert(&self, mut record: Record) -> Result<u64, VoicemailError> {
         record.id = self.take_id().await?;
         let bytes = record.encode()?;
-        self.kv.put(Table::VoicemailMailboxes, &mailbox_key(&record.mailbox, record.id), b"").await?;
+        let row = mailbox_key(&record.mailbox, record.id);
+        let (started, written) = (Instant::now(), now_ms());
+        self.kv.put(Table::VoicemailMailboxes, &row, &written_at(written)).await?;
         self.kv.put(Table::VoicemailMessages, &key(record.id), &bytes).await?;
+        if started.elapsed() >= self.stray_after / 2 {
+            self.kv.put(Table::VoicemailMailboxes, &row, &written_at(now_ms().max(written.saturating_add(1)))).await?;
+        }
         Ok(record.id)
     }
 
-    /// The ids in `mailbox`'s index, by id, at most `limit` (index rows whose message is gone
-    /// included: [`Self::summaries_of`] removes those it meets).
-    async fn index_ids(&self, mailbox: &str, limit: usize) -> Result<Vec<u64>, VoicemailError> {
+    /// The rows of `mailbox`'s index (id, value), by id, at most `limit` (rows whose message
+    /// is not there included: [`Self::summaries_of`] decides about those it meets).
+    async fn index_rows(&self, mailbox: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, VoicemailError> {
         let prefix = mailbox_prefix(mailbox);
         let (mut from, end) = (mailbox_key(mailbox, 0), mailbox_key(mailbox, u64::MAX));
-        let mut ids = Vec::new();
+        let mut out = Vec::new();
         loop {
-            let rows = self.kv.range(Table::VoicemailMailboxes, &from, &end, SCAN_BATCH.min(limit - ids.len())).await?;
+            let rows = self.kv.range(Table::VoicemailMailboxes, &from, &end, SCAN_BATCH.min(limit - out.len())).await?;
             let batch = rows.len();
-            for (k, _) in &rows {
+            for (k, v) in rows {
                 let id = k.strip_prefix(&prefix).and_then(|id| id.parse::<u64>().ok());
-                ids.push(id.ok_or_else(|| VoicemailError::Store(format!("{}: row {k:?} is no mailbox index row", Table::VoicemailMailboxes.name())))?);
+                out.push((id.ok_or_else(|| VoicemailError::Store(format!("{}: row {k:?} is no mailbox index row", Table::VoicemailMailboxes.name())))?, v));
             }
-            match ids.last().and_then(|id| id.checked_add(1)) {
-                Some(next) if batch == SCAN_BATCH && ids.len() < limit => from = mailbox_key(mailbox, next),
-                _ => return Ok(ids),
+            match out.last().and_then(|(id, _)| id.checked_add(1)) {
+                Some(next) if batch == SCAN_BATCH && out.len() < limit => from = mailbox_key(mailbox, next),
+                _ => return Ok(out),
             }
         }
     }
@@ -138,7 +179,7 @@ impl Store {
     /// How many messages `mailbox` holds, counting up to `limit` (a quota check reads no
     /// more rows than the quota).
     pub async fn count(&self, mailbox: &str, limit: usize) -> Result<usize, VoicemailError> {
-        Ok(self.index_ids(mailbox, limit).await?.len())
+        Ok(self.index_rows(mailbox, limit).await?.len())
     }
 
     /// Replaces message `record.id` (the recording grew) if it is still stored; whether it
@@ -189,23 +230,44 @@ impl Store {
 
     /// The summaries of the messages in `mailboxes`, by id, read through the mailbox index (a
     /// listing reads those mailboxes' messages only, one at a time). An index row whose message
-    /// is gone (a crash between the two writes or deletes) is removed here.
+    /// is not there is skipped, and handed to [`Self::stray`].
     pub async fn summaries_of(&self, mailboxes: &[String]) -> Result<Vec<Summary>, VoicemailError> {
+        // Read before any message is: a row judged old enough here was so before its message
+        // was found missing, which is what makes the rewrite of a slow insert sufficient.
+        let now = now_ms();
         let mut out = Vec::new();
         for mailbox in mailboxes {
-            for id in self.index_ids(mailbox, usize::MAX).await? {
+            for (id, row) in self.index_rows(mailbox, usize::MAX).await? {
                 match self.get(id).await? {
                     Some(r) if &r.mailbox == mailbox => out.push(Summary::of(&r)),
-                    _ => {
-                        tracing::info!(%mailbox, id, "voicemail index row without its message removed");
-                        self.kv.delete(Table::VoicemailMailboxes, &mailbox_key(mailbox, id)).await?;
-                    }
+                    _ => self.stray(mailbox, id, &row, now).await?,
                 }
             }
         }
         out.sort_by_key(|s| s.id);
         out.dedup_by_key(|s| s.id);
         Ok(out)
+    }
+
+    /// An index row without its message, `row` as read at `now_ms`: a crash leftover (between
+    /// an insert's two writes, or a delete's), or an insert between its writes. Removed when
+    /// it is [`STRAY_AFTER`] old; a younger one is kept (and counted). A row of an earlier
+    /// version (no time) is stamped with `now_ms`, so it goes once that old. Both writes are
+    /// compare-and-swaps against the row read: a row an insert wrote again meanwhile stays.
+    async fn stray(&self, mailbox: &str, id: u64, row: &[u8], now_ms: u64) -> Result<(), VoicemailError> {
+        let index_key = mailbox_key(mailbox, id);
+        match written_ms(row) {
+            Some(at) if u128::from(now_ms.saturating_sub(at)) >= self.stray_after.as_millis() => {
+                if self.kv.compare_and_swap(Table::VoicemailMailboxes, &index_key, Some(row), None).await? {
+                    tracing::info!(%mailbox, id, "voicemail index row without its message removed");
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.kv.compare_and_swap(Table::VoicemailMailboxes, &index_key, Some(row), Some(&written_at(now_ms))).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Builds the mailbox index of a store written before it existed (every message gets its
@@ -218,7 +280,7 @@ impl Store {
         }
         let rows = self.scan_rows(|k, v| Ok(crate::record::head(v).ok().map(|h| (k.to_owned(), h)))).await?;
         for (_, head) in &rows {
-            self.kv.put(Table::VoicemailMailboxes, &mailbox_key(&head.mailbox, head.id), b"").await?;
+            self.kv.put(Table::VoicemailMailboxes, &mailbox_key(&head.mailbox, head.id), &written_at(now_ms())).await?;
         }
         self.kv.put(Table::VoicemailMeta, MAILBOX_INDEX, b"1").await?;
         Ok(rows.len())
@@ -293,7 +355,7 @@ fn migrate(path: &Path) -> Result<(), VoicemailError> {
 mod tests {
     use super::*;
     use crate::record::Packet;
-    use mediasec_kms_store::PgStore;
+    use mediasec_kms_store::{AuditEntry, PgStore, StoreFuture};
     use mediasec_kms_store::pg_lab::{PgLab, TempDir};
 
     /// A fresh backend: a redb file in a temporary directory, or a database on a lab
@@ -402,12 +464,30 @@ mod tests {
         assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len(), "purged messages leave the index");
         assert_eq!(store.count("sip:dan@a.example", usize::MAX).await.unwrap(), 0);
 
-        // An index row without its message (a crash between the two writes) is skipped and
-        // removed by the next listing.
-        store.kv.put(Table::VoicemailMailboxes, &mailbox_key("sip:carol@a.example", 999_999), b"").await.unwrap();
-        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len() + 1);
-        assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().len(), fresh.len());
-        assert_eq!(store.count("sip:carol@a.example", usize::MAX).await.unwrap(), fresh.len(), "the stray row is gone");
+        // Index rows without their message. Written just now: maybe an insert between its
+        // two writes, kept and counted by a listing, and its message, written afterwards, is
+        // listed. Written STRAY_AFTER ago: a crash leftover, removed by the next listing.
+        // Written by an earlier version (empty): stamped by the listing that meets it, then
+        // kept as one written just now.
+        let carol = "sip:carol@a.example";
+        let [pending, crashed, legacy] = [store.take_id().await.unwrap(), store.take_id().await.unwrap(), store.take_id().await.unwrap()];
+        let [pending_row, crashed_row, legacy_row] = [pending, crashed, legacy].map(|id| mailbox_key(carol, id));
+        let long_ago = now_ms() - u64::try_from(STRAY_AFTER.as_millis()).unwrap() - 1_000;
+        store.kv.put(Table::VoicemailMailboxes, &pending_row, &written_at(now_ms())).await.unwrap();
+        store.kv.put(Table::VoicemailMailboxes, &crashed_row, &written_at(long_ago)).await.unwrap();
+        store.kv.put(Table::VoicemailMailboxes, &legacy_row, b"").await.unwrap();
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), fresh.len() + 3);
+        assert_eq!(store.summaries_of(&[carol.into()]).await.unwrap().len(), fresh.len(), "no message: not listed");
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), fresh.len() + 2, "the insert in progress and the earlier version's row still count");
+        assert_eq!(store.kv.get(Table::VoicemailMailboxes, &crashed_row).await.unwrap(), None, "the old stray is gone");
+        let stamped = store.kv.get(Table::VoicemailMailboxes, &legacy_row).await.unwrap().expect("kept");
+        assert!(written_ms(&stamped).is_some_and(|at| at > long_ago), "stamped with the listing's time");
+        store.kv.put(Table::VoicemailMessages, &key(pending), &Record { id: pending, ..record(carol) }.encode().unwrap()).await.unwrap();
+        assert!(store.summaries_of(&[carol.into()]).await.unwrap().iter().any(|s| s.id == pending), "the message written afterwards is listed");
+        assert!(store.kv.get(Table::VoicemailMailboxes, &legacy_row).await.unwrap().is_some(), "a stamped row is young");
+        assert!(store.delete(pending, carol).await.unwrap());
+        assert!(store.kv.delete(Table::VoicemailMailboxes, &legacy_row).await.unwrap());
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), fresh.len());
 
         // A store written before the index: its messages get their rows once, at start.
         assert_eq!(store.index_mailboxes().await.unwrap(), fresh.len(), "a first run writes every message's row (again: the same rows)");
@@ -458,6 +538,83 @@ mod tests {
         assert_eq!(store.count(hal, usize::MAX).await.unwrap(), admitted, "the refused ones left nothing");
         while store.insert_within(record(hal), 5).await.unwrap().is_some() {}
         assert_eq!(store.count(hal, usize::MAX).await.unwrap(), 5, "one at a time: filled to the quota, not past it");
+    }
+
+    /// A backend that, just before each message is written, lists `mailbox` through a store
+    /// with the bound `stray_after` and notes what it listed and then counted: that listing
+    /// meets every insert between its two writes.
+    struct ListingBetweenWrites {
+        inner: Arc<dyn Kv>,
+        mailbox: String,
+        stray_after: Duration,
+        seen: std::sync::Mutex<Vec<(Vec<u64>, usize)>>,
+    }
+
+    impl Kv for ListingBetweenWrites {
+        fn get<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+            self.inner.get(table, key)
+        }
+        fn put<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                if table == Table::VoicemailMessages {
+                    let listing = Store { kv: self.inner.clone(), stray_after: self.stray_after };
+                    let listed = listing.summaries_of(std::slice::from_ref(&self.mailbox)).await.unwrap().iter().map(|s| s.id).collect();
+                    let counted = listing.count(&self.mailbox, usize::MAX).await.unwrap();
+                    self.seen.lock().unwrap().push((listed, counted));
+                }
+                self.inner.put(table, key, value).await
+            })
+        }
+        fn put_if_absent<'a>(&'a self, table: Table, key: &'a str, value: &'a [u8]) -> StoreFuture<'a, Vec<u8>> {
+            self.inner.put_if_absent(table, key, value)
+        }
+        fn compare_and_swap<'a>(&'a self, table: Table, key: &'a str, expected: Option<&'a [u8]>, new: Option<&'a [u8]>) -> StoreFuture<'a, bool> {
+            self.inner.compare_and_swap(table, key, expected, new)
+        }
+        fn range<'a>(&'a self, table: Table, from: &'a str, to: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+            self.inner.range(table, from, to, limit)
+        }
+        fn range_from<'a>(&'a self, table: Table, from: &'a str, limit: usize) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+            self.inner.range_from(table, from, limit)
+        }
+        fn delete<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, bool> {
+            self.inner.delete(table, key)
+        }
+        fn list<'a>(&'a self, table: Table) -> StoreFuture<'a, Vec<(String, Vec<u8>)>> {
+            self.inner.list(table)
+        }
+        fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, u64> {
+            self.inner.append_audit(entry)
+        }
+        fn audit<'a>(&'a self, after: u64, limit: usize) -> StoreFuture<'a, Vec<(u64, AuditEntry)>> {
+            self.inner.audit(after, limit)
+        }
+    }
+
+    /// The race of a listing with an insert between its two writes. With the real bound the
+    /// listing keeps the new row (not listed yet, counted) and the message is listed once
+    /// written. An insert slow enough for a listing to take its row for a leftover (here the
+    /// bound is zero, so every insert is) loses the row to that listing and writes it again:
+    /// the message is listed all the same.
+    #[tokio::test]
+    async fn a_listing_between_an_inserts_two_writes_does_not_lose_its_message() {
+        let dir = TempDir::new("vm-race").unwrap();
+        let inner: Arc<dyn Kv> = Arc::new(RedbStore::open(&dir.path().join("vm.redb")).unwrap());
+        let carol = "sip:carol@a.example";
+        let between = |stray_after| Arc::new(ListingBetweenWrites { inner: inner.clone(), mailbox: carol.into(), stray_after, seen: std::sync::Mutex::default() });
+
+        let kv = between(STRAY_AFTER);
+        let first = Store::new(kv.clone()).insert(record(carol)).await.unwrap();
+        assert_eq!(*kv.seen.lock().unwrap(), [(vec![], 1)], "between the writes: not listed, kept, counted");
+        let plain = Store::new(inner.clone());
+        assert_eq!(plain.summaries_of(&[carol.into()]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [first]);
+
+        let kv = between(Duration::ZERO);
+        let slow = Store { kv: kv.clone(), stray_after: Duration::ZERO };
+        let second = slow.insert(record(carol)).await.unwrap();
+        assert_eq!(*kv.seen.lock().unwrap(), [(vec![first], 1)], "between the writes: the row taken for a leftover and removed");
+        assert_eq!(plain.summaries_of(&[carol.into()]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), [first, second], "written again after the message");
+        assert_eq!(plain.count(carol, usize::MAX).await.unwrap(), 2);
     }
 
     async fn insert_many(s: &Store) -> Vec<u64> {
