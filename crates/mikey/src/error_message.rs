@@ -103,7 +103,12 @@ impl ErrorReport {
 /// giving [`ErrorReport::Authenticated`]; a message without V, or any message when `key` is
 /// `None`, gives [`ErrorReport::Unauthenticated`].
 pub fn verify(bytes: &[u8], key: Option<ErrorKey<'_>>) -> Result<ErrorReport> {
-    let m = Message::decode(bytes)?;
+    report(&Message::decode(bytes)?, bytes, key)
+}
+
+/// [`verify`] of `m`, the message `bytes` decode to (a caller that reads more of the message
+/// decodes it once).
+pub(crate) fn report(m: &Message, bytes: &[u8], key: Option<ErrorKey<'_>>) -> Result<ErrorReport> {
     if m.header.data_type != DataType::ERROR {
         return Err(Error::rejected(ErrorCode::INVALID_DT, format!("{:?} is not an error message", m.header.data_type)));
     }

@@ -274,7 +274,11 @@ pub(crate) struct Parsed {
 }
 
 pub(crate) fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
-    let message = Message::decode(bytes)?;
+    parse_decoded(Message::decode(bytes)?, bytes, dt)
+}
+
+/// [`parse`] of `message`, the message `bytes` decode to.
+fn parse_decoded(message: Message, bytes: &[u8], dt: DataType) -> Result<Parsed> {
     if message.header.data_type != dt {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, expected {dt:?}", message.header.data_type)));
     }
@@ -516,19 +520,18 @@ impl Pending {
     /// anyone on the path could have sent it, a hint only (RFC 3830 §9). A SIGN that does not
     /// verify, or an error for another CSB ID, is an error, never a report.
     pub fn refusal(&self, error_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<(ErrorReport, Option<String>)> {
-        let report = crate::error_message::verify(error_message, None)?;
+        let message = Message::decode(error_message)?;
+        let report = crate::error_message::report(&message, error_message, None)?;
         let ErrorReport::Unauthenticated { header, codes } = report else {
             return Err(rejected(ErrorCode::UNSPECIFIED, "error message read as authenticated without a key"));
         };
         if header.csb_id != self.offer.csb_id {
             return Err(rejected(ErrorCode::UNSPECIFIED, format!("error message for CSB ID {:#010x}, not ours", header.csb_id)));
         }
-        let p = parse(error_message, DataType::ERROR);
-        let signed = Message::decode(error_message).is_ok_and(|m| matches!(m.payloads.last(), Some(Payload::Sign(_))));
-        if !signed {
+        if !matches!(message.payloads.last(), Some(Payload::Sign(_))) {
             return Ok((ErrorReport::Unauthenticated { header, codes }, None));
         }
-        let p = p?;
+        let p = parse_decoded(message, error_message, DataType::ERROR)?;
         let signer = p.uri(IdRole::RESPONDER)?;
         p.verify(error_message, kpak, &signer)?;
         p.check_fresh(now_ntp, skew_secs)?;
@@ -757,6 +760,37 @@ mod tests {
         assert!(other.refusal(&reply, &kpak, NOW, 30).is_err(), "another CSB's error");
         let late = NOW + (120u64 << 32);
         assert_eq!(pending.refusal(&reply, &kpak, late, 30).unwrap_err().err_code(), ErrorCode::INVALID_TS);
+    }
+
+    /// What [`Pending::refusal`] reads besides a well-formed refusal: a DH_INIT is no error
+    /// message (ERR Invalid DT), truncated bytes do not decode, and an error message that ends
+    /// with SIGN but names no signer (no IDRr) is an error, never a report.
+    #[test]
+    fn a_refusal_is_an_error_message_naming_its_signer() {
+        const NOW: u64 = fuzz::NOW;
+        let kms = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let id = signer_identity(fuzz::ALICE, &ntp(NOW)).unwrap();
+        let (ssk, pvt) = draw(&mut random, |v| kms.issue(&id, v)).unwrap();
+        let alice = SigningKey::new(&kms.kpak(), &id, ssk, pvt).unwrap();
+        let o = Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: 0x5151_0004,
+            initiator_uri: fuzz::ALICE.into(),
+            responder_uri: fuzz::BOB.into(),
+            initiator_ssrc: 7,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let (init, pending) = offer(&o, &alice, NOW, &mut random).unwrap();
+        let kpak = kms.kpak();
+        assert_eq!(pending.refusal(&init, &kpak, NOW, 30).unwrap_err().err_code(), ErrorCode::INVALID_DT);
+        assert!(pending.refusal(&init[..init.len() / 2], &kpak, NOW, 30).is_err(), "truncated");
+
+        let header = Message::decode(&init).unwrap().header;
+        let unsigned = crate::error_message::build(&header, ntp(NOW), &[ErrorCode::UNSPECIFIED], None).unwrap();
+        let (report, signer) = pending.refusal(&unsigned, &kpak, NOW, 30).unwrap();
+        assert!(!report.is_authenticated() && report.codes() == [ErrorCode::UNSPECIFIED] && signer.is_none(), "{report:?}");
+        let anonymous = seal(Message::decode(&unsigned).unwrap(), &alice, &mut random).unwrap();
+        assert_eq!(pending.refusal(&anonymous, &kpak, NOW, 30).unwrap_err().err_code(), ErrorCode::INVALID_ID, "signed, no IDRr");
     }
 
     #[test]
