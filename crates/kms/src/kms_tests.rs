@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::identity::Pattern;
+use crate::li::LiTransferInit;
 use crate::ue::{Ask, Ue};
 use crate::zn::{NafKey, StaticZn};
 
@@ -467,7 +468,7 @@ async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
     let (now, s) = (NOW.as_secs() + 5, NOW.as_secs());
     // Warrant on the caller, then on the callee: the keys both UEs derived.
     for target in ["alice@a.example", "bob@a.example"] {
-        let r = w.a.li_release(&warrant(target, s - 10, s + 100), &c.ti, Some(&c.tr), now, None).unwrap();
+        let r = w.a.li_release(&warrant(target, s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None).unwrap();
         assert_eq!((r.initiator.as_str(), r.responder.as_str(), r.answered), ("alice@a.example", "bob@a.example", true));
         same_keys(&r.media, &c.m_i);
         same_keys(&r.media, &c.m_r);
@@ -477,7 +478,7 @@ async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
         let key = mediasec_srtp::MasterKey::new(&p.master_key, &p.master_salt).with_mki(&p.mki);
         mediasec_srtp::Session::new(&mediasec_srtp::Policy::new(p.suite.parse().unwrap(), key)).unwrap()
     };
-    let released = w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, None).unwrap();
+    let released = w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None).unwrap();
     let mut packet = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xaa, 0xaa, 1, 2, 3];
     srtp(&c.m_i.initiator_stream).protect_rtp_vec(&mut packet).unwrap();
     srtp(&released.media.initiator_stream).unprotect_rtp_vec(&mut packet).unwrap();
@@ -487,36 +488,36 @@ async fn li_releases_exactly_the_call_keys_of_a_warrant_target() {
     srtp(&released.media.responder_stream).unprotect_rtp_vec(&mut back).unwrap();
     assert_eq!(back.get(12..), Some(&[4u8, 5][..]));
     // Without TRANSFER_RESP (non-forking ticket): same keys, CS 2's SSRC unknown.
-    let r = w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &c.ti, None, now, None).unwrap();
+    let r = w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), None, now, None).unwrap();
     assert_eq!((&*r.media.responder_stream.master_key, r.media.responder_stream.ssrc, r.answered), (&*c.m_r.responder_stream.master_key, 0, false));
     assert_eq!(*r.media.initiator_stream.master_salt, *c.m_i.initiator_stream.master_salt);
     // Someone else, an expired or future warrant, a window the call is not in: refused.
-    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, None)), crate::li::Refusal::NotAParty);
-    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s - 100, now - 1), &c.ti, Some(&c.tr), now, None)), crate::li::Refusal::WarrantExpired);
-    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", now + 1, now + 100), &c.ti, Some(&c.tr), now, None)), crate::li::Refusal::WarrantNotYetActive);
+    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None)), crate::li::Refusal::NotAParty);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s - 100, now - 1), LiTransferInit::read(&c.ti), Some(&c.tr), now, None)), crate::li::Refusal::WarrantExpired);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", now + 1, now + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None)), crate::li::Refusal::WarrantNotYetActive);
     // Active now, but the ticket (valid NOW..NOW+600) and the call precede the window.
-    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 700, s + 900), &c.ti, Some(&c.tr), s + 800, None)), crate::li::Refusal::OutsideWindow);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 700, s + 900), LiTransferInit::read(&c.ti), Some(&c.tr), s + 800, None)), crate::li::Refusal::OutsideWindow);
     // Ticket valid in the window but the call (at NOW+1) before it.
-    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 2, s + 100), &c.ti, Some(&c.tr), now, None)), crate::li::Refusal::OutsideWindow);
+    assert_eq!(refusal(w.a.li_release(&warrant("alice@a.example", s + 2, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None)), crate::li::Refusal::OutsideWindow);
     // Another KMS's ticket: its operator's LI.
     let mut carol = ue("carol@b.example", "kms.b.example");
     let theirs = request(&w.b, &w.zn_b, &mut carol, &ask("alice@a.example", false), 0).await.unwrap();
     let (ti_b, _) = carol.transfer_init(&theirs, &alice.uid.clone(), 7, 7, NOW, [7; 16]).unwrap();
-    assert!(matches!(refusal(w.a.li_release(&warrant("carol@b.example", s, s + 100), &ti_b, None, now, None)), crate::li::Refusal::ForeignTicket(_)));
+    assert!(matches!(refusal(w.a.li_release(&warrant("carol@b.example", s, s + 100), LiTransferInit::read(&ti_b), None, now, None)), crate::li::Refusal::ForeignTicket(_)));
     // A ring that does not hold the ticket's key: not ours either.
     let other = kms("kms.a.example.", "a.example");
     let other = Kms::new(KmsConfig { fqdn: "kms.a.example".into(), ..other.config().clone() }, Policies::default(), Users::default(), (*other.ring()).clone(), counter());
-    assert!(matches!(refusal(other.li_release(&warrant("alice@a.example", s, s + 100), &c.ti, None, now, None)), crate::li::Refusal::ForeignTicket(_)));
+    assert!(matches!(refusal(other.li_release(&warrant("alice@a.example", s, s + 100), LiTransferInit::read(&c.ti), None, now, None)), crate::li::Refusal::ForeignTicket(_)));
     // Malformed or tampered input: typed input errors.
     let mut bad = c.ti.clone();
     let n = bad.len();
     bad[n - 1] ^= 1;
-    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), &bad, None, now, None), Err(KmsError::LiInput(_))));
-    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), b"junk", None, now, None), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), LiTransferInit::read(&bad), None, now, None), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), LiTransferInit::read(b"junk"), None, now, None), Err(KmsError::LiInput(_))));
     let mut bad = c.tr.clone();
     let n = bad.len();
     bad[n - 1] ^= 1;
-    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), &c.ti, Some(&bad), now, None), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s, s + 100), LiTransferInit::read(&c.ti), Some(&bad), now, None), Err(KmsError::LiInput(_))));
     // Warrant fields are validated.
     assert!(crate::li::Warrant { id: "bad id/1".into(), ..warrant("alice@a.example", 1, 2) }.validate().is_err());
     assert!(crate::li::Warrant { id: "w1".into(), ..warrant("alice@a.example", 3, 2) }.validate().is_err());
@@ -537,30 +538,30 @@ async fn li_releases_a_ue_made_call_while_the_creators_bootstrap_lives() {
     let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x6a)).unwrap();
     let c = call_msgs(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap();
     let (now, s) = (NOW.as_secs() + 5, NOW.as_secs());
-    assert_eq!(w.a.li_ue_made_btid(&c.ti).as_deref(), Some("btid-alice@a.example"));
-    assert_eq!(w.b.li_ue_made_btid(&c.ti), None, "another KMS's UE-made ticket: not its LI");
+    assert_eq!(w.a.li_ue_made_btid(&LiTransferInit::read(&c.ti)).as_deref(), Some("btid-alice@a.example"));
+    assert_eq!(w.b.li_ue_made_btid(&LiTransferInit::read(&c.ti)), None, "another KMS's UE-made ticket: not its LI");
     let alices = w.zn_a.naf_key("btid-alice@a.example", now).await.unwrap().unwrap();
     for target in ["alice@a.example", "bob@a.example"] {
-        let r = w.a.li_release(&warrant(target, s - 10, s + 100), &c.ti, Some(&c.tr), now, Some(&alices)).unwrap();
+        let r = w.a.li_release(&warrant(target, s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, Some(&alices)).unwrap();
         assert_eq!((r.initiator.as_str(), r.responder.as_str(), r.answered), ("alice@a.example", "bob@a.example", true));
         same_keys(&r.media, &c.m_i);
         same_keys(&r.media, &c.m_r);
     }
-    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, Some(&alices))), crate::li::Refusal::NotAParty);
+    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, Some(&alices))), crate::li::Refusal::NotAParty);
     let why = |r| match refusal(r) {
         crate::li::Refusal::UeMadeTicket(why) => why,
         other => panic!("expected a UE-made ticket refusal, got {other}"),
     };
-    let expired = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, None));
+    let expired = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, None));
     assert!(expired.contains("bootstrap is unknown or expired"), "{expired}");
     let bobs = w.zn_a.naf_key("btid-bob@a.example", now).await.unwrap().unwrap();
-    let wrong = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, Some(&bobs)));
+    let wrong = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, Some(&bobs)));
     assert!(wrong.contains("not an identity of the ticket's B-TID"), "{wrong}");
     // Same B-TID and identities but another key (a forged Zn answer): the ticket does not open.
     let forged = NafKey::new(&[0x11; 32], alices.impus.clone(), alices.expiry);
-    assert!(matches!(refusal(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, Some(&forged))), crate::li::Refusal::UeMadeTicket(_)));
+    assert!(matches!(refusal(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, Some(&forged))), crate::li::Refusal::UeMadeTicket(_)));
     w.a.set_policies(Policies::from_toml(&POLICY.replace("mode3 = true", "mode3 = false")).unwrap());
-    let policy = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &c.ti, Some(&c.tr), now, Some(&alices)));
+    let policy = why(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&c.ti), Some(&c.tr), now, Some(&alices)));
     assert!(policy.contains("policy does not allow UE-made tickets"), "{policy}");
 }
 
@@ -577,15 +578,15 @@ async fn li_on_a_forked_call_releases_only_the_answering_responder_keys() {
     let (_, m_i) = alice.on_transfer_resp(&pt, &tr_d, NOW).unwrap();
     let (s, now) = (NOW.as_secs(), NOW.as_secs() + 5);
     // Warrant on the callee who answered (forked keys from its TRANSFER_RESP).
-    let r = w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &ti, Some(&tr_d), now, None).unwrap();
+    let r = w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), LiTransferInit::read(&ti), Some(&tr_d), now, None).unwrap();
     assert_eq!(r.responder.as_str(), "dan@a.example");
     same_keys(&r.media, &m_d);
     same_keys(&r.media, &m_i);
     // Dan's warrant gives nothing of Bob's leg; the caller's warrant gives either leg.
-    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), &ti, Some(&tr_b), now, None)), crate::li::Refusal::NotAParty);
-    same_keys(&w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &ti, Some(&tr_b), now, None).unwrap().media, &m_b);
+    assert_eq!(refusal(w.a.li_release(&warrant("dan@a.example", s - 10, s + 100), LiTransferInit::read(&ti), Some(&tr_b), now, None)), crate::li::Refusal::NotAParty);
+    same_keys(&w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&ti), Some(&tr_b), now, None).unwrap().media, &m_b);
     // A forking ticket needs the TRANSFER_RESP (TGK' depends on the responder).
-    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), &ti, None, now, None), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&ti), None, now, None), Err(KmsError::LiInput(_))));
     // A TRANSFER_RESP claiming Bob but keyed by Dan does not verify.
     let mut forged = Message::decode(&tr_d).unwrap();
     for p in forged.payloads.iter_mut() {
@@ -594,7 +595,7 @@ async fn li_on_a_forked_call_releases_only_the_answering_responder_keys() {
         }
     }
     let forged = forged.encode().unwrap();
-    assert!(matches!(w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), &ti, Some(&forged), now, None), Err(KmsError::LiInput(_))));
+    assert!(matches!(w.a.li_release(&warrant("bob@a.example", s - 10, s + 100), LiTransferInit::read(&ti), Some(&forged), now, None), Err(KmsError::LiInput(_))));
 }
 
 /// Deferred delivery (docs/voicemail.md, profile decision 18): the caller's keys from its own

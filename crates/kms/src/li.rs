@@ -23,7 +23,7 @@ use mediasec_kms_store::Table;
 use mediasec_mikey::eccsi::Kpak;
 use mediasec_mikey::forking;
 use mediasec_mikey::{mikey_sakke, sakke};
-use mediasec_mikey::payload::{BaseTicketData, TicketFlags};
+use mediasec_mikey::payload::{BaseTicketData, Ticket, TicketFlags};
 use mediasec_mikey::registry::{DataType, IdRole};
 use mediasec_mikey::srtp_policy::SrtpPolicy;
 use mediasec_mikey::ticket as tk;
@@ -186,7 +186,7 @@ impl Release {
 }
 
 /// The ticket's issue time (T of its Ticket Data), UNIX seconds.
-fn issued_at(ticket: &mediasec_mikey::payload::Ticket) -> Option<u64> {
+fn issued_at(ticket: &Ticket) -> Option<u64> {
     BaseTicketData::decode(&ticket.ticket_data, 0).ok()?.payloads.iter().find_map(|p| if let Payload::T(t) = p { unix_of(t) } else { None })
 }
 
@@ -205,16 +205,10 @@ impl Kms {
     /// identity of that bootstrap); without it the release is refused
     /// ([`Refusal::UeMadeTicket`]): once the bootstrap has expired, no key of the call exists
     /// anywhere in the network.
-    pub fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64, creator_key: Option<&NafKey>) -> Result<Release, KmsError> {
+    pub fn li_release(&self, warrant: &Warrant, transfer_init: LiTransferInit<'_>, transfer_resp: Option<&[u8]>, now: u64, creator_key: Option<&NafKey>) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
-        match Message::decode(transfer_init).map(|m| m.header.data_type) {
-            Ok(DataType::DH_INIT | DataType::DH_RESP) => return Err(Refusal::HighSecurityCall.into()),
-            Ok(DataType::SAKKE) => return Err(input("transfer_init", "a MIKEY-SAKKE I_MESSAGE: released with the SAKKE master secret (Kms::li_release_sakke, Service::li_release)")),
-            _ => {}
-        }
-        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
-        let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
-        let data = TpData::decode(&ticket.policy.data).map_err(|e| input("ticket TP Data", e))?;
+        let LiTransferInit { bytes: transfer_init, read, .. } = transfer_init;
+        let (ticket, data) = read?;
         if data.kms.as_deref() != Some(self.config().fqdn.as_str()) {
             return Err(Refusal::ForeignTicket(format!("issued by {}", data.kms.as_deref().unwrap_or("no KMS"))).into());
         }
@@ -260,16 +254,50 @@ impl Kms {
     }
 }
 
+/// An intercepted TRANSFER_INIT, decoded once for one key release: read by
+/// [`Kms::li_ue_made_btid`] (whose Ks_NAF to look up) and then by [`Kms::li_release`].
+pub struct LiTransferInit<'a> {
+    bytes: &'a [u8],
+    /// The data type of the message, when it decodes.
+    data_type: Option<DataType>,
+    /// The ticket of the TRANSFER_INIT and its TP Data; or why the message is no ticket call
+    /// to release (reported by [`Kms::li_release`] after its warrant check).
+    read: Result<(Ticket, TpData), KmsError>,
+}
+
+impl<'a> LiTransferInit<'a> {
+    /// Decodes `bytes` (the MIKEY message of the call's offer) and reads its ticket.
+    pub fn read(bytes: &'a [u8]) -> Self {
+        let message = Message::decode(bytes).map_err(|e| input("transfer_init", e));
+        let data_type = message.as_ref().ok().map(|m| m.header.data_type);
+        let read: Result<(Ticket, TpData), KmsError> = message.and_then(|m| match m.header.data_type {
+            DataType::DH_INIT | DataType::DH_RESP => Err(Refusal::HighSecurityCall.into()),
+            DataType::SAKKE => Err(input("transfer_init", "a MIKEY-SAKKE I_MESSAGE: released with the SAKKE master secret (Kms::li_release_sakke, Service::li_release)")),
+            _ => {
+                let ti = tk::expect(m, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
+                let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
+                let data = TpData::decode(&ticket.policy.data).map_err(|e| input("ticket TP Data", e))?;
+                Ok((ticket, data))
+            }
+        });
+        Self { bytes, data_type, read }
+    }
+
+    /// The data type of the message, when it decodes (a MIKEY-SAKKE I_MESSAGE is released
+    /// by [`Kms::li_release_sakke`]).
+    pub fn data_type(&self) -> Option<DataType> {
+        self.data_type
+    }
+}
+
 impl Kms {
     /// The B-TID whose Ks_NAF [`Kms::li_release`] needs for the call of `transfer_init`: the
     /// IDRpsk of a UE-made (mode 3) ticket this KMS would resolve; `None` for anything else
     /// (KMS-made tickets, other KMSs' tickets, malformed input: `li_release` reports those).
-    pub fn li_ue_made_btid(&self, transfer_init: &[u8]) -> Option<String> {
-        let ti = tk::decode_expect(transfer_init, DataType::TRANSFER_INIT).ok()?;
-        let ticket = tk::ticket_of(&ti).ok()?;
-        let data = TpData::decode(&ticket.policy.data).ok()?;
+    pub fn li_ue_made_btid(&self, transfer_init: &LiTransferInit<'_>) -> Option<String> {
+        let (ticket, data) = transfer_init.read.as_ref().ok()?;
         let ours = data.kms.as_deref() == Some(self.config().fqdn.as_str());
-        (ours && !ticket.policy.flags.contains(TicketFlags::D)).then_some(data.psk).flatten()
+        (ours && !ticket.policy.flags.contains(TicketFlags::D)).then(|| data.psk.clone()).flatten()
     }
 }
 

@@ -111,8 +111,8 @@ pub mod fuzzing {
         });
         if let Ok(target) = KmsUid::parse("a@a.example") {
             let w = crate::li::Warrant { id: "w".into(), target, not_before: 0, not_after: u64::MAX };
-            let _ = kms.li_release(&w, body, Some(body), now.as_secs(), None);
-            let _ = kms.li_release(&w, body, None, now.as_secs(), None);
+            let _ = kms.li_release(&w, crate::li::LiTransferInit::read(body), Some(body), now.as_secs(), None);
+            let _ = kms.li_release(&w, crate::li::LiTransferInit::read(body), None, now.as_secs(), None);
         }
     }
 }

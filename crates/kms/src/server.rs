@@ -200,18 +200,18 @@ impl Service {
     /// UE-made (mode 3) ticket, the creator's Ks_NAF is looked up over Zn first (as for a
     /// resolution; the target sees nothing of it).
     pub async fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
-        let sakke = mediasec_mikey::Message::decode(transfer_init).is_ok_and(|m| m.header.data_type == mediasec_mikey::registry::DataType::SAKKE);
-        if sakke {
+        let read = crate::li::LiTransferInit::read(transfer_init);
+        if read.data_type() == Some(mediasec_mikey::registry::DataType::SAKKE) {
             if transfer_resp.is_some() {
                 return Err(KmsError::LiInput("transfer_resp: a MIKEY-SAKKE call has no response message".into()));
             }
             return self.prov.li_release_sakke(&self.kms, warrant, transfer_init, now);
         }
-        let creator_key = match self.kms.li_ue_made_btid(transfer_init) {
+        let creator_key = match self.kms.li_ue_made_btid(&read) {
             Some(btid) => self.zn.naf_key(&btid, now).await?,
             None => None,
         };
-        self.kms.li_release(warrant, transfer_init, transfer_resp, now, creator_key.as_deref())
+        self.kms.li_release(warrant, read, transfer_resp, now, creator_key.as_deref())
     }
 
     /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.

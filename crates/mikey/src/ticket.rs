@@ -109,7 +109,12 @@ pub fn seal(mut m: Message, auth_key: &[u8], extra: &[&[u8]]) -> Result<Vec<u8>>
 /// Decodes `bytes`, checks the data type, the PRF and the CS ID map type
 /// ([`check_cs_map`]), and returns the message.
 pub fn decode_expect(bytes: &[u8], dt: DataType) -> Result<Message> {
-    let m = Message::decode(bytes)?;
+    expect(Message::decode(bytes)?, dt)
+}
+
+/// The checks of [`decode_expect`] on a message already decoded (a caller that looks at it
+/// first decodes it once).
+pub fn expect(m: Message, dt: DataType) -> Result<Message> {
     if m.header.data_type != dt {
         return Err(Error::rejected(ErrorCode::INVALID_DT, format!("expected {dt:?}, got {:?}", m.header.data_type)));
     }

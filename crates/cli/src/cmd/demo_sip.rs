@@ -304,7 +304,7 @@ fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
     let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
-    Ok(match service.kms().li_release(&warrant, dh_init, None, now, None) {
+    Ok(match service.kms().li_release(&warrant, mediasec_kms::li::LiTransferInit::read(dh_init), None, now, None) {
         Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::HighSecurityCall)) => (true, ", KMS LI key release: refused (no ticket, no key)".into()),
         Ok(_) => (false, ", KMS LI key release: KEYS RELEASED".into()),
         Err(e) => (false, format!(", KMS LI key release: unexpected answer ({e})")),
