@@ -33,6 +33,7 @@ pub mod pg_tls;
 pub mod redb_store;
 pub mod rekey;
 pub mod sealed;
+pub mod servers;
 pub mod update;
 
 pub use pg::PgStore;
@@ -93,11 +94,15 @@ pub enum Table {
     /// A master-key rotation in progress ([`rekey`]), keyed by the service whose rows it
     /// re-seals (`kms`, `bsf`); the row exists from the start of the rotation to its end.
     Rekey,
+    /// The servers using the store and the master keys they seal and open with (by
+    /// fingerprint), keyed `<scope>/<instance id>`, each refreshed while the server runs
+    /// ([`servers`]): what the online master-key rotation checks.
+    Servers,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -113,6 +118,7 @@ impl Table {
         Self::VoicemailMeta,
         Self::VoicemailMailboxes,
         Self::Rekey,
+        Self::Servers,
     ];
 
     /// The table's name in the backend. The BSF's names are those of its redb file before it
@@ -134,6 +140,7 @@ impl Table {
             Self::VoicemailMeta => "vm_meta",
             Self::VoicemailMailboxes => "vm_mailboxes",
             Self::Rekey => "rekey",
+            Self::Servers => "servers",
         }
     }
 }
