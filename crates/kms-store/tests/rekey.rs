@@ -279,7 +279,7 @@ fn the_online_phases_are_checked_by_the_servers_rows() {
 
             // Phase 2 before phase 1 is done: refused, A still serves.
             let e = register(&s, &phase2, "A2", l).await.expect_err("B cannot open NEW").to_string();
-            assert!(e.contains("cannot open") && e.contains("B (seals with"), "{e}");
+            assert!(e.contains("A2 (seals with") && e.contains("cannot open"), "{e}");
             // Phase 1: A opens NEW too; B as well.
             a.deregister().await.expect("A stops");
             let a = register(&s, &phase1, "A", l).await.expect("A in phase 1");
