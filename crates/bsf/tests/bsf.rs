@@ -1038,7 +1038,8 @@ async fn online_rekey_with_two_replicas_on_postgres() {
 
     // The walk, with bootstraps and look-ups going on at both replicas.
     let (xu, yu) = (x.0.url.clone(), y.0.url.clone());
-    let walk = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Online(Liveness::default()), &mut go.clone());
+    let mut progress = go;
+    let walk = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Online(Liveness::default()), &mut progress);
     let traffic = async {
         let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
         let mut s = sqn;
