@@ -44,7 +44,7 @@ use std::ops::ControlFlow;
 use zeroize::Zeroizing;
 
 use crate::sealed::{MasterKey, MasterKeys, SealError, open_row, row_aad};
-use crate::servers::{Liveness, live_servers, now_ms};
+use crate::servers::{Liveness, forget_all, live_servers, now_ms};
 use crate::update::{Step, update};
 use crate::{AuditEntry, Store, StoreError, Table};
 
@@ -380,12 +380,19 @@ pub async fn check_no_rotation(store: &dyn Store, scope: &str, keys: &MasterKeys
 }
 
 impl<'s> Rotation<'s> {
-    /// Starts (or resumes) the rotation of `scope` on `store`: records the marker (sealed
-    /// under the new key) and the audit entry `master_key.rekey.begin` by `actor`. A marker
+    /// Starts (or resumes) the offline rotation of `scope` on `store`: records the marker
+    /// (sealed under the new key), deletes the rows of the servers of `scope` (all stopped:
+    /// rows left by crashes, [`crate::servers::forget_all`]) and appends the audit entry
+    /// `master_key.rekey.begin` by `actor`. A marker
     /// left by an unfinished run with the same new key is resumed; one with another new key
     /// is refused ([`RekeyError::OtherRotation`]).
     pub async fn begin(store: &'s dyn Store, scope: &str, keys: Keys, actor: &str) -> Result<Self, RekeyError> {
         let (_, resumed) = Self::mark(store, scope, &keys, MARKER).await?;
+        // Every server is stopped: their rows are left by crashes ([`crate::servers`]).
+        let forgotten = forget_all(store, scope).await?;
+        if forgotten > 0 {
+            tracing::info!(scope, forgotten, "removed the rows of servers gone (the rotation is offline)");
+        }
         Self::begun(store, scope, keys, actor, if resumed { "resuming an unfinished rotation" } else { "started" }).await
     }
 

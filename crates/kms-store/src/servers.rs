@@ -123,6 +123,23 @@ pub async fn live_servers(store: &dyn Store, scope: &str, liveness: &Liveness) -
     Ok(live)
 }
 
+/// Deletes every server row of `scope`: an offline rotation runs with every server stopped, so
+/// each row is one of a server gone (a crash), and a server restarted with the new key right
+/// after must not wait for the liveness timeout of a server of the old key.
+pub async fn forget_all(store: &dyn Store, scope: &str) -> Result<u64, StoreError> {
+    let (from, to) = prefix(scope);
+    let mut n = 0;
+    loop {
+        let batch = store.range(Table::Servers, &from, &to, crate::rekey::BATCH).await?;
+        if batch.is_empty() {
+            return Ok(n);
+        }
+        for (key, _) in batch {
+            n += u64::from(store.delete(Table::Servers, &key).await?);
+        }
+    }
+}
+
 /// Why two servers cannot share a store: `a` seals with a key `b` cannot open, or the reverse.
 fn conflict(a: &ServerRecord, b: &ServerRecord) -> Option<String> {
     if !b.opens.contains(&a.seals) {

@@ -85,7 +85,13 @@ fn every_row_is_resealed_in_batches_and_recorded() {
     backends("all", |s| {
         rt().block_on(async {
             fill(&*s).await;
+            // A server of the old key that crashed: its row does not outlive an offline rotation.
+            let crashed = register(&s, &server(OLD, &[]), "crashed", Liveness::default()).await.expect("register");
+            let bsf = Registration::register(Arc::clone(&s), "bsf", &server(OLD, &[]), "bsf", Liveness::default()).await.expect("register");
             let r = Rotation::begin(&*s, "kms", keys(), "test").await.expect("begin");
+            assert_eq!(s.list(Table::Servers).await.expect("list").len(), 1, "the kms row removed, the bsf one kept");
+            drop(crashed);
+            bsf.deregister().await.expect("deregister");
             assert!(matches!(check_no_rotation(&*s, "kms", &old().into()).await, Err(RekeyError::Unfinished { .. })), "marker refuses servers meanwhile");
             check_no_rotation(&*s, "bsf", &old().into()).await.expect("another scope is not concerned");
             let mut seen = Vec::new();

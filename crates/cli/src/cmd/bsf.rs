@@ -181,9 +181,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = a.store else { bail!("--store PATH|postgres://... is required to serve") };
-    let master = master_keys(a.master_key.as_deref(), &a.previous_master_keys)?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
+    let master = master_keys(a.master_key.as_deref(), &a.previous_master_keys)?;
     let mut bsf = BsfConfig::new(a.domain);
     bsf.key_lifetime = a.key_lifetime;
     let cfg = ServerConfig {
