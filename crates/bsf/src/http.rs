@@ -6,8 +6,9 @@
 //! # The pool
 //!
 //! An [`Endpoint`] and its clones share one pool of idle connections to its authority: at
-//! most [`MAX_IDLE`] of them, none reused after [`IDLE_TIMEOUT`] idle (a reaper task of the
-//! pool closes them within half that period more, and ends with the pool). A request takes
+//! most [`MAX_IDLE`] of them, none reused after [`IDLE_TIMEOUT`] idle (or the endpoint's own
+//! [`Endpoint::idle_timeout`]; a reaper task of the pool closes them within half that period
+//! more, and ends with the pool). A request takes
 //! the most recently used idle connection that is still open, or opens a new one (so
 //! concurrent requests each get their own connection); after a complete response the
 //! connection goes back to the pool, unless the response said `Connection: close`
@@ -73,7 +74,8 @@ pub const MAX_RESPONSE: usize = 4 << 20;
 /// connections; those beyond this bound are closed when their response is complete).
 pub const MAX_IDLE: usize = 8;
 
-/// How long an idle connection is kept for reuse.
+/// How long an idle connection is kept for reuse, unless the endpoint says otherwise
+/// ([`Endpoint::idle_timeout`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A client connection: hyper's sender and the count of bytes read from the server so far.
@@ -184,7 +186,17 @@ impl Endpoint {
     }
 
     fn with(authority: String, tls: Option<(ServerName<'static>, TlsConnector)>) -> Self {
-        Self { authority, tls, max_response: MAX_RESPONSE, pool: Arc::default() }
+        Self { authority, tls, max_response: MAX_RESPONSE, pool: Arc::new(Pool::new(IDLE_TIMEOUT)) }
+    }
+
+    /// The same endpoint with idle connections kept for `timeout` instead of
+    /// [`IDLE_TIMEOUT`] (closed by the reaper within `timeout / 2` more). It gets a pool of
+    /// its own: call it where the endpoint is made, before its first request (clones made
+    /// earlier keep the former pool).
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool = Arc::new(Pool::new(timeout));
+        self
     }
 
     /// The same endpoint with a smaller (or larger) response bound than [`MAX_RESPONSE`].
@@ -238,10 +250,11 @@ where
     Ok(Conn { sender, read })
 }
 
-/// The idle connections of an endpoint, most recently used last, and whether its reaper runs.
-#[derive(Default)]
+/// The idle connections of an endpoint, most recently used last, how long they are kept,
+/// and whether its reaper runs.
 struct Pool {
     idle: Mutex<Vec<Idle>>,
+    timeout: Duration,
     reaper: AtomicBool,
 }
 
@@ -251,21 +264,30 @@ struct Idle {
 }
 
 impl Idle {
-    fn usable(&self) -> bool {
-        self.since.elapsed() < IDLE_TIMEOUT && !self.conn.sender.is_closed()
+    fn usable(&self, timeout: Duration) -> bool {
+        self.since.elapsed() < timeout && !self.conn.sender.is_closed()
     }
 }
 
 impl Pool {
+    fn new(timeout: Duration) -> Self {
+        Self { idle: Mutex::default(), timeout, reaper: AtomicBool::new(false) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops (closing them) the idle connections past the timeout or found closed.
+    fn drop_stale(&self, idle: &mut Vec<Idle>) {
+        idle.retain(|i| i.usable(self.timeout));
     }
 
     /// The most recently used idle connection still usable; stale ones are dropped.
     fn take(&self) -> Option<Conn> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop() {
-            if i.usable() {
+            if i.usable(self.timeout) {
                 return Some(i.conn);
             }
         }
@@ -277,7 +299,7 @@ impl Pool {
     fn put(self: &Arc<Self>, conn: Conn) {
         {
             let mut idle = self.lock();
-            idle.retain(Idle::usable);
+            self.drop_stale(&mut idle);
             if idle.len() < MAX_IDLE && !conn.sender.is_closed() {
                 idle.push(Idle { conn, since: Instant::now() });
             }
@@ -288,13 +310,19 @@ impl Pool {
     }
 }
 
-/// Closes the connections of `pool` idle for [`IDLE_TIMEOUT`] (dropping a sender ends its
-/// connection task, which closes the socket), until the pool is gone.
+/// Every half of the pool's timeout, closes the connections of `pool` idle for that timeout
+/// (dropping a sender ends its connection task, which closes the socket), until the pool is
+/// gone.
 async fn reap(pool: Weak<Pool>) {
+    // A zero timeout keeps nothing idle for long; the floor keeps the loop from spinning.
+    let period = match pool.upgrade() {
+        Some(p) => (p.timeout / 2).max(Duration::from_millis(10)),
+        None => return,
+    };
     loop {
-        tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+        tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.lock().retain(Idle::usable);
+        pool.drop_stale(&mut pool.lock());
     }
 }
 

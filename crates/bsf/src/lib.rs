@@ -9,11 +9,14 @@
 //! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS), and
 //!   the HTTP/1.1 client of every mediasec component, with connection reuse (`http.rs`).
 //! - [`tls`]: HTTPS server listener and client connector (rustls).
+//! - [`graceful`]: a server task stopped gracefully within a bound (the BSF's, the KMS's and
+//!   the voicemail API's).
 //!
 //! The protocol logic lives in the sans-IO crate `mediasec-gba`.
 
 pub mod client;
 mod error;
+pub mod graceful;
 mod http;
 pub mod rekey;
 pub mod server;

@@ -402,22 +402,21 @@ async fn purge_loop(bsf: Arc<Bsf>) -> Result<(), BsfError> {
     }
 }
 
-/// Serve plain HTTP on an already bound listener until the future is dropped; purges expired
-/// sessions meanwhile.
-pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+/// Serve plain HTTP on an already bound listener until `until` completes (then gracefully:
+/// [`crate::graceful`]) or the future is dropped; purges expired sessions meanwhile.
+pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), BsfError> {
     let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
     tokio::select! {
-        r = axum::serve(listener, app) => r.map_err(BsfError::Io),
+        r = axum::serve(listener, app).with_graceful_shutdown(until) => r.map_err(BsfError::Io),
         r = purge_loop(bsf) => r,
     }
 }
 
-/// Serve HTTPS (see [`crate::tls`]) until the future is dropped; purges expired sessions
-/// meanwhile.
-pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+/// Serve HTTPS (see [`crate::tls`]) as [`serve`].
+pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), BsfError> {
     let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
     tokio::select! {
-        r = axum::serve(listener, app) => r.map_err(BsfError::Io),
+        r = axum::serve(listener, app).with_graceful_shutdown(until) => r.map_err(BsfError::Io),
         r = purge_loop(bsf) => r,
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use mediasec_bsf::client::{self, request};
+use mediasec_bsf::graceful::Serving;
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::store::{Store, Subscriber};
 use mediasec_gba::bsf::{BootstrapSession, BsfConfig, PendingChallenge};
@@ -38,7 +39,7 @@ fn db_path(name: &str) -> PathBuf {
 
 struct Running {
     url: String,
-    task: tokio::task::JoinHandle<()>,
+    server: Serving,
     bsf: Arc<Bsf>,
 }
 
@@ -53,18 +54,35 @@ async fn start_on(store: Store, key_lifetime: u64) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let b = Arc::clone(&bsf);
-    let task = tokio::spawn(async move {
-        let _ = mediasec_bsf::server::serve(listener, b).await;
-    });
-    Running { url, task, bsf }
+    let server = Serving::spawn("BSF", |until| mediasec_bsf::server::serve(listener, b, until));
+    Running { url, server, bsf }
 }
 
 impl Running {
+    /// Stops the server gracefully ([`Serving::shutdown`]): its store is closed on return.
     async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        self.server.shutdown().await;
         drop(self.bsf);
     }
+}
+
+/// A BSF stopped through its in-process handle releases its store even while a client keeps
+/// an idle connection to it: a BSF started again at once on the same redb file opens it and
+/// answers. (Aborting the server task instead left that connection's task holding the store:
+/// "Database already open".)
+#[tokio::test]
+async fn a_bsf_stopped_with_an_idle_client_connection_restarts_on_the_same_redb_file() {
+    let path = db_path("restart-idle");
+    let srv = start(&path, 3600).await;
+    let kept = ep(&srv.url);
+    assert_eq!(request(&kept, "GET", "/metrics", &[], b"").await.expect("http").status, 200);
+    assert_eq!(kept.idle_connections(), 1, "the client keeps its connection, idle");
+    srv.stop().await;
+    let srv = start(&path, 3600).await;
+    assert_eq!(request(&ep(&srv.url), "GET", "/metrics", &[], b"").await.expect("http").status, 200);
+    srv.stop().await;
+    drop(kept);
+    let _ = std::fs::remove_file(&path);
 }
 
 /// The BSF master key of these tests (one key, so a restarted server opens what it sealed).
@@ -274,7 +292,9 @@ async fn https_bootstrap_and_zn() {
     let bsf = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: ZN.into(), admin_token: ADMIN.into() }, store);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let task = tokio::spawn(mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, server_cfg).expect("listener"), Arc::clone(&bsf)));
+    let tls = mediasec_bsf::tls::TlsListener::new(listener, server_cfg).expect("listener");
+    let served = Arc::clone(&bsf);
+    let server = Serving::spawn("BSF", |until| mediasec_bsf::server::serve_tls(tls, served, until));
 
     let url = format!("https://localhost:{port}");
     let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), None).expect("connector");
@@ -307,7 +327,7 @@ async fn https_bootstrap_and_zn() {
     let other = lab_ca::ca();
     let wrong = client::Endpoint::new(&url, Some(mediasec_bsf::tls::client_connector(other.pem().as_bytes(), None).expect("c"))).expect("ep");
     assert!(client::bootstrap(&wrong, ue(&k, &opc, 10)).await.is_err());
-    task.abort();
+    server.shutdown().await;
     let _ = std::fs::remove_file(&path);
 }
 

@@ -243,6 +243,45 @@ fn read_request(s: &mut std::net::TcpStream) -> Option<String> {
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
+/// An idle connection is closed by the client once the endpoint's idle timeout is over: the
+/// server reads end of stream on it (nothing else arrives), the pool holds no connection any
+/// more, and the next request opens a new connection and succeeds. The timeout is short here
+/// (`Endpoint::idle_timeout`; the default `IDLE_TIMEOUT`, 20 s, takes the same path). Real
+/// time, not tokio's paused clock: with the clock paused, the runtime jumps to the reaper's
+/// next tick whenever it waits for the loopback socket, so it would not show the timeout
+/// being honoured.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout_and_a_new_one_is_opened() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = RawServer::start(move |conns| {
+        let (mut first, _) = conns.accept().expect("accept");
+        read_request(&mut first).expect("first request");
+        first.write_all(OK).expect("answer");
+        // Bounded: a client that never closes fails the test instead of hanging it.
+        first.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+        let mut byte = [0u8; 1];
+        let seen = match first.read(&mut byte) {
+            Ok(0) => "end of stream",
+            Ok(_) => "another request",
+            Err(_) => "an error, or nothing within 20 s",
+        };
+        tx.send(seen).expect("report");
+        let (mut second, _) = conns.accept().expect("a new connection");
+        read_request(&mut second).expect("second request");
+        second.write_all(OK).expect("answer");
+    });
+    let ep = server.endpoint().idle_timeout(Duration::from_millis(200));
+    assert_eq!(request(&ep, "GET", "/a", &[], &[]).await.expect("first").body, b"ok");
+    assert_eq!(ep.idle_connections(), 1, "kept alive after a complete response");
+    let seen = tokio::task::spawn_blocking(move || rx.recv()).await.expect("join").expect("server report");
+    assert_eq!(seen, "end of stream", "the client closed its idle connection");
+    assert_eq!(ep.idle_connections(), 0, "the reaper dropped it from the pool");
+    let r = request(&ep, "GET", "/b", &[], &[]).await.expect("on a new connection");
+    assert_eq!((r.status, r.body.as_slice()), (200, b"ok".as_slice()));
+    drop(ep);
+    server.join();
+}
+
 /// The server answers a first request on a kept-alive connection, waits until the client
 /// says that connection is idle, then sends its FIN (and
 /// reports what else arrived on that connection) while the client's runtime is blocked, so

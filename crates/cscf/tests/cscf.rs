@@ -66,6 +66,11 @@ fn assert_media(caller: &CallReport, callee: &CallReport, protection: &str) {
     }
 }
 
+/// The data type of a MIKEY message (RFC 3830 §6.1: the header's second octet).
+fn mediasec_mikey_data_type(m: &[u8]) -> u8 {
+    m.get(1).copied().unwrap_or(0)
+}
+
 /// The SDES e2e call through P-CSCF and S-CSCF of two domains: both registrations carry the
 /// mediasec indication, the SRTP keys are the ones each side put in its SDP, media is verified
 /// both ways (SRTP and SRTCP), and BYE ends both sides.
@@ -850,6 +855,86 @@ mod mikey_ticket {
         assert!(matches!(&keys[..], [first, second] if first != second), "each call has its own keys: {keys:?}");
     }
 
+    /// A MIKEY-TICKET call alice → bob placed without an offer ([`Ue::call_without_offer`],
+    /// RFC 3261 §13.2.1), bob answering as `answering` says. Whoever offers is the MIKEY
+    /// Initiator (RFC 4567 §3), so the roles swap: bob asks his KMS for a ticket for alice and
+    /// offers TRANSFER_INIT (in his 200, or his reliable 183 with early media), alice resolves
+    /// it and answers TRANSFER_RESP (in the ACK, or the PRACK). Checked here: media verified
+    /// both ways under keys both ends agree on (each one's send key the other's receive key),
+    /// each side authenticated as the other's KMS UID, and the KMS saw one Ticket Request and
+    /// one Resolve. Returns the labs (kept running), alice, bob, the Call-ID and the reports.
+    async fn offerless_ticket_call(dir: &Dir, answering: Answering) -> (KmsLab, Lab, Ue, Ue, String, CallReport, CallReport) {
+        let kms = a_example_kms(dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
+        let mut b = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
+        b.answering = answering;
+        let bob = kms_ue(&kms, "bob@a.example", b).await;
+        let id = tokio::time::timeout(Duration::from_secs(10), alice.call_without_offer("sip:bob@a.example")).await.expect("in time").expect("established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let a = alice.report(&id).await.expect("r").expect("call");
+        let b = only_call(&bob).await;
+        assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "keys crossed");
+        assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("bob@a.example"), Some("alice@a.example")), "the ticket's initiator, the TRANSFER_RESP's responder");
+        let init = b.offer_mikey.clone().expect("bob's offer carried TRANSFER_INIT");
+        assert_eq!(a.offer_mikey.as_ref(), Some(&init), "alice answered that offer");
+        assert_eq!(mediasec_mikey_data_type(&init), 14, "TRANSFER_INIT (RFC 6043)");
+        let url = kms.domain("a.example").expect("domain").url.clone();
+        assert_eq!(ua_requests(&url).await, 2, "bob's Ticket Request and alice's Resolve");
+        (kms, lab, alice, bob, id, a, b)
+    }
+
+    /// Delayed offer without 100rel under MIKEY-TICKET (see [`offerless_ticket_call`]): bob's
+    /// TRANSFER_INIT in the 200, alice's TRANSFER_RESP in the ACK, media from then on (none
+    /// early). Then offerless re-INVITEs both ways re-key the call, each with a fresh Ticket
+    /// Transfer initiated by the side that receives the re-INVITE (RFC 3261 §13.2.1: its
+    /// offer in the 2xx, the answer in the ACK): alice's makes bob ask for a new ticket for
+    /// alice, bob's makes alice ask for one for bob; new keys both ways each time, still
+    /// crossed, media continuing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offerless_call_and_offerless_reinvites_keyed_by_the_callee() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-late-{}", std::process::id())));
+        let answering = Answering { auto: true, delay: Duration::from_millis(200), early_media: false };
+        let (kms, _lab, alice, bob, id, a, b) = offerless_ticket_call(&dir, answering).await;
+        assert!(a.early_verified == 0 && b.early_verified == 0, "no early media: {a:?} {b:?}");
+        let url = kms.domain("a.example").expect("domain").url.clone();
+        let mut before = (a, b);
+        for (round, (reinviting, offering)) in [(&alice, "bob"), (&bob, "alice")].into_iter().enumerate() {
+            tokio::time::timeout(Duration::from_secs(10), reinviting.reinvite_without_offer(&id)).await.expect("in time").expect("offerless re-INVITE");
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+            let rekeys = round as u32 + 1;
+            assert_eq!((a.rekeys, b.rekeys), (rekeys, rekeys), "{offering} offered: {a:?} {b:?}");
+            assert!(a.own_key != before.0.own_key && a.peer_key != before.0.peer_key, "new keys both ways: {:?} -> {a:?}", before.0);
+            assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "keys crossed");
+            assert!(a.media.verified >= before.0.media.verified + 25 && b.media.verified >= before.1.media.verified + 25, "media continued: {a:?} {b:?}");
+            // The re-INVITE's sender sends with its new key once it has the 2xx, the offerer
+            // decrypts it once the ACK's answer is applied (and the other way round): on a
+            // loaded machine a packet or two may fall in between.
+            assert!(a.media.refused <= 4 && b.media.refused <= 4, "{a:?} {b:?}");
+            assert_eq!(ua_requests(&url).await, 2 * (rekeys as u64 + 1), "one Ticket Request and one Resolve per exchange");
+            before = (a, b);
+        }
+        alice.hangup(&id).await.expect("BYE reaches bob");
+    }
+
+    /// Delayed offer with 100rel under MIKEY-TICKET (RFC 3262 §5, see
+    /// [`offerless_ticket_call`]): bob, answering with early media, puts TRANSFER_INIT in the
+    /// reliable 183; alice's TRANSFER_RESP goes in the PRACK; media verified before the 200
+    /// (which carries no SDP) and after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offerless_call_keyed_in_the_reliable_183_and_the_prack() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-late-rel-{}", std::process::id())));
+        let answering = Answering { auto: true, delay: Duration::from_millis(600), early_media: true };
+        let (_kms, _lab, alice, _bob, id, a, b) = offerless_ticket_call(&dir, answering).await;
+        for r in [&a, &b] {
+            assert!(r.early_verified >= 10 && r.media.verified >= r.early_verified + 20, "early media, then more: {r:?}");
+        }
+        alice.hangup(&id).await.expect("BYE reaches bob");
+    }
+
     /// Ticket Requests and Resolves the KMS at `url` has counted (its Prometheus metrics).
     async fn ua_requests(url: &str) -> u64 {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -1045,8 +1130,49 @@ mod high_security {
         drop(dh);
     }
 
-    fn mediasec_mikey_data_type(m: &[u8]) -> u8 {
-        m.get(1).copied().unwrap_or(0)
+    /// Offerless calls in the high-security mode and with MIKEY-SAKKE (RFC 3261 §13.2.1; the
+    /// offerer is the MIKEY Initiator, RFC 4567 §3): the callee signs a DH_INIT to the caller
+    /// (or sends it an I_MESSAGE) in its 200, the caller verifies it and answers in the ACK
+    /// (DH_RESP; no key management with MIKEY-SAKKE). Media verified both ways under keys both
+    /// ends agree on; each side authenticated the other by its ECCSI signature (with
+    /// MIKEY-SAKKE only the caller: the I_MESSAGE is the only message). Then an offerless
+    /// re-INVITE of the caller re-keys the MIKEY-SAKKE call with a fresh I_MESSAGE of the callee.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn offerless_calls_keyed_by_the_callee() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-hs-late-{}", std::process::id())));
+        let kms = kmss(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        for (mode, caller, callee) in [(HS, "alice@a.example", "bob@a.example"), (Security::MikeySakke, "erin@a.example", "frank@a.example")] {
+            let a_ue = hs_ue(&kms, caller, ue(&format!("sip:{caller}"), p, mode, ALICE_HZ, BOB_HZ), false).await;
+            let b_ue = hs_ue(&kms, callee, ue(&format!("sip:{callee}"), p, mode, BOB_HZ, ALICE_HZ), false).await;
+            let id = tokio::time::timeout(Duration::from_secs(10), a_ue.call_without_offer(&format!("sip:{callee}"))).await.expect("in time").expect("established");
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let a = a_ue.report(&id).await.expect("r").expect("call");
+            let b = only_call(&b_ue).await;
+            assert_media(&a, &b, "srtp AES_CM_128_HMAC_SHA1_80");
+            assert_eq!((a.own_key.as_ref(), a.peer_key.as_ref()), (b.peer_key.as_ref(), b.own_key.as_ref()), "{mode:?}: keys crossed");
+            let callee_uri = format!("sip:{callee}");
+            let caller_uri = format!("sip:{caller}");
+            let expected = if mode == HS { Some(caller_uri.as_str()) } else { None };
+            assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some(callee_uri.as_str()), expected), "{mode:?}");
+            // The initial offer is the callee's, in its 200: DH_INIT or I_MESSAGE.
+            let init = b.offer_mikey.clone().expect("the callee's offer carried the MIKEY message");
+            assert_eq!(a.offer_mikey.as_ref(), Some(&init), "the caller answered that offer");
+            assert_eq!(mediasec_mikey_data_type(&init), if mode == HS { 4 } else { 26 }, "{mode:?}: DH_INIT (RFC 3830), I_MESSAGE (RFC 6509)");
+            if mode == Security::MikeySakke {
+                tokio::time::timeout(Duration::from_secs(10), a_ue.reinvite_without_offer(&id)).await.expect("in time").expect("offerless re-INVITE");
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let (a2, b2) = (a_ue.report(&id).await.expect("r").expect("call"), only_call(&b_ue).await);
+                assert_eq!((a2.rekeys, b2.rekeys), (1, 1), "{a2:?} {b2:?}");
+                assert!(a2.own_key != a.own_key && a2.peer_key != a.peer_key, "new keys both ways: {a:?} -> {a2:?}");
+                assert_eq!((a2.own_key.as_ref(), a2.peer_key.as_ref()), (b2.peer_key.as_ref(), b2.own_key.as_ref()), "keys crossed");
+                assert!(a2.media.verified >= a.media.verified + 25 && b2.media.verified >= b.media.verified + 25, "media continued: {a2:?} {b2:?}");
+                // See the MIKEY-TICKET re-INVITE test: a packet or two around the re-key.
+                assert!(a2.media.refused <= 4 && b2.media.refused <= 4, "{a2:?} {b2:?}");
+            }
+            a_ue.hangup(&id).await.expect("BYE reaches the callee");
+        }
     }
 
     /// KPAK trust is configuration: across domains (two KMSs, two KPAKs), a call works only

@@ -121,7 +121,7 @@ impl Lab {
         let bsf_url = format!("http://{}", listener.local_addr().map_err(io)?);
         let served = Arc::clone(&bsf);
         let mut tasks = vec![tokio::spawn(async move {
-            let _ = mediasec_bsf::server::serve(listener, served).await;
+            let _ = mediasec_bsf::server::serve(listener, served, std::future::pending()).await;
         })];
         let pki_dir = dir.join("pki");
         let mut zk_listeners = BTreeMap::new();
@@ -170,7 +170,7 @@ impl Lab {
             let url = format!("http://{}", listener.local_addr().map_err(io)?);
             let s = Arc::clone(&service);
             tasks.push(tokio::spawn(async move {
-                let _ = serve(listener, s).await;
+                let _ = serve(listener, s, std::future::pending()).await;
             }));
             out.push(Domain { domain: spec.domain.to_owned(), fqdn, url, admin_token, service, zk_addr, zk_task, store, master });
         }
@@ -194,7 +194,7 @@ impl Lab {
         let url = format!("http://{}", listener.local_addr().map_err(io)?);
         let s = Arc::clone(&service);
         self.tasks.push(tokio::spawn(async move {
-            let _ = serve(listener, s).await;
+            let _ = serve(listener, s, std::future::pending()).await;
         }));
         Ok((url, service))
     }

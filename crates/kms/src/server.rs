@@ -753,13 +753,14 @@ async fn li_audit_get(State(s): State<Arc<Service>>, Query(q): Query<LiAuditQuer
     }
 }
 
-/// Serves plain HTTP on a bound listener until the future is dropped.
-pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).await.map_err(|e| KmsError::Http(e.to_string()))
+/// Serves plain HTTP on a bound listener until `until` completes (then gracefully:
+/// [`mediasec_bsf::graceful`]) or the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
+    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }
 
-/// Serves HTTPS (rustls, the BSF's TLS listener: handshakes concurrent and bounded) until
-/// the future is dropped.
-pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, s: Arc<Service>) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).await.map_err(|e| KmsError::Http(e.to_string()))
+/// Serves HTTPS (rustls, the BSF's TLS listener: handshakes concurrent and bounded) as
+/// [`serve`].
+pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
+    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }

@@ -304,7 +304,7 @@ async fn ua_over_https() {
     let port = listener.local_addr().unwrap().port();
     let tls = mediasec_bsf::tls::TlsListener::new(listener, cfg).unwrap();
     lab.adopt(tokio::spawn(async move {
-        let _ = mediasec_kms::server::serve_tls(tls, service).await;
+        let _ = mediasec_kms::server::serve_tls(tls, service, std::future::pending()).await;
     }));
     let connector = mediasec_bsf::tls::client_connector(ca.pem().as_bytes(), None).unwrap();
     let k = KmsClient::new(Endpoint::new(&format!("https://localhost:{port}"), Some(connector)).unwrap());
@@ -797,4 +797,40 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "target not a party of this call"));
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg), "transfer_resp": STANDARD.encode(&msg) }).to_string();
     assert_eq!(http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await.status, 400);
+}
+
+/// A KMS stopped through its in-process handle (`mediasec_bsf::graceful::Serving`) releases
+/// its store even while a client keeps an idle connection to it: a KMS started again at once
+/// on the same redb file opens it and answers. (Aborting the server task instead left that
+/// connection's task holding the service, and the second open failed "Database already
+/// open".)
+#[tokio::test]
+async fn a_kms_stopped_with_an_idle_client_connection_restarts_on_the_same_redb_file() {
+    use mediasec_bsf::graceful::Serving;
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::kms::{KmsConfig, NoPeers, os_random};
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms::server::Service;
+    use mediasec_kms::zn::StaticZn;
+    use std::sync::Arc;
+
+    async fn up(path: &std::path::Path) -> Result<(Serving, Endpoint), KmsError> {
+        let store: Arc<dyn mediasec_kms_store::Store> = Arc::new(mediasec_kms_store::RedbStore::open(path)?);
+        let cfg = KmsConfig { fqdn: "kms.a.example".into(), domain: "a.example".into(), skew: 30 };
+        let service = Service::start(cfg, Persist::new(store, MasterKey::new(&[7; 32])?), Arc::new(StaticZn::default()), Arc::new(NoPeers), "admin".into(), os_random()).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ep = Endpoint::http(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        Ok((Serving::spawn("KMS", |until| mediasec_kms::server::serve(listener, service, until)), ep))
+    }
+
+    let dir = TempDir::new("restart");
+    let path = dir.0.join("kms.redb");
+    let (kms, ep) = up(&path).await.unwrap();
+    assert_eq!(request(&ep, "GET", "/metrics", &[], b"").await.unwrap().status, 200);
+    assert_eq!(ep.idle_connections(), 1, "the client keeps its connection, idle");
+    kms.shutdown().await;
+    let (kms, ep2) = up(&path).await.expect("the same redb file opens again at once");
+    assert_eq!(request(&ep2, "GET", "/metrics", &[], b"").await.unwrap().status, 200);
+    kms.shutdown().await;
+    drop(ep);
 }

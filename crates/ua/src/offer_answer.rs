@@ -55,8 +55,9 @@ pub enum Security {
 }
 
 impl Security {
-    /// Whether calls are keyed with MIKEY in `a=key-mgmt` (MIKEY-TICKET or high-security):
-    /// SRTP required, no offerless INVITE, no fallback.
+    /// Whether calls are keyed with MIKEY in `a=key-mgmt` (MIKEY-TICKET, high-security or
+    /// MIKEY-SAKKE): SRTP required, no fallback; whoever offers is the MIKEY Initiator, also
+    /// in a 2xx or reliable 18x answering an offerless INVITE (RFC 4567 §3).
     pub fn is_mikey(self) -> bool {
         matches!(self, Self::MikeyTicket | Self::HighSecurity | Self::MikeySakke)
     }

@@ -4,7 +4,9 @@
 //! `a=key-mgmt:mikey` (RFC 4567, media level) and turns the derived crypto sessions into SRTP.
 //!
 //! - Offerer: Ticket Request to its KMS for the callee's KMS UID (from the To URI), then
-//!   TRANSFER_INIT in an `RTP/SAVP` offer, bound to our SSRC (CS 1).
+//!   TRANSFER_INIT in an `RTP/SAVP` offer, bound to our SSRC (CS 1). The offerer is whoever
+//!   sends the SDP offer (RFC 4567 §3): a callee answering an offerless INVITE offers in its
+//!   200 or reliable 18x, and its "callee" here is the caller (docs/sip.md §5 "Delayed offer").
 //! - Answerer: Ticket Resolve at its KMS, then TRANSFER_RESP in the answer with its SSRC
 //!   (CS 2). With key forking (RFC 6043 §5.1.1, mandatory in 3GPP) every fork resolves to its
 //!   own key, so a fork that does not answer cannot decrypt the call.

@@ -51,7 +51,10 @@ pub struct Caps {
     /// Messages one mailbox may hold (`None`: no limit); an INVITE for a full mailbox is
     /// answered 480 (Temporarily Unavailable, reason "Mailbox Full", RFC 3261 §21.4.18: the
     /// reason phrase says why) until its owner deletes some or they pass their retention.
-    /// Calls recorded at once for one mailbox may each take the last place.
+    /// Calls being recorded count: each call's record is written at the answer
+    /// ([`Store::insert_within`]), so concurrent calls — on this server or on others sharing
+    /// the store — never take a mailbox past it; a call that ends without media frees its
+    /// place (its record is deleted when it ends).
     pub max_messages: Option<usize>,
     /// How long a message is kept after it was received (`None`: until its owner deletes
     /// it); older ones are deleted at start and every [`RETENTION_SWEEP`]
@@ -394,12 +397,11 @@ impl Core {
                 return self.respond(&key, &request, code, reason, None, None);
             }
         };
+        // A full mailbox is refused before anything is written; the place itself is taken
+        // by `insert_within` below, which counts again after writing.
         if let Some(max) = self.config.caps.max_messages {
             match self.store.count(&mailbox, max).await {
-                Ok(held) if held >= max => {
-                    tracing::info!(%call_id, %mailbox, held, "voicemail: mailbox full, refused the INVITE");
-                    return self.respond(&key, &request, 480, "Mailbox Full", None, None);
-                }
+                Ok(held) if held >= max => return self.mailbox_full(&key, &request, &call_id, &mailbox),
                 Ok(_) => {}
                 Err(e) => {
                     self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -424,8 +426,15 @@ impl Core {
             }
         };
         let mut record = Record { id: 0, mailbox, caller, received_ms: now_ms(), offer: offer.to_string(), transfer_init: ti, packets: Vec::new(), dropped: 0 };
-        record.id = match self.store.insert(record.clone()).await {
-            Ok(id) => id,
+        let inserted = match self.config.caps.max_messages {
+            Some(max) => self.store.insert_within(record.clone(), max).await,
+            None => self.store.insert(record.clone()).await.map(Some),
+        };
+        record.id = match inserted {
+            Ok(Some(id)) => id,
+            // Calls recorded now hold their places (their records are written at the answer),
+            // here or on another server sharing the store: the last place went to one of them.
+            Ok(None) => return self.mailbox_full(&key, &request, &call_id, &record.mailbox),
             // The caller gets a final answer, not a transaction left to time out.
             Err(e) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -442,7 +451,15 @@ impl Core {
         self.respond(&key, &request, 200, "OK", Some(to), Some(&answer))
     }
 
-    /// Stops recording `call_id` and writes its record.
+    /// Refuses an INVITE for a mailbox holding [`Caps::max_messages`] (calls being recorded
+    /// for it included): 480, reason "Mailbox Full" (RFC 3261 §21.4.18).
+    fn mailbox_full(&self, key: &TransactionKey, request: &Request, call_id: &str, mailbox: &str) -> Result<(), VoicemailError> {
+        tracing::info!(%call_id, %mailbox, "voicemail: mailbox full, refused the INVITE");
+        self.respond(key, request, 480, "Mailbox Full", None, None)
+    }
+
+    /// Stops recording `call_id` and writes its record; a call that brought no media leaves
+    /// no message (its record, written at the answer, is deleted: its place is free again).
     async fn finish(&mut self, call_id: &str) {
         let Some(mut call) = self.calls.remove(call_id) else { return };
         self.metrics.calls_recording.store(self.calls.len() as u64, Ordering::Relaxed);
@@ -454,6 +471,16 @@ impl Core {
         }
         let (id, n, dropped) = (call.record.id, call.record.packets.len(), call.record.dropped);
         self.metrics.packets_dropped.fetch_add(dropped, Ordering::Relaxed);
+        if n == 0 {
+            match self.store.delete(id, &call.record.mailbox).await {
+                Ok(_) => tracing::info!(id, dropped, "voicemail call ended without media: no message kept"),
+                Err(e) => {
+                    self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(id, error = %e, "voicemail call without media: its record not deleted");
+                }
+            }
+            return;
+        }
         match self.store.update(call.record).await {
             Ok(true) => {
                 self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
@@ -603,16 +630,20 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         let caps = Caps { max_messages: Some(2), ..Caps::default() };
         let (_dir, store, mut vm) = server("deposit-quota", caps).await;
         let ue = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        assert_eq!(invite(&ue, vm.sip_addr(), "q1").await.0, 200);
-        assert_eq!(invite(&ue, vm.sip_addr(), "q2").await.0, 200);
+        assert_eq!(call_with_media(&ue, vm.sip_addr(), "q1").await, 200);
+        assert_eq!(call_with_media(&ue, vm.sip_addr(), "q2").await, 200);
         let (code, text) = final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q3", "carol"), "Call-ID: q3\r\n").await;
         assert_eq!(code, 480, "{text}");
         assert!(text.starts_with("SIP/2.0 480 Mailbox Full\r\n"), "{text}");
-        assert_eq!(final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q4", "dan"), "Call-ID: q4\r\n").await.0, 200, "dan's mailbox is empty");
+        let (code, text) = final_response(&ue, vm.sip_addr(), &invite_text(&ue, vm.sip_addr(), "q4", "dan"), "Call-ID: q4\r\n").await;
+        assert_eq!(code, 200, "dan's mailbox is empty");
+        let port = text.split("m=audio ").nth(1).and_then(|s| s.split(' ').next()).and_then(|p| p.parse().ok()).expect("media port");
+        ue.send_to(&[0x80; 20], SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
         let held = store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap();
         assert_eq!(held.len(), 2);
         assert!(store.delete(held[0].id, "sip:carol@a.example").await.unwrap());
-        assert_eq!(invite(&ue, vm.sip_addr(), "q5").await.0, 200, "room again after a delete");
+        assert_eq!(call_with_media(&ue, vm.sip_addr(), "q5").await, 200, "room again after a delete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let metrics = vm.metrics().render();
         for line in ["mediasec_voicemail_invites_total{status=\"200\"} 4\n", "mediasec_voicemail_invites_total{status=\"480\"} 1\n", "mediasec_voicemail_calls_recording 4\n"] {
             assert!(metrics.contains(line), "{line} in {metrics}");
@@ -620,6 +651,85 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         vm.shutdown().await;
         let metrics = vm.metrics().render();
         assert!(metrics.contains("mediasec_voicemail_messages_stored_total 3\n"), "the calls were written at shutdown, but the one deleted while recording: {metrics}");
+    }
+
+    /// A call for carol that sends one media packet when answered; its final status.
+    async fn call_with_media(ue: &UdpSocket, vm: SocketAddr, call_id: &str) -> u16 {
+        let (code, port) = invite(ue, vm, call_id).await;
+        if let Some(port) = port {
+            ue.send_to(&[0x80; 20], SocketAddr::from(([127, 0, 0, 1], port))).await.unwrap();
+        }
+        code
+    }
+
+    /// A message of `mailbox` already stored.
+    fn stored(mailbox: &str) -> Record {
+        Record { id: 0, mailbox: mailbox.into(), caller: "sip:alice@a.example".into(), received_ms: now_ms(), offer: OFFER.into(), transfer_init: vec![1; 8], packets: vec![Packet { at_ms: 0, bytes: vec![0x80; 20] }], dropped: 0 }
+    }
+
+    /// Calls being recorded hold their mailbox's places: with `max_messages` = 3 and 2 messages
+    /// stored, two calls at once → one is recorded, the other refused 480 (and counted so);
+    /// the refused call took no place, and a call that ends without media frees its own.
+    #[tokio::test]
+    async fn concurrent_calls_never_take_a_mailbox_past_its_quota() {
+        let carol = "sip:carol@a.example";
+        let (_dir, store) = store("deposit-quota-race");
+        for _ in 0..2 {
+            store.insert(stored(carol)).await.unwrap();
+        }
+        let mut vm = Deposit::start(config(Caps { max_messages: Some(3), ..Caps::default() }, None), store.clone()).await.unwrap();
+        let (ue1, ue2) = (UdpSocket::bind("127.0.0.1:0").await.unwrap(), UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let ((c1, _, t1), (c2, _, t2)) = tokio::join!(invite_answer(&ue1, vm.sip_addr(), "r1"), invite_answer(&ue2, vm.sip_addr(), "r2"));
+        let mut codes = [c1, c2];
+        codes.sort_unstable();
+        assert_eq!(codes, [200, 480], "one call takes the last place");
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), 3, "the call being recorded holds it");
+        let (ue, call, tag) = if c1 == 200 { (&ue1, "r1", t1) } else { (&ue2, "r2", t2) };
+        assert_eq!(bye(ue, vm.sip_addr(), call, "a", tag.as_deref(), 2).await, 200);
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), 2, "a call without media leaves no message");
+        let (code, port, tag) = invite_answer(&ue1, vm.sip_addr(), "r3").await;
+        assert_eq!(code, 200, "its place is free again");
+        ue1.send_to(&[0x80; 20], SocketAddr::from(([127, 0, 0, 1], port.expect("media port")))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(bye(&ue1, vm.sip_addr(), "r3", "a", tag.as_deref(), 3).await, 200);
+        assert_eq!(invite(&ue2, vm.sip_addr(), "r4").await.0, 480, "three messages stored: full");
+        assert_eq!(store.count(carol, usize::MAX).await.unwrap(), 3);
+        let metrics = vm.metrics().render();
+        for line in ["mediasec_voicemail_invites_total{status=\"200\"} 2\n", "mediasec_voicemail_invites_total{status=\"480\"} 2\n", "mediasec_voicemail_messages_stored_total 1\n"] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+        vm.shutdown().await;
+    }
+
+    /// Two servers sharing one store (replicas on one PostgreSQL; here one redb store), a call
+    /// to each at once for a mailbox's last place, again and again: never both recorded, the
+    /// mailbox never past its quota.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_sharing_a_store_never_take_a_mailbox_past_its_quota() {
+        let carol = "sip:carol@a.example";
+        let (_dir, store) = store("deposit-quota-replicas");
+        store.insert(stored(carol)).await.unwrap();
+        let caps = Caps { max_messages: Some(2), ..Caps::default() };
+        let mut a = Deposit::start(config(caps, None), store.clone()).await.unwrap();
+        let mut b = Deposit::start(config(caps, None), store.clone()).await.unwrap();
+        let (ue1, ue2) = (UdpSocket::bind("127.0.0.1:0").await.unwrap(), UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        for round in 0..10 {
+            let (x, y) = (format!("x{round}"), format!("y{round}"));
+            let ((c1, _, t1), (c2, _, t2)) = tokio::join!(invite_answer(&ue1, a.sip_addr(), &x), invite_answer(&ue2, b.sip_addr(), &y));
+            assert!([c1, c2].iter().all(|c| [200, 480].contains(c)), "{c1} {c2}");
+            assert!(c1 != 200 || c2 != 200, "round {round}: both servers gave the last place");
+            assert!(store.count(carol, usize::MAX).await.unwrap() <= 2);
+            // The recorded call (if any) ends without media: the place is free for the next round.
+            if c1 == 200 {
+                assert_eq!(bye(&ue1, a.sip_addr(), &x, "a", t1.as_deref(), 2).await, 200);
+            }
+            if c2 == 200 {
+                assert_eq!(bye(&ue2, b.sip_addr(), &y, "a", t2.as_deref(), 2).await, 200);
+            }
+            assert_eq!(store.count(carol, usize::MAX).await.unwrap(), 1, "round {round}");
+        }
+        a.shutdown().await;
+        b.shutdown().await;
     }
 
     /// Messages past `Caps::retention` are deleted when the server starts (and every
@@ -667,7 +777,7 @@ Contact: <sip:alice@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}
         let me = ue.local_addr().unwrap();
         let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
         let text = format!(
-            "BYE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{cseq}{from_tag}\r\nMax-Forwards: 70\r\n\
+            "BYE sip:vm@{vm} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKbye{cseq}{from_tag}{call_id}\r\nMax-Forwards: 70\r\n\
 From: <sip:alice@a.example>;tag={from_tag}\r\nTo: <sip:carol@a.example>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} BYE\r\n\
 Content-Length: 0\r\n\r\n"
         );

@@ -3,11 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use mediasec_bsf::graceful::Serving;
 use mediasec_kms::zn::Zn;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::auth::NafAuth;
 use crate::deposit::{Deposit, DepositConfig};
@@ -25,13 +23,9 @@ pub struct Server {
     pub https: bool,
     /// The store (shared with both sides).
     pub store: Store,
-    http: JoinHandle<()>,
-    /// Tells the API to stop (graceful: open connections are closed too).
-    stop: Option<oneshot::Sender<()>>,
+    /// The API server (stopped gracefully: open connections are closed too).
+    http: Serving,
 }
-
-/// How long [`Server::shutdown`] waits for the API's requests in progress before cutting them.
-const API_GRACE: Duration = Duration::from_secs(5);
 
 impl Server {
     /// On `store` (see [`Store::open`], [`Store::new`]), starts the deposit side (registering when configured) and
@@ -45,24 +39,15 @@ impl Server {
         let api_addr = listener.local_addr()?;
         let api = Api::new(store.clone(), NafAuth::new(zn, naf_fqdn), deposit.metrics());
         let https = tls.is_some();
-        let stopped = |r: std::io::Result<()>| {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "voicemail API stopped");
-            }
-        };
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let until = async move {
-            let _ = stop_rx.await;
-        };
         let http = match tls {
             Some(cfg) => {
                 let listener = mediasec_bsf::tls::TlsListener::new(listener, cfg)?;
-                tokio::spawn(async move { stopped(serve_tls(listener, api, until).await) })
+                Serving::spawn("voicemail API", |until| serve_tls(listener, api, until))
             }
-            None => tokio::spawn(async move { stopped(serve(listener, api, until).await) }),
+            None => Serving::spawn("voicemail API", |until| serve(listener, api, until)),
         };
         tracing::info!(sip = %deposit.sip_addr(), api = %api_addr, https, "voicemail server running");
-        Ok(Self { deposit, api_addr, https, store, http, stop: Some(stop) })
+        Ok(Self { deposit, api_addr, https, store, http })
     }
 
     /// The API base URL (`http://addr` or `https://addr`).
@@ -73,22 +58,9 @@ impl Server {
     /// Stops both sides, writing the calls in progress first; the store is closed when this
     /// returns (it can be opened again, e.g. by a restarted server). The API closes its open
     /// connections too — clients keep idle ones alive (RFC 9112 §9.3), and each holds the
-    /// store — letting requests in progress finish within [`API_GRACE`].
+    /// store — letting requests in progress finish within [`mediasec_bsf::graceful::GRACE`].
     pub async fn shutdown(mut self) {
         self.deposit.shutdown().await;
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if tokio::time::timeout(API_GRACE, &mut self.http).await.is_err() {
-            tracing::warn!(after = ?API_GRACE, "voicemail API: requests still in progress at shutdown were cut");
-            self.http.abort();
-            let _ = (&mut self.http).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.http.abort();
+        self.http.shutdown().await;
     }
 }

@@ -118,6 +118,23 @@ impl Store {
         }
     }
 
+    /// Stores a new message, as [`Store::insert`], unless its mailbox then holds more than
+    /// `max` messages: then it is deleted again and `None` returned (the quota,
+    /// [`crate::deposit::Caps::max_messages`]). The message and its index row are written
+    /// *before* the mailbox is counted, so whichever of two concurrent admissions counts last
+    /// sees the other's row — servers sharing one PostgreSQL store never take a mailbox past
+    /// `max` together. Two exactly simultaneous admissions for the last place may both be
+    /// refused (each sees the other's row before it is deleted); never both admitted.
+    pub async fn insert_within(&self, record: Record, max: usize) -> Result<Option<u64>, VoicemailError> {
+        let mailbox = record.mailbox.clone();
+        let id = self.insert(record).await?;
+        if self.count(&mailbox, max.saturating_add(1)).await? <= max {
+            return Ok(Some(id));
+        }
+        self.delete(id, &mailbox).await?;
+        Ok(None)
+    }
+
     /// How many messages `mailbox` holds, counting up to `limit` (a quota check reads no
     /// more rows than the quota).
     pub async fn count(&self, mailbox: &str, limit: usize) -> Result<usize, VoicemailError> {
@@ -369,6 +386,7 @@ mod tests {
 
         // Retention: messages received before the cutoff go, the rest stay (across batches).
         let store = b.open().await;
+        quota(b, &store).await;
         let before = store.all().await.unwrap();
         let fresh: Vec<u64> = {
             let mut ids = Vec::new();
@@ -401,6 +419,45 @@ mod tests {
         assert!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().is_empty());
         assert_eq!(store.index_mailboxes().await.unwrap(), fresh.len());
         assert_eq!(store.summaries_of(&["sip:carol@a.example".into()]).await.unwrap().iter().map(|s| s.id).collect::<Vec<_>>(), fresh);
+    }
+
+    /// The mailbox quota ([`Store::insert_within`]): a message is kept only while its mailbox
+    /// then holds at most `max`; a refused one leaves nothing; a row another server wrote
+    /// after our check (its message being admitted) counts; two servers admitting at once
+    /// never take a mailbox past `max` together.
+    async fn quota(b: &Backend, store: &Store) {
+        let frank = "sip:frank@a.example";
+        assert!(store.insert_within(record(frank), 2).await.unwrap().is_some());
+        assert!(store.insert_within(record(frank), 2).await.unwrap().is_some());
+        assert_eq!(store.insert_within(record(frank), 2).await.unwrap(), None, "full");
+        assert_eq!(store.count(frank, usize::MAX).await.unwrap(), 2, "the refused message left no row");
+        let gina = "sip:gina@a.example";
+        store.insert(record(gina)).await.unwrap();
+        store.kv.put(Table::VoicemailMailboxes, &mailbox_key(gina, u64::MAX - 1), b"").await.unwrap();
+        assert_eq!(store.insert_within(record(gina), 2).await.unwrap(), None, "another server's row written meanwhile takes the last place");
+        store.kv.delete(Table::VoicemailMailboxes, &mailbox_key(gina, u64::MAX - 1)).await.unwrap();
+        assert!(store.insert_within(record(gina), 2).await.unwrap().is_some(), "its place again once that one is gone");
+
+        let other = match b {
+            Backend::Redb(_) => store.clone(),
+            Backend::Pg { .. } => b.open().await,
+        };
+        let hal = "sip:hal@a.example";
+        let admit = |s: Store| {
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..8 {
+                    admitted += usize::from(s.insert_within(record(hal), 5).await.unwrap().is_some());
+                }
+                admitted
+            })
+        };
+        let (x, y) = (admit(store.clone()), admit(other));
+        let admitted = x.await.unwrap() + y.await.unwrap();
+        assert!((1..=5).contains(&admitted), "{admitted} admitted for 5 places");
+        assert_eq!(store.count(hal, usize::MAX).await.unwrap(), admitted, "the refused ones left nothing");
+        while store.insert_within(record(hal), 5).await.unwrap().is_some() {}
+        assert_eq!(store.count(hal, usize::MAX).await.unwrap(), 5, "one at a time: filled to the quota, not past it");
     }
 
     async fn insert_many(s: &Store) -> Vec<u64> {

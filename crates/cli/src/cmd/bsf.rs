@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use super::runtime;
 use mediasec_bsf::client;
+use mediasec_bsf::graceful::Serving;
 use mediasec_bsf::server::{Bsf, ServerConfig};
 use mediasec_bsf::rekey::PREVIOUS_MASTER_KEY_ENV;
 use mediasec_bsf::store::{MASTER_KEY_ENV, Store, Subscriber};
@@ -219,12 +220,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             match tls {
                 Some(cfg) => {
                     println!("listening on https://{addr}");
-                    mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, state).await
+                    mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, state, std::future::pending()).await
                 }
                 None => {
                     println!("listening on http://{addr}");
                     tokio::select! {
-                        r = mediasec_bsf::server::serve(listener, state) => r,
+                        r = mediasec_bsf::server::serve(listener, state, std::future::pending()) => r,
                         _ = tokio::signal::ctrl_c() => Ok(()),
                     }
                 }
@@ -306,7 +307,8 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
         let state = Bsf::new(ServerConfig { bsf: BsfConfig::new(DOMAIN), zn_token: token.clone(), admin_token: String::new() }, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = client::Endpoint::http(&format!("http://{}", listener.local_addr()?))?;
-        let server = tokio::spawn(mediasec_bsf::server::serve(listener, Arc::clone(&state)));
+        let served = Arc::clone(&state);
+        let server = Serving::spawn("BSF", |until| mediasec_bsf::server::serve(listener, served, until));
         let per = n.div_ceil(concurrency);
         let t0 = Instant::now();
         let mut tasks = Vec::new();
@@ -347,7 +349,7 @@ fn bench(n: usize, concurrency: usize) -> anyhow::Result<ExitCode> {
             t.await??;
         }
         let zn_secs = t1.elapsed().as_secs_f64();
-        server.abort();
+        server.shutdown().await;
         println!("bootstraps: {} in {boot_secs:.2} s = {:.0}/s (each: 2 HTTP round trips and 3 durable store writes: the SQN swap, the session and its index row; the challenge in flight stays in memory with an embedded store; concurrency {concurrency})", btids.len(), btids.len() as f64 / boot_secs);
         println!("Zn look-ups: {lookups} in {zn_secs:.2} s = {:.0}/s", lookups as f64 / zn_secs);
         anyhow::Ok(())

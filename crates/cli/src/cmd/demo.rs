@@ -187,6 +187,7 @@ fn sip() -> anyhow::Result<bool> {
 /// GBA on loopback: BSF (embedded redb store in a temporary directory), UE bootstrap, Zn.
 fn gba() -> anyhow::Result<bool> {
     use mediasec_bsf::client::{self, Endpoint};
+    use mediasec_bsf::graceful::Serving;
     use mediasec_bsf::server::{Bsf, ServerConfig};
     use mediasec_bsf::store::{Store, Subscriber};
     use mediasec_gba::bsf::BsfConfig;
@@ -220,7 +221,7 @@ fn gba() -> anyhow::Result<bool> {
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let server = tokio::spawn(mediasec_bsf::server::serve(listener, bsf));
+        let server = Serving::spawn("BSF", |until| mediasec_bsf::server::serve(listener, bsf, until));
         let endpoint = Endpoint::http(&url)?;
         let started = Instant::now();
         // The UE's USIM starts out of step (SQN_MS ahead), so the run includes a resync.
@@ -240,7 +241,7 @@ fn gba() -> anyhow::Result<bool> {
         let zn_u = client::zn_lookup(&endpoint, &zn_token, &boot_u.btid.to_string(), NAF, "0100000006")
             .await?
             .context("Zn did not know the fresh GBA_U B-TID")?;
-        server.abort();
+        server.shutdown().await;
         let same_u = zn_u.key()? == ext.0.to_vec() && zn_u.gba_type.as_deref() == Some("GBA_U") && zn_u.int_key()?.is_none();
         anyhow::Ok((boot.btid.to_string(), ub_time, same, zn.impus, same_u))
     });

@@ -248,8 +248,8 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let keys = Arc::clone(&service);
         let server = async move {
             match tls {
-                Some(cfg) => serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, service).await.map_err(anyhow::Error::from),
-                None => serve(listener, service).await.map_err(anyhow::Error::from),
+                Some(cfg) => serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, service, std::future::pending()).await.map_err(anyhow::Error::from),
+                None => serve(listener, service, std::future::pending()).await.map_err(anyhow::Error::from),
             }
         };
         let until_ctrl_c = async move {

@@ -166,8 +166,9 @@ pub struct Span {
 
 /// Decodes a chain whose first payload has type `first`, consuming the whole reader.
 pub(crate) fn decode_chain(r: &mut Reader<'_>, first: u8) -> Result<(Vec<Payload>, Vec<Span>)> {
-    let mut payloads = Vec::new();
-    let mut spans = Vec::new();
+    // Room for the usual message (HDR aside, four to eight payloads) without regrowing.
+    let mut payloads = Vec::with_capacity(8);
+    let mut spans = Vec::with_capacity(8);
     let mut next = first;
     while next != PayloadType::LAST.0 {
         let start = r.offset();
@@ -192,10 +193,9 @@ fn is_known(ty: PayloadType) -> bool {
     matches!(ty.0, 1..=17 | 20 | 21 | 26)
 }
 
-/// Encodes a chain; returns the type of its first payload (0 if empty) and the spans of the
-/// payloads relative to the writer's start position.
-pub(crate) fn encode_chain(payloads: &[Payload], w: &mut Writer) -> Result<Vec<Span>> {
-    let mut spans = Vec::with_capacity(payloads.len());
+/// Encodes a chain, telling `span` where each payload landed (offsets in the writer); callers
+/// that need no spans pass `|_| ()` and allocate nothing for them.
+pub(crate) fn encode_chain(payloads: &[Payload], w: &mut Writer, mut span: impl FnMut(Span)) -> Result<()> {
     let mut iter = payloads.iter().peekable();
     while let Some(p) = iter.next() {
         let start = w.len();
@@ -207,9 +207,9 @@ pub(crate) fn encode_chain(payloads: &[Payload], w: &mut Writer) -> Result<Vec<S
             w.u8(iter.peek().map_or(0, |n| n.payload_type().0));
         }
         p.encode_body(w)?;
-        spans.push(Span { start, end: w.len() });
+        span(Span { start, end: w.len() });
     }
-    Ok(spans)
+    Ok(())
 }
 
 /// Type code of the first payload of a chain (0 = empty chain).
@@ -228,7 +228,7 @@ pub fn decode_payloads(bytes: &[u8], first: PayloadType, base: usize) -> Result<
 /// Encodes a standalone chain (no leading type octet).
 pub fn encode_payloads(payloads: &[Payload]) -> Result<Vec<u8>> {
     let mut w = Writer::new();
-    encode_chain(payloads, &mut w)?;
+    encode_chain(payloads, &mut w, |_| ())?;
     Ok(w.into_vec())
 }
 
@@ -244,6 +244,6 @@ pub fn decode_first_payload_chain(bytes: &[u8], base: usize) -> Result<Vec<Paylo
 pub fn encode_first_payload_chain(payloads: &[Payload]) -> Result<Vec<u8>> {
     let mut w = Writer::new();
     w.u8(first_type(payloads));
-    encode_chain(payloads, &mut w)?;
+    encode_chain(payloads, &mut w, |_| ())?;
     Ok(w.into_vec())
 }

@@ -209,7 +209,7 @@ impl BaseTicketData {
         let mut w = Writer::new();
         w.u8(super::first_type(&self.payloads));
         w.len16(&self.thdr_data, "THDR Data")?;
-        super::encode_chain(&self.payloads, &mut w)?;
+        super::encode_chain(&self.payloads, &mut w, |_| ())?;
         Ok(w.into_vec())
     }
 }
