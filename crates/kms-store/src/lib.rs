@@ -239,4 +239,9 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, u64>;
     /// Up to `limit` audit entries with a sequence number greater than `after`, in order.
     fn audit<'a>(&'a self, after: u64, limit: usize) -> StoreFuture<'a, Vec<(u64, AuditEntry)>>;
+    /// Whether one process at a time uses the store (redb locks its file): then every row of
+    /// [`Table::Servers`] written by another process is of a process gone ([`servers`]).
+    fn one_process(&self) -> bool {
+        false
+    }
 }

@@ -9,7 +9,10 @@
 //! [`Liveness::heartbeat`] ([`Registration::heartbeat`]). A row whose time stamp is older
 //! than [`Liveness::stale_after`] is a server gone (killed, its host lost): it is ignored and
 //! deleted by whoever meets it, so a crashed server never blocks a rotation for longer than
-//! that. The time stamps are the writers' wall clocks: the hosts' clocks must agree to well
+//! that. On a store one process holds ([`Store::one_process`]: redb locks its file), a row
+//! another process wrote is of a process gone whatever its age (each row names its process
+//! by a random id drawn once per process), so a server restarted after a crash, with other
+//! keys after an offline rotation, is not held back. The time stamps are the writers' wall clocks: the hosts' clocks must agree to well
 //! within `stale_after − heartbeat` (50 s by default; NTP keeps them within milliseconds).
 //!
 //! The rules, which make a replica meeting a row it cannot open impossible while every
@@ -60,6 +63,9 @@ impl Default for Liveness {
 pub struct ServerRecord {
     /// Who: what the server says of itself (program, listen address, process id).
     pub label: String,
+    /// A random id of the process that wrote the row (drawn once per process).
+    #[serde(default)]
+    pub process: String,
     /// Fingerprint of the key it seals with.
     pub seals: String,
     /// Fingerprints of every key it opens with (the sealing key first).
@@ -75,6 +81,19 @@ impl ServerRecord {
     pub fn stale(&self, now_ms: u64, liveness: &Liveness) -> bool {
         now_ms.saturating_sub(self.alive_unix_ms) > u64::try_from(liveness.stale_after.as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// This process's id in the rows it writes ([`ServerRecord::process`]): 16 random hex digits,
+/// drawn once.
+pub fn process_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut id = [0u8; 8];
+        // A failed draw leaves zeros: the id then only fails to tell processes apart, which
+        // makes rows of a crashed process on an embedded store wait for the timeout.
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        hex::encode(id)
+    })
 }
 
 impl std::fmt::Display for ServerRecord {
@@ -107,7 +126,9 @@ pub async fn live_servers(store: &dyn Store, scope: &str, liveness: &Liveness) -
         let mut last = None;
         for (key, bytes) in batch {
             let rec: ServerRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("row {key:?} of table servers: {e}")))?;
-            if !rec.stale(now, liveness) {
+            // On a store one process holds, a row of another process is of a process gone.
+            let gone = rec.stale(now, liveness) || (store.one_process() && rec.process != process_id());
+            if !gone {
                 live.push((key.clone(), rec));
             } else if store.compare_and_swap(Table::Servers, &key, Some(&bytes), None).await? {
                 tracing::warn!(scope, server = %rec, "removed the row of a server gone (no refresh for longer than the liveness timeout)");
@@ -177,6 +198,7 @@ impl Registration {
         let now = now_ms();
         let record = ServerRecord {
             label: label.to_owned(),
+            process: process_id().to_owned(),
             seals: keys.sealing().fingerprint(),
             opens: keys.opening().map(crate::sealed::MasterKey::fingerprint).collect(),
             started_unix_ms: now,
@@ -278,7 +300,7 @@ mod tests {
     use super::*;
 
     fn rec(seals: &str, opens: &[&str], alive: u64) -> ServerRecord {
-        ServerRecord { label: format!("s-{seals}"), seals: seals.into(), opens: opens.iter().map(|s| (*s).to_owned()).collect(), started_unix_ms: 0, alive_unix_ms: alive }
+        ServerRecord { label: format!("s-{seals}"), process: String::new(), seals: seals.into(), opens: opens.iter().map(|s| (*s).to_owned()).collect(), started_unix_ms: 0, alive_unix_ms: alive }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use mediasec_kms_store::pg_lab::PgLab;
 use mediasec_kms_store::rekey::{Aad, Counts, Keys, Progress, RekeyError, Rotation, SealedTable, WholeValue, check_no_rotation};
 use mediasec_kms_store::sealed::{MasterKey, MasterKeys};
-use mediasec_kms_store::servers::{Liveness, Registration};
+use mediasec_kms_store::servers::{Liveness, Registration, ServerRecord};
 use mediasec_kms_store::{AuditEntry, PgStore, RedbStore, Store, StoreFuture, Table};
 
 const OLD: [u8; 32] = [1; 32];
@@ -379,6 +379,34 @@ fn a_registration_racing_the_walk_never_both_succeed() {
                 if let Ok(w) = walk {
                     w.finish(&Default::default()).await.expect("finish");
                 }
+            }
+        });
+    });
+}
+
+/// A fresh row of another process: on redb (one process holds the file) that process is gone,
+/// so its row is deleted and holds nobody back; on PostgreSQL it is a live replica.
+#[test]
+fn a_row_of_another_process_counts_only_on_a_shared_store() {
+    backends("process", |s| {
+        rt().block_on(async {
+            let (old_only, new_only) = (server(OLD, &[]), server(NEW, &[]));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+            let other = ServerRecord {
+                label: "crashed elsewhere".into(),
+                process: "another process".into(),
+                seals: old_only.sealing().fingerprint(),
+                opens: vec![old_only.sealing().fingerprint()],
+                started_unix_ms: now,
+                alive_unix_ms: now,
+            };
+            s.put(Table::Servers, "kms/0123", &serde_json::to_vec(&other).expect("json")).await.expect("put");
+            let r = register(&s, &new_only, "restarted with the new key", Liveness::default()).await;
+            if s.one_process() {
+                r.expect("the other process is gone").deregister().await.expect("deregister");
+                assert!(s.list(Table::Servers).await.expect("list").is_empty(), "its row deleted");
+            } else {
+                assert!(matches!(r, Err(RekeyError::Incompatible { .. })), "a live replica on the old key");
             }
         });
     });
