@@ -4,7 +4,7 @@
 //!   in an embedded redb file or in PostgreSQL shared by replicas; K, OPc/OP and Ks sealed
 //!   under the BSF master key; SQNs are allocated atomically across replicas and committed
 //!   before use.
-//! - [`rekey`]: master-key rotation of the store's sealed rows (offline, `mediasec bsf rekey`).
+//! - [`rekey`]: master-key rotation of the store's sealed rows (`mediasec bsf rekey`: offline, or online on PostgreSQL).
 //! - [`server`]: Ub, Zn (`POST /zn/v1/naf-keys`), admin API and `/metrics` (axum).
 //! - [`client`]: UE bootstrapping over HTTP(S) and a Zn client for NAFs (e.g. the KMS), and
 //!   the HTTP/1.1 client of every mediasec component, with connection reuse (`http.rs`).

@@ -13,11 +13,13 @@
 //! (`master_key.rekey.begin`, `master_key.rekey`) go to the store's audit log.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use mediasec_kms_store::Store as Kv;
 use mediasec_kms_store::Table;
-use mediasec_kms_store::rekey::{Aad, Change, Keys, Progress, RekeyError, Report, Rotation, RowCodec, RowStep, SealedTable, WholeValue, check_no_rotation};
-use mediasec_kms_store::sealed::row_aad;
+use mediasec_kms_store::rekey::{Aad, Change, Keys, Mode, Progress, RekeyError, Report, Rotation, RowCodec, RowStep, SealedTable, WholeValue, check_no_rotation};
+use mediasec_kms_store::sealed::{MasterKeys, row_aad};
+use mediasec_kms_store::servers::{Liveness, Registration};
 use zeroize::Zeroizing;
 
 use crate::BsfError;
@@ -28,6 +30,10 @@ pub const SCOPE: &str = "bsf";
 
 /// Environment variable holding the new master key of `mediasec bsf rekey` (64 hex digits).
 pub const NEW_MASTER_KEY_ENV: &str = "MEDIASEC_BSF_NEW_MASTER_KEY";
+
+/// Environment variable holding the previous master key(s) a BSF also opens with during an
+/// online rotation (64 hex digits each, separated by commas).
+pub const PREVIOUS_MASTER_KEY_ENV: &str = "MEDIASEC_BSF_PREVIOUS_MASTER_KEY";
 
 /// Subscriber rows: the sealed `secrets`, or K and OPc/OP in the clear.
 struct Subscribers;
@@ -101,10 +107,22 @@ pub const TABLES: [SealedTable<'static>; 3] = [
     SealedTable { table: Table::BsfPending, codec: &WholeValue(Aad::TableRow) },
 ];
 
-/// Refuses a store whose rotation is unfinished (its rows are sealed under two keys):
+/// Refuses a store whose rotation is unfinished (its rows are sealed under two keys), unless
+/// it is an online rotation a BSF holding `keys` serves through ([`check_no_rotation`]):
 /// [`crate::store::Store::check_master_key`] runs it first.
-pub async fn check_not_rotating(kv: &dyn Kv) -> Result<(), BsfError> {
-    check_no_rotation(kv, SCOPE).await.map_err(|e| {
+pub async fn check_not_rotating(kv: &dyn Kv, keys: &MasterKeys) -> Result<(), BsfError> {
+    check_no_rotation(kv, SCOPE, keys).await.map_err(|e| {
+        tracing::error!(error = %e, "refusing the store");
+        BsfError::from(e)
+    })
+}
+
+/// Registers a BSF (or a `mediasec bsf subscriber` run, which seals too) using `store` with
+/// its keys ([`Registration::register`]: refused while a live BSF of the store could not open
+/// what this one seals, or the reverse, and during a rotation this one may not serve
+/// through). Run before serving; keep it alive with [`Registration::keep_alive`].
+pub async fn register(store: &crate::store::Store, label: &str, liveness: Liveness) -> Result<Registration, BsfError> {
+    Registration::register(Arc::clone(store.kv()), SCOPE, store.keys(), label, liveness).await.map_err(|e| {
         tracing::error!(error = %e, "refusing the store");
         BsfError::from(e)
     })
@@ -112,11 +130,12 @@ pub async fn check_not_rotating(kv: &dyn Kv) -> Result<(), BsfError> {
 
 /// Re-seals every sealed row of the BSF store from `keys`' old master key to its new one
 /// (and seals under the new key what earlier versions left in the clear), resuming an
-/// unfinished rotation to the same new key. Run with every BSF using the store stopped.
-/// `progress` sees each row; [`ControlFlow::Break`] stops the run, which a later call
-/// finishes.
-pub async fn rekey(kv: &dyn Kv, keys: Keys, progress: &mut (dyn FnMut(&Progress) -> ControlFlow<()> + Send)) -> Result<Report, BsfError> {
-    let rotation = Rotation::begin(kv, SCOPE, keys, "mediasec bsf rekey").await?;
+/// unfinished rotation to the same new key. [`Mode::Offline`]: every BSF using the store
+/// stopped; [`Mode::Online`]: every live BSF seals with the new key and opens with the old
+/// one, else refused. `progress` sees each row; [`ControlFlow::Break`] stops the run, which
+/// a later call finishes.
+pub async fn rekey(kv: &dyn Kv, keys: Keys, mode: Mode, progress: &mut (dyn FnMut(&Progress) -> ControlFlow<()> + Send)) -> Result<Report, BsfError> {
+    let rotation = Rotation::start(kv, SCOPE, keys, "mediasec bsf rekey", mode).await?;
     let report = rotation.run(&TABLES, progress).await?;
     rotation.finish(&report).await?;
     Ok(report)

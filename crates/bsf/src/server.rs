@@ -393,30 +393,44 @@ async fn metrics(State(b): State<Arc<Bsf>>) -> Response {
 }
 
 /// Deletes expired sessions every [`PURGE_INTERVAL`], forever.
-async fn purge_loop(bsf: Arc<Bsf>) -> Result<(), BsfError> {
+async fn purge_loop(bsf: Arc<Bsf>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(PURGE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        // Outside the select: a purge is never cut off half-way. On redb each store operation
+        // runs on a blocking thread holding the database; a purge dropped mid-flight would
+        // keep the file open after the server returned, and a server restarted on the same
+        // file would fail with "Database already open".
         bsf.purge_expired().await;
     }
+}
+
+/// Runs `serving` (axum's serve, graceful once `until` completes) and the purge loop, which
+/// stops between purges once the serving has ended: on return nothing holds the store.
+async fn run(serving: impl Future<Output = std::io::Result<()>>, bsf: Arc<Bsf>) -> Result<(), BsfError> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = async move {
+        let served = serving.await;
+        let _ = stop.send(true);
+        served
+    };
+    let (served, ()) = tokio::join!(serving, purge_loop(bsf, stopped));
+    served.map_err(BsfError::Io)
 }
 
 /// Serve plain HTTP on an already bound listener until `until` completes (then gracefully:
 /// [`crate::graceful`]) or the future is dropped; purges expired sessions meanwhile.
 pub async fn serve(listener: tokio::net::TcpListener, bsf: Arc<Bsf>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), BsfError> {
     let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
-    tokio::select! {
-        r = axum::serve(listener, app).with_graceful_shutdown(until) => r.map_err(BsfError::Io),
-        r = purge_loop(bsf) => r,
-    }
+    run(axum::serve(listener, app).with_graceful_shutdown(until).into_future(), bsf).await
 }
 
 /// Serve HTTPS (see [`crate::tls`]) as [`serve`].
 pub async fn serve_tls(listener: crate::tls::TlsListener, bsf: Arc<Bsf>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), BsfError> {
     let app = bsf.router().into_make_service_with_connect_info::<NafCert>();
-    tokio::select! {
-        r = axum::serve(listener, app).with_graceful_shutdown(until) => r.map_err(BsfError::Io),
-        r = purge_loop(bsf) => r,
-    }
+    run(axum::serve(listener, app).with_graceful_shutdown(until).into_future(), bsf).await
 }

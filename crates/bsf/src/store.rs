@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use mediasec_gba::bsf::{BootstrapSession, PendingChallenge, SubscriberAuth};
 use mediasec_gba::milenage::{Milenage, SQN_MAX, Sqn};
 use mediasec_gba::uicc::UiccType;
-use mediasec_kms_store::sealed::MasterKey;
+use mediasec_kms_store::sealed::MasterKeys;
 use mediasec_kms_store::{RedbStore, Step, Store as Kv, Table, update};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -157,7 +157,7 @@ impl Subscriber {
 /// A stored bootstrap session.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
-    /// Ks sealed ([`MasterKey::seal`], row `sessions:<B-TID>`), hex.
+    /// Ks sealed ([`MasterKeys::seal`], row `sessions:<B-TID>`), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ks_sealed: Option<String>,
     /// Ks in the clear, hex: sessions written by earlier versions (read, never written).
@@ -194,7 +194,7 @@ pub(crate) struct SubscriberRow {
     /// Write counter (0 in rows written before it existed).
     #[serde(default)]
     pub(crate) rev: u64,
-    /// [`Secrets`] sealed ([`MasterKey::seal`], row `subscribers:<IMPI>`), hex.
+    /// [`Secrets`] sealed ([`MasterKeys::seal`], row `subscribers:<IMPI>`), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) secrets: Option<String>,
     /// K in the clear, hex: rows written by earlier versions (read, never written).
@@ -279,7 +279,7 @@ type LocalChallenges = HashMap<String, (PendingChallenge, u64)>;
 #[derive(Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
-    master: Arc<MasterKey>,
+    master: Arc<MasterKeys>,
     /// Challenges in flight kept in this process instead of the store
     /// ([`Store::challenges_in_memory`]): nonce → (challenge, expiry). Each use is one
     /// insert, remove or retain, so the map is whole even after a panic elsewhere poisoned
@@ -313,8 +313,18 @@ fn expiry_key(expiry: u64, btid: &str) -> String {
 impl Store {
     /// The BSF store on a backend (redb, or PostgreSQL shared by replicas); secrets sealed
     /// under `master`.
-    pub fn new(kv: Arc<dyn Kv>, master: MasterKey) -> Self {
-        Self { kv, master: Arc::new(master), local_pending: None }
+    pub fn new(kv: Arc<dyn Kv>, master: impl Into<MasterKeys>) -> Self {
+        Self { kv, master: Arc::new(master.into()), local_pending: None }
+    }
+
+    /// The backend.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+
+    /// The master keys (the sealing one, and those values are also opened with).
+    pub fn keys(&self) -> &MasterKeys {
+        &self.master
     }
 
     /// The same store, with the challenges in flight kept in this process's memory instead
@@ -330,12 +340,12 @@ impl Store {
 
     /// Opens or creates the embedded database file (blocking: call it before serving), with
     /// the challenges in flight in memory ([`Store::challenges_in_memory`]).
-    pub fn open(path: &std::path::Path, master: MasterKey) -> Result<Self, BsfError> {
+    pub fn open(path: &std::path::Path, master: impl Into<MasterKeys>) -> Result<Self, BsfError> {
         Ok(Self::new(Arc::new(RedbStore::open(path)?), master).challenges_in_memory())
     }
 
     /// Connects to PostgreSQL (`postgres://…`) and creates the schema if missing.
-    pub async fn connect(url: &str, master: MasterKey) -> Result<Self, BsfError> {
+    pub async fn connect(url: &str, master: impl Into<MasterKeys>) -> Result<Self, BsfError> {
         Ok(Self::new(Arc::new(mediasec_kms_store::PgStore::connect(url).await?), master))
     }
 
@@ -350,7 +360,8 @@ impl Store {
         self.open_raw(table, key, &sealed)
     }
 
-    /// Opens a value sealed for row `key` of `table` ([`MasterKey::open`]).
+    /// Opens a value sealed for row `key` of `table` under any of the master keys
+    /// ([`MasterKeys::open`]: the sealing key, then the previous ones).
     fn open_raw(&self, table: Table, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, BsfError> {
         self.master.open(table, key, sealed).map_err(|e| BsfError::Sealed { key: key.to_owned(), reason: e.to_string() })
     }
@@ -408,7 +419,7 @@ impl Store {
     /// server runs it before serving, so a wrong `--master-key` stops it at start, as it stops
     /// the KMS, rather than failing every request.
     pub async fn check_master_key(&self) -> Result<(), BsfError> {
-        crate::rekey::check_not_rotating(&*self.kv).await?;
+        crate::rekey::check_not_rotating(&*self.kv, &self.master).await?;
         let end = char::MAX.to_string();
         for (key, v) in self.kv.range(Table::BsfSubscribers, "", &end, KEY_CHECK_ROWS).await? {
             let row: SubscriberRow = decode(&key, &Zeroizing::new(v))?;

@@ -907,7 +907,7 @@ async fn two_replicas_on_one_postgres() {
 /// refused, everything opens under the new key, the clear rows are sealed, a Zn look-up of the
 /// session made before the rotation gives the same Ks_NAF and a new bootstrap works.
 async fn rekey_scenario(kv: Arc<dyn Kv>) {
-    use mediasec_kms_store::rekey::{Counts, Keys, Progress, RekeyError};
+    use mediasec_kms_store::rekey::{Counts, Keys, Mode, Progress, RekeyError};
     use std::ops::ControlFlow;
     let new_key = || MasterKey::new(&[0x77; 32]).expect("key");
     let old_store = Store::new(Arc::clone(&kv), master());
@@ -928,13 +928,13 @@ async fn rekey_scenario(kv: Arc<dyn Kv>) {
 
     // Interrupted after one row: both keys' stores are refused, saying to finish.
     let pair = || Keys::new(master(), new_key()).expect("keys");
-    let stop = mediasec_bsf::rekey::rekey(&*kv, pair(), &mut |_: &Progress| ControlFlow::Break(())).await;
+    let stop = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Offline, &mut |_: &Progress| ControlFlow::Break(())).await;
     assert!(matches!(stop, Err(mediasec_bsf::BsfError::Rekey(RekeyError::Stopped { rows: 1 }))), "{stop:?}");
     for m in [master(), new_key()] {
         let e = Store::new(Arc::clone(&kv), m).check_master_key().await.expect_err("refused while unfinished").to_string();
         assert!(e.contains("mediasec bsf rekey") && e.contains("again"), "{e}");
     }
-    let report = mediasec_bsf::rekey::rekey(&*kv, pair(), &mut |_: &Progress| ControlFlow::Continue(())).await.expect("rekey");
+    let report = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Offline, &mut |_: &Progress| ControlFlow::Continue(())).await.expect("rekey");
     // 2 subscribers (1 sealed, 1 clear), 2 sessions (1 sealed, 1 clear), 1 challenge; the
     // first row (the sealed subscriber, first in key order) was done by the stopped run.
     assert_eq!(report.total(), Counts { resealed: 2, already_new: 1, sealed_from_clear: 2, gone: 0 }, "{report}");
@@ -972,4 +972,134 @@ async fn rekey_redb() {
 async fn rekey_postgres() {
     let Some(b) = Backend::pg() else { return };
     rekey_scenario(b.kv().await).await;
+}
+
+/// A BSF replica on PostgreSQL registered with its keys (sealing `seal`, also opening
+/// `open_also`), as `mediasec bsf` runs one.
+async fn online_replica(url: &str, seal: [u8; 32], open_also: &[[u8; 32]], name: &str) -> Result<(Running, mediasec_kms_store::servers::Registration), mediasec_bsf::BsfError> {
+    use mediasec_kms_store::sealed::MasterKeys;
+    let keys = MasterKeys::new(MasterKey::new(&seal).expect("key"), open_also.iter().map(|k| MasterKey::new(k).expect("key")).collect()).expect("keys");
+    let store = Store::connect(url, keys).await.expect("connect");
+    let reg = mediasec_bsf::rekey::register(&store, name, mediasec_kms_store::servers::Liveness::default()).await?;
+    store.check_master_key().await?;
+    Ok((start_on(store, 3600).await, reg))
+}
+
+async fn stop_replica(r: (Running, mediasec_kms_store::servers::Registration)) {
+    r.1.deregister().await.expect("deregister");
+    r.0.stop().await;
+}
+
+/// A bootstrap at `ub_at` (the UE's SQN_MS in `sqn`), then Zn look-ups at both replicas: the
+/// session is found and the Ks_NAF agrees with the UE's; `old` (an earlier B-TID and the
+/// UE's Ks_NAF for it) is still served the same.
+async fn bootstraps(ub_at: &Running, zn_at: &Running, k: &[u8; 16], opc: &[u8; 16], sqn: &mut u64, old: Option<&(String, Vec<u8>)>, when: &str) -> (String, Vec<u8>) {
+    let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+    let (boot, s) = client::bootstrap(&ep(&ub_at.url), ue(k, opc, *sqn)).await.unwrap_or_else(|e| panic!("{when}: bootstrap: {e}"));
+    *sqn = s;
+    let ks_naf = boot.ks_naf(&naf).expect("ks_naf").0.to_vec();
+    let btid = boot.btid.to_string();
+    let mut checks = vec![(zn_at, (&btid, &ks_naf)), (ub_at, (&btid, &ks_naf))];
+    if let Some((b, want)) = old {
+        checks.push((zn_at, (b, want)));
+    }
+    for (at, (b, want)) in checks {
+        let zn = client::zn_lookup(&ep(&at.url), ZN, b, "kms.ims.example.org", "0100000006").await.unwrap_or_else(|e| panic!("{when}: Zn: {e}"));
+        assert_eq!(&zn.unwrap_or_else(|| panic!("{when}: {b} not found")).key().expect("b64"), want, "{when}: Ks_NAF of {b}");
+    }
+    (btid, ks_naf)
+}
+
+/// The rolling online rotation with two BSF replicas on one PostgreSQL database, bootstraps
+/// at one and Zn look-ups at both at every step, the session of the first bootstrap served
+/// with the same Ks_NAF throughout: phase 1 (seal OLD, open NEW), phase 2 (seal NEW, open
+/// OLD; a replica sealing NEW refused while the other cannot open NEW; the walk refused while
+/// one seals OLD), the walk while bootstraps go on, phase 3 (NEW alone; OLD alone refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_rekey_with_two_replicas_on_postgres() {
+    use mediasec_kms_store::rekey::{Keys, Mode, Progress, RekeyError};
+    use mediasec_kms_store::servers::Liveness;
+    use std::ops::ControlFlow;
+    let Some(b) = Backend::pg() else { return };
+    let Backend::Pg { url, .. } = &b else { unreachable!("Backend::pg is PostgreSQL") };
+    const OLD: [u8; 32] = [0x42; 32];
+    const NEW: [u8; 32] = [0x77; 32];
+    let (k, opc) = keys();
+    let x = online_replica(url, OLD, &[], "X").await.expect("X");
+    let y = online_replica(url, OLD, &[], "Y").await.expect("Y");
+    x.0.bsf.store().add_subscriber(&subscriber(&k, &opc)).await.expect("add");
+    let mut sqn = 0;
+    let first = bootstraps(&x.0, &y.0, &k, &opc, &mut sqn, None, "before").await;
+    bootstraps(&y.0, &x.0, &k, &opc, &mut sqn, Some(&first), "before").await;
+
+    // Phase 1; sealing NEW refused while Y cannot open it.
+    stop_replica(x).await;
+    let e = online_replica(url, NEW, &[OLD], "X").await.err().expect("Y cannot open NEW").to_string();
+    assert!(e.contains("cannot open") && e.contains("Y (seals with"), "{e}");
+    let x = online_replica(url, OLD, &[NEW], "X").await.expect("X in phase 1");
+    bootstraps(&x.0, &y.0, &k, &opc, &mut sqn, Some(&first), "X in phase 1").await;
+    stop_replica(y).await;
+    let y = online_replica(url, OLD, &[NEW], "Y").await.expect("Y in phase 1");
+    bootstraps(&y.0, &x.0, &k, &opc, &mut sqn, Some(&first), "phase 1").await;
+
+    // Phase 2: sessions sealed under NEW at X are read at Y (phase 1); the walk is refused
+    // while Y seals OLD.
+    stop_replica(x).await;
+    let x = online_replica(url, NEW, &[OLD], "X").await.expect("X in phase 2");
+    bootstraps(&x.0, &y.0, &k, &opc, &mut sqn, Some(&first), "X in phase 2").await;
+    let pair = || Keys::new(MasterKey::new(&OLD).expect("key"), MasterKey::new(&NEW).expect("key")).expect("keys");
+    let kv: Arc<dyn Kv> = Arc::new(PgStore::connect(url).await.expect("connect"));
+    let go = |_: &Progress| ControlFlow::Continue(());
+    let e = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Online(Liveness::default()), &mut go.clone()).await.expect_err("Y seals OLD");
+    assert!(matches!(&e, mediasec_bsf::BsfError::Rekey(RekeyError::LiveServers { servers, .. }) if servers.starts_with("Y (")), "{e}");
+    stop_replica(y).await;
+    let y = online_replica(url, NEW, &[OLD], "Y").await.expect("Y in phase 2");
+    bootstraps(&y.0, &x.0, &k, &opc, &mut sqn, Some(&first), "phase 2").await;
+
+    // The walk, with bootstraps and look-ups going on at both replicas.
+    let (xu, yu) = (x.0.url.clone(), y.0.url.clone());
+    let mut progress = go;
+    let walk = mediasec_bsf::rekey::rekey(&*kv, pair(), Mode::Online(Liveness::default()), &mut progress);
+    let traffic = async {
+        let naf = NafId::new("kms.ims.example.org", UaProtocolId::IMS_MEDIA_PLANE);
+        let mut s = sqn;
+        for i in 0..6 {
+            let (ub_url, zn_url) = if i % 2 == 0 { (&xu, &yu) } else { (&yu, &xu) };
+            let (boot, n) = client::bootstrap(&ep(ub_url), ue(&k, &opc, s)).await.expect("bootstrap during the walk");
+            s = n;
+            let zn = client::zn_lookup(&ep(zn_url), ZN, &boot.btid.to_string(), "kms.ims.example.org", "0100000006").await.expect("Zn during the walk").expect("found");
+            assert_eq!(zn.key().expect("b64"), boot.ks_naf(&naf).expect("ks_naf").0.to_vec(), "Ks_NAF during the walk");
+            let old = client::zn_lookup(&ep(zn_url), ZN, &first.0, "kms.ims.example.org", "0100000006").await.expect("Zn during the walk").expect("found");
+            assert_eq!(old.key().expect("b64"), first.1, "the first session during the walk");
+        }
+        s
+    };
+    let (report, s) = tokio::join!(walk, traffic);
+    sqn = s;
+    let report = report.expect("online rekey");
+    // Under OLD: the subscriber (its SQN updates carry the sealed secrets over) and the 4
+    // sessions of before and phase 1; under NEW: the 2 sessions of phase 2 and any made
+    // during the walk that it reached.
+    assert_eq!(report.total().resealed, 5, "{report}");
+    assert!(report.total().rows() >= 7, "{report}");
+    bootstraps(&x.0, &y.0, &k, &opc, &mut sqn, Some(&first), "after the walk").await;
+
+    // Phase 3: NEW alone everywhere; OLD alone refused; every sealed value opens under NEW.
+    stop_replica(x).await;
+    let x = online_replica(url, NEW, &[], "X").await.expect("X in phase 3");
+    stop_replica(y).await;
+    let y = online_replica(url, NEW, &[], "Y").await.expect("Y in phase 3");
+    bootstraps(&y.0, &x.0, &k, &opc, &mut sqn, Some(&first), "phase 3").await;
+    let e = online_replica(url, OLD, &[], "Z").await.err().expect("old key alone").to_string();
+    assert!(e.contains("cannot open"), "{e}");
+    let new_only = Store::new(Arc::clone(&kv), MasterKey::new(&NEW).expect("key"));
+    new_only.check_master_key().await.expect("the new key alone opens the store");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    for (btid, _) in kv.list(Table::BsfSessions).await.expect("sessions") {
+        new_only.session(&btid, now).await.unwrap_or_else(|e| panic!("session {btid} under NEW: {e}"));
+    }
+    let admin: Vec<String> = kv.audit(0, 100).await.expect("audit").into_iter().map(|(_, e)| format!("{} {}", e.action, e.detail)).collect();
+    assert!(admin.iter().any(|a| a == "master_key.rekey.begin bsf: online, started") && admin.iter().any(|a| a.starts_with("master_key.rekey bsf: ")), "{admin:?}");
+    stop_replica(x).await;
+    stop_replica(y).await;
 }

@@ -192,3 +192,67 @@ fn two_bsf_processes_share_postgresql() {
     let (_, sqn_ms) = rt.block_on(client::bootstrap(&ep(&url_b), ue)).expect("bootstrap at B");
     assert_eq!(sqn_ms, 2);
 }
+
+/// `mediasec bsf` on `url` with `envs` (its keys), stderr kept; its URL.
+fn start_with_keys(url: &str, envs: &[(&str, &str)]) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["bsf", "--store", url, "--listen", "127.0.0.1:0", "--zn-token", "z", "--admin-token", "a"]).env_remove("MEDIASEC_BSF_MASTER_KEY");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn mediasec bsf");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    let url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("listening line: {line:?}")).to_owned();
+    (child, url)
+}
+
+/// Stops a server as Ctrl-C does (SIGINT): it removes its row from the store and exits.
+fn interrupt(mut child: Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    assert!(child.wait().expect("wait").success());
+}
+
+/// The online rotation with real processes: a BSF of phase 1 blocks `bsf rekey --online`
+/// (named in the refusal); a BSF of the old key alone cannot start next to one sealing the
+/// new key; once the BSF runs in phase 2 (the phase-1 one stopped with Ctrl-C, which removes
+/// its row), the online rekey runs while it serves, and the store then opens under the new key
+/// alone.
+#[test]
+fn online_rekey_with_a_serving_bsf_process() {
+    let pg = match mediasec_kms_store::pg_lab::PgLab::start() {
+        Ok(Some(pg)) => pg,
+        Ok(None) => return,
+        Err(e) => panic!("PostgreSQL lab: {e}"),
+    };
+    let url = pg.create_database("bsf_online").expect("database");
+    const NEW: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    let add = Command::new(BIN).args(["bsf", "subscriber", "add", "--store", &url, "--master-key", MASTER, "--impi", IMPI, "--k", K, "--opc", OPC]).output().expect("add");
+    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    let rekey = || {
+        let o = Command::new(BIN).args(["bsf", "rekey", "--online", "--store", &url, "--master-key", MASTER, "--new-master-key", NEW]).output().expect("rekey");
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+
+    let (phase1, phase1_url) = start_with_keys(&url, &[("MEDIASEC_BSF_MASTER_KEY", MASTER), ("MEDIASEC_BSF_PREVIOUS_MASTER_KEY", NEW)]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    assert!(rt.block_on(challenge_sqn(&phase1_url)).is_some(), "phase 1 serves");
+    let (ok, out) = rekey();
+    assert!(!ok && out.contains("not yet: mediasec bsf on 127.0.0.1:0 pid"), "{out}");
+    interrupt(phase1);
+
+    let (phase2, phase2_url) = start_with_keys(&url, &[("MEDIASEC_BSF_MASTER_KEY", NEW), ("MEDIASEC_BSF_PREVIOUS_MASTER_KEY", MASTER)]);
+    let old_alone = Command::new(BIN)
+        .args(["bsf", "--store", &url, "--listen", "127.0.0.1:0", "--zn-token", "z", "--admin-token", "a", "--master-key", MASTER])
+        .output()
+        .expect("mediasec bsf");
+    let err = String::from_utf8_lossy(&old_alone.stderr);
+    assert!(!old_alone.status.success() && err.contains("cannot open"), "{err}");
+    let (ok, out) = rekey();
+    assert!(ok && out.contains("rekey bsf: done") && out.contains("1 re-sealed"), "{out}");
+    assert!(rt.block_on(challenge_sqn(&phase2_url)).is_some(), "serves after the walk");
+    interrupt(phase2);
+    let list = Command::new(BIN).args(["bsf", "subscriber", "list", "--store", &url, "--master-key", NEW]).output().expect("list");
+    assert!(list.status.success() && String::from_utf8_lossy(&list.stdout).contains(IMPI), "{}", String::from_utf8_lossy(&list.stderr));
+}

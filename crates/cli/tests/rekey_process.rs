@@ -110,4 +110,20 @@ fn kms_rekey_arguments() {
     assert!(!same.status.success() && text(&same).contains("the new master key is the old master key"), "{}", text(&same));
     let help = Command::new(BIN).args(["kms", "rekey", "--help"]).output().expect("help");
     assert!(text(&help).contains("ps") && text(&help).contains("MEDIASEC_KMS_NEW_MASTER_KEY"), "{}", text(&help));
+    assert!(text(&help).contains("--online"), "{}", text(&help));
+    // Online needs PostgreSQL: an embedded store has one server, which holds the file.
+    let db = std::env::temp_dir().join(format!("mediasec-rekey-online-{}.redb", std::process::id()));
+    std::fs::write(&db, b"").expect("file");
+    let online = Command::new(BIN).args(["kms", "rekey", "--online", "--store"]).arg(&db).args(["--master-key", OLD, "--new-master-key", NEW]).output().expect("run");
+    assert!(!online.status.success() && text(&online).contains("--online needs a PostgreSQL store"), "{}", text(&online));
+    let _ = std::fs::remove_file(&db);
+    // A previous key equal to the sealing key is a configuration mistake, refused at start.
+    let dup = Command::new(BIN)
+        .args(["kms", "serve", "--fqdn", "kms.a.example", "--bsf", "http://127.0.0.1:9", "--zn-token", "z", "--store"])
+        .arg(&db)
+        .args(["--master-key", OLD, "--previous-master-key", OLD])
+        .output()
+        .expect("run");
+    assert!(!dup.status.success() && text(&dup).contains("given twice"), "{}", text(&dup));
+    assert!(!db.exists(), "refused before the store is opened");
 }

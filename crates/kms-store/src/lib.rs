@@ -33,6 +33,7 @@ pub mod pg_tls;
 pub mod redb_store;
 pub mod rekey;
 pub mod sealed;
+pub mod servers;
 pub mod update;
 
 pub use pg::PgStore;
@@ -93,11 +94,15 @@ pub enum Table {
     /// A master-key rotation in progress ([`rekey`]), keyed by the service whose rows it
     /// re-seals (`kms`, `bsf`); the row exists from the start of the rotation to its end.
     Rekey,
+    /// The servers using the store and the master keys they seal and open with (by
+    /// fingerprint), keyed `<scope>/<instance id>`, each refreshed while the server runs
+    /// ([`servers`]): what the online master-key rotation checks.
+    Servers,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Users,
         Self::Policies,
         Self::KeyRing,
@@ -113,6 +118,7 @@ impl Table {
         Self::VoicemailMeta,
         Self::VoicemailMailboxes,
         Self::Rekey,
+        Self::Servers,
     ];
 
     /// The table's name in the backend. The BSF's names are those of its redb file before it
@@ -134,6 +140,7 @@ impl Table {
             Self::VoicemailMeta => "vm_meta",
             Self::VoicemailMailboxes => "vm_mailboxes",
             Self::Rekey => "rekey",
+            Self::Servers => "servers",
         }
     }
 }
@@ -232,4 +239,9 @@ pub trait Store: Send + Sync + 'static {
     fn append_audit<'a>(&'a self, entry: &'a AuditEntry) -> StoreFuture<'a, u64>;
     /// Up to `limit` audit entries with a sequence number greater than `after`, in order.
     fn audit<'a>(&'a self, after: u64, limit: usize) -> StoreFuture<'a, Vec<(u64, AuditEntry)>>;
+    /// Whether one process at a time uses the store (redb locks its file): then every row of
+    /// [`Table::Servers`] written by another process is of a process gone ([`servers`]).
+    fn one_process(&self) -> bool {
+        false
+    }
 }

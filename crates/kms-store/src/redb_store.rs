@@ -70,6 +70,10 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn one_process(&self) -> bool {
+        true
+    }
+
     fn get<'a>(&'a self, table: Table, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         if let Err(e) = check_text("key", key) {
             return Box::pin(async move { Err(e) });

@@ -6,14 +6,19 @@
 //! Why: a retiring or compromised master key must be replaceable, and one AES-GCM key with
 //! random 96-bit nonces seals at most 2^32 values (NIST SP 800-38D §8.3; [`crate::sealed`]).
 //!
-//! A rotation ([`Rotation`]) is offline: every server using the store is stopped first (redb
-//! refuses a second opener of its file; on PostgreSQL the operator stops every replica, and
-//! `mediasec … rekey` refuses to start while other sessions use the database:
-//! [`crate::PgStore::other_sessions`]). It runs in three steps:
-//! 1. [`Rotation::begin`] writes the rotation marker, row `<scope>` of [`Table::Rekey`]
-//!    (sealed under the *new* key, so a re-run with another new key is refused), and an
-//!    audit entry `master_key.rekey.begin`. From then on until step 3 a server refuses to
-//!    start on the store ([`check_no_rotation`]): its rows are a mix of both keys.
+//! A rotation ([`Rotation`]) is offline ([`Rotation::begin`]: every server using the store is
+//! stopped first; redb refuses a second opener of its file; on PostgreSQL `mediasec … rekey`
+//! refuses to start while other sessions use the database: [`crate::PgStore::other_sessions`])
+//! or online ([`Rotation::begin_online`], PostgreSQL: the servers keep serving; they seal with
+//! the new key and open with both, which the store checks: [`crate::servers`] and
+//! docs/kms-store.md § Online rotation). It runs in three steps:
+//! 1. [`Rotation::begin`] / [`Rotation::begin_online`] writes the rotation marker, row
+//!    `<scope>` of [`Table::Rekey`] (sealed under the *new* key, so a re-run with another new
+//!    key is refused), and an audit entry `master_key.rekey.begin`. From then on until step 3
+//!    a server refuses to start on the store ([`check_no_rotation`]): its rows are a mix of
+//!    both keys. The online marker names the old key (by fingerprint): a server sealing with
+//!    the new key and opening with the old one starts; the online begin refuses while a live
+//!    server does otherwise.
 //! 2. [`Rotation::run`] walks every row of the given tables in key order, [`BATCH`] rows per
 //!    [`Store::range_from`] call (never a whole table in memory). Per row: a value that opens
 //!    under the new key is left (already done: a re-run after a crash or Ctrl-C skips it); one
@@ -38,15 +43,21 @@ use std::ops::ControlFlow;
 
 use zeroize::Zeroizing;
 
-use crate::sealed::{MasterKey, SealError, open_row, row_aad};
+use crate::sealed::{MasterKey, MasterKeys, SealError, open_row, row_aad};
+use crate::servers::{Liveness, forget_all, live_servers, now_ms};
 use crate::update::{Step, update};
 use crate::{AuditEntry, Store, StoreError, Table};
 
 /// Rows read per [`Store::range_from`] call.
 pub const BATCH: usize = 256;
 
-/// What the rotation marker seals (under the new key, AAD `rekey:<scope>`).
+/// What the marker of an offline rotation seals (under the new key, AAD `rekey:<scope>`).
 const MARKER: &[u8] = b"mediasec master-key rotation in progress";
+
+/// What the marker of an online rotation seals (under the new key, AAD `rekey:<scope>`),
+/// followed by the fingerprint of the old key: servers that seal with the new key and open
+/// with the old one may run meanwhile.
+const ONLINE_MARKER: &[u8] = b"mediasec online master-key rotation in progress from ";
 
 /// Why a rotation stopped.
 #[derive(Debug, thiserror::Error)]
@@ -91,11 +102,35 @@ pub enum RekeyError {
     },
     /// A rotation was started and not finished: rows are sealed under both keys.
     #[error(
-        "a master-key rotation of the {scope} store was started and not finished (row {scope:?} of table rekey): some rows are sealed under the old key, some under the new one; run `mediasec {scope} rekey --master-key OLD --new-master-key NEW` again to finish it, then start with the new key"
+        "a master-key rotation of the {scope} store was started and not finished (row {scope:?} of table rekey): some rows are sealed under the old key, some under the new one; run `mediasec {scope} rekey --master-key OLD --new-master-key NEW` again to finish it, then start with the new key (during an online rotation a server may start with --master-key NEW --previous-master-key OLD)"
     )]
     Unfinished {
         /// `kms` or `bsf`.
         scope: String,
+    },
+    /// A server and a live server of the same store could not open each other's rows
+    /// ([`crate::servers`]).
+    #[error("refusing to serve the {scope} store: {reason}; roll the replicas through the phases of docs/kms-store.md § Online rotation (first every replica opens the new key, then every replica seals with it)")]
+    Incompatible {
+        /// `kms` or `bsf`.
+        scope: String,
+        /// Which server cannot open what.
+        reason: String,
+    },
+    /// An online walk found live servers that would keep sealing under the old key (or could
+    /// not open it) ([`Rotation::begin_online`]).
+    #[error(
+        "online master-key rotation of the {scope} store refused: every live server must seal with the new key ({new}) and open with the old one ({old}) first; not yet: {servers} (a server gone stops counting after the liveness timeout)"
+    )]
+    LiveServers {
+        /// `kms` or `bsf`.
+        scope: String,
+        /// Fingerprint of the old key.
+        old: String,
+        /// Fingerprint of the new key.
+        new: String,
+        /// The servers in the way.
+        servers: String,
     },
     /// The caller's progress function asked to stop.
     #[error("stopped on request after {rows} rows; run the rotation again to finish it")]
@@ -103,6 +138,16 @@ pub enum RekeyError {
         /// Rows decided before the stop.
         rows: u64,
     },
+}
+
+/// How a rotation checks the servers using the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every server stopped ([`Rotation::begin`]).
+    Offline,
+    /// Servers running, sealing with the new key and opening with the old one
+    /// ([`Rotation::begin_online`]); their rows judged live with these settings.
+    Online(Liveness),
 }
 
 /// The old and the new master key.
@@ -131,6 +176,11 @@ impl Keys {
     /// The new key.
     pub fn new_key(&self) -> &MasterKey {
         &self.new
+    }
+
+    /// The old key.
+    pub fn old_key(&self) -> &MasterKey {
+        &self.old
     }
 
     /// Re-seals `sealed`, stored with AAD `aad` in row `key` of `table`: `None` if it already
@@ -312,35 +362,93 @@ impl std::fmt::Debug for Rotation<'_> {
     }
 }
 
-/// The audit-log time stamp (milliseconds since the Unix epoch).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// Refuses a store whose rotation of `scope` is unfinished ([`RekeyError::Unfinished`]): what
-/// a server checks before serving, since its rows are then sealed under two keys.
-pub async fn check_no_rotation(store: &dyn Store, scope: &str) -> Result<(), RekeyError> {
-    match store.get(Table::Rekey, scope).await? {
-        None => Ok(()),
-        Some(_) => Err(RekeyError::Unfinished { scope: scope.to_owned() }),
+/// a server holding `keys` checks before serving, since its rows are then sealed under two
+/// keys. The one exception is an online rotation ([`Rotation::begin_online`]) to the key this
+/// server seals with, from a key it also opens with: such a server reads every row of the
+/// walk, before and after, and seals nothing the walk would miss.
+pub async fn check_no_rotation(store: &dyn Store, scope: &str, keys: &MasterKeys) -> Result<(), RekeyError> {
+    let Some(marker) = store.get(Table::Rekey, scope).await? else { return Ok(()) };
+    let online_from = keys.sealing().open(Table::Rekey, scope, &marker).ok().and_then(|m| m.strip_prefix(ONLINE_MARKER).map(<[u8]>::to_vec));
+    match online_from {
+        Some(old) if std::str::from_utf8(&old).is_ok_and(|fp| keys.opens(fp)) => {
+            tracing::info!(scope, "an online master-key rotation to this server's sealing key is in progress: serving through it");
+            Ok(())
+        }
+        _ => Err(RekeyError::Unfinished { scope: scope.to_owned() }),
     }
 }
 
 impl<'s> Rotation<'s> {
-    /// Starts (or resumes) the rotation of `scope` on `store`: records the marker (sealed
-    /// under the new key) and the audit entry `master_key.rekey.begin` by `actor`. A marker
+    /// Starts (or resumes) the offline rotation of `scope` on `store`: records the marker
+    /// (sealed under the new key), deletes the rows of the servers of `scope` (all stopped:
+    /// rows left by crashes, [`crate::servers::forget_all`]) and appends the audit entry
+    /// `master_key.rekey.begin` by `actor`. A marker
     /// left by an unfinished run with the same new key is resumed; one with another new key
     /// is refused ([`RekeyError::OtherRotation`]).
     pub async fn begin(store: &'s dyn Store, scope: &str, keys: Keys, actor: &str) -> Result<Self, RekeyError> {
-        let marker = keys.new.seal(Table::Rekey, scope, MARKER)?;
+        let (_, resumed) = Self::mark(store, scope, &keys, MARKER).await?;
+        // Every server is stopped: their rows are left by crashes ([`crate::servers`]).
+        let forgotten = forget_all(store, scope).await?;
+        if forgotten > 0 {
+            tracing::info!(scope, forgotten, "removed the rows of servers gone (the rotation is offline)");
+        }
+        Self::begun(store, scope, keys, actor, if resumed { "resuming an unfinished rotation" } else { "started" }).await
+    }
+
+    /// [`Rotation::begin`] or [`Rotation::begin_online`], as `mode` says.
+    pub async fn start(store: &'s dyn Store, scope: &str, keys: Keys, actor: &str, mode: Mode) -> Result<Self, RekeyError> {
+        match mode {
+            Mode::Offline => Self::begin(store, scope, keys, actor).await,
+            Mode::Online(liveness) => Self::begin_online(store, scope, keys, actor, &liveness).await,
+        }
+    }
+
+    /// Starts (or resumes) an online rotation of `scope` while servers run (docs/kms-store.md
+    /// § Online rotation; [`crate::servers`]): writes the online marker first (servers that
+    /// seal with the new key and open with the old one may start meanwhile, no other), then
+    /// reads the servers' rows, and refuses ([`RekeyError::LiveServers`]) while a live server
+    /// seals with anything but the new key or cannot open the old one; a marker this call
+    /// wrote is then deleted again. Rows of servers gone (not refreshed within
+    /// `liveness.stale_after`) are deleted and do not count. Then as [`Rotation::begin`]; the
+    /// walk ([`Rotation::run`]) re-reads and re-decides a row a server changed meanwhile.
+    pub async fn begin_online(store: &'s dyn Store, scope: &str, keys: Keys, actor: &str, liveness: &Liveness) -> Result<Self, RekeyError> {
+        let (old, new) = (keys.old.fingerprint(), keys.new.fingerprint());
+        let mut text = ONLINE_MARKER.to_vec();
+        text.extend_from_slice(old.as_bytes());
+        let (marker, resumed) = Self::mark(store, scope, &keys, &text).await?;
+        let blocking: Vec<String> = live_servers(store, scope, liveness)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| r.seals != new || !r.opens.contains(&old))
+            .map(|(_, r)| r.to_string())
+            .collect();
+        if !blocking.is_empty() {
+            if !resumed {
+                store.compare_and_swap(Table::Rekey, scope, Some(&marker), None).await?;
+            }
+            return Err(RekeyError::LiveServers { scope: scope.to_owned(), old, new, servers: blocking.join("; ") });
+        }
+        Self::begun(store, scope, keys, actor, if resumed { "online, resuming an unfinished rotation" } else { "online, started" }).await
+    }
+
+    /// Writes the marker sealing `text` under the new key unless one is there: returns the
+    /// marker held and whether it was there already (a rotation resumed), refusing one that
+    /// does not open under the new key ([`RekeyError::OtherRotation`]).
+    async fn mark(store: &dyn Store, scope: &str, keys: &Keys, text: &[u8]) -> Result<(Vec<u8>, bool), RekeyError> {
+        let marker = keys.new.seal(Table::Rekey, scope, text)?;
         let held = store.put_if_absent(Table::Rekey, scope, &marker).await?;
         let resumed = held != marker;
         if resumed && keys.new.open(Table::Rekey, scope, &held).is_err() {
             return Err(RekeyError::OtherRotation { scope: scope.to_owned() });
         }
-        let detail = if resumed { "resuming an unfinished rotation" } else { "started" };
+        Ok((held, resumed))
+    }
+
+    /// The audit entry `master_key.rekey.begin` and the rotation.
+    async fn begun(store: &'s dyn Store, scope: &str, keys: Keys, actor: &str, detail: &str) -> Result<Self, RekeyError> {
         store.append_audit(&AuditEntry { at_unix_ms: now_ms(), actor: actor.into(), action: "master_key.rekey.begin".into(), detail: format!("{scope}: {detail}") }).await?;
-        tracing::info!(scope, resumed, "master-key rotation begun");
+        tracing::info!(scope, detail, "master-key rotation begun");
         Ok(Self { store, scope: scope.to_owned(), keys, actor: actor.to_owned() })
     }
 

@@ -10,9 +10,18 @@
 //! seals twice per bootstrap (the challenge, the session's Ks), so a BSF doing 1 000
 //! bootstraps/s without pause reaches the bound in about 25 days. The master key is replaced
 //! by [`crate::rekey`] (offline: `mediasec kms rekey`, `mediasec bsf rekey`), which re-seals
-//! every row under the new key with the same AAD.
+//! every row under the new key with the same AAD, offline or, on PostgreSQL, while the
+//! servers run (docs/kms-store.md § Online rotation).
+//!
+//! A server holds [`MasterKeys`]: the one key it seals with and any previous keys it only
+//! opens with; every place that opens a sealed value goes through [`MasterKeys::open`] /
+//! [`MasterKeys::open_aad`], which try the sealing key, then the others, in order. The AEAD
+//! tag is the only signal (a key that does not verify the tag is not the row's key); no
+//! plaintext is inspected. Keys are named in the store and in logs by their
+//! [`MasterKey::fingerprint`], never by their value.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
 
 use crate::Table;
@@ -30,6 +39,13 @@ pub enum SealError {
     /// The AEAD or the random generator failed.
     #[error("sealing failed")]
     Seal,
+    /// The same key was given twice (as the sealing key and a previous key, or twice as a
+    /// previous key).
+    #[error("master key {fingerprint} given twice")]
+    Duplicate {
+        /// The key's fingerprint.
+        fingerprint: String,
+    },
     /// The stored value is shorter than a nonce.
     #[error("row {row}: too short")]
     TooShort {
@@ -46,11 +62,20 @@ pub enum SealError {
 
 /// The key that seals values at rest (AES-256-GCM). aws-lc wipes the key schedule when it is
 /// dropped.
-pub struct MasterKey(LessSafeKey);
+pub struct MasterKey {
+    key: LessSafeKey,
+    fingerprint: [u8; FINGERPRINT_LEN],
+}
+
+/// Octets of a [`MasterKey::fingerprint`] (shown as twice as many hex digits).
+const FINGERPRINT_LEN: usize = 8;
+
+/// What the fingerprint authenticates (HMAC-SHA-256 under the master key).
+const FINGERPRINT_LABEL: &[u8] = b"mediasec master-key fingerprint v1";
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(..)")
+        write!(f, "MasterKey({})", self.fingerprint())
     }
 }
 
@@ -58,7 +83,18 @@ impl MasterKey {
     /// From 32 octets.
     pub fn new(key: &[u8]) -> Result<Self, SealError> {
         let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::KeyLength)?;
-        Ok(Self(LessSafeKey::new(k)))
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), FINGERPRINT_LABEL);
+        let mut fingerprint = [0u8; FINGERPRINT_LEN];
+        fingerprint.copy_from_slice(tag.as_ref().get(..FINGERPRINT_LEN).ok_or(SealError::Seal)?);
+        Ok(Self { key: LessSafeKey::new(k), fingerprint })
+    }
+
+    /// The key's public name: the first 8 octets of HMAC-SHA-256(key, "mediasec master-key
+    /// fingerprint v1"), 16 hex digits. One-way (a PRF output under the key: it reveals
+    /// nothing of the key and opens nothing); what servers record in the store and what logs
+    /// and errors show, so that operators and the rotation compare keys without handling them.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.fingerprint)
     }
 
     /// A fresh random key, for stores that live no longer than the process (labs, demos,
@@ -88,6 +124,82 @@ impl MasterKey {
     }
 }
 
+/// The keys of a server: the one it seals with, and previous keys it only opens with (during
+/// a master-key rotation, docs/kms-store.md § Online rotation). Opening tries the sealing key
+/// first, then the others in the order given; the first whose tag verifies wins.
+pub struct MasterKeys {
+    seal: MasterKey,
+    open_also: Vec<MasterKey>,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeys").field("seal", &self.seal).field("open_also", &self.open_also).finish()
+    }
+}
+
+impl From<MasterKey> for MasterKeys {
+    fn from(seal: MasterKey) -> Self {
+        Self { seal, open_also: Vec::new() }
+    }
+}
+
+impl MasterKeys {
+    /// Seals with `seal`, opens with it and with `open_also`; a key given twice is refused
+    /// ([`SealError::Duplicate`]: a configuration mistake, such as the new key also given as
+    /// the previous one).
+    pub fn new(seal: MasterKey, open_also: Vec<MasterKey>) -> Result<Self, SealError> {
+        let mut seen = vec![seal.fingerprint];
+        for k in &open_also {
+            if seen.contains(&k.fingerprint) {
+                return Err(SealError::Duplicate { fingerprint: k.fingerprint() });
+            }
+            seen.push(k.fingerprint);
+        }
+        Ok(Self { seal, open_also })
+    }
+
+    /// The key new values are sealed with.
+    pub fn sealing(&self) -> &MasterKey {
+        &self.seal
+    }
+
+    /// Every key values are opened with: the sealing key first.
+    pub fn opening(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.seal).chain(&self.open_also)
+    }
+
+    /// Whether a key with this fingerprint is among [`MasterKeys::opening`].
+    pub fn opens(&self, fingerprint: &str) -> bool {
+        self.opening().any(|k| k.fingerprint() == fingerprint)
+    }
+
+    /// Seals `plain` for row `key` of `table` under the sealing key ([`MasterKey::seal`]).
+    pub fn seal(&self, table: Table, key: &str, plain: &[u8]) -> Result<Vec<u8>, SealError> {
+        self.seal.seal(table, key, plain)
+    }
+
+    /// Opens a value sealed for row `key` of `table` ([`MasterKeys::open_aad`] with AAD
+    /// `<table>:<key>`).
+    pub fn open(&self, table: Table, key: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_aad(&row_aad(table, key), sealed)
+    }
+
+    /// Opens a value sealed with AAD `row` under any of the keys: the sealing key, then the
+    /// previous ones. [`SealError::Open`] when none verifies the tag.
+    pub fn open_aad(&self, row: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let mut last = SealError::Open { row: row.to_owned() };
+        for k in self.opening() {
+            match open_row(k, row, sealed) {
+                Ok(plain) => return Ok(plain),
+                Err(e @ SealError::TooShort { .. }) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
 /// The AAD of row `key` of `table`: `<table>:<key>`.
 pub fn row_aad(table: Table, key: &str) -> String {
     format!("{}:{key}", table.name())
@@ -100,7 +212,7 @@ pub fn seal_row(master: &MasterKey, row: &str, plain: &[u8], nonce: [u8; NONCE_L
     // Room for the tag up front: no reallocation leaves plaintext behind.
     let mut buf = Zeroizing::new(Vec::with_capacity(plain.len() + AES_256_GCM.tag_len()));
     buf.extend_from_slice(plain);
-    master.0.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(row.as_bytes()), &mut *buf).map_err(|_| SealError::Seal)?;
+    master.key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(row.as_bytes()), &mut *buf).map_err(|_| SealError::Seal)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(out)
@@ -111,7 +223,7 @@ pub fn open_row(master: &MasterKey, row: &str, sealed: &[u8]) -> Result<Zeroizin
     let (nonce, ct) = sealed.split_at_checked(NONCE_LEN).ok_or_else(|| SealError::TooShort { row: row.to_owned() })?;
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::TooShort { row: row.to_owned() })?;
     let mut buf = Zeroizing::new(ct.to_vec());
-    let len = master.0.open_in_place(nonce, Aad::from(row.as_bytes()), &mut buf).map_err(|_| SealError::Open { row: row.to_owned() })?.len();
+    let len = master.key.open_in_place(nonce, Aad::from(row.as_bytes()), &mut buf).map_err(|_| SealError::Open { row: row.to_owned() })?.len();
     buf.truncate(len);
     Ok(buf)
 }
@@ -139,6 +251,29 @@ mod tests {
         }
         assert!(matches!(master.open(Table::BsfSubscribers, "alice", &sealed[..5]), Err(SealError::TooShort { .. })));
         assert!(matches!(MasterKey::new(&[1; 16]), Err(SealError::KeyLength)));
+        assert_eq!(master.fingerprint(), MasterKey::new(&[9; 32]).unwrap().fingerprint(), "a function of the key");
+        assert_ne!(master.fingerprint(), wrong.fingerprint());
+        assert_eq!(master.fingerprint().len(), 16);
         assert!(matches!(MasterKey::from_hex("zz"), Err(SealError::KeyHex)));
+    }
+
+    #[test]
+    fn several_keys_open_what_any_of_them_sealed_and_seal_with_the_first() {
+        let (old, new) = (MasterKey::new(&[1; 32]).unwrap(), MasterKey::new(&[2; 32]).unwrap());
+        let by_old = old.seal(Table::Settings, "a", b"from old").unwrap();
+        let by_new = new.seal(Table::Settings, "a", b"from new").unwrap();
+        let both = MasterKeys::new(MasterKey::new(&[2; 32]).unwrap(), vec![MasterKey::new(&[1; 32]).unwrap()]).unwrap();
+        assert_eq!(&*both.open(Table::Settings, "a", &by_old).unwrap(), b"from old");
+        assert_eq!(&*both.open(Table::Settings, "a", &by_new).unwrap(), b"from new");
+        let sealed = both.seal(Table::Settings, "a", b"x").unwrap();
+        assert!(new.open(Table::Settings, "a", &sealed).is_ok() && old.open(Table::Settings, "a", &sealed).is_err(), "sealed with the first key");
+        assert!(matches!(both.open(Table::Settings, "b", &by_old), Err(SealError::Open { .. })), "moved row: no key opens it");
+        assert!(matches!(both.open(Table::Settings, "a", &by_old[..3]), Err(SealError::TooShort { .. })));
+        assert!(both.opens(&old.fingerprint()) && both.opens(&new.fingerprint()) && !both.opens(&MasterKey::new(&[3; 32]).unwrap().fingerprint()));
+        let alone = MasterKeys::from(MasterKey::new(&[2; 32]).unwrap());
+        assert!(alone.open(Table::Settings, "a", &by_old).is_err(), "a key not given does not open");
+        let dup = MasterKeys::new(MasterKey::new(&[2; 32]).unwrap(), vec![MasterKey::new(&[2; 32]).unwrap()]);
+        assert!(matches!(dup, Err(SealError::Duplicate { .. })));
+        assert!(!format!("{both:?}").contains("0202"), "Debug shows fingerprints only");
     }
 }

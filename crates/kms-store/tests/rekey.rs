@@ -2,7 +2,7 @@
 //! PostgreSQL from the lab when installed): every row re-sealed in batches; an interrupted run
 //! finished by a second one; a row under an unrelated key stops the run naming it and is
 //! left as it was; a concurrent writer is not overwritten; the marker refuses servers until
-//! the end.
+//! the end; online, the servers' rows decide who may serve and whether the walk may start.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use mediasec_kms_store::pg_lab::PgLab;
 use mediasec_kms_store::rekey::{Aad, Counts, Keys, Progress, RekeyError, Rotation, SealedTable, WholeValue, check_no_rotation};
-use mediasec_kms_store::sealed::MasterKey;
+use mediasec_kms_store::sealed::{MasterKey, MasterKeys};
+use mediasec_kms_store::servers::{Liveness, Registration, ServerRecord};
 use mediasec_kms_store::{AuditEntry, PgStore, RedbStore, Store, StoreFuture, Table};
 
 const OLD: [u8; 32] = [1; 32];
@@ -84,9 +85,15 @@ fn every_row_is_resealed_in_batches_and_recorded() {
     backends("all", |s| {
         rt().block_on(async {
             fill(&*s).await;
+            // A server of the old key that crashed: its row does not outlive an offline rotation.
+            let crashed = register(&s, &server(OLD, &[]), "crashed", Liveness::default()).await.expect("register");
+            let bsf = Registration::register(Arc::clone(&s), "bsf", &server(OLD, &[]), "bsf", Liveness::default()).await.expect("register");
             let r = Rotation::begin(&*s, "kms", keys(), "test").await.expect("begin");
-            assert!(matches!(check_no_rotation(&*s, "kms").await, Err(RekeyError::Unfinished { .. })), "marker refuses servers meanwhile");
-            check_no_rotation(&*s, "bsf").await.expect("another scope is not concerned");
+            assert_eq!(s.list(Table::Servers).await.expect("list").len(), 1, "the kms row removed, the bsf one kept");
+            drop(crashed);
+            bsf.deregister().await.expect("deregister");
+            assert!(matches!(check_no_rotation(&*s, "kms", &old().into()).await, Err(RekeyError::Unfinished { .. })), "marker refuses servers meanwhile");
+            check_no_rotation(&*s, "bsf", &old().into()).await.expect("another scope is not concerned");
             let mut seen = Vec::new();
             let report = r
                 .run(&TABLES, &mut |p: &Progress| {
@@ -100,7 +107,7 @@ fn every_row_is_resealed_in_batches_and_recorded() {
             assert_eq!(seen, [(Table::Settings, ROWS as u64), (Table::KeyRing, 3)]);
             assert_eq!(report.total(), Counts { resealed: ROWS as u64 + 3, ..Counts::default() });
             r.finish(&report).await.expect("finish");
-            check_no_rotation(&*s, "kms").await.expect("marker gone");
+            check_no_rotation(&*s, "kms", &old().into()).await.expect("marker gone");
             assert!(all_open_under(&*s, &new()).await, "every row under the new key");
             let audit: Vec<String> = s.audit(0, 10).await.expect("audit").into_iter().map(|(_, e)| e.action).collect();
             assert_eq!(audit, ["master_key.rekey.begin", "master_key.rekey"]);
@@ -133,7 +140,7 @@ fn an_interrupted_run_is_finished_by_the_next() {
             assert!(matches!(err, RekeyError::Stopped { rows } if rows == stop_at), "{err}");
             drop(r); // as a crash: no finish
             assert!(!all_open_under(&*s, &new()).await && !all_open_under(&*s, &old()).await, "mixed");
-            let msg = check_no_rotation(&*s, "kms").await.expect_err("unfinished").to_string();
+            let msg = check_no_rotation(&*s, "kms", &old().into()).await.expect_err("unfinished").to_string();
             assert!(msg.contains("mediasec kms rekey") && msg.contains("again"), "{msg}");
 
             // Resuming with another new key is refused; with the same one it finishes.
@@ -144,7 +151,7 @@ fn an_interrupted_run_is_finished_by_the_next() {
             assert_eq!(report.total(), Counts { resealed: ROWS as u64 + 3 - stop_at, already_new: stop_at, ..Counts::default() });
             r.finish(&report).await.expect("finish");
             assert!(all_open_under(&*s, &new()).await);
-            check_no_rotation(&*s, "kms").await.expect("finished");
+            check_no_rotation(&*s, "kms", &old().into()).await.expect("finished");
         });
     });
 }
@@ -168,7 +175,7 @@ fn a_row_under_an_unrelated_key_stops_the_run_and_is_not_written() {
             };
             assert!(under("row0099", new()).await, "rows before it done");
             assert!(under("row0101", old()).await, "rows after it not touched");
-            check_no_rotation(&*s, "kms").await.expect_err("still unfinished");
+            check_no_rotation(&*s, "kms", &old().into()).await.expect_err("still unfinished");
         });
     });
 }
@@ -248,5 +255,159 @@ fn pg_lists_other_sessions() {
         assert_eq!(others.len(), 1, "{others:?}");
         assert!(others.first().is_some_and(|s| s.starts_with("pid ")), "{others:?}");
         drop(replica);
+    });
+}
+
+/// The keys of a server: sealing with `seal`, also opening with `open_also`.
+fn server(seal: [u8; 32], open_also: &[[u8; 32]]) -> MasterKeys {
+    MasterKeys::new(MasterKey::new(&seal).expect("key"), open_also.iter().map(|k| MasterKey::new(k).expect("key")).collect()).expect("keys")
+}
+
+async fn register(s: &Arc<dyn Store>, keys: &MasterKeys, label: &str, liveness: Liveness) -> Result<Registration, RekeyError> {
+    Registration::register(Arc::clone(s), "kms", keys, label, liveness).await
+}
+
+/// The online rotation's phases on one store, with the servers' rows checked at every step:
+/// a server that cannot open what a live one seals (or the reverse) is refused; the walk is
+/// refused while a live server seals with the old key (its marker removed again); during the
+/// walk only servers sealing with the new key and opening with the old one start; rows a
+/// server writes under the new key meanwhile are left; afterwards a server with the old key
+/// alone is refused next to the new ones.
+#[test]
+fn the_online_phases_are_checked_by_the_servers_rows() {
+    backends("online", |s| {
+        rt().block_on(async {
+            fill(&*s).await;
+            let l = Liveness::default();
+            let (old_only, phase1, phase2, new_only) = (server(OLD, &[]), server(OLD, &[NEW]), server(NEW, &[OLD]), server(NEW, &[]));
+            let a = register(&s, &old_only, "A", l).await.expect("A on the old key");
+            let b = register(&s, &old_only, "B", l).await.expect("B on the old key");
+
+            // Phase 2 before phase 1 is done: refused, A still serves.
+            let e = register(&s, &phase2, "A2", l).await.expect_err("B cannot open NEW").to_string();
+            assert!(e.contains("A2 (seals with") && e.contains("cannot open"), "{e}");
+            // Phase 1: A opens NEW too; B as well.
+            a.deregister().await.expect("A stops");
+            let a = register(&s, &phase1, "A", l).await.expect("A in phase 1");
+            let e = Rotation::begin_online(&*s, "kms", keys(), "test", &l).await.expect_err("everyone seals OLD").to_string();
+            assert!(e.contains("A (seals with") && e.contains("B (seals with"), "{e}");
+            assert_eq!(s.get(Table::Rekey, "kms").await.expect("get"), None, "the refused walk removed its marker");
+            b.deregister().await.expect("B stops");
+            let b = register(&s, &phase1, "B", l).await.expect("B in phase 1");
+            // Phase 2: A seals NEW; the walk is refused while B still seals OLD.
+            a.deregister().await.expect("A stops");
+            let a = register(&s, &phase2, "A", l).await.expect("A in phase 2");
+            let e = Rotation::begin_online(&*s, "kms", keys(), "test", &l).await.expect_err("B seals OLD").to_string();
+            assert!(e.contains("B (seals with") && !e.contains("A (seals with"), "{e}");
+            let e = register(&s, &old_only, "C", l).await.expect_err("a server of the old key alone").to_string();
+            assert!(e.contains("cannot open"), "{e}");
+            b.deregister().await.expect("B stops");
+            let b = register(&s, &phase2, "B", l).await.expect("B in phase 2");
+
+            // The walk: servers of phase 1 and of one key refused meanwhile, phase 2 accepted.
+            let r = Rotation::begin_online(&*s, "kms", keys(), "test", &l).await.expect("every live server seals NEW");
+            for (keys, who) in [(&old_only, "old key alone"), (&phase1, "phase 1"), (&new_only, "new key alone")] {
+                assert!(matches!(register(&s, keys, "D", l).await, Err(RekeyError::Unfinished { .. })), "{who}");
+                assert!(check_no_rotation(&*s, "kms", keys).await.is_err(), "{who}");
+            }
+            let c = register(&s, &phase2, "C", l).await.expect("phase 2 starts during the walk");
+            // A row written by a server meanwhile, under the new key, is left as it is.
+            s.put(Table::Settings, "row0001", &phase2.seal(Table::Settings, "row0001", b"row0001").expect("seal")).await.expect("put");
+            let report = r.run(&TABLES, &mut go).await.expect("run");
+            assert_eq!(report.total(), Counts { resealed: ROWS as u64 + 2, already_new: 1, ..Counts::default() });
+            r.finish(&report).await.expect("finish");
+            assert!(all_open_under(&*s, &new()).await, "every row under the new key");
+            let audit: Vec<String> = s.audit(0, 10).await.expect("audit").into_iter().map(|(_, e)| format!("{} {}", e.action, e.detail)).collect();
+            assert_eq!(audit.first().map(String::as_str), Some("master_key.rekey.begin kms: online, started"), "{audit:?}");
+            assert!(audit.last().is_some_and(|e| e.starts_with("master_key.rekey kms: ")), "{audit:?}");
+
+            // Phase 3: the new key alone joins; the old key alone is refused.
+            let d = register(&s, &new_only, "D", l).await.expect("new key alone after the walk");
+            assert!(matches!(register(&s, &old_only, "E", l).await, Err(RekeyError::Incompatible { .. })));
+            for r in [a, b, c, d] {
+                r.deregister().await.expect("stop");
+            }
+            assert!(s.list(Table::Servers).await.expect("list").is_empty(), "every row removed");
+        });
+    });
+}
+
+/// A server that stops refreshing its row (killed) blocks the walk only until its row is
+/// older than the liveness timeout: then the walk deletes it and proceeds. If that server
+/// comes back during the walk, its next refresh registers it again and, on the old key,
+/// is refused (it must stop).
+#[test]
+fn a_server_gone_blocks_the_walk_only_until_its_row_is_stale() {
+    backends("stale", |s| {
+        rt().block_on(async {
+            fill(&*s).await;
+            let l = Liveness { heartbeat: std::time::Duration::from_millis(50), stale_after: std::time::Duration::from_millis(300) };
+            let old_only = server(OLD, &[]);
+            let gone = register(&s, &old_only, "killed", l).await.expect("register");
+            gone.heartbeat(&old_only).await.expect("a refresh of a live row");
+            let e = Rotation::begin_online(&*s, "kms", keys(), "test", &l).await.expect_err("live");
+            assert!(matches!(e, RekeyError::LiveServers { .. }), "{e}");
+            // No refresh for longer than the timeout: the row is a server gone.
+            tokio::time::sleep(l.stale_after * 2).await;
+            let r = Rotation::begin_online(&*s, "kms", keys(), "test", &l).await.expect("a stale row does not block");
+            assert!(s.list(Table::Servers).await.expect("list").is_empty(), "the stale row was deleted");
+            let e = gone.heartbeat(&old_only).await.expect_err("back during the walk, on the old key");
+            assert!(matches!(e, RekeyError::Unfinished { .. }), "{e}");
+            assert!(s.list(Table::Servers).await.expect("list").is_empty(), "not registered again");
+            let report = r.run(&TABLES, &mut go).await.expect("run");
+            r.finish(&report).await.expect("finish");
+            assert!(all_open_under(&*s, &new()).await);
+        });
+    });
+}
+
+/// Registration and walk racing: each writes its own row first and reads the other's
+/// second, so of a server on the old key registering and a walk starting at the same time,
+/// at least one is refused, never both accepted.
+#[test]
+fn a_registration_racing_the_walk_never_both_succeed() {
+    backends("race-online", |s| {
+        rt().block_on(async {
+            let l = Liveness::default();
+            for _ in 0..20 {
+                let old_only = server(OLD, &[]);
+                let (reg, walk) = tokio::join!(register(&s, &old_only, "racer", l), Rotation::begin_online(&*s, "kms", keys(), "test", &l));
+                assert!(reg.is_err() || walk.is_err(), "both accepted");
+                if let Ok(r) = reg {
+                    r.deregister().await.expect("deregister");
+                }
+                if let Ok(w) = walk {
+                    w.finish(&Default::default()).await.expect("finish");
+                }
+            }
+        });
+    });
+}
+
+/// A fresh row of another process: on redb (one process holds the file) that process is gone,
+/// so its row is deleted and holds nobody back; on PostgreSQL it is a live replica.
+#[test]
+fn a_row_of_another_process_counts_only_on_a_shared_store() {
+    backends("process", |s| {
+        rt().block_on(async {
+            let (old_only, new_only) = (server(OLD, &[]), server(NEW, &[]));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+            let other = ServerRecord {
+                label: "crashed elsewhere".into(),
+                process: "another process".into(),
+                seals: old_only.sealing().fingerprint(),
+                opens: vec![old_only.sealing().fingerprint()],
+                started_unix_ms: now,
+                alive_unix_ms: now,
+            };
+            s.put(Table::Servers, "kms/0123", &serde_json::to_vec(&other).expect("json")).await.expect("put");
+            let r = register(&s, &new_only, "restarted with the new key", Liveness::default()).await;
+            if s.one_process() {
+                r.expect("the other process is gone").deregister().await.expect("deregister");
+                assert!(s.list(Table::Servers).await.expect("list").is_empty(), "its row deleted");
+            } else {
+                assert!(matches!(r, Err(RekeyError::Incompatible { .. })), "a live replica on the old key");
+            }
+        });
     });
 }

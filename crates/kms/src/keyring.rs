@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use aws_lc_rs::aead::NONCE_LEN;
-use mediasec_kms_store::sealed::{open_row, seal_row};
+use mediasec_kms_store::sealed::seal_row;
 use zeroize::Zeroizing;
 
 use crate::error::KmsError;
@@ -24,7 +24,7 @@ pub const MASTER_KEY_ENV: &str = "MEDIASEC_KMS_MASTER_KEY";
 
 /// The key-encryption key of the ring at rest (shared with the BSF: one sealing
 /// implementation, [`mediasec_kms_store::sealed`]).
-pub use mediasec_kms_store::sealed::MasterKey;
+pub use mediasec_kms_store::sealed::{MasterKey, MasterKeys};
 
 /// One ticket-protection key.
 #[derive(Clone, serde::Serialize, serde::Deserialize, zeroize::ZeroizeOnDrop)]
@@ -117,9 +117,10 @@ impl KeyRing {
         Ok(seal_row(master, &Self::row(key.id), &plain, nonce)?)
     }
 
-    /// Decrypts a stored key; `row` must be the row it was stored under.
-    pub fn open(master: &MasterKey, row: &str, sealed: &[u8]) -> Result<TicketKey, KmsError> {
-        let plain = open_row(master, row, sealed)?;
+    /// Decrypts a stored key under any of `keys` ([`MasterKeys::open_aad`]); `row` must be
+    /// the row it was stored under.
+    pub fn open(keys: &MasterKeys, row: &str, sealed: &[u8]) -> Result<TicketKey, KmsError> {
+        let plain = keys.open_aad(row, sealed)?;
         let key: TicketKey = serde_json::from_slice(&plain).map_err(|e| KmsError::KeyRing(format!("row {row}: {e}")))?;
         if Self::row(key.id) != row || key.id == MODE3_KEY_ID {
             return Err(KmsError::KeyRing(format!("row {row}: holds key id {}", key.id)));
@@ -156,9 +157,10 @@ mod tests {
         let row = KeyRing::row(k.id);
         let sealed = KeyRing::seal(&master, &k, [7; 12]).unwrap();
         assert!(!sealed.windows(8).any(|w| w == hex::encode([0xAB; 4]).as_bytes()), "key in clear");
+        let master = MasterKeys::from(master);
         let back = KeyRing::open(&master, &row, &sealed).unwrap();
         assert_eq!(*back.key().unwrap(), vec![0xAB; 32]);
-        assert!(KeyRing::open(&MasterKey::new(&[8; 32]).unwrap(), &row, &sealed).is_err());
+        assert!(KeyRing::open(&MasterKey::new(&[8; 32]).unwrap().into(), &row, &sealed).is_err());
         assert!(KeyRing::open(&master, "00000002", &sealed).is_err(), "moved row");
         for i in 0..sealed.len() {
             let mut t = sealed.clone();

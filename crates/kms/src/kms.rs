@@ -17,7 +17,7 @@ use std::time::Duration;
 use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::CsIdMap;
 use mediasec_mikey::keys::{Direction, MessageKeys};
-use mediasec_mikey::payload::{BaseTicketData, KeyData, Kemac, Ticket, TicketFlags, TicketPolicy, decode_payloads, encode_payloads};
+use mediasec_mikey::payload::{BaseTicketData, KeyData, Kemac, Ticket, TicketFlags, TicketPolicy, decode_payloads, encode_key_data};
 use mediasec_mikey::error_message::{self, ErrorKey};
 use mediasec_mikey::psk::ReplayCache;
 use mediasec_mikey::registry::{DataType, EncrAlg, ErrorCode, IdRole, IdType, KeyType, MacAlg, PayloadType, RandRole, TicketType};
@@ -313,7 +313,7 @@ impl Kms {
         let rand = tk::rand_of(m, role).ok_or_else(|| rejected(ErrorCode::UNSPECIFIED, format!("no {role:?}")))?;
         let (ri, rr) = if request { (Some(rand.as_slice()), None) } else { (None, Some(rand.as_slice())) };
         let k = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Initial, ri, rr)?;
-        tk::verify_v(body, &k.auth_key, &[&tk::id_of(m, who), &tk::id_of(m, IdRole::KMS)])?;
+        tk::verify_v_decoded(body, m, &k.auth_key, &[&tk::id_of(m, who), &tk::id_of(m, IdRole::KMS)])?;
         let rk = tk::message_keys(&naf.ks_naf, m.header.csb_id, Direction::Response, ri, rr)?;
         *err_key = Some(rk.auth_key.clone());
         self.fresh(m, now)?;
@@ -562,7 +562,7 @@ impl Kms {
             return Err(rejected(ErrorCode::INVALID_ID, format!("{responder} (via {peer}) is not an allowed recipient")));
         }
         let (keys, fork) = self.open_local(&ticket, &data, &responder, now, zn).await?;
-        let kemac = Kemac { encr_alg: EncrAlg::NULL, encr_data: encode_payloads(&keys.into_iter().map(Payload::KeyData).collect::<Vec<_>>())?, mac_alg: MacAlg::NULL, mac: Vec::new() };
+        let kemac = Kemac { encr_alg: EncrAlg::NULL, encr_data: encode_key_data(&keys)?, mac_alg: MacAlg::NULL, mac: Vec::new() };
         debug!(%responder, %peer, "ticket resolved for a peer KMS");
         Ok(Message {
             header: CommonHeader { data_type: DataType::RESOLVE_RESP, v_flag: false, ..m.header.clone() },

@@ -83,7 +83,7 @@ pub mod fuzzing {
             }
             3 => {
                 if let Ok(m) = MasterKey::new(&[7; 32]) {
-                    let _ = KeyRing::open(&m, "00000001", rest);
+                    let _ = KeyRing::open(&m.into(), "00000001", rest);
                 }
             }
             _ => core(rest),

@@ -9,14 +9,15 @@ use mediasec_kms_store::{AuditEntry, Store, Table};
 
 use crate::error::KmsError;
 use crate::identity::KmsUid;
-use crate::keyring::{KeyRing, MasterKey, TPK_LEN};
+use crate::keyring::{KeyRing, MasterKey, MasterKeys, TPK_LEN};
 use crate::policy::{Policies, Rules};
 use crate::users::{User, Users};
 
-/// The store plus the master key of the ring.
+/// The store plus the master keys: the one values are sealed with, and any previous ones
+/// they are also opened with (during a master-key rotation, [`crate::rekey`]).
 pub struct Persist {
     store: Arc<dyn Store>,
-    master: MasterKey,
+    keys: MasterKeys,
 }
 
 /// Which rule set a policy row holds.
@@ -41,9 +42,9 @@ impl Scope {
 }
 
 impl Persist {
-    /// Wraps a store.
-    pub fn new(store: Arc<dyn Store>, master: MasterKey) -> Self {
-        Self { store, master }
+    /// Wraps a store; `keys` is a [`MasterKey`] alone, or [`MasterKeys`] with previous keys.
+    pub fn new(store: Arc<dyn Store>, keys: impl Into<MasterKeys>) -> Self {
+        Self { store, keys: keys.into() }
     }
 
     /// The store.
@@ -51,21 +52,27 @@ impl Persist {
         &self.store
     }
 
-    /// The master key.
+    /// The key values are sealed with.
     pub(crate) fn master(&self) -> &MasterKey {
-        &self.master
+        self.keys.sealing()
     }
 
-    /// Encrypts a value for row `row` of `table` under the master key (AES-256-GCM, a fresh
+    /// The master keys (the sealing one, and those values are also opened with).
+    pub fn keys(&self) -> &MasterKeys {
+        &self.keys
+    }
+
+    /// Encrypts a value for row `row` of `table` under the sealing key (AES-256-GCM, a fresh
     /// random nonce, AAD = `table:row`, see [`MasterKey::seal`]): for rows whose plain content
     /// must not be readable by whoever reads the store (LI warrants).
     pub(crate) fn seal(&self, table: Table, row: &str, plain: &[u8]) -> Result<Vec<u8>, KmsError> {
-        Ok(self.master.seal(table, row, plain)?)
+        Ok(self.keys.seal(table, row, plain)?)
     }
 
-    /// Decrypts what [`Persist::seal`] stored in row `row` of `table`.
+    /// Decrypts what [`Persist::seal`] stored in row `row` of `table`, under any of the keys
+    /// ([`MasterKeys::open`]).
     pub(crate) fn open(&self, table: Table, row: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, KmsError> {
-        Ok(self.master.open(table, row, sealed)?)
+        Ok(self.keys.open(table, row, sealed)?)
     }
 
     async fn audit(&self, now_ms: u64, actor: &str, action: &str, detail: String) -> Result<(), KmsError> {
@@ -157,7 +164,7 @@ impl Persist {
     pub async fn ring(&self) -> Result<KeyRing, KmsError> {
         let mut ring = KeyRing::default();
         for (row, sealed) in self.store.list(Table::KeyRing).await? {
-            ring.insert(KeyRing::open(&self.master, &row, &sealed)?);
+            ring.insert(KeyRing::open(&self.keys, &row, &sealed)?);
         }
         Ok(ring)
     }
@@ -172,7 +179,7 @@ impl Persist {
         for k in retired.iter().chain([&new]) {
             let mut nonce = [0u8; 12];
             random(&mut nonce);
-            self.store.put(Table::KeyRing, &KeyRing::row(k.id), &KeyRing::seal(&self.master, k, nonce)?).await?;
+            self.store.put(Table::KeyRing, &KeyRing::row(k.id), &KeyRing::seal(self.keys.sealing(), k, nonce)?).await?;
         }
         self.audit(now.saturating_mul(1000), actor, "key.rotate", format!("new key id {}", new.id)).await?;
         Ok(ring)
@@ -202,7 +209,7 @@ impl Persist {
         let (first, _) = ring.rotate(now, *key)?;
         let mut nonce = [0u8; 12];
         random(&mut nonce);
-        let sealed = KeyRing::seal(&self.master, &first, nonce)?;
+        let sealed = KeyRing::seal(self.keys.sealing(), &first, nonce)?;
         if self.store.put_if_absent(Table::KeyRing, &KeyRing::row(first.id), &sealed).await? != sealed {
             return self.ring().await;
         }

@@ -168,7 +168,7 @@ impl Service {
     /// Loads users, policies, the key ring (making a first key if the ring is empty) and the
     /// ECCSI KSAK (making it on first start) from `persist` and builds the service.
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
-        crate::rekey::check_not_rotating(persist.store()).await?;
+        crate::rekey::check_not_rotating(persist.store(), persist.keys()).await?;
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);

@@ -352,8 +352,8 @@ impl Ue {
         let m = Message::decode(resp)?;
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
         refused(resp, &m, &k.auth_key)?;
-        let m = tk::decode_expect(resp, DataType::REQUEST_RESP)?;
-        tk::verify_v(resp, &k.auth_key, &[&p.request])?;
+        let m = tk::expect(m, DataType::REQUEST_RESP)?;
+        tk::verify_v_decoded(resp, &m, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
         let ticket = tk::ticket_of(&m)?;
         let (mpki, mpkr, tgk) = split_keys(&tk::open_kemac(&m, &k, m.header.csb_id)?, forking::is_forking(&ticket))?;
@@ -456,8 +456,8 @@ impl Ue {
         let m = Message::decode(resp)?;
         let k = tk::message_keys(&self.ks_naf, m.header.csb_id, Direction::Response, None, Some(&p.randrr))?;
         refused(resp, &m, &k.auth_key)?;
-        let m = tk::decode_expect(resp, DataType::RESOLVE_RESP)?;
-        tk::verify_v(resp, &k.auth_key, &[&p.request])?;
+        let m = tk::expect(m, DataType::RESOLVE_RESP)?;
+        tk::verify_v_decoded(resp, &m, &k.auth_key, &[&p.request])?;
         self.fresh(&m, now)?;
         let forks = forking::is_forking(&p.ticket);
         let (mpki, mpkr_forked, tgk) = split_keys(&tk::open_kemac(&m, &k, m.header.csb_id)?, forks)?;
@@ -581,7 +581,7 @@ pub(crate) fn verified_transfer_resp(p: &PendingTransfer, tr: &[u8]) -> Result<(
         None => (p.mpki.clone(), p.tgk.clone()),
     };
     let k = tk::message_keys(&key, m.header.csb_id, Direction::Response, Some(&p.randri), None)?;
-    tk::verify_v(tr, &k.auth_key, &[&p.init])?;
+    tk::verify_v_decoded(tr, &m, &k.auth_key, &[&p.init])?;
     let who = KmsUid::parse(&String::from_utf8_lossy(&fork.id_r))?;
     if !p.recipients.iter().any(|r| r.matches(&who)) {
         return Err(rejected(ErrorCode::INVALID_ID, format!("answered by {who}, whom the ticket does not authorise")));

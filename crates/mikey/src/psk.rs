@@ -50,7 +50,7 @@ pub struct PskInit {
 /// Builds the I_MESSAGE.
 pub fn build_init(psk: &[u8], p: &PskInit) -> Result<Vec<u8>> {
     let keys = MessageKeys::rfc3830(p.prf, psk, p.csb_id, &p.rand, p.encr, p.mac)?;
-    let plain = payload::encode_payloads(&p.keys.iter().cloned().map(Payload::KeyData).collect::<Vec<_>>())?;
+    let plain = payload::encode_key_data(&p.keys)?;
     let encr_data = kemac_crypto::encrypt(p.encr, &keys, p.csb_id, p.timestamp.as_u64(), &plain)?;
     let mac_len = p.mac.mac_len().ok_or(Error::Unsupported { what: "MAC algorithm", value: u16::from(p.mac.0) })?;
     let mut payloads = vec![Payload::T(p.timestamp), Payload::Rand(Rand { rand: p.rand.clone() })];

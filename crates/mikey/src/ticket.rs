@@ -112,8 +112,7 @@ pub fn decode_expect(bytes: &[u8], dt: DataType) -> Result<Message> {
     expect(Message::decode(bytes)?, dt)
 }
 
-/// The checks of [`decode_expect`] on a message already decoded (a caller that looks at it
-/// first decodes it once).
+/// The checks of [`decode_expect`] on a message already decoded.
 pub fn expect(m: Message, dt: DataType) -> Result<Message> {
     if m.header.data_type != dt {
         return Err(Error::rejected(ErrorCode::INVALID_DT, format!("expected {dt:?}, got {:?}", m.header.data_type)));
@@ -154,8 +153,13 @@ pub fn check_cs_map(h: &CommonHeader) -> Result<()> {
 /// The bytes a final V payload's MAC covers before the Table 5.2 additions, and the MAC.
 pub fn covered_by_v(bytes: &[u8]) -> Result<(Vec<u8>, Verification)> {
     let (m, _, spans) = Message::decode_with_spans(bytes)?;
+    covered_in(bytes, &m, &spans).map(|(covered, v)| (covered, v.clone()))
+}
+
+/// [`covered_by_v`] of `m`, decoded from `bytes` with payload `spans`.
+fn covered_in<'m>(bytes: &[u8], m: &'m Message, spans: &[payload::Span]) -> Result<(Vec<u8>, &'m Verification)> {
     match m.payloads.last() {
-        Some(Payload::V(v)) => Ok((mac_input(bytes, &m, &spans, v.mac.len()), v.clone())),
+        Some(Payload::V(v)) => Ok((mac_input(bytes, m, spans, v.mac.len()), v)),
         _ => Err(Error::rejected(ErrorCode::AUTH_FAILURE, "V is not the last payload")),
     }
 }
@@ -163,7 +167,22 @@ pub fn covered_by_v(bytes: &[u8]) -> Result<(Vec<u8>, Verification)> {
 /// Verifies the final V payload of `bytes` with the profile MAC; `extra` are the Table 5.2
 /// additions (identities, or the initiating message).
 pub fn verify_v(bytes: &[u8], auth_key: &[u8], extra: &[&[u8]]) -> Result<()> {
-    let (covered, v) = covered_by_v(bytes)?;
+    let (m, _, spans) = Message::decode_with_spans(bytes)?;
+    verify_v_in(bytes, &m, &spans, auth_key, extra)
+}
+
+/// [`verify_v`] of `m`, which the caller decoded from `bytes`: saves decoding it again (the
+/// KMS verifies every request it serves). Only a TRANSFER_INIT needs its payload spans (its
+/// MAC input leaves out the ticket's Initiator Data), so that one is decoded again.
+pub fn verify_v_decoded(bytes: &[u8], m: &Message, auth_key: &[u8], extra: &[&[u8]]) -> Result<()> {
+    if m.header.data_type == DataType::TRANSFER_INIT {
+        return verify_v(bytes, auth_key, extra);
+    }
+    verify_v_in(bytes, m, &[], auth_key, extra)
+}
+
+fn verify_v_in(bytes: &[u8], m: &Message, spans: &[payload::Span], auth_key: &[u8], extra: &[&[u8]]) -> Result<()> {
+    let (covered, v) = covered_in(bytes, m, spans)?;
     if v.auth_alg != MAC {
         return Err(Error::rejected(ErrorCode::INVALID_MAC, format!("MAC {:?} not accepted", v.auth_alg)));
     }
@@ -202,7 +221,7 @@ pub fn message_keys(inkey: &[u8], csb_id: u32, dir: Direction, randri: Option<&[
 /// A KEMAC carrying `keys`, encrypted with `mk` (MAC NULL: the V payload carries the MAC,
 /// RFC 6043 §5.2). The IV uses the CSB ID and the 64-bit value of `t`.
 pub fn kemac(mk: &MessageKeys, csb_id: u32, t: &Timestamp, keys: &[KeyData]) -> Result<Payload> {
-    let plain = Zeroizing::new(payload::encode_payloads(&keys.iter().cloned().map(Payload::KeyData).collect::<Vec<_>>())?);
+    let plain = Zeroizing::new(payload::encode_key_data(keys)?);
     let encr_data = kemac_crypto::encrypt(ENCR, mk, csb_id, t.as_u64(), &plain)?;
     Ok(Payload::Kemac(Kemac { encr_alg: ENCR, encr_data, mac_alg: MacAlg::NULL, mac: Vec::new() }))
 }

@@ -2410,3 +2410,23 @@ fn labels_are_allocated_at_their_exact_length() {
         }
     }
 }
+
+/// `encode_key_data` (a KEMAC's plaintext without wrapping each key) is the chain
+/// `encode_payloads` makes of the same keys as payloads, and decodes back to them.
+#[test]
+fn key_data_chain_encodes_as_the_payload_chain() {
+    let kd = |t: KeyType, n: u8, salt: bool, validity: payload::KeyValidity| payload::KeyData { key_type: t, key: vec![n; 16], salt: salt.then(|| vec![n; 14]), validity };
+    let chains = [
+        vec![],
+        vec![kd(KeyType::TGK, 1, false, payload::KeyValidity::Null)],
+        vec![kd(KeyType::TGK_SALT, 2, true, payload::KeyValidity::Spi(vec![1, 2])), kd(KeyType::TEK, 3, false, payload::KeyValidity::Null), kd(KeyType::TGK, 4, false, payload::KeyValidity::Spi(vec![9]))],
+    ];
+    for keys in chains {
+        let wrapped: Vec<Payload> = keys.iter().cloned().map(Payload::KeyData).collect();
+        let plain = payload::encode_key_data(&keys).expect("key data");
+        assert_eq!(plain, payload::encode_payloads(&wrapped).expect("payloads"));
+        if !keys.is_empty() {
+            assert_eq!(payload::decode_payloads(&plain, PayloadType::KEY_DATA, 0).expect("decode"), wrapped);
+        }
+    }
+}

@@ -12,8 +12,9 @@ use super::runtime;
 use mediasec_bsf::client;
 use mediasec_bsf::graceful::Serving;
 use mediasec_bsf::server::{Bsf, ServerConfig};
+use mediasec_bsf::rekey::PREVIOUS_MASTER_KEY_ENV;
 use mediasec_bsf::store::{MASTER_KEY_ENV, Store, Subscriber};
-use mediasec_kms_store::sealed::MasterKey;
+use mediasec_kms_store::sealed::{MasterKey, MasterKeys};
 use mediasec_gba::bsf::BsfConfig;
 use mediasec_gba::milenage::Milenage;
 use mediasec_gba::ue::UeBootstrap;
@@ -39,6 +40,11 @@ struct ServeArgs {
     /// MEDIASEC_BSF_MASTER_KEY). Required; every replica and `bsf subscriber` uses the same.
     #[arg(long)]
     master_key: Option<String>,
+    /// A previous master key, 64 hex digits, values are also opened with but never sealed
+    /// with (repeat; else env MEDIASEC_BSF_PREVIOUS_MASTER_KEY, comma-separated): the online
+    /// rotation's phases (docs/gba.md § Master-key rotation).
+    #[arg(long = "previous-master-key")]
+    previous_master_keys: Vec<String>,
     /// Listen address (Ub, Zn, admin and /metrics on one port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
@@ -139,21 +145,22 @@ struct StoreArgs {
     /// the one the BSF serves with.
     #[arg(long)]
     master_key: Option<String>,
+    /// A previous master key the BSF also opens with (repeat; else env
+    /// MEDIASEC_BSF_PREVIOUS_MASTER_KEY): as the server's option.
+    #[arg(long = "previous-master-key")]
+    previous_master_keys: Vec<String>,
 }
 
 impl StoreArgs {
     async fn open(&self) -> anyhow::Result<Store> {
-        open_store(&self.store, master_key(self.master_key.as_deref())?).await
+        open_store(&self.store, master_keys(self.master_key.as_deref(), &self.previous_master_keys)?).await
     }
 }
 
-/// The master key from `--master-key`, else [`MASTER_KEY_ENV`]; required (as the KMS's).
-fn master_key(arg: Option<&str>) -> anyhow::Result<MasterKey> {
-    let hex = match arg {
-        Some(h) => h.to_owned(),
-        None => std::env::var(MASTER_KEY_ENV).with_context(|| format!("--master-key or {MASTER_KEY_ENV} is required (64 hex digits)"))?,
-    };
-    MasterKey::from_hex(&hex).context("--master-key / MEDIASEC_BSF_MASTER_KEY")
+/// The master keys from `--master-key` (else [`MASTER_KEY_ENV`]; required, as the KMS's) and
+/// `--previous-master-key` (else [`PREVIOUS_MASTER_KEY_ENV`]).
+fn master_keys(arg: Option<&str>, previous: &[String]) -> anyhow::Result<MasterKeys> {
+    super::rekey::server_keys(arg, MASTER_KEY_ENV, previous, PREVIOUS_MASTER_KEY_ENV)
 }
 
 fn token(arg: Option<String>, env: &str, what: &str) -> String {
@@ -175,9 +182,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = a.store else { bail!("--store PATH|postgres://... is required to serve") };
-    let master = master_key(a.master_key.as_deref())?;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).try_init();
+    let master = master_keys(a.master_key.as_deref(), &a.previous_master_keys)?;
     let mut bsf = BsfConfig::new(a.domain);
     bsf.key_lifetime = a.key_lifetime;
     let cfg = ServerConfig {
@@ -199,24 +206,33 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async move {
         let store = open_store(&spec, master).await?;
-        store.check_master_key().await.context("the master key does not open this store")?;
+        let label = format!("mediasec bsf on {} pid {}", a.listen, std::process::id());
+        let registration = mediasec_bsf::rekey::register(&store, &label, super::rekey::liveness()).await?;
+        if let Err(e) = store.check_master_key().await {
+            let _ = registration.deregister().await;
+            return Err(anyhow::Error::from(e).context("the master key does not open this store"));
+        }
+        let keys = store.clone();
         let state = Bsf::new(cfg, store);
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
-        let server = match tls {
-            Some(cfg) => {
-                println!("listening on https://{addr}");
-                mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, state, std::future::pending()).await
-            }
-            None => {
-                println!("listening on http://{addr}");
-                tokio::select! {
-                    r = mediasec_bsf::server::serve(listener, state, std::future::pending()) => r,
-                    _ = tokio::signal::ctrl_c() => Ok(()),
+        let server = async move {
+            match tls {
+                Some(cfg) => {
+                    println!("listening on https://{addr}");
+                    mediasec_bsf::server::serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, state, std::future::pending()).await
+                }
+                None => {
+                    println!("listening on http://{addr}");
+                    tokio::select! {
+                        r = mediasec_bsf::server::serve(listener, state, std::future::pending()) => r,
+                        _ = tokio::signal::ctrl_c() => Ok(()),
+                    }
                 }
             }
+            .context("server")
         };
-        server.context("server")?;
+        super::rekey::serve_registered(registration, keys.keys(), server).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -224,7 +240,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Opens the store named by `--store`, with the KMS's rule (`postgres://` or a file path),
 /// sealing under `master`. One process holds an embedded store, so its challenges in flight
 /// stay in memory ([`Store::challenges_in_memory`]); replicas on PostgreSQL store them.
-async fn open_store(spec: &str, master: MasterKey) -> anyhow::Result<Store> {
+async fn open_store(spec: &str, master: MasterKeys) -> anyhow::Result<Store> {
     let store = Store::new(super::kms::open_store(spec).await?, master);
     Ok(if super::kms::is_postgres(spec) { store } else { store.challenges_in_memory() })
 }
@@ -242,7 +258,13 @@ async fn subscriber_op(op: SubscriberOp) -> anyhow::Result<ExitCode> {
                 Some(t) => Some(with_uicc_type(guss, &t)?),
             };
             let s = Subscriber { impi, k, opc, op, amf, sqn, impus: impu, guss };
-            store.open().await?.add_subscriber(&s).await?;
+            // Adding seals: registered as a server for the time of it, so that it is refused
+            // while live BSFs could not open its key (docs/gba.md § Master-key rotation).
+            let store = store.open().await?;
+            let registration = mediasec_bsf::rekey::register(&store, &format!("mediasec bsf subscriber add pid {}", std::process::id()), super::rekey::liveness()).await?;
+            let added = store.add_subscriber(&s).await;
+            registration.deregister().await?;
+            added?;
             println!("added {}", s.impi);
         }
         SubscriberOp::List { store } => {

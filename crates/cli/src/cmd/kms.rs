@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use super::runtime;
 use mediasec_bsf::client::Endpoint;
 use mediasec_kms::bsf_zn::BsfZn;
-use mediasec_kms::keyring::{MASTER_KEY_ENV, MasterKey};
+use mediasec_kms::keyring::MASTER_KEY_ENV;
 use mediasec_kms::kms::{KmsConfig, NoPeers, Peers, os_random};
 use mediasec_kms::persist::Persist;
 use mediasec_kms::policy::Policies;
@@ -83,9 +83,14 @@ struct ServeArgs {
     #[arg(long)]
     li_token_file: Option<PathBuf>,
     /// Key-ring master key, 64 hex digits (else env MEDIASEC_KMS_MASTER_KEY). Required: the
-    /// ring in the store is encrypted under it.
+    /// ring in the store is encrypted under it; new values are sealed with it.
     #[arg(long)]
     master_key: Option<String>,
+    /// A previous master key, 64 hex digits, values are also opened with but never sealed
+    /// with (repeat; else env MEDIASEC_KMS_PREVIOUS_MASTER_KEY, comma-separated): the online
+    /// rotation's phases (docs/kms.md § Master-key rotation).
+    #[arg(long = "previous-master-key")]
+    previous_master_keys: Vec<String>,
     /// Policy document (TOML) to store at start (replaces the stored policies).
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -161,8 +166,7 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .try_init();
-    let master = a.master_key.clone().or_else(|| std::env::var(MASTER_KEY_ENV).ok()).with_context(|| format!("--master-key or {MASTER_KEY_ENV} is required"))?;
-    let master = MasterKey::from_hex(&master)?;
+    let master = super::rekey::server_keys(a.master_key.as_deref(), MASTER_KEY_ENV, &a.previous_master_keys, mediasec_kms::rekey::PREVIOUS_MASTER_KEY_ENV)?;
     let zn_token = a.zn_token.clone().or_else(|| std::env::var("MEDIASEC_KMS_ZN_TOKEN").ok()).context("--zn-token or MEDIASEC_KMS_ZN_TOKEN is required")?;
     let admin_token = a.admin_token.clone().or_else(|| std::env::var("MEDIASEC_KMS_ADMIN_TOKEN").ok()).unwrap_or_else(|| {
         let t = hex::encode(rand::random::<[u8; 16]>());
@@ -200,6 +204,9 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async move {
         let persist = Persist::new(open_store(&a.store).await?, master);
+        // Registered before anything is sealed (Service::start may make a first ticket key).
+        let label = format!("mediasec kms serve {} on {} pid {}", a.fqdn, a.listen, std::process::id());
+        let registration = mediasec_kms::rekey::register(&persist, &label, super::rekey::liveness()).await?;
         let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
         if let Some(p) = &policy {
             persist.put_document(p, "cli", now_ms).await?;
@@ -238,16 +245,20 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        let keys = Arc::clone(&service);
         let server = async move {
             match tls {
                 Some(cfg) => serve_tls(mediasec_bsf::tls::TlsListener::new(listener, cfg)?, service, std::future::pending()).await.map_err(anyhow::Error::from),
                 None => serve(listener, service, std::future::pending()).await.map_err(anyhow::Error::from),
             }
         };
-        tokio::select! {
-            r = server => r?,
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        let until_ctrl_c = async move {
+            tokio::select! {
+                r = server => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        };
+        super::rekey::serve_registered(registration, keys.persist().keys(), until_ctrl_c).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

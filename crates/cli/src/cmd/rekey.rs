@@ -1,6 +1,10 @@
 //! `mediasec kms rekey` and `mediasec bsf rekey`: replace the master key a store's secrets
 //! are sealed under ([`mediasec_kms_store::rekey`]; docs/kms.md § Master-key rotation,
-//! docs/gba.md § Storage). Offline: every server using the store is stopped first.
+//! docs/gba.md § Storage). Offline: every server using the store is stopped first; or
+//! `--online` on PostgreSQL: every live server already seals with the new key and opens with
+//! the old one (`--previous-master-key`), which the store's server rows show
+//! ([`mediasec_kms_store::servers`]). Also the servers' key options
+//! ([`server_keys`]) and their registration ([`serve_registered`]).
 
 use std::ops::ControlFlow;
 use std::process::ExitCode;
@@ -8,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use mediasec_kms_store::rekey::{Keys, Progress};
-use mediasec_kms_store::sealed::MasterKey;
+use mediasec_kms_store::rekey::{Keys, Mode, Progress};
+use mediasec_kms_store::sealed::{MasterKey, MasterKeys};
+use mediasec_kms_store::servers::{Liveness, Registration};
 use mediasec_kms_store::{PgStore, RedbStore, Store};
 
 use super::kms::is_postgres;
@@ -39,8 +44,14 @@ pub(crate) struct Args {
     /// PostgreSQL: run although other sessions are connected to the database. Only when none
     /// of them is a server of this store: a replica serving during a rekey could seal new
     /// rows under the old key after they were walked.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "online")]
     ignore_other_sessions: bool,
+    /// PostgreSQL: re-seal while the servers keep serving. Refused unless every live server
+    /// of the store seals with the new key and opens with the old one (started with
+    /// `--master-key NEW --previous-master-key OLD`); servers that stopped refreshing their
+    /// row 60 s ago count as gone. The rolling procedure: docs/kms-store.md § Online rotation.
+    #[arg(long)]
+    online: bool,
 }
 
 /// Which service's store is rotated.
@@ -78,10 +89,49 @@ fn key(arg: Option<&str>, option: &str, env: &str) -> anyhow::Result<MasterKey> 
     MasterKey::from_hex(&hex).with_context(|| format!("{option} / {env}"))
 }
 
+/// The keys of a server: `seal` (else env `seal_env`) seals and opens; each of `previous`
+/// (else the comma-separated keys of env `previous_env`) only opens (an online rotation,
+/// docs/kms-store.md § Online rotation).
+pub(crate) fn server_keys(seal: Option<&str>, seal_env: &str, previous: &[String], previous_env: &str) -> anyhow::Result<MasterKeys> {
+    let seal = key(seal, "--master-key", seal_env)?;
+    let previous: Vec<String> = if previous.is_empty() {
+        std::env::var(previous_env).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
+    } else {
+        previous.to_vec()
+    };
+    let previous = previous.iter().map(|h| MasterKey::from_hex(h)).collect::<Result<Vec<_>, _>>().with_context(|| format!("--previous-master-key / {previous_env}"))?;
+    let keys = MasterKeys::new(seal, previous).context("--master-key and --previous-master-key")?;
+    tracing::info!(seals = %keys.sealing().fingerprint(), opens = ?keys.opening().map(MasterKey::fingerprint).collect::<Vec<_>>(), "master keys");
+    Ok(keys)
+}
+
+/// Runs `server` while refreshing the server's row `reg` ([`Registration::keep_alive`]); a
+/// refresh refused ends the server with that error (another key may be in use: it may no
+/// longer seal). The row is removed at the end; a crash leaves it to go stale.
+pub(crate) async fn serve_registered(reg: Registration, keys: &MasterKeys, server: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let result = tokio::select! {
+        r = server => r,
+        e = reg.keep_alive(keys) => Err(anyhow::Error::from(e).context("this server may no longer serve the store")),
+    };
+    if let Err(e) = reg.deregister().await {
+        tracing::warn!(error = %e, "removing this server's row from the store");
+    }
+    result
+}
+
+/// The liveness settings of servers and of `rekey --online` (the defaults: a refresh every
+/// 10 s, a server gone after 60 s without one).
+pub(crate) fn liveness() -> Liveness {
+    Liveness::default()
+}
+
 /// Opens the store for a rekey: an existing redb file (never creates one), or PostgreSQL
-/// with no other session on the database unless `ignore_other_sessions`.
+/// with no other session on the database unless `ignore_other_sessions` or `online`.
 async fn open(a: &Args, scope: &str) -> anyhow::Result<Arc<dyn Store>> {
     if !is_postgres(&a.store) {
+        if a.online {
+            bail!("--online needs a PostgreSQL store: an embedded store is held by its one server (redb locks the file), so its rotation is offline");
+        }
         let path = std::path::Path::new(&a.store);
         if !path.is_file() {
             bail!("{}: no such store file", path.display());
@@ -90,6 +140,9 @@ async fn open(a: &Args, scope: &str) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     let pg = PgStore::connect(&a.store).await.context("connecting to PostgreSQL")?;
+    if a.online {
+        return Ok(Arc::new(pg));
+    }
     let others = pg.other_sessions().await.context("listing the other sessions of the database")?;
     if !others.is_empty() && !a.ignore_other_sessions {
         bail!(
@@ -125,12 +178,17 @@ pub(crate) fn run(a: Args, service: Service) -> anyhow::Result<ExitCode> {
             }
             if stop.load(Ordering::SeqCst) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         };
-        println!("rekey {scope}: started");
+        let mode = if a.online { Mode::Online(liveness()) } else { Mode::Offline };
+        println!("rekey {scope}: started{}", if a.online { " (online)" } else { "" });
         let report = match service {
-            Service::Kms => mediasec_kms::rekey::rekey(&*store, keys, &mut progress).await?,
-            Service::Bsf => mediasec_bsf::rekey::rekey(&*store, keys, &mut progress).await?,
+            Service::Kms => mediasec_kms::rekey::rekey(&*store, keys, mode, &mut progress).await?,
+            Service::Bsf => mediasec_bsf::rekey::rekey(&*store, keys, mode, &mut progress).await?,
         };
-        println!("rekey {scope}: done, {report}; start the {scope} servers with the new master key");
+        if a.online {
+            println!("rekey {scope}: done, {report}; restart the {scope} servers one by one without --previous-master-key");
+        } else {
+            println!("rekey {scope}: done, {report}; start the {scope} servers with the new master key");
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -193,13 +193,38 @@ fn is_known(ty: PayloadType) -> bool {
     matches!(ty.0, 1..=17 | 20 | 21 | 26)
 }
 
+/// What a payload chain is made of: [`Payload`]s, or only [`KeyData`] (a KEMAC's plaintext,
+/// encoded without wrapping — and so copying — each key in a [`Payload`]).
+pub(crate) trait Chained {
+    fn payload_type(&self) -> PayloadType;
+    fn encode_body(&self, w: &mut Writer) -> Result<()>;
+}
+
+impl Chained for Payload {
+    fn payload_type(&self) -> PayloadType {
+        Self::payload_type(self)
+    }
+    fn encode_body(&self, w: &mut Writer) -> Result<()> {
+        Self::encode_body(self, w)
+    }
+}
+
+impl Chained for KeyData {
+    fn payload_type(&self) -> PayloadType {
+        PayloadType::KEY_DATA
+    }
+    fn encode_body(&self, w: &mut Writer) -> Result<()> {
+        self.encode(w)
+    }
+}
+
 /// Encodes a chain, telling `span` where each payload landed (offsets in the writer); callers
 /// that need no spans pass `|_| ()` and allocate nothing for them.
-pub(crate) fn encode_chain(payloads: &[Payload], w: &mut Writer, mut span: impl FnMut(Span)) -> Result<()> {
+pub(crate) fn encode_chain<P: Chained>(payloads: &[P], w: &mut Writer, mut span: impl FnMut(Span)) -> Result<()> {
     let mut iter = payloads.iter().peekable();
     while let Some(p) = iter.next() {
         let start = w.len();
-        if let Payload::Sign(_) = p {
+        if p.payload_type() == PayloadType::SIGN {
             if iter.peek().is_some() {
                 return Err(Error::encode("SIGN", "SIGN must be the last payload"));
             }
@@ -229,6 +254,14 @@ pub fn decode_payloads(bytes: &[u8], first: PayloadType, base: usize) -> Result<
 pub fn encode_payloads(payloads: &[Payload]) -> Result<Vec<u8>> {
     let mut w = Writer::new();
     encode_chain(payloads, &mut w, |_| ())?;
+    Ok(w.into_vec())
+}
+
+/// Encodes a chain of KEY DATA payloads (a KEMAC's plaintext, RFC 3830 §6.2), as
+/// [`encode_payloads`] of each wrapped in [`Payload::KeyData`] would, without copying them.
+pub fn encode_key_data(keys: &[KeyData]) -> Result<Vec<u8>> {
+    let mut w = Writer::new();
+    encode_chain(keys, &mut w, |_| ())?;
     Ok(w.into_vec())
 }
 
