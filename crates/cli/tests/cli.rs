@@ -147,6 +147,7 @@ fn demo_passes_every_scenario() {
         "call, MIKEY-TICKET e2e (KMS)",
         "forked call, MIKEY-TICKET, 2 contacts",
         "re-keyed call, MIKEY-TICKET",
+        "offerless call, MIKEY-TICKET (the callee requests the ticket)",
         "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys",
         "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant",
         "e2ae call (IMS-ALG + AGW)",

@@ -5,7 +5,10 @@
 //! same domain. Also measures the call set-up time per mode (dial → 2xx processed at
 //! the caller; for MIKEY-TICKET this includes Ticket Request and Ticket Resolve over HTTP).
 //! Re-keyed calls renew the keys with a re-INVITE: SDES with fresh `a=crypto` keys, MIKEY-TICKET
-//! with a new Ticket Transfer (a fresh ticket from the KMS, resolved by the callee).
+//! with a new Ticket Transfer (a fresh ticket from the KMS, resolved by the callee). The
+//! offerless MIKEY-TICKET call swaps the roles (RFC 4567 §3): the callee of an INVITE without
+//! SDP requests the ticket and offers TRANSFER_INIT in its 200; the caller resolves it and
+//! answers TRANSFER_RESP in the ACK.
 //! The e2ae call runs through P-CSCF a as IMS-ALG driving our IMS-AGW over ng: SRTP on the
 //! access leg, plain RTP in the core, checked by tone at both UEs, by the AGW's counters and
 //! by the IMS-ALG's (P-CSCF a) e2ae counters. Four e2ae calls: plain; re-keyed by an UPDATE;
@@ -194,6 +197,9 @@ struct Shape {
     early: bool,
     /// The caller re-keys with a re-INVITE after `talk` and media runs `talk` again.
     rekey: bool,
+    /// The caller sends an offerless INVITE (RFC 3261 §13.2.1): the callee offers in its 200,
+    /// the caller answers in the ACK — with MIKEY the callee is then the MIKEY Initiator.
+    offerless: bool,
 }
 
 /// One call alice@a → bob@b with `security` at both ends, shaped by `shape`; media runs for
@@ -202,7 +208,7 @@ struct Shape {
 /// a.example (one KMS). SDES calls run the UE–P-CSCF hops over TLS trusting `tls`.
 #[allow(clippy::too_many_arguments)]
 async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, name: &'static str, security: Security, shape: Shape, talk: Duration) -> anyhow::Result<Scenario> {
-    let Shape { extra_forks, early, rekey } = shape;
+    let Shape { extra_forks, early, rekey, offerless } = shape;
     let forks = 1 + extra_forks;
     let tls = matches!(security, Security::Sdes { .. }).then_some(tls);
     let alice = registered(behind(ue(&format!("sip:alice{n}@a.example"), lab.pcscf_a.local_addr(), security, CALLER_HZ, CALLEE_HZ), &lab.pcscf_a, tls)?, kms).await?;
@@ -216,7 +222,8 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
         c.answering = Answering { auto: true, delay: Duration::from_millis(if early { 400 } else { 300 * i as u64 }), early_media: early };
         bobs.push(registered(c, kms).await?);
     }
-    let id = tokio::time::timeout(Duration::from_secs(10), alice.call(&bob)).await.context("call timed out")??;
+    let placing = async { if offerless { alice.call_without_offer(&bob).await } else { alice.call(&bob).await } };
+    let id = tokio::time::timeout(Duration::from_secs(10), placing).await.context("call timed out")??;
     tokio::time::sleep(talk).await;
     let before_rekey = if rekey {
         let before = alice.report(&id).await?.context("caller report")?;
@@ -280,6 +287,13 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
             Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke => offer_key_seen == 1,
             Security::Off => true,
         };
+    }
+    if offerless {
+        // The offer (with MIKEY: the callee's TRANSFER_INIT / DH_INIT / I_MESSAGE) came in the
+        // 200 and both ends report the same one; each holds the other's key.
+        let same_offer = a.offer_mikey == b.offer_mikey && (a.offer_mikey.is_some() || !security.is_mikey());
+        ok &= same_offer && a.peer_key == b.own_key && b.peer_key == a.own_key;
+        detail.push_str(if same_offer { ", offer made by the callee in its 200, answered in the ACK" } else { ", the callee's offer NOT seen at both ends" });
     }
     if security == Security::HighSecurity {
         let (held, words) = kms_cannot_release(kms, &a, &format!("alice{n}@a.example"))?;
@@ -550,7 +564,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         ..LabConfig::default()
     })
     .await?;
-    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "bob13@a.example", "alice14@a.example", "carol14@a.example", "alice15@a.example", "bob15@a.example"];
+    let users = ["alice5@a.example", "bob5@a.example", "alice6@a.example", "bob6@a.example", "alice9@a.example", "bob9@a.example", "alice13@a.example", "bob13@a.example", "alice14@a.example", "carol14@a.example", "alice15@a.example", "bob15@a.example", "alice16@a.example", "bob16@a.example"];
     let kms = Kms::start(&users).await?;
     let talk = Duration::from_millis(600);
     let sdes = Security::Sdes { fallback: false };
@@ -567,6 +581,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), &trust, 5, "call, MIKEY-TICKET e2e (KMS)", ticket, plain, talk).await?,
         one_call(&lab, Some(&kms), &trust, 6, "forked call, MIKEY-TICKET, 2 contacts", ticket, forked, talk).await?,
         one_call(&lab, Some(&kms), &trust, 9, "re-keyed call, MIKEY-TICKET", ticket, rekeyed, talk).await?,
+        one_call(&lab, Some(&kms), &trust, 16, "offerless call, MIKEY-TICKET (the callee requests the ticket)", ticket, Shape { offerless: true, ..plain }, talk).await?,
         one_call(&lab, Some(&kms), &trust, 13, "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys", Security::HighSecurity, plain, talk).await?,
         one_call(&lab, Some(&kms), &trust, 15, "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant", Security::MikeySakke, plain, talk).await?,
         e2ae_call(&lab, &agw, &trust, 7, talk, false).await?,
