@@ -14,6 +14,7 @@ use mediasec_srtp::{MasterKey, Policy, Session, Suite};
 
 const HELPER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/sdes_call.py");
 
+use mediasec_testkit::free_ports;
 use mediasec_testkit::tool_usable as need;
 
 /// A child process killed (by PID) and reaped on drop.
@@ -32,20 +33,6 @@ impl Drop for Daemon {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A media port range of `len` ports that is free right now (probed), away from others.
-fn free_range(len: u16) -> u16 {
-    loop {
-        let base = (20000 + rand::random::<u16>() % 20000) & !1;
-        if (base..base + len).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
     }
 }
 
@@ -69,7 +56,7 @@ fn start_agw() -> (SocketAddr, tokio::runtime::Runtime) {
 /// Our AGW with `/metrics`, relaying media over `path`.
 fn start_agw_with_metrics(path: MediaPath) -> (Agw, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let base = free_range(200);
+    let base = free_ports(200);
     let agw = rt
         .block_on(Agw::start_with(ServerConfig {
             listen_ng: "127.0.0.1:0".parse().unwrap(),
@@ -87,8 +74,8 @@ fn start_rtpengine() -> Option<(SocketAddr, Daemon)> {
     if !need("rtpengine (Debian rtpengine-daemon)", Command::new("rtpengine").arg("--version")) {
         return None;
     }
-    let port = free_udp_port();
-    let base = free_range(200);
+    let port = free_ports(1);
+    let base = free_ports(200);
     let child = Command::new("rtpengine")
         .args(["--config-file=none", "--foreground", "--log-stderr", "--table=-1", "--interface=127.0.0.1", "--delete-delay=0"])
         .arg(format!("--listen-ng=127.0.0.1:{port}"))
@@ -514,15 +501,6 @@ fn fuzz_corpus_replay() {
 }
 
 /// A SIP port `p` with `p + 1` free too (baresip's TLS transport takes SIP port + 1).
-fn free_sip_port() -> u16 {
-    loop {
-        let p = free_udp_port();
-        if p < 65000 && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
 /// 8 kHz mono 16-bit PCM WAV with a sine of `hz` for `secs` seconds.
 fn tone_wav(hz: f64, secs: usize) -> Vec<u8> {
     let samples: Vec<u8> = (0..8000 * secs)
@@ -606,7 +584,7 @@ fn kamailio_drives_our_agw_between_baresip_uas() {
         .status()
         .unwrap();
     assert!(built.success(), "the bind shim did not build");
-    let (kam_port, alice_port, bob_port) = (free_udp_port(), free_sip_port(), free_sip_port());
+    let (kam_port, alice_port, bob_port) = (free_ports(1), free_ports(2), free_ports(2));
     let template = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/interop/agw/kamailio.cfg")).unwrap();
     let cfg = template
         .replace("@SIP_PORT@", &kam_port.to_string())
@@ -630,7 +608,7 @@ fn kamailio_drives_our_agw_between_baresip_uas() {
             .spawn()
             .unwrap(),
     );
-    let rtp = free_range(40);
+    let rtp = free_ports(40);
     let bob = baresip_dir(&root, "bob", bob_port, rtp, "<sip:bob@127.0.0.1>;regint=0;answermode=auto;audio_codecs=PCMU", 1500.0);
     let alice = baresip_dir(&root, "alice", alice_port, rtp + 20, "<sip:alice@127.0.0.1>;regint=0;mediaenc=srtp-mand;audio_codecs=PCMU", 1000.0);
     std::thread::sleep(Duration::from_millis(800));

@@ -373,10 +373,6 @@ mod baresip {
         }
     }
 
-    fn free_port() -> u16 {
-        std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("port")
-    }
-
     fn found(program: &str) -> bool {
         Command::new("sh").arg("-c").arg(format!("command -v {program}")).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
     }
@@ -473,7 +469,9 @@ mod baresip {
         assert!(built.success(), "bind shim did not build");
         write_wav(&dir.0.join("tone.wav"), ua.hz, 30);
         write_wav(&dir.0.join("alert.wav"), ua.hz, 1);
-        let (sip_port, ctrl_port) = (free_port(), free_port());
+        // SIP on p (UDP and TCP; baresip also opens TLS on p + 1), ctrl_tcp on p + 2.
+        let sip_port = mediasec_testkit::free_ports(3);
+        let ctrl_port = sip_port + 2;
         let fill = |text: String| {
             let text = text
                 .replace("@SIP_PORT@", &sip_port.to_string())
