@@ -732,11 +732,12 @@ async fn sipp_edge_case_sdes_offers_through_the_pcscf() {
     let dir = mediasec_testkit::repo_root().join("tests/interop/sip");
     let errors = std::env::temp_dir().join(format!("mediasec-sipp-{}", std::process::id()));
     let run = |scenario: &str, csv: &str, calls: u32| {
-        let probe = || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port().to_string()).expect("port");
+        // SIPp's SIP port, then its media port pair (RTP, RTCP) two above it.
+        let sip = mediasec_testkit::free_ports(4);
         let mut cmd = std::process::Command::new("timeout");
         cmd.arg("60").arg("sipp").arg(lab.pcscf_a.local_addr().to_string());
         cmd.arg("-sf").arg(dir.join(scenario)).arg("-inf").arg(dir.join(csv));
-        cmd.args(["-m", &calls.to_string(), "-l", "1", "-i", "127.0.0.1", "-p", &probe(), "-mp", &probe()]);
+        cmd.args(["-m", &calls.to_string(), "-l", "1", "-i", "127.0.0.1", "-p", &sip.to_string(), "-mp", &(sip + 2).to_string()]);
         cmd.args(["-timeout", "40", "-timeout_error", "-trace_err", "-error_file"]).arg(errors.with_extension(format!("{scenario}.log")));
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         tokio::task::spawn_blocking(move || cmd.status().expect("sipp"))
