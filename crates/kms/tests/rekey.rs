@@ -60,15 +60,22 @@ fn go(_: &Progress) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
-async fn scenario(store: Arc<dyn Store>, backend: &str) {
-    let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
-    let p = Persist::new(Arc::clone(&store), key(OLD));
+/// The store's administration under the old key, as both tests start from it: the policy,
+/// alice and bob, and a warrant for alice (returned).
+async fn provision(store: &Arc<dyn Store>) -> Warrant {
+    let p = Persist::new(Arc::clone(store), key(OLD));
     p.put_document(&Policies::from_toml(POLICY).expect("policy"), "test", 1).await.expect("policy");
     for u in ["alice@a.example", "bob@a.example"] {
         p.put_user(&User { uid: KmsUid::parse(u).expect("uid"), enabled: true }, "test", 1).await.expect("user");
     }
     let w = Warrant { id: "W-1".into(), target: KmsUid::parse("alice@a.example").expect("uid"), not_before: 10, not_after: 20 };
     p.put_warrant(&w, 1, 2).await.expect("warrant");
+    w
+}
+
+async fn scenario(store: Arc<dyn Store>, backend: &str) {
+    let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let w = provision(&store).await;
 
     // A KMS on the old key: first ticket key, KSAK and z made; a ticket issued under key 1,
     // which the rotation of the ring then retires (key 2 is newest).
@@ -228,13 +235,7 @@ async fn online_rotation_with_two_replicas_on_postgresql() {
     let Some(pg) = pg else { return };
     let url = pg.create_database("kms_online_rekey").expect("createdb");
     let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::PgStore::connect(&url).await.expect("connect"));
-    let p = Persist::new(Arc::clone(&store), key(OLD));
-    p.put_document(&Policies::from_toml(POLICY).expect("policy"), "test", 1).await.expect("policy");
-    for u in ["alice@a.example", "bob@a.example"] {
-        p.put_user(&User { uid: KmsUid::parse(u).expect("uid"), enabled: true }, "test", 1).await.expect("user");
-    }
-    let w = Warrant { id: "W-1".into(), target: KmsUid::parse("alice@a.example").expect("uid"), not_before: 10, not_after: 20 };
-    p.put_warrant(&w, 1, 2).await.expect("warrant");
+    let w = provision(&store).await;
     let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
 
     let a = replica(&store, keys_of(OLD, &[]), "A").await.expect("A");
