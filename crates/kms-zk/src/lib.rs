@@ -19,7 +19,7 @@ pub mod pki;
 mod server;
 mod tls;
 
-pub use client::{ZkClient, decode_answer};
+pub use client::{ZkClient, decode_answer, decode_certificate_answer};
 pub use error::ZkError;
-pub use server::{MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY, ZkFuture, ZkHandler, serve};
+pub use server::{CERTIFICATE_CONTENT_TYPE, CERTIFICATE_PATH, MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY, ZkFuture, ZkHandler, serve};
 pub use tls::ZkTls;

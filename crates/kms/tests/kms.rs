@@ -774,6 +774,7 @@ async fn high_security_calls_have_no_key_at_the_kms() {
         initiator_uri: "sip:alice@a.example".into(),
         responder_uri: "sip:bob@a.example".into(),
         kms_uri: None,
+        responder_kms_uri: None,
         initiator_ssrc: 0x3333,
         policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
     };
