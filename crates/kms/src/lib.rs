@@ -93,6 +93,20 @@ pub mod fuzzing {
         }
     }
 
+    /// Feeds arbitrary bytes to the KMS certificate decoders: as a Zk certificate answer
+    /// (HTTP response, `mediasec_kms_zk::decode_certificate_answer`) and its body, and as
+    /// certificate JSON directly; a decoded certificate must re-encode to one that decodes
+    /// equal. Must never panic.
+    pub fn kms_certificate(data: &[u8]) {
+        let body = mediasec_kms_zk::decode_certificate_answer(data).ok();
+        for json in body.as_deref().into_iter().chain([data]) {
+            if let Ok(c) = crate::community::Community::decode(json) {
+                let again = crate::community::Community::decode(&c.encode());
+                assert!(again.as_ref().is_ok_and(|a| *a == c), "re-encoded certificate differs");
+            }
+        }
+    }
+
     fn core(body: &[u8]) {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
         let mut ring = KeyRing::default();
