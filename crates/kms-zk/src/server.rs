@@ -122,15 +122,15 @@ pub fn serve(
     }
 }
 
-/// The verified peer's domain, or the refusal to send.
-fn authorised<'a>(st: &'a ZkState, cert: &PeerCert) -> Result<&'a str, Response> {
+/// The verified peer's domain, or the status and reason of the refusal to send.
+fn authorised<'a>(st: &'a ZkState, cert: &PeerCert) -> Result<&'a str, (StatusCode, String)> {
     // rustls already required and verified the certificate; this only maps it to a domain.
     let Some(cert) = &cert.0 else {
-        return Err(text(StatusCode::UNAUTHORIZED, "Zk requires a KMS client certificate"));
+        return Err((StatusCode::UNAUTHORIZED, "Zk requires a KMS client certificate".into()));
     };
     peer_domain(cert, &st.allowed).map_err(|reason| {
         info!(%reason, "Zk peer refused");
-        text(StatusCode::FORBIDDEN, &reason)
+        (StatusCode::FORBIDDEN, reason)
     })
 }
 
@@ -151,7 +151,7 @@ fn refusal(peer: &str, e: ZkError) -> Response {
 async fn certificate(State(st): State<Arc<ZkState>>, ConnectInfo(cert): ConnectInfo<PeerCert>) -> Response {
     let peer = match authorised(&st, &cert) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err((status, reason)) => return text(status, &reason),
     };
     match st.handler.certificate(peer).await {
         Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, CERTIFICATE_CONTENT_TYPE)], json).into_response(),
@@ -168,7 +168,7 @@ async fn resolve(
 ) -> Response {
     let peer = match authorised(&st, &cert) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err((status, reason)) => return text(status, &reason),
     };
     if !query.as_deref().is_some_and(|q| q.split('&').any(|p| p == ZK_QUERY)) {
         return text(StatusCode::BAD_REQUEST, "Zk carries only requesttype=ticketresolve");

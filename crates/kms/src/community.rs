@@ -289,7 +289,7 @@ impl Communities {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use mediasec_mikey::eccsi::KmsSecret;

@@ -1965,7 +1965,7 @@ mod mikey_sakke_exchange {
         let bob = b.rsk(BOB, NOW);
         let r = mikey_sakke::receive(&msg, &a.kpak, &b.z, &bob, NOW, 30, &mut Cache::default()).expect("A's KPAK, B's RSK");
         assert_eq!(r.ssv[..], keys.tgk[..]);
-        let e = mikey_sakke::receive(&msg, &b.kpak, &b.z, &bob, NOW, 30, &mut Cache::default()).err().expect("B's KPAK");
+        let e = mikey_sakke::receive(&msg, &b.kpak, &b.z, &bob, NOW, 30, &mut Cache::default()).expect_err("B's KPAK");
         assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE);
         let none = Offer { kms_uri: None, ..o };
         let (bare, _) = mikey_sakke::build(&none, &a.alice, &b.z, NOW, &mut os_random).expect("build");

@@ -281,8 +281,8 @@ mod tests {
         let (ksak_b, z_b) = (KmsSecret::from_bytes(&[0x43; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap());
         let (a, b) = (community_of(&ksak_a, &z_a, "kms.a.example", "a.example"), community_of(&ksak_b, &z_b, "kms.b.example", "b.example"));
         let mut alice = creds_in(&ksak_a, &z_a, "kms.a.example", "sip:alice@a.example", vec![a.clone(), b.clone()]);
-        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b.clone(), a.clone()]);
-        let mut dave = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:dave@b.example", vec![b.clone()]);
+        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b.clone(), a]);
+        let mut dave = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:dave@b.example", vec![b]);
         let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let now = Duration::from_secs(NOW);
         let (offer_sdp, pending) = offer(&mut alice, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
