@@ -375,6 +375,8 @@ pub(crate) mod fuzz {
 
     /// `data` as an I_MESSAGE to Bob; returns whether it was accepted.
     pub(crate) fn run(data: &[u8]) -> bool {
+        // The responder reads IDRkmsi / IDRkmsr before verifying (cross-community, docs/high-security.md §10.9).
+        let _ = kms_uris(data);
         fixture().is_some_and(|f| receive(data, &f.kpak, &f.z, &f.bob, NOW, 30, &mut NoReplay).is_ok())
     }
 
