@@ -303,7 +303,11 @@ fn kms_serve_as(fqdn: &str, store: &str, extra: &[&str]) -> Result<ServerProcess
         .expect("spawn mediasec kms serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    let mut reader = std::io::BufReader::new(stdout);
+    let _ = reader.read_line(&mut line);
+    // Kept open: with Zk, `kms serve` prints a second line ("Zk listening …"), and a closed
+    // pipe would make that print fail and the process exit.
+    child.stdout = Some(reader.into_inner());
     match line.rsplit_once("://") {
         Some((_, addr)) => Ok(ServerProcess { child, addr: addr.trim().to_owned() }),
         None => {
@@ -648,7 +652,16 @@ fn kms_serve_learns_a_zk_peers_certificate_and_takes_configured_ones() {
     let c_file = dir.join("kms.c.example.json");
     std::fs::write(&c_file, serde_json::to_vec(&c).expect("json")).expect("write");
     let a = kms_serve_as("kms.a.example", &store("a"), &["--zk-listen", &zk_a, "--zk-pki", pki_s, "--zk-peer", &format!("b.example={zk_b}"), "--community-cert", c_file.to_str().expect("path")]).expect("kms a");
-    let (status, refreshed) = http_request(&a.addr, "POST", "/admin/v1/communities/refresh", "").expect("refresh");
+    let (status, refreshed) = match http_request(&a.addr, "POST", "/admin/v1/communities/refresh", "") {
+        Ok(r) => r,
+        Err(e) => {
+            let mut a = a;
+            let _ = a.child.kill();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut a.child.stderr.take().expect("stderr"), &mut err);
+            panic!("refresh: {e}; kms a's stderr: {err}");
+        }
+    };
     assert_eq!(status, 200, "{refreshed}");
     assert!(refreshed.contains(r#""kms":"kms.b.example""#), "{refreshed}");
     let (_, listed) = http_request(&a.addr, "GET", "/admin/v1/communities", "").expect("list");
