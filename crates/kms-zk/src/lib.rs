@@ -10,6 +10,9 @@
 //! - [`ZkTls`]: a KMS's TLS identity (server and client configurations).
 //! - [`serve`] + [`ZkHandler`]: the KMS_I side, with a per-domain allow-list.
 //! - [`ZkClient`]: the KMS_R side, every resolve bounded in time, failures typed ([`ZkError`]).
+//! - KMS certificates *(ours)*: `GET /keymanagement/certificate` on the same channel
+//!   ([`ZkHandler::certificate`], [`ZkClient::certificate`]) for cross-community MIKEY-SAKKE
+//!   (docs/zk.md "KMS certificates").
 //!
 //! The MIKEY processing itself (Annex B.2.3 steps) is the KMS's; this crate moves bytes.
 
