@@ -322,6 +322,68 @@ async fn kms_certificates_learned_over_zk_and_handed_to_ues() {
     assert_eq!(got.communities.iter().map(Community::kms_uri).collect::<Vec<_>>(), ["kms.b.example", "kms.a.example"]);
 }
 
+/// LI across KMS communities over `POST /li/v1/keys` (docs/li.md "Across KMS communities"):
+/// alice (KMS a) sends carol (KMS b) an I_MESSAGE under b's Z (from the certificate in her
+/// `keyprovision` response), IDRkmsi a, IDRkmsr b. KMS b refuses it 403 while it holds no
+/// certificate of a (`UnknownCommunity`), releases exactly the keys alice derived once it
+/// learned a's over Zk; KMS a refuses 403 `OtherCommunity` (not its z).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
+    let dir = TempDir::new("li-communities");
+    let domains = [
+        DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\n" },
+        DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" },
+    ];
+    let lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
+    let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
+    assert!(a.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
+    let aks = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    let community_b = aks.communities.iter().find(|c| c.kms_uri() == "kms.b.example").expect("b's certificate from KMS a");
+    let o = mediasec_mikey::mikey_sakke::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:carol@b.example".into(),
+        kms_uri: Some("kms.a.example".into()),
+        responder_kms_uri: Some("kms.b.example".into()),
+        initiator_ssrc: 0x4444,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, community_b.z(), mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
+    let t = now().as_secs();
+    let li = [("Authorization", "Bearer li-secret")];
+    let release = |url: String, target: &'static str| {
+        let msg = msg.clone();
+        async move {
+            let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
+            assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+            let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+            let r = http(&url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+            (r.status, String::from_utf8_lossy(&r.body).trim().to_owned())
+        }
+    };
+    for d in [a, b] {
+        d.service.enable_li("li-secret".into()).unwrap();
+    }
+    let (status, reason) = release(b.url.clone(), "carol@b.example").await;
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("kms.a.example") && reason.contains("does not hold"), "{reason}");
+    assert!(b.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(b.service.communities().first().map(|(c, _)| c.clone()), Some(a.service.own_certificate().unwrap()));
+    let (status, body) = release(b.url.clone(), "carol@b.example").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("carol@b.example")));
+    for (i, stream) in [&keys.initiator_stream, &keys.responder_stream].into_iter().enumerate() {
+        assert_eq!(v["crypto_sessions"][i]["master_key"].as_str(), Some(hex::encode(&*stream.master_key).as_str()), "CS {}", i + 1);
+    }
+    let (status, reason) = release(a.url.clone(), "alice@a.example").await;
+    assert_eq!((status, reason.as_str()), (403, "MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community kms.b.example: this KMS does not hold its z (that KMS can release)"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_resolves_any_ticket_after_rotation() {
     let dir = TempDir::new("replica");
