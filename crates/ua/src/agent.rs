@@ -2996,7 +2996,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let peer_addr = peer.local_addr().expect("addr");
         let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
         config.timers = timers(100);
-        let alice = std::sync::Arc::new(Ue::start(config).await.expect("ue"));
+        let alice = Arc::new(Ue::start(config).await.expect("ue"));
         let ue = alice.sip_addr();
         let calling = tokio::spawn({
             let (alice, target) = (alice.clone(), format!("sip:bob@{peer_addr}"));
@@ -3076,5 +3076,150 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
         assert_eq!(value(&bye, &HeaderName::CSeq).as_deref(), Some("5 BYE"));
         hanging.abort();
+    }
+
+    /// A UE's KMS access whose KMS (on 127.0.0.1) accepts connections and holds them: each
+    /// accepted connection goes to the returned channel, unanswered, until the test drops it
+    /// (the KMS then closes it without a response: the exchange fails). Also counts them.
+    async fn holding_kms(uid: &str) -> (KmsAccess, mpsc::UnboundedReceiver<tokio::net::TcpStream>, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if tx.send(conn).is_err() {
+                    return;
+                }
+            }
+        });
+        let ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse(uid).expect("uid"), "kms.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http(&url).expect("endpoint"));
+        (KmsAccess { ue, client, high_security: None }, rx, accepted)
+    }
+
+    /// The next connection to a [`holding_kms`], and the request line of the request on it.
+    async fn held_request(held: &mut mpsc::UnboundedReceiver<tokio::net::TcpStream>) -> (tokio::net::TcpStream, String) {
+        use tokio::io::AsyncReadExt as _;
+        let mut conn = tokio::time::timeout(Duration::from_secs(5), held.recv()).await.expect("a KMS request in time").expect("listener");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("request in time").expect("read");
+            assert!(n > 0, "the KMS connection closed before a request");
+            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+        (conn, line)
+    }
+
+    /// An `RTP/SAVP` offer at the peer carrying a TRANSFER_INIT from `initiator` to `responder`
+    /// under a ticket the initiator's UE made itself (mode 3, TS 33.328 Annex D.4): a 3GPP
+    /// ticket, so the responder's UE asks its KMS to resolve it.
+    fn ticket_offer(peer_addr: SocketAddr, initiator: &str, responder: &str) -> String {
+        use mediasec_kms::identity::{KmsUid, Pattern};
+        let ue = mediasec_kms::ue::Ue::new(KmsUid::parse(initiator).expect("uid"), "kms.example", "btid-i", &[5; 32], 30);
+        let to = KmsUid::parse(responder).expect("uid");
+        let ask = mediasec_kms::ue::Ask { recipients: vec![Pattern::parse(to.as_str()).expect("pattern")], reusable: false, forking: false, lifetime: 60 };
+        let now = unix_now();
+        let held = ue.make_ticket(&ask, now, &fill_random).expect("ticket");
+        let (init, _) = ue.transfer_init(&held, &to, 1, 0x1234, now, [9; 16]).expect("TRANSFER_INIT");
+        offer_answer::sdp_text(SocketAddr::new(peer_addr.ip(), 40_002), 1, "RTP/SAVP", &[ticket::key_mgmt_line(init), "rtcp-mux".into()])
+    }
+
+    fn is_request(m: &Message, method: &Method, to_tag: &str) -> bool {
+        matches!(m, Message::Request(r) if r.method == *method) && value(m, &HeaderName::To).is_some_and(|t| t.ends_with(&format!(";tag={to_tag}")))
+    }
+
+    /// UAC under MIKEY-TICKET, delayed offer with two forks (docs/sip.md §5 "Delayed offer",
+    /// §7). The first fork's 2xx brings bob's TRANSFER_INIT; alice's Ticket Resolve of it is
+    /// held by her KMS. Meanwhile — the UE task is not waiting for the KMS — a retransmission
+    /// of that 2xx gets no ACK yet (the ACK goes with the answer: processed once), and a 2xx
+    /// of a second fork is ACKed at once with an answer refusing every stream (RFC 3261
+    /// §13.2.2.4, RFC 3264 §6: no keys) and ended with BYE, without a Ticket Resolve. When
+    /// the KMS closes the held request unanswered, the first fork's offer is refused the same
+    /// way (ACK with the refusal, BYE) and the call fails; the KMS saw one connection only.
+    #[tokio::test]
+    async fn uac_refuses_an_extra_forks_offer_without_kms_work_while_the_first_waits_for_its_resolve() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (kms, mut held, accepted) = holding_kms("alice@a.example").await;
+        let (call, ue, invite, to) = offerless_call_as(&peer, Timers::default(), Security::MikeyTicket, Some(kms)).await;
+        let offer = ticket_offer(peer_addr, "bob@b.example", "alice@a.example");
+        let first = peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(offer.clone()));
+        peer.send_to(&first, ue).await.expect("send");
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=ticketresolve "), "{line}");
+        peer.send_to(&first, ue).await.expect("send");
+        let second = to.replace(";tag=bt", ";tag=bt2");
+        peer.send_to(&peer_response(&invite, 200, "OK", &second, peer_addr, &[], Some(offer)), ue).await.expect("send");
+        let (ack, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(before.is_empty(), "no ACK for the retransmitted 2xx while its answer waits: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert!(is_request(&ack, &Method::Ack, "bt2"), "the second fork's ACK first: {}", text(&ack));
+        let refusal = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(refusal.contains("m=audio 0 RTP/SAVP ") && !refusal.contains("key-mgmt") && !refusal.contains("crypto"), "every stream refused, no keys: {refusal}");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert!(is_request(&bye, &Method::Bye, "bt2"), "{}", text(&bye));
+        drop(conn);
+        let (ack, _) = until(&peer, Duration::from_secs(5), |m| is_request(m, &Method::Ack, "bt")).await;
+        let refusal = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(refusal.contains("m=audio 0 RTP/SAVP ") && !refusal.contains("key-mgmt"), "the failed resolve: refused, {refusal}");
+        until(&peer, Duration::from_secs(2), |m| is_request(m, &Method::Bye, "bt")).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one Ticket Resolve, none for the extra fork");
+        let (alice, result) = call.await.expect("task");
+        assert!(matches!(&result, Err(Error::Negotiation(why)) if why.contains("MIKEY-TICKET")), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| r.extra_forks_ended == 1 && matches!(r.state, CallState::Failed(488, _))), "{reports:?}");
+    }
+
+    /// UAS under MIKEY-TICKET (docs/sip.md §7): an INVITE whose TRANSFER_INIT bob must resolve
+    /// at his KMS, which holds the request. The INVITE gets `100 Trying` at once (RFC 3261
+    /// §8.2.6.1); its retransmission is absorbed by the server transaction (no second Ticket
+    /// Resolve); a CANCEL gets 200 and the INVITE 487 while the resolve is still held — the KMS
+    /// work is abandoned. When the KMS then closes the held request, nothing more is sent for
+    /// the call (an OPTIONS' 200 comes with nothing but 487 retransmissions before it), and
+    /// bob still answers.
+    #[tokio::test]
+    async fn uas_cancelled_while_its_ticket_resolve_is_held_sends_nothing_more() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let (kms, mut held, accepted) = holding_kms("bob@b.example").await;
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::MikeyTicket, 1500.0, 1000.0);
+        let bob = Ue::start_with_kms(config, Some(kms)).await.expect("UE");
+        let ue = bob.sip_addr();
+        let invite = invite(addr, ue, "", &ticket_offer(addr, "alice@a.example", "bob@b.example"));
+        send(&socket, ue, &invite).await;
+        let (trying, _) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert_eq!(code(&trying), Some(100), "{}", text(&trying));
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=ticketresolve "), "{line}");
+        send(&socket, ue, &invite).await;
+        send(&socket, ue, &format!(
+            "CANCEL sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKinv1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: <sip:bob@b.example>\r\nCall-ID: rel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        let (terminated, before) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(487)).await;
+        assert!(
+            before.iter().all(|m| code(m) == Some(100) || (code(m) == Some(200) && value(m, &HeaderName::CSeq).is_some_and(|c| c.ends_with("CANCEL")))),
+            "only 100s and the CANCEL's 200 before the 487: {:?}",
+            before.iter().map(text).collect::<Vec<_>>()
+        );
+        let to = value(&terminated, &HeaderName::To).expect("To");
+        send(&socket, ue, &format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKinv1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        drop(conn);
+        send(&socket, ue, &format!(
+            "OPTIONS sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKopt1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=ot\r\nTo: <sip:bob@b.example>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        let (_, before) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(200) && value(m, &HeaderName::CSeq).is_some_and(|c| c.ends_with("OPTIONS"))).await;
+        assert!(before.iter().all(|m| code(m) == Some(487)), "nothing for the cancelled call: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one Ticket Resolve: the retransmitted INVITE made none");
+        let reports = bob.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(r.state, CallState::Failed(487, _)) && r.peer_key.is_none()), "{reports:?}");
     }
 }
