@@ -997,7 +997,7 @@ mod mikey_ticket {
         assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("bob@b.example"), Some("alice@a.example")));
     }
 
-    /// KMS work off the UE task (docs/sip.md §7): a Ua relay in front of a KMS that holds
+    /// KMS work off the UE task (docs/sip.md §2): a Ua relay in front of a KMS that holds
     /// every request until the test releases it. Each HTTP/1.1 request (head, then the
     /// `Content-Length` body, as our client and KMS send them) is read whole and announced on
     /// `arrivals`; released, it goes to the KMS on a connection of its own and the KMS's
@@ -1108,7 +1108,7 @@ mod mikey_ticket {
         (kms, relay)
     }
 
-    /// One call's KMS exchange does not stall the UE's other calls (docs/sip.md §7). Alice
+    /// One call's KMS exchange does not stall the UE's other calls (docs/sip.md §2). Alice
     /// reaches her KMS through a relay, which holds her Ticket Request for call 1 (to bob).
     /// Meanwhile carol calls alice: alice's Ticket Resolve of carol's ticket is let through,
     /// she answers, media flows both ways, and carol's BYE is answered — while call 1 still
@@ -1148,7 +1148,7 @@ mod mikey_ticket {
         alice.hangup(&id1).await.expect("BYE reaches bob");
     }
 
-    /// API hangup while the call's KMS work is in flight (docs/sip.md §7): alice re-keys an
+    /// API hangup while the call's KMS work is in flight (docs/sip.md §2): alice re-keys an
     /// established call by re-INVITE and hangs up while the relay holds her Ticket Request for
     /// the new offer. The re-INVITE request fails (487) as the KMS work is abandoned, the BYE
     /// is answered; released afterwards, the KMS's answer changes nothing: bob never saw a
@@ -1185,7 +1185,7 @@ mod mikey_ticket {
         }
     }
 
-    /// A fork CANCELled while its KMS work is in flight (docs/sip.md §7): bob has two
+    /// A fork CANCELled while its KMS work is in flight (docs/sip.md §2): bob has two
     /// registered UEs; bob2 reaches his KMS through the relay, which holds his Ticket Resolve
     /// of alice's ticket. bob1 answers, the S-CSCF CANCELs bob2's branch (RFC 3261 §16.7 step
     /// 10): bob2 answers 487 and abandons the resolve. Released afterwards, nothing more goes

@@ -9,7 +9,9 @@
 //! - Calling: INVITE with our offer through the outbound proxy. A 18x with SDP starts early
 //!   media as soon as its keys are known; the first 2xx confirms the dialog (ACK) and starts
 //!   or keeps media; every further 2xx (another fork, RFC 6026) is ACKed and ended with BYE
-//!   (§13.2.2.4). A 2xx whose answer breaks the policy (downgrade) is ACKed and ended with BYE.
+//!   (§13.2.2.4) — when it carries an offer (our INVITE had none), its ACK carries an answer
+//!   refusing every stream, made without KMS work. A 2xx whose answer breaks the policy
+//!   (downgrade) is ACKed and ended with BYE.
 //! - Answering: 180 at once; with early media a 183 carrying the answer and media; the 200
 //!   with the same answer after the configured delay (retransmitted until ACK); CANCEL before
 //!   the 200 gives 200 (CANCEL) + 487 (INVITE); an offer the policy refuses gives 488.
@@ -50,6 +52,10 @@
 //!   MIKEY policy never accepts an SDES or plain offer or answer on any of these paths.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
+//! - KMS work (Ticket Request / Resolve, key provisioning) runs off the task as jobs polled
+//!   by its loop ([`Core::start`]): the step waiting for it resumes from the job's result
+//!   ([`Step`]), other calls' signalling goes on meanwhile; a call that ends, fails or is
+//!   cancelled first abandons its job (docs/sip.md §2 "KMS work off the UE task").
 //! - Over TLS to the P-CSCF ([`UeConfig::tls`], RFC 3261 §26.2; TS 33.328 §4.1.2.1: SDES is only
 //!   as safe as the signalling that carries the keys): every request we send has a `TLS` top
 //!   `Via` (the endpoint then sends it over TLS only, never in clear), initial requests carry
@@ -277,7 +283,7 @@ impl Ue {
     }
 
     /// Starts a UE that also has access to its KMS (modes MIKEY-TICKET, high-security,
-    /// MIKEY-SAKKE). The KMS exchanges run off the UE task (docs/sip.md §7 "KMS work off the
+    /// MIKEY-SAKKE). The KMS exchanges run off the UE task (docs/sip.md §2 "KMS work off the
     /// UE task"): signalling of other calls goes on while one call waits for its KMS.
     pub async fn start_with_kms(config: UeConfig, kms: Option<KmsAccess>) -> Result<Self, Error> {
         let tls = mediasec_sip::tls::Tls { server: None, client: config.tls.clone() };
@@ -564,7 +570,7 @@ struct Core {
     client: HashMap<TransactionKey, (String, Purpose)>,
     seq: u64,
     kms: Option<SharedKms>,
-    /// KMS work in flight, off this task (docs/sip.md §7).
+    /// KMS work in flight, off this task (docs/sip.md §2).
     jobs: JoinSet<Keyed>,
     /// The step each job in [`Self::jobs`] resumes, and its abort handle.
     steps: HashMap<JobId, (Step, AbortHandle)>,
@@ -653,7 +659,7 @@ impl Core {
         }
     }
 
-    /// Starts the KMS work of a step (docs/sip.md §7 "KMS work off the UE task"). Work that
+    /// Starts the KMS work of a step (docs/sip.md §2 "KMS work off the UE task"). Work that
     /// needs no exchange — SDES or plain, a cached reusable ticket or resolve, high-security
     /// keys already held — completes on its first poll and `step` resumes at once, as if
     /// inline. Otherwise the work goes on off this task ([`Self::jobs`]), the call (if `step`
@@ -702,7 +708,7 @@ impl Core {
         self.abandon(step)
     }
 
-    /// What an abandoned step still owes (docs/sip.md §7): an API request gets its error; a 2xx
+    /// What an abandoned step still owes (docs/sip.md §2): an API request gets its error; a 2xx
     /// whose ACK waited for our answer is ACKed with an answer refusing every stream (RFC 3261
     /// §13.2.2.4: the 2xx must be ACKed and, carrying an offer, answered); a re-INVITE or
     /// UPDATE of the peer waiting for our answer gets 487 (§15.1.2). Nothing else is sent:
@@ -856,11 +862,11 @@ impl Core {
         match self.config.security {
             // Delayed offer (RFC 3261 §13.2.1): the callee offers in its 2xx or reliable 18x;
             // under a MIKEY policy it is then the MIKEY Initiator and we answer as responder.
-            _ if !with_offer => self.resume(step, Keyed::Offer(Ok((String::new(), None, None)))),
+            _ if !with_offer => self.resume(step, Keyed::offered(Ok((String::new(), None, None)))),
             s if s.is_mikey() => self.start(offer_work(s, self.kms.clone(), local, 1, ssrc, target.to_owned()), step),
             _ => {
                 let made = self.initial_offer(local).map(|o| (o.sdp.clone(), Some(o), None));
-                self.resume(step, Keyed::Offer(made))
+                self.resume(step, Keyed::offered(made))
             }
         }
     }
@@ -956,14 +962,14 @@ impl Core {
         let step = Step::Reoffer { call_id: call_id.to_owned(), method, tx };
         if !with_offer {
             // Delayed offer: the peer offers in its 2xx (with MIKEY, as the new Initiator).
-            return self.resume(step, Keyed::Offer(Ok((String::new(), None, None))));
+            return self.resume(step, Keyed::offered(Ok((String::new(), None, None))));
         }
         if !security.is_mikey() {
             let made = offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None));
-            return self.resume(step, Keyed::Offer(made));
+            return self.resume(step, Keyed::offered(made));
         }
         let Some(peer) = peer else {
-            return self.resume(step, Keyed::Offer(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into()))));
+            return self.resume(step, Keyed::offered(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into()))));
         };
         self.start(offer_work(security, self.kms.clone(), local, version, ssrc, peer), step)
     }
@@ -1300,7 +1306,7 @@ impl Core {
             // failed (one given up 64·T1 after its CANCEL, §9.1): ACK and BYE it. When it
             // carries an offer (our INVITE had none) the ACK must carry an answer (§13.2.2.4):
             // one refusing every stream (RFC 3264 §6, port 0, no keys) — no KMS work (no
-            // Ticket Resolve) for a session ended at once (docs/sip.md §5 "Delayed offer").
+            // Ticket Resolve) for a session ended at once (docs/sip.md §2 "Forked answers").
             if offered && let Some(offer) = &sdp {
                 let refusal = refusing_answer(offer, call.rtp.local_addr(), call.sdp_version, &Error::Negotiation("another fork answered first".into()))?;
                 mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&refusal))?;
@@ -1853,13 +1859,13 @@ impl Core {
         match (security.is_mikey(), peer) {
             (false, _) => {
                 let made = self.initial_offer(local).map(|o| (o.sdp.clone(), Some(o), None));
-                self.resume(step, Keyed::Offer(made))
+                self.resume(step, Keyed::offered(made))
             }
             (true, Some(peer)) => {
                 self.start(offer_work(security, self.kms.clone(), local, 1, ssrc, peer), step)?;
                 self.trying_while_keying(&call_id, &key, &request)
             }
-            (true, None) => self.resume(step, Keyed::Offer(Err(Error::Negotiation("offerless INVITE from an anonymous caller: no identity to key a MIKEY offer to".into())))),
+            (true, None) => self.resume(step, Keyed::offered(Err(Error::Negotiation("offerless INVITE from an anonymous caller: no identity to key a MIKEY offer to".into())))),
         }
     }
 
@@ -1979,11 +1985,11 @@ impl Core {
             // Under a MIKEY policy we are the MIKEY Initiator of a fresh exchange (RFC 4567 §3).
             if !security.is_mikey() {
                 let made = offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None));
-                return self.resume(step, Keyed::Offer(made));
+                return self.resume(step, Keyed::offered(made));
             }
             return match peer {
                 Some(peer) => self.start(offer_work(security, self.kms.clone(), local, version, ssrc, peer), step),
-                None => self.resume(step, Keyed::Offer(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())))),
+                None => self.resume(step, Keyed::offered(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())))),
             };
         }
         let offer = match body {
@@ -2091,16 +2097,20 @@ type Made = (String, Option<Offer>, Option<Keying>);
 
 /// What KMS work produces ([`Core::start`]).
 enum Keyed {
-    /// Our offer, or why none could be made.
-    Offer(Result<Made, Error>),
+    /// Our offer, or why none could be made (boxed: an SDES offer with its keys is large).
+    Offer(Box<Result<Made, Error>>),
     /// Our answer to an offer (its SDP and the media), or why the offer is refused.
     Answer(Result<(String, Media), Error>),
 }
 
 impl Keyed {
+    fn offered(made: Result<Made, Error>) -> Self {
+        Self::Offer(Box::new(made))
+    }
+
     fn offer(self) -> Result<Made, Error> {
         match self {
-            Self::Offer(made) => made,
+            Self::Offer(made) => *made,
             Self::Answer(_) => Err(Error::Negotiation("KMS work: an answer where an offer was awaited".into())),
         }
     }
@@ -2114,11 +2124,11 @@ impl Keyed {
 }
 
 /// KMS work making our MIKEY offer ([`mikey_offer`]).
-fn offer_work(security: Security, kms: Option<SharedKms>, local: SocketAddr, version: u64, ssrc: u32, peer: String) -> impl Future<Output = Keyed> + Send + 'static {
-    async move { Keyed::Offer(mikey_offer(security, kms, local, version, ssrc, peer).await.map(|(sdp, k)| (sdp, None, Some(k)))) }
+async fn offer_work(security: Security, kms: Option<SharedKms>, local: SocketAddr, version: u64, ssrc: u32, peer: String) -> Keyed {
+    Keyed::offered(mikey_offer(security, kms, local, version, ssrc, peer).await.map(|(sdp, k)| (sdp, None, Some(k))))
 }
 
-/// The step of the UE's flows that waits for KMS work (docs/sip.md §7): what it needs to go
+/// The step of the UE's flows that waits for KMS work (docs/sip.md §2): what it needs to go
 /// on when the result comes back ([`Core::resume`]), or to do what it still owes when its call
 /// ended meanwhile ([`Core::abandon`]).
 enum Step {
@@ -2206,8 +2216,8 @@ async fn answer_offer(security: Security, kms: Option<SharedKms>, sdes: SdesPoli
 }
 
 /// KMS work answering `offer` ([`answer_offer`]).
-fn answer_work(security: Security, kms: Option<SharedKms>, sdes: SdesPolicy, offer: Sdp, local: SocketAddr, version: u64, ssrc: u32) -> impl Future<Output = Keyed> + Send + 'static {
-    async move { Keyed::Answer(answer_offer(security, kms, sdes, offer, local, version, ssrc).await) }
+async fn answer_work(security: Security, kms: Option<SharedKms>, sdes: SdesPolicy, offer: Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Keyed {
+    Keyed::Answer(answer_offer(security, kms, sdes, offer, local, version, ssrc).await)
 }
 
 /// The SDP refusing every stream of `offer` ([`offer_answer::refusal`]) and, when `why` is a
@@ -3134,7 +3144,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     }
 
     /// UAC under MIKEY-TICKET, delayed offer with two forks (docs/sip.md §5 "Delayed offer",
-    /// §7). The first fork's 2xx brings bob's TRANSFER_INIT; alice's Ticket Resolve of it is
+    /// §2). The first fork's 2xx brings bob's TRANSFER_INIT; alice's Ticket Resolve of it is
     /// held by her KMS. Meanwhile — the UE task is not waiting for the KMS — a retransmission
     /// of that 2xx gets no ACK yet (the ACK goes with the answer: processed once), and a 2xx
     /// of a second fork is ACKed at once with an answer refusing every stream (RFC 3261
@@ -3174,7 +3184,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(reports.len() == 1 && reports.iter().all(|r| r.extra_forks_ended == 1 && matches!(r.state, CallState::Failed(488, _))), "{reports:?}");
     }
 
-    /// UAS under MIKEY-TICKET (docs/sip.md §7): an INVITE whose TRANSFER_INIT bob must resolve
+    /// UAS under MIKEY-TICKET (docs/sip.md §2): an INVITE whose TRANSFER_INIT bob must resolve
     /// at his KMS, which holds the request. The INVITE gets `100 Trying` at once (RFC 3261
     /// §8.2.6.1); its retransmission is absorbed by the server transaction (no second Ticket
     /// Resolve); a CANCEL gets 200 and the INVITE 487 while the resolve is still held — the KMS

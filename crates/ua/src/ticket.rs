@@ -115,7 +115,7 @@ pub fn has_mikey(sdp: &Sdp) -> bool {
 }
 
 /// A UE's [`KmsAccess`] shared between the UE task and the KMS exchanges it runs off that task
-/// (docs/sip.md §7 "KMS work off the UE task"). The lock is taken only for the sans-IO steps
+/// (docs/sip.md §2 "KMS work off the UE task"). The lock is taken only for the sans-IO steps
 /// (building a request, processing a response, the ticket caches) and never held across an
 /// HTTP exchange: a `std` guard is not `Send`, so a spawned exchange that kept it across an
 /// `.await` would not compile.
