@@ -723,10 +723,16 @@ impl Core {
                 let _ = tx.send(Err(Error::CallFailed { code: 487, reason: "the call ended during its KMS exchange".into() }));
                 Ok(())
             }
-            Step::Ack { mut ack, to, offer, local, version, .. } => {
+            Step::Ack { call_id, purpose, mut ack, to, offer, local, version } => {
                 let Some(to) = to else { return Ok(()) };
                 let refusal = refusing_answer(&offer, local, version, &Error::Negotiation("the call ended".into()))?;
                 mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&refusal))?;
+                if purpose == Purpose::Invite
+                    && let (Some(call), Message::Request(request)) = (self.calls.get_mut(&call_id), &ack)
+                {
+                    // The same ACK again for the 2xx's retransmissions (§13.2.2.4).
+                    call.ack = Some(request.clone());
+                }
                 self.endpoint.send(Command::Stateless { message: ack, to })?;
                 Ok(())
             }
