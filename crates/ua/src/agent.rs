@@ -3238,4 +3238,45 @@ From: <sip:alice@a.example>;tag=ot\r\nTo: <sip:bob@b.example>\r\nCall-ID: opt-1\
         let reports = bob.reports().await.expect("reports");
         assert!(reports.len() == 1 && reports.iter().all(|r| matches!(r.state, CallState::Failed(487, _)) && r.peer_key.is_none()), "{reports:?}");
     }
+
+    /// High-security caller whose key is last month's (docs/high-security.md §9): before
+    /// signing its DH_INIT the UE fetches this month's key (`high_security::ready`, Ua
+    /// `keyprovision`), off the UE task (docs/sip.md §2). While its KMS holds that request the
+    /// UE answers an OPTIONS and has sent no INVITE; when the KMS closes the request
+    /// unanswered, the call fails with the provisioning error and still no INVITE goes out.
+    #[tokio::test]
+    async fn uac_held_key_provisioning_does_not_stall_the_ue() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let (mut kms, mut held, accepted) = holding_kms("alice@a.example").await;
+        let ksak = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]).expect("KSAK");
+        let last_month = unix_now().saturating_sub(Duration::from_secs(40 * 86_400));
+        kms.high_security = Some(local_high_security("sip:alice@a.example", &ksak, last_month));
+        let config = UeConfig::loopback("sip:alice@a.example", addr, Security::HighSecurity, 440.0, 1000.0);
+        let alice = Arc::new(Ue::start_with_kms(config, Some(kms)).await.expect("UE"));
+        let ue = alice.sip_addr();
+        let calling = {
+            let alice = Arc::clone(&alice);
+            tokio::spawn(async move { alice.call("sip:bob@b.example").await })
+        };
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=keyprovision "), "{line}");
+        let options = |branch: &str| {
+            format!(
+                "OPTIONS sip:alice@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:bob@b.example>;tag=ot\r\nTo: <sip:alice@a.example>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        send(&socket, ue, &options("z9hG4bKopt1")).await;
+        let (ok, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert_eq!(code(&ok), Some(200), "{}", text(&ok));
+        assert!(before.is_empty() && !calling.is_finished(), "no INVITE while the key is being fetched: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        drop(conn);
+        let result = tokio::time::timeout(Duration::from_secs(5), calling).await.expect("in time").expect("task");
+        assert!(matches!(&result, Err(Error::Negotiation(why)) if why.contains("key provisioning")), "{result:?}");
+        send(&socket, ue, &options("z9hG4bKopt2")).await;
+        let (ok, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert!(code(&ok) == Some(200) && before.is_empty(), "no INVITE after the failed provisioning: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
