@@ -34,12 +34,12 @@ taskset -c "$RELAY_CPU" rtpengine --config-file=none --foreground --table=-1 --i
   --listen-ng=127.0.0.1:"$RTPE_NG" --port-min=46000 --port-max=46999 --delete-delay=0 \
   --num-threads=1 --log-level=3 >/dev/null 2>&1 &
 RTPE_PID=$!; pids+=($RTPE_PID)
-taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$OURS_NG" --interface 127.0.0.1 \
+taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --media-threads 1 --listen-ng 127.0.0.1:"$OURS_NG" --interface 127.0.0.1 \
   --port-min 47000 --port-max 47999 >/dev/null 2>&1 &
 OURS_PID=$!; pids+=($OURS_PID)
 # The same build with its media sends by one sendto per packet instead of io_uring batches.
 SYSC_NG=$(port)
-taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --listen-ng 127.0.0.1:"$SYSC_NG" --interface 127.0.0.1 \
+taskset -c "$RELAY_CPU" "$BIN" agw --threads 1 --media-threads 1 --listen-ng 127.0.0.1:"$SYSC_NG" --interface 127.0.0.1 \
   --port-min 48000 --port-max 48999 --no-io-uring >/dev/null 2>&1 &
 SYSC_PID=$!; pids+=($SYSC_PID)
 sleep 1.5

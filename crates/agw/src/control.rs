@@ -593,36 +593,24 @@ impl Controller {
         ])
     }
 
-    /// Prometheus text exposition (format 0.0.4) of the gateway's counters: calls and streams
-    /// in progress, ng commands, packets/octets per component and direction, drops by reason
-    /// (released streams included).
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let mut all = self.finished.clone();
+    /// The gateway's counters now ([`Metrics`]): calls and streams in progress, ng commands,
+    /// packets/octets and drops of every stream, released ones included.
+    pub fn metrics(&self) -> Metrics {
+        let mut streams = self.finished.clone();
         for call in self.calls.values() {
             for (_, a, b) in self.leg_stats(call) {
-                all.accumulate(&a.stats);
-                all.accumulate(&b.stats);
+                streams.accumulate(&a.stats);
+                streams.accumulate(&b.stats);
             }
         }
-        let mut out = String::new();
-        let _ = writeln!(out, "# TYPE mediasec_agw_calls gauge\nmediasec_agw_calls {}", self.calls.len());
-        let _ = writeln!(out, "# TYPE mediasec_agw_streams gauge\nmediasec_agw_streams {}", self.relay.stream_count());
-        let _ = writeln!(out, "# TYPE mediasec_agw_ng_commands_total counter\nmediasec_agw_ng_commands_total {}", self.commands);
-        let _ = writeln!(out, "# TYPE mediasec_agw_ng_errors_total counter\nmediasec_agw_ng_errors_total {}", self.command_errors);
-        let _ = writeln!(out, "# TYPE mediasec_agw_packets_total counter\n# TYPE mediasec_agw_bytes_total counter");
-        for (c, name) in [(Component::Rtp, "rtp"), (Component::Rtcp, "rtcp")] {
-            for (dir, counter) in [("received", all.received(c)), ("sent", all.sent(c))] {
-                let _ = writeln!(out, "mediasec_agw_packets_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.packets);
-                let _ = writeln!(out, "mediasec_agw_bytes_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.bytes);
-            }
+        Metrics {
+            calls: self.calls.len(),
+            streams: self.relay.stream_count(),
+            commands: self.commands,
+            command_errors: self.command_errors,
+            unknown_port_drops: self.relay.unknown_port_drops(),
+            totals: streams,
         }
-        let _ = writeln!(out, "# TYPE mediasec_agw_drops_total counter");
-        for r in DropReason::ALL {
-            let n = if r == DropReason::UnknownPort { self.relay.unknown_port_drops() } else { all.drops(r) };
-            let _ = writeln!(out, "mediasec_agw_drops_total{{reason=\"{}\"}} {n}", r.label());
-        }
-        out
     }
 
     /// Deletes every call whose streams were idle for the configured timeout; returns their
@@ -682,6 +670,60 @@ fn leg_value(leg: &Leg, tag: &str) -> Value<'static> {
         ("sent", per(&|c| leg.stats.sent(c))),
         ("drops", drops),
     ])
+}
+
+/// A snapshot of a gateway's counters; the snapshots of several controllers (the media
+/// threads' shards) add up to the gateway's.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Calls in progress.
+    pub calls: usize,
+    /// Streams in progress.
+    pub streams: usize,
+    /// ng commands handled.
+    pub commands: u64,
+    /// ng commands answered with an error.
+    pub command_errors: u64,
+    /// Packets that arrived on a port no stream owns.
+    pub unknown_port_drops: u64,
+    /// Packets, octets and drops of every stream, released ones included.
+    pub totals: LegStats,
+}
+
+impl Metrics {
+    /// Adds another controller's counters.
+    pub fn add(&mut self, other: &Self) {
+        self.calls += other.calls;
+        self.streams += other.streams;
+        self.commands += other.commands;
+        self.command_errors += other.command_errors;
+        self.unknown_port_drops += other.unknown_port_drops;
+        self.totals.accumulate(&other.totals);
+    }
+
+    /// Prometheus text exposition (format 0.0.4): calls and streams in progress, ng commands,
+    /// packets/octets per component and direction, drops by reason.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "# TYPE mediasec_agw_calls gauge\nmediasec_agw_calls {}", self.calls);
+        let _ = writeln!(out, "# TYPE mediasec_agw_streams gauge\nmediasec_agw_streams {}", self.streams);
+        let _ = writeln!(out, "# TYPE mediasec_agw_ng_commands_total counter\nmediasec_agw_ng_commands_total {}", self.commands);
+        let _ = writeln!(out, "# TYPE mediasec_agw_ng_errors_total counter\nmediasec_agw_ng_errors_total {}", self.command_errors);
+        let _ = writeln!(out, "# TYPE mediasec_agw_packets_total counter\n# TYPE mediasec_agw_bytes_total counter");
+        for (c, name) in [(Component::Rtp, "rtp"), (Component::Rtcp, "rtcp")] {
+            for (dir, counter) in [("received", self.totals.received(c)), ("sent", self.totals.sent(c))] {
+                let _ = writeln!(out, "mediasec_agw_packets_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.packets);
+                let _ = writeln!(out, "mediasec_agw_bytes_total{{component=\"{name}\",direction=\"{dir}\"}} {}", counter.bytes);
+            }
+        }
+        let _ = writeln!(out, "# TYPE mediasec_agw_drops_total counter");
+        for r in DropReason::ALL {
+            let n = if r == DropReason::UnknownPort { self.unknown_port_drops } else { self.totals.drops(r) };
+            let _ = writeln!(out, "mediasec_agw_drops_total{{reason=\"{}\"}} {n}", r.label());
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -808,7 +850,7 @@ mod tests {
         let rtp = q.get("totals").and_then(|t| t.get("RTP")).and_then(|r| r.get("packets")).and_then(Value::as_int);
         assert_eq!(rtp, Some(2));
         let d = c.execute(Command::Delete { call_id: "call1".into() }, now, &mut ports, &mut k).expect("delete");
-        let m = c.metrics();
+        let m = c.metrics().render();
         assert!(m.contains("mediasec_agw_packets_total{component=\"rtp\",direction=\"received\"} 2\n"), "{m}");
         assert!(m.contains("mediasec_agw_calls 0\n") && m.contains("mediasec_agw_drops_total{reason=\"auth_failed\"} 0\n"), "{m}");
         assert_eq!(d.get("result").and_then(Value::as_str), Some("ok"));

@@ -1,7 +1,14 @@
 //! The UDP driver: tokio tasks for the ng control socket, the stream-timeout timer and
-//! metrics; one media thread for every media socket (RTP on even ports, RTCP on the next).
-//! The [`Controller`] and its relay sit behind one mutex, which the media thread takes once
-//! per batch of packets, not per packet. No allocation, task wake-up or clock read per packet.
+//! metrics; media threads for the media sockets (RTP on even ports, RTCP on the next).
+//!
+//! **Shards.** With N media threads ([`ServerConfig::media_threads`]) the gateway is N
+//! shards that share nothing: each has its own [`Controller`] (its calls and their relay),
+//! its own slice of the port range and its own media thread with its own driver. An ng
+//! command goes to the shard its `call-id` hashes to, so every command about one call
+//! reaches the controller holding it; a command without one (`ping`) goes to the first. A
+//! shard's controller and relay sit behind one mutex, which its media thread takes once per
+//! batch of packets, not per packet; the threads never contend for a lock (the control side
+//! takes a shard's lock per command). No allocation, task wake-up or clock read per packet.
 //!
 //! The media thread has two drivers ([`MediaPath`]):
 //! - **io_uring** (Linux ≥ 6.1, [`crate::uring`]): each socket has an armed multishot receive
@@ -33,7 +40,9 @@ use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use rand::RngCore as _;
 use tokio::net::UdpSocket;
 
-use crate::control::{Config, Controller, PortSource};
+use crate::bencode::Value;
+use crate::control::{Config, Controller, Metrics, PortSource};
+use crate::ng;
 use crate::ports::PortTable;
 use crate::relay::Verdict;
 use crate::uring::MediaRing;
@@ -52,6 +61,9 @@ pub struct ServerConfig {
     pub port_max: u16,
     /// Prometheus `/metrics` over HTTP/1.1 on this address, if any.
     pub metrics: Option<SocketAddr>,
+    /// Media threads (≥ 1), each relaying the calls of one shard on an equal slice of the
+    /// port range.
+    pub media_threads: usize,
     /// Gateway behaviour.
     pub control: Config,
 }
@@ -187,12 +199,53 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
     s.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The port pairs (RTP even, RTCP next) between `min` and `max`, split into `shards`
+/// contiguous slices as equal as they can be: `(first, last)` port of each slice.
+fn split_ports(min: u16, max: u16, shards: usize) -> io::Result<Vec<(u16, u16)>> {
+    let first = u32::from(min.next_multiple_of(2));
+    let pairs = (u32::from(max) + 1).saturating_sub(first) / 2;
+    let n = u32::try_from(shards).unwrap_or(u32::MAX);
+    if n == 0 || pairs < n {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("media ports {min}-{max} hold {pairs} RTP/RTCP port pairs, fewer than the {shards} media threads (each needs at least one)"),
+        ));
+    }
+    let (each, extra) = (pairs / n, pairs % n);
+    let mut at = first;
+    let mut slices = Vec::with_capacity(shards);
+    for i in 0..n {
+        let len = 2 * (each + u32::from(i < extra));
+        // Within u16: the slices end at or below `max`.
+        let (lo, hi) = (u16::try_from(at), u16::try_from(at + len - 1));
+        let (Ok(lo), Ok(hi)) = (lo, hi) else { return Err(io::Error::other("port slice out of range")) };
+        slices.push((lo, hi));
+        at += len;
+    }
+    Ok(slices)
+}
+
+/// The shard an ng datagram goes to: by the hash of its `call-id` (every command about a
+/// call carries it); the first shard for a message without one (`ping`, or one the
+/// controller will answer with an error).
+fn shard_of(datagram: &[u8], shards: usize) -> usize {
+    use std::hash::{Hash as _, Hasher as _};
+    if shards <= 1 {
+        return 0;
+    }
+    let Some(message) = ng::split_cookie(datagram).ok().and_then(|(_, m)| Value::decode(m).ok()) else { return 0 };
+    let Some(call_id) = message.get("call-id").and_then(Value::as_bytes) else { return 0 };
+    let mut h = std::hash::DefaultHasher::new();
+    call_id.hash(&mut h);
+    usize::try_from(h.finish() % u64::try_from(shards).unwrap_or(1)).unwrap_or(0)
+}
+
 /// A running gateway.
 pub struct Agw {
     ng_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     io_uring: bool,
-    state: Shared,
+    shards: Arc<[Shared]>,
 }
 
 impl Agw {
@@ -204,41 +257,28 @@ impl Agw {
 
     /// [`Agw::start`] with the given media path.
     pub async fn start_with(config: ServerConfig, path: MediaPath) -> io::Result<Self> {
+        let slices = split_ports(config.port_min, config.port_max, config.media_threads)?;
         let ng = UdpSocket::bind(config.listen_ng).await?;
         let ng_addr = ng.local_addr()?;
-        let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
-        let sockets = u32::from(config.port_max.saturating_sub(config.port_min)) + 1;
-        // The media thread creates its driver itself (an io_uring belongs to the thread that
-        // made it) and says which one it has; then it waits for the state it serves.
-        let (ready_tx, ready_rx) = sync_channel(1);
-        let (state_tx, state_rx) = sync_channel::<Weak<Mutex<State>>>(1);
-        let thread_wake = wake.clone();
-        std::thread::Builder::new().name("agw-media".into()).spawn(move || {
-            let Some(driver) = Driver::new(path, sockets, thread_wake, &ready_tx) else { return };
-            if let Ok(state) = state_rx.recv() {
-                driver.run(&state);
-            }
-        })?;
-        let readiness = match ready_rx.recv().map_err(io::Error::other)?? {
-            Some(registry) => Readiness::Epoll(registry),
-            None => Readiness::Ring { changes: Vec::new(), wake },
-        };
-        let io_uring = matches!(readiness, Readiness::Ring { .. });
-        let sockets = Sockets { interface: config.interface, min: config.port_min, max: config.port_max, next: 0, open: PortTable::default(), readiness, sends: (0, 0) };
-        let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(config.control), sockets }));
-        // The thread ends once the control and timer tasks (the state's owners) are gone.
-        state_tx.send(Arc::downgrade(&state)).map_err(io::Error::other)?;
-        tokio::spawn(control_loop(ng, state.clone()));
-        tokio::spawn(timer_loop(state.clone()));
+        let mut shards = Vec::with_capacity(slices.len());
+        let mut io_uring = true;
+        for (i, (min, max)) in slices.into_iter().enumerate() {
+            let (shard, ring) = start_shard(i, min, max, config.interface, config.control.clone(), path)?;
+            io_uring &= ring;
+            shards.push(shard);
+        }
+        let shards: Arc<[Shared]> = shards.into();
+        tokio::spawn(control_loop(ng, shards.clone()));
+        tokio::spawn(timer_loop(shards.clone()));
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             metrics_addr = Some(listener.local_addr()?);
             tracing::info!(addr = ?metrics_addr, "metrics on /metrics");
-            tokio::spawn(metrics_loop(listener, state.clone()));
+            tokio::spawn(metrics_loop(listener, shards.clone()));
         }
-        tracing::info!(%ng_addr, "IMS-AGW listening for ng commands");
-        Ok(Self { ng_addr, metrics_addr, io_uring, state })
+        tracing::info!(%ng_addr, media_threads = shards.len(), "IMS-AGW listening for ng commands");
+        Ok(Self { ng_addr, metrics_addr, io_uring, shards })
     }
 
     /// The ng control address actually bound.
@@ -251,33 +291,69 @@ impl Agw {
         self.metrics_addr
     }
 
-    /// Whether media is relayed over io_uring ([`MediaPath`]).
+    /// Whether media is relayed over io_uring ([`MediaPath`]) by every media thread.
     pub fn uses_io_uring(&self) -> bool {
         self.io_uring
     }
 
     /// Calls in progress.
     pub fn call_count(&self) -> usize {
-        lock(&self.state).ctl.call_count()
+        self.shards.iter().map(|s| lock(s).ctl.call_count()).sum()
+    }
+
+    /// Calls in progress per media thread (shard), in shard order.
+    pub fn calls_per_media_thread(&self) -> Vec<usize> {
+        self.shards.iter().map(|s| lock(s).ctl.call_count()).collect()
     }
 
     /// Media packets sent so far, as (from a connected twin socket, with a destination
-    /// address), as of the media thread's last batch; the epoll driver sends with addresses
+    /// address), as of each media thread's last batch; the epoll driver sends with addresses
     /// only.
     pub fn media_sends(&self) -> (u64, u64) {
-        lock(&self.state).sockets.sends
+        self.shards.iter().map(|s| lock(s).sockets.sends).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 }
 
-async fn control_loop(ng: UdpSocket, state: Shared) {
+/// Starts shard `index`: its media thread (which creates its driver: an io_uring belongs to
+/// the thread that made it) and its state over ports `min`–`max`. Returns the state and
+/// whether the thread relays over io_uring.
+fn start_shard(index: usize, min: u16, max: u16, interface: IpAddr, control: Config, path: MediaPath) -> io::Result<(Shared, bool)> {
+    let wake = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?);
+    let ports = u32::from(max.saturating_sub(min)) + 1;
+    // The thread says which driver it has, then waits for the state it serves.
+    let (ready_tx, ready_rx) = sync_channel(1);
+    let (state_tx, state_rx) = sync_channel::<Weak<Mutex<State>>>(1);
+    let thread_wake = wake.clone();
+    let name = if index == 0 { "agw-media".to_owned() } else { format!("agw-media-{index}") };
+    std::thread::Builder::new().name(name).spawn(move || {
+        let Some(driver) = Driver::new(path, ports, thread_wake, &ready_tx) else { return };
+        if let Ok(state) = state_rx.recv() {
+            driver.run(&state);
+        }
+    })?;
+    let readiness = match ready_rx.recv().map_err(io::Error::other)?? {
+        Some(registry) => Readiness::Epoll(registry),
+        None => Readiness::Ring { changes: Vec::new(), wake },
+    };
+    let io_uring = matches!(readiness, Readiness::Ring { .. });
+    let sockets = Sockets { interface, min, max, next: 0, open: PortTable::default(), readiness, sends: (0, 0) };
+    let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(control), sockets }));
+    // The thread ends once the control and timer tasks (the state's owners) are gone.
+    state_tx.send(Arc::downgrade(&state)).map_err(io::Error::other)?;
+    Ok((state, io_uring))
+}
+
+async fn control_loop(ng: UdpSocket, shards: Arc<[Shared]>) {
     let mut buf = vec![0u8; 65536];
     loop {
         let Ok((n, from)) = ng.recv_from(&mut buf).await else { continue };
+        let datagram = buf.get(..n).unwrap_or_default();
+        let Some(shard) = shards.get(shard_of(datagram, shards.len())) else { continue };
         let reply = {
-            let mut st = lock(&state);
+            let mut st = lock(shard);
             let State { ctl, sockets } = &mut *st;
             let mut rng = |b: &mut [u8]| rand::rng().fill_bytes(b);
-            ctl.handle_datagram(buf.get(..n).unwrap_or_default(), Instant::now(), sockets, &mut rng)
+            ctl.handle_datagram(datagram, Instant::now(), sockets, &mut rng)
         };
         if let Some(reply) = reply {
             let _ = ng.send_to(&reply, from).await;
@@ -285,13 +361,15 @@ async fn control_loop(ng: UdpSocket, state: Shared) {
     }
 }
 
-async fn timer_loop(state: Shared) {
+async fn timer_loop(shards: Arc<[Shared]>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let mut st = lock(&state);
-        let State { ctl, sockets } = &mut *st;
-        ctl.expire(Instant::now(), sockets);
+        for shard in shards.iter() {
+            let mut st = lock(shard);
+            let State { ctl, sockets } = &mut *st;
+            ctl.expire(Instant::now(), sockets);
+        }
     }
 }
 
@@ -507,23 +585,28 @@ fn std_addr(a: SockaddrStorage) -> Option<SocketAddr> {
     a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
-/// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text (the controller's, and the
-/// media sends from connected twins and with addresses, [`Agw::media_sends`]), anything else
-/// → 404.
-async fn metrics_loop(listener: tokio::net::TcpListener, state: Shared) {
+/// A minimal HTTP/1.1 responder: `GET /metrics` → Prometheus text (the controllers' counters
+/// summed over the shards, and the media sends from connected twins and with addresses,
+/// [`Agw::media_sends`]), anything else → 404.
+async fn metrics_loop(listener: tokio::net::TcpListener, shards: Arc<[Shared]>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
-        let state = state.clone();
+        let shards = shards.clone();
         tokio::spawn(async move {
             let mut req = [0u8; 1024];
             let Ok(n) = conn.read(&mut req).await else { return };
             let head = req.get(..n).unwrap_or_default();
             let (status, body) = if head.starts_with(b"GET /metrics ") {
-                let st = lock(&state);
-                let (connected, unconnected) = st.sockets.sends;
+                let (mut all, mut sends) = (Metrics::default(), (0, 0));
+                for shard in shards.iter() {
+                    let st = lock(shard);
+                    all.add(&st.ctl.metrics());
+                    sends = (sends.0 + st.sockets.sends.0, sends.1 + st.sockets.sends.1);
+                }
+                let (connected, unconnected) = sends;
                 let sends = format!("# TYPE mediasec_agw_media_sends_total counter\nmediasec_agw_media_sends_total{{socket=\"connected\"}} {connected}\nmediasec_agw_media_sends_total{{socket=\"unconnected\"}} {unconnected}\n");
-                ("200 OK", st.ctl.metrics() + &sends)
+                ("200 OK", all.render() + &sends)
             } else {
                 ("404 Not Found", String::from("not found\n"))
             };
@@ -540,8 +623,6 @@ async fn metrics_loop(listener: tokio::net::TcpListener, state: Shared) {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use crate::bencode::Value;
-    use crate::ng;
 
     fn sdp(port: u16) -> String {
         format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n")
@@ -559,6 +640,7 @@ mod tests {
             port_min: base,
             port_max: base + 199,
             metrics: None,
+            media_threads: 1,
             control: Config {
                 address: "127.0.0.1".parse().unwrap(),
                 sdes: mediasec_sdp::SdesPolicy::default(),
@@ -649,6 +731,142 @@ mod tests {
         drop(rt);
     }
 
+    /// The port range splits into contiguous, even-aligned slices of whole RTP/RTCP pairs,
+    /// as equal as they can be, covering every pair; fewer pairs than threads is refused.
+    #[test]
+    fn port_range_splits_into_one_slice_per_media_thread() {
+        assert_eq!(split_ports(30000, 30009, 1).unwrap(), vec![(30000, 30009)]);
+        assert_eq!(split_ports(30000, 30009, 2).unwrap(), vec![(30000, 30005), (30006, 30009)]);
+        // An odd minimum rounds up, a last port without its RTCP partner is left out.
+        assert_eq!(split_ports(30001, 30010, 2).unwrap(), vec![(30002, 30005), (30006, 30009)]);
+        assert_eq!(split_ports(30000, 30003, 2).unwrap(), vec![(30000, 30001), (30002, 30003)]);
+        for (min, max, n) in [(2000u16, 2999u16, 3usize), (1, 65535, 7), (40000, 40001, 1)] {
+            let slices = split_ports(min, max, n).unwrap();
+            assert_eq!(slices.len(), n);
+            let pairs: Vec<u32> = slices.iter().map(|&(lo, hi)| (u32::from(hi) + 1 - u32::from(lo)) / 2).collect();
+            assert!(pairs.iter().max().unwrap() - pairs.iter().min().unwrap() <= 1, "{pairs:?}");
+            assert_eq!(pairs.iter().sum::<u32>(), (u32::from(max) + 1 - u32::from(min.next_multiple_of(2))) / 2);
+            for w in slices.windows(2) {
+                assert_eq!(u32::from(w[0].1) + 1, u32::from(w[1].0), "contiguous");
+            }
+            assert!(slices.iter().all(|&(lo, hi)| lo % 2 == 0 && hi % 2 == 1 && hi <= max));
+        }
+        let e = split_ports(30000, 30003, 3).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("2 RTP/RTCP port pairs, fewer than the 3 media threads"), "{e}");
+        assert!(split_ports(30000, 30003, 0).is_err());
+    }
+
+    /// Every command about a call goes to the same shard, whatever the command; a message
+    /// without a call-id (or not ng at all) to the first.
+    #[test]
+    fn commands_go_to_the_shard_of_their_call_id() {
+        let framed = |v: &Value<'_>| ng::frame(b"c00kie", v);
+        let command = |c: &str, id: &str| framed(&Value::dict([("command", Value::str(c.to_owned())), ("call-id", Value::str(id.to_owned()))]));
+        let mut seen = [false; 4];
+        for i in 0..64 {
+            let id = format!("call-{i}@example");
+            let shard = shard_of(&command("offer", &id), 4);
+            for c in ["answer", "query", "delete"] {
+                assert_eq!(shard_of(&command(c, &id), 4), shard, "{c} {id}");
+            }
+            seen[shard] = true;
+        }
+        assert_eq!(seen, [true; 4], "64 call-ids reach every shard");
+        assert_eq!(shard_of(&framed(&Value::dict([("command", Value::str("ping"))])), 4), 0);
+        assert_eq!(shard_of(b"no cookie", 4), 0);
+        assert_eq!(shard_of(b"c00kie d7:command", 4), 0);
+        assert_eq!(shard_of(&command("offer", "x"), 1), 0);
+    }
+
+    /// Calls spread over three media threads: every packet is relayed both ways by the
+    /// shard holding its call, `/metrics` and the counters add up over the shards, and
+    /// `delete` reaches each call's shard (its ports are free again).
+    #[test]
+    fn calls_are_relayed_by_the_media_thread_of_their_shard() {
+        for path in [MediaPath::Auto, MediaPath::Epoll] {
+            sharded_by_path(path);
+        }
+    }
+
+    fn sharded_by_path(path: MediaPath) {
+        const CALLS: usize = 12;
+        const THREADS: usize = 3;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
+        let config = ServerConfig { metrics: Some("127.0.0.1:0".parse().unwrap()), media_threads: THREADS, ..config(base) };
+        let agw = rt.block_on(Agw::start_with(config, path)).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut calls = Vec::new();
+        for c in 0..CALLS {
+            let (ue, core) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+            for s in [&ue, &core] {
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            }
+            let id = format!("shard-{c}");
+            let (relay_ue, relay_core) = plain_call(&agw, &client, &id, &ue, &core);
+            calls.push((id, ue, core, relay_ue, relay_core));
+        }
+        let per_thread = agw.calls_per_media_thread();
+        assert_eq!(per_thread.len(), THREADS);
+        assert!(per_thread.iter().all(|&n| n > 0), "{path:?}: every shard holds calls: {per_thread:?}");
+        assert_eq!(agw.call_count(), CALLS);
+        // Each call's ports come from its shard's slice of the range.
+        let slices = split_ports(base, base + 199, THREADS).unwrap();
+        let shard_of_port = |p: u16| slices.iter().position(|&(lo, hi)| (lo..=hi).contains(&p)).unwrap();
+        let mut by_ports = [0usize; THREADS];
+        for (_, _, _, relay_ue, relay_core) in &calls {
+            assert_eq!(shard_of_port(relay_ue.port()), shard_of_port(relay_core.port()), "{path:?}: both legs in one shard");
+            by_ports[shard_of_port(relay_ue.port())] += 1;
+        }
+        assert_eq!(by_ports.to_vec(), per_thread, "{path:?}");
+        let packet = |c: usize, dir: u8, seq: u16| [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, dir, c as u8], &[c as u8 ^ dir; 160]].concat();
+        let mut buf = [0u8; 2048];
+        for seq in 0..3 {
+            for (c, (_, ue, core, relay_ue, relay_core)) in calls.iter().enumerate() {
+                for (dir, (from, to, at, sender)) in [(ue, core, *relay_ue, *relay_core), (core, ue, *relay_core, *relay_ue)].into_iter().enumerate() {
+                    let p = packet(c, dir as u8, seq);
+                    from.send_to(&p, at).unwrap();
+                    let (n, src) = to.recv_from(&mut buf).unwrap_or_else(|e| panic!("{path:?} call {c} dir {dir} packet {seq}: {e}"));
+                    assert_eq!((&buf[..n], src), (&p[..], sender), "{path:?} call {c} dir {dir} packet {seq}");
+                }
+            }
+        }
+        let total = (CALLS * 2 * 3) as u64;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while agw.media_sends().0 + agw.media_sends().1 < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(agw.media_sends().0 + agw.media_sends().1, total, "{path:?}");
+        let mut http = std::net::TcpStream::connect(agw.metrics_addr().unwrap()).unwrap();
+        io::Write::write_all(&mut http, b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut body = String::new();
+        io::Read::read_to_string(&mut http, &mut body).unwrap();
+        for line in [
+            format!("\nmediasec_agw_calls {CALLS}\n"),
+            format!("\nmediasec_agw_packets_total{{component=\"rtp\",direction=\"received\"}} {total}\n"),
+            format!("\nmediasec_agw_packets_total{{component=\"rtp\",direction=\"sent\"}} {total}\n"),
+            format!("\nmediasec_agw_ng_commands_total {}\n", 2 * CALLS),
+        ] {
+            assert!(body.contains(&line), "{path:?}: {line:?} in {body}");
+        }
+        for (id, _, _, relay_ue, relay_core) in &calls {
+            let delete = Value::dict([("command", Value::str("delete")), ("call-id", Value::str(id.clone())), ("from-tag", Value::str("ue"))]);
+            let reply = ng::request(&client, agw.ng_addr(), &delete).unwrap();
+            assert_eq!(reply.get("result").and_then(Value::as_str), Some("ok"), "{path:?} {id}");
+            for port in [relay_ue, relay_core] {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while std::net::UdpSocket::bind(port).is_err() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                assert!(std::net::UdpSocket::bind(port).is_ok(), "{path:?}: {port} free after delete");
+            }
+        }
+        assert_eq!(agw.calls_per_media_thread(), vec![0; THREADS], "{path:?}");
+        drop(rt);
+    }
+
     /// The soft limit is raised to what the ports want (two descriptors each + 256), capped
     /// by the hard limit, and never lowered.
     #[test]
@@ -708,7 +926,7 @@ mod tests {
             calls.push((core, SocketAddr::from(([127, 0, 0, 1], relay_port))));
         }
         let packet = |c: usize, seq: u16| [&[0x80, 0][..], &seq.to_be_bytes(), &[0, 0, 0, 0, 0, 0, 0, c as u8], &[c as u8 ^ 0x5a; 160]].concat();
-        let held = lock(&agw.state);
+        let held = lock(&agw.shards[0]);
         for seq in 0..BURST {
             for (c, (_, relay)) in calls.iter().enumerate() {
                 ue.send_to(&packet(c, seq), relay).unwrap();

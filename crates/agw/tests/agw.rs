@@ -64,6 +64,7 @@ fn start_agw_with_metrics(path: MediaPath) -> (Agw, tokio::runtime::Runtime) {
             port_min: base,
             port_max: base + 199,
             metrics: Some("127.0.0.1:0".parse().unwrap()),
+            media_threads: 2,
             control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
         }, path))
         .unwrap();

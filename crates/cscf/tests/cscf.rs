@@ -1475,6 +1475,7 @@ mod e2ae {
             port_min: base,
             port_max: base + 99,
             metrics: Some("127.0.0.1:0".parse().expect("addr")),
+            media_threads: 2,
             control: Config { address: "127.0.0.1".parse().expect("ip"), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
         })
         .await

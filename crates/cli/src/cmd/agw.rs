@@ -47,9 +47,13 @@ struct Serve {
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// Runtime worker threads for ng, timers and metrics (1: a single-threaded runtime); media
-    /// is relayed by one dedicated thread either way.
+    /// is relayed by the media threads either way.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Media threads: each relays the calls of one shard (by call-id) on an equal slice of the
+    /// port range [default: the CPUs this process may run on].
+    #[arg(long)]
+    media_threads: Option<usize>,
     /// Relay media with epoll, recvmmsg and one sendto per packet even where io_uring works
     /// (by default: multishot receives and batched sends over io_uring).
     #[arg(long)]
@@ -155,6 +159,7 @@ fn serve(a: Serve) -> anyhow::Result<ExitCode> {
             port_min: a.port_min,
             port_max: a.port_max,
             metrics: a.metrics,
+            media_threads: a.media_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
             control: Config { address: a.interface, sdes: SdesPolicy::default(), timeout: Duration::from_secs(a.timeout) },
         };
         let path = if a.no_io_uring { MediaPath::Epoll } else { MediaPath::Auto };
@@ -420,6 +425,7 @@ mod tests {
                 port_min,
                 port_max: port_min + 99,
                 metrics: None,
+                media_threads: 2,
                 control: Config { address: "127.0.0.1".parse().unwrap(), sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
             }))
             .unwrap();

@@ -354,6 +354,8 @@ async fn agw() -> anyhow::Result<mediasec_agw::Agw> {
         port_min: base,
         port_max: base + 99,
         metrics: None,
+        // Two shards: the demo's calls exercise the routing by call-id.
+        media_threads: 2,
         control: mediasec_agw::Config { address: local, sdes: SdesPolicy::default(), timeout: Duration::from_secs(30) },
     };
     Ok(mediasec_agw::Agw::start(config).await?)
