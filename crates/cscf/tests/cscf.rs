@@ -792,7 +792,12 @@ mod mikey_ticket {
         let lab = lab().await;
         let p = lab.pcscf_a.local_addr();
         let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
-        let bob1 = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        // bob1 rings 300 ms before answering: bob2's Ticket Resolve, which runs off its UE
+        // task (docs/sip.md §2) and is abandoned if the CANCEL that bob1's answer causes comes
+        // first, has long completed by then on a loaded machine too.
+        let mut first = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
+        first.answering.delay = Duration::from_millis(300);
+        let bob1 = kms_ue(&kms, "bob@a.example", first).await;
         let mut slow = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
         slow.answering.delay = Duration::from_millis(800);
         let bob2 = kms_ue(&kms, "bob@a.example", slow).await;
@@ -995,6 +1000,242 @@ mod mikey_ticket {
         assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (b.own_key.as_ref(), b.peer_key.as_ref()));
         // Each side knows whom the keys authenticate: the KMS UIDs.
         assert_eq!((a.authenticated_peer.as_deref(), b.authenticated_peer.as_deref()), (Some("bob@b.example"), Some("alice@a.example")));
+    }
+
+    /// KMS work off the UE task (docs/sip.md §2): a Ua relay in front of a KMS that holds
+    /// every request until the test releases it. Each HTTP/1.1 request (head, then the
+    /// `Content-Length` body, as our client and KMS send them) is read whole and announced on
+    /// `arrivals`; released, it goes to the KMS on a connection of its own and the KMS's
+    /// response back to the UE's connection.
+    struct Relay {
+        addr: SocketAddr,
+        arrivals: tokio::sync::mpsc::UnboundedReceiver<Held>,
+    }
+
+    /// A request the relay holds: its request line, the release, and a signal once the KMS's
+    /// response was written back (or found the UE's connection gone).
+    struct Held {
+        line: String,
+        release: tokio::sync::oneshot::Sender<()>,
+        relayed: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    impl Relay {
+        async fn start(kms_url: &str) -> Self {
+            let upstream = kms_url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Ok((mut ue, _)) = listener.accept().await {
+                    let (tx, upstream) = (tx.clone(), upstream.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt as _;
+                        let mut buf = Vec::new();
+                        while let Some(request) = http_message(&mut ue, &mut buf).await {
+                            let line = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
+                            let (release, released) = tokio::sync::oneshot::channel();
+                            let (done, relayed) = tokio::sync::oneshot::channel();
+                            if tx.send(Held { line, release, relayed }).is_err() || released.await.is_err() {
+                                return;
+                            }
+                            let Ok(mut kms) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                            if kms.write_all(&request).await.is_err() {
+                                return;
+                            }
+                            let Some(response) = http_message(&mut kms, &mut Vec::new()).await else { return };
+                            let written = ue.write_all(&response).await;
+                            let _ = done.send(());
+                            if written.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            Self { addr, arrivals }
+        }
+
+        /// The next request the relay holds, which must be of `requesttype`.
+        async fn next(&mut self, requesttype: &str) -> Held {
+            let held = tokio::time::timeout(Duration::from_secs(10), self.arrivals.recv()).await.expect("a KMS request in time").expect("relay");
+            assert!(held.line.starts_with(&format!("POST /keymanagement?requesttype={requesttype} ")), "{}", held.line);
+            held
+        }
+
+        /// From now on every request goes through at once.
+        fn release_all(mut self) {
+            tokio::spawn(async move {
+                while let Some(held) = self.arrivals.recv().await {
+                    let _ = held.release.send(());
+                }
+            });
+        }
+    }
+
+    /// One HTTP/1.1 message from `stream`; `buf` keeps what was read past it. `None` at EOF.
+    async fn http_message(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(buf.get(..end)?).to_ascii_lowercase();
+                let length = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+                let total = end + 4 + length;
+                if buf.len() >= total {
+                    let rest = buf.split_off(total);
+                    return Some(std::mem::replace(buf, rest));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(chunk.get(..n)?);
+        }
+    }
+
+    /// A registered MIKEY-TICKET UE (GBA-bootstrapped with `kms`) that reaches its KMS through
+    /// the relay at `relay`.
+    async fn kms_ue_via(kms: &KmsLab, uid: &str, relay: SocketAddr, config: UeConfig) -> Ue {
+        let (ue, _) = kms.ue(uid).await.expect("GBA bootstrap");
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http(&format!("http://{relay}")).expect("endpoint"));
+        let ue = Ue::start_with_kms(config, Some(KmsAccess { ue, client, high_security: None })).await.expect("UE");
+        assert_eq!(ue.register(600).await.expect("REGISTER").status, 200);
+        ue
+    }
+
+    /// A KMS lab of a.example with alice, bob and carol, and a relay in front of it.
+    async fn held_kms(dir: &Dir) -> (KmsLab, Relay) {
+        let kms = KmsLab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY }], &["alice@a.example", "bob@a.example", "carol@a.example"]).await.expect("KMS lab");
+        let url = kms.domain("a.example").expect("domain").url.clone();
+        let relay = Relay::start(&url).await;
+        (kms, relay)
+    }
+
+    /// One call's KMS exchange does not stall the UE's other calls (docs/sip.md §2). Alice
+    /// reaches her KMS through a relay, which holds her Ticket Request for call 1 (to bob).
+    /// Meanwhile carol calls alice: alice's Ticket Resolve of carol's ticket is let through,
+    /// she answers, media flows both ways, and carol's BYE is answered — while call 1 still
+    /// waits (bob has seen no INVITE, alice has no such call yet). Released, call 1 goes out
+    /// and completes, media verified both ways, bob authenticated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_ticket_request_does_not_stall_the_ues_other_calls() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-held-{}", std::process::id())));
+        let (kms, mut relay) = held_kms(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = std::sync::Arc::new(kms_ue_via(&kms, "alice@a.example", relay.addr, ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await);
+        let bob = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let carol = kms_ue(&kms, "carol@a.example", ue("sip:carol@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let calling = {
+            let alice = std::sync::Arc::clone(&alice);
+            tokio::spawn(async move { alice.call("sip:bob@a.example").await })
+        };
+        let request = relay.next("ticketrequest").await;
+        let (answered, ()) = tokio::join!(call(&carol, "sip:alice@a.example"), async { relay.next("ticketresolve").await.release.send(()).expect("relay") });
+        let id2 = answered.expect("call 2 established while call 1's Ticket Request is held");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (c, a2) = (carol.report(&id2).await.expect("r").expect("call"), alice.report(&id2).await.expect("r").expect("call"));
+        assert_media(&c, &a2, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((c.authenticated_peer.as_deref(), a2.authenticated_peer.as_deref()), (Some("alice@a.example"), Some("carol@a.example")));
+        carol.hangup(&id2).await.expect("alice answers carol's BYE");
+        assert_eq!(alice.report(&id2).await.expect("r").expect("call").state, CallState::Ended);
+        assert!(!calling.is_finished() && bob.reports().await.expect("reports").is_empty(), "call 1 still waits for its ticket: no INVITE to bob");
+        assert_eq!(alice.reports().await.expect("reports").len(), 1, "alice has call 2 only");
+        request.release.send(()).expect("relay");
+        let id1 = tokio::time::timeout(Duration::from_secs(10), calling).await.expect("in time").expect("task").expect("call 1 established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a1, b1) = (alice.report(&id1).await.expect("r").expect("call"), only_call(&bob).await);
+        assert_media(&a1, &b1, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a1.peer_key.as_ref(), a1.own_key.as_ref()), (b1.own_key.as_ref(), b1.peer_key.as_ref()));
+        assert_eq!(a1.authenticated_peer.as_deref(), Some("bob@a.example"));
+        alice.hangup(&id1).await.expect("BYE reaches bob");
+    }
+
+    /// API hangup while the call's KMS work is in flight (docs/sip.md §2): alice re-keys an
+    /// established call by re-INVITE and hangs up while the relay holds her Ticket Request for
+    /// the new offer. The re-INVITE request fails (487) as the KMS work is abandoned, the BYE
+    /// is answered; released afterwards, the KMS's answer changes nothing: bob never saw a
+    /// re-INVITE (his side ended, never re-keyed), and alice goes on — her next call to bob
+    /// completes with media verified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_hung_up_while_its_ticket_request_is_held_sends_nothing_more() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-hangup-{}", std::process::id())));
+        let (kms, mut relay) = held_kms(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = std::sync::Arc::new(kms_ue_via(&kms, "alice@a.example", relay.addr, ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await);
+        let bob = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let (placed, ()) = tokio::join!(call(&alice, "sip:bob@a.example"), async { relay.next("ticketrequest").await.release.send(()).expect("relay") });
+        let id = placed.expect("established");
+        let rekeying = {
+            let (alice, id) = (std::sync::Arc::clone(&alice), id.clone());
+            tokio::spawn(async move { alice.reinvite(&id).await })
+        };
+        let request = relay.next("ticketrequest").await;
+        alice.hangup(&id).await.expect("bob answers the BYE");
+        let rekeyed = tokio::time::timeout(Duration::from_secs(5), rekeying).await.expect("in time").expect("task");
+        assert!(matches!(rekeyed, Err(mediasec_ua::Error::CallFailed { code: 487, .. })), "{rekeyed:?}");
+        request.release.send(()).expect("relay");
+        tokio::time::timeout(Duration::from_secs(10), request.relayed).await.expect("in time").expect("relay");
+        let (placed, ()) = tokio::join!(call(&alice, "sip:bob@a.example"), async { relay.next("ticketrequest").await.release.send(()).expect("relay") });
+        let id2 = placed.expect("alice's next call established");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (a2, b2) = (alice.report(&id2).await.expect("r").expect("call"), bob.report(&id2).await.expect("r").expect("call"));
+        assert_media(&a2, &b2, "srtp AES_CM_128_HMAC_SHA1_80");
+        alice.hangup(&id2).await.expect("BYE reaches bob");
+        for (who, r) in [("alice", alice.report(&id).await.expect("r").expect("call")), ("bob", bob.report(&id).await.expect("r").expect("call"))] {
+            assert_eq!((&r.state, r.rekeys), (&CallState::Ended, 0), "{who}: {r:?}");
+        }
+    }
+
+    /// A fork CANCELled while its KMS work is in flight (docs/sip.md §2): bob has two
+    /// registered UEs; bob2 reaches his KMS through the relay, which holds his Ticket Resolve
+    /// of alice's ticket. bob1 answers, the S-CSCF CANCELs bob2's branch (RFC 3261 §16.7 step
+    /// 10): bob2 answers 487 and abandons the resolve. Released afterwards, nothing more goes
+    /// out for that call (alice ends it with no second 2xx), and bob2 still works: with bob1
+    /// gone, alice's next call is answered by bob2, media verified.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fork_cancelled_while_its_ticket_resolve_is_held_sends_nothing_more() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-kms-cancel-{}", std::process::id())));
+        let (kms, mut relay) = held_kms(&dir).await;
+        let lab = lab().await;
+        let p = lab.pcscf_a.local_addr();
+        let alice = std::sync::Arc::new(kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await);
+        let bob1 = kms_ue(&kms, "bob@a.example", ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let bob2 = kms_ue_via(&kms, "bob@a.example", relay.addr, ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ)).await;
+        let calling = {
+            let alice = std::sync::Arc::clone(&alice);
+            tokio::spawn(async move { alice.call("sip:bob@a.example").await })
+        };
+        let resolve = relay.next("ticketresolve").await;
+        let id = tokio::time::timeout(Duration::from_secs(10), calling).await.expect("in time").expect("task").expect("bob1 answers");
+        let cancelled = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(r) = bob2.reports().await.expect("reports").pop().filter(|r| r.state != CallState::Setup) {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("bob2's branch CANCELled");
+        assert!(matches!(cancelled.state, CallState::Failed(487, _)), "{cancelled:?}");
+        resolve.release.send(()).expect("relay");
+        tokio::time::timeout(Duration::from_secs(10), resolve.relayed).await.expect("in time").expect("relay");
+        relay.release_all();
+        drop(bob1);
+        let id2 = call(&alice, "sip:bob@a.example").await.expect("bob2 answers the next call");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let a2 = alice.report(&id2).await.expect("r").expect("call");
+        let b2 = bob2.report(&id2).await.expect("r").expect("bob2's call");
+        assert_media(&a2, &b2, "srtp AES_CM_128_HMAC_SHA1_80");
+        alice.hangup(&id2).await.expect("BYE reaches bob2");
+        let a1 = alice.report(&id).await.expect("r").expect("call");
+        assert_eq!(a1.extra_forks_ended, 0, "no 2xx from bob2 for the cancelled branch: {a1:?}");
+        let b1 = bob2.report(&id).await.expect("r").expect("bob2's first call");
+        assert!(matches!(b1.state, CallState::Failed(487, _)) && b1.peer_key.is_none(), "{b1:?}");
     }
 }
 

@@ -85,7 +85,15 @@ impl KmsClient {
     /// `sakke`, the MIKEY-SAKKE keys too (RSK and Z, policy `mikey_sakke`).
     pub async fn provision_keys_for(&self, ue: &Ue, uri: &str, period: Period, sakke: bool) -> Result<Provisioned, KmsError> {
         let (body, pending) = ue.keyprov_request(uri, period, now(), random(), sakke)?;
-        let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], &body)
+        self.post_keyprovision(&body, pending).await
+    }
+
+    /// The HTTP half of [`Self::provision_keys_for`]: posts a `keyprovision` request built with
+    /// [`Ue::keyprov_request`] and opens the response with its `pending` state. For a caller
+    /// that keeps its [`Ue`] where it cannot be borrowed across the exchange (the mediasec UE
+    /// agent holds it under a lock it does not keep across HTTP).
+    pub async fn post_keyprovision(&self, body: &[u8], pending: keyprov::Pending) -> Result<Provisioned, KmsError> {
+        let r = request(&self.endpoint, "POST", "/keymanagement?requesttype=keyprovision", &[("Content-Type", keyprov::CONTENT_TYPE), ("User-Agent", USER_AGENT)], body)
             .await
             .map_err(|e| KmsError::Http(e.to_string()))?;
         if r.status != 200 {

@@ -9,7 +9,9 @@
 //! - Calling: INVITE with our offer through the outbound proxy. A 18x with SDP starts early
 //!   media as soon as its keys are known; the first 2xx confirms the dialog (ACK) and starts
 //!   or keeps media; every further 2xx (another fork, RFC 6026) is ACKed and ended with BYE
-//!   (§13.2.2.4). A 2xx whose answer breaks the policy (downgrade) is ACKed and ended with BYE.
+//!   (§13.2.2.4) — when it carries an offer (our INVITE had none), its ACK carries an answer
+//!   refusing every stream, made without KMS work. A 2xx whose answer breaks the policy
+//!   (downgrade) is ACKed and ended with BYE.
 //! - Answering: 180 at once; with early media a 183 carrying the answer and media; the 200
 //!   with the same answer after the configured delay (retransmitted until ACK); CANCEL before
 //!   the 200 gives 200 (CANCEL) + 487 (INVITE); an offer the policy refuses gives 488.
@@ -50,6 +52,10 @@
 //!   MIKEY policy never accepts an SDES or plain offer or answer on any of these paths.
 //! - Re-INVITE in either direction with a fresh offer re-keys the media ([`crate::media`]).
 //! - BYE in either direction ends the call.
+//! - KMS work (Ticket Request / Resolve, key provisioning) runs off the task as jobs polled
+//!   by its loop ([`Core::start`]): the step waiting for it resumes from the job's result
+//!   ([`Step`]), other calls' signalling goes on meanwhile; a call that ends, fails or is
+//!   cancelled first abandons its job (docs/sip.md §2 "KMS work off the UE task").
 //! - Over TLS to the P-CSCF ([`UeConfig::tls`], RFC 3261 §26.2; TS 33.328 §4.1.2.1: SDES is only
 //!   as safe as the signalling that carries the keys): every request we send has a `TLS` top
 //!   `Via` (the endpoint then sends it over TLS only, never in clear), initial requests carry
@@ -58,7 +64,10 @@
 //!   over TLS too — on the connection we opened, which the P-CSCF reuses.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,12 +77,13 @@ use mediasec_sip::dialog::{Dialog, DialogId};
 use mediasec_sip::core::rel::{self, Numbering, Offered, RAck, Received, Reliability, Sequence};
 use mediasec_sip::udp::{Command, Endpoint, Event, Events};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, Id as JobId, JoinSet};
 
 use crate::media::{MediaStats, RtpEndpoint};
 use crate::offer_answer::{self, Media, Offer, Protection, Security};
 use crate::high_security;
 use crate::mikey_sakke;
-use crate::ticket::{self, KmsAccess, PendingCall};
+use crate::ticket::{self, KmsAccess, PendingCall, SharedKms};
 use crate::Error;
 
 /// How incoming calls are answered.
@@ -127,7 +137,7 @@ pub struct UeConfig {
     /// Reach the P-CSCF over TLS, trusting these roots (`mediasec_sip::tls::client_config`):
     /// [`UeConfig::outbound_proxy`] is then the P-CSCF's TLS address, whose certificate must
     /// carry that IP address. `None`: UDP/TCP as the endpoint picks.
-    pub tls: Option<std::sync::Arc<mediasec_sip::tls::ClientConfig>>,
+    pub tls: Option<Arc<mediasec_sip::tls::ClientConfig>>,
 }
 
 impl UeConfig {
@@ -272,14 +282,16 @@ impl Ue {
         Self::start_with_kms(config, None).await
     }
 
-    /// Starts a UE that also has access to its KMS (mode MIKEY-TICKET). The KMS exchanges run
-    /// inside the UE task, so signalling of other calls waits for them (a lab simplification).
+    /// Starts a UE that also has access to its KMS (modes MIKEY-TICKET, high-security,
+    /// MIKEY-SAKKE). The KMS exchanges run off the UE task (docs/sip.md §2 "KMS work off the
+    /// UE task"): signalling of other calls goes on while one call waits for its KMS.
     pub async fn start_with_kms(config: UeConfig, kms: Option<KmsAccess>) -> Result<Self, Error> {
         let tls = mediasec_sip::tls::Tls { server: None, client: config.tls.clone() };
         let (endpoint, events) = Endpoint::bind_with(config.sip_bind, mediasec_sip::udp::Config { tls, ..mediasec_sip::udp::Config::from(config.timers) }).await?;
         let sip = endpoint.local_addr();
         let (ops, ops_rx) = mpsc::unbounded_channel();
-        let core = Core { config, endpoint: endpoint.clone(), ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0, kms };
+        let kms = kms.map(|k| Arc::new(Mutex::new(k)));
+        let core = Core { config, endpoint: endpoint.clone(), ops: ops.clone(), calls: HashMap::new(), client: HashMap::new(), seq: 0, kms, jobs: JoinSet::new(), steps: HashMap::new() };
         let task = tokio::spawn(core.run(events, ops_rx));
         Ok(Self { ops, sip, endpoint, task })
     }
@@ -447,6 +459,9 @@ struct Call {
     ack: Option<Request>,
     waiter: Option<oneshot::Sender<Result<String, Error>>>,
     unit_waiter: Option<oneshot::Sender<Result<(), Error>>>,
+    /// The KMS work this call waits for ([`Core::start`]); cleared when the call ends, fails
+    /// or is cancelled, which turns the work's late result into an abandoned one.
+    keying: Option<JobId>,
 }
 
 impl Call {
@@ -491,6 +506,7 @@ impl Call {
             ack: None,
             waiter: None,
             unit_waiter: None,
+            keying: None,
         }
     }
 
@@ -538,6 +554,7 @@ impl Call {
 
     fn fail(&mut self, code: u16, reason: &str) {
         self.state = CallState::Failed(code, reason.to_owned());
+        self.keying = None;
         self.rtp.stop();
         if let Some(w) = self.waiter.take() {
             let _ = w.send(Err(Error::CallFailed { code, reason: reason.to_owned() }));
@@ -552,7 +569,11 @@ struct Core {
     calls: HashMap<String, Call>,
     client: HashMap<TransactionKey, (String, Purpose)>,
     seq: u64,
-    kms: Option<KmsAccess>,
+    kms: Option<SharedKms>,
+    /// KMS work in flight, off this task (docs/sip.md §2).
+    jobs: JoinSet<Keyed>,
+    /// The step each job in [`Self::jobs`] resumes, and its abort handle.
+    steps: HashMap<JobId, (Step, AbortHandle)>,
 }
 
 type RegisterWaiter = oneshot::Sender<Result<Registration, Error>>;
@@ -614,7 +635,122 @@ impl Core {
                     Some(op) => self.on_op(op).await,
                     None => return,
                 },
+                Some(done) = self.jobs.join_next_with_id(), if !self.jobs.is_empty() => {
+                    let outcome = match done {
+                        Ok((id, keyed)) => self.finished(id, keyed),
+                        // Aborted: its step was abandoned already. A panic: the step is
+                        // abandoned now, as for a call that ended.
+                        Err(e) => match self.steps.remove(&e.id()) {
+                            Some((step, _)) => {
+                                tracing::warn!(error = %e, "KMS work failed");
+                                if let Some(call) = step.call_id().and_then(|c| self.calls.get_mut(c)) {
+                                    call.keying = None;
+                                }
+                                self.abandon(step)
+                            }
+                            None => Ok(()),
+                        },
+                    };
+                    if let Err(err) = outcome {
+                        tracing::warn!(error = %err, "UE: resuming after KMS work");
+                    }
+                }
             }
+        }
+    }
+
+    /// Starts the KMS work of a step (docs/sip.md §2 "KMS work off the UE task"). Work that
+    /// needs no exchange — SDES or plain, a cached reusable ticket or resolve, high-security
+    /// keys already held — completes on its first poll and `step` resumes at once, as if
+    /// inline. Otherwise the work goes on off this task ([`Self::jobs`]), the call (if `step`
+    /// has one) records it in [`Call::keying`], and the task returns to other events; the
+    /// result resumes `step` ([`Self::finished`]). The first poll uses a no-op waker: a
+    /// pending future registers the task's waker again when the job polls it.
+    fn start(&mut self, work: impl Future<Output = Keyed> + Send + 'static, step: Step) -> Result<(), Error> {
+        let mut work = Box::pin(work);
+        if let Poll::Ready(keyed) = work.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            return self.resume(step, keyed);
+        }
+        let handle = self.jobs.spawn(work);
+        let id = handle.id();
+        if let Some(call) = step.call_id().and_then(|c| self.calls.get_mut(c)) {
+            call.keying = Some(id);
+        }
+        self.steps.insert(id, (step, handle));
+        Ok(())
+    }
+
+    /// KMS work `id` finished: its step resumes if its call still waits for it; if the call
+    /// ended, failed or was cancelled meanwhile ([`Call::keying`] no longer names it), the
+    /// result is dropped and the step abandoned ([`Self::abandon`]).
+    fn finished(&mut self, id: JobId, keyed: Keyed) -> Result<(), Error> {
+        let Some((step, _)) = self.steps.remove(&id) else { return Ok(()) };
+        let waited = match step.call_id() {
+            None => true,
+            Some(call_id) => self.calls.get_mut(call_id).is_some_and(|call| call.keying.take_if(|k| *k == id).is_some()),
+        };
+        if waited {
+            self.resume(step, keyed)
+        } else {
+            tracing::info!(call_id = step.call_id().unwrap_or_default(), "KMS result for a call that no longer waits for it: dropped");
+            self.abandon(step)
+        }
+    }
+
+    /// Abandons the KMS work `call_id` waits for, at once (its call ends: BYE, hangup,
+    /// CANCEL): the job is aborted — its lock-free HTTP exchange simply stops, the KMS state
+    /// is untouched between its locked steps — and the step abandoned.
+    fn abandon_keying(&mut self, call_id: &str) -> Result<(), Error> {
+        let Some(id) = self.calls.get_mut(call_id).and_then(|c| c.keying.take()) else { return Ok(()) };
+        let Some((step, handle)) = self.steps.remove(&id) else { return Ok(()) };
+        handle.abort();
+        tracing::info!(%call_id, "the call ended while its KMS work was in flight: abandoned");
+        self.abandon(step)
+    }
+
+    /// What an abandoned step still owes (docs/sip.md §2): an API request gets its error; a 2xx
+    /// whose ACK waited for our answer is ACKed with an answer refusing every stream (RFC 3261
+    /// §13.2.2.4: the 2xx must be ACKed and, carrying an offer, answered); a re-INVITE or
+    /// UPDATE of the peer waiting for our answer gets 487 (§15.1.2). Nothing else is sent:
+    /// no INVITE, no 18x or 200, no PRACK for a call that ended.
+    fn abandon(&mut self, step: Step) -> Result<(), Error> {
+        match step {
+            Step::Invite { tx, .. } => {
+                let _ = tx.send(Err(Error::CallFailed { code: 487, reason: "the call ended during its KMS exchange".into() }));
+                Ok(())
+            }
+            Step::Reoffer { tx, .. } => {
+                let _ = tx.send(Err(Error::CallFailed { code: 487, reason: "the call ended during its KMS exchange".into() }));
+                Ok(())
+            }
+            Step::Ack { call_id, purpose, mut ack, to, offer, local, version } => {
+                let Some(to) = to else { return Ok(()) };
+                let refusal = refusing_answer(&offer, local, version, &Error::Negotiation("the call ended".into()))?;
+                mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&refusal))?;
+                if purpose == Purpose::Invite
+                    && let (Some(call), Message::Request(request)) = (self.calls.get_mut(&call_id), &ack)
+                {
+                    // The same ACK again for the 2xx's retransmissions (§13.2.2.4).
+                    call.ack = Some(request.clone());
+                }
+                self.endpoint.send(Command::Stateless { message: ack, to })?;
+                Ok(())
+            }
+            Step::ReinviteAnswer { key, request, to, .. } => self.respond(&key, &request, 487, "Request Terminated", Some(to), None),
+            Step::Prack { .. } | Step::IncomingAnswer { .. } | Step::IncomingOffer { .. } => Ok(()),
+        }
+    }
+
+    /// Resumes `step` with the result of its KMS work.
+    fn resume(&mut self, step: Step, keyed: Keyed) -> Result<(), Error> {
+        match step {
+            Step::Invite { target, rtp, started, tx } => self.invite_keyed(&target, rtp, started, tx, keyed.offer()),
+            Step::Reoffer { call_id, method, tx } => self.reoffer_keyed(&call_id, method, tx, keyed.offer()),
+            Step::Ack { call_id, purpose, ack, to, offer, local, version } => self.ack_keyed(&call_id, purpose, ack, to, &offer, local, version, keyed.answer()),
+            Step::Prack { call_id, prack, to, offer, local, version, refused_before } => self.prack_keyed(&call_id, prack, to, &offer, local, version, refused_before, keyed.answer()),
+            Step::IncomingAnswer { call_id, key, request, to, offer } => self.incoming_answer_keyed(call_id, key, &request, to, offer.as_ref(), keyed.answer()),
+            Step::IncomingOffer { call_id, key, request, to, reliable } => self.incoming_offer_keyed(call_id, &key, &request, to, reliable, keyed.offer()),
+            Step::ReinviteAnswer { call_id, key, request, to, offerless } => self.reinvite_answer_keyed(&call_id, &key, &request, to, offerless, keyed),
         }
     }
 
@@ -678,7 +814,7 @@ impl Core {
                 }
             }
             Op::Reinvite(call_id, method, with_offer, tx) => {
-                if let Err(e) = self.reinvite(&call_id, method, with_offer, tx).await {
+                if let Err(e) = self.reinvite(&call_id, method, with_offer, tx) {
                     tracing::warn!(error = %e, "re-INVITE");
                 }
             }
@@ -727,13 +863,24 @@ impl Core {
                 return Ok(());
             }
         };
-        let made = match self.config.security {
+        let (local, ssrc) = (rtp.local_addr(), rtp.ssrc());
+        let step = Step::Invite { target: target.to_owned(), rtp, started, tx };
+        match self.config.security {
             // Delayed offer (RFC 3261 §13.2.1): the callee offers in its 2xx or reliable 18x;
             // under a MIKEY policy it is then the MIKEY Initiator and we answer as responder.
-            _ if !with_offer => Ok((String::new(), None, None)),
-            s if s.is_mikey() => mikey_offer(s, self.kms.as_mut(), rtp.local_addr(), 1, rtp.ssrc(), target).await.map(|(sdp, k)| (sdp, None, Some(k))),
-            _ => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
-        };
+            _ if !with_offer => self.resume(step, Keyed::offered(Ok((String::new(), None, None)))),
+            s if s.is_mikey() => self.start(offer_work(s, self.kms.clone(), local, 1, ssrc, target.to_owned()), step),
+            _ => {
+                let made = self.initial_offer(local).map(|o| (o.sdp.clone(), Some(o), None));
+                self.resume(step, Keyed::offered(made))
+            }
+        }
+    }
+
+    /// [`Self::place_call`] once our offer is made (with a MIKEY policy, after our KMS
+    /// exchange): the INVITE goes out — with the offer, or none for a delayed offer (`sdp`
+    /// empty).
+    fn invite_keyed(&mut self, target: &str, rtp: RtpEndpoint, started: Instant, tx: oneshot::Sender<Result<String, Error>>, made: Result<Made, Error>) -> Result<(), Error> {
         let (sdp, offer, ticket) = match made {
             Ok(m) => m,
             Err(e) => {
@@ -741,6 +888,7 @@ impl Core {
                 return Ok(());
             }
         };
+        let with_offer = !sdp.is_empty();
         let uri = match Uri::parse(Bytes::from(target.to_owned())) {
             Ok(u) => u,
             Err(e) => {
@@ -793,9 +941,7 @@ impl Core {
     /// Transfer, as our tickets are single-use; a new DH_INIT or I_MESSAGE). Without an offer
     /// (`with_offer` false, RFC 3261 §13.2.1) the peer offers in its 2xx — under a MIKEY
     /// policy as the new MIKEY Initiator — and our answer goes in the ACK.
-    async fn reinvite(&mut self, call_id: &str, method: Method, with_offer: bool, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
-        let via = self.via();
-        let contact = self.contact();
+    fn reinvite(&mut self, call_id: &str, method: Method, with_offer: bool, tx: oneshot::Sender<Result<(), Error>>) -> Result<(), Error> {
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
         let Some(call) = self.calls.get_mut(call_id) else {
             let _ = tx.send(Err(Error::NoSuchCall));
@@ -810,36 +956,60 @@ impl Core {
             let _ = tx.send(Err(Error::NoSuchCall));
             return Ok(());
         }
+        if call.keying.is_some() {
+            // RFC 3261 §14.1: no new offer while this call's offer/answer exchange is still
+            // waiting for our KMS.
+            let _ = tx.send(Err(Error::Negotiation("a KMS exchange of this call is in progress; re-offer after it".into())));
+            return Ok(());
+        }
         call.sdp_version += 1;
-        let (sdp, offer, ticket) = if !with_offer {
+        let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
+        let peer = call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone());
+        let step = Step::Reoffer { call_id: call_id.to_owned(), method, tx };
+        if !with_offer {
             // Delayed offer: the peer offers in its 2xx (with MIKEY, as the new Initiator).
-            (None, None, None)
-        } else if security.is_mikey() {
-            let Some(peer) = call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone()) else {
-                let _ = tx.send(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())));
+            return self.resume(step, Keyed::offered(Ok((String::new(), None, None))));
+        }
+        if !security.is_mikey() {
+            let made = offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None));
+            return self.resume(step, Keyed::offered(made));
+        }
+        let Some(peer) = peer else {
+            return self.resume(step, Keyed::offered(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into()))));
+        };
+        self.start(offer_work(security, self.kms.clone(), local, version, ssrc, peer), step)
+    }
+
+    /// [`Self::reinvite`] once our fresh offer is made (with a MIKEY policy, after our KMS
+    /// exchange): the re-INVITE or UPDATE goes out, offerless when `made`'s SDP is empty.
+    fn reoffer_keyed(&mut self, call_id: &str, method: Method, tx: oneshot::Sender<Result<(), Error>>, made: Result<Made, Error>) -> Result<(), Error> {
+        let via = self.via();
+        let contact = self.contact();
+        let (sdp, offer, ticket) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = tx.send(Err(e));
                 return Ok(());
-            };
-            match mikey_offer(security, self.kms.as_mut(), call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc(), &peer).await {
-                Ok((sdp, keying)) => (Some(sdp), None, Some(keying)),
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return Ok(());
-                }
             }
-        } else {
-            let offer = offer_answer::offer(call.rtp.local_addr(), call.sdp_version, security, &sdes, &mut fill_random)?;
-            (Some(offer.sdp.clone()), Some(offer), None)
+        };
+        let with_offer = !sdp.is_empty();
+        let Some(call) = self.calls.get_mut(call_id) else {
+            let _ = tx.send(Err(Error::NoSuchCall));
+            return Ok(());
         };
         let purpose = match (method == Method::Update, with_offer) {
             (true, _) => Purpose::Update,
             (false, true) => Purpose::Reinvite,
             (false, false) => Purpose::OfferlessReinvite,
         };
-        let Some(dialog) = current_dialog(&mut call.dialog, &mut call.early) else { return Ok(()) };
+        let Some(dialog) = current_dialog(&mut call.dialog, &mut call.early) else {
+            let _ = tx.send(Err(Error::NoSuchCall));
+            return Ok(());
+        };
         let mut request = dialog.request(method, &via)?;
         mediasec_sip::dialog::push_header(&mut request, HeaderName::Contact, &contact)?;
         let mut message = Message::Request(request);
-        if let Some(sdp) = sdp {
+        if with_offer {
             mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
         }
         let Message::Request(request) = message else { return Ok(()) };
@@ -855,6 +1025,12 @@ impl Core {
     }
 
     fn hangup(&mut self, call_id: &str) -> Result<(), Error> {
+        if self.calls.get(call_id).is_none_or(|c| c.dialog.is_none()) {
+            return Err(Error::NoSuchCall);
+        }
+        // A KMS exchange of this call in flight is abandoned: nothing it was for goes out
+        // (but the ACK a 2xx is owed, [`Self::abandon`]).
+        self.abandon_keying(call_id)?;
         let via = self.via();
         let call = self.calls.get_mut(call_id).ok_or(Error::NoSuchCall)?;
         let dialog = call.dialog.as_mut().ok_or(Error::NoSuchCall)?;
@@ -885,7 +1061,7 @@ impl Core {
                 if response.status.is_final() && purpose != Purpose::Invite {
                     self.client.remove(&key);
                 }
-                self.on_response(&call_id, purpose, *response).await
+                self.on_response(&call_id, purpose, *response)
             }
             Event::Stray { message, .. } => {
                 // A 2xx retransmission after the INVITE transaction ended (another fork, or a
@@ -895,7 +1071,7 @@ impl Core {
                     && self.calls.get(&call_id).is_some_and(|c| c.role == Role::Caller)
                     && r.status.is_success()
                 {
-                    return self.on_response(&call_id, Purpose::Invite, r).await;
+                    return self.on_response(&call_id, Purpose::Invite, r);
                 }
                 Ok(())
             }
@@ -916,7 +1092,7 @@ impl Core {
                         .and_then(|a| a.ok_or(Error::Negotiation("ACK without the answer to our offer in the 2xx".into())))
                         .and_then(|answer| {
                             call.e2ae_applied = e2ae_applied(&answer);
-                            answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes)
+                            answer_media(call, self.kms.as_ref(), &answer, &self.config.sdes)
                         });
                     match applied {
                         Ok(media) => {
@@ -957,7 +1133,7 @@ impl Core {
         }
     }
 
-    async fn on_response(&mut self, call_id: &str, purpose: Purpose, response: Response) -> Result<(), Error> {
+    fn on_response(&mut self, call_id: &str, purpose: Purpose, response: Response) -> Result<(), Error> {
         let via = self.via();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let code = response.status.code();
@@ -985,37 +1161,65 @@ impl Core {
                 }
                 dialog.receive_target_refresh(&response)?;
                 let seq = call.reinvite_seq.unwrap_or_else(|| dialog.local_seq());
-                let mut ack = Message::Request(dialog.ack(seq, &via)?);
+                let ack = Message::Request(dialog.ack(seq, &via)?);
                 let to = dialog.next_hop();
                 let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
-                    // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4).
-                    Some(offer) if purpose == Purpose::OfferlessReinvite => answer_in_request(call, self.kms.as_mut(), &offer, &mut ack, self.config.security, &self.config.sdes).await,
-                    Some(answer) => answer_media(call, self.kms.as_mut(), &answer, &self.config.sdes),
+                    // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4),
+                    // once our KMS work (a Ticket Resolve) is done.
+                    Some(offer) if purpose == Purpose::OfferlessReinvite => {
+                        let (local, version, ssrc) = answer_version(call);
+                        let work = answer_work(self.config.security, self.kms.clone(), self.config.sdes.clone(), offer.clone(), local, version, ssrc);
+                        return self.start(work, Step::Ack { call_id: call_id.to_owned(), purpose, ack, to, offer, local, version });
+                    }
+                    Some(answer) => answer_media(call, self.kms.as_ref(), &answer, &self.config.sdes),
                     None => Err(Error::Negotiation("re-INVITE 2xx without an offer or answer".into())),
                 };
-                if let Some(to) = to.filter(|_| purpose != Purpose::Update) {
-                    self.endpoint.send(Command::Stateless { message: ack, to })?;
-                }
-                let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
-                let refused = result.as_ref().err().map(ToString::to_string).filter(|_| purpose == Purpose::OfferlessReinvite);
-                let outcome = result.map(|media| {
-                    call.apply_media(&media);
-                    call.rekeys += 1;
-                });
-                if let Some(w) = call.unit_waiter.take() {
-                    let _ = w.send(outcome);
-                }
-                match refused {
-                    // §13.2.2.4: an offer in the 2xx we cannot accept is answered, then BYE.
-                    Some(reason) => self.end_failed(call_id, &reason),
-                    None => Ok(()),
-                }
+                self.reinvite_answered(call_id, purpose, ack, to, result)
             }
-            Purpose::Invite => self.on_invite_response(call_id, response, &via).await,
+            Purpose::Invite => self.on_invite_response(call_id, response, &via),
         }
     }
 
-    async fn on_invite_response(&mut self, call_id: &str, response: Response, via: &str) -> Result<(), Error> {
+    /// The 2xx of our re-INVITE or UPDATE processed (`result`: the media of its answer, or of
+    /// our answer in the `ack` to its offer): the ACK goes out (not for UPDATE), the media
+    /// re-keys, the API request returns; an offer in the 2xx we could not accept ends the call
+    /// (RFC 3261 §13.2.2.4).
+    fn reinvite_answered(&mut self, call_id: &str, purpose: Purpose, ack: Message, to: Option<SocketAddr>, result: Result<Media, Error>) -> Result<(), Error> {
+        if let Some(to) = to.filter(|_| purpose != Purpose::Update) {
+            self.endpoint.send(Command::Stateless { message: ack, to })?;
+        }
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let refused = result.as_ref().err().map(ToString::to_string).filter(|_| purpose == Purpose::OfferlessReinvite);
+        let outcome = result.map(|media| {
+            call.apply_media(&media);
+            call.rekeys += 1;
+        });
+        if let Some(w) = call.unit_waiter.take() {
+            let _ = w.send(outcome);
+        }
+        match refused {
+            // §13.2.2.4: an offer in the 2xx we cannot accept is answered, then BYE.
+            Some(reason) => self.end_failed(call_id, &reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Our answer in an ACK is ready (after our KMS work): the ACK goes out and the call
+    /// goes on as its 2xx would have taken it ([`Self::invite_confirmed`],
+    /// [`Self::reinvite_answered`]).
+    #[allow(clippy::too_many_arguments)]
+    fn ack_keyed(&mut self, call_id: &str, purpose: Purpose, mut ack: Message, to: Option<SocketAddr>, offer: &Sdp, local: SocketAddr, version: u64, answered: Result<(String, Media), Error>) -> Result<(), Error> {
+        let security = self.config.security;
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        let result = answered_in_request(call, answered, offer, local, version, &mut ack, security);
+        if purpose == Purpose::Invite {
+            let to = to.ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
+            return self.invite_confirmed(call_id, ack, to, result.map(Some));
+        }
+        self.reinvite_answered(call_id, purpose, ack, to, result)
+    }
+
+    fn on_invite_response(&mut self, call_id: &str, response: Response, via: &str) -> Result<(), Error> {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let status = response.status;
@@ -1029,13 +1233,13 @@ impl Core {
                 return Ok(());
             }
             if let Some(rseq) = reliable_rseq(&response) {
-                return self.on_reliable_provisional(call_id, response, rseq, via).await;
+                return self.on_reliable_provisional(call_id, response, rseq, via);
             }
             // Early media (RFC 3264 answer in a 18x): start as soon as the keys are known.
             if let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
                 && status.code() != 100
             {
-                match answer_media(call, self.kms.as_mut(), &answer, &policy) {
+                match answer_media(call, self.kms.as_ref(), &answer, &policy) {
                     Ok(media) => {
                         call.apply_media(&media);
                         call.state = CallState::Early;
@@ -1057,9 +1261,9 @@ impl Core {
                         let mut reason = String::from_utf8_lossy(&response.reason).into_owned();
                         // A refused MIKEY-DH offer: what the callee's error message says, and
                         // whether the callee signed it.
-                        if let (Some(Keying::Dh(pending)), Some(hs)) = (call.ticket.as_ref(), self.kms.as_ref().and_then(|k| k.high_security.as_ref()))
+                        if let (Some(Keying::Dh(pending)), Some(kms)) = (call.ticket.as_ref(), self.kms.as_ref())
                             && let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
-                            && let Some(why) = high_security::refusal(hs, pending, &answer, unix_now())
+                            && let Some(why) = ticket::lock(kms).high_security.as_ref().and_then(|hs| high_security::refusal(hs, pending, &answer, unix_now()))
                         {
                             reason = format!("{reason}: {why}");
                         }
@@ -1070,12 +1274,14 @@ impl Core {
             return Ok(());
         }
         let id = DialogId::of_received_response(&response).ok_or(mediasec_sip::Error::NotADialog("2xx without tags"))?;
-        // A retransmission of the 2xx we confirmed: the same ACK again (§13.2.2.4).
+        // A retransmission of the 2xx we confirmed: the same ACK again (§13.2.2.4) — or none
+        // yet while our answer to its offer waits for our KMS (the ACK goes when it is ready).
         if let Some(dialog) = call.dialog.as_ref()
             && dialog.id() == &id
         {
             let ack = match &call.ack {
                 Some(ack) => ack.clone(),
+                None if call.keying.is_some() => return Ok(()),
                 None => dialog.ack(1, via)?,
             };
             if let Some(to) = dialog.next_hop() {
@@ -1101,46 +1307,59 @@ impl Core {
         // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
         // offer, answered in the ACK (RFC 3261 §13.2.1, §13.2.2.4).
         let offered = !call.answered_reliably && call.offer.is_none() && call.ticket.is_none();
-        if offered
-            && !extra_fork
-            && let Some(offer) = &sdp
-        {
-            call.delayed_offer = Some(offer.to_string());
-        }
-        let answered = match &sdp {
-            Some(offer) if offered => Some(answer_in_request(call, self.kms.as_mut(), offer, &mut ack, self.config.security, &policy).await),
-            _ => None,
-        };
-        let Message::Request(ack) = ack else { return Ok(()) };
-        self.endpoint.send(Command::Stateless { message: Message::Request(ack.clone()), to })?;
-        let end_it = |core: &mut Self, mut dialog: Dialog| -> Result<(), Error> {
-            let bye = dialog.request(Method::Bye, &core.via())?;
-            if let Some(to) = dialog.next_hop() {
-                core.send_request(bye, to, call_id, Purpose::EndingBye)?;
-            }
-            Ok(())
-        };
-        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         if extra_fork {
             // Another fork answered too (RFC 3261 §13.2.2.4), or a 2xx came after the call
-            // failed (one given up 64·T1 after its CANCEL, §9.1): ACK and BYE it.
+            // failed (one given up 64·T1 after its CANCEL, §9.1): ACK and BYE it. When it
+            // carries an offer (our INVITE had none) the ACK must carry an answer (§13.2.2.4):
+            // one refusing every stream (RFC 3264 §6, port 0, no keys) — no KMS work (no
+            // Ticket Resolve) for a session ended at once (docs/sip.md §2 "Forked answers").
+            if offered && let Some(offer) = &sdp {
+                let refusal = refusing_answer(offer, call.rtp.local_addr(), call.sdp_version, &Error::Negotiation("another fork answered first".into()))?;
+                mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&refusal))?;
+            }
             if call.dialog.is_some() {
                 call.extra_forks_ended += 1;
             } else {
                 tracing::info!(%call_id, "2xx after the call failed: ACK and BYE");
             }
-            return end_it(self, dialog);
+            self.endpoint.send(Command::Stateless { message: ack, to })?;
+            let mut dialog = dialog;
+            let bye = dialog.request(Method::Bye, &self.via())?;
+            if let Some(to) = dialog.next_hop() {
+                self.send_request(bye, to, call_id, Purpose::EndingBye)?;
+            }
+            return Ok(());
         }
-        let media = match (answered, sdp) {
-            (Some(answered), _) => answered.map(Some),
+        if offered && let Some(offer) = sdp {
+            // Our answer goes in the ACK once our KMS work (Ticket Resolve) is done. The
+            // dialog is confirmed now: a retransmission of this 2xx waits for that ACK, another
+            // fork's 2xx is an extra fork.
+            call.delayed_offer = Some(offer.to_string());
+            let (local, version, ssrc) = answer_version(call);
+            call.dialog = Some(dialog);
+            let work = answer_work(self.config.security, self.kms.clone(), policy, offer.clone(), local, version, ssrc);
+            return self.start(work, Step::Ack { call_id: call_id.to_owned(), purpose: Purpose::Invite, ack, to: Some(to), offer, local, version });
+        }
+        let media = match sdp {
             // The exchange completed reliably in a 18x (and maybe an UPDATE after it): an SDP
             // in the 2xx repeats an answer already applied (RFC 6337 §3.1), none is needed —
             // or repeats an offer our answer refused, which leaves the call without media.
             _ if call.answered_reliably => call.refused_reliably.take().map_or(Ok(None), |why| Err(Error::Negotiation(why))),
-            (None, Some(answer)) => answer_media(call, self.kms.as_mut(), &answer, &policy).map(Some),
-            (None, None) => Err(Error::Negotiation("2xx without an SDP answer".into())),
+            Some(answer) => answer_media(call, self.kms.as_ref(), &answer, &policy).map(Some),
+            None => Err(Error::Negotiation("2xx without an SDP answer".into())),
         };
         call.dialog = Some(dialog);
+        self.invite_confirmed(call_id, ack, to, media)
+    }
+
+    /// The first 2xx of our INVITE processed (`media`: of its answer, of our answer in the
+    /// `ack` to its offer, or none needed after a reliable 18x): the ACK goes out (and is kept
+    /// for the 2xx's retransmissions); the call is established, or — refused against policy —
+    /// ended with BYE (RFC 3261 §13.2.2.4).
+    fn invite_confirmed(&mut self, call_id: &str, ack: Message, to: SocketAddr, media: Result<Option<Media>, Error>) -> Result<(), Error> {
+        let Message::Request(ack) = ack else { return Ok(()) };
+        self.endpoint.send(Command::Stateless { message: Message::Request(ack.clone()), to })?;
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         call.ack = Some(ack);
         match media {
             Ok(media) => {
@@ -1184,7 +1403,7 @@ impl Core {
     /// answer is applied as early media, and it is PRACKed with `RAck`; a retransmission of
     /// the last one is discarded (its PRACK's client transaction retransmits on its own) and
     /// one out of order is neither PRACKed nor processed.
-    async fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
+    fn on_reliable_provisional(&mut self, call_id: &str, response: Response, rseq: u32, via: &str) -> Result<(), Error> {
         let policy = self.config.sdes.clone();
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let refused_before = call.refused_reliably.is_some();
@@ -1206,38 +1425,61 @@ impl Core {
         let rack = RAck { rseq, cseq, method: Method::Invite.as_bytes().to_vec() };
         mediasec_sip::dialog::push_header(&mut prack, HeaderName::RAck, &rack.to_string())?;
         let to = dialog.next_hop().ok_or(Error::Negotiation("reliable 1xx without a reachable Contact".into()))?;
-        let mut prack = Message::Request(prack);
+        let prack = Message::Request(prack);
         let offerless = call.offer.is_none() && call.ticket.is_none();
         if !call.answered_reliably
             && let Ok(Some(sdp)) = mediasec_sip::body::sdp(&Message::Response(response))
         {
-            // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262 §5).
-            let outcome = if offerless {
+            if offerless {
+                // Our INVITE had no offer: this is the offer, answered in the PRACK (RFC 3262
+                // §5) once our KMS work is done. The exchange is under way: no later SDP of
+                // this INVITE is a new offer.
                 call.delayed_offer = Some(sdp.to_string());
-                answer_in_request(call, self.kms.as_mut(), &sdp, &mut prack, self.config.security, &policy).await
-            } else {
-                answer_media(call, self.kms.as_mut(), &sdp, &policy)
-            };
-            match outcome {
+                call.answered_reliably = true;
+                let (local, version, ssrc) = answer_version(call);
+                let work = answer_work(self.config.security, self.kms.clone(), policy, sdp.clone(), local, version, ssrc);
+                return self.start(work, Step::Prack { call_id: call_id.to_owned(), prack, to, offer: sdp, local, version, refused_before });
+            }
+            match answer_media(call, self.kms.as_ref(), &sdp, &policy) {
                 Ok(media) => {
                     call.apply_media(&media);
                     call.state = CallState::Early;
                     call.answered_reliably = true;
                 }
-                Err(e) => {
-                    tracing::info!(error = %e, offerless, "offer or answer in a reliable 1xx not used");
-                    if offerless {
-                        // The PRACK carries our refusal: the exchange is complete all the same
-                        // (RFC 3262 §5), so no later SDP of this INVITE is a new offer.
-                        call.answered_reliably = true;
-                        call.refused_reliably = Some(match &e {
-                            Error::Negotiation(why) => why.clone(),
-                            other => other.to_string(),
-                        });
-                    }
-                }
+                Err(e) => tracing::info!(error = %e, offerless, "answer in a reliable 1xx not used"),
             }
         }
+        self.prack_ready(call_id, prack, to, refused_before)
+    }
+
+    /// Our answer to the offer of a reliable 18x is ready (after our KMS work): it goes in
+    /// the PRACK, or a refusal does (RFC 3262 §5).
+    #[allow(clippy::too_many_arguments)]
+    fn prack_keyed(&mut self, call_id: &str, mut prack: Message, to: SocketAddr, offer: &Sdp, local: SocketAddr, version: u64, refused_before: bool, answered: Result<(String, Media), Error>) -> Result<(), Error> {
+        let security = self.config.security;
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        match answered_in_request(call, answered, offer, local, version, &mut prack, security) {
+            Ok(media) => {
+                call.apply_media(&media);
+                call.state = CallState::Early;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "offer in a reliable 1xx not used");
+                // The PRACK carries our refusal: the exchange is complete all the same (RFC
+                // 3262 §5), so no later SDP of this INVITE is a new offer.
+                call.refused_reliably = Some(match &e {
+                    Error::Negotiation(why) => why.clone(),
+                    other => other.to_string(),
+                });
+            }
+        }
+        self.prack_ready(call_id, prack, to, refused_before)
+    }
+
+    /// The PRACK of a reliable 18x goes out; if its offer was just refused, the INVITE is
+    /// CANCELled.
+    fn prack_ready(&mut self, call_id: &str, prack: Message, to: SocketAddr, refused_before: bool) -> Result<(), Error> {
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let refused_now = !refused_before && call.refused_reliably.is_some();
         let invite = call.invite.clone();
         let Message::Request(prack) = prack else { return Ok(()) };
@@ -1309,7 +1551,7 @@ impl Core {
                 .and_then(|a| a.ok_or(Error::Negotiation("PRACK without the answer to our offer in the reliable 1xx".into())))
                 .and_then(|answer| {
                     call.e2ae_applied = e2ae_applied(&answer);
-                    answer_media(call, self.kms.as_mut(), &answer, &policy)
+                    answer_media(call, self.kms.as_ref(), &answer, &policy)
                 });
             match applied {
                 Ok(media) => {
@@ -1356,9 +1598,14 @@ impl Core {
         let in_dialog = DialogId::of_received_request(&request).is_some();
         match request.method {
             Method::Invite if !in_dialog => self.incoming_call(key, request, call_id).await,
-            Method::Invite | Method::Update => self.incoming_reinvite(key, &request, &call_id).await,
+            Method::Invite | Method::Update => self.incoming_reinvite(key, &request, &call_id),
             Method::Cancel => {
                 self.respond(&key, &request, 200, "OK", None, None)?;
+                if self.calls.get(&call_id).is_some_and(|c| !c.answered) {
+                    // Our answer or offer may still wait for our KMS: abandoned, nothing of
+                    // it will be sent.
+                    self.abandon_keying(&call_id)?;
+                }
                 if let Some(call) = self.calls.get_mut(&call_id)
                     && !call.answered
                     && let Some(invite_key) = call.invite_key.clone()
@@ -1371,8 +1618,13 @@ impl Core {
                 Ok(())
             }
             Method::Bye => {
-                let known = self.calls.get_mut(&call_id).filter(|c| c.dialog.as_ref().is_some_and(|d| Some(d.id()) == DialogId::of_received_request(&request).as_ref()));
-                match known {
+                let known = self.calls.get(&call_id).is_some_and(|c| c.dialog.as_ref().is_some_and(|d| Some(d.id()) == DialogId::of_received_request(&request).as_ref()));
+                if known {
+                    // KMS work of this call in flight is abandoned (a re-INVITE of the peer
+                    // waiting for our answer gets its 487, RFC 3261 §15.1.2).
+                    self.abandon_keying(&call_id)?;
+                }
+                match self.calls.get_mut(&call_id).filter(|_| known) {
                     Some(call) => {
                         call.rtp.stop();
                         call.state = CallState::Ended;
@@ -1440,36 +1692,65 @@ impl Core {
         let offer = mediasec_sip::body::sdp(&Message::Request(request.clone()));
         let applied = offer.as_ref().ok().and_then(Option::as_ref).is_some_and(e2ae_applied);
         let reliable = answers_reliably(&request, self.config.answering);
-        let (offer, negotiated) = match offer {
-            Ok(Some(offer)) => {
-                let negotiated = answer_offer(self.config.security, self.kms.as_mut(), &self.config.sdes, &offer, rtp.local_addr(), 1, rtp.ssrc()).await;
-                (Some(offer), negotiated)
-            }
-            Ok(None) => return self.offer_first(key, request, call_id, dialog, rtp, reliable).await,
-            Err(e) => (None, Err(e.into())),
+        let offer = match offer {
+            Ok(Some(offer)) => Ok(offer),
+            Ok(None) => return self.offer_first(key, request, call_id, dialog, rtp, reliable),
+            Err(e) => Err(Error::from(e)),
         };
         self.seq += 1;
         let peer = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
-        let mut call = Call {
+        let (local, ssrc) = (rtp.local_addr(), rtp.ssrc());
+        // The call exists from now on, while our answer may wait for our KMS: a CANCEL finds
+        // it (487, and the KMS work is abandoned); the INVITE's server transaction absorbs
+        // its retransmissions.
+        let call = Call {
             dialog: Some(dialog),
             invite_key: Some(key.clone()),
             e2ae_applied: applied,
             mikey_peer: caller_identity(&request),
             ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), peer)
         };
+        self.calls.insert(call_id.clone(), call);
+        let (security, kms, sdes) = (self.config.security, self.kms.clone(), self.config.sdes.clone());
+        let step = Step::IncomingAnswer { call_id: call_id.clone(), key: key.clone(), request: request.clone(), to, offer: offer.as_ref().ok().cloned() };
+        let work = async move {
+            Keyed::Answer(match offer {
+                Ok(offer) => answer_offer(security, kms, sdes, offer, local, 1, ssrc).await,
+                Err(e) => Err(e),
+            })
+        };
+        self.start(work, step)?;
+        self.trying_while_keying(&call_id, &key, &request)
+    }
+
+    /// RFC 3261 §8.2.6.1, §17.2.1: an INVITE whose response waits for our KMS (which may take
+    /// longer than 200 ms) gets `100 Trying` at once.
+    fn trying_while_keying(&self, call_id: &str, key: &TransactionKey, request: &Request) -> Result<(), Error> {
+        if self.calls.get(call_id).is_some_and(|c| c.keying.is_some()) {
+            self.respond(key, request, 100, "Trying", None, None)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::incoming_call`] once our answer is made (after our KMS work, for a MIKEY offer):
+    /// a 488 refusing the offer, or the reliable 18x with the answer, or 180 (and 183 with early
+    /// media); the 200 follows ([`Self::schedule_answer`]).
+    fn incoming_answer_keyed(&mut self, call_id: String, key: TransactionKey, request: &Request, to: Bytes, offer: Option<&Sdp>, negotiated: Result<(String, Media), Error>) -> Result<(), Error> {
+        let answering = self.config.answering;
+        let reliable = answers_reliably(request, answering);
+        let Some(call) = self.calls.get_mut(&call_id) else { return Ok(()) };
         match negotiated {
             Err(e) => {
                 tracing::info!(%call_id, error = %e, "offer refused with 488");
                 call.state = CallState::Failed(488, e.to_string());
                 // The key-management error goes back in the key-management attribute of a
                 // refusing answer *(ours)*: the MIKEY Error message of the failed exchange.
-                let body = match (&e, &offer) {
+                let body = match (&e, offer) {
                     (Error::KeyRefused { mikey_error: Some(_), .. }, Some(offer)) => refusing_answer(offer, call.rtp.local_addr(), 1, &e).ok(),
                     _ => None,
                 };
-                self.calls.insert(call_id, call);
                 let status = StatusCode::new(488).ok_or(Error::Negotiation("status".into()))?;
-                let mut builder = ResponseBuilder::to_request(&request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?;
+                let mut builder = ResponseBuilder::to_request(request, status, "Not Acceptable Here")?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?;
                 if let Some(body) = body {
                     builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(body);
                 }
@@ -1483,7 +1764,6 @@ impl Core {
                     call.peer_key = Some(peer_key.clone());
                 }
                 call.answer = Some((answer.clone(), media.clone()));
-                let answering = self.config.answering;
                 if reliable {
                     // RFC 3262 §3/§5: the answer goes in the first reliable 1xx; early media
                     // starts with it. A 183 with early media, else (100rel required) a 180.
@@ -1492,19 +1772,17 @@ impl Core {
                     call.reliable = Some(numbering);
                     call.apply_media(&media);
                     call.state = CallState::Early;
-                    self.calls.insert(call_id.clone(), call);
                     let (code, reason) = if answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
-                    self.respond_with(&key, &request, code, reason, Some(to), Some(&answer), rseq)?;
+                    self.respond_with(&key, request, code, reason, Some(to), Some(&answer), rseq)?;
                     self.schedule_answer(call_id);
                     return Ok(());
                 }
-                self.calls.insert(call_id.clone(), call);
-                self.respond(&key, &request, 180, "Ringing", Some(to.clone()), None)?;
+                self.respond(&key, request, 180, "Ringing", Some(to.clone()), None)?;
                 if !answering.auto {
                     return Ok(());
                 }
                 if answering.early_media {
-                    self.respond(&key, &request, 183, "Session Progress", Some(to), Some(&answer))?;
+                    self.respond(&key, request, 183, "Session Progress", Some(to), Some(&answer))?;
                     if let Some(call) = self.calls.get_mut(&call_id) {
                         call.apply_media(&media);
                         call.state = CallState::Early;
@@ -1565,18 +1843,16 @@ impl Core {
     /// may call again with an offer or its identity. An offer we cannot make (no KMS access,
     /// the KMS refuses the ticket) gets 488 with a `Warning`; either failure is the call's
     /// recorded outcome.
-    async fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
+    fn offer_first(&mut self, key: TransactionKey, request: Request, call_id: String, dialog: Dialog, rtp: RtpEndpoint, reliable: bool) -> Result<(), Error> {
         let to = dialog.local_header().clone();
         let security = self.config.security;
         let peer = caller_identity(&request);
-        let made = match (security.is_mikey(), &peer) {
-            (false, _) => self.initial_offer(rtp.local_addr()).map(|o| (o.sdp.clone(), Some(o), None)),
-            (true, Some(peer)) => mikey_offer(security, self.kms.as_mut(), rtp.local_addr(), 1, rtp.ssrc(), peer).await.map(|(sdp, k)| (sdp, None, Some(k))),
-            (true, None) => Err(Error::Negotiation("offerless INVITE from an anonymous caller: no identity to key a MIKEY offer to".into())),
-        };
         self.seq += 1;
         let from = header_text(&request.headers, &HeaderName::From).unwrap_or_default();
-        let mut call = Call {
+        let (local, ssrc) = (rtp.local_addr(), rtp.ssrc());
+        // The call exists from now on, while our offer may wait for our KMS (see
+        // [`Self::incoming_call`]).
+        let call = Call {
             dialog: Some(dialog),
             invite_key: Some(key.clone()),
             answer_in_ack: !reliable,
@@ -1584,34 +1860,52 @@ impl Core {
             mikey_peer: peer.clone(),
             ..Call::new(Role::Callee, self.seq, request.clone(), rtp, Instant::now(), from)
         };
+        self.calls.insert(call_id.clone(), call);
+        let step = Step::IncomingOffer { call_id: call_id.clone(), key: key.clone(), request: request.clone(), to, reliable };
+        match (security.is_mikey(), peer) {
+            (false, _) => {
+                let made = self.initial_offer(local).map(|o| (o.sdp.clone(), Some(o), None));
+                self.resume(step, Keyed::offered(made))
+            }
+            (true, Some(peer)) => {
+                self.start(offer_work(security, self.kms.clone(), local, 1, ssrc, peer), step)?;
+                self.trying_while_keying(&call_id, &key, &request)
+            }
+            (true, None) => self.resume(step, Keyed::offered(Err(Error::Negotiation("offerless INVITE from an anonymous caller: no identity to key a MIKEY offer to".into())))),
+        }
+    }
+
+    /// [`Self::offer_first`] once our offer is made (after our KMS work under a MIKEY
+    /// policy): it goes in the reliable 18x, or the 200 carries it after an unreliable 180;
+    /// an offer we cannot make gets 433 (anonymous caller, MIKEY) or 488.
+    fn incoming_offer_keyed(&mut self, call_id: String, key: &TransactionKey, request: &Request, to: Bytes, reliable: bool, made: Result<Made, Error>) -> Result<(), Error> {
+        let security = self.config.security;
+        let early_media = self.config.answering.early_media;
+        let Some(call) = self.calls.get_mut(&call_id) else { return Ok(()) };
         let (text, offer, keying) = match made {
             Ok(made) => made,
             Err(e) => {
-                let (code, reason) = if security.is_mikey() && peer.is_none() { (433, "Anonymity Disallowed") } else { (488, "Not Acceptable Here") };
+                let (code, reason) = if security.is_mikey() && call.mikey_peer.is_none() { (433, "Anonymity Disallowed") } else { (488, "Not Acceptable Here") };
                 tracing::info!(%call_id, error = %e, code, "no offer to make for an offerless INVITE");
                 call.state = CallState::Failed(code, e.to_string());
                 call.rtp.stop();
-                self.calls.insert(call_id, call);
                 let status = StatusCode::new(code).ok_or(Error::Negotiation("status".into()))?;
-                let response = ResponseBuilder::to_request(&request, status, reason)?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?.build();
-                self.endpoint.send(Command::Respond { key, response })?;
+                let response = ResponseBuilder::to_request(request, status, reason)?.set_header(&HeaderName::To, to)?.header(HeaderName::Warning, warning(&e))?.build();
+                self.endpoint.send(Command::Respond { key: key.clone(), response })?;
                 return Ok(());
             }
         };
         call.offer = offer;
         call.ticket = keying;
         call.delayed_offer = Some(text.clone());
-        self.calls.insert(call_id.clone(), call);
         if reliable {
             let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
             let rseq = numbering.allocate();
-            if let Some(call) = self.calls.get_mut(&call_id) {
-                call.reliable = Some(numbering);
-            }
-            let (code, reason) = if self.config.answering.early_media { (183, "Session Progress") } else { (180, "Ringing") };
-            self.respond_with(&key, &request, code, reason, Some(to), Some(&text), rseq)?;
+            call.reliable = Some(numbering);
+            let (code, reason) = if early_media { (183, "Session Progress") } else { (180, "Ringing") };
+            self.respond_with(key, request, code, reason, Some(to), Some(&text), rseq)?;
         } else {
-            self.respond(&key, &request, 180, "Ringing", Some(to), None)?;
+            self.respond(key, request, 180, "Ringing", Some(to), None)?;
         }
         self.schedule_answer(call_id);
         Ok(())
@@ -1657,7 +1951,7 @@ impl Core {
     /// our KMS, a DH_INIT, an I_MESSAGE — through [`mikey_answer`]); a re-INVITE without one
     /// gets our offer in the 2xx and its answer from the ACK (RFC 3261 §13.2.1), a fresh MIKEY
     /// exchange under a MIKEY policy.
-    async fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
+    fn incoming_reinvite(&mut self, key: TransactionKey, request: &Request, call_id: &str) -> Result<(), Error> {
         let (security, sdes) = (self.config.security, self.config.sdes.clone());
         let Some(call) = self.calls.get_mut(call_id) else {
             return self.respond(&key, request, 481, "Call/Transaction Does Not Exist", None, None);
@@ -1670,48 +1964,84 @@ impl Core {
             return self.respond(&key, request, 500, "Server Internal Error", None, None);
         }
         let to = dialog.local_header().clone();
+        if let Some(pending) = call.keying {
+            // An offer/answer exchange of this call still waits for our KMS. RFC 3261 §14.2
+            // (RFC 3311 §5.2 for UPDATE): our own re-offer in progress → 491; our answer to
+            // an earlier request in preparation → 500 with a Retry-After of 0-10 s.
+            let ours = matches!(self.steps.get(&pending), Some((Step::Reoffer { .. }, _)));
+            if ours {
+                return self.respond(&key, request, 491, "Request Pending", Some(to), None);
+            }
+            let status = StatusCode::new(500).ok_or(Error::Negotiation("status".into()))?;
+            let response = ResponseBuilder::to_request(request, status, "Server Internal Error")?
+                .set_header(&HeaderName::To, to)?
+                .header(HeaderName::RetryAfter, (rand::random::<u32>() % 11).to_string())?
+                .build();
+            self.endpoint.send(Command::Respond { key, response })?;
+            return Ok(());
+        }
         call.sdp_version += 1;
+        let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
+        let peer = call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone());
         let body = mediasec_sip::body::sdp(&Message::Request(request.clone()));
-        if matches!(body, Ok(None)) && request.method == Method::Invite {
+        let offerless = matches!(body, Ok(None)) && request.method == Method::Invite;
+        let step = Step::ReinviteAnswer { call_id: call_id.to_owned(), key, request: request.clone(), to, offerless };
+        if offerless {
             // Delayed offer (RFC 3261 §13.2.1): our offer in the 2xx, the answer in the ACK.
             // Under a MIKEY policy we are the MIKEY Initiator of a fresh exchange (RFC 4567 §3).
-            let (local, version, ssrc) = (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc());
-            let made = if security.is_mikey() {
-                match call.mikey_peer.clone().or_else(|| call.authenticated_peer.clone()) {
-                    Some(peer) => mikey_offer(security, self.kms.as_mut(), local, version, ssrc, &peer).await.map(|(sdp, k)| (sdp, None, Some(k))),
-                    None => Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())),
-                }
-            } else {
-                offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None))
+            if !security.is_mikey() {
+                let made = offer_answer::offer(local, version, security, &sdes, &mut fill_random).map(|o| (o.sdp.clone(), Some(o), None));
+                return self.resume(step, Keyed::offered(made));
+            }
+            return match peer {
+                Some(peer) => self.start(offer_work(security, self.kms.clone(), local, version, ssrc, peer), step),
+                None => self.resume(step, Keyed::offered(Err(Error::Negotiation("the peer's identity is unknown (an anonymous caller): no MIKEY offer can be addressed to it".into())))),
             };
-            return match made {
+        }
+        let offer = match body {
+            Ok(Some(offer)) => Ok(offer),
+            Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
+            Err(e) => Err(e.into()),
+        };
+        let kms = self.kms.clone();
+        let work = async move {
+            Keyed::Answer(match offer {
+                Ok(offer) => answer_offer(security, kms, sdes, offer, local, version, ssrc).await,
+                Err(e) => Err(e),
+            })
+        };
+        self.start(work, step)
+    }
+
+    /// [`Self::incoming_reinvite`] once our answer — or, to an offerless re-INVITE, our offer —
+    /// is made (after our KMS work under a MIKEY policy): the 2xx carries it (an offer's answer
+    /// then comes in the ACK), or 488.
+    fn reinvite_answer_keyed(&mut self, call_id: &str, key: &TransactionKey, request: &Request, to: Bytes, offerless: bool, keyed: Keyed) -> Result<(), Error> {
+        let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
+        if offerless {
+            return match keyed.offer() {
                 Ok((text, offer, keying)) => {
                     call.offer = offer;
                     call.ticket = keying;
                     call.ticket_answer = None;
                     call.answer_in_ack = true;
-                    self.respond(&key, request, 200, "OK", Some(to), Some(&text))
+                    self.respond(key, request, 200, "OK", Some(to), Some(&text))
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "offerless re-INVITE: no offer to make");
-                    self.respond(&key, request, 488, "Not Acceptable Here", Some(to), None)
+                    self.respond(key, request, 488, "Not Acceptable Here", Some(to), None)
                 }
             };
         }
-        let outcome = match body {
-            Ok(Some(offer)) => answer_offer(security, self.kms.as_mut(), &sdes, &offer, call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc()).await,
-            Ok(None) => Err(Error::Negotiation("re-INVITE without an offer".into())),
-            Err(e) => Err(e.into()),
-        };
-        match outcome {
+        match keyed.answer() {
             Ok((answer, media)) => {
                 call.apply_media(&media);
                 call.rekeys += 1;
-                self.respond(&key, request, 200, "OK", Some(to), Some(&answer))
+                self.respond(key, request, 200, "OK", Some(to), Some(&answer))
             }
             Err(e) => {
                 tracing::info!(error = %e, "re-INVITE offer refused");
-                self.respond(&key, request, 488, "Not Acceptable Here", Some(to), None)
+                self.respond(key, request, 488, "Not Acceptable Here", Some(to), None)
             }
         }
     }
@@ -1767,6 +2097,82 @@ enum Keying {
     Sakke(mikey_sakke::PendingCall),
 }
 
+/// An offer of ours as made: its SDP, and the SDES / plain offer or the MIKEY keying kept
+/// until its answer.
+type Made = (String, Option<Offer>, Option<Keying>);
+
+/// What KMS work produces ([`Core::start`]).
+enum Keyed {
+    /// Our offer, or why none could be made (boxed: an SDES offer with its keys is large).
+    Offer(Box<Result<Made, Error>>),
+    /// Our answer to an offer (its SDP and the media), or why the offer is refused.
+    Answer(Result<(String, Media), Error>),
+}
+
+impl Keyed {
+    fn offered(made: Result<Made, Error>) -> Self {
+        Self::Offer(Box::new(made))
+    }
+
+    fn offer(self) -> Result<Made, Error> {
+        match self {
+            Self::Offer(made) => *made,
+            Self::Answer(_) => Err(Error::Negotiation("KMS work: an answer where an offer was awaited".into())),
+        }
+    }
+
+    fn answer(self) -> Result<(String, Media), Error> {
+        match self {
+            Self::Answer(answered) => answered,
+            Self::Offer(_) => Err(Error::Negotiation("KMS work: an offer where an answer was awaited".into())),
+        }
+    }
+}
+
+/// KMS work making our MIKEY offer ([`mikey_offer`]).
+async fn offer_work(security: Security, kms: Option<SharedKms>, local: SocketAddr, version: u64, ssrc: u32, peer: String) -> Keyed {
+    Keyed::offered(mikey_offer(security, kms, local, version, ssrc, peer).await.map(|(sdp, k)| (sdp, None, Some(k))))
+}
+
+/// The step of the UE's flows that waits for KMS work (docs/sip.md §2): what it needs to go
+/// on when the result comes back ([`Core::resume`]), or to do what it still owes when its call
+/// ended meanwhile ([`Core::abandon`]).
+enum Step {
+    /// Our INVITE waits for our MIKEY offer ([`Core::place_call`]). No call exists yet.
+    Invite { target: String, rtp: RtpEndpoint, started: Instant, tx: oneshot::Sender<Result<String, Error>> },
+    /// Our re-INVITE or UPDATE (API) waits for our fresh MIKEY offer.
+    Reoffer { call_id: String, method: Method, tx: oneshot::Sender<Result<(), Error>> },
+    /// The ACK of a 2xx carrying an offer — the first 2xx to our offerless INVITE
+    /// (`purpose` [`Purpose::Invite`]) or the 2xx to our offerless re-INVITE — waits for our
+    /// answer (Ticket Resolve at our KMS, RFC 3261 §13.2.2.4).
+    Ack { call_id: String, purpose: Purpose, ack: Message, to: Option<SocketAddr>, offer: Sdp, local: SocketAddr, version: u64 },
+    /// The PRACK of a reliable 18x carrying the offer to our offerless INVITE waits for our
+    /// answer (RFC 3262 §5).
+    Prack { call_id: String, prack: Message, to: SocketAddr, offer: Sdp, local: SocketAddr, version: u64, refused_before: bool },
+    /// The 18x / 200 answering an INVITE with an offer waits for our answer.
+    IncomingAnswer { call_id: String, key: TransactionKey, request: Request, to: Bytes, offer: Option<Sdp> },
+    /// The reliable 18x or 200 to an offerless INVITE waits for our MIKEY offer.
+    IncomingOffer { call_id: String, key: TransactionKey, request: Request, to: Bytes, reliable: bool },
+    /// The 2xx to the peer's re-INVITE or UPDATE waits for our answer, or for our offer when
+    /// the re-INVITE had none (`offerless`).
+    ReinviteAnswer { call_id: String, key: TransactionKey, request: Request, to: Bytes, offerless: bool },
+}
+
+impl Step {
+    /// The call the step belongs to; `None` before our INVITE exists.
+    fn call_id(&self) -> Option<&str> {
+        match self {
+            Self::Invite { .. } => None,
+            Self::Reoffer { call_id, .. }
+            | Self::Ack { call_id, .. }
+            | Self::Prack { call_id, .. }
+            | Self::IncomingAnswer { call_id, .. }
+            | Self::IncomingOffer { call_id, .. }
+            | Self::ReinviteAnswer { call_id, .. } => Some(call_id),
+        }
+    }
+}
+
 /// The wall clock as Unix time: the T of high-security messages and their key month.
 fn unix_now() -> Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
@@ -1778,18 +2184,22 @@ fn unix_now() -> Duration {
 /// MIKEY-SAKKE an I_MESSAGE ([`mikey_sakke::offer`]). Whoever sends the SDP offer is the MIKEY
 /// Initiator (RFC 4567 §3): the caller in its INVITE, or the callee in its 200 / reliable 18x
 /// to an offerless INVITE, or either side in the 2xx to an offerless re-INVITE.
-async fn mikey_offer(security: Security, kms: Option<&mut KmsAccess>, local: SocketAddr, version: u64, ssrc: u32, peer: &str) -> Result<(String, Keying), Error> {
+async fn mikey_offer(security: Security, kms: Option<SharedKms>, local: SocketAddr, version: u64, ssrc: u32, peer: String) -> Result<(String, Keying), Error> {
     match (security, kms) {
-        (Security::MikeyTicket, Some(kms)) => ticket::offer(kms, local, version, ssrc, peer).await.map(|(sdp, p)| (sdp, Keying::Ticket(p))),
+        (Security::MikeyTicket, Some(kms)) => ticket::offer(&kms, local, version, ssrc, &peer).await.map(|(sdp, p)| (sdp, Keying::Ticket(p))),
         (Security::HighSecurity, Some(kms)) => {
             let now = unix_now();
-            let hs = high_security::ready(kms, now).await?;
-            high_security::offer(hs, local, version, ssrc, peer, now).map(|(sdp, p)| (sdp, Keying::Dh(p)))
+            high_security::ready(&kms, now).await?;
+            let access = ticket::lock(&kms);
+            let hs = access.high_security.as_ref().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
+            high_security::offer(hs, local, version, ssrc, &peer, now).map(|(sdp, p)| (sdp, Keying::Dh(p)))
         }
         (Security::MikeySakke, Some(kms)) => {
             let now = unix_now();
-            let hs = high_security::ready(kms, now).await?;
-            mikey_sakke::offer(hs, local, version, ssrc, peer, now).map(|(sdp, p)| (sdp, Keying::Sakke(p)))
+            high_security::ready(&kms, now).await?;
+            let mut access = ticket::lock(&kms);
+            let hs = access.high_security.as_mut().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs keys from the KMS".into()))?;
+            mikey_sakke::offer(hs, local, version, ssrc, &peer, now).map(|(sdp, p)| (sdp, Keying::Sakke(p)))
         }
         (Security::MikeyTicket, None) => Err(Error::Negotiation("MIKEY-TICKET needs KMS access".into())),
         (Security::HighSecurity, None) => Err(Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into())),
@@ -1801,14 +2211,19 @@ async fn mikey_offer(security: Security, kms: Option<&mut KmsAccess>, local: Soc
 /// Our answer to `offer` under our policy (session version `version`): a MIKEY offer through
 /// [`mikey_answer`]; an offer without `a=key-mgmt:mikey` is a downgrade when the policy is a
 /// MIKEY mode, else answered by [`offer_answer`] (SDES or plain).
-async fn answer_offer(security: Security, kms: Option<&mut KmsAccess>, sdes: &SdesPolicy, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
-    if ticket::has_mikey(offer) {
-        mikey_answer(security, kms, offer, local, version, ssrc).await
+async fn answer_offer(security: Security, kms: Option<SharedKms>, sdes: SdesPolicy, offer: Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+    if ticket::has_mikey(&offer) {
+        mikey_answer(security, kms, &offer, local, version, ssrc).await
     } else if security.is_mikey() {
         Err(Error::Downgrade("offer without a=key-mgmt:mikey; policy requires MIKEY key management".into()))
     } else {
-        offer_answer::answer(offer, local, version, security, sdes, &mut fill_random)
+        offer_answer::answer(&offer, local, version, security, &sdes, &mut fill_random)
     }
+}
+
+/// KMS work answering `offer` ([`answer_offer`]).
+async fn answer_work(security: Security, kms: Option<SharedKms>, sdes: SdesPolicy, offer: Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Keyed {
+    Keyed::Answer(answer_offer(security, kms, sdes, offer, local, version, ssrc).await)
 }
 
 /// The SDP refusing every stream of `offer` ([`offer_answer::refusal`]) and, when `why` is a
@@ -1840,16 +2255,23 @@ fn caller_identity(request: &Request) -> Option<String> {
 
 /// Answers a MIKEY offer under our policy: MIKEY-TICKET through [`ticket`], the high-security
 /// mode through [`high_security`]; any other policy (or a missing KMS access) refuses it.
-async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+async fn mikey_answer(security: Security, kms: Option<SharedKms>, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+    let kms = kms.filter(|k| matches!(security, Security::MikeyTicket) || ticket::lock(k).high_security.is_some());
     match (security, kms) {
-        (Security::MikeyTicket, Some(kms)) => ticket::answer(kms, offer, local, version, ssrc).await,
-        (Security::HighSecurity, Some(kms)) if kms.high_security.is_some() => {
+        (Security::MikeyTicket, Some(kms)) => ticket::answer(&kms, offer, local, version, ssrc).await,
+        (Security::HighSecurity, Some(kms)) => {
             let now = unix_now();
-            high_security::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
+            high_security::ready(&kms, now).await?;
+            let mut access = ticket::lock(&kms);
+            let hs = access.high_security.as_mut().ok_or_else(|| Error::Negotiation("MIKEY offered; no KMS access or keys here".into()))?;
+            high_security::answer(hs, offer, local, version, ssrc, now)
         }
-        (Security::MikeySakke, Some(kms)) if kms.high_security.is_some() => {
+        (Security::MikeySakke, Some(kms)) => {
             let now = unix_now();
-            mikey_sakke::answer(high_security::ready(kms, now).await?, offer, local, version, ssrc, now)
+            high_security::ready(&kms, now).await?;
+            let mut access = ticket::lock(&kms);
+            let hs = access.high_security.as_mut().ok_or_else(|| Error::Negotiation("MIKEY offered; no KMS access or keys here".into()))?;
+            mikey_sakke::answer(hs, offer, local, version, ssrc, now)
         }
         (Security::MikeyTicket | Security::HighSecurity | Security::MikeySakke, _) => Err(Error::Negotiation("MIKEY offered; no KMS access or keys here".into())),
         _ => Err(Error::Negotiation("MIKEY offered; not enabled here".into())),
@@ -1859,7 +2281,7 @@ async fn mikey_answer(security: Security, kms: Option<&mut KmsAccess>, offer: &S
 /// The media an answer gives the caller: SDES / plain through [`offer_answer`], MIKEY-TICKET
 /// through [`ticket`], the high-security mode through [`high_security`] (an identical answer
 /// already verified is reused, not verified twice).
-fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
+fn answer_media(call: &mut Call, kms: Option<&SharedKms>, answer: &Sdp, policy: &SdesPolicy) -> Result<Media, Error> {
     if let Some(offer) = call.offer.as_ref() {
         return offer_answer::process_answer(offer, answer, policy);
     }
@@ -1872,9 +2294,11 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     {
         return Ok(media.clone());
     }
+    // Sans-IO verification under the lock, held only for it (no KMS exchange here).
+    let mut access = ticket::lock(kms);
     let (media, deferred) = match pending {
-        Keying::Ticket(p) => ticket::process_answer(kms, p, answer)?,
-        Keying::Dh(p) => (high_security::process_answer(kms.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer, unix_now())?, false),
+        Keying::Ticket(p) => ticket::process_answer(&mut access, p, answer)?,
+        Keying::Dh(p) => (high_security::process_answer(access.high_security.as_ref().ok_or_else(|| Error::Negotiation("no high-security keys".into()))?, p, answer, unix_now())?, false),
         Keying::Sakke(p) => (mikey_sakke::process_answer(p, answer)?, false),
     };
     call.deferred_delivery = deferred;
@@ -1882,18 +2306,24 @@ fn answer_media(call: &mut Call, kms: Option<&mut KmsAccess>, answer: &Sdp, poli
     Ok(media)
 }
 
-/// Answers an offer that came in a response — a 2xx to an offerless INVITE or re-INVITE (RFC
-/// 3261 §13.2.2.4: the answer goes in the ACK) or a reliable 18x (RFC 3262 §5: in the PRACK) —
-/// by putting the answer into `request`, through [`answer_offer`]: under a MIKEY policy the
-/// offer must carry `a=key-mgmt:mikey` (its sender is the MIKEY Initiator, we the responder,
-/// RFC 4567 §3), and a caller requires the authenticated Initiator to be the party it called,
-/// as it requires of a MIKEY responder when it offers itself. An offer we cannot accept still
-/// gets a valid answer, every stream refused ([`refusing_answer`]), and the error is returned
-/// (after an ACK the caller then ends the session with BYE, §13.2.2.4).
-async fn answer_in_request(call: &mut Call, kms: Option<&mut KmsAccess>, offer: &Sdp, request: &mut Message, security: Security, policy: &SdesPolicy) -> Result<Media, Error> {
+/// The SDP version and RTP endpoint of our answer to an offer that came in a response — a 2xx
+/// to an offerless INVITE or re-INVITE (RFC 3261 §13.2.2.4: the answer goes in the ACK) or a
+/// reliable 18x (RFC 3262 §5: in the PRACK): the session version goes up by one.
+fn answer_version(call: &mut Call) -> (SocketAddr, u64, u32) {
     call.sdp_version += 1;
-    let (local, version) = (call.rtp.local_addr(), call.sdp_version);
-    let answered = answer_offer(security, kms, policy, offer, local, version, call.rtp.ssrc()).await.and_then(|(answer, media)| {
+    (call.rtp.local_addr(), call.sdp_version, call.rtp.ssrc())
+}
+
+/// Puts our answer to an offer that came in a response into `request` (the ACK or PRACK),
+/// once [`answer_offer`] (through [`answer_work`]) made it at `local`, session version
+/// `version`: under a MIKEY policy the offer must carry `a=key-mgmt:mikey` (its sender is the
+/// MIKEY Initiator, we the responder, RFC 4567 §3), and a caller requires the authenticated
+/// Initiator to be the party it called, as it requires of a MIKEY responder when it offers
+/// itself. An offer we cannot accept still gets a valid answer, every stream refused
+/// ([`refusing_answer`]), and the error is returned (after an ACK the caller then ends the
+/// session with BYE, §13.2.2.4).
+fn answered_in_request(call: &Call, answered: Result<(String, Media), Error>, offer: &Sdp, local: SocketAddr, version: u64, request: &mut Message, security: Security) -> Result<Media, Error> {
+    let answered = answered.and_then(|(answer, media)| {
         if security.is_mikey() && call.role == Role::Caller {
             initiator_is_callee(call.mikey_peer.as_deref(), media.peer.as_deref())?;
         }
@@ -2582,7 +3012,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let peer_addr = peer.local_addr().expect("addr");
         let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
         config.timers = timers(100);
-        let alice = std::sync::Arc::new(Ue::start(config).await.expect("ue"));
+        let alice = Arc::new(Ue::start(config).await.expect("ue"));
         let ue = alice.sip_addr();
         let calling = tokio::spawn({
             let (alice, target) = (alice.clone(), format!("sip:bob@{peer_addr}"));
@@ -2662,5 +3092,191 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
         assert_eq!(value(&bye, &HeaderName::CSeq).as_deref(), Some("5 BYE"));
         hanging.abort();
+    }
+
+    /// A UE's KMS access whose KMS (on 127.0.0.1) accepts connections and holds them: each
+    /// accepted connection goes to the returned channel, unanswered, until the test drops it
+    /// (the KMS then closes it without a response: the exchange fails). Also counts them.
+    async fn holding_kms(uid: &str) -> (KmsAccess, mpsc::UnboundedReceiver<tokio::net::TcpStream>, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if tx.send(conn).is_err() {
+                    return;
+                }
+            }
+        });
+        let ue = mediasec_kms::ue::Ue::new(mediasec_kms::identity::KmsUid::parse(uid).expect("uid"), "kms.example", "btid", &[0; 32], 30);
+        let client = mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http(&url).expect("endpoint"));
+        (KmsAccess { ue, client, high_security: None }, rx, accepted)
+    }
+
+    /// The next connection to a [`holding_kms`], and the request line of the request on it.
+    async fn held_request(held: &mut mpsc::UnboundedReceiver<tokio::net::TcpStream>) -> (tokio::net::TcpStream, String) {
+        use tokio::io::AsyncReadExt as _;
+        let mut conn = tokio::time::timeout(Duration::from_secs(5), held.recv()).await.expect("a KMS request in time").expect("listener");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("request in time").expect("read");
+            assert!(n > 0, "the KMS connection closed before a request");
+            head.extend_from_slice(buf.get(..n).unwrap_or_default());
+        }
+        let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+        (conn, line)
+    }
+
+    /// An `RTP/SAVP` offer at the peer carrying a TRANSFER_INIT from `initiator` to `responder`
+    /// under a ticket the initiator's UE made itself (mode 3, TS 33.328 Annex D.4): a 3GPP
+    /// ticket, so the responder's UE asks its KMS to resolve it.
+    fn ticket_offer(peer_addr: SocketAddr, initiator: &str, responder: &str) -> String {
+        use mediasec_kms::identity::{KmsUid, Pattern};
+        let ue = mediasec_kms::ue::Ue::new(KmsUid::parse(initiator).expect("uid"), "kms.example", "btid-i", &[5; 32], 30);
+        let to = KmsUid::parse(responder).expect("uid");
+        let ask = mediasec_kms::ue::Ask { recipients: vec![Pattern::parse(to.as_str()).expect("pattern")], reusable: false, forking: false, lifetime: 60 };
+        let now = unix_now();
+        let held = ue.make_ticket(&ask, now, &fill_random).expect("ticket");
+        let (init, _) = ue.transfer_init(&held, &to, 1, 0x1234, now, [9; 16]).expect("TRANSFER_INIT");
+        offer_answer::sdp_text(SocketAddr::new(peer_addr.ip(), 40_002), 1, "RTP/SAVP", &[ticket::key_mgmt_line(init), "rtcp-mux".into()])
+    }
+
+    fn is_request(m: &Message, method: &Method, to_tag: &str) -> bool {
+        matches!(m, Message::Request(r) if r.method == *method) && value(m, &HeaderName::To).is_some_and(|t| t.ends_with(&format!(";tag={to_tag}")))
+    }
+
+    /// UAC under MIKEY-TICKET, delayed offer with two forks (docs/sip.md §5 "Delayed offer",
+    /// §2). The first fork's 2xx brings bob's TRANSFER_INIT; alice's Ticket Resolve of it is
+    /// held by her KMS. Meanwhile — the UE task is not waiting for the KMS — a retransmission
+    /// of that 2xx gets no ACK yet (the ACK goes with the answer: processed once), and a 2xx
+    /// of a second fork is ACKed at once with an answer refusing every stream (RFC 3261
+    /// §13.2.2.4, RFC 3264 §6: no keys) and ended with BYE, without a Ticket Resolve. When
+    /// the KMS closes the held request unanswered, the first fork's offer is refused the same
+    /// way (ACK with the refusal, BYE) and the call fails; the KMS saw one connection only.
+    #[tokio::test]
+    async fn uac_refuses_an_extra_forks_offer_without_kms_work_while_the_first_waits_for_its_resolve() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let (kms, mut held, accepted) = holding_kms("alice@a.example").await;
+        let (call, ue, invite, to) = offerless_call_as(&peer, Timers::default(), Security::MikeyTicket, Some(kms)).await;
+        let offer = ticket_offer(peer_addr, "bob@b.example", "alice@a.example");
+        let first = peer_response(&invite, 200, "OK", &to, peer_addr, &[], Some(offer.clone()));
+        peer.send_to(&first, ue).await.expect("send");
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=ticketresolve "), "{line}");
+        peer.send_to(&first, ue).await.expect("send");
+        let second = to.replace(";tag=bt", ";tag=bt2");
+        peer.send_to(&peer_response(&invite, 200, "OK", &second, peer_addr, &[], Some(offer)), ue).await.expect("send");
+        let (ack, before) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        assert!(before.is_empty(), "no ACK for the retransmitted 2xx while its answer waits: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert!(is_request(&ack, &Method::Ack, "bt2"), "the second fork's ACK first: {}", text(&ack));
+        let refusal = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(refusal.contains("m=audio 0 RTP/SAVP ") && !refusal.contains("key-mgmt") && !refusal.contains("crypto"), "every stream refused, no keys: {refusal}");
+        let (bye, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Bye)).await;
+        assert!(is_request(&bye, &Method::Bye, "bt2"), "{}", text(&bye));
+        drop(conn);
+        let (ack, _) = until(&peer, Duration::from_secs(5), |m| is_request(m, &Method::Ack, "bt")).await;
+        let refusal = mediasec_sip::body::sdp(&ack).expect("body").expect("an answer in the ACK").to_string();
+        assert!(refusal.contains("m=audio 0 RTP/SAVP ") && !refusal.contains("key-mgmt"), "the failed resolve: refused, {refusal}");
+        until(&peer, Duration::from_secs(2), |m| is_request(m, &Method::Bye, "bt")).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one Ticket Resolve, none for the extra fork");
+        let (alice, result) = call.await.expect("task");
+        assert!(matches!(&result, Err(Error::Negotiation(why)) if why.contains("MIKEY-TICKET")), "{result:?}");
+        let reports = alice.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| r.extra_forks_ended == 1 && matches!(r.state, CallState::Failed(488, _))), "{reports:?}");
+    }
+
+    /// UAS under MIKEY-TICKET (docs/sip.md §2): an INVITE whose TRANSFER_INIT bob must resolve
+    /// at his KMS, which holds the request. The INVITE gets `100 Trying` at once (RFC 3261
+    /// §8.2.6.1); its retransmission is absorbed by the server transaction (no second Ticket
+    /// Resolve); a CANCEL gets 200 and the INVITE 487 while the resolve is still held — the KMS
+    /// work is abandoned. When the KMS then closes the held request, nothing more is sent for
+    /// the call (an OPTIONS' 200 comes with nothing but 487 retransmissions before it), and
+    /// bob still answers.
+    #[tokio::test]
+    async fn uas_cancelled_while_its_ticket_resolve_is_held_sends_nothing_more() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let (kms, mut held, accepted) = holding_kms("bob@b.example").await;
+        let config = UeConfig::loopback("sip:bob@b.example", addr, Security::MikeyTicket, 1500.0, 1000.0);
+        let bob = Ue::start_with_kms(config, Some(kms)).await.expect("UE");
+        let ue = bob.sip_addr();
+        let invite = invite(addr, ue, "", &ticket_offer(addr, "alice@a.example", "bob@b.example"));
+        send(&socket, ue, &invite).await;
+        let (trying, _) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert_eq!(code(&trying), Some(100), "{}", text(&trying));
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=ticketresolve "), "{line}");
+        send(&socket, ue, &invite).await;
+        send(&socket, ue, &format!(
+            "CANCEL sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKinv1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: <sip:bob@b.example>\r\nCall-ID: rel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        let (terminated, before) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(487)).await;
+        assert!(
+            before.iter().all(|m| code(m) == Some(100) || (code(m) == Some(200) && value(m, &HeaderName::CSeq).is_some_and(|c| c.ends_with("CANCEL")))),
+            "only 100s and the CANCEL's 200 before the 487: {:?}",
+            before.iter().map(text).collect::<Vec<_>>()
+        );
+        let to = value(&terminated, &HeaderName::To).expect("To");
+        send(&socket, ue, &format!(
+            "ACK sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKinv1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        drop(conn);
+        send(&socket, ue, &format!(
+            "OPTIONS sip:bob@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bKopt1\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.example>;tag=ot\r\nTo: <sip:bob@b.example>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )).await;
+        let (_, before) = until(&socket, Duration::from_secs(2), |m| code(m) == Some(200) && value(m, &HeaderName::CSeq).is_some_and(|c| c.ends_with("OPTIONS"))).await;
+        assert!(before.iter().all(|m| code(m) == Some(487)), "nothing for the cancelled call: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one Ticket Resolve: the retransmitted INVITE made none");
+        let reports = bob.reports().await.expect("reports");
+        assert!(reports.len() == 1 && reports.iter().all(|r| matches!(r.state, CallState::Failed(487, _)) && r.peer_key.is_none()), "{reports:?}");
+    }
+
+    /// High-security caller whose key is last month's (docs/high-security.md §9): before
+    /// signing its DH_INIT the UE fetches this month's key (`high_security::ready`, Ua
+    /// `keyprovision`), off the UE task (docs/sip.md §2). While its KMS holds that request the
+    /// UE answers an OPTIONS and has sent no INVITE; when the KMS closes the request
+    /// unanswered, the call fails with the provisioning error and still no INVITE goes out.
+    #[tokio::test]
+    async fn uac_held_key_provisioning_does_not_stall_the_ue() {
+        let socket = peer().await;
+        let addr = socket.local_addr().expect("addr");
+        let (mut kms, mut held, accepted) = holding_kms("alice@a.example").await;
+        let ksak = mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]).expect("KSAK");
+        let last_month = unix_now().saturating_sub(Duration::from_secs(40 * 86_400));
+        kms.high_security = Some(local_high_security("sip:alice@a.example", &ksak, last_month));
+        let config = UeConfig::loopback("sip:alice@a.example", addr, Security::HighSecurity, 440.0, 1000.0);
+        let alice = Arc::new(Ue::start_with_kms(config, Some(kms)).await.expect("UE"));
+        let ue = alice.sip_addr();
+        let calling = {
+            let alice = Arc::clone(&alice);
+            tokio::spawn(async move { alice.call("sip:bob@b.example").await })
+        };
+        let (conn, line) = held_request(&mut held).await;
+        assert!(line.starts_with("POST /keymanagement?requesttype=keyprovision "), "{line}");
+        let options = |branch: &str| {
+            format!(
+                "OPTIONS sip:alice@{ue} SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:bob@b.example>;tag=ot\r\nTo: <sip:alice@a.example>\r\nCall-ID: {branch}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        send(&socket, ue, &options("z9hG4bKopt1")).await;
+        let (ok, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert_eq!(code(&ok), Some(200), "{}", text(&ok));
+        assert!(before.is_empty() && !calling.is_finished(), "no INVITE while the key is being fetched: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        drop(conn);
+        let result = tokio::time::timeout(Duration::from_secs(5), calling).await.expect("in time").expect("task");
+        assert!(matches!(&result, Err(Error::Negotiation(why)) if why.contains("key provisioning")), "{result:?}");
+        send(&socket, ue, &options("z9hG4bKopt2")).await;
+        let (ok, before) = until(&socket, Duration::from_secs(2), |m| code(m).is_some()).await;
+        assert!(code(&ok) == Some(200) && before.is_empty(), "no INVITE after the failed provisioning: {:?}", before.iter().map(text).collect::<Vec<_>>());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -241,20 +241,35 @@ pub(crate) fn key_at<'a>(keys: &'a [PeriodKeys], uri: &str, now: Duration) -> Re
 
 /// Makes our high-security credentials ready to sign at `now` (module docs): fetches the
 /// current month's key if missing (failure is an error) and, near the month's end, the next
-/// month's (failure is logged; the next call retries).
-pub async fn ready(access: &mut KmsAccess, now: Duration) -> Result<&mut HighSecurity, Error> {
-    let KmsAccess { ue, client, high_security } = access;
-    let hs = high_security.as_mut().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
+/// month's (failure is logged; the next call retries). The credentials stay in `shared`
+/// ([`ticket::SharedKms`]), locked only to build each request and to add its key, never
+/// across the HTTP exchange; the caller locks it again to sign. Two exchanges that both find
+/// a month missing both fetch it, the later key replacing the earlier ([`HighSecurity::add`]).
+pub async fn ready(shared: &ticket::SharedKms, now: Duration) -> Result<(), Error> {
+    let (missing, uri, sakke, client) = {
+        let access = ticket::lock(shared);
+        let hs = access.high_security.as_ref().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
+        (hs.missing(now)?, hs.uri.clone(), hs.sakke, access.client.clone())
+    };
     let current = period(now)?;
-    for p in hs.missing(now)? {
-        match client.provision_keys_for(ue, &hs.uri, p, hs.sakke).await {
-            Ok(got) if got.period == p => hs.add(got, now)?,
+    for p in missing {
+        let built = ticket::lock(shared).ue.keyprov_request(&uri, p, now, rand::random(), sakke);
+        let fetched = match built {
+            Ok((body, pending)) => client.post_keyprovision(&body, pending).await,
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(got) if got.period == p => {
+                let mut access = ticket::lock(shared);
+                let hs = access.high_security.as_mut().ok_or_else(|| Error::Negotiation("the high-security mode needs an ECCSI key from the KMS".into()))?;
+                hs.add(got, now)?;
+            }
             Ok(got) => return Err(Error::Negotiation(format!("high-security key provisioning: asked {p}, got {}", got.period))),
             Err(e) if p != current => tracing::warn!(period = %p, error = %e, "high-security: next month's ECCSI key not fetched yet; retried at the next call"),
             Err(e) => return Err(Error::Negotiation(format!("high-security key provisioning for {p}: {e}"))),
         }
     }
-    Ok(hs)
+    Ok(())
 }
 
 /// Offerer: DH_INIT to `callee_uri` in an `RTP/SAVP` offer with SDP session version `version`,
@@ -479,14 +494,14 @@ pub(crate) mod tests {
         let client = || mediasec_kms::client::KmsClient::new(mediasec_bsf::client::Endpoint::http("http://127.0.0.1:9").unwrap());
         let uri = "sip:alice@a.example";
         let hs = HighSecurity::new(uri, current, issued(&ksak, uri, current).key, vec![ksak.kpak()]);
-        let mut access = KmsAccess { ue, client: client(), high_security: Some(hs) };
+        let access: ticket::SharedKms = std::sync::Arc::new(std::sync::Mutex::new(KmsAccess { ue, client: client(), high_security: Some(hs) }));
         // Just before the month ends the next key is wanted; the KMS is down: still ready.
         let end = (0..40u64).map(|d| now + Duration::from_secs(d * 86_400)).find(|t| Period::of_unix(t.as_secs()).unwrap() != current).unwrap();
         let last_hour = Duration::from_secs(end.as_secs() - end.as_secs() % 86_400 - 3_600);
         assert_eq!(Period::of_unix(last_hour.as_secs()).unwrap(), current);
-        assert!(ready(&mut access, last_hour).await.is_ok());
+        assert!(ready(&access, last_hour).await.is_ok());
         // In the next month, without its key: an explicit provisioning error.
-        let err = ready(&mut access, end).await.err().unwrap();
+        let err = ready(&access, end).await.err().unwrap();
         assert!(err.to_string().contains("key provisioning"), "{err}");
     }
 }

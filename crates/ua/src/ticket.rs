@@ -25,6 +25,7 @@
 //! downgrade and fails the call.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mediasec_kms::client::KmsClient;
@@ -113,32 +114,66 @@ pub fn has_mikey(sdp: &Sdp) -> bool {
     mikey_data(sdp).ok().flatten().is_some()
 }
 
+/// A UE's [`KmsAccess`] shared between the UE task and the KMS exchanges it runs off that task
+/// (docs/sip.md §2 "KMS work off the UE task"). The lock is taken only for the sans-IO steps
+/// (building a request, processing a response, the ticket caches) and never held across an
+/// HTTP exchange: a `std` guard is not `Send`, so a spawned exchange that kept it across an
+/// `.await` would not compile.
+pub type SharedKms = Arc<Mutex<KmsAccess>>;
+
+/// The KMS access behind `shared`. A poisoned lock (a panic elsewhere while holding it: none
+/// is expected, the sans-IO steps return errors) still yields the state, whose every step
+/// leaves it consistent.
+pub(crate) fn lock(shared: &SharedKms) -> MutexGuard<'_, KmsAccess> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Offerer: Ticket Request (key forking asked; reusable when the UE reuses tickets, see
 /// `mediasec_kms::ue::Ue::set_ticket_reuse`) and TRANSFER_INIT for `callee_uri`, in an offer
 /// with SDP session version `version` (1, or higher in a re-INVITE). A cached reusable ticket
 /// for the callee is used instead of a Ticket Request: such a call contacts no KMS on the
 /// caller's side (TS 33.328 Annex B.1), and the callee's cached resolve spares its side too.
-pub async fn offer(access: &mut KmsAccess, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str) -> Result<(String, PendingCall), Error> {
+/// The Ticket Request goes out without the lock on `shared` ([`SharedKms`]).
+pub async fn offer(shared: &SharedKms, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str) -> Result<(String, PendingCall), Error> {
     let callee = uid_of(callee_uri)?;
-    let held = match access.ue.cached_ticket(&callee, now()) {
+    let cached = lock(shared).ue.cached_ticket(&callee, now());
+    let held = match cached {
         Some(held) => held,
         None => {
-            let reusable = access.ue.ticket_reuse();
-            let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable, forking: true, lifetime: TICKET_LIFETIME_SECS };
-            access.client.request_ticket(&mut access.ue, &ask).await.map_err(kms)?
+            let (request, pending, client) = {
+                let access = lock(shared);
+                let ask = Ask { recipients: vec![Pattern::parse(callee.as_str()).map_err(kms)?], reusable: access.ue.ticket_reuse(), forking: true, lifetime: TICKET_LIFETIME_SECS };
+                let (request, pending) = access.ue.request_init(&ask, rand::random(), now(), rand::random()).map_err(kms)?;
+                (request, pending, access.client.clone())
+            };
+            let response = client.post("ticketrequest", &request).await.map_err(kms)?;
+            lock(shared).ue.on_request_resp(pending, &response, now()).map_err(kms)?
         }
     };
-    let (init, transfer) = access.ue.transfer_init(&held, &callee, rand::random(), ssrc, now(), rand::random()).map_err(kms)?;
+    let (init, transfer) = lock(shared).ue.transfer_init(&held, &callee, rand::random(), ssrc, now(), rand::random()).map_err(kms)?;
     Ok((sdp_text(local, version, SAVP, &[key_mgmt_line(init), RTCP_MUX.into()]), PendingCall { transfer, callee }))
 }
 
-/// Answerer: Ticket Resolve and TRANSFER_RESP; the answer SDP (session version `version`)
-/// and the media.
-pub async fn answer(access: &mut KmsAccess, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
+/// Answerer: Ticket Resolve (unless a reusable resolve is cached) and TRANSFER_RESP; the
+/// answer SDP (session version `version`) and the media. The Ticket Resolve goes out without
+/// the lock on `shared`.
+pub async fn answer(shared: &SharedKms, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32) -> Result<(String, Media), Error> {
     let stream = audio(offer)?;
     let init = mikey_data(offer)?.ok_or_else(|| Error::Negotiation("offer without a=key-mgmt:mikey".into()))?;
-    let resolved = access.client.resolve(&mut access.ue, &init).await.map_err(kms)?;
-    let (resp, media) = access.ue.transfer_resp(&resolved, &init, ssrc, now()).map_err(kms)?;
+    let cached = lock(shared).ue.cached_resolve(&init, now());
+    let resolved = match cached {
+        Some(resolved) => resolved,
+        None => {
+            let (request, pending, client) = {
+                let access = lock(shared);
+                let (request, pending) = access.ue.resolve_init(&init, rand::random(), now(), rand::random()).map_err(kms)?;
+                (request, pending, access.client.clone())
+            };
+            let response = client.post("ticketresolve", &request).await.map_err(kms)?;
+            lock(shared).ue.on_resolve_resp(pending, &response, now()).map_err(kms)?
+        }
+    };
+    let (resp, media) = lock(shared).ue.transfer_resp(&resolved, &init, ssrc, now()).map_err(kms)?;
     // The KMS resolved this ticket and TRANSFER_INIT verified under MPKi: its initiator called.
     let caller = mediasec_kms::ue::ticket_initiator(&init).map_err(kms)?;
     // We send the responder's stream (CS 2) and receive the initiator's (CS 1).
