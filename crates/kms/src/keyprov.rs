@@ -402,7 +402,7 @@ impl Pending {
         for c in r.certificates {
             let c = Community::from_certificate(c).map_err(|e| bad(&e.to_string()))?;
             let own_keys_differ = sakke.as_ref().is_some_and(|s| *c.kpak() != kpak || *c.z() != s.z);
-            if c.kms_uri() == r.kms && own_keys_differ {
+            if c.kms_uri().eq_ignore_ascii_case(&r.kms) && own_keys_differ {
                 return Err(bad("the certificate of the issuing KMS names other keys than the response"));
             }
             if communities.iter().any(|o: &Community| o.kms_uri() == c.kms_uri()) {

@@ -137,14 +137,18 @@ pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, 
 
 /// The Z to encapsulate under for a callee of `domain`, and the IDRkmsi / IDRkmsr to send
 /// (module docs): without certificates, our KMS's `own_z` and no KMS URIs; with them, the
-/// community serving `domain` — ours (IDRkmsr = IDRkmsi) or an external one (its Z, its
-/// URI) —, and an error naming the domain when none does.
+/// community serving `domain` — ours (our Z, no KMS URIs, as within one community) or an
+/// external one (its Z; IDRkmsi ours, IDRkmsr its URI) —, and an error naming the domain
+/// when none does.
 fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey) -> Result<(sakke::PublicKey, Option<String>, Option<String>), Error> {
     let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
         return Ok((*own_z, None, None));
     };
     match community::of_domain(communities, domain) {
-        Some(c) if c.kms_uri() == own_kms => Ok((*own_z, Some(own_kms.to_owned()), None)),
+        // Within our community the message stays as before, without IDRkms (RFC 6509 §4.1:
+        // optional; the callee then tries its trusted KPAKs, our KMS's first). Also keeps
+        // the I_MESSAGE — and the SIP message carrying it — as small as before.
+        Some(c) if c.kms_uri().eq_ignore_ascii_case(own_kms) => Ok((*own_z, None, None)),
         Some(c) => Ok((*c.z(), Some(own_kms.to_owned()), Some(c.kms_uri().to_owned()))),
         None => Err(Error::Negotiation(format!("MIKEY-SAKKE: the callee's domain {domain} belongs to no KMS community this UE holds a KMS certificate for (ours: {own_kms})"))),
     }
@@ -272,9 +276,10 @@ mod tests {
     /// Across two KMS communities (docs/high-security.md §10.9): alice (KMS a) calls carol
     /// (KMS b) — encapsulated under b's Z, IDRkmsi = kms.a.example, IDRkmsr = kms.b.example,
     /// signed with alice's a key; carol verifies under a's KPAK from a's certificate and
-    /// decrypts with her b RSK; SRTP both ways. Refused: dave (b) who holds no certificate of
-    /// a (ERR Auth failure, "unknown community"); carol given a message for the a community
-    /// (ERR Invalid ID); a callee domain of no community (the caller fails before sending).
+    /// decrypts with her b RSK; SRTP both ways. Within a's community no IDRkms is sent.
+    /// Refused: dave (b) who holds no certificate of a (ERR Auth failure, "unknown
+    /// community"); carol given a message whose IDRkmsr is the a community (ERR Invalid ID);
+    /// a callee domain of no community (the caller fails before sending).
     #[test]
     fn cross_community_call_and_refusals() {
         let (ksak_a, z_a) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
@@ -295,8 +300,12 @@ mod tests {
         let (to_dave, _) = offer(&mut alice, local, 1, 0x1111, "sip:dave@b.example", now).unwrap();
         refused_with(answer(&mut dave, &Sdp::parse(&to_dave), local, 1, 0x2222, now).err().unwrap(), ErrorCode::AUTH_FAILURE, "unknown community");
         let (to_bob, _) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
-        assert_eq!(mikey_sakke::kms_uris(&ticket::mikey_data(&Sdp::parse(&to_bob)).unwrap().unwrap()).unwrap(), (Some("kms.a.example".into()), Some("kms.a.example".into())), "same community");
-        refused_with(answer(&mut carol, &Sdp::parse(&to_bob), local, 1, 0x2222, now).err().unwrap(), ErrorCode::INVALID_ID, "kms.a.example");
+        assert_eq!(mikey_sakke::kms_uris(&ticket::mikey_data(&Sdp::parse(&to_bob)).unwrap().unwrap()).unwrap(), (None, None), "same community: no IDRkms, as before");
+        // A message that names the a community as the responder's is not for carol.
+        let o = Offer { prf: PrfFunc::MIKEY_1, csb_id: 7, initiator_uri: "sip:alice@a.example".into(), responder_uri: "sip:carol@b.example".into(), kms_uri: Some("kms.a.example".into()), responder_kms_uri: None, initiator_ssrc: 1, policy: srtp_policy::aes_cm_128_hmac_sha1_80() };
+        let (misdirected, _) = mikey_sakke::build(&o, &key_at(&alice.keys, &alice.uri, now).unwrap().key, &z_b.public_key(), ntp(now), &mut random).unwrap();
+        let sdp = sdp_text(local, 1, SAVP, &[ticket::key_mgmt_line(misdirected), RTCP_MUX.into()]);
+        refused_with(answer(&mut carol, &Sdp::parse(&sdp), local, 1, 0x2222, now).err().unwrap(), ErrorCode::INVALID_ID, "kms.a.example");
         match offer(&mut alice, local, 1, 0x1111, "sip:erin@c.example", now) {
             Err(Error::Negotiation(r)) => assert!(r.contains("c.example") && r.contains("no KMS community"), "{r}"),
             other => panic!("{:?}", other.map(|(sdp, _)| sdp)),
