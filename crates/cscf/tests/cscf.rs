@@ -792,14 +792,15 @@ mod mikey_ticket {
         let lab = lab().await;
         let p = lab.pcscf_a.local_addr();
         let alice = kms_ue(&kms, "alice@a.example", ue("sip:alice@a.example", p, Security::MikeyTicket, ALICE_HZ, BOB_HZ)).await;
-        // bob1 rings 300 ms before answering: bob2's Ticket Resolve, which runs off its UE
-        // task (docs/sip.md §2) and is abandoned if the CANCEL that bob1's answer causes comes
-        // first, has long completed by then on a loaded machine too.
+        // bob1 rings 1 s before answering: bob2's Ticket Resolve, which runs off its UE task
+        // (docs/sip.md §2) and is abandoned if the CANCEL that bob1's answer causes comes
+        // first, has long completed by then on a loaded machine too (a debug-build resolve
+        // on loopback takes milliseconds; CI runs hundreds of tests at once).
         let mut first = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
-        first.answering.delay = Duration::from_millis(300);
+        first.answering.delay = Duration::from_millis(1000);
         let bob1 = kms_ue(&kms, "bob@a.example", first).await;
         let mut slow = ue("sip:bob@a.example", p, Security::MikeyTicket, BOB_HZ, ALICE_HZ);
-        slow.answering.delay = Duration::from_millis(800);
+        slow.answering.delay = Duration::from_millis(3000);
         let bob2 = kms_ue(&kms, "bob@a.example", slow).await;
         let id = call(&alice, "sip:bob@a.example").await.expect("established");
         tokio::time::sleep(Duration::from_millis(1200)).await;
