@@ -1371,6 +1371,63 @@ mod high_security {
         drop(dh);
     }
 
+    /// Cross-community MIKEY-SAKKE (docs/high-security.md §10.9) through the two-domain lab.
+    /// The KMSs of a.example and b.example are Zk peers (mutual TLS under the lab PKI); each
+    /// learns the other's KMS certificate over Zk and hands both certificates to its users
+    /// with their MIKEY-SAKKE keys. erin (a) calls carol (b) through P-CSCF a, the S-CSCFs and
+    /// P-CSCF b: the I_MESSAGE is encapsulated under KMS b's Z, names KMS a in IDRkmsi and
+    /// KMS b in IDRkmsr and is signed with erin's key from KMS a; carol verifies it under a's
+    /// KPAK from a's certificate and decapsulates with her RSK from KMS b; media verified both
+    /// ways, each side's send key the other's receive key. LI: KMS b (the callee's) releases
+    /// exactly the keys both sides send with; KMS a (the caller's) refuses with the typed
+    /// `OtherCommunity` (it does not hold b's z). dave (b), provisioned before KMS b knew a's
+    /// certificate, refuses erin's call with 488 ("unknown community").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cross_community_mikey_sakke_call() {
+        let dir = Dir(std::env::temp_dir().join(format!("mediasec-sip-communities-{}", std::process::id())));
+        let (pol_a, pol_b) = ("[domain.\"a.example\"]\nmikey_sakke = true\n", "[domain.\"b.example\"]\nmikey_sakke = true\n");
+        let domains = [DomainSpec { domain: "a.example", policy: pol_a }, DomainSpec { domain: "b.example", policy: pol_b }];
+        let kms = KmsLab::start(&dir.0, &domains, &["erin@a.example", "carol@b.example", "dave@b.example"], Some(Duration::from_secs(5))).await.expect("KMS lab with Zk");
+        let lab = lab().await;
+        let (pa, pb) = (lab.pcscf_a.local_addr(), lab.pcscf_b.local_addr());
+        let ms = Security::MikeySakke;
+        let dave = hs_ue(&kms, "dave@b.example", ue("sip:dave@b.example", pb, ms, BOB_HZ, ALICE_HZ), false).await;
+        for d in &kms.domains {
+            let learned = d.service.refresh_communities().await;
+            assert!(learned.len() == 1 && learned.iter().all(|(_, r)| r.is_ok()), "{}: {learned:?}", d.domain);
+        }
+        let erin = hs_ue(&kms, "erin@a.example", ue("sip:erin@a.example", pa, ms, ALICE_HZ, BOB_HZ), false).await;
+        let carol = hs_ue(&kms, "carol@b.example", ue("sip:carol@b.example", pb, ms, BOB_HZ, ALICE_HZ), false).await;
+        let id = call(&erin, "sip:carol@b.example").await.expect("established across communities");
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let a = erin.report(&id).await.expect("r").expect("call");
+        let c = only_call(&carol).await;
+        assert_media(&a, &c, "srtp AES_CM_128_HMAC_SHA1_80");
+        assert_eq!((a.peer_key.as_ref(), a.own_key.as_ref()), (c.own_key.as_ref(), c.peer_key.as_ref()));
+        assert_eq!((a.authenticated_peer.as_deref(), c.authenticated_peer.as_deref()), (None, Some("sip:erin@a.example")));
+        let i_message = a.offer_mikey.clone().expect("the offer carried the I_MESSAGE");
+        assert_eq!(mediasec_mikey::mikey_sakke::kms_uris(&i_message).expect("IDRkms"), (Some("kms.a.example".into()), Some("kms.b.example".into())));
+        erin.hangup(&id).await.expect("BYE reaches carol");
+
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let warrant = |id: &str, target: &str| mediasec_kms::li::Warrant { id: id.into(), target: mediasec_kms::identity::KmsUid::parse(target).expect("uid"), not_before: now - 60, not_after: now + 3600 };
+        let kms_b = &kms.domain("b.example").expect("KMS b").service;
+        let released = kms_b.li_release(&warrant("W-B", "carol@b.example"), &i_message, None, now).await.expect("the callee's KMS releases");
+        assert_eq!((released.initiator.as_str(), released.responder.as_str()), ("erin@a.example", "carol@b.example"));
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.initiator_stream.master_key)), a.own_key);
+        assert_eq!(Some(mediasec_sdp::fingerprint(&released.media.responder_stream.master_key)), c.own_key);
+        let kms_a = &kms.domain("a.example").expect("KMS a").service;
+        match kms_a.li_release(&warrant("W-A", "erin@a.example"), &i_message, None, now).await {
+            Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OtherCommunity(k))) => assert_eq!(k, "kms.b.example"),
+            other => panic!("the caller's KMS holds no z of b: {:?}", other.map(|_| "keys released")),
+        }
+
+        let err = call(&erin, "sip:dave@b.example").await.expect_err("dave holds no certificate of KMS a");
+        assert!(matches!(&err, mediasec_ua::Error::CallFailed { code: 488, .. }), "{err}");
+        let d = only_call(&dave).await;
+        assert!(matches!(&d.state, CallState::Failed(488, why) if why.contains("unknown community")), "{d:?}");
+    }
+
     /// Offerless calls in the high-security mode and with MIKEY-SAKKE (RFC 3261 §13.2.1; the
     /// offerer is the MIKEY Initiator, RFC 4567 §3): the callee signs a DH_INIT to the caller
     /// (or sends it an I_MESSAGE) in its 200, the caller verifies it and answers in the ACK
