@@ -150,6 +150,7 @@ fn demo_passes_every_scenario() {
         "offerless call, MIKEY-TICKET (the callee requests the ticket)",
         "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys",
         "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant",
+        "MIKEY-SAKKE across two communities (KMS certificates learned over Zk)",
         "e2ae call (IMS-ALG + AGW)",
         "re-keyed e2ae call (UPDATE via the AGW)",
         "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)",
@@ -162,6 +163,7 @@ fn demo_passes_every_scenario() {
     assert!(text.contains("second call: 0 KMS requests"), "{text}");
     assert!(text.contains("KMS LI key release: refused (no ticket, no key)"), "{text}");
     assert!(text.contains("KMS LI key release under a warrant: the call's keys, both ways"), "{text}");
+    assert!(text.contains("I_MESSAGE names KMS a (signer) and KMS b (Z), callee's KMS LI key release under a warrant: the call's keys, both ways; caller's KMS: refused, encapsulated under kms.b.example"), "{text}");
 }
 
 /// Every published MIKEY vector and every message the MIKEY / MIKEY-TICKET builders produce
