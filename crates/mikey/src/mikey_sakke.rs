@@ -44,13 +44,13 @@ use zeroize::Zeroizing;
 use crate::eccsi::{self, Kpak, SigningKey};
 use crate::error::{Error, Result};
 use crate::header::{CommonHeader, CsIdMap, MIKEY_VERSION, SrtpCs};
-use crate::message::Message;
+use crate::message::{Decoded, Message};
 use crate::error_message::ErrorReport;
 use crate::payload::{Payload, Rand, Sakke, SecurityPolicy, Timestamp};
 use crate::psk::ReplayCache;
 use crate::registry::{DataType, ErrorCode, IdRole, PrfFunc, SakkeIdScheme, SakkeParams};
 use crate::sakke::{self, Rsk};
-use crate::signed_dh::{self, Keys, Refused, check_key, derive, draw, idr, ntp, parse, period_of, seal, signed_error};
+use crate::signed_dh::{self, Keys, Refused, check_key, derive, draw, idr, ntp, parse_decoded, period_of, seal, signed_error};
 use crate::srtp_policy;
 
 /// Length of the RAND payload (RFC 3830 §6.11: at least 128 bits).
@@ -231,12 +231,16 @@ fn idr_data(m: &Message, role: IdRole) -> Result<Vec<u8>> {
 /// signature, verified next, covers both. ERR Invalid DT for another data type, ERR Invalid
 /// ID for a repeated or non-UTF-8 one.
 pub fn kms_uris(i_message: &[u8]) -> Result<(Option<String>, Option<String>)> {
-    let m = Message::decode(i_message)?;
+    kms_uris_of(&Message::decode(i_message)?)
+}
+
+/// [`kms_uris`] of a message already decoded.
+pub fn kms_uris_of(m: &Message) -> Result<(Option<String>, Option<String>)> {
     if m.header.data_type != DataType::SAKKE {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, not an I_MESSAGE", m.header.data_type)));
     }
     let one = |role: IdRole| -> Result<Option<String>> {
-        match idr_data(&m, role) {
+        match idr_data(m, role) {
             Ok(d) => String::from_utf8(d).map(Some).map_err(|_| rejected(ErrorCode::INVALID_ID, format!("{role:?} is not UTF-8"))),
             Err(_) if !m.payloads.iter().any(|p| matches!(p, Payload::Idr(i) if i.role == role)) => Ok(None),
             Err(e) => Err(e),
@@ -271,7 +275,21 @@ pub fn receive(
     skew_secs: u64,
     replay: &mut dyn ReplayCache,
 ) -> Result<Received> {
-    open(admit(i_message, kpak, rsk, now_ntp, skew_secs, replay)?, z, rsk)
+    receive_decoded(&Decoded::decode(i_message)?, kpak, z, rsk, now_ntp, skew_secs, replay)
+}
+
+/// [`receive`] of a message already decoded (e.g. by an LI release that read its KMS URIs
+/// first, [`kms_uris_of`]): no second decoding.
+pub fn receive_decoded(
+    i_message: &Decoded<'_>,
+    kpak: &Kpak,
+    z: &sakke::PublicKey,
+    rsk: &Rsk,
+    now_ntp: u64,
+    skew_secs: u64,
+    replay: &mut dyn ReplayCache,
+) -> Result<Received> {
+    open(admit(i_message.message().clone(), i_message.bytes(), kpak, rsk, now_ntp, skew_secs, replay)?, z, rsk)
 }
 
 /// Responder in a call: [`receive`], and on failure the RFC 3830 §5.1.2 error message to send
@@ -303,7 +321,7 @@ pub fn answer(
     random: &mut dyn FnMut(&mut [u8]),
 ) -> core::result::Result<Received, Refused> {
     let unsigned = |error: Error| Refused { reply: signed_dh::error_reply(i_message, &error, now_ntp), error };
-    let admitted = admit(i_message, kpak, rsk, now_ntp, skew_secs, replay).map_err(unsigned)?;
+    let admitted = Message::decode(i_message).and_then(|m| admit(m, i_message, kpak, rsk, now_ntp, skew_secs, replay)).map_err(unsigned)?;
     let signer = match &admitted.responder {
         Some(uri) if check_key(key, uri, &admitted.p.t).is_ok() => Some((uri.clone(), admitted.p.t, admitted.p.message.header.clone())),
         _ => None,
@@ -341,9 +359,10 @@ struct Admitted {
     responder: Option<String>,
 }
 
-/// [`receive`]'s checks up to the replay cache (the message is then admitted).
-fn admit(i_message: &[u8], kpak: &Kpak, rsk: &Rsk, now_ntp: u64, skew_secs: u64, replay: &mut dyn ReplayCache) -> Result<Admitted> {
-    let p = parse(i_message, DataType::SAKKE)?;
+/// [`receive`]'s checks up to the replay cache (the message is then admitted); `message` is
+/// what `i_message` decodes to.
+fn admit(message: Message, i_message: &[u8], kpak: &Kpak, rsk: &Rsk, now_ntp: u64, skew_secs: u64, replay: &mut dyn ReplayCache) -> Result<Admitted> {
+    let p = parse_decoded(message, i_message, DataType::SAKKE)?;
     let m = &p.message;
     let mut sakkes = m.payloads.iter().filter_map(|x| if let Payload::Sakke(s) = x { Some(s) } else { None });
     let s = match (sakkes.next(), sakkes.next()) {

@@ -278,7 +278,7 @@ pub(crate) fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
 }
 
 /// [`parse`] of `message`, the message `bytes` decode to.
-fn parse_decoded(message: Message, bytes: &[u8], dt: DataType) -> Result<Parsed> {
+pub(crate) fn parse_decoded(message: Message, bytes: &[u8], dt: DataType) -> Result<Parsed> {
     if message.header.data_type != dt {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, expected {dt:?}", message.header.data_type)));
     }
