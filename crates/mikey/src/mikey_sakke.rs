@@ -33,7 +33,8 @@
 //!
 //! **Properties, plainly** (docs/high-security.md): the KMS master secret z decrypts every
 //! I_MESSAGE ever sent to any of its users, past and future (key escrow by design, no
-//! forward secrecy); only the initiator is authenticated (the responder sends nothing);
+//! forward secrecy); only the initiator is authenticated (the responder sends nothing but,
+//! on a refusal, a signed error: [`answer`]);
 //! lawful interception needs no man in the middle. The opposite trade-off to
 //! [`crate::signed_dh`].
 //!

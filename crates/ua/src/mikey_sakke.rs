@@ -8,7 +8,9 @@
 //! message is asked for), so there is nothing to carry. Both sides derive the SRTP keys of CS 1
 //! (caller) and CS 2 (callee) from the SSV. Failures are refused with 488 and, when the
 //! message had a decodable header, the RFC 3830 §5.1.2 MIKEY Error message, as in the
-//! high-security mode ([`crate::high_security`]).
+//! high-security mode ([`crate::high_security`]): signed by the callee once it admitted the
+//! I_MESSAGE ([`mikey_sakke::answer`]), which the caller reads for the call's failure reason
+//! ([`refusal`]: signed by whom, or a hint only).
 //!
 //! Keys come from the UE's KMS per month with the ECCSI key (Ua `keyprovision` with `sakke`,
 //! policy `mikey_sakke`), kept and renewed by the same [`HighSecurity`] credentials and
@@ -32,7 +34,7 @@
 //!
 //! Properties (stated in docs/high-security.md §10): the KMS can derive every call key (LI
 //! without a man in the middle), no forward secrecy, only the caller is authenticated — the
-//! caller learns nothing of who answered beyond SIP.
+//! caller learns nothing of who answered beyond SIP (only a refusal is signed).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
