@@ -655,7 +655,7 @@ mod tests {
         broken[last] ^= 1;
         unsigned(&broken, &bob, 5, ErrorCode::AUTH_FAILURE);
         let (unopenable, _) = build(&offer(6, BOB), &alice, &other_master.public_key(), NOW, &mut random).unwrap();
-        let december = NOW + (30 * 86_400 << 32);
+        let december = NOW + ((30 * 86_400) << 32);
         unsigned(&unopenable, &key(BOB, december), 6, ErrorCode::AUTH_FAILURE);
     }
 

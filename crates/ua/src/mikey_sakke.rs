@@ -401,8 +401,7 @@ mod tests {
         assert_eq!(refusal(&alice, &pending, &refused).unwrap(), "MIKEY error Authentication failure (signed by sip:bob@a.example)");
 
         let mut altered = error.clone();
-        let last = altered.len() - 1;
-        altered[last] ^= 1;
+        *altered.last_mut().unwrap() ^= 1;
         let (altered, _) = refusing_sdp(&offered, Error::KeyRefused { reason: String::new(), mikey_error: Some(altered) });
         let why = refusal(&alice, &pending, &altered).unwrap();
         assert!(why.starts_with("MIKEY error message not accepted"), "{why}");
