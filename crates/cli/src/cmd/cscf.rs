@@ -15,6 +15,7 @@ use mediasec_cscf::alg::Provisioned;
 use mediasec_cscf::service::Cscf;
 use mediasec_cscf::{ProxyConfig, Role};
 use mediasec_sip::core::Timers;
+use mediasec_sip::locate::{DnsResolver, Resolve};
 use mediasec_sip::tls::{client_config, read_pem, server_config, Tls, TlsServer};
 use mediasec_sip::udp::Config;
 
@@ -93,6 +94,12 @@ pub(crate) struct Args {
     /// printed).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Locate next hops named by host name by DNS (RFC 3263: NAPTR, SRV, A/AAAA): `system` for
+    /// the name servers of /etc/resolv.conf, or a name server's ADDR (IP:PORT). An S-CSCF then
+    /// also routes a request for another domain without a --peer to that domain's servers.
+    /// Without it, a host-name next hop fails as unreachable.
+    #[arg(long, value_name = "system|ADDR")]
+    dns: Option<String>,
 }
 
 /// The endpoint's TLS setup from the `--tls-*` flags.
@@ -144,10 +151,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail };
-    let endpoint = Config { tls, ..Config::from(Timers::default()) };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail, dns: args.dns.is_some() };
+    let mut endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {
+        endpoint.resolver = match args.dns.as_deref() {
+            None => None,
+            Some("system") => Some(Arc::new(DnsResolver::system().context("--dns system")?) as Arc<dyn Resolve>),
+            Some(addr) => Some(Arc::new(DnsResolver::with_server(addr.parse().with_context(|| format!("--dns {addr}: not system or IP:PORT"))?)) as Arc<dyn Resolve>),
+        };
         let cscf = Arc::new(Cscf::start_with(config, args.listen, endpoint).await.context("starting the CSCF")?);
         println!("listening on {}", cscf.local_addr());
         if let Some(tls) = cscf.tls_addr() {
