@@ -822,10 +822,10 @@ impl Proxy {
                     return if out.is_empty() { Err((480, "Temporarily Unavailable")) } else { Ok(out) };
                 }
                 match self.config.peers.get(&host) {
-                    Some(p) => Ok(vec![(uri.clone(), vec![], Hop::Addr(*p))]),
+                    Some(p) => Ok(vec![(uri, vec![], Hop::Addr(*p))]),
                     // Another domain without a configured peer: its servers by DNS (RFC 3263
                     // §4: the Request-URI's host), when this proxy locates by DNS.
-                    None if self.config.dns && !host.is_empty() => Ok(vec![(uri.clone(), vec![], Hop::Uri(uri.clone()))]),
+                    None if self.config.dns && !host.is_empty() => Ok(vec![(uri.clone(), vec![], Hop::Uri(uri))]),
                     None => Err((404, "Not Found")),
                 }
             }

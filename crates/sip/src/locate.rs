@@ -215,10 +215,10 @@ pub fn srv_services(name: &str, allowed: &[Transport]) -> Vec<(Transport, String
 /// weights first in the running sum, so they are picked only rarely unless all are zero).
 /// Empty when the records say the service is not offered (a single target `.`).
 pub fn order_srv<R: rand::Rng + ?Sized>(records: &[Srv], rng: &mut R) -> Vec<Srv> {
-    if let [only] = records {
-        if only.target == "." || only.target.is_empty() {
-            return Vec::new();
-        }
+    if let [only] = records
+        && (only.target == "." || only.target.is_empty())
+    {
+        return Vec::new();
     }
     let mut priorities: Vec<u16> = records.iter().map(|r| r.priority).collect();
     priorities.sort_unstable();
@@ -434,12 +434,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn uri(s: &str) -> Uri {
-        Uri::parse(bytes::Bytes::copy_from_slice(s.as_bytes())).unwrap()
+        Uri::parse(bytes::Bytes::copy_from_slice(s.as_bytes())).expect("URI")
     }
 
     #[test]
     fn start_follows_rfc3263_4_1_and_4_2() {
-        let done = |t, a: &str| Ok(Start::Done(Target { transport: t, addr: a.parse().unwrap() }));
+        let done = |t, a: &str| Ok(Start::Done(Target { transport: t, addr: a.parse().expect("address") }));
         assert_eq!(start(&uri("sip:192.0.2.1")), done(Transport::Udp, "192.0.2.1:5060"));
         assert_eq!(start(&uri("sips:192.0.2.1")), done(Transport::Tls, "192.0.2.1:5061"));
         assert_eq!(start(&uri("sip:[2001:db8::1]:5070;transport=tcp")), done(Transport::Tcp, "[2001:db8::1]:5070"));
