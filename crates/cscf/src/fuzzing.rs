@@ -70,6 +70,7 @@ impl Run {
             core_srtp: false,
             voicemail: Some("sip:vm@a.example".into()),
             dns: true,
+            hostnames: vec!["pcscf.a.example".into()],
         };
         Self { proxy: Proxy::new(config, LOCAL), now: Instant::now(), forwarded: Vec::new() }
     }

@@ -99,6 +99,7 @@ impl TwoDomains {
             e2ae_provisioned: Provisioned::default(),
             core_srtp: false,
             dns: peer.is_none(),
+            hostnames: Vec::new(),
             voicemail,
         };
         let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned, core_srtp: bool| ProxyConfig {
@@ -113,6 +114,7 @@ impl TwoDomains {
             core_srtp,
             voicemail: None,
             dns: false,
+            hostnames: vec![format!("pcscf.{domain}")],
         };
         let t = Timers::default();
         let scscf_a = match dns_a {

@@ -66,6 +66,11 @@ pub struct ProxyConfig {
     /// DNS names for it (RFC 3263 §4, located by the endpoint's resolver) instead of being
     /// answered 404. (A `Route` or `Path` entry with a host name is located by DNS either way.)
     pub dns: bool,
+    /// Host names that name this proxy (besides its addresses) in a `Route` or Request-URI,
+    /// e.g. `pcscf.a.example` when UEs locate it by DNS (RFC 3263): a top `Route` with one of
+    /// them (no port, or one of ours) is removed as ours (RFC 3261 §16.4) instead of being
+    /// located and sent out again.
+    pub hostnames: Vec<String>,
     /// S-CSCF: AOR → new Request-URI (retargeting).
     pub retarget: HashMap<String, String>,
     /// P-CSCF: supports the `mediasec` indication (answers `Security-Server`).
@@ -640,9 +645,19 @@ impl Proxy {
         vec![Command::Respond { key: key.clone(), response }]
     }
 
+    /// Whether `uri` names this proxy: one of its addresses, or one of its
+    /// [`ProxyConfig::hostnames`] without a port or with one of its ports.
     fn is_us(&self, uri: &Uri) -> bool {
-        let at = socket_addr(uri);
-        at == Some(self.local) || (at.is_some() && at == self.tls_local)
+        match uri.host() {
+            Some(mediasec_sip::core::Host::Name(name)) => {
+                let ports = [Some(self.local.port()), self.tls_local.map(|t| t.port())];
+                self.config.hostnames.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name.as_bytes())) && uri.port().is_none_or(|p| ports.contains(&Some(p)))
+            }
+            _ => {
+                let at = socket_addr(uri);
+                at == Some(self.local) || (at.is_some() && at == self.tls_local)
+            }
+        }
     }
 
     /// The `Record-Route` values to push, in order, for a request that came in over TLS or not
@@ -2084,6 +2099,7 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             core_srtp: false,
             voicemail: None,
             dns: false,
+            hostnames: Vec::new(),
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }
@@ -2157,6 +2173,12 @@ From: <sip:a@a.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: {branch}\r\nCSeq: 1 MES
         let out = pcscf.handle(Event::Request { key, request: r, source: UE }, now);
         assert_eq!(located(&out).as_deref(), Some("sip:scscf.a.example;lr"), "{out:?}");
 
+        // A Route naming this proxy by one of its host names is ours: removed, not located.
+        let mut named = Proxy::new(ProxyConfig { hostnames: vec!["pcscf.a.example".into()], ..pcscf.config.clone() }, pcscf.local);
+        let (key, r) = request_event(&message("sip:bob@b.example", "Route: <sip:PCSCF.a.example;lr>\r\n", "z9hG4bKn5"));
+        let out = named.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(located(&out).is_none() && out.iter().any(|c| matches!(c, Command::Request { to, .. } if *to == SCSCF)), "{out:?}");
+
         let mut plain = Proxy::new(scscf.config.clone(), scscf.local);
         let (key, r) = request_event(&message("sip:carol@c.example", "", "z9hG4bKn2"));
         let out = plain.handle(Event::Request { key, request: r, source: UE }, now);
@@ -2190,6 +2212,7 @@ From: <sip:a@a.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: {branch}\r\nCSeq: 1 MES
             core_srtp: false,
             voicemail: None,
             dns: false,
+            hostnames: Vec::new(),
         };
         Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)))
     }

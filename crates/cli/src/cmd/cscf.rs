@@ -100,6 +100,10 @@ pub(crate) struct Args {
     /// Without it, a host-name next hop fails as unreachable.
     #[arg(long, value_name = "system|ADDR")]
     dns: Option<String>,
+    /// A host name that names this proxy in a Route or Request-URI (repeatable), e.g. the
+    /// name UEs locate it by: a top Route with it is ours and removed, not located again.
+    #[arg(long, value_name = "NAME")]
+    hostname: Vec<String>,
 }
 
 /// The endpoint's TLS setup from the `--tls-*` flags.
@@ -151,7 +155,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail, dns: args.dns.is_some() };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail, dns: args.dns.is_some(), hostnames: args.hostname.iter().map(|h| h.to_ascii_lowercase()).collect() };
     let mut endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {
