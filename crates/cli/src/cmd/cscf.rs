@@ -3,7 +3,9 @@
 //! also on TLS at `--tls-port` (RFC 3261 §26.2), e.g. a P-CSCF for UEs that protect their
 //! signalling (and so their SDES keys) with TLS. Logs every request, registration,
 //! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr. With
-//! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`.
+//! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`. With `--dns
+//! system|ADDR`, next hops named by a host name are located by DNS (RFC 3263) and an S-CSCF
+//! routes other domains without a `--peer` by DNS; `--hostname NAME` names this proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,7 +17,6 @@ use mediasec_cscf::alg::Provisioned;
 use mediasec_cscf::service::Cscf;
 use mediasec_cscf::{ProxyConfig, Role};
 use mediasec_sip::core::Timers;
-use mediasec_sip::locate::{DnsResolver, Resolve};
 use mediasec_sip::tls::{client_config, read_pem, server_config, Tls, TlsServer};
 use mediasec_sip::udp::Config;
 
@@ -159,11 +160,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        endpoint.resolver = match args.dns.as_deref() {
-            None => None,
-            Some("system") => Some(Arc::new(DnsResolver::system().context("--dns system")?) as Arc<dyn Resolve>),
-            Some(addr) => Some(Arc::new(DnsResolver::with_server(addr.parse().with_context(|| format!("--dns {addr}: not system or IP:PORT"))?)) as Arc<dyn Resolve>),
-        };
+        endpoint.resolver = super::dns_resolver(args.dns.as_deref())?;
         let cscf = Arc::new(Cscf::start_with(config, args.listen, endpoint).await.context("starting the CSCF")?);
         println!("listening on {}", cscf.local_addr());
         if let Some(tls) = cscf.tls_addr() {
