@@ -150,6 +150,7 @@ fn demo_passes_every_scenario() {
         "offerless call, MIKEY-TICKET (the callee requests the ticket)",
         "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys",
         "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant",
+        "MIKEY-SAKKE across two communities (KMS certificates learned over Zk)",
         "e2ae call (IMS-ALG + AGW)",
         "re-keyed e2ae call (UPDATE via the AGW)",
         "e2ae call with preconditions (reliable 183, PRACK, early UPDATE via the AGW)",
@@ -162,6 +163,7 @@ fn demo_passes_every_scenario() {
     assert!(text.contains("second call: 0 KMS requests"), "{text}");
     assert!(text.contains("KMS LI key release: refused (no ticket, no key)"), "{text}");
     assert!(text.contains("KMS LI key release under a warrant: the call's keys, both ways"), "{text}");
+    assert!(text.contains("I_MESSAGE names KMS a (signer) and KMS b (Z), callee's KMS LI key release under a warrant: the call's keys, both ways; caller's KMS: refused, encapsulated under kms.b.example"), "{text}");
 }
 
 /// Every published MIKEY vector and every message the MIKEY / MIKEY-TICKET builders produce
@@ -282,9 +284,14 @@ const KMS_MASTER: &str = "3c5f0e9d8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e
 /// Starts `kms serve` on `store` and waits for its listening line; `None` with the reason on
 /// stderr when it exits first.
 fn kms_serve(store: &str, extra: &[&str]) -> Result<ServerProcess, String> {
+    kms_serve_as("kms.a.example", store, extra)
+}
+
+/// [`kms_serve`] of the KMS `fqdn`.
+fn kms_serve_as(fqdn: &str, store: &str, extra: &[&str]) -> Result<ServerProcess, String> {
     use std::io::BufRead as _;
     let mut args = vec![
-        "kms", "serve", "--fqdn", "kms.a.example", "--store", store, "--bsf", "http://127.0.0.1:9", "--zn-token", "zn",
+        "kms", "serve", "--fqdn", fqdn, "--store", store, "--bsf", "http://127.0.0.1:9", "--zn-token", "zn",
         "--admin-token", "adm", "--listen", "127.0.0.1:0", "--reload", "1",
     ];
     args.extend_from_slice(extra);
@@ -298,7 +305,11 @@ fn kms_serve(store: &str, extra: &[&str]) -> Result<ServerProcess, String> {
         .expect("spawn mediasec kms serve");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    let mut reader = std::io::BufReader::new(stdout);
+    let _ = reader.read_line(&mut line);
+    // Kept open: with Zk, `kms serve` prints a second line ("Zk listening …"), and a closed
+    // pipe would make that print fail and the process exit.
+    child.stdout = Some(reader.into_inner());
     match line.rsplit_once("://") {
         Some((_, addr)) => Ok(ServerProcess { child, addr: addr.trim().to_owned() }),
         None => {
@@ -615,6 +626,58 @@ fn kms_pki_then_serve_ua_over_https() {
     let plain = http_request(&p.addr, "GET", "/admin/v1/users", "");
     assert!(plain.map_or(true, |(status, _)| status == 0), "plain HTTP answered on the TLS port");
     drop(p);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Cross-community MIKEY-SAKKE at the CLI (docs/high-security.md §10.9): two `kms serve`
+/// processes peered over Zk (lab PKI; Zk ports from `free_ports`); KMS a also configures a
+/// third community's certificate (`--community-cert`). An on-demand refresh at a learns b's
+/// certificate over Zk — the one b publishes at `/keymanagement/certificate` —, and the
+/// admin list shows both with their source. A malformed certificate file stops `kms serve`
+/// with the reason.
+#[test]
+fn kms_serve_learns_a_zk_peers_certificate_and_takes_configured_ones() {
+    let dir = std::env::temp_dir().join(format!("mediasec-cli-communities-{}", std::process::id()));
+    let pki = dir.join("pki");
+    let out = mediasec(&["kms", "pki", "--out", pki.to_str().expect("path"), "--domain", "a.example", "--domain", "b.example"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let base = mediasec_testkit::free_ports(2);
+    let (zk_a, zk_b) = (format!("127.0.0.1:{base}"), format!("127.0.0.1:{}", base + 1));
+    let pki_s = pki.to_str().expect("path");
+    let store = |d: &str| dir.join(format!("kms-{d}.redb")).to_str().expect("path").to_owned();
+    let b = kms_serve_as("kms.b.example", &store("b"), &["--zk-listen", &zk_b, "--zk-pki", pki_s, "--zk-peer", &format!("a.example={zk_a}")]).expect("kms b");
+    let (status, published) = http_request(&b.addr, "GET", "/keymanagement/certificate", "").expect("b's certificate");
+    assert_eq!(status, 200, "{published}");
+    let mut c: serde_json::Value = serde_json::from_str(&published).expect("JSON");
+    c["kms_uri"] = "kms.c.example".into();
+    c["kms_domain_list"] = serde_json::json!(["c.example"]);
+    let c_file = dir.join("kms.c.example.json");
+    std::fs::write(&c_file, serde_json::to_vec(&c).expect("json")).expect("write");
+    let a = kms_serve_as("kms.a.example", &store("a"), &["--zk-listen", &zk_a, "--zk-pki", pki_s, "--zk-peer", &format!("b.example={zk_b}"), "--community-cert", c_file.to_str().expect("path")]).expect("kms a");
+    let (status, refreshed) = match http_request(&a.addr, "POST", "/admin/v1/communities/refresh", "") {
+        Ok(r) => r,
+        Err(e) => {
+            let mut a = a;
+            let _ = a.child.kill();
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut a.child.stderr.take().expect("stderr"), &mut err);
+            panic!("refresh: {e}; kms a's stderr: {err}");
+        }
+    };
+    assert_eq!(status, 200, "{refreshed}");
+    assert!(refreshed.contains(r#""kms":"kms.b.example""#), "{refreshed}");
+    let (_, listed) = http_request(&a.addr, "GET", "/admin/v1/communities", "").expect("list");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let list = listed["communities"].as_array().expect("list");
+    let of = |uri: &str| list.iter().find(|e| e["certificate"]["kms_uri"] == uri).unwrap_or_else(|| panic!("{uri} in {listed}"));
+    assert_eq!(of("kms.b.example")["source"]["zk_peer"], "b.example");
+    assert_eq!(of("kms.b.example")["certificate"], serde_json::from_str::<serde_json::Value>(&published).expect("JSON"), "what b publishes");
+    assert_eq!(of("kms.c.example")["source"]["configured"], true);
+    drop((a, b));
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, br#"{"version":1}"#).expect("write");
+    let err = kms_serve_as("kms.a.example", &store("a2"), &["--community-cert", bad.to_str().expect("path")]).err().expect("refused");
+    assert!(err.contains("KMS certificate"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -18,7 +18,7 @@ use mediasec_bsf::client::{Endpoint, HttpResponse, parse_response, request};
 use rustls::pki_types::ServerName;
 
 use crate::pki::kms_name;
-use crate::server::{MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY};
+use crate::server::{CERTIFICATE_CONTENT_TYPE, CERTIFICATE_PATH, MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY};
 use crate::{ZkError, ZkTls};
 
 /// Largest response read (a base64 MIKEY answer and headers).
@@ -74,14 +74,32 @@ impl ZkClient {
         self.timeout
     }
 
+    /// Fetches the KMS certificate of the peer KMS of `peer_domain` (`GET
+    /// /keymanagement/certificate` over the same mutually authenticated channel, bounded like
+    /// a resolve): its JSON, unparsed (the KMS validates it).
+    pub async fn certificate(&self, peer_domain: &str) -> Result<Vec<u8>, ZkError> {
+        let endpoint = self.endpoint(peer_domain)?;
+        let host = kms_name(peer_domain);
+        let headers = [("Host", host.as_str()), ("Accept", CERTIFICATE_CONTENT_TYPE), ("User-Agent", "mediasec-kms-zk")];
+        let fetch = async {
+            let r = request(endpoint, "GET", CERTIFICATE_PATH, &headers, b"").await.map_err(|e| zk_err(peer_domain, endpoint.authority(), e))?;
+            certificate_answer(&r, 0)
+        };
+        tokio::time::timeout(self.timeout, fetch).await.map_err(|_| ZkError::Timeout { peer: peer_domain.to_owned(), after: self.timeout })?
+    }
+
+    fn endpoint(&self, peer_domain: &str) -> Result<&Endpoint, ZkError> {
+        match self.peers.get(peer_domain) {
+            None => Err(ZkError::UnknownPeer(peer_domain.to_owned())),
+            Some(Peer::NotDns) => Err(ZkError::Config(format!("peer domain {peer_domain:?} is not a DNS name"))),
+            Some(Peer::Ready(e)) => Ok(e),
+        }
+    }
+
     /// Forwards `request` (a MIKEY RESOLVE_INIT) to the KMS of `peer_domain` and returns its
     /// answer (a RESOLVE_RESP or a MIKEY Error message).
     pub async fn resolve(&self, peer_domain: &str, request: &[u8]) -> Result<Vec<u8>, ZkError> {
-        let endpoint = match self.peers.get(peer_domain) {
-            None => return Err(ZkError::UnknownPeer(peer_domain.to_owned())),
-            Some(Peer::NotDns) => return Err(ZkError::Config(format!("peer domain {peer_domain:?} is not a DNS name"))),
-            Some(Peer::Ready(e)) => e,
-        };
+        let endpoint = self.endpoint(peer_domain)?;
         tokio::time::timeout(self.timeout, exchange(endpoint, peer_domain, request))
             .await
             .map_err(|_| ZkError::Timeout { peer: peer_domain.to_owned(), after: self.timeout })?
@@ -107,6 +125,32 @@ pub fn decode_answer(raw: &[u8]) -> Result<Vec<u8>, ZkError> {
         other => ZkError::BadResponse { offset: 0, reason: other.to_string() },
     })?;
     answer(&r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4))
+}
+
+/// Decodes a complete raw HTTP response to a certificate request as
+/// [`ZkClient::certificate`] does (the `kms_certificate` fuzz target). Never panics.
+pub fn decode_certificate_answer(raw: &[u8]) -> Result<Vec<u8>, ZkError> {
+    let r = parse_response(raw).map_err(|e| match e {
+        BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
+        other => ZkError::BadResponse { offset: 0, reason: other.to_string() },
+    })?;
+    certificate_answer(&r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4))
+}
+
+/// The certificate JSON of a 200 (`application/json`, non-empty), or the refusal of a
+/// 4xx/5xx as for resolves.
+fn certificate_answer(r: &HttpResponse, body_at: usize) -> Result<Vec<u8>, ZkError> {
+    if r.status != 200 {
+        return answer(r, body_at);
+    }
+    let ct = r.header("content-type").unwrap_or_default();
+    if !ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(CERTIFICATE_CONTENT_TYPE)) {
+        return Err(ZkError::BadResponse { offset: 0, reason: format!("200 with Content-Type {ct:?}, not {CERTIFICATE_CONTENT_TYPE}") });
+    }
+    if r.body.trim_ascii().is_empty() {
+        return Err(ZkError::BadResponse { offset: body_at, reason: "empty KMS certificate".into() });
+    }
+    Ok(r.body.to_vec())
 }
 
 /// The MIKEY answer of a 200, or [`ZkError::Refused`] with the status and reason of a

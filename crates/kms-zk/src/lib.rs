@@ -10,6 +10,9 @@
 //! - [`ZkTls`]: a KMS's TLS identity (server and client configurations).
 //! - [`serve`] + [`ZkHandler`]: the KMS_I side, with a per-domain allow-list.
 //! - [`ZkClient`]: the KMS_R side, every resolve bounded in time, failures typed ([`ZkError`]).
+//! - KMS certificates *(ours)*: `GET /keymanagement/certificate` on the same channel
+//!   ([`ZkHandler::certificate`], [`ZkClient::certificate`]) for cross-community MIKEY-SAKKE
+//!   (docs/zk.md "KMS certificates").
 //!
 //! The MIKEY processing itself (Annex B.2.3 steps) is the KMS's; this crate moves bytes.
 
@@ -19,7 +22,7 @@ pub mod pki;
 mod server;
 mod tls;
 
-pub use client::{ZkClient, decode_answer};
+pub use client::{ZkClient, decode_answer, decode_certificate_answer};
 pub use error::ZkError;
-pub use server::{MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY, ZkFuture, ZkHandler, serve};
+pub use server::{CERTIFICATE_CONTENT_TYPE, CERTIFICATE_PATH, MAX_BODY, MIKEY_CONTENT_TYPE, ZK_PATH, ZK_QUERY, ZkFuture, ZkHandler, serve};
 pub use tls::ZkTls;

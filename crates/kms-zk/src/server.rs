@@ -20,6 +20,10 @@
 //! `text/plain` body. The peer's domain is the one allowed domain whose `kms.<domain>` its
 //! verified client certificate names; a peer not allowed is refused (403) before the handler
 //! runs.
+//!
+//! `GET /keymanagement/certificate` *(ours)* answers an allow-listed peer this KMS's KMS
+//! certificate (200, `application/json`; [`ZkHandler::certificate`]), the same peer checks
+//! first.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -32,7 +36,7 @@ use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -49,6 +53,10 @@ pub const ZK_PATH: &str = "/keymanagement";
 pub const ZK_QUERY: &str = "requesttype=ticketresolve";
 /// The MIKEY media type of request and answer bodies.
 pub const MIKEY_CONTENT_TYPE: &str = "application/mikey";
+/// The path of a KMS certificate request (ours; docs/zk.md "KMS certificates").
+pub const CERTIFICATE_PATH: &str = "/keymanagement/certificate";
+/// The media type of a KMS certificate.
+pub const CERTIFICATE_CONTENT_TYPE: &str = "application/json";
 /// Largest request body accepted (base64 text).
 pub const MAX_BODY: usize = 64 * 1024;
 
@@ -65,6 +73,13 @@ pub trait ZkHandler: Send + Sync + 'static {
     /// Resolves `request` (the decoded MIKEY RESOLVE_INIT) for the authenticated peer KMS
     /// of `peer_domain`.
     fn resolve<'a>(&'a self, peer_domain: &'a str, request: Vec<u8>) -> ZkFuture<'a, Vec<u8>>;
+
+    /// This KMS's KMS certificate (JSON) for the authenticated peer KMS of `peer_domain`
+    /// (`GET` [`CERTIFICATE_PATH`]). By default none: 404.
+    fn certificate<'a>(&'a self, peer_domain: &'a str) -> ZkFuture<'a, Vec<u8>> {
+        let _ = peer_domain;
+        Box::pin(async { Err(ZkError::Refused { status: 404, reason: "this KMS publishes no KMS certificate".into() }) })
+    }
 }
 
 /// The verified end-entity client certificate of a Zk connection.
@@ -100,9 +115,47 @@ pub fn serve(
         let state = Arc::new(ZkState { allowed, handler });
         let app = Router::new()
             .route(ZK_PATH, post(resolve))
+            .route(CERTIFICATE_PATH, get(certificate))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(state);
         axum::serve(listener, app.into_make_service_with_connect_info::<PeerCert>()).await.map_err(ZkError::Io)
+    }
+}
+
+/// The verified peer's domain, or the status and reason of the refusal to send.
+fn authorised<'a>(st: &'a ZkState, cert: &PeerCert) -> Result<&'a str, (StatusCode, String)> {
+    // rustls already required and verified the certificate; this only maps it to a domain.
+    let Some(cert) = &cert.0 else {
+        return Err((StatusCode::UNAUTHORIZED, "Zk requires a KMS client certificate".into()));
+    };
+    peer_domain(cert, &st.allowed).map_err(|reason| {
+        info!(%reason, "Zk peer refused");
+        (StatusCode::FORBIDDEN, reason)
+    })
+}
+
+fn refusal(peer: &str, e: ZkError) -> Response {
+    match e {
+        ZkError::Refused { status, reason } => {
+            let status = StatusCode::from_u16(status).ok().filter(|s| s.is_client_error() || s.is_server_error());
+            text(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &reason)
+        }
+        e => {
+            warn!(peer, error = %e, "Zk handler failed");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+    }
+}
+
+/// `GET /keymanagement/certificate`: this KMS's certificate to an allow-listed peer.
+async fn certificate(State(st): State<Arc<ZkState>>, ConnectInfo(cert): ConnectInfo<PeerCert>) -> Response {
+    let peer = match authorised(&st, &cert) {
+        Ok(d) => d,
+        Err((status, reason)) => return text(status, &reason),
+    };
+    match st.handler.certificate(peer).await {
+        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, CERTIFICATE_CONTENT_TYPE)], json).into_response(),
+        Err(e) => refusal(peer, e),
     }
 }
 
@@ -113,16 +166,9 @@ async fn resolve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // rustls already required and verified the certificate; this only maps it to a domain.
-    let Some(cert) = cert.0 else {
-        return text(StatusCode::UNAUTHORIZED, "Zk requires a KMS client certificate");
-    };
-    let peer = match peer_domain(&cert, &st.allowed) {
+    let peer = match authorised(&st, &cert) {
         Ok(d) => d,
-        Err(reason) => {
-            info!(%reason, "Zk peer refused");
-            return text(StatusCode::FORBIDDEN, &reason);
-        }
+        Err((status, reason)) => return text(status, &reason),
     };
     if !query.as_deref().is_some_and(|q| q.split('&').any(|p| p == ZK_QUERY)) {
         return text(StatusCode::BAD_REQUEST, "Zk carries only requesttype=ticketresolve");
@@ -138,13 +184,6 @@ async fn resolve(
     };
     match st.handler.resolve(peer, request).await {
         Ok(answer) => (StatusCode::OK, [(header::CONTENT_TYPE, MIKEY_CONTENT_TYPE)], STANDARD.encode(answer)).into_response(),
-        Err(ZkError::Refused { status, reason }) => {
-            let status = StatusCode::from_u16(status).ok().filter(|s| s.is_client_error() || s.is_server_error());
-            text(status.unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &reason)
-        }
-        Err(e) => {
-            warn!(peer, error = %e, "Zk handler failed");
-            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
+        Err(e) => refusal(peer, e),
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mediasec_kms_zk::{ZkClient, ZkError, ZkFuture, ZkHandler, ZkTls, decode_answer, pki, serve};
+use mediasec_kms_zk::{ZkClient, ZkError, ZkFuture, ZkHandler, ZkTls, decode_answer, decode_certificate_answer, pki, serve};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -62,6 +62,27 @@ impl ZkHandler for Echo {
             out.extend_from_slice(&request);
             Ok(out)
         })
+    }
+
+    /// `{"kms": <serving domain>, "for": <peer domain>}` (a stand-in: the KMS sends its KMS
+    /// certificate); a server of `c.example` refuses (503).
+    fn certificate<'a>(&'a self, peer_domain: &'a str) -> ZkFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.me == "c.example" {
+                return Err(ZkError::Refused { status: 503, reason: "keys unavailable".into() });
+            }
+            Ok(format!("{{\"kms\":\"{}\",\"for\":\"{peer_domain}\"}}", self.me).into_bytes())
+        })
+    }
+}
+
+/// A handler that only resolves (the trait's default: no KMS certificate).
+struct ResolveOnly;
+
+impl ZkHandler for ResolveOnly {
+    fn resolve<'a>(&'a self, _peer_domain: &'a str, request: Vec<u8>) -> ZkFuture<'a, Vec<u8>> {
+        Box::pin(async move { Ok(request) })
     }
 }
 
@@ -323,6 +344,44 @@ fn pki_files_and_names() {
         Err(ZkError::Config(m)) => assert!(m.contains("kms.b.example.pem"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// KMS certificates over Zk (docs/zk.md "KMS certificates"): `GET /keymanagement/certificate`
+/// over the same mutual TLS, answered for an allow-listed peer (which the handler learns);
+/// a peer not allowed is refused before the handler; handler refusals and a handler without
+/// certificates (404) reach the client typed; unknown peer fails fast.
+#[tokio::test]
+async fn certificates_over_zk() {
+    let pki = lab();
+    let b = start(&pki.0, "b.example", &["a.example"]).await;
+    let from_a = client(&pki.0, "a.example", &[("b.example", b.addr)], T);
+    assert_eq!(from_a.certificate("b.example").await.expect("a fetches b's"), br#"{"kms":"b.example","for":"a.example"}"#);
+    let err = client(&pki.0, "c.example", &[("b.example", b.addr)], T).certificate("b.example").await.expect_err("c not allowed");
+    assert!(matches!(&err, ZkError::Refused { status: 403, .. }), "{err:?}");
+    assert_eq!(b.handler.calls.load(Ordering::SeqCst), 1, "the refused peer never reached the handler");
+    let c = start(&pki.0, "c.example", &["a.example"]).await;
+    let err = client(&pki.0, "a.example", &[("c.example", c.addr)], T).certificate("c.example").await.expect_err("503");
+    assert!(matches!(&err, ZkError::Refused { status: 503, reason } if reason == "keys unavailable"), "{err:?}");
+    let tls = ZkTls::load(&pki.0, "b.example").expect("tls");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(serve(listener, &tls, set(&["a.example"]), Arc::new(ResolveOnly) as Arc<dyn ZkHandler>));
+    let err = client(&pki.0, "a.example", &[("b.example", addr)], T).certificate("b.example").await.expect_err("404");
+    assert!(matches!(&err, ZkError::Refused { status: 404, .. }), "{err:?}");
+    task.abort();
+    assert!(matches!(from_a.certificate("d.example").await, Err(ZkError::UnknownPeer(_))));
+}
+
+#[test]
+fn decode_certificate_answer_cases() {
+    assert_eq!(decode_certificate_answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}").expect("ok"), b"{}");
+    let e = decode_certificate_answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/mikey\r\nContent-Length: 2\r\n\r\n{}").expect_err("ct");
+    assert!(matches!(e, ZkError::BadResponse { .. }), "{e:?}");
+    let e = decode_certificate_answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n").expect_err("empty");
+    assert!(matches!(e, ZkError::BadResponse { .. }), "{e:?}");
+    let e = decode_certificate_answer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n").expect_err("403");
+    assert!(matches!(&e, ZkError::Refused { status: 403, reason } if reason == "no"), "{e:?}");
+    assert!(decode_certificate_answer(b"garbage").is_err());
 }
 
 #[test]

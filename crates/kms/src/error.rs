@@ -61,6 +61,9 @@ pub enum KmsError {
     /// A `keyprovision` message is malformed or does not verify (docs/kms.md).
     #[error("key provisioning: {0}")]
     KeyProvision(String),
+    /// A KMS certificate is malformed, or may not be used (docs/high-security.md §10.9).
+    #[error("KMS certificate: {0}")]
+    Certificate(String),
 }
 
 impl KmsError {

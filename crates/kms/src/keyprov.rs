@@ -25,6 +25,12 @@
 //!   identity string (RFC 6509 §4.2 ID scheme 1) as x ‖ y (256 octets; the 0x04 is implied)
 //!   wrapped like the SSK (264 octets); both appended to the response MAC input. The UE
 //!   validates the RSK (RFC 6508 §6.1.2) before use.
+//! - KMS certificates (with `sakke`; docs/high-security.md §10.9): the response adds
+//!   `certificates`, the KMS certificates ([`crate::community`]) of the communities the user
+//!   may call or be called from — its own first, then the external ones its KMS knows — each
+//!   appended to the response MAC input as its JSON encoding (absent when empty, so
+//!   responses without certificates keep their MAC). The UE refuses a certificate that names
+//!   its own KMS with other keys than the response's KPAK and Z.
 //!
 //! This module is sans-IO: the UE side ([`request`], [`Pending::open`]) and the pieces the KMS
 //! side (`crate::signing_keys`) checks and builds with.
@@ -38,6 +44,7 @@ use mediasec_mikey::sakke;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::community::{Community, KmsCertificate};
 use crate::error::KmsError;
 
 /// Length of the request nonce in octets (sent as 32 hex digits).
@@ -222,6 +229,9 @@ pub struct Response {
     /// The RSK's x ‖ y wrapped under `K_kek` ([`RSK_WRAPPED_LEN`] octets), hex; with `z`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rsk_wrapped: Option<String>,
+    /// KMS certificates (own community first), with `z`; absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<KmsCertificate>,
 }
 
 /// What the KMS issues for one identity and period.
@@ -244,10 +254,13 @@ pub struct SakkeIssued<'a> {
     pub z: &'a [u8; sakke::POINT_LEN],
     /// The RSK, `0x04 ‖ x ‖ y` (wrapped before it leaves, without the 0x04).
     pub rsk: &'a [u8; sakke::POINT_LEN],
+    /// The KMS certificates handed out with the keys (own community first).
+    pub certificates: &'a [Community],
 }
 
 impl Response {
     fn mac_input(&self) -> Vec<u8> {
+        let certificates: Vec<Vec<u8>> = self.certificates.iter().map(|c| serde_json::to_vec(c).unwrap_or_default()).collect();
         let mut fields: Vec<&[u8]> = vec![
             self.kms.as_bytes(),
             self.uri.as_bytes(),
@@ -259,6 +272,7 @@ impl Response {
             self.nonce.as_bytes(),
         ];
         fields.extend(self.z.iter().chain(&self.rsk_wrapped).map(String::as_bytes));
+        fields.extend(certificates.iter().map(Vec::as_slice));
         canonical("response", &fields)
     }
 
@@ -280,6 +294,7 @@ impl Response {
             mac: String::new(),
             z: None,
             rsk_wrapped: None,
+            certificates: Vec::new(),
         };
         if let Some(s) = &issued.sakke {
             let xy = s.rsk.get(1..).ok_or_else(|| KmsError::KeyProvision("RSK encoding".into()))?;
@@ -287,6 +302,7 @@ impl Response {
             let w = kw.wrap_key(xy, &mut out).map_err(|e| KmsError::KeyProvision(format!("wrapping the RSK: {e}")))?;
             r.z = Some(hex::encode(s.z));
             r.rsk_wrapped = Some(hex::encode(w));
+            r.certificates = s.certificates.iter().map(|c| c.certificate().clone()).collect();
         }
         r.mac = hex::encode(*hmac_sha256(&*keys.response_mac, &r.mac_input()));
         serde_json::to_vec(&r).map_err(|e| KmsError::KeyProvision(e.to_string()))
@@ -325,6 +341,9 @@ pub struct Provisioned {
     pub key: SigningKey,
     /// The MIKEY-SAKKE keys, when asked for.
     pub sakke: Option<SakkeKeys>,
+    /// The KMS certificates sent with the MIKEY-SAKKE keys (validated; own community first
+    /// when the KMS sent it), authenticated by the response MAC.
+    pub communities: Vec<Community>,
 }
 
 /// UE side: the request for `uri`'s key of `period` at the KMS `kms` (its FQDN), by the user
@@ -376,7 +395,22 @@ impl Pending {
             (true, Some(z), Some(w)) => Some(self.open_sakke(&id, z, w)?),
             _ => return Err(bad("MIKEY-SAKKE keys missing, or sent unasked")),
         };
-        Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key, sakke })
+        if sakke.is_none() && !r.certificates.is_empty() {
+            return Err(bad("KMS certificates without MIKEY-SAKKE keys"));
+        }
+        let mut communities = Vec::with_capacity(r.certificates.len());
+        for c in r.certificates {
+            let c = Community::from_certificate(c).map_err(|e| bad(&e.to_string()))?;
+            let own_keys_differ = sakke.as_ref().is_some_and(|s| *c.kpak() != kpak || *c.z() != s.z);
+            if c.kms_uri().eq_ignore_ascii_case(&r.kms) && own_keys_differ {
+                return Err(bad("the certificate of the issuing KMS names other keys than the response"));
+            }
+            if communities.iter().any(|o: &Community| o.kms_uri() == c.kms_uri()) {
+                return Err(bad(&format!("two certificates of {}", c.kms_uri())));
+            }
+            communities.push(c);
+        }
+        Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key, sakke, communities })
     }
 
     /// Z and the RSK of identifier `id`: unwrapped (RFC 3394 integrity check) and validated.

@@ -52,6 +52,15 @@ pub trait Peers: Send + Sync {
     /// Sends an unprotected RESOLVE_INIT to `kms`; returns its answer. Must give up within a
     /// bounded time.
     fn resolve<'a>(&'a self, kms: &'a str, request: Vec<u8>) -> PeerFuture<'a>;
+    /// The Zk domains of the peers (whose KMS certificates [`Peers::certificate`] fetches).
+    fn domains(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Fetches the KMS certificate (JSON, docs/high-security.md §10.9) of the peer of Zk
+    /// domain `domain`, within a bounded time.
+    fn certificate<'a>(&'a self, domain: &'a str) -> PeerFuture<'a> {
+        Box::pin(async move { Err(KmsError::Zk(format!("no Zk peer {domain}"))) })
+    }
 }
 
 /// No Zk peers.

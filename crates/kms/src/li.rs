@@ -89,6 +89,15 @@ pub enum Refusal {
     /// the KMS never sees, so it has none to release.
     #[error("high-security call (MIKEY-DH): no ticket, the KMS holds no key of it")]
     HighSecurityCall,
+    /// A MIKEY-SAKKE call to a user of another KMS community (IDRkmsr, RFC 6509 §4.1): the
+    /// SSV is encapsulated under that KMS's Z, whose master secret z this KMS does not hold,
+    /// so it cannot derive the responder's RSK. That community's operator can release.
+    #[error("MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community {0}: this KMS does not hold its z (that KMS can release)")]
+    OtherCommunity(String),
+    /// A MIKEY-SAKKE call signed in a KMS community (IDRkmsi) this KMS holds no KMS
+    /// certificate of, so the signature cannot be verified.
+    #[error("MIKEY-SAKKE I_MESSAGE signed in the KMS community {0}, whose KMS certificate this KMS does not hold")]
+    UnknownCommunity(String),
 }
 
 impl From<Refusal> for KmsError {

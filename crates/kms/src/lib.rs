@@ -12,6 +12,8 @@
 //! - [`users`]: users provisioned at the KMS.
 //! - [`keyprov`]: Ua `keyprovision` *(ours)*: ECCSI signing keys for the high-security mode;
 //!   [`signing_keys`]: the KMS's KSAK (sealed in the store) and the issuing side.
+//! - [`community`]: KMS certificates (TS 33.180 KmsCertificate profile) of the own and of
+//!   external KMS communities, for cross-community MIKEY-SAKKE.
 //! - [`li`]: lawful interception: warrants and per-target key release.
 //! - [`rekey`]: master-key rotation of the store's sealed rows (offline, `mediasec kms rekey`).
 //!
@@ -21,6 +23,7 @@
 
 pub mod bsf_zn;
 pub mod client;
+pub mod community;
 pub mod error;
 pub mod identity;
 pub mod keyprov;
@@ -90,6 +93,20 @@ pub mod fuzzing {
         }
     }
 
+    /// Feeds arbitrary bytes to the KMS certificate decoders: as a Zk certificate answer
+    /// (HTTP response, `mediasec_kms_zk::decode_certificate_answer`) and its body, and as
+    /// certificate JSON directly; a decoded certificate must re-encode to one that decodes
+    /// equal. Must never panic.
+    pub fn kms_certificate(data: &[u8]) {
+        let body = mediasec_kms_zk::decode_certificate_answer(data).ok();
+        for json in body.as_deref().into_iter().chain([data]) {
+            if let Ok(c) = crate::community::Community::decode(json) {
+                let again = crate::community::Community::decode(&c.encode());
+                assert!(again.as_ref().is_ok_and(|a| *a == c), "re-encoded certificate differs");
+            }
+        }
+    }
+
     fn core(body: &[u8]) {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
         let mut ring = KeyRing::default();
@@ -106,7 +123,7 @@ pub mod fuzzing {
             let _ = kms.ticket_resolve(body, now, &zn, &NoPeers).await;
             let _ = kms.peer_resolve("b.example", body, now, &zn).await;
             if let (Ok(ksak), Ok(z)) = (mediasec_mikey::eccsi::KmsSecret::from_bytes(&[0x42; 32]), mediasec_mikey::sakke::KmsSecret::from_bytes(&[0x42; 32])) {
-                let _ = crate::signing_keys::Provisioner::new(ksak, z).provision(&kms, body, now, &zn).await;
+                let _ = crate::signing_keys::Provisioner::new(ksak, z).provision(&kms, body, now, &zn, &[]).await;
             }
         });
         if let Ok(target) = KmsUid::parse("a@a.example") {

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::community::{Communities, Community, Source};
 use crate::error::KmsError;
 use crate::identity::KmsUid;
 use crate::keyprov;
@@ -139,6 +140,8 @@ pub struct Service {
     zn: ZnCache,
     peers: Arc<dyn Peers>,
     persist: Persist,
+    /// External KMS communities (configured, learned over Zk).
+    communities: Communities,
     admin_token: String,
     li_token: OnceLock<String>,
     metrics: Metrics,
@@ -172,7 +175,7 @@ impl Service {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
 
     /// Turns the LI API on with its bearer token, which must be non-empty and differ from
@@ -205,13 +208,86 @@ impl Service {
             if transfer_resp.is_some() {
                 return Err(KmsError::LiInput("transfer_resp: a MIKEY-SAKKE call has no response message".into()));
             }
-            return self.prov.li_release_sakke(&self.kms, warrant, transfer_init, now);
+            return self.li_release_sakke(warrant, transfer_init, now);
         }
         let creator_key = match self.kms.li_ue_made_btid(&read) {
             Some(btid) => self.zn.naf_key(&btid, now).await?,
             None => None,
         };
         self.kms.li_release(warrant, read, transfer_resp, now, creator_key.as_deref())
+    }
+
+    /// LI of a MIKEY-SAKKE I_MESSAGE across communities (docs/li.md "Across KMS
+    /// communities"): a message whose IDRkmsr names another KMS was encapsulated under that
+    /// KMS's Z — refused [`Refusal::OtherCommunity`], this KMS cannot derive the RSK; one whose
+    /// IDRkmsi names another KMS is verified under that community's KPAK from its KMS
+    /// certificate ([`Refusal::UnknownCommunity`] when none is held); then
+    /// [`Provisioner::li_release_sakke`] with our z.
+    fn li_release_sakke(&self, warrant: &Warrant, i_message: &[u8], now: u64) -> Result<crate::li::Release, KmsError> {
+        warrant.check_active(now)?;
+        let (kmsi, kmsr) = mediasec_mikey::mikey_sakke::kms_uris(i_message).map_err(|e| KmsError::LiInput(format!("i_message: {e}")))?;
+        let own = &self.kms.config().fqdn;
+        if let Some(r) = kmsr.as_ref().filter(|r| !r.eq_ignore_ascii_case(own)) {
+            return Err(Refusal::OtherCommunity(r.clone()).into());
+        }
+        let initiator_kpak = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
+            None => None,
+            Some(i) => Some(*self.communities.get(i).ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?.kpak()),
+        };
+        self.prov.li_release_sakke(&self.kms, warrant, i_message, initiator_kpak.as_ref(), now)
+    }
+
+    /// This KMS's own KMS certificate (docs/high-security.md §10.9): its FQDN, current KPAK
+    /// and Z, and its user domain.
+    pub fn own_certificate(&self) -> Result<Community, KmsError> {
+        let cfg = self.kms.config();
+        let (kpak, z) = self.prov.kpak().zip(self.prov.sakke_public()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
+        Community::new(&cfg.fqdn, kpak, z, std::slice::from_ref(&cfg.domain))
+    }
+
+    /// The known external communities and how each became known.
+    pub fn communities(&self) -> Vec<(Community, Source)> {
+        self.communities.all()
+    }
+
+    /// Adds an operator-configured external KMS certificate (`--community-cert`).
+    pub fn configure_community(&self, c: Community) -> Result<(), KmsError> {
+        let cfg = self.kms.config();
+        info!(kms = c.kms_uri(), domains = ?c.domains(), "KMS certificate configured");
+        self.communities.configure(c, &cfg.fqdn, std::slice::from_ref(&cfg.domain))
+    }
+
+    /// Fetches the KMS certificate of every Zk peer over the mutually authenticated Zk
+    /// channel and learns it ([`Communities::learn`]: the peer's TLS identity is the trust
+    /// anchor). Returns each peer's outcome (its KMS URI, or why not); failures are logged
+    /// and leave a previously learned certificate in place.
+    pub async fn refresh_communities(&self) -> Vec<(String, Result<String, KmsError>)> {
+        let cfg = self.kms.config();
+        let mut out = Vec::new();
+        for peer in self.peers.domains() {
+            let got = match self.peers.certificate(&peer).await {
+                Ok(json) => Community::decode(&json).and_then(|c| {
+                    let uri = c.kms_uri().to_owned();
+                    self.communities.learn(&peer, c, now().as_secs(), &cfg.fqdn, std::slice::from_ref(&cfg.domain)).map(|()| uri)
+                }),
+                Err(e) => Err(e),
+            };
+            match &got {
+                Ok(uri) => info!(peer, kms = uri, "KMS certificate learned over Zk"),
+                Err(e) => warn!(peer, error = %e, "KMS certificate not learned over Zk"),
+            }
+            out.push((peer, got));
+        }
+        out
+    }
+
+    /// The certificates handed to UEs with MIKEY-SAKKE keys: our own, then every external
+    /// one (a failure to make ours leaves the list empty: the UE then keeps to one community).
+    fn certificates(&self) -> Vec<Community> {
+        let Ok(own) = self.own_certificate() else { return Vec::new() };
+        let mut all = vec![own];
+        all.extend(self.communities.all().into_iter().map(|(c, _)| c));
+        all
     }
 
     /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.
@@ -278,6 +354,7 @@ impl Service {
         Router::new()
             .route("/keymanagement", post(ua))
             .route("/keymanagement/kpak", get(kpak))
+            .route("/keymanagement/certificate", get(certificate))
             .route("/metrics", get(metrics))
             .route("/admin/v1/policies", get(policies_get).put(policies_put))
             .route("/admin/v1/policies/defaults", put(defaults_put))
@@ -289,6 +366,8 @@ impl Service {
             .route("/admin/v1/keys/rotate", post(keys_rotate))
             .route("/admin/v1/keys/prune", post(keys_prune))
             .route("/admin/v1/audit", get(audit_get))
+            .route("/admin/v1/communities", get(communities_get))
+            .route("/admin/v1/communities/refresh", post(communities_refresh))
             .merge(self.li_router())
             .with_state(Arc::clone(self))
     }
@@ -377,7 +456,7 @@ async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let json = ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(keyprov::CONTENT_TYPE);
     let out = if json {
-        s.prov.provision(&s.kms, body, now(), &s.zn).instrument(span.clone()).await
+        s.prov.provision(&s.kms, body, now(), &s.zn, &s.certificates()).instrument(span.clone()).await
     } else {
         Err(ProvRefusal::Malformed("Content-Type must be application/json".into()))
     };
@@ -418,6 +497,23 @@ async fn kpak(State(s): State<Arc<Service>>) -> Response {
     }
 }
 
+/// `GET /keymanagement/certificate`: this KMS's certificate (JSON, unauthenticated like the
+/// KPAK: an operator who configures it at another KMS checks it out of band).
+async fn certificate(State(s): State<Arc<Service>>) -> Response {
+    match s.own_certificate() {
+        Ok(c) => (StatusCode::OK, [(header::CONTENT_TYPE, crate::community::CONTENT_TYPE)], c.encode()).into_response(),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+fn community_json(c: &Community, source: &Source) -> serde_json::Value {
+    let source = match source {
+        Source::Configured => serde_json::json!({ "configured": true }),
+        Source::Zk { peer, fetched } => serde_json::json!({ "zk_peer": peer, "fetched": fetched }),
+    };
+    serde_json::json!({ "certificate": c.certificate(), "source": source })
+}
+
 async fn metrics(State(s): State<Arc<Service>>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
 }
@@ -428,6 +524,28 @@ macro_rules! admin {
             return text(StatusCode::UNAUTHORIZED, "admin API requires a valid bearer token");
         }
     };
+}
+
+/// `GET /admin/v1/communities`: the external KMS certificates and their source.
+async fn communities_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    let list: Vec<_> = s.communities().iter().map(|(c, src)| community_json(c, src)).collect();
+    axum::Json(serde_json::json!({ "communities": list })).into_response()
+}
+
+/// `POST /admin/v1/communities/refresh`: fetch every Zk peer's certificate now.
+async fn communities_refresh(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    let outcomes: Vec<_> = s
+        .refresh_communities()
+        .await
+        .into_iter()
+        .map(|(peer, r)| match r {
+            Ok(kms) => serde_json::json!({ "peer": peer, "kms": kms }),
+            Err(e) => serde_json::json!({ "peer": peer, "error": e.to_string() }),
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "refreshed": outcomes })).into_response()
 }
 
 fn now_ms() -> u64 {

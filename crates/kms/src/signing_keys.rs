@@ -18,6 +18,7 @@ use mediasec_mikey::eccsi::{self, KmsSecret, Kpak};
 use mediasec_mikey::sakke;
 use zeroize::Zeroizing;
 
+use crate::community::Community;
 use crate::error::KmsError;
 use crate::identity::KmsUid;
 use crate::keyprov::{Issued, NONCE_LEN, Period, ProvKeys, Request, Response, SakkeIssued};
@@ -203,11 +204,13 @@ impl Provisioner {
         self.sakke().map(|m| m.public())
     }
 
-    /// LI key release of a MIKEY-SAKKE call with this KMS's z and KPAK
-    /// ([`Kms::li_release_sakke`]).
-    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &[u8], now: u64) -> Result<crate::li::Release, KmsError> {
+    /// LI key release of a MIKEY-SAKKE call with this KMS's z ([`Kms::li_release_sakke`]);
+    /// the signature is verified under `initiator_kpak` (the KPAK of the community IDRkmsi
+    /// names, from its KMS certificate) or, when `None`, under this KMS's KPAK.
+    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &[u8], initiator_kpak: Option<&Kpak>, now: u64) -> Result<crate::li::Release, KmsError> {
         let (ksak, m) = self.ksak().zip(self.sakke()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
-        kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), &ksak.kpak(), now)
+        let own = ksak.kpak();
+        kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), initiator_kpak.unwrap_or(&own), now)
     }
 
     /// Replaces z (store reload); keeps the computed Z when z is unchanged.
@@ -248,8 +251,9 @@ impl Provisioner {
     /// Serves a `keyprovision` request (docs/kms.md): B-TID → Ks_NAF and IMPUs over Zn →
     /// MAC → freshness and replay → identity (an IMPU of the B-TID, an enabled user whose
     /// policy has `high_security`) → period (the current month or the next, UTC) → issue a
-    /// fresh SSK/PVT (RFC 6507 §5.1.1) → the response, SSK wrapped.
-    pub async fn provision(&self, kms: &Kms, body: &[u8], now: Duration, zn: &dyn Zn) -> Result<Vec<u8>, ProvRefusal> {
+    /// fresh SSK/PVT (RFC 6507 §5.1.1) → the response, SSK wrapped. With MIKEY-SAKKE keys,
+    /// `communities` (the KMS certificates: own first, then the external ones) go with them.
+    pub async fn provision(&self, kms: &Kms, body: &[u8], now: Duration, zn: &dyn Zn, communities: &[Community]) -> Result<Vec<u8>, ProvRefusal> {
         let req = Request::parse(body).map_err(|e| ProvRefusal::Malformed(e.to_string()))?;
         let (period, nonce) = (req.period().map_err(|e| ProvRefusal::Malformed(e.to_string()))?, req.nonce().map_err(|e| ProvRefusal::Malformed(e.to_string()))?);
         let now_s = now.as_secs();
@@ -298,7 +302,7 @@ impl Provisioner {
                 Some((m.public().to_uncompressed(), rsk.to_uncompressed()))
             }
         };
-        let sakke_issued = sakke.as_ref().map(|(z, rsk)| SakkeIssued { z, rsk });
+        let sakke_issued = sakke.as_ref().map(|(z, rsk)| SakkeIssued { z, rsk, certificates: communities });
         let issued = Issued { id: &id, kpak: &ksak.kpak().to_uncompressed(), pvt: &pvt.to_uncompressed(), ssk: &ssk.to_bytes(), sakke: sakke_issued };
         Response::build(&keys, &cfg.fqdn, &req, &issued).map_err(|e| ProvRefusal::Failed(e.to_string()))
     }
@@ -337,7 +341,7 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     async fn ask_for(p: &Provisioner, btid: &str, key: u8, uri: &str, period: &str, time: u64, nonce: u8, sakke: bool) -> Result<Vec<u8>, ProvRefusal> {
         let (body, pending) = crate::keyprov::request(btid, &[key; 32], "kms.a.example", uri, Period::parse(period).unwrap(), time, [nonce; 16], sakke).unwrap();
-        let out = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn()).await;
+        let out = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &[]).await;
         if let Ok(resp) = &out {
             assert_eq!(pending.open(resp).unwrap().kpak, p.kpak().unwrap());
         }
@@ -375,8 +379,11 @@ mod tests {
         assert!(matches!(ask_for(&p, "ba", 1, "sip:a@a.example", "2026-12", NOW, 1, true).await, Err(ProvRefusal::Forbidden(r)) if r.contains("MIKEY-SAKKE")));
         assert!(matches!(ask_for(&p, "bb", 2, "sip:b@a.example", "2026-12", NOW, 2, false).await, Err(ProvRefusal::Forbidden(r)) if r.contains("high-security")));
         let (body, pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse("2027-01").unwrap(), NOW, [3; 16], true).unwrap();
-        let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn()).await.unwrap();
+        let own = Community::new("kms.a.example", p.kpak().unwrap(), p.sakke_public().unwrap(), &["a.example".into()]).unwrap();
+        let b = Community::new("kms.b.example", KmsSecret::from_bytes(&[0x43; 32]).unwrap().kpak(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap().public_key(), &["b.example".into()]).unwrap();
+        let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &[own.clone(), b.clone()]).await.unwrap();
         let got = pending.open(&resp).unwrap();
+        assert_eq!(got.communities, [own, b], "the KMS certificates, own first");
         let keys = got.sakke.unwrap();
         assert_eq!(keys.z, p.sakke_public().unwrap());
         assert_eq!(keys.rsk.id(), b"2027-01\0sip:b@a.example\0");
@@ -384,6 +391,12 @@ mod tests {
         let wire = String::from_utf8(resp.clone()).unwrap().to_ascii_lowercase();
         assert!(!wire.contains(&hex::encode(&keys.rsk.to_uncompressed()[1..9])), "RSK in clear on the wire");
         let v: serde_json::Value = serde_json::from_slice(&resp).unwrap();
+        let mut t = v.clone();
+        t["certificates"][1]["kms_domain_list"][0] = "c.example".into();
+        assert!(pending.open(&serde_json::to_vec(&t).unwrap()).is_err(), "certificates under the MAC");
+        let mut t = v.clone();
+        t["certificates"].as_array_mut().unwrap().pop();
+        assert!(pending.open(&serde_json::to_vec(&t).unwrap()).is_err(), "a certificate removed");
         for field in ["z", "rsk_wrapped"] {
             let mut t = v.clone();
             let s = t[field].as_str().unwrap().to_owned();

@@ -1,6 +1,9 @@
 //! Zk wiring (TS 33.328 Annex B.2.3) over `mediasec-kms-zk` (mutually authenticated TLS,
 //! private CA): the KMS_R side as [`Peers`] and the KMS_I side as a `ZkHandler`.
 //!
+//! Beside resolves, a KMS hands its KMS certificate to its Zk peers (`ZkHandler::certificate`,
+//! `Peers::certificate`; docs/zk.md "KMS certificates").
+//!
 //! A KMS's Zk name is its domain; its FQDN (IDRkms of its tickets) is `kms.<domain>`
 //! (`mediasec_kms_zk::pki::kms_name`), so the issuer of a ticket names its Zk peer.
 
@@ -42,6 +45,14 @@ impl Peers for ZkPeers {
             self.client.resolve(domain, &request).await.map_err(|e| KmsError::Zk(e.to_string()))
         })
     }
+
+    fn domains(&self) -> Vec<String> {
+        self.domains.iter().cloned().collect()
+    }
+
+    fn certificate<'a>(&'a self, domain: &'a str) -> PeerFuture<'a> {
+        Box::pin(async move { self.client.certificate(domain).await.map_err(|e| KmsError::Zk(e.to_string())) })
+    }
 }
 
 /// KMS_I side: answers resolves forwarded by allow-listed peers.
@@ -50,6 +61,11 @@ pub struct ZkServer(pub Arc<Service>);
 impl ZkHandler for ZkServer {
     fn resolve<'a>(&'a self, peer_domain: &'a str, request: Vec<u8>) -> ZkFuture<'a, Vec<u8>> {
         Box::pin(async move { self.0.peer_resolve(peer_domain, &request).await.map_err(|(status, reason)| ZkError::Refused { status, reason }) })
+    }
+
+    /// Our KMS certificate, to an allow-listed peer (docs/zk.md "KMS certificates").
+    fn certificate<'a>(&'a self, _peer_domain: &'a str) -> ZkFuture<'a, Vec<u8>> {
+        Box::pin(async move { self.0.own_certificate().map(|c| c.encode()).map_err(|e| ZkError::Refused { status: 503, reason: e.to_string() }) })
     }
 }
 

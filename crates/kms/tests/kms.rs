@@ -261,6 +261,129 @@ async fn cross_domain_resolve_over_zk_and_bounded_peer_failures() {
     hold.abort();
 }
 
+/// KMS communities over Zk (docs/high-security.md §10.9, docs/zk.md "KMS certificates"):
+/// each KMS publishes its certificate (`GET /keymanagement/certificate`, the same over Zk);
+/// a refresh fetches every Zk peer's certificate over mutual TLS and learns it (source Zk,
+/// listed by the admin API, whose refresh does the same on demand); a MIKEY-SAKKE
+/// `keyprovision` response carries the own certificate first, then the learned one; a
+/// plain (ECCSI-only) response carries none. A configured certificate of the peer wins over
+/// the learned one. With the peer off Zk a refresh reports the failure and keeps what was
+/// learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_certificates_learned_over_zk_and_handed_to_ues() {
+    use mediasec_kms::community::{Community, Source};
+    let dir = TempDir::new("communities");
+    let domains = [
+        DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\nhigh_security = true\n" },
+        DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" },
+    ];
+    let mut lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
+    let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
+    let published = Community::decode(&http(&b.url, "GET", "/keymanagement/certificate", &[], b"").await.body).expect("b's certificate");
+    assert_eq!(published, b.service.own_certificate().unwrap());
+    assert_eq!((published.kms_uri(), published.domains(), published.kpak()), ("kms.b.example", &["b.example".to_owned()][..], &b.service.kpak().unwrap()));
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
+    let before = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    assert_eq!(before.communities, [a.service.own_certificate().unwrap()], "only the own community before a refresh");
+
+    let outcome = a.service.refresh_communities().await;
+    assert!(matches!(&outcome[..], [(peer, Ok(kms))] if peer == "b.example" && kms == "kms.b.example"), "{outcome:?}");
+    assert!(matches!(&a.service.communities()[..], [(c, Source::Zk { peer, .. })] if *c == published && peer == "b.example"));
+    let auth = format!("Bearer {}", a.admin_token);
+    let listed: serde_json::Value = serde_json::from_slice(&http(&a.url, "GET", "/admin/v1/communities", &[("Authorization", &auth)], b"").await.body).unwrap();
+    assert_eq!(listed["communities"][0]["certificate"]["kms_uri"], "kms.b.example", "{listed}");
+    assert_eq!(listed["communities"][0]["source"]["zk_peer"], "b.example", "{listed}");
+    assert_eq!(http(&a.url, "GET", "/admin/v1/communities", &[], b"").await.status, 401);
+    let got = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    assert_eq!(got.communities, [a.service.own_certificate().unwrap(), published.clone()], "own first, then b's");
+    assert!(ka.provision_keys(&alice, "sip:alice@a.example").await.unwrap().communities.is_empty(), "no certificates without MIKEY-SAKKE keys");
+
+    // Configuration wins over what Zk says.
+    let configured = Community::new("kms.b.example", *published.kpak(), *published.z(), &["b.example".into(), "east.b.example".into()]).unwrap();
+    a.service.configure_community(configured.clone()).unwrap();
+    let refreshed: serde_json::Value = serde_json::from_slice(&http(&a.url, "POST", "/admin/v1/communities/refresh", &[("Authorization", &auth)], b"").await.body).unwrap();
+    assert!(refreshed["refreshed"][0]["error"].as_str().is_some_and(|e| e.contains("configured")), "{refreshed}");
+    assert!(matches!(&a.service.communities()[..], [(c, Source::Configured)] if *c == configured));
+
+    // KMS b off Zk: the refresh fails, typed and logged; b's certificate stays known at a.
+    let b_out = lab.domains.iter_mut().find(|d| d.domain == "b.example").and_then(|d| d.zk_task.take()).unwrap();
+    b_out.abort();
+    let _ = b_out.await;
+    let b = lab.domain("b.example").unwrap();
+    let (carol, kc) = lab.ue("carol@b.example").await.unwrap();
+    let outcome = lab.domain("a.example").unwrap().service.refresh_communities().await;
+    assert!(matches!(&outcome[..], [(_, Err(KmsError::Zk(_)))]), "{outcome:?}");
+    assert_eq!(lab.domain("a.example").unwrap().service.communities().len(), 1);
+    // The other direction is independent: b fetches a's certificate (a is still on Zk).
+    let outcome = b.service.refresh_communities().await;
+    assert!(matches!(&outcome[..], [(peer, Ok(_))] if peer == "a.example"), "{outcome:?}");
+    let got = kc.provision_keys_for(&carol, "sip:carol@b.example", period, true).await.unwrap();
+    assert_eq!(got.communities.iter().map(Community::kms_uri).collect::<Vec<_>>(), ["kms.b.example", "kms.a.example"]);
+}
+
+/// LI across KMS communities over `POST /li/v1/keys` (docs/li.md "Across KMS communities"):
+/// alice (KMS a) sends carol (KMS b) an I_MESSAGE under b's Z (from the certificate in her
+/// `keyprovision` response), IDRkmsi a, IDRkmsr b. KMS b refuses it 403 while it holds no
+/// certificate of a (`UnknownCommunity`), releases exactly the keys alice derived once it
+/// learned a's over Zk; KMS a refuses 403 `OtherCommunity` (not its z).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
+    let dir = TempDir::new("li-communities");
+    let domains = [
+        DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\n" },
+        DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" },
+    ];
+    let lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
+    let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
+    assert!(a.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
+    let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
+    let aks = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
+    let community_b = aks.communities.iter().find(|c| c.kms_uri() == "kms.b.example").expect("b's certificate from KMS a");
+    let o = mediasec_mikey::mikey_sakke::Offer {
+        prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+        csb_id: rand::random(),
+        initiator_uri: "sip:alice@a.example".into(),
+        responder_uri: "sip:carol@b.example".into(),
+        kms_uri: Some("kms.a.example".into()),
+        responder_kms_uri: Some("kms.b.example".into()),
+        initiator_ssrc: 0x4444,
+        policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+    };
+    let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, community_b.z(), mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
+    let t = now().as_secs();
+    let li = [("Authorization", "Bearer li-secret")];
+    let release = |url: String, target: &'static str| {
+        let msg = msg.clone();
+        async move {
+            let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
+            assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+            let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+            let r = http(&url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+            (r.status, String::from_utf8_lossy(&r.body).trim().to_owned())
+        }
+    };
+    for d in [a, b] {
+        d.service.enable_li("li-secret".into()).unwrap();
+    }
+    let (status, reason) = release(b.url.clone(), "carol@b.example").await;
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("kms.a.example") && reason.contains("does not hold"), "{reason}");
+    assert!(b.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
+    assert_eq!(b.service.communities().first().map(|(c, _)| c.clone()), Some(a.service.own_certificate().unwrap()));
+    let (status, body) = release(b.url.clone(), "carol@b.example").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("carol@b.example")));
+    for (i, stream) in [&keys.initiator_stream, &keys.responder_stream].into_iter().enumerate() {
+        assert_eq!(v["crypto_sessions"][i]["master_key"].as_str(), Some(hex::encode(&*stream.master_key).as_str()), "CS {}", i + 1);
+    }
+    let (status, reason) = release(a.url.clone(), "alice@a.example").await;
+    assert_eq!((status, reason.as_str()), (403, "MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community kms.b.example: this KMS does not hold its z (that KMS can release)"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_resolves_any_ticket_after_rotation() {
     let dir = TempDir::new("replica");
@@ -326,6 +449,25 @@ fn fuzz_corpus_replays() {
         n += 1;
     }
     assert!(n >= 7, "only {n} seeds");
+}
+
+/// Every seed of the `kms_certificate` fuzz target (Zk certificate answers and certificate
+/// JSON) goes through the same function without panic; the valid ones decode.
+#[test]
+fn kms_certificate_fuzz_corpus_replays() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_certificate");
+    let mut valid = 0;
+    for entry in std::fs::read_dir(dir).expect("corpus dir") {
+        let path = entry.expect("entry").path();
+        let data = std::fs::read(&path).expect("seed");
+        mediasec_kms::fuzzing::kms_certificate(&data);
+        let json = mediasec_kms_zk::decode_certificate_answer(&data).unwrap_or(data);
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("valid")) {
+            mediasec_kms::community::Community::decode(&json).expect("a valid seed decodes");
+            valid += 1;
+        }
+    }
+    assert!(valid >= 2, "only {valid} valid seeds");
 }
 
 proptest::proptest! {
@@ -774,6 +916,7 @@ async fn high_security_calls_have_no_key_at_the_kms() {
         initiator_uri: "sip:alice@a.example".into(),
         responder_uri: "sip:bob@a.example".into(),
         kms_uri: None,
+        responder_kms_uri: None,
         initiator_ssrc: 0x3333,
         policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
     };

@@ -66,8 +66,13 @@ pub struct Offer {
     pub initiator_uri: String,
     /// The URI called (IDRr; with the month of T, the SAKKE identifier b).
     pub responder_uri: String,
-    /// The KMS URI both users are provisioned by (IDRkmsi and IDRkmsr), if it is to be sent.
+    /// The initiator's KMS URI (IDRkmsi), if it is to be sent; also IDRkmsr unless
+    /// `responder_kms_uri` names another KMS.
     pub kms_uri: Option<String>,
+    /// The responder's KMS URI (IDRkmsr) when it differs from the initiator's: a responder of
+    /// another KMS community, whose Z the SSV is encapsulated under (RFC 6509 §4.1; sent only
+    /// with `kms_uri`, the IDRkmsi).
+    pub responder_kms_uri: Option<String>,
     /// SSRC of the initiator's media stream (CS 1).
     pub initiator_ssrc: u32,
     /// The SRTP policy (SP payload, policy number 0).
@@ -186,7 +191,7 @@ pub fn build_for(offer: &Offer, key: &SigningKey, recipient: &sakke::Recipient, 
     ];
     if let Some(kms) = &offer.kms_uri {
         payloads.push(idr(IdRole::INITIATOR_KMS, kms));
-        payloads.push(idr(IdRole::RESPONDER_KMS, kms));
+        payloads.push(idr(IdRole::RESPONDER_KMS, offer.responder_kms_uri.as_deref().unwrap_or(kms)));
     }
     payloads.push(Payload::Sp(offer.policy.clone()));
     payloads.push(Payload::Sakke(Sakke { params: SakkeParams::PARAM_SET_1, id_scheme: SakkeIdScheme::TEL_URI_MONTHLY, data: data.to_vec() }));
@@ -217,6 +222,26 @@ fn idr_data(m: &Message, role: IdRole) -> Result<Vec<u8>> {
         (None, _) => Err(rejected(ErrorCode::INVALID_ID, format!("no IDR with role {role:?}"))),
         (Some(_), Some(_)) => Err(rejected(ErrorCode::INVALID_ID, format!("more than one IDR with role {role:?}"))),
     }
+}
+
+/// The KMS URIs an I_MESSAGE names, **unverified**: (IDRkmsi, IDRkmsr), each `None` when
+/// absent (RFC 6509 §4.1: optional). What a responder of several KMS communities uses to pick
+/// the KPAK to verify under and to check the SSV was encapsulated under its own KMS's Z; the
+/// signature, verified next, covers both. ERR Invalid DT for another data type, ERR Invalid
+/// ID for a repeated or non-UTF-8 one.
+pub fn kms_uris(i_message: &[u8]) -> Result<(Option<String>, Option<String>)> {
+    let m = Message::decode(i_message)?;
+    if m.header.data_type != DataType::SAKKE {
+        return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, not an I_MESSAGE", m.header.data_type)));
+    }
+    let one = |role: IdRole| -> Result<Option<String>> {
+        match idr_data(&m, role) {
+            Ok(d) => String::from_utf8(d).map(Some).map_err(|_| rejected(ErrorCode::INVALID_ID, format!("{role:?} is not UTF-8"))),
+            Err(_) if !m.payloads.iter().any(|p| matches!(p, Payload::Idr(i) if i.role == role)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    Ok((one(IdRole::INITIATOR_KMS)?, one(IdRole::RESPONDER_KMS)?))
 }
 
 fn uid_of(m: &Message, role: IdRole) -> Result<[u8; 32]> {
@@ -335,6 +360,7 @@ pub(crate) mod fuzz {
             initiator_uri: ALICE.into(),
             responder_uri: BOB.into(),
             kms_uri: Some("kms.fuzz.example.org".into()),
+            responder_kms_uri: None,
             initiator_ssrc: 0x1234_5678,
             policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
         };
@@ -349,6 +375,8 @@ pub(crate) mod fuzz {
 
     /// `data` as an I_MESSAGE to Bob; returns whether it was accepted.
     pub(crate) fn run(data: &[u8]) -> bool {
+        // The responder reads IDRkmsi / IDRkmsr before verifying (cross-community, docs/high-security.md §10.9).
+        let _ = kms_uris(data);
         fixture().is_some_and(|f| receive(data, &f.kpak, &f.z, &f.bob, NOW, 30, &mut NoReplay).is_ok())
     }
 

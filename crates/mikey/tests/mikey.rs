@@ -1895,6 +1895,7 @@ mod mikey_sakke_exchange {
             initiator_uri: ALICE.into(),
             responder_uri: to.into(),
             kms_uri: Some(KMS.into()),
+            responder_kms_uri: None,
             initiator_ssrc: 0x5555_6666,
             policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
         }
@@ -1947,6 +1948,29 @@ mod mikey_sakke_exchange {
         assert_ne!(keys2.tgk[..], keys.tgk[..]);
         let r2 = receive(&p, &msg2, &bob, NOW, &mut Cache::default()).expect("receive");
         assert_eq!(r2.ssv[..], keys2.tgk[..]);
+    }
+
+    /// Two KMS communities (RFC 6509 §4.1 IDRkmsi / IDRkmsr): Alice of KMS A encapsulates to
+    /// Bob of KMS B under B's Z and signs with her A key; `kms_uris` names both KMSs before
+    /// verification (the responder picks the KPAK by IDRkmsi); Bob opens it with A's KPAK and
+    /// his B RSK, not with B's KPAK (ERR Auth failure); one KMS URI is sent as both.
+    #[test]
+    fn cross_community_message_names_both_kmss() {
+        let (a, b) = (Parties::new(), Parties::new());
+        let (same, _) = a.build(BOB, NOW);
+        assert_eq!(mikey_sakke::kms_uris(&same).expect("uris"), (Some(KMS.into()), Some(KMS.into())));
+        let o = Offer { responder_kms_uri: Some("kms.b.example".into()), ..offer(BOB) };
+        let (msg, keys) = mikey_sakke::build(&o, &a.alice, &b.z, NOW, &mut os_random).expect("build");
+        assert_eq!(mikey_sakke::kms_uris(&msg).expect("uris"), (Some(KMS.into()), Some("kms.b.example".into())));
+        let bob = b.rsk(BOB, NOW);
+        let r = mikey_sakke::receive(&msg, &a.kpak, &b.z, &bob, NOW, 30, &mut Cache::default()).expect("A's KPAK, B's RSK");
+        assert_eq!(r.ssv[..], keys.tgk[..]);
+        let e = mikey_sakke::receive(&msg, &b.kpak, &b.z, &bob, NOW, 30, &mut Cache::default()).expect_err("B's KPAK");
+        assert_eq!(e.err_code(), ErrorCode::AUTH_FAILURE);
+        let none = Offer { kms_uri: None, ..o };
+        let (bare, _) = mikey_sakke::build(&none, &a.alice, &b.z, NOW, &mut os_random).expect("build");
+        assert_eq!(mikey_sakke::kms_uris(&bare).expect("uris"), (None, None));
+        assert!(mikey_sakke::kms_uris(b"\x01\x04").is_err(), "not a message");
     }
 
     #[test]

@@ -29,6 +29,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mediasec_kms::community::Community;
 use mediasec_kms::keyprov::{Period, Provisioned, SakkeKeys};
 use mediasec_mikey::eccsi::{Kpak, SigningKey};
 use mediasec_mikey::psk::ReplayCache;
@@ -77,6 +78,12 @@ pub struct HighSecurity {
     pub(crate) recipients: crate::mikey_sakke::Recipients,
     /// Whether the MIKEY-SAKKE keys (Z, RSK) are fetched with each ECCSI key.
     sakke: bool,
+    /// Our KMS's URI (IDRkmsi of our I_MESSAGEs), when the keys came from a KMS.
+    pub(crate) kms: Option<String>,
+    /// MIKEY-SAKKE: the KMS certificates our KMS handed out with the keys (its own first,
+    /// then the external communities'; docs/high-security.md §10.9), replaced at each
+    /// renewal. Empty: one community only (our KMS's Z for every callee).
+    pub(crate) communities: Vec<Community>,
 }
 
 /// One month's keys: the ECCSI signing key and, for MIKEY-SAKKE, Z and the RSK.
@@ -131,7 +138,7 @@ impl HighSecurity {
     /// Credentials for `uri` from a validated signing key for `uri` and month `period`, and
     /// the trusted KPAKs.
     pub fn new(uri: impl Into<String>, period: Period, key: SigningKey, kpaks: Vec<Kpak>) -> Self {
-        Self { uri: uri.into(), keys: vec![PeriodKeys { period, key, sakke: None }], kpaks, replay: Replay::default(), recipients: Default::default(), sakke: false }
+        Self { uri: uri.into(), keys: vec![PeriodKeys { period, key, sakke: None }], kpaks, replay: Replay::default(), recipients: Default::default(), sakke: false, kms: None, communities: Vec::new() }
     }
 
     /// Credentials from what our KMS issued (with MIKEY-SAKKE keys if `got` has them, and then
@@ -140,7 +147,16 @@ impl HighSecurity {
         let mut kpaks = vec![got.kpak];
         kpaks.extend(others.into_iter().filter(|k| *k != got.kpak));
         let sakke = got.sakke.is_some();
-        Self { uri: got.uri, keys: vec![PeriodKeys { period: got.period, key: got.key, sakke: got.sakke }], kpaks, replay: Replay::default(), recipients: Default::default(), sakke }
+        Self {
+            uri: got.uri,
+            keys: vec![PeriodKeys { period: got.period, key: got.key, sakke: got.sakke }],
+            kpaks,
+            replay: Replay::default(),
+            recipients: Default::default(),
+            sakke,
+            kms: Some(got.kms),
+            communities: got.communities,
+        }
     }
 
     /// Fetches our signing key for `uri` (one of our IMPUs) for the current month from our
@@ -163,6 +179,11 @@ impl HighSecurity {
             return Err(Error::Negotiation(format!("key provisioning: key for {}, not {uri}", got.uri)));
         }
         Ok(Self::from_provisioned(got, others))
+    }
+
+    /// The KMS certificates held (MIKEY-SAKKE; own community first).
+    pub fn communities(&self) -> &[Community] {
+        &self.communities
     }
 
     /// Our URI (the identity we sign as).
@@ -197,6 +218,10 @@ impl HighSecurity {
         self.keys.retain(|k| k.period >= current && k.period != got.period);
         self.keys.push(PeriodKeys { period: got.period, key: got.key, sakke: got.sakke });
         self.keys.sort_by_key(|k| k.period);
+        self.kms = Some(got.kms);
+        if self.sakke {
+            self.communities = got.communities;
+        }
         if self.kpaks.first() != Some(&got.kpak) {
             self.kpaks.retain(|k| *k != got.kpak);
             self.kpaks.insert(0, got.kpak);
@@ -352,7 +377,7 @@ pub(crate) mod tests {
         let id = mediasec_mikey::eccsi::identity(uri, p.year, p.month);
         let (ssk, pvt) = ksak.issue(&id, &[p.month; 32]).unwrap();
         let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
-        Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: None }
+        Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: None, communities: Vec::new() }
     }
 
     /// Fetches what `missing` names, as [`ready`] does with the KMS.

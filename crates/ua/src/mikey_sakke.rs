@@ -12,9 +12,18 @@
 //!
 //! Keys come from the UE's KMS per month with the ECCSI key (Ua `keyprovision` with `sakke`,
 //! policy `mikey_sakke`), kept and renewed by the same [`HighSecurity`] credentials and
-//! [`crate::high_security::ready`] as the high-security mode. One community: the caller
-//! encapsulates under its own KMS's Z, so the callee must hold an RSK of that KMS (a callee of
-//! another KMS fails to decapsulate: ERR Auth failure).
+//! [`crate::high_security::ready`] as the high-security mode.
+//!
+//! Across KMS communities (docs/high-security.md §10.9): the KMS hands the UE, with its keys,
+//! the KMS certificates of its own and of the external communities it knows. The caller
+//! finds the community of the callee's SIP domain (`kms_domain_list`) and encapsulates under
+//! *that* community's Z (the callee's RSK is of its own KMS), names its own KMS in IDRkmsi
+//! and the callee's in IDRkmsr (RFC 6509 §4.1) and signs with its own SSK; a callee domain
+//! in no certificate fails the call before anything is sent. The callee takes the KPAK of
+//! the community IDRkmsi names — its own KMS's, or an external one's from a certificate it
+//! holds; an unknown community is refused (ERR Auth failure, with the MIKEY Error message) —
+//! and requires IDRkmsr to be its own KMS (ERR Invalid ID). A UE given no certificates (or a
+//! message without IDRkmsi) keeps to one community: our KMS's Z, every trusted KPAK tried.
 //!
 //! The caller keeps the callee's SAKKE point \[b\]P + Z ([`sakke::Recipient`]) in a small
 //! cache ([`Recipients`]: per identifier — which names the month — and KMS key, the
@@ -29,6 +38,8 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mediasec_kms::community::{self, Community};
+use mediasec_mikey::eccsi::Kpak;
 use mediasec_mikey::mikey_sakke::{self, Offer};
 use mediasec_mikey::payload::Timestamp;
 use mediasec_mikey::registry::{ErrorCode, PrfFunc, TsType};
@@ -105,20 +116,64 @@ impl Recipients {
 pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, callee_uri: &str, now: Duration) -> Result<(String, PendingCall), Error> {
     let keys = key_at(&hs.keys, &hs.uri, now)?;
     let sakke = keys.sakke.as_ref().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs SAKKE keys (Z, RSK) from the KMS".into()))?;
+    let callee = ticket::uid_of(callee_uri)?;
+    let (z, kms_uri, responder_kms_uri) = callee_community(hs.kms.as_deref(), &hs.communities, callee.domain(), &sakke.z)?;
     let o = Offer {
         prf: PrfFunc::MIKEY_1,
         csb_id: rand::random(),
         initiator_uri: hs.uri.clone(),
-        responder_uri: format!("sip:{}", ticket::uid_of(callee_uri)?),
-        kms_uri: None,
+        responder_uri: format!("sip:{callee}"),
+        kms_uri,
+        responder_kms_uri,
         initiator_ssrc: ssrc,
         policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
     };
     let t = ntp(now);
     let id = mikey_sakke::identifier(&o.responder_uri, &Timestamp { ts_type: TsType::NTP_UTC, value: t }).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
-    let built = hs.recipients.with(&sakke.z, &id, |recipient| mikey_sakke::build_for(&o, &keys.key, recipient, t, &mut random));
+    let built = hs.recipients.with(&z, &id, |recipient| mikey_sakke::build_for(&o, &keys.key, recipient, t, &mut random));
     let (message, keys) = built.map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
     Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()]), PendingCall { keys }))
+}
+
+/// The Z to encapsulate under for a callee of `domain`, and the IDRkmsi / IDRkmsr to send
+/// (module docs): without certificates, our KMS's `own_z` and no KMS URIs; with them, the
+/// community serving `domain` — ours (our Z, no KMS URIs, as within one community) or an
+/// external one (its Z; IDRkmsi ours, IDRkmsr its URI) —, and an error naming the domain
+/// when none does.
+fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey) -> Result<(sakke::PublicKey, Option<String>, Option<String>), Error> {
+    let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
+        return Ok((*own_z, None, None));
+    };
+    match community::of_domain(communities, domain) {
+        // Within our community the message stays as before, without IDRkms (RFC 6509 §4.1:
+        // optional; the callee then tries its trusted KPAKs, our KMS's first). Also keeps
+        // the I_MESSAGE — and the SIP message carrying it — as small as before.
+        Some(c) if c.kms_uri().eq_ignore_ascii_case(own_kms) => Ok((*own_z, None, None)),
+        Some(c) => Ok((*c.z(), Some(own_kms.to_owned()), Some(c.kms_uri().to_owned()))),
+        None => Err(Error::Negotiation(format!("MIKEY-SAKKE: the callee's domain {domain} belongs to no KMS community this UE holds a KMS certificate for (ours: {own_kms})"))),
+    }
+}
+
+/// The KPAKs to verify an I_MESSAGE under (module docs): with IDRkmsi naming a community we
+/// hold a certificate of, its KPAK (ours: `kpaks`' first, our KMS's); an unknown one is
+/// ERR Auth failure; IDRkmsr must be our KMS (ERR Invalid ID). Without IDRkmsi, or without
+/// certificates, every trusted KPAK.
+fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community], kpaks: &[Kpak]) -> Result<Vec<Kpak>, mediasec_mikey::Error> {
+    let (kmsi, kmsr) = mikey_sakke::kms_uris(message)?;
+    let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
+        return Ok(kpaks.to_vec());
+    };
+    if let Some(r) = kmsr.as_deref().filter(|r| !r.eq_ignore_ascii_case(own_kms)) {
+        return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE encapsulated for the KMS community {r}, not ours ({own_kms})") });
+    }
+    match kmsi {
+        None => Ok(kpaks.to_vec()),
+        Some(i) if i.eq_ignore_ascii_case(own_kms) => Ok(kpaks.iter().take(1).copied().collect()),
+        Some(i) => match communities.iter().find(|c| c.kms_uri().eq_ignore_ascii_case(&i)) {
+            Some(c) => Ok(vec![*c.kpak()]),
+            None => Err(mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason: format!("I_MESSAGE signed in the KMS community {i}: no KMS certificate held for it (unknown community)") }),
+        },
+    }
 }
 
 /// Callee: receives the I_MESSAGE of `offer` at `now` and answers without key management
@@ -133,12 +188,14 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
         .map_err(|e| refused(e.to_string()))?
         .ok_or_else(|| refused("offer without a=key-mgmt:mikey; policy requires MIKEY-SAKKE".into()))?;
     let t = ntp(now);
-    let HighSecurity { keys, kpaks, replay, .. } = hs;
+    let HighSecurity { keys, kpaks, replay, kms, communities, .. } = hs;
     replay.now_ntp_secs = t >> 32;
+    let kpaks = signer_kpaks(&message, kms.as_deref(), communities, kpaks)
+        .map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
     let mut outcome = Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: "no MIKEY-SAKKE receiver key held".into() });
     for held in keys.iter() {
         let Some(s) = &held.sakke else { continue };
-        outcome = under_trusted(kpaks, |kpak| mikey_sakke::receive(&message, kpak, &s.z, &s.rsk, t, SKEW_SECS, replay));
+        outcome = under_trusted(&kpaks, |kpak| mikey_sakke::receive(&message, kpak, &s.z, &s.rsk, t, SKEW_SECS, replay));
         if !matches!(&outcome, Err(e) if e.err_code() == ErrorCode::INVALID_ID) {
             break;
         }
@@ -190,7 +247,74 @@ mod tests {
         let (ssk, pvt) = ksak.issue(&id, &[0x31; 32]).unwrap();
         let key = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
         let sakke = SakkeKeys { z: z.public_key(), rsk: z.issue(&id).unwrap() };
-        HighSecurity::from_provisioned(Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: Some(sakke) }, Vec::new())
+        HighSecurity::from_provisioned(Provisioned { kms: "kms.a.example".into(), uri: uri.into(), period: p, kpak: ksak.kpak(), key, sakke: Some(sakke), communities: Vec::new() }, Vec::new())
+    }
+
+    /// Credentials of `uri` from the KMS `kms` (keys `ksak`, `z`) that handed out `communities`.
+    fn creds_in(ksak: &KmsSecret, z: &sakke::KmsSecret, kms: &str, uri: &str, communities: Vec<Community>) -> HighSecurity {
+        let mut hs = creds(ksak, z, uri);
+        hs.kms = Some(kms.into());
+        hs.communities = communities;
+        hs
+    }
+
+    fn community_of(ksak: &KmsSecret, z: &sakke::KmsSecret, kms: &str, domain: &str) -> Community {
+        Community::new(kms, ksak.kpak(), z.public_key(), &[domain.into()]).unwrap()
+    }
+
+    fn refused_with(e: Error, code: ErrorCode, words: &str) {
+        match e {
+            Error::KeyRefused { reason, mikey_error: Some(m) } => {
+                assert!(reason.contains(words), "{reason}");
+                let m = mediasec_mikey::Message::decode(&m).unwrap();
+                assert!(m.payloads.iter().any(|p| matches!(p, mediasec_mikey::Payload::Err(e) if e.code == code)), "{m:?}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    /// Across two KMS communities (docs/high-security.md §10.9): alice (KMS a) calls carol
+    /// (KMS b) — encapsulated under b's Z, IDRkmsi = kms.a.example, IDRkmsr = kms.b.example,
+    /// signed with alice's a key; carol verifies under a's KPAK from a's certificate and
+    /// decrypts with her b RSK; SRTP both ways. Within a's community no IDRkms is sent.
+    /// Refused: dave (b) who holds no certificate of a (ERR Auth failure, "unknown
+    /// community"); carol given a message whose IDRkmsr is the a community (ERR Invalid ID);
+    /// a callee domain of no community (the caller fails before sending).
+    #[test]
+    fn cross_community_call_and_refusals() {
+        let (ksak_a, z_a) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak_b, z_b) = (KmsSecret::from_bytes(&[0x43; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap());
+        let (a, b) = (community_of(&ksak_a, &z_a, "kms.a.example", "a.example"), community_of(&ksak_b, &z_b, "kms.b.example", "b.example"));
+        let mut alice = creds_in(&ksak_a, &z_a, "kms.a.example", "sip:alice@a.example", vec![a.clone(), b.clone()]);
+        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b.clone(), a]);
+        let mut dave = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:dave@b.example", vec![b]);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        let (offer_sdp, pending) = offer(&mut alice, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
+        let offered = Sdp::parse(&offer_sdp);
+        let message = ticket::mikey_data(&offered).unwrap().unwrap();
+        assert_eq!(mikey_sakke::kms_uris(&message).unwrap(), (Some("kms.a.example".into()), Some("kms.b.example".into())));
+        let (answer_sdp, carol_media) = answer(&mut carol, &offered, local, 1, 0x2222, now).unwrap();
+        srtp_both_ways(&process_answer(&pending, &Sdp::parse(&answer_sdp)).unwrap(), &carol_media);
+
+        let (to_dave, _) = offer(&mut alice, local, 1, 0x1111, "sip:dave@b.example", now).unwrap();
+        refused_with(answer(&mut dave, &Sdp::parse(&to_dave), local, 1, 0x2222, now).err().unwrap(), ErrorCode::AUTH_FAILURE, "unknown community");
+        let (to_bob, _) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        assert_eq!(mikey_sakke::kms_uris(&ticket::mikey_data(&Sdp::parse(&to_bob)).unwrap().unwrap()).unwrap(), (None, None), "same community: no IDRkms, as before");
+        // A message that names the a community as the responder's is not for carol.
+        let o = Offer { prf: PrfFunc::MIKEY_1, csb_id: 7, initiator_uri: "sip:alice@a.example".into(), responder_uri: "sip:carol@b.example".into(), kms_uri: Some("kms.a.example".into()), responder_kms_uri: None, initiator_ssrc: 1, policy: srtp_policy::aes_cm_128_hmac_sha1_80() };
+        let (misdirected, _) = mikey_sakke::build(&o, &key_at(&alice.keys, &alice.uri, now).unwrap().key, &z_b.public_key(), ntp(now), &mut random).unwrap();
+        let sdp = sdp_text(local, 1, SAVP, &[ticket::key_mgmt_line(misdirected), RTCP_MUX.into()]);
+        refused_with(answer(&mut carol, &Sdp::parse(&sdp), local, 1, 0x2222, now).err().unwrap(), ErrorCode::INVALID_ID, "kms.a.example");
+        match offer(&mut alice, local, 1, 0x1111, "sip:erin@c.example", now) {
+            Err(Error::Negotiation(r)) => assert!(r.contains("c.example") && r.contains("no KMS community"), "{r}"),
+            other => panic!("{:?}", other.map(|(sdp, _)| sdp)),
+        }
+        // Without certificates (one community): alice's message to carol is under a's Z,
+        // which carol cannot open.
+        let mut alone = creds(&ksak_a, &z_a, "sip:alice@a.example");
+        let (legacy, _) = offer(&mut alone, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
+        assert!(answer(&mut carol, &Sdp::parse(&legacy), local, 1, 0x2222, now).is_err());
     }
 
     /// A MIKEY-SAKKE call: the offer carries the I_MESSAGE, the answer has no key management,

@@ -301,7 +301,7 @@ async fn one_call(lab: &TwoDomains, kms: Option<&Kms>, tls: &Trust, n: usize, na
         detail.push_str(&words);
     }
     if security == Security::MikeySakke {
-        let (released, words) = kms_releases(kms, &a, &b, &format!("alice{n}@a.example")).await?;
+        let (released, words) = kms_releases(kms, "a.example", &a, &b, &format!("alice{n}@a.example")).await?;
         ok &= released && a.peer_key == b.own_key && b.peer_key == a.own_key;
         detail.push_str(&words);
     }
@@ -325,15 +325,16 @@ fn kms_cannot_release(kms: Option<&Kms>, caller: &CallReport, caller_uid: &str) 
     })
 }
 
-/// LI without a man in the middle (MIKEY-SAKKE): under a valid warrant for the caller, the
-/// KMS releases the keys of the call from its I_MESSAGE alone; they must be the master keys
-/// the caller and the callee send with. Whether they were, and the summary line's words.
-async fn kms_releases(kms: Option<&Kms>, caller: &CallReport, callee: &CallReport, caller_uid: &str) -> anyhow::Result<(bool, String)> {
+/// LI without a man in the middle (MIKEY-SAKKE): under a valid warrant for a party of the
+/// call (`target_uid`), the KMS of `domain` releases the keys of the call from its I_MESSAGE
+/// alone; they must be the master keys the caller and the callee send with. Whether they
+/// were, and the summary line's words.
+async fn kms_releases(kms: Option<&Kms>, domain: &str, caller: &CallReport, callee: &CallReport, target_uid: &str) -> anyhow::Result<(bool, String)> {
     let kms = kms.context("MIKEY-SAKKE needs the KMS")?;
     let i_message = caller.offer_mikey.as_deref().context("no I_MESSAGE in the offer")?;
-    let service = &kms.lab.domain("a.example")?.service;
+    let service = &kms.lab.domain(domain)?.service;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let target = mediasec_kms::identity::KmsUid::parse(caller_uid)?;
+    let target = mediasec_kms::identity::KmsUid::parse(target_uid)?;
     let warrant = mediasec_kms::li::Warrant { id: "demo".into(), target, not_before: now - 60, not_after: now + 60 };
     Ok(match service.li_release(&warrant, i_message, None, now).await {
         Ok(r) => {
@@ -555,6 +556,56 @@ async fn e2ae_offerless_call(agw: &mediasec_agw::Agw, (pcscf_tls, tls): (&Arc<me
     Ok(Scenario { name: "offerless e2ae call (offer in the 200, answer in the ACK)", ok, setup: a.setup, detail })
 }
 
+/// MIKEY-SAKKE across two communities (high-security.md §10.9): KMS a and KMS b (a BSF and
+/// Zk over mutual TLS of their own) learn each other's KMS certificate over Zk; erin17@a.example
+/// (P-CSCF a) calls carol17@b.example (P-CSCF b) and encapsulates under KMS b's Z, naming both
+/// KMSs. Media verified both ways; under a warrant for carol KMS b releases the call's keys
+/// (it holds carol's RSK), while KMS a refuses for erin: not its community's z.
+async fn cross_community_sakke(lab: &TwoDomains, talk: Duration) -> anyhow::Result<Scenario> {
+    let dir = std::env::temp_dir().join(format!("mediasec-demo-sip-communities-{}", std::process::id()));
+    let domains = [
+        DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\n" },
+        DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" },
+    ];
+    let kms = Kms { lab: KmsLab::start(&dir, &domains, &["erin17@a.example", "carol17@b.example"], Some(Duration::from_secs(5))).await?, dir };
+    for d in &kms.lab.domains {
+        for (peer, learned) in d.service.refresh_communities().await {
+            learned.with_context(|| format!("KMS {} learning the certificate of {peer}", d.domain))?;
+        }
+    }
+    let sakke = Security::MikeySakke;
+    let erin = registered(ue("sip:erin17@a.example", lab.pcscf_a.local_addr(), sakke, CALLER_HZ, CALLEE_HZ), Some(&kms)).await?;
+    let carol = registered(ue("sip:carol17@b.example", lab.pcscf_b.local_addr(), sakke, CALLEE_HZ, CALLER_HZ), Some(&kms)).await?;
+    let id = tokio::time::timeout(Duration::from_secs(10), erin.call("sip:carol17@b.example")).await.context("call timed out")??;
+    tokio::time::sleep(talk).await;
+    let (a, c) = (erin.report(&id).await?.context("caller report")?, callee_report(&carol).await?);
+    erin.hangup(&id).await?;
+    let expected = "srtp AES_CM_128_HMAC_SHA1_80";
+    let kmss = a.offer_mikey.as_deref().map(mediasec_mikey::mikey_sakke::kms_uris).transpose()?;
+    let named = kmss == Some((Some("kms.a.example".into()), Some("kms.b.example".into())));
+    let mut ok = a.protection == expected && c.protection == expected && a.media.verified >= 10 && c.media.verified >= 10 && a.media.refused + c.media.refused == 0;
+    ok &= named && a.peer_key == c.own_key && c.peer_key == a.own_key;
+    let mut detail = format!("{}, verified {}↔{}, I_MESSAGE {}", a.protection, a.media.verified, c.media.verified, if named { "names KMS a (signer) and KMS b (Z)" } else { "does NOT name both KMSs" });
+    let (released, words) = kms_releases(Some(&kms), "b.example", &a, &c, "carol17@b.example").await?;
+    ok &= released;
+    detail.push_str(&words.replace("KMS LI", "callee's KMS LI"));
+    let i_message = a.offer_mikey.as_deref().context("no I_MESSAGE in the offer")?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let warrant = mediasec_kms::li::Warrant { id: "demo-a".into(), target: mediasec_kms::identity::KmsUid::parse("erin17@a.example")?, not_before: now - 60, not_after: now + 60 };
+    match kms.lab.domain("a.example")?.service.li_release(&warrant, i_message, None, now).await {
+        Err(mediasec_kms::KmsError::LiRefused(mediasec_kms::li::Refusal::OtherCommunity(k))) => detail.push_str(&format!("; caller's KMS: refused, encapsulated under {k}")),
+        Ok(_) => {
+            ok = false;
+            detail.push_str("; caller's KMS: KEYS RELEASED");
+        }
+        Err(e) => {
+            ok = false;
+            detail.push_str(&format!("; caller's KMS: unexpected answer ({e})"));
+        }
+    }
+    Ok(Scenario { name: "MIKEY-SAKKE across two communities (KMS certificates learned over Zk)", ok, setup: a.setup, detail })
+}
+
 /// Runs the SIP scenarios on a fresh lab.
 pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
     let agw = agw().await?;
@@ -586,6 +637,7 @@ pub(crate) async fn run() -> anyhow::Result<Vec<Scenario>> {
         one_call(&lab, Some(&kms), &trust, 16, "offerless call, MIKEY-TICKET (the callee requests the ticket)", ticket, Shape { offerless: true, ..plain }, talk).await?,
         one_call(&lab, Some(&kms), &trust, 13, "high-security call (ECCSI-signed MIKEY-DH): media verified both ways; KMS cannot derive the keys", Security::HighSecurity, plain, talk).await?,
         one_call(&lab, Some(&kms), &trust, 15, "MIKEY-SAKKE call (TS 33.180-style identity-based keys): media verified both ways; the KMS releases its keys under a warrant", Security::MikeySakke, plain, talk).await?,
+        cross_community_sakke(&lab, talk).await?,
         e2ae_call(&lab, &agw, &trust, 7, talk, false).await?,
         e2ae_call(&lab, &agw, &trust, 10, talk, true).await?,
         e2ae_preconditions_call(&lab, &agw, &trust, 11, talk).await?,

@@ -116,6 +116,14 @@ struct ServeArgs {
     /// Bound of one Zk resolve, milliseconds.
     #[arg(long, default_value_t = 2000)]
     zk_timeout_ms: u64,
+    /// An external KMS certificate (JSON file, docs/high-security.md §10.9; repeat): a
+    /// MIKEY-SAKKE community configured by the operator (it wins over one learned over Zk).
+    #[arg(long = "community-cert")]
+    community_certs: Vec<PathBuf>,
+    /// Seconds between fetches of the Zk peers' KMS certificates (the first at start); 0:
+    /// never (only configured certificates, or `POST /admin/v1/communities/refresh`).
+    #[arg(long, default_value_t = 3600)]
+    community_refresh: u64,
 }
 
 /// Opens the store named by `--store`.
@@ -191,6 +199,11 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let peer_map = zk_peer_map(&a)?;
+    let mut communities = Vec::new();
+    for f in &a.community_certs {
+        let json = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        communities.push(mediasec_kms::community::Community::decode(&json).with_context(|| format!("KMS certificate {}", f.display()))?);
+    }
     let zk = match &a.zk_pki {
         Some(dir) => Some(ZkTls::load(dir, &domain).with_context(|| format!("loading the Zk PKI of {domain} from {}", dir.display()))?),
         None => None,
@@ -220,6 +233,20 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let service = Service::start(cfg, persist, zn, peers, admin_token, os_random()).await?;
         if let Some(t) = li_token {
             service.enable_li(t)?;
+        }
+        for c in communities {
+            service.configure_community(c)?;
+        }
+        if a.community_refresh > 0 && zk.is_some() && !peer_map.is_empty() {
+            let s = Arc::clone(&service);
+            let every = Duration::from_secs(a.community_refresh);
+            tokio::spawn(async move {
+                loop {
+                    // Outcomes are logged by refresh_communities; a failure keeps what was learned.
+                    let _ = s.refresh_communities().await;
+                    tokio::time::sleep(every).await;
+                }
+            });
         }
         let listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         println!("KMS {} listening on {}://{}", a.fqdn, if tls.is_some() { "https" } else { "http" }, listener.local_addr()?);
