@@ -591,6 +591,7 @@ impl Endpoint {
             unacknowledged: HashMap::new(),
             connections: HashMap::new(),
             by_peer: HashMap::new(),
+            tls_names: HashMap::new(),
             by_size: HashMap::new(),
             resolver,
             located,
@@ -777,6 +778,10 @@ struct Driver {
     /// Open TCP and TLS connections, and which one serves each remote address on each.
     connections: HashMap<ConnId, Connection>,
     by_peer: HashMap<(Kind, SocketAddr), ConnId>,
+    /// The server name each TLS connection this endpoint opened verified (RFC 5922 §7.2): a
+    /// request for another name to the same address (two names located to one server, RFC
+    /// 3263) does not reuse it, as its certificate was not checked for that name.
+    tls_names: HashMap<ConnId, ServerName<'static>>,
     /// Client transactions on TCP only for their size → their request as it was for UDP.
     by_size: HashMap<TransactionKey, Request>,
     /// The lookups of [`Command::RequestUri`].
@@ -1007,6 +1012,7 @@ impl Driver {
     /// TCP). A server transaction keeps its route: its next response opens a new connection
     /// (§18.2.2).
     async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, end: End) {
+        self.tls_names.remove(&conn);
         if let Some(closed) = self.connections.remove(&conn) {
             let at = (closed.kind(), peer);
             if self.by_peer.get(&at) == Some(&conn) {
@@ -1587,7 +1593,10 @@ impl Driver {
     /// (no client side configured, no name to verify) is reported failed.
     fn send_stream(&mut self, kind: Kind, name: Option<&ServerName<'static>>, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
         let transport = kind.name();
-        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&(kind, to)).copied());
+        // A TLS connection opened for another name is not reused for this one (an accepted
+        // connection, which verified no name, is: the P-CSCF's requests to its UE).
+        let for_name = |id: &ConnId| name.is_none() || self.tls_names.get(id).is_none_or(|verified| Some(verified) == name);
+        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&(kind, to)).copied().filter(for_name));
         if let Some(id) = open
             && let Some(connection) = self.connections.get(&id)
         {
@@ -1598,6 +1607,7 @@ impl Driver {
                     tracing::warn!(%to, transport, queue = self.tcp.queue, "SIP connection failed: its peer is not taking what is sent (queue full)");
                     // Dropping it stops its task, so the end is reported here.
                     self.connections.remove(&id);
+                    self.tls_names.remove(&id);
                     self.by_peer.retain(|_, c| *c != id);
                     self.report_ended(id, to, End::Failed);
                     return id;
@@ -1631,6 +1641,9 @@ impl Driver {
         }
         tracing::debug!(%to, transport, "SIP connecting");
         let local = self.listener.local_addr().unwrap_or_else(|_| SocketAddr::new(to.ip(), 0));
+        if let Some((_, verified)) = &tls {
+            self.tls_names.insert(id, verified.clone());
+        }
         let connection = Connection::connect(id, local, to, tls, &self.tcp);
         // A fresh queue has room, and accepts until its task has ended, which it reports.
         let _ = connection.send(bytes);

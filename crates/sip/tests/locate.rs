@@ -197,3 +197,56 @@ async fn a_refused_target_fails_over_to_the_next() {
     assert!(via.starts_with("SIP/2.0/TCP ") && via.contains("branch=z9hG4bKfail"), "{via}");
     assert!(events.try_recv().is_err(), "the TU was told about the refused target");
 }
+
+/// TLS to a located name (RFC 5922 §4 with RFC 3263): the certificate is verified against the
+/// URI's host, not the SRV target's name. B's certificate names only `sip.secure.test`; both
+/// `sips:sip.secure.test` and `sips:other.secure.test` have SRV records to `node.secure.test`
+/// (B's TLS port). The first request reaches B over TLS and is answered; the second fails its
+/// handshake (the certificate is not valid for `other.secure.test`): `Event::Timeout`.
+#[tokio::test]
+async fn tls_to_a_name_verifies_the_uri_host() {
+    use mediasec_sip::core::{ResponseBuilder, StatusCode};
+    use mediasec_sip::tls::{client_config, server_config, Tls, TlsServer};
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["sip.secure.test".to_owned()]).expect("params").signed_by(&key, &ca).expect("cert");
+    let server = TlsServer { port: 0, config: server_config(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), None).expect("server config") };
+    let (b, mut b_events) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), Config { tls: Tls { server: Some(server), client: None }, ..Config::from(timers()) }).await.expect("bind b");
+    let b_tls = b.tls_addr().expect("TLS port");
+
+    let dns = DnsServer::start(
+        Zone::new()
+            .srv("_sips._tcp.sip.secure.test", 10, 1, b_tls.port(), "node.secure.test")
+            .srv("_sips._tcp.other.secure.test", 10, 1, b_tls.port(), "node.secure.test")
+            .a("node.secure.test", LO1),
+    );
+    let client = client_config(ca.pem().as_bytes(), None).expect("client config");
+    let config = Config { tls: Tls { server: None, client: Some(client) }, resolver: Some(Arc::new(resolver(&dns))), ..Config::from(timers()) };
+    let (a, mut a_events) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind a");
+
+    let request = options(a.local_addr(), "sips:bob@sip.secure.test", "z9hG4bKtlsname");
+    a.send(Command::RequestUri { request, uri: uri("sips:sip.secure.test") }).expect("send");
+    let Event::Request { key, request: got, .. } = tokio::time::timeout(Duration::from_secs(10), b_events.recv()).await.expect("in time").expect("alive") else {
+        panic!("a request at B")
+    };
+    let via = String::from_utf8_lossy(&got.headers.value(&mediasec_sip::core::HeaderName::Via).expect("Via")).into_owned();
+    assert!(via.starts_with("SIP/2.0/TLS "), "{via}");
+    let ok = ResponseBuilder::to_request(&got, StatusCode::new(200).expect("200"), "OK").expect("200").build();
+    b.send(Command::Respond { key, response: ok }).expect("respond");
+    match tokio::time::timeout(Duration::from_secs(10), a_events.recv()).await.expect("in time").expect("alive") {
+        Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let wrong = options(a.local_addr(), "sips:bob@other.secure.test", "z9hG4bKtlsother");
+    let key = TransactionKey::from_sent_request(&wrong).expect("key");
+    a.send(Command::RequestUri { request: wrong, uri: uri("sips:other.secure.test") }).expect("send");
+    match tokio::time::timeout(Duration::from_secs(10), a_events.recv()).await.expect("in time").expect("alive") {
+        Event::Timeout { key: k } => assert_eq!(k, key),
+        other => panic!("unexpected {other:?}"),
+    }
+}
