@@ -480,6 +480,47 @@ fn sdes_call_between_two_ua_processes_over_tls_to_the_pcscf() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// RFC 3263 with the CLI (`mediasec ua run --proxy-uri URI --dns ADDR`, `mediasec cscf
+/// --hostname NAME`): a DNS responder here (`mediasec_testkit::dns`) has SRV
+/// `_sip._udp.pcscf.a.example` → the P-CSCF's port and A 127.0.0.1; alice names her P-CSCF
+/// only as `sip:pcscf.a.example;lr` (her `--proxy` is a dead address) and calls bob, who
+/// reaches the P-CSCF by address: the SDES call verifies media both ways, and DNS was asked.
+#[test]
+fn ua_process_locates_its_pcscf_by_dns() {
+    use mediasec_testkit::dns::{DnsServer, Zone};
+    let printed = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>, prefix: &str| {
+        lines.next().and_then(Result::ok).and_then(|l| l.strip_prefix(prefix).map(str::to_owned)).unwrap_or_else(|| panic!("{prefix}"))
+    };
+    let (_scscf, mut lines) = spawn_reading(&["cscf", "--role", "scscf", "--domain", "a.example", "--listen", "127.0.0.1:0"]);
+    let scscf = printed(&mut lines, "listening on ");
+    let (_pcscf, mut lines) = spawn_reading(&["cscf", "--role", "pcscf", "--domain", "a.example", "--scscf", &scscf, "--listen", "127.0.0.1:0", "--mediasec", "--hostname", "pcscf.a.example"]);
+    let pcscf = printed(&mut lines, "listening on ");
+    let port: u16 = pcscf.rsplit(':').next().and_then(|p| p.parse().ok()).expect("P-CSCF port");
+    let dns = DnsServer::start(Zone::new().srv("_sip._udp.pcscf.a.example", 10, 1, port, "pcscf.a.example").a("pcscf.a.example", std::net::Ipv4Addr::LOCALHOST));
+    let dns_addr = dns.addr().to_string();
+
+    let bob_args = ["ua", "run", "--aor", "sip:bob@a.example", "--proxy", &pcscf, "--duration", "6", "--tone", "1500", "--expect", "1000", "--min-verified", "20"];
+    let (mut bob, mut bob_lines) = spawn_reading(&bob_args);
+    let registered = bob_lines.next().and_then(Result::ok).expect("bob registered");
+    assert!(registered.contains("\"registered\":200"), "{registered}");
+    let alice_args = [
+        "ua", "run", "--aor", "sip:alice@a.example", "--proxy", "127.0.0.1:9", "--proxy-uri", "sip:pcscf.a.example;lr", "--dns", &dns_addr, "--call", "sip:bob@a.example",
+        "--duration", "1.5", "--min-verified", "20",
+    ];
+    let (mut alice, alice_lines) = spawn_reading(&alice_args);
+    let alice_out: Vec<String> = alice_lines.map_while(Result::ok).collect();
+    assert!(alice.child.wait().expect("alice").success(), "{alice_out:?}");
+    let bob_out: Vec<String> = bob_lines.map_while(Result::ok).collect();
+    assert!(bob.child.wait().expect("bob").success(), "{bob_out:?}");
+    let call = |out: &[String]| -> serde_json::Value { out.iter().find(|l| l.contains("call_id")).map(|l| serde_json::from_str(l).expect("JSON")).expect("a call report") };
+    let (a, b) = (call(&alice_out), call(&bob_out));
+    for r in [&a, &b] {
+        assert_eq!(r["protection"], "srtp AEAD_AES_256_GCM", "{r}");
+        assert!(r["verified"].as_u64().is_some_and(|v| v >= 20), "{r}");
+    }
+    assert!(dns.queries() >= 2, "SRV and A asked: {}", dns.queries());
+}
+
 /// The high-security mode with the CLI (`mediasec ua run --security high-security`): a BSF
 /// holding alice's and bob's (simulated) USIMs, a KMS whose policy allows the mode, an
 /// S-CSCF and a P-CSCF, each a process; each UE bootstraps over Ub, fetches its ECCSI key

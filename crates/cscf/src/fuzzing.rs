@@ -69,6 +69,8 @@ impl Run {
             e2ae_provisioned: Provisioned::parse(["sip:carol@a.example"]).unwrap_or_default(),
             core_srtp: false,
             voicemail: Some("sip:vm@a.example".into()),
+            dns: true,
+            hostnames: vec!["pcscf.a.example".into()],
         };
         Self { proxy: Proxy::new(config, LOCAL), now: Instant::now(), forwarded: Vec::new() }
     }
@@ -146,7 +148,7 @@ impl Run {
 
     fn track(&mut self, commands: Vec<Command>) {
         for command in commands {
-            if let Command::Request { request, .. } = command {
+            if let Command::Request { request, .. } | Command::RequestUri { request, .. } = command {
                 self.forwarded.push(request);
             }
         }

@@ -37,6 +37,9 @@ pub struct LabConfig {
     pub voicemail_a: Option<String>,
     /// S-CSCF b's voicemail URI.
     pub voicemail_b: Option<String>,
+    /// S-CSCF a finds b.example's servers by DNS (RFC 3263) at this name server instead of
+    /// having S-CSCF b configured as its peer (`a_to_b` is then unused).
+    pub dns_a: Option<SocketAddr>,
 }
 
 /// The four running proxies.
@@ -83,18 +86,20 @@ impl TwoDomains {
 
     /// Starts the four proxies as `config` says.
     pub async fn start_config(config: LabConfig) -> Result<Self, mediasec_sip::Error> {
-        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a, pcscf_tls, voicemail_a, voicemail_b } = config;
+        let LabConfig { retarget_b, a_to_b, b_to_a, agw_ng_a, e2ae_provisioned_a, core_srtp_a, pcscf_tls, voicemail_a, voicemail_b, dns_a } = config;
         let (sa, sb) = (free_addr()?, free_addr()?);
-        let scscf = |domain: &str, peer: (&str, SocketAddr), retarget: HashMap<String, String>, voicemail: Option<String>| ProxyConfig {
+        let scscf = |domain: &str, peer: Option<(&str, SocketAddr)>, retarget: HashMap<String, String>, voicemail: Option<String>| ProxyConfig {
             role: Role::Scscf,
             domain: domain.into(),
             scscf: None,
-            peers: HashMap::from([(peer.0.to_owned(), peer.1)]),
+            peers: peer.map(|(d, a)| HashMap::from([(d.to_owned(), a)])).unwrap_or_default(),
             retarget,
             mediasec: false,
             agw_ng: None,
             e2ae_provisioned: Provisioned::default(),
             core_srtp: false,
+            dns: peer.is_none(),
+            hostnames: Vec::new(),
             voicemail,
         };
         let pcscf = |domain: &str, s: SocketAddr, agw_ng: Option<SocketAddr>, e2ae_provisioned: Provisioned, core_srtp: bool| ProxyConfig {
@@ -108,10 +113,18 @@ impl TwoDomains {
             e2ae_provisioned,
             core_srtp,
             voicemail: None,
+            dns: false,
+            hostnames: vec![format!("pcscf.{domain}")],
         };
         let t = Timers::default();
-        let scscf_a = Cscf::start(scscf("a.example", ("b.example", a_to_b.unwrap_or(sb)), HashMap::new(), voicemail_a), sa, t).await?;
-        let scscf_b = Cscf::start(scscf("b.example", ("a.example", b_to_a.unwrap_or(sa)), retarget_b, voicemail_b), sb, t).await?;
+        let scscf_a = match dns_a {
+            None => Cscf::start(scscf("a.example", Some(("b.example", a_to_b.unwrap_or(sb))), HashMap::new(), voicemail_a), sa, t).await?,
+            Some(server) => {
+                let resolver: Arc<dyn mediasec_sip::locate::Resolve> = Arc::new(mediasec_sip::locate::DnsResolver::with_server(server));
+                Cscf::start_with(scscf("a.example", None, HashMap::new(), voicemail_a), sa, Config { resolver: Some(resolver), ..Config::from(t) }).await?
+            }
+        };
+        let scscf_b = Cscf::start(scscf("b.example", Some(("a.example", b_to_a.unwrap_or(sa))), retarget_b, voicemail_b), sb, t).await?;
         let edge = Config { tls: Tls { server: pcscf_tls.map(|config| TlsServer { port: 0, config }), client: None }, ..Config::from(t) };
         let pcscf_a = Cscf::start_with(pcscf("a.example", sa, agw_ng_a, e2ae_provisioned_a, core_srtp_a), free_addr()?, edge.clone()).await?;
         let pcscf_b = Cscf::start_with(pcscf("b.example", sb, None, Provisioned::default(), false), free_addr()?, edge).await?;

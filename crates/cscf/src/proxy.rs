@@ -62,6 +62,15 @@ pub struct ProxyConfig {
     pub scscf: Option<SocketAddr>,
     /// S-CSCF: other domains' S-CSCFs.
     pub peers: HashMap<String, SocketAddr>,
+    /// S-CSCF: a Request-URI of another domain with no entry in `peers` goes to the servers
+    /// DNS names for it (RFC 3263 §4, located by the endpoint's resolver) instead of being
+    /// answered 404. (A `Route` or `Path` entry with a host name is located by DNS either way.)
+    pub dns: bool,
+    /// Host names that name this proxy (besides its addresses) in a `Route` or Request-URI,
+    /// e.g. `pcscf.a.example` when UEs locate it by DNS (RFC 3263): a top `Route` with one of
+    /// them (no port, or one of ours) is removed as ours (RFC 3261 §16.4) instead of being
+    /// located and sent out again.
+    pub hostnames: Vec<String>,
     /// S-CSCF: AOR → new Request-URI (retargeting).
     pub retarget: HashMap<String, String>,
     /// P-CSCF: supports the `mediasec` indication (answers `Security-Server`).
@@ -173,7 +182,41 @@ struct AlgLeg {
 }
 
 /// A branch target: Request-URI, `Route` entries to add (a binding's `Path`), next hop.
-type Target = (Uri, Vec<String>, SocketAddr);
+type Target = (Uri, Vec<String>, Hop);
+
+/// Where a branch goes next: an address, or a URI with a host name that the endpoint locates
+/// by DNS (RFC 3263 §4, [`Command::RequestUri`]), never in this sans-IO core.
+#[derive(Clone, Debug)]
+enum Hop {
+    /// A numeric next hop (an IP-literal URI, a configured address).
+    Addr(SocketAddr),
+    /// A URI whose host is a name.
+    Uri(Uri),
+}
+
+impl Hop {
+    /// The next hop `uri` names: its address for an IP literal, else the URI to locate.
+    fn of(uri: &Uri) -> Self {
+        socket_addr(uri).map_or_else(|| Self::Uri(uri.clone()), Self::Addr)
+    }
+
+    /// The endpoint command that sends `request` there in a client transaction.
+    fn command(&self, request: Request) -> Command {
+        match self {
+            Self::Addr(to) => Command::Request { request, to: *to },
+            Self::Uri(uri) => Command::RequestUri { request, uri: uri.clone() },
+        }
+    }
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Addr(a) => write!(f, "{a}"),
+            Self::Uri(u) => write!(f, "{u}"),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum BranchState {
@@ -185,7 +228,7 @@ enum BranchState {
 struct Branch {
     key: TransactionKey,
     request: Request,
-    to: SocketAddr,
+    to: Hop,
     state: BranchState,
     /// A provisional response (100 included) arrived: the branch may be CANCELled (RFC 3261
     /// §9.1: not before).
@@ -602,9 +645,19 @@ impl Proxy {
         vec![Command::Respond { key: key.clone(), response }]
     }
 
+    /// Whether `uri` names this proxy: one of its addresses, or one of its
+    /// [`ProxyConfig::hostnames`] without a port or with one of its ports.
     fn is_us(&self, uri: &Uri) -> bool {
-        let at = socket_addr(uri);
-        at == Some(self.local) || (at.is_some() && at == self.tls_local)
+        match uri.host() {
+            Some(mediasec_sip::core::Host::Name(name)) => {
+                let ports = [Some(self.local.port()), self.tls_local.map(|t| t.port())];
+                self.config.hostnames.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name.as_bytes())) && uri.port().is_none_or(|p| ports.contains(&Some(p)))
+            }
+            _ => {
+                let at = socket_addr(uri);
+                at == Some(self.local) || (at.is_some() && at == self.tls_local)
+            }
+        }
     }
 
     /// The `Record-Route` values to push, in order, for a request that came in over TLS or not
@@ -753,10 +806,10 @@ impl Proxy {
     /// entries, next hop) or an error response.
     fn targets(&self, request: &Request, now: Instant) -> Result<Vec<Target>, (u16, &'static str)> {
         if let Some(addr) = socket_addr(&request.uri) {
-            return Ok(vec![(request.uri.clone(), vec![], addr)]);
+            return Ok(vec![(request.uri.clone(), vec![], Hop::Addr(addr))]);
         }
         match self.config.role {
-            Role::Pcscf => self.config.scscf.map(|s| vec![(request.uri.clone(), vec![], s)]).ok_or((404, "No S-CSCF configured")),
+            Role::Pcscf => self.config.scscf.map(|s| vec![(request.uri.clone(), vec![], Hop::Addr(s))]).ok_or((404, "No S-CSCF configured")),
             Role::Scscf => {
                 let mut uri = request.uri.clone();
                 let target = aor(&String::from_utf8_lossy(&uri.to_bytes()));
@@ -774,14 +827,22 @@ impl Proxy {
                         .into_iter()
                         .filter_map(|b| {
                             let contact = Uri::parse(Bytes::from(b.contact.clone())).ok()?;
-                            let first = b.path.first().and_then(|p| Route::decode(p.as_bytes()).ok()).and_then(|r| socket_addr(&r.0.uri));
-                            let to = first.or_else(|| socket_addr(&contact))?;
+                            // The first Path entry, else the contact itself (a name there is
+                            // located by DNS).
+                            let first = b.path.first().and_then(|p| Route::decode(p.as_bytes()).ok()).map(|r| Hop::of(&r.0.uri));
+                            let to = first.unwrap_or_else(|| Hop::of(&contact));
                             Some((contact, b.path, to))
                         })
                         .collect();
                     return if out.is_empty() { Err((480, "Temporarily Unavailable")) } else { Ok(out) };
                 }
-                self.config.peers.get(&host).map(|p| vec![(uri.clone(), vec![], *p)]).ok_or((404, "Not Found"))
+                match self.config.peers.get(&host) {
+                    Some(p) => Ok(vec![(uri, vec![], Hop::Addr(*p))]),
+                    // Another domain without a configured peer: its servers by DNS (RFC 3263
+                    // §4: the Request-URI's host), when this proxy locates by DNS.
+                    None if self.config.dns && !host.is_empty() => Ok(vec![(uri.clone(), vec![], Hop::Uri(uri))]),
+                    None => Err((404, "Not Found")),
+                }
             }
         }
     }
@@ -816,8 +877,9 @@ impl Proxy {
     fn route(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
         let mut diversion: Vec<String> = Vec::new();
         let targets = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
-            Some(value) => match Route::parse_list(&value).ok().and_then(|r| r.first().and_then(|top| socket_addr(&top.0.uri))) {
-                Some(addr) => vec![(request.uri.clone(), vec![], addr)],
+            // §16.6 step 7: the top Route's URI is the next hop; a name there is located by DNS.
+            Some(value) => match Route::parse_list(&value).ok().and_then(|r| r.first().map(|top| Hop::of(&top.0.uri))) {
+                Some(hop) => vec![(request.uri.clone(), vec![], hop)],
                 None => return self.reply(&key, &request, 400, "Unroutable Route", vec![]),
             },
             None => match self.targets(&request, now) {
@@ -890,9 +952,9 @@ impl Proxy {
             let Some(client) = TransactionKey::from_sent_request(&branch) else { continue };
             self.branches.insert(client.clone(), key.clone());
             let timer_c = (request.method == Method::Invite).then(|| now + TIMER_C);
-            context.branches.push(Branch { key: client, request: branch.clone(), to, state: BranchState::Pending, provisional: false, timer_c, cancelled: None });
+            context.branches.push(Branch { key: client, request: branch.clone(), to: to.clone(), state: BranchState::Pending, provisional: false, timer_c, cancelled: None });
             self.stats.branches += 1;
-            out.push(Command::Request { request: branch, to });
+            out.push(to.command(branch));
         }
         if context.branches.is_empty() {
             return self.reply(&key, &request, 500, "No usable target", vec![]);
@@ -1747,7 +1809,11 @@ impl Proxy {
                 self.pop_own_route(&mut request);
                 let to = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
                     Some(v) => Route::parse_list(&v).ok().and_then(|r| r.first().and_then(|t| socket_addr(&t.0.uri))),
-                    None => self.targets(&request, now).ok().and_then(|t| t.first().map(|(_, _, a)| *a)),
+                    // Stateless forwarding has no located variant: an address only.
+                    None => self.targets(&request, now).ok().and_then(|t| t.first().and_then(|(_, _, hop)| match hop {
+                        Hop::Addr(a) => Some(*a),
+                        Hop::Uri(_) => None,
+                    })),
                 };
                 let Some(to) = to else { return Vec::new() };
                 request.headers.push_front_header(HeaderName::Via, &format!("SIP/2.0/UDP {};branch={}", self.local, branch_id()));
@@ -1805,7 +1871,7 @@ fn cancel_branch(b: &mut Branch, now: Instant, stats: &mut Stats) -> Option<Comm
 fn send_cancel(b: &Branch, stats: &mut Stats) -> Option<Command> {
     let cancel = cancel_for(&b.request)?;
     stats.cancels += 1;
-    Some(Command::Request { request: cancel, to: b.to })
+    Some(b.to.command(cancel))
 }
 
 /// Whether a pending branch has a timer due at `now`: its Timer C, or the 64·T1 its CANCEL
@@ -2032,6 +2098,8 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             e2ae_provisioned: alg::Provisioned::default(),
             core_srtp: false,
             voicemail: None,
+            dns: false,
+            hostnames: Vec::new(),
         };
         [Proxy::new(base.clone(), local), Proxy::new(ProxyConfig { role: Role::Scscf, ..base }, local)]
     }
@@ -2081,6 +2149,52 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
         }
     }
 
+    /// RFC 3263 in the core: a next hop named by a host name becomes `Command::RequestUri`
+    /// (the endpoint locates it); an S-CSCF routes another domain without a peer by DNS only
+    /// with `dns`, else 404 as before.
+    #[test]
+    fn host_name_next_hops_go_to_the_endpoint_to_locate() {
+        let now = Instant::now();
+        let message = |uri: &str, route: &str, branch: &str| {
+            format!(
+                "MESSAGE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch={branch}\r\nMax-Forwards: 70\r\n{route}\
+From: <sip:a@a.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: {branch}\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let located = |out: &[Command]| {
+            out.iter()
+                .find_map(|c| match c {
+                    Command::RequestUri { uri, .. } => Some(String::from_utf8_lossy(&uri.to_bytes()).into_owned()),
+                    _ => None,
+                })
+        };
+        let [mut pcscf, scscf] = proxies();
+        let (key, r) = request_event(&message("sip:bob@b.example", "Route: <sip:scscf.a.example;lr>\r\n", "z9hG4bKn1"));
+        let out = pcscf.handle(Event::Request { key, request: r, source: UE }, now);
+        assert_eq!(located(&out).as_deref(), Some("sip:scscf.a.example;lr"), "{out:?}");
+
+        // A Route naming this proxy by one of its host names is ours: removed, not located.
+        let mut named = Proxy::new(ProxyConfig { hostnames: vec!["pcscf.a.example".into()], ..pcscf.config.clone() }, pcscf.local);
+        let (key, r) = request_event(&message("sip:bob@b.example", "Route: <sip:PCSCF.a.example;lr>\r\n", "z9hG4bKn5"));
+        let out = named.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(located(&out).is_none() && out.iter().any(|c| matches!(c, Command::Request { to, .. } if *to == SCSCF)), "{out:?}");
+
+        let mut plain = Proxy::new(scscf.config.clone(), scscf.local);
+        let (key, r) = request_event(&message("sip:carol@c.example", "", "z9hG4bKn2"));
+        let out = plain.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(located(&out).is_none());
+        assert!(sent(&out).iter().any(|m| m.starts_with("SIP/2.0 404")), "{out:?}");
+
+        let mut by_dns = Proxy::new(ProxyConfig { dns: true, ..scscf.config.clone() }, scscf.local);
+        let (key, r) = request_event(&message("sip:carol@c.example", "", "z9hG4bKn3"));
+        let out = by_dns.handle(Event::Request { key, request: r, source: UE }, now);
+        assert_eq!(located(&out).as_deref(), Some("sip:carol@c.example"), "{out:?}");
+        // A configured peer still wins over DNS.
+        let (key, r) = request_event(&message("sip:bob@b.example", "", "z9hG4bKn4"));
+        let out = by_dns.handle(Event::Request { key, request: r, source: UE }, now);
+        assert!(located(&out).is_none() && out.iter().any(|c| matches!(c, Command::Request { to, .. } if to.port() == 6060)), "{out:?}");
+    }
+
     const UE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5071);
     const SCSCF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5061);
 
@@ -2097,6 +2211,8 @@ a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x|2^20|1:4\r\n";
             e2ae_provisioned: alg::Provisioned::parse(provisioned.iter().copied()).expect("provisioning"),
             core_srtp: false,
             voicemail: None,
+            dns: false,
+            hostnames: Vec::new(),
         };
         Proxy::new(config, SocketAddr::from(([127, 0, 0, 1], 5060)))
     }

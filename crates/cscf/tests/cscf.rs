@@ -272,6 +272,48 @@ async fn retargeted_call() {
     assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 480, .. }), "{err}");
 }
 
+/// RFC 3263 on the path, with a DNS responder on 127.0.0.1 (`mediasec_testkit::dns`): alice's
+/// outbound proxy is `sip:pcscf.a.example;lr` (no NAPTR; SRV `_sip._udp.pcscf.a.example` → P-CSCF
+/// a's port; A 127.0.0.1), which P-CSCF a knows as its own name; S-CSCF a has no peer
+/// configured for b.example and finds S-CSCF b by NAPTR `SIP+D2U` of b.example → SRV
+/// `_sip._udp.b.example` → `scscf.b.example` → A 127.0.0.1. Alice registers and calls through
+/// the four proxies with media verified both ways and ends by BYE; a domain DNS does not know
+/// (NXDOMAIN) fails the call as an unreachable next hop does (408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_to_a_domain_found_by_dns() {
+    use mediasec_testkit::dns::{DnsServer, Zone};
+    let dns = DnsServer::start(Zone::new());
+    let lab = TwoDomains::start_config(mediasec_cscf::lab::LabConfig { dns_a: Some(dns.addr()), ..Default::default() }).await.expect("lab");
+    let (scscf_b, pcscf_a) = (lab.scscf_b.local_addr(), lab.pcscf_a.local_addr());
+    dns.set_zone(
+        Zone::new()
+            .naptr("b.example", 10, 10, "SIP+D2U", "_sip._udp.b.example")
+            .srv("_sip._udp.b.example", 10, 1, scscf_b.port(), "scscf.b.example")
+            .a("scscf.b.example", std::net::Ipv4Addr::LOCALHOST)
+            .srv("_sip._udp.pcscf.a.example", 10, 1, pcscf_a.port(), "pcscf.a.example")
+            .a("pcscf.a.example", std::net::Ipv4Addr::LOCALHOST),
+    );
+    // The address given is not used for requests: the URI is.
+    let mut by_name = ue("sip:alice@a.example", "127.0.0.1:9".parse().expect("addr"), STRICT, ALICE_HZ, BOB_HZ);
+    by_name.outbound_proxy_uri = Some("sip:pcscf.a.example;lr".into());
+    by_name.resolver = Some(std::sync::Arc::new(mediasec_sip::locate::DnsResolver::with_server(dns.addr())));
+    let alice = registered(by_name).await;
+    let bob = registered(ue("sip:bob@b.example", lab.pcscf_b.local_addr(), STRICT, BOB_HZ, ALICE_HZ)).await;
+    let id = call(&alice, "sip:bob@b.example").await.expect("established");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (a, b) = (alice.report(&id).await.expect("r").expect("call"), only_call(&bob).await);
+    assert_eq!(a.state, CallState::Established);
+    assert_eq!(b.state, CallState::Established);
+    assert_media(&a, &b, "srtp AEAD_AES_256_GCM");
+    assert_eq!(a.peer_key, b.own_key);
+    alice.hangup(&id).await.expect("BYE");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(only_call(&bob).await.state, CallState::Ended);
+    assert!(dns.queries() >= 6, "NAPTR, SRV and A asked by alice and S-CSCF a: {}", dns.queries());
+    let err = call(&alice, "sip:carol@c.example").await.expect_err("c.example is unknown");
+    assert!(matches!(err, mediasec_ua::Error::CallFailed { code: 408, .. }), "{err}");
+}
+
 /// A proxy on the path strips `a=crypto` from the answer (an attack SDES cannot detect).
 /// A caller whose policy requires SRTP refuses the call (ACK + BYE); a caller that allows
 /// fallback runs in clear without noticing — only its peer's SRTP stays unreadable to it.

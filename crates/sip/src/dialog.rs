@@ -127,9 +127,15 @@ impl Dialog {
     }
 
     /// Where an in-dialog request goes first: the first route, else the remote target (§12.2.1.1
-    /// with §8.1.2). `None` when that URI has no IP-literal host (no DNS in this stack).
+    /// with §8.1.2). `None` when that URI has a host name: [`Self::next_hop_uri`] is then the
+    /// URI to locate by DNS ([`crate::locate`], `Command::RequestUri`).
     pub fn next_hop(&self) -> Option<SocketAddr> {
-        socket_addr(self.route_set.first().map_or(&self.remote_target, |(_, uri)| uri))
+        socket_addr(self.next_hop_uri())
+    }
+
+    /// The URI of [`Self::next_hop`]: the first route, else the remote target.
+    pub fn next_hop_uri(&self) -> &Uri {
+        self.route_set.first().map_or(&self.remote_target, |(_, uri)| uri)
     }
 
     /// A new in-dialog request (§12.2.1.1): the next local CSeq, `Route` from the route set,
@@ -202,7 +208,8 @@ impl Dialog {
 }
 
 /// The address a URI names: an IP-literal host and the port (when absent, 5061 for a `sips:`
-/// or `;transport=tls` URI, else 5060). Host names are not resolved (this stack runs on configured addresses, not DNS).
+/// or `;transport=tls` URI, else 5060). `None` for a host name: names are located by DNS at the
+/// endpoint ([`crate::locate`], `Command::RequestUri`), never here.
 pub fn socket_addr(uri: &Uri) -> Option<SocketAddr> {
     match uri.host()? {
         // Without a port, the transport's default (RFC 3261 §19.1.2): 5061 for TLS.

@@ -92,6 +92,7 @@ use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::tcp::{AbortOnDrop, ConnId, Connection, Counters as TcpCounters, End, Kind, Queued, Report, Setup};
+use crate::locate::Resolve;
 use crate::tls::Tls;
 use crate::udp_queue::{Probe, UdpQueue};
 use crate::Error;
@@ -127,6 +128,21 @@ pub enum Command {
         request: Request,
         /// The next hop.
         to: SocketAddr,
+    },
+    /// Send `request` in a new client transaction to the server `uri` names, located by
+    /// RFC 3263 §4 ([`crate::locate`]): a numeric host at once, a host name through
+    /// [`Config::resolver`] on a task of its own (the endpoint goes on meanwhile). The request
+    /// goes to the first target over its transport (a UDP target still moves to TCP for its
+    /// size); when a TCP or TLS connection to a target is refused, the same request (same
+    /// branch: nothing reached the refusing target) goes to the next (§4.3). TLS verifies the
+    /// server as `uri`'s host (RFC 5922 §4), not an SRV target's. When nothing is found, there
+    /// is no resolver, or every target refused, the TU gets [`Event::Timeout`] for the
+    /// transaction, as for any unreachable next hop.
+    RequestUri {
+        /// The request, with this hop's `Via` on top.
+        request: Request,
+        /// The next hop: the top `Route`'s URI, else the Request-URI (RFC 3261 §8.1.2, §16.6).
+        uri: sipx_sip::Uri,
     },
     /// Answer a server transaction.
     Respond {
@@ -310,6 +326,10 @@ pub struct Config {
     /// certificate). Default: neither — no TLS port, and a request that must go over TLS fails
     /// with a transport error.
     pub tls: Tls,
+    /// The DNS lookups of [`Command::RequestUri`] for a host name (RFC 3263 §4). Default: none
+    /// — only numeric hosts are located, and a request to a host name fails with
+    /// [`Event::Timeout`].
+    pub resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl Config {
@@ -350,6 +370,7 @@ impl From<Timers> for Config {
             udp_queue_high_water: Self::UDP_QUEUE_HIGH_WATER,
             udp_queue_sample_every: Self::UDP_QUEUE_SAMPLE_EVERY,
             tls: Tls::default(),
+            resolver: None,
         }
     }
 }
@@ -514,6 +535,7 @@ impl Endpoint {
             udp_queue_high_water,
             udp_queue_sample_every,
             tls,
+            resolver,
         } = config;
         let mut attempt = 1;
         let (socket, local, listener) = loop {
@@ -547,6 +569,7 @@ impl Endpoint {
         let (commands, rx) = mpsc::unbounded_channel();
         let (events, events_rx) = mpsc::channel(tu_queue_events.max(1));
         let (reports, reports_rx) = mpsc::unbounded_channel();
+        let (located, located_rx) = mpsc::unbounded_channel();
         let counters = Arc::new(TcpCounters::default());
         let overload = Arc::new(OverloadCounters::default());
         let received = Arc::new(ReceivedCounters::default());
@@ -568,7 +591,11 @@ impl Endpoint {
             unacknowledged: HashMap::new(),
             connections: HashMap::new(),
             by_peer: HashMap::new(),
+            tls_names: HashMap::new(),
             by_size: HashMap::new(),
+            resolver,
+            located,
+            alternatives: HashMap::new(),
             next_conn: 0,
             tcp: Setup {
                 reports,
@@ -596,7 +623,7 @@ impl Endpoint {
                 streak: 0,
             },
         };
-        let task = tokio::spawn(driver.run(rx, reports_rx));
+        let task = tokio::spawn(driver.run(rx, reports_rx, located_rx));
         Ok((Self { local, tls_local, commands, counters, overload, received, table, udp_probe, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
@@ -751,8 +778,18 @@ struct Driver {
     /// Open TCP and TLS connections, and which one serves each remote address on each.
     connections: HashMap<ConnId, Connection>,
     by_peer: HashMap<(Kind, SocketAddr), ConnId>,
+    /// The server name each TLS connection this endpoint opened verified (RFC 5922 §7.2): a
+    /// request for another name to the same address (two names located to one server, RFC
+    /// 3263) does not reuse it, as its certificate was not checked for that name.
+    tls_names: HashMap<ConnId, ServerName<'static>>,
     /// Client transactions on TCP only for their size → their request as it was for UDP.
     by_size: HashMap<TransactionKey, Request>,
+    /// The lookups of [`Command::RequestUri`].
+    resolver: Option<Arc<dyn Resolve>>,
+    /// Where lookup tasks hand their targets back.
+    located: mpsc::UnboundedSender<Located>,
+    /// Client transactions sent to a located target → the targets left to try (RFC 3263 §4.3).
+    alternatives: HashMap<TransactionKey, Located>,
     next_conn: ConnId,
     /// What each connection is started with.
     tcp: Setup,
@@ -767,6 +804,16 @@ struct Driver {
     abandoned: HashMap<TransactionKey, Abandoned>,
     table: Arc<TransactionCounters>,
     udp_sampler: Sampler,
+}
+
+/// A [`Command::RequestUri`] located: the targets left to try, in order.
+struct Located {
+    request: Request,
+    uri: sipx_sip::Uri,
+    key: TransactionKey,
+    targets: Vec<crate::locate::Target>,
+    /// Why there are none, when none were found.
+    error: Option<String>,
 }
 
 /// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
@@ -867,7 +914,7 @@ impl RefusalLog {
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut reports: mpsc::UnboundedReceiver<Report>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut reports: mpsc::UnboundedReceiver<Report>, mut located: mpsc::UnboundedReceiver<Located>) {
         let mut buf = vec![0u8; 65_535];
         loop {
             let next = self.schedule.peek().map(|Reverse((at, _))| *at);
@@ -901,6 +948,8 @@ impl Driver {
                     Some(c) => self.on_command(c).await,
                     None => return,
                 },
+                // The driver holds a sender itself.
+                Some(found) = located.recv() => self.send_located(found).await,
                 () = sleep_until(next) => self.fire_due().await,
             }
             self.publish_counts();
@@ -963,6 +1012,7 @@ impl Driver {
     /// TCP). A server transaction keeps its route: its next response opens a new connection
     /// (§18.2.2).
     async fn on_closed(&mut self, conn: ConnId, peer: SocketAddr, end: End) {
+        self.tls_names.remove(&conn);
         if let Some(closed) = self.connections.remove(&conn) {
             let at = (closed.kind(), peer);
             if self.by_peer.get(&at) == Some(&conn) {
@@ -990,6 +1040,14 @@ impl Driver {
                     if let Some((key, outputs)) = self.layer.send_request(request, Reliability::Unreliable) {
                         self.destinations.insert(key.clone(), Route::Udp(peer));
                         self.perform(&key, outputs, None).await;
+                    }
+                }
+                (End::Refused, None) if self.alternatives.get(&key).is_some_and(|a| !a.targets.is_empty()) => {
+                    if let Some(next) = self.alternatives.remove(&key) {
+                        tracing::info!(%peer, ?key, "connection refused: the request goes to the next target (RFC 3263 §4.3)");
+                        let outputs = outputs.into_iter().filter(|o| !matches!(o, Output::ToTu(_))).collect();
+                        self.perform(&key, outputs, None).await;
+                        self.send_located(next).await;
                     }
                 }
                 _ => {
@@ -1087,6 +1145,7 @@ impl Driver {
                     None => tracing::warn!(%to, "request without a usable Via not sent"),
                 }
             }
+            Command::RequestUri { request, uri } => self.locate(request, uri).await,
             Command::Respond { key, response } => {
                 if response.status.is_final() {
                     self.unacknowledged.retain(|_, u| u.key != key);
@@ -1148,6 +1207,94 @@ impl Driver {
         }
     }
 
+    /// [`Command::RequestUri`]: a numeric host is sent to at once; a host name is looked up on
+    /// a task of its own, which hands the targets back to [`Self::send_located`].
+    async fn locate(&mut self, request: Request, uri: sipx_sip::Uri) {
+        let Some(key) = TransactionKey::from_sent_request(&request) else {
+            tracing::warn!(%uri, "request without a usable Via not sent");
+            return;
+        };
+        // A CANCEL goes where its INVITE went (RFC 3261 §9.1), not to a new lookup's pick.
+        if request.method == Method::Cancel {
+            let invite_route = TransactionKey::for_cancelled_invite(&request).and_then(|k| self.destinations.get(&k).cloned());
+            if let Some(route) = invite_route {
+                let mut request = request;
+                let via = match &route {
+                    Route::Udp(_) => "UDP",
+                    Route::Tcp { .. } => "TCP",
+                    Route::Tls { .. } => "TLS",
+                };
+                if !top_via_says(&request.headers, via) && !set_top_via_transport(&mut request.headers, via) {
+                    tracing::warn!(%uri, "CANCEL without a top Via to name its transport");
+                }
+                if let Some((key, outputs)) = self.layer.send_request(request, route.reliability()) {
+                    self.destinations.insert(key.clone(), route);
+                    self.perform(&key, outputs, None).await;
+                }
+                return;
+            }
+        }
+        match (crate::locate::start(&uri), self.resolver.clone()) {
+            (Ok(crate::locate::Start::Done(target)), _) => self.send_located(Located { request, uri, key, targets: vec![target], error: None }).await,
+            (Err(e), _) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some(e.to_string()) }).await,
+            (Ok(_), None) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some("a host name and no DNS resolver".into()) }).await,
+            (Ok(_), Some(resolver)) => {
+                let back = self.located.clone();
+                tokio::spawn(async move {
+                    let (targets, error) = match crate::locate::locate(&*resolver, &uri).await {
+                        Ok(targets) => (targets, None),
+                        Err(e) => (Vec::new(), Some(e.to_string())),
+                    };
+                    // The endpoint may be gone: nothing to send then.
+                    let _ = back.send(Located { request, uri, key, targets, error });
+                });
+            }
+        }
+    }
+
+    /// Sends a located request to its first target left, keeping the others for a refused
+    /// connection (RFC 3263 §4.3); none left: the TU gets [`Event::Timeout`].
+    async fn send_located(&mut self, mut located: Located) {
+        if located.targets.is_empty() {
+            tracing::info!(uri = %located.uri, error = located.error.as_deref().unwrap_or("every target refused"), "next hop not located: the client transaction fails");
+            self.emit(Event::Timeout { key: located.key }).await;
+            return;
+        }
+        let target = located.targets.remove(0);
+        let mut request = located.request.clone();
+        let as_for_udp = request.clone();
+        let route = match target.transport {
+            crate::locate::Transport::Udp => request_route(&mut request, target.addr),
+            crate::locate::Transport::Tcp => {
+                if !set_top_via_transport(&mut request.headers, "TCP") {
+                    tracing::warn!(to = %target.addr, "request over TCP without a top Via to say so");
+                }
+                Route::Tcp { conn: None, to: target.addr }
+            }
+            crate::locate::Transport::Tls => {
+                if !set_top_via_transport(&mut request.headers, "TLS") {
+                    tracing::warn!(to = %target.addr, "request over TLS without a top Via to say so");
+                }
+                // RFC 5922 §4: the name is the URI's host, never the SRV target's.
+                Route::Tls { conn: None, to: target.addr, name: located.uri.host().and_then(crate::tls::server_name) }
+            }
+        };
+        match self.layer.send_request(request, route.reliability()) {
+            Some((key, outputs)) => {
+                if target.transport == crate::locate::Transport::Udp && matches!(route, Route::Tcp { .. }) {
+                    self.by_size.insert(key.clone(), as_for_udp);
+                }
+                self.destinations.insert(key.clone(), route);
+                let has_more = !located.targets.is_empty();
+                if has_more {
+                    self.alternatives.insert(key.clone(), located);
+                }
+                self.perform(&key, outputs, None).await;
+            }
+            None => tracing::warn!(to = %target.addr, "request without a usable Via not sent"),
+        }
+    }
+
     /// Performs a transaction's outputs in order.
     async fn perform(&mut self, key: &TransactionKey, outputs: Vec<Output>, source: Option<SocketAddr>) {
         for output in outputs {
@@ -1193,6 +1340,7 @@ impl Driver {
     fn forget(&mut self, key: &TransactionKey) {
         self.destinations.remove(key);
         self.by_size.remove(key);
+        self.alternatives.remove(key);
         for timer in Timer::ALL {
             if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
                 self.pending.remove(&id);
@@ -1445,7 +1593,10 @@ impl Driver {
     /// (no client side configured, no name to verify) is reported failed.
     fn send_stream(&mut self, kind: Kind, name: Option<&ServerName<'static>>, conn: Option<ConnId>, to: SocketAddr, bytes: Bytes) -> ConnId {
         let transport = kind.name();
-        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&(kind, to)).copied());
+        // A TLS connection opened for another name is not reused for this one (an accepted
+        // connection, which verified no name, is: the P-CSCF's requests to its UE).
+        let for_name = |id: &ConnId| name.is_none() || self.tls_names.get(id).is_none_or(|verified| Some(verified) == name);
+        let open = conn.filter(|c| self.connections.contains_key(c)).or_else(|| self.by_peer.get(&(kind, to)).copied().filter(for_name));
         if let Some(id) = open
             && let Some(connection) = self.connections.get(&id)
         {
@@ -1456,6 +1607,7 @@ impl Driver {
                     tracing::warn!(%to, transport, queue = self.tcp.queue, "SIP connection failed: its peer is not taking what is sent (queue full)");
                     // Dropping it stops its task, so the end is reported here.
                     self.connections.remove(&id);
+                    self.tls_names.remove(&id);
                     self.by_peer.retain(|_, c| *c != id);
                     self.report_ended(id, to, End::Failed);
                     return id;
@@ -1489,6 +1641,9 @@ impl Driver {
         }
         tracing::debug!(%to, transport, "SIP connecting");
         let local = self.listener.local_addr().unwrap_or_else(|_| SocketAddr::new(to.ip(), 0));
+        if let Some((_, verified)) = &tls {
+            self.tls_names.insert(id, verified.clone());
+        }
         let connection = Connection::connect(id, local, to, tls, &self.tcp);
         // A fresh queue has room, and accepts until its task has ended, which it reports.
         let _ = connection.send(bytes);

@@ -33,6 +33,9 @@ pub enum Error {
         /// The CSeq number received.
         got: u32,
     },
+    /// The DNS resolver could not be set up (RFC 3263 server location, [`crate::locate`]).
+    #[error("DNS resolver: {0}")]
+    Dns(String),
     /// A socket operation failed.
     #[error("SIP transport: {0}")]
     Io(#[from] std::io::Error),

@@ -16,13 +16,15 @@
 //!   UE and the CSCF cores); [`stream`] frames messages out of a TCP or TLS byte stream
 //!   (§18.3), sans-IO; [`tls`] builds the TLS setup from PEM and names the server a client
 //!   verifies (RFC 5922); [`udp_queue`] reads how full the UDP receive queue is (the
-//!   endpoint's early overload signal).
+//!   endpoint's early overload signal); [`locate`] finds a server's transports and addresses
+//!   from its URI by DNS (RFC 3263 §4).
 
 pub mod body;
 pub mod dialog;
 pub mod endpoint;
 mod error;
 pub mod fuzzing;
+pub mod locate;
 pub mod stream;
 mod tcp;
 pub mod tls;

@@ -5,11 +5,14 @@
 //!   print a skip line.
 //! - [`libsrtp`]: libsrtp 2.7 (the OpenSSL build inside the PyPI wheel `pylibsrtp`) driven
 //!   through `tests/interop/libsrtp_peer.c`.
+//! - [`dns`]: a small authoritative DNS responder on 127.0.0.1 (NAPTR, SRV, A, AAAA) for the
+//!   RFC 3263 server-location tests.
 //! - [`free_ports`]: ports for a peer process (baresip, Kamailio, rtpengine) to bind.
 
 // Test support: a failed expectation is a test failure, so panics are the intended outcome.
 #![allow(clippy::indexing_slicing)]
 
+pub mod dns;
 pub mod libsrtp;
 
 use std::path::PathBuf;

@@ -138,6 +138,34 @@ pub struct UeConfig {
     /// [`UeConfig::outbound_proxy`] is then the P-CSCF's TLS address, whose certificate must
     /// carry that IP address. `None`: UDP/TCP as the endpoint picks.
     pub tls: Option<Arc<mediasec_sip::tls::ClientConfig>>,
+    /// The P-CSCF named by a SIP URI with a host name (e.g. `sip:pcscf.a.example;lr`), located
+    /// by DNS (RFC 3263, [`UeConfig::resolver`]): initial requests (REGISTER, INVITE, CANCEL)
+    /// carry it as their preloaded `Route` (RFC 3261 §8.1.2) and go where the endpoint
+    /// locates it. [`UeConfig::outbound_proxy`] then only names the connection TLS
+    /// keep-alives go to. `None`: the P-CSCF is [`UeConfig::outbound_proxy`].
+    pub outbound_proxy_uri: Option<String>,
+    /// The DNS lookups for host-name next hops (the outbound proxy URI, a dialog's route or
+    /// remote target with a host name). `None`: such a hop fails as unreachable.
+    pub resolver: Option<Arc<dyn mediasec_sip::locate::Resolve>>,
+}
+
+/// Where a request goes: an address, or a URI the endpoint locates (RFC 3263).
+#[derive(Clone, Debug)]
+enum NextHop {
+    Addr(SocketAddr),
+    Uri(Uri),
+}
+
+impl From<SocketAddr> for NextHop {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Addr(addr)
+    }
+}
+
+/// A dialog's next hop (RFC 3261 §12.2.1.1): its address for an IP literal, else the URI to
+/// locate.
+fn dialog_hop(dialog: &Dialog) -> NextHop {
+    dialog.next_hop().map_or_else(|| NextHop::Uri(dialog.next_hop_uri().clone()), NextHop::Addr)
 }
 
 impl UeConfig {
@@ -161,6 +189,8 @@ impl UeConfig {
             e2ae: false,
             timers: Timers::default(),
             tls: None,
+            outbound_proxy_uri: None,
+            resolver: None,
         }
     }
 }
@@ -287,7 +317,7 @@ impl Ue {
     /// UE task"): signalling of other calls goes on while one call waits for its KMS.
     pub async fn start_with_kms(config: UeConfig, kms: Option<KmsAccess>) -> Result<Self, Error> {
         let tls = mediasec_sip::tls::Tls { server: None, client: config.tls.clone() };
-        let (endpoint, events) = Endpoint::bind_with(config.sip_bind, mediasec_sip::udp::Config { tls, ..mediasec_sip::udp::Config::from(config.timers) }).await?;
+        let (endpoint, events) = Endpoint::bind_with(config.sip_bind, mediasec_sip::udp::Config { tls, resolver: config.resolver.clone(), ..mediasec_sip::udp::Config::from(config.timers) }).await?;
         let sip = endpoint.local_addr();
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let kms = kms.map(|k| Arc::new(Mutex::new(k)));
@@ -769,18 +799,33 @@ impl Core {
 
     /// Over TLS, the preloaded `Route` of an initial request (RFC 3261 §8.1.2): the P-CSCF's TLS
     /// address, which its certificate must prove (RFC 5922 §7).
+    /// With [`UeConfig::outbound_proxy_uri`], that URI.
     fn outbound_route(&self) -> Option<String> {
+        if let Some(uri) = &self.config.outbound_proxy_uri {
+            return Some(format!("<{uri}>"));
+        }
         self.config.tls.as_ref().map(|_| format!("<sip:{};transport=tls;lr>", self.config.outbound_proxy))
+    }
+
+    /// Where initial requests go: the outbound proxy's URI to locate, else its address.
+    fn outbound_hop(&self) -> Result<NextHop, Error> {
+        match &self.config.outbound_proxy_uri {
+            Some(uri) => Ok(NextHop::Uri(Uri::parse(Bytes::from(uri.clone())).map_err(|e| Error::Negotiation(format!("outbound proxy URI {uri}: {e}")))?)),
+            None => Ok(NextHop::Addr(self.config.outbound_proxy)),
+        }
     }
 
     fn domain(&self) -> String {
         self.config.aor.rsplit('@').next().unwrap_or_default().to_owned()
     }
 
-    fn send_request(&mut self, request: Request, to: SocketAddr, call_id: &str, purpose: Purpose) -> Result<TransactionKey, Error> {
+    fn send_request(&mut self, request: Request, to: impl Into<NextHop>, call_id: &str, purpose: Purpose) -> Result<TransactionKey, Error> {
         let key = TransactionKey::from_sent_request(&request).ok_or(Error::Negotiation("request without Via".into()))?;
         self.client.insert(key.clone(), (call_id.to_owned(), purpose));
-        self.endpoint.send(Command::Request { request, to })?;
+        match to.into() {
+            NextHop::Addr(to) => self.endpoint.send(Command::Request { request, to })?,
+            NextHop::Uri(uri) => self.endpoint.send(Command::RequestUri { request, uri })?,
+        }
         Ok(key)
     }
 
@@ -802,7 +847,7 @@ impl Core {
         if matches!(self.config.security, Security::Sdes { .. }) {
             b = b.header(security_client(), "sdes-srtp;mediasec")?;
         }
-        let to = self.config.outbound_proxy;
+        let to = self.outbound_hop()?;
         self.send_request(b.build(), to, &call_id, Purpose::Register)
     }
 
@@ -922,6 +967,7 @@ impl Core {
             builder = builder.header(HeaderName::ContentType, "application/sdp")?.body(sdp);
         }
         let request = builder.build();
+        let to = self.outbound_hop()?;
         self.seq += 1;
         let call = Call {
             offer,
@@ -931,7 +977,6 @@ impl Core {
             ..Call::new(Role::Caller, self.seq, request.clone(), rtp, started, target.to_owned())
         };
         self.calls.insert(call_id.clone(), call);
-        let to = self.config.outbound_proxy;
         self.send_request(request, to, &call_id, Purpose::Invite)?;
         Ok(())
     }
@@ -1013,7 +1058,7 @@ impl Core {
             mediasec_sip::body::set_sdp(&mut message, &Sdp::parse(&sdp))?;
         }
         let Message::Request(request) = message else { return Ok(()) };
-        let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
+        let to = dialog_hop(dialog);
         call.reinvite_seq = Some(dialog.local_seq());
         call.offer = offer;
         call.ticket = ticket;
@@ -1035,7 +1080,7 @@ impl Core {
         let call = self.calls.get_mut(call_id).ok_or(Error::NoSuchCall)?;
         let dialog = call.dialog.as_mut().ok_or(Error::NoSuchCall)?;
         let request = dialog.request(Method::Bye, &via)?;
-        let to = dialog.next_hop().ok_or(Error::Negotiation("no next hop for the dialog".into()))?;
+        let to = dialog_hop(dialog);
         call.rtp.stop();
         let call_id = call_id.to_owned();
         self.send_request(request, to, &call_id, Purpose::Bye)?;
@@ -1329,9 +1374,7 @@ impl Core {
             self.endpoint.send(Command::Stateless { message: ack, to })?;
             let mut dialog = dialog;
             let bye = dialog.request(Method::Bye, &self.via())?;
-            if let Some(to) = dialog.next_hop() {
-                self.send_request(bye, to, call_id, Purpose::EndingBye)?;
-            }
+            self.send_request(bye, dialog_hop(&dialog), call_id, Purpose::EndingBye)?;
             return Ok(());
         }
         if offered && let Some(offer) = sdp {
@@ -1398,7 +1441,7 @@ impl Core {
         call.fail(488, reason);
         let Some(dialog) = call.dialog.as_mut() else { return Ok(()) };
         let bye = dialog.request(Method::Bye, &via)?;
-        let Some(to) = dialog.next_hop() else { return Ok(()) };
+        let to = dialog_hop(dialog);
         self.send_request(bye, to, call_id, Purpose::EndingBye)?;
         Ok(())
     }
@@ -1428,7 +1471,7 @@ impl Core {
         let mut prack = dialog.request(Method::Prack, via)?;
         let rack = RAck { rseq, cseq, method: Method::Invite.as_bytes().to_vec() };
         mediasec_sip::dialog::push_header(&mut prack, HeaderName::RAck, &rack.to_string())?;
-        let to = dialog.next_hop().ok_or(Error::Negotiation("reliable 1xx without a reachable Contact".into()))?;
+        let to = dialog_hop(dialog);
         let prack = Message::Request(prack);
         let offerless = call.offer.is_none() && call.ticket.is_none();
         if !call.answered_reliably
@@ -1459,7 +1502,7 @@ impl Core {
     /// Our answer to the offer of a reliable 18x is ready (after our KMS work): it goes in
     /// the PRACK, or a refusal does (RFC 3262 §5).
     #[allow(clippy::too_many_arguments)]
-    fn prack_keyed(&mut self, call_id: &str, mut prack: Message, to: SocketAddr, offer: &Sdp, local: SocketAddr, version: u64, refused_before: bool, answered: Result<(String, Media), Error>) -> Result<(), Error> {
+    fn prack_keyed(&mut self, call_id: &str, mut prack: Message, to: NextHop, offer: &Sdp, local: SocketAddr, version: u64, refused_before: bool, answered: Result<(String, Media), Error>) -> Result<(), Error> {
         let security = self.config.security;
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         match answered_in_request(call, answered, offer, local, version, &mut prack, security) {
@@ -1482,7 +1525,7 @@ impl Core {
 
     /// The PRACK of a reliable 18x goes out; if its offer was just refused, the INVITE is
     /// CANCELled.
-    fn prack_ready(&mut self, call_id: &str, prack: Message, to: SocketAddr, refused_before: bool) -> Result<(), Error> {
+    fn prack_ready(&mut self, call_id: &str, prack: Message, to: NextHop, refused_before: bool) -> Result<(), Error> {
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let refused_now = !refused_before && call.refused_reliably.is_some();
         let invite = call.invite.clone();
@@ -1494,7 +1537,8 @@ impl Core {
             // provisional response came) to the address the INVITE went to. Its 487 ends the
             // call; a 2xx crossing the CANCEL is ACKed and ended with BYE (§9.1, §13.2.2.4).
             let cancel = mediasec_sip::dialog::cancel_for(&invite).ok_or_else(|| Error::Negotiation("CANCEL: the INVITE lacks a Via, From, To, Call-ID or CSeq".into()))?;
-            self.send_request(cancel, self.config.outbound_proxy, call_id, Purpose::Cancel)?;
+            let to = self.outbound_hop()?;
+            self.send_request(cancel, to, call_id, Purpose::Cancel)?;
             // §9.1: a UAS need not send the 487 (RFC 2543 ones do not); give up after 64·T1.
             self.schedule(self.config.timers.t1 * 64, Op::CancelExpired(call_id.to_owned()));
         }
@@ -2152,7 +2196,7 @@ enum Step {
     Ack { call_id: String, purpose: Purpose, ack: Message, to: Option<SocketAddr>, offer: Sdp, local: SocketAddr, version: u64 },
     /// The PRACK of a reliable 18x carrying the offer to our offerless INVITE waits for our
     /// answer (RFC 3262 §5).
-    Prack { call_id: String, prack: Message, to: SocketAddr, offer: Sdp, local: SocketAddr, version: u64, refused_before: bool },
+    Prack { call_id: String, prack: Message, to: NextHop, offer: Sdp, local: SocketAddr, version: u64, refused_before: bool },
     /// The 18x / 200 answering an INVITE with an offer waits for our answer.
     IncomingAnswer { call_id: String, key: TransactionKey, request: Request, to: Bytes, offer: Option<Sdp> },
     /// The reliable 18x or 200 to an offerless INVITE waits for our MIKEY offer.

@@ -3,7 +3,9 @@
 //! also on TLS at `--tls-port` (RFC 3261 §26.2), e.g. a P-CSCF for UEs that protect their
 //! signalling (and so their SDES keys) with TLS. Logs every request, registration,
 //! fork and SDES finding through `tracing` (`RUST_LOG`, default info) on stderr. With
-//! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`.
+//! `--metrics ADDR`, serves Prometheus metrics on `http://ADDR/metrics`. With `--dns
+//! system|ADDR`, next hops named by a host name are located by DNS (RFC 3263) and an S-CSCF
+//! routes other domains without a `--peer` by DNS; `--hostname NAME` names this proxy.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -93,6 +95,16 @@ pub(crate) struct Args {
     /// printed).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Locate next hops named by host name by DNS (RFC 3263: NAPTR, SRV, A/AAAA): `system` for
+    /// the name servers of /etc/resolv.conf, or a name server's ADDR (IP:PORT). An S-CSCF then
+    /// also routes a request for another domain without a --peer to that domain's servers.
+    /// Without it, a host-name next hop fails as unreachable.
+    #[arg(long, value_name = "system|ADDR")]
+    dns: Option<String>,
+    /// A host name that names this proxy in a Route or Request-URI (repeatable), e.g. the
+    /// name UEs locate it by: a top Route with it is ours and removed, not located again.
+    #[arg(long, value_name = "NAME")]
+    hostname: Vec<String>,
 }
 
 /// The endpoint's TLS setup from the `--tls-*` flags.
@@ -144,10 +156,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(d, a)| Ok((d.to_ascii_lowercase(), a.parse().with_context(|| format!("--peer {d}={a}"))?)))
         .collect::<anyhow::Result<HashMap<_, _>>>()?;
     let retarget = args.retarget.into_iter().map(|(from, to)| (mediasec_cscf::registrar::aor(&from), to)).collect();
-    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail };
-    let endpoint = Config { tls, ..Config::from(Timers::default()) };
+    let config = ProxyConfig { role, domain: args.domain.to_ascii_lowercase(), scscf: args.scscf, peers, retarget, mediasec: args.mediasec, agw_ng: args.agw_ng, e2ae_provisioned, core_srtp: args.core_srtp, voicemail: args.voicemail, dns: args.dns.is_some(), hostnames: args.hostname.iter().map(|h| h.to_ascii_lowercase()).collect() };
+    let mut endpoint = Config { tls, ..Config::from(Timers::default()) };
     let runtime = super::runtime()?;
     runtime.block_on(async {
+        endpoint.resolver = super::dns_resolver(args.dns.as_deref())?;
         let cscf = Arc::new(Cscf::start_with(config, args.listen, endpoint).await.context("starting the CSCF")?);
         println!("listening on {}", cscf.local_addr());
         if let Some(tls) = cscf.tls_addr() {

@@ -23,6 +23,18 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
 }
 
+/// The DNS resolver of a `--dns system|ADDR` flag (RFC 3263 server location,
+/// `mediasec_sip::locate`): `system` reads /etc/resolv.conf, `ADDR` asks that name server.
+pub(crate) fn dns_resolver(flag: Option<&str>) -> anyhow::Result<Option<std::sync::Arc<dyn mediasec_sip::locate::Resolve>>> {
+    use anyhow::Context as _;
+    use mediasec_sip::locate::DnsResolver;
+    Ok(match flag {
+        None => None,
+        Some("system") => Some(std::sync::Arc::new(DnsResolver::system().context("--dns system")?)),
+        Some(addr) => Some(std::sync::Arc::new(DnsResolver::with_server(addr.parse().with_context(|| format!("--dns {addr}: neither `system` nor IP:PORT"))?))),
+    })
+}
+
 /// The USIM credentials a subscriber is provisioned with and a UE bootstraps with
 /// (TS 35.206 Milenage: K and OPc or OP), shared by `bsf subscriber add` and `gba bootstrap`.
 #[derive(clap::Args)]

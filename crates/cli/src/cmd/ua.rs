@@ -99,6 +99,15 @@ struct RunArgs {
     /// file; the P-CSCF's certificate must carry the --proxy IP address.
     #[arg(long, value_name = "PEM")]
     tls_ca: Option<std::path::PathBuf>,
+    /// The P-CSCF by SIP URI with a host name (e.g. sip:pcscf.a.example;lr), located by DNS
+    /// (RFC 3263; needs --dns): the preloaded Route of REGISTER and INVITE. --proxy then only
+    /// names where TLS keep-alives go.
+    #[arg(long, value_name = "URI", requires = "dns")]
+    proxy_uri: Option<String>,
+    /// Locate host-name next hops by DNS (RFC 3263): `system` for /etc/resolv.conf's name
+    /// servers, or a name server's IP:PORT.
+    #[arg(long, value_name = "system|ADDR")]
+    dns: Option<String>,
     /// SIP address to bind.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -220,6 +229,8 @@ async fn run_ue(a: RunArgs) -> anyhow::Result<ExitCode> {
         e2ae: a.e2ae,
         timers: Timers::default(),
         tls,
+        outbound_proxy_uri: a.proxy_uri,
+        resolver: super::dns_resolver(a.dns.as_deref())?,
     };
     let ue = Ue::start_with_kms(config, access).await?;
     let reg = tokio::time::timeout(Duration::from_secs(5), ue.register(600)).await.context("REGISTER timed out")??;
