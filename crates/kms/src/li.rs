@@ -27,7 +27,7 @@ use mediasec_mikey::payload::{BaseTicketData, Ticket, TicketFlags};
 use mediasec_mikey::registry::{DataType, IdRole};
 use mediasec_mikey::srtp_policy::SrtpPolicy;
 use mediasec_mikey::ticket as tk;
-use mediasec_mikey::{Message, Payload};
+use mediasec_mikey::{Decoded, Payload};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -264,11 +264,14 @@ impl Kms {
 }
 
 /// An intercepted TRANSFER_INIT, decoded once for one key release: read by
-/// [`Kms::li_ue_made_btid`] (whose Ks_NAF to look up) and then by [`Kms::li_release`].
+/// [`Kms::li_ue_made_btid`] (whose Ks_NAF to look up) and then by [`Kms::li_release`]; or a
+/// MIKEY-SAKKE I_MESSAGE, kept decoded for [`Kms::li_release_sakke`].
 pub struct LiTransferInit<'a> {
     bytes: &'a [u8],
     /// The data type of the message, when it decodes.
     data_type: Option<DataType>,
+    /// The decoded message when it is a MIKEY-SAKKE I_MESSAGE (data type 26).
+    sakke: Option<Decoded<'a>>,
     /// The ticket of the TRANSFER_INIT and its TP Data; or why the message is no ticket call
     /// to release (reported by [`Kms::li_release`] after its warrant check).
     read: Result<(Ticket, TpData), KmsError>,
@@ -277,19 +280,28 @@ pub struct LiTransferInit<'a> {
 impl<'a> LiTransferInit<'a> {
     /// Decodes `bytes` (the MIKEY message of the call's offer) and reads its ticket.
     pub fn read(bytes: &'a [u8]) -> Self {
-        let message = Message::decode(bytes).map_err(|e| input("transfer_init", e));
-        let data_type = message.as_ref().ok().map(|m| m.header.data_type);
-        let read: Result<(Ticket, TpData), KmsError> = message.and_then(|m| match m.header.data_type {
+        let decoded = Decoded::decode(bytes).map_err(|e| input("transfer_init", e));
+        let data_type = decoded.as_ref().ok().map(|d| d.message().header.data_type);
+        let mut sakke = None;
+        let read: Result<(Ticket, TpData), KmsError> = decoded.and_then(|d| match d.message().header.data_type {
             DataType::DH_INIT | DataType::DH_RESP => Err(Refusal::HighSecurityCall.into()),
-            DataType::SAKKE => Err(input("transfer_init", "a MIKEY-SAKKE I_MESSAGE: released with the SAKKE master secret (Kms::li_release_sakke, Service::li_release)")),
+            DataType::SAKKE => {
+                sakke = Some(d);
+                Err(input("transfer_init", "a MIKEY-SAKKE I_MESSAGE: released with the SAKKE master secret (Kms::li_release_sakke, Service::li_release)"))
+            }
             _ => {
-                let ti = tk::expect(m, DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
+                let ti = tk::expect(d.into_message(), DataType::TRANSFER_INIT).map_err(|e| input("transfer_init", e))?;
                 let ticket = tk::ticket_of(&ti).map_err(|e| input("transfer_init", e))?;
                 let data = TpData::decode(&ticket.policy.data).map_err(|e| input("ticket TP Data", e))?;
                 Ok((ticket, data))
             }
         });
-        Self { bytes, data_type, read }
+        Self { bytes, data_type, sakke, read }
+    }
+
+    /// The decoded MIKEY-SAKKE I_MESSAGE, when the message is one.
+    pub fn sakke(&self) -> Option<&Decoded<'a>> {
+        self.sakke.as_ref()
     }
 
     /// The data type of the message, when it decodes (a MIKEY-SAKKE I_MESSAGE is released
@@ -329,17 +341,18 @@ impl Kms {
     /// identifier, R re-check), except freshness and replay, which do not apply to a later
     /// release. Warrant rules as for tickets: active warrant; target = IDRi or IDRr; T in the
     /// window. CS 2's SSRC is unknown (0 in the message: no response).
-    pub fn li_release_sakke(&self, warrant: &Warrant, i_message: &[u8], z: &sakke::KmsSecret, z_pub: &sakke::PublicKey, kpak: &Kpak, now: u64) -> Result<Release, KmsError> {
+    /// `i_message` is decoded once, by [`LiTransferInit::read`].
+    pub fn li_release_sakke(&self, warrant: &Warrant, i_message: &Decoded<'_>, z: &sakke::KmsSecret, z_pub: &sakke::PublicKey, kpak: &Kpak, now: u64) -> Result<Release, KmsError> {
         warrant.check_active(now)?;
-        let m = Message::decode(i_message).map_err(|e| input("i_message", e))?;
+        let m = i_message.message();
         if m.header.data_type != DataType::SAKKE {
             return Err(input("i_message", "not a MIKEY-SAKKE I_MESSAGE (data type 26)"));
         }
-        let t = tk::t_of(&m).map_err(|e| input("i_message", e))?;
-        let responder_uri = String::from_utf8(tk::id_of(&m, IdRole::RESPONDER)).map_err(|_| input("i_message", "IDRr is not UTF-8"))?;
+        let t = tk::t_of(m).map_err(|e| input("i_message", e))?;
+        let responder_uri = String::from_utf8(tk::id_of(m, IdRole::RESPONDER)).map_err(|_| input("i_message", "IDRr is not UTF-8"))?;
         let b = mikey_sakke::identifier(&responder_uri, &t).map_err(|e| input("i_message", e))?;
         let rsk = z.issue(&b).map_err(|e| input("i_message", e))?;
-        let received = mikey_sakke::receive(i_message, kpak, z_pub, &rsk, t.value, 0, &mut NoReplayCheck).map_err(|e| match e.err_code() {
+        let received = mikey_sakke::receive_decoded(i_message, kpak, z_pub, &rsk, t.value, 0, &mut NoReplayCheck).map_err(|e| match e.err_code() {
             mediasec_mikey::registry::ErrorCode::AUTH_FAILURE => KmsError::from(Refusal::ForeignTicket(format!("I_MESSAGE not verifiable under this KMS's keys: {e}"))),
             _ => input("i_message", e),
         })?;

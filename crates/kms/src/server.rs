@@ -208,7 +208,7 @@ impl Service {
             if transfer_resp.is_some() {
                 return Err(KmsError::LiInput("transfer_resp: a MIKEY-SAKKE call has no response message".into()));
             }
-            return self.li_release_sakke(warrant, transfer_init, now);
+            return self.li_release_sakke(warrant, &read, now);
         }
         let creator_key = match self.kms.li_ue_made_btid(&read) {
             Some(btid) => self.zn.naf_key(&btid, now).await?,
@@ -222,10 +222,12 @@ impl Service {
     /// KMS's Z — refused [`Refusal::OtherCommunity`], this KMS cannot derive the RSK; one whose
     /// IDRkmsi names another KMS is verified under that community's KPAK from its KMS
     /// certificate ([`Refusal::UnknownCommunity`] when none is held); then
-    /// [`Provisioner::li_release_sakke`] with our z.
-    fn li_release_sakke(&self, warrant: &Warrant, i_message: &[u8], now: u64) -> Result<crate::li::Release, KmsError> {
+    /// [`Provisioner::li_release_sakke`] with our z. The message is the one `read` decoded
+    /// (no second decoding).
+    fn li_release_sakke(&self, warrant: &Warrant, read: &crate::li::LiTransferInit<'_>, now: u64) -> Result<crate::li::Release, KmsError> {
         warrant.check_active(now)?;
-        let (kmsi, kmsr) = mediasec_mikey::mikey_sakke::kms_uris(i_message).map_err(|e| KmsError::LiInput(format!("i_message: {e}")))?;
+        let i_message = read.sakke().ok_or_else(|| KmsError::LiInput("i_message: not a MIKEY-SAKKE I_MESSAGE (data type 26)".into()))?;
+        let (kmsi, kmsr) = mediasec_mikey::mikey_sakke::kms_uris_of(i_message.message()).map_err(|e| KmsError::LiInput(format!("i_message: {e}")))?;
         let own = &self.kms.config().fqdn;
         if let Some(r) = kmsr.as_ref().filter(|r| !r.eq_ignore_ascii_case(own)) {
             return Err(Refusal::OtherCommunity(r.clone()).into());

@@ -207,7 +207,7 @@ impl Provisioner {
     /// LI key release of a MIKEY-SAKKE call with this KMS's z ([`Kms::li_release_sakke`]);
     /// the signature is verified under `initiator_kpak` (the KPAK of the community IDRkmsi
     /// names, from its KMS certificate) or, when `None`, under this KMS's KPAK.
-    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &[u8], initiator_kpak: Option<&Kpak>, now: u64) -> Result<crate::li::Release, KmsError> {
+    pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &mediasec_mikey::Decoded<'_>, initiator_kpak: Option<&Kpak>, now: u64) -> Result<crate::li::Release, KmsError> {
         let (ksak, m) = self.ksak().zip(self.sakke()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
         let own = ksak.kpak();
         kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), initiator_kpak.unwrap_or(&own), now)

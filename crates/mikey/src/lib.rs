@@ -41,7 +41,7 @@ pub mod ticket;
 
 pub use error::{Error, Result};
 pub use header::{CommonHeader, CsIdMap, GenericCs, SrtpCs};
-pub use message::{Encoded, Message};
+pub use message::{Decoded, Encoded, Message};
 pub use payload::Payload;
 
 /// Entry points shared by the fuzz targets and the corpus-replay test.

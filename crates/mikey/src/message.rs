@@ -25,6 +25,37 @@ pub struct Encoded {
     pub spans: Vec<Span>,
 }
 
+/// A message decoded once together with the bytes it came from, for readers that need both
+/// (signature checks cover the bytes, the checks read the payloads): the pair cannot come
+/// apart, as it is only made by [`Decoded::decode`].
+#[derive(Debug, Clone)]
+pub struct Decoded<'a> {
+    bytes: &'a [u8],
+    message: Message,
+}
+
+impl<'a> Decoded<'a> {
+    /// Decodes `bytes` ([`Message::decode`]).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self> {
+        Ok(Self { bytes, message: Message::decode(bytes)? })
+    }
+
+    /// The encoded message.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The decoded message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// The decoded message, the bytes no longer needed.
+    pub fn into_message(self) -> Message {
+        self.message
+    }
+}
+
 impl Message {
     /// Decodes a whole message; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<Self> {

@@ -33,7 +33,8 @@
 //!
 //! **Properties, plainly** (docs/high-security.md): the KMS master secret z decrypts every
 //! I_MESSAGE ever sent to any of its users, past and future (key escrow by design, no
-//! forward secrecy); only the initiator is authenticated (the responder sends nothing);
+//! forward secrecy); only the initiator is authenticated (the responder sends nothing but,
+//! on a refusal, a signed error: [`answer`]);
 //! lawful interception needs no man in the middle. The opposite trade-off to
 //! [`crate::signed_dh`].
 //!
@@ -44,12 +45,13 @@ use zeroize::Zeroizing;
 use crate::eccsi::{self, Kpak, SigningKey};
 use crate::error::{Error, Result};
 use crate::header::{CommonHeader, CsIdMap, MIKEY_VERSION, SrtpCs};
-use crate::message::Message;
+use crate::message::{Decoded, Message};
+use crate::error_message::ErrorReport;
 use crate::payload::{Payload, Rand, Sakke, SecurityPolicy, Timestamp};
 use crate::psk::ReplayCache;
 use crate::registry::{DataType, ErrorCode, IdRole, PrfFunc, SakkeIdScheme, SakkeParams};
 use crate::sakke::{self, Rsk};
-use crate::signed_dh::{self, Keys, check_key, derive, draw, idr, ntp, parse, period_of, seal};
+use crate::signed_dh::{self, Keys, Refused, check_key, derive, draw, idr, ntp, parse_decoded, period_of, seal, signed_error};
 use crate::srtp_policy;
 
 /// Length of the RAND payload (RFC 3830 §6.11: at least 128 bits).
@@ -230,12 +232,16 @@ fn idr_data(m: &Message, role: IdRole) -> Result<Vec<u8>> {
 /// signature, verified next, covers both. ERR Invalid DT for another data type, ERR Invalid
 /// ID for a repeated or non-UTF-8 one.
 pub fn kms_uris(i_message: &[u8]) -> Result<(Option<String>, Option<String>)> {
-    let m = Message::decode(i_message)?;
+    kms_uris_of(&Message::decode(i_message)?)
+}
+
+/// [`kms_uris`] of a message already decoded.
+pub fn kms_uris_of(m: &Message) -> Result<(Option<String>, Option<String>)> {
     if m.header.data_type != DataType::SAKKE {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, not an I_MESSAGE", m.header.data_type)));
     }
     let one = |role: IdRole| -> Result<Option<String>> {
-        match idr_data(&m, role) {
+        match idr_data(m, role) {
             Ok(d) => String::from_utf8(d).map(Some).map_err(|_| rejected(ErrorCode::INVALID_ID, format!("{role:?} is not UTF-8"))),
             Err(_) if !m.payloads.iter().any(|p| matches!(p, Payload::Idr(i) if i.role == role)) => Ok(None),
             Err(e) => Err(e),
@@ -257,9 +263,10 @@ fn uid_of(m: &Message, role: IdRole) -> Result<[u8; 32]> {
 /// `rsk.id()` (ERR Invalid ID: the message is for another user, or for another key period);
 /// the ECCSI signature by the initiator's identifier under `kpak` (ERR Auth failure); T
 /// within `skew_secs` of `now_ntp` and not replayed (`replay` records CSB ID, T and the
-/// signature; ERR Invalid TS); decapsulation with the mandatory R re-check (ERR Auth
-/// failure). With an SRTP-ID map of CS 1 and 2 under SP policy 0 and a RAND, the SRTP keys
-/// are derived (ERR Invalid SP / SP par on a bad policy).
+/// signature; ERR Invalid TS) — up to here the message is *admitted* ([`answer`]) —;
+/// decapsulation with the mandatory R re-check (ERR Auth failure). With an SRTP-ID map of
+/// CS 1 and 2 under SP policy 0 and a RAND, the SRTP keys are derived (ERR Invalid SP / SP
+/// par on a bad policy).
 pub fn receive(
     i_message: &[u8],
     kpak: &Kpak,
@@ -269,7 +276,94 @@ pub fn receive(
     skew_secs: u64,
     replay: &mut dyn ReplayCache,
 ) -> Result<Received> {
-    let p = parse(i_message, DataType::SAKKE)?;
+    receive_decoded(&Decoded::decode(i_message)?, kpak, z, rsk, now_ntp, skew_secs, replay)
+}
+
+/// [`receive`] of a message already decoded (e.g. by an LI release that read its KMS URIs
+/// first, [`kms_uris_of`]): no second decoding.
+pub fn receive_decoded(
+    i_message: &Decoded<'_>,
+    kpak: &Kpak,
+    z: &sakke::PublicKey,
+    rsk: &Rsk,
+    now_ntp: u64,
+    skew_secs: u64,
+    replay: &mut dyn ReplayCache,
+) -> Result<Received> {
+    open(admit(i_message.message().clone(), i_message.bytes(), kpak, rsk, now_ntp, skew_secs, replay)?, z, rsk)
+}
+
+/// Responder in a call: [`receive`], and on failure the RFC 3830 §5.1.2 error message to send
+/// back (docs/high-security.md §10.8 "Refusals"), **signed** when the I_MESSAGE was admitted
+/// (decoded, for our identifier `rsk.id()` under ID scheme 1, its signature verified under
+/// `kpak`, T fresh, not a replay) and `key` is our ECCSI key for the month of the I_MESSAGE's
+/// T (the key period the caller addressed, the one of `rsk`): `HDR, T, IDRr, ERR, SIGNr` with
+/// T = the I_MESSAGE's own T (it selects the signing key's period and binds the error to that
+/// message), IDRr = our URI (the I_MESSAGE's IDRr) — a refusal only we could have made
+/// ([`refusal`] verifies it). The refusals so signed: decapsulation (ERR Auth failure: the
+/// SAKKE data is not for our RSK, e.g. encapsulated under another KMS's Z), the SRTP-ID map,
+/// RAND and SP (ERR Invalid SP, Unspecified). Every earlier refusal — undecodable, a broken
+/// or untrusted signature, stale or replayed, and a message for another identity or key
+/// period (ERR Invalid ID: we do not hold the key it names) — and any refusal of a TS 33.180
+/// scheme 2 message (a UID names no URI to sign as) gets the unsigned `HDR, T, ERR`
+/// ([`crate::signed_dh::error_reply`]), which the caller must read as a hint only (RFC 3830
+/// §9): signing for unverified input would let anyone make us spend an ECCSI signature per
+/// message.
+#[allow(clippy::too_many_arguments)]
+pub fn answer(
+    i_message: &[u8],
+    kpak: &Kpak,
+    z: &sakke::PublicKey,
+    rsk: &Rsk,
+    key: &SigningKey,
+    now_ntp: u64,
+    skew_secs: u64,
+    replay: &mut dyn ReplayCache,
+    random: &mut dyn FnMut(&mut [u8]),
+) -> core::result::Result<Received, Refused> {
+    let unsigned = |error: Error| Refused { reply: signed_dh::error_reply(i_message, &error, now_ntp), error };
+    let admitted = Message::decode(i_message).and_then(|m| admit(m, i_message, kpak, rsk, now_ntp, skew_secs, replay)).map_err(unsigned)?;
+    let signer = match &admitted.responder {
+        Some(uri) if check_key(key, uri, &admitted.p.t).is_ok() => Some((uri.clone(), admitted.p.t, admitted.p.message.header.clone())),
+        _ => None,
+    };
+    open(admitted, z, rsk).map_err(|error| {
+        let signed = signer.and_then(|(uri, t, header)| signed_error(&header, &error, t, &uri, key, random).ok());
+        Refused { reply: signed.or_else(|| signed_dh::error_reply(i_message, &error, now_ntp)), error }
+    })
+}
+
+/// Initiator: reads an error message answering our I_MESSAGE (CSB ID `csb_id`, T
+/// `i_message_t`), e.g. from the key-management attribute of a 488 (docs/high-security.md
+/// §10.8 "Refusals"): without SIGN, [`ErrorReport::Unauthenticated`] and no signer — anyone on
+/// the path could have sent it, a hint only (RFC 3830 §9); ending with SIGN, it must carry our
+/// I_MESSAGE's T (ERR Invalid TS otherwise) and be signed by the identity of the URI its IDRr
+/// names for that month under `kpak` — the KPAK of the callee's community: ours, or the
+/// external KMS's from its certificate — giving [`ErrorReport::Authenticated`] and that URI
+/// (compare it with the URI called). Another CSB ID, or a SIGN that does not verify, is an
+/// error, never a report. The shared rule: [`crate::signed_dh::Pending::refusal`].
+pub fn refusal(error_message: &[u8], csb_id: u32, i_message_t: u64, kpak: &Kpak) -> Result<(ErrorReport, Option<String>)> {
+    signed_dh::read_refusal(error_message, csb_id, kpak, |p| {
+        if p.t != ntp(i_message_t) {
+            return Err(rejected(ErrorCode::INVALID_TS, "a signed MIKEY-SAKKE error message carries the T of the I_MESSAGE it refuses"));
+        }
+        Ok(())
+    })
+}
+
+/// An I_MESSAGE that passed [`receive`]'s checks up to decapsulation.
+struct Admitted {
+    p: signed_dh::Parsed,
+    sakke: Sakke,
+    initiator: Identity,
+    /// Our URI (IDRr) under ID scheme 1; `None` under scheme 2.
+    responder: Option<String>,
+}
+
+/// [`receive`]'s checks up to the replay cache (the message is then admitted); `message` is
+/// what `i_message` decodes to.
+fn admit(message: Message, i_message: &[u8], kpak: &Kpak, rsk: &Rsk, now_ntp: u64, skew_secs: u64, replay: &mut dyn ReplayCache) -> Result<Admitted> {
+    let p = parse_decoded(message, i_message, DataType::SAKKE)?;
     let m = &p.message;
     let mut sakkes = m.payloads.iter().filter_map(|x| if let Payload::Sakke(s) = x { Some(s) } else { None });
     let s = match (sakkes.next(), sakkes.next()) {
@@ -279,15 +373,15 @@ pub fn receive(
     if s.params != SakkeParams::PARAM_SET_1 {
         return Err(rejected(ErrorCode::UNSPECIFIED, format!("SAKKE parameter set {} (only 1 is defined)", s.params.0)));
     }
-    let (initiator, signer_id, b) = match s.id_scheme {
+    let (initiator, responder, signer_id, b) = match s.id_scheme {
         SakkeIdScheme::TEL_URI_MONTHLY => {
             let (i, r) = (p.uri(IdRole::INITIATOR)?, p.uri(IdRole::RESPONDER)?);
-            let signer = identifier(&i, &p.t)?;
-            (Identity::Uri(i), signer, identifier(&r, &p.t)?)
+            let (signer, b) = (identifier(&i, &p.t)?, identifier(&r, &p.t)?);
+            (Identity::Uri(i), Some(r), signer, b)
         }
         SakkeIdScheme::TS33180_UID => {
             let (i, r) = (uid_of(m, IdRole::INITIATOR_UID)?, uid_of(m, IdRole::RESPONDER_UID)?);
-            (Identity::Uid(i), i.to_vec(), r.to_vec())
+            (Identity::Uid(i), None, i.to_vec(), r.to_vec())
         }
         other => return Err(rejected(ErrorCode::UNSPECIFIED, format!("SAKKE ID scheme {}", other.0))),
     };
@@ -303,6 +397,13 @@ pub fn receive(
     if !replay.insert(m.header.csb_id, p.t.value, &p.signature) {
         return Err(rejected(ErrorCode::INVALID_TS, "replayed I_MESSAGE"));
     }
+    Ok(Admitted { p, sakke: s, initiator, responder })
+}
+
+/// [`receive`] after admission: decapsulation and the SRTP keys.
+fn open(admitted: Admitted, z: &sakke::PublicKey, rsk: &Rsk) -> Result<Received> {
+    let Admitted { p, sakke: s, initiator, .. } = admitted;
+    let m = &p.message;
     let ssv = sakke::decapsulate(z, rsk, &s.data)?;
     let keys = match &m.header.cs_map {
         CsIdMap::SrtpId(_) => {
@@ -373,8 +474,12 @@ pub(crate) mod fuzz {
         F.get_or_init(|| build_fixture().ok()).as_ref()
     }
 
-    /// `data` as an I_MESSAGE to Bob; returns whether it was accepted.
+    /// `data` as an I_MESSAGE to Bob; returns whether it was accepted. Also read as an error
+    /// message answering the fixture's I_MESSAGE ([`refusal`]).
     pub(crate) fn run(data: &[u8]) -> bool {
+        if let Some(f) = fixture() {
+            let _ = refusal(data, 0x5a4b_e001, NOW, &f.kpak);
+        }
         // The responder reads IDRkmsi / IDRkmsr before verifying (cross-community, docs/high-security.md §10.9).
         let _ = kms_uris(data);
         fixture().is_some_and(|f| receive(data, &f.kpak, &f.z, &f.bob, NOW, 30, &mut NoReplay).is_ok())
@@ -473,6 +578,85 @@ mod tests {
             let e = receive(&bytes, &kpak, &z, &orsk, now, 30, &mut Cache::default()).unwrap_err();
             assert_eq!(e.err_code(), ErrorCode::INVALID_ID, "{e}");
         }
+    }
+
+    fn random(buf: &mut [u8]) {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        signed_dh::fuzz::counter_random(&COUNTER, b"mediasec mikey_sakke refusals", buf);
+    }
+
+    /// [`answer`] and [`refusal`]: an I_MESSAGE bob admits (signed by alice under the trusted
+    /// KPAK, for his identifier of the month of T, fresh) but cannot open — encapsulated under
+    /// another KMS's Z — is refused with an error bob signs with his ECCSI key of that month,
+    /// carrying the I_MESSAGE's T, which alice reads as authenticated and signed by bob; the
+    /// same error altered, read for another CSB, another T or under another KPAK is an error.
+    /// Refusals before admission (a message for carol, a broken signature) and one where bob's
+    /// ECCSI key is not of the I_MESSAGE's month get the unsigned error, read as a hint.
+    #[test]
+    fn refusals_after_admission_are_signed_by_the_callee() {
+        use crate::signed_dh::fuzz::{ALICE, BOB, NOW, NoReplay};
+        const CAROL: &str = "sip:carol@fuzz.example.org";
+        let ksak = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let kpak = ksak.kpak();
+        let key = |uri: &str, at: u64| {
+            let id = identifier(uri, &ntp(at)).unwrap();
+            let (ssk, pvt) = draw(&mut random, |v| ksak.issue(&id, v)).unwrap();
+            SigningKey::new(&kpak, &id, ssk, pvt).unwrap()
+        };
+        let master = draw(&mut random, |b| sakke::KmsSecret::from_bytes(b)).unwrap();
+        let other_master = draw(&mut random, |b| sakke::KmsSecret::from_bytes(b)).unwrap();
+        let z = master.public_key();
+        let (alice, bob) = (key(ALICE, NOW), key(BOB, NOW));
+        let bob_rsk = master.issue(&identifier(BOB, &ntp(NOW)).unwrap()).unwrap();
+        let offer = |csb_id: u32, to: &str| Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id,
+            initiator_uri: ALICE.into(),
+            responder_uri: to.into(),
+            kms_uri: None,
+            responder_kms_uri: None,
+            initiator_ssrc: 7,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let answer_at = |m: &[u8], key: &SigningKey| answer(m, &kpak, &z, &bob_rsk, key, NOW + (1 << 32), 30, &mut NoReplay, &mut random);
+
+        let (good, _) = build(&offer(1, BOB), &alice, &z, NOW, &mut random).unwrap();
+        assert!(answer_at(&good, &bob).unwrap().keys.is_some());
+
+        let (unopenable, _) = build(&offer(2, BOB), &alice, &other_master.public_key(), NOW, &mut random).unwrap();
+        let refused = answer_at(&unopenable, &bob).unwrap_err();
+        assert_eq!(refused.error.err_code(), ErrorCode::AUTH_FAILURE, "{}", refused.error);
+        let reply = refused.reply.expect("an error message");
+        let (report, signer) = refusal(&reply, 2, NOW, &kpak).unwrap();
+        assert!(report.is_authenticated() && report.codes() == [ErrorCode::AUTH_FAILURE], "{report:?}");
+        assert_eq!(signer.as_deref(), Some(BOB));
+        let m = Message::decode(&reply).unwrap();
+        assert!(m.payloads.first() == Some(&Payload::T(ntp(NOW))), "the I_MESSAGE's T: {m:?}");
+
+        let mut forged = reply.clone();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(refusal(&forged, 2, NOW, &kpak).is_err(), "a SIGN that does not verify is no report");
+        assert!(refusal(&reply, 3, NOW, &kpak).is_err(), "another CSB's error");
+        assert_eq!(refusal(&reply, 2, NOW + (1 << 32), &kpak).unwrap_err().err_code(), ErrorCode::INVALID_TS, "another I_MESSAGE's T");
+        let stranger = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap().kpak();
+        assert!(refusal(&reply, 2, NOW, &stranger).is_err(), "signed under another KPAK");
+
+        let unsigned = |m: &[u8], key: &SigningKey, csb: u32, code: ErrorCode| {
+            let refused = answer_at(m, key).unwrap_err();
+            assert_eq!(refused.error.err_code(), code, "{}", refused.error);
+            let (report, signer) = refusal(&refused.reply.expect("an error message"), csb, NOW, &kpak).unwrap();
+            assert!(!report.is_authenticated() && report.codes() == [code] && signer.is_none(), "{report:?}");
+        };
+        let (for_carol, _) = build(&offer(4, CAROL), &alice, &z, NOW, &mut random).unwrap();
+        unsigned(&for_carol, &bob, 4, ErrorCode::INVALID_ID);
+        let (mut broken, _) = build(&offer(5, BOB), &alice, &z, NOW, &mut random).unwrap();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        unsigned(&broken, &bob, 5, ErrorCode::AUTH_FAILURE);
+        let (unopenable, _) = build(&offer(6, BOB), &alice, &other_master.public_key(), NOW, &mut random).unwrap();
+        let december = NOW + ((30 * 86_400) << 32);
+        unsigned(&unopenable, &key(BOB, december), 6, ErrorCode::AUTH_FAILURE);
     }
 
     /// Every single-byte change of a TS 33.180 I_MESSAGE is refused.

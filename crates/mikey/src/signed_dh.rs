@@ -278,7 +278,7 @@ pub(crate) fn parse(bytes: &[u8], dt: DataType) -> Result<Parsed> {
 }
 
 /// [`parse`] of `message`, the message `bytes` decode to.
-fn parse_decoded(message: Message, bytes: &[u8], dt: DataType) -> Result<Parsed> {
+pub(crate) fn parse_decoded(message: Message, bytes: &[u8], dt: DataType) -> Result<Parsed> {
     if message.header.data_type != dt {
         return Err(rejected(ErrorCode::INVALID_DT, format!("data type {:?}, expected {dt:?}", message.header.data_type)));
     }
@@ -367,7 +367,8 @@ pub(crate) fn derive(prf: PrfFunc, tgk: Zeroizing<Vec<u8>>, csb_id: u32, rand: &
     Ok(Keys { initiator_stream: one(1, cs1)?, responder_stream: one(2, cs2)?, tgk })
 }
 
-/// Why a DH_INIT got no DH_RESP ([`answer`]), with the error message to send back.
+/// Why a DH_INIT got no DH_RESP ([`answer`]), or an I_MESSAGE was refused
+/// ([`crate::mikey_sakke::answer`]), with the error message to send back.
 #[derive(Debug)]
 pub struct Refused {
     /// What failed (its ERR code: [`Error::err_code`]).
@@ -435,10 +436,11 @@ pub fn answer(
     })
 }
 
-/// `HDR, T, IDRr, ERR, SIGNr` answering a DH_INIT with header `failed` (RFC 3830 §5.1.2): the
-/// header copied with data type Error and V = 0, our T, our URI, the ERR of `error`, signed by
-/// `key` (the ECCSI key of `responder_uri` for the month of `now`).
-fn signed_error(failed: &CommonHeader, error: &Error, now: Timestamp, responder_uri: &str, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
+/// `HDR, T, IDRr, ERR, SIGNr` answering a message with header `failed` (RFC 3830 §5.1.2): the
+/// header copied with data type Error and V = 0, the T `now`, our URI, the ERR of `error`,
+/// signed by `key` (the ECCSI key of `responder_uri` for the month of `now`). Signed-DH passes
+/// the responder's clock; MIKEY-SAKKE the I_MESSAGE's own T ([`crate::mikey_sakke::answer`]).
+pub(crate) fn signed_error(failed: &CommonHeader, error: &Error, now: Timestamp, responder_uri: &str, key: &SigningKey, random: &mut dyn FnMut(&mut [u8])) -> Result<Vec<u8>> {
     let header = CommonHeader { data_type: DataType::ERROR, v_flag: false, ..failed.clone() };
     let payloads = vec![Payload::T(now), idr(IdRole::RESPONDER, responder_uri), Payload::Err(ErrPayload { code: error.err_code(), reserved: 0 })];
     seal(Message { header, payloads }, key, random)
@@ -520,22 +522,7 @@ impl Pending {
     /// anyone on the path could have sent it, a hint only (RFC 3830 §9). A SIGN that does not
     /// verify, or an error for another CSB ID, is an error, never a report.
     pub fn refusal(&self, error_message: &[u8], kpak: &Kpak, now_ntp: u64, skew_secs: u64) -> Result<(ErrorReport, Option<String>)> {
-        let message = Message::decode(error_message)?;
-        let report = crate::error_message::report(&message, error_message, None)?;
-        let ErrorReport::Unauthenticated { header, codes } = report else {
-            return Err(rejected(ErrorCode::UNSPECIFIED, "error message read as authenticated without a key"));
-        };
-        if header.csb_id != self.offer.csb_id {
-            return Err(rejected(ErrorCode::UNSPECIFIED, format!("error message for CSB ID {:#010x}, not ours", header.csb_id)));
-        }
-        if !matches!(message.payloads.last(), Some(Payload::Sign(_))) {
-            return Ok((ErrorReport::Unauthenticated { header, codes }, None));
-        }
-        let p = parse_decoded(message, error_message, DataType::ERROR)?;
-        let signer = p.uri(IdRole::RESPONDER)?;
-        p.verify(error_message, kpak, &signer)?;
-        p.check_fresh(now_ntp, skew_secs)?;
-        Ok((ErrorReport::Authenticated { header, codes }, Some(signer)))
+        read_refusal(error_message, self.offer.csb_id, kpak, |p| p.check_fresh(now_ntp, skew_secs))
     }
 
     /// Initiator: verifies DH_RESP and derives the keys, whoever of the KMS's users signed it
@@ -572,6 +559,32 @@ impl Pending {
         let keys = derive(o.prf, Zeroizing::new(tgk.to_vec()), o.csb_id, &self.rand, &o.policy, &[cs1, cs2])?;
         Ok(Finished { redirected: responder_uri != o.responder_uri, responder_uri, keys })
     }
+}
+
+/// Reads an error message answering our message of CSB ID `csb_id` (RFC 3830 §5.1.2): the
+/// rule of [`Pending::refusal`], shared with [`crate::mikey_sakke::refusal`]. Without SIGN it
+/// is [`ErrorReport::Unauthenticated`] (no signer); ending with SIGN, it must be ECCSI by the
+/// identity of the URI its IDRr names for the month of the error's T under `kpak`, and pass
+/// `check_t` (the time rule of the mode), giving [`ErrorReport::Authenticated`] and that URI.
+/// Another CSB ID, a SIGN that does not verify, a signed error naming no signer or failing
+/// `check_t` are errors, never reports.
+pub(crate) fn read_refusal(error_message: &[u8], csb_id: u32, kpak: &Kpak, check_t: impl FnOnce(&Parsed) -> Result<()>) -> Result<(ErrorReport, Option<String>)> {
+    let message = Message::decode(error_message)?;
+    let report = crate::error_message::report(&message, error_message, None)?;
+    let ErrorReport::Unauthenticated { header, codes } = report else {
+        return Err(rejected(ErrorCode::UNSPECIFIED, "error message read as authenticated without a key"));
+    };
+    if header.csb_id != csb_id {
+        return Err(rejected(ErrorCode::UNSPECIFIED, format!("error message for CSB ID {:#010x}, not ours", header.csb_id)));
+    }
+    if !matches!(message.payloads.last(), Some(Payload::Sign(_))) {
+        return Ok((ErrorReport::Unauthenticated { header, codes }, None));
+    }
+    let p = parse_decoded(message, error_message, DataType::ERROR)?;
+    let signer = p.uri(IdRole::RESPONDER)?;
+    p.verify(error_message, kpak, &signer)?;
+    check_t(&p)?;
+    Ok((ErrorReport::Authenticated { header, codes }, Some(signer)))
 }
 
 /// The RFC 3830 §5.1.2 error message `HDR, T, ERR` answering a DH_INIT that failed with

@@ -962,6 +962,16 @@ mod tshark_oracle {
         assert!(s.contains("Initiator (IDRi)") && s.contains("Responder (IDRr)"), "{s}");
         assert!(s.contains("IDRkmsi") && s.contains("IDRkmsr"), "{s}");
         assert!(s.contains(ALICE) && s.contains(BOB), "{s}");
+        // Bob's signed refusal of an I_MESSAGE he admitted but cannot open (encapsulated
+        // under another KMS's Z): HDR, T, IDRr, ERR, SIGNr.
+        let (unopenable, _keys) = parties.build_under(BOB, NOW, &Parties::new().z);
+        let refused = parties.answer_as_bob(&unopenable, NOW).expect_err("refused");
+        let error = refused.reply.expect("the error message");
+        dump("mikey_sakke_error", &error);
+        check(&error, "Error", "sakkeerr");
+        let s = dissect(&error, "sakkeerr");
+        assert!(s.contains("Signature type: ECCSI (2)") && s.contains("Responder (IDRr)") && s.contains(BOB), "{s}");
+        assert!(s.contains("Authentication failure"), "{s}");
     }
 }
 
@@ -1870,7 +1880,18 @@ mod mikey_sakke_exchange {
         }
 
         pub(super) fn build(&self, to: &str, now: u64) -> (Vec<u8>, Keys) {
-            mikey_sakke::build(&offer(to), &self.alice, &self.z, now, &mut os_random).expect("build")
+            self.build_under(to, now, &self.z)
+        }
+
+        /// An I_MESSAGE from Alice to `to` with the SSV encapsulated under `z`.
+        pub(super) fn build_under(&self, to: &str, now: u64, z: &sakke::PublicKey) -> (Vec<u8>, Keys) {
+            mikey_sakke::build(&offer(to), &self.alice, z, now, &mut os_random).expect("build")
+        }
+
+        /// Bob, holding his RSK and ECCSI key of the month of `now`, answers `msg` at `now`.
+        pub(super) fn answer_as_bob(&self, msg: &[u8], now: u64) -> Result<mikey_sakke::Received, mediasec_mikey::signed_dh::Refused> {
+            let bob = signing_key(&self.ksak, BOB, now);
+            mikey_sakke::answer(msg, &self.kpak, &self.z, &self.rsk(BOB, now), &bob, now, 30, &mut Cache::default(), &mut os_random)
         }
     }
 

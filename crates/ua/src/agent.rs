@@ -1304,11 +1304,15 @@ impl Core {
                     Some(why) => call.fail_refused(why),
                     None => {
                         let mut reason = String::from_utf8_lossy(&response.reason).into_owned();
-                        // A refused MIKEY-DH offer: what the callee's error message says, and
-                        // whether the callee signed it.
-                        if let (Some(Keying::Dh(pending)), Some(kms)) = (call.ticket.as_ref(), self.kms.as_ref())
+                        // A refused MIKEY-DH or MIKEY-SAKKE offer: what the callee's error
+                        // message says, and whether the callee signed it.
+                        if let (Some(keying @ (Keying::Dh(_) | Keying::Sakke(_))), Some(kms)) = (call.ticket.as_ref(), self.kms.as_ref())
                             && let Ok(Some(answer)) = mediasec_sip::body::sdp(&Message::Response(response))
-                            && let Some(why) = ticket::lock(kms).high_security.as_ref().and_then(|hs| high_security::refusal(hs, pending, &answer, unix_now()))
+                            && let Some(why) = ticket::lock(kms).high_security.as_ref().and_then(|hs| match keying {
+                                Keying::Dh(pending) => high_security::refusal(hs, pending, &answer, unix_now()),
+                                Keying::Sakke(pending) => mikey_sakke::refusal(hs, pending, &answer),
+                                Keying::Ticket(_) => None,
+                            })
                         {
                             reason = format!("{reason}: {why}");
                         }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use mediasec_kms::community::Community;
 use mediasec_kms::keyprov::{Period, Provisioned, SakkeKeys};
 use mediasec_mikey::eccsi::{Kpak, SigningKey};
+use mediasec_mikey::error_message::ErrorReport;
 use mediasec_mikey::psk::ReplayCache;
 use mediasec_mikey::registry::{ErrorCode, PrfFunc};
 use mediasec_mikey::signed_dh::{self, Keys, Offer};
@@ -329,19 +330,25 @@ pub fn refusal(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp, now: Dura
     let message = ticket::mikey_data(answer).ok().flatten()?;
     let now = ntp(now);
     let read = under_trusted(&hs.kpaks, |kpak| pending.pending.refusal(&message, kpak, now, SKEW_SECS));
-    Some(match read {
+    Some(describe_refusal(read, &pending.pending.offer().responder_uri))
+}
+
+/// A refusal as read ([`refusal`], [`crate::mikey_sakke::refusal`]), for the call's failure
+/// reason: "MIKEY error CODES (signed by URI[, not the URI called] | unsigned: a hint only)",
+/// or why the error message was not accepted.
+pub(crate) fn describe_refusal(read: Result<(ErrorReport, Option<String>), mediasec_mikey::Error>, called: &str) -> String {
+    match read {
         Ok((report, signer)) => {
             let codes: Vec<String> = report.codes().iter().map(|c| format!("{c:?}")).collect();
-            let called = &pending.pending.offer().responder_uri;
             let by = match signer {
-                Some(s) if s == *called => format!("signed by {s}"),
+                Some(s) if s == called => format!("signed by {s}"),
                 Some(s) => format!("signed by {s}, not the URI called"),
                 None => "unsigned: a hint only".into(),
             };
             format!("MIKEY error {} ({by})", codes.join(", "))
         }
         Err(e) => format!("MIKEY error message not accepted: {e}"),
-    })
+    }
 }
 
 /// Offerer: verifies DH_RESP under a trusted KPAK at `now` (Unix time) and requires the signer

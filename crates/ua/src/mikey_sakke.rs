@@ -8,7 +8,9 @@
 //! message is asked for), so there is nothing to carry. Both sides derive the SRTP keys of CS 1
 //! (caller) and CS 2 (callee) from the SSV. Failures are refused with 488 and, when the
 //! message had a decodable header, the RFC 3830 §5.1.2 MIKEY Error message, as in the
-//! high-security mode ([`crate::high_security`]).
+//! high-security mode ([`crate::high_security`]): signed by the callee once it admitted the
+//! I_MESSAGE ([`mikey_sakke::answer`]), which the caller reads for the call's failure reason
+//! ([`refusal`]: signed by whom, or a hint only).
 //!
 //! Keys come from the UE's KMS per month with the ECCSI key (Ua `keyprovision` with `sakke`,
 //! policy `mikey_sakke`), kept and renewed by the same [`HighSecurity`] credentials and
@@ -32,7 +34,7 @@
 //!
 //! Properties (stated in docs/high-security.md §10): the KMS can derive every call key (LI
 //! without a man in the middle), no forward secrecy, only the caller is authenticated — the
-//! caller learns nothing of who answered beyond SIP.
+//! caller learns nothing of who answered beyond SIP (only a refusal is signed).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -48,15 +50,23 @@ use mediasec_mikey::signed_dh::{self, Keys};
 use mediasec_mikey::srtp_policy;
 use mediasec_sdp::Sdp;
 
-use crate::high_security::{HighSecurity, SKEW_SECS, key_at, ntp, protection, random, under_trusted};
+use crate::high_security::{self, HighSecurity, SKEW_SECS, key_at, ntp, protection, random, under_trusted};
 use crate::offer_answer::{Media, RTCP_MUX, SAVP, audio, sdp_text};
 use crate::ticket;
 use crate::Error;
 
 /// What the caller keeps until the answer: the call's keys (derived when the I_MESSAGE was
-/// built; the answer carries none).
+/// built; the answer carries none), and what reading a refusal needs ([`refusal`]).
 pub struct PendingCall {
     keys: Keys,
+    /// CSB ID and T (NTP-UTC) of the I_MESSAGE.
+    csb_id: u32,
+    t: u64,
+    /// The URI called (IDRr).
+    callee: String,
+    /// The KPAK of the callee's community when it is an external one (from its KMS
+    /// certificate); `None`: ours, i.e. the trusted KPAKs.
+    callee_kpak: Option<Kpak>,
 }
 
 /// How many callees' [`sakke::Recipient`]s a UE keeps ([`Recipients`]).
@@ -117,7 +127,7 @@ pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, 
     let keys = key_at(&hs.keys, &hs.uri, now)?;
     let sakke = keys.sakke.as_ref().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs SAKKE keys (Z, RSK) from the KMS".into()))?;
     let callee = ticket::uid_of(callee_uri)?;
-    let (z, kms_uri, responder_kms_uri) = callee_community(hs.kms.as_deref(), &hs.communities, callee.domain(), &sakke.z)?;
+    let (z, kms_uri, responder_kms_uri, callee_kpak) = callee_community(hs.kms.as_deref(), &hs.communities, callee.domain(), &sakke.z)?;
     let o = Offer {
         prf: PrfFunc::MIKEY_1,
         csb_id: rand::random(),
@@ -132,24 +142,27 @@ pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, 
     let id = mikey_sakke::identifier(&o.responder_uri, &Timestamp { ts_type: TsType::NTP_UTC, value: t }).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
     let built = hs.recipients.with(&z, &id, |recipient| mikey_sakke::build_for(&o, &keys.key, recipient, t, &mut random));
     let (message, keys) = built.map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
-    Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()]), PendingCall { keys }))
+    let pending = PendingCall { keys, csb_id: o.csb_id, t, callee: o.responder_uri, callee_kpak };
+    Ok((sdp_text(local, version, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()]), pending))
 }
 
-/// The Z to encapsulate under for a callee of `domain`, and the IDRkmsi / IDRkmsr to send
-/// (module docs): without certificates, our KMS's `own_z` and no KMS URIs; with them, the
-/// community serving `domain` — ours (our Z, no KMS URIs, as within one community) or an
-/// external one (its Z; IDRkmsi ours, IDRkmsr its URI) —, and an error naming the domain
-/// when none does.
-fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey) -> Result<(sakke::PublicKey, Option<String>, Option<String>), Error> {
+/// The Z to encapsulate under for a callee of `domain`, the IDRkmsi / IDRkmsr to send
+/// (module docs) and the KPAK a signed refusal of the callee is verified under ([`refusal`]):
+/// without certificates, our KMS's `own_z`, no KMS URIs and our trusted KPAKs (`None`); with
+/// them, the community serving `domain` — ours (our Z, no KMS URIs, as within one community,
+/// our KPAKs) or an external one (its Z; IDRkmsi ours, IDRkmsr its URI; its KPAK) —, and an
+/// error naming the domain when none does.
+type CalleeCommunity = (sakke::PublicKey, Option<String>, Option<String>, Option<Kpak>);
+fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey) -> Result<CalleeCommunity, Error> {
     let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
-        return Ok((*own_z, None, None));
+        return Ok((*own_z, None, None, None));
     };
     match community::of_domain(communities, domain) {
         // Within our community the message stays as before, without IDRkms (RFC 6509 §4.1:
         // optional; the callee then tries its trusted KPAKs, our KMS's first). Also keeps
         // the I_MESSAGE — and the SIP message carrying it — as small as before.
-        Some(c) if c.kms_uri().eq_ignore_ascii_case(own_kms) => Ok((*own_z, None, None)),
-        Some(c) => Ok((*c.z(), Some(own_kms.to_owned()), Some(c.kms_uri().to_owned()))),
+        Some(c) if c.kms_uri().eq_ignore_ascii_case(own_kms) => Ok((*own_z, None, None, None)),
+        Some(c) => Ok((*c.z(), Some(own_kms.to_owned()), Some(c.kms_uri().to_owned()), Some(*c.kpak()))),
         None => Err(Error::Negotiation(format!("MIKEY-SAKKE: the callee's domain {domain} belongs to no KMS community this UE holds a KMS certificate for (ours: {own_kms})"))),
     }
 }
@@ -179,7 +192,9 @@ fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community]
 /// Callee: receives the I_MESSAGE of `offer` at `now` and answers without key management
 /// (module docs). The message's T selects our key period: each month we hold is tried (a
 /// message for another month or user is ERR Invalid ID). A failing message is
-/// [`Error::KeyRefused`] with the MIKEY Error message to return.
+/// [`Error::KeyRefused`] with the MIKEY Error message to return: signed with our ECCSI key of
+/// the I_MESSAGE's month once the message was admitted ([`mikey_sakke::answer`]; our key and
+/// RSK of that month are held together), unsigned before.
 pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u64, ssrc: u32, now: Duration) -> Result<(String, Media), Error> {
     let _ = ssrc; // CS 2's SSRC is 0 in the I_MESSAGE: the callee has no message to name it in.
     let refused = |reason: String| Error::KeyRefused { reason, mikey_error: None };
@@ -193,14 +208,21 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let kpaks = signer_kpaks(&message, kms.as_deref(), communities, kpaks)
         .map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
     let mut outcome = Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: "no MIKEY-SAKKE receiver key held".into() });
+    // The error message of the last attempt: signed once a key and KPAK admitted the message.
+    let mut reply = None;
     for held in keys.iter() {
         let Some(s) = &held.sakke else { continue };
-        outcome = under_trusted(&kpaks, |kpak| mikey_sakke::receive(&message, kpak, &s.z, &s.rsk, t, SKEW_SECS, replay));
+        outcome = under_trusted(&kpaks, |kpak| {
+            mikey_sakke::answer(&message, kpak, &s.z, &s.rsk, &held.key, t, SKEW_SECS, replay, &mut random).map_err(|r| {
+                reply = r.reply;
+                r.error
+            })
+        });
         if !matches!(&outcome, Err(e) if e.err_code() == ErrorCode::INVALID_ID) {
             break;
         }
     }
-    let received = outcome.map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
+    let received = outcome.map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: reply.take().or_else(|| signed_dh::error_reply(&message, &e, t)) })?;
     let keys = received.keys.ok_or_else(|| refused("MIKEY-SAKKE: no two-stream SRTP-ID map (not a call message)".into()))?;
     let protection = protection(&keys, false).map_err(|e| refused(e.to_string()))?;
     let media = stream.media(stream.mux, protection);
@@ -210,6 +232,23 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
         mikey_sakke::Identity::Uid(_) => media,
     };
     Ok((sdp_text(local, version, SAVP, &stream.answer_lines()), media))
+}
+
+/// Caller: what the MIKEY error message in the key-management attribute of a refusing answer
+/// (the SDP of a 488) says, for the call's failure reason (docs/high-security.md §10.8
+/// "Refusals"): its ERR codes, and who signed it — SIGNr by the callee's identity for the
+/// month of our I_MESSAGE, carrying its T, under the KPAK of the callee's community (an
+/// external community's from its KMS certificate, else our trusted KPAKs): that user itself
+/// refused — or that nobody did (a hint only: anyone on the path could have written it,
+/// RFC 3830 §9). `None` when the answer carries no MIKEY message.
+pub fn refusal(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp) -> Option<String> {
+    let message = ticket::mikey_data(answer).ok().flatten()?;
+    let read = |kpak: &Kpak| mikey_sakke::refusal(&message, pending.csb_id, pending.t, kpak);
+    let read = match &pending.callee_kpak {
+        Some(kpak) => read(kpak),
+        None => under_trusted(&hs.kpaks, read),
+    };
+    Some(high_security::describe_refusal(read, &pending.callee))
 }
 
 /// Caller: the media of an answer, which must be `RTP/SAVP` without `a=key-mgmt` (RFC 6509:
@@ -315,6 +354,90 @@ mod tests {
         let mut alone = creds(&ksak_a, &z_a, "sip:alice@a.example");
         let (legacy, _) = offer(&mut alone, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
         assert!(answer(&mut carol, &Sdp::parse(&legacy), local, 1, 0x2222, now).is_err());
+    }
+
+    /// alice's offer to `callee` whose I_MESSAGE is encapsulated under `z` (not the callee's
+    /// KMS's Z; IDRkmsi / IDRkmsr `kms`), and the pending call [`offer`] keeps for it.
+    fn under_z(alice: &mut HighSecurity, callee: &str, z: &sakke::PublicKey, kms: Option<(&str, &str)>, now: Duration) -> (Sdp, PendingCall) {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let (_, pending) = offer(alice, local, 1, 0x1111, callee, now).unwrap();
+        let o = Offer {
+            prf: PrfFunc::MIKEY_1,
+            csb_id: pending.csb_id,
+            initiator_uri: alice.uri.clone(),
+            responder_uri: pending.callee.clone(),
+            kms_uri: kms.map(|k| k.0.into()),
+            responder_kms_uri: kms.map(|k| k.1.into()),
+            initiator_ssrc: 0x1111,
+            policy: srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let (message, _) = mikey_sakke::build(&o, &key_at(&alice.keys, &alice.uri, now).unwrap().key, z, pending.t, &mut random).unwrap();
+        (Sdp::parse(&sdp_text(local, 1, SAVP, &[ticket::key_mgmt_line(message), RTCP_MUX.into()])), pending)
+    }
+
+    /// The SDP of the 488 the agent sends for `e` (offer_answer::refusal with the MIKEY error).
+    fn refusing_sdp(offer: &Sdp, e: Error) -> (Sdp, Vec<u8>) {
+        let Error::KeyRefused { mikey_error: Some(m), .. } = e else { panic!("a MIKEY error: {e}") };
+        let refusal = crate::offer_answer::refusal(offer, "127.0.0.1:40000".parse().unwrap(), 1).unwrap();
+        (Sdp::parse(&format!("{refusal}a={}\r\n", ticket::key_mgmt_line(m.clone()))), m)
+    }
+
+    /// What the caller reads from a refusing answer ([`refusal`]): bob admits alice's
+    /// I_MESSAGE (for him, signed under the trusted KPAK) but cannot open it (encapsulated
+    /// under another Z) and signs his refusal — read as "signed by sip:bob@a.example"; the same
+    /// error altered on the path is not accepted, and stripped of its signature (what anyone
+    /// on the path can write) is read as a hint; a message for bob that reached carol is
+    /// refused before admission, unsigned: a hint.
+    #[test]
+    fn signed_refusals_are_read_as_authenticated_and_unsigned_ones_as_hints() {
+        let (ksak, z) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let other_z = sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap().public_key();
+        let (mut alice, mut bob, mut carol) = (creds(&ksak, &z, "sip:alice@a.example"), creds(&ksak, &z, "sip:bob@a.example"), creds(&ksak, &z, "sip:carol@a.example"));
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        let (offered, pending) = under_z(&mut alice, "sip:bob@a.example", &other_z, None, now);
+        let e = answer(&mut bob, &offered, local, 1, 0x2222, now + Duration::from_secs(1)).err().unwrap();
+        let (refused, error) = refusing_sdp(&offered, e);
+        assert_eq!(refusal(&alice, &pending, &refused).unwrap(), "MIKEY error Authentication failure (signed by sip:bob@a.example)");
+
+        let mut altered = error.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        let (altered, _) = refusing_sdp(&offered, Error::KeyRefused { reason: String::new(), mikey_error: Some(altered) });
+        let why = refusal(&alice, &pending, &altered).unwrap();
+        assert!(why.starts_with("MIKEY error message not accepted"), "{why}");
+        let mut stripped = mediasec_mikey::Message::decode(&error).unwrap();
+        stripped.payloads.retain(|p| matches!(p, mediasec_mikey::Payload::T(_) | mediasec_mikey::Payload::Err(_)));
+        let (stripped, _) = refusing_sdp(&offered, Error::KeyRefused { reason: String::new(), mikey_error: Some(stripped.encode().unwrap()) });
+        assert_eq!(refusal(&alice, &pending, &stripped).unwrap(), "MIKEY error Authentication failure (unsigned: a hint only)");
+
+        let (offer_sdp, pending) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", now).unwrap();
+        let offered = Sdp::parse(&offer_sdp);
+        let (refused, _) = refusing_sdp(&offered, answer(&mut carol, &offered, local, 1, 0x3333, now).err().unwrap());
+        assert_eq!(refusal(&alice, &pending, &refused).unwrap(), "MIKEY error ID not supported (unsigned: a hint only)");
+    }
+
+    /// Across communities: carol (KMS b) admits alice's (KMS a) I_MESSAGE — IDRkmsi a, IDRkmsr
+    /// b, signed under a's KPAK from a's certificate — that is encapsulated under a's Z, not
+    /// b's, and signs her refusal with her b key; alice verifies it under b's KPAK from b's
+    /// certificate ("signed by sip:carol@b.example"); under a's KPAK alone (a UE that took it
+    /// for its own community) it does not verify.
+    #[test]
+    fn cross_community_refusals_are_signed_under_the_callee_community_kpak() {
+        let (ksak_a, z_a) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak_b, z_b) = (KmsSecret::from_bytes(&[0x43; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap());
+        let (a, b) = (community_of(&ksak_a, &z_a, "kms.a.example", "a.example"), community_of(&ksak_b, &z_b, "kms.b.example", "b.example"));
+        let mut alice = creds_in(&ksak_a, &z_a, "kms.a.example", "sip:alice@a.example", vec![a.clone(), b.clone()]);
+        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b, a]);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        let (offered, pending) = under_z(&mut alice, "sip:carol@b.example", &z_a.public_key(), Some(("kms.a.example", "kms.b.example")), now);
+        assert_eq!(pending.callee_kpak, Some(ksak_b.kpak()), "b's KPAK from b's certificate");
+        let e = answer(&mut carol, &offered, local, 1, 0x2222, now).err().unwrap();
+        let (refused, _) = refusing_sdp(&offered, e);
+        assert_eq!(refusal(&alice, &pending, &refused).unwrap(), "MIKEY error Authentication failure (signed by sip:carol@b.example)");
+        let own_only = PendingCall { callee_kpak: None, ..pending };
+        let why = refusal(&alice, &own_only, &refused).unwrap();
+        assert!(why.starts_with("MIKEY error message not accepted"), "{why}");
     }
 
     /// A MIKEY-SAKKE call: the offer carries the I_MESSAGE, the answer has no key management,
