@@ -263,7 +263,7 @@ fn uid_of(m: &Message, role: IdRole) -> Result<[u8; 32]> {
 /// `rsk.id()` (ERR Invalid ID: the message is for another user, or for another key period);
 /// the ECCSI signature by the initiator's identifier under `kpak` (ERR Auth failure); T
 /// within `skew_secs` of `now_ntp` and not replayed (`replay` records CSB ID, T and the
-/// signature; ERR Invalid TS) — up to here the message is *admitted* ([`answer`]) —;
+/// signed octets — not the signature, which has a second valid form; ERR Invalid TS) — up to here the message is *admitted* ([`answer`]) —;
 /// decapsulation with the mandatory R re-check (ERR Auth failure). With an SRTP-ID map of
 /// CS 1 and 2 under SP policy 0 and a RAND, the SRTP keys are derived (ERR Invalid SP / SP
 /// par on a bad policy).
@@ -394,7 +394,9 @@ fn admit(message: Message, i_message: &[u8], kpak: &Kpak, rsk: &Rsk, now_ntp: u6
     }
     eccsi::verify(kpak, &signer_id, i_message.get(..p.covered_len).unwrap_or_default(), &p.signature)?;
     p.check_fresh(now_ntp, skew_secs)?;
-    if !replay.insert(m.header.csb_id, p.t.value, &p.signature) {
+    // The signed octets, not the signature: an ECCSI signature has a twin (s → q − s) that
+    // verifies as well, so a replay under it would pass a cache of signatures.
+    if !replay.insert(m.header.csb_id, p.t.value, i_message.get(..p.covered_len).unwrap_or_default()) {
         return Err(rejected(ErrorCode::INVALID_TS, "replayed I_MESSAGE"));
     }
     Ok(Admitted { p, sakke: s, initiator, responder })
@@ -568,6 +570,18 @@ mod tests {
             assert!(r.keys.is_none());
             let e = receive(&bytes, &kpak, &z, &rsk, now, 30, &mut cache).unwrap_err();
             assert_eq!(e.err_code(), ErrorCode::INVALID_TS, "{e}");
+            // The same message under the other valid signature of it (s → q − s: J negates,
+            // J_x stays r, so it verifies) is still a replay: the cache keys the signed octets,
+            // not the signature.
+            let mut twin = bytes.clone();
+            let at = twin.len() - eccsi::SIGNATURE_LEN + 32;
+            let s_bytes: [u8; 32] = twin[at..at + 32].try_into().unwrap();
+            let negated = -Option::<p256::Scalar>::from(p256::elliptic_curve::PrimeField::from_repr(s_bytes.into())).unwrap();
+            twin[at..at + 32].copy_from_slice(&p256::elliptic_curve::PrimeField::to_repr(&negated));
+            assert_ne!(twin, bytes);
+            let e = receive(&twin, &kpak, &z, &rsk, now, 30, &mut cache).unwrap_err();
+            assert_eq!(e.err_code(), ErrorCode::INVALID_TS, "the signature twin is a replay: {e}");
+            receive(&twin, &kpak, &z, &rsk, now, 30, &mut Cache::default()).expect("the twin verifies on its own");
             // Outside the time window.
             let e = receive(&bytes, &kpak, &z, &rsk, now + (60 << 32), 30, &mut Cache::default()).unwrap_err();
             assert_eq!(e.err_code(), ErrorCode::INVALID_TS, "{e}");
