@@ -120,21 +120,24 @@ async fn exchange(endpoint: &Endpoint, peer: &str, mikey: &[u8]) -> Result<Vec<u
 /// [`mediasec_bsf::client::parse_response`]) as the client decodes the responses it reads:
 /// the entry point of the `zk_response` fuzz target. Never panics.
 pub fn decode_answer(raw: &[u8]) -> Result<Vec<u8>, ZkError> {
-    let r = parse_response(raw).map_err(|e| match e {
-        BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
-        other => ZkError::BadResponse { offset: 0, reason: other.to_string() },
-    })?;
-    answer(&r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4))
+    let (r, body_at) = parse_raw(raw)?;
+    answer(&r, body_at)
 }
 
 /// Decodes a complete raw HTTP response to a certificate request as
 /// [`ZkClient::certificate`] does (the `kms_certificate` fuzz target). Never panics.
 pub fn decode_certificate_answer(raw: &[u8]) -> Result<Vec<u8>, ZkError> {
+    let (r, body_at) = parse_raw(raw)?;
+    certificate_answer(&r, body_at)
+}
+
+/// A complete raw HTTP response parsed, and the offset of its body (for error offsets).
+fn parse_raw(raw: &[u8]) -> Result<(HttpResponse, usize), ZkError> {
     let r = parse_response(raw).map_err(|e| match e {
         BsfError::Http { offset, reason } => ZkError::BadResponse { offset, reason: reason.into() },
         other => ZkError::BadResponse { offset: 0, reason: other.to_string() },
     })?;
-    certificate_answer(&r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4))
+    Ok((r, raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4)))
 }
 
 /// The certificate JSON of a 200 (`application/json`, non-empty), or the refusal of a

@@ -263,7 +263,8 @@ fn uid_of(m: &Message, role: IdRole) -> Result<[u8; 32]> {
 /// `rsk.id()` (ERR Invalid ID: the message is for another user, or for another key period);
 /// the ECCSI signature by the initiator's identifier under `kpak` (ERR Auth failure); T
 /// within `skew_secs` of `now_ntp` and not replayed (`replay` records CSB ID, T and the
-/// signed octets — not the signature, which has a second valid form; ERR Invalid TS) — up to here the message is *admitted* ([`answer`]) —;
+/// signed octets — not the signature, which has a second valid form; ERR Invalid TS) — up
+/// to here the message is *admitted* ([`answer`]) —;
 /// decapsulation with the mandatory R re-check (ERR Auth failure). With an SRTP-ID map of
 /// CS 1 and 2 under SP policy 0 and a RAND, the SRTP keys are derived (ERR Invalid SP / SP
 /// par on a bad policy).
