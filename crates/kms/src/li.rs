@@ -98,6 +98,13 @@ pub enum Refusal {
     /// certificate of, so the signature cannot be verified.
     #[error("MIKEY-SAKKE I_MESSAGE signed in the KMS community {0}, whose KMS certificate this KMS does not hold")]
     UnknownCommunity(String),
+    /// A MIKEY-SAKKE call signed in an external KMS community (IDRkmsi) whose initiator
+    /// (IDRi) is not a user of the domains its KMS certificate lists
+    /// ([`crate::community::Community::vouches_for`]): that community's KPAK authenticates
+    /// only its own users, so the message is no call of the identity it names. The reason
+    /// names the community only (it is logged).
+    #[error("MIKEY-SAKKE I_MESSAGE signed in the KMS community {0} for an initiator of a domain it does not serve")]
+    InitiatorOutsideCommunity(String),
 }
 
 impl From<Refusal> for KmsError {

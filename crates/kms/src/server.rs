@@ -221,7 +221,8 @@ impl Service {
     /// communities"): a message whose IDRkmsr names another KMS was encapsulated under that
     /// KMS's Z — refused [`Refusal::OtherCommunity`], this KMS cannot derive the RSK; one whose
     /// IDRkmsi names another KMS is verified under that community's KPAK from its KMS
-    /// certificate ([`Refusal::UnknownCommunity`] when none is held); then
+    /// certificate ([`Refusal::UnknownCommunity`] when none is held) and its IDRi must be a
+    /// user of that community's domains ([`Refusal::InitiatorOutsideCommunity`]); then
     /// [`Provisioner::li_release_sakke`] with our z. The message is the one `read` decoded
     /// (no second decoding).
     fn li_release_sakke(&self, warrant: &Warrant, read: &crate::li::LiTransferInit<'_>, now: u64) -> Result<crate::li::Release, KmsError> {
@@ -232,11 +233,19 @@ impl Service {
         if let Some(r) = kmsr.as_ref().filter(|r| !r.eq_ignore_ascii_case(own)) {
             return Err(Refusal::OtherCommunity(r.clone()).into());
         }
-        let initiator_kpak = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
+        let signer = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
             None => None,
-            Some(i) => Some(*self.communities.get(i).ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?.kpak()),
+            Some(i) => Some(self.communities.get(i).ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?),
         };
-        self.prov.li_release_sakke(&self.kms, warrant, i_message, initiator_kpak.as_ref(), now)
+        if let Some(c) = &signer {
+            // An external community vouches only for its own users: the IDRi it signed must be
+            // one (a message without IDRi, TS 33.180 UIDs, is refused by the release itself).
+            let idri = mediasec_mikey::ticket::id_of(i_message.message(), mediasec_mikey::registry::IdRole::INITIATOR);
+            if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
+                return Err(Refusal::InitiatorOutsideCommunity(c.kms_uri().to_owned()).into());
+            }
+        }
+        self.prov.li_release_sakke(&self.kms, warrant, i_message, signer.as_ref().map(Community::kpak), now)
     }
 
     /// This KMS's own KMS certificate (docs/high-security.md §10.9): its FQDN, current KPAK

@@ -384,6 +384,65 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
     assert_eq!((status, reason.as_str()), (403, "MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community kms.b.example: this KMS does not hold its z (that KMS can release)"));
 }
 
+/// A KMS community vouches only for the users of the domains its certificate lists
+/// (`kms_domain_list`): its KSAK can sign ECCSI for any identity string, so an I_MESSAGE
+/// signed in community c naming an initiator of another domain (ours, a third one, or a tel:
+/// URI that would read as a number of ours) is no call of that user. KMS b, holding c's
+/// certificate, releases the call of c's own user eve and refuses (403) the same message
+/// claiming alice@a.example, our dave@b.example or tel:+15551234 — a warrant on any of
+/// them gets no keys of a call they never made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
+    use mediasec_mikey::{eccsi, mikey_sakke, sakke};
+    let dir = TempDir::new("li-community-domains");
+    let spec = [DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" }];
+    let lab = Lab::start_local(&dir.0, &spec, &["carol@b.example", "dave@b.example"]).await.unwrap();
+    let b = lab.domain("b.example").unwrap();
+    b.service.enable_li("li-secret".into()).unwrap();
+    let ksak_c = eccsi::KmsSecret::from_bytes(&[0x44; 32]).unwrap();
+    let z_c = sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap();
+    b.service.configure_community(mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()).unwrap();
+    let z_b = *b.service.own_certificate().unwrap().z();
+    let t = now().as_secs();
+    let period = mediasec_kms::keyprov::Period::of_unix(t).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    for (n, (initiator, target, status)) in
+        [("sip:eve@c.example", "eve@c.example", 200), ("sip:alice@a.example", "alice@a.example", 403), ("sip:dave@b.example", "dave@b.example", 403), ("tel:+15551234", "+15551234@b.example", 403)]
+            .into_iter()
+            .enumerate()
+    {
+        let id = eccsi::identity(initiator, period.year, period.month);
+        let (ssk, pvt) = ksak_c.issue(&id, &[0x31 + n as u8; 32]).unwrap();
+        let key = eccsi::SigningKey::new(&ksak_c.kpak(), &id, ssk, pvt).unwrap();
+        let o = mikey_sakke::Offer {
+            prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+            csb_id: rand::random(),
+            initiator_uri: initiator.into(),
+            responder_uri: "sip:carol@b.example".into(),
+            kms_uri: Some("kms.c.example".into()),
+            responder_kms_uri: Some("kms.b.example".into()),
+            initiator_ssrc: 0x4444,
+            policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+        let (msg, keys) = mikey_sakke::build(&o, &key, &z_b, mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
+        let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
+        assert_eq!(http(&b.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+        let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+        let r = http(&b.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+        let body = String::from_utf8_lossy(&r.body).trim().to_owned();
+        assert_eq!(r.status, status, "{initiator}: {body}");
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["initiator"].as_str(), Some(target));
+            assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*keys.initiator_stream.master_key).as_str()));
+        } else {
+            assert!(body.contains("kms.c.example") && body.contains("does not serve"), "{initiator}: {body}");
+            assert!(!body.contains(target), "the refusal (logged) names no identity: {body}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_resolves_any_ticket_after_rotation() {
     let dir = TempDir::new("replica");

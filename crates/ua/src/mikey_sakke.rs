@@ -44,7 +44,7 @@ use mediasec_kms::community::{self, Community};
 use mediasec_mikey::eccsi::Kpak;
 use mediasec_mikey::mikey_sakke::{self, Offer};
 use mediasec_mikey::payload::Timestamp;
-use mediasec_mikey::registry::{ErrorCode, PrfFunc, TsType};
+use mediasec_mikey::registry::{ErrorCode, IdRole, PrfFunc, TsType};
 use mediasec_mikey::sakke;
 use mediasec_mikey::signed_dh::{self, Keys};
 use mediasec_mikey::srtp_policy;
@@ -169,10 +169,13 @@ fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &s
 
 /// The KPAKs to verify an I_MESSAGE under (module docs): with IDRkmsi naming a community we
 /// hold a certificate of, its KPAK (ours: `kpaks`' first, our KMS's); an unknown one is
-/// ERR Auth failure; IDRkmsr must be our KMS (ERR Invalid ID). Without IDRkmsi, or without
+/// ERR Auth failure; IDRkmsr must be our KMS (ERR Invalid ID). An external community's KPAK
+/// authenticates only users of its domains, so its IDRi must be one
+/// ([`Community::vouches_for`], else ERR Invalid ID). Without IDRkmsi, or without
 /// certificates, every trusted KPAK.
 fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community], kpaks: &[Kpak]) -> Result<Vec<Kpak>, mediasec_mikey::Error> {
-    let (kmsi, kmsr) = mikey_sakke::kms_uris(message)?;
+    let decoded = mediasec_mikey::Message::decode(message)?;
+    let (kmsi, kmsr) = mikey_sakke::kms_uris_of(&decoded)?;
     let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
         return Ok(kpaks.to_vec());
     };
@@ -183,7 +186,15 @@ fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community]
         None => Ok(kpaks.to_vec()),
         Some(i) if i.eq_ignore_ascii_case(own_kms) => Ok(kpaks.iter().take(1).copied().collect()),
         Some(i) => match communities.iter().find(|c| c.kms_uri().eq_ignore_ascii_case(&i)) {
-            Some(c) => Ok(vec![*c.kpak()]),
+            Some(c) => {
+                // IDRi is read before the signature is verified; the signature covers it.
+                let idri = mediasec_mikey::ticket::id_of(&decoded, IdRole::INITIATOR);
+                if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
+                    let who = String::from_utf8_lossy(&idri);
+                    return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE signed in the KMS community {i} for {who}, whose domain it does not serve") });
+                }
+                Ok(vec![*c.kpak()])
+            }
             None => Err(mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason: format!("I_MESSAGE signed in the KMS community {i}: no KMS certificate held for it (unknown community)") }),
         },
     }
@@ -354,6 +365,30 @@ mod tests {
         let mut alone = creds(&ksak_a, &z_a, "sip:alice@a.example");
         let (legacy, _) = offer(&mut alone, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
         assert!(answer(&mut carol, &Sdp::parse(&legacy), local, 1, 0x2222, now).is_err());
+    }
+
+    /// A KMS community vouches only for the users of its `kms_domain_list`: KMS a can issue
+    /// an ECCSI key for any identity string, so a message signed in a's community as
+    /// carol's colleague dave@b.example, or as tel:+15551234, is refused by carol before
+    /// decapsulation (ERR Invalid ID), instead of keying a call she would see as
+    /// authenticated from that identity; a's own user alice still gets through.
+    #[test]
+    fn external_community_signs_only_for_its_own_domains() {
+        let (ksak_a, z_a) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak_b, z_b) = (KmsSecret::from_bytes(&[0x43; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap());
+        let (a, b) = (community_of(&ksak_a, &z_a, "kms.a.example", "a.example"), community_of(&ksak_b, &z_b, "kms.b.example", "b.example"));
+        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b.clone(), a.clone()]);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        for (signer, admitted) in [("sip:alice@a.example", true), ("sip:dave@b.example", false), ("tel:+15551234", false)] {
+            let mut forger = creds_in(&ksak_a, &z_a, "kms.a.example", signer, vec![a.clone(), b.clone()]);
+            let (offered, _) = under_z(&mut forger, "sip:carol@b.example", &z_b.public_key(), Some(("kms.a.example", "kms.b.example")), now);
+            match answer(&mut carol, &offered, local, 1, 0x2222, now) {
+                Ok(_) => assert!(admitted, "{signer} signed in a's community was admitted"),
+                Err(e) if !admitted => refused_with(e, ErrorCode::INVALID_ID, "does not serve"),
+                Err(e) => panic!("{signer}: {e}"),
+            }
+        }
     }
 
     /// alice's offer to `callee` whose I_MESSAGE is encapsulated under `z` (not the callee's
