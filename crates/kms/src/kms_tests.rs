@@ -293,6 +293,38 @@ async fn policy_identity_and_authentication_refusals() {
     assert!(matches!(w.a.ticket_request(&ri, NOW, &w.zn_a).await, Reply::BadRequest(_)));
 }
 
+/// RFC 3830 §5.4: a request is remembered for the whole skew window, whichever NTP timestamp
+/// type (NTP-UTC or NTP-UTC-32, both accepted, docs/ticket-profile.md §16) it carries. The
+/// cache prunes itself as traffic grows; an NTP-UTC-32 request must survive that, or whoever
+/// recorded it may replay it once the KMS has served ~1000 other requests.
+#[tokio::test]
+async fn replay_cache_keeps_ntp_utc_32_requests_for_the_skew_window() {
+    use mediasec_mikey::payload::Timestamp;
+    use mediasec_mikey::registry::TsType;
+    let w = world();
+    let alice = ue("alice@a.example", "kms.a.example");
+    let randri = [9u8; 16];
+    let (req, _) = alice.request_init(&ask("bob@a.example", false), 4242, NOW, randri).unwrap();
+    // The same request with an NTP-UTC-32 T, MACed under alice's key as her UE would.
+    let mut m = Message::decode(&req).unwrap();
+    m.payloads.retain(|p| !matches!(p, Payload::V(_)));
+    for p in &mut m.payloads {
+        if let Payload::T(t) = p {
+            *t = Timestamp { ts_type: TsType::NTP_UTC_32, value: t.value >> 32 };
+        }
+    }
+    let k = tk::message_keys(&ks("alice@a.example", "kms.a.example"), 4242, Direction::Initial, Some(&randri), None).unwrap();
+    let req32 = tk::seal(m, &k.auth_key, &[b"alice@a.example", b"kms.a.example"]).unwrap();
+    ok(w.a.ticket_request(&req32, NOW, &w.zn_a).await);
+    assert_eq!(err_code(w.a.ticket_request(&req32, NOW, &w.zn_a).await), ErrorCode::INVALID_TS);
+    // Enough other requests within the window for the cache to prune itself.
+    for i in 0..1100u32 {
+        let (r, _) = alice.request_init(&ask("bob@a.example", false), 10_000 + i, NOW, randri).unwrap();
+        ok(w.a.ticket_request(&r, NOW, &w.zn_a).await);
+    }
+    assert_eq!(err_code(w.a.ticket_request(&req32, NOW + Duration::from_secs(1), &w.zn_a).await), ErrorCode::INVALID_TS, "replayed after the prune");
+}
+
 #[tokio::test]
 async fn tampered_tickets_are_rejected() {
     let w = world();
