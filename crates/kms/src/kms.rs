@@ -453,8 +453,9 @@ impl Kms {
     }
 
     /// Opens a ticket this KMS can open: a KMS-made ticket under a ring key, or a UE-made
-    /// (mode 3) ticket under its creator's Ks_NAF when the creator's policy allows mode 3
-    /// and allows calling `responder`.
+    /// (mode 3) ticket under its creator's Ks_NAF when the creator is a provisioned, enabled
+    /// user (making a ticket is using the KMS, as a Ticket Request is) whose policy allows
+    /// mode 3 and allows calling `responder`.
     async fn open_local(&self, ticket: &Ticket, data: &TpData, responder: &KmsUid, now: Duration, zn: &dyn Zn) -> Result<(Vec<KeyData>, ForkModifier), KmsError> {
         let now_s = now.as_secs();
         if data.end.is_some_and(|e| e < now_s) {
@@ -467,6 +468,11 @@ impl Kms {
             self.open_ring(ticket)?
         } else {
             let (creator, btid) = self.ue_made_checks(data, now_s)?;
+            // Checked here, not in `ue_made_checks`: LI releases calls made while the
+            // creator was enabled.
+            if !self.users().allows(&creator) {
+                return Err(rejected(ErrorCode::INVALID_TICKET, format!("UE-made ticket of {creator}, who is not an enabled user of this KMS")));
+            }
             if !self.policies().effective(&creator).may_call(&responder.clone().into()) {
                 return Err(rejected(ErrorCode::INVALID_TPPAR, format!("{creator} may not call {responder}")));
             }

@@ -371,6 +371,35 @@ async fn mode3_tickets_resolve_only_if_policy_allows() {
     assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
 }
 
+/// Only provisioned, enabled users may use the KMS (docs/kms.md, `users`): a UE-made (mode 3)
+/// ticket is its creator's use of it, as a Ticket Request is. Once the admin disables the
+/// creator — while the bootstrap still lives — its new tickets resolve neither here nor
+/// over Zk (ERR 14), nor do those of a creator never provisioned here whose policy has mode 3.
+/// LI of the call made while the creator was enabled still releases.
+#[tokio::test]
+async fn mode3_tickets_of_a_disabled_or_unprovisioned_creator_do_not_resolve() {
+    let w = world();
+    let (mut alice, mut bob, mut carol) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("carol@b.example", "kms.b.example"));
+    let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x61)).unwrap();
+    let before = call_msgs(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap();
+    let users: Vec<_> = w.a.users().iter().cloned().map(|u| crate::users::User { enabled: u.enabled && u.uid.as_str() != "alice@a.example", ..u }).collect();
+    w.a.set_users(Users::new(users));
+    let refused = |e: KmsError| assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TICKET, .. }), "{e}");
+    let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x62)).unwrap();
+    refused(call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 2).await.err().unwrap());
+    let held = alice.make_ticket(&ask("carol@b.example", false), NOW, &|b| b.fill(0x63)).unwrap();
+    refused(call(&w, &mut alice, &held, &mut carol, &w.b, &w.zn_b, 3).await.err().unwrap());
+    // frank has a bootstrap and, by policy, mode 3, but is no user of this KMS.
+    w.a.set_policies(Policies::from_toml(&format!("{POLICY}[user.\"frank@a.example\"]\nmode3 = true\n")).unwrap());
+    let mut frank = ue("frank@a.example", "kms.a.example");
+    let held = frank.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x64)).unwrap();
+    refused(call(&w, &mut frank, &held, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap());
+    let s = NOW.as_secs();
+    let alices = w.zn_a.naf_key("btid-alice@a.example", s + 5).await.unwrap().unwrap();
+    let r = w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&before.ti), Some(&before.tr), s + 5, Some(&alices)).unwrap();
+    same_keys(&r.media, &before.m_i);
+}
+
 #[tokio::test]
 async fn rotation_keeps_old_tickets_resolvable_until_pruned() {
     let w = world();
