@@ -831,13 +831,14 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>, KmsError> {
     STANDARD.decode(&compact).map_err(|e| KmsError::LiInput(format!("{what} is not base64: {e}")))
 }
 
-async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
+/// The JSON of a key release and what the LI trail records of it.
+async fn release(s: &Service, body: &KeysBody) -> Result<(Vec<u8>, String), KmsError> {
     let w = s.persist.warrant(&body.warrant).await?.ok_or(Refusal::NoSuchWarrant)?;
     let ti = b64("transfer_init", &body.transfer_init)?;
     let tr = body.transfer_resp.as_deref().map(|t| b64("transfer_resp", t)).transpose()?;
     let r = s.li_release(&w, &ti, tr.as_deref(), now().as_secs()).await?;
     let json = r.to_json(&w.id)?;
-    Ok(json.to_vec())
+    Ok((json.to_vec(), r.audit_detail()))
 }
 
 async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
@@ -847,7 +848,7 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
     };
     let out = release(&s, &body).await;
     let (action, detail) = match &out {
-        Ok(_) => ("keys.release", "released".to_owned()),
+        Ok((_, detail)) => ("keys.release", detail.clone()),
         Err(e) => ("keys.refuse", e.to_string()),
     };
     // The log names no identity (admins read logs): the precise reason is in the LI trail.
@@ -864,7 +865,7 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         return li_error(&e);
     }
     match out {
-        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok((json, _)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => li_error(&e),
     }
 }

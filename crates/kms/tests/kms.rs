@@ -657,12 +657,26 @@ async fn lawful_interception_over_http() {
     assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
     assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
 
+    // A warrant replaced under the same id (another target).
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "erika@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+
     // The LI trail has every action; the admin API, its audit log and /metrics show none.
     let trail: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
     let actions: Vec<&str> = trail.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     for a in ["warrant.put", "warrant.delete", "keys.release", "keys.refuse"] {
         assert!(actions.contains(&a), "{a} missing in {actions:?}");
     }
+    // ... and says what each did, so an auditor can check every release against its
+    // warrant: whom a warrant targets (and what a replacement under the same id changed),
+    // which call's keys a release gave.
+    let details: Vec<(&str, &str)> = trail.as_array().unwrap().iter().map(|e| (e["action"].as_str().unwrap(), e["detail"].as_str().unwrap())).collect();
+    let window = format!("window {}..={}", t - 60, t + 3600);
+    assert!(details.contains(&("warrant.put", format!("target alice@a.example, {window}").as_str())), "{details:?}");
+    let replaced = format!("target erika@a.example, {window} (replaced: target dan@a.example, {window})");
+    assert!(details.contains(&("warrant.put", replaced.as_str())), "{details:?}");
+    let csb = Message::decode(ti).unwrap().header.csb_id;
+    let released = details.iter().filter(|(a, _)| *a == "keys.release").map(|(_, d)| *d).collect::<Vec<_>>();
+    assert!(released.iter().any(|d| d.starts_with("initiator alice@a.example, responder bob@a.example, call at ") && d.ends_with(&format!("CSB ID {csb:08x}"))), "{released:?}");
     let ah = [("Authorization", admin.as_str())];
     for path in ["/admin/v1/audit?limit=1000", "/admin/v1/users", "/admin/v1/policies", "/admin/v1/keys", "/metrics"] {
         let body = String::from_utf8(http(&url, "GET", path, &ah, b"").await.body).unwrap().to_ascii_lowercase();
