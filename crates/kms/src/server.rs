@@ -201,7 +201,8 @@ impl Service {
     /// through [`crate::signing_keys::Provisioner::li_release_sakke`] (with z), anything else
     /// through [`Kms::li_release`] (tickets; typed refusals for high-security calls). For a
     /// UE-made (mode 3) ticket, the creator's Ks_NAF is looked up over Zn first (as for a
-    /// resolution; the target sees nothing of it).
+    /// resolution; the target sees nothing of it). A ticket under a ring key this replica
+    /// does not hold yet makes it re-read the store first ([`Self::catch_up`]).
     pub async fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
         let read = crate::li::LiTransferInit::read(transfer_init);
         if read.data_type() == Some(mediasec_mikey::registry::DataType::SAKKE) {
@@ -210,6 +211,9 @@ impl Service {
             }
             return self.li_release_sakke(warrant, &read, now);
         }
+        // A ticket under a ring key made at another replica since our last reload: re-read
+        // the store first, as a resolve does, or the release would be refused as foreign.
+        self.catch_up(transfer_init).await;
         let creator_key = match self.kms.li_ue_made_btid(&read) {
             Some(btid) => self.zn.naf_key(&btid, now).await?,
             None => None,

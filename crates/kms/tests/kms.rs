@@ -468,6 +468,38 @@ async fn any_replica_resolves_any_ticket_after_rotation() {
     call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
 }
 
+/// LI at a replica that has not yet seen a rotation made at another: the TRANSFER_INIT's
+/// ticket names a ring key it does not hold, so it re-reads the store as a resolve does and
+/// releases the call's keys — not a 403 "ticket not issued by this KMS" that would leave the
+/// LEA without the keys of every call keyed since the rotation until the next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() {
+    let dir = TempDir::new("li-replica");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (url2, two) = lab.replica("a.example").await.unwrap();
+    two.enable_li("li-secret".into()).unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let d = lab.domain("a.example").unwrap();
+    let auth = format!("Bearer {}", d.admin_token);
+    assert_eq!(http(&d.url, "POST", "/admin/v1/keys/rotate", &[("Authorization", &auth)], b"").await.status, 200);
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    let (ti, pt) = alice.transfer_init(&held, &bob.uid.clone(), rand::random(), 0x1111, now(), rand::random()).unwrap();
+    let resolved = kb.resolve(&mut bob, &ti).await.unwrap();
+    let (tr, _) = bob.transfer_resp(&resolved, &ti, 0x2222, now()).unwrap();
+    let (_, m_i) = alice.on_transfer_resp(&pt, &tr, now()).unwrap();
+    assert!(two.kms().ring().get(2).is_none(), "replica 2 has not re-read the ring yet");
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&url2, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&ti), "transfer_resp": STANDARD.encode(&tr) }).to_string();
+    let r = http(&url2, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*m_i.initiator_stream.master_key).as_str()));
+}
+
 /// Ua over HTTPS (rustls): request and resolve through a replica served with TLS, the UE
 /// trusting a lab CA.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
