@@ -107,6 +107,27 @@ pub enum Refusal {
     InitiatorOutsideCommunity(String),
 }
 
+impl Refusal {
+    /// The refusal without its details, for the KMS log: admins read it and must not learn
+    /// who is intercepted, and some details name a party of the call (a UE-made ticket's
+    /// creator). The precise reason goes to the LI trail and to the LEA.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::NoSuchWarrant => "no such warrant",
+            Self::WarrantExpired => "warrant expired",
+            Self::WarrantNotYetActive => "warrant not yet active",
+            Self::NotAParty => "target not a party of this call",
+            Self::OutsideWindow => "outside the warrant window",
+            Self::ForeignTicket(_) => "ticket not issued by this KMS",
+            Self::UeMadeTicket(_) => "UE-made (mode 3) ticket",
+            Self::HighSecurityCall => "high-security call (MIKEY-DH)",
+            Self::OtherCommunity(_) => "MIKEY-SAKKE I_MESSAGE of another KMS community",
+            Self::UnknownCommunity(_) => "MIKEY-SAKKE I_MESSAGE of an unknown KMS community",
+            Self::InitiatorOutsideCommunity(_) => "MIKEY-SAKKE initiator outside its signing KMS community",
+        }
+    }
+}
+
 impl From<Refusal> for KmsError {
     fn from(r: Refusal) -> Self {
         Self::LiRefused(r)

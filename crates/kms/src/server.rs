@@ -855,12 +855,13 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         Ok((_, detail)) => ("keys.release", detail.clone()),
         Err(e) => ("keys.refuse", e.to_string()),
     };
-    // The log names no identity (admins read logs): the precise reason is in the LI trail.
+    // The log names no identity (admins read logs): the outcome class only, the precise
+    // reason is in the LI trail.
     let logged = match &out {
-        Ok(_) => "released".to_owned(),
-        Err(KmsError::LiRefused(r)) => r.to_string(),
-        Err(KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_)) => "malformed input".to_owned(),
-        Err(_) => "KMS failure".to_owned(),
+        Ok(_) => "released",
+        Err(KmsError::LiRefused(r)) => r.class(),
+        Err(KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_)) => "malformed input",
+        Err(_) => "KMS failure",
     };
     info!(target: "li", warrant = %body.warrant, action, outcome = logged, "LI key request");
     let entry = LiAuditEntry { at_unix_ms: now_ms(), action: action.into(), warrant: body.warrant.clone(), detail };

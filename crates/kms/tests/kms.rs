@@ -468,6 +468,64 @@ async fn any_replica_resolves_any_ticket_after_rotation() {
     call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
 }
 
+/// Every log event (target and fields), for the tests that check what the KMS log says.
+static LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={v:?}", f.name()));
+            }
+        }
+        let mut line = Fields(e.metadata().target().to_owned());
+        e.record(&mut line);
+        LOG.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The KMS log is read by admins, who must not learn who is intercepted: an LI key request's
+/// log line names the warrant and the outcome class only. A refusal whose precise reason names
+/// a party (alice's UE-made ticket, her policy lacking mode 3) logs the class; the sealed LI
+/// trail keeps the precise reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_log_lines_name_no_identity() {
+    tracing::subscriber::set_global_default(Capture).unwrap();
+    let dir = TempDir::new("li-log");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let d = lab.domain("a.example").unwrap();
+    d.service.enable_li("li-secret".into()).unwrap();
+    let (alice, _) = lab.ue("alice@a.example").await.unwrap();
+    let held = alice.make_ticket(&ask("bob@a.example"), now(), &|b| rand::fill(b)).unwrap();
+    let (ti, _) = alice.transfer_init(&held, &KmsUid::parse("bob@a.example").unwrap(), rand::random(), 0x1111, now(), rand::random()).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W-log", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&d.url, "PUT", "/li/v1/warrants/W-log", &li, w.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W-log", "transfer_init": STANDARD.encode(&ti) }).to_string();
+    let r = http(&d.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let reason = String::from_utf8_lossy(&r.body).trim().to_owned();
+    assert!(r.status == 403 && reason.contains("UE-made") && reason.contains("alice@a.example"), "{} {reason}", r.status);
+    let trail = String::from_utf8(http(&d.url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
+    assert!(trail.contains(&reason), "the LI trail keeps the precise reason: {trail}");
+    let lines: Vec<String> = LOG.lock().unwrap().iter().filter(|l| l.contains("W-log")).cloned().collect();
+    assert!(lines.iter().any(|l| l.contains("UE-made")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains("alice")), "an LI log line names a party: {lines:?}");
+}
+
 /// LI at a replica that has not yet seen a rotation made at another: the TRANSFER_INIT's
 /// ticket names a ring key it does not hold, so it re-reads the store as a resolve does and
 /// releases the call's keys — not a 403 "ticket not issued by this KMS" that would leave the
