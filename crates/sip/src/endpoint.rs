@@ -131,12 +131,18 @@ pub enum Command {
     },
     /// Send `request` in a new client transaction to the server `uri` names, located by
     /// RFC 3263 §4 ([`crate::locate`]): a numeric host at once, a host name through
-    /// [`Config::resolver`] on a task of its own (the endpoint goes on meanwhile). The request
-    /// goes to the first target over its transport (a UDP target still moves to TCP for its
-    /// size); when a TCP or TLS connection to a target is refused, the same request (same
-    /// branch: nothing reached the refusing target) goes to the next (§4.3). TLS verifies the
-    /// server as `uri`'s host (RFC 5922 §4), not an SRV target's. When nothing is found, there
-    /// is no resolver, or every target refused, the TU gets [`Event::Timeout`] for the
+    /// [`Config::resolver`] on a task of its own (the endpoint goes on meanwhile), at most
+    /// [`Config::max_lookups`] at once and each for at most [`Config::locate_deadline`]. The
+    /// request goes to the first target over its transport (a UDP target still moves to TCP
+    /// for its size); when a TCP or TLS connection to a target is refused, the same request
+    /// (same branch: nothing reached the refusing target) goes to the next (§4.3). When its
+    /// client transaction times out, gets another transport error or a 503 (RFC 3261
+    /// §21.5.4), the request goes to the next target with a new `Via` branch, a new client
+    /// transaction (§4.3), and the TU hears only of the last: its responses and timeout come
+    /// under the key of `request`, and a CANCEL or [`Command::Abandon`] of that key acts on the
+    /// transaction sent last. TLS verifies the server as `uri`'s host (RFC 5922 §4), not an SRV
+    /// target's. When nothing is found, there is no resolver, the lookups are at their cap or
+    /// past their deadline, or every target failed, the TU gets [`Event::Timeout`] for the
     /// transaction, as for any unreachable next hop.
     RequestUri {
         /// The request, with this hop's `Via` on top.
