@@ -87,6 +87,7 @@ use sipx_sip::{
 };
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, UdpSocket};
+use rand::SeedableRng as _;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -203,6 +204,20 @@ pub enum Command {
     Abandon {
         /// The client transaction.
         key: TransactionKey,
+    },
+    /// Send `request` outside any transaction (an ACK for a 2xx, as a UA sends it or a proxy
+    /// forwards it) to the server `uri` names, located as for [`Command::RequestUri`] (within
+    /// the same [`Config::max_lookups`] and [`Config::locate_deadline`]), to its first target
+    /// only: there is no transaction to fail over with. The weighted order of SRV records of
+    /// one priority is drawn from a generator seeded by the request's `Call-ID`, so every
+    /// retransmission of it goes to the same target (RFC 3263 §4.4), while different calls
+    /// spread over the targets by weight. Nothing found, or lookups at their cap: the request
+    /// is dropped and logged (the UAC retransmits its ACK with each 2xx it receives again).
+    StatelessUri {
+        /// The request, with this hop's `Via` on top.
+        request: Request,
+        /// The next hop: the top `Route`'s URI, else the Request-URI.
+        uri: sipx_sip::Uri,
     },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
     /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
@@ -911,6 +926,8 @@ struct Located {
     targets: Vec<crate::locate::Target>,
     /// Why there are none, when none were found.
     error: Option<String>,
+    /// [`Command::StatelessUri`]: sent to the first target, outside any transaction.
+    stateless: bool,
 }
 
 /// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
@@ -1046,7 +1063,7 @@ impl Driver {
                     None => return,
                 },
                 // The driver holds a sender itself.
-                Some(found) = located.recv() => self.send_located(found).await,
+                Some(found) = located.recv() => self.on_located(found).await,
                 () = sleep_until(next) => self.fire_due().await,
             }
             self.publish_counts();
@@ -1242,7 +1259,8 @@ impl Driver {
                     None => tracing::warn!(%to, "request without a usable Via not sent"),
                 }
             }
-            Command::RequestUri { request, uri } => self.locate(request, uri).await,
+            Command::RequestUri { request, uri } => self.locate(request, uri, false).await,
+            Command::StatelessUri { request, uri } => self.locate(request, uri, true).await,
             Command::Respond { key, response } => {
                 if response.status.is_final() {
                     self.unacknowledged.retain(|_, u| u.key != key);
@@ -1308,8 +1326,9 @@ impl Driver {
     }
 
     /// [`Command::RequestUri`]: a numeric host is sent to at once; a host name is looked up on
-    /// a task of its own, which hands the targets back to [`Self::send_located`].
-    async fn locate(&mut self, request: Request, uri: sipx_sip::Uri) {
+    /// a task of its own, which hands the targets back to [`Self::on_located`]. `stateless`:
+    /// [`Command::StatelessUri`].
+    async fn locate(&mut self, request: Request, uri: sipx_sip::Uri, stateless: bool) {
         let Some(key) = TransactionKey::from_sent_request(&request) else {
             tracing::warn!(%uri, "request without a usable Via not sent");
             return;
@@ -1317,7 +1336,7 @@ impl Driver {
         // A CANCEL goes where its INVITE went (RFC 3261 §9.1), not to a new lookup's pick; if
         // the INVITE was sent again to another target (RFC 3263 §4.3), where it went last, with
         // its branch.
-        if request.method == Method::Cancel {
+        if request.method == Method::Cancel && !stateless {
             let invite = TransactionKey::for_cancelled_invite(&request).map(|k| self.retried.get(&k).cloned().unwrap_or(k));
             let invite_route = invite.as_ref().and_then(|k| self.destinations.get(k).cloned());
             if let Some(route) = invite_route {
@@ -1349,9 +1368,9 @@ impl Driver {
             }
         }
         match (crate::locate::start(&uri), self.resolver.clone()) {
-            (Ok(crate::locate::Start::Done(target)), _) => self.send_located(Located { request, uri, key, targets: vec![target], error: None }).await,
-            (Err(e), _) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some(e.to_string()) }).await,
-            (Ok(_), None) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some("a host name and no DNS resolver".into()) }).await,
+            (Ok(crate::locate::Start::Done(target)), _) => self.on_located(Located { request, uri, key, targets: vec![target], error: None, stateless }).await,
+            (Err(e), _) => self.on_located(Located { request, uri, key, targets: Vec::new(), error: Some(e.to_string()), stateless }).await,
+            (Ok(_), None) => self.on_located(Located { request, uri, key, targets: Vec::new(), error: Some("a host name and no DNS resolver".into()), stateless }).await,
             (Ok(_), Some(resolver)) => {
                 let Ok(permit) = Arc::clone(&self.lookups).try_acquire_owned() else {
                     self.locating.lookups_refused.fetch_add(1, Ordering::Relaxed);
@@ -1360,14 +1379,22 @@ impl Driver {
                         tracing::warn!(%uri, max = self.max_lookups, unlogged, "next hop not located: Config::max_lookups DNS locations already running (RFC 3263); the request fails as unreachable");
                     }
                     let error = Some("too many DNS lookups running (Config::max_lookups)".to_owned());
-                    self.send_located(Located { request, uri, key, targets: Vec::new(), error }).await;
+                    self.on_located(Located { request, uri, key, targets: Vec::new(), error, stateless }).await;
                     return;
                 };
                 let back = self.located.clone();
                 let deadline = self.locate_deadline;
                 let counters = Arc::clone(&self.locating);
+                // RFC 3263 §4.4: one stateless request (its retransmissions too) goes to one
+                // target.
+                let mut rng = if stateless {
+                    let call_id = request.headers.get(&HeaderName::CallId).map(|h| h.value().trim_ascii().to_vec()).unwrap_or_default();
+                    rand::rngs::StdRng::seed_from_u64(stable_hash(&call_id))
+                } else {
+                    rand::rngs::StdRng::from_rng(&mut rand::rng())
+                };
                 tokio::spawn(async move {
-                    let (targets, error) = match tokio::time::timeout(deadline, crate::locate::locate(&*resolver, &uri)).await {
+                    let (targets, error) = match tokio::time::timeout(deadline, crate::locate::locate_with(&*resolver, &uri, &mut rng)).await {
                         Ok(Ok(targets)) => (targets, None),
                         Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
                         Err(_) => {
@@ -1378,10 +1405,25 @@ impl Driver {
                     // The slot is free before the endpoint hears of the result.
                     drop(permit);
                     // The endpoint may be gone: nothing to send then.
-                    let _ = back.send(Located { request, uri, key, targets, error });
+                    let _ = back.send(Located { request, uri, key, targets, error, stateless });
                 });
             }
         }
+    }
+
+    /// A location ended: a stateless request goes to its first target (or is dropped), a
+    /// request of a client transaction to [`Self::send_located`].
+    async fn on_located(&mut self, located: Located) {
+        if !located.stateless {
+            return self.send_located(located).await;
+        }
+        let Located { mut request, uri, targets, error, .. } = located;
+        let Some(target) = targets.first() else {
+            tracing::info!(%uri, error = error.as_deref().unwrap_or("no target"), method = %request.method, "stateless request dropped: next hop not located");
+            return;
+        };
+        let route = located_route(&mut request, target, &uri);
+        self.transmit(route, &Message::Request(request)).await;
     }
 
     /// Sends a located request to its first target left, keeping the others for a refused
@@ -1396,22 +1438,7 @@ impl Driver {
         let target = located.targets.remove(0);
         let mut request = located.request.clone();
         let as_for_udp = request.clone();
-        let route = match target.transport {
-            crate::locate::Transport::Udp => request_route(&mut request, target.addr),
-            crate::locate::Transport::Tcp => {
-                if !set_top_via_transport(&mut request.headers, "TCP") {
-                    tracing::warn!(to = %target.addr, "request over TCP without a top Via to say so");
-                }
-                Route::Tcp { conn: None, to: target.addr }
-            }
-            crate::locate::Transport::Tls => {
-                if !set_top_via_transport(&mut request.headers, "TLS") {
-                    tracing::warn!(to = %target.addr, "request over TLS without a top Via to say so");
-                }
-                // RFC 5922 §4: the name is the URI's host, never the SRV target's.
-                Route::Tls { conn: None, to: target.addr, name: located.uri.host().and_then(crate::tls::server_name) }
-            }
-        };
+        let route = located_route(&mut request, &target, &located.uri);
         match self.layer.send_request(request, route.reliability()) {
             Some((key, outputs)) => {
                 if target.transport == crate::locate::Transport::Udp && matches!(route, Route::Tcp { .. }) {
@@ -1911,6 +1938,34 @@ fn request_route(request: &mut Request, to: SocketAddr) -> Route {
         tracing::warn!(%to, "request over TCP without a top Via to say so");
     }
     Route::Tcp { conn: None, to }
+}
+
+/// The route of a request to a located `target` of `uri`: over the target's transport, its
+/// top `Via` saying so (a UDP target still moves to TCP for the request's size, or to TLS as
+/// [`request_route`] decides); TLS verifies the server as `uri`'s host (RFC 5922 §4), never
+/// the SRV target's name.
+fn located_route(request: &mut Request, target: &crate::locate::Target, uri: &sipx_sip::Uri) -> Route {
+    match target.transport {
+        crate::locate::Transport::Udp => request_route(request, target.addr),
+        crate::locate::Transport::Tcp => {
+            if !set_top_via_transport(&mut request.headers, "TCP") {
+                tracing::warn!(to = %target.addr, "request over TCP without a top Via to say so");
+            }
+            Route::Tcp { conn: None, to: target.addr }
+        }
+        crate::locate::Transport::Tls => {
+            if !set_top_via_transport(&mut request.headers, "TLS") {
+                tracing::warn!(to = %target.addr, "request over TLS without a top Via to say so");
+            }
+            Route::Tls { conn: None, to: target.addr, name: uri.host().and_then(crate::tls::server_name) }
+        }
+    }
+}
+
+/// A hash of `bytes` that is the same on every run (FNV-1a, 64 bits): the seed of the SRV order
+/// of a stateless request (RFC 3263 §4.4).
+fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Whether the URI `request` is routed on — its top `Route`, else its Request-URI (RFC 3261

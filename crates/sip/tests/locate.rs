@@ -450,3 +450,66 @@ async fn a_503_fails_over_and_the_cancel_follows_the_new_branch() {
     assert!(finals.contains(&(cancel_key, 200)) && finals.contains(&(sent_key, 487)), "{finals:?}");
     assert_eq!(a.locate_stats().failovers, 1);
 }
+
+/// `Command::StatelessUri` (an ACK for a 2xx forwarded to a host name): located, and sent to
+/// the first target only. Two SRV targets share a priority with equal weights: every copy of
+/// one ACK (one Call-ID) goes to the same one (RFC 3263 §4.4: the weighted draw is seeded by
+/// the Call-ID), while ACKs of different calls spread over both.
+#[tokio::test]
+async fn a_stateless_ack_to_a_name_goes_to_one_target_per_call() {
+    let x = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let y = tokio::net::UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let dns = DnsServer::start(
+        Zone::new()
+            .srv("_sip._udp.ack.test", 10, 50, x.local_addr().expect("addr").port(), "x.ack.test")
+            .srv("_sip._udp.ack.test", 10, 50, y.local_addr().expect("addr").port(), "y.ack.test")
+            .a("x.ack.test", LO1)
+            .a("y.ack.test", LO2),
+    );
+    let (a, _events) = endpoint(&dns).await;
+    let ack = |call_id: &str| {
+        let text = format!(
+            "ACK sip:bob@ack.test;transport=udp SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.test>;tag=x\r\nTo: <sip:bob@ack.test>;tag=y\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            a.local_addr()
+        );
+        let Ok(Message::Request(r)) = mediasec_sip::core::parse_datagram(text.into_bytes().into(), &mediasec_sip::core::Limits::datagram()) else { panic!("an ACK") };
+        r
+    };
+    // Where each datagram arrived: 'x' or 'y', with its Call-ID.
+    let receive = |count: usize| {
+        let (x, y) = (&x, &y);
+        async move {
+            let mut got = Vec::new();
+            let (mut bx, mut by) = ([0u8; 2048], [0u8; 2048]);
+            while got.len() < count {
+                let (side, n) = tokio::time::timeout(Duration::from_secs(10), async {
+                    tokio::select! {
+                        r = x.recv_from(&mut bx) => ('x', r.expect("recv").0),
+                        r = y.recv_from(&mut by) => ('y', r.expect("recv").0),
+                    }
+                })
+                .await
+                .expect("in time");
+                let bytes = if side == 'x' { bx.get(..n) } else { by.get(..n) };
+                let Ok(Message::Request(r)) = mediasec_sip::core::parse_datagram(bytes.expect("read").to_vec().into(), &mediasec_sip::core::Limits::datagram()) else {
+                    panic!("an ACK")
+                };
+                assert_eq!(r.method, mediasec_sip::core::Method::Ack);
+                got.push((side, String::from_utf8_lossy(&r.headers.value(&mediasec_sip::core::HeaderName::CallId).expect("Call-ID")).into_owned()));
+            }
+            got
+        }
+    };
+    for _ in 0..8 {
+        a.send(Command::StatelessUri { request: ack("same-call"), uri: uri("sip:ack.test;transport=udp") }).expect("send");
+    }
+    let same = receive(8).await;
+    assert!(same.iter().all(|(side, _)| *side == same.first().expect("one").0), "{same:?}");
+
+    for n in 0..16 {
+        a.send(Command::StatelessUri { request: ack(&format!("call-{n}")), uri: uri("sip:ack.test;transport=udp") }).expect("send");
+    }
+    let spread = receive(16).await;
+    assert!(spread.iter().any(|(side, _)| *side == 'x') && spread.iter().any(|(side, _)| *side == 'y'), "{spread:?}");
+}
