@@ -3059,7 +3059,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
     }
 
     /// Addresses for one host name, no NAPTR or SRV: a resolver without DNS for a test.
-    struct OneName(&'static str, std::net::IpAddr);
+    struct OneName(&'static str, IpAddr);
 
     impl mediasec_sip::locate::Resolve for OneName {
         fn naptr<'a>(&'a self, _: &'a str) -> mediasec_sip::locate::Lookup<'a, mediasec_sip::locate::Naptr> {
@@ -3068,7 +3068,7 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         fn srv<'a>(&'a self, _: &'a str) -> mediasec_sip::locate::Lookup<'a, mediasec_sip::locate::Srv> {
             Box::pin(async { Ok(Vec::new()) })
         }
-        fn ips<'a>(&'a self, name: &'a str) -> mediasec_sip::locate::Lookup<'a, std::net::IpAddr> {
+        fn ips<'a>(&'a self, name: &'a str) -> mediasec_sip::locate::Lookup<'a, IpAddr> {
             Box::pin(async move { Ok(if name.trim_end_matches('.').eq_ignore_ascii_case(self.0) { vec![self.1] } else { Vec::new() }) })
         }
     }
