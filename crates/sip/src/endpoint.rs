@@ -1486,34 +1486,35 @@ impl Driver {
                     }
                 }
                 Output::ToTu(event) => match self.next_target(key, &event) {
-                    Some(located) => next = Some(located),
+                    Some(failure) => next = Some(failure),
                     None => self.deliver(key, *event, source).await,
                 },
                 Output::Terminated(_) => self.forget(key),
                 _ => tracing::warn!("unknown transaction output ignored"),
             }
         }
-        if let Some(located) = next {
+        if let Some((located, why)) = next {
             // Boxed: sending performs the new transaction's outputs.
-            Box::pin(self.fail_over(key, located)).await;
+            Box::pin(self.fail_over(key, located, why)).await;
         }
     }
 
     /// RFC 3263 §4.3: when client transaction `key`, sent to a located target, times out, gets
     /// a transport error or a 503 response (RFC 3261 §21.5.4: that server is unavailable), and
-    /// its location has targets left, those targets (taken out of [`Self::alternatives`]);
-    /// else `None`, and the TU hears of it. A refused connection is handled before this
-    /// ([`Self::on_closed`]: same branch, nothing reached that target).
-    fn next_target(&mut self, key: &TransactionKey, event: &TuEvent) -> Option<Located> {
-        let failed = match event {
-            TuEvent::Timeout | TuEvent::TransportError => true,
-            TuEvent::Response(response) => response.status.code() == 503,
-            _ => false,
+    /// its location has targets left, those targets (taken out of [`Self::alternatives`]) and
+    /// what failed; else `None`, and the TU hears of it. A refused connection is handled
+    /// before this ([`Self::on_closed`]: same branch, nothing reached that target).
+    fn next_target(&mut self, key: &TransactionKey, event: &TuEvent) -> Option<(Located, &'static str)> {
+        let why = match event {
+            TuEvent::Timeout => "no final response in time",
+            TuEvent::TransportError => "transport error",
+            TuEvent::Response(response) if response.status.code() == 503 => "503 Service Unavailable",
+            _ => return None,
         };
-        if !failed || self.alternatives.get(key).is_none_or(|a| a.targets.is_empty()) {
+        if self.alternatives.get(key).is_none_or(|a| a.targets.is_empty()) {
             return None;
         }
-        self.alternatives.remove(key)
+        self.alternatives.remove(key).map(|located| (located, why))
     }
 
     /// Sends the request of failed client transaction `failed` to the next target of its
@@ -1522,7 +1523,7 @@ impl Driver {
     /// absorbing retransmissions of its 503). The TU keeps its key: responses and the final
     /// timeout of the new transaction reach it under that key, and its CANCEL and
     /// [`Command::Abandon`] act on the new transaction.
-    async fn fail_over(&mut self, failed: &TransactionKey, mut located: Located) {
+    async fn fail_over(&mut self, failed: &TransactionKey, mut located: Located, why: &str) {
         let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
         if !set_top_via_branch(&mut located.request.headers, &branch) {
             tracing::warn!(uri = %located.uri, "request without a Via branch to change: not sent to the next target");
@@ -1530,7 +1531,8 @@ impl Driver {
             return;
         }
         self.locating.failovers.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(uri = %located.uri, ?failed, next = %located.targets.first().map_or_else(String::new, |t| t.addr.to_string()), "no answer from a located target: the request goes to the next with a new branch (RFC 3263 §4.3)");
+        let next = located.targets.first().map_or_else(String::new, |t| t.addr.to_string());
+        tracing::info!(uri = %located.uri, ?failed, why, %next, "a located target failed: the request goes to the next with a new branch (RFC 3263 §4.3)");
         self.send_located(located).await;
     }
 
