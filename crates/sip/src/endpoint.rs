@@ -2304,6 +2304,18 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
             proptest::prop_assert_eq!(decoded.rseq, rseq);
         }
 
+        /// Any token as the old and the new branch, any spacing around `;` and `=`: after the
+        /// rewrite the top Via parses with the new branch and the other parameters as they were.
+        #[test]
+        fn branch_rewrite_round_trips(old in "[A-Za-z0-9.!%*_+`'~-]{1,24}", new in "z9hG4bK[A-Za-z0-9.!%*_+`'~-]{1,24}", ws in "[ \t]{0,2}") {
+            let mut r = request(&format!("Via: SIP/2.0/UDP h.example:5070{ws};{ws}branch{ws}={ws}{old}{ws};rport;x=1"), 0);
+            proptest::prop_assert!(set_top_via_branch(&mut r.headers, &new));
+            let via = r.headers.typed::<Via>().expect("Via").expect("parses");
+            proptest::prop_assert_eq!(via.branch(), Some(new.as_bytes()));
+            proptest::prop_assert_eq!(via.param("x"), Some(&b"1"[..]));
+            proptest::prop_assert!(via.rport().is_some());
+        }
+
         /// Arbitrary `RSeq`/`RAck` values never panic the parsers.
         #[test]
         fn arbitrary_rseq_rack_never_panic(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
