@@ -993,6 +993,38 @@ mod tests {
         assert_eq!(s.leg(Side::A).stats.total_drops(), 0);
     }
 
+    /// Off-path hijack of the core leg: between the offer and the answer the plain B leg has
+    /// no signalled address, and it latched to the source of the first packet on its port.
+    /// An attacker who guessed the port (ringing lasts seconds) got its packets relayed into
+    /// the UE's call and, latched, received the UE's decrypted media after the answer while
+    /// the real core's packets were dropped. A plain leg latches only to its signalled IP.
+    #[test]
+    fn plain_leg_does_not_latch_before_its_address_is_signalled() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("h", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        let (attacker, core) = ("192.0.2.66:9999".parse().expect("a"), "198.51.100.5:6000".parse().expect("a"));
+        let plain = [0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        let mut buf = [0u8; 2048];
+        buf[..plain.len()].copy_from_slice(&plain);
+        let v = c.relay_mut().handle(30002, attacker, &mut buf, plain.len(), now);
+        assert_eq!(v, crate::Verdict::Drop(DropReason::SourceMismatch), "injected into the UE's call");
+        let answer = c.answer("h", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        let mut ue_tx = session(CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}")).expect("l").inline_keys().next().expect("k").key_salt());
+        let mut srtp = plain.to_vec();
+        ue_tx.protect_rtp_vec(&mut srtp).expect("protect");
+        buf[..srtp.len()].copy_from_slice(&srtp);
+        let v = c.relay_mut().handle(30000, "192.0.2.10:4000".parse().expect("a"), &mut buf, srtp.len(), now);
+        assert_eq!(v, crate::Verdict::Forward { from_port: 30002, to: core, len: plain.len() }, "the UE's media goes to the signalled core");
+        buf[..plain.len()].copy_from_slice(&plain);
+        let v = c.relay_mut().handle(30002, core, &mut buf, plain.len(), now);
+        let crate::Verdict::Forward { len, .. } = v else { panic!("the core's media is relayed: {v:?}") };
+        let mut down = buf[..len].to_vec();
+        session(&answered_key(&answer)).unprotect_rtp_vec(&mut down).expect("UE decrypts");
+        let s = c.relay().stream(c.calls["h"].media[0].as_ref().expect("m").stream).expect("s");
+        assert_eq!(s.leg(Side::B).latched(Component::Rtp), Some(core));
+        assert_eq!(s.leg(Side::B).stats.drops(DropReason::SourceMismatch), 1);
+    }
+
     #[test]
     fn refusals_leave_no_state() {
         let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
