@@ -130,6 +130,19 @@ fn srtp_policy(line: &CryptoAttribute, n: &Negotiated) -> Result<Policy, Error> 
     Ok(policy)
 }
 
+/// Whether two peer lines carry the same SRTP master key(s) under the same transform: the
+/// same suite, key parameters (key and salt, MKI, lifetime) and session parameters. The tag
+/// only names the line (RFC 4568 §4.1), so it is left out: a peer that re-offers its key
+/// under another tag keeps its crypto context (RFC 3711 §3.2: rollover counter and replay
+/// list belong to the master key), and a fresh one would accept its earlier packets again.
+fn same_key(a: Option<&CryptoAttribute>, b: Option<&CryptoAttribute>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.suite == b.suite && a.keys == b.keys && a.params == b.params,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn protection(n: &Negotiated) -> Result<Protection, Error> {
     Protection::srtp(&srtp_policy(&n.remote, n)?, &srtp_policy(&n.local, n)?)
 }
@@ -553,10 +566,10 @@ impl Controller {
                     let Some(s) = self.relay.stream_mut(m.stream) else { continue };
                     let leg_b = s.leg_mut(Side::B);
                     leg_b.set_signalled(Some(rtp), Some(rtcp));
-                    leg_b.rekey(b_protection, b_remote != m.b_remote, now);
+                    leg_b.rekey(b_protection, !same_key(b_remote.as_ref(), m.b_remote.as_ref()), now);
                     m.b_remote = b_remote;
                     if let Some((p, n)) = m.a_next.take() {
-                        let rekeyed = m.a_sdes.as_ref().map(|x| &x.remote) != n.as_ref().map(|x| &x.remote);
+                        let rekeyed = !same_key(m.a_sdes.as_ref().map(|x| &x.remote), n.as_ref().map(|x| &x.remote));
                         s.leg_mut(Side::A).rekey(p, rekeyed, now);
                         m.a_sdes = n;
                     }
@@ -1023,6 +1036,34 @@ mod tests {
         let s = c.relay().stream(c.calls["h"].media[0].as_ref().expect("m").stream).expect("s");
         assert_eq!(s.leg(Side::B).latched(Component::Rtp), Some(core));
         assert_eq!(s.leg(Side::B).stats.drops(DropReason::SourceMismatch), 1);
+    }
+
+    /// A UE re-offer that keeps its key under another tag (RFC 4568 §4.1: tags only name the
+    /// line) is not a re-key: the SRTP context of that key (rollover counter, replay list) goes
+    /// on. It was taken for a new key, and the fresh context under the same master key
+    /// accepted every packet the UE had sent before the re-offer once more: a replay.
+    #[test]
+    fn reoffer_of_the_same_key_under_another_tag_keeps_the_replay_list() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("rt", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        c.answer("rt", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        let mut ue_tx = session(CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}")).expect("l").inline_keys().next().expect("k").key_salt());
+        let mut first = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        ue_tx.protect_rtp_vec(&mut first).expect("protect");
+        let ue = "192.0.2.10:4000".parse().expect("a");
+        let up = |c: &mut Controller, p: &[u8]| {
+            let mut buf = [0u8; 2048];
+            buf[..p.len()].copy_from_slice(p);
+            c.relay_mut().handle(30000, ue, &mut buf, p.len(), now)
+        };
+        assert!(matches!(up(&mut c, &first), crate::Verdict::Forward { .. }));
+        let retagged = ue_offer().replace("a=crypto:7 ", "a=crypto:9 ");
+        c.offer("rt", "ue", &retagged, &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("re-offer");
+        c.answer("rt", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        assert_eq!(up(&mut c, &first), crate::Verdict::Drop(DropReason::Replay), "a packet seen before the re-offer, replayed");
+        let mut next = vec![0x80, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 4, 5, 6];
+        ue_tx.protect_rtp_vec(&mut next).expect("protect");
+        assert!(matches!(up(&mut c, &next), crate::Verdict::Forward { .. }), "the same key goes on");
     }
 
     #[test]
