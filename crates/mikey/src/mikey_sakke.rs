@@ -352,6 +352,22 @@ pub fn refusal(error_message: &[u8], csb_id: u32, i_message_t: u64, kpak: &Kpak)
     })
 }
 
+/// Whether the ECCSI signature of `i_message` by its initiator (ID scheme 1: IDRi for the
+/// month of T; scheme 2: the initiator's UID) verifies under `kpak` — and nothing else (no
+/// time, replay or recipient check). For a receiver to tell which key generation of a
+/// community signed a message it refused (docs/high-security.md §10.10: signed under a
+/// retired generation); never a reason to accept one.
+pub fn signed_under(i_message: &[u8], kpak: &Kpak) -> bool {
+    let Ok(p) = Message::decode(i_message).and_then(|m| parse_decoded(m, i_message, DataType::SAKKE)) else { return false };
+    let Some(s) = p.message.payloads.iter().find_map(|x| if let Payload::Sakke(s) = x { Some(s) } else { None }) else { return false };
+    let signer = match s.id_scheme {
+        SakkeIdScheme::TEL_URI_MONTHLY => p.uri(IdRole::INITIATOR).and_then(|i| identifier(&i, &p.t)),
+        SakkeIdScheme::TS33180_UID => uid_of(&p.message, IdRole::INITIATOR_UID).map(|u| u.to_vec()),
+        _ => return false,
+    };
+    signer.is_ok_and(|id| eccsi::verify(kpak, &id, i_message.get(..p.covered_len).unwrap_or_default(), &p.signature).is_ok())
+}
+
 /// An I_MESSAGE that passed [`receive`]'s checks up to decapsulation.
 struct Admitted {
     p: signed_dh::Parsed,
