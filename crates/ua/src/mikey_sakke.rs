@@ -390,6 +390,66 @@ mod tests {
         assert!(answer(&mut carol, &Sdp::parse(&legacy), local, 1, 0x2222, now).is_err());
     }
 
+    /// A community key rotation (docs/high-security.md §10.10): KMS a's generation 1 (KSAK₁,
+    /// z₁) is valid until 2027-01-01T00:00Z, generation 2 (KSAK₂, z₂) from then; keys of a
+    /// month are of the generation valid in it, and receivers take the KPAK of the
+    /// certificate valid at the I_MESSAGE's T.
+    /// - Across the instant: alice, provisioned before the rotation (December keys, the
+    ///   version 1 certificate of generation 1), calls bob, renewed after it (December and
+    ///   January keys, both certificates), at T 5 s before the instant; bob answers 5 s after
+    ///   it — generation 1 is the one valid at T —; and bob calls alice the other way. Both
+    ///   with SRTP both ways.
+    /// - After it: with alice renewed (January, generation 2), calls both ways under
+    ///   generation 2.
+    /// - Expired: mallory signs a January I_MESSAGE with a key of the retired KSAK₁ (a stolen
+    ///   one): bob refuses it with ERR Auth failure naming the expiry of generation 1's
+    ///   certificate; a caller holding only generation 1's certificate with its end refuses
+    ///   to call after it ("expired"), before sending anything.
+    /// - Revoked: bob holding generation 2's certificate revoked refuses the I_MESSAGE of T
+    ///   in its window as "revoked".
+    #[test]
+    fn calls_across_a_community_key_rotation() {
+        const JAN: u64 = 1_798_761_600; // 2027-01-01T00:00:00Z
+        let (ksak1, z1) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak2, z2) = (KmsSecret::from_bytes(&[0x44; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap());
+        let domains = ["a.example".to_owned()];
+        let cert = |k: &KmsSecret, z: &sakke::KmsSecret, from, to, revoked| Community::with_validity("kms.a.example", k.kpak(), z.public_key(), &domains, from, to, revoked).unwrap();
+        let (g1, g2) = (cert(&ksak1, &z1, None, Some(JAN), false), cert(&ksak2, &z2, Some(JAN), None, false));
+        let rotated = vec![g1.clone(), g2.clone()];
+        let mut alice = creds_in(&ksak1, &z1, "kms.a.example", "sip:alice@a.example", vec![community_of(&ksak1, &z1, "kms.a.example", "a.example")]);
+        let mut bob = creds_in(&ksak1, &z1, "kms.a.example", "sip:bob@a.example", rotated.clone());
+        bob.keys.extend(creds_at(&ksak2, &z2, "sip:bob@a.example", JAN + 10).keys);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let at = Duration::from_secs;
+        let call = |from: &mut HighSecurity, to: &mut HighSecurity, callee: &str, sent: u64, received: u64| {
+            let (sdp, pending) = offer(from, local, 1, 0x1111, callee, at(sent)).unwrap();
+            let (answer_sdp, media) = answer(to, &Sdp::parse(&sdp), local, 1, 0x2222, at(received)).unwrap();
+            srtp_both_ways(&process_answer(&pending, &Sdp::parse(&answer_sdp)).unwrap(), &media);
+        };
+        call(&mut alice, &mut bob, "sip:bob@a.example", JAN - 5, JAN + 5);
+        call(&mut bob, &mut alice, "sip:alice@a.example", JAN - 3, JAN + 2);
+
+        alice.keys.extend(creds_at(&ksak2, &z2, "sip:alice@a.example", JAN + 100).keys);
+        alice.communities = rotated.clone();
+        call(&mut alice, &mut bob, "sip:bob@a.example", JAN + 100, JAN + 101);
+        call(&mut bob, &mut alice, "sip:alice@a.example", JAN + 102, JAN + 103);
+
+        let mut mallory = creds_in(&ksak1, &z1, "kms.a.example", "sip:mallory@a.example", rotated.clone());
+        mallory.keys = creds_at(&ksak1, &z1, "sip:mallory@a.example", JAN + 200).keys;
+        let (forged, _) = offer(&mut mallory, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 200)).unwrap();
+        refused_with(answer(&mut bob, &Sdp::parse(&forged), local, 1, 0x2222, at(JAN + 200)).err().unwrap(), ErrorCode::AUTH_FAILURE, "expired at 2027-01-01T00:00:00Z");
+        let mut stale = creds_in(&ksak1, &z1, "kms.a.example", "sip:carol@a.example", vec![g1.clone()]);
+        stale.keys.extend(creds_at(&ksak2, &z2, "sip:carol@a.example", JAN + 300).keys);
+        match offer(&mut stale, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 300)) {
+            Err(Error::Negotiation(r)) => assert!(r.contains("kms.a.example") && r.contains("expired at 2027-01-01T00:00:00Z"), "{r}"),
+            other => panic!("{:?}", other.map(|(sdp, _)| sdp)),
+        }
+
+        bob.communities = vec![g1, cert(&ksak2, &z2, Some(JAN), None, true)];
+        let (sdp, _) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 400)).unwrap();
+        refused_with(answer(&mut bob, &Sdp::parse(&sdp), local, 1, 0x2222, at(JAN + 400)).err().unwrap(), ErrorCode::AUTH_FAILURE, "revoked");
+    }
+
     /// alice's offer to `callee` whose I_MESSAGE is encapsulated under `z` (not the callee's
     /// KMS's Z; IDRkmsi / IDRkmsr `kms`), and the pending call [`offer`] keeps for it.
     fn under_z(alice: &mut HighSecurity, callee: &str, z: &sakke::PublicKey, kms: Option<(&str, &str)>, now: Duration) -> (Sdp, PendingCall) {
