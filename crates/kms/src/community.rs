@@ -572,9 +572,9 @@ mod tests {
         assert!(r.configure(Vec::new(), "kms.a.example", &own).is_err(), "an empty set");
         let (g1, g2) = (generation("kms.b.example", 0x45, None, Some(JAN)), generation("kms.b.example", 0x47, Some(JAN), None));
         r.learn("b.example", vec![g1.clone(), g2.clone()], 20, "kms.a.example", &own).unwrap();
-        assert_eq!(r.get("kms.b.example"), [g1.clone(), g2.clone()]);
+        assert_eq!(r.get("kms.b.example"), [g1.clone(), g2]);
         assert_eq!(r.all().len(), 2, "each generation listed");
-        assert!(r.learn("b.example", vec![g1.clone(), generation("kms.b.example", 0x47, Some(JAN - 1), None)], 20, "kms.a.example", &own).is_err(), "overlapping windows");
+        assert!(r.learn("b.example", vec![g1, generation("kms.b.example", 0x47, Some(JAN - 1), None)], 20, "kms.a.example", &own).is_err(), "overlapping windows");
         assert!(r.configure(vec![generation("kms.c.example", 0x48, None, Some(JAN)), generation("kms.d.example", 0x49, Some(JAN), None)], "kms.a.example", &own).is_err(), "two KMSs in one set");
         let configured = community("kms.b.example", 0x46, &["b.example"]);
         r.configure(vec![configured.clone()], "kms.a.example", &own).unwrap();
@@ -607,7 +607,7 @@ mod tests {
         assert_eq!(v1.certificate().version, VERSION_1);
         assert!(!String::from_utf8(v1.encode()).unwrap().contains("valid"), "version 1 has no version 2 fields");
         let revoked = Community::with_validity("kms.b.example", *c.kpak(), *c.z(), &["b.example".into()], None, None, true).unwrap();
-        assert_eq!(Community::decode(&revoked.encode()).unwrap().revoked(), true);
+        assert!(Community::decode(&revoked.encode()).unwrap().revoked());
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         let cases: Vec<(&str, serde_json::Value)> = vec![
             ("version", 1.into()),
@@ -658,16 +658,16 @@ mod tests {
         let (g1, g2) = (generation("kms.b.example", 0x42, None, Some(JAN)), generation("kms.b.example", 0x43, Some(JAN), None));
         let one = community("kms.b.example", 0x42, &["b.example"]);
         assert_eq!(encode_set(std::slice::from_ref(&one)), one.encode());
-        assert_eq!(decode_set(&one.encode()).unwrap(), [one.clone()]);
+        assert_eq!(decode_set(&one.encode()).unwrap(), [one]);
         let two = encode_set(&[g1.clone(), g2.clone()]);
         assert_eq!(two.first(), Some(&b'['));
-        assert_eq!(decode_set(&two).unwrap(), [g1.clone(), g2.clone()]);
+        assert_eq!(decode_set(&two).unwrap(), [g1.clone(), g2]);
         let other = generation("kms.c.example", 0x44, Some(JAN), None);
         let refused = [
             encode_set(&[g1.clone(), other]),
             encode_set(&[g1.clone(), g1.clone()]),
             b"[]".to_vec(),
-            encode_set(&vec![g1.clone(); MAX_SET + 1]),
+            encode_set(&vec![g1; MAX_SET + 1]),
             vec![b' '; MAX_SET_LEN + 1],
         ];
         for json in refused {

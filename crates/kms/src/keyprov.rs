@@ -405,10 +405,10 @@ impl Pending {
         // The issuing KMS's certificate of the key period (valid at its first instant: keys of a
         // month are of the generation valid then) must name the response's keys.
         let start = crate::generations::month_start(self.period)?;
-        if let (Some(s), Ok(Some(c))) = (&sakke, crate::community::at(crate::community::of_uri(&communities, &r.kms), start)) {
-            if *c.kpak() != kpak || *c.z() != s.z {
-                return Err(bad("the certificate of the issuing KMS names other keys than the response"));
-            }
+        if let (Some(s), Ok(Some(c))) = (&sakke, crate::community::at(crate::community::of_uri(&communities, &r.kms), start))
+            && (*c.kpak() != kpak || *c.z() != s.z)
+        {
+            return Err(bad("the certificate of the issuing KMS names other keys than the response"));
         }
         Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key, sakke, communities })
     }

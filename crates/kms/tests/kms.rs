@@ -280,7 +280,7 @@ async fn kms_certificates_learned_over_zk_and_handed_to_ues() {
     let mut lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
     let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
     let published = Community::decode(&http(&b.url, "GET", "/keymanagement/certificate", &[], b"").await.body).expect("b's certificate");
-    assert_eq!([published.clone()], b.service.own_certificates().unwrap()[..]);
+    assert_eq!(b.service.own_certificates().unwrap(), vec![published.clone()]);
     assert_eq!((published.kms_uri(), published.domains(), published.kpak()), ("kms.b.example", &["b.example".to_owned()][..], &b.service.kpak().unwrap()));
     let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
     let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
@@ -452,7 +452,9 @@ fn fuzz_corpus_replays() {
 }
 
 /// Every seed of the `kms_certificate` fuzz target (Zk certificate answers and certificate
-/// JSON) goes through the same function without panic; the valid ones decode.
+/// JSON, single certificates and sets of generations) goes through the same function without
+/// panic; the valid ones decode (as certificate sets), the overlapping set and the version 1
+/// certificate with a version 2 field are refused.
 #[test]
 fn kms_certificate_fuzz_corpus_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_certificate");
@@ -462,12 +464,15 @@ fn kms_certificate_fuzz_corpus_replays() {
         let data = std::fs::read(&path).expect("seed");
         mediasec_kms::fuzzing::kms_certificate(&data);
         let json = mediasec_kms_zk::decode_certificate_answer(&data).unwrap_or(data);
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("valid")) {
-            mediasec_kms::community::Community::decode(&json).expect("a valid seed decodes");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("valid") {
+            mediasec_kms::community::decode_set(&json).expect("a valid seed decodes");
             valid += 1;
+        } else if name == "overlapping-set" || name == "v1-with-valid-to" {
+            assert!(mediasec_kms::community::decode_set(&json).is_err(), "{name} is refused");
         }
     }
-    assert!(valid >= 2, "only {valid} valid seeds");
+    assert!(valid >= 4, "only {valid} valid seeds");
 }
 
 proptest::proptest! {

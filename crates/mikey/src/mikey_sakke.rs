@@ -616,6 +616,29 @@ mod tests {
         signed_dh::fuzz::counter_random(&COUNTER, b"mediasec mikey_sakke refusals", buf);
     }
 
+    /// [`signed_under`]: true under the signer's KPAK only — not another KPAK, not a message
+    /// with a flipped signed octet, not garbage — whatever the message's time or recipient.
+    #[test]
+    fn signed_under_checks_only_the_signature() {
+        use crate::signed_dh::fuzz::{ALICE, BOB, NOW};
+        let ksak = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let other = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let id = identifier(ALICE, &ntp(NOW)).unwrap();
+        let (ssk, pvt) = draw(&mut random, |v| ksak.issue(&id, v)).unwrap();
+        let alice = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
+        let z = draw(&mut random, |b| sakke::KmsSecret::from_bytes(b)).unwrap().public_key();
+        let o = Offer { prf: PrfFunc::MIKEY_1, csb_id: 9, initiator_uri: ALICE.into(), responder_uri: BOB.into(), kms_uri: None, responder_kms_uri: None, initiator_ssrc: 7, policy: srtp_policy::aes_cm_128_hmac_sha1_80() };
+        let (m, _) = build(&o, &alice, &z, NOW, &mut random).unwrap();
+        assert!(signed_under(&m, &ksak.kpak()));
+        assert!(!signed_under(&m, &other.kpak()));
+        let mut altered = m;
+        if let Some(b) = altered.get_mut(20) {
+            *b ^= 1;
+        }
+        assert!(!signed_under(&altered, &ksak.kpak()));
+        assert!(!signed_under(b"not a message", &ksak.kpak()) && !signed_under(&[], &ksak.kpak()));
+    }
+
     /// [`answer`] and [`refusal`]: an I_MESSAGE bob admits (signed by alice under the trusted
     /// KPAK, for his identifier of the month of T, fresh) but cannot open — encapsulated under
     /// another KMS's Z — is refused with an error bob signs with his ECCSI key of that month,

@@ -415,7 +415,7 @@ mod tests {
         let domains = ["a.example".to_owned()];
         let cert = |k: &KmsSecret, z: &sakke::KmsSecret, from, to, revoked| Community::with_validity("kms.a.example", k.kpak(), z.public_key(), &domains, from, to, revoked).unwrap();
         let (g1, g2) = (cert(&ksak1, &z1, None, Some(JAN), false), cert(&ksak2, &z2, Some(JAN), None, false));
-        let rotated = vec![g1.clone(), g2.clone()];
+        let rotated = vec![g1.clone(), g2];
         let mut alice = creds_in(&ksak1, &z1, "kms.a.example", "sip:alice@a.example", vec![community_of(&ksak1, &z1, "kms.a.example", "a.example")]);
         let mut bob = creds_in(&ksak1, &z1, "kms.a.example", "sip:bob@a.example", rotated.clone());
         bob.keys.extend(creds_at(&ksak2, &z2, "sip:bob@a.example", JAN + 10).keys);
@@ -434,7 +434,7 @@ mod tests {
         call(&mut alice, &mut bob, "sip:bob@a.example", JAN + 100, JAN + 101);
         call(&mut bob, &mut alice, "sip:alice@a.example", JAN + 102, JAN + 103);
 
-        let mut mallory = creds_in(&ksak1, &z1, "kms.a.example", "sip:mallory@a.example", rotated.clone());
+        let mut mallory = creds_in(&ksak1, &z1, "kms.a.example", "sip:mallory@a.example", rotated);
         mallory.keys = creds_at(&ksak1, &z1, "sip:mallory@a.example", JAN + 200).keys;
         let (forged, _) = offer(&mut mallory, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 200)).unwrap();
         refused_with(answer(&mut bob, &Sdp::parse(&forged), local, 1, 0x2222, at(JAN + 200)).err().unwrap(), ErrorCode::AUTH_FAILURE, "expired at 2027-01-01T00:00:00Z");
