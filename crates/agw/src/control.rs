@@ -65,6 +65,16 @@ struct Call {
 /// Replies remembered per cookie, so a retransmitted request gets the same reply.
 const REPLY_CACHE: usize = 256;
 
+/// One ng datagram handled by [`Controller::handle_datagram`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Handled {
+    /// The reply datagram.
+    pub reply: Vec<u8>,
+    /// Why the command was refused, when it was executed now and refused (a retransmission
+    /// answered from the reply cache carries `None`).
+    pub refused: Option<Error>,
+}
+
 /// The ng command executor and the relay it drives.
 pub struct Controller {
     config: Config,
@@ -247,27 +257,39 @@ impl Controller {
         self.calls.len()
     }
 
-    /// Handles one ng datagram and returns the reply datagram (`None` if it has no cookie
-    /// to reply to). A retransmission (same cookie) gets the remembered reply.
+    /// Whether a call with this call-id is in progress here.
+    pub fn has_call(&self, call_id: &str) -> bool {
+        self.calls.contains_key(call_id)
+    }
+
+    /// The call-ids of the calls in progress, in no order.
+    pub fn call_ids(&self) -> impl Iterator<Item = &str> {
+        self.calls.keys().map(String::as_str)
+    }
+
+    /// Handles one ng datagram (`None` if it has no cookie to reply to). A retransmission
+    /// (same cookie) gets the remembered reply. `elsewhere` are the call-ids of calls held
+    /// outside this controller (the gateway's other shards), which `list` includes.
     pub fn handle_datagram(
         &mut self,
         datagram: &[u8],
         now: Instant,
         ports: &mut impl PortSource,
         keys: &mut impl KeySource,
-    ) -> Option<Vec<u8>> {
+        elsewhere: &[String],
+    ) -> Option<Handled> {
         let (cookie, message) = ng::split_cookie(datagram).ok()?;
         if let Some((_, reply)) = self.replies.iter().find(|(c, _)| c == cookie) {
-            return Some(reply.clone());
+            return Some(Handled { reply: reply.clone(), refused: None });
         }
-        let reply = match Value::decode(message)
-            .and_then(|v| Command::parse(&v, &self.config.sdes))
-            .and_then(|cmd| self.execute(cmd, now, ports, keys))
-        {
-            Ok(v) => v,
+        let (reply, refused) = match Value::decode(message).and_then(|v| Command::parse(&v, &self.config.sdes)).and_then(|cmd| match cmd {
+            Command::List { limit } => Ok(self.list(limit, elsewhere)),
+            cmd => self.execute(cmd, now, ports, keys),
+        }) {
+            Ok(v) => (v, None),
             Err(e) => {
                 self.command_errors += 1;
-                ng::error_reply(&e)
+                (ng::error_reply(&e), Some(e))
             }
         };
         self.commands += 1;
@@ -276,7 +298,7 @@ impl Controller {
             self.replies.pop_front();
         }
         self.replies.push_back((cookie.to_vec(), framed.clone()));
-        Some(framed)
+        Some(Handled { reply: framed, refused })
     }
 
     /// Executes one command; the reply dictionary on success.
@@ -310,18 +332,19 @@ impl Controller {
                 let call = self.calls.get(&call_id).ok_or(Error::UnknownCall)?;
                 Ok(self.query(call, now))
             }
-            Command::List { limit } => Ok(Value::dict([("result", Value::str("ok")), ("calls", self.list(limit))])),
+            Command::List { limit } => Ok(self.list(limit, &[])),
         }
     }
 
-    /// `list`: the first `limit` Call-IDs in byte order (rtpengine walks its call hash
-    /// table, so its order is unspecified; ours is sorted so that replies are
-    /// deterministic).
-    fn list(&self, limit: u64) -> Value<'static> {
-        let mut ids: Vec<&String> = self.calls.keys().collect();
+    /// `list`: the first `limit` Call-IDs in byte order, of this controller's calls and
+    /// `elsewhere` (rtpengine walks its call hash table, so its order is unspecified; ours
+    /// is sorted so that replies are deterministic).
+    fn list(&self, limit: u64, elsewhere: &[String]) -> Value<'static> {
+        let mut ids: Vec<&str> = self.call_ids().chain(elsewhere.iter().map(String::as_str)).collect();
         ids.sort_unstable();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Value::List(ids.into_iter().take(limit).map(|id| Value::str(id.clone())).collect())
+        let calls = Value::List(ids.into_iter().take(limit).map(Value::str).collect());
+        Value::dict([("result", Value::str("ok")), ("calls", calls)])
     }
 
     fn release_media(&mut self, media: Media, ports: &mut impl PortSource) {
@@ -998,13 +1021,15 @@ mod tests {
         assert!(ports.out.is_empty() && c.call_count() == 0);
         // Same cookie, same reply (and the offer is executed once).
         let req = ng::frame(b"ck1", &Value::dict([("command", Value::str("offer")), ("call-id", Value::str("r")), ("from-tag", Value::str("f")), ("sdp", Value::str(ue_offer()))]));
-        let first = c.handle_datagram(&req, now, &mut ports, &mut k).expect("reply");
-        let again = c.handle_datagram(&req, now, &mut ports, &mut k).expect("reply");
-        assert_eq!(first, again);
+        let first = c.handle_datagram(&req, now, &mut ports, &mut k, &[]).expect("reply");
+        let again = c.handle_datagram(&req, now, &mut ports, &mut k, &[]).expect("reply");
+        assert_eq!((&first.reply, first.refused), (&again.reply, None));
         assert_eq!(ports.out.len(), 2);
-        let err = c.handle_datagram(b"ck2 d7:command3:fooe", now, &mut ports, &mut k).expect("reply");
-        assert_eq!(err, b"ck2 d12:error-reason25:unsupported command \"foo\"6:result5:errore");
-        assert_eq!(c.handle_datagram(b"nocookie", now, &mut ports, &mut k), None);
+        let err = c.handle_datagram(b"ck2 d7:command3:fooe", now, &mut ports, &mut k, &[]).expect("reply");
+        assert_eq!(err.reply, b"ck2 d12:error-reason25:unsupported command \"foo\"6:result5:errore");
+        assert_eq!(err.refused, Some(Error::UnsupportedCommand("foo".to_owned())));
+        assert_eq!(c.handle_datagram(b"ck2 d7:command3:fooe", now, &mut ports, &mut k, &[]).map(|h| h.refused), Some(None), "a cached reply was not executed now");
+        assert_eq!(c.handle_datagram(b"nocookie", now, &mut ports, &mut k, &[]), None);
     }
 
     #[test]
@@ -1012,7 +1037,7 @@ mod tests {
         let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
         // `list` draws no key: a key source that is never called does.
         let list = |c: &mut Controller, ports: &mut Ports, req: &[u8]| {
-            String::from_utf8(c.handle_datagram(req, now, ports, &mut |_: &mut [u8]| unreachable!("list draws no key")).expect("reply")).expect("utf-8")
+            String::from_utf8(c.handle_datagram(req, now, ports, &mut |_: &mut [u8]| unreachable!("list draws no key"), &[]).expect("reply").reply).expect("utf-8")
         };
         assert_eq!(list(&mut c, &mut ports, b"l0 d7:command4:liste"), "l0 d5:callsle6:result2:oke");
         for id in ["b-call", "a-call", "c-call"] {
@@ -1033,6 +1058,10 @@ mod tests {
             list(&mut c, &mut ports, b"l6 d7:command4:list5:limiti-1ee"),
             "l6 d12:error-reason30:missing or invalid key \"limit\"6:result5:errore"
         );
+        // Call-ids held elsewhere (the gateway's other shards) are listed with ours.
+        let elsewhere = ["0-call".to_owned(), "b2-call".to_owned()];
+        let merged = c.handle_datagram(b"l7 d7:command4:list5:limiti3ee", now, &mut ports, &mut k, &elsewhere).expect("reply");
+        assert_eq!(merged.reply, b"l7 d5:callsl6:0-call6:a-call6:b-calle6:result2:oke");
         c.execute(Command::Delete { call_id: "b-call".into() }, now, &mut ports, &mut k).expect("delete");
         let listed = c.execute(Command::List { limit: ng::LIST_LIMIT }, now, &mut ports, &mut k).expect("list");
         assert_eq!(listed.get("calls"), Some(&Value::List(vec![Value::str("a-call"), Value::str("c-call")])));

@@ -37,7 +37,7 @@ pub fn ng(data: &[u8]) {
     let mut ports = Ports(30000);
     let mut keys = |b: &mut [u8]| b.fill(0x42);
     let now = Instant::now();
-    let _ = ctl.handle_datagram(data, now, &mut ports, &mut keys);
+    let _ = ctl.handle_datagram(data, now, &mut ports, &mut keys, &[]);
     if let Ok((_, message)) = crate::ng::split_cookie(data)
         && let Ok(Value::Dict(mut entries)) = Value::decode(message)
     {
@@ -47,7 +47,7 @@ pub fn ng(data: &[u8]) {
             }
         }
         let second = crate::ng::frame(b"second", &Value::Dict(entries));
-        let _ = ctl.handle_datagram(&second, now, &mut ports, &mut keys);
+        let _ = ctl.handle_datagram(&second, now, &mut ports, &mut keys, &[]);
     }
     let _ = ctl.expire(now + Duration::from_secs(61), &mut ports);
 }

@@ -1,10 +1,11 @@
-//! The UDP driver: tokio tasks for the ng control socket, the stream-timeout timer and
-//! metrics; media threads for the media sockets (RTP on even ports, RTCP on the next).
+//! The UDP driver: tokio tasks for the ng control socket with the stream-timeout timer, and
+//! for metrics; media threads for the media sockets (RTP on even ports, RTCP on the next).
 //!
 //! **Shards.** With N media threads ([`ServerConfig::media_threads`]) the gateway is N
 //! shards that share nothing: each has its own [`Controller`] (its calls and their relay),
 //! its own slice of the port range and its own media thread with its own driver. An ng
-//! command goes to the shard its `call-id` hashes to, so every command about one call
+//! command goes to the shard holding its call ([`Router`]: the shard its `call-id` hashes
+//! to, or another if that one was full at the offer), so every command about one call
 //! reaches the controller holding it; a command without one (`ping`) goes to the first. A
 //! shard's controller and relay sit behind one mutex, which its media thread takes once per
 //! batch of packets, not per packet; the threads never contend for a lock (the control side
@@ -25,6 +26,7 @@
 //!   buffers are full (or every socket has been visited). A socket stays on the ready list
 //!   until it reports `WouldBlock` (edge-triggered readiness is only re-armed by a drain).
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -41,7 +43,7 @@ use rand::RngCore as _;
 use tokio::net::UdpSocket;
 
 use crate::bencode::Value;
-use crate::control::{Config, Controller, Metrics, PortSource};
+use crate::control::{Config, Controller, Handled, Metrics, PortSource};
 use crate::ng;
 use crate::ports::PortTable;
 use crate::relay::Verdict;
@@ -144,9 +146,18 @@ struct Sockets {
     readiness: Readiness,
     /// Media packets handed to the kernel: (from a connected twin, with an address).
     sends: (u64, u64),
+    /// Port pairs bound.
+    pairs_open: u32,
 }
 
 impl Sockets {
+    /// Port pairs of the slice not bound by us (some may still be taken by another process).
+    fn free_pairs(&self) -> u32 {
+        let first = self.min.next_multiple_of(2);
+        let pairs = (u32::from(self.max) + 1).saturating_sub(u32::from(first)) / 2;
+        pairs.saturating_sub(self.pairs_open)
+    }
+
     /// Binds a non-blocking media socket and hands it to the media thread.
     fn bind(&mut self, port: u16) -> io::Result<std::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(SocketAddr::new(self.interface, port))?;
@@ -174,12 +185,16 @@ impl PortSource for Sockets {
             };
             self.open.insert(port, rtp);
             self.open.insert(port + 1, rtcp);
+            self.pairs_open += 1;
             return Ok(port);
         }
         Err(Error::NoPorts)
     }
 
     fn release_pair(&mut self, rtp_port: u16) {
+        if self.open.contains(rtp_port) {
+            self.pairs_open = self.pairs_open.saturating_sub(1);
+        }
         for p in [rtp_port, rtp_port.wrapping_add(1)] {
             if let Some(s) = self.open.remove(p) {
                 self.readiness.closed(p, &s);
@@ -225,19 +240,109 @@ fn split_ports(min: u16, max: u16, shards: usize) -> io::Result<Vec<(u16, u16)>>
     Ok(slices)
 }
 
-/// The shard an ng datagram goes to: by the hash of its `call-id` (every command about a
-/// call carries it); the first shard for a message without one (`ping`, or one the
-/// controller will answer with an error).
-fn shard_of(datagram: &[u8], shards: usize) -> usize {
+/// The command name and `call-id` of an ng datagram, as far as they decode (the controller
+/// answers whatever does not with its error).
+struct Peek {
+    command: Option<Vec<u8>>,
+    call_id: Option<Vec<u8>>,
+}
+
+fn peek(datagram: &[u8]) -> Peek {
+    let message = ng::split_cookie(datagram).ok().and_then(|(_, m)| Value::decode(m).ok());
+    let field = |key| message.as_ref().and_then(|m| m.get(key)).and_then(Value::as_bytes).map(<[u8]>::to_vec);
+    Peek { command: field("command"), call_id: field("call-id") }
+}
+
+/// The shard a call belongs to by the hash of its `call-id`.
+fn hash_shard(call_id: &[u8], shards: usize) -> usize {
     use std::hash::{Hash as _, Hasher as _};
     if shards <= 1 {
         return 0;
     }
-    let Some(message) = ng::split_cookie(datagram).ok().and_then(|(_, m)| Value::decode(m).ok()) else { return 0 };
-    let Some(call_id) = message.get("call-id").and_then(Value::as_bytes) else { return 0 };
     let mut h = std::hash::DefaultHasher::new();
     call_id.hash(&mut h);
     usize::try_from(h.finish() % u64::try_from(shards).unwrap_or(1)).unwrap_or(0)
+}
+
+/// Routes ng commands to the shards (module docs; docs/agw.md § Shards). A call lives in the
+/// shard of its `call-id`'s hash, unless that shard had no free port pair for its offer: the
+/// offer then goes to the other shards, most free pairs first, and the call stays where it
+/// was accepted (`moved`). A command without a call-id goes to the first shard; `list`
+/// there names the calls of every shard.
+struct Router {
+    shards: Arc<[Shared]>,
+    /// Calls held by another shard than their hash's, until they end.
+    moved: HashMap<Vec<u8>, usize>,
+}
+
+impl Router {
+    fn shard(&self, index: usize) -> Option<&Shared> {
+        self.shards.get(index)
+    }
+
+    fn home(&self, call_id: Option<&[u8]>) -> usize {
+        call_id.map_or(0, |id| self.moved.get(id).copied().unwrap_or_else(|| hash_shard(id, self.shards.len())))
+    }
+
+    fn holds(&self, index: usize, call_id: &[u8]) -> bool {
+        let Ok(id) = std::str::from_utf8(call_id) else { return false };
+        self.shard(index).is_some_and(|s| lock(s).ctl.has_call(id))
+    }
+
+    fn run(&self, index: usize, datagram: &[u8], now: Instant, elsewhere: &[String]) -> Option<Handled> {
+        let mut st = lock(self.shard(index)?);
+        let State { ctl, sockets } = &mut *st;
+        let mut rng = |b: &mut [u8]| rand::rng().fill_bytes(b);
+        ctl.handle_datagram(datagram, now, sockets, &mut rng, elsewhere)
+    }
+
+    /// Handles one ng datagram; the reply datagram.
+    fn handle(&mut self, datagram: &[u8], now: Instant) -> Option<Vec<u8>> {
+        let Peek { command, call_id } = peek(datagram);
+        let home = self.home(call_id.as_deref());
+        let elsewhere: Vec<String> = if command.as_deref() == Some(b"list") {
+            let others = self.shards.iter().enumerate().filter(|&(i, _)| i != home);
+            others.flat_map(|(_, s)| lock(s).ctl.call_ids().map(str::to_owned).collect::<Vec<_>>()).collect()
+        } else {
+            Vec::new()
+        };
+        let new_offer = command.as_deref() == Some(b"offer") && call_id.as_deref().is_some_and(|id| !self.holds(home, id));
+        let handled = self.run(home, datagram, now, &elsewhere)?;
+        let (Some(id), true, Some(Error::NoPorts)) = (call_id, new_offer, &handled.refused) else { return Some(handled.reply) };
+        let mut others: Vec<(u32, usize)> = (0..self.shards.len())
+            .filter(|&i| i != home)
+            .filter_map(|i| Some((lock(self.shard(i)?).sockets.free_pairs(), i)))
+            .filter(|&(free, _)| free > 0)
+            .collect();
+        others.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, index) in others {
+            let Some(h) = self.run(index, datagram, now, &[]) else { continue };
+            if h.refused == Some(Error::NoPorts) {
+                continue;
+            }
+            if h.refused.is_none() {
+                tracing::info!(call_id = %String::from_utf8_lossy(&id), home, shard = index, "offer placed outside its full shard");
+                self.moved.insert(id, index);
+            }
+            return Some(h.reply);
+        }
+        tracing::warn!(call_id = %String::from_utf8_lossy(&id), "offer refused: no free media port in any shard");
+        Some(handled.reply)
+    }
+
+    /// Ends the streams that timed out, in every shard, and forgets the moved calls that ended.
+    fn expire(&mut self, now: Instant) {
+        for shard in self.shards.iter() {
+            let mut st = lock(shard);
+            let State { ctl, sockets } = &mut *st;
+            ctl.expire(now, sockets);
+        }
+        let shards = &self.shards;
+        self.moved.retain(|id, index| {
+            let Ok(id) = std::str::from_utf8(id) else { return false };
+            shards.get(*index).is_some_and(|s| lock(s).ctl.has_call(id))
+        });
+    }
 }
 
 /// A running gateway.
@@ -269,7 +374,6 @@ impl Agw {
         }
         let shards: Arc<[Shared]> = shards.into();
         tokio::spawn(control_loop(ng, shards.clone()));
-        tokio::spawn(timer_loop(shards.clone()));
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics {
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -336,39 +440,28 @@ fn start_shard(index: usize, min: u16, max: u16, interface: IpAddr, control: Con
         None => Readiness::Ring { changes: Vec::new(), wake },
     };
     let io_uring = matches!(readiness, Readiness::Ring { .. });
-    let sockets = Sockets { interface, min, max, next: 0, open: PortTable::default(), readiness, sends: (0, 0) };
+    let sockets = Sockets { interface, min, max, next: 0, open: PortTable::default(), readiness, sends: (0, 0), pairs_open: 0 };
     let state: Shared = Arc::new(Mutex::new(State { ctl: Controller::new(control), sockets }));
     // The thread ends once the control and timer tasks (the state's owners) are gone.
     state_tx.send(Arc::downgrade(&state)).map_err(io::Error::other)?;
     Ok((state, io_uring))
 }
 
+/// The ng socket and the 1-s stream-timeout tick, in one task that owns the [`Router`].
 async fn control_loop(ng: UdpSocket, shards: Arc<[Shared]>) {
+    let mut router = Router { shards, moved: HashMap::new() };
     let mut buf = vec![0u8; 65536];
-    loop {
-        let Ok((n, from)) = ng.recv_from(&mut buf).await else { continue };
-        let datagram = buf.get(..n).unwrap_or_default();
-        let Some(shard) = shards.get(shard_of(datagram, shards.len())) else { continue };
-        let reply = {
-            let mut st = lock(shard);
-            let State { ctl, sockets } = &mut *st;
-            let mut rng = |b: &mut [u8]| rand::rng().fill_bytes(b);
-            ctl.handle_datagram(datagram, Instant::now(), sockets, &mut rng)
-        };
-        if let Some(reply) = reply {
-            let _ = ng.send_to(&reply, from).await;
-        }
-    }
-}
-
-async fn timer_loop(shards: Arc<[Shared]>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
-        for shard in shards.iter() {
-            let mut st = lock(shard);
-            let State { ctl, sockets } = &mut *st;
-            ctl.expire(Instant::now(), sockets);
+        tokio::select! {
+            got = ng.recv_from(&mut buf) => {
+                let Ok((n, from)) = got else { continue };
+                let datagram = buf.get(..n).unwrap_or_default();
+                if let Some(reply) = router.handle(datagram, Instant::now()) {
+                    let _ = ng.send_to(&reply, from).await;
+                }
+            }
+            _ = tick.tick() => router.expire(Instant::now()),
         }
     }
 }
@@ -763,6 +856,7 @@ mod tests {
     fn commands_go_to_the_shard_of_their_call_id() {
         let framed = |v: &Value<'_>| ng::frame(b"c00kie", v);
         let command = |c: &str, id: &str| framed(&Value::dict([("command", Value::str(c.to_owned())), ("call-id", Value::str(id.to_owned()))]));
+        let shard_of = |datagram: &[u8], shards: usize| peek(datagram).call_id.map_or(0, |id| hash_shard(&id, shards));
         let mut seen = [false; 4];
         for i in 0..64 {
             let id = format!("call-{i}@example");
@@ -777,6 +871,73 @@ mod tests {
         assert_eq!(shard_of(b"no cookie", 4), 0);
         assert_eq!(shard_of(b"c00kie d7:command", 4), 0);
         assert_eq!(shard_of(&command("offer", "x"), 1), 0);
+        let list = peek(&framed(&Value::dict([("command", Value::str("list"))])));
+        assert_eq!((list.command.as_deref(), list.call_id), (Some(&b"list"[..]), None));
+    }
+
+    /// A shard without a free port pair does not refuse a new call while another has one:
+    /// the offer goes there and every later command about the call follows it; `list`
+    /// names the calls of every shard; with every shard full the offer is refused.
+    #[test]
+    fn a_full_shard_places_new_calls_in_another() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000).next_multiple_of(2);
+        // Four port pairs, two per shard: one plain call (two legs) fills a shard.
+        let config = ServerConfig { port_max: base + 7, media_threads: 2, ..config(base) };
+        let agw = rt.block_on(Agw::start_with(config, MediaPath::Auto)).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let ids: Vec<String> = (0..).map(|i| format!("full-{i}")).filter(|id| hash_shard(id.as_bytes(), 2) == 0).take(3).collect();
+        let sockets = || {
+            let (ue, core) = (std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+            for s in [&ue, &core] {
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            }
+            (ue, core)
+        };
+        let (ue0, core0) = sockets();
+        plain_call(&agw, &client, &ids[0], &ue0, &core0);
+        assert_eq!(agw.calls_per_media_thread(), vec![1, 0]);
+        // The second call hashes to the full first shard and is placed in the second; its
+        // answer (in `plain_call`) reached it there, and so does its media.
+        let (ue1, core1) = sockets();
+        let (relay_ue, relay_core) = plain_call(&agw, &client, &ids[1], &ue1, &core1);
+        assert_eq!(agw.calls_per_media_thread(), vec![1, 1]);
+        let slices = split_ports(base, base + 7, 2).unwrap();
+        assert!((slices[1].0..=slices[1].1).contains(&relay_ue.port()) && (slices[1].0..=slices[1].1).contains(&relay_core.port()));
+        let packet = [&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9][..], &[7; 160]].concat();
+        let mut buf = [0u8; 2048];
+        ue1.send_to(&packet, relay_ue).unwrap();
+        let (n, src) = core1.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], src), (&packet[..], relay_core));
+        let request = |v: Value<'static>| ng::request(&client, agw.ng_addr(), &v).unwrap();
+        let query = request(Value::dict([("command", Value::str("query")), ("call-id", Value::str(ids[1].clone()))]));
+        assert_eq!(query.get("result").and_then(Value::as_str), Some("ok"), "query reaches the moved call");
+        let listed = request(Value::dict([("command", Value::str("list"))]));
+        let calls: Vec<&str> = match listed.get("calls") {
+            Some(Value::List(l)) => l.iter().filter_map(Value::as_str).collect(),
+            other => panic!("{other:?}"),
+        };
+        let mut both = vec![ids[0].as_str(), ids[1].as_str()];
+        both.sort_unstable();
+        assert_eq!(calls, both, "list names the calls of both shards");
+        // Every shard full: the offer is refused with the reason.
+        let (ue2, _) = sockets();
+        let offer = Value::dict([
+            ("command", Value::str("offer")),
+            ("call-id", Value::str(ids[2].clone())),
+            ("from-tag", Value::str("ue")),
+            ("sdp", Value::str(sdp(ue2.local_addr().unwrap().port()))),
+        ]);
+        let refused = request(offer.clone());
+        assert_eq!(refused.get("error-reason").and_then(Value::as_str), Some("no free media port in the configured range"));
+        // Deleting the moved call frees its shard for the next overflow.
+        let delete = request(Value::dict([("command", Value::str("delete")), ("call-id", Value::str(ids[1].clone())), ("from-tag", Value::str("ue"))]));
+        assert_eq!(delete.get("result").and_then(Value::as_str), Some("ok"));
+        assert_eq!(agw.calls_per_media_thread(), vec![1, 0]);
+        assert_eq!(request(offer).get("result").and_then(Value::as_str), Some("ok"));
+        assert_eq!(agw.calls_per_media_thread(), vec![1, 1]);
+        drop(rt);
     }
 
     /// Calls spread over three media threads: every packet is relayed both ways by the

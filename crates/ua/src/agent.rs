@@ -565,6 +565,19 @@ impl Call {
         }
     }
 
+    /// Our offer is out: its SDES / plain offer or MIKEY keying is kept until its answer. The
+    /// peer's send key of a MIKEY-SAKKE offer is known now, so the media endpoint accepts it
+    /// from now on ([`RtpEndpoint::expect`]); any other offer withdraws an earlier expectation.
+    fn offered(&mut self, offer: Option<Offer>, keying: Option<Keying>) {
+        let expected = match &keying {
+            Some(Keying::Sakke(pending)) => mikey_sakke::expected(pending),
+            _ => None,
+        };
+        self.rtp.expect(expected.as_ref());
+        self.offer = offer;
+        self.ticket = keying;
+    }
+
     fn apply_media(&mut self, media: &Media) {
         self.protection = media.protection.describe();
         self.authenticated_peer.clone_from(&media.peer);
@@ -969,13 +982,8 @@ impl Core {
         let request = builder.build();
         let to = self.outbound_hop()?;
         self.seq += 1;
-        let call = Call {
-            offer,
-            ticket,
-            mikey_peer: Some(target.to_owned()),
-            waiter: Some(tx),
-            ..Call::new(Role::Caller, self.seq, request.clone(), rtp, started, target.to_owned())
-        };
+        let mut call = Call { mikey_peer: Some(target.to_owned()), waiter: Some(tx), ..Call::new(Role::Caller, self.seq, request.clone(), rtp, started, target.to_owned()) };
+        call.offered(offer, ticket);
         self.calls.insert(call_id.clone(), call);
         self.send_request(request, to, &call_id, Purpose::Invite)?;
         Ok(())
@@ -1060,8 +1068,7 @@ impl Core {
         let Message::Request(request) = message else { return Ok(()) };
         let to = dialog_hop(dialog);
         call.reinvite_seq = Some(dialog.local_seq());
-        call.offer = offer;
-        call.ticket = ticket;
+        call.offered(offer, ticket);
         call.ticket_answer = None;
         call.unit_waiter = Some(tx);
         let call_id = call_id.to_owned();
@@ -1199,6 +1206,8 @@ impl Core {
                 }
                 let Some(dialog) = current_dialog(&mut call.dialog, &mut call.early) else { return Ok(()) };
                 if !response.status.is_success() {
+                    // The refused offer's keys never apply.
+                    call.rtp.expect(None);
                     if let Some(w) = call.unit_waiter.take() {
                         let _ = w.send(Err(Error::CallFailed { code, reason: String::from_utf8_lossy(&response.reason).into_owned() }));
                     }
@@ -1943,8 +1952,7 @@ impl Core {
                 return Ok(());
             }
         };
-        call.offer = offer;
-        call.ticket = keying;
+        call.offered(offer, keying);
         call.delayed_offer = Some(text.clone());
         if reliable {
             let mut numbering = Numbering::starting_at(rand::random::<u32>() & rel::MAX_FIRST_RSEQ);
@@ -2069,8 +2077,7 @@ impl Core {
         if offerless {
             return match keyed.offer() {
                 Ok((text, offer, keying)) => {
-                    call.offer = offer;
-                    call.ticket = keying;
+                    call.offered(offer, keying);
                     call.ticket_answer = None;
                     call.answer_in_ack = true;
                     self.respond(key, request, 200, "OK", Some(to), Some(&text))

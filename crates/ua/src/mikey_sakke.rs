@@ -285,6 +285,13 @@ pub fn refusal(hs: &HighSecurity, pending: &PendingCall, answer: &Sdp) -> Option
     Some(high_security::describe_refusal(read, &pending.callee))
 }
 
+/// Caller: the protection an answer to our I_MESSAGE will give, known before it (we chose the
+/// SSV both directions derive from, RFC 6509 §2.1): what the media endpoint expects
+/// ([`crate::media::RtpEndpoint::expect`]).
+pub fn expected(pending: &PendingCall) -> Option<crate::offer_answer::Protection> {
+    protection(&pending.keys, true).ok()
+}
+
 /// Caller: the media of an answer, which must be `RTP/SAVP` without `a=key-mgmt` (RFC 6509:
 /// no response); anything else fails the call (no fallback).
 pub fn process_answer(pending: &PendingCall, answer: &Sdp) -> Result<Media, Error> {
