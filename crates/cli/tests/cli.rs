@@ -401,7 +401,7 @@ From: <sip:alice@a.example>;tag=1\r\nTo: <sip:b.example>\r\nCall-ID: metrics\r\n
 
     let (status, body) = http_request(&cscf.addr, "GET", "/metrics", "").expect("GET /metrics");
     assert_eq!(status, 200, "{body}");
-    for line in ["mediasec_cscf_requests_total 1", "mediasec_sip_overload_refused_total 0", "mediasec_sip_udp_queue_refused_total 0", "mediasec_sip_tcp_accepts_refused_total 0", "# TYPE mediasec_cscf_requests_in_flight gauge"] {
+    for line in ["mediasec_cscf_requests_total 1", "mediasec_sip_overload_refused_total 0", "mediasec_sip_udp_queue_refused_total 0", "mediasec_sip_tcp_accepts_refused_total 0", "mediasec_sip_dns_lookups_refused_total 0", "mediasec_sip_dns_failovers_total 0", "# TYPE mediasec_sip_dns_lookups_running gauge", "# TYPE mediasec_cscf_requests_in_flight gauge"] {
         assert!(body.lines().any(|l| l == line), "{line} in\n{body}");
     }
     assert_eq!(http_request(&cscf.addr, "GET", "/other", "").expect("GET").0, 404);

@@ -207,6 +207,15 @@ impl Hop {
             Self::Uri(uri) => Command::RequestUri { request, uri: uri.clone() },
         }
     }
+
+    /// The endpoint command that forwards `request` (an ACK for a 2xx) there statelessly: a
+    /// host name is located by the endpoint too (RFC 3263 §4.4, [`Command::StatelessUri`]).
+    fn stateless(self, request: Request) -> Command {
+        match self {
+            Self::Addr(to) => Command::Stateless { message: Message::Request(request), to },
+            Self::Uri(uri) => Command::StatelessUri { request, uri },
+        }
+    }
 }
 
 impl std::fmt::Display for Hop {
@@ -1807,17 +1816,13 @@ impl Proxy {
                     return Vec::new();
                 }
                 self.pop_own_route(&mut request);
-                let to = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
-                    Some(v) => Route::parse_list(&v).ok().and_then(|r| r.first().and_then(|t| socket_addr(&t.0.uri))),
-                    // Stateless forwarding has no located variant: an address only.
-                    None => self.targets(&request, now).ok().and_then(|t| t.first().and_then(|(_, _, hop)| match hop {
-                        Hop::Addr(a) => Some(*a),
-                        Hop::Uri(_) => None,
-                    })),
+                let hop = match request.headers.get(&HeaderName::Route).map(|h| h.value().into_owned()) {
+                    Some(v) => Route::parse_list(&v).ok().and_then(|r| r.first().map(|t| Hop::of(&t.0.uri))),
+                    None => self.targets(&request, now).ok().and_then(|t| t.into_iter().next().map(|(_, _, hop)| hop)),
                 };
-                let Some(to) = to else { return Vec::new() };
+                let Some(hop) = hop else { return Vec::new() };
                 request.headers.push_front_header(HeaderName::Via, &format!("SIP/2.0/UDP {};branch={}", self.local, branch_id()));
-                vec![Command::Stateless { message: Message::Request(request), to }]
+                vec![hop.stateless(request)]
             }
             Message::Response(mut response) => {
                 // RFC 6026 §8: a 2xx whose transaction is gone is forwarded by its Via.
@@ -2193,6 +2198,42 @@ From: <sip:a@a.example>;tag=1\r\nTo: <{uri}>\r\nCall-ID: {branch}\r\nCSeq: 1 MES
         let (key, r) = request_event(&message("sip:bob@b.example", "", "z9hG4bKn4"));
         let out = by_dns.handle(Event::Request { key, request: r, source: UE }, now);
         assert!(located(&out).is_none() && out.iter().any(|c| matches!(c, Command::Request { to, .. } if to.port() == 6060)), "{out:?}");
+    }
+
+    /// An ACK for a 2xx forwarded statelessly to a next hop named by a host name (its top
+    /// `Route`, or the Request-URI of another domain on an S-CSCF with `dns`) is handed to the
+    /// endpoint to locate (`Command::StatelessUri`, RFC 3263 §4.4) with this proxy's `Via` on
+    /// top, not dropped; an IP-literal next hop is still sent to at once.
+    #[test]
+    fn a_stateless_ack_to_a_host_name_goes_to_the_endpoint_to_locate() {
+        let now = Instant::now();
+        let ack = |uri: &str, route: &str| {
+            let text = format!(
+                "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKack\r\nMax-Forwards: 70\r\n{route}\
+From: <sip:a@a.example>;tag=1\r\nTo: <{uri}>;tag=2\r\nCall-ID: ack1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            );
+            let Message::Request(r) = parse(&text) else { panic!("a request") };
+            Event::Ack { request: Box::new(r), source: UE }
+        };
+        let stateless_uri = |out: &[Command]| match out {
+            [Command::StatelessUri { request, uri }] => {
+                let via = String::from_utf8_lossy(&request.headers.value(&HeaderName::Via).expect("Via")).into_owned();
+                Some((String::from_utf8_lossy(&uri.to_bytes()).into_owned(), via))
+            }
+            _ => None,
+        };
+        let [mut pcscf, scscf] = proxies();
+        let out = pcscf.handle(ack("sip:bob@192.0.2.9:5090", "Route: <sip:scscf.a.example;lr>\r\n"), now);
+        let (uri, via) = stateless_uri(&out).unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(uri, "sip:scscf.a.example;lr");
+        assert!(via.starts_with(&format!("SIP/2.0/UDP {};branch=z9hG4bK", pcscf.local)), "{via}");
+
+        let out = pcscf.handle(ack("sip:bob@192.0.2.9:5090", "Route: <sip:127.0.0.1:5061;lr>\r\n"), now);
+        assert!(matches!(out.as_slice(), [Command::Stateless { to, .. }] if *to == SCSCF), "{out:?}");
+
+        let mut by_dns = Proxy::new(ProxyConfig { dns: true, ..scscf.config.clone() }, scscf.local);
+        let out = by_dns.handle(ack("sip:carol@c.example", ""), now);
+        assert_eq!(stateless_uri(&out).map(|(uri, _)| uri).as_deref(), Some("sip:carol@c.example"), "{out:?}");
     }
 
     const UE: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5071);

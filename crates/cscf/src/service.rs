@@ -167,13 +167,16 @@ impl Cscf {
     }
 
     /// Prometheus text exposition (format 0.0.4): the proxy's counters ([`Stats`]), what it
-    /// holds in flight, and how often the SIP endpoint's bounds acted (TCP, and the TU queue's
-    /// 503s, [`mediasec_sip::udp::OverloadStats`]).
+    /// holds in flight, how often the SIP endpoint's bounds acted (TCP, and the TU queue's
+    /// 503s, [`mediasec_sip::udp::OverloadStats`]), and its RFC 3263 server location
+    /// ([`mediasec_sip::udp::LocateStats`]: lookups refused at the cap, given up at the
+    /// deadline, failovers, lookups running).
     pub fn metrics(&self) -> String {
         use std::fmt::Write as _;
         let Observed { stats: s, in_flight: (requests, branches) } = self.observed();
         let tcp = self.endpoint.tcp_stats();
         let overload = self.endpoint.overload_stats();
+        let locate = self.endpoint.locate_stats();
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -199,6 +202,9 @@ impl Cscf {
             ("mediasec_sip_tcp_queues_full_total", "SIP TCP connections failed: their peer did not take what was sent.", tcp.queues_full),
             ("mediasec_sip_tcp_streams_unframed_total", "SIP TCP connections closed: their stream could not be framed.", tcp.streams_unframed),
             ("mediasec_sip_tls_connections_total", "SIP TLS connections established (handshake completed), accepted and opened.", tcp.tls_connections),
+            ("mediasec_sip_dns_lookups_refused_total", "Next hops named by a host name not located: the endpoint's cap of concurrent DNS locations was reached (the request failed as unreachable).", locate.lookups_refused),
+            ("mediasec_sip_dns_deadlines_total", "DNS locations of a next hop given up at the endpoint's deadline (the request failed as unreachable).", locate.deadlines_passed),
+            ("mediasec_sip_dns_failovers_total", "Requests sent again with a new branch to the next located target after a timeout, a transport error or a 503 (RFC 3263 4.3).", locate.failovers),
             ("mediasec_sip_tls_handshakes_failed_total", "SIP TLS handshakes failed or timed out (certificate refused, no client certificate, plaintext on the TLS port).", tcp.tls_handshakes_failed),
         ];
         for (name, help, value) in counters {
@@ -206,6 +212,7 @@ impl Cscf {
         }
         metric("mediasec_cscf_requests_in_flight", "gauge", "Requests whose server transaction the proxy still handles.", requests as u64);
         metric("mediasec_cscf_branches_in_flight", "gauge", "Client branches still pending.", branches as u64);
+        metric("mediasec_sip_dns_lookups_running", "gauge", "DNS locations of next hops running now.", locate.lookups_running as u64);
         out
     }
 }

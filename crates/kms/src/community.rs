@@ -55,6 +55,7 @@ use mediasec_mikey::sakke;
 use serde::{Deserialize, Serialize};
 
 use crate::error::KmsError;
+use crate::identity::KmsUid;
 
 /// The profile version of certificates with a validity window or revocation (written when
 /// one of `valid_from`, `valid_to`, `revoked` is set; module docs "Versions").
@@ -325,6 +326,16 @@ impl Community {
     /// Whether the windows of `self` and `other` share an instant.
     fn overlaps(&self, other: &Self) -> bool {
         self.from < other.to.unwrap_or(u64::MAX) && other.from < self.to.unwrap_or(u64::MAX)
+    }
+
+    /// Whether this community vouches for the identity URI `uri` (the ECCSI signer IDRi of
+    /// an I_MESSAGE signed under its KPAK): a `sip:`/`sips:` URI (or bare `user@domain`)
+    /// whose domain it serves. Its KSAK can sign for any identity string, so its KPAK
+    /// authenticates only the users of its own `kms_domain_list` (TS 33.180 KmsDomainList).
+    /// A `tel:` URI names no domain: no external community vouches for one.
+    pub fn vouches_for(&self, uri: &str) -> bool {
+        let tel = uri.get(..4).is_some_and(|s| s.eq_ignore_ascii_case("tel:"));
+        !tel && KmsUid::from_uri(uri, "").is_ok_and(|u| self.serves(u.domain()))
     }
 }
 

@@ -116,20 +116,25 @@ struct Replay {
     high_water: usize,
 }
 
+/// The replay cache at one message: `oldest` is the earliest time (UNIX seconds) a message
+/// may carry and still pass the skew check; `sent` the time of this message's T, read with
+/// its own timestamp type (NTP-UTC or NTP-UTC-32, RFC 3830 §6.6: the cache is handed only
+/// the value, whose meaning depends on the type). An entry is kept while its time can still
+/// pass the skew check, so a pruned entry can no longer be replayed.
 struct ReplayAt<'a> {
     r: &'a mut Replay,
     oldest: u64,
+    sent: u64,
 }
 
 impl ReplayCache for ReplayAt<'_> {
     fn insert(&mut self, csb_id: u32, timestamp: u64, mac: &[u8]) -> bool {
-        let secs = unix_of(&mediasec_mikey::payload::Timestamp { ts_type: mediasec_mikey::registry::TsType::NTP_UTC, value: timestamp }).unwrap_or(0);
         if self.r.seen.len() > self.r.high_water.max(1024) {
             let oldest = self.oldest;
             self.r.seen.retain(|_, t| *t >= oldest);
             self.r.high_water = self.r.seen.len() * 2;
         }
-        self.r.seen.insert((csb_id, timestamp, mac.to_vec()), secs).is_none()
+        self.r.seen.insert((csb_id, timestamp, mac.to_vec()), self.sent).is_none()
     }
 }
 
@@ -275,7 +280,9 @@ impl Kms {
     fn fresh(&self, m: &Message, now: Duration) -> Result<(), KmsError> {
         let now_s = now.as_secs();
         let mut r = self.replay.lock().map_err(|_| KmsError::Config("replay cache poisoned".into()))?;
-        let mut at = ReplayAt { r: &mut r, oldest: now_s.saturating_sub(self.cfg.skew) };
+        // A T that does not read as a time is refused by `check_fresh` before any insert.
+        let sent = tk::t_of(m).ok().as_ref().and_then(unix_of).unwrap_or(0);
+        let mut at = ReplayAt { r: &mut r, oldest: now_s.saturating_sub(self.cfg.skew), sent };
         tk::check_fresh(m, now_s.saturating_add(crate::tp_data::NTP_UNIX_OFFSET), self.cfg.skew, &mut at)?;
         Ok(())
     }
@@ -446,8 +453,9 @@ impl Kms {
     }
 
     /// Opens a ticket this KMS can open: a KMS-made ticket under a ring key, or a UE-made
-    /// (mode 3) ticket under its creator's Ks_NAF when the creator's policy allows mode 3
-    /// and allows calling `responder`.
+    /// (mode 3) ticket under its creator's Ks_NAF when the creator is a provisioned, enabled
+    /// user (making a ticket is using the KMS, as a Ticket Request is) whose policy allows
+    /// mode 3 and allows calling `responder`.
     async fn open_local(&self, ticket: &Ticket, data: &TpData, responder: &KmsUid, now: Duration, zn: &dyn Zn) -> Result<(Vec<KeyData>, ForkModifier), KmsError> {
         let now_s = now.as_secs();
         if data.end.is_some_and(|e| e < now_s) {
@@ -460,6 +468,11 @@ impl Kms {
             self.open_ring(ticket)?
         } else {
             let (creator, btid) = self.ue_made_checks(data, now_s)?;
+            // Checked here, not in `ue_made_checks`: LI releases calls made while the
+            // creator was enabled.
+            if !self.users().allows(&creator) {
+                return Err(rejected(ErrorCode::INVALID_TICKET, format!("UE-made ticket of {creator}, who is not an enabled user of this KMS")));
+            }
             if !self.policies().effective(&creator).may_call(&responder.clone().into()) {
                 return Err(rejected(ErrorCode::INVALID_TPPAR, format!("{creator} may not call {responder}")));
             }

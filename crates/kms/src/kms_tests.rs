@@ -293,6 +293,38 @@ async fn policy_identity_and_authentication_refusals() {
     assert!(matches!(w.a.ticket_request(&ri, NOW, &w.zn_a).await, Reply::BadRequest(_)));
 }
 
+/// RFC 3830 §5.4: a request is remembered for the whole skew window, whichever NTP timestamp
+/// type (NTP-UTC or NTP-UTC-32, both accepted, docs/ticket-profile.md §16) it carries. The
+/// cache prunes itself as traffic grows; an NTP-UTC-32 request must survive that, or whoever
+/// recorded it may replay it once the KMS has served ~1000 other requests.
+#[tokio::test]
+async fn replay_cache_keeps_ntp_utc_32_requests_for_the_skew_window() {
+    use mediasec_mikey::payload::Timestamp;
+    use mediasec_mikey::registry::TsType;
+    let w = world();
+    let alice = ue("alice@a.example", "kms.a.example");
+    let randri = [9u8; 16];
+    let (req, _) = alice.request_init(&ask("bob@a.example", false), 4242, NOW, randri).unwrap();
+    // The same request with an NTP-UTC-32 T, MACed under alice's key as her UE would.
+    let mut m = Message::decode(&req).unwrap();
+    m.payloads.retain(|p| !matches!(p, Payload::V(_)));
+    for p in &mut m.payloads {
+        if let Payload::T(t) = p {
+            *t = Timestamp { ts_type: TsType::NTP_UTC_32, value: t.value >> 32 };
+        }
+    }
+    let k = tk::message_keys(&ks("alice@a.example", "kms.a.example"), 4242, Direction::Initial, Some(&randri), None).unwrap();
+    let req32 = tk::seal(m, &k.auth_key, &[b"alice@a.example", b"kms.a.example"]).unwrap();
+    ok(w.a.ticket_request(&req32, NOW, &w.zn_a).await);
+    assert_eq!(err_code(w.a.ticket_request(&req32, NOW, &w.zn_a).await), ErrorCode::INVALID_TS);
+    // Enough other requests within the window for the cache to prune itself.
+    for i in 0..1100u32 {
+        let (r, _) = alice.request_init(&ask("bob@a.example", false), 10_000 + i, NOW, randri).unwrap();
+        ok(w.a.ticket_request(&r, NOW, &w.zn_a).await);
+    }
+    assert_eq!(err_code(w.a.ticket_request(&req32, NOW + Duration::from_secs(1), &w.zn_a).await), ErrorCode::INVALID_TS, "replayed after the prune");
+}
+
 #[tokio::test]
 async fn tampered_tickets_are_rejected() {
     let w = world();
@@ -337,6 +369,35 @@ async fn mode3_tickets_resolve_only_if_policy_allows() {
     let held = alice.make_ticket(&Ask { lifetime: 7200, ..ask("bob@a.example", false) }, NOW, &|b| b.fill(0x5d)).unwrap();
     let e = call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap();
     assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TPPAR, .. }), "{e}");
+}
+
+/// Only provisioned, enabled users may use the KMS (docs/kms.md, `users`): a UE-made (mode 3)
+/// ticket is its creator's use of it, as a Ticket Request is. Once the admin disables the
+/// creator — while the bootstrap still lives — its new tickets resolve neither here nor
+/// over Zk (ERR 14), nor do those of a creator never provisioned here whose policy has mode 3.
+/// LI of the call made while the creator was enabled still releases.
+#[tokio::test]
+async fn mode3_tickets_of_a_disabled_or_unprovisioned_creator_do_not_resolve() {
+    let w = world();
+    let (mut alice, mut bob, mut carol) = (ue("alice@a.example", "kms.a.example"), ue("bob@a.example", "kms.a.example"), ue("carol@b.example", "kms.b.example"));
+    let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x61)).unwrap();
+    let before = call_msgs(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 1).await.unwrap();
+    let users: Vec<_> = w.a.users().iter().cloned().map(|u| crate::users::User { enabled: u.enabled && u.uid.as_str() != "alice@a.example", ..u }).collect();
+    w.a.set_users(Users::new(users));
+    let refused = |e: KmsError| assert!(matches!(e, KmsError::Mikey { code: ErrorCode::INVALID_TICKET, .. }), "{e}");
+    let held = alice.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x62)).unwrap();
+    refused(call(&w, &mut alice, &held, &mut bob, &w.a, &w.zn_a, 2).await.err().unwrap());
+    let held = alice.make_ticket(&ask("carol@b.example", false), NOW, &|b| b.fill(0x63)).unwrap();
+    refused(call(&w, &mut alice, &held, &mut carol, &w.b, &w.zn_b, 3).await.err().unwrap());
+    // frank has a bootstrap and, by policy, mode 3, but is no user of this KMS.
+    w.a.set_policies(Policies::from_toml(&format!("{POLICY}[user.\"frank@a.example\"]\nmode3 = true\n")).unwrap());
+    let mut frank = ue("frank@a.example", "kms.a.example");
+    let held = frank.make_ticket(&ask("bob@a.example", false), NOW, &|b| b.fill(0x64)).unwrap();
+    refused(call(&w, &mut frank, &held, &mut bob, &w.a, &w.zn_a, 4).await.err().unwrap());
+    let s = NOW.as_secs();
+    let alices = w.zn_a.naf_key("btid-alice@a.example", s + 5).await.unwrap().unwrap();
+    let r = w.a.li_release(&warrant("alice@a.example", s - 10, s + 100), LiTransferInit::read(&before.ti), Some(&before.tr), s + 5, Some(&alices)).unwrap();
+    same_keys(&r.media, &before.m_i);
 }
 
 #[tokio::test]

@@ -98,6 +98,34 @@ pub enum Refusal {
     /// certificate of, so the signature cannot be verified.
     #[error("MIKEY-SAKKE I_MESSAGE signed in the KMS community {0}, whose KMS certificate this KMS does not hold")]
     UnknownCommunity(String),
+    /// A MIKEY-SAKKE call signed in an external KMS community (IDRkmsi) whose initiator
+    /// (IDRi) is not a user of the domains its KMS certificate lists
+    /// ([`crate::community::Community::vouches_for`]): that community's KPAK authenticates
+    /// only its own users, so the message is no call of the identity it names. The reason
+    /// names the community only (it is logged).
+    #[error("MIKEY-SAKKE I_MESSAGE signed in the KMS community {0} for an initiator of a domain it does not serve")]
+    InitiatorOutsideCommunity(String),
+}
+
+impl Refusal {
+    /// The refusal without its details, for the KMS log: admins read it and must not learn
+    /// who is intercepted, and some details name a party of the call (a UE-made ticket's
+    /// creator). The precise reason goes to the LI trail and to the LEA.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::NoSuchWarrant => "no such warrant",
+            Self::WarrantExpired => "warrant expired",
+            Self::WarrantNotYetActive => "warrant not yet active",
+            Self::NotAParty => "target not a party of this call",
+            Self::OutsideWindow => "outside the warrant window",
+            Self::ForeignTicket(_) => "ticket not issued by this KMS",
+            Self::UeMadeTicket(_) => "UE-made (mode 3) ticket",
+            Self::HighSecurityCall => "high-security call (MIKEY-DH)",
+            Self::OtherCommunity(_) => "MIKEY-SAKKE I_MESSAGE of another KMS community",
+            Self::UnknownCommunity(_) => "MIKEY-SAKKE I_MESSAGE of an unknown KMS community",
+            Self::InitiatorOutsideCommunity(_) => "MIKEY-SAKKE initiator outside its signing KMS community",
+        }
+    }
 }
 
 impl From<Refusal> for KmsError {
@@ -138,6 +166,11 @@ impl Warrant {
     fn covers(&self, t: u64) -> bool {
         (self.not_before..=self.not_after).contains(&t)
     }
+
+    /// What the LI audit trail says of it: `target T, window A..=B`.
+    fn audit_detail(&self) -> String {
+        format!("target {}, window {}..={}", self.target, self.not_before, self.not_after)
+    }
 }
 
 /// Keys released for one call.
@@ -150,6 +183,10 @@ pub struct Release {
     pub answered: bool,
     /// CS 1 (initiator's stream) and CS 2 (responder's stream).
     pub media: Media,
+    /// The call's time: T of the TRANSFER_INIT or I_MESSAGE, UNIX seconds.
+    pub call_time: u64,
+    /// The call's CSB ID (header of the TRANSFER_INIT or I_MESSAGE).
+    pub csb_id: u32,
 }
 
 #[derive(Serialize)]
@@ -177,6 +214,13 @@ fn session<'a>(cs_id: u8, stream: &'static str, p: &SrtpPolicy, ssrc: Option<u32
 }
 
 impl Release {
+    /// What the LI audit trail says of it (never key material): which call's keys were
+    /// released — `initiator I, responder R, call at T, CSB ID X` — so that each release can
+    /// be checked against its warrant.
+    pub fn audit_detail(&self) -> String {
+        format!("initiator {}, responder {}, call at {}, CSB ID {:08x}", self.initiator, self.responder, self.call_time, self.csb_id)
+    }
+
     /// The JSON body of the key release (docs/openapi/kms-li.yaml); the hex copies of the
     /// keys are zeroized once serialised.
     pub fn to_json(&self, warrant: &str) -> Result<Zeroizing<Vec<u8>>, KmsError> {
@@ -259,7 +303,7 @@ impl Kms {
         if start > warrant.not_after || end < warrant.not_before || !warrant.covers(call) {
             return Err(Refusal::OutsideWindow.into());
         }
-        Ok(Release { initiator, responder, answered: transfer_resp.is_some(), media })
+        Ok(Release { initiator, responder, answered: transfer_resp.is_some(), media, call_time: call, csb_id: ti.header.csb_id })
     }
 }
 
@@ -370,7 +414,7 @@ impl Kms {
         if !warrant.covers(call) {
             return Err(Refusal::OutsideWindow.into());
         }
-        Ok(Release { initiator, responder, answered: false, media: Media { initiator_stream: keys.initiator_stream, responder_stream: keys.responder_stream } })
+        Ok(Release { initiator, responder, answered: false, media: Media { initiator_stream: keys.initiator_stream, responder_stream: keys.responder_stream }, call_time: call, csb_id: m.header.csb_id })
     }
 }
 
@@ -432,12 +476,18 @@ impl Persist {
     }
 
     /// Adds or replaces a warrant ([`Warrant::validate`]d), committed with its LI audit
-    /// record.
+    /// record, which names its target and window and, for a replacement, those it replaced
+    /// (the row key is the id: without them a retargeted warrant would leave no trace).
     pub async fn put_warrant(&self, w: &Warrant, now_ms: u64, suffix: u64) -> Result<(), KmsError> {
         w.validate()?;
+        let replaced = self.warrant(&w.id).await?;
         let plain = Zeroizing::new(serde_json::to_vec(w).map_err(|e| KmsError::Config(e.to_string()))?);
         self.store().put(Table::LiWarrants, &w.id, &self.seal(Table::LiWarrants, &w.id, &plain)?).await?;
-        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.put".into(), warrant: w.id.clone(), detail: format!("window {}..={}", w.not_before, w.not_after) }, suffix).await
+        let mut detail = w.audit_detail();
+        if let Some(old) = replaced {
+            detail.push_str(&format!(" (replaced: {})", old.audit_detail()));
+        }
+        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.put".into(), warrant: w.id.clone(), detail }, suffix).await
     }
 
     /// Removes a warrant; `true` when it existed.

@@ -207,7 +207,8 @@ impl Service {
     /// through [`crate::signing_keys::Provisioner::li_release_sakke`] (with z), anything else
     /// through [`Kms::li_release`] (tickets; typed refusals for high-security calls). For a
     /// UE-made (mode 3) ticket, the creator's Ks_NAF is looked up over Zn first (as for a
-    /// resolution; the target sees nothing of it).
+    /// resolution; the target sees nothing of it). A ticket under a ring key this replica
+    /// does not hold yet makes it re-read the store first ([`Self::catch_up`]).
     pub async fn li_release(&self, warrant: &Warrant, transfer_init: &[u8], transfer_resp: Option<&[u8]>, now: u64) -> Result<crate::li::Release, KmsError> {
         let read = crate::li::LiTransferInit::read(transfer_init);
         if read.data_type() == Some(mediasec_mikey::registry::DataType::SAKKE) {
@@ -216,6 +217,9 @@ impl Service {
             }
             return self.li_release_sakke(warrant, &read, now);
         }
+        // A ticket under a ring key made at another replica since our last reload: re-read
+        // the store first, as a resolve does, or the release would be refused as foreign.
+        self.catch_up(transfer_init).await;
         let creator_key = match self.kms.li_ue_made_btid(&read) {
             Some(btid) => self.zn.naf_key(&btid, now).await?,
             None => None,
@@ -228,7 +232,8 @@ impl Service {
     /// KMS's Z — refused [`Refusal::OtherCommunity`], this KMS cannot derive the RSK; one whose
     /// IDRkmsi names another KMS is verified under that community's KPAK from its KMS
     /// certificate valid at the I_MESSAGE's T ([`Refusal::UnknownCommunity`] when none is held,
-    /// [`KmsError::CertificateNotValid`] when none is valid at T); then
+    /// [`KmsError::CertificateNotValid`] when none is valid at T) and its IDRi must be a
+    /// user of that community's domains ([`Refusal::InitiatorOutsideCommunity`]); then
     /// [`Provisioner::li_release_sakke`] with our z. The message is the one `read` decoded
     /// (no second decoding).
     fn li_release_sakke(&self, warrant: &Warrant, read: &crate::li::LiTransferInit<'_>, now: u64) -> Result<crate::li::Release, KmsError> {
@@ -239,15 +244,23 @@ impl Service {
         if let Some(r) = kmsr.as_ref().filter(|r| !r.eq_ignore_ascii_case(own)) {
             return Err(Refusal::OtherCommunity(r.clone()).into());
         }
-        let initiator_kpak = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
+        let signer = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
             None => None,
             Some(i) => {
                 let set = self.communities.get(i);
                 let t = crate::li::sakke_time(i_message)?;
-                Some(*crate::community::at(&set, t)?.ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?.kpak())
+                Some(crate::community::at(&set, t)?.ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?.clone())
             }
         };
-        self.prov.li_release_sakke(&self.kms, warrant, i_message, initiator_kpak.as_ref(), now)
+        if let Some(c) = &signer {
+            // An external community vouches only for its own users: the IDRi it signed must be
+            // one (a message without IDRi, TS 33.180 UIDs, is refused by the release itself).
+            let idri = mediasec_mikey::ticket::id_of(i_message.message(), mediasec_mikey::registry::IdRole::INITIATOR);
+            if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
+                return Err(Refusal::InitiatorOutsideCommunity(c.kms_uri().to_owned()).into());
+            }
+        }
+        self.prov.li_release_sakke(&self.kms, warrant, i_message, signer.as_ref().map(Community::kpak), now)
     }
 
     /// This KMS's own certificate set (docs/high-security.md §10.9, §10.10): one KMS
@@ -930,13 +943,14 @@ fn b64(what: &str, s: &str) -> Result<Vec<u8>, KmsError> {
     STANDARD.decode(&compact).map_err(|e| KmsError::LiInput(format!("{what} is not base64: {e}")))
 }
 
-async fn release(s: &Service, body: &KeysBody) -> Result<Vec<u8>, KmsError> {
+/// The JSON of a key release and what the LI trail records of it.
+async fn release(s: &Service, body: &KeysBody) -> Result<(Vec<u8>, String), KmsError> {
     let w = s.persist.warrant(&body.warrant).await?.ok_or(Refusal::NoSuchWarrant)?;
     let ti = b64("transfer_init", &body.transfer_init)?;
     let tr = body.transfer_resp.as_deref().map(|t| b64("transfer_resp", t)).transpose()?;
     let r = s.li_release(&w, &ti, tr.as_deref(), now().as_secs()).await?;
     let json = r.to_json(&w.id)?;
-    Ok(json.to_vec())
+    Ok((json.to_vec(), r.audit_detail()))
 }
 
 async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
@@ -946,15 +960,16 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
     };
     let out = release(&s, &body).await;
     let (action, detail) = match &out {
-        Ok(_) => ("keys.release", "released".to_owned()),
+        Ok((_, detail)) => ("keys.release", detail.clone()),
         Err(e) => ("keys.refuse", e.to_string()),
     };
-    // The log names no identity (admins read logs): the precise reason is in the LI trail.
+    // The log names no identity (admins read logs): the outcome class only, the precise
+    // reason is in the LI trail.
     let logged = match &out {
-        Ok(_) => "released".to_owned(),
-        Err(KmsError::LiRefused(r)) => r.to_string(),
-        Err(KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_)) => "malformed input".to_owned(),
-        Err(_) => "KMS failure".to_owned(),
+        Ok(_) => "released",
+        Err(KmsError::LiRefused(r)) => r.class(),
+        Err(KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_)) => "malformed input",
+        Err(_) => "KMS failure",
     };
     info!(target: "li", warrant = %body.warrant, action, outcome = logged, "LI key request");
     let entry = LiAuditEntry { at_unix_ms: now_ms(), action: action.into(), warrant: body.warrant.clone(), detail };
@@ -963,7 +978,7 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         return li_error(&e);
     }
     match out {
-        Ok(json) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Ok((json, _)) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(e) => li_error(&e),
     }
 }

@@ -384,6 +384,65 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
     assert_eq!((status, reason.as_str()), (403, "MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community kms.b.example: this KMS does not hold its z (that KMS can release)"));
 }
 
+/// A KMS community vouches only for the users of the domains its certificate lists
+/// (`kms_domain_list`): its KSAK can sign ECCSI for any identity string, so an I_MESSAGE
+/// signed in community c naming an initiator of another domain (ours, a third one, or a tel:
+/// URI that would read as a number of ours) is no call of that user. KMS b, holding c's
+/// certificate, releases the call of c's own user eve and refuses (403) the same message
+/// claiming alice@a.example, our dave@b.example or tel:+15551234 — a warrant on any of
+/// them gets no keys of a call they never made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
+    use mediasec_mikey::{eccsi, mikey_sakke, sakke};
+    let dir = TempDir::new("li-community-domains");
+    let spec = [DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" }];
+    let lab = Lab::start_local(&dir.0, &spec, &["carol@b.example", "dave@b.example"]).await.unwrap();
+    let b = lab.domain("b.example").unwrap();
+    b.service.enable_li("li-secret".into()).unwrap();
+    let ksak_c = eccsi::KmsSecret::from_bytes(&[0x44; 32]).unwrap();
+    let z_c = sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap();
+    b.service.configure_community(vec![mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()]).unwrap();
+    let z_b = *b.service.own_certificates().unwrap().first().unwrap().z();
+    let t = now().as_secs();
+    let period = mediasec_kms::keyprov::Period::of_unix(t).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    for (n, (initiator, target, status)) in
+        [("sip:eve@c.example", "eve@c.example", 200), ("sip:alice@a.example", "alice@a.example", 403), ("sip:dave@b.example", "dave@b.example", 403), ("tel:+15551234", "+15551234@b.example", 403)]
+            .into_iter()
+            .enumerate()
+    {
+        let id = eccsi::identity(initiator, period.year, period.month);
+        let (ssk, pvt) = ksak_c.issue(&id, &[0x31 + n as u8; 32]).unwrap();
+        let key = eccsi::SigningKey::new(&ksak_c.kpak(), &id, ssk, pvt).unwrap();
+        let o = mikey_sakke::Offer {
+            prf: mediasec_mikey::registry::PrfFunc::MIKEY_1,
+            csb_id: rand::random(),
+            initiator_uri: initiator.into(),
+            responder_uri: "sip:carol@b.example".into(),
+            kms_uri: Some("kms.c.example".into()),
+            responder_kms_uri: Some("kms.b.example".into()),
+            initiator_ssrc: 0x4444,
+            policy: mediasec_mikey::srtp_policy::aes_cm_128_hmac_sha1_80(),
+        };
+        let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+        let (msg, keys) = mikey_sakke::build(&o, &key, &z_b, mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
+        let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
+        assert_eq!(http(&b.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+        let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
+        let r = http(&b.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+        let body = String::from_utf8_lossy(&r.body).trim().to_owned();
+        assert_eq!(r.status, status, "{initiator}: {body}");
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["initiator"].as_str(), Some(target));
+            assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*keys.initiator_stream.master_key).as_str()));
+        } else {
+            assert!(body.contains("kms.c.example") && body.contains("does not serve"), "{initiator}: {body}");
+            assert!(!body.contains(target), "the refusal (logged) names no identity: {body}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_replica_resolves_any_ticket_after_rotation() {
     let dir = TempDir::new("replica");
@@ -407,6 +466,96 @@ async fn any_replica_resolves_any_ticket_after_rotation() {
     call(&mut alice, &new, &mut bob, &kb2).await.unwrap();
     assert!(two.kms().ring().get(2).is_some());
     call(&mut alice, &held, &mut bob, &kb2).await.unwrap();
+}
+
+/// Every log event (target and fields), for the tests that check what the KMS log says.
+static LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, e: &tracing::Event<'_>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={v:?}", f.name()));
+            }
+        }
+        let mut line = Fields(e.metadata().target().to_owned());
+        e.record(&mut line);
+        LOG.lock().unwrap().push(line.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// The KMS log is read by admins, who must not learn who is intercepted: an LI key request's
+/// log line names the warrant and the outcome class only. A refusal whose precise reason names
+/// a party (alice's UE-made ticket, her policy lacking mode 3) logs the class; the sealed LI
+/// trail keeps the precise reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_log_lines_name_no_identity() {
+    tracing::subscriber::set_global_default(Capture).unwrap();
+    let dir = TempDir::new("li-log");
+    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let d = lab.domain("a.example").unwrap();
+    d.service.enable_li("li-secret".into()).unwrap();
+    let (alice, _) = lab.ue("alice@a.example").await.unwrap();
+    let held = alice.make_ticket(&ask("bob@a.example"), now(), &|b| rand::fill(b)).unwrap();
+    let (ti, _) = alice.transfer_init(&held, &KmsUid::parse("bob@a.example").unwrap(), rand::random(), 0x1111, now(), rand::random()).unwrap();
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W-log", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&d.url, "PUT", "/li/v1/warrants/W-log", &li, w.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W-log", "transfer_init": STANDARD.encode(&ti) }).to_string();
+    let r = http(&d.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let reason = String::from_utf8_lossy(&r.body).trim().to_owned();
+    assert!(r.status == 403 && reason.contains("UE-made") && reason.contains("alice@a.example"), "{} {reason}", r.status);
+    let trail = String::from_utf8(http(&d.url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
+    assert!(trail.contains(&reason), "the LI trail keeps the precise reason: {trail}");
+    let lines: Vec<String> = LOG.lock().unwrap().iter().filter(|l| l.contains("W-log")).cloned().collect();
+    assert!(lines.iter().any(|l| l.contains("UE-made")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains("alice")), "an LI log line names a party: {lines:?}");
+}
+
+/// LI at a replica that has not yet seen a rotation made at another: the TRANSFER_INIT's
+/// ticket names a ring key it does not hold, so it re-reads the store as a resolve does and
+/// releases the call's keys — not a 403 "ticket not issued by this KMS" that would leave the
+/// LEA without the keys of every call keyed since the rotation until the next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() {
+    let dir = TempDir::new("li-replica");
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let (url2, two) = lab.replica("a.example").await.unwrap();
+    two.enable_li("li-secret".into()).unwrap();
+    let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
+    let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
+    let d = lab.domain("a.example").unwrap();
+    let auth = format!("Bearer {}", d.admin_token);
+    assert_eq!(http(&d.url, "POST", "/admin/v1/keys/rotate", &[("Authorization", &auth)], b"").await.status, 200);
+    let held = ka.request_ticket(&mut alice, &ask("bob@a.example")).await.unwrap();
+    let (ti, pt) = alice.transfer_init(&held, &bob.uid.clone(), rand::random(), 0x1111, now(), rand::random()).unwrap();
+    let resolved = kb.resolve(&mut bob, &ti).await.unwrap();
+    let (tr, _) = bob.transfer_resp(&resolved, &ti, 0x2222, now()).unwrap();
+    let (_, m_i) = alice.on_transfer_resp(&pt, &tr, now()).unwrap();
+    assert!(two.kms().ring().get(2).is_none(), "replica 2 has not re-read the ring yet");
+    let li = [("Authorization", "Bearer li-secret")];
+    let t = now().as_secs();
+    let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
+    assert_eq!(http(&url2, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&ti), "transfer_resp": STANDARD.encode(&tr) }).to_string();
+    let r = http(&url2, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*m_i.initiator_stream.master_key).as_str()));
 }
 
 /// Ua over HTTPS (rustls): request and resolve through a replica served with TLS, the UE
@@ -603,12 +752,26 @@ async fn lawful_interception_over_http() {
     assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
     assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
 
+    // A warrant replaced under the same id (another target).
+    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "erika@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+
     // The LI trail has every action; the admin API, its audit log and /metrics show none.
     let trail: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
     let actions: Vec<&str> = trail.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     for a in ["warrant.put", "warrant.delete", "keys.release", "keys.refuse"] {
         assert!(actions.contains(&a), "{a} missing in {actions:?}");
     }
+    // ... and says what each did, so an auditor can check every release against its
+    // warrant: whom a warrant targets (and what a replacement under the same id changed),
+    // which call's keys a release gave.
+    let details: Vec<(&str, &str)> = trail.as_array().unwrap().iter().map(|e| (e["action"].as_str().unwrap(), e["detail"].as_str().unwrap())).collect();
+    let window = format!("window {}..={}", t - 60, t + 3600);
+    assert!(details.contains(&("warrant.put", format!("target alice@a.example, {window}").as_str())), "{details:?}");
+    let replaced = format!("target erika@a.example, {window} (replaced: target dan@a.example, {window})");
+    assert!(details.contains(&("warrant.put", replaced.as_str())), "{details:?}");
+    let csb = Message::decode(ti).unwrap().header.csb_id;
+    let released = details.iter().filter(|(a, _)| *a == "keys.release").map(|(_, d)| *d).collect::<Vec<_>>();
+    assert!(released.iter().any(|d| d.starts_with("initiator alice@a.example, responder bob@a.example, call at ") && d.ends_with(&format!("CSB ID {csb:08x}"))), "{released:?}");
     let ah = [("Authorization", admin.as_str())];
     for path in ["/admin/v1/audit?limit=1000", "/admin/v1/users", "/admin/v1/policies", "/admin/v1/keys", "/metrics"] {
         let body = String::from_utf8(http(&url, "GET", path, &ah, b"").await.body).unwrap().to_ascii_lowercase();

@@ -87,7 +87,8 @@ use sipx_sip::{
 };
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use rand::SeedableRng as _;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -131,12 +132,18 @@ pub enum Command {
     },
     /// Send `request` in a new client transaction to the server `uri` names, located by
     /// RFC 3263 §4 ([`crate::locate`]): a numeric host at once, a host name through
-    /// [`Config::resolver`] on a task of its own (the endpoint goes on meanwhile). The request
-    /// goes to the first target over its transport (a UDP target still moves to TCP for its
-    /// size); when a TCP or TLS connection to a target is refused, the same request (same
-    /// branch: nothing reached the refusing target) goes to the next (§4.3). TLS verifies the
-    /// server as `uri`'s host (RFC 5922 §4), not an SRV target's. When nothing is found, there
-    /// is no resolver, or every target refused, the TU gets [`Event::Timeout`] for the
+    /// [`Config::resolver`] on a task of its own (the endpoint goes on meanwhile), at most
+    /// [`Config::max_lookups`] at once and each for at most [`Config::locate_deadline`]. The
+    /// request goes to the first target over its transport (a UDP target still moves to TCP
+    /// for its size); when a TCP or TLS connection to a target is refused, the same request
+    /// (same branch: nothing reached the refusing target) goes to the next (§4.3). When its
+    /// client transaction times out, gets another transport error or a 503 (RFC 3261
+    /// §21.5.4), the request goes to the next target with a new `Via` branch, a new client
+    /// transaction (§4.3), and the TU hears only of the last: its responses and timeout come
+    /// under the key of `request`, and a CANCEL or [`Command::Abandon`] of that key acts on the
+    /// transaction sent last. TLS verifies the server as `uri`'s host (RFC 5922 §4), not an SRV
+    /// target's. When nothing is found, there is no resolver, the lookups are at their cap or
+    /// past their deadline, or every target failed, the TU gets [`Event::Timeout`] for the
     /// transaction, as for any unreachable next hop.
     RequestUri {
         /// The request, with this hop's `Via` on top.
@@ -197,6 +204,20 @@ pub enum Command {
     Abandon {
         /// The client transaction.
         key: TransactionKey,
+    },
+    /// Send `request` outside any transaction (an ACK for a 2xx, as a UA sends it or a proxy
+    /// forwards it) to the server `uri` names, located as for [`Command::RequestUri`] (within
+    /// the same [`Config::max_lookups`] and [`Config::locate_deadline`]), to its first target
+    /// only: there is no transaction to fail over with. The weighted order of SRV records of
+    /// one priority is drawn from a generator seeded by the request's `Call-ID`, so every
+    /// retransmission of it goes to the same target (RFC 3263 §4.4), while different calls
+    /// spread over the targets by weight. Nothing found, or lookups at their cap: the request
+    /// is dropped and logged (the UAC retransmits its ACK with each 2xx it receives again).
+    StatelessUri {
+        /// The request, with this hop's `Via` on top.
+        request: Request,
+        /// The next hop: the top `Route`'s URI, else the Request-URI.
+        uri: sipx_sip::Uri,
     },
     /// Send outside any transaction: the ACK for a 2xx, or what a proxy forwards statelessly
     /// (ACK for 2xx, a 2xx retransmission whose transaction is gone).
@@ -330,6 +351,18 @@ pub struct Config {
     /// — only numeric hosts are located, and a request to a host name fails with
     /// [`Event::Timeout`].
     pub resolver: Option<Arc<dyn Resolve>>,
+    /// The most host-name locations of [`Command::RequestUri`] whose DNS lookups run at once
+    /// (default [`Config::MAX_LOOKUPS`]): each one is a task of its own, and a peer that sends
+    /// requests naming many host names must not make the endpoint run unbounded concurrent
+    /// DNS work. With that many running, one more fails at once as an unreachable next hop
+    /// does ([`Event::Timeout`]; a proxy answers 408), logged and counted
+    /// ([`LocateStats::lookups_refused`]). A value of 0 refuses every lookup.
+    pub max_lookups: usize,
+    /// The longest one location may take, all its queries together (NAPTR, SRV, A/AAAA,
+    /// RFC 3263 §4; default [`Config::LOCATE_DEADLINE`]). A location still running then is
+    /// given up, its slot of [`Config::max_lookups`] freed, and its request fails as an
+    /// unreachable next hop does ([`Event::Timeout`], [`LocateStats::deadlines_passed`]).
+    pub locate_deadline: Duration,
 }
 
 impl Config {
@@ -354,6 +387,16 @@ impl Config {
     pub const UDP_QUEUE_HIGH_WATER: u8 = 90;
     /// Default [`Config::udp_queue_sample_every`].
     pub const UDP_QUEUE_SAMPLE_EVERY: u32 = 64;
+    /// Default [`Config::max_lookups`]. A cached answer holds its slot for microseconds; an
+    /// uncached location of a few queries answered in ≈ 20 ms each holds it for ≈ 100 ms, so
+    /// 256 slots sustain some 2 500 uncached locations a second, while a name server that
+    /// never answers holds each slot for [`Config::LOCATE_DEADLINE`]: 256 tasks at most, and
+    /// new names fail at once instead of piling up.
+    pub const MAX_LOOKUPS: usize = 256;
+    /// Default [`Config::locate_deadline`]: room for the resolver's second attempt at a query
+    /// whose first got no answer (hickory: 5 s each), and well under Timer B and F (64·T1,
+    /// 32 s), which start only once the request is sent.
+    pub const LOCATE_DEADLINE: Duration = Duration::from_secs(10);
 }
 
 impl From<Timers> for Config {
@@ -371,6 +414,8 @@ impl From<Timers> for Config {
             udp_queue_sample_every: Self::UDP_QUEUE_SAMPLE_EVERY,
             tls: Tls::default(),
             resolver: None,
+            max_lookups: Self::MAX_LOOKUPS,
+            locate_deadline: Self::LOCATE_DEADLINE,
         }
     }
 }
@@ -440,6 +485,30 @@ pub struct OverloadStats {
     pub udp_queue_deep: u64,
 }
 
+/// What the RFC 3263 server location of [`Command::RequestUri`] has done since the endpoint
+/// started, and what it runs now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocateStats {
+    /// Locations not started: [`Config::max_lookups`] were running (the request failed as an
+    /// unreachable next hop).
+    pub lookups_refused: u64,
+    /// Locations given up at [`Config::locate_deadline`].
+    pub deadlines_passed: u64,
+    /// Requests sent again, with a new branch, to the next target of their location after a
+    /// timeout, a transport error or a 503 (RFC 3263 §4.3).
+    pub failovers: u64,
+    /// Locations running now.
+    pub lookups_running: usize,
+}
+
+/// The atomics behind [`LocateStats`].
+#[derive(Debug, Default)]
+struct LocateCounters {
+    lookups_refused: AtomicU64,
+    deadlines_passed: AtomicU64,
+    failovers: AtomicU64,
+}
+
 /// What the endpoint holds at a moment: the transactions in its transaction layer, and the
 /// INVITE client transactions given up by the TU ([`Command::Abandon`]) whose late final
 /// responses it still answers.
@@ -501,6 +570,10 @@ pub struct Endpoint {
     received: Arc<ReceivedCounters>,
     table: Arc<TransactionCounters>,
     udp_probe: Option<Probe>,
+    locating: Arc<LocateCounters>,
+    /// One permit per location allowed to run ([`Config::max_lookups`]).
+    lookups: Arc<Semaphore>,
+    max_lookups: usize,
     _task: Arc<AbortOnDrop>,
 }
 
@@ -536,7 +609,12 @@ impl Endpoint {
             udp_queue_sample_every,
             tls,
             resolver,
+            max_lookups,
+            locate_deadline,
         } = config;
+        let max_lookups = max_lookups.min(Semaphore::MAX_PERMITS);
+        let lookups = Arc::new(Semaphore::new(max_lookups));
+        let locating = Arc::new(LocateCounters::default());
         let mut attempt = 1;
         let (socket, local, listener) = loop {
             let socket = UdpSocket::bind(addr).await?;
@@ -595,7 +673,14 @@ impl Endpoint {
             by_size: HashMap::new(),
             resolver,
             located,
+            lookups: Arc::clone(&lookups),
+            max_lookups,
+            locate_deadline,
+            locating: Arc::clone(&locating),
+            lookup_log: RefusalLog::default(),
             alternatives: HashMap::new(),
+            tu_keys: HashMap::new(),
+            retried: HashMap::new(),
             next_conn: 0,
             tcp: Setup {
                 reports,
@@ -624,7 +709,7 @@ impl Endpoint {
             },
         };
         let task = tokio::spawn(driver.run(rx, reports_rx, located_rx));
-        Ok((Self { local, tls_local, commands, counters, overload, received, table, udp_probe, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
+        Ok((Self { local, tls_local, commands, counters, overload, received, table, udp_probe, locating, lookups, max_lookups, _task: Arc::new(AbortOnDrop(task)) }, events_rx))
     }
 
     /// How often the bound on the TU's queue has acted so far.
@@ -635,6 +720,17 @@ impl Endpoint {
             events_dropped: load(&self.overload.events_dropped),
             transactions_full: load(&self.overload.transactions_full),
             udp_queue_deep: load(&self.overload.udp_queue_deep),
+        }
+    }
+
+    /// What RFC 3263 server location has done so far, and the locations running now.
+    pub fn locate_stats(&self) -> LocateStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LocateStats {
+            lookups_refused: load(&self.locating.lookups_refused),
+            deadlines_passed: load(&self.locating.deadlines_passed),
+            failovers: load(&self.locating.failovers),
+            lookups_running: self.max_lookups.saturating_sub(self.lookups.available_permits()),
         }
     }
 
@@ -788,8 +884,21 @@ struct Driver {
     resolver: Option<Arc<dyn Resolve>>,
     /// Where lookup tasks hand their targets back.
     located: mpsc::UnboundedSender<Located>,
+    /// One permit per location allowed to run ([`Config::max_lookups`]); a lookup task holds
+    /// its own until it ends.
+    lookups: Arc<Semaphore>,
+    max_lookups: usize,
+    locate_deadline: Duration,
+    locating: Arc<LocateCounters>,
+    /// The warning lines of locations refused at [`Config::max_lookups`].
+    lookup_log: RefusalLog,
     /// Client transactions sent to a located target → the targets left to try (RFC 3263 §4.3).
     alternatives: HashMap<TransactionKey, Located>,
+    /// A request sent again to another target with a new branch (§4.3): its client
+    /// transaction → the key the TU knows (that of the request it handed over).
+    tu_keys: HashMap<TransactionKey, TransactionKey>,
+    /// The other way: the TU's key → the client transaction that now stands for it.
+    retried: HashMap<TransactionKey, TransactionKey>,
     next_conn: ConnId,
     /// What each connection is started with.
     tcp: Setup,
@@ -808,12 +917,17 @@ struct Driver {
 
 /// A [`Command::RequestUri`] located: the targets left to try, in order.
 struct Located {
+    /// The request to send: as the TU handed it over, with a new branch once it has been
+    /// sent again after a failure (RFC 3263 §4.3).
     request: Request,
     uri: sipx_sip::Uri,
+    /// The TU's key for it (that of the request it handed over).
     key: TransactionKey,
     targets: Vec<crate::locate::Target>,
     /// Why there are none, when none were found.
     error: Option<String>,
+    /// [`Command::StatelessUri`]: sent to the first target, outside any transaction.
+    stateless: bool,
 }
 
 /// Samples the UDP receive queue every [`Config::udp_queue_sample_every`] datagrams, and at
@@ -949,7 +1063,7 @@ impl Driver {
                     None => return,
                 },
                 // The driver holds a sender itself.
-                Some(found) = located.recv() => self.send_located(found).await,
+                Some(found) = located.recv() => self.on_located(found).await,
                 () = sleep_until(next) => self.fire_due().await,
             }
             self.publish_counts();
@@ -1145,7 +1259,8 @@ impl Driver {
                     None => tracing::warn!(%to, "request without a usable Via not sent"),
                 }
             }
-            Command::RequestUri { request, uri } => self.locate(request, uri).await,
+            Command::RequestUri { request, uri } => self.locate(request, uri, false).await,
+            Command::StatelessUri { request, uri } => self.locate(request, uri, true).await,
             Command::Respond { key, response } => {
                 if response.status.is_final() {
                     self.unacknowledged.retain(|_, u| u.key != key);
@@ -1186,7 +1301,10 @@ impl Driver {
                     _ => tracing::warn!("reliable provisional response without Call-ID, RSeq or CSeq: sent once"),
                 }
             }
-            Command::Abandon { key } => self.abandon(&key),
+            Command::Abandon { key } => {
+                let key = self.retried.get(&key).cloned().unwrap_or(key);
+                self.abandon(&key);
+            }
             Command::KeepAlive { to } => {
                 let open = [Kind::Tls, Kind::Tcp].into_iter().find_map(|kind| self.by_peer.get(&(kind, to)));
                 if let Some(connection) = open.and_then(|id| self.connections.get(id)) {
@@ -1208,17 +1326,27 @@ impl Driver {
     }
 
     /// [`Command::RequestUri`]: a numeric host is sent to at once; a host name is looked up on
-    /// a task of its own, which hands the targets back to [`Self::send_located`].
-    async fn locate(&mut self, request: Request, uri: sipx_sip::Uri) {
+    /// a task of its own, which hands the targets back to [`Self::on_located`]. `stateless`:
+    /// [`Command::StatelessUri`].
+    async fn locate(&mut self, request: Request, uri: sipx_sip::Uri, stateless: bool) {
         let Some(key) = TransactionKey::from_sent_request(&request) else {
             tracing::warn!(%uri, "request without a usable Via not sent");
             return;
         };
-        // A CANCEL goes where its INVITE went (RFC 3261 §9.1), not to a new lookup's pick.
-        if request.method == Method::Cancel {
-            let invite_route = TransactionKey::for_cancelled_invite(&request).and_then(|k| self.destinations.get(&k).cloned());
+        // A CANCEL goes where its INVITE went (RFC 3261 §9.1), not to a new lookup's pick; if
+        // the INVITE was sent again to another target (RFC 3263 §4.3), where it went last, with
+        // its branch.
+        if request.method == Method::Cancel && !stateless {
+            let invite = TransactionKey::for_cancelled_invite(&request).map(|k| self.retried.get(&k).cloned().unwrap_or(k));
+            let invite_route = invite.as_ref().and_then(|k| self.destinations.get(k).cloned());
             if let Some(route) = invite_route {
                 let mut request = request;
+                let branch = invite.as_ref().and_then(|k| self.layer.client_request(k)).and_then(|r| r.headers.typed::<Via>()?.ok()?.branch().map(<[u8]>::to_vec));
+                if let Some(branch) = branch.filter(|_| invite.as_ref().is_some_and(|k| self.tu_keys.contains_key(k)))
+                    && !set_top_via_branch(&mut request.headers, &String::from_utf8_lossy(&branch))
+                {
+                    tracing::warn!(%uri, "CANCEL without a Via branch to match its INVITE sent again");
+                }
                 let via = match &route {
                     Route::Udp(_) => "UDP",
                     Route::Tcp { .. } => "TCP",
@@ -1227,33 +1355,80 @@ impl Driver {
                 if !top_via_says(&request.headers, via) && !set_top_via_transport(&mut request.headers, via) {
                     tracing::warn!(%uri, "CANCEL without a top Via to name its transport");
                 }
-                if let Some((key, outputs)) = self.layer.send_request(request, route.reliability()) {
-                    self.destinations.insert(key.clone(), route);
-                    self.perform(&key, outputs, None).await;
+                if let Some((sent, outputs)) = self.layer.send_request(request, route.reliability()) {
+                    if sent != key {
+                        // Its responses are the TU's under the key of the CANCEL it handed over.
+                        self.retried.insert(key.clone(), sent.clone());
+                        self.tu_keys.insert(sent.clone(), key);
+                    }
+                    self.destinations.insert(sent.clone(), route);
+                    self.perform(&sent, outputs, None).await;
                 }
                 return;
             }
         }
         match (crate::locate::start(&uri), self.resolver.clone()) {
-            (Ok(crate::locate::Start::Done(target)), _) => self.send_located(Located { request, uri, key, targets: vec![target], error: None }).await,
-            (Err(e), _) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some(e.to_string()) }).await,
-            (Ok(_), None) => self.send_located(Located { request, uri, key, targets: Vec::new(), error: Some("a host name and no DNS resolver".into()) }).await,
+            (Ok(crate::locate::Start::Done(target)), _) => self.on_located(Located { request, uri, key, targets: vec![target], error: None, stateless }).await,
+            (Err(e), _) => self.on_located(Located { request, uri, key, targets: Vec::new(), error: Some(e.to_string()), stateless }).await,
+            (Ok(_), None) => self.on_located(Located { request, uri, key, targets: Vec::new(), error: Some("a host name and no DNS resolver".into()), stateless }).await,
             (Ok(_), Some(resolver)) => {
+                let Ok(permit) = Arc::clone(&self.lookups).try_acquire_owned() else {
+                    self.locating.lookups_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%uri, "next hop not located: too many DNS lookups running");
+                    if let Some(unlogged) = self.lookup_log.due(Instant::now()) {
+                        tracing::warn!(%uri, max = self.max_lookups, unlogged, "next hop not located: Config::max_lookups DNS locations already running (RFC 3263); the request fails as unreachable");
+                    }
+                    let error = Some("too many DNS lookups running (Config::max_lookups)".to_owned());
+                    self.on_located(Located { request, uri, key, targets: Vec::new(), error, stateless }).await;
+                    return;
+                };
                 let back = self.located.clone();
+                let deadline = self.locate_deadline;
+                let counters = Arc::clone(&self.locating);
+                // RFC 3263 §4.4: one stateless request (its retransmissions too) goes to one
+                // target.
+                let mut rng = if stateless {
+                    let call_id = request.headers.get(&HeaderName::CallId).map(|h| h.value().trim_ascii().to_vec()).unwrap_or_default();
+                    rand::rngs::StdRng::seed_from_u64(stable_hash(&call_id))
+                } else {
+                    rand::rngs::StdRng::from_rng(&mut rand::rng())
+                };
                 tokio::spawn(async move {
-                    let (targets, error) = match crate::locate::locate(&*resolver, &uri).await {
-                        Ok(targets) => (targets, None),
-                        Err(e) => (Vec::new(), Some(e.to_string())),
+                    let (targets, error) = match tokio::time::timeout(deadline, crate::locate::locate_with(&*resolver, &uri, &mut rng)).await {
+                        Ok(Ok(targets)) => (targets, None),
+                        Ok(Err(e)) => (Vec::new(), Some(e.to_string())),
+                        Err(_) => {
+                            counters.deadlines_passed.fetch_add(1, Ordering::Relaxed);
+                            (Vec::new(), Some(format!("not located within {deadline:?} (Config::locate_deadline)")))
+                        }
                     };
+                    // The slot is free before the endpoint hears of the result.
+                    drop(permit);
                     // The endpoint may be gone: nothing to send then.
-                    let _ = back.send(Located { request, uri, key, targets, error });
+                    let _ = back.send(Located { request, uri, key, targets, error, stateless });
                 });
             }
         }
     }
 
+    /// A location ended: a stateless request goes to its first target (or is dropped), a
+    /// request of a client transaction to [`Self::send_located`].
+    async fn on_located(&mut self, located: Located) {
+        if !located.stateless {
+            return self.send_located(located).await;
+        }
+        let Located { mut request, uri, targets, error, .. } = located;
+        let Some(target) = targets.first() else {
+            tracing::info!(%uri, error = error.as_deref().unwrap_or("no target"), method = %request.method, "stateless request dropped: next hop not located");
+            return;
+        };
+        let route = located_route(&mut request, target, &uri);
+        self.transmit(route, &Message::Request(request)).await;
+    }
+
     /// Sends a located request to its first target left, keeping the others for a refused
-    /// connection (RFC 3263 §4.3); none left: the TU gets [`Event::Timeout`].
+    /// connection, a timeout, a transport error or a 503 (RFC 3263 §4.3); none left: the TU
+    /// gets [`Event::Timeout`] under the key it knows.
     async fn send_located(&mut self, mut located: Located) {
         if located.targets.is_empty() {
             tracing::info!(uri = %located.uri, error = located.error.as_deref().unwrap_or("every target refused"), "next hop not located: the client transaction fails");
@@ -1263,26 +1438,16 @@ impl Driver {
         let target = located.targets.remove(0);
         let mut request = located.request.clone();
         let as_for_udp = request.clone();
-        let route = match target.transport {
-            crate::locate::Transport::Udp => request_route(&mut request, target.addr),
-            crate::locate::Transport::Tcp => {
-                if !set_top_via_transport(&mut request.headers, "TCP") {
-                    tracing::warn!(to = %target.addr, "request over TCP without a top Via to say so");
-                }
-                Route::Tcp { conn: None, to: target.addr }
-            }
-            crate::locate::Transport::Tls => {
-                if !set_top_via_transport(&mut request.headers, "TLS") {
-                    tracing::warn!(to = %target.addr, "request over TLS without a top Via to say so");
-                }
-                // RFC 5922 §4: the name is the URI's host, never the SRV target's.
-                Route::Tls { conn: None, to: target.addr, name: located.uri.host().and_then(crate::tls::server_name) }
-            }
-        };
+        let route = located_route(&mut request, &target, &located.uri);
         match self.layer.send_request(request, route.reliability()) {
             Some((key, outputs)) => {
                 if target.transport == crate::locate::Transport::Udp && matches!(route, Route::Tcp { .. }) {
                     self.by_size.insert(key.clone(), as_for_udp);
+                }
+                if key != located.key {
+                    // Sent again with a new branch: the TU still knows it by its own key.
+                    self.retried.insert(located.key.clone(), key.clone());
+                    self.tu_keys.insert(key.clone(), located.key.clone());
                 }
                 self.destinations.insert(key.clone(), route);
                 let has_more = !located.targets.is_empty();
@@ -1295,8 +1460,11 @@ impl Driver {
         }
     }
 
-    /// Performs a transaction's outputs in order.
+    /// Performs a transaction's outputs in order. A failure of a client transaction sent to a
+    /// located target with targets left (a timeout, a transport error, a 503) is not told to
+    /// the TU: the request goes to the next target with a new branch ([`Self::fail_over`]).
     async fn perform(&mut self, key: &TransactionKey, outputs: Vec<Output>, source: Option<SocketAddr>) {
+        let mut next = None;
         for output in outputs {
             match output {
                 Output::Send(message) => match self.destinations.get(key).cloned() {
@@ -1317,20 +1485,66 @@ impl Driver {
                         self.pending.remove(&id);
                     }
                 }
-                Output::ToTu(event) => self.deliver(key, *event, source).await,
+                Output::ToTu(event) => match self.next_target(key, &event) {
+                    Some(failure) => next = Some(failure),
+                    None => self.deliver(key, *event, source).await,
+                },
                 Output::Terminated(_) => self.forget(key),
                 _ => tracing::warn!("unknown transaction output ignored"),
             }
         }
+        if let Some((located, why)) = next {
+            // Boxed: sending performs the new transaction's outputs.
+            Box::pin(self.fail_over(key, located, why)).await;
+        }
+    }
+
+    /// RFC 3263 §4.3: when client transaction `key`, sent to a located target, times out, gets
+    /// a transport error or a 503 response (RFC 3261 §21.5.4: that server is unavailable), and
+    /// its location has targets left, those targets (taken out of [`Self::alternatives`]) and
+    /// what failed; else `None`, and the TU hears of it. A refused connection is handled
+    /// before this ([`Self::on_closed`]: same branch, nothing reached that target).
+    fn next_target(&mut self, key: &TransactionKey, event: &TuEvent) -> Option<(Located, &'static str)> {
+        let why = match event {
+            TuEvent::Timeout => "no final response in time",
+            TuEvent::TransportError => "transport error",
+            TuEvent::Response(response) if response.status.code() == 503 => "503 Service Unavailable",
+            _ => return None,
+        };
+        if self.alternatives.get(key).is_none_or(|a| a.targets.is_empty()) {
+            return None;
+        }
+        self.alternatives.remove(key).map(|located| (located, why))
+    }
+
+    /// Sends the request of failed client transaction `failed` to the next target of its
+    /// location, as RFC 3263 §4.3 asks: a new request identical to the previous but for a new
+    /// `Via` branch, so a new client transaction (the failed one ends on its own timers,
+    /// absorbing retransmissions of its 503). The TU keeps its key: responses and the final
+    /// timeout of the new transaction reach it under that key, and its CANCEL and
+    /// [`Command::Abandon`] act on the new transaction.
+    async fn fail_over(&mut self, failed: &TransactionKey, mut located: Located, why: &str) {
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        if !set_top_via_branch(&mut located.request.headers, &branch) {
+            tracing::warn!(uri = %located.uri, "request without a Via branch to change: not sent to the next target");
+            self.emit(Event::Timeout { key: located.key }).await;
+            return;
+        }
+        self.locating.failovers.fetch_add(1, Ordering::Relaxed);
+        let next = located.targets.first().map_or_else(String::new, |t| t.addr.to_string());
+        tracing::info!(uri = %located.uri, ?failed, why, %next, "a located target failed: the request goes to the next with a new branch (RFC 3263 §4.3)");
+        self.send_located(located).await;
     }
 
     async fn deliver(&mut self, key: &TransactionKey, event: TuEvent, source: Option<SocketAddr>) {
         let source = source.or_else(|| self.destinations.get(key).map(|r| r.address()));
+        // A request sent again to another target (RFC 3263 §4.3) is the TU's under its own key.
+        let tu_key = self.tu_keys.get(key).unwrap_or(key).clone();
         let event = match (event, source) {
             (TuEvent::Request(request), Some(source)) => Event::Request { key: key.clone(), request, source },
-            (TuEvent::Response(response), _) => Event::Response { key: key.clone(), response },
+            (TuEvent::Response(response), _) => Event::Response { key: tu_key, response },
             (TuEvent::Ack(request), Some(source)) => Event::Ack { request, source },
-            (TuEvent::Timeout | TuEvent::TransportError, _) => Event::Timeout { key: key.clone() },
+            (TuEvent::Timeout | TuEvent::TransportError, _) => Event::Timeout { key: tu_key },
             _ => return,
         };
         self.emit(event).await;
@@ -1341,6 +1555,11 @@ impl Driver {
         self.destinations.remove(key);
         self.by_size.remove(key);
         self.alternatives.remove(key);
+        if let Some(tu_key) = self.tu_keys.remove(key)
+            && self.retried.get(&tu_key) == Some(key)
+        {
+            self.retried.remove(&tu_key);
+        }
         for timer in Timer::ALL {
             if let Some(id) = self.armed.remove(&(key.clone(), timer)) {
                 self.pending.remove(&id);
@@ -1723,6 +1942,34 @@ fn request_route(request: &mut Request, to: SocketAddr) -> Route {
     Route::Tcp { conn: None, to }
 }
 
+/// The route of a request to a located `target` of `uri`: over the target's transport, its
+/// top `Via` saying so (a UDP target still moves to TCP for the request's size, or to TLS as
+/// [`request_route`] decides); TLS verifies the server as `uri`'s host (RFC 5922 §4), never
+/// the SRV target's name.
+fn located_route(request: &mut Request, target: &crate::locate::Target, uri: &sipx_sip::Uri) -> Route {
+    match target.transport {
+        crate::locate::Transport::Udp => request_route(request, target.addr),
+        crate::locate::Transport::Tcp => {
+            if !set_top_via_transport(&mut request.headers, "TCP") {
+                tracing::warn!(to = %target.addr, "request over TCP without a top Via to say so");
+            }
+            Route::Tcp { conn: None, to: target.addr }
+        }
+        crate::locate::Transport::Tls => {
+            if !set_top_via_transport(&mut request.headers, "TLS") {
+                tracing::warn!(to = %target.addr, "request over TLS without a top Via to say so");
+            }
+            Route::Tls { conn: None, to: target.addr, name: uri.host().and_then(crate::tls::server_name) }
+        }
+    }
+}
+
+/// A hash of `bytes` that is the same on every run (FNV-1a, 64 bits): the seed of the SRV order
+/// of a stateless request (RFC 3263 §4.4).
+fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Whether the URI `request` is routed on — its top `Route`, else its Request-URI (RFC 3261
 /// §8.1.2, §16.6) — is `sips:` or has `;transport=tls` (§26.2.2, §19.1.1), or its
 /// Request-URI is `sips:` (which asks for TLS on every hop, §26.2.2); with that URI (`None`
@@ -1783,6 +2030,40 @@ fn set_top_via_transport(headers: &mut Headers, transport: &str) -> bool {
     let end = start + value.get(start..).map_or(0, |t| t.iter().take_while(|b| !b.is_ascii_whitespace()).count());
     let (Some(before), Some(after)) = (value.get(..start), value.get(end..)) else { return false };
     let rewritten = [before, transport.as_bytes(), after].concat();
+    let Ok(header) = Header::build(HeaderName::Via, rewritten) else { return false };
+    headers.remove_first(&HeaderName::Via);
+    headers.insert(index, header);
+    true
+}
+
+/// Replaces the value of the `branch` parameter of the topmost `Via` hop (RFC 3263 §4.3: a
+/// request sent again to another target is a new transaction, with a new branch; a CANCEL
+/// takes the branch of the INVITE it cancels, RFC 3261 §9.1), keeping every other byte. False
+/// if that hop has no `branch` parameter.
+fn set_top_via_branch(headers: &mut Headers, branch: &str) -> bool {
+    let Some(index) = headers.iter().position(|h| *h.name() == HeaderName::Via) else { return false };
+    let Some(value) = headers.iter().nth(index).map(|h| h.value().into_owned()) else { return false };
+    let hop_end = first_hop_end(&value);
+    let Some(hop) = value.get(..hop_end) else { return false };
+    // via-params follow the sent-by, each after a ';' (RFC 3261 §25.1: SEMI, EQUAL allow LWS).
+    let mut range = None;
+    for (semi, _) in hop.iter().enumerate().filter(|(_, b)| **b == b';') {
+        let Some(rest) = hop.get(semi + 1..) else { continue };
+        let name_start = semi + 1 + rest.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        let Some(after_name) = hop.get(name_start..).and_then(|t| t.get(..6).filter(|n| n.eq_ignore_ascii_case(b"branch")).map(|_| name_start + 6)) else { continue };
+        let Some(tail) = hop.get(after_name..) else { continue };
+        let eq = after_name + tail.iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if hop.get(eq) != Some(&b'=') {
+            continue;
+        }
+        let start = eq + 1 + hop.get(eq + 1..).map_or(0, |t| t.iter().take_while(|b| b.is_ascii_whitespace()).count());
+        let end = start + hop.get(start..).map_or(0, |t| t.iter().take_while(|b| !b.is_ascii_whitespace() && **b != b';').count());
+        range = Some((start, end));
+        break;
+    }
+    let Some((start, end)) = range else { return false };
+    let (Some(before), Some(after)) = (value.get(..start), value.get(end..)) else { return false };
+    let rewritten = [before, branch.as_bytes(), after].concat();
     let Ok(header) = Header::build(HeaderName::Via, rewritten) else { return false };
     headers.remove_first(&HeaderName::Via);
     headers.insert(index, header);
@@ -2023,6 +2304,18 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
             proptest::prop_assert_eq!(decoded.rseq, rseq);
         }
 
+        /// Any token as the old and the new branch, any spacing around `;` and `=`: after the
+        /// rewrite the top Via parses with the new branch and the other parameters as they were.
+        #[test]
+        fn branch_rewrite_round_trips(old in "[A-Za-z0-9.!%*_+`'~-]{1,24}", new in "z9hG4bK[A-Za-z0-9.!%*_+`'~-]{1,24}", ws in "[ \t]{0,2}") {
+            let mut r = request(&format!("Via: SIP/2.0/UDP h.example:5070{ws};{ws}branch{ws}={ws}{old}{ws};rport;x=1"), 0);
+            proptest::prop_assert!(set_top_via_branch(&mut r.headers, &new));
+            let via = r.headers.typed::<Via>().expect("Via").expect("parses");
+            proptest::prop_assert_eq!(via.branch(), Some(new.as_bytes()));
+            proptest::prop_assert_eq!(via.param("x"), Some(&b"1"[..]));
+            proptest::prop_assert!(via.rport().is_some());
+        }
+
         /// Arbitrary `RSeq`/`RAck` values never panic the parsers.
         #[test]
         fn arbitrary_rseq_rack_never_panic(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
@@ -2075,6 +2368,25 @@ From: <sip:a@a.example>;tag=1\r\nTo: <sip:b@b.example>;tag=2\r\nCall-ID: r1\r\n{
         assert!(t.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKlower\r\n"), "{t}");
         let mut headers = Headers::new();
         assert!(!set_top_via_transport(&mut headers, "TCP"));
+    }
+
+    /// RFC 3263 §4.3: a request sent again has a new branch; only the value of the top hop's
+    /// `branch` parameter changes, whatever its case and spacing, and a hop without one is
+    /// left alone (false).
+    #[test]
+    fn only_the_top_branch_is_replaced() {
+        let mut r = request("Via: SIP/2.0/UDP h.example;rport ; BRANCH = z9hG4bKold;x=1, SIP/2.0/UDP g.example;branch=z9hG4bKb", 0);
+        assert!(set_top_via_branch(&mut r.headers, "z9hG4bKnew"));
+        let t = text(&r);
+        assert!(t.contains("Via: SIP/2.0/UDP h.example;rport ; BRANCH = z9hG4bKnew;x=1, SIP/2.0/UDP g.example;branch=z9hG4bKb\r\n"), "{t}");
+        assert!(t.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKlower\r\n"), "{t}");
+        let mut plain = request("Via: SIP/2.0/UDP h.example;branch=z9hG4bKa", 0);
+        assert!(set_top_via_branch(&mut plain.headers, "z9hG4bKc"));
+        assert_eq!(TransactionKey::from_sent_request(&plain), TransactionKey::from_sent_request(&request("Via: SIP/2.0/UDP h.example;branch=z9hG4bKc", 0)));
+        let mut none = request("Via: SIP/2.0/UDP h.example;branchy=1;rport, SIP/2.0/UDP g.example;branch=z9hG4bKb", 0);
+        let before = text(&none);
+        assert!(!set_top_via_branch(&mut none.headers, "z9hG4bKnew"));
+        assert_eq!(text(&none), before);
     }
 
     /// One remote host for the per-peer connection cap: an IPv4 address (mapped or not), or

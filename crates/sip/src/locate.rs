@@ -31,6 +31,7 @@ use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConf
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
+use rand::SeedableRng as _;
 use sipx_sip::{Host, Uri};
 
 /// A transport the endpoint speaks (RFC 3261 §18).
@@ -267,8 +268,16 @@ impl std::fmt::Debug for dyn Resolve {
 
 /// Locates `uri` (RFC 3263 §4): the targets to try, in order, each at most once. Lookups that
 /// fail are skipped as if empty (the next record or step is tried); an error is returned only
-/// when no target is found.
+/// when no target is found. The weighted random order within an SRV priority (RFC 2782) is
+/// drawn from the thread's generator: [`locate_with`] to choose it.
 pub async fn locate<R: Resolve + ?Sized>(resolver: &R, uri: &Uri) -> Result<Vec<Target>, LocateError> {
+    locate_with(resolver, uri, &mut rand::rngs::StdRng::from_rng(&mut rand::rng())).await
+}
+
+/// [`locate`] with the SRV weighted order drawn from `rng`: a generator seeded from the
+/// request (its `Call-ID`) gives every retransmission of one stateless request the same
+/// target, as RFC 3263 §4.4 asks of stateless proxies (with the same records).
+pub async fn locate_with<R: Resolve + ?Sized, G: rand::Rng + Send>(resolver: &R, uri: &Uri, rng: &mut G) -> Result<Vec<Target>, LocateError> {
     let mut cause = None;
     let (name, services, fallback) = match start(uri)? {
         Start::Done(target) => return Ok(vec![target]),
@@ -301,7 +310,7 @@ pub async fn locate<R: Resolve + ?Sized>(resolver: &R, uri: &Uri) -> Result<Vec<
             Vec::new()
         });
         any_srv |= !records.is_empty();
-        let ordered = order_srv(&records, &mut rand::rng());
+        let ordered = order_srv(&records, rng);
         for srv in ordered {
             for target in addresses(resolver, &srv.target, transport, srv.port, &mut cause).await {
                 if !targets.contains(&target) {

@@ -250,3 +250,266 @@ async fn tls_to_a_name_verifies_the_uri_host() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Waits for the next event, at most `secs` seconds.
+async fn next_event(events: &mut mediasec_sip::udp::Events, secs: u64) -> Event {
+    tokio::time::timeout(Duration::from_secs(secs), events.recv()).await.expect("in time").expect("alive")
+}
+
+/// Answers `request` (received by an endpoint as server transaction `key`) with `status`.
+fn answer(endpoint: &Endpoint, key: TransactionKey, request: &Request, status: u16) {
+    use mediasec_sip::core::{ResponseBuilder, StatusCode};
+    let response = ResponseBuilder::to_request(request, StatusCode::new(status).expect("status"), "Reason").expect("response").build();
+    endpoint.send(Command::Respond { key, response }).expect("respond");
+}
+
+fn top_branch(request: &Request) -> String {
+    let via = request.headers.typed::<mediasec_sip::core::Via>().expect("Via").expect("parses");
+    String::from_utf8_lossy(via.branch().expect("branch")).into_owned()
+}
+
+/// `Config::max_lookups` and `Config::locate_deadline`: with a name server that never answers
+/// for two names, two locations hold the endpoint's two lookup slots; a third request, to a
+/// name that does resolve, is not located at all: it fails at once (`Event::Timeout`, counted
+/// as refused) while the two are still running. The two end at the deadline (`Event::Timeout`
+/// each, counted), their slots are free again, and the same request to the resolvable name
+/// then reaches its server and is answered.
+#[tokio::test]
+async fn lookups_are_capped_and_given_up_at_the_deadline() {
+    let (b, mut b_events) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind b");
+    let dns = DnsServer::start(Zone::new().silent("slow1.test").silent("slow2.test").a("fast.test", LO1));
+    let config = Config { resolver: Some(Arc::new(resolver(&dns))), max_lookups: 2, locate_deadline: Duration::from_secs(4), ..Config::from(timers()) };
+    let (a, mut events) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind a");
+    let fast_uri = format!("sip:fast.test:{}", b.local_addr().port());
+
+    let mut slow = Vec::new();
+    for (n, name) in ["slow1.test", "slow2.test"].into_iter().enumerate() {
+        let request = options(a.local_addr(), &format!("sip:{name}"), &format!("z9hG4bKslow{n}"));
+        slow.push(TransactionKey::from_sent_request(&request).expect("key"));
+        a.send(Command::RequestUri { request, uri: uri(&format!("sip:{name}")) }).expect("send");
+    }
+    let over = options(a.local_addr(), &fast_uri, "z9hG4bKover");
+    let over_key = TransactionKey::from_sent_request(&over).expect("key");
+    a.send(Command::RequestUri { request: over, uri: uri(&fast_uri) }).expect("send");
+    match next_event(&mut events, 10).await {
+        Event::Timeout { key } => assert_eq!(key, over_key, "the request over the cap fails first"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let stats = a.locate_stats();
+    assert_eq!((stats.lookups_refused, stats.lookups_running, stats.deadlines_passed), (1, 2, 0), "{stats:?}");
+
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        match next_event(&mut events, 20).await {
+            Event::Timeout { key } => ended.push(key),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    ended.sort_by_key(|k| format!("{k:?}"));
+    slow.sort_by_key(|k| format!("{k:?}"));
+    assert_eq!(ended, slow);
+    let stats = a.locate_stats();
+    assert_eq!((stats.lookups_refused, stats.lookups_running, stats.deadlines_passed), (1, 0, 2), "{stats:?}");
+
+    let again = options(a.local_addr(), &fast_uri, "z9hG4bKagain");
+    a.send(Command::RequestUri { request: again, uri: uri(&fast_uri) }).expect("send");
+    let Event::Request { key, request, .. } = next_event(&mut b_events, 10).await else { panic!("a request at B") };
+    assert_eq!(top_branch(&request), "z9hG4bKagain");
+    answer(&b, key, &request, 200);
+    match next_event(&mut events, 10).await {
+        Event::Response { response, .. } => assert_eq!(response.status.code(), 200),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.locate_stats().lookups_refused, 1);
+}
+
+/// Timers with Timer F (64·T1) at 3.2 s: a UDP target that never answers fails quickly.
+fn short_timers() -> Timers {
+    Timers { t1: Duration::from_millis(50), t2: Duration::from_millis(400), t4: Duration::from_millis(500) }
+}
+
+/// RFC 3263 §4.3 on a timeout over UDP: the first SRV target is a UDP socket that reads
+/// everything and answers nothing; the request's client transaction times out (Timer F), and
+/// instead of the TU hearing of it the same request, with a new branch, goes to the second
+/// target, which answers. The TU sees only the 200, under the key of the request it sent.
+#[tokio::test]
+async fn a_silent_udp_target_fails_over_to_the_next_with_a_new_branch() {
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let (b, mut b_events) = Endpoint::bind("127.0.0.2:0".parse().expect("addr"), short_timers()).await.expect("bind b");
+    let dns = DnsServer::start(
+        Zone::new()
+            .srv("_sip._udp.pair.test", 10, 1, silent.local_addr().expect("addr").port(), "first.pair.test")
+            .srv("_sip._udp.pair.test", 20, 1, b.local_addr().port(), "second.pair.test")
+            .a("first.pair.test", LO1)
+            .a("second.pair.test", LO2),
+    );
+    let config = Config { resolver: Some(Arc::new(resolver(&dns))), ..Config::from(short_timers()) };
+    let (a, mut events) = Endpoint::bind_with("127.0.0.1:0".parse().expect("addr"), config).await.expect("bind a");
+    let request = options(a.local_addr(), "sip:pair.test;transport=udp", "z9hG4bKsilent");
+    let sent_key = TransactionKey::from_sent_request(&request).expect("key");
+    a.send(Command::RequestUri { request, uri: uri("sip:pair.test;transport=udp") }).expect("send");
+
+    let mut buf = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), silent.recv_from(&mut buf)).await.expect("in time").expect("recv");
+    let Ok(Message::Request(first)) = mediasec_sip::core::parse_datagram(buf.get(..n).expect("read").to_vec().into(), &mediasec_sip::core::Limits::datagram()) else {
+        panic!("a request at the first target")
+    };
+    assert_eq!(top_branch(&first), "z9hG4bKsilent");
+
+    let Event::Request { key, request: second, .. } = next_event(&mut b_events, 20).await else { panic!("a request at the second target") };
+    let branch = top_branch(&second);
+    assert!(branch.starts_with("z9hG4bK") && branch != "z9hG4bKsilent", "{branch}");
+    let mut same = (*second).clone();
+    let mut headers_of_first = first.clone();
+    for r in [&mut same, &mut headers_of_first] {
+        r.headers.remove_first(&mediasec_sip::core::HeaderName::Via);
+    }
+    assert_eq!(Message::Request(same).to_bytes(), Message::Request(headers_of_first).to_bytes(), "only the branch differs");
+    answer(&b, key, &second, 200);
+    match next_event(&mut events, 10).await {
+        Event::Response { key, response } => {
+            assert_eq!(response.status.code(), 200);
+            assert_eq!(key, sent_key, "the TU's key");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.locate_stats().failovers, 1);
+}
+
+/// An INVITE, or the CANCEL of it (RFC 3261 §9.1: same Request-URI, top Via, From, To,
+/// Call-ID and CSeq number).
+fn invite(from: SocketAddr, to: &str, branch: &str, method: &str) -> Request {
+    let text = format!(
+        "{method} {to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.test>;tag=x\r\nTo: <{to}>\r\nCall-ID: {branch}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let Ok(Message::Request(r)) = mediasec_sip::core::parse_datagram(text.into_bytes().into(), &mediasec_sip::core::Limits::datagram()) else { panic!("a request") };
+    r
+}
+
+/// RFC 3263 §4.3 on a 503 (RFC 3261 §21.5.4): the first target answers the INVITE 503; the
+/// INVITE goes to the second target with a new branch, and the TU never sees the 503: it sees
+/// the second target's 180 under its own key. Its CANCEL, built from the INVITE it sent (the
+/// old branch), reaches the second target with the branch of the INVITE it got (RFC 3261
+/// §9.1), and cancels it there (487 to the TU, under its key).
+#[tokio::test]
+async fn a_503_fails_over_and_the_cancel_follows_the_new_branch() {
+    let (c, mut c_events) = Endpoint::bind("127.0.0.1:0".parse().expect("addr"), timers()).await.expect("bind c");
+    let (b, mut b_events) = Endpoint::bind("127.0.0.2:0".parse().expect("addr"), timers()).await.expect("bind b");
+    let dns = DnsServer::start(
+        Zone::new()
+            .srv("_sip._udp.busy.test", 10, 1, c.local_addr().port(), "first.busy.test")
+            .srv("_sip._udp.busy.test", 20, 1, b.local_addr().port(), "second.busy.test")
+            .a("first.busy.test", LO1)
+            .a("second.busy.test", LO2),
+    );
+    let (a, mut events) = endpoint(&dns).await;
+    let target = "sip:bob@busy.test;transport=udp";
+    let request = invite(a.local_addr(), target, "z9hG4bKbusy", "INVITE");
+    let sent_key = TransactionKey::from_sent_request(&request).expect("key");
+    a.send(Command::RequestUri { request, uri: uri(target) }).expect("send");
+
+    let Event::Request { key, request: at_c, .. } = next_event(&mut c_events, 10).await else { panic!("the INVITE at the first target") };
+    assert_eq!(top_branch(&at_c), "z9hG4bKbusy");
+    answer(&c, key, &at_c, 503);
+
+    let Event::Request { key: b_key, request: at_b, .. } = next_event(&mut b_events, 10).await else { panic!("the INVITE at the second target") };
+    let branch = top_branch(&at_b);
+    assert_ne!(branch, "z9hG4bKbusy");
+    answer(&b, b_key.clone(), &at_b, 180);
+    loop {
+        match next_event(&mut events, 10).await {
+            // A 100 Trying may come first (RFC 3261 §17.2.1).
+            Event::Response { response, .. } if response.status.code() == 100 => {}
+            Event::Response { key, response } => break assert_eq!((key, response.status.code()), (sent_key.clone(), 180), "the 503 is not the TU's"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    let cancel = invite(a.local_addr(), target, "z9hG4bKbusy", "CANCEL");
+    let cancel_key = TransactionKey::from_sent_request(&cancel).expect("key");
+    a.send(Command::RequestUri { request: cancel, uri: uri(target) }).expect("send");
+    let cancelled = loop {
+        match next_event(&mut b_events, 10).await {
+            Event::Request { key, request, .. } if request.method == mediasec_sip::core::Method::Cancel => break (key, request),
+            Event::Request { request, .. } if request.method == mediasec_sip::core::Method::Invite => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(top_branch(&cancelled.1), branch, "the CANCEL names the INVITE it cancels");
+    answer(&b, cancelled.0, &cancelled.1, 200);
+    answer(&b, b_key, &at_b, 487);
+    let mut finals = Vec::new();
+    while finals.len() < 2 {
+        match next_event(&mut events, 10).await {
+            Event::Response { key, response } if response.status.is_final() => finals.push((key, response.status.code())),
+            Event::Response { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(finals.contains(&(cancel_key, 200)) && finals.contains(&(sent_key, 487)), "{finals:?}");
+    assert_eq!(a.locate_stats().failovers, 1);
+}
+
+/// `Command::StatelessUri` (an ACK for a 2xx forwarded to a host name): located, and sent to
+/// the first target only. Two SRV targets share a priority with equal weights: every copy of
+/// one ACK (one Call-ID) goes to the same one (RFC 3263 §4.4: the weighted draw is seeded by
+/// the Call-ID), while ACKs of different calls spread over both.
+#[tokio::test]
+async fn a_stateless_ack_to_a_name_goes_to_one_target_per_call() {
+    let x = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let y = tokio::net::UdpSocket::bind("127.0.0.2:0").await.expect("bind");
+    let dns = DnsServer::start(
+        Zone::new()
+            .srv("_sip._udp.ack.test", 10, 50, x.local_addr().expect("addr").port(), "x.ack.test")
+            .srv("_sip._udp.ack.test", 10, 50, y.local_addr().expect("addr").port(), "y.ack.test")
+            .a("x.ack.test", LO1)
+            .a("y.ack.test", LO2),
+    );
+    let (a, _events) = endpoint(&dns).await;
+    let ack = |call_id: &str| {
+        let text = format!(
+            "ACK sip:bob@ack.test;transport=udp SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{call_id}\r\nMax-Forwards: 70\r\n\
+From: <sip:alice@a.test>;tag=x\r\nTo: <sip:bob@ack.test>;tag=y\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+            a.local_addr()
+        );
+        let Ok(Message::Request(r)) = mediasec_sip::core::parse_datagram(text.into_bytes().into(), &mediasec_sip::core::Limits::datagram()) else { panic!("an ACK") };
+        r
+    };
+    // Where each datagram arrived: 'x' or 'y', with its Call-ID.
+    let receive = |count: usize| {
+        let (x, y) = (&x, &y);
+        async move {
+            let mut got = Vec::new();
+            let (mut bx, mut by) = ([0u8; 2048], [0u8; 2048]);
+            while got.len() < count {
+                let (side, n) = tokio::time::timeout(Duration::from_secs(10), async {
+                    tokio::select! {
+                        r = x.recv_from(&mut bx) => ('x', r.expect("recv").0),
+                        r = y.recv_from(&mut by) => ('y', r.expect("recv").0),
+                    }
+                })
+                .await
+                .expect("in time");
+                let bytes = if side == 'x' { bx.get(..n) } else { by.get(..n) };
+                let Ok(Message::Request(r)) = mediasec_sip::core::parse_datagram(bytes.expect("read").to_vec().into(), &mediasec_sip::core::Limits::datagram()) else {
+                    panic!("an ACK")
+                };
+                assert_eq!(r.method, mediasec_sip::core::Method::Ack);
+                got.push((side, String::from_utf8_lossy(&r.headers.value(&mediasec_sip::core::HeaderName::CallId).expect("Call-ID")).into_owned()));
+            }
+            got
+        }
+    };
+    for _ in 0..8 {
+        a.send(Command::StatelessUri { request: ack("same-call"), uri: uri("sip:ack.test;transport=udp") }).expect("send");
+    }
+    let same = receive(8).await;
+    assert!(same.iter().all(|(side, _)| *side == same.first().expect("one").0), "{same:?}");
+
+    for n in 0..16 {
+        a.send(Command::StatelessUri { request: ack(&format!("call-{n}")), uri: uri("sip:ack.test;transport=udp") }).expect("send");
+    }
+    let spread = receive(16).await;
+    assert!(spread.iter().any(|(side, _)| *side == 'x') && spread.iter().any(|(side, _)| *side == 'y'), "{spread:?}");
+}

@@ -1,7 +1,8 @@
 //! A small authoritative DNS responder on 127.0.0.1 over UDP (RFC 1035 §4), for tests of SIP
 //! server location (RFC 3263): it answers from a fixed zone of NAPTR, SRV, A and AAAA records,
 //! NXDOMAIN for a name it has no record of, and an empty answer for a name it knows with no
-//! record of the asked type. Messages are encoded and decoded with `hickory-proto`. It runs on
+//! record of the asked type; it never answers queries for the names made [`Zone::silent`] (a
+//! name server that is down or black-holed). Messages are encoded and decoded with `hickory-proto`. It runs on
 //! a thread of its own and stops when dropped.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -17,6 +18,7 @@ use hickory_proto::rr::{Name, RData, Record};
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
     records: Vec<(Name, RData)>,
+    silent: Vec<Name>,
 }
 
 impl Zone {
@@ -55,10 +57,21 @@ impl Zone {
         self
     }
 
-    /// The response to `query` bytes, `None` for bytes that are not a DNS query.
+    /// Answers no query for `name`, of any type: the resolver's lookups of it only end by its
+    /// own timeouts.
+    pub fn silent(mut self, name: &str) -> Self {
+        self.silent.push(Self::name(name).to_lowercase());
+        self
+    }
+
+    /// The response to `query` bytes, `None` for bytes that are not a DNS query or ask about a
+    /// silent name.
     fn answer(&self, query: &[u8]) -> Option<Vec<u8>> {
         let query = Message::from_vec(query).ok()?;
         let question = query.queries().first()?.clone();
+        if self.silent.contains(&question.name().to_lowercase()) {
+            return None;
+        }
         let mut response = Message::new();
         response.set_id(query.id()).set_message_type(MessageType::Response).set_op_code(query.op_code()).set_authoritative(true);
         response.set_recursion_desired(query.recursion_desired());

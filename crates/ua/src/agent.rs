@@ -168,6 +168,19 @@ fn dialog_hop(dialog: &Dialog) -> NextHop {
     dialog.next_hop().map_or_else(|| NextHop::Uri(dialog.next_hop_uri().clone()), NextHop::Addr)
 }
 
+/// Sends the ACK for a 2xx (RFC 3261 §13.2.2.4), outside any transaction, to its dialog's
+/// next hop: an address at once, a URI with a host name located by the endpoint
+/// ([`Command::StatelessUri`], RFC 3263 §4.4: every copy of it to the same server).
+fn send_ack(endpoint: &Endpoint, ack: Message, to: NextHop) -> Result<(), Error> {
+    let command = match (to, ack) {
+        (NextHop::Addr(to), message) => Command::Stateless { message, to },
+        (NextHop::Uri(uri), Message::Request(request)) => Command::StatelessUri { request, uri },
+        (NextHop::Uri(_), Message::Response(_)) => return Err(Error::Negotiation("an ACK that is not a request".into())),
+    };
+    endpoint.send(command)?;
+    Ok(())
+}
+
 impl UeConfig {
     /// A UE on 127.0.0.1 (SIP and RTP ports picked by the system) behind `outbound_proxy`,
     /// sending a `tone_hz` tone and expecting `expect_hz` from its peers; answers at once,
@@ -767,7 +780,6 @@ impl Core {
                 Ok(())
             }
             Step::Ack { call_id, purpose, mut ack, to, offer, local, version } => {
-                let Some(to) = to else { return Ok(()) };
                 let refusal = refusing_answer(&offer, local, version, &Error::Negotiation("the call ended".into()))?;
                 mediasec_sip::body::set_sdp(&mut ack, &Sdp::parse(&refusal))?;
                 if purpose == Purpose::Invite
@@ -776,8 +788,7 @@ impl Core {
                     // The same ACK again for the 2xx's retransmissions (§13.2.2.4).
                     call.ack = Some(request.clone());
                 }
-                self.endpoint.send(Command::Stateless { message: ack, to })?;
-                Ok(())
+                send_ack(&self.endpoint, ack, to)
             }
             Step::ReinviteAnswer { key, request, to, .. } => self.respond(&key, &request, 487, "Request Terminated", Some(to), None),
             Step::Prack { .. } | Step::IncomingAnswer { .. } | Step::IncomingOffer { .. } => Ok(()),
@@ -1216,7 +1227,7 @@ impl Core {
                 dialog.receive_target_refresh(&response)?;
                 let seq = call.reinvite_seq.unwrap_or_else(|| dialog.local_seq());
                 let ack = Message::Request(dialog.ack(seq, &via)?);
-                let to = dialog.next_hop();
+                let to = dialog_hop(dialog);
                 let result = match mediasec_sip::body::sdp(&Message::Response(response))? {
                     // Delayed offer: the 2xx's offer is answered in the ACK (RFC 3261 §13.2.2.4),
                     // once our KMS work (a Ticket Resolve) is done.
@@ -1238,9 +1249,9 @@ impl Core {
     /// our answer in the `ack` to its offer): the ACK goes out (not for UPDATE), the media
     /// re-keys, the API request returns; an offer in the 2xx we could not accept ends the call
     /// (RFC 3261 §13.2.2.4).
-    fn reinvite_answered(&mut self, call_id: &str, purpose: Purpose, ack: Message, to: Option<SocketAddr>, result: Result<Media, Error>) -> Result<(), Error> {
-        if let Some(to) = to.filter(|_| purpose != Purpose::Update) {
-            self.endpoint.send(Command::Stateless { message: ack, to })?;
+    fn reinvite_answered(&mut self, call_id: &str, purpose: Purpose, ack: Message, to: NextHop, result: Result<Media, Error>) -> Result<(), Error> {
+        if purpose != Purpose::Update {
+            send_ack(&self.endpoint, ack, to)?;
         }
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let refused = result.as_ref().err().map(ToString::to_string).filter(|_| purpose == Purpose::OfferlessReinvite);
@@ -1262,12 +1273,11 @@ impl Core {
     /// goes on as its 2xx would have taken it ([`Self::invite_confirmed`],
     /// [`Self::reinvite_answered`]).
     #[allow(clippy::too_many_arguments)]
-    fn ack_keyed(&mut self, call_id: &str, purpose: Purpose, mut ack: Message, to: Option<SocketAddr>, offer: &Sdp, local: SocketAddr, version: u64, answered: Result<(String, Media), Error>) -> Result<(), Error> {
+    fn ack_keyed(&mut self, call_id: &str, purpose: Purpose, mut ack: Message, to: NextHop, offer: &Sdp, local: SocketAddr, version: u64, answered: Result<(String, Media), Error>) -> Result<(), Error> {
         let security = self.config.security;
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         let result = answered_in_request(call, answered, offer, local, version, &mut ack, security);
         if purpose == Purpose::Invite {
-            let to = to.ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
             return self.invite_confirmed(call_id, ack, to, result.map(Some));
         }
         self.reinvite_answered(call_id, purpose, ack, to, result)
@@ -1342,10 +1352,8 @@ impl Core {
                 None if call.keying.is_some() => return Ok(()),
                 None => dialog.ack(1, via)?,
             };
-            if let Some(to) = dialog.next_hop() {
-                self.endpoint.send(Command::Stateless { message: Message::Request(ack), to })?;
-            }
-            return Ok(());
+            let to = dialog_hop(dialog);
+            return send_ack(&self.endpoint, Message::Request(ack), to);
         }
         let dialog = match call.early.take() {
             // The 2xx of the early dialog a reliable 18x created confirms it (§13.2.2.4).
@@ -1359,7 +1367,7 @@ impl Core {
             }
         };
         let mut ack = Message::Request(dialog.ack(1, via)?);
-        let to = dialog.next_hop().ok_or(Error::Negotiation("2xx without a reachable Contact".into()))?;
+        let to = dialog_hop(&dialog);
         let extra_fork = call.dialog.is_some() || matches!(call.state, CallState::Failed(..));
         let sdp = mediasec_sip::body::sdp(&Message::Response(response))?;
         // Our INVITE had no offer and no reliable 18x brought one: an SDP in the 2xx is the
@@ -1380,7 +1388,7 @@ impl Core {
             } else {
                 tracing::info!(%call_id, "2xx after the call failed: ACK and BYE");
             }
-            self.endpoint.send(Command::Stateless { message: ack, to })?;
+            send_ack(&self.endpoint, ack, to)?;
             let mut dialog = dialog;
             let bye = dialog.request(Method::Bye, &self.via())?;
             self.send_request(bye, dialog_hop(&dialog), call_id, Purpose::EndingBye)?;
@@ -1394,7 +1402,7 @@ impl Core {
             let (local, version, ssrc) = answer_version(call);
             call.dialog = Some(dialog);
             let work = answer_work(self.config.security, self.kms.clone(), policy, offer.clone(), local, version, ssrc);
-            return self.start(work, Step::Ack { call_id: call_id.to_owned(), purpose: Purpose::Invite, ack, to: Some(to), offer, local, version });
+            return self.start(work, Step::Ack { call_id: call_id.to_owned(), purpose: Purpose::Invite, ack, to, offer, local, version });
         }
         let media = match sdp {
             // The exchange completed reliably in a 18x (and maybe an UPDATE after it): an SDP
@@ -1412,9 +1420,9 @@ impl Core {
     /// `ack` to its offer, or none needed after a reliable 18x): the ACK goes out (and is kept
     /// for the 2xx's retransmissions); the call is established, or — refused against policy —
     /// ended with BYE (RFC 3261 §13.2.2.4).
-    fn invite_confirmed(&mut self, call_id: &str, ack: Message, to: SocketAddr, media: Result<Option<Media>, Error>) -> Result<(), Error> {
+    fn invite_confirmed(&mut self, call_id: &str, ack: Message, to: NextHop, media: Result<Option<Media>, Error>) -> Result<(), Error> {
         let Message::Request(ack) = ack else { return Ok(()) };
-        self.endpoint.send(Command::Stateless { message: Message::Request(ack.clone()), to })?;
+        send_ack(&self.endpoint, Message::Request(ack.clone()), to)?;
         let Some(call) = self.calls.get_mut(call_id) else { return Ok(()) };
         call.ack = Some(ack);
         match media {
@@ -2200,7 +2208,7 @@ enum Step {
     /// The ACK of a 2xx carrying an offer — the first 2xx to our offerless INVITE
     /// (`purpose` [`Purpose::Invite`]) or the 2xx to our offerless re-INVITE — waits for our
     /// answer (Ticket Resolve at our KMS, RFC 3261 §13.2.2.4).
-    Ack { call_id: String, purpose: Purpose, ack: Message, to: Option<SocketAddr>, offer: Sdp, local: SocketAddr, version: u64 },
+    Ack { call_id: String, purpose: Purpose, ack: Message, to: NextHop, offer: Sdp, local: SocketAddr, version: u64 },
     /// The PRACK of a reliable 18x carrying the offer to our offerless INVITE waits for our
     /// answer (RFC 3262 §5).
     Prack { call_id: String, prack: Message, to: NextHop, offer: Sdp, local: SocketAddr, version: u64, refused_before: bool },
@@ -3055,6 +3063,59 @@ From: <sip:alice@a.example>;tag=at\r\nTo: {to}\r\nCall-ID: rel-1\r\nCSeq: 1 ACK\
         assert!(value(&last, &HeaderName::To).is_some_and(|t| t.contains("tag=")));
         let report = bob.reports().await.expect("reports");
         assert!(report.iter().any(|r| matches!(r.state, CallState::Failed(504, _))), "{report:?}");
+    }
+
+    /// Addresses for one host name, no NAPTR or SRV: a resolver without DNS for a test.
+    struct OneName(&'static str, IpAddr);
+
+    impl mediasec_sip::locate::Resolve for OneName {
+        fn naptr<'a>(&'a self, _: &'a str) -> mediasec_sip::locate::Lookup<'a, mediasec_sip::locate::Naptr> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn srv<'a>(&'a self, _: &'a str) -> mediasec_sip::locate::Lookup<'a, mediasec_sip::locate::Srv> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn ips<'a>(&'a self, name: &'a str) -> mediasec_sip::locate::Lookup<'a, IpAddr> {
+            Box::pin(async move { Ok(if name.trim_end_matches('.').eq_ignore_ascii_case(self.0) { vec![self.1] } else { Vec::new() }) })
+        }
+    }
+
+    /// UAC: a 2xx whose `Contact` names a host name (no `Record-Route`: the ACK goes to the
+    /// remote target, RFC 3261 §13.2.2.4) is ACKed at the address that name locates to
+    /// (`Command::StatelessUri`, RFC 3263 §4.2), and the call is established; before, the ACK
+    /// needed an IP literal and the call failed.
+    #[tokio::test]
+    async fn uac_acks_a_2xx_whose_contact_is_a_host_name() {
+        let peer = peer().await;
+        let peer_addr = peer.local_addr().expect("addr");
+        let mut config = UeConfig::loopback("sip:alice@a.example", peer_addr, SDES, 440.0, 1000.0);
+        config.timers = timers(100);
+        config.resolver = Some(Arc::new(OneName("bob.test", peer_addr.ip())));
+        let alice = Arc::new(Ue::start(config).await.expect("ue"));
+        let calling = tokio::spawn({
+            let (alice, target) = (alice.clone(), format!("sip:bob@{peer_addr}"));
+            async move { alice.call(&target).await }
+        });
+        let (invite, _) = until(&peer, Duration::from_secs(2), |m| matches!(m, Message::Request(r) if r.method == Method::Invite)).await;
+        let offer = mediasec_sip::body::sdp(&invite).expect("sdp").expect("offer");
+        let (answer, _) = offer_answer::answer(&offer, SocketAddr::new(peer_addr.ip(), 40_002), 1, SDES, &SdesPolicy::default(), &mut fill_random).expect("answer");
+        let Message::Request(inv) = &invite else { panic!("request") };
+        let contact = format!("sip:bob@bob.test:{}", peer_addr.port());
+        let ok = ResponseBuilder::to_request(inv, StatusCode::new(200).expect("code"), "OK".to_owned())
+            .expect("builder")
+            .set_header(&HeaderName::To, format!("<sip:bob@{peer_addr}>;tag=bt"))
+            .expect("to")
+            .header(HeaderName::Contact, format!("<{contact}>"))
+            .expect("contact")
+            .header(HeaderName::ContentType, "application/sdp")
+            .expect("ct")
+            .body(answer);
+        send(&peer, alice.sip_addr(), &text(&Message::Response(ok.build()))).await;
+        let (ack, _) = until(&peer, Duration::from_secs(5), |m| matches!(m, Message::Request(r) if r.method == Method::Ack)).await;
+        let Message::Request(ack) = ack else { panic!("request") };
+        assert_eq!(String::from_utf8_lossy(&ack.uri.to_bytes()), contact);
+        let call_id = tokio::time::timeout(Duration::from_secs(5), calling).await.expect("in time").expect("joined").expect("established");
+        assert_eq!(value(&invite, &HeaderName::CallId).as_deref(), Some(call_id.as_str()));
     }
 
     /// UAC (RFC 3262 §4): `Supported: 100rel` in the INVITE; a reliable 183 is PRACKed with

@@ -44,7 +44,7 @@ use mediasec_kms::community::{self, Community};
 use mediasec_mikey::eccsi::Kpak;
 use mediasec_mikey::mikey_sakke::{self, Offer};
 use mediasec_mikey::payload::Timestamp;
-use mediasec_mikey::registry::{ErrorCode, PrfFunc, TsType};
+use mediasec_mikey::registry::{ErrorCode, IdRole, PrfFunc, TsType};
 use mediasec_mikey::sakke;
 use mediasec_mikey::signed_dh::{self, Keys};
 use mediasec_mikey::srtp_policy;
@@ -176,8 +176,10 @@ fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &s
 /// and its KPAK the one of its certificate valid at the message's T (docs/high-security.md
 /// §10.10); none valid there is ERR Auth failure with the [`community::NotValid`] reason
 /// (expired, revoked, not yet valid); an unknown community is ERR Auth failure; IDRkmsr must
-/// be our KMS (ERR Invalid ID). Without IDRkmsi our KMS's KPAK valid at T comes first, then
-/// the trusted KPAKs of other KMSs (configuration). Without certificates, every trusted KPAK.
+/// be our KMS (ERR Invalid ID). An external community's KPAK authenticates only users of its
+/// domains, so its IDRi must be one ([`Community::vouches_for`], else ERR Invalid ID).
+/// Without IDRkmsi our KMS's KPAK valid at T comes first, then the trusted KPAKs of other
+/// KMSs (configuration). Without certificates, every trusted KPAK.
 fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community], kpaks: &[Kpak]) -> Result<(Vec<Kpak>, Vec<Community>), mediasec_mikey::Error> {
     let m = mediasec_mikey::Message::decode(message)?;
     let (kmsi, kmsr) = mikey_sakke::kms_uris_of(&m)?;
@@ -194,6 +196,14 @@ fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community]
     let auth = |reason: String| mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason };
     let valid = community::at(certs, t).map_err(|e| auth(format!("I_MESSAGE of {}: {e}", community::fmt_time(t))))?;
     let own_generations: Vec<&Kpak> = community::of_uri(communities, own_kms).into_iter().map(Community::kpak).collect();
+    if let (Some(c), Some(i)) = (valid, kmsi.as_deref().filter(|i| !i.eq_ignore_ascii_case(own_kms))) {
+        // IDRi is read before the signature is verified; the signature covers it.
+        let idri = mediasec_mikey::ticket::id_of(&m, IdRole::INITIATOR);
+        if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
+            let who = String::from_utf8_lossy(&idri);
+            return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE signed in the KMS community {i} for {who}, whose domain it does not serve") });
+        }
+    }
     let kpaks = match (valid, kmsi) {
         (Some(c), Some(_)) => vec![*c.kpak()],
         // Our community without IDRkmsi: our KPAK of T, then other KMSs' trusted KPAKs.
@@ -455,6 +465,30 @@ mod tests {
         bob.communities = vec![g1, cert(&ksak2, &z2, Some(JAN), None, true)];
         let (sdp, _) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 400)).unwrap();
         refused_with(answer(&mut bob, &Sdp::parse(&sdp), local, 1, 0x2222, at(JAN + 400)).err().unwrap(), ErrorCode::AUTH_FAILURE, "revoked");
+    }
+
+    /// A KMS community vouches only for the users of its `kms_domain_list`: KMS a can issue
+    /// an ECCSI key for any identity string, so a message signed in a's community as
+    /// carol's colleague dave@b.example, or as tel:+15551234, is refused by carol before
+    /// decapsulation (ERR Invalid ID), instead of keying a call she would see as
+    /// authenticated from that identity; a's own user alice still gets through.
+    #[test]
+    fn external_community_signs_only_for_its_own_domains() {
+        let (ksak_a, z_a) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak_b, z_b) = (KmsSecret::from_bytes(&[0x43; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap());
+        let (a, b) = (community_of(&ksak_a, &z_a, "kms.a.example", "a.example"), community_of(&ksak_b, &z_b, "kms.b.example", "b.example"));
+        let mut carol = creds_in(&ksak_b, &z_b, "kms.b.example", "sip:carol@b.example", vec![b.clone(), a.clone()]);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let now = Duration::from_secs(NOW);
+        for (signer, admitted) in [("sip:alice@a.example", true), ("sip:dave@b.example", false), ("tel:+15551234", false)] {
+            let mut forger = creds_in(&ksak_a, &z_a, "kms.a.example", signer, vec![a.clone(), b.clone()]);
+            let (offered, _) = under_z(&mut forger, "sip:carol@b.example", &z_b.public_key(), Some(("kms.a.example", "kms.b.example")), now);
+            match answer(&mut carol, &offered, local, 1, 0x2222, now) {
+                Ok(_) => assert!(admitted, "{signer} signed in a's community was admitted"),
+                Err(e) if !admitted => refused_with(e, ErrorCode::INVALID_ID, "does not serve"),
+                Err(e) => panic!("{signer}: {e}"),
+            }
+        }
     }
 
     /// alice's offer to `callee` whose I_MESSAGE is encapsulated under `z` (not the callee's
