@@ -28,14 +28,19 @@ pub fn frame(cookie: &[u8], reply: &Value<'_>) -> Vec<u8> {
 }
 
 /// A blocking ng client call (for tools and tests): sends `request` with a fresh cookie
-/// over `socket` to `server` and waits for the reply carrying that cookie.
+/// over `socket` to `server` and waits for the reply carrying that cookie. A wait interrupted
+/// without a reply (`EINTR`: a socket with a read timeout is not restarted, e.g. after
+/// io_uring task work on this thread) goes on waiting; the read timeout still ends it.
 pub fn request(socket: &std::net::UdpSocket, server: std::net::SocketAddr, request: &Value<'_>) -> std::io::Result<Value<'static>> {
     use std::io::{Error as IoError, ErrorKind};
     let cookie = format!("{:016x}", rand::random::<u64>());
     socket.send_to(&frame(cookie.as_bytes(), request), server)?;
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, _) = socket.recv_from(&mut buf)?;
+        let (n, _) = match socket.recv_from(&mut buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            got => got?,
+        };
         let datagram = buf.get(..n).unwrap_or_default();
         let Ok((c, message)) = split_cookie(datagram) else { continue };
         if c == cookie.as_bytes() {

@@ -1067,8 +1067,10 @@ mod tests {
         let base = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().min(60000);
         let agw = rt.block_on(Agw::start_with(config(base), path)).unwrap();
         // Auto is io_uring wherever a ring works (the kernel may refuse it, e.g. under seccomp).
-        let wake = EventFd::new().unwrap();
-        assert_eq!(agw.uses_io_uring(), path == MediaPath::Auto && MediaRing::new(4, wake.as_fd()).is_ok());
+        // The probe ring lives on a thread of its own: its teardown's task work would
+        // interrupt (EINTR) this thread's socket reads with a timeout.
+        let ring_works = std::thread::spawn(|| MediaRing::new(4, EventFd::new().unwrap().as_fd()).is_ok()).join().unwrap();
+        assert_eq!(agw.uses_io_uring(), path == MediaPath::Auto && ring_works);
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let ue = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
