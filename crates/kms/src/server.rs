@@ -5,7 +5,9 @@
 //! `GET /keymanagement/kpak` *(ours: ECCSI signing keys, [`crate::keyprov`])*, the admin API (bearer token; docs/openapi/kms-admin.yaml),
 //! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
 //! The LI API (`/li/v1/…`, docs/openapi/kms-li.yaml) answers 404 unless an LI token was
-//! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics.
+//! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics, and is
+//! served over HTTPS only ([`serve_tls`]; [`serve`] refuses to start with LI on, and never
+//! routes `/li/v1`).
 
 use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,7 +181,8 @@ impl Service {
     }
 
     /// Turns the LI API on with its bearer token, which must be non-empty and differ from
-    /// the admin token; once per service.
+    /// the admin token; once per service. The API is served by [`serve_tls`] only: the token
+    /// and the released keys never cross a plain-HTTP listener ([`LI_NEEDS_TLS`]).
     pub fn enable_li(&self, token: String) -> Result<(), KmsError> {
         if token.is_empty() || bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
             return Err(KmsError::Config("the LI token must be non-empty and differ from the admin token".into()));
@@ -364,9 +367,9 @@ impl Service {
         out
     }
 
-    /// The axum router.
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+    /// The axum router; the LI routes only with `li` (a TLS listener).
+    fn router(self: &Arc<Self>, li: bool) -> Router {
+        let router = Router::new()
             .route("/keymanagement", post(ua))
             .route("/keymanagement/kpak", get(kpak))
             .route("/keymanagement/certificate", get(certificate))
@@ -382,9 +385,9 @@ impl Service {
             .route("/admin/v1/keys/prune", post(keys_prune))
             .route("/admin/v1/audit", get(audit_get))
             .route("/admin/v1/communities", get(communities_get))
-            .route("/admin/v1/communities/refresh", post(communities_refresh))
-            .merge(self.li_router())
-            .with_state(Arc::clone(self))
+            .route("/admin/v1/communities/refresh", post(communities_refresh));
+        let router = if li { router.merge(self.li_router()) } else { router };
+        router.with_state(Arc::clone(self))
     }
 
     /// The LI routes, each behind [`li_auth`] (which also runs before a 405, so with LI off
@@ -864,7 +867,7 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         Err(_) => "KMS failure",
     };
     info!(target: "li", warrant = %body.warrant, action, outcome = logged, "LI key request");
-    let entry = LiAuditEntry { at_unix_ms: now_ms(), action: action.into(), warrant: body.warrant.clone(), detail };
+    let entry = LiAuditEntry::new(now_ms(), action, &body.warrant, detail);
     if let Err(e) = s.persist.li_audit(&entry, suffix()).await {
         // No release that the LI trail does not record.
         return li_error(&e);
@@ -881,21 +884,38 @@ struct LiAuditQuery {
     limit: Option<usize>,
 }
 
+/// `GET /li/v1/audit`: the entries and the verification of the trail's hash chain
+/// ([`crate::li_chain`]); 200 when the chain is intact, 409 with the same body naming each
+/// break (a deleted entry, a missing head) when not — never a silently shortened trail.
 async fn li_audit_get(State(s): State<Arc<Service>>, Query(q): Query<LiAuditQuery>) -> Response {
     match s.persist.li_audit_log(q.since_ms.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await {
-        Ok(rows) => axum::Json(rows).into_response(),
+        Ok(trail) if trail.chain.intact => axum::Json(trail).into_response(),
+        Ok(trail) => {
+            warn!(target: "li", breaks = trail.chain.breaks.len(), "LI audit trail: hash chain broken");
+            (StatusCode::CONFLICT, axum::Json(trail)).into_response()
+        }
         Err(e) => li_error(&e),
     }
 }
 
+/// Why [`serve`] refuses a service with LI on (and `mediasec kms serve --li-token-file`
+/// without `--tls-cert`): the fix is named.
+pub const LI_NEEDS_TLS: &str = "the LI API (--li-token-file) is served over HTTPS only: on a plain-HTTP listener its bearer token and the released call keys would cross the network in clear; serve with --tls-cert and --tls-key (or leave LI off)";
+
 /// Serves plain HTTP on a bound listener until `until` completes (then gracefully:
-/// [`mediasec_bsf::graceful`]) or the future is dropped.
+/// [`mediasec_bsf::graceful`]) or the future is dropped. Without the LI API: refused
+/// ([`LI_NEEDS_TLS`]) when LI is on, and `/li/v1` is not routed (404, as absent) should LI be
+/// turned on later — LI answers on a [`serve_tls`] listener of the same service only.
 pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
+    if s.li_token.get().is_some() {
+        tracing::error!("{LI_NEEDS_TLS}");
+        return Err(KmsError::Config(LI_NEEDS_TLS.into()));
+    }
+    axum::serve(listener, s.router(false)).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }
 
 /// Serves HTTPS (rustls, the BSF's TLS listener: handshakes concurrent and bounded) as
-/// [`serve`].
+/// [`serve`], with the LI API (when on).
 pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
+    axum::serve(listener, s.router(true)).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }

@@ -79,7 +79,8 @@ struct ServeArgs {
     #[arg(long)]
     admin_token: Option<String>,
     /// Turn on the LI API (`/li/v1`, docs/li.md) with the bearer token in this file (first
-    /// line; must differ from the admin token). Without it the LI API answers 404.
+    /// line; must differ from the admin token). Needs --tls-cert/--tls-key: LI is served over
+    /// HTTPS only. Without it the LI API answers 404.
     #[arg(long)]
     li_token_file: Option<PathBuf>,
     /// Key-ring master key, 64 hex digits (else env MEDIASEC_KMS_MASTER_KEY). Required: the
@@ -198,6 +199,9 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if li_token.is_some() && tls.is_none() {
+        anyhow::bail!("{}", mediasec_kms::server::LI_NEEDS_TLS);
+    }
     let peer_map = zk_peer_map(&a)?;
     let mut communities = Vec::new();
     for f in &a.community_certs {
