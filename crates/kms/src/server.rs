@@ -145,7 +145,7 @@ pub struct Service {
     /// External KMS communities (configured, learned over Zk).
     communities: Communities,
     admin_token: String,
-    li_token: OnceLock<String>,
+    li_tokens: OnceLock<LiTokens>,
     metrics: Metrics,
     next_id: AtomicU64,
     last_reload_ms: AtomicU64,
@@ -177,17 +177,25 @@ impl Service {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_tokens: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
     }
 
-    /// Turns the LI API on with its bearer token, which must be non-empty and differ from
-    /// the admin token; once per service. The API is served by [`serve_tls`] only: the token
-    /// and the released keys never cross a plain-HTTP listener ([`LI_NEEDS_TLS`]).
-    pub fn enable_li(&self, token: String) -> Result<(), KmsError> {
-        if token.is_empty() || bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
-            return Err(KmsError::Config("the LI token must be non-empty and differ from the admin token".into()));
+    /// Turns the LI API on with its two bearer tokens (docs/li.md "Two LI credentials"):
+    /// `warrants` for warrant provisioning and the LI audit trail (X1-like), `keys` for key
+    /// retrieval (X2-like) — a key-retrieval client cannot create, read or remove warrants,
+    /// and a provisioning client gets no keys. Each must be non-empty and differ from the
+    /// other and from the admin token; once per service. The API is served by [`serve_tls`]
+    /// only: the tokens and the released keys never cross a plain-HTTP listener
+    /// ([`LI_NEEDS_TLS`]).
+    pub fn enable_li(&self, warrants: String, keys: String) -> Result<(), KmsError> {
+        let same = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
+        if warrants.is_empty() || keys.is_empty() || same(&warrants, &self.admin_token) || same(&keys, &self.admin_token) {
+            return Err(KmsError::Config("the LI tokens must be non-empty and differ from the admin token".into()));
         }
-        self.li_token.set(token).map_err(|_| KmsError::Config("the LI API is already enabled".into()))
+        if same(&warrants, &keys) {
+            return Err(KmsError::Config("the LI warrant-provisioning and key-retrieval tokens must differ".into()));
+        }
+        self.li_tokens.set(LiTokens { warrants, keys }).map_err(|_| KmsError::Config("the LI API is already enabled".into()))
     }
 
     /// The core.
@@ -390,15 +398,16 @@ impl Service {
         router.with_state(Arc::clone(self))
     }
 
-    /// The LI routes, each behind [`li_auth`] (which also runs before a 405, so with LI off
-    /// every method on these paths is a 404).
+    /// The LI routes, each behind its interface's guard ([`li_auth`], which also runs before
+    /// a 405, so with LI off every method on these paths is a 404).
     fn li_router(self: &Arc<Self>) -> Router<Arc<Self>> {
-        Router::new()
+        let x1 = Router::new()
             .route("/li/v1/warrants", get(warrants_get))
             .route("/li/v1/warrants/{id}", get(warrant_get).put(warrant_put).delete(warrant_delete))
-            .route("/li/v1/keys", post(li_keys))
             .route("/li/v1/audit", get(li_audit_get))
-            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), li_auth))
+            .route_layer(axum::middleware::from_fn_with_state((Arc::clone(self), LiInterface::X1), li_auth));
+        let x2 = Router::new().route("/li/v1/keys", post(li_keys)).route_layer(axum::middleware::from_fn_with_state((Arc::clone(self), LiInterface::X2), li_auth));
+        x1.merge(x2)
     }
 }
 
@@ -750,19 +759,45 @@ async fn audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<
     }
 }
 
-/// LI API guard: 404 (as if absent) when LI is off, 401 on a wrong token (logged).
-fn li_guard(s: &Service, h: &HeaderMap) -> Option<Response> {
-    let Some(token) = s.li_token.get() else { return Some(StatusCode::NOT_FOUND.into_response()) };
-    if bearer_ok(h, token) {
+/// The two LI bearer tokens ([`Service::enable_li`]).
+struct LiTokens {
+    /// Warrant provisioning and the LI audit trail (X1-like).
+    warrants: String,
+    /// Key retrieval (X2-like).
+    keys: String,
+}
+
+/// The LI interface a route belongs to.
+#[derive(Clone, Copy)]
+enum LiInterface {
+    /// Warrants and the LI audit trail.
+    X1,
+    /// Key retrieval.
+    X2,
+}
+
+/// LI API guard: 404 (as if absent) when LI is off; 403 for the other interface's token
+/// (a key-retrieval client managing warrants, or the reverse); 401 on any other token. Both
+/// refusals are logged.
+fn li_guard(s: &Service, h: &HeaderMap, interface: LiInterface) -> Option<Response> {
+    let Some(tokens) = s.li_tokens.get() else { return Some(StatusCode::NOT_FOUND.into_response()) };
+    let (own, other, refused) = match interface {
+        LiInterface::X1 => (&tokens.warrants, &tokens.keys, "the LI key-retrieval token does not manage warrants or read the LI audit trail"),
+        LiInterface::X2 => (&tokens.keys, &tokens.warrants, "the LI warrant-provisioning token does not retrieve keys"),
+    };
+    if bearer_ok(h, own) {
         None
+    } else if bearer_ok(h, other) {
+        warn!(target: "li", "{refused}");
+        Some(text(StatusCode::FORBIDDEN, refused))
     } else {
         warn!(target: "li", "LI API call with a missing or wrong token");
-        Some(text(StatusCode::UNAUTHORIZED, "LI API requires the LI bearer token"))
+        Some(text(StatusCode::UNAUTHORIZED, "LI API requires an LI bearer token"))
     }
 }
 
-async fn li_auth(State(s): State<Arc<Service>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match li_guard(&s, req.headers()) {
+async fn li_auth(State((s, interface)): State<(Arc<Service>, LiInterface)>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match li_guard(&s, req.headers(), interface) {
         Some(refused) => refused,
         None => next.run(req).await,
     }
@@ -907,7 +942,7 @@ pub const LI_NEEDS_TLS: &str = "the LI API (--li-token-file) is served over HTTP
 /// ([`LI_NEEDS_TLS`]) when LI is on, and `/li/v1` is not routed (404, as absent) should LI be
 /// turned on later — LI answers on a [`serve_tls`] listener of the same service only.
 pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
-    if s.li_token.get().is_some() {
+    if s.li_tokens.get().is_some() {
         tracing::error!("{LI_NEEDS_TLS}");
         return Err(KmsError::Config(LI_NEEDS_TLS.into()));
     }

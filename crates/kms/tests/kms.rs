@@ -368,18 +368,19 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
     let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, community_b.z(), mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
     let t = now().as_secs();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let release = |ep: Endpoint, target: &'static str| {
         let msg = msg.clone();
         async move {
             let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
             assert_eq!(li_http(&ep, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
             let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-            let r = li_http(&ep, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+            let r = li_http(&ep, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
             (r.status, String::from_utf8_lossy(&r.body).trim().to_owned())
         }
     };
     for d in [a, b] {
-        d.service.enable_li("li-secret".into()).unwrap();
+        d.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     }
     let (status, reason) = release(li_b.clone(), "carol@b.example").await;
     assert_eq!(status, 403, "{reason}");
@@ -412,7 +413,7 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
     let mut lab = Lab::start_local(&dir.0, &spec, &["carol@b.example", "dave@b.example"]).await.unwrap();
     let li_b = li_endpoint(&mut lab, "b.example").await;
     let b = lab.domain("b.example").unwrap();
-    b.service.enable_li("li-secret".into()).unwrap();
+    b.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let ksak_c = eccsi::KmsSecret::from_bytes(&[0x44; 32]).unwrap();
     let z_c = sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap();
     b.service.configure_community(mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()).unwrap();
@@ -420,6 +421,7 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
     let t = now().as_secs();
     let period = mediasec_kms::keyprov::Period::of_unix(t).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     for (n, (initiator, target, status)) in
         [("sip:eve@c.example", "eve@c.example", 200), ("sip:alice@a.example", "alice@a.example", 403), ("sip:dave@b.example", "dave@b.example", 403), ("tel:+15551234", "+15551234@b.example", 403)]
             .into_iter()
@@ -443,7 +445,7 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
         let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
         assert_eq!(li_http(&li_b, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
         let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-        let r = li_http(&li_b, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+        let r = li_http(&li_b, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
         let body = String::from_utf8_lossy(&r.body).trim().to_owned();
         assert_eq!(r.status, status, "{initiator}: {body}");
         if status == 200 {
@@ -522,16 +524,17 @@ async fn li_log_lines_name_no_identity() {
     let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
     let li_d = li_endpoint(&mut lab, "a.example").await;
     let d = lab.domain("a.example").unwrap();
-    d.service.enable_li("li-secret".into()).unwrap();
+    d.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let (alice, _) = lab.ue("alice@a.example").await.unwrap();
     let held = alice.make_ticket(&ask("bob@a.example"), now(), &|b| rand::fill(b)).unwrap();
     let (ti, _) = alice.transfer_init(&held, &KmsUid::parse("bob@a.example").unwrap(), rand::random(), 0x1111, now(), rand::random()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W-log", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
     assert_eq!(li_http(&li_d, "PUT", "/li/v1/warrants/W-log", &li, w.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W-log", "transfer_init": STANDARD.encode(&ti) }).to_string();
-    let r = li_http(&li_d, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_d, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     let reason = String::from_utf8_lossy(&r.body).trim().to_owned();
     assert!(r.status == 403 && reason.contains("UE-made") && reason.contains("alice@a.example"), "{} {reason}", r.status);
     let trail = String::from_utf8(li_http(&li_d, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
@@ -551,7 +554,7 @@ async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() 
     let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
     let (_, two) = lab.replica("a.example").await.unwrap();
     let li2 = lab.serve_li(&two, "a.example").await.unwrap();
-    two.enable_li("li-secret".into()).unwrap();
+    two.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
     let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
     let d = lab.domain("a.example").unwrap();
@@ -564,11 +567,12 @@ async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() 
     let (_, m_i) = alice.on_transfer_resp(&pt, &tr, now()).unwrap();
     assert!(two.kms().ring().get(2).is_none(), "replica 2 has not re-read the ring yet");
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
     assert_eq!(li_http(&li2, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&ti), "transfer_resp": STANDARD.encode(&tr) }).to_string();
-    let r = li_http(&li2, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li2, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*m_i.initiator_stream.master_key).as_str()));
@@ -669,9 +673,12 @@ async fn lawful_interception_over_http() {
         let r = li_http(&li_a, method, path, &[], b"{}").await;
         assert_eq!((r.status, r.body.len()), (404, 0), "{method} {path}: as absent as {:?}", http(&url, method, "/nowhere", &[], b"").await.status);
     }
-    assert!(a.service.enable_li(a.admin_token.clone()).is_err(), "LI token must differ from the admin token");
-    a.service.enable_li("li-secret".into()).unwrap();
+    assert!(a.service.enable_li(a.admin_token.clone(), "li-keys".into()).is_err(), "LI tokens must differ from the admin token");
+    assert!(a.service.enable_li("li-secret".into(), a.admin_token.clone()).is_err(), "LI tokens must differ from the admin token");
+    assert!(a.service.enable_li("li-secret".into(), "li-secret".into()).is_err(), "the two LI tokens must differ");
+    a.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     // Never over plain HTTP (docs/li.md): the Ua listener does not route /li/v1, and a
     // plain-HTTP server of a service with LI on refuses to start.
     assert_eq!(http(&url, "GET", "/li/v1/warrants", &li, b"").await.status, 404);
@@ -683,6 +690,16 @@ async fn lawful_interception_over_http() {
     assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
     assert_eq!(li_http(&li_a, "POST", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
     assert_eq!(li_http(&li_a, "POST", "/li/v1/warrants", &li, b"").await.status, 405);
+    // Two credentials (docs/li.md): the key-retrieval token manages no warrant and reads no
+    // trail (403); the warrant token retrieves no keys (403).
+    let ww = serde_json::json!({ "id": "W9", "target": "bob@a.example", "not_before": 1, "not_after": 2 }).to_string();
+    for (method, path, body) in [("PUT", "/li/v1/warrants/W9", ww.as_bytes()), ("GET", "/li/v1/warrants", b"".as_slice()), ("DELETE", "/li/v1/warrants/W9", b""), ("GET", "/li/v1/audit", b"")] {
+        let r = li_http(&li_a, method, path, &li_keys, body).await;
+        assert_eq!(r.status, 403, "{method} {path} with the key-retrieval token: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants/W9", &li, b"").await.status, 404, "no warrant made with the key-retrieval token");
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1","transfer_init":"AAAA"}"#).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "the LI warrant-provisioning token does not retrieve keys"));
 
     let t = now().as_secs();
     let w = |id: &str, target: &str, from: u64, to: u64| serde_json::json!({ "id": id, "target": target, "not_before": from, "not_after": to }).to_string();
@@ -728,7 +745,7 @@ async fn lawful_interception_over_http() {
         j.to_string()
     };
     let (ti, tr, m_i, m_r) = &calls[0];
-    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", ti, Some(tr)).as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!((j["initiator"].as_str(), j["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
@@ -748,7 +765,7 @@ async fn lawful_interception_over_http() {
     let resolved = bob.on_resolve_resp(pr, &STANDARD.decode(&rr.body).unwrap(), now()).unwrap();
     let (tr3, m_r3) = bob.transfer_resp(&resolved, &ti3, 0x4444, now()).unwrap();
     let (_, m_i3) = alice.on_transfer_resp(&pt, &tr3, now()).unwrap();
-    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W1", &ti3, Some(&tr3)).as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", &ti3, Some(&tr3)).as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     for (cs, p_i, p_r) in [(&j["crypto_sessions"][0], &m_i3.initiator_stream, &m_r3.initiator_stream), (&j["crypto_sessions"][1], &m_i3.responder_stream, &m_r3.responder_stream)] {
@@ -758,17 +775,17 @@ async fn lawful_interception_over_http() {
     }
     // Refusals: a third party's warrant, an expired one, an unknown one; bad input.
     let reason = |r: HttpResponse| (r.status, String::from_utf8_lossy(&r.body).trim().to_owned());
-    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W2", ti, Some(tr)).as_bytes()).await), (403, "target not a party of this call".into()));
-    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W3", ti, Some(tr)).as_bytes()).await), (403, "warrant expired".into()));
-    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1","transfer_init":"%%"}"#).await.status, 400);
-    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1"}"#).await.status, 400);
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W2", ti, Some(tr)).as_bytes()).await), (403, "target not a party of this call".into()));
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W3", ti, Some(tr)).as_bytes()).await), (403, "warrant expired".into()));
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, br#"{"warrant":"W1","transfer_init":"%%"}"#).await.status, 400);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, br#"{"warrant":"W1"}"#).await.status, 400);
     assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &[("Authorization", admin.as_str())], keys("W1", ti, Some(tr)).as_bytes()).await.status, 401);
     // Erika's call (not a target) under alice's warrant: refused.
-    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W1", &calls[1].0, Some(&calls[1].1)).as_bytes()).await).0, 403);
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", &calls[1].0, Some(&calls[1].1)).as_bytes()).await).0, 403);
     // Deleted warrant: refused.
     assert_eq!(li_http(&li_a, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 200);
     assert_eq!(li_http(&li_a, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
-    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
 
     // A warrant replaced under the same id (another target).
     assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W2", &li, w("W2", "erika@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
@@ -806,7 +823,7 @@ async fn lawful_interception_over_http() {
     let (_, two) = lab.replica("a.example").await.unwrap();
     let li2 = lab.serve_li(&two, "a.example").await.unwrap();
     assert_eq!(li_http(&li2, "GET", "/li/v1/warrants/W2", &li, b"").await.status, 404, "LI off on the new instance");
-    two.enable_li("li-secret".into()).unwrap();
+    two.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let list: serde_json::Value = serde_json::from_slice(&li_http(&li2, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
     assert_eq!(list.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect::<Vec<_>>(), ["W2", "W3"]);
 
@@ -1153,8 +1170,9 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     assert_eq!(*done.keys.initiator_stream.master_key, *answered.keys.initiator_stream.master_key);
     assert_eq!(*done.keys.responder_stream.master_key, *answered.keys.responder_stream.master_key);
 
-    a.service.enable_li("li-secret".into()).unwrap();
+    a.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
     assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
@@ -1163,7 +1181,7 @@ async fn high_security_calls_have_no_key_at_the_kms() {
         if let Some(tr) = tr {
             j["transfer_resp"] = STANDARD.encode(tr).into();
         }
-        let r = li_http(&li_a, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
+        let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.to_string().as_bytes()).await;
         assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
     }
 
@@ -1188,7 +1206,7 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     let got = mediasec_mikey::mikey_sakke::receive(&msg, &bks.kpak, &bz.z, &bz.rsk, ntp, 30, &mut Seen(&mut seen)).unwrap().keys.unwrap();
     assert_eq!(*got.responder_stream.master_key, *keys.responder_stream.master_key);
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
@@ -1200,10 +1218,10 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     let w2 = serde_json::json!({ "id": "W2", "target": "carol@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
     assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W2", &li, w2.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W2", "transfer_init": STANDARD.encode(&msg) }).to_string();
-    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "target not a party of this call"));
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg), "transfer_resp": STANDARD.encode(&msg) }).to_string();
-    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li, j.as_bytes()).await.status, 400);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await.status, 400);
 }
 
 /// A KMS stopped through its in-process handle (`mediasec_bsf::graceful::Serving`) releases

@@ -97,7 +97,7 @@ async fn scenario(store: Arc<dyn Store>, backend: &str) {
         }
         n
     };
-    assert_eq!(sealed_rows, 2 + 2 + 1 + 1, "{backend}: ring keys, KSAK and z, warrant, LI audit entry");
+    assert_eq!(sealed_rows, 2 + 2 + 1 + 2, "{backend}: ring keys, KSAK and z, warrant, LI audit entry and its chain head");
 
     // Interrupted after 3 rows (as Ctrl-C or a crash): both keys' KMS refuse to start.
     let keys = || Keys::new(key(OLD), key(NEW)).expect("keys");
@@ -283,7 +283,7 @@ async fn online_rotation_with_two_replicas_on_postgresql() {
     let report = rekey(&*store, pair(), Mode::Online(Liveness::default()), &mut go).await.expect("online rekey");
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(traffic.await.expect("calls during the walk") >= 2);
-    assert_eq!(report.total().resealed + report.total().already_new, 2 + 2 + 1 + 1, "{report}: 2 ring keys (the first, re-sealed under NEW by the rotation of the ring, and the second), KSAK and z, warrant, LI entry");
+    assert_eq!(report.total().resealed + report.total().already_new, 2 + 2 + 1 + 2, "{report}: 2 ring keys (the first, re-sealed under NEW by the rotation of the ring, and the second), KSAK and z, warrant, LI entry and its chain head");
     calls(&a.0, &b.0, "after the walk").await;
 
     // Phase 3: NEW alone; the old key alone is refused.

@@ -527,7 +527,8 @@ may_call = ["?@a.example", "?@b.example"]
     async fn intercepted_call(lab: &Lab, li: &mediasec_bsf::client::Endpoint, alice: &mut Ue, ka: &KmsClient, bob: &mut Ue, kb: &KmsClient) -> anyhow::Result<Verdict> {
         use base64::Engine as _;
         let token = hex::encode(rand::random::<[u8; 16]>());
-        lab.domain("a.example")?.service.enable_li(token.clone())?;
+        let keys_token = hex::encode(rand::random::<[u8; 16]>());
+        lab.domain("a.example")?.service.enable_li(token.clone(), keys_token.clone())?;
         let secs = now().as_secs();
         for (id, target) in [("W-alice", "alice@a.example"), ("W-dan", "dan@a.example")] {
             let w = serde_json::json!({"id": id, "target": target, "not_before": secs - 60, "not_after": secs + 600});
@@ -541,7 +542,7 @@ may_call = ["?@a.example", "?@b.example"]
         let (_, m_alice) = alice.on_transfer_resp(&pending, &tr, now())?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let ask_keys = |w: &str| serde_json::json!({"warrant": w, "transfer_init": b64.encode(&ti), "transfer_resp": b64.encode(&tr)});
-        let (status, body) = li_api(li, &token, "POST", "/li/v1/keys", &ask_keys("W-alice")).await?;
+        let (status, body) = li_api(li, &keys_token, "POST", "/li/v1/keys", &ask_keys("W-alice")).await?;
         anyhow::ensure!(status == 200, "keys under W-alice: {status} {body}");
         let released: serde_json::Value = serde_json::from_str(&body)?;
         let key_of = |cs: u64| -> Option<String> {
@@ -553,7 +554,7 @@ may_call = ["?@a.example", "?@b.example"]
             && key_of(1) == Some(hex::encode(&*m_bob.initiator_stream.master_key))
             && key_of(2) == Some(hex::encode(&*m_bob.responder_stream.master_key))
             && key_of(2) == Some(hex::encode(&*m_alice.responder_stream.master_key));
-        let (refused, reason) = li_api(li, &token, "POST", "/li/v1/keys", &ask_keys("W-dan")).await?;
+        let (refused, reason) = li_api(li, &keys_token, "POST", "/li/v1/keys", &ask_keys("W-dan")).await?;
         Ok(match (same, refused) {
             (true, 403) => Verdict::Ok(format!("keys under alice's warrant = both UEs' keys; dan's warrant refused: 403 {}", reason.trim())),
             (false, _) => Verdict::Failed(format!("released keys differ from the call's: {body}")),
