@@ -27,7 +27,7 @@
 //! still holds that entry. Entries written before the chain existed (`seq` 0) are counted,
 //! not protected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use aws_lc_rs::digest;
 use mediasec_kms_store::{Store, Table};
@@ -162,7 +162,7 @@ pub fn verify(entries: &[Stored], head: Option<(u64, &str)>) -> ChainReport {
     let mut breaks = Vec::new();
     let chained: Vec<&Stored> = entries.iter().filter(|s| s.entry.seq > 0).collect();
     let by_hash: HashMap<&str, &Stored> = chained.iter().map(|s| (s.hash.as_str(), *s)).collect();
-    let mut on_chain: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut on_chain: HashSet<&str> = HashSet::new();
     let (head_seq, head_hash) = match head {
         Some((seq, hash)) => (seq, hash.to_owned()),
         None => (0, GENESIS.to_owned()),
