@@ -674,8 +674,9 @@ fn kms_pki_then_serve_ua_over_https() {
 /// processes peered over Zk (lab PKI; Zk ports from `free_ports`); KMS a also configures a
 /// third community's certificate (`--community-cert`). An on-demand refresh at a learns b's
 /// certificate over Zk — the one b publishes at `/keymanagement/certificate` —, and the
-/// admin list shows both with their source. A malformed certificate file stops `kms serve`
-/// with the reason.
+/// admin list shows both with their source. `kms community-keys rotate` on b's store makes a
+/// second generation, which b then publishes as a certificate set. A malformed certificate
+/// file stops `kms serve` with the reason.
 #[test]
 fn kms_serve_learns_a_zk_peers_certificate_and_takes_configured_ones() {
     let dir = std::env::temp_dir().join(format!("mediasec-cli-communities-{}", std::process::id()));
@@ -715,6 +716,29 @@ fn kms_serve_learns_a_zk_peers_certificate_and_takes_configured_ones() {
     assert_eq!(of("kms.b.example")["certificate"], serde_json::from_str::<serde_json::Value>(&published).expect("JSON"), "what b publishes");
     assert_eq!(of("kms.c.example")["source"]["configured"], true);
     drop((a, b));
+    // Community key rotation on b's store (docs/kms.md "Community key rotation"): a start
+    // inside the issuable months is refused; the default start makes generation 2; b then
+    // publishes a set of two version 2 certificates, the first ending where the second begins.
+    let b_store = store("b");
+    let rotate = |extra: &[&str]| {
+        let mut args = vec!["kms", "community-keys", "rotate", "--store", b_store.as_str(), "--master-key", KMS_MASTER];
+        args.extend_from_slice(extra);
+        mediasec(&args)
+    };
+    let refused = rotate(&["--valid-from", "2020-01-01T00:00:00Z"]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("earlier than"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let rotated = rotate(&[]);
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let listed = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(listed.lines().count() == 2 && listed.contains("generation 1 from - to ") && listed.contains("generation 2 from "), "{listed}");
+    let b = kms_serve_as("kms.b.example", &store("b"), &[]).expect("kms b again");
+    let (status, published) = http_request(&b.addr, "GET", "/keymanagement/certificate", "").expect("b's certificate set");
+    assert_eq!(status, 200, "{published}");
+    let set: serde_json::Value = serde_json::from_str(&published).expect("JSON");
+    let set = set.as_array().expect("an array of two certificates");
+    assert_eq!((set.len(), &set[0]["version"], &set[1]["version"]), (2, &serde_json::json!(2), &serde_json::json!(2)));
+    assert_eq!(set[0]["valid_to"], set[1]["valid_from"]);
+    drop(b);
     let bad = dir.join("bad.json");
     std::fs::write(&bad, br#"{"version":1}"#).expect("write");
     let err = kms_serve_as("kms.a.example", &store("a2"), &["--community-cert", bad.to_str().expect("path")]).err().expect("refused");

@@ -64,6 +64,10 @@ pub enum KmsError {
     /// A KMS certificate is malformed, or may not be used (docs/high-security.md §10.9).
     #[error("KMS certificate: {0}")]
     Certificate(String),
+    /// No KMS certificate of a community is valid at the instant asked: revoked, expired or
+    /// not yet valid (docs/high-security.md §10.10).
+    #[error(transparent)]
+    CertificateNotValid(#[from] crate::community::NotValid),
 }
 
 impl KmsError {

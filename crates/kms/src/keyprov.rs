@@ -29,8 +29,10 @@
 //!   `certificates`, the KMS certificates ([`crate::community`]) of the communities the user
 //!   may call or be called from — its own first, then the external ones its KMS knows — each
 //!   appended to the response MAC input as its JSON encoding (absent when empty, so
-//!   responses without certificates keep their MAC). The UE refuses a certificate that names
-//!   its own KMS with other keys than the response's KPAK and Z.
+//!   responses without certificates keep their MAC). A KMS sends one certificate per
+//!   generation of its community keys (docs/high-security.md §10.10; windows disjoint per KMS
+//!   URI). The UE refuses the response when its own KMS's certificate valid at the start of
+//!   the key period names other keys than the response's KPAK and Z.
 //!
 //! This module is sans-IO: the UE side ([`request`], [`Pending::open`]) and the pieces the KMS
 //! side (`crate::signing_keys`) checks and builds with.
@@ -398,17 +400,15 @@ impl Pending {
         if sakke.is_none() && !r.certificates.is_empty() {
             return Err(bad("KMS certificates without MIKEY-SAKKE keys"));
         }
-        let mut communities = Vec::with_capacity(r.certificates.len());
-        for c in r.certificates {
-            let c = Community::from_certificate(c).map_err(|e| bad(&e.to_string()))?;
-            let own_keys_differ = sakke.as_ref().is_some_and(|s| *c.kpak() != kpak || *c.z() != s.z);
-            if c.kms_uri().eq_ignore_ascii_case(&r.kms) && own_keys_differ {
-                return Err(bad("the certificate of the issuing KMS names other keys than the response"));
-            }
-            if communities.iter().any(|o: &Community| o.kms_uri() == c.kms_uri()) {
-                return Err(bad(&format!("two certificates of {}", c.kms_uri())));
-            }
-            communities.push(c);
+        let communities = r.certificates.into_iter().map(Community::from_certificate).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e.to_string()))?;
+        crate::community::check_disjoint(&communities).map_err(|e| bad(&e.to_string()))?;
+        // The issuing KMS's certificate of the key period (valid at its first instant: keys of a
+        // month are of the generation valid then) must name the response's keys.
+        let start = crate::generations::month_start(self.period)?;
+        if let (Some(s), Ok(Some(c))) = (&sakke, crate::community::at(crate::community::of_uri(&communities, &r.kms), start))
+            && (*c.kpak() != kpak || *c.z() != s.z)
+        {
+            return Err(bad("the certificate of the issuing KMS names other keys than the response"));
         }
         Ok(Provisioned { kms: r.kms, uri: r.uri, period: self.period, kpak, key, sakke, communities })
     }

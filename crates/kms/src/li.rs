@@ -418,6 +418,13 @@ impl Kms {
     }
 }
 
+/// Unix time of the T payload of a decoded MIKEY-SAKKE I_MESSAGE (unverified: it selects the
+/// community key generation whose keys verify and open the message, crate::generations).
+pub fn sakke_time(i_message: &Decoded<'_>) -> Result<u64, KmsError> {
+    let t = tk::t_of(i_message.message()).map_err(|e| input("i_message", e))?;
+    unix_of(&t).ok_or_else(|| input("i_message", "no usable timestamp"))
+}
+
 /// One LI audit record (never key material; readable only through the LI API), a link of
 /// the trail's hash chain ([`crate::li_chain`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,7 @@ pub mod bsf_zn;
 pub mod client;
 pub mod community;
 pub mod error;
+pub mod generations;
 pub mod identity;
 pub mod keyprov;
 pub mod keyring;
@@ -96,14 +97,24 @@ pub mod fuzzing {
 
     /// Feeds arbitrary bytes to the KMS certificate decoders: as a Zk certificate answer
     /// (HTTP response, `mediasec_kms_zk::decode_certificate_answer`) and its body, and as
-    /// certificate JSON directly; a decoded certificate must re-encode to one that decodes
-    /// equal. Must never panic.
+    /// certificate JSON directly, both as one certificate and as a certificate set (one per
+    /// generation); a decoded certificate or set must re-encode to one that decodes equal,
+    /// and the validity selection must not panic. Must never panic.
     pub fn kms_certificate(data: &[u8]) {
         let body = mediasec_kms_zk::decode_certificate_answer(data).ok();
         for json in body.as_deref().into_iter().chain([data]) {
             if let Ok(c) = crate::community::Community::decode(json) {
                 let again = crate::community::Community::decode(&c.encode());
                 assert!(again.as_ref().is_ok_and(|a| *a == c), "re-encoded certificate differs");
+            }
+            if let Ok(set) = crate::community::decode_set(json) {
+                let again = crate::community::decode_set(&crate::community::encode_set(&set));
+                assert!(again.as_ref().is_ok_and(|a| *a == set), "re-encoded certificate set differs");
+                for c in &set {
+                    for t in [c.valid_from(), c.valid_from().saturating_sub(1), c.valid_to().unwrap_or(u64::MAX)] {
+                        let _ = crate::community::at(&set, t);
+                    }
+                }
             }
         }
     }

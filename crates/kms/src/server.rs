@@ -5,7 +5,7 @@
 //! `GET /keymanagement/kpak` *(ours: ECCSI signing keys, [`crate::keyprov`])*, the admin API (bearer token; docs/openapi/kms-admin.yaml),
 //! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
 //! The LI API (`/li/v1/…`, docs/openapi/kms-li.yaml) answers 404 unless an LI token was
-//! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics, and is
+//! set ([`Service::enable_li`]); it has its own two tokens, audit trail and no metrics, and is
 //! served over HTTPS only ([`serve_tls`]; [`serve`] refuses to start with LI on, and never
 //! routes `/li/v1`).
 
@@ -149,7 +149,13 @@ pub struct Service {
     metrics: Metrics,
     next_id: AtomicU64,
     last_reload_ms: AtomicU64,
+    /// When the community key generations were last read from the store.
+    generations_read_ms: AtomicU64,
 }
+
+/// How often a KMS re-reads its community key generations (a rotation made by another
+/// replica or by `mediasec kms community-keys rotate`), milliseconds.
+const GENERATIONS_REFRESH_MS: u64 = 60_000;
 
 fn now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
@@ -175,9 +181,9 @@ impl Service {
     pub async fn start(cfg: KmsConfig, persist: Persist, zn: Arc<dyn Zn>, peers: Arc<dyn Peers>, admin_token: String, random: Random) -> Result<Arc<Self>, KmsError> {
         crate::rekey::check_not_rotating(persist.store(), persist.keys()).await?;
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
-        let prov = Provisioner::new(persist.ksak_or_init(now_ms(), &*random).await?, persist.sakke_z_or_init(now_ms(), &*random).await?);
+        let prov = Provisioner::with_generations(persist.generations_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_tokens: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0) }))
+        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_tokens: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0), generations_read_ms: AtomicU64::new(now_ms()) }))
     }
 
     /// Turns the LI API on with its two bearer tokens (docs/li.md "Two LI credentials"):
@@ -236,7 +242,8 @@ impl Service {
     /// communities"): a message whose IDRkmsr names another KMS was encapsulated under that
     /// KMS's Z — refused [`Refusal::OtherCommunity`], this KMS cannot derive the RSK; one whose
     /// IDRkmsi names another KMS is verified under that community's KPAK from its KMS
-    /// certificate ([`Refusal::UnknownCommunity`] when none is held) and its IDRi must be a
+    /// certificate valid at the I_MESSAGE's T ([`Refusal::UnknownCommunity`] when none is held,
+    /// [`KmsError::CertificateNotValid`] when none is valid at T) and its IDRi must be a
     /// user of that community's domains ([`Refusal::InitiatorOutsideCommunity`]); then
     /// [`Provisioner::li_release_sakke`] with our z. The message is the one `read` decoded
     /// (no second decoding).
@@ -250,7 +257,11 @@ impl Service {
         }
         let signer = match kmsi.as_ref().filter(|i| !i.eq_ignore_ascii_case(own)) {
             None => None,
-            Some(i) => Some(self.communities.get(i).ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?),
+            Some(i) => {
+                let set = self.communities.get(i);
+                let t = crate::li::sakke_time(i_message)?;
+                Some(crate::community::at(&set, t)?.ok_or_else(|| Refusal::UnknownCommunity(i.clone()))?.clone())
+            }
         };
         if let Some(c) = &signer {
             // An external community vouches only for its own users: the IDRi it signed must be
@@ -263,12 +274,30 @@ impl Service {
         self.prov.li_release_sakke(&self.kms, warrant, i_message, signer.as_ref().map(Community::kpak), now)
     }
 
-    /// This KMS's own KMS certificate (docs/high-security.md §10.9): its FQDN, current KPAK
-    /// and Z, and its user domain.
-    pub fn own_certificate(&self) -> Result<Community, KmsError> {
+    /// This KMS's own certificate set (docs/high-security.md §10.9, §10.10): one KMS
+    /// certificate per generation of its community keys, oldest first (its FQDN, the
+    /// generation's KPAK and Z, its window, its user domain).
+    pub fn own_certificates(&self) -> Result<Vec<Community>, KmsError> {
         let cfg = self.kms.config();
-        let (kpak, z) = self.prov.kpak().zip(self.prov.sakke_public()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
-        Community::new(&cfg.fqdn, kpak, z, std::slice::from_ref(&cfg.domain))
+        let gens = self.prov.generations().ok_or_else(|| KmsError::KeyRing("community keys unavailable".into()))?;
+        gens.certificates(&cfg.fqdn, std::slice::from_ref(&cfg.domain))
+    }
+
+    /// The generations of this KMS's community keys.
+    pub fn generations(&self) -> Option<Arc<crate::generations::Generations>> {
+        self.prov.generations()
+    }
+
+    /// Rotates the community keys ([`Persist::rotate_community_keys`]): a new generation
+    /// valid from `valid_from` (default: the earliest allowed), used at once for the keys of
+    /// the months it covers and published in the certificate set.
+    pub async fn rotate_community_keys(&self, valid_from: Option<u64>, actor: &str) -> Result<Arc<crate::generations::Generations>, KmsError> {
+        let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+        let gens = self.persist.rotate_community_keys(valid_from, now().as_secs(), &random, actor).await?;
+        let newest = gens.newest();
+        info!(generation = newest.number(), valid_from = %crate::community::fmt_time(newest.valid_from()), "community keys rotated");
+        self.prov.set_generations(gens);
+        self.prov.generations().ok_or_else(|| KmsError::KeyRing("community keys unavailable".into()))
     }
 
     /// The known external communities and how each became known.
@@ -276,11 +305,14 @@ impl Service {
         self.communities.all()
     }
 
-    /// Adds an operator-configured external KMS certificate (`--community-cert`).
-    pub fn configure_community(&self, c: Community) -> Result<(), KmsError> {
+    /// Adds an operator-configured external KMS certificate set (`--community-cert`, one
+    /// KMS's certificates: [`crate::community::decode_set`]).
+    pub fn configure_community(&self, set: Vec<Community>) -> Result<(), KmsError> {
         let cfg = self.kms.config();
-        info!(kms = c.kms_uri(), domains = ?c.domains(), "KMS certificate configured");
-        self.communities.configure(c, &cfg.fqdn, std::slice::from_ref(&cfg.domain))
+        if let Some(c) = set.first() {
+            info!(kms = c.kms_uri(), domains = ?c.domains(), certificates = set.len(), "KMS certificate configured");
+        }
+        self.communities.configure(set, &cfg.fqdn, std::slice::from_ref(&cfg.domain))
     }
 
     /// Fetches the KMS certificate of every Zk peer over the mutually authenticated Zk
@@ -292,9 +324,9 @@ impl Service {
         let mut out = Vec::new();
         for peer in self.peers.domains() {
             let got = match self.peers.certificate(&peer).await {
-                Ok(json) => Community::decode(&json).and_then(|c| {
-                    let uri = c.kms_uri().to_owned();
-                    self.communities.learn(&peer, c, now().as_secs(), &cfg.fqdn, std::slice::from_ref(&cfg.domain)).map(|()| uri)
+                Ok(json) => crate::community::decode_set(&json).and_then(|set| {
+                    let uri = set.first().map(|c| c.kms_uri().to_owned()).unwrap_or_default();
+                    self.communities.learn(&peer, set, now().as_secs(), &cfg.fqdn, std::slice::from_ref(&cfg.domain)).map(|()| uri)
                 }),
                 Err(e) => Err(e),
             };
@@ -307,33 +339,48 @@ impl Service {
         out
     }
 
-    /// The certificates handed to UEs with MIKEY-SAKKE keys: our own, then every external
-    /// one (a failure to make ours leaves the list empty: the UE then keeps to one community).
+    /// The certificates handed to UEs with MIKEY-SAKKE keys: our own set (every generation),
+    /// then every external one (a failure to make ours leaves the list empty: the UE then
+    /// keeps to one community).
     fn certificates(&self) -> Vec<Community> {
-        let Ok(own) = self.own_certificate() else { return Vec::new() };
-        let mut all = vec![own];
+        let Ok(mut all) = self.own_certificates() else { return Vec::new() };
         all.extend(self.communities.all().into_iter().map(|(c, _)| c));
         all
     }
 
-    /// The KPAK of this KMS (RFC 6507 §4.2): what UEs of its community verify signatures with.
+    /// The KPAK of this KMS valid now (RFC 6507 §4.2): what UEs of its community verify
+    /// signatures of this month with.
     pub fn kpak(&self) -> Option<mediasec_mikey::eccsi::Kpak> {
-        self.prov.kpak()
+        self.prov.kpak_at(now().as_secs())
     }
 
-    /// Re-reads users, policies, the key ring and the KSAK from the store (replicas sharing
+    /// Re-reads users, policies, the key ring and the community key generations from the store (replicas sharing
     /// a database pick up each other's changes).
     pub async fn reload(&self) -> Result<(), KmsError> {
         self.kms.set_policies(self.persist.policies().await?);
         self.kms.set_users(self.persist.users().await?);
         self.kms.set_ring(self.persist.ring().await?);
-        if let Some(k) = self.persist.ksak().await? {
-            self.prov.set_ksak(k);
-        }
-        if let Some(z) = self.persist.sakke_z().await? {
-            self.prov.set_sakke_z(z);
+        if let Some(g) = self.persist.generations().await? {
+            self.prov.set_generations(g);
         }
         Ok(())
+    }
+
+    /// Re-reads the community key generations when they were read over
+    /// [`GENERATIONS_REFRESH_MS`] ago (run before issuing keys and publishing certificates:
+    /// a new generation starts at least a month after its creation, so a minute's delay
+    /// is harmless); a failure is logged and keeps the generations held.
+    pub async fn refresh_generations(&self) {
+        let t = now_ms();
+        let last = self.generations_read_ms.load(Ordering::Relaxed);
+        if t.saturating_sub(last) < GENERATIONS_REFRESH_MS || self.generations_read_ms.compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        match self.persist.generations().await {
+            Ok(Some(g)) => self.prov.set_generations(g),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "re-reading the community key generations failed"),
+        }
     }
 
     /// Re-reads the store when a ticket names a ring key this replica does not hold (a
@@ -393,7 +440,9 @@ impl Service {
             .route("/admin/v1/keys/prune", post(keys_prune))
             .route("/admin/v1/audit", get(audit_get))
             .route("/admin/v1/communities", get(communities_get))
-            .route("/admin/v1/communities/refresh", post(communities_refresh));
+            .route("/admin/v1/communities/refresh", post(communities_refresh))
+            .route("/admin/v1/community-keys", get(community_keys_get))
+            .route("/admin/v1/community-keys/rotate", post(community_keys_rotate));
         let router = if li { router.merge(self.li_router()) } else { router };
         router.with_state(Arc::clone(self))
     }
@@ -483,6 +532,7 @@ async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let json = ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(keyprov::CONTENT_TYPE);
     let out = if json {
+        s.refresh_generations().await;
         s.prov.provision(&s.kms, body, now(), &s.zn, &s.certificates()).instrument(span.clone()).await
     } else {
         Err(ProvRefusal::Malformed("Content-Type must be application/json".into()))
@@ -518,17 +568,19 @@ async fn keyprovision(s: &Service, id: &str, headers: &HeaderMap, body: &[u8]) -
 /// (`sakke_z`) — public (the ones a UE uses come in its MACed `keyprovision` response; this
 /// is for configuring other communities).
 async fn kpak(State(s): State<Arc<Service>>) -> Response {
-    match (s.kpak(), s.prov.sakke_public()) {
+    match (s.kpak(), s.prov.sakke_public_at(now().as_secs())) {
         (Some(k), Some(z)) => axum::Json(serde_json::json!({ "kms": s.kms.config().fqdn, "kpak": hex::encode(k.to_uncompressed()), "sakke_z": hex::encode(z.to_uncompressed()) })).into_response(),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "KPAK unavailable"),
     }
 }
 
-/// `GET /keymanagement/certificate`: this KMS's certificate (JSON, unauthenticated like the
+/// `GET /keymanagement/certificate`: this KMS's certificate set (JSON: the certificate, or an
+/// array of one per generation — [`crate::community::encode_set`]; unauthenticated like the
 /// KPAK: an operator who configures it at another KMS checks it out of band).
 async fn certificate(State(s): State<Arc<Service>>) -> Response {
-    match s.own_certificate() {
-        Ok(c) => (StatusCode::OK, [(header::CONTENT_TYPE, crate::community::CONTENT_TYPE)], c.encode()).into_response(),
+    s.refresh_generations().await;
+    match s.own_certificates() {
+        Ok(set) => (StatusCode::OK, [(header::CONTENT_TYPE, crate::community::CONTENT_TYPE)], crate::community::encode_set(&set)).into_response(),
         Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
@@ -558,6 +610,62 @@ async fn communities_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Respons
     admin!(s, h);
     let list: Vec<_> = s.communities().iter().map(|(c, src)| community_json(c, src)).collect();
     axum::Json(serde_json::json!({ "communities": list })).into_response()
+}
+
+fn generations_json(s: &Service) -> Response {
+    let Some(gens) = s.generations() else { return text(StatusCode::SERVICE_UNAVAILABLE, "community keys unavailable") };
+    let list: Vec<_> = gens
+        .all()
+        .map(|g| {
+            serde_json::json!({
+                "generation": g.number(),
+                "valid_from": (g.valid_from() > 0).then(|| crate::community::fmt_time(g.valid_from())),
+                "valid_to": gens.valid_to(g).map(crate::community::fmt_time),
+                "kpak": hex::encode(g.kpak().to_uncompressed()),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "generations": list })).into_response()
+}
+
+/// `GET /admin/v1/community-keys`: the generations of the community keys (number, window,
+/// KPAK; never a secret).
+async fn community_keys_get(State(s): State<Arc<Service>>, h: HeaderMap) -> Response {
+    admin!(s, h);
+    generations_json(&s)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    valid_from: Option<String>,
+}
+
+/// `POST /admin/v1/community-keys/rotate` with an optional JSON body `{"valid_from":
+/// "YYYY-MM-DDTHH:MM:SSZ"}`: a new generation (docs/kms.md "Community key rotation"); 400 with
+/// the reason when the start is refused.
+async fn community_keys_rotate(State(s): State<Arc<Service>>, h: HeaderMap, body: Bytes) -> Response {
+    admin!(s, h);
+    let req: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+        }
+    };
+    let valid_from = match req.valid_from.as_deref().map(mediasec_gba::bootstrapping_info::parse_time).transpose() {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("valid_from: {e}")),
+    };
+    match s.rotate_community_keys(valid_from, "admin").await {
+        Ok(_) => generations_json(&s),
+        Err(e @ KmsError::Config(_)) => {
+            info!(error = %e, "community key rotation refused");
+            text(StatusCode::BAD_REQUEST, &e.to_string())
+        }
+        Err(e) => internal(&e),
+    }
 }
 
 /// `POST /admin/v1/communities/refresh`: fetch every Zk peer's certificate now.
@@ -810,7 +918,7 @@ fn suffix() -> u64 {
 /// Errors of LI handlers: refusals 403, bad input 400, store 503, else 500.
 fn li_error(e: &KmsError) -> Response {
     match e {
-        KmsError::LiRefused(_) => text(StatusCode::FORBIDDEN, &e.to_string()),
+        KmsError::LiRefused(_) | KmsError::CertificateNotValid(_) => text(StatusCode::FORBIDDEN, &e.to_string()),
         KmsError::LiInput(_) | KmsError::Mikey { .. } | KmsError::Identity(_) => text(StatusCode::BAD_REQUEST, &e.to_string()),
         KmsError::Store(_) => text(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         _ => internal(e),

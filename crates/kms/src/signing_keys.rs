@@ -10,7 +10,7 @@
 //! no passive access to call keys, which come from an ephemeral Diffie-Hellman exchange.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use mediasec_kms_store::{AuditEntry, Table};
@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::community::Community;
 use crate::error::KmsError;
+use crate::generations::{Generations, month_start};
 use crate::identity::KmsUid;
 use crate::keyprov::{Issued, NONCE_LEN, Period, ProvKeys, Request, Response, SakkeIssued};
 use crate::kms::Kms;
@@ -39,7 +40,7 @@ const SAKKE_DRAWS: usize = 64;
 
 impl Persist {
     /// The secret sealed in `settings` row `row`, if one was made, parsed by `parse`.
-    async fn settings_secret<T>(&self, row: &str, parse: fn(&[u8]) -> Result<T, String>) -> Result<Option<T>, KmsError> {
+    pub(crate) async fn settings_secret<T>(&self, row: &str, parse: fn(&[u8]) -> Result<T, String>) -> Result<Option<T>, KmsError> {
         let Some(sealed) = self.store().get(Table::Settings, row).await? else { return Ok(None) };
         let plain = self.open(Table::Settings, row, &sealed)?;
         parse(&plain).map(Some).map_err(|e| KmsError::KeyRing(format!("settings row {row}: {e}")))
@@ -74,7 +75,7 @@ impl Persist {
         if let Some(k) = self.ksak().await? {
             return Ok(k);
         }
-        let ksak = draw(random, |b| KmsSecret::from_bytes(b).ok()).ok_or_else(|| KmsError::KeyRing("no usable random KSAK".into()))?;
+        let ksak = draw_ksak(random)?;
         let (plain, detail) = (ksak.to_bytes(), format!("KPAK {}", hex::encode(ksak.kpak().to_uncompressed())));
         let audit = AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "ksak.create".into(), detail };
         self.settings_secret_or_init(KSAK_ROW, parse_ksak, ksak, &*plain, audit).await
@@ -92,21 +93,32 @@ impl Persist {
         if let Some(z) = self.sakke_z().await? {
             return Ok(z);
         }
-        let z = (0..SAKKE_DRAWS)
-            .find_map(|_| {
-                let mut b = Zeroizing::new([0u8; sakke::SECRET_LEN]);
-                random(&mut *b);
-                // q < 2^1022 < 2q (RFC 6509 Appendix A): keep 1022 bits, then reject ≥ q.
-                if let Some(top) = b.first_mut() {
-                    *top &= 0x3f;
-                }
-                sakke::KmsSecret::from_bytes(&*b).ok()
-            })
-            .ok_or_else(|| KmsError::KeyRing("no usable random SAKKE z".into()))?;
+        let z = draw_sakke_z(random)?;
         let plain = z.to_bytes();
         let audit = AuditEntry { at_unix_ms: now_ms, actor: "kms".into(), action: "sakke_z.create".into(), detail: "SAKKE master secret z".into() };
         self.settings_secret_or_init(SAKKE_Z_ROW, parse_sakke_z, z, &*plain, audit).await
     }
+}
+
+/// A fresh KSAK from `random` (RFC 6507 §4.2: uniform in \[1, q − 1\]).
+pub(crate) fn draw_ksak(random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<KmsSecret, KmsError> {
+    draw(random, |b| KmsSecret::from_bytes(b).ok()).ok_or_else(|| KmsError::KeyRing("no usable random KSAK".into()))
+}
+
+/// A fresh SAKKE master secret z from `random`, uniform in \[2, q − 1\] (RFC 6508 §2.2) by
+/// rejection sampling.
+pub(crate) fn draw_sakke_z(random: &(dyn Fn(&mut [u8]) + Sync)) -> Result<sakke::KmsSecret, KmsError> {
+    (0..SAKKE_DRAWS)
+        .find_map(|_| {
+            let mut b = Zeroizing::new([0u8; sakke::SECRET_LEN]);
+            random(&mut *b);
+            // q < 2^1022 < 2q (RFC 6509 Appendix A): keep 1022 bits, then reject ≥ q.
+            if let Some(top) = b.first_mut() {
+                *top &= 0x3f;
+            }
+            sakke::KmsSecret::from_bytes(&*b).ok()
+        })
+        .ok_or_else(|| KmsError::KeyRing("no usable random SAKKE z".into()))
 }
 
 fn parse_ksak(plain: &[u8]) -> Result<KmsSecret, String> {
@@ -167,76 +179,60 @@ impl ProvRefusal {
     }
 }
 
-/// The SAKKE master secret z and Z = [z]P, computed on first use (a 1024-bit scalar
-/// multiplication that KMS starts need not pay).
-struct SakkeMaster {
-    z: sakke::KmsSecret,
-    public: OnceLock<sakke::PublicKey>,
-}
-
-impl SakkeMaster {
-    fn public(&self) -> sakke::PublicKey {
-        *self.public.get_or_init(|| self.z.public_key())
-    }
-}
-
-/// Issues signing keys (and MIKEY-SAKKE RSKs): holds the KSAK, z and the replay cache of
-/// `keyprovision`.
+/// Issues signing keys (and MIKEY-SAKKE RSKs): holds the generations of the community keys
+/// (KSAK, z; [`crate::generations`]) and the replay cache of `keyprovision`.
 pub struct Provisioner {
-    ksak: RwLock<Arc<KmsSecret>>,
-    sakke: RwLock<Arc<SakkeMaster>>,
+    generations: RwLock<Arc<Generations>>,
     /// (B-TID, nonce) → request time, kept for the skew window.
     seen: Mutex<HashMap<(String, [u8; NONCE_LEN]), u64>>,
 }
 
 impl Provisioner {
-    /// With the KMS's KSAK and SAKKE master secret z.
+    /// With one generation: the KMS's KSAK and SAKKE master secret z.
     pub fn new(ksak: KmsSecret, z: sakke::KmsSecret) -> Self {
-        Self { ksak: RwLock::new(Arc::new(ksak)), sakke: RwLock::new(Arc::new(SakkeMaster { z, public: OnceLock::new() })), seen: Mutex::default() }
+        Self::with_generations(Generations::first(ksak, z))
     }
 
-    fn sakke(&self) -> Option<Arc<SakkeMaster>> {
-        self.sakke.read().ok().map(|k| Arc::clone(&k))
+    /// With every generation of the community keys.
+    pub fn with_generations(g: Generations) -> Self {
+        Self { generations: RwLock::new(Arc::new(g)), seen: Mutex::default() }
     }
 
-    /// The KMS's SAKKE public key Z (RFC 6508 §2.2), published to UEs with their RSK.
-    pub fn sakke_public(&self) -> Option<sakke::PublicKey> {
-        self.sakke().map(|m| m.public())
+    /// The generations held.
+    pub fn generations(&self) -> Option<Arc<Generations>> {
+        self.generations.read().ok().map(|g| Arc::clone(&g))
     }
 
-    /// LI key release of a MIKEY-SAKKE call with this KMS's z ([`Kms::li_release_sakke`]);
-    /// the signature is verified under `initiator_kpak` (the KPAK of the community IDRkmsi
-    /// names, from its KMS certificate) or, when `None`, under this KMS's KPAK.
+    /// Replaces the generations (store reload, rotation); keeps the computed Z of those
+    /// unchanged.
+    pub fn set_generations(&self, g: Generations) {
+        let Some(old) = self.generations() else { return };
+        if let Ok(mut w) = self.generations.write() {
+            *w = Arc::new(old.refreshed(g));
+        }
+    }
+
+    /// The SAKKE public key Z valid at Unix time `t` (RFC 6508 §2.2), published to UEs with
+    /// their RSK.
+    pub fn sakke_public_at(&self, t: u64) -> Option<sakke::PublicKey> {
+        self.generations().map(|g| g.at(t).z_public())
+    }
+
+    /// The KPAK valid at Unix time `t`.
+    pub fn kpak_at(&self, t: u64) -> Option<Kpak> {
+        self.generations().map(|g| g.at(t).kpak())
+    }
+
+    /// LI key release of a MIKEY-SAKKE call with this KMS's z ([`Kms::li_release_sakke`]) of
+    /// the generation valid at the I_MESSAGE's T (every generation is kept, so calls under
+    /// retired ones stay releasable); the signature is verified under `initiator_kpak` (the
+    /// KPAK valid at T of the community IDRkmsi names, from its KMS certificate) or, when
+    /// `None`, under this KMS's KPAK of that generation.
     pub fn li_release_sakke(&self, kms: &Kms, warrant: &crate::li::Warrant, i_message: &mediasec_mikey::Decoded<'_>, initiator_kpak: Option<&Kpak>, now: u64) -> Result<crate::li::Release, KmsError> {
-        let (ksak, m) = self.ksak().zip(self.sakke()).ok_or_else(|| KmsError::KeyRing("KSAK or SAKKE z unavailable".into()))?;
-        let own = ksak.kpak();
-        kms.li_release_sakke(warrant, i_message, &m.z, &m.public(), initiator_kpak.unwrap_or(&own), now)
-    }
-
-    /// Replaces z (store reload); keeps the computed Z when z is unchanged.
-    pub fn set_sakke_z(&self, z: sakke::KmsSecret) {
-        if self.sakke().is_some_and(|m| *m.z.to_bytes() == *z.to_bytes()) {
-            return;
-        }
-        if let Ok(mut w) = self.sakke.write() {
-            *w = Arc::new(SakkeMaster { z, public: OnceLock::new() });
-        }
-    }
-
-    fn ksak(&self) -> Option<Arc<KmsSecret>> {
-        self.ksak.read().ok().map(|k| Arc::clone(&k))
-    }
-
-    /// The KPAK.
-    pub fn kpak(&self) -> Option<Kpak> {
-        self.ksak().map(|k| k.kpak())
-    }
-
-    /// Replaces the KSAK (store reload).
-    pub fn set_ksak(&self, ksak: KmsSecret) {
-        if let Ok(mut w) = self.ksak.write() {
-            *w = Arc::new(ksak);
-        }
+        let gens = self.generations().ok_or_else(|| KmsError::KeyRing("community keys unavailable".into()))?;
+        let g = gens.at(crate::li::sakke_time(i_message)?);
+        let own = g.kpak();
+        kms.li_release_sakke(warrant, i_message, g.z(), &g.z_public(), initiator_kpak.unwrap_or(&own), now)
     }
 
     /// Whether (B-TID, nonce) is new; remembers it. Entries older than the skew window are
@@ -251,7 +247,8 @@ impl Provisioner {
     /// Serves a `keyprovision` request (docs/kms.md): B-TID → Ks_NAF and IMPUs over Zn →
     /// MAC → freshness and replay → identity (an IMPU of the B-TID, an enabled user whose
     /// policy has `high_security`) → period (the current month or the next, UTC) → issue a
-    /// fresh SSK/PVT (RFC 6507 §5.1.1) → the response, SSK wrapped. With MIKEY-SAKKE keys,
+    /// fresh SSK/PVT (RFC 6507 §5.1.1) under the community key generation of the period
+    /// → the response, SSK wrapped. With MIKEY-SAKKE keys,
     /// `communities` (the KMS certificates: own first, then the external ones) go with them.
     pub async fn provision(&self, kms: &Kms, body: &[u8], now: Duration, zn: &dyn Zn, communities: &[Community]) -> Result<Vec<u8>, ProvRefusal> {
         let req = Request::parse(body).map_err(|e| ProvRefusal::Malformed(e.to_string()))?;
@@ -291,15 +288,18 @@ impl Provisioner {
         if period != current && period != current.next() {
             return Err(ProvRefusal::Forbidden(format!("period {period} is neither {current} nor {}", current.next())));
         }
-        let ksak = self.ksak().ok_or_else(|| ProvRefusal::Failed("KSAK unavailable".into()))?;
+        // The generation of the period: the one valid at its first instant, valid for the
+        // whole month (generations start on month boundaries, crate::generations).
+        let gens = self.generations().ok_or_else(|| ProvRefusal::Failed("community keys unavailable".into()))?;
+        let g = gens.at(month_start(period).map_err(|e| ProvRefusal::Failed(e.to_string()))?);
+        let ksak = g.ksak();
         let id = eccsi::identity(&req.uri, period.year, period.month);
         let (ssk, pvt) = draw(&|b| kms.fill_random(b), |v| ksak.issue(&id, v).ok()).ok_or_else(|| ProvRefusal::Failed("no usable random v".into()))?;
         let sakke = match req.sakke {
             false => None,
             true => {
-                let m = self.sakke().ok_or_else(|| ProvRefusal::Failed("SAKKE z unavailable".into()))?;
-                let rsk = m.z.issue(&id).map_err(|e| ProvRefusal::Failed(e.to_string()))?;
-                Some((m.public().to_uncompressed(), rsk.to_uncompressed()))
+                let rsk = g.z().issue(&id).map_err(|e| ProvRefusal::Failed(e.to_string()))?;
+                Some((g.z_public().to_uncompressed(), rsk.to_uncompressed()))
             }
         };
         let sakke_issued = sakke.as_ref().map(|(z, rsk)| SakkeIssued { z, rsk, certificates: communities });
@@ -343,7 +343,7 @@ mod tests {
         let (body, pending) = crate::keyprov::request(btid, &[key; 32], "kms.a.example", uri, Period::parse(period).unwrap(), time, [nonce; 16], sakke).unwrap();
         let out = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &[]).await;
         if let Ok(resp) = &out {
-            assert_eq!(pending.open(resp).unwrap().kpak, p.kpak().unwrap());
+            assert_eq!(pending.open(resp).unwrap().kpak, p.kpak_at(NOW).unwrap());
         }
         out
     }
@@ -365,6 +365,35 @@ mod tests {
         assert!(matches!(ask(&p, "zz", 1, "sip:a@a.example", "2026-12", NOW, 8).await, Err(ProvRefusal::Unauthenticated(r)) if r.contains("B-TID")));
     }
 
+    /// Keys follow the community key generation of their month (crate::generations): with
+    /// generation 2 from 2027-01-01, December's keys are generation 1's (KPAK, Z, RSK under
+    /// Z₁) and January's generation 2's; the certificates handed out are both generations'
+    /// (windows contiguous); the UE refuses a response whose own certificate for the
+    /// period names other keys than the response.
+    #[tokio::test]
+    async fn keys_follow_the_generation_of_their_month() {
+        use crate::generations::{Generation, Generations};
+        const JAN: u64 = 1_798_761_600;
+        let mut gens = Generations::first(KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        gens.push(Generation::new(2, JAN, KmsSecret::from_bytes(&[0x44; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap())).unwrap();
+        let certs = gens.certificates("kms.a.example", &["a.example".into()]).unwrap();
+        let p = Provisioner::with_generations(gens.clone());
+        for (period, g, nonce) in [("2026-12", 1u32, 1u8), ("2027-01", 2, 2)] {
+            let (body, pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse(period).unwrap(), NOW, [nonce; 16], true).unwrap();
+            let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &certs).await.unwrap();
+            let got = pending.open(&resp).unwrap();
+            let want = gens.all().find(|x| x.number() == g).unwrap();
+            assert_eq!((got.kpak, got.sakke.as_ref().unwrap().z), (want.kpak(), want.z_public()), "{period}: generation {g}");
+            assert_eq!(got.communities, certs, "{period}: both generations' certificates");
+            // Only generation 1's certificate, unbounded: wrong for January's keys.
+            let (body, pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse(period).unwrap(), NOW, [nonce + 10; 16], true).unwrap();
+            let stale = [Community::new("kms.a.example", gens.at(0).kpak(), gens.at(0).z_public(), &["a.example".into()]).unwrap()];
+            let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &stale).await.unwrap();
+            assert_eq!(pending.open(&resp).is_ok(), g == 1, "{period}");
+        }
+        assert_eq!((p.kpak_at(JAN - 1), p.kpak_at(JAN)), (Some(gens.at(0).kpak()), Some(gens.at(JAN).kpak())));
+    }
+
     fn provisioner() -> Provisioner {
         Provisioner::new(KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap())
     }
@@ -379,13 +408,13 @@ mod tests {
         assert!(matches!(ask_for(&p, "ba", 1, "sip:a@a.example", "2026-12", NOW, 1, true).await, Err(ProvRefusal::Forbidden(r)) if r.contains("MIKEY-SAKKE")));
         assert!(matches!(ask_for(&p, "bb", 2, "sip:b@a.example", "2026-12", NOW, 2, false).await, Err(ProvRefusal::Forbidden(r)) if r.contains("high-security")));
         let (body, pending) = crate::keyprov::request("bb", &[2; 32], "kms.a.example", "sip:b@a.example", Period::parse("2027-01").unwrap(), NOW, [3; 16], true).unwrap();
-        let own = Community::new("kms.a.example", p.kpak().unwrap(), p.sakke_public().unwrap(), &["a.example".into()]).unwrap();
+        let own = Community::new("kms.a.example", p.kpak_at(NOW).unwrap(), p.sakke_public_at(NOW).unwrap(), &["a.example".into()]).unwrap();
         let b = Community::new("kms.b.example", KmsSecret::from_bytes(&[0x43; 32]).unwrap().kpak(), sakke::KmsSecret::from_bytes(&[0x5b; 32]).unwrap().public_key(), &["b.example".into()]).unwrap();
         let resp = p.provision(&kms(), &body, Duration::from_secs(NOW), &zn(), &[own.clone(), b.clone()]).await.unwrap();
         let got = pending.open(&resp).unwrap();
         assert_eq!(got.communities, [own, b], "the KMS certificates, own first");
         let keys = got.sakke.unwrap();
-        assert_eq!(keys.z, p.sakke_public().unwrap());
+        assert_eq!(keys.z, p.sakke_public_at(NOW).unwrap());
         assert_eq!(keys.rsk.id(), b"2027-01\0sip:b@a.example\0");
         assert_eq!(got.key.id(), keys.rsk.id(), "one identifier for ECCSI and SAKKE (RFC 6509 §4.2)");
         let wire = String::from_utf8(resp.clone()).unwrap().to_ascii_lowercase();

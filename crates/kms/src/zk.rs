@@ -63,9 +63,12 @@ impl ZkHandler for ZkServer {
         Box::pin(async move { self.0.peer_resolve(peer_domain, &request).await.map_err(|(status, reason)| ZkError::Refused { status, reason }) })
     }
 
-    /// Our KMS certificate, to an allow-listed peer (docs/zk.md "KMS certificates").
+    /// Our KMS certificate set (one per generation), to an allow-listed peer (docs/zk.md "KMS certificates").
     fn certificate<'a>(&'a self, _peer_domain: &'a str) -> ZkFuture<'a, Vec<u8>> {
-        Box::pin(async move { self.0.own_certificate().map(|c| c.encode()).map_err(|e| ZkError::Refused { status: 503, reason: e.to_string() }) })
+        Box::pin(async move {
+            self.0.refresh_generations().await;
+            self.0.own_certificates().map(|set| crate::community::encode_set(&set)).map_err(|e| ZkError::Refused { status: 503, reason: e.to_string() })
+        })
     }
 }
 

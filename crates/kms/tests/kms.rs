@@ -292,12 +292,12 @@ async fn kms_certificates_learned_over_zk_and_handed_to_ues() {
     let mut lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
     let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
     let published = Community::decode(&http(&b.url, "GET", "/keymanagement/certificate", &[], b"").await.body).expect("b's certificate");
-    assert_eq!(published, b.service.own_certificate().unwrap());
+    assert_eq!(b.service.own_certificates().unwrap(), vec![published.clone()]);
     assert_eq!((published.kms_uri(), published.domains(), published.kpak()), ("kms.b.example", &["b.example".to_owned()][..], &b.service.kpak().unwrap()));
     let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
     let period = mediasec_kms::keyprov::Period::of_unix(now().as_secs()).unwrap();
     let before = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
-    assert_eq!(before.communities, [a.service.own_certificate().unwrap()], "only the own community before a refresh");
+    assert_eq!(before.communities, a.service.own_certificates().unwrap(), "only the own community before a refresh");
 
     let outcome = a.service.refresh_communities().await;
     assert!(matches!(&outcome[..], [(peer, Ok(kms))] if peer == "b.example" && kms == "kms.b.example"), "{outcome:?}");
@@ -308,12 +308,12 @@ async fn kms_certificates_learned_over_zk_and_handed_to_ues() {
     assert_eq!(listed["communities"][0]["source"]["zk_peer"], "b.example", "{listed}");
     assert_eq!(http(&a.url, "GET", "/admin/v1/communities", &[], b"").await.status, 401);
     let got = ka.provision_keys_for(&alice, "sip:alice@a.example", period, true).await.unwrap();
-    assert_eq!(got.communities, [a.service.own_certificate().unwrap(), published.clone()], "own first, then b's");
+    assert_eq!(got.communities, [a.service.own_certificates().unwrap(), vec![published.clone()]].concat(), "own first, then b's");
     assert!(ka.provision_keys(&alice, "sip:alice@a.example").await.unwrap().communities.is_empty(), "no certificates without MIKEY-SAKKE keys");
 
     // Configuration wins over what Zk says.
     let configured = Community::new("kms.b.example", *published.kpak(), *published.z(), &["b.example".into(), "east.b.example".into()]).unwrap();
-    a.service.configure_community(configured.clone()).unwrap();
+    a.service.configure_community(vec![configured.clone()]).unwrap();
     let refreshed: serde_json::Value = serde_json::from_slice(&http(&a.url, "POST", "/admin/v1/communities/refresh", &[("Authorization", &auth)], b"").await.body).unwrap();
     assert!(refreshed["refreshed"][0]["error"].as_str().is_some_and(|e| e.contains("configured")), "{refreshed}");
     assert!(matches!(&a.service.communities()[..], [(c, Source::Configured)] if *c == configured));
@@ -386,7 +386,7 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
     assert_eq!(status, 403, "{reason}");
     assert!(reason.contains("kms.a.example") && reason.contains("does not hold"), "{reason}");
     assert!(b.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
-    assert_eq!(b.service.communities().first().map(|(c, _)| c.clone()), Some(a.service.own_certificate().unwrap()));
+    assert_eq!(b.service.communities().into_iter().map(|(c, _)| c).collect::<Vec<_>>(), a.service.own_certificates().unwrap());
     let (status, body) = release(li_b.clone(), "carol@b.example").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -416,8 +416,8 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
     b.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let ksak_c = eccsi::KmsSecret::from_bytes(&[0x44; 32]).unwrap();
     let z_c = sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap();
-    b.service.configure_community(mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()).unwrap();
-    let z_b = *b.service.own_certificate().unwrap().z();
+    b.service.configure_community(vec![mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()]).unwrap();
+    let z_b = *b.service.own_certificates().unwrap().first().unwrap().z();
     let t = now().as_secs();
     let period = mediasec_kms::keyprov::Period::of_unix(t).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
@@ -621,7 +621,9 @@ fn fuzz_corpus_replays() {
 }
 
 /// Every seed of the `kms_certificate` fuzz target (Zk certificate answers and certificate
-/// JSON) goes through the same function without panic; the valid ones decode.
+/// JSON, single certificates and sets of generations) goes through the same function without
+/// panic; the valid ones decode (as certificate sets), the overlapping set and the version 1
+/// certificate with a version 2 field are refused.
 #[test]
 fn kms_certificate_fuzz_corpus_replays() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/kms_certificate");
@@ -631,12 +633,15 @@ fn kms_certificate_fuzz_corpus_replays() {
         let data = std::fs::read(&path).expect("seed");
         mediasec_kms::fuzzing::kms_certificate(&data);
         let json = mediasec_kms_zk::decode_certificate_answer(&data).unwrap_or(data);
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("valid")) {
-            mediasec_kms::community::Community::decode(&json).expect("a valid seed decodes");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("valid") {
+            mediasec_kms::community::decode_set(&json).expect("a valid seed decodes");
             valid += 1;
+        } else if name == "overlapping-set" || name == "v1-with-valid-to" {
+            assert!(mediasec_kms::community::decode_set(&json).is_err(), "{name} is refused");
         }
     }
-    assert!(valid >= 2, "only {valid} valid seeds");
+    assert!(valid >= 4, "only {valid} valid seeds");
 }
 
 proptest::proptest! {
@@ -1082,6 +1087,105 @@ async fn ksak_survives_a_store_reopen() {
         assert_eq!(p.ksak().await.unwrap().map(|k| k.kpak()), Some(kpak), "{backend}: after reopen");
     }
     drop(pg);
+}
+
+/// Community key generations in the store (docs/kms.md "Community key rotation"), on redb and
+/// PostgreSQL like the KSAK row: generation 1 is the KSAK and z of the first start; a rotation
+/// stores generation 2 sealed (no secret in clear, another master key cannot open it) from the
+/// earliest allowed month start (or a later one given), refuses a start inside the months
+/// whose keys may be issued already and one before the newest; reopened, the store gives the
+/// same generations; the rotation is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_key_generations_survive_a_store_reopen() {
+    use mediasec_kms::generations::Generations;
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::{Store, Table};
+    use std::sync::Arc;
+    let dir = TempDir::new("generations-store");
+    let path = dir.0.join("kms.redb");
+    let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
+    let pg_url = pg.as_ref().map(|p| p.create_database("kms_generations").unwrap());
+    let random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
+    let t = now().as_secs();
+    let earliest = Generations::earliest_start(t).unwrap();
+    for backend in ["redb", "postgres"] {
+        if backend == "postgres" && pg_url.is_none() {
+            continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
+        }
+        let open = || async {
+            let store: Arc<dyn Store> = match backend {
+                "redb" => Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()),
+                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
+            };
+            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
+        };
+        let kpaks = {
+            let p = open().await;
+            assert!(p.generations().await.unwrap().is_none(), "{backend}: none before first start");
+            assert!(p.rotate_community_keys(None, t, &random, "test").await.is_err(), "{backend}: no rotation before the first start");
+            let first = p.generations_or_init(1, &random).await.unwrap();
+            assert_eq!(first.all().count(), 1);
+            assert_eq!(first.newest().kpak(), p.ksak().await.unwrap().unwrap().kpak(), "{backend}: generation 1 is the KSAK row");
+            let refused = p.rotate_community_keys(Some(earliest - 31 * 86_400), t, &random, "test").await;
+            assert!(matches!(&refused, Err(KmsError::Config(r)) if r.contains("earlier than")), "{backend}: {:?}", refused.err());
+            let gens = p.rotate_community_keys(None, t, &random, "test").await.unwrap();
+            let second = gens.newest();
+            assert_eq!((second.number(), second.valid_from(), gens.valid_to(gens.at(0))), (2, earliest, Some(earliest)));
+            assert_ne!(second.kpak(), gens.at(0).kpak());
+            assert!(p.rotate_community_keys(Some(earliest), t, &random, "test").await.is_err(), "{backend}: not after the newest");
+            let raw = p.store().get(Table::Settings, "community_gen.2").await.unwrap().unwrap();
+            assert!(!raw.windows(8).any(|w| w == &second.ksak().to_bytes()[..8] || w == &second.z().to_bytes()[..8]), "{backend}: secrets in clear");
+            let other = Persist::new(Arc::clone(p.store()), MasterKey::new(&[8; 32]).unwrap());
+            assert!(other.generations().await.is_err(), "{backend}: another master key");
+            let audit = p.audit_log(0, 20).await.unwrap();
+            assert!(audit.iter().any(|(_, e)| e.action == "community_keys.rotate" && e.detail.starts_with("generation 2 valid from")), "{backend}");
+            gens.all().map(|g| (g.number(), g.valid_from(), g.kpak())).collect::<Vec<_>>()
+        };
+        let p = open().await;
+        let again = p.generations().await.unwrap().unwrap();
+        assert_eq!(again.all().map(|g| (g.number(), g.valid_from(), g.kpak())).collect::<Vec<_>>(), kpaks, "{backend}: after reopen");
+        let third = p.rotate_community_keys(Some(mediasec_kms::generations::month_start(mediasec_kms::keyprov::Period::of_unix(earliest).unwrap().next()).unwrap()), t, &random, "test").await.unwrap();
+        assert_eq!(third.all().map(|g| g.number()).collect::<Vec<_>>(), [1, 2, 3], "{backend}: a later start given");
+    }
+    drop(pg);
+}
+
+/// Community key rotation over the admin API on a running KMS: `POST
+/// /admin/v1/community-keys/rotate` (bearer token; a refused start is a 400 with its reason)
+/// makes generation 2; the published certificate set is then an array of two version 2
+/// certificates with contiguous windows; `GET /admin/v1/community-keys` lists both; a second
+/// the store holds it for every replica (they re-read it within a minute); the KPAK published now stays
+/// generation 1's (the new one starts later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_keys_rotate_over_the_admin_api() {
+    use mediasec_kms::community::{self, VERSION};
+    let dir = TempDir::new("rotate-admin");
+    let domains = [DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\n" }];
+    let lab = Lab::start(&dir.0, &domains, &["alice@a.example"], None).await.unwrap();
+    let a = lab.domain("a.example").unwrap();
+    let auth = format!("Bearer {}", a.admin_token);
+    let before = a.service.kpak().unwrap();
+    let published = http(&a.url, "GET", "/keymanagement/certificate", &[], b"").await.body;
+    assert_eq!(community::decode_set(&published).unwrap().len(), 1);
+    assert_eq!(published.first(), Some(&b'{'), "one generation: the certificate object of before");
+    assert_eq!(http(&a.url, "POST", "/admin/v1/community-keys/rotate", &[], b"").await.status, 401);
+    let bad = http(&a.url, "POST", "/admin/v1/community-keys/rotate", &[("Authorization", &auth)], br#"{"valid_from": "2020-01-01T00:00:00Z"}"#).await;
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    assert!(String::from_utf8_lossy(&bad.body).contains("earlier than"));
+    let r = http(&a.url, "POST", "/admin/v1/community-keys/rotate", &[("Authorization", &auth)], b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let listed: serde_json::Value = serde_json::from_slice(&http(&a.url, "GET", "/admin/v1/community-keys", &[("Authorization", &auth)], b"").await.body).unwrap();
+    let start = community::fmt_time(mediasec_kms::generations::Generations::earliest_start(now().as_secs()).unwrap());
+    assert_eq!(listed["generations"][0]["valid_to"], start.as_str(), "{listed}");
+    assert_eq!(listed["generations"][1]["valid_from"], start.as_str(), "{listed}");
+    let set = community::decode_set(&http(&a.url, "GET", "/keymanagement/certificate", &[], b"").await.body).unwrap();
+    let [g1, g2] = &set[..] else { panic!("two certificates: {set:?}") };
+    assert_eq!((g1.certificate().version, g2.certificate().version), (VERSION, VERSION));
+    assert_eq!((g1.valid_to(), g2.valid_from()), (Some(g2.valid_from()), g2.valid_from()));
+    assert_eq!(*g1.kpak(), before);
+    assert_eq!(a.service.kpak(), Some(before), "the new generation starts later");
+    assert_eq!(a.service.persist().generations().await.unwrap().unwrap().all().count(), 2, "in the store, for every replica to read");
 }
 
 /// Ids of the ticket keys stored at `url`.

@@ -352,6 +352,22 @@ pub fn refusal(error_message: &[u8], csb_id: u32, i_message_t: u64, kpak: &Kpak)
     })
 }
 
+/// Whether the ECCSI signature of `i_message` by its initiator (ID scheme 1: IDRi for the
+/// month of T; scheme 2: the initiator's UID) verifies under `kpak` — and nothing else (no
+/// time, replay or recipient check). For a receiver to tell which key generation of a
+/// community signed a message it refused (docs/high-security.md §10.10: signed under a
+/// retired generation); never a reason to accept one.
+pub fn signed_under(i_message: &[u8], kpak: &Kpak) -> bool {
+    let Ok(p) = Message::decode(i_message).and_then(|m| parse_decoded(m, i_message, DataType::SAKKE)) else { return false };
+    let Some(s) = p.message.payloads.iter().find_map(|x| if let Payload::Sakke(s) = x { Some(s) } else { None }) else { return false };
+    let signer = match s.id_scheme {
+        SakkeIdScheme::TEL_URI_MONTHLY => p.uri(IdRole::INITIATOR).and_then(|i| identifier(&i, &p.t)),
+        SakkeIdScheme::TS33180_UID => uid_of(&p.message, IdRole::INITIATOR_UID).map(|u| u.to_vec()),
+        _ => return false,
+    };
+    signer.is_ok_and(|id| eccsi::verify(kpak, &id, i_message.get(..p.covered_len).unwrap_or_default(), &p.signature).is_ok())
+}
+
 /// An I_MESSAGE that passed [`receive`]'s checks up to decapsulation.
 struct Admitted {
     p: signed_dh::Parsed,
@@ -598,6 +614,29 @@ mod tests {
     fn random(buf: &mut [u8]) {
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         signed_dh::fuzz::counter_random(&COUNTER, b"mediasec mikey_sakke refusals", buf);
+    }
+
+    /// [`signed_under`]: true under the signer's KPAK only — not another KPAK, not a message
+    /// with a flipped signed octet, not garbage — whatever the message's time or recipient.
+    #[test]
+    fn signed_under_checks_only_the_signature() {
+        use crate::signed_dh::fuzz::{ALICE, BOB, NOW};
+        let ksak = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let other = draw(&mut random, eccsi::KmsSecret::from_bytes).unwrap();
+        let id = identifier(ALICE, &ntp(NOW)).unwrap();
+        let (ssk, pvt) = draw(&mut random, |v| ksak.issue(&id, v)).unwrap();
+        let alice = SigningKey::new(&ksak.kpak(), &id, ssk, pvt).unwrap();
+        let z = draw(&mut random, |b| sakke::KmsSecret::from_bytes(b)).unwrap().public_key();
+        let o = Offer { prf: PrfFunc::MIKEY_1, csb_id: 9, initiator_uri: ALICE.into(), responder_uri: BOB.into(), kms_uri: None, responder_kms_uri: None, initiator_ssrc: 7, policy: srtp_policy::aes_cm_128_hmac_sha1_80() };
+        let (m, _) = build(&o, &alice, &z, NOW, &mut random).unwrap();
+        assert!(signed_under(&m, &ksak.kpak()));
+        assert!(!signed_under(&m, &other.kpak()));
+        let mut altered = m;
+        if let Some(b) = altered.get_mut(20) {
+            *b ^= 1;
+        }
+        assert!(!signed_under(&altered, &ksak.kpak()));
+        assert!(!signed_under(b"not a message", &ksak.kpak()) && !signed_under(&[], &ksak.kpak()));
     }
 
     /// [`answer`] and [`refusal`]: an I_MESSAGE bob admits (signed by alice under the trusted

@@ -127,7 +127,7 @@ pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, 
     let keys = key_at(&hs.keys, &hs.uri, now)?;
     let sakke = keys.sakke.as_ref().ok_or_else(|| Error::Negotiation("MIKEY-SAKKE needs SAKKE keys (Z, RSK) from the KMS".into()))?;
     let callee = ticket::uid_of(callee_uri)?;
-    let (z, kms_uri, responder_kms_uri, callee_kpak) = callee_community(hs.kms.as_deref(), &hs.communities, callee.domain(), &sakke.z)?;
+    let (z, kms_uri, responder_kms_uri, callee_kpak) = callee_community(hs.kms.as_deref(), &hs.communities, callee.domain(), &sakke.z, now.as_secs())?;
     let o = Offer {
         prf: PrfFunc::MIKEY_1,
         csb_id: rand::random(),
@@ -149,15 +149,18 @@ pub fn offer(hs: &mut HighSecurity, local: SocketAddr, version: u64, ssrc: u32, 
 /// The Z to encapsulate under for a callee of `domain`, the IDRkmsi / IDRkmsr to send
 /// (module docs) and the KPAK a signed refusal of the callee is verified under ([`refusal`]):
 /// without certificates, our KMS's `own_z`, no KMS URIs and our trusted KPAKs (`None`); with
-/// them, the community serving `domain` — ours (our Z, no KMS URIs, as within one community,
-/// our KPAKs) or an external one (its Z; IDRkmsi ours, IDRkmsr its URI; its KPAK) —, and an
-/// error naming the domain when none does.
+/// them, the community serving `domain`, by its certificate valid at `at` (the Unix time of
+/// T: docs/high-security.md §10.10) — ours (our Z of the month, no KMS URIs, as within one
+/// community, our KPAKs) or an external one (its Z; IDRkmsi ours, IDRkmsr its URI; its KPAK)
+/// —, an error naming the domain when none does, and the [`community::NotValid`] reason
+/// (expired, revoked, not yet valid) when no certificate of it is valid at `at`.
 type CalleeCommunity = (sakke::PublicKey, Option<String>, Option<String>, Option<Kpak>);
-fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey) -> Result<CalleeCommunity, Error> {
+fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &str, own_z: &sakke::PublicKey, at: u64) -> Result<CalleeCommunity, Error> {
     let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
         return Ok((*own_z, None, None, None));
     };
-    match community::of_domain(communities, domain) {
+    let valid = community::at(community::of_domain(communities, domain), at).map_err(|e| Error::Negotiation(format!("MIKEY-SAKKE: {e}")))?;
+    match valid {
         // Within our community the message stays as before, without IDRkms (RFC 6509 §4.1:
         // optional; the callee then tries its trusted KPAKs, our KMS's first). Also keeps
         // the I_MESSAGE — and the SIP message carrying it — as small as before.
@@ -167,37 +170,63 @@ fn callee_community(own_kms: Option<&str>, communities: &[Community], domain: &s
     }
 }
 
-/// The KPAKs to verify an I_MESSAGE under (module docs): with IDRkmsi naming a community we
-/// hold a certificate of, its KPAK (ours: `kpaks`' first, our KMS's); an unknown one is
-/// ERR Auth failure; IDRkmsr must be our KMS (ERR Invalid ID). An external community's KPAK
-/// authenticates only users of its domains, so its IDRi must be one
-/// ([`Community::vouches_for`], else ERR Invalid ID). Without IDRkmsi, or without
-/// certificates, every trusted KPAK.
-fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community], kpaks: &[Kpak]) -> Result<Vec<Kpak>, mediasec_mikey::Error> {
-    let decoded = mediasec_mikey::Message::decode(message)?;
-    let (kmsi, kmsr) = mikey_sakke::kms_uris_of(&decoded)?;
+/// The KPAKs to verify an I_MESSAGE under (module docs), and the signer community's
+/// certificates *not* valid at its T (to explain a refusal, [`retired_signer`]). With
+/// certificates, the signer's community is the one IDRkmsi names, or ours without IDRkmsi,
+/// and its KPAK the one of its certificate valid at the message's T (docs/high-security.md
+/// §10.10); none valid there is ERR Auth failure with the [`community::NotValid`] reason
+/// (expired, revoked, not yet valid); an unknown community is ERR Auth failure; IDRkmsr must
+/// be our KMS (ERR Invalid ID). An external community's KPAK authenticates only users of its
+/// domains, so its IDRi must be one ([`Community::vouches_for`], else ERR Invalid ID).
+/// Without IDRkmsi our KMS's KPAK valid at T comes first, then the trusted KPAKs of other
+/// KMSs (configuration). Without certificates, every trusted KPAK.
+fn signer_kpaks(message: &[u8], own_kms: Option<&str>, communities: &[Community], kpaks: &[Kpak]) -> Result<(Vec<Kpak>, Vec<Community>), mediasec_mikey::Error> {
+    let m = mediasec_mikey::Message::decode(message)?;
+    let (kmsi, kmsr) = mikey_sakke::kms_uris_of(&m)?;
     let Some(own_kms) = own_kms.filter(|_| !communities.is_empty()) else {
-        return Ok(kpaks.to_vec());
+        return Ok((kpaks.to_vec(), Vec::new()));
     };
     if let Some(r) = kmsr.as_deref().filter(|r| !r.eq_ignore_ascii_case(own_kms)) {
         return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE encapsulated for the KMS community {r}, not ours ({own_kms})") });
     }
-    match kmsi {
-        None => Ok(kpaks.to_vec()),
-        Some(i) if i.eq_ignore_ascii_case(own_kms) => Ok(kpaks.iter().take(1).copied().collect()),
-        Some(i) => match communities.iter().find(|c| c.kms_uri().eq_ignore_ascii_case(&i)) {
-            Some(c) => {
-                // IDRi is read before the signature is verified; the signature covers it.
-                let idri = mediasec_mikey::ticket::id_of(&decoded, IdRole::INITIATOR);
-                if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
-                    let who = String::from_utf8_lossy(&idri);
-                    return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE signed in the KMS community {i} for {who}, whose domain it does not serve") });
-                }
-                Ok(vec![*c.kpak()])
-            }
-            None => Err(mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason: format!("I_MESSAGE signed in the KMS community {i}: no KMS certificate held for it (unknown community)") }),
-        },
+    let t = mediasec_mikey::ticket::t_of(&m).ok().and_then(|t| mediasec_kms::tp_data::unix_of(&t)).ok_or_else(|| mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_TS, reason: "I_MESSAGE without a usable NTP timestamp".into() })?;
+    let signer = kmsi.clone().unwrap_or_else(|| own_kms.to_owned());
+    let certs = community::of_uri(communities, &signer);
+    let retired = certs.iter().filter(|c| !c.covers(t) || c.revoked()).map(|c| (*c).clone()).collect();
+    let auth = |reason: String| mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason };
+    let valid = community::at(certs, t).map_err(|e| auth(format!("I_MESSAGE of {}: {e}", community::fmt_time(t))))?;
+    let own_generations: Vec<&Kpak> = community::of_uri(communities, own_kms).into_iter().map(Community::kpak).collect();
+    if let (Some(c), Some(i)) = (valid, kmsi.as_deref().filter(|i| !i.eq_ignore_ascii_case(own_kms))) {
+        // IDRi is read before the signature is verified; the signature covers it.
+        let idri = mediasec_mikey::ticket::id_of(&m, IdRole::INITIATOR);
+        if !idri.is_empty() && !std::str::from_utf8(&idri).is_ok_and(|u| c.vouches_for(u)) {
+            let who = String::from_utf8_lossy(&idri);
+            return Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: format!("I_MESSAGE signed in the KMS community {i} for {who}, whose domain it does not serve") });
+        }
     }
+    let kpaks = match (valid, kmsi) {
+        (Some(c), Some(_)) => vec![*c.kpak()],
+        // Our community without IDRkmsi: our KPAK of T, then other KMSs' trusted KPAKs.
+        (Some(c), None) => std::iter::once(*c.kpak()).chain(kpaks.iter().filter(|k| !own_generations.contains(k)).copied()).collect(),
+        (None, None) => kpaks.to_vec(),
+        (None, Some(i)) if i.eq_ignore_ascii_case(own_kms) => kpaks.iter().take(1).copied().collect(),
+        (None, Some(i)) => return Err(auth(format!("I_MESSAGE signed in the KMS community {i}: no KMS certificate held for it (unknown community)"))),
+    };
+    Ok((kpaks, retired))
+}
+
+/// Why an I_MESSAGE that failed ERR Auth failure under the KPAK valid at its T was refused,
+/// when one of `retired` (the signer community's certificates not valid at T) verifies its
+/// signature: it was signed under a retired (expired or revoked) key generation — the typed
+/// reason, in place of a bare signature failure.
+fn retired_signer(message: &[u8], retired: &[Community]) -> Option<mediasec_mikey::Error> {
+    let c = retired.iter().find(|c| mikey_sakke::signed_under(message, c.kpak()))?;
+    let why = match (c.revoked(), c.valid_to()) {
+        (true, _) => format!("signed under a revoked key generation of {} (KMS certificate from {})", c.kms_uri(), community::fmt_time(c.valid_from())),
+        (false, Some(to)) => format!("signed under a key generation of {} that expired at {} (its KMS certificate is no longer valid)", c.kms_uri(), community::fmt_time(to)),
+        (false, None) => format!("signed under a key generation of {} not yet valid at the message's T (from {})", c.kms_uri(), community::fmt_time(c.valid_from())),
+    };
+    Some(mediasec_mikey::Error::Rejected { code: ErrorCode::AUTH_FAILURE, reason: why })
 }
 
 /// Callee: receives the I_MESSAGE of `offer` at `now` and answers without key management
@@ -216,7 +245,7 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
     let t = ntp(now);
     let HighSecurity { keys, kpaks, replay, kms, communities, .. } = hs;
     replay.now_ntp_secs = t >> 32;
-    let kpaks = signer_kpaks(&message, kms.as_deref(), communities, kpaks)
+    let (kpaks, retired) = signer_kpaks(&message, kms.as_deref(), communities, kpaks)
         .map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: signed_dh::error_reply(&message, &e, t) })?;
     let mut outcome = Err(mediasec_mikey::Error::Rejected { code: ErrorCode::INVALID_ID, reason: "no MIKEY-SAKKE receiver key held".into() });
     // The error message of the last attempt: signed once a key and KPAK admitted the message.
@@ -233,6 +262,10 @@ pub fn answer(hs: &mut HighSecurity, offer: &Sdp, local: SocketAddr, version: u6
             break;
         }
     }
+    let outcome = match outcome {
+        Err(e) if e.err_code() == ErrorCode::AUTH_FAILURE => Err(retired_signer(&message, &retired).unwrap_or(e)),
+        other => other,
+    };
     let received = outcome.map_err(|e| Error::KeyRefused { reason: format!("MIKEY-SAKKE: {e}"), mikey_error: reply.take().or_else(|| signed_dh::error_reply(&message, &e, t)) })?;
     let keys = received.keys.ok_or_else(|| refused("MIKEY-SAKKE: no two-stream SRTP-ID map (not a call message)".into()))?;
     let protection = protection(&keys, false).map_err(|e| refused(e.to_string()))?;
@@ -372,6 +405,66 @@ mod tests {
         let mut alone = creds(&ksak_a, &z_a, "sip:alice@a.example");
         let (legacy, _) = offer(&mut alone, local, 1, 0x1111, "sip:carol@b.example", now).unwrap();
         assert!(answer(&mut carol, &Sdp::parse(&legacy), local, 1, 0x2222, now).is_err());
+    }
+
+    /// A community key rotation (docs/high-security.md §10.10): KMS a's generation 1 (KSAK₁,
+    /// z₁) is valid until 2027-01-01T00:00Z, generation 2 (KSAK₂, z₂) from then; keys of a
+    /// month are of the generation valid in it, and receivers take the KPAK of the
+    /// certificate valid at the I_MESSAGE's T.
+    /// - Across the instant: alice, provisioned before the rotation (December keys, the
+    ///   version 1 certificate of generation 1), calls bob, renewed after it (December and
+    ///   January keys, both certificates), at T 5 s before the instant; bob answers 5 s after
+    ///   it — generation 1 is the one valid at T —; and bob calls alice the other way. Both
+    ///   with SRTP both ways.
+    /// - After it: with alice renewed (January, generation 2), calls both ways under
+    ///   generation 2.
+    /// - Expired: mallory signs a January I_MESSAGE with a key of the retired KSAK₁ (a stolen
+    ///   one): bob refuses it with ERR Auth failure naming the expiry of generation 1's
+    ///   certificate; a caller holding only generation 1's certificate with its end refuses
+    ///   to call after it ("expired"), before sending anything.
+    /// - Revoked: bob holding generation 2's certificate revoked refuses the I_MESSAGE of T
+    ///   in its window as "revoked".
+    #[test]
+    fn calls_across_a_community_key_rotation() {
+        const JAN: u64 = 1_798_761_600; // 2027-01-01T00:00:00Z
+        let (ksak1, z1) = (KmsSecret::from_bytes(&[0x42; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5a; 32]).unwrap());
+        let (ksak2, z2) = (KmsSecret::from_bytes(&[0x44; 32]).unwrap(), sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap());
+        let domains = ["a.example".to_owned()];
+        let cert = |k: &KmsSecret, z: &sakke::KmsSecret, from, to, revoked| Community::with_validity("kms.a.example", k.kpak(), z.public_key(), &domains, from, to, revoked).unwrap();
+        let (g1, g2) = (cert(&ksak1, &z1, None, Some(JAN), false), cert(&ksak2, &z2, Some(JAN), None, false));
+        let rotated = vec![g1.clone(), g2];
+        let mut alice = creds_in(&ksak1, &z1, "kms.a.example", "sip:alice@a.example", vec![community_of(&ksak1, &z1, "kms.a.example", "a.example")]);
+        let mut bob = creds_in(&ksak1, &z1, "kms.a.example", "sip:bob@a.example", rotated.clone());
+        bob.keys.extend(creds_at(&ksak2, &z2, "sip:bob@a.example", JAN + 10).keys);
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let at = Duration::from_secs;
+        let call = |from: &mut HighSecurity, to: &mut HighSecurity, callee: &str, sent: u64, received: u64| {
+            let (sdp, pending) = offer(from, local, 1, 0x1111, callee, at(sent)).unwrap();
+            let (answer_sdp, media) = answer(to, &Sdp::parse(&sdp), local, 1, 0x2222, at(received)).unwrap();
+            srtp_both_ways(&process_answer(&pending, &Sdp::parse(&answer_sdp)).unwrap(), &media);
+        };
+        call(&mut alice, &mut bob, "sip:bob@a.example", JAN - 5, JAN + 5);
+        call(&mut bob, &mut alice, "sip:alice@a.example", JAN - 3, JAN + 2);
+
+        alice.keys.extend(creds_at(&ksak2, &z2, "sip:alice@a.example", JAN + 100).keys);
+        alice.communities = rotated.clone();
+        call(&mut alice, &mut bob, "sip:bob@a.example", JAN + 100, JAN + 101);
+        call(&mut bob, &mut alice, "sip:alice@a.example", JAN + 102, JAN + 103);
+
+        let mut mallory = creds_in(&ksak1, &z1, "kms.a.example", "sip:mallory@a.example", rotated);
+        mallory.keys = creds_at(&ksak1, &z1, "sip:mallory@a.example", JAN + 200).keys;
+        let (forged, _) = offer(&mut mallory, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 200)).unwrap();
+        refused_with(answer(&mut bob, &Sdp::parse(&forged), local, 1, 0x2222, at(JAN + 200)).err().unwrap(), ErrorCode::AUTH_FAILURE, "expired at 2027-01-01T00:00:00Z");
+        let mut stale = creds_in(&ksak1, &z1, "kms.a.example", "sip:carol@a.example", vec![g1.clone()]);
+        stale.keys.extend(creds_at(&ksak2, &z2, "sip:carol@a.example", JAN + 300).keys);
+        match offer(&mut stale, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 300)) {
+            Err(Error::Negotiation(r)) => assert!(r.contains("kms.a.example") && r.contains("expired at 2027-01-01T00:00:00Z"), "{r}"),
+            other => panic!("{:?}", other.map(|(sdp, _)| sdp)),
+        }
+
+        bob.communities = vec![g1, cert(&ksak2, &z2, Some(JAN), None, true)];
+        let (sdp, _) = offer(&mut alice, local, 1, 0x1111, "sip:bob@a.example", at(JAN + 400)).unwrap();
+        refused_with(answer(&mut bob, &Sdp::parse(&sdp), local, 1, 0x2222, at(JAN + 400)).err().unwrap(), ErrorCode::AUTH_FAILURE, "revoked");
     }
 
     /// A KMS community vouches only for the users of its `kms_domain_list`: KMS a can issue

@@ -37,6 +37,10 @@ enum Action {
     /// trail under a new one (offline: stop every KMS using the store first; resumable: an
     /// interrupted run is finished by running it again).
     Rekey(super::rekey::Args),
+    /// Rotate the community keys (KSAK and SAKKE z, docs/kms.md "Community key rotation"):
+    /// store a new generation valid from a future month start; the current one stays valid
+    /// until then. Running KMSs of the store pick it up within a minute.
+    CommunityKeys(CommunityKeysArgs),
     /// Write a lab PKI for Zk (a private CA and one certificate per KMS domain).
     Pki {
         /// Output directory.
@@ -46,6 +50,37 @@ enum Action {
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct CommunityKeysArgs {
+    #[command(subcommand)]
+    action: CommunityKeysAction,
+}
+
+#[derive(clap::Subcommand)]
+enum CommunityKeysAction {
+    /// List the generations (number, window, KPAK).
+    List(StoreArgs),
+    /// Create the next generation.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// First instant of the new generation, `YYYY-MM-DDTHH:MM:SSZ`: the first instant of
+        /// a UTC month, no earlier than the month after next (default: that earliest one).
+        #[arg(long)]
+        valid_from: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Store of the KMS: a file path (redb) or `postgres://...`.
+    #[arg(long)]
+    store: String,
+    /// Master key, 64 hex digits (else env MEDIASEC_KMS_MASTER_KEY).
+    #[arg(long)]
+    master_key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -154,8 +189,35 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.action {
         Action::Serve(a) => serve_kms(*a),
         Action::Rekey(a) => super::rekey::run(a, super::rekey::Service::Kms),
+        Action::CommunityKeys(a) => community_keys(a),
         Action::Pki { out, domains } => pki(&out, &domains),
     }
+}
+
+fn community_keys(a: CommunityKeysArgs) -> anyhow::Result<ExitCode> {
+    let (store, valid_from) = match a.action {
+        CommunityKeysAction::List(s) => (s, None),
+        CommunityKeysAction::Rotate { store, valid_from } => (store, Some(valid_from)),
+    };
+    let master = super::rekey::server_keys(store.master_key.as_deref(), MASTER_KEY_ENV, &[], mediasec_kms::rekey::PREVIOUS_MASTER_KEY_ENV)?;
+    runtime()?.block_on(async move {
+        let persist = Persist::new(open_store(&store.store).await?, master);
+        mediasec_kms::rekey::check_not_rotating(persist.store(), persist.keys()).await?;
+        let gens = match valid_from {
+            None => persist.generations().await?.context("no community keys yet: start the KMS once first")?,
+            Some(from) => {
+                let from = from.as_deref().map(mediasec_gba::bootstrapping_info::parse_time).transpose().context("--valid-from")?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+                persist.rotate_community_keys(from, now, &|b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b), "cli").await?
+            }
+        };
+        for g in gens.all() {
+            let from = if g.valid_from() > 0 { mediasec_kms::community::fmt_time(g.valid_from()) } else { "-".into() };
+            let to = gens.valid_to(g).map_or_else(|| "-".into(), mediasec_kms::community::fmt_time);
+            println!("generation {} from {from} to {to} KPAK {}", g.number(), hex::encode(g.kpak().to_uncompressed()));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn pki(out: &std::path::Path, domains: &[String]) -> anyhow::Result<ExitCode> {
@@ -212,7 +274,7 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut communities = Vec::new();
     for f in &a.community_certs {
         let json = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-        communities.push(mediasec_kms::community::Community::decode(&json).with_context(|| format!("KMS certificate {}", f.display()))?);
+        communities.push(mediasec_kms::community::decode_set(&json).with_context(|| format!("KMS certificate {}", f.display()))?);
     }
     let zk = match &a.zk_pki {
         Some(dir) => Some(ZkTls::load(dir, &domain).with_context(|| format!("loading the Zk PKI of {domain} from {}", dir.display()))?),
