@@ -215,7 +215,7 @@ pub fn verify(entries: &[Stored], head: Option<(u64, &str)>) -> ChainReport {
             what: format!("entry {} (row {}) is not on the chain from the head: an append interrupted before it moved the head, or the head rolled back", s.entry.seq, s.row),
         });
     }
-    breaks.sort_by(|a, b| b.seq.cmp(&a.seq));
+    breaks.sort_by_key(|b| std::cmp::Reverse(b.seq));
     ChainReport {
         intact: breaks.is_empty(),
         head_seq,
