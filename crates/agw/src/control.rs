@@ -130,6 +130,19 @@ fn srtp_policy(line: &CryptoAttribute, n: &Negotiated) -> Result<Policy, Error> 
     Ok(policy)
 }
 
+/// Whether two peer lines carry the same SRTP master key(s) under the same transform: the
+/// same suite, key parameters (key and salt, MKI, lifetime) and session parameters. The tag
+/// only names the line (RFC 4568 §4.1), so it is left out: a peer that re-offers its key
+/// under another tag keeps its crypto context (RFC 3711 §3.2: rollover counter and replay
+/// list belong to the master key), and a fresh one would accept its earlier packets again.
+fn same_key(a: Option<&CryptoAttribute>, b: Option<&CryptoAttribute>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.suite == b.suite && a.keys == b.keys && a.params == b.params,
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn protection(n: &Negotiated) -> Result<Protection, Error> {
     Protection::srtp(&srtp_policy(&n.remote, n)?, &srtp_policy(&n.local, n)?)
 }
@@ -553,10 +566,10 @@ impl Controller {
                     let Some(s) = self.relay.stream_mut(m.stream) else { continue };
                     let leg_b = s.leg_mut(Side::B);
                     leg_b.set_signalled(Some(rtp), Some(rtcp));
-                    leg_b.rekey(b_protection, b_remote != m.b_remote, now);
+                    leg_b.rekey(b_protection, !same_key(b_remote.as_ref(), m.b_remote.as_ref()), now);
                     m.b_remote = b_remote;
                     if let Some((p, n)) = m.a_next.take() {
-                        let rekeyed = m.a_sdes.as_ref().map(|x| &x.remote) != n.as_ref().map(|x| &x.remote);
+                        let rekeyed = !same_key(m.a_sdes.as_ref().map(|x| &x.remote), n.as_ref().map(|x| &x.remote));
                         s.leg_mut(Side::A).rekey(p, rekeyed, now);
                         m.a_sdes = n;
                     }
@@ -991,6 +1004,66 @@ mod tests {
         session(&answered_key(&second)).unprotect_rtp_vec(&mut down(&mut c)).expect("under our new key");
         let s = c.relay().stream(c.calls["rk"].media[0].as_ref().expect("m").stream).expect("s");
         assert_eq!(s.leg(Side::A).stats.total_drops(), 0);
+    }
+
+    /// Off-path hijack of the core leg: between the offer and the answer the plain B leg has
+    /// no signalled address, and it latched to the source of the first packet on its port.
+    /// An attacker who guessed the port (ringing lasts seconds) got its packets relayed into
+    /// the UE's call and, latched, received the UE's decrypted media after the answer while
+    /// the real core's packets were dropped. A plain leg latches only to its signalled IP.
+    #[test]
+    fn plain_leg_does_not_latch_before_its_address_is_signalled() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("h", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        let (attacker, core) = ("192.0.2.66:9999".parse().expect("a"), "198.51.100.5:6000".parse().expect("a"));
+        let plain = [0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        let mut buf = [0u8; 2048];
+        buf[..plain.len()].copy_from_slice(&plain);
+        let v = c.relay_mut().handle(30002, attacker, &mut buf, plain.len(), now);
+        assert_eq!(v, crate::Verdict::Drop(DropReason::SourceMismatch), "injected into the UE's call");
+        let answer = c.answer("h", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        let mut ue_tx = session(CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}")).expect("l").inline_keys().next().expect("k").key_salt());
+        let mut srtp = plain.to_vec();
+        ue_tx.protect_rtp_vec(&mut srtp).expect("protect");
+        buf[..srtp.len()].copy_from_slice(&srtp);
+        let v = c.relay_mut().handle(30000, "192.0.2.10:4000".parse().expect("a"), &mut buf, srtp.len(), now);
+        assert_eq!(v, crate::Verdict::Forward { from_port: 30002, to: core, len: plain.len() }, "the UE's media goes to the signalled core");
+        buf[..plain.len()].copy_from_slice(&plain);
+        let v = c.relay_mut().handle(30002, core, &mut buf, plain.len(), now);
+        let crate::Verdict::Forward { len, .. } = v else { panic!("the core's media is relayed: {v:?}") };
+        let mut down = buf[..len].to_vec();
+        session(&answered_key(&answer)).unprotect_rtp_vec(&mut down).expect("UE decrypts");
+        let s = c.relay().stream(c.calls["h"].media[0].as_ref().expect("m").stream).expect("s");
+        assert_eq!(s.leg(Side::B).latched(Component::Rtp), Some(core));
+        assert_eq!(s.leg(Side::B).stats.drops(DropReason::SourceMismatch), 1);
+    }
+
+    /// A UE re-offer that keeps its key under another tag (RFC 4568 §4.1: tags only name the
+    /// line) is not a re-key: the SRTP context of that key (rollover counter, replay list) goes
+    /// on. It was taken for a new key, and the fresh context under the same master key
+    /// accepted every packet the UE had sent before the re-offer once more: a replay.
+    #[test]
+    fn reoffer_of_the_same_key_under_another_tag_keeps_the_replay_list() {
+        let (mut c, mut ports, mut k, now) = (ctl(), Ports::default(), keys(), Instant::now());
+        c.offer("rt", "ue", &ue_offer(), &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("offer");
+        c.answer("rt", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        let mut ue_tx = session(CryptoAttribute::parse(&format!("7 AES_CM_128_HMAC_SHA1_80 inline:{UE_KEY}")).expect("l").inline_keys().next().expect("k").key_salt());
+        let mut first = vec![0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9, 1, 2, 3];
+        ue_tx.protect_rtp_vec(&mut first).expect("protect");
+        let ue = "192.0.2.10:4000".parse().expect("a");
+        let up = |c: &mut Controller, p: &[u8]| {
+            let mut buf = [0u8; 2048];
+            buf[..p.len()].copy_from_slice(p);
+            c.relay_mut().handle(30000, ue, &mut buf, p.len(), now)
+        };
+        assert!(matches!(up(&mut c, &first), crate::Verdict::Forward { .. }));
+        let retagged = ue_offer().replace("a=crypto:7 ", "a=crypto:9 ");
+        c.offer("rt", "ue", &retagged, &opts(Some(Transport::Avp)), now, &mut ports, &mut k).expect("re-offer");
+        c.answer("rt", "ue", "core", &core_answer(), &opts(None), now, &mut ports).expect("answer");
+        assert_eq!(up(&mut c, &first), crate::Verdict::Drop(DropReason::Replay), "a packet seen before the re-offer, replayed");
+        let mut next = vec![0x80, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9, 4, 5, 6];
+        ue_tx.protect_rtp_vec(&mut next).expect("protect");
+        assert!(matches!(up(&mut c, &next), crate::Verdict::Forward { .. }), "the same key goes on");
     }
 
     #[test]

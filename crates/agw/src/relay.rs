@@ -10,7 +10,9 @@
 //!    §3.4) — a packet that fails is dropped and counted, never forwarded;
 //! 2. used for latching: the leg learns its peer's address from the first packet that
 //!    passed step 1 (an SRTP leg follows any later authenticated source, e.g. a NAT
-//!    rebinding; a plain leg latches once, only from the signalled IP when one is known);
+//!    rebinding; a plain leg latches once, and only to a source at its peer's signalled IP:
+//!    before that address is known — the answerer's leg until the answer — it latches
+//!    nothing, so a packet from a guessed port cannot claim the leg);
 //! 3. re-protected with our key if the other leg is SRTP, and sent from the other leg's
 //!    port to that leg's latched (else signalled) address.
 //!
@@ -189,7 +191,7 @@ impl Leg {
         let signalled_ip = self.signalled.iter().flatten().next().map(SocketAddr::ip);
         let ok = match current {
             Some(addr) => addr == from || authenticated,
-            None => authenticated || signalled_ip.is_none_or(|ip| ip == from.ip()),
+            None => authenticated || signalled_ip.is_some_and(|ip| ip == from.ip()),
         };
         if !ok {
             return Err(DropReason::SourceMismatch);
@@ -636,6 +638,9 @@ mod tests {
         let s = relay.stream_mut(id).expect("stream");
         s.leg_mut(Side::A).set_protection(Protection::Plain);
         s.leg_mut(Side::B).set_protection(Protection::Plain);
+        // A plain leg with no signalled address latches nothing.
+        assert_eq!(send(&mut relay, 30000, UE, &rtp(1, 1, &[0; 4]), now).0, Verdict::Drop(DropReason::SourceMismatch));
+        relay.stream_mut(id).expect("stream").leg_mut(Side::A).set_signalled(Some(addr(UE)), Some(addr(UE_RTCP)));
         assert_eq!(send(&mut relay, 30000, UE, &rtp(1, 1, &[0; 4]), now).0, Verdict::Drop(DropReason::NoDestination));
         assert!(relay.add_stream(30000, 30004, now).is_err(), "port in use");
         assert!(relay.add_stream(30005, 30008, now).is_err(), "odd port");

@@ -935,6 +935,14 @@ mod tests {
         let delete = request(Value::dict([("command", Value::str("delete")), ("call-id", Value::str(ids[1].clone())), ("from-tag", Value::str("ue"))]));
         assert_eq!(delete.get("result").and_then(Value::as_str), Some("ok"));
         assert_eq!(agw.calls_per_media_thread(), vec![1, 0]);
+        // The media thread closes the freed sockets on its next turn; until then their ports
+        // cannot be bound again (a wider range would simply move on to other ports).
+        for port in [relay_ue, relay_core].into_iter().flat_map(|a| [a.port(), a.port() + 1]) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         assert_eq!(request(offer).get("result").and_then(Value::as_str), Some("ok"));
         assert_eq!(agw.calls_per_media_thread(), vec![1, 1]);
         drop(rt);

@@ -499,8 +499,17 @@ impl Proxy {
                 }
                 mut other => {
                     // A 2xx retransmission whose transaction is gone gets what its first copy got.
-                    if self.alg_enabled() && self.replay(&mut other) == Some(false) {
-                        return Vec::new();
+                    if self.alg_enabled() {
+                        match self.replay(&mut other) {
+                            Some(false) => return Vec::new(),
+                            Some(true) => {}
+                            // Not one the ALG rewrote: no foreign indication passes.
+                            None => {
+                                if let Ok(Some(sdp)) = mediasec_sip::body::sdp(&other) {
+                                    self.strip_foreign(&mut other, sdp);
+                                }
+                            }
+                        }
                     }
                     self.forward_stateless(other, now)
                 }
@@ -727,8 +736,10 @@ impl Proxy {
             Method::Prack if self.alg_enabled() => self.alg_prack(key, request, now),
             Method::Bye if self.alg_enabled() => {
                 self.alg_delete(&call_id);
-                self.route(key, request, now)
+                self.route_stripped(key, request, now)
             }
+            // TS 33.328 §7.1: whatever the method, no foreign `a=3ge2ae` passes an IMS-ALG.
+            _ if self.alg_enabled() => self.route_stripped(key, request, now),
             _ => self.route(key, request, now),
         }
     }
@@ -1099,6 +1110,15 @@ impl Proxy {
                         self.strip_foreign(&mut message, sdp);
                     }
                 }
+            }
+            let Message::Response(r) = message else { return Vec::new() };
+            response = r;
+        } else if self.alg_enabled() {
+            // A response to any other method (a PRACK's 2xx answering the PRACK's offer, RFC
+            // 3262 §5; OPTIONS): no foreign indication passes either (TS 33.328 §7.1).
+            let mut message = Message::Response(response);
+            if let Ok(Some(sdp)) = mediasec_sip::body::sdp(&message) {
+                self.strip_foreign(&mut message, sdp);
             }
             let Message::Response(r) = message else { return Vec::new() };
             response = r;
@@ -1495,11 +1515,20 @@ impl Proxy {
     /// gets the same SDP (or is dropped while the first waits). An ACK without an answer
     /// (RFC 3261 §13.2.2.4 requires one; the UAS ends the session with BYE) is passed on and
     /// counted as an AGW failure, and the exchange's new AGW call, if any, is deleted (the
-    /// dialog's carries on). `None`: not such an ACK, forward `message` (possibly rewritten).
+    /// dialog's carries on). `None`: forward `message` (rewritten; not such an ACK: minus any
+    /// foreign `a=3ge2ae`).
     fn alg_ack(&mut self, message: &mut Message) -> Option<Vec<Command>> {
         let Message::Request(ack) = &*message else { return None };
-        let exchange = exchange_key(&ack.headers)?;
-        let (leg, state) = self.exchanges.get(&exchange)?.ack.clone()?;
+        let Some((exchange, (leg, state))) = exchange_key(&ack.headers).and_then(|k| {
+            let ack = self.exchanges.get(&k)?.ack.clone()?;
+            Some((k, ack))
+        }) else {
+            // Not the answer to an offer this ALG secured: no foreign indication passes.
+            if let Ok(Some(sdp)) = mediasec_sip::body::sdp(message) {
+                self.strip_foreign(message, sdp);
+            }
+            return None;
+        };
         let call_id = exchange.0.clone();
         match state {
             Rewrite::Waiting => Some(Vec::new()),
@@ -1532,17 +1561,18 @@ impl Proxy {
     /// ([`Self::delayed_response`]), the PRACK's answer (RFC 3262 §5) goes to the AGW as ng
     /// `answer`, the PRACK held until it answered, then routed; a PRACK without an answer is
     /// routed as it is, counted as an AGW failure, and the exchange's new AGW call deleted (as
-    /// for an ACK without one). Any other PRACK is routed untouched.
+    /// for an ACK without one). Any other PRACK is routed minus any foreign `a=3ge2ae` (its
+    /// offer, RFC 3262 §5, is not one this ALG secures).
     fn alg_prack(&mut self, key: TransactionKey, request: Request, now: Instant) -> Vec<Command> {
         let rack = request.headers.typed::<mediasec_sip::core::rel::RAck>().and_then(Result::ok);
         let call_id = request.headers.value(&HeaderName::CallId).map(|v| String::from_utf8_lossy(&v).into_owned());
         let to_tag = tag_of(&request.headers, &HeaderName::To);
         let exchange = match (rack, call_id, to_tag) {
             (Some(rack), Some(call_id), Some(to_tag)) if rack.method == Method::Invite.as_bytes() => (call_id, rack.cseq, to_tag, Some(rack.rseq)),
-            _ => return self.route(key, request, now),
+            _ => return self.route_stripped(key, request, now),
         };
         let Some((leg, Rewrite::Expected)) = self.exchanges.get(&exchange).and_then(|x| x.ack.clone()) else {
-            return self.route(key, request, now);
+            return self.route_stripped(key, request, now);
         };
         let call_id = exchange.0.clone();
         match mediasec_sip::body::sdp(&Message::Request(request.clone())) {
@@ -3229,6 +3259,37 @@ Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{plain}",
         let (key, r) = request_event(&invite_from("carol", "z9hG4bKc5", "c5", SDES));
         let out = sent(&p.handle(Event::Request { key, request: r, source: UE }, now));
         assert!(p.take_ng().is_empty() && out.iter().any(|m| m.starts_with("INVITE") && m.contains("inline:WVNf")), "{out:?}");
+    }
+
+    /// Foreign `a=3ge2ae` in the messages around a reliable 18x (RFC 3262): a PRACK that is
+    /// not the answer to an offer the ALG secured was routed as it came, and a response to a
+    /// PRACK (or to any method but INVITE and UPDATE) was forwarded as it came, so the far end
+    /// could put `a=3ge2ae:applied` in the offer of its PRACK or in the answer of its 2xx to
+    /// the UE's PRACK and the UE reported its end-to-end SDES as e2ae applied by this P-CSCF
+    /// (TS 33.328 §7.1: only the P-CSCF may indicate it). Both are stripped now.
+    #[test]
+    fn foreign_indications_in_prack_and_its_responses_are_stripped() {
+        let now = Instant::now();
+        let mut p = alg_with_e2ae_ue(now);
+        let spoofed = format!("{SDES}a=3ge2ae:applied\r\n");
+        let prack = |source: SocketAddr, branch: &str| {
+            request_event(&format!(
+                "PRACK sip:alice@127.0.0.1:5071 SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch={branch}\r\nMax-Forwards: 70\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:bob@b.example>;tag=b\r\nTo: <sip:alice@a.example>;tag=a\r\n\
+Call-ID: pr1\r\nCSeq: 2 PRACK\r\nRAck: 1 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{spoofed}",
+                spoofed.len()
+            ))
+        };
+        let (key, r) = prack(SCSCF, "z9hG4bKpr1");
+        let fwd = forwarded(p.handle(Event::Request { key, request: r, source: SCSCF }, now));
+        let text = String::from_utf8_lossy(&Message::Request(fwd.clone()).to_bytes()).into_owned();
+        assert!(text.starts_with("PRACK") && !text.contains("3ge2ae") && text.contains("inline:WVNf"), "{text}");
+        let stripped = p.stats.e2ae_stripped;
+        let out = sent(&p.handle(response_event(&fwd, tagged_response(&fwd, 200, "a", Some(&spoofed))), now));
+        let [up] = out.as_slice() else { panic!("the 200 upstream: {out:?}") };
+        assert!(up.starts_with("SIP/2.0 200") && !up.contains("3ge2ae") && up.contains("inline:WVNf"), "{up}");
+        assert_eq!(p.stats.e2ae_stripped - stripped, 1);
+        assert!(p.take_ng().is_empty(), "nothing for the AGW");
     }
 
     /// RFC 5658 with a P-CSCF also on TLS (127.0.0.1:5062): an INVITE from its UE over TLS
