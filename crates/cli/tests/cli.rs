@@ -746,41 +746,59 @@ fn kms_serve_learns_a_zk_peers_certificate_and_takes_configured_ones() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `mediasec li` against `mediasec kms serve --li-token-file`: warrants survive a restart of
-/// the KMS process; key requests print the KMS's reason; the admin token and a KMS without
-/// LI are refused.
+/// `mediasec li` against `mediasec kms serve --li-token-file --li-keys-token-file` over HTTPS
+/// (`--ca`): LI on a plain-HTTP listener is refused at start with the fix named; warrants
+/// survive a restart of the KMS process; key requests (key-retrieval token) print the KMS's
+/// reason; the admin token, the key-retrieval token for a warrant, and a KMS without LI are
+/// refused.
 #[test]
 fn li_warrants_survive_a_kms_restart_and_keys_are_refused_with_reasons() {
     let dir = std::env::temp_dir().join(format!("mediasec-cli-li-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (store, token, admin) = (dir.join("kms.redb"), dir.join("li.token"), dir.join("adm.token"));
     std::fs::write(&token, "li-cli-token\n").expect("token");
+    let keys_token = dir.join("li-keys.token");
+    std::fs::write(&keys_token, "li-cli-keys\n").expect("token");
+    let keys_s = keys_token.to_str().expect("path");
     std::fs::write(&admin, "adm\n").expect("token");
+    let pki = mediasec_sip::tls::LabPki::generate(&["127.0.0.1"]).expect("lab PKI");
+    let (ca, cert, key) = (dir.join("ca.pem"), dir.join("kms.pem"), dir.join("kms.key.pem"));
+    for (path, pem) in [(&ca, pki.ca_pem.as_str()), (&cert, pki.cert_pem.as_str()), (&key, pki.key_pem.as_str())] {
+        std::fs::write(path, pem).expect("write PEM");
+    }
     let (store, token_s, admin_s) = (store.to_str().expect("path"), token.to_str().expect("path"), admin.to_str().expect("path"));
+    let (ca_s, cert_s, key_s) = (ca.to_str().expect("path"), cert.to_str().expect("path"), key.to_str().expect("path"));
+    // LI over plain HTTP: refused at start, the error naming the fix.
+    let err = kms_serve(store, &["--li-token-file", token_s, "--li-keys-token-file", keys_s]).err().expect("LI without TLS refused");
+    assert!(err.contains("HTTPS only") && err.contains("--tls-cert"), "{err}");
+    let tls = ["--tls-cert", cert_s, "--tls-key", key_s];
+    let with_li = ["--li-token-file", token_s, "--li-keys-token-file", keys_s, "--tls-cert", cert_s, "--tls-key", key_s];
     let li = |p: &ServerProcess, tok: &str, args: &[&str]| {
-        let url = format!("http://{}", p.addr);
-        let mut all = vec!["li", "--kms", url.as_str(), "--token-file", tok];
+        let url = format!("https://{}", p.addr);
+        let mut all = vec!["li", "--kms", url.as_str(), "--ca", ca_s, "--token-file", tok];
         all.extend_from_slice(args);
         let o = mediasec(&all);
         (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
     };
-    let p = kms_serve(store, &["--li-token-file", token_s]).expect("kms serve");
+    let p = kms_serve(store, &with_li).expect("kms serve");
     let add = li(&p, token_s, &["warrant", "add", "--id", "W-1", "--target", "alice@a.example", "--not-before", "1", "--not-after", "4000000000"]);
     assert!(add.0 && add.1.contains("\"target\":\"alice@a.example\""), "{add:?}");
     let refused = li(&p, admin_s, &["warrant", "list"]);
     assert!(!refused.0 && refused.2.contains("401"), "{refused:?}");
+    let refused = li(&p, keys_s, &["warrant", "add", "--id", "W-3", "--target", "bob@a.example", "--not-before", "1", "--not-after", "2"]);
+    assert!(!refused.0 && refused.2.contains("403"), "the key-retrieval token makes no warrant: {refused:?}");
     drop(p);
-    let p = kms_serve(store, &["--li-token-file", token_s]).expect("restart");
+    let p = kms_serve(store, &with_li).expect("restart");
     let list = li(&p, token_s, &["warrant", "list"]);
     assert!(list.0 && list.1.contains("\"id\":\"W-1\""), "{list:?}");
-    let keys = li(&p, token_s, &["keys", "--warrant", "W-2", "--transfer-init", "AAAA"]);
+    let keys = li(&p, keys_s, &["keys", "--warrant", "W-2", "--transfer-init", "AAAA"]);
     assert!(!keys.0 && keys.2.contains("403 no such warrant"), "{keys:?}");
-    let keys = li(&p, token_s, &["keys", "--warrant", "W-1", "--transfer-init", "AAAA"]);
+    let keys = li(&p, keys_s, &["keys", "--warrant", "W-1", "--transfer-init", "AAAA"]);
     assert!(!keys.0 && keys.2.contains("400 transfer_init"), "{keys:?}");
     let audit = li(&p, token_s, &["audit"]);
     assert!(audit.0 && audit.1.contains("keys.refuse") && audit.1.contains("warrant.put"), "{audit:?}");
     drop(p);
-    let p = kms_serve(store, &[]).expect("restart without LI");
+    let p = kms_serve(store, &tls).expect("restart without LI");
     let off = li(&p, token_s, &["warrant", "list"]);
     assert!(!off.0 && off.2.contains("not enabled"), "{off:?}");
     drop(p);

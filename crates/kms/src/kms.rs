@@ -109,11 +109,30 @@ pub enum Reply {
     Failed(String),
 }
 
-/// Replay cache bounded by the skew window (RFC 3830 §5.4).
+/// Replay cache bounded by the skew window (RFC 3830 §5.4); the KMS's and each UE's
+/// ([`crate::ue::Ue`]).
 #[derive(Default)]
-struct Replay {
+pub(crate) struct Replay {
     seen: HashMap<(u32, u64, Vec<u8>), u64>,
     high_water: usize,
+}
+
+impl Replay {
+    /// [`tk::check_fresh`] of `m` at `now_s` (UNIX seconds) within ±`skew` seconds, the
+    /// message remembered until its time leaves the window ([`ReplayAt`]).
+    pub(crate) fn check_fresh(&mut self, m: &Message, now_s: u64, skew: u64) -> Result<(), KmsError> {
+        // A T that does not read as a time is refused by `check_fresh` before any insert.
+        let sent = tk::t_of(m).ok().as_ref().and_then(unix_of).unwrap_or(0);
+        let mut at = ReplayAt { r: self, oldest: now_s.saturating_sub(skew), sent };
+        tk::check_fresh(m, now_s.saturating_add(crate::tp_data::NTP_UNIX_OFFSET), skew, &mut at)?;
+        Ok(())
+    }
+
+    /// Messages remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.seen.len()
+    }
 }
 
 /// The replay cache at one message: `oldest` is the earliest time (UNIX seconds) a message
@@ -278,13 +297,8 @@ impl Kms {
     }
 
     fn fresh(&self, m: &Message, now: Duration) -> Result<(), KmsError> {
-        let now_s = now.as_secs();
         let mut r = self.replay.lock().map_err(|_| KmsError::Config("replay cache poisoned".into()))?;
-        // A T that does not read as a time is refused by `check_fresh` before any insert.
-        let sent = tk::t_of(m).ok().as_ref().and_then(unix_of).unwrap_or(0);
-        let mut at = ReplayAt { r: &mut r, oldest: now_s.saturating_sub(self.cfg.skew), sent };
-        tk::check_fresh(m, now_s.saturating_add(crate::tp_data::NTP_UNIX_OFFSET), self.cfg.skew, &mut at)?;
-        Ok(())
+        r.check_fresh(m, now.as_secs(), self.cfg.skew)
     }
 
     /// The answer: the response, or a MIKEY Error message (docs/ticket-profile.md decision

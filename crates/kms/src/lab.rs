@@ -28,7 +28,7 @@ use crate::keyring::MasterKey;
 use crate::kms::{KmsConfig, NoPeers, Peers, os_random};
 use crate::persist::Persist;
 use crate::policy::Policies;
-use crate::server::{Service, serve};
+use crate::server::{Service, serve, serve_tls};
 use crate::ue::Ue;
 use crate::users::User;
 use crate::zk::{ZkPeers, ZkServer};
@@ -197,6 +197,29 @@ impl Lab {
             let _ = serve(listener, s, std::future::pending()).await;
         }));
         Ok((url, service))
+    }
+
+    /// Serves `service` (a KMS of `domain`) over HTTPS too, the one transport of the LI API
+    /// (docs/li.md: [`crate::server::LI_NEEDS_TLS`]), with a certificate for `kms.<domain>`
+    /// from a lab CA made once in `dir/li-pki`; returns an endpoint trusting that CA. LI is
+    /// still off until [`Service::enable_li`].
+    pub async fn serve_li(&mut self, service: &Arc<Service>, domain: &str) -> Result<Endpoint, KmsError> {
+        let pki = self.dir.join("li-pki");
+        let cert_file = mediasec_kms_zk::pki::cert_file(&pki, domain);
+        if !cert_file.exists() {
+            mediasec_kms_zk::pki::generate(&pki, &[domain.to_owned()]).map_err(io)?;
+        }
+        let read = |p: &Path| std::fs::read(p).map_err(io);
+        let server = mediasec_bsf::tls::server_config(&read(&cert_file)?, &read(&mediasec_kms_zk::pki::key_file(&pki, domain))?, None).map_err(io)?;
+        let connector = mediasec_bsf::tls::client_connector(&read(&pki.join(mediasec_kms_zk::pki::CA_FILE))?, None).map_err(io)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?.to_string();
+        let listener = mediasec_bsf::tls::TlsListener::new(listener, server).map_err(io)?;
+        let s = Arc::clone(service);
+        self.tasks.push(tokio::spawn(async move {
+            let _ = serve_tls(listener, s, std::future::pending()).await;
+        }));
+        Ok(Endpoint::tls(addr, mediasec_kms_zk::pki::kms_name(domain).try_into().map_err(io)?, connector))
     }
 
     /// The BSF's Zn bearer token, for another NAF of the lab (the voicemail server).

@@ -425,7 +425,8 @@ pub fn sakke_time(i_message: &Decoded<'_>) -> Result<u64, KmsError> {
     unix_of(&t).ok_or_else(|| input("i_message", "no usable timestamp"))
 }
 
-/// One LI audit record (never key material; readable only through the LI API).
+/// One LI audit record (never key material; readable only through the LI API), a link of
+/// the trail's hash chain ([`crate::li_chain`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiAuditEntry {
     /// Milliseconds since the UNIX epoch.
@@ -437,19 +438,26 @@ pub struct LiAuditEntry {
     pub warrant: String,
     /// Outcome or reason.
     pub detail: String,
+    /// Position in the chain, from 1; 0 for an entry written before the trail was chained
+    /// (reported as unchained, [`crate::li_chain::ChainReport::unchained`]). Set on append.
+    #[serde(default)]
+    pub seq: u64,
+    /// The link hash of the previous entry ([`crate::li_chain::link_hash`], hex); 64 zeros
+    /// for entry 1. Set on append.
+    #[serde(default)]
+    pub prev: String,
 }
 
 impl LiAuditEntry {
+    /// A record to append ([`Persist::li_audit`] sets its place in the chain).
+    pub fn new(at_unix_ms: u64, action: &str, warrant: &str, detail: String) -> Self {
+        Self { at_unix_ms, action: action.into(), warrant: warrant.into(), detail, seq: 0, prev: String::new() }
+    }
+
     /// Its row in the LI audit table: zero-padded time, then `suffix` (random, so that rows
     /// of one millisecond stay apart).
     pub fn row(&self, suffix: u64) -> String {
         format!("{:020}-{suffix:016x}", self.at_unix_ms)
-    }
-
-    /// Its row's value: the JSON sealed under `master` for row [`LiAuditEntry::row`].
-    pub fn seal(&self, master: &crate::keyring::MasterKey, suffix: u64) -> Result<Vec<u8>, KmsError> {
-        let plain = serde_json::to_vec(self).map_err(|e| KmsError::Config(e.to_string()))?;
-        Ok(master.seal(Table::LiAudit, &self.row(suffix), &plain)?)
     }
 }
 
@@ -487,31 +495,27 @@ impl Persist {
         if let Some(old) = replaced {
             detail.push_str(&format!(" (replaced: {})", old.audit_detail()));
         }
-        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.put".into(), warrant: w.id.clone(), detail }, suffix).await
+        self.li_audit(&LiAuditEntry::new(now_ms, "warrant.put", &w.id, detail), suffix).await
     }
 
     /// Removes a warrant; `true` when it existed.
     pub async fn delete_warrant(&self, id: &str, now_ms: u64, suffix: u64) -> Result<bool, KmsError> {
         let existed = self.store().delete(Table::LiWarrants, id).await?;
-        self.li_audit(&LiAuditEntry { at_unix_ms: now_ms, action: "warrant.delete".into(), warrant: id.into(), detail: if existed { "removed" } else { "absent" }.into() }, suffix).await?;
+        self.li_audit(&LiAuditEntry::new(now_ms, "warrant.delete", id, if existed { "removed" } else { "absent" }.into()), suffix).await?;
         Ok(existed)
     }
 
-    /// Appends to the LI audit trail; `suffix` (random) keeps rows of one millisecond apart.
+    /// Appends to the LI audit trail, chained after its head ([`crate::li_chain::append`]);
+    /// `suffix` (random) keeps rows of one millisecond apart.
     pub async fn li_audit(&self, e: &LiAuditEntry, suffix: u64) -> Result<(), KmsError> {
-        self.store().put(Table::LiAudit, &e.row(suffix), &e.seal(self.master(), suffix)?).await?;
-        Ok(())
+        let opening: Vec<_> = self.keys().opening().collect();
+        crate::li_chain::append(&**self.store(), self.master(), &opening, e, suffix).await
     }
 
-    /// The LI audit trail from `since_ms` on, oldest first, at most `limit` records.
-    pub async fn li_audit_log(&self, since_ms: u64, limit: usize) -> Result<Vec<LiAuditEntry>, KmsError> {
-        let mut out = Vec::new();
-        for (row, v) in self.store().list(Table::LiAudit).await? {
-            let e: LiAuditEntry = serde_json::from_slice(&self.open(Table::LiAudit, &row, &v)?).map_err(|e| KmsError::Config(format!("LI audit row {row}: {e}")))?;
-            if e.at_unix_ms >= since_ms && out.len() < limit {
-                out.push(e);
-            }
-        }
-        Ok(out)
+    /// The LI audit trail from `since_ms` on, oldest first, at most `limit` records, with the
+    /// verification of the whole chain ([`crate::li_chain::verify`]).
+    pub async fn li_audit_log(&self, since_ms: u64, limit: usize) -> Result<crate::li_chain::LiAuditTrail, KmsError> {
+        let opening: Vec<_> = self.keys().opening().collect();
+        crate::li_chain::read(&**self.store(), &opening, since_ms, limit).await
     }
 }

@@ -31,6 +31,7 @@ pub mod keyprov;
 pub mod keyring;
 pub mod lab;
 pub mod li;
+pub mod li_chain;
 pub mod kms;
 pub mod persist;
 pub mod policy;

@@ -81,9 +81,11 @@ pub async fn rekey(store: &dyn Store, keys: Keys, mode: Mode, progress: &mut (dy
     let rotation = Rotation::start(store, SCOPE, keys, "mediasec kms rekey", mode).await?;
     let report = rotation.run(&TABLES, progress).await?;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let entry = LiAuditEntry { at_unix_ms: now_ms, action: "master_key.rekey".into(), warrant: String::new(), detail: format!("the LI audit trail and the warrants re-sealed under a new master key: {report}") };
-    let suffix = rand::random::<u64>();
-    store.put(Table::LiAudit, &entry.row(suffix), &entry.seal(rotation.keys().new_key(), suffix)?).await?;
+    let entry = LiAuditEntry::new(now_ms, "master_key.rekey", "", format!("the LI audit trail and the warrants re-sealed under a new master key: {report}"));
+    let keys = rotation.keys();
+    // Chained like any LI entry (the chain's hashes are over plaintexts: the re-sealing left
+    // it intact); the head is under the new key now, or the old one if no row was re-sealed.
+    crate::li_chain::append(store, keys.new_key(), &[keys.new_key(), keys.old_key()], &entry, rand::random()).await?;
     rotation.finish(&report).await?;
     Ok(report)
 }

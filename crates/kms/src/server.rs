@@ -5,7 +5,9 @@
 //! `GET /keymanagement/kpak` *(ours: ECCSI signing keys, [`crate::keyprov`])*, the admin API (bearer token; docs/openapi/kms-admin.yaml),
 //! `/metrics` (Prometheus text) and `tracing` spans with a request id; over HTTP or HTTPS.
 //! The LI API (`/li/v1/…`, docs/openapi/kms-li.yaml) answers 404 unless an LI token was
-//! set ([`Service::enable_li`]); it has its own token, audit trail and no metrics.
+//! set ([`Service::enable_li`]); it has its own two tokens, audit trail and no metrics, and is
+//! served over HTTPS only ([`serve_tls`]; [`serve`] refuses to start with LI on, and never
+//! routes `/li/v1`).
 
 use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,7 +145,7 @@ pub struct Service {
     /// External KMS communities (configured, learned over Zk).
     communities: Communities,
     admin_token: String,
-    li_token: OnceLock<String>,
+    li_tokens: OnceLock<LiTokens>,
     metrics: Metrics,
     next_id: AtomicU64,
     last_reload_ms: AtomicU64,
@@ -181,16 +183,25 @@ impl Service {
         let ring = persist.ring_or_init(now().as_secs(), &*random).await?;
         let prov = Provisioner::with_generations(persist.generations_or_init(now_ms(), &*random).await?);
         let kms = Kms::new(cfg, persist.policies().await?, persist.users().await?, ring, random);
-        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_token: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0), generations_read_ms: AtomicU64::new(now_ms()) }))
+        Ok(Arc::new(Self { kms, prov, zn: ZnCache::new(zn), peers, persist, communities: Communities::default(), admin_token, li_tokens: OnceLock::new(), metrics: Metrics::default(), next_id: AtomicU64::new(1), last_reload_ms: AtomicU64::new(0), generations_read_ms: AtomicU64::new(now_ms()) }))
     }
 
-    /// Turns the LI API on with its bearer token, which must be non-empty and differ from
-    /// the admin token; once per service.
-    pub fn enable_li(&self, token: String) -> Result<(), KmsError> {
-        if token.is_empty() || bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())) {
-            return Err(KmsError::Config("the LI token must be non-empty and differ from the admin token".into()));
+    /// Turns the LI API on with its two bearer tokens (docs/li.md "Two LI credentials"):
+    /// `warrants` for warrant provisioning and the LI audit trail (X1-like), `keys` for key
+    /// retrieval (X2-like) — a key-retrieval client cannot create, read or remove warrants,
+    /// and a provisioning client gets no keys. Each must be non-empty and differ from the
+    /// other and from the admin token; once per service. The API is served by [`serve_tls`]
+    /// only: the tokens and the released keys never cross a plain-HTTP listener
+    /// ([`LI_NEEDS_TLS`]).
+    pub fn enable_li(&self, warrants: String, keys: String) -> Result<(), KmsError> {
+        let same = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
+        if warrants.is_empty() || keys.is_empty() || same(&warrants, &self.admin_token) || same(&keys, &self.admin_token) {
+            return Err(KmsError::Config("the LI tokens must be non-empty and differ from the admin token".into()));
         }
-        self.li_token.set(token).map_err(|_| KmsError::Config("the LI API is already enabled".into()))
+        if same(&warrants, &keys) {
+            return Err(KmsError::Config("the LI warrant-provisioning and key-retrieval tokens must differ".into()));
+        }
+        self.li_tokens.set(LiTokens { warrants, keys }).map_err(|_| KmsError::Config("the LI API is already enabled".into()))
     }
 
     /// The core.
@@ -411,9 +422,9 @@ impl Service {
         out
     }
 
-    /// The axum router.
-    pub fn router(self: &Arc<Self>) -> Router {
-        Router::new()
+    /// The axum router; the LI routes only with `li` (a TLS listener).
+    fn router(self: &Arc<Self>, li: bool) -> Router {
+        let router = Router::new()
             .route("/keymanagement", post(ua))
             .route("/keymanagement/kpak", get(kpak))
             .route("/keymanagement/certificate", get(certificate))
@@ -431,20 +442,21 @@ impl Service {
             .route("/admin/v1/communities", get(communities_get))
             .route("/admin/v1/communities/refresh", post(communities_refresh))
             .route("/admin/v1/community-keys", get(community_keys_get))
-            .route("/admin/v1/community-keys/rotate", post(community_keys_rotate))
-            .merge(self.li_router())
-            .with_state(Arc::clone(self))
+            .route("/admin/v1/community-keys/rotate", post(community_keys_rotate));
+        let router = if li { router.merge(self.li_router()) } else { router };
+        router.with_state(Arc::clone(self))
     }
 
-    /// The LI routes, each behind [`li_auth`] (which also runs before a 405, so with LI off
-    /// every method on these paths is a 404).
+    /// The LI routes, each behind its interface's guard ([`li_auth`], which also runs before
+    /// a 405, so with LI off every method on these paths is a 404).
     fn li_router(self: &Arc<Self>) -> Router<Arc<Self>> {
-        Router::new()
+        let x1 = Router::new()
             .route("/li/v1/warrants", get(warrants_get))
             .route("/li/v1/warrants/{id}", get(warrant_get).put(warrant_put).delete(warrant_delete))
-            .route("/li/v1/keys", post(li_keys))
             .route("/li/v1/audit", get(li_audit_get))
-            .route_layer(axum::middleware::from_fn_with_state(Arc::clone(self), li_auth))
+            .route_layer(axum::middleware::from_fn_with_state((Arc::clone(self), LiInterface::X1), li_auth));
+        let x2 = Router::new().route("/li/v1/keys", post(li_keys)).route_layer(axum::middleware::from_fn_with_state((Arc::clone(self), LiInterface::X2), li_auth));
+        x1.merge(x2)
     }
 }
 
@@ -855,19 +867,45 @@ async fn audit_get(State(s): State<Arc<Service>>, h: HeaderMap, Query(q): Query<
     }
 }
 
-/// LI API guard: 404 (as if absent) when LI is off, 401 on a wrong token (logged).
-fn li_guard(s: &Service, h: &HeaderMap) -> Option<Response> {
-    let Some(token) = s.li_token.get() else { return Some(StatusCode::NOT_FOUND.into_response()) };
-    if bearer_ok(h, token) {
+/// The two LI bearer tokens ([`Service::enable_li`]).
+struct LiTokens {
+    /// Warrant provisioning and the LI audit trail (X1-like).
+    warrants: String,
+    /// Key retrieval (X2-like).
+    keys: String,
+}
+
+/// The LI interface a route belongs to.
+#[derive(Clone, Copy)]
+enum LiInterface {
+    /// Warrants and the LI audit trail.
+    X1,
+    /// Key retrieval.
+    X2,
+}
+
+/// LI API guard: 404 (as if absent) when LI is off; 403 for the other interface's token
+/// (a key-retrieval client managing warrants, or the reverse); 401 on any other token. Both
+/// refusals are logged.
+fn li_guard(s: &Service, h: &HeaderMap, interface: LiInterface) -> Option<Response> {
+    let Some(tokens) = s.li_tokens.get() else { return Some(StatusCode::NOT_FOUND.into_response()) };
+    let (own, other, refused) = match interface {
+        LiInterface::X1 => (&tokens.warrants, &tokens.keys, "the LI key-retrieval token does not manage warrants or read the LI audit trail"),
+        LiInterface::X2 => (&tokens.keys, &tokens.warrants, "the LI warrant-provisioning token does not retrieve keys"),
+    };
+    if bearer_ok(h, own) {
         None
+    } else if bearer_ok(h, other) {
+        warn!(target: "li", "{refused}");
+        Some(text(StatusCode::FORBIDDEN, refused))
     } else {
         warn!(target: "li", "LI API call with a missing or wrong token");
-        Some(text(StatusCode::UNAUTHORIZED, "LI API requires the LI bearer token"))
+        Some(text(StatusCode::UNAUTHORIZED, "LI API requires an LI bearer token"))
     }
 }
 
-async fn li_auth(State(s): State<Arc<Service>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match li_guard(&s, req.headers()) {
+async fn li_auth(State((s, interface)): State<(Arc<Service>, LiInterface)>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match li_guard(&s, req.headers(), interface) {
         Some(refused) => refused,
         None => next.run(req).await,
     }
@@ -972,7 +1010,7 @@ async fn li_keys(State(s): State<Arc<Service>>, body: Bytes) -> Response {
         Err(_) => "KMS failure",
     };
     info!(target: "li", warrant = %body.warrant, action, outcome = logged, "LI key request");
-    let entry = LiAuditEntry { at_unix_ms: now_ms(), action: action.into(), warrant: body.warrant.clone(), detail };
+    let entry = LiAuditEntry::new(now_ms(), action, &body.warrant, detail);
     if let Err(e) = s.persist.li_audit(&entry, suffix()).await {
         // No release that the LI trail does not record.
         return li_error(&e);
@@ -989,21 +1027,38 @@ struct LiAuditQuery {
     limit: Option<usize>,
 }
 
+/// `GET /li/v1/audit`: the entries and the verification of the trail's hash chain
+/// ([`crate::li_chain`]); 200 when the chain is intact, 409 with the same body naming each
+/// break (a deleted entry, a missing head) when not — never a silently shortened trail.
 async fn li_audit_get(State(s): State<Arc<Service>>, Query(q): Query<LiAuditQuery>) -> Response {
     match s.persist.li_audit_log(q.since_ms.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await {
-        Ok(rows) => axum::Json(rows).into_response(),
+        Ok(trail) if trail.chain.intact => axum::Json(trail).into_response(),
+        Ok(trail) => {
+            warn!(target: "li", breaks = trail.chain.breaks.len(), "LI audit trail: hash chain broken");
+            (StatusCode::CONFLICT, axum::Json(trail)).into_response()
+        }
         Err(e) => li_error(&e),
     }
 }
 
+/// Why [`serve`] refuses a service with LI on (and `mediasec kms serve --li-token-file`
+/// without `--tls-cert`): the fix is named.
+pub const LI_NEEDS_TLS: &str = "the LI API (--li-token-file) is served over HTTPS only: on a plain-HTTP listener its bearer token and the released call keys would cross the network in clear; serve with --tls-cert and --tls-key (or leave LI off)";
+
 /// Serves plain HTTP on a bound listener until `until` completes (then gracefully:
-/// [`mediasec_bsf::graceful`]) or the future is dropped.
+/// [`mediasec_bsf::graceful`]) or the future is dropped. Without the LI API: refused
+/// ([`LI_NEEDS_TLS`]) when LI is on, and `/li/v1` is not routed (404, as absent) should LI be
+/// turned on later — LI answers on a [`serve_tls`] listener of the same service only.
 pub async fn serve(listener: tokio::net::TcpListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
+    if s.li_tokens.get().is_some() {
+        tracing::error!("{LI_NEEDS_TLS}");
+        return Err(KmsError::Config(LI_NEEDS_TLS.into()));
+    }
+    axum::serve(listener, s.router(false)).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }
 
 /// Serves HTTPS (rustls, the BSF's TLS listener: handshakes concurrent and bounded) as
-/// [`serve`].
+/// [`serve`], with the LI API (when on).
 pub async fn serve_tls(listener: mediasec_bsf::tls::TlsListener, s: Arc<Service>, until: impl Future<Output = ()> + Send + 'static) -> Result<(), KmsError> {
-    axum::serve(listener, s.router()).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
+    axum::serve(listener, s.router(true)).with_graceful_shutdown(until).await.map_err(|e| KmsError::Http(e.to_string()))
 }

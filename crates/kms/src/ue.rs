@@ -7,7 +7,7 @@
 //! TRANSFER_RESP map repeats it with the responder's SSRC filled in (RFC 6043 §5.2). TEK and
 //! salt of each CS come from the TGK with RANDRi (flags H = 1, G = 0; RFC 6043 §5.1.3).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use mediasec_mikey::error_message::{self, ErrorKey};
@@ -15,7 +15,6 @@ use mediasec_mikey::forking::{self, ForkModifier};
 use mediasec_mikey::header::{CsIdMap, GenericCs};
 use mediasec_mikey::keys::{self, Direction};
 use mediasec_mikey::payload::{KeyData, KeyValidity, SecurityPolicy, Ticket, TicketFlags, TicketPolicy};
-use mediasec_mikey::psk::ReplayCache;
 use mediasec_mikey::registry::{DataType, ErrorCode, IdRole, IdType, KeyType, ProtType, RandRole, TicketType};
 use mediasec_mikey::srtp_policy::{self, CryptoSession, SrtpPolicy};
 use mediasec_mikey::ticket::{self as tk, Secret, TicketContent};
@@ -25,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::error::KmsError;
 use crate::identity::{KmsUid, Pattern};
 use crate::keyring::MODE3_KEY_ID;
-use crate::kms::TGK_SPI;
+use crate::kms::{Replay, TGK_SPI};
 use crate::tp_data::{TpData, ntp};
 
 /// Flags a UE asks for (docs/ticket-profile.md §7): D E F H N O, plus J for reuse and I for
@@ -155,15 +154,6 @@ pub struct Media {
     pub initiator_stream: SrtpPolicy,
     /// CS 2: responder → initiator.
     pub responder_stream: SrtpPolicy,
-}
-
-#[derive(Default)]
-struct Replay(HashSet<(u32, u64, Vec<u8>)>);
-
-impl ReplayCache for Replay {
-    fn insert(&mut self, csb_id: u32, timestamp: u64, mac: &[u8]) -> bool {
-        self.0.insert((csb_id, timestamp, mac.to_vec()))
-    }
 }
 
 /// A UE: its KMS UID, its KMS, its bootstrap (B-TID, Ks_NAF for the KMS), caches.
@@ -298,8 +288,11 @@ impl Ue {
         Ok(Deferred { media: media(&r.tgk, &randri, &sp_of(&ti)?, &generic_map(&ti)?)?, initiator: ticket_initiator(transfer_init)? })
     }
 
+    /// Timestamp and replay check of a received message (RFC 3830 §5.4): the replay memory is
+    /// the KMS's, bounded by time — a message is remembered while its T can pass the ±skew
+    /// check, then dropped ([`Replay::check_fresh`]).
     fn fresh(&mut self, m: &Message, now: Duration) -> Result<(), KmsError> {
-        Ok(tk::check_fresh(m, now.as_secs().saturating_add(crate::tp_data::NTP_UNIX_OFFSET), self.skew, &mut self.replay)?)
+        self.replay.check_fresh(m, now.as_secs(), self.skew)
     }
 
     /// A Ua `keyprovision` request for the ECCSI signing key of `uri` (one of our IMPUs) for
@@ -600,4 +593,41 @@ fn refused(bytes: &[u8], m: &Message, auth_key: &[u8]) -> Result<(), KmsError> {
     let code = report.codes().first().copied().unwrap_or(ErrorCode::UNSPECIFIED);
     let how = if report.is_authenticated() { "authenticated" } else { "unauthenticated" };
     Err(rejected(code, format!("the KMS answered with an {how} MIKEY Error message")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use mediasec_mikey::registry::PrfFunc;
+
+    use super::*;
+
+    /// A message of CSB ID `csb_id` sent at `unix` (UNIX seconds): all the replay memory reads.
+    fn message(csb_id: u32, unix: u64) -> Message {
+        let header = CommonHeader { version: 1, data_type: DataType::TRANSFER_INIT, v_flag: false, prf: PrfFunc::MIKEY_1, csb_id, cs_map: CsIdMap::Empty { n_cs: 0 } };
+        Message { header, payloads: vec![Payload::T(ntp(Duration::from_secs(unix)))] }
+    }
+
+    /// The UE's replay memory (RFC 3830 §5.4) is bounded by time, as the KMS's: 5000
+    /// messages, one a second with a 30 s skew, never leave more than the prune threshold
+    /// remembered; each is refused when replayed 29 s later (inside its window), before and
+    /// after prunes, and an old one is refused by its timestamp once dropped.
+    #[test]
+    fn replay_memory_stays_bounded_and_refuses_replays_in_the_window() {
+        let mut ue = Ue::new(KmsUid::parse("bob@a.example").unwrap(), "kms.a.example", "btid", &[7; 32], 30);
+        let start = 1_800_000_000u64;
+        let mut most = 0;
+        for i in 0..5000u32 {
+            let (m, now) = (message(i, start + u64::from(i)), Duration::from_secs(start + u64::from(i)));
+            ue.fresh(&m, now).unwrap();
+            let replayed = ue.fresh(&m, now + Duration::from_secs(29)).unwrap_err().to_string();
+            assert!(replayed.contains("replayed"), "message {i}: {replayed}");
+            most = most.max(ue.replay.len());
+        }
+        assert!(most <= 1025, "the replay memory grew to {most} messages");
+        let end = Duration::from_secs(start + 5000);
+        assert!(ue.fresh(&message(4990, start + 4990), end).unwrap_err().to_string().contains("replayed"), "inside the window after prunes");
+        assert!(ue.fresh(&message(0, start), end).unwrap_err().to_string().contains("outside"), "dropped, refused by its time");
+    }
 }

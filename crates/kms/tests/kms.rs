@@ -64,6 +64,18 @@ async fn http(url: &str, method: &str, path: &str, headers: &[(&str, &str)], bod
     request(&Endpoint::http(url).unwrap(), method, path, headers, body).await.unwrap()
 }
 
+/// An LI API request on `ep`, the KMS's HTTPS listener: LI is never served over plain HTTP
+/// ([`li_endpoint`]).
+async fn li_http(ep: &Endpoint, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    request(ep, method, path, headers, body).await.unwrap()
+}
+
+/// The HTTPS endpoint serving KMS `domain`'s LI API ([`Lab::serve_li`]).
+async fn li_endpoint(lab: &mut Lab, domain: &str) -> Endpoint {
+    let service = std::sync::Arc::clone(&lab.domain(domain).unwrap().service);
+    lab.serve_li(&service, domain).await.unwrap()
+}
+
 fn code(e: KmsError) -> ErrorCode {
     match e {
         KmsError::Mikey { code, .. } => code,
@@ -334,7 +346,8 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
         DomainSpec { domain: "a.example", policy: "[domain.\"a.example\"]\nmikey_sakke = true\n" },
         DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" },
     ];
-    let lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
+    let mut lab = Lab::start(&dir.0, &domains, &["alice@a.example", "carol@b.example"], Some(Duration::from_secs(5))).await.unwrap();
+    let (li_a, li_b) = (li_endpoint(&mut lab, "a.example").await, li_endpoint(&mut lab, "b.example").await);
     let (a, b) = (lab.domain("a.example").unwrap(), lab.domain("b.example").unwrap());
     assert!(a.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
     let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
@@ -355,32 +368,33 @@ async fn li_across_communities_callee_kms_releases_caller_kms_refuses() {
     let (msg, keys) = mediasec_mikey::mikey_sakke::build(&o, &aks.key, community_b.z(), mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
     let t = now().as_secs();
     let li = [("Authorization", "Bearer li-secret")];
-    let release = |url: String, target: &'static str| {
+    let li_keys = [("Authorization", "Bearer li-keys")];
+    let release = |ep: Endpoint, target: &'static str| {
         let msg = msg.clone();
         async move {
             let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
-            assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+            assert_eq!(li_http(&ep, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
             let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-            let r = http(&url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+            let r = li_http(&ep, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
             (r.status, String::from_utf8_lossy(&r.body).trim().to_owned())
         }
     };
     for d in [a, b] {
-        d.service.enable_li("li-secret".into()).unwrap();
+        d.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     }
-    let (status, reason) = release(b.url.clone(), "carol@b.example").await;
+    let (status, reason) = release(li_b.clone(), "carol@b.example").await;
     assert_eq!(status, 403, "{reason}");
     assert!(reason.contains("kms.a.example") && reason.contains("does not hold"), "{reason}");
     assert!(b.service.refresh_communities().await.iter().all(|(_, r)| r.is_ok()));
     assert_eq!(b.service.communities().into_iter().map(|(c, _)| c).collect::<Vec<_>>(), a.service.own_certificates().unwrap());
-    let (status, body) = release(b.url.clone(), "carol@b.example").await;
+    let (status, body) = release(li_b.clone(), "carol@b.example").await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("carol@b.example")));
     for (i, stream) in [&keys.initiator_stream, &keys.responder_stream].into_iter().enumerate() {
         assert_eq!(v["crypto_sessions"][i]["master_key"].as_str(), Some(hex::encode(&*stream.master_key).as_str()), "CS {}", i + 1);
     }
-    let (status, reason) = release(a.url.clone(), "alice@a.example").await;
+    let (status, reason) = release(li_a.clone(), "alice@a.example").await;
     assert_eq!((status, reason.as_str()), (403, "MIKEY-SAKKE I_MESSAGE encapsulated under the KMS community kms.b.example: this KMS does not hold its z (that KMS can release)"));
 }
 
@@ -396,9 +410,10 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
     use mediasec_mikey::{eccsi, mikey_sakke, sakke};
     let dir = TempDir::new("li-community-domains");
     let spec = [DomainSpec { domain: "b.example", policy: "[domain.\"b.example\"]\nmikey_sakke = true\n" }];
-    let lab = Lab::start_local(&dir.0, &spec, &["carol@b.example", "dave@b.example"]).await.unwrap();
+    let mut lab = Lab::start_local(&dir.0, &spec, &["carol@b.example", "dave@b.example"]).await.unwrap();
+    let li_b = li_endpoint(&mut lab, "b.example").await;
     let b = lab.domain("b.example").unwrap();
-    b.service.enable_li("li-secret".into()).unwrap();
+    b.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let ksak_c = eccsi::KmsSecret::from_bytes(&[0x44; 32]).unwrap();
     let z_c = sakke::KmsSecret::from_bytes(&[0x5c; 32]).unwrap();
     b.service.configure_community(vec![mediasec_kms::community::Community::new("kms.c.example", ksak_c.kpak(), z_c.public_key(), &["c.example".into()]).unwrap()]).unwrap();
@@ -406,6 +421,7 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
     let t = now().as_secs();
     let period = mediasec_kms::keyprov::Period::of_unix(t).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     for (n, (initiator, target, status)) in
         [("sip:eve@c.example", "eve@c.example", 200), ("sip:alice@a.example", "alice@a.example", 403), ("sip:dave@b.example", "dave@b.example", 403), ("tel:+15551234", "+15551234@b.example", 403)]
             .into_iter()
@@ -427,9 +443,9 @@ async fn li_sakke_initiator_must_be_a_user_of_the_signing_community() {
         let mut random = |b: &mut [u8]| rand::RngCore::fill_bytes(&mut rand::rng(), b);
         let (msg, keys) = mikey_sakke::build(&o, &key, &z_b, mediasec_kms::tp_data::ntp(now()).value, &mut random).unwrap();
         let w = serde_json::json!({ "id": "W1", "target": target, "not_before": t - 60, "not_after": t + 3600 }).to_string();
-        assert_eq!(http(&b.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+        assert_eq!(li_http(&li_b, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
         let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-        let r = http(&b.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+        let r = li_http(&li_b, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
         let body = String::from_utf8_lossy(&r.body).trim().to_owned();
         assert_eq!(r.status, status, "{initiator}: {body}");
         if status == 200 {
@@ -505,21 +521,23 @@ impl tracing::Subscriber for Capture {
 async fn li_log_lines_name_no_identity() {
     tracing::subscriber::set_global_default(Capture).unwrap();
     let dir = TempDir::new("li-log");
-    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let li_d = li_endpoint(&mut lab, "a.example").await;
     let d = lab.domain("a.example").unwrap();
-    d.service.enable_li("li-secret".into()).unwrap();
+    d.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let (alice, _) = lab.ue("alice@a.example").await.unwrap();
     let held = alice.make_ticket(&ask("bob@a.example"), now(), &|b| rand::fill(b)).unwrap();
     let (ti, _) = alice.transfer_init(&held, &KmsUid::parse("bob@a.example").unwrap(), rand::random(), 0x1111, now(), rand::random()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W-log", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
-    assert_eq!(http(&d.url, "PUT", "/li/v1/warrants/W-log", &li, w.as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_d, "PUT", "/li/v1/warrants/W-log", &li, w.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W-log", "transfer_init": STANDARD.encode(&ti) }).to_string();
-    let r = http(&d.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_d, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     let reason = String::from_utf8_lossy(&r.body).trim().to_owned();
     assert!(r.status == 403 && reason.contains("UE-made") && reason.contains("alice@a.example"), "{} {reason}", r.status);
-    let trail = String::from_utf8(http(&d.url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
+    let trail = String::from_utf8(li_http(&li_d, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
     assert!(trail.contains(&reason), "the LI trail keeps the precise reason: {trail}");
     let lines: Vec<String> = LOG.lock().unwrap().iter().filter(|l| l.contains("W-log")).cloned().collect();
     assert!(lines.iter().any(|l| l.contains("UE-made")), "{lines:?}");
@@ -534,8 +552,9 @@ async fn li_log_lines_name_no_identity() {
 async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() {
     let dir = TempDir::new("li-replica");
     let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_A }], &["alice@a.example", "bob@a.example"]).await.unwrap();
-    let (url2, two) = lab.replica("a.example").await.unwrap();
-    two.enable_li("li-secret".into()).unwrap();
+    let (_, two) = lab.replica("a.example").await.unwrap();
+    let li2 = lab.serve_li(&two, "a.example").await.unwrap();
+    two.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let (mut alice, ka) = lab.ue("alice@a.example").await.unwrap();
     let (mut bob, kb) = lab.ue("bob@a.example").await.unwrap();
     let d = lab.domain("a.example").unwrap();
@@ -548,11 +567,12 @@ async fn li_at_a_replica_behind_a_rotation_releases_after_re_reading_the_ring() 
     let (_, m_i) = alice.on_transfer_resp(&pt, &tr, now()).unwrap();
     assert!(two.kms().ring().get(2).is_none(), "replica 2 has not re-read the ring yet");
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
-    assert_eq!(http(&url2, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li2, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&ti), "transfer_resp": STANDARD.encode(&tr) }).to_string();
-    let r = http(&url2, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li2, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["crypto_sessions"][0]["master_key"].as_str(), Some(hex::encode(&*m_i.initiator_stream.master_key).as_str()));
@@ -649,34 +669,54 @@ async fn lawful_interception_over_http() {
     // Alice may also make tickets herself (mode 3).
     let policy = format!("{POLICY_A}[user.\"alice@a.example\"]\nmode3 = true\n");
     let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: &policy }], &users).await.unwrap();
+    let li_a = li_endpoint(&mut lab, "a.example").await;
     let a = lab.domain("a.example").unwrap();
     let (url, admin) = (a.url.clone(), format!("Bearer {}", a.admin_token));
     // Off by default: the LI API is absent.
-    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secret")], b"").await.status, 404);
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secret")], b"").await.status, 404);
     for (method, path) in [("POST", "/li/v1/warrants"), ("PUT", "/li/v1/warrants/W1"), ("GET", "/li/v1/keys"), ("DELETE", "/li/v1/audit")] {
-        let r = http(&url, method, path, &[], b"{}").await;
+        let r = li_http(&li_a, method, path, &[], b"{}").await;
         assert_eq!((r.status, r.body.len()), (404, 0), "{method} {path}: as absent as {:?}", http(&url, method, "/nowhere", &[], b"").await.status);
     }
-    assert!(a.service.enable_li(a.admin_token.clone()).is_err(), "LI token must differ from the admin token");
-    a.service.enable_li("li-secret".into()).unwrap();
+    assert!(a.service.enable_li(a.admin_token.clone(), "li-keys".into()).is_err(), "LI tokens must differ from the admin token");
+    assert!(a.service.enable_li("li-secret".into(), a.admin_token.clone()).is_err(), "LI tokens must differ from the admin token");
+    assert!(a.service.enable_li("li-secret".into(), "li-secret".into()).is_err(), "the two LI tokens must differ");
+    a.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
-    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[], b"").await.status, 401);
-    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", admin.as_str())], b"").await.status, 401);
-    assert_eq!(http(&url, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
-    assert_eq!(http(&url, "POST", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
-    assert_eq!(http(&url, "POST", "/li/v1/warrants", &li, b"").await.status, 405);
+    let li_keys = [("Authorization", "Bearer li-keys")];
+    // Never over plain HTTP (docs/li.md): the Ua listener does not route /li/v1, and a
+    // plain-HTTP server of a service with LI on refuses to start.
+    assert_eq!(http(&url, "GET", "/li/v1/warrants", &li, b"").await.status, 404);
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = mediasec_kms::server::serve(plain, std::sync::Arc::clone(&a.service), std::future::pending()).await.unwrap_err();
+    assert!(refused.to_string().contains("--tls-cert"), "{refused}");
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants", &[], b"").await.status, 401);
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants", &[("Authorization", admin.as_str())], b"").await.status, 401);
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/warrants", &[("Authorization", "Bearer li-secreT")], b"").await.status, 401);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/warrants", &li, b"").await.status, 405);
+    // Two credentials (docs/li.md): the key-retrieval token manages no warrant and reads no
+    // trail (403); the warrant token retrieves no keys (403).
+    let ww = serde_json::json!({ "id": "W9", "target": "bob@a.example", "not_before": 1, "not_after": 2 }).to_string();
+    for (method, path, body) in [("PUT", "/li/v1/warrants/W9", ww.as_bytes()), ("GET", "/li/v1/warrants", b"".as_slice()), ("DELETE", "/li/v1/warrants/W9", b""), ("GET", "/li/v1/audit", b"")] {
+        let r = li_http(&li_a, method, path, &li_keys, body).await;
+        assert_eq!(r.status, 403, "{method} {path} with the key-retrieval token: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(li_http(&li_a, "GET", "/li/v1/warrants/W9", &li, b"").await.status, 404, "no warrant made with the key-retrieval token");
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1","transfer_init":"AAAA"}"#).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "the LI warrant-provisioning token does not retrieve keys"));
 
     let t = now().as_secs();
     let w = |id: &str, target: &str, from: u64, to: u64| serde_json::json!({ "id": id, "target": target, "not_before": from, "not_after": to }).to_string();
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W1", &li, w("W1", "alice@A.Example", t - 60, t + 3600).as_bytes()).await.status, 200);
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "dan@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W3", &li, w("W3", "bob@a.example", t - 3600, t - 1).as_bytes()).await.status, 200);
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W4", &li, w("W4", "?@a.example", t, t + 1).as_bytes()).await.status, 400, "no wildcard");
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W5", &li, w("W1", "bob@a.example", t, t + 1).as_bytes()).await.status, 400, "id mismatch");
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W5", &li, b"{").await.status, 400);
-    let list: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W1", &li, w("W1", "alice@A.Example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W2", &li, w("W2", "dan@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W3", &li, w("W3", "bob@a.example", t - 3600, t - 1).as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W4", &li, w("W4", "?@a.example", t, t + 1).as_bytes()).await.status, 400, "no wildcard");
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W5", &li, w("W1", "bob@a.example", t, t + 1).as_bytes()).await.status, 400, "id mismatch");
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W5", &li, b"{").await.status, 400);
+    let list: serde_json::Value = serde_json::from_slice(&li_http(&li_a, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&http(&url, "GET", "/li/v1/warrants/W1", &li, b"").await.body).unwrap()["target"], "alice@a.example");
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&li_http(&li_a, "GET", "/li/v1/warrants/W1", &li, b"").await.body).unwrap()["target"], "alice@a.example");
 
     // A target cannot tell: alice (target) and erika (not; same UID length) get answers of
     // the same shape.
@@ -710,7 +750,7 @@ async fn lawful_interception_over_http() {
         j.to_string()
     };
     let (ti, tr, m_i, m_r) = &calls[0];
-    let r = http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", ti, Some(tr)).as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!((j["initiator"].as_str(), j["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
@@ -730,7 +770,7 @@ async fn lawful_interception_over_http() {
     let resolved = bob.on_resolve_resp(pr, &STANDARD.decode(&rr.body).unwrap(), now()).unwrap();
     let (tr3, m_r3) = bob.transfer_resp(&resolved, &ti3, 0x4444, now()).unwrap();
     let (_, m_i3) = alice.on_transfer_resp(&pt, &tr3, now()).unwrap();
-    let r = http(&url, "POST", "/li/v1/keys", &li, keys("W1", &ti3, Some(&tr3)).as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", &ti3, Some(&tr3)).as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     for (cs, p_i, p_r) in [(&j["crypto_sessions"][0], &m_i3.initiator_stream, &m_r3.initiator_stream), (&j["crypto_sessions"][1], &m_i3.responder_stream, &m_r3.responder_stream)] {
@@ -740,23 +780,27 @@ async fn lawful_interception_over_http() {
     }
     // Refusals: a third party's warrant, an expired one, an unknown one; bad input.
     let reason = |r: HttpResponse| (r.status, String::from_utf8_lossy(&r.body).trim().to_owned());
-    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W2", ti, Some(tr)).as_bytes()).await), (403, "target not a party of this call".into()));
-    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W3", ti, Some(tr)).as_bytes()).await), (403, "warrant expired".into()));
-    assert_eq!(http(&url, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1","transfer_init":"%%"}"#).await.status, 400);
-    assert_eq!(http(&url, "POST", "/li/v1/keys", &li, br#"{"warrant":"W1"}"#).await.status, 400);
-    assert_eq!(http(&url, "POST", "/li/v1/keys", &[("Authorization", admin.as_str())], keys("W1", ti, Some(tr)).as_bytes()).await.status, 401);
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W2", ti, Some(tr)).as_bytes()).await), (403, "target not a party of this call".into()));
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W3", ti, Some(tr)).as_bytes()).await), (403, "warrant expired".into()));
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, br#"{"warrant":"W1","transfer_init":"%%"}"#).await.status, 400);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, br#"{"warrant":"W1"}"#).await.status, 400);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &[("Authorization", admin.as_str())], keys("W1", ti, Some(tr)).as_bytes()).await.status, 401);
     // Erika's call (not a target) under alice's warrant: refused.
-    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", &calls[1].0, Some(&calls[1].1)).as_bytes()).await).0, 403);
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", &calls[1].0, Some(&calls[1].1)).as_bytes()).await).0, 403);
     // Deleted warrant: refused.
-    assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 200);
-    assert_eq!(http(&url, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
-    assert_eq!(reason(http(&url, "POST", "/li/v1/keys", &li, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
+    assert_eq!(li_http(&li_a, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 200);
+    assert_eq!(li_http(&li_a, "DELETE", "/li/v1/warrants/W1", &li, b"").await.status, 404);
+    assert_eq!(reason(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, keys("W1", ti, Some(tr)).as_bytes()).await), (403, "no such warrant".into()));
 
     // A warrant replaced under the same id (another target).
-    assert_eq!(http(&url, "PUT", "/li/v1/warrants/W2", &li, w("W2", "erika@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W2", &li, w("W2", "erika@a.example", t - 60, t + 3600).as_bytes()).await.status, 200);
 
     // The LI trail has every action; the admin API, its audit log and /metrics show none.
-    let trail: serde_json::Value = serde_json::from_slice(&http(&url, "GET", "/li/v1/audit", &li, b"").await.body).unwrap();
+    let r = li_http(&li_a, "GET", "/li/v1/audit", &li, b"").await;
+    assert_eq!(r.status, 200, "chain intact");
+    let trail: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(trail["chain"]["intact"], true);
+    let trail = &trail["entries"];
     let actions: Vec<&str> = trail.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     for a in ["warrant.put", "warrant.delete", "keys.release", "keys.refuse"] {
         assert!(actions.contains(&a), "{a} missing in {actions:?}");
@@ -781,11 +825,84 @@ async fn lawful_interception_over_http() {
     }
 
     // Another service instance on the same store (a restart / replica) has the warrants.
-    let (url2, two) = lab.replica("a.example").await.unwrap();
-    assert_eq!(http(&url2, "GET", "/li/v1/warrants/W2", &li, b"").await.status, 404, "LI off on the new instance");
-    two.enable_li("li-secret".into()).unwrap();
-    let list: serde_json::Value = serde_json::from_slice(&http(&url2, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
+    let (_, two) = lab.replica("a.example").await.unwrap();
+    let li2 = lab.serve_li(&two, "a.example").await.unwrap();
+    assert_eq!(li_http(&li2, "GET", "/li/v1/warrants/W2", &li, b"").await.status, 404, "LI off on the new instance");
+    two.enable_li("li-secret".into(), "li-keys".into()).unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&li_http(&li2, "GET", "/li/v1/warrants", &li, b"").await.body).unwrap();
     assert_eq!(list.as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect::<Vec<_>>(), ["W2", "W3"]);
+
+    // The trail is hash-chained (docs/li.md): its oldest entry deleted from the store is
+    // reported with 409 and the break, not hidden by a shorter list.
+    use mediasec_kms_store::Table;
+    let store = std::sync::Arc::clone(two.persist().store());
+    let rows = store.list(Table::LiAudit).await.unwrap();
+    let oldest = rows.iter().map(|(r, _)| r.clone()).find(|r| r != mediasec_kms::li_chain::HEAD_ROW).unwrap();
+    assert!(store.delete(Table::LiAudit, &oldest).await.unwrap());
+    let r = li_http(&li2, "GET", "/li/v1/audit", &li, b"").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((r.status, &v["chain"]["intact"], &v["chain"]["breaks"][0]["what"]), (409, &serde_json::json!(false), &serde_json::json!("entry 1 is missing (deleted)")), "{v}");
+}
+
+/// The LI audit trail's hash chain (`li_chain`, docs/li.md "Tamper-evident trail"): appends
+/// from two writers on one store at once (two replicas) make one linear chain; deleting an
+/// entry in the middle, the newest entry, or the head row is reported (which entry, what is
+/// missing), the remaining entries still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn li_audit_chain_reports_every_deletion() {
+    use mediasec_kms::keyring::MasterKey;
+    use mediasec_kms::li::LiAuditEntry;
+    use mediasec_kms::li_chain::HEAD_ROW;
+    use mediasec_kms::persist::Persist;
+    use mediasec_kms_store::{Store, Table};
+    use std::sync::Arc;
+    let dir = TempDir::new("li-chain");
+    let store: Arc<dyn Store> = Arc::new(mediasec_kms_store::RedbStore::open(&dir.0.join("kms.redb")).unwrap());
+    let (one, two) = (Persist::new(Arc::clone(&store), MasterKey::new(&[7; 32]).unwrap()), Persist::new(Arc::clone(&store), MasterKey::new(&[7; 32]).unwrap()));
+    let fresh = one.li_audit_log(0, 100).await.unwrap();
+    assert!(fresh.chain.intact && fresh.chain.head_seq == 0 && fresh.entries.is_empty(), "{:?}", fresh.chain);
+    let appends = |p: Persist, who: &'static str| async move {
+        for i in 0..10u64 {
+            p.li_audit(&LiAuditEntry::new(1000 + i, "keys.refuse", who, format!("{who} {i}")), rand::random()).await.unwrap();
+        }
+    };
+    let (a, b) = (tokio::spawn(appends(one, "one")), tokio::spawn(appends(two, "two")));
+    a.await.unwrap();
+    b.await.unwrap();
+    let p = Persist::new(Arc::clone(&store), MasterKey::new(&[7; 32]).unwrap());
+    let trail = p.li_audit_log(0, 100).await.unwrap();
+    assert!(trail.chain.intact && trail.chain.head_seq == 20 && trail.chain.chained == 20, "{:?}", trail.chain);
+    let mut seqs: Vec<u64> = trail.entries.iter().map(|e| e.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "one linear chain: every position once");
+
+    let shared = &store;
+    let row_of = |seq: u64| async move {
+        for (row, v) in shared.list(Table::LiAudit).await.unwrap() {
+            if row != HEAD_ROW && serde_json::from_slice::<LiAuditEntry>(&MasterKey::new(&[7; 32]).unwrap().open(Table::LiAudit, &row, &v).unwrap()).unwrap().seq == seq {
+                return row;
+            }
+        }
+        panic!("no entry {seq}");
+    };
+    let whats = |t: &mediasec_kms::li_chain::LiAuditTrail| t.chain.breaks.iter().map(|b| (b.seq, b.what.clone())).collect::<Vec<_>>();
+    for seq in [7, 8] {
+        assert!(store.delete(Table::LiAudit, &row_of(seq).await).await.unwrap());
+    }
+    let trail = p.li_audit_log(0, 100).await.unwrap();
+    assert!(!trail.chain.intact && trail.entries.len() == 18);
+    assert_eq!(whats(&trail), [(8, "entries 7 to 8 are missing (deleted)".to_owned())]);
+    assert!(store.delete(Table::LiAudit, &row_of(20).await).await.unwrap());
+    let trail = p.li_audit_log(0, 100).await.unwrap();
+    assert_eq!(whats(&trail), [(20, "entry 20 is missing (deleted)".to_owned()), (8, "entries 7 to 8 are missing (deleted)".to_owned())]);
+    assert!(store.delete(Table::LiAudit, HEAD_ROW).await.unwrap());
+    let trail = p.li_audit_log(0, 100).await.unwrap();
+    let w = whats(&trail);
+    assert!(w.len() == 2 && w[0].0 == 19 && w[0].1.contains("head row is missing") && w[1].0 == 8, "{w:?}");
+    // Appends go on after a break; the break stays reported.
+    p.li_audit(&LiAuditEntry::new(2000, "warrant.put", "W9", "after".into()), 1).await.unwrap();
+    let trail = p.li_audit_log(0, 100).await.unwrap();
+    assert!(!trail.chain.intact && trail.chain.head_seq == 1, "{:?}", trail.chain);
 }
 
 /// Warrants are rows of the store: they survive closing and reopening the store, embedded
@@ -831,11 +948,11 @@ async fn warrants_survive_a_store_reopen() {
         let p = open().await;
         assert_eq!(p.warrants().await.unwrap(), std::slice::from_ref(&w), "{backend}");
         assert_eq!(p.warrant("W-1").await.unwrap(), Some(w.clone()));
-        assert_eq!(p.li_audit_log(0, 10).await.unwrap().len(), 1);
+        assert_eq!(p.li_audit_log(0, 10).await.unwrap().entries.len(), 1);
         assert!(p.audit_log(0, 10).await.unwrap().is_empty(), "nothing in the admin audit log ({backend})");
         assert!(p.delete_warrant("W-1", 5, 6).await.unwrap());
         assert!(p.warrants().await.unwrap().is_empty());
-        assert_eq!(p.li_audit_log(0, 10).await.unwrap().iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["warrant.put", "warrant.delete"]);
+        assert_eq!(p.li_audit_log(0, 10).await.unwrap().entries.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(), ["warrant.put", "warrant.delete"]);
     }
     drop(pg);
 }
@@ -1127,7 +1244,8 @@ async fn replicas_starting_together_share_one_ksak() {
 async fn high_security_calls_have_no_key_at_the_kms() {
     use mediasec_mikey::signed_dh;
     let dir = TempDir::new("hs-li");
-    let lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_HS }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let mut lab = Lab::start_local(&dir.0, &[DomainSpec { domain: "a.example", policy: POLICY_HS }], &["alice@a.example", "bob@a.example"]).await.unwrap();
+    let li_a = li_endpoint(&mut lab, "a.example").await;
     let a = lab.domain("a.example").unwrap();
     let (alice, ka) = lab.ue("alice@a.example").await.unwrap();
     let (bob, kb) = lab.ue("bob@a.example").await.unwrap();
@@ -1156,17 +1274,18 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     assert_eq!(*done.keys.initiator_stream.master_key, *answered.keys.initiator_stream.master_key);
     assert_eq!(*done.keys.responder_stream.master_key, *answered.keys.responder_stream.master_key);
 
-    a.service.enable_li("li-secret".into()).unwrap();
+    a.service.enable_li("li-secret".into(), "li-keys".into()).unwrap();
     let li = [("Authorization", "Bearer li-secret")];
+    let li_keys = [("Authorization", "Bearer li-keys")];
     let t = now().as_secs();
     let w = serde_json::json!({ "id": "W1", "target": "alice@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
-    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W1", &li, w.as_bytes()).await.status, 200);
     for (ti, tr) in [(&init, Some(&answered.response)), (&init, None), (&answered.response, None)] {
         let mut j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(ti) });
         if let Some(tr) = tr {
             j["transfer_resp"] = STANDARD.encode(tr).into();
         }
-        let r = http(&a.url, "POST", "/li/v1/keys", &li, j.to_string().as_bytes()).await;
+        let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.to_string().as_bytes()).await;
         assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "high-security call (MIKEY-DH): no ticket, the KMS holds no key of it"));
     }
 
@@ -1191,7 +1310,7 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     let got = mediasec_mikey::mikey_sakke::receive(&msg, &bks.kpak, &bz.z, &bz.rsk, ntp, 30, &mut Seen(&mut seen)).unwrap().keys.unwrap();
     assert_eq!(*got.responder_stream.master_key, *keys.responder_stream.master_key);
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg) }).to_string();
-    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!((v["initiator"].as_str(), v["responder"].as_str()), (Some("alice@a.example"), Some("bob@a.example")));
@@ -1201,12 +1320,12 @@ async fn high_security_calls_have_no_key_at_the_kms() {
     }
     assert!(v["crypto_sessions"][1]["ssrc"].is_null(), "CS 2's SSRC is unknown (no response)");
     let w2 = serde_json::json!({ "id": "W2", "target": "carol@a.example", "not_before": t - 60, "not_after": t + 3600 }).to_string();
-    assert_eq!(http(&a.url, "PUT", "/li/v1/warrants/W2", &li, w2.as_bytes()).await.status, 200);
+    assert_eq!(li_http(&li_a, "PUT", "/li/v1/warrants/W2", &li, w2.as_bytes()).await.status, 200);
     let j = serde_json::json!({ "warrant": "W2", "transfer_init": STANDARD.encode(&msg) }).to_string();
-    let r = http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await;
+    let r = li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await;
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).trim()), (403, "target not a party of this call"));
     let j = serde_json::json!({ "warrant": "W1", "transfer_init": STANDARD.encode(&msg), "transfer_resp": STANDARD.encode(&msg) }).to_string();
-    assert_eq!(http(&a.url, "POST", "/li/v1/keys", &li, j.as_bytes()).await.status, 400);
+    assert_eq!(li_http(&li_a, "POST", "/li/v1/keys", &li_keys, j.as_bytes()).await.status, 400);
 }
 
 /// A KMS stopped through its in-process handle (`mediasec_bsf::graceful::Serving`) releases

@@ -97,7 +97,7 @@ async fn scenario(store: Arc<dyn Store>, backend: &str) {
         }
         n
     };
-    assert_eq!(sealed_rows, 2 + 2 + 1 + 1, "{backend}: ring keys, KSAK and z, warrant, LI audit entry");
+    assert_eq!(sealed_rows, 2 + 2 + 1 + 2, "{backend}: ring keys, KSAK and z, warrant, LI audit entry and its chain head");
 
     // Interrupted after 3 rows (as Ctrl-C or a crash): both keys' KMS refuse to start.
     let keys = || Keys::new(key(OLD), key(NEW)).expect("keys");
@@ -138,7 +138,9 @@ async fn scenario(store: Arc<dyn Store>, backend: &str) {
     // admin log the two runs' begin entries and the end.
     let p = svc.persist();
     assert_eq!(p.warrants().await.expect("warrants"), [w]);
-    let li: Vec<_> = p.li_audit_log(0, 10).await.expect("LI audit").into_iter().map(|e| (e.action, e.at_unix_ms)).collect();
+    let trail = p.li_audit_log(0, 10).await.expect("LI audit");
+    assert!(trail.chain.intact && trail.chain.head_seq == 2, "{backend}: the LI hash chain survives the rotation: {:?}", trail.chain);
+    let li: Vec<_> = trail.entries.into_iter().map(|e| (e.action, e.at_unix_ms)).collect();
     let [first, last] = li.as_slice() else { panic!("{backend}: {li:?}") };
     assert_eq!(first, &("warrant.put".to_owned(), 1), "{backend}: the old entry as it was");
     assert_eq!(last.0, "master_key.rekey");
@@ -281,7 +283,7 @@ async fn online_rotation_with_two_replicas_on_postgresql() {
     let report = rekey(&*store, pair(), Mode::Online(Liveness::default()), &mut go).await.expect("online rekey");
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(traffic.await.expect("calls during the walk") >= 2);
-    assert_eq!(report.total().resealed + report.total().already_new, 2 + 2 + 1 + 1, "{report}: 2 ring keys (the first, re-sealed under NEW by the rotation of the ring, and the second), KSAK and z, warrant, LI entry");
+    assert_eq!(report.total().resealed + report.total().already_new, 2 + 2 + 1 + 2, "{report}: 2 ring keys (the first, re-sealed under NEW by the rotation of the ring, and the second), KSAK and z, warrant, LI entry and its chain head");
     calls(&a.0, &b.0, "after the walk").await;
 
     // Phase 3: NEW alone; the old key alone is refused.
@@ -294,7 +296,9 @@ async fn online_rotation_with_two_replicas_on_postgresql() {
     let e = replica(&store, keys_of(OLD, &[]), "C").await.err().expect("old key alone").to_string();
     assert!(e.contains("cannot open"), "{e}");
     assert_eq!(a.0.persist().warrants().await.expect("warrants"), [w]);
-    let li: Vec<String> = a.0.persist().li_audit_log(0, 10).await.expect("LI audit").into_iter().map(|e| e.action).collect();
+    let trail = a.0.persist().li_audit_log(0, 10).await.expect("LI audit");
+    assert!(trail.chain.intact && trail.chain.head_seq == 2, "the LI hash chain survives the online rotation: {:?}", trail.chain);
+    let li: Vec<String> = trail.entries.into_iter().map(|e| e.action).collect();
     assert_eq!(li, ["warrant.put", "master_key.rekey"]);
     let admin: Vec<String> = a.0.persist().audit_log(0, 100).await.expect("audit").into_iter().filter(|(_, e)| e.action.starts_with("master_key")).map(|(_, e)| format!("{} {}", e.action, e.detail)).collect();
     assert!(matches!(admin.as_slice(), [begin, end] if begin == "master_key.rekey.begin kms: online, started" && end.starts_with("master_key.rekey kms: ")), "{admin:?}");

@@ -395,7 +395,7 @@ may_call = ["?@a.example", "?@b.example"]
         Ok(n)
     }
 
-    async fn scenarios(lab: &Lab, packets: u16) -> anyhow::Result<Vec<Row>> {
+    async fn scenarios(lab: &Lab, li: &mediasec_bsf::client::Endpoint, packets: u16) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
         let (mut alice, ka) = lab.ue("alice@a.example").await?;
         let (mut bob, kb) = lab.ue("bob@a.example").await?;
@@ -504,7 +504,7 @@ may_call = ["?@a.example", "?@b.example"]
         // 9. Lawful interception (docs/li.md): a warrant on alice releases exactly her call's
         // keys over the LI API; a warrant on dan, not a party, releases nothing.
         let t = Instant::now();
-        let verdict = match intercepted_call(lab, &mut alice, &ka, &mut bob, &kb).await {
+        let verdict = match intercepted_call(lab, li, &mut alice, &ka, &mut bob, &kb).await {
             Ok(v) => v,
             Err(e) => Verdict::Failed(format!("{e:#}")),
         };
@@ -512,26 +512,27 @@ may_call = ["?@a.example", "?@b.example"]
         Ok(rows)
     }
 
-    /// An LI API call on KMS a.example with the LI token `token`: (status, body).
-    async fn li_api(lab: &Lab, token: &str, method: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<(u16, String)> {
-        let url = &lab.domain("a.example")?.url;
+    /// An LI API call on KMS a.example's HTTPS listener `li` (LI is never served over plain
+    /// HTTP) with the LI token `token`: (status, body).
+    async fn li_api(li: &mediasec_bsf::client::Endpoint, token: &str, method: &str, path: &str, body: &serde_json::Value) -> anyhow::Result<(u16, String)> {
         let auth = format!("Bearer {token}");
         let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-        let r = mediasec_bsf::client::request(&mediasec_bsf::client::Endpoint::http(url)?, method, path, &headers, body.to_string().as_bytes()).await?;
+        let r = mediasec_bsf::client::request(li, method, path, &headers, body.to_string().as_bytes()).await?;
         Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
     }
 
     /// Turns LI on at KMS a.example, puts warrants on alice (the target) and on dan, places
     /// alice → bob, and asks for the call's keys under each warrant with the intercepted
     /// TRANSFER_INIT and TRANSFER_RESP.
-    async fn intercepted_call(lab: &Lab, alice: &mut Ue, ka: &KmsClient, bob: &mut Ue, kb: &KmsClient) -> anyhow::Result<Verdict> {
+    async fn intercepted_call(lab: &Lab, li: &mediasec_bsf::client::Endpoint, alice: &mut Ue, ka: &KmsClient, bob: &mut Ue, kb: &KmsClient) -> anyhow::Result<Verdict> {
         use base64::Engine as _;
         let token = hex::encode(rand::random::<[u8; 16]>());
-        lab.domain("a.example")?.service.enable_li(token.clone())?;
+        let keys_token = hex::encode(rand::random::<[u8; 16]>());
+        lab.domain("a.example")?.service.enable_li(token.clone(), keys_token.clone())?;
         let secs = now().as_secs();
         for (id, target) in [("W-alice", "alice@a.example"), ("W-dan", "dan@a.example")] {
             let w = serde_json::json!({"id": id, "target": target, "not_before": secs - 60, "not_after": secs + 600});
-            let (status, body) = li_api(lab, &token, "PUT", &format!("/li/v1/warrants/{id}"), &w).await?;
+            let (status, body) = li_api(li, &token, "PUT", &format!("/li/v1/warrants/{id}"), &w).await?;
             anyhow::ensure!(status / 100 == 2, "warrant {id}: {status} {body}");
         }
         let held = ka.request_ticket(alice, &ask("bob@a.example", false)?).await?;
@@ -541,7 +542,7 @@ may_call = ["?@a.example", "?@b.example"]
         let (_, m_alice) = alice.on_transfer_resp(&pending, &tr, now())?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let ask_keys = |w: &str| serde_json::json!({"warrant": w, "transfer_init": b64.encode(&ti), "transfer_resp": b64.encode(&tr)});
-        let (status, body) = li_api(lab, &token, "POST", "/li/v1/keys", &ask_keys("W-alice")).await?;
+        let (status, body) = li_api(li, &keys_token, "POST", "/li/v1/keys", &ask_keys("W-alice")).await?;
         anyhow::ensure!(status == 200, "keys under W-alice: {status} {body}");
         let released: serde_json::Value = serde_json::from_str(&body)?;
         let key_of = |cs: u64| -> Option<String> {
@@ -553,7 +554,7 @@ may_call = ["?@a.example", "?@b.example"]
             && key_of(1) == Some(hex::encode(&*m_bob.initiator_stream.master_key))
             && key_of(2) == Some(hex::encode(&*m_bob.responder_stream.master_key))
             && key_of(2) == Some(hex::encode(&*m_alice.responder_stream.master_key));
-        let (refused, reason) = li_api(lab, &token, "POST", "/li/v1/keys", &ask_keys("W-dan")).await?;
+        let (refused, reason) = li_api(li, &keys_token, "POST", "/li/v1/keys", &ask_keys("W-dan")).await?;
         Ok(match (same, refused) {
             (true, 403) => Verdict::Ok(format!("keys under alice's warrant = both UEs' keys; dan's warrant refused: 403 {}", reason.trim())),
             (false, _) => Verdict::Failed(format!("released keys differ from the call's: {body}")),
@@ -566,13 +567,15 @@ may_call = ["?@a.example", "?@b.example"]
         let runtime = crate::cmd::runtime()?;
         let result = runtime.block_on(async {
             let domains = [DomainSpec { domain: "a.example", policy: POLICY_A }, DomainSpec { domain: "b.example", policy: POLICY_B }];
-            let lab = Lab::start(&dir, &domains, &USERS, Some(Duration::from_secs(2))).await?;
-            scenarios(&lab, packets).await
+            let mut lab = Lab::start(&dir, &domains, &USERS, Some(Duration::from_secs(2))).await?;
+            let kms_a = std::sync::Arc::clone(&lab.domain("a.example")?.service);
+            let li = lab.serve_li(&kms_a, "a.example").await?;
+            scenarios(&lab, &li, packets).await
         });
         let _ = std::fs::remove_dir_all(&dir);
         let rows = result?;
         println!();
-        println!("KMS on 127.0.0.1: BSF + KMS a.example + KMS b.example (embedded stores, Zk over mutual TLS), users bootstrapped over Ub");
+        println!("KMS on 127.0.0.1: BSF + KMS a.example + KMS b.example (embedded stores, Zk over mutual TLS, LI over HTTPS), users bootstrapped over Ub");
         println!("{:<26} {:>10}  result", "scenario", "key mgmt");
         let mut ok = true;
         for r in rows {

@@ -113,10 +113,16 @@ struct ServeArgs {
     /// Admin API bearer token (else env MEDIASEC_KMS_ADMIN_TOKEN, else random, printed).
     #[arg(long)]
     admin_token: Option<String>,
-    /// Turn on the LI API (`/li/v1`, docs/li.md) with the bearer token in this file (first
-    /// line; must differ from the admin token). Without it the LI API answers 404.
-    #[arg(long)]
+    /// Turn on the LI API (`/li/v1`, docs/li.md) with the warrant-provisioning bearer token
+    /// in this file (first line): warrants and the LI audit trail (X1-like). Needs
+    /// --li-keys-token-file and --tls-cert/--tls-key: LI is served over HTTPS only. Without it
+    /// the LI API answers 404.
+    #[arg(long, requires = "li_keys_token_file")]
     li_token_file: Option<PathBuf>,
+    /// The LI key-retrieval bearer token (first line): `POST /li/v1/keys` only (X2-like). The
+    /// two LI tokens and the admin token must all differ.
+    #[arg(long, requires = "li_token_file")]
+    li_keys_token_file: Option<PathBuf>,
     /// Key-ring master key, 64 hex digits (else env MEDIASEC_KMS_MASTER_KEY). Required: the
     /// ring in the store is encrypted under it; new values are sealed with it.
     #[arg(long)]
@@ -243,9 +249,10 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         eprintln!("admin token (generated): {t}");
         t
     });
-    let li_token = match &a.li_token_file {
-        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.lines().next().unwrap_or_default().trim().to_owned()),
-        None => None,
+    let first_line = |f: &PathBuf| -> anyhow::Result<String> { Ok(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.lines().next().unwrap_or_default().trim().to_owned()) };
+    let li_token = match (&a.li_token_file, &a.li_keys_token_file) {
+        (Some(w), Some(k)) => Some((first_line(w)?, first_line(k)?)),
+        _ => None,
     };
     let domain = a.domain.clone().unwrap_or_else(|| a.fqdn.strip_prefix("kms.").unwrap_or(&a.fqdn).to_owned());
     let policy = match &a.policy {
@@ -260,6 +267,9 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    if li_token.is_some() && tls.is_none() {
+        anyhow::bail!("{}", mediasec_kms::server::LI_NEEDS_TLS);
+    }
     let peer_map = zk_peer_map(&a)?;
     let mut communities = Vec::new();
     for f in &a.community_certs {
@@ -293,8 +303,8 @@ fn serve_kms(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let zn = Arc::new(BsfZn::new(Endpoint::http(&a.bsf)?, zn_token, a.fqdn.clone()));
         let cfg = KmsConfig { fqdn: a.fqdn.clone(), domain, skew: a.skew };
         let service = Service::start(cfg, persist, zn, peers, admin_token, os_random()).await?;
-        if let Some(t) = li_token {
-            service.enable_li(t)?;
+        if let Some((warrants, keys)) = li_token {
+            service.enable_li(warrants, keys)?;
         }
         for c in communities {
             service.configure_community(c)?;

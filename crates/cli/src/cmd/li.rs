@@ -15,10 +15,11 @@ use mediasec_bsf::client::{Endpoint, request};
 /// Arguments of `mediasec li`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// KMS base URL (http:// or https://).
+    /// KMS base URL (https://: the KMS serves LI over HTTPS only).
     #[arg(long)]
     kms: String,
-    /// File holding the LI bearer token (first line).
+    /// File holding the LI bearer token (first line): the warrant-provisioning token for
+    /// `warrant` and `audit`, the key-retrieval token for `keys`.
     #[arg(long)]
     token_file: PathBuf,
     /// PEM CA certificate to trust for an https:// KMS.
@@ -47,7 +48,8 @@ enum Action {
         #[arg(long)]
         transfer_resp: Option<String>,
     },
-    /// Show the LI audit trail.
+    /// Show the LI audit trail and its hash-chain verification (exits 1 with the breaks on
+    /// stderr when the chain is broken: HTTP 409).
     Audit {
         /// Only entries from this time on (UNIX milliseconds).
         #[arg(long, default_value_t = 0)]
