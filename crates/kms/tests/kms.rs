@@ -76,6 +76,16 @@ async fn li_endpoint(lab: &mut Lab, domain: &str) -> Endpoint {
     lab.serve_li(&service, domain).await.unwrap()
 }
 
+/// A `Persist` (master key of sevens) over the test's redb file or, for `backend`
+/// `"postgres"`, its PostgreSQL database.
+async fn persist_on(backend: &str, redb: &std::path::Path, pg_url: Option<&str>) -> mediasec_kms::persist::Persist {
+    let store: std::sync::Arc<dyn mediasec_kms_store::Store> = match backend {
+        "redb" => std::sync::Arc::new(mediasec_kms_store::RedbStore::open(redb).unwrap()),
+        _ => std::sync::Arc::new(mediasec_kms_store::PgStore::connect(pg_url.unwrap()).await.unwrap()),
+    };
+    mediasec_kms::persist::Persist::new(store, mediasec_kms::keyring::MasterKey::new(&[7; 32]).unwrap())
+}
+
 fn code(e: KmsError) -> ErrorCode {
     match e {
         KmsError::Mikey { code, .. } => code,
@@ -912,22 +922,15 @@ async fn warrants_survive_a_store_reopen() {
     use mediasec_kms::keyring::MasterKey;
     use mediasec_kms::li::Warrant;
     use mediasec_kms::persist::Persist;
-    use mediasec_kms_store::{Store, Table};
+    use mediasec_kms_store::Table;
     use std::sync::Arc;
     let dir = TempDir::new("li-store");
     let path = dir.0.join("kms.redb");
-    let redb = || -> Arc<dyn Store> { Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()) };
     let pg = tokio::task::spawn_blocking(mediasec_kms_store::pg_lab::PgLab::start).await.unwrap().expect("PostgreSQL lab");
     let pg_url = pg.as_ref().map(|p| p.create_database("kms_li").unwrap());
     let w = Warrant { id: "W-1".into(), target: KmsUid::parse("alice@a.example").unwrap(), not_before: 10, not_after: 20 };
     for backend in ["redb", "postgres"] {
-        let open = || async {
-            let store: Arc<dyn Store> = match backend {
-                "redb" => redb(),
-                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
-            };
-            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
-        };
+        let open = || persist_on(backend, &path, pg_url.as_deref());
         if backend == "postgres" && pg_url.is_none() {
             continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
         }
@@ -1053,7 +1056,7 @@ async fn keyprovision_over_http() {
 async fn ksak_survives_a_store_reopen() {
     use mediasec_kms::keyring::MasterKey;
     use mediasec_kms::persist::Persist;
-    use mediasec_kms_store::{Store, Table};
+    use mediasec_kms_store::Table;
     use std::sync::Arc;
     let dir = TempDir::new("ksak-store");
     let path = dir.0.join("kms.redb");
@@ -1064,13 +1067,7 @@ async fn ksak_survives_a_store_reopen() {
         if backend == "postgres" && pg_url.is_none() {
             continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
         }
-        let open = || async {
-            let store: Arc<dyn Store> = match backend {
-                "redb" => Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()),
-                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
-            };
-            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
-        };
+        let open = || persist_on(backend, &path, pg_url.as_deref());
         let kpak = {
             let p = open().await;
             assert!(p.ksak().await.unwrap().is_none(), "{backend}: none before first start");
@@ -1100,7 +1097,7 @@ async fn community_key_generations_survive_a_store_reopen() {
     use mediasec_kms::generations::Generations;
     use mediasec_kms::keyring::MasterKey;
     use mediasec_kms::persist::Persist;
-    use mediasec_kms_store::{Store, Table};
+    use mediasec_kms_store::Table;
     use std::sync::Arc;
     let dir = TempDir::new("generations-store");
     let path = dir.0.join("kms.redb");
@@ -1113,13 +1110,7 @@ async fn community_key_generations_survive_a_store_reopen() {
         if backend == "postgres" && pg_url.is_none() {
             continue; // skip line printed by PgLab (MEDIASEC_REQUIRE_PEERS=1 makes it fail)
         }
-        let open = || async {
-            let store: Arc<dyn Store> = match backend {
-                "redb" => Arc::new(mediasec_kms_store::RedbStore::open(&path).unwrap()),
-                _ => Arc::new(mediasec_kms_store::PgStore::connect(pg_url.as_deref().unwrap()).await.unwrap()),
-            };
-            Persist::new(store, MasterKey::new(&[7; 32]).unwrap())
-        };
+        let open = || persist_on(backend, &path, pg_url.as_deref());
         let kpaks = {
             let p = open().await;
             assert!(p.generations().await.unwrap().is_none(), "{backend}: none before first start");
